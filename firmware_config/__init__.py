@@ -1,0 +1,1 @@
+"""firmware_config: declarative reader and terminal profiles (TOML) and their schema."""

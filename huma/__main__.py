@@ -1,0 +1,5 @@
+import sys
+
+from huma.cli import main
+
+sys.exit(main())

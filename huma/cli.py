@@ -1,0 +1,90 @@
+"""The ``huma`` command: one console script, one subcommand group per area.
+
+Each package owns its click group in its own ``cli`` module; this module only
+mounts them and turns the packages' error roots into messages and exit codes
+(the only place that does so).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+# (subcommand name, module, attribute): imported lazily so that a counter
+# without the server extra (Flask, SQLAlchemy) still runs `huma terminal`.
+_GROUPS: list[tuple[str, str, str]] = [
+    ("readers", "cardlib.cli", "readers"),
+    ("card", "cardlib.cli", "card"),
+    ("sim", "cardlib.sim.cli", "sim"),
+]
+
+
+class _LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, _, _ in _GROUPS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for name, module, attr in _GROUPS:
+            if name == cmd_name:
+                try:
+                    mod = importlib.import_module(module)
+                except ModuleNotFoundError as exc:
+                    raise click.ClickException(
+                        f"'huma {name}' needs the Python package {exc.name!r}: "
+                        "run `make setup` (or pip install the matching extra)"
+                    ) from exc
+                cmd = getattr(mod, attr)
+                assert isinstance(cmd, click.Command)
+                return cmd
+        return None
+
+
+@click.group(cls=_LazyGroup)
+@click.option("-v", "--verbose", count=True, help="-v for INFO, -vv for DEBUG logging.")
+def cli(verbose: int) -> None:
+    """Kartu Huma Betang: cards, counters, server and audit."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _error_roots() -> tuple[type[BaseException], ...]:
+    roots: list[type[BaseException]] = []
+    for module, name in (
+        ("cardlib.errors", "CardlibError"),
+        ("terminal.errors", "TerminalError"),
+        ("server.errors", "ServerError"),
+        ("firmware_config.errors", "ConfigError"),
+    ):
+        try:
+            roots.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(roots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; typed errors of any package become a one-line message and exit code 2.
+
+    :returns: the process exit status (0 success, 1 usage/click error, 2 typed error).
+    """
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except _error_roots() as exc:  # type: ignore[misc]
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""server: the centre (terminal enrolment, journal upload, reconciliation, auditors)."""

@@ -1,0 +1,1 @@
+"""terminal: the counter daemon (reader supervision, tap decision, card update, journal, sync)."""
