@@ -1,0 +1,403 @@
+"""The tap decision: pure functions from verified card facts, trust data and limits to a verdict.
+
+Nothing here touches a reader, a file or the clock: the caller (:mod:`terminal.tap`)
+gathers the inputs — the verified card state from the card session, the deny
+list and programmes from the trust bundle, the exposure counters from the
+journal, the time — and this module answers *accept with amount X* or
+*decline for reason R*. DESIGN §5 step 4; card_tech.md §3.1 (caps and
+offline limits) and §3.4 (deny lists).
+
+Units: amounts are integers in the programme's unit — visits, food packages,
+or rupiah (no sub-rupiah amounts). Times are POSIX seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SECONDS_PER_DAY = 86_400
+
+
+class CounterMode(enum.Enum):
+    """What the counter does on a tap; chosen in the terminal profile (and per programme)."""
+
+    CLINIC_VISIT = "clinic_visit"  #: records a service delivered; no value leaves the counter
+    MARKET_REDEMPTION = "market_redemption"  #: hands over food packages (unit: package)
+    CASH_PAYOUT = "cash_payout"  #: pays out cash (unit: rupiah)
+    BALANCE_CHECK = "balance_check"  #: read-only: shows the remaining entitlement, writes nothing
+
+
+class Unit(enum.Enum):
+    """The unit a programme's entitlement is counted in."""
+
+    VISIT = "visit"
+    PACKAGE = "package"
+    RUPIAH = "rupiah"
+
+
+#: The unit each value-moving counter mode works in.
+MODE_UNIT: Mapping[CounterMode, Unit] = {
+    CounterMode.CLINIC_VISIT: Unit.VISIT,
+    CounterMode.MARKET_REDEMPTION: Unit.PACKAGE,
+    CounterMode.CASH_PAYOUT: Unit.RUPIAH,
+}
+
+
+class DeclineReason(enum.Enum):
+    """Why a tap was declined. ``message`` is the plain-word English text (a gettext msgid).
+
+    The counter screen translates the message (Bahasa Indonesia by default);
+    the value is the stable code journalled in DECLINED entries.
+    """
+
+    CARD_UNREADABLE = "card_unreadable"
+    NOT_OUR_CARD = "not_our_card"
+    UNKNOWN_ISSUER = "unknown_issuer"
+    CARD_DENIED = "card_denied"
+    CARD_NOT_YET_VALID = "card_not_yet_valid"
+    CARD_EXPIRED = "card_expired"
+    CARD_STATE_INVALID = "card_state_invalid"
+    CARD_FORKED = "card_forked"
+    NOT_IN_PROGRAMME = "not_in_programme"
+    PROGRAMME_NOT_AT_COUNTER = "programme_not_at_counter"
+    NOTHING_LEFT = "nothing_left"
+    NOT_ENOUGH_LEFT = "not_enough_left"
+    OVER_TAP_LIMIT = "over_tap_limit"
+    OVER_CARD_OFFLINE_LIMIT = "over_card_offline_limit"
+    OVER_TERMINAL_LIMIT = "over_terminal_limit"
+    PIN_REQUIRED = "pin_required"
+    PIN_WRONG = "pin_wrong"
+    INVALID_QUANTITY = "invalid_quantity"
+
+    @property
+    def message(self) -> str:
+        """The plain-word explanation shown to the clerk (English msgid)."""
+        return _MESSAGES[self]
+
+
+_MESSAGES: Mapping[DeclineReason, str] = {
+    DeclineReason.CARD_UNREADABLE: "The card could not be read. Ask the person to tap again.",
+    DeclineReason.NOT_OUR_CARD: "This is not a Huma Betang card.",
+    DeclineReason.UNKNOWN_ISSUER: "The card was issued with a key this counter does not know.",
+    DeclineReason.CARD_DENIED: "This card is blocked. Send the person to the district office.",
+    DeclineReason.CARD_NOT_YET_VALID: "This card is not valid yet.",
+    DeclineReason.CARD_EXPIRED: "This card has expired.",
+    DeclineReason.CARD_STATE_INVALID: "The balance on the card is damaged. Send the person to the district office.",
+    DeclineReason.CARD_FORKED: "The card shows signs of copying. Send the person to the district office.",
+    DeclineReason.NOT_IN_PROGRAMME: "This household is not registered for this programme.",
+    DeclineReason.PROGRAMME_NOT_AT_COUNTER: "This programme is not served at this counter.",
+    DeclineReason.NOTHING_LEFT: "Nothing is left for this period.",
+    DeclineReason.NOT_ENOUGH_LEFT: "Not enough is left for this amount.",
+    DeclineReason.OVER_TAP_LIMIT: "The amount is above the limit for one tap at this counter.",
+    DeclineReason.OVER_CARD_OFFLINE_LIMIT: "This card has reached its offline limit. Try again after the counter syncs.",
+    DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
+    DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
+    DeclineReason.PIN_WRONG: "The PIN is wrong.",
+    DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
+}
+
+
+@dataclass(frozen=True)
+class Programme:
+    """One benefit programme as the trust bundle describes it.
+
+    :ivar code: short stable id, e.g. ``"pangan"`` (the key in the card's entitlements).
+    :ivar mode: the counter mode that serves it.
+    :ivar unit: what its amounts count.
+    :ivar pin_required: whether a redemption needs the card PIN.
+    :ivar cycle_seconds: length of one entitlement cycle (e.g. 182 days); cycles
+        are numbered from ``cycle_epoch`` (POSIX seconds).
+    """
+
+    code: str
+    mode: CounterMode
+    unit: Unit
+    pin_required: bool = False
+    cycle_seconds: int = 182 * SECONDS_PER_DAY
+    cycle_epoch: int = 0
+
+    def cycle_at(self, now: float) -> int:
+        """The cycle number containing ``now`` (POSIX seconds); 0 before the epoch."""
+        if now < self.cycle_epoch:
+            return 0
+        return int((now - self.cycle_epoch) // self.cycle_seconds)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a verified card says, reduced to what the decision needs.
+
+    Built by the tap from the card session *after* identity and slots verified;
+    an unverifiable card never gets here (it is declined with the session's reason).
+
+    :ivar card_id: the issuer's 8-byte card id.
+    :ivar uid: the chip UID (7 bytes on NTAG21x).
+    :ivar entitlements: units per cycle, by programme code (issuer-signed).
+    :ivar valid_from, valid_to: POSIX seconds (issuer-signed).
+    :ivar offline_cap: issuer-signed cap on value units redeemed per card between
+        two syncs of a terminal, in the programme's unit (None: no issuer cap).
+    :ivar cycle_id: the cycle the current slot's spending belongs to.
+    :ivar spent: units spent in ``cycle_id`` by programme (from the current slot).
+    """
+
+    card_id: bytes
+    uid: bytes
+    entitlements: Mapping[str, int]
+    valid_from: int
+    valid_to: int
+    cycle_id: Mapping[str, int]
+    spent: Mapping[str, int]
+    offline_cap: int | None = None
+
+    def remaining(self, programme: Programme, now: float) -> int:
+        """Units left for ``programme`` in the cycle containing ``now`` (spending of an older cycle resets)."""
+        entitled = self.entitlements.get(programme.code, 0)
+        if self.cycle_id.get(programme.code, -1) != programme.cycle_at(now):
+            return entitled
+        return max(0, entitled - self.spent.get(programme.code, 0))
+
+
+@dataclass(frozen=True)
+class OfflineLimits:
+    """Terminal-side limits from the profile / bundle policy, per unit.
+
+    A missing unit means "no limit of this kind". card_tech.md §3.1.
+
+    :ivar per_tap: most units one tap may move.
+    :ivar per_card_since_sync: most units one card may take at this terminal
+        between two successful uploads.
+    :ivar terminal_exposure: most units this terminal may hand out in total
+        between two successful uploads.
+    :ivar fresh_days: bundle age (days since the last successful bundle check)
+        up to which the limits apply in full.
+    :ivar stale_days: age at which the limits reach ``stale_floor`` (linear in between).
+    :ivar stale_floor: fraction (0 < f <= 1) of each limit kept for very stale
+        bundles: service continues at low amounts rather than stopping (DESIGN §6).
+    """
+
+    per_tap: Mapping[Unit, int] = field(default_factory=dict)
+    per_card_since_sync: Mapping[Unit, int] = field(default_factory=dict)
+    terminal_exposure: Mapping[Unit, int] = field(default_factory=dict)
+    fresh_days: float = 7.0
+    stale_days: float = 30.0
+    stale_floor: float = 0.25
+
+    def tightened(self, bundle_age_days: float) -> "OfflineLimits":
+        """The limits in force for a bundle ``bundle_age_days`` old.
+
+        Full limits up to ``fresh_days``; then each limit shrinks linearly to
+        ``stale_floor`` of itself at ``stale_days`` and stays there, never
+        below 1 unit (a stale bundle tightens limits, it does not stop service).
+        """
+        if bundle_age_days <= self.fresh_days:
+            return self
+        span = max(self.stale_days - self.fresh_days, 1e-9)
+        progress = min(1.0, (bundle_age_days - self.fresh_days) / span)
+        factor = 1.0 - progress * (1.0 - self.stale_floor)
+
+        def scale(limits: Mapping[Unit, int]) -> dict[Unit, int]:
+            return {unit: max(1, math.floor(value * factor)) for unit, value in limits.items()}
+
+        return OfflineLimits(
+            per_tap=scale(self.per_tap),
+            per_card_since_sync=scale(self.per_card_since_sync),
+            terminal_exposure=scale(self.terminal_exposure),
+            fresh_days=self.fresh_days,
+            stale_days=self.stale_days,
+            stale_floor=self.stale_floor,
+        )
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Units already handed out since the last successful upload (from the journal).
+
+    :ivar card: committed units for this card at this terminal, by unit.
+    :ivar terminal: committed units at this terminal in total, by unit.
+    """
+
+    card: Mapping[Unit, int] = field(default_factory=dict)
+    terminal: Mapping[Unit, int] = field(default_factory=dict)
+
+
+class PinStatus(enum.Enum):
+    """Outcome of the PIN check the tap ran against the card's verifier before deciding."""
+
+    NOT_ENTERED = "not_entered"
+    OK = "ok"
+    WRONG = "wrong"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the clerk asked for before the tap.
+
+    :ivar mode: the counter mode (BALANCE_CHECK makes any tap read-only).
+    :ivar programme: the programme code chosen on the screen.
+    :ivar quantity: units to redeem (visits, packages or rupiah).
+    :ivar pin: the PIN check result when a PIN was entered on the screen.
+    """
+
+    mode: CounterMode
+    programme: str
+    quantity: int = 1
+    pin: PinStatus = PinStatus.NOT_ENTERED
+
+
+class DenyList:
+    """The bundle's deny list: card ids and chip UIDs, checked in O(1).
+
+    Exact membership (a Bloom false positive would deny an honest household;
+    card_tech.md §3.4). 300,000 8-byte ids take about 25 MB as a Python set;
+    the check is a hash lookup (bench: well under 1 ms).
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, entries: "frozenset[bytes] | set[bytes] | list[bytes]" = frozenset()) -> None:
+        self._ids = frozenset(entries)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def denies(self, card_id: bytes, uid: bytes) -> bool:
+        """Whether the card id or the chip UID is on the list."""
+        return card_id in self._ids or uid in self._ids
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict for one tap.
+
+    :ivar reason: None when accepted.
+    :ivar amount: units to redeem now (0 for balance checks and declines).
+    :ivar entitled: units per cycle for the programme (issuer-signed).
+    :ivar remaining_before, remaining_after: units left in the current cycle.
+    :ivar cycle: the cycle number the redemption is booked in.
+    :ivar unit: the programme's unit (None when the programme is unknown).
+    """
+
+    accepted: bool
+    mode: CounterMode
+    programme: str
+    reason: DeclineReason | None = None
+    amount: int = 0
+    entitled: int = 0
+    remaining_before: int = 0
+    remaining_after: int = 0
+    cycle: int = 0
+    unit: Unit | None = None
+
+    @property
+    def writes_card(self) -> bool:
+        """True when the tap must update the card (an accepted redemption or visit)."""
+        return self.accepted and self.mode is not CounterMode.BALANCE_CHECK
+
+
+def decline(mode: CounterMode, programme: str, reason: DeclineReason) -> Decision:
+    """A declined decision for reasons found before the policy could run (unreadable card, bad signature)."""
+    return Decision(accepted=False, mode=mode, programme=programme, reason=reason)
+
+
+def decide(
+    *,
+    card: CardFacts,
+    request: Request,
+    programmes: Mapping[str, Programme],
+    counter_modes: frozenset[CounterMode],
+    deny: DenyList,
+    limits: OfflineLimits,
+    exposure: Exposure,
+    bundle_age_days: float,
+    now: float,
+) -> Decision:
+    """Decide one tap. Pure: the same inputs always give the same decision.
+
+    Checks, in order (the first failing one is the reason): deny list, validity
+    window, programme known and served here, household entitled, PIN, quantity,
+    remaining entitlement, per-tap limit, per-card offline limit (terminal
+    limit and the card's issuer-signed ``offline_cap``), terminal exposure —
+    the limits tightened for the bundle's age. A balance check stops after the
+    validity and programme checks and never writes.
+
+    :param card: verified card facts (identity + current slot).
+    :param request: the clerk's mode, programme, quantity and PIN status.
+    :param programmes: programme definitions from the trust bundle, by code.
+    :param counter_modes: the modes this counter's profile allows.
+    :param deny: the bundle's deny list.
+    :param limits: the profile's offline limits (untightened).
+    :param exposure: units handed out since the last successful upload.
+    :param bundle_age_days: days since the last successful trust-bundle check.
+    :param now: POSIX seconds (the terminal clock).
+    :returns: the decision; never raises for a bad card (that is a decline).
+    """
+    mode, code = request.mode, request.programme
+
+    def no(reason: DeclineReason, **kw: int) -> Decision:
+        return Decision(accepted=False, mode=mode, programme=code, reason=reason, **kw)
+
+    if deny.denies(card.card_id, card.uid):
+        return no(DeclineReason.CARD_DENIED)
+    if now < card.valid_from:
+        return no(DeclineReason.CARD_NOT_YET_VALID)
+    if now > card.valid_to:
+        return no(DeclineReason.CARD_EXPIRED)
+    programme = programmes.get(code)
+    if programme is None:
+        return no(DeclineReason.PROGRAMME_NOT_AT_COUNTER)
+    if mode is not CounterMode.BALANCE_CHECK and (
+        programme.mode is not mode or mode not in counter_modes
+    ):
+        return no(DeclineReason.PROGRAMME_NOT_AT_COUNTER)
+    if code not in card.entitlements:
+        return no(DeclineReason.NOT_IN_PROGRAMME)
+    entitled = card.entitlements[code]
+    remaining = card.remaining(programme, now)
+    cycle = programme.cycle_at(now)
+    base = dict(entitled=entitled, remaining_before=remaining, remaining_after=remaining, cycle=cycle)
+    if mode is CounterMode.BALANCE_CHECK:
+        return Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, **base)
+
+    def no_b(reason: DeclineReason) -> Decision:
+        return Decision(accepted=False, mode=mode, programme=code, reason=reason, unit=programme.unit, **base)
+
+    if programme.pin_required:
+        if request.pin is PinStatus.NOT_ENTERED:
+            return no_b(DeclineReason.PIN_REQUIRED)
+        if request.pin is PinStatus.WRONG:
+            return no_b(DeclineReason.PIN_WRONG)
+    qty = request.quantity
+    if qty < 1:
+        return no_b(DeclineReason.INVALID_QUANTITY)
+    if remaining == 0:
+        return no_b(DeclineReason.NOTHING_LEFT)
+    if qty > remaining:
+        return no_b(DeclineReason.NOT_ENOUGH_LEFT)
+    unit = programme.unit
+    eff = limits.tightened(bundle_age_days)
+    if qty > eff.per_tap.get(unit, qty):
+        return no_b(DeclineReason.OVER_TAP_LIMIT)
+    card_so_far = exposure.card.get(unit, 0)
+    card_limit = eff.per_card_since_sync.get(unit)
+    if card.offline_cap is not None:
+        card_limit = card.offline_cap if card_limit is None else min(card_limit, card.offline_cap)
+    if card_limit is not None and card_so_far + qty > card_limit:
+        return no_b(DeclineReason.OVER_CARD_OFFLINE_LIMIT)
+    term_limit = eff.terminal_exposure.get(unit)
+    if term_limit is not None and exposure.terminal.get(unit, 0) + qty > term_limit:
+        return no_b(DeclineReason.OVER_TERMINAL_LIMIT)
+    return Decision(
+        accepted=True,
+        mode=mode,
+        programme=code,
+        amount=qty,
+        unit=unit,
+        entitled=entitled,
+        remaining_before=remaining,
+        remaining_after=remaining - qty,
+        cycle=cycle,
+    )
+
