@@ -1,0 +1,149 @@
+"""Errors of :mod:`cardlib.records`: one root, one subclass per cause.
+
+Every verification failure raises (never returns a bool). The terminal shows a
+different message for each cause, and reconciliation counts them separately, so
+causes are distinct classes rather than one error with a string reason.
+
+Hierarchy::
+
+    CardlibError
+    └── RecordError
+        ├── CoseError                  (cardlib.records.cose, RFC 9052)
+        │   ├── MalformedCose          not a well-formed COSE_Sign1 we accept
+        │   ├── UnknownKid             no key with this kid in the trust store
+        │   ├── RevokedKid             the kid is known but revoked
+        │   ├── AlgorithmNotAllowed    alg not whitelisted for this kid
+        │   └── BadSignature           signature does not verify
+        ├── ClaimsError                CBOR claims missing / extra / wrong type
+        ├── LayoutError                NDEF message is not our fixed layout
+        ├── UidMismatch                record genuine but signed for another chip UID
+        ├── Expired                    identity outside valid_from..valid_to
+        ├── DeniedCard                 card id or UID on the deny list
+        ├── CorruptSlot                a slot is torn, empty-but-garbled or fails verification
+        ├── NoValidState               neither slot holds a valid state
+        ├── ForkDetected               two valid slots with equal seq and different bytes
+        └── RedemptionRefused          a redemption request the state cannot satisfy
+"""
+
+from __future__ import annotations
+
+from cardlib.errors import CardlibError
+
+
+class RecordError(CardlibError):
+    """Root of every error raised by :mod:`cardlib.records`."""
+
+
+class CoseError(RecordError):
+    """A COSE_Sign1 message could not be accepted (RFC 9052 §4)."""
+
+
+class MalformedCose(CoseError):
+    """The bytes are not a COSE_Sign1 structure this verifier accepts.
+
+    Covers CBOR decode errors, a wrong tag, a wrong array shape, headers of the
+    wrong type, a header label in both buckets, an unprotected ``alg``,
+    unsupported critical headers and trailing bytes.
+    """
+
+
+class UnknownKid(CoseError):
+    """No key is known for the message's ``kid``.
+
+    :ivar kid: the key id read from the message (bytes).
+    """
+
+    def __init__(self, kid: bytes, message: str | None = None) -> None:
+        super().__init__(message or f"unknown kid {kid.hex()}")
+        self.kid = kid
+
+
+class RevokedKid(CoseError):
+    """The ``kid`` is known but its key is revoked in the trust store.
+
+    :ivar kid: the key id read from the message (bytes).
+    """
+
+    def __init__(self, kid: bytes, message: str | None = None) -> None:
+        super().__init__(message or f"revoked kid {kid.hex()}")
+        self.kid = kid
+
+
+class AlgorithmNotAllowed(CoseError):
+    """The protected ``alg`` is not the algorithm whitelisted for this kid."""
+
+
+class BadSignature(CoseError):
+    """The signature does not verify over ``Sig_structure`` (RFC 9052 §4.4)."""
+
+
+class ClaimsError(RecordError):
+    """A claim set is missing a claim, has an extra one, or one of the wrong type/range."""
+
+
+class LayoutError(RecordError):
+    """The card's NDEF message does not match the fixed Huma Betang layout."""
+
+
+class UidMismatch(RecordError):
+    """A genuine record signed for another chip UID (copied from another card).
+
+    :ivar expected_uid: the UID of the tag in the field (7 bytes).
+    :ivar record_uid: the UID the record was issued for (7 bytes).
+    """
+
+    def __init__(self, expected_uid: bytes, record_uid: bytes) -> None:
+        super().__init__(
+            "record was issued for another chip "
+            f"(tag UID {expected_uid.hex()}, record UID {record_uid.hex()})"
+        )
+        self.expected_uid = expected_uid
+        self.record_uid = record_uid
+
+
+class Expired(RecordError):
+    """The identity record is outside its validity window (valid_from..valid_to)."""
+
+
+class DeniedCard(RecordError):
+    """The card id or the chip UID is on the deny list of the trust bundle."""
+
+
+class CorruptSlot(RecordError):
+    """A state slot cannot be used: torn write, garbled padding or failed verification.
+
+    :ivar slot: ``"A"`` or ``"B"``.
+    :ivar cause: the underlying error, when there is one (e.g. :class:`BadSignature`).
+    """
+
+    def __init__(self, slot: str, reason: str, cause: Exception | None = None) -> None:
+        super().__init__(f"slot {slot}: {reason}")
+        self.slot = slot
+        self.reason = reason
+        self.cause = cause
+
+
+class NoValidState(RecordError):
+    """Neither slot holds a valid state; the card needs re-issuance.
+
+    :ivar problems: the :class:`CorruptSlot` errors of both slots.
+    """
+
+    def __init__(self, problems: tuple[CorruptSlot, ...]) -> None:
+        super().__init__("no valid state slot: " + "; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class ForkDetected(RecordError):
+    """Both slots are valid, carry the same seq and differ: a clone or a replay.
+
+    :ivar seq: the sequence number both slots claim.
+    """
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"fork: both slots carry seq {seq} with different content")
+        self.seq = seq
+
+
+class RedemptionRefused(RecordError):
+    """A redemption that the current state cannot satisfy (unknown programme, over balance)."""
