@@ -1,0 +1,244 @@
+"""Terminal enrolment: the terminal makes its key and a CSR, the terminal CA certifies it.
+
+Flow (DESIGN §6)::
+
+    terminal:  key, csr_pem = make_terminal_csr("KT-6271-0001")     # key never leaves it
+    server:    ca = TerminalCA.from_keystore(store, passphrase)       # admin approves, then
+               cert_pem = ca.issue(csr_pem, terminal_id="KT-6271-0001")
+    terminal:  info = verify_terminal_certificate(cert_pem, ca_cert_pem, expected_key=key.public_key())
+
+Certificates follow RFC 5280: end-entity (basicConstraints CA=false, critical),
+keyUsage digitalSignature (critical), subject CN = terminal id, SubjectKeyIdentifier and
+AuthorityKeyIdentifier. The terminal's trust-bundle ``kid`` is
+:func:`cardlib.keys.signer.derive_kid` of the certified public key, so the certificate and
+the bundle name the same key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from cardlib.keys.errors import CertificateError, UnsupportedAlgorithmError
+from cardlib.keys.keystore import KeyStore, Role, _name
+from cardlib.keys.signer import (
+    PrivateKey,
+    PublicKey,
+    SoftwareSigner,
+    algorithm_of,
+    derive_kid,
+    generate_private_key,
+)
+from cardlib.records.cose import Algorithm
+
+_log = logging.getLogger(__name__)
+
+TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
+"""Allowed terminal ids (they become the certificate CN)."""
+
+DEFAULT_TERMINAL_VALIDITY_DAYS = 2 * 365
+
+
+def _hash_for(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:
+    return None if algorithm_of(key) == Algorithm.EDDSA else hashes.SHA256()
+
+
+def _check_terminal_id(terminal_id: str) -> None:
+    if not TERMINAL_ID_PATTERN.match(terminal_id):
+        raise CertificateError(f"terminal id {terminal_id!r} must match {TERMINAL_ID_PATTERN.pattern}")
+
+
+def make_terminal_csr(terminal_id: str, alg: Algorithm = Algorithm.EDDSA) -> tuple[PrivateKey, bytes]:
+    """Generate the terminal's key pair and a PKCS#10 CSR (RFC 2986) naming it.
+
+    :param terminal_id: becomes the subject CN; see :data:`TERMINAL_ID_PATTERN`.
+    :returns: ``(private key, CSR PEM bytes)``; store the key with
+        :func:`cardlib.keys.pkcs8.save_private_key`.
+    :raises CertificateError: on a malformed terminal id.
+    """
+    _check_terminal_id(terminal_id)
+    key = generate_private_key(alg)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(terminal_id))
+        .sign(key, _hash_for(key))
+    )
+    return key, csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class TerminalCertificate:
+    """A verified terminal certificate.
+
+    :ivar terminal_id: the subject CN.
+    :ivar kid: 4-byte bundle key id of the certified key.
+    :ivar not_before: / :ivar not_after: validity, UNIX seconds.
+    """
+
+    terminal_id: str
+    kid: bytes
+    alg: Algorithm
+    public_key: PublicKey
+    serial: int
+    not_before: int
+    not_after: int
+    pem: bytes
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        raise CertificateError("expected exactly one CN")
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+class TerminalCA:
+    """The terminal certification authority: a file key and its root-signed certificate.
+
+    :param signer: the CA private key (software; X.509 signing needs it in memory).
+    :param certificate: the CA certificate issued by the root at ``keys issue terminal-ca``.
+    :raises CertificateError: when the key does not match the certificate.
+    """
+
+    def __init__(self, signer: SoftwareSigner, certificate: x509.Certificate) -> None:
+        if derive_kid(certificate.public_key()) != signer.kid:  # type: ignore[arg-type]
+            raise CertificateError("terminal CA key does not match its certificate")
+        self._signer = signer
+        self.certificate = certificate
+
+    @classmethod
+    def from_keystore(cls, store: KeyStore, passphrase: bytes, kid: bytes | None = None) -> "TerminalCA":
+        """Load the (newest active, or given) terminal CA from a keystore.
+
+        :raises KeyNotFoundError: / :raises WrongPassphraseError: / :raises KeyStatusError:
+        """
+        entry = store.entry(kid) if kid is not None else store.active(Role.TERMINAL_CA)
+        signer = store.signer(entry.kid, passphrase)
+        assert isinstance(signer, SoftwareSigner)
+        return cls(signer, store.certificate(entry.kid))
+
+    @property
+    def certificate_pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        csr_pem: bytes,
+        *,
+        terminal_id: str,
+        validity_days: int = DEFAULT_TERMINAL_VALIDITY_DAYS,
+        now: int | None = None,
+    ) -> bytes:
+        """Certify a terminal's CSR after an administrator approved it.
+
+        The CSR's self-signature must verify (proof of possession), its CN must equal
+        ``terminal_id`` and its key must be Ed25519 or P-256. The certificate never
+        outlives the CA certificate.
+
+        :param csr_pem: PKCS#10 CSR, PEM bytes.
+        :param terminal_id: the id the administrator approved.
+        :param now: UNIX seconds (default: the current time).
+        :returns: the certificate, PEM bytes.
+        :raises CertificateError: malformed CSR, bad self-signature, CN mismatch,
+            unsupported key type.
+        """
+        _check_terminal_id(terminal_id)
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise CertificateError(f"not a PEM CSR: {exc}") from exc
+        if not csr.is_signature_valid:
+            raise CertificateError("CSR self-signature does not verify (no proof of possession)")
+        if _cn(csr.subject) != terminal_id:
+            raise CertificateError(f"CSR names {_cn(csr.subject)!r}, approved terminal is {terminal_id!r}")
+        public_key = csr.public_key()
+        try:
+            algorithm_of(public_key)  # type: ignore[arg-type]
+        except UnsupportedAlgorithmError as exc:
+            raise CertificateError(f"terminal key type not allowed: {exc}") from exc
+        start = dt.datetime.fromtimestamp(
+            now if now is not None else dt.datetime.now(dt.timezone.utc).timestamp(), dt.timezone.utc
+        ).replace(microsecond=0)
+        end = min(start + dt.timedelta(days=validity_days), self.certificate.not_valid_after_utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(terminal_id))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._signer.public_key),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(self._signer.private_key, _hash_for(self._signer.private_key))
+        )
+        _log.info("issued terminal certificate for %s serial %x", terminal_id, cert.serial_number)
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def verify_terminal_certificate(
+    cert_pem: bytes,
+    ca_cert_pem: bytes,
+    *,
+    expected_key: PublicKey | None = None,
+    now: int | None = None,
+) -> TerminalCertificate:
+    """Verify a terminal certificate against the terminal CA certificate.
+
+    :param expected_key: when given (on the terminal), the certified key must be this one.
+    :param now: UNIX seconds for the validity check (default: current time).
+    :raises CertificateError: malformed, not issued by this CA, bad signature, not an
+        end-entity certificate, outside its validity, or certifying another key.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    except ValueError as exc:
+        raise CertificateError(f"not a PEM certificate: {exc}") from exc
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertificateError(f"certificate not issued by this terminal CA: {exc!r}") from exc
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound as exc:
+        raise CertificateError("terminal certificate lacks basicConstraints") from exc
+    if bc.ca:
+        raise CertificateError("a CA certificate is not a terminal certificate")
+    t = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
+    nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
+    if not nb <= t <= na:
+        raise CertificateError(f"terminal certificate not valid at {int(t)} (valid {nb}..{na})")
+    public_key = cert.public_key()
+    if expected_key is not None and derive_kid(expected_key) != derive_kid(public_key):  # type: ignore[arg-type]
+        raise CertificateError("certificate certifies another key than this terminal's")
+    return TerminalCertificate(
+        terminal_id=_cn(cert.subject),
+        kid=derive_kid(public_key),  # type: ignore[arg-type]
+        alg=algorithm_of(public_key),  # type: ignore[arg-type]
+        public_key=public_key,  # type: ignore[arg-type]
+        serial=cert.serial_number,
+        not_before=nb,
+        not_after=na,
+        pem=cert_pem,
+    )
