@@ -19,6 +19,9 @@ _GROUPS: list[tuple[str, str, str]] = [
     ("readers", "cardlib.cli", "readers"),
     ("card", "cardlib.cli", "card"),
     ("sim", "cardlib.sim.cli", "sim"),
+    ("config", "firmware_config.cli", "config"),
+    ("terminal", "terminal.cli", "terminal"),
+    ("journal", "terminal.cli", "journal"),
 ]
 
 

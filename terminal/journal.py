@@ -1,0 +1,590 @@
+"""The terminal journal: an append-only, crash-safe SQLite file of signed, hash-chained entries.
+
+One row per entry holds the exact COSE_Sign1 bytes of
+:mod:`cardlib.records.journal` (what is uploaded and audited) next to indexed
+copies of a few claims (seq, kind, card, amount) so the daemon can answer
+"is there an unfinished write for this card?" and "how much went out since
+the last upload?" without decoding every entry. DESIGN §7; card_tech.md §3.2.
+
+Durability: WAL mode with ``synchronous=FULL`` makes SQLite fsync the WAL
+before a commit returns, so :meth:`JournalStore.append` returns only once the
+entry is on disk (the PENDING-before-write rule of DESIGN §5 depends on it).
+Nothing is deleted: triggers refuse DELETE and any UPDATE except marking an
+entry uploaded.
+
+Offline audit: :func:`verify_journal_file` (``huma journal verify FILE``)
+re-checks every signature against the terminal's public key, the hash chain,
+contiguous sequence numbers from 1, and that the indexed columns agree with
+the signed bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cardlib.keys.signer import Signer, cose_key, sign1_with, spki_der
+from cardlib.records.cose import CoseKey
+from cardlib.records.errors import RecordError
+from cardlib.records.journal import (
+    GENESIS_HASH,
+    JOURNAL_AAD,
+    EntryKind,
+    JournalEntry,
+    SignedEntry,
+    encode_payload,
+    new_entry_id,
+    verify_chain,
+    verify_entry,
+)
+
+from terminal.clock import Clock
+from terminal.errors import JournalError, JournalVerifyError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: Kinds that move value to the household (counted as exposure until uploaded).
+_SPENDING_KINDS = (EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.UNCERTAIN)
+#: Kinds that open (PENDING, UNCERTAIN) or close (the rest) a card write.
+_WRITE_KINDS = (
+    EntryKind.PENDING,
+    EntryKind.COMMIT,
+    EntryKind.UNCERTAIN,
+    EntryKind.FINISHED,
+    EntryKind.VOIDED,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq            INTEGER PRIMARY KEY,          -- terminal seq, contiguous from 1
+    entry_id       BLOB NOT NULL UNIQUE,         -- 16 random bytes, fixed at first write
+    boot_id        INTEGER NOT NULL,
+    kind           INTEGER NOT NULL,             -- cardlib.records.journal.EntryKind
+    card_id        TEXT,
+    programme      TEXT,
+    unit           TEXT,                         -- terminal.policy.Unit value (local index)
+    amount         INTEGER,
+    slot_seq_after INTEGER,
+    state_hash_new BLOB,
+    wall_ms        INTEGER NOT NULL,
+    mono_ns        INTEGER NOT NULL,
+    clock_synced   INTEGER NOT NULL,
+    entry_hash     BLOB NOT NULL UNIQUE,         -- SHA-256 of message
+    message        BLOB NOT NULL,                -- exact signed COSE_Sign1 bytes
+    note           TEXT,                         -- unsigned local note (e.g. decline reason code)
+    uploaded_at    REAL                          -- NULL until the server acknowledged it
+);
+CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS entries_only_mark_uploaded BEFORE UPDATE ON entries
+WHEN NEW.seq IS NOT OLD.seq OR NEW.message IS NOT OLD.message OR NEW.entry_hash IS NOT OLD.entry_hash
+  OR NEW.kind IS NOT OLD.kind OR NEW.card_id IS NOT OLD.card_id OR NEW.amount IS NOT OLD.amount
+  OR (OLD.uploaded_at IS NOT NULL AND NEW.uploaded_at IS NOT OLD.uploaded_at)
+BEGIN SELECT RAISE(ABORT, 'journal entries are immutable; only the upload mark may be set once'); END;
+"""
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One journal row.
+
+    :ivar signed: the verified-on-write entry with its exact bytes.
+    :ivar unit: the local unit index (``terminal.policy.Unit`` value) or None.
+    :ivar note: unsigned local note (decline reason code) or None.
+    :ivar uploaded_at: POSIX seconds when the server acknowledged it, or None.
+    """
+
+    signed: SignedEntry
+    unit: str | None
+    note: str | None
+    uploaded_at: float | None
+
+    @property
+    def entry(self) -> JournalEntry:
+        """The decoded claims."""
+        return self.signed.entry
+
+    @property
+    def seq(self) -> int:
+        """Terminal sequence number."""
+        return self.signed.entry.seq
+
+
+@dataclass(frozen=True)
+class CardWrite:
+    """The claims of a card write, as given to :meth:`JournalStore.append`.
+
+    :ivar card_id: issuer card id (text form).
+    :ivar tag_uid: chip UID (7 bytes on NTAG21x).
+    :ivar programme: programme code.
+    :ivar unit: ``terminal.policy.Unit`` value, indexed locally for exposure sums.
+    :ivar amount: units in the programme's unit.
+    :ivar slot_seq_before, slot_seq_after: card state sequence numbers.
+    :ivar state_hash_prev, state_hash_new: 32-byte hashes of the slot states.
+    :ivar ntag_counter: NTAG NFC counter read in this RF session, or None.
+    """
+
+    card_id: str
+    tag_uid: bytes | None = None
+    programme: str | None = None
+    unit: str | None = None
+    amount: int | None = None
+    slot_seq_before: int | None = None
+    slot_seq_after: int | None = None
+    state_hash_prev: bytes | None = None
+    state_hash_new: bytes | None = None
+    ntag_counter: int | None = None
+
+
+class JournalStore:
+    """The journal of one terminal in one SQLite file. Thread-safe (one internal lock).
+
+    Opening increments the boot counter and writes a BOOT entry; entries of an
+    earlier boot left PENDING (a crash between PENDING and COMMIT) are followed
+    by an UNCERTAIN entry each, so recovery on the card's next presentation
+    sees them (DESIGN §5 step 6).
+
+    :param path: the SQLite file (created with its schema when missing).
+    :param terminal_id: the registered terminal id; must match an existing file's.
+    :param signer: the terminal key (software or PKCS#11).
+    :param clock: the clock source (wall, monotonic, synced flag).
+    :raises JournalError: the file belongs to another terminal or key, or cannot be opened.
+    """
+
+    def __init__(
+        self, path: str | Path, *, terminal_id: str, signer: Signer, clock: Clock | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.terminal_id = terminal_id
+        self._signer = signer
+        self._clock = clock or Clock()
+        self._lock = threading.Lock()
+        self._key = cose_key(signer)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        self._check_identity()
+        self.boot_id = self._next_boot()
+        last = self._db.execute(
+            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._seq, self._head = (last[0], bytes(last[1])) if last else (0, GENESIS_HASH)
+        self.append(EntryKind.BOOT)
+        for open_write in self._open_writes_at_boot():
+            w = open_write.entry
+            log.warning("journal: write seq %d was interrupted by a restart; marked UNCERTAIN", w.seq)
+            self.append(EntryKind.UNCERTAIN, write_of(open_write))
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_identity(self) -> None:
+        kid = self._signer.kid
+        row = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not row:
+            key = self._key
+
+            with self._tx():
+                self._db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("schema", str(SCHEMA_VERSION)),
+                        ("terminal_id", self.terminal_id),
+                        ("kid", kid),
+                        ("public_key_spki", spki_der(key.public_key)),
+                        ("boot_count", "0"),
+                    ],
+                )
+            return
+        if row.get("terminal_id") != self.terminal_id:
+            raise JournalError(
+                f"journal {self.path} belongs to terminal {row.get('terminal_id')!r}, "
+                f"not {self.terminal_id!r}"
+            )
+        if bytes(row.get("kid", b"")) != kid:
+            # A re-keyed terminal starts a new journal file; one chain, one key.
+            raise JournalError(f"journal {self.path} was signed by another terminal key")
+
+    def _next_boot(self) -> int:
+        with self._tx():
+            (count,) = self._db.execute("SELECT value FROM meta WHERE key='boot_count'").fetchone()
+            boot = int(count) + 1
+            self._db.execute("UPDATE meta SET value=? WHERE key='boot_count'", (str(boot),))
+        return boot
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self._db)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self,
+        kind: EntryKind,
+        write: CardWrite | None = None,
+        *,
+        note: str | None = None,
+    ) -> StoredEntry:
+        """Sign, chain and durably store one entry; return only after fsync.
+
+        :param kind: the entry kind.
+        :param write: the card claims (None for BOOT and other housekeeping).
+        :param note: an unsigned local note (e.g. the decline reason code).
+        :returns: the stored entry with its exact signed bytes.
+        :raises JournalError: the disk refused the write (the caller must not
+            touch the card: DESIGN §5 requires PENDING on disk first).
+        """
+        w = write or CardWrite(card_id="")
+        with self._lock:
+            stamp = self._clock.now()
+            entry = JournalEntry(
+                entry_id=new_entry_id(),
+                terminal_id=self.terminal_id,
+                boot_id=self.boot_id,
+                seq=self._seq + 1,
+                kind=kind,
+                wall_ms=int(stamp.wall * 1000),
+                mono_ns=int(stamp.mono * 1e9),
+                clock_synced=stamp.synced,
+                prev_entry_hash=self._head,
+                card_id=w.card_id or None,
+                tag_uid=w.tag_uid,
+                programme=w.programme,
+                amount=w.amount,
+                slot_seq_before=w.slot_seq_before,
+                slot_seq_after=w.slot_seq_after,
+                state_hash_prev=w.state_hash_prev,
+                state_hash_new=w.state_hash_new,
+                ntag_counter=w.ntag_counter,
+            )
+            message = sign1_with(self._signer, encode_payload(entry), JOURNAL_AAD)
+            signed = SignedEntry(entry=entry, message=message, kid=self._signer.kid)
+            try:
+                with self._tx():
+                    self._db.execute(
+                        "INSERT INTO entries (seq, entry_id, boot_id, kind, card_id, programme, unit,"
+                        " amount, slot_seq_after, state_hash_new, wall_ms, mono_ns, clock_synced,"
+                        " entry_hash, message, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            entry.seq,
+                            entry.entry_id,
+                            entry.boot_id,
+                            int(kind),
+                            entry.card_id,
+                            entry.programme,
+                            w.unit,
+                            entry.amount,
+                            entry.slot_seq_after,
+                            entry.state_hash_new,
+                            entry.wall_ms,
+                            entry.mono_ns,
+                            int(entry.clock_synced),
+                            signed.entry_hash,
+                            message,
+                            note,
+                        ),
+                    )
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal append failed: {exc}") from exc
+            self._seq, self._head = entry.seq, signed.entry_hash
+            return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None)
+
+    def mark_uploaded(self, entry_ids: Sequence[bytes], when: float | None = None) -> int:
+        """Record that the server acknowledged these entries (accepted or duplicate).
+
+        :param entry_ids: 16-byte entry ids.
+        :param when: POSIX seconds; defaults to now.
+        :returns: the number of rows newly marked.
+        """
+        at = time.time() if when is None else when
+        with self._lock, self._tx():
+            cur = self._db.executemany(
+                "UPDATE entries SET uploaded_at=? WHERE entry_id=? AND uploaded_at IS NULL",
+                [(at, eid) for eid in entry_ids],
+            )
+            return cur.rowcount
+
+    # ------------------------------------------------------------------ reading
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[StoredEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT message, unit, note, uploaded_at FROM entries " + sql,
+                params,
+            ).fetchall()
+        keys = {self._key.kid: self._key}
+        return [
+            StoredEntry(signed=verify_entry(bytes(r[0]), keys), unit=r[1], note=r[2], uploaded_at=r[3])
+            for r in rows
+        ]
+
+    def unsent(self, limit: int = 500) -> list[StoredEntry]:
+        """The oldest entries not yet acknowledged by the server, in seq order."""
+        return self._rows("WHERE uploaded_at IS NULL ORDER BY seq LIMIT ?", (limit,))
+
+    def unsent_count(self) -> int:
+        """How many entries wait for upload."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM entries WHERE uploaded_at IS NULL").fetchone()[0])
+
+    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEntry]:
+        """Entries with seq > ``after_seq`` in order (for export and tests)."""
+        return self._rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """``(last seq, its entry hash)``; ``(0, GENESIS_HASH)`` for an empty journal."""
+        with self._lock:
+            return self._seq, self._head
+
+    def open_write(self, card_id: str) -> StoredEntry | None:
+        """The unfinished card write for ``card_id``, if any.
+
+        :returns: the PENDING entry whose write has no COMMIT, FINISHED or
+            VOIDED after it (possibly followed by UNCERTAIN), else None.
+        """
+        rows = self._rows(
+            "WHERE card_id=? AND kind IN (%s) ORDER BY seq DESC LIMIT 1"
+            % ",".join(str(int(k)) for k in _WRITE_KINDS),
+            (card_id,),
+        )
+        if not rows or rows[0].entry.kind not in (EntryKind.PENDING, EntryKind.UNCERTAIN):
+            return None
+        last = rows[0]
+        if last.entry.kind is EntryKind.PENDING:
+            return last
+        # UNCERTAIN copies the PENDING claims; return the PENDING it refers to.
+        pend = self._rows(
+            "WHERE card_id=? AND kind=? AND seq<? ORDER BY seq DESC LIMIT 1",
+            (card_id, int(EntryKind.PENDING), last.seq),
+        )
+        return pend[0] if pend else last
+
+    def _open_writes_at_boot(self) -> list[StoredEntry]:
+        with self._lock:
+            cards = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT card_id FROM entries WHERE kind=? AND card_id IS NOT NULL"
+                    " AND boot_id<?",
+                    (int(EntryKind.PENDING), self.boot_id),
+                ).fetchall()
+            ]
+        out = []
+        for card in cards:
+            w = self.open_write(card)
+            if w is not None and w.entry.kind is EntryKind.PENDING:
+                last = self._rows(
+                    "WHERE card_id=? AND kind IN (%s) ORDER BY seq DESC LIMIT 1"
+                    % ",".join(str(int(k)) for k in _WRITE_KINDS),
+                    (card,),
+                )
+                if last and last[0].entry.kind is EntryKind.PENDING:
+                    out.append(w)
+        return out
+
+    def last_committed_slot_seq(self, card_id: str) -> int | None:
+        """Highest card slot seq this terminal saw committed for the card (replay check, card_tech §3.3)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(slot_seq_after) FROM entries WHERE card_id=? AND kind IN (?, ?)",
+                (card_id, int(EntryKind.COMMIT), int(EntryKind.FINISHED)),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def exposure(self, card_id: str | None = None) -> dict[str, int]:
+        """Units handed out and not yet uploaded, by unit (for the offline limits).
+
+        UNCERTAIN writes count as spent (conservative) until resolved and uploaded.
+
+        :param card_id: restrict to one card; None for the whole terminal.
+        :returns: ``{unit value: units}``.
+        """
+        kinds = ",".join(str(int(k)) for k in _SPENDING_KINDS)
+        sql = (
+            f"SELECT unit, coalesce(sum(amount), 0) FROM entries WHERE uploaded_at IS NULL"
+            f" AND kind IN ({kinds}) AND unit IS NOT NULL"
+        )
+        params: tuple[object, ...] = ()
+        if card_id is not None:
+            sql += " AND card_id=?"
+            params = (card_id,)
+        with self._lock:
+            return {u: int(s) for u, s in self._db.execute(sql + " GROUP BY unit", params)}
+
+    def close(self) -> None:
+        """Close the database (a WAL checkpoint runs on close)."""
+        with self._lock:
+            self._db.close()
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+
+
+def write_of(stored: StoredEntry) -> CardWrite:
+    """The card-write claims of a stored entry, to journal its COMMIT/UNCERTAIN/FINISHED/VOIDED."""
+    e = stored.entry
+    return CardWrite(
+        card_id=e.card_id or "",
+        tag_uid=e.tag_uid,
+        programme=e.programme,
+        unit=stored.unit,
+        amount=e.amount,
+        slot_seq_before=e.slot_seq_before,
+        slot_seq_after=e.slot_seq_after,
+        state_hash_prev=e.state_hash_prev,
+        state_hash_new=e.state_hash_new,
+        ntag_counter=e.ntag_counter,
+    )
+
+
+# ---------------------------------------------------------------------- offline audit
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify_journal_file` checked.
+
+    :ivar terminal_id: from the file.
+    :ivar entries: number of entries verified.
+    :ivar boots: number of distinct boot ids.
+    :ivar head_hash: entry hash of the last entry (32 bytes) — compare with the server's receipt.
+    :ivar open_writes: card ids whose last write is PENDING/UNCERTAIN.
+    :ivar key_from_file: True when no key was given and the file's own key was used
+        (proves integrity, not authenticity).
+    """
+
+    terminal_id: str
+    entries: int
+    boots: int
+    head_hash: bytes
+    open_writes: tuple[str, ...]
+    key_from_file: bool
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise JournalVerifyError(f"{path}: no such file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db.execute("SELECT 1 FROM entries LIMIT 1")
+    except sqlite3.Error as exc:
+        raise JournalVerifyError(f"{path}: not a terminal journal ({exc})") from exc
+    return db
+
+
+def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyReport:
+    """Check a journal file offline, as an auditor: signatures, chain, gaps, index columns.
+
+    Follows DESIGN §7 and card_tech.md §3.2: seq contiguous from 1, each entry's
+    prev_entry_hash the SHA-256 of the previous entry's exact bytes, every entry
+    signed by the terminal key (RFC 9052 §4.4), and the unsigned indexed columns
+    equal to the signed claims (a tampered index could hide spending).
+
+    :param path: the SQLite journal (opened read-only).
+    :param key: the terminal's verification key (from its certificate or the
+        server); None uses the key stored in the file itself, which proves
+        integrity only.
+    :returns: a short report.
+    :raises JournalVerifyError: with the first failing entry's seq and the reason.
+    """
+    p = Path(path)
+    db = _read_only(p)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        from_file = key is None
+        if key is None:
+            from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+            pub = load_der_public_key(bytes(meta["public_key_spki"]))
+            key = cose_key(pub)  # type: ignore[arg-type]
+        rows = db.execute(
+            "SELECT seq, entry_id, boot_id, kind, card_id, amount, entry_hash, CAST(message AS BLOB)"
+            " FROM entries ORDER BY seq"
+        ).fetchall()
+    except (sqlite3.Error, KeyError, ValueError) as exc:
+        raise JournalVerifyError(f"{p}: unreadable journal ({exc})") from exc
+    finally:
+        db.close()
+    if not rows:
+        raise JournalVerifyError(f"{p}: the journal has no entries")
+    try:
+        verified = verify_chain((bytes(r[7]) for r in rows), {key.kid: key}, first_seq=1)
+    except RecordError as exc:
+        seq = getattr(exc, "seq", None) or getattr(exc, "first", None)
+        raise JournalVerifyError(f"{type(exc).__name__}: {exc}", seq) from exc
+    open_cards: dict[str, EntryKind] = {}
+    terminal_id = str(meta.get("terminal_id", ""))
+    for row, s in zip(rows, verified):
+        e = s.entry
+        if e.terminal_id != terminal_id:
+            raise JournalVerifyError(f"terminal id {e.terminal_id!r} differs from the file's", e.seq)
+        indexed = (row[0], bytes(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]))
+        signed = (e.seq, e.entry_id, e.boot_id, int(e.kind), e.card_id, e.amount, s.entry_hash)
+        if indexed != signed:
+            raise JournalVerifyError("indexed columns differ from the signed entry", e.seq)
+        if e.card_id and e.kind in _WRITE_KINDS:
+            open_cards[e.card_id] = e.kind
+    boots = len({s.entry.boot_id for s in verified})
+    still_open = tuple(
+        sorted(c for c, k in open_cards.items() if k in (EntryKind.PENDING, EntryKind.UNCERTAIN))
+    )
+    return VerifyReport(
+        terminal_id=terminal_id,
+        entries=len(verified),
+        boots=boots,
+        head_hash=verified[-1].entry_hash,
+        open_writes=still_open,
+        key_from_file=from_file,
+    )
+
+
+def iter_messages(path: str | Path) -> Iterator[bytes]:
+    """The signed entry bytes of a journal file in seq order (read-only)."""
+    db = _read_only(Path(path))
+    try:
+        for (message,) in db.execute("SELECT message FROM entries ORDER BY seq"):
+            yield bytes(message)
+    finally:
+        db.close()
+
+
+__all__ = [
+    "CardWrite",
+    "JournalStore",
+    "StoredEntry",
+    "VerifyReport",
+    "verify_journal_file",
+    "iter_messages",
+    "write_of",
+]
