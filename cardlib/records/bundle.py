@@ -1,0 +1,358 @@
+"""The trust bundle: one signed, versioned file every terminal holds (DESIGN §6, card_tech.md §3.4).
+
+Contents (payload of a COSE_Sign1 by the bundle key, CBOR map with integer keys)::
+
+    1  format         uint   BUNDLE_FORMAT (1)
+    2  version        uint   strictly increasing; terminals refuse an older one
+    3  issued_at      uint   UNIX seconds (UTC)
+    4  expires_at     uint   UNIX seconds; past it the bundle is *stale*: terminals
+                             tighten offline limits (policy), they do not stop
+    5  keys           [ [kid bstr(4), role uint, alg int, pub bstr, status uint,
+                         status_time uint/null, not_after uint], ... ]
+    6  deny_cards     bstr   sorted, unique 8-byte card ids, concatenated
+    7  deny_uids      bstr   sorted, unique 7-byte chip UIDs, concatenated
+    8  programmes     [ {1: id uint, 2: name tstr, 3: unit tstr, 4: per_cycle uint,
+                         5: cycle_days uint}, ... ]
+    9  policies       { tstr: int }   e.g. "offline_cap" (rupiah), "max_days_offline"
+
+File = CBOR array ``[endorsement, bundle]``: ``endorsement`` is the root's COSE_Sign1
+over the bundle key (:func:`cardlib.keys.keystore.endorse`), so a terminal needs to pin
+only the root public key, and the bundle key can rotate without touching terminals.
+
+Deny-list lookup: the lists stay one sorted ``bytes`` blob each and are searched by
+bisection (≈19 probes at 300,000 entries, a few microseconds; memory = 8 B per card id
+instead of ~70 B per Python object). The verifier checks the blobs are sorted and unique,
+so a lookup can trust the order.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from cardlib.keys.errors import KeysError
+from cardlib.keys.keystore import Role as KeystoreRole
+from cardlib.keys.keystore import verify_endorsement
+from cardlib.keys.signer import PublicKey, Signer, cose_key, public_key_from_raw, raw_public_bytes, sign1_with
+from cardlib.records.cose import Algorithm, CoseError, CoseKey, verify1
+from cardlib.records.errors import DeniedCard, RecordError, RevokedKid, UnknownKid
+
+BUNDLE_FORMAT = 1
+BUNDLE_AAD = b"huma-betang/trust-bundle/v1"
+"""COSE external_aad of the bundle: context string so no other signed object fits."""
+CARD_ID_LENGTH = 8
+UID_LENGTH = 7
+
+
+class BundleError(RecordError):
+    """Root of trust-bundle errors."""
+
+
+class MalformedBundle(BundleError):
+    """The file is not a well-formed trust bundle of a format we know."""
+
+
+class BundleSignatureError(BundleError):
+    """The endorsement (root) or the bundle signature (bundle key) does not verify."""
+
+
+class StaleBundleVersion(BundleError):
+    """The bundle's version is lower than the one the terminal already holds.
+
+    :ivar version: the offered version. :ivar held: the version held.
+    """
+
+    def __init__(self, version: int, held: int) -> None:
+        super().__init__(f"bundle version {version} is older than the held version {held}")
+        self.version = version
+        self.held = held
+
+
+class KeyRole(enum.IntEnum):
+    """Roles of keys listed in a bundle (what their signatures may be used for)."""
+
+    ISSUER = 1
+    TERMINAL = 2
+    TECHNICIAN = 3
+
+
+class KeyState(enum.IntEnum):
+    """Key status in a bundle."""
+
+    ACTIVE = 0
+    RETIRED = 1  # verify-only
+    REVOKED = 2
+
+
+@dataclass(frozen=True)
+class BundleKey:
+    """One public key listed in the bundle.
+
+    :ivar status_time: UNIX seconds of retirement/revocation; None while active.
+    """
+
+    kid: bytes
+    role: KeyRole
+    alg: Algorithm
+    public_key: PublicKey = field(repr=False)
+    status: KeyState = KeyState.ACTIVE
+    status_time: int | None = None
+    not_after: int = 2**32 - 1
+
+    def _encode(self) -> list[Any]:
+        return [self.kid, int(self.role), int(self.alg), raw_public_bytes(self.public_key),
+                int(self.status), self.status_time, self.not_after]
+
+    @classmethod
+    def _decode(cls, item: Any) -> "BundleKey":
+        kid, role, alg, pub, status, status_time, not_after = item
+        a = Algorithm(alg)
+        key = cls(kid, KeyRole(role), a, public_key_from_raw(a, pub), KeyState(status), status_time, not_after)
+        if cose_key(key.public_key).kid != kid:
+            raise MalformedBundle(f"bundle key {kid.hex()}: kid does not match its public key")
+        return key
+
+
+@dataclass(frozen=True)
+class Programme:
+    """A benefit programme (DESIGN §1).
+
+    :ivar per_cycle: entitlement per cycle in ``unit`` (e.g. rupiah or packages).
+    :ivar cycle_days: cycle length in days (e.g. 182 for twice a year).
+    """
+
+    id: int
+    name: str
+    unit: str
+    per_cycle: int
+    cycle_days: int
+
+    def _encode(self) -> dict[int, Any]:
+        return {1: self.id, 2: self.name, 3: self.unit, 4: self.per_cycle, 5: self.cycle_days}
+
+    @classmethod
+    def _decode(cls, m: Mapping[int, Any]) -> "Programme":
+        return cls(m[1], m[2], m[3], m[4], m[5])
+
+
+class SortedIdSet:
+    """A set of fixed-width ids stored as one sorted, unique ``bytes`` blob.
+
+    Membership by bisection: O(log n) slices, no per-entry objects.
+
+    :param blob: concatenated ids, sorted ascending, no duplicates.
+    :param width: bytes per id.
+    :raises MalformedBundle: when the length is not a multiple of ``width`` or the ids
+        are not strictly increasing.
+    """
+
+    def __init__(self, blob: bytes, width: int, *, check: bool = True) -> None:
+        if len(blob) % width:
+            raise MalformedBundle(f"id list of {len(blob)} bytes is not a multiple of {width}")
+        self._blob = bytes(blob)
+        self._width = width
+        self._n = len(blob) // width
+        if check:
+            prev = b""
+            for i in range(self._n):
+                cur = self._blob[i * width:(i + 1) * width]
+                if cur <= prev:
+                    raise MalformedBundle("deny list is not sorted and unique")
+                prev = cur
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[bytes], width: int) -> "SortedIdSet":
+        """Build from any iterable of ``width``-byte ids (sorted and de-duplicated here).
+
+        :raises MalformedBundle: on an id of the wrong length.
+        """
+        unique = set(ids)
+        for i in unique:
+            if len(i) != width:
+                raise MalformedBundle(f"id {i.hex()} is not {width} bytes")
+        return cls(b"".join(sorted(unique)), width, check=False)
+
+    @property
+    def blob(self) -> bytes:
+        return self._blob
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[bytes]:
+        w = self._width
+        return (self._blob[i * w:(i + 1) * w] for i in range(self._n))
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, (bytes, bytearray)) or len(item) != self._width:
+            return False
+        item = bytes(item)
+        blob, w = self._blob, self._width
+        lo, hi = 0, self._n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            v = blob[mid * w:(mid + 1) * w]
+            if v < item:
+                lo = mid + 1
+            elif v > item:
+                hi = mid
+            else:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class TrustBundle:
+    """A verified (or to-be-signed) trust bundle. See the module doc for the wire format."""
+
+    version: int
+    issued_at: int
+    expires_at: int
+    keys: tuple[BundleKey, ...] = ()
+    deny_cards: SortedIdSet = field(default_factory=lambda: SortedIdSet(b"", CARD_ID_LENGTH))
+    deny_uids: SortedIdSet = field(default_factory=lambda: SortedIdSet(b"", UID_LENGTH))
+    programmes: tuple[Programme, ...] = ()
+    policies: Mapping[str, int] = field(default_factory=dict)
+    signer_kid: bytes = b""
+    """kid of the bundle key that signed it (set by :func:`verify_bundle`)."""
+
+    # ------------------------------------------------------------------ terminal queries
+
+    def check_card(self, card_id: bytes, uid: bytes) -> None:
+        """Refuse a denied card (by 8-byte card id or 7-byte UID).
+
+        :raises DeniedCard: when either is on the deny list.
+        """
+        if card_id in self.deny_cards:
+            raise DeniedCard(f"card id {card_id.hex()} is on the deny list (bundle v{self.version})")
+        if uid in self.deny_uids:
+            raise DeniedCard(f"chip UID {uid.hex()} is on the deny list (bundle v{self.version})")
+
+    def is_stale(self, now: int | None = None) -> bool:
+        """True once ``now`` (UNIX seconds) is past ``expires_at``: tighten offline limits."""
+        return (int(time.time()) if now is None else now) > self.expires_at
+
+    def key(self, kid: bytes) -> BundleKey:
+        """:raises UnknownKid: when the bundle lists no such key."""
+        for k in self.keys:
+            if k.kid == kid:
+                return k
+        raise UnknownKid(kid)
+
+    def resolver(self, role: KeyRole) -> "_Resolver":
+        """A :data:`cardlib.records.cose.KeyResolver` for ``verify1`` over keys of ``role``.
+
+        Active and retired (verify-only) keys resolve; revoked keys raise
+        :class:`RevokedKid`; keys of another role raise :class:`UnknownKid`, so a
+        terminal key can never pass as an issuer key.
+        """
+        return _Resolver(self, role)
+
+    # ------------------------------------------------------------------ encoding
+
+    def payload(self) -> bytes:
+        """The CBOR payload (deterministic: fixed key order)."""
+        return cbor2.dumps({
+            1: BUNDLE_FORMAT,
+            2: self.version,
+            3: self.issued_at,
+            4: self.expires_at,
+            5: [k._encode() for k in self.keys],
+            6: self.deny_cards.blob,
+            7: self.deny_uids.blob,
+            8: [p._encode() for p in self.programmes],
+            9: dict(sorted(self.policies.items())),
+        })
+
+
+@dataclass(frozen=True)
+class _Resolver:
+    bundle: TrustBundle
+    role: KeyRole
+
+    def __call__(self, kid: bytes) -> CoseKey:
+        k = self.bundle.key(kid)
+        if k.role is not self.role:
+            raise UnknownKid(kid, f"kid {kid.hex()} is a {k.role.name.lower()} key, not {self.role.name.lower()}")
+        if k.status is KeyState.REVOKED:
+            raise RevokedKid(kid)
+        return CoseKey(k.kid, k.alg, k.public_key)
+
+
+def sign_bundle(bundle: TrustBundle, bundle_signer: Signer, endorsement: bytes) -> bytes:
+    """Sign a bundle with the bundle key and attach the root's endorsement of that key.
+
+    :param endorsement: from :meth:`cardlib.keys.keystore.KeyStore.endorsement` for the
+        bundle key's kid.
+    :returns: the bundle file bytes (CBOR array of two COSE_Sign1 messages).
+    :raises BundleError: when ``issued_at >= expires_at`` or the version is negative.
+    """
+    if bundle.version < 0 or bundle.expires_at <= bundle.issued_at:
+        raise BundleError("bundle needs version >= 0 and expires_at > issued_at")
+    return cbor2.dumps([endorsement, sign1_with(bundle_signer, bundle.payload(), BUNDLE_AAD)])
+
+
+def verify_bundle(
+    data: bytes,
+    root_public_key: PublicKey,
+    *,
+    held_version: int | None = None,
+    now: int | None = None,
+) -> TrustBundle:
+    """Verify a trust bundle file and decode it.
+
+    Order: structure → root endorsement of the bundle key (pinned root) → bundle key
+    not expired at ``issued_at`` → bundle signature → format → version ≥ held →
+    canonical deny lists. Expiry is *not* an error (see :meth:`TrustBundle.is_stale`).
+
+    :param root_public_key: the root key pinned on the terminal.
+    :param held_version: the version the terminal already trusts; an equal version is
+        accepted (same bundle fetched again), a lower one refused.
+    :raises MalformedBundle: bad structure or unknown format.
+    :raises BundleSignatureError: endorsement or bundle signature does not verify.
+    :raises StaleBundleVersion: version lower than ``held_version``.
+    """
+    try:
+        outer = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+        raise MalformedBundle(f"not CBOR: {exc}") from exc
+    if not (isinstance(outer, list) and len(outer) == 2 and all(isinstance(x, bytes) for x in outer)):
+        raise MalformedBundle("bundle file must be [endorsement, bundle]")
+    endorsement, message = outer
+    try:
+        bkey = verify_endorsement(endorsement, root_public_key, KeystoreRole.BUNDLE)
+    except KeysError as exc:
+        raise BundleSignatureError(f"bundle key endorsement: {exc}") from exc
+    try:
+        verified = verify1(message, {bkey.kid: cose_key(bkey.public_key)}, BUNDLE_AAD)
+    except CoseError as exc:
+        raise BundleSignatureError(f"bundle signature: {exc}") from exc
+    try:
+        m = cbor2.loads(verified.payload)
+        if m[1] != BUNDLE_FORMAT:
+            raise MalformedBundle(f"unknown bundle format {m[1]!r}")
+        bundle = TrustBundle(
+            version=int(m[2]),
+            issued_at=int(m[3]),
+            expires_at=int(m[4]),
+            keys=tuple(BundleKey._decode(k) for k in m[5]),
+            deny_cards=SortedIdSet(m[6], CARD_ID_LENGTH),
+            deny_uids=SortedIdSet(m[7], UID_LENGTH),
+            programmes=tuple(Programme._decode(p) for p in m[8]),
+            policies=dict(m[9]),
+            signer_kid=bkey.kid,
+        )
+    except MalformedBundle:
+        raise
+    except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, KeysError) as exc:
+        raise MalformedBundle(f"bad bundle payload: {exc!r}") from exc
+    if bundle.issued_at > bkey.not_after:
+        raise BundleSignatureError(f"bundle key {bkey.kid.hex()} had expired when this bundle was issued")
+    if held_version is not None and bundle.version < held_version:
+        raise StaleBundleVersion(bundle.version, held_version)
+    return bundle
