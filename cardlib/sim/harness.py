@@ -1,0 +1,339 @@
+"""A private ``pcscd`` with vpcd virtual readers, for tests, the demo and benchmarks.
+
+Several test runs may share this machine, so each harness runs its *own* pcscd:
+
+* a ``reader.conf.d`` directory in a work dir with vpcd readers on free ports
+  (each vpcd reader entry opens 2 slots: ports ``base`` and ``base + 1``, named
+  ``Virtual PCD 0r 00`` / ``Virtual PCD 0r 01`` for entry ``r``);
+* pcscd 1.9.9 always puts its socket in ``/run/pcscd`` (the daemon ignores
+  ``PCSCLITE_CSOCK_NAME``; only the client library reads it), so pcscd runs in
+  a private mount namespace (``unshare --mount``) where ``/run/pcscd`` is a bind
+  mount of ``<workdir>/run``;
+* clients reach it by setting ``PCSCLITE_CSOCK_NAME=<workdir>/run/pcscd.comm``
+  *before their first* ``SCardEstablishContext`` (libpcsclite caches the name):
+  :meth:`PcscdHarness.client_env` / :meth:`PcscdHarness.export_env`.
+
+pcscd runs in the foreground (``-f``) without ``--auto-exit`` (field case PC-4:
+an auto-exiting pcscd leaves virtual cards with "connection refused").
+
+Fallback (``isolation="system"``, or automatically when ``unshare`` is not
+permitted): use the machine's pcscd and vpcd ports 35963/35964 from
+``/etc/reader.conf.d`` — starting ``pcscd -f`` if none runs.  Runs then share
+readers and must not run concurrently.
+
+This module starts processes and never imports pyscard (one-module rule).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Iterator
+
+from cardlib.sim.errors import HarnessError
+
+__all__ = ["PcscdHarness", "VPCD_DRIVER", "READER_PREFIX", "reader_name", "free_port_pair"]
+
+log = logging.getLogger(__name__)
+
+#: Debian package vsmartcard-vpcd installs the driver here.
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+#: FRIENDLYNAME of our vpcd readers; pcscd appends " <entry:02X> <slot:02X>".
+READER_PREFIX = "Virtual PCD"
+SYSTEM_SOCKET = Path("/run/pcscd/pcscd.comm")
+SYSTEM_BASE_PORT = 35963
+SLOTS_PER_READER = 2
+_PORT_RANGE = (20000, 60000)
+_READY_MARK = "daemon ready"
+
+
+def reader_name(slot: int) -> str:
+    """PC/SC reader name of harness slot ``slot`` (0-based, 2 slots per vpcd entry)."""
+    entry, sub = divmod(slot, SLOTS_PER_READER)
+    return f"{READER_PREFIX} {entry:02X} {sub:02X}"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))  # vpcd binds INADDR_ANY
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(rng_seed: int | None = None) -> int:
+    """A base port ``p`` such that ``p`` and ``p + 1`` are free right now."""
+    import random
+
+    rnd = random.Random(rng_seed if rng_seed is not None else os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        p = rnd.randrange(_PORT_RANGE[0], _PORT_RANGE[1], 2)
+        if _port_free(p) and _port_free(p + 1):
+            return p
+    raise HarnessError("no two consecutive free TCP ports found for vpcd")
+
+
+@dataclass(frozen=True)
+class _Conf:
+    base_ports: tuple[int, ...]
+
+
+class PcscdHarness:
+    """Start and stop a private pcscd with vpcd slots.
+
+    :param slots: number of virtual reader slots wanted (rounded up to even).
+    :param workdir: directory for config, socket and log; a temp dir by default
+        (removed by :meth:`cleanup`).
+    :param isolation: ``"private"`` (own pcscd in a mount namespace), ``"system"``
+        (the machine's pcscd on 35963/35964) or ``"auto"`` (private, else system).
+    :raises HarnessError: pcscd or the vpcd driver is not installed.
+    """
+
+    def __init__(self, slots: int = 2, workdir: Path | str | None = None, isolation: str = "auto") -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        if isolation not in ("auto", "private", "system"):
+            raise ValueError(f"isolation must be auto, private or system, not {isolation!r}")
+        self.pcscd = shutil.which("pcscd") or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None)
+        if self.pcscd is None:
+            raise HarnessError("pcscd not found: install the Debian package 'pcscd' (make setup does)")
+        if not VPCD_DRIVER.exists():
+            raise HarnessError(f"vpcd driver {VPCD_DRIVER} not found: install the Debian package 'vsmartcard-vpcd'")
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="huma-pcscd-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.slots = slots + (slots % SLOTS_PER_READER)
+        self.isolation = isolation
+        self.mode: str | None = None  # "private" or "system" once started
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._base_ports: list[int] = []
+        self._log_fh: int | None = None
+
+    # ------------------------------------------------------------------ paths / names
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.workdir / "reader.conf.d"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def log_path(self) -> Path:
+        """pcscd's foreground log (info level)."""
+        return self.workdir / "pcscd.log"
+
+    @property
+    def socket_path(self) -> Path:
+        """The pcscd socket clients must use (``PCSCLITE_CSOCK_NAME``)."""
+        return self.run_dir / "pcscd.comm" if self.mode == "private" else SYSTEM_SOCKET
+
+    @property
+    def ports(self) -> list[int]:
+        """vpcd TCP port per slot (index = slot)."""
+        return [b + i for b in self._base_ports for i in range(SLOTS_PER_READER)][: self.slots]
+
+    def port(self, slot: int) -> int:
+        """vpcd TCP port of ``slot``."""
+        return self.ports[slot]
+
+    @staticmethod
+    def reader_name(slot: int) -> str:
+        """PC/SC reader name of ``slot`` (e.g. ``"Virtual PCD 00 01"``)."""
+        return reader_name(slot)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a PC/SC client process needs to talk to this pcscd."""
+        return {"PCSCLITE_CSOCK_NAME": str(self.socket_path)}
+
+    def export_env(self) -> None:
+        """Set ``PCSCLITE_CSOCK_NAME`` in this process (before its first PC/SC context)."""
+        os.environ.update(self.client_env())
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the pcscd this harness started, if running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 10.0) -> "PcscdHarness":
+        """Start pcscd and wait until every vpcd slot listens.
+
+        :param timeout: seconds to wait for "daemon ready" and the slots.
+        :raises HarnessError: pcscd exited, or slots did not come up in time.
+        """
+        if self.pid is not None:
+            return self
+        modes = {"auto": ["private", "system"], "private": ["private"], "system": ["system"]}[self.isolation]
+        last: HarnessError | None = None
+        for mode in modes:
+            try:
+                if mode == "private":
+                    self._start_private(timeout)
+                else:
+                    self._start_system(timeout)
+                self.mode = mode
+                return self
+            except HarnessError as exc:
+                log.warning("pcscd harness (%s) failed: %s", mode, exc)
+                last = exc
+        assert last is not None
+        raise last
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the pcscd we started (SIGTERM, then SIGKILL); idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._log_fh is not None:
+            os.close(self._log_fh)
+            self._log_fh = None
+
+    def restart(self, down_for: float = 0.0, timeout: float = 10.0) -> None:
+        """Stop pcscd, stay down ``down_for`` seconds, start it again on the same ports/socket."""
+        self.stop()
+        time.sleep(down_for)
+        if self.mode == "private":
+            self._launch_private(timeout)
+        else:
+            self._start_system(timeout)
+
+    def cleanup(self) -> None:
+        """Stop pcscd and remove the work dir if the harness created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "PcscdHarness":
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_conf(self, base_ports: list[int]) -> None:
+        if self.conf_dir.exists():
+            shutil.rmtree(self.conf_dir)
+        self.conf_dir.mkdir(parents=True)
+        for i, base in enumerate(base_ports):
+            (self.conf_dir / f"vpcd-{i}").write_text(
+                f'FRIENDLYNAME "{READER_PREFIX}"\n'
+                f"DEVICENAME   /dev/null:0x{base:04X}\n"
+                f"LIBPATH      {VPCD_DRIVER}\n"
+                f"CHANNELID    0x{base:04X}\n",
+                encoding="ascii",
+            )
+
+    def _start_private(self, timeout: float) -> None:
+        if shutil.which("unshare") is None:
+            raise HarnessError("util-linux 'unshare' not found; cannot isolate pcscd")
+        self.mode = "private"
+        last = HarnessError("private pcscd did not start")
+        for _attempt in range(3):
+            bases: list[int] = []
+            for _ in range(self.slots // SLOTS_PER_READER):
+                b = free_port_pair()
+                while b in bases:
+                    b = free_port_pair()
+                bases.append(b)
+            self._base_ports = bases
+            self._write_conf(bases)
+            try:
+                self._launch_private(timeout)
+                return
+            except HarnessError as exc:
+                log.info("private pcscd attempt failed (%s); retrying on other ports", exc)
+                self.stop()
+                last = exc
+        self.mode = None
+        raise last
+
+    def _launch_private(self, timeout: float) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("pcscd.comm", "pcscd.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / stale).unlink()
+        Path("/run/pcscd").mkdir(parents=True, exist_ok=True)
+        script = (
+            f"mount --bind {_q(self.run_dir)} /run/pcscd && "
+            f"exec {_q(Path(self.pcscd or 'pcscd'))} --foreground --info --config {_q(self.conf_dir)}"
+        )
+        self._spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout)
+
+    def _start_system(self, timeout: float) -> None:
+        self.mode = "system"
+        self._base_ports = [SYSTEM_BASE_PORT]
+        self.slots = SLOTS_PER_READER
+        if SYSTEM_SOCKET.exists() and _socket_alive(SYSTEM_SOCKET):
+            log.warning("using the machine's running pcscd (not isolated from other runs)")
+            return
+        self._spawn([self.pcscd or "pcscd", "--foreground", "--info"], timeout)
+
+    def _spawn(self, argv: list[str], timeout: float) -> None:
+        self.log_path.unlink(missing_ok=True)
+        self._log_fh = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log.info("starting %s", " ".join(argv))
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = [f"on port {p}" for p in self.ports]
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            if self._proc is not None and self._proc.poll() is not None:
+                raise HarnessError(f"pcscd exited with status {self._proc.returncode}: {_tail(text)}")
+            if _READY_MARK in text and all(w in text for w in wanted) and self._listening():
+                return
+            time.sleep(0.02)
+        raise HarnessError(f"pcscd did not bring up vpcd slots {self.ports} within {timeout} s: {_tail(self.log_path.read_text(errors='replace'))}")
+
+    def _listening(self) -> bool:
+        return all(not _port_free(p) for p in self.ports)
+
+    def iter_log(self) -> Iterator[str]:
+        """Lines of pcscd's log so far (diagnostics)."""
+        if self.log_path.exists():
+            yield from self.log_path.read_text(errors="replace").splitlines()
+
+
+def _q(p: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(p))
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def _socket_alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
