@@ -1,0 +1,416 @@
+"""Load, validate and type reader and terminal profiles (TOML files).
+
+Pipeline: read UTF-8 text → :func:`tomllib.loads` (TOML 1.0; syntax errors keep
+tomllib's line) → tell reader from terminal profile (``kind`` key, else by
+content) → JSON Schema (:mod:`firmware_config.schema`) → cross-key rules →
+typed dataclasses (:mod:`firmware_config.models`). Every problem becomes a
+:class:`~firmware_config.errors.ConfigIssue` naming file, key and line, and all
+of a file's problems are raised together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import jsonschema
+
+from firmware_config import schema as _schema
+from firmware_config.errors import (
+    ConfigIssue,
+    ConfigNotFound,
+    ConfigSchemaError,
+    ConfigSyntaxError,
+)
+from firmware_config.models import (
+    BuzzerOnDetect,
+    CounterMode,
+    Feedback,
+    FeedbackChannel,
+    Language,
+    PassThrough,
+    PolicyOverrides,
+    ReaderBinding,
+    ReaderProfile,
+    SerialSettings,
+    Stack,
+    TerminalProfile,
+)
+from firmware_config.toml_lines import KeyPath, key_lines, line_of
+
+PACKAGE_DIR: Final = Path(__file__).resolve().parent
+#: Reader profiles shipped with the package.
+SHIPPED_READERS_DIR: Final = PACKAGE_DIR / "readers"
+#: Example terminal profiles shipped with the package.
+SHIPPED_TERMINALS_DIR: Final = PACKAGE_DIR / "terminals"
+
+#: Smallest command APDU: CLA INS P1 P2 (ISO/IEC 7816-4 §5.1, case 1).
+_MIN_APDU_LEN: Final = 4
+
+_TOML_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+class ProfileKind(enum.StrEnum):
+    """The two kinds of profile file."""
+
+    READER = "reader"
+    TERMINAL = "terminal"
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    checker = jsonschema.FormatChecker(formats=("regex",))
+
+    @checker.checks("hex-bytes")
+    def _is_hex_bytes(instance: object) -> bool:
+        return not isinstance(instance, str) or bool(_schema.HEX_BYTES_RE.match(instance))
+
+    return checker
+
+
+_VALIDATORS: Final = {
+    ProfileKind.READER: jsonschema.Draft202012Validator(_schema.READER_SCHEMA, format_checker=_format_checker()),
+    ProfileKind.TERMINAL: jsonschema.Draft202012Validator(_schema.TERMINAL_SCHEMA, format_checker=_format_checker()),
+}
+
+
+def format_key(path: Sequence[str | int]) -> str:
+    """Render a key path for humans: ``("readers", 1, "profile")`` -> ``readers[1].profile``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+class _Doc:
+    """A parsed profile: file, text, TOML document and key lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ConfigNotFound(f"{path}: no such profile file") from exc
+        except OSError as exc:
+            raise ConfigNotFound(f"{path}: cannot read profile file: {exc.strerror}") from exc
+        try:
+            self.text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise ConfigSyntaxError([ConfigIssue(path, line, "", "not UTF-8 text (TOML 1.0 requires UTF-8)")]) from exc
+        try:
+            self.data: dict[str, Any] = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            match = _TOML_POS_RE.search(str(exc))
+            line: int | None = int(match.group(1)) if match else None
+            if match is None and "end of document" in str(exc):
+                line = self.text.count("\n") + 1
+            message = _TOML_POS_RE.sub("", str(exc)).strip()
+            if match:
+                message += f" (column {match.group(2)})"
+            raise ConfigSyntaxError([ConfigIssue(path, line, "", f"TOML syntax error: {message}")]) from exc
+        self.lines = key_lines(self.text)
+
+    def issue(self, path: KeyPath, message: str) -> ConfigIssue:
+        return ConfigIssue(self.path, line_of(self.lines, path), format_key(path), message)
+
+    def kind(self) -> ProfileKind:
+        declared = self.data.get("kind")
+        if declared in (ProfileKind.READER, ProfileKind.TERMINAL):
+            return ProfileKind(declared)
+        if declared is not None:
+            raise ConfigSchemaError(
+                [self.issue(("kind",), f"{declared!r} is not one of 'reader', 'terminal'")]
+            )
+        if "terminal_id" in self.data or "readers" in self.data:
+            return ProfileKind.TERMINAL
+        if "stack" in self.data or "name_pattern" in self.data:
+            return ProfileKind.READER
+        raise ConfigSchemaError(
+            [ConfigIssue(self.path, 1, "kind", 'cannot tell a reader from a terminal profile: add kind = "reader" or kind = "terminal"')]
+        )
+
+
+def _describe(value: object) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+_TYPE_NAMES: Final = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "an array",
+    "object": "a table",
+}
+
+
+def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
+    """Turn every JSON Schema violation into one or more issues with key and line."""
+    issues: list[ConfigIssue] = []
+    errors = list(_VALIDATORS[kind].iter_errors(doc.data))
+    # A value of the wrong type also fails its range/length checks: report the type only.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    for error in errors:
+        path: KeyPath = tuple(error.absolute_path)
+        if path in mistyped and error.validator != "type":
+            continue
+        sub = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator == "required":
+            present = error.instance if isinstance(error.instance, dict) else {}
+            for name in error.validator_value:
+                if name not in present:
+                    issues.append(doc.issue(path + (name,), "required key is missing"))
+            continue
+        if error.validator == "additionalProperties":
+            allowed = sorted(sub.get("properties", {}))
+            for name in sorted(set(error.instance) - set(allowed)):
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+                issues.append(doc.issue(path + (name,), f"unknown key{hint}"))
+            continue
+        if error.validator == "type":
+            wanted = error.validator_value
+            wanted_text = " or ".join(_TYPE_NAMES.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted]))
+            message = f"must be {wanted_text}, not {_describe(error.instance)}"
+        elif error.validator == "enum":
+            options = ", ".join(repr(o) for o in error.validator_value)
+            message = f"{_describe(error.instance)} is not one of {options}"
+        elif error.validator == "const":
+            message = f"must be {error.validator_value!r}, not {_describe(error.instance)}"
+        elif error.validator == "format" and error.validator_value == "hex-bytes":
+            message = f"{error.instance!r} is not hex bytes (pairs of hex digits, optionally space-separated, e.g. 'FF 00 52 00 00')"
+        elif error.validator == "format" and error.validator_value == "regex":
+            reason = f": {error.cause}" if error.cause is not None else ""
+            message = f"{error.instance!r} is not a valid regular expression{reason}"
+        elif error.validator == "pattern" and "description" in sub:
+            message = f"{error.instance!r} is not {sub['description']}"
+        else:
+            message = error.message
+        issues.append(doc.issue(path, message))
+    return issues
+
+
+def _hex(value: str) -> bytes:
+    return bytes.fromhex(value)
+
+
+def _reader_rules(doc: _Doc) -> list[ConfigIssue]:
+    """Rules between keys of a schema-valid reader profile."""
+    d = doc.data
+    issues: list[ConfigIssue] = []
+    stack = Stack(d["stack"])
+    has_serial, has_nfcpy = "serial" in d, "nfcpy" in d
+    if stack is Stack.NFCPY:
+        if d["pass_through"] != PassThrough.NATIVE:
+            issues.append(doc.issue(("pass_through",), 'an nfcpy reader exchanges raw frames itself: must be "native"'))
+        if has_serial == has_nfcpy:
+            issues.append(doc.issue(("stack",), "an nfcpy reader needs exactly one of [serial] or [nfcpy] path"))
+    else:
+        if d["pass_through"] == PassThrough.NATIVE:
+            issues.append(doc.issue(("pass_through",), '"native" is for nfcpy readers; use "acr122u", "part3" or "none"'))
+        for table in ("serial", "nfcpy"):
+            if table in d:
+                issues.append(doc.issue((table,), f"[{table}] applies only to stack = \"nfcpy\""))
+    feedback = d["feedback"]
+    channel = FeedbackChannel(feedback["channel"])
+    if channel is FeedbackChannel.ESCAPE and "escape_control_code" not in d:
+        issues.append(doc.issue(("escape_control_code",), 'required key is missing (feedback.channel = "escape")'))
+    for event in ("success", "decline", "busy"):
+        commands = feedback.get(event)
+        if channel is FeedbackChannel.NONE:
+            if commands:
+                issues.append(doc.issue(("feedback", event), 'commands given but feedback.channel = "none"'))
+            continue
+        if not commands:
+            issues.append(doc.issue(("feedback", event), f"required (at least one command) for channel {channel.value!r}"))
+            continue
+        if channel is FeedbackChannel.APDU:
+            for index, command in enumerate(commands):
+                if len(_hex(command)) < _MIN_APDU_LEN:
+                    issues.append(doc.issue(("feedback", event, index), "a command APDU needs at least 4 bytes (CLA INS P1 P2)"))
+    return issues
+
+
+def _build_reader(doc: _Doc) -> ReaderProfile:
+    d = doc.data
+    fb = d["feedback"]
+    buzzer = d.get("buzzer_on_detect")
+    serial = d.get("serial")
+    return ReaderProfile(
+        name=d["name"],
+        description=d.get("description", ""),
+        stack=Stack(d["stack"]),
+        name_pattern=re.compile(d["name_pattern"]),
+        pass_through=PassThrough(d["pass_through"]),
+        max_frame=d["max_frame"],
+        poll_interval=float(d["poll_interval"]),
+        feedback=Feedback(
+            channel=FeedbackChannel(fb["channel"]),
+            success=tuple(_hex(c) for c in fb.get("success", ())),
+            decline=tuple(_hex(c) for c in fb.get("decline", ())),
+            busy=tuple(_hex(c) for c in fb.get("busy", ())),
+        ),
+        buzzer_on_detect=None
+        if buzzer is None
+        else BuzzerOnDetect(
+            enabled=buzzer["enabled"],
+            set_off=_hex(buzzer["set_off"]) if "set_off" in buzzer else None,
+            set_on=_hex(buzzer["set_on"]) if "set_on" in buzzer else None,
+        ),
+        escape_control_code=d.get("escape_control_code"),
+        serial=None
+        if serial is None
+        else SerialSettings(device=serial["device"], baud=serial["baud"], driver=serial.get("driver", "pn532")),
+        nfcpy_path=d["nfcpy"]["path"] if "nfcpy" in d else None,
+        source=doc.path,
+    )
+
+
+def _validate(doc: _Doc, kind: ProfileKind) -> None:
+    issues = _schema_issues(doc, kind)
+    if not issues:
+        issues = _reader_rules(doc) if kind is ProfileKind.READER else _terminal_rules(doc)
+    if issues:
+        issues.sort(key=lambda i: (i.line or 0, i.key))
+        raise ConfigSchemaError(issues)
+
+
+def load_reader_profile(path: str | Path) -> ReaderProfile:
+    """Load and validate one reader profile.
+
+    :param path: a reader profile TOML file.
+    :returns: the typed profile.
+    :raises ConfigNotFound: the file does not exist or cannot be read.
+    :raises ConfigSyntaxError: not UTF-8 or not TOML 1.0.
+    :raises ConfigSchemaError: a terminal profile, or the profile breaks the schema.
+    """
+    doc = _Doc(Path(path))
+    kind = doc.kind()
+    if kind is not ProfileKind.READER:
+        raise ConfigSchemaError([ConfigIssue(doc.path, 1, "kind", "this is a terminal profile, a reader profile was expected")])
+    _validate(doc, kind)
+    return _build_reader(doc)
+
+
+def reader_profile_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
+    """The directories searched for reader profiles: ``extra`` first, then the shipped ones."""
+    return [Path(p) for p in extra] + [SHIPPED_READERS_DIR]
+
+
+def find_reader_profile(name: str, dirs: Iterable[str | Path] = ()) -> ReaderProfile:
+    """Load the reader profile called ``name`` (file ``<name>.toml``) from the first directory that has it.
+
+    :param name: the profile name, e.g. ``acr122u``.
+    :param dirs: extra directories searched before the shipped profiles.
+    :raises ConfigNotFound: no directory has ``<name>.toml``.
+    :raises ConfigInvalid: the file is invalid (see :func:`load_reader_profile`).
+    """
+    searched = reader_profile_dirs(dirs)
+    for directory in searched:
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return load_reader_profile(candidate)
+    raise ConfigNotFound(f"no reader profile {name!r} in {', '.join(str(d) for d in searched)}")
+
+
+def shipped_reader_profiles() -> dict[str, ReaderProfile]:
+    """Every reader profile shipped in :data:`SHIPPED_READERS_DIR`, by name.
+
+    :raises ConfigInvalid: a shipped profile is invalid (a packaging bug).
+    """
+    profiles = (load_reader_profile(p) for p in sorted(SHIPPED_READERS_DIR.glob("*.toml")))
+    return {p.name: p for p in profiles}
+
+
+def _terminal_reader_dirs(doc: _Doc, dirs: Iterable[str | Path]) -> list[Path]:
+    return [Path(p) for p in dirs] + [doc.path.resolve().parent.parent / "readers"]
+
+
+def _terminal_rules(doc: _Doc, dirs: Iterable[str | Path] = ()) -> list[ConfigIssue]:
+    d = doc.data
+    issues: list[ConfigIssue] = []
+    if d["counter_mode"] != CounterMode.BALANCE_CHECK and not d["programmes"]:
+        issues.append(doc.issue(("programmes",), f"a {d['counter_mode']} counter serves at least one programme"))
+    search = _terminal_reader_dirs(doc, dirs)
+    for index, binding in enumerate(d["readers"]):
+        try:
+            find_reader_profile(binding["profile"], search)
+        except ConfigNotFound:
+            issues.append(doc.issue(("readers", index, "profile"), f"no reader profile {binding['profile']!r}"))
+    return issues
+
+
+def _resolve_path(doc: _Doc, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (doc.path.resolve().parent / path)
+
+
+def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = ()) -> TerminalProfile:
+    """Load and validate one terminal profile and the reader profiles it names.
+
+    Relative ``paths.key`` / ``paths.journal`` are taken relative to the
+    profile file's directory. Reader profiles are searched in ``reader_dirs``,
+    then ``<profile dir>/../readers``, then the shipped profiles.
+
+    :raises ConfigNotFound: the file does not exist.
+    :raises ConfigSyntaxError: not UTF-8 or not TOML 1.0.
+    :raises ConfigSchemaError: a reader profile, or the profile breaks the schema,
+        or it names a reader profile that does not exist.
+    :raises ConfigInvalid: a named reader profile is itself invalid.
+    """
+    reader_dirs = list(reader_dirs)
+    doc = _Doc(Path(path))
+    kind = doc.kind()
+    if kind is not ProfileKind.TERMINAL:
+        raise ConfigSchemaError([ConfigIssue(doc.path, 1, "kind", "this is a reader profile, a terminal profile was expected")])
+    issues = _schema_issues(doc, kind) or _terminal_rules(doc, reader_dirs)
+    if issues:
+        issues.sort(key=lambda i: (i.line or 0, i.key))
+        raise ConfigSchemaError(issues)
+    d = doc.data
+    search = _terminal_reader_dirs(doc, reader_dirs)
+    policy = d.get("policy", {})
+    return TerminalProfile(
+        terminal_id=d["terminal_id"],
+        region=d["region"],
+        counter_mode=CounterMode(d["counter_mode"]),
+        programmes=tuple(d["programmes"]),
+        server_url=d["server_url"],
+        sync_interval=float(d["sync_interval"]),
+        key_path=_resolve_path(doc, d["paths"]["key"]),
+        journal_path=_resolve_path(doc, d["paths"]["journal"]),
+        readers=tuple(
+            ReaderBinding(
+                profile=find_reader_profile(b["profile"], search),
+                slot_pattern=re.compile(b["slot_pattern"]) if "slot_pattern" in b else None,
+            )
+            for b in d["readers"]
+        ),
+        language=Language(d.get("language", Language.ID)),
+        policy=PolicyOverrides(
+            offline_cap_per_tap=policy.get("offline_cap_per_tap"),
+            offline_cap_per_card_since_sync=policy.get("offline_cap_per_card_since_sync"),
+            offline_terminal_exposure=policy.get("offline_terminal_exposure"),
+            max_days_since_bundle=policy.get("max_days_since_bundle"),
+        ),
+        source=doc.path,
+    )
+
+
+def load_profile(path: str | Path, reader_dirs: Iterable[str | Path] = ()) -> ReaderProfile | TerminalProfile:
+    """Load a reader or terminal profile, telling which from its ``kind`` key or content.
+
+    :raises ConfigNotFound, ConfigSyntaxError, ConfigSchemaError: as the two loaders.
+    """
+    kind = _Doc(Path(path)).kind()
+    if kind is ProfileKind.READER:
+        return load_reader_profile(path)
+    return load_terminal_profile(path, reader_dirs)
