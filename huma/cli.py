@@ -19,6 +19,8 @@ _GROUPS: list[tuple[str, str, str]] = [
     ("readers", "cardlib.cli", "readers"),
     ("card", "cardlib.cli", "card"),
     ("sim", "cardlib.sim.cli", "sim"),
+    ("keys", "cardlib.keys.cli", "keys"),
+    ("provision", "cardlib.provision.cli", "provision"),
     ("config", "firmware_config.cli", "config"),
     ("terminal", "terminal.cli", "terminal"),
     ("journal", "terminal.cli", "journal"),

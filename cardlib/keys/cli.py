@@ -1,0 +1,212 @@
+"""``huma keys``: keystore ceremonies (init, issue, rotate, revoke, list) and terminal enrolment.
+
+Secrets never come from a command-line value (shell history, ``ps``): each is read from
+``--…-file`` if given, else from an environment variable (for automation), else from a
+hidden prompt. Environment variables: ``HUMA_ROOT_PASSPHRASE``, ``HUMA_KEY_PASSPHRASE``,
+``HUMA_PKCS11_PIN``; ``HUMA_KEYSTORE`` is the default ``--dir``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cardlib.keys.keystore import KeyStore, Role
+from cardlib.keys.pkcs8 import save_private_key
+from cardlib.keys.terminal_ca import TerminalCA, make_terminal_csr, verify_terminal_certificate
+from cardlib.records.cose import Algorithm
+
+_ALGS = {"ed25519": Algorithm.EDDSA, "es256": Algorithm.ES256}
+
+
+def read_secret(path: Path | None, env: str, prompt: str, *, confirm: bool = False) -> bytes:
+    """Read a passphrase or PIN: from ``path`` (first line), else ``$env``, else a hidden prompt.
+
+    :returns: the secret as UTF-8 bytes, without the trailing newline.
+    """
+    if path is not None:
+        lines = path.read_bytes().splitlines()
+        return lines[0] if lines else b""
+    value = os.environ.get(env)
+    if value is not None:
+        return value.encode()
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)).encode()
+
+
+def _dir_option(f: Any) -> Any:
+    return click.option(
+        "--dir", "keydir", type=click.Path(file_okay=False, path_type=Path), envvar="HUMA_KEYSTORE",
+        required=True, help="Keystore directory (env HUMA_KEYSTORE).",
+    )(f)
+
+
+def _root_pw_option(f: Any) -> Any:
+    return click.option(
+        "--root-passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="File holding the root passphrase (else $HUMA_ROOT_PASSPHRASE, else prompt).",
+    )(f)
+
+
+def _key_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True),
+        click.option("--name", default="", help="Label, e.g. the technician's staff id."),
+        click.option("--validity-days", type=click.IntRange(min=1), default=None, help="Default depends on the role."),
+        click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="File holding the new key's passphrase (else $HUMA_KEY_PASSPHRASE, else prompt)."),
+        click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="Generate the key on a PKCS#11 token through this module (e.g. libsofthsm2.so)."),
+        click.option("--pkcs11-token", default=None, help="Token label."),
+        click.option("--pkcs11-pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="File holding the token PIN (else $HUMA_PKCS11_PIN, else prompt)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _open_token(stack: ExitStack, module: str | None, label: str | None, pin_file: Path | None) -> Any:
+    if module is None:
+        return None
+    if not label:
+        raise click.UsageError("--pkcs11-token is required with --pkcs11-module")
+    from cardlib.keys.pkcs11 import Pkcs11Token  # optional extra
+
+    pin = read_secret(pin_file, "HUMA_PKCS11_PIN", "Token PIN").decode()
+    return stack.enter_context(Pkcs11Token(module, label, pin))
+
+
+def _when(ts: int | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+
+
+@click.group("keys")
+def keys() -> None:
+    """Key hierarchy: root → issuer, terminal CA, bundle, technician keys."""
+
+
+@keys.command("init")
+@_dir_option
+@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True)
+@_root_pw_option
+def init_cmd(keydir: Path, alg: str, root_passphrase_file: Path | None) -> None:
+    """Create a keystore and its root key (then move the root key offline)."""
+    pw = read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "New root passphrase", confirm=True)
+    store = KeyStore.init(keydir, pw, alg=_ALGS[alg])
+    click.echo(f"root kid {store.root_kid.hex()}  (pin this kid on terminals and the server)")
+
+
+def _issue(keydir: Path, role: str, rotate: bool, root_passphrase_file: Path | None, alg: str, name: str,
+           validity_days: int | None, passphrase_file: Path | None, pkcs11_module: str | None,
+           pkcs11_token: str | None, pkcs11_pin_file: Path | None) -> None:
+    store = KeyStore.open(keydir)
+    r = Role(role)
+    if r is Role.TECHNICIAN and not name:
+        raise click.UsageError("technician keys need --name (the technician's staff id)")
+    with ExitStack() as stack:
+        token = _open_token(stack, pkcs11_module, pkcs11_token, pkcs11_pin_file)
+        root = store.root_signer(read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "Root passphrase"))
+        kwargs: dict[str, Any] = {"alg": _ALGS[alg], "validity_days": validity_days, "name": name}
+        if token is not None:
+            kwargs["token"] = token
+        else:
+            kwargs["passphrase"] = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", f"Passphrase for the new {role} key", confirm=True)
+        if rotate:
+            entry, retired = store.rotate(r, root, **kwargs)
+            for old in retired:
+                click.echo(f"retired {old.role.value} {old.kid.hex()} (verify-only)")
+        else:
+            entry = store.issue(r, root, **kwargs)
+    click.echo(f"issued {entry.role.value} key {entry.kid.hex()} ({entry.alg.name}, {entry.backend.value})")
+
+
+_ROLE_CHOICE = click.Choice([r.value for r in Role if r is not Role.ROOT])
+
+
+@keys.command("issue")
+@_dir_option
+@click.argument("role", type=_ROLE_CHOICE)
+@_root_pw_option
+@_key_options
+def issue_cmd(keydir: Path, role: str, **kw: Any) -> None:
+    """Issue a new key of ROLE below the root."""
+    _issue(keydir, role, False, **kw)
+
+
+@keys.command("rotate")
+@_dir_option
+@click.argument("role", type=_ROLE_CHOICE)
+@_root_pw_option
+@_key_options
+def rotate_cmd(keydir: Path, role: str, **kw: Any) -> None:
+    """Issue a new key of ROLE and retire the old one (verify-only)."""
+    _issue(keydir, role, True, **kw)
+
+
+@keys.command("revoke")
+@_dir_option
+@click.argument("kid")
+@click.option("--at", "at", type=click.IntRange(min=0), default=None,
+              help="Compromise time, UNIX seconds (default: now).")
+@_root_pw_option
+def revoke_cmd(keydir: Path, kid: str, at: int | None, root_passphrase_file: Path | None) -> None:
+    """Revoke key KID (hex); the next trust bundle carries the status."""
+    store = KeyStore.open(keydir)
+    entry = store.find(kid)
+    root = store.root_signer(read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "Root passphrase"))
+    e = store.revoke(entry.kid, root, at=at)
+    click.echo(f"revoked {e.role.value} key {e.kid.hex()} from {_when(e.status_time)}")
+
+
+@keys.command("list")
+@_dir_option
+@click.option("--pin-root", default=None, help="Refuse unless the manifest is signed by this root kid (hex).")
+def list_cmd(keydir: Path, pin_root: str | None) -> None:
+    """List keys (verifies the manifest signature first)."""
+    store = KeyStore.open(keydir, pinned_root_kid=bytes.fromhex(pin_root) if pin_root else None)
+    table = Table(title=f"keystore {keydir} (manifest #{store.serial})")
+    for col in ("kid", "role", "name", "alg", "status", "since", "created", "not after", "storage"):
+        table.add_column(col)
+    for e in store.entries:
+        table.add_row(e.kid.hex(), e.role.value, e.name, e.alg.name, e.status.value, _when(e.status_time),
+                      _when(e.created), _when(e.not_after), f"{e.backend.value}:{e.location}")
+    # Full width when piped (scripts grep kids), the terminal's width otherwise.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@keys.command("csr")
+@click.option("--terminal-id", required=True)
+@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True)
+@click.option("--key-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--csr-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase_file: Path | None) -> None:
+    """(On the terminal) make the terminal key and a CSR for enrolment."""
+    key, csr = make_terminal_csr(terminal_id, _ALGS[alg])
+    save_private_key(key_out, key, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal key passphrase", confirm=True))
+    csr_out.write_bytes(csr)
+    click.echo(f"wrote {key_out} and {csr_out}")
+
+
+@keys.command("certify")
+@_dir_option
+@click.argument("csr", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--terminal-id", required=True, help="The terminal id the administrator approved.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Terminal CA passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
+def certify_cmd(keydir: Path, csr: Path, terminal_id: str, out: Path, passphrase_file: Path | None) -> None:
+    """(Administrator) certify an approved terminal CSR with the terminal CA."""
+    store = KeyStore.open(keydir)
+    ca = TerminalCA.from_keystore(store, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal CA passphrase"))
+    cert = ca.issue(csr.read_bytes(), terminal_id=terminal_id)
+    info = verify_terminal_certificate(cert, ca.certificate_pem)
+    out.write_bytes(cert + ca.certificate_pem)
+    click.echo(f"certified {info.terminal_id}: kid {info.kid.hex()}, valid until {_when(info.not_after)}")
