@@ -11,6 +11,31 @@ from __future__ import annotations
 import abc
 from types import TracebackType
 
+from cardlib.transport.errors import (
+    CardRemoved,
+    NoCard,
+    ReaderGone,
+    ReaderNotFound,
+    ServiceUnavailable,
+    SessionLost,
+    TagLost,
+    TagMute,
+    TransportError,
+)
+
+__all__ = [
+    "CardRemoved",
+    "Connection",
+    "NoCard",
+    "ReaderGone",
+    "ReaderNotFound",
+    "ServiceUnavailable",
+    "SessionLost",
+    "TagLost",
+    "TagMute",
+    "TransportError",
+]
+
 
 class Connection(abc.ABC):
     """A session with one card on one reader, exchanging ISO 7816-4 APDUs.

@@ -1,0 +1,506 @@
+"""An NFC Forum Type 2 tag (NTAG213/215/216) over a :class:`Type2Channel`.
+
+Memory access follows NFC Forum T2T 1.0 and the NTAG213/215/216 datasheet:
+every read is bounded by the chip's real size (GET_VERSION; ATR/CC as a
+fallback) and by the smaller of CC and chip (field cases T2-5, T2-6); the NDEF
+message is read in the fewest commands the reader allows (FAST_READ ranges
+sized to its frame, else 16-byte READs); header, lock and configuration pages
+are written only through the explicit personalisation methods.
+
+One instance per card session: nothing is cached across sessions (PC-3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cardlib.transport.errors import TagMute
+from cardlib.type2.cc import CC_PAGE, DATA_AREA_OFFSET, CapabilityContainer, DataArea, check_data_area
+from cardlib.type2.channel import T2Command, Type2Channel
+from cardlib.type2.chip import (
+    FIRST_USER_PAGE,
+    PAGE_SIZE,
+    READ_PAGES,
+    STANDARD_CC2,
+    STATIC_LOCK_PAGE,
+    ChipInfo,
+    ChipType,
+    chip_from_cc2,
+    chip_from_version,
+    ultralight_family_atr,
+    unknown_chip,
+)
+from cardlib.type2.errors import (
+    AddressOutOfRange,
+    AuthenticationFailed,
+    BadResponse,
+    CapacityExceeded,
+    MisIssued,
+    Nak,
+    NoNdef,
+    NotBlank,
+    ReadOnly,
+    TagError,
+    UnsupportedChip,
+    WriteVerifyFailed,
+)
+from cardlib.type2.originality import verify_originality
+from cardlib.type2.tlv import ReservedArea, TlvType, Truncated, capacity, place, tlv_header, walk
+
+logger = logging.getLogger(__name__)
+
+#: Smallest Type 2 tag (MIFARE Ultralight): the bound while nothing better is known.
+MIN_T2_PAGES = 16
+#: READ_CNT counter address of the NFC counter (datasheet §10.6).
+NFC_COUNTER_ADDRESS = 0x02
+READ_SIG_ADDRESS = 0x00
+COUNTER_LENGTH = 3
+SIGNATURE_LENGTH = 32
+PWD_LENGTH = 4
+PACK_LENGTH = 2
+#: Page 2 bytes 2-3 are the static lock bytes (datasheet §8.5.2).
+_STATIC_LOCK_SLICE = slice(2 * PAGE_SIZE + 2, 2 * PAGE_SIZE + 4)
+#: Bits of static lock byte 0 that lock user pages 4-7 (L-4..L-7); byte 1 locks pages 8-15.
+_STATIC_LOCK0_USER_BITS = 0xF0
+
+
+@dataclass(frozen=True)
+class NdefArea:
+    """The NDEF message and where it lies (NFC Forum T2T 1.0 §2.3, §6.4).
+
+    :ivar message: NDEF message bytes (possibly empty).
+    :ivar tlv_offset: memory byte offset of the NDEF TLV's ``03``.
+    :ivar value_offset: memory byte offset of the message's first byte.
+    :ivar length_form: 1 or 3 (bytes of the TLV length field).
+    :ivar data_area: CC cross-checked with the chip (size, read-only, mis-issued flags).
+    :ivar reserved: reserved areas from Lock/Memory Control TLVs.
+    :ivar capacity: largest message a rewrite at *tlv_offset* can hold, in bytes.
+    """
+
+    message: bytes
+    tlv_offset: int
+    value_offset: int
+    length_form: int
+    data_area: DataArea
+    reserved: tuple[ReservedArea, ...]
+    capacity: int
+
+    @property
+    def data_area_size(self) -> int:
+        """Usable data area in bytes (the smaller of CC and chip)."""
+        return self.data_area.size
+
+
+@dataclass(frozen=True)
+class LockBits:
+    """Lock bytes as read: static (page 2 bytes 2-3) and dynamic (3 bytes, NTAG21x datasheet §8.5.2-3)."""
+
+    static: bytes
+    dynamic: bytes
+
+    @property
+    def any_user_lock(self) -> bool:
+        """True when any lock bit for user pages is set."""
+        return bool(self.static[0] & _STATIC_LOCK0_USER_BITS or self.static[1] or any(self.dynamic[:2]))
+
+
+def _pages_for(offset_start: int, offset_end: int) -> range:
+    """Pages covering memory bytes ``[offset_start, offset_end)``."""
+    return range(offset_start // PAGE_SIZE, (offset_end + PAGE_SIZE - 1) // PAGE_SIZE)
+
+
+class Type2Tag:
+    """One Type 2 tag in the field, reached through *channel*.
+
+    :param channel: raw-command channel (PC/SC pass-through kinds or nfcpy).
+    :param atr: the PC/SC ATR, used to identify the chip family when GET_VERSION is unavailable.
+    """
+
+    def __init__(self, channel: Type2Channel, atr: bytes = b"") -> None:
+        self.channel = channel
+        self.atr = atr
+        self._chip: ChipInfo | None = None
+        self._uid: bytes | None = None
+        self._page_limit: int | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    def get_version(self) -> bytes:
+        """GET_VERSION (``60``): 8 bytes vendor/product/storage (datasheet §10.1).
+
+        :raises UnsupportedCommand: no pass-through on this reader.
+        :raises Nak, cardlib.transport.TagMute: the chip does not know the command.
+        :raises BadResponse: the answer is not 8 bytes.
+        """
+        version = self.channel.transceive(bytes((T2Command.GET_VERSION,)))
+        chip_from_version(version)  # length check
+        return version
+
+    def identify(self) -> ChipInfo:
+        """Identify the chip: GET_VERSION, else the ATR family plus the factory CC2 (read from page 3).
+
+        :returns: the chip and its memory map; :attr:`ChipType.UNKNOWN` when neither source tells.
+        """
+        if self._chip is not None:
+            return self._chip
+        chip: ChipInfo | None = None
+        if self.channel.supports_raw:
+            try:
+                chip = chip_from_version(self.channel.transceive(bytes((T2Command.GET_VERSION,))))
+            except (Nak, TagMute, BadResponse) as exc:
+                logger.debug("GET_VERSION failed (%s): falling back to ATR/CC", exc)
+                self.channel.reactivate()
+        if chip is None or chip.chip is ChipType.UNKNOWN:
+            cc_page = self._read_raw_pages(CC_PAGE, 1, MIN_T2_PAGES)
+            chip = self._fallback_chip(cc_page) if chip is None else chip
+        self._set_chip(chip)
+        return chip
+
+    def _fallback_chip(self, cc_bytes: bytes) -> ChipInfo:
+        if self.atr and not ultralight_family_atr(self.atr):
+            return unknown_chip(source="atr")
+        return chip_from_cc2(cc_bytes[2], source="atr+cc" if self.atr else "cc")
+
+    def _set_chip(self, chip: ChipInfo) -> None:
+        self._chip = chip
+        self._page_limit = chip.total_pages if chip.chip is not ChipType.UNKNOWN else None
+
+    @property
+    def chip(self) -> ChipInfo:
+        """The identified chip (identifies on first use)."""
+        return self.identify()
+
+    @property
+    def uid(self) -> bytes:
+        """The 7-byte UID from pages 0-1 (BCC bytes skipped; datasheet §8.5.1)."""
+        if self._uid is None:
+            head = self.read_pages(0, 2)
+            self._uid = head[0:3] + head[4:8]
+        return self._uid
+
+    # ------------------------------------------------------------------ pages
+
+    def _limit(self) -> int:
+        if self._page_limit is not None:
+            return self._page_limit
+        return MIN_T2_PAGES
+
+    def read_pages(self, first: int, count: int) -> bytes:
+        """Read *count* pages from *first* in the fewest commands (FAST_READ sized to the frame, else READ).
+
+        :returns: ``count * 4`` bytes.
+        :raises AddressOutOfRange: the range passes the chip's last page (never sent, T2-6).
+        :raises Nak, cardlib.transport.TransportError: from the channel.
+        """
+        if self._chip is None:
+            self.identify()
+        return self._read_raw_pages(first, count, self._limit())
+
+    def _read_raw_pages(self, first: int, count: int, limit: int) -> bytes:
+        if count < 1 or first < 0 or first + count > limit:
+            raise AddressOutOfRange(f"pages {first}..{first + count - 1} outside 0..{limit - 1}")
+        fast = self.channel.supports_raw and self._chip is not None and self._chip.chip is not ChipType.UNKNOWN
+        out = bytearray()
+        page = first
+        end = first + count
+        while page < end:
+            if fast:
+                last = min(end, page + self.channel.caps.max_pages) - 1
+                data = self.channel.transceive(bytes((T2Command.FAST_READ, page, last)))
+                if len(data) != (last - page + 1) * PAGE_SIZE:
+                    raise BadResponse(f"FAST_READ {page}..{last} answered {len(data)} bytes")
+                out += data
+                page = last + 1
+            else:
+                # A READ near the end wraps to page 0 (T2-6): keep only bytes of pages < end.
+                data = self.channel.read16(page)
+                take = min(READ_PAGES, end - page)
+                out += data[: take * PAGE_SIZE]
+                page += take
+        return bytes(out)
+
+    def _check_writable_page(self, page: int) -> None:
+        chip = self.identify()
+        if chip.chip is ChipType.UNKNOWN:
+            if page < FIRST_USER_PAGE:
+                raise AddressOutOfRange(f"page {page} is a header/CC page")
+            return
+        if page not in chip.user_pages:
+            raise AddressOutOfRange(
+                f"page {page} is outside user memory {chip.user_pages.start}..{chip.user_pages.stop - 1}; "
+                "header, lock and config pages are written only by the personalisation methods"
+            )
+
+    def write_page(self, page: int, data: bytes) -> None:
+        """WRITE 4 bytes to one user page (datasheet §10.4).
+
+        :raises AddressOutOfRange: *page* is not a user page (pages 0-3, lock and config pages are refused).
+        :raises Nak: the chip refused (locked or password-protected page).
+        """
+        if len(data) != PAGE_SIZE:
+            raise ValueError("a page is 4 bytes")
+        self._check_writable_page(page)
+        self.channel.write4(page, bytes(data))
+
+    def write_pages(self, first: int, data: bytes, verify: bool = False) -> None:
+        """Write 4-byte aligned *data* to user pages from *first*, one WRITE per page.
+
+        :param verify: read the pages back and compare (raises :class:`WriteVerifyFailed`).
+        :raises ValueError: *data* is not a multiple of 4 bytes.
+        """
+        if len(data) % PAGE_SIZE:
+            raise ValueError("data must be a multiple of 4 bytes")
+        pages = len(data) // PAGE_SIZE
+        for i in range(pages):
+            self._check_writable_page(first + i)
+        for i in range(pages):
+            self.channel.write4(first + i, bytes(data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]))
+        if verify and pages:
+            back = self.read_pages(first, pages)
+            if back != bytes(data):
+                raise WriteVerifyFailed(f"pages {first}..{first + pages - 1} read back differently")
+
+    # ------------------------------------------------------------------ CC and NDEF
+
+    def read_cc(self) -> CapabilityContainer:
+        """Read and parse page 3 (T2T 1.0 §2.2).
+
+        :raises NotFormatted, CorruptCc: see :meth:`CapabilityContainer.parse`.
+        """
+        return CapabilityContainer.parse(self.read_pages(CC_PAGE, 1))
+
+    def read_ndef(self) -> NdefArea:
+        """Read the NDEF message: CC + TLV walk + message in the fewest commands.
+
+        With FAST_READ: pages 2.. in frame-sized ranges (a full NTAG215 message
+        takes GET_VERSION + 2 FAST_READs on an ACR122U); without: 16-byte READs.
+
+        :raises NotFormatted, CorruptCc: page 3 is not an NDEF CC.
+        :raises CorruptTlv: the TLV area is damaged (offset and reason given; T2-1).
+        :raises NoNdef: no NDEF TLV before the Terminator.
+        :raises cardlib.transport.TransportError, Nak: from the channel.
+        """
+        area, _image = self._read_ndef_image()
+        return area
+
+    def _read_ndef_image(self) -> tuple[NdefArea, bytearray]:
+        chip = self.identify()
+        limit = self._limit()
+        fast = self.channel.supports_raw and chip.chip is not ChipType.UNKNOWN
+        chunk = self.channel.caps.max_pages if fast else READ_PAGES
+        start = STATIC_LOCK_PAGE
+        have = min(limit, start + chunk)
+        image = bytearray(start * PAGE_SIZE) + self._read_raw_pages(start, have - start, limit)
+        cc = CapabilityContainer.parse(bytes(image[CC_PAGE * PAGE_SIZE : (CC_PAGE + 1) * PAGE_SIZE]))
+        static = bytes(image[_STATIC_LOCK_SLICE])
+        lock_set = bool(static[0] & _STATIC_LOCK0_USER_BITS or static[1])
+        chip_size = chip.user_size if chip.chip is not ChipType.UNKNOWN else None
+        data_area = check_data_area(cc, chip_size, lock_set)
+        end = data_area.end
+        if chip.chip is ChipType.UNKNOWN:
+            # Nothing but the CC bounds an unknown chip; READ wrap bytes stay unparsed.
+            limit = (end + PAGE_SIZE - 1) // PAGE_SIZE
+            self._page_limit = limit
+        end_page = min(limit, (end + PAGE_SIZE - 1) // PAGE_SIZE)
+        while True:
+            try:
+                found = walk(bytes(image), end)
+                break
+            except Truncated as need:
+                want = max((need.needed + PAGE_SIZE - 1) // PAGE_SIZE, have + chunk)
+                upto = min(end_page, want)
+                if upto <= have:
+                    raise TagError(f"TLV walk needs byte {need.needed} beyond page {end_page}") from need
+                image += self._read_raw_pages(have, upto - have, limit)
+                have = upto
+        if found is None:
+            raise NoNdef("no NDEF TLV in the data area")
+        area = NdefArea(
+            message=found.message,
+            tlv_offset=found.tlv.offset,
+            value_offset=found.tlv.value_offset,
+            length_form=found.tlv.length_form,
+            data_area=data_area,
+            reserved=found.reserved,
+            capacity=capacity(found.tlv.offset, end, found.reserved),
+        )
+        return area, image
+
+    def write_ndef(self, message: bytes, verify: bool = True) -> NdefArea:
+        """Replace the NDEF message in place of the current NDEF TLV (T2T 1.0 §6.4.2).
+
+        Tear-aware order: the TLV header pages are first written with length 0
+        (an empty message, never a corrupt TLV), then the message and
+        Terminator, then the header with the real length. Pages whose content
+        does not change are not rewritten.
+
+        :param message: encoded NDEF message.
+        :param verify: read the message back and compare.
+        :returns: the new :class:`NdefArea`.
+        :raises ReadOnly: CC3 forbids writing.
+        :raises CapacityExceeded: the message (with TLV header and Terminator) does not fit.
+        :raises NoNdef: the tag has no NDEF TLV (format it first).
+        :raises WriteVerifyFailed: read-back differs.
+        """
+        area, image = self._read_ndef_image()
+        if area.data_area.read_only:
+            raise ReadOnly("the capability container marks the tag read-only")
+        if len(message) > area.capacity:
+            raise CapacityExceeded(f"message of {len(message)} bytes exceeds the capacity of {area.capacity} bytes")
+        end = area.data_area.end
+        header = tlv_header(TlvType.NDEF, len(message))
+        zero_header = header[:1] + bytes(len(header) - 1) if len(header) == 2 else header[:2] + bytes(2)
+        new = bytearray(image) + bytearray(max(0, end - len(image)))
+        original = bytes(image)
+        header_end = place(new, area.tlv_offset, header, end, area.reserved)
+        body = bytes(message)
+        body_end = place(new, header_end, body, end, area.reserved)
+        if body_end < end:
+            body_end = place(new, body_end, bytes((TlvType.TERMINATOR,)), end, area.reserved)
+        # Pages not yet read but touched: fetch them so reserved/trailing bytes are preserved.
+        touched = _pages_for(area.tlv_offset, body_end)
+        if touched.stop * PAGE_SIZE > len(original):
+            first_missing = len(original) // PAGE_SIZE
+            extra = self._read_raw_pages(first_missing, touched.stop - first_missing, self._limit())
+            original = original + extra
+            for i, b in enumerate(extra):
+                pos = first_missing * PAGE_SIZE + i
+                if any(pos in r for r in area.reserved) or pos >= body_end:
+                    new[pos] = b
+        zeroed = bytearray(new)
+        place(zeroed, area.tlv_offset, zero_header, end, area.reserved)
+        header_pages = _pages_for(area.tlv_offset, header_end)
+        body_pages = range(header_pages.stop, touched.stop)
+        current = bytearray(original)
+
+        def put(page: int, source: bytearray) -> None:
+            chunk = bytes(source[page * PAGE_SIZE : (page + 1) * PAGE_SIZE])
+            if bytes(current[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]) == chunk:
+                return
+            self.write_page(page, chunk)
+            current[page * PAGE_SIZE : (page + 1) * PAGE_SIZE] = chunk
+
+        for page in header_pages:
+            put(page, zeroed)
+        for page in body_pages:
+            put(page, new)
+        for page in header_pages:
+            put(page, new)
+        result = NdefArea(bytes(message), area.tlv_offset, header_end, len(header) - 1, area.data_area,
+                          area.reserved, area.capacity)
+        if verify:
+            back = self.read_ndef()
+            if back.message != bytes(message):
+                raise WriteVerifyFailed("NDEF message read back differs from what was written")
+        return result
+
+    def format(self) -> NdefArea:
+        """Write a clean CC (factory size for the chip) and an empty NDEF TLV ``03 00 FE`` on a blank tag.
+
+        A factory NTAG21x already carries the CC; then only page 4 is written.
+
+        :raises UnsupportedChip: the chip is unknown (cannot size the CC).
+        :raises NotBlank: page 3 holds a different CC (OTP bits cannot be cleared).
+        """
+        chip = self.identify()
+        if chip.chip not in STANDARD_CC2:
+            raise UnsupportedChip(f"cannot format a {chip.chip.value} tag")
+        want = CapabilityContainer.build(STANDARD_CC2[chip.chip] * 8)
+        page3 = self.read_pages(CC_PAGE, 1)
+        if page3 != want.raw:
+            if any(page3):
+                raise NotBlank(f"page 3 holds {page3.hex()}, not the clean CC {want.raw.hex()}")
+            self.channel.write4(CC_PAGE, want.raw)
+        self.write_page(FIRST_USER_PAGE, bytes((TlvType.NDEF, 0x00, TlvType.TERMINATOR, 0x00)))
+        return self.read_ndef()
+
+    # ------------------------------------------------------------------ NTAG21x specials
+
+    def read_counter(self) -> int:
+        """READ_CNT ``39 02``: the 24-bit NFC counter, sent LSB first (datasheet §10.6).
+
+        :raises Nak: counter disabled or password-protected.
+        :raises UnsupportedCommand: no pass-through.
+        """
+        data = self.channel.transceive(bytes((T2Command.READ_CNT, NFC_COUNTER_ADDRESS)))
+        if len(data) != COUNTER_LENGTH:
+            raise BadResponse(f"READ_CNT answered {len(data)} bytes")
+        return int.from_bytes(data, "little")
+
+    def read_signature(self) -> bytes:
+        """READ_SIG ``3C 00``: the 32-byte originality signature (datasheet §10.7)."""
+        data = self.channel.transceive(bytes((T2Command.READ_SIG, READ_SIG_ADDRESS)))
+        if len(data) != SIGNATURE_LENGTH:
+            raise BadResponse(f"READ_SIG answered {len(data)} bytes")
+        return data
+
+    def verify_originality(self) -> None:
+        """Read the signature and verify it for this UID with NXP's key.
+
+        :raises OriginalityError: the signature does not verify.
+        """
+        verify_originality(self.uid, self.read_signature())
+
+    def pwd_auth(self, pwd: bytes, expected_pack: bytes | None = None) -> bytes:
+        """PWD_AUTH ``1B <pwd>``: authenticate; returns the 2-byte PACK (datasheet §10.7).
+
+        :param pwd: the 4-byte password (sent in clear over RF).
+        :param expected_pack: when given, the PACK must match (detects a fake tag accepting any password).
+        :raises AuthenticationFailed: NAK or PACK mismatch. The tag is re-selected after a NAK.
+        """
+        if len(pwd) != PWD_LENGTH:
+            raise ValueError("PWD is 4 bytes")
+        try:
+            pack = self.channel.transceive(bytes((T2Command.PWD_AUTH,)) + bytes(pwd))
+        except Nak as exc:
+            self.channel.reactivate()
+            raise AuthenticationFailed(f"PWD_AUTH refused (NAK 0x{exc.code:X})") from exc
+        if len(pack) != PACK_LENGTH:
+            raise BadResponse(f"PWD_AUTH answered {len(pack)} bytes")
+        if expected_pack is not None and pack != expected_pack:
+            raise AuthenticationFailed("PACK does not match the expected value")
+        return pack
+
+    def read_lock_bits(self) -> LockBits:
+        """Static lock bytes (page 2) and dynamic lock bytes (datasheet §8.5.2-3)."""
+        chip = self.identify()
+        static = self.read_pages(STATIC_LOCK_PAGE, 1)[2:4]
+        dynamic = b""
+        if chip.dynamic_lock_page is not None:
+            dynamic = self.read_pages(chip.dynamic_lock_page, 1)[:3]
+        return LockBits(static, dynamic)
+
+    def set_lock_bits(self, static: bytes = b"\x00\x00", dynamic: bytes = b"\x00\x00\x00", *,
+                      irreversible: bool = False) -> LockBits:
+        """OR lock bits into the static and dynamic lock bytes. **One-time programmable.**
+
+        :param static: 2 bytes ORed into page 2 bytes 2-3.
+        :param dynamic: 3 bytes ORed into the dynamic lock bytes.
+        :param irreversible: must be True: locking can never be undone.
+        :returns: the lock bits read back.
+        :raises ValueError: *irreversible* is not True or lengths are wrong.
+        """
+        if not irreversible:
+            raise ValueError("lock bits are one-time programmable: pass irreversible=True")
+        if len(static) != 2 or len(dynamic) != 3:
+            raise ValueError("static is 2 bytes, dynamic 3 bytes")
+        chip = self.identify()
+        if any(static):
+            page2 = self.read_pages(STATIC_LOCK_PAGE, 1)
+            self.channel.write4(STATIC_LOCK_PAGE, page2[:2] + static)
+        if any(dynamic):
+            if chip.dynamic_lock_page is None:
+                raise AddressOutOfRange("this chip has no known dynamic lock page")
+            page = self.read_pages(chip.dynamic_lock_page, 1)
+            self.channel.write4(chip.dynamic_lock_page, bytes(dynamic) + page[3:4])
+        return self.read_lock_bits()
+
+
+def raise_for_issuance(area: DataArea) -> None:
+    """Raise :class:`MisIssued` when the CC disagrees with the chip or CC3 alone makes it read-only (T2-2, T2-5)."""
+    if area.mis_issued or area.issuance_errors:
+        raise MisIssued("; ".join(area.issuance_errors))
+
+
+__all__ = ["LockBits", "NdefArea", "Type2Tag", "raise_for_issuance"]
