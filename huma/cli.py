@@ -21,6 +21,7 @@ _GROUPS: list[tuple[str, str, str]] = [
     ("sim", "cardlib.sim.cli", "sim"),
     ("keys", "cardlib.keys.cli", "keys"),
     ("provision", "cardlib.provision.cli", "provision"),
+    ("server", "server.cli", "server"),
     ("config", "firmware_config.cli", "config"),
     ("terminal", "terminal.cli", "terminal"),
     ("journal", "terminal.cli", "journal"),

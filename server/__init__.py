@@ -1,1 +1,55 @@
-"""server: the centre (terminal enrolment, journal upload, reconciliation, auditors)."""
+"""server: the centre (terminal enrolment, journal upload, trust bundle, people).
+
+``create_app`` is the Flask application factory; models and upload logic live
+in modules free of Flask imports (:mod:`server.models`, :mod:`server.upload`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+#: Defaults; override with ``HUMA_<KEY>`` environment variables or ``test_config``.
+DEFAULTS: dict[str, Any] = {
+    "DB_BUSY_TIMEOUT": 5.0,  # seconds a writer waits for a lock before 503
+    "DB_POOL_SIZE": 10,
+    "RETRY_AFTER": 2,  # seconds, Retry-After of a 503
+    "MAX_CONTENT_LENGTH": 4 * 1024 * 1024,  # bytes per request
+    "MAX_BATCH_ENTRIES": 2000,  # journal entries per upload
+    "TOKEN_TTL": 12 * 3600,  # seconds a login token lives
+    "TERMINAL_CA_KEY": None,  # path of the terminal CA PKCS#8 PEM key
+    "TERMINAL_CA_KEY_PASSWORD": None,
+}
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the application.
+
+    Configuration order: :data:`DEFAULTS`, ``HUMA_*`` environment variables,
+    ``DATABASE_URL`` (environment), then ``test_config``. Without a database URL
+    the SQLite file ``<instance>/huma.db`` is used.
+    """
+    from server.blueprints import bundle, enrol, journal, openapi, people
+    from server.extensions import db
+    from server.http import register_error_handlers
+
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(DEFAULTS)
+    app.config.from_prefixed_env("HUMA")
+    if os.environ.get("DATABASE_URL"):
+        app.config["DATABASE_URL"] = os.environ["DATABASE_URL"]
+    if test_config is not None:
+        app.config.update(test_config)
+    if not app.config.get("DATABASE_URL"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "huma.db")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    db.init_app(app)
+    register_error_handlers(app)
+    for module in (people, enrol, journal, bundle, openapi):
+        app.register_blueprint(module.bp)
+    return app

@@ -1,5 +1,120 @@
-"""The single error root of :mod:`server`."""
+"""The single error root of :mod:`server`, subclassed by cause.
+
+HTTP translation happens once, in :mod:`server.http` (the error handlers):
+each subclass carries a machine-readable ``code`` and an HTTP ``status``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
 
 
 class ServerError(Exception):
-    """Root of every error raised by the server package."""
+    """Root of every error raised by the server package.
+
+    :ivar code: machine-readable reason (snake_case), stable across releases.
+    :ivar status: the HTTP status the API answers with.
+    :ivar detail: extra JSON-serialisable fields for the error body.
+    """
+
+    code: str = "server_error"
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.detail: dict[str, Any] = detail
+
+
+class ConfigurationError(ServerError):
+    """The server is misconfigured (missing CA key, bad DATABASE_URL...)."""
+
+    code = "configuration_error"
+
+
+class NaiveDatetimeError(ServerError, ValueError):
+    """A datetime without tzinfo was given where an aware UTC instant is required (SV-4)."""
+
+    code = "naive_datetime"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class BadRequest(ServerError):
+    """The request body is malformed (not JSON, wrong shape, bad base64...)."""
+
+    code = "malformed_request"
+    status = HTTPStatus.BAD_REQUEST
+
+
+class PayloadTooLarge(ServerError):
+    """The request is larger than the configured limit (bytes or entries)."""
+
+    code = "payload_too_large"
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class AuthenticationFailed(ServerError):
+    """No, or wrong, credentials (person token, terminal signature)."""
+
+    code = "unauthenticated"
+    status = HTTPStatus.UNAUTHORIZED
+
+
+class BadBatchSignature(AuthenticationFailed):
+    """The upload envelope signature does not verify with the terminal's enrolled key."""
+
+    code = "bad_batch_signature"
+
+
+class UnknownTerminal(AuthenticationFailed):
+    """The envelope names a terminal that is not enrolled and approved."""
+
+    code = "unknown_terminal"
+
+
+class Forbidden(ServerError):
+    """Authenticated, but the role (or the terminal's status) does not allow this."""
+
+    code = "forbidden"
+    status = HTTPStatus.FORBIDDEN
+
+
+class TerminalRevoked(Forbidden):
+    """The terminal's certificate was revoked; its uploads are refused."""
+
+    code = "terminal_revoked"
+
+
+class NotFound(ServerError):
+    """The addressed object does not exist."""
+
+    code = "not_found"
+    status = HTTPStatus.NOT_FOUND
+
+
+class Conflict(ServerError):
+    """The request contradicts stored state (different key for an enrolled terminal...)."""
+
+    code = "conflict"
+    status = HTTPStatus.CONFLICT
+
+
+class InvalidCsr(ServerError):
+    """The certificate signing request is undecodable, badly signed or names the wrong terminal."""
+
+    code = "invalid_csr"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class DatabaseBusy(ServerError):
+    """The database is busy (SQLite locked, PostgreSQL lock/serialization timeout): retry later (SV-3).
+
+    :ivar retry_after: seconds the client should wait before retrying.
+    """
+
+    code = "database_busy"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after

@@ -1,0 +1,487 @@
+"""Terminal journal entries: signed, hash-chained, one per event (DESIGN §7).
+
+Shared by the terminal (writes them) and the server (verifies and stores them).
+Pure: no I/O, no Flask, no SQL.
+
+Wire format of one entry::
+
+    entry   = COSE_Sign1 (RFC 9052 §4.2), tagged 18, EdDSA (or ES256), kid = terminal key id,
+              external_aad = b"huma-betang/journal/v1"
+    payload = deterministic CBOR (RFC 8949 §4.2.1) map with small integer keys (:class:`Claim`);
+              optional claims are omitted, never encoded as null
+    entry_hash(n) = SHA-256(exact COSE_Sign1 bytes of entry n)
+    entry n.prev_entry_hash = entry_hash(n - 1);  entry 1.prev_entry_hash = 32 zero bytes
+
+Identifiers: ``entry_id`` is 16 random bytes (:func:`new_entry_id`) drawn once,
+when the terminal first writes the entry, and stored with it; a retry re-sends
+the stored bytes, never a new id. ``seq`` counts entries per terminal from 1
+without gaps across reboots; ``boot_id`` counts daemon starts from 1 (it
+tells auditors which entries share one monotonic clock).
+
+All payload claims are at most small unsigned integers, so RFC 8949 §4.2.1's
+bytewise key order equals numeric order, and cbor2's ``canonical=True``
+(shortest integer forms, sorted keys, definite lengths) produces it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import cbor2
+
+from cardlib.records.cose import Algorithm, KeyResolver, PrivateKey, sign1, verify1
+from cardlib.records.errors import BadSignature, RecordError
+
+__all__ = [
+    "JOURNAL_VERSION",
+    "JOURNAL_AAD",
+    "GENESIS_HASH",
+    "EntryKind",
+    "Claim",
+    "JournalEntry",
+    "SignedEntry",
+    "JournalError",
+    "MalformedEntry",
+    "ChainBroken",
+    "Gap",
+    "BadSignature",
+    "new_entry_id",
+    "entry_hash",
+    "encode_payload",
+    "sign_entry",
+    "verify_entry",
+    "verify_chain",
+]
+
+#: Format version carried in every entry (claim 1).
+JOURNAL_VERSION = 1
+#: COSE external_aad of journal entries: separates them from card records and
+#: upload envelopes signed by the same terminal key (RFC 9052 §4.3).
+JOURNAL_AAD = b"huma-betang/journal/v1"
+#: SHA-256 output length, bytes.
+HASH_LEN = 32
+#: prev_entry_hash of seq 1.
+GENESIS_HASH = bytes(HASH_LEN)
+#: entry_id length, bytes.
+ENTRY_ID_LEN = 16
+#: NTAG21x UIDs are 7 bytes; ISO 14443-3 allows 4, 7 or 10.
+UID_LENGTHS = frozenset({4, 7, 10})
+#: NTAG21x NFC counter is 24 bits (NTAG213/215/216 datasheet §8.7).
+NTAG_COUNTER_MAX = 0xFF_FFFF
+#: Longest terminal id / card id / programme name, characters.
+MAX_ID_CHARS = 64
+MAX_PROGRAMME_CHARS = 32
+
+
+class EntryKind(IntEnum):
+    """What happened (DESIGN §5): the redemption protocol plus read-only and housekeeping events."""
+
+    PENDING = 1  #: about to write a slot (fsynced before the card write)
+    COMMIT = 2  #: slot written and read back identical
+    UNCERTAIN = 3  #: write torn or unverifiable; resolve on next presentation
+    FINISHED = 4  #: an UNCERTAIN write found complete on re-presentation
+    VOIDED = 5  #: an UNCERTAIN write found not applied; nothing was charged
+    DECLINED = 6  #: tap refused by policy (no card write)
+    BALANCE = 7  #: read-only balance check
+    ISSUANCE = 8  #: card provisioned at this terminal
+    BOOT = 9  #: daemon started (new boot_id)
+    CLOCK_SET = 10  #: wall clock stepped (NTP sync or manual)
+
+
+class Claim(IntEnum):
+    """CBOR map keys of the entry payload."""
+
+    VERSION = 1
+    ENTRY_ID = 2
+    TERMINAL_ID = 3
+    BOOT_ID = 4
+    SEQ = 5
+    KIND = 6
+    WALL_MS = 7  #: wall time, integer milliseconds since 1970-01-01T00:00Z
+    MONO_NS = 8  #: CLOCK_MONOTONIC, integer nanoseconds (same boot_id only)
+    CLOCK_SYNCED = 9
+    CARD_ID = 10
+    TAG_UID = 11
+    PROGRAMME = 12
+    AMOUNT = 13  #: in the programme's unit: rupiah, units, visits
+    SLOT_SEQ_BEFORE = 14
+    SLOT_SEQ_AFTER = 15
+    STATE_HASH_PREV = 16
+    STATE_HASH_NEW = 17
+    NTAG_COUNTER = 18
+    PREV_ENTRY_HASH = 19
+
+
+_REQUIRED = frozenset(
+    {
+        Claim.VERSION,
+        Claim.ENTRY_ID,
+        Claim.TERMINAL_ID,
+        Claim.BOOT_ID,
+        Claim.SEQ,
+        Claim.KIND,
+        Claim.WALL_MS,
+        Claim.MONO_NS,
+        Claim.CLOCK_SYNCED,
+        Claim.PREV_ENTRY_HASH,
+    }
+)
+
+
+class JournalError(RecordError):
+    """Root of journal-format and chain errors (signature errors stay :class:`BadSignature`)."""
+
+
+class MalformedEntry(JournalError):
+    """The payload is not a valid entry: bad CBOR, not deterministic, missing/extra/ill-typed claim."""
+
+
+class ChainBroken(JournalError):
+    """Entry ``seq``'s prev_entry_hash is not the hash of entry ``seq - 1``, or the
+    terminal id changes inside one chain.
+
+    :ivar seq: the entry whose link is wrong.
+    """
+
+    def __init__(self, seq: int, message: str | None = None) -> None:
+        super().__init__(message or f"chain broken at seq {seq}")
+        self.seq = seq
+
+
+class Gap(JournalError):
+    """Sequence numbers ``first..last`` (inclusive) are missing, or out of order.
+
+    :ivar first: first missing seq.
+    :ivar last: last missing seq.
+    """
+
+    def __init__(self, first: int, last: int, message: str | None = None) -> None:
+        super().__init__(message or f"entries {first}..{last} missing")
+        self.first = first
+        self.last = last
+
+
+def new_entry_id() -> bytes:
+    """A fresh 16-byte entry id (random: unique without coordination, even after a journal restore)."""
+    return os.urandom(ENTRY_ID_LEN)
+
+
+def entry_hash(message: bytes) -> bytes:
+    """SHA-256 of the exact signed entry bytes (32 bytes): the chain link and dedup key."""
+    return hashlib.sha256(message).digest()
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """The claims of one journal entry.
+
+    :ivar entry_id: 16 bytes, see :func:`new_entry_id`.
+    :ivar terminal_id: the terminal's registered id (≤ 64 chars), e.g. ``"T-017"``.
+    :ivar boot_id: daemon start counter, ≥ 1.
+    :ivar seq: per-terminal sequence, contiguous from 1.
+    :ivar wall_ms: wall clock, integer ms since the Unix epoch (UTC).
+    :ivar mono_ns: monotonic clock, ns (comparable within one boot only).
+    :ivar clock_synced: whether the wall clock was synchronised when written.
+    :ivar prev_entry_hash: :func:`entry_hash` of seq - 1 (32 bytes), :data:`GENESIS_HASH` for seq 1.
+    :ivar amount: in the programme's unit (rupiah, units, visits); non-negative.
+    :ivar tag_uid: chip UID, 4/7/10 bytes.
+    :ivar state_hash_prev: hash of the slot state read (32 bytes).
+    :ivar state_hash_new: hash of the slot state written (32 bytes).
+    :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
+    """
+
+    entry_id: bytes
+    terminal_id: str
+    boot_id: int
+    seq: int
+    kind: EntryKind
+    wall_ms: int
+    mono_ns: int
+    clock_synced: bool
+    prev_entry_hash: bytes
+    card_id: str | None = None
+    tag_uid: bytes | None = None
+    programme: str | None = None
+    amount: int | None = None
+    slot_seq_before: int | None = None
+    slot_seq_after: int | None = None
+    state_hash_prev: bytes | None = None
+    state_hash_new: bytes | None = None
+    ntag_counter: int | None = None
+    version: int = JOURNAL_VERSION
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @property
+    def wall_time(self) -> dt.datetime:
+        """Wall time as an aware UTC datetime (millisecond resolution)."""
+        return dt.datetime.fromtimestamp(0, dt.timezone.utc) + dt.timedelta(milliseconds=self.wall_ms)
+
+    @staticmethod
+    def wall_ms_of(when: dt.datetime) -> int:
+        """Integer ms since the epoch for an aware datetime.
+
+        :raises ValueError: for a naive datetime.
+        """
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("wall time must be timezone-aware")
+        delta = when - dt.datetime.fromtimestamp(0, dt.timezone.utc)
+        return delta // dt.timedelta(milliseconds=1)
+
+    def to_claims(self) -> dict[int, Any]:
+        """The CBOR claim map (optional claims omitted when ``None``)."""
+        values: dict[Claim, Any] = {
+            Claim.VERSION: self.version,
+            Claim.ENTRY_ID: self.entry_id,
+            Claim.TERMINAL_ID: self.terminal_id,
+            Claim.BOOT_ID: self.boot_id,
+            Claim.SEQ: self.seq,
+            Claim.KIND: int(self.kind),
+            Claim.WALL_MS: self.wall_ms,
+            Claim.MONO_NS: self.mono_ns,
+            Claim.CLOCK_SYNCED: self.clock_synced,
+            Claim.CARD_ID: self.card_id,
+            Claim.TAG_UID: self.tag_uid,
+            Claim.PROGRAMME: self.programme,
+            Claim.AMOUNT: self.amount,
+            Claim.SLOT_SEQ_BEFORE: self.slot_seq_before,
+            Claim.SLOT_SEQ_AFTER: self.slot_seq_after,
+            Claim.STATE_HASH_PREV: self.state_hash_prev,
+            Claim.STATE_HASH_NEW: self.state_hash_new,
+            Claim.NTAG_COUNTER: self.ntag_counter,
+            Claim.PREV_ENTRY_HASH: self.prev_entry_hash,
+        }
+        return {int(k): v for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_claims(cls, claims: object) -> JournalEntry:
+        """Build an entry from a decoded claim map.
+
+        :raises MalformedEntry: missing, unknown or ill-typed claims, or wrong version.
+        """
+        if not isinstance(claims, dict):
+            raise MalformedEntry("payload must be a CBOR map")
+        try:
+            keys = {Claim(k) for k in claims}
+        except ValueError as exc:
+            raise MalformedEntry(f"unknown claim key: {exc}") from exc
+        missing = _REQUIRED - keys
+        if missing:
+            raise MalformedEntry("missing claims: " + ", ".join(sorted(c.name for c in missing)))
+        if claims[Claim.VERSION] != JOURNAL_VERSION:
+            raise MalformedEntry(f"unsupported journal version {claims[Claim.VERSION]!r}")
+        try:
+            kind = EntryKind(claims[Claim.KIND])
+        except ValueError as exc:
+            raise MalformedEntry(f"unknown entry kind {claims[Claim.KIND]!r}") from exc
+        try:
+            return cls(
+                entry_id=claims[Claim.ENTRY_ID],
+                terminal_id=claims[Claim.TERMINAL_ID],
+                boot_id=claims[Claim.BOOT_ID],
+                seq=claims[Claim.SEQ],
+                kind=kind,
+                wall_ms=claims[Claim.WALL_MS],
+                mono_ns=claims[Claim.MONO_NS],
+                clock_synced=claims[Claim.CLOCK_SYNCED],
+                prev_entry_hash=claims[Claim.PREV_ENTRY_HASH],
+                card_id=claims.get(Claim.CARD_ID),
+                tag_uid=claims.get(Claim.TAG_UID),
+                programme=claims.get(Claim.PROGRAMME),
+                amount=claims.get(Claim.AMOUNT),
+                slot_seq_before=claims.get(Claim.SLOT_SEQ_BEFORE),
+                slot_seq_after=claims.get(Claim.SLOT_SEQ_AFTER),
+                state_hash_prev=claims.get(Claim.STATE_HASH_PREV),
+                state_hash_new=claims.get(Claim.STATE_HASH_NEW),
+                ntag_counter=claims.get(Claim.NTAG_COUNTER),
+            )
+        except TypeError as exc:  # a claim of the wrong CBOR type reaching __post_init__
+            raise MalformedEntry(str(exc)) from exc
+
+
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check(e: JournalEntry) -> None:
+    """Field checks shared by construction and decoding.
+
+    :raises MalformedEntry: with the first problem found.
+    """
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise MalformedEntry(what)
+
+    need(e.version == JOURNAL_VERSION, f"version must be {JOURNAL_VERSION}")
+    need(isinstance(e.entry_id, bytes) and len(e.entry_id) == ENTRY_ID_LEN, "entry_id: 16 bytes")
+    need(
+        isinstance(e.terminal_id, str) and 0 < len(e.terminal_id) <= MAX_ID_CHARS,
+        "terminal_id: 1..64 characters",
+    )
+    need(_is_uint(e.boot_id) and e.boot_id >= 1, "boot_id: integer ≥ 1")
+    need(_is_uint(e.seq) and e.seq >= 1, "seq: integer ≥ 1")
+    need(isinstance(e.kind, EntryKind), "kind: EntryKind")
+    need(_is_uint(e.wall_ms), "wall_ms: integer ≥ 0")
+    need(_is_uint(e.mono_ns), "mono_ns: integer ≥ 0")
+    need(isinstance(e.clock_synced, bool), "clock_synced: bool")
+    need(
+        isinstance(e.prev_entry_hash, bytes) and len(e.prev_entry_hash) == HASH_LEN,
+        "prev_entry_hash: 32 bytes",
+    )
+    need(e.seq != 1 or e.prev_entry_hash == GENESIS_HASH, "seq 1 must link to the genesis hash")
+    need(
+        e.card_id is None or (isinstance(e.card_id, str) and 0 < len(e.card_id) <= MAX_ID_CHARS),
+        "card_id: 1..64 characters",
+    )
+    need(
+        e.tag_uid is None or (isinstance(e.tag_uid, bytes) and len(e.tag_uid) in UID_LENGTHS),
+        "tag_uid: 4, 7 or 10 bytes",
+    )
+    need(
+        e.programme is None
+        or (isinstance(e.programme, str) and 0 < len(e.programme) <= MAX_PROGRAMME_CHARS),
+        "programme: 1..32 characters",
+    )
+    for name in ("amount", "slot_seq_before", "slot_seq_after"):
+        value = getattr(e, name)
+        need(value is None or _is_uint(value), f"{name}: integer ≥ 0")
+    for name in ("state_hash_prev", "state_hash_new"):
+        value = getattr(e, name)
+        need(value is None or (isinstance(value, bytes) and len(value) == HASH_LEN), f"{name}: 32 bytes")
+    need(
+        e.ntag_counter is None or (_is_uint(e.ntag_counter) and e.ntag_counter <= NTAG_COUNTER_MAX),
+        "ntag_counter: 0..2^24-1",
+    )
+
+
+def encode_payload(entry: JournalEntry) -> bytes:
+    """Deterministic CBOR of the claim map (RFC 8949 §4.2.1)."""
+    return cbor2.dumps(entry.to_claims(), canonical=True)
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """A journal entry together with the exact bytes that were signed.
+
+    :ivar entry: the decoded claims.
+    :ivar message: the COSE_Sign1 bytes (what is stored, uploaded and hashed).
+    :ivar kid: the 4-byte terminal key id from the COSE header.
+    """
+
+    entry: JournalEntry
+    message: bytes = field(repr=False)
+    kid: bytes
+
+    @property
+    def entry_hash(self) -> bytes:
+        """SHA-256 of :attr:`message` (32 bytes)."""
+        return entry_hash(self.message)
+
+
+def sign_entry(
+    entry: JournalEntry, private_key: PrivateKey, kid: bytes, alg: Algorithm = Algorithm.EDDSA
+) -> SignedEntry:
+    """Sign one entry with the terminal key (RFC 9052 §4.4).
+
+    :param kid: the terminal key id (4 bytes, SHA-256(SPKI)[:4]).
+    :returns: the entry with its signed bytes.
+    """
+    message = sign1(encode_payload(entry), private_key, kid, alg=alg, external_aad=JOURNAL_AAD)
+    return SignedEntry(entry=entry, message=message, kid=kid)
+
+
+def _decode_payload(payload: bytes) -> object:
+    stream = io.BytesIO(payload)
+    try:
+        claims = cbor2.CBORDecoder(stream).decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError) as exc:
+        raise MalformedEntry(f"payload is not CBOR: {exc}") from exc
+    if stream.tell() != len(payload):
+        raise MalformedEntry("trailing bytes after the payload map")
+    return claims
+
+
+def verify_entry(message: bytes, keys: KeyResolver) -> SignedEntry:
+    """Verify one entry's signature and decode its claims.
+
+    :param message: the COSE_Sign1 bytes as stored or received.
+    :param keys: the terminal key(s) by kid (see :func:`cardlib.records.cose.verify1`).
+    :raises cardlib.records.errors.CoseError: malformed COSE, unknown/revoked kid,
+        algorithm not allowed, :class:`BadSignature`.
+    :raises MalformedEntry: the payload is not a deterministic, valid claim map.
+    """
+    verified = verify1(message, keys, external_aad=JOURNAL_AAD)
+    claims = _decode_payload(verified.payload)
+    entry = JournalEntry.from_claims(claims)
+    if encode_payload(entry) != verified.payload:
+        raise MalformedEntry("payload is not deterministic CBOR (RFC 8949 §4.2.1)")
+    return SignedEntry(entry=entry, message=bytes(message), kid=verified.kid)
+
+
+def verify_chain(
+    messages: Iterable[bytes],
+    keys: KeyResolver,
+    *,
+    prev_hash: bytes | None = None,
+    first_seq: int | None = None,
+) -> list[SignedEntry]:
+    """Verify a run of consecutive entries of one terminal: signatures, seq contiguity, links.
+
+    :param messages: COSE_Sign1 entries in seq order.
+    :param keys: the terminal's key(s) by kid.
+    :param prev_hash: entry_hash of the entry before the first one; defaults to
+        :data:`GENESIS_HASH` when the run starts at seq 1, otherwise the first
+        link is not checked (a slice of a longer journal).
+    :param first_seq: the seq the run must start at (``None``: any).
+    :returns: the verified entries, in order.
+    :raises BadSignature: (and the other :class:`~cardlib.records.errors.CoseError`) for the
+        first entry that does not verify.
+    :raises MalformedEntry: for an undecodable entry.
+    :raises Gap: a seq is missing (``first..last``) or a seq repeats / goes backwards.
+    :raises ChainBroken: a prev_entry_hash that is not the previous entry's hash, or
+        a change of terminal id.
+    """
+    out: list[SignedEntry] = []
+    expected_seq = first_seq
+    link = prev_hash
+    terminal: str | None = None
+    for message in messages:
+        signed = verify_entry(message, keys)
+        entry = signed.entry
+        if terminal is None:
+            terminal = entry.terminal_id
+        elif entry.terminal_id != terminal:
+            raise ChainBroken(entry.seq, f"terminal id changes to {entry.terminal_id!r} at seq {entry.seq}")
+        if expected_seq is not None and entry.seq != expected_seq:
+            if entry.seq > expected_seq:
+                raise Gap(expected_seq, entry.seq - 1)
+            raise Gap(entry.seq, entry.seq, f"seq {entry.seq} repeats or goes backwards after {expected_seq - 1}")
+        if link is None and entry.seq == 1:
+            link = GENESIS_HASH
+        if link is not None and entry.prev_entry_hash != link:
+            raise ChainBroken(entry.seq)
+        out.append(signed)
+        link = signed.entry_hash
+        expected_seq = entry.seq + 1
+    return out
+
+
+def check_links(entries: Sequence[SignedEntry]) -> None:
+    """Check prev_entry_hash links between adjacent seqs in an already verified list.
+
+    Non-adjacent seqs (gaps) are skipped: the caller decides whether gaps are errors.
+
+    :raises ChainBroken: for the first entry whose link does not match its predecessor.
+    """
+    for before, after in zip(entries, entries[1:]):
+        if after.entry.seq == before.entry.seq + 1 and after.entry.prev_entry_hash != before.entry_hash:
+            raise ChainBroken(after.entry.seq)

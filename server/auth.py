@@ -1,0 +1,133 @@
+"""People: password login, bearer tokens, roles, and the audit log of their changes.
+
+Passwords are hashed with werkzeug's scrypt (``scrypt:32768:8:1``); tokens are
+256-bit random strings of which only the SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from flask import g, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from server.errors import AuthenticationFailed, Forbidden
+from server.models import ApiToken, AuditLog, Person, Role
+from server.types import utcnow
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PASSWORD_METHOD = "scrypt"
+MIN_PASSWORD_LENGTH = 10
+TOKEN_BYTES = 32
+
+
+def hash_password(password: str) -> str:
+    """scrypt hash of ``password`` (werkzeug format, salted)."""
+    return generate_password_hash(password, method=PASSWORD_METHOD)
+
+
+def create_person(session: Session, username: str, password: str, role: Role) -> Person:
+    """Add a person (the caller commits and audits).
+
+    :raises ValueError: password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    person = Person(username=username, password_hash=hash_password(password), role=role, disabled=False)
+    session.add(person)
+    session.flush()
+    return person
+
+
+def login(session: Session, username: str, password: str, ttl: dt.timedelta) -> tuple[str, Person, dt.datetime]:
+    """Check a password and issue a bearer token.
+
+    :returns: (token, person, expiry as aware UTC).
+    :raises AuthenticationFailed: unknown user, wrong password or disabled account
+        (one message for all three).
+    """
+    person = session.scalars(select(Person).where(Person.username == username)).one_or_none()
+    # Hash even for an unknown user so timing does not reveal which usernames exist.
+    stored = person.password_hash if person is not None else _DUMMY_HASH
+    ok = check_password_hash(stored, password)
+    if person is None or not ok or person.disabled:
+        raise AuthenticationFailed("wrong username or password")
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    expires = utcnow() + ttl
+    session.add(ApiToken(token_sha256=token_digest(token), person_id=person.id, expires_at=expires))
+    return token, person, expires
+
+
+_DUMMY_HASH = generate_password_hash("not-a-real-password", method=PASSWORD_METHOD)
+
+
+def token_digest(token: str) -> bytes:
+    """SHA-256 of a bearer token (what the database stores)."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def person_from_token(session: Session, header: str | None) -> Person:
+    """Resolve ``Authorization: Bearer <token>``.
+
+    :raises AuthenticationFailed: missing, unknown or expired token, disabled person.
+    """
+    if not header or not header.startswith("Bearer "):
+        raise AuthenticationFailed("missing bearer token")
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_sha256 == token_digest(header[len("Bearer "):].strip()))
+    ).one_or_none()
+    if row is None or row.expires_at <= utcnow():
+        raise AuthenticationFailed("invalid or expired token")
+    person = session.get(Person, row.person_id)
+    if person is None or person.disabled:
+        raise AuthenticationFailed("account disabled")
+    return person
+
+
+def require_role(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """View decorator: a logged-in person with one of ``roles``; sets ``g.person``.
+
+    :raises AuthenticationFailed: not logged in.
+    :raises Forbidden: logged in with another role.
+    """
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(view)
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+            from server.extensions import db
+
+            person = person_from_token(db.session, request.headers.get("Authorization"))
+            if person.role not in roles:
+                raise Forbidden(f"role {person.role.value} may not do this",
+                                needed=[r.value for r in roles])
+            g.person = person
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def audit(session: Session, person: Person | None, action: str, target: str, **detail: Any) -> None:
+    """Record a change made by a person (same transaction as the change itself)."""
+    session.add(
+        AuditLog(
+            person_id=person.id if person is not None else None,
+            action=action,
+            target=target,
+            detail=json.dumps(detail, sort_keys=True, default=str),
+        )
+    )
+    log.info("audit: %s %s by person %s", action, target, person.id if person is not None else "-")

@@ -1,0 +1,1 @@
+"""One blueprint per area: people/auth, enrolment (terminals, cards), journal upload, bundle, openapi."""

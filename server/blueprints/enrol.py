@@ -1,0 +1,238 @@
+"""Enrolment: terminals (CSR → approval → certificate) and the card registry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from flask import Blueprint, current_app, g, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from server.auth import audit, require_role
+from server.ca import TerminalCa, check_csr, key_id
+from server.errors import BadRequest, Conflict, NotFound
+from server.extensions import db
+from server.http import json_body
+from server.models import Card, Role, Terminal, TerminalStatus
+from server.types import require_aware, utcnow
+from server.upload import insert_or_ignore
+
+bp = Blueprint("enrol", __name__, url_prefix="/api/v1")
+
+MAX_CARDS_PER_REQUEST = 1000
+
+
+def _terminal_json(t: Terminal) -> dict[str, Any]:
+    return {
+        "terminal_id": t.terminal_id,
+        "status": t.status.value,
+        "kid": t.kid.hex(),
+        "created_at": t.created_at.isoformat(),
+        "decided_at": t.decided_at.isoformat() if t.decided_at else None,
+    }
+
+
+def _get_terminal(terminal_id: str) -> Terminal:
+    terminal = db.session.scalars(
+        select(Terminal).where(Terminal.terminal_id == terminal_id)
+    ).one_or_none()
+    if terminal is None:
+        raise NotFound(f"no terminal {terminal_id!r}")
+    return terminal
+
+
+def terminal_ca() -> TerminalCa:
+    """The configured terminal CA (``TERMINAL_CA_KEY`` PEM file, optional password).
+
+    :raises ConfigurationError: no key configured or unreadable.
+    """
+    from server.errors import ConfigurationError
+
+    path = current_app.config.get("TERMINAL_CA_KEY")
+    if not path:
+        raise ConfigurationError("TERMINAL_CA_KEY is not configured: cannot issue certificates")
+    password = current_app.config.get("TERMINAL_CA_KEY_PASSWORD")
+    return TerminalCa.from_file(path, password.encode() if isinstance(password, str) else password)
+
+
+@bp.post("/terminals/enrol")
+def enrol() -> ResponseReturnValue:
+    """A terminal asks to be enrolled: ``{"terminal_id", "csr": PEM text or base64 DER}`` → 202 pending.
+
+    Re-sending the same CSR is idempotent; another key for a known terminal is 409.
+    """
+    body = json_body()
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    terminal_id, csr_text = body.get("terminal_id"), body.get("csr")
+    if not isinstance(terminal_id, str) or not 0 < len(terminal_id) <= 64:
+        raise BadRequest("terminal_id must be 1..64 characters", field="terminal_id")
+    if not isinstance(csr_text, str) or not csr_text:
+        raise BadRequest("csr must be PEM text or base64 DER", field="csr")
+    if csr_text.lstrip().startswith("-----BEGIN"):
+        raw = csr_text.encode("ascii", "replace")
+    else:
+        try:
+            raw = base64.b64decode(csr_text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest("csr is neither PEM nor base64 DER", field="csr") from exc
+    csr = check_csr(raw, terminal_id)
+    session = db.write_session()
+    existing = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
+    if existing is not None:
+        if existing.public_key != csr.spki_der:
+            raise Conflict(f"terminal {terminal_id!r} is already enrolled with another key")
+        return jsonify(_terminal_json(existing)), 202
+    kid = key_id(csr.public_key)
+    if session.scalars(select(Terminal).where(Terminal.kid == kid)).first() is not None:
+        raise Conflict("this key is already enrolled for another terminal")
+    terminal = Terminal(terminal_id=terminal_id, status=TerminalStatus.PENDING, csr_der=csr.der,
+                        public_key=csr.spki_der, kid=kid)
+    try:
+        with session.begin_nested():  # savepoint: a concurrent enrolment may win the race
+            session.add(terminal)
+    except IntegrityError:
+        winner = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
+        if winner is None or winner.public_key != csr.spki_der:
+            raise Conflict(f"terminal {terminal_id!r} or this key is already enrolled") from None
+        return jsonify(_terminal_json(winner)), 202
+    session.commit()
+    return jsonify(_terminal_json(terminal)), 202
+
+
+@bp.get("/terminals/<terminal_id>/certificate")
+def certificate(terminal_id: str) -> ResponseReturnValue:
+    """The terminal's certificate (PEM) once approved; 202 while pending; 403 if rejected/revoked."""
+    terminal = _get_terminal(terminal_id)
+    body = _terminal_json(terminal)
+    if terminal.status is TerminalStatus.PENDING:
+        return jsonify(body), 202
+    if terminal.status is not TerminalStatus.APPROVED or terminal.certificate_der is None:
+        return jsonify({"error": {"code": f"terminal_{terminal.status.value}",
+                                  "message": f"terminal is {terminal.status.value}"}}), 403
+    cert = x509.load_der_x509_certificate(terminal.certificate_der)
+    body["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return jsonify(body), 200
+
+
+@bp.get("/terminals")
+@require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
+def list_terminals() -> ResponseReturnValue:
+    """The terminal registry."""
+    rows = db.session.scalars(select(Terminal).order_by(Terminal.terminal_id)).all()
+    return jsonify({"terminals": [_terminal_json(t) for t in rows]})
+
+
+def _decide(terminal_id: str, allowed_from: set[TerminalStatus], to: TerminalStatus) -> Terminal:
+    session = db.write_session()
+    terminal = _get_terminal(terminal_id)
+    if terminal.status is to:
+        return terminal  # idempotent
+    if terminal.status not in allowed_from:
+        raise Conflict(f"terminal is {terminal.status.value}, cannot become {to.value}")
+    now = utcnow()
+    if to is TerminalStatus.APPROVED:
+        terminal.certificate_der = terminal_ca().issue(check_csr(terminal.csr_der, terminal_id), now)
+    terminal.status = to
+    terminal.decided_at = now
+    terminal.decided_by = g.person.id
+    audit(session, g.person, f"terminal.{to.value}", f"terminal:{terminal_id}", kid=terminal.kid.hex())
+    session.commit()
+    return terminal
+
+
+@bp.post("/terminals/<terminal_id>/approve")
+@require_role(Role.ADMIN)
+def approve(terminal_id: str) -> ResponseReturnValue:
+    """Approve a pending terminal: its certificate is issued now (admin, audited)."""
+    return jsonify(_terminal_json(_decide(terminal_id, {TerminalStatus.PENDING}, TerminalStatus.APPROVED)))
+
+
+@bp.post("/terminals/<terminal_id>/reject")
+@require_role(Role.ADMIN)
+def reject(terminal_id: str) -> ResponseReturnValue:
+    """Reject a pending enrolment (admin, audited)."""
+    return jsonify(_terminal_json(_decide(terminal_id, {TerminalStatus.PENDING}, TerminalStatus.REJECTED)))
+
+
+@bp.post("/terminals/<terminal_id>/revoke")
+@require_role(Role.ADMIN)
+def revoke(terminal_id: str) -> ResponseReturnValue:
+    """Revoke a terminal key: its uploads are refused from now on (admin, audited)."""
+    return jsonify(_terminal_json(_decide(
+        terminal_id, {TerminalStatus.APPROVED, TerminalStatus.PENDING}, TerminalStatus.REVOKED)))
+
+
+def _parse_card(item: Any, index: int) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise BadRequest(f"cards[{index}] must be an object", index=index)
+    try:
+        card_id = item["card_id"]
+        uid = bytes.fromhex(item["tag_uid"])
+        kid = bytes.fromhex(item["kid"])
+        issued_at = require_aware(dt.datetime.fromisoformat(item["issued_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"cards[{index}]: card_id, tag_uid (hex), kid (hex), issued_at "
+                         f"(ISO 8601 with offset) required ({exc})", index=index) from exc
+    if not isinstance(card_id, str) or not 0 < len(card_id) <= 64 or len(uid) not in (4, 7, 10) \
+            or len(kid) != 4:
+        raise BadRequest(f"cards[{index}]: card_id 1..64 chars, tag_uid 4/7/10 bytes, kid 4 bytes",
+                         index=index)
+    return {"card_id": card_id, "tag_uid": uid, "kid": kid, "issued_at": issued_at}
+
+
+@bp.post("/cards")
+@require_role(Role.TECHNICIAN, Role.ADMIN)
+def add_cards() -> ResponseReturnValue:
+    """Register card issuances ``{"cards": [{card_id, tag_uid, kid, issued_at}]}``; a result per card.
+
+    Insert-or-ignore: the same issuance twice is ``duplicate``; the same card id with
+    another UID or kid is ``conflict`` (the first registration is kept).
+    """
+    body = json_body()
+    cards = body.get("cards") if isinstance(body, dict) else None
+    if not isinstance(cards, list) or not cards:
+        raise BadRequest("cards must be a non-empty list", field="cards")
+    if len(cards) > MAX_CARDS_PER_REQUEST:
+        from server.errors import PayloadTooLarge
+
+        raise PayloadTooLarge(f"at most {MAX_CARDS_PER_REQUEST} cards per request",
+                              limit=MAX_CARDS_PER_REQUEST, unit="cards")
+    parsed = [_parse_card(item, i) for i, item in enumerate(cards)]
+    session = db.write_session()
+    now = utcnow()
+    rows = [{**c, "technician_id": g.person.id, "created_at": now} for c in parsed]
+    inserted = set(session.scalars(insert_or_ignore(session, Card).returning(Card.card_id), rows).all())
+    existing = {c.card_id: c for c in session.scalars(
+        select(Card).where(Card.card_id.in_([c["card_id"] for c in parsed])))}
+    results = []
+    for c in parsed:
+        row = existing[c["card_id"]]
+        if c["card_id"] in inserted:
+            outcome = "accepted"
+        elif row.tag_uid == c["tag_uid"] and row.kid == c["kid"]:
+            outcome = "duplicate"
+        else:
+            outcome = "conflict"
+        results.append({"card_id": c["card_id"], "result": outcome})
+    audit(session, g.person, "cards.issue", f"cards:{len(inserted)}",
+          card_ids=sorted(inserted), conflicts=[r["card_id"] for r in results if r["result"] == "conflict"])
+    session.commit()
+    return jsonify({"results": results})
+
+
+@bp.get("/cards/<card_id>")
+@require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
+def get_card(card_id: str) -> ResponseReturnValue:
+    """One card's registry entry."""
+    card = db.session.scalars(select(Card).where(Card.card_id == card_id)).one_or_none()
+    if card is None:
+        raise NotFound(f"no card {card_id!r}")
+    return jsonify({"card_id": card.card_id, "tag_uid": card.tag_uid.hex(), "kid": card.kid.hex(),
+                    "technician_id": card.technician_id, "issued_at": card.issued_at.isoformat()})

@@ -1,0 +1,54 @@
+"""Journal upload: signed batches from terminals, a result per entry (see :mod:`server.upload`)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from server.db import busy_as_503
+from server.errors import BadRequest
+from server.extensions import db
+from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_entries
+
+bp = Blueprint("journal", __name__, url_prefix="/api/v1/journal")
+
+
+@bp.post("/batches")
+def upload_batch() -> ResponseReturnValue:
+    """Upload a signed batch of journal entries.
+
+    Status: 200 when every entry is accepted or duplicate; 409 when some conflict
+    (and none is rejected); 422 when some are rejected. Accepted and duplicate
+    entries are stored whatever the batch status, so the terminal marks exactly
+    those as uploaded.
+    """
+    raw = request.get_data(cache=True)  # 413 above MAX_CONTENT_LENGTH
+    if not request.is_json:
+        raise BadRequest("expected Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("body is not valid JSON")
+    retry_after = int(current_app.config["RETRY_AFTER"])
+    session = db.session
+    with busy_as_503(retry_after):
+        terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
+        session.commit()  # end the read transaction before the CPU-bound part
+    batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
+    rejected, verified = verify_entries(batch, terminal)
+    with busy_as_503(retry_after):
+        session = db.write_session()
+        results = store_entries(session, terminal, batch.batch_id, verified, rejected)
+        session.commit()
+    counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
+    status = 200
+    payload: dict[str, object] = {"terminal_id": terminal.terminal_id, "batch_id": batch.batch_id,
+                                  "counts": counts, "results": [r.to_json() for r in results]}
+    if counts[Outcome.REJECTED.value]:
+        status = 422
+        payload["error"] = {"code": "entries_rejected",
+                            "message": f"{counts['rejected']} entries rejected; see results"}
+    elif counts[Outcome.CONFLICT.value]:
+        status = 409
+        payload["error"] = {"code": "entries_conflict",
+                            "message": f"{counts['conflict']} entries conflict with stored ones"}
+    return jsonify(payload), status

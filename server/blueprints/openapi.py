@@ -1,0 +1,268 @@
+"""The OpenAPI 3.0 description of the API, hand-written, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ERROR, description)
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_AUTH_ERRORS = {"401": _err("not logged in"), "403": _err("role not allowed")}
+_BUSY = {"503": _err("database busy; retry after the Retry-After header's seconds")}
+_BEARER = [{"bearer": []}]
+_TERMINAL_PATH = {"name": "terminal_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+
+_DATETIME = {"type": "string", "format": "date-time"}
+_NULLABLE_DATETIME = {"type": "string", "format": "date-time", "nullable": True}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Huma Betang central server",
+        "version": "1",
+        "description": "Terminal enrolment, journal upload, trust bundle, people. See docs/api.md.",
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "terminalSignature": {
+                "type": "apiKey", "in": "header", "name": "Huma-Signature",
+                "description": "base64url COSE_Sign1 by the terminal key over "
+                               "{1: 1, 2: terminal_id, 3: SHA-256(body)}",
+            },
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    "additionalProperties": True,
+                }},
+            },
+            "Terminal": {
+                "type": "object",
+                "required": ["terminal_id", "status", "kid", "created_at", "decided_at"],
+                "properties": {
+                    "terminal_id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["pending", "approved", "rejected", "revoked"]},
+                    "kid": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+                    "created_at": _DATETIME,
+                    "decided_at": _NULLABLE_DATETIME,
+                    "certificate": {"type": "string", "description": "PEM, when approved"},
+                },
+            },
+            "EntryResult": {
+                "type": "object",
+                "required": ["index", "result", "status", "entry_id", "seq"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "result": {"type": "string", "enum": ["accepted", "duplicate", "conflict", "rejected"]},
+                    "status": {"type": "integer", "enum": [200, 409, 422]},
+                    "entry_id": {"type": "string", "nullable": True},
+                    "seq": {"type": "integer", "nullable": True},
+                    "reason": {"type": "string", "enum": [
+                        "undecodable", "malformed", "unknown_kid", "algorithm_not_allowed",
+                        "bad_signature", "wrong_terminal", "chain_broken"]},
+                    "detail": {"type": "string"},
+                },
+            },
+            "UploadResult": {
+                "type": "object",
+                "required": ["terminal_id", "batch_id", "counts", "results"],
+                "properties": {
+                    "terminal_id": {"type": "string"},
+                    "batch_id": {"type": "string", "nullable": True},
+                    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/EntryResult"}},
+                    "error": {"type": "object"},
+                },
+            },
+            "Person": {
+                "type": "object",
+                "required": ["id", "username", "role", "disabled", "created_at"],
+                "properties": {
+                    "id": {"type": "integer"}, "username": {"type": "string"},
+                    "role": {"type": "string", "enum": ["admin", "technician", "auditor"]},
+                    "disabled": {"type": "boolean"}, "created_at": _DATETIME,
+                },
+            },
+        },
+    },
+    "paths": {
+        "/openapi.json": {"get": {
+            "summary": "This description",
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+        }},
+        "/api/v1/auth/login": {"post": {
+            "summary": "Password login; returns a bearer token",
+            "requestBody": _body({
+                "type": "object", "required": ["username", "password"],
+                "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+            }),
+            "responses": {
+                "200": _json({"type": "object", "required": ["token", "role", "expires_at"],
+                              "properties": {"token": {"type": "string"},
+                                             "role": {"type": "string"},
+                                             "expires_at": _DATETIME}}, "logged in"),
+                "400": _err("malformed body"), "401": _err("wrong username or password"), **_BUSY,
+            },
+        }},
+        "/api/v1/auth/logout": {"post": {
+            "summary": "Invalidate the bearer token", "security": _BEARER,
+            "responses": {"204": {"description": "logged out"}, "401": _err("not logged in"), **_BUSY},
+        }},
+        "/api/v1/people": {
+            "get": {"summary": "List people (admin)", "security": _BEARER,
+                    "responses": {"200": _json({"type": "object", "required": ["people"], "properties": {
+                        "people": {"type": "array", "items": {"$ref": "#/components/schemas/Person"}}}},
+                        "people"), **_AUTH_ERRORS}},
+            "post": {"summary": "Create a person (admin, audited)", "security": _BEARER,
+                     "requestBody": _body({
+                         "type": "object", "required": ["username", "password", "role"],
+                         "properties": {"username": {"type": "string"}, "password": {"type": "string"},
+                                        "role": {"type": "string",
+                                                 "enum": ["admin", "technician", "auditor"]}}}),
+                     "responses": {"201": _json({"$ref": "#/components/schemas/Person"}, "created"),
+                                   "400": _err("malformed body"), "409": _err("username exists"),
+                                   **_AUTH_ERRORS, **_BUSY}},
+        },
+        "/api/v1/audit": {"get": {
+            "summary": "Newest audit-log rows (admin, auditor)", "security": _BEARER,
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": _json({"type": "object", "required": ["audit"],
+                                        "properties": {"audit": {"type": "array"}}}, "audit rows"),
+                          **_AUTH_ERRORS},
+        }},
+        "/api/v1/terminals/enrol": {"post": {
+            "summary": "Enrol a terminal with a PKCS#10 CSR (CN = terminal_id)",
+            "requestBody": _body({
+                "type": "object", "required": ["terminal_id", "csr"],
+                "properties": {"terminal_id": {"type": "string", "maxLength": 64},
+                               "csr": {"type": "string", "description": "PEM, or base64 DER"}}}),
+            "responses": {"202": _json({"$ref": "#/components/schemas/Terminal"}, "pending"),
+                          "400": _err("malformed body"), "409": _err("enrolled with another key"),
+                          "422": _err("invalid CSR"), **_BUSY},
+        }},
+        "/api/v1/terminals/{terminal_id}/certificate": {"get": {
+            "summary": "The terminal certificate once approved",
+            "parameters": [_TERMINAL_PATH],
+            "responses": {"200": _json({"$ref": "#/components/schemas/Terminal"}, "approved, PEM included"),
+                          "202": _json({"$ref": "#/components/schemas/Terminal"}, "still pending"),
+                          "403": _err("rejected or revoked"), "404": _err("unknown terminal")},
+        }},
+        "/api/v1/terminals": {"get": {
+            "summary": "Terminal registry", "security": _BEARER,
+            "responses": {"200": _json({"type": "object", "required": ["terminals"], "properties": {
+                "terminals": {"type": "array", "items": {"$ref": "#/components/schemas/Terminal"}}}},
+                "terminals"), **_AUTH_ERRORS},
+        }},
+        **{
+            f"/api/v1/terminals/{{terminal_id}}/{action}": {"post": {
+                "summary": f"{action.capitalize()} a terminal (admin, audited)",
+                "security": _BEARER, "parameters": [_TERMINAL_PATH],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Terminal"}, "done"),
+                              "404": _err("unknown terminal"), "409": _err("wrong status"),
+                              **_AUTH_ERRORS, **_BUSY},
+            }}
+            for action in ("approve", "reject", "revoke")
+        },
+        "/api/v1/cards": {"post": {
+            "summary": "Register card issuances (technician, admin; audited)", "security": _BEARER,
+            "requestBody": _body({"type": "object", "required": ["cards"], "properties": {"cards": {
+                "type": "array", "minItems": 1, "maxItems": 1000, "items": {
+                    "type": "object", "required": ["card_id", "tag_uid", "kid", "issued_at"],
+                    "properties": {"card_id": {"type": "string"}, "tag_uid": {"type": "string"},
+                                   "kid": {"type": "string"}, "issued_at": _DATETIME}}}}}),
+            "responses": {"200": _json({"type": "object", "required": ["results"], "properties": {
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "card_id": {"type": "string"},
+                    "result": {"type": "string", "enum": ["accepted", "duplicate", "conflict"]}}}}}},
+                "a result per card"),
+                "400": _err("malformed body"), "413": _err("too many cards"), **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/cards/{card_id}": {"get": {
+            "summary": "One card's registry entry", "security": _BEARER,
+            "parameters": [{"name": "card_id", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1}}],
+            "responses": {"200": _json({"type": "object"}, "card"), "404": _err("unknown card"),
+                          **_AUTH_ERRORS},
+        }},
+        "/api/v1/journal/batches": {"post": {
+            "summary": "Upload a signed batch of journal entries (idempotent)",
+            "security": [{"terminalSignature": []}],
+            "requestBody": _body({
+                "type": "object", "required": ["terminal_id", "entries"],
+                "properties": {
+                    "terminal_id": {"type": "string"},
+                    "batch_id": {"type": "string", "maxLength": 64, "description": "informational"},
+                    "entries": {"type": "array", "items": {
+                        "type": "string", "format": "byte",
+                        "description": "base64 of one COSE_Sign1 journal entry"}},
+                }}),
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/UploadResult"}, "all accepted or duplicate"),
+                "400": _err("malformed JSON or shape"),
+                "401": _err("missing/bad envelope signature or unknown terminal"),
+                "403": _err("terminal revoked or not approved"),
+                "409": _json({"$ref": "#/components/schemas/UploadResult"},
+                             "some entries conflict with stored ones (originals kept)"),
+                "413": _err("too many bytes or entries; the limit is in the body"),
+                "422": _json({"$ref": "#/components/schemas/UploadResult"},
+                             "some entries rejected (reason per entry)"),
+                **_BUSY,
+            },
+        }},
+        "/api/v1/bundle": {"get": {
+            "summary": "Newest signed trust bundle (opaque bytes); conditional with If-None-Match",
+            "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                            "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the bundle",
+                        "headers": {"ETag": {"schema": {"type": "string"}},
+                                    "Huma-Bundle-Version": {"schema": {"type": "string"}}},
+                        "content": {"application/cose": {"schema": {"type": "string",
+                                                                    "format": "binary"}}}},
+                "304": {"description": "unchanged"},
+                "404": _err("no bundle yet"),
+            },
+        }},
+        "/api/v1/bundles": {"post": {
+            "summary": "Publish a signed bundle (admin, audited)", "security": _BEARER,
+            "requestBody": _body({"type": "object", "required": ["version", "expires_at", "blob"],
+                                  "properties": {"version": {"type": "integer", "minimum": 1},
+                                                 "expires_at": _DATETIME,
+                                                 "blob": {"type": "string", "format": "byte"}}}),
+            "responses": {"201": _json({"type": "object"}, "stored"), "400": _err("malformed body"),
+                          "409": _err("version exists"), "422": _err("naive datetime"),
+                          **_AUTH_ERRORS, **_BUSY},
+        }},
+    },
+}
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    """The OpenAPI 3 document."""
+    return jsonify(SPEC)

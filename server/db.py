@@ -1,0 +1,137 @@
+"""Engine, sessions and migrations (no Flask imports).
+
+SQLite (the default, for a district pilot) gets WAL, a busy timeout and foreign
+keys on *every* connection via a ``connect`` event, and write transactions
+start with ``BEGIN IMMEDIATE`` so two writers never deadlock upgrading a
+read lock (SV-3). PostgreSQL (``postgresql+psycopg://...``) gets a lock timeout
+so a blocked writer fails fast with a retryable error instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.errors import DatabaseBusy
+
+log = logging.getLogger(__name__)
+
+#: Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE.
+WRITE = "huma_write"
+
+#: PostgreSQL SQLSTATEs that mean "busy, retry": serialization failure, deadlock,
+#: lock not available (lock_timeout), query canceled (statement_timeout),
+#: too many connections, cannot connect now.
+_PG_BUSY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300", "57P03"})
+_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+
+def normalise_url(url: str) -> str:
+    """Map ``postgres://`` / ``postgresql://`` URLs to the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -> Engine:
+    """Create an engine with the per-connection settings this server relies on.
+
+    :param url: SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql+psycopg://...``).
+    :param busy_timeout_s: how long a writer waits for a lock before the request
+        answers 503 (SQLite ``busy_timeout``, PostgreSQL ``lock_timeout``), seconds.
+    :param pool_size: connections kept per process.
+    """
+    url = normalise_url(url)
+    timeout_ms = int(busy_timeout_s * 1000)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy (the "begin" hook) own transaction start, not pysqlite.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(WRITE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    else:
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+            pool_pre_ping=True,
+            connect_args={"options": f"-c lock_timeout={timeout_ms} -c timezone=UTC"},
+        )
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine`` (objects stay usable after commit)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_busy(exc: DBAPIError) -> bool:
+    """True when ``exc`` means the database is busy and the same request may simply be retried."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _PG_BUSY_SQLSTATES:
+        return True
+    text = str(orig).lower()
+    return any(msg in text for msg in _SQLITE_BUSY_MESSAGES)
+
+
+@contextmanager
+def busy_as_503(retry_after_s: int) -> Iterator[None]:
+    """Translate a busy-database DBAPI error into :class:`DatabaseBusy`.
+
+    :raises DatabaseBusy: when the wrapped block fails because of lock contention.
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        if is_busy(exc):
+            log.warning("database busy, answering 503: %s", exc.orig)
+            raise DatabaseBusy("database busy, retry later", retry_after=retry_after_s) from exc
+        raise
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for the migrations shipped inside this package.
+
+    :param connection: run migrations on this connection (tests, ``db upgrade``).
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision`` (the schema's source of truth)."""
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)

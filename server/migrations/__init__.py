@@ -1,0 +1,1 @@
+"""Alembic migrations of the server schema (the schema's source of truth)."""

@@ -1,0 +1,498 @@
+"""Journal batch upload: authenticate the envelope, verify entries, store exactly once (no Flask).
+
+Envelope (what a terminal POSTs to ``/api/v1/journal/batches``)::
+
+    body (application/json) = {"terminal_id": str, "batch_id": str (informational),
+                               "entries": [base64(COSE_Sign1 journal entry), ...]}
+    header Huma-Signature   = base64url(COSE_Sign1) by the terminal key, external_aad
+                              b"huma-betang/upload/v1", payload = deterministic CBOR
+                              {1: 1 (version), 2: terminal_id, 3: SHA-256(exact body bytes)}
+
+Every entry is verified on its own (signature with the terminal's enrolled key,
+terminal id, chain links to its stored or uploaded neighbours) and gets its own
+result. Storage is insert-or-ignore on ``entry_id`` and ``(terminal_id, seq)``
+(``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on SQLite and PostgreSQL), so
+retries, replays and concurrent identical uploads store one row (SV-1, SV-2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from sqlalchemy import Insert, and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from cardlib.records.cose import Algorithm, CoseKey, verify1
+from cardlib.records.errors import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    CoseError,
+    MalformedCose,
+    RevokedKid,
+    UnknownKid,
+)
+from cardlib.records.journal import (
+    JournalError,
+    SignedEntry,
+    verify_entry,
+)
+from server.ca import load_public_key
+from server.errors import (
+    BadBatchSignature,
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    TerminalRevoked,
+    UnknownTerminal,
+)
+from server.models import (
+    JournalConflict,
+    JournalEntryRow,
+    RejectedEntry,
+    Terminal,
+    TerminalStatus,
+)
+from server.types import utcnow
+
+log = logging.getLogger(__name__)
+
+#: COSE external_aad of upload envelopes (domain separation from journal entries).
+UPLOAD_AAD = b"huma-betang/upload/v1"
+UPLOAD_VERSION = 1
+SIGNATURE_HEADER = "Huma-Signature"
+
+
+class EnvelopeClaim(enum.IntEnum):
+    """CBOR keys of the upload-envelope signature payload."""
+
+    VERSION = 1
+    TERMINAL_ID = 2
+    BODY_SHA256 = 3
+
+
+class Outcome(str, enum.Enum):
+    """Per-entry upload result."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    REJECTED = "rejected"
+
+
+class RejectReason(str, enum.Enum):
+    """Why an entry was rejected (machine-readable, stable)."""
+
+    UNDECODABLE = "undecodable"  #: not base64
+    MALFORMED = "malformed"  #: not a COSE_Sign1 / not a valid entry payload
+    UNKNOWN_KID = "unknown_kid"  #: signed with a key that is not this terminal's
+    ALGORITHM = "algorithm_not_allowed"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_TERMINAL = "wrong_terminal"  #: entry names another terminal than the envelope
+    CHAIN_BROKEN = "chain_broken"  #: prev_entry_hash does not match a neighbour
+
+
+#: HTTP-like status carried in each per-entry result.
+OUTCOME_STATUS = {
+    Outcome.ACCEPTED: 200,
+    Outcome.DUPLICATE: 200,
+    Outcome.CONFLICT: 409,
+    Outcome.REJECTED: 422,
+}
+
+
+@dataclass
+class EntryResult:
+    """The result of one uploaded entry, in upload order."""
+
+    index: int
+    outcome: Outcome
+    entry_id: bytes | None = None
+    seq: int | None = None
+    reason: RejectReason | None = None
+    detail: str | None = None
+    #: the entry bytes of a rejection, kept as evidence in ``rejected_entries``
+    raw: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form: ``{"index", "result", "status", "entry_id" (hex), "seq", "reason", "detail"}``."""
+        out: dict[str, Any] = {
+            "index": self.index,
+            "result": self.outcome.value,
+            "status": OUTCOME_STATUS[self.outcome],
+            "entry_id": self.entry_id.hex() if self.entry_id is not None else None,
+            "seq": self.seq,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason.value
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A parsed upload body."""
+
+    terminal_id: str
+    batch_id: str | None
+    entries: list[str]
+
+
+# ----------------------------------------------------------------------------- envelope
+
+
+def parse_body(body: object, max_entries: int) -> Batch:
+    """Check the JSON shape of an upload body.
+
+    :param body: the decoded JSON value.
+    :param max_entries: the most entries one batch may carry.
+    :raises BadRequest: wrong shape or types.
+    :raises PayloadTooLarge: more than ``max_entries`` entries.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    terminal_id = body.get("terminal_id")
+    batch_id = body.get("batch_id")
+    entries = body.get("entries")
+    if not isinstance(terminal_id, str) or not terminal_id:
+        raise BadRequest("terminal_id must be a non-empty string", field="terminal_id")
+    if batch_id is not None and (not isinstance(batch_id, str) or len(batch_id) > 64):
+        raise BadRequest("batch_id must be a string of at most 64 characters", field="batch_id")
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise BadRequest("entries must be a list of base64 strings", field="entries")
+    if len(entries) > max_entries:
+        raise PayloadTooLarge(
+            f"batch has {len(entries)} entries, limit {max_entries}", limit=max_entries, unit="entries"
+        )
+    return Batch(terminal_id=terminal_id, batch_id=batch_id, entries=entries)
+
+
+def sign_envelope(body: bytes, terminal_id: str, private_key: Any, kid: bytes,
+                  alg: Algorithm = Algorithm.EDDSA) -> str:
+    """The ``Huma-Signature`` header value for an upload body (used by terminals and tests).
+
+    :param body: the exact request body bytes.
+    :returns: base64url (no padding) of the envelope COSE_Sign1.
+    """
+    from cardlib.records.cose import sign1
+
+    payload = cbor2.dumps(
+        {
+            int(EnvelopeClaim.VERSION): UPLOAD_VERSION,
+            int(EnvelopeClaim.TERMINAL_ID): terminal_id,
+            int(EnvelopeClaim.BODY_SHA256): hashlib.sha256(body).digest(),
+        },
+        canonical=True,
+    )
+    message = sign1(payload, private_key, kid, alg=alg, external_aad=UPLOAD_AAD)
+    return base64.urlsafe_b64encode(message).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def cose_key_of(terminal: Terminal) -> CoseKey:
+    """The terminal's enrolled key as a :class:`CoseKey` (EdDSA for Ed25519, else ES256)."""
+    public_key = load_public_key(terminal.public_key)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    alg = Algorithm.EDDSA if isinstance(public_key, ed25519.Ed25519PublicKey) else Algorithm.ES256
+    return CoseKey(kid=terminal.kid, alg=alg, public_key=public_key)
+
+
+def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
+    """Find the terminal that signed this upload and check the envelope signature.
+
+    :param header: the ``Huma-Signature`` header value (or ``None``).
+    :param body: the exact body bytes received.
+    :raises BadBatchSignature: missing/undecodable header, bad signature, or a digest
+        that is not the body's.
+    :raises UnknownTerminal: no enrolled key with that kid.
+    :raises TerminalRevoked: the terminal's key was revoked.
+    :raises Forbidden: the terminal is not (yet) approved.
+    """
+    if not header:
+        raise BadBatchSignature(f"missing {SIGNATURE_HEADER} header")
+    try:
+        message = _b64url_decode(header.strip())
+    except (binascii.Error, ValueError) as exc:
+        raise BadBatchSignature(f"{SIGNATURE_HEADER} is not base64url") from exc
+
+    found: dict[str, Terminal] = {}
+
+    def resolve(kid: bytes) -> CoseKey:
+        terminal = session.scalars(select(Terminal).where(Terminal.kid == kid)).one_or_none()
+        if terminal is None:
+            raise UnknownKid(kid)
+        found["t"] = terminal
+        return cose_key_of(terminal)
+
+    try:
+        verified = verify1(message, resolve, external_aad=UPLOAD_AAD)
+    except UnknownKid as exc:
+        raise UnknownTerminal(f"no enrolled terminal key with kid {exc.kid.hex()}") from exc
+    except CoseError as exc:
+        raise BadBatchSignature(f"envelope signature: {exc}") from exc
+    terminal = found["t"]
+    try:
+        claims = cbor2.loads(verified.payload)
+    except (cbor2.CBORDecodeError, ValueError) as exc:
+        raise BadBatchSignature("envelope payload is not CBOR") from exc
+    if not isinstance(claims, dict) or claims.get(EnvelopeClaim.VERSION) != UPLOAD_VERSION:
+        raise BadBatchSignature("envelope payload: wrong shape or version")
+    if claims.get(EnvelopeClaim.TERMINAL_ID) != terminal.terminal_id:
+        raise BadBatchSignature("envelope names another terminal than its key")
+    if claims.get(EnvelopeClaim.BODY_SHA256) != hashlib.sha256(body).digest():
+        raise BadBatchSignature("envelope digest does not match the body")
+    if terminal.status is TerminalStatus.REVOKED:
+        raise TerminalRevoked(f"terminal {terminal.terminal_id} is revoked")
+    if terminal.status is not TerminalStatus.APPROVED:
+        raise Forbidden(f"terminal {terminal.terminal_id} is {terminal.status.value}, not approved",
+                        reason="terminal_not_approved")
+    return terminal
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+def verify_entries(batch: Batch, terminal: Terminal) -> tuple[list[EntryResult], list[tuple[int, SignedEntry]]]:
+    """Verify every entry's signature and claims (CPU only; runs outside any transaction).
+
+    :returns: the rejections so far, and the verified entries with their upload index.
+    """
+    if batch.terminal_id != terminal.terminal_id:
+        raise BadBatchSignature("body terminal_id differs from the signing terminal")
+    keys: Mapping[bytes, CoseKey] = {terminal.kid: cose_key_of(terminal)}
+    rejected: list[EntryResult] = []
+    verified: list[tuple[int, SignedEntry]] = []
+    for index, text in enumerate(batch.entries):
+        try:
+            message = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            rejected.append(EntryResult(index, Outcome.REJECTED, reason=RejectReason.UNDECODABLE))
+            continue
+        reason: RejectReason | None = None
+        detail = ""
+        try:
+            signed = verify_entry(message, keys)
+        except (UnknownKid, RevokedKid) as exc:
+            reason, detail = RejectReason.UNKNOWN_KID, str(exc)
+        except AlgorithmNotAllowed as exc:
+            reason, detail = RejectReason.ALGORITHM, str(exc)
+        except BadSignature as exc:
+            reason, detail = RejectReason.BAD_SIGNATURE, str(exc)
+        except (MalformedCose, JournalError, CoseError) as exc:
+            reason, detail = RejectReason.MALFORMED, str(exc)
+        if reason is not None:
+            rejected.append(
+                EntryResult(index, Outcome.REJECTED, reason=reason, detail=detail, raw=message)
+            )
+            continue
+        if signed.entry.terminal_id != terminal.terminal_id:
+            rejected.append(
+                EntryResult(index, Outcome.REJECTED, signed.entry.entry_id, signed.entry.seq,
+                            RejectReason.WRONG_TERMINAL, raw=message)
+            )
+            continue
+        verified.append((index, signed))
+    return rejected, verified
+
+
+def insert_or_ignore(session: Session, model: type[Any]) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for ``model`` on SQLite and PostgreSQL.
+
+    Without a conflict target, so every unique constraint of the table is covered.
+
+    :raises NotImplementedError: on another database.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(model).on_conflict_do_nothing()
+    raise NotImplementedError(f"insert-or-ignore not implemented for {dialect}")
+
+
+def _row(signed: SignedEntry, batch_id: str | None, now: dt.datetime) -> dict[str, Any]:
+    e = signed.entry
+    return {
+        "entry_id": e.entry_id,
+        "terminal_id": e.terminal_id,
+        "boot_id": e.boot_id,
+        "seq": e.seq,
+        "kind": int(e.kind),
+        "wall_time": e.wall_time,
+        "mono_ns": e.mono_ns,
+        "clock_synced": e.clock_synced,
+        "card_id": e.card_id,
+        "tag_uid": e.tag_uid,
+        "programme": e.programme,
+        "amount": e.amount,
+        "slot_seq_before": e.slot_seq_before,
+        "slot_seq_after": e.slot_seq_after,
+        "state_hash_prev": e.state_hash_prev,
+        "state_hash_new": e.state_hash_new,
+        "ntag_counter": e.ntag_counter,
+        "prev_entry_hash": e.prev_entry_hash,
+        "entry_hash": signed.entry_hash,
+        "raw": signed.message,
+        "batch_id": batch_id,
+        "received_at": now,
+    }
+
+
+@dataclass(frozen=True)
+class _Stored:
+    entry_id: bytes
+    terminal_id: str
+    seq: int
+    entry_hash: bytes
+    prev_entry_hash: bytes
+
+
+def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry]) -> list[_Stored]:
+    """Stored rows that share an entry id with the batch or sit at/next to its seqs."""
+    if not entries:
+        return []
+    seqs = sorted({s.entry.seq for s in entries})
+    near = sorted({q for s in seqs for q in (s - 1, s, s + 1)})
+    cols = (
+        JournalEntryRow.entry_id,
+        JournalEntryRow.terminal_id,
+        JournalEntryRow.seq,
+        JournalEntryRow.entry_hash,
+        JournalEntryRow.prev_entry_hash,
+    )
+    # A contiguous batch (the normal case) is one range scan on the unique index.
+    if near[-1] - near[0] + 1 == len(near):
+        seq_clause = and_(JournalEntryRow.seq >= near[0], JournalEntryRow.seq <= near[-1])
+    else:
+        seq_clause = JournalEntryRow.seq.in_(near)
+    stmt = select(*cols).where(
+        or_(
+            and_(JournalEntryRow.terminal_id == terminal_id, seq_clause),
+            JournalEntryRow.entry_id.in_([s.entry.entry_id for s in entries]),
+        )
+    )
+    return [_Stored(*row) for row in session.execute(stmt)]
+
+
+def store_entries(
+    session: Session,
+    terminal: Terminal,
+    batch_id: str | None,
+    verified: Sequence[tuple[int, SignedEntry]],
+    rejected: list[EntryResult],
+) -> list[EntryResult]:
+    """Classify and store verified entries in the session's (write) transaction.
+
+    :returns: one result per uploaded entry, in upload order (rejections included).
+    """
+    now = utcnow()
+    results: dict[int, EntryResult] = {r.index: r for r in rejected}
+    entries = [s for _, s in verified]
+    stored = _stored(session, terminal.terminal_id, entries)
+    by_id = {s.entry_id: s for s in stored}
+    by_seq = {s.seq: s for s in stored if s.terminal_id == terminal.terminal_id}
+
+    # The chain as known: stored rows win, batch entries fill the holes.
+    link_hash: dict[int, bytes] = {s: r.entry_hash for s, r in by_seq.items()}
+    link_prev: dict[int, bytes] = {s: r.prev_entry_hash for s, r in by_seq.items()}
+    for signed in entries:
+        link_hash.setdefault(signed.entry.seq, signed.entry_hash)
+        link_prev.setdefault(signed.entry.seq, signed.entry.prev_entry_hash)
+
+    conflicts: list[dict[str, Any]] = []
+    candidates: dict[bytes, tuple[int, SignedEntry]] = {}  # entry_hash -> first upload index
+    seen_hash: set[bytes] = set()
+    for index, signed in verified:
+        e = signed.entry
+        h = signed.entry_hash
+        existing = by_id.get(e.entry_id) or by_seq.get(e.seq)
+        if existing is not None or h in seen_hash:
+            if existing is None or existing.entry_hash == h:
+                results[index] = EntryResult(index, Outcome.DUPLICATE, e.entry_id, e.seq)
+            else:
+                results[index] = _conflict(index, signed, existing.entry_hash, conflicts, now)
+            continue
+        seen_hash.add(h)
+        pred = link_hash.get(e.seq - 1)
+        succ_prev = link_prev.get(e.seq + 1)
+        if (pred is not None and e.prev_entry_hash != pred) or (succ_prev is not None and succ_prev != h
+                                                               and e.seq + 1 in by_seq):
+            where = "predecessor" if pred is not None and e.prev_entry_hash != pred else "stored successor"
+            results[index] = EntryResult(
+                index, Outcome.REJECTED, e.entry_id, e.seq, RejectReason.CHAIN_BROKEN,
+                f"link to {where} of seq {e.seq} does not match", raw=signed.message,
+            )
+            continue
+        candidates[h] = (index, signed)
+
+    if candidates:
+        rows = [_row(s, batch_id, now) for _, s in sorted(candidates.values(), key=lambda c: c[1].entry.seq)]
+        stmt = insert_or_ignore(session, JournalEntryRow).returning(JournalEntryRow.entry_hash)
+        inserted = set(session.scalars(stmt, rows).all())
+        lost = [c for h, c in candidates.items() if h not in inserted]
+        for index, signed in candidates.values():
+            if signed.entry_hash in inserted:
+                results[index] = EntryResult(index, Outcome.ACCEPTED, signed.entry.entry_id, signed.entry.seq)
+        if lost:
+            # A concurrent upload stored these between our read and our insert: re-read.
+            again = _stored(session, terminal.terminal_id, [s for _, s in lost])
+            again_id = {s.entry_id: s for s in again}
+            again_seq = {s.seq: s for s in again if s.terminal_id == terminal.terminal_id}
+            for index, signed in lost:
+                e = signed.entry
+                existing = again_id.get(e.entry_id) or again_seq.get(e.seq)
+                if existing is None or existing.entry_hash == signed.entry_hash:
+                    results[index] = EntryResult(index, Outcome.DUPLICATE, e.entry_id, e.seq)
+                else:
+                    results[index] = _conflict(index, signed, existing.entry_hash, conflicts, now)
+
+    if conflicts:
+        session.execute(insert_or_ignore(session, JournalConflict), conflicts)
+        log.warning("terminal %s: %d conflicting entries kept and flagged", terminal.terminal_id, len(conflicts))
+    evidence = [
+        {
+            "terminal_id": terminal.terminal_id,
+            "raw_sha256": hashlib.sha256(raw).digest(),
+            "raw": raw,
+            "reason": r.reason.value if r.reason else "",
+            "received_at": now,
+        }
+        for r in results.values()
+        if r.outcome is Outcome.REJECTED and (raw := r.raw) is not None
+    ]
+    if evidence:
+        session.execute(insert_or_ignore(session, RejectedEntry), evidence)
+    return [results[i] for i in sorted(results)]
+
+
+def _conflict(index: int, signed: SignedEntry, existing_hash: bytes,
+              conflicts: list[dict[str, Any]], now: dt.datetime) -> EntryResult:
+    e = signed.entry
+    conflicts.append(
+        {
+            "terminal_id": e.terminal_id,
+            "entry_id": e.entry_id,
+            "seq": e.seq,
+            "existing_entry_hash": existing_hash,
+            "entry_hash": signed.entry_hash,
+            "raw": signed.message,
+            "flagged": True,
+            "received_at": now,
+        }
+    )
+    return EntryResult(index, Outcome.CONFLICT, e.entry_id, e.seq,
+                       detail="same entry id or (terminal, seq) with different content; original kept")
