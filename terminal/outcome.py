@@ -1,0 +1,87 @@
+"""What one tap produced: the outcome shown on the counter screen and the receipt.
+
+Receipts: entitled / received / remaining plus a short verification code
+derived from the COMMIT journal entry, so a household (or an auditor) can
+match a paper slip to exactly one signed journal entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+from terminal.policy import CounterMode, DeclineReason, Unit
+
+#: Characters of the verification code (base32, 40 bits of the entry hash).
+RECEIPT_CODE_CHARS = 8
+
+
+class TapStatus(enum.Enum):
+    """The headline of a tap on the counter screen."""
+
+    ACCEPTED = "accepted"  #: redemption written, read back and journalled COMMIT (final)
+    BALANCE = "balance"  #: read-only balance check
+    DECLINED = "declined"  #: refused by policy or verification; nothing written
+    UNCERTAIN = "uncertain"  #: card left mid-write; hand nothing over, tap the card again
+    RECOVERED = "recovered"  #: an earlier uncertain write was found complete (FINISHED)
+    VOIDED = "voided"  #: an earlier uncertain write was not applied; nothing was charged
+    RETRY = "retry"  #: transient problem (card moved, reader gone); nothing charged, tap again
+
+
+def receipt_code(entry_hash: bytes) -> str:
+    """The short verification code of a COMMIT/FINISHED entry: ``XXXX-XXXX`` (RFC 4648 base32).
+
+    :param entry_hash: SHA-256 of the entry's signed bytes (32 bytes).
+    """
+    digest = hashlib.sha256(b"huma-betang/receipt/v1" + entry_hash).digest()
+    code = base64.b32encode(digest[:5]).decode("ascii")[:RECEIPT_CODE_CHARS]
+    return f"{code[:4]}-{code[4:]}"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A printed or on-screen receipt.
+
+    :ivar terminal_id, seq: the journal entry it proves.
+    :ivar entitled, received, remaining: units of ``unit`` in the current cycle.
+    :ivar code: :func:`receipt_code` of the entry.
+    :ivar wall_time: POSIX seconds.
+    """
+
+    terminal_id: str
+    seq: int
+    household_ref: str
+    programme: str
+    unit: Unit
+    entitled: int
+    received: int
+    remaining: int
+    code: str
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class TapOutcome:
+    """The result of one presentation, as the screen and tests see it.
+
+    :ivar final: False while the result may still change (UNCERTAIN).
+    :ivar amount: units handed over now (0 unless ACCEPTED or RECOVERED).
+    """
+
+    status: TapStatus
+    reader: str
+    mode: CounterMode
+    programme: str
+    final: bool = True
+    reason: DeclineReason | None = None
+    household_ref: str | None = None
+    unit: Unit | None = None
+    amount: int = 0
+    entitled: int = 0
+    remaining: int = 0
+    receipt: Receipt | None = None
+    card_id: str | None = None
+    journal_seq: int | None = None
+    detail: str = field(default="", compare=False)

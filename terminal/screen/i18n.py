@@ -1,0 +1,84 @@
+"""Counter-screen translations: standard gettext catalogues compiled with Babel.
+
+The catalogues are ``terminal/screen/locale/<lang>/LC_MESSAGES/terminal.po``
+(msgids are the English texts). They are compiled to ``.mo`` in memory at
+start-up with Babel (``babel.messages.mofile.write_mo``), so a fresh
+``pip install -e .`` or a wheel needs no separate build step; a compiled
+``terminal.mo`` next to the ``.po`` (``pybabel compile -d terminal/screen/locale
+-D terminal``) is used instead when present and newer.
+"""
+
+from __future__ import annotations
+
+import gettext
+import io
+from functools import lru_cache
+from importlib import resources
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.numbers import format_decimal
+
+from terminal.policy import Unit
+
+DOMAIN = "terminal"
+#: Languages with a catalogue; the first is the default (Bahasa Indonesia).
+LANGUAGES = ("id", "en")
+DEFAULT_LANGUAGE = "id"
+
+
+@lru_cache(maxsize=None)
+def translations(lang: str) -> gettext.NullTranslations:
+    """The compiled catalogue for ``lang`` (unknown languages fall back to the default).
+
+    :param lang: ``"id"`` or ``"en"``.
+    """
+    if lang not in LANGUAGES:
+        lang = DEFAULT_LANGUAGE
+    base = resources.files("terminal.screen").joinpath("locale", lang, "LC_MESSAGES")
+    po, mo = base.joinpath(f"{DOMAIN}.po"), base.joinpath(f"{DOMAIN}.mo")
+    if mo.is_file():
+        return gettext.GNUTranslations(io.BytesIO(mo.read_bytes()))
+    with po.open("rb") as fh:
+        catalog = read_po(fh, locale=lang, domain=DOMAIN)
+    buf = io.BytesIO()
+    write_mo(buf, catalog, use_fuzzy=False)
+    buf.seek(0)
+    return gettext.GNUTranslations(buf)
+
+
+_UNIT_FORMS = {
+    Unit.PACKAGE: ("%(n)s food package", "%(n)s food packages"),
+    Unit.VISIT: ("%(n)s visit", "%(n)s visits"),
+}
+
+#: Display names of the programme codes the province uses (msgids).
+PROGRAMME_NAMES = {
+    "food": "Food package",
+    "pangan": "Food package",
+    "cash": "Cash aid",
+    "tunai": "Cash aid",
+    "health": "Health service",
+    "sehat": "Health service",
+    "education": "Education aid",
+}
+
+
+def amount_text(lang: str, unit: Unit | None, n: int) -> str:
+    """``n`` units in plain words: "2 paket pangan", "Rp250.000", "1 kunjungan".
+
+    Rupiah use the locale's grouping (CLDR via Babel), no decimals.
+    """
+    t = translations(lang)
+    if unit is None:
+        return str(n)
+    if unit is Unit.RUPIAH:
+        return "Rp" + format_decimal(n, locale="id_ID" if lang == "id" else "en_US")
+    singular, plural = _UNIT_FORMS[unit]
+    return t.ngettext(singular, plural, n) % {"n": n}
+
+
+def programme_name(lang: str, code: str) -> str:
+    """The display name of a programme code (the code itself when unknown)."""
+    msgid = PROGRAMME_NAMES.get(code)
+    return translations(lang).gettext(msgid) if msgid else code
