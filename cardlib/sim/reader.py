@@ -55,7 +55,7 @@ import logging
 from dataclasses import dataclass
 
 from cardlib.sim.chip import ACK, Command, Nak, Ntag21x, nak_of
-from cardlib.sim.errors import ChipMute
+from cardlib.sim.errors import CardRemoved, ChipMute
 
 __all__ = ["ReaderEmulator", "ReaderKind", "ReaderQuirks", "SW", "storage_card_atr", "ACR122U_FIRMWARE"]
 
@@ -236,6 +236,8 @@ class ReaderEmulator:
         return resp
 
     def _dispatch(self, apdu: bytes) -> bytes:
+        if self.chip.removed:
+            raise CardRemoved("the card has left the reader")
         if len(apdu) < 4:
             return _sw(SW.WRONG_LENGTH)
         cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
