@@ -1,0 +1,302 @@
+"""The nfcpy transport: Type 2 tags through nfcpy's own reader drivers.
+
+This is the only module that imports :mod:`nfc` (nfcpy 1.0.4, EUPL-1.1; a
+dependency, never vendored). It gives :class:`~cardlib.type2.tag.Type2Tag`
+and everything above it (NDEF area, card session) the same raw-frame
+:class:`~cardlib.type2.channel.Type2Channel` that the PC/SC pass-through
+channels give, so card code runs unchanged on:
+
+- ``usb:054c:06c3`` — Sony RC-S380 (nfcpy ``rcs380`` driver, libusb);
+- ``tty:USB0:pn532`` — a PN532 module on a serial port (nfcpy ``pn532``
+  driver over pyserial; the name must be a node directly under ``/dev``);
+- ``udp:127.0.0.1:<port>`` — nfcpy's simulated link, answered by
+  :mod:`cardlib.sim.nfc_udp` (tests, demo, benchmarks).
+
+Frames are NTAG21x commands without CRC_A, as in NFC Forum Digital 1.0 §9
+and the NTAG213/215/216 datasheet §10; nfcpy's drivers add and check CRC_A and
+return the 4-bit ACK/NAK as one byte, exactly as ``Type2Channel`` expects.
+
+Only ISO/IEC 14443-3 type A at 106 kbps with SAK bits 6..5 = 00 (a Type 2
+tag) is accepted; anything else (a phone, a Type 4 card) raises
+:class:`UnsupportedTarget`.
+
+Frame traffic is logged at :data:`cardlib.apdu.TRAFFIC` (below DEBUG) and may
+contain secrets (PWD_AUTH passwords, UIDs, record contents).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+from types import TracebackType
+from typing import Final
+
+import nfc
+import nfc.clf
+
+from cardlib.apdu import TRAFFIC
+from cardlib.transport.errors import (
+    CardRemoved,
+    NoCard,
+    ReaderGone,
+    ReaderNotFound,
+    TagMute,
+    TransportError,
+)
+from cardlib.type2.channel import ReaderCapabilities, Type2Channel
+
+__all__ = ["NFCPY_TYPE2", "NfcpyReader", "NfcpyType2Channel", "UnsupportedTarget"]
+
+logger = logging.getLogger(__name__)
+
+#: nfcpy's name for ISO/IEC 14443-3 type A at 106 kbps.
+BRTY_106A: Final = "106A"
+#: SAK bits 6..5 (0x60): 00 = Type 2 tag, 01 = ISO-DEP (Type 4), 10 = NFC-DEP (NFC Forum Digital 1.0 §4.8.2).
+SAK_PROTOCOL_MASK: Final = 0x60
+SAK_TYPE2: Final = 0x00
+#: Default time to wait for a chip answer, seconds (NTAG WRITE programming ≤ 10 ms; nfcpy's own default).
+DEFAULT_TIMEOUT_S: Final = 0.1
+#: nfcpy receive limit of its pn53x/rcs380/udp drivers minus CRC_A, whole pages.
+NFCPY_TYPE2: Final = ReaderCapabilities("nfcpy", "none", 252)
+
+
+class UnsupportedTarget(TransportError):
+    """A card answered the poll but is not a Type 2 tag (e.g. ISO-DEP card or a phone)."""
+
+
+def _is_type2(target: nfc.clf.RemoteTarget) -> bool:
+    sel_res = getattr(target, "sel_res", None)
+    return bool(sel_res) and (sel_res[0] & SAK_PROTOCOL_MASK) == SAK_TYPE2
+
+
+class NfcpyType2Channel(Type2Channel):
+    """Raw NTAG21x frames through an activated nfcpy target (``ContactlessFrontend.exchange``).
+
+    Obtained from :meth:`NfcpyReader.connect`; valid until the card leaves or
+    :meth:`close`. One attempt per command (no blind retries: a repeated
+    WRITE after a lost answer is the caller's decision).
+
+    :param clf: an open ``nfc.ContactlessFrontend`` whose last sense found ``target``.
+    :param target: the activated 106A target.
+    :param caps: reader capabilities (``max_frame`` sizes FAST_READ ranges).
+    :param timeout: seconds to wait for each chip answer.
+    """
+
+    def __init__(
+        self,
+        clf: nfc.ContactlessFrontend,
+        target: nfc.clf.RemoteTarget,
+        caps: ReaderCapabilities = NFCPY_TYPE2,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(caps)
+        self._clf = clf
+        self._target = target
+        self.timeout = timeout
+        self._closed = False
+        self._warned = False
+
+    @property
+    def supports_raw(self) -> bool:
+        """Always True: nfcpy carries any chip command."""
+        return True
+
+    @property
+    def uid(self) -> bytes:
+        """The UID from anticollision (7 bytes for NTAG21x), as nfcpy's ``sdd_res``."""
+        return bytes(self._target.sdd_res)
+
+    @property
+    def reader_name(self) -> str:
+        """``str(nfcpy device)``, e.g. ``Linux IP-Stack UDP at udp:127.0.0.1:54321``."""
+        return str(self._clf.device)
+
+    def _exchange(self, frame: bytes) -> bytes:
+        """Send one frame with ``ContactlessFrontend.exchange``.
+
+        :raises TagMute: no answer within :attr:`timeout`, or a CRC/parity/framing error.
+        :raises CardRemoved: the link broke (nfcpy ``BrokenLinkError``) or the channel is closed.
+        :raises ReaderGone: the reader device stopped answering (I/O error).
+        """
+        if self._closed:
+            raise CardRemoved("the nfcpy channel is closed")
+        if not self._warned and logger.isEnabledFor(TRAFFIC):
+            self._warned = True
+            logger.warning("frame traffic logging is on: the log may contain secrets (passwords, UIDs, records)")
+        logger.log(TRAFFIC, "SEND: %s", bytes(frame).hex())
+        try:
+            answer = self._clf.exchange(bytearray(frame), self.timeout)
+        except nfc.clf.TimeoutError as exc:
+            raise TagMute(f"no answer to command {bytes(frame[:1]).hex()} within {self.timeout} s") from exc
+        except nfc.clf.BrokenLinkError as exc:
+            raise CardRemoved(f"link broken during command {bytes(frame[:1]).hex()}") from exc
+        except nfc.clf.CommunicationError as exc:
+            raise TagMute(f"{type(exc).__name__} on command {bytes(frame[:1]).hex()}: {exc}") from exc
+        except OSError as exc:
+            raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
+        if answer is None:
+            raise CardRemoved("nfcpy returned no target answer")
+        logger.log(TRAFFIC, "RECV: %s", bytes(answer).hex())
+        return bytes(answer)
+
+    def reactivate(self) -> None:
+        """Re-select the same tag (REQA + SELECT by UID) after a NAK or mute left it IDLE (datasheet §9.1).
+
+        :raises CardRemoved: the tag no longer answers (left the field).
+        :raises ReaderGone: the reader device stopped answering.
+        """
+        target = nfc.clf.RemoteTarget(BRTY_106A)
+        target.sel_req = bytearray(self._target.sdd_res)
+        try:
+            found = self._clf.sense(target, iterations=1, interval=0.0)
+        except nfc.clf.CommunicationError as exc:
+            raise CardRemoved(f"re-select failed: {exc}") from exc
+        except OSError as exc:
+            raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
+        if found is None:
+            raise CardRemoved("the tag did not answer the re-select")
+        self._target = found
+
+    def close(self) -> None:
+        """Switch the field off (the tag's RF session ends). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        device = self._clf.device
+        if device is not None:
+            try:
+                device.mute()
+            except OSError as exc:
+                logger.debug("field off failed: %s", exc)
+
+    def __enter__(self) -> "NfcpyType2Channel":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NfcpyReader:
+    """One reader opened with nfcpy on a device path; hands out a channel per tap.
+
+    :param path: nfcpy device path (``usb:054c:06c3``, ``tty:USB0:pn532``,
+        ``udp:127.0.0.1:54321``).
+    :param caps: capabilities to give each channel (from the reader profile).
+    :param name_pattern: when set, the opened device's name (``str(device)``)
+        must match it (``re.search``), so a profile never drives the wrong reader.
+    :param timeout: seconds to wait for each chip answer.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        caps: ReaderCapabilities = NFCPY_TYPE2,
+        *,
+        name_pattern: re.Pattern[str] | str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.path = path
+        self.caps = caps
+        self.timeout = timeout
+        self._pattern = re.compile(name_pattern) if isinstance(name_pattern, str) else name_pattern
+        self._clf: nfc.ContactlessFrontend | None = None
+
+    @property
+    def name(self) -> str:
+        """The device name nfcpy reports (``PN532v1.6 at /dev/ttyUSB0``).
+
+        :raises ReaderNotFound: the reader is not open.
+        """
+        return str(self._frontend().device)
+
+    def open(self) -> "NfcpyReader":
+        """Open the device (idempotent).
+
+        :raises ReaderNotFound: nothing answers on the path, or the device name
+            does not match the configured pattern.
+        """
+        if self._clf is not None:
+            return self
+        clf = nfc.ContactlessFrontend()
+        try:
+            found = clf.open(self.path)
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            raise ReaderNotFound(f"nfcpy cannot open {self.path!r}: {exc.strerror or exc} ({code})") from exc
+        if not found:
+            raise ReaderNotFound(f"no nfcpy reader on {self.path!r}")
+        name = str(clf.device)
+        if self._pattern is not None and not self._pattern.search(name):
+            clf.close()
+            raise ReaderNotFound(f"reader {name!r} on {self.path!r} does not match {self._pattern.pattern!r}")
+        logger.info("nfcpy reader open: %s", name)
+        self._clf = clf
+        return self
+
+    def _frontend(self) -> nfc.ContactlessFrontend:
+        if self._clf is None:
+            raise ReaderNotFound(f"nfcpy reader {self.path!r} is not open")
+        return self._clf
+
+    def poll(self) -> NfcpyType2Channel | None:
+        """One 106A poll (REQA, anticollision, SELECT).
+
+        :returns: a channel to the Type 2 tag in the field, or None when the field is empty.
+        :raises UnsupportedTarget: a card answered that is not a Type 2 tag.
+        :raises ReaderGone: the device stopped answering.
+        """
+        clf = self._frontend()
+        try:
+            target = clf.sense(nfc.clf.RemoteTarget(BRTY_106A), iterations=1, interval=0.0)
+        except nfc.clf.CommunicationError as exc:
+            logger.debug("poll: %s", exc)
+            return None
+        except OSError as exc:
+            raise ReaderGone(f"reader {self.path!r} I/O error: {exc.strerror or exc}") from exc
+        if target is None:
+            return None
+        if not _is_type2(target):
+            raise UnsupportedTarget(f"the card in the field is not a Type 2 tag (SAK {bytes(target.sel_res).hex()})")
+        return NfcpyType2Channel(clf, target, self.caps, self.timeout)
+
+    def connect(self, timeout: float = 5.0, interval: float = 0.1) -> NfcpyType2Channel:
+        """Poll until a Type 2 tag is in the field.
+
+        :param timeout: give up after this many seconds.
+        :param interval: pause between empty polls, seconds (the profile's ``poll_interval``).
+        :raises NoCard: no tag appeared within ``timeout``.
+        :raises UnsupportedTarget, ReaderGone: see :meth:`poll`.
+        """
+        self.open()
+        deadline = time.monotonic() + timeout
+        while True:
+            channel = self.poll()
+            if channel is not None:
+                return channel
+            if time.monotonic() >= deadline:
+                raise NoCard(f"no Type 2 tag on {self.path!r} within {timeout} s")
+            time.sleep(interval)
+
+    def close(self) -> None:
+        """Close the device (field off). Idempotent."""
+        clf, self._clf = self._clf, None
+        if clf is not None:
+            clf.close()
+
+    def __enter__(self) -> "NfcpyReader":
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
