@@ -17,12 +17,14 @@ Hierarchy::
         ├── ClaimsError                CBOR claims missing / extra / wrong type
         ├── LayoutError                NDEF message is not our fixed layout
         ├── UidMismatch                record genuine but signed for another chip UID
-        ├── Expired                    identity outside valid_from..valid_to
+        ├── Expired                    identity past valid_to
+        ├── NotYetValid                identity before valid_from
         ├── DeniedCard                 card id or UID on the deny list
         ├── CorruptSlot                a slot is torn, empty-but-garbled or fails verification
         ├── NoValidState               neither slot holds a valid state
         ├── ForkDetected               two valid slots with equal seq and different bytes
-        └── RedemptionRefused          a redemption request the state cannot satisfy
+        ├── RedemptionRefused          a redemption request the state cannot satisfy
+        └── WrongCard                  recovery data journalled for another card
 """
 
 from __future__ import annotations
@@ -102,7 +104,11 @@ class UidMismatch(RecordError):
 
 
 class Expired(RecordError):
-    """The identity record is outside its validity window (valid_from..valid_to)."""
+    """The identity record's validity ended (today is after valid_to)."""
+
+
+class NotYetValid(RecordError):
+    """The identity record's valid_from lies in the future."""
 
 
 class DeniedCard(RecordError):
@@ -147,3 +153,7 @@ class ForkDetected(RecordError):
 
 class RedemptionRefused(RecordError):
     """A redemption that the current state cannot satisfy (unknown programme, over balance)."""
+
+
+class WrongCard(RecordError):
+    """A journalled pending write belongs to another card (UID or card id differ)."""

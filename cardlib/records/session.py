@@ -1,0 +1,674 @@
+"""Card session: read and verify a card's state, redeem tear-safely, recover on the next tap.
+
+Spec: docs/card-format.md §5 (verification) and §6 (update protocol). The
+session works on any tag object with the four methods of :class:`TagMemory`
+(helper B's :class:`cardlib.type2.Type2Tag` has them) and a trust source with
+the two methods of :class:`CardTrust` (the verified
+:class:`cardlib.records.bundle.TrustBundle` has them).
+
+Update protocol (NTAG21x has no atomic multi-page write, datasheet §8.5 grants
+anti-tearing only to lock/CC pages):
+
+1. :meth:`CardSession.read_state` reads the image, verifies identity and slots,
+   picks the valid slot with the highest seq ("current"); the other slot
+   (older, empty or corrupt) is the *target*.
+2. :meth:`CardSession.prepare_redemption` builds and signs the next state
+   (seq + 1, prev_hash = hash of the current slot's COSE bytes) and returns a
+   :class:`PendingWrite` that the caller journals (PENDING, fsync) *before*
+   3. :meth:`CardSession.commit` writes the target slot's changed pages, reads the
+      slot back and compares: COMMITTED, or UNCERTAIN on any error after the
+      first WRITE was sent or on a read-back mismatch, or NOT_WRITTEN when the
+      card left before any WRITE.
+4. After UNCERTAIN, :meth:`CardSession.recover` on the next presentation
+   decides FINISHED (the intended state is on the card: count it once) or
+   VOIDED (it is not: nothing was charged), optionally repairing a torn slot.
+
+The current slot is never written, so a tear leaves the old state valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import cbor2
+
+from cardlib.errors import CardlibError
+from cardlib.keys.signer import Signer, sign1_with
+from cardlib.records.bundle import KeyRole
+from cardlib.records.claims import IdentityClaims, SlotClaims, state_hash
+from cardlib.records.cose import KeyResolver, VerifiedSign1, verify1
+from cardlib.records.errors import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    ClaimsError,
+    CoseError,
+    CorruptSlot,
+    Expired,
+    ForkDetected,
+    LayoutError,
+    NotYetValid,
+    NoValidState,
+    RedemptionRefused,
+    RevokedKid,
+    UidMismatch,
+    UnknownKid,
+    WrongCard,
+)
+from cardlib.type2.errors import AddressOutOfRange, UnsupportedCommand
+from cardlib.records.layout import (
+    FIRST_DATA_PAGE,
+    PAGE_SIZE,
+    CardImage,
+    CardLayout,
+    SlotName,
+    SlotRegion,
+    header_layout,
+    pad_payload,
+    parse_image,
+    split_payload,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TagMemory",
+    "CardTrust",
+    "CardSession",
+    "CardState",
+    "VerifiedIdentity",
+    "VerifiedSlot",
+    "PendingWrite",
+    "WriteOutcome",
+    "CommitResult",
+    "RecoveryDecision",
+    "RecoveryResult",
+    "identity_aad",
+    "slot_aad",
+    "NTAG215_DATA_PAGES",
+]
+
+#: external_aad context strings (docs/card-format.md §5.1); the version is in the string.
+IDENTITY_AAD_CONTEXT = b"huma-betang/card/v1/identity"
+SLOT_AAD_CONTEXT = b"huma-betang/card/v1/slot"
+#: Pages of the NTAG215 CC data area (496 B / 4); the default first read.
+NTAG215_DATA_PAGES = 124
+_KEY_ERRORS = (UnknownKid, RevokedKid, AlgorithmNotAllowed)
+
+
+def identity_aad(uid: bytes) -> bytes:
+    """external_aad of the identity record: context ‖ tag UID (7 B)."""
+    return IDENTITY_AAD_CONTEXT + bytes(uid)
+
+
+def slot_aad(uid: bytes, identity_hash: bytes) -> bytes:
+    """external_aad of a slot: context ‖ tag UID (7 B) ‖ identity hash (8 B).
+
+    Binding the identity hash means a slot cannot be moved to another issuance
+    on the same chip (re-issued card).
+    """
+    return SLOT_AAD_CONTEXT + bytes(uid) + bytes(identity_hash)
+
+
+@runtime_checkable
+class TagMemory(Protocol):
+    """What the session needs from a Type 2 tag (pages are 4 bytes, NTAG21x datasheet §8.5)."""
+
+    @property
+    def uid(self) -> bytes:
+        """The 7-byte UID."""
+
+    def read_pages(self, first: int, count: int) -> bytes:
+        """Read ``count`` pages from page ``first``; returns ``count * 4`` bytes."""
+
+    def write_pages(self, first: int, data: bytes) -> None:
+        """Write whole pages from ``first`` (``len(data) % 4 == 0``), one WRITE per page."""
+
+    def read_counter(self) -> int:
+        """READ_CNT: the 24-bit NFC counter (NTAG21x datasheet §10.6)."""
+
+
+class CardTrust(Protocol):
+    """Key and deny-list lookups (satisfied by :class:`cardlib.records.bundle.TrustBundle`)."""
+
+    def resolver(self, role: KeyRole) -> KeyResolver:
+        """Resolver for keys of one role; raises UnknownKid / RevokedKid."""
+
+    def check_card(self, card_id: bytes, uid: bytes) -> None:
+        """:raises DeniedCard: when the card id or UID is on the deny list."""
+
+
+@dataclass(frozen=True)
+class VerifiedIdentity:
+    """The issuer-verified identity record.
+
+    :ivar cose: the verified message (exact bytes).
+    :ivar claims: decoded claims.
+    """
+
+    cose: VerifiedSign1
+    claims: IdentityClaims
+
+    @property
+    def hash(self) -> bytes:
+        """8-byte :func:`state_hash` of the identity COSE bytes."""
+        return state_hash(self.cose.message)
+
+
+@dataclass(frozen=True)
+class VerifiedSlot:
+    """A terminal-verified state slot.
+
+    :ivar name: A or B.
+    :ivar cose: the verified message (exact bytes).
+    :ivar claims: decoded claims.
+    :ivar region: the raw fixed-length payload it was read from.
+    """
+
+    name: SlotName
+    cose: VerifiedSign1
+    claims: SlotClaims
+    region: SlotRegion
+
+    @property
+    def hash(self) -> bytes:
+        """8-byte :func:`state_hash` of the slot's COSE bytes (the next state's prev_hash)."""
+        return state_hash(self.cose.message)
+
+
+@dataclass(frozen=True)
+class CardState:
+    """A verified card: identity, the current state and what is wrong with the other slot.
+
+    :ivar uid: tag UID (7 bytes).
+    :ivar image: the parsed image as read.
+    :ivar identity: verified identity.
+    :ivar current: the valid slot with the highest seq.
+    :ivar other: the other slot when it is valid too (older, or an identical copy).
+    :ivar problems: :class:`CorruptSlot` reports for slots that are not valid
+        (torn, garbled, unknown key on an *older* state ...). Empty slots are not problems.
+    :ivar empty: slots that were never written (all-zero payload).
+    """
+
+    uid: bytes
+    image: CardImage
+    identity: VerifiedIdentity
+    current: VerifiedSlot
+    other: VerifiedSlot | None
+    problems: tuple[CorruptSlot, ...] = ()
+    empty: tuple[SlotName, ...] = ()
+
+    @property
+    def layout(self) -> CardLayout:
+        return self.image.layout
+
+    @property
+    def target(self) -> SlotName:
+        """The slot the next write goes to: never the current one."""
+        return self.current.name.other
+
+    def remaining_in(self, cycle: int) -> dict[int, int]:
+        """Amounts left per programme in ``cycle`` (programme unit).
+
+        A later cycle than the card's starts from the full entitlement.
+
+        :raises RedemptionRefused: ``cycle`` is earlier than the card's cycle.
+        """
+        claims = self.current.claims
+        if cycle < claims.cycle:
+            raise RedemptionRefused(
+                f"card is already in cycle {claims.cycle}, terminal asked for {cycle}"
+            )
+        if cycle > claims.cycle:
+            return {pid: p.per_cycle for pid, p in self.identity.claims.programmes.items()}
+        return dict(claims.remaining)
+
+
+class WriteOutcome(enum.Enum):
+    """Result of :meth:`CardSession.commit`."""
+
+    COMMITTED = "committed"  #: written and read back identical: the redemption happened
+    NOT_WRITTEN = "not_written"  #: no WRITE reached the card: nothing happened
+    UNCERTAIN = "uncertain"  #: maybe written: journal it and call recover() on the next tap
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """What the caller journals before :meth:`CardSession.commit` (enough to recover later).
+
+    :ivar uid: tag UID (7 B).
+    :ivar card_id: card id (8 B).
+    :ivar slot: target slot.
+    :ivar seq: seq of the new state.
+    :ivar cose: the new slot's COSE_Sign1 bytes (signed).
+    :ivar base_hash: hash of the state it follows (prev_hash in ``cose``).
+    :ivar amounts: programme id -> amount redeemed (programme unit).
+    :ivar cycle: cycle id of the redemption.
+    :ivar first_page: absolute first page of the target slot.
+    :ivar slot_len: slot payload length, bytes.
+    :ivar old_region: the target slot's bytes as read before writing (unchanged pages are skipped).
+    """
+
+    uid: bytes
+    card_id: bytes
+    slot: SlotName
+    seq: int
+    cose: bytes
+    base_hash: bytes
+    amounts: Mapping[int, int]
+    cycle: int
+    first_page: int
+    slot_len: int
+    old_region: bytes = field(repr=False)
+
+    @property
+    def new_hash(self) -> bytes:
+        """8-byte hash of the new state (what a later state's prev_hash points to)."""
+        return state_hash(self.cose)
+
+    @property
+    def region(self) -> bytes:
+        """The full padded slot payload that must end up on the card."""
+        return pad_payload(self.cose, self.slot_len)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Outcome of a slot write.
+
+    :ivar outcome: COMMITTED / NOT_WRITTEN / UNCERTAIN.
+    :ivar pending: the write it is about.
+    :ivar pages_written: WRITE commands that were acknowledged.
+    :ivar error: the exception that stopped it, if any.
+    """
+
+    outcome: WriteOutcome
+    pending: PendingWrite
+    pages_written: int
+    error: Exception | None = None
+
+
+class RecoveryDecision(enum.Enum):
+    """What :meth:`CardSession.recover` concluded about a journalled UNCERTAIN write."""
+
+    FINISHED = "finished"  #: the intended state is (or was) on the card: count the redemption once
+    VOIDED = "voided"  #: it never became the card's state: nothing was charged
+    DEFERRED = "deferred"  #: the card moved ≥ 2 states on; only the server's chain can tell
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """Result of a recovery.
+
+    :ivar decision: FINISHED / VOIDED / DEFERRED.
+    :ivar state: the card state read during recovery (after any repair).
+    :ivar repaired: True when a torn slot was overwritten with a copy of the current state.
+    :ivar note: short explanation for the journal.
+    """
+
+    decision: RecoveryDecision
+    state: CardState
+    repaired: bool
+    note: str
+
+
+class CardSession:
+    """One presented card: verified reads, tear-safe redemption, recovery.
+
+    :param tag: the tag (:class:`TagMemory`).
+    :param trust: keys and deny list (:class:`CardTrust`).
+    :param first_read_pages: pages read in the first read command batch; the
+        default covers the NTAG215 data area so a standard card needs one read.
+    """
+
+    def __init__(self, tag: TagMemory, trust: CardTrust, *, first_read_pages: int = NTAG215_DATA_PAGES) -> None:
+        self.tag = tag
+        self.trust = trust
+        self.first_read_pages = first_read_pages
+
+    # ------------------------------------------------------------------ reading
+
+    def read_image(self) -> CardImage:
+        """Read the data area and parse the fixed layout (no signature checks).
+
+        :raises LayoutError: not our layout.
+        :raises CardlibError: (tag/transport subclasses) the card link failed.
+        """
+        data = self.tag.read_pages(FIRST_DATA_PAGE, self.first_read_pages)
+        layout = header_layout(data)
+        missing = layout.pages - len(data) // PAGE_SIZE
+        if missing > 0:
+            data += self.tag.read_pages(FIRST_DATA_PAGE + len(data) // PAGE_SIZE, missing)
+        return parse_image(data)
+
+    def read_state(self, now: int) -> CardState:
+        """Read and verify the card (a balance check: never writes).
+
+        :param now: terminal time, POSIX seconds (UTC), for the validity check.
+        :returns: the verified state.
+        :raises LayoutError: the card is not in our layout.
+        :raises UidMismatch: the identity record is genuine but for another chip.
+        :raises BadSignature | MalformedCose | UnknownKid | RevokedKid | AlgorithmNotAllowed:
+            the identity record does not verify against an issuer key.
+        :raises ClaimsError: identity claims malformed.
+        :raises DeniedCard: card id or UID on the deny list.
+        :raises Expired | NotYetValid: outside the validity window.
+        :raises ForkDetected: two valid slots with equal seq and different bytes.
+        :raises NoValidState: neither slot is valid.
+        :raises UnknownKid | RevokedKid | AlgorithmNotAllowed: the *newest-looking*
+            slot is signed by a key this terminal cannot accept (using the older
+            slot instead would roll the card back).
+        """
+        return self.verify_image(self.read_image(), now)
+
+    def verify_image(self, image: CardImage, now: int) -> CardState:
+        """Verify an already-read image (see :meth:`read_state` for the errors)."""
+        uid = bytes(self.tag.uid)
+        identity = self._verify_identity(image.identity, uid, now)
+        valid: list[VerifiedSlot] = []
+        problems: list[CorruptSlot] = []
+        key_failures: list[tuple[CorruptSlot, int | None]] = []
+        empty: list[SlotName] = []
+        for name in SlotName:
+            region = image.slots[name]
+            try:
+                slot = self._verify_slot(region, uid, identity)
+            except _EmptySlot:
+                empty.append(name)
+                continue
+            except CorruptSlot as exc:
+                problems.append(exc)
+                if isinstance(exc.cause, _KEY_ERRORS):
+                    key_failures.append((exc, _unverified_seq(region)))
+                continue
+            valid.append(slot)
+        if not valid:
+            for exc, _ in key_failures:
+                assert exc.cause is not None
+                raise exc.cause
+            raise NoValidState(tuple(problems))
+        valid.sort(key=lambda s: (-s.claims.seq, s.name.value))
+        current = valid[0]
+        other = valid[1] if len(valid) > 1 else None
+        if other is not None and other.claims.seq == current.claims.seq:
+            if other.cose.message != current.cose.message:
+                raise ForkDetected(current.claims.seq)
+        for exc, seq in key_failures:
+            if seq is not None and seq >= current.claims.seq:
+                assert exc.cause is not None
+                raise exc.cause
+        for problem in problems:
+            log.info("card state: %s", problem)
+        return CardState(uid, image, identity, current, other, tuple(problems), tuple(empty))
+
+    def _verify_identity(self, cose: bytes, uid: bytes, now: int) -> VerifiedIdentity:
+        issuers = self.trust.resolver(KeyRole.ISSUER)
+        try:
+            verified = verify1(cose, issuers, identity_aad(uid))
+        except BadSignature:
+            record_uid = _unverified_identity_uid(cose)
+            if record_uid is not None and record_uid != uid:
+                try:
+                    verify1(cose, issuers, identity_aad(record_uid))
+                except CoseError:
+                    pass
+                else:
+                    raise UidMismatch(uid, record_uid) from None
+            raise
+        claims = IdentityClaims.from_cbor(verified.payload)
+        if claims.uid != uid:
+            raise UidMismatch(uid, claims.uid)
+        self.trust.check_card(claims.card_id, uid)
+        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+        if today < claims.valid_from:
+            raise NotYetValid(f"card valid from {claims.valid_from.isoformat()}")
+        if today > claims.valid_to:
+            raise Expired(f"card expired on {claims.valid_to.isoformat()}")
+        return VerifiedIdentity(verified, claims)
+
+    def _verify_slot(self, region: SlotRegion, uid: bytes, identity: VerifiedIdentity) -> VerifiedSlot:
+        name = region.name.value
+        try:
+            cose = split_payload(region.raw)
+        except LayoutError as exc:
+            raise CorruptSlot(name, f"torn or garbled ({exc})", exc) from exc
+        if cose is None:
+            raise _EmptySlot()
+        try:
+            verified = verify1(cose, self.trust.resolver(KeyRole.TERMINAL), slot_aad(uid, identity.hash))
+            claims = SlotClaims.from_cbor(verified.payload)
+        except (CoseError, ClaimsError) as exc:
+            raise CorruptSlot(name, f"does not verify: {exc}", exc) from exc
+        programmes = identity.claims.programmes
+        for pid, amount in claims.remaining.items():
+            if pid not in programmes:
+                raise CorruptSlot(name, f"remaining for programme {pid} the card is not in")
+            if amount > programmes[pid].per_cycle:
+                raise CorruptSlot(name, f"remaining {amount} above the entitlement of programme {pid}")
+        if claims.seq == 0 and claims.prev_hash != identity.hash:
+            raise CorruptSlot(name, "issuance state does not chain to the identity record")
+        return VerifiedSlot(region.name, verified, claims, region)
+
+    # ------------------------------------------------------------------ writing
+
+    def prepare_redemption(
+        self,
+        state: CardState,
+        *,
+        signer: Signer,
+        cycle: int,
+        amounts: Mapping[int, int],
+        terminal_id: int,
+        terminal_seq: int,
+        now: int,
+        nfc_counter: int | None = None,
+    ) -> PendingWrite:
+        """Build and sign the next state; nothing is written yet.
+
+        :param state: the state read in this session.
+        :param signer: the terminal key (software or PKCS#11).
+        :param cycle: the current entitlement cycle id.
+        :param amounts: programme id -> amount to redeem (programme unit, ≥ 1).
+        :param terminal_id: this terminal's id (uint32).
+        :param terminal_seq: journal seq of the PENDING entry (uint32).
+        :param now: terminal time, POSIX seconds UTC.
+        :param nfc_counter: NFC counter if already read this session; else READ_CNT is sent.
+        :returns: the pending write to journal, then pass to :meth:`commit`.
+        :raises RedemptionRefused: unknown programme, amount < 1 or above what is left,
+            or a cycle earlier than the card's.
+        :raises CardlibError: (tag subclasses) READ_CNT failed; nothing was written.
+        """
+        remaining = state.remaining_in(cycle)
+        if not amounts:
+            raise RedemptionRefused("nothing to redeem")
+        for pid, amount in amounts.items():
+            if pid not in remaining:
+                raise RedemptionRefused(f"card is not in programme {pid}")
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount < 1:
+                raise RedemptionRefused(f"amount for programme {pid} must be a positive integer")
+            if amount > remaining[pid]:
+                raise RedemptionRefused(
+                    f"programme {pid}: {amount} asked, {remaining[pid]} left"
+                )
+            remaining[pid] -= amount
+        counter = self.tag.read_counter() if nfc_counter is None else nfc_counter
+        claims = SlotClaims(
+            seq=state.current.claims.seq + 1,
+            cycle=cycle,
+            remaining=remaining,
+            terminal_id=terminal_id,
+            terminal_seq=terminal_seq,
+            time=now,
+            nfc_counter=counter,
+            prev_hash=state.current.hash,
+        )
+        cose = sign1_with(signer, claims.to_cbor(), slot_aad(state.uid, state.identity.hash))
+        target = state.target
+        region = state.image.slots[target]
+        pad_payload(cose, state.layout.slot_len)  # raises LayoutError if it cannot fit
+        return PendingWrite(
+            uid=state.uid,
+            card_id=state.identity.claims.card_id,
+            slot=target,
+            seq=claims.seq,
+            cose=cose,
+            base_hash=state.current.hash,
+            amounts=dict(amounts),
+            cycle=cycle,
+            first_page=region.first_page,
+            slot_len=state.layout.slot_len,
+            old_region=region.raw,
+        )
+
+    def commit(self, pending: PendingWrite) -> CommitResult:
+        """Write the target slot (changed pages only), read it back and compare.
+
+        Never raises for card-link failures: they become the outcome.
+
+        :returns: COMMITTED (read back identical), NOT_WRITTEN (failed before the
+            first WRITE was sent) or UNCERTAIN (anything else).
+        """
+        if bytes(self.tag.uid) != pending.uid:
+            raise WrongCard("pending write is for another chip")
+        new = pending.region
+        runs = _changed_runs(pending.old_region, new)
+        written = 0
+        sent_any = False
+        try:
+            for first, count in runs:
+                sent_any = True
+                chunk = new[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
+                self.tag.write_pages(pending.first_page + first, chunk)
+                written += count
+            back = self.tag.read_pages(pending.first_page, pending.slot_len // PAGE_SIZE)
+        except (AddressOutOfRange, UnsupportedCommand) as exc:
+            # Refused by the tag layer before anything went on air.
+            outcome = WriteOutcome.NOT_WRITTEN if written == 0 else WriteOutcome.UNCERTAIN
+            return CommitResult(outcome, pending, written, exc)
+        except CardlibError as exc:
+            outcome = WriteOutcome.UNCERTAIN if sent_any else WriteOutcome.NOT_WRITTEN
+            log.info("slot %s write stopped (%s): %s", pending.slot.value, outcome.value, exc)
+            return CommitResult(outcome, pending, written, exc)
+        if bytes(back) != new:
+            log.warning("slot %s read-back differs from what was written", pending.slot.value)
+            return CommitResult(WriteOutcome.UNCERTAIN, pending, written, None)
+        return CommitResult(WriteOutcome.COMMITTED, pending, written)
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(
+        self, pending: PendingWrite, now: int, *, repair: bool = True
+    ) -> RecoveryResult:
+        """Decide a journalled UNCERTAIN write on the card's next presentation.
+
+        FINISHED when a valid slot holds exactly the intended bytes, or when the
+        current state follows directly from it (prev_hash); VOIDED when the card's
+        state never became it (current seq below it, or a different state with
+        that seq). With ``repair``, a torn/garbled target slot is overwritten with
+        a copy of the current state, so no remnant of a voided state stays on the card.
+
+        :param pending: what was journalled before the write.
+        :param now: terminal time, POSIX seconds UTC.
+        :raises WrongCard: another chip or card id.
+        :raises RecordError: (subclasses, see :meth:`read_state`) the card does not verify.
+        """
+        if bytes(self.tag.uid) != pending.uid:
+            raise WrongCard("pending write was journalled for another chip")
+        state = self.read_state(now)
+        if state.identity.claims.card_id != pending.card_id:
+            raise WrongCard("pending write was journalled for another card id")
+        decision, note = _decide(state, pending)
+        repaired = False
+        if repair and decision is RecoveryDecision.VOIDED:
+            target_region = state.image.slots[state.target]
+            if state.target not in state.empty and state.other is None:
+                copy = PendingWrite(
+                    uid=state.uid,
+                    card_id=pending.card_id,
+                    slot=state.target,
+                    seq=state.current.claims.seq,
+                    cose=state.current.cose.message,
+                    base_hash=state.current.claims.prev_hash,
+                    amounts={},
+                    cycle=state.current.claims.cycle,
+                    first_page=target_region.first_page,
+                    slot_len=state.layout.slot_len,
+                    old_region=target_region.raw,
+                )
+                result = self.commit(copy)
+                repaired = result.outcome is WriteOutcome.COMMITTED
+                if repaired:
+                    state = self.read_state(now)
+        return RecoveryResult(decision, state, repaired, note)
+
+
+class _EmptySlot(Exception):
+    """Internal: an all-zero slot payload (never written)."""
+
+
+def _decide(state: CardState, pending: PendingWrite) -> tuple[RecoveryDecision, str]:
+    slots = [state.current] + ([state.other] if state.other is not None else [])
+    for slot in slots:
+        if slot.cose.message == pending.cose:
+            return RecoveryDecision.FINISHED, f"state {pending.seq} is on the card (slot {slot.name.value})"
+    for slot in slots:
+        if slot.claims.seq == pending.seq:
+            return RecoveryDecision.VOIDED, f"seq {pending.seq} on the card is another state"
+    cur = state.current.claims
+    if cur.seq < pending.seq:
+        note = f"card still at seq {cur.seq}; state {pending.seq} never landed"
+        if cur.seq < pending.seq - 1 or state.current.hash != pending.base_hash:
+            note += " (card is not at the base state: rollback or clone suspected)"
+        return RecoveryDecision.VOIDED, note
+    if cur.seq == pending.seq + 1:
+        if cur.prev_hash == pending.new_hash:
+            return RecoveryDecision.FINISHED, f"seq {cur.seq} chains to state {pending.seq}"
+        return RecoveryDecision.VOIDED, f"seq {cur.seq} chains to another state {pending.seq}"
+    return RecoveryDecision.DEFERRED, f"card moved on to seq {cur.seq}; server reconciliation decides"
+
+
+def _changed_runs(old: bytes, new: bytes) -> list[tuple[int, int]]:
+    """Runs (first page index, page count) of pages where ``new`` differs from ``old``."""
+    runs: list[tuple[int, int]] = []
+    pages = len(new) // PAGE_SIZE
+    start: int | None = None
+    for i in range(pages):
+        same = old[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] == new[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+        if not same and start is None:
+            start = i
+        elif same and start is not None:
+            runs.append((start, i - start))
+            start = None
+    if start is not None:
+        runs.append((start, pages - start))
+    return runs
+
+
+def _unverified_identity_uid(cose: bytes) -> bytes | None:
+    """The uid claim of an identity record whose signature failed (diagnosis only)."""
+    try:
+        body = cbor2.loads(cose)
+        payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
+        uid = cbor2.loads(payload).get(8)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, KeyError, EOFError):
+        return None
+    return uid if isinstance(uid, bytes) and len(uid) == 7 else None
+
+
+def _unverified_seq(region: SlotRegion) -> int | None:
+    """The seq claim of a slot whose key could not be accepted (to avoid rolling back)."""
+    try:
+        cose = split_payload(region.raw)
+        if cose is None:
+            return None
+        body = cbor2.loads(cose)
+        payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
+        seq = SlotClaims.from_cbor(payload).seq
+    except (LayoutError, ClaimsError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, EOFError):
+        return None
+    return seq
+
