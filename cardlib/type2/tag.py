@@ -123,6 +123,7 @@ class Type2Tag:
         self._chip: ChipInfo | None = None
         self._uid: bytes | None = None
         self._page_limit: int | None = None
+        self._prefetch: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------------ identity
 
@@ -151,9 +152,11 @@ class Type2Tag:
             except (Nak, TagMute, BadResponse) as exc:
                 logger.debug("GET_VERSION failed (%s): falling back to ATR/CC", exc)
                 self.channel.reactivate()
-        if chip is None or chip.chip is ChipType.UNKNOWN:
-            cc_page = self._read_raw_pages(CC_PAGE, 1, MIN_T2_PAGES)
-            chip = self._fallback_chip(cc_page) if chip is None else chip
+        if chip is None:
+            # Pages 2-5 (lock bytes, CC, first data bytes): kept for the read_ndef that usually follows.
+            head = self._read_raw_pages(STATIC_LOCK_PAGE, READ_PAGES, MIN_T2_PAGES)
+            self._prefetch = (STATIC_LOCK_PAGE, head)
+            chip = self._fallback_chip(head[PAGE_SIZE : 2 * PAGE_SIZE])
         self._set_chip(chip)
         return chip
 
@@ -222,6 +225,7 @@ class Type2Tag:
 
     def _check_writable_page(self, page: int) -> None:
         chip = self.identify()
+        self._prefetch = None
         if chip.chip is ChipType.UNKNOWN:
             if page < FIRST_USER_PAGE:
                 raise AddressOutOfRange(f"page {page} is a header/CC page")
@@ -291,7 +295,12 @@ class Type2Tag:
         chunk = self.channel.caps.max_pages if fast else READ_PAGES
         start = STATIC_LOCK_PAGE
         have = min(limit, start + chunk)
-        image = bytearray(start * PAGE_SIZE) + self._read_raw_pages(start, have - start, limit)
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None and prefetch[0] == start and len(prefetch[1]) == (have - start) * PAGE_SIZE:
+            first = prefetch[1]
+        else:
+            first = self._read_raw_pages(start, have - start, limit)
+        image = bytearray(start * PAGE_SIZE) + first
         cc = CapabilityContainer.parse(bytes(image[CC_PAGE * PAGE_SIZE : (CC_PAGE + 1) * PAGE_SIZE]))
         static = bytes(image[_STATIC_LOCK_SLICE])
         lock_set = bool(static[0] & _STATIC_LOCK0_USER_BITS or static[1])
@@ -407,6 +416,7 @@ class Type2Tag:
         if chip.chip not in STANDARD_CC2:
             raise UnsupportedChip(f"cannot format a {chip.chip.value} tag")
         want = CapabilityContainer.build(STANDARD_CC2[chip.chip] * 8)
+        self._prefetch = None
         page3 = self.read_pages(CC_PAGE, 1)
         if page3 != want.raw:
             if any(page3):
@@ -483,6 +493,7 @@ class Type2Tag:
         """
         if not irreversible:
             raise ValueError("lock bits are one-time programmable: pass irreversible=True")
+        self._prefetch = None
         if len(static) != 2 or len(dynamic) != 3:
             raise ValueError("static is 2 bytes, dynamic 3 bytes")
         chip = self.identify()
