@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cardlib.type2.channel import ReaderCapabilities
+
 
 class Stack(enum.StrEnum):
     """The software stack that drives a reader."""
@@ -165,6 +167,16 @@ class ReaderProfile:
     def matches(self, reader_name: str) -> bool:
         """True when ``reader_name`` (as the stack reports it) is this kind of reader."""
         return self.name_pattern.search(reader_name) is not None
+
+    def capabilities(self) -> ReaderCapabilities:
+        """The profile as cardlib's :class:`~cardlib.type2.channel.ReaderCapabilities`.
+
+        An nfcpy reader (``native``) maps to pass-through kind ``"none"``:
+        cardlib's kinds name PC/SC envelopes, and the nfcpy channel carries raw
+        frames whatever the kind says; ``max_frame`` still sizes FAST_READ.
+        """
+        kind = "none" if self.pass_through is PassThrough.NATIVE else self.pass_through.value
+        return ReaderCapabilities(self.name, kind, self.max_frame)  # type: ignore[arg-type]
 
     @property
     def device_path(self) -> str | None:
