@@ -1,0 +1,405 @@
+"""Reader supervision: PC/SC contexts, reader attach/detach, card presentations, deadlines.
+
+Field cases PC-1 … PC-4 (shared/cases/pcsc.md):
+
+- PC-1 pcscd restarts: every PC/SC failure of kind
+  :class:`~cardlib.transport.errors.ServiceUnavailable` (0x8010001D/1E/13)
+  makes the supervisor release its context, wait with capped exponential
+  backoff plus jitter, re-establish, re-list readers and re-arm every reader
+  watcher. Health (:class:`Health`) says which state it is in.
+- PC-2 readers come and go, maybe under another name suffix: readers are
+  chosen by the configured name pattern (``re.search`` on the name, plus an
+  optional slot pattern to skip SAM slots), never by index; a vanished
+  reader's watcher ends in state GONE and a reader matching the pattern is
+  attached again on the next scan, whatever its suffix; the tap in flight
+  fails with a retry status.
+- PC-3 card taken away mid-transaction: the tap sees
+  :class:`~cardlib.transport.errors.SessionLost`; the watcher disconnects and
+  waits for PC/SC to report the card absent and then present again (a status
+  change, not an immediate reconnect), and the next presentation re-reads
+  everything (the tap keeps no card memory between presentations).
+- PC-4 pcscd exiting when idle: the supervisor holds a context for as long as it runs.
+
+Structure: :meth:`Supervisor.run` is a loop the daemon's main thread owns. It
+starts one :class:`ReaderWatcher` thread per matching reader, each with its
+own PC/SC context (pcsc-lite serialises calls per context, so a blocking
+``SCardGetStatusChange`` must not share one with a transmit). The loop checks
+the watchers every scan; one that died is logged with its exception and
+restarted — a watcher can never stop silently.
+
+Only :mod:`cardlib.transport.pcsc` imports pyscard; this module uses its
+:class:`~cardlib.transport.pcsc.PcscContext`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cardlib.transport import Connection
+from cardlib.transport.errors import (
+    NoCard,
+    ReaderGone,
+    ServiceUnavailable,
+    SessionLost,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReaderStatus(enum.Enum):
+    """State of one configured reader."""
+
+    WAITING = "waiting"  #: attached, no card
+    BUSY = "busy"  #: a tap is running
+    CARD_RESTING = "card_resting"  #: tap finished, card still in the field (no new tap until it leaves)
+    GONE = "gone"  #: unplugged or its slot vanished (PC-2)
+
+
+class ServiceStatus(enum.Enum):
+    """State of the PC/SC service as the supervisor sees it."""
+
+    STARTING = "starting"
+    UP = "up"
+    DOWN = "down"  #: pcscd unreachable; retrying with backoff (PC-1)
+
+
+@dataclass(frozen=True)
+class ReaderBinding:
+    """A reader the profile asks for.
+
+    :ivar name_pattern: ``re.search``-ed in the reader name PC/SC reports.
+    :ivar slot_pattern: also searched (e.g. ``PICC`` to skip a SAM slot), or None.
+    :ivar profile: opaque per-reader data for the tap (the reader profile).
+    """
+
+    name_pattern: re.Pattern[str]
+    slot_pattern: re.Pattern[str] | None = None
+    profile: object = None
+
+    def matches(self, name: str) -> bool:
+        """Whether a PC/SC reader name belongs to this binding."""
+        return bool(self.name_pattern.search(name)) and (
+            self.slot_pattern is None or bool(self.slot_pattern.search(name))
+        )
+
+
+@dataclass
+class Health:
+    """A snapshot the daemon logs and the screen can show.
+
+    :ivar service: PC/SC service state.
+    :ivar readers: reader name -> status.
+    :ivar restarts: PC/SC context re-establishments since start.
+    :ivar watcher_restarts: watcher threads restarted after dying.
+    :ivar last_error: the last PC/SC error text.
+    """
+
+    service: ServiceStatus = ServiceStatus.STARTING
+    readers: dict[str, ReaderStatus] = field(default_factory=dict)
+    restarts: int = 0
+    watcher_restarts: int = 0
+    last_error: str = ""
+
+
+class Deadline:
+    """A time budget for one tap (seconds, monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left (negative when overrun)."""
+        return self._end - time.monotonic()
+
+    def check(self, what: str) -> None:
+        """:raises DeadlineExceeded: when the budget is spent."""
+        if self.left() <= 0:
+            raise DeadlineExceeded(f"{what}: tap deadline of {self.seconds:.1f} s exceeded")
+
+
+class DeadlineExceeded(SessionLost):
+    """A card call ran past its deadline; treated like the card leaving the field."""
+
+
+class DeadlineConnection(Connection):
+    """A connection that enforces a per-call and a per-tap deadline on every card command.
+
+    A PC/SC call cannot be interrupted from Python, so an overrunning call is
+    detected when it returns and raises :class:`DeadlineExceeded` (a
+    :class:`SessionLost`), sending the tap down the torn-write path if it was
+    writing; the tap budget is checked before every command.
+
+    :param inner: the real connection.
+    :param deadline: the tap's budget.
+    :param per_call_s: most one command may take, seconds.
+    """
+
+    def __init__(self, inner: Connection, deadline: Deadline, per_call_s: float = 1.0) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._per_call_s = per_call_s
+        self.commands = 0
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self._deadline.check("before a card command")
+        start = time.monotonic()
+        result = self._inner.send_and_receive(apdu)
+        self.commands += 1
+        took = time.monotonic() - start
+        if took > self._per_call_s:
+            raise DeadlineExceeded(f"a card command took {took:.2f} s (limit {self._per_call_s:.2f} s)")
+        return result
+
+    def close(self) -> None:
+        self._inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self._inner.reader_name
+
+    @property
+    def atr(self) -> bytes:
+        return self._inner.atr
+
+
+#: Runs one tap on a connected card. Returns when the tap is done; may raise
+#: TransportError subclasses (the watcher handles them) — anything else is a bug
+#: that is logged and counted, and the watcher carries on.
+TapHandler = Callable[[Connection, "ReaderBinding"], object]
+
+
+class PcscBackend:
+    """The PC/SC calls the supervisor needs, over :mod:`cardlib.transport.pcsc`."""
+
+    def open(self) -> object:
+        """A new PC/SC context.
+
+        :raises ServiceUnavailable: pcscd is not there.
+        """
+        from cardlib.transport.pcsc import PcscContext
+
+        return PcscContext()
+
+    def readers(self, ctx: object) -> list[str]:
+        return ctx.readers()  # type: ignore[attr-defined, no-any-return]
+
+    def wait(self, ctx: object, reader: str, present: bool, timeout_s: float) -> bool:
+        """Block in ``SCardGetStatusChange`` until the card is present/absent or the timeout."""
+        return ctx.wait_for_card(reader, present=present, timeout_s=timeout_s)  # type: ignore[attr-defined, no-any-return]
+
+    def connect(self, ctx: object, reader: str) -> Connection:
+        from cardlib.transport.pcsc import PcscConnection
+
+        return PcscConnection(ctx, reader)  # type: ignore[arg-type]
+
+    def close(self, ctx: object) -> None:
+        ctx.close()  # type: ignore[attr-defined]
+
+
+class ReaderWatcher:
+    """Watches one reader in its own thread with its own PC/SC context.
+
+    Loop: wait (``SCardGetStatusChange``) for a card → connect → run the tap
+    under a deadline → disconnect → wait for the card to *leave* before the
+    next tap (one presentation, one transaction; PC-3) → repeat. Ends on
+    ReaderGone / ServiceUnavailable, leaving :attr:`ended_by` for the supervisor.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        binding: ReaderBinding,
+        backend: PcscBackend,
+        on_tap: TapHandler,
+        health: Health,
+        stop: threading.Event,
+        wait_slice_s: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.binding = binding
+        self._backend = backend
+        self._on_tap = on_tap
+        self._health = health
+        self._stop = stop
+        self._slice = wait_slice_s
+        self.ended_by: BaseException | None = None
+        self.taps = 0
+        self.tap_errors = 0
+        self.thread = threading.Thread(target=self._run, name=f"reader:{name}", daemon=True)
+
+    def start(self) -> "ReaderWatcher":
+        self.thread.start()
+        return self
+
+    def _set(self, status: ReaderStatus) -> None:
+        self._health.readers[self.name] = status
+
+    def _run(self) -> None:
+        try:
+            ctx = self._backend.open()
+        except TransportError as exc:
+            self.ended_by = exc
+            return
+        try:
+            self._loop(ctx)
+        except (ReaderGone, ServiceUnavailable) as exc:
+            self.ended_by = exc
+            self._set(ReaderStatus.GONE)
+            log.warning("reader %r: %s", self.name, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded; the supervisor loop logs it and restarts us
+            self.ended_by = exc
+        finally:
+            self._backend.close(ctx)
+
+    def _loop(self, ctx: object) -> None:
+        self._set(ReaderStatus.WAITING)
+        while not self._stop.is_set():
+            if not self._backend.wait(ctx, self.name, True, self._slice):
+                continue
+            self._set(ReaderStatus.BUSY)
+            self._one_presentation(ctx)
+            self._set(ReaderStatus.CARD_RESTING)
+            # One presentation, one transaction: the next tap needs the card to leave first.
+            while not self._stop.is_set() and not self._backend.wait(ctx, self.name, False, self._slice):
+                pass
+            self._set(ReaderStatus.WAITING)
+
+    def _one_presentation(self, ctx: object) -> None:
+        try:
+            conn = self._backend.connect(ctx, self.name)
+        except NoCard:
+            return  # it left before we connected: wait for the next arrival
+        except SessionLost:
+            return
+        try:
+            self.taps += 1
+            self._on_tap(conn, self.binding)
+        except (ReaderGone, ServiceUnavailable):
+            raise
+        except SessionLost as exc:
+            log.info("reader %r: card session lost (%s); waiting for the card to come back", self.name, exc)
+        except TransportError as exc:
+            log.warning("reader %r: card error %s", self.name, exc)
+        except Exception:  # noqa: BLE001 - a bug in one tap must not stop the counter
+            self.tap_errors += 1
+            log.exception("reader %r: the tap failed unexpectedly", self.name)
+        finally:
+            try:
+                conn.close()
+            except TransportError:
+                pass
+
+
+class Supervisor:
+    """Owns the PC/SC service connection and one watcher per configured reader.
+
+    :param bindings: readers wanted (by name pattern).
+    :param on_tap: runs one tap on a connected card (see :data:`TapHandler`).
+    :param backend: PC/SC access (default: :class:`PcscBackend`).
+    :param scan_s: seconds between reader re-listings.
+    :param backoff_s: ``(first, max)`` seconds of the reconnect backoff (PC-1).
+    """
+
+    def __init__(
+        self,
+        bindings: Sequence[ReaderBinding],
+        on_tap: TapHandler,
+        *,
+        backend: PcscBackend | None = None,
+        scan_s: float = 1.0,
+        backoff_s: tuple[float, float] = (0.25, 8.0),
+    ) -> None:
+        self.bindings = tuple(bindings)
+        self._on_tap = on_tap
+        self._backend = backend or PcscBackend()
+        self._scan_s = scan_s
+        self._backoff = backoff_s
+        self.health = Health()
+        self._watchers: dict[str, ReaderWatcher] = {}
+        self.stop_event = threading.Event()
+        self._watch_stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread)."""
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Supervise until :meth:`stop`: (re)establish the context, attach readers, restart watchers."""
+        delay = self._backoff[0]
+        while not self.stop_event.is_set():
+            try:
+                ctx = self._backend.open()
+            except ServiceUnavailable as exc:
+                self._down(exc)
+                self.stop_event.wait(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            if self.health.service is ServiceStatus.DOWN:
+                self.health.restarts += 1
+                log.warning("PC/SC service is back; re-attaching readers")
+            self.health.service = ServiceStatus.UP
+            delay = self._backoff[0]
+            try:
+                self._supervise(ctx)
+            except ServiceUnavailable as exc:
+                self._down(exc)
+            finally:
+                self._stop_watchers()
+                self._backend.close(ctx)
+
+    def _down(self, exc: BaseException) -> None:
+        if self.health.service is not ServiceStatus.DOWN:
+            log.error("PC/SC service unavailable (%s); retrying with backoff", exc)
+        self.health.service = ServiceStatus.DOWN
+        self.health.last_error = str(exc)
+        for name in self.health.readers:
+            self.health.readers[name] = ReaderStatus.GONE
+
+    def _supervise(self, ctx: object) -> None:
+        self._watch_stop = threading.Event()
+        while not self.stop_event.is_set():
+            names = self._backend.readers(ctx)  # raises ServiceUnavailable when pcscd left
+            for name in names:
+                binding = next((b for b in self.bindings if b.matches(name)), None)
+                if binding is None:
+                    continue
+                w = self._watchers.get(name)
+                if w is not None and w.thread.is_alive():
+                    continue
+                if w is not None:
+                    self._reap(w)
+                    if isinstance(w.ended_by, ServiceUnavailable):
+                        raise w.ended_by
+                self._watchers[name] = ReaderWatcher(
+                    name, binding, self._backend, self._on_tap, self.health, self._watch_stop
+                ).start()
+                log.info("reader %r attached", name)
+            for name, w in list(self._watchers.items()):
+                if name not in names:
+                    self.health.readers[name] = ReaderStatus.GONE
+                    if not w.thread.is_alive():
+                        self._reap(w)
+                        del self._watchers[name]
+            self.stop_event.wait(self._scan_s)
+
+    def _reap(self, w: ReaderWatcher) -> None:
+        exc = w.ended_by
+        if exc is None or isinstance(exc, (ReaderGone, ServiceUnavailable)):
+            return
+        self.health.watcher_restarts += 1
+        log.error("watcher of reader %r died (%s: %s); restarting it", w.name, type(exc).__name__, exc)
+
+    def _stop_watchers(self) -> None:
+        self._watch_stop.set()
+        for w in self._watchers.values():
+            w.thread.join(timeout=5.0)
+        self._watchers.clear()
