@@ -45,7 +45,10 @@ def upgrade(revision: str) -> None:
 
     app = create_app()
     with app.app_context():
-        do_upgrade(db.engine, revision)
+        try:
+            do_upgrade(db.engine, revision)
+        finally:
+            db.engine.dispose()
     click.echo(f"database at {revision}")
 
 
@@ -76,4 +79,6 @@ def add_person(username: str, role: str, password: str) -> None:
         audit(session, None, "person.create", f"person:{person.id}", username=username, role=role,
               via="cli")
         session.commit()
+        session.close()
+        db.engine.dispose()
     click.echo(f"created {role} {username}")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from server.auth import audit, require_role
-from server.errors import BadRequest, Conflict, NotFound
+from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound
 from server.extensions import db
 from server.http import json_body
 from server.models import Role, TrustBundle
@@ -53,6 +53,8 @@ def publish_bundle() -> ResponseReturnValue:
     try:
         expires_at = require_aware(dt.datetime.fromisoformat(expires))  # type: ignore[arg-type]
         blob = base64.b64decode(blob_b64, validate=True)  # type: ignore[arg-type]
+    except NaiveDatetimeError:
+        raise
     except (TypeError, ValueError, binascii.Error) as exc:
         raise BadRequest(f"expires_at (ISO 8601 with offset) and blob (base64) required: {exc}") from exc
     if not blob:

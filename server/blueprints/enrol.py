@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server.auth import audit, require_role
 from server.ca import TerminalCa, check_csr, key_id
-from server.errors import BadRequest, Conflict, NotFound
+from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound
 from server.extensions import db
 from server.http import json_body
 from server.models import Card, Role, Terminal, TerminalStatus
@@ -177,6 +177,8 @@ def _parse_card(item: Any, index: int) -> dict[str, Any]:
         uid = bytes.fromhex(item["tag_uid"])
         kid = bytes.fromhex(item["kid"])
         issued_at = require_aware(dt.datetime.fromisoformat(item["issued_at"]))
+    except NaiveDatetimeError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"cards[{index}]: card_id, tag_uid (hex), kid (hex), issued_at "
                          f"(ISO 8601 with offset) required ({exc})", index=index) from exc

@@ -1,0 +1,193 @@
+"""Enrolment, cards, people, audit, trust bundle and time zones (SV-4), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from sqlalchemy import select, text
+from sqlalchemy.exc import StatementError
+
+from server.errors import NaiveDatetimeError
+from server.extensions import db
+from server.models import AuditLog, TrustBundle
+from server.types import UTC, utcnow
+
+
+def _csr(terminal_id: str, key: Any = None) -> tuple[Any, str]:
+    key = key or ed25519.Ed25519PrivateKey.generate()
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else __import__(
+        "cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
+           .sign(key, algorithm))
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _person(world, username: str, role: str) -> str:
+    r = world.client.post("/api/v1/people", headers=world.auth(),
+                          json={"username": username, "password": "long enough pw", "role": role})
+    assert r.status_code == 201, r.get_json()
+    r = world.client.post("/api/v1/auth/login", json={"username": username, "password": "long enough pw"})
+    return r.get_json()["token"]
+
+
+def _actions(app: Any) -> list[str]:
+    with app.app_context():
+        return list(db.session.scalars(select(AuditLog.action).order_by(AuditLog.id)))
+
+
+def test_enrolment_csr_to_certificate(app, world, ca_key_path):
+    key, pem = _csr("T-100")
+    c = world.client
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": pem})
+    assert r.status_code == 202 and r.get_json()["status"] == "pending"
+    assert c.get("/api/v1/terminals/T-100/certificate").status_code == 202
+    # Idempotent re-send; DER form accepted too.
+    der = x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER)
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": base64.b64encode(der).decode()})
+    assert r.status_code == 202
+    # Another key for the same terminal id: 409.
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": _csr("T-100")[1]})
+    assert r.status_code == 409
+    r = c.post("/api/v1/terminals/T-100/approve", headers=world.auth())
+    assert r.status_code == 200 and r.get_json()["status"] == "approved"
+    r = c.get("/api/v1/terminals/T-100/certificate")
+    assert r.status_code == 200
+    cert = x509.load_pem_x509_certificate(r.get_json()["certificate"].encode())
+    ca = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    cert.verify_directly_issued_by(_self_signed(ca))
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "T-100"
+    assert cert.public_key() == key.public_key()
+    assert cert.not_valid_after_utc > utcnow()
+    assert _actions(app)[-1] == "terminal.approved"
+
+
+def _self_signed(ca_key: Any) -> x509.Certificate:
+    """A certificate with the CA's name and key, to check the issued certificate's signature."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Huma Betang Terminal CA")])
+    now = utcnow()
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(ca_key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .sign(ca_key, None))
+
+
+@pytest.mark.parametrize(
+    ("terminal_id", "csr", "status", "reason"),
+    [
+        ("T-101", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", 422,
+         "undecodable"),
+        ("T-102", _csr("T-999")[1], 422, "subject_mismatch"),
+        ("T-103", _csr("T-103", ec.generate_private_key(ec.SECP384R1()))[1], 422, "unsupported_key"),
+        ("T-104", "!!not base64!!", 400, None),
+    ],
+)
+def test_bad_csrs(world, terminal_id, csr, status, reason):
+    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": terminal_id, "csr": csr})
+    assert r.status_code == status, r.get_json()
+    if reason:
+        assert r.get_json()["error"] == {**r.get_json()["error"], "code": "invalid_csr", "reason": reason}
+
+
+def test_roles_are_enforced_and_changes_audited(app, world):
+    tech = _person(world, "tech1", "technician")
+    auditor = _person(world, "aud1", "auditor")
+    world.enrol("T-110", approve=False)
+    c = world.client
+    assert c.post("/api/v1/terminals/T-110/approve").status_code == 401
+    assert c.post("/api/v1/terminals/T-110/approve", headers=world.auth(tech)).status_code == 403
+    assert c.post("/api/v1/people", headers=world.auth(auditor),
+                  json={"username": "x", "password": "long enough pw", "role": "admin"}).status_code == 403
+    assert c.get("/api/v1/terminals", headers=world.auth(auditor)).status_code == 200
+    assert c.get("/api/v1/audit", headers=world.auth(tech)).status_code == 403
+    audit = c.get("/api/v1/audit", headers=world.auth(auditor)).get_json()["audit"]
+    assert [a["action"] for a in audit][:3] == ["login", "person.create", "login"]
+    # Wrong password: one message whether or not the user exists.
+    for user in ("tech1", "nobody"):
+        r = c.post("/api/v1/auth/login", json={"username": user, "password": "wrong password"})
+        assert r.status_code == 401 and r.get_json()["error"]["code"] == "unauthenticated"
+    # Logout invalidates the token.
+    assert c.post("/api/v1/auth/logout", headers=world.auth(tech)).status_code == 204
+    assert c.get("/api/v1/terminals", headers=world.auth(tech)).status_code == 401
+
+
+def test_card_registry_insert_or_ignore(app, world):
+    tech = _person(world, "tech2", "technician")
+    card = {"card_id": "6271-000001", "tag_uid": "04a1b2c3d4e5f6", "kid": "0a0b0c0d",
+            "issued_at": "2026-02-01T09:00:00+07:00"}
+    c = world.client
+    r = c.post("/api/v1/cards", headers=world.auth(tech), json={"cards": [card]})
+    assert r.get_json()["results"] == [{"card_id": "6271-000001", "result": "accepted"}]
+    other = {**card, "tag_uid": "04ffffffffffff", "card_id": "6271-000001"}
+    r = c.post("/api/v1/cards", headers=world.auth(tech), json={"cards": [card, other]})
+    assert [x["result"] for x in r.get_json()["results"]] == ["duplicate", "conflict"]
+    got = c.get("/api/v1/cards/6271-000001", headers=world.auth(tech)).get_json()
+    assert got["tag_uid"] == "04a1b2c3d4e5f6" and got["issued_at"] == "2026-02-01T02:00:00+00:00"
+    naive = {**card, "card_id": "6271-000002", "issued_at": "2026-02-01T09:00:00"}
+    assert c.post("/api/v1/cards", headers=world.auth(tech), json={"cards": [naive]}).status_code == 422
+    assert "cards.issue" in _actions(app)
+
+
+def test_trust_bundle_etag_and_304(app, world):
+    c = world.client
+    assert c.get("/api/v1/bundle").status_code == 404
+    for version, blob in ((1, b"\xd2bundle-one"), (2, b"\xd2bundle-two")):
+        r = c.post("/api/v1/bundles", headers=world.auth(), json={
+            "version": version, "expires_at": "2026-04-01T00:00:00+07:00",
+            "blob": base64.b64encode(blob).decode()})
+        assert r.status_code == 201, r.get_json()
+    r = c.get("/api/v1/bundle")
+    assert r.status_code == 200 and r.data == b"\xd2bundle-two"
+    assert r.headers["Huma-Bundle-Version"] == "2"
+    assert r.headers["Huma-Bundle-Expires"] == "2026-03-31T17:00:00+00:00"
+    etag = r.headers["ETag"]
+    r = c.get("/api/v1/bundle", headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.data == b""
+    assert c.get("/api/v1/bundle", headers={"If-None-Match": '"stale"'}).status_code == 200
+    dup = c.post("/api/v1/bundles", headers=world.auth(), json={
+        "version": 2, "expires_at": "2026-04-01T00:00:00Z", "blob": "AA=="})
+    assert dup.status_code == 409
+    assert _actions(app).count("bundle.publish") == 2
+
+
+def test_SV_4_timezone_round_trip(app):
+    """+03:00 in → the same instant out, aware UTC, on SQLite and PostgreSQL; naive refused."""
+    plus3 = dt.timezone(dt.timedelta(hours=3))
+    when = dt.datetime(2025, 3, 1, 8, 0, tzinfo=plus3)
+    with app.app_context():
+        session = db.write_session()
+        session.add(TrustBundle(version=7, blob=b"x", sha256=bytes(32), expires_at=when))
+        session.commit()
+        session.expunge_all()
+        got = session.scalars(select(TrustBundle.expires_at)).one()
+        assert got == when
+        assert got.tzinfo is not None and got.utcoffset() == dt.timedelta(0)
+        assert (got.hour, got.minute) == (5, 0)
+        assert got < utcnow()  # comparing with an aware "now" works
+        # Ordering and filtering happen on the UTC value on both databases.
+        assert session.scalars(select(TrustBundle.version).where(
+            TrustBundle.expires_at > dt.datetime(2025, 3, 1, 4, 59, tzinfo=UTC))).all() == [7]
+        assert session.scalars(select(TrustBundle.version).where(
+            TrustBundle.expires_at > dt.datetime(2025, 3, 1, 8, 30, tzinfo=plus3))).all() == []
+        session.rollback()
+        session = db.write_session()
+        session.add(TrustBundle(version=8, blob=b"y", sha256=bytes(32),
+                                expires_at=dt.datetime(2025, 3, 1, 8, 0)))
+        with pytest.raises(StatementError) as exc:
+            session.flush()
+        assert isinstance(exc.value.orig, NaiveDatetimeError)
+        session.rollback()
+        if db.engine.dialect.name == "postgresql":
+            # A session in another time zone still reads UTC back.
+            with db.engine.connect() as conn:
+                conn.execute(text("SET TIME ZONE 'Asia/Jakarta'"))
+                raw = conn.execute(select(TrustBundle.expires_at)).scalar_one()
+                assert raw == when and raw.utcoffset() == dt.timedelta(0)
+                conn.rollback()
