@@ -342,6 +342,7 @@ class Ntag21x:
     :param nfc_counter: the 24-bit NFC counter.
     :param auth_failures: persistent negative PWD_AUTH counter (AUTHLIM, §8.8.2).
     :param path: file the card is backed by (used by :meth:`save` without argument).
+    :param meta: JSON-able metadata stored with the card (see :attr:`meta`).
     :raises ValueError: on a UID that is not 7 bytes or an image of the wrong size.
     """
 
@@ -355,6 +356,7 @@ class Ntag21x:
         nfc_counter: int = 0,
         auth_failures: int = 0,
         path: Path | str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         uid = bytes(uid)
         if len(uid) != 7:
@@ -374,6 +376,9 @@ class Ntag21x:
         self.nfc_counter = nfc_counter
         self.auth_failures = auth_failures
         self.path: Path | None = Path(path) if path is not None else None
+        #: Free-form JSON-able metadata kept in the card file (e.g. the layout of the
+        #: dump it was imported from, so an export reproduces that file byte for byte).
+        self.meta: dict[str, Any] = dict(meta or {})
         self._state = _State.OFF
         self._counted_this_session = False
         self._compat_write_page: int | None = None
@@ -402,7 +407,8 @@ class Ntag21x:
 
             {"format": "huma-sim-ntag21x/1", "chip": "ntag215",
              "uid": "04...", "pages": ["04A1B23F", ... one 8-hex-digit string per page],
-             "nfc_counter": 0, "auth_failures": 0, "signature": "<64 hex digits>"}
+             "nfc_counter": 0, "auth_failures": 0, "signature": "<64 hex digits>",
+             "meta": {...optional, e.g. the imported dump's layout}}
 
         ``pages`` holds the real PWD and PACK (not the 00s READ returns).
 
@@ -424,6 +430,8 @@ class Ntag21x:
             "auth_failures": self.auth_failures,
             "signature": self.signature.hex().upper(),
         }
+        if self.meta:
+            doc["meta"] = self.meta
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
@@ -466,6 +474,9 @@ class Ntag21x:
             signature = bytes.fromhex(str(doc.get("signature", "00" * SIGNATURE_LEN)))
             counter = int(doc.get("nfc_counter", 0))
             failures = int(doc.get("auth_failures", 0))
+            meta = doc.get("meta", {})
+            if not isinstance(meta, dict):
+                raise TypeError("meta must be an object")
         except KeyError as exc:
             raise CardFileError(p, f"missing field {exc.args[0]!r}") from exc
         except (ValueError, TypeError) as exc:
@@ -481,7 +492,7 @@ class Ntag21x:
             raise CardFileError(p, "uid field disagrees with pages 0-1")
         try:
             return cls(variant, uid, pages=pages, signature=signature, nfc_counter=counter,
-                       auth_failures=failures, path=p)
+                       auth_failures=failures, path=p, meta=meta)
         except ValueError as exc:
             raise CardFileError(p, str(exc)) from exc
 
