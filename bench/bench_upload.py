@@ -1,0 +1,121 @@
+"""Journal entries accepted per second through the HTTP API, signature checks on, per database.
+
+Compares with Ed25519 verification alone (the floor, DESIGN §9) on the same machine.
+Runs the real app under waitress on 127.0.0.1 and posts signed batches over HTTP.
+
+    .venv/bin/python -m bench.bench_upload --entries 20000 --batch 1000 \
+        [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+
+import waitress
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import create_engine, text
+
+from server import create_app
+from server.auth import create_person
+from server.ca import key_id
+from server.db import make_engine, upgrade
+from server.extensions import db
+from server.models import Role, Terminal, TerminalStatus
+from tests.fixtures.db import SimTerminal
+
+
+def make_entries(n: int) -> SimTerminal:
+    key = ed25519.Ed25519PrivateKey.generate()
+    t = SimTerminal("T-BENCH", key, key_id(key.public_key()))
+    for _ in range(n):
+        t.append()
+    return t
+
+
+def ed25519_floor(t: SimTerminal) -> float:
+    """Seconds per raw Ed25519 verify of the entries' signatures (same sizes)."""
+    pub = t.private_key.public_key()
+    data = [(e.message[-64:], e.message[:-64]) for e in t.entries]
+    sigs = [(t.private_key.sign(m), m) for _, m in data]
+    start = time.perf_counter()
+    for sig, msg in sigs:
+        pub.verify(sig, msg)
+    return (time.perf_counter() - start) / len(sigs)
+
+
+def run_one(url: str, t: SimTerminal, batch: int) -> float:
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    app = create_app({"DATABASE_URL": url, "MAX_BATCH_ENTRIES": batch,
+                      "MAX_CONTENT_LENGTH": 64 * 1024 * 1024})
+    from cryptography.hazmat.primitives import serialization
+
+    with app.app_context():
+        s = db.write_session()
+        spki = t.private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+        s.add(Terminal(terminal_id=t.terminal_id, status=TerminalStatus.APPROVED, csr_der=b"-",
+                       public_key=spki, kid=t.kid))
+        create_person(s, "bench", "bench password", Role.ADMIN)
+        s.commit()
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    bodies = []
+    for i in range(0, len(t.entries), batch):
+        body = t.body([e.message for e in t.entries[i:i + batch]])
+        bodies.append((body, t.headers(body)))
+    start = time.perf_counter()
+    for body, headers in bodies:
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=600)
+        conn.request("POST", "/api/v1/journal/batches", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        conn.close()
+        assert resp.status == 200 and data["counts"]["accepted"] == len(json.loads(body)["entries"]), data
+    elapsed = time.perf_counter() - start
+    server.close()
+    server.task_dispatcher.shutdown()
+    with app.app_context():
+        db.engine.dispose()
+    return elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--entries", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                   help="admin URL; a scratch database is created and dropped")
+    args = p.parse_args()
+    t = make_entries(args.entries)
+    floor = ed25519_floor(t)
+    print(f"Ed25519 verify alone: {floor * 1e6:.1f} µs/entry = {1 / floor:,.0f} entries/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        secs = run_one(f"sqlite:///{os.path.join(tmp, 'bench.db')}", t, args.batch)
+    print(f"sqlite:     {args.entries} entries in {secs:.2f} s = {args.entries / secs:,.0f} entries/s "
+          f"= {secs / args.entries / floor:.2f}× Ed25519 alone")
+    name = f"huma_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        secs = run_one(args.pg.rsplit("/", 1)[0] + "/" + name, t, args.batch)
+        print(f"postgresql: {args.entries} entries in {secs:.2f} s = {args.entries / secs:,.0f} entries/s "
+              f"= {secs / args.entries / floor:.2f}× Ed25519 alone")
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
