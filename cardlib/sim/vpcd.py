@@ -29,7 +29,7 @@ from cardlib.sim.chip import Ntag21x
 from cardlib.sim.errors import CardRemoved, VpcdError
 from cardlib.sim.reader import ReaderEmulator, ReaderKind, ReaderQuirks
 
-__all__ = ["Control", "VpcdCard", "VPCD_HOST", "VPCD_BASE_PORT", "slot_port"]
+__all__ = ["Control", "VpcdCard", "VPCD_HOST", "VPCD_BASE_PORT", "port_in_use", "present_for", "slot_port"]
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,19 @@ class VpcdCard:
             self.chip.save(durable=False)
 
 
+def port_in_use(port: int) -> bool:
+    """True if some process has TCP ``port`` bound (vpcd binds INADDR_ANY).
+
+    Uses a bind test, so it never connects (a connection would look like a card).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def present_for(
     card_path: Path | str,
     seconds: float,
@@ -293,6 +306,11 @@ def present_for(
     :raises CardFileError: the card file is missing or malformed.
     """
     chip = Ntag21x.load(card_path)
+    if not port_in_use(port):
+        raise VpcdError(
+            f"nothing listens on vpcd port {VPCD_HOST}:{port}: start pcscd with the vpcd driver "
+            "(Debian packages pcscd and vsmartcard-vpcd; `make setup` installs them)"
+        )
     card = VpcdCard(chip, port, kind=kind)
     card.start()
     try:
