@@ -80,6 +80,8 @@ class VpcdCard:
         if ``False`` a refused or closed connection ends the card.
     :param persist: save the chip to its file (``chip.path``) after each APDU that
         changed it and on removal, so the card keeps memory between taps.
+    :param tcp_quickack: re-arm TCP_QUICKACK after every recv (leave on; off only to
+        measure the ~40 ms delayed-ACK stall in benchmarks).
     :raises VpcdError: if ``host`` is not a loopback address.
     """
 
@@ -93,6 +95,7 @@ class VpcdCard:
         host: str = VPCD_HOST,
         reconnect: bool = True,
         persist: bool = True,
+        tcp_quickack: bool = True,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise VpcdError(f"refusing to connect a virtual card to {host}: vpcd must be used on loopback only")
@@ -102,6 +105,7 @@ class VpcdCard:
         self.port = port
         self.reconnect = reconnect
         self.persist = persist
+        self.tcp_quickack = tcp_quickack
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._polled = threading.Event()
@@ -241,8 +245,7 @@ class VpcdCard:
         else:
             log.warning("vpcd sent unknown control code %d", code)
 
-    @staticmethod
-    def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
         buf = bytearray()
         while len(buf) < n:
             try:
@@ -252,7 +255,8 @@ class VpcdCard:
             if not chunk:
                 raise _Disconnected()
             # Delayed ACKs otherwise cost ~40 ms per APDU (card_tech.md §5.1).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if self.tcp_quickack:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             buf += chunk
         return bytes(buf)
 
