@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-#: Kinds that move value to the household (counted as exposure until uploaded).
-_SPENDING_KINDS = (EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.UNCERTAIN)
 #: Kinds that open (PENDING, UNCERTAIN) or close (the rest) a card write.
 _WRITE_KINDS = (
     EntryKind.PENDING,
@@ -83,6 +81,7 @@ CREATE TABLE IF NOT EXISTS entries (
     entry_hash     BLOB NOT NULL UNIQUE,         -- SHA-256 of message
     message        BLOB NOT NULL,                -- exact signed COSE_Sign1 bytes
     note           TEXT,                         -- unsigned local note (e.g. decline reason code)
+    pending        BLOB,                         -- PENDING only: the new card state (CBOR), bound by state_hash_new
     uploaded_at    REAL                          -- NULL until the server acknowledged it
 );
 CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
@@ -92,6 +91,7 @@ BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_only_mark_uploaded BEFORE UPDATE ON entries
 WHEN NEW.seq IS NOT OLD.seq OR NEW.message IS NOT OLD.message OR NEW.entry_hash IS NOT OLD.entry_hash
   OR NEW.kind IS NOT OLD.kind OR NEW.card_id IS NOT OLD.card_id OR NEW.amount IS NOT OLD.amount
+  OR NEW.pending IS NOT OLD.pending
   OR (OLD.uploaded_at IS NOT NULL AND NEW.uploaded_at IS NOT OLD.uploaded_at)
 BEGIN SELECT RAISE(ABORT, 'journal entries are immutable; only the upload mark may be set once'); END;
 """
@@ -111,6 +111,7 @@ class StoredEntry:
     unit: str | None
     note: str | None
     uploaded_at: float | None
+    pending: bytes | None = None
 
     @property
     def entry(self) -> JournalEntry:
@@ -238,21 +239,27 @@ class JournalStore:
     def append(
         self,
         kind: EntryKind,
-        write: CardWrite | None = None,
+        write: "CardWrite | Callable[[int], tuple[CardWrite, bytes]] | None" = None,
         *,
         note: str | None = None,
     ) -> StoredEntry:
         """Sign, chain and durably store one entry; return only after fsync.
 
         :param kind: the entry kind.
-        :param write: the card claims (None for BOOT and other housekeeping).
+        :param write: the card claims (None for BOOT and other housekeeping), or for
+            PENDING a builder called with the entry's seq under the journal lock that
+            returns the claims and the new card state bytes (the slot signs the seq).
         :param note: an unsigned local note (e.g. the decline reason code).
         :returns: the stored entry with its exact signed bytes.
         :raises JournalError: the disk refused the write (the caller must not
             touch the card: DESIGN §5 requires PENDING on disk first).
         """
-        w = write or CardWrite(card_id="")
         with self._lock:
+            blob: bytes | None = None
+            if callable(write):
+                w, blob = write(self._seq + 1)
+            else:
+                w = write or CardWrite(card_id="")
             stamp = self._clock.now()
             entry = JournalEntry(
                 entry_id=new_entry_id(),
@@ -281,7 +288,7 @@ class JournalStore:
                     self._db.execute(
                         "INSERT INTO entries (seq, entry_id, boot_id, kind, card_id, programme, unit,"
                         " amount, slot_seq_after, state_hash_new, wall_ms, mono_ns, clock_synced,"
-                        " entry_hash, message, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " entry_hash, message, note, pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             entry.seq,
                             entry.entry_id,
@@ -299,12 +306,13 @@ class JournalStore:
                             signed.entry_hash,
                             message,
                             note,
+                            blob,
                         ),
                     )
             except sqlite3.Error as exc:
                 raise JournalError(f"journal append failed: {exc}") from exc
             self._seq, self._head = entry.seq, signed.entry_hash
-            return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None)
+            return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None, pending=blob)
 
     def mark_uploaded(self, entry_ids: Sequence[bytes], when: float | None = None) -> int:
         """Record that the server acknowledged these entries (accepted or duplicate).
@@ -326,12 +334,15 @@ class JournalStore:
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[StoredEntry]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT message, unit, note, uploaded_at FROM entries " + sql,
+                "SELECT message, unit, note, uploaded_at, pending FROM entries " + sql,
                 params,
             ).fetchall()
         keys = {self._key.kid: self._key}
         return [
-            StoredEntry(signed=verify_entry(bytes(r[0]), keys), unit=r[1], note=r[2], uploaded_at=r[3])
+            StoredEntry(
+                signed=verify_entry(bytes(r[0]), keys), unit=r[1], note=r[2], uploaded_at=r[3],
+                pending=None if r[4] is None else bytes(r[4]),
+            )
             for r in rows
         ]
 
@@ -412,22 +423,30 @@ class JournalStore:
     def exposure(self, card_id: str | None = None) -> dict[str, int]:
         """Units handed out and not yet uploaded, by unit (for the offline limits).
 
-        UNCERTAIN writes count as spent (conservative) until resolved and uploaded.
+        Counts COMMIT and FINISHED entries not yet uploaded, plus writes still
+        open (last write entry of the card is PENDING or UNCERTAIN: maybe
+        spent, counted until resolved). VOIDED writes count nothing.
 
         :param card_id: restrict to one card; None for the whole terminal.
         :returns: ``{unit value: units}``.
         """
-        kinds = ",".join(str(int(k)) for k in _SPENDING_KINDS)
+        done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
+        open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
+        writes = ",".join(str(int(k)) for k in _WRITE_KINDS)
+        where_card = " AND e.card_id=?" if card_id is not None else ""
         sql = (
-            f"SELECT unit, coalesce(sum(amount), 0) FROM entries WHERE uploaded_at IS NULL"
-            f" AND kind IN ({kinds}) AND unit IS NOT NULL"
+            "SELECT unit, coalesce(sum(amount), 0) FROM ("
+            f" SELECT e.unit, e.amount FROM entries e WHERE e.uploaded_at IS NULL AND e.kind IN ({done})"
+            f" AND e.unit IS NOT NULL{where_card}"
+            " UNION ALL"
+            f" SELECT e.unit, e.amount FROM entries e WHERE e.kind IN ({open_kinds}) AND e.unit IS NOT NULL"
+            f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
+            f" AND x.kind IN ({writes}))"
+            ") GROUP BY unit"
         )
-        params: tuple[object, ...] = ()
-        if card_id is not None:
-            sql += " AND card_id=?"
-            params = (card_id,)
+        params: tuple[object, ...] = (card_id, card_id) if card_id is not None else ()
         with self._lock:
-            return {u: int(s) for u, s in self._db.execute(sql + " GROUP BY unit", params)}
+            return {u: int(n) for u, n in self._db.execute(sql, params)}
 
     def close(self) -> None:
         """Close the database (a WAL checkpoint runs on close)."""

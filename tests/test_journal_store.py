@@ -174,11 +174,12 @@ def test_open_write_and_exposure_follow_the_protocol(tmp_path: Path, signer: Sof
     assert store.exposure("C-1") == {"package": 2}  # uncertain counts as spent
     store.append(EntryKind.VOIDED, write_of(pend))
     assert store.open_write("C-1") is None
+    assert store.exposure("C-1") == {}  # a voided write handed nothing out
     p2 = store.append(EntryKind.PENDING, redemption("C-1", 1, after=3))
     store.append(EntryKind.COMMIT, write_of(p2))
     assert store.last_committed_slot_seq("C-1") == 3
-    assert store.exposure("C-1") == {"package": 3}
-    assert store.exposure() == {"package": 3}
+    assert store.exposure("C-1") == {"package": 1}
+    assert store.exposure() == {"package": 1}
     unsent = store.unsent()
     assert [e.seq for e in unsent] == list(range(1, 7))
     assert store.mark_uploaded([e.entry.entry_id for e in unsent]) == 6

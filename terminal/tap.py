@@ -1,0 +1,410 @@
+"""One tap, exactly as DESIGN §5 and card_tech.md §7.5 describe it.
+
+1. read and verify the card (identity, deny list, validity, both slots) — :class:`CardSession`;
+2. an unfinished write for this card in the journal? → recover it first
+   (FINISHED or VOIDED journalled; never charge twice, never lose a redemption);
+3. decide (:func:`terminal.policy.decide`);
+4. PENDING journalled and fsynced → write the older slot → read back → COMMIT
+   journalled → only then success feedback and the receipt;
+5. torn or failed write → UNCERTAIN journalled; the next presentation resolves it.
+
+A balance check journals BALANCE and writes nothing; a decline journals
+DECLINED (reason code in the local note) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import cbor2
+
+from cardlib.errors import CardlibError
+from cardlib.keys.signer import Signer
+from cardlib.records import errors as rec
+from cardlib.records.bundle import TrustBundle
+from cardlib.records.claims import PinMismatch
+from cardlib.records.claims import Unit as CardUnit
+from cardlib.records.journal import EntryKind
+from cardlib.records.layout import SlotName
+from cardlib.records.session import (
+    CardSession,
+    CardState,
+    PendingWrite,
+    RecoveryDecision,
+    WriteOutcome,
+)
+from cardlib.transport import Connection
+from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
+from cardlib.type2.channel import ReaderCapabilities, channel_for
+from cardlib.type2.tag import Type2Tag
+
+from terminal.journal import CardWrite, JournalStore, StoredEntry, write_of
+from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.policy import (
+    SECONDS_PER_DAY,
+    CardFacts,
+    CounterMode,
+    Decision,
+    DeclineReason,
+    Exposure,
+    OfflineLimits,
+    PinStatus,
+    Programme,
+    Request,
+    Unit,
+    decide,
+)
+from terminal.supervisor import Deadline, DeadlineConnection
+
+log = logging.getLogger(__name__)
+
+_UNIT_OF = {"package": Unit.PACKAGE, "rupiah": Unit.RUPIAH, "visit": Unit.VISIT}
+_CARD_UNIT = {CardUnit.PACKAGE: Unit.PACKAGE, CardUnit.RUPIAH: Unit.RUPIAH, CardUnit.VISIT: Unit.VISIT}
+_MODE_OF = {Unit.PACKAGE: CounterMode.MARKET_REDEMPTION, Unit.RUPIAH: CounterMode.CASH_PAYOUT,
+            Unit.VISIT: CounterMode.CLINIC_VISIT}
+
+
+def terminal_number(terminal_id: str) -> int:
+    """The uint32 terminal number written into card slots (SHA-256 of the id, first 4 bytes, big-endian).
+
+    The slot format has a uint32 terminal id (docs/card-format.md §4); the
+    server maps it back through its terminal table.
+    """
+    return int.from_bytes(hashlib.sha256(terminal_id.encode()).digest()[:4], "big")
+
+
+@dataclass
+class Trust:
+    """The trust bundle in force and when it was last confirmed current (POSIX seconds)."""
+
+    bundle: TrustBundle
+    checked_at: float
+
+    def age_days(self, now: float) -> float:
+        """Days since the bundle was last confirmed current."""
+        return max(0.0, (now - self.checked_at) / SECONDS_PER_DAY)
+
+
+def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
+    """Programme name -> (card programme id, policy view) from a trust bundle.
+
+    PIN requirement: bundle policy ``pin.<name>`` = 1. Cycles: ``cycle_days``
+    from the POSIX epoch (the same on every terminal, so slots agree).
+    """
+    out = {}
+    for p in bundle.programmes:
+        unit = _UNIT_OF[p.unit]
+        out[p.name] = (p.id, Programme(
+            code=p.name, mode=_MODE_OF[unit], unit=unit,
+            pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)),
+            cycle_seconds=p.cycle_days * SECONDS_PER_DAY,
+        ))
+    return out
+
+
+class BundleDenyList:
+    """The bundle's deny list as :class:`terminal.policy.DenyList`-like (bisection over sorted ids)."""
+
+    def __init__(self, bundle: TrustBundle) -> None:
+        self._b = bundle
+
+    def denies(self, card_id: bytes, uid: bytes) -> bool:
+        return card_id in self._b.deny_cards or uid in self._b.deny_uids
+
+
+def _pending_blob(p: PendingWrite) -> bytes:
+    return cbor2.dumps([p.uid, p.card_id, p.slot.value, p.seq, p.cose, p.base_hash,
+                        dict(p.amounts), p.cycle, p.first_page, p.slot_len, p.old_region])
+
+
+def _pending_from(stored: StoredEntry) -> PendingWrite:
+    """Rebuild the PendingWrite kept with a PENDING entry; its bytes must hash to the signed claim."""
+    if stored.pending is None:
+        raise rec.RecordError(f"journal entry {stored.seq} has no pending card state")
+    uid, card_id, slot, seq, cose, base, amounts, cycle, first, slot_len, old = cbor2.loads(stored.pending)
+    if hashlib.sha256(cose).digest() != stored.entry.state_hash_new:
+        raise rec.RecordError(f"pending state of entry {stored.seq} does not match its signed hash")
+    return PendingWrite(uid=uid, card_id=card_id, slot=SlotName(slot), seq=seq, cose=cose, base_hash=base,
+                        amounts=amounts, cycle=cycle, first_page=first, slot_len=slot_len, old_region=old)
+
+
+#: Card errors that mean "decline with this reason" (checked in order: subclasses first).
+_DECLINES: tuple[tuple[type[Exception], DeclineReason], ...] = (
+    (rec.DeniedCard, DeclineReason.CARD_DENIED),
+    (rec.Expired, DeclineReason.CARD_EXPIRED),
+    (rec.NotYetValid, DeclineReason.CARD_NOT_YET_VALID),
+    (rec.ForkDetected, DeclineReason.CARD_FORKED),
+    (rec.NoValidState, DeclineReason.CARD_STATE_INVALID),
+    (rec.CorruptSlot, DeclineReason.CARD_STATE_INVALID),
+    (rec.UnknownKid, DeclineReason.UNKNOWN_ISSUER),
+    (rec.RevokedKid, DeclineReason.UNKNOWN_ISSUER),
+    (rec.RecordError, DeclineReason.NOT_OUR_CARD),
+    (CardlibError, DeclineReason.NOT_OUR_CARD),
+)
+
+
+@dataclass
+class CounterConfig:
+    """What the tap needs from the terminal profile.
+
+    :ivar per_call_s, tap_budget_s: deadlines on card commands / the whole tap, seconds.
+    """
+
+    terminal_id: str
+    mode: CounterMode
+    limits: OfflineLimits
+    caps: Mapping[str, ReaderCapabilities] = field(default_factory=dict)
+    per_call_s: float = 1.0
+    tap_budget_s: float = 5.0
+
+
+class TapProcessor:
+    """Runs taps for every reader (thread-safe: one lock serialises decisions and journal order).
+
+    :param trust: returns the trust in force (the sync loop replaces the bundle).
+    :param request: returns ``(programme name, quantity, PIN or None)`` from the counter screen.
+    :param publish: receives every outcome (the counter screen).
+    :param feedback: called with ``(connection, binding, outcome)`` after the outcome is
+        final and journalled; must not raise (see :mod:`terminal.feedback`).
+    """
+
+    def __init__(
+        self,
+        config: CounterConfig,
+        journal: JournalStore,
+        signer: Signer,
+        trust: Callable[[], Trust],
+        request: Callable[[], tuple[str, int, str | None]],
+        publish: Callable[[TapOutcome], object] = lambda o: None,
+        feedback: Callable[[Connection, object, TapOutcome], object] = lambda c, b, o: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = config
+        self.journal = journal
+        self._signer = signer
+        self._trust = trust
+        self._request = request
+        self._publish = publish
+        self._feedback = feedback
+        self._now = clock
+        self._tnum = terminal_number(config.terminal_id)
+        self._lock = threading.Lock()
+        self.tap_seconds: list[float] = []  #: software+link time per tap (bench)
+
+    # ------------------------------------------------------------------ entry point
+
+    def __call__(self, conn: Connection, binding: object) -> TapOutcome:
+        """Handle one presentation on ``conn``; always publishes an outcome.
+
+        :raises ReaderGone, ServiceUnavailable: for the supervisor (after publishing RETRY).
+        """
+        start = time.perf_counter()
+        reader = conn.reader_name
+        caps = self.cfg.caps.get(getattr(getattr(binding, "profile", None), "name", ""), None)
+        dconn = DeadlineConnection(conn, Deadline(self.cfg.tap_budget_s), self.cfg.per_call_s)
+        tag = Type2Tag(channel_for(dconn, caps) if caps else channel_for(dconn), conn.atr)
+        programme, qty, pin = self._request()
+        try:
+            outcome = self._tap(tag, reader, programme, qty, pin)
+        except (SessionLost, ReaderGone, ServiceUnavailable) as exc:
+            outcome = TapOutcome(TapStatus.RETRY, reader, self.cfg.mode, programme, detail=str(exc))
+            self._publish(outcome)
+            raise
+        self.tap_seconds.append(time.perf_counter() - start)
+        self._publish(outcome)
+        self._feedback(conn, binding, outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ the protocol
+
+    def _tap(self, tag: Type2Tag, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
+        trust = self._trust()
+        now = self._now()
+        session = CardSession(tag, trust.bundle)
+        mode = self.cfg.mode
+
+        def declined(reason: DeclineReason, state: CardState | None = None, uid: bytes | None = None) -> TapOutcome:
+            card = state.identity.claims.card_id.hex() if state else None
+            with self._lock:
+                e = self.journal.append(EntryKind.DECLINED, CardWrite(
+                    card_id=card or "", tag_uid=uid, programme=programme), note=reason.value)
+            return TapOutcome(TapStatus.DECLINED, reader, mode, programme, reason=reason,
+                              household_ref=_household(state), card_id=card, journal_seq=e.seq)
+
+        uid = bytes(tag.uid)
+        try:
+            state = session.read_state(int(now))
+        except (SessionLost, ReaderGone, ServiceUnavailable):
+            raise
+        except CardlibError as exc:
+            reason = next(r for t, r in _DECLINES if isinstance(exc, t))
+            log.info("card declined before policy: %s (%s)", reason.value, type(exc).__name__)
+            return declined(reason, uid=uid)
+        card_hex = state.identity.claims.card_id.hex()
+
+        with self._lock:
+            open_write = self.journal.open_write(card_hex)
+        if open_write is not None:
+            return self._recover(session, state, open_write, reader, programme, now)
+
+        last = self.journal.last_committed_slot_seq(card_hex)
+        if last is not None and state.current.claims.seq < last:
+            # card_tech §3.3: a card older than what this terminal wrote = replay or clone.
+            return declined(DeclineReason.CARD_FORKED, state, uid)
+
+        progs = bundle_programmes(trust.bundle)
+        entry = progs.get(programme)
+        facts = _facts(state, progs, programme)
+        pin_status = PinStatus.NOT_ENTERED
+        if pin is not None:
+            verifier = state.identity.claims.pin
+            try:
+                if verifier is not None:
+                    verifier.check(pin, state.identity.claims.card_id, uid)
+                pin_status = PinStatus.OK
+            except (PinMismatch, rec.ClaimsError):
+                pin_status = PinStatus.WRONG
+        if entry is not None and entry[1].pin_required and state.identity.claims.pin is None:
+            pin_status = PinStatus.OK  # a card issued without PIN cannot be asked for one
+        unit = entry[1].unit if entry else None
+        with self._lock:
+            exposure = Exposure(
+                card={_UNIT_OF[u]: n for u, n in self.journal.exposure(card_hex).items()},
+                terminal={_UNIT_OF[u]: n for u, n in self.journal.exposure().items()},
+            )
+        decision = decide(
+            card=facts, request=Request(mode, programme, qty, pin_status),
+            programmes={k: v[1] for k, v in progs.items()},
+            counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=self.cfg.limits,
+            exposure=exposure, bundle_age_days=trust.age_days(now), now=now,
+        )
+        if not decision.accepted:
+            assert decision.reason is not None
+            out = declined(decision.reason, state, uid)
+            return _with(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
+        if not decision.writes_card:
+            with self._lock:
+                e = self.journal.append(EntryKind.BALANCE, CardWrite(
+                    card_id=card_hex, tag_uid=uid, programme=programme,
+                    slot_seq_before=state.current.claims.seq))
+            return TapOutcome(TapStatus.BALANCE, reader, mode, programme, household_ref=_household(state),
+                              unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
+                              card_id=card_hex, journal_seq=e.seq)
+        assert entry is not None
+        return self._redeem(session, state, decision, entry[0], reader, now)
+
+    def _redeem(self, session: CardSession, state: CardState, d: Decision, pid: int,
+                reader: str, now: float) -> TapOutcome:
+        counter = session.tag.read_counter()
+        card_hex = state.identity.claims.card_id.hex()
+        box: list[PendingWrite] = []
+
+        def build(seq: int) -> tuple[CardWrite, bytes]:
+            p = session.prepare_redemption(
+                state, signer=self._signer, cycle=d.cycle, amounts={pid: d.amount},
+                terminal_id=self._tnum, terminal_seq=seq, now=int(now), nfc_counter=counter)
+            box.append(p)
+            return CardWrite(
+                card_id=card_hex, tag_uid=state.uid, programme=d.programme,
+                unit=d.unit.value if d.unit else None, amount=d.amount,
+                slot_seq_before=state.current.claims.seq, slot_seq_after=p.seq,
+                state_hash_prev=hashlib.sha256(state.current.cose.message).digest(),
+                state_hash_new=hashlib.sha256(p.cose).digest(), ntag_counter=counter,
+            ), _pending_blob(p)
+
+        with self._lock:
+            pending_entry = self.journal.append(EntryKind.PENDING, build)  # fsynced before any write
+        pending = box[0]
+        result = session.commit(pending)
+        w = write_of(pending_entry)
+        base = dict(household_ref=_household(state), unit=d.unit, entitled=d.entitled, card_id=card_hex)
+        if result.outcome is WriteOutcome.COMMITTED:
+            with self._lock:
+                commit = self.journal.append(EntryKind.COMMIT, w)
+            return TapOutcome(TapStatus.ACCEPTED, reader, d.mode, d.programme, amount=d.amount,
+                              remaining=d.remaining_after, journal_seq=commit.seq,
+                              receipt=self._receipt(commit, state, d.programme, d.unit, d.entitled,
+                                                    d.amount, d.remaining_after), **base)
+        if result.outcome is WriteOutcome.NOT_WRITTEN:
+            with self._lock:
+                e = self.journal.append(EntryKind.VOIDED, w)
+            return TapOutcome(TapStatus.RETRY, reader, d.mode, d.programme, remaining=d.remaining_before,
+                              journal_seq=e.seq, detail=str(result.error), **base)
+        with self._lock:
+            e = self.journal.append(EntryKind.UNCERTAIN, w)
+        log.warning("redemption on card %s… uncertain (%s); resolve on next tap", card_hex[:4], result.error)
+        return TapOutcome(TapStatus.UNCERTAIN, reader, d.mode, d.programme, final=False,
+                          remaining=d.remaining_before, journal_seq=e.seq, **base)
+
+    def _recover(self, session: CardSession, state: CardState, open_write: StoredEntry, reader: str,
+                 programme: str, now: float) -> TapOutcome:
+        pending = _pending_from(open_write)
+        result = session.recover(pending, int(now))
+        w = write_of(open_write)
+        e = open_write.entry
+        unit = _UNIT_OF.get(open_write.unit or "")
+        base = dict(household_ref=_household(state), unit=unit, card_id=e.card_id)
+        if result.decision is RecoveryDecision.FINISHED:
+            with self._lock:
+                fin = self.journal.append(EntryKind.FINISHED, w)
+            pid = next(iter(pending.amounts))
+            remaining = result.state.current.claims.remaining.get(pid, 0) if result.state.current.claims.seq == pending.seq else 0
+            entitled = state.identity.claims.programmes[pid].per_cycle
+            return TapOutcome(TapStatus.RECOVERED, reader, self.cfg.mode, e.programme or programme,
+                              amount=e.amount or 0, entitled=entitled, remaining=remaining,
+                              journal_seq=fin.seq, detail=result.note,
+                              receipt=self._receipt(fin, state, e.programme or programme, unit, entitled,
+                                                    e.amount or 0, remaining), **base)
+        if result.decision is RecoveryDecision.VOIDED:
+            with self._lock:
+                v = self.journal.append(EntryKind.VOIDED, w)
+            return TapOutcome(TapStatus.VOIDED, reader, self.cfg.mode, e.programme or programme,
+                              journal_seq=v.seq, detail=result.note, **base)
+        # DEFERRED: the card moved on elsewhere; the server's per-card chain decides. Keep UNCERTAIN.
+        with self._lock:
+            u = self.journal.append(EntryKind.UNCERTAIN, w, note="deferred")
+        return TapOutcome(TapStatus.UNCERTAIN, reader, self.cfg.mode, e.programme or programme, final=False,
+                          journal_seq=u.seq, detail=result.note, **base)
+
+    def _receipt(self, entry: StoredEntry, state: CardState, programme: str, unit: Unit | None,
+                 entitled: int, received: int, remaining: int) -> Receipt:
+        return Receipt(self.cfg.terminal_id, entry.seq, _household(state) or "", programme,
+                       unit or Unit.PACKAGE, entitled, received, remaining,
+                       receipt_code(entry.signed.entry_hash), entry.entry.wall_ms / 1000)
+
+
+def _household(state: CardState | None) -> str | None:
+    """The printed household reference: ``HB-`` + first 8 hex digits of the pseudonymous ref."""
+    return None if state is None else "HB-" + state.identity.claims.household_ref.hex()[:8].upper()
+
+
+def _facts(state: CardState, progs: Mapping[str, tuple[int, Programme]], chosen: str) -> CardFacts:
+    ident = state.identity.claims
+    slot = state.current.claims
+    by_id = {pid: name for name, (pid, _p) in progs.items()}
+    ent = {by_id[pid]: p.per_cycle for pid, p in ident.programmes.items() if pid in by_id}
+    spent = {by_id[pid]: ident.programmes[pid].per_cycle - slot.remaining.get(pid, 0)
+             for pid in ident.programmes if pid in by_id}
+    chosen_id = progs[chosen][0] if chosen in progs else None
+    return CardFacts(
+        card_id=ident.card_id, uid=state.uid, entitlements=ent,
+        valid_from=_epoch(ident.valid_from), valid_to=_epoch(ident.valid_to) + SECONDS_PER_DAY - 1,
+        cycle_id={name: slot.cycle for name in ent}, spent=spent,
+        offline_cap=ident.offline_cap.get(chosen_id) if chosen_id is not None else None,
+    )
+
+
+def _epoch(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days * SECONDS_PER_DAY
+
+
+def _with(o: TapOutcome, **kw: object) -> TapOutcome:
+    from dataclasses import replace
+
+    return replace(o, **kw)  # type: ignore[arg-type]
