@@ -1,0 +1,224 @@
+"""Batches: households CSV → cards, with a journal, a quota, a result file and a signed issuance file.
+
+:func:`provision_card` handles one chip for one household (journal before writing, finish an
+interrupted chip under its card id, record rejections); :func:`run_batch` walks the CSV rows,
+asks a :class:`CardSource` for chips and stops cleanly (journal + result + issuance file) when a
+card leaves the field early. The same journal is continued by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ContextManager, Protocol
+
+from cardlib.keys.signer import Signer
+from cardlib.provision.card import ChipState, PersonalisedCard, StationContext, Step, check_chip, personalise
+from cardlib.provision.errors import CardRemoved, ChipRejected
+from cardlib.provision.households import Household
+from cardlib.provision.session import SessionGrant, check_quota, sign_issuance_file
+from cardlib.provision.state import BatchState, CardRecord, Event
+from cardlib.transport.errors import SessionLost
+from cardlib.type2.tag import Type2Tag
+
+_log = logging.getLogger(__name__)
+
+CARD_ID_BYTES = 8
+
+
+class CardSource(Protocol):
+    """Supplies chips one after another.
+
+    ``next_card()`` returns a context manager yielding a :class:`Type2Tag` for the chip now in
+    the field (and releasing it afterwards), or None when no more chips will come.
+    """
+
+    def next_card(self) -> ContextManager[Type2Tag] | None: ...
+
+
+@dataclass(frozen=True)
+class CardOutcome:
+    """What happened to one presented chip. ``card`` is set when issued."""
+
+    household: Household
+    uid: bytes
+    status: Event
+    card: PersonalisedCard | None = None
+    detail: str = ""
+
+
+def batch_key(rows: Sequence[Household]) -> str:
+    """Identity of a batch input: SHA-256 over the ordered household refs (hex)."""
+    return hashlib.sha256(b"".join(h.household_ref for h in rows)).hexdigest()
+
+
+def provision_card(
+    tag: Type2Tag,
+    ctx: StationContext,
+    household: Household,
+    state: BatchState,
+    *,
+    grant: SessionGrant | None = None,
+    reissue_of: bytes | None = None,
+    remaining: Mapping[int, int] | None = None,
+    pin: str | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> CardOutcome:
+    """Check one chip and make it this household's card, journalling every card id.
+
+    :returns: ISSUED with the card, or REJECTED (nothing written; pick another chip).
+    :raises CardRemoved: the card left the field after writing began (journalled as
+        interrupted; present it again to finish).
+    :raises QuotaExceeded: the grant allows no more card ids.
+    """
+    ref = household.ref_hex
+    try:
+        check = check_chip(tag, ctx)
+    except ChipRejected as exc:
+        state.rejected(household.line, ref, exc.uid, str(exc))
+        return CardOutcome(household, exc.uid, Event.REJECTED, detail=str(exc))
+    except SessionLost as exc:
+        raise CardRemoved(b"", b"", Step.CHECK.value) from exc
+    uid = check.uid
+    pending = state.unfinished_on(uid)
+    rec: CardRecord
+    if pending is not None:
+        rec = pending
+        if pending.household_ref != ref:
+            _log.warning("chip %s carries unfinished card %s of household %s: finishing that one",
+                         uid.hex(), pending.card_id, pending.household_ref)
+            household = Household(pending.line, bytes.fromhex(pending.household_ref), pending.region, household.programmes)
+    else:
+        for other in state.unfinished():
+            if other.household_ref == ref:
+                state.finish(other, Event.ABANDONED, detail=f"chip {other.uid.upper()} not presented again; deny-list")
+        if check.state in (ChipState.OURS_UNFINISHED, ChipState.OURS_COMPLETE):
+            why = (f"chip already carries card {check.existing_card_id.hex()}" if check.existing_card_id
+                   else "chip carries an unfinished card of another batch")
+            state.rejected(household.line, ref, uid, why)
+            return CardOutcome(household, uid, Event.REJECTED, detail=why)
+        check_quota(grant, state.used)
+        rec = state.started(household.line, ref, os.urandom(CARD_ID_BYTES), uid, household.region,
+                            ctx.issuer.kid, reissue_of)
+    try:
+        card = personalise(tag, ctx, household, bytes.fromhex(rec.card_id), check,
+                           remaining=remaining, pin=pin, on_step=on_step)
+    except CardRemoved as exc:
+        state.finish(rec, Event.INTERRUPTED, step=exc.step, detail=str(exc))
+        raise
+    except ChipRejected as exc:
+        state.finish(rec, Event.ABANDONED, detail=str(exc))
+        return CardOutcome(household, uid, Event.REJECTED, detail=str(exc))
+    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash)
+    return CardOutcome(household, uid, Event.ISSUED, card)
+
+
+def write_issuance_file(state: BatchState, technician: Signer, technician_name: str,
+                        grant: SessionGrant | None = None) -> Path:
+    """Sign every finished card id of the batch into ``issuances.cose`` (for upload).
+
+    :returns: the file path.
+    """
+    data = sign_issuance_file(technician, technician_name, bytes.fromhex(state.session_id), state.issuances(),
+                              grant.message if grant else None)
+    path = state.directory / "issuances.cose"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def run_batch(
+    rows: Sequence[Household],
+    source: CardSource,
+    ctx: StationContext,
+    state: BatchState,
+    *,
+    technician: Signer,
+    technician_name: str,
+    grant: SessionGrant | None = None,
+    on_card: Callable[[CardOutcome], None] | None = None,
+    on_wait: Callable[[Household], None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> list[CardOutcome]:
+    """Provision every household not yet issued in ``state``, in CSV order.
+
+    A rejected chip (counterfeit, not blank, wrong type) is journalled and the same household
+    waits for the next chip. The issuance file is (re)signed when the batch ends or stops.
+
+    :returns: the outcomes of this run.
+    :raises CardRemoved: a card left the field mid-write: the batch stops; run it again.
+    :raises QuotaExceeded: the grant is used up.
+    """
+    outcomes: list[CardOutcome] = []
+    try:
+        for household in rows:
+            if state.issued_for(household.ref_hex) is not None:
+                continue
+            while True:
+                if on_wait is not None:
+                    on_wait(household)
+                cm = source.next_card()
+                if cm is None:
+                    return outcomes
+                with cm as tag:
+                    outcome = provision_card(tag, ctx, household, state, grant=grant, on_step=on_step)
+                outcomes.append(outcome)
+                if on_card is not None:
+                    on_card(outcome)
+                if outcome.status is Event.ISSUED and outcome.household.household_ref == household.household_ref:
+                    break
+        return outcomes
+    finally:
+        write_issuance_file(state, technician, technician_name, grant)
+
+
+class PcscCardSource:
+    """Chips from one PC/SC reader: wait for a card, connect, hand out a :class:`Type2Tag`,
+    then wait for the card to leave before the next one.
+
+    :param reader: reader name pattern (see :func:`cardlib.transport.pcsc.select_reader`).
+    :param caps: reader capabilities (pass-through kind, frame size).
+    :param timeout_s: how long to wait for each card; None waits forever.
+    """
+
+    def __init__(self, reader: str, caps: object, timeout_s: float | None = None) -> None:
+        from cardlib.transport.pcsc import PcscContext  # the pcsc extra, loaded only here
+
+        self._ctx = PcscContext()
+        self._reader = reader
+        self._caps = caps
+        self._timeout = timeout_s
+
+    def close(self) -> None:
+        self._ctx.close()
+
+    def _reader_name(self) -> str:
+        from cardlib.transport.pcsc import select_reader
+
+        return select_reader(self._ctx.readers(), self._reader)
+
+    def next_card(self) -> ContextManager[Type2Tag] | None:
+        name = self._reader_name()
+        while not self._ctx.wait_for_card(name, True, 1.0 if self._timeout is None else self._timeout):
+            if self._timeout is not None:
+                return None
+        return self._session(name)
+
+    @contextlib.contextmanager
+    def _session(self, name: str) -> Iterator[Type2Tag]:
+        from cardlib.transport.pcsc import PcscConnection
+        from cardlib.type2.channel import channel_for
+
+        conn = PcscConnection(self._ctx, name)
+        try:
+            yield Type2Tag(channel_for(conn, self._caps, conn.reconnect), atr=conn.atr)  # type: ignore[arg-type]
+        finally:
+            conn.close()
+        while not self._ctx.wait_for_card(name, False, 1.0):
+            _log.info("remove the card from %s", name)

@@ -1,0 +1,437 @@
+"""Turn one blank NTAG215/216 into a beneficiary card, step by step, resumably.
+
+Steps (docs/keys-and-provisioning.md §Provisioning; DESIGN §3, §4; card_tech.md §2.3, §7.3):
+
+1. **check**: GET_VERSION says NTAG215/216 (NTAG21x datasheet §10.1); the NXP originality
+   signature verifies for the UID (READ_SIG, §10.7; AN11350); the chip is *blank* (factory
+   CC, no lock bits, no password), *re-usable* (unlocked, no password, foreign NDEF data), or
+   *ours, unfinished* (our password opens it, or it carries our unlocked identity).
+2. **write**: CC (T2T 1.0 §2.2) if missing, then the card image (identity record + genesis
+   state in slot A + empty slot B, :func:`cardlib.records.issuance.issue_card_image`). The
+   identity payload is padded so slot A starts at page 48: pages 4-47 are then exactly the
+   static-lock pages plus two 16-page dynamic-lock granules (NTAG215/216 §8.5.2-3).
+3. **lock**: static lock bits L-CC, L4..L15 and their block-lock bits; dynamic lock bits of
+   the granules that hold only identity bytes (16-31, 32-47) and the block-lock bit over them.
+4. **protect**: PWD/PACK = :func:`cardlib.provision.password.derive_password`, ACCESS =
+   NFC_CNT_EN with PROT=0 (write protection only), AUTHLIM=0, then AUTH0 = the dynamic lock
+   page. The password therefore guards only the dynamic lock bytes and the configuration:
+   nobody without it can lock the slot pages, set their own password or disable the counter,
+   while terminals write the slots without any secret (slots are signed anyway).
+5. **verify**: read everything back: the image verifies as a card (issuer key, genesis
+   state) against the station's trust bundle, lock bits and configuration are as written,
+   and the derived password opens the chip with the expected PACK.
+
+Every step is idempotent, so an interrupted card presented again is finished under the
+same card id (the identity already on it is kept if it verifies).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cardlib.keys.signer import Signer
+from cardlib.provision.errors import (
+    AlreadyIssued,
+    CardRemoved,
+    ChipNotBlank,
+    CounterfeitChip,
+    ReadBackMismatch,
+    WrongChip,
+)
+from cardlib.provision.households import Household
+from cardlib.provision.password import CardPassword, derive_password
+from cardlib.provision.profile import Profile
+from cardlib.records.bundle import TrustBundle
+from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash
+from cardlib.records.errors import RecordError
+from cardlib.records.issuance import issue_card_image
+from cardlib.records.layout import FIRST_DATA_PAGE, PAGE_SIZE, CardLayout, SlotName, build_image
+from cardlib.records.session import CardSession
+from cardlib.transport.errors import SessionLost
+from cardlib.type2.chip import ChipType
+from cardlib.type2.errors import AuthenticationFailed, Nak, OriginalityError, TagError
+from cardlib.type2.originality import NXP_NTAG21X_PUBLIC_KEY, verify_originality
+from cardlib.type2.tag import Type2Tag
+
+_log = logging.getLogger(__name__)
+
+SUPPORTED_CHIPS = (ChipType.NTAG215, ChipType.NTAG216)
+CC_PAGE = 3
+STATIC_LOCK_PAGE = 2
+#: Dynamic lock granule on NTAG215/216: one lock bit per 16 pages from page 16 (datasheet §8.5.3).
+PAGES_PER_DYNAMIC_LOCK_BIT = 16
+FIRST_DYNAMIC_LOCK_PAGE = 16
+#: Slot A payload starts here so that pages 4-47 (identity only) lock exactly.
+SLOT_A_ALIGNED_PAGE = 48
+#: Dynamic lock bits per block-lock bit on NTAG215/216 (datasheet §8.5.3).
+LOCK_BITS_PER_BLOCK_BIT = 2
+FACTORY_AUTH0 = 0xFF
+FACTORY_CC = {ChipType.NTAG215: bytes.fromhex("E1103E00"), ChipType.NTAG216: bytes.fromhex("E1106D00")}
+PIN_LOG2_ITERATIONS = 14
+
+
+class StaticLock(enum.IntFlag):
+    """Static lock byte 0 (page 2 byte 2) bits; byte 1 holds L8..L15 (datasheet §8.5.2)."""
+
+    BL_CC = 0x01
+    BL_9_4 = 0x02
+    BL_15_10 = 0x04
+    L_CC = 0x08
+    L_4 = 0x10
+    L_5 = 0x20
+    L_6 = 0x40
+    L_7 = 0x80
+
+
+class Access(enum.IntFlag):
+    """ACCESS byte (CFG1 byte 0) bits (datasheet §8.5.7, Table 12); AUTHLIM = bits 2-0."""
+
+    PROT = 0x80
+    CFGLCK = 0x40
+    NFC_CNT_EN = 0x10
+    NFC_CNT_PWD_PROT = 0x08
+
+
+AUTHLIM_MASK = 0x07
+STATIC_LOCK_ALL = (
+    bytes((StaticLock.L_CC | StaticLock.L_4 | StaticLock.L_5 | StaticLock.L_6 | StaticLock.L_7
+           | StaticLock.BL_CC | StaticLock.BL_9_4 | StaticLock.BL_15_10, 0xFF))
+)
+
+
+class Step(str, enum.Enum):
+    CHECK = "check chip"
+    WRITE = "write image"
+    LOCK = "lock identity pages"
+    PROTECT = "set password"
+    VERIFY = "read back and verify"
+
+
+class ChipState(str, enum.Enum):
+    BLANK = "blank"
+    REUSABLE = "re-usable"
+    OURS_UNFINISHED = "ours, unfinished"
+    OURS_COMPLETE = "ours, locked and protected"
+
+
+@dataclass(frozen=True)
+class ChipCheck:
+    """Outcome of step 1. :ivar uid: 7 bytes. :ivar existing_card_id: card id of our identity on it, if any."""
+
+    uid: bytes
+    chip: ChipType
+    state: ChipState
+    existing_card_id: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StationContext:
+    """Everything the issuing station needs.
+
+    :ivar issuer: signs identity records (issuer key; file or PKCS#11).
+    :ivar station: the station's terminal key, signs genesis states (listed in the bundle
+        as a terminal key).
+    :ivar station_id: the station's terminal id (uint32).
+    :ivar trust: the current trust bundle (read-back verification uses it).
+    :ivar password_secret: ≥ 16 bytes; the per-card write password is derived from it.
+    :ivar originality_key: secp128r1 key for READ_SIG (NXP's by default).
+    """
+
+    issuer: Signer
+    station: Signer
+    station_id: int
+    trust: TrustBundle
+    profile: Profile
+    password_secret: bytes = field(repr=False)
+    originality_key: bytes = NXP_NTAG21X_PUBLIC_KEY
+
+
+@dataclass(frozen=True)
+class PersonalisedCard:
+    """A finished card. :ivar identity_hash: 8-byte state_hash of the identity COSE."""
+
+    card_id: bytes
+    uid: bytes
+    identity_hash: bytes
+    issuer_kid: bytes
+    layout: CardLayout
+
+
+def _cfg(tag: Type2Tag) -> tuple[int, int, int, int]:
+    """(CFG0 page, CFG1 page, PWD page, PACK page) of the identified chip."""
+    chip = tag.identify()
+    assert chip.cfg_page is not None and chip.pwd_page is not None and chip.pack_page is not None
+    return chip.cfg_page, chip.cfg_page + 1, chip.pwd_page, chip.pack_page
+
+
+def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
+    """Step 1: identify, check originality and decide whether we may write this chip.
+
+    :raises WrongChip: not an NTAG215/216.
+    :raises CounterfeitChip: the originality signature does not verify.
+    (A chip carrying our card, finished or not, is *not* refused here: only the batch journal
+    can tell whether it is the interrupted card to finish or a card issued before.)
+    :raises ChipNotBlank: locks, a foreign password or a non-standard CC.
+    """
+    chip = tag.identify()
+    uid = tag.uid
+    if chip.chip not in SUPPORTED_CHIPS:
+        raise WrongChip(f"chip is {chip.chip.value}; cards need NTAG215 or NTAG216", uid)
+    try:
+        verify_originality(uid, tag.read_signature(), ctx.originality_key)
+    except OriginalityError as exc:
+        raise CounterfeitChip(f"chip {uid.hex().upper()} fails the NXP originality check: {exc}", uid) from exc
+    cfg0_page, _, _, _ = _cfg(tag)
+    head = tag.read_pages(0, 4)
+    cfg = tag.read_pages(cfg0_page, 2)
+    auth0, access = cfg[3], cfg[4]
+    locks = tag.read_lock_bits()
+    cc = head[CC_PAGE * PAGE_SIZE:(CC_PAGE + 1) * PAGE_SIZE]
+    existing = _our_identity(tag, ctx) if tag.read_pages(FIRST_DATA_PAGE, 1)[:2] == b"\x03\xff" else None
+    if auth0 <= cfg0_page:
+        # Someone set a password. Try ours only when a wrong guess cannot count (AUTHLIM 0).
+        if access & AUTHLIM_MASK:
+            raise ChipNotBlank(f"chip is password-protected with AUTHLIM {access & AUTHLIM_MASK}", uid)
+        pw = derive_password(ctx.password_secret, uid)
+        try:
+            tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
+        except AuthenticationFailed as exc:
+            raise ChipNotBlank("chip is protected by a password that is not ours", uid) from exc
+        if existing is not None and _fully_locked(locks.static, locks.dynamic):
+            return ChipCheck(uid, chip.chip, ChipState.OURS_COMPLETE, existing)
+        return ChipCheck(uid, chip.chip, ChipState.OURS_UNFINISHED, existing)
+    if locks.any_user_lock or any(locks.static):
+        if existing is not None:
+            return ChipCheck(uid, chip.chip, ChipState.OURS_UNFINISHED, existing)
+        raise ChipNotBlank(f"chip has lock bits set (static {locks.static.hex()}, dynamic {locks.dynamic.hex()})", uid)
+    if any(cc) and cc != FACTORY_CC[chip.chip]:
+        raise ChipNotBlank(f"CC is {cc.hex()}, not the factory {FACTORY_CC[chip.chip].hex()}", uid)
+    if existing is not None:
+        return ChipCheck(uid, chip.chip, ChipState.OURS_UNFINISHED, existing)
+    data = tag.read_pages(FIRST_DATA_PAGE, 4)
+    blank = data[:3] == b"\x03\x00\xfe" or not any(data)
+    return ChipCheck(uid, chip.chip, ChipState.BLANK if blank else ChipState.REUSABLE)
+
+
+def _fully_locked(static: bytes, dynamic: bytes) -> bool:
+    return static[0] & 0xF8 == 0xF8 and static[1] == 0xFF and dynamic[0] & 0x03 == 0x03
+
+
+def _our_identity(tag: Type2Tag, ctx: StationContext) -> bytes | None:
+    """Card id of a verifying identity of ours on this chip, else None (never raises RecordError)."""
+    try:
+        state = CardSession(tag, ctx.trust).read_state(_now())
+    except (RecordError, TagError):
+        return None
+    return state.identity.claims.card_id
+
+
+def _now() -> int:
+    return int(dt.datetime.now(dt.timezone.utc).timestamp())
+
+
+def _locked_end(slot_a_first_page: int) -> int:
+    """First page *not* locked by :func:`dynamic_lock_bytes` (16-page granules below slot A)."""
+    granules = max(0, (slot_a_first_page - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT)
+    return FIRST_DYNAMIC_LOCK_PAGE + granules * PAGES_PER_DYNAMIC_LOCK_BIT
+
+
+def _aligned_layout(layout: CardLayout, data_area: int) -> CardLayout:
+    """Pad the identity so that slot A's payload starts at :data:`SLOT_A_ALIGNED_PAGE` when it
+    would start earlier: the identity payload then ends inside the lockable pages 4-47.
+
+    :raises ChipNotBlank: never; logs a warning when the identity payload reaches past the
+        lockable pages (it stays signed, but those pages cannot be locked without locking slot A).
+    """
+    first_a = layout.slot_first_page(SlotName.A)
+    if first_a < SLOT_A_ALIGNED_PAGE:
+        padded = CardLayout(layout.identity_len + (SLOT_A_ALIGNED_PAGE - first_a) * PAGE_SIZE, layout.slot_len)
+        if padded.image_len <= data_area:
+            layout = padded
+    if layout.identity_pages[-1] >= _locked_end(layout.slot_first_page(SlotName.A)):
+        _log.warning("identity payload reaches page %d: pages from %d cannot be locked without locking slot A",
+                     layout.identity_pages[-1], _locked_end(layout.slot_first_page(SlotName.A)))
+    return layout
+
+
+def dynamic_lock_bytes(slot_a_first_page: int) -> bytes:
+    """Dynamic lock bytes locking every 16-page granule below slot A, plus their block-lock bits.
+
+    :returns: 3 bytes (lock bits little-endian in bytes 0-1, BL bits in byte 2; §8.5.3).
+    """
+    granules = max(0, (slot_a_first_page - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT)
+    bits = (1 << granules) - 1
+    bl = 0
+    for b in range(granules // LOCK_BITS_PER_BLOCK_BIT):
+        bl |= 1 << b
+    return bits.to_bytes(2, "little") + bytes((bl,))
+
+
+def build_identity(ctx: StationContext, household: Household, card_id: bytes, uid: bytes, today: dt.date,
+                   pin: str | None = None) -> IdentityClaims:
+    """Identity claims for a household from the station profile (programmes of the row only)."""
+    progs = {pid: ctx.profile.programmes[pid] for pid in household.programmes}
+    caps = {pid: ctx.profile.offline_cap[pid] for pid in household.programmes}
+    verifier = PinVerifier.derive(pin, card_id, uid, PIN_LOG2_ITERATIONS) if pin else None
+    return IdentityClaims(
+        card_id=card_id, household_ref=household.household_ref, region=household.region,
+        programmes=progs, valid_from=today, valid_to=today + dt.timedelta(days=ctx.profile.valid_days),
+        offline_cap=caps, uid=uid, pin=verifier,
+    )
+
+
+def personalise(
+    tag: Type2Tag,
+    ctx: StationContext,
+    household: Household,
+    card_id: bytes,
+    check: ChipCheck,
+    *,
+    remaining: Mapping[int, int] | None = None,
+    pin: str | None = None,
+    now: int | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> PersonalisedCard:
+    """Steps 2-5 on a chip that passed :func:`check_chip`. Journal the card id *before* calling.
+
+    :param card_id: 8 bytes; on a resumed chip, the card id already journalled for it.
+    :param remaining: for a re-issued card: the remaining entitlement per programme that the
+        genesis state carries (default: the full per-cycle entitlement).
+    :param pin: optional 6-digit PIN typed by the beneficiary (never from a file).
+    :raises CardRemoved: the card left the field; journal it as interrupted.
+    :raises ReadBackMismatch: read-back differs from what was written.
+    :raises ChipNotBlank: the chip refused a write (a page we must write is locked).
+    """
+    now = _now() if now is None else now
+    uid = check.uid
+    step = Step.WRITE
+    pw = derive_password(ctx.password_secret, uid)
+
+    def enter(s: Step) -> None:
+        nonlocal step
+        step = s
+        _log.debug("card %s: %s", uid.hex(), s.value)
+        if on_step is not None:
+            on_step(s)
+
+    try:
+        chip = tag.identify()
+        data_area = FACTORY_CC[chip.chip][2] * 8
+        enter(Step.WRITE)
+        identity_cose: bytes
+        if check.existing_card_id is not None:
+            if check.existing_card_id != card_id:
+                raise AlreadyIssued(f"chip carries card {check.existing_card_id.hex()}, expected {card_id.hex()}", uid)
+            current = CardSession(tag, ctx.trust).read_state(now)
+            identity_cose = current.identity.cose.message
+            layout = current.image.layout
+            _log.info("card %s: identity already written, resuming", card_id.hex())
+        else:
+            identity = build_identity(ctx, household, card_id, uid, dt.datetime.fromtimestamp(now, dt.timezone.utc).date(), pin)
+            issued = issue_card_image(identity, ctx.issuer, ctx.station, cycle=ctx.profile.cycle, now=now,
+                                      station_id=ctx.station_id)
+            genesis = issued.genesis_cose
+            if remaining is not None:
+                genesis = _reissue_genesis(ctx, issued.identity_cose, uid, remaining, now)
+            layout = _aligned_layout(issued.layout, data_area)
+            layout.check_fits(data_area)
+            image = build_image(layout, issued.identity_cose, genesis, None)
+            identity_cose = issued.identity_cose
+            cc = tag.read_pages(CC_PAGE, 1)
+            if not any(cc):
+                tag.channel.write4(CC_PAGE, FACTORY_CC[chip.chip])
+            padded = image + bytes(-len(image) % PAGE_SIZE)
+            tag.write_pages(FIRST_DATA_PAGE, padded)
+            if tag.read_pages(FIRST_DATA_PAGE, len(padded) // PAGE_SIZE) != padded:
+                raise ReadBackMismatch(f"card {card_id.hex()}: image read back differs")
+
+        enter(Step.LOCK)
+        slot_a = layout.slot_first_page(SlotName.A)
+        auth0 = tag.read_pages(_cfg(tag)[0], 1)[3]
+        if auth0 <= _cfg(tag)[0]:
+            tag.pwd_auth(pw.pwd, expected_pack=pw.pack)  # resumed after protect: config needs auth
+        tag.set_lock_bits(STATIC_LOCK_ALL, dynamic_lock_bytes(slot_a), irreversible=True)
+
+        enter(Step.PROTECT)
+        _protect(tag, pw)
+
+        enter(Step.VERIFY)
+        result = verify_card(tag, ctx, card_id, identity_cose, layout, now)
+        _log.info("issued card %s on chip %s", card_id.hex(), uid.hex())
+        return result
+    except SessionLost as exc:
+        raise CardRemoved(uid, card_id, step.value) from exc
+    except Nak as exc:
+        raise ChipNotBlank(f"chip refused a write during '{step.value}': {exc}", uid) from exc
+
+
+def _reissue_genesis(ctx: StationContext, identity_cose: bytes, uid: bytes, remaining: Mapping[int, int], now: int) -> bytes:
+    """Genesis state carrying a lost card's remaining entitlement (re-issue)."""
+    from cardlib.keys.signer import sign1_with
+    from cardlib.records.claims import SlotClaims
+    from cardlib.records.session import slot_aad
+
+    id_hash = state_hash(identity_cose)
+    genesis = SlotClaims(seq=0, cycle=ctx.profile.cycle, remaining=dict(remaining), terminal_id=ctx.station_id,
+                         terminal_seq=0, time=now, nfc_counter=0, prev_hash=id_hash)
+    return sign1_with(ctx.station, genesis.to_cbor(), slot_aad(uid, id_hash))
+
+
+def _protect(tag: Type2Tag, pw: CardPassword) -> None:
+    """Step 4: PWD, PACK, ACCESS (NFC_CNT_EN, PROT=0, AUTHLIM=0), then AUTH0 last (§8.8)."""
+    cfg0, cfg1, pwd_page, pack_page = _cfg(tag)
+    dyn_lock_page = tag.identify().dynamic_lock_page
+    assert dyn_lock_page is not None
+    current = tag.read_pages(cfg0, 2)
+    tag.channel.write4(pwd_page, pw.pwd)
+    tag.channel.write4(pack_page, pw.pack + b"\x00\x00")
+    tag.channel.write4(cfg1, bytes((Access.NFC_CNT_EN,)) + current[5:8])
+    tag.channel.write4(cfg0, current[0:3] + bytes((dyn_lock_page,)))
+
+
+def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cose: bytes, layout: CardLayout,
+                now: int) -> PersonalisedCard:
+    """Step 5: the card as a terminal sees it, plus locks and configuration.
+
+    :raises ReadBackMismatch: any difference.
+    """
+    uid = tag.uid
+    try:
+        state = CardSession(tag, ctx.trust).read_state(now)
+    except RecordError as exc:
+        raise ReadBackMismatch(f"card {card_id.hex()} does not verify after issuance: {exc}") from exc
+    if state.identity.claims.card_id != card_id or state.identity.cose.message != identity_cose:
+        raise ReadBackMismatch(f"card {card_id.hex()}: identity read back differs")
+    if state.current.claims.seq != 0:
+        raise ReadBackMismatch(f"card {card_id.hex()}: genesis state expected, found seq {state.current.claims.seq}")
+    locks = tag.read_lock_bits()
+    want_dyn = dynamic_lock_bytes(layout.slot_first_page(SlotName.A))
+    if bytes(a & b for a, b in zip(locks.static, STATIC_LOCK_ALL)) != STATIC_LOCK_ALL or \
+            bytes(a & b for a, b in zip(locks.dynamic, want_dyn)) != want_dyn:
+        raise ReadBackMismatch(f"card {card_id.hex()}: lock bits read back {locks.static.hex()}/{locks.dynamic.hex()}")
+    if int.from_bytes(locks.dynamic[:2], "little") >> ((layout.slot_first_page(SlotName.A) - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT):
+        raise ReadBackMismatch(f"card {card_id.hex()}: slot pages are locked")
+    cfg0, _, _, _ = _cfg(tag)
+    cfg = tag.read_pages(cfg0, 2)
+    dyn_lock_page = tag.identify().dynamic_lock_page
+    if cfg[3] != dyn_lock_page or cfg[4] != Access.NFC_CNT_EN:
+        raise ReadBackMismatch(f"card {card_id.hex()}: AUTH0 {cfg[3]:02X} / ACCESS {cfg[4]:02X} read back")
+    last_slot_page = layout.slot_pages(SlotName.B)[-1]
+    if cfg[3] <= last_slot_page:
+        raise ReadBackMismatch("AUTH0 would protect slot pages")
+    pw = derive_password(ctx.password_secret, uid)
+    try:
+        tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
+    except AuthenticationFailed as exc:
+        raise ReadBackMismatch(f"card {card_id.hex()}: derived password does not open the chip") from exc
+    return PersonalisedCard(card_id, uid, state.identity.hash, state.identity.cose.kid, layout)
+
+
+__all__ = [
+    "ChipCheck", "ChipState", "PersonalisedCard", "StationContext", "Step",
+    "build_identity", "check_chip", "dynamic_lock_bytes", "personalise", "verify_card",
+]

@@ -1,0 +1,202 @@
+"""Resumable batch state: an append-only, fsync'd JSON-lines journal per batch directory.
+
+Every card id is journalled as ``started`` (with the chip UID) *before* the first byte is
+written to the chip, then ``issued``, ``interrupted`` or ``abandoned``; chips refused before
+any write are ``rejected``. After a crash or a pulled card the journal says exactly which
+card ids exist on which chips, so nothing half-issued goes unrecorded, and a re-run resumes:
+rows already issued are skipped, an interrupted chip presented again is finished under the
+same card id, and an interrupted card id whose chip does not come back is marked abandoned
+(deny-listed via the issuance file).
+
+Files in the batch directory::
+
+    state.jsonl      the journal (one JSON object per line)
+    results.csv      one line per outcome: line, household_ref, status, card_id, uid, detail
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cardlib.provision.errors import BatchStateError
+from cardlib.provision.session import Issuance, IssuanceStatus
+
+
+class Event(str, enum.Enum):
+    BATCH = "batch"
+    STARTED = "started"
+    ISSUED = "issued"
+    INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"
+    REJECTED = "rejected"
+
+
+RESULT_COLUMNS = ("line", "household_ref", "status", "card_id", "uid", "detail")
+
+
+@dataclass
+class CardRecord:
+    """Latest known state of one card id."""
+
+    line: int
+    household_ref: str
+    card_id: str
+    uid: str
+    region: str
+    status: Event
+    issuer_kid: str = ""
+    identity_hash: str = ""
+    time: int = 0
+    reissue_of: str | None = None
+    step: str = ""
+
+
+class BatchState:
+    """Replay and extend a batch journal.
+
+    :param directory: the batch directory (created if missing).
+    :param batch_key: identifies the input (e.g. SHA-256 of the CSV); a journal made for
+        another input is refused.
+    :raises BatchStateError: corrupt journal or another input.
+    """
+
+    def __init__(self, directory: Path, batch_key: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.path = directory / "state.jsonl"
+        self.results_path = directory / "results.csv"
+        self.cards: dict[str, CardRecord] = {}
+        self.rejections: list[dict[str, Any]] = []
+        self.session_id: str = ""
+        if self.path.exists():
+            self._replay(batch_key)
+        else:
+            self.session_id = os.urandom(8).hex()
+            self._append({"event": Event.BATCH.value, "batch_key": batch_key, "session_id": self.session_id})
+        if not self.results_path.exists():
+            with open(self.results_path, "w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerow(RESULT_COLUMNS)
+
+    def _replay(self, batch_key: str) -> None:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise BatchStateError(f"cannot read {self.path}: {exc}") from exc
+        for n, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                ev = json.loads(raw)
+                kind = Event(ev["event"])
+            except (ValueError, KeyError) as exc:
+                if n == len(lines):
+                    break  # torn last line after a crash: the event never completed
+                raise BatchStateError(f"{self.path}:{n}: corrupt journal line") from exc
+            if kind is Event.BATCH:
+                if ev["batch_key"] != batch_key:
+                    raise BatchStateError(
+                        f"{self.directory} holds the state of another households file; use a new --state-dir"
+                    )
+                self.session_id = ev["session_id"]
+            elif kind is Event.REJECTED:
+                self.rejections.append(ev)
+            elif kind is Event.STARTED:
+                self.cards[ev["card_id"]] = CardRecord(
+                    ev["line"], ev["household_ref"], ev["card_id"], ev["uid"], ev["region"], kind,
+                    ev.get("issuer_kid", ""), time=ev["t"], reissue_of=ev.get("reissue_of"))
+            else:
+                rec = self.cards.get(ev["card_id"])
+                if rec is None:
+                    raise BatchStateError(f"{self.path}:{n}: {kind.value} for unknown card id {ev['card_id']}")
+                rec.status = kind
+                rec.time = ev["t"]
+                rec.identity_hash = ev.get("identity_hash", rec.identity_hash)
+                rec.step = ev.get("step", "")
+
+    def _append(self, event: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _result(self, line: int, ref: str, status: str, card_id: str, uid: str, detail: str) -> None:
+        with open(self.results_path, "a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerow((line, ref, status, card_id, uid, detail))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ------------------------------------------------------------------ queries
+
+    def issued_for(self, household_ref: str) -> CardRecord | None:
+        """The issued card of a household in this batch, if any."""
+        for rec in self.cards.values():
+            if rec.household_ref == household_ref and rec.status is Event.ISSUED:
+                return rec
+        return None
+
+    def unfinished(self) -> list[CardRecord]:
+        """Card ids started or interrupted but neither issued nor abandoned."""
+        return [r for r in self.cards.values() if r.status in (Event.STARTED, Event.INTERRUPTED)]
+
+    def unfinished_on(self, uid: bytes) -> CardRecord | None:
+        for r in self.unfinished():
+            if r.uid == uid.hex():
+                return r
+        return None
+
+    @property
+    def used(self) -> int:
+        """Card ids consumed (every started id counts against a quota)."""
+        return len(self.cards)
+
+    def issuances(self) -> list[Issuance]:
+        """Issuance records of every finished card id (issued or abandoned), for the issuance file."""
+        out = []
+        for r in self.cards.values():
+            if r.status in (Event.ISSUED, Event.ABANDONED):
+                out.append(Issuance(
+                    bytes.fromhex(r.card_id), bytes.fromhex(r.uid), bytes.fromhex(r.household_ref), r.region,
+                    bytes.fromhex(r.issuer_kid), r.time,
+                    IssuanceStatus.ISSUED if r.status is Event.ISSUED else IssuanceStatus.ABANDONED,
+                    bytes.fromhex(r.identity_hash), bytes.fromhex(r.reissue_of) if r.reissue_of else None))
+        return out
+
+    # ------------------------------------------------------------------ events
+
+    def started(self, line: int, household_ref: str, card_id: bytes, uid: bytes, region: str,
+                issuer_kid: bytes, reissue_of: bytes | None = None) -> CardRecord:
+        """Journal a card id *before* writing to the chip."""
+        t = int(time.time())
+        ev = {"event": Event.STARTED.value, "line": line, "household_ref": household_ref,
+              "card_id": card_id.hex(), "uid": uid.hex(), "region": region, "issuer_kid": issuer_kid.hex(),
+              "reissue_of": reissue_of.hex() if reissue_of else None, "t": t}
+        self._append(ev)
+        rec = CardRecord(line, household_ref, card_id.hex(), uid.hex(), region, Event.STARTED, issuer_kid.hex(),
+                         time=t, reissue_of=ev["reissue_of"])  # type: ignore[arg-type]
+        self.cards[rec.card_id] = rec
+        return rec
+
+    def finish(self, rec: CardRecord, event: Event, *, identity_hash: bytes = b"", step: str = "", detail: str = "") -> None:
+        """Journal ``issued`` / ``interrupted`` / ``abandoned`` for a started card id."""
+        t = int(time.time())
+        self._append({"event": event.value, "card_id": rec.card_id, "identity_hash": identity_hash.hex(),
+                      "step": step, "t": t})
+        rec.status, rec.time, rec.step = event, t, step
+        if identity_hash:
+            rec.identity_hash = identity_hash.hex()
+        self._result(rec.line, rec.household_ref, event.value, rec.card_id, rec.uid.upper(), detail or step)
+
+    def rejected(self, line: int, household_ref: str, uid: bytes, reason: str) -> None:
+        """Journal a chip refused before any write (counterfeit, not blank, wrong chip)."""
+        ev = {"event": Event.REJECTED.value, "line": line, "household_ref": household_ref,
+              "uid": uid.hex(), "reason": reason, "t": int(time.time())}
+        self._append(ev)
+        self.rejections.append(ev)
+        self._result(line, household_ref, Event.REJECTED.value, "", uid.hex().upper(), reason)
