@@ -86,9 +86,19 @@ class BatchState:
 
     def _replay(self, batch_key: str) -> None:
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            raw_bytes = self.path.read_bytes()
         except OSError as exc:
             raise BatchStateError(f"cannot read {self.path}: {exc}") from exc
+        if raw_bytes and not raw_bytes.endswith(b"\n"):
+            # A crash tore the last append: that event never completed; cut it off so the
+            # next append starts on a fresh line.
+            keep = raw_bytes.rfind(b"\n") + 1
+            with open(self.path, "r+b") as fh:
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+            raw_bytes = raw_bytes[:keep]
+        lines = raw_bytes.decode("utf-8").splitlines()
         for n, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
@@ -96,8 +106,6 @@ class BatchState:
                 ev = json.loads(raw)
                 kind = Event(ev["event"])
             except (ValueError, KeyError) as exc:
-                if n == len(lines):
-                    break  # torn last line after a crash: the event never completed
                 raise BatchStateError(f"{self.path}:{n}: corrupt journal line") from exc
             if kind is Event.BATCH:
                 if ev["batch_key"] != batch_key:
