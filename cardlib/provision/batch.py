@@ -185,15 +185,19 @@ class PcscCardSource:
     :param reader: reader name pattern (see :func:`cardlib.transport.pcsc.select_reader`).
     :param caps: reader capabilities (pass-through kind, frame size).
     :param timeout_s: how long to wait for each card; None waits forever.
+    :param wait_removal: after each card, wait until it leaves the reader (batches: so the
+        same card is not taken for the next household).
     """
 
-    def __init__(self, reader: str, caps: object, timeout_s: float | None = None) -> None:
+    def __init__(self, reader: str, caps: object, timeout_s: float | None = None, wait_removal: bool = True) -> None:
         from cardlib.transport.pcsc import PcscContext  # the pcsc extra, loaded only here
 
         self._ctx = PcscContext()
         self._reader = reader
         self._caps = caps
         self._timeout = timeout_s
+        self._wait_removal = wait_removal
+        self.on_remove_prompt: Callable[[], None] | None = None
 
     def close(self) -> None:
         self._ctx.close()
@@ -220,5 +224,8 @@ class PcscCardSource:
             yield Type2Tag(channel_for(conn, self._caps, conn.reconnect), atr=conn.atr)  # type: ignore[arg-type]
         finally:
             conn.close()
-        while not self._ctx.wait_for_card(name, False, 1.0):
-            _log.info("remove the card from %s", name)
+        if self._wait_removal and self._ctx.card_present(name):
+            if self.on_remove_prompt is not None:
+                self.on_remove_prompt()
+            while not self._ctx.wait_for_card(name, False, 1.0):
+                _log.debug("waiting for the card to leave %s", name)
