@@ -115,3 +115,14 @@ def test_transmit_fails_when_card_torn_away(present_card, reader_name) -> None:
                 conn.transmit([0xFF, 0xD6, 0x00, 6, 0x04, 9, 9, 9, 9])
     assert chip.removed
     assert chip.page(5) == bytes([9] * 4) and chip.page(6) == bytes(4)
+
+
+def test_next_card_after_a_mid_apdu_removal_is_seen(present_card, reader_name) -> None:
+    """pcscd 1.9.9 misses a card that arrives before its poller saw the torn one leave."""
+    torn = Ntag21x.blank(ChipVariant.NTAG215, UID)
+    with present_card(torn, faults=FaultPlan(remove_after_commands=0)):
+        with _connect(reader_name(0)) as conn, pytest.raises(CardConnectionException):
+            conn.transmit([0xFF, 0xB0, 0x00, 0x04, 0x10])
+    other = Ntag21x.blank(ChipVariant.NTAG213, bytes.fromhex("04112233445566"))
+    with present_card(other), _connect(reader_name(0)) as conn:
+        assert bytes(conn.transmit(GET_UID)[0]) == other.uid

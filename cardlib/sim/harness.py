@@ -119,6 +119,7 @@ class PcscdHarness:
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_ports: list[int] = []
         self._log_fh: int | None = None
+        self._log_offset = 0
 
     # ------------------------------------------------------------------ paths / names
 
@@ -291,7 +292,7 @@ class PcscdHarness:
         self._spawn([self.pcscd or "pcscd", "--foreground", "--info"], timeout)
 
     def _spawn(self, argv: list[str], timeout: float) -> None:
-        self.log_path.unlink(missing_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_fh = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         log.info("starting %s", " ".join(argv))
         self._proc = subprocess.Popen(
@@ -303,7 +304,7 @@ class PcscdHarness:
         deadline = time.monotonic() + timeout
         wanted = [f"on port {p}" for p in self.ports]
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            text = self._log_text()[self._log_offset :]
             if self._proc is not None and self._proc.poll() is not None:
                 raise HarnessError(f"pcscd exited with status {self._proc.returncode}: {_tail(text)}")
             if _READY_MARK in text and all(w in text for w in wanted) and self._listening():
@@ -314,10 +315,33 @@ class PcscdHarness:
     def _listening(self) -> bool:
         return all(not _port_free(p) for p in self.ports)
 
+    def _log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def iter_log(self) -> Iterator[str]:
-        """Lines of pcscd's log so far (diagnostics)."""
-        if self.log_path.exists():
-            yield from self.log_path.read_text(errors="replace").splitlines()
+        """Lines of pcscd's log so far, across restarts (diagnostics)."""
+        yield from self._log_text().splitlines()
+
+    def removal_events(self, slot: int) -> int:
+        """How many times pcscd's polling thread has seen a card leave ``slot`` (from its log)."""
+        return self._log_text().count(f"Card Removed From {reader_name(slot)}")
+
+    def wait_removal_seen(self, slot: int, before: int, timeout: float = 3.0) -> bool:
+        """Wait until pcscd's poller logged a removal from ``slot`` beyond ``before`` events.
+
+        Needed before the next card goes on the same slot: when a card vanishes in
+        the middle of an APDU, pcscd marks the reader empty at once but its polling
+        thread (every ~0.4 s) only resets its own state once it polls an empty
+        slot; a new card arriving earlier is never reported (seen with pcscd 1.9.9).
+
+        :returns: False on timeout (only in ``system`` mode without our log).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.removal_events(slot) > before:
+                return True
+            time.sleep(0.02)
+        return False
 
 
 def _q(p: Path) -> str:

@@ -222,6 +222,7 @@ class VpcdCard:
             payload = self._recv_exact(sock, length) if length else b""
             self._polled.set()
             if len(payload) == 1:
+                log.debug("vpcd control %d", payload[0])
                 self._control(sock, payload[0])
                 continue
             resp = self.reader.transmit(payload)  # CardRemoved propagates: socket closes
