@@ -291,6 +291,9 @@ def crc_a(data: bytes) -> bytes:
 class FaultPlan:
     """When the virtual card leaves the field, counted from when the plan is armed.
 
+    Only frames that reach the chip count (:meth:`Ntag21x.transceive`); reader-side
+    answers such as ``FF CA`` (UID from anticollision) do not.
+
     :ivar remove_after_commands: commands 1..N are answered; command N+1 is the
         one during which the card leaves (it is never answered).  ``None`` = no limit.
     :ivar remove_after_write_bytes: the card leaves once this many page bytes
@@ -623,8 +626,9 @@ class Ntag21x:
         """
         if len(frame) < 3 or crc_a(frame[:-2]) != frame[-2:]:
             self._check_present()
-            self._state = _State.IDLE if self._state is not _State.OFF else _State.OFF
-            return bytes((Nak.CRC_ERROR,))
+            if self._state is _State.OFF:
+                raise ChipMute("field is off")
+            return self._nak(Nak.CRC_ERROR, "bad CRC_A")
         resp = self.transceive(frame[:-2])
         return resp if len(resp) == 1 else resp + crc_a(resp)
 
