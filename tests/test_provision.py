@@ -124,8 +124,8 @@ def test_counterfeit_chip_is_rejected_and_nothing_is_written(present_card, reade
 
 
 @pytest.mark.parametrize(("remove_after", "step"), [
-    (3, Step.CHECK), (20, Step.WRITE), (60, Step.WRITE), (128, Step.WRITE),
-    (134, Step.LOCK), (140, Step.PROTECT), (146, Step.VERIFY),
+    (3, Step.CHECK), (20, Step.WRITE), (60, Step.WRITE), (90, Step.WRITE),
+    (96, Step.LOCK), (103, Step.PROTECT), (108, Step.VERIFY),
 ])
 def test_card_removed_mid_provisioning_is_recorded_and_finished_later(
         present_card, reader_name, tmp_path: Path, station: Station, rows: list[Household], remove_after: int,
@@ -225,5 +225,6 @@ def test_commands_per_card_are_counted(present_card, reader_name, tmp_path: Path
     state = BatchState(tmp_path / "batch", batch_key(rows[:1]))
     run_batch(rows[:1], VirtualCardSource(present_card, reader_name(0), [station.fab.genuine()]), station.context(),
               state, technician=station.technician, technician_name="t")
-    # ~112 page writes dominate; the rest is check, locks, config and read-back
-    assert 120 <= COMMAND_LOG[0] <= 170
+    # ~75 page writes dominate (zero pages of a blank chip are skipped); the rest is check,
+    # locks, config and read-back. bench/bench_provision.py reports the exact figure.
+    assert 90 <= COMMAND_LOG[0] <= 125
