@@ -202,3 +202,7 @@ class TrustBundle(Base):
     sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# Reconciliation/audit tables (migration 0002), so Base.metadata is complete.
+from server.reconcile import models as _reconcile_models  # noqa: E402,F401

@@ -1,0 +1,163 @@
+"""Tables of reconciliation and audit (no Flask imports).
+
+Added by migration ``0002_reconcile``; imported by :mod:`server.models` so that
+``Base.metadata`` (Alembic's target and the schema check) holds them.
+
+Every table that describes a card is keyed by ``card_id`` first, so on a
+distributed PostgreSQL (Citus) ``journal_entries``, ``card_profiles``,
+``card_entitlements`` and the card findings can be distributed on ``card_id``
+and co-located (docs/reconciliation.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from server.models import Base, JournalEntryRow, _enum
+from server.types import UTCDateTime, utcnow
+
+
+class FindingKind(str, enum.Enum):
+    """What reconciliation found (stable, machine-readable)."""
+
+    TERMINAL_GAP = "terminal_gap"  #: seqs missing from a terminal's chain
+    TERMINAL_CHAIN_BREAK = "terminal_chain_break"  #: prev_entry_hash is not the previous entry's hash
+    JOURNAL_CONFLICT = "journal_conflict"  #: same entry id / (terminal, seq) with other content
+    REJECTED_ENTRY = "rejected_entry"  #: an uploaded entry failed verification
+    BAD_SIGNATURE = "bad_signature"  #: a stored entry no longer verifies (re-verification)
+    REVOKED_TERMINAL_USED = "revoked_terminal_used"  #: entries signed after the key's revocation
+    CARD_FORK = "card_fork"  #: two states from one previous state, or one slot seq twice (clone/replay)
+    CARD_ROLLBACK = "card_rollback"  #: genuine chip (counter rising) whose slot state went back (old dump)
+    COUNTER_BACKWARDS = "counter_backwards"  #: NTAG NFC counter lower than before for the same UID
+    CARD_CHAIN_GAP = "card_chain_gap"  #: slot seqs skipped: a redemption whose entry is missing
+    ENTITLEMENT_EXCEEDED = "entitlement_exceeded"  #: total per cycle above the entitlement
+    REVOKED_CARD_USED = "revoked_card_used"  #: redemption after the card was revoked
+    IMPOSSIBLE_TRAVEL = "impossible_travel"  #: same card at distant terminals too quickly
+    CLOCK_BACKWARDS = "clock_backwards"  #: wall time decreasing along a terminal's seq
+    CLOCK_SKEW = "clock_skew"  #: wall clock drifting/stepping within one boot, or ahead of the server
+
+
+class Severity(str, enum.Enum):
+    """How urgently an auditor should look."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class FindingStatus(str, enum.Enum):
+    """Life cycle of a finding; only a person moves it out of ``open`` (reason required)."""
+
+    OPEN = "open"
+    CONFIRMED = "confirmed"
+    DISMISSED = "dismissed"
+
+
+def _enum32(cls: type[enum.Enum]) -> Enum:
+    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class CardProfile(Base):
+    """Audit facts about a card not carried by the registry: region and revocation.
+
+    ``region`` is a Kemendagri code (``"62.71"``); ``revoked_at`` the instant from
+    which a redemption with this card is a finding.
+    """
+
+    __tablename__ = "card_profiles"
+
+    card_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    region: Mapped[str | None] = mapped_column(String(16))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoke_reason: Mapped[str | None] = mapped_column(String(255))
+
+
+class BenefitCycle(Base):
+    """A benefit cycle: redemptions with ``starts_at <= wall_time < ends_at`` belong to it."""
+
+    __tablename__ = "benefit_cycles"
+
+    cycle_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CardEntitlement(Base):
+    """Issuer-granted amount per card, programme and cycle (rupiah, units or visits)."""
+
+    __tablename__ = "card_entitlements"
+
+    card_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    programme: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cycle_id: Mapped[str] = mapped_column(ForeignKey("benefit_cycles.cycle_id"), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+
+class TerminalSite(Base):
+    """Where a terminal stands, and (optionally) since when its key must be treated as compromised.
+
+    ``compromised_from`` may be earlier than the registry's revocation instant
+    (``terminals.decided_at``): a key stolen on Tuesday morning and revoked that
+    afternoon makes every entry signed since the morning suspect.
+    """
+
+    __tablename__ = "terminal_sites"
+
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"), primary_key=True)
+    region: Mapped[str | None] = mapped_column(String(16))
+    lat: Mapped[float | None] = mapped_column(Float)  #: degrees, WGS 84
+    lon: Mapped[float | None] = mapped_column(Float)  #: degrees, WGS 84
+    compromised_from: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Finding(Base):
+    """One reconciliation result.
+
+    ``fingerprint`` (SHA-256 hex of kind + subject key) makes re-runs idempotent:
+    the same anomaly updates its row (evidence, last_seen) instead of adding one.
+    ``evidence`` is a JSON list of entry ids (hex, 32 chars) of ``journal_entries``
+    or, for conflicts/rejections, of the raw bytes' SHA-256 (64 hex chars).
+    """
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[FindingKind] = mapped_column(_enum32(FindingKind), index=True)
+    severity: Mapped[Severity] = mapped_column(_enum(Severity))
+    card_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    terminal_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    summary: Mapped[str] = mapped_column(String(255))
+    evidence: Mapped[str] = mapped_column(Text)  # JSON list of hex ids
+    detail: Mapped[str] = mapped_column(Text)  # JSON object
+    status: Mapped[FindingStatus] = mapped_column(_enum(FindingStatus), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ReconcileRun(Base):
+    """One execution of :func:`server.reconcile.reconcile` (for the audit trail and the UI)."""
+
+    __tablename__ = "reconcile_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entries: Mapped[int] = mapped_column(BigInteger, default=0)
+    findings_new: Mapped[int] = mapped_column(Integer, default=0)
+    findings_seen: Mapped[int] = mapped_column(Integer, default=0)
+    findings_resolved: Mapped[int] = mapped_column(Integer, default=0)
+
+
+#: Each card's taps in time order (card history, travel and counter checks).
+#: Declared here, on D's table, because migration 0002 creates it.
+ix_journal_card_time = Index("ix_journal_card_time", JournalEntryRow.card_id, JournalEntryRow.wall_time)
