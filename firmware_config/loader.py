@@ -378,6 +378,7 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
     d = doc.data
     search = _terminal_reader_dirs(doc, reader_dirs)
     policy = d.get("policy", {})
+    journal = _resolve_path(doc, d["paths"]["journal"])
     return TerminalProfile(
         terminal_id=d["terminal_id"],
         region=d["region"],
@@ -401,6 +402,10 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
             offline_terminal_exposure=policy.get("offline_terminal_exposure"),
             max_days_since_bundle=policy.get("max_days_since_bundle"),
         ),
+        screen_port=int(d.get("screen_port", 8480)),
+        root_key_path=_resolve_path(doc, d["paths"].get("root_key", str(journal.parent / "trust-root.pem"))),
+        bundle_path=_resolve_path(doc, d["paths"].get("bundle", str(journal.parent / "bundle.cose"))),
+        passphrase_path=_resolve_path(doc, d["paths"]["passphrase"]) if "passphrase" in d["paths"] else None,
         source=doc.path,
     )
 

@@ -232,6 +232,10 @@ class TerminalProfile:
     :ivar sync_interval: seconds between sync attempts.
     :ivar key_path: terminal key file (encrypted PKCS#8), absolute.
     :ivar journal_path: SQLite journal file, absolute.
+    :ivar screen_port: TCP port of the counter screen (bound to 127.0.0.1 only).
+    :ivar root_key_path: pinned root public key (PEM) that endorses bundle keys, absolute.
+    :ivar bundle_path: where the installed trust bundle is kept, absolute.
+    :ivar passphrase_path: file holding the key passphrase, or None ($HUMA_KEY_PASSPHRASE).
     """
 
     terminal_id: str
@@ -245,6 +249,10 @@ class TerminalProfile:
     readers: tuple[ReaderBinding, ...]
     language: Language = Language.ID
     policy: PolicyOverrides = PolicyOverrides()
+    screen_port: int = 8480
+    root_key_path: Path | None = None
+    bundle_path: Path | None = None
+    passphrase_path: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     def binding_for(self, reader_name: str) -> ReaderBinding | None:

@@ -179,6 +179,8 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
         },
         # Seconds between sync attempts when the server is reachable.
         "sync_interval": {"type": "number", "minimum": 10, "maximum": 86400},
+        # TCP port of the counter screen; it is always bound to 127.0.0.1.
+        "screen_port": {"type": "integer", "minimum": 1024, "maximum": 65535},
         "policy": {
             "type": "object",
             "additionalProperties": False,
@@ -196,6 +198,12 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
             "properties": {
                 "key": {"type": "string", "minLength": 1},
                 "journal": {"type": "string", "minLength": 1},
+                # pinned root public key (PEM); default trust-root.pem next to the journal
+                "root_key": {"type": "string", "minLength": 1},
+                # the installed trust bundle; default bundle.cose next to the journal
+                "bundle": {"type": "string", "minLength": 1},
+                # file holding the key passphrase; default $HUMA_KEY_PASSPHRASE
+                "passphrase": {"type": "string", "minLength": 1},
             },
         },
         "readers": {

@@ -27,12 +27,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 from sqlalchemy import Insert, and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cardlib.records.cose import Algorithm, CoseKey, verify1
+from cardlib.records.cose import Algorithm, CoseKey
 from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
@@ -45,6 +44,15 @@ from cardlib.records.journal import (
     JournalError,
     SignedEntry,
     verify_entry,
+)
+from cardlib.records.upload import (  # noqa: F401 - re-exported; the envelope format lives in cardlib
+    SIGNATURE_HEADER,
+    UPLOAD_AAD,
+    UPLOAD_VERSION,
+    EnvelopeClaim,
+    EnvelopeError,
+    sign_envelope,
+    verify_envelope,
 )
 from server.ca import load_public_key
 from server.errors import (
@@ -65,20 +73,6 @@ from server.models import (
 from server.types import utcnow
 
 log = logging.getLogger(__name__)
-
-#: COSE external_aad of upload envelopes (domain separation from journal entries).
-UPLOAD_AAD = b"huma-betang/upload/v1"
-UPLOAD_VERSION = 1
-SIGNATURE_HEADER = "Huma-Signature"
-
-
-class EnvelopeClaim(enum.IntEnum):
-    """CBOR keys of the upload-envelope signature payload."""
-
-    VERSION = 1
-    TERMINAL_ID = 2
-    BODY_SHA256 = 3
-
 
 class Outcome(str, enum.Enum):
     """Per-entry upload result."""
@@ -177,31 +171,6 @@ def parse_body(body: object, max_entries: int) -> Batch:
     return Batch(terminal_id=terminal_id, batch_id=batch_id, entries=entries)
 
 
-def sign_envelope(body: bytes, terminal_id: str, private_key: Any, kid: bytes,
-                  alg: Algorithm = Algorithm.EDDSA) -> str:
-    """The ``Huma-Signature`` header value for an upload body (used by terminals and tests).
-
-    :param body: the exact request body bytes.
-    :returns: base64url (no padding) of the envelope COSE_Sign1.
-    """
-    from cardlib.records.cose import sign1
-
-    payload = cbor2.dumps(
-        {
-            int(EnvelopeClaim.VERSION): UPLOAD_VERSION,
-            int(EnvelopeClaim.TERMINAL_ID): terminal_id,
-            int(EnvelopeClaim.BODY_SHA256): hashlib.sha256(body).digest(),
-        },
-        canonical=True,
-    )
-    message = sign1(payload, private_key, kid, alg=alg, external_aad=UPLOAD_AAD)
-    return base64.urlsafe_b64encode(message).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def cose_key_of(terminal: Terminal) -> CoseKey:
     """The terminal's enrolled key as a :class:`CoseKey` (EdDSA for Ed25519, else ES256)."""
     public_key = load_public_key(terminal.public_key)
@@ -224,10 +193,6 @@ def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
     """
     if not header:
         raise BadBatchSignature(f"missing {SIGNATURE_HEADER} header")
-    try:
-        message = _b64url_decode(header.strip())
-    except (binascii.Error, ValueError) as exc:
-        raise BadBatchSignature(f"{SIGNATURE_HEADER} is not base64url") from exc
 
     found: dict[str, Terminal] = {}
 
@@ -239,22 +204,16 @@ def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
         return cose_key_of(terminal)
 
     try:
-        verified = verify1(message, resolve, external_aad=UPLOAD_AAD)
+        envelope = verify_envelope(header, body, resolve)
     except UnknownKid as exc:
         raise UnknownTerminal(f"no enrolled terminal key with kid {exc.kid.hex()}") from exc
+    except EnvelopeError as exc:
+        raise BadBatchSignature(str(exc)) from exc
     except CoseError as exc:
         raise BadBatchSignature(f"envelope signature: {exc}") from exc
     terminal = found["t"]
-    try:
-        claims = cbor2.loads(verified.payload)
-    except (cbor2.CBORDecodeError, ValueError) as exc:
-        raise BadBatchSignature("envelope payload is not CBOR") from exc
-    if not isinstance(claims, dict) or claims.get(EnvelopeClaim.VERSION) != UPLOAD_VERSION:
-        raise BadBatchSignature("envelope payload: wrong shape or version")
-    if claims.get(EnvelopeClaim.TERMINAL_ID) != terminal.terminal_id:
+    if envelope.terminal_id != terminal.terminal_id:
         raise BadBatchSignature("envelope names another terminal than its key")
-    if claims.get(EnvelopeClaim.BODY_SHA256) != hashlib.sha256(body).digest():
-        raise BadBatchSignature("envelope digest does not match the body")
     if terminal.status is TerminalStatus.REVOKED:
         raise TerminalRevoked(f"terminal {terminal.terminal_id} is revoked")
     if terminal.status is not TerminalStatus.APPROVED:

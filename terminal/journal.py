@@ -80,9 +80,15 @@ CREATE TABLE IF NOT EXISTS entries (
     clock_synced   INTEGER NOT NULL,
     entry_hash     BLOB NOT NULL UNIQUE,         -- SHA-256 of message
     message        BLOB NOT NULL,                -- exact signed COSE_Sign1 bytes
-    note           TEXT,                         -- unsigned local note (e.g. decline reason code)
+    note           TEXT,                         -- unsigned local note (e.g. 'deferred'); decline reasons are signed claims
     pending        BLOB,                         -- PENDING only: the new card state (CBOR), bound by state_hash_new
     uploaded_at    REAL                          -- NULL until the server acknowledged it
+);
+CREATE TABLE IF NOT EXISTS upload_problems (
+    entry_id   BLOB PRIMARY KEY REFERENCES entries (entry_id),
+    result     TEXT NOT NULL,                    -- "conflict" or "rejected" (docs/api.md)
+    reason     TEXT,                             -- the server's reason code, if any
+    flagged_at REAL NOT NULL                     -- POSIX seconds
 );
 CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
@@ -136,6 +142,7 @@ class CardWrite:
     :ivar slot_seq_before, slot_seq_after: card state sequence numbers.
     :ivar state_hash_prev, state_hash_new: 32-byte hashes of the slot states.
     :ivar ntag_counter: NTAG NFC counter read in this RF session, or None.
+    :ivar decline_reason: DECLINED only: the reason code (signed claim 20).
     """
 
     card_id: str
@@ -148,6 +155,7 @@ class CardWrite:
     state_hash_prev: bytes | None = None
     state_hash_new: bytes | None = None
     ntag_counter: int | None = None
+    decline_reason: str | None = None
 
 
 class JournalStore:
@@ -280,6 +288,7 @@ class JournalStore:
                 state_hash_prev=w.state_hash_prev,
                 state_hash_new=w.state_hash_new,
                 ntag_counter=w.ntag_counter,
+                decline_reason=w.decline_reason,
             )
             message = sign1_with(self._signer, encode_payload(entry), JOURNAL_AAD)
             signed = SignedEntry(entry=entry, message=message, kid=self._signer.kid)
@@ -347,13 +356,49 @@ class JournalStore:
         ]
 
     def unsent(self, limit: int = 500) -> list[StoredEntry]:
-        """The oldest entries not yet acknowledged by the server, in seq order."""
-        return self._rows("WHERE uploaded_at IS NULL ORDER BY seq LIMIT ?", (limit,))
+        """The oldest entries not yet acknowledged by the server and not flagged, in seq order.
+
+        Entries the server answered with conflict or rejected (:meth:`flag_upload`)
+        stay in the journal, unsent, and are not offered again: a retry cannot
+        change the server's verdict, and re-sending them would block the queue.
+        """
+        return self._rows(
+            "WHERE uploaded_at IS NULL AND entry_id NOT IN (SELECT entry_id FROM upload_problems)"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+
+    def flag_upload(self, entry_id: bytes, result: str, reason: str | None, when: float | None = None) -> None:
+        """Record that the server refused an entry (conflict / rejected); the entry is kept, never deleted.
+
+        :param entry_id: the 16-byte entry id.
+        :param result: the server's per-entry result (``"conflict"`` or ``"rejected"``).
+        :param reason: the server's reason code, if any.
+        """
+        at = time.time() if when is None else when
+        with self._lock, self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO upload_problems (entry_id, result, reason, flagged_at) VALUES (?,?,?,?)",
+                (entry_id, result, reason, at),
+            )
+
+    def upload_problems(self) -> list[tuple[int, str, str | None]]:
+        """``(seq, result, reason)`` of every entry the server refused, in seq order."""
+        with self._lock:
+            return [
+                (int(r[0]), str(r[1]), r[2])
+                for r in self._db.execute(
+                    "SELECT e.seq, p.result, p.reason FROM upload_problems p JOIN entries e USING (entry_id)"
+                    " ORDER BY e.seq"
+                )
+            ]
 
     def unsent_count(self) -> int:
-        """How many entries wait for upload."""
+        """How many entries wait for upload (flagged ones excluded)."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM entries WHERE uploaded_at IS NULL").fetchone()[0])
+            return int(self._db.execute(
+                "SELECT count(*) FROM entries WHERE uploaded_at IS NULL"
+                " AND entry_id NOT IN (SELECT entry_id FROM upload_problems)").fetchone()[0])
 
     def entries(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEntry]:
         """Entries with seq > ``after_seq`` in order (for export and tests)."""

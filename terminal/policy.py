@@ -13,10 +13,13 @@ or rupiah (no sub-rupiah amounts). Times are POSIX seconds (UTC).
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from cardlib.records.claims import cycle_of
 
 SECONDS_PER_DAY = 86_400
 
@@ -108,22 +111,23 @@ class Programme:
     :ivar mode: the counter mode that serves it.
     :ivar unit: what its amounts count.
     :ivar pin_required: whether a redemption needs the card PIN.
-    :ivar cycle_seconds: length of one entitlement cycle (e.g. 182 days); cycles
-        are numbered from ``cycle_epoch`` (POSIX seconds).
+
+    Cycles are not per programme: every programme follows the one province-wide
+    half-year calendar, :func:`cycle_at` (docs/card-format.md §conventions).
     """
 
     code: str
     mode: CounterMode
     unit: Unit
     pin_required: bool = False
-    cycle_seconds: int = 182 * SECONDS_PER_DAY
-    cycle_epoch: int = 0
 
-    def cycle_at(self, now: float) -> int:
-        """The cycle number containing ``now`` (POSIX seconds); 0 before the epoch."""
-        if now < self.cycle_epoch:
-            return 0
-        return int((now - self.cycle_epoch) // self.cycle_seconds)
+
+def cycle_at(now: float) -> int:
+    """The province-wide cycle id (year*10 + half, WIB) containing ``now`` (POSIX seconds).
+
+    See :func:`cardlib.records.claims.cycle_of`.
+    """
+    return cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
 
 
 @dataclass(frozen=True)
@@ -139,8 +143,8 @@ class CardFacts:
     :ivar valid_from, valid_to: POSIX seconds (issuer-signed).
     :ivar offline_cap: issuer-signed cap on value units redeemed per card between
         two syncs of a terminal, in the programme's unit (None: no issuer cap).
-    :ivar cycle_id: the cycle the current slot's spending belongs to.
-    :ivar spent: units spent in ``cycle_id`` by programme (from the current slot).
+    :ivar cycle: the cycle id the current slot's amounts belong to (one for all programmes).
+    :ivar spent: units spent in ``cycle`` by programme (from the current slot).
     """
 
     card_id: bytes
@@ -148,14 +152,14 @@ class CardFacts:
     entitlements: Mapping[str, int]
     valid_from: int
     valid_to: int
-    cycle_id: Mapping[str, int]
+    cycle: int
     spent: Mapping[str, int]
     offline_cap: int | None = None
 
-    def remaining(self, programme: Programme, now: float) -> int:
-        """Units left for ``programme`` in the cycle containing ``now`` (spending of an older cycle resets)."""
+    def remaining(self, programme: Programme, cycle: int) -> int:
+        """Units left for ``programme`` in ``cycle`` (a newer cycle than the slot's resets to the entitlement)."""
         entitled = self.entitlements.get(programme.code, 0)
-        if self.cycle_id.get(programme.code, -1) != programme.cycle_at(now):
+        if self.cycle != cycle:
             return entitled
         return max(0, entitled - self.spent.get(programme.code, 0))
 
@@ -355,8 +359,8 @@ def decide(
     if code not in card.entitlements:
         return no(DeclineReason.NOT_IN_PROGRAMME)
     entitled = card.entitlements[code]
-    remaining = card.remaining(programme, now)
-    cycle = programme.cycle_at(now)
+    cycle = cycle_at(now)
+    remaining = card.remaining(programme, cycle)
     base = dict(entitled=entitled, remaining_before=remaining, remaining_after=remaining, cycle=cycle)
     if mode is CounterMode.BALANCE_CHECK:
         return Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, **base)

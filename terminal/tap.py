@@ -9,7 +9,7 @@
 5. torn or failed write → UNCERTAIN journalled; the next presentation resolves it.
 
 A balance check journals BALANCE and writes nothing; a decline journals
-DECLINED (reason code in the local note) and writes nothing.
+DECLINED with its reason code as a signed claim and writes nothing.
 """
 
 from __future__ import annotations
@@ -70,13 +70,18 @@ _MODE_OF = {Unit.PACKAGE: CounterMode.MARKET_REDEMPTION, Unit.RUPIAH: CounterMod
             Unit.VISIT: CounterMode.CLINIC_VISIT}
 
 
-def terminal_number(terminal_id: str) -> int:
-    """The uint32 terminal number written into card slots (SHA-256 of the id, first 4 bytes, big-endian).
+def terminal_number(kid: bytes) -> int:
+    """The uint32 terminal id written into card slots: the terminal key's 4-byte kid, big-endian.
 
-    The slot format has a uint32 terminal id (docs/card-format.md §4); the
-    server maps it back through its terminal table.
+    The slot format has a uint32 terminal id (docs/card-format.md §4 and
+    §conventions); kid = SHA-256(SPKI)[:4], so the server maps it back to the
+    terminal through its enrolled keys and no separate number is needed.
+
+    :raises ValueError: ``kid`` is not 4 bytes.
     """
-    return int.from_bytes(hashlib.sha256(terminal_id.encode()).digest()[:4], "big")
+    if len(kid) != 4:
+        raise ValueError(f"a terminal kid is 4 bytes, got {len(kid)}")
+    return int.from_bytes(kid, "big")
 
 
 @dataclass
@@ -94,8 +99,8 @@ class Trust:
 def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
     """Programme name -> (card programme id, policy view) from a trust bundle.
 
-    PIN requirement: bundle policy ``pin.<name>`` = 1. Cycles: ``cycle_days``
-    from the POSIX epoch (the same on every terminal, so slots agree).
+    PIN requirement: bundle policy ``pin.<name>`` = 1. Cycles are province-wide
+    (:func:`terminal.policy.cycle_at`); a bundle's legacy ``cycle_days`` is ignored.
     """
     out = {}
     for p in bundle.programmes:
@@ -103,7 +108,6 @@ def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
         out[p.name] = (p.id, Programme(
             code=p.name, mode=_MODE_OF[unit], unit=unit,
             pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)),
-            cycle_seconds=p.cycle_days * SECONDS_PER_DAY,
         ))
     return out
 
@@ -193,7 +197,7 @@ class TapProcessor:
         self._publish = publish
         self._feedback = feedback
         self._now = clock
-        self._tnum = terminal_number(config.terminal_id)
+        self._tnum = terminal_number(signer.kid)
         self._lock = threading.Lock()
         self.tap_seconds: list[float] = []  #: software+link time per tap (bench)
 
@@ -233,7 +237,7 @@ class TapProcessor:
             card = state.identity.claims.card_id.hex() if state else None
             with self._lock:
                 e = self.journal.append(EntryKind.DECLINED, CardWrite(
-                    card_id=card or "", tag_uid=uid, programme=programme), note=reason.value)
+                    card_id=card or "", tag_uid=uid, programme=programme, decline_reason=reason.value))
             return TapOutcome(TapStatus.DECLINED, reader, mode, programme, reason=reason,
                               household_ref=_household(state), card_id=card, journal_seq=e.seq)
 
@@ -395,7 +399,7 @@ def _facts(state: CardState, progs: Mapping[str, tuple[int, Programme]], chosen:
     return CardFacts(
         card_id=ident.card_id, uid=state.uid, entitlements=ent,
         valid_from=_epoch(ident.valid_from), valid_to=_epoch(ident.valid_to) + SECONDS_PER_DAY - 1,
-        cycle_id={name: slot.cycle for name in ent}, spent=spent,
+        cycle=slot.cycle, spent=spent,
         offline_cap=ident.offline_cap.get(chosen_id) if chosen_id is not None else None,
     )
 

@@ -20,6 +20,7 @@ from terminal.policy import (
     Programme,
     Request,
     Unit,
+    cycle_at,
     decide,
 )
 
@@ -43,7 +44,7 @@ def card(**changes: object) -> CardFacts:
         entitlements={"pangan": 2, "tunai": 250_000, "sehat": 12},
         valid_from=NOW - 100 * SECONDS_PER_DAY,
         valid_to=NOW + 700 * SECONDS_PER_DAY,
-        cycle_id={"pangan": PANGAN.cycle_at(NOW)},
+        cycle=cycle_at(NOW),
         spent={"pangan": 0},
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -86,8 +87,27 @@ def test_balance_check_never_writes_and_ignores_limits() -> None:
     assert d.remaining_after == 0 and d.amount == 0
 
 
+def test_one_province_wide_half_year_calendar_in_wib() -> None:
+    import datetime as dt
+
+    from cardlib.records.claims import cycle_bounds, cycle_of
+
+    assert cycle_at(NOW) == 20261
+    # 30 Jun 2026 17:00 UTC is already 1 Jul 00:00 in WIB (UTC+7): the second half starts.
+    assert cycle_of(dt.datetime(2026, 6, 30, 16, 59, 59, tzinfo=dt.timezone.utc)) == 20261
+    assert cycle_of(dt.datetime(2026, 6, 30, 17, 0, 0, tzinfo=dt.timezone.utc)) == 20262
+    assert cycle_of(dt.datetime(2026, 12, 31, 17, 30, tzinfo=dt.timezone.utc)) == 20271
+    start, end = cycle_bounds(20262)
+    assert (start.month, end.year, end.month) == (7, 2027, 1)
+    assert cycle_of(start) == 20262 and cycle_of(end) == 20271
+    with pytest.raises(ValueError):
+        cycle_bounds(20263)
+    with pytest.raises(ValueError):
+        cycle_of(dt.datetime(2026, 1, 1))
+
+
 def test_spending_of_an_older_cycle_resets() -> None:
-    old = card(cycle_id={"pangan": PANGAN.cycle_at(NOW) - 1}, spent={"pangan": 2})
+    old = card(cycle=cycle_at(NOW) - 1, spent={"pangan": 2})
     assert run(old, market(2)).accepted
 
 

@@ -20,9 +20,7 @@ from cardlib.type2.channel import ACR122U
 from terminal.clock import Clock
 from terminal.journal import JournalStore, verify_journal_file
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import SECONDS_PER_DAY, CounterMode, DeclineReason, OfflineLimits
-from terminal.policy import Programme as PolicyProgramme
-from terminal.policy import Unit as PolicyUnit
+from terminal.policy import CounterMode, DeclineReason, OfflineLimits, cycle_at
 from terminal.supervisor import ReaderBinding, Supervisor
 from terminal.tap import CounterConfig, TapProcessor, Trust
 from tests.test_records_support import ISSUER, STATION, TERMINAL, UID, bundle, chip_with, identity
@@ -37,8 +35,7 @@ PROGRAMMES = (
 
 
 def current_cycle() -> int:
-    return PolicyProgramme("food", CounterMode.MARKET_REDEMPTION, PolicyUnit.PACKAGE,
-                           cycle_seconds=182 * SECONDS_PER_DAY).cycle_at(time.time())
+    return cycle_at(time.time())
 
 
 def issued_chip(uid: bytes = UID, **overrides: object) -> Ntag21x:
@@ -113,6 +110,9 @@ def test_redemption_balance_and_nothing_left(counter_factory, present_card, tmp_
     assert third.status is TapStatus.BALANCE and third.remaining == 0
     kinds = [e.entry.kind for e in c.journal.entries()]
     assert kinds == [EntryKind.BOOT, EntryKind.PENDING, EntryKind.COMMIT, EntryKind.DECLINED, EntryKind.BALANCE]
+    # The decline reason is a signed claim, and the slot's terminal id is the key's kid.
+    assert c.journal.entries()[3].entry.decline_reason == "nothing_left"
+    assert c.journal.entries()[2].entry.slot_seq_after == 1
     assert verify_journal_file(c.journal.path, cose_key(TERMINAL)).entries == 5
 
 

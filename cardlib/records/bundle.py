@@ -12,7 +12,9 @@ Contents (payload of a COSE_Sign1 by the bundle key, CBOR map with integer keys)
     6  deny_cards     bstr   sorted, unique 8-byte card ids, concatenated
     7  deny_uids      bstr   sorted, unique 7-byte chip UIDs, concatenated
     8  programmes     [ {1: id uint, 2: name tstr, 3: unit tstr, 4: per_cycle uint,
-                         5: cycle_days uint}, ... ]
+                         5: cycle_days uint (optional, ignored)}, ... ]
+                             cycles are province-wide (cardlib.records.claims.cycle_of),
+                             never per programme
     9  policies       { tstr: int }   e.g. "offline_cap" (rupiah), "max_days_offline"
 
 File = CBOR array ``[endorsement, bundle]``: ``endorsement`` is the root's COSE_Sign1
@@ -123,21 +125,26 @@ class Programme:
     """A benefit programme (DESIGN §1).
 
     :ivar per_cycle: entitlement per cycle in ``unit`` (e.g. rupiah or packages).
-    :ivar cycle_days: cycle length in days (e.g. 182 for twice a year).
+    :ivar cycle_days: ignored legacy field (0 = absent, not encoded). Every programme
+        uses the one province-wide half-year calendar of
+        :func:`cardlib.records.claims.cycle_of`; a bundle cannot define another.
     """
 
     id: int
     name: str
     unit: str
     per_cycle: int
-    cycle_days: int
+    cycle_days: int = 0
 
     def _encode(self) -> dict[int, Any]:
-        return {1: self.id, 2: self.name, 3: self.unit, 4: self.per_cycle, 5: self.cycle_days}
+        out = {1: self.id, 2: self.name, 3: self.unit, 4: self.per_cycle}
+        if self.cycle_days:
+            out[5] = self.cycle_days
+        return out
 
     @classmethod
     def _decode(cls, m: Mapping[int, Any]) -> "Programme":
-        return cls(m[1], m[2], m[3], m[4], m[5])
+        return cls(m[1], m[2], m[3], m[4], m.get(5, 0))
 
 
 class SortedIdSet:

@@ -38,6 +38,9 @@ __all__ = [
     "PinMismatch",
     "state_hash",
     "HASH_BYTES",
+    "WIB",
+    "cycle_of",
+    "cycle_bounds",
 ]
 
 #: Card format version written under key 0 of every claim set (docs/card-format.md).
@@ -61,6 +64,45 @@ PIN_SALT_CONTEXT = b"HB1pin"
 #: Kemendagri region code: province, optional regency, district, village (e.g. "62.71").
 _REGION_RE = re.compile(r"^\d{2}(\.\d{2}(\.\d{2}(\.\d{4})?)?)?$")
 _EPOCH = dt.date(1970, 1, 1)
+#: Western Indonesia Time (UTC+7, no daylight saving): the local time of Central
+#: Kalimantan, in which the province's half-year cycles start and end.
+WIB = dt.timezone(dt.timedelta(hours=7), "WIB")
+#: Half-years per year; cycle id = year * CYCLE_YEAR_FACTOR + half (1 = Jan-Jun, 2 = Jul-Dec).
+CYCLE_YEAR_FACTOR = 10
+_HALF_START_MONTH = {1: 1, 2: 7}
+
+
+def cycle_of(when: dt.datetime) -> int:
+    """The province-wide entitlement cycle containing ``when`` (docs/card-format.md §conventions).
+
+    One calendar for every programme: cycle id = year * 10 + half, half 1 =
+    1 Jan - 30 Jun and half 2 = 1 Jul - 31 Dec, by the local date in WIB (UTC+7).
+    E.g. 2026-03-01 -> 20261, 2026-12-31T17:30Z (= 1 Jan 2027 00:30 WIB) -> 20271.
+    A card slot holds one cycle for all its programmes; a newer cycle resets
+    every programme's remaining amount to the identity's ``per_cycle``.
+
+    :param when: an aware datetime.
+    :returns: the cycle id (fits the slot's uint32 ``cycle`` claim).
+    :raises ValueError: for a naive datetime.
+    """
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("cycle_of needs a timezone-aware datetime")
+    local = when.astimezone(WIB)
+    return local.year * CYCLE_YEAR_FACTOR + (1 if local.month <= 6 else 2)
+
+
+def cycle_bounds(cycle: int) -> tuple[dt.datetime, dt.datetime]:
+    """``[start, end)`` of a cycle id as aware datetimes in WIB.
+
+    :param cycle: year * 10 + half (half 1 or 2), e.g. 20262.
+    :raises ValueError: not a valid cycle id.
+    """
+    year, half = divmod(cycle, CYCLE_YEAR_FACTOR)
+    if half not in _HALF_START_MONTH or not 1 <= year <= 9999:
+        raise ValueError(f"not a cycle id: {cycle!r} (expected year*10 + 1 or 2)")
+    start = dt.datetime(year, _HALF_START_MONTH[half], 1, tzinfo=WIB)
+    end = dt.datetime(year, 7, 1, tzinfo=WIB) if half == 1 else dt.datetime(year + 1, 1, 1, tzinfo=WIB)
+    return start, end
 
 
 class Unit(IntEnum):

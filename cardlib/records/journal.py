@@ -117,6 +117,7 @@ class Claim(IntEnum):
     STATE_HASH_NEW = 17
     NTAG_COUNTER = 18
     PREV_ENTRY_HASH = 19
+    DECLINE_REASON = 20  #: DECLINED only: stable reason code, e.g. "nothing_left" (signed, text <= 32)
 
 
 _REQUIRED = frozenset(
@@ -195,6 +196,13 @@ class JournalEntry:
     :ivar state_hash_prev: hash of the slot state read (32 bytes).
     :ivar state_hash_new: hash of the slot state written (32 bytes).
     :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
+    :ivar decline_reason: for DECLINED entries, the stable reason code
+        (``terminal.policy.DeclineReason`` value, ≤ 32 chars); signed like every claim.
+
+    State hashes: ``state_hash_prev``/``state_hash_new`` are SHA-256 over the exact
+    COSE_Sign1 bytes of the slot record (not the padded slot pages); the card's own
+    8-byte ``prev_hash`` (:func:`cardlib.records.claims.state_hash`) is the first
+    8 bytes of the same digest.
     """
 
     entry_id: bytes
@@ -215,6 +223,7 @@ class JournalEntry:
     state_hash_prev: bytes | None = None
     state_hash_new: bytes | None = None
     ntag_counter: int | None = None
+    decline_reason: str | None = None
     version: int = JOURNAL_VERSION
 
     def __post_init__(self) -> None:
@@ -258,6 +267,7 @@ class JournalEntry:
             Claim.STATE_HASH_NEW: self.state_hash_new,
             Claim.NTAG_COUNTER: self.ntag_counter,
             Claim.PREV_ENTRY_HASH: self.prev_entry_hash,
+            Claim.DECLINE_REASON: self.decline_reason,
         }
         return {int(k): v for k, v in values.items() if v is not None}
 
@@ -302,6 +312,7 @@ class JournalEntry:
                 state_hash_prev=claims.get(Claim.STATE_HASH_PREV),
                 state_hash_new=claims.get(Claim.STATE_HASH_NEW),
                 ntag_counter=claims.get(Claim.NTAG_COUNTER),
+                decline_reason=claims.get(Claim.DECLINE_REASON),
             )
         except TypeError as exc:  # a claim of the wrong CBOR type reaching __post_init__
             raise MalformedEntry(str(exc)) from exc
@@ -351,6 +362,12 @@ def _check(e: JournalEntry) -> None:
         or (isinstance(e.programme, str) and 0 < len(e.programme) <= MAX_PROGRAMME_CHARS),
         "programme: 1..32 characters",
     )
+    need(
+        e.decline_reason is None
+        or (isinstance(e.decline_reason, str) and 0 < len(e.decline_reason) <= MAX_PROGRAMME_CHARS),
+        "decline_reason: 1..32 characters",
+    )
+    need(e.decline_reason is None or e.kind is EntryKind.DECLINED, "decline_reason only on DECLINED entries")
     for name in ("amount", "slot_seq_before", "slot_seq_after"):
         value = getattr(e, name)
         need(value is None or _is_uint(value), f"{name}: integer ≥ 0")
