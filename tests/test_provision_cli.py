@@ -106,3 +106,31 @@ def test_batch_command_with_two_cards(tmp_path: Path, office: dict[str, object],
     f = verify_issuance_file((tmp_path / "households.provision" / "issuances.cose").read_bytes(),
                              static_keys(cose_key(tech.public_key)))
     assert [i.card_id.hex() for i in f.issuances] == [r["card_id"] for r in rows]
+
+
+@pytest.mark.pcsc
+def test_card_command_issues_and_reissues(tmp_path: Path, office: dict[str, object], present_card, reader_name,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fab = office["fab"]
+    assert isinstance(fab, OriginalityIssuer)
+    args = _args(tmp_path, office, reader_name(0)) + ["--state-dir", str(tmp_path / "single")]
+    with present_card(fab.genuine()):
+        assert main(["provision", "card", "--household-ref", "9f3c2a1b000000aa", "--region", "62.71", *args]) == 0
+    first = capsys.readouterr().out.strip()
+    with present_card(fab.genuine()):
+        assert main(["provision", "card", "--household-ref", "9f3c2a1b000000aa", "--region", "62.71",
+                     "--reissue-of", first, "--remaining", "1=0,2=50000", *args]) == 0
+    second = capsys.readouterr().out.strip()
+    assert len(first) == len(second) == 16 and first != second
+    store = office["store"]
+    assert isinstance(store, KeyStore)
+    tech = store.entry(office["tech"].kid)  # type: ignore[attr-defined]
+    f = verify_issuance_file((tmp_path / "single" / "issuances.cose").read_bytes(), static_keys(cose_key(tech.public_key)))
+    assert [i.card_id.hex() for i in f.issuances] == [first, second]
+    assert f.deny_list_additions() == [bytes.fromhex(first)]
+    # a counterfeit chip: exit 2, nothing issued
+    from cardlib.sim.chip import ChipVariant, Ntag21x
+
+    with present_card(Ntag21x.blank(ChipVariant.NTAG215)):
+        assert main(["provision", "card", "--household-ref", "9f3c2a1b000000bb", "--region", "62.71", *args]) == 2
+    assert "originality" in capsys.readouterr().err

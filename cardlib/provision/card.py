@@ -218,7 +218,9 @@ def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
 
 
 def _fully_locked(static: bytes, dynamic: bytes) -> bool:
-    return static[0] & 0xF8 == 0xF8 and static[1] == 0xFF and dynamic[0] & 0x03 == 0x03
+    """True when our static locks and at least the first dynamic granule are set (issued card)."""
+    want = STATIC_LOCK_ALL
+    return bytes(a & b for a, b in zip(static, want)) == want and bool(dynamic[0] & 0x01)
 
 
 def _our_identity(tag: Type2Tag, ctx: StationContext) -> bytes | None:

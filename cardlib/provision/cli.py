@@ -34,6 +34,7 @@ from cardlib.records.bundle import KeyRole, verify_bundle
 from cardlib.type2.originality import NXP_NTAG21X_PUBLIC_KEY
 
 _console = Console(stderr=True, soft_wrap=True)
+SINGLE_CARDS_KEY = "single-cards"
 
 
 def _reader_caps(kind: str) -> Any:
@@ -191,7 +192,8 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
     with ExitStack() as stack:
         st = _Station(stack, o)
         st.source._wait_removal = False
-        state = BatchState(state_dir, f"single:{row.ref_hex}:{int(time.time()) // 86400}")
+        # One journal (and issuance file) for all single cards made in this state dir.
+        state = BatchState(state_dir, SINGLE_CARDS_KEY)
         _console.print("place the card on the reader")
         cm = st.source.next_card()
         if cm is None:
