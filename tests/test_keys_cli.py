@@ -74,3 +74,30 @@ def test_terminal_enrolment_via_cli(tmp_path: Path, secrets: dict[str, Path]) ->
     assert cert.read_bytes().count(b"BEGIN CERTIFICATE") == 2
     assert main(["keys", "certify", str(csr), "--dir", d, "--terminal-id", "KT-6201-0010", "--out", str(cert),
                  "--passphrase-file", str(secrets["key"])]) == 2
+
+
+def test_bundle_command_lists_keys_terminals_and_deny_list(tmp_path: Path, secrets: dict[str, Path]) -> None:
+    from cardlib.records.bundle import KeyRole, KeyState, verify_bundle
+
+    d = str(tmp_path / "ks")
+    rp = ["--root-passphrase-file", str(secrets["root"])]
+    kp = ["--passphrase-file", str(secrets["key"])]
+    assert main(["keys", "init", "--dir", d, *rp]) == 0
+    for role in ("issuer", "terminal-ca", "bundle"):
+        assert main(["keys", "issue", role, "--dir", d, *rp, *kp]) == 0
+    assert main(["keys", "issue", "technician", "--name", "tech-01", "--dir", d, *rp, *kp]) == 0
+    assert main(["keys", "rotate", "issuer", "--dir", d, *rp, *kp]) == 0
+    key, csr, cert = tmp_path / "t.key", tmp_path / "t.csr", tmp_path / "t.crt"
+    assert main(["keys", "csr", "--terminal-id", "KT-6212-0001", "--key-out", str(key), "--csr-out", str(csr), *kp]) == 0
+    assert main(["keys", "certify", str(csr), "--dir", d, "--terminal-id", "KT-6212-0001", "--out", str(cert), *kp]) == 0
+    deny = tmp_path / "deny.txt"
+    deny.write_text("00000000000000ff\n0000000000000001\n")
+    out = tmp_path / "bundle.cbor"
+    assert main(["keys", "bundle", "--dir", d, "--version", "4", "--terminal-cert", str(cert), "--deny-cards", str(deny),
+                 "--out", str(out), *kp]) == 0
+    store = KeyStore.open(Path(d))
+    bundle = verify_bundle(out.read_bytes(), store.entry(store.root_kid).public_key, held_version=3)
+    roles = sorted((k.role, k.status) for k in bundle.keys)
+    assert roles == [(KeyRole.ISSUER, KeyState.ACTIVE), (KeyRole.ISSUER, KeyState.RETIRED),
+                     (KeyRole.TERMINAL, KeyState.ACTIVE), (KeyRole.TECHNICIAN, KeyState.ACTIVE)]
+    assert list(bundle.deny_cards) == [bytes.fromhex("0000000000000001"), bytes.fromhex("00000000000000ff")]

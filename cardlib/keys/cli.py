@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +25,7 @@ from cardlib.keys.pkcs8 import save_private_key
 from cardlib.keys.terminal_ca import TerminalCA, make_terminal_csr, verify_terminal_certificate
 from cardlib.records.cose import Algorithm
 
+_PEM = Encoding.PEM
 _ALGS = {"ed25519": Algorithm.EDDSA, "es256": Algorithm.ES256}
 
 
@@ -210,3 +212,44 @@ def certify_cmd(keydir: Path, csr: Path, terminal_id: str, out: Path, passphrase
     info = verify_terminal_certificate(cert, ca.certificate_pem)
     out.write_bytes(cert + ca.certificate_pem)
     click.echo(f"certified {info.terminal_id}: kid {info.kid.hex()}, valid until {_when(info.not_after)}")
+
+
+@keys.command("bundle")
+@_dir_option
+@click.option("--version", "version", type=click.IntRange(min=0), required=True, help="Must exceed the last one.")
+@click.option("--days", type=click.IntRange(min=1), default=14, show_default=True, help="Validity before stale.")
+@click.option("--terminal-cert", "terminal_certs", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Certificate (PEM) of an enrolled terminal; repeatable.")
+@click.option("--deny-cards", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File of denied card ids, 16 hex digits per line.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Bundle key passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
+def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path, ...], deny_cards: Path | None,
+               out: Path, passphrase_file: Path | None) -> None:
+    """Sign a trust bundle: keystore issuer/technician keys, enrolled terminals, a deny list.
+
+    (Offline tool; the server builds bundles from its registry with the same library calls.)
+    """
+    import time
+
+    from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet, TrustBundle, keystore_bundle_keys, sign_bundle, terminal_bundle_key
+
+    store = KeyStore.open(keydir)
+    ca_entry = store.active(Role.TERMINAL_CA)
+    ca_pem = store.certificate(ca_entry.kid).public_bytes(_PEM)
+    terminals = []
+    for p in terminal_certs:
+        info = verify_terminal_certificate(p.read_bytes().split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n", ca_pem)
+        terminals.append(terminal_bundle_key(info.public_key, info.not_after))
+    ids = []
+    if deny_cards is not None:
+        ids = [bytes.fromhex(line.strip()) for line in deny_cards.read_text().splitlines() if line.strip()]
+    now = int(time.time())
+    bundle = TrustBundle(version=version, issued_at=now, expires_at=now + days * 86400,
+                         keys=keystore_bundle_keys(store.entries) + tuple(terminals),
+                         deny_cards=SortedIdSet.from_ids(ids, CARD_ID_LENGTH))
+    key = store.active(Role.BUNDLE)
+    signer = store.signer(key.kid, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase"))
+    out.write_bytes(sign_bundle(bundle, signer, store.endorsement(key.kid)))
+    click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, expires in {days} d")

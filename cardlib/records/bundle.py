@@ -363,3 +363,28 @@ def verify_bundle(
     if held_version is not None and bundle.version < held_version:
         raise StaleBundleVersion(bundle.version, held_version)
     return bundle
+
+
+def keystore_bundle_keys(entries: Iterable[Any]) -> tuple[BundleKey, ...]:
+    """Bundle keys for the issuer and technician keys of a keystore (status and times carried over).
+
+    :param entries: :class:`cardlib.keys.keystore.KeyEntry` objects (``KeyStore.entries``).
+    :returns: one :class:`BundleKey` per issuer/technician key; other roles are not for terminals.
+    """
+    roles = {KeystoreRole.ISSUER: KeyRole.ISSUER, KeystoreRole.TECHNICIAN: KeyRole.TECHNICIAN}
+    states = {"active": KeyState.ACTIVE, "retired": KeyState.RETIRED, "revoked": KeyState.REVOKED}
+    return tuple(
+        BundleKey(e.kid, roles[e.role], e.alg, e.public_key, states[e.status.value], e.status_time, e.not_after)
+        for e in entries if e.role in roles
+    )
+
+
+def terminal_bundle_key(public_key: PublicKey, not_after: int, *, revoked_at: int | None = None) -> BundleKey:
+    """The bundle entry of an enrolled terminal (from its verified certificate).
+
+    :param not_after: the certificate's not-after, UNIX seconds.
+    :param revoked_at: compromise time when the terminal key is revoked.
+    """
+    ck = cose_key(public_key)
+    return BundleKey(ck.kid, KeyRole.TERMINAL, ck.alg, public_key,
+                     KeyState.REVOKED if revoked_at is not None else KeyState.ACTIVE, revoked_at, not_after)
