@@ -196,6 +196,11 @@ def test_csr_for_another_terminal_id_is_refused(ca: TerminalCA) -> None:
     _, csr = make_terminal_csr("KT-6271-0002")
     with pytest.raises(CertificateError, match="approved terminal"):
         ca.issue(csr, terminal_id="KT-6271-0001")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = x509.load_pem_x509_csr(csr).public_bytes(Encoding.DER)  # the server stores DER
+    assert b"BEGIN CERTIFICATE" in ca.issue(der, terminal_id="KT-6271-0002")
 
 
 def test_tampered_csr_is_refused(ca: TerminalCA) -> None:

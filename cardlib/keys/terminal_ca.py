@@ -143,7 +143,7 @@ class TerminalCA:
         ``terminal_id`` and its key must be Ed25519 or P-256. The certificate never
         outlives the CA certificate.
 
-        :param csr_pem: PKCS#10 CSR, PEM bytes.
+        :param csr_pem: PKCS#10 CSR, PEM or DER bytes.
         :param terminal_id: the id the administrator approved.
         :param now: UNIX seconds (default: the current time).
         :returns: the certificate, PEM bytes.
@@ -152,9 +152,12 @@ class TerminalCA:
         """
         _check_terminal_id(terminal_id)
         try:
-            csr = x509.load_pem_x509_csr(csr_pem)
+            if csr_pem.lstrip().startswith(b"-----BEGIN"):
+                csr = x509.load_pem_x509_csr(csr_pem)
+            else:
+                csr = x509.load_der_x509_csr(csr_pem)
         except ValueError as exc:
-            raise CertificateError(f"not a PEM CSR: {exc}") from exc
+            raise CertificateError(f"not a PEM or DER CSR: {exc}") from exc
         if not csr.is_signature_valid:
             raise CertificateError("CSR self-signature does not verify (no proof of possession)")
         if _cn(csr.subject) != terminal_id:
