@@ -1,0 +1,515 @@
+"""Sync: upload unsent journal entries and fetch the newest trust bundle, while taps go on.
+
+DESIGN §7 and docs/api.md:
+
+- **Upload** (``POST /api/v1/journal/batches``): the oldest unsent entries in
+  batches, the exact stored bytes, signed envelope (:mod:`cardlib.records.upload`).
+  Idempotent by construction: an entry keeps its id and bytes forever, so a
+  retry after a lost answer stores nothing new and comes back ``duplicate``.
+  Per-entry results: ``accepted``/``duplicate`` → marked uploaded; ``conflict``/
+  ``rejected`` → kept, flagged (:meth:`JournalStore.flag_upload`), logged, never
+  deleted and not offered again.
+- **Trust bundle** (``GET /api/v1/bundle``) with ``If-None-Match``: a 304 or the
+  same bytes confirm the held bundle (its age, which tightens offline limits,
+  restarts); new bytes are verified under the pinned root and must not be an
+  older version (:func:`cardlib.records.bundle.verify_bundle`) before they are
+  installed atomically.
+- **Retry**: transport errors and 5xx back off exponentially with full jitter
+  (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015); 503 honours
+  ``Retry-After`` (RFC 9110 §10.2.3), capped; 413 halves the batch.
+- **Supervision**: :class:`SyncLoop` runs in its own thread; an unexpected
+  exception in a round is logged with its traceback, counted, and the loop goes
+  on after a backoff; if the thread itself ever dies, :meth:`SyncLoop.ensure_running`
+  (called by the daemon's watchdog) logs it and starts a new one.
+
+HTTP is the standard library's :mod:`http.client` (one request per connection;
+the terminal syncs rarely, keep-alive buys nothing and a stale socket costs a retry).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.bundle import BundleError as RecordBundleError
+from cardlib.records.bundle import TrustBundle, verify_bundle
+from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
+
+from terminal.errors import BundleError, SyncError, SyncRejected
+from terminal.journal import JournalStore, StoredEntry
+from terminal.tap import Trust
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PATH = "/api/v1/journal/batches"
+BUNDLE_PATH = "/api/v1/bundle"
+#: The server's limit is 2,000 entries / 4 MiB per request (docs/api.md); a
+#: 500-entry batch of ~250-byte entries stays far below both.
+DEFAULT_BATCH = 500
+#: Longest Retry-After we obey, seconds (a misconfigured server must not park us for days).
+MAX_RETRY_AFTER_S = 600.0
+
+
+class ServerBusy(SyncError):
+    """503 from the server; :attr:`retry_after` seconds (None when absent)."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Response:
+    """An HTTP answer: status, headers (lower-case names), body bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class HttpApi:
+    """The server's base URL and one-shot HTTP requests over :mod:`http.client`.
+
+    :param base_url: ``http(s)://host[:port]`` (a path such as ``/api/v1`` is ignored:
+        endpoints are absolute).
+    :param timeout_s: connect + read timeout per request, seconds.
+    :raises ValueError: not an http(s) URL.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 15.0) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"server URL must be http(s)://host[:port], got {base_url!r}")
+        self.scheme = url.scheme
+        self.host = url.hostname
+        self.port = url.port
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        """One request on a fresh connection.
+
+        :raises SyncError: the connection failed, timed out or was dropped before a full answer.
+        """
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=self.timeout_s)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+        except (OSError, http.client.HTTPException) as exc:
+            raise SyncError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds (RFC 9110 §10.2.3: delay-seconds or an HTTP-date), capped; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delay, 0.0), MAX_RETRY_AFTER_S)
+
+
+# ----------------------------------------------------------------------------- trust bundle store
+
+
+class TrustStore:
+    """The installed trust bundle on disk, verified under the pinned root key.
+
+    Files: ``<bundle_path>`` (the signed bundle bytes as downloaded) and
+    ``<bundle_path>.state.json`` (``{"etag": str, "checked_at": POSIX seconds}``),
+    both replaced atomically (write, fsync, rename).
+
+    :param bundle_path: where the bundle is kept.
+    :param root_public_key: the pinned root key (endorses bundle keys).
+    :raises BundleError: a stored bundle exists but does not verify.
+    """
+
+    def __init__(self, bundle_path: str | Path, root_public_key: PublicKey) -> None:
+        self.path = Path(bundle_path)
+        self._state_path = self.path.with_name(self.path.name + ".state.json")
+        self._root = root_public_key
+        self._lock = threading.Lock()
+        self._bundle: TrustBundle | None = None
+        self._data: bytes | None = None
+        self.etag: str | None = None
+        self.checked_at = 0.0
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            try:
+                self._bundle = verify_bundle(data, root_public_key)
+            except RecordBundleError as exc:
+                raise BundleError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
+            self._data = data
+            try:
+                state = json.loads(self._state_path.read_text())
+                self.etag, self.checked_at = state.get("etag"), float(state.get("checked_at", 0.0))
+            except (OSError, ValueError):
+                self.etag, self.checked_at = None, 0.0
+
+    @property
+    def version(self) -> int | None:
+        """Version of the installed bundle, or None."""
+        with self._lock:
+            return None if self._bundle is None else self._bundle.version
+
+    def current(self) -> Trust:
+        """The bundle in force and when it was last confirmed current.
+
+        :raises BundleError: no bundle installed yet.
+        """
+        with self._lock:
+            if self._bundle is None:
+                raise BundleError(f"no trust bundle installed at {self.path}; the terminal must sync once")
+            return Trust(self._bundle, self.checked_at)
+
+    def install(self, data: bytes, etag: str | None, now: float | None = None) -> bool:
+        """Verify and install downloaded bundle bytes; same bytes only confirm the held bundle.
+
+        :returns: True when a new bundle was installed.
+        :raises BundleError: bad signature/structure, or an older version than held
+            (a downgrade is refused: it could revive revoked keys or lift denials).
+        """
+        at = time.time() if now is None else now
+        with self._lock:
+            if self._data == data:
+                self._confirm(etag or self.etag, at)
+                return False
+            held = None if self._bundle is None else self._bundle.version
+            try:
+                bundle = verify_bundle(data, self._root, held_version=held)
+            except RecordBundleError as exc:
+                raise BundleError(f"downloaded trust bundle refused: {exc}") from exc
+            if held is not None and bundle.version == held:
+                raise BundleError(f"downloaded bundle has the held version {held} but other bytes; refused")
+            _atomic_write(self.path, data)
+            self._bundle, self._data = bundle, data
+            self._confirm(etag, at)
+            log.info("trust bundle v%d installed (deny list: %d cards, %d UIDs)", bundle.version,
+                     len(bundle.deny_cards), len(bundle.deny_uids))
+            return True
+
+    def confirm(self, now: float | None = None) -> None:
+        """The server said the held bundle is still the newest (304): its age restarts."""
+        with self._lock:
+            self._confirm(self.etag, time.time() if now is None else now)
+
+    def _confirm(self, etag: str | None, at: float) -> None:
+        self.etag, self.checked_at = etag, at
+        _atomic_write(self._state_path, json.dumps({"etag": etag, "checked_at": at}).encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# ----------------------------------------------------------------------------- one sync round
+
+
+@dataclass
+class UploadReport:
+    """What one :meth:`SyncClient.upload_pending` did.
+
+    :ivar batches: requests that got per-entry results.
+    :ivar marked: entries newly marked uploaded (accepted or duplicate).
+    :ivar flagged: ``(seq, result, reason)`` of entries the server refused.
+    """
+
+    batches: int = 0
+    marked: int = 0
+    accepted: int = 0
+    duplicate: int = 0
+    flagged: list[tuple[int, str, str | None]] = field(default_factory=list)
+
+
+class SyncClient:
+    """Upload and bundle refresh against one server (no threads; see :class:`SyncLoop`).
+
+    :param api: the server.
+    :param journal: the terminal journal.
+    :param signer: the terminal key (signs the envelope).
+    :param terminal_id: the registered terminal id.
+    :param trust: the trust store to refresh.
+    :param batch_size: entries per request.
+    """
+
+    def __init__(self, api: HttpApi, journal: JournalStore, signer: Signer, terminal_id: str,
+                 trust: TrustStore, batch_size: int = DEFAULT_BATCH) -> None:
+        self.api = api
+        self.journal = journal
+        self._signer = signer
+        self.terminal_id = terminal_id
+        self.trust = trust
+        self.batch_size = batch_size
+
+    # -- upload
+
+    def upload_pending(self, max_batches: int = 1_000) -> UploadReport:
+        """Upload unsent entries, oldest first, until none are left (or ``max_batches``).
+
+        :raises ServerBusy: 503 (the caller waits Retry-After and calls again).
+        :raises SyncError: connection failure or 5xx; nothing is lost, the next call resumes.
+        :raises SyncRejected: the server refuses the terminal itself (400/401/403).
+        """
+        report = UploadReport()
+        for _ in range(max_batches):
+            batch = self.journal.unsent(self.batch_size)
+            if not batch:
+                break
+            self._upload_batch(batch, report)
+        return report
+
+    def _upload_batch(self, batch: Sequence[StoredEntry], report: UploadReport) -> None:
+        body = json.dumps({
+            "terminal_id": self.terminal_id,
+            "batch_id": uuid.uuid4().hex,
+            "entries": [base64.b64encode(e.signed.message).decode("ascii") for e in batch],
+        }).encode()
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: sign_envelope(body, self.terminal_id, self._signer)}
+        resp = self.api.request("POST", UPLOAD_PATH, body, headers)
+        if resp.status == 503:
+            raise ServerBusy("server busy (503)", parse_retry_after(resp.headers.get("retry-after")))
+        if resp.status == 413:
+            if self.batch_size == 1:
+                raise SyncRejected("server refuses even a one-entry batch (413)")
+            self.batch_size = max(1, self.batch_size // 2)
+            log.warning("server refused the batch size (413); batches now %d entries", self.batch_size)
+            return
+        if resp.status >= 500:
+            raise SyncError(f"upload: server error {resp.status}")
+        if resp.status not in (200, 409, 422):
+            raise SyncRejected(f"upload refused: {resp.status} {resp.body[:300]!r}")
+        try:
+            results = json.loads(resp.body)["results"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SyncError(f"upload: unreadable answer ({exc})") from exc
+        if len(results) != len(batch):
+            raise SyncError(f"upload: {len(results)} results for {len(batch)} entries")
+        done: list[bytes] = []
+        for r in results:
+            entry = batch[int(r["index"])]
+            if r.get("entry_id") not in (None, entry.entry.entry_id.hex()):
+                raise SyncError(f"upload: result {r['index']} names another entry")
+            outcome = r.get("result")
+            if outcome in ("accepted", "duplicate"):
+                done.append(entry.entry.entry_id)
+                report.accepted += outcome == "accepted"
+                report.duplicate += outcome == "duplicate"
+            else:
+                reason = r.get("reason") or r.get("detail")
+                self.journal.flag_upload(entry.entry.entry_id, str(outcome), reason)
+                report.flagged.append((entry.seq, str(outcome), reason))
+                log.error("server %s journal entry seq %d (%s); kept in the journal and flagged for audit",
+                          outcome, entry.seq, reason)
+        report.marked += self.journal.mark_uploaded(done)
+        report.batches += 1
+
+    # -- bundle
+
+    def refresh_bundle(self) -> bool:
+        """Fetch the newest bundle if it changed; verify and install it.
+
+        :returns: True when a new bundle was installed.
+        :raises ServerBusy, SyncError: as :meth:`upload_pending`.
+        :raises BundleError: the downloaded bundle does not verify or is older than held.
+        """
+        headers = {"Accept": "application/cose"}
+        if self.trust.etag and self.trust.version is not None:
+            headers["If-None-Match"] = f'"{self.trust.etag}"'  # RFC 9110 §8.8.3 entity-tag
+        resp = self.api.request("GET", BUNDLE_PATH, None, headers)
+        if resp.status == 304:
+            self.trust.confirm()
+            return False
+        if resp.status == 503:
+            raise ServerBusy("server busy (503)", parse_retry_after(resp.headers.get("retry-after")))
+        if resp.status == 404:
+            log.info("server has no trust bundle yet")
+            return False
+        if resp.status != 200:
+            raise SyncError(f"bundle download: HTTP {resp.status}")
+        etag = (resp.headers.get("etag") or "").strip('"') or None
+        return self.trust.install(resp.body, etag)
+
+    def round(self) -> UploadReport:
+        """One sync round: upload everything pending, then refresh the bundle."""
+        report = self.upload_pending()
+        self.refresh_bundle()
+        return report
+
+
+# ----------------------------------------------------------------------------- the supervised loop
+
+
+@dataclass
+class SyncHealth:
+    """What the loop reports (screen, logs, tests)."""
+
+    rounds: int = 0
+    failures: int = 0
+    crashes: int = 0
+    thread_restarts: int = 0
+    last_ok: float | None = None
+    last_error: str = ""
+    next_attempt_in: float = 0.0
+
+
+class SyncLoop:
+    """Runs :meth:`SyncClient.round` every ``interval_s`` in a supervised thread.
+
+    :param client: the sync client.
+    :param interval_s: seconds between rounds after a success.
+    :param backoff_s: ``(base, cap)`` of the exponential backoff with full jitter after failures.
+    :param rng: jitter source (seeded in tests).
+    """
+
+    def __init__(self, client: SyncClient, interval_s: float = 900.0,
+                 backoff_s: tuple[float, float] = (1.0, 300.0), rng: random.Random | None = None,
+                 on_round: Callable[[UploadReport], object] | None = None) -> None:
+        self.client = client
+        self.interval_s = interval_s
+        self.backoff_s = backoff_s
+        self._rng = rng or random.Random()
+        self._on_round = on_round
+        self.health = SyncHealth()
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._attempt = 0
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter delay before retry ``attempt`` (1-based): uniform(0, min(cap, base * 2**(attempt-1)))."""
+        base, cap = self.backoff_s
+        return self._rng.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+
+    def start(self) -> "SyncLoop":
+        """Start the thread (idempotent)."""
+        self.ensure_running()
+        return self
+
+    def ensure_running(self) -> bool:
+        """Start the thread if it is not running; a dead thread is logged and replaced.
+
+        :returns: True when the thread was alive.
+        """
+        with self._lock:
+            if self._stop.is_set():
+                return False
+            if self._thread is not None and self._thread.is_alive():
+                return True
+            if self._thread is not None:
+                self.health.thread_restarts += 1
+                log.error("sync thread had died; restarting it")
+            self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+            self._thread.start()
+            return False
+
+    def kick(self) -> None:
+        """Ask for a round now (e.g. the clerk pressed "sync")."""
+        self._kick.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current request."""
+        self._stop.set()
+        self._kick.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+
+    def _wait(self, seconds: float) -> None:
+        self.health.next_attempt_in = seconds
+        self._kick.wait(seconds)
+        self._kick.clear()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            delay = self.run_once()
+            if self._stop.is_set():
+                return
+            self._wait(delay)
+
+    def run_once(self) -> float:
+        """One guarded round; returns the seconds to wait before the next one."""
+        try:
+            report = self.client.round()
+        except ServerBusy as exc:
+            self._attempt += 1
+            self._failed(exc)
+            delay = exc.retry_after if exc.retry_after is not None else self.backoff(self._attempt)
+            log.warning("sync: server busy; next try in %.1f s", delay)
+            return delay
+        except (SyncError, BundleError) as exc:
+            self._attempt += 1
+            self._failed(exc)
+            delay = self.backoff(self._attempt)
+            log.warning("sync failed (%s); retry %d in %.1f s", exc, self._attempt, delay)
+            return delay
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end sync silently: log, count, go on
+            self._attempt += 1
+            self.health.crashes += 1
+            self._failed(exc)
+            log.exception("sync round crashed; retrying after backoff")
+            return self.backoff(self._attempt)
+        self._attempt = 0
+        self.health.rounds += 1
+        self.health.last_ok = time.time()
+        if self._on_round is not None:
+            self._on_round(report)
+        if report.marked:
+            log.info("sync: %d entries uploaded (%d accepted, %d duplicate)", report.marked,
+                     report.accepted, report.duplicate)
+        return self.interval_s
+
+    def _failed(self, exc: BaseException) -> None:
+        self.health.failures += 1
+        self.health.last_error = f"{type(exc).__name__}: {exc}"
+
+
+__all__ = [
+    "HttpApi",
+    "ServerBusy",
+    "SyncClient",
+    "SyncHealth",
+    "SyncLoop",
+    "TrustStore",
+    "UploadReport",
+    "parse_retry_after",
+]
