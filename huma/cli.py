@@ -22,6 +22,7 @@ _GROUPS: list[tuple[str, str, str]] = [
     ("keys", "cardlib.keys.cli", "keys"),
     ("provision", "cardlib.provision.cli", "provision"),
     ("server", "server.cli", "server"),
+    ("audit", "server.audit.cli", "audit"),
     ("config", "firmware_config.cli", "config"),
     ("terminal", "terminal.cli", "terminal"),
     ("journal", "terminal.cli", "journal"),

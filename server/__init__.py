@@ -52,4 +52,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     for module in (people, enrol, journal, bundle, openapi):
         app.register_blueprint(module.bp)
+    from server.audit.views import bp as audit_bp  # auditor view (/audit), see server/audit
+
+    app.register_blueprint(audit_bp)
     return app

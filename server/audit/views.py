@@ -1,0 +1,367 @@
+"""Auditor blueprint ``/audit``: findings queue, card/terminal history, region totals, exports.
+
+Server-rendered HTML, no JavaScript. Login uses the people/roles of
+:mod:`server.auth`: the bearer token issued by :func:`server.auth.login` is kept
+in an ``HttpOnly; SameSite=Strict`` cookie (or sent as ``Authorization: Bearer``
+by scripts), and only the ``auditor`` role gets in. Every state-changing form
+carries a CSRF token derived from the session token (HMAC-SHA256), and every
+decision is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, g, redirect, request, stream_with_context, url_for
+from flask.blueprints import BlueprintSetupState
+from flask.typing import ResponseReturnValue
+from sqlalchemy import BigInteger, and_, case, cast, func, select
+
+from cardlib.records.journal import EntryKind
+from server.audit import exports
+from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
+from server.auth import audit, login, person_from_token
+from server.errors import AuthenticationFailed, Forbidden, ServerError
+from server.extensions import db
+from server.http import error_response
+from server.models import JournalEntryRow, Person, Role, Terminal
+from server.reconcile.engine import REDEMPTION_KINDS, decide, evidence_entries
+from server.reconcile.errors import FindingNotFound
+from server.reconcile.models import (
+    BenefitCycle,
+    CardEntitlement,
+    CardProfile,
+    Finding,
+    FindingKind,
+    FindingStatus,
+    TerminalSite,
+)
+from server.types import require_aware
+
+bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+COOKIE = "huma_audit"
+LANG_COOKIE = "huma_lang"
+_EXT = "huma_audit_jinja"
+#: Terminal history page size, entries.
+PAGE = 200
+#: Card history: most taps shown.
+CARD_TAPS = 2000
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    app: Flask = state.app
+    app.extensions[_EXT] = environments()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _lang() -> str:
+    lang = request.args.get("lang") or request.cookies.get(LANG_COOKIE) or DEFAULT_LANGUAGE
+    return lang if lang in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def _token() -> str | None:
+    header = request.headers.get("Authorization")
+    if header and header.startswith("Bearer "):
+        return header[len("Bearer "):].strip()
+    return request.cookies.get(COOKIE)
+
+
+def _csrf(token: str) -> str:
+    return hmac.new(token.encode(), b"huma-betang/audit/csrf", hashlib.sha256).hexdigest()
+
+
+def render(template: str, status: int = 200, **context: Any) -> Response:
+    """Render an auditor page in the request's language."""
+    lang = _lang()
+    env = current_app.extensions[_EXT][lang]
+    token = _token()
+    html = env.get_template(template).render(
+        url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("auditor"),
+        csrf=_csrf(token) if token else "", request=request, FindingStatus=FindingStatus, **context)
+    resp = Response(html, status=status, mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
+    resp.headers["X-Frame-Options"] = "DENY"
+    if request.args.get("lang") in LANGUAGES:
+        resp.set_cookie(LANG_COOKIE, lang, samesite="Strict", max_age=365 * 86400)
+    return resp
+
+
+@bp.before_request
+def _require_auditor() -> ResponseReturnValue | None:
+    if request.endpoint in ("audit.login_form", "audit.login_submit"):
+        return None
+    token = _token()
+    try:
+        person = person_from_token(db.session, f"Bearer {token}" if token else None)
+    except AuthenticationFailed:
+        if request.path.startswith("/audit/export") and request.headers.get("Authorization"):
+            raise
+        return redirect(url_for("audit.login_form", next=request.full_path))
+    if person.role is not Role.AUDITOR:
+        raise Forbidden(f"role {person.role.value} may not use the auditor view", needed=[Role.AUDITOR.value])
+    g.auditor = person
+    if request.method == "POST":
+        sent = request.form.get("csrf", "")
+        if not token or not hmac.compare_digest(sent, _csrf(token)):
+            raise Forbidden("missing or wrong CSRF token", reason="csrf")
+    return None
+
+
+@bp.errorhandler(ServerError)
+def _server_error(exc: ServerError) -> ResponseReturnValue:
+    if request.headers.get("Authorization"):  # scripts get the API's JSON error body
+        return error_response(int(exc.status), exc.code, str(exc), **exc.detail)
+    return render("error.html", status=int(exc.status), message=str(exc))
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _choice(cls: type[E], value: str, name: str) -> E:
+    """``cls(value)``.
+
+    :raises BadRequest: not one of the enum's values.
+    """
+    try:
+        return cls(value)
+    except ValueError as exc:
+        from server.errors import BadRequest
+
+        raise BadRequest(f"{name} must be one of {[m.value for m in cls]}", field=name) from exc
+
+
+def _aware(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return require_aware(dt.datetime.fromisoformat(text))
+    except ValueError as exc:
+        from server.errors import BadRequest
+
+        raise BadRequest(f"not an ISO 8601 instant with offset: {text!r}") from exc
+
+
+# ----------------------------------------------------------------------------- login
+
+
+@bp.get("/login")
+def login_form() -> ResponseReturnValue:
+    """The login form."""
+    return render("login.html", next=request.args.get("next", ""), error=None)
+
+
+@bp.post("/login")
+def login_submit() -> ResponseReturnValue:
+    """Password login; sets the session cookie for an auditor."""
+    username = request.form.get("username", "")[:64]
+    password = request.form.get("password", "")
+    session = db.write_session()
+    ttl = dt.timedelta(seconds=int(current_app.config["TOKEN_TTL"]))
+    try:
+        token, person, expires = login(session, username, password, ttl)
+    except AuthenticationFailed:
+        session.rollback()
+        return render("login.html", status=401, next=request.form.get("next", ""), error="credentials")
+    if person.role is not Role.AUDITOR:
+        session.rollback()
+        return render("login.html", status=403, next=request.form.get("next", ""), error="role")
+    audit(session, person, "login", f"person:{person.id}", via="audit-ui")
+    session.commit()
+    target = request.form.get("next", "")
+    if not target.startswith("/audit/") or target.startswith("//"):
+        target = url_for("audit.findings")
+    resp = redirect(target)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                    expires=expires, path="/audit")
+    return resp
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    """End the session (the token is deleted) and clear the cookie."""
+    from sqlalchemy import delete
+
+    from server.auth import token_digest
+    from server.models import ApiToken
+
+    session = db.write_session()
+    token = _token()
+    if token:
+        session.execute(delete(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
+    audit(session, g.auditor, "logout", f"person:{g.auditor.id}", via="audit-ui")
+    session.commit()
+    resp = redirect(url_for("audit.login_form"))
+    resp.delete_cookie(COOKIE, path="/audit")
+    return resp
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    """Start page: the findings queue."""
+    return redirect(url_for("audit.findings"))
+
+
+@bp.get("/findings")
+def findings() -> ResponseReturnValue:
+    """The findings queue, most urgent first; ``?status=open|confirmed|dismissed|all``, ``?kind=``."""
+    status = request.args.get("status", FindingStatus.OPEN.value)
+    kind = request.args.get("kind") or None
+    stmt = select(Finding).order_by(exports.SEVERITY_ORDER, Finding.id).limit(500)
+    if status != "all":
+        stmt = stmt.where(Finding.status == _choice(FindingStatus, status, "status"))
+    if kind:
+        stmt = stmt.where(Finding.kind == _choice(FindingKind, kind, "kind"))
+    rows = db.session.scalars(stmt).all()
+    counts = dict(db.session.execute(select(Finding.status, func.count()).group_by(Finding.status)).all())
+    return render("findings.html", findings=rows, status=status, kind=kind, kinds=list(FindingKind),
+                  counts={s.value: counts.get(s, 0) for s in FindingStatus})
+
+
+@bp.get("/findings/<int:finding_id>")
+def finding(finding_id: int) -> ResponseReturnValue:
+    """One finding with its evidence entries and decision form."""
+    f = db.session.get(Finding, finding_id)
+    if f is None:
+        raise FindingNotFound(f"no finding {finding_id}")
+    decider = db.session.get(Person, f.decided_by) if f.decided_by else None
+    return render("finding.html", f=f, entries=evidence_entries(db.session, f), decider=decider,
+                  EntryKind=EntryKind)
+
+
+@bp.post("/findings/<int:finding_id>/decision")
+def decision(finding_id: int) -> ResponseReturnValue:
+    """Confirm or dismiss with a reason (logged)."""
+    session = db.write_session()
+    decide(session, finding_id, g.auditor, _choice(FindingStatus, request.form.get("status", ""), "status"),
+           request.form.get("reason", ""))
+    session.commit()
+    return redirect(url_for("audit.finding", finding_id=finding_id))
+
+
+# ----------------------------------------------------------------------------- histories
+
+
+def _taps(card_id: str) -> list[Any]:
+    """Every entry of a card with the remaining entitlement after each redemption (SQL window SUM)."""
+    j, bc, ce, ts = JournalEntryRow, BenefitCycle, CardEntitlement, TerminalSite
+    redeemed = j.kind.in_(REDEMPTION_KINDS)
+    spent = func.sum(case((redeemed, j.amount), else_=0)).over(
+        partition_by=(j.programme, bc.cycle_id), order_by=(j.wall_time, j.terminal_id, j.seq))
+    stmt = (select(j.entry_id, j.terminal_id, j.seq, j.kind, j.wall_time, j.programme, j.amount,
+                   j.slot_seq_before, j.slot_seq_after, j.ntag_counter, j.tag_uid, ts.region, bc.cycle_id,
+                   ce.amount.label("entitled"), cast(spent, BigInteger).label("spent"))
+            .select_from(j.__table__
+                         .outerjoin(ts.__table__, ts.terminal_id == j.terminal_id)
+                         .outerjoin(bc.__table__, and_(j.wall_time >= bc.starts_at, j.wall_time < bc.ends_at))
+                         .outerjoin(ce.__table__, and_(ce.card_id == j.card_id, ce.programme == j.programme,
+                                                       ce.cycle_id == bc.cycle_id)))
+            .where(j.card_id == card_id)
+            .order_by(j.wall_time, j.terminal_id, j.seq).limit(CARD_TAPS))
+    return list(db.session.execute(stmt).all())
+
+
+@bp.get("/cards/<card_id>")
+def card(card_id: str) -> ResponseReturnValue:
+    """Card history: every tap, every terminal, remaining entitlement over time, its findings."""
+    profile = db.session.get(CardProfile, card_id)
+    entitlements = db.session.scalars(select(CardEntitlement).where(CardEntitlement.card_id == card_id)
+                                      .order_by(CardEntitlement.cycle_id, CardEntitlement.programme)).all()
+    card_findings = db.session.scalars(select(Finding).where(Finding.card_id == card_id)
+                                       .order_by(Finding.id)).all()
+    return render("card.html", card_id=card_id, profile=profile, taps=_taps(card_id), entitlements=entitlements,
+                  findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS)
+
+
+@bp.get("/terminals/<terminal_id>")
+def terminal(terminal_id: str) -> ResponseReturnValue:
+    """Terminal history in seq order, :data:`PAGE` entries per page (``?after=<seq>``)."""
+    after = request.args.get("after", 0, type=int)
+    j = JournalEntryRow
+    entries = db.session.execute(
+        select(j.entry_id, j.seq, j.boot_id, j.kind, j.wall_time, j.received_at, j.card_id, j.programme,
+               j.amount, j.clock_synced)
+        .where(j.terminal_id == terminal_id, j.seq > after).order_by(j.seq).limit(PAGE)).all()
+    info = db.session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
+    site = db.session.get(TerminalSite, terminal_id)
+    stats = db.session.execute(select(func.count(), func.min(j.seq), func.max(j.seq))
+                               .where(j.terminal_id == terminal_id)).one()
+    t_findings = db.session.scalars(select(Finding).where(Finding.terminal_id == terminal_id)
+                                    .order_by(Finding.id)).all()
+    return render("terminal.html", terminal_id=terminal_id, info=info, site=site, entries=entries, stats=stats,
+                  findings=t_findings, next_after=entries[-1].seq if len(entries) == PAGE else None,
+                  EntryKind=EntryKind)
+
+
+def region_totals() -> list[Any]:
+    """Per region, cycle and programme: redemptions, distinct cards, total amount (one GROUP BY)."""
+    j, ts, bc = JournalEntryRow, TerminalSite, BenefitCycle
+    stmt = (select(ts.region, bc.cycle_id, j.programme,
+                   func.count().label("redemptions"), func.count(func.distinct(j.card_id)).label("cards"),
+                   cast(func.sum(j.amount), BigInteger).label("total"))
+            .select_from(j.__table__.outerjoin(ts.__table__, ts.terminal_id == j.terminal_id)
+                         .join(bc.__table__, and_(j.wall_time >= bc.starts_at, j.wall_time < bc.ends_at)))
+            .where(j.kind.in_(REDEMPTION_KINDS))
+            .group_by(ts.region, bc.cycle_id, j.programme)
+            .order_by(bc.cycle_id, ts.region, j.programme))
+    return list(db.session.execute(stmt).all())
+
+
+@bp.get("/regions")
+def regions() -> ResponseReturnValue:
+    """Per-region totals per cycle."""
+    return render("regions.html", rows=region_totals())
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def _stream(chunks: Any, fmt: str, name: str) -> Response:
+    mimetype = "text/csv" if fmt == "csv" else "application/json"
+    resp = Response(stream_with_context(chunks), mimetype=mimetype)
+    resp.headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return resp
+
+
+@bp.get("/export/findings.<fmt>")
+def export_findings(fmt: str) -> ResponseReturnValue:
+    """Findings as CSV or JSON (``?status=`` to filter)."""
+    if fmt not in ("csv", "json"):
+        raise FindingNotFound(f"no export format {fmt!r}")
+    status = request.args.get("status")
+    audit(db.write_session(), g.auditor, "export.findings", f"findings:{fmt}", status=status)
+    db.session.commit()
+    return _stream(exports.findings_export(db.session, fmt, _choice(FindingStatus, status, "status")
+                                           if status else None), fmt,
+                   "findings")
+
+
+@bp.get("/export/journal.<fmt>")
+def export_journal(fmt: str) -> ResponseReturnValue:
+    """The raw journal (signed bytes base64) as CSV or JSON; ``?terminal_id=&card_id=&since=&until=``."""
+    if fmt not in ("csv", "json"):
+        raise FindingNotFound(f"no export format {fmt!r}")
+    filters = {"terminal_id": request.args.get("terminal_id") or None,
+               "card_id": request.args.get("card_id") or None,
+               "since": _aware(request.args.get("since")), "until": _aware(request.args.get("until"))}
+    audit(db.write_session(), g.auditor, "export.journal", f"journal:{fmt}",
+          **{k: v for k, v in filters.items() if v is not None})
+    db.session.commit()
+    return _stream(exports.journal_export(db.session, fmt, **filters), fmt, "journal")
+
+
+@bp.get("/exports")
+def exports_page() -> ResponseReturnValue:
+    """Links and filters for the exports."""
+    return render("exports.html")
+

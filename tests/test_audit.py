@@ -1,0 +1,220 @@
+"""Auditor view, exports and ``huma audit`` on SQLite and PostgreSQL (Flask test client; browser test separate)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import glob
+import io
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from cardlib.records.errors import BadSignature
+from server.audit import exports
+from server.audit.i18n import translations
+from server.extensions import db
+from server.models import AuditLog
+from server.reconcile.models import FindingKind, FindingStatus, Severity
+from server.reconcile.simulate import District
+from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
+    AUDITOR_PASSWORD,
+    add_auditor,
+    audit_db,
+    findings,
+    install,
+    run,
+    upload_all,
+)
+
+UTC = dt.timezone.utc
+
+
+def _ms(h: int, m: int = 0) -> int:
+    return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.fixture
+def clone_world(app, audit_db, world):
+    """A district where card 0 was cloned and redeemed at two distant terminals; reconciled."""
+    d = District.new(3, 4, seed=11, regions=["62.71", "62.01"])
+    for t in d.terminals:
+        t.boot(_ms(0, 30))
+    card = d.cards[0]
+    clone = card.clone(counter=1)
+    d.terminals[0].redeem(card, _ms(2), "food", 150_000)
+    d.terminals[1].redeem(clone, _ms(2, 30), "food", 150_000)
+    d.terminals[2].redeem(d.cards[2], _ms(3), "cash", 250_000)
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+    add_auditor(app)
+    return d
+
+
+def _login(client, username="audrey", password=AUDITOR_PASSWORD):
+    return client.post("/audit/login", data={"username": username, "password": password, "next": ""})
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert m, "no CSRF field in the page"
+    return m.group(1)
+
+
+def test_pages_need_an_auditor_login(app, clone_world, world):
+    r = world.client.get("/audit/findings")
+    assert r.status_code == 302 and "/audit/login" in r.headers["Location"]
+    from tests.fixtures.db import ADMIN_PASSWORD
+
+    r = _login(world.client, "admin", ADMIN_PASSWORD)  # an admin is not an auditor
+    assert r.status_code == 403 and "Hanya auditor" in r.get_data(as_text=True)
+    r = _login(world.client, "audrey", "wrong password!")
+    assert r.status_code == 401
+    r = _login(world.client)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/audit/findings")
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/audit" in cookie
+
+
+def test_findings_queue_in_both_languages_and_a_logged_decision(app, clone_world, world):
+    client = world.client
+    _login(client)
+    page = client.get("/audit/findings").get_data(as_text=True)
+    assert "Temuan" in page and "percabangan kartu" in page  # Bahasa Indonesia by default
+    page_en = client.get("/audit/findings?lang=en").get_data(as_text=True)
+    assert ">Findings<" in page_en and "card_fork" in page_en and "Temuan" not in page_en
+    fork = findings(app, FindingKind.CARD_FORK)[0]
+    detail = client.get(f"/audit/findings/{fork.id}").get_data(as_text=True)
+    assert detail.count('class="evidence"') == 2  # the two COMMITs from one previous state
+
+    # Without the CSRF token: refused, nothing changes.
+    r = client.post(f"/audit/findings/{fork.id}/decision", data={"status": "confirmed", "reason": "x"})
+    assert r.status_code == 403
+    # Without a reason: refused.
+    r = client.post(f"/audit/findings/{fork.id}/decision",
+                    data={"status": "confirmed", "reason": " ", "csrf": _csrf(detail)})
+    assert r.status_code == 422
+    r = client.post(f"/audit/findings/{fork.id}/decision",
+                    data={"status": "confirmed", "reason": "clone seized at T-0001", "csrf": _csrf(detail)})
+    assert r.status_code == 302
+    after = findings(app, FindingKind.CARD_FORK)[0]
+    assert after.status is FindingStatus.CONFIRMED and after.reason == "clone seized at T-0001"
+    with app.app_context():
+        log = db.session.scalars(select(AuditLog).where(AuditLog.action == "finding.confirmed")).one()
+        assert json.loads(log.detail)["reason"] == "clone seized at T-0001"
+        assert log.target == f"finding:{fork.id}"
+    confirmed = client.get("/audit/findings?status=confirmed").get_data(as_text=True)
+    assert f'/audit/findings/{fork.id}"' in confirmed
+    assert client.get("/audit/findings?status=bogus").status_code == 400
+
+
+def test_card_terminal_and_region_pages(app, clone_world, world):
+    client = world.client
+    _login(client)
+    card = clone_world.cards[0]
+    page = client.get(f"/audit/cards/{card.card_id}?lang=en").get_data(as_text=True)
+    assert page.count('class="tap"') == 4  # PENDING + COMMIT at each of two terminals
+    assert "T-0000" in page and "T-0001" in page
+    # Remaining food entitlement: 0 after the genuine tap, -150,000 after the clone's.
+    assert '<span class="">0</span>' in page and '<span class="neg">-150,000</span>' in page
+    t = client.get("/audit/terminals/T-0001?lang=en").get_data(as_text=True)
+    assert "Entries stored: 3 (seq 1–3)" in t and "impossible_travel" in t  # it is where the clone arrived
+    regions = client.get("/audit/regions?lang=en").get_data(as_text=True)
+    # Food: one redemption in each region; cash: one in 62.71.
+    assert re.search(r"<td>2026-H1</td><td>62.01</td><td>food</td><td>1</td><td>1</td><td>150,000</td>", regions)
+    assert re.search(r"<td>2026-H1</td><td>62.71</td><td>cash</td><td>1</td><td>1</td><td>250,000</td>", regions)
+
+
+def test_exports_csv_json_and_offline_verification(app, clone_world, world):
+    client = world.client
+    _login(client)
+    r = client.get("/audit/export/findings.csv")
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert {row["kind"] for row in rows} >= {"card_fork", "entitlement_exceeded"}
+    assert rows[0]["severity"] == Severity.CRITICAL.value  # most urgent first
+    doc = json.loads(client.get("/audit/export/findings.json").get_data(as_text=True))
+    assert doc["format"] == exports.FINDINGS_FORMAT and len(doc["items"]) == len(rows)
+
+    journal = json.loads(client.get("/audit/export/journal.json").get_data(as_text=True))
+    n = sum(len(t.entries) for t in clone_world.terminals)
+    assert len(journal["items"]) == n
+    assert exports.verify_journal_export(journal) == {t.terminal_id: len(t.entries) for t in clone_world.terminals}
+    raw = base64.b64decode(journal["items"][1]["raw_b64"])
+    assert raw == clone_world.terminals[0].entries[1].message  # the exact signed bytes
+    tampered = bytearray(raw)
+    tampered[-1] ^= 1
+    journal["items"][1]["raw_b64"] = base64.b64encode(bytes(tampered)).decode()
+    with pytest.raises(BadSignature):
+        exports.verify_journal_export(journal)
+
+    one = client.get("/audit/export/journal.csv?terminal_id=T-0001")
+    lines = list(csv.DictReader(io.StringIO(one.get_data(as_text=True))))
+    assert [int(x["seq"]) for x in lines] == [1, 2, 3] and {x["terminal_id"] for x in lines} == {"T-0001"}
+    assert client.get("/audit/export/journal.json?since=2026-03-02T00:00").status_code == 400  # naive
+    with app.app_context():
+        actions = set(db.session.scalars(select(AuditLog.action)))
+    assert {"export.findings", "export.journal"} <= actions
+
+
+def test_exports_for_scripts_with_a_bearer_token(app, clone_world, world):
+    r = world.client.post("/api/v1/auth/login", json={"username": "audrey", "password": AUDITOR_PASSWORD})
+    token = r.get_json()["token"]
+    fresh = app.test_client()  # no cookie
+    r = fresh.get("/audit/export/findings.json", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and json.loads(r.get_data(as_text=True))["items"]
+    r = fresh.get("/audit/export/findings.json", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.get_json()["error"]["code"]
+
+
+def test_csv_cells_cannot_become_formulas():
+    out = "".join(exports.to_csv([{"a": "=HYPERLINK(\"http://x\")", "b": "-1+2", "c": "ok", "d": 5}],
+                                 ("a", "b", "c", "d")))
+    row = next(csv.DictReader(io.StringIO(out)))
+    assert row == {"a": "'=HYPERLINK(\"http://x\")", "b": "'-1+2", "c": "ok", "d": "5"}
+
+
+def test_every_template_text_has_an_indonesian_translation():
+    from jinja2.ext import babel_extract
+
+    ids: set[str] = set()
+    for path in glob.glob("server/audit/templates/*.html"):
+        with open(path, "rb") as fh:
+            for _, _, msg, _ in babel_extract(fh, ["_", "gettext"], [], {"extensions": "jinja2.ext.i18n"}):
+                if isinstance(msg, str):
+                    ids.add(msg)
+    dynamic = {m.value for e in (FindingKind, FindingStatus, Severity) for m in e}
+    cat = translations("id")
+    missing = sorted(m for m in ids | dynamic if cat.gettext(m) == m and m not in ("Audit", "Status", "Terminal",
+                                                                                   "Total"))
+    assert len(ids) > 40 and missing == []
+
+
+def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, tmp_path):
+    from huma.cli import cli
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["audit", "reconcile", "--json"])
+    assert r.exit_code == 0, r.output
+    counts = json.loads(r.output)
+    assert counts["new"] == 0 and counts["findings"] == len(findings(app)) and counts["by_kind"]["card_fork"] == 1
+    out = tmp_path / "journal.json"
+    r = runner.invoke(cli, ["audit", "export", "journal", "--format", "json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["audit", "verify-export", str(out)])
+    n = sum(len(t.entries) for t in clone_world.terminals)
+    assert r.exit_code == 0 and f"OK: {n} entries, 3 terminals" in r.output, r.output
+    doc = json.loads(out.read_text())
+    doc["items"].pop(1)  # a deleted entry leaves a gap, which still verifies; a forged link would not
+    doc["items"][1]["raw_b64"] = doc["items"][2]["raw_b64"]
+    out.write_text(json.dumps(doc))
+    r = runner.invoke(cli, ["audit", "verify-export", str(out)])
+    assert r.exit_code == 1 and "does not verify" in r.output
+    r = runner.invoke(cli, ["audit", "export", "findings", "--format", "csv", "-o", str(tmp_path / "f.csv")])
+    assert r.exit_code == 0 and (tmp_path / "f.csv").read_text().startswith("id,kind,severity")
