@@ -218,3 +218,16 @@ def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, 
     assert r.exit_code == 1 and "does not verify" in r.output
     r = runner.invoke(cli, ["audit", "export", "findings", "--format", "csv", "-o", str(tmp_path / "f.csv")])
     assert r.exit_code == 0 and (tmp_path / "f.csv").read_text().startswith("id,kind,severity")
+
+
+def test_hostile_paths_and_params_are_client_errors(app, clone_world, world):
+    client = world.client
+    _login(client)
+    assert client.get("/audit/findings/0").status_code == 404
+    assert client.get("/audit/findings/99999999999999999999999").status_code == 404
+    assert client.get("/audit/cards/%00x").status_code == 400
+    assert client.get("/audit/export/journal.json?card_id=a%00b").status_code == 400
+    assert client.get("/audit/export/journal.xml").status_code == 404
+    assert client.get("/audit/findings?kind=nope").status_code == 400
+    page = client.get("/audit/cards/%3Cscript%3Ealert(1)").get_data(as_text=True)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page  # autoescaped

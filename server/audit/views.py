@@ -57,6 +57,10 @@ CARD_TAPS = 2000
 def _setup(state: BlueprintSetupState) -> None:
     app: Flask = state.app
     app.extensions[_EXT] = environments()
+    from server.audit.openapi import merge_into
+    from server.blueprints.openapi import SPEC
+
+    merge_into(SPEC)  # the served /openapi.json describes every route
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -96,6 +100,10 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
 
 @bp.before_request
 def _require_auditor() -> ResponseReturnValue | None:
+    if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+        from server.errors import BadRequest
+
+        raise BadRequest("NUL characters are not allowed")  # PostgreSQL text cannot hold them
     if request.endpoint in ("audit.login_form", "audit.login_submit"):
         return None
     token = _token()
@@ -138,6 +146,16 @@ def _choice(cls: type[E], value: str, name: str) -> E:
         raise BadRequest(f"{name} must be one of {[m.value for m in cls]}", field=name) from exc
 
 
+def _finding_id(text: str) -> int:
+    """A finding id from the path (a positive integer that fits BIGINT).
+
+    :raises FindingNotFound: anything else.
+    """
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 2**63:
+        raise FindingNotFound(f"no finding {text!r}")
+    return int(text)
+
+
 def _aware(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -163,6 +181,8 @@ def login_submit() -> ResponseReturnValue:
     """Password login; sets the session cookie for an auditor."""
     username = request.form.get("username", "")[:64]
     password = request.form.get("password", "")
+    if "\x00" in username:  # PostgreSQL text cannot hold NUL: no such user
+        return render("login.html", status=401, next="", error="credentials")
     session = db.write_session()
     ttl = dt.timedelta(seconds=int(current_app.config["TOKEN_TTL"]))
     try:
@@ -228,10 +248,10 @@ def findings() -> ResponseReturnValue:
                   counts={s.value: counts.get(s, 0) for s in FindingStatus})
 
 
-@bp.get("/findings/<int:finding_id>")
-def finding(finding_id: int) -> ResponseReturnValue:
+@bp.get("/findings/<finding_id>")
+def finding(finding_id: str) -> ResponseReturnValue:
     """One finding with its evidence entries and decision form."""
-    f = db.session.get(Finding, finding_id)
+    f = db.session.get(Finding, _finding_id(finding_id))
     if f is None:
         raise FindingNotFound(f"no finding {finding_id}")
     decider = db.session.get(Person, f.decided_by) if f.decided_by else None
@@ -239,14 +259,14 @@ def finding(finding_id: int) -> ResponseReturnValue:
                   EntryKind=EntryKind)
 
 
-@bp.post("/findings/<int:finding_id>/decision")
-def decision(finding_id: int) -> ResponseReturnValue:
+@bp.post("/findings/<finding_id>/decision")
+def decision(finding_id: str) -> ResponseReturnValue:
     """Confirm or dismiss with a reason (logged)."""
     session = db.write_session()
-    decide(session, finding_id, g.auditor, _choice(FindingStatus, request.form.get("status", ""), "status"),
+    decide(session, _finding_id(finding_id), g.auditor, _choice(FindingStatus, request.form.get("status", ""), "status"),
            request.form.get("reason", ""))
     session.commit()
-    return redirect(url_for("audit.finding", finding_id=finding_id))
+    return redirect(url_for("audit.finding", finding_id=_finding_id(finding_id)))
 
 
 # ----------------------------------------------------------------------------- histories

@@ -1,0 +1,98 @@
+"""OpenAPI 3 description of the ``/audit`` routes, merged into the served document.
+
+The pages answer ``text/html`` to a browser session; a script that sends
+``Authorization: Bearer`` gets the API's JSON error bodies. Exports are CSV or JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERR = {"application/json": {"schema": {"type": "object", "required": ["error"],
+                                        "properties": {"error": {"type": "object"}}}}}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _ERR}
+
+
+_PAGE_ERRORS = {"302": {"description": "not logged in: redirect to /audit/login"},
+                "400": _err("bad query parameter"), "401": _err("invalid or expired token"),
+                "403": _err("not an auditor, or missing CSRF token"), "404": _err("no such object")}
+_BEARER = [{"bearer": []}]
+
+
+def _page(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"get": {"summary": summary, "tags": ["audit"], "security": _BEARER, "parameters": params or [],
+                    "responses": {"200": {"description": "the page", "content": _HTML}, **_PAGE_ERRORS}}}
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True,
+            "schema": schema or {"type": "string", "minLength": 1, "maxLength": 64}}
+
+
+def _query(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"}}
+
+
+_FMT = _path("fmt", {"type": "string", "enum": ["csv", "json"]})
+_EXPORT = {"200": {"description": "the export (streamed)",
+                   "content": {"text/csv": {"schema": {"type": "string"}},
+                               "application/json": {"schema": {"type": "object"}}}},
+           **_PAGE_ERRORS, "422": _err("naive datetime")}
+
+PATHS: dict[str, Any] = {
+    "/audit/": _page("Auditor start page (redirects to the findings queue)"),
+    "/audit/login": {
+        "get": {"summary": "Login form", "tags": ["audit"], "parameters": [_query("next")],
+                "responses": {"200": {"description": "the form", "content": _HTML}}},
+        "post": {"summary": "Log in as an auditor (sets an HttpOnly session cookie)", "tags": ["audit"],
+                 "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                     "schema": {"type": "object", "required": ["username", "password"],
+                                "properties": {"username": {"type": "string"}, "password": {"type": "string"},
+                                               "next": {"type": "string"}}}}}},
+                 "responses": {"302": {"description": "logged in"},
+                               "401": {"description": "wrong username or password", "content": _HTML},
+                               "403": {"description": "not an auditor", "content": _HTML}}},
+    },
+    "/audit/logout": {"post": {
+        "summary": "Log out (token deleted)", "tags": ["audit"], "security": _BEARER,
+        "requestBody": {"content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "properties": {"csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "logged out"}, **_PAGE_ERRORS}}},
+    "/audit/findings": _page("Findings queue, most urgent first", [
+        _query("status", {"type": "string", "enum": ["open", "confirmed", "dismissed", "all"]}), _query("kind")]),
+    "/audit/findings/{finding_id}": _page("One finding with its evidence", [_path("finding_id")]),
+    "/audit/findings/{finding_id}/decision": {"post": {
+        "summary": "Confirm or dismiss a finding with a reason (audited)", "tags": ["audit"], "security": _BEARER,
+        "parameters": [_path("finding_id")],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "required": ["status", "reason", "csrf"],
+                       "properties": {"status": {"type": "string", "enum": ["confirmed", "dismissed"]},
+                                      "reason": {"type": "string"}, "csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "decided"}, **_PAGE_ERRORS, "422": _err("no reason")}}},
+    "/audit/cards/{card_id}": _page("Card history: every tap, terminal and remaining entitlement",
+                                    [_path("card_id")]),
+    "/audit/terminals/{terminal_id}": _page("Terminal history in seq order", [
+        _path("terminal_id"), _query("after", {"type": "integer", "minimum": 0})]),
+    "/audit/regions": _page("Totals per region, cycle and programme"),
+    "/audit/exports": _page("Export links"),
+    "/audit/export/findings.{fmt}": {"get": {
+        "summary": "Findings as CSV or JSON", "tags": ["audit"], "security": _BEARER,
+        "parameters": [_FMT, _query("status", {"type": "string", "enum": ["open", "confirmed", "dismissed"]})],
+        "responses": _EXPORT}},
+    "/audit/export/journal.{fmt}": {"get": {
+        "summary": "The raw signed journal (base64 COSE_Sign1) with terminal keys, as CSV or JSON",
+        "tags": ["audit"], "security": _BEARER,
+        "parameters": [_FMT, _query("terminal_id"), _query("card_id"),
+                       _query("since", {"type": "string", "format": "date-time"}),
+                       _query("until", {"type": "string", "format": "date-time"})],
+        "responses": _EXPORT}},
+}
+
+
+def merge_into(spec: dict[str, Any]) -> None:
+    """Add :data:`PATHS` to an OpenAPI document (idempotent)."""
+    spec.setdefault("paths", {}).update(PATHS)
