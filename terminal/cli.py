@@ -31,6 +31,87 @@ def run(profile_path: Path) -> None:
     run_daemon(profile_path)
 
 
+_PROFILE = click.option(
+    "--profile", "profile_path", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The terminal profile (TOML).",
+)
+
+
+def _csr_path(profile: object) -> Path:
+    key_path: Path = profile.key_path  # type: ignore[attr-defined]
+    return key_path.with_name(key_path.stem + ".csr.pem")
+
+
+@terminal.command("init")
+@_PROFILE
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding the new key's passphrase (else $HUMA_KEY_PASSPHRASE, else prompt).")
+def init(profile_path: Path, passphrase_file: Path | None) -> None:
+    """Make the terminal key (encrypted PKCS#8, Ed25519) and its CSR next to it.
+
+    The key goes to the profile's ``paths.key``; the CSR (PKCS#10, CN = terminal id)
+    to ``<key stem>.csr.pem``. An existing key is never overwritten.
+    """
+    from cardlib.keys.cli import read_secret
+    from cardlib.keys.pkcs8 import save_private_key
+    from cardlib.keys.signer import derive_kid
+    from cardlib.keys.terminal_ca import make_terminal_csr
+    from firmware_config.loader import load_terminal_profile
+
+    profile = load_terminal_profile(profile_path)
+    secret = read_secret(passphrase_file or profile.passphrase_path, "HUMA_KEY_PASSPHRASE",
+                         "New terminal key passphrase", confirm=True)
+    key, csr = make_terminal_csr(profile.terminal_id)
+    profile.key_path.parent.mkdir(parents=True, exist_ok=True)
+    save_private_key(profile.key_path, key, secret)
+    _csr_path(profile).write_bytes(csr)
+    kid = derive_kid(key.public_key())
+    click.echo(f"key {profile.key_path} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
+    click.echo(f"CSR {_csr_path(profile)}: run 'huma terminal enrol --profile {profile_path}'")
+
+
+@terminal.command("enrol")
+@_PROFILE
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
+              help="Seconds to keep polling for the certificate after submitting.")
+def enrol(profile_path: Path, wait_s: float) -> None:
+    """Send the CSR to the server and fetch the certificate once an admin approved it.
+
+    Idempotent: re-running re-submits the same CSR (the server answers 202) and
+    saves the certificate as ``<key stem>.cert.pem`` when it is ready.
+    Exit 0 when the certificate was saved, 3 while approval is pending.
+    """
+    import json
+    import time
+
+    from firmware_config.loader import load_terminal_profile
+    from terminal.errors import SyncRejected
+    from terminal.sync import HttpApi
+
+    profile = load_terminal_profile(profile_path)
+    csr = _csr_path(profile).read_text()
+    api = HttpApi(profile.server_url)
+    tid = profile.terminal_id
+    r = api.request("POST", "/api/v1/terminals/enrol", json.dumps({"terminal_id": tid, "csr": csr}).encode(),
+                    {"Content-Type": "application/json"})
+    if r.status != 202:
+        raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
+        if r.status == 200:
+            cert = profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
+            cert.write_text(json.loads(r.body)["certificate"])
+            click.echo(f"certificate saved to {cert}")
+            return
+        if r.status != 202:
+            raise SyncRejected(f"certificate refused: HTTP {r.status} {r.body[:300]!r}")
+        if time.monotonic() >= deadline:
+            click.echo(f"terminal {tid} is waiting for approval by an administrator")
+            raise SystemExit(3)
+        time.sleep(2.0)
+
+
 @click.group()
 def journal() -> None:
     """Inspect and audit terminal journals."""

@@ -480,7 +480,9 @@ class SyncLoop:
             self._attempt += 1
             self._failed(exc)
             delay = self.backoff(self._attempt)
-            log.warning("sync failed (%s); retry %d in %.1f s", exc, self._attempt, delay)
+            # An offline counter is normal: warn on the first failure, then keep it quiet.
+            log.log(logging.WARNING if self._attempt == 1 else logging.INFO,
+                    "sync failed (%s); retry %d in %.1f s", exc, self._attempt, delay)
             return delay
         except Exception as exc:  # noqa: BLE001 - a bug here must not end sync silently: log, count, go on
             self._attempt += 1

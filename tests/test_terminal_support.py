@@ -163,3 +163,97 @@ class FaultProxy:
         out.append(f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode())
         conn.sendall(b"".join(out) + data)
         self.log.append((method, path, action, resp.status))
+
+
+# ----------------------------------------------------------------------------- a daemon's files
+
+ACR122U_LEDS = '''
+[feedback]
+channel = "apdu"
+success = ["FF 00 40 AE 04 01 01 01 01"]
+decline = ["FF 00 40 5D 04 02 02 03 01"]
+busy = ["FF 00 40 FC 04 01 01 02 00"]
+'''
+
+
+def reader_toml(name: str, pass_through: str = "acr122u", feedback: str = ACR122U_LEDS,
+                extra: str = "") -> str:
+    """A reader profile for the vpcd virtual reader (``Virtual PCD 00 0<slot>``)."""
+    return f'''kind = "reader"
+schema_version = 1
+name = "{name}"
+description = "vpcd virtual reader for tests"
+stack = "pcsc"
+name_pattern = '^Virtual PCD'
+pass_through = "{pass_through}"
+max_frame = {252 if pass_through == "acr122u" else 124}
+poll_interval = 0.2
+{extra}
+{feedback}
+'''
+
+
+@dataclass
+class CounterFiles:
+    """A counter's directory: ``terminals/terminal.toml``, ``readers/*.toml``, ``state/``."""
+
+    root: Any
+    profile: Any
+    state: Any
+    signer: SoftwareSigner
+    screen_port: int
+    passphrase: bytes = b"counter passphrase 2026"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings: list[tuple[str, str | None]],
+                 bundle_extra: dict[str, Any] | None = None, terminal_id: str = "T-6271-0009",
+                 programmes: tuple[str, ...] = ("food",), mode: str = "market_redemption",
+                 server_url: str | None = None) -> CounterFiles:
+    """Write a complete counter: key made by ``huma terminal init``, pinned root, installed bundle, profile.
+
+    :param readers: reader profile name -> TOML text.
+    :param bindings: ``(reader profile, slot_pattern or None)`` per ``[[readers]]`` entry.
+    """
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from cardlib.keys.pkcs8 import load_signer
+    from huma.cli import cli
+    from terminal.sync import TrustStore
+
+    root = Path(root)
+    (root / "terminals").mkdir(parents=True)
+    (root / "readers").mkdir()
+    state = root / "state"
+    state.mkdir()
+    for name, text in readers.items():
+        (root / "readers" / f"{name}.toml").write_text(text)
+    files = CounterFiles(root, root / "terminals" / "terminal.toml", state, None, free_port())  # type: ignore[arg-type]
+    (state / "passphrase").write_bytes(files.passphrase + b"\n")
+    (state / "root.pem").write_bytes(kit.root_pem())
+    url = server_url or f"http://127.0.0.1:{free_port()}"  # nothing listens: an offline counter
+    lines = [
+        'kind = "terminal"', "schema_version = 1", f'terminal_id = "{terminal_id}"', 'region = "62.71"',
+        f'counter_mode = "{mode}"', "programmes = [" + ", ".join(f'"{p}"' for p in programmes) + "]",
+        'language = "id"', f'server_url = "{url}"', "sync_interval = 10", f"screen_port = {files.screen_port}",
+        "", "[paths]", 'key = "../state/terminal-key.p8"', 'journal = "../state/journal.sqlite"',
+        'passphrase = "../state/passphrase"', 'root_key = "../state/root.pem"', 'bundle = "../state/bundle.cose"',
+    ]
+    for name, slot in bindings:
+        lines += ["", "[[readers]]", f'profile = "{name}"'] + ([f"slot_pattern = '{slot}'"] if slot else [])
+    files.profile.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli, ["terminal", "init", "--profile", str(files.profile)])
+    assert result.exit_code == 0, result.output
+    files.signer = load_signer(state / "terminal-key.p8", files.passphrase)
+    kw = dict(bundle_extra or {})
+    kw["terminals"] = tuple(kw.get("terminals", ())) + (files.signer,)
+    _b, data = kit.bundle(1, **kw)
+    TrustStore(state / "bundle.cose", kit.root.public_key).install(data, None)
+    return files

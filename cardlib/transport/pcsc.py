@@ -275,6 +275,26 @@ class PcscConnection(Connection):
         logger.log(TRAFFIC, "pcsc %s < %s", self._reader, raw.hex())
         return split_response(raw)
 
+    def control(self, code: int, data: bytes) -> bytes:
+        """``SCardControl``: a reader escape command on this connection (e.g. LED/buzzer).
+
+        PC/SC v2 Part 10 / pcsc-lite ``SCARD_CTL_CODE(3500)`` = 0x42000DAC for
+        CCID escape; the CCID driver refuses it (0x80100016) unless escape
+        commands are enabled in its Info.plist (field case AP-3).
+
+        :param code: the control code (``escape_control_code`` of the reader profile).
+        :param data: the command bytes.
+        :returns: the reader's answer.
+        :raises TransportError: (and subclasses, see the module table) when the call fails.
+        """
+        logger.log(TRAFFIC, "pcsc %s control %#x > %s", self._reader, code, data.hex())
+        hr, response = scard.SCardControl(self._handle(), code, list(data))
+        if hr != SCARD_S_SUCCESS:
+            raise self._error(hr, f"SCardControl({code:#x})")
+        raw = bytes(response)
+        logger.log(TRAFFIC, "pcsc %s control < %s", self._reader, raw.hex())
+        return raw
+
     def reconnect(self, unpower: bool = False) -> None:
         """``SCardReconnect`` with a card reset (or power cycle): re-polls the tag on the same session.
 

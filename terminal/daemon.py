@@ -1,0 +1,327 @@
+"""``huma terminal run``: the counter daemon, wired from one terminal profile.
+
+profile (TOML) → reader profiles → :class:`~terminal.supervisor.Supervisor`
+(one watcher per matching reader/slot) → :class:`~terminal.tap.TapProcessor`
+→ :class:`~terminal.journal.JournalStore` → :class:`~terminal.sync.SyncLoop`
+→ :class:`~terminal.feedback.FeedbackWorker` → counter screen on 127.0.0.1.
+
+Threads: the supervisor and its watchers, the sync loop, the feedback worker
+and the screen server each run in their own thread; the main thread is a
+watchdog that restarts any of them that died (logged at ERROR, never silent)
+and waits for SIGTERM/SIGINT. Shutdown order keeps the journal consistent:
+readers stop first (an in-flight tap finishes its journal entries), then sync,
+screen and feedback, then the journal is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cardlib.keys.signer import PublicKey, Signer
+from cardlib.transport import Connection
+from firmware_config.loader import load_terminal_profile
+from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderProfile, TerminalProfile
+
+from terminal.clock import Clock
+from terminal.errors import BundleError, ProfileError, TerminalError
+from terminal.feedback import FeedbackWorker
+from terminal.journal import JournalStore
+from terminal.outcome import TapOutcome, TapStatus
+from terminal.policy import CounterMode, OfflineLimits, Unit
+from terminal.screen import CounterScreen, ScreenState
+from terminal.supervisor import ReaderBinding, Supervisor
+from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
+from terminal.tap import CounterConfig, TapProcessor
+
+log = logging.getLogger(__name__)
+
+#: Environment variable holding the terminal key passphrase when the profile names no file.
+PASSPHRASE_ENV = "HUMA_KEY_PASSPHRASE"
+#: Watchdog period, seconds.
+WATCHDOG_S = 1.0
+#: How long a watcher keeps the card connection open for ``apdu``-channel feedback, seconds.
+#: The outcome is already journalled and on screen; this only delays closing the connection.
+FEEDBACK_GRACE_S = 0.3
+#: Seconds between retries while no trust bundle is installed yet.
+NO_BUNDLE_RETRY_S = 2.0
+
+_EVENT_OF = {
+    TapStatus.ACCEPTED: FeedbackEvent.SUCCESS,
+    TapStatus.BALANCE: FeedbackEvent.SUCCESS,
+    TapStatus.RECOVERED: FeedbackEvent.SUCCESS,
+    TapStatus.DECLINED: FeedbackEvent.DECLINE,
+    TapStatus.VOIDED: FeedbackEvent.BUSY,
+    TapStatus.UNCERTAIN: FeedbackEvent.BUSY,
+    TapStatus.RETRY: FeedbackEvent.BUSY,
+}
+
+
+class FeedbackFailed(TerminalError):
+    """A reader answered an LED/buzzer command with an error status word."""
+
+
+def offline_limits(profile: TerminalProfile) -> OfflineLimits:
+    """The profile's offline caps (rupiah) as :class:`OfflineLimits`.
+
+    ``max_days_since_bundle`` is the bundle age at which limits reach their
+    floor (:attr:`OfflineLimits.stale_floor`): service goes on at low amounts
+    rather than stopping (DESIGN §6).
+    """
+    p = profile.policy
+
+    def rupiah(v: int | None) -> dict[Unit, int]:
+        return {} if v is None else {Unit.RUPIAH: v}
+
+    stale = float(p.max_days_since_bundle) if p.max_days_since_bundle is not None else 30.0
+    return OfflineLimits(
+        per_tap=rupiah(p.offline_cap_per_tap),
+        per_card_since_sync=rupiah(p.offline_cap_per_card_since_sync),
+        terminal_exposure=rupiah(p.offline_terminal_exposure),
+        fresh_days=min(7.0, stale),
+        stale_days=stale,
+    )
+
+
+class ReaderFeedback:
+    """The tap's feedback hook: LED/buzzer per reader profile, best effort (AP-3).
+
+    Called by the tap processor after the outcome is journalled and published.
+    Commands go through the :class:`FeedbackWorker` thread; for the ``apdu``
+    channel the watcher keeps the card connection open up to
+    :data:`FEEDBACK_GRACE_S` so the commands can reach the reader. On the first
+    card of each reader the profile's ``buzzer_on_detect`` setting is applied.
+    """
+
+    def __init__(self, worker: FeedbackWorker, grace_s: float = FEEDBACK_GRACE_S) -> None:
+        self.worker = worker
+        self.grace_s = grace_s
+        self._configured: set[str] = set()
+
+    def __call__(self, conn: Connection, binding: object, outcome: TapOutcome) -> None:
+        profile = getattr(binding, "profile", None)
+        if not isinstance(profile, ReaderProfile) or profile.feedback.channel is FeedbackChannel.NONE:
+            return
+        reader = conn.reader_name
+        commands = profile.feedback
+        if reader not in self._configured:
+            self._configured.add(reader)
+            setting = profile.buzzer_on_detect.command if profile.buzzer_on_detect else None
+            if setting is not None:
+                from dataclasses import replace
+
+                commands = replace(commands, **{_EVENT_OF[outcome.status].value: (setting,)
+                                                + commands.commands(_EVENT_OF[outcome.status])})
+        done = self.worker.signal(reader, _EVENT_OF[outcome.status], commands,
+                                  apdu=lambda cmd: _send_apdu(conn, cmd),
+                                  control=_control_sender(conn, profile))
+        if commands.channel is FeedbackChannel.APDU:
+            done.wait(self.grace_s)
+
+
+def _send_apdu(conn: Connection, cmd: bytes) -> None:
+    _data, sw = conn.send_and_receive(cmd)
+    # ACR122U API v2.04 §6.2: the LED/buzzer answer is 90 <LED state>; others 90 00.
+    if sw >> 8 != 0x90:
+        raise FeedbackFailed(f"reader answered {sw:04X} to {cmd[:4].hex()}")
+
+
+def _control_sender(conn: Connection, profile: ReaderProfile) -> Callable[[bytes], object] | None:
+    code = profile.escape_control_code
+    control = getattr(conn, "control", None)
+    if code is None or control is None:
+        return None
+    return lambda cmd: control(code, cmd)
+
+
+def load_root_key(path: Path) -> PublicKey:
+    """The pinned root public key (PEM SubjectPublicKeyInfo).
+
+    :raises ProfileError: missing or not a public key.
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        return load_pem_public_key(path.read_bytes())  # type: ignore[return-value]
+    except (OSError, ValueError) as exc:
+        raise ProfileError(f"pinned root key {path}: {exc}") from exc
+
+
+def load_terminal_signer(profile: TerminalProfile) -> Signer:
+    """The terminal key from its encrypted PKCS#8 file (passphrase file or $HUMA_KEY_PASSPHRASE).
+
+    :raises ProfileError: no passphrase available.
+    :raises cardlib.keys.errors.KeysError: wrong passphrase or unreadable key.
+    """
+    from cardlib.keys.pkcs8 import load_signer
+
+    if profile.passphrase_path is not None:
+        try:
+            secret = profile.passphrase_path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ProfileError(f"passphrase file {profile.passphrase_path}: {exc.strerror}") from exc
+    else:
+        env = os.environ.get(PASSPHRASE_ENV)
+        if env is None:
+            raise ProfileError(f"no key passphrase: set paths.passphrase in the profile or ${PASSPHRASE_ENV}")
+        secret = env.encode()
+    return load_signer(profile.key_path, secret)
+
+
+@dataclass
+class DaemonHealth:
+    """What the watchdog saw (logged every ``health_log_s``)."""
+
+    supervisor_restarts: int = 0
+    screen_restarts: int = 0
+
+
+class Daemon:
+    """All parts of one counter, started and stopped together.
+
+    :param profile: the loaded terminal profile.
+    :param signer: the terminal key.
+    :param root_key: the pinned root public key.
+    :param clock: the clock source.
+    """
+
+    def __init__(self, profile: TerminalProfile, signer: Signer, root_key: PublicKey,
+                 clock: Clock | None = None) -> None:
+        if profile.bundle_path is None:
+            raise ProfileError("the profile has no bundle path")
+        self.profile = profile
+        self.signer = signer
+        self.stop_event = threading.Event()
+        self.health = DaemonHealth()
+        self.journal = JournalStore(profile.journal_path, terminal_id=profile.terminal_id, signer=signer,
+                                    clock=clock)
+        self.trust = TrustStore(profile.bundle_path, root_key)
+        mode = CounterMode(profile.counter_mode.value)
+        self.state = ScreenState(mode, profile.programmes or ("-",))
+        self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
+        self.feedback = FeedbackWorker()
+        self.reader_feedback = ReaderFeedback(self.feedback)
+        caps = {b.profile.name: b.profile.capabilities() for b in profile.readers}
+        self.tap = TapProcessor(
+            CounterConfig(profile.terminal_id, mode, offline_limits(profile), caps=caps),
+            self.journal, signer, trust=self.trust.current,
+            request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
+        )
+        self.supervisor = Supervisor(
+            [ReaderBinding(b.profile.name_pattern, b.slot_pattern, b.profile) for b in profile.readers],
+            self.tap, scan_s=0.5,
+        )
+        client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
+        self.sync = SyncLoop(client, interval_s=profile.sync_interval)
+        self._sup_thread: threading.Thread | None = None
+
+    def _request(self) -> tuple[str, int, str | None]:
+        programme, qty = self.state.request()
+        return programme, qty, self.state.take_pin()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _start_supervisor(self) -> None:
+        if self._sup_thread is not None:
+            self.health.supervisor_restarts += 1
+            log.error("reader supervisor thread had died; restarting it")
+            self.supervisor.stop_event.clear()
+        self._sup_thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._sup_thread.start()
+
+    def _supervise(self) -> None:
+        try:
+            self.supervisor.run()
+        except Exception:  # noqa: BLE001 - logged here; the watchdog restarts the supervisor
+            log.exception("reader supervisor crashed")
+            raise
+
+    def _wait_for_bundle(self) -> bool:
+        """Block until a trust bundle is installed (first start); sync keeps trying meanwhile."""
+        warned = False
+        while not self.stop_event.is_set():
+            try:
+                self.trust.current()
+                return True
+            except BundleError as exc:
+                if not warned:
+                    log.error("%s; readers stay off until the first bundle arrives", exc)
+                    warned = True
+                self.sync.kick()
+                self.stop_event.wait(NO_BUNDLE_RETRY_S)
+        return False
+
+    def run(self, ready: Callable[["Daemon"], object] | None = None) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT via :func:`run_daemon`)."""
+        self.screen.start()
+        self.sync.start()
+        log.info("counter %s: screen on %s, journal %s", self.profile.terminal_id, self.screen.url,
+                 self.journal.path)
+        try:
+            if not self._wait_for_bundle():
+                return
+            self._start_supervisor()
+            if ready is not None:
+                ready(self)
+            while not self.stop_event.wait(WATCHDOG_S):
+                self._watchdog()
+        finally:
+            self._shutdown()
+
+    def _watchdog(self) -> None:
+        if self._sup_thread is not None and not self._sup_thread.is_alive():
+            self._start_supervisor()
+        self.sync.ensure_running()
+        self.feedback.healthy()
+        if not self.screen.healthy():
+            self.health.screen_restarts += 1
+            log.error("counter screen stopped; restarting it")
+            self.screen = CounterScreen(self.state, port=self.profile.screen_port,
+                                        language=self.profile.language.value).start()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down (signal-safe: only sets an event)."""
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        self.supervisor.stop()
+        if self._sup_thread is not None:
+            self._sup_thread.join(timeout=15)
+        self.sync.stop(timeout=5)
+        self.screen.stop()
+        self.feedback.stop()
+        self.journal.close()
+        log.info("counter %s stopped cleanly", self.profile.terminal_id)
+
+
+def build_daemon(profile_path: Path, reader_dirs: tuple[Path, ...] = ()) -> Daemon:
+    """Load the profile, the key and the pinned root; build (not start) the daemon.
+
+    :raises firmware_config.errors.ConfigError: invalid profile.
+    :raises ProfileError: missing passphrase or root key.
+    """
+    profile = load_terminal_profile(profile_path, reader_dirs)
+    if profile.root_key_path is None:
+        raise ProfileError("the profile has no root key path")
+    return Daemon(profile, load_terminal_signer(profile), load_root_key(profile.root_key_path))
+
+
+def run_daemon(profile_path: Path) -> None:
+    """``huma terminal run``: build the daemon, stop cleanly on SIGTERM/SIGINT."""
+    daemon = build_daemon(profile_path)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.warning("signal %d: shutting down", signum)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
+    daemon.run()
+    log.info("ran %.0f s", time.monotonic() - started)
