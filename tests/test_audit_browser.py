@@ -1,0 +1,129 @@
+"""The auditor view in headless Debian Chromium (selenium + /usr/bin/chromedriver) against waitress.
+
+Login, findings queue, a confirmation with a reason, card history and a CSV
+download, on SQLite and PostgreSQL, with no JavaScript on the pages.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.reconcile.models import FindingKind, FindingStatus
+from server.reconcile.simulate import District
+from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
+    AUDITOR_PASSWORD,
+    add_auditor,
+    audit_db,
+    findings,
+    install,
+    run,
+    upload_all,
+)
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+UTC = dt.timezone.utc
+#: Seconds to wait for a page or a download.
+WAIT_S = 20
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile and a download directory; no network beyond loopback."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail("Debian chromium and chromium-driver are required for browser tests")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _ms(h: int, m: int = 0) -> int:
+    return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, audit_db, world, live_server,
+                                                                          browser):
+    from selenium.webdriver.common.by import By
+
+    d = District.new(2, 3, seed=5, regions=["62.71", "62.01"])
+    for t in d.terminals:
+        t.boot(_ms(0, 30))
+    card = d.cards[0]
+    clone = card.clone(counter=1)
+    d.terminals[0].redeem(card, _ms(2), "food", 150_000)
+    d.terminals[1].redeem(clone, _ms(2, 30), "food", 150_000)
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+    add_auditor(app)
+    base = f"http://{live_server.host}:{live_server.port}"
+
+    browser.get(f"{base}/audit/findings")
+    assert "/audit/login" in browser.current_url
+    browser.find_element(By.ID, "username").send_keys("audrey")
+    browser.find_element(By.ID, "password").send_keys(AUDITOR_PASSWORD)
+    browser.find_element(By.ID, "login").click()
+    assert browser.current_url.endswith("/audit/findings")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Temuan"  # Bahasa Indonesia by default
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.finding")
+    assert {r.get_attribute("data-kind") for r in rows} >= {"card_fork", "counter_backwards", "impossible_travel"}
+    assert browser.execute_script("return document.scripts.length") == 0  # no JavaScript at all
+
+    fork_row = next(r for r in rows if r.get_attribute("data-kind") == "card_fork")
+    fork_row.find_element(By.CSS_SELECTOR, "td a").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.evidence")) == 2
+    browser.find_element(By.ID, "reason").send_keys("kartu klon disita di T-0001")
+    browser.find_element(By.ID, "confirm").click()
+    assert browser.find_element(By.ID, "finding-status").text == "dikonfirmasi"
+    assert browser.find_element(By.ID, "finding-reason").text == "kartu klon disita di T-0001"
+    fork = findings(app, FindingKind.CARD_FORK)[0]
+    assert fork.status is FindingStatus.CONFIRMED and fork.reason == "kartu klon disita di T-0001"
+
+    browser.find_element(By.ID, "card-link").click()
+    browser.get(browser.current_url + "?lang=en")
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Card {card.card_id}"
+    taps = browser.find_elements(By.CSS_SELECTOR, "tr.tap")
+    assert len(taps) == 4 and {"T-0000", "T-0001"} <= {t.find_elements(By.TAG_NAME, "td")[1].text for t in taps}
+    assert browser.find_element(By.CSS_SELECTOR, "span.neg").text == "-150,000"
+
+    browser.find_element(By.LINK_TEXT, "Exports").click()
+    browser.find_element(By.ID, "export-findings-csv").click()
+    target = browser.downloads / "findings.csv"
+    deadline = time.monotonic() + WAIT_S
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert target.exists(), list(browser.downloads.iterdir())
+    with target.open(encoding="utf-8", newline="") as fh:  # Chromium renames *.crdownload when complete
+        exported = list(csv.DictReader(fh))
+    assert {r["kind"] for r in exported} == {f.kind.value for f in findings(app)}
+    assert any(r["kind"] == "card_fork" and r["status"] == "confirmed" for r in exported)
+
+    browser.find_element(By.ID, "logout").click()
+    browser.get(f"{base}/audit/findings")
+    assert "/audit/login" in browser.current_url
