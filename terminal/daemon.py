@@ -220,6 +220,25 @@ class Daemon:
         client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)
         self._sup_thread: threading.Thread | None = None
+        self.state.health_source = self.health_view
+
+    def health_view(self) -> dict[str, object]:
+        """Readers, PC/SC service, sync and journal state for the screen's ``/api/state``."""
+        h = self.supervisor.health
+        try:
+            bundle_version: int | None = self.trust.current().bundle.version
+        except BundleError:
+            bundle_version = None
+        return {
+            "pcsc": h.service.value,
+            "pcsc_restarts": h.restarts,
+            "readers": {name: status.value for name, status in list(h.readers.items())},
+            "sync_rounds": self.sync.health.rounds,
+            "sync_error": self.sync.health.last_error,
+            "unsent": self.journal.unsent_count(),
+            "bundle_version": bundle_version,
+            "boot_id": self.journal.boot_id,
+        }
 
     def _request(self) -> tuple[str, int, str | None]:
         programme, qty = self.state.request()

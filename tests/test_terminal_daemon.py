@@ -187,3 +187,176 @@ def test_AP_3_failing_led_and_buzzer_never_fail_or_delay_a_redemption(
     assert max(latencies) < 1.0, latencies
     d.stop()
     assert verify_journal_file(files.state / "journal.sqlite").open_writes == ()
+
+
+# ----------------------------------------------------------------------------- the daemon as a process
+
+
+class DaemonProcess:
+    """``huma -v terminal run --profile …`` as a child process (inherits the private pcscd socket)."""
+
+    def __init__(self, files: Any, log_path: Path) -> None:
+        self.files = files
+        self.log_path = log_path
+        self.starts = 0
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        huma = str(Path(sys.executable).parent / "huma")
+        with open(self.log_path, "ab") as log:
+            self.p = subprocess.Popen([huma, "-v", "terminal", "run", "--profile", str(self.files.profile)],
+                                      stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.starts += 1
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.p.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if screen_health(self.files.screen_port).get("readers"):
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, self.log_path.read_text()[-3000:]
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.p is not None
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait(10)
+
+    def terminate(self) -> int:
+        assert self.p is not None
+        self.p.send_signal(signal.SIGTERM)
+        return self.p.wait(30)
+
+
+def screen_health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as r:
+        return dict(json.loads(r.read())["health"])
+
+
+def wait_health(port: int, ok: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            h = screen_health(port)
+            if ok(h):
+                return h
+        except OSError:
+            h = {}
+        assert time.monotonic() < deadline, h
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path) -> Iterator[Any]:
+    made: list[DaemonProcess] = []
+
+    def make(files: Any) -> DaemonProcess:
+        d = DaemonProcess(files, tmp_path / "daemon.log")
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.p is not None and d.p.poll() is None:
+            d.p.kill()
+            d.p.wait(10)
+
+
+def _key_pem(files: Any, path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(files.signer.public_key.public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def test_PC_1_pcscd_restart_mid_shift_then_sigterm(tmp_path, kit, present_card, pcscd_service,
+                                                   daemon_process) -> None:
+    files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
+                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw())
+    d = daemon_process(files)
+    d.start()
+    port = files.screen_port
+    wait_health(port, lambda h: len(h["readers"]) == 2 and set(h["readers"].values()) == {"waiting"})
+    a, b = card(0), card(1)
+    with present_card(a, slot=0):
+        assert wait_results(port, 1)[-1]["status"] == "accepted"
+    pcscd_service.restart(down_for=3.0)  # PC-1: the service goes away under the running daemon
+    wait_health(port, lambda h: h["pcsc_restarts"] >= 1 and h["pcsc"] == "up"
+                and set(h["readers"].values()) == {"waiting"})
+    with present_card(b, slot=1):
+        assert wait_results(port, 2, timeout=30)[-1]["status"] == "accepted"
+    with present_card(a, slot=0):
+        assert wait_results(port, 3)[-1]["reason"] == "Jatah periode ini sudah habis."
+    assert d.terminate() == 0  # SIGTERM: clean shutdown
+    assert "stopped cleanly" in d.log_path.read_text()
+    key = _key_pem(files, tmp_path / "terminal.pub.pem")
+    result = CliRunner().invoke(cli, ["journal", "verify", str(files.state / "journal.sqlite"), "--key", str(key)])
+    assert result.exit_code == 0, result.output
+
+
+SOAK_TAPS = int(os.environ.get("HUMA_SOAK_TAPS", "100"))
+
+
+def test_power_loss_sigkill_at_random_points_never_loses_or_doubles(tmp_path, kit, present_card,
+                                                                    daemon_process) -> None:
+    """~100 taps on two slots; SIGKILL at random moments (seeded); every card re-presented at the end."""
+    rng = random.Random(20260229)
+    files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
+                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw())
+    entitled = 500
+    cards = [card(i, programmes={FOOD: CardProgramme(CardUnit.PACKAGE, entitled)}, offline_cap={FOOD: entitled})
+             for i in range(6)]
+    d = daemon_process(files)
+    d.start()
+    port = files.screen_port
+    seen, kills, shown = 0, 0, 0
+    for _ in range(SOAK_TAPS):
+        chip, slot = rng.choice(cards), rng.randrange(2)
+        if rng.random() < 0.2:
+            with present_card(chip, slot=slot):
+                time.sleep(rng.uniform(0.0, 0.25))  # somewhere in read / PENDING / write / COMMIT
+                d.kill()
+                kills += 1
+            d.start()
+            seen = 0
+            continue
+        with present_card(chip, slot=slot):
+            seen += 1
+            r = wait_results(port, seen)[-1]
+        shown += 1
+        assert r["status"] in ("accepted", "recovered", "voided"), r
+    for chip in cards:  # recovery on re-presentation: every open write is resolved
+        with present_card(chip, slot=0):
+            seen += 1
+            wait_results(port, seen)
+    assert d.terminate() == 0
+    assert kills >= 10 and shown >= SOAK_TAPS // 2
+
+    key = _key_pem(files, tmp_path / "terminal.pub.pem")
+    result = CliRunner().invoke(cli, ["journal", "verify", str(files.state / "journal.sqlite"), "--key", str(key)])
+    assert result.exit_code == 0 and "unfinished" not in result.output, result.output
+    report = verify_journal_file(files.state / "journal.sqlite", cose_key(files.signer))
+    assert report.boots == d.starts and report.open_writes == ()
+    keys = {cose_key(files.signer).kid: cose_key(files.signer)}
+    entries = [verify_entry(m, keys).entry for m in iter_messages(files.state / "journal.sqlite")]
+    charged: dict[str, int] = {}
+    states: set[tuple[str, int]] = set()
+    for e in entries:
+        if e.kind in (EntryKind.COMMIT, EntryKind.FINISHED):
+            assert e.card_id is not None and e.slot_seq_after is not None
+            assert (e.card_id, e.slot_seq_after) not in states, f"state {e.slot_seq_after} of {e.card_id} booked twice"
+            states.add((e.card_id, e.slot_seq_after))
+            charged[e.card_id] = charged.get(e.card_id, 0) + (e.amount or 0)
+    from terminal.sync import TrustStore
+
+    bundle = TrustStore(files.state / "bundle.cose", kit.root.public_key).current().bundle
+    for chip in cards:
+        state = card_state(chip, bundle)
+        cid = state.identity.claims.card_id.hex()
+        on_card = entitled - state.current.claims.remaining[FOOD]
+        assert on_card == charged.get(cid, 0), (cid, on_card, charged.get(cid, 0))
+    assert sum(charged.values()) > 0
+    kinds = {k.name: sum(1 for e in entries if e.kind is k) for k in EntryKind}
+    print(f"soak: {SOAK_TAPS} taps, {kills} kills, journal kinds {kinds}")

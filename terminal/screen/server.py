@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,6 +81,8 @@ class ScreenState:
         self._results: deque[Published] = deque(maxlen=HISTORY)
         self._n = 0
         self._cond = threading.Condition()
+        #: Set by the daemon: returns a JSON-able health snapshot (readers, PC/SC, sync) for the page.
+        self.health_source: Callable[[], dict[str, Any]] | None = None
 
     def select(self, programme: str, quantity: int) -> None:
         """Set the programme and quantity for the next taps.
@@ -289,6 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "programme": programme,
                 "quantity": qty,
                 "pin_waiting": state.pin_waiting,
+                "health": state.health_source() if state.health_source is not None else {},
                 "results": [outcome_view(p, lang) for p in state.results_after(after)],
             })
         elif url.path == "/events":
