@@ -272,3 +272,12 @@ def test_reconcile_is_set_based_sql(app, audit_db, world):
     sql = "\n".join(statements).lower()
     assert sql.count("lag(") >= 8 and "over (partition by" in sql and "having count(distinct" in sql
     assert len(statements) < 40  # a fixed number of statements, independent of the journal size
+
+
+def test_bench_smoke_honest_journal_uploads_and_reconciles_clean(tmp_path):
+    """bench/bench_reconcile.py at a tiny size: every entry accepted, no findings (keeps the bench honest)."""
+    from bench.bench_reconcile import run_one
+
+    out = run_one("sqlite", 400, seed=2)
+    assert out["entries"] == out["accepted"] == out["stored"] > 300
+    assert out["findings"] == 0 and out["ed25519_floor_s"] > 0 and out["reconcile_s"] > 0

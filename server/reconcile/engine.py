@@ -437,15 +437,17 @@ def _card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
                                "ntag_counter": r.ntag_counter} for r in rs]}))
 
     # Counter backwards: by wall time, a genuine UID's counter never decreases.
-    by_time = {"partition_by": J.c.tag_uid, "order_by": (J.c.wall_time, J.c.terminal_id, J.c.seq)}
+    # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
+    # chips share the card id; keying by card id keeps the window shard-local on Citus.
+    by_time = {"partition_by": (J.c.card_id, J.c.tag_uid), "order_by": (J.c.wall_time, J.c.terminal_id, J.c.seq)}
     w = select(
         J.c.card_id, J.c.tag_uid, J.c.entry_id, J.c.terminal_id, J.c.ntag_counter,
         func.lag(J.c.ntag_counter).over(**by_time).label("prev_ctr"),
         func.lag(J.c.entry_id).over(**by_time).label("prev_entry_id"),
         func.lag(J.c.terminal_id).over(**by_time).label("prev_terminal"),
-    ).where(J.c.tag_uid.is_not(None), J.c.ntag_counter.is_not(None)).subquery()
+    ).where(J.c.card_id.is_not(None), J.c.tag_uid.is_not(None), J.c.ntag_counter.is_not(None)).subquery()
     groups = defaultdict(list)
-    for r in conn.execute(select(w).where(w.c.ntag_counter < w.c.prev_ctr).order_by(w.c.tag_uid)):
+    for r in conn.execute(select(w).where(w.c.ntag_counter < w.c.prev_ctr).order_by(w.c.card_id, w.c.tag_uid)):
         groups[f"{r.card_id}|{r.tag_uid.hex()}"].append(r)
     for key, rs in groups.items():
         out.append(Observation(

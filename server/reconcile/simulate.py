@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -126,6 +126,8 @@ class SimTerminal:
     boot_id: int = 0
     boot_true_ms: int = 0
     clock_error_ms: int = 0
+    seq: int = 0
+    last_hash: bytes = GENESIS_HASH
 
     @classmethod
     def new(cls, terminal_id: str, region: str, rng: random.Random) -> SimTerminal:
@@ -145,15 +147,23 @@ class SimTerminal:
         """Sign and chain the next entry at true time ``true_ms`` (ms since the epoch)."""
         if self.boot_id == 0:
             raise ValueError("boot the terminal first")
-        seq = len(self.entries) + 1
+        self.seq += 1
         entry = JournalEntry(
-            entry_id=new_entry_id(), terminal_id=self.terminal_id, boot_id=self.boot_id, seq=seq, kind=kind,
+            entry_id=new_entry_id(), terminal_id=self.terminal_id, boot_id=self.boot_id, seq=self.seq, kind=kind,
             wall_ms=true_ms + self.clock_error_ms, mono_ns=(true_ms - self.boot_true_ms + 1000) * 1_000_000,
-            clock_synced=True, prev_entry_hash=self.entries[-1].entry_hash if self.entries else GENESIS_HASH,
-            **claims)
+            clock_synced=True, prev_entry_hash=self.last_hash, **claims)
         signed = sign_entry(entry, self.private_key, self.kid)
+        self.last_hash = signed.entry_hash
         self.entries.append(signed)
         return signed
+
+    def drain(self) -> list[SignedEntry]:
+        """Hand over the entries written so far and forget them (streaming: flat memory in benchmarks).
+
+        The chain continues from the last entry; :attr:`entries` restarts empty.
+        """
+        out, self.entries = self.entries, []
+        return out
 
     def boot(self, true_ms: int) -> SignedEntry:
         """Start the daemon: new boot id, monotonic clock restarts."""
@@ -204,7 +214,7 @@ class District:
     def new(cls, n_terminals: int, n_cards: int, seed: int = 1, regions: list[str] | None = None) -> District:
         """``n_terminals`` spread over ``regions`` (default: all of :data:`REGIONS`), cards likewise."""
         rng = random.Random(seed)
-        regions = regions or sorted(REGIONS)
+        regions = (regions or sorted(REGIONS))[: max(1, n_terminals)]  # every region has a terminal
         terminals = [SimTerminal.new(f"T-{i:04d}", regions[i % len(regions)], rng) for i in range(n_terminals)]
         cards = []
         for i in range(n_cards):
@@ -227,10 +237,13 @@ class District:
         """Terminals of one region."""
         return [t for t in self.terminals if t.region == region]
 
-    def honest_day(self, day: dt.date, *, balance_share: float = 0.1) -> None:
+    def honest_day(self, day: dt.date, *, balance_share: float = 0.1,
+                   after_card: Callable[[SimTerminal], None] | None = None) -> None:
         """Every card redeems its food package (and half of them cash) at one terminal of its region.
 
         Counters open 08:00 local (UTC+7, WIB); taps at one terminal are ≥ 2 min apart.
+        ``after_card(terminal)`` is called after each card's taps (e.g. to upload and
+        :meth:`SimTerminal.drain` a full batch).
         """
         start = _ms(dt.datetime(day.year, day.month, day.day, 1, 0, tzinfo=UTC))  # 08:00 WIB
         clock: dict[str, int] = {}
@@ -250,6 +263,8 @@ class District:
                     t.redeem(card, now, programme, left)
                     now += 120_000
             clock[t.terminal_id] = now + self.rng.randrange(0, 120_000)
+            if after_card is not None:
+                after_card(t)
 
     def iter_entries(self) -> Iterator[tuple[SimTerminal, SignedEntry]]:
         """Every signed entry of every terminal, terminal by terminal in seq order."""

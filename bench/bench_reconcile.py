@@ -1,0 +1,203 @@
+"""N journal entries from the district simulator: uploaded (verified + stored), then reconciled.
+
+DESIGN §9 / issue 8: upload + signature check + reconciliation of 1,000,000 entries
+within 2× the time Ed25519 verification alone needs on the same cores, on SQLite
+and PostgreSQL, peak memory ≤ 1 GB.
+
+What runs, per database, in a fresh process (so peak RSS is per database):
+1. generate: :class:`server.reconcile.simulate.District` honest day with
+   ``entries / 3.1`` cards and ``cards / 100`` terminals, every entry Ed25519-signed
+   and chained (not timed against the goal: it is the terminals' work);
+2. upload: each full batch (2000 entries, the API limit) goes through the upload
+   path without HTTP — :func:`server.upload.verify_entries` (base64, COSE, Ed25519,
+   claims) then :func:`server.upload.store_entries` (chain links, insert-or-ignore)
+   in a write transaction;
+3. reconcile: :func:`server.reconcile.engine.reconcile` over the whole journal;
+4. floor: raw Ed25519 verifications of same-size messages, timed on a sample and
+   scaled to N (one core, like steps 2–3 in this process).
+
+    .venv/bin/python -m bench.bench_reconcile --entries 20000 --db both
+    .venv/bin/python -m bench.bench_reconcile --entries 1000000 --db postgresql
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+PG_ADMIN_URL = os.environ.get("HUMA_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+#: Entries per card in the simulator's honest day (food + half cash + 10 % balance checks).
+ENTRIES_PER_CARD = 3.1
+BATCH = 2000
+FLOOR_SAMPLE = 20_000
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _ed25519_floor_s(sample: list[bytes], n: int) -> float:
+    """Seconds for ``n`` raw Ed25519 verifications of messages the size of ``sample``'s."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    pub = key.public_key()
+    pairs = [(key.sign(m[:-64]), m[:-64]) for m in sample]
+    start = time.perf_counter()
+    for sig, msg in pairs:
+        pub.verify(sig, msg)
+    return (time.perf_counter() - start) / len(pairs) * n
+
+
+def _database(kind: str, workdir: str) -> tuple[str, Any]:
+    """A fresh, migrated database; returns (url, cleanup)."""
+    from sqlalchemy import create_engine, text
+
+    from server.db import make_engine, upgrade
+
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir}/bench.db"
+        cleanup = lambda: None  # noqa: E731 - the temp dir goes away
+    else:
+        name = f"huma_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+        def cleanup() -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url, cleanup
+
+
+def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
+    """The whole measurement on one database, in this process."""
+    from sqlalchemy import func, select
+
+    from server.db import WRITE, make_engine, make_sessionmaker
+    from server.models import Terminal, TerminalStatus
+    from server.reconcile.engine import reconcile
+    from server.reconcile.registry import load_registry
+    from server.reconcile.simulate import District, SimTerminal, registry_rows
+    from server.upload import Batch, store_entries, verify_entries
+
+    cards = max(4, int(entries / ENTRIES_PER_CARD))
+    with tempfile.TemporaryDirectory(prefix="huma-bench-") as workdir:
+        url, cleanup = _database(kind, workdir)
+        engine = make_engine(url, busy_timeout_s=30.0, pool_size=2)
+        sessions = make_sessionmaker(engine)
+        try:
+            district = District.new(max(2, cards // 100), cards, seed=seed)
+            with sessions() as s:
+                s.connection(execution_options={WRITE: True})
+                s.add_all([Terminal(terminal_id=t.terminal_id, status=TerminalStatus.APPROVED, csr_der=b"",
+                                    public_key=t.public_key_der, kid=t.kid) for t in district.terminals])
+                s.flush()
+                load_registry(s, registry_rows(district))
+                s.commit()
+            rows = {t.terminal_id: t for t in sessions().scalars(select(Terminal))}
+            timers = {"generate": 0.0, "upload": 0.0}
+            sample: list[bytes] = []
+            stats = {"accepted": 0, "other": 0}
+
+            def upload(t: SimTerminal) -> None:
+                signed = t.drain()
+                if len(sample) < FLOOR_SAMPLE:
+                    sample.extend(e.message for e in signed[: FLOOR_SAMPLE - len(sample)])
+                start = time.perf_counter()
+                batch = Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in signed])
+                terminal = rows[t.terminal_id]
+                rejected, verified = verify_entries(batch, terminal)
+                with sessions() as s:
+                    s.connection(execution_options={WRITE: True})
+                    results = store_entries(s, terminal, batch.batch_id, verified, rejected)
+                    s.commit()
+                for r in results:
+                    stats["accepted" if r.outcome.value == "accepted" else "other"] += 1
+                timers["upload"] += time.perf_counter() - start
+
+            def after_card(t: SimTerminal) -> None:
+                if len(t.entries) >= BATCH:
+                    upload(t)
+
+            start = time.perf_counter()
+            district.honest_day(dt.date(2026, 3, 2), after_card=after_card)
+            for t in district.terminals:
+                if t.entries:
+                    upload(t)
+            timers["generate"] = time.perf_counter() - start - timers["upload"]
+            del district
+            rss_after_upload = _rss_mib()
+
+            start = time.perf_counter()
+            with sessions() as s:
+                result = reconcile(s)
+            timers["reconcile"] = time.perf_counter() - start
+            with sessions() as s:
+                stored = s.scalar(select(func.count()).select_from(Terminal.__table__.metadata.tables[
+                    "journal_entries"]))
+            n = stats["accepted"] + stats["other"]
+            floor = _ed25519_floor_s(sample, n)
+            return {
+                "db": kind, "entries": n, "accepted": stats["accepted"], "stored": stored, "cards": cards,
+                "terminals": len(rows), "findings": result.observed,
+                "generate_s": round(timers["generate"], 2), "upload_s": round(timers["upload"], 2),
+                "reconcile_s": round(timers["reconcile"], 2),
+                "total_s": round(timers["upload"] + timers["reconcile"], 2),
+                "ed25519_floor_s": round(floor, 2),
+                "ratio": round((timers["upload"] + timers["reconcile"]) / floor, 2),
+                "peak_rss_mib": round(_rss_mib(), 1), "rss_after_upload_mib": round(rss_after_upload, 1),
+            }
+        finally:
+            engine.dispose()
+            cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=20_000, help="journal entries (1000000 for the goal)")
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per database")
+    args = parser.parse_args(argv)
+    if args.db == "both":
+        outs = []
+        for kind in ("sqlite", "postgresql"):
+            proc = subprocess.run([sys.executable, "-m", "bench.bench_reconcile", "--entries", str(args.entries),
+                                   "--db", kind, "--seed", str(args.seed), "--json"],
+                                  check=True, capture_output=True, text=True)
+            outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    else:
+        outs = [run_one(args.db, args.entries, args.seed)]
+    if args.json:
+        for o in outs:
+            print(json.dumps(o))
+        return
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print("| db | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s | total/floor "
+          "| findings | peak RSS MiB | generate (sign) s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for o in outs:
+        print(f"| {o['db']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
+              f"{o['ed25519_floor_s']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
+
+
+if __name__ == "__main__":
+    main()
