@@ -281,3 +281,28 @@ def test_bench_smoke_honest_journal_uploads_and_reconciles_clean(tmp_path):
     out = run_one("sqlite", 400, seed=2)
     assert out["entries"] == out["accepted"] == out["stored"] > 300
     assert out["findings"] == 0 and out["ed25519_floor_s"] > 0 and out["reconcile_s"] > 0
+
+
+def test_an_edited_column_is_caught_by_re_verification(app, audit_db, world):
+    """An operator lowering a stored amount (to hide an overdraft) contradicts the signed bytes."""
+    from sqlalchemy import update
+
+    d, card = _two_region_district()
+    t = d.terminals[0]
+    _, commit = t.redeem(card, _ms(2), "food", 150_000)
+    install(app, world, d)
+    upload_all(world, d)
+    assert run(app).observed == 0
+    with app.app_context():
+        session = db.write_session()
+        session.execute(update(JournalEntryRow).where(JournalEntryRow.entry_id == commit.entry.entry_id)
+                        .values(amount=1000))
+        session.commit()
+        result = reconcile(db.write_session(), verify_signatures=True)
+    assert result.by_kind == {"bad_signature": 1}
+    bad = findings(app, FindingKind.BAD_SIGNATURE)[0]
+    assert evidence(bad) == {commit.entry.entry_id.hex()} and bad.terminal_id == t.terminal_id
+    assert "amount" in bad.summary
+    # A plain run (no re-verification) keeps that finding open.
+    run(app)
+    assert findings(app, FindingKind.BAD_SIGNATURE)[0].status is FindingStatus.OPEN

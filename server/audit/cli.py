@@ -27,8 +27,10 @@ def audit() -> None:
 @audit.command("reconcile")
 @click.option("--max-speed-kmh", type=float, default=60.0, show_default=True,
               help="Fastest plausible travel between two counters.")
+@click.option("--verify-signatures", is_flag=True,
+              help="Also re-verify every stored entry's signature and columns (one Ed25519 verify per entry).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
-def reconcile_cmd(max_speed_kmh: float, as_json: bool) -> None:
+def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, as_json: bool) -> None:
     """Reconcile the whole stored journal; findings are upserted (re-running never duplicates)."""
     from server.extensions import db
     from server.reconcile.engine import ReconcileConfig, reconcile
@@ -36,7 +38,8 @@ def reconcile_cmd(max_speed_kmh: float, as_json: bool) -> None:
     app = _app()
     with app.app_context():
         try:
-            result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh))
+            result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh),
+                               verify_signatures=verify_signatures)
         finally:
             db.engine.dispose()
     if as_json:

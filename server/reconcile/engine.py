@@ -103,6 +103,8 @@ KM_PER_DEG_LON_EQUATOR = 111.320
 DENY_KINDS = frozenset({FindingKind.CARD_FORK, FindingKind.CARD_ROLLBACK, FindingKind.COUNTER_BACKWARDS,
                         FindingKind.IMPOSSIBLE_TRAVEL, FindingKind.REVOKED_CARD_USED,
                         FindingKind.ENTITLEMENT_EXCEEDED})
+#: Rows per round trip when streaming the journal.
+YIELD_PER = 2000
 #: The reason recorded when an open finding is no longer observed.
 RESOLVED_REASON = "resolved: no longer observed by reconciliation run {run}"
 
@@ -576,6 +578,60 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     return out
 
 
+#: Stored columns that must equal the signed claims (an edited column would mislead every SQL check).
+_SIGNED_COLUMNS = ("terminal_id", "boot_id", "seq", "kind", "mono_ns", "clock_synced", "card_id", "tag_uid",
+                   "programme", "amount", "slot_seq_before", "slot_seq_after", "state_hash_prev",
+                   "state_hash_new", "ntag_counter", "prev_entry_hash")
+
+
+def observe_signatures(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observation]:
+    """Re-verify every stored entry against its terminal's key and compare the columns to the signed claims.
+
+    The SQL checks read the decoded columns; this pass proves those columns are
+    what the terminal signed (an operator editing ``amount`` or ``card_id`` is
+    caught). It is the one row-by-row pass (Ed25519 cannot run in SQL): streamed,
+    flat memory, cost ≈ one Ed25519 verification per entry.
+    """
+    from cardlib.records.errors import RecordError
+    from cardlib.records.journal import entry_hash, verify_entry
+    from server.upload import cose_key_of
+
+    cfg = cfg or ReconcileConfig()
+    keys = {t.terminal_id: cose_key_of(t) for t in Session(bind=conn).scalars(select(Terminal))}
+    bad: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
+    cols = [J.c[c] for c in _SIGNED_COLUMNS]
+    stmt = select(J.c.entry_id, J.c.raw, J.c.entry_hash, J.c.wall_time, *cols).order_by(J.c.terminal_id, J.c.seq)
+    for row in conn.execute(stmt.execution_options(yield_per=YIELD_PER)):
+        key = keys.get(row.terminal_id)
+        problem = ""
+        try:
+            if key is None:
+                raise RecordError(f"no key for terminal {row.terminal_id}")
+            e = verify_entry(row.raw, {key.kid: key}).entry
+        except RecordError as exc:
+            problem = f"signature: {exc}"
+        else:
+            claims = {c: getattr(e, c) for c in _SIGNED_COLUMNS}
+            claims["kind"] = int(e.kind)
+            diff = [c for c in _SIGNED_COLUMNS if getattr(row, c) != claims[c]]
+            if entry_hash(row.raw) != row.entry_hash:
+                diff.append("entry_hash")
+            if row.wall_time != e.wall_time:
+                diff.append("wall_time")
+            if row.entry_id != e.entry_id:
+                diff.append("entry_id")
+            if diff:
+                problem = "stored columns differ from the signed entry: " + ", ".join(diff)
+        if problem:
+            bad[row.terminal_id].append((row.entry_id, problem))
+    return [Observation(
+        FindingKind.BAD_SIGNATURE, Severity.CRITICAL, terminal_id,
+        f"terminal {terminal_id}: {len(items)} stored entries do not match their signature ({items[0][1]})"[:255],
+        [i for i, _ in items][: cfg.evidence_limit], terminal_id=terminal_id,
+        detail={"count": len(items), "problems": sorted({p for _, p in items})[:20]})
+        for terminal_id, items in bad.items()]
+
+
 def _upsert(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -585,13 +641,17 @@ def _upsert(session: Session) -> Any:
     raise NotImplementedError(f"findings upsert not implemented for {dialect}")
 
 
-def reconcile(session: Session, cfg: ReconcileConfig | None = None) -> RunResult:
+def reconcile(session: Session, cfg: ReconcileConfig | None = None, *,
+              verify_signatures: bool = False) -> RunResult:
     """Reconcile the whole stored journal and record the findings; commits.
 
     Idempotent: an anomaly seen again updates its finding's evidence and
     ``last_seen_at`` and keeps its status, reason and decider. Open findings not
     observed this time are dismissed with :data:`RESOLVED_REASON` (decided_by NULL:
-    the system).
+    the system) — except ``bad_signature`` findings when ``verify_signatures`` is off.
+
+    :param verify_signatures: also run :func:`observe_signatures` (one Ed25519
+        verification per stored entry).
 
     :returns: counts of this run.
     """
@@ -602,6 +662,8 @@ def reconcile(session: Session, cfg: ReconcileConfig | None = None) -> RunResult
     conn = session.connection()
     entries = conn.execute(select(func.count()).select_from(J)).scalar_one()
     observations = observe(conn, cfg)
+    if verify_signatures:
+        observations += observe_signatures(conn, cfg)
     by_fp: dict[str, Observation] = {}
     for o in observations:
         by_fp.setdefault(o.fingerprint, o)
@@ -625,7 +687,8 @@ def reconcile(session: Session, cfg: ReconcileConfig | None = None) -> RunResult
             conn.execute(stmt, rows[i:i + 500])
     resolved = conn.execute(
         update(F).where(F.c.status == FindingStatus.OPEN.value,
-                        or_(F.c.last_run_id.is_(None), F.c.last_run_id != run.id))
+                        or_(F.c.last_run_id.is_(None), F.c.last_run_id != run.id),
+                        *(() if verify_signatures else (F.c.kind != FindingKind.BAD_SIGNATURE.value,)))
         .values(status=FindingStatus.DISMISSED.value, reason=RESOLVED_REASON.format(run=run.id),
                 decided_at=now)).rowcount
     run.entries = entries
