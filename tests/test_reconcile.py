@@ -306,3 +306,17 @@ def test_an_edited_column_is_caught_by_re_verification(app, audit_db, world):
     # A plain run (no re-verification) keeps that finding open.
     run(app)
     assert findings(app, FindingKind.BAD_SIGNATURE)[0].status is FindingStatus.OPEN
+
+
+def test_clock_ahead_of_the_server_is_reported_not_dropped(app, audit_db, world):
+    d, card = _two_region_district()
+    t = d.terminals[0]
+    t.step_clock(int(dt.datetime.now(UTC).timestamp() * 1000) - _ms(0) + 3 * 86400_000)  # 3 days ahead of now
+    _, commit = t.redeem(card, _ms(2), "food", 150_000)
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+    skew = [f for f in findings(app, FindingKind.CLOCK_SKEW) if json.loads(f.detail).get("ahead_s")]
+    assert len(skew) == 1 and skew[0].terminal_id == t.terminal_id
+    assert 2.9 * 86400 < json.loads(skew[0].detail)["ahead_s"] < 3.1 * 86400
+    assert evidence(skew[0]) <= {e.entry.entry_id.hex() for e in t.entries}

@@ -364,15 +364,17 @@ def _clocks(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     ahead = wall - epoch_s(J.c.received_at)
     a = select(J.c.terminal_id, J.c.entry_id, J.c.seq, ahead.label("ahead"),
                func.max(ahead).over(partition_by=J.c.terminal_id).label("mx")).subquery()
+    reported: set[str] = set()
     for r in conn.execute(select(a).where(a.c.ahead == a.c.mx, a.c.mx > cfg.future_tolerance_s)
                           .order_by(a.c.terminal_id, a.c.seq)):
+        if r.terminal_id in reported:  # ties on the maximum: the first entry is evidence enough
+            continue
+        reported.add(r.terminal_id)
         out.append(Observation(
             FindingKind.CLOCK_SKEW, Severity.MEDIUM, f"{r.terminal_id}|future",
             f"terminal {r.terminal_id}: entries dated up to {r.ahead:.0f} s after the server received them",
             [r.entry_id], terminal_id=r.terminal_id, detail={"ahead_s": round(r.ahead, 3), "seq": r.seq}))
-    # One "future" finding per terminal (ties on the maximum keep the first).
-    seen: set[str] = set()
-    return [x for x in out if not (x.key in seen or seen.add(x.key))]  # type: ignore[func-returns-value]
+    return out
 
 
 # ----------------------------------------------------------------------------- card checks
