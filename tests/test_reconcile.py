@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from server.extensions import db
 from server.models import AuditLog, JournalEntryRow, Role
-from server.reconcile.engine import decide, deny_list_candidates, reconcile
+from server.reconcile.engine import decide, deny_list_candidates, deny_sets, reconcile
 from server.reconcile.models import FindingKind, FindingStatus, TerminalSite
 from server.reconcile.simulate import ENTITLEMENTS, District, SimCard
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
@@ -233,6 +233,8 @@ def test_rerun_is_idempotent_and_confirmed_clones_feed_the_deny_list(app, audit_
                                  .where(AuditLog.action == "finding.confirmed")).scalar_one()
     assert [c.card_id for c in candidates] == [card.card_id]
     assert candidates[0].tag_uids == (card.tag_uid,) and candidates[0].finding_ids == (fork.id,)
+    deny_cards, deny_uids = deny_sets(candidates)  # what the next trust bundle carries
+    assert bytes.fromhex(card.card_id) in deny_cards and card.tag_uid in deny_uids and len(deny_cards) == 1
     assert log == 1
 
 

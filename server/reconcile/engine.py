@@ -63,6 +63,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from cardlib.records.bundle import CARD_ID_LENGTH, UID_LENGTH, SortedIdSet
 from cardlib.records.journal import EntryKind
 from server.models import Card, JournalConflict, JournalEntryRow, Person, RejectedEntry, Terminal, TerminalStatus
 from server.reconcile.errors import FindingNotFound, InvalidDecision
@@ -91,6 +92,7 @@ __all__ = [
     "reconcile",
     "decide",
     "deny_list_candidates",
+    "deny_sets",
 ]
 
 #: Entry kinds that mean a slot was written and an amount charged (DESIGN §5).
@@ -760,6 +762,26 @@ def deny_list_candidates(session: Session) -> list[DenyCandidate]:
         for card_id, uid in session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))):
             uids[card_id].add(uid)
     return [DenyCandidate(c, tuple(sorted(uids[c])), tuple(findings[c])) for c in ids]
+
+
+def deny_sets(candidates: Iterable[DenyCandidate]) -> tuple[SortedIdSet, SortedIdSet]:
+    """The deny lists of the next trust bundle (cardlib/records/bundle.py claims 6 and 7).
+
+    Card ids in the journal are the hex of the 8-byte card id (DESIGN §4); UIDs are
+    kept when 7 bytes (NTAG21x), the width the bundle carries.
+
+    :returns: (deny_cards, deny_uids), sorted and unique.
+    :raises ValueError: a card id that is not 16 hex digits.
+    """
+    cards: set[bytes] = set()
+    uids: set[bytes] = set()
+    for c in candidates:
+        raw = bytes.fromhex(c.card_id)
+        if len(raw) != CARD_ID_LENGTH:
+            raise ValueError(f"card id {c.card_id!r} is not {CARD_ID_LENGTH} bytes of hex")
+        cards.add(raw)
+        uids.update(u for u in c.tag_uids if len(u) == UID_LENGTH)
+    return SortedIdSet.from_ids(cards, CARD_ID_LENGTH), SortedIdSet.from_ids(uids, UID_LENGTH)
 
 
 def evidence_entries(session: Session, finding: Finding) -> Sequence[Any]:
