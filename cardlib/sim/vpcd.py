@@ -257,7 +257,10 @@ class VpcdCard:
                 raise _Disconnected()
             # Delayed ACKs otherwise cost ~40 ms per APDU (card_tech.md §5.1).
             if self.tcp_quickack:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+                except OSError as exc:  # stop() closed the socket between recv and here
+                    raise _Disconnected() from exc
             buf += chunk
         return bytes(buf)
 
