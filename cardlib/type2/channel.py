@@ -120,7 +120,7 @@ class Type2Channel(abc.ABC):
 
         :param frame: command byte + arguments, e.g. ``3A 04 10`` (FAST_READ pages 4-16).
         :returns: the answer bytes; ``b"\\x0a"`` for an ACK.
-        :raises Nak: the chip answered with a 4-bit NAK.
+        :raises Nak: the chip answered with a 4-bit NAK (the tag has been re-selected).
         :raises cardlib.transport.TagMute: the chip did not answer.
         :raises UnsupportedCommand: the channel cannot carry this command.
         """
@@ -128,6 +128,8 @@ class Type2Channel(abc.ABC):
         answer = self._exchange(frame)
         self.air_bytes += len(frame) + len(answer)
         if len(answer) == _ACK_NAK_LEN and answer[0] != ACK:
+            # A NAK drops the chip to IDLE (datasheet §9.1): re-select it so the session goes on.
+            self.reactivate()
             raise Nak(answer[0] & 0x0F, f"command {frame[:1].hex()}")
         return answer
 
@@ -167,29 +169,6 @@ class _ApduType2Channel(Type2Channel):
     def _repoll_hook(self) -> None:
         self.reactivate()
 
-    def read16(self, page: int) -> bytes:
-        """READ BINARY ``FF B0 00 <page> 10`` (one chip READ; PC/SC Part 3 §3.2.2.1.4)."""
-        self.commands += 1
-        try:
-            data = self.apdu.send(CommandApdu(0xFF, 0xB0, 0x00, page, le=READ_BYTES))
-        except ApduError as exc:
-            raise _storage_error(exc, f"READ BINARY page {page}") from exc
-        self.air_bytes += 2 + len(data)
-        if len(data) != READ_BYTES:
-            raise BadResponse(f"READ BINARY {page} answered {len(data)} bytes, expected {READ_BYTES}")
-        return data
-
-    def write4(self, page: int, data: bytes) -> None:
-        """UPDATE BINARY ``FF D6 00 <page> 04 <data>`` (PC/SC Part 3 §3.2.2.1.5)."""
-        if len(data) != PAGE_SIZE:
-            raise ValueError("a page write takes exactly 4 bytes")
-        self.commands += 1
-        try:
-            self.apdu.send(CommandApdu(0xFF, 0xD6, 0x00, page, bytes(data)))
-        except ApduError as exc:
-            raise _storage_error(exc, f"UPDATE BINARY page {page}") from exc
-        self.air_bytes += 2 + PAGE_SIZE + 1
-
 
 #: PC/SC Part 3 storage-card status words (v2.02 §3.2.2.1.4 Table 3-9).
 _SW_NO_RESPONSE = 0x6401
@@ -212,6 +191,29 @@ class PlainChannel(_ApduType2Channel):
     @property
     def supports_raw(self) -> bool:
         return False
+
+    def read16(self, page: int) -> bytes:
+        """READ BINARY ``FF B0 00 <page> 10`` (one chip READ; PC/SC Part 3 §3.2.2.1.4)."""
+        self.commands += 1
+        try:
+            data = self.apdu.send(CommandApdu(0xFF, 0xB0, 0x00, page, le=READ_BYTES))
+        except ApduError as exc:
+            raise _storage_error(exc, f"READ BINARY page {page}") from exc
+        self.air_bytes += 2 + len(data)
+        if len(data) != READ_BYTES:
+            raise BadResponse(f"READ BINARY {page} answered {len(data)} bytes, expected {READ_BYTES}")
+        return data
+
+    def write4(self, page: int, data: bytes) -> None:
+        """UPDATE BINARY ``FF D6 00 <page> 04 <data>`` (PC/SC Part 3 §3.2.2.1.5)."""
+        if len(data) != PAGE_SIZE:
+            raise ValueError("a page write takes exactly 4 bytes")
+        self.commands += 1
+        try:
+            self.apdu.send(CommandApdu(0xFF, 0xD6, 0x00, page, bytes(data)))
+        except ApduError as exc:
+            raise _storage_error(exc, f"UPDATE BINARY page {page}") from exc
+        self.air_bytes += 2 + PAGE_SIZE + 1
 
     def _exchange(self, frame: bytes) -> bytes:
         raise UnsupportedCommand(f"reader {self.caps.name!r} has no pass-through for command {frame[:1].hex()}")

@@ -27,6 +27,7 @@ from cardlib.type2.chip import (
     ChipInfo,
     ChipType,
     chip_from_cc2,
+    chip_from_name,
     chip_from_version,
     ultralight_family_atr,
     unknown_chip,
@@ -149,9 +150,11 @@ class Type2Tag:
         if self.channel.supports_raw:
             try:
                 chip = chip_from_version(self.channel.transceive(bytes((T2Command.GET_VERSION,))))
-            except (Nak, TagMute, BadResponse) as exc:
-                logger.debug("GET_VERSION failed (%s): falling back to ATR/CC", exc)
+            except TagMute as exc:
+                logger.debug("GET_VERSION unanswered (%s): falling back to ATR/CC", exc)
                 self.channel.reactivate()
+            except (Nak, BadResponse) as exc:
+                logger.debug("GET_VERSION refused (%s): falling back to ATR/CC", exc)
         if chip is None:
             # Pages 2-5 (lock bytes, CC, first data bytes): kept for the read_ndef that usually follows.
             head = self._read_raw_pages(STATIC_LOCK_PAGE, READ_PAGES, MIN_T2_PAGES)
@@ -404,15 +407,20 @@ class Type2Tag:
                 raise WriteVerifyFailed("NDEF message read back differs from what was written")
         return result
 
-    def format(self) -> NdefArea:
+    def format(self, chip_type: ChipType | None = None) -> NdefArea:
         """Write a clean CC (factory size for the chip) and an empty NDEF TLV ``03 00 FE`` on a blank tag.
 
         A factory NTAG21x already carries the CC; then only page 4 is written.
 
+        :param chip_type: the chip, when the reader cannot identify it (no GET_VERSION
+            and a blank CC); ignored when GET_VERSION identified the chip.
         :raises UnsupportedChip: the chip is unknown (cannot size the CC).
         :raises NotBlank: page 3 holds a different CC (OTP bits cannot be cleared).
         """
         chip = self.identify()
+        if chip.chip is ChipType.UNKNOWN and chip_type is not None:
+            chip = chip_from_name(chip_type.value, source="operator")
+            self._set_chip(chip)
         if chip.chip not in STANDARD_CC2:
             raise UnsupportedChip(f"cannot format a {chip.chip.value} tag")
         want = CapabilityContainer.build(STANDARD_CC2[chip.chip] * 8)
@@ -457,14 +465,13 @@ class Type2Tag:
 
         :param pwd: the 4-byte password (sent in clear over RF).
         :param expected_pack: when given, the PACK must match (detects a fake tag accepting any password).
-        :raises AuthenticationFailed: NAK or PACK mismatch. The tag is re-selected after a NAK.
+        :raises AuthenticationFailed: NAK (the channel re-selects the tag) or PACK mismatch.
         """
         if len(pwd) != PWD_LENGTH:
             raise ValueError("PWD is 4 bytes")
         try:
             pack = self.channel.transceive(bytes((T2Command.PWD_AUTH,)) + bytes(pwd))
         except Nak as exc:
-            self.channel.reactivate()
             raise AuthenticationFailed(f"PWD_AUTH refused (NAK 0x{exc.code:X})") from exc
         if len(pack) != PACK_LENGTH:
             raise BadResponse(f"PWD_AUTH answered {len(pack)} bytes")
