@@ -1,0 +1,201 @@
+"""``huma readers`` and ``huma card info|dump|format``: look at a Type 2 card on a PC/SC reader.
+
+Readers are chosen by ``--reader PATTERN`` (glob, or ``re:<regex>``); without
+it the command works only when exactly one reader exists. ``--kind`` names the
+reader's pass-through (``acr122u``, ``part3``, ``none``); ``auto`` guesses from
+the reader name (ACS ACR122U → ``acr122u``, otherwise ``none``) - a reader
+profile from firmware_config is the proper source on a terminal.
+
+Errors are cardlib's typed errors; ``huma``'s ``main()`` turns them into a
+message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cardlib.errors import CardlibError
+from cardlib.ndef import NdefError, decode_message
+from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
+from cardlib.type2.chip import ChipType
+
+_KINDS: dict[str, ReaderCapabilities] = {"acr122u": ACR122U, "part3": PART3, "none": GENERIC}
+_ACR122U_NAME_MARK = "ACR122"
+
+reader_option = click.option(
+    "--reader", "pattern", metavar="PATTERN", default=None,
+    help="Reader name glob (or re:REGEX). Needed when more than one reader exists.",
+)
+kind_option = click.option(
+    "--kind", type=click.Choice(["auto", *_KINDS]), default="auto", show_default=True,
+    help="Reader pass-through kind (from the reader profile).",
+)
+
+
+def _caps(kind: str, reader_name: str) -> ReaderCapabilities:
+    if kind == "auto":
+        kind = "acr122u" if _ACR122U_NAME_MARK in reader_name else "none"
+    return _KINDS[kind]
+
+
+@click.command()
+def readers() -> None:
+    """List PC/SC readers and whether a card is present."""
+    from cardlib.transport.pcsc import PcscContext
+
+    with PcscContext() as ctx:
+        names = ctx.readers()
+        if not names:
+            click.echo("no readers")
+        for name in names:
+            click.echo(f"{name}\t{'card' if ctx.card_present(name) else 'empty'}")
+
+
+@click.group()
+def card() -> None:
+    """Inspect, dump and format Type 2 cards (NTAG213/215/216)."""
+
+
+def _open(pattern: str | None, kind: str) -> tuple[Any, Type2Tag]:
+    from cardlib.transport.pcsc import connect
+
+    conn = connect(pattern)
+    try:
+        caps = _caps(kind, conn.reader_name)
+        tag = Type2Tag(channel_for(conn, caps, repoll=conn.reconnect), conn.atr)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, tag
+
+
+def card_report(tag: Type2Tag) -> dict[str, Any]:
+    """Everything ``card info`` shows, as JSON-ready data (hex strings for bytes).
+
+    Optional parts the reader or card cannot give (counter, signature, NDEF)
+    carry the typed error's text instead of a value.
+    """
+    chip = tag.identify()
+    out: dict[str, Any] = {
+        "chip": chip.chip.value,
+        "identified_by": chip.source,
+        "version": chip.version.hex().upper(),
+        "uid": tag.uid.hex().upper(),
+        "total_pages": chip.total_pages,
+    }
+    try:
+        area = tag.read_ndef()
+    except CardlibError as exc:
+        out["ndef"] = {"error": f"{type(exc).__name__}: {exc}"}
+    else:
+        data = area.data_area
+        out["cc"] = {
+            "raw": data.cc.raw.hex().upper(),
+            "data_area_bytes": data.cc.data_area_size,
+            "writable": data.cc.writable,
+        }
+        out["data_area"] = {
+            "usable_bytes": data.size,
+            "read_only": data.read_only,
+            "mis_issued": data.mis_issued,
+            "issuance_errors": list(data.issuance_errors),
+        }
+        ndef_out: dict[str, Any] = {
+            "tlv_offset": area.tlv_offset,
+            "value_offset": area.value_offset,
+            "length_form": area.length_form,
+            "length": len(area.message),
+            "capacity": area.capacity,
+        }
+        if area.message:
+            try:
+                ndef_out["records"] = [
+                    {"type": r.type, "id": r.name, "payload_length": len(r.data), "payload": bytes(r.data).hex()}
+                    for r in decode_message(area.message)
+                ]
+            except NdefError as exc:
+                ndef_out["records_error"] = str(exc)
+        else:
+            ndef_out["records"] = []
+        out["ndef"] = ndef_out
+    try:
+        out["counter"] = tag.read_counter()
+    except CardlibError as exc:
+        out["counter"] = f"unavailable: {type(exc).__name__}: {exc}"
+    try:
+        tag.verify_originality()
+        out["originality"] = "verified (NXP NTAG21x key)"
+    except CardlibError as exc:
+        out["originality"] = f"not verified: {type(exc).__name__}: {exc}"
+    return out
+
+
+@card.command()
+@reader_option
+@kind_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(pattern: str | None, kind: str, as_json: bool) -> None:
+    """Chip, UID, CC, counter, originality check and NDEF records of the card."""
+    conn, tag = _open(pattern, kind)
+    with conn:
+        report = {"reader": conn.reader_name, **card_report(tag)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for sub, item in value.items():
+                if sub == "records" and isinstance(item, list):
+                    for i, rec in enumerate(item):
+                        click.echo(f"  record {i}: {rec['type']} id={rec['id']!r} {rec['payload_length']} B")
+                else:
+                    click.echo(f"  {sub}: {item}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@card.command()
+@reader_option
+@kind_option
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def dump(pattern: str | None, kind: str, out: Path) -> None:
+    """Read every page to OUT, a card file ``huma sim`` can load (PWD/PACK read as zeros)."""
+    from cardlib.sim.chip import ChipVariant, Ntag21x
+
+    conn, tag = _open(pattern, kind)
+    with conn:
+        chip = tag.identify()
+        if chip.chip is ChipType.UNKNOWN:
+            raise click.ClickException("cannot dump an unidentified chip (no GET_VERSION on this reader?)")
+        pages = tag.read_pages(0, chip.total_pages)
+        uid = tag.uid
+        signature = bytes(32)
+        counter = 0
+        if tag.channel.supports_raw:
+            signature = tag.read_signature()
+            try:
+                counter = tag.read_counter()
+            except CardlibError:
+                counter = 0
+    card_file = Ntag21x(ChipVariant.parse(chip.chip.value), uid, pages=pages, signature=signature,
+                        nfc_counter=counter)
+    card_file.save(out)
+    click.echo(f"{chip.chip.value} {uid.hex().upper()}: {chip.total_pages} pages -> {out}")
+
+
+@card.command(name="format")
+@reader_option
+@kind_option
+@click.option("--chip", "chip_name", type=click.Choice([c.value for c in ChipType if c is not ChipType.UNKNOWN]),
+              default=None, help="Chip type when the reader cannot identify it.")
+def format_(pattern: str | None, kind: str, chip_name: str | None) -> None:
+    """Write a clean CC and an empty NDEF message on a blank tag."""
+    conn, tag = _open(pattern, kind)
+    with conn:
+        area = tag.format(ChipType(chip_name) if chip_name else None)
+    click.echo(f"formatted: data area {area.data_area_size} B, NDEF capacity {area.capacity} B")

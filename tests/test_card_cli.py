@@ -1,0 +1,80 @@
+"""``huma readers`` / ``huma card info|dump|format`` through real pcscd + vpcd with virtual cards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cardlib import ndef as nd
+from cardlib.sim.chip import ChipVariant, Ntag21x
+from cardlib.transport.pcsc import select_reader
+from cardlib.transport.errors import ReaderNotFound
+from cardlib.type2 import ACR122U, Type2Tag
+from huma.cli import main
+from tests.type2_emulator import EmulatorConnection
+
+SAMPLE_UID = bytes.fromhex("04E10CDA993C80")
+SAMPLE_SIG = bytes.fromhex("8B76052EE42F5567BEB53238B3E3F9950707C0DCC956B5C5EFCFDB709B2D82B3")
+
+
+def test_reader_choice_by_pattern_never_by_index() -> None:
+    names = ["ACS ACR122U PICC Interface 00 00", "ACS ACR122U SAM Interface 00 01", "Virtual PCD 00 00"]
+    assert select_reader(names, "ACS ACR122U PICC*") == names[0]
+    assert select_reader(names, "re:SAM") == names[1]
+    assert select_reader(names[2:], None) == names[2]
+    for pattern in (None, "ACS*", "Nope*", "re:("):
+        with pytest.raises(ReaderNotFound):
+            select_reader(names, pattern)
+
+
+def written_card(tmp: Path) -> Ntag21x:
+    from cardlib.sim.reader import ReaderEmulator
+    from cardlib.type2 import channel_for
+
+    chip = Ntag21x(ChipVariant.parse("ntag215"), SAMPLE_UID, signature=SAMPLE_SIG)
+    conn = EmulatorConnection(ReaderEmulator(chip, "acr122u"))
+    msg = nd.encode_message([nd.external_record("humabetang.id:i", b"identity", "i"),
+                             nd.external_record("humabetang.id:s", bytes(40), "a")])
+    Type2Tag(channel_for(conn, ACR122U), conn.atr).write_ndef(msg)
+    conn.close()
+    return chip
+
+
+@pytest.mark.pcsc
+def test_card_info_json_and_readers(present_card, reader_name, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chip = written_card(tmp_path)
+    with present_card(chip, kind="acr122u"):
+        assert main(["readers"]) == 0
+        listing = capsys.readouterr().out
+        assert f"{reader_name(0)}\tcard" in listing and f"{reader_name(1)}\tempty" in listing
+        # two readers exist: no pattern is refused (never "the first one")
+        assert main(["card", "info"]) == 2
+        assert "configure a --reader pattern" in capsys.readouterr().err
+        assert main(["card", "info", "--reader", reader_name(0), "--kind", "acr122u", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+    assert report["chip"] == "NTAG215" and report["uid"] == SAMPLE_UID.hex().upper()
+    assert report["cc"]["raw"] == "E1103E00" and report["data_area"]["mis_issued"] is False
+    assert report["originality"].startswith("verified")
+    assert [r["type"] for r in report["ndef"]["records"]] == ["urn:nfc:ext:humabetang.id:i", "urn:nfc:ext:humabetang.id:s"]
+    assert report["ndef"]["records"][0]["payload"] == b"identity".hex()
+
+
+@pytest.mark.pcsc
+def test_card_dump_loads_in_the_sim_and_format(present_card, reader_name, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    chip = written_card(tmp_path)
+    out = tmp_path / "dump.json"
+    with present_card(chip, kind="part3"):
+        assert main(["card", "dump", "--reader", "re:PCD 00 00$", "--kind", "part3", str(out)]) == 0
+    loaded = Ntag21x.load(out)
+    assert loaded.uid == SAMPLE_UID and loaded.signature == SAMPLE_SIG
+    visible = chip.memory[: chip.layout.pwd_page * 4]
+    assert loaded.memory[: len(visible)] == visible
+    blank = Ntag21x.blank(ChipVariant.parse("ntag213"))
+    blank.poke(3, bytes(4))
+    with present_card(blank, kind="plain"):
+        assert main(["card", "format", "--reader", reader_name(0), "--kind", "none", "--chip", "NTAG213"]) == 0
+    assert blank.page(3) == bytes.fromhex("E1101200") and blank.page(4)[:3] == bytes.fromhex("0300FE")
+    capsys.readouterr()
