@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from cardlib.transport.errors import TagMute
-from cardlib.type2.cc import CC_PAGE, DATA_AREA_OFFSET, CapabilityContainer, DataArea, check_data_area
+from cardlib.type2.cc import CC_PAGE, CapabilityContainer, DataArea, check_data_area
 from cardlib.type2.channel import T2Command, Type2Channel
 from cardlib.type2.chip import (
     FIRST_USER_PAGE,
