@@ -137,7 +137,11 @@ def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
                     upload(t)
 
             start = time.perf_counter()
-            district.honest_day(dt.date(2026, 3, 2), after_card=after_card)
+            def after_terminal(t: SimTerminal) -> None:
+                if t.entries:
+                    upload(t)
+
+            district.honest_day(dt.date(2026, 3, 2), after_card=after_card, after_terminal=after_terminal)
             for t in district.terminals:
                 if t.entries:
                     upload(t)

@@ -69,7 +69,7 @@ def _ms(when: dt.datetime) -> int:
     return JournalEntry.wall_ms_of(when)
 
 
-@dataclass
+@dataclass(slots=True)
 class SimCard:
     """A card's on-chip state (one chip).
 
@@ -238,33 +238,38 @@ class District:
         return [t for t in self.terminals if t.region == region]
 
     def honest_day(self, day: dt.date, *, balance_share: float = 0.1,
-                   after_card: Callable[[SimTerminal], None] | None = None) -> None:
+                   after_card: Callable[[SimTerminal], None] | None = None,
+                   after_terminal: Callable[[SimTerminal], None] | None = None) -> None:
         """Every card redeems its food package (and half of them cash) at one terminal of its region.
 
         Counters open 08:00 local (UTC+7, WIB); taps at one terminal are ≥ 2 min apart.
-        ``after_card(terminal)`` is called after each card's taps (e.g. to upload and
-        :meth:`SimTerminal.drain` a full batch).
+        Cards are assigned to terminals first, then each terminal's day is written in
+        one go, so a caller can stream: ``after_card(terminal)`` runs after each card's
+        taps (e.g. upload and :meth:`SimTerminal.drain` a full batch),
+        ``after_terminal(terminal)`` after the terminal's last card.
         """
         start = _ms(dt.datetime(day.year, day.month, day.day, 1, 0, tzinfo=UTC))  # 08:00 WIB
-        clock: dict[str, int] = {}
-        for t in self.terminals:
-            clock[t.terminal_id] = start
-            t.boot(start - 30 * 60_000)
+        queues: dict[str, list[SimCard]] = {t.terminal_id: [] for t in self.terminals}
         for card in self.cards:
             local = self.local_terminals(card.region)
-            t = local[self.rng.randrange(len(local))]
-            now = clock[t.terminal_id]
-            if self.rng.random() < balance_share:
-                t.balance(card, now)
-                now += 60_000
-            for programme, amount in ENTITLEMENTS.items():
-                left = amount - card.spent.get(programme, 0)
-                if left > 0 and (programme == "food" or self.rng.random() < 0.5):
-                    t.redeem(card, now, programme, left)
-                    now += 120_000
-            clock[t.terminal_id] = now + self.rng.randrange(0, 120_000)
-            if after_card is not None:
-                after_card(t)
+            queues[local[self.rng.randrange(len(local))].terminal_id].append(card)
+        for t in self.terminals:
+            t.boot(start - 30 * 60_000)
+            now = start
+            for card in queues[t.terminal_id]:
+                if self.rng.random() < balance_share:
+                    t.balance(card, now)
+                    now += 60_000
+                for programme, amount in ENTITLEMENTS.items():
+                    left = amount - card.spent.get(programme, 0)
+                    if left > 0 and (programme == "food" or self.rng.random() < 0.5):
+                        t.redeem(card, now, programme, left)
+                        now += 120_000
+                now += self.rng.randrange(0, 120_000)
+                if after_card is not None:
+                    after_card(t)
+            if after_terminal is not None:
+                after_terminal(t)
 
     def iter_entries(self) -> Iterator[tuple[SimTerminal, SignedEntry]]:
         """Every signed entry of every terminal, terminal by terminal in seq order."""
