@@ -214,3 +214,27 @@ def test_pending_left_by_a_crash_becomes_uncertain_at_boot(tmp_path: Path, signe
     assert store.open_write("C-7").entry.kind is EntryKind.PENDING  # type: ignore[union-attr]
     store.close()
     assert verify_journal_file(path, cose_key(signer)).open_writes == ("C-7",)
+
+
+def test_decline_reason_is_a_signed_claim_only_on_declined_entries(tmp_path: Path, signer: SoftwareSigner) -> None:
+    from cardlib.records.journal import MalformedEntry, verify_entry
+
+    store = open_store(tmp_path / "j.sqlite", signer)
+    e = store.append(EntryKind.DECLINED, CardWrite(card_id="6271000000001234", decline_reason="card_denied"))
+    again = verify_entry(e.signed.message, {cose_key(signer).kid: cose_key(signer)})
+    assert again.entry.decline_reason == "card_denied"
+    with pytest.raises(MalformedEntry, match="only on DECLINED"):  # never signed on another kind
+        store.append(EntryKind.BALANCE, CardWrite(card_id="6271000000001234", decline_reason="card_denied"))
+    store.close()
+    assert verify_journal_file(tmp_path / "j.sqlite").entries == 2
+
+
+def test_flagged_upload_problems_are_kept_and_skipped(tmp_path: Path, signer: SoftwareSigner) -> None:
+    store = open_store(tmp_path / "j.sqlite", signer)
+    a = store.append(EntryKind.BALANCE, CardWrite(card_id="6271000000001234"))
+    store.flag_upload(a.entry.entry_id, "conflict", "same seq, other bytes")
+    assert [s.seq for s in store.unsent()] == [1] and store.unsent_count() == 1
+    assert store.upload_problems() == [(2, "conflict", "same seq, other bytes")]
+    with pytest.raises(sqlite3.IntegrityError):  # still append-only underneath
+        store._db.execute("DELETE FROM entries WHERE seq = 2")
+    store.close()

@@ -213,3 +213,26 @@ def test_a_crash_is_logged_and_sync_goes_on(app, rig, caplog) -> None:
     assert loop.health.crashes == 1 and loop.health.thread_restarts == 1
     assert "sync round crashed" in caplog.text and "sync thread had died" in caplog.text
     assert rig.journal.unsent_count() == 0 and server_rows(app) == 3
+
+
+def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world, live_server) -> None:
+    from click.testing import CliRunner
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from huma.cli import cli
+    from tests.test_terminal_support import make_counter
+
+    files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
+                         terminal_id="T-6271-0077", server_url=f"http://{live_server.host}:{live_server.port}")
+    runner = CliRunner()
+    pending = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile)])
+    assert pending.exit_code == 3 and "waiting for approval" in pending.output, pending.output
+    r = world.client.post("/api/v1/terminals/T-6271-0077/approve", headers=world.auth())
+    assert r.status_code == 200, r.get_json()
+    done = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile)])
+    assert done.exit_code == 0, done.output
+    cert = x509.load_pem_x509_certificate((files.state / "terminal-key.cert.pem").read_bytes())
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+        files.signer.public_key.public_bytes(serialization.Encoding.DER, spki)
