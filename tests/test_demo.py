@@ -1,0 +1,107 @@
+"""``make demo`` end to end: the same command (``python -m huma.demo``) in a subprocess, then its outcomes checked.
+
+The demo starts its own private pcscd instances, server and counters; this test
+only reads what it left in ``--workdir``: the card files (verified in-process
+with the published bundle), the server's journal export and findings, the
+counters' journals.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cardlib.keys.signer import cose_key
+
+from cardlib.records.bundle import verify_bundle
+from cardlib.records.session import CardSession
+from cardlib.sim.chip import Ntag21x
+from terminal.journal import verify_journal_file
+from tests.test_records_support import ChipTag
+
+pytestmark = pytest.mark.pcsc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
+    work = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "huma.demo", "--workdir", str(work / "run"),
+                           "--result-json", str(work / "result.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    result = json.loads((work / "result.json").read_text()) if proc.returncode == 0 else {}
+    return proc, result, work / "run"
+
+
+def test_demo_exits_0_and_tells_the_story(demo) -> None:
+    proc, _result, _work = demo
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for step in ("Key ceremony", "Provisioning 6 cards", "A card pulled away mid-write",
+                 "Offline stretch", "Back online", "Reconciliation and audit", "/audit/"):
+        assert step in out
+    assert "Traceback" not in proc.stderr
+
+
+def _card_states(work: Path) -> list[tuple[str, dict[int, int], dict[int, int]]]:
+    """(card id, entitled, remaining) per card file, read and verified like a counter does."""
+    root = serialization.load_pem_public_key((work / "counters" / "market" / "state" / "root.pem").read_bytes())
+    bundle = verify_bundle((work / "bundle-v1.cose").read_bytes(), root)  # v2 denies the lost card  # type: ignore[arg-type]
+    out = []
+    for path in sorted((work / "cards").glob("*.json")):
+        chip = Ntag21x.load(path)
+        chip.field_on()
+        state = CardSession(ChipTag(chip), bundle).read_state(int(time.time()))
+        entitled = {pid: p.per_cycle for pid, p in state.identity.claims.programmes.items()}
+        out.append((state.identity.claims.card_id.hex(), entitled, dict(state.current.claims.remaining)))
+    return out
+
+
+def test_committed_redemptions_match_the_cards_and_nothing_is_charged_twice(demo) -> None:
+    proc, result, work = demo
+    assert proc.returncode == 0
+    used_on_cards: Counter[str] = Counter()
+    for card_id, entitled, remaining in _card_states(work):
+        used_on_cards[card_id] += sum(entitled[p] - remaining.get(p, entitled[p]) for p in entitled)
+    # Every committed redemption at the server is on a card, and every unit missing from a card is one
+    # committed redemption: the torn write was charged once, the voided attempt not at all.
+    assert result["committed"] == {k: v for k, v in used_on_cards.items() if v}
+    assert result["committed"][result["torn_card_id"]] == 1
+    assert result["denied_card_id"] not in result["committed"]
+    served = Counter(t["status"] for t in result["taps"])
+    assert served["accepted"] + served["recovered"] == sum(result["committed"].values())
+    assert served["uncertain"] == 1 and served["declined"] >= 2 and served["balance"] >= 2
+
+
+def test_the_clone_is_found_with_its_evidence_and_nothing_else(demo) -> None:
+    proc, result, _work = demo
+    assert proc.returncode == 0
+    findings = result["findings"]
+    assert {f["kind"] for f in findings} == {"card_fork"}
+    (fork,) = findings
+    assert fork["card_id"] == result["clone_card_id"]
+    assert len(fork["evidence"]) >= 2  # both COMMIT entries, one per counter
+    assert result["committed"][result["clone_card_id"]] == 2
+
+
+def test_every_counter_journal_verifies(demo) -> None:
+    proc, result, work = demo
+    assert proc.returncode == 0
+    assert sorted(result["journals_verified"]) == ["clinic", "kiosk", "market"]
+    server_entries = Counter(e["terminal_id"] for e in json.loads((work / "journal-export.json").read_text())["items"])
+    for name in ("clinic", "market", "kiosk"):
+        state = work / "counters" / name / "state"
+        cert = x509.load_pem_x509_certificate((state / "terminal-key.cert.pem").read_bytes())
+        report = verify_journal_file(state / "journal.sqlite", cose_key(cert.public_key()))  # type: ignore[arg-type]
+        assert not report.key_from_file and not report.open_writes
+        # everything the counter journalled reached the server (nothing lost offline)
+        assert server_entries[report.terminal_id] == report.entries
