@@ -1,0 +1,296 @@
+"""``huma sim district``: a simulated district/province fed through the real upload path and reconciliation.
+
+Generator: :mod:`server.reconcile.simulate` (signed, chained journals; cards with
+slot seqs, state hashes and NTAG counters). This module adds the field's
+faults on top and drives the real server:
+
+- weeks offline: every terminal keeps its journal for ``days`` and uploads at the end;
+- clock skew: some terminals' wall clocks step by ``skew_minutes`` within a boot;
+- torn writes: PENDING → UNCERTAIN, resolved at the card's next tap as FINISHED
+  (the write had landed) — never a finding;
+- duplicate uploads: some batches are sent twice (``duplicate`` results, no rows);
+- partial uploads: some terminals upload a prefix first and the rest later;
+- gaps: some terminals lose a range of their journal before upload (``terminal_gap``);
+- clones: a card copied onto a second chip and redeemed at another region's counter
+  (``card_fork`` and what follows from it).
+
+Uploads go through ``POST /api/v1/journal/batches`` of the real Flask app
+(:func:`server.create_app`) with the terminals' signed envelopes; terminals are
+enrolled through the API (CSR, admin approval). Only the card link is absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from cardlib.records.journal import EntryKind
+from server.errors import ServerError
+from server.reconcile.simulate import ENTITLEMENTS, District, SimCard, SimTerminal, registry_rows
+
+UTC = dt.timezone.utc
+#: Entries per upload request (the server's limit is 2,000).
+BATCH = 500
+#: Day the simulated cycle's distribution starts (inside :data:`server.reconcile.simulate.CYCLE_START`..END).
+FIRST_DAY = dt.date(2026, 3, 2)
+
+
+class SimulationError(ServerError):
+    """The server refused what an honest simulated terminal sent (a bug, not a finding)."""
+
+
+@dataclass
+class DistrictPlan:
+    """What to simulate. Counts are exact; which cards/terminals get a fault is seeded.
+
+    :ivar households: cards (one per household).
+    :ivar terminals: counters, spread over the simulator's regions.
+    :ivar days: days offline before the single upload (day 1 redeems, later days balance checks).
+    """
+
+    households: int = 2_000
+    terminals: int = 20
+    days: int = 14
+    skewed: int = 1
+    skew_minutes: int = 45
+    torn: int = 5
+    duplicate_batches: int = 3
+    partial: int = 2
+    gaps: int = 1
+    clones: int = 2
+    seed: int = 1
+
+
+@dataclass
+class DistrictReport:
+    """Totals of one run and the seeded faults (to compare with the findings)."""
+
+    entries: int = 0
+    requests: int = 0
+    results: Counter[str] = field(default_factory=Counter)
+    findings: Counter[str] = field(default_factory=Counter)
+    clone_cards: list[str] = field(default_factory=list)
+    gap_terminals: list[str] = field(default_factory=list)
+    skewed_terminals: list[str] = field(default_factory=list)
+    torn_cards: list[str] = field(default_factory=list)
+    finding_rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(day: dt.date, hour: int, minute: int = 0) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC).timestamp() * 1000)
+
+
+def _torn_then_finished(t: SimTerminal, card: SimCard, true_ms: int, programme: str, amount: int) -> None:
+    """A card pulled mid-write whose write had landed: PENDING, UNCERTAIN, then FINISHED at the next tap."""
+    pending, commit = t.redeem(card, true_ms, programme, amount)  # advances the card like the real write
+    t.entries.pop()  # no COMMIT was journalled: the read-back never happened
+    t.seq -= 1
+    t.last_hash = pending.entry_hash
+    claims = {k: getattr(pending.entry, k) for k in (
+        "card_id", "tag_uid", "programme", "amount", "slot_seq_before", "slot_seq_after",
+        "state_hash_prev", "state_hash_new", "ntag_counter")}
+    t.append(EntryKind.UNCERTAIN, true_ms + 1500, **claims)
+    t.append(EntryKind.FINISHED, true_ms + 60_000, **dict(claims, ntag_counter=card.session()))
+
+
+def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, range]]:
+    """Build the district's journals with the plan's faults.
+
+    :returns: the district, a report with the seeded faults, and per gap terminal the seqs lost.
+    """
+    d = District.new(plan.terminals, plan.households, seed=plan.seed)
+    rng = d.rng
+    report = DistrictReport()
+    torn = set(rng.sample(range(len(d.cards)), min(plan.torn, len(d.cards))))
+    report.torn_cards = [d.cards[i].card_id for i in sorted(torn)]
+    skewed = rng.sample(d.terminals, min(plan.skewed, len(d.terminals)))
+    report.skewed_terminals = sorted(t.terminal_id for t in skewed)
+    torn_cards = {d.cards[i].card_id for i in torn}
+
+    candidates = [c for c in d.cards if c.card_id not in torn_cards]
+    cloned = rng.sample(candidates, min(plan.clones, len(candidates)))
+    # The dump is taken before the household's first redemption (a Flipper at home, a magic NTAG).
+    dumps = [(c, c.clone(counter=rng.randrange(1, 4))) for c in cloned]
+    report.clone_cards = [c.card_id for c in cloned]
+
+    def true_now(t: SimTerminal) -> int:
+        """True time of the terminal's last entry, ms (its wall clock minus its error)."""
+        return t.entries[-1].entry.wall_ms - t.clock_error_ms if t.entries else _ms(FIRST_DAY, 0)
+
+    # Day 1: every household redeems at a counter of its region (torn cards via a torn write).
+    all_cards = d.cards
+    d.cards = [c for c in all_cards if c.card_id not in torn_cards]
+    d.honest_day(FIRST_DAY)
+    d.cards = all_cards
+    for c in (c for c in all_cards if c.card_id in torn_cards):
+        t = d.local_terminals(c.region)[0]
+        _torn_then_finished(t, c, true_now(t) + 120_000, "food", ENTITLEMENTS["food"])
+    # Clock skew: the wall clock steps within the boot (no CLOCK_SET), then taps go on.
+    for t in skewed:
+        t.step_clock(plan.skew_minutes * 60_000)
+    # Later days offline: balance checks only (everything was redeemed on day 1), in time order.
+    for n in range(1, plan.days):
+        for c in sorted(rng.sample(all_cards, max(1, len(all_cards) // 50)), key=lambda c: c.card_id):
+            local = d.local_terminals(c.region)
+            t = local[rng.randrange(len(local))]
+            t.balance(c, max(true_now(t) + 60_000, _ms(FIRST_DAY + dt.timedelta(days=n), 1)))
+    # Clones: the copy is redeemed again at a counter of another region, after the genuine card.
+    for c, copy in dumps:
+        far = next(t for t in d.terminals if t.region != c.region and t not in skewed)
+        far.redeem(copy, true_now(far) + 600_000, "food", ENTITLEMENTS["food"])
+    # Gaps: a range of one terminal's journal is lost before upload.
+    gaps: dict[str, range] = {}
+    busy = [t for t in d.terminals if len(t.entries) > 10 and t not in skewed]
+    for t in rng.sample(busy, min(plan.gaps, len(busy))):
+        start = rng.randrange(3, len(t.entries) - 3)
+        gaps[t.terminal_id] = range(start, start + 3)
+    report.gap_terminals = sorted(gaps)
+    return d, report, gaps
+
+
+class _Uploader:
+    """Enrols terminals and uploads batches through the real app's HTTP routes (Flask test client)."""
+
+    def __init__(self, app: Any, admin_token: str) -> None:
+        self.client = app.test_client()
+        self.auth = {"Authorization": f"Bearer {admin_token}"}
+
+    def enrol(self, t: SimTerminal) -> None:
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, t.terminal_id)]))
+               .sign(t.private_key, None))
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+        r = self.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem})
+        if r.status_code != 202:
+            raise SimulationError(f"enrol {t.terminal_id}: {r.status_code} {r.get_json()}")
+        r = self.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=self.auth)
+        if r.status_code != 200:
+            raise SimulationError(f"approve {t.terminal_id}: {r.status_code} {r.get_json()}")
+
+    def upload(self, t: SimTerminal, messages: list[bytes], report: DistrictReport) -> None:
+        from server.upload import SIGNATURE_HEADER, sign_envelope
+
+        body = json.dumps({"terminal_id": t.terminal_id, "batch_id": uuid.uuid4().hex,
+                           "entries": [base64.b64encode(m).decode() for m in messages]}).encode()
+        headers = {"Content-Type": "application/json",
+                   SIGNATURE_HEADER: sign_envelope(body, t.terminal_id, t.private_key, t.kid)}
+        r = self.client.post("/api/v1/journal/batches", data=body, headers=headers)
+        report.requests += 1
+        doc = r.get_json()
+        if r.status_code not in (200, 409, 422) or "results" not in (doc or {}):
+            raise SimulationError(f"upload {t.terminal_id}: {r.status_code} {doc}")
+        report.results.update(x["result"] for x in doc["results"])
+
+
+def run_district(plan: DistrictPlan, app: Any, admin_token: str) -> DistrictReport:
+    """Generate, enrol, upload (with duplicates and partial uploads), reconcile; findings counted.
+
+    :param app: a :func:`server.create_app` application whose database is at head.
+    :param admin_token: bearer token of an admin (enrolment approvals).
+    :raises SimulationError: the server refused an honest request.
+    """
+    import time
+
+    from server.extensions import db
+    from server.reconcile.engine import reconcile
+    from server.reconcile.registry import load_registry
+
+    t0 = time.perf_counter()
+    d, report, gaps = generate(plan)
+    report.seconds["generate"] = time.perf_counter() - t0
+    up = _Uploader(app, admin_token)
+    t0 = time.perf_counter()
+    for t in d.terminals:
+        up.enrol(t)
+    with app.app_context():
+        session = db.write_session()
+        load_registry(session, registry_rows(d))
+        session.commit()
+    rng = d.rng
+    partial = set(t.terminal_id for t in rng.sample(d.terminals, min(plan.partial, len(d.terminals))))
+    duplicates_left = plan.duplicate_batches
+    for t in d.terminals:
+        lost = gaps.get(t.terminal_id)
+        messages = [e.message for i, e in enumerate(t.entries) if lost is None or i not in lost]
+        report.entries += len(messages)
+        if t.terminal_id in partial and len(messages) > 2:  # connection dropped after a prefix
+            cut = len(messages) // 2
+            up.upload(t, messages[:cut], report)
+            messages = messages[cut - 1:]  # the retry resends from the last unconfirmed entry
+        for i in range(0, len(messages), BATCH):
+            chunk = messages[i:i + BATCH]
+            up.upload(t, chunk, report)
+            if duplicates_left > 0:  # the answer was lost: the terminal sends the same batch again
+                up.upload(t, chunk, report)
+                duplicates_left -= 1
+    report.seconds["upload"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with app.app_context():
+        reconcile(db.write_session())
+        from server.audit.exports import finding_records
+
+        report.finding_rows = list(finding_records(db.session))
+    report.seconds["reconcile"] = time.perf_counter() - t0
+    report.findings = Counter(f["kind"] for f in report.finding_rows)
+    return report
+
+
+def unexplained(report: DistrictReport) -> list[dict[str, Any]]:
+    """Findings not caused by a seeded fault (an honest district must have none).
+
+    A finding is explained when it names a cloned card, a terminal with a lost
+    range, or (clock findings) a skewed terminal.
+    """
+    out = []
+    for f in report.finding_rows:
+        if f["card_id"] in report.clone_cards:
+            continue
+        if f["kind"] == "terminal_gap" and f["terminal_id"] in report.gap_terminals:
+            continue
+        if f["kind"] in ("clock_skew", "clock_backwards") and f["terminal_id"] in report.skewed_terminals:
+            continue
+        out.append(f)
+    return out
+
+
+def open_database(url: str, workdir: Path) -> tuple[Any, str]:
+    """A :func:`server.create_app` app on ``url`` migrated to head, and a fresh admin's bearer token.
+
+    The app gets a throw-away terminal CA key in ``workdir`` (the simulated terminals are
+    enrolled and approved like real ones).
+    """
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from server import create_app
+    from server.auth import create_person
+    from server.db import upgrade
+    from server.extensions import db
+    from server.models import Role
+
+    ca_key = workdir / "sim-terminal-ca.p8.pem"
+    ca_key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    app = create_app({"DATABASE_URL": url, "TERMINAL_CA_KEY": str(ca_key)})
+    with app.app_context():
+        upgrade(db.engine, "head")
+        session = db.write_session()
+        username, password = f"sim-admin-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+        create_person(session, username, password, Role.ADMIN)
+        session.commit()
+    r = app.test_client().post("/api/v1/auth/login", json={"username": username, "password": password})
+    if r.status_code != 200:
+        raise SimulationError(f"login of the simulation admin failed: {r.status_code}")
+    return app, str(r.get_json()["token"])
