@@ -7,11 +7,26 @@ therefore walks the record headers first (:func:`scan_records`): a TYPE, ID or
 PAYLOAD length that runs past the buffer raises :class:`NdefError` before any
 allocation of that size (field case T2-4); only then does ndeflib build the
 records, and any ndeflib failure is re-raised as :class:`NdefError`.
+
+ndeflib's error vocabulary is its own ``DecodeError``/``EncodeError`` plus
+plain ``ValueError`` (incl. ``UnicodeError``) and ``TypeError`` raised by its
+record constructors -- e.g. when a decoded TNF 2/3 TYPE is not a media type or
+absolute URI that ndeflib can represent. Every call into ndeflib here (decode,
+encode, record construction) translates exactly that vocabulary to
+:class:`NdefError`, so callers see one typed error.
+
+External type names (TNF 4) are checked against NFC Forum RTD 1.0 §3.2 both
+when we build a record and when we read one: ``<domain>:<type>`` where
+``<domain>`` is a DNS name (RFC 1035 §2.3.1 labels: letters, digits, inner
+hyphens, dot-separated) and ``<type>`` is one or more URN NSS characters
+(RFC 2141 §2.2 minus ``%``-escapes and the reserved ``/?#``). Names compare
+case-insensitively (RTD 1.0 §3.2); we keep the bytes as read.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,7 +34,8 @@ import ndef
 
 from cardlib.errors import CardlibError
 
-__all__ = ["NdefError", "RecordHeader", "Tnf", "decode_message", "encode_message", "external_record", "scan_records"]
+__all__ = ["NdefError", "RecordHeader", "Tnf", "decode_message", "encode_message", "external_record",
+           "is_external_type", "scan_records"]
 
 _SHORT_RECORD_LENGTH_BYTES = 1
 _LONG_RECORD_LENGTH_BYTES = 4
@@ -59,6 +75,27 @@ class _Flag(enum.IntFlag):
 
 
 _TNF_MASK = 0x07
+_MAX_TYPE_LENGTH = 255  # TYPE LENGTH is one byte (NDEF 1.0 §3.2.10)
+_EXTERNAL_PREFIX = "urn:nfc:ext:"  # RTD 1.0 §3.2: the URN form of a TNF 4 type
+
+# RTD 1.0 §3.2 external type: DNS domain (RFC 1035 §2.3.1 labels) ":" URN NSS chars (RFC 2141 §2.2).
+_EXTERNAL_TYPE = re.compile(
+    rb"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    rb":[A-Za-z0-9()+,\-.:=@;$_!*']+"
+)
+
+# Everything ndeflib raises on bad input (its DecodeError/EncodeError and the
+# TypeError/ValueError of its record constructors; UnicodeError is a ValueError).
+_NDEFLIB_ERRORS = (ndef.DecodeError, ndef.EncodeError, TypeError, ValueError)
+
+
+def is_external_type(domain_type: bytes) -> bool:
+    """Whether ``domain_type`` is a well-formed NFC Forum external type name (RTD 1.0 §3.2).
+
+    :param domain_type: the record TYPE field of a TNF 4 record, e.g. ``b"humabetang.id:i"``
+        (without the ``urn:nfc:ext:`` prefix), at most 255 bytes.
+    """
+    return len(domain_type) <= _MAX_TYPE_LENGTH and _EXTERNAL_TYPE.fullmatch(domain_type) is not None
 
 
 @dataclass(frozen=True)
@@ -124,6 +161,8 @@ def scan_records(message: bytes) -> list[RecordHeader]:
         rtype = bytes(message[pos : pos + type_len])
         if any(b < 0x20 or b > 0x7E for b in rtype):
             raise NdefError(start, "record type is not printable US-ASCII")
+        if tnf == Tnf.EXTERNAL and not is_external_type(rtype):
+            raise NdefError(start, f"external type {rtype!r} is not <domain>:<type> (NFC RTD 1.0 §3.2)")
         rid = bytes(message[pos + type_len : pos + type_len + id_len])
         payload_offset = pos + type_len + id_len
         out.append(RecordHeader(start, Tnf(tnf), start == 0, bool(flags & _Flag.ME), rtype, rid,
@@ -140,31 +179,45 @@ def scan_records(message: bytes) -> list[RecordHeader]:
 def decode_message(message: bytes) -> list[ndef.Record]:
     """Decode an NDEF message into ndeflib records (external types stay plain ``ndef.Record``).
 
-    :raises NdefError: any malformation (see :func:`scan_records`) or an ndeflib decode failure.
+    :raises NdefError: any malformation (see :func:`scan_records`), a record ndeflib
+        cannot represent (e.g. a TNF 3 TYPE that is no absolute URI) or a known record
+        type whose payload ndeflib cannot parse (e.g. a Text record that is not UTF-8).
     """
     scan_records(message)
     try:
         return list(ndef.message_decoder(message))
-    except ndef.DecodeError as exc:
+    except _NDEFLIB_ERRORS as exc:
         raise NdefError(0, f"ndeflib: {exc}") from exc
 
 
 def encode_message(records: Iterable[ndef.Record]) -> bytes:
     """Encode records into one NDEF message (MB on the first, ME on the last).
 
-    :raises NdefError: when ndeflib cannot encode a record (e.g. a type too long).
+    :raises NdefError: when ndeflib cannot encode a record (e.g. a payload over its
+        limit, or something that is not an ``ndef.Record``).
     """
     try:
         return b"".join(ndef.message_encoder(list(records)))
-    except (ndef.EncodeError, ValueError) as exc:
+    except _NDEFLIB_ERRORS as exc:
         raise NdefError(0, f"cannot encode: {exc}") from exc
 
 
 def external_record(domain_type: str, payload: bytes, name: str = "") -> ndef.Record:
-    """An NFC Forum external-type record ``urn:nfc:ext:<domain>:<type>`` (NFC RTD 1.0 §3.2.3).
+    """An NFC Forum external-type record ``urn:nfc:ext:<domain>:<type>`` (NFC RTD 1.0 §3.2).
 
-    :param domain_type: ``"<domain>:<type>"``, e.g. ``"humabetang.id:c"``.
+    :param domain_type: ``"<domain>:<type>"``, e.g. ``"humabetang.id:c"`` (RTD 1.0 §3.2,
+        see :func:`is_external_type`).
     :param payload: record payload bytes.
-    :param name: record ID (ASCII), e.g. ``"a"`` for slot A.
+    :param name: record ID (Latin-1, ≤ 255 bytes), e.g. ``"a"`` for slot A.
+    :raises NdefError: a malformed external type name or a name ndeflib refuses.
     """
-    return ndef.Record(f"urn:nfc:ext:{domain_type}", name, payload)
+    try:
+        encoded = domain_type.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise NdefError(0, f"external type {domain_type!r} is not ASCII") from exc
+    if not is_external_type(encoded):
+        raise NdefError(0, f"external type {domain_type!r} is not <domain>:<type> (NFC RTD 1.0 §3.2)")
+    try:
+        return ndef.Record(_EXTERNAL_PREFIX + domain_type, name, payload)
+    except _NDEFLIB_ERRORS as exc:
+        raise NdefError(0, f"cannot build record: {exc}") from exc

@@ -69,15 +69,53 @@ def test_empty_message_is_an_error() -> None:
         decode_message(b"")
 
 
+# Any NFC Forum external type name (RTD 1.0 §3.2): DNS labels, ":", URN NSS characters.
+_label = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9-]{0,6}[A-Za-z0-9])?", fullmatch=True)
+_domain = st.lists(_label, min_size=1, max_size=3).map(".".join)
+_type_name = st.from_regex(r"[A-Za-z0-9()+,\-.:=@;$_!*']{1,6}", fullmatch=True)
 _ext_records = st.lists(
     st.tuples(
-        st.from_regex(r"[a-z]{1,8}\.[a-z]{2,3}:[a-z]{1,4}", fullmatch=True),
+        st.tuples(_domain, _type_name).map(":".join),
         st.binary(max_size=300),
         st.from_regex(r"[a-z]{0,3}", fullmatch=True),
     ),
     min_size=1,
     max_size=3,
 )
+
+
+@pytest.mark.parametrize(
+    "domain_type",
+    ["humabetang", "humabetang.id", ":i", "humabetang.id:", "-bad.id:i", "bad-.id:i", "a..b:i", "a.b:c/d",
+     "a.b:c d", "a.b:ü", "a b:c", "x" * 251 + ".id:i"],
+)
+def test_external_record_refuses_names_outside_rtd(domain_type: str) -> None:
+    with pytest.raises(NdefError, match="external type"):
+        external_record(domain_type, b"")
+
+
+def test_external_record_refuses_an_id_ndeflib_cannot_carry() -> None:
+    with pytest.raises(NdefError):
+        external_record("humabetang.id:i", b"", "x" * 256)  # ID LENGTH is one byte
+
+
+def test_encode_refuses_non_records() -> None:
+    with pytest.raises(NdefError):
+        encode_message([b"\xd1\x01\x00T"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    "hexmsg,fragment",
+    [
+        ("D4040068747470", "external type"),  # TNF 4 type "http": no <domain>:<type>
+        ("D30600612E61613A61", "ndeflib"),  # TNF 3 type "a.aa:a": not an absolute URI ndeflib can hold
+        ("D20300616263", "ndeflib"),  # TNF 2 type "abc": not a media type
+        ("D101045402656EFF", "ndeflib"),  # Text record whose text is not UTF-8
+    ],
+)
+def test_records_ndeflib_refuses_raise_typed_errors(hexmsg: str, fragment: str) -> None:
+    with pytest.raises(NdefError, match=fragment):
+        decode_message(bytes.fromhex(hexmsg))
 
 
 @settings(max_examples=300, deadline=None)
@@ -101,10 +139,25 @@ def test_property_random_bytes_raise_only_typed_errors(data: bytes) -> None:
         pass
 
 
+_known_records = st.lists(
+    st.one_of(
+        st.builds(ndef.TextRecord, st.text(max_size=20), st.sampled_from(["en", "id"])),
+        st.builds(ndef.UriRecord, st.sampled_from(["https://kalteng.go.id/", "tel:+62", "mailto:a@b.id"])),
+        st.builds(ndef.SmartposterRecord, st.just("https://kalteng.go.id"), st.text(max_size=10)),
+        st.builds(ndef.Record, st.sampled_from(["text/plain", "application/cbor", "https://kalteng.go.id/t"]),
+                  st.just(""), st.binary(max_size=40)),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(_ext_records, st.data())
-def test_property_mutated_messages_raise_only_typed_errors(specs: list[tuple[str, bytes, str]], data: st.DataObject) -> None:
-    message = bytearray(encode_message([external_record(t, p, n) for t, p, n in specs]))
+@given(st.one_of(_ext_records.map(lambda specs: [external_record(t, p, n) for t, p, n in specs]), _known_records),
+       st.data())
+def test_property_mutated_messages_raise_only_typed_errors(records: list[ndef.Record], data: st.DataObject) -> None:
+    """Any 1-3 byte mutation of a valid message decodes or raises NdefError, never an ndeflib error."""
+    message = bytearray(encode_message(records))
     for _ in range(data.draw(st.integers(1, 3))):
         pos = data.draw(st.integers(0, len(message) - 1))
         message[pos] = data.draw(st.integers(0, 255))
