@@ -49,7 +49,7 @@ def demo(households: int, workdir: Path | None, keep_running: bool, seed: int, r
     clones = [f for f in result.findings if f.get("card_id") == result.clone_card_id]
     story.console.print(f"\n[bold green]done[/] in {story.elapsed():.0f} s: "
                         f"{sum(result.committed.values())} redemptions committed on "
-                        f"{len(result.committed)} cards, {len(result.findings)} findings "
+                        f"{len(result.committed)} cards, {len(result.findings)} finding(s) "
                         f"({len(clones)} on the cloned card), journals verified.")
 
 

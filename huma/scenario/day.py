@@ -523,6 +523,9 @@ class Day:
             self.story.say(f"{name:<15} {url}")
         self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
         self.story.say(f"logs and files: {self.dir}")
+        if not self.opts.keep_running:
+            self.story.say("[dim](everything is stopped now; `python -m huma.demo --workdir DIR --keep-running` "
+                           "keeps these up and the files in DIR)[/]")
 
 
 def _entropy(rng: random.Random) -> Any:
