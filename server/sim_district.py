@@ -139,12 +139,16 @@ def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, ra
     # Clock skew: the wall clock steps within the boot (no CLOCK_SET), then taps go on.
     for t in skewed:
         t.step_clock(plan.skew_minutes * 60_000)
-    # Later days offline: balance checks only (everything was redeemed on day 1), in time order.
+    # Later days offline: balance checks only (everything was redeemed on day 1). Day n starts after
+    # every counter finished day 1's queue (a busy counter's "day" can run past midnight), so each
+    # card's taps stay in true-time order across counters, as on real chips.
+    day_one_end = max(true_now(t) for t in d.terminals)
     for n in range(1, plan.days):
+        start = day_one_end + n * 86_400_000
         for c in sorted(rng.sample(all_cards, max(1, len(all_cards) // 50)), key=lambda c: c.card_id):
             local = d.local_terminals(c.region)
             t = local[rng.randrange(len(local))]
-            t.balance(c, max(true_now(t) + 60_000, _ms(FIRST_DAY + dt.timedelta(days=n), 1)))
+            t.balance(c, max(true_now(t) + 60_000, start))
     # Clones: the copy is redeemed again at a counter of another region, after the genuine card.
     for c, copy in dumps:
         far = next(t for t in d.terminals if t.region != c.region and t not in skewed)
