@@ -109,16 +109,34 @@ def test_empty_field_is_no_card() -> None:
             reader.connect(timeout=0.0)
 
 
-def test_nak_raises_and_reactivate_recovers() -> None:
+def test_nak_raises_and_the_channel_reselects_the_idle_chip() -> None:
+    """A NAK drops the chip to IDLE (datasheet §9.1); the channel re-selects it before raising Nak."""
     chip = Ntag21x.blank(ChipVariant.NTAG215, UID)
     with NfcUdpPeer(chip, persist=False) as peer, NfcpyReader(peer.path) as reader:
         with reader.connect() as channel:
+            activations = peer.activations
             with pytest.raises(Nak) as info:
                 channel.read16(0xF0)  # beyond the last page (0x86): NAK 0x0
             assert info.value.code == 0x0
-            with pytest.raises(SessionLost):
-                channel.read16(4)  # the chip is IDLE after a NAK (datasheet §9.1)
+            assert peer.activations == activations + 1  # exactly one REQA..SELECT CL2 after the NAK
+            assert channel.read16(0)[:3] == UID[:3]
+
+
+def test_nak_leaves_the_chip_mute_until_reactivated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the channel's re-select, the next command meets an IDLE chip: a typed SessionLost (TagMute)."""
+    chip = Ntag21x.blank(ChipVariant.NTAG215, UID)
+    with NfcUdpPeer(chip, persist=False) as peer, NfcpyReader(peer.path) as reader:
+        with reader.connect() as channel:
+            with monkeypatch.context() as patch:
+                patch.setattr(channel, "reactivate", lambda: None)  # suppress only the automatic re-select
+                with pytest.raises(Nak):
+                    channel.read16(0xF0)
+                assert chip.halted
+                with pytest.raises(SessionLost):
+                    channel.read16(4)  # the chip stays silent in IDLE: nfcpy times out
+            activations = peer.activations
             channel.reactivate()
+            assert peer.activations == activations + 1
             assert channel.read16(0)[:3] == UID[:3]
 
 
