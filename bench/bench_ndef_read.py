@@ -141,9 +141,10 @@ without CRC_A; APDU bytes = host-reader link.
 {chr(10).join(rows)}
 
 - acr122u: GET_VERSION + FAST_READ 2..64 (63 pages) + FAST_READ 65..127.
-- part3: session start + GET_VERSION + 31-page FAST_READs (the `part3` default frame is 124 B
-  because the simulator's Part 3 answer encodes the `97` length in one byte; with a BER
-  `81 xx` length a 252-byte frame would give 4 commands).
+- part3: session start + GET_VERSION + 61-page FAST_READs (`97 81 F4`, BER long length). 244 B
+  is the largest whole-page chip answer whose Part 3 objects (11 B) fit a short R-APDU
+  (256 data bytes); a reader with extended-length APDUs could take 252 B (63 pages: 4 commands,
+  measured through this pcscd + vpcd, which pass the 265-byte answer).
 - none: 16-byte READ BINARY from page 2 (lock bytes, CC, TLVs) to page 127: 32 commands.
 - nfcpy comparison: not yet measured (the nfcpy channel lands with the nfcpy issue).
 

@@ -139,6 +139,22 @@ def test_part3_transparent_session() -> None:
     )
 
 
+def test_part3_answers_of_128_bytes_and_more_use_ber_long_lengths() -> None:
+    """FAST_READ of 32 and 61 pages: the 97 object's length is 81 80 / 81 F4 (ISO/IEC 8825-1 §8.1.3.5)."""
+    r = reader("part3")
+    run(r, [("FFC2000002 8100", "C003009000 9000")])
+    for last, length in ((0x23, "8180"), (0x40, "81F4")):
+        got = r.transmit(bytes.fromhex(f"FFC2000105 95033A04{last:02X}"))
+        n = int(length[2:], 16)
+        assert got[:11] == bytes.fromhex(f"C003009000 920100 97{length}")
+        assert len(got) == 11 + n + 2 and got[-2:] == bytes.fromhex("9000")
+        assert got[11:15] == bytes.fromhex("0300FE00")  # page 4 first
+
+
+def test_part3_long_form_length_in_the_command_is_understood() -> None:
+    run(reader("part3"), [("FFC2000002 8100", "C003009000 9000"), ("FFC2000105 958102 3004", "C003009000 920100 9710 0300FE00000000000000000000000000 9000")])
+
+
 def test_card_removal_propagates() -> None:
     r = reader()
     r.chip.arm(FaultPlan(remove_after_commands=1))

@@ -54,6 +54,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from cardlib.ber import BerError, encode_object, parse_objects
 from cardlib.sim.chip import ACK, Command, Nak, Ntag21x, nak_of
 from cardlib.sim.errors import CardRemoved, ChipMute
 
@@ -413,8 +414,8 @@ class ReaderEmulator:
         if body and body[0] != len(data):
             return _sw(SW.WRONG_LENGTH)
         try:
-            objects = _parse_tlv(data)
-        except ValueError:
+            objects = parse_objects(data)
+        except BerError:
             return _part3_error(0x00, SW.WRONG_LENGTH)
         out = b""
         for tag, value in objects:
@@ -439,7 +440,7 @@ class ReaderEmulator:
                     continue
                 else:
                     return _part3_error(0x01, SW.FUNC_NOT_SUPPORTED)
-        return _do(Part3Tag.GENERIC_ERROR, bytes((0x00,)) + _sw(SW.OK)) + out + _sw(SW.OK)
+        return encode_object(Part3Tag.GENERIC_ERROR, bytes((0x00,)) + _sw(SW.OK)) + out + _sw(SW.OK)
 
     def _part3_transceive(self, raw: bytes) -> bytes:
         """Transceive data object → 92 (valid bits) + 97 (ICC response).
@@ -448,46 +449,9 @@ class ReaderEmulator:
         """
         ans = self._chip(raw)
         if len(ans) == 1:  # 4-bit ACK/NAK: 4 valid bits in the last byte
-            return _do(Part3Tag.VALID_BITS, bytes((0x04,))) + _do(Part3Tag.ICC_RESPONSE, ans)
-        return _do(Part3Tag.VALID_BITS, bytes((0x00,))) + _do(Part3Tag.ICC_RESPONSE, ans)
-
-
-def _do(tag: int, value: bytes) -> bytes:
-    """Encode one BER-TLV data object with a 1- or 2-byte tag and short length."""
-    t = tag.to_bytes(2, "big") if tag > 0xFF else bytes((tag,))
-    return t + bytes((len(value),)) + value
+            return encode_object(Part3Tag.VALID_BITS, bytes((0x04,))) + encode_object(Part3Tag.ICC_RESPONSE, ans)
+        return encode_object(Part3Tag.VALID_BITS, bytes((0x00,))) + encode_object(Part3Tag.ICC_RESPONSE, ans)
 
 
 def _part3_error(status: int, sw: int) -> bytes:
-    return _do(Part3Tag.GENERIC_ERROR, bytes((status,)) + _sw(sw)) + _sw(SW.OK)
-
-
-def _parse_tlv(data: bytes) -> list[tuple[int, bytes]]:
-    """Parse simple BER-TLV data objects (1–2 byte tags, lengths < 256).
-
-    :raises ValueError: if a length runs past the end.
-    """
-    out: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        tag = data[i]
-        i += 1
-        if tag & 0x1F == 0x1F:
-            if i >= len(data):
-                raise ValueError("truncated tag")
-            tag = (tag << 8) | data[i]
-            i += 1
-        if i >= len(data):
-            raise ValueError("missing length")
-        length = data[i]
-        i += 1
-        if length == 0x81:
-            if i >= len(data):
-                raise ValueError("missing length")
-            length = data[i]
-            i += 1
-        if i + length > len(data):
-            raise ValueError("value runs past the end")
-        out.append((tag, data[i : i + length]))
-        i += length
-    return out
+    return encode_object(Part3Tag.GENERIC_ERROR, bytes((status,)) + _sw(sw)) + _sw(SW.OK)

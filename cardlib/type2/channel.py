@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cardlib.apdu import ApduChannel, ApduError, CommandApdu
+from cardlib.ber import BerError, encode_object, parse_objects
 from cardlib.transport import Connection
 from cardlib.transport.errors import TagMute
 from cardlib.type2.chip import PAGE_SIZE, READ_PAGES
@@ -84,8 +85,11 @@ class ReaderCapabilities:
 
 #: ACR122U: ≤ 255-byte direct transmit; the answer wraps ``D5 43 <status>`` around ≤ 252 chip bytes.
 ACR122U = ReaderCapabilities("acr122u", "acr122u", 252)
-#: A PC/SC Part 3 reader with a transparent session (conservative frame: one-byte BER length).
-PART3 = ReaderCapabilities("part3", "part3", 124)
+#: A PC/SC Part 3 reader with a transparent session. The answer ``C0 03 00 90 00`` +
+#: ``92 01 00`` + ``97 81 <len> <chip answer>`` must fit a short R-APDU's 256 data bytes
+#: (ISO/IEC 7816-4 §5.1), so 11 bytes of objects leave 245: 61 whole pages = 244 bytes.
+#: A reader that answers extended-length APDUs may declare more in its profile.
+PART3 = ReaderCapabilities("part3", "part3", 244)
 #: Any PC/SC reader: storage-card pseudo-APDUs only (16-byte READ BINARY).
 GENERIC = ReaderCapabilities()
 
@@ -300,47 +304,6 @@ class Part3Object(enum.IntEnum):
     ICC_RESPONSE = 0x97
 
 
-def parse_ber_objects(data: bytes) -> list[tuple[int, bytes]]:
-    """Parse BER-TLV data objects (1-2 byte tags; length 0-127, ``81 xx`` or ``82 xx xx``).
-
-    :raises BadResponse: a tag or length runs past the buffer.
-    """
-    out: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        tag = data[i]
-        i += 1
-        if tag & 0x1F == 0x1F:
-            if i >= len(data):
-                raise BadResponse("truncated BER tag")
-            tag = (tag << 8) | data[i]
-            i += 1
-        if i >= len(data):
-            raise BadResponse("missing BER length")
-        length = data[i]
-        i += 1
-        if length & 0x80:
-            n = length & 0x7F
-            if n not in (1, 2) or i + n > len(data):
-                raise BadResponse("bad BER length")
-            length = int.from_bytes(data[i : i + n], "big")
-            i += n
-        if i + length > len(data):
-            raise BadResponse("BER value runs past the response")
-        out.append((tag, bytes(data[i : i + length])))
-        i += length
-    return out
-
-
-def ber_object(tag: int, value: bytes) -> bytes:
-    """Encode one BER-TLV data object with a 1-byte tag."""
-    if len(value) < 0x80:
-        return bytes((tag, len(value))) + value
-    if len(value) <= 0xFF:
-        return bytes((tag, 0x81, len(value))) + value
-    return bytes((tag, 0x82)) + len(value).to_bytes(2, "big") + value
-
-
 class Part3Channel(_ApduType2Channel):
     """PC/SC Part 3 transparent session (v2.02 §3.2.2.1.8): ``FF C2`` envelopes."""
 
@@ -351,7 +314,10 @@ class Part3Channel(_ApduType2Channel):
 
     def _envelope(self, p2: int, objects: bytes) -> list[tuple[int, bytes]]:
         resp = self.apdu.send(CommandApdu(0xFF, 0xC2, 0x00, p2, objects))
-        parsed = parse_ber_objects(resp)
+        try:
+            parsed = parse_objects(resp)
+        except BerError as exc:
+            raise BadResponse(f"PC/SC Part 3 answer: {exc}") from exc
         for tag, value in parsed:
             if tag == Part3Object.GENERIC_ERROR and len(value) == 3 and value[0] != 0:
                 sw = int.from_bytes(value[1:], "big")
@@ -362,20 +328,20 @@ class Part3Channel(_ApduType2Channel):
 
     def start_session(self) -> None:
         """Manage Session: start a transparent session (``81 00``)."""
-        self._envelope(0x00, ber_object(Part3Object.START_SESSION, b""))
+        self._envelope(0x00, encode_object(Part3Object.START_SESSION, b""))
         self._session = True
 
     def end_session(self) -> None:
         """Manage Session: end the transparent session (``82 00``)."""
         if self._session:
-            self._envelope(0x00, ber_object(Part3Object.END_SESSION, b""))
+            self._envelope(0x00, encode_object(Part3Object.END_SESSION, b""))
             self._session = False
 
     def _exchange(self, frame: bytes) -> bytes:
         if not self._session:
             self.start_session()
             self.commands += 1
-        parsed = self._envelope(0x01, ber_object(Part3Object.TRANSCEIVE, bytes(frame)))
+        parsed = self._envelope(0x01, encode_object(Part3Object.TRANSCEIVE, bytes(frame)))
         for tag, value in parsed:
             if tag == Part3Object.ICC_RESPONSE:
                 return value
@@ -383,7 +349,7 @@ class Part3Channel(_ApduType2Channel):
 
     def reactivate(self) -> None:
         """RF off then on (``83 00 84 00``): the tag powers up selected again."""
-        self._envelope(0x00, ber_object(Part3Object.RF_OFF, b"") + ber_object(Part3Object.RF_ON, b""))
+        self._envelope(0x00, encode_object(Part3Object.RF_OFF, b"") + encode_object(Part3Object.RF_ON, b""))
 
 
 def channel_for(connection: Connection, caps: ReaderCapabilities = GENERIC,
