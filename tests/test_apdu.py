@@ -151,8 +151,9 @@ def test_traffic_is_logged_below_debug_with_a_secrets_warning(caplog: pytest.Log
 
 
 def test_AP_1_empty_answer_from_the_reader_simulator_is_tag_mute() -> None:
-    # Through vpcd a 0-byte R-APDU blocks pcscd's SCardTransmit, so this case runs on
-    # the in-process reader simulator (same ReaderEmulator the vpcd card serves).
+    # Through vpcd a 0-byte R-APDU blocks pcscd's SCardTransmit, so the 0-byte case runs on
+    # the in-process reader simulator (same ReaderEmulator the vpcd card serves); the
+    # 1-byte case below takes the same short-response path through real pcscd.
     from cardlib.sim.chip import ChipVariant, Ntag21x
     from cardlib.sim.reader import ReaderEmulator, ReaderQuirks
     from tests.type2_emulator import EmulatorConnection
@@ -161,6 +162,23 @@ def test_AP_1_empty_answer_from_the_reader_simulator_is_tag_mute() -> None:
     conn = EmulatorConnection(ReaderEmulator(chip, "acr122u", ReaderQuirks(empty_on_unknown=True)))
     with pytest.raises(TagMute):
         ApduChannel(conn, reader="acr122u").send(CommandApdu.decode(bytes.fromhex("A0A40000027F10")))
+
+
+@pytest.mark.pcsc
+def test_AP_1_one_byte_answer_through_pcscd_is_tag_mute(present_card, reader_name) -> None:
+    from cardlib.sim.chip import ChipVariant, Ntag21x
+    from cardlib.sim.reader import ReaderQuirks
+    from cardlib.transport.pcsc import connect
+
+    chip = Ntag21x.blank(ChipVariant.parse("ntag215"))
+    quirks = ReaderQuirks(empty_on_unknown=True, mute_answer=b"\x90")  # 1 byte: no SW1 SW2
+    with present_card(chip, kind="acr122u", quirks=quirks):
+        with connect(reader_name(0)) as conn:
+            channel = ApduChannel(conn, reader="acr122u")
+            with pytest.raises(TagMute, match="1 byte"):
+                channel.send(CommandApdu.decode(bytes.fromhex("A0A40000027F10")))
+            # the reader itself is fine: the next pseudo-APDU answers normally
+            assert channel.send(CommandApdu(0xFF, 0xCA, 0x00, 0x00, le=256)) == chip.uid
 
 
 @pytest.mark.pcsc

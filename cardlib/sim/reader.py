@@ -152,10 +152,15 @@ class ReaderQuirks:
     """Injectable reader oddities seen in the field.
 
     :ivar empty_on_unknown: a non-FF APDU the tag does not understand answers with
-        0 bytes instead of ``6D 00`` (field case AP-1, ACR122U "ICC mute").
+        :attr:`mute_answer` instead of ``6D 00`` (field case AP-1, ACR122U "ICC mute").
+    :ivar mute_answer: what such an "ICC mute" transmit returns: 0 bytes as the
+        ACR122U does (a vpcd card cannot send that: pcscd's SCardTransmit then
+        blocks), or a 1-byte fragment to drive the same short-response path
+        through real pcscd.
     """
 
     empty_on_unknown: bool = False
+    mute_answer: bytes = b""
 
 
 def storage_card_atr(standard: int = 0x03, card_name: int = 0x0003) -> bytes:
@@ -244,7 +249,7 @@ class ReaderEmulator:
         cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
         if cla != CLA_PSEUDO:
             if self.quirks.empty_on_unknown:
-                return b""
+                return bytes(self.quirks.mute_answer)
             return _sw(SW.INS_NOT_SUPPORTED)
         body = apdu[4:]
         if ins == Ins.GET_DATA:
