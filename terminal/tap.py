@@ -28,7 +28,7 @@ from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import PinMismatch
+from cardlib.records.claims import PinMismatch, terminal_id_of
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import SlotName
@@ -79,9 +79,7 @@ def terminal_number(kid: bytes) -> int:
 
     :raises ValueError: ``kid`` is not 4 bytes.
     """
-    if len(kid) != 4:
-        raise ValueError(f"a terminal kid is 4 bytes, got {len(kid)}")
-    return int.from_bytes(kid, "big")
+    return terminal_id_of(kid)
 
 
 @dataclass

@@ -28,8 +28,7 @@ from cardlib.type2.channel import ACR122U, channel_for
 from cardlib.type2.tag import Type2Tag
 
 PROFILE = Profile.from_mapping({
-    "valid_days": 730,
-    "cycle": 20261,
+    "valid_days": 730,  # no "cycle": genesis states take cycle_of(issue time)
     "programmes": {
         "1": {"unit": "package", "per_cycle": 1, "offline_cap": 1},
         "2": {"unit": "rupiah", "per_cycle": 250_000, "offline_cap": 250_000},
@@ -70,7 +69,7 @@ class Station:
         )
 
     def context(self) -> StationContext:
-        return StationContext(self.issuer, self.station, 0, self.bundle(), PROFILE, PASSWORD_SECRET,
+        return StationContext(self.issuer, self.station, None, self.bundle(), PROFILE, PASSWORD_SECRET,
                               originality_key=self.fab.public_key)
 
 

@@ -9,6 +9,7 @@ already carries a card; the resulting locks and password protection on the chip.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from cardlib.provision.session import (
 )
 from cardlib.provision.state import BatchState, Event
 from cardlib.keys.signer import cose_key
+from cardlib.records.claims import cycle_of
 from cardlib.records.layout import SlotName
 from cardlib.records.session import CardSession
 from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
@@ -84,6 +86,10 @@ def test_batch_issues_cards_a_terminal_accepts(present_card, reader_name, tmp_pa
             assert claims.household_ref == row.household_ref and claims.region == row.region
             assert sorted(claims.programmes) == list(row.programmes)
             assert state_read.current.claims.seq == 0
+            # conventions: the station's kid as slot terminal id, the province cycle of the issue day
+            assert state_read.current.claims.terminal_id == int.from_bytes(station.station.kid, "big")
+            assert state_read.current.claims.cycle == cycle_of(
+                dt.datetime.fromtimestamp(state_read.current.claims.time, dt.timezone.utc))
             assert state_read.current.claims.remaining == {p: station.context().profile.programmes[p].per_cycle
                                                            for p in row.programmes}
             layout = state_read.image.layout

@@ -106,9 +106,18 @@ def test_password_is_hmac_of_uid_and_differs_per_card() -> None:
 
 def test_profile_validation(tmp_path: Path) -> None:
     p = tmp_path / "profile.toml"
-    p.write_text('valid_days = 365\ncycle = 7\n[programmes.2]\nunit = "rupiah"\nper_cycle = 250000\n')
+    p.write_text('valid_days = 365\ncycle = 20262\n[programmes.2]\nunit = "rupiah"\nper_cycle = 250000\n')
     prof = Profile.load(p)
-    assert prof.offline_cap == {2: 250000} and prof.cycle == 7
+    assert prof.offline_cap == {2: 250000} and prof.cycle == 20262
+    assert prof.cycle_at(1_767_225_600) == 20262  # a fixed cycle wins over the issue day (2026-01-01 UTC)
+    p.write_text('[programmes.2]\nunit = "rupiah"\nper_cycle = 250000\n')
+    prof = Profile.load(p)
+    assert prof.cycle is None
+    assert prof.cycle_at(1_767_200_400) == 20261  # 2025-12-31T17:00Z = 1 Jan 2026 00:00 WIB
+    assert prof.cycle_at(1_767_200_399) == 20252
+    p.write_text('cycle = 7\n[programmes.2]\nunit = "rupiah"\nper_cycle = 250000\n')
+    with pytest.raises(ProfileError):
+        Profile.load(p)  # not year * 10 + half
     p.write_text('[programmes.2]\nunit = "dollars"\nper_cycle = 1\n')
     with pytest.raises(ProfileError):
         Profile.load(p)

@@ -46,7 +46,7 @@ from cardlib.provision.households import Household
 from cardlib.provision.password import CardPassword, derive_password
 from cardlib.provision.profile import Profile
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash
+from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash, terminal_id_of
 from cardlib.records.errors import RecordError
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import FIRST_DATA_PAGE, PAGE_SIZE, CardLayout, SlotName, build_image
@@ -135,7 +135,8 @@ class StationContext:
     :ivar issuer: signs identity records (issuer key; file or PKCS#11).
     :ivar station: the station's terminal key, signs genesis states (listed in the bundle
         as a terminal key).
-    :ivar station_id: the station's terminal id (uint32).
+    :ivar station_id: slot ``terminal_id`` (uint32) of genesis states; None (default
+        in the CLI) = the station key's kid read big-endian (§conventions, :attr:`terminal_id`).
     :ivar trust: the current trust bundle (read-back verification uses it).
     :ivar password_secret: ≥ 16 bytes; the per-card write password is derived from it.
     :ivar originality_key: secp128r1 key for READ_SIG (NXP's by default).
@@ -143,11 +144,16 @@ class StationContext:
 
     issuer: Signer
     station: Signer
-    station_id: int
+    station_id: int | None
     trust: TrustBundle
     profile: Profile
     password_secret: bytes = field(repr=False)
     originality_key: bytes = NXP_NTAG21X_PUBLIC_KEY
+
+    @property
+    def terminal_id(self) -> int:
+        """The uint32 ``terminal_id`` written into genesis slots (docs/card-format.md §conventions)."""
+        return terminal_id_of(self.station.kid) if self.station_id is None else self.station_id
 
 
 @dataclass(frozen=True)
@@ -334,8 +340,8 @@ def personalise(
             _log.info("card %s: identity already written, resuming", card_id.hex())
         else:
             identity = build_identity(ctx, household, card_id, uid, dt.datetime.fromtimestamp(now, dt.timezone.utc).date(), pin)
-            issued = issue_card_image(identity, ctx.issuer, ctx.station, cycle=ctx.profile.cycle, now=now,
-                                      station_id=ctx.station_id)
+            issued = issue_card_image(identity, ctx.issuer, ctx.station, cycle=ctx.profile.cycle_at(now),
+                                      now=now, station_id=ctx.terminal_id)
             genesis = issued.genesis_cose
             if remaining is not None:
                 genesis = _reissue_genesis(ctx, issued.identity_cose, uid, remaining, now)
@@ -385,7 +391,7 @@ def _reissue_genesis(ctx: StationContext, identity_cose: bytes, uid: bytes, rema
     from cardlib.records.session import slot_aad
 
     id_hash = state_hash(identity_cose)
-    genesis = SlotClaims(seq=0, cycle=ctx.profile.cycle, remaining=dict(remaining), terminal_id=ctx.station_id,
+    genesis = SlotClaims(seq=0, cycle=ctx.profile.cycle_at(now), remaining=dict(remaining), terminal_id=ctx.terminal_id,
                          terminal_seq=0, time=now, nfc_counter=0, prev_hash=id_hash)
     return sign1_with(ctx.station, genesis.to_cbor(), slot_aad(uid, id_hash))
 

@@ -39,6 +39,8 @@ __all__ = [
     "state_hash",
     "HASH_BYTES",
     "WIB",
+    "KID_BYTES",
+    "terminal_id_of",
     "cycle_of",
     "cycle_bounds",
 ]
@@ -89,6 +91,25 @@ def cycle_of(when: dt.datetime) -> int:
         raise ValueError("cycle_of needs a timezone-aware datetime")
     local = when.astimezone(WIB)
     return local.year * CYCLE_YEAR_FACTOR + (1 if local.month <= 6 else 2)
+
+
+#: Bytes of a key id (kid = SHA-256(SPKI)[:4], docs/card-format.md §5).
+KID_BYTES = 4
+
+
+def terminal_id_of(kid: bytes) -> int:
+    """The uint32 slot ``terminal_id`` of a signing key: its 4-byte kid read big-endian.
+
+    docs/card-format.md §conventions: terminals *and* the issuing station write
+    their key's kid, so the server maps a slot back to the enrolled key without a
+    second numbering.
+
+    :param kid: the 4-byte key id.
+    :raises ValueError: ``kid`` is not 4 bytes.
+    """
+    if len(kid) != KID_BYTES:
+        raise ValueError(f"a kid is {KID_BYTES} bytes, got {len(kid)}")
+    return int.from_bytes(kid, "big")
 
 
 def cycle_bounds(cycle: int) -> tuple[dt.datetime, dt.datetime]:

@@ -9,10 +9,11 @@ slots can never restore an entitlement.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from cardlib.keys.signer import Signer, sign1_with
-from cardlib.records.claims import IdentityClaims, SlotClaims, state_hash
+from cardlib.records.claims import IdentityClaims, SlotClaims, cycle_of, state_hash, terminal_id_of
 from cardlib.records.layout import CardLayout, build_image
 from cardlib.records.session import identity_aad, slot_aad
 
@@ -44,9 +45,9 @@ def issue_card_image(
     issuer: Signer,
     station: Signer,
     *,
-    cycle: int,
+    cycle: int | None = None,
     now: int,
-    station_id: int = 0,
+    station_id: int | None = None,
     station_seq: int = 0,
     nfc_counter: int = 0,
 ) -> IssuedCard:
@@ -55,10 +56,16 @@ def issue_card_image(
     :param identity: the identity claims (``identity.uid`` is the target chip).
     :param issuer: issuer key (signs the identity record).
     :param station: the issuing station's terminal key (signs the genesis state).
-    :param cycle: first entitlement cycle id.
+    :param cycle: first entitlement cycle id; default ``cycle_of(now)`` (§conventions).
     :param now: POSIX seconds UTC.
+    :param station_id: slot ``terminal_id`` of the genesis state; default the station
+        key's kid as big-endian uint32 (``terminal_id_of(station.kid)``, §conventions).
     :returns: the image; its slot length fits the largest state the card can ever hold.
     """
+    if cycle is None:
+        cycle = cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    if station_id is None:
+        station_id = terminal_id_of(station.kid)
     identity_cose = sign1_with(issuer, identity.to_cbor(), identity_aad(identity.uid))
     id_hash = state_hash(identity_cose)
     genesis = SlotClaims(
