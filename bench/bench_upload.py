@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from server import create_app
 from server.auth import create_person
-from server.ca import key_id
+from cardlib.keys.signer import derive_kid as key_id
 from server.db import make_engine, upgrade
 from server.extensions import db
 from server.models import Role, Terminal, TerminalStatus

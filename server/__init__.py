@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_TTL": 12 * 3600,  # seconds a login token lives
     "TERMINAL_CA_KEY": None,  # path of the terminal CA PKCS#8 PEM key
     "TERMINAL_CA_KEY_PASSWORD": None,
+    "TERMINAL_CA_CERT": None,  # its certificate (PEM); default the keystore's certs/<kid>.crt.pem
 }
 
 

@@ -31,7 +31,8 @@ from sqlalchemy import Insert, and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from cardlib.records.cose import Algorithm, CoseKey
+from cardlib.keys.signer import algorithm_of, public_key_from_spki
+from cardlib.records.cose import CoseKey
 from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
@@ -54,7 +55,6 @@ from cardlib.records.upload import (  # noqa: F401 - re-exported; the envelope f
     sign_envelope,
     verify_envelope,
 )
-from server.ca import load_public_key
 from server.errors import (
     BadBatchSignature,
     BadRequest,
@@ -173,11 +173,8 @@ def parse_body(body: object, max_entries: int) -> Batch:
 
 def cose_key_of(terminal: Terminal) -> CoseKey:
     """The terminal's enrolled key as a :class:`CoseKey` (EdDSA for Ed25519, else ES256)."""
-    public_key = load_public_key(terminal.public_key)
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    alg = Algorithm.EDDSA if isinstance(public_key, ed25519.Ed25519PublicKey) else Algorithm.ES256
-    return CoseKey(kid=terminal.kid, alg=alg, public_key=public_key)
+    public_key = public_key_from_spki(terminal.public_key)
+    return CoseKey(kid=terminal.kid, alg=algorithm_of(public_key), public_key=public_key)
 
 
 def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:

@@ -14,6 +14,8 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 from sqlalchemy.exc import StatementError
 
+from cardlib.keys.signer import SoftwareSigner
+from cardlib.keys.terminal_ca import TerminalCA
 from server.errors import NaiveDatetimeError
 from server.extensions import db
 from server.models import AuditLog, TrustBundle
@@ -62,21 +64,39 @@ def test_enrolment_csr_to_certificate(app, world, ca_key_path):
     assert r.status_code == 200
     cert = x509.load_pem_x509_certificate(r.get_json()["certificate"].encode())
     ca = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-    cert.verify_directly_issued_by(_self_signed(ca))
+    # no TERMINAL_CA_CERT and no keystore next to the key: the CA key certifies itself
+    cert.verify_directly_issued_by(TerminalCA.self_signed(SoftwareSigner(ca)).certificate)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "T-100"
     assert cert.public_key() == key.public_key()
     assert cert.not_valid_after_utc > utcnow()
     assert _actions(app)[-1] == "terminal.approved"
 
 
-def _self_signed(ca_key: Any) -> x509.Certificate:
-    """A certificate with the CA's name and key, to check the issued certificate's signature."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Huma Betang Terminal CA")])
-    now = utcnow()
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(ca_key.public_key()).serial_number(1)
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
-            .sign(ca_key, None))
+def test_keystore_terminal_ca_issues_certificates_that_chain_to_the_root(app, world, tmp_path):
+    """Production path: the keystore's encrypted terminal-CA key and its root-signed certificate."""
+    from cardlib.keys.keystore import KeyStore, Role as KeyRole
+    from cardlib.keys.terminal_ca import make_terminal_csr, verify_terminal_certificate
+
+    store = KeyStore.init(tmp_path / "ks", b"root passphrase 0123")
+    ca_entry = store.issue(KeyRole.TERMINAL_CA, store.root_signer(b"root passphrase 0123"),
+                           passphrase=b"key passphrase 4567")
+    app.config["TERMINAL_CA_KEY"] = str(next((tmp_path / "ks" / "keys").glob("terminal-ca-*.p8.pem")))
+    app.config["TERMINAL_CA_KEY_PASSWORD"] = "key passphrase 4567"
+    key, csr = make_terminal_csr("T-200")
+    c = world.client
+    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-200", "csr": csr.decode()}).status_code == 202
+    assert c.post("/api/v1/terminals/T-200/approve", headers=world.auth()).status_code == 200
+    pem = c.get("/api/v1/terminals/T-200/certificate").get_json()["certificate"].encode()
+    ca_cert = store.certificate(ca_entry.kid)
+    info = verify_terminal_certificate(pem, ca_cert.public_bytes(serialization.Encoding.PEM),
+                                       expected_key=key.public_key())
+    assert info.terminal_id == "T-200"
+    ca_cert.verify_directly_issued_by(store.certificate(store.root_kid))
+    app.config["TERMINAL_CA_KEY_PASSWORD"] = "wrong passphrase 0000"
+    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-201",
+                                                   "csr": make_terminal_csr("T-201")[1].decode()}).status_code == 202
+    r = c.post("/api/v1/terminals/T-201/approve", headers=world.auth())
+    assert r.status_code == 500 and r.get_json()["error"]["code"] == "configuration_error"
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,7 @@ def test_unknown_terminal_and_bad_envelope_signature_are_401(app, world):
     t = world.enrol("T-010")
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from server.ca import key_id
+    from cardlib.keys.signer import derive_kid as key_id
     from tests.fixtures.db import SimTerminal
 
     stranger_key = ed25519.Ed25519PrivateKey.generate()

@@ -51,3 +51,16 @@ class Pkcs11Error(KeysError):
 
 class CertificateError(KeysError):
     """A CSR or an X.509 certificate is malformed, badly signed, expired or not ours."""
+
+
+class CsrError(CertificateError):
+    """A terminal's PKCS#10 CSR is refused (RFC 2986).
+
+    :ivar reason: machine-readable cause, one of ``undecodable``, ``bad_signature``
+        (no proof of possession), ``unsupported_key`` (not Ed25519 / P-256),
+        ``subject_mismatch`` (CN is not the terminal id), ``bad_terminal_id``.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -18,6 +18,7 @@ import abc
 import hashlib
 
 import cbor2
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -46,6 +47,19 @@ def spki_der(public_key: PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def public_key_from_spki(der: bytes) -> PublicKey:
+    """Load a SubjectPublicKeyInfo DER (RFC 5280 §4.1.2.7) as one of our key types.
+
+    :raises UnsupportedAlgorithmError: undecodable, or not Ed25519 / P-256.
+    """
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise UnsupportedAlgorithmError(f"not a SubjectPublicKeyInfo of ours: {exc}") from exc
+    algorithm_of(key)  # type: ignore[arg-type]
+    return key  # type: ignore[return-value]
 
 
 def derive_kid(public_key: PublicKey) -> bytes:

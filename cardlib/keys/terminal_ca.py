@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from cardlib.keys.errors import CertificateError, UnsupportedAlgorithmError
-from cardlib.keys.keystore import KeyStore, Role, _name
+from cardlib.keys.errors import CertificateError, CsrError, UnsupportedAlgorithmError
+from cardlib.keys.keystore import KeyStore, Role, _ca_certificate, _name, terminal_ca_common_name
 from cardlib.keys.signer import (
     PrivateKey,
     PublicKey,
@@ -35,6 +35,7 @@ from cardlib.keys.signer import (
     algorithm_of,
     derive_kid,
     generate_private_key,
+    spki_der,
 )
 from cardlib.records.cose import Algorithm
 
@@ -44,6 +45,11 @@ TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
 """Allowed terminal ids (they become the certificate CN)."""
 
 DEFAULT_TERMINAL_VALIDITY_DAYS = 2 * 365
+#: notBefore is set this many seconds before issuance, so a terminal whose clock runs a
+#: little behind the server's can verify its new certificate at once.
+CLOCK_SKEW_ALLOWANCE_S = 300
+#: Validity of a self-signed development CA (:meth:`TerminalCA.self_signed`), days.
+SELF_SIGNED_CA_DAYS = 10 * 365
 
 
 def _hash_for(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:
@@ -52,7 +58,68 @@ def _hash_for(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:
 
 def _check_terminal_id(terminal_id: str) -> None:
     if not TERMINAL_ID_PATTERN.match(terminal_id):
-        raise CertificateError(f"terminal id {terminal_id!r} must match {TERMINAL_ID_PATTERN.pattern}")
+        raise CsrError(f"terminal id {terminal_id!r} must match {TERMINAL_ID_PATTERN.pattern}", "bad_terminal_id")
+
+
+@dataclass(frozen=True)
+class CheckedCsr:
+    """A terminal CSR whose self-signature verified and whose subject CN is the terminal id.
+
+    :ivar der: the CSR, DER (what the server stores).
+    :ivar terminal_id: the approved terminal id (= subject CN).
+    :ivar public_key: the terminal's Ed25519 or P-256 key.
+    """
+
+    der: bytes
+    terminal_id: str
+    public_key: PublicKey
+
+    @property
+    def spki_der(self) -> bytes:
+        """The terminal key as SubjectPublicKeyInfo DER."""
+        return spki_der(self.public_key)
+
+    @property
+    def kid(self) -> bytes:
+        """The 4-byte trust-bundle key id (:func:`cardlib.keys.signer.derive_kid`)."""
+        return derive_kid(self.public_key)
+
+
+def check_terminal_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
+    """Parse and check a terminal's PKCS#10 CSR (RFC 2986 §4), without issuing anything.
+
+    Proof of possession (the self-signature verifies), subject CN = ``terminal_id``,
+    key Ed25519 or P-256. The server runs it when a terminal enrols, :meth:`TerminalCA.issue`
+    again when an administrator approves.
+
+    :param csr: PEM or DER bytes.
+    :param terminal_id: the terminal the CSR must name; see :data:`TERMINAL_ID_PATTERN`.
+    :raises CsrError: with ``reason`` ``bad_terminal_id``, ``undecodable``,
+        ``bad_signature``, ``subject_mismatch`` or ``unsupported_key``.
+    """
+    _check_terminal_id(terminal_id)
+    try:
+        if csr.lstrip().startswith(b"-----BEGIN"):
+            request = x509.load_pem_x509_csr(csr)
+        else:
+            request = x509.load_der_x509_csr(csr)
+        public_key = request.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CsrError(f"not a PEM or DER CSR: {exc}", "undecodable") from exc
+    try:
+        algorithm_of(public_key)  # type: ignore[arg-type]
+    except UnsupportedAlgorithmError as exc:
+        raise CsrError(f"terminal key type not allowed: {exc}", "unsupported_key") from exc
+    if not request.is_signature_valid:
+        raise CsrError("CSR self-signature does not verify (no proof of possession)", "bad_signature")
+    try:
+        subject = _cn(request.subject)
+    except CertificateError as exc:
+        raise CsrError(f"CSR subject: {exc}", "subject_mismatch") from exc
+    if subject != terminal_id:
+        raise CsrError(f"CSR names {subject!r}, approved terminal is {terminal_id!r}", "subject_mismatch")
+    return CheckedCsr(request.public_bytes(serialization.Encoding.DER), terminal_id,
+                      public_key)  # type: ignore[arg-type]
 
 
 def make_terminal_csr(terminal_id: str, alg: Algorithm = Algorithm.EDDSA) -> tuple[PrivateKey, bytes]:
@@ -125,8 +192,25 @@ class TerminalCA:
         assert isinstance(signer, SoftwareSigner)
         return cls(signer, store.certificate(entry.kid))
 
+    @classmethod
+    def self_signed(cls, signer: SoftwareSigner, *, now: int | None = None,
+                    days: int = SELF_SIGNED_CA_DAYS) -> "TerminalCA":
+        """A CA whose certificate the key signs itself (development, tests, simulations).
+
+        Production CAs come from :meth:`from_keystore`: their certificate chains to the
+        offline root. Terminals can only pin a self-signed CA certificate directly.
+
+        :param now: UNIX seconds (default: current time).
+        """
+        start = int(dt.datetime.now(dt.timezone.utc).timestamp()) if now is None else now
+        cn = terminal_ca_common_name(signer.kid)
+        cert = _ca_certificate(signer.public_key, cn, signer, cn, start - CLOCK_SKEW_ALLOWANCE_S,
+                               start + days * 86400, path_length=0)
+        return cls(signer, cert)
+
     @property
     def certificate_pem(self) -> bytes:
+        """The CA certificate, PEM (what terminals verify against)."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     def issue(
@@ -145,32 +229,18 @@ class TerminalCA:
 
         :param csr_pem: PKCS#10 CSR, PEM or DER bytes.
         :param terminal_id: the id the administrator approved.
-        :param now: UNIX seconds (default: the current time).
+        :param now: UNIX seconds (default: the current time); notBefore is
+            :data:`CLOCK_SKEW_ALLOWANCE_S` earlier.
         :returns: the certificate, PEM bytes.
-        :raises CertificateError: malformed CSR, bad self-signature, CN mismatch,
-            unsupported key type.
+        :raises CsrError: malformed CSR, bad self-signature, CN mismatch,
+            unsupported key type (see :func:`check_terminal_csr`).
         """
-        _check_terminal_id(terminal_id)
-        try:
-            if csr_pem.lstrip().startswith(b"-----BEGIN"):
-                csr = x509.load_pem_x509_csr(csr_pem)
-            else:
-                csr = x509.load_der_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise CertificateError(f"not a PEM or DER CSR: {exc}") from exc
-        if not csr.is_signature_valid:
-            raise CertificateError("CSR self-signature does not verify (no proof of possession)")
-        if _cn(csr.subject) != terminal_id:
-            raise CertificateError(f"CSR names {_cn(csr.subject)!r}, approved terminal is {terminal_id!r}")
-        public_key = csr.public_key()
-        try:
-            algorithm_of(public_key)  # type: ignore[arg-type]
-        except UnsupportedAlgorithmError as exc:
-            raise CertificateError(f"terminal key type not allowed: {exc}") from exc
-        start = dt.datetime.fromtimestamp(
+        public_key = check_terminal_csr(csr_pem, terminal_id).public_key
+        issued = dt.datetime.fromtimestamp(
             now if now is not None else dt.datetime.now(dt.timezone.utc).timestamp(), dt.timezone.utc
         ).replace(microsecond=0)
-        end = min(start + dt.timedelta(days=validity_days), self.certificate.not_valid_after_utc)
+        start = issued - dt.timedelta(seconds=CLOCK_SKEW_ALLOWANCE_S)
+        end = min(issued + dt.timedelta(days=validity_days), self.certificate.not_valid_after_utc)
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(terminal_id))

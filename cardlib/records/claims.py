@@ -24,6 +24,7 @@ from typing import Any
 
 import cbor2
 
+from cardlib.keys.signer import KID_LENGTH
 from cardlib.records.errors import ClaimsError, RecordError
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "state_hash",
     "HASH_BYTES",
     "WIB",
-    "KID_BYTES",
     "terminal_id_of",
     "cycle_of",
     "cycle_bounds",
@@ -93,10 +93,6 @@ def cycle_of(when: dt.datetime) -> int:
     return local.year * CYCLE_YEAR_FACTOR + (1 if local.month <= 6 else 2)
 
 
-#: Bytes of a key id (kid = SHA-256(SPKI)[:4], docs/card-format.md §5).
-KID_BYTES = 4
-
-
 def terminal_id_of(kid: bytes) -> int:
     """The uint32 slot ``terminal_id`` of a signing key: its 4-byte kid read big-endian.
 
@@ -107,8 +103,8 @@ def terminal_id_of(kid: bytes) -> int:
     :param kid: the 4-byte key id.
     :raises ValueError: ``kid`` is not 4 bytes.
     """
-    if len(kid) != KID_BYTES:
-        raise ValueError(f"a kid is {KID_BYTES} bytes, got {len(kid)}")
+    if len(kid) != KID_LENGTH:
+        raise ValueError(f"a kid is {KID_LENGTH} bytes, got {len(kid)}")
     return int.from_bytes(kid, "big")
 
 

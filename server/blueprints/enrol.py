@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import logging
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -15,8 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from server.auth import audit, require_role
-from server.ca import TerminalCa, check_csr, key_id
-from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound
+from cardlib.keys.errors import CsrError, KeysError
+from cardlib.keys.pkcs8 import load_signer
+from cardlib.keys.signer import SoftwareSigner
+from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
+from server.errors import BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound
 from server.extensions import db
 from server.http import json_body
 from server.models import Card, Role, Terminal, TerminalStatus
@@ -24,6 +29,7 @@ from server.types import require_aware, utcnow
 from server.upload import insert_or_ignore
 
 bp = Blueprint("enrol", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 MAX_CARDS_PER_REQUEST = 1000
 
@@ -47,18 +53,54 @@ def _get_terminal(terminal_id: str) -> Terminal:
     return terminal
 
 
-def terminal_ca() -> TerminalCa:
-    """The configured terminal CA (``TERMINAL_CA_KEY`` PEM file, optional password).
+def _ca_signer(path: Path, password: bytes | None) -> SoftwareSigner:
+    if password:
+        return load_signer(path, password)  # encrypted PKCS#8, as `huma keys` writes it
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"cannot load terminal CA key {path}: {exc}") from exc
+    log.warning("terminal CA key %s is not encrypted: acceptable for tests and simulations only", path)
+    return SoftwareSigner(key)  # type: ignore[arg-type]
 
-    :raises ConfigurationError: no key configured or unreadable.
+
+def terminal_ca() -> TerminalCA:
+    """The configured terminal CA (:class:`cardlib.keys.terminal_ca.TerminalCA`).
+
+    ``TERMINAL_CA_KEY``: PKCS#8 PEM key file (encrypted when ``TERMINAL_CA_KEY_PASSWORD``
+    is set). ``TERMINAL_CA_CERT``: its certificate (PEM); default the keystore's
+    ``certs/<kid>.crt.pem`` next to ``keys/``, which chains to the root; without one the
+    key certifies itself (development: terminals must pin that certificate).
+
+    :raises ConfigurationError: no key configured, unreadable, or not matching its certificate.
     """
-    from server.errors import ConfigurationError
-
     path = current_app.config.get("TERMINAL_CA_KEY")
     if not path:
         raise ConfigurationError("TERMINAL_CA_KEY is not configured: cannot issue certificates")
     password = current_app.config.get("TERMINAL_CA_KEY_PASSWORD")
-    return TerminalCa.from_file(path, password.encode() if isinstance(password, str) else password)
+    try:
+        signer = _ca_signer(Path(path), password.encode() if isinstance(password, str) else password)
+        cert_path = current_app.config.get("TERMINAL_CA_CERT")
+        candidate = Path(cert_path) if cert_path else Path(path).parent.parent / "certs" / f"{signer.kid.hex()}.crt.pem"
+        if candidate.is_file():
+            return TerminalCA(signer, x509.load_pem_x509_certificate(candidate.read_bytes()))
+        if cert_path:
+            raise ConfigurationError(f"TERMINAL_CA_CERT {cert_path} is not a file")
+        log.warning("no certificate for terminal CA %s: using a self-signed one", signer.kid.hex())
+        return TerminalCA.self_signed(signer)
+    except (KeysError, ValueError) as exc:
+        raise ConfigurationError(f"terminal CA unusable: {exc}") from exc
+
+
+def check_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
+    """:func:`cardlib.keys.terminal_ca.check_terminal_csr` as an API error.
+
+    :raises InvalidCsr: with the CSR problem as ``reason``.
+    """
+    try:
+        return check_terminal_csr(csr, terminal_id)
+    except CsrError as exc:
+        raise InvalidCsr(str(exc), reason=exc.reason) from exc
 
 
 @bp.post("/terminals/enrol")
@@ -89,7 +131,7 @@ def enrol() -> ResponseReturnValue:
         if existing.public_key != csr.spki_der:
             raise Conflict(f"terminal {terminal_id!r} is already enrolled with another key")
         return jsonify(_terminal_json(existing)), 202
-    kid = key_id(csr.public_key)
+    kid = csr.kid
     if session.scalars(select(Terminal).where(Terminal.kid == kid)).first() is not None:
         raise Conflict("this key is already enrolled for another terminal")
     terminal = Terminal(terminal_id=terminal_id, status=TerminalStatus.PENDING, csr_der=csr.der,
@@ -138,7 +180,9 @@ def _decide(terminal_id: str, allowed_from: set[TerminalStatus], to: TerminalSta
         raise Conflict(f"terminal is {terminal.status.value}, cannot become {to.value}")
     now = utcnow()
     if to is TerminalStatus.APPROVED:
-        terminal.certificate_der = terminal_ca().issue(check_csr(terminal.csr_der, terminal_id), now)
+        pem = terminal_ca().issue(check_csr(terminal.csr_der, terminal_id).der, terminal_id=terminal_id,
+                                  now=int(now.timestamp()))
+        terminal.certificate_der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     terminal.status = to
     terminal.decided_at = now
     terminal.decided_by = g.person.id
