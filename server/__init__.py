@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "TOKEN_TTL": 12 * 3600,  # seconds a login token lives
     "TERMINAL_CA_KEY": None,  # path of the terminal CA PKCS#8 PEM key
     "TERMINAL_CA_KEY_PASSWORD": None,
-    "TERMINAL_CA_CERT": None,  # its certificate (PEM); default the keystore's certs/<kid>.crt.pem
+    "TERMINAL_CA_CERT": None,
+    "TRUST_ROOT_CERT": None,  # root certificate/public key PEM; verifies stored bundles (card registry)  # its certificate (PEM); default the keystore's certs/<kid>.crt.pem
 }
 
 

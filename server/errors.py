@@ -106,6 +106,13 @@ class InvalidCsr(ServerError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class InvalidIssuanceFile(ServerError):
+    """A provisioning issuance file does not verify (``reason`` ``signature``) or exceeds its grant (``quota``)."""
+
+    code = "invalid_issuance_file"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 class DatabaseBusy(ServerError):
     """The database is busy (SQLite locked, PostgreSQL lock/serialization timeout): retry later (SV-3).
 

@@ -119,6 +119,12 @@ class Card(Base):
     technician_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: ``issued`` or ``abandoned`` (cardlib.provision.session.IssuanceStatus; migration 0003).
+    status: Mapped[str] = mapped_column(String(16), default="issued", server_default="issued")
+    #: card id this card replaces (a lost card), from the signed issuance file.
+    reissue_of: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    #: provisioning session (16 bytes) of the issuance file that reported it.
+    session_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), default=None)
 
 
 class JournalEntryRow(Base):

@@ -44,7 +44,15 @@ def _terminal_json(t: Terminal) -> dict[str, Any]:
     }
 
 
+def _storable_id(value: str, what: str) -> str:
+    """Refuse a path id no row can have (NUL, which PostgreSQL text cannot hold; > 64 chars) as 404."""
+    if "\x00" in value or not 0 < len(value) <= 64:
+        raise NotFound(f"no {what} {value!r}")
+    return value
+
+
 def _get_terminal(terminal_id: str) -> Terminal:
+    _storable_id(terminal_id, "terminal")
     terminal = db.session.scalars(
         select(Terminal).where(Terminal.terminal_id == terminal_id)
     ).one_or_none()
@@ -273,10 +281,58 @@ def add_cards() -> ResponseReturnValue:
     return jsonify({"results": results})
 
 
+@bp.post("/cards/issuances")
+@require_role(Role.TECHNICIAN, Role.ADMIN)
+def add_issuance_file() -> ResponseReturnValue:
+    """Register a provisioning session's signed issuance file ``{"file": base64 COSE_Sign1}``.
+
+    Verified against the newest stored trust bundle (root ``TRUST_ROOT_CERT``): the
+    technician key, its issuer grant and quota. Idempotent: the same file again gives
+    ``duplicate`` per card. Answers the session, a result per card id and the card ids
+    that become deny-list candidates (abandoned, replaced by a re-issue).
+    """
+    from server.registry import load_root_key, newest_bundle, register_issuance_file
+
+    body = json_body()
+    encoded = body.get("file") if isinstance(body, dict) else None
+    if not isinstance(encoded, str) or not encoded:
+        raise BadRequest("file must be the base64 issuance file", field="file")
+    try:
+        message = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest("file is not base64", field="file") from exc
+    root_path = current_app.config.get("TRUST_ROOT_CERT")
+    if not root_path:
+        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
+    session = db.write_session()
+    bundle = newest_bundle(session, load_root_key(root_path))
+    issuance_file, results = register_issuance_file(session, message, bundle, g.person.id)
+    additions = [c.hex() for c in issuance_file.deny_list_additions()]
+    audit(session, g.person, "cards.issuance_file", f"session:{issuance_file.session_id.hex()}",
+          technician=issuance_file.technician, technician_kid=issuance_file.technician_kid.hex(),
+          card_ids=[r.card_id for r in results if r.result.value == "accepted"],
+          conflicts=[r.card_id for r in results if r.result.value == "conflict"], deny_candidates=additions)
+    session.commit()
+    return jsonify({"session_id": issuance_file.session_id.hex(), "technician": issuance_file.technician,
+                    "results": [{"card_id": r.card_id, "result": r.result.value} for r in results],
+                    "deny_candidates": additions})
+
+
+@bp.get("/deny-list/candidates")
+@require_role(Role.ADMIN, Role.AUDITOR)
+def deny_list() -> ResponseReturnValue:
+    """Card ids and chip UIDs (hex) the next trust bundle should deny: confirmed clones/fraud + registry."""
+    from server.registry import next_deny_sets
+
+    cards, uids = next_deny_sets(db.session)
+    return jsonify({"cards": [c.hex() for c in cards], "uids": [u.hex() for u in uids]})
+
+
 @bp.get("/cards/<card_id>")
 @require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
 def get_card(card_id: str) -> ResponseReturnValue:
     """One card's registry entry."""
+    _storable_id(card_id, "card")
     card = db.session.scalars(select(Card).where(Card.card_id == card_id)).one_or_none()
     if card is None:
         raise NotFound(f"no card {card_id!r}")

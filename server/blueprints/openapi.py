@@ -202,6 +202,35 @@ SPEC: dict[str, Any] = {
                 "a result per card"),
                 "400": _err("malformed body"), "413": _err("too many cards"), **_AUTH_ERRORS, **_BUSY},
         }},
+        "/api/v1/cards/issuances": {"post": {
+            "summary": "Register a provisioning session's signed issuance file (technician, admin; audited)",
+            "description": "The technician-signed COSE_Sign1 from the issuing station, verified against the "
+                           "newest stored trust bundle (root TRUST_ROOT_CERT) incl. its issuer grant and quota. "
+                           "Idempotent: the same file again answers duplicate per card.",
+            "security": _BEARER,
+            "requestBody": _body({"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "minLength": 1, "description": "base64 COSE_Sign1 issuance file"}}}),
+            "responses": {"200": _json({"type": "object", "required": ["session_id", "results", "deny_candidates"],
+                                        "properties": {
+                "session_id": {"type": "string"}, "technician": {"type": "string"},
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "card_id": {"type": "string"},
+                    "result": {"type": "string", "enum": ["accepted", "duplicate", "conflict"]}}}},
+                "deny_candidates": {"type": "array", "items": {"type": "string"}}}},
+                "a result per card id"),
+                "400": _err("malformed body"), "409": _err("no trust bundle published yet, or the newest does not verify under the root"),
+                "422": _err("invalid_issuance_file: reason signature or quota"),
+                "500": _err("TRUST_ROOT_CERT not configured"),
+                **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/deny-list/candidates": {"get": {
+            "summary": "Card ids and chip UIDs (hex) for the next bundle's deny lists (admin, auditor)",
+            "security": _BEARER,
+            "responses": {"200": _json({"type": "object", "required": ["cards", "uids"], "properties": {
+                "cards": {"type": "array", "items": {"type": "string"}},
+                "uids": {"type": "array", "items": {"type": "string"}}}}, "sorted, unique"),
+                **_AUTH_ERRORS},
+        }},
         "/api/v1/cards/{card_id}": {"get": {
             "summary": "One card's registry entry", "security": _BEARER,
             "parameters": [{"name": "card_id", "in": "path", "required": True,
