@@ -33,6 +33,7 @@ from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import (
     GENESIS_HASH,
+    CardClaims,
     JOURNAL_AAD,
     EntryKind,
     JournalEntry,
@@ -130,32 +131,18 @@ class StoredEntry:
         return self.signed.entry.seq
 
 
-@dataclass(frozen=True)
-class CardWrite:
-    """The claims of a card write, as given to :meth:`JournalStore.append`.
+@dataclass(frozen=True, kw_only=True)
+class CardWrite(CardClaims):
+    """The claims of a card write, as given to :meth:`JournalStore.append` (keywords only).
 
-    :ivar card_id: issuer card id (text form).
-    :ivar tag_uid: chip UID (7 bytes on NTAG21x).
-    :ivar programme: programme code.
-    :ivar unit: ``terminal.policy.Unit`` value, indexed locally for exposure sums.
-    :ivar amount: units in the programme's unit.
-    :ivar slot_seq_before, slot_seq_after: card state sequence numbers.
-    :ivar state_hash_prev, state_hash_new: 32-byte hashes of the slot states.
-    :ivar ntag_counter: NTAG NFC counter read in this RF session, or None.
-    :ivar decline_reason: DECLINED only: the reason code (signed claim 20).
+    The signed card claims are :class:`cardlib.records.journal.CardClaims` (card id,
+    UID, programme, amount, slot sequence numbers and hashes, NFC counter, decline
+    reason); an empty ``card_id`` is journalled as none.
+
+    :ivar unit: ``terminal.policy.Unit`` value, indexed locally for exposure sums (not signed).
     """
 
-    card_id: str
-    tag_uid: bytes | None = None
-    programme: str | None = None
     unit: str | None = None
-    amount: int | None = None
-    slot_seq_before: int | None = None
-    slot_seq_after: int | None = None
-    state_hash_prev: bytes | None = None
-    state_hash_new: bytes | None = None
-    ntag_counter: int | None = None
-    decline_reason: str | None = None
 
 
 class JournalStore:
@@ -267,7 +254,7 @@ class JournalStore:
             if callable(write):
                 w, blob = write(self._seq + 1)
             else:
-                w = write or CardWrite(card_id="")
+                w = write or CardWrite()
             stamp = self._clock.now()
             entry = JournalEntry(
                 entry_id=new_entry_id(),
@@ -279,16 +266,7 @@ class JournalStore:
                 mono_ns=int(stamp.mono * 1e9),
                 clock_synced=stamp.synced,
                 prev_entry_hash=self._head,
-                card_id=w.card_id or None,
-                tag_uid=w.tag_uid,
-                programme=w.programme,
-                amount=w.amount,
-                slot_seq_before=w.slot_seq_before,
-                slot_seq_after=w.slot_seq_after,
-                state_hash_prev=w.state_hash_prev,
-                state_hash_new=w.state_hash_new,
-                ntag_counter=w.ntag_counter,
-                decline_reason=w.decline_reason,
+                **{**w.card_claims(), "card_id": w.card_id or None},
             )
             message = sign1_with(self._signer, encode_payload(entry), JOURNAL_AAD)
             signed = SignedEntry(entry=entry, message=message, kid=self._signer.kid)
@@ -517,19 +495,8 @@ class _Tx:
 
 def write_of(stored: StoredEntry) -> CardWrite:
     """The card-write claims of a stored entry, to journal its COMMIT/UNCERTAIN/FINISHED/VOIDED."""
-    e = stored.entry
-    return CardWrite(
-        card_id=e.card_id or "",
-        tag_uid=e.tag_uid,
-        programme=e.programme,
-        unit=stored.unit,
-        amount=e.amount,
-        slot_seq_before=e.slot_seq_before,
-        slot_seq_after=e.slot_seq_after,
-        state_hash_prev=e.state_hash_prev,
-        state_hash_new=e.state_hash_new,
-        ntag_counter=e.ntag_counter,
-    )
+    claims = stored.entry.card_claims()
+    return CardWrite(unit=stored.unit, **{**claims, "card_id": claims["card_id"] or "", "decline_reason": None})
 
 
 # ---------------------------------------------------------------------- offline audit

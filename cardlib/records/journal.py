@@ -30,7 +30,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "GENESIS_HASH",
     "EntryKind",
     "Claim",
+    "CardClaims",
     "JournalEntry",
     "SignedEntry",
     "JournalError",
@@ -179,9 +180,44 @@ def entry_hash(message: bytes) -> bytes:
     return hashlib.sha256(message).digest()
 
 
+@dataclass(frozen=True, kw_only=True)
+class CardClaims:
+    """The card claims of a journal entry (all optional: a BOOT entry carries none).
+
+    Keyword-only, so :class:`JournalEntry` and a terminal's pending card write
+    (``terminal.journal.CardWrite``) share the one list of names and types.
+
+    :ivar card_id: issuer card id (text form, ≤ 64 chars).
+    :ivar tag_uid: chip UID, 4/7/10 bytes.
+    :ivar programme: programme code, e.g. ``"pangan"``.
+    :ivar amount: in the programme's unit (rupiah, units, visits); non-negative.
+    :ivar slot_seq_before, slot_seq_after: card slot sequence numbers read / written.
+    :ivar state_hash_prev: hash of the slot state read (32 bytes).
+    :ivar state_hash_new: hash of the slot state written (32 bytes).
+    :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
+    :ivar decline_reason: for DECLINED entries, the stable reason code
+        (``terminal.policy.DeclineReason`` value, ≤ 32 chars); signed like every claim.
+    """
+
+    card_id: str | None = None
+    tag_uid: bytes | None = None
+    programme: str | None = None
+    amount: int | None = None
+    slot_seq_before: int | None = None
+    slot_seq_after: int | None = None
+    state_hash_prev: bytes | None = None
+    state_hash_new: bytes | None = None
+    ntag_counter: int | None = None
+    decline_reason: str | None = None
+
+    def card_claims(self) -> dict[str, Any]:
+        """These claims by name (for ``JournalEntry(**...)`` or ``CardWrite(**...)``)."""
+        return {f.name: getattr(self, f.name) for f in fields(CardClaims)}
+
+
 @dataclass(frozen=True)
-class JournalEntry:
-    """The claims of one journal entry.
+class JournalEntry(CardClaims):
+    """The claims of one journal entry (the card claims: :class:`CardClaims`).
 
     :ivar entry_id: 16 bytes, see :func:`new_entry_id`.
     :ivar terminal_id: the terminal's registered id (≤ 64 chars), e.g. ``"T-017"``.
@@ -191,13 +227,6 @@ class JournalEntry:
     :ivar mono_ns: monotonic clock, ns (comparable within one boot only).
     :ivar clock_synced: whether the wall clock was synchronised when written.
     :ivar prev_entry_hash: :func:`entry_hash` of seq - 1 (32 bytes), :data:`GENESIS_HASH` for seq 1.
-    :ivar amount: in the programme's unit (rupiah, units, visits); non-negative.
-    :ivar tag_uid: chip UID, 4/7/10 bytes.
-    :ivar state_hash_prev: hash of the slot state read (32 bytes).
-    :ivar state_hash_new: hash of the slot state written (32 bytes).
-    :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
-    :ivar decline_reason: for DECLINED entries, the stable reason code
-        (``terminal.policy.DeclineReason`` value, ≤ 32 chars); signed like every claim.
 
     State hashes: ``state_hash_prev``/``state_hash_new`` are SHA-256 over the exact
     COSE_Sign1 bytes of the slot record (not the padded slot pages); the card's own
@@ -214,16 +243,6 @@ class JournalEntry:
     mono_ns: int
     clock_synced: bool
     prev_entry_hash: bytes
-    card_id: str | None = None
-    tag_uid: bytes | None = None
-    programme: str | None = None
-    amount: int | None = None
-    slot_seq_before: int | None = None
-    slot_seq_after: int | None = None
-    state_hash_prev: bytes | None = None
-    state_hash_new: bytes | None = None
-    ntag_counter: int | None = None
-    decline_reason: str | None = None
     version: int = JOURNAL_VERSION
 
     def __post_init__(self) -> None:
