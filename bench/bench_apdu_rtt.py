@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._common import load_average, write_report
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.harness import PcscdHarness
 from cardlib.sim.vpcd import VpcdCard
@@ -85,7 +86,7 @@ def _machine() -> dict[str, str]:
         "python": platform.python_version(),
         "pcscd": pcscd[0] if pcscd else "?",
         "pyscard": version("pyscard"),
-        "load average (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average (1/5/15 min)": load_average(),
     }
 
 
@@ -145,9 +146,7 @@ than the field: count card commands, not simulated milliseconds.
 Machine (shared 2-core dev VM; other work was running):
 {machine}
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report, encoding="utf-8")
-    print(report)
+    write_report(report, args.out)
     return 0
 
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._common import load_average, write_report
 from cardlib import ndef as nd
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.harness import PcscdHarness
@@ -149,11 +150,9 @@ without CRC_A; APDU bytes = host-reader link.
 - nfcpy comparison: not yet measured (the nfcpy channel lands with the nfcpy issue).
 
 Simulated time is ~100× faster than an ACR122U (5-20 ms per command): count commands.
-Machine: {os.cpu_count()} cores, load {" ".join(f"{x:.2f}" for x in os.getloadavg())} (shared dev VM).
+Machine: {os.cpu_count()} cores, load {load_average()} (shared dev VM).
 """
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report, encoding="utf-8")
-    print(report)
+    write_report(report, args.out)
     return 0
 
 

@@ -31,8 +31,8 @@ from typing import ContextManager
 import ecdsa
 from ecdsa.util import sigencode_string
 
-from cardlib.apdu import split_response
 from cardlib.keys.signer import SoftwareSigner, generate_private_key
+from bench._common import MS, TimedEmulatorConnection, write_report
 from cardlib.provision.batch import batch_key, run_batch
 from cardlib.provision.card import StationContext
 from cardlib.provision.households import parse_households
@@ -42,42 +42,13 @@ from cardlib.records.bundle import BundleKey, KeyRole, SortedIdSet, TrustBundle,
 from cardlib.records.cose import Algorithm
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.reader import ReaderEmulator, ReaderKind
-from cardlib.transport import Connection
 from cardlib.type2.channel import ACR122U, Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 
-MS = 1e3
 PROFILE = Profile.from_mapping({"valid_days": 730, "cycle": 20261, "programmes": {
     "1": {"unit": "package", "per_cycle": 1}, "2": {"unit": "rupiah", "per_cycle": 250_000}}})
 #: ACR122U round trip per card command, seconds (card_tech.md §6: ~20 ms per WRITE from a chrome-nfc log).
 ACR122U_S_PER_COMMAND = (0.005, 0.020)
-
-
-class TimedEmulatorConnection(Connection):
-    """APDUs into a reader emulator; accumulates the seconds spent in the 'card link'."""
-
-    def __init__(self, reader: ReaderEmulator) -> None:
-        self.reader = reader
-        self.link_seconds = 0.0
-        reader.power_on()
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        start = time.perf_counter()
-        try:
-            return split_response(self.reader.transmit(apdu))
-        finally:
-            self.link_seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        self.reader.power_off()
-
-    @property
-    def reader_name(self) -> str:
-        return "emulator acr122u"
-
-    @property
-    def atr(self) -> bytes:
-        return self.reader.atr
 
 
 class _Fab:
@@ -286,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "The pcscd wall time per card is dominated by pcscd noticing the new virtual card",
         "(its polling), not by the provisioning commands (see the on-reader figure).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    write_report("\n".join(lines) + "\n", args.out)
     return 0
 
 

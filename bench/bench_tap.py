@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cardlib.apdu import split_response
+from bench._common import MS, TimedEmulatorConnection, write_report
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
@@ -33,41 +33,12 @@ from cardlib.records.issuance import issue_card_image
 from cardlib.records.session import CardSession, WriteOutcome
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.reader import ReaderEmulator, ReaderKind
-from cardlib.transport import Connection
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 NOW = int(dt.datetime(2026, 3, 1, 8, tzinfo=dt.timezone.utc).timestamp())
 CYCLE = 20261
-MS = 1e3
-
-
-class TimedEmulatorConnection(Connection):
-    """APDUs into a reader emulator; accumulates the seconds spent in the 'card link'."""
-
-    def __init__(self, reader: ReaderEmulator) -> None:
-        self.reader = reader
-        self.link_seconds = 0.0
-        reader.power_on()
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        start = time.perf_counter()
-        try:
-            return split_response(self.reader.transmit(apdu))
-        finally:
-            self.link_seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        self.reader.power_off()
-
-    @property
-    def reader_name(self) -> str:
-        return "emulator acr122u"
-
-    @property
-    def atr(self) -> bytes:
-        return self.reader.atr
 
 
 def _signer(seed: int) -> SoftwareSigner:
@@ -171,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "Redemption adds READ_CNT, one WRITE per changed page of the older slot (pages equal to",
         "the old content are skipped) and one FAST_READ read-back of the slot.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    write_report("\n".join(lines) + "\n", args.out)
     ok = rows["verify-only tap"][0] <= 6 and rows["redemption tap"][0] <= 40
     ok = ok and all(med <= 5 for _, med, _ in rows.values())
     return 0 if ok else 1

@@ -33,7 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cardlib.apdu import split_response
+from bench._common import MS, TimedEmulatorConnection, write_report
 from cardlib.keys.keystore import Backend, KeyEntry, KeyStatus, Role, endorse
 from cardlib.keys.pkcs8 import save_private_key
 from cardlib.keys.signer import SoftwareSigner, cose_key
@@ -44,44 +44,20 @@ from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.issuance import issue_card_image
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.reader import ReaderEmulator, ReaderKind
-from cardlib.transport import Connection
 from cardlib.type2.channel import ACR122U
 from terminal.clock import Clock
 from terminal.journal import CardWrite, JournalStore
 from terminal.policy import CounterMode, OfflineLimits, cycle_at
 from terminal.tap import BundleDenyList, CounterConfig, TapProcessor, Trust
 
-MS = 1e3
 ENTITLED = 10_000
 PASSPHRASE = b"bench passphrase 2026"
 
 
-class EmulatorConnection(Connection):
-    """APDUs into the ACR122U reader emulator; accumulates the seconds spent in the 'card link'."""
-
-    def __init__(self, chip: Ntag21x) -> None:
-        chip.field_off()
-        self.reader = ReaderEmulator(chip, ReaderKind.ACR122U)
-        self.reader.power_on()
-        self.link_seconds = 0.0
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        start = time.perf_counter()
-        try:
-            return split_response(self.reader.transmit(apdu))
-        finally:
-            self.link_seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        self.reader.power_off()
-
-    @property
-    def reader_name(self) -> str:
-        return "emulator acr122u"
-
-    @property
-    def atr(self) -> bytes:
-        return self.reader.atr
+def _link(chip: Ntag21x) -> TimedEmulatorConnection:
+    """The chip on an ACR122U emulator, starting a fresh RF session (field off first)."""
+    chip.field_off()
+    return TimedEmulatorConnection(ReaderEmulator(chip, ReaderKind.ACR122U))
 
 
 class TimedJournal(JournalStore):
@@ -140,7 +116,7 @@ def bench_taps(n: int, workdir: Path) -> dict[str, float]:
     chips = [_chip(i) for i in range(20)]
     soft, journal_s = [], []
     for k in range(n):
-        conn = EmulatorConnection(chips[k % len(chips)])
+        conn = _link(chips[k % len(chips)])
         before = journal.append_seconds
         outcome = tap(conn, None)
         assert outcome.status.value == "accepted", outcome
@@ -233,7 +209,7 @@ def shift_child(taps: int) -> dict[str, Any]:
     samples = [(0, _rss_mb())]
     start = time.perf_counter()
     for k in range(1, taps + 1):
-        conn = EmulatorConnection(chips[k % len(chips)])
+        conn = _link(chips[k % len(chips)])
         out = daemon.tap(conn, binding)
         assert out.status.value == "accepted", out
         if k % 250 == 0:
@@ -296,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "The shift child is the real `terminal.daemon.Daemon` (screen, sync loop offline, feedback worker",
         "threads running) fed through its tap processor, not through pcscd (pcscd+vpcd polling would dominate).",
     ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    write_report("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -1,0 +1,66 @@
+"""Helpers shared by the benchmarks: a timed in-process card link and the report writer.
+
+Run the benchmarks from the repository root (``python -m bench.<name>``), so this
+module imports as ``bench._common``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from cardlib.apdu import split_response
+from cardlib.sim.reader import ReaderEmulator
+from cardlib.transport import Connection
+
+__all__ = ["MS", "TimedEmulatorConnection", "load_average", "write_report"]
+
+#: Milliseconds per second (report scaling).
+MS = 1e3
+
+
+class TimedEmulatorConnection(Connection):
+    """APDUs into a reader emulator (no pcscd); accumulates the seconds spent in this 'card link'.
+
+    Benchmarks subtract :attr:`link_seconds` to report software time per tap excluding
+    the card link (DESIGN §9).
+
+    :param reader: the emulator with the card on it; powered on here, off at :meth:`close`.
+    """
+
+    def __init__(self, reader: ReaderEmulator) -> None:
+        self.reader = reader
+        self.link_seconds = 0.0
+        reader.power_on()
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        start = time.perf_counter()
+        try:
+            return split_response(self.reader.transmit(apdu))
+        finally:
+            self.link_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        self.reader.power_off()
+
+    @property
+    def reader_name(self) -> str:
+        return f"emulator {self.reader.kind.value}"
+
+    @property
+    def atr(self) -> bytes:
+        return self.reader.atr
+
+
+def load_average() -> str:
+    """``"1.20 0.95 0.80"``: the 1/5/15-minute load averages, for the machine line of a report."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write_report(text: str, out: Path | None) -> None:
+    """Print a report and, when ``out`` is given, write it there (UTF-8, parent directories made)."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
