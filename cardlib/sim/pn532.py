@@ -50,18 +50,17 @@ from types import TracebackType
 from typing import Final
 
 from cardlib.apdu import TRAFFIC
+from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
 from cardlib.sim.chip import ACK, Ntag21x, crc_a
 from cardlib.sim.errors import CardRemoved, ChipMute, SimError
 
-__all__ = ["ACK_FRAME", "ERROR_FRAME", "NACK_FRAME", "Pn532Command", "Pn532Emulator", "Pn532Pty", "build_frame"]
+__all__ = ["ACK_FRAME", "ERROR_FRAME", "NACK_FRAME", "Pn53xCommand", "Pn532Emulator", "Pn532Pty", "build_frame"]
 
 log = logging.getLogger(__name__)
 
 ACK_FRAME: Final = bytes.fromhex("0000FF00FF00")
 NACK_FRAME: Final = bytes.fromhex("0000FFFF0000")
 ERROR_FRAME: Final = bytes.fromhex("0000FF01FF7F8100")
-TFI_HOST: Final = 0xD4
-TFI_PN532: Final = 0xD5
 #: GetFirmwareVersion answer: IC 32h (PN532), Ver 1, Rev 6, Support 07h (ISO 18092 | ISO/IEC 14443 B | A).
 FIRMWARE: Final = bytes((0x32, 0x01, 0x06, 0x07))
 #: SENS_RES of NTAG21x as the PN532 reports it (ATQA MSB first), SEL_RES for a Type 2 tag.
@@ -81,36 +80,6 @@ CIU_TX_CONTROL: Final = 0x6304
 RX_CRC_EN: Final = 0x80
 #: What the CIU FIFO still holds when nobody answered the REQA nfcpy's sense_tta looks for.
 REQA: Final = 0x26
-
-
-class Pn532Command(enum.IntEnum):
-    """PN532 host commands (UM0701-02 §7, Table 5)."""
-
-    DIAGNOSE = 0x00
-    GET_FIRMWARE_VERSION = 0x02
-    GET_GENERAL_STATUS = 0x04
-    READ_REGISTER = 0x06
-    WRITE_REGISTER = 0x08
-    SET_SERIAL_BAUDRATE = 0x10
-    SET_PARAMETERS = 0x12
-    SAM_CONFIGURATION = 0x14
-    POWER_DOWN = 0x16
-    RF_CONFIGURATION = 0x32
-    IN_DATA_EXCHANGE = 0x40
-    IN_COMMUNICATE_THRU = 0x42
-    IN_DESELECT = 0x44
-    IN_LIST_PASSIVE_TARGET = 0x4A
-    IN_RELEASE = 0x52
-    IN_SELECT = 0x54
-
-
-class Pn532Status(enum.IntEnum):
-    """Status byte of In* answers (UM0701-02 §7.1, Table 4)."""
-
-    OK = 0x00
-    TIMEOUT = 0x01
-    INVALID_PARAMETER = 0x10
-    NOT_ACCEPTABLE = 0x27
 
 
 class _RfItem(enum.IntEnum):
@@ -258,11 +227,11 @@ class Pn532Emulator:
             self._asleep = False
         self.frames += 1
         log.log(TRAFFIC, "host>> %s", payload.hex())
-        if not payload or payload[0] != TFI_HOST or len(payload) < 2:
+        if not payload or payload[0] != Tfi.HOST_TO_PN or len(payload) < 2:
             self._last_answer = ERROR_FRAME
             return ACK_FRAME + ERROR_FRAME
         answer = self._command(payload[1], payload[2:])
-        frame = ERROR_FRAME if answer is None else build_frame(bytes((TFI_PN532, payload[1] + 1)) + answer)
+        frame = ERROR_FRAME if answer is None else build_frame(bytes((Tfi.PN_TO_HOST, payload[1] + 1)) + answer)
         log.log(TRAFFIC, "host<< %s", frame.hex())
         self._last_answer = frame
         return ACK_FRAME + frame
@@ -278,52 +247,52 @@ class Pn532Emulator:
     def _command(self, code: int, data: bytes) -> bytes | None:
         """Execute one command; the answer's data after ``D5 <code+1>``, None for a syntax error."""
         try:
-            cmd = Pn532Command(code)
+            cmd = Pn53xCommand(code)
         except ValueError:
             log.debug("unknown PN532 command %02X", code)
             return None
-        if cmd is Pn532Command.DIAGNOSE:
+        if cmd is Pn53xCommand.DIAGNOSE:
             if data[:1] == b"\x00":
                 return data  # communication line test: echo NumTst + InParam
             return b"\x00"  # ROM/RAM tests pass
-        if cmd is Pn532Command.GET_FIRMWARE_VERSION:
+        if cmd is Pn53xCommand.GET_FIRMWARE_VERSION:
             return FIRMWARE
-        if cmd is Pn532Command.GET_GENERAL_STATUS:
+        if cmd is Pn53xCommand.GET_GENERAL_STATUS:
             field = int(self._chip is not None and self._chip.field)
             targets = bytes((1, 0x01, 0x00, 0x00, 0x00)) if self._target_active else b"\x00"
             return bytes((0x00, field)) + targets + b"\x00"
-        if cmd is Pn532Command.READ_REGISTER:
+        if cmd is Pn53xCommand.READ_REGISTER:
             addrs = [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data) - 1, 2)]
             return bytes(self._registers.get(a, 0) for a in addrs)
-        if cmd is Pn532Command.WRITE_REGISTER:
+        if cmd is Pn53xCommand.WRITE_REGISTER:
             for i in range(0, len(data) - 2, 3):
                 self._registers[int.from_bytes(data[i : i + 2], "big")] = data[i + 2]
             return b""
-        if cmd in (Pn532Command.SET_SERIAL_BAUDRATE, Pn532Command.SET_PARAMETERS, Pn532Command.SAM_CONFIGURATION):
+        if cmd in (Pn53xCommand.SET_SERIAL_BAUDRATE, Pn53xCommand.SET_PARAMETERS, Pn53xCommand.SAM_CONFIGURATION):
             return b""
-        if cmd is Pn532Command.POWER_DOWN:
+        if cmd is Pn53xCommand.POWER_DOWN:
             self._rf_off()
             self._asleep = True
             return b"\x00"
-        if cmd is Pn532Command.RF_CONFIGURATION:
+        if cmd is Pn53xCommand.RF_CONFIGURATION:
             if data[:1] == bytes((_RfItem.RF_FIELD,)) and len(data) >= 2 and not data[1] & _RF_ON:
                 self._rf_off()
             return b""
-        if cmd is Pn532Command.IN_LIST_PASSIVE_TARGET:
+        if cmd is Pn53xCommand.IN_LIST_PASSIVE_TARGET:
             return self._in_list_passive_target(data)
-        if cmd is Pn532Command.IN_COMMUNICATE_THRU:
+        if cmd is Pn53xCommand.IN_COMMUNICATE_THRU:
             return self._to_tag(data, raw=True)
-        if cmd is Pn532Command.IN_DATA_EXCHANGE:
+        if cmd is Pn53xCommand.IN_DATA_EXCHANGE:
             if data[:1] != b"\x01":
-                return bytes((Pn532Status.INVALID_PARAMETER,))
+                return bytes((Pn53xStatus.INVALID_PARAMETER,))
             return self._to_tag(data[1:], raw=False)
-        if cmd in (Pn532Command.IN_DESELECT, Pn532Command.IN_RELEASE):
+        if cmd in (Pn53xCommand.IN_DESELECT, Pn53xCommand.IN_RELEASE):
             if self._target_active and self._chip is not None:
                 self._chip.halt()
             self._target_active = False
             return b"\x00"
-        if cmd is Pn532Command.IN_SELECT:
-            return b"\x00" if self._select() else bytes((Pn532Status.TIMEOUT,))
+        if cmd is Pn53xCommand.IN_SELECT:
+            return b"\x00" if self._select() else bytes((Pn53xStatus.TIMEOUT,))
         return None  # pragma: no cover - every enum member is handled above
 
     def _rf_off(self) -> None:
@@ -364,7 +333,7 @@ class Pn532Emulator:
     def _to_tag(self, frame: bytes, *, raw: bool) -> bytes:
         chip = self._chip
         if chip is None or not self._target_active:
-            return bytes((Pn532Status.TIMEOUT,))
+            return bytes((Pn53xStatus.TIMEOUT,))
         self.tag_commands += 1
         try:
             answer = chip.transceive(frame)
@@ -372,14 +341,14 @@ class Pn532Emulator:
             log.debug("tag silent: %s", exc)
             if chip.removed:
                 self._target_active = False
-            return bytes((Pn532Status.TIMEOUT,))
+            return bytes((Pn53xStatus.TIMEOUT,))
         finally:
             self._save()
         if raw and len(answer) > 1 and not self._registers.get(CIU_RX_MODE, 0) & RX_CRC_EN:
             answer += crc_a(answer)  # RxCRCEn off: the CIU hands over the CRC bytes too
         if not raw and answer == bytes((ACK,)):
             answer = b""
-        return bytes((Pn532Status.OK,)) + answer
+        return bytes((Pn53xStatus.OK,)) + answer
 
 
 class Pn532Pty:

@@ -55,6 +55,8 @@ import logging
 from dataclasses import dataclass
 
 from cardlib.ber import BerError, encode_object, parse_objects
+from cardlib.part3 import Part3Object
+from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
 from cardlib.sim.chip import ACK, Command, Nak, Ntag21x, nak_of
 from cardlib.sim.errors import CardRemoved, ChipMute
 
@@ -101,42 +103,6 @@ class Ins(enum.IntEnum):
     UPDATE_BINARY = 0xD6
     DIRECT = 0x00  #: ACR122U direct transmit / LED / firmware (P1 selects)
     ENVELOPE = 0xC2  #: PC/SC Part 3 manage session / transparent exchange
-
-
-class Pn53x(enum.IntEnum):
-    """PN532/PN533 host commands (NXP UM0701-02 §7) reachable via direct transmit."""
-
-    HOST_TO_PN = 0xD4
-    PN_TO_HOST = 0xD5
-    GET_FIRMWARE_VERSION = 0x02
-    IN_DATA_EXCHANGE = 0x40
-    IN_COMMUNICATE_THRU = 0x42
-    IN_DESELECT = 0x44
-    IN_LIST_PASSIVE_TARGET = 0x4A
-    IN_RELEASE = 0x52
-
-
-class Pn53xStatus(enum.IntEnum):
-    """PN53x error byte (UM0701-02 §7.1 Table 4) for InCommunicateThru/InDataExchange."""
-
-    OK = 0x00
-    TIMEOUT = 0x01
-    CRC = 0x02
-
-
-class Part3Tag(enum.IntEnum):
-    """Data object tags of PC/SC Part 3 v2.02 §3.2.2.1.8 (Tables 3-16..3-22)."""
-
-    START_SESSION = 0x81
-    END_SESSION = 0x82
-    RF_OFF = 0x83
-    RF_ON = 0x84
-    TRANSCEIVE_FLAGS = 0x90
-    TRANSCEIVE = 0x95
-    GENERIC_ERROR = 0xC0
-    VALID_BITS = 0x92
-    RESPONSE_STATUS = 0x96
-    ICC_RESPONSE = 0x97
 
 
 class ReaderKind(enum.Enum):
@@ -374,21 +340,21 @@ class ReaderEmulator:
         return bytes((0x90, state))
 
     def _pn53x(self, frame: bytes) -> bytes:
-        if len(frame) < 2 or frame[0] != Pn53x.HOST_TO_PN:
+        if len(frame) < 2 or frame[0] != Tfi.HOST_TO_PN:
             return _sw(SW.ACS_FAILED)
         cmd = frame[1]
-        out_cmd = bytes((Pn53x.PN_TO_HOST, cmd + 1))
-        if cmd == Pn53x.GET_FIRMWARE_VERSION:
+        out_cmd = bytes((Tfi.PN_TO_HOST, cmd + 1))
+        if cmd == Pn53xCommand.GET_FIRMWARE_VERSION:
             return out_cmd + PN532_FIRMWARE + _sw(SW.OK)
-        if cmd == Pn53x.IN_COMMUNICATE_THRU:
+        if cmd == Pn53xCommand.IN_COMMUNICATE_THRU:
             return out_cmd + self._thru(frame[2:]) + _sw(SW.OK)
-        if cmd == Pn53x.IN_DATA_EXCHANGE:
+        if cmd == Pn53xCommand.IN_DATA_EXCHANGE:
             if len(frame) < 3 or frame[2] != 0x01:
                 return out_cmd + bytes((0x27,)) + _sw(SW.OK)  # 0x27: wrong target
             return out_cmd + self._thru(frame[3:]) + _sw(SW.OK)
-        if cmd == Pn53x.IN_LIST_PASSIVE_TARGET:
+        if cmd == Pn53xCommand.IN_LIST_PASSIVE_TARGET:
             return out_cmd + self._list_target() + _sw(SW.OK)
-        if cmd in (Pn53x.IN_DESELECT, Pn53x.IN_RELEASE):
+        if cmd in (Pn53xCommand.IN_DESELECT, Pn53xCommand.IN_RELEASE):
             self.chip.halt()
             return out_cmd + bytes((Pn53xStatus.OK,)) + _sw(SW.OK)
         return _sw(SW.ACS_FAILED)
@@ -425,27 +391,27 @@ class ReaderEmulator:
         out = b""
         for tag, value in objects:
             if p2 == 0x00:
-                if tag == Part3Tag.START_SESSION:
+                if tag == Part3Object.START_SESSION:
                     self._session = True
-                elif tag == Part3Tag.END_SESSION:
+                elif tag == Part3Object.END_SESSION:
                     self._session = False
-                elif tag == Part3Tag.RF_OFF:
+                elif tag == Part3Object.RF_OFF:
                     self.chip.field_off()
-                elif tag == Part3Tag.RF_ON:
+                elif tag == Part3Object.RF_ON:
                     self.chip.field_on()
                 else:
                     return _part3_error(0x01, SW.FUNC_NOT_SUPPORTED)
             else:
-                if tag == Part3Tag.TRANSCEIVE:
+                if tag == Part3Object.TRANSCEIVE:
                     try:
                         out += self._part3_transceive(value)
                     except ChipMute:
                         return _part3_error(0x01, SW.NO_RESPONSE)
-                elif tag in (Part3Tag.TRANSCEIVE_FLAGS, 0x5F46):
+                elif tag in (Part3Object.TRANSCEIVE_FLAGS, Part3Object.TIMER):
                     continue
                 else:
                     return _part3_error(0x01, SW.FUNC_NOT_SUPPORTED)
-        return encode_object(Part3Tag.GENERIC_ERROR, bytes((0x00,)) + _sw(SW.OK)) + out + _sw(SW.OK)
+        return encode_object(Part3Object.GENERIC_ERROR, bytes((0x00,)) + _sw(SW.OK)) + out + _sw(SW.OK)
 
     def _part3_transceive(self, raw: bytes) -> bytes:
         """Transceive data object → 92 (valid bits) + 97 (ICC response).
@@ -454,9 +420,9 @@ class ReaderEmulator:
         """
         ans = self._chip(raw)
         if len(ans) == 1:  # 4-bit ACK/NAK: 4 valid bits in the last byte
-            return encode_object(Part3Tag.VALID_BITS, bytes((0x04,))) + encode_object(Part3Tag.ICC_RESPONSE, ans)
-        return encode_object(Part3Tag.VALID_BITS, bytes((0x00,))) + encode_object(Part3Tag.ICC_RESPONSE, ans)
+            return encode_object(Part3Object.VALID_BITS, bytes((0x04,))) + encode_object(Part3Object.ICC_RESPONSE, ans)
+        return encode_object(Part3Object.VALID_BITS, bytes((0x00,))) + encode_object(Part3Object.ICC_RESPONSE, ans)
 
 
 def _part3_error(status: int, sw: int) -> bytes:
-    return encode_object(Part3Tag.GENERIC_ERROR, bytes((status,)) + _sw(sw)) + _sw(SW.OK)
+    return encode_object(Part3Object.GENERIC_ERROR, bytes((status,)) + _sw(sw)) + _sw(SW.OK)

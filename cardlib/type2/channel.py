@@ -30,6 +30,8 @@ from typing import Literal
 
 from cardlib.apdu import ApduChannel, ApduError, CommandApdu
 from cardlib.ber import BerError, encode_object, parse_objects
+from cardlib.part3 import Part3Object
+from cardlib.pn53x import STATUS_MASK, Pn53xCommand, Pn53xStatus, Tfi
 from cardlib.transport import Connection
 from cardlib.transport.errors import TagMute
 from cardlib.type2.chip import PAGE_SIZE, READ_PAGES
@@ -235,25 +237,6 @@ class PlainChannel(_ApduType2Channel):
         return self._exchange(frame)
 
 
-class Pn533(enum.IntEnum):
-    """PN533 host commands used via ACR122U direct transmit (NXP UM0701-02 §7)."""
-
-    HOST_TO_PN = 0xD4
-    PN_TO_HOST = 0xD5
-    IN_COMMUNICATE_THRU = 0x42
-    IN_LIST_PASSIVE_TARGET = 0x4A
-
-
-class Pn533Status(enum.IntEnum):
-    """PN533 status byte (UM0701-02 §7.1 Table 4), low 6 bits."""
-
-    OK = 0x00
-    TIMEOUT = 0x01
-    CRC_ERROR = 0x02
-    PARITY_ERROR = 0x03
-
-
-_PN533_STATUS_MASK = 0x3F
 _MAX_DIRECT = 255
 
 
@@ -270,13 +253,13 @@ class Acr122uChannel(_ApduType2Channel):
         return self.apdu.send(CommandApdu(0xFF, 0x00, 0x00, 0x00, pn533_frame))
 
     def _exchange(self, frame: bytes) -> bytes:
-        resp = self._direct(bytes((Pn533.HOST_TO_PN, Pn533.IN_COMMUNICATE_THRU)) + bytes(frame))
-        if len(resp) < 3 or resp[0] != Pn533.PN_TO_HOST or resp[1] != Pn533.IN_COMMUNICATE_THRU + 1:
+        resp = self._direct(bytes((Tfi.HOST_TO_PN, Pn53xCommand.IN_COMMUNICATE_THRU)) + bytes(frame))
+        if len(resp) < 3 or resp[0] != Tfi.PN_TO_HOST or resp[1] != Pn53xCommand.IN_COMMUNICATE_THRU + 1:
             raise BadResponse(f"InCommunicateThru answered {resp[:3].hex()}")
-        status = resp[2] & _PN533_STATUS_MASK
-        if status == Pn533Status.TIMEOUT:
+        status = resp[2] & STATUS_MASK
+        if status == Pn53xStatus.TIMEOUT:
             raise TagMute("the tag did not answer (PN533 time-out)")
-        if status != Pn533Status.OK:
+        if status != Pn53xStatus.OK:
             raise BadResponse(f"PN533 status 0x{status:02X} on command {frame[:1].hex()}")
         return resp[3:]
 
@@ -286,22 +269,9 @@ class Acr122uChannel(_ApduType2Channel):
         :raises cardlib.transport.TagMute: no tag answered the poll.
         """
         resp = self.apdu.send(CommandApdu(0xFF, 0x00, 0x00, 0x00, bytes(
-            (Pn533.HOST_TO_PN, Pn533.IN_LIST_PASSIVE_TARGET, 0x01, 0x00))))
+            (Tfi.HOST_TO_PN, Pn53xCommand.IN_LIST_PASSIVE_TARGET, 0x01, 0x00))))
         if len(resp) < 3 or resp[2] == 0:
             raise TagMute("no tag answered InListPassiveTarget")
-
-
-class Part3Object(enum.IntEnum):
-    """Data objects of the PC/SC Part 3 transparent session (v2.02 §3.2.2.1.8, Tables 3-16..3-22)."""
-
-    START_SESSION = 0x81
-    END_SESSION = 0x82
-    RF_OFF = 0x83
-    RF_ON = 0x84
-    TRANSCEIVE = 0x95
-    GENERIC_ERROR = 0xC0
-    VALID_BITS = 0x92
-    ICC_RESPONSE = 0x97
 
 
 class Part3Channel(_ApduType2Channel):
