@@ -51,6 +51,7 @@ from types import TracebackType
 from typing import Final
 
 from cardlib.apdu import TRAFFIC
+from cardlib.sim._serving import BackgroundServer
 from cardlib.sim.chip import CASCADE_TAG, Ntag21x
 from cardlib.sim.errors import CardRemoved, ChipMute, SimError
 
@@ -97,7 +98,7 @@ class _Phase(enum.Enum):
     ACTIVE = "active"  # selected: tag commands go to the chip
 
 
-class NfcUdpPeer:
+class NfcUdpPeer(BackgroundServer):
     """One virtual card in front of nfcpy's ``udp:`` driver.
 
     Use :meth:`start` for a background thread, or :meth:`serve` in the calling
@@ -112,6 +113,7 @@ class NfcUdpPeer:
     """
 
     def __init__(self, chip: Ntag21x | None, port: int = 0, *, persist: bool = True) -> None:
+        super().__init__()
         self._chip = chip
         self.persist = persist
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -122,8 +124,6 @@ class NfcUdpPeer:
             raise UdpPeerError(f"cannot bind UDP {LOCALHOST}:{port}: {exc.strerror}") from exc
         self.port: int = self._sock.getsockname()[1]
         self._phase = _Phase.IDLE
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.commands = 0
         self.activations = 0
@@ -276,30 +276,15 @@ class NfcUdpPeer:
 
     def start(self) -> "NfcUdpPeer":
         """Serve in a daemon thread; returns self."""
-        self._thread = threading.Thread(target=self.serve, name=f"nfc-udp-peer:{self.port}", daemon=True)
-        self._thread.start()
+        self._run_in_thread(self.serve, f"nfc-udp-peer:{self.port}")
         return self
 
     def stop(self) -> None:
         """Stop serving, close the socket and save the card."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        self._join()
         with self._lock:
             self._save()
         self._sock.close()
-
-    def __enter__(self) -> "NfcUdpPeer":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class UdpPeerProcess:

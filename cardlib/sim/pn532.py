@@ -46,11 +46,11 @@ import select
 import threading
 import tty
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from cardlib.apdu import TRAFFIC
 from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
+from cardlib.sim._serving import BackgroundServer
 from cardlib.sim.chip import ACK, Ntag21x, crc_a
 from cardlib.sim.errors import CardRemoved, ChipMute, SimError
 
@@ -351,7 +351,7 @@ class Pn532Emulator:
         return bytes((Pn53xStatus.OK,)) + answer
 
 
-class Pn532Pty:
+class Pn532Pty(BackgroundServer):
     """Serve a :class:`Pn532Emulator` on a pseudo-terminal in a background thread.
 
     The slave side is what the host opens (``/dev/pts/N``); with ``link`` a
@@ -363,13 +363,12 @@ class Pn532Pty:
     """
 
     def __init__(self, emulator: Pn532Emulator, link: str | None = None) -> None:
+        super().__init__()
         self.emulator = emulator
         self.link = link
         self._master = -1
         self._slave = -1
         self.device = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def link_path(self) -> Path | None:
@@ -401,8 +400,7 @@ class Pn532Pty:
             except OSError as exc:
                 self._close_fds()
                 raise SimError(f"cannot create {link} -> {self.device}: {exc.strerror}") from exc
-        self._thread = threading.Thread(target=self._serve, name=f"pn532-pty:{self.device}", daemon=True)
-        self._thread.start()
+        self._run_in_thread(self._serve, f"pn532-pty:{self.device}")
         return self
 
     def _serve(self) -> None:
@@ -426,24 +424,10 @@ class Pn532Pty:
 
     def stop(self) -> None:
         """Stop serving, remove the link, close the pty and save the card. Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+        self._join()
         link = self.link_path
         if link is not None and link.is_symlink():
             link.unlink()
         self._close_fds()
         with self.emulator._lock:
             self.emulator._save()
-
-    def __enter__(self) -> "Pn532Pty":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
