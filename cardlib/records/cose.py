@@ -23,10 +23,12 @@ Wire shape (RFC 9052 §4.2)::
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Union
 
 import cbor2
@@ -153,8 +155,37 @@ def sig_structure(protected: bytes, external_aad: bytes, payload: bytes) -> byte
     :param external_aad: externally supplied authenticated data (bytes).
     :param payload: the payload bstr content.
     :returns: the CBOR bytes that are signed (ToBeSigned).
+
+    Encoded by concatenation (array(4) head, the constant context text string,
+    three byte strings with shortest-form heads, RFC 8949 §3.1, §4.2.1): the
+    same bytes as ``cbor2.dumps([...])`` without building and walking a list,
+    because this runs once per verified entry.
     """
-    return cbor2.dumps([SIGNATURE1_CONTEXT, protected, external_aad, payload])
+    return b"".join(
+        (_SIG1_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)), external_aad,
+         _bstr_head(len(payload)), payload)
+    )
+
+
+#: CBOR major type 2 (byte string) in the initial byte (RFC 8949 §3.1).
+_MAJOR_BSTR = 0x40
+#: Additional-information values 24..27: argument follows in 1, 2, 4, 8 bytes (RFC 8949 §3).
+_AI_UINT8, _AI_UINT16, _AI_UINT32, _AI_UINT64 = 24, 25, 26, 27
+#: ``array(4)`` head + ``"Signature1"`` as a CBOR text string: the fixed start of Sig_structure.
+_SIG1_PREFIX = bytes([0x80 | 4]) + cbor2.dumps(SIGNATURE1_CONTEXT)
+
+
+def _bstr_head(length: int) -> bytes:
+    """Shortest-form head of a definite-length byte string of ``length`` bytes (RFC 8949 §3.1, §4.2.1)."""
+    if length < _AI_UINT8:
+        return bytes([_MAJOR_BSTR | length])
+    if length <= 0xFF:
+        return bytes([_MAJOR_BSTR | _AI_UINT8, length])
+    if length <= 0xFFFF:
+        return bytes([_MAJOR_BSTR | _AI_UINT16]) + length.to_bytes(2, "big")
+    if length <= 0xFFFF_FFFF:
+        return bytes([_MAJOR_BSTR | _AI_UINT32]) + length.to_bytes(4, "big")
+    return bytes([_MAJOR_BSTR | _AI_UINT64]) + length.to_bytes(8, "big")
 
 
 def sign1(
@@ -290,24 +321,10 @@ def _parse(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes]:
     if not isinstance(signature, bytes):
         raise MalformedCose("signature must be a bstr")
 
-    prot_map: dict[object, object] = {}
-    if protected:
-        decoded = _decode_exactly_one(protected, "protected header")
-        if not isinstance(decoded, dict):
-            raise MalformedCose("protected header must encode a map")
-        # Preferred serialization (RFC 8949 §4.1): re-encoding in the same order
-        # must give the same bytes; a duplicate label or a long-form integer
-        # would make them differ. Only a check: we sign/verify the bytes read.
-        if cbor2.dumps(decoded) != protected:
-            raise MalformedCose(
-                "protected header is not in preferred serialization or repeats a label"
-            )
-        prot_map = decoded
-    if int(HeaderLabel.CRIT) in prot_map or int(HeaderLabel.CRIT) in unprotected:
+    prot_map = _protected_map(protected)
+    if int(HeaderLabel.CRIT) in unprotected:
         raise MalformedCose("critical header parameters are not supported")
     for label in prot_map:
-        if label not in _KNOWN_LABELS:
-            raise MalformedCose(f"unknown protected header label {label!r}")
         if label in unprotected:
             raise MalformedCose(f"header label {label!r} in both buckets (RFC 9052 §3)")
 
@@ -325,6 +342,44 @@ def _parse(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes]:
     if not isinstance(kid, bytes) or not kid:
         raise MalformedCose("kid must be a non-empty bstr")
     return protected, alg_value, kid, payload, signature
+
+
+#: Distinct protected headers remembered by :func:`_protected_map` (a deployment
+#: uses one or two: ``{1: -8}`` and ``{1: -7}``; the bound caps memory on hostile input).
+_PROTECTED_CACHE_SIZE = 32
+
+
+@functools.lru_cache(maxsize=_PROTECTED_CACHE_SIZE)
+def _protected_map(protected: bytes) -> Mapping[object, object]:
+    """Decode and check the protected header bstr content (RFC 9052 §3, RFC 8949 §4.1).
+
+    Pure function of the exact bytes, so its result is cached per distinct
+    ``protected`` value: every entry of a batch carries the same few bytes
+    (``a1 01 27``) and would otherwise be decoded and re-encoded each time.
+    Failures raise and are not cached.
+
+    :returns: a read-only label → value map (empty for an empty bstr).
+    :raises MalformedCose: not one CBOR map, not preferred serialization, a repeated
+        or unknown label, or ``crit``.
+    """
+    if not protected:
+        return MappingProxyType({})
+    decoded = _decode_exactly_one(protected, "protected header")
+    if not isinstance(decoded, dict):
+        raise MalformedCose("protected header must encode a map")
+    # Preferred serialization (RFC 8949 §4.1): re-encoding in the same order
+    # must give the same bytes; a duplicate label or a long-form integer
+    # would make them differ. Only a check: we sign/verify the bytes read.
+    if cbor2.dumps(decoded) != protected:
+        raise MalformedCose(
+            "protected header is not in preferred serialization or repeats a label"
+        )
+    if int(HeaderLabel.CRIT) in decoded:
+        raise MalformedCose("critical header parameters are not supported")
+    for label in decoded:
+        if label not in _KNOWN_LABELS:
+            raise MalformedCose(f"unknown protected header label {label!r}")
+    return MappingProxyType(decoded)
 
 
 def _resolve(keys: KeyResolver, kid: bytes) -> CoseKey:

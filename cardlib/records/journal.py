@@ -136,6 +136,9 @@ _REQUIRED = frozenset(
     }
 )
 
+#: Every claim key as a plain int (membership tests without building enum members).
+_CLAIM_KEYS = frozenset(int(c) for c in Claim)
+
 
 class JournalError(RecordError):
     """Root of journal-format and chain errors (signature errors stay :class:`BadSignature`)."""
@@ -298,13 +301,13 @@ class JournalEntry(CardClaims):
         """
         if not isinstance(claims, dict):
             raise MalformedEntry("payload must be a CBOR map")
-        try:
-            keys = {Claim(k) for k in claims}
-        except ValueError as exc:
-            raise MalformedEntry(f"unknown claim key: {exc}") from exc
-        missing = _REQUIRED - keys
+        # Exact ints only: 1.0 and True hash and compare equal to 1 but are other CBOR items.
+        unknown = [k for k in claims if type(k) is not int or k not in _CLAIM_KEYS]
+        if unknown:
+            raise MalformedEntry(f"unknown claim key: {unknown[0]!r}")
+        missing = _REQUIRED - claims.keys()
         if missing:
-            raise MalformedEntry("missing claims: " + ", ".join(sorted(c.name for c in missing)))
+            raise MalformedEntry("missing claims: " + ", ".join(sorted(Claim(c).name for c in missing)))
         if claims[Claim.VERSION] != JOURNAL_VERSION:
             raise MalformedEntry(f"unsupported journal version {claims[Claim.VERSION]!r}")
         try:
@@ -458,9 +461,39 @@ def verify_entry(message: bytes, keys: KeyResolver) -> SignedEntry:
     verified = verify1(message, keys, external_aad=JOURNAL_AAD)
     claims = _decode_payload(verified.payload)
     entry = JournalEntry.from_claims(claims)
-    if encode_payload(entry) != verified.payload:
+    if not _is_deterministic(claims, verified.payload):
         raise MalformedEntry("payload is not deterministic CBOR (RFC 8949 §4.2.1)")
-    return SignedEntry(entry=entry, message=bytes(message), kid=verified.kid)
+    return SignedEntry(entry=entry, message=verified.message, kid=verified.kid)
+
+
+def _is_deterministic(claims: dict[Any, Any], payload: bytes) -> bool:
+    """Whether ``payload`` is exactly ``encode_payload(JournalEntry.from_claims(claims))``.
+
+    The same decision as re-encoding the entry, without building its claim map and
+    without cbor2's canonical key sort (the costly part, run once per uploaded entry):
+
+    - ``claims`` was decoded from ``payload`` and keeps the wire order of its keys;
+      :meth:`JournalEntry.from_claims` already admitted only exact-int claim keys,
+      all below 24, whose RFC 8949 §4.2.1 order is numeric order, so the keys must
+      be strictly ascending;
+    - :meth:`JournalEntry.to_claims` omits ``None``, so a ``null`` claim is refused;
+    - ``version`` and ``kind`` must be exact ints (``True``/``1.0`` equal 1 in Python
+      but are other CBOR items; every other claim's type is fixed by ``_check``);
+    - for the remaining value types (int, bool, bytes, str) cbor2's plain encoding
+      is the deterministic one (shortest heads, definite lengths), so re-encoding
+      the map in its wire order must give the payload byte for byte.
+
+    :param claims: the map decoded from ``payload`` (already accepted by ``from_claims``).
+    :param payload: the exact payload bytes that were signed.
+    """
+    keys = list(claims)
+    if any(a >= b for a, b in zip(keys, keys[1:])):
+        return False
+    if None in claims.values():
+        return False
+    if type(claims[Claim.VERSION]) is not int or type(claims[Claim.KIND]) is not int:
+        return False
+    return bool(cbor2.dumps(claims) == payload)
 
 
 def verify_chain(
