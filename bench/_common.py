@@ -10,9 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from cardlib.apdu import split_response
-from cardlib.sim.reader import ReaderEmulator
-from cardlib.transport import Connection
+from cardlib.sim.reader import EmulatorConnection, ReaderEmulator
 
 __all__ = ["MS", "TimedEmulatorConnection", "load_average", "write_report"]
 
@@ -20,37 +18,23 @@ __all__ = ["MS", "TimedEmulatorConnection", "load_average", "write_report"]
 MS = 1e3
 
 
-class TimedEmulatorConnection(Connection):
-    """APDUs into a reader emulator (no pcscd); accumulates the seconds spent in this 'card link'.
+class TimedEmulatorConnection(EmulatorConnection):
+    """:class:`cardlib.sim.reader.EmulatorConnection` that sums the seconds spent in this 'card link'.
 
     Benchmarks subtract :attr:`link_seconds` to report software time per tap excluding
     the card link (DESIGN §9).
-
-    :param reader: the emulator with the card on it; powered on here, off at :meth:`close`.
     """
 
     def __init__(self, reader: ReaderEmulator) -> None:
-        self.reader = reader
+        super().__init__(reader)
         self.link_seconds = 0.0
-        reader.power_on()
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
         start = time.perf_counter()
         try:
-            return split_response(self.reader.transmit(apdu))
+            return super().send_and_receive(apdu)
         finally:
             self.link_seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        self.reader.power_off()
-
-    @property
-    def reader_name(self) -> str:
-        return f"emulator {self.reader.kind.value}"
-
-    @property
-    def atr(self) -> bytes:
-        return self.reader.atr
 
 
 def load_average() -> str:

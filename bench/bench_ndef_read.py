@@ -29,7 +29,7 @@ from cardlib import ndef as nd
 from cardlib.sim.chip import ChipVariant, Ntag21x
 from cardlib.sim.harness import PcscdHarness
 from cardlib.sim.vpcd import VpcdCard
-from cardlib.transport import Connection
+from cardlib.transport import CountingConnection
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
 
@@ -40,30 +40,6 @@ KINDS: dict[str, tuple[str, ReaderCapabilities, int]] = {
     "part3": ("part3", PART3, 32),
     "none": ("plain", GENERIC, 32),
 }
-
-
-class CountingConnection(Connection):
-    """Counts APDU bytes on the host-reader link (delegates to a real connection)."""
-
-    def __init__(self, inner: PcscConnection) -> None:
-        self.inner = inner
-        self.apdu_bytes = 0
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        data, sw = self.inner.send_and_receive(apdu)
-        self.apdu_bytes += len(apdu) + len(data) + 2
-        return data, sw
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def reader_name(self) -> str:
-        return self.inner.reader_name
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
 
 
 def _message() -> bytes:

@@ -21,7 +21,7 @@ from cardlib.provision.card import StationContext
 from cardlib.provision.profile import Profile
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
 from cardlib.records.cose import Algorithm
-from cardlib.transport import Connection
+from cardlib.transport import CountingConnection
 from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2.channel import ACR122U, channel_for
@@ -71,32 +71,6 @@ class Station:
     def context(self) -> StationContext:
         return StationContext(self.issuer, self.station, None, self.bundle(), PROFILE, PASSWORD_SECRET,
                               originality_key=self.fab.public_key)
-
-
-class CountingConnection(Connection):
-    """Counts the APDUs (card commands) a real connection carries; everything else is delegated."""
-
-    def __init__(self, inner: Connection) -> None:
-        self.inner = inner
-        self.commands = 0
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        self.commands += 1
-        return self.inner.send_and_receive(apdu)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def reader_name(self) -> str:
-        return self.inner.reader_name
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def reconnect(self, unpower: bool = False) -> None:
-        self.inner.reconnect(unpower)  # type: ignore[attr-defined]
 
 
 COMMAND_LOG: list[int] = []

@@ -54,13 +54,16 @@ import enum
 import logging
 from dataclasses import dataclass
 
+from cardlib.apdu import split_response
 from cardlib.ber import BerError, encode_object, parse_objects
 from cardlib.part3 import Part3Object
 from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
 from cardlib.sim.chip import ACK, Command, Nak, Ntag21x, nak_of
 from cardlib.sim.errors import CardRemoved, ChipMute
+from cardlib.transport import Connection
+from cardlib.transport.errors import CardRemoved as TransportCardRemoved
 
-__all__ = ["ReaderEmulator", "ReaderKind", "ReaderQuirks", "SW", "storage_card_atr", "ACR122U_FIRMWARE"]
+__all__ = ["EmulatorConnection", "ReaderEmulator", "ReaderKind", "ReaderQuirks", "SW", "storage_card_atr", "ACR122U_FIRMWARE"]
 
 log = logging.getLogger(__name__)
 
@@ -426,3 +429,45 @@ class ReaderEmulator:
 
 def _part3_error(status: int, sw: int) -> bytes:
     return encode_object(Part3Object.GENERIC_ERROR, bytes((status,)) + _sw(sw)) + _sw(SW.OK)
+
+
+class EmulatorConnection(Connection):
+    """A :class:`~cardlib.transport.Connection` straight into a :class:`ReaderEmulator` (no pcscd).
+
+    The same APDU path the vpcd card serves behind pcscd, in-process: fast unit tests and
+    benchmarks that must not count pcscd's polling. The chip leaving the field becomes the
+    transport's :class:`~cardlib.transport.errors.CardRemoved`.
+
+    :param reader: the emulator with the card; powered on here, off at :meth:`close`.
+    :ivar apdus: every command APDU sent, in order.
+    """
+
+    def __init__(self, reader: ReaderEmulator) -> None:
+        self.reader = reader
+        self.apdus: list[bytes] = []
+        reader.power_on()
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        """:raises cardlib.transport.errors.CardRemoved: the virtual card left the field."""
+        self.apdus.append(bytes(apdu))
+        try:
+            raw = self.reader.transmit(apdu)
+        except CardRemoved as exc:
+            raise TransportCardRemoved(f"virtual card left the field: {exc}") from exc
+        return split_response(raw)
+
+    def reconnect(self, unpower: bool = False) -> None:
+        """Power the card down and up again (PC/SC reconnect with reset)."""
+        self.reader.power_off()
+        self.reader.power_on()
+
+    def close(self) -> None:
+        self.reader.power_off()
+
+    @property
+    def reader_name(self) -> str:
+        return f"emulator {self.reader.kind.value}"
+
+    @property
+    def atr(self) -> bytes:
+        return self.reader.atr

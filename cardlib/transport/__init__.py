@@ -26,6 +26,7 @@ from cardlib.transport.errors import (
 __all__ = [
     "CardRemoved",
     "Connection",
+    "CountingConnection",
     "NoCard",
     "ReaderGone",
     "ReaderNotFound",
@@ -78,3 +79,43 @@ class Connection(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class CountingConnection(Connection):
+    """Wraps a connection and counts what crosses the host-reader link (benchmarks, command budgets).
+
+    DESIGN §9 budgets taps in card commands: each :meth:`send_and_receive` is one.
+
+    :param inner: the connection doing the work (closed with this one).
+    :ivar commands: APDUs sent.
+    :ivar apdu_bytes: command plus response bytes, status words included.
+    """
+
+    def __init__(self, inner: Connection) -> None:
+        self.inner = inner
+        self.commands = 0
+        self.apdu_bytes = 0
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self.commands += 1
+        data, sw = self.inner.send_and_receive(apdu)
+        self.apdu_bytes += len(apdu) + len(data) + 2
+        return data, sw
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self.inner.reader_name
+
+    @property
+    def atr(self) -> bytes:
+        return self.inner.atr
+
+    def reconnect(self, unpower: bool = False) -> None:
+        """The inner connection's ``reconnect`` (PC/SC re-poll), for vendor-word retries.
+
+        :raises AttributeError: the inner connection cannot reconnect.
+        """
+        self.inner.reconnect(unpower)  # type: ignore[attr-defined]
