@@ -135,3 +135,33 @@ def test_crit_in_a_cached_protected_header_is_refused(key) -> None:
     for _ in range(2):
         with pytest.raises(MalformedCose, match="critical"):
             verify1(message, _keys(key))
+
+
+def test_two_entries_for_one_seq_in_one_batch_store_the_first_and_flag_the_other(app, world) -> None:
+    """A lost row inside one insert (same seq, other content) must not be reported accepted.
+
+    On SQLite this takes the executemany fast path's fallback (row count short → savepoint
+    rolled back → insert again with RETURNING); on PostgreSQL the ``unnest`` insert's RETURNING.
+    """
+    from sqlalchemy import func, select
+
+    from cardlib.records.journal import JournalEntry, new_entry_id, sign_entry
+    from server.extensions import db
+    from server.models import JournalConflict, JournalEntryRow
+
+    t = world.enrol("T-FAST")
+    first = t.append()
+    second = t.append()
+    twin = sign_entry(JournalEntry(**{**second.entry.__dict__, "entry_id": new_entry_id(), "amount": 9}),
+                      t.private_key, t.kid)
+    third = t.append()
+    r = world.upload(t, [first.message, second.message, twin.message, third.message])
+    assert r.status_code == 409, r.get_json()
+    assert [x["result"] for x in r.get_json()["results"]] == ["accepted", "accepted", "conflict", "accepted"]
+    with app.app_context():
+        rows = db.session.execute(select(JournalEntryRow.seq, JournalEntryRow.raw).order_by(JournalEntryRow.seq)).all()
+        assert [(seq, bytes(raw)) for seq, raw in rows] == [
+            (1, first.message), (2, second.message), (3, third.message)]
+        assert db.session.scalar(select(func.count()).select_from(JournalConflict)) == 1
+    again = world.upload(t, [first.message, second.message, third.message])
+    assert [x["result"] for x in again.get_json()["results"]] == ["duplicate"] * 3
