@@ -33,7 +33,6 @@ import email.utils
 import http.client
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.bundle import BundleError as RecordBundleError
 from cardlib.records.bundle import TrustBundle, verify_bundle
@@ -204,7 +204,7 @@ class TrustStore:
                 raise BundleError(f"downloaded trust bundle refused: {exc}") from exc
             if held is not None and bundle.version == held:
                 raise BundleError(f"downloaded bundle has the held version {held} but other bytes; refused")
-            _atomic_write(self.path, data)
+            atomic_write(self.path, data)
             self._bundle, self._data = bundle, data
             self._confirm(etag, at)
             log.info("trust bundle v%d installed (deny list: %d cards, %d UIDs)", bundle.version,
@@ -218,26 +218,7 @@ class TrustStore:
 
     def _confirm(self, etag: str | None, at: float) -> None:
         self.etag, self.checked_at = etag, at
-        _atomic_write(self._state_path, json.dumps({"etag": etag, "checked_at": at}).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        atomic_write(self._state_path, json.dumps({"etag": etag, "checked_at": at}).encode())
 
 
 # ----------------------------------------------------------------------------- one sync round

@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import (
     KeyMismatchError,
     KeyNotFoundError,
@@ -181,15 +181,6 @@ def _now() -> int:
     return int(time.time())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def endorse(root: Signer, entry: KeyEntry) -> bytes:
     """Root-signed statement about one key: kid, role, alg, public key, validity, name.
 
@@ -322,7 +313,7 @@ class KeyStore:
             signer.public_key, root_common_name(signer.kid), signer, root_common_name(signer.kid),
             now, entry.not_after, path_length=1,
         )
-        _atomic_write(path / "certs" / f"{signer.kid.hex()}.crt.pem", cert.public_bytes(serialization.Encoding.PEM))
+        atomic_write(path / "certs" / f"{signer.kid.hex()}.crt.pem", cert.public_bytes(serialization.Encoding.PEM))
         store = cls(path, [entry], 0, signer.kid)
         store._save(signer, now)
         _log.info("initialised keystore %s with root kid %s", path, signer.kid.hex())
@@ -375,7 +366,7 @@ class KeyStore:
             "updated": now,
             "keys": [e.to_cbor() for e in self._entries],
         }
-        _atomic_write(self.path / "manifest.cose", sign1_with(root, cbor2.dumps(payload), MANIFEST_AAD))
+        atomic_write(self.path / "manifest.cose", sign1_with(root, cbor2.dumps(payload), MANIFEST_AAD))
 
     # ------------------------------------------------------------------ queries
 
@@ -533,8 +524,8 @@ class KeyStore:
                 signer.public_key, terminal_ca_common_name(signer.kid), root,
                 root_common_name(root.kid), now, entry.not_after, path_length=0,
             )
-            _atomic_write(self.path / "certs" / f"{signer.kid.hex()}.crt.pem", cert.public_bytes(serialization.Encoding.PEM))
-        _atomic_write(self.path / "endorsements" / f"{signer.kid.hex()}.cose", endorse(root, entry))
+            atomic_write(self.path / "certs" / f"{signer.kid.hex()}.crt.pem", cert.public_bytes(serialization.Encoding.PEM))
+        atomic_write(self.path / "endorsements" / f"{signer.kid.hex()}.cose", endorse(root, entry))
         self._entries.append(entry)
         self._save(root, now)
         _log.info("issued %s key kid=%s (%s)", role.value, entry.kid.hex(), backend.value)

@@ -10,11 +10,11 @@ command-line argument (shell history).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import KeysError, WeakPassphraseError, WrongPassphraseError
 from cardlib.keys.signer import PrivateKey, SoftwareSigner, algorithm_of
 
@@ -46,17 +46,7 @@ def save_private_key(path: Path, key: PrivateKey, passphrase: bytes) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(passphrase),
     )
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=_FILE_MODE)
     _log.info("wrote encrypted key file %s", path)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager, Protocol
 
+from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import Signer
 from cardlib.provision.card import ChipState, PersonalisedCard, StationContext, Step, check_chip, personalise
 from cardlib.provision.errors import CardRemoved, ChipRejected
@@ -127,9 +128,7 @@ def write_issuance_file(state: BatchState, technician: Signer, technician_name: 
     data = sign_issuance_file(technician, technician_name, bytes.fromhex(state.session_id), state.issuances(),
                               grant.message if grant else None)
     path = state.directory / "issuances.cose"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return path
 
 
