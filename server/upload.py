@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Insert, LargeBinary, TypeDecorator, and_, any_, bindparam, or_, select
+from sqlalchemy import Insert, LargeBinary, and_, any_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -444,12 +444,14 @@ _ENTRY_COLUMNS = [c for c in JournalEntryRow.__table__.columns if not c.primary_
 def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[bytes]:
     """Insert-or-ignore journal rows; return the ``entry_hash`` of each row this call inserted.
 
-    One statement per batch on each database, without the ORM bulk path:
+    One statement per batch on each database, without the ORM bulk path and with the
+    values handed to the driver as they are (column types' bind processors applied,
+    see :func:`_driver_columns`):
 
     - PostgreSQL: ``INSERT ... SELECT * FROM unnest(col1[], col2[], ...) ON CONFLICT DO
-      NOTHING RETURNING entry_hash`` — one array parameter per column, so the statement
-      text is short and constant (prepared by psycopg after a few uses) instead of
-      22 placeholders × rows that the driver must re-parse for every batch;
+      NOTHING RETURNING entry_hash`` — one binary array parameter per column, so the
+      statement text is short and constant (prepared by psycopg after a few uses)
+      instead of 22 placeholders × rows that the driver re-parses for every batch;
     - SQLite: a plain ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` inside a
       savepoint. When its row count equals the number of rows, every row was inserted
       (ignored rows count 0). Otherwise (a row lost to a uniqueness conflict inside the
@@ -462,13 +464,19 @@ def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[
     """
     connection = session.connection()
     dialect = connection.dialect
-    if dialect.name == "postgresql":
-        return _insert_entries_unnest(connection, rows)
     table = JournalEntryRow.__table__
+    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    if dialect.name == "postgresql":
+        # %b: binary wire format, no per-element text escaping of bytea values.
+        arrays = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in _ENTRY_COLUMNS)
+        sql = (f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) "
+               "ON CONFLICT DO NOTHING RETURNING entry_hash")
+        return {bytes(h) for (h,) in connection.exec_driver_sql(sql, tuple(_driver_columns(rows, dialect)))}
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:
-        plain = sqlite.insert(table).on_conflict_do_nothing()
+        sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
+               "ON CONFLICT DO NOTHING")
         savepoint = connection.begin_nested()
-        if connection.execute(plain, list(rows)).rowcount == len(rows):
+        if connection.exec_driver_sql(sql, list(zip(*_driver_columns(rows, dialect)))).rowcount == len(rows):
             savepoint.commit()
             return {r["entry_hash"] for r in rows}
         savepoint.rollback()
@@ -476,25 +484,19 @@ def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[
     return set(connection.execute(stmt, list(rows)).scalars().all())
 
 
-def _insert_entries_unnest(connection: Any, rows: Sequence[Mapping[str, Any]]) -> set[bytes]:
-    """PostgreSQL arm of :func:`_insert_entries` (column arrays through ``unnest``)."""
-    dialect = connection.dialect
-    params: list[list[Any]] = []
-    casts: list[str] = []
+def _driver_columns(rows: Sequence[Mapping[str, Any]], dialect: Any) -> list[list[Any]]:
+    """The values of ``rows`` per column of :data:`_ENTRY_COLUMNS`, as the DB driver takes them.
+
+    Each column type's bind processor is applied (UTCDateTime's UTC check and SQLite
+    text form, Boolean), except for binary columns: bytes go to sqlite3 and psycopg as
+    bytes (the processor only wraps them in the DB-API ``Binary``).
+    """
+    columns: list[list[Any]] = []
     for column in _ENTRY_COLUMNS:
         values = [r[column.name] for r in rows]
-        # Our own column types (UTCDateTime) check and normalise values; plain bytes,
-        # str, int and bool go to psycopg as they are.
-        process = column.type.bind_processor(dialect) if isinstance(column.type, TypeDecorator) else None
-        if process is not None:
-            values = [process(v) for v in values]
-        params.append(values)
-        # %b: binary wire format, no per-element text escaping of bytea values.
-        casts.append(f"%b::{column.type.compile(dialect=dialect)}[]")
-    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
-    sql = (f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) SELECT * FROM unnest({', '.join(casts)}) "
-           "ON CONFLICT DO NOTHING RETURNING entry_hash")
-    return {bytes(h) for (h,) in connection.exec_driver_sql(sql, tuple(params))}
+        process = None if isinstance(column.type, LargeBinary) else column.type.bind_processor(dialect)
+        columns.append([process(v) for v in values] if process is not None else values)
+    return columns
 
 
 def _conflict(index: int, signed: SignedEntry, existing_hash: bytes,
