@@ -6,12 +6,18 @@ content) → JSON Schema (:mod:`firmware_config.schema`) → cross-key rules →
 typed dataclasses (:mod:`firmware_config.models`). Every problem becomes a
 :class:`~firmware_config.errors.ConfigIssue` naming file, key and line, and all
 of a file's problems are raised together.
+
+Tolerated: a UTF-8 byte-order mark at the start of the file (Windows editors write one;
+it is dropped and logged at INFO). Refused: ``nan`` and ``inf`` wherever a number is read
+(:func:`_non_finite`), because JSON Schema range checks cannot catch NaN.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import logging
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -53,6 +59,9 @@ SHIPPED_TERMINALS_DIR: Final = PACKAGE_DIR / "terminals"
 _MIN_APDU_LEN: Final = 4
 
 _TOML_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
+_BOM: Final = "\ufeff"
+
+_log = logging.getLogger(__name__)
 
 
 class ProfileKind(enum.StrEnum):
@@ -105,6 +114,12 @@ class _Doc:
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
             raise ConfigSyntaxError([ConfigIssue(path, line, "", "not UTF-8 text (TOML 1.0 requires UTF-8)")]) from exc
+        #: True when the file started with a UTF-8 byte-order mark (Windows editors write one).
+        #: TOML 1.0 does not allow it and tomllib refuses it; we drop it (lines are unchanged).
+        self.had_bom = self.text.startswith(_BOM)
+        if self.had_bom:
+            _log.info("%s: ignoring the UTF-8 byte-order mark at the start of the file", path)
+            self.text = self.text[len(_BOM):]
         try:
             self.data: dict[str, Any] = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
@@ -152,15 +167,31 @@ _TYPE_NAMES: Final = {
 }
 
 
+def _non_finite(value: object, path: KeyPath) -> Iterable[tuple[KeyPath, float]]:
+    """Every float in a TOML document that is NaN or ±inf (TOML 1.0 allows ``nan``/``inf``),
+    with its key path. JSON Schema's ``minimum``/``maximum`` let NaN through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, path + (index,))
+
+
 def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
     """Turn every JSON Schema violation into one or more issues with key and line."""
     issues: list[ConfigIssue] = []
+    non_finite = dict(_non_finite(doc.data, ()))
+    for path, value in non_finite.items():
+        issues.append(doc.issue(path, f"must be a finite number, not {value!r}"))
     errors = list(_VALIDATORS[kind].iter_errors(doc.data))
     # A value of the wrong type also fails its range/length checks: report the type only.
     mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
     for error in errors:
         path: KeyPath = tuple(error.absolute_path)
-        if path in mistyped and error.validator != "type":
+        if path in non_finite or (path in mistyped and error.validator != "type"):
             continue
         sub = error.schema if isinstance(error.schema, dict) else {}
         if error.validator == "required":

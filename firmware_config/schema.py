@@ -14,11 +14,8 @@ needs ``escape_control_code``; a serving counter needs a programme; reader
 profile names must exist) are checked by :mod:`firmware_config.loader`, so that
 each message can name one key and its line.
 
-Rules that tie several keys together (an nfcpy reader needs ``serial`` or
-``nfcpy.path`` and ``pass_through = "native"``; an ``escape`` feedback channel
-needs ``escape_control_code``; a serving counter needs a programme; reader
-profile names must exist) are checked by :mod:`firmware_config.loader`, so that
-each message can name one key and its line.
+Numbers must be finite: TOML's ``nan`` and ``inf`` pass JSON Schema's range checks
+(every comparison with NaN is false), so the loader refuses them before validating.
 
 ``huma config schema reader|terminal`` prints either schema as JSON.
 """
@@ -27,6 +24,8 @@ from __future__ import annotations
 
 import re
 from typing import Any, Final
+
+from cardlib.keys.terminal_id import TERMINAL_ID_PATTERN, TERMINAL_ID_RULE
 
 SCHEMA_VERSION: Final = 1
 
@@ -149,11 +148,8 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
     "properties": {
         "kind": {"const": "terminal"},
         "schema_version": {"const": SCHEMA_VERSION},
-        "terminal_id": {
-            "type": "string",
-            "pattern": "^[A-Z0-9][A-Z0-9-]{2,31}$",
-            "description": "a terminal id (upper-case letters, digits and -, 3 to 32), e.g. T-6271-0001",
-        },
+        # The one terminal id rule, shared with enrolment (cardlib.keys.terminal_id).
+        "terminal_id": {"type": "string", "pattern": TERMINAL_ID_PATTERN, "description": TERMINAL_ID_RULE},
         # Kemendagri administrative code: province "62", regency/city "62.71",
         # district "62.71.01", village "62.71.01.1001".
         "region": {

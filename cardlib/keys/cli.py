@@ -20,13 +20,22 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
+from cardlib.clitypes import Checked, HexBytes, parse_hex
+from cardlib.fsutil import atomic_write
+from cardlib.keys.errors import CertificateError, InputFileError
 from cardlib.keys.keystore import KeyStore, Role
 from cardlib.keys.pkcs8 import save_private_key
-from cardlib.keys.terminal_ca import TerminalCA, make_terminal_csr, verify_terminal_certificate
+from cardlib.keys.signer import KID_LENGTH
+from cardlib.keys.terminal_ca import TerminalCA, TerminalCertificate, make_terminal_csr, verify_terminal_certificate
+from cardlib.keys.terminal_id import check_terminal_id
 from cardlib.records.cose import Algorithm
 
 _PEM = Encoding.PEM
 _ALGS = {"ed25519": Algorithm.EDDSA, "es256": Algorithm.ES256}
+#: A 4-byte key id in hex (DESIGN §4), e.g. ``--pin-root 1a2b3c4d``.
+KID = HexBytes(KID_LENGTH)
+TERMINAL_ID = Checked("TERMINAL_ID", check_terminal_id)
+_PEM_CERT_END = b"-----END CERTIFICATE-----"
 
 
 def read_secret(path: Path | None, env: str, prompt: str, *, confirm: bool = False) -> bytes:
@@ -154,14 +163,14 @@ def rotate_cmd(keydir: Path, role: str, **kw: Any) -> None:
 
 @keys.command("revoke")
 @_dir_option
-@click.argument("kid")
+@click.argument("kid", type=KID)
 @click.option("--at", "at", type=click.IntRange(min=0), default=None,
               help="Compromise time, UNIX seconds (default: now).")
 @_root_pw_option
-def revoke_cmd(keydir: Path, kid: str, at: int | None, root_passphrase_file: Path | None) -> None:
+def revoke_cmd(keydir: Path, kid: bytes, at: int | None, root_passphrase_file: Path | None) -> None:
     """Revoke key KID (hex); the next trust bundle carries the status."""
     store = KeyStore.open(keydir)
-    entry = store.find(kid)
+    entry = store.entry(kid)
     root = store.root_signer(read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "Root passphrase"))
     e = store.revoke(entry.kid, root, at=at)
     click.echo(f"revoked {e.role.value} key {e.kid.hex()} from {_when(e.status_time)}")
@@ -169,10 +178,10 @@ def revoke_cmd(keydir: Path, kid: str, at: int | None, root_passphrase_file: Pat
 
 @keys.command("list")
 @_dir_option
-@click.option("--pin-root", default=None, help="Refuse unless the manifest is signed by this root kid (hex).")
-def list_cmd(keydir: Path, pin_root: str | None) -> None:
+@click.option("--pin-root", type=KID, default=None, help="Refuse unless the manifest is signed by this root kid (hex).")
+def list_cmd(keydir: Path, pin_root: bytes | None) -> None:
     """List keys (verifies the manifest signature first)."""
-    store = KeyStore.open(keydir, pinned_root_kid=bytes.fromhex(pin_root) if pin_root else None)
+    store = KeyStore.open(keydir, pinned_root_kid=pin_root)
     table = Table(title=f"keystore {keydir} (manifest #{store.serial})")
     for col in ("kid", "role", "name", "alg", "status", "since", "created", "not after", "storage"):
         table.add_column(col)
@@ -183,8 +192,28 @@ def list_cmd(keydir: Path, pin_root: str | None) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
+@keys.command("export-root")
+@_dir_option
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
+    """Write the root PUBLIC key as PEM to OUT (the file terminals pin as paths.root_key).
+
+    Needs no passphrase: only the public key in the verified manifest is read.
+    """
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    store = KeyStore.open(keydir)
+    pem = store.entry(store.root_kid).public_key.public_bytes(_PEM, PublicFormat.SubjectPublicKeyInfo)
+    if out.exists() and not force:
+        raise InputFileError(out, "exists; pass --force to overwrite it")
+    atomic_write(out, pem, mode=0o644)
+    click.echo(f"wrote root public key {store.root_kid.hex()} to {out} (copy it to each terminal's paths.root_key)")
+
+
 @keys.command("csr")
-@click.option("--terminal-id", required=True)
+@click.option("--terminal-id", type=TERMINAL_ID, required=True,
+              help="Upper-case letters, digits and -, 3 to 32 (the profile's terminal_id).")
 @click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True)
 @click.option("--key-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--csr-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
@@ -200,7 +229,7 @@ def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase
 @keys.command("certify")
 @_dir_option
 @click.argument("csr", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--terminal-id", required=True, help="The terminal id the administrator approved.")
+@click.option("--terminal-id", type=TERMINAL_ID, required=True, help="The terminal id the administrator approved.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Terminal CA passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
@@ -212,6 +241,44 @@ def certify_cmd(keydir: Path, csr: Path, terminal_id: str, out: Path, passphrase
     info = verify_terminal_certificate(cert, ca.certificate_pem)
     out.write_bytes(cert + ca.certificate_pem)
     click.echo(f"certified {info.terminal_id}: kid {info.kid.hex()}, valid until {_when(info.not_after)}")
+
+
+def _terminal_certificate(path: Path, ca_pem: bytes) -> TerminalCertificate:
+    """Verify the first certificate of a PEM file (``keys certify`` writes cert + CA cert).
+
+    :raises InputFileError: the file holds no PEM certificate or it does not verify (file named).
+    """
+    data = path.read_bytes()
+    end = data.find(_PEM_CERT_END)
+    if b"-----BEGIN CERTIFICATE-----" not in data or end < 0:
+        raise InputFileError(path, "not a PEM certificate (no -----BEGIN/END CERTIFICATE----- block); "
+                                   "pass the file `huma keys certify --out` wrote")
+    try:
+        return verify_terminal_certificate(data[:end + len(_PEM_CERT_END)] + b"\n", ca_pem)
+    except CertificateError as exc:
+        raise InputFileError(path, f"terminal certificate refused: {exc}") from exc
+
+
+def read_id_list(path: Path, width: int, what: str) -> list[bytes]:
+    """Read a list of ids, one per line in hex (blank lines and ``#`` comments ignored).
+
+    :param width: bytes per id (8 for card ids).
+    :returns: the ids in file order.
+    :raises InputFileError: a line is not ``2 * width`` hex digits or not UTF-8 (file and line named).
+    """
+    ids: list[bytes] = []
+    for no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            text = raw.decode("utf-8").split("#", 1)[0].strip()
+        except UnicodeDecodeError:
+            raise InputFileError(path, "not UTF-8 text", no) from None
+        if not text:
+            continue
+        try:
+            ids.append(parse_hex(text, length=width))
+        except ValueError as exc:
+            raise InputFileError(path, f"{what}: {exc}", no) from None
+    return ids
 
 
 @keys.command("bundle")
@@ -238,13 +305,9 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
     store = KeyStore.open(keydir)
     ca_entry = store.active(Role.TERMINAL_CA)
     ca_pem = store.certificate(ca_entry.kid).public_bytes(_PEM)
-    terminals = []
-    for p in terminal_certs:
-        info = verify_terminal_certificate(p.read_bytes().split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n", ca_pem)
-        terminals.append(terminal_bundle_key(info.public_key, info.not_after))
-    ids = []
-    if deny_cards is not None:
-        ids = [bytes.fromhex(line.strip()) for line in deny_cards.read_text().splitlines() if line.strip()]
+    terminals = [terminal_bundle_key(info.public_key, info.not_after)
+                 for info in (_terminal_certificate(p, ca_pem) for p in terminal_certs)]
+    ids = read_id_list(deny_cards, CARD_ID_LENGTH, "card id") if deny_cards is not None else []
     now = int(time.time())
     bundle = TrustBundle(version=version, issued_at=now, expires_at=now + days * 86400,
                          keys=keystore_bundle_keys(store.entries) + tuple(terminals),

@@ -64,3 +64,17 @@ class CsrError(CertificateError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class InputFileError(KeysError):
+    """A file given to a key ceremony command (deny list, terminal certificate) is malformed.
+
+    :ivar path: the file. :ivar line: 1-based line, or None when not tied to one line.
+    """
+
+    def __init__(self, path: object, reason: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.line = line
+        self.reason = reason

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -37,12 +36,13 @@ from cardlib.keys.signer import (
     generate_private_key,
     spki_der,
 )
+from cardlib.keys.terminal_id import TERMINAL_ID_RE, check_terminal_id
 from cardlib.records.cose import Algorithm
 
 _log = logging.getLogger(__name__)
 
-TERMINAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")
-"""Allowed terminal ids (they become the certificate CN)."""
+TERMINAL_ID_PATTERN = TERMINAL_ID_RE
+"""Allowed terminal ids (they become the certificate CN): :mod:`cardlib.keys.terminal_id`."""
 
 DEFAULT_TERMINAL_VALIDITY_DAYS = 2 * 365
 #: notBefore is set this many seconds before issuance, so a terminal whose clock runs a
@@ -57,8 +57,10 @@ def _hash_for(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:
 
 
 def _check_terminal_id(terminal_id: str) -> None:
-    if not TERMINAL_ID_PATTERN.match(terminal_id):
-        raise CsrError(f"terminal id {terminal_id!r} must match {TERMINAL_ID_PATTERN.pattern}", "bad_terminal_id")
+    try:
+        check_terminal_id(terminal_id)
+    except ValueError as exc:
+        raise CsrError(str(exc), "bad_terminal_id") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,97 @@
+"""Click parameter types shared by cardlib's command-line tools (``huma keys|provision|sim|card``).
+
+Every option whose value is binary (kids, card ids, UIDs, signatures, keys) is typed
+:class:`HexBytes`, so a bad value is refused while the command line is parsed, before any
+file, token or card is touched, with one line naming the option::
+
+    Error: Invalid value for '--pin-root': 'zz' is not hex (expected 4 bytes, 8 hex digits)
+
+Exit status 2 (click's usage-error status, which ``huma.cli.main`` passes through).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO, Any
+
+import click
+
+#: Characters people put between hex byte pairs when copying from tools and screens.
+_SEPARATORS = (" ", ":", "-")
+
+
+class OptionError(click.BadParameter):
+    """A bad option value, shown as one line (``Error: Invalid value for '--x': …``).
+
+    click's :class:`~click.BadParameter` prints the usage block first; for a value that is
+    merely malformed the option name and reason are enough.
+    """
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print ``Error: <message>`` only (no usage block)."""
+        click.ClickException.show(self, file)
+
+
+def parse_hex(text: str, *, length: int | None = None) -> bytes:
+    """Decode hex digits, tolerating byte separators (space, ``:``, ``-``) and a ``0x`` prefix.
+
+    :param length: required length in bytes, or None for any non-empty length.
+    :returns: the bytes.
+    :raises ValueError: not hex, odd digit count, empty, or not ``length`` bytes (message says which).
+    """
+    digits = text.strip()
+    if digits[:2].lower() == "0x":
+        digits = digits[2:]
+    for sep in _SEPARATORS:
+        digits = digits.replace(sep, "")
+    want = f" (expected {length} bytes, {2 * length} hex digits)" if length is not None else ""
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        raise ValueError(f"{text!r} is not hex{want}") from None
+    if not data:
+        raise ValueError(f"empty value, expected hex digits{want}")
+    if length is not None and len(data) != length:
+        raise ValueError(f"{text!r} is {len(data)} bytes{want}")
+    return data
+
+
+class HexBytes(click.ParamType):
+    """A hex string of exactly ``length`` bytes (any length when None) → :class:`bytes`.
+
+    :param length: bytes expected (e.g. 4 for a kid, 8 for a card id, 7 for a UID).
+    """
+
+    name = "hex"
+
+    def __init__(self, length: int | None = None) -> None:
+        self.length = length
+
+    def get_metavar(self, param: click.Parameter) -> str:
+        return "HEX" if self.length is None else f"HEX{self.length}"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        try:
+            return parse_hex(str(value), length=self.length)
+        except ValueError as exc:
+            raise OptionError(str(exc), ctx=ctx, param=param) from None
+
+
+class Checked(click.ParamType):
+    """Text checked by a validator that raises :class:`ValueError` (e.g. the terminal id rule).
+
+    :param name: the metavar, e.g. ``"TERMINAL_ID"``.
+    :param check: returns the (possibly normalised) value or raises ValueError with the reason.
+    """
+
+    def __init__(self, name: str, check: Callable[[str], str]) -> None:
+        self.name = name
+        self._check = check
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return self._check(str(value))
+        except ValueError as exc:
+            raise OptionError(str(exc), ctx=ctx, param=param) from None
