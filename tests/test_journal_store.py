@@ -125,7 +125,9 @@ def journal_file(tmp_path: Path, signer: SoftwareSigner) -> Path:
         ("DELETE FROM entries WHERE seq=4;", "Gap", 4),
         ("UPDATE entries SET amount=0 WHERE seq=5;", "indexed columns", 5),
         (
-            "UPDATE entries SET message=CAST(substr(message,1,length(message)-1)||x'00' AS BLOB) WHERE seq=6;",
+            # flip the signature's last byte (always a change, whatever its value)
+            "UPDATE entries SET message=CAST(substr(message,1,length(message)-1)"
+            "||CASE WHEN substr(message,-1)=x'00' THEN x'01' ELSE x'00' END AS BLOB) WHERE seq=6;",
             "BadSignature",
             None,
         ),
