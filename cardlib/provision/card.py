@@ -40,10 +40,11 @@ from cardlib.provision.errors import (
     ChipNotBlank,
     CounterfeitChip,
     ReadBackMismatch,
+    StationInputError,
     WrongChip,
 )
 from cardlib.provision.households import Household
-from cardlib.provision.password import CardPassword, derive_password
+from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_password
 from cardlib.provision.profile import Profile
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash, terminal_id_of
@@ -149,6 +150,12 @@ class StationContext:
     profile: Profile
     password_secret: bytes = field(repr=False)
     originality_key: bytes = NXP_NTAG21X_PUBLIC_KEY
+
+    def __post_init__(self) -> None:
+        if len(self.password_secret) < MIN_SECRET_BYTES:
+            raise StationInputError(
+                f"card-password secret is {len(self.password_secret)} bytes; it needs at least "
+                f"{MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom > pwd.secret`)")
 
     @property
     def terminal_id(self) -> int:

@@ -6,6 +6,10 @@ own terminal key (``--station-key``, an encrypted PKCS#8 file made by ``huma key
 listed in the trust bundle). Non-root key passphrases: ``--passphrase-file`` or
 ``HUMA_KEY_PASSPHRASE`` (one passphrase per station), else a prompt. The per-card password
 secret: ``--pwd-secret-file`` (≥ 16 bytes) or env ``HUMA_PWD_SECRET_FILE``.
+
+Every input (profile, CSV or ``card`` options, password secret, keystore and passphrases,
+station key, bundle, grant) is loaded and checked at start-up, before the reader is opened,
+any card is touched or anything is journalled; a bad one is a one-line typed error (exit 2).
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cardlib.keys.cli import _open_token, read_secret
+from cardlib.clitypes import HexBytes
+from cardlib.keys.cli import KID, _open_token, read_secret
 from cardlib.keys.keystore import KeyStore, Role
 from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import cose_key
 from cardlib.provision.batch import CardOutcome, PcscCardSource, batch_key, provision_card, run_batch, write_issuance_file
 from cardlib.provision.card import StationContext, Step
-from cardlib.provision.errors import CsvError, ProvisionError
+from cardlib.provision.batch import CARD_ID_BYTES
+from cardlib.provision.errors import CsvError, ProvisionError, StationInputError
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
 from cardlib.provision.session import SessionGrant, grant_session, static_keys, verify_grant
@@ -35,6 +41,10 @@ from cardlib.type2.originality import NXP_NTAG21X_PUBLIC_KEY
 
 _console = Console(stderr=True, soft_wrap=True)
 SINGLE_CARDS_KEY = "single-cards"
+#: Default ``provision card --state-dir`` (relative to the working directory).
+SINGLE_CARDS_DIR = Path("provision-single")
+#: ``provision card`` option that carries each households-CSV column.
+_COLUMN_OPTIONS = {"household_ref": "--household-ref", "region": "--region", "programmes": "--programmes"}
 
 
 def _reader_caps(kind: str) -> Any:
@@ -47,7 +57,7 @@ def _station_options(f: Any) -> Any:
     opts = [
         click.option("--keys", "keydir", type=click.Path(file_okay=False, exists=True, path_type=Path),
                      envvar="HUMA_KEYSTORE", required=True, help="Keystore directory (env HUMA_KEYSTORE)."),
-        click.option("--pin-root", default=None, help="Refuse a keystore not signed by this root kid (hex)."),
+        click.option("--pin-root", type=KID, default=None, help="Refuse a keystore not signed by this root kid (hex)."),
         click.option("--technician", required=True, help="Technician name (their active key signs the issuance file)."),
         click.option("--station-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
                      help="The station's terminal key (encrypted PKCS#8); signs genesis states."),
@@ -67,9 +77,7 @@ def _station_options(f: Any) -> Any:
         click.option("--reader-kind", type=click.Choice(["acr122u", "part3", "plain"]), default="acr122u", show_default=True),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
                      help="Seconds to wait for each card (default: wait forever; Ctrl-C stops)."),
-        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Batch journal/results directory (default: next to the CSV)."),
-        click.option("--originality-key", default=None, hidden=True,
+        click.option("--originality-key", type=HexBytes(len(NXP_NTAG21X_PUBLIC_KEY)), default=None, hidden=True,
                      help="Lab only: secp128r1 originality key (hex) instead of NXP's."),
         click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True), default=None),
         click.option("--pkcs11-token", default=None),
@@ -80,33 +88,67 @@ def _station_options(f: Any) -> Any:
     return f
 
 
-class _Station:
-    """Loaded keys and settings for one command run."""
+def _read_password_secret(path: Path) -> bytes:
+    """The per-card password secret: the file's bytes without surrounding whitespace.
 
-    def __init__(self, stack: ExitStack, o: dict[str, Any]) -> None:
-        pin = bytes.fromhex(o["pin_root"]) if o["pin_root"] else None
-        self.store = KeyStore.open(o["keydir"], pinned_root_kid=pin)
+    :raises StationInputError: unreadable, or shorter than the minimum (checked again by
+        :class:`StationContext`).
+    """
+    try:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise StationInputError(f"--pwd-secret-file {path}: cannot read: {exc.strerror}") from exc
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StationInputError(f"{what} {path}: cannot read: {exc.strerror}") from exc
+
+
+class _Station:
+    """Every key and setting of one command run, loaded and checked up front.
+
+    Nothing here touches a reader or the batch directory: a bad input fails before any card
+    is presented or journalled. :meth:`open_source` opens the reader afterwards.
+    """
+
+    def __init__(self, stack: ExitStack, o: dict[str, Any], profile: Profile) -> None:
+        secret = _read_password_secret(o["pwd_secret_file"])
+        bundle_bytes = _read_input(o["bundle_path"], "--bundle")
+        grant_bytes = _read_input(o["grant_path"], "--grant") if o["grant_path"] else None
+        self.store = KeyStore.open(o["keydir"], pinned_root_kid=o["pin_root"])
+        root = self.store.entry(self.store.root_kid).public_key
+        bundle = verify_bundle(bundle_bytes, root)
+        issuer_entry = self.store.active(Role.ISSUER)
+        tech_entry = self.store.active(Role.TECHNICIAN, o["technician"])
         token = _open_token(stack, o["pkcs11_module"], o["pkcs11_token"], o["pkcs11_pin_file"])
         pw = read_secret(o["passphrase_file"], "HUMA_KEY_PASSPHRASE", "Station key passphrase")
-        self.issuer = self.store.signer(self.store.active(Role.ISSUER).kid, pw, token=token)
+        self.issuer = self.store.signer(issuer_entry.kid, pw, token=token)
         self.technician_name = o["technician"]
-        self.technician = self.store.signer(self.store.active(Role.TECHNICIAN, o["technician"]).kid, pw, token=token)
+        self.technician = self.store.signer(tech_entry.kid, pw, token=token)
         station = load_signer(o["station_key"], pw)
-        root = self.store.entry(self.store.root_kid).public_key
-        bundle = verify_bundle(o["bundle_path"].read_bytes(), root)
         if bundle.is_stale():
             _console.print("[yellow]warning: the trust bundle has expired; fetch a new one[/]")
         self.grant: SessionGrant | None = None
-        if o["grant_path"]:
-            self.grant = verify_grant(o["grant_path"].read_bytes(), bundle.resolver(KeyRole.ISSUER), self.technician.kid)
-        secret_lines = o["pwd_secret_file"].read_bytes()
-        self.ctx = StationContext(
-            issuer=self.issuer, station=station, station_id=o["station_id"], trust=bundle,
-            profile=Profile.load(o["profile_path"]), password_secret=secret_lines.strip(),
-            originality_key=bytes.fromhex(o["originality_key"]) if o["originality_key"] else NXP_NTAG21X_PUBLIC_KEY,
-        )
-        self.source = PcscCardSource(o["reader"], _reader_caps(o["reader_kind"]), o["timeout"])
-        stack.callback(self.source.close)
+        if grant_bytes is not None:
+            self.grant = verify_grant(grant_bytes, bundle.resolver(KeyRole.ISSUER), self.technician.kid)
+        try:
+            self.ctx = StationContext(
+                issuer=self.issuer, station=station, station_id=o["station_id"], trust=bundle,
+                profile=profile, password_secret=secret,
+                originality_key=o["originality_key"] or NXP_NTAG21X_PUBLIC_KEY,
+            )
+        except StationInputError as exc:
+            raise StationInputError(f"--pwd-secret-file {o['pwd_secret_file']}: {exc}") from None
+        self._stack = stack
+
+    def open_source(self, o: dict[str, Any], *, wait_removal: bool) -> PcscCardSource:
+        """Open the PC/SC reader (closed with the command's exit stack)."""
+        source = PcscCardSource(o["reader"], _reader_caps(o["reader_kind"]), o["timeout"], wait_removal)
+        self._stack.callback(source.close)
+        return source
 
 
 def _report(outcome: CardOutcome) -> None:
@@ -125,6 +167,9 @@ def provision() -> None:
 @provision.command("batch")
 @click.argument("households", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_station_options
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Batch journal/results directory (default: HOUSEHOLDS without its extension + "
+                   "'.provision', next to the CSV, e.g. batch-07.provision/).")
 def batch_cmd(households: Path, **o: Any) -> None:
     """Provision every household of HOUSEHOLDS (CSV); resumable, one result line per card."""
     profile = Profile.load(o["profile_path"])
@@ -132,17 +177,18 @@ def batch_cmd(households: Path, **o: Any) -> None:
         rows = load_households(households, profile.programmes)
     except CsvError as exc:
         for err in exc.errors:
-            _console.print(f"[red]{households}:{err}[/]")
+            _console.print(f"[red]{households}:{err}[/]", highlight=False)
         raise
     state_dir = o["state_dir"] or households.with_name(households.stem + ".provision")
     with ExitStack() as stack:
-        st = _Station(stack, o)
+        st = _Station(stack, o, profile)
+        source = st.open_source(o, wait_removal=True)
         state = BatchState(state_dir, batch_key(rows))
         todo = [r for r in rows if state.issued_for(r.ref_hex) is None]
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=_console, transient=False) as progress:
             task = progress.add_task("cards", total=len(rows), completed=len(rows) - len(todo))
-            st.source.on_remove_prompt = lambda: progress.update(task, description="remove the card")
+            source.on_remove_prompt = lambda: progress.update(task, description="remove the card")
 
             def on_wait(h: Household) -> None:
                 progress.update(task, description=f"place a blank card for line {h.line} ({h.region})")
@@ -156,7 +202,7 @@ def batch_cmd(households: Path, **o: Any) -> None:
                     progress.advance(task)
 
             try:
-                run_batch(todo, st.source, st.ctx, state, technician=st.technician,
+                run_batch(todo, source, st.ctx, state, technician=st.technician,
                           technician_name=st.technician_name, grant=st.grant,
                           on_card=on_card, on_wait=on_wait, on_step=on_step)
             finally:
@@ -166,42 +212,63 @@ def batch_cmd(households: Path, **o: Any) -> None:
             raise ProvisionError(f"{len(left)} household(s) not issued yet (no more cards); run again to continue")
 
 
+def _single_row(household_ref: str, region: str, programmes: str, profile: Profile) -> Household:
+    """Validate ``provision card`` options with the CSV rules (one row, no CSV file).
+
+    :raises StationInputError: naming the option and the reason of every bad value.
+    """
+    for name, value in (("--household-ref", household_ref), ("--region", region), ("--programmes", programmes)):
+        if any(c in value for c in ',"\r\n'):
+            raise StationInputError(f"{name}: {value!r} may not contain a comma, quote or line break")
+    try:
+        return parse_households(f"household_ref,region,programmes\n{household_ref},{region},{programmes}\n",
+                                profile.programmes)[0]
+    except CsvError as exc:
+        if not exc.errors:
+            raise
+        raise StationInputError("; ".join(
+            f"{_COLUMN_OPTIONS.get(e.column, 'options')}: {e.reason}: {e.detail}" for e in exc.errors)) from None
+
+
 @provision.command("card")
 @click.option("--household-ref", required=True, help="16 hex digits (pseudonymous registry reference).")
 @click.option("--region", required=True, help="Kemendagri code, e.g. 62.71.")
 @click.option("--programmes", default="", help="Programme ids separated by ';' (default: all of the profile).")
 @click.option("--pin/--no-pin", default=False, help="Let the beneficiary type a 6-digit PIN.")
-@click.option("--reissue-of", default=None, help="Card id (16 hex) of a lost card this one replaces.")
+@click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None,
+              help="Card id (16 hex) of a lost card this one replaces.")
 @click.option("--remaining", default=None, help="Re-issue: remaining entitlement, e.g. '1=0,2=100000'.")
 @_station_options
-def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: str | None,
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
+              show_default=True, help="Journal/results directory shared by every single card made here "
+                                      "(relative to the current directory).")
+def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: bytes | None,
              remaining: str | None, **o: Any) -> None:
     """Provision one card (or re-issue a lost one with its remaining entitlement)."""
     profile = Profile.load(o["profile_path"])
-    header = "household_ref,region,programmes\n"
-    row = parse_households(header + f"{household_ref},{region},{programmes}\n", profile.programmes)[0]
+    row = _single_row(household_ref, region, programmes, profile)
     rem: dict[int, int] | None = None
     if remaining:
         try:
             rem = {int(k): int(v) for k, v in (part.split("=") for part in remaining.split(","))}
-        except ValueError as exc:
-            raise click.BadParameter("use 'programme=amount,...'", param_hint="--remaining") from exc
+        except ValueError:
+            raise StationInputError(f"--remaining: {remaining!r} is not 'programme=amount,...' "
+                                    "(integers, e.g. '1=0,2=100000')") from None
     if (reissue_of is None) != (rem is None):
         raise click.UsageError("--reissue-of and --remaining go together")
-    pin_value = click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True) if pin else None
-    state_dir = o["state_dir"] or Path("provision-single")
     with ExitStack() as stack:
-        st = _Station(stack, o)
-        st.source._wait_removal = False
+        st = _Station(stack, o, profile)
+        pin_value = click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True) if pin else None
+        source = st.open_source(o, wait_removal=False)
         # One journal (and issuance file) for all single cards made in this state dir.
-        state = BatchState(state_dir, SINGLE_CARDS_KEY)
+        state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
         _console.print("place the card on the reader")
-        cm = st.source.next_card()
+        cm = source.next_card()
         if cm is None:
             raise ProvisionError("no card presented")
         with cm as tag:
             out = provision_card(tag, st.ctx, row, state, grant=st.grant,
-                                 reissue_of=bytes.fromhex(reissue_of) if reissue_of else None, remaining=rem, pin=pin_value,
+                                 reissue_of=reissue_of, remaining=rem, pin=pin_value,
                                  on_step=lambda s: _console.print(f"  {s.value}"))
         write_issuance_file(state, st.technician, st.technician_name, st.grant)
         _report(out)

@@ -70,6 +70,11 @@ class ProfileError(ProvisionError):
     """The provisioning profile (programmes, validity, caps) is malformed."""
 
 
+class StationInputError(ProvisionError):
+    """A station input other than the CSV and profile is unusable (password secret too short,
+    malformed option value); found at start-up, before any card is touched or journalled."""
+
+
 # ---------------------------------------------------------------- chips
 
 

@@ -76,6 +76,8 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
         raise CsvError("empty CSV: expected a header line household_ref,region[,programmes]") from None
+    except csv.Error as exc:
+        raise CsvError(f"unreadable CSV header: {exc}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CsvError(f"CSV header lacks column(s) {', '.join(missing)} (have: {', '.join(header)})")
@@ -87,7 +89,15 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
     rows: list[Household] = []
     errors: list[RowError] = []
     first_seen: dict[bytes, int] = {}
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            # e.g. "field larger than field limit (131072)", "line contains NUL": this row only.
+            errors.append(MalformedRow(reader.line_num, "", f"unreadable CSV row: {exc}"))
+            continue
         line = reader.line_num
         if not any(f.strip() for f in fields):
             continue  # blank line
@@ -130,7 +140,7 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
         else:
             rows.append(Household(line, ref, region, programmes))
     if errors:
-        raise CsvError(f"{len(errors)} bad row(s) in households CSV", errors)
+        raise CsvError(f"{len(errors)} bad row(s) in households CSV (first: {errors[0]})", errors)
     if not rows:
         raise CsvError("households CSV has no rows")
     return rows

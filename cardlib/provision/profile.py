@@ -29,6 +29,8 @@ from cardlib.records.claims import Programme, Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import ClaimsError
 
 _UNITS = {"package": Unit.PACKAGE, "rupiah": Unit.RUPIAH, "visit": Unit.VISIT}
+DEFAULT_VALID_DAYS = 730
+_BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -53,29 +55,80 @@ class Profile:
         return cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "Profile":
-        """:raises ProfileError: missing or malformed entries."""
-        try:
-            progs: dict[int, Programme] = {}
-            caps: dict[int, int] = {}
-            for key, p in dict(data["programmes"]).items():
-                pid = int(key)
-                progs[pid] = Programme(_UNITS[p["unit"]], int(p["per_cycle"]))
-                caps[pid] = int(p.get("offline_cap", p["per_cycle"]))
-            valid_days = int(data.get("valid_days", 730))
-            cycle = int(data["cycle"]) if "cycle" in data else None
-            if cycle is not None:
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "profile") -> "Profile":
+        """Build and check a profile from parsed TOML.
+
+        :param source: names the input in messages (the file path when loaded from a file).
+        :raises ProfileError: a missing or malformed key, named by its dotted path
+            (``programmes.2.per_cycle``); numbers must be integers (no fractions, NaN or inf).
+        """
+
+        def fail(key: str, why: str) -> ProfileError:
+            return ProfileError(f"{source}: {key}: {why}")
+
+        def integer(table: Mapping[str, Any], key: str, path: str, *, minimum: int = 0,
+                    default: int | None = None) -> int:
+            if key not in table:
+                if default is None:
+                    raise fail(path, "required key is missing")
+                return default
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise fail(path, f"must be an integer, not {value!r}")
+            if value < minimum:
+                raise fail(path, f"must be at least {minimum}, not {value}")
+            return value
+
+        if "programmes" not in data:
+            raise fail("programmes", "required table is missing (one [programmes.<id>] table per programme)")
+        programmes = data["programmes"]
+        if not isinstance(programmes, Mapping) or not programmes:
+            raise fail("programmes", "must hold at least one [programmes.<id>] table")
+        progs: dict[int, Programme] = {}
+        caps: dict[int, int] = {}
+        for key, p in programmes.items():
+            path = f"programmes.{key}"
+            if not key.isdigit():
+                raise fail(path, "programme ids are non-negative integers")
+            if not isinstance(p, Mapping):
+                raise fail(path, "must be a table with unit and per_cycle")
+            unit = p.get("unit")
+            if unit not in _UNITS:
+                raise fail(f"{path}.unit", f"{unit!r} is not one of {', '.join(_UNITS)}" if "unit" in p
+                           else "required key is missing")
+            per_cycle = integer(p, "per_cycle", f"{path}.per_cycle", minimum=1)
+            pid = int(key)
+            try:
+                progs[pid] = Programme(_UNITS[unit], per_cycle)
+            except (ClaimsError, ValueError) as exc:
+                raise fail(path, str(exc)) from exc
+            caps[pid] = integer(p, "offline_cap", f"{path}.offline_cap", default=per_cycle)
+        valid_days = integer(data, "valid_days", "valid_days", minimum=1, default=DEFAULT_VALID_DAYS)
+        cycle = None
+        if "cycle" in data:
+            cycle = integer(data, "cycle", "cycle")
+            try:
                 cycle_bounds(cycle)  # year * 10 + half, or ValueError
-        except (KeyError, TypeError, ValueError, ClaimsError) as exc:
-            raise ProfileError(f"bad provisioning profile: {exc!r}") from exc
-        if not progs or valid_days < 1:
-            raise ProfileError("profile needs at least one programme and valid_days >= 1")
+            except (ClaimsError, ValueError) as exc:
+                raise fail("cycle", f"{cycle} is not a cycle id (year * 10 + half, e.g. 20261): {exc}") from exc
         return cls(progs, caps, valid_days, cycle)
 
     @classmethod
     def load(cls, path: Path) -> "Profile":
-        """:raises ProfileError: unreadable or malformed TOML."""
+        """Read a profile file (UTF-8 TOML; a leading byte-order mark is ignored).
+
+        :raises ProfileError: unreadable, not UTF-8, not TOML, or malformed (file and key named).
+        """
         try:
-            return cls.from_mapping(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from exc
+        try:
+            text = raw.decode("utf-8").removeprefix(_BOM)
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"{path}: not a TOML profile (byte {exc.start} is not UTF-8 text)") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"{path}: TOML syntax error: {exc}") from exc
+        return cls.from_mapping(data, str(path))

@@ -90,10 +90,31 @@ def map_pcsc_error(code: int, what: str) -> TransportError:
     if code in _READER_GONE:
         return ReaderGone(text, code)
     if code in _SERVICE_GONE:
-        return ServiceUnavailable(text, code)
+        return _service_unavailable(code, what)
     if code == SCARD_E_NO_SMARTCARD:
         return NoCard(text, code)
     return TransportError(text, code)
+
+
+#: What to tell the operator per "service gone" code (PC-1): the action, not only the code.
+_SERVICE_HINTS = {
+    SCARD_E_NO_SERVICE: "pcscd is not running (PC/SC service unavailable, 0x{code:08X}): "
+                        "start it with `pcscd` or `systemctl start pcscd`",
+    SCARD_E_SERVICE_STOPPED: "pcscd stopped (PC/SC service stopped, 0x{code:08X}): "
+                             "start it again with `pcscd` or `systemctl start pcscd`",
+    SCARD_F_COMM_ERROR: "lost contact with pcscd (PC/SC internal communication error, 0x{code:08X}): "
+                        "check `systemctl status pcscd` and restart it",
+}
+
+
+def _service_unavailable(code: int, what: str) -> ServiceUnavailable:
+    """:class:`ServiceUnavailable` whose message says what to do; ``.code`` keeps the SCARD code.
+
+    The code is already in the hint text, so it is not appended a second time.
+    """
+    exc = ServiceUnavailable(f"{what}: {_SERVICE_HINTS[code].format(code=code)}")
+    exc.code = code
+    return exc
 
 
 def select_reader(names: list[str], pattern: str | None) -> str:
