@@ -78,3 +78,32 @@ def test_card_dump_loads_in_the_sim_and_format(present_card, reader_name, tmp_pa
         assert main(["card", "format", "--reader", reader_name(0), "--kind", "none", "--chip", "NTAG213"]) == 0
     assert blank.page(3) == bytes.fromhex("E1101200") and blank.page(4)[:3] == bytes.fromhex("0300FE")
     capsys.readouterr()
+
+
+_NO_PCSCD = {"PCSCLITE_CSOCK_NAME": "/nonexistent/pcscd.comm"}  # pcsc-lite's client socket override
+
+
+@pytest.mark.parametrize("argv", [["readers"], ["card", "info"], ["card", "dump", "out.card.json"]])
+def test_no_pcscd_says_how_to_start_it(tmp_path: Path, argv: list[str]) -> None:
+    """PC-1: with no PC/SC service the message names pcscd and the command that starts it (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "huma.cli", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, **_NO_PCSCD}, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: SCardEstablishContext: pcscd is not running (PC/SC service unavailable, 0x8010001D): "
+        "start it with `pcscd` or `systemctl start pcscd`"]
+
+
+def test_service_errors_keep_their_code() -> None:
+    from cardlib.transport.errors import ServiceUnavailable
+    from cardlib.transport.pcsc import SCARD_E_NO_SERVICE, SCARD_E_SERVICE_STOPPED, SCARD_F_COMM_ERROR, map_pcsc_error
+
+    for code in (SCARD_E_NO_SERVICE, SCARD_E_SERVICE_STOPPED, SCARD_F_COMM_ERROR):
+        exc = map_pcsc_error(code - (1 << 32), "SCardListReaders")  # pyscard hands out signed codes
+        assert isinstance(exc, ServiceUnavailable) and exc.code == code
+        assert str(exc).count(f"0x{code:08X}") == 1 and "pcscd" in str(exc)
