@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from cardlib.clitypes import force_option, refuse_overwrite
 from cardlib.errors import CardlibError
 from cardlib.ndef import NdefError, decode_message
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
@@ -163,10 +164,12 @@ def info(pattern: str | None, kind: str, as_json: bool) -> None:
 @reader_option
 @kind_option
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def dump(pattern: str | None, kind: str, out: Path) -> None:
+@force_option
+def dump(pattern: str | None, kind: str, out: Path, force: bool) -> None:
     """Read every page to OUT, a card file ``huma sim`` can load (PWD/PACK read as zeros)."""
     from cardlib.sim.chip import ChipVariant, Ntag21x
 
+    refuse_overwrite(out, force)
     conn, tag = _open(pattern, kind)
     with conn:
         chip = tag.identify()

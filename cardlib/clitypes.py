@@ -12,6 +12,7 @@ Exit status 2 (click's usage-error status, which ``huma.cli.main`` passes throug
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -95,3 +96,22 @@ class Checked(click.ParamType):
             return self._check(str(value))
         except ValueError as exc:
             raise OptionError(str(exc), ctx=ctx, param=param) from None
+
+
+class OutputExists(click.ClickException):
+    """An output file already exists and ``--force`` was not given (exit status 2)."""
+
+    exit_code = 2
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """Refuse to replace an existing output file unless the user passed ``--force``.
+
+    :raises OutputExists: ``path`` exists and ``force`` is false.
+    """
+    if not force and path.exists():
+        raise OutputExists(f"{path} exists; pass --force to overwrite it")
+
+
+#: ``--force`` for every command that writes an OUT file.
+force_option = click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")

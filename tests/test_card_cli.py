@@ -107,3 +107,12 @@ def test_service_errors_keep_their_code() -> None:
         exc = map_pcsc_error(code - (1 << 32), "SCardListReaders")  # pyscard hands out signed codes
         assert isinstance(exc, ServiceUnavailable) and exc.code == code
         assert str(exc).count(f"0x{code:08X}") == 1 and "pcscd" in str(exc)
+
+
+def test_card_dump_refuses_to_overwrite_before_touching_the_reader(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dump.json"
+    out.write_text("keep")
+    assert main(["card", "dump", "--reader", "no-such-reader", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"Error: {out} exists; pass --force to overwrite it"
+    assert out.read_text() == "keep"

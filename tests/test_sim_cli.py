@@ -82,3 +82,50 @@ def test_present_puts_card_on_reader_and_busy_slot_is_reported(
     t.join(10)
     assert result == [0]
     assert Ntag21x.load(path).page(4) == bytes([1, 2, 3, 4]), "memory saved when the card left"
+
+
+def test_import_partial_dump_needs_fill_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_sim_dumps import _flipper_partial, _image_215
+
+    dump = tmp_path / "partial.nfc"
+    dump.write_text(_flipper_partial(_image_215(), 130))
+    out = tmp_path / "c.json"
+    capsys.readouterr()
+    assert main(["sim", "import", str(dump), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "partial.nfc" in err and "130-134" in err and "--fill-missing" in err
+    assert not out.exists()
+    assert main(["sim", "import", str(dump), str(out), "--fill-missing"]) == 0
+    err = capsys.readouterr().err
+    assert "lacked page(s) 130-134" in err and "AUTH0=FF" in err
+    chip = Ntag21x.load(out)
+    assert chip.page(chip.layout.cfg0_page)[3] == 0xFF
+
+
+@pytest.mark.parametrize("argv", [
+    ["sim", "new", "{out}"],
+    ["sim", "import", "{dump}", "{out}"],
+    ["sim", "export", "{card}", "{out}", "--format", "flipper"],
+])
+def test_output_files_are_not_overwritten_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        argv: list[str]) -> None:
+    card, dump, out = tmp_path / "card.json", tmp_path / "d.nfc", tmp_path / "existing"
+    assert main(["sim", "new", str(card), "--uid", UID]) == 0
+    assert main(["sim", "export", str(card), str(dump), "--format", "flipper"]) == 0
+    out.write_bytes(b"precious")
+    args = [a.format(out=out, dump=dump, card=card) for a in argv]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"Error: {out} exists; pass --force to overwrite it"
+    assert out.read_bytes() == b"precious"
+    assert main([*args, "--force"]) == 0
+    assert out.read_bytes() != b"precious"
+
+
+def test_sim_new_hex_options_are_typed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["sim", "new", str(tmp_path / "c.json"), "--uid", "04A1B2"]) == 2
+    assert "'--uid': '04A1B2' is 3 bytes (expected 7 bytes" in capsys.readouterr().err
+    assert main(["sim", "new", str(tmp_path / "c.json"), "--signature", "zz"]) == 2
+    assert "'--signature': 'zz' is not hex" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.dumps import export_flipper, export_proxmark, import_dump, write_export
+from cardlib.sim.dumps import PartialDumpError, export_flipper, export_proxmark, filled_pages, import_dump, write_export
 from cardlib.sim.errors import DumpFormatError
 
 SIG = bytes.fromhex("1B84EB70BD4CBD1B1DE4980B1858BD7C7285B4E47B388E96CF886BEEA343AD90")
@@ -216,3 +216,60 @@ def test_missing_and_binary_dump(tmp_path: Path) -> None:
 def _write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _flipper_partial(image: bytes, read: int) -> str:
+    """Flipper's layout when the read stopped at page ``read``: every page line, unread ones 00."""
+    cut = image[: 4 * read] + bytes(len(image) - 4 * read)
+    return flipper_v4(cut).replace("Pages read: 135", f"Pages read: {read}")
+
+
+def test_partial_flipper_dump_is_refused_with_the_missing_range(tmp_path: Path) -> None:
+    src = _write(tmp_path / "partial.nfc", _flipper_partial(_image_215(), 130))
+    with pytest.raises(PartialDumpError) as info:
+        import_dump(src)
+    assert info.value.missing == list(range(130, 135))
+    assert str(info.value).startswith(f"{src}:")
+    assert "page(s) 130-134 of ntag215 (0-134) missing (Pages read: 130 of 135)" in str(info.value)
+    assert "--fill-missing" in str(info.value)
+
+
+def test_partial_dump_filled_with_factory_config_not_zeros(tmp_path: Path) -> None:
+    image = _image_215()
+    chip = import_dump(_write(tmp_path / "partial.nfc", _flipper_partial(image, 130)), fill_missing=True)
+    lay = chip.layout
+    factory = Ntag21x.blank(ChipVariant.NTAG215, chip.uid)
+    assert filled_pages(chip) == list(range(130, 135))
+    assert chip.memory[: 130 * 4] == image[: 130 * 4]
+    assert chip.page(lay.cfg0_page) == bytes.fromhex("040000FF")  # AUTH0 = FF: no password, as shipped
+    assert chip.page(lay.cfg1_page) == factory.page(lay.cfg1_page)
+    assert chip.page(lay.dyn_lock_page) == factory.page(lay.dyn_lock_page)
+    # A complete dump records no filled pages.
+    assert filled_pages(import_dump(_write(tmp_path / "full.nfc", flipper_v4(image)))) == []
+
+
+def test_flipper_missing_page_lines_are_partial_too(tmp_path: Path) -> None:
+    text = "".join(line + "\n" for line in flipper_v4(_image_215()).splitlines()
+                   if line not in ("Page 20: 00 00 00 00", "Page 21: 00 00 00 00", "Page 40: 00 00 00 00"))
+    with pytest.raises(PartialDumpError, match=r"page\(s\) 20-21, 40 of ntag215") as info:
+        import_dump(_write(tmp_path / "holes.nfc", text))
+    assert info.value.missing == [20, 21, 40]
+
+
+def test_partial_proxmark_dump(tmp_path: Path) -> None:
+    image = _image_215()
+    doc = json.loads(proxmark(image))
+    for n in range(129, 135):
+        del doc["blocks"][str(n)]
+    src = _write(tmp_path / "partial.json", json.dumps(doc, indent=2))
+    with pytest.raises(PartialDumpError, match=r"partial.json:\d+: partial dump: page\(s\) 129-134 of ntag215"):
+        import_dump(src)
+    chip = import_dump(src, fill_missing=True)
+    assert filled_pages(chip) == list(range(129, 135))
+    assert chip.page(chip.layout.cfg0_page)[3] == 0xFF
+
+
+def test_bad_pages_read_value(tmp_path: Path) -> None:
+    src = _write(tmp_path / "bad.nfc", flipper_v4(_image_215()).replace("Pages read: 135", "Pages read: 999"))
+    with pytest.raises(DumpFormatError, match=r"bad.nfc:\d+: Pages read '999' is not 2..135"):
+        import_dump(src)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
-from cardlib.clitypes import Checked, HexBytes, parse_hex
+from cardlib.clitypes import Checked, HexBytes, force_option, parse_hex, refuse_overwrite
 from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import CertificateError, InputFileError
 from cardlib.keys.keystore import KeyStore, Role
@@ -195,7 +195,7 @@ def list_cmd(keydir: Path, pin_root: bytes | None) -> None:
 @keys.command("export-root")
 @_dir_option
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@force_option
 def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
     """Write the root PUBLIC key as PEM to OUT (the file terminals pin as paths.root_key).
 
@@ -205,8 +205,7 @@ def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
 
     store = KeyStore.open(keydir)
     pem = store.entry(store.root_kid).public_key.public_bytes(_PEM, PublicFormat.SubjectPublicKeyInfo)
-    if out.exists() and not force:
-        raise InputFileError(out, "exists; pass --force to overwrite it")
+    refuse_overwrite(out, force)
     atomic_write(out, pem, mode=0o644)
     click.echo(f"wrote root public key {store.root_kid.hex()} to {out} (copy it to each terminal's paths.root_key)")
 

@@ -10,20 +10,14 @@ from pathlib import Path
 
 import click
 
+from cardlib.clitypes import HexBytes, force_option, refuse_overwrite
 from cardlib.sim.chip import SIGNATURE_LEN, ChipVariant, Ntag21x
-from cardlib.sim.dumps import DumpFormat, import_dump, write_export
+from cardlib.sim.dumps import DumpFormat, filled_pages, import_dump, page_ranges, write_export
 from cardlib.sim.reader import ReaderKind
 from cardlib.sim.vpcd import VPCD_BASE_PORT, present_for, slot_port
 
 
-def _hex_bytes(value: str, what: str, length: int) -> bytes:
-    try:
-        data = bytes.fromhex(value.replace(":", "").replace(" ", ""))
-    except ValueError as exc:
-        raise click.BadParameter(f"{what} must be hex, got {value!r}") from exc
-    if len(data) != length:
-        raise click.BadParameter(f"{what} must be {length} bytes, got {len(data)}")
-    return data
+UID_LENGTH = 7
 
 
 @click.group()
@@ -34,14 +28,17 @@ def sim() -> None:
 @sim.command("new")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--chip", "chip_name", default="ntag215", show_default=True, help="ntag213, ntag215 or ntag216.")
-@click.option("--uid", default=None, help="7-byte UID in hex (default: random, NXP prefix 04).")
-@click.option("--signature", default=None, help="32-byte originality signature in hex (default: zeros).")
-def new(out: Path, chip_name: str, uid: str | None, signature: str | None) -> None:
-    """Create a factory-fresh virtual card file OUT."""
+@click.option("--uid", type=HexBytes(UID_LENGTH), default=None, help="7-byte UID in hex (default: random, NXP prefix 04).")
+@click.option("--signature", type=HexBytes(SIGNATURE_LEN), default=None,
+              help="32-byte originality signature in hex (default: zeros).")
+@force_option
+def new(out: Path, chip_name: str, uid: bytes | None, signature: bytes | None, force: bool) -> None:
+    """Create a factory-fresh virtual card file OUT (refuses to replace an existing OUT without --force)."""
     variant = ChipVariant.parse(chip_name)
-    chip = Ntag21x.blank(variant, _hex_bytes(uid, "--uid", 7) if uid else None)
+    refuse_overwrite(out, force)
+    chip = Ntag21x.blank(variant, uid)
     if signature:
-        chip.signature = _hex_bytes(signature, "--signature", SIGNATURE_LEN)
+        chip.signature = signature
     chip.save(out)
     click.echo(f"{out}: {variant.value} UID {chip.uid.hex().upper()}")
 
@@ -70,18 +67,31 @@ def present(card: Path, slot: int, seconds: float, port: int | None, reader_kind
 @sim.command("import")
 @click.argument("dump", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def import_(dump: Path, out: Path) -> None:
-    """Turn a Flipper .nfc or Proxmark3 JSON DUMP into the virtual card file OUT."""
-    chip = import_dump(dump)
+@click.option("--fill-missing", is_flag=True,
+              help="Accept a partial dump: pages it lacks get the chip's factory values (AUTH0=FF, no password).")
+@force_option
+def import_(dump: Path, out: Path, fill_missing: bool, force: bool) -> None:
+    """Turn a Flipper .nfc or Proxmark3 JSON DUMP into the virtual card file OUT.
+
+    A partial dump (the reader stopped early) is refused unless --fill-missing is given.
+    """
+    refuse_overwrite(out, force)
+    chip = import_dump(dump, fill_missing=fill_missing)
     chip.save(out)
     click.echo(f"{out}: {chip.variant.value} UID {chip.uid.hex().upper()} from {dump}")
+    filled = filled_pages(chip)
+    if filled:
+        click.echo(f"warning: {dump} lacked page(s) {page_ranges(filled)}; filled with {chip.variant.value} "
+                   "factory values (CFG0 04 00 00 FF: AUTH0=FF, no password; CFG1 00 05 00 00)", err=True)
 
 
 @sim.command("export")
 @click.argument("card", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", required=True, type=click.Choice(list(DumpFormat.ALL)), help="Dump format.")
-def export(card: Path, out: Path, fmt: str) -> None:
-    """Write the virtual card CARD as a dump OUT."""
+@force_option
+def export(card: Path, out: Path, fmt: str, force: bool) -> None:
+    """Write the virtual card CARD as a dump OUT (refuses to replace an existing OUT without --force)."""
+    refuse_overwrite(out, force)
     write_export(Ntag21x.load(card), out, fmt)
     click.echo(f"{out}: {fmt} dump of {card}")

@@ -29,6 +29,18 @@ made without a dump export in the current Flipper v4 / Proxmark layout.
 
 Malformed input raises :class:`~cardlib.sim.errors.DumpFormatError` naming the
 file and (where there is one) the line.
+
+Partial dumps
+-------------
+A reader that stops early (a password-protected tag, a card pulled away) leaves pages
+out: Flipper writes ``Pages read: 130`` below ``Pages total: 135`` (and zeros, or no
+line, for the rest); Proxmark leaves block keys out. Such a dump is refused with
+:class:`PartialDumpError` naming the missing page range, because silently zero-filling
+the configuration pages would make a chip that exists nowhere (CFG0 AUTH0 = 00h
+password-protects every page). With ``fill_missing=True`` the missing pages take the
+chip's factory values (NTAG213/215/216 datasheet §8.5: empty NDEF TLV, CFG0
+``04 00 00 FF`` i.e. AUTH0 = FFh, CFG1 ``00 05 00 00``) and the filled pages are
+recorded (:func:`filled_pages`).
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ from cardlib.sim.errors import DumpFormatError, UnknownChipError
 
 __all__ = [
     "DumpFormat",
+    "PartialDumpError",
+    "filled_pages",
     "export_flipper",
     "export_proxmark",
     "import_dump",
@@ -57,6 +71,53 @@ _NTAG_ATQA = {bytes.fromhex("0044"), bytes.fromhex("4400")}
 _NFC_COUNTER_INDEX = 2  # Flipper/Proxmark keep 3 counters; NTAG21x's NFC counter is the 3rd
 _PAGE_RE = re.compile(r"^Page (\d+)$")
 _META_KEY = "dump"
+_FILLED_KEY = "filled_pages"
+
+
+class PartialDumpError(DumpFormatError):
+    """The dump lacks pages (the reader stopped early); import with ``fill_missing=True``.
+
+    :ivar missing: the missing page numbers, ascending.
+    """
+
+    def __init__(self, path: Path | str, reason: str, missing: list[int], line: int | None = None) -> None:
+        super().__init__(path, reason, line)
+        self.missing = missing
+
+
+def page_ranges(pages: list[int]) -> str:
+    """``[4, 5, 6, 130, 131]`` → ``"4-6, 130-131"`` (ascending input)."""
+    out: list[str] = []
+    start = prev = pages[0]
+    for n in pages[1:] + [-1]:
+        if n != prev + 1:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = n
+        prev = n
+    return ", ".join(out)
+
+
+def filled_pages(chip: Ntag21x) -> list[int]:
+    """Pages that were missing from the imported dump and got factory values (empty if none)."""
+    return list(chip.meta.get(_META_KEY, {}).get(_FILLED_KEY, []))
+
+
+def _assemble(p: Path, variant: ChipVariant, uid: bytes, pages: dict[int, bytes], missing: list[int],
+              fill_missing: bool, why: str, line: int | None) -> tuple[bytearray, list[int]]:
+    """The full memory image: dump pages, and factory pages where ``missing`` (if allowed).
+
+    :raises PartialDumpError: pages are missing and ``fill_missing`` is false.
+    """
+    if missing and not fill_missing:
+        raise PartialDumpError(
+            p, f"partial dump: page(s) {page_ranges(missing)} of {variant.value} (0-{variant.total_pages - 1}) "
+               f"missing{why}; refusing to invent them (pass --fill-missing to use the chip's factory values)",
+            missing, line)
+    image = bytearray(Ntag21x.blank(variant, uid).memory)
+    for n, data in pages.items():
+        if n not in missing:
+            image[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] = data
+    return image, missing
 
 
 class DumpFormat:
@@ -91,16 +152,19 @@ def _variant(name: str, path: Path, line: int | None) -> ChipVariant:
         raise DumpFormatError(path, f"chip {name!r} is not modelled (NTAG213/215/216 only)", line) from exc
 
 
-def import_dump(path: Path | str) -> Ntag21x:
+def import_dump(path: Path | str, *, fill_missing: bool = False) -> Ntag21x:
     """Import a Flipper ``.nfc`` or Proxmark3 JSON dump (detected from the content).
 
+    :param fill_missing: give pages the dump lacks the chip's factory values instead of
+        refusing the dump (see "Partial dumps" above).
+    :raises PartialDumpError: pages are missing and ``fill_missing`` is false.
     :raises DumpFormatError: unreadable or malformed dump (file and line named).
     """
     p = Path(path)
     text = _read(p)
     if text.lstrip().startswith("{"):
-        return _import_proxmark_text(p, text)
-    return _import_flipper_text(p, text)
+        return _import_proxmark_text(p, text, fill_missing)
+    return _import_flipper_text(p, text, fill_missing)
 
 
 def _read(p: Path) -> str:
@@ -117,16 +181,17 @@ def _read(p: Path) -> str:
 # ---------------------------------------------------------------------------- Flipper
 
 
-def import_flipper(path: Path | str) -> Ntag21x:
+def import_flipper(path: Path | str, *, fill_missing: bool = False) -> Ntag21x:
     """Import a Flipper Zero ``.nfc`` NTAG21x dump (file format v2–v4).
 
+    :raises PartialDumpError: fewer pages read than the chip has, and not ``fill_missing``.
     :raises DumpFormatError: malformed file (file and line named).
     """
     p = Path(path)
-    return _import_flipper_text(p, _read(p))
+    return _import_flipper_text(p, _read(p), fill_missing)
 
 
-def _import_flipper_text(p: Path, text: str) -> Ntag21x:
+def _import_flipper_text(p: Path, text: str, fill_missing: bool = False) -> Ntag21x:
     lines = text.splitlines()
     fields: dict[str, tuple[int, str]] = {}
     pages: dict[int, tuple[int, bytes]] = {}
@@ -205,12 +270,19 @@ def _import_flipper_text(p: Path, text: str) -> Ntag21x:
             raise DumpFormatError(p, f"page {n} beyond the last page of {variant.value}", pno)
     if 0 not in pages or 1 not in pages:
         raise DumpFormatError(p, "pages 0 and 1 (UID) are missing")
-    image = bytearray(variant.total_pages * PAGE_SIZE)
-    for n, (_, data) in pages.items():
-        image[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] = data
+    pages_read, read_line = variant.total_pages, None
+    if "Pages read" in fields:
+        read_line, r_txt = fields["Pages read"]
+        if not r_txt.isdigit() or not 2 <= int(r_txt) <= variant.total_pages:
+            raise DumpFormatError(p, f"Pages read {r_txt!r} is not 2..{variant.total_pages}", read_line)
+        pages_read = int(r_txt)
+    missing = sorted({n for n in range(variant.total_pages) if n not in pages or n >= pages_read})
+    why = f" (Pages read: {pages_read} of {variant.total_pages})" if pages_read < variant.total_pages else " (no 'Page N' line)"
+    image, filled = _assemble(p, variant, uid, {n: d for n, (_, d) in pages.items()}, missing, fill_missing, why, read_line)
     if bytes(image[0:3] + image[4:8]) != uid:
         raise DumpFormatError(p, f"UID {uid_txt} disagrees with pages 0-1", fields["UID"][0])
-    meta = {_META_KEY: {"format": DumpFormat.FLIPPER, "lines": lines, "trailing_newline": text.endswith("\n")}}
+    meta = {_META_KEY: {"format": DumpFormat.FLIPPER, "lines": lines, "trailing_newline": text.endswith("\n"),
+                        _FILLED_KEY: filled}}
     return Ntag21x(variant, uid, pages=bytes(image), signature=signature, nfc_counter=counter,
                    auth_failures=failures, meta=meta)
 
@@ -280,13 +352,14 @@ def _flipper_v4_template(chip: Ntag21x) -> list[str]:
 # ---------------------------------------------------------------------------- Proxmark3
 
 
-def import_proxmark(path: Path | str) -> Ntag21x:
+def import_proxmark(path: Path | str, *, fill_missing: bool = False) -> Ntag21x:
     """Import a Proxmark3 ``hf mfu dump`` JSON file.
 
+    :raises PartialDumpError: blocks are missing and not ``fill_missing``.
     :raises DumpFormatError: malformed file (file and line named where possible).
     """
     p = Path(path)
-    return _import_proxmark_text(p, _read(p))
+    return _import_proxmark_text(p, _read(p), fill_missing)
 
 
 def _line_of(text: str, needle: str) -> int | None:
@@ -294,7 +367,7 @@ def _line_of(text: str, needle: str) -> int | None:
     return text.count("\n", 0, idx) + 1 if idx >= 0 else None
 
 
-def _import_proxmark_text(p: Path, text: str) -> Ntag21x:
+def _import_proxmark_text(p: Path, text: str, fill_missing: bool = False) -> Ntag21x:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -334,17 +407,18 @@ def _import_proxmark_text(p: Path, text: str) -> Ntag21x:
     if max(pages) >= variant.total_pages or 0 not in pages or 1 not in pages:
         raise DumpFormatError(p, f"blocks must be 0..{variant.total_pages - 1} for {variant.value}",
                               _line_of(text, '"blocks"'))
-    image = bytearray(variant.total_pages * PAGE_SIZE)
-    for n, data in pages.items():
-        image[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] = data
     uid = field("UID", 7)
+    missing = [n for n in range(variant.total_pages) if n not in pages]
+    image, filled = _assemble(p, variant, uid, pages, missing, fill_missing, " (no block entries)",
+                              _line_of(text, '"blocks"'))
     if bytes(image[0:3] + image[4:8]) != uid:
         raise DumpFormatError(p, "Card.UID disagrees with blocks 0-1", _line_of(text, '"UID"'))
     signature = field("Signature", SIGNATURE_LEN) if "Signature" in card else bytes(SIGNATURE_LEN)
     counter = 0
     if f"Counter{_NFC_COUNTER_INDEX}" in card:
         counter = int.from_bytes(field(f"Counter{_NFC_COUNTER_INDEX}", 3), "little")
-    meta = {_META_KEY: {"format": DumpFormat.PROXMARK, "doc": doc, "trailing_newline": text.endswith("\n")}}
+    meta = {_META_KEY: {"format": DumpFormat.PROXMARK, "doc": doc, "trailing_newline": text.endswith("\n"),
+                        _FILLED_KEY: filled}}
     return Ntag21x(variant, uid, pages=bytes(image), signature=signature, nfc_counter=counter, meta=meta)
 
 
