@@ -1,6 +1,8 @@
 """Journal entries accepted per second through the HTTP API, signature checks on, per database.
 
-Compares with Ed25519 verification alone (the floor, DESIGN §9) on the same machine.
+Compares with Ed25519 verification alone (the floor, DESIGN §9) on the same machine: one
+thread, measured right before and after each database run. The server is one process
+(waitress threads share one GIL), so both sides use one core; the CPU column says so.
 Runs the real app under waitress on 127.0.0.1 and posts signed batches over HTTP.
 
     .venv/bin/python -m bench.bench_upload --entries 20000 --batch 1000 \
@@ -13,10 +15,12 @@ import argparse
 import http.client
 import json
 import os
+import platform
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import waitress
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -50,7 +54,8 @@ def ed25519_floor(t: SimTerminal) -> float:
     return (time.perf_counter() - start) / len(sigs)
 
 
-def run_one(url: str, t: SimTerminal, batch: int) -> float:
+def run_one(url: str, t: SimTerminal, batch: int) -> tuple[float, float]:
+    """Post every batch over HTTP; returns (wall seconds, this process's CPU seconds) of the posts."""
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
@@ -74,6 +79,7 @@ def run_one(url: str, t: SimTerminal, batch: int) -> float:
         body = t.body([e.message for e in t.entries[i:i + batch]])
         bodies.append((body, t.headers(body)))
     start = time.perf_counter()
+    cpu_start = time.process_time()
     for body, headers in bodies:
         conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=600)
         conn.request("POST", "/api/v1/journal/batches", body=body, headers=headers)
@@ -82,11 +88,12 @@ def run_one(url: str, t: SimTerminal, batch: int) -> float:
         conn.close()
         assert resp.status == 200 and data["counts"]["accepted"] == len(json.loads(body)["entries"]), data
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     server.close()
     server.task_dispatcher.shutdown()
     with app.app_context():
         db.engine.dispose()
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -97,20 +104,26 @@ def main() -> None:
                    help="admin URL; a scratch database is created and dropped")
     args = p.parse_args()
     t = make_entries(args.entries)
-    floor = ed25519_floor(t)
-    print(f"Ed25519 verify alone: {floor * 1e6:.1f} µs/entry = {1 / floor:,.0f} entries/s")
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; floor = Ed25519 verify alone, one thread, "
+          "measured just before and after each database run (mean)")
+
+    def report(name: str, run: Callable[[], tuple[float, float]]) -> None:
+        before = ed25519_floor(t)
+        secs, cpu = run()
+        floor = (before + ed25519_floor(t)) / 2
+        print(f"{name:<11} {args.entries} entries in {secs:.2f} s = {args.entries / secs:,.0f} entries/s, "
+              f"{secs / args.entries * 1e6:.0f} µs/entry = {secs / args.entries / floor:.2f}× Ed25519 alone "
+              f"({floor * 1e6:.1f} µs, {1 / floor:,.0f}/s); process CPU {cpu / secs:.2f} cores")
+
     with tempfile.TemporaryDirectory() as tmp:
-        secs = run_one(f"sqlite:///{os.path.join(tmp, 'bench.db')}", t, args.batch)
-    print(f"sqlite:     {args.entries} entries in {secs:.2f} s = {args.entries / secs:,.0f} entries/s "
-          f"= {secs / args.entries / floor:.2f}× Ed25519 alone")
+        report("sqlite:", lambda: run_one(f"sqlite:///{os.path.join(tmp, 'bench.db')}", t, args.batch))
     name = f"huma_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        secs = run_one(args.pg.rsplit("/", 1)[0] + "/" + name, t, args.batch)
-        print(f"postgresql: {args.entries} entries in {secs:.2f} s = {args.entries / secs:,.0f} entries/s "
-              f"= {secs / args.entries / floor:.2f}× Ed25519 alone")
+        report("postgresql:", lambda: run_one(args.pg.rsplit("/", 1)[0] + "/" + name, t, args.batch))
     finally:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
