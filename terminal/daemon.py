@@ -22,10 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.transport import Connection
+from cardlib.type2.channel import ReaderCapabilities, channel_for
+from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
 from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderProfile, TerminalProfile
 
@@ -36,7 +39,7 @@ from terminal.journal import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import CounterMode, OfflineLimits, Unit
 from terminal.screen import CounterScreen, ScreenState
-from terminal.supervisor import ReaderBinding, Supervisor
+from terminal.supervisor import Deadline, DeadlineConnection, ReaderBinding, Supervisor
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
 from terminal.tap import CounterConfig, TapProcessor
 
@@ -49,6 +52,8 @@ WATCHDOG_S = 1.0
 #: How long a watcher keeps the card connection open for ``apdu``-channel feedback, seconds.
 #: The outcome is already journalled and on screen; this only delays closing the connection.
 FEEDBACK_GRACE_S = 0.3
+#: Time budget for reading a card's UID at re-attach, seconds.
+IDENTIFY_BUDGET_S = 1.0
 #: Seconds between retries while no trust bundle is installed yet.
 NO_BUNDLE_RETRY_S = 2.0
 
@@ -121,8 +126,24 @@ class ReaderFeedback:
         done = self.worker.signal(reader, _EVENT_OF[outcome.status], commands,
                                   apdu=lambda cmd: _send_apdu(conn, cmd),
                                   control=_control_sender(conn, profile))
-        if commands.channel is FeedbackChannel.APDU:
-            done.wait(self.grace_s)
+        # Both channels use the card handle (SCardTransmit / SCardControl): keep the
+        # connection open a moment so the commands reach the reader; a late command
+        # meets a closed GuardedConnection and is counted as a feedback failure.
+        done.wait(self.grace_s)
+
+
+def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: object) -> bytes:
+    """The 7-byte UID of the tag on ``conn`` (T2T pages 0-1, NFC Forum T2T 1.0 §2.1; NTAG215 datasheet §8.5).
+
+    The supervisor's identify hook: tells the card resting on a reader after a
+    PC/SC re-attach from a new one.
+
+    :raises TransportError: the card did not answer (or left) within 1 s.
+    """
+    name = getattr(getattr(binding, "profile", None), "name", "")
+    dconn = DeadlineConnection(conn, Deadline(IDENTIFY_BUDGET_S), IDENTIFY_BUDGET_S)
+    channel = channel_for(dconn, caps[name]) if name in caps else channel_for(dconn)
+    return bytes(Type2Tag(channel, conn.atr).uid)
 
 
 def _send_apdu(conn: Connection, cmd: bytes) -> None:
@@ -215,7 +236,7 @@ class Daemon:
         )
         self.supervisor = Supervisor(
             [ReaderBinding(b.profile.name_pattern, b.slot_pattern, b.profile) for b in profile.readers],
-            self.tap, scan_s=0.5,
+            self.tap, scan_s=0.5, identify=partial(card_uid, caps),
         )
         client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)

@@ -20,6 +20,24 @@ Field cases PC-1 … PC-4 (shared/cases/pcsc.md):
   everything (the tap keeps no card memory between presentations).
 - PC-4 pcscd exiting when idle: the supervisor holds a context for as long as it runs.
 
+One presentation, one transaction — also across re-attach: a pcscd restart
+(PC-1) or a reader coming back (PC-2) powers the field again, so PC/SC reports
+the card that was resting on the reader as if it had just arrived. The
+supervisor keeps a :class:`PresentationMemory` that outlives watchers: the
+last *served* card per reader (binding, UID). A watcher that attaches with a
+card already present asks the ``identify`` hook for its UID; the same UID on
+the same binding is still resting (no tap) until PC/SC reports it gone. A
+different UID, or a card absent at attach, is a new presentation.
+
+A watcher whose own context reports the service gone does not by itself
+mean pcscd left: pcscd drops a single client connection (e.g. after a call on
+a handle that another thread of that client just disconnected — "Client failed
+to authenticate" in pcscd's log). The supervisor probes the service with a fresh
+context before declaring it down; if it answers, only that reader re-attaches.
+The card connection given to the tap is a :class:`GuardedConnection`: feedback
+threads that still hold it after the watcher disconnected get a typed error
+instead of sending a stale handle to pcscd.
+
 Structure: :meth:`Supervisor.run` is a loop the daemon's main thread owns. It
 starts one :class:`ReaderWatcher` thread per matching reader, each with its
 own PC/SC context (pcsc-lite serialises calls per context, so a blocking
@@ -44,6 +62,7 @@ from dataclasses import dataclass, field
 
 from cardlib.transport import Connection
 from cardlib.transport.errors import (
+    CardRemoved,
     NoCard,
     ReaderGone,
     ServiceUnavailable,
@@ -171,6 +190,109 @@ class DeadlineConnection(Connection):
         return self._inner.atr
 
 
+class GuardedConnection(Connection):
+    """A card connection that becomes unusable, race-free, when the watcher closes it.
+
+    The tap hands the connection to other threads (LED/buzzer feedback, AP-3).
+    pcsc-lite checks that a card handle belongs to the calling client; a call on
+    a handle that another thread is disconnecting at that moment makes pcscd
+    drop the client's whole socket (every context then reports
+    ``SCARD_E_NO_SERVICE``). Every call and :meth:`close` therefore take one
+    lock, and calls after close raise :class:`CardRemoved`.
+
+    :param inner: the connection the watcher owns.
+    """
+
+    def __init__(self, inner: Connection) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise CardRemoved(f"connection to {self._inner.reader_name!r} already closed by its watcher")
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        with self._lock:
+            self._check()
+            return self._inner.send_and_receive(apdu)
+
+    def control(self, code: int, data: bytes) -> bytes:
+        """The reader's escape channel (``SCardControl``), if the inner connection has one.
+
+        :raises CardRemoved: the watcher already closed the connection.
+        :raises TransportError: the connection has no control channel, or the call failed.
+        """
+        control = getattr(self._inner, "control", None)
+        if control is None:
+            raise TransportError(f"reader {self._inner.reader_name!r} has no control channel")
+        with self._lock:
+            self._check()
+            return bytes(control(code, data))
+
+    def close(self) -> None:
+        """Close once, after any call in flight on another thread has returned."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self._inner.reader_name
+
+    @property
+    def atr(self) -> bytes:
+        return self._inner.atr
+
+
+#: Reads the UID of the card on a connection (e.g. T2T page 0-1, NFC Forum T2T 1.0 §2.1).
+#: May raise TransportError subclasses; the card is then treated as a new presentation.
+Identify = Callable[[Connection, "ReaderBinding"], bytes]
+
+
+class PresentationMemory:
+    """The last served card per reader, kept across watcher restarts and PC/SC re-attach.
+
+    Entries: reader name -> ``(binding index, UID or None)``. An entry exists from
+    the end of a served tap until a watcher *sees* that reader empty. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._served: dict[str, tuple[int, bytes | None]] = {}
+
+    def remember(self, reader: str, binding: int, uid: bytes | None) -> None:
+        """A tap on ``reader`` (binding index ``binding``) served the card ``uid``."""
+        with self._lock:
+            self._served[reader] = (binding, uid)
+
+    def forget(self, reader: str) -> None:
+        """PC/SC reported ``reader`` empty: the next card there is a new presentation."""
+        with self._lock:
+            self._served.pop(reader, None)
+
+    def candidates(self, reader: str, binding: int, attached: Sequence[str]) -> list[tuple[str, bytes | None]]:
+        """Served cards that may still be resting on ``reader``.
+
+        The reader's own entry, plus entries of the same binding whose reader PC/SC
+        no longer lists (PC-2: a reader may come back under another suffix).
+
+        :returns: ``[(reader name of the entry, UID or None)]``.
+        """
+        with self._lock:
+            return [(name, uid) for name, (b, uid) in self._served.items()
+                    if name == reader or (b == binding and name not in attached)]
+
+    def claim(self, reader: str, entry: str) -> None:
+        """Move ``entry``'s served card to ``reader`` (the same card, seen under a new reader name)."""
+        with self._lock:
+            item = self._served.pop(entry, None)
+            if item is not None:
+                self._served[reader] = item
+
+
 #: Runs one tap on a connected card. Returns when the tap is done; may raise
 #: TransportError subclasses (the watcher handles them) — anything else is a bug
 #: that is logged and counted, and the watcher carries on.
@@ -210,8 +332,11 @@ class ReaderWatcher:
 
     Loop: wait (``SCardGetStatusChange``) for a card → connect → run the tap
     under a deadline → disconnect → wait for the card to *leave* before the
-    next tap (one presentation, one transaction; PC-3) → repeat. Ends on
-    ReaderGone / ServiceUnavailable, leaving :attr:`ended_by` for the supervisor.
+    next tap (one presentation, one transaction; PC-3) → repeat. A card
+    already present when the watcher starts is first checked against
+    :class:`PresentationMemory` (the same served card is not tapped again).
+    Ends on ReaderGone / ServiceUnavailable, leaving :attr:`ended_by` for the
+    supervisor.
     """
 
     def __init__(
@@ -223,6 +348,12 @@ class ReaderWatcher:
         health: Health,
         stop: threading.Event,
         wait_slice_s: float = 0.5,
+        *,
+        memory: PresentationMemory | None = None,
+        binding_index: int = 0,
+        identify: Identify | None = None,
+        attached: Callable[[], Sequence[str]] = lambda: (),
+        settle_s: float = 3.0,
     ) -> None:
         self.name = name
         self.binding = binding
@@ -231,9 +362,15 @@ class ReaderWatcher:
         self._health = health
         self._stop = stop
         self._slice = wait_slice_s
+        self._memory = memory if memory is not None else PresentationMemory()
+        self._binding_index = binding_index
+        self._identify = identify
+        self._attached = attached
+        self._settle_s = settle_s
         self.ended_by: BaseException | None = None
         self.taps = 0
         self.tap_errors = 0
+        self.resting_at_attach = 0  #: cards found still resting when the watcher started (not tapped)
         self.thread = threading.Thread(target=self._run, name=f"reader:{name}", daemon=True)
 
     def start(self) -> "ReaderWatcher":
@@ -262,27 +399,84 @@ class ReaderWatcher:
 
     def _loop(self, ctx: object) -> None:
         self._set(ReaderStatus.WAITING)
+        # Right after attach PC/SC may not report the resting card yet (pcscd polls its
+        # readers, a vpcd card reconnects): the served card is remembered until the
+        # reader has stayed empty for the settle time, or a removal was seen.
+        settle_end = time.monotonic() + self._settle_s
+        check_memory = True
         while not self._stop.is_set():
             if not self._backend.wait(ctx, self.name, True, self._slice):
+                if check_memory and time.monotonic() >= settle_end:
+                    self._memory.forget(self.name)
+                    check_memory = False
                 continue
+            if check_memory:
+                check_memory = False
+                if self._still_resting(ctx):
+                    self.resting_at_attach += 1
+                    self._set(ReaderStatus.CARD_RESTING)
+                    self._wait_removal(ctx)
+                    self._set(ReaderStatus.WAITING)
+                    continue
             self._set(ReaderStatus.BUSY)
             self._one_presentation(ctx)
             self._set(ReaderStatus.CARD_RESTING)
             # One presentation, one transaction: the next tap needs the card to leave first.
-            while not self._stop.is_set() and not self._backend.wait(ctx, self.name, False, self._slice):
-                pass
+            self._wait_removal(ctx)
             self._set(ReaderStatus.WAITING)
+
+    def _wait_removal(self, ctx: object) -> None:
+        while not self._stop.is_set():
+            if self._backend.wait(ctx, self.name, False, self._slice):
+                self._memory.forget(self.name)
+                return
+
+    def _still_resting(self, ctx: object) -> bool:
+        """Whether the card present at attach is the one already served here (no new transaction)."""
+        candidates = self._memory.candidates(self.name, self._binding_index, self._attached())
+        if not candidates:
+            return False
+        uid: bytes | None = None
+        if self._identify is not None:
+            try:
+                conn = self._backend.connect(ctx, self.name)
+            except (NoCard, SessionLost):
+                return False
+            try:
+                uid = self._identify(conn, self.binding)
+            except (ReaderGone, ServiceUnavailable):
+                raise
+            except TransportError as exc:
+                log.info("reader %r: could not identify the card present at attach (%s)", self.name, exc)
+                return False
+            finally:
+                try:
+                    conn.close()
+                except TransportError:
+                    pass
+        for entry, served_uid in candidates:
+            # A card that cannot be told apart (no identify hook, or its UID was not read after
+            # the tap) is kept resting: never charge twice; lifting it re-arms the reader.
+            if self._identify is None or served_uid is None or served_uid == uid:
+                self._memory.claim(self.name, entry)
+                log.warning("reader %r: the card served before the re-attach is still on the reader; "
+                            "waiting for it to be lifted (one presentation, one transaction)", self.name)
+                return True
+        return False
 
     def _one_presentation(self, ctx: object) -> None:
         try:
-            conn = self._backend.connect(ctx, self.name)
+            raw = self._backend.connect(ctx, self.name)
         except NoCard:
             return  # it left before we connected: wait for the next arrival
         except SessionLost:
             return
+        conn = GuardedConnection(raw)
+        served = False
         try:
             self.taps += 1
             self._on_tap(conn, self.binding)
+            served = True
         except (ReaderGone, ServiceUnavailable):
             raise
         except SessionLost as exc:
@@ -293,10 +487,22 @@ class ReaderWatcher:
             self.tap_errors += 1
             log.exception("reader %r: the tap failed unexpectedly", self.name)
         finally:
+            if served:
+                self._remember(conn)
             try:
                 conn.close()
             except TransportError:
                 pass
+
+    def _remember(self, conn: Connection) -> None:
+        """Record the served card (UID via the identify hook, after the outcome is already shown)."""
+        uid: bytes | None = None
+        if self._identify is not None:
+            try:
+                uid = self._identify(conn, self.binding)
+            except TransportError as exc:
+                log.debug("reader %r: UID of the served card not read (%s)", self.name, exc)
+        self._memory.remember(self.name, self._binding_index, uid)
 
 
 class Supervisor:
@@ -307,6 +513,9 @@ class Supervisor:
     :param backend: PC/SC access (default: :class:`PcscBackend`).
     :param scan_s: seconds between reader re-listings.
     :param backoff_s: ``(first, max)`` seconds of the reconnect backoff (PC-1).
+    :param identify: reads a card's UID (see :data:`Identify`); without it a card
+        found on a reader at re-attach after a served tap there is always taken as
+        the same card (kept resting until lifted).
     """
 
     def __init__(
@@ -317,14 +526,21 @@ class Supervisor:
         backend: PcscBackend | None = None,
         scan_s: float = 1.0,
         backoff_s: tuple[float, float] = (0.25, 8.0),
+        identify: Identify | None = None,
     ) -> None:
         self.bindings = tuple(bindings)
+        self._identify = identify
+        #: Served cards per reader; survives watcher restarts and PC/SC re-attach.
+        self.memory = PresentationMemory()
+        #: Watchers re-attached alone because only their own PC/SC connection was dropped.
+        self.context_losses = 0
         self._on_tap = on_tap
         self._backend = backend or PcscBackend()
         self._scan_s = scan_s
         self._backoff = backoff_s
         self.health = Health()
         self._watchers: dict[str, ReaderWatcher] = {}
+        self._names: tuple[str, ...] = ()  #: readers PC/SC listed at the last scan
         self.stop_event = threading.Event()
         self._watch_stop = threading.Event()
 
@@ -368,9 +584,10 @@ class Supervisor:
         self._watch_stop = threading.Event()
         while not self.stop_event.is_set():
             names = self._backend.readers(ctx)  # raises ServiceUnavailable when pcscd left
+            self._names = tuple(names)
             for name in names:
-                binding = next((b for b in self.bindings if b.matches(name)), None)
-                if binding is None:
+                index = next((i for i, b in enumerate(self.bindings) if b.matches(name)), None)
+                if index is None:
                     continue
                 w = self._watchers.get(name)
                 if w is not None and w.thread.is_alive():
@@ -378,9 +595,11 @@ class Supervisor:
                 if w is not None:
                     self._reap(w)
                     if isinstance(w.ended_by, ServiceUnavailable):
-                        raise w.ended_by
+                        self._probe_service(w)
                 self._watchers[name] = ReaderWatcher(
-                    name, binding, self._backend, self._on_tap, self.health, self._watch_stop
+                    name, self.bindings[index], self._backend, self._on_tap, self.health, self._watch_stop,
+                    memory=self.memory, binding_index=index, identify=self._identify,
+                    attached=lambda: self._names,
                 ).start()
                 log.info("reader %r attached", name)
             for name, w in list(self._watchers.items()):
@@ -390,6 +609,20 @@ class Supervisor:
                         self._reap(w)
                         del self._watchers[name]
             self.stop_event.wait(self._scan_s)
+
+    def _probe_service(self, w: ReaderWatcher) -> None:
+        """A watcher's context reported the service gone: is pcscd really gone, or only that connection?
+
+        :raises ServiceUnavailable: a fresh context cannot list readers either (PC-1).
+        """
+        probe = self._backend.open()  # raises ServiceUnavailable when pcscd is really gone
+        try:
+            self._backend.readers(probe)
+        finally:
+            self._backend.close(probe)
+        self.context_losses += 1
+        log.warning("reader %r lost its own PC/SC connection (%s) but the service answers; "
+                    "re-attaching only this reader", w.name, w.ended_by)
 
     def _reap(self, w: ReaderWatcher) -> None:
         exc = w.ended_by

@@ -31,6 +31,7 @@ from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.journal import EntryKind, verify_entry
 from cardlib.records.session import CardSession
 from cardlib.sim.chip import Ntag21x
+from cardlib.sim.vpcd import VpcdCard
 from huma.cli import cli
 from terminal.daemon import Daemon, build_daemon
 from terminal.journal import iter_messages, verify_journal_file
@@ -187,6 +188,48 @@ def test_AP_3_failing_led_and_buzzer_never_fail_or_delay_a_redemption(
     assert max(latencies) < 1.0, latencies
     d.stop()
     assert verify_journal_file(files.state / "journal.sqlite").open_writes == ()
+
+
+def test_reattach_with_the_served_card_still_on_the_reader_is_not_a_second_transaction(
+        tmp_path, kit, in_process, present_card, pcscd_service, reader_name) -> None:
+    """PC-1 while a served card rests on the reader: pcscd comes back, reports the card again, no new tap."""
+    files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
+                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw())
+    d = in_process(files.profile)
+    port = files.screen_port
+    a, b = card(0), card(1)
+    with present_card(a, slot=0):
+        assert wait_results(port, 1)[-1]["status"] == "accepted"
+        pcscd_service.restart(down_for=1.0)
+        wait_health(port, lambda h: h["pcsc_restarts"] >= 1 and h["pcsc"] == "up"
+                    and h["readers"].get(reader_name(0)) == "card_resting")
+        time.sleep(1.5)  # a second transaction would show up well within this
+        assert [r["status"] for r in screen_results(port)] == ["accepted"]
+    sup = d.daemon.supervisor
+    assert sum(w.resting_at_attach for w in sup._watchers.values()) == 1
+    # Lifting the card re-arms the reader: presenting it again is a new transaction.
+    with present_card(a, slot=0):
+        assert wait_results(port, 2)[-1]["reason"] == "Jatah periode ini sudah habis."
+    # A different card put on the reader while the service was down is a new presentation.
+    served = VpcdCard(b, pcscd_service.port(1), kind="acr122u").start()
+    try:
+        assert wait_results(port, 3)[-1]["status"] == "accepted"
+        pcscd_service.stop()
+    finally:
+        served.stop()
+    swapped = VpcdCard(a, pcscd_service.port(1), kind="acr122u").start()
+    try:
+        pcscd_service.restart(down_for=0.5)
+        results = wait_results(port, 4, timeout=30)
+        assert results[-1]["reason"] == "Jatah periode ini sudah habis.", results
+    finally:
+        swapped.stop()
+    time.sleep(1.0)
+    assert len(screen_results(port)) == 4
+    d.stop()
+    entries = [verify_entry(m, {cose_key(files.signer).kid: cose_key(files.signer)}).entry
+               for m in iter_messages(files.state / "journal.sqlite")]
+    assert [e.kind for e in entries].count(EntryKind.COMMIT) == 2
 
 
 # ----------------------------------------------------------------------------- the daemon as a process

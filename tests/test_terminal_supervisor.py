@@ -166,3 +166,37 @@ def test_deadline_turns_a_slow_card_into_session_lost() -> None:
     spent = DeadlineConnection(Slow(), Deadline(0.0))
     with pytest.raises(SessionLost):
         spent.send_and_receive(b"\xff\xca\x00\x00\x00")
+
+
+def test_guarded_connection_close_waits_for_a_call_in_flight_and_refuses_later_calls() -> None:
+    """AP-3 race: a feedback thread still sending when the watcher disconnects (stub connection)."""
+    from cardlib.transport.errors import CardRemoved
+    from terminal.supervisor import GuardedConnection
+
+    events: list[str] = []
+
+    class Stub(Connection):  # a stand-in for a PC/SC handle (the race itself is pcscd's, see AP_3)
+        def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+            events.append("send-start")
+            time.sleep(0.2)
+            events.append("send-end")
+            return b"", 0x9000
+
+        def close(self) -> None:
+            events.append("close")
+
+        @property
+        def reader_name(self) -> str:
+            return "stub"
+
+    conn = GuardedConnection(Stub())
+    sender = threading.Thread(target=conn.send_and_receive, args=(b"\xff\x00\x40\x00\x04",))
+    sender.start()
+    wait_until(lambda: events == ["send-start"])
+    conn.close()
+    sender.join()
+    assert events == ["send-start", "send-end", "close"]
+    with pytest.raises(CardRemoved):
+        conn.send_and_receive(b"\xff\x00\x40\x00\x04")
+    conn.close()
+    assert events.count("close") == 1
