@@ -23,11 +23,11 @@ def run(host: str, port: int, threads: int) -> None:
     import waitress
 
     from server import create_app
+    from server.http import waitress_options
 
     app = create_app()
     click.echo(f"serving on http://{host}:{port} ({app.config['DATABASE_URL'].split('://')[0]})")
-    waitress.serve(app, host=host, port=port, threads=threads, max_request_body_size=app.config[
-        "MAX_CONTENT_LENGTH"] + 1)
+    waitress.serve(app, host=host, port=port, threads=threads, **waitress_options(app))
 
 
 @server.group("db")

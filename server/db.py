@@ -10,6 +10,7 @@ so a blocked writer fails fast with a retryable error instead of hanging.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,11 +95,30 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def is_busy(exc: DBAPIError) -> bool:
-    """True when ``exc`` means the database is busy and the same request may simply be retried."""
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in _PG_BUSY_SQLSTATES:
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The DB-API driver exception behind ``exc`` (sqlite3 or psycopg), or None if it is none.
+
+    SQLAlchemy wraps driver errors in :class:`~sqlalchemy.exc.DBAPIError`; statements
+    run on the raw driver connection (the upload's bulk insert) may raise them bare.
+    """
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        return orig
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the server extra installs it
+        return None
+    return orig if isinstance(orig, psycopg.Error) else None
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True when ``exc`` (wrapped by SQLAlchemy or bare from the driver) means the database is busy
+    and the same request may simply be retried (PostgreSQL SQLSTATE class 40/55P03/57014/53300/57P03,
+    SQLite ``SQLITE_BUSY``/``SQLITE_LOCKED``)."""
+    orig = driver_error(exc)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in _PG_BUSY_SQLSTATES:
         return True
     text = str(orig).lower()
     return any(msg in text for msg in _SQLITE_BUSY_MESSAGES)
@@ -106,15 +126,15 @@ def is_busy(exc: DBAPIError) -> bool:
 
 @contextmanager
 def busy_as_503(retry_after_s: int) -> Iterator[None]:
-    """Translate a busy-database DBAPI error into :class:`DatabaseBusy`.
+    """Translate a busy-database error (SQLAlchemy-wrapped or bare driver error) into :class:`DatabaseBusy`.
 
     :raises DatabaseBusy: when the wrapped block fails because of lock contention.
     """
     try:
         yield
-    except DBAPIError as exc:
+    except Exception as exc:
         if is_busy(exc):
-            log.warning("database busy, answering 503: %s", exc.orig)
+            log.warning("database busy, answering 503: %s", driver_error(exc))
             raise DatabaseBusy("database busy, retry later", retry_after=retry_after_s) from exc
         raise
 

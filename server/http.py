@@ -1,20 +1,28 @@
-"""The HTTP edge: JSON error bodies with machine-readable codes; busy database → 503.
+"""The HTTP edge: one JSON body parser, JSON error bodies with machine-readable codes; busy database → 503.
 
 Error body shape (every 4xx/5xx)::
 
     {"error": {"code": "<snake_case>", "message": "<text>", ...detail}}
+
+No request ever ends in a bare 500 or a malformed status line: every exception
+type gets a handler here (an unexpected one is logged with its traceback and
+answered ``500 internal_error`` in the same JSON shape), and a response whose
+status is not an HTTP status code (RFC 9110 §15) is replaced by that 500.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
+import re
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from server.db import is_busy
+from server.db import driver_error, is_busy
 from server.errors import BadRequest, DatabaseBusy, ServerError
 
 log = logging.getLogger(__name__)
@@ -27,21 +35,162 @@ def error_response(status: int, code: str, message: str, **detail: Any) -> Respo
     return response
 
 
-def json_body() -> Any:
-    """The request's JSON body.
+class JsonReason(str, enum.Enum):
+    """Why a request body is not acceptable JSON (``reason`` of a 400 ``malformed_request``)."""
 
-    :raises BadRequest: not ``application/json`` or not valid JSON.
+    CONTENT_TYPE = "not_json_content_type"  #: Content-Type is not application/json
+    ENCODING = "invalid_utf8"  #: not UTF-8 (RFC 8259 §8.1)
+    SYNTAX = "invalid_json"  #: not JSON text (RFC 8259 §2), including NaN/Infinity
+    DEPTH = "too_deeply_nested"  #: nested deeper than the parser's recursion limit
+    NOT_OBJECT = "not_an_object"  #: valid JSON, but the endpoint needs an object
+    NUL = "nul_character"  #: a string holds U+0000, which no text column (PostgreSQL) can store
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a JSON request body (RFC 8259): strict UTF-8, no NaN/Infinity, bounded nesting.
+
+    :param raw: the exact body bytes (a UTF-8 BOM is refused, RFC 8259 §8.1).
+    :raises BadRequest: ``reason`` one of :class:`JsonReason` (never RecursionError:
+        a deeply nested ``[[[[…]]]]`` is ``too_deeply_nested``).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not UTF-8: {exc.reason} at byte {exc.start}",
+                         reason=JsonReason.ENCODING.value) from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("body is nested too deeply", reason=JsonReason.DEPTH.value) from None
+    except ValueError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", reason=JsonReason.SYNTAX.value) from None
+    if "\\u0000" in text and _holds_nul(value):
+        raise BadRequest("strings must not contain U+0000", reason=JsonReason.NUL.value)
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    """True if any string (key or value) in the decoded JSON ``value`` contains U+0000 (iterative walk)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def json_body(*, require_object: bool = True) -> Any:
+    """The request's JSON body, parsed once with :func:`parse_json` (every endpoint uses this).
+
+    The exact bytes stay available as ``request.get_data(cache=True)`` (the journal
+    upload signs them).
+
+    :param require_object: refuse anything but a JSON object (every v1 endpoint takes one).
+    :raises BadRequest: wrong Content-Type, undecodable, or not an object; ``reason``
+        one of :class:`JsonReason`.
+    :raises werkzeug.exceptions.RequestEntityTooLarge: over ``MAX_CONTENT_LENGTH`` (JSON 413).
     """
     if not request.is_json:
-        raise BadRequest("expected Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("body is not valid JSON")
+        raise BadRequest("expected Content-Type: application/json", reason=JsonReason.CONTENT_TYPE.value)
+    body = parse_json(request.get_data(cache=True))
+    if require_object and not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object", reason=JsonReason.NOT_OBJECT.value)
     return body
 
 
+#: Query parameters every page accepts (the auditor view's language switch).
+GLOBAL_PARAMS = frozenset({"lang"})
+
+
+def query_params(*allowed: str) -> Any:
+    """The request's query parameters, refusing any not in ``allowed`` (or :data:`GLOBAL_PARAMS`).
+
+    A misspelt filter (``?terminal=`` for ``?terminal_id=``) would otherwise be ignored
+    silently and export or list everything.
+
+    :returns: ``request.args`` (a werkzeug ``MultiDict``).
+    :raises BadRequest: ``reason`` ``unknown_parameter``, naming the ``unknown`` and ``allowed`` ones;
+        or a parameter given twice (``reason`` ``repeated_parameter``).
+    """
+    known = set(allowed) | GLOBAL_PARAMS
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(sorted(allowed)) or 'none'}",
+                         reason="unknown_parameter", unknown=unknown, allowed=sorted(allowed))
+    repeated = sorted(k for k, v in request.args.lists() if len(v) > 1)
+    if repeated:
+        raise BadRequest(f"query parameter(s) given more than once: {', '.join(repeated)}",
+                         reason="repeated_parameter", repeated=repeated)
+    return request.args
+
+
+def int_param(name: str, default: int, *, minimum: int = 0, maximum: int = 2**63 - 1) -> int:
+    """An integer query parameter in ``[minimum, maximum]``.
+
+    :raises BadRequest: not a decimal integer in range (``field`` = ``name``).
+    """
+    text = request.args.get(name)
+    if text is None or text == "":
+        return default
+    if re.fullmatch(r"-?[0-9]{1,19}", text) is None or not minimum <= int(text) <= maximum:
+        raise BadRequest(f"{name} must be an integer from {minimum} to {maximum}", field=name)
+    return int(text)
+
+
+#: waitress reads (spooling to disk) bodies up to this multiple of ``MAX_CONTENT_LENGTH``,
+#: so a body somewhat over the limit reaches the app and gets the documented JSON 413
+#: ``{limit, unit}``; beyond it waitress refuses from the Content-Length header alone.
+WAITRESS_BODY_FACTOR = 4
+
+
+def waitress_options(app: Flask) -> dict[str, Any]:
+    """Keyword arguments for ``waitress.serve``/``create_server`` (``huma server run`` and tests).
+
+    ``max_request_body_size`` (bytes) is :data:`WAITRESS_BODY_FACTOR` × ``MAX_CONTENT_LENGTH``:
+    strictly above the app's limit, so the app, not waitress, answers an over-limit body.
+    """
+    return {"max_request_body_size": WAITRESS_BODY_FACTOR * int(app.config["MAX_CONTENT_LENGTH"])}
+
+
 def register_error_handlers(app: Flask) -> None:
-    """Translate typed errors once, here."""
+    """Translate typed errors once, here; guard the status line of every response."""
+
+    @app.after_request
+    def _valid_status(response: Response) -> Response:
+        if not 100 <= response.status_code <= 599:
+            log.error("%s %s produced the invalid status line %r: answering 500",
+                      request.method, request.path, response.status)
+            return error_response(500, "internal_error", "internal server error")
+        return response
+
+    def _busy() -> Response:
+        retry = int(app.config["RETRY_AFTER"])
+        response = error_response(503, DatabaseBusy.code, "database busy, retry later", retry_after=retry)
+        response.headers["Retry-After"] = str(retry)
+        return response
+
+    @app.errorhandler(Exception)
+    def _bug(exc: Exception) -> Response:
+        if is_busy(exc):  # a bare driver error (raw-connection statements) meaning "retry"
+            log.warning("database busy, answering 503: %s", exc)
+            return _busy()
+        if driver_error(exc) is not None:
+            log.exception("database error")
+            return error_response(500, "database_error", "internal database error")
+        # Reached only by exceptions no typed handler knows: a bug, logged with its traceback.
+        log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+        return error_response(500, "internal_error", "internal server error")
 
     @app.errorhandler(ServerError)
     def _server_error(exc: ServerError) -> Response:
@@ -53,12 +202,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     def _db_error(exc: DBAPIError) -> Response:
         if is_busy(exc):
-            retry = int(app.config["RETRY_AFTER"])
             log.warning("database busy, answering 503: %s", exc.orig)
-            response = error_response(503, DatabaseBusy.code, "database busy, retry later",
-                                      retry_after=retry)
-            response.headers["Retry-After"] = str(retry)
-            return response
+            return _busy()
         log.exception("database error")
         return error_response(500, "database_error", "internal database error")
 

@@ -231,3 +231,50 @@ def test_hostile_paths_and_params_are_client_errors(app, clone_world, world):
     assert client.get("/audit/findings?kind=nope").status_code == 400
     page = client.get("/audit/cards/%3Cscript%3Ealert(1)").get_data(as_text=True)
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page  # autoescaped
+
+
+def _http_login(live) -> dict[str, str]:
+    """Log in through the form over real HTTP; the session cookie as a request header."""
+    status, _r, headers, _d = live.request(
+        "POST", "/audit/login", f"username=audrey&password={AUDITOR_PASSWORD.replace(' ', '+')}&next=".encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 302, headers
+    return {"Cookie": headers["Set-Cookie"].split(";", 1)[0]}
+
+
+def test_every_auditor_page_has_a_real_status_line_over_http(app, clone_world, world, live_server):
+    """Through waitress, so the status line is what a browser sees (it was ``HTTP/1.1 0 open``)."""
+    cookie = _http_login(live_server)
+    fork = findings(app, FindingKind.CARD_FORK)[0]
+    card, terminal = clone_world.cards[0].card_id, clone_world.terminals[0].terminal_id
+    pages = {
+        "/audit/login": 200, "/audit/": 302, "/audit/findings": 200, "/audit/findings?status=open": 200,
+        "/audit/findings?status=all&kind=card_fork": 200, "/audit/findings?status=bogus": 400,
+        f"/audit/findings/{fork.id}": 200, "/audit/findings/0": 404, f"/audit/cards/{card}": 200,
+        "/audit/cards/no-such-card": 404, f"/audit/terminals/{terminal}": 200,
+        f"/audit/terminals/{terminal}?after=1": 200, f"/audit/terminals/{terminal}?after=x": 400,
+        "/audit/terminals/T-9999": 404, "/audit/regions": 200, "/audit/exports": 200,
+        "/audit/export/findings.csv": 200, "/audit/export/findings.json?status=open": 200,
+        "/audit/export/journal.json": 200, f"/audit/export/journal.csv?terminal_id={terminal}": 200,
+        "/audit/export/journal.json?terminal=x": 400, "/audit/findings?statuss=open": 400,
+        "/audit/regions?x=1": 400, "/audit/export/journal.xml": 404,
+    }
+    from http import HTTPStatus
+
+    for path, expected in pages.items():
+        status, reason, headers, data = live_server.get(path, cookie)
+        assert status == expected, (path, status, reason, data[:300])
+        assert reason.lower() == HTTPStatus(status).phrase.lower(), (path, reason)
+    status, _r, _h, data = live_server.get("/audit/export/journal.json?terminal=x&lang=en", cookie)
+    assert b"terminal_id" in data and b"card_id" in data  # names the allowed parameters
+
+
+def test_unknown_export_parameter_names_the_allowed_ones_for_scripts(app, clone_world, world):
+    r = world.client.post("/api/v1/auth/login", json={"username": "audrey", "password": AUDITOR_PASSWORD})
+    bearer = {"Authorization": f"Bearer {r.get_json()['token']}"}
+    r = app.test_client().get("/audit/export/journal.json?terminal=T-0001", headers=bearer)
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and error["reason"] == "unknown_parameter" and error["unknown"] == ["terminal"]
+    assert error["allowed"] == ["card_id", "since", "terminal_id", "until"]
+    r = app.test_client().get("/audit/cards/C-none", headers=bearer)
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"

@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, g, redirect, request, stream_with_context, url_for
@@ -25,10 +26,10 @@ from cardlib.records.journal import EntryKind
 from server.audit import exports
 from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
 from server.auth import audit, login, person_from_token
-from server.errors import AuthenticationFailed, Forbidden, ServerError
+from server.errors import AuthenticationFailed, Forbidden, NotFound, ServerError
 from server.extensions import db
-from server.http import error_response
-from server.models import JournalEntryRow, Person, Role, Terminal
+from server.http import error_response, int_param, query_params
+from server.models import Card, JournalEntryRow, Person, Role, Terminal
 from server.reconcile.engine import REDEMPTION_KINDS, decide, evidence_entries
 from server.reconcile.errors import FindingNotFound
 from server.reconcile.models import (
@@ -82,15 +83,22 @@ def _csrf(token: str) -> str:
     return hmac.new(token.encode(), b"huma-betang/audit/csrf", hashlib.sha256).hexdigest()
 
 
-def render(template: str, status: int = 200, **context: Any) -> Response:
-    """Render an auditor page in the request's language."""
+def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context: Any) -> Response:
+    """Render an auditor page in the request's language.
+
+    :param http_status: the response status. Keyword-only and typed apart from the
+        template context, so a context variable called ``status`` (the findings
+        filter) can never become the HTTP status line (``HTTP/1.1 0 open``).
+    :raises ValueError: ``http_status`` is not an HTTP status code (RFC 9110 §15).
+    """
+    http_status = HTTPStatus(http_status)
     lang = _lang()
     env = current_app.extensions[_EXT][lang]
     token = _token()
     html = env.get_template(template).render(
         url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("auditor"),
         csrf=_csrf(token) if token else "", request=request, FindingStatus=FindingStatus, **context)
-    resp = Response(html, status=status, mimetype="text/html")
+    resp = Response(html, status=int(http_status), mimetype="text/html")
     resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
     resp.headers["X-Frame-Options"] = "DENY"
     if request.args.get("lang") in LANGUAGES:
@@ -127,7 +135,7 @@ def _require_auditor() -> ResponseReturnValue | None:
 def _server_error(exc: ServerError) -> ResponseReturnValue:
     if request.headers.get("Authorization"):  # scripts get the API's JSON error body
         return error_response(int(exc.status), exc.code, str(exc), **exc.detail)
-    return render("error.html", status=int(exc.status), message=str(exc))
+    return render("error.html", http_status=exc.status, message=str(exc))
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -156,6 +164,16 @@ def _finding_id(text: str) -> int:
     return int(text)
 
 
+def _path_id(value: str, what: str) -> str:
+    """A card or terminal id from the path; longer than any stored id (64 characters) is unknown.
+
+    :raises NotFound: over 64 characters.
+    """
+    if len(value) > 64:
+        raise NotFound(f"no {what} {value[:64]!r}…")
+    return value
+
+
 def _aware(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -173,6 +191,7 @@ def _aware(text: str | None) -> dt.datetime | None:
 @bp.get("/login")
 def login_form() -> ResponseReturnValue:
     """The login form."""
+    query_params("next")
     return render("login.html", next=request.args.get("next", ""), error=None)
 
 
@@ -182,17 +201,17 @@ def login_submit() -> ResponseReturnValue:
     username = request.form.get("username", "")[:64]
     password = request.form.get("password", "")
     if "\x00" in username:  # PostgreSQL text cannot hold NUL: no such user
-        return render("login.html", status=401, next="", error="credentials")
+        return render("login.html", http_status=HTTPStatus.UNAUTHORIZED, next="", error="credentials")
     session = db.write_session()
     ttl = dt.timedelta(seconds=int(current_app.config["TOKEN_TTL"]))
     try:
         token, person, expires = login(session, username, password, ttl)
     except AuthenticationFailed:
         session.rollback()
-        return render("login.html", status=401, next=request.form.get("next", ""), error="credentials")
+        return render("login.html", http_status=HTTPStatus.UNAUTHORIZED, next=request.form.get("next", ""), error="credentials")
     if person.role is not Role.AUDITOR:
         session.rollback()
-        return render("login.html", status=403, next=request.form.get("next", ""), error="role")
+        return render("login.html", http_status=HTTPStatus.FORBIDDEN, next=request.form.get("next", ""), error="role")
     audit(session, person, "login", f"person:{person.id}", via="audit-ui")
     session.commit()
     target = request.form.get("next", "")
@@ -229,12 +248,14 @@ def logout() -> ResponseReturnValue:
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """Start page: the findings queue."""
+    query_params()
     return redirect(url_for("audit.findings"))
 
 
 @bp.get("/findings")
 def findings() -> ResponseReturnValue:
     """The findings queue, most urgent first; ``?status=open|confirmed|dismissed|all``, ``?kind=``."""
+    query_params("status", "kind")
     status = request.args.get("status", FindingStatus.OPEN.value)
     kind = request.args.get("kind") or None
     stmt = select(Finding).order_by(exports.SEVERITY_ORDER, Finding.id).limit(500)
@@ -251,6 +272,7 @@ def findings() -> ResponseReturnValue:
 @bp.get("/findings/<finding_id>")
 def finding(finding_id: str) -> ResponseReturnValue:
     """One finding with its evidence entries and decision form."""
+    query_params()
     f = db.session.get(Finding, _finding_id(finding_id))
     if f is None:
         raise FindingNotFound(f"no finding {finding_id}")
@@ -293,20 +315,36 @@ def _taps(card_id: str) -> list[Any]:
 
 @bp.get("/cards/<card_id>")
 def card(card_id: str) -> ResponseReturnValue:
-    """Card history: every tap, every terminal, remaining entitlement over time, its findings."""
+    """Card history: every tap, every terminal, remaining entitlement over time, its findings.
+
+    :raises NotFound: nothing at all is known of ``card_id`` (no registry row, profile,
+        entitlement, tap or finding): 404, not an empty page.
+    """
+    query_params()
+    _path_id(card_id, "card")
     profile = db.session.get(CardProfile, card_id)
     entitlements = db.session.scalars(select(CardEntitlement).where(CardEntitlement.card_id == card_id)
                                       .order_by(CardEntitlement.cycle_id, CardEntitlement.programme)).all()
     card_findings = db.session.scalars(select(Finding).where(Finding.card_id == card_id)
                                        .order_by(Finding.id)).all()
-    return render("card.html", card_id=card_id, profile=profile, taps=_taps(card_id), entitlements=entitlements,
+    taps = _taps(card_id)
+    registered = db.session.scalar(select(func.count()).select_from(Card).where(Card.card_id == card_id))
+    if not (profile or entitlements or card_findings or taps or registered):
+        raise NotFound(f"no card {card_id!r}")
+    return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS)
 
 
 @bp.get("/terminals/<terminal_id>")
 def terminal(terminal_id: str) -> ResponseReturnValue:
-    """Terminal history in seq order, :data:`PAGE` entries per page (``?after=<seq>``)."""
-    after = request.args.get("after", 0, type=int)
+    """Terminal history in seq order, :data:`PAGE` entries per page (``?after=<seq>``).
+
+    :raises NotFound: not enrolled and nothing stored for ``terminal_id``.
+    :raises BadRequest: ``after`` not a non-negative integer, or an unknown parameter.
+    """
+    query_params("after")
+    _path_id(terminal_id, "terminal")
+    after = int_param("after", 0)
     j = JournalEntryRow
     entries = db.session.execute(
         select(j.entry_id, j.seq, j.boot_id, j.kind, j.wall_time, j.received_at, j.card_id, j.programme,
@@ -318,6 +356,8 @@ def terminal(terminal_id: str) -> ResponseReturnValue:
                                .where(j.terminal_id == terminal_id)).one()
     t_findings = db.session.scalars(select(Finding).where(Finding.terminal_id == terminal_id)
                                     .order_by(Finding.id)).all()
+    if info is None and site is None and not stats[0] and not t_findings:
+        raise NotFound(f"no terminal {terminal_id!r}")
     return render("terminal.html", terminal_id=terminal_id, info=info, site=site, entries=entries, stats=stats,
                   findings=t_findings, next_after=entries[-1].seq if len(entries) == PAGE else None,
                   EntryKind=EntryKind)
@@ -340,6 +380,7 @@ def region_totals() -> list[Any]:
 @bp.get("/regions")
 def regions() -> ResponseReturnValue:
     """Per-region totals per cycle."""
+    query_params()
     return render("regions.html", rows=region_totals())
 
 
@@ -356,6 +397,7 @@ def _stream(chunks: Any, fmt: str, name: str) -> Response:
 @bp.get("/export/findings.<fmt>")
 def export_findings(fmt: str) -> ResponseReturnValue:
     """Findings as CSV or JSON (``?status=`` to filter)."""
+    query_params("status")
     if fmt not in ("csv", "json"):
         raise FindingNotFound(f"no export format {fmt!r}")
     status = request.args.get("status")
@@ -369,6 +411,7 @@ def export_findings(fmt: str) -> ResponseReturnValue:
 @bp.get("/export/journal.<fmt>")
 def export_journal(fmt: str) -> ResponseReturnValue:
     """The raw journal (signed bytes base64) as CSV or JSON; ``?terminal_id=&card_id=&since=&until=``."""
+    query_params("terminal_id", "card_id", "since", "until")
     if fmt not in ("csv", "json"):
         raise FindingNotFound(f"no export format {fmt!r}")
     filters = {"terminal_id": request.args.get("terminal_id") or None,
@@ -383,5 +426,6 @@ def export_journal(fmt: str) -> ResponseReturnValue:
 @bp.get("/exports")
 def exports_page() -> ResponseReturnValue:
     """Links and filters for the exports."""
+    query_params()
     return render("exports.html")
 

@@ -45,8 +45,6 @@ def newest_bundle() -> ResponseReturnValue:
 def publish_bundle() -> ResponseReturnValue:
     """Store a signed bundle ``{"version": int, "expires_at": ISO 8601, "blob": base64}`` (admin, audited)."""
     body = json_body()
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
     version, expires, blob_b64 = body.get("version"), body.get("expires_at"), body.get("blob")
     if not isinstance(version, int) or isinstance(version, bool) or not 0 < version < 2**62:
         raise BadRequest("version must be a positive integer", field="version")

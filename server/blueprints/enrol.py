@@ -23,7 +23,7 @@ from cardlib.keys.signer import SoftwareSigner
 from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
 from server.errors import BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound
 from server.extensions import db
-from server.http import json_body
+from server.http import json_body, query_params
 from server.models import Card, Role, Terminal, TerminalStatus
 from server.types import require_aware, utcnow
 from server.upload import insert_or_ignore
@@ -118,8 +118,6 @@ def enrol() -> ResponseReturnValue:
     Re-sending the same CSR is idempotent; another key for a known terminal is 409.
     """
     body = json_body()
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
     terminal_id, csr_text = body.get("terminal_id"), body.get("csr")
     if not isinstance(terminal_id, str) or not 0 < len(terminal_id) <= 64:
         raise BadRequest("terminal_id must be 1..64 characters", field="terminal_id")
@@ -175,6 +173,7 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
 @require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
 def list_terminals() -> ResponseReturnValue:
     """The terminal registry."""
+    query_params()
     rows = db.session.scalars(select(Terminal).order_by(Terminal.terminal_id)).all()
     return jsonify({"terminals": [_terminal_json(t) for t in rows]})
 
@@ -250,7 +249,7 @@ def add_cards() -> ResponseReturnValue:
     another UID or kid is ``conflict`` (the first registration is kept).
     """
     body = json_body()
-    cards = body.get("cards") if isinstance(body, dict) else None
+    cards = body.get("cards")
     if not isinstance(cards, list) or not cards:
         raise BadRequest("cards must be a non-empty list", field="cards")
     if len(cards) > MAX_CARDS_PER_REQUEST:
@@ -294,7 +293,7 @@ def add_issuance_file() -> ResponseReturnValue:
     from server.registry import load_root_key, newest_bundle, register_issuance_file
 
     body = json_body()
-    encoded = body.get("file") if isinstance(body, dict) else None
+    encoded = body.get("file")
     if not isinstance(encoded, str) or not encoded:
         raise BadRequest("file must be the base64 issuance file", field="file")
     try:
@@ -322,6 +321,7 @@ def add_issuance_file() -> ResponseReturnValue:
 @require_role(Role.ADMIN, Role.AUDITOR)
 def deny_list() -> ResponseReturnValue:
     """Card ids and chip UIDs (hex) the next trust bundle should deny: confirmed clones/fraud + registry."""
+    query_params()
     from server.registry import next_deny_sets
 
     cards, uids = next_deny_sets(db.session)

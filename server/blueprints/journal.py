@@ -6,8 +6,8 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from server.db import busy_as_503
-from server.errors import BadRequest
 from server.extensions import db
+from server.http import json_body
 from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_entries
 
 bp = Blueprint("journal", __name__, url_prefix="/api/v1/journal")
@@ -22,12 +22,8 @@ def upload_batch() -> ResponseReturnValue:
     entries are stored whatever the batch status, so the terminal marks exactly
     those as uploaded.
     """
-    raw = request.get_data(cache=True)  # 413 above MAX_CONTENT_LENGTH
-    if not request.is_json:
-        raise BadRequest("expected Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("body is not valid JSON")
+    body = json_body()  # 413 above MAX_CONTENT_LENGTH; 400 with a reason for bad JSON
+    raw = request.get_data(cache=True)  # the exact bytes the envelope signs
     retry_after = int(current_app.config["RETRY_AFTER"])
     session = db.session
     with busy_as_503(retry_after):

@@ -153,6 +153,7 @@ SPEC: dict[str, Any] = {
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
             "responses": {"200": _json({"type": "object", "required": ["audit"],
                                         "properties": {"audit": {"type": "array"}}}, "audit rows"),
+                          "400": _err("limit out of range, or an unknown query parameter"),
                           **_AUTH_ERRORS},
         }},
         "/api/v1/terminals/enrol": {"post": {
@@ -289,6 +290,20 @@ SPEC: dict[str, Any] = {
         }},
     },
 }
+
+
+def _document_body_limits(spec: dict[str, Any]) -> None:
+    """Every operation with a JSON body may answer 413 ``{limit, unit}`` and 400 with a ``reason``."""
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                operation["responses"].setdefault("413", _err("body over the limit; limit and unit in the body"))
+                operation["responses"].setdefault("400", _err(
+                    "malformed body; reason not_json_content_type, invalid_utf8, invalid_json, "
+                    "too_deeply_nested or not_an_object"))
+
+
+_document_body_limits(SPEC)
 
 
 @bp.get("/openapi.json")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from server.auth import audit, create_person, login, person_from_token, require_role, token_digest
 from server.errors import BadRequest, Conflict
 from server.extensions import db
-from server.http import json_body
+from server.http import int_param, json_body, query_params
 from server.models import ApiToken, AuditLog, Person, Role
 
 bp = Blueprint("people", __name__, url_prefix="/api/v1")
@@ -25,8 +25,8 @@ def _person_json(p: Person) -> dict[str, Any]:
             "created_at": p.created_at.isoformat()}
 
 
-def _str_field(body: Any, name: str, max_len: int = 255) -> str:
-    value = body.get(name) if isinstance(body, dict) else None
+def _str_field(body: dict[str, Any], name: str, max_len: int = 255) -> str:
+    value = body.get(name)
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise BadRequest(f"{name} must be a non-empty string of at most {max_len} characters",
                          field=name)
@@ -64,6 +64,7 @@ def logout_view() -> ResponseReturnValue:
 @require_role(Role.ADMIN)
 def list_people() -> ResponseReturnValue:
     """All people (admin)."""
+    query_params()
     people = db.session.scalars(select(Person).order_by(Person.id)).all()
     return jsonify({"people": [_person_json(p) for p in people]})
 
@@ -97,8 +98,8 @@ def add_person() -> ResponseReturnValue:
 @require_role(Role.ADMIN, Role.AUDITOR)
 def audit_log() -> ResponseReturnValue:
     """The newest audit rows (``?limit=``, default 100, max 1000)."""
-    limit = request.args.get("limit", default=100, type=int)
-    limit = max(1, min(limit or 100, 1000))
+    query_params("limit")
+    limit = int_param("limit", 100, minimum=1, maximum=1000)
     rows = db.session.scalars(select(AuditLog).order_by(AuditLog.id.desc()).limit(limit)).all()
     return jsonify({"audit": [
         {"id": r.id, "person_id": r.person_id, "action": r.action, "target": r.target,
