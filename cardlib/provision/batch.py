@@ -201,6 +201,14 @@ class PcscCardSource:
     def close(self) -> None:
         self._ctx.close()
 
+    def check_reader(self) -> str:
+        """Resolve the reader pattern now (at start-up, before anything is journalled).
+
+        :returns: the reader name.
+        :raises ReaderNotFound: no reader, or several, match the pattern.
+        """
+        return self._reader_name()
+
     def _reader_name(self) -> str:
         from cardlib.transport.pcsc import select_reader
 

@@ -145,9 +145,13 @@ class _Station:
         self._stack = stack
 
     def open_source(self, o: dict[str, Any], *, wait_removal: bool) -> PcscCardSource:
-        """Open the PC/SC reader (closed with the command's exit stack)."""
+        """Open the PC/SC context and resolve the reader (closed with the command's exit stack).
+
+        :raises ServiceUnavailable: pcscd is not running. :raises ReaderNotFound: no single reader matches.
+        """
         source = PcscCardSource(o["reader"], _reader_caps(o["reader_kind"]), o["timeout"], wait_removal)
         self._stack.callback(source.close)
+        source.check_reader()
         return source
 
 
