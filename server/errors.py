@@ -125,3 +125,36 @@ class DatabaseBusy(ServerError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class ExportError(ServerError):
+    """A journal export (``huma audit export journal``) cannot be used or does not verify."""
+
+    code = "export_error"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class NotAJournalExport(ExportError):
+    """The document is not a JSON journal export (wrong format tag, no ``terminals`` or ``items``)."""
+
+    code = "not_a_journal_export"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"not a journal export: {why}")
+
+
+class ExportDoesNotVerify(ExportError):
+    """An entry's signature, chain link, seq order or an exported column disagrees with the signed bytes.
+
+    :ivar terminal_id: the terminal whose entries fail (None when not known).
+    :ivar seq: the first failing seq (None when not known).
+    """
+
+    code = "export_does_not_verify"
+
+    def __init__(self, message: str, terminal_id: str | None = None, seq: int | None = None) -> None:
+        where = f"{terminal_id} seq {seq}: " if terminal_id is not None and seq is not None else (
+            f"{terminal_id}: " if terminal_id is not None else "")
+        super().__init__(f"does not verify: {where}{message}", terminal_id=terminal_id, seq=seq)
+        self.terminal_id = terminal_id
+        self.seq = seq

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from cardlib.records.errors import BadSignature
 from server.audit import exports
 from server.audit.i18n import translations
+from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.extensions import db
 from server.models import AuditLog
 from server.reconcile.models import FindingKind, FindingStatus, Severity
@@ -144,14 +145,16 @@ def test_exports_csv_json_and_offline_verification(app, clone_world, world):
     journal = json.loads(client.get("/audit/export/journal.json").get_data(as_text=True))
     n = sum(len(t.entries) for t in clone_world.terminals)
     assert len(journal["items"]) == n
-    assert exports.verify_journal_export(journal) == {t.terminal_id: len(t.entries) for t in clone_world.terminals}
+    report = exports.verify_journal_export(journal)
+    assert report.counts == {t.terminal_id: len(t.entries) for t in clone_world.terminals} and report.complete
     raw = base64.b64decode(journal["items"][1]["raw_b64"])
     assert raw == clone_world.terminals[0].entries[1].message  # the exact signed bytes
     tampered = bytearray(raw)
     tampered[-1] ^= 1
     journal["items"][1]["raw_b64"] = base64.b64encode(bytes(tampered)).decode()
-    with pytest.raises(BadSignature):
+    with pytest.raises(ExportDoesNotVerify, match="BadSignature") as failed:
         exports.verify_journal_export(journal)
+    assert isinstance(failed.value.__cause__, BadSignature)
 
     one = client.get("/audit/export/journal.csv?terminal_id=T-0001")
     lines = list(csv.DictReader(io.StringIO(one.get_data(as_text=True))))
@@ -195,8 +198,8 @@ def test_every_template_text_has_an_indonesian_translation():
     assert len(ids) > 40 and missing == []
 
 
-def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, tmp_path):
-    from huma.cli import cli
+def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, tmp_path, capsys):
+    from huma.cli import cli, main
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     runner = CliRunner()
@@ -214,8 +217,8 @@ def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, 
     doc["items"].pop(1)  # a deleted entry leaves a gap, which still verifies; a forged link would not
     doc["items"][1]["raw_b64"] = doc["items"][2]["raw_b64"]
     out.write_text(json.dumps(doc))
-    r = runner.invoke(cli, ["audit", "verify-export", str(out)])
-    assert r.exit_code == 1 and "does not verify" in r.output
+    assert main(["audit", "verify-export", str(out)]) == 2
+    assert "does not verify" in capsys.readouterr().err
     r = runner.invoke(cli, ["audit", "export", "findings", "--format", "csv", "-o", str(tmp_path / "f.csv")])
     assert r.exit_code == 0 and (tmp_path / "f.csv").read_text().startswith("id,kind,severity")
 
@@ -278,3 +281,74 @@ def test_unknown_export_parameter_names_the_allowed_ones_for_scripts(app, clone_
     assert error["allowed"] == ["card_id", "since", "terminal_id", "until"]
     r = app.test_client().get("/audit/cards/C-none", headers=bearer)
     assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.fixture
+def exported(app, clone_world, world):
+    """The JSON journal export of the clone district, as an auditor downloads it."""
+    r = world.client.post("/api/v1/auth/login", json={"username": "audrey", "password": AUDITOR_PASSWORD})
+    r = app.test_client().get("/audit/export/journal.json",
+                              headers={"Authorization": f"Bearer {r.get_json()['token']}"})
+    assert r.status_code == 200
+    return json.loads(r.get_data(as_text=True))
+
+
+@pytest.mark.parametrize("column, value", [("kind", "VOIDED"), ("card_id", "C-other"), ("amount", 1),
+                                           ("seq", 99), ("wall_time", "2026-03-02T09:00:00+00:00"),
+                                           ("tag_uid", "04000000000000"), ("entry_hash", "00" * 32)])
+def test_verify_export_checks_every_column_against_the_signed_bytes(exported, column, value):
+    """Editing an unsigned convenience column is caught: each must equal what the entry signs."""
+    item = next(i for i in exported["items"] if i["amount"])  # a redemption
+    assert item[column] != value
+    item[column] = value
+    with pytest.raises(ExportDoesNotVerify, match=column if column != "seq" else "seq"):
+        exports.verify_journal_export(exported)
+
+
+def test_verify_export_detects_deleted_inserted_and_reordered_entries(exported):
+    items = exported["items"]
+    first_terminal = items[0]["terminal_id"]
+    deleted = [dict(i) for i in items]
+    del deleted[1]  # a middle entry of the first terminal
+    with pytest.raises(ExportDoesNotVerify, match="Gap") as failed:
+        exports.verify_journal_export({**exported, "items": deleted})
+    assert (failed.value.terminal_id, failed.value.seq) == (first_terminal, 2)
+    no_start = [dict(i) for i in items][1:]  # seq 1 deleted
+    with pytest.raises(ExportDoesNotVerify, match="Gap"):
+        exports.verify_journal_export({**exported, "items": no_start})
+    swapped = [dict(i) for i in items]
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    with pytest.raises(ExportDoesNotVerify):
+        exports.verify_journal_export({**exported, "items": swapped})
+    # A card-filtered export has gaps by nature: it verifies, flagged as not complete.
+    partial = {**exported, "filters": {"card_id": items[1]["card_id"]},
+               "items": [i for i in items if i["card_id"] == items[1]["card_id"]]}
+    report = exports.verify_journal_export(partial)
+    assert not report.complete and sum(report.counts.values()) == len(partial["items"])
+
+
+@pytest.mark.parametrize("document", [[], {}, {"format": exports.JOURNAL_FORMAT, "items": []}, "text",
+                                      {"format": "other", "terminals": {}, "items": []}])
+def test_verify_export_of_something_else_is_a_typed_error(document):
+    with pytest.raises(NotAJournalExport, match="^not a journal export: "):
+        exports.verify_journal_export(document)
+
+
+def test_verify_export_cli_exit_codes(exported, tmp_path, capsys):
+    from huma.cli import main
+
+    path = tmp_path / "journal.json"
+    path.write_text(json.dumps(exported))
+    assert main(["audit", "verify-export", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK: " in out and "head " in out
+    exported["items"].pop(1)  # a middle entry (the last one's loss shows only against the terminal's head)
+    path.write_text(json.dumps(exported))
+    assert main(["audit", "verify-export", str(path)]) == 2
+    assert "does not verify" in capsys.readouterr().err
+    path.write_text("[]")
+    assert main(["audit", "verify-export", str(path)]) == 2
+    assert "not a journal export" in capsys.readouterr().err
+    path.write_bytes(b"\xff")
+    assert main(["audit", "verify-export", str(path)]) == 2
+    assert "not a journal export" in capsys.readouterr().err

@@ -13,18 +13,22 @@ never start with those characters.
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
 import datetime as dt
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from cardlib.records.cose import Algorithm, CoseKey
-from cardlib.records.journal import EntryKind, verify_chain
+from cardlib.records.cose import CoseKey
+from cardlib.records.errors import RecordError
+from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
+from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
@@ -153,45 +157,160 @@ def journal_export(session: Session, fmt: str, **filters: Any) -> Iterator[str]:
     if fmt == "csv":
         return to_csv(journal_records(session, **filters), JOURNAL_FIELDS)
     if fmt == "json":
+        recorded = {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in filters.items() if v is not None}
         return to_json(journal_records(session, **filters), JOURNAL_FORMAT,
-                       {"terminals": terminal_keys(session)})
+                       {"filters": recorded, "terminals": terminal_keys(session)})
     raise ValueError(f"unknown export format {fmt!r} (csv or json)")
 
 
-def verify_journal_export(document: Mapping[str, Any]) -> dict[str, int]:
-    """Verify a JSON journal export offline: every signature, and the chain where seqs are adjacent.
+#: Filters after which a terminal's entries need not be contiguous (``terminal_id`` keeps them whole).
+PARTIAL_FILTERS = ("card_id", "since", "until")
+#: Exported columns that are not in the signed entry (server facts): checked for shape only.
+UNSIGNED_FIELDS = ("received_at",)
 
-    Trusts only the keys in the document; check their certificates against the
-    terminal CA you pinned (``certificate_der_b64``) before relying on the result.
 
-    :returns: entries verified per terminal.
-    :raises cardlib.records.errors.CoseError: a signature does not verify (BadSignature, UnknownKid...).
-    :raises cardlib.records.journal.ChainBroken: adjacent entries do not link.
-    :raises ValueError: not a journal export.
+def signed_columns(signed: SignedEntry) -> dict[str, Any]:
+    """The exported columns as the signed entry states them (what :func:`journal_records` must show).
+
+    :returns: every field of :data:`JOURNAL_FIELDS` except :data:`UNSIGNED_FIELDS`.
     """
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    e = signed.entry
+    return {
+        "entry_id": e.entry_id.hex(), "terminal_id": e.terminal_id, "boot_id": e.boot_id, "seq": e.seq,
+        "kind": EntryKind(e.kind).name, "wall_time": _iso(e.wall_time), "clock_synced": e.clock_synced,
+        "card_id": e.card_id, "tag_uid": e.tag_uid.hex() if e.tag_uid is not None else None,
+        "programme": e.programme, "amount": e.amount, "slot_seq_before": e.slot_seq_before,
+        "slot_seq_after": e.slot_seq_after, "ntag_counter": e.ntag_counter, "entry_hash": signed.entry_hash.hex(),
+        "raw_b64": base64.b64encode(signed.message).decode("ascii"),
+    }
 
-    if document.get("format") != JOURNAL_FORMAT:
-        raise ValueError("not a huma-betang journal export")
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`verify_journal_export` proved.
+
+    :ivar counts: entries verified per terminal id.
+    :ivar heads: per terminal, (last seq, its entry hash hex): compare with the terminal's own
+        ``huma journal verify`` head to detect entries cut off the end (an export cannot prove
+        its own completeness after the last entry).
+    :ivar complete: True when each terminal's entries were checked as one contiguous chain from
+        seq 1 (an unfiltered or ``terminal_id``-filtered export); False after a ``card_id``/time
+        filter, where only signatures, columns and the links between adjacent seqs are checked.
+    :ivar filters: the export's filters as recorded in its header.
+    """
+
+    counts: dict[str, int]
+    heads: dict[str, tuple[int, str]]
+    complete: bool
+    filters: dict[str, Any]
+
+
+def _export_keys(document: Mapping[str, Any]) -> dict[str, CoseKey]:
+    from cardlib.keys.errors import KeysError
+    from cardlib.keys.signer import cose_key, public_key_from_spki
+
+    terminals = document.get("terminals")
+    if not isinstance(terminals, Mapping):
+        raise NotAJournalExport("no 'terminals' object with the terminals' keys")
     keys: dict[str, CoseKey] = {}
-    for tid, info in document["terminals"].items():
-        pub = load_der_public_key(base64.b64decode(info["public_key_spki_b64"]))
-        alg = Algorithm.EDDSA if isinstance(pub, ed25519.Ed25519PublicKey) else Algorithm.ES256
-        keys[tid] = CoseKey(kid=bytes.fromhex(info["kid"]), alg=alg, public_key=pub)  # type: ignore[arg-type]
-    runs: dict[str, list[list[Mapping[str, Any]]]] = {}
-    for item in document["items"]:
-        tid = item["terminal_id"]
-        chunks = runs.setdefault(tid, [])
-        if chunks and chunks[-1][-1]["seq"] + 1 == item["seq"]:
-            chunks[-1].append(item)
-        else:
-            chunks.append([item])
+    for tid, info in terminals.items():
+        try:
+            keys[tid] = cose_key(public_key_from_spki(base64.b64decode(info["public_key_spki_b64"], validate=True)))
+        except (KeyError, TypeError, ValueError, binascii.Error, KeysError) as exc:
+            raise NotAJournalExport(f"terminal {tid!r}: unusable public_key_spki_b64 ({exc})") from exc
+        if keys[tid].kid.hex() != info.get("kid"):
+            raise ExportDoesNotVerify(f"kid {info.get('kid')!r} is not the key's kid {keys[tid].kid.hex()}", tid)
+    return keys
+
+
+def _check_columns(item: Mapping[str, Any], signed: SignedEntry) -> None:
+    """Every exported column equals the signed entry's value.
+
+    :raises ExportDoesNotVerify: naming the first column that differs (or is missing/extra).
+    """
+    tid, seq = signed.entry.terminal_id, signed.entry.seq
+    if set(item) != set(JOURNAL_FIELDS):
+        odd = sorted(set(item) ^ set(JOURNAL_FIELDS))
+        raise ExportDoesNotVerify(f"columns {odd} missing or not part of the export format", tid, seq)
+    for name, value in signed_columns(signed).items():
+        if item[name] != value or type(item[name]) is not type(value):
+            raise ExportDoesNotVerify(f"column {name} is {item[name]!r} but the signed entry says {value!r}",
+                                      tid, seq)
+    received = item["received_at"]
+    try:
+        dt.datetime.fromisoformat(received)
+    except (TypeError, ValueError) as exc:
+        raise ExportDoesNotVerify(f"received_at {received!r} is not an ISO 8601 instant", tid, seq) from exc
+
+
+def verify_journal_export(document: Any) -> ExportReport:
+    """Verify a JSON journal export offline, without trusting the server that wrote it.
+
+    Per terminal: every entry's signature under the key in the export
+    (:func:`cardlib.records.journal.verify_chain`), every exported column against the
+    signed bytes (:func:`signed_columns`), seqs strictly ascending, and
+
+    - unfiltered or ``terminal_id``-filtered export: one contiguous chain from seq 1
+      linked to the genesis hash — a deleted, reordered or inserted entry is a
+      :class:`~cardlib.records.journal.Gap` or :class:`~cardlib.records.journal.ChainBroken`;
+    - ``card_id``/``since``/``until`` filter: gaps are expected, so only adjacent seqs are
+      link-checked (:func:`cardlib.records.journal.check_links`); ``complete`` is False.
+
+    Trusts only the keys in the document: check their certificates (``certificate_der_b64``)
+    against the terminal CA you pinned before relying on the result.
+
+    :param document: the decoded JSON document.
+    :raises NotAJournalExport: not an object of format :data:`JOURNAL_FORMAT` with
+        ``terminals`` and ``items``, or an item without the basic fields.
+    :raises ExportDoesNotVerify: the first entry that fails, with terminal, seq and reason.
+    """
+    if not isinstance(document, Mapping):
+        raise NotAJournalExport(f"a JSON {type(document).__name__}, not an object")
+    if document.get("format") != JOURNAL_FORMAT:
+        raise NotAJournalExport(f"format is {document.get('format')!r}, not {JOURNAL_FORMAT!r}")
+    items = document.get("items")
+    if not isinstance(items, list):
+        raise NotAJournalExport("no 'items' list")
+    filters = document.get("filters", {})
+    if not isinstance(filters, Mapping):
+        raise NotAJournalExport("'filters' is not an object")
+    complete = not any(filters.get(f) for f in PARTIAL_FILTERS)
+    keys = _export_keys(document)
+    by_terminal: dict[str, list[Mapping[str, Any]]] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping) or not isinstance(item.get("terminal_id"), str) \
+                or not isinstance(item.get("raw_b64"), str):
+            raise NotAJournalExport(f"items[{index}] has no terminal_id and raw_b64")
+        by_terminal.setdefault(item["terminal_id"], []).append(item)
     counts: dict[str, int] = {}
-    for tid, chunks in runs.items():
-        key = keys[tid]
-        for chunk in chunks:
-            verified = verify_chain([base64.b64decode(i["raw_b64"]) for i in chunk], {key.kid: key},
-                                    first_seq=chunk[0]["seq"])
-            counts[tid] = counts.get(tid, 0) + len(verified)
-    return counts
+    heads: dict[str, tuple[int, str]] = {}
+    for tid, rows in by_terminal.items():
+        if tid not in keys:
+            raise ExportDoesNotVerify("no key for this terminal in 'terminals'", tid)
+        try:
+            raws = [base64.b64decode(r["raw_b64"], validate=True) for r in rows]
+        except (binascii.Error, ValueError) as exc:
+            raise ExportDoesNotVerify(f"raw_b64 is not base64 ({exc})", tid) from exc
+        resolver = {keys[tid].kid: keys[tid]}
+        try:
+            if complete:
+                verified = verify_chain(raws, resolver, first_seq=1)
+            else:
+                verified = [verify_entry(raw, resolver) for raw in raws]
+                check_links(verified)
+        except (Gap, ChainBroken) as exc:
+            raise ExportDoesNotVerify(f"{type(exc).__name__}: {exc} (an entry deleted, inserted or reordered)",
+                                      tid, getattr(exc, "seq", getattr(exc, "first", None))) from exc
+        except RecordError as exc:
+            raise ExportDoesNotVerify(f"{type(exc).__name__}: {exc}", tid) from exc
+        for before, after in zip(verified, verified[1:]):
+            if after.entry.seq <= before.entry.seq:
+                raise ExportDoesNotVerify(f"seq {after.entry.seq} repeats or goes backwards", tid, after.entry.seq)
+        for item, signed in zip(rows, verified):
+            if signed.entry.terminal_id != tid:
+                raise ExportDoesNotVerify(f"entry signed for terminal {signed.entry.terminal_id!r}", tid,
+                                          signed.entry.seq)
+            _check_columns(item, signed)
+        counts[tid] = len(verified)
+        heads[tid] = (verified[-1].entry.seq, verified[-1].entry_hash.hex())
+    return ExportReport(counts, heads, complete, dict(filters))
