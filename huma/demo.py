@@ -6,6 +6,8 @@ card, a torn write, an offline stretch and a cloned card, then sync,
 reconciliation and journal verification. Prints a short story and exits 0;
 any step that does not produce what the story needs exits 1 with the step's
 evidence (logs stay in the work directory when ``--workdir`` is given).
+SIGTERM, SIGHUP or Ctrl-C stop everything the demo started (server, counters,
+pcscd) and exit 128 + the signal number.
 
 Usage: ``python -m huma.demo [--households N] [--workdir DIR] [--keep-running] [--seed N]``.
 """
@@ -33,7 +35,7 @@ def demo(households: int, workdir: Path | None, keep_running: bool, seed: int, r
     import json
 
     from huma.scenario import ScenarioOptions, run_day
-    from huma.scenario.day import Story
+    from huma.scenario.day import Stopped, Story
     from huma.scenario.world import ScenarioError
 
     story = Story()
@@ -44,6 +46,12 @@ def demo(households: int, workdir: Path | None, keep_running: bool, seed: int, r
     except ScenarioError as exc:
         story.console.print(f"[bold red]demo failed:[/] {exc}")
         raise SystemExit(1) from exc
+    except Stopped as exc:
+        story.console.print(f"[bold yellow]demo {exc}[/]; server, counters and pcscd are stopped")
+        raise SystemExit(128 + exc.signum) from exc
+    except KeyboardInterrupt as exc:
+        story.console.print("[bold yellow]demo interrupted[/]; server, counters and pcscd are stopped")
+        raise SystemExit(130) from exc
     if result_json is not None:
         result_json.write_text(json.dumps(dataclasses.asdict(result), default=str, indent=1))
     clones = [f for f in result.findings if f.get("card_id") == result.clone_card_id]

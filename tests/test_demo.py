@@ -105,3 +105,57 @@ def test_every_counter_journal_verifies(demo) -> None:
         assert not report.key_from_file and not report.open_writes
         # everything the counter journalled reached the server (nothing lost offline)
         assert server_entries[report.terminal_id] == report.entries
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every live descendant of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        try:
+            out[p] = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        todo.extend(children.get(p, []))
+    return out
+
+
+def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
+    """SIGTERM in the middle of the day: server, 3 counters and both pcscd stop; the demo says so."""
+    import os
+    import signal
+
+    log = tmp_path / "demo.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "huma.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 200
+        started: dict[int, str] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            started = _descendants(proc.pid)
+            if sum("terminal run" in c for c in started.values()) == 3 and "Queue of taps" in log.read_text():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        kinds = Counter("pcscd" if "pcscd" in c else "server" if "server run" in c else
+                        "counter" if "terminal run" in c else "other" for c in started.values())
+        assert kinds["pcscd"] == 2 and kinds["server"] == 1 and kinds["counter"] == 3, started
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        left = {p: c for p in started if (c := _descendants(1).get(p)) is not None}
+        assert left == {}, left
+        assert "stopped by signal 15" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -126,3 +126,43 @@ def test_next_card_after_a_mid_apdu_removal_is_seen(present_card, reader_name) -
     other = Ntag21x.blank(ChipVariant.NTAG213, bytes.fromhex("04112233445566"))
     with present_card(other), _connect(reader_name(0)) as conn:
         assert bytes(conn.transmit(GET_UID)[0]) == other.uid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_pcscd_dies_with_the_process_that_started_it_even_on_sigkill(tmp_path: Path) -> None:
+    """No orphaned private pcscd: PR_SET_PDEATHSIG stops it when its parent is SIGKILLed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\n"
+              "from cardlib.sim.harness import PcscdHarness\n"
+              f"h = PcscdHarness(slots=2, workdir={str(tmp_path / 'pcscd')!r}, isolation='private').start()\n"
+              "print(h.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert _alive(pid) and "pcscd" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"pcscd {pid} outlived the SIGKILLed process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        assert parent.stdout is not None
+        parent.stdout.close()

@@ -16,10 +16,18 @@ Several test runs may share this machine, so each harness runs its *own* pcscd:
 pcscd runs in the foreground (``-f``) without ``--auto-exit`` (field case PC-4:
 an auto-exiting pcscd leaves virtual cards with "connection refused").
 
-Fallback (``isolation="system"``, or automatically when ``unshare`` is not
-permitted): use the machine's pcscd and vpcd ports 35963/35964 from
+Fallback (``isolation="system"``, or with ``"auto"`` only when a private mount
+namespace cannot be made at all — ``unshare`` missing or not permitted, probed
+once): use the machine's pcscd and vpcd ports 35963/35964 from
 ``/etc/reader.conf.d`` — starting ``pcscd -f`` if none runs.  Runs then share
-readers and must not run concurrently.
+readers and must not run concurrently.  A private pcscd that merely failed to
+start (e.g. a port taken between choosing it and pcscd binding it) is retried
+on other ports and never silently replaced by the shared system pcscd.
+
+Orphans: every pcscd this harness starts gets ``PR_SET_PDEATHSIG`` (SIGTERM)
+(``prctl(2)``), so it stops when the process that started it dies, even by
+SIGKILL.  Linux ties that signal to the *thread* that forked: start the
+harness from a thread that lives as long as the harness (the main thread).
 
 This module starts processes and never imports pyscard (one-module rule).
 """
@@ -38,11 +46,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cardlib.sim.errors import HarnessError
 
-__all__ = ["PcscdHarness", "VPCD_DRIVER", "READER_PREFIX", "reader_name", "free_port_pair"]
+__all__ = ["PcscdHarness", "VPCD_DRIVER", "READER_PREFIX", "reader_name", "free_port_pair", "die_with_parent"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,43 @@ SYSTEM_BASE_PORT = 35963
 SLOTS_PER_READER = 2
 _PORT_RANGE = (20000, 60000)
 _READY_MARK = "daemon ready"
+
+
+#: ``PR_SET_PDEATHSIG`` from ``<linux/prctl.h>``.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> "Callable[[], None]":
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when its parent dies.
+
+    Uses ``prctl(PR_SET_PDEATHSIG, sig)`` (Linux ``prctl(2)``); the setting survives
+    ``execve`` of non-set-uid programs (``unshare``, ``sh``, ``pcscd``). If the parent
+    already died between fork and the call, the child exits at once.
+
+    :param sig: the signal to receive.
+    :returns: the function to pass as ``preexec_fn``.
+    """
+    import ctypes
+
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def _preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return _preexec
+
+
+def private_namespace_possible() -> bool:
+    """Whether this process may make a private mount namespace (``unshare --mount``)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
+    return probe.returncode == 0
 
 
 def reader_name(slot: int) -> str:
@@ -96,7 +141,8 @@ class PcscdHarness:
     :param workdir: directory for config, socket and log; a temp dir by default
         (removed by :meth:`cleanup`).
     :param isolation: ``"private"`` (own pcscd in a mount namespace), ``"system"``
-        (the machine's pcscd on 35963/35964) or ``"auto"`` (private, else system).
+        (the machine's pcscd on 35963/35964) or ``"auto"`` (private when a mount
+        namespace can be made, else system).
     :raises HarnessError: pcscd or the vpcd driver is not installed.
     """
 
@@ -178,7 +224,8 @@ class PcscdHarness:
         """
         if self.pid is not None:
             return self
-        modes = {"auto": ["private", "system"], "private": ["private"], "system": ["system"]}[self.isolation]
+        modes = {"auto": ["private"] if private_namespace_possible() else ["system"],
+                 "private": ["private"], "system": ["system"]}[self.isolation]
         last: HarnessError | None = None
         for mode in modes:
             try:
@@ -296,7 +343,8 @@ class PcscdHarness:
         self._log_fh = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         log.info("starting %s", " ".join(argv))
         self._proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdin=subprocess.DEVNULL, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         self._wait_ready(timeout)
 

@@ -26,16 +26,19 @@ pseudonymous reference only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
@@ -518,45 +521,99 @@ class Day:
     def where(self) -> None:
         self.result.urls = {"auditor": f"{self.server_url}/audit/",
                             **{f"counter {n}": c.screen_url for n, c in self.counters.items()}}
-        self.story.step("Where to look")
+        live = self.opts.keep_running
+        self.story.step("Where to look" if live else "Where it ran")
+        if not live:
+            self.story.say("[dim]these pages were live during the run; the demo stops them when it ends "
+                           "(`--keep-running` leaves them up until Ctrl-C)[/]")
         for name, url in self.result.urls.items():
             self.story.say(f"{name:<15} {url}")
-        self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
-        self.story.say(f"logs and files: {self.dir}")
-        if not self.opts.keep_running:
-            self.story.say("[dim](everything is stopped now; `python -m huma.demo --workdir DIR --keep-running` "
-                           "keeps these up and the files in DIR)[/]")
+        if live or not self.own_dir:
+            self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
+            kept = "" if not self.own_dir else " (a temporary directory, removed when the demo stops; --workdir keeps it)"
+            self.story.say(f"logs and files: {self.dir}{kept}")
+        else:
+            self.story.say("[dim]keys, databases, journals, cards and logs were in a temporary directory that "
+                           "is removed now; `--workdir DIR` keeps them[/]")
 
 
 def _entropy(rng: random.Random) -> Any:
     return lambda n: rng.randbytes(n)
 
 
+class Stopped(Exception):
+    """The demo was asked to stop (SIGTERM, SIGHUP); everything it started is stopped first.
+
+    :ivar signum: the signal number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` (SIGINT is KeyboardInterrupt already).
+
+    Python's default SIGTERM ends the process without running ``finally``
+    blocks, which left the server, counters and pcscd running. Only possible
+    from the main thread; elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_stopped(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_day(opts: ScenarioOptions, story: Story | None = None) -> DayResult:
     """Run the whole scenario; everything started is stopped before returning (unless ``keep_running``).
 
+    Everything started is also stopped when the run ends any other way: an
+    exception, Ctrl-C (SIGINT), SIGTERM or SIGHUP (then :class:`Stopped` is raised
+    after the stop). With ``keep_running`` the run waits for one of those.
+
     :raises ScenarioError: a step did not produce what the story needs.
+    :raises Stopped: SIGTERM or SIGHUP arrived.
     """
     story = story or Story()
     day = Day(opts, story)
-    try:
-        day.start_pcscd()
-        day.make_keys()
-        day.start_central()
-        day.enrol()
-        day.provision()
-        day.counter_day()
-        day.audit()
-        day.where()
-        if opts.keep_running:
-            story.say("[bold]running; Ctrl-C stops everything[/]")
+    with _stop_on_signals():
+        try:
+            day.start_pcscd()
+            day.make_keys()
+            day.start_central()
+            day.enrol()
+            day.provision()
+            day.counter_day()
+            day.audit()
+            day.where()
+            if opts.keep_running:
+                story.say("[bold]running; Ctrl-C (or SIGTERM) stops everything[/]")
+                try:
+                    while True:
+                        time.sleep(1)
+                except (KeyboardInterrupt, Stopped) as exc:
+                    story.say(f"stopping ({'Ctrl-C' if isinstance(exc, KeyboardInterrupt) else exc})")
+        finally:
+            # A second signal while stopping must not cut the stop short.
+            with contextlib.suppress(ValueError):
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_IGN)
             try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-    finally:
-        day.stop()
-        if day.own_dir and not opts.keep_running:
-            shutil.rmtree(day.dir, ignore_errors=True)
+                day.stop()
+                if day.own_dir:
+                    shutil.rmtree(day.dir, ignore_errors=True)
+            finally:
+                with contextlib.suppress(ValueError):
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
     return day.result

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cardlib.sim.chip import FaultPlan, Ntag21x
-from cardlib.sim.harness import PcscdHarness
+from cardlib.sim.harness import PcscdHarness, die_with_parent
 from cardlib.sim.vpcd import VpcdCard
 
 #: Seconds to wait for a process to answer on its port.
@@ -179,8 +179,11 @@ class Process:
 
     def start(self) -> "Process":
         fh = self.log.open("ab")
+        # Own session (a Ctrl-C reaches only the demo, which stops us in order); SIGTERM
+        # from the kernel if the demo dies without stopping us (e.g. SIGKILL).
         self.proc = subprocess.Popen([sys.executable, "-m", "huma", *self.argv], env=self.env,
-                                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent())
         fh.close()
         return self
 
