@@ -117,8 +117,11 @@ def run_one(url: str, t: SimTerminal, batch: int) -> tuple[float, float, float]:
         assert resp.status == 200 and data["counts"]["accepted"] == len(json.loads(body)["entries"]), data
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
-    server.close()
+    # Workers first, then the sockets: closing first let a finishing worker pull the
+    # closed trigger (EBADF noise on stderr).
     server.task_dispatcher.shutdown()
+    server.close()
+    thread.join(timeout=5)
     with app.app_context():
         db_cpu = _pg_backend_cpu_s(db.engine) - db_cpu_start if pg else 0.0
         db.engine.dispose()
