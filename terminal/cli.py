@@ -118,19 +118,44 @@ def journal() -> None:
 
 
 def _load_key(key_path: Path | None, cert_path: Path | None) -> object | None:
+    """The verification key from ``--key`` (PEM SPKI) or ``--cert`` (PEM X.509).
+
+    :raises JournalVerifyError: the file is not what the option needs (named in the message).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     from cardlib.keys.signer import cose_key
+    from terminal.errors import JournalVerifyError
 
     if key_path is not None and cert_path is not None:
         raise click.UsageError("give --key or --cert, not both")
-    if key_path is not None:
-        return cose_key(load_pem_public_key(key_path.read_bytes()))  # type: ignore[arg-type]
-    if cert_path is not None:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        return cose_key(cert.public_key())  # type: ignore[arg-type]
+    try:
+        if key_path is not None:
+            return cose_key(load_pem_public_key(key_path.read_bytes()))  # type: ignore[arg-type]
+        if cert_path is not None:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            return cose_key(cert.public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        path, what = (key_path, "a PEM public key (-----BEGIN PUBLIC KEY-----)") if key_path is not None \
+            else (cert_path, "a PEM X.509 certificate (-----BEGIN CERTIFICATE-----, the .pem saved by "
+                             "`huma terminal enrol`)")
+        raise JournalVerifyError(f"{path}: not {what} ({exc})") from exc
     return None
+
+
+class _Head(click.ParamType):
+    name = "SEQ[:HASH]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        from terminal.journal import parse_head
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_head(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r}: expected SEQ or SEQ:HASH (64 hex digits) — {exc}", param, ctx)
 
 
 @journal.command("verify")
@@ -139,19 +164,33 @@ def _load_key(key_path: Path | None, cert_path: Path | None) -> object | None:
               help="The terminal's public key (PEM SubjectPublicKeyInfo).")
 @click.option("--cert", "cert_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The terminal's X.509 certificate (PEM) issued at enrolment.")
-def verify(file: Path, key_path: Path | None, cert_path: Path | None) -> None:
+@click.option("--expect-head", "expect_head", type=_Head(), default=None,
+              help="Fail unless the journal ends exactly at this entry: SEQ or SEQ:HASH (the entry hash, hex), "
+                   "e.g. the head the server has for this terminal. Catches a journal cut short at the end.")
+def verify(file: Path, key_path: Path | None, cert_path: Path | None,
+           expect_head: tuple[int, bytes | None] | None) -> None:
     """Check a terminal journal offline: signatures, hash chain, gaps, index columns.
 
-    Exits 0 when every entry verifies, 2 with the first failing entry and the reason otherwise.
+    Prints the head (last seq and its entry hash): entries missing at the *end*
+    cannot be seen from the file alone — compare the head with the server's, or
+    pass it as ``--expect-head``.
+
+    Exits 0 when every entry verifies (and the head matches), 2 with the first
+    failing entry's seq and the reason otherwise.
     """
-    from terminal.journal import verify_journal_file
+    from terminal.journal import check_head, verify_journal_file
 
     key = _load_key(key_path, cert_path)
     report = verify_journal_file(file, key)  # type: ignore[arg-type]
+    if expect_head is not None:
+        check_head(report, *expect_head)
     click.echo(
         f"OK {file}: terminal {report.terminal_id}, {report.entries} entries, "
-        f"{report.boots} boots, head {report.head_hash.hex()}"
+        f"{report.boots} boots, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
     )
+    if expect_head is None:
+        click.echo("(compare the head with the server's for this terminal, or pass --expect-head SEQ:HASH: "
+                   "entries cut from the end cannot be seen from the file alone)")
     if report.open_writes:
         click.echo(f"unfinished card writes (resolve on next tap): {len(report.open_writes)}")
     if report.key_from_file:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cardlib.keys.signer import Signer, cose_key, sign1_with, spki_der
 from cardlib.records.cose import CoseKey
-from cardlib.records.errors import RecordError
+from cardlib.records.errors import RecordError, UnknownKid
 from cardlib.records.journal import (
     GENESIS_HASH,
     CardClaims,
@@ -513,6 +513,9 @@ class VerifyReport:
     :ivar open_writes: card ids whose last write is PENDING/UNCERTAIN.
     :ivar key_from_file: True when no key was given and the file's own key was used
         (proves integrity, not authenticity).
+    :ivar last_seq: seq of the last entry. A journal cut short at the *end* still
+        verifies (every entry left is intact): compare ``(last_seq, head_hash)``
+        with the server's record of this terminal (:func:`check_head`).
     """
 
     terminal_id: str
@@ -521,6 +524,39 @@ class VerifyReport:
     head_hash: bytes
     open_writes: tuple[str, ...]
     key_from_file: bool
+    last_seq: int = 0
+
+
+def parse_head(text: str) -> tuple[int, bytes | None]:
+    """Parse an expected journal head ``SEQ`` or ``SEQ:HASH`` (HASH: 64 hex digits, the entry hash).
+
+    :raises ValueError: not of that form.
+    """
+    seq_text, _, hash_text = text.strip().partition(":")
+    seq = int(seq_text)
+    if seq < 1:
+        raise ValueError("SEQ must be >= 1")
+    if not hash_text:
+        return seq, None
+    digest = bytes.fromhex(hash_text)
+    if len(digest) != 32:
+        raise ValueError("HASH must be 64 hex digits (a SHA-256 entry hash)")
+    return seq, digest
+
+
+def check_head(report: VerifyReport, seq: int, entry_hash: bytes | None) -> None:
+    """Compare a verified journal's head with the one the server (or an earlier audit) recorded.
+
+    :raises JournalVerifyError: the journal ends elsewhere (cut short at the end, or rolled back).
+    """
+    if report.last_seq < seq:
+        raise JournalVerifyError(f"the journal ends at seq {report.last_seq} but seq {seq} was expected: "
+                                 f"{seq - report.last_seq} entries are missing at the end (truncated?)")
+    if report.last_seq > seq:
+        raise JournalVerifyError(f"the journal goes on to seq {report.last_seq}, past the expected head {seq}")
+    if entry_hash is not None and entry_hash != report.head_hash:
+        raise JournalVerifyError(f"entry hash {report.head_hash.hex()} differs from the expected "
+                                 f"{entry_hash.hex()} (the journal was rewritten)", seq)
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -569,11 +605,21 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         db.close()
     if not rows:
         raise JournalVerifyError(f"{p}: the journal has no entries")
-    try:
-        verified = verify_chain((bytes(r[7]) for r in rows), {key.kid: key}, first_seq=1)
-    except RecordError as exc:
-        seq = getattr(exc, "seq", None) or getattr(exc, "first", None)
-        raise JournalVerifyError(f"{type(exc).__name__}: {exc}", seq) from exc
+    file_kid = _file_kid(meta)
+    verified = []
+    link: bytes | None = None
+    for row in rows:
+        # One entry at a time, so every failure names the entry it is in (the row's seq column).
+        try:
+            (signed,) = verify_chain([bytes(row[7])], {key.kid: key}, prev_hash=link,
+                                     first_seq=verified[-1].entry.seq + 1 if verified else 1)
+        except UnknownKid as exc:
+            raise JournalVerifyError(_kid_message(exc.kid, key.kid, file_kid), int(row[0])) from exc
+        except RecordError as exc:
+            seq = getattr(exc, "seq", None) or getattr(exc, "first", None) or int(row[0])
+            raise JournalVerifyError(f"{type(exc).__name__}: {exc}", seq) from exc
+        verified.append(signed)
+        link = signed.entry_hash
     open_cards: dict[str, EntryKind] = {}
     terminal_id = str(meta.get("terminal_id", ""))
     for row, s in zip(rows, verified):
@@ -597,7 +643,26 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         head_hash=verified[-1].entry_hash,
         open_writes=still_open,
         key_from_file=from_file,
+        last_seq=verified[-1].entry.seq,
     )
+
+
+def _file_kid(meta: dict[str, object]) -> bytes | None:
+    """The kid of the public key the journal file says it was written with (None if absent/unreadable)."""
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    try:
+        return bytes(cose_key(load_der_public_key(bytes(meta["public_key_spki"]))).kid)  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _kid_message(entry_kid: bytes, given_kid: bytes, file_kid: bytes | None) -> str:
+    msg = f"journal signed by key {entry_kid.hex()}, but the key/certificate given is for key {given_kid.hex()}"
+    if file_kid is not None and file_kid != entry_kid:
+        msg += f" (and the file names key {file_kid.hex()})"
+    return msg + ": give the certificate this terminal received at enrolment"
+
 
 
 def iter_messages(path: str | Path) -> Iterator[bytes]:
@@ -615,6 +680,8 @@ __all__ = [
     "JournalStore",
     "StoredEntry",
     "VerifyReport",
+    "check_head",
+    "parse_head",
     "verify_journal_file",
     "iter_messages",
     "write_of",

@@ -129,7 +129,7 @@ def journal_file(tmp_path: Path, signer: SoftwareSigner) -> Path:
             "UPDATE entries SET message=CAST(substr(message,1,length(message)-1)"
             "||CASE WHEN substr(message,-1)=x'00' THEN x'01' ELSE x'00' END AS BLOB) WHERE seq=6;",
             "BadSignature",
-            None,
+            6,
         ),
         ("DELETE FROM entries WHERE seq=11;", None, None),  # truncating the tail is not detectable here
     ],
@@ -148,10 +148,41 @@ def test_verify_finds_tampering(journal_file: Path, tmp_path: Path, signer: Soft
         assert info.value.seq == seq
 
 
-def test_verify_rejects_the_wrong_key(journal_file: Path) -> None:
+def test_verify_rejects_the_wrong_key(journal_file: Path, signer: SoftwareSigner) -> None:
     other = cose_key(SoftwareSigner(ed25519.Ed25519PrivateKey.generate()))
-    with pytest.raises(JournalVerifyError, match="UnknownKid"):
+    with pytest.raises(JournalVerifyError) as info:
         verify_journal_file(journal_file, other)
+    assert info.value.seq == 1
+    assert f"journal signed by key {cose_key(signer).kid.hex()}, but the key/certificate given is for key " \
+           f"{other.kid.hex()}" in str(info.value)
+
+
+def test_cli_verify_prints_the_head_and_expect_head_catches_a_cut_tail(
+        journal_file: Path, tmp_path: Path, signer: SoftwareSigner, capsys: pytest.CaptureFixture[str]) -> None:
+    head = verify_journal_file(journal_file, cose_key(signer))
+    assert head.last_seq == 11
+    cut = _tampered_copy(journal_file, tmp_path / "cut.sqlite", "DELETE FROM entries WHERE seq >= 10;")
+    assert huma_main(["journal", "verify", str(cut)]) == 0  # every entry left is intact ...
+    out = capsys.readouterr().out
+    cut_head = verify_journal_file(cut, cose_key(signer))
+    assert f"head seq 9 entry hash {cut_head.head_hash.hex()}" in out  # ... and the head says where it ends
+    expect = f"11:{head.head_hash.hex()}"
+    assert huma_main(["journal", "verify", str(journal_file), "--expect-head", expect]) == 0
+    assert huma_main(["journal", "verify", str(cut), "--expect-head", expect]) == 2
+    assert "ends at seq 9 but seq 11 was expected: 2 entries are missing at the end" in capsys.readouterr().err
+    assert huma_main(["journal", "verify", str(cut), "--expect-head", "9:" + "00" * 32]) == 2
+    assert "entry seq 9: entry hash" in capsys.readouterr().err
+    assert huma_main(["journal", "verify", str(cut), "--expect-head", "nine"]) == 2  # click usage error
+    assert "SEQ or SEQ:HASH" in capsys.readouterr().err
+
+
+def test_cli_verify_names_a_cert_file_that_is_not_a_certificate(journal_file: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    toml = tmp_path / "terminal.toml"
+    toml.write_text('terminal_id = "market"\n')
+    assert huma_main(["journal", "verify", str(journal_file), "--cert", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert str(toml) in err and "not a PEM X.509 certificate" in err and "Traceback" not in err
 
 
 def test_cli_verify_exit_codes(journal_file: Path, tmp_path: Path, signer: SoftwareSigner,
