@@ -11,8 +11,9 @@ Envelope (what a terminal POSTs to ``/api/v1/journal/batches``)::
 Every entry is verified on its own (signature with the terminal's enrolled key,
 terminal id, chain links to its stored or uploaded neighbours) and gets its own
 result. Storage is insert-or-ignore on ``entry_id`` and ``(terminal_id, seq)``
-(``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on SQLite and PostgreSQL), so
-retries, replays and concurrent identical uploads store one row (SV-1, SV-2).
+(``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL, with ``RETURNING``
+or an exact row count naming the rows that were new), so retries, replays and
+concurrent identical uploads store one row (SV-1, SV-2).
 """
 
 from __future__ import annotations
@@ -476,10 +477,12 @@ def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[
         sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
         savepoint = connection.begin_nested()
-        if connection.exec_driver_sql(sql, list(zip(*_driver_columns(rows, dialect)))).rowcount == len(rows):
+        count = connection.exec_driver_sql(sql, list(zip(*_driver_columns(rows, dialect)))).rowcount
+        if count == len(rows):
             savepoint.commit()
             return {r["entry_hash"] for r in rows}
         savepoint.rollback()
+        log.debug("%d of %d journal rows were new; inserting again with RETURNING", count, len(rows))
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
     return set(connection.execute(stmt, list(rows)).scalars().all())
 
