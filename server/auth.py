@@ -131,3 +131,53 @@ def audit(session: Session, person: Person | None, action: str, target: str, **d
         )
     )
     log.info("audit: %s %s by person %s", action, target, person.id if person is not None else "-")
+
+
+def find_person(session: Session, username: str) -> Person:
+    """The person called ``username``.
+
+    :raises NotFound: no such person.
+    """
+    from server.errors import NotFound
+
+    person = session.scalars(select(Person).where(Person.username == username)).one_or_none()
+    if person is None:
+        raise NotFound(f"no person {username!r}")
+    return person
+
+
+def end_sessions(session: Session, person: Person) -> int:
+    """Delete every bearer token of ``person`` (after a password change or disabling).
+
+    :returns: tokens deleted.
+    """
+    from sqlalchemy import delete
+
+    result = session.execute(delete(ApiToken).where(ApiToken.person_id == person.id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def set_disabled(session: Session, username: str, disabled: bool) -> Person:
+    """Disable (or re-enable) a login; disabling ends the person's sessions. The caller audits and commits.
+
+    :raises NotFound: no such person.
+    """
+    person = find_person(session, username)
+    person.disabled = disabled
+    if disabled:
+        end_sessions(session, person)
+    return person
+
+
+def set_password(session: Session, username: str, password: str) -> Person:
+    """Replace a password (scrypt) and end the person's sessions. The caller audits and commits.
+
+    :raises NotFound: no such person.
+    :raises ValueError: password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    person = find_person(session, username)
+    person.password_hash = hash_password(password)
+    end_sessions(session, person)
+    return person

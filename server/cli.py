@@ -1,33 +1,149 @@
-"""``huma server``: run the API under waitress, migrate the database, add people."""
+"""``huma server``: run the API under waitress, migrate the database, administer people and terminals.
+
+Every failure is a typed :class:`server.errors.ServerError` (``huma`` prints one line and
+exits 2): a busy port, an unusable ``DATABASE_URL``, an unreachable database, an existing
+username. Messages never carry secrets: no password, hash or URL password is printed.
+
+Every change made here is written to the audit log (``audit_log``) like the same change
+through the API, with ``person_id`` empty and ``via: cli`` plus the operating-system user.
+"""
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy.orm import Session
+
 log = logging.getLogger(__name__)
+
+#: Environment variable that may carry a new person's password (for scripts; never argv).
+PASSWORD_ENV = "HUMA_PERSON_PASSWORD"
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, or a placeholder when it does not parse."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _where(url: str) -> str:
+    """``host:port`` (PostgreSQL) or the file (SQLite) of a database URL, for messages."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+def make_app() -> Flask:
+    """The application for a CLI command (``DATABASE_URL`` and ``HUMA_*`` from the environment).
+
+    :raises ConfigurationError: ``DATABASE_URL`` is not a URL SQLAlchemy can use (unknown
+        dialect or driver, malformed); the message shows it without its password.
+    """
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from server import create_app
+    from server.errors import ConfigurationError
+
+    try:
+        return create_app()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        url = os.environ.get("DATABASE_URL", "")
+        raise ConfigurationError(f"DATABASE_URL {_safe_url(url)} is not usable: {exc}; expected "
+                                 "postgresql+psycopg://user@host:5432/name or sqlite:///path.db") from None
+
+
+@contextmanager
+def database(app: Flask) -> Iterator[None]:
+    """Run a block in ``app``'s context and turn database failures into typed errors.
+
+    :raises DatabaseUnavailable: cannot connect (names host:port, never the password).
+    :raises Conflict: a uniqueness constraint (the driver's first line, no parameters).
+    """
+    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+
+    from server.db import is_busy
+    from server.errors import Conflict, DatabaseBusy, DatabaseUnavailable
+    from server.extensions import db
+
+    with app.app_context():
+        try:
+            yield
+        except IntegrityError as exc:
+            # str(exc) would include the statement's parameters (e.g. a password hash).
+            raise Conflict(f"refused by the database: {str(exc.orig).splitlines()[0]}") from None
+        except (OperationalError, InterfaceError) as exc:
+            if is_busy(exc):
+                raise DatabaseBusy("database busy, retry later", retry_after=int(app.config["RETRY_AFTER"])) from None
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise DatabaseUnavailable(
+                f"cannot use the database at {_where(app.config['DATABASE_URL'])}: {first}") from None
+        finally:
+            db.session.close()
+            db.engine.dispose()
+
+
+def _console() -> dict[str, str]:
+    """Audit detail of a console change: who at which machine account."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = str(os.getuid())
+    return {"via": "cli", "os_user": user}
+
+
+def _write_session() -> Session:
+    from server.extensions import db
+
+    return db.write_session()
 
 
 @click.group("server")
 def server() -> None:
-    """Central server: API, database, people."""
+    """Central server: API, database, people, terminals."""
 
 
 @server.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int, help="waitress worker threads.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="waitress worker threads.")
 def run(host: str, port: int, threads: int) -> None:
-    """Serve the API with waitress (production WSGI server). DATABASE_URL selects the database."""
+    """Serve the API with waitress (production WSGI server). DATABASE_URL selects the database.
+
+    :raises ListenError: the address cannot be bound (in use, no permission, unknown host).
+    """
     import waitress
 
-    from server import create_app
+    from server.errors import ListenError
     from server.http import waitress_options
 
-    app = create_app()
-    click.echo(f"serving on http://{host}:{port} ({app.config['DATABASE_URL'].split('://')[0]})")
-    waitress.serve(app, host=host, port=port, threads=threads, **waitress_options(app))
+    app = make_app()
+    try:  # bind here, so a failure closes the socket (waitress leaks it) and is one clear message
+        listener = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    server_ = waitress.create_server(app, sockets=[listener], threads=threads, **waitress_options(app))
+    click.echo(f"serving on http://{host}:{port} ({_safe_url(app.config['DATABASE_URL']).split('://')[0]})")
+    server_.run()
 
 
 @server.group("db")
@@ -39,17 +155,40 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True)
 def upgrade(revision: str) -> None:
     """Apply the Alembic migrations to DATABASE_URL (default: the instance SQLite file)."""
-    from server import create_app
     from server.db import upgrade as do_upgrade
     from server.extensions import db
 
-    app = create_app()
-    with app.app_context():
-        try:
-            do_upgrade(db.engine, revision)
-        finally:
-            db.engine.dispose()
+    app = make_app()
+    with database(app):
+        do_upgrade(db.engine, revision)
     click.echo(f"database at {revision}")
+
+
+# ----------------------------------------------------------------------------- people
+
+
+def _read_password(password_file: Path | None) -> str:
+    """A new password from ``--password-file`` (first line), ``$HUMA_PERSON_PASSWORD`` or a prompt.
+
+    Never from the command line (shell history, ``ps``; docs/operations.md).
+
+    :raises click.UsageError: the file is empty.
+    """
+    if password_file is not None:
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        if not lines or not lines[0]:
+            raise click.UsageError(f"{password_file}: the first line (the password) is empty")
+        return lines[0]
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env:
+        return from_env
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+_PASSWORD_FILE = click.option(
+    "--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"Read the password from the file's first line (else ${PASSWORD_ENV}, else a prompt).")
 
 
 @server.group("people")
@@ -60,25 +199,159 @@ def people() -> None:
 @people.command("add")
 @click.argument("username")
 @click.option("--role", type=click.Choice(["admin", "technician", "auditor"]), required=True)
-@click.password_option(help="Prompted when omitted (never put it in shell history).")
-def add_person(username: str, role: str, password: str) -> None:
-    """Create a person (the first admin is created this way); audited as a system action."""
-    from server import create_app
-    from server.auth import audit, create_person
-    from server.errors import BadRequest
-    from server.extensions import db
-    from server.models import Role
+@_PASSWORD_FILE
+def add_person(username: str, role: str, password_file: Path | None) -> None:
+    """Create a person (the first admin is created this way); audited as a console action."""
+    from sqlalchemy import select
 
-    app = create_app()
-    with app.app_context():
-        session = db.write_session()
+    from server.auth import audit, create_person
+    from server.errors import BadRequest, Conflict
+    from server.models import Person, Role
+
+    app = make_app()
+    password = _read_password(password_file)
+    with database(app):
+        session = _write_session()
+        if session.scalars(select(Person.id).where(Person.username == username)).first() is not None:
+            raise Conflict(f"person {username!r} exists (use `huma server people set-password`)")
         try:
             person = create_person(session, username, password, Role(role))
         except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
-        audit(session, None, "person.create", f"person:{person.id}", username=username, role=role,
-              via="cli")
+            raise BadRequest(str(exc)) from None
+        audit(session, None, "person.create", f"person:{person.id}", username=username, role=role, **_console())
         session.commit()
-        session.close()
-        db.engine.dispose()
     click.echo(f"created {role} {username}")
+
+
+@people.command("list")
+def list_people() -> None:
+    """Every person: id, username, role, enabled/disabled, created."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.models import Person
+
+    app = make_app()
+    with database(app):
+        rows = db.session.scalars(select(Person).order_by(Person.id)).all()
+        for p in rows:
+            state = "disabled" if p.disabled else "enabled"
+            click.echo(f"{p.id:>5}  {p.username:<24} {p.role.value:<10} {state:<8} {p.created_at.isoformat()}")
+    if not rows:
+        click.echo("no people yet: `huma server people add NAME --role admin`")
+
+
+def _change_person(username: str, action: str, change: Any) -> None:
+    from server.auth import audit
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        person = change(session)
+        audit(session, None, action, f"person:{person.id}", username=username, **_console())
+        session.commit()
+
+
+@people.command("disable")
+@click.argument("username")
+def disable_person(username: str) -> None:
+    """Disable a login and end its sessions (audited)."""
+    from server.auth import set_disabled
+
+    _change_person(username, "person.disable", lambda s: set_disabled(s, username, True))
+    click.echo(f"disabled {username}; their sessions are ended")
+
+
+@people.command("enable")
+@click.argument("username")
+def enable_person(username: str) -> None:
+    """Re-enable a disabled login (audited)."""
+    from server.auth import set_disabled
+
+    _change_person(username, "person.enable", lambda s: set_disabled(s, username, False))
+    click.echo(f"enabled {username}")
+
+
+@people.command("set-password")
+@click.argument("username")
+@_PASSWORD_FILE
+def set_password_cmd(username: str, password_file: Path | None) -> None:
+    """Replace a person's password and end their sessions (audited; the password is not logged)."""
+    from server.auth import set_password
+    from server.errors import BadRequest
+
+    password = _read_password(password_file)
+
+    def change(session: Session) -> Any:
+        try:
+            return set_password(session, username, password)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    _change_person(username, "person.set_password", change)
+    click.echo(f"password of {username} replaced; their sessions are ended")
+
+
+# ----------------------------------------------------------------------------- terminals
+
+
+@server.group("terminals")
+def terminals() -> None:
+    """Enrolled counter terminals: list, approve, reject, revoke."""
+
+
+@terminals.command("list")
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "revoked"]),
+              help="Only terminals in this status.")
+def list_terminals(status: str | None) -> None:
+    """Terminal id, status, key id, enrolment and decision times."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.models import Terminal, TerminalStatus
+
+    app = make_app()
+    with database(app):
+        stmt = select(Terminal).order_by(Terminal.terminal_id)
+        if status:
+            stmt = stmt.where(Terminal.status == TerminalStatus(status))
+        rows = db.session.scalars(stmt).all()
+        for t in rows:
+            decided = t.decided_at.isoformat() if t.decided_at else "-"
+            click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  enrolled {t.created_at.isoformat()}"
+                       f"  decided {decided}")
+    if not rows:
+        click.echo("no terminals" + (f" {status}" if status else ""))
+
+
+def _decide(terminal_id: str, to: str) -> None:
+    from server.blueprints.enrol import decide_terminal
+    from server.models import TerminalStatus
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        terminal = decide_terminal(session, terminal_id, TerminalStatus(to), None, **_console())
+        session.commit()
+        click.echo(f"{terminal.terminal_id}: {terminal.status.value} (kid {terminal.kid.hex()})")
+
+
+@terminals.command("approve")
+@click.argument("terminal_id")
+def approve_terminal(terminal_id: str) -> None:
+    """Approve a pending enrolment: the certificate is issued with the configured terminal CA (audited)."""
+    _decide(terminal_id, "approved")
+
+
+@terminals.command("reject")
+@click.argument("terminal_id")
+def reject_terminal(terminal_id: str) -> None:
+    """Reject a pending enrolment (audited)."""
+    _decide(terminal_id, "rejected")
+
+
+@terminals.command("revoke")
+@click.argument("terminal_id")
+def revoke_terminal(terminal_id: str) -> None:
+    """Revoke a terminal key: its uploads are refused from now on (audited; publish a new bundle)."""
+    _decide(terminal_id, "revoked")

@@ -158,3 +158,19 @@ class ExportDoesNotVerify(ExportError):
         super().__init__(f"does not verify: {where}{message}", terminal_id=terminal_id, seq=seq)
         self.terminal_id = terminal_id
         self.seq = seq
+
+
+class DatabaseUnavailable(ServerError):
+    """The database cannot be reached (PostgreSQL down, wrong host/port, SQLite file not openable).
+
+    The message names the database as ``driver://host:port/name`` (no password).
+    """
+
+    code = "database_unavailable"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class ListenError(ServerError):
+    """``huma server run`` cannot listen on the address (port in use, no permission, unknown host)."""
+
+    code = "listen_error"

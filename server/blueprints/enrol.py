@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from server.auth import audit, require_role
 from cardlib.keys.errors import CsrError, KeysError
@@ -24,7 +25,7 @@ from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
 from server.errors import BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound
 from server.extensions import db
 from server.http import json_body, query_params
-from server.models import Card, Role, Terminal, TerminalStatus
+from server.models import Card, Person, Role, Terminal, TerminalStatus
 from server.types import require_aware, utcnow
 from server.upload import insert_or_ignore
 
@@ -178,9 +179,27 @@ def list_terminals() -> ResponseReturnValue:
     return jsonify({"terminals": [_terminal_json(t) for t in rows]})
 
 
-def _decide(terminal_id: str, allowed_from: set[TerminalStatus], to: TerminalStatus) -> Terminal:
-    session = db.write_session()
-    terminal = _get_terminal(terminal_id)
+def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, person: Person | None,
+                    **audit_detail: Any) -> Terminal:
+    """Move a terminal to ``to`` (approve issues its certificate now); audited; the caller commits.
+
+    Shared by the API (``person`` = the logged-in admin) and ``huma server terminals``
+    (``person`` None, ``audit_detail`` saying who at the console). Needs an app context
+    (the terminal CA comes from the app config).
+
+    :param to: APPROVED or REJECTED (from PENDING), REVOKED (from APPROVED or PENDING).
+        Already in ``to``: returned unchanged (idempotent), nothing audited.
+    :raises NotFound: unknown terminal id.
+    :raises Conflict: not allowed from the terminal's current status.
+    :raises ConfigurationError: approving without a usable terminal CA.
+    """
+    allowed_from = {TerminalStatus.APPROVED: {TerminalStatus.PENDING},
+                    TerminalStatus.REJECTED: {TerminalStatus.PENDING},
+                    TerminalStatus.REVOKED: {TerminalStatus.APPROVED, TerminalStatus.PENDING}}[to]
+    _storable_id(terminal_id, "terminal")
+    terminal = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
+    if terminal is None:
+        raise NotFound(f"no terminal {terminal_id!r}")
     if terminal.status is to:
         return terminal  # idempotent
     if terminal.status not in allowed_from:
@@ -192,8 +211,15 @@ def _decide(terminal_id: str, allowed_from: set[TerminalStatus], to: TerminalSta
         terminal.certificate_der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     terminal.status = to
     terminal.decided_at = now
-    terminal.decided_by = g.person.id
-    audit(session, g.person, f"terminal.{to.value}", f"terminal:{terminal_id}", kid=terminal.kid.hex())
+    terminal.decided_by = person.id if person is not None else None
+    audit(session, person, f"terminal.{to.value}", f"terminal:{terminal_id}", kid=terminal.kid.hex(),
+          **audit_detail)
+    return terminal
+
+
+def _decide(terminal_id: str, to: TerminalStatus) -> Terminal:
+    session = db.write_session()
+    terminal = decide_terminal(session, terminal_id, to, g.person)
     session.commit()
     return terminal
 
@@ -202,22 +228,21 @@ def _decide(terminal_id: str, allowed_from: set[TerminalStatus], to: TerminalSta
 @require_role(Role.ADMIN)
 def approve(terminal_id: str) -> ResponseReturnValue:
     """Approve a pending terminal: its certificate is issued now (admin, audited)."""
-    return jsonify(_terminal_json(_decide(terminal_id, {TerminalStatus.PENDING}, TerminalStatus.APPROVED)))
+    return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.APPROVED)))
 
 
 @bp.post("/terminals/<terminal_id>/reject")
 @require_role(Role.ADMIN)
 def reject(terminal_id: str) -> ResponseReturnValue:
     """Reject a pending enrolment (admin, audited)."""
-    return jsonify(_terminal_json(_decide(terminal_id, {TerminalStatus.PENDING}, TerminalStatus.REJECTED)))
+    return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.REJECTED)))
 
 
 @bp.post("/terminals/<terminal_id>/revoke")
 @require_role(Role.ADMIN)
 def revoke(terminal_id: str) -> ResponseReturnValue:
     """Revoke a terminal key: its uploads are refused from now on (admin, audited)."""
-    return jsonify(_terminal_json(_decide(
-        terminal_id, {TerminalStatus.APPROVED, TerminalStatus.PENDING}, TerminalStatus.REVOKED)))
+    return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.REVOKED)))
 
 
 def _parse_card(item: Any, index: int) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""``huma server`` on SQLite and PostgreSQL: typed one-line errors (exit 2), no secrets printed, admin commands audited."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from huma.cli import main
+from server.extensions import db
+from server.models import AuditLog, Person, Terminal, TerminalStatus
+from tests.fixtures.db import ADMIN_PASSWORD
+
+
+@pytest.fixture
+def env(db_url: str, ca_key_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The CLI's environment pointed at the test database and terminal CA."""
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("HUMA_TERMINAL_CA_KEY", str(ca_key_path))
+    monkeypatch.delenv("HUMA_PERSON_PASSWORD", raising=False)
+    return db_url
+
+
+def _huma(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _audit(app: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    with app.app_context():
+        return [(r.action, r.target, json.loads(r.detail)) for r in
+                db.session.scalars(select(AuditLog).order_by(AuditLog.id))]
+
+
+def test_people_add_existing_user_is_a_conflict_without_the_hash(app, world, env, capsys, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("another long password\n")
+    code, out, err = _huma(capsys, "server", "people", "add", "admin", "--role", "admin", "--password-file", str(pw))
+    assert code == 2 and "person 'admin' exists" in err
+    assert "scrypt" not in out + err and "Traceback" not in out + err and "another long" not in out + err
+
+
+def test_password_never_on_the_command_line(app, env, capsys, tmp_path, monkeypatch):
+    code, _out, err = _huma(capsys, "server", "people", "add", "x", "--role", "admin", "--password", "secret pw 123")
+    assert code == 2 and "No such option" in err
+    pw = tmp_path / "pw"
+    pw.write_text("file password 123\nignored second line\n")
+    assert _huma(capsys, "server", "people", "add", "filer", "--role", "auditor", "--password-file", str(pw))[0] == 0
+    monkeypatch.setenv("HUMA_PERSON_PASSWORD", "env password 1234")
+    assert _huma(capsys, "server", "people", "add", "enver", "--role", "technician")[0] == 0
+    client = app.test_client()
+    for user, password in (("filer", "file password 123"), ("enver", "env password 1234")):
+        r = client.post("/api/v1/auth/login", json={"username": user, "password": password})
+        assert r.status_code == 200, (user, r.get_json())
+    creates = [d for a, _t, d in _audit(app) if a == "person.create"]
+    assert {d["username"] for d in creates} == {"filer", "enver"} and all(d["via"] == "cli" for d in creates)
+    assert not any("password" in json.dumps(d) for d in creates)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("nonsense://x", "is not usable"),
+    ("postgresql+nodriver://u:hunter2pw@127.0.0.1/x", "is not usable"),
+    ("::::", "is not usable"),
+])
+def test_garbage_database_url_is_a_configuration_error(url, says, capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", url)
+    code, out, err = _huma(capsys, "server", "db", "upgrade")
+    assert code == 2 and says in err and "Traceback" not in err and "hunter2pw" not in out + err
+
+
+def test_database_down_names_host_and_port_not_the_password(capsys, monkeypatch):
+    with socket.socket() as probe:  # a loopback port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://huma:hunter2pw@127.0.0.1:{port}/huma")
+    code, out, err = _huma(capsys, "server", "db", "upgrade")
+    assert code == 2 and f"127.0.0.1:{port}/huma" in err and "cannot use the database" in err
+    assert "hunter2pw" not in out + err and "Traceback" not in err
+
+
+def test_run_on_a_busy_port_is_a_listen_error(env, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _out, err = _huma(capsys, "server", "run", "--port", str(port))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_terminals_list_approve_revoke_from_the_console_are_audited(app, world, env, capsys):
+    world.enrol("T-501", approve=False)
+    world.enrol("T-502", approve=False)
+    code, out, _err = _huma(capsys, "server", "terminals", "list", "--status", "pending")
+    assert code == 0 and "T-501" in out and "T-502" in out
+    assert _huma(capsys, "server", "terminals", "approve", "T-501")[0] == 0
+    r = world.client.get("/api/v1/terminals/T-501/certificate")
+    assert r.status_code == 200 and "BEGIN CERTIFICATE" in r.get_json()["certificate"]
+    assert _huma(capsys, "server", "terminals", "reject", "T-502")[0] == 0
+    assert _huma(capsys, "server", "terminals", "revoke", "T-501")[0] == 0
+    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-502")  # rejected stays rejected
+    assert code == 2 and "cannot become approved" in err
+    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-nope")
+    assert code == 2 and "no terminal 'T-nope'" in err
+    with app.app_context():
+        status = dict(db.session.execute(select(Terminal.terminal_id, Terminal.status)).all())
+    assert status == {"T-501": TerminalStatus.REVOKED, "T-502": TerminalStatus.REJECTED}
+    decisions = [(a, t, d["via"]) for a, t, d in _audit(app) if a.startswith("terminal.")]
+    assert decisions == [("terminal.approved", "terminal:T-501", "cli"), ("terminal.rejected", "terminal:T-502", "cli"),
+                         ("terminal.revoked", "terminal:T-501", "cli")]
+
+
+def test_people_list_disable_set_password(app, world, env, capsys, tmp_path):
+    code, out, _err = _huma(capsys, "server", "people", "list")
+    assert code == 0 and "admin" in out and "enabled" in out and "scrypt" not in out
+    assert world.client.get("/api/v1/people", headers=world.auth()).status_code == 200
+    assert _huma(capsys, "server", "people", "disable", "admin")[0] == 0
+    assert world.client.get("/api/v1/people", headers=world.auth()).status_code == 401  # session ended
+    r = world.client.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert r.status_code == 401
+    assert _huma(capsys, "server", "people", "enable", "admin")[0] == 0
+    pw = tmp_path / "pw"
+    pw.write_text("short\n")
+    code, _out, err = _huma(capsys, "server", "people", "set-password", "admin", "--password-file", str(pw))
+    assert code == 2 and "at least 10 characters" in err
+    pw.write_text("a brand new password\n")
+    assert _huma(capsys, "server", "people", "set-password", "admin", "--password-file", str(pw))[0] == 0
+    assert world.client.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code == 401
+    assert world.client.post("/api/v1/auth/login",
+                             json={"username": "admin", "password": "a brand new password"}).status_code == 200
+    code, _out, err = _huma(capsys, "server", "people", "disable", "nobody")
+    assert code == 2 and "no person 'nobody'" in err
+    actions = [a for a, _t, d in _audit(app) if d.get("via") == "cli"]
+    assert actions == ["person.disable", "person.enable", "person.set_password"]
+    with app.app_context():
+        assert db.session.scalars(select(Person.disabled).where(Person.username == "admin")).one() is False
