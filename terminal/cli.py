@@ -58,9 +58,20 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     from cardlib.keys.terminal_ca import make_terminal_csr
     from firmware_config.loader import load_terminal_profile
 
+    from terminal.errors import ProfileError
+
     profile = load_terminal_profile(profile_path)
-    secret = read_secret(passphrase_file or profile.passphrase_path, "HUMA_KEY_PASSPHRASE",
-                         "New terminal key passphrase", confirm=True)
+    secret_file = passphrase_file or profile.passphrase_path
+    if secret_file is not None and not secret_file.is_file():
+        import os
+
+        secret_file = Path(os.path.normpath(secret_file))
+        raise ProfileError(
+            f"{profile_path}: paths.passphrase names {secret_file}, which does not exist; create it first "
+            f"(one line, the new key's passphrase, readable only by the counter's user), e.g.\n"
+            f"  install -m 600 /dev/null {secret_file} && $EDITOR {secret_file}\n"
+            f"or remove paths.passphrase and set $HUMA_KEY_PASSPHRASE / answer the prompt")
+    secret = read_secret(secret_file, "HUMA_KEY_PASSPHRASE", "New terminal key passphrase", confirm=True)
     key, csr = make_terminal_csr(profile.terminal_id)
     profile.key_path.parent.mkdir(parents=True, exist_ok=True)
     save_private_key(profile.key_path, key, secret)
@@ -88,12 +99,20 @@ def enrol(profile_path: Path, wait_s: float) -> None:
     from terminal.errors import SyncRejected
     from terminal.sync import HttpApi
 
+    from terminal.errors import ProfileError, SyncError
+
     profile = load_terminal_profile(profile_path)
+    if not _csr_path(profile).is_file():
+        raise ProfileError(f"no CSR at {_csr_path(profile)}: run 'huma terminal init --profile {profile_path}' first")
     csr = _csr_path(profile).read_text()
     api = HttpApi(profile.server_url)
     tid = profile.terminal_id
-    r = api.request("POST", "/api/v1/terminals/enrol", json.dumps({"terminal_id": tid, "csr": csr}).encode(),
-                    {"Content-Type": "application/json"})
+    try:
+        r = api.request("POST", "/api/v1/terminals/enrol", json.dumps({"terminal_id": tid, "csr": csr}).encode(),
+                        {"Content-Type": "application/json"})
+    except SyncError as exc:
+        raise SyncError(f"cannot reach the server at {api.host}:{api.port} (server_url {profile.server_url} "
+                        f"in {profile_path}); is it running and reachable from this counter? ({exc})") from exc
     if r.status != 202:
         raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
     deadline = time.monotonic() + wait_s

@@ -95,7 +95,7 @@ class HttpApi:
             raise ValueError(f"server URL must be http(s)://host[:port], got {base_url!r}")
         self.scheme = url.scheme
         self.host = url.hostname
-        self.port = url.port
+        self.port = url.port or (443 if url.scheme == "https" else 80)
         self.timeout_s = timeout_s
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -112,7 +112,8 @@ class HttpApi:
             data = resp.read()
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         except (OSError, http.client.HTTPException) as exc:
-            raise SyncError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise SyncError(f"{method} {self.scheme}://{self.host}:{self.port}{path}: "
+                            f"{type(exc).__name__}: {exc}") from exc
         finally:
             conn.close()
 
