@@ -26,6 +26,7 @@ bytewise key order equals numeric order, and cbor2's ``canonical=True``
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import os
@@ -421,9 +422,9 @@ class SignedEntry:
     message: bytes = field(repr=False)
     kid: bytes
 
-    @property
+    @functools.cached_property
     def entry_hash(self) -> bytes:
-        """SHA-256 of :attr:`message` (32 bytes)."""
+        """SHA-256 of :attr:`message` (32 bytes), computed once (the server reads it ~5 times per entry)."""
         return entry_hash(self.message)
 
 
