@@ -242,6 +242,7 @@ class Daemon:
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)
         self._sup_thread: threading.Thread | None = None
         self.state.health_source = self.health_view
+        self.state.sync_trigger = self.sync.kick
 
     def health_view(self) -> dict[str, object]:
         """Readers, PC/SC service, sync and journal state for the screen's ``/api/state``."""

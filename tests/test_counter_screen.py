@@ -153,3 +153,16 @@ def test_page_shows_a_tap_within_one_second_in_bahasa_indonesia(screen: CounterS
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_sync_now_button_starts_a_round(screen: CounterScreen) -> None:
+    import threading
+
+    assert post(screen.url + "api/sync", {}) == 503  # a screen without a sync loop says so
+    asked = threading.Event()
+    screen.state.sync_trigger = asked.set  # the daemon wires SyncLoop.kick here
+    assert post(screen.url + "api/sync", {}, "text/plain") == 415 and not asked.is_set()
+    assert post(screen.url + "api/sync", {}) == 200 and asked.is_set()
+    page = get(screen.url)[1].decode()
+    assert 'id="syncform"' in page and "Sinkronkan sekarang" in page
+    assert "Sync now" in get(screen.url + "?lang=en")[1].decode()

@@ -238,7 +238,7 @@ class Day:
         self.cli("server", "db", "upgrade")
         for user, role in (("admin", "admin"), ("auditor", "auditor")):
             pw = new_secret(self.secrets / f"{user}.pass")
-            self.cli("server", "people", "add", user, "--role", role, "--password", secret(pw))
+            self.cli("server", "people", "add", user, "--role", role, "--password-file", str(pw))
         self.start_server()
         self.api.login("admin", secret(self.secrets / "admin.pass"))
         self.story.say(f"`huma server run` (waitress, SQLite {self.dir / 'server' / 'huma.db'}) on {self.server_url}; "
@@ -478,6 +478,8 @@ class Day:
     def wait_synced(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         pending: dict[str, Any] = {}
+        for c in self.counters.values():
+            c.sync_now()  # the clerk's "sync now" button: no wait for the next sync_interval
         while time.monotonic() < deadline:
             pending = {n: c.screen_state()["health"] for n, c in self.counters.items()}
             pending = {n: h for n, h in pending.items() if h["unsent"] or h["sync_error"] and h["unsent"]}

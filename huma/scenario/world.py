@@ -245,6 +245,13 @@ class Counter:
         with urllib.request.urlopen(f"{self.screen_url}api/state?after={self.seen}&lang=en", timeout=5) as r:
             return dict(json.loads(r.read()))
 
+    def sync_now(self) -> None:
+        """Press the counter screen's "sync now" (``POST /api/sync``) instead of waiting for ``sync_interval``."""
+        req = urllib.request.Request(self.screen_url + "api/sync", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+
     def write_profile(self, server_url: str, reader_profile: str, sync_interval: float) -> None:
         (self.dir / "terminals").mkdir(parents=True, exist_ok=True)
         (self.dir / "readers").mkdir(exist_ok=True)

@@ -5,6 +5,7 @@
 - ``GET /api/state`` the latest results and the clerk's selection (polling fallback)
 - ``POST /api/select`` ``{"programme": str, "quantity": int}`` before the tap
 - ``POST /api/pin`` ``{"pin": "123456"}``: kept in memory for the next tap only
+- ``POST /api/sync`` ``{}``: start a sync round now instead of waiting for ``sync_interval``
 - ``GET /receipt/<n>`` a printable receipt for result ``n``
 
 Bound to 127.0.0.1 and checking the ``Host`` header (DNS rebinding), with

@@ -83,6 +83,8 @@ class ScreenState:
         self._cond = threading.Condition()
         #: Set by the daemon: returns a JSON-able health snapshot (readers, PC/SC, sync) for the page.
         self.health_source: Callable[[], dict[str, Any]] | None = None
+        #: Starts a sync round now (``POST /api/sync``, the "sync now" button); None: no sync.
+        self.sync_trigger: Callable[[], None] | None = None
 
     def select(self, programme: str, quantity: int) -> None:
         """Set the programme and quantity for the next taps.
@@ -199,6 +201,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
             "pin": "Card PIN",
             "pin_set": "PIN ready for the next tap",
             "send_pin": "Use PIN",
+            "sync_now": "Sync now",
             "household": "Household",
             "hand_over": "Hand over",
             "remaining": "Remaining",
@@ -341,6 +344,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.state.select(str(body["programme"]), int(body["quantity"]))
             elif self.path == "/api/pin":
                 self.server.state.set_pin(str(body["pin"]))
+            elif self.path == "/api/sync":
+                trigger = self.server.state.sync_trigger
+                if trigger is None:
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no sync"})
+                    return
+                trigger()
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
                 return
