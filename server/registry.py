@@ -12,7 +12,14 @@ issuer's session grant (quota). The server
 2. stores one :class:`server.models.Card` row per card id, insert-or-ignore: the same
    file twice gives ``duplicate`` results, another chip/issuer/status for a known card
    id gives ``conflict`` (the first report is kept);
-3. offers abandoned card ids and the cards that re-issued ones replace as deny-list
+3. verifies each issued card's identity record carried in the file (the card's exact
+   issuer-signed COSE_Sign1, external_aad = identity context ‖ UID, docs/card-format.md
+   §5) and fills the audit registry from its claims: ``card_profiles`` (region),
+   ``benefit_cycles`` and ``card_entitlements`` (per_cycle for every cycle of the card's
+   validity, programme code from the bundle's programme list); a re-issue revokes the
+   card it replaces and an abandoned card id is revoked from its record's time
+   (``card_profiles.revoked_at``), so ``revoked_card_used`` fires on their redemptions;
+4. offers abandoned card ids and the cards that re-issued ones replace as deny-list
    candidates for the next bundle (:func:`registry_deny_candidates`), next to the
    auditors' confirmed clones (:func:`server.reconcile.engine.deny_list_candidates`);
    :func:`next_deny_sets` merges both through :func:`server.reconcile.engine.deny_sets`.
@@ -22,33 +29,45 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cardlib.keys.errors import UnsupportedAlgorithmError
 from cardlib.keys.signer import PublicKey, algorithm_of
 from cardlib.provision.errors import QuotaExceeded, SessionError
-from cardlib.provision.session import IssuanceFile, IssuanceStatus, verify_issuance_file
+from cardlib.provision.session import Issuance, IssuanceFile, IssuanceStatus, verify_issuance_file
 from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle, verify_bundle
+from cardlib.records.claims import IdentityClaims, cycle_bounds, cycle_of, state_hash
+from cardlib.records.cose import verify1
 from cardlib.records.errors import RecordError
+from cardlib.records.session import identity_aad
 from server.errors import ConfigurationError, Conflict, InvalidIssuanceFile
 from server.models import Card
 from server.models import TrustBundle as StoredBundle
 from server.reconcile.engine import DenyCandidate, deny_list_candidates, deny_sets
+from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile
 from server.types import UTC
 from server.upload import insert_or_ignore
 
-__all__ = ["CardResult", "RegistryOutcome", "load_root_key", "newest_bundle", "next_deny_sets",
-           "register_issuance_file", "registry_deny_candidates"]
+__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "load_root_key", "newest_bundle",
+           "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_identity"]
+
+log = logging.getLogger(__name__)
 
 #: NTAG21x UID length; the bundle's UID deny list carries 7-byte UIDs (cardlib/records/bundle.py).
 _UID_LENGTH = 7
+#: Most cycles one card gets entitlement rows for (20 years of half-year cycles); a longer
+#: validity is cut there (logged): profiles issue for ~2 years (cardlib/provision/profile.py).
+MAX_ENTITLEMENT_CYCLES = 40
+REPLACED_REASON = "replaced by re-issued card {card_id}"
+ABANDONED_REASON = "abandoned during issuance"
 
 
 class RegistryOutcome(str, enum.Enum):
@@ -99,17 +118,90 @@ def newest_bundle(session: Session, root: PublicKey) -> TrustBundle:
         raise Conflict(f"the newest stored trust bundle does not verify under TRUST_ROOT_CERT: {exc}") from exc
 
 
+def cycle_rows(cycles: Iterable[int]) -> list[dict[str, object]]:
+    """``benefit_cycles`` rows for cycle ids (docs/card-format.md §conventions).
+
+    :param cycles: ids as :func:`cardlib.records.claims.cycle_of` gives them (e.g. 20261).
+    :returns: ``{"cycle_id": "20261", "starts_at", "ends_at"}`` per distinct id, sorted;
+        bounds are :func:`cardlib.records.claims.cycle_bounds` (WIB midnight) in UTC.
+    :raises ValueError: not a cycle id.
+    """
+    out = []
+    for c in sorted(set(cycles)):
+        start, end = cycle_bounds(c)
+        out.append({"cycle_id": str(c), "starts_at": start.astimezone(UTC), "ends_at": end.astimezone(UTC)})
+    return out
+
+
+def ensure_cycles(session: Session, cycles: Iterable[int]) -> int:
+    """Insert-or-ignore the ``benefit_cycles`` rows of ``cycles`` (caller commits).
+
+    :returns: rows inserted (0 when all existed).
+    :raises ValueError: not a cycle id.
+    """
+    rows = cycle_rows(cycles)
+    if not rows:
+        return 0
+    return len(session.scalars(insert_or_ignore(session, BenefitCycle).returning(BenefitCycle.cycle_id), rows).all())
+
+
+def cycles_between(start: dt.datetime, end: dt.datetime) -> list[int]:
+    """Cycle ids from the one containing ``start`` to the one containing ``end``, inclusive.
+
+    :param start: aware datetime. :param end: aware datetime, not before ``start``.
+    """
+    out, c = [], cycle_of(start)
+    last = cycle_of(end)
+    while c <= last:
+        out.append(c)
+        c = cycle_of(cycle_bounds(c)[1])
+    return out
+
+
+def verify_issuance_identity(issuance: Issuance, bundle: TrustBundle) -> IdentityClaims:
+    """Verify the identity record an issuance record carries and that it is that card's.
+
+    The same verification a counter does on the card (docs/card-format.md §5):
+    COSE_Sign1 under an ISSUER key of the bundle (:func:`cardlib.records.cose.verify1`,
+    revoked issuer keys refused) with external_aad = identity context ‖ the record's UID
+    (:func:`cardlib.records.session.identity_aad`), strict claims decoding; then the
+    claims' card id and UID, the signer kid and the record's ``identity_hash`` (8-byte
+    state hash, when given) must match the issuance record.
+
+    :raises RecordError: bad signature, unknown/revoked issuer key, malformed claims.
+    :raises ValueError: no identity carried, or a genuine identity of another card, chip, key or hash.
+    """
+    if issuance.identity is None:
+        raise ValueError(f"issuance record of card {issuance.card_id.hex()} carries no identity")
+    verified = verify1(issuance.identity, bundle.resolver(KeyRole.ISSUER), identity_aad(issuance.uid))
+    claims = IdentityClaims.from_cbor(verified.payload)
+    if claims.card_id != issuance.card_id or claims.uid != issuance.uid:
+        raise ValueError(f"identity is card {claims.card_id.hex()} on chip {claims.uid.hex()}, the record says "
+                         f"{issuance.card_id.hex()} on {issuance.uid.hex()}")
+    if issuance.issuer_kid and verified.kid != issuance.issuer_kid:
+        raise ValueError(f"identity signed by {verified.kid.hex()}, the record names issuer {issuance.issuer_kid.hex()}")
+    if issuance.identity_hash and state_hash(issuance.identity) != issuance.identity_hash:
+        raise ValueError("identity_hash is not the hash of the identity record")
+    return claims
+
+
 def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle,
                            technician_person_id: int) -> tuple[IssuanceFile, list[CardResult]]:
     """Verify an issuance file and store its card ids (insert-or-ignore; caller commits).
 
+    Issued cards whose record carries the identity (:attr:`Issuance.identity`) also get
+    their audit rows (:func:`_audit_rows`); records without one (older stations) only
+    the registry row. A replaced or abandoned card id gets ``card_profiles.revoked_at``.
+
     :param message: the file's COSE_Sign1 bytes.
-    :param bundle: the verified trust bundle in force (technician and issuer keys).
+    :param bundle: the verified trust bundle in force (technician and issuer keys, programmes).
     :param technician_person_id: the logged-in person uploading it (kept on new rows).
     :returns: the verified file and a result per card id, in file order.
     :raises InvalidIssuanceFile: ``reason`` ``signature`` (bad or unknown/revoked
-        technician key, grant for someone else, malformed) or ``quota`` (more card ids
-        than the grant allows).
+        technician key, grant for someone else, malformed), ``quota`` (more card ids
+        than the grant allows) or ``identity`` (a carried identity record does not
+        verify under the bundle's issuer keys or belongs to another card/chip); nothing
+        is stored then.
     """
     try:
         f = verify_issuance_file(message, bundle.resolver(KeyRole.TECHNICIAN), bundle.resolver(KeyRole.ISSUER))
@@ -117,6 +209,15 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
         raise InvalidIssuanceFile(str(exc), reason="quota") from exc
     except SessionError as exc:
         raise InvalidIssuanceFile(str(exc), reason="signature") from exc
+    identities: dict[str, IdentityClaims] = {}
+    for i in f.issuances:
+        if i.identity is None or i.status is not IssuanceStatus.ISSUED:
+            continue
+        try:
+            identities[i.card_id.hex()] = verify_issuance_identity(i, bundle)
+        except (RecordError, ValueError) as exc:
+            raise InvalidIssuanceFile(f"card {i.card_id.hex()}: identity record: {exc}", reason="identity",
+                                      card_id=i.card_id.hex()) from exc
     now = dt.datetime.now(UTC)
     rows = [{
         "card_id": i.card_id.hex(), "tag_uid": i.uid, "kid": i.issuer_kid, "technician_id": technician_person_id,
@@ -137,7 +238,70 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
         else:
             outcome = RegistryOutcome.CONFLICT
         results.append(CardResult(r["card_id"], outcome))
+    kept = {r.card_id for r in results if r.result is not RegistryOutcome.CONFLICT}
+    _audit_rows(session, bundle, {c: claims for c, claims in identities.items() if c in kept})
+    _revocations(session, [i for i in f.issuances if i.card_id.hex() in kept])
     return f, results
+
+
+def _audit_rows(session: Session, bundle: TrustBundle, identities: dict[str, IdentityClaims]) -> None:
+    """``card_profiles``, ``benefit_cycles`` and ``card_entitlements`` from verified identity claims.
+
+    One entitlement row per programme and cycle of the card's validity
+    (``valid_from`` 00:00 UTC .. ``valid_to`` 23:59:59 UTC, at most
+    :data:`MAX_ENTITLEMENT_CYCLES`), amount = the identity's ``per_cycle`` in its unit.
+    The journal names programmes by the bundle's code (``Programme.name``), so a programme
+    id the bundle does not list gets no row (logged): its redemptions cannot be matched.
+    Insert-or-ignore: a card's first verified identity is kept.
+    """
+    if not identities:
+        return
+    names = {p.id: p.name for p in bundle.programmes}
+    profiles, entitlements, cycles = [], [], set()
+    for card_id, claims in identities.items():
+        profiles.append({"card_id": card_id, "region": claims.region, "revoked_at": None, "revoke_reason": None})
+        start = dt.datetime.combine(claims.valid_from, dt.time(), UTC)
+        end = dt.datetime.combine(claims.valid_to, dt.time(23, 59, 59), UTC)
+        card_cycles = cycles_between(start, end)
+        if len(card_cycles) > MAX_ENTITLEMENT_CYCLES:
+            log.warning("card %s valid for %d cycles: entitlements stored for the first %d", card_id,
+                        len(card_cycles), MAX_ENTITLEMENT_CYCLES)
+            card_cycles = card_cycles[:MAX_ENTITLEMENT_CYCLES]
+        cycles.update(card_cycles)
+        for pid, programme in claims.programmes.items():
+            if pid not in names:
+                log.warning("card %s: programme id %d is not in trust bundle v%d: no entitlement row",
+                            card_id, pid, bundle.version)
+                continue
+            entitlements += [{"card_id": card_id, "programme": names[pid], "cycle_id": str(c),
+                              "amount": programme.per_cycle, "programme_id": pid,
+                              "unit": programme.unit.name.lower()} for c in card_cycles]
+    ensure_cycles(session, cycles)
+    session.execute(insert_or_ignore(session, CardProfile), profiles)
+    for i in range(0, len(entitlements), 500):
+        session.execute(insert_or_ignore(session, CardEntitlement), entitlements[i:i + 500])
+
+
+def _revocations(session: Session, issuances: Sequence[Issuance]) -> None:
+    """Revoke (``card_profiles.revoked_at``) the cards re-issues replace and abandoned card ids.
+
+    From the issuance record's time: a redemption with such a card after it is
+    ``revoked_card_used``. An earlier revocation (an auditor's) is kept.
+    """
+    revoke: dict[str, tuple[dt.datetime, str]] = {}
+    for i in issuances:
+        when = dt.datetime.fromtimestamp(i.time, UTC)
+        if i.status is IssuanceStatus.ABANDONED:
+            revoke.setdefault(i.card_id.hex(), (when, ABANDONED_REASON))
+        elif i.reissue_of:
+            revoke.setdefault(i.reissue_of.hex(), (when, REPLACED_REASON.format(card_id=i.card_id.hex())))
+    if not revoke:
+        return
+    session.execute(insert_or_ignore(session, CardProfile),
+                    [{"card_id": c, "region": None, "revoked_at": None, "revoke_reason": None} for c in revoke])
+    for card_id, (when, reason) in sorted(revoke.items()):
+        session.execute(update(CardProfile).where(CardProfile.card_id == card_id, CardProfile.revoked_at.is_(None))
+                        .values(revoked_at=when, revoke_reason=reason))
 
 
 def registry_deny_candidates(session: Session) -> list[DenyCandidate]:

@@ -175,7 +175,9 @@ class _Uploader:
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, t.terminal_id)]))
                .sign(t.private_key, None))
         pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-        r = self.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem})
+        # The site goes in with the enrolment, as a real counter's ``terminal enrol`` sends it.
+        r = self.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem,
+                                                               "region": t.region, "lat": t.lat, "lon": t.lon})
         if r.status_code != 202:
             raise SimulationError(f"enrol {t.terminal_id}: {r.status_code} {r.get_json()}")
         r = self.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=self.auth)

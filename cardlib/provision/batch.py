@@ -115,7 +115,7 @@ def provision_card(
     except ChipRejected as exc:
         state.finish(rec, Event.ABANDONED, detail=str(exc))
         return CardOutcome(household, uid, Event.REJECTED, detail=str(exc))
-    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash)
+    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash, identity=card.identity_cose)
     return CardOutcome(household, uid, Event.ISSUED, card)
 
 

@@ -165,13 +165,15 @@ class StationContext:
 
 @dataclass(frozen=True)
 class PersonalisedCard:
-    """A finished card. :ivar identity_hash: 8-byte state_hash of the identity COSE."""
+    """A finished card. :ivar identity_hash: 8-byte state_hash of the identity COSE.
+    :ivar identity_cose: the identity record's exact COSE_Sign1 bytes as read back."""
 
     card_id: bytes
     uid: bytes
     identity_hash: bytes
     issuer_kid: bytes
     layout: CardLayout
+    identity_cose: bytes = b""
 
 
 def _cfg(tag: Type2Tag) -> tuple[int, int, int, int]:
@@ -450,7 +452,8 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
         tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
     except AuthenticationFailed as exc:
         raise ReadBackMismatch(f"card {card_id.hex()}: derived password does not open the chip") from exc
-    return PersonalisedCard(card_id, uid, state.identity.hash, state.identity.cose.kid, layout)
+    return PersonalisedCard(card_id, uid, state.identity.hash, state.identity.cose.kid, layout,
+                            state.identity.cose.message)
 
 
 __all__ = [

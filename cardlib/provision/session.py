@@ -49,6 +49,10 @@ class Issuance:
     :ivar issuer_kid: kid of the key that signed the identity record.
     :ivar time: UNIX seconds. :ivar identity_hash: 8-byte state_hash of the identity COSE.
     :ivar reissue_of: card id this card replaces (lost card), else None.
+    :ivar identity: the card's identity record exactly as written (issuer-signed COSE_Sign1,
+        external_aad = identity context ‖ UID, docs/card-format.md §5), for issued cards of
+        stations that carry it; None in older files and for abandoned card ids. The server
+        verifies it and takes the card's region and entitlements from it.
     """
 
     card_id: bytes
@@ -60,18 +64,30 @@ class Issuance:
     status: IssuanceStatus
     identity_hash: bytes = b""
     reissue_of: bytes | None = None
+    identity: bytes | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        return {
+        """The record as a CBOR map (text keys); ``identity`` only when present (older readers ignore it)."""
+        out: dict[str, Any] = {
             "card_id": self.card_id, "uid": self.uid, "household_ref": self.household_ref,
             "region": self.region, "issuer_kid": self.issuer_kid, "time": self.time,
             "status": self.status.value, "identity_hash": self.identity_hash, "reissue_of": self.reissue_of,
         }
+        if self.identity is not None:
+            out["identity"] = self.identity
+        return out
 
     @classmethod
     def from_cbor(cls, m: Mapping[str, Any]) -> "Issuance":
+        """Decode one record; ``identity`` is optional (files of older stations lack it).
+
+        :raises KeyError, TypeError, ValueError: malformed (the caller turns these into SessionError).
+        """
+        identity = m.get("identity")
+        if identity is not None and not isinstance(identity, bytes):
+            raise TypeError("issuance identity must be a byte string")
         return cls(m["card_id"], m["uid"], m["household_ref"], m["region"], m["issuer_kid"], m["time"],
-                   IssuanceStatus(m["status"]), m["identity_hash"], m["reissue_of"])
+                   IssuanceStatus(m["status"]), m["identity_hash"], m["reissue_of"], identity)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class CardRecord:
     time: int = 0
     reissue_of: str | None = None
     step: str = ""
+    identity: str = ""  #: hex of the identity record COSE as written (issued cards)
 
 
 class BatchState:
@@ -126,6 +127,7 @@ class BatchState:
                 rec.status = kind
                 rec.time = ev["t"]
                 rec.identity_hash = ev.get("identity_hash", rec.identity_hash)
+                rec.identity = ev.get("identity", rec.identity)
                 rec.step = ev.get("step", "")
 
     def _append(self, event: dict[str, Any]) -> None:
@@ -173,7 +175,8 @@ class BatchState:
                     bytes.fromhex(r.card_id), bytes.fromhex(r.uid), bytes.fromhex(r.household_ref), r.region,
                     bytes.fromhex(r.issuer_kid), r.time,
                     IssuanceStatus.ISSUED if r.status is Event.ISSUED else IssuanceStatus.ABANDONED,
-                    bytes.fromhex(r.identity_hash), bytes.fromhex(r.reissue_of) if r.reissue_of else None))
+                    bytes.fromhex(r.identity_hash), bytes.fromhex(r.reissue_of) if r.reissue_of else None,
+                    bytes.fromhex(r.identity) if r.identity and r.status is Event.ISSUED else None))
         return out
 
     # ------------------------------------------------------------------ events
@@ -191,14 +194,24 @@ class BatchState:
         self.cards[rec.card_id] = rec
         return rec
 
-    def finish(self, rec: CardRecord, event: Event, *, identity_hash: bytes = b"", step: str = "", detail: str = "") -> None:
-        """Journal ``issued`` / ``interrupted`` / ``abandoned`` for a started card id."""
+    def finish(self, rec: CardRecord, event: Event, *, identity_hash: bytes = b"", identity: bytes = b"",
+               step: str = "", detail: str = "") -> None:
+        """Journal ``issued`` / ``interrupted`` / ``abandoned`` for a started card id.
+
+        :param identity: the identity record COSE bytes written (``issued``), carried into
+            the issuance file for the server's registry.
+        """
         t = int(time.time())
-        self._append({"event": event.value, "card_id": rec.card_id, "identity_hash": identity_hash.hex(),
-                      "step": step, "t": t})
+        ev: dict[str, Any] = {"event": event.value, "card_id": rec.card_id, "identity_hash": identity_hash.hex(),
+                              "step": step, "t": t}
+        if identity:
+            ev["identity"] = identity.hex()
+        self._append(ev)
         rec.status, rec.time, rec.step = event, t, step
         if identity_hash:
             rec.identity_hash = identity_hash.hex()
+        if identity:
+            rec.identity = identity.hex()
         self._result(rec.line, rec.household_ref, event.value, rec.card_id, rec.uid.upper(), detail or step)
 
     def rejected(self, line: int, household_ref: str, uid: bytes, reason: str) -> None:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime as dt
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from cardlib.keys.errors import CsrError, KeysError
 from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
+from cardlib.provision.regions import check_region
 from server.errors import BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound
 from server.extensions import db
 from server.http import json_body, query_params
 from server.models import Card, Person, Role, Terminal, TerminalStatus
+from server.reconcile.models import TerminalSite
 from server.types import require_aware, utcnow
 from server.upload import insert_or_ignore
 
@@ -112,11 +115,51 @@ def check_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
         raise InvalidCsr(str(exc), reason=exc.reason) from exc
 
 
+#: WGS 84 coordinate ranges, degrees.
+_LAT_RANGE = (-90.0, 90.0)
+_LON_RANGE = (-180.0, 180.0)
+
+
+def parse_site(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The optional site of an enrolment request: ``region``, ``lat``, ``lon``.
+
+    :param body: the request object.
+    :returns: a ``terminal_sites`` row without ``terminal_id`` (absent fields None), or
+        None when none is given.
+    :raises BadRequest: ``region`` not a Kalimantan Tengah Kemendagri code (``62.71``,
+        ``62.71.01``; :func:`cardlib.provision.regions.check_region`), ``lat``/``lon`` not
+        finite numbers in degrees (WGS 84, lat −90..90, lon −180..180), or only one of them.
+    """
+    region, lat, lon = body.get("region"), body.get("lat"), body.get("lon")
+    if region is None and lat is None and lon is None:
+        return None
+    if region is not None:
+        if not isinstance(region, str):
+            raise BadRequest("region must be a Kemendagri code like 62.71", field="region")
+        try:
+            region = check_region(region)
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="region") from exc
+    if (lat is None) != (lon is None):
+        raise BadRequest("lat and lon go together", field="lat" if lat is None else "lon")
+    for name, value, (low, high) in (("lat", lat, _LAT_RANGE), ("lon", lon, _LON_RANGE)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise BadRequest(f"{name} must be degrees in {low:g}..{high:g} (WGS 84)", field=name)
+    return {"region": region, "lat": None if lat is None else float(lat), "lon": None if lon is None else float(lon)}
+
+
 @bp.post("/terminals/enrol")
 def enrol() -> ResponseReturnValue:
     """A terminal asks to be enrolled: ``{"terminal_id", "csr": PEM text or base64 DER}`` → 202 pending.
 
-    Re-sending the same CSR is idempotent; another key for a known terminal is 409.
+    Optional ``region`` (Kemendagri code), ``lat``/``lon`` (degrees, WGS 84): where the
+    counter stands, stored in ``terminal_sites`` for reconciliation (impossible travel)
+    and the per-region audit totals (:func:`parse_site`). Re-sending the same CSR is
+    idempotent (a site given then is stored if the terminal has none yet); another key for
+    a known terminal is 409.
     """
     body = json_body()
     terminal_id, csr_text = body.get("terminal_id"), body.get("csr")
@@ -131,12 +174,16 @@ def enrol() -> ResponseReturnValue:
             raw = base64.b64decode(csr_text, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise BadRequest("csr is neither PEM nor base64 DER", field="csr") from exc
+    site = parse_site(body)
     csr = check_csr(raw, terminal_id)
     session = db.write_session()
     existing = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
     if existing is not None:
         if existing.public_key != csr.spki_der:
             raise Conflict(f"terminal {terminal_id!r} is already enrolled with another key")
+        if site is not None:
+            session.execute(insert_or_ignore(session, TerminalSite), [{"terminal_id": terminal_id, **site}])
+            session.commit()
         return jsonify(_terminal_json(existing)), 202
     kid = csr.kid
     if session.scalars(select(Terminal).where(Terminal.kid == kid)).first() is not None:
@@ -151,6 +198,8 @@ def enrol() -> ResponseReturnValue:
         if winner is None or winner.public_key != csr.spki_der:
             raise Conflict(f"terminal {terminal_id!r} or this key is already enrolled") from None
         return jsonify(_terminal_json(winner)), 202
+    if site is not None:
+        session.execute(insert_or_ignore(session, TerminalSite), [{"terminal_id": terminal_id, **site}])
     session.commit()
     return jsonify(_terminal_json(terminal)), 202
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from cardlib.records.claims import cycle_of
 from server.db import busy_as_503
 from server.extensions import db
 from server.http import json_body
+from server.registry import ensure_cycles
 from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_entries
 
 bp = Blueprint("journal", __name__, url_prefix="/api/v1/journal")
@@ -31,9 +33,13 @@ def upload_batch() -> ResponseReturnValue:
         session.commit()  # end the read transaction before the CPU-bound part
     batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
     rejected, verified = verify_entries(batch, terminal)
+    # The province cycles (docs/card-format.md §conventions) the entries' wall times fall in:
+    # reconciliation and /audit/regions group redemptions by benefit_cycles rows.
+    cycles = {cycle_of(signed.entry.wall_time) for _, signed in verified}
     with busy_as_503(retry_after):
         session = db.write_session()
         results = store_entries(session, terminal, batch.batch_id, verified, rejected)
+        ensure_cycles(session, cycles)
         session.commit()
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
     status = 200

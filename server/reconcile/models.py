@@ -88,7 +88,14 @@ class BenefitCycle(Base):
 
 
 class CardEntitlement(Base):
-    """Issuer-granted amount per card, programme and cycle (rupiah, units or visits)."""
+    """Issuer-granted amount per card, programme and cycle (rupiah, units or visits).
+
+    ``programme`` is the code the journal carries (the trust bundle's programme name,
+    e.g. ``"pangan"``); ``cycle_id`` is ``str(cycle_of(...))`` (e.g. ``"20261"``,
+    docs/card-format.md §conventions). ``programme_id`` (card identity key 4) and
+    ``unit`` (``package``/``rupiah``/``visit``) are set when the row comes from a
+    verified identity record (migration 0004), else NULL.
+    """
 
     __tablename__ = "card_entitlements"
 
@@ -96,6 +103,8 @@ class CardEntitlement(Base):
     programme: Mapped[str] = mapped_column(String(32), primary_key=True)
     cycle_id: Mapped[str] = mapped_column(ForeignKey("benefit_cycles.cycle_id"), primary_key=True)
     amount: Mapped[int] = mapped_column(BigInteger)
+    programme_id: Mapped[int | None] = mapped_column(Integer)
+    unit: Mapped[str | None] = mapped_column(String(16))
 
 
 class TerminalSite(Base):

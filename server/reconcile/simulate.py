@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from cardlib.records.claims import cycle_bounds
 from cardlib.records.journal import (
     GENESIS_HASH,
     EntryKind,
@@ -51,10 +52,12 @@ REGIONS: dict[str, tuple[str, float, float]] = {
 }
 #: Per-cycle entitlements (DESIGN §1): food package value and cash, rupiah.
 ENTITLEMENTS: dict[str, int] = {"food": 150_000, "cash": 250_000}
-#: The cycle simulated by default (first half of 2026).
-CYCLE_ID = "2026-H1"
-CYCLE_START = dt.datetime(2026, 1, 1, tzinfo=UTC)
-CYCLE_END = dt.datetime(2026, 7, 1, tzinfo=UTC)
+#: The cycle simulated by default: first half of 2026 in the one province calendar
+#: (docs/card-format.md §conventions): id ``cycle_of`` = 20261, WIB-midnight bounds as
+#: ``cycle_bounds`` gives them, so simulated and real registries agree.
+CYCLE = 20261
+CYCLE_ID = str(CYCLE)
+CYCLE_START, CYCLE_END = (b.astimezone(UTC) for b in cycle_bounds(CYCLE))
 #: NTAG21x NFC counter width (24 bits).
 NTAG_COUNTER_MAX = 0xFF_FFFF
 
