@@ -161,7 +161,14 @@ SPEC: dict[str, Any] = {
             "requestBody": _body({
                 "type": "object", "required": ["terminal_id", "csr"],
                 "properties": {"terminal_id": {"type": "string", "maxLength": 64},
-                               "csr": {"type": "string", "description": "PEM, or base64 DER"}}}),
+                               "csr": {"type": "string", "description": "PEM, or base64 DER"},
+                               "region": {"type": "string", "pattern": r"^62\.\d{2}(\.\d{2}(\.\d{4})?)?$",
+                                          "description": "Kemendagri code of the counter's region in "
+                                                         "Kalimantan Tengah, e.g. 62.71 (optional)"},
+                               "lat": {"type": "number", "minimum": -90, "maximum": 90,
+                                       "description": "latitude, degrees WGS 84 (optional; with lon)"},
+                               "lon": {"type": "number", "minimum": -180, "maximum": 180,
+                                       "description": "longitude, degrees WGS 84 (optional; with lat)"}}}),
             "responses": {"202": _json({"$ref": "#/components/schemas/Terminal"}, "pending"),
                           "400": _err("malformed body"), "409": _err("enrolled with another key"),
                           "422": _err("invalid CSR"), **_BUSY},
@@ -207,7 +214,9 @@ SPEC: dict[str, Any] = {
             "summary": "Register a provisioning session's signed issuance file (technician, admin; audited)",
             "description": "The technician-signed COSE_Sign1 from the issuing station, verified against the "
                            "newest stored trust bundle (root TRUST_ROOT_CERT) incl. its issuer grant and quota. "
-                           "Idempotent: the same file again answers duplicate per card.",
+                           "Idempotent: the same file again answers duplicate per card. An issued card's record may "
+                           "carry its identity record (issuer-signed COSE_Sign1): it must verify, and fills the "
+                           "card's region and entitlements for reconciliation (422 reason identity otherwise).",
             "security": _BEARER,
             "requestBody": _body({"type": "object", "required": ["file"], "properties": {
                 "file": {"type": "string", "minLength": 1, "description": "base64 COSE_Sign1 issuance file"}}}),
