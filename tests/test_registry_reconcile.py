@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import random
 import re
@@ -245,3 +246,15 @@ def test_enrolment_site_is_stored_and_a_resend_does_not_move_it(app: Any, audit_
     with app.app_context():
         site = db.session.get(TerminalSite, "T-SITE")
         assert (site.region, site.lat, site.lon) == ("62.71.01", None, None)
+
+
+def test_enrolment_site_refuses_huge_and_non_finite_coordinates(app: Any, audit_db: str, world: Any) -> None:
+    t = SimTerminal.new("T-SITE", "62.71", random.Random(1))
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, t.terminal_id)]))
+           .sign(t.private_key, None)).public_bytes(serialization.Encoding.PEM).decode()
+    for lat in ("1" + "0" * 400, "NaN", "Infinity"):  # raw JSON: an integer no float holds, NaN, inf
+        body = '{"terminal_id": "T-SITE", "csr": %s, "lat": %s, "lon": 113.9}' % (
+            json.dumps(csr), lat)
+        r = world.client.post("/api/v1/terminals/enrol", data=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (lat, r.get_json())

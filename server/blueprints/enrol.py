@@ -6,7 +6,6 @@ import base64
 import binascii
 import datetime as dt
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +144,9 @@ def parse_site(body: dict[str, Any]) -> dict[str, Any] | None:
     for name, value, (low, high) in (("lat", lat, _LAT_RANGE), ("lon", lon, _LON_RANGE)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not low <= value <= high:
+        # Range first: NaN and ±inf fail it, and a huge JSON integer is compared exactly
+        # (math.isfinite/float() would raise OverflowError on it).
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise BadRequest(f"{name} must be degrees in {low:g}..{high:g} (WGS 84)", field=name)
     return {"region": region, "lat": None if lat is None else float(lat), "lon": None if lon is None else float(lon)}
 
