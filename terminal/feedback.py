@@ -8,8 +8,9 @@ with 0x80100016 unless the CCID driver allows them). So:
 - the commands come from the reader profile (:class:`firmware_config.models.Feedback`);
 - the tap only *enqueues* a request — after its COMMIT is journalled — and
   goes on; a worker thread sends the commands;
-- any failure is logged once per reader (then at DEBUG), counted in
-  :attr:`Feedback.failures`, and never propagates.
+- any failure is logged once per reader and kind (then at DEBUG), counted in
+  :attr:`Feedback.failures`, and never propagates; a card that left the field
+  before the beep (``SessionLost``) is counted but logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cardlib.transport.errors import SessionLost
 from firmware_config.models import Feedback as FeedbackCommands
 from firmware_config.models import FeedbackChannel, FeedbackEvent
 
@@ -114,6 +116,11 @@ class FeedbackWorker:
                 for cmd in req.commands:
                     req.send(cmd)
                 self.sent += 1
+            except SessionLost as exc:
+                # The card left the field (or its connection closed) before the beep: nothing
+                # is wrong with the reader's LED/buzzer, so this does not use up its warning.
+                self.failures += 1
+                log.debug("feedback on %s not sent, the card is gone: %s", req.reader, exc)
             except Exception as exc:  # noqa: BLE001 - AP-3: any failure here is logged, never raised
                 self._fail(req.reader, type(exc).__name__, exc)
             finally:

@@ -85,3 +85,6 @@ class TapOutcome:
     card_id: str | None = None
     journal_seq: int | None = None
     detail: str = field(default="", compare=False)
+    #: The card's 7-byte UID as read in this tap (the supervisor keeps it so a re-attach
+    #: with the same card resting is not a new presentation); not shown on screen.
+    tag_uid: bytes | None = field(default=None, compare=False)

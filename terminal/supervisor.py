@@ -293,7 +293,8 @@ class PresentationMemory:
                 self._served[reader] = item
 
 
-#: Runs one tap on a connected card. Returns when the tap is done; may raise
+#: Runs one tap on a connected card. Returns when the tap is done (a result with a
+#: ``tag_uid`` attribute, bytes, names the served card without another card read); may raise
 #: TransportError subclasses (the watcher handles them) — anything else is a bug
 #: that is logged and counted, and the watcher carries on.
 TapHandler = Callable[[Connection, "ReaderBinding"], object]
@@ -473,9 +474,10 @@ class ReaderWatcher:
             return
         conn = GuardedConnection(raw)
         served = False
+        result: object = None
         try:
             self.taps += 1
-            self._on_tap(conn, self.binding)
+            result = self._on_tap(conn, self.binding)
             served = True
         except (ReaderGone, ServiceUnavailable):
             raise
@@ -488,16 +490,15 @@ class ReaderWatcher:
             log.exception("reader %r: the tap failed unexpectedly", self.name)
         finally:
             if served:
-                self._remember(conn)
+                self._remember(conn, getattr(result, "tag_uid", None))
             try:
                 conn.close()
             except TransportError:
                 pass
 
-    def _remember(self, conn: Connection) -> None:
-        """Record the served card (UID via the identify hook, after the outcome is already shown)."""
-        uid: bytes | None = None
-        if self._identify is not None:
+    def _remember(self, conn: Connection, uid: bytes | None) -> None:
+        """Record the served card: ``uid`` as the tap read it, else via the identify hook (after the outcome)."""
+        if uid is None and self._identify is not None:
             try:
                 uid = self._identify(conn, self.binding)
             except TransportError as exc:

@@ -14,6 +14,7 @@ DECLINED with its reason code as a signed claim and writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -219,6 +220,10 @@ class TapProcessor:
             self._publish(outcome)
             raise
         self.tap_seconds.append(time.perf_counter() - start)
+        try:
+            outcome = dataclasses.replace(outcome, tag_uid=bytes(tag.uid))  # read at the start of the tap
+        except CardlibError:
+            pass
         self._publish(outcome)
         self._feedback(conn, binding, outcome)
         return outcome
