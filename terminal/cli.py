@@ -218,3 +218,28 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
             "(proves integrity, not that the terminal wrote it)",
             err=True,
         )
+
+
+@journal.command("repair")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The terminal's public key (PEM SubjectPublicKeyInfo) for the re-verification.")
+@click.option("--cert", "cert_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The terminal's X.509 certificate (PEM) for the re-verification.")
+def repair(file: Path, key_path: Path | None, cert_path: Path | None) -> None:
+    """Rebuild a journal's damaged SQLite indexes (REINDEX), after a backup, and re-verify it.
+
+    Stop the counter first. Only damage confined to indexes is repaired (the
+    signed entries are the source of truth and the indexes are derived from
+    them); anything else exits 2 and changes nothing. The backup is
+    ``FILE.damaged-<time>`` next to FILE. Exit 0 when the repaired journal verifies.
+    """
+    from terminal.journal import repair_journal_file
+
+    key = _load_key(key_path, cert_path)
+    backup, report = repair_journal_file(file, key)  # type: ignore[arg-type]
+    click.echo(f"backed up the damaged journal to {backup}; indexes rebuilt")
+    click.echo(
+        f"OK {file}: terminal {report.terminal_id}, {report.entries} entries, "
+        f"{report.boots} boots, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
+    )

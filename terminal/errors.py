@@ -32,6 +32,23 @@ class JournalVerifyError(JournalError):
         self.seq = seq
 
 
+class JournalDamaged(JournalError):
+    """SQLite reports the journal file itself damaged (``PRAGMA integrity_check`` / ``quick_check``).
+
+    A damaged index can hide a card's earlier entries from the look-ups the
+    counter relies on (open writes, replay check, exposure), so a counter
+    refuses to serve taps on such a file and an audit refuses to call it OK.
+
+    :ivar problems: what SQLite reported, one line each (at most 10).
+    :ivar index_only: True when every problem concerns an index (``REINDEX`` repairs it).
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = (), index_only: bool = False) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.index_only = index_only
+
+
 class TapRetry(TerminalError):
     """The tap could not be completed for a transient reason; the clerk asks to tap again.
 

@@ -21,6 +21,7 @@ the signed bytes.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -45,11 +46,16 @@ from cardlib.records.journal import (
 )
 
 from terminal.clock import Clock
-from terminal.errors import JournalError, JournalVerifyError
+from terminal.errors import JournalDamaged, JournalError, JournalVerifyError
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+
+#: The first 16 bytes of every SQLite database file (SQLite file format §1.3.1).
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: At most this many problem lines are asked of ``PRAGMA integrity_check(N)``.
+_MAX_PROBLEMS = 10
 
 #: Kinds that open (PENDING, UNCERTAIN) or close (the rest) a card write.
 _WRITE_KINDS = (
@@ -175,6 +181,18 @@ class JournalStore:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as exc:  # locked, unreadable directory, …
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
+            raise _damaged(self.path, "open", (str(exc),), serving=True) from exc
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        # The look-ups that guard against double charging (open_write,
+        # last_committed_slot_seq, exposure) go through the indexes: a damaged
+        # index hides a card's history, so refuse to serve on it. A full
+        # integrity_check, not quick_check: only it compares indexes with rows.
+        check_sqlite_file(self._db, self.path, serving=True)
+        try:
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
@@ -559,15 +577,168 @@ def check_head(report: VerifyReport, seq: int, entry_hash: bytes | None) -> None
                                  f"{entry_hash.hex()} (the journal was rewritten)", seq)
 
 
+def sqlite_problems(db: sqlite3.Connection) -> tuple[str, ...]:
+    """What ``PRAGMA integrity_check`` reports (SQLite "PRAGMA integrity_check"), empty when "ok".
+
+    :returns: at most :data:`_MAX_PROBLEMS` lines, e.g. ``"row 4 missing from index entries_card"``.
+    :raises sqlite3.DatabaseError: the file is too damaged to check at all.
+    """
+    lines = tuple(str(r[0]) for r in db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})"))
+    return () if lines == ("ok",) else lines
+
+
+_INDEX_NAMED = re.compile(r"\bindex (\S+)")
+_TREE_ROOT = re.compile(r"\bTree (\d+) page")
+
+
+def _index_only(db: sqlite3.Connection, problems: Sequence[str]) -> bool:
+    """True when every reported problem is in an index (named, or a b-tree rooted at an index's root page)."""
+    try:
+        index_roots = {int(r[0]) for r in db.execute("SELECT rootpage FROM sqlite_master WHERE type='index'")}
+    except sqlite3.Error:
+        return False
+    for line in problems:
+        if line.startswith("*** in database"):
+            continue
+        root = _TREE_ROOT.search(line)
+        if root is not None:
+            if int(root.group(1)) not in index_roots:
+                return False
+        elif _INDEX_NAMED.search(line) is None:
+            return False
+    return True
+
+
+def _damaged(path: Path, what: str, problems: Sequence[str], *, index_only: bool = False,
+             serving: bool = False) -> JournalDamaged:
+    reported = "; ".join(problems)
+    msg = (f"{path}: journal file is damaged (SQLite: {reported})" if what == "open"
+           else f"{path}: journal file is damaged: SQLite integrity_check reports: {reported}")
+    if serving:
+        msg += " — the counter will not serve taps on it (a damaged journal can hide a card's earlier writes)"
+    if index_only:
+        msg += (f"; only its indexes are damaged, the signed entries are intact: stop the counter and run "
+                f"`huma journal repair {path}` (backs the file up, rebuilds the indexes, re-verifies)")
+    else:
+        msg += ("; stop the counter, keep the file with its -wal/-shm as evidence and follow "
+                "docs/terminal.md \"Damaged journal\"")
+    return JournalDamaged(msg, tuple(problems), index_only)
+
+
+def check_sqlite_file(db: sqlite3.Connection, path: Path, *, serving: bool = False) -> None:
+    """Run ``PRAGMA integrity_check`` on an open journal and refuse a damaged one.
+
+    :param serving: word the message for a counter that refuses to serve taps.
+    :raises JournalDamaged: SQLite reports problems (listed; ``index_only`` says whether
+        ``huma journal repair`` can fix them) or cannot read the file at all.
+    """
+    try:
+        problems = sqlite_problems(db)
+    except sqlite3.OperationalError as exc:  # locked, I/O: not evidence of damage
+        raise JournalError(f"{path}: cannot check the journal ({exc})") from exc
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
+        raise _damaged(path, "open", (str(exc),), serving=serving) from exc
+    if problems:
+        raise _damaged(path, "check", problems, index_only=_index_only(db, problems), serving=serving)
+
+
+def _copy_hint(path: Path) -> str:
+    """Advice for a journal copied without its WAL (the counter keeps recent entries in ``FILE-wal``)."""
+    if Path(f"{path}-wal").exists():
+        return ""
+    return (f"; if it was copied from a running counter, copy {path.name}-wal and {path.name}-shm together "
+            f"with {path.name} (the counter keeps recent entries there), or stop the counter first")
+
+
 def _read_only(path: Path) -> sqlite3.Connection:
+    """Open a journal read-only for audit after SQLite's own integrity check.
+
+    :raises JournalVerifyError: no such file, not an SQLite file, or no ``entries`` table.
+    :raises JournalDamaged: SQLite reports the file damaged (truncated, malformed, bad index).
+    """
     if not path.is_file():
         raise JournalVerifyError(f"{path}: no such file")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        with path.open("rb") as f:
+            magic = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalVerifyError(f"{path}: cannot read ({exc})") from exc
+    if len(magic) == len(_SQLITE_MAGIC) and magic != _SQLITE_MAGIC:
+        raise JournalVerifyError(f"{path}: not a terminal journal (not an SQLite database file)")
+    if 0 < len(magic) < len(_SQLITE_MAGIC):
+        raise _damaged(path, "open", (f"only {len(magic)} bytes, cut short",))
+    hint = _copy_hint(path)
+    # Without a -wal sibling the file is all there is: open it immutable, so the
+    # audit creates no -wal/-shm next to a copy (which would also hide the hint).
+    mode = "ro&immutable=1" if hint else "ro"
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
+    except sqlite3.Error as exc:
+        raise JournalVerifyError(f"{path}: cannot open ({exc})") from exc
+    try:
+        check_sqlite_file(db, path)
+    except JournalDamaged as exc:
+        db.close()
+        raise JournalDamaged(str(exc) + hint, exc.problems, exc.index_only) from exc
+    except JournalError:
+        db.close()
+        raise
+    try:
         db.execute("SELECT 1 FROM entries LIMIT 1")
     except sqlite3.Error as exc:
-        raise JournalVerifyError(f"{path}: not a terminal journal ({exc})") from exc
+        db.close()
+        raise JournalVerifyError(f"{path}: not a terminal journal ({exc}){hint}") from exc
     return db
+
+
+def repair_journal_file(path: str | Path, key: CoseKey | None = None) -> tuple[Path, VerifyReport]:
+    """Rebuild a journal's damaged indexes (``REINDEX``) after backing the file up, then re-verify it.
+
+    Only for damage confined to indexes (the signed rows are intact and the
+    indexes are derived from them); the counter must be stopped first.
+
+    :param path: the journal (with its -wal/-shm, if any, next to it).
+    :param key: the terminal's verification key for the re-verification (None: the file's own).
+    :returns: ``(backup file, report of the repaired journal)``; the backup is
+        ``FILE.damaged-YYYYmmddTHHMMSS`` (an SQLite copy including the WAL's content).
+    :raises JournalDamaged: nothing to repair, or the damage is not only in indexes, or
+        SQLite still reports problems after REINDEX.
+    :raises JournalVerifyError: the repaired journal fails verification.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise JournalVerifyError(f"{p}: no such file")
+    db = sqlite3.connect(p, isolation_level=None, timeout=1.0)
+    try:
+        try:
+            problems = sqlite_problems(db)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(p, "open", (str(exc),)) from exc
+        if not problems:
+            raise JournalDamaged(f"{p}: SQLite reports no damage; nothing to repair")
+        if not _index_only(db, problems):
+            raise _damaged(p, "check", problems)
+        backup = p.with_name(f"{p.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        dst = sqlite3.connect(backup)
+        try:
+            db.backup(dst)
+        finally:
+            dst.close()
+        log.warning("journal %s: indexes damaged (%s); backed up to %s, rebuilding", p, "; ".join(problems), backup)
+        try:
+            db.execute("REINDEX")
+        except sqlite3.Error as exc:
+            raise JournalDamaged(f"{p}: REINDEX failed ({exc}); the backup is {backup}") from exc
+        left = sqlite_problems(db)
+        if left:
+            raise _damaged(p, "check", left)
+    except sqlite3.OperationalError as exc:  # locked: the counter still runs
+        raise JournalError(f"{p}: cannot repair ({exc}); stop the counter first") from exc
+    finally:
+        db.close()
+    return backup, verify_journal_file(p, key)
 
 
 def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyReport:
@@ -682,6 +853,7 @@ __all__ = [
     "VerifyReport",
     "check_head",
     "parse_head",
+    "repair_journal_file",
     "verify_journal_file",
     "iter_messages",
     "write_of",
