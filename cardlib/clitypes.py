@@ -19,6 +19,20 @@ import click
 
 #: Characters people put between hex byte pairs when copying from tools and screens.
 _SEPARATORS = (" ", ":", "-")
+#: The UTF-8 byte-order mark (Unicode 15 §23.8) that Windows editors put at the start of text files.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def input_lines(data: bytes) -> list[bytes]:
+    """The lines of a text input file's bytes, without a leading UTF-8 byte-order mark.
+
+    Every line-based input of the card-side tools (id lists, secret files) goes
+    through here, so a file saved by Notepad reads like one saved by vi.
+
+    :param data: the whole file.
+    :returns: the lines without their line endings (``bytes.splitlines``).
+    """
+    return data.removeprefix(UTF8_BOM).splitlines()
 
 
 class OptionError(click.BadParameter):

@@ -120,3 +120,22 @@ def test_no_secret_value_on_the_command_line(group: click.Group) -> None:
             checked += 1
             assert param.is_flag or isinstance(param.type, click.Path), f"{group.name} {name} {param.opts}"
     assert checked >= 5
+
+
+def test_bom_at_the_start_of_a_deny_list_or_secret_file_is_ignored(
+        ks: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Notepad saves UTF-8 with a byte-order mark; the first id / the passphrase must still read."""
+    deny = tmp_path / "deny2.txt"
+    deny.write_text("0011223344556677\r\n8899aabbccddeeff\r\n", encoding="utf-8-sig")
+    assert deny.read_bytes().startswith(b"\xef\xbb\xbf")
+    bom_pw = tmp_path / "key-bom.txt"
+    bom_pw.write_text(KEY_PW, encoding="utf-8-sig")
+    out = str(tmp_path / "b.cose")
+    assert main(["keys", "bundle", "--dir", ks["dir"], "--version", "1", "--deny-cards", str(deny),
+                 "--passphrase-file", str(bom_pw), "--out", out]) == 0, capsys.readouterr().err
+    assert "2 denied cards" in capsys.readouterr().out
+    deny.write_text("\ufeffzz11223344556677\n", encoding="utf-8")  # a BOM does not hide a real error
+    assert main(["keys", "bundle", "--dir", ks["dir"], "--version", "2", "--deny-cards", str(deny),
+                 "--passphrase-file", str(bom_pw), "--out", out]) == 2
+    line = _one_line_error(capsys)
+    assert f"{deny}:1: card id: 'zz11223344556677' is not hex" in line and "\ufeff" not in line

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
-from cardlib.clitypes import Checked, HexBytes, force_option, parse_hex, refuse_overwrite
+from cardlib.clitypes import Checked, HexBytes, force_option, input_lines, parse_hex, refuse_overwrite
 from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import CertificateError, InputFileError
 from cardlib.keys.keystore import KeyStore, Role
@@ -41,10 +41,10 @@ _PEM_CERT_END = b"-----END CERTIFICATE-----"
 def read_secret(path: Path | None, env: str, prompt: str, *, confirm: bool = False) -> bytes:
     """Read a passphrase or PIN: from ``path`` (first line), else ``$env``, else a hidden prompt.
 
-    :returns: the secret as UTF-8 bytes, without the trailing newline.
+    :returns: the secret as UTF-8 bytes, without the trailing newline or a leading byte-order mark.
     """
     if path is not None:
-        lines = path.read_bytes().splitlines()
+        lines = input_lines(path.read_bytes())
         return lines[0] if lines else b""
     value = os.environ.get(env)
     if value is not None:
@@ -259,14 +259,14 @@ def _terminal_certificate(path: Path, ca_pem: bytes) -> TerminalCertificate:
 
 
 def read_id_list(path: Path, width: int, what: str) -> list[bytes]:
-    """Read a list of ids, one per line in hex (blank lines and ``#`` comments ignored).
+    """Read a list of ids, one per line in hex (blank lines and ``#`` comments ignored; a leading BOM too).
 
     :param width: bytes per id (8 for card ids).
     :returns: the ids in file order.
     :raises InputFileError: a line is not ``2 * width`` hex digits or not UTF-8 (file and line named).
     """
     ids: list[bytes] = []
-    for no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    for no, raw in enumerate(input_lines(path.read_bytes()), start=1):
         try:
             text = raw.decode("utf-8").split("#", 1)[0].strip()
         except UnicodeDecodeError:
