@@ -159,3 +159,38 @@ def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_keep_running_says_how_to_reach_its_card_readers(tmp_path: Path) -> None:
+    """--keep-running prints the PCSCLITE_CSOCK_NAME setting; with it `huma readers` sees the demo's readers.
+
+    After the demo stops, the same setting gives a "pcscd is not running" error naming that socket.
+    """
+    import os
+    import re
+    import signal
+
+    log = tmp_path / "demo.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "huma.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 220
+        while time.monotonic() < deadline and proc.poll() is None and "Ctrl-C (or SIGTERM) stops" not in log.read_text():
+            time.sleep(0.5)
+        text = log.read_text()
+        settings = re.findall(r"card readers \(main pcscd\): PCSCLITE_CSOCK_NAME=(\S+) huma readers", text)
+        assert len(settings) == 1, text[-3000:]
+        env = {**os.environ, "PCSCLITE_CSOCK_NAME": settings[0]}
+        readers = subprocess.run([sys.executable, "-m", "huma", "readers"], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert readers.returncode == 0 and "Virtual PCD" in readers.stdout, readers.stdout + readers.stderr
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        gone = subprocess.run([sys.executable, "-m", "huma", "readers"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 2 and f"PCSCLITE_CSOCK_NAME={settings[0]}" in gone.stderr, gone.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
 from types import TracebackType
 
@@ -107,12 +108,22 @@ _SERVICE_HINTS = {
 }
 
 
+#: Environment variable libpcsclite reads for the pcscd socket path (pcsc-lite ``PCSCLITE_CSOCK_NAME``).
+CSOCK_ENV = "PCSCLITE_CSOCK_NAME"
+
+
 def _service_unavailable(code: int, what: str) -> ServiceUnavailable:
     """:class:`ServiceUnavailable` whose message says what to do; ``.code`` keeps the SCARD code.
 
     The code is already in the hint text, so it is not appended a second time.
     """
-    exc = ServiceUnavailable(f"{what}: {_SERVICE_HINTS[code].format(code=code)}")
+    hint = _SERVICE_HINTS[code].format(code=code)
+    sock = os.environ.get(CSOCK_ENV)
+    if code == SCARD_E_NO_SERVICE and sock:
+        # A private pcscd (the demo, the test harness) is reached via this socket, not the system one.
+        state = "exists" if os.path.exists(sock) else "does not exist"
+        hint += f"; or the pcscd behind {CSOCK_ENV}={sock} (that socket {state}) is not running"
+    exc = ServiceUnavailable(f"{what}: {hint}")
     exc.code = code
     return exc
 

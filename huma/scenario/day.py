@@ -104,6 +104,8 @@ class DayResult:
     denied_card_id: str = ""
     torn_card_id: str = ""
     urls: dict[str, str] = field(default_factory=dict)
+    #: pcscd name ("main", "kiosk") → the ``PCSCLITE_CSOCK_NAME=…`` setting that reaches its virtual readers
+    reader_env: dict[str, str] = field(default_factory=dict)
 
 
 class Story:
@@ -530,6 +532,15 @@ class Day:
                            "(`--keep-running` leaves them up until Ctrl-C)[/]")
         for name, url in self.result.urls.items():
             self.story.say(f"{name:<15} {url}")
+        self.result.reader_env = {
+            name: " ".join(f"{k}={v}" for k, v in h.client_env().items())
+            for name, h in (("main", self.harness), ("kiosk", self.kiosk_harness))
+        }
+        if live:
+            # The card readers are virtual, behind private pcscd instances: the system socket reaches none.
+            for name, setting in self.result.reader_env.items():
+                self.story.say(f"card readers ({name} pcscd): {setting} huma readers   "
+                               f"(and `{setting} huma card info`)")
         if live or not self.own_dir:
             self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
             kept = "" if not self.own_dir else " (a temporary directory, removed when the demo stops; --workdir keeps it)"
