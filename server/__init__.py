@@ -45,8 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["DATABASE_URL"] = os.environ["DATABASE_URL"]
     if test_config is not None:
         app.config.update(test_config)
-    if not app.config.get("DATABASE_URL"):
-        os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config.get("DATABASE_URL"):  # the directory is made by `huma server db upgrade`, not here
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "huma.db")
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

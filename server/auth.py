@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from flask import g, request
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -38,14 +38,27 @@ def hash_password(password: str) -> str:
     return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
+def normalise_username(username: str) -> str:
+    """The stored form of a username: lower case, so ``Auditor`` and ``auditor`` are one login."""
+    return username.lower()
+
+
+def username_is(username: str) -> ColumnElement[bool]:
+    """SQL condition matching the person called ``username`` in any case (uses ``lower(username)``'s index)."""
+    return func.lower(Person.username) == normalise_username(username)
+
+
 def create_person(session: Session, username: str, password: str, role: Role) -> Person:
     """Add a person (the caller commits and audits).
+
+    The username is stored in lower case (:func:`normalise_username`); the database refuses a
+    second person whose name differs only in case (unique index on ``lower(username)``).
 
     :raises ValueError: password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
-    person = Person(username=username, password_hash=hash_password(password), role=role, disabled=False)
+    person = Person(username=normalise_username(username), password_hash=hash_password(password), role=role, disabled=False)
     session.add(person)
     session.flush()
     return person
@@ -58,7 +71,7 @@ def login(session: Session, username: str, password: str, ttl: dt.timedelta) -> 
     :raises AuthenticationFailed: unknown user, wrong password or disabled account
         (one message for all three).
     """
-    person = session.scalars(select(Person).where(Person.username == username)).one_or_none()
+    person = session.scalars(select(Person).where(username_is(username))).one_or_none()
     # Hash even for an unknown user so timing does not reveal which usernames exist.
     stored = person.password_hash if person is not None else _DUMMY_HASH
     ok = check_password_hash(stored, password)
@@ -140,7 +153,7 @@ def find_person(session: Session, username: str) -> Person:
     """
     from server.errors import NotFound
 
-    person = session.scalars(select(Person).where(Person.username == username)).one_or_none()
+    person = session.scalars(select(Person).where(username_is(username))).one_or_none()
     if person is None:
         raise NotFound(f"no person {username!r}")
     return person

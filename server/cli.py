@@ -52,10 +52,27 @@ def _where(url: str) -> str:
     return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
 
 
-def make_app() -> Flask:
-    """The application for a CLI command (``DATABASE_URL`` and ``HUMA_*`` from the environment).
+#: ``click.Context.meta`` key where :data:`DATABASE_OPTION` leaves the chosen URL.
+_DB_META = "huma.database_url"
 
-    :raises ConfigurationError: ``DATABASE_URL`` is not a URL SQLAlchemy can use (unknown
+
+def _remember_database(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_DB_META] = value
+
+
+#: ``--database URL`` (default ``$DATABASE_URL``), for every command that opens the database.
+DATABASE_OPTION = click.option(
+    "--database", metavar="URL", envvar="DATABASE_URL", show_envvar=True, expose_value=False,
+    callback=_remember_database, is_eager=True,
+    help="Database: postgresql+psycopg://user@host:5432/name or sqlite:///path.db "
+         "(default: $DATABASE_URL, else instance/huma.db beside the server package).")
+
+
+def make_app() -> Flask:
+    """The application for a CLI command: ``--database``/``DATABASE_URL`` and ``HUMA_*`` from the environment.
+
+    :raises ConfigurationError: the database URL is not a URL SQLAlchemy can use (unknown
         dialect or driver, malformed); the message shows it without its password.
     """
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -63,29 +80,36 @@ def make_app() -> Flask:
     from server import create_app
     from server.errors import ConfigurationError
 
+    ctx = click.get_current_context(silent=True)
+    url = ctx.meta.get(_DB_META) if ctx is not None else None
     try:
-        return create_app()
+        return create_app({"DATABASE_URL": url} if url else None)
     except (ArgumentError, NoSuchModuleError) as exc:
-        url = os.environ.get("DATABASE_URL", "")
-        raise ConfigurationError(f"DATABASE_URL {_safe_url(url)} is not usable: {exc}; expected "
+        shown = url or os.environ.get("DATABASE_URL", "")
+        raise ConfigurationError(f"database URL {_safe_url(shown)} is not usable: {exc}; expected "
                                  "postgresql+psycopg://user@host:5432/name or sqlite:///path.db") from None
 
 
 @contextmanager
-def database(app: Flask) -> Iterator[None]:
+def database(app: Flask, *, require_schema: bool = True) -> Iterator[None]:
     """Run a block in ``app``'s context and turn database failures into typed errors.
 
+    :param require_schema: first check that the schema is at the Alembic head (every command
+        but ``db upgrade``); never creates a SQLite file.
+    :raises SchemaNotCurrent: no schema (revision none) or an older one: run ``huma server db upgrade``.
     :raises DatabaseUnavailable: cannot connect (names host:port, never the password).
     :raises Conflict: a uniqueness constraint (the driver's first line, no parameters).
     """
     from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
-    from server.db import is_busy
+    from server.db import check_schema, is_busy
     from server.errors import Conflict, DatabaseBusy, DatabaseUnavailable
     from server.extensions import db
 
     with app.app_context():
         try:
+            if require_schema:
+                check_schema(db.engine, _where(app.config["DATABASE_URL"]))
             yield
         except IntegrityError as exc:
             # str(exc) would include the statement's parameters (e.g. a password hash).
@@ -126,9 +150,15 @@ def server() -> None:
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="waitress worker threads.")
+@DATABASE_OPTION
 def run(host: str, port: int, threads: int) -> None:
-    """Serve the API with waitress (production WSGI server). DATABASE_URL selects the database.
+    """Serve the API with waitress (production WSGI server).
 
+    Refuses to start (exit 2) unless the database answers and its schema is at this
+    release's migration head.
+    \f
+    :raises SchemaNotCurrent: no schema or an old one (run `huma server db upgrade`).
+    :raises DatabaseUnavailable: the database cannot be reached or opened.
     :raises ListenError: the address cannot be bound (in use, no permission, unknown host).
     """
     import waitress
@@ -137,6 +167,8 @@ def run(host: str, port: int, threads: int) -> None:
     from server.http import waitress_options
 
     app = make_app()
+    with database(app):  # connect + revision == head, before binding (then the pool is disposed)
+        pass
     try:  # bind here, so a failure closes the socket (waitress leaks it) and is one clear message
         listener = socket.create_server((host, port), reuse_port=False)
     except OSError as exc:
@@ -153,13 +185,18 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@DATABASE_OPTION
 def upgrade(revision: str) -> None:
-    """Apply the Alembic migrations to DATABASE_URL (default: the instance SQLite file)."""
+    """Apply the Alembic migrations (creates the default instance SQLite file and its directory)."""
+    from server.db import sqlite_file
     from server.db import upgrade as do_upgrade
     from server.extensions import db
 
     app = make_app()
-    with database(app):
+    path = sqlite_file(app.config["DATABASE_URL"])
+    if path is not None and path.parent == Path(app.instance_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with database(app, require_schema=False):
         do_upgrade(db.engine, revision)
     click.echo(f"database at {revision}")
 
@@ -200,11 +237,15 @@ def people() -> None:
 @click.argument("username")
 @click.option("--role", type=click.Choice(["admin", "technician", "auditor"]), required=True)
 @_PASSWORD_FILE
+@DATABASE_OPTION
 def add_person(username: str, role: str, password_file: Path | None) -> None:
-    """Create a person (the first admin is created this way); audited as a console action."""
+    """Create a person (the first admin is created this way); audited as a console action.
+
+    USERNAME is stored in lower case; a name that differs from an existing one only in case is refused.
+    """
     from sqlalchemy import select
 
-    from server.auth import audit, create_person
+    from server.auth import audit, create_person, username_is
     from server.errors import BadRequest, Conflict
     from server.models import Person, Role
 
@@ -212,18 +253,20 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
     password = _read_password(password_file)
     with database(app):
         session = _write_session()
-        if session.scalars(select(Person.id).where(Person.username == username)).first() is not None:
-            raise Conflict(f"person {username!r} exists (use `huma server people set-password`)")
+        existing = session.scalars(select(Person.username).where(username_is(username))).first()
+        if existing is not None:  # usernames are one login in any case: Auditor is auditor
+            raise Conflict(f"person {existing!r} exists (use `huma server people set-password`)")
         try:
             person = create_person(session, username, password, Role(role))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        audit(session, None, "person.create", f"person:{person.id}", username=username, role=role, **_console())
+        audit(session, None, "person.create", f"person:{person.id}", username=person.username, role=role, **_console())
         session.commit()
-    click.echo(f"created {role} {username}")
+    click.echo(f"created {role} {username.lower()}")
 
 
 @people.command("list")
+@DATABASE_OPTION
 def list_people() -> None:
     """Every person: id, username, role, enabled/disabled, created."""
     from sqlalchemy import select
@@ -254,6 +297,7 @@ def _change_person(username: str, action: str, change: Any) -> None:
 
 @people.command("disable")
 @click.argument("username")
+@DATABASE_OPTION
 def disable_person(username: str) -> None:
     """Disable a login and end its sessions (audited)."""
     from server.auth import set_disabled
@@ -264,6 +308,7 @@ def disable_person(username: str) -> None:
 
 @people.command("enable")
 @click.argument("username")
+@DATABASE_OPTION
 def enable_person(username: str) -> None:
     """Re-enable a disabled login (audited)."""
     from server.auth import set_disabled
@@ -275,6 +320,7 @@ def enable_person(username: str) -> None:
 @people.command("set-password")
 @click.argument("username")
 @_PASSWORD_FILE
+@DATABASE_OPTION
 def set_password_cmd(username: str, password_file: Path | None) -> None:
     """Replace a person's password and end their sessions (audited; the password is not logged)."""
     from server.auth import set_password
@@ -303,6 +349,7 @@ def terminals() -> None:
 @terminals.command("list")
 @click.option("--status", type=click.Choice(["pending", "approved", "rejected", "revoked"]),
               help="Only terminals in this status.")
+@DATABASE_OPTION
 def list_terminals(status: str | None) -> None:
     """Terminal id, status, key id, enrolment and decision times."""
     from sqlalchemy import select
@@ -338,6 +385,7 @@ def _decide(terminal_id: str, to: str) -> None:
 
 @terminals.command("approve")
 @click.argument("terminal_id")
+@DATABASE_OPTION
 def approve_terminal(terminal_id: str) -> None:
     """Approve a pending enrolment: the certificate is issued with the configured terminal CA (audited)."""
     _decide(terminal_id, "approved")
@@ -345,6 +393,7 @@ def approve_terminal(terminal_id: str) -> None:
 
 @terminals.command("reject")
 @click.argument("terminal_id")
+@DATABASE_OPTION
 def reject_terminal(terminal_id: str) -> None:
     """Reject a pending enrolment (audited)."""
     _decide(terminal_id, "rejected")
@@ -352,6 +401,7 @@ def reject_terminal(terminal_id: str) -> None:
 
 @terminals.command("revoke")
 @click.argument("terminal_id")
+@DATABASE_OPTION
 def revoke_terminal(terminal_id: str) -> None:
     """Revoke a terminal key: its uploads are refused from now on (audited; publish a new bundle)."""
     _decide(terminal_id, "revoked")

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.errors import DatabaseBusy
+from server.errors import DatabaseBusy, SchemaNotCurrent
 
 log = logging.getLogger(__name__)
 
@@ -155,3 +155,60 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the Alembic migrations up to ``revision`` (the schema's source of truth)."""
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), revision)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL, or None for another backend or an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def head_revision() -> str:
+    """The newest Alembic revision shipped in :mod:`server.migrations` (single head)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "server/migrations has no revisions"
+    return head
+
+
+def check_schema(engine: Engine, where: str) -> str:
+    """Refuse a database whose schema is not at this release's Alembic head, without creating anything.
+
+    A SQLite file that does not exist is reported before connecting (connecting would
+    create an empty file). The revision is read from ``alembic_version``
+    (:class:`alembic.runtime.migration.MigrationContext`).
+
+    :param where: how messages name the database (``host:port/name`` or the file; no password).
+    :returns: the current revision (== the head).
+    :raises SchemaNotCurrent: no schema (revision none) or behind/ahead of the head.
+    :raises sqlalchemy.exc.OperationalError: the database cannot be reached.
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    head = head_revision()
+    path = sqlite_file(str(engine.url))
+    if path is not None and not path.is_file():
+        raise SchemaNotCurrent(f"database at {where} has no schema (revision none; the file does not exist); "
+                               "run `huma server db upgrade`", None, head)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
+        raise SchemaNotCurrent(f"database at {where} has no schema (revision none); run `huma server db upgrade`",
+                               None, head)
+    if current != head:
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        try:
+            ScriptDirectory.from_config(alembic_config()).get_revision(current)
+        except CommandError:
+            raise SchemaNotCurrent(f"database at {where} is at revision {current}, unknown to this release "
+                                   f"(head {head}): run the release that migrated it", current, head) from None
+        raise SchemaNotCurrent(f"database at {where} is at revision {current}, not this release's {head}; "
+                               "run `huma server db upgrade`", current, head)
+    return current

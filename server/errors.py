@@ -174,3 +174,19 @@ class ListenError(ServerError):
     """``huma server run`` cannot listen on the address (port in use, no permission, unknown host)."""
 
     code = "listen_error"
+
+
+class SchemaNotCurrent(ServerError):
+    """The database has no schema, or one older than this release's Alembic head: run ``huma server db upgrade``.
+
+    :ivar revision: the database's current Alembic revision (None when it has none).
+    :ivar head: the newest revision this release ships.
+    """
+
+    code = "schema_not_current"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, revision: str | None, head: str) -> None:
+        super().__init__(message, revision=revision, head=head)
+        self.revision = revision
+        self.head = head

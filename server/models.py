@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,6 +64,10 @@ class Person(Base):
     role: Mapped[Role] = mapped_column(_enum(Role))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+#: One login per name in any case (``Auditor`` is ``auditor``); names are stored lower-cased (migration 0005).
+Index("uq_people_username_lower", func.lower(Person.username), unique=True)
 
 
 class ApiToken(Base):

@@ -352,3 +352,31 @@ def test_verify_export_cli_exit_codes(exported, tmp_path, capsys):
     path.write_bytes(b"\xff")
     assert main(["audit", "verify-export", str(path)]) == 2
     assert "not a journal export" in capsys.readouterr().err
+
+
+def test_verify_export_expect_head_catches_entries_cut_from_the_end(exported, tmp_path, capsys):
+    """Deleting a terminal's LAST entry leaves no gap: only the terminal's own head (``huma journal
+    verify``) passed as --expect-head reveals it, naming how many entries are missing."""
+    from huma.cli import main
+
+    tid = exported["items"][0]["terminal_id"]
+    mine = [i for i in exported["items"] if i["terminal_id"] == tid]
+    last = mine[-1]
+    head = f"{tid}={last['seq']}:{last['entry_hash']}"
+    path = tmp_path / "journal.json"
+    path.write_text(json.dumps(exported))
+    assert main(["audit", "verify-export", str(path), "--expect-head", head]) == 0
+    out = capsys.readouterr().out
+    assert f"{tid}: {len(mine)} entries verified, last seq {last['seq']}, head {last['entry_hash']}" in out
+    cut = {**exported, "items": [i for i in exported["items"] if i is not last]}
+    path.write_text(json.dumps(cut))
+    assert main(["audit", "verify-export", str(path)]) == 0  # undetectable from the export alone
+    assert "compare each head with `huma journal verify`" in capsys.readouterr().out
+    assert main(["audit", "verify-export", str(path), "--expect-head", head]) == 2
+    assert f"1 entries are missing at the end of {tid}" in capsys.readouterr().err
+    assert main(["audit", "verify-export", str(path), "--expect-head", f"{tid}={last['seq'] - 1}:{'00' * 32}"]) == 2
+    assert "differs from the expected" in capsys.readouterr().err
+    assert main(["audit", "verify-export", str(path), "--expect-head", "T-absent=3"]) == 2
+    assert "3 entries are missing at the end of T-absent" in capsys.readouterr().err
+    assert main(["audit", "verify-export", str(path), "--expect-head", "no-equals-sign"]) != 0
+    assert "TERMINAL_ID=SEQ" in capsys.readouterr().err

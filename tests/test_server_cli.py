@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from huma.cli import main
 from server.extensions import db
-from server.models import AuditLog, Person, Terminal, TerminalStatus
+from server.models import AuditLog, Person, Role, Terminal, TerminalStatus
 from tests.fixtures.db import ADMIN_PASSWORD
 
 
@@ -137,3 +141,122 @@ def test_people_list_disable_set_password(app, world, env, capsys, tmp_path):
     assert actions == ["person.disable", "person.enable", "person.set_password"]
     with app.app_context():
         assert db.session.scalars(select(Person.disabled).where(Person.username == "admin")).one() is False
+
+
+@pytest.fixture
+def unmigrated_url(db_url: str, tmp_path: Any) -> Any:
+    """A database that exists but was never migrated: an empty SQLite file or a new PostgreSQL database."""
+    from sqlalchemy import create_engine, text
+
+    from tests.fixtures.db import PG_ADMIN_URL
+
+    if db_url.startswith("sqlite"):
+        path = tmp_path / "empty.db"
+        path.write_bytes(b"")
+        yield f"sqlite:///{path}"
+        return
+    name = f"huma_empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("argv", [
+    ("audit", "export", "journal", "-o", "-"), ("audit", "export", "findings", "-o", "-"), ("audit", "reconcile"),
+    ("server", "people", "list"), ("server", "terminals", "list"),
+])
+def test_commands_on_a_missing_or_unmigrated_database_say_run_db_upgrade(argv, unmigrated_url, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Never a traceback, never a new database file: one typed line naming the fix, exit 2."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    missing = tmp_path / "no" / "such.db"
+    code, out, err = _huma(capsys, *argv, "--database", f"sqlite:///{missing}")
+    assert code == 2 and "has no schema (revision none" in err and "huma server db upgrade" in err, err
+    assert "Traceback" not in out + err and not missing.parent.exists()
+    monkeypatch.setenv("DATABASE_URL", unmigrated_url)  # the option's default
+    code, out, err = _huma(capsys, *argv)
+    assert code == 2 and "has no schema (revision none); run `huma server db upgrade`" in err, err
+    assert "Traceback" not in out + err and err.count("\n") == 1
+
+
+def test_a_database_behind_head_is_refused_then_upgraded(unmigrated_url, capsys, monkeypatch):
+    from server.db import head_revision
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert _huma(capsys, "server", "db", "upgrade", "--revision", "0004", "--database", unmigrated_url)[0] == 0
+    code, _out, err = _huma(capsys, "server", "people", "list", "--database", unmigrated_url)
+    assert code == 2 and f"is at revision 0004, not this release's {head_revision()}" in err
+    assert "huma server db upgrade" in err
+    assert _huma(capsys, "server", "db", "upgrade", "--database", unmigrated_url)[0] == 0
+    code, out, _err = _huma(capsys, "server", "people", "list", "--database", unmigrated_url)
+    assert code == 0 and "no people yet" in out
+
+
+def test_run_refuses_a_database_it_cannot_use(unmigrated_url, capsys, monkeypatch):
+    """``server run`` checks connect + revision == head before it listens (it used to serve 500s)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////nonexistent/dir/x.db")
+    code, out, err = _huma(capsys, "server", "run", "--port", port)
+    assert code == 2 and "serving on" not in out and "/nonexistent/dir/x.db has no schema" in err
+    code, out, err = _huma(capsys, "server", "run", "--port", port, "--database", unmigrated_url)
+    assert code == 2 and "serving on" not in out and "has no schema (revision none)" in err
+    assert not Path("/nonexistent/dir").exists()
+
+
+def test_usernames_are_unique_in_any_case(app, world, env, capsys, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("auditor password 1\n")
+    assert _huma(capsys, "server", "people", "add", "auditor", "--role", "auditor", "--password-file", str(pw))[0] == 0
+    code, _out, err = _huma(capsys, "server", "people", "add", "Auditor", "--role", "admin", "--password-file", str(pw))
+    assert code == 2 and "person 'auditor' exists" in err
+    assert _huma(capsys, "server", "people", "add", "Clerk", "--role", "technician", "--password-file", str(pw))[0] == 0
+    r = world.client.post("/api/v1/people", headers=world.auth(),
+                          json={"username": "CLERK", "password": "another password 2", "role": "admin"})
+    assert r.status_code == 409, r.get_json()
+    for name in ("clerk", "CLERK", "Clerk"):  # stored as "clerk"; login in any case
+        r = world.client.post("/api/v1/auth/login", json={"username": name, "password": "auditor password 1"})
+        assert r.status_code == 200, (name, r.get_json())
+    assert _huma(capsys, "server", "people", "disable", "AUDITOR")[0] == 0
+    with app.app_context():
+        names = db.session.scalars(select(Person.username).order_by(Person.id)).all()
+        # the database itself refuses a second spelling written past the code (index on lower(username))
+        db.session.add(Person(username="Admin", password_hash="x", role=Role.ADMIN, disabled=False))
+        with pytest.raises(IntegrityError):
+            db.session.flush()
+        db.session.rollback()
+    assert names == ["admin", "auditor", "clerk"]
+
+
+def _server_commands() -> list[tuple[str, ...]]:
+    from server.audit.cli import audit
+    from server.cli import server
+
+    found: list[tuple[str, ...]] = []
+
+    def walk(cmd: click.Command, path: tuple[str, ...]) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, (*path, name))
+        found.append(path)
+
+    walk(server, ("server",))
+    walk(audit, ("audit",))
+    return found
+
+
+@pytest.mark.parametrize("argv", _server_commands(), ids=" ".join)
+def test_help_shows_no_docstring_markup(argv, capsys):
+    code, out, _err = _huma(capsys, *argv, "--help")
+    assert code == 0 and "Usage:" in out
+    assert not any(mark in out for mark in (":raises", ":param", ":returns", ":ivar", "``")), out
+    if argv in {("server", "run"), ("server", "db", "upgrade"), ("audit", "export"), ("audit", "reconcile"),
+                ("server", "people", "add"), ("server", "terminals", "approve")}:
+        assert "--database URL" in out and "DATABASE_URL" in out

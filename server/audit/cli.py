@@ -1,6 +1,7 @@
 """``huma audit``: batch reconciliation, exports and offline verification of a journal export.
 
-The database is ``DATABASE_URL`` (default: the instance SQLite file), as for ``huma server``.
+The database is ``--database URL`` (default ``DATABASE_URL``, else the instance SQLite file), as for
+``huma server``; a database without the current schema is refused (exit 2), never created.
 """
 
 from __future__ import annotations
@@ -8,15 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 
-def _app() -> Any:
-    from server import create_app
-
-    return create_app()
+from server.cli import DATABASE_OPTION, database, make_app
 
 
 @click.group("audit")
@@ -30,18 +27,16 @@ def audit() -> None:
 @click.option("--verify-signatures", is_flag=True,
               help="Also re-verify every stored entry's signature and columns (one Ed25519 verify per entry).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
+@DATABASE_OPTION
 def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, as_json: bool) -> None:
     """Reconcile the whole stored journal; findings are upserted (re-running never duplicates)."""
     from server.extensions import db
     from server.reconcile.engine import ReconcileConfig, reconcile
 
-    app = _app()
-    with app.app_context():
-        try:
-            result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh),
-                               verify_signatures=verify_signatures)
-        finally:
-            db.engine.dispose()
+    app = make_app()
+    with database(app):
+        result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh),
+                           verify_signatures=verify_signatures)
     if as_json:
         click.echo(json.dumps({"run_id": result.run_id, "entries": result.entries, "findings": result.observed,
                                "new": result.new, "resolved": result.resolved, "by_kind": result.by_kind}))
@@ -71,6 +66,7 @@ def _instant(text: str | None) -> dt.datetime | None:
 @click.option("--card-id", help="Journal: only this card.")
 @click.option("--since", help="Journal: wall time from (ISO 8601 with offset).")
 @click.option("--until", help="Journal: wall time before (ISO 8601 with offset).")
+@DATABASE_OPTION
 def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_id: str | None,
                card_id: str | None, since: str | None, until: str | None) -> None:
     """Export findings or the raw signed journal (streamed; flat memory on large journals)."""
@@ -78,38 +74,60 @@ def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_i
     from server.extensions import db
     from server.reconcile.models import FindingStatus
 
-    app = _app()
-    with app.app_context():
-        try:
-            if what == "findings":
-                chunks = exports.findings_export(db.session, fmt, FindingStatus(status) if status else None)
-            else:
-                chunks = exports.journal_export(db.session, fmt, terminal_id=terminal_id, card_id=card_id,
-                                                since=_instant(since), until=_instant(until))
-            if str(output) == "-":
+    since_at, until_at = _instant(since), _instant(until)  # refused before the database is opened
+    app = make_app()
+    with database(app):
+        if what == "findings":
+            chunks = exports.findings_export(db.session, fmt, FindingStatus(status) if status else None)
+        else:
+            chunks = exports.journal_export(db.session, fmt, terminal_id=terminal_id, card_id=card_id,
+                                            since=since_at, until=until_at)
+        if str(output) == "-":
+            for chunk in chunks:
+                click.echo(chunk, nl=False)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as fh:  # CSV carries its own CRLF
                 for chunk in chunks:
-                    click.echo(chunk, nl=False)
-            else:
-                with output.open("w", encoding="utf-8", newline="") as fh:  # CSV carries its own CRLF
-                    for chunk in chunks:
-                        fh.write(chunk)
-        finally:
-            db.session.close()
-            db.engine.dispose()
+                    fh.write(chunk)
     if str(output) != "-":
         click.echo(f"wrote {what} ({fmt}) to {output}")
 
 
+class _TerminalHead(click.ParamType):
+    """``TERMINAL_ID=SEQ[:HASH]`` → (terminal id, (seq, entry hash or None))."""
+
+    name = "TERMINAL_ID=SEQ[:HASH]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if isinstance(value, tuple):
+            return value
+        from server.audit.exports import parse_terminal_head
+
+        try:
+            return parse_terminal_head(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r}: expected TERMINAL_ID=SEQ or TERMINAL_ID=SEQ:HASH (64 hex digits) — {exc}",
+                      param, ctx)
+
+
 @audit.command("verify-export")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def verify_export_cmd(path: Path) -> None:
+@click.option("--expect-head", "expect_heads", type=_TerminalHead(), multiple=True,
+              help="Fail unless TERMINAL_ID's entries end exactly at SEQ (and entry HASH, hex): the head "
+                   "printed by `huma journal verify` on that terminal. Repeatable; catches entries cut "
+                   "from the end of a chain, which the export alone cannot show.")
+def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, bytes | None]], ...]) -> None:
     """Verify a JSON journal export offline (no server, no database): every signature, every
     exported column against the signed bytes, and each terminal's chain (gaps, breaks, deletions).
 
+    Prints each terminal's last seq and head entry hash: entries deleted from the END of a
+    chain leave no gap, so compare these heads with `huma journal verify` on each terminal,
+    or pass them as --expect-head.
+
     Exit status 0 when it verifies; 2 with the terminal, seq and reason when it does not, or
-    when the file is not a journal export (as ``huma journal verify``).
+    when the file is not a journal export (as `huma journal verify`).
     """
-    from server.audit.exports import verify_journal_export
+    from server.audit.exports import check_export_heads, verify_journal_export
     from server.errors import NotAJournalExport
 
     try:
@@ -117,6 +135,10 @@ def verify_export_cmd(path: Path) -> None:
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
         raise NotAJournalExport(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
     report = verify_journal_export(document)
+    if expect_heads and not report.complete:
+        raise click.UsageError(f"--expect-head needs an export that is not filtered by card or time "
+                               f"(this one: {report.filters})")
+    check_export_heads(report, dict(expect_heads))
     for terminal_id, n in sorted(report.counts.items()):
         seq, head = report.heads[terminal_id]
         click.echo(f"{terminal_id}: {n} entries verified, last seq {seq}, head {head}")
@@ -125,3 +147,6 @@ def verify_export_cmd(path: Path) -> None:
                    "between entries cannot be detected; signatures, columns and adjacent links verified",
                    err=True)
     click.echo(f"OK: {sum(report.counts.values())} entries, {len(report.counts)} terminals")
+    if not expect_heads:
+        click.echo("(compare each head with `huma journal verify` on that terminal, or pass "
+                   "--expect-head TERMINAL_ID=SEQ:HASH: entries cut from the end cannot be seen from the export alone)")

@@ -314,3 +314,48 @@ def verify_journal_export(document: Any) -> ExportReport:
         counts[tid] = len(verified)
         heads[tid] = (verified[-1].entry.seq, verified[-1].entry_hash.hex())
     return ExportReport(counts, heads, complete, dict(filters))
+
+
+def parse_terminal_head(text: str) -> tuple[str, tuple[int, bytes | None]]:
+    """Parse ``TERMINAL_ID=SEQ`` or ``TERMINAL_ID=SEQ:HASH`` (HASH: 64 hex digits, the SHA-256 entry hash).
+
+    :raises ValueError: not of that form.
+    """
+    terminal_id, sep, head = text.partition("=")
+    if not sep or not terminal_id.strip():
+        raise ValueError("no TERMINAL_ID= before the head")
+    seq_text, _, hash_text = head.strip().partition(":")
+    seq = int(seq_text)
+    if seq < 1:
+        raise ValueError("SEQ must be >= 1")
+    if not hash_text:
+        return terminal_id.strip(), (seq, None)
+    digest = bytes.fromhex(hash_text)
+    if len(digest) != 32:
+        raise ValueError("HASH must be 64 hex digits (a SHA-256 entry hash)")
+    return terminal_id.strip(), (seq, digest)
+
+
+def check_export_heads(report: ExportReport, expected: Mapping[str, tuple[int, bytes | None]]) -> None:
+    """Compare each terminal's last exported entry with the head its own journal reports.
+
+    Entries deleted from the end of a chain leave no gap and no broken link, so only
+    a head recorded elsewhere (``huma journal verify`` on the terminal) can reveal them.
+
+    :param expected: terminal id → (last seq, its entry hash or None).
+    :raises ExportDoesNotVerify: a terminal ends earlier ("N entries are missing at the end of
+        TERMINAL"), later, with another entry hash, or is absent from the export.
+    """
+    for tid, (seq, entry_hash) in sorted(expected.items()):
+        if tid not in report.heads:
+            raise ExportDoesNotVerify(f"{seq} entries are missing at the end of {tid} "
+                                      "(the export has none of its entries)", tid)
+        last, head = report.heads[tid]
+        if last < seq:
+            raise ExportDoesNotVerify(f"{seq - last} entries are missing at the end of {tid}: the export "
+                                      f"ends at seq {last}, the terminal's journal at seq {seq}", tid)
+        if last > seq:
+            raise ExportDoesNotVerify(f"the export goes on to seq {last}, past the expected head {seq}", tid)
+        if entry_hash is not None and entry_hash.hex() != head:
+            raise ExportDoesNotVerify(f"entry hash {head} differs from the expected {entry_hash.hex()} "
+                                      "(the chain was rewritten)", tid, seq)

@@ -83,7 +83,7 @@ def add_person() -> ResponseReturnValue:
     session = db.write_session()
     try:
         person = create_person(session, username, password, role)
-        audit(session, g.person, "person.create", f"person:{person.id}", username=username,
+        audit(session, g.person, "person.create", f"person:{person.id}", username=person.username,
               role=role.value)
         session.commit()
     except ValueError as exc:
