@@ -96,7 +96,8 @@ def test_no_pcscd_says_how_to_start_it(tmp_path: Path, argv: list[str]) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: SCardEstablishContext: pcscd is not running (PC/SC service unavailable, 0x8010001D): "
-        "start it with `pcscd` or `systemctl start pcscd`"]
+        "start it with `pcscd` or `systemctl start pcscd`; or the pcscd behind "
+        "PCSCLITE_CSOCK_NAME=/nonexistent/pcscd.comm (that socket does not exist) is not running"]
 
 
 def test_service_errors_keep_their_code() -> None:
