@@ -405,3 +405,140 @@ def reject_terminal(terminal_id: str) -> None:
 def revoke_terminal(terminal_id: str) -> None:
     """Revoke a terminal key: its uploads are refused from now on (audited; publish a new bundle)."""
     _decide(terminal_id, "revoked")
+
+
+# ----------------------------------------------------------------------------- trust bundles
+
+
+def _terminal_keys(session: Session) -> list[Any]:
+    """Bundle entries of approved (active) and revoked (status REVOKED from the decision time) terminals."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+    from sqlalchemy import select
+
+    from cardlib.records.bundle import terminal_bundle_key
+    from server.models import Terminal, TerminalStatus
+
+    keys = []
+    rows = session.scalars(select(Terminal).where(
+        Terminal.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED])).order_by(Terminal.terminal_id))
+    for t in rows:
+        not_after = 2**32 - 1
+        if t.certificate_der:
+            not_after = int(x509.load_der_x509_certificate(t.certificate_der).not_valid_after_utc.timestamp())
+        revoked_at = None
+        if t.status is TerminalStatus.REVOKED:
+            revoked_at = int((t.decided_at or dt.datetime.now(dt.timezone.utc)).timestamp())
+        keys.append(terminal_bundle_key(load_der_public_key(t.public_key), not_after,  # type: ignore[arg-type]
+                                        revoked_at=revoked_at))
+    return keys
+
+
+def _read_programmes(path: Path) -> list[Any]:
+    """Programmes from TOML: ``[[programme]]`` tables with id, name, unit, per_cycle (cardlib Programme).
+
+    :raises click.UsageError: not TOML or a table lacks a field (file named).
+    """
+    import tomllib
+
+    from cardlib.records.bundle import Programme
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return [Programme(int(p["id"]), str(p["name"]), str(p["unit"]), int(p["per_cycle"]))
+                for p in doc.get("programme", [])]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"{path}: expected [[programme]] tables with id, name, unit, per_cycle: {exc!r}")
+
+
+@server.group("bundle")
+def bundle_group() -> None:
+    """Trust bundles: publish the next one from the registry, show the newest."""
+
+
+@bundle_group.command("publish")
+@click.option("--keystore", "keydir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              envvar="HUMA_KEYSTORE", required=True, help="Keystore directory (env HUMA_KEYSTORE).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Bundle key passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
+@click.option("--programmes", "programmes_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="TOML [[programme]] list (default: the previous bundle's programmes).")
+@click.option("--valid-days", type=click.IntRange(min=1), default=14, show_default=True,
+              help="Days before terminals treat the bundle as stale.")
+@DATABASE_OPTION
+def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: Path | None, valid_days: int) -> None:
+    """Sign and store the next trust bundle (version = newest + 1; audited).
+
+    Keys: the keystore's issuer/technician keys and every approved or revoked terminal.
+    Deny lists: the previous bundle's ∪ confirmed clone/fraud findings, abandoned and
+    replaced cards (server.registry.next_deny_sets). Programmes and policies: the previous
+    bundle's unless --programmes. The previous bundle must verify under the keystore's root.
+    """
+    import datetime as dt
+    import time
+
+    from sqlalchemy import select
+
+    from cardlib.keys.cli import read_secret
+    from cardlib.keys.keystore import KeyStore
+    from cardlib.records.bundle import CARD_ID_LENGTH, UID_LENGTH, SortedIdSet, sign_keystore_bundle, verify_bundle
+    from cardlib.records.errors import RecordError
+    from server.auth import audit
+    from server.blueprints.bundle import store_bundle
+    from server.errors import Conflict
+    from server.models import TrustBundle as StoredBundle
+    from server.registry import next_deny_sets
+
+    store = KeyStore.open(keydir)
+    root = store.entry(store.root_kid).public_key
+    passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase")
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        prev_row = session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
+        prev = None
+        if prev_row is not None:
+            try:
+                prev = verify_bundle(prev_row.blob, root)
+            except RecordError as exc:
+                raise Conflict(f"stored bundle v{prev_row.version} does not verify under keystore root "
+                               f"{store.root_kid.hex()}: {exc}") from None
+        cards, uids = next_deny_sets(session)
+        if prev is not None:
+            cards = SortedIdSet.from_ids([*prev.deny_cards, *cards], CARD_ID_LENGTH)
+            uids = SortedIdSet.from_ids([*prev.deny_uids, *uids], UID_LENGTH)
+        programmes = (_read_programmes(programmes_file) if programmes_file is not None
+                      else (prev.programmes if prev is not None else ()))
+        version = (prev_row.version if prev_row is not None else 0) + 1
+        now = int(time.time())
+        bundle, blob = sign_keystore_bundle(
+            store, passphrase, version=version, issued_at=now, expires_at=now + valid_days * 86400,
+            terminal_keys=_terminal_keys(session), deny_cards=cards, deny_uids=uids, programmes=programmes,
+            policies=prev.policies if prev is not None else None)
+        row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.timezone.utc))
+        audit(session, None, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
+              keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **_console())
+        session.commit()
+    click.echo(f"published bundle v{version}: {len(bundle.keys)} keys, {len(cards)} denied cards, "
+               f"{len(uids)} denied UIDs, {len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
+
+
+@bundle_group.command("show")
+@DATABASE_OPTION
+def show_bundle() -> None:
+    """The newest stored bundle: version, expiry, ETag, size (contents are shown by `huma keys` tools)."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.models import TrustBundle as StoredBundle
+
+    app = make_app()
+    with database(app):
+        row = db.session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
+        if row is None:
+            click.echo("no trust bundle published yet: `huma server bundle publish`")
+            return
+        click.echo(f"bundle v{row.version}: expires {row.expires_at.isoformat()}, {len(row.blob)} bytes, "
+                   f"ETag \"{row.sha256.hex()}\"")

@@ -299,7 +299,7 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
     """
     import time
 
-    from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet, TrustBundle, keystore_bundle_keys, sign_bundle, terminal_bundle_key
+    from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet, sign_keystore_bundle, terminal_bundle_key
 
     store = KeyStore.open(keydir)
     ca_entry = store.active(Role.TERMINAL_CA)
@@ -308,10 +308,9 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
                  for info in (_terminal_certificate(p, ca_pem) for p in terminal_certs)]
     ids = read_id_list(deny_cards, CARD_ID_LENGTH, "card id") if deny_cards is not None else []
     now = int(time.time())
-    bundle = TrustBundle(version=version, issued_at=now, expires_at=now + days * 86400,
-                         keys=keystore_bundle_keys(store.entries) + tuple(terminals),
-                         deny_cards=SortedIdSet.from_ids(ids, CARD_ID_LENGTH))
-    key = store.active(Role.BUNDLE)
-    signer = store.signer(key.kid, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase"))
-    out.write_bytes(sign_bundle(bundle, signer, store.endorsement(key.kid)))
+    bundle, blob = sign_keystore_bundle(
+        store, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase"),
+        version=version, issued_at=now, expires_at=now + days * 86400, terminal_keys=terminals,
+        deny_cards=SortedIdSet.from_ids(ids, CARD_ID_LENGTH))
+    out.write_bytes(blob)
     click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, expires in {days} d")

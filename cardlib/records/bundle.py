@@ -388,3 +388,40 @@ def terminal_bundle_key(public_key: PublicKey, not_after: int, *, revoked_at: in
     ck = cose_key(public_key)
     return BundleKey(ck.kid, KeyRole.TERMINAL, ck.alg, public_key,
                      KeyState.REVOKED if revoked_at is not None else KeyState.ACTIVE, revoked_at, not_after)
+
+
+def sign_keystore_bundle(
+    store: Any,
+    bundle_passphrase: bytes,
+    *,
+    version: int,
+    issued_at: int,
+    expires_at: int,
+    terminal_keys: Iterable[BundleKey] = (),
+    deny_cards: SortedIdSet | None = None,
+    deny_uids: SortedIdSet | None = None,
+    programmes: Iterable[Programme] = (),
+    policies: Mapping[str, int] | None = None,
+) -> tuple[TrustBundle, bytes]:
+    """Build and sign a bundle from a keystore: its issuer/technician keys plus ``terminal_keys``.
+
+    The one bundle builder of ``huma keys bundle`` (offline) and ``huma server bundle publish``.
+
+    :param store: an open :class:`cardlib.keys.keystore.KeyStore`; its active BUNDLE key signs,
+        and the root's endorsement of that key is attached.
+    :param bundle_passphrase: passphrase of the bundle key (UTF-8 bytes).
+    :param issued_at: UNIX seconds. :param expires_at: UNIX seconds, > ``issued_at``.
+    :returns: ``(bundle, file bytes)``.
+    :raises KeysError: no active bundle key or a wrong passphrase.
+    :raises BundleError: see :func:`sign_bundle`.
+    """
+    bundle = TrustBundle(
+        version=version, issued_at=issued_at, expires_at=expires_at,
+        keys=keystore_bundle_keys(store.entries) + tuple(terminal_keys),
+        deny_cards=deny_cards if deny_cards is not None else SortedIdSet(b"", CARD_ID_LENGTH),
+        deny_uids=deny_uids if deny_uids is not None else SortedIdSet(b"", UID_LENGTH),
+        programmes=tuple(programmes), policies=dict(policies or {}),
+    )
+    key = store.active(KeystoreRole.BUNDLE)
+    signer = store.signer(key.kid, bundle_passphrase)
+    return bundle, sign_bundle(bundle, signer, store.endorsement(key.kid))

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from server.auth import audit, require_role
 from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound
@@ -22,6 +23,22 @@ from server.types import require_aware
 bp = Blueprint("bundle", __name__, url_prefix="/api/v1")
 
 BUNDLE_MEDIA_TYPE = "application/cose"
+
+
+def store_bundle(session: Session, version: int, blob: bytes, expires_at: dt.datetime) -> TrustBundle:
+    """Add a signed bundle (opaque bytes) as ``version``; GET /bundle serves the highest. Not committed.
+
+    :param expires_at: timezone-aware expiry, stored for the response headers.
+    :raises Conflict: ``version`` is already stored.
+    """
+    bundle = TrustBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(),
+                         expires_at=expires_at)
+    try:
+        with session.begin_nested():
+            session.add(bundle)
+    except IntegrityError:
+        raise Conflict(f"bundle version {version} exists") from None
+    return bundle
 
 
 @bp.get("/bundle")
@@ -58,13 +75,7 @@ def publish_bundle() -> ResponseReturnValue:
     if not blob:
         raise BadRequest("blob is empty", field="blob")
     session = db.write_session()
-    bundle = TrustBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(),
-                         expires_at=expires_at)
-    try:
-        with session.begin_nested():
-            session.add(bundle)
-    except IntegrityError:
-        raise Conflict(f"bundle version {version} exists") from None
+    bundle = store_bundle(session, version, blob, expires_at)
     audit(session, g.person, "bundle.publish", f"bundle:{version}", sha256=bundle.sha256.hex())
     session.commit()
     return jsonify({"version": version, "sha256": bundle.sha256.hex(),
