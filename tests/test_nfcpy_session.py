@@ -21,7 +21,9 @@ from cardlib.transport.nfcpy import NfcpyReader
 from cardlib.type2.channel import Type2Channel
 from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import find_reader_profile
-from tests.test_records_support import CASH, CYCLE, NOW, TERMINAL, bundle, chip_with, issue
+from tests.test_records_support import (
+    CASH, CYCLE, NOW, SAMPLED_TEARS, TERMINAL, bundle, chip_with, issue,
+)
 
 TRUST = bundle()
 
@@ -107,16 +109,6 @@ def test_verify_and_redeem_command_counts(tap: Tap) -> None:
     assert after.current.claims.seq == 1 and after.current.claims.remaining[CASH] == 150_000
 
 
-# (after N commands of the commit, bytes of the torn WRITE, fill): the same sample as the PC/SC suite.
-SAMPLED_TEARS = [
-    (0, None, TornFill.OLD),
-    (0, 0, TornFill.GARBAGE),
-    (5, 2, TornFill.GARBAGE),
-    (17, 3, TornFill.OLD),
-    (29, 1, TornFill.GARBAGE),
-    (30, None, TornFill.OLD),
-    (31, None, TornFill.OLD),
-]
 
 
 @pytest.mark.parametrize(("after", "tear", "fill"), SAMPLED_TEARS)

@@ -18,7 +18,7 @@ from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, KeyState, SortedIdSet, TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
 from cardlib.records.issuance import IssuedCard, issue_card_image
-from cardlib.sim.chip import ChipVariant, Command, Ntag21x, nak_of
+from cardlib.sim.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
 from cardlib.type2.errors import Nak
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
@@ -134,3 +134,17 @@ class ChipTag:
 
     def read_counter(self) -> int:
         return int.from_bytes(self._send(bytes((Command.READ_CNT, 0x02))), "little")
+
+
+# Sampled tears for the suites that go through a real stack (PC/SC, nfcpy):
+# (after N commands of the commit, bytes of the torn WRITE, fill). The exhaustive
+# sweep over every command and byte runs in-process in tests/test_session.py.
+SAMPLED_TEARS = [
+    (0, None, TornFill.OLD),
+    (0, 0, TornFill.GARBAGE),
+    (5, 2, TornFill.GARBAGE),
+    (17, 3, TornFill.OLD),
+    (29, 1, TornFill.GARBAGE),
+    (30, None, TornFill.OLD),  # the last WRITE is not applied
+    (31, None, TornFill.OLD),  # during the read-back (31 WRITEs done): card holds the new state
+]

@@ -16,7 +16,9 @@ from cardlib.records.session import CardSession, RecoveryDecision, WriteOutcome
 from cardlib.sim.chip import FaultPlan, Ntag21x, TornFill
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
-from tests.test_records_support import CASH, CYCLE, NOW, TERMINAL, bundle, chip_with, issue
+from tests.test_records_support import (
+    CASH, CYCLE, NOW, SAMPLED_TEARS, TERMINAL, bundle, chip_with, issue,
+)
 
 pytestmark = pytest.mark.pcsc
 TRUST = bundle()
@@ -58,16 +60,6 @@ def test_verify_and_redeem_command_counts_through_pcscd(present_card, reader_nam
     assert after.current.claims.seq == 1 and after.current.claims.remaining[CASH] == 150_000
 
 
-# (after N commands of the commit, bytes of the torn WRITE, fill)
-SAMPLED_TEARS = [
-    (0, None, TornFill.OLD),
-    (0, 0, TornFill.GARBAGE),
-    (5, 2, TornFill.GARBAGE),
-    (17, 3, TornFill.OLD),
-    (29, 1, TornFill.GARBAGE),
-    (30, None, TornFill.OLD),  # the last WRITE is not applied
-    (31, None, TornFill.OLD),  # during the read-back (31 WRITEs done): card holds the new state
-]
 
 
 @pytest.mark.parametrize("after, tear, fill", SAMPLED_TEARS)
