@@ -63,6 +63,21 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+def _follow(browser, element) -> None:  # noqa: ANN001 - selenium objects
+    """Click a link or submit button and wait until the browser has loaded the next page.
+
+    A click returns before a form POST's navigation completes; reading the URL or
+    the DOM right after it races with the page load.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old_page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, WAIT_S).until(ec.staleness_of(old_page))
+
+
 def _ms(h: int, m: int = 0) -> int:
     return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
 
@@ -88,7 +103,7 @@ def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, au
     assert "/audit/login" in browser.current_url
     browser.find_element(By.ID, "username").send_keys("audrey")
     browser.find_element(By.ID, "password").send_keys(AUDITOR_PASSWORD)
-    browser.find_element(By.ID, "login").click()
+    _follow(browser, browser.find_element(By.ID, "login"))
     assert browser.current_url.endswith("/audit/findings")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Temuan"  # Bahasa Indonesia by default
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.finding")
@@ -96,23 +111,23 @@ def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, au
     assert browser.execute_script("return document.scripts.length") == 0  # no JavaScript at all
 
     fork_row = next(r for r in rows if r.get_attribute("data-kind") == "card_fork")
-    fork_row.find_element(By.CSS_SELECTOR, "td a").click()
+    _follow(browser, fork_row.find_element(By.CSS_SELECTOR, "td a"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.evidence")) == 2
     browser.find_element(By.ID, "reason").send_keys("kartu klon disita di T-0001")
-    browser.find_element(By.ID, "confirm").click()
+    _follow(browser, browser.find_element(By.ID, "confirm"))
     assert browser.find_element(By.ID, "finding-status").text == "dikonfirmasi"
     assert browser.find_element(By.ID, "finding-reason").text == "kartu klon disita di T-0001"
     fork = findings(app, FindingKind.CARD_FORK)[0]
     assert fork.status is FindingStatus.CONFIRMED and fork.reason == "kartu klon disita di T-0001"
 
-    browser.find_element(By.ID, "card-link").click()
+    _follow(browser, browser.find_element(By.ID, "card-link"))
     browser.get(browser.current_url + "?lang=en")
     assert browser.find_element(By.TAG_NAME, "h1").text == f"Card {card.card_id}"
     taps = browser.find_elements(By.CSS_SELECTOR, "tr.tap")
     assert len(taps) == 4 and {"T-0000", "T-0001"} <= {t.find_elements(By.TAG_NAME, "td")[1].text for t in taps}
     assert browser.find_element(By.CSS_SELECTOR, "span.neg").text == "-150,000"
 
-    browser.find_element(By.LINK_TEXT, "Exports").click()
+    _follow(browser, browser.find_element(By.LINK_TEXT, "Exports"))
     browser.find_element(By.ID, "export-findings-csv").click()
     target = browser.downloads / "findings.csv"
     deadline = time.monotonic() + WAIT_S
@@ -124,6 +139,6 @@ def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, au
     assert {r["kind"] for r in exported} == {f.kind.value for f in findings(app)}
     assert any(r["kind"] == "card_fork" and r["status"] == "confirmed" for r in exported)
 
-    browser.find_element(By.ID, "logout").click()
+    _follow(browser, browser.find_element(By.ID, "logout"))
     browser.get(f"{base}/audit/findings")
     assert "/audit/login" in browser.current_url
