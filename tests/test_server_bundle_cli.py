@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from cardlib.keys.keystore import KeyStore, Role
-from cardlib.records.bundle import verify_bundle
+from cardlib.records.bundle import KeyRole, KeyState, verify_bundle
+from cardlib.records.errors import RevokedKid
 from huma.cli import main
 from server.extensions import db
-from server.models import AuditLog
+from server.models import AuditLog, Terminal, TerminalStatus
 from server.reconcile.models import Finding, FindingKind, FindingStatus, Severity
 
 ROOT_PW = b"root passphrase for tests"
@@ -88,3 +89,32 @@ def test_publish_refuses_when_stored_bundle_is_from_another_root(app, db_url, ke
                  "--database", db_url])
     err = capsys.readouterr().err
     assert code == 2 and "does not verify under keystore root" in err
+
+
+def test_publish_lists_revoked_terminal_key_as_revoked_from_the_decision_time(app, world, db_url, keystore,
+                                                                             tmp_path, capsys):
+    """A revoked terminal's key stays in the bundle, REVOKED at its decision time, so terminals refuse it."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(KEY_PW + b"\n")
+    root = keystore.entry(keystore.root_kid).public_key
+    kept = world.enrol("T-KEPT")
+    gone = world.enrol("T-GONE")
+    assert main(["server", "terminals", "revoke", "T-GONE", "--database", db_url]) == 0
+    capsys.readouterr()
+    with app.app_context():
+        row = db.session.scalars(select(Terminal).where(Terminal.terminal_id == "T-GONE")).one()
+        assert row.status is TerminalStatus.REVOKED and row.decided_at is not None
+        decided_at = int(row.decided_at.timestamp())
+
+    out = _publish(capsys, keystore, pw, db_url)
+    assert "3 keys" in out  # issuer + both terminals
+    bundle = verify_bundle(world.client.get("/api/v1/bundle").data, root)
+    revoked, active = bundle.key(gone.kid), bundle.key(kept.kid)
+    assert revoked.role is KeyRole.TERMINAL and revoked.status is KeyState.REVOKED
+    assert revoked.status_time == decided_at
+    assert active.role is KeyRole.TERMINAL and active.status is KeyState.ACTIVE and active.status_time is None
+
+    resolve = bundle.resolver(KeyRole.TERMINAL)
+    with pytest.raises(RevokedKid):
+        resolve(gone.kid)
+    assert resolve(kept.kid).kid == kept.kid
