@@ -13,8 +13,10 @@ What runs, per database, in a fresh process (so peak RSS is per database):
    claims) then :func:`server.upload.store_entries` (chain links, insert-or-ignore)
    in a write transaction;
 3. reconcile: :func:`server.reconcile.engine.reconcile` over the whole journal;
-4. floor: raw Ed25519 verifications of same-size messages, timed on a sample and
-   scaled to N (one core, like steps 2–3 in this process).
+4. floor: raw Ed25519 verifications of same-size messages, timed beside each
+   batch and around the reconciliation (one core, like steps 2–3 in this process;
+   see :class:`_Floor`). The ratio is upload / floor-beside-upload + reconcile /
+   (N × the per-verification time measured around it).
 
     .venv/bin/python -m bench.bench_reconcile --entries 20000 --db both
     .venv/bin/python -m bench.bench_reconcile --entries 1000000 --db postgresql
@@ -40,24 +42,56 @@ PG_ADMIN_URL = os.environ.get("HUMA_BENCH_PG_URL", "postgresql+psycopg://postgre
 #: Entries per card in the simulator's honest day (food + half cash + 10 % balance checks).
 ENTRIES_PER_CARD = 3.1
 BATCH = 2000
-FLOOR_SAMPLE = 20_000
+FLOOR_POOL = 4_000
+#: Raw verifications timed just before and just after reconciliation.
+FLOOR_AROUND = 10_000
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _ed25519_floor_s(sample: list[bytes], n: int) -> float:
-    """Seconds for ``n`` raw Ed25519 verifications of messages the size of ``sample``'s."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+class _Floor:
+    """Raw Ed25519 verifications timed *beside* the pipeline, so both see the same machine.
 
-    key = ed25519.Ed25519PrivateKey.generate()
-    pub = key.public_key()
-    pairs = [(key.sign(m[:-64]), m[:-64]) for m in sample]
-    start = time.perf_counter()
-    for sig, msg in pairs:
-        pub.verify(sig, msg)
-    return (time.perf_counter() - start) / len(pairs) * n
+    A shared virtual machine's core speed drifts by 2× within seconds (measured:
+    135–280 µs per verification in one minute), so a floor timed once, before or after,
+    says little about the pipeline. Instead, right after each uploaded batch of n
+    entries, n raw verifications of same-size messages (a pool of the run's own first
+    entries, re-signed with one key) are timed; around the reconciliation a sample is
+    timed before and after and its mean speed scales the N verifications.
+    """
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        self._key = ed25519.Ed25519PrivateKey.generate()
+        self._pub = self._key.public_key()
+        self._pool: list[tuple[bytes, bytes]] = []
+        self._next = 0
+        self.upload_s = 0.0
+        self.verifications = 0
+
+    def feed(self, messages: list[bytes]) -> None:
+        """Add the run's own messages (payload size = message minus its 64-byte signature)."""
+        for m in messages[: FLOOR_POOL - len(self._pool)]:
+            self._pool.append((self._key.sign(m[:-64]), m[:-64]))
+
+    def time(self, n: int) -> float:
+        """Seconds for ``n`` raw verifications now, cycling through the pool."""
+        pool, verify, i = self._pool, self._pub.verify, self._next
+        start = time.perf_counter()
+        for _ in range(n):
+            sig, msg = pool[i]
+            verify(sig, msg)
+            i = (i + 1) % len(pool)
+        elapsed = time.perf_counter() - start
+        self._next = i
+        return elapsed
+
+    def beside_batch(self, n: int) -> None:
+        self.upload_s += self.time(n)
+        self.verifications += n
 
 
 def _database(kind: str, workdir: str) -> tuple[str, Any]:
@@ -112,25 +146,31 @@ def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
                 load_registry(s, registry_rows(district))
                 s.commit()
             rows = {t.terminal_id: t for t in sessions().scalars(select(Terminal))}
-            timers = {"generate": 0.0, "upload": 0.0}
-            sample: list[bytes] = []
+            timers = {"generate": 0.0, "upload": 0.0, "verify": 0.0, "store": 0.0, "floor": 0.0}
+            floor = _Floor()
             stats = {"accepted": 0, "other": 0}
 
             def upload(t: SimTerminal) -> None:
                 signed = t.drain()
-                if len(sample) < FLOOR_SAMPLE:
-                    sample.extend(e.message for e in signed[: FLOOR_SAMPLE - len(sample)])
-                start = time.perf_counter()
+                floor.feed([e.message for e in signed])
+                outside = time.perf_counter()
                 batch = Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in signed])
+                start = time.perf_counter()
                 terminal = rows[t.terminal_id]
                 rejected, verified = verify_entries(batch, terminal)
+                stored_from = time.perf_counter()
                 with sessions() as s:
                     s.connection(execution_options={WRITE: True})
                     results = store_entries(s, terminal, batch.batch_id, verified, rejected)
                     s.commit()
+                end = time.perf_counter()
                 for r in results:
                     stats["accepted" if r.outcome.value == "accepted" else "other"] += 1
-                timers["upload"] += time.perf_counter() - start
+                timers["verify"] += stored_from - start
+                timers["store"] += end - stored_from
+                timers["upload"] += end - start
+                floor.beside_batch(len(signed))
+                timers["floor"] += time.perf_counter() - outside
 
             def after_card(t: SimTerminal) -> None:
                 if len(t.entries) >= BATCH:
@@ -145,27 +185,36 @@ def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
             for t in district.terminals:
                 if t.entries:
                     upload(t)
-            timers["generate"] = time.perf_counter() - start - timers["upload"]
+            timers["generate"] = time.perf_counter() - start - timers["floor"]
             del district
             rss_after_upload = _rss_mib()
 
+            before = floor.time(FLOOR_AROUND)
             start = time.perf_counter()
             with sessions() as s:
                 result = reconcile(s)
             timers["reconcile"] = time.perf_counter() - start
+            after = floor.time(FLOOR_AROUND)
             with sessions() as s:
                 stored = s.scalar(select(func.count()).select_from(Terminal.__table__.metadata.tables[
                     "journal_entries"]))
             n = stats["accepted"] + stats["other"]
-            floor = _ed25519_floor_s(sample, n)
+            assert floor.verifications == n
+            per_verify = (before + after) / (2 * FLOOR_AROUND)  # seconds, around reconciliation
+            reconcile_floor = per_verify * n
+            ratio = timers["upload"] / floor.upload_s + timers["reconcile"] / reconcile_floor
             return {
                 "db": kind, "entries": n, "accepted": stats["accepted"], "stored": stored, "cards": cards,
                 "terminals": len(rows), "findings": result.observed,
                 "generate_s": round(timers["generate"], 2), "upload_s": round(timers["upload"], 2),
                 "reconcile_s": round(timers["reconcile"], 2),
                 "total_s": round(timers["upload"] + timers["reconcile"], 2),
-                "ed25519_floor_s": round(floor, 2),
-                "ratio": round((timers["upload"] + timers["reconcile"]) / floor, 2),
+                "verify_x": round(timers["verify"] / floor.upload_s, 3),
+                "store_x": round(timers["store"] / floor.upload_s, 3),
+                "reconcile_x": round(timers["reconcile"] / reconcile_floor, 3),
+                "ed25519_floor_s": round(floor.upload_s, 2),
+                "ed25519_us": round(floor.upload_s / n * 1e6, 1),
+                "ratio": round(ratio, 2),
                 "peak_rss_mib": round(_rss_mib(), 1), "rss_after_upload_mib": round(rss_after_upload, 1),
             }
         finally:
@@ -195,13 +244,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print("| db | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s | total/floor "
-          "| findings | peak RSS MiB | generate (sign) s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| db | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s (µs each) "
+          "| verify × | store × | reconcile × | total/floor | findings | peak RSS MiB | generate (sign) s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for o in outs:
         print(f"| {o['db']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
-              f"{o['ed25519_floor_s']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
-
+              f"{o['ed25519_floor_s']} ({o['ed25519_us']}) | {o['verify_x']} | {o['store_x']} | "
+              f"{o['reconcile_x']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
 
 if __name__ == "__main__":
     main()

@@ -138,7 +138,7 @@ class JournalEntryRow(Base):
     __tablename__ = "journal_entries"
     __table_args__ = (
         UniqueConstraint("terminal_id", "seq", name="uq_journal_terminal_seq"),
-        Index("ix_journal_card", "card_id"),
+        # card_id lookups use ix_journal_card_time (card_id, wall_time), see server.reconcile.models.
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

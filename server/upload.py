@@ -281,34 +281,6 @@ def insert_or_ignore(session: Session, model: type[Any]) -> Insert:
     raise NotImplementedError(f"insert-or-ignore not implemented for {dialect}")
 
 
-def _row(signed: SignedEntry, batch_id: str | None, now: dt.datetime) -> dict[str, Any]:
-    e = signed.entry
-    return {
-        "entry_id": e.entry_id,
-        "terminal_id": e.terminal_id,
-        "boot_id": e.boot_id,
-        "seq": e.seq,
-        "kind": int(e.kind),
-        "wall_time": e.wall_time,
-        "mono_ns": e.mono_ns,
-        "clock_synced": e.clock_synced,
-        "card_id": e.card_id,
-        "tag_uid": e.tag_uid,
-        "programme": e.programme,
-        "amount": e.amount,
-        "slot_seq_before": e.slot_seq_before,
-        "slot_seq_after": e.slot_seq_after,
-        "state_hash_prev": e.state_hash_prev,
-        "state_hash_new": e.state_hash_new,
-        "ntag_counter": e.ntag_counter,
-        "prev_entry_hash": e.prev_entry_hash,
-        "entry_hash": signed.entry_hash,
-        "raw": signed.message,
-        "batch_id": batch_id,
-        "received_at": now,
-    }
-
-
 @dataclass(frozen=True)
 class _Stored:
     entry_id: bytes
@@ -400,8 +372,8 @@ def store_entries(
         candidates[h] = (index, signed)
 
     if candidates:
-        rows = [_row(s, batch_id, now) for _, s in sorted(candidates.values(), key=lambda c: c[1].entry.seq)]
-        inserted = _insert_entries(session, rows)
+        ordered = [s for _, s in sorted(candidates.values(), key=lambda c: c[1].entry.seq)]
+        inserted = _insert_entries(session, _entry_columns(ordered, batch_id, now))
         lost = [c for h, c in candidates.items() if h not in inserted]
         for index, signed in candidates.values():
             if signed.entry_hash in inserted:
@@ -440,9 +412,33 @@ def store_entries(
 
 #: Columns written for one journal entry (everything but the surrogate key), in table order.
 _ENTRY_COLUMNS = [c for c in JournalEntryRow.__table__.columns if not c.primary_key]
+#: Columns whose value is the same for every row of one batch.
+_BATCH_COLUMNS = frozenset({"batch_id", "received_at"})
 
 
-def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[bytes]:
+def _entry_columns(signed: Sequence[SignedEntry], batch_id: str | None,
+                   now: dt.datetime) -> dict[str, list[Any]]:
+    """The ``journal_entries`` values of ``signed``, column by column (Python values).
+
+    :returns: column name → one value per entry, in the order of ``signed``.
+    """
+    entries = [s.entry for s in signed]
+    n = len(entries)
+    values: dict[str, list[Any]] = {
+        "entry_hash": [s.entry_hash for s in signed],
+        "raw": [s.message for s in signed],
+        "kind": [int(e.kind) for e in entries],
+        "wall_time": [e.wall_time for e in entries],
+        "batch_id": [batch_id] * n,
+        "received_at": [now] * n,
+    }
+    for column in _ENTRY_COLUMNS:
+        if column.name not in values:
+            values[column.name] = [getattr(e, column.name) for e in entries]
+    return values
+
+
+def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[bytes]:
     """Insert-or-ignore journal rows; return the ``entry_hash`` of each row this call inserted.
 
     One statement per batch on each database, without the ORM bulk path and with the
@@ -459,7 +455,7 @@ def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[
       batch or to a concurrent writer) the savepoint is rolled back and the rows are
       inserted again with ``RETURNING``, which names exactly the inserted ones.
 
-    :param rows: column name → value mappings (see :func:`_row`), in seq order.
+    :param columns: column name → values (see :func:`_entry_columns`), rows in seq order.
     :returns: entry hashes (32 bytes each) of the rows inserted now.
     :raises NotImplementedError: on a database other than SQLite or PostgreSQL.
     """
@@ -467,39 +463,47 @@ def _insert_entries(session: Session, rows: Sequence[Mapping[str, Any]]) -> set[
     dialect = connection.dialect
     table = JournalEntryRow.__table__
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    count_rows = len(columns["entry_hash"])
     if dialect.name == "postgresql":
         # %b: binary wire format, no per-element text escaping of bytea values.
         arrays = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in _ENTRY_COLUMNS)
         sql = (f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) "
                "ON CONFLICT DO NOTHING RETURNING entry_hash")
-        return {bytes(h) for (h,) in connection.exec_driver_sql(sql, tuple(_driver_columns(rows, dialect)))}
+        return {bytes(h) for (h,) in connection.exec_driver_sql(sql, tuple(_driver_columns(columns, dialect)))}
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:
         sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
         savepoint = connection.begin_nested()
-        count = connection.exec_driver_sql(sql, list(zip(*_driver_columns(rows, dialect)))).rowcount
-        if count == len(rows):
+        count = connection.exec_driver_sql(sql, list(zip(*_driver_columns(columns, dialect)))).rowcount
+        if count == count_rows:
             savepoint.commit()
-            return {r["entry_hash"] for r in rows}
+            return set(columns["entry_hash"])
         savepoint.rollback()
-        log.debug("%d of %d journal rows were new; inserting again with RETURNING", count, len(rows))
+        log.debug("%d of %d journal rows were new; inserting again with RETURNING", count, count_rows)
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
-    return set(connection.execute(stmt, list(rows)).scalars().all())
+    rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
+    return set(connection.execute(stmt, rows).scalars().all())
 
 
-def _driver_columns(rows: Sequence[Mapping[str, Any]], dialect: Any) -> list[list[Any]]:
-    """The values of ``rows`` per column of :data:`_ENTRY_COLUMNS`, as the DB driver takes them.
+def _driver_columns(columns: Mapping[str, list[Any]], dialect: Any) -> list[list[Any]]:
+    """``columns`` in :data:`_ENTRY_COLUMNS` order, as the DB driver takes them.
 
     Each column type's bind processor is applied (UTCDateTime's UTC check and SQLite
-    text form, Boolean), except for binary columns: bytes go to sqlite3 and psycopg as
-    bytes (the processor only wraps them in the DB-API ``Binary``).
+    text form, Boolean) — once for a batch-wide column — except for binary columns:
+    bytes go to sqlite3 and psycopg as bytes (the processor only wraps them in the
+    DB-API ``Binary``).
     """
-    columns: list[list[Any]] = []
+    out: list[list[Any]] = []
     for column in _ENTRY_COLUMNS:
-        values = [r[column.name] for r in rows]
+        values = columns[column.name]
         process = None if isinstance(column.type, LargeBinary) else column.type.bind_processor(dialect)
-        columns.append([process(v) for v in values] if process is not None else values)
-    return columns
+        if process is None:
+            out.append(values)
+        elif column.name in _BATCH_COLUMNS:
+            out.append([process(values[0])] * len(values) if values else [])
+        else:
+            out.append([process(v) for v in values])
+    return out
 
 
 def _conflict(index: int, signed: SignedEntry, existing_hash: bytes,

@@ -78,6 +78,8 @@ ENTRY_ID_LEN = 16
 UID_LENGTHS = frozenset({4, 7, 10})
 #: NTAG21x NFC counter is 24 bits (NTAG213/215/216 datasheet §8.7).
 NTAG_COUNTER_MAX = 0xFF_FFFF
+#: 1970-01-01T00:00Z, the origin of ``wall_ms``.
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: Longest terminal id / card id / programme name, characters.
 MAX_ID_CHARS = 64
 MAX_PROGRAMME_CHARS = 32
@@ -256,7 +258,7 @@ class JournalEntry(CardClaims):
     @property
     def wall_time(self) -> dt.datetime:
         """Wall time as an aware UTC datetime (millisecond resolution)."""
-        return dt.datetime.fromtimestamp(0, dt.timezone.utc) + dt.timedelta(milliseconds=self.wall_ms)
+        return _EPOCH + dt.timedelta(milliseconds=self.wall_ms)
 
     @staticmethod
     def wall_ms_of(when: dt.datetime) -> int:
@@ -266,7 +268,7 @@ class JournalEntry(CardClaims):
         """
         if when.tzinfo is None or when.utcoffset() is None:
             raise ValueError("wall time must be timezone-aware")
-        delta = when - dt.datetime.fromtimestamp(0, dt.timezone.utc)
+        delta = when - _EPOCH
         return delta // dt.timedelta(milliseconds=1)
 
     def to_claims(self) -> dict[int, Any]:
@@ -296,6 +298,19 @@ class JournalEntry(CardClaims):
         return {int(k): v for k, v in values.items() if v is not None}
 
     @classmethod
+    def _from_valid_claims(cls, claims: dict[int, Any]) -> JournalEntry:
+        """Build an entry from a map :func:`_claims_valid` accepted (no second check).
+
+        Fills the frozen instance's fields directly: every field already passed the
+        same rules as :func:`_check`, which ``__post_init__`` would run again.
+        """
+        entry = cls.__new__(cls)
+        entry.__dict__.update(_DEFAULT_FIELDS)
+        entry.__dict__.update({_CLAIM_FIELD[k]: v for k, v in claims.items()})
+        entry.__dict__["kind"] = _KINDS[claims[_KIND]]
+        return entry
+
+    @classmethod
     def from_claims(cls, claims: object) -> JournalEntry:
         """Build an entry from a decoded claim map.
 
@@ -303,7 +318,9 @@ class JournalEntry(CardClaims):
         """
         if not isinstance(claims, dict):
             raise MalformedEntry("payload must be a CBOR map")
-        # Exact ints only: 1.0 and True hash and compare equal to 1 but are other CBOR items.
+        if _claims_valid(claims):
+            return cls._from_valid_claims(claims)
+        # Slow path: name the first problem exactly. Exact ints only: 1.0 and True hash and compare equal to 1 but are other CBOR items.
         unknown = [k for k in claims if type(k) is not int or k not in _CLAIM_KEYS]
         if unknown:
             raise MalformedEntry(f"unknown claim key: {unknown[0]!r}")
@@ -340,6 +357,81 @@ class JournalEntry(CardClaims):
             )
         except TypeError as exc:  # a claim of the wrong CBOR type reaching __post_init__
             raise MalformedEntry(str(exc)) from exc
+
+
+#: Claim key → JournalEntry field name.
+_CLAIM_FIELD = {int(c): c.name.lower() for c in Claim}
+#: Field values of an entry whose optional claims are all absent.
+_DEFAULT_FIELDS = {name: None for name in _CLAIM_FIELD.values()} | {"version": JOURNAL_VERSION}
+_KIND, _SEQ, _PREV_ENTRY_HASH, _TAG_UID, _DECLINE_REASON = (
+    int(Claim.KIND), int(Claim.SEQ), int(Claim.PREV_ENTRY_HASH), int(Claim.TAG_UID), int(Claim.DECLINE_REASON))
+_DECLINED = int(EntryKind.DECLINED)
+#: EntryKind by its exact int value.
+_KINDS = {int(k): k for k in EntryKind}
+
+
+_UNBOUNDED = float("inf")
+#: Per claim: (exact CBOR type, low, high) where the bounds apply to an int's value and
+#: to the length of a bstr/tstr — :func:`_check`'s rules, plus exact types (``type(v)
+#: is int`` also refuses ``True``/``1.0``) and no ``None``. TAG_UID's length set and
+#: KIND's member set are checked after the loop.
+_CLAIM_SPEC: dict[int, tuple[type, float, float]] = {
+    Claim.VERSION: (int, JOURNAL_VERSION, JOURNAL_VERSION),
+    Claim.ENTRY_ID: (bytes, ENTRY_ID_LEN, ENTRY_ID_LEN),
+    Claim.TERMINAL_ID: (str, 1, MAX_ID_CHARS),
+    Claim.BOOT_ID: (int, 1, _UNBOUNDED),
+    Claim.SEQ: (int, 1, _UNBOUNDED),
+    Claim.KIND: (int, min(_KINDS), max(_KINDS)),
+    Claim.WALL_MS: (int, 0, _UNBOUNDED),
+    Claim.MONO_NS: (int, 0, _UNBOUNDED),
+    Claim.CLOCK_SYNCED: (bool, 0, 1),
+    Claim.CARD_ID: (str, 1, MAX_ID_CHARS),
+    Claim.TAG_UID: (bytes, min(UID_LENGTHS), max(UID_LENGTHS)),
+    Claim.PROGRAMME: (str, 1, MAX_PROGRAMME_CHARS),
+    Claim.AMOUNT: (int, 0, _UNBOUNDED),
+    Claim.SLOT_SEQ_BEFORE: (int, 0, _UNBOUNDED),
+    Claim.SLOT_SEQ_AFTER: (int, 0, _UNBOUNDED),
+    Claim.STATE_HASH_PREV: (bytes, HASH_LEN, HASH_LEN),
+    Claim.STATE_HASH_NEW: (bytes, HASH_LEN, HASH_LEN),
+    Claim.NTAG_COUNTER: (int, 0, NTAG_COUNTER_MAX),
+    Claim.PREV_ENTRY_HASH: (bytes, HASH_LEN, HASH_LEN),
+    Claim.DECLINE_REASON: (str, 1, MAX_PROGRAMME_CHARS),
+}
+_CLAIM_SPEC_BY_INT = {int(k): v for k, v in _CLAIM_SPEC.items()}
+
+
+def _claims_valid(claims: dict[Any, Any]) -> bool:
+    """Whether ``claims`` is a well-formed entry with exact CBOR types (the upload fast path).
+
+    ``True`` means :meth:`JournalEntry.from_claims` would succeed and
+    :func:`_check` would pass; ``False`` only sends the map to the slow path, which
+    names the problem (or, for ``True``/``1.0`` where an int belongs, accepts it and
+    leaves the refusal to the determinism check, as before). One loop, no calls per
+    claim: this runs once per uploaded entry.
+    """
+    spec_of = _CLAIM_SPEC_BY_INT.get
+    for key, value in claims.items():
+        spec = spec_of(key) if type(key) is int else None
+        if spec is None:
+            return False
+        kind, low, high = spec
+        if type(value) is not kind:
+            return False
+        if kind is int:
+            if not low <= value <= high:
+                return False
+        elif kind is not bool and not low <= len(value) <= high:
+            return False
+    if not _REQUIRED <= claims.keys():
+        return False
+    if claims[_SEQ] == 1 and claims[_PREV_ENTRY_HASH] != GENESIS_HASH:
+        return False
+    if claims[_KIND] not in _KINDS:
+        return False
+    uid = claims.get(_TAG_UID)
+    if uid is not None and len(uid) not in UID_LENGTHS:
+        return False
+    return _DECLINE_REASON not in claims or claims[_KIND] == _DECLINED
 
 
 def _is_uint(value: object) -> bool:
@@ -461,9 +553,19 @@ def verify_entry(message: bytes, keys: KeyResolver) -> SignedEntry:
     :raises MalformedEntry: the payload is not a deterministic, valid claim map.
     """
     verified = verify1(message, keys, external_aad=JOURNAL_AAD)
-    claims = _decode_payload(verified.payload)
-    entry = JournalEntry.from_claims(claims)
-    if not _is_deterministic(claims, verified.payload):
+    payload = verified.payload
+    claims = _decode_payload(payload)
+    if type(claims) is dict and _claims_valid(claims):
+        # The upload fast path: exact types, known keys, no null already established,
+        # so deterministic means ascending keys (a dict has no duplicates) and a
+        # byte-identical plain re-encoding (see _is_deterministic).
+        entry = JournalEntry._from_valid_claims(claims)
+        keys_in_order = list(claims)
+        deterministic = keys_in_order == sorted(keys_in_order) and _PLAIN_ENCODER.dumps(claims) == payload
+    else:
+        entry = JournalEntry.from_claims(claims)
+        deterministic = _is_deterministic(claims, payload)
+    if not deterministic:
         raise MalformedEntry("payload is not deterministic CBOR (RFC 8949 §4.2.1)")
     return SignedEntry(entry=entry, message=verified.message, kid=verified.kid)
 
