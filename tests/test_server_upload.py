@@ -88,6 +88,46 @@ def test_same_seq_with_another_entry_id_is_a_conflict(app, world):
     assert _count(app, JournalEntryRow) == 1 and _count(app, JournalConflict) == 1
 
 
+def test_entry_id_reused_at_another_seq_or_terminal_is_a_conflict(app, world):
+    """An entry id already stored is a conflict wherever the newcomer sits: its own next
+    seq with a valid link (found by the insert), a seq whose link is broken (found before
+    it is called chain_broken), or another terminal's chain. The original is kept."""
+    t, u = world.enrol("T-020"), world.enrol("T-021")
+    first = t.append()
+    assert _results(world.upload(t, [first.message])) == ["accepted"]
+    reuse_linked = t.append(entry_id=first.entry.entry_id)  # seq 2, prev = hash(seq 1): link fine
+    r = world.upload(t, [reuse_linked.message])
+    assert r.status_code == 409 and _results(r) == ["conflict"]
+    from cardlib.records.journal import JournalEntry, sign_entry
+
+    third = t.append()
+    assert _results(world.upload(t, [third.message])) == ["accepted"]  # seq 3 (seq 2 was refused)
+    reuse_broken = sign_entry(JournalEntry(**{**third.entry.__dict__, "seq": 4, "entry_id": first.entry.entry_id,
+                                              "prev_entry_hash": b"\x55" * 32}), t.private_key, t.kid)
+    r = world.upload(t, [reuse_broken.message])
+    assert _results(r) == ["conflict"]
+    other = u.append(entry_id=first.entry.entry_id)
+    r = world.upload(u, [other.message])
+    assert _results(r) == ["conflict"]
+    assert _count(app, JournalConflict) == 3
+    with app.app_context():
+        ids = db.session.scalars(select(JournalEntryRow.seq).where(
+            JournalEntryRow.entry_id == first.entry.entry_id)).all()
+    assert ids == [1]
+
+
+def test_broken_link_with_a_fresh_entry_id_is_still_chain_broken(app, world):
+    t = world.enrol("T-022")
+    assert _results(world.upload(t, [t.append().message])) == ["accepted"]
+    from cardlib.records.journal import JournalEntry, sign_entry
+
+    bad = sign_entry(JournalEntry(**{**t.append().entry.__dict__, "prev_entry_hash": b"\x66" * 32}),
+                     t.private_key, t.kid)
+    r = world.upload(t, [bad.message])
+    assert r.get_json()["results"][0]["reason"] == "chain_broken"
+    assert _count(app, JournalConflict) == 0 and _count(app, RejectedEntry) == 1
+
+
 def test_replayed_batch_stores_nothing_new(app, world):
     t = world.enrol("T-003")
     body = t.body([t.append().message for _ in range(4)])
