@@ -36,12 +36,15 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 PG_ADMIN_URL = os.environ.get("HUMA_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 #: Entries per card in the simulator's honest day (food + half cash + 10 % balance checks).
 ENTRIES_PER_CARD = 3.1
 BATCH = 2000
+#: Terminal batches generated before they are uploaded together (then the floor is timed).
+FLUSH_BATCHES = 8
 FLOOR_POOL = 4_000
 #: Raw verifications timed just before and just after reconciliation.
 FLOOR_AROUND = 10_000
@@ -120,8 +123,15 @@ def _database(kind: str, workdir: str) -> tuple[str, Any]:
     return url, cleanup
 
 
-def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
-    """The whole measurement on one database, in this process."""
+def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, Any]:
+    """The whole measurement on one database, in this process, pinned to one core.
+
+    :param threads: upload workers (the server's request threads); with PostgreSQL a
+        worker waiting on the database server lets another verify, as under concurrent
+        terminal uploads. All of them share the one core the floor is timed on.
+    """
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})  # the pipeline and the Ed25519 floor: the same single core
     from sqlalchemy import func, select
 
     from server.db import WRITE, make_engine, make_sessionmaker
@@ -149,42 +159,61 @@ def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
             timers = {"generate": 0.0, "upload": 0.0, "verify": 0.0, "store": 0.0, "floor": 0.0}
             floor = _Floor()
             stats = {"accepted": 0, "other": 0}
+            pending: list[Batch] = []
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="upload") if threads > 1 else None
 
-            def upload(t: SimTerminal) -> None:
-                signed = t.drain()
-                floor.feed([e.message for e in signed])
-                outside = time.perf_counter()
-                batch = Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in signed])
-                start = time.perf_counter()
-                terminal = rows[t.terminal_id]
+            def upload_one(batch: Batch) -> tuple[float, float, list[Any]]:
+                """One terminal's upload as the server runs it; returns (verify, store) thread CPU s."""
+                cpu = time.thread_time()
+                terminal = rows[batch.terminal_id]
                 rejected, verified = verify_entries(batch, terminal)
-                stored_from = time.perf_counter()
+                cpu_verified = time.thread_time()
                 with sessions() as s:
                     s.connection(execution_options={WRITE: True})
                     results = store_entries(s, terminal, batch.batch_id, verified, rejected)
                     s.commit()
-                end = time.perf_counter()
-                for r in results:
-                    stats["accepted" if r.outcome.value == "accepted" else "other"] += 1
-                timers["verify"] += stored_from - start
-                timers["store"] += end - stored_from
-                timers["upload"] += end - start
-                floor.beside_batch(len(signed))
+                return cpu_verified - cpu, time.thread_time() - cpu_verified, results
+
+            def flush() -> None:
+                """Upload the pending batches (timed), then time as many raw verifications."""
+                if not pending:
+                    return
+                outside = time.perf_counter()
+                done = list(pool.map(upload_one, pending)) if pool else [upload_one(b) for b in pending]
+                timers["upload"] += time.perf_counter() - outside
+                for verify_cpu, store_cpu, results in done:
+                    timers["verify"] += verify_cpu
+                    timers["store"] += store_cpu
+                    for r in results:
+                        stats["accepted" if r.outcome.value == "accepted" else "other"] += 1
+                floor.beside_batch(sum(len(b.entries) for b in pending))
+                pending.clear()
                 timers["floor"] += time.perf_counter() - outside
+
+            def queue(t: SimTerminal) -> None:
+                signed = t.drain()
+                floor.feed([e.message for e in signed])
+                # base64 is the terminal's work (its JSON body), not the server's.
+                pending.append(Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in signed]))
+                if len(pending) >= FLUSH_BATCHES:
+                    flush()
 
             def after_card(t: SimTerminal) -> None:
                 if len(t.entries) >= BATCH:
-                    upload(t)
+                    queue(t)
 
             start = time.perf_counter()
             def after_terminal(t: SimTerminal) -> None:
                 if t.entries:
-                    upload(t)
+                    queue(t)
 
             district.honest_day(dt.date(2026, 3, 2), after_card=after_card, after_terminal=after_terminal)
             for t in district.terminals:
                 if t.entries:
-                    upload(t)
+                    queue(t)
+            flush()
+            if pool:
+                pool.shutdown()
             timers["generate"] = time.perf_counter() - start - timers["floor"]
             del district
             rss_after_upload = _rss_mib()
@@ -205,7 +234,7 @@ def run_one(kind: str, entries: int, seed: int) -> dict[str, Any]:
             ratio = timers["upload"] / floor.upload_s + timers["reconcile"] / reconcile_floor
             return {
                 "db": kind, "entries": n, "accepted": stats["accepted"], "stored": stored, "cards": cards,
-                "terminals": len(rows), "findings": result.observed,
+                "terminals": len(rows), "findings": result.observed, "threads": threads,
                 "generate_s": round(timers["generate"], 2), "upload_s": round(timers["upload"], 2),
                 "reconcile_s": round(timers["reconcile"], 2),
                 "total_s": round(timers["upload"] + timers["reconcile"], 2),
@@ -226,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=20_000, help="journal entries (1000000 for the goal)")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="upload worker threads (default: 2 on PostgreSQL, whose server works beside "
+                             "this process; 1 on SQLite, which works inside it)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object per database")
     args = parser.parse_args(argv)
@@ -233,22 +265,24 @@ def main(argv: list[str] | None = None) -> None:
         outs = []
         for kind in ("sqlite", "postgresql"):
             proc = subprocess.run([sys.executable, "-m", "bench.bench_reconcile", "--entries", str(args.entries),
-                                   "--db", kind, "--seed", str(args.seed), "--json"],
+                                   "--db", kind, "--seed", str(args.seed), "--json",
+                                   *(["--threads", str(args.threads)] if args.threads else [])],
                                   check=True, capture_output=True, text=True)
             outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     else:
-        outs = [run_one(args.db, args.entries, args.seed)]
+        threads = args.threads or (2 if args.db == "postgresql" else 1)
+        outs = [run_one(args.db, args.entries, args.seed, threads)]
     if args.json:
         for o in outs:
             print(json.dumps(o))
         return
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print("| db | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s (µs each) "
-          "| verify × | store × | reconcile × | total/floor | findings | peak RSS MiB | generate (sign) s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| db | upload threads | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s (µs each) "
+          "| verify CPU × | store CPU × | reconcile × | total/floor | findings | peak RSS MiB | generate (sign) s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for o in outs:
-        print(f"| {o['db']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
+        print(f"| {o['db']} | {o['threads']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
               f"{o['ed25519_floor_s']} ({o['ed25519_us']}) | {o['verify_x']} | {o['store_x']} | "
               f"{o['reconcile_x']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
 
