@@ -165,3 +165,63 @@ def test_two_entries_for_one_seq_in_one_batch_store_the_first_and_flag_the_other
         assert db.session.scalar(select(func.count()).select_from(JournalConflict)) == 1
     again = world.upload(t, [first.message, second.message, third.message])
     assert [x["result"] for x in again.get_json()["results"]] == ["duplicate"] * 3
+
+
+def _parse_or_error(message: bytes) -> object:
+    from cardlib.records.cose import _parse
+    from cardlib.records.errors import CoseError
+
+    try:
+        return _parse(message)
+    except CoseError as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("payload_len", [0, 5, 23, 24, 255, 256, 300, 70000])
+@pytest.mark.parametrize("kid", [b"\x01", KID, bytes(range(16))])
+def test_layout_parse_equals_the_cbor_parse_on_every_single_byte_change(key, payload_len, kid) -> None:
+    """The offset reader accepts only what the general parse reads the same way.
+
+    For the signed message and for every one-byte change (each position set to a few
+    values that matter to CBOR heads), every truncation and a trailing byte: either the
+    offset reader declines (``None``) or it returns exactly the general parse's tuple;
+    where the general parse raises, the offset reader must have declined.
+    """
+    from cardlib.records.cose import _parse_layout
+
+    payload = bytes(i % 251 for i in range(payload_len))
+    message = sign1(payload, key, kid)
+    # payloads of 64 KiB and more have a 4-byte length head: left to the general parse
+    assert _parse_layout(message) == (_parse_or_error(message) if payload_len < 65536 else None)
+    variants = [message[:cut] for cut in range(len(message))] + [message + b"\x00"]
+    positions = range(len(message)) if len(message) < 400 else [*range(120), *range(len(message) - 80, len(message))]
+    for at in positions:
+        for value in {0x00, 0x01, 0x04, 0x17, 0x18, 0x19, 0x1A, 0x40, 0x43, 0x57, 0x58, 0x59, 0x5A, 0x5F,
+                      0x80, 0x84, 0xA0, 0xA1, 0xA2, 0xC0, 0xD2, 0xF6, 0xFF, message[at] ^ 0x01}:
+            variants.append(message[:at] + bytes([value]) + message[at + 1:])
+    accepted = 0
+    for variant in variants:
+        fast = _parse_layout(variant)
+        if fast is not None:
+            accepted += 1
+            assert fast == _parse_or_error(variant), variant.hex()
+    assert accepted > 1 or payload_len >= 65536  # changes inside the payload/signature keep the layout
+
+
+def test_layout_parse_declines_what_it_does_not_know(key) -> None:
+    from cardlib.records.cose import _parse_layout
+
+    assert _parse_layout(sign1(b"x", key, KID, tagged=False)) is None  # untagged: general parse
+    assert _parse_layout(bytearray(sign1(b"x", key, KID))) is None  # not bytes: general parse
+    both = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8, 4: KID}), {4: KID}, b"x", bytes(64)]))
+    assert _parse_layout(both) is None and _parse_or_error(both) is MalformedCose  # kid in both buckets
+    no_alg = cbor2.dumps(cbor2.CBORTag(18, [b"", {4: KID}, b"x", bytes(64)]))
+    assert _parse_layout(no_alg) is None and _parse_or_error(no_alg) is MalformedCose
+
+
+def test_protected_header_that_cannot_be_re_encoded_is_malformed_not_a_crash(key) -> None:
+    """A lone CBOR "break" (0xff) in the protected bstr decodes to a marker cbor2 cannot
+    encode again; that is a malformed message (422 at upload), never an encoder error."""
+    message = cbor2.dumps(cbor2.CBORTag(18, [b"\xff", {4: KID}, b"x", bytes(64)]))
+    with pytest.raises(MalformedCose):
+        verify1(message, _keys(key))

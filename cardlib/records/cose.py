@@ -252,7 +252,7 @@ def verify1(
     :raises AlgorithmNotAllowed: protected alg differs from the key's algorithm.
     :raises BadSignature: the signature does not verify.
     """
-    protected, alg_value, kid, payload, signature = _parse(message)
+    protected, alg_value, kid, payload, signature = _parse_layout(message) or _parse(message)
     key = _resolve(keys, kid)
     if alg_value != int(key.alg):
         raise AlgorithmNotAllowed(
@@ -298,6 +298,74 @@ def _decode_exactly_one(data: bytes, what: str) -> object:
     if stream.tell() != len(data):
         raise MalformedCose(f"{what}: {len(data) - stream.tell()} trailing byte(s)")
     return item
+
+
+#: Initial bytes of a tagged COSE_Sign1: tag 18 (``0xd2``), then ``array(4)`` (RFC 8949 §3.4, §3.1).
+_TAGGED_SIGN1_HEAD = bytes([0xC0 | COSE_SIGN1_TAG, 0x80 | 4])
+#: CBOR map(1) initial byte and the ``kid`` label (4) as a one-byte unsigned integer.
+_MAP1, _KID_LABEL, _ALG_LABEL = 0xA1, int(HeaderLabel.KID), int(HeaderLabel.ALG)
+#: ``bstr`` head of a 64-byte signature: major type 2, one-byte length follows (0x58), 64.
+_SIG64_HEAD = bytes([_MAJOR_BSTR | _AI_UINT8, SIGNATURE_BYTES])
+
+
+def _parse_layout(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes] | None:
+    """:func:`_parse` for the one layout this project signs, read by offsets; ``None`` otherwise.
+
+    The layout :func:`sign1` writes (tagged, RFC 9052 §4.2)::
+
+        d2 84  <bstr protected, < 24 bytes>  a1 04 <bstr kid, 1..23 bytes>
+               <bstr payload, head 0x40..0x57 | 0x58 n | 0x59 nn>  58 40 <64-byte signature>
+
+    Every byte of the message is accounted for (nothing may follow the signature), so
+    a message accepted here decodes to exactly the values :func:`_parse` would return;
+    anything else (untagged, other header shapes, odd lengths, truncation) returns
+    ``None`` and goes through the general CBOR parse, which names the problem. The
+    protected header still gets :func:`_protected_map`'s full check. Runs once per
+    uploaded journal entry, where the CBOR decode of the envelope was ~4 % of the
+    Ed25519 verification's time.
+    """
+    if type(message) is not bytes or message[:2] != _TAGGED_SIGN1_HEAD:
+        return None
+    try:
+        head = message[2]
+        if head & 0xE0 != _MAJOR_BSTR or head & 0x1F >= _AI_UINT8:
+            return None
+        at = 3 + (head & 0x1F)
+        protected = message[3:at]
+        if message[at] != _MAP1 or message[at + 1] != _KID_LABEL:
+            return None
+        head = message[at + 2]
+        if head & 0xE0 != _MAJOR_BSTR or not 0 < head & 0x1F < _AI_UINT8:
+            return None
+        kid_at = at + 3
+        at = kid_at + (head & 0x1F)
+        kid = message[kid_at:at]
+        head = message[at]
+        if head == _MAJOR_BSTR | _AI_UINT8:
+            length, at = message[at + 1], at + 2
+        elif head == _MAJOR_BSTR | _AI_UINT16:
+            length, at = int.from_bytes(message[at + 1:at + 3], "big"), at + 3
+        elif head & 0xE0 == _MAJOR_BSTR and head & 0x1F < _AI_UINT8:
+            length, at = head & 0x1F, at + 1
+        else:
+            return None
+        payload = message[at:at + length]
+        at += length
+        if message[at:at + 2] != _SIG64_HEAD or len(message) != at + 2 + SIGNATURE_BYTES:
+            return None
+        signature = message[at + 2:]
+    except IndexError:  # truncated inside a head
+        return None
+    if len(payload) != length:
+        return None
+    try:
+        prot_map = _protected_map(protected)
+    except MalformedCose:
+        return None
+    alg_value = prot_map.get(_ALG_LABEL)
+    if _KID_LABEL in prot_map or type(alg_value) is not int:
+        return None
+    return protected, alg_value, kid, payload, signature
 
 
 def _parse(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes]:
@@ -370,7 +438,12 @@ def _protected_map(protected: bytes) -> Mapping[object, object]:
     # Preferred serialization (RFC 8949 §4.1): re-encoding in the same order
     # must give the same bytes; a duplicate label or a long-form integer
     # would make them differ. Only a check: we sign/verify the bytes read.
-    if cbor2.dumps(decoded) != protected:
+    try:
+        reencoded = cbor2.dumps(decoded)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, RecursionError) as exc:
+        # e.g. a lone "break" byte decodes to a marker object that cannot be encoded
+        raise MalformedCose(f"protected header: not a valid CBOR map ({exc})") from exc
+    if reencoded != protected:
         raise MalformedCose(
             "protected header is not in preferred serialization or repeats a label"
         )
