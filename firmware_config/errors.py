@@ -54,6 +54,11 @@ class ConfigInvalid(ConfigError):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
+class ConfigTooLarge(ConfigInvalid):
+    """The file is larger than any profile can be (:data:`firmware_config.loader.MAX_PROFILE_BYTES`):
+    most likely the wrong file (a log, a device node such as ``/dev/zero``); it is not read further."""
+
+
 class ConfigSyntaxError(ConfigInvalid):
     """The file is not valid TOML (TOML 1.0); the issue carries tomllib's line."""
 

@@ -7,6 +7,11 @@ typed dataclasses (:mod:`firmware_config.models`). Every problem becomes a
 :class:`~firmware_config.errors.ConfigIssue` naming file, key and line, and all
 of a file's problems are raised together.
 
+Bounded: at most :data:`MAX_PROFILE_BYTES` + 1 bytes are read (profiles are a few KiB); a
+larger file or an endless one (``/dev/zero``, a pipe) is refused with :class:`ConfigTooLarge`
+without reading the rest. The size is counted while reading, not taken from ``stat``,
+because device nodes and pipes report 0.
+
 Tolerated: a UTF-8 byte-order mark at the start of the file (Windows editors write one;
 it is dropped and logged at INFO). Refused: ``nan`` and ``inf`` wherever a number is read
 (:func:`_non_finite`), because JSON Schema range checks cannot catch NaN.
@@ -32,6 +37,7 @@ from firmware_config.errors import (
     ConfigNotFound,
     ConfigSchemaError,
     ConfigSyntaxError,
+    ConfigTooLarge,
 )
 from firmware_config.models import (
     BuzzerOnDetect,
@@ -57,6 +63,10 @@ SHIPPED_TERMINALS_DIR: Final = PACKAGE_DIR / "terminals"
 
 #: Smallest command APDU: CLA INS P1 P2 (ISO/IEC 7816-4 §5.1, case 1).
 _MIN_APDU_LEN: Final = 4
+
+#: Largest profile file read, bytes. The shipped profiles are about 1 KiB; 1 MiB leaves room
+#: for any real profile and keeps a mistaken argument (a log, /dev/zero) from filling memory.
+MAX_PROFILE_BYTES: Final = 1024 * 1024
 
 _TOML_POS_RE: Final = re.compile(r"\(at line (\d+), column (\d+)\)")
 _BOM: Final = "\ufeff"
@@ -104,11 +114,17 @@ class _Doc:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_PROFILE_BYTES + 1)
         except FileNotFoundError as exc:
             raise ConfigNotFound(f"{path}: no such profile file") from exc
         except OSError as exc:
             raise ConfigNotFound(f"{path}: cannot read profile file: {exc.strerror}") from exc
+        if len(raw) > MAX_PROFILE_BYTES:
+            raise ConfigTooLarge([ConfigIssue(
+                path, None, "",
+                f"larger than {MAX_PROFILE_BYTES / 2**20:g} MiB; a profile is a few KiB (is this the right file?)",
+            )])
         try:
             self.text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
