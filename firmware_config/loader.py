@@ -205,11 +205,19 @@ def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
     errors = list(_VALIDATORS[kind].iter_errors(doc.data))
     # A value of the wrong type also fails its range/length checks: report the type only.
     mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    # jsonschema yields one "required" error per missing key, each carrying the whole
+    # required list; listing the missing keys from the instance once per table (and the
+    # unknown keys likewise) keeps every problem to one line.
+    expanded: set[tuple[str, KeyPath]] = set()
     for error in errors:
         path: KeyPath = tuple(error.absolute_path)
         if path in non_finite or (path in mistyped and error.validator != "type"):
             continue
         sub = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator in ("required", "additionalProperties"):
+            if (error.validator, path) in expanded:
+                continue
+            expanded.add((error.validator, path))
         if error.validator == "required":
             present = error.instance if isinstance(error.instance, dict) else {}
             for name in error.validator_value:
@@ -243,6 +251,12 @@ def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
             message = error.message
         issues.append(doc.issue(path, message))
     return issues
+
+
+def _raise_issues(issues: list[ConfigIssue]) -> None:
+    """Raise :class:`ConfigSchemaError` with each distinct issue once, in line order (no-op if none)."""
+    if issues:
+        raise ConfigSchemaError(sorted(set(issues), key=lambda i: (i.line or 0, i.key, i.message)))
 
 
 def _hex(value: str) -> bytes:
@@ -325,9 +339,7 @@ def _validate(doc: _Doc, kind: ProfileKind) -> None:
     issues = _schema_issues(doc, kind)
     if not issues:
         issues = _reader_rules(doc) if kind is ProfileKind.READER else _terminal_rules(doc)
-    if issues:
-        issues.sort(key=lambda i: (i.line or 0, i.key))
-        raise ConfigSchemaError(issues)
+    _raise_issues(issues)
 
 
 def load_reader_profile(path: str | Path) -> ReaderProfile:
@@ -419,9 +431,7 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
     if kind is not ProfileKind.TERMINAL:
         raise ConfigSchemaError([ConfigIssue(doc.path, 1, "kind", "this is a reader profile, a terminal profile was expected")])
     issues = _schema_issues(doc, kind) or _terminal_rules(doc, reader_dirs)
-    if issues:
-        issues.sort(key=lambda i: (i.line or 0, i.key))
-        raise ConfigSchemaError(issues)
+    _raise_issues(issues)
     d = doc.data
     search = _terminal_reader_dirs(doc, reader_dirs)
     policy = d.get("policy", {})

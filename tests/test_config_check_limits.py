@@ -56,3 +56,37 @@ def test_file_at_the_cap_is_still_read(tmp_path: Path, capsys: pytest.CaptureFix
     assert huma_main(["config", "check", str(edge)]) == 2  # invalid profile, but read and checked
     err = capsys.readouterr().err
     assert "larger than" not in err and "required key is missing" in err
+
+
+_READER_REQUIRED = ("schema_version", "name", "stack", "name_pattern", "pass_through", "max_frame",
+                    "poll_interval", "feedback")
+_TERMINAL_REQUIRED = ("schema_version", "terminal_id", "region", "counter_mode", "programmes", "server_url",
+                      "sync_interval", "paths", "readers")
+
+
+@pytest.mark.parametrize(("kind", "required"), [("reader", _READER_REQUIRED), ("terminal", _TERMINAL_REQUIRED)])
+def test_each_missing_key_is_reported_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, required: tuple[str, ...]
+) -> None:
+    path = tmp_path / "bare.toml"
+    path.write_text(f'kind = "{kind}"\n')
+    assert huma_main(["config", "check", str(path)]) == 2
+    lines = [l.removeprefix("error: ") for l in capsys.readouterr().err.strip().splitlines()]
+    assert sorted(lines) == sorted(f"{path}:1: {key}: required key is missing" for key in required)
+
+
+def test_nested_tables_missing_several_keys_report_each_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nested.toml"
+    path.write_text(
+        'kind = "terminal"\nschema_version = 1\nterminal_id = "x"\n'
+        "[paths]\n[[readers]]\n[[readers]]\n[policy]\nbogus = 1\nworse = 2\n"
+    )
+    assert huma_main(["config", "check", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == len(set(lines)), lines
+    text = "\n".join(lines)
+    for key in ("paths.key", "paths.journal", "readers[0].profile", "readers[1].profile",
+                "policy.bogus", "policy.worse"):
+        assert text.count(f": {key}: ") == 1, (key, lines)
