@@ -44,6 +44,7 @@ class JsonReason(str, enum.Enum):
     DEPTH = "too_deeply_nested"  #: nested deeper than the parser's recursion limit
     NOT_OBJECT = "not_an_object"  #: valid JSON, but the endpoint needs an object
     NUL = "nul_character"  #: a string holds U+0000, which no text column (PostgreSQL) can store
+    SURROGATE = "lone_surrogate"  #: a ``\\uD800``..``\\uDFFF`` escape without its pair: not Unicode text
 
 
 def _reject_constant(name: str) -> Any:
@@ -68,25 +69,57 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest("body is nested too deeply", reason=JsonReason.DEPTH.value) from None
     except ValueError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", reason=JsonReason.SYNTAX.value) from None
-    if "\\u0000" in text and _holds_nul(value):
-        raise BadRequest("strings must not contain U+0000", reason=JsonReason.NUL.value)
+    if "\\u" in text:  # NUL and surrogates can only come from escapes (the bytes were strict UTF-8)
+        _check_strings(value)
     return value
 
 
-def _holds_nul(value: Any) -> bool:
-    """True if any string (key or value) in the decoded JSON ``value`` contains U+0000 (iterative walk)."""
+#: A surrogate code point: a JSON escape that is half of a pair, or no pair at all (RFC 8259 §7).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Longest top-level key named as ``field`` in an error (longer keys are no field of any endpoint).
+_FIELD_NAME_MAX = 64
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse a string (key or value, any depth) no database text column can hold.
+
+    :raises BadRequest: ``reason`` ``nul_character`` (U+0000) or ``lone_surrogate`` (a
+        code point U+D800..U+DFFF: json.loads turns a lone ``\\uD800`` escape into one;
+        UTF-8 cannot encode it, so the driver would fail with UnicodeEncodeError). ``field``
+        names the top-level key under which it was found, when that key is itself sound.
+    """
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    for key, item in items:
+        fault = _string_fault(key) if key is not None else None
+        field = None
+        if fault is None:
+            fault = _string_fault(item)
+            field = key if key is not None and len(key) <= _FIELD_NAME_MAX else None
+        if fault is None:
+            continue
+        detail = {"field": field} if field is not None else {}
+        if fault is JsonReason.NUL:
+            raise BadRequest("strings must not contain U+0000", reason=fault.value, **detail)
+        raise BadRequest("strings must be Unicode text: a \\uD800-\\uDFFF escape must be half of a "
+                         "surrogate pair", reason=fault.value, **detail)
+
+
+def _string_fault(value: Any) -> JsonReason | None:
+    """The first fault of :func:`_check_strings` in any string (key or value) of ``value`` (iterative walk)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
-                return True
+                return JsonReason.NUL
+            if _SURROGATE.search(item) is not None:
+                return JsonReason.SURROGATE
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 def json_body(*, require_object: bool = True) -> Any:

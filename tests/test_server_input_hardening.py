@@ -1,0 +1,88 @@
+"""Hostile input at the HTTP edge: lone surrogates in JSON, unbounded echoes in error messages, unverified bundles.
+
+Every test runs on SQLite and PostgreSQL (the ``app`` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from server.http import JsonReason
+
+JSON = {"Content-Type": "application/json"}
+
+#: Every endpoint that parses a JSON body (``json_body`` in server/blueprints) with a body
+#: that is otherwise plausible for it, so a lone surrogate is the only fault.
+JSON_ENDPOINTS: dict[str, dict[str, Any]] = {
+    "/api/v1/auth/login": {"username": "admin", "password": "correct horse battery"},
+    "/api/v1/people": {"username": "someone", "password": "long enough pw", "role": "auditor"},
+    "/api/v1/terminals/enrol": {"terminal_id": "t-1", "csr": "AAAA"},
+    "/api/v1/cards": {"cards": [{"card_id": "c", "tag_uid": "04a1b2c3", "kid": "01020304",
+                                 "issued_at": "2026-01-01T00:00:00+00:00"}]},
+    "/api/v1/cards/issuances": {"file": "AAAA"},
+    "/api/v1/bundles": {"version": 1, "expires_at": "2030-01-01T00:00:00+00:00", "blob": "AAAA"},
+    "/api/v1/journal/batches": {"batch_id": "b", "entries": ["AAAA"]},
+}
+
+#: The JSON text of a lone high surrogate, a lone low one, and a reversed pair.
+LONE = ["\\ud800", "x\\udfff", "\\udc00\\ud800"]
+
+
+def _error(r: Any) -> dict[str, Any]:
+    doc = json.loads(r.data)
+    assert set(doc) >= {"error"} and doc["error"]["code"] and doc["error"]["message"], doc
+    return dict(doc["error"])
+
+
+def _with_surrogate(body: dict[str, Any], field: str, escape: str, *, in_key: bool, nested: bool) -> bytes:
+    """``body`` as JSON text whose ``field`` holds ``escape`` (raw JSON escape text) in a key or value."""
+    marker = "SURROGATE-MARKER"
+    doc = dict(body)
+    if in_key:
+        doc[field] = {marker: 1} if nested else doc[field]
+        text = json.dumps(doc)
+        if nested:
+            return text.replace(marker, escape).encode()
+        return text.replace(json.dumps(field), json.dumps(field)[:-1] + marker + '"', 1).replace(marker, escape).encode()
+    doc[field] = [{"k": marker}] if nested else marker
+    return json.dumps(doc).replace(marker, escape).encode()
+
+
+@pytest.mark.parametrize("escape", LONE)
+def test_a_lone_surrogate_anywhere_in_any_json_body_is_400_naming_the_field(app, world, escape):
+    """The reporter's 500 (UnicodeEncodeError from the DB driver) and mislabelled 400s, on every JSON endpoint."""
+    for path, body in JSON_ENDPOINTS.items():
+        field = next(iter(body))
+        for in_key in (False, True):
+            for nested in (False, True):
+                raw = _with_surrogate(body, field, escape, in_key=in_key, nested=nested)
+                r = world.client.post(path, data=raw, headers={**JSON, **world.auth()})
+                where = (path, raw[:120], r.data[:300])
+                assert r.status_code == 400, where
+                error = _error(r)
+                assert (error["code"], error["reason"]) == ("malformed_request", JsonReason.SURROGATE.value), where
+                assert "codec" not in error["message"] and "position" not in error["message"], where
+                if not in_key or nested:  # the key itself is the bad string: it cannot be named
+                    assert error.get("field") == field, where
+
+
+def test_the_reporters_two_requests(app, world):
+    r = world.client.post("/api/v1/auth/login", data=b'{"username":"\\ud800","password":"x"}', headers=JSON)
+    assert r.status_code == 400 and _error(r)["field"] == "username"
+    r = world.client.post("/api/v1/people", headers={**JSON, **world.auth()},
+                          data=b'{"username":"x\\ud800","password":"long enough pw","role":"auditor"}')
+    assert r.status_code == 400 and _error(r)["field"] == "username"
+
+
+def test_valid_surrogate_pairs_and_non_bmp_text_still_work(app, world):
+    """An escaped pair is one code point (U+1F600): valid text, stored and answered as such."""
+    r = world.client.post("/api/v1/people", headers={**JSON, **world.auth()},
+                          data=b'{"username":"smile\\ud83d\\ude00","password":"long enough pw","role":"auditor"}')
+    assert r.status_code == 201, r.data
+    assert r.get_json()["username"] == "smile\U0001F600"
+    r = world.client.post("/api/v1/auth/login", headers=JSON,
+                          json={"username": "smile\U0001F600", "password": "long enough pw"})
+    assert r.status_code == 200, r.data
