@@ -20,6 +20,28 @@ from cardlib.sim.vpcd import VPCD_BASE_PORT, present_for, slot_port
 UID_LENGTH = 7
 
 
+class OutputDirMissing(click.ClickException):
+    """The directory an output file would go in does not exist, or is not a directory (exit status 2).
+
+    Commands never create it: a mistyped path would otherwise leave a card file somewhere
+    nobody looks, and the command would still say it succeeded.
+    """
+
+    exit_code = 2
+
+
+def require_output_dir(out: Path) -> None:
+    """Refuse an OUT whose parent directory is missing or not a directory.
+
+    :raises OutputDirMissing: naming the directory.
+    """
+    parent = out.parent
+    if not parent.exists():
+        raise OutputDirMissing(f"{out}: directory {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise OutputDirMissing(f"{out}: {parent} is not a directory")
+
+
 @click.group()
 def sim() -> None:
     """Virtual NTAG213/215/216 cards on the vpcd virtual reader."""
@@ -35,6 +57,7 @@ def sim() -> None:
 def new(out: Path, chip_name: str, uid: bytes | None, signature: bytes | None, force: bool) -> None:
     """Create a factory-fresh virtual card file OUT (refuses to replace an existing OUT without --force)."""
     variant = ChipVariant.parse(chip_name)
+    require_output_dir(out)
     refuse_overwrite(out, force)
     chip = Ntag21x.blank(variant, uid)
     if signature:
@@ -75,6 +98,7 @@ def import_(dump: Path, out: Path, fill_missing: bool, force: bool) -> None:
 
     A partial dump (the reader stopped early) is refused unless --fill-missing is given.
     """
+    require_output_dir(out)
     refuse_overwrite(out, force)
     chip = import_dump(dump, fill_missing=fill_missing)
     chip.save(out)
@@ -92,6 +116,7 @@ def import_(dump: Path, out: Path, fill_missing: bool, force: bool) -> None:
 @force_option
 def export(card: Path, out: Path, fmt: str, force: bool) -> None:
     """Write the virtual card CARD as a dump OUT (refuses to replace an existing OUT without --force)."""
+    require_output_dir(out)
     refuse_overwrite(out, force)
     write_export(Ntag21x.load(card), out, fmt)
     click.echo(f"{out}: {fmt} dump of {card}")

@@ -1,0 +1,67 @@
+"""``huma sim import`` (and the other commands that write a card or dump file) on mistaken
+input: an output directory that does not exist, malformed page lines, mistyped JSON fields,
+huge or endless input files. Each is refused with one line naming the cause, exit status 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cardlib.sim.chip import ChipVariant, Ntag21x
+from cardlib.sim.dumps import export_flipper, export_proxmark, import_dump
+from cardlib.sim.errors import DumpFormatError
+from huma.cli import main
+
+UID = bytes.fromhex("04515CFA6F4980")
+
+
+@pytest.fixture
+def dumps(tmp_path: Path) -> dict[str, Path]:
+    chip = Ntag21x.blank(ChipVariant.NTAG215, UID)
+    flipper = tmp_path / "c1.nfc"
+    flipper.write_text(export_flipper(chip))
+    proxmark = tmp_path / "c1.json"
+    proxmark.write_text(export_proxmark(chip))
+    card = tmp_path / "card.json"
+    chip.save(card)
+    return {"flipper": flipper, "proxmark": proxmark, "card": card}
+
+
+# ---------------------------------------------------------------- output directory
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim", "import", "{flipper}", "{out}"],
+        ["sim", "import", "{proxmark}", "{out}"],
+        ["sim", "new", "{out}"],
+        ["sim", "export", "{card}", "{out}", "--format", "flipper"],
+    ],
+)
+def test_missing_output_directory_is_an_error_not_created(
+    tmp_path: Path, dumps: dict[str, Path], capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    missing = tmp_path / "nonexistent" / "dir"
+    out = missing / "o.json"
+    args = [a.format(out=out, **dumps) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0] and "does not exist" in err[0], err
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_output_parent_that_is_a_file_is_an_error(
+    tmp_path: Path, dumps: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = dumps["card"] / "o.json"
+    assert main(["sim", "import", str(dumps["flipper"]), str(out)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_existing_output_directory_still_works(tmp_path: Path, dumps: dict[str, Path]) -> None:
+    out = tmp_path / "o.json"
+    assert main(["sim", "import", str(dumps["flipper"]), str(out)]) == 0
+    assert Ntag21x.load(out).uid == UID
