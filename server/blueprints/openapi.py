@@ -7,6 +7,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from server.http import JsonReason
+
 bp = Blueprint("openapi", __name__)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -308,8 +310,8 @@ def _document_body_limits(spec: dict[str, Any]) -> None:
             if "application/json" in operation.get("requestBody", {}).get("content", {}):
                 operation["responses"].setdefault("413", _err("body over the limit; limit and unit in the body"))
                 operation["responses"].setdefault("400", _err(
-                    "malformed body; reason not_json_content_type, invalid_utf8, invalid_json, "
-                    "too_deeply_nested or not_an_object"))
+                    "malformed body; reason one of " + ", ".join(r.value for r in JsonReason)
+                    + " (field: the top-level key holding a bad string, when known)"))
 
 
 _document_body_limits(SPEC)
