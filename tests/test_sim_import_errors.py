@@ -65,3 +65,20 @@ def test_existing_output_directory_still_works(tmp_path: Path, dumps: dict[str, 
     out = tmp_path / "o.json"
     assert main(["sim", "import", str(dumps["flipper"]), str(out)]) == 0
     assert Ntag21x.load(out).uid == UID
+
+
+# ---------------------------------------------------------------- Flipper page lines
+
+
+@pytest.mark.parametrize(
+    "bad", ["Page -3", "Page 3a", "Page", "Page +3", "Page 3.0", "page 3", "PAGE 3", "Page \uff13"]
+)
+def test_malformed_page_line_is_named(dumps: dict[str, Path], bad: str) -> None:
+    path = dumps["flipper"]
+    text = path.read_text().replace("Page 3: ", f"{bad}: ", 1)
+    path.write_text(text)
+    expected = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith(f"{bad}:"))
+    with pytest.raises(DumpFormatError) as info:
+        import_dump(path)
+    assert info.value.line == expected, str(info.value)
+    assert repr(bad) in str(info.value) and "missing" not in str(info.value)

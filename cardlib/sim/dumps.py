@@ -69,7 +69,9 @@ FLIPPER_FILETYPE = "Flipper NFC device"
 FLIPPER_VERSIONS = (2, 3, 4)
 _NTAG_ATQA = {bytes.fromhex("0044"), bytes.fromhex("4400")}
 _NFC_COUNTER_INDEX = 2  # Flipper/Proxmark keep 3 counters; NTAG21x's NFC counter is the 3rd
-_PAGE_RE = re.compile(r"^Page (\d+)$")
+_PAGE_RE = re.compile(r"^Page ([0-9]+)$")
+#: The Flipper fields whose key starts with "Page" but are not page lines.
+_PAGE_COUNT_FIELDS = ("Pages total", "Pages read")
 _META_KEY = "dump"
 _FILLED_KEY = "filled_pages"
 
@@ -210,6 +212,11 @@ def _import_flipper_text(p: Path, text: str, fill_missing: bool = False) -> Ntag
                 raise DumpFormatError(p, f"page {n} appears twice", no)
             pages[n] = (no, _hex(value, p, no, f"Page {n}", PAGE_SIZE))
             continue
+        if key.lower().startswith("page") and key not in _PAGE_COUNT_FIELDS:
+            # Unknown fields are skipped (Flipper writes many we do not use), but a page line we
+            # cannot parse must not vanish: the dump would then look partial, far from the cause.
+            raise DumpFormatError(
+                p, f"bad page line {key!r}: expected 'Page N' with N a page number 0, 1, 2, ...", no)
         if key in fields:
             raise DumpFormatError(p, f"field {key!r} appears twice", no)
         fields[key] = (no, value)
