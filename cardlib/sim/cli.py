@@ -21,7 +21,7 @@ UID_LENGTH = 7
 
 
 class OutputDirMissing(click.ClickException):
-    """The directory an output file would go in does not exist, or is not a directory (exit status 2).
+    """The directory of an output file does not exist or is not a directory (exit status 2).
 
     Commands never create it: a mistyped path would otherwise leave a card file somewhere
     nobody looks, and the command would still say it succeeded.
