@@ -72,8 +72,9 @@ DATABASE_OPTION = click.option(
 def make_app() -> Flask:
     """The application for a CLI command: ``--database``/``DATABASE_URL`` and ``HUMA_*`` from the environment.
 
-    :raises ConfigurationError: the database URL is not a URL SQLAlchemy can use (unknown
-        dialect or driver, malformed); the message shows it without its password.
+    :raises ConfigurationError: the database URL is not one this server can use (a backend
+        other than sqlite/postgresql, an unknown or uninstalled driver, malformed); the
+        message shows it without its password.
     """
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -84,9 +85,11 @@ def make_app() -> Flask:
     url = ctx.meta.get(_DB_META) if ctx is not None else None
     try:
         return create_app({"DATABASE_URL": url} if url else None)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         shown = url or os.environ.get("DATABASE_URL", "")
-        raise ConfigurationError(f"database URL {_safe_url(shown)} is not usable: {exc}; expected "
+        why = (f"its driver needs the Python package {exc.name or str(exc)!r}, which is not installed"
+               if isinstance(exc, ImportError) else str(exc))
+        raise ConfigurationError(f"database URL {_safe_url(shown)} is not usable: {why}; expected "
                                  "postgresql+psycopg://user@host:5432/name or sqlite:///path.db") from None
 
 
@@ -97,10 +100,11 @@ def database(app: Flask, *, require_schema: bool = True) -> Iterator[None]:
     :param require_schema: first check that the schema is at the Alembic head (every command
         but ``db upgrade``); never creates a SQLite file.
     :raises SchemaNotCurrent: no schema (revision none) or an older one: run ``huma server db upgrade``.
-    :raises DatabaseUnavailable: cannot connect (names host:port, never the password).
+    :raises DatabaseUnavailable: cannot connect, or the database cannot be read: a SQLite file
+        that is not a database or is corrupt (names host:port or the file, never the password).
     :raises Conflict: a uniqueness constraint (the driver's first line, no parameters).
     """
-    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+    from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
 
     from server.db import check_schema, is_busy
     from server.errors import Conflict, DatabaseBusy, DatabaseUnavailable
@@ -114,7 +118,12 @@ def database(app: Flask, *, require_schema: bool = True) -> Iterator[None]:
         except IntegrityError as exc:
             # str(exc) would include the statement's parameters (e.g. a password hash).
             raise Conflict(f"refused by the database: {str(exc.orig).splitlines()[0]}") from None
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, DatabaseError) as exc:
+            # A bare DatabaseError is the driver's own base class: SQLite's "file is not a
+            # database" (SQLITE_NOTADB) and "database disk image is malformed" (SQLITE_CORRUPT).
+            # Its other subclasses (ProgrammingError, DataError...) are bugs: keep their traceback.
+            if not isinstance(exc, (OperationalError, InterfaceError)) and type(exc) is not DatabaseError:
+                raise
             if is_busy(exc):
                 raise DatabaseBusy("database busy, retry later", retry_after=int(app.config["RETRY_AFTER"])) from None
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.errors import DatabaseBusy, SchemaNotCurrent
+from server.errors import ConfigurationError, DatabaseBusy, SchemaNotCurrent
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ SQLITE_TUNING: dict[str, object] = {
 }
 
 
+#: SQLAlchemy backends this server is written and tested for (the schemes of ``DATABASE_URL``).
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -> Engine:
     """Create an engine with the per-connection settings this server relies on.
 
@@ -69,8 +73,20 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
     :param busy_timeout_s: how long a writer waits for a lock before the request
         answers 503 (SQLite ``busy_timeout``, PostgreSQL ``lock_timeout``), seconds.
     :param pool_size: connections kept per process.
+    :raises ConfigurationError: the URL's backend is not one of :data:`SUPPORTED_BACKENDS`
+        (checked before SQLAlchemy imports a driver; the message has no password).
+    :raises sqlalchemy.exc.ArgumentError: the URL does not parse.
+    :raises ImportError: the URL names a driver that is not installed (``postgresql+psycopg2``).
     """
+    from sqlalchemy.engine import make_url
+
     url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"database URL {parsed.render_as_string(hide_password=True)} is not usable: "
+            f"{parsed.get_backend_name()!r} is not supported (supported: {', '.join(SUPPORTED_BACKENDS)}); "
+            "expected postgresql+psycopg://user@host:5432/name or sqlite:///path.db")
     timeout_ms = int(busy_timeout_s * 1000)
     if url.startswith("sqlite"):
         engine = create_engine(

@@ -2,7 +2,8 @@
 
 One row per entry holds the exact COSE_Sign1 bytes of
 :mod:`cardlib.records.journal` (what is uploaded and audited) next to indexed
-copies of a few claims (seq, kind, card, amount) so the daemon can answer
+copies of its claims (seq, kind, card, programme, amount, slot seq, …) and two
+unsigned columns (the programme's ``unit``, the PENDING card state) so the daemon can answer
 "is there an unfinished write for this card?" and "how much went out since
 the last upload?" without decoding every entry. DESIGN §7; card_tech.md §3.2.
 
@@ -14,12 +15,13 @@ entry uploaded.
 
 Offline audit: :func:`verify_journal_file` (``huma journal verify FILE``)
 re-checks every signature against the terminal's public key, the hash chain,
-contiguous sequence numbers from 1, and that the indexed columns agree with
-the signed bytes.
+contiguous sequence numbers from 1, and that every index column agrees with
+the signed bytes (the unsigned ones as far as the signed claims allow).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sqlite3
@@ -47,6 +49,7 @@ from cardlib.records.journal import (
 
 from terminal.clock import Clock
 from terminal.errors import JournalDamaged, JournalError, JournalVerifyError
+from terminal.policy import Unit
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +104,22 @@ CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id 
 CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS entries_only_mark_uploaded BEFORE UPDATE ON entries
-WHEN NEW.seq IS NOT OLD.seq OR NEW.message IS NOT OLD.message OR NEW.entry_hash IS NOT OLD.entry_hash
-  OR NEW.kind IS NOT OLD.kind OR NEW.card_id IS NOT OLD.card_id OR NEW.amount IS NOT OLD.amount
-  OR NEW.pending IS NOT OLD.pending
-  OR (OLD.uploaded_at IS NOT NULL AND NEW.uploaded_at IS NOT OLD.uploaded_at)
-BEGIN SELECT RAISE(ABORT, 'journal entries are immutable; only the upload mark may be set once'); END;
 """
+
+#: Every column of ``entries`` but ``uploaded_at``; the trigger below refuses changing any of them.
+_IMMUTABLE_COLUMNS = (
+    "seq", "entry_id", "boot_id", "kind", "card_id", "programme", "unit", "amount", "slot_seq_after",
+    "state_hash_new", "wall_ms", "mono_ns", "clock_synced", "entry_hash", "message", "note", "pending",
+)
+
+#: Live edits: only the upload mark may change, and only once. Replaced on open when a
+#: journal carries an older, weaker version (which let ``unit``, ``slot_seq_after`` … change).
+_UPDATE_TRIGGER = (
+    "CREATE TRIGGER entries_only_mark_uploaded BEFORE UPDATE ON entries\nWHEN "
+    + "\n  OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in _IMMUTABLE_COLUMNS)
+    + "\n  OR (OLD.uploaded_at IS NOT NULL AND NEW.uploaded_at IS NOT OLD.uploaded_at)\n"
+    "BEGIN SELECT RAISE(ABORT, 'journal entries are immutable; only the upload mark may be set once'); END"
+)
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,12 @@ class JournalStore:
         check_sqlite_file(self._db, self.path, serving=True)
         try:
             self._db.executescript(_SCHEMA)
+            (trigger,) = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND name='entries_only_mark_uploaded'"
+                " AND sql=?", (_UPDATE_TRIGGER,)).fetchone()
+            if not trigger:
+                self._db.executescript("BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS entries_only_mark_uploaded; "
+                                       f"{_UPDATE_TRIGGER}; COMMIT;")
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         self._check_identity()
@@ -741,23 +759,127 @@ def repair_journal_file(path: str | Path, key: CoseKey | None = None) -> tuple[P
     return backup, verify_journal_file(p, key)
 
 
+#: The index columns that copy a signed claim, with how to read that claim from a verified
+#: entry (SQLite storage class included: an INTEGER 3 stored as TEXT '3' differs).
+_SIGNED_COLUMNS: tuple[tuple[str, Callable[[SignedEntry], object]], ...] = (
+    ("seq", lambda s: s.entry.seq),
+    ("entry_id", lambda s: s.entry.entry_id),
+    ("boot_id", lambda s: s.entry.boot_id),
+    ("kind", lambda s: int(s.entry.kind)),
+    ("card_id", lambda s: s.entry.card_id),
+    ("programme", lambda s: s.entry.programme),
+    ("amount", lambda s: s.entry.amount),
+    ("slot_seq_after", lambda s: s.entry.slot_seq_after),
+    ("state_hash_new", lambda s: s.entry.state_hash_new),
+    ("wall_ms", lambda s: s.entry.wall_ms),
+    ("mono_ns", lambda s: s.entry.mono_ns),
+    ("clock_synced", lambda s: int(s.entry.clock_synced)),
+    ("entry_hash", lambda s: s.entry_hash),  # SHA-256 of the exact signed bytes
+)
+#: The values ``unit`` may hold.
+_UNITS = frozenset(u.value for u in Unit)
+#: Kinds that carry the claims of the PENDING they follow (:func:`write_of`), ``unit`` included.
+_CLOSING_KINDS = (EntryKind.COMMIT, EntryKind.UNCERTAIN, EntryKind.FINISHED, EntryKind.VOIDED)
+#: Position of the new slot record's COSE bytes in a PENDING entry's ``pending`` blob
+#: (a CBOR array; layout: ``terminal.tap._pending_blob``); SHA-256 of it is ``state_hash_new``.
+_PENDING_COSE_AT = 4
+
+
+def _short(value: object) -> str:
+    text = value.hex() if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 24 else text[:20] + "…"
+
+
+def _same(stored: object, signed: object) -> bool:
+    """Equal and of the same type (SQLite returns int/str/bytes/None as stored)."""
+    if isinstance(stored, bytes) and isinstance(signed, bytes):
+        return stored == signed
+    return type(stored) is type(signed) and stored == signed
+
+
+def _pending_cose(blob: object) -> bytes | None:
+    """The slot record bytes in a ``pending`` blob, or None when it is not of that layout."""
+    import cbor2
+
+    if not isinstance(blob, bytes):
+        return None
+    try:
+        fields = cbor2.loads(blob)
+    except Exception:  # noqa: BLE001 - any undecodable blob is just "not of that layout"
+        return None
+    if not isinstance(fields, list) or len(fields) <= _PENDING_COSE_AT:
+        return None
+    cose = fields[_PENDING_COSE_AT]
+    return cose if isinstance(cose, bytes) else None
+
+
+def _check_unsigned(e: JournalEntry, unit: object, pending: object, pending_unit: dict[str, object]) -> None:
+    """Check the columns that are not signed claims (``unit``, ``pending``) against what is signed.
+
+    :param pending_unit: card id -> ``unit`` of its latest PENDING so far (updated here).
+    :raises JournalVerifyError: naming the column and the entry's seq.
+    """
+    if unit is not None and unit not in _UNITS:
+        raise JournalVerifyError(f"index column unit is {_short(unit)}, not a unit ({', '.join(sorted(_UNITS))})",
+                                 e.seq)
+    if e.kind is EntryKind.PENDING:
+        if e.amount is not None and unit is None:
+            raise JournalVerifyError("index column unit is empty on a PENDING entry with an amount "
+                                     "(the offline limits would not count it)", e.seq)
+        if e.card_id:
+            pending_unit[e.card_id] = unit
+    elif e.kind in _CLOSING_KINDS and e.card_id and e.card_id in pending_unit:
+        if not _same(unit, pending_unit[e.card_id]):
+            raise JournalVerifyError(f"index column unit is {_short(unit)} but the PENDING write it follows "
+                                     f"has {_short(pending_unit[e.card_id])}", e.seq)
+    if pending is None:
+        return
+    if e.kind is not EntryKind.PENDING:
+        raise JournalVerifyError(f"column pending holds a card state on a {e.kind.name} entry "
+                                 "(only PENDING entries have one)", e.seq)
+    cose = _pending_cose(pending)
+    if cose is None:
+        raise JournalVerifyError("column pending is not a pending card write", e.seq)
+    if hashlib.sha256(cose).digest() != e.state_hash_new:
+        raise JournalVerifyError("column pending does not hash to the signed state_hash_new", e.seq)
+
+
 def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyReport:
-    """Check a journal file offline, as an auditor: signatures, chain, gaps, index columns.
+    """Check a journal file offline, as an auditor: signatures, chain, gaps, every index column.
 
     Follows DESIGN §7 and card_tech.md §3.2: seq contiguous from 1, each entry's
     prev_entry_hash the SHA-256 of the previous entry's exact bytes, every entry
-    signed by the terminal key (RFC 9052 §4.4), and the unsigned indexed columns
-    equal to the signed claims (a tampered index could hide spending).
+    signed by the terminal key (RFC 9052 §4.4), and the columns the daemon
+    decides from agree with the signed bytes (a tampered index could hide spending):
+
+    - copies of signed claims, compared value and type with the decoded entry:
+      ``seq, entry_id, boot_id, kind, card_id, programme, amount, slot_seq_after,
+      state_hash_new, wall_ms, mono_ns, clock_synced`` and ``entry_hash`` (SHA-256
+      of ``message``);
+    - ``unit`` (not signed: the programme's unit from the trust bundle, which the
+      file does not hold) is checked as far as the signed entries allow: a unit
+      value or NULL, present on every PENDING with an amount, and on COMMIT /
+      UNCERTAIN / FINISHED / VOIDED equal to the unit of the card's PENDING they
+      follow. Changing the unit of a whole write consistently to another unit is
+      not detectable here; live edits are refused by the ``entries_only_mark_uploaded``
+      trigger, which covers every column but ``uploaded_at``;
+    - ``pending`` (not signed, bound by the signed ``state_hash_new``): only on
+      PENDING entries, and its slot record hashes to ``state_hash_new``.
+
+    ``note`` (a local remark, e.g. ``deferred``) and ``uploaded_at`` (the upload
+    mark) are local state, not checked; the trigger protects ``note``.
 
     :param path: the SQLite journal (opened read-only).
     :param key: the terminal's verification key (from its certificate or the
         server); None uses the key stored in the file itself, which proves
         integrity only.
     :returns: a short report.
-    :raises JournalVerifyError: with the first failing entry's seq and the reason.
+    :raises JournalVerifyError: with the first failing entry's seq and the reason
+        (naming the column for a column that disagrees).
     """
     p = Path(path)
     db = _read_only(p)
+    columns = [name for name, _ in _SIGNED_COLUMNS]
     try:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         from_file = key is None
@@ -767,8 +889,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
             pub = load_der_public_key(bytes(meta["public_key_spki"]))
             key = cose_key(pub)  # type: ignore[arg-type]
         rows = db.execute(
-            "SELECT seq, entry_id, boot_id, kind, card_id, amount, entry_hash, CAST(message AS BLOB)"
-            " FROM entries ORDER BY seq"
+            f"SELECT {', '.join(columns)}, unit, pending, CAST(message AS BLOB) FROM entries ORDER BY seq"
         ).fetchall()
     except (sqlite3.Error, KeyError, ValueError) as exc:
         raise JournalVerifyError(f"{p}: unreadable journal ({exc})") from exc
@@ -782,7 +903,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
     for row in rows:
         # One entry at a time, so every failure names the entry it is in (the row's seq column).
         try:
-            (signed,) = verify_chain([bytes(row[7])], {key.kid: key}, prev_hash=link,
+            (signed,) = verify_chain([bytes(row[-1])], {key.kid: key}, prev_hash=link,
                                      first_seq=verified[-1].entry.seq + 1 if verified else 1)
         except UnknownKid as exc:
             raise JournalVerifyError(_kid_message(exc.kid, key.kid, file_kid), int(row[0])) from exc
@@ -792,15 +913,17 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         verified.append(signed)
         link = signed.entry_hash
     open_cards: dict[str, EntryKind] = {}
+    pending_unit: dict[str, object] = {}
     terminal_id = str(meta.get("terminal_id", ""))
     for row, s in zip(rows, verified):
         e = s.entry
         if e.terminal_id != terminal_id:
             raise JournalVerifyError(f"terminal id {e.terminal_id!r} differs from the file's", e.seq)
-        indexed = (row[0], bytes(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]))
-        signed = (e.seq, e.entry_id, e.boot_id, int(e.kind), e.card_id, e.amount, s.entry_hash)
-        if indexed != signed:
-            raise JournalVerifyError("indexed columns differ from the signed entry", e.seq)
+        for (name, claim), stored in zip(_SIGNED_COLUMNS, row):
+            if not _same(stored, claim(s)):
+                raise JournalVerifyError(f"indexed columns differ from the signed entry: {name} is "
+                                         f"{_short(stored)}, signed {_short(claim(s))}", e.seq)
+        _check_unsigned(e, row[len(columns)], row[len(columns) + 1], pending_unit)
         if e.card_id and e.kind in _WRITE_KINDS:
             open_cards[e.card_id] = e.kind
     boots = len({s.entry.boot_id for s in verified})

@@ -1,0 +1,91 @@
+"""``--database`` pointing at something that is not a usable Huma database: one line, exit 2, no traceback.
+
+Each case used to end in a raw Python traceback (exit 1) or, for a foreign SQLite file,
+in 16 server tables written into another application's database.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from huma.cli import main
+
+#: Every command class that opens the database: serve, migrate, audit, administer.
+COMMANDS = [
+    ("server", "run", "--port", "0"),
+    ("server", "db", "upgrade"),
+    ("audit", "reconcile"),
+    ("server", "people", "list"),
+]
+
+
+def _huma(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_clean_line(code: int, out: str, err: str) -> None:
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in out + err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "serving on" not in out
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+@pytest.fixture(autouse=True)
+def _no_env_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_a_file_that_is_not_a_database(argv, tmp_path, capsys):
+    garbage = tmp_path / "g.sqlite"
+    garbage.write_text("garbage")
+    code, out, err = _huma(capsys, *argv, "--database", f"sqlite:///{garbage}")
+    _one_clean_line(code, out, err)
+    assert f"cannot use the database at {garbage}: file is not a database" in err
+    assert garbage.read_text() == "garbage"
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_a_truncated_database(argv, sqlite_template, tmp_path, capsys):
+    cut = tmp_path / "cut.sqlite"
+    shutil.copy(sqlite_template, cut)
+    with cut.open("r+b") as fh:  # keep the header page, lose the schema's other pages
+        fh.truncate(8192)
+    code, out, err = _huma(capsys, *argv, "--database", f"sqlite:///{cut}")
+    _one_clean_line(code, out, err)
+    assert f"cannot use the database at {cut}: database disk image is malformed" in err
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+@pytest.mark.parametrize("url", ["mysql://u:hunter2pw@127.0.0.1/x", "oracle://u:hunter2pw@db/x", "nonsense://x"])
+def test_an_unsupported_scheme_names_the_supported_ones(argv, url, capsys):
+    code, out, err = _huma(capsys, *argv, "--database", url)
+    _one_clean_line(code, out, err)
+    scheme = url.split(":", 1)[0]
+    assert f"{scheme!r} is not supported" in err and "sqlite" in err and "postgresql" in err, err
+    assert "hunter2pw" not in out + err
+
+
+def test_an_unsupported_scheme_from_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "mysql://u:hunter2pw@127.0.0.1/x")
+    code, out, err = _huma(capsys, "server", "people", "list")
+    _one_clean_line(code, out, err)
+    assert "'mysql' is not supported" in err and "hunter2pw" not in out + err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is not None, reason="psycopg2 is installed here")
+def test_a_postgresql_driver_that_is_not_installed(capsys):
+    code, out, err = _huma(capsys, "server", "db", "upgrade", "--database", "postgresql+psycopg2://u:hunter2pw@h/x")
+    _one_clean_line(code, out, err)
+    assert "psycopg2" in err and "postgresql+psycopg://" in err and "hunter2pw" not in out + err
