@@ -82,3 +82,41 @@ def test_malformed_page_line_is_named(dumps: dict[str, Path], bad: str) -> None:
         import_dump(path)
     assert info.value.line == expected, str(info.value)
     assert repr(bad) in str(info.value) and "missing" not in str(info.value)
+
+
+# ---------------------------------------------------------------- Proxmark JSON types
+
+
+def _proxmark_with(path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["Card"].__setitem__("UID", 12345), "Card.UID must be a hex string, not a number"),
+        (lambda d: d["Card"].__setitem__("Version", None), "Card.Version must be a hex string, not null"),
+        (lambda d: d["Card"].__setitem__("Signature", ["00"]), "Card.Signature must be a hex string, not an array"),
+        (lambda d: d["Card"].__setitem__("Counter2", True), "Card.Counter2 must be a hex string, not true/false"),
+        (lambda d: d.__setitem__("Card", ["UID"]), "'Card' must be an object, not an array"),
+        (lambda d: d.__setitem__("blocks", "00"), "'blocks' must be an object, not a string"),
+        (lambda d: d["blocks"].__setitem__("3", 0), "block '3' must be a hex string, not a number"),
+    ],
+)
+def test_mistyped_proxmark_field_says_wrong_type(dumps: dict[str, Path], edit, expected: str) -> None:
+    path = _proxmark_with(dumps["proxmark"], edit)
+    with pytest.raises(DumpFormatError) as info:
+        import_dump(path)
+    assert expected in str(info.value) and "missing" not in str(info.value), str(info.value)
+
+
+def test_absent_proxmark_field_still_says_missing(dumps: dict[str, Path]) -> None:
+    path = _proxmark_with(dumps["proxmark"], lambda d: d["Card"].pop("UID"))
+    with pytest.raises(DumpFormatError, match="missing Card.UID"):
+        import_dump(path)
+    path = _proxmark_with(dumps["proxmark"], lambda d: d.pop("Card"))
+    with pytest.raises(DumpFormatError, match="missing object 'Card'"):
+        import_dump(path)

@@ -374,6 +374,19 @@ def _line_of(text: str, needle: str) -> int | None:
     return text.count("\n", 0, idx) + 1 if idx >= 0 else None
 
 
+def _json_type(value: object) -> str:
+    """How JSON spells the type of a decoded value, for messages ("a number", "null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def _import_proxmark_text(p: Path, text: str, fill_missing: bool = False) -> Ntag21x:
     try:
         doc = json.loads(text)
@@ -384,23 +397,31 @@ def _import_proxmark_text(p: Path, text: str, fill_missing: bool = False) -> Nta
                               _line_of(text, '"FileType"'))
     card = doc.get("Card")
     blocks = doc.get("blocks")
-    if not isinstance(card, dict):
-        raise DumpFormatError(p, "missing object 'Card'")
-    if not isinstance(blocks, dict) or not blocks:
-        raise DumpFormatError(p, "missing object 'blocks'")
+    for name, value in (("Card", card), ("blocks", blocks)):
+        if name not in doc:
+            raise DumpFormatError(p, f"missing object {name!r}")
+        if not isinstance(value, dict):
+            raise DumpFormatError(p, f"{name!r} must be an object, not {_json_type(value)}",
+                                  _line_of(text, f'"{name}"'))
+    if not blocks:
+        raise DumpFormatError(p, "'blocks' is empty", _line_of(text, '"blocks"'))
 
     def field(key: str, length: int) -> bytes:
-        value = card.get(key)
         line = _line_of(text, f'"{key}"')
-        if not isinstance(value, str):
+        if key not in card:
             raise DumpFormatError(p, f"missing Card.{key}", line)
+        value = card[key]
+        if not isinstance(value, str):
+            raise DumpFormatError(p, f"Card.{key} must be a hex string, not {_json_type(value)}", line)
         return _hex(value, p, line, f"Card.{key}", length)
 
     pages: dict[int, bytes] = {}
     for key, value in blocks.items():
         line = _line_of(text, f'"{key}"')
-        if not key.isdigit() or not isinstance(value, str):
-            raise DumpFormatError(p, f"bad block entry {key!r}", line)
+        if not (key.isascii() and key.isdigit()):
+            raise DumpFormatError(p, f"bad block entry {key!r}: the key must be a block number", line)
+        if not isinstance(value, str):
+            raise DumpFormatError(p, f"block {key!r} must be a hex string, not {_json_type(value)}", line)
         pages[int(key)] = _hex(value, p, line, f"block {key}", PAGE_SIZE)
     version = field("Version", 8)
     try:
