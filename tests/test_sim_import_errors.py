@@ -120,3 +120,35 @@ def test_absent_proxmark_field_still_says_missing(dumps: dict[str, Path]) -> Non
     path = _proxmark_with(dumps["proxmark"], lambda d: d.pop("Card"))
     with pytest.raises(DumpFormatError, match="missing object 'Card'"):
         import_dump(path)
+
+
+# ---------------------------------------------------------------- huge or endless dumps
+
+
+def test_dump_over_the_cap_is_refused(tmp_path: Path, dumps: dict[str, Path]) -> None:
+    big = tmp_path / "big.nfc"
+    text = dumps["flipper"].read_text()
+    big.write_text(text + "#" * (1024 * 1024 + 1 - len(text.encode())) + "\n")
+    with pytest.raises(DumpFormatError, match="larger than 1 MiB"):
+        import_dump(big)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_dump_is_refused_in_one_line_with_bounded_memory(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    limit = 768 * 1024 * 1024  # far above what the CLI needs, far below an unbounded read
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "huma", "sim", "import", "/dev/zero", str(tmp_path / "o.json")],
+        capture_output=True, text=True, timeout=120, preexec_fn=limited,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/zero" in lines[0] and "larger than" in lines[0], lines
+    assert not (tmp_path / "o.json").exists()

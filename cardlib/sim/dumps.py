@@ -72,6 +72,8 @@ _NFC_COUNTER_INDEX = 2  # Flipper/Proxmark keep 3 counters; NTAG21x's NFC counte
 _PAGE_RE = re.compile(r"^Page ([0-9]+)$")
 #: The Flipper fields whose key starts with "Page" but are not page lines.
 _PAGE_COUNT_FIELDS = ("Pages total", "Pages read")
+#: Largest dump file read, bytes: an NTAG216 dump is under 10 KiB in either format.
+MAX_DUMP_BYTES = 1024 * 1024
 _META_KEY = "dump"
 _FILLED_KEY = "filled_pages"
 
@@ -170,14 +172,27 @@ def import_dump(path: Path | str, *, fill_missing: bool = False) -> Ntag21x:
 
 
 def _read(p: Path) -> str:
+    """The dump's text, reading at most :data:`MAX_DUMP_BYTES` + 1 bytes.
+
+    The size is counted while reading, not taken from ``stat`` (device nodes and pipes
+    report 0), so ``/dev/zero`` given by mistake is refused instead of filling memory.
+    """
     try:
-        return p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_DUMP_BYTES + 1)
     except FileNotFoundError as exc:
         raise DumpFormatError(p, "no such dump file") from exc
-    except UnicodeDecodeError as exc:
-        raise DumpFormatError(p, f"not a text dump (byte {exc.start} is not UTF-8)") from exc
     except OSError as exc:
         raise DumpFormatError(p, f"cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_DUMP_BYTES:
+        raise DumpFormatError(p, f"larger than {MAX_DUMP_BYTES / 2**20:g} MiB; an NTAG21x dump is a few KiB "
+                                 "(is this the right file?)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DumpFormatError(p, f"not a text dump (byte {exc.start} is not UTF-8)") from exc
+    # Universal newlines, as Path.read_text gave: CRLF and CR dumps read like LF ones.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # ---------------------------------------------------------------------------- Flipper
