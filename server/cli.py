@@ -196,7 +196,13 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True)
 @DATABASE_OPTION
 def upgrade(revision: str) -> None:
-    """Apply the Alembic migrations (creates the default instance SQLite file and its directory)."""
+    """Apply the Alembic migrations (creates the default instance SQLite file and its directory).
+
+    Migrates an empty database or one at an older revision; refuses (exit 2) a database with
+    tables but no alembic_version (another application's) and one from a newer release.
+    """
+    from alembic.util import CommandError
+
     from server.db import sqlite_file
     from server.db import upgrade as do_upgrade
     from server.extensions import db
@@ -206,8 +212,11 @@ def upgrade(revision: str) -> None:
     if path is not None and path.parent == Path(app.instance_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     with database(app, require_schema=False):
-        do_upgrade(db.engine, revision)
-    click.echo(f"database at {revision}")
+        try:
+            now = do_upgrade(db.engine, revision, where=_where(app.config["DATABASE_URL"]))
+        except CommandError as exc:  # the database's own revision was checked: this is --revision
+            raise click.BadParameter(f"{revision!r}: {exc}", param_hint="'--revision'") from None
+    click.echo(f"database at {now}")
 
 
 # ----------------------------------------------------------------------------- people

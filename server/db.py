@@ -186,10 +186,56 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to ``revision`` (the schema's source of truth)."""
+def _refuse_foreign(conn: Connection, where: str, doing: str) -> None:
+    """Refuse a database that has tables but no ``alembic_version``: another application's, not ours.
+
+    An empty database (no tables) passes; so does one with ``alembic_version`` (ours, any revision).
+
+    :param doing: what is refused, for the message ("refusing to migrate it").
+    :raises ConfigurationError: names up to three of its tables (``--database`` points at the wrong file).
+    """
+    from sqlalchemy import inspect
+
+    tables = sorted(inspect(conn).get_table_names())
+    if tables and "alembic_version" not in tables:
+        shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+        raise ConfigurationError(f"database at {where} has tables ({shown}) but no alembic_version: "
+                                 f"not a Huma server database; {doing} (check --database / DATABASE_URL)")
+
+
+def _unknown_revision(current: str, head: str, where: str) -> SchemaNotCurrent:
+    return SchemaNotCurrent(f"database at {where} is at revision {current}, unknown to this release "
+                            f"(head {head}): run the release that migrated it", current, head)
+
+
+def upgrade(engine: Engine, revision: str = "head", *, where: str | None = None) -> str | None:
+    """Apply the Alembic migrations up to ``revision`` (the schema's source of truth), in one transaction.
+
+    Only an empty database or one of ours (with ``alembic_version``) is migrated: tables of another
+    application (a terminal's journal file) are never written into.
+
+    :param where: how messages name the database (default: its URL without the password).
+    :returns: the database's revision afterwards (``revision`` may be one it is already past).
+    :raises ConfigurationError: the database has tables but no ``alembic_version`` (not ours).
+    :raises SchemaNotCurrent: it is at a revision this release does not ship (a newer release's).
+    :raises alembic.util.CommandError: ``revision`` is not one of this release's.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    where = where or engine.url.render_as_string(hide_password=True)
     with engine.begin() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None:
+            _refuse_foreign(conn, where, "refusing to migrate it")
+        else:
+            try:
+                ScriptDirectory.from_config(alembic_config()).get_revision(current)
+            except CommandError:
+                raise _unknown_revision(current, head_revision(), where) from None
         command.upgrade(alembic_config(conn), revision)
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -221,6 +267,7 @@ def check_schema(engine: Engine, where: str) -> str:
     :param where: how messages name the database (``host:port/name`` or the file; no password).
     :returns: the current revision (== the head).
     :raises SchemaNotCurrent: no schema (revision none) or behind/ahead of the head.
+    :raises ConfigurationError: tables but no ``alembic_version``: another application's database.
     :raises sqlalchemy.exc.OperationalError: the database cannot be reached.
     """
     from alembic.runtime.migration import MigrationContext
@@ -232,6 +279,8 @@ def check_schema(engine: Engine, where: str) -> str:
                                "run `huma server db upgrade`", None, head)
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
+        if current is None:
+            _refuse_foreign(conn, where, "refusing to use it")
     if current is None:
         raise SchemaNotCurrent(f"database at {where} has no schema (revision none); run `huma server db upgrade`",
                                None, head)
@@ -242,8 +291,7 @@ def check_schema(engine: Engine, where: str) -> str:
         try:
             ScriptDirectory.from_config(alembic_config()).get_revision(current)
         except CommandError:
-            raise SchemaNotCurrent(f"database at {where} is at revision {current}, unknown to this release "
-                                   f"(head {head}): run the release that migrated it", current, head) from None
+            raise _unknown_revision(current, head, where) from None
         raise SchemaNotCurrent(f"database at {where} is at revision {current}, not this release's {head}; "
                                "run `huma server db upgrade`", current, head)
     return current

@@ -89,3 +89,62 @@ def test_a_postgresql_driver_that_is_not_installed(capsys):
     code, out, err = _huma(capsys, "server", "db", "upgrade", "--database", "postgresql+psycopg2://u:hunter2pw@h/x")
     _one_clean_line(code, out, err)
     assert "psycopg2" in err and "postgresql+psycopg://" in err and "hunter2pw" not in out + err
+
+
+# ----------------------------------------------------------------------------- not our database
+
+
+def _journal(tmp_path: Path) -> Path:
+    """A terminal's journal: a non-empty SQLite database of another application (no alembic_version)."""
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE journal (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
+        conn.execute("INSERT INTO journal (entry) VALUES (x'a1')")
+    conn.close()
+    return path
+
+
+def test_upgrade_refuses_a_database_that_is_not_ours(tmp_path, capsys):
+    journal = _journal(tmp_path)
+    code, out, err = _huma(capsys, "server", "db", "upgrade", "--database", f"sqlite:///{journal}")
+    _one_clean_line(code, out, err)
+    assert f"database at {journal}" in err and "no alembic_version" in err and "journal" in err, err
+    assert _tables(journal) == {"journal"}
+
+
+@pytest.mark.parametrize("argv", [c for c in COMMANDS if c[:3] != ("server", "db", "upgrade")])
+def test_other_commands_do_not_send_a_foreign_database_to_db_upgrade(argv, tmp_path, capsys):
+    journal = _journal(tmp_path)
+    code, out, err = _huma(capsys, *argv, "--database", f"sqlite:///{journal}")
+    _one_clean_line(code, out, err)
+    assert "not a Huma server database" in err and "run `huma server db upgrade`" not in err, err
+    assert _tables(journal) == {"journal"}
+
+
+def test_upgrade_still_creates_an_empty_database_and_upgrades_an_older_one(tmp_path, capsys):
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    url = f"sqlite:///{empty}"
+    assert _huma(capsys, "server", "db", "upgrade", "--revision", "0004", "--database", url)[0] == 0
+    assert _huma(capsys, "server", "db", "upgrade", "--database", url)[0] == 0
+    code, out, _err = _huma(capsys, "server", "people", "list", "--database", url)
+    assert code == 0 and "no people yet" in out
+    assert {"alembic_version", "people", "audit_log"} <= _tables(empty)
+
+
+def test_upgrade_of_a_database_from_a_newer_release_is_refused(sqlite_template, tmp_path, capsys):
+    newer = tmp_path / "newer.sqlite"
+    shutil.copy(sqlite_template, newer)
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    conn.close()
+    code, out, err = _huma(capsys, "server", "db", "upgrade", "--database", f"sqlite:///{newer}")
+    _one_clean_line(code, out, err)
+    assert "revision 9999, unknown to this release" in err
+
+
+def test_upgrade_to_an_unknown_revision_is_a_usage_error(sqlite_template, tmp_path, capsys):
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(sqlite_template, copy)
+    code, out, err = _huma(capsys, "server", "db", "upgrade", "--revision", "nope", "--database", f"sqlite:///{copy}")
+    assert code == 2 and "nope" in err and "Traceback" not in out + err, err
