@@ -151,11 +151,11 @@ def find_person(session: Session, username: str) -> Person:
 
     :raises NotFound: no such person.
     """
-    from server.errors import NotFound
+    from server.errors import NotFound, shown
 
     person = session.scalars(select(Person).where(username_is(username))).one_or_none()
     if person is None:
-        raise NotFound(f"no person {username!r}")
+        raise NotFound(f"no person {shown(username)}")
     return person
 
 

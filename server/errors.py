@@ -10,6 +10,27 @@ from http import HTTPStatus
 from typing import Any
 
 
+#: Longest user-supplied value an error message quotes whole (characters); longer ones are cut.
+ECHO_MAX = 64
+#: Longest error message (and string detail) the API sends (characters): a safety net for
+#: library messages that quote their input (``fromisoformat``, CSR subjects, region codes).
+MESSAGE_MAX = 1024
+
+
+def shown(value: object, limit: int = ECHO_MAX) -> str:
+    """``repr`` of a client-supplied value for an error message: at most ``limit`` characters, then ``…``.
+
+    A 100 kB path id must not come back whole in a 404 (response size, log size, reflection).
+    """
+    text = value if isinstance(value, str) else str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def clipped(text: str, limit: int = MESSAGE_MAX) -> str:
+    """``text`` cut to ``limit`` characters with a trailing ``…`` (for messages built from exception text)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class ServerError(Exception):
     """Root of every error raised by the server package.
 

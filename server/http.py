@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from server.db import driver_error, is_busy
-from server.errors import BadRequest, DatabaseBusy, ServerError
+from server.errors import ECHO_MAX, MESSAGE_MAX, BadRequest, DatabaseBusy, ServerError, clipped
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def json_body(*, require_object: bool = True) -> Any:
 
 #: Query parameters every page accepts (the auditor view's language switch).
 GLOBAL_PARAMS = frozenset({"lang"})
+#: Unknown query parameter names an error lists at most (the URL may hold thousands).
+_NAMES_SHOWN = 10
 
 
 def query_params(*allowed: str) -> Any:
@@ -152,16 +154,17 @@ def query_params(*allowed: str) -> Any:
     silently and export or list everything.
 
     :returns: ``request.args`` (a werkzeug ``MultiDict``).
-    :raises BadRequest: ``reason`` ``unknown_parameter``, naming the ``unknown`` and ``allowed`` ones;
+    :raises BadRequest: ``reason`` ``unknown_parameter``, naming the ``unknown`` (the first
+        :data:`_NAMES_SHOWN`, each cut to ``ECHO_MAX`` characters) and ``allowed`` ones;
         or a parameter given twice (``reason`` ``repeated_parameter``).
     """
     known = set(allowed) | GLOBAL_PARAMS
-    unknown = sorted(set(request.args) - known)
+    unknown = [clipped(name, ECHO_MAX) for name in sorted(set(request.args) - known)[:_NAMES_SHOWN]]
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; allowed: "
                          f"{', '.join(sorted(allowed)) or 'none'}",
                          reason="unknown_parameter", unknown=unknown, allowed=sorted(allowed))
-    repeated = sorted(k for k, v in request.args.lists() if len(v) > 1)
+    repeated = sorted(k for k, v in request.args.lists() if len(v) > 1)  # known names only: short
     if repeated:
         raise BadRequest(f"query parameter(s) given more than once: {', '.join(repeated)}",
                          reason="repeated_parameter", repeated=repeated)
@@ -227,7 +230,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServerError)
     def _server_error(exc: ServerError) -> Response:
-        response = error_response(int(exc.status), exc.code, str(exc), **exc.detail)
+        # Safety net: a message or string detail quoting client input (a library's error text) is cut.
+        detail = {k: clipped(v) if isinstance(v, str) else v for k, v in exc.detail.items()}
+        response = error_response(int(exc.status), exc.code, clipped(str(exc), MESSAGE_MAX), **detail)
         if isinstance(exc, DatabaseBusy):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response

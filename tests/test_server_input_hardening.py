@@ -6,6 +6,7 @@ Every test runs on SQLite and PostgreSQL (the ``app`` fixture).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import pytest
@@ -86,3 +87,60 @@ def test_valid_surrogate_pairs_and_non_bmp_text_still_work(app, world):
     r = world.client.post("/api/v1/auth/login", headers=JSON,
                           json={"username": "smile\U0001F600", "password": "long enough pw"})
     assert r.status_code == 200, r.data
+
+
+# ----------------------------------------------------------------------------- bounded echoes
+
+LONG = "x" * 100_000
+
+
+def _short_error(r: Any, status: int) -> dict[str, Any]:
+    """The error body of ``r``: the expected status and nowhere near the 100 kB the client sent."""
+    assert r.status_code == status, r.data[:300]
+    assert len(r.data) < 2000, (len(r.data), r.data[:300])
+    return _error(r)
+
+
+def test_ids_in_the_path_are_not_echoed_whole(app, world):
+    """The reporter's 100 kB terminal id in a 404, and every other path id that reaches a message."""
+    error = _short_error(world.client.get(f"/api/v1/terminals/{LONG}/certificate"), 404)
+    assert "xxxx" in error["message"] and "…" in error["message"]  # still says which id, briefly
+    for action in ("approve", "reject", "revoke"):
+        _short_error(world.client.post(f"/api/v1/terminals/{LONG}/{action}", headers=world.auth()), 404)
+    _short_error(world.client.get(f"/api/v1/cards/{LONG}", headers=world.auth()), 404)
+
+
+def test_body_values_are_not_echoed_whole(app, world):
+    """Parser messages that quote the offending value (fromisoformat, region codes) are capped too."""
+    r = world.client.post("/api/v1/bundles", headers=world.auth(),
+                          json={"version": 1, "expires_at": LONG, "blob": "AAAA"})
+    _short_error(r, 400)
+    card = {"card_id": "c", "tag_uid": "04a1b2c3", "kid": "01020304", "issued_at": LONG}
+    _short_error(world.client.post("/api/v1/cards", headers=world.auth(), json={"cards": [card]}), 400)
+    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": "t-1", "csr": "AAAA", "region": LONG})
+    assert _short_error(r, 400)["field"] == "region"
+
+
+def test_a_csr_naming_a_long_subject_is_not_echoed_whole(app, world):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cryptography warns that CN is over 64 characters
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "y" * 20_000, _validate=False)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(ed25519.Ed25519PrivateKey.generate(), None)
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # again when the server reads the subject
+        r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": "T-6271-0001", "csr": pem})
+    assert _short_error(r, 422)["reason"] == "subject_mismatch"
+
+
+def test_unknown_query_parameter_names_are_not_echoed_whole(app, world):
+    query = "&".join(f"{c}{LONG[:20_000]}=1" for c in "abcdefghijkl")
+    error = _short_error(world.client.get(f"/api/v1/terminals?{query}", headers=world.auth()), 400)
+    assert error["reason"] == "unknown_parameter" and 0 < len(error["unknown"]) <= 10
+    error = _short_error(world.client.get(f"/api/v1/terminals?{'&'.join(['lang=en'] * 2)}", headers=world.auth()), 400)
+    assert error["repeated"] == ["lang"]

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.auth import audit, require_role
-from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound
+from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
 from server.models import Role, TrustBundle
@@ -71,7 +71,8 @@ def publish_bundle() -> ResponseReturnValue:
     except NaiveDatetimeError:
         raise
     except (TypeError, ValueError, binascii.Error) as exc:
-        raise BadRequest(f"expires_at (ISO 8601 with offset) and blob (base64) required: {exc}") from exc
+        raise BadRequest("expires_at (ISO 8601 with offset) and blob (base64) required: "
+                         f"{clipped(str(exc), 200)}") from exc
     if not blob:
         raise BadRequest("blob is empty", field="blob")
     session = db.write_session()

@@ -23,7 +23,8 @@ from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
 from cardlib.provision.regions import check_region
-from server.errors import BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound
+from server.errors import (BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound, clipped,
+                           shown)
 from server.extensions import db
 from server.http import json_body, query_params
 from server.models import Card, Person, Role, Terminal, TerminalStatus
@@ -50,7 +51,7 @@ def _terminal_json(t: Terminal) -> dict[str, Any]:
 def _storable_id(value: str, what: str) -> str:
     """Refuse a path id no row can have (NUL, which PostgreSQL text cannot hold; > 64 chars) as 404."""
     if "\x00" in value or not 0 < len(value) <= 64:
-        raise NotFound(f"no {what} {value!r}")
+        raise NotFound(f"no {what} {shown(value)}")
     return value
 
 
@@ -60,7 +61,7 @@ def _get_terminal(terminal_id: str) -> Terminal:
         select(Terminal).where(Terminal.terminal_id == terminal_id)
     ).one_or_none()
     if terminal is None:
-        raise NotFound(f"no terminal {terminal_id!r}")
+        raise NotFound(f"no terminal {shown(terminal_id)}")
     return terminal
 
 
@@ -111,7 +112,7 @@ def check_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
     try:
         return check_terminal_csr(csr, terminal_id)
     except CsrError as exc:
-        raise InvalidCsr(str(exc), reason=exc.reason) from exc
+        raise InvalidCsr(clipped(str(exc), 300), reason=exc.reason) from exc
 
 
 #: WGS 84 coordinate ranges, degrees.
@@ -138,7 +139,7 @@ def parse_site(body: dict[str, Any]) -> dict[str, Any] | None:
         try:
             region = check_region(region)
         except ValueError as exc:
-            raise BadRequest(str(exc), field="region") from exc
+            raise BadRequest(clipped(str(exc), 200), field="region") from exc
     if (lat is None) != (lon is None):
         raise BadRequest("lat and lon go together", field="lat" if lat is None else "lon")
     for name, value, (low, high) in (("lat", lat, _LAT_RANGE), ("lon", lon, _LON_RANGE)):
@@ -180,7 +181,7 @@ def enrol() -> ResponseReturnValue:
     existing = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
     if existing is not None:
         if existing.public_key != csr.spki_der:
-            raise Conflict(f"terminal {terminal_id!r} is already enrolled with another key")
+            raise Conflict(f"terminal {shown(terminal_id)} is already enrolled with another key")
         if site is not None:
             session.execute(insert_or_ignore(session, TerminalSite), [{"terminal_id": terminal_id, **site}])
             session.commit()
@@ -196,7 +197,7 @@ def enrol() -> ResponseReturnValue:
     except IntegrityError:
         winner = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
         if winner is None or winner.public_key != csr.spki_der:
-            raise Conflict(f"terminal {terminal_id!r} or this key is already enrolled") from None
+            raise Conflict(f"terminal {shown(terminal_id)} or this key is already enrolled") from None
         return jsonify(_terminal_json(winner)), 202
     if site is not None:
         session.execute(insert_or_ignore(session, TerminalSite), [{"terminal_id": terminal_id, **site}])
@@ -248,7 +249,7 @@ def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, pers
     _storable_id(terminal_id, "terminal")
     terminal = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
     if terminal is None:
-        raise NotFound(f"no terminal {terminal_id!r}")
+        raise NotFound(f"no terminal {shown(terminal_id)}")
     if terminal.status is to:
         return terminal  # idempotent
     if terminal.status not in allowed_from:
@@ -306,7 +307,7 @@ def _parse_card(item: Any, index: int) -> dict[str, Any]:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"cards[{index}]: card_id, tag_uid (hex), kid (hex), issued_at "
-                         f"(ISO 8601 with offset) required ({exc})", index=index) from exc
+                         f"(ISO 8601 with offset) required ({clipped(str(exc), 200)})", index=index) from exc
     if not isinstance(card_id, str) or not 0 < len(card_id) <= 64 or len(uid) not in (4, 7, 10) \
             or len(kid) != 4:
         raise BadRequest(f"cards[{index}]: card_id 1..64 chars, tag_uid 4/7/10 bytes, kid 4 bytes",
@@ -409,6 +410,6 @@ def get_card(card_id: str) -> ResponseReturnValue:
     _storable_id(card_id, "card")
     card = db.session.scalars(select(Card).where(Card.card_id == card_id)).one_or_none()
     if card is None:
-        raise NotFound(f"no card {card_id!r}")
+        raise NotFound(f"no card {shown(card_id)}")
     return jsonify({"card_id": card.card_id, "tag_uid": card.tag_uid.hex(), "kid": card.kid.hex(),
                     "technician_id": card.technician_id, "issued_at": card.issued_at.isoformat()})

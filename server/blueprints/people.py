@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from server.auth import audit, create_person, login, person_from_token, require_role, token_digest
-from server.errors import BadRequest, Conflict
+from server.errors import BadRequest, Conflict, shown
 from server.extensions import db
 from server.http import int_param, json_body, query_params
 from server.models import ApiToken, AuditLog, Person, Role
@@ -90,7 +90,7 @@ def add_person() -> ResponseReturnValue:
         raise BadRequest(str(exc), field="password") from exc
     except IntegrityError as exc:
         session.rollback()
-        raise Conflict(f"username {username!r} exists") from exc
+        raise Conflict(f"username {shown(username)} exists") from exc
     return jsonify(_person_json(person)), 201
 
 
