@@ -134,6 +134,18 @@ class InvalidIssuanceFile(ServerError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
+class InvalidBundle(ServerError):
+    """A trust bundle offered for publication does not verify under ``TRUST_ROOT_CERT`` or contradicts the request.
+
+    ``reason``: ``malformed`` (not a bundle file), ``signature`` (root endorsement or bundle
+    signature does not verify), ``mismatch`` (the request's ``version`` is not the signed one;
+    ``field`` names it).
+    """
+
+    code = "invalid_bundle"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
 class DatabaseBusy(ServerError):
     """The database is busy (SQLite locked, PostgreSQL lock/serialization timeout): retry later (SV-3).
 

@@ -155,24 +155,30 @@ def test_card_registry_insert_or_ignore(app, world):
     assert "cards.issue" in _actions(app)
 
 
-def test_trust_bundle_etag_and_304(app, world):
+def test_trust_bundle_etag_and_304(app, world, tmp_path):
+    from tests.test_terminal_support import TrustKit
+
+    kit = TrustKit()  # POST /bundles verifies the blob under TRUST_ROOT_CERT: make it this kit's root
+    (tmp_path / "root.pem").write_bytes(kit.root_pem())
+    app.config["TRUST_ROOT_CERT"] = str(tmp_path / "root.pem")
     c = world.client
     assert c.get("/api/v1/bundle").status_code == 404
-    for version, blob in ((1, b"\xd2bundle-one"), (2, b"\xd2bundle-two")):
+    for version in (1, 2):
+        signed, blob = kit.bundle(version)
         r = c.post("/api/v1/bundles", headers=world.auth(), json={
             "version": version, "expires_at": "2026-04-01T00:00:00+07:00",
             "blob": base64.b64encode(blob).decode()})
         assert r.status_code == 201, r.get_json()
     r = c.get("/api/v1/bundle")
-    assert r.status_code == 200 and r.data == b"\xd2bundle-two"
+    assert r.status_code == 200 and r.data == blob
     assert r.headers["Huma-Bundle-Version"] == "2"
-    assert r.headers["Huma-Bundle-Expires"] == "2026-03-31T17:00:00+00:00"
+    assert r.headers["Huma-Bundle-Expires"] == dt.datetime.fromtimestamp(signed.expires_at, UTC).isoformat()
     etag = r.headers["ETag"]
     r = c.get("/api/v1/bundle", headers={"If-None-Match": etag})
     assert r.status_code == 304 and r.data == b""
     assert c.get("/api/v1/bundle", headers={"If-None-Match": '"stale"'}).status_code == 200
     dup = c.post("/api/v1/bundles", headers=world.auth(), json={
-        "version": 2, "expires_at": "2026-04-01T00:00:00Z", "blob": "AA=="})
+        "version": 2, "expires_at": "2026-04-01T00:00:00Z", "blob": base64.b64encode(kit.bundle(2)[1]).decode()})
     assert dup.status_code == 409
     assert _actions(app).count("bundle.publish") == 2
 

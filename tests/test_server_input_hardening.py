@@ -5,6 +5,7 @@ Every test runs on SQLite and PostgreSQL (the ``app`` fixture).
 
 from __future__ import annotations
 
+import base64
 import json
 import warnings
 from typing import Any
@@ -144,3 +145,77 @@ def test_unknown_query_parameter_names_are_not_echoed_whole(app, world):
     assert error["reason"] == "unknown_parameter" and 0 < len(error["unknown"]) <= 10
     error = _short_error(world.client.get(f"/api/v1/terminals?{'&'.join(['lang=en'] * 2)}", headers=world.auth()), 400)
     assert error["repeated"] == ["lang"]
+
+
+# ----------------------------------------------------------------------------- published bundles are verified
+
+
+@pytest.fixture
+def kit(app: Any, tmp_path: Any) -> Any:
+    """A trust root and bundle key; the app's TRUST_ROOT_CERT is that root."""
+    from tests.test_terminal_support import TrustKit
+
+    kit = TrustKit()
+    (tmp_path / "kit-root.pem").write_bytes(kit.root_pem())
+    app.config["TRUST_ROOT_CERT"] = str(tmp_path / "kit-root.pem")
+    return kit
+
+
+def _post_bundle(world: Any, **fields: Any) -> Any:
+    return world.client.post("/api/v1/bundles", headers=world.auth(), json=fields)
+
+
+def _iso(epoch: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
+
+
+def test_the_reporters_garbage_bundle_is_refused_and_never_served(app, world, kit):
+    r = _post_bundle(world, version=3, expires_at="2030-01-01T00:00:00+00:00", blob="AAAA")
+    error = _short_error(r, 422)
+    assert (error["code"], error["reason"]) == ("invalid_bundle", "malformed")
+    assert world.client.get("/api/v1/bundle").status_code == 404
+
+
+def test_a_bundle_signed_under_another_root_is_refused(app, world, kit):
+    from tests.test_terminal_support import TrustKit
+
+    foreign, blob = TrustKit().bundle(1)
+    r = _post_bundle(world, version=1, expires_at=_iso(foreign.expires_at), blob=base64.b64encode(blob).decode())
+    assert (_short_error(r, 422)["code"], _error(r)["reason"]) == ("invalid_bundle", "signature")
+    good, blob = kit.bundle(1)
+    tampered = blob[:-3] + bytes(3)
+    r = _post_bundle(world, version=1, expires_at=_iso(good.expires_at), blob=base64.b64encode(tampered).decode())
+    assert _short_error(r, 422)["code"] == "invalid_bundle"
+    assert world.client.get("/api/v1/bundle").status_code == 404
+
+
+def test_the_request_version_must_be_the_blobs(app, world, kit):
+    bundle, blob = kit.bundle(2)
+    r = _post_bundle(world, version=3, expires_at=_iso(bundle.expires_at), blob=base64.b64encode(blob).decode())
+    error = _short_error(r, 422)
+    assert (error["code"], error["reason"], error["field"]) == ("invalid_bundle", "mismatch", "version")
+    assert world.client.get("/api/v1/bundle").status_code == 404
+
+
+def test_a_verified_bundle_is_stored_with_its_own_version_and_expiry(app, world, kit):
+    bundle, blob = kit.bundle(4)
+    r = _post_bundle(world, blob=base64.b64encode(blob).decode())  # version, expires_at: taken from the blob
+    assert r.status_code == 201, r.data
+    assert r.get_json()["version"] == 4 and r.get_json()["expires_at"] == _iso(bundle.expires_at)
+    got = world.client.get("/api/v1/bundle")
+    assert got.data == blob and got.headers["Huma-Bundle-Version"] == "4"
+    assert got.headers["Huma-Bundle-Expires"] == _iso(bundle.expires_at)
+    bundle, blob = kit.bundle(5)
+    r = _post_bundle(world, version=5, expires_at="2099-01-01T00:00:00+00:00", blob=base64.b64encode(blob).decode())
+    assert r.status_code == 201 and r.get_json()["expires_at"] == _iso(bundle.expires_at)  # the signed expiry wins
+
+
+def test_without_a_trust_root_no_bundle_is_stored(app, world, kit):
+    app.config["TRUST_ROOT_CERT"] = None
+    _bundle, blob = kit.bundle(1)
+    r = _post_bundle(world, version=1, blob=base64.b64encode(blob).decode())
+    assert (r.status_code, _error(r)["code"]) == (500, "configuration_error")
+    assert "TRUST_ROOT_CERT" in _error(r)["message"]
+    assert world.client.get("/api/v1/bundle").status_code == 404

@@ -133,7 +133,10 @@ def test_issuance_files_that_do_not_verify_are_refused(registry: Any, keys: Keys
 
 
 def test_without_a_trust_root_nothing_is_accepted(app: Any, world: Any, keys: Keys) -> None:
+    fixture_root = app.config["TRUST_ROOT_CERT"]
+    app.config["TRUST_ROOT_CERT"] = str(keys.root_cert)  # POST /bundles verifies under the configured root
     _publish(world, keys)
+    app.config["TRUST_ROOT_CERT"] = fixture_root  # then the root changes (a rotation, a misconfiguration)
     r = _upload(world, _file(keys, [_issuance(10)]))
     assert r.status_code == 409  # the fixture's root did not sign this bundle
     app.config["TRUST_ROOT_CERT"] = None

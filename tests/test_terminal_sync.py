@@ -42,6 +42,8 @@ class Rig:
         self.signer = new_signer()
         enrol_terminal(world, TERMINAL_ID, self.signer)
         self.kit = TrustKit()
+        (tmp / "root.pem").write_bytes(self.kit.root_pem())  # POST /bundles verifies under this root
+        world.client.application.config["TRUST_ROOT_CERT"] = str(tmp / "root.pem")
         self.journal = JournalStore(tmp / "journal.sqlite", terminal_id=TERMINAL_ID, signer=self.signer,
                                     clock=Clock(force_synced=True))
         self.trust = TrustStore(tmp / "bundle.cose", self.kit.root.public_key)

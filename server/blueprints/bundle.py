@@ -7,14 +7,17 @@ import binascii
 import datetime as dt
 import hashlib
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.auth import audit, require_role
-from server.errors import BadRequest, Conflict, NaiveDatetimeError, NotFound, clipped
+from cardlib.records.bundle import BundleSignatureError, verify_bundle
+from cardlib.records.errors import RecordError
+from server.errors import (BadRequest, ConfigurationError, Conflict, InvalidBundle, NaiveDatetimeError, NotFound,
+                           clipped)
 from server.extensions import db
 from server.http import json_body
 from server.models import Role, TrustBundle
@@ -60,24 +63,64 @@ def newest_bundle() -> ResponseReturnValue:
 @bp.post("/bundles")
 @require_role(Role.ADMIN)
 def publish_bundle() -> ResponseReturnValue:
-    """Store a signed bundle ``{"version": int, "expires_at": ISO 8601, "blob": base64}`` (admin, audited)."""
+    """Store a signed bundle ``{"blob": base64, "version"?: int, "expires_at"?: ISO 8601}`` (admin, audited).
+
+    The blob is verified first, as counters and the issuance path do
+    (:func:`cardlib.records.bundle.verify_bundle` under ``TRUST_ROOT_CERT``): bytes that do
+    not verify would be served to every counter and make card-issuance uploads 409 until a
+    good bundle is published. Version and expiry are the signed ones: ``version``, if
+    given, must equal the blob's; ``expires_at``, if given, must be an aware ISO 8601
+    instant but is superseded by the blob's signed expiry (the answer says which is stored).
+
+    :raises BadRequest: blob not base64 or empty; version/expires_at of the wrong form.
+    :raises InvalidBundle: 422, ``reason`` ``malformed``, ``signature`` or ``mismatch``.
+    :raises ConfigurationError: no ``TRUST_ROOT_CERT``: nothing to verify against, nothing stored.
+    :raises Conflict: that version is already stored.
+    """
+    from server.registry import load_root_key
+
     body = json_body()
     version, expires, blob_b64 = body.get("version"), body.get("expires_at"), body.get("blob")
-    if not isinstance(version, int) or isinstance(version, bool) or not 0 < version < 2**62:
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 0 < version < 2**62):
         raise BadRequest("version must be a positive integer", field="version")
+    if expires is not None:
+        try:
+            require_aware(dt.datetime.fromisoformat(expires))
+        except NaiveDatetimeError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"expires_at must be ISO 8601 with offset: {clipped(str(exc), 200)}",
+                             field="expires_at") from exc
     try:
-        expires_at = require_aware(dt.datetime.fromisoformat(expires))  # type: ignore[arg-type]
         blob = base64.b64decode(blob_b64, validate=True)  # type: ignore[arg-type]
-    except NaiveDatetimeError:
-        raise
     except (TypeError, ValueError, binascii.Error) as exc:
-        raise BadRequest("expires_at (ISO 8601 with offset) and blob (base64) required: "
-                         f"{clipped(str(exc), 200)}") from exc
+        raise BadRequest(f"blob (base64) required: {clipped(str(exc), 200)}", field="blob") from exc
     if not blob:
         raise BadRequest("blob is empty", field="blob")
+    root_path = current_app.config.get("TRUST_ROOT_CERT")
+    if not root_path:
+        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify trust bundles")
+    try:
+        signed = verify_bundle(blob, load_root_key(root_path))
+    except BundleSignatureError as exc:
+        raise InvalidBundle(f"bundle does not verify under TRUST_ROOT_CERT: {clipped(str(exc), 300)}",
+                            reason="signature") from exc
+    except RecordError as exc:
+        raise InvalidBundle(f"not a trust bundle: {clipped(str(exc), 300)}", reason="malformed") from exc
+    if version is not None and version != signed.version:
+        raise InvalidBundle(f"version {version} given, the signed bundle is version {signed.version}",
+                            reason="mismatch", field="version")
+    if not 0 < signed.version < 2**62:
+        raise InvalidBundle(f"signed bundle version {signed.version} is out of range", reason="malformed")
+    try:
+        expires_at = dt.datetime.fromtimestamp(signed.expires_at, dt.timezone.utc)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise InvalidBundle(f"signed expiry {clipped(str(signed.expires_at), 32)} is no date",
+                            reason="malformed") from exc
     session = db.write_session()
-    bundle = store_bundle(session, version, blob, expires_at)
-    audit(session, g.person, "bundle.publish", f"bundle:{version}", sha256=bundle.sha256.hex())
+    bundle = store_bundle(session, signed.version, blob, expires_at)
+    audit(session, g.person, "bundle.publish", f"bundle:{signed.version}", sha256=bundle.sha256.hex())
     session.commit()
-    return jsonify({"version": version, "sha256": bundle.sha256.hex(),
+    return jsonify({"version": signed.version, "sha256": bundle.sha256.hex(),
                     "expires_at": expires_at.isoformat()}), 201

@@ -291,12 +291,18 @@ SPEC: dict[str, Any] = {
         }},
         "/api/v1/bundles": {"post": {
             "summary": "Publish a signed bundle (admin, audited)", "security": _BEARER,
-            "requestBody": _body({"type": "object", "required": ["version", "expires_at", "blob"],
+            "description": "The blob is verified under TRUST_ROOT_CERT before it is stored; version and "
+                           "expiry stored are the signed ones (version, if given, must match; expires_at, "
+                           "if given, is superseded by the blob's).",
+            "requestBody": _body({"type": "object", "required": ["blob"],
                                   "properties": {"version": {"type": "integer", "minimum": 1},
                                                  "expires_at": _DATETIME,
                                                  "blob": {"type": "string", "format": "byte"}}}),
             "responses": {"201": _json({"type": "object"}, "stored"), "400": _err("malformed body"),
-                          "409": _err("version exists"), "422": _err("naive datetime"),
+                          "409": _err("version exists"),
+                          "422": _err("invalid_bundle (reason malformed, signature or mismatch) or "
+                                      "naive datetime"),
+                          "500": _err("TRUST_ROOT_CERT not configured"),
                           **_AUTH_ERRORS, **_BUSY},
         }},
     },
