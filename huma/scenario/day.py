@@ -197,6 +197,8 @@ class Day:
         ca = next((self.keys / "keys").glob("terminal-ca-*.p8.pem"))
         env["HUMA_TERMINAL_CA_KEY"] = str(ca)
         env["HUMA_TERMINAL_CA_KEY_PASSWORD"] = secret(self.secrets / "keys.pass")
+        # Published bundles and card issuances are verified under the keystore's root certificate.
+        env["HUMA_TRUST_ROOT_CERT"] = str(self.root_cert)
         self.server = Process("server", ["server", "run", "--port", str(self.server_port), "--threads", "4"],
                               env, self.logs / "server.log").start()
         wait_http(self.server_url + "/api/v1/bundle", proc=self.server.proc)
@@ -226,6 +228,7 @@ class Day:
         from cardlib.keys.keystore import KeyStore
 
         store = KeyStore.open(self.keys)
+        self.root_cert = self.keys / "certs" / f"{store.root_kid.hex()}.crt.pem"
         self.root_pem = store.entry(store.root_kid).public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.story.say(f"root {store.root_kid.hex()} → issuer, terminal CA, bundle and technician keys "
