@@ -225,3 +225,20 @@ def test_protected_header_that_cannot_be_re_encoded_is_malformed_not_a_crash(key
     message = cbor2.dumps(cbor2.CBORTag(18, [b"\xff", {4: KID}, b"x", bytes(64)]))
     with pytest.raises(MalformedCose):
         verify1(message, _keys(key))
+
+
+def test_entry_ids_are_uuid7_unique_and_time_ordered() -> None:
+    """RFC 9562 §5.7 layout (version 7, variant 10), distinct, and ordered by their ms prefix."""
+    import time
+    import uuid
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_entry_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids) and all(len(i) == 16 for i in ids)
+    for raw in ids:
+        u = uuid.UUID(bytes=raw)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert before <= int.from_bytes(raw[:6], "big") <= after
+    prefixes = [i[:6] for i in ids]
+    assert prefixes == sorted(prefixes)
