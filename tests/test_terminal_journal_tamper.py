@@ -28,6 +28,7 @@ from terminal.clock import Clock
 from terminal.errors import JournalVerifyError
 from terminal.journal import CardWrite, JournalStore, verify_journal_file, write_of
 from terminal.tap import _pending_blob
+from tests.test_journal_store import _tampered_copy  # the one copy-and-drop-triggers helper
 
 TID = "T-6271-0001"
 SIGNER = SoftwareSigner(ed25519.Ed25519PrivateKey.generate())
@@ -73,15 +74,6 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _tampered(src: Path, dst: Path, sql: str) -> Path:
-    shutil.copy(src, dst)
-    db = sqlite3.connect(dst)
-    db.executescript("DROP TRIGGER entries_no_delete; DROP TRIGGER entries_only_mark_uploaded;" + sql)
-    db.commit()
-    db.close()
-    return dst
-
-
 #: (column, new value as SQL, seq): every index column derivable from the signed entry,
 #: on an entry where the daemon would act on it.
 DERIVED = [
@@ -109,7 +101,7 @@ DERIVED = [
 def test_each_derived_column_is_compared_with_the_signed_entry(journal: Path, tmp_path: Path,
                                                                column: str, value: str, seq: int) -> None:
     where = "seq=(SELECT max(seq) FROM entries)" if column == "seq" else f"seq={seq}"
-    bad = _tampered(journal, tmp_path / "bad.sqlite", f"UPDATE entries SET {column}={value} WHERE {where};")
+    bad = _tampered_copy(journal, tmp_path / "bad.sqlite", f"UPDATE entries SET {column}={value} WHERE {where};")
     with pytest.raises(JournalVerifyError, match=rf"\b{column}\b") as info:
         verify_journal_file(bad, cose_key(SIGNER))
     assert info.value.seq == seq
@@ -127,7 +119,7 @@ def test_each_derived_column_is_compared_with_the_signed_entry(journal: Path, tm
         "pending-on-commit", "pending-garbage"])
 def test_unsigned_columns_are_checked_against_what_is_signed(journal: Path, tmp_path: Path,
                                                             sql: str, seq: int, reason: str) -> None:
-    bad = _tampered(journal, tmp_path / "bad.sqlite", sql)
+    bad = _tampered_copy(journal, tmp_path / "bad.sqlite", sql)
     with pytest.raises(JournalVerifyError, match=rf"\b{reason}\b") as info:
         verify_journal_file(bad, cose_key(SIGNER))
     assert info.value.seq == seq
@@ -135,7 +127,7 @@ def test_unsigned_columns_are_checked_against_what_is_signed(journal: Path, tmp_
 
 def test_the_brief_s_edit_fails_on_the_command_line(journal: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    bad = _tampered(journal, tmp_path / "bad.sqlite",
+    bad = _tampered_copy(journal, tmp_path / "bad.sqlite",
                     "UPDATE entries SET slot_seq_after=0, unit='x', wall_ms=0 WHERE kind IN (2,4);")
     assert huma_main(["journal", "verify", str(bad)]) == 2
     err = capsys.readouterr().err
