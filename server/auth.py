@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
+import unicodedata
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,7 +21,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from server.errors import AuthenticationFailed, Forbidden
+from server.errors import AuthenticationFailed, BadRequest, Forbidden, shown
 from server.models import ApiToken, AuditLog, Person, Role
 from server.types import utcnow
 
@@ -31,11 +32,38 @@ R = TypeVar("R")
 PASSWORD_METHOD = "scrypt"
 MIN_PASSWORD_LENGTH = 10
 TOKEN_BYTES = 32
+MAX_USERNAME_LENGTH = 64
 
 
 def hash_password(password: str) -> str:
     """scrypt hash of ``password`` (werkzeug format, salted)."""
     return generate_password_hash(password, method=PASSWORD_METHOD)
+
+
+def check_username(username: str) -> str:
+    """``username`` if a person may be created with it, else :class:`BadRequest` (``field: username``).
+
+    Names show up in ``people list``, the audit log and the auditor UI, so each must be one
+    readable word an admin can tell apart from the others: 1..64 characters, no whitespace, no
+    control or format characters (newline, ESC, zero-width space, right-to-left override), and
+    in Unicode NFKC form (fullwidth ``ＡＤＭＩＮ`` is refused, not stored beside ``admin``).
+    """
+    if not username:
+        raise BadRequest("username is empty", field="username")
+    if len(username) > MAX_USERNAME_LENGTH:
+        raise BadRequest(f"username has {len(username)} characters, at most {MAX_USERNAME_LENGTH} are allowed",
+                         field="username")
+    for ch in username:
+        if ch.isspace():
+            raise BadRequest(f"username {shown(username)} has a space or other whitespace; use . _ or -",
+                             field="username")
+        if unicodedata.category(ch).startswith("C"):
+            raise BadRequest(f"username {shown(username)} has a control or invisible character "
+                             f"U+{ord(ch):04X}", field="username")
+    if unicodedata.normalize("NFKC", username) != username:
+        raise BadRequest(f"username {shown(username)} is not in Unicode NFKC form; "
+                         f"write it as {shown(unicodedata.normalize('NFKC', username))}", field="username")
+    return username
 
 
 def normalise_username(username: str) -> str:
@@ -54,8 +82,10 @@ def create_person(session: Session, username: str, password: str, role: Role) ->
     The username is stored in lower case (:func:`normalise_username`); the database refuses a
     second person whose name differs only in case (unique index on ``lower(username)``).
 
+    :raises BadRequest: a username :func:`check_username` refuses.
     :raises ValueError: password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
     """
+    check_username(username)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     person = Person(username=normalise_username(username), password_hash=hash_password(password), role=role, disabled=False)
@@ -186,8 +216,10 @@ def set_password(session: Session, username: str, password: str) -> Person:
     """Replace a password (scrypt) and end the person's sessions. The caller audits and commits.
 
     :raises NotFound: no such person.
+    :raises BadRequest: a username :func:`check_username` refuses.
     :raises ValueError: password shorter than :data:`MIN_PASSWORD_LENGTH` characters.
     """
+    check_username(username)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     person = find_person(session, username)

@@ -263,10 +263,11 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
     """
     from sqlalchemy import select
 
-    from server.auth import audit, create_person, username_is
+    from server.auth import audit, check_username, create_person, username_is
     from server.errors import BadRequest, Conflict
     from server.models import Person, Role
 
+    check_username(username)  # before the password prompt
     app = make_app()
     password = _read_password(password_file)
     with database(app):

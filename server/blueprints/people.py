@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from server.auth import audit, create_person, login, person_from_token, require_role, token_digest
+from server.auth import audit, check_username, create_person, login, person_from_token, require_role, token_digest
 from server.errors import BadRequest, Conflict, shown
 from server.extensions import db
 from server.http import int_param, json_body, query_params
@@ -74,7 +74,7 @@ def list_people() -> ResponseReturnValue:
 def add_person() -> ResponseReturnValue:
     """Create a person (admin); audited."""
     body = json_body()
-    username = _str_field(body, "username", 64)
+    username = check_username(_str_field(body, "username", 64))
     password = _str_field(body, "password")
     try:
         role = Role(_str_field(body, "role", 16))
