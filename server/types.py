@@ -24,10 +24,16 @@ def require_aware(value: dt.datetime) -> dt.datetime:
 
     :raises NaiveDatetimeError: if ``value`` has no UTC offset (a naive datetime
         is ambiguous: it is exactly the SV-4 bug).
+    :raises ValueError: ``value`` is out of range once converted to UTC (e.g.
+        ``9999-12-31T23:59:59-23:59`` is in year 10000), not ``OverflowError``, so
+        callers that refuse bad input with ``ValueError`` refuse this too.
     """
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(f"naive datetime {value.isoformat()} rejected: give a UTC offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC (years 1 to 9999)") from None
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

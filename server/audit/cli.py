@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -47,13 +49,51 @@ def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, as_json: bool) 
         click.echo(f"  {kind}: {n}")
 
 
-def _instant(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
-    value = dt.datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise click.BadParameter(f"{text!r} has no UTC offset (e.g. 2026-03-01T00:00+07:00)")
-    return value
+class _Instant(click.ParamType):
+    """ISO 8601 with a UTC offset → aware datetime; anything else is a usage error, not a traceback."""
+
+    name = "ISO8601"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if isinstance(value, dt.datetime):
+            return value
+        from server.types import require_aware
+
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r} is not an ISO 8601 instant ({exc}); e.g. 2026-03-01T00:00+07:00", param, ctx)
+        if parsed.tzinfo is None:
+            self.fail(f"{value!r} has no UTC offset (e.g. 2026-03-01T00:00+07:00)", param, ctx)
+        try:
+            return require_aware(parsed)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _write_export(output: Path, chunks: Iterable[str]) -> None:
+    """Stream ``chunks`` into ``output`` so that it is the whole export or untouched.
+
+    A regular file is written beside it as a hidden ``.partial`` and renamed over it at the end:
+    an export that fails midway (database error, bad row, Ctrl-C) used to leave a truncated file
+    in place of the previous good one. A device or FIFO (``/dev/stdout``) is streamed into directly.
+    """
+    if output.exists() and not output.is_file():
+        with output.open("w", encoding="utf-8", newline="") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+        return
+    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as fh:  # CSV carries its own CRLF
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 @audit.command("export")
@@ -64,17 +104,17 @@ def _instant(text: str | None) -> dt.datetime | None:
 @click.option("--status", type=click.Choice(["open", "confirmed", "dismissed"]), help="Findings: only this status.")
 @click.option("--terminal-id", help="Journal: only this terminal.")
 @click.option("--card-id", help="Journal: only this card.")
-@click.option("--since", help="Journal: wall time from (ISO 8601 with offset).")
-@click.option("--until", help="Journal: wall time before (ISO 8601 with offset).")
+@click.option("--since", type=_Instant(), help="Journal: wall time from (ISO 8601 with offset).")
+@click.option("--until", type=_Instant(), help="Journal: wall time before (ISO 8601 with offset).")
 @DATABASE_OPTION
 def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_id: str | None,
-               card_id: str | None, since: str | None, until: str | None) -> None:
+               card_id: str | None, since: dt.datetime | None, until: dt.datetime | None) -> None:
     """Export findings or the raw signed journal (streamed; flat memory on large journals)."""
     from server.audit import exports
     from server.extensions import db
     from server.reconcile.models import FindingStatus
 
-    since_at, until_at = _instant(since), _instant(until)  # refused before the database is opened
+    since_at, until_at = since, until  # parsed (and refused) by click before the database is opened
     app = make_app()
     with database(app):
         if what == "findings":
@@ -86,9 +126,7 @@ def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_i
             for chunk in chunks:
                 click.echo(chunk, nl=False)
         else:
-            with output.open("w", encoding="utf-8", newline="") as fh:  # CSV carries its own CRLF
-                for chunk in chunks:
-                    fh.write(chunk)
+            _write_export(output, chunks)
     if str(output) != "-":
         click.echo(f"wrote {what} ({fmt}) to {output}")
 
