@@ -675,7 +675,7 @@ def _read_only(path: Path) -> sqlite3.Connection:
     :raises JournalDamaged: SQLite reports the file damaged (truncated, malformed, bad index).
     """
     if not path.is_file():
-        raise JournalVerifyError(f"{path}: no such file")
+        raise JournalVerifyError(f"{path}: " + ("not a regular file" if path.exists() else "no such file"))
     try:
         with path.open("rb") as f:
             magic = f.read(len(_SQLITE_MAGIC))
@@ -725,7 +725,7 @@ def repair_journal_file(path: str | Path, key: CoseKey | None = None) -> tuple[P
     """
     p = Path(path)
     if not p.is_file():
-        raise JournalVerifyError(f"{p}: no such file")
+        raise JournalVerifyError(f"{p}: " + ("not a regular file" if p.exists() else "no such file"))
     db = sqlite3.connect(p, isolation_level=None, timeout=1.0)
     try:
         try:

@@ -168,6 +168,8 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
     from server.audit.exports import check_export_heads, verify_journal_export
     from server.errors import NotAJournalExport
 
+    if not path.is_file():  # /dev/zero or a FIFO would be read without bound
+        raise NotAJournalExport(f"{path} is not a regular file")
     try:
         document = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:

@@ -1,0 +1,59 @@
+"""``huma`` file arguments given the wrong kind of path: a device, a FIFO or a directory.
+
+``huma audit verify-export /dev/zero`` read without bound (memory grew until killed), and
+``huma journal verify /dev/zero`` said "no such file" about a path that exists.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from huma.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    _out, err = capsys.readouterr()
+    return code, err
+
+
+def test_verify_export_refuses_a_device_instead_of_reading_forever():
+    """In a child process with a deadline and 1 GiB of address space: before the fix it read until killed."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "huma.cli", "audit", "verify-export", "/dev/zero"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a regular file" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_verify_export_refuses_a_fifo(tmp_path, capsys):
+    fifo = tmp_path / "export.json"
+    os.mkfifo(fifo)
+    # a writer that never writes would block open() for ever; the refusal must come before any read
+    opener = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)), daemon=True)
+    opener.start()
+    code, err = _run(capsys, "audit", "verify-export", str(fifo))
+    assert code == 2 and "not a regular file" in err
+    if opener.is_alive():  # unblock the helper thread
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("command", ["verify", "repair"])
+def test_journal_commands_on_a_device_say_what_it_is(command, capsys):
+    code, err = _run(capsys, "journal", command, "/dev/null")
+    assert code == 2 and "not a regular file" in err and "no such file" not in err, err
+
+
+def test_journal_verify_on_a_missing_file_still_says_no_such_file(tmp_path: Path, capsys):
+    code, err = _run(capsys, "journal", "verify", str(tmp_path / "nope.sqlite"))
+    assert code == 2 and "no such file" in err
