@@ -38,8 +38,34 @@ def _safe_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number ("@[::1/x")
         return "<unparseable URL>"
+
+
+def _check_url(url: str) -> None:
+    """Refuse a database URL no command can work with, before SQLAlchemy sees it.
+
+    A port that is not a number (``…@[::1/x``, ``host:port``) raised a bare ValueError, and
+    an in-memory SQLite URL (``sqlite://``, ``sqlite:///``, ``sqlite:///:memory:``) a TypeError
+    from the connection pool: both were tracebacks. In-memory would also be empty and lost at exit.
+
+    :raises ConfigurationError: with the URL shown without its password.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from server.errors import ConfigurationError
+
+    expected = "expected postgresql+psycopg://user@host:5432/name or sqlite:///path.db"
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - parsed lazily by some SQLAlchemy versions
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(f"database URL {_safe_url(url)} is not usable: "
+                                 f"{str(exc).splitlines()[0][:120]}; {expected}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigurationError(f"database URL {_safe_url(url)} is an in-memory SQLite database, "
+                                 f"empty and lost when the command ends; {expected}")
 
 
 def _where(url: str) -> str:
@@ -83,6 +109,8 @@ def make_app() -> Flask:
 
     ctx = click.get_current_context(silent=True)
     url = ctx.meta.get(_DB_META) if ctx is not None else None
+    if url or os.environ.get("DATABASE_URL"):
+        _check_url(url or os.environ["DATABASE_URL"])
     try:
         return create_app({"DATABASE_URL": url} if url else None)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:

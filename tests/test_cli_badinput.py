@@ -57,3 +57,33 @@ def test_journal_commands_on_a_device_say_what_it_is(command, capsys):
 def test_journal_verify_on_a_missing_file_still_says_no_such_file(tmp_path: Path, capsys):
     code, err = _run(capsys, "journal", "verify", str(tmp_path / "nope.sqlite"))
     assert code == 2 and "no such file" in err
+
+
+# ----------------------------------------------------------------------------- odd --database URLs
+
+DB_COMMANDS = [("server", "people", "list"), ("server", "db", "upgrade"), ("audit", "reconcile"),
+               ("server", "run", "--port", "0")]
+
+
+@pytest.mark.parametrize("argv", DB_COMMANDS)
+@pytest.mark.parametrize(("url", "says"), [
+    ("sqlite://", "in-memory"),  # these three were "TypeError: Invalid argument(s) 'max_overflow'"
+    ("sqlite:///", "in-memory"),
+    ("sqlite:///:memory:", "in-memory"),
+    ("postgresql+psycopg://u:hunter2pw@[::1/x", "is not usable"),  # was "ValueError: invalid literal for int()"
+    ("postgresql://u:hunter2pw@host:port/x", "is not usable"),
+])
+def test_a_database_url_that_cannot_work_is_one_line(argv, url, says, capsys, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    code = main([*argv, "--database", url])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    assert "Traceback" not in out + err and "hunter2pw" not in out + err and "serving on" not in out
+
+
+def test_the_same_url_from_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    code = main(["server", "people", "list"])
+    _out, err = capsys.readouterr()
+    assert code == 2 and "in-memory" in err, err
