@@ -35,6 +35,35 @@ def input_lines(data: bytes) -> list[bytes]:
     return data.removeprefix(UTF8_BOM).splitlines()
 
 
+#: Longest first line of a passphrase, PIN or password file (a passphrase is a few dozen bytes).
+SECRET_LINE_MAX = 64 * 1024
+
+
+def read_secret_line(path: Path, *, limit: int = SECRET_LINE_MAX) -> bytes:
+    """The first line of a secret file (passphrase, PIN, password), read with a bound.
+
+    Without a bound ``--passphrase-file /dev/zero`` (or a disk image given by mistake) was read
+    whole, until the process ran out of memory. A leading UTF-8 byte-order mark and the line
+    ending (``\n``, ``\r\n``) are dropped, as :func:`input_lines` does.
+
+    :returns: the first line, possibly empty.
+    :raises OptionError: ``path`` is not a regular file, cannot be read, or its first line is
+        longer than ``limit`` bytes.
+    """
+    if not path.is_file():
+        raise OptionError(f"{path}: not a regular file (a secret file has the secret on line 1)")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(limit + 1)
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = input_lines(head)
+    first = lines[0] if lines else b""
+    if len(first) > limit:  # no line end in the first limit + 1 bytes
+        raise OptionError(f"{path}: the first line is over {limit} bytes; is this the right file?")
+    return first
+
+
 class OptionError(click.BadParameter):
     """A bad option value, shown as one line (``Error: Invalid value for '--x': …``).
 

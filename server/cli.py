@@ -256,12 +256,18 @@ def _read_password(password_file: Path | None) -> str:
     Never from the command line (shell history, ``ps``; docs/operations.md).
 
     :raises click.UsageError: the file is empty.
+    :raises OptionError: the file is not a regular file, not UTF-8, or its first line is huge.
     """
     if password_file is not None:
-        lines = password_file.read_text(encoding="utf-8").splitlines()
-        if not lines or not lines[0]:
+        from cardlib.clitypes import OptionError, read_secret_line
+
+        first = read_secret_line(password_file)
+        if not first:
             raise click.UsageError(f"{password_file}: the first line (the password) is empty")
-        return lines[0]
+        try:
+            return first.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OptionError(f"{password_file}: the first line is not UTF-8 text") from None
     from_env = os.environ.get(PASSWORD_ENV)
     if from_env:
         return from_env

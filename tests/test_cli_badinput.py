@@ -87,3 +87,58 @@ def test_the_same_url_from_the_environment(capsys, monkeypatch):
     code = main(["server", "people", "list"])
     _out, err = capsys.readouterr()
     assert code == 2 and "in-memory" in err, err
+
+
+# ----------------------------------------------------------------------------- secret files
+
+def _limited(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``huma argv`` in a child with 1 GiB of address space and a deadline (a /dev/zero read ends)."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run([sys.executable, "-m", "huma.cli", *argv], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'huma.db'}"
+    assert main(["server", "db", "upgrade", "--database", url]) == 0
+    return url
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (None, "not a regular file"),  # /dev/zero: was a MemoryError traceback
+    (b"\xe4\xff\x00garbage\n", "not UTF-8"),  # was a UnicodeDecodeError traceback
+    (b"x" * 70_000, "over 65536 bytes"),
+])
+def test_people_add_password_file_of_the_wrong_kind(content, says, sqlite_db, tmp_path):
+    path = "/dev/zero"
+    if content is not None:
+        (tmp_path / "pw").write_bytes(content)
+        path = str(tmp_path / "pw")
+    proc = _limited("server", "people", "add", "zed", "--role", "auditor", "--password-file", path,
+                    "--database", sqlite_db)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_passphrase_file_that_is_a_device_is_refused(tmp_path):
+    """``huma keys init --root-passphrase-file /dev/zero`` read until memory ran out; no keystore is made."""
+    proc = _limited("keys", "init", "--dir", str(tmp_path / "ks"), "--root-passphrase-file", "/dev/zero")
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert not (tmp_path / "ks").exists() or not any((tmp_path / "ks").iterdir())
+
+
+def test_a_passphrase_file_still_gives_its_first_line(tmp_path, capsys):
+    """BOM and CRLF as a Windows editor writes them; only the first line counts."""
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"\xef\xbb\xbfa long root passphrase\r\nsecond line\r\n")
+    assert main(["keys", "init", "--dir", str(tmp_path / "ks"), "--root-passphrase-file", str(pw)]) == 0, \
+        capsys.readouterr()
+    from cardlib.clitypes import read_secret_line
+
+    assert read_secret_line(pw) == b"a long root passphrase"

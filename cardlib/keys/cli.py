@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
-from cardlib.clitypes import Checked, HexBytes, force_option, input_lines, parse_hex, refuse_overwrite
+from cardlib.clitypes import Checked, HexBytes, force_option, input_lines, parse_hex, read_secret_line, refuse_overwrite
 from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import CertificateError, InputFileError
 from cardlib.keys.keystore import KeyStore, Role
@@ -44,8 +44,7 @@ def read_secret(path: Path | None, env: str, prompt: str, *, confirm: bool = Fal
     :returns: the secret as UTF-8 bytes, without the trailing newline or a leading byte-order mark.
     """
     if path is not None:
-        lines = input_lines(path.read_bytes())
-        return lines[0] if lines else b""
+        return read_secret_line(path)
     value = os.environ.get(env)
     if value is not None:
         return value.encode()
