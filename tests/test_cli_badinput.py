@@ -142,3 +142,27 @@ def test_a_passphrase_file_still_gives_its_first_line(tmp_path, capsys):
     from cardlib.clitypes import read_secret_line
 
     assert read_secret_line(pw) == b"a long root passphrase"
+
+
+# ----------------------------------------------------------------------------- huma audit
+
+@pytest.mark.parametrize("speed", ["nan", "inf", "-inf", "-5", "0"])
+def test_reconcile_refuses_a_speed_that_is_not_a_positive_number(speed, sqlite_db, capsys):
+    """nan/inf turned impossible-travel detection off silently (and a re-run resolved its findings)."""
+    code = main(["audit", "reconcile", "--max-speed-kmh", speed, "--database", sqlite_db])
+    out, err = capsys.readouterr()
+    assert code == 2 and "--max-speed-kmh" in err and "run " not in out, (out, err)
+
+
+def test_reconcile_with_an_ordinary_speed_runs(sqlite_db, capsys):
+    assert main(["audit", "reconcile", "--max-speed-kmh", "900", "--database", sqlite_db]) == 0
+    assert capsys.readouterr().out.startswith("run 1:")
+
+
+def test_export_into_a_missing_directory_is_one_line(sqlite_db, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "journal.json"
+    code = main(["audit", "export", "journal", "-o", str(out), "--database", sqlite_db])
+    _out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err and "does not exist" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,8 +24,23 @@ def audit() -> None:
     """Reconciliation and exports for auditors."""
 
 
+class _Speed(click.ParamType):
+    """A finite speed > 0 in km/h (``nan``/``inf`` would switch impossible-travel detection off)."""
+
+    name = "KM/H"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        try:
+            speed = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(speed) or speed <= 0:
+            self.fail(f"{value!r}: give a speed above 0 km/h (e.g. 60)", param, ctx)
+        return speed
+
+
 @audit.command("reconcile")
-@click.option("--max-speed-kmh", type=float, default=60.0, show_default=True,
+@click.option("--max-speed-kmh", type=_Speed(), default=60.0, show_default=True,
               help="Fastest plausible travel between two counters.")
 @click.option("--verify-signatures", is_flag=True,
               help="Also re-verify every stored entry's signature and columns (one Ed25519 verify per entry).")
@@ -115,6 +131,10 @@ def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_i
     from server.reconcile.models import FindingStatus
 
     since_at, until_at = since, until  # parsed (and refused) by click before the database is opened
+    if str(output) != "-" and not output.parent.is_dir():
+        from cardlib.clitypes import OptionError
+
+        raise OptionError(f"directory {str(output.parent)!r} does not exist", param_hint="'-o' / '--output'")
     app = make_app()
     with database(app):
         if what == "findings":
