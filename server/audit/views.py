@@ -31,7 +31,7 @@ from server.extensions import db
 from server.http import error_response, int_param, query_params
 from server.models import Card, JournalEntryRow, Person, Role, Terminal
 from server.reconcile.engine import REDEMPTION_KINDS, decide, evidence_entries
-from server.reconcile.errors import FindingNotFound
+from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.models import (
     BenefitCycle,
     CardEntitlement,
@@ -281,12 +281,30 @@ def finding(finding_id: str) -> ResponseReturnValue:
                   EntryKind=EntryKind)
 
 
+#: Longest decision reason kept (characters): a sentence or a short paragraph, stored and audited.
+REASON_MAX = 2000
+
+
+def _reason(text: str) -> str:
+    """The form's reason, refused when no database should hold it (as the JSON API refuses U+0000).
+
+    :raises InvalidDecision: a NUL character (PostgreSQL text cannot store it: it was a 500) or
+        more than :data:`REASON_MAX` characters after trimming.
+    """
+    if "\x00" in text:
+        raise InvalidDecision("the reason contains a NUL character (U+0000)", field="reason")
+    if len(text.strip()) > REASON_MAX:
+        raise InvalidDecision(f"the reason has {len(text.strip())} characters; at most {REASON_MAX}",
+                              field="reason")
+    return text
+
+
 @bp.post("/findings/<finding_id>/decision")
 def decision(finding_id: str) -> ResponseReturnValue:
     """Confirm or dismiss with a reason (logged)."""
     session = db.write_session()
     decide(session, _finding_id(finding_id), g.auditor, _choice(FindingStatus, request.form.get("status", ""), "status"),
-           request.form.get("reason", ""))
+           _reason(request.form.get("reason", "")))
     session.commit()
     return redirect(url_for("audit.finding", finding_id=_finding_id(finding_id)))
 
