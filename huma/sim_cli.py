@@ -8,11 +8,65 @@ server lazily: a counter without the server extra still runs ``huma sim present`
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from cardlib.sim.cli import sim as _card_sim
+
+
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """A bad ``--database`` is one line and exit 2 (``huma server`` does the same), not a traceback.
+
+    :raises ConfigurationError: the URL cannot work (scheme, port, in-memory SQLite, unparseable).
+    :raises DatabaseUnavailable: cannot connect, or the SQLite file is not a database (no password shown).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
+
+    from server.cli import check_database_url
+    from server.errors import ConfigurationError, DatabaseUnavailable
+
+    check_database_url(url)
+    try:
+        yield
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        why = f"its driver needs the Python package {exc.name!r}" if isinstance(exc, ImportError) else str(exc)
+        raise ConfigurationError(f"database URL {make_url(url).render_as_string(hide_password=True)} is not "
+                                 f"usable: {why}") from None
+    except (OperationalError, InterfaceError, DatabaseError) as exc:
+        if not isinstance(exc, (OperationalError, InterfaceError)) and type(exc) is not DatabaseError:
+            raise  # IntegrityError, ProgrammingError...: bugs, keep the traceback
+        parsed = make_url(url)
+        where = parsed.database if parsed.get_backend_name() == "sqlite" else \
+            f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise DatabaseUnavailable(f"cannot use the database at {where}: {first}") from None
+
+
+def _require_empty(url: str) -> None:
+    """Refuse a ``--database`` that already holds tables: the simulation writes fake terminals,
+    an admin, journal entries and findings into it (a production database given by mistake)."""
+    from sqlalchemy import inspect
+
+    from server.db import make_engine, sqlite_file
+    from server.errors import ConfigurationError
+
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return  # a new SQLite file: created empty by the simulation (its directory must exist)
+    engine = make_engine(url)  # refuses a backend other than sqlite/postgresql
+    try:
+        tables = inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    if tables:
+        raise ConfigurationError(f"--database must be an empty database: the simulation writes fake terminals, "
+                                 f"journal entries and findings into it, and this one already has "
+                                 f"{len(tables)} table(s) ({', '.join(sorted(tables)[:3])}, …)")
 
 
 @click.command("district")
@@ -41,8 +95,11 @@ def district(households: int, terminals: int, days: int, skewed: int, skew_minut
                         gaps, clones, seed)
     with tempfile.TemporaryDirectory(prefix="huma-district-") as tmp:
         url = database or f"sqlite:///{Path(tmp) / 'district.db'}"
-        app, token = open_database(url, Path(tmp))
-        report = run_district(plan, app, token)
+        with _database_errors(url):
+            if database:
+                _require_empty(database)
+            app, token = open_database(url, Path(tmp))
+            report = run_district(plan, app, token)
     extra = unexplained(report)
     doc = {"entries": report.entries, "requests": report.requests, "results": dict(report.results),
            "findings": dict(report.findings), "seeded": {"clones": len(report.clone_cards),

@@ -42,7 +42,7 @@ def _safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def _check_url(url: str) -> None:
+def check_database_url(url: str) -> None:
     """Refuse a database URL no command can work with, before SQLAlchemy sees it.
 
     A port that is not a number (``…@[::1/x``, ``host:port``) raised a bare ValueError, and
@@ -110,7 +110,7 @@ def make_app() -> Flask:
     ctx = click.get_current_context(silent=True)
     url = ctx.meta.get(_DB_META) if ctx is not None else None
     if url or os.environ.get("DATABASE_URL"):
-        _check_url(url or os.environ["DATABASE_URL"])
+        check_database_url(url or os.environ["DATABASE_URL"])
     try:
         return create_app({"DATABASE_URL": url} if url else None)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:

@@ -166,3 +166,41 @@ def test_export_into_a_missing_directory_is_one_line(sqlite_db, tmp_path, capsys
     assert code == 2 and "Traceback" not in err and "does not exist" in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "no").exists()
+
+
+# ----------------------------------------------------------------------------- huma sim district --database
+
+SMALL_DISTRICT = ("sim", "district", "--households", "5", "--terminals", "2", "--days", "1")
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("garbage", "is not usable"),
+    ("sqlite://", "in-memory"),
+    ("postgresql://u:hunter2pw@127.0.0.1:1/x", "cannot use the database at 127.0.0.1:1/x"),
+    ("sqlite:////nonexistent/dir/d.db", "cannot use the database at /nonexistent/dir/d.db"),
+])
+def test_sim_district_bad_database_is_one_line(url, says, capsys):
+    """Each of these was a SQLAlchemy traceback (exit 1)."""
+    code = main([*SMALL_DISTRICT, "--database", url])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    assert "Traceback" not in err and "hunter2pw" not in out + err
+
+
+def test_sim_district_refuses_a_database_that_holds_data(sqlite_db, capsys):
+    """The simulation writes fake terminals, an admin and journal entries: never into a real database."""
+    from sqlalchemy import create_engine, text
+
+    code = main([*SMALL_DISTRICT, "--database", sqlite_db])
+    _out, err = capsys.readouterr()
+    assert code == 2 and "must be an empty database" in err, err
+    engine = create_engine(sqlite_db)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM terminals")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM people")).scalar() == 0
+    engine.dispose()
+
+
+def test_sim_district_into_a_new_file_still_runs(tmp_path, capsys):
+    assert main([*SMALL_DISTRICT, "--database", f"sqlite:///{tmp_path / 'new.db'}"]) == 0, capsys.readouterr()
+    assert "unexplained findings: 0" in capsys.readouterr().out
