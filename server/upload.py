@@ -38,15 +38,12 @@ from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
     CoseError,
-    MalformedCose,
+    RecordError,
     RevokedKid,
     UnknownKid,
 )
-from cardlib.records.journal import (
-    JournalError,
-    SignedEntry,
-    verify_entry,
-)
+from cardlib.records.journal import SignedEntry
+from cardlib.records.journal import verify_entries as verify_journal_entries
 from cardlib.records.upload import (  # noqa: F401 - re-exported; the envelope format lives in cardlib
     SIGNATURE_HEADER,
     UPLOAD_AAD,
@@ -232,38 +229,38 @@ def verify_entries(batch: Batch, terminal: Terminal) -> tuple[list[EntryResult],
         raise BadBatchSignature("body terminal_id differs from the signing terminal")
     keys: Mapping[bytes, CoseKey] = {terminal.kid: cose_key_of(terminal)}
     rejected: list[EntryResult] = []
-    verified: list[tuple[int, SignedEntry]] = []
+    decoded: list[tuple[int, bytes]] = []
     for index, text in enumerate(batch.entries):
         try:
-            message = base64.b64decode(text, validate=True)
+            decoded.append((index, base64.b64decode(text, validate=True)))
         except (binascii.Error, ValueError):
             rejected.append(EntryResult(index, Outcome.REJECTED, reason=RejectReason.UNDECODABLE))
-            continue
-        reason: RejectReason | None = None
-        detail = ""
-        try:
-            signed = verify_entry(message, keys)
-        except (UnknownKid, RevokedKid) as exc:
-            reason, detail = RejectReason.UNKNOWN_KID, str(exc)
-        except AlgorithmNotAllowed as exc:
-            reason, detail = RejectReason.ALGORITHM, str(exc)
-        except BadSignature as exc:
-            reason, detail = RejectReason.BAD_SIGNATURE, str(exc)
-        except (MalformedCose, JournalError, CoseError) as exc:
-            reason, detail = RejectReason.MALFORMED, str(exc)
-        if reason is not None:
+    verified: list[tuple[int, SignedEntry]] = []
+    outcomes = verify_journal_entries([message for _, message in decoded], keys)
+    for (index, message), outcome in zip(decoded, outcomes):
+        if isinstance(outcome, RecordError):
+            rejected.append(EntryResult(index, Outcome.REJECTED, reason=_reject_reason(outcome),
+                                        detail=str(outcome), raw=message))
+        elif outcome.entry.terminal_id != terminal.terminal_id:
             rejected.append(
-                EntryResult(index, Outcome.REJECTED, reason=reason, detail=detail, raw=message)
-            )
-            continue
-        if signed.entry.terminal_id != terminal.terminal_id:
-            rejected.append(
-                EntryResult(index, Outcome.REJECTED, signed.entry.entry_id, signed.entry.seq,
+                EntryResult(index, Outcome.REJECTED, outcome.entry.entry_id, outcome.entry.seq,
                             RejectReason.WRONG_TERMINAL, raw=message)
             )
-            continue
-        verified.append((index, signed))
+        else:
+            verified.append((index, outcome))
+    rejected.sort(key=lambda r: r.index)
     return rejected, verified
+
+
+def _reject_reason(error: RecordError) -> RejectReason:
+    """The upload's reason for an entry that failed :func:`cardlib.records.journal.verify_entry`."""
+    if isinstance(error, (UnknownKid, RevokedKid)):
+        return RejectReason.UNKNOWN_KID
+    if isinstance(error, AlgorithmNotAllowed):
+        return RejectReason.ALGORITHM
+    if isinstance(error, BadSignature):
+        return RejectReason.BAD_SIGNATURE
+    return RejectReason.MALFORMED
 
 
 def insert_or_ignore(session: Session, model: type[Any]) -> Insert:

@@ -494,3 +494,80 @@ def test_verify_entry_accepts_only_the_deterministic_encoding(entry: JournalEntr
     with pytest.raises(MalformedEntry):
         _reference_verify(payload)
     assert not _ground_truth_accepts(payload)
+
+
+# ----------------------------------------------------------------------------- batch verification
+
+_OTHER_KEY = ed25519.Ed25519PrivateKey.generate()
+_P256_KID = b"\x01\x02\x03\x04"
+
+
+def _p256_keys() -> tuple[dict[bytes, CoseKey], Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    return {**_KEYS, _P256_KID: CoseKey(_P256_KID, Algorithm.ES256, p256.public_key())}, p256
+
+
+_BATCH_KEYS, _P256 = _p256_keys()
+
+
+@st.composite
+def batch_messages(draw: st.DrawFn) -> tuple[str, bytes]:
+    """One uploaded message: valid, or broken at one layer (envelope, key, signature, claims)."""
+    entry = draw(entries())
+    message = sign_entry(entry, _KEY, KID).message
+    how = draw(st.sampled_from(
+        ["valid", "claims", "non-deterministic", "bad signature", "other key", "unknown kid", "ES256 kid",
+         "ES256 signed", "untagged", "truncated", "trailing byte", "junk"]))
+    if how == "claims":
+        message = sign1(cbor2.dumps(draw(claim_maps())), _KEY, KID, external_aad=JOURNAL_AAD)
+    elif how == "non-deterministic":
+        message = sign1(draw(non_deterministic(entry.to_claims()))[1], _KEY, KID, external_aad=JOURNAL_AAD)
+    elif how == "bad signature":
+        at = draw(st.integers(len(message) - 64, len(message) - 1))
+        message = message[:at] + bytes([message[at] ^ 0x01]) + message[at + 1:]
+    elif how == "other key":
+        message = sign_entry(entry, _OTHER_KEY, KID).message
+    elif how == "unknown kid":
+        message = sign_entry(entry, _KEY, b"\xee\xee\xee\xee").message
+    elif how == "ES256 kid":  # an EdDSA-signed message naming a P-256 key: algorithm not allowed
+        message = sign_entry(entry, _KEY, _P256_KID).message
+    elif how == "ES256 signed":  # a genuine ES256 entry: valid, through the general path
+        message = sign_entry(entry, _P256, _P256_KID, alg=Algorithm.ES256).message
+    elif how == "untagged":
+        message = sign1(encode_payload(entry), _KEY, KID, external_aad=JOURNAL_AAD, tagged=False)
+    elif how == "truncated":
+        message = message[: draw(st.integers(0, len(message) - 1))]
+    elif how == "trailing byte":
+        message = message + b"\x00"
+    elif how == "junk":
+        message = draw(st.binary(max_size=64))
+    return how, message
+
+
+def _single(message: bytes) -> Any:
+    try:
+        got = verify_entry(message, _BATCH_KEYS)
+    except journal.RecordError as exc:
+        return type(exc), str(exc)
+    return got.entry, got.message, got.kid
+
+
+@_SETTINGS
+@given(st.lists(batch_messages(), min_size=1, max_size=12))
+def test_batch_verification_gives_each_entry_what_verify_entry_gives(batch: list[tuple[str, bytes]]) -> None:
+    """``verify_entries`` (staged: envelopes, then signatures, then claims) matches
+    ``verify_entry`` message by message, in order, on batches mixing good entries with
+    every kind of bad one — the same entry or the same exception type and message."""
+    messages = [m for _, m in batch]
+    for how, message, got in zip((h for h, _ in batch), messages, journal.verify_entries(messages, _BATCH_KEYS)):
+        event(how)
+        want = _single(message)
+        if isinstance(got, journal.RecordError):
+            assert (type(got), str(got)) == want, how
+        else:
+            assert isinstance(want[0], JournalEntry), (how, want)
+            _same_entry(got.entry, want[0])
+            assert (got.message, got.kid) == want[1:], how
+            assert type(got.message) is bytes

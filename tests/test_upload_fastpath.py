@@ -187,12 +187,12 @@ def test_layout_parse_equals_the_cbor_parse_on_every_single_byte_change(key, pay
     offset reader declines (``None``) or it returns exactly the general parse's tuple;
     where the general parse raises, the offset reader must have declined.
     """
-    from cardlib.records.cose import _parse_layout
+    from cardlib.records.cose import parse_sign1_layout
 
     payload = bytes(i % 251 for i in range(payload_len))
     message = sign1(payload, key, kid)
     # payloads of 64 KiB and more have a 4-byte length head: left to the general parse
-    assert _parse_layout(message) == (_parse_or_error(message) if payload_len < 65536 else None)
+    assert parse_sign1_layout(message) == (_parse_or_error(message) if payload_len < 65536 else None)
     variants = [message[:cut] for cut in range(len(message))] + [message + b"\x00"]
     positions = range(len(message)) if len(message) < 400 else [*range(120), *range(len(message) - 80, len(message))]
     for at in positions:
@@ -201,7 +201,7 @@ def test_layout_parse_equals_the_cbor_parse_on_every_single_byte_change(key, pay
             variants.append(message[:at] + bytes([value]) + message[at + 1:])
     accepted = 0
     for variant in variants:
-        fast = _parse_layout(variant)
+        fast = parse_sign1_layout(variant)
         if fast is not None:
             accepted += 1
             assert fast == _parse_or_error(variant), variant.hex()
@@ -209,14 +209,14 @@ def test_layout_parse_equals_the_cbor_parse_on_every_single_byte_change(key, pay
 
 
 def test_layout_parse_declines_what_it_does_not_know(key) -> None:
-    from cardlib.records.cose import _parse_layout
+    from cardlib.records.cose import parse_sign1_layout
 
-    assert _parse_layout(sign1(b"x", key, KID, tagged=False)) is None  # untagged: general parse
-    assert _parse_layout(bytearray(sign1(b"x", key, KID))) is None  # not bytes: general parse
+    assert parse_sign1_layout(sign1(b"x", key, KID, tagged=False)) is None  # untagged: general parse
+    assert parse_sign1_layout(bytearray(sign1(b"x", key, KID))) is None  # not bytes: general parse
     both = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -8, 4: KID}), {4: KID}, b"x", bytes(64)]))
-    assert _parse_layout(both) is None and _parse_or_error(both) is MalformedCose  # kid in both buckets
+    assert parse_sign1_layout(both) is None and _parse_or_error(both) is MalformedCose  # kid in both buckets
     no_alg = cbor2.dumps(cbor2.CBORTag(18, [b"", {4: KID}, b"x", bytes(64)]))
-    assert _parse_layout(no_alg) is None and _parse_or_error(no_alg) is MalformedCose
+    assert parse_sign1_layout(no_alg) is None and _parse_or_error(no_alg) is MalformedCose
 
 
 def test_protected_header_that_cannot_be_re_encoded_is_malformed_not_a_crash(key) -> None:

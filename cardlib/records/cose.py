@@ -58,6 +58,7 @@ __all__ = [
     "COSE_SIGN1_TAG",
     "sign1",
     "verify1",
+    "parse_sign1_layout",
     "sig_structure",
     "CoseError",
     "MalformedCose",
@@ -252,7 +253,7 @@ def verify1(
     :raises AlgorithmNotAllowed: protected alg differs from the key's algorithm.
     :raises BadSignature: the signature does not verify.
     """
-    protected, alg_value, kid, payload, signature = _parse_layout(message) or _parse(message)
+    protected, alg_value, kid, payload, signature = parse_sign1_layout(message) or _parse(message)
     key = _resolve(keys, kid)
     if alg_value != int(key.alg):
         raise AlgorithmNotAllowed(
@@ -308,8 +309,11 @@ _MAP1, _KID_LABEL, _ALG_LABEL = 0xA1, int(HeaderLabel.KID), int(HeaderLabel.ALG)
 _SIG64_HEAD = bytes([_MAJOR_BSTR | _AI_UINT8, SIGNATURE_BYTES])
 
 
-def _parse_layout(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes] | None:
-    """:func:`_parse` for the one layout this project signs, read by offsets; ``None`` otherwise.
+def parse_sign1_layout(message: bytes) -> tuple[bytes, int, bytes, bytes, bytes] | None:
+    """The parts of a COSE_Sign1 in the one layout this project signs, read by offsets; ``None`` otherwise.
+
+    :returns: ``(protected bstr content, alg, kid, payload, signature)`` — what the
+        general CBOR parse would return — or ``None`` for any other layout.
 
     The layout :func:`sign1` writes (tagged, RFC 9052 §4.2)::
 
