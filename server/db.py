@@ -74,7 +74,8 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
         answers 503 (SQLite ``busy_timeout``, PostgreSQL ``lock_timeout``), seconds.
     :param pool_size: connections kept per process.
     :raises ConfigurationError: the URL's backend is not one of :data:`SUPPORTED_BACKENDS`
-        (checked before SQLAlchemy imports a driver; the message has no password).
+        (checked before SQLAlchemy imports a driver; the message has no password), or it
+        is an in-memory SQLite database (``sqlite://``, ``sqlite:///:memory:``).
     :raises sqlalchemy.exc.ArgumentError: the URL does not parse.
     :raises ImportError: the URL names a driver that is not installed (``postgresql+psycopg2``).
     """
@@ -87,6 +88,12 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
             f"database URL {parsed.render_as_string(hide_password=True)} is not usable: "
             f"{parsed.get_backend_name()!r} is not supported (supported: {', '.join(SUPPORTED_BACKENDS)}); "
             "expected postgresql+psycopg://user@host:5432/name or sqlite:///path.db")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # One in-memory database per connection: a pooled server would see several
+        # empty, unrelated databases, and lose them all at exit.
+        raise ConfigurationError(
+            f"database URL {parsed.render_as_string(hide_password=True)} is an in-memory SQLite database; "
+            "the server needs a file: sqlite:///path.db")
     timeout_ms = int(busy_timeout_s * 1000)
     if url.startswith("sqlite"):
         engine = create_engine(

@@ -148,3 +148,14 @@ def test_upgrade_to_an_unknown_revision_is_a_usage_error(sqlite_template, tmp_pa
     shutil.copy(sqlite_template, copy)
     code, out, err = _huma(capsys, "server", "db", "upgrade", "--revision", "nope", "--database", f"sqlite:///{copy}")
     assert code == 2 and "nope" in err and "Traceback" not in out + err, err
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:"])
+def test_create_app_refuses_an_in_memory_sqlite_database(url):
+    """One in-memory database per pooled connection is not a server database: a typed
+    ConfigurationError naming the URL, not SQLAlchemy's TypeError about max_overflow."""
+    from server import create_app
+    from server.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="in-memory SQLite"):
+        create_app({"DATABASE_URL": url})
