@@ -322,3 +322,57 @@ def test_clock_ahead_of_the_server_is_reported_not_dropped(app, audit_db, world)
     assert len(skew) == 1 and skew[0].terminal_id == t.terminal_id
     assert 2.9 * 86400 < json.loads(skew[0].detail)["ahead_s"] < 3.1 * 86400
     assert evidence(skew[0]) <= {e.entry.entry_id.hex() for e in t.entries}
+
+
+def test_clock_skew_is_reported_for_the_stepped_boot_only(app, audit_db, world):
+    """One boot with a stepped clock among clean boots and clean terminals: one clock_skew, its evidence from that boot.
+
+    The skew check aggregates per (terminal, boot) before it picks evidence rows, so the
+    terminal's later, clean boot and the other terminals must stay silent.
+    """
+    d, card = _two_region_district()
+    t, other = d.terminals[0], d.terminals[2]
+    first = [t.entries[-1]]  # the BOOT entry of boot 1
+    first += t.redeem(d.cards[2], _ms(2), "food", 150_000)
+    t.step_clock(3600_000)  # an hour ahead, no CLOCK_SET: wall − monotonic moves within boot 1
+    first += t.redeem(d.cards[3], _ms(2, 10), "food", 150_000)
+    boot1 = t.boot_id
+    t.boot(_ms(3))  # boot 2: the offset is constant again (still an hour off, but not moving)
+    t.redeem(card, _ms(3, 10), "food", 150_000)
+    other.redeem(d.cards[1], _ms(2, 30), "food", 150_000)
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+
+    skew = findings(app, FindingKind.CLOCK_SKEW)
+    assert [(f.terminal_id, json.loads(f.detail).get("boot_id")) for f in skew] == [(t.terminal_id, boot1)]
+    assert json.loads(skew[0].detail)["spread_s"] == pytest.approx(3600, abs=0.01)
+    assert evidence(skew[0]) <= {e.entry.entry_id.hex() for e in first}
+    assert _kinds(app) == {"clock_skew"}
+
+
+def test_entitlement_exceeded_only_for_the_programme_over_its_entitlement(app, audit_db, world):
+    """Two cards, two programmes: only the (card, programme) whose running total went over is a finding.
+
+    The check sums per (card, programme, cycle) first and runs the running-sum window
+    only for cards with an exceeded group; the evidence and the first entry over must
+    be those of the whole journal.
+    """
+    d, card = _two_region_district()
+    t = d.terminals[0]
+    _, c1 = t.redeem(card, _ms(2), "food", ENTITLEMENTS["food"] - 1000)
+    t.redeem(card, _ms(2, 5), "cash", ENTITLEMENTS["cash"])  # exactly the entitlement: fine
+    _, c2 = t.redeem(card, _ms(2, 10), "food", 1000)  # exactly used up
+    _, c3 = t.redeem(card, _ms(2, 20), "food", 500)  # over
+    t.redeem(d.cards[1], _ms(2, 30), "food", ENTITLEMENTS["food"])
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+
+    over = findings(app, FindingKind.ENTITLEMENT_EXCEEDED)
+    assert [f.card_id for f in over] == [card.card_id]
+    detail = json.loads(over[0].detail)
+    assert (detail["programme"], detail["total"]) == ("food", ENTITLEMENTS["food"] + 500)
+    assert detail["first_over_entry_id"] == c3.entry.entry_id.hex()
+    assert json.loads(over[0].evidence) == [c1.entry.entry_id.hex(), c2.entry.entry_id.hex(),
+                                            c3.entry.entry_id.hex()]

@@ -237,36 +237,66 @@ def _dedup(ids: Iterable[bytes | None]) -> list[bytes]:
 # ----------------------------------------------------------------------------- terminal checks
 
 
-def _terminal_chain(conn: Connection) -> list[Observation]:
-    """Gaps and broken links along ``(terminal_id ORDER BY seq)``."""
+def _terminal_pass(conn: Connection, cfg: ReconcileConfig) -> tuple[list[Observation], list[Observation]]:
+    """Gaps, broken links and backward clock steps along ``(terminal_id ORDER BY seq)``, in one window pass.
+
+    One statement: ``LAG(seq)``, ``LAG(entry_hash)``, ``LAG(entry_id)`` and ``LAG(wall)``
+    over ``PARTITION BY terminal_id ORDER BY seq`` (SQLite walks ``uq_journal_terminal_seq``,
+    no sort), keeping the rows where a gap, a broken link or a clock step back shows; the
+    flags say which. Merged because every window pass over the journal costs one full
+    ordered walk of it (≈ 2.5 s per pass at 1M entries on SQLite; issue 8, DESIGN §7).
+
+    :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
+        observations), each in ``(terminal_id, seq)`` order.
+    """
     by = {"partition_by": J.c.terminal_id, "order_by": J.c.seq}
+    wall = epoch_s(J.c.wall_time)
     w = select(
-        J.c.terminal_id, J.c.seq, J.c.entry_id, J.c.prev_entry_hash,
+        J.c.terminal_id, J.c.seq, J.c.entry_id, J.c.prev_entry_hash, J.c.kind, wall.label("wall"),
         func.lag(J.c.seq).over(**by).label("prev_seq"),
         func.lag(J.c.entry_hash).over(**by).label("prev_hash"),
         func.lag(J.c.entry_id).over(**by).label("prev_entry_id"),
+        func.lag(wall).over(**by).label("prev_wall"),
     ).subquery()
     gap = w.c.seq - func.coalesce(w.c.prev_seq, 0) > 1
     broken = and_(w.c.seq == w.c.prev_seq + 1, w.c.prev_entry_hash != w.c.prev_hash)
-    rows = conn.execute(select(w, case((gap, literal(1)), else_=literal(0)).label("is_gap"))
-                        .where(or_(gap, broken)).order_by(w.c.terminal_id, w.c.seq)).all()
-    out = []
+    back = w.c.wall < w.c.prev_wall - cfg.clock_step_tolerance_s
+    rows = conn.execute(select(w, case((gap, literal(1)), else_=literal(0)).label("is_gap"),
+                               case((or_(gap, broken), literal(1)), else_=literal(0)).label("is_chain"),
+                               case((back, literal(1)), else_=literal(0)).label("is_back"))
+                        .where(or_(gap, broken, back)).order_by(w.c.terminal_id, w.c.seq)).all()
+    chain: list[Observation] = []
+    backwards: list[Observation] = []
     for r in rows:
         if r.is_gap:
             first, last = (r.prev_seq or 0) + 1, r.seq - 1
-            out.append(Observation(
+            chain.append(Observation(
                 FindingKind.TERMINAL_GAP, Severity.HIGH, f"{r.terminal_id}|{first}|{last}",
                 f"terminal {r.terminal_id}: entries {first}..{last} missing ({last - first + 1})",
                 _dedup([r.prev_entry_id, r.entry_id]), terminal_id=r.terminal_id,
                 detail={"first_missing": first, "last_missing": last, "count": last - first + 1}))
-        else:
-            out.append(Observation(
+        elif r.is_chain:
+            chain.append(Observation(
                 FindingKind.TERMINAL_CHAIN_BREAK, Severity.CRITICAL, f"{r.terminal_id}|{r.seq}",
                 f"terminal {r.terminal_id}: seq {r.seq} does not link to seq {r.prev_seq}",
                 _dedup([r.prev_entry_id, r.entry_id]), terminal_id=r.terminal_id,
                 detail={"seq": r.seq, "expected_prev_hash": r.prev_hash.hex(),
                         "prev_entry_hash": r.prev_entry_hash.hex()}))
-    return out
+        if r.is_back:
+            step = r.prev_wall - r.wall
+            announced = r.kind == int(EntryKind.CLOCK_SET)
+            backwards.append(Observation(
+                FindingKind.CLOCK_BACKWARDS, Severity.LOW if announced else Severity.MEDIUM,
+                f"{r.terminal_id}|{r.seq}",
+                f"terminal {r.terminal_id}: clock went back {step:.0f} s between seq {r.prev_seq} and {r.seq}",
+                _dedup([r.prev_entry_id, r.entry_id]), terminal_id=r.terminal_id,
+                detail={"seq": r.seq, "step_back_s": round(step, 3), "announced_by_clock_set": announced}))
+    return chain, backwards
+
+
+def _terminal_chain(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observation]:
+    """Gaps and broken links along ``(terminal_id ORDER BY seq)`` (the first half of :func:`_terminal_pass`)."""
+    return _terminal_pass(conn, cfg or ReconcileConfig())[0]
 
 
 def _upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
@@ -320,62 +350,67 @@ def _revoked_terminals(conn: Connection, cfg: ReconcileConfig) -> list[Observati
     return out
 
 
-def _clocks(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
-    """Backward steps along seq; (wall − monotonic) spread per boot; entries dated in the future."""
-    by = {"partition_by": J.c.terminal_id, "order_by": J.c.seq}
+def _clocks(conn: Connection, cfg: ReconcileConfig,
+            backwards: list[Observation] | None = None) -> list[Observation]:
+    """Backward steps along seq; (wall − monotonic) spread per boot; entries dated in the future.
+
+    Backward steps come from :func:`_terminal_pass` (pass them as ``backwards`` when it
+    already ran). The two whole-group checks first run as one ``GROUP BY terminal_id,
+    boot_id`` (MIN/MAX of the offset, MAX of wall − received) that keeps only the groups
+    over a threshold: one cheap aggregate pass instead of two window passes (issue 8).
+    Only when it keeps a group do the window statements that pick the evidence rows run,
+    restricted by ``terminal_id IN (that aggregate)``; restricting whole terminals leaves
+    every ``PARTITION BY terminal_id[, boot_id]`` window unchanged, so the evidence is
+    the same as over the whole journal.
+    """
+    out = list(_terminal_pass(conn, cfg)[1] if backwards is None else backwards)
     wall = epoch_s(J.c.wall_time)
-    w = select(
-        J.c.terminal_id, J.c.seq, J.c.entry_id, J.c.kind, wall.label("wall"),
-        func.lag(wall).over(**by).label("prev_wall"),
-        func.lag(J.c.entry_id).over(**by).label("prev_entry_id"),
-        func.lag(J.c.seq).over(**by).label("prev_seq"),
-    ).subquery()
-    out = []
-    for r in conn.execute(select(w).where(w.c.wall < w.c.prev_wall - cfg.clock_step_tolerance_s)
-                          .order_by(w.c.terminal_id, w.c.seq)):
-        step = r.prev_wall - r.wall
-        announced = r.kind == int(EntryKind.CLOCK_SET)
-        out.append(Observation(
-            FindingKind.CLOCK_BACKWARDS, Severity.LOW if announced else Severity.MEDIUM,
-            f"{r.terminal_id}|{r.seq}",
-            f"terminal {r.terminal_id}: clock went back {step:.0f} s between seq {r.prev_seq} and {r.seq}",
-            _dedup([r.prev_entry_id, r.entry_id]), terminal_id=r.terminal_id,
-            detail={"seq": r.seq, "step_back_s": round(step, 3), "announced_by_clock_set": announced}))
-
     offset = (wall - cast(J.c.mono_ns, Float) / 1e9)
-    part = (J.c.terminal_id, J.c.boot_id)
-    o = select(
-        J.c.terminal_id, J.c.boot_id, J.c.seq, J.c.entry_id, offset.label("off"),
-        func.min(offset).over(partition_by=part).label("mn"),
-        func.max(offset).over(partition_by=part).label("mx"),
-        func.max(case((J.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0)).over(partition_by=part).label("set"),
-    ).subquery()
-    skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
-    for r in conn.execute(select(o).where(o.c.mx - o.c.mn > cfg.skew_threshold_s,
-                                          or_(o.c.off == o.c.mn, o.c.off == o.c.mx))
-                          .order_by(o.c.terminal_id, o.c.boot_id, o.c.seq)):
-        skewed[(r.terminal_id, r.boot_id)].append(r)
-    for (terminal_id, boot_id), rs in skewed.items():
-        spread = rs[0].mx - rs[0].mn
-        out.append(Observation(
-            FindingKind.CLOCK_SKEW, Severity.LOW if rs[0].set else Severity.MEDIUM, f"{terminal_id}|boot|{boot_id}",
-            f"terminal {terminal_id} boot {boot_id}: wall clock moved {spread:.0f} s against its monotonic clock",
-            _dedup(r.entry_id for r in rs)[:2] + _dedup(r.entry_id for r in rs)[-1:],
-            terminal_id=terminal_id, detail={"boot_id": boot_id, "spread_s": round(spread, 3)}))
-
     ahead = wall - epoch_s(J.c.received_at)
-    a = select(J.c.terminal_id, J.c.entry_id, J.c.seq, ahead.label("ahead"),
-               func.max(ahead).over(partition_by=J.c.terminal_id).label("mx")).subquery()
-    reported: set[str] = set()
-    for r in conn.execute(select(a).where(a.c.ahead == a.c.mx, a.c.mx > cfg.future_tolerance_s)
-                          .order_by(a.c.terminal_id, a.c.seq)):
-        if r.terminal_id in reported:  # ties on the maximum: the first entry is evidence enough
-            continue
-        reported.add(r.terminal_id)
-        out.append(Observation(
-            FindingKind.CLOCK_SKEW, Severity.MEDIUM, f"{r.terminal_id}|future",
-            f"terminal {r.terminal_id}: entries dated up to {r.ahead:.0f} s after the server received them",
-            [r.entry_id], terminal_id=r.terminal_id, detail={"ahead_s": round(r.ahead, 3), "seq": r.seq}))
+    g = (select(J.c.terminal_id,
+                (func.max(offset) - func.min(offset) > cfg.skew_threshold_s).label("skewed"),
+                (func.max(ahead) > cfg.future_tolerance_s).label("ahead"))
+         .group_by(J.c.terminal_id, J.c.boot_id)
+         .having(or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s,
+                     func.max(ahead) > cfg.future_tolerance_s)).subquery())
+    flagged = conn.execute(select(func.max(case((g.c.skewed, 1), else_=0)),
+                                  func.max(case((g.c.ahead, 1), else_=0)))).one()
+    if flagged[0]:
+        part = (J.c.terminal_id, J.c.boot_id)
+        o = select(
+            J.c.terminal_id, J.c.boot_id, J.c.seq, J.c.entry_id, offset.label("off"),
+            func.min(offset).over(partition_by=part).label("mn"),
+            func.max(offset).over(partition_by=part).label("mx"),
+            func.max(case((J.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0)).over(partition_by=part).label("set"),
+        ).where(J.c.terminal_id.in_(select(g.c.terminal_id).where(g.c.skewed))).subquery()
+        skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for r in conn.execute(select(o).where(o.c.mx - o.c.mn > cfg.skew_threshold_s,
+                                              or_(o.c.off == o.c.mn, o.c.off == o.c.mx))
+                              .order_by(o.c.terminal_id, o.c.boot_id, o.c.seq)):
+            skewed[(r.terminal_id, r.boot_id)].append(r)
+        for (terminal_id, boot_id), rs in skewed.items():
+            spread = rs[0].mx - rs[0].mn
+            out.append(Observation(
+                FindingKind.CLOCK_SKEW, Severity.LOW if rs[0].set else Severity.MEDIUM,
+                f"{terminal_id}|boot|{boot_id}",
+                f"terminal {terminal_id} boot {boot_id}: wall clock moved {spread:.0f} s against its monotonic clock",
+                _dedup(r.entry_id for r in rs)[:2] + _dedup(r.entry_id for r in rs)[-1:],
+                terminal_id=terminal_id, detail={"boot_id": boot_id, "spread_s": round(spread, 3)}))
+
+    if flagged[1]:
+        a = select(J.c.terminal_id, J.c.entry_id, J.c.seq, ahead.label("ahead"),
+                   func.max(ahead).over(partition_by=J.c.terminal_id).label("mx")
+                   ).where(J.c.terminal_id.in_(select(g.c.terminal_id).where(g.c.ahead))).subquery()
+        reported: set[str] = set()
+        for r in conn.execute(select(a).where(a.c.ahead == a.c.mx, a.c.mx > cfg.future_tolerance_s)
+                              .order_by(a.c.terminal_id, a.c.seq)):
+            if r.terminal_id in reported:  # ties on the maximum: the first entry is evidence enough
+                continue
+            reported.add(r.terminal_id)
+            out.append(Observation(
+                FindingKind.CLOCK_SKEW, Severity.MEDIUM, f"{r.terminal_id}|future",
+                f"terminal {r.terminal_id}: entries dated up to {r.ahead:.0f} s after the server received them",
+                [r.entry_id], terminal_id=r.terminal_id, detail={"ahead_s": round(r.ahead, 3), "seq": r.seq}))
     return out
 
 
@@ -481,9 +516,28 @@ def _card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 
 
 def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
-    """Running total per card, programme and cycle against the entitlement (remaining never negative)."""
+    """Running total per card, programme and cycle against the entitlement (remaining never negative).
+
+    First one ``GROUP BY card_id, programme, cycle_id`` sums the redemptions and keeps the
+    groups whose total exceeds the entitlement (``LEFT JOIN card_entitlements``, missing
+    = 0) of cards that have entitlements: a cheap aggregate where the running-sum window
+    over every redemption cost a sorted window pass (issue 8). Only when a group is kept
+    does the window statement (``SUM(amount) OVER (... ORDER BY wall_time, terminal_id,
+    seq)``) run, over the redemptions of the cards of those groups only
+    (``card_id IN (that aggregate)``); whole cards are kept, so every (card, programme,
+    cycle) partition and its running sum are the same as over the whole journal.
+    """
     part = (J.c.card_id, J.c.programme, BC.c.cycle_id)
     entitled = func.coalesce(CE.c.amount, 0)
+    in_cycle = J.join(BC, and_(J.c.wall_time >= BC.c.starts_at, J.c.wall_time < BC.c.ends_at))
+    g = (select(J.c.card_id, J.c.programme, BC.c.cycle_id, func.sum(J.c.amount).label("total"))
+         .select_from(in_cycle).where(_REDEEMED).group_by(*part).subquery())
+    over = (select(g.c.card_id)
+            .select_from(g.outerjoin(CE, and_(CE.c.card_id == g.c.card_id, CE.c.programme == g.c.programme,
+                                              CE.c.cycle_id == g.c.cycle_id)))
+            .where(g.c.total > entitled, g.c.card_id.in_(select(CE.c.card_id).distinct())))
+    if conn.execute(select(func.count()).select_from(over.subquery())).scalar_one() == 0:
+        return []
     w = select(
         J.c.card_id, J.c.programme, BC.c.cycle_id, J.c.entry_id, J.c.amount, entitled.label("entitled"),
         # PostgreSQL's SUM(bigint) is numeric: cast back so both databases return int.
@@ -491,10 +545,9 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
              BigInteger).label("running"),
         cast(func.sum(J.c.amount).over(partition_by=part), BigInteger).label("total"),
     ).select_from(
-        J.join(BC, and_(J.c.wall_time >= BC.c.starts_at, J.c.wall_time < BC.c.ends_at))
-        .outerjoin(CE, and_(CE.c.card_id == J.c.card_id, CE.c.programme == J.c.programme,
-                            CE.c.cycle_id == BC.c.cycle_id))
-    ).where(_REDEEMED, J.c.card_id.in_(select(CE.c.card_id).distinct())).subquery()
+        in_cycle.outerjoin(CE, and_(CE.c.card_id == J.c.card_id, CE.c.programme == J.c.programme,
+                                    CE.c.cycle_id == BC.c.cycle_id))
+    ).where(_REDEEMED, J.c.card_id.in_(select(CE.c.card_id).distinct()), J.c.card_id.in_(over)).subquery()
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for r in conn.execute(select(w).where(w.c.total > w.c.entitled)
                           .order_by(w.c.card_id, w.c.programme, w.c.cycle_id, w.c.running)):
@@ -528,25 +581,36 @@ def _revoked_cards(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 
 
 def _travel(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
-    """Consecutive taps of one card at terminals too far apart for the time between them."""
-    wall = epoch_s(J.c.wall_time)
+    """Consecutive taps of one card at terminals too far apart for the time between them.
+
+    One window pass over the card's taps at sited terminals (``PARTITION BY card_id ORDER
+    BY wall_time, terminal_id, seq``) carries only ``LAG`` of the terminal, the raw wall
+    time and the entry id; the previous terminal's coordinates come from joining
+    ``terminal_sites`` again on that terminal (its primary key, so the same values a
+    ``LAG(lat)``/``LAG(lon)`` gave) and the seconds are computed outside the window, on
+    the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
+    each one was paid for every tap (issue 8).
+    """
     by = {"partition_by": J.c.card_id, "order_by": (J.c.wall_time, J.c.terminal_id, J.c.seq)}
     w = select(
-        J.c.card_id, J.c.entry_id, J.c.terminal_id, wall.label("at_s"), TS.c.lat, TS.c.lon, TS.c.region,
+        J.c.card_id, J.c.entry_id, J.c.terminal_id, J.c.wall_time, TS.c.lat, TS.c.lon,
         func.lag(J.c.terminal_id).over(**by).label("p_terminal"),
-        func.lag(wall).over(**by).label("p_at_s"),
-        func.lag(TS.c.lat).over(**by).label("p_lat"),
-        func.lag(TS.c.lon).over(**by).label("p_lon"),
+        func.lag(J.c.wall_time).over(**by).label("p_wall"),
         func.lag(J.c.entry_id).over(**by).label("p_entry_id"),
     ).select_from(J.join(TS, TS.c.terminal_id == J.c.terminal_id)).where(
         J.c.card_id.is_not(None), TS.c.lat.is_not(None), TS.c.lon.is_not(None)).subquery()
-    dy = (w.c.lat - w.c.p_lat) * KM_PER_DEG_LAT
-    dx = (w.c.lon - w.c.p_lon) * cfg.km_per_deg_lon
+    p = TS.alias("p_site")
+    at_s = epoch_s(w.c.wall_time)
+    p_at_s = epoch_s(w.c.p_wall)
+    dy = (w.c.lat - p.c.lat) * KM_PER_DEG_LAT
+    dx = (w.c.lon - p.c.lon) * cfg.km_per_deg_lon
     d2 = dx * dx + dy * dy
-    reach = (w.c.at_s - w.c.p_at_s) * (cfg.max_speed_kmh / 3600.0)
-    rows = conn.execute(select(w, d2.label("d2")).where(
-        w.c.terminal_id != w.c.p_terminal, d2 > cfg.min_travel_km ** 2, d2 > reach * reach)
-        .order_by(w.c.card_id, w.c.at_s)).all()
+    reach = (at_s - p_at_s) * (cfg.max_speed_kmh / 3600.0)
+    rows = conn.execute(select(w.c.card_id, w.c.entry_id, w.c.terminal_id, w.c.p_terminal, w.c.p_entry_id,
+                               at_s.label("at_s"), p_at_s.label("p_at_s"), d2.label("d2"))
+                        .select_from(w.join(p, p.c.terminal_id == w.c.p_terminal))
+                        .where(w.c.terminal_id != w.c.p_terminal, d2 > cfg.min_travel_km ** 2, d2 > reach * reach)
+                        .order_by(w.c.card_id, at_s)).all()
     out = []
     for r in rows:
         km = math.sqrt(r.d2)
@@ -570,10 +634,11 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     """
     cfg = cfg or ReconcileConfig()
     out: list[Observation] = []
-    out += _terminal_chain(conn)
+    chain, backwards = _terminal_pass(conn, cfg)
+    out += chain
     out += _upload_evidence(conn, cfg)
     out += _revoked_terminals(conn, cfg)
-    out += _clocks(conn, cfg)
+    out += _clocks(conn, cfg, backwards)
     out += _forks(conn, cfg)
     out += _card_order(conn, cfg)
     out += _entitlements(conn, cfg)
