@@ -326,14 +326,23 @@ def _upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation
 
 
 def _revoked_terminals(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
-    """Entries signed (wall time) or received after the terminal key's revocation."""
+    """Entries signed (wall time) or received after the terminal key's revocation.
+
+    One join of the journal with ``terminals`` and ``terminal_sites``. The extra
+    ``terminal_id IN (revoked or compromised terminals)`` changes no result (only those
+    terminals have a non-NULL instant to compare with) but lets the database start from
+    those few terminals and read only their entries through ``uq_journal_terminal_seq``,
+    instead of walking the whole journal (0.9 s at 1M entries on SQLite; issue 8).
+    """
     revoked_at = case((T.c.status == TerminalStatus.REVOKED.value, T.c.decided_at), else_=None)
     effective = func.coalesce(TS.c.compromised_from, revoked_at)
+    suspect = union(select(T.c.terminal_id).where(T.c.status == TerminalStatus.REVOKED.value),
+                    select(TS.c.terminal_id).where(TS.c.compromised_from.is_not(None)))
     rows = conn.execute(
         select(J.c.terminal_id, J.c.seq, J.c.entry_id, effective.label("effective"))
         .select_from(J.join(T, T.c.terminal_id == J.c.terminal_id)
                      .outerjoin(TS, TS.c.terminal_id == J.c.terminal_id))
-        .where(or_(J.c.wall_time >= effective, J.c.received_at >= revoked_at))
+        .where(or_(J.c.wall_time >= effective, J.c.received_at >= revoked_at), J.c.terminal_id.in_(suspect))
         .order_by(J.c.terminal_id, J.c.seq)).all()
     groups: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
@@ -566,11 +575,20 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 
 
 def _revoked_cards(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
-    """Redemptions at or after a card's revocation."""
+    """Redemptions at or after a card's revocation.
+
+    One join of the journal with ``card_profiles``. The extra ``card_id IN (revoked
+    cards)`` changes no result (the join already needs ``revoked_at``) but makes SQLite
+    start from the few revoked cards and read their entries through
+    ``ix_journal_card_time``, where it walked every entry in card order looking up each
+    card's profile (1.6 s → 0.01 s at 1M entries; issue 8).
+    """
     groups: dict[str, list[Any]] = defaultdict(list)
+    revoked = select(CP.c.card_id).where(CP.c.revoked_at.is_not(None))
     for r in conn.execute(select(J.c.card_id, J.c.entry_id, CP.c.revoked_at)
                           .select_from(J.join(CP, CP.c.card_id == J.c.card_id))
-                          .where(_REDEEMED, CP.c.revoked_at.is_not(None), J.c.wall_time >= CP.c.revoked_at)
+                          .where(_REDEEMED, CP.c.revoked_at.is_not(None), J.c.wall_time >= CP.c.revoked_at,
+                                 J.c.card_id.in_(revoked))
                           .order_by(J.c.card_id, J.c.wall_time)):
         groups[r.card_id].append(r)
     return [Observation(
