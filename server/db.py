@@ -51,13 +51,15 @@ def normalise_url(url: str) -> str:
 #: 1M-row upload wait on the disk for ~0.5x of its Ed25519 time:
 #: - ``cache_size``: 32 MiB of page cache (negative = KiB), allocated only as used;
 #: - ``mmap_size``: reads through a 128 MiB shared memory map instead of read() calls;
-#: - ``wal_autocheckpoint``: checkpoint every 8,192 pages (32 MiB), so a page written by
-#:   many batches is copied back once, with one fsync;
+#: - ``wal_autocheckpoint``: checkpoint every 65,536 pages (256 MiB of WAL on disk), so a
+#:   leaf of the card index written by many batches is copied back once, with one fsync
+#:   (store time per entry at 300k rows: 50 µs with 8,192, 44 µs with 65,536, 43 µs with
+#:   131,072 pages);
 #: - ``temp_store``: reconciliation's sorts and window functions in memory, not temp files.
 SQLITE_TUNING: dict[str, object] = {
     "cache_size": -32 * 1024,
     "mmap_size": 128 * 1024 * 1024,
-    "wal_autocheckpoint": 8192,
+    "wal_autocheckpoint": 65536,
     "temp_store": "MEMORY",
 }
 
