@@ -376,3 +376,30 @@ def test_entitlement_exceeded_only_for_the_programme_over_its_entitlement(app, a
     assert detail["first_over_entry_id"] == c3.entry.entry_id.hex()
     assert json.loads(over[0].evidence) == [c1.entry.entry_id.hex(), c2.entry.entry_id.hex(),
                                             c3.entry.entry_id.hex()]
+
+
+def test_counter_falling_twice_is_one_finding_in_time_order(app, audit_db, world):
+    """A clone tapped twice between taps of the genuine chip: one counter_backwards finding, two drops.
+
+    The summary names the first drop in time and the evidence lists both drops in time
+    order (the order of the window over the chip's taps), whatever order the database
+    would pick for rows of one card and UID.
+    """
+    d, card = _two_region_district()
+    t_home, t_far = d.terminals[0], d.terminals[2]  # same town: no travel finding
+    for _ in range(10):
+        card.session()  # the genuine chip has been read ten times before
+    clone = card.clone(counter=3)
+    g1 = t_home.balance(card, _ms(2))
+    first_from = card.ntag_counter  # at least 11
+    c1 = t_far.balance(clone, _ms(2, 30))  # counter 4: first drop
+    g2 = t_home.balance(card, _ms(3))
+    c2 = t_far.balance(clone, _ms(3, 30))  # counter 5: second drop
+    install(app, world, d)
+    upload_all(world, d)
+    run(app)
+
+    ctr = findings(app, FindingKind.COUNTER_BACKWARDS)
+    assert len(ctr) == 1 and json.loads(ctr[0].detail)["drops"] == 2
+    assert f"fell from {first_from} to 4 " in ctr[0].summary
+    assert json.loads(ctr[0].evidence) == [e.entry.entry_id.hex() for e in (g1, c1, g2, c2)]

@@ -522,13 +522,15 @@ def _card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     # chips share the card id; keying by card id keeps the window shard-local on Citus.
     by_time = {"partition_by": (JS.c.card_id, JS.c.tag_uid), "order_by": (JS.c.wall_time, JS.c.terminal_id, JS.c.seq)}
     w = select(
-        JS.c.card_id, JS.c.tag_uid, JS.c.entry_id, JS.c.terminal_id, JS.c.ntag_counter,
+        JS.c.card_id, JS.c.tag_uid, JS.c.entry_id, JS.c.terminal_id, JS.c.ntag_counter, JS.c.wall_time, JS.c.seq,
         func.lag(JS.c.ntag_counter).over(**by_time).label("prev_ctr"),
         func.lag(JS.c.entry_id).over(**by_time).label("prev_entry_id"),
         func.lag(JS.c.terminal_id).over(**by_time).label("prev_terminal"),
     ).where(JS.c.card_id.is_not(None), JS.c.tag_uid.is_not(None), JS.c.ntag_counter.is_not(None)).subquery()
     groups = defaultdict(list)
-    for r in conn.execute(select(w).where(w.c.ntag_counter < w.c.prev_ctr).order_by(w.c.card_id, w.c.tag_uid)):
+    for r in conn.execute(select(w).where(w.c.ntag_counter < w.c.prev_ctr)
+                          # drops of one chip in the window's (time) order: the first drop is the summary
+                          .order_by(w.c.card_id, w.c.tag_uid, w.c.wall_time, w.c.terminal_id, w.c.seq)):
         groups[f"{r.card_id}|{r.tag_uid.hex()}"].append(r)
     for key, rs in groups.items():
         out.append(Observation(
@@ -581,6 +583,7 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
         return []
     w = select(
         J.c.card_id, J.c.programme, BC.c.cycle_id, J.c.entry_id, J.c.amount, entitled.label("entitled"),
+        J.c.wall_time, J.c.terminal_id, J.c.seq,
         # PostgreSQL's SUM(bigint) is numeric: cast back so both databases return int.
         cast(func.sum(J.c.amount).over(partition_by=part, order_by=(J.c.wall_time, J.c.terminal_id, J.c.seq)),
              BigInteger).label("running"),
@@ -591,7 +594,8 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     ).where(_REDEEMED, J.c.card_id.in_(select(CE.c.card_id).distinct()), J.c.card_id.in_(over)).subquery()
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for r in conn.execute(select(w).where(w.c.total > w.c.entitled)
-                          .order_by(w.c.card_id, w.c.programme, w.c.cycle_id, w.c.running)):
+                          .order_by(w.c.card_id, w.c.programme, w.c.cycle_id, w.c.running,
+                                    w.c.wall_time, w.c.terminal_id, w.c.seq)):  # ties: the window's order
         groups[(r.card_id, r.programme, r.cycle_id)].append(r)
     out = []
     for (card_id, programme, cycle_id), rs in groups.items():
@@ -621,7 +625,7 @@ def _revoked_cards(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
                           .select_from(J.join(CP, CP.c.card_id == J.c.card_id))
                           .where(_REDEEMED, CP.c.revoked_at.is_not(None), J.c.wall_time >= CP.c.revoked_at,
                                  J.c.card_id.in_(revoked))
-                          .order_by(J.c.card_id, J.c.wall_time)):
+                          .order_by(J.c.card_id, J.c.wall_time, J.c.terminal_id, J.c.seq)):
         groups[r.card_id].append(r)
     return [Observation(
         FindingKind.REVOKED_CARD_USED, Severity.CRITICAL, card_id,
@@ -643,7 +647,7 @@ def _travel(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     """
     by = {"partition_by": JS.c.card_id, "order_by": (JS.c.wall_time, JS.c.terminal_id, JS.c.seq)}
     w = select(
-        JS.c.card_id, JS.c.entry_id, JS.c.terminal_id, JS.c.wall_time, TS.c.lat, TS.c.lon,
+        JS.c.card_id, JS.c.entry_id, JS.c.terminal_id, JS.c.wall_time, JS.c.seq, TS.c.lat, TS.c.lon,
         func.lag(JS.c.terminal_id).over(**by).label("p_terminal"),
         func.lag(JS.c.wall_time).over(**by).label("p_wall"),
         func.lag(JS.c.entry_id).over(**by).label("p_entry_id"),
@@ -660,7 +664,8 @@ def _travel(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
                                at_s.label("at_s"), p_at_s.label("p_at_s"), d2.label("d2"))
                         .select_from(w.join(p, p.c.terminal_id == w.c.p_terminal))
                         .where(w.c.terminal_id != w.c.p_terminal, d2 > cfg.min_travel_km ** 2, d2 > reach * reach)
-                        .order_by(w.c.card_id, at_s)).all()
+                        # ties on the seconds in the window's order
+                        .order_by(w.c.card_id, at_s, w.c.wall_time, w.c.terminal_id, w.c.seq)).all()
     out = []
     for r in rows:
         km = math.sqrt(r.d2)
