@@ -47,13 +47,15 @@ PATHS: dict[str, Any] = {
     "/audit/": _page("Auditor start page (redirects to the findings queue)"),
     "/audit/login": {
         "get": {"summary": "Login form", "tags": ["audit"], "parameters": [_query("next")],
-                "responses": {"200": {"description": "the form", "content": _HTML}}},
+                "responses": {"200": {"description": "the form", "content": _HTML},
+                              "400": _err("a NUL character in the path or a query parameter")}},
         "post": {"summary": "Log in as an auditor (sets an HttpOnly session cookie)", "tags": ["audit"],
                  "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                      "schema": {"type": "object", "required": ["username", "password"],
                                 "properties": {"username": {"type": "string"}, "password": {"type": "string"},
                                                "next": {"type": "string"}}}}}},
                  "responses": {"302": {"description": "logged in"},
+                               "400": _err("a NUL character in the path or a query parameter"),
                                "401": {"description": "wrong username or password", "content": _HTML},
                                "403": {"description": "not an auditor", "content": _HTML}}},
     },
