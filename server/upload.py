@@ -550,15 +550,22 @@ def _pg_copy_types(dialect: Any) -> list[str]:
 def _driver_columns(columns: Mapping[str, list[Any]], dialect: Any) -> list[list[Any]]:
     """``columns`` in :data:`_ENTRY_COLUMNS` order, as the DB driver takes them.
 
-    Each column type's bind processor is applied (UTCDateTime's UTC check and SQLite
-    text form, Boolean) — once for a batch-wide column — except for binary columns:
-    bytes go to sqlite3 and psycopg as bytes (the processor only wraps them in the
-    DB-API ``Binary``).
+    Each column type's bind processor for the dialect is applied (UTCDateTime's UTC
+    check and, on SQLite, the text form with microseconds that every other write uses;
+    Boolean) — once for a batch-wide column — except for binary columns: bytes go to
+    sqlite3 and psycopg as bytes (the processor only wraps them in the DB-API
+    ``Binary``). The generic type's processor is not enough on SQLite: it hands
+    sqlite3 a datetime, whose default adapter drops ``.000000`` at whole seconds, and
+    ``'… 17:00:00' < '… 17:00:00.000000'`` as text, so such an entry fell outside a
+    benefit cycle starting at that instant.
     """
     out: list[list[Any]] = []
     for column in _ENTRY_COLUMNS:
         values = columns[column.name]
-        process = None if isinstance(column.type, LargeBinary) else column.type.bind_processor(dialect)
+        # dialect_impl: the type as the dialect binds it (on SQLite, DateTime's text form
+        # "YYYY-MM-DD HH:MM:SS.ffffff", as the ORM writes it everywhere else).
+        process = (None if isinstance(column.type, LargeBinary)
+                   else column.type.dialect_impl(dialect).bind_processor(dialect))
         if process is None:
             out.append(values)
         elif column.name in _BATCH_COLUMNS:

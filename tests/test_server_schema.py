@@ -122,3 +122,30 @@ def test_schemathesis_finds_no_server_errors(app, world):
             failures.append(f"{operation.verbose_name}: {exc}")
     assert not failures, "\n".join(failures)
     assert len(calls) >= 40 and 500 not in calls  # ~20 operations, several examples each
+
+
+def test_migration_0007_gives_sqlite_journal_times_their_microseconds(tmp_path):
+    """Rows the fast upload path stored as "YYYY-MM-DD HH:MM:SS" (whole seconds, sqlite3's
+    datetime adapter) become "… .000000" like every other write, so text comparisons with
+    cycle starts and revocation times see equal instants as equal."""
+    from sqlalchemy import text
+
+    from server.db import upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path}/old.db")
+    upgrade(engine, "0006")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO terminals (terminal_id, status, csr_der, public_key, kid, created_at) "
+                          "VALUES ('T-1', 'APPROVED', x'', x'', x'01020304', '2026-01-01 00:00:00.000000')"))
+        for seq, wall in ((1, "2026-03-02 17:00:00"), (2, "2026-03-02 17:00:01.250000")):
+            conn.execute(text(
+                "INSERT INTO journal_entries (entry_id, terminal_id, boot_id, seq, kind, wall_time, mono_ns, "
+                "clock_synced, prev_entry_hash, entry_hash, raw, received_at) VALUES (:id, 'T-1', 1, :seq, 2, :wall, "
+                "0, 1, zeroblob(32), :h, x'00', '2026-03-03 08:00:00')"),
+                {"id": bytes([seq]) * 16, "seq": seq, "wall": wall, "h": bytes([seq]) * 32})
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT wall_time, received_at FROM journal_entries ORDER BY seq")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("2026-03-02 17:00:00.000000", "2026-03-03 08:00:00.000000"),
+                                       ("2026-03-02 17:00:01.250000", "2026-03-03 08:00:00.000000")]

@@ -32,6 +32,28 @@ def test_upload_accepts_a_chain(app, world):
         assert row.wall_time.tzinfo is not None
 
 
+def test_a_whole_second_compares_equal_to_the_same_instant(app, world):
+    """A stored wall time at a whole second equals that instant in SQL (cycle starts,
+    revocation times): on SQLite the upload wrote "… 17:00:00" where every other write
+    has "… 17:00:00.000000", and as text the short form sorted before the long one."""
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    t = world.enrol("T-002")
+    at = dt.datetime(2025, 12, 31, 17, 0, tzinfo=dt.timezone.utc)  # a cycle boundary, 00:00 WIB
+    signed = t.append(wall_ms=int(at.timestamp() * 1000))
+    assert world.upload(t, [signed.message]).status_code == 200
+    with app.app_context():
+        col = JournalEntryRow.wall_time
+        assert db.session.scalar(select(func.count()).where(col >= at)) == 1
+        assert db.session.scalar(select(func.count()).where(col == at)) == 1
+        assert db.session.scalar(select(func.count()).where(col < at)) == 0
+        if db.engine.dialect.name == "sqlite":
+            stored = db.session.scalar(text("SELECT wall_time || '|' || received_at FROM journal_entries"))
+            assert all(len(part) == 26 for part in stored.split("|")), stored
+
+
 def _results(r: Any) -> list[str]:
     return [x["result"] for x in r.get_json()["results"]]
 
