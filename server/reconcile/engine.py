@@ -395,62 +395,54 @@ def _clocks(conn: Connection, cfg: ReconcileConfig,
     """Backward steps along seq; (wall − monotonic) spread per boot; entries dated in the future.
 
     Backward steps come from :func:`_terminal_pass` (pass them as ``backwards`` when it
-    already ran). The two whole-group checks first run as one ``GROUP BY terminal_id,
-    boot_id`` (MIN/MAX of the offset, MAX of wall − received) that keeps only the groups
-    over a threshold: one cheap aggregate pass instead of two window passes (issue 8).
-    Only when it keeps a group do the window statements that pick the evidence rows run,
-    restricted by ``terminal_id IN (that aggregate)``; restricting whole terminals leaves
-    every ``PARTITION BY terminal_id[, boot_id]`` window unchanged, so the evidence is
-    the same as over the whole journal.
+    already ran). The two whole-group checks are one statement: a ``GROUP BY terminal_id,
+    boot_id`` (MIN/MAX of the offset, MAX of wall − received) finds the terminals with a
+    group over a threshold, and only their entries (``terminal_id IN (that aggregate)``)
+    go through the windows that pick the evidence rows (MIN/MAX ``OVER (PARTITION BY
+    terminal_id, boot_id)``, MAX ``OVER (PARTITION BY terminal_id)``). An honest journal
+    costs one aggregate pass instead of two window passes over every entry (issue 8);
+    restricting whole terminals leaves every window partition unchanged, so the evidence
+    is the same as over the whole journal.
     """
     out = list(_terminal_pass(conn, cfg)[1] if backwards is None else backwards)
     wall = epoch_s(J.c.wall_time)
     offset = (wall - cast(J.c.mono_ns, Float) / 1e9)
     ahead = wall - epoch_s(J.c.received_at)
-    g = (select(J.c.terminal_id,
-                (func.max(offset) - func.min(offset) > cfg.skew_threshold_s).label("skewed"),
-                (func.max(ahead) > cfg.future_tolerance_s).label("ahead"))
-         .group_by(J.c.terminal_id, J.c.boot_id)
-         .having(or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s,
-                     func.max(ahead) > cfg.future_tolerance_s)).subquery())
-    flagged = conn.execute(select(func.max(case((g.c.skewed, 1), else_=0)),
-                                  func.max(case((g.c.ahead, 1), else_=0)))).one()
-    if flagged[0]:
-        part = (J.c.terminal_id, J.c.boot_id)
-        o = select(
-            J.c.terminal_id, J.c.boot_id, J.c.seq, J.c.entry_id, offset.label("off"),
-            func.min(offset).over(partition_by=part).label("mn"),
-            func.max(offset).over(partition_by=part).label("mx"),
-            func.max(case((J.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0)).over(partition_by=part).label("set"),
-        ).where(J.c.terminal_id.in_(select(g.c.terminal_id).where(g.c.skewed))).subquery()
-        skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
-        for r in conn.execute(select(o).where(o.c.mx - o.c.mn > cfg.skew_threshold_s,
-                                              or_(o.c.off == o.c.mn, o.c.off == o.c.mx))
-                              .order_by(o.c.terminal_id, o.c.boot_id, o.c.seq)):
+    flagged = (select(J.c.terminal_id).group_by(J.c.terminal_id, J.c.boot_id)
+               .having(or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s,
+                           func.max(ahead) > cfg.future_tolerance_s)))
+    part = (J.c.terminal_id, J.c.boot_id)
+    o = select(
+        J.c.terminal_id, J.c.boot_id, J.c.seq, J.c.entry_id, offset.label("off"), ahead.label("ahead"),
+        func.min(offset).over(partition_by=part).label("mn"),
+        func.max(offset).over(partition_by=part).label("mx"),
+        func.max(case((J.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0)).over(partition_by=part).label("set"),
+        func.max(ahead).over(partition_by=J.c.terminal_id).label("ahead_mx"),
+    ).where(J.c.terminal_id.in_(flagged)).subquery()
+    is_skew = and_(o.c.mx - o.c.mn > cfg.skew_threshold_s, or_(o.c.off == o.c.mn, o.c.off == o.c.mx))
+    is_future = and_(o.c.ahead == o.c.ahead_mx, o.c.ahead_mx > cfg.future_tolerance_s)
+    skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    future: dict[str, Any] = {}  # terminal → its first entry (by seq) at the maximum, in terminal order
+    for r in conn.execute(select(o, case((is_skew, 1), else_=0).label("is_skew"),
+                                 case((is_future, 1), else_=0).label("is_future"))
+                          .where(or_(is_skew, is_future)).order_by(o.c.terminal_id, o.c.boot_id, o.c.seq)):
+        if r.is_skew:
             skewed[(r.terminal_id, r.boot_id)].append(r)
-        for (terminal_id, boot_id), rs in skewed.items():
-            spread = rs[0].mx - rs[0].mn
-            out.append(Observation(
-                FindingKind.CLOCK_SKEW, Severity.LOW if rs[0].set else Severity.MEDIUM,
-                f"{terminal_id}|boot|{boot_id}",
-                f"terminal {terminal_id} boot {boot_id}: wall clock moved {spread:.0f} s against its monotonic clock",
-                _dedup(r.entry_id for r in rs)[:2] + _dedup(r.entry_id for r in rs)[-1:],
-                terminal_id=terminal_id, detail={"boot_id": boot_id, "spread_s": round(spread, 3)}))
-
-    if flagged[1]:
-        a = select(J.c.terminal_id, J.c.entry_id, J.c.seq, ahead.label("ahead"),
-                   func.max(ahead).over(partition_by=J.c.terminal_id).label("mx")
-                   ).where(J.c.terminal_id.in_(select(g.c.terminal_id).where(g.c.ahead))).subquery()
-        reported: set[str] = set()
-        for r in conn.execute(select(a).where(a.c.ahead == a.c.mx, a.c.mx > cfg.future_tolerance_s)
-                              .order_by(a.c.terminal_id, a.c.seq)):
-            if r.terminal_id in reported:  # ties on the maximum: the first entry is evidence enough
-                continue
-            reported.add(r.terminal_id)
-            out.append(Observation(
-                FindingKind.CLOCK_SKEW, Severity.MEDIUM, f"{r.terminal_id}|future",
-                f"terminal {r.terminal_id}: entries dated up to {r.ahead:.0f} s after the server received them",
-                [r.entry_id], terminal_id=r.terminal_id, detail={"ahead_s": round(r.ahead, 3), "seq": r.seq}))
+        # ties on the maximum: the first entry is evidence enough
+        if r.is_future and (r.terminal_id not in future or r.seq < future[r.terminal_id].seq):
+            future[r.terminal_id] = r
+    for (terminal_id, boot_id), rs in skewed.items():
+        spread = rs[0].mx - rs[0].mn
+        out.append(Observation(
+            FindingKind.CLOCK_SKEW, Severity.LOW if rs[0].set else Severity.MEDIUM, f"{terminal_id}|boot|{boot_id}",
+            f"terminal {terminal_id} boot {boot_id}: wall clock moved {spread:.0f} s against its monotonic clock",
+            _dedup(r.entry_id for r in rs)[:2] + _dedup(r.entry_id for r in rs)[-1:],
+            terminal_id=terminal_id, detail={"boot_id": boot_id, "spread_s": round(spread, 3)}))
+    for r in future.values():
+        out.append(Observation(
+            FindingKind.CLOCK_SKEW, Severity.MEDIUM, f"{r.terminal_id}|future",
+            f"terminal {r.terminal_id}: entries dated up to {r.ahead:.0f} s after the server received them",
+            [r.entry_id], terminal_id=r.terminal_id, detail={"ahead_s": round(r.ahead, 3), "seq": r.seq}))
     return out
 
 
@@ -560,14 +552,14 @@ def _card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     """Running total per card, programme and cycle against the entitlement (remaining never negative).
 
-    First one ``GROUP BY card_id, programme, cycle_id`` sums the redemptions and keeps the
-    groups whose total exceeds the entitlement (``LEFT JOIN card_entitlements``, missing
-    = 0) of cards that have entitlements: a cheap aggregate where the running-sum window
-    over every redemption cost a sorted window pass (issue 8). Only when a group is kept
-    does the window statement (``SUM(amount) OVER (... ORDER BY wall_time, terminal_id,
-    seq)``) run, over the redemptions of the cards of those groups only
-    (``card_id IN (that aggregate)``); whole cards are kept, so every (card, programme,
-    cycle) partition and its running sum are the same as over the whole journal.
+    One statement: a ``GROUP BY card_id, programme, cycle_id`` sums the redemptions and
+    keeps the groups whose total exceeds the entitlement (``LEFT JOIN card_entitlements``,
+    missing = 0) of cards that have entitlements, and only the redemptions of those cards
+    (``card_id IN (that aggregate)``) go through the running-sum window (``SUM(amount)
+    OVER (... ORDER BY wall_time, terminal_id, seq)``) that picks the evidence. An honest
+    journal costs one aggregate pass where the window over every redemption cost a sorted
+    window pass (issue 8); whole cards are kept, so every (card, programme, cycle)
+    partition and its running sum are the same as over the whole journal.
     """
     part = (J.c.card_id, J.c.programme, BC.c.cycle_id)
     entitled = func.coalesce(CE.c.amount, 0)
@@ -579,8 +571,6 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
             .select_from(g.outerjoin(CE, and_(CE.c.card_id == g.c.card_id, CE.c.programme == g.c.programme,
                                               CE.c.cycle_id == g.c.cycle_id)))
             .where(g.c.total > entitled, g.c.card_id.in_(select(CE.c.card_id).distinct())))
-    if conn.execute(select(func.count()).select_from(over.subquery())).scalar_one() == 0:
-        return []
     w = select(
         J.c.card_id, J.c.programme, BC.c.cycle_id, J.c.entry_id, J.c.amount, entitled.label("entitled"),
         J.c.wall_time, J.c.terminal_id, J.c.seq,
@@ -591,7 +581,7 @@ def _entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     ).select_from(
         in_cycle.outerjoin(CE, and_(CE.c.card_id == J.c.card_id, CE.c.programme == J.c.programme,
                                     CE.c.cycle_id == BC.c.cycle_id))
-    ).where(_REDEEMED, J.c.card_id.in_(select(CE.c.card_id).distinct()), J.c.card_id.in_(over)).subquery()
+    ).where(_REDEEMED, J.c.card_id.in_(over)).subquery()  # ``over`` only keeps cards with entitlements
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
     for r in conn.execute(select(w).where(w.c.total > w.c.entitled)
                           .order_by(w.c.card_id, w.c.programme, w.c.cycle_id, w.c.running,
@@ -639,30 +629,31 @@ def _travel(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 
     One window pass over the card's taps at sited terminals (``PARTITION BY card_id ORDER
     BY wall_time, terminal_id, seq``) carries only ``LAG`` of the terminal, the raw wall
-    time and the entry id; the previous terminal's coordinates come from joining
-    ``terminal_sites`` again on that terminal (its primary key, so the same values a
-    ``LAG(lat)``/``LAG(lon)`` gave) and the seconds are computed outside the window, on
-    the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
+    time and the entry id; both terminals' coordinates come from joining
+    ``terminal_sites`` on them afterwards (its primary key, so the same values the
+    window's ``lat``/``LAG(lat)`` gave) and the seconds are computed outside the window,
+    on the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
     each one was paid for every tap (issue 8).
     """
     by = {"partition_by": JS.c.card_id, "order_by": (JS.c.wall_time, JS.c.terminal_id, JS.c.seq)}
     w = select(
-        JS.c.card_id, JS.c.entry_id, JS.c.terminal_id, JS.c.wall_time, JS.c.seq, TS.c.lat, TS.c.lon,
+        JS.c.card_id, JS.c.entry_id, JS.c.terminal_id, JS.c.wall_time, JS.c.seq,
         func.lag(JS.c.terminal_id).over(**by).label("p_terminal"),
         func.lag(JS.c.wall_time).over(**by).label("p_wall"),
         func.lag(JS.c.entry_id).over(**by).label("p_entry_id"),
     ).select_from(JS.join(TS, TS.c.terminal_id == JS.c.terminal_id)).where(
         JS.c.card_id.is_not(None), TS.c.lat.is_not(None), TS.c.lon.is_not(None)).subquery()
-    p = TS.alias("p_site")
+    c, p = TS.alias("c_site"), TS.alias("p_site")
     at_s = epoch_s(w.c.wall_time)
     p_at_s = epoch_s(w.c.p_wall)
-    dy = (w.c.lat - p.c.lat) * KM_PER_DEG_LAT
-    dx = (w.c.lon - p.c.lon) * cfg.km_per_deg_lon
+    dy = (c.c.lat - p.c.lat) * KM_PER_DEG_LAT
+    dx = (c.c.lon - p.c.lon) * cfg.km_per_deg_lon
     d2 = dx * dx + dy * dy
     reach = (at_s - p_at_s) * (cfg.max_speed_kmh / 3600.0)
     rows = conn.execute(select(w.c.card_id, w.c.entry_id, w.c.terminal_id, w.c.p_terminal, w.c.p_entry_id,
                                at_s.label("at_s"), p_at_s.label("p_at_s"), d2.label("d2"))
-                        .select_from(w.join(p, p.c.terminal_id == w.c.p_terminal))
+                        .select_from(w.join(c, c.c.terminal_id == w.c.terminal_id)
+                                     .join(p, p.c.terminal_id == w.c.p_terminal))
                         .where(w.c.terminal_id != w.c.p_terminal, d2 > cfg.min_travel_km ** 2, d2 > reach * reach)
                         # ties on the seconds in the window's order
                         .order_by(w.c.card_id, at_s, w.c.wall_time, w.c.terminal_id, w.c.seq)).all()
