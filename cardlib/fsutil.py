@@ -9,9 +9,10 @@ torn mix).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_chunks"]
 
 #: Default permission bits of a written file (``-rw-r--r--``); private keys pass 0o600.
 DEFAULT_MODE = 0o644
@@ -29,11 +30,25 @@ def atomic_write(path: Path, data: bytes, *, mode: int = DEFAULT_MODE) -> None:
     :param mode: permission bits of a newly created file (umask applies).
     :raises OSError: the write, fsync or rename failed.
     """
+    atomic_write_chunks(path, (data,), mode=mode)
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, mode: int = DEFAULT_MODE) -> None:
+    """:func:`atomic_write` for content produced piece by piece (a streamed export).
+
+    ``path`` becomes the concatenation of ``chunks`` or stays as it was: an exception
+    raised while producing a chunk (a database error, Ctrl-C) removes the temporary
+    file and propagates.
+
+    :param chunks: the content, in order (bytes each).
+    :raises OSError: the write, fsync or rename failed.
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
-
+from cardlib.fsutil import atomic_write_chunks
 from server.cli import DATABASE_OPTION, database, make_app
 
 
@@ -90,26 +89,19 @@ class _Instant(click.ParamType):
 def _write_export(output: Path, chunks: Iterable[str]) -> None:
     """Stream ``chunks`` into ``output`` so that it is the whole export or untouched.
 
-    A regular file is written beside it as a hidden ``.partial`` and renamed over it at the end:
-    an export that fails midway (database error, bad row, Ctrl-C) used to leave a truncated file
-    in place of the previous good one. A device or FIFO (``/dev/stdout``) is streamed into directly.
+    A regular file is written through :func:`cardlib.fsutil.atomic_write_chunks` (a temporary
+    file beside it, renamed over it at the end): an export that fails midway (database error,
+    bad row, Ctrl-C) used to leave a truncated file in place of the previous good one. A device
+    or FIFO (``/dev/stdout``) is streamed into directly. UTF-8, newlines as given (CSV carries
+    its own CRLF).
     """
+    encoded = (chunk.encode("utf-8") for chunk in chunks)
     if output.exists() and not output.is_file():
-        with output.open("w", encoding="utf-8", newline="") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
+        with output.open("wb") as fh:
+            for data in encoded:
+                fh.write(data)
         return
-    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as fh:  # CSV carries its own CRLF
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    atomic_write_chunks(output, encoded)
 
 
 @audit.command("export")
