@@ -94,8 +94,9 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
         # One in-memory database per connection: a pooled server would see several
         # empty, unrelated databases, and lose them all at exit.
         raise ConfigurationError(
-            f"database URL {parsed.render_as_string(hide_password=True)} is an in-memory SQLite database; "
-            "the server needs a file: sqlite:///path.db")
+            f"database URL {parsed.render_as_string(hide_password=True)} is an in-memory SQLite database, "
+            "empty and lost when the process ends; expected postgresql+psycopg://user@host:5432/name "
+            "or sqlite:///path.db")
     timeout_ms = int(busy_timeout_s * 1000)
     if url.startswith("sqlite"):
         engine = create_engine(
