@@ -22,6 +22,7 @@ import base64
 import binascii
 import datetime as dt
 import enum
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -477,11 +478,11 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     """
     connection = session.connection()
     dialect = connection.dialect
+    if dialect.name == "postgresql":
+        return _insert_entries_pg_copy(connection, columns)
     table = JournalEntryRow.__table__
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
     count_rows = len(columns["entry_hash"])
-    if dialect.name == "postgresql":
-        return _insert_entries_pg_copy(connection, columns)
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:
         sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
@@ -525,7 +526,7 @@ def _insert_entries_pg_copy(connection: Any, columns: Mapping[str, list[Any]]) -
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
                     f"SELECT {names} FROM {JournalEntryRow.__tablename__} WITH NO DATA")
         with cur.copy(f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_pg_copy_types(connection.dialect))
+            copy.set_types(_pg_copy_types())
             write = copy.write_row
             for row in zip(*_driver_columns(columns, connection.dialect)):
                 write(row)
@@ -534,17 +535,13 @@ def _insert_entries_pg_copy(connection: Any, columns: Mapping[str, list[Any]]) -
         return {bytes(h) for (h,) in cur.fetchall()}
 
 
-_PG_COPY_TYPES: list[str] = []
-
-
-def _pg_copy_types(dialect: Any) -> list[str]:
+@functools.cache
+def _pg_copy_types() -> list[str]:
     """PostgreSQL type names of :data:`_ENTRY_COLUMNS` for a binary ``COPY`` (computed once)."""
-    if not _PG_COPY_TYPES:
-        for column in _ENTRY_COLUMNS:
-            name = column.type.compile(dialect=dialect).lower()
-            _PG_COPY_TYPES.append({"timestamp with time zone": "timestamptz", "bigint": "int8", "integer": "int4",
-                                   "boolean": "bool"}.get(name, name.split("(")[0]))
-    return _PG_COPY_TYPES
+    dialect = postgresql.dialect()
+    aliases = {"timestamp with time zone": "timestamptz", "bigint": "int8", "integer": "int4", "boolean": "bool"}
+    names = (c.type.compile(dialect=dialect).lower() for c in _ENTRY_COLUMNS)
+    return [aliases.get(name, name.split("(")[0]) for name in names]
 
 
 def _driver_columns(columns: Mapping[str, list[Any]], dialect: Any) -> list[list[Any]]:
