@@ -22,7 +22,7 @@ $(STAMP): setup.cfg scripts/setup-system.sh
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m huma.demo
+	$(PY) -m simulator.demo
 
 test: setup
 	$(VENV)/bin/lint-imports

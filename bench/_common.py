@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from cardlib.sim.reader import EmulatorConnection, ReaderEmulator
+from simulator.reader import EmulatorConnection, ReaderEmulator
 
 __all__ = ["MS", "TimedEmulatorConnection", "load_average", "write_report"]
 
@@ -19,7 +19,7 @@ MS = 1e3
 
 
 class TimedEmulatorConnection(EmulatorConnection):
-    """:class:`cardlib.sim.reader.EmulatorConnection` that sums the seconds spent in this 'card link'.
+    """:class:`simulator.reader.EmulatorConnection` that sums the seconds spent in this 'card link'.
 
     Benchmarks subtract :attr:`link_seconds` to report software time per tap excluding
     the card link (DESIGN §9).

@@ -1,6 +1,6 @@
 """Median APDU round trip through pyscard → pcscd → vpcd → virtual NTAG215 (target < 1 ms).
 
-Starts a private pcscd (:class:`cardlib.sim.harness.PcscdHarness`), presents a
+Starts a private pcscd (:class:`simulator.harness.PcscdHarness`), presents a
 virtual card in this process (its vpcd client thread sets TCP_NODELAY and
 re-arms TCP_QUICKACK), connects with pyscard's thin ``smartcard.scard`` layer
 and times ``SCardTransmit`` of one READ BINARY (``FF B0 00 04 10``, 16 bytes)
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from bench._common import load_average, write_report
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.harness import PcscdHarness
-from cardlib.sim.vpcd import VpcdCard
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.harness import PcscdHarness
+from simulator.vpcd import VpcdCard
 
 READ_16 = [0xFF, 0xB0, 0x00, 0x04, 0x10]
 US_PER_S = 1e6
@@ -132,7 +132,7 @@ Command (repo root):
 
 What it measures: wall time of one `SCardTransmit` (pyscard `smartcard.scard`) of
 READ BINARY `FF B0 00 04 10` → 16 bytes + `90 00`, on a private `pcscd -f` with the
-vpcd driver, answered by our virtual NTAG215 (`cardlib.sim.vpcd.VpcdCard`, ACR122U
+vpcd driver, answered by our virtual NTAG215 (`simulator.vpcd.VpcdCard`, ACR122U
 front end) in a thread of the same process; 50 warm-up APDUs not counted.
 
 | card side | APDUs | median µs | p90 µs | p99 µs | mean µs |

@@ -1,6 +1,6 @@
 """Card commands and bytes to read a full NTAG215 NDEF message through real pcscd (targets: ≤ 3 / ≤ 32).
 
-Starts a private pcscd (:class:`cardlib.sim.harness.PcscdHarness`), presents a
+Starts a private pcscd (:class:`simulator.harness.PcscdHarness`), presents a
 virtual NTAG215 whose NDEF message is 490 bytes (one external record; the TLV
 fills pages 4-127), and for each reader kind reads it with a fresh
 :class:`cardlib.type2.Type2Tag` over :class:`cardlib.transport.pcsc.PcscConnection`:
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from bench._common import load_average, write_report
 from cardlib import ndef as nd
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.harness import PcscdHarness
-from cardlib.sim.vpcd import VpcdCard
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.harness import PcscdHarness
+from simulator.vpcd import VpcdCard
 from cardlib.transport import CountingConnection
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
@@ -108,7 +108,7 @@ Command (repo root):
 
 Card: virtual NTAG215 (factory CC `E1 10 3E 00`), one NDEF message of {MESSAGE_BYTES} bytes
 (TLV `03 FF 01 EA`, pages 4-127). Each row reads it with a fresh `Type2Tag` over
-`PcscConnection` → private `pcscd -f` → vpcd → `cardlib.sim` reader of that kind.
+`PcscConnection` → private `pcscd -f` → vpcd → `simulator` reader of that kind.
 Commands count every APDU, identification (GET_VERSION, or the ATR + CC on a plain
 reader) and Part 3 session start included. Air bytes = chip frames sent + received
 without CRC_A; APDU bytes = host-reader link.

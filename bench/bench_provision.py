@@ -40,8 +40,8 @@ from cardlib.provision.profile import Profile
 from cardlib.provision.state import BatchState, Event
 from cardlib.records.bundle import BundleKey, KeyRole, SortedIdSet, TrustBundle, sign_bundle, verify_bundle
 from cardlib.records.cose import Algorithm
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.reader import ReaderEmulator, ReaderKind
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.reader import ReaderEmulator, ReaderKind
 from cardlib.type2.channel import ACR122U, Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 
@@ -117,8 +117,8 @@ def bench_emulator(cards: int, workdir: Path) -> dict[str, float]:
 
 
 def bench_pcscd(cards: int, workdir: Path) -> dict[str, float] | None:
-    from cardlib.sim.harness import PcscdHarness
-    from cardlib.sim.vpcd import VpcdCard
+    from simulator.harness import PcscdHarness
+    from simulator.vpcd import VpcdCard
 
     harness = PcscdHarness(slots=2, workdir=workdir / "pcscd")
     try:

@@ -5,7 +5,7 @@ within 2× the time Ed25519 verification alone needs on the same cores, on SQLit
 and PostgreSQL, peak memory ≤ 1 GB.
 
 What runs, per database, in a fresh process (so peak RSS is per database):
-1. generate: :class:`server.reconcile.simulate.District` honest day with
+1. generate: :class:`simulator.journals.District` honest day with
    ``entries / 3.1`` cards and ``cards / 100`` terminals, every entry Ed25519-signed
    and chained (not timed against the goal: it is the terminals' work);
 2. upload: each full batch (2000 entries, the API limit) goes through the upload
@@ -137,8 +137,8 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
     from server.db import WRITE, make_engine, make_sessionmaker
     from server.models import Terminal, TerminalStatus
     from server.reconcile.engine import reconcile
-    from server.reconcile.registry import load_registry
-    from server.reconcile.simulate import District, SimTerminal, registry_rows
+    from simulator.registry import load_registry
+    from simulator.journals import District, SimTerminal, registry_rows
     from server.upload import Batch, store_entries, verify_entries
 
     cards = max(4, int(entries / ENTRIES_PER_CARD))

@@ -4,9 +4,9 @@ side by side with nfcpy's own ``tag.ndef`` read of the same card image.
 Stacks (the card is the same issued NTAG215 image from :func:`bench.bench_tap._setup`):
 
 - ``pcsc``: pyscard → private ``pcscd -f`` + vpcd → virtual card (ACR122U front end,
-  ``cardlib.sim.vpcd``) in a thread of this process; channel = ACR122U pass-through.
-- ``nfcpy-udp``: nfcpy ``udp:`` driver → :class:`cardlib.sim.nfc_udp.NfcUdpPeer` (thread).
-- ``nfcpy-pn532``: nfcpy ``pn532`` driver → pyserial → pty → :class:`cardlib.sim.pn532.Pn532Emulator` (thread).
+  ``simulator.vpcd``) in a thread of this process; channel = ACR122U pass-through.
+- ``nfcpy-udp``: nfcpy ``udp:`` driver → :class:`simulator.nfc_udp.NfcUdpPeer` (thread).
+- ``nfcpy-pn532``: nfcpy ``pn532`` driver → pyserial → pty → :class:`simulator.pn532.Pn532Emulator` (thread).
 
 Per tap: "connect" is the time to get a channel (PC/SC: SCardConnect; nfcpy: 106A
 poll + anticollision + select); "NDEF read" is ``Type2Tag.read_ndef()``;
@@ -41,7 +41,7 @@ from bench.bench_tap import CYCLE, NOW, _setup
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.session import CardSession, WriteOutcome
-from cardlib.sim.chip import ChipVariant, Ntag21x
+from simulator.chip import ChipVariant, Ntag21x
 from cardlib.type2.channel import Type2Channel
 from cardlib.type2.tag import Type2Tag
 
@@ -74,8 +74,8 @@ def _copy(chip: Ntag21x) -> Ntag21x:
 
 
 def _pcsc_stack(chip: Ntag21x, workdir: Path) -> Iterator[tuple[str, Tap, Any, Any]]:
-    from cardlib.sim.harness import PcscdHarness
-    from cardlib.sim.vpcd import VpcdCard
+    from simulator.harness import PcscdHarness
+    from simulator.vpcd import VpcdCard
 
     harness = PcscdHarness(slots=2, workdir=workdir)
     harness.start()
@@ -112,7 +112,7 @@ def _nfcpy_taps(reader: Any) -> Tap:
 
 
 def _udp_stack(chip: Ntag21x) -> Iterator[tuple[str, Tap, Any, Any]]:
-    from cardlib.sim.nfc_udp import NfcUdpPeer
+    from simulator.nfc_udp import NfcUdpPeer
     from cardlib.transport.nfcpy import NfcpyReader
     from firmware_config.loader import find_reader_profile
 
@@ -123,7 +123,7 @@ def _udp_stack(chip: Ntag21x) -> Iterator[tuple[str, Tap, Any, Any]]:
 
 
 def _pn532_stack(chip: Ntag21x) -> Iterator[tuple[str, Tap, Any, Any]]:
-    from cardlib.sim.pn532 import Pn532Emulator, Pn532Pty
+    from simulator.pn532 import Pn532Emulator, Pn532Pty
     from cardlib.transport.nfcpy import NfcpyReader
     from firmware_config.loader import find_reader_profile
 

@@ -31,8 +31,8 @@ from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.session import CardSession, WriteOutcome
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.reader import ReaderEmulator, ReaderKind
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.reader import ReaderEmulator, ReaderKind
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 

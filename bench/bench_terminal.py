@@ -42,8 +42,8 @@ from cardlib.records.claims import IdentityClaims
 from cardlib.records.claims import Programme as CardProgramme
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.issuance import issue_card_image
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.reader import ReaderEmulator, ReaderKind
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.reader import ReaderEmulator, ReaderKind
 from cardlib.type2.channel import ACR122U
 from terminal.clock import Clock
 from terminal.journal import CardWrite, JournalStore

@@ -8,7 +8,7 @@ Layers, bottom up (each imports only the ones below it):
 - :mod:`cardlib.apdu` - ISO 7816-4 command/response types and status words.
 - :mod:`cardlib.type2` - NFC Forum Type 2 tags (NTAG21x): pages, CC, TLVs, NDEF.
 - :mod:`cardlib.records` - COSE_Sign1 identity and slot records, the card session.
-- :mod:`cardlib.sim` - virtual NTAG21x cards for tests and demos.
+- :mod:`simulator` - virtual NTAG21x cards for tests and demos.
 
 cardlib never imports :mod:`terminal`, :mod:`server` or :mod:`firmware_config`.
 """

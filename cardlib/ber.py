@@ -8,7 +8,7 @@ objects are not descended into.
 
 Used by both sides of the PC/SC Part 3 transparent session (v2.02
 §3.2.2.1.8): the host channel (:mod:`cardlib.type2.channel`) and the
-reader emulator (:mod:`cardlib.sim.reader`).
+reader emulator (:mod:`simulator.reader`).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def info(pattern: str | None, kind: str, as_json: bool) -> None:
 @force_option
 def dump(pattern: str | None, kind: str, out: Path, force: bool) -> None:
     """Read every page to OUT, a card file ``huma sim`` can load (PWD/PACK read as zeros)."""
-    from cardlib.sim.chip import ChipVariant, Ntag21x
+    from cardlib.type2.image import CardImage, save_card_image
 
     refuse_overwrite(out, force)
     conn, tag = _open(pattern, kind)
@@ -185,9 +185,7 @@ def dump(pattern: str | None, kind: str, out: Path, force: bool) -> None:
                 counter = tag.read_counter()
             except CardlibError:
                 counter = 0
-    card_file = Ntag21x(ChipVariant.parse(chip.chip.value), uid, pages=pages, signature=signature,
-                        nfc_counter=counter)
-    card_file.save(out)
+    save_card_image(CardImage(chip=chip.chip.value.lower(), pages=pages, signature=signature, nfc_counter=counter), out)
     click.echo(f"{chip.chip.value} {uid.hex().upper()}: {chip.total_pages} pages -> {out}")
 
 

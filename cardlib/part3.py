@@ -1,7 +1,7 @@
 """PC/SC Part 3 v2.02 §3.2.2.1.8 transparent session: data object tags (Tables 3-16..3-22).
 
 Shared by the host channel (:class:`cardlib.type2.channel.Part3Channel`) and the reader
-emulator (:mod:`cardlib.sim.reader`); objects are BER-TLV (:mod:`cardlib.ber`).
+emulator (:mod:`simulator.reader`); objects are BER-TLV (:mod:`cardlib.ber`).
 """
 
 from __future__ import annotations

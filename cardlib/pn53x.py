@@ -1,7 +1,7 @@
 """NXP PN532/PN533 host-interface constants (NXP UM0701-02 "PN532 User Manual" §6-§7).
 
 Shared by the host side (:mod:`cardlib.type2.channel`, ACR122U direct transmit) and
-the simulators (:mod:`cardlib.sim.reader`, :mod:`cardlib.sim.pn532`), so both speak
+the simulators (:mod:`simulator.reader`, :mod:`simulator.pn532`), so both speak
 one table.
 """
 

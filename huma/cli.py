@@ -18,7 +18,7 @@ import click
 _GROUPS: list[tuple[str, str, str]] = [
     ("readers", "cardlib.cli", "readers"),
     ("card", "cardlib.cli", "card"),
-    ("sim", "huma.sim_cli", "sim"),
+    ("sim", "simulator.sim_cli", "sim"),
     ("keys", "cardlib.keys.cli", "keys"),
     ("provision", "cardlib.provision.cli", "provision"),
     ("server", "server.cli", "server"),
@@ -66,6 +66,7 @@ def _error_roots() -> tuple[type[BaseException], ...]:
         ("terminal.errors", "TerminalError"),
         ("server.errors", "ServerError"),
         ("firmware_config.errors", "ConfigError"),
+        ("simulator.errors", "SimulatorError"),
     ):
         try:
             roots.append(getattr(importlib.import_module(module), name))

@@ -1,6 +1,6 @@
 """Shared helpers for the provisioning tests (keys, bundle, virtual chips, a card source).
 
-Not a mock: chips are :class:`cardlib.sim.chip.Ntag21x` behind the real pcscd + vpcd, and
+Not a mock: chips are :class:`simulator.chip.Ntag21x` behind the real pcscd + vpcd, and
 the originality signatures are real secp128r1 signatures by a *test* originality key
 (NXP's private key does not exist here), checked by the production verifier.
 """
@@ -22,7 +22,7 @@ from cardlib.provision.profile import Profile
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
 from cardlib.records.cose import Algorithm
 from cardlib.transport import CountingConnection
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2.channel import ACR122U, channel_for
 from cardlib.type2.tag import Type2Tag

@@ -2,7 +2,7 @@
 
 Terminals are enrolled through the API (CSR with the simulator's key, approved by
 the admin), journals go through the real signed upload, the audit registry is
-inserted with :func:`server.reconcile.registry.load_registry`.
+inserted with :func:`simulator.registry.load_registry`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from server.reconcile.simulate import District, SimTerminal, registry_rows
+from simulator.journals import District, SimTerminal, registry_rows
 
 #: Audit tables that tests/fixtures/db.py does not truncate between PostgreSQL tests.
 AUDIT_TABLES = ("findings", "reconcile_runs", "card_entitlements", "benefit_cycles", "card_profiles",
@@ -66,7 +66,7 @@ def upload(world: Any, t: SimTerminal, messages: list[bytes], batch: int = 500) 
 def install(app: Any, world: Any, district: District) -> None:
     """Enrol every terminal and load the registry rows of ``district``."""
     from server.extensions import db
-    from server.reconcile.registry import load_registry
+    from simulator.registry import load_registry
 
     for t in district.terminals:
         enrol(world, t)

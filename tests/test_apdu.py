@@ -154,8 +154,8 @@ def test_AP_1_empty_answer_from_the_reader_simulator_is_tag_mute() -> None:
     # Through vpcd a 0-byte R-APDU blocks pcscd's SCardTransmit, so the 0-byte case runs on
     # the in-process reader simulator (same ReaderEmulator the vpcd card serves); the
     # 1-byte case below takes the same short-response path through real pcscd.
-    from cardlib.sim.chip import ChipVariant, Ntag21x
-    from cardlib.sim.reader import ReaderEmulator, ReaderQuirks
+    from simulator.chip import ChipVariant, Ntag21x
+    from simulator.reader import ReaderEmulator, ReaderQuirks
     from tests.type2_emulator import EmulatorConnection
 
     chip = Ntag21x.blank(ChipVariant.parse("ntag215"))
@@ -166,8 +166,8 @@ def test_AP_1_empty_answer_from_the_reader_simulator_is_tag_mute() -> None:
 
 @pytest.mark.pcsc
 def test_AP_1_one_byte_answer_through_pcscd_is_tag_mute(present_card, reader_name) -> None:
-    from cardlib.sim.chip import ChipVariant, Ntag21x
-    from cardlib.sim.reader import ReaderQuirks
+    from simulator.chip import ChipVariant, Ntag21x
+    from simulator.reader import ReaderQuirks
     from cardlib.transport.pcsc import connect
 
     chip = Ntag21x.blank(ChipVariant.parse("ntag215"))
@@ -183,7 +183,7 @@ def test_AP_1_one_byte_answer_through_pcscd_is_tag_mute(present_card, reader_nam
 
 @pytest.mark.pcsc
 def test_AP_2_led_control_and_vendor_words_through_pcscd(present_card, reader_name) -> None:
-    from cardlib.sim.chip import ChipVariant, Ntag21x
+    from simulator.chip import ChipVariant, Ntag21x
     from cardlib.transport.pcsc import connect
 
     chip = Ntag21x.blank(ChipVariant.parse("ntag213"))
@@ -201,7 +201,7 @@ def test_AP_2_led_control_and_vendor_words_through_pcscd(present_card, reader_na
 
 @pytest.mark.pcsc
 def test_PC_3_card_taken_away_mid_transaction(present_card, reader_name) -> None:
-    from cardlib.sim.chip import ChipVariant, Ntag21x
+    from simulator.chip import ChipVariant, Ntag21x
     from cardlib.transport.pcsc import connect
 
     chip = Ntag21x.blank(ChipVariant.parse("ntag215"))

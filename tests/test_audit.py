@@ -21,7 +21,7 @@ from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.extensions import db
 from server.models import AuditLog
 from server.reconcile.models import FindingKind, FindingStatus, Severity
-from server.reconcile.simulate import District
+from simulator.journals import District
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     AUDITOR_PASSWORD,
     add_auditor,

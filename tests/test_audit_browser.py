@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from server.reconcile.models import FindingKind, FindingStatus
-from server.reconcile.simulate import District
+from simulator.journals import District
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     AUDITOR_PASSWORD,
     add_auditor,

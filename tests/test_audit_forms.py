@@ -16,7 +16,7 @@ from sqlalchemy import select
 from server.extensions import db
 from server.models import AuditLog
 from server.reconcile.models import FindingStatus
-from server.reconcile.simulate import District
+from simulator.journals import District
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     AUDITOR_PASSWORD,
     add_auditor,

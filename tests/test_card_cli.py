@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cardlib import ndef as nd
-from cardlib.sim.chip import ChipVariant, Ntag21x
+from simulator.chip import ChipVariant, Ntag21x
 from cardlib.transport.pcsc import select_reader
 from cardlib.transport.errors import ReaderNotFound
 from cardlib.type2 import ACR122U, Type2Tag
@@ -30,7 +30,7 @@ def test_reader_choice_by_pattern_never_by_index() -> None:
 
 
 def written_card(tmp: Path) -> Ntag21x:
-    from cardlib.sim.reader import ReaderEmulator
+    from simulator.reader import ReaderEmulator
     from cardlib.type2 import channel_for
 
     chip = Ntag21x(ChipVariant.parse("ntag215"), SAMPLE_UID, signature=SAMPLE_SIG)

@@ -1,4 +1,4 @@
-"""``make demo`` end to end: the same command (``python -m huma.demo``) in a subprocess, then its outcomes checked.
+"""``make demo`` end to end: the same command (``python -m simulator.demo``) in a subprocess, then its outcomes checked.
 
 The demo starts its own private pcscd instances, server and counters; this test
 only reads what it left in ``--workdir``: the card files (verified in-process
@@ -23,7 +23,7 @@ from cardlib.keys.signer import cose_key
 
 from cardlib.records.bundle import verify_bundle
 from cardlib.records.session import CardSession
-from cardlib.sim.chip import Ntag21x
+from simulator.chip import Ntag21x
 from terminal.journal import verify_journal_file
 from tests.test_records_support import ChipTag
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict, Path]:
     work = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "huma.demo", "--workdir", str(work / "run"),
+    proc = subprocess.run([sys.executable, "-m", "simulator.demo", "--workdir", str(work / "run"),
                            "--result-json", str(work / "result.json")],
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     result = json.loads((work / "result.json").read_text()) if proc.returncode == 0 else {}
@@ -136,7 +136,7 @@ def test_sigterm_stops_everything_the_demo_started(tmp_path: Path) -> None:
 
     log = tmp_path / "demo.out"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "huma.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
+        proc = subprocess.Popen([sys.executable, "-m", "simulator.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 200
@@ -172,7 +172,7 @@ def test_keep_running_says_how_to_reach_its_card_readers(tmp_path: Path) -> None
 
     log = tmp_path / "demo.out"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "huma.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
+        proc = subprocess.Popen([sys.executable, "-m", "simulator.demo", "--keep-running", "--workdir", str(tmp_path / "run")],
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 220

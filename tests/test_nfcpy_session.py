@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager, contextmanager
 import pytest
 
 from cardlib.records.session import CardSession, RecoveryDecision, WriteOutcome
-from cardlib.sim.chip import FaultPlan, Ntag21x, TornFill
-from cardlib.sim.nfc_udp import NfcUdpPeer
-from cardlib.sim.pn532 import Pn532Emulator, Pn532Pty
+from simulator.chip import FaultPlan, Ntag21x, TornFill
+from simulator.nfc_udp import NfcUdpPeer
+from simulator.pn532 import Pn532Emulator, Pn532Pty
 from cardlib.transport.nfcpy import NfcpyReader
 from cardlib.type2.channel import Type2Channel
 from cardlib.type2.tag import Type2Tag

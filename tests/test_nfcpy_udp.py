@@ -10,8 +10,8 @@ import nfc.clf
 import nfc.tag
 import pytest
 
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
-from cardlib.sim.nfc_udp import NfcUdpPeer, UdpPeerProcess
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.nfc_udp import NfcUdpPeer, UdpPeerProcess
 from cardlib.transport.errors import CardRemoved, NoCard, ReaderNotFound, SessionLost
 from cardlib.transport.nfcpy import NfcpyReader
 from cardlib.type2 import Nak, Type2Tag

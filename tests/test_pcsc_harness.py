@@ -10,8 +10,8 @@ import pytest
 from smartcard.Exceptions import CardConnectionException
 from smartcard.System import readers
 
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
-from cardlib.sim.harness import PcscdHarness
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.harness import PcscdHarness
 from tests.fixtures.pcsc import wait_for_card
 
 UID = bytes.fromhex("04A1B2C3D4E5F6")
@@ -145,7 +145,7 @@ def test_pcscd_dies_with_the_process_that_started_it_even_on_sigkill(tmp_path: P
     import time
 
     script = ("import sys, time\n"
-              "from cardlib.sim.harness import PcscdHarness\n"
+              "from simulator.harness import PcscdHarness\n"
               f"h = PcscdHarness(slots=2, workdir={str(tmp_path / 'pcscd')!r}, isolation='private').start()\n"
               "print(h.pid, flush=True)\n"
               "time.sleep(120)\n")

@@ -12,8 +12,8 @@ import nfc.clf
 import nfc.tag
 import pytest
 
-from cardlib.sim.chip import ChipVariant, Ntag21x, crc_a
-from cardlib.sim.pn532 import ACK_FRAME, ERROR_FRAME, NACK_FRAME, Pn532Emulator, Pn532Pty, build_frame
+from simulator.chip import ChipVariant, Ntag21x, crc_a
+from simulator.pn532 import ACK_FRAME, ERROR_FRAME, NACK_FRAME, Pn532Emulator, Pn532Pty, build_frame
 from cardlib.transport.nfcpy import NfcpyReader
 from cardlib.type2 import Type2Tag
 from firmware_config.loader import find_reader_profile

@@ -31,7 +31,7 @@ from cardlib.keys.signer import cose_key
 from cardlib.records.claims import cycle_of
 from cardlib.records.layout import SlotName
 from cardlib.records.session import CardSession
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
 from cardlib.type2.errors import Nak
 from tests.provision_support import COMMAND_LOG, PASSWORD_SECRET, Station, VirtualCardSource, tag_on_reader
 

@@ -129,7 +129,7 @@ def test_card_command_issues_and_reissues(tmp_path: Path, office: dict[str, obje
     assert [i.card_id.hex() for i in f.issuances] == [first, second]
     assert f.deny_list_additions() == [bytes.fromhex(first)]
     # a counterfeit chip: exit 2, nothing issued
-    from cardlib.sim.chip import ChipVariant, Ntag21x
+    from simulator.chip import ChipVariant, Ntag21x
 
     with present_card(Ntag21x.blank(ChipVariant.NTAG215)):
         assert main(["provision", "card", "--household-ref", "9f3c2a1b000000bb", "--region", "62.71", *args]) == 2

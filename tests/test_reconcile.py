@@ -18,7 +18,7 @@ from server.extensions import db
 from server.models import AuditLog, JournalEntryRow, Role
 from server.reconcile.engine import decide, deny_list_candidates, deny_sets, reconcile
 from server.reconcile.models import FindingKind, FindingStatus, TerminalSite
-from server.reconcile.simulate import ENTITLEMENTS, District, SimCard
+from simulator.journals import ENTITLEMENTS, District, SimCard
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     audit_db,
     enrol,

@@ -1,6 +1,6 @@
 """Shared builders for the records/session tests (no tests here).
 
-:class:`ChipTag` drives helper A's chip model (:class:`cardlib.sim.chip.Ntag21x`)
+:class:`ChipTag` drives helper A's chip model (:class:`simulator.chip.Ntag21x`)
 in-process with the NTAG21x command frames a pass-through reader sends
 (FAST_READ ≤ 63 pages like an ACR122U, WRITE, READ_CNT): not a mock, the
 chip model is the real simulated card; only the reader link is skipped so the
@@ -18,7 +18,7 @@ from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, KeyState, SortedIdSet, TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
 from cardlib.records.issuance import IssuedCard, issue_card_image
-from cardlib.sim.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
+from simulator.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
 from cardlib.type2.errors import Nak
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")

@@ -4,7 +4,7 @@ No registry row is inserted by hand: card profiles and entitlements come from th
 issuer-signed identity records in a technician-signed issuance file (POST
 /api/v1/cards/issuances), terminal sites from the enrolment request, benefit cycles from
 the journal upload (cycle_of ids, WIB bounds). Entries are real Ed25519-signed journal
-entries (:class:`server.reconcile.simulate.SimTerminal`). SQLite and PostgreSQL.
+entries (:class:`simulator.journals.SimTerminal`). SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cardlib.records.bundle import TrustBundle, keystore_bundle_keys, sign_bundl
 from cardlib.records.claims import IdentityClaims, Programme, Unit, state_hash
 from cardlib.records.session import identity_aad
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile, FindingKind, TerminalSite
-from server.reconcile.simulate import SimCard, SimTerminal
+from simulator.journals import SimCard, SimTerminal
 from tests.reconcile_support import add_auditor, audit_db, findings, run, upload  # noqa: F401 - audit_db: fixture
 
 ROOT_PW = b"root passphrase 0123"

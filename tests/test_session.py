@@ -19,7 +19,7 @@ from cardlib.records.session import (
     RecoveryDecision,
     WriteOutcome,
 )
-from cardlib.sim.chip import FaultPlan, Ntag21x, TornFill
+from simulator.chip import FaultPlan, Ntag21x, TornFill
 from tests.test_records_support import (
     CASH,
     CLINIC,

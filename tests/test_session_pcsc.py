@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 from cardlib.records.session import CardSession, RecoveryDecision, WriteOutcome
-from cardlib.sim.chip import FaultPlan, Ntag21x, TornFill
+from simulator.chip import FaultPlan, Ntag21x, TornFill
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 from tests.test_records_support import (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cardlib.sim.chip import ACK, ChipVariant, FaultPlan, Nak, Ntag21x, TornFill, crc_a, nak_of
-from cardlib.sim.errors import CardFileError, CardRemoved, ChipMute, UnknownChipError
+from simulator.chip import ACK, ChipVariant, FaultPlan, Nak, Ntag21x, TornFill, crc_a, nak_of
+from simulator.errors import CardFileError, ChipLeftField, ChipMute, UnknownChipError
 
 UID = bytes.fromhex("04A1B2C3D4E5F6")
 PWD = bytes.fromhex("11223344")
@@ -344,16 +344,16 @@ def test_removed_after_n_commands_tears_a_multipage_write() -> None:
     chip = chip215()
     chip.arm(FaultPlan(remove_after_commands=5))
     written = []
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         for page in range(4, 40):
             write(chip, page, bytes([page] * 4))
             written.append(page)
     assert written == [4, 5, 6, 7, 8]
     assert [chip.page(p)[0] for p in range(4, 10)] == [4, 5, 6, 7, 8, 0]
     for frame in (b"\x30\x04", b"\x60"):
-        with pytest.raises(CardRemoved):
+        with pytest.raises(ChipLeftField):
             chip.transceive(frame)
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         chip.field_on()
     chip.reinsert()
     chip.field_on()
@@ -366,7 +366,7 @@ def test_write_torn_mid_page(fill: TornFill) -> None:
     write(chip, 5, b"oldd")
     chip.arm(FaultPlan(remove_after_write_bytes=6, torn_fill=fill, seed=7))
     assert write(chip, 4, b"AAAA") == bytes((ACK,))
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         write(chip, 5, b"BBBB")
     torn = chip.page(5)
     assert torn[:2] == b"BB"
@@ -377,7 +377,7 @@ def test_write_torn_mid_page(fill: TornFill) -> None:
         other = chip215()
         other.transceive(b"\xa2\x05oldd")
         other.arm(FaultPlan(remove_after_write_bytes=2, torn_fill=fill, seed=7))
-        with pytest.raises(CardRemoved):
+        with pytest.raises(ChipLeftField):
             other.transceive(b"\xa2\x05BBBB")
         assert other.page(5) == torn, "garbage is deterministic per seed and page"
 
@@ -386,7 +386,7 @@ def test_tear_on_remove_after_commands_with_byte_count() -> None:
     chip = chip215()
     chip.arm(FaultPlan(remove_after_commands=1, tear_during_remove=3))
     write(chip, 4, b"1111")
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         write(chip, 5, b"2222")
     assert chip.page(5) == b"222\x00"
 
@@ -394,7 +394,7 @@ def test_tear_on_remove_after_commands_with_byte_count() -> None:
 def test_lock_pages_are_never_torn() -> None:
     chip = chip215()
     chip.arm(FaultPlan(remove_after_write_bytes=2))
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         write(chip, 2, bytes.fromhex("0000FFFF"))
     assert chip.page(2)[2:] == b"\x00\x00"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.harness import PcscdHarness
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.harness import PcscdHarness
 from huma.cli import main
 
 UID = "04A1B2C3D4E5F6"
@@ -43,7 +43,7 @@ def test_bad_input_names_file_or_port_and_exits_2(
 ) -> None:
     (tmp_path / "bad.nfc").write_text("Filetype: Flipper NFC device\nVersion: 4\ngarbage line\n")
     Ntag21x.blank(ChipVariant.NTAG215).save(tmp_path / "card.json")
-    from cardlib.sim.harness import free_port_pair
+    from simulator.harness import free_port_pair
 
     args = [a.format(tmp=tmp_path, free=free_port_pair()) for a in argv]
     assert main(args) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from huma.cli import cli
-from server.sim_district import DistrictPlan, open_database, run_district, unexplained
+from simulator.district import DistrictPlan, open_database, run_district, unexplained
 
 
 def test_seeded_clones_gaps_and_skew_are_found_and_nothing_else(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.dumps import PartialDumpError, export_flipper, export_proxmark, filled_pages, import_dump, write_export
-from cardlib.sim.errors import DumpFormatError
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.dumps import PartialDumpError, export_flipper, export_proxmark, filled_pages, import_dump, write_export
+from simulator.errors import DumpFormatError
 
 SIG = bytes.fromhex("1B84EB70BD4CBD1B1DE4980B1858BD7C7285B4E47B388E96CF886BEEA343AD90")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cardlib.sim.chip import ChipVariant, Ntag21x
-from cardlib.sim.dumps import export_flipper, export_proxmark, import_dump
-from cardlib.sim.errors import DumpFormatError
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.dumps import export_flipper, export_proxmark, import_dump
+from simulator.errors import DumpFormatError
 from huma.cli import main
 
 UID = bytes.fromhex("04515CFA6F4980")

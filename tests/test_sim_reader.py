@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
-from cardlib.sim.errors import CardRemoved
-from cardlib.sim.reader import ReaderEmulator, ReaderQuirks, storage_card_atr
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.errors import ChipLeftField
+from simulator.reader import ReaderEmulator, ReaderQuirks, storage_card_atr
 
 UID = bytes.fromhex("04A1B2C3D4E5F6")
 
@@ -159,7 +159,7 @@ def test_card_removal_propagates() -> None:
     r = reader()
     r.chip.arm(FaultPlan(remove_after_commands=1))
     run(r, [("FFB0000410", "0300FE00000000000000000000000000 9000")])
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         r.transmit(bytes.fromhex("FFB0000410"))
-    with pytest.raises(CardRemoved):
+    with pytest.raises(ChipLeftField):
         r.transmit(bytes.fromhex("FFCA000000"))  # the reader reads the UID from the card

@@ -30,8 +30,8 @@ from cardlib.records.claims import Programme as CardProgramme
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.journal import EntryKind, verify_entry
 from cardlib.records.session import CardSession
-from cardlib.sim.chip import Ntag21x
-from cardlib.sim.vpcd import VpcdCard
+from simulator.chip import Ntag21x
+from simulator.vpcd import VpcdCard
 from huma.cli import cli
 from terminal.daemon import Daemon, build_daemon
 from terminal.journal import iter_messages, verify_journal_file
@@ -348,7 +348,7 @@ class KillAtWrite:
     """
 
     def __init__(self, chip: Ntag21x, k: int, daemon: Any) -> None:
-        from cardlib.sim.chip import Command
+        from simulator.chip import Command
 
         self.chip, self.k, self.pid = chip, k, daemon.p.pid
         self.writes = 0

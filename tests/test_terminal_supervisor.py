@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cardlib.sim.chip import ChipVariant, Ntag21x
+from simulator.chip import ChipVariant, Ntag21x
 from cardlib.transport import Connection
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.channel import ACR122U, channel_for

@@ -15,7 +15,7 @@ from cardlib.keys.signer import cose_key
 from cardlib.records.bundle import Programme as BundleProgramme
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
-from cardlib.sim.chip import FaultPlan, Ntag21x
+from simulator.chip import FaultPlan, Ntag21x
 from cardlib.type2.channel import ACR122U
 from terminal.clock import Clock
 from terminal.journal import JournalStore, verify_journal_file

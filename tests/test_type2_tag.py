@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from cardlib import ndef as nd
-from cardlib.sim.chip import ChipVariant, FaultPlan, Ntag21x
-from cardlib.sim.reader import ReaderEmulator
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.reader import ReaderEmulator
 from cardlib.transport.errors import SessionLost, TagLost
 from cardlib.type2 import ACR122U, GENERIC, PART3, ChipType, ReaderCapabilities, Type2Tag, channel_for
 from cardlib.type2.errors import (

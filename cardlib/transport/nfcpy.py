@@ -10,7 +10,7 @@ channels give, so card code runs unchanged on:
 - ``tty:USB0:pn532`` — a PN532 module on a serial port (nfcpy ``pn532``
   driver over pyserial; the name must be a node directly under ``/dev``);
 - ``udp:127.0.0.1:<port>`` — nfcpy's simulated link, answered by
-  :mod:`cardlib.sim.nfc_udp` (tests, demo, benchmarks).
+  :mod:`simulator.nfc_udp` (tests, demo, benchmarks).
 
 Frames are NTAG21x commands without CRC_A, as in NFC Forum Digital 1.0 §9
 and the NTAG213/215/216 datasheet §10; nfcpy's drivers add and check CRC_A and

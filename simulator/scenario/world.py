@@ -3,9 +3,9 @@
 Nothing here re-implements project logic: the server (``huma server run``) and
 the counters (``huma terminal run``) run as real subprocesses; key, enrolment,
 database and audit steps go through the real ``huma`` CLI (in-process, same
-code as the console script); cards are :class:`cardlib.sim.chip.Ntag21x`
+code as the console script); cards are :class:`simulator.chip.Ntag21x`
 files presented on vpcd slots of a private pcscd
-(:class:`cardlib.sim.harness.PcscdHarness`). Everything listens on 127.0.0.1.
+(:class:`simulator.harness.PcscdHarness`). Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardlib.sim.chip import FaultPlan, Ntag21x
-from cardlib.sim.harness import PcscdHarness, die_with_parent
-from cardlib.sim.vpcd import VpcdCard
+from simulator.chip import FaultPlan, Ntag21x
+from simulator.harness import PcscdHarness, die_with_parent
+from simulator.vpcd import VpcdCard
 
 #: Seconds to wait for a process to answer on its port.
 START_TIMEOUT_S = 30.0

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
 
-from huma.scenario.world import (
+from simulator.scenario.world import (
     VIRTUAL_ACR122U,
     Api,
     Cli,
@@ -174,7 +174,7 @@ class Day:
     # ------------------------------------------------------------------ infrastructure
 
     def start_pcscd(self) -> None:
-        from cardlib.sim.harness import PcscdHarness
+        from simulator.harness import PcscdHarness
 
         self.harness = PcscdHarness(slots=2, workdir=self.dir / "pcscd")
         self.harness.start()
@@ -325,7 +325,7 @@ class Day:
         import ecdsa
         from ecdsa.util import sigencode_string
 
-        from cardlib.sim.chip import ChipVariant, Ntag21x
+        from simulator.chip import ChipVariant, Ntag21x
 
         assert self.readers is not None
         n = self.opts.households
@@ -415,7 +415,7 @@ class Day:
                 time.sleep(0.1)
 
     def counter_day(self) -> None:
-        from cardlib.sim.chip import FaultPlan
+        from simulator.chip import FaultPlan
 
         cards = [f"card-{i + 1}.json" for i in range(self.opts.households)]
         lost, torn, cloned = cards[5], cards[3], cards[4]

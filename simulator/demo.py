@@ -1,6 +1,6 @@
 """``make demo``: the main job end to end on virtual cards, real pcscd + vpcd, SQLite.
 
-Runs :func:`huma.scenario.run_day`: keys, server, enrolment of three counters
+Runs :func:`simulator.scenario.run_day`: keys, server, enrolment of three counters
 and a provisioning station, a batch of cards, a counter day with a declined
 card, a torn write, an offline stretch and a cloned card, then sync,
 reconciliation and journal verification. Prints a short story and exits 0;
@@ -9,7 +9,7 @@ evidence (logs stay in the work directory when ``--workdir`` is given).
 SIGTERM, SIGHUP or Ctrl-C stop everything the demo started (server, counters,
 pcscd) and exit 128 + the signal number.
 
-Usage: ``python -m huma.demo [--households N] [--workdir DIR] [--keep-running] [--seed N]``.
+Usage: ``python -m simulator.demo [--households N] [--workdir DIR] [--keep-running] [--seed N]``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def demo(households: int, workdir: Path | None, keep_running: bool, seed: int, r
     import dataclasses
     import json
 
-    from huma.scenario import ScenarioOptions, run_day
-    from huma.scenario.day import Stopped, Story
-    from huma.scenario.world import ScenarioError
+    from simulator.scenario import ScenarioOptions, run_day
+    from simulator.scenario.day import Stopped, Story
+    from simulator.scenario.world import ScenarioError
 
     story = Story()
     story.console.print("[bold]Kartu Huma Betang — a counter day on virtual cards[/] "

@@ -1,6 +1,6 @@
 """A simulator that serves its host link from one background daemon thread.
 
-Common part of :class:`cardlib.sim.nfc_udp.NfcUdpPeer` and :class:`cardlib.sim.pn532.Pn532Pty`:
+Common part of :class:`simulator.nfc_udp.NfcUdpPeer` and :class:`simulator.pn532.Pn532Pty`:
 the stop event, the thread's start and join, and ``with`` support (start on enter,
 stop on exit).
 """

@@ -1,9 +1,9 @@
 """A contactless PC/SC reader with a virtual NTAG on it: APDUs in, R-APDUs out.
 
 Pure (no sockets, no threads): :class:`ReaderEmulator` turns the APDUs a host
-sends through PC/SC into chip commands on a :class:`~cardlib.sim.chip.Ntag21x`
+sends through PC/SC into chip commands on a :class:`~simulator.chip.Ntag21x`
 and builds the R-APDU (data + SW1 SW2) a reader of the chosen kind answers.
-:mod:`cardlib.sim.vpcd` puts it behind vpcd; tests may use it directly.
+:mod:`simulator.vpcd` puts it behind vpcd; tests may use it directly.
 
 Kinds (:class:`ReaderKind`)
 ---------------------------
@@ -58,8 +58,8 @@ from cardlib.apdu import split_response
 from cardlib.ber import BerError, encode_object, parse_objects
 from cardlib.part3 import Part3Object
 from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
-from cardlib.sim.chip import ACK, Command, Nak, Ntag21x, nak_of
-from cardlib.sim.errors import CardRemoved, ChipMute
+from simulator.chip import ACK, Command, Nak, Ntag21x, nak_of
+from simulator.errors import ChipLeftField, ChipMute
 from cardlib.transport import Connection
 from cardlib.transport.errors import CardRemoved as TransportCardRemoved
 
@@ -184,7 +184,7 @@ class ReaderEmulator:
     def power_on(self) -> None:
         """Reader field on with the card in it (vpcd power-on / reset).
 
-        :raises CardRemoved: if the card has left.
+        :raises ChipLeftField: if the card has left.
         """
         self.chip.field_on()
         self._session = False
@@ -202,7 +202,7 @@ class ReaderEmulator:
         :param apdu: the C-APDU (CLA INS P1 P2 [Lc data] [Le]).
         :returns: the R-APDU: response data followed by SW1 SW2 (except the
             documented ACR122U quirks: firmware string without SW, AP-1 empty answer).
-        :raises CardRemoved: the card left the field (vpcd then drops the card).
+        :raises ChipLeftField: the card left the field (vpcd then drops the card).
         """
         apdu = bytes(apdu)
         log.log(5, "reader <- %s (APDU traffic may contain secrets)", apdu.hex())
@@ -212,7 +212,7 @@ class ReaderEmulator:
 
     def _dispatch(self, apdu: bytes) -> bytes:
         if self.chip.removed:
-            raise CardRemoved("the card has left the reader")
+            raise ChipLeftField("the card has left the reader")
         if len(apdu) < 4:
             return _sw(SW.WRONG_LENGTH)
         cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
@@ -239,7 +239,7 @@ class ReaderEmulator:
         """Send a frame to the chip, re-selecting it first if a NAK left it IDLE.
 
         :raises ChipMute: the chip did not answer.
-        :raises CardRemoved: the card left.
+        :raises ChipLeftField: the card left.
         """
         if self.chip.halted:
             self.chip.activate()
@@ -452,7 +452,7 @@ class EmulatorConnection(Connection):
         self.apdus.append(bytes(apdu))
         try:
             raw = self.reader.transmit(apdu)
-        except CardRemoved as exc:
+        except ChipLeftField as exc:
             raise TransportCardRemoved(f"virtual card left the field: {exc}") from exc
         return split_response(raw)
 

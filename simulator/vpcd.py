@@ -5,7 +5,7 @@ Protocol (frankmorgner/vsmartcard ``vpcd.c``; shared/DESIGN.md §8): TCP to
 2-byte big-endian length and a payload.  A 1-byte payload from vpcd is a control
 code (:class:`Control`): ``0`` power off, ``1`` power on, ``2`` reset, ``4`` get
 ATR (we answer the ATR; the others get no answer).  Any longer payload is a
-C-APDU; we answer with the R-APDU from :class:`~cardlib.sim.reader.ReaderEmulator`.
+C-APDU; we answer with the R-APDU from :class:`~simulator.reader.ReaderEmulator`.
 Connecting puts the card on the reader; closing the socket removes it.
 
 Latency: the card side sets ``TCP_NODELAY`` and re-arms ``TCP_QUICKACK`` after
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from cardlib.sim.chip import Ntag21x
-from cardlib.sim.errors import CardRemoved, VpcdError
-from cardlib.sim.reader import ReaderEmulator, ReaderKind, ReaderQuirks
+from simulator.chip import Ntag21x
+from simulator.errors import ChipLeftField, VpcdError
+from simulator.reader import ReaderEmulator, ReaderKind, ReaderQuirks
 
 __all__ = ["Control", "VpcdCard", "VPCD_HOST", "VPCD_BASE_PORT", "port_in_use", "present_for", "slot_port"]
 
@@ -156,7 +156,7 @@ class VpcdCard:
         if self._thread is not None:
             self._thread.join(timeout)
         self._save()
-        if self.error is not None and not isinstance(self.error, (CardRemoved, VpcdError)):
+        if self.error is not None and not isinstance(self.error, (ChipLeftField, VpcdError)):
             raise VpcdError(f"virtual card thread failed: {self.error!r}") from self.error
 
     @property
@@ -205,7 +205,7 @@ class VpcdCard:
                         return
                 finally:
                     self._close_socket()
-        except CardRemoved as exc:
+        except ChipLeftField as exc:
             log.debug("card removed from %s:%d: %s", self.host, self.port, exc)
             self.error = exc
         except BaseException as exc:  # noqa: BLE001 - recorded and re-raised by stop()
@@ -225,7 +225,7 @@ class VpcdCard:
                 log.debug("vpcd control %d", payload[0])
                 self._control(sock, payload[0])
                 continue
-            resp = self.reader.transmit(payload)  # CardRemoved propagates: socket closes
+            resp = self.reader.transmit(payload)  # ChipLeftField propagates: socket closes
             self.apdus += 1
             self._send(sock, resp)
             if self.persist and self.chip.dirty:
@@ -241,7 +241,7 @@ class VpcdCard:
             self.reader.power_on()
         elif code == Control.GET_ATR:
             if self.chip.removed:
-                raise CardRemoved("card left the field")
+                raise ChipLeftField("card left the field")
             self._send(sock, self.reader.atr)
         else:
             log.warning("vpcd sent unknown control code %d", code)

@@ -1,29 +1,28 @@
-"""Errors raised by the virtual-card simulator (:mod:`cardlib.sim`).
+"""Errors raised by the virtual-card simulator (:mod:`simulator`).
 
-All derive from :class:`SimError`, itself a :class:`cardlib.errors.CardlibError`,
-so the ``huma`` CLI turns them into a one-line message and exit status 2.
+All derive from :class:`SimulatorError`, the package's one error root; the
+``huma`` CLI turns it into a one-line message and exit status 2.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cardlib.errors import CardlibError
 
 
-class SimError(CardlibError):
-    """Root of every error raised by :mod:`cardlib.sim`."""
+class SimulatorError(Exception):
+    """Root of every error raised by :mod:`simulator`."""
 
 
-class CardRemoved(SimError):
+class ChipLeftField(SimulatorError):
     """The virtual card has left the field (fault plan fired or card taken away).
 
     Every command sent to a removed chip raises this until
-    :meth:`cardlib.sim.chip.Ntag21x.reinsert` is called.
+    :meth:`simulator.chip.Ntag21x.reinsert` is called.
     """
 
 
-class ChipMute(SimError):
+class ChipMute(SimulatorError):
     """The chip sent no answer (unknown command, HALT/IDLE state, field off).
 
     On the air this is a reader time-out (NTAG213/215/216 datasheet §9.3: an
@@ -31,11 +30,11 @@ class ChipMute(SimError):
     """
 
 
-class UnknownChipError(SimError):
+class UnknownChipError(SimulatorError):
     """A chip type name that the simulator does not model."""
 
 
-class CardFileError(SimError):
+class CardFileError(SimulatorError):
     """A virtual-card file (``*.card.json``) that cannot be read or is malformed."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
@@ -44,7 +43,7 @@ class CardFileError(SimError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class DumpFormatError(SimError):
+class DumpFormatError(SimulatorError):
     """A Flipper ``.nfc`` or Proxmark3 JSON dump that cannot be imported.
 
     :ivar path: the dump file.
@@ -60,9 +59,9 @@ class DumpFormatError(SimError):
         super().__init__(f"{where}: {reason}")
 
 
-class VpcdError(SimError):
+class VpcdError(SimulatorError):
     """The virtual card could not reach vpcd (port refused, busy or closed)."""
 
 
-class HarnessError(SimError):
+class HarnessError(SimulatorError):
     """The private pcscd harness could not start (binary or driver missing, no readers)."""

@@ -21,7 +21,7 @@ _CHUNK = 500
 
 
 def load_registry(session: Session, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, int]:
-    """Insert rows (as from :func:`server.reconcile.simulate.registry_rows`); existing keys are kept.
+    """Insert rows (as from :func:`simulator.journals.registry_rows`); existing keys are kept.
 
     The caller commits.
 

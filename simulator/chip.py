@@ -42,14 +42,14 @@ the chip's answer as bytes, exactly as a PN533 ``InCommunicateThru`` hands it
 over: data responses as they are, and the 4-bit ACK/NAK frames as **one byte**
 (``0x0A`` = ACK, ``0x00/0x01/0x04/0x05`` = NAK, see :class:`Nak`).  Use
 :func:`nak_of` to recognise a NAK.  No answer at all raises :class:`ChipMute`;
-a card that left the field raises :class:`CardRemoved`.
+a card that left the field raises :class:`ChipLeftField`.
 :meth:`Ntag21x.transceive_rf` does the same with CRC_A appended/checked.
 
 Fault injection
 ---------------
 A :class:`FaultPlan` removes the card after N commands and/or after B bytes of
 page writes.  The command during which the card leaves is never answered (it
-raises :class:`CardRemoved`).  If that command is a WRITE (or the data phase of
+raises :class:`ChipLeftField`).  If that command is a WRITE (or the data phase of
 a COMPATIBILITY_WRITE) torn after ``k`` of its 4 bytes, the page keeps the new
 bytes ``0..k-1``; bytes ``k..3`` keep their old value (:attr:`TornFill.OLD`,
 EEPROM programming not reached) or become deterministic pseudo-random garbage
@@ -62,16 +62,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import logging
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cardlib.sim.errors import CardFileError, CardRemoved, ChipMute, UnknownChipError
+from cardlib.type2.image import CARD_IMAGE_FORMAT, PAGE_SIZE, SIGNATURE_LEN, CardImage, CardImageError, load_card_image, save_card_image
+from simulator.errors import CardFileError, ChipLeftField, ChipMute, UnknownChipError
 
 __all__ = [
     "ACK",
@@ -96,9 +94,7 @@ CASCADE_TAG = 0x88
 NXP_MANUFACTURER = 0x04
 #: Page 2 byte 1 ("internal") as NXP programs it.
 INTERNAL_BYTE = 0x48
-PAGE_SIZE = 4
 READ_PAGES = 4
-SIGNATURE_LEN = 32
 COUNTER_MAX = 0xFFFFFF
 #: READ_CNT / READ_SIG argument values the chip accepts (§10.6, §10.8).
 NFC_COUNTER_ADDR = 0x02
@@ -106,7 +102,7 @@ SIG_ADDR = 0x00
 #: Factory value of the RFUI byte 3 of the dynamic lock page (§8.5.3).
 DYN_LOCK_RFUI = 0xBD
 #: Version of the virtual-card JSON file format written by :meth:`Ntag21x.save`.
-CARD_FILE_FORMAT = "huma-sim-ntag21x/1"
+CARD_FILE_FORMAT = CARD_IMAGE_FORMAT
 
 
 class Command(enum.IntEnum):
@@ -404,49 +400,24 @@ class Ntag21x:
         return cls(variant, uid)
 
     def save(self, path: Path | str | None = None, *, durable: bool = True) -> Path:
-        """Write the card to a JSON file atomically (write temp file, [fsync], rename).
-
-        File format ``huma-sim-ntag21x/1``::
-
-            {"format": "huma-sim-ntag21x/1", "chip": "ntag215",
-             "uid": "04...", "pages": ["04A1B23F", ... one 8-hex-digit string per page],
-             "nfc_counter": 0, "auth_failures": 0, "signature": "<64 hex digits>",
-             "meta": {...optional, e.g. the imported dump's layout}}
+        """Write the card to a card image file (:mod:`cardlib.type2.image`) atomically.
 
         ``pages`` holds the real PWD and PACK (not the 00s READ returns).
 
         :param path: target file; defaults to the path the card was loaded from.
-        :param durable: fsync before the rename (survives an OS crash, costs ms);
-            the rename alone already survives a process crash.
+        :param durable: fsync before the rename (survives an OS crash, costs ms).
         :returns: the path written.
         :raises CardFileError: if no path is known or the file cannot be written.
         """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise CardFileError("<memory>", "no file to save the card to")
-        doc: dict[str, Any] = {
-            "format": CARD_FILE_FORMAT,
-            "chip": self.variant.value,
-            "uid": self.uid.hex().upper(),
-            "pages": [self._mem[i : i + PAGE_SIZE].hex().upper() for i in range(0, len(self._mem), PAGE_SIZE)],
-            "nfc_counter": self.nfc_counter,
-            "auth_failures": self.auth_failures,
-            "signature": self.signature.hex().upper(),
-        }
-        if self.meta:
-            doc["meta"] = self.meta
+        image = CardImage(chip=self.variant.value, pages=bytes(self._mem), signature=self.signature,
+                          nfc_counter=self.nfc_counter, auth_failures=self.auth_failures, meta=self.meta)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1)
-                fh.write("\n")
-                fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise CardFileError(target, f"cannot write card file: {exc.strerror}") from exc
+            save_card_image(image, target, durable=durable)
+        except CardImageError as exc:
+            raise CardFileError(target, exc.reason) from exc
         if self.path is None:
             self.path = target
         self.dirty = False
@@ -454,7 +425,7 @@ class Ntag21x:
 
     @classmethod
     def load(cls, path: Path | str) -> "Ntag21x":
-        """Read a card written by :meth:`save`.
+        """Read a card image written by :meth:`save` or ``huma card dump``.
 
         :raises CardFileError: missing file, bad JSON, wrong format marker, bad hex,
             wrong page count or a UID that disagrees with pages 0–1.
@@ -462,40 +433,17 @@ class Ntag21x:
         """
         p = Path(path)
         try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise CardFileError(p, "no such card file") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CardFileError(p, f"cannot read card file: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise CardFileError(p, f"not JSON (line {exc.lineno}): {exc.msg}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != CARD_FILE_FORMAT:
-            raise CardFileError(p, f"not a virtual card file (expected format {CARD_FILE_FORMAT!r})")
-        try:
-            variant = ChipVariant.parse(str(doc["chip"]))
-            pages = b"".join(bytes.fromhex(str(x)) for x in doc["pages"])
-            signature = bytes.fromhex(str(doc.get("signature", "00" * SIGNATURE_LEN)))
-            counter = int(doc.get("nfc_counter", 0))
-            failures = int(doc.get("auth_failures", 0))
-            meta = doc.get("meta", {})
-            if not isinstance(meta, dict):
-                raise TypeError("meta must be an object")
-        except KeyError as exc:
-            raise CardFileError(p, f"missing field {exc.args[0]!r}") from exc
-        except (ValueError, TypeError) as exc:
-            raise CardFileError(p, f"bad value: {exc}") from exc
-        if len(pages) != variant.total_pages * PAGE_SIZE:
+            image = load_card_image(p)
+        except CardImageError as exc:
+            raise CardFileError(p, exc.reason) from exc
+        variant = ChipVariant.parse(image.chip)
+        if len(image.pages) != variant.total_pages * PAGE_SIZE:
             raise CardFileError(
-                p, f"{variant.value} needs {variant.total_pages} pages of 4 bytes, file has {len(pages)} bytes"
+                p, f"{variant.value} needs {variant.total_pages} pages of 4 bytes, file has {len(image.pages)} bytes"
             )
-        if len(signature) != SIGNATURE_LEN:
-            raise CardFileError(p, "signature must be 32 bytes")
-        uid = pages[0:3] + pages[4:8]
-        if "uid" in doc and bytes.fromhex(str(doc["uid"])) != uid:
-            raise CardFileError(p, "uid field disagrees with pages 0-1")
         try:
-            return cls(variant, uid, pages=pages, signature=signature, nfc_counter=counter,
-                       auth_failures=failures, path=p, meta=meta)
+            return cls(variant, image.uid, pages=image.pages, signature=image.signature,
+                       nfc_counter=image.nfc_counter, auth_failures=image.auth_failures, path=p, meta=image.meta)
         except ValueError as exc:
             raise CardFileError(p, str(exc)) from exc
 
@@ -566,7 +514,7 @@ class Ntag21x:
         Front ends that emulate anticollision themselves may call :meth:`activate`
         again after their own SELECT.
 
-        :raises CardRemoved: if the card has left the field.
+        :raises ChipLeftField: if the card has left the field.
         """
         self._check_present()
         self._state = _State.ACTIVE
@@ -585,7 +533,7 @@ class Ntag21x:
         The NFC counter flag is kept: it is the same RF session.
 
         :raises ChipMute: if the field is off.
-        :raises CardRemoved: if the card has left the field.
+        :raises ChipLeftField: if the card has left the field.
         """
         self._check_present()
         if self._state is _State.OFF:
@@ -604,7 +552,7 @@ class Ntag21x:
         return self._state is _State.IDLE
 
     def remove(self) -> None:
-        """Take the card out of the field: every later command raises :class:`CardRemoved`."""
+        """Take the card out of the field: every later command raises :class:`ChipLeftField`."""
         self._removed = True
         self.field_off()
 
@@ -637,7 +585,7 @@ class Ntag21x:
 
         :param frame: command byte + arguments, e.g. ``30 04`` (READ page 4).
         :returns: data bytes, or one byte ``0x0A`` (ACK) / a :class:`Nak` code.
-        :raises CardRemoved: the card is not in the field (now or from now on).
+        :raises ChipLeftField: the card is not in the field (now or from now on).
         :raises ChipMute: no answer: field off, chip IDLE/HALT, unknown command or
             malformed frame (the chip then drops to IDLE, §9.1).
         """
@@ -673,12 +621,12 @@ class Ntag21x:
 
     def _check_present(self) -> None:
         if self._removed:
-            raise CardRemoved("the card has left the field")
+            raise ChipLeftField("the card has left the field")
 
     def _leave_field(self) -> None:
         log.debug("fault plan: card leaves the field")
         self.remove()
-        raise CardRemoved("the card left the field (fault plan)")
+        raise ChipLeftField("the card left the field (fault plan)")
 
     def _fault_step(self, frame: bytes) -> int | None:
         """Count one command against the fault plan.

@@ -16,7 +16,7 @@ What :class:`NfcUdpPeer` answers, at 106 kbps type A only (ISO/IEC 14443-3 §6):
 ``95 20`` SDD CL2           ``UID3 … UID6 BCC1``
 ``95 70 …`` SEL CL2         SAK ``00`` (Type 2 tag), chip ACTIVE
 ``50 00`` HLTA              silence, chip HALT
-anything else               :meth:`cardlib.sim.chip.Ntag21x.transceive`
+anything else               :meth:`simulator.chip.Ntag21x.transceive`
 ``RFOFF``                   field off: RF session ends, card file saved
 ==========================  ============================================
 
@@ -29,7 +29,7 @@ exactly as nfcpy expects. A card that leaves the field (fault plan or
 Timing: nfcpy waits only 5 ms for a READ answer (``Type2Tag.read``) and 10 ms
 for GET_VERSION. Under load a peer thread in the same interpreter can miss
 that, so :class:`UdpPeerProcess` runs the peer in its own process
-(``python -m cardlib.sim.nfc_udp``) on a card file.
+(``python -m simulator.nfc_udp``) on a card file.
 
 Only ever bind to 127.0.0.1: the peer has no authentication.
 """
@@ -51,9 +51,9 @@ from types import TracebackType
 from typing import Final
 
 from cardlib.apdu import TRAFFIC
-from cardlib.sim._serving import BackgroundServer
-from cardlib.sim.chip import CASCADE_TAG, Ntag21x
-from cardlib.sim.errors import CardRemoved, ChipMute, SimError
+from simulator._serving import BackgroundServer
+from simulator.chip import CASCADE_TAG, Ntag21x
+from simulator.errors import ChipLeftField, ChipMute, SimulatorError
 
 __all__ = ["BRTY_106A", "NfcUdpPeer", "UdpPeerError", "UdpPeerProcess", "RfCommand"]
 
@@ -87,7 +87,7 @@ class RfCommand(enum.IntEnum):
     HLTA = 0x50
 
 
-class UdpPeerError(SimError):
+class UdpPeerError(SimulatorError):
     """The UDP peer could not start (port in use, child process died)."""
 
 
@@ -221,7 +221,7 @@ class NfcUdpPeer(BackgroundServer):
         except ChipMute:
             self._phase = _Phase.IDLE
             return None
-        except CardRemoved:
+        except ChipLeftField:
             self._phase = _Phase.IDLE
             self._save()
             return None
@@ -313,7 +313,7 @@ class UdpPeerProcess:
 
         :raises UdpPeerError: the child exited or did not report its port within ``timeout`` seconds.
         """
-        argv = [sys.executable, "-m", "cardlib.sim.nfc_udp", "--card", str(self.card), "--port", str(self._requested_port)]
+        argv = [sys.executable, "-m", "simulator.nfc_udp", "--card", str(self.card), "--port", str(self._requested_port)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert self._proc.stdout is not None
@@ -354,7 +354,7 @@ class UdpPeerProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cardlib.sim.nfc_udp --card FILE [--port N]``: serve one card file until SIGTERM.
+    """``python -m simulator.nfc_udp --card FILE [--port N]``: serve one card file until SIGTERM.
 
     Prints ``READY <port>`` on stdout once listening.
     """

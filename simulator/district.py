@@ -1,6 +1,6 @@
 """``huma sim district``: a simulated district/province fed through the real upload path and reconciliation.
 
-Generator: :mod:`server.reconcile.simulate` (signed, chained journals; cards with
+Generator: :mod:`simulator.journals` (signed, chained journals; cards with
 slot seqs, state hashes and NTAG counters). This module adds the field's
 faults on top and drives the real server:
 
@@ -36,12 +36,12 @@ from cryptography.x509.oid import NameOID
 
 from cardlib.records.journal import EntryKind
 from server.errors import ServerError
-from server.reconcile.simulate import ENTITLEMENTS, District, SimCard, SimTerminal, registry_rows
+from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal, registry_rows
 
 UTC = dt.timezone.utc
 #: Entries per upload request (the server's limit is 2,000).
 BATCH = 500
-#: Day the simulated cycle's distribution starts (inside :data:`server.reconcile.simulate.CYCLE_START`..END).
+#: Day the simulated cycle's distribution starts (inside :data:`simulator.journals.CYCLE_START`..END).
 FIRST_DAY = dt.date(2026, 3, 2)
 
 
@@ -210,7 +210,7 @@ def run_district(plan: DistrictPlan, app: Any, admin_token: str) -> DistrictRepo
 
     from server.extensions import db
     from server.reconcile.engine import reconcile
-    from server.reconcile.registry import load_registry
+    from simulator.registry import load_registry
 
     t0 = time.perf_counter()
     d, report, gaps = generate(plan)

@@ -27,7 +27,7 @@ exporter re-renders that layout with the card's *current* values, so importing
 and exporting an unchanged card gives the original file byte for byte.  Cards
 made without a dump export in the current Flipper v4 / Proxmark layout.
 
-Malformed input raises :class:`~cardlib.sim.errors.DumpFormatError` naming the
+Malformed input raises :class:`~simulator.errors.DumpFormatError` naming the
 file and (where there is one) the line.
 
 Partial dumps
@@ -50,8 +50,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cardlib.sim.chip import PAGE_SIZE, SIGNATURE_LEN, ChipVariant, Ntag21x
-from cardlib.sim.errors import DumpFormatError, UnknownChipError
+from simulator.chip import PAGE_SIZE, SIGNATURE_LEN, ChipVariant, Ntag21x
+from simulator.errors import DumpFormatError, UnknownChipError
 
 __all__ = [
     "DumpFormat",

@@ -1,6 +1,6 @@
 """``huma sim``: make, present, import and export virtual NTAG cards.
 
-Errors are raised as typed :mod:`cardlib.sim.errors` exceptions; ``huma.cli.main``
+Errors are raised as typed :mod:`simulator.errors` exceptions; ``huma.cli.main``
 turns them into a one-line message and exit status 2.
 """
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from cardlib.clitypes import HexBytes, force_option, refuse_overwrite
-from cardlib.sim.chip import SIGNATURE_LEN, ChipVariant, Ntag21x
-from cardlib.sim.dumps import DumpFormat, filled_pages, import_dump, page_ranges, write_export
-from cardlib.sim.reader import ReaderKind
-from cardlib.sim.vpcd import VPCD_BASE_PORT, present_for, slot_port
+from simulator.chip import SIGNATURE_LEN, ChipVariant, Ntag21x
+from simulator.dumps import DumpFormat, filled_pages, import_dump, page_ranges, write_export
+from simulator.reader import ReaderKind
+from simulator.vpcd import VPCD_BASE_PORT, present_for, slot_port
 
 
 UID_LENGTH = 7

@@ -1,4 +1,4 @@
-"""``huma sim``: the virtual-card commands of :mod:`cardlib.sim.cli` plus ``huma sim district``.
+"""``huma sim``: the virtual-card commands of :mod:`simulator.cli` plus ``huma sim district``.
 
 ``district`` needs the server package (it feeds the real upload path and
 reconciliation), so it is composed here, in the CLI root, and imports the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from cardlib.sim.cli import sim as _card_sim
+from simulator.cli import sim as _card_sim
 
 
 @contextmanager
@@ -89,7 +89,7 @@ def district(households: int, terminals: int, days: int, skewed: int, skew_minut
     """Simulate a district (no card link) through the real upload API and reconciliation."""
     import json
 
-    from server.sim_district import DistrictPlan, open_database, run_district, unexplained
+    from simulator.district import DistrictPlan, open_database, run_district, unexplained
 
     plan = DistrictPlan(households, terminals, days, skewed, skew_minutes, torn, duplicate_batches, partial,
                         gaps, clones, seed)

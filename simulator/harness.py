@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Iterator
 
-from cardlib.sim.errors import HarnessError
+from simulator.errors import HarnessError
 
 __all__ = ["PcscdHarness", "VPCD_DRIVER", "READER_PREFIX", "reader_name", "free_port_pair", "die_with_parent"]
 

@@ -2,13 +2,13 @@
 
 Modules:
 
-- :mod:`huma.scenario.world`: the moving parts of one run — a work directory,
+- :mod:`simulator.scenario.world`: the moving parts of one run — a work directory,
   a private pcscd with vpcd slots, the server and counter daemons as real
   subprocesses, the ``huma`` CLI run in-process, the server's HTTP API;
-- :mod:`huma.scenario.day`: the story itself (keys → server → enrolment →
+- :mod:`simulator.scenario.day`: the story itself (keys → server → enrolment →
   bundle → provisioning → a counter day with faults → sync → reconciliation).
 """
 
-from huma.scenario.day import DayResult, ScenarioOptions, run_day
+from simulator.scenario.day import DayResult, ScenarioOptions, run_day
 
 __all__ = ["DayResult", "ScenarioOptions", "run_day"]

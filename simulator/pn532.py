@@ -50,9 +50,9 @@ from typing import Final
 
 from cardlib.apdu import TRAFFIC
 from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
-from cardlib.sim._serving import BackgroundServer
-from cardlib.sim.chip import ACK, Ntag21x, crc_a
-from cardlib.sim.errors import CardRemoved, ChipMute, SimError
+from simulator._serving import BackgroundServer
+from simulator.chip import ACK, Ntag21x, crc_a
+from simulator.errors import ChipLeftField, ChipMute, SimulatorError
 
 __all__ = ["ACK_FRAME", "ERROR_FRAME", "NACK_FRAME", "Pn53xCommand", "Pn532Emulator", "Pn532Pty", "build_frame"]
 
@@ -314,7 +314,7 @@ class Pn532Emulator:
                 chip.activate()
             else:
                 chip.field_on()
-        except (ChipMute, CardRemoved):
+        except (ChipMute, ChipLeftField):
             return False
         self._target_active = True
         self._registers[CIU_RX_MODE] = self._registers.get(CIU_RX_MODE, 0) | RX_CRC_EN
@@ -337,7 +337,7 @@ class Pn532Emulator:
         self.tag_commands += 1
         try:
             answer = chip.transceive(frame)
-        except (ChipMute, CardRemoved) as exc:
+        except (ChipMute, ChipLeftField) as exc:
             log.debug("tag silent: %s", exc)
             if chip.removed:
                 self._target_active = False
@@ -379,16 +379,16 @@ class Pn532Pty(BackgroundServer):
     def nfcpy_path(self) -> str:
         """nfcpy's path for the pty, e.g. ``tty:huma-pn532-1234:pn532``.
 
-        :raises SimError: no ``/dev`` link was requested.
+        :raises SimulatorError: no ``/dev`` link was requested.
         """
         if not self.link:
-            raise SimError("nfcpy tty paths need a /dev link: create Pn532Pty with link=...")
+            raise SimulatorError("nfcpy tty paths need a /dev link: create Pn532Pty with link=...")
         return f"tty:{self.link}:pn532"
 
     def start(self) -> "Pn532Pty":
         """Open the pty (raw mode), make the link, start serving.
 
-        :raises SimError: the link cannot be created (not root, name taken).
+        :raises SimulatorError: the link cannot be created (not root, name taken).
         """
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no CR/LF mapping: the UART is 8-bit clean
@@ -399,7 +399,7 @@ class Pn532Pty(BackgroundServer):
                 os.symlink(self.device, link)
             except OSError as exc:
                 self._close_fds()
-                raise SimError(f"cannot create {link} -> {self.device}: {exc.strerror}") from exc
+                raise SimulatorError(f"cannot create {link} -> {self.device}: {exc.strerror}") from exc
         self._run_in_thread(self._serve, f"pn532-pty:{self.device}")
         return self
 
