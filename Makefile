@@ -24,8 +24,15 @@ $(STAMP): setup.cfg scripts/setup-system.sh
 demo: setup
 	$(PY) -m simulator.demo
 
-test: setup
+# The gates (docs/architecture.md): import contracts, ruff's rule set (pyproject.toml), mypy.
+LINTED := cardlib terminal server firmware_config huma simulator
+
+lint: setup
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy $(LINTED)
+
+test: setup lint
 	$(VENV)/bin/pytest
 
 bench: setup

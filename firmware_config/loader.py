@@ -190,10 +190,10 @@ def _non_finite(value: object, path: KeyPath) -> Iterable[tuple[KeyPath, float]]
         yield path, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _non_finite(item, path + (key,))
+            yield from _non_finite(item, (*path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _non_finite(item, path + (index,))
+            yield from _non_finite(item, (*path, index))
 
 
 def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
@@ -222,14 +222,14 @@ def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
             present = error.instance if isinstance(error.instance, dict) else {}
             for name in error.validator_value:
                 if name not in present:
-                    issues.append(doc.issue(path + (name,), "required key is missing"))
+                    issues.append(doc.issue((*path, name), "required key is missing"))
             continue
         if error.validator == "additionalProperties":
             allowed = sorted(sub.get("properties", {}))
             for name in sorted(set(error.instance) - set(allowed)):
                 close = difflib.get_close_matches(name, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
-                issues.append(doc.issue(path + (name,), f"unknown key{hint}"))
+                issues.append(doc.issue((*path, name), f"unknown key{hint}"))
             continue
         if error.validator == "type":
             wanted = error.validator_value

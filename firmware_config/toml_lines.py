@@ -140,8 +140,8 @@ class _Scanner:
                 if self._at_end() or self._peek() == "]":
                     self._advance()
                     return
-                self._record(path + (index,), self.line)
-                self._value(path + (index,))
+                self._record((*path, index), self.line)
+                self._value((*path, index))
                 index += 1
                 self._skip_ws_comments_newlines()
                 if self._peek() == ",":
@@ -180,9 +180,9 @@ class _Scanner:
                 parts, _ = self._key()
                 self._advance(2)  # ']]'
                 parent = self._resolve(parts[:-1])
-                path = parent + (parts[-1],)
+                path = (*parent, parts[-1])
                 self.array_tables[path] = self.array_tables.get(path, 0) + 1
-                prefix = path + (self.array_tables[path] - 1,)
+                prefix = (*path, self.array_tables[path] - 1)
                 self._record(path, line)
                 self._record(prefix, line)
             elif self._peek() == "[":

@@ -480,7 +480,7 @@ def _terminal_keys(session: Session) -> list[Any]:
             not_after = int(x509.load_der_x509_certificate(t.certificate_der).not_valid_after_utc.timestamp())
         revoked_at = None
         if t.status is TerminalStatus.REVOKED:
-            revoked_at = int((t.decided_at or dt.datetime.now(dt.timezone.utc)).timestamp())
+            revoked_at = int((t.decided_at or dt.datetime.now(dt.UTC)).timestamp())
         keys.append(terminal_bundle_key(load_der_public_key(t.public_key), not_after,  # type: ignore[arg-type]
                                         revoked_at=revoked_at))
     return keys
@@ -567,7 +567,7 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
             store, passphrase, version=version, issued_at=now, expires_at=now + valid_days * 86400,
             terminal_keys=_terminal_keys(session), deny_cards=cards, deny_uids=uids, programmes=programmes,
             policies=prev.policies if prev is not None else None)
-        row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.timezone.utc))
+        row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.UTC))
         audit(session, None, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
               keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **_console())
         session.commit()

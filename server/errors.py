@@ -9,7 +9,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-
 #: Longest user-supplied value an error message quotes whole (characters); longer ones are cut.
 ECHO_MAX = 64
 #: Longest error message (and string detail) the API sends (characters): a safety net for

@@ -317,8 +317,8 @@ def registry_deny_candidates(session: Session) -> list[DenyCandidate]:
                                              Card.status == IssuanceStatus.ISSUED.value)
     abandoned = {c for (c,) in session.execute(select(Card.card_id).where(Card.status == IssuanceStatus.ABANDONED.value))}
     lost = {c for (c,) in session.execute(replaced)}
-    uids: dict[str, bytes] = {c: u for c, u in session.execute(
-        select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(replaced)))}
+    uids: dict[str, bytes] = dict(session.execute(
+        select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(replaced))))
     return [DenyCandidate(c, (uids[c],) if c in lost and c in uids else (), ())
             for c in sorted(abandoned | lost)]
 

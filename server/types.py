@@ -11,7 +11,7 @@ from sqlalchemy.types import TypeDecorator
 
 from server.errors import NaiveDatetimeError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def utcnow() -> dt.datetime:

@@ -238,7 +238,7 @@ def verify_entries(batch: Batch, terminal: Terminal) -> tuple[list[EntryResult],
             rejected.append(EntryResult(index, Outcome.REJECTED, reason=RejectReason.UNDECODABLE))
     verified: list[tuple[int, SignedEntry]] = []
     outcomes = verify_journal_entries([message for _, message in decoded], keys)
-    for (index, message), outcome in zip(decoded, outcomes):
+    for (index, message), outcome in zip(decoded, outcomes, strict=False):
         if isinstance(outcome, RecordError):
             rejected.append(EntryResult(index, Outcome.REJECTED, reason=_reject_reason(outcome),
                                         detail=str(outcome), raw=message))
@@ -487,14 +487,14 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
         sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
         savepoint = connection.begin_nested()
-        count = connection.exec_driver_sql(sql, list(zip(*_driver_columns(columns, dialect)))).rowcount
+        count = connection.exec_driver_sql(sql, list(zip(*_driver_columns(columns, dialect), strict=False))).rowcount
         if count == count_rows:
             savepoint.commit()
             return set(columns["entry_hash"])
         savepoint.rollback()
         log.debug("%d of %d journal rows were new; inserting again with RETURNING", count, count_rows)
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
-    rows = [dict(zip(columns, row)) for row in zip(*columns.values())]
+    rows = [dict(zip(columns, row, strict=False)) for row in zip(*columns.values(), strict=False)]
     return set(connection.execute(stmt, rows).scalars().all())
 
 
@@ -528,7 +528,7 @@ def _insert_entries_pg_copy(connection: Any, columns: Mapping[str, list[Any]]) -
         with cur.copy(f"COPY {_STAGE} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_pg_copy_types())
             write = copy.write_row
-            for row in zip(*_driver_columns(columns, connection.dialect)):
+            for row in zip(*_driver_columns(columns, connection.dialect), strict=False):
                 write(row)
         cur.execute(f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) SELECT {names} FROM {_STAGE} "
                     "ORDER BY terminal_id, seq ON CONFLICT DO NOTHING RETURNING entry_hash")

@@ -68,7 +68,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cardlib.type2.image import CARD_IMAGE_FORMAT, PAGE_SIZE, SIGNATURE_LEN, CardImage, CardImageError, load_card_image, save_card_image
+from cardlib.type2.image import (
+    CARD_IMAGE_FORMAT,
+    PAGE_SIZE,
+    SIGNATURE_LEN,
+    CardImage,
+    CardImageError,
+    load_card_image,
+    save_card_image,
+)
 from simulator.errors import CardFileError, ChipLeftField, ChipMute, UnknownChipError
 
 __all__ = [
@@ -220,7 +228,7 @@ class ChipVariant(enum.Enum):
         return bytes((0xE1, 0x10, self.layout.cc_size, 0x00))
 
     @classmethod
-    def parse(cls, name: str) -> "ChipVariant":
+    def parse(cls, name: str) -> ChipVariant:
         """Parse ``"ntag215"``, ``"NTAG215"`` or ``"NTAG 215"``.
 
         :raises UnknownChipError: for any other name.
@@ -234,7 +242,7 @@ class ChipVariant(enum.Enum):
         )
 
     @classmethod
-    def from_version(cls, version: bytes) -> "ChipVariant":
+    def from_version(cls, version: bytes) -> ChipVariant:
         """Identify the variant from a GET_VERSION answer.
 
         :raises UnknownChipError: if the 8 bytes are not an NTAG213/215/216 version.
@@ -390,7 +398,7 @@ class Ntag21x:
     # ------------------------------------------------------------------ factory / files
 
     @classmethod
-    def blank(cls, variant: ChipVariant, uid: bytes | None = None) -> "Ntag21x":
+    def blank(cls, variant: ChipVariant, uid: bytes | None = None) -> Ntag21x:
         """A factory-fresh NXP-like chip.
 
         :param uid: 7 bytes; ``None`` draws a random UID with UID0 = 0x04 (NXP).
@@ -424,7 +432,7 @@ class Ntag21x:
         return target
 
     @classmethod
-    def load(cls, path: Path | str) -> "Ntag21x":
+    def load(cls, path: Path | str) -> Ntag21x:
         """Read a card image written by :meth:`save` or ``huma card dump``.
 
         :raises CardFileError: missing file, bad JSON, wrong format marker, bad hex,
@@ -837,7 +845,7 @@ class Ntag21x:
         if page == 2:
             new = old[0:2] + self._merge_static_lock(old[2:4], data[2:4])
         elif page == 3:
-            new = bytes(o | d for o, d in zip(old, data))
+            new = bytes(o | d for o, d in zip(old, data, strict=False))
         elif page == lay.dyn_lock_page:
             new = self._merge_dynamic_lock(old, data)
         else:

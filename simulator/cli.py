@@ -16,7 +16,6 @@ from simulator.dumps import DumpFormat, filled_pages, import_dump, page_ranges, 
 from simulator.reader import ReaderKind
 from simulator.vpcd import VPCD_BASE_PORT, present_for, slot_port
 
-
 UID_LENGTH = 7
 
 

@@ -38,7 +38,7 @@ from cardlib.records.journal import EntryKind
 from server.errors import ServerError
 from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal, registry_rows
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 #: Entries per upload request (the server's limit is 2,000).
 BATCH = 500
 #: Day the simulated cycle's distribution starts (inside :data:`simulator.journals.CYCLE_START`..END).
@@ -224,7 +224,7 @@ def run_district(plan: DistrictPlan, app: Any, admin_token: str) -> DistrictRepo
         load_registry(session, registry_rows(d))
         session.commit()
     rng = d.rng
-    partial = set(t.terminal_id for t in rng.sample(d.terminals, min(plan.partial, len(d.terminals))))
+    partial = {t.terminal_id for t in rng.sample(d.terminals, min(plan.partial, len(d.terminals)))}
     duplicates_left = plan.duplicate_batches
     for t in d.terminals:
         lost = gaps.get(t.terminal_id)

@@ -56,9 +56,9 @@ from simulator.errors import DumpFormatError, UnknownChipError
 __all__ = [
     "DumpFormat",
     "PartialDumpError",
-    "filled_pages",
     "export_flipper",
     "export_proxmark",
+    "filled_pages",
     "import_dump",
     "import_flipper",
     "import_proxmark",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
 class SimulatorError(Exception):
     """Root of every error raised by :mod:`simulator`."""
 

@@ -43,14 +43,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterator
 
 from simulator.errors import HarnessError
 
-__all__ = ["PcscdHarness", "VPCD_DRIVER", "READER_PREFIX", "reader_name", "free_port_pair", "die_with_parent"]
+__all__ = ["READER_PREFIX", "VPCD_DRIVER", "PcscdHarness", "die_with_parent", "free_port_pair", "reader_name"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ _READY_MARK = "daemon ready"
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> "Callable[[], None]":
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when its parent dies.
 
     Uses ``prctl(PR_SET_PDEATHSIG, sig)`` (Linux ``prctl(2)``); the setting survives
@@ -216,7 +216,7 @@ class PcscdHarness:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 10.0) -> "PcscdHarness":
+    def start(self, timeout: float = 10.0) -> PcscdHarness:
         """Start pcscd and wait until every vpcd slot listens.
 
         :param timeout: seconds to wait for "daemon ready" and the slots.
@@ -270,7 +270,7 @@ class PcscdHarness:
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "PcscdHarness":
+    def __enter__(self) -> PcscdHarness:
         return self.start()
 
     def __exit__(

@@ -41,7 +41,7 @@ from cardlib.records.journal import (
     sign_entry,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 #: Regions of Kalimantan Tengah (Kemendagri code → (name, lat, lon) of the seat, degrees).
 REGIONS: dict[str, tuple[str, float, float]] = {
     "62.71": ("Palangka Raya", -2.21, 113.92),
@@ -185,9 +185,9 @@ class SimTerminal:
         new_hash = hashlib.sha256(b"|".join([
             b"sim-slot", card.card_id.encode(), str(new_seq).encode(), card.state_hash,
             self.terminal_id.encode(), str(true_ms).encode(), programme.encode(), str(amount).encode()])).digest()
-        claims = dict(card_id=card.card_id, tag_uid=card.tag_uid, programme=programme, amount=amount,
-                      slot_seq_before=card.slot_seq, slot_seq_after=new_seq, state_hash_prev=card.state_hash,
-                      state_hash_new=new_hash, ntag_counter=counter)
+        claims = {"card_id": card.card_id, "tag_uid": card.tag_uid, "programme": programme, "amount": amount,
+                      "slot_seq_before": card.slot_seq, "slot_seq_after": new_seq, "state_hash_prev": card.state_hash,
+                      "state_hash_new": new_hash, "ntag_counter": counter}
         pending = self.append(EntryKind.PENDING, true_ms, **claims)
         commit = self.append(EntryKind.COMMIT, true_ms + 900, **claims)
         card.slot_seq, card.state_hash = new_seq, new_hash

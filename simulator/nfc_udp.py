@@ -55,7 +55,7 @@ from simulator._serving import BackgroundServer
 from simulator.chip import CASCADE_TAG, Ntag21x
 from simulator.errors import ChipLeftField, ChipMute, SimulatorError
 
-__all__ = ["BRTY_106A", "NfcUdpPeer", "UdpPeerError", "UdpPeerProcess", "RfCommand"]
+__all__ = ["BRTY_106A", "NfcUdpPeer", "RfCommand", "UdpPeerError", "UdpPeerProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class NfcUdpPeer(BackgroundServer):
                 raise
             self._datagram(data, addr)
 
-    def start(self) -> "NfcUdpPeer":
+    def start(self) -> NfcUdpPeer:
         """Serve in a daemon thread; returns self."""
         self._run_in_thread(self.serve, f"nfc-udp-peer:{self.port}")
         return self
@@ -308,7 +308,7 @@ class UdpPeerProcess:
         """The nfcpy device path, e.g. ``udp:127.0.0.1:40123``."""
         return f"udp:{LOCALHOST}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "UdpPeerProcess":
+    def start(self, timeout: float = 10.0) -> UdpPeerProcess:
         """Spawn the child and wait until it listens.
 
         :raises UdpPeerError: the child exited or did not report its port within ``timeout`` seconds.
@@ -341,7 +341,7 @@ class UdpPeerProcess:
             if stream is not None:
                 stream.close()
 
-    def __enter__(self) -> "UdpPeerProcess":
+    def __enter__(self) -> UdpPeerProcess:
         return self.start()
 
     def __exit__(

@@ -385,7 +385,7 @@ class Pn532Pty(BackgroundServer):
             raise SimulatorError("nfcpy tty paths need a /dev link: create Pn532Pty with link=...")
         return f"tty:{self.link}:pn532"
 
-    def start(self) -> "Pn532Pty":
+    def start(self) -> Pn532Pty:
         """Open the pty (raw mode), make the link, start serving.
 
         :raises SimulatorError: the link cannot be created (not root, name taken).

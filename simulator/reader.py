@@ -58,12 +58,12 @@ from cardlib.apdu import split_response
 from cardlib.ber import BerError, encode_object, parse_objects
 from cardlib.part3 import Part3Object
 from cardlib.pn53x import Pn53xCommand, Pn53xStatus, Tfi
-from simulator.chip import ACK, Command, Nak, Ntag21x, nak_of
-from simulator.errors import ChipLeftField, ChipMute
 from cardlib.transport import Connection
 from cardlib.transport.errors import CardRemoved as TransportCardRemoved
+from simulator.chip import ACK, Command, Nak, Ntag21x, nak_of
+from simulator.errors import ChipLeftField, ChipMute
 
-__all__ = ["EmulatorConnection", "ReaderEmulator", "ReaderKind", "ReaderQuirks", "SW", "storage_card_atr", "ACR122U_FIRMWARE"]
+__all__ = ["ACR122U_FIRMWARE", "SW", "EmulatorConnection", "ReaderEmulator", "ReaderKind", "ReaderQuirks", "storage_card_atr"]
 
 log = logging.getLogger(__name__)
 

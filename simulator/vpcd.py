@@ -29,7 +29,7 @@ from simulator.chip import Ntag21x
 from simulator.errors import ChipLeftField, VpcdError
 from simulator.reader import ReaderEmulator, ReaderKind, ReaderQuirks
 
-__all__ = ["Control", "VpcdCard", "VPCD_HOST", "VPCD_BASE_PORT", "port_in_use", "present_for", "slot_port"]
+__all__ = ["VPCD_BASE_PORT", "VPCD_HOST", "Control", "VpcdCard", "port_in_use", "present_for", "slot_port"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class VpcdCard:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "VpcdCard":
+    def start(self) -> VpcdCard:
         """Start serving in a daemon thread; returns ``self``."""
         if self._thread is not None:
             raise RuntimeError("card already started")
@@ -164,7 +164,7 @@ class VpcdCard:
         """True while the serving thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def __enter__(self) -> "VpcdCard":
+    def __enter__(self) -> VpcdCard:
         if self._thread is None:
             self.start()
         return self
@@ -208,7 +208,7 @@ class VpcdCard:
         except ChipLeftField as exc:
             log.debug("card removed from %s:%d: %s", self.host, self.port, exc)
             self.error = exc
-        except BaseException as exc:  # noqa: BLE001 - recorded and re-raised by stop()
+        except BaseException as exc:
             log.exception("virtual card on %s:%d failed", self.host, self.port)
             self.error = exc
         finally:

@@ -57,7 +57,6 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     from cardlib.keys.signer import derive_kid
     from cardlib.keys.terminal_ca import make_terminal_csr
     from firmware_config.loader import load_terminal_profile
-
     from terminal.errors import ProfileError
 
     profile = load_terminal_profile(profile_path)
@@ -96,10 +95,8 @@ def enrol(profile_path: Path, wait_s: float) -> None:
     import time
 
     from firmware_config.loader import load_terminal_profile
-    from terminal.errors import SyncRejected
+    from terminal.errors import ProfileError, SyncError, SyncRejected
     from terminal.sync import HttpApi
-
-    from terminal.errors import ProfileError, SyncError
 
     profile = load_terminal_profile(profile_path)
     if not _csr_path(profile).is_file():

@@ -31,7 +31,6 @@ from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
 from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderProfile, TerminalProfile
-
 from terminal.clock import Clock
 from terminal.errors import BundleError, ProfileError, TerminalError
 from terminal.feedback import FeedbackWorker
@@ -121,8 +120,7 @@ class ReaderFeedback:
             if setting is not None:
                 from dataclasses import replace
 
-                commands = replace(commands, **{_EVENT_OF[outcome.status].value: (setting,)
-                                                + commands.commands(_EVENT_OF[outcome.status])})
+                commands = replace(commands, **{_EVENT_OF[outcome.status].value: (setting, *commands.commands(_EVENT_OF[outcome.status]))})
         done = self.worker.signal(reader, _EVENT_OF[outcome.status], commands,
                                   apdu=lambda cmd: _send_apdu(conn, cmd),
                                   control=_control_sender(conn, profile))
@@ -279,7 +277,7 @@ class Daemon:
     def _supervise(self) -> None:
         try:
             self.supervisor.run()
-        except Exception:  # noqa: BLE001 - logged here; the watchdog restarts the supervisor
+        except Exception:
             log.exception("reader supervisor crashed")
             raise
 
@@ -298,7 +296,7 @@ class Daemon:
                 self.stop_event.wait(NO_BUNDLE_RETRY_S)
         return False
 
-    def run(self, ready: Callable[["Daemon"], object] | None = None) -> None:
+    def run(self, ready: Callable[[Daemon], object] | None = None) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT via :func:`run_daemon`)."""
         self.screen.start()
         self.sync.start()

@@ -36,8 +36,8 @@ from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError, UnknownKid
 from cardlib.records.journal import (
     GENESIS_HASH,
-    CardClaims,
     JOURNAL_AAD,
+    CardClaims,
     EntryKind,
     JournalEntry,
     SignedEntry,
@@ -46,7 +46,6 @@ from cardlib.records.journal import (
     verify_chain,
     verify_entry,
 )
-
 from terminal.clock import Clock
 from terminal.errors import JournalDamaged, JournalError, JournalVerifyError
 from terminal.policy import Unit
@@ -262,7 +261,7 @@ class JournalStore:
             self._db.execute("UPDATE meta SET value=? WHERE key='boot_count'", (str(boot),))
         return boot
 
-    def _tx(self) -> "_Tx":
+    def _tx(self) -> _Tx:
         return _Tx(self._db)
 
     # ------------------------------------------------------------------ writing
@@ -270,7 +269,7 @@ class JournalStore:
     def append(
         self,
         kind: EntryKind,
-        write: "CardWrite | Callable[[int], tuple[CardWrite, bytes]] | None" = None,
+        write: CardWrite | Callable[[int], tuple[CardWrite, bytes]] | None = None,
         *,
         note: str | None = None,
     ) -> StoredEntry:
@@ -431,8 +430,7 @@ class JournalStore:
             VOIDED after it (possibly followed by UNCERTAIN), else None.
         """
         rows = self._rows(
-            "WHERE card_id=? AND kind IN (%s) ORDER BY seq DESC LIMIT 1"
-            % ",".join(str(int(k)) for k in _WRITE_KINDS),
+            "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in _WRITE_KINDS)),
             (card_id,),
         )
         if not rows or rows[0].entry.kind not in (EntryKind.PENDING, EntryKind.UNCERTAIN):
@@ -462,8 +460,7 @@ class JournalStore:
             w = self.open_write(card)
             if w is not None and w.entry.kind is EntryKind.PENDING:
                 last = self._rows(
-                    "WHERE card_id=? AND kind IN (%s) ORDER BY seq DESC LIMIT 1"
-                    % ",".join(str(int(k)) for k in _WRITE_KINDS),
+                    "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in _WRITE_KINDS)),
                     (card,),
                 )
                 if last and last[0].entry.kind is EntryKind.PENDING:
@@ -805,7 +802,7 @@ def _pending_cose(blob: object) -> bytes | None:
         return None
     try:
         fields = cbor2.loads(blob)
-    except Exception:  # noqa: BLE001 - any undecodable blob is just "not of that layout"
+    except Exception:
         return None
     if not isinstance(fields, list) or len(fields) <= _PENDING_COSE_AT:
         return None
@@ -915,11 +912,11 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
     open_cards: dict[str, EntryKind] = {}
     pending_unit: dict[str, object] = {}
     terminal_id = str(meta.get("terminal_id", ""))
-    for row, s in zip(rows, verified):
+    for row, s in zip(rows, verified, strict=False):
         e = s.entry
         if e.terminal_id != terminal_id:
             raise JournalVerifyError(f"terminal id {e.terminal_id!r} differs from the file's", e.seq)
-        for (name, claim), stored in zip(_SIGNED_COLUMNS, row):
+        for (name, claim), stored in zip(_SIGNED_COLUMNS, row, strict=False):
             if not _same(stored, claim(s)):
                 raise JournalVerifyError(f"indexed columns differ from the signed entry: {name} is "
                                          f"{_short(stored)}, signed {_short(claim(s))}", e.seq)
@@ -975,9 +972,9 @@ __all__ = [
     "StoredEntry",
     "VerifyReport",
     "check_head",
+    "iter_messages",
     "parse_head",
     "repair_journal_file",
     "verify_journal_file",
-    "iter_messages",
     "write_of",
 ]

@@ -127,7 +127,7 @@ def cycle_at(now: float) -> int:
 
     See :func:`cardlib.records.claims.cycle_of`.
     """
-    return cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    return cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class OfflineLimits:
     stale_days: float = 30.0
     stale_floor: float = 0.25
 
-    def tightened(self, bundle_age_days: float) -> "OfflineLimits":
+    def tightened(self, bundle_age_days: float) -> OfflineLimits:
         """The limits in force for a bundle ``bundle_age_days`` old.
 
         Full limits up to ``fresh_days``; then each limit shrinks linearly to
@@ -261,7 +261,7 @@ class DenyList:
 
     __slots__ = ("_ids",)
 
-    def __init__(self, entries: "frozenset[bytes] | set[bytes] | list[bytes]" = frozenset()) -> None:
+    def __init__(self, entries: frozenset[bytes] | set[bytes] | list[bytes] = frozenset()) -> None:
         self._ids = frozenset(entries)
 
     def __len__(self) -> int:
@@ -361,7 +361,7 @@ def decide(
     entitled = card.entitlements[code]
     cycle = cycle_at(now)
     remaining = card.remaining(programme, cycle)
-    base = dict(entitled=entitled, remaining_before=remaining, remaining_after=remaining, cycle=cycle)
+    base = {"entitled": entitled, "remaining_before": remaining, "remaining_after": remaining, "cycle": cycle}
     if mode is CounterMode.BALANCE_CHECK:
         return Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, **base)
 

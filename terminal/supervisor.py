@@ -374,7 +374,7 @@ class ReaderWatcher:
         self.resting_at_attach = 0  #: cards found still resting when the watcher started (not tapped)
         self.thread = threading.Thread(target=self._run, name=f"reader:{name}", daemon=True)
 
-    def start(self) -> "ReaderWatcher":
+    def start(self) -> ReaderWatcher:
         self.thread.start()
         return self
 
@@ -393,7 +393,7 @@ class ReaderWatcher:
             self.ended_by = exc
             self._set(ReaderStatus.GONE)
             log.warning("reader %r: %s", self.name, exc)
-        except Exception as exc:  # noqa: BLE001 - recorded; the supervisor loop logs it and restarts us
+        except Exception as exc:
             self.ended_by = exc
         finally:
             self._backend.close(ctx)
@@ -485,7 +485,7 @@ class ReaderWatcher:
             log.info("reader %r: card session lost (%s); waiting for the card to come back", self.name, exc)
         except TransportError as exc:
             log.warning("reader %r: card error %s", self.name, exc)
-        except Exception:  # noqa: BLE001 - a bug in one tap must not stop the counter
+        except Exception:
             self.tap_errors += 1
             log.exception("reader %r: the tap failed unexpectedly", self.name)
         finally:

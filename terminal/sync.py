@@ -47,7 +47,6 @@ from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.bundle import BundleError as RecordBundleError
 from cardlib.records.bundle import TrustBundle, verify_bundle
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
-
 from terminal.errors import BundleError, SyncError, SyncRejected
 from terminal.journal import JournalStore, StoredEntry
 from terminal.tap import Trust
@@ -402,7 +401,7 @@ class SyncLoop:
         base, cap = self.backoff_s
         return self._rng.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
 
-    def start(self) -> "SyncLoop":
+    def start(self) -> SyncLoop:
         """Start the thread (idempotent)."""
         self.ensure_running()
         return self
@@ -466,7 +465,7 @@ class SyncLoop:
             log.log(logging.WARNING if self._attempt == 1 else logging.INFO,
                     "sync failed (%s); retry %d in %.1f s", exc, self._attempt, delay)
             return delay
-        except Exception as exc:  # noqa: BLE001 - a bug here must not end sync silently: log, count, go on
+        except Exception as exc:
             self._attempt += 1
             self.health.crashes += 1
             self._failed(exc)

@@ -44,7 +44,6 @@ from cardlib.transport import Connection
 from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
 from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
-
 from terminal.journal import CardWrite, JournalStore, StoredEntry, write_of
 from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
 from terminal.policy import (
@@ -330,7 +329,7 @@ class TapProcessor:
         pending = box[0]
         result = session.commit(pending)
         w = write_of(pending_entry)
-        base = dict(household_ref=_household(state), unit=d.unit, entitled=d.entitled, card_id=card_hex)
+        base = {"household_ref": _household(state), "unit": d.unit, "entitled": d.entitled, "card_id": card_hex}
         if result.outcome is WriteOutcome.COMMITTED:
             with self._lock:
                 commit = self.journal.append(EntryKind.COMMIT, w)
@@ -356,7 +355,7 @@ class TapProcessor:
         w = write_of(open_write)
         e = open_write.entry
         unit = _UNIT_OF.get(open_write.unit or "")
-        base = dict(household_ref=_household(state), unit=unit, card_id=e.card_id)
+        base = {"household_ref": _household(state), "unit": unit, "card_id": e.card_id}
         if result.decision is RecoveryDecision.FINISHED:
             with self._lock:
                 fin = self.journal.append(EntryKind.FINISHED, w)

@@ -94,7 +94,7 @@ def _open_token(stack: ExitStack, module: str | None, label: str | None, pin_fil
 
 
 def _when(ts: int | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 @click.group("keys")

@@ -144,7 +144,7 @@ class KeyEntry:
         }
 
     @classmethod
-    def from_cbor(cls, m: dict[str, Any]) -> "KeyEntry":
+    def from_cbor(cls, m: dict[str, Any]) -> KeyEntry:
         try:
             pub = serialization.load_der_public_key(m["spki"])
             entry = cls(
@@ -232,8 +232,8 @@ def _ca_certificate(
         .issuer_name(_name(issuer_cn))
         .public_key(subject_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(dt.datetime.fromtimestamp(created, dt.timezone.utc))
-        .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.timezone.utc))
+        .not_valid_before(dt.datetime.fromtimestamp(created, dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.UTC))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -285,7 +285,7 @@ class KeyStore:
         alg: Algorithm = Algorithm.EDDSA,
         validity_days: int | None = None,
         now: int | None = None,
-    ) -> "KeyStore":
+    ) -> KeyStore:
         """Create a new keystore with a fresh root key (file backend, encrypted).
 
         The root key must then be moved offline (see docs/keys-and-provisioning.md).
@@ -320,7 +320,7 @@ class KeyStore:
         return store
 
     @classmethod
-    def open(cls, path: Path, *, pinned_root_kid: bytes | None = None) -> "KeyStore":
+    def open(cls, path: Path, *, pinned_root_kid: bytes | None = None) -> KeyStore:
         """Load and verify a keystore.
 
         :param pinned_root_kid: when given, the manifest must be signed by this root.

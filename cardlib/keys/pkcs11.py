@@ -110,7 +110,7 @@ class Pkcs11Token:
                 _log.warning("closing PKCS#11 session failed: %r", exc)
             self._session = None
 
-    def __enter__(self) -> "Pkcs11Token":
+    def __enter__(self) -> Pkcs11Token:
         return self
 
     def __exit__(

@@ -34,7 +34,6 @@ from cardlib.records.cose import (
     sig_structure,
 )
 
-
 KID_LENGTH = 4
 """Bytes in a key id (DESIGN §4: a 4-byte ``kid`` instead of certificates)."""
 

@@ -101,10 +101,7 @@ def check_terminal_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
     """
     _check_terminal_id(terminal_id)
     try:
-        if csr.lstrip().startswith(b"-----BEGIN"):
-            request = x509.load_pem_x509_csr(csr)
-        else:
-            request = x509.load_der_x509_csr(csr)
+        request = x509.load_pem_x509_csr(csr) if csr.lstrip().startswith(b"-----BEGIN") else x509.load_der_x509_csr(csr)
         public_key = request.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CsrError(f"not a PEM or DER CSR: {exc}", "undecodable") from exc
@@ -184,7 +181,7 @@ class TerminalCA:
         self.certificate = certificate
 
     @classmethod
-    def from_keystore(cls, store: KeyStore, passphrase: bytes, kid: bytes | None = None) -> "TerminalCA":
+    def from_keystore(cls, store: KeyStore, passphrase: bytes, kid: bytes | None = None) -> TerminalCA:
         """Load the (newest active, or given) terminal CA from a keystore.
 
         :raises KeyNotFoundError: / :raises WrongPassphraseError: / :raises KeyStatusError:
@@ -196,7 +193,7 @@ class TerminalCA:
 
     @classmethod
     def self_signed(cls, signer: SoftwareSigner, *, now: int | None = None,
-                    days: int = SELF_SIGNED_CA_DAYS) -> "TerminalCA":
+                    days: int = SELF_SIGNED_CA_DAYS) -> TerminalCA:
         """A CA whose certificate the key signs itself (development, tests, simulations).
 
         Production CAs come from :meth:`from_keystore`: their certificate chains to the
@@ -204,7 +201,7 @@ class TerminalCA:
 
         :param now: UNIX seconds (default: current time).
         """
-        start = int(dt.datetime.now(dt.timezone.utc).timestamp()) if now is None else now
+        start = int(dt.datetime.now(dt.UTC).timestamp()) if now is None else now
         cn = terminal_ca_common_name(signer.kid)
         cert = _ca_certificate(signer.public_key, cn, signer, cn, start - CLOCK_SKEW_ALLOWANCE_S,
                                start + days * 86400, path_length=0)
@@ -239,7 +236,7 @@ class TerminalCA:
         """
         public_key = check_terminal_csr(csr_pem, terminal_id).public_key
         issued = dt.datetime.fromtimestamp(
-            now if now is not None else dt.datetime.now(dt.timezone.utc).timestamp(), dt.timezone.utc
+            now if now is not None else dt.datetime.now(dt.UTC).timestamp(), dt.UTC
         ).replace(microsecond=0)
         start = issued - dt.timedelta(seconds=CLOCK_SKEW_ALLOWANCE_S)
         end = min(issued + dt.timedelta(days=validity_days), self.certificate.not_valid_after_utc)
@@ -300,7 +297,7 @@ def verify_terminal_certificate(
         raise CertificateError("terminal certificate lacks basicConstraints") from exc
     if bc.ca:
         raise CertificateError("a CA certificate is not a terminal certificate")
-    t = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
+    t = dt.datetime.now(dt.UTC).timestamp() if now is None else now
     nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
     if not nb <= t <= na:
         raise CertificateError(f"terminal certificate not valid at {int(t)} (valid {nb}..{na})")

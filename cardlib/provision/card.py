@@ -235,7 +235,7 @@ def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
 def _fully_locked(static: bytes, dynamic: bytes) -> bool:
     """True when our static locks and at least the first dynamic granule are set (issued card)."""
     want = STATIC_LOCK_ALL
-    return bytes(a & b for a, b in zip(static, want)) == want and bool(dynamic[0] & 0x01)
+    return bytes(a & b for a, b in zip(static, want, strict=False)) == want and bool(dynamic[0] & 0x01)
 
 
 def _our_identity(tag: Type2Tag, ctx: StationContext) -> bytes | None:
@@ -248,7 +248,7 @@ def _our_identity(tag: Type2Tag, ctx: StationContext) -> bytes | None:
 
 
 def _now() -> int:
-    return int(dt.datetime.now(dt.timezone.utc).timestamp())
+    return int(dt.datetime.now(dt.UTC).timestamp())
 
 
 def _locked_end(slot_a_first_page: int) -> int:
@@ -348,7 +348,7 @@ def personalise(
             layout = current.image.layout
             _log.info("card %s: identity already written, resuming", card_id.hex())
         else:
-            identity = build_identity(ctx, household, card_id, uid, dt.datetime.fromtimestamp(now, dt.timezone.utc).date(), pin)
+            identity = build_identity(ctx, household, card_id, uid, dt.datetime.fromtimestamp(now, dt.UTC).date(), pin)
             issued = issue_card_image(identity, ctx.issuer, ctx.station, cycle=ctx.profile.cycle_at(now),
                                       now=now, station_id=ctx.terminal_id)
             genesis = issued.genesis_cose
@@ -434,8 +434,8 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
         raise ReadBackMismatch(f"card {card_id.hex()}: genesis state expected, found seq {state.current.claims.seq}")
     locks = tag.read_lock_bits()
     want_dyn = dynamic_lock_bytes(layout.slot_first_page(SlotName.A))
-    if bytes(a & b for a, b in zip(locks.static, STATIC_LOCK_ALL)) != STATIC_LOCK_ALL or \
-            bytes(a & b for a, b in zip(locks.dynamic, want_dyn)) != want_dyn:
+    if bytes(a & b for a, b in zip(locks.static, STATIC_LOCK_ALL, strict=False)) != STATIC_LOCK_ALL or \
+            bytes(a & b for a, b in zip(locks.dynamic, want_dyn, strict=False)) != want_dyn:
         raise ReadBackMismatch(f"card {card_id.hex()}: lock bits read back {locks.static.hex()}/{locks.dynamic.hex()}")
     if int.from_bytes(locks.dynamic[:2], "little") >> ((layout.slot_first_page(SlotName.A) - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT):
         raise ReadBackMismatch(f"card {card_id.hex()}: slot pages are locked")

@@ -28,9 +28,16 @@ from cardlib.keys.cli import KID, _open_token, read_secret
 from cardlib.keys.keystore import KeyStore, Role
 from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import cose_key
-from cardlib.provision.batch import CardOutcome, PcscCardSource, batch_key, provision_card, run_batch, write_issuance_file
+from cardlib.provision.batch import (
+    CARD_ID_BYTES,
+    CardOutcome,
+    PcscCardSource,
+    batch_key,
+    provision_card,
+    run_batch,
+    write_issuance_file,
+)
 from cardlib.provision.card import StationContext, Step
-from cardlib.provision.batch import CARD_ID_BYTES
 from cardlib.provision.errors import CsvError, ProvisionError, StationInputError
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile

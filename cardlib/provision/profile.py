@@ -52,10 +52,10 @@ class Profile:
         """
         if self.cycle is not None:
             return self.cycle
-        return cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        return cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "profile") -> "Profile":
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "profile") -> Profile:
         """Build and check a profile from parsed TOML.
 
         :param source: names the input in messages (the file path when loaded from a file).
@@ -114,7 +114,7 @@ class Profile:
         return cls(progs, caps, valid_days, cycle)
 
     @classmethod
-    def load(cls, path: Path) -> "Profile":
+    def load(cls, path: Path) -> Profile:
         """Read a profile file (UTF-8 TOML; a leading byte-order mark is ignored).
 
         :raises ProfileError: unreadable, not UTF-8, not TOML, or malformed (file and key named).

@@ -78,7 +78,7 @@ class Issuance:
         return out
 
     @classmethod
-    def from_cbor(cls, m: Mapping[str, Any]) -> "Issuance":
+    def from_cbor(cls, m: Mapping[str, Any]) -> Issuance:
         """Decode one record; ``identity`` is optional (files of older stations lack it).
 
         :raises KeyError, TypeError, ValueError: malformed (the caller turns these into SessionError).

@@ -111,7 +111,7 @@ class BundleKey:
                 int(self.status), self.status_time, self.not_after]
 
     @classmethod
-    def _decode(cls, item: Any) -> "BundleKey":
+    def _decode(cls, item: Any) -> BundleKey:
         kid, role, alg, pub, status, status_time, not_after = item
         a = Algorithm(alg)
         key = cls(kid, KeyRole(role), a, public_key_from_raw(a, pub), KeyState(status), status_time, not_after)
@@ -143,7 +143,7 @@ class Programme:
         return out
 
     @classmethod
-    def _decode(cls, m: Mapping[int, Any]) -> "Programme":
+    def _decode(cls, m: Mapping[int, Any]) -> Programme:
         return cls(m[1], m[2], m[3], m[4], m.get(5, 0))
 
 
@@ -173,7 +173,7 @@ class SortedIdSet:
                 prev = cur
 
     @classmethod
-    def from_ids(cls, ids: Iterable[bytes], width: int) -> "SortedIdSet":
+    def from_ids(cls, ids: Iterable[bytes], width: int) -> SortedIdSet:
         """Build from any iterable of ``width``-byte ids (sorted and de-duplicated here).
 
         :raises MalformedBundle: on an id of the wrong length.
@@ -251,7 +251,7 @@ class TrustBundle:
                 return k
         raise UnknownKid(kid)
 
-    def resolver(self, role: KeyRole) -> "_Resolver":
+    def resolver(self, role: KeyRole) -> _Resolver:
         """A :data:`cardlib.records.cose.KeyResolver` for ``verify1`` over keys of ``role``.
 
         Active and retired (verify-only) keys resolve; revoked keys raise

@@ -29,20 +29,20 @@ from cardlib.records.errors import ClaimsError, RecordError
 
 __all__ = [
     "FORMAT_VERSION",
-    "Unit",
-    "Programme",
-    "PinVerifier",
-    "IdentityClaims",
-    "SlotClaims",
-    "IdentityKey",
-    "SlotKey",
-    "PinMismatch",
-    "state_hash",
     "HASH_BYTES",
     "WIB",
-    "terminal_id_of",
-    "cycle_of",
+    "IdentityClaims",
+    "IdentityKey",
+    "PinMismatch",
+    "PinVerifier",
+    "Programme",
+    "SlotClaims",
+    "SlotKey",
+    "Unit",
     "cycle_bounds",
+    "cycle_of",
+    "state_hash",
+    "terminal_id_of",
 ]
 
 #: Card format version written under key 0 of every claim set (docs/card-format.md).
@@ -210,7 +210,7 @@ class PinVerifier:
         _check_bytes("pin verifier", self.verifier, PIN_VERIFIER_BYTES)
 
     @staticmethod
-    def derive(pin: str, card_id: bytes, uid: bytes, log2_iterations: int) -> "PinVerifier":
+    def derive(pin: str, card_id: bytes, uid: bytes, log2_iterations: int) -> PinVerifier:
         """Compute the verifier for a 6-digit PIN (issuance).
 
         :raises ClaimsError: PIN not 6 ASCII digits.
@@ -323,7 +323,7 @@ class IdentityClaims:
         return cbor2.dumps({int(k): v for k, v in claims.items()})
 
     @classmethod
-    def from_cbor(cls, payload: bytes) -> "IdentityClaims":
+    def from_cbor(cls, payload: bytes) -> IdentityClaims:
         """Strictly decode an identity claim set.
 
         :raises ClaimsError: not a map, missing/extra keys, wrong types or ranges,
@@ -436,7 +436,7 @@ class SlotClaims:
         )
 
     @classmethod
-    def from_cbor(cls, payload: bytes) -> "SlotClaims":
+    def from_cbor(cls, payload: bytes) -> SlotClaims:
         """Strictly decode a slot claim set.
 
         :raises ClaimsError: not a map, missing/extra keys, wrong types or ranges.

@@ -50,22 +50,22 @@ from cardlib.records.errors import (
 )
 
 __all__ = [
-    "Algorithm",
-    "HeaderLabel",
-    "CoseKey",
-    "KeyResolver",
-    "VerifiedSign1",
     "COSE_SIGN1_TAG",
-    "sign1",
-    "verify1",
-    "parse_sign1_layout",
-    "sig_structure",
-    "CoseError",
-    "MalformedCose",
-    "UnknownKid",
-    "RevokedKid",
+    "Algorithm",
     "AlgorithmNotAllowed",
     "BadSignature",
+    "CoseError",
+    "CoseKey",
+    "HeaderLabel",
+    "KeyResolver",
+    "MalformedCose",
+    "RevokedKid",
+    "UnknownKid",
+    "VerifiedSign1",
+    "parse_sign1_layout",
+    "sig_structure",
+    "sign1",
+    "verify1",
 ]
 
 #: CBOR tag of COSE_Sign1 (RFC 9052 §2, IANA CBOR tags registry).

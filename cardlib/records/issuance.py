@@ -17,7 +17,7 @@ from cardlib.records.claims import IdentityClaims, SlotClaims, cycle_of, state_h
 from cardlib.records.layout import CardLayout, build_image
 from cardlib.records.session import identity_aad, slot_aad
 
-__all__ = ["IssuedCard", "issue_card_image", "COSE_OVERHEAD_BYTES"]
+__all__ = ["COSE_OVERHEAD_BYTES", "IssuedCard", "issue_card_image"]
 
 #: Tagged COSE_Sign1 framing with protected {1: alg}, unprotected {4: kid(4 B)},
 #: a 64-byte signature and a 24..255-byte payload: 2 + 4 + 7 + 2 + 2 + 64 bytes.
@@ -63,7 +63,7 @@ def issue_card_image(
     :returns: the image; its slot length fits the largest state the card can ever hold.
     """
     if cycle is None:
-        cycle = cycle_of(dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        cycle = cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))
     if station_id is None:
         station_id = terminal_id_of(station.kid)
     identity_cose = sign1_with(issuer, identity.to_cbor(), identity_aad(identity.uid))

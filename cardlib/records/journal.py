@@ -51,28 +51,29 @@ from cardlib.records.cose import (
     verify1,
 )
 from cardlib.records.errors import BadSignature, RecordError
+import itertools
 
 __all__ = [
-    "JOURNAL_VERSION",
-    "JOURNAL_AAD",
     "GENESIS_HASH",
-    "EntryKind",
-    "Claim",
+    "JOURNAL_AAD",
+    "JOURNAL_VERSION",
+    "BadSignature",
     "CardClaims",
+    "ChainBroken",
+    "Claim",
+    "EntryKind",
+    "Gap",
     "JournalEntry",
-    "SignedEntry",
     "JournalError",
     "MalformedEntry",
-    "ChainBroken",
-    "Gap",
-    "BadSignature",
-    "new_entry_id",
-    "entry_hash",
+    "SignedEntry",
     "encode_payload",
+    "entry_hash",
+    "new_entry_id",
     "sign_entry",
-    "verify_entry",
-    "verify_entries",
     "verify_chain",
+    "verify_entries",
+    "verify_entry",
 ]
 
 #: Format version carried in every entry (claim 1).
@@ -91,7 +92,7 @@ UID_LENGTHS = frozenset({4, 7, 10})
 #: NTAG21x NFC counter is 24 bits (NTAG213/215/216 datasheet §8.7).
 NTAG_COUNTER_MAX = 0xFF_FFFF
 #: 1970-01-01T00:00Z, the origin of ``wall_ms``.
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: Longest terminal id / card id / programme name, characters.
 MAX_ID_CHARS = 64
 MAX_PROGRAMME_CHARS = 32
@@ -446,7 +447,7 @@ def _claims_valid(claims: dict[Any, Any]) -> bool:
                 return False
         elif kind is not bool and not low <= len(value) <= high:
             return False
-    if not _REQUIRED <= claims.keys():
+    if not claims.keys() >= _REQUIRED:
         return False
     if claims[_SEQ] == 1 and claims[_PREV_ENTRY_HASH] != GENESIS_HASH:
         return False
@@ -690,7 +691,7 @@ def _is_deterministic(claims: dict[Any, Any], payload: bytes) -> bool:
     :param payload: the exact payload bytes that were signed.
     """
     keys = list(claims)
-    if any(a >= b for a, b in zip(keys, keys[1:])):
+    if any(a >= b for a, b in itertools.pairwise(keys)):
         return False
     if None in claims.values():
         return False
@@ -784,6 +785,6 @@ def check_links(entries: Sequence[SignedEntry]) -> None:
 
     :raises ChainBroken: for the first entry whose link does not match its predecessor.
     """
-    for before, after in zip(entries, entries[1:]):
+    for before, after in itertools.pairwise(entries):
         if after.entry.seq == before.entry.seq + 1 and after.entry.prev_entry_hash != before.entry_hash:
             raise ChainBroken(after.entry.seq)

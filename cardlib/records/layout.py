@@ -33,17 +33,17 @@ import cbor2
 from cardlib.records.errors import LayoutError
 
 __all__ = [
-    "PAGE_SIZE",
     "FIRST_DATA_PAGE",
-    "SlotName",
-    "RecordType",
-    "CardLayout",
-    "CardImage",
-    "SlotRegion",
     "HEADER_PAGES",
+    "PAGE_SIZE",
+    "CardImage",
+    "CardLayout",
+    "RecordType",
+    "SlotName",
+    "SlotRegion",
     "build_image",
-    "parse_image",
     "pad_payload",
+    "parse_image",
     "split_payload",
 ]
 
@@ -83,7 +83,7 @@ class SlotName(str, enum.Enum):
     B = "B"
 
     @property
-    def other(self) -> "SlotName":
+    def other(self) -> SlotName:
         return SlotName.B if self is SlotName.A else SlotName.A
 
 
@@ -116,7 +116,7 @@ class CardLayout:
                 raise LayoutError(f"{name} {value} must be a positive multiple of 4 up to 252")
 
     @classmethod
-    def for_sizes(cls, identity_cose_len: int, max_slot_cose_len: int) -> "CardLayout":
+    def for_sizes(cls, identity_cose_len: int, max_slot_cose_len: int) -> CardLayout:
         """The layout for an identity COSE of this size and slots holding up to ``max_slot_cose_len``."""
         return cls(_round_up(identity_cose_len), _round_up(max_slot_cose_len))
 
@@ -248,7 +248,7 @@ def build_image(
     types = (RecordType.IDENTITY, RecordType.SLOT_A, RecordType.SLOT_B)
     message = b"".join(
         bytes((flags, len(rtype.value), len(payload))) + rtype.value + payload
-        for flags, rtype, payload in zip(_FLAGS, types, payloads)
+        for flags, rtype, payload in zip(_FLAGS, types, payloads, strict=False)
     )
     tlv = bytes((NDEF_TLV_TYPE, TLV_LONG_LENGTH)) + len(message).to_bytes(2, "big")
     return tlv + message + bytes((TERMINATOR_TLV,))

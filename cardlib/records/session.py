@@ -46,8 +46,8 @@ from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
     ClaimsError,
-    CoseError,
     CorruptSlot,
+    CoseError,
     Expired,
     ForkDetected,
     LayoutError,
@@ -59,7 +59,6 @@ from cardlib.records.errors import (
     UnknownKid,
     WrongCard,
 )
-from cardlib.type2.errors import AddressOutOfRange, UnsupportedCommand
 from cardlib.records.layout import (
     FIRST_DATA_PAGE,
     PAGE_SIZE,
@@ -72,24 +71,25 @@ from cardlib.records.layout import (
     parse_image,
     split_payload,
 )
+from cardlib.type2.errors import AddressOutOfRange, UnsupportedCommand
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "TagMemory",
-    "CardTrust",
+    "NTAG215_DATA_PAGES",
     "CardSession",
     "CardState",
-    "VerifiedIdentity",
-    "VerifiedSlot",
-    "PendingWrite",
-    "WriteOutcome",
+    "CardTrust",
     "CommitResult",
+    "PendingWrite",
     "RecoveryDecision",
     "RecoveryResult",
+    "TagMemory",
+    "VerifiedIdentity",
+    "VerifiedSlot",
+    "WriteOutcome",
     "identity_aad",
     "slot_aad",
-    "NTAG215_DATA_PAGES",
 ]
 
 #: external_aad context strings (docs/card-format.md §5.1); the version is in the string.
@@ -423,7 +423,7 @@ class CardSession:
         if claims.uid != uid:
             raise UidMismatch(uid, claims.uid)
         self.trust.check_card(claims.card_id, uid)
-        today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
         if today < claims.valid_from:
             raise NotYetValid(f"card valid from {claims.valid_from.isoformat()}")
         if today > claims.valid_to:

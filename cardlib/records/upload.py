@@ -28,9 +28,9 @@ from cardlib.records.cose import Algorithm, KeyResolver, sign1, verify1
 from cardlib.records.errors import RecordError
 
 __all__ = [
+    "SIGNATURE_HEADER",
     "UPLOAD_AAD",
     "UPLOAD_VERSION",
-    "SIGNATURE_HEADER",
     "EnvelopeClaim",
     "EnvelopeError",
     "VerifiedEnvelope",

@@ -69,7 +69,7 @@ class Connection(abc.ABC):
         """The card's ATR (PC/SC) or an empty bytes object when the stack has none."""
         return b""
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(

@@ -171,7 +171,7 @@ class NfcpyType2Channel(Type2Channel):
             except OSError as exc:
                 logger.debug("field off failed: %s", exc)
 
-    def __enter__(self) -> "NfcpyType2Channel":
+    def __enter__(self) -> NfcpyType2Channel:
         return self
 
     def __exit__(
@@ -216,7 +216,7 @@ class NfcpyReader:
         """
         return str(self._frontend().device)
 
-    def open(self) -> "NfcpyReader":
+    def open(self) -> NfcpyReader:
         """Open the device (idempotent).
 
         :raises ReaderNotFound: nothing answers on the path, or the device name
@@ -290,7 +290,7 @@ class NfcpyReader:
         if clf is not None:
             clf.close()
 
-    def __enter__(self) -> "NfcpyReader":
+    def __enter__(self) -> NfcpyReader:
         return self.open()
 
     def __exit__(

@@ -96,7 +96,7 @@ def chip_from_version(version: bytes) -> ChipInfo:
 
 def chip_from_name(name: str, source: str) -> ChipInfo:
     """The memory map of a chip by its :class:`ChipType` value (``"NTAG215"``)."""
-    for storage, (chip, pages) in _NTAG_STORAGE.items():
+    for _storage, (chip, pages) in _NTAG_STORAGE.items():
         if chip.value == name:
             return _ntag(chip, pages, source=source)
     return unknown_chip(source=source)

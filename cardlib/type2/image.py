@@ -29,8 +29,15 @@ from typing import Any
 
 from cardlib.type2.errors import TagError
 
-__all__ = ["CARD_IMAGE_FORMAT", "CardImage", "CardImageError", "PAGE_SIZE", "SIGNATURE_LEN",
-           "load_card_image", "save_card_image"]
+__all__ = [
+    "CARD_IMAGE_FORMAT",
+    "PAGE_SIZE",
+    "SIGNATURE_LEN",
+    "CardImage",
+    "CardImageError",
+    "load_card_image",
+    "save_card_image",
+]
 
 #: Format marker of a card image file.
 CARD_IMAGE_FORMAT = "huma-sim-ntag21x/1"

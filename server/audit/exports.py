@@ -32,6 +32,7 @@ from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
+import itertools
 
 JOURNAL_FORMAT = "huma-betang/journal-export/v1"
 FINDINGS_FORMAT = "huma-betang/findings-export/v1"
@@ -303,10 +304,10 @@ def verify_journal_export(document: Any) -> ExportReport:
                                       tid, getattr(exc, "seq", getattr(exc, "first", None))) from exc
         except RecordError as exc:
             raise ExportDoesNotVerify(f"{type(exc).__name__}: {exc}", tid) from exc
-        for before, after in zip(verified, verified[1:]):
+        for before, after in itertools.pairwise(verified):
             if after.entry.seq <= before.entry.seq:
                 raise ExportDoesNotVerify(f"seq {after.entry.seq} repeats or goes backwards", tid, after.entry.seq)
-        for item, signed in zip(rows, verified):
+        for item, signed in zip(rows, verified, strict=False):
             if signed.entry.terminal_id != tid:
                 raise ExportDoesNotVerify(f"entry signed for terminal {signed.entry.terminal_id!r}", tid,
                                           signed.entry.seq)

@@ -13,11 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.auth import audit, require_role
 from cardlib.records.bundle import BundleSignatureError, verify_bundle
 from cardlib.records.errors import RecordError
-from server.errors import (BadRequest, ConfigurationError, Conflict, InvalidBundle, NaiveDatetimeError, NotFound,
-                           clipped)
+from server.auth import audit, require_role
+from server.errors import BadRequest, ConfigurationError, Conflict, InvalidBundle, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
 from server.models import Role, TrustBundle
@@ -114,7 +113,7 @@ def publish_bundle() -> ResponseReturnValue:
     if not 0 < signed.version < 2**62:
         raise InvalidBundle(f"signed bundle version {signed.version} is out of range", reason="malformed")
     try:
-        expires_at = dt.datetime.fromtimestamp(signed.expires_at, dt.timezone.utc)
+        expires_at = dt.datetime.fromtimestamp(signed.expires_at, dt.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise InvalidBundle(f"signed expiry {clipped(str(signed.expires_at), 32)} is no date",
                             reason="malformed") from exc

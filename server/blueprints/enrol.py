@@ -17,14 +17,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.auth import audit, require_role
 from cardlib.keys.errors import CsrError, KeysError
 from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
 from cardlib.provision.regions import check_region
-from server.errors import (BadRequest, ConfigurationError, Conflict, InvalidCsr, NaiveDatetimeError, NotFound, clipped,
-                           shown)
+from server.auth import audit, require_role
+from server.errors import (
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    InvalidCsr,
+    NaiveDatetimeError,
+    NotFound,
+    clipped,
+    shown,
+)
 from server.extensions import db
 from server.http import json_body, query_params
 from server.models import Card, Person, Role, Terminal, TerminalStatus

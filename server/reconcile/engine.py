@@ -84,16 +84,16 @@ from server.types import utcnow
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ReconcileConfig",
-    "Observation",
-    "RunResult",
-    "DenyCandidate",
     "REDEMPTION_KINDS",
-    "observe",
-    "reconcile",
+    "DenyCandidate",
+    "Observation",
+    "ReconcileConfig",
+    "RunResult",
     "decide",
     "deny_list_candidates",
     "deny_sets",
+    "observe",
+    "reconcile",
 ]
 
 #: Entry kinds that mean a slot was written and an amount charged (DESIGN §5).

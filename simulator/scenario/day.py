@@ -36,9 +36,10 @@ import tempfile
 import threading
 import time
 from collections import Counter as Tally
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from rich.markup import escape
@@ -487,7 +488,7 @@ class Day:
             c.sync_now()  # the clerk's "sync now" button: no wait for the next sync_interval
         while time.monotonic() < deadline:
             pending = {n: c.screen_state()["health"] for n, c in self.counters.items()}
-            pending = {n: h for n, h in pending.items() if h["unsent"] or h["sync_error"] and h["unsent"]}
+            pending = {n: h for n, h in pending.items() if h["unsent"] or (h["sync_error"] and h["unsent"])}
             if not pending:
                 return
             time.sleep(0.2)

@@ -140,7 +140,7 @@ class Api:
 
         self.call("POST", "/api/v1/bundles", {
             "version": version, "blob": base64.b64encode(blob).decode(),
-            "expires_at": dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).isoformat()})
+            "expires_at": dt.datetime.fromtimestamp(expires_at, dt.UTC).isoformat()})
 
 
 def wait_http(url: str, timeout: float = START_TIMEOUT_S, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -177,7 +177,7 @@ class Process:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         fh = self.log.open("ab")
         # Own session (a Ctrl-C reaches only the demo, which stops us in order); SIGTERM
         # from the kernel if the demo dies without stopping us (e.g. SIGKILL).

@@ -246,10 +246,10 @@ def receipt_text(p: Published, lang: str) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("screen: " + format, *args)
 
     # -- helpers
@@ -388,7 +388,7 @@ class CounterScreen:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def start(self) -> "CounterScreen":
+    def start(self) -> CounterScreen:
         """Start serving in a background thread."""
         self._thread.start()
         return self
