@@ -9,6 +9,7 @@ torn mix).
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,9 +22,11 @@ DEFAULT_MODE = 0o644
 def atomic_write(path: Path, data: bytes, *, mode: int = DEFAULT_MODE) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
-    Writes ``<name>.tmp`` next to it with ``mode``, fsyncs it, renames it over
-    ``path`` and fsyncs the directory. On failure the temporary file is removed
-    and ``path`` is unchanged.
+    Writes a new temporary file ``.<name>.<random>.tmp`` next to it, created
+    exclusively (``O_EXCL | O_NOFOLLOW``) with ``mode``, fsyncs it, renames it over
+    ``path`` and fsyncs the directory. A file, symlink or leftover already at any
+    ``*.tmp`` name is never opened, so its mode or content cannot end up in ``path``.
+    On failure the temporary file is removed and ``path`` is unchanged.
 
     :param path: the target file; its directory must exist.
     :param data: the complete new content.
@@ -43,8 +46,7 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, mode: int = DEFA
     :param chunks: the content, in order (bytes each).
     :raises OSError: the write, fsync or rename failed.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp, fd = _create_temporary(path, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
@@ -55,8 +57,33 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes], *, mode: int = DEFA
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: Attempts at a fresh temporary name before giving up (each name has 64 random bits).
+_TEMP_ATTEMPTS = 16
+
+
+def _create_temporary(path: Path, mode: int) -> tuple[Path, int]:
+    """Create a new, empty file next to ``path`` that nobody else has opened (POSIX ``open(2)`` ``O_EXCL``).
+
+    ``O_EXCL`` with ``O_CREAT`` fails on any existing name, symlinks included, so the
+    file is ours and gets exactly ``mode`` (minus the umask); ``O_NOFOLLOW`` is kept
+    for systems where ``O_EXCL`` alone would follow a symlink.
+
+    :param mode: permission bits of the new file (umask applies).
+    :returns: (temporary path, open write-only descriptor).
+    :raises OSError: the directory is not writable, or no fresh name after :data:`_TEMP_ATTEMPTS` tries.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, mode)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no fresh temporary name next to {path} after {_TEMP_ATTEMPTS} attempts")
