@@ -69,7 +69,8 @@ def _key_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True),
         click.option("--name", default="", help="Label, e.g. the technician's staff id."),
-        click.option("--validity-days", type=click.IntRange(min=1), default=None, help="Default depends on the role."),
+        click.option("--validity-days", type=click.IntRange(min=1), default=None,
+                     help="Default and maximum depend on the role (docs/security.md)."),
         click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      help="File holding the new key's passphrase (else $HUMA_KEY_PASSPHRASE, else prompt)."),
         click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -94,7 +95,13 @@ def _open_token(stack: ExitStack, module: str | None, label: str | None, pin_fil
 
 
 def _when(ts: int | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
+    """UNIX seconds as ``YYYY-MM-DD HH:MMZ``; a time no calendar date holds (past year 9999) as ``<ts> (invalid)``."""
+    if ts is None:
+        return ""
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
+    except (ValueError, OverflowError, OSError):  # year out of range, beyond time_t
+        return f"{ts} (invalid)"
 
 
 @click.group("keys")

@@ -79,6 +79,32 @@ DEFAULT_VALIDITY_DAYS = {
 }
 """Default not-after per role, in days."""
 
+_YEAR = 366  # days: a bound in years holds whatever leap days the period spans
+MAX_VALIDITY_DAYS = {
+    "root": 20 * _YEAR,
+    "issuer": 5 * _YEAR,
+    "terminal-ca": 10 * _YEAR,
+    "bundle": 5 * _YEAR,
+    "technician": 2 * _YEAR,
+}
+"""Longest validity per role, in days (docs/security.md, "Key validity"): each at or above its default.
+
+A key valid for millennia is never replaced, and a ``not_after`` past year 9999 cannot be
+shown or written into an X.509 certificate (RFC 5280 §4.1.2.5 ends at 9999-12-31)."""
+
+
+def check_validity_days(role: str, days: int) -> int:
+    """``days`` if a ``role`` key may be valid that long (1..:data:`MAX_VALIDITY_DAYS`).
+
+    :param role: a :class:`Role` value (``"root"``, ``"issuer"``...).
+    :raises KeystoreError: outside the range, naming the role's maximum.
+    """
+    limit = MAX_VALIDITY_DAYS[role]
+    if not 1 <= days <= limit:
+        raise KeystoreError(f"validity of a {role} key must be 1 to {limit} days ({limit // _YEAR} years), "
+                            f"not {days}")
+    return days
+
 
 class Role(str, enum.Enum):
     """What a key may sign."""
@@ -291,10 +317,14 @@ class KeyStore:
         The root key must then be moved offline (see docs/keys-and-provisioning.md).
 
         :param path: an empty or missing directory.
-        :raises KeystoreError: when ``path`` already holds a keystore.
+        :param validity_days: the root's validity (default :data:`DEFAULT_VALIDITY_DAYS`).
+        :raises KeystoreError: when ``path`` already holds a keystore, or ``validity_days``
+            exceeds :data:`MAX_VALIDITY_DAYS` (nothing is created).
         :raises WeakPassphraseError: when the passphrase is too short.
         """
         now = _now() if now is None else now
+        days = check_validity_days("root", validity_days if validity_days is not None
+                                   else DEFAULT_VALIDITY_DAYS["root"])
         if (path / "manifest.cose").exists():
             raise KeystoreError(f"{path} already holds a keystore")
         for sub in ("keys", "certs", "endorsements"):
@@ -303,7 +333,6 @@ class KeyStore:
         signer = SoftwareSigner(key)
         fname = f"root-{signer.kid.hex()}.p8.pem"
         save_private_key(path / "keys" / fname, key, root_passphrase)
-        days = validity_days if validity_days is not None else DEFAULT_VALIDITY_DAYS["root"]
         entry = KeyEntry(
             kid=signer.kid, role=Role.ROOT, alg=signer.alg, public_key=signer.public_key,
             status=KeyStatus.ACTIVE, status_time=None, created=now,
@@ -488,8 +517,8 @@ class KeyStore:
         (generated on the PKCS#11 token). The terminal CA needs a FILE key: X.509
         signing in ``cryptography`` takes an in-memory key.
 
-        :raises KeystoreError: root role requested, a PKCS#11 terminal CA, or a kid
-            collision with an existing key.
+        :raises KeystoreError: root role requested, a PKCS#11 terminal CA, a kid
+            collision with an existing key, or ``validity_days`` outside 1..:data:`MAX_VALIDITY_DAYS`.
         :raises WeakPassphraseError: passphrase too short.
         """
         now = _now() if now is None else now
@@ -497,7 +526,8 @@ class KeyStore:
             raise KeystoreError("the root is made by `keys init`, not issued")
         if role is Role.TERMINAL_CA and token is not None:
             raise KeystoreError("the terminal CA signs X.509 and needs a file key")
-        days = validity_days if validity_days is not None else DEFAULT_VALIDITY_DAYS[role.value]
+        days = check_validity_days(role.value, validity_days if validity_days is not None
+                                   else DEFAULT_VALIDITY_DAYS[role.value])
         signer: Signer
         if token is not None:
             signer = token.generate(alg, label=f"huma-{role.value}")
