@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from bench._common import MS, TimedEmulatorConnection, write_report
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
-from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
+from cardlib.records.claims import Entitlement, IdentityClaims, PinVerifier, Unit
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.session import CardSession, WriteOutcome
-from simulator.chip import ChipVariant, Ntag21x
-from simulator.reader import ReaderEmulator, ReaderKind
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
+from simulator.chip import ChipVariant, Ntag21x
+from simulator.reader import ReaderEmulator, ReaderKind
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 NOW = int(dt.datetime(2026, 3, 1, 8, tzinfo=dt.timezone.utc).timestamp())
@@ -57,7 +57,7 @@ def _setup() -> tuple[Ntag21x, TrustBundle, SoftwareSigner, dict[str, int]]:
         card_id=card_id,
         household_ref=bytes(8),
         region="62.71",
-        programmes={1: Programme(Unit.PACKAGE, 1), 2: Programme(Unit.RUPIAH, 250_000), 3: Programme(Unit.VISIT, 4)},
+        programmes={1: Entitlement(Unit.PACKAGE, 1), 2: Entitlement(Unit.RUPIAH, 250_000), 3: Entitlement(Unit.VISIT, 4)},
         valid_from=dt.date(2026, 2, 1),
         valid_to=dt.date(2031, 1, 31),
         offline_cap={1: 1, 2: 250_000, 3: 4},

@@ -38,13 +38,12 @@ from cardlib.keys.keystore import Backend, KeyEntry, KeyStatus, Role, endorse
 from cardlib.keys.pkcs8 import save_private_key
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, Programme, SortedIdSet, TrustBundle, sign_bundle
-from cardlib.records.claims import IdentityClaims
-from cardlib.records.claims import Programme as CardProgramme
+from cardlib.records.claims import Entitlement, IdentityClaims
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.issuance import issue_card_image
+from cardlib.type2.channel import ACR122U
 from simulator.chip import ChipVariant, Ntag21x
 from simulator.reader import ReaderEmulator, ReaderKind
-from cardlib.type2.channel import ACR122U
 from terminal.clock import Clock
 from terminal.journal import CardWrite, JournalStore
 from terminal.policy import CounterMode, OfflineLimits, cycle_at
@@ -94,7 +93,7 @@ def _chip(i: int) -> Ntag21x:
     uid = bytes([0x04, 0xB0, 0, 0, 0, i >> 8, i & 0xFF])
     card_id = bytes.fromhex("627100000000") + i.to_bytes(2, "big")
     identity = IdentityClaims(card_id=card_id, household_ref=bytes(8), region="62.71",
-                              programmes={1: CardProgramme(CardUnit.PACKAGE, ENTITLED)},
+                              programmes={1: Entitlement(CardUnit.PACKAGE, ENTITLED)},
                               valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2031, 1, 31),
                               offline_cap={1: ENTITLED}, uid=uid)
     card = issue_card_image(identity, ISSUER, STATION, cycle=cycle_at(time.time()), now=int(time.time()) - 60)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cardlib.keys.signer import cose_key
 from cardlib.provision.batch import batch_key, provision_card, run_batch
 from cardlib.provision.card import Step
-from cardlib.provision.errors import CardRemoved, QuotaExceeded
+from cardlib.provision.errors import IssuanceInterrupted, QuotaExceeded
 from cardlib.provision.households import Household, parse_households
 from cardlib.provision.password import derive_password
 from cardlib.provision.session import (
@@ -27,12 +28,11 @@ from cardlib.provision.session import (
     verify_issuance_file,
 )
 from cardlib.provision.state import BatchState, Event
-from cardlib.keys.signer import cose_key
 from cardlib.records.claims import cycle_of
 from cardlib.records.layout import SlotName
 from cardlib.records.session import CardSession
-from simulator.chip import ChipVariant, FaultPlan, Ntag21x
 from cardlib.type2.errors import Nak
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
 from tests.provision_support import COMMAND_LOG, PASSWORD_SECRET, Station, VirtualCardSource, tag_on_reader
 
 pytestmark = pytest.mark.pcsc
@@ -140,7 +140,7 @@ def test_card_removed_mid_provisioning_is_recorded_and_finished_later(
     state = BatchState(tmp_path / "batch", batch_key(rows[:1]))
     ctx = station.context()
     steps: list[Step] = []
-    with pytest.raises(CardRemoved) as info:
+    with pytest.raises(IssuanceInterrupted) as info:
         run_batch(rows[:1], VirtualCardSource(present_card, reader_name(0), [(chip, FaultPlan(remove_after_commands=remove_after))]),
                   ctx, state, technician=station.technician, technician_name="t", on_step=steps.append)
     chip.reinsert()
@@ -168,7 +168,7 @@ def test_interrupted_card_that_never_returns_is_abandoned_and_deny_listed(
     lost = station.fab.genuine()
     state = BatchState(tmp_path / "batch", batch_key(rows[:1]))
     ctx = station.context()
-    with pytest.raises(CardRemoved) as info:
+    with pytest.raises(IssuanceInterrupted) as info:
         run_batch(rows[:1], VirtualCardSource(present_card, reader_name(0), [(lost, FaultPlan(remove_after_commands=60))]),
                   ctx, state, technician=station.technician, technician_name="t")
     replacement = station.fab.genuine()

@@ -9,10 +9,10 @@ import pytest
 
 from cardlib.keys.signer import sign1_with
 from cardlib.records.claims import (
+    Entitlement,
     IdentityClaims,
     PinMismatch,
     PinVerifier,
-    Programme,
     SlotClaims,
     Unit,
     state_hash,

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, KeyState, SortedIdSet, TrustBundle
-from cardlib.records.claims import IdentityClaims, PinVerifier, Programme, Unit
+from cardlib.records.claims import Entitlement, IdentityClaims, PinVerifier, Unit
 from cardlib.records.issuance import IssuedCard, issue_card_image
-from simulator.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
 from cardlib.type2.errors import Nak
+from simulator.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 OTHER_UID = bytes.fromhex("04a1b2c3d4e5f7")
@@ -68,9 +68,9 @@ def identity(uid: bytes = UID, **overrides: object) -> IdentityClaims:
         household_ref=bytes.fromhex("a5a5a5a5a5a5a5a5"),
         region="62.71",
         programmes={
-            FOOD: Programme(Unit.PACKAGE, 1),
-            CASH: Programme(Unit.RUPIAH, 250_000),
-            CLINIC: Programme(Unit.VISIT, 4),
+            FOOD: Entitlement(Unit.PACKAGE, 1),
+            CASH: Entitlement(Unit.RUPIAH, 250_000),
+            CLINIC: Entitlement(Unit.VISIT, 4),
         },
         valid_from=dt.date(2026, 2, 1),
         valid_to=dt.date(2031, 1, 31),

@@ -30,7 +30,7 @@ from cardlib.keys.signer import sign1_with
 from cardlib.provision.session import Issuance, IssuanceStatus, grant_session, sign_issuance_file
 from cardlib.records.bundle import Programme as BundleProgramme
 from cardlib.records.bundle import TrustBundle, keystore_bundle_keys, sign_bundle
-from cardlib.records.claims import IdentityClaims, Programme, Unit, state_hash
+from cardlib.records.claims import Entitlement, IdentityClaims, Unit, state_hash
 from cardlib.records.session import identity_aad
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile, FindingKind, TerminalSite
 from simulator.journals import SimCard, SimTerminal
@@ -67,7 +67,7 @@ class Keys:
         return sign_bundle(unsigned, self.store.signer(kid, KEY_PW), self.store.endorsement(kid))
 
 
-def _card(n: int, region: str, programmes: dict[int, Programme]) -> IdentityClaims:
+def _card(n: int, region: str, programmes: dict[int, Entitlement]) -> IdentityClaims:
     return IdentityClaims(card_id=bytes([0xCA, n]) + bytes(6), household_ref=os.urandom(8), region=region,
                           programmes=programmes, valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2027, 12, 31),
                           offline_cap={}, uid=bytes([4, 0x5A, n, 1, 2, 3, 4]))
@@ -112,10 +112,10 @@ def _enrol(world: Any, t: SimTerminal, **site: Any) -> Any:
 def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_region_findings(
         app: Any, registry: Any, keys: Keys) -> None:
     world, kid = registry, keys.issuer.kid
-    x = _card(1, "62.71", {1: Programme(Unit.PACKAGE, 1), 2: Programme(Unit.RUPIAH, 250_000)})
-    y = _card(2, "62.01", {1: Programme(Unit.PACKAGE, 1)})
-    z = _card(3, "62.71", {1: Programme(Unit.PACKAGE, 2)})  # two: its second tap is only a revocation finding
-    w = _card(4, "62.71", {1: Programme(Unit.PACKAGE, 1)})
+    x = _card(1, "62.71", {1: Entitlement(Unit.PACKAGE, 1), 2: Entitlement(Unit.RUPIAH, 250_000)})
+    y = _card(2, "62.01", {1: Entitlement(Unit.PACKAGE, 1)})
+    z = _card(3, "62.71", {1: Entitlement(Unit.PACKAGE, 2)})  # two: its second tap is only a revocation finding
+    w = _card(4, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
     ids = {c.card_id: sign1_with(keys.issuer, c.to_cbor(), identity_aad(c.uid)) for c in (x, y, z, w)}
     issued = int(dt.datetime(2026, 2, 1, tzinfo=UTC).timestamp())
     r = _upload_file(world, keys, [_record(c, ids[c.card_id], kid=kid, when=issued) for c in (x, y, z)])
@@ -186,8 +186,8 @@ def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_regi
 
 def test_identity_records_that_do_not_verify_refuse_the_whole_file(app: Any, registry: Any, keys: Keys) -> None:
     world, kid = registry, keys.issuer.kid
-    good = _card(5, "62.71", {1: Programme(Unit.PACKAGE, 1)})
-    other = _card(6, "62.71", {1: Programme(Unit.PACKAGE, 1)})
+    good = _card(5, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
+    other = _card(6, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
     good_id = sign1_with(keys.issuer, good.to_cbor(), identity_aad(good.uid))
     cases = {
         # signed by the technician key, not an issuer key

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from cardlib.keys.signer import cose_key
 from cardlib.records.bundle import Programme as BundleProgramme
-from cardlib.records.claims import Programme as CardProgramme
+from cardlib.records.claims import Entitlement as CardProgramme
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.journal import EntryKind, verify_entry
 from cardlib.records.session import CardSession

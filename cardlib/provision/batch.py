@@ -20,7 +20,7 @@ from typing import ContextManager, Protocol
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import Signer
 from cardlib.provision.card import ChipState, PersonalisedCard, StationContext, Step, check_chip, personalise
-from cardlib.provision.errors import CardRemoved, ChipRejected
+from cardlib.provision.errors import ChipRejected, IssuanceInterrupted
 from cardlib.provision.households import Household
 from cardlib.provision.session import SessionGrant, check_quota, sign_issuance_file
 from cardlib.provision.state import BatchState, CardRecord, Event
@@ -73,7 +73,7 @@ def provision_card(
     """Check one chip and make it this household's card, journalling every card id.
 
     :returns: ISSUED with the card, or REJECTED (nothing written; pick another chip).
-    :raises CardRemoved: the card left the field after writing began (journalled as
+    :raises IssuanceInterrupted: the card left the field after writing began (journalled as
         interrupted; present it again to finish).
     :raises QuotaExceeded: the grant allows no more card ids.
     """
@@ -84,7 +84,7 @@ def provision_card(
         state.rejected(household.line, ref, exc.uid, str(exc))
         return CardOutcome(household, exc.uid, Event.REJECTED, detail=str(exc))
     except SessionLost as exc:
-        raise CardRemoved(b"", b"", Step.CHECK.value) from exc
+        raise IssuanceInterrupted(b"", b"", Step.CHECK.value) from exc
     uid = check.uid
     pending = state.unfinished_on(uid)
     rec: CardRecord
@@ -109,7 +109,7 @@ def provision_card(
     try:
         card = personalise(tag, ctx, household, bytes.fromhex(rec.card_id), check,
                            remaining=remaining, pin=pin, on_step=on_step)
-    except CardRemoved as exc:
+    except IssuanceInterrupted as exc:
         state.finish(rec, Event.INTERRUPTED, step=exc.step, detail=str(exc))
         raise
     except ChipRejected as exc:
@@ -151,7 +151,7 @@ def run_batch(
     waits for the next chip. The issuance file is (re)signed when the batch ends or stops.
 
     :returns: the outcomes of this run.
-    :raises CardRemoved: a card left the field mid-write: the batch stops; run it again.
+    :raises IssuanceInterrupted: a card left the field mid-write: the batch stops; run it again.
     :raises QuotaExceeded: the grant is used up.
     """
     outcomes: list[CardOutcome] = []

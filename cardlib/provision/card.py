@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from cardlib.keys.signer import Signer
 from cardlib.provision.errors import (
     AlreadyIssued,
-    CardRemoved,
     ChipNotBlank,
     CounterfeitChip,
+    IssuanceInterrupted,
     ReadBackMismatch,
     StationInputError,
     WrongChip,
@@ -319,7 +319,7 @@ def personalise(
     :param remaining: for a re-issued card: the remaining entitlement per programme that the
         genesis state carries (default: the full per-cycle entitlement).
     :param pin: optional 6-digit PIN typed by the beneficiary (never from a file).
-    :raises CardRemoved: the card left the field; journal it as interrupted.
+    :raises IssuanceInterrupted: the card left the field; journal it as interrupted.
     :raises ReadBackMismatch: read-back differs from what was written.
     :raises ChipNotBlank: the chip refused a write (a page we must write is locked).
     """
@@ -388,7 +388,7 @@ def personalise(
         _log.info("issued card %s on chip %s", card_id.hex(), uid.hex())
         return result
     except SessionLost as exc:
-        raise CardRemoved(uid, card_id, step.value) from exc
+        raise IssuanceInterrupted(uid, card_id, step.value) from exc
     except Nak as exc:
         raise ChipNotBlank(f"chip refused a write during '{step.value}': {exc}", uid) from exc
 

@@ -105,8 +105,12 @@ class AlreadyIssued(ChipRejected):
     """The chip already carries a completed card (possibly of another batch)."""
 
 
-class CardRemoved(ProvisionError):
-    """The card left the field during provisioning; the partial state is recorded.
+class IssuanceInterrupted(ProvisionError):
+    """The card session was lost mid-issuance (card left the field, reset or went mute).
+
+    Raised from the transport's :class:`~cardlib.transport.errors.SessionLost` (of which
+    :class:`~cardlib.transport.errors.CardRemoved` is one cause) and adds what provisioning
+    needs to resume: the journal records the card id as ``interrupted`` at ``step``.
 
     :ivar uid: chip UID. :ivar card_id: the card id being issued. :ivar step: the step that was interrupted.
     """

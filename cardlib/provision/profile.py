@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cardlib.provision.errors import ProfileError
-from cardlib.records.claims import Programme, Unit, cycle_bounds, cycle_of
+from cardlib.records.claims import Entitlement, Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import ClaimsError
 
 _UNITS = {"package": Unit.PACKAGE, "rupiah": Unit.RUPIAH, "visit": Unit.VISIT}
@@ -39,7 +39,7 @@ class Profile:
     :ivar valid_days: identity validity in days. :ivar cycle: cycle id of the initial state,
     or None for the province cycle at issuance (:meth:`cycle_at`)."""
 
-    programmes: Mapping[int, Programme]
+    programmes: Mapping[int, Entitlement]
     offline_cap: Mapping[int, int]
     valid_days: int
     cycle: int | None = None
@@ -84,7 +84,7 @@ class Profile:
         programmes = data["programmes"]
         if not isinstance(programmes, Mapping) or not programmes:
             raise fail("programmes", "must hold at least one [programmes.<id>] table")
-        progs: dict[int, Programme] = {}
+        progs: dict[int, Entitlement] = {}
         caps: dict[int, int] = {}
         for key, p in programmes.items():
             path = f"programmes.{key}"
@@ -99,7 +99,7 @@ class Profile:
             per_cycle = integer(p, "per_cycle", f"{path}.per_cycle", minimum=1)
             pid = int(key)
             try:
-                progs[pid] = Programme(_UNITS[unit], per_cycle)
+                progs[pid] = Entitlement(_UNITS[unit], per_cycle)
             except (ClaimsError, ValueError) as exc:
                 raise fail(path, str(exc)) from exc
             caps[pid] = integer(p, "offline_cap", f"{path}.offline_cap", default=per_cycle)

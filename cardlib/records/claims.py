@@ -31,11 +31,11 @@ __all__ = [
     "FORMAT_VERSION",
     "HASH_BYTES",
     "WIB",
+    "Entitlement",
     "IdentityClaims",
     "IdentityKey",
     "PinMismatch",
     "PinVerifier",
-    "Programme",
     "SlotClaims",
     "SlotKey",
     "Unit",
@@ -174,7 +174,7 @@ def state_hash(cose_bytes: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class Programme:
+class Entitlement:
     """A programme's entitlement per cycle.
 
     :ivar unit: what the amount counts.
@@ -244,7 +244,7 @@ class IdentityClaims:
     :ivar card_id: 8 bytes, the card number (printed as 16 hex digits).
     :ivar household_ref: 8 bytes, pseudonymous household reference (no name, no NIK).
     :ivar region: Kemendagri region code, e.g. ``"62.71"`` (Palangka Raya).
-    :ivar programmes: programme id -> :class:`Programme` (entitlement per cycle).
+    :ivar programmes: programme id -> :class:`Entitlement` (entitlement per cycle).
     :ivar valid_from: first valid day (UTC date), inclusive.
     :ivar valid_to: last valid day (UTC date), inclusive.
     :ivar offline_cap: programme id -> the most (in the programme's unit) that
@@ -258,7 +258,7 @@ class IdentityClaims:
     card_id: bytes
     household_ref: bytes
     region: str
-    programmes: Mapping[int, Programme]
+    programmes: Mapping[int, Entitlement]
     valid_from: dt.date
     valid_to: dt.date
     offline_cap: Mapping[int, int]
@@ -279,8 +279,8 @@ class IdentityClaims:
             raise ClaimsError("at least one programme")
         for pid, prog in self.programmes.items():
             _check_uint("programme id", pid, 1, 23)
-            if not isinstance(prog, Programme):
-                raise ClaimsError(f"programme {pid}: not a Programme")
+            if not isinstance(prog, Entitlement):
+                raise ClaimsError(f"programme {pid}: not an Entitlement")
         for pid, cap in self.offline_cap.items():
             if pid not in self.programmes:
                 raise ClaimsError(f"offline cap for programme {pid} the card is not in")
@@ -338,7 +338,7 @@ class IdentityClaims:
         }
         optional = {IdentityKey.PIN, IdentityKey.CARD_PUBLIC_KEY}
         _check_keys(claims, required, optional, "identity")
-        programmes: dict[int, Programme] = {}
+        programmes: dict[int, Entitlement] = {}
         raw_programmes = _want(claims, IdentityKey.PROGRAMMES, dict, "programmes")
         for pid, spec in raw_programmes.items():
             if (
@@ -353,7 +353,7 @@ class IdentityClaims:
             except ValueError:
                 raise ClaimsError(f"programme {pid!r}: unknown unit {spec[0]}") from None
             _check_uint("programme id", pid, 1, 23)
-            programmes[pid] = Programme(unit, spec[1])
+            programmes[pid] = Entitlement(unit, spec[1])
         offline_cap = _uint_map(_want(claims, IdentityKey.OFFLINE_CAP, dict, "offline_cap"), "offline_cap")
         pin = None
         if IdentityKey.PIN in claims:

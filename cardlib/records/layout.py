@@ -36,8 +36,8 @@ __all__ = [
     "FIRST_DATA_PAGE",
     "HEADER_PAGES",
     "PAGE_SIZE",
-    "CardImage",
     "CardLayout",
+    "RecordImage",
     "RecordType",
     "SlotName",
     "SlotRegion",
@@ -213,8 +213,11 @@ class SlotRegion:
 
 
 @dataclass(frozen=True)
-class CardImage:
-    """A parsed card image: exact identity COSE bytes and both raw slot payloads.
+class RecordImage:
+    """The data area parsed (from page 4): exact identity COSE bytes and both raw slot payloads.
+
+    Not the whole-chip dump of :class:`cardlib.type2.image.CardImage`: this is only the
+    NDEF message of docs/card-format.md, as :func:`parse_image` reads it.
 
     :ivar layout: positions.
     :ivar identity: the identity COSE_Sign1 message, exactly as read (no padding).
@@ -279,7 +282,7 @@ def header_layout(head: bytes) -> CardLayout:
     return CardLayout(identity_len, rest // 2)
 
 
-def parse_image(data: bytes) -> CardImage:
+def parse_image(data: bytes) -> RecordImage:
     """Parse the data-area bytes (from page 4) into the identity message and slot regions.
 
     Strict: the TLV, every record header and the terminator must be exactly as
@@ -314,7 +317,7 @@ def parse_image(data: bytes) -> CardImage:
         )
         for slot in SlotName
     }
-    return CardImage(layout, identity, slots)
+    return RecordImage(layout, identity, slots)
 
 
 def _check_record_header(header: bytes, index: int, rtype: RecordType) -> None:

@@ -62,8 +62,8 @@ from cardlib.records.errors import (
 from cardlib.records.layout import (
     FIRST_DATA_PAGE,
     PAGE_SIZE,
-    CardImage,
     CardLayout,
+    RecordImage,
     SlotName,
     SlotRegion,
     header_layout,
@@ -195,7 +195,7 @@ class CardState:
     """
 
     uid: bytes
-    image: CardImage
+    image: RecordImage
     identity: VerifiedIdentity
     current: VerifiedSlot
     other: VerifiedSlot | None
@@ -332,7 +332,7 @@ class CardSession:
 
     # ------------------------------------------------------------------ reading
 
-    def read_image(self) -> CardImage:
+    def read_image(self) -> RecordImage:
         """Read the data area and parse the fixed layout (no signature checks).
 
         :raises LayoutError: not our layout.
@@ -365,7 +365,7 @@ class CardSession:
         """
         return self.verify_image(self.read_image(), now)
 
-    def verify_image(self, image: CardImage, now: int) -> CardState:
+    def verify_image(self, image: RecordImage, now: int) -> CardState:
         """Verify an already-read image (see :meth:`read_state` for the errors)."""
         uid = bytes(self.tag.uid)
         identity = self._verify_identity(image.identity, uid, now)
