@@ -920,12 +920,3 @@ def _factory_image(variant: ChipVariant, uid: bytes) -> bytes:
     mem[lay.pwd_page * PAGE_SIZE : lay.pwd_page * PAGE_SIZE + 4] = b"\xff\xff\xff\xff"
     mem[lay.pack_page * PAGE_SIZE : lay.pack_page * PAGE_SIZE + 4] = bytes(4)
     return bytes(mem)
-
-
-def uid_bcc_ok(pages: bytes) -> bool:
-    """True if BCC0/BCC1 in pages 0–2 match the UID (what a genuine chip always has)."""
-    return (
-        pages[3] == CASCADE_TAG ^ pages[0] ^ pages[1] ^ pages[2]
-        and pages[8] == pages[4] ^ pages[5] ^ pages[6] ^ pages[7]
-    )
-

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -273,12 +273,6 @@ class District:
                     after_card(t)
             if after_terminal is not None:
                 after_terminal(t)
-
-    def iter_entries(self) -> Iterator[tuple[SimTerminal, SignedEntry]]:
-        """Every signed entry of every terminal, terminal by terminal in seq order."""
-        for t in self.terminals:
-            for e in t.entries:
-                yield t, e
 
 
 def registry_rows(district: District) -> dict[str, list[dict[str, Any]]]:

@@ -349,15 +349,6 @@ class PcscConnection(Connection):
             self._context.close()
 
 
-def list_readers() -> list[str]:
-    """Reader names on this machine's PC/SC service (a short-lived context).
-
-    :raises ServiceUnavailable: pcscd is not running.
-    """
-    with PcscContext() as ctx:
-        return ctx.readers()
-
-
 def connect(pattern: str | None = None) -> PcscConnection:
     """Open a context and connect to the card in the reader matching *pattern*; closing releases both.
 
