@@ -22,7 +22,7 @@ class TimedEmulatorConnection(EmulatorConnection):
     """:class:`simulator.reader.EmulatorConnection` that sums the seconds spent in this 'card link'.
 
     Benchmarks subtract :attr:`link_seconds` to report software time per tap excluding
-    the card link (DESIGN §9).
+    the card link (docs/design.md §Performance targets).
     """
 
     def __init__(self, reader: ReaderEmulator) -> None:

@@ -5,7 +5,7 @@ virtual card in this process (its vpcd client thread sets TCP_NODELAY and
 re-arms TCP_QUICKACK), connects with pyscard's thin ``smartcard.scard`` layer
 and times ``SCardTransmit`` of one READ BINARY (``FF B0 00 04 10``, 16 bytes)
 N times.  A second, short run without QUICKACK shows the delayed-ACK stall
-the card side must avoid (card_tech.md §5.1).
+the card side must avoid (docs/chip-facts.md §vpcd).
 
     .venv/bin/python -m bench.bench_apdu_rtt [--apdus 5000] [--no-quickack-apdus 40] \
         [--out bench/results/apdu_rtt.md]

@@ -8,7 +8,7 @@ Three measurements:
 2. **pcscd**: the same through a private pcscd + vpcd (real PC/SC stack), wall seconds
    per card including journal fsyncs.
 3. **deny list**: ``card_id in bundle.deny_cards`` on a verified bundle with 300,000 denied
-   card ids (target ≤ 1 ms, DESIGN §9), and the time to verify and load that bundle.
+   card ids (target ≤ 1 ms, docs/design.md §Performance targets), and the time to verify and load that bundle.
 
     .venv/bin/python -m bench.bench_provision [--cards 30] [--pcsc-cards 10] [--out bench/results/provision.md]
 """
@@ -47,7 +47,7 @@ from cardlib.type2.tag import Type2Tag
 
 PROFILE = Profile.from_mapping({"valid_days": 730, "cycle": 20261, "programmes": {
     "1": {"unit": "package", "per_cycle": 1}, "2": {"unit": "rupiah", "per_cycle": 250_000}}})
-#: ACR122U round trip per card command, seconds (card_tech.md §6: ~20 ms per WRITE from a chrome-nfc log).
+#: ACR122U round trip per card command, seconds (docs/chip-facts.md §Timing: ~20 ms per WRITE).
 ACR122U_S_PER_COMMAND = (0.005, 0.020)
 
 

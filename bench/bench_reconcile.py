@@ -1,6 +1,6 @@
 """N journal entries from the district simulator: uploaded (verified + stored), then reconciled.
 
-DESIGN §9 / issue 8: upload + signature check + reconciliation of 1,000,000 entries
+docs/design.md §Performance targets / issue 8: upload + signature check + reconciliation of 1,000,000 entries
 within 2× the time Ed25519 verification alone needs on the same cores, on SQLite
 and PostgreSQL, peak memory ≤ 1 GB.
 

@@ -1,4 +1,4 @@
-"""Card commands and CPU time per tap, and record sizes (targets: DESIGN §9).
+"""Card commands and CPU time per tap, and record sizes (targets: docs/design.md §Performance targets).
 
 Targets: a verify-only tap ≤ 6 card commands, a redemption ≤ 40 on NTAG215
 with pass-through, software time per tap excluding the card link ≤ 5 ms.

@@ -1,4 +1,4 @@
-"""Terminal daemon benchmarks (targets: DESIGN §9 and issue 6).
+"""Terminal daemon benchmarks (targets: docs/design.md §Performance targets and issue 6).
 
 1. Software time per tap excluding the card link, through the daemon's real
    :class:`terminal.tap.TapProcessor` (policy, journal with fsync, signing,

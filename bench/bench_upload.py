@@ -1,6 +1,6 @@
 """Journal entries accepted per second through the HTTP API, signature checks on, per database.
 
-Compares with Ed25519 verification alone (the floor, DESIGN §9) on the same machine: one
+Compares with Ed25519 verification alone (the floor, docs/design.md §Performance targets) on the same machine: one
 thread, measured right before and after each database run. The server is one process
 (waitress threads share one GIL), so both sides use one core; the CPU column says so.
 Runs the real app under waitress on 127.0.0.1 and posts signed batches over HTTP.

@@ -4,9 +4,9 @@ Terminals sign every entry with their own Ed25519 key in the shared format
 (:mod:`cardlib.records.journal`), hash-chained, with boot ids and monotonic
 clocks; cards carry a slot seq, a state hash and an NTAG 24-bit NFC counter that
 rises on every tap (NTAG213/215/216 datasheet §8.7). A redemption is journalled
-as the terminal does it (DESIGN §5): PENDING, then COMMIT.
+as the terminal does it (docs/design.md §Tap sequence): PENDING, then COMMIT.
 
-The *state hash* stands in for SHA-256 of the slot's COSE bytes (DESIGN §4):
+The *state hash* stands in for SHA-256 of the slot's COSE bytes (docs/card-format.md §conventions):
 distinct for every (card, seq, remaining, terminal, time), equal for equal states,
 which is all reconciliation relies on.
 
@@ -50,7 +50,7 @@ REGIONS: dict[str, tuple[str, float, float]] = {
     "62.03": ("Kapuas", -3.00, 114.38),
     "62.05": ("Barito Utara", -0.95, 114.89),
 }
-#: Per-cycle entitlements (DESIGN §1): food package value and cash, rupiah.
+#: Per-cycle entitlements (docs/design.md §The job): food package value and cash, rupiah.
 ENTITLEMENTS: dict[str, int] = {"food": 150_000, "cash": 250_000}
 #: The cycle simulated by default: first half of 2026 in the one province calendar
 #: (docs/card-format.md §conventions): id ``cycle_of`` = 20261, WIB-midnight bounds as
@@ -179,7 +179,7 @@ class SimTerminal:
         self.clock_error_ms += delta_ms
 
     def redeem(self, card: SimCard, true_ms: int, programme: str, amount: int) -> tuple[SignedEntry, SignedEntry]:
-        """One redemption tap: PENDING then COMMIT, the card's slot advanced (DESIGN §5)."""
+        """One redemption tap: PENDING then COMMIT, the card's slot advanced (docs/design.md §Tap sequence)."""
         counter = card.session()
         new_seq = card.slot_seq + 1
         new_hash = hashlib.sha256(b"|".join([

@@ -5,7 +5,7 @@ nfcpy's UDP "reader" sends one datagram per RF frame, as ASCII text
 a tag answers with a datagram of the same shape to the sender's address and
 stays silent when a real tag would (nfcpy then times out). Frames carry no
 CRC_A. nfcpy itself only emulates Type 3 tags, so this module is the Type 2
-peer (reference notes §5.2).
+peer (docs/chip-facts.md §nfcpy UDP).
 
 What :class:`NfcUdpPeer` answers, at 106 kbps type A only (ISO/IEC 14443-3 §6):
 

@@ -1,6 +1,6 @@
 """Virtual card client for vsmartcard's vpcd reader driver ("vicc" side).
 
-Protocol (frankmorgner/vsmartcard ``vpcd.c``; shared/DESIGN.md §8): TCP to
+Protocol (frankmorgner/vsmartcard ``vpcd.c``; docs/chip-facts.md §vpcd): TCP to
 127.0.0.1:<port> (35963 slot 0, 35964 slot 1 by default).  Every message is a
 2-byte big-endian length and a payload.  A 1-byte payload from vpcd is a control
 code (:class:`Control`): ``0`` power off, ``1`` power on, ``2`` reset, ``4`` get
@@ -10,7 +10,7 @@ Connecting puts the card on the reader; closing the socket removes it.
 
 Latency: the card side sets ``TCP_NODELAY`` and re-arms ``TCP_QUICKACK`` after
 every ``recv()``; without that every APDU stalls ~40 ms on delayed ACKs
-(measured: 44 ms → 0.09 ms, card_tech.md §5.1).
+(measured: 44 ms → 0.09 ms, docs/chip-facts.md §vpcd).
 
 Only ever connect to loopback: vpcd listens on all interfaces.
 """
@@ -255,7 +255,7 @@ class VpcdCard:
                 raise _Disconnected() from exc
             if not chunk:
                 raise _Disconnected()
-            # Delayed ACKs otherwise cost ~40 ms per APDU (card_tech.md §5.1).
+            # Delayed ACKs otherwise cost ~40 ms per APDU (docs/chip-facts.md §vpcd).
             if self.tcp_quickack:
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)

@@ -1,10 +1,10 @@
 """The terminal's clocks: wall time, monotonic time and whether the wall clock is synchronised.
 
-Cards have no clock (card_tech.md §3.1), so every journal entry carries the
+Cards have no clock (docs/design.md §Caps and offline limits), so every journal entry carries the
 terminal's wall time *and* monotonic time plus a flag telling whether the
 kernel considered the wall clock synchronised (NTP/chrony/GPS) when the entry
 was written. The server measures skew from these; it never drops a signed
-entry for a bad clock (DESIGN §7).
+entry for a bad clock (docs/design.md §Journal).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def offline_limits(profile: TerminalProfile) -> OfflineLimits:
 
     ``max_days_since_bundle`` is the bundle age at which limits reach their
     floor (:attr:`OfflineLimits.stale_floor`): service goes on at low amounts
-    rather than stopping (DESIGN §6).
+    rather than stopping (docs/design.md §Keys and trust).
     """
     p = profile.policy
 

@@ -5,11 +5,11 @@ One row per entry holds the exact COSE_Sign1 bytes of
 copies of its claims (seq, kind, card, programme, amount, slot seq, …) and two
 unsigned columns (the programme's ``unit``, the PENDING card state) so the daemon can answer
 "is there an unfinished write for this card?" and "how much went out since
-the last upload?" without decoding every entry. DESIGN §7; card_tech.md §3.2.
+the last upload?" without decoding every entry. docs/design.md §Journal.
 
 Durability: WAL mode with ``synchronous=FULL`` makes SQLite fsync the WAL
 before a commit returns, so :meth:`JournalStore.append` returns only once the
-entry is on disk (the PENDING-before-write rule of DESIGN §5 depends on it).
+entry is on disk (the PENDING-before-write rule of docs/design.md §Tap sequence depends on it).
 Nothing is deleted: triggers refuse DELETE and any UPDATE except marking an
 entry uploaded.
 
@@ -168,7 +168,7 @@ class JournalStore:
     Opening increments the boot counter and writes a BOOT entry; entries of an
     earlier boot left PENDING (a crash between PENDING and COMMIT) are followed
     by an UNCERTAIN entry each, so recovery on the card's next presentation
-    sees them (DESIGN §5 step 6).
+    sees them (docs/design.md §Tap sequence, step 6).
 
     :param path: the SQLite file (created with its schema when missing).
     :param terminal_id: the registered terminal id; must match an existing file's.
@@ -282,7 +282,7 @@ class JournalStore:
         :param note: an unsigned local note (e.g. the decline reason code).
         :returns: the stored entry with its exact signed bytes.
         :raises JournalError: the disk refused the write (the caller must not
-            touch the card: DESIGN §5 requires PENDING on disk first).
+            touch the card: docs/design.md §Tap sequence wants PENDING on disk first).
         """
         with self._lock:
             blob: bytes | None = None
@@ -468,7 +468,7 @@ class JournalStore:
         return out
 
     def last_committed_slot_seq(self, card_id: str) -> int | None:
-        """Highest card slot seq this terminal saw committed for the card (replay check, card_tech §3.3)."""
+        """Highest slot seq committed here for the card (replay check, docs/design.md §Caps and offline limits)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT max(slot_seq_after) FROM entries WHERE card_id=? AND kind IN (?, ?)",
@@ -844,7 +844,7 @@ def _check_unsigned(e: JournalEntry, unit: object, pending: object, pending_unit
 def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyReport:
     """Check a journal file offline, as an auditor: signatures, chain, gaps, every index column.
 
-    Follows DESIGN §7 and card_tech.md §3.2: seq contiguous from 1, each entry's
+    Follows docs/design.md §Journal: seq contiguous from 1, each entry's
     prev_entry_hash the SHA-256 of the previous entry's exact bytes, every entry
     signed by the terminal key (RFC 9052 §4.4), and the columns the daemon
     decides from agree with the signed bytes (a tampered index could hide spending):

@@ -4,8 +4,8 @@ Nothing here touches a reader, a file or the clock: the caller (:mod:`terminal.t
 gathers the inputs — the verified card state from the card session, the deny
 list and programmes from the trust bundle, the exposure counters from the
 journal, the time — and this module answers *accept with amount X* or
-*decline for reason R*. DESIGN §5 step 4; card_tech.md §3.1 (caps and
-offline limits) and §3.4 (deny lists).
+*decline for reason R*. docs/design.md §Tap sequence step 4, §Caps and
+offline limits and §Deny lists.
 
 Units: amounts are integers in the programme's unit — visits, food packages,
 or rupiah (no sub-rupiah amounts). Times are POSIX seconds (UTC).
@@ -168,7 +168,7 @@ class CardFacts:
 class OfflineLimits:
     """Terminal-side limits from the profile / bundle policy, per unit.
 
-    A missing unit means "no limit of this kind". card_tech.md §3.1.
+    A missing unit means "no limit of this kind". docs/design.md §Caps and offline limits.
 
     :ivar per_tap: most units one tap may move.
     :ivar per_card_since_sync: most units one card may take at this terminal
@@ -179,7 +179,7 @@ class OfflineLimits:
         up to which the limits apply in full.
     :ivar stale_days: age at which the limits reach ``stale_floor`` (linear in between).
     :ivar stale_floor: fraction (0 < f <= 1) of each limit kept for very stale
-        bundles: service continues at low amounts rather than stopping (DESIGN §6).
+        bundles: service continues at low amounts rather than stopping (docs/design.md §Keys and trust).
     """
 
     per_tap: Mapping[Unit, int] = field(default_factory=dict)
@@ -255,7 +255,7 @@ class DenyList:
     """The bundle's deny list: card ids and chip UIDs, checked in O(1).
 
     Exact membership (a Bloom false positive would deny an honest household;
-    card_tech.md §3.4). 300,000 8-byte ids take about 25 MB as a Python set;
+    docs/design.md §Deny lists). 300,000 8-byte ids take about 25 MB as a Python set;
     the check is a hash lookup (bench: well under 1 ms).
     """
 

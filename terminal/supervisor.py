@@ -1,6 +1,6 @@
 """Reader supervision: PC/SC contexts, reader attach/detach, card presentations, deadlines.
 
-Field cases PC-1 … PC-4 (shared/cases/pcsc.md):
+Field cases PC-1 … PC-4 (docs/field-cases.md §PC):
 
 - PC-1 pcscd restarts: every PC/SC failure of kind
   :class:`~cardlib.transport.errors.ServiceUnavailable` (0x8010001D/1E/13)

@@ -1,6 +1,6 @@
 """Sync: upload unsent journal entries and fetch the newest trust bundle, while taps go on.
 
-DESIGN §7 and docs/api.md:
+docs/design.md §Sync and docs/api.md:
 
 - **Upload** (``POST /api/v1/journal/batches``): the oldest unsent entries in
   batches, the exact stored bytes, signed envelope (:mod:`cardlib.records.upload`).

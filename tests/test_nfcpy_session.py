@@ -102,7 +102,7 @@ def test_verify_and_redeem_command_counts(tap: Tap) -> None:
         result = session.commit(pending)
         redeem_commands = channel.commands
     assert result.outcome is WriteOutcome.COMMITTED
-    assert verify_commands <= 6  # DESIGN §9 targets
+    assert verify_commands <= 6  # docs/design.md §Performance targets
     assert redeem_commands <= 40
     with tap(chip) as (session, _):
         after = session.read_state(NOW)

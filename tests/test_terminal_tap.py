@@ -1,4 +1,4 @@
-"""The tap transaction through real pcscd + vpcd with issued virtual cards (DESIGN §5)."""
+"""The tap transaction through real pcscd + vpcd with issued virtual cards (docs/design.md §Tap sequence)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from cardlib.records.cose import Algorithm
 
 _PEM = Encoding.PEM
 _ALGS = {"ed25519": Algorithm.EDDSA, "es256": Algorithm.ES256}
-#: A 4-byte key id in hex (DESIGN §4), e.g. ``--pin-root 1a2b3c4d``.
+#: A 4-byte key id in hex (docs/design.md §What is on the card), e.g. ``--pin-root 1a2b3c4d``.
 KID = HexBytes(KID_LENGTH)
 TERMINAL_ID = Checked("TERMINAL_ID", check_terminal_id)
 _PEM_CERT_END = b"-----END CERTIFICATE-----"

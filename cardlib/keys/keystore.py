@@ -1,6 +1,6 @@
 """The keystore: a directory of keys plus a manifest signed by the root key.
 
-Hierarchy (DESIGN §6, card_tech.md §3.5)::
+Hierarchy (docs/design.md §Keys and trust)::
 
     root (offline) ──┬── issuer keys        sign identity records
                      ├── terminal CA        certifies terminal keys (X.509)
@@ -117,7 +117,7 @@ class Role(str, enum.Enum):
 
 
 class KeyStatus(str, enum.Enum):
-    """Lifecycle of a key (card_tech.md §3.5)."""
+    """Lifecycle of a key (docs/design.md §Keys and trust)."""
 
     ACTIVE = "active"
     RETIRED = "retired"  # verify-only: records it signed stay valid

@@ -8,7 +8,7 @@ encrypted PKCS#8 file) and :class:`cardlib.keys.pkcs11.Pkcs11Signer` (a key that
 leaves a PKCS#11 token).
 
 Key identifiers: ``kid = SHA-256(SubjectPublicKeyInfo DER)[:4]`` (:func:`derive_kid`).
-Four bytes keep the on-card records small (DESIGN §4); the keystore refuses to
+Four bytes keep the on-card records small (docs/design.md §What is on the card); the keystore refuses to
 create a second key whose kid collides with one it already lists.
 """
 
@@ -35,7 +35,7 @@ from cardlib.records.cose import (
 )
 
 KID_LENGTH = 4
-"""Bytes in a key id (DESIGN §4: a 4-byte ``kid`` instead of certificates)."""
+"""Bytes in a key id (docs/design.md §What is on the card: a 4-byte ``kid``, no certificates)."""
 
 _P256_COORD = 32
 """Bytes per coordinate / per signature half on P-256 (RFC 9053 §2.1)."""

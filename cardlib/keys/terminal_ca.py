@@ -1,6 +1,6 @@
 """Terminal enrolment: the terminal makes its key and a CSR, the terminal CA certifies it.
 
-Flow (DESIGN §6)::
+Flow (docs/design.md §Keys and trust)::
 
     terminal:  key, csr_pem = make_terminal_csr("KT-6271-0001")     # key never leaves it
     server:    ca = TerminalCA.from_keystore(store, passphrase)       # admin approves, then

@@ -1,6 +1,6 @@
 """Turn one blank NTAG215/216 into a beneficiary card, step by step, resumably.
 
-Steps (docs/keys-and-provisioning.md §Provisioning; DESIGN §3, §4; card_tech.md §2.3, §7.3):
+Steps (docs/keys-and-provisioning.md §Provisioning; docs/design.md §Card protection; docs/card-format.md §2):
 
 1. **check**: GET_VERSION says NTAG215/216 (NTAG21x datasheet §10.1); the NXP originality
    signature verifies for the UID (READ_SIG, §10.7; AN11350); the chip is *blank* (factory

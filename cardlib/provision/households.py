@@ -7,7 +7,7 @@ Format (UTF-8, comma separated, header required, column order free)::
     9f3c2a1b00000002,62.03,
 
 - ``household_ref``: the registry's pseudonymous reference, 16 hex digits (8 bytes).
-  Never a name or NIK (DESIGN §4): anything else is refused.
+  Never a name or NIK (docs/design.md §What is on the card): anything else is refused.
 - ``region``: Kemendagri code in Kalimantan Tengah (:mod:`cardlib.provision.regions`).
 - ``programmes`` (optional column): programme ids separated by ``;``; empty = every
   programme of the profile.

@@ -1,9 +1,9 @@
-"""Per-card NTAG21x write password (card_tech.md §2.3; NTAG213/215/216 datasheet §8.8).
+"""Per-card NTAG21x write password (docs/chip-facts.md §PWD_AUTH; NTAG213/215/216 datasheet §8.8).
 
 ``PWD || PACK = HMAC-SHA256(secret, "huma-betang/ntag-pwd/v1" || UID)[:6]``: 4 bytes PWD,
 then 2 bytes PACK. The secret stays at the issuing office; terminals never need it (the
 password protects only the configuration and dynamic-lock pages, see
-docs/keys-and-provisioning.md). AUTHLIM stays 0 (DESIGN §3): a retry limit would let anyone
+docs/keys-and-provisioning.md). AUTHLIM stays 0 (docs/design.md §Card protection): a retry limit would let anyone
 brick a stranger's card with a few wrong passwords.
 """
 

@@ -1,4 +1,4 @@
-"""The trust bundle: one signed, versioned file every terminal holds (DESIGN §6, card_tech.md §3.4).
+"""The trust bundle: one signed, versioned file every terminal holds (docs/design.md §Keys and trust, §Deny lists).
 
 Contents (payload of a COSE_Sign1 by the bundle key, CBOR map with integer keys)::
 
@@ -122,7 +122,7 @@ class BundleKey:
 
 @dataclass(frozen=True)
 class Programme:
-    """A benefit programme (DESIGN §1).
+    """A benefit programme (docs/design.md §The job).
 
     :ivar per_cycle: entitlement per cycle in ``unit`` (e.g. rupiah or packages).
     :ivar cycle_days: ignored legacy field (0 = absent, not encoded). Every programme

@@ -1,4 +1,4 @@
-"""Terminal journal entries: signed, hash-chained, one per event (DESIGN §7).
+"""Terminal journal entries: signed, hash-chained, one per event (docs/design.md §Journal).
 
 Shared by the terminal (writes them) and the server (verifies and stores them).
 Pure: no I/O, no Flask, no SQL.
@@ -99,7 +99,7 @@ MAX_PROGRAMME_CHARS = 32
 
 
 class EntryKind(IntEnum):
-    """What happened (DESIGN §5): the redemption protocol plus read-only and housekeeping events."""
+    """What happened (docs/design.md §Tap sequence): the redemption protocol plus read-only and housekeeping events."""
 
     PENDING = 1  #: about to write a slot (fsynced before the card write)
     COMMIT = 2  #: slot written and read back identical

@@ -84,7 +84,7 @@ class Connection(abc.ABC):
 class CountingConnection(Connection):
     """Wraps a connection and counts what crosses the host-reader link (benchmarks, command budgets).
 
-    DESIGN §9 budgets taps in card commands: each :meth:`send_and_receive` is one.
+    docs/design.md §Performance targets budgets taps in card commands: each :meth:`send_and_receive` is one.
 
     :param inner: the connection doing the work (closed with this one).
     :ivar commands: APDUs sent.

@@ -130,7 +130,7 @@ def ultralight_family_atr(atr: bytes) -> bool:
 
     NTAG21x reports ``00 03`` (Ultralight) on ACR122U; the ATR never tells
     213/215/216 apart, so it is only a fallback when GET_VERSION is unavailable
-    (PC/SC Part 3 §3.1.3.2.3; reference notes §4.1).
+    (PC/SC Part 3 §3.1.3.2.3; docs/chip-facts.md §PC/SC storage cards).
     """
     if not atr.startswith(_PART3_ATR_PREFIX) or len(atr) < _ATR_NAME_OFFSET + 2:
         return False

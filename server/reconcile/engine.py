@@ -1,4 +1,4 @@
-"""Set-based reconciliation of the stored journal (DESIGN §7, card_tech.md §3.2–3.3).
+"""Set-based reconciliation of the stored journal (docs/design.md §Journal, §Reconciliation).
 
 Every check is one SQL statement (window functions ``LAG``/``SUM ... OVER`` and
 ``GROUP BY ... HAVING``) that the database executes over the whole journal; the
@@ -96,7 +96,7 @@ __all__ = [
     "reconcile",
 ]
 
-#: Entry kinds that mean a slot was written and an amount charged (DESIGN §5).
+#: Entry kinds that mean a slot was written and an amount charged (docs/design.md §Tap sequence).
 REDEMPTION_KINDS: tuple[int, ...] = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
 #: Kilometres per degree of latitude (WGS 84 mean).
 KM_PER_DEG_LAT = 110.574
@@ -268,7 +268,7 @@ def _terminal_pass(conn: Connection, cfg: ReconcileConfig) -> tuple[list[Observa
     terminal_id ORDER BY seq`` (SQLite walks ``uq_journal_terminal_seq``, no sort), keeping
     the rows where a gap, a broken link or a clock step back shows; the flags say which.
     Merged because every window pass over the journal costs one full ordered walk of it
-    (≈ 2.5 s per pass at 1M entries on SQLite; issue 8, DESIGN §7). The window carries only
+    (≈ 2.5 s per pass at 1M entries on SQLite; issue 8, docs/design.md §Reconciliation). The window carries only
     what the conditions need; the entry ids and kind of the few rows kept (and of their
     predecessor, at ``prev_seq``) are joined back through ``uq_journal_terminal_seq``
     (every column a window carries is paid for every entry: 3.7 → 3.25 s).
@@ -850,7 +850,7 @@ def deny_list_candidates(session: Session) -> list[DenyCandidate]:
     """Cards with a *confirmed* clone/fraud finding, for the next trust bundle's deny list.
 
     The chip UIDs come from the card registry and from every journal entry of the
-    card (a clone may carry the genuine UID; both lists are needed: card_tech.md §3.4).
+    card (a clone may carry the genuine UID; both lists are needed: docs/design.md §Deny lists).
     """
     rows = session.execute(
         select(F.c.card_id, F.c.id).where(F.c.status == FindingStatus.CONFIRMED.value,
@@ -878,7 +878,7 @@ def deny_list_candidates(session: Session) -> list[DenyCandidate]:
 def deny_sets(candidates: Iterable[DenyCandidate]) -> tuple[SortedIdSet, SortedIdSet]:
     """The deny lists of the next trust bundle (cardlib/records/bundle.py claims 6 and 7).
 
-    Card ids in the journal are the hex of the 8-byte card id (DESIGN §4); UIDs are
+    Card ids in the journal are the hex of the 8-byte card id (docs/design.md §What is on the card); UIDs are
     kept when 7 bytes (NTAG21x), the width the bundle carries.
 
     :returns: (deny_cards, deny_uids), sorted and unique.
