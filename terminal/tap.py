@@ -1,4 +1,4 @@
-"""One tap, exactly as DESIGN §5 and card_tech.md §7.5 describe it.
+"""One tap, exactly as docs/design.md §Tap sequence describes it.
 
 1. read and verify the card (identity, deny list, validity, both slots) — :class:`CardSession`;
 2. an unfinished write for this card in the journal? → recover it first
@@ -261,7 +261,7 @@ class TapProcessor:
 
         last = self.journal.last_committed_slot_seq(card_hex)
         if last is not None and state.current.claims.seq < last:
-            # card_tech §3.3: a card older than what this terminal wrote = replay or clone.
+            # docs/design.md §Caps and offline limits: a card older than what this terminal wrote = replay or clone.
             return declined(DeclineReason.CARD_FORKED, state, uid)
 
         progs = bundle_programmes(trust.bundle)
