@@ -18,7 +18,7 @@ import click
 _GROUPS: list[tuple[str, str, str]] = [
     ("readers", "cardlib.cli", "readers"),
     ("card", "cardlib.cli", "card"),
-    ("sim", "simulator.sim_cli", "sim"),
+    ("sim", "simulator.cli", "sim"),
     ("keys", "cardlib.keys.cli", "keys"),
     ("provision", "cardlib.provision.cli", "provision"),
     ("server", "server.cli", "server"),
