@@ -279,17 +279,25 @@ class TapProcessor:
         if entry is not None and entry[1].pin_required and state.identity.claims.pin is None:
             pin_status = PinStatus.OK  # a card issued without PIN cannot be asked for one
         unit = entry[1].unit if entry else None
+        # The NFC counter goes into the signed slot; read it before taking the lock so no
+        # card command ever runs while another reader waits for a decision.
+        counter = tag.read_counter() if entry is not None and mode is not CounterMode.BALANCE_CHECK else None
+        # One lock from reading the exposure to journalling PENDING: two readers cannot both
+        # decide against the same figures and together pass an offline limit.
         with self._lock:
             exposure = Exposure(
                 card={_UNIT_OF[u]: n for u, n in self.journal.exposure(card_hex).items()},
                 terminal={_UNIT_OF[u]: n for u, n in self.journal.exposure().items()},
             )
-        decision = decide(
-            card=facts, request=Request(mode, programme, qty, pin_status),
-            programmes={k: v[1] for k, v in progs.items()},
-            counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=self.cfg.limits,
-            exposure=exposure, bundle_age_days=trust.age_days(now), now=now,
-        )
+            decision = decide(
+                card=facts, request=Request(mode, programme, qty, pin_status),
+                programmes={k: v[1] for k, v in progs.items()},
+                counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=self.cfg.limits,
+                exposure=exposure, bundle_age_days=trust.age_days(now), now=now,
+            )
+            if decision.writes_card:
+                assert entry is not None and counter is not None
+                pending_entry, pending = self._journal_pending(session, state, decision, entry[0], counter, now)
         if not decision.accepted:
             assert decision.reason is not None
             out = declined(decision.reason, state, uid)
@@ -302,12 +310,15 @@ class TapProcessor:
             return TapOutcome(TapStatus.BALANCE, reader, mode, programme, household_ref=_household(state),
                               unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
                               card_id=card_hex, journal_seq=e.seq)
-        assert entry is not None
-        return self._redeem(session, state, decision, entry[0], reader, now)
+        return self._redeem(session, state, decision, pending_entry, pending, reader)
 
-    def _redeem(self, session: CardSession, state: CardState, d: Decision, pid: int,
-                reader: str, now: float) -> TapOutcome:
-        counter = session.tag.read_counter()
+    def _journal_pending(self, session: CardSession, state: CardState, d: Decision, pid: int,
+                         counter: int, now: float) -> tuple[StoredEntry, PendingWrite]:
+        """Sign the next card state and journal it PENDING (fsynced); the caller holds the lock.
+
+        :param pid: the card's programme id for ``d.programme``.
+        :param counter: the NFC counter read in this tap (NTAG21x READ_CNT).
+        """
         card_hex = state.identity.claims.card_id.hex()
         box: list[PendingWrite] = []
 
@@ -324,9 +335,13 @@ class TapProcessor:
                 state_hash_new=hashlib.sha256(p.cose).digest(), ntag_counter=counter,
             ), _pending_blob(p)
 
-        with self._lock:
-            pending_entry = self.journal.append(EntryKind.PENDING, build)  # fsynced before any write
-        pending = box[0]
+        pending_entry = self.journal.append(EntryKind.PENDING, build)  # fsynced before any write
+        return pending_entry, box[0]
+
+    def _redeem(self, session: CardSession, state: CardState, d: Decision, pending_entry: StoredEntry,
+                pending: PendingWrite, reader: str) -> TapOutcome:
+        """Write the PENDING state to the card, read it back, journal COMMIT / VOIDED / UNCERTAIN."""
+        card_hex = state.identity.claims.card_id.hex()
         result = session.commit(pending)
         w = write_of(pending_entry)
         base = {"household_ref": _household(state), "unit": d.unit, "entitled": d.entitled, "card_id": card_hex}
