@@ -92,7 +92,7 @@ __all__ = [
     "slot_aad",
 ]
 
-#: external_aad context strings (docs/card-format.md §5.1); the version is in the string.
+#: external_aad context strings (docs/card-format.md §5); the version is in the string.
 IDENTITY_AAD_CONTEXT = b"huma-betang/card/v1/identity"
 SLOT_AAD_CONTEXT = b"huma-betang/card/v1/slot"
 #: Pages of the NTAG215 CC data area (496 B / 4); the default first read.
