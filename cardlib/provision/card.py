@@ -3,7 +3,7 @@
 Steps (docs/keys-and-provisioning.md §Provisioning; docs/design.md §Card protection; docs/card-format.md §2):
 
 1. **check**: GET_VERSION says NTAG215/216 (NTAG21x datasheet §10.1); the NXP originality
-   signature verifies for the UID (READ_SIG, §10.7; AN11350); the chip is *blank* (factory
+   signature verifies for the UID (READ_SIG, §10.8; AN11350); the chip is *blank* (factory
    CC, no lock bits, no password), *re-usable* (unlocked, no password, foreign NDEF data), or
    *ours, unfinished* (our password opens it, or it carries our unlocked identity).
 2. **write**: CC (T2T 1.0 §2.2) if missing, then the card image (identity record + genesis
