@@ -317,8 +317,9 @@ def registry_deny_candidates(session: Session) -> list[DenyCandidate]:
                                              Card.status == IssuanceStatus.ISSUED.value)
     abandoned = {c for (c,) in session.execute(select(Card.card_id).where(Card.status == IssuanceStatus.ABANDONED.value))}
     lost = {c for (c,) in session.execute(replaced)}
+    # .tuples().all(): dict() of a Result takes its keys() for a mapping's and fails
     uids: dict[str, bytes] = dict(session.execute(
-        select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(replaced))))
+        select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(replaced))).tuples().all())
     return [DenyCandidate(c, (uids[c],) if c in lost and c in uids else (), ())
             for c in sorted(abandoned | lost)]
 
