@@ -311,7 +311,8 @@ class ApduChannel:
         resp = self._iso(command)
         if command.cla != CLA_PSEUDO or resp.sw not in self.table.tag_failure:
             return resp
-        logger.debug("reader %s: %s on %02X %02X, re-polling once", self.table.name, sw_name(resp.sw), command.cla, command.ins)
+        logger.debug("reader %s: %s on %02X %02X, re-polling once",
+                     self.table.name, sw_name(resp.sw), command.cla, command.ins)
         if self._repoll is not None:
             self._repoll()
         resp = self._iso(command)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except _error_roots() as exc:  # type: ignore[misc]
+    except _error_roots() as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
     return 0

@@ -299,8 +299,10 @@ def _import_flipper_text(p: Path, text: str, fill_missing: bool = False) -> Ntag
             raise DumpFormatError(p, f"Pages read {r_txt!r} is not 2..{variant.total_pages}", read_line)
         pages_read = int(r_txt)
     missing = sorted({n for n in range(variant.total_pages) if n not in pages or n >= pages_read})
-    why = f" (Pages read: {pages_read} of {variant.total_pages})" if pages_read < variant.total_pages else " (no 'Page N' line)"
-    image, filled = _assemble(p, variant, uid, {n: d for n, (_, d) in pages.items()}, missing, fill_missing, why, read_line)
+    why = (f" (Pages read: {pages_read} of {variant.total_pages})" if pages_read < variant.total_pages
+           else " (no 'Page N' line)")
+    data = {n: d for n, (_, d) in pages.items()}
+    image, filled = _assemble(p, variant, uid, data, missing, fill_missing, why, read_line)
     if bytes(image[0:3] + image[4:8]) != uid:
         raise DumpFormatError(p, f"UID {uid_txt} disagrees with pages 0-1", fields["UID"][0])
     meta = {_META_KEY: {"format": DumpFormat.FLIPPER, "lines": lines, "trailing_newline": text.endswith("\n"),
@@ -410,14 +412,14 @@ def _import_proxmark_text(p: Path, text: str, fill_missing: bool = False) -> Nta
     if not isinstance(doc, dict) or doc.get("FileType") != "mfu":
         raise DumpFormatError(p, "not a Proxmark3 MIFARE Ultralight/NTAG dump (FileType must be 'mfu')",
                               _line_of(text, '"FileType"'))
-    card = doc.get("Card")
-    blocks = doc.get("blocks")
-    for name, value in (("Card", card), ("blocks", blocks)):
+    for name in ("Card", "blocks"):
         if name not in doc:
             raise DumpFormatError(p, f"missing object {name!r}")
-        if not isinstance(value, dict):
-            raise DumpFormatError(p, f"{name!r} must be an object, not {_json_type(value)}",
+        if not isinstance(doc[name], dict):
+            raise DumpFormatError(p, f"{name!r} must be an object, not {_json_type(doc[name])}",
                                   _line_of(text, f'"{name}"'))
+    card: dict[str, Any] = doc["Card"]
+    blocks: dict[str, Any] = doc["blocks"]
     if not blocks:
         raise DumpFormatError(p, "'blocks' is empty", _line_of(text, '"blocks"'))
 

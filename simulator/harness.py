@@ -358,7 +358,8 @@ class PcscdHarness:
             if _READY_MARK in text and all(w in text for w in wanted) and self._listening():
                 return
             time.sleep(0.02)
-        raise HarnessError(f"pcscd did not bring up vpcd slots {self.ports} within {timeout} s: {_tail(self.log_path.read_text(errors='replace'))}")
+        log_tail = _tail(self.log_path.read_text(errors="replace"))
+        raise HarnessError(f"pcscd did not bring up vpcd slots {self.ports} within {timeout} s: {log_tail}")
 
     def _listening(self) -> bool:
         return all(not _port_free(p) for p in self.ports)

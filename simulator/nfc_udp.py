@@ -313,7 +313,8 @@ class UdpPeerProcess:
 
         :raises UdpPeerError: the child exited or did not report its port within ``timeout`` seconds.
         """
-        argv = [sys.executable, "-m", "simulator.nfc_udp", "--card", str(self.card), "--port", str(self._requested_port)]
+        argv = [sys.executable, "-m", "simulator.nfc_udp",
+                "--card", str(self.card), "--port", str(self._requested_port)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert self._proc.stdout is not None

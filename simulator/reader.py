@@ -63,7 +63,15 @@ from cardlib.transport.errors import CardRemoved as TransportCardRemoved
 from simulator.chip import ACK, Command, Nak, Ntag21x, nak_of
 from simulator.errors import ChipLeftField, ChipMute
 
-__all__ = ["ACR122U_FIRMWARE", "SW", "EmulatorConnection", "ReaderEmulator", "ReaderKind", "ReaderQuirks", "storage_card_atr"]
+__all__ = [
+    "ACR122U_FIRMWARE",
+    "SW",
+    "EmulatorConnection",
+    "ReaderEmulator",
+    "ReaderKind",
+    "ReaderQuirks",
+    "storage_card_atr",
+]
 
 log = logging.getLogger(__name__)
 

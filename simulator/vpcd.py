@@ -17,6 +17,7 @@ Only ever connect to loopback: vpcd listens on all interfaces.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import socket
@@ -275,10 +276,8 @@ class VpcdCard:
         with self._sock_lock:
             sock, self._sock = self._sock, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # already disconnected
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already disconnected
             sock.close()
 
     def _save(self) -> None:

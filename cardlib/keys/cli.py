@@ -134,7 +134,8 @@ def _issue(keydir: Path, role: str, rotate: bool, root_passphrase_file: Path | N
         if token is not None:
             kwargs["token"] = token
         else:
-            kwargs["passphrase"] = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", f"Passphrase for the new {role} key", confirm=True)
+            kwargs["passphrase"] = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE",
+                                               f"Passphrase for the new {role} key", confirm=True)
         if rotate:
             entry, retired = store.rotate(r, root, **kwargs)
             for old in retired:
@@ -226,7 +227,8 @@ def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
 def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase_file: Path | None) -> None:
     """(On the terminal) make the terminal key and a CSR for enrolment."""
     key, csr = make_terminal_csr(terminal_id, _ALGS[alg])
-    save_private_key(key_out, key, read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal key passphrase", confirm=True))
+    passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal key passphrase", confirm=True)
+    save_private_key(key_out, key, passphrase)
     csr_out.write_bytes(csr)
     click.echo(f"wrote {key_out} and {csr_out}")
 
@@ -290,7 +292,8 @@ def read_id_list(path: Path, width: int, what: str) -> list[bytes]:
 @_dir_option
 @click.option("--version", "version", type=click.IntRange(min=0), required=True, help="Must exceed the last one.")
 @click.option("--days", type=click.IntRange(min=1), default=14, show_default=True, help="Validity before stale.")
-@click.option("--terminal-cert", "terminal_certs", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--terminal-cert", "terminal_certs", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Certificate (PEM) of an enrolled terminal; repeatable.")
 @click.option("--deny-cards", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="File of denied card ids, 16 hex digits per line.")
@@ -319,4 +322,5 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
         version=version, issued_at=now, expires_at=now + days * 86400, terminal_keys=terminals,
         deny_cards=SortedIdSet.from_ids(ids, CARD_ID_LENGTH))
     out.write_bytes(blob)
-    click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, expires in {days} d")
+    click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "
+               f"expires in {days} d")

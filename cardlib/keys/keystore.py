@@ -554,14 +554,17 @@ class KeyStore:
                 signer.public_key, terminal_ca_common_name(signer.kid), root,
                 root_common_name(root.kid), now, entry.not_after, path_length=0,
             )
-            atomic_write(self.path / "certs" / f"{signer.kid.hex()}.crt.pem", cert.public_bytes(serialization.Encoding.PEM))
+            atomic_write(self.path / "certs" / f"{signer.kid.hex()}.crt.pem",
+                         cert.public_bytes(serialization.Encoding.PEM))
         atomic_write(self.path / "endorsements" / f"{signer.kid.hex()}.cose", endorse(root, entry))
         self._entries.append(entry)
         self._save(root, now)
         _log.info("issued %s key kid=%s (%s)", role.value, entry.kid.hex(), backend.value)
         return entry
 
-    def rotate(self, role: Role, root: Signer, *, name: str = "", now: int | None = None, **issue_kwargs: Any) -> tuple[KeyEntry, list[KeyEntry]]:
+    def rotate(
+        self, role: Role, root: Signer, *, name: str = "", now: int | None = None, **issue_kwargs: Any
+    ) -> tuple[KeyEntry, list[KeyEntry]]:
         """Issue a new key of ``role`` and retire (verify-only) the active ones it replaces.
 
         For technicians only keys with the same ``name`` are retired.
@@ -572,7 +575,8 @@ class KeyStore:
         new = self.issue(role, root, name=name, now=now, **issue_kwargs)
         retired: list[KeyEntry] = []
         for i, e in enumerate(self._entries):
-            if e.kid != new.kid and e.role is role and e.status is KeyStatus.ACTIVE and (role is not Role.TECHNICIAN or e.name == name):
+            same_holder = role is not Role.TECHNICIAN or e.name == name
+            if e.kid != new.kid and e.role is role and e.status is KeyStatus.ACTIVE and same_holder:
                 self._entries[i] = replace(e, status=KeyStatus.RETIRED, status_time=now)
                 retired.append(self._entries[i])
         self._save(root, now)

@@ -77,9 +77,8 @@ def algorithm_of(key: PublicKey | PrivateKey) -> Algorithm:
     """
     if isinstance(key, (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)):
         return Algorithm.EDDSA
-    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
-        if isinstance(key.curve, ec.SECP256R1):
-            return Algorithm.ES256
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) and isinstance(key.curve, ec.SECP256R1):
+        return Algorithm.ES256
     raise UnsupportedAlgorithmError(f"unsupported key type {type(key).__name__}")
 
 

@@ -52,7 +52,8 @@ CLOCK_SKEW_ALLOWANCE_S = 300
 SELF_SIGNED_CA_DAYS = 10 * 365
 
 
-def _hash_for(key: PrivateKey | PublicKey) -> hashes.HashAlgorithm | None:
+def _hash_for(key: PrivateKey | PublicKey) -> hashes.SHA256 | None:
+    """The digest X.509 signing needs: none for Ed25519 (RFC 8410 §6), SHA-256 for ECDSA P-256."""
     return None if algorithm_of(key) == Algorithm.EDDSA else hashes.SHA256()
 
 
@@ -259,7 +260,7 @@ class TerminalCA:
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._signer.public_key),  # type: ignore[arg-type]
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._signer.public_key),
                 critical=False,
             )
             .sign(self._signer.private_key, _hash_for(self._signer.private_key))

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import Signer
@@ -39,7 +39,7 @@ class CardSource(Protocol):
     the field (and releasing it afterwards), or None when no more chips will come.
     """
 
-    def next_card(self) -> ContextManager[Type2Tag] | None: ...
+    def next_card(self) -> contextlib.AbstractContextManager[Type2Tag] | None: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def provision_card(
         if pending.household_ref != ref:
             _log.warning("chip %s carries unfinished card %s of household %s: finishing that one",
                          uid.hex(), pending.card_id, pending.household_ref)
-            household = Household(pending.line, bytes.fromhex(pending.household_ref), pending.region, household.programmes)
+            household = Household(pending.line, bytes.fromhex(pending.household_ref), pending.region,
+                                  household.programmes)
     else:
         for other in state.unfinished():
             if other.household_ref == ref:
@@ -214,7 +215,7 @@ class PcscCardSource:
 
         return select_reader(self._ctx.readers(), self._reader)
 
-    def next_card(self) -> ContextManager[Type2Tag] | None:
+    def next_card(self) -> contextlib.AbstractContextManager[Type2Tag] | None:
         name = self._reader_name()
         while not self._ctx.wait_for_card(name, True, 1.0 if self._timeout is None else self._timeout):
             if self._timeout is not None:

@@ -393,7 +393,9 @@ def personalise(
         raise ChipNotBlank(f"chip refused a write during '{step.value}': {exc}", uid) from exc
 
 
-def _reissue_genesis(ctx: StationContext, identity_cose: bytes, uid: bytes, remaining: Mapping[int, int], now: int) -> bytes:
+def _reissue_genesis(
+    ctx: StationContext, identity_cose: bytes, uid: bytes, remaining: Mapping[int, int], now: int
+) -> bytes:
     """Genesis state carrying a lost card's remaining entitlement (re-issue)."""
     from cardlib.keys.signer import sign1_with
     from cardlib.records.claims import SlotClaims
@@ -437,7 +439,8 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
     if bytes(a & b for a, b in zip(locks.static, STATIC_LOCK_ALL, strict=False)) != STATIC_LOCK_ALL or \
             bytes(a & b for a, b in zip(locks.dynamic, want_dyn, strict=False)) != want_dyn:
         raise ReadBackMismatch(f"card {card_id.hex()}: lock bits read back {locks.static.hex()}/{locks.dynamic.hex()}")
-    if int.from_bytes(locks.dynamic[:2], "little") >> ((layout.slot_first_page(SlotName.A) - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT):
+    first_slot_lock_bit = (layout.slot_first_page(SlotName.A) - FIRST_DYNAMIC_LOCK_PAGE) // PAGES_PER_DYNAMIC_LOCK_BIT
+    if int.from_bytes(locks.dynamic[:2], "little") >> first_slot_lock_bit:
         raise ReadBackMismatch(f"card {card_id.hex()}: slot pages are locked")
     cfg0, _, _, _ = _cfg(tag)
     cfg = tag.read_pages(cfg0, 2)

@@ -70,10 +70,10 @@ def _station_options(f: Any) -> Any:
                      help="The station's terminal key (encrypted PKCS#8); signs genesis states."),
         click.option("--station-id", type=click.IntRange(0, 2**32 - 1), default=None,
                      help="Slot terminal id of genesis states (default: the station key's kid, big-endian)."),
-        click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-                     help="Current trust bundle (read-back verification uses it)."),
-        click.option("--profile", "profile_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-                     help="Provisioning profile TOML (programmes, validity, cycle)."),
+        click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     required=True, help="Current trust bundle (read-back verification uses it)."),
+        click.option("--profile", "profile_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     required=True, help="Provisioning profile TOML (programmes, validity, cycle)."),
         click.option("--pwd-secret-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      envvar="HUMA_PWD_SECRET_FILE", required=True, help="Secret for per-card write passwords."),
         click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -81,7 +81,8 @@ def _station_options(f: Any) -> Any:
         click.option("--grant", "grant_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      help="Session grant (quota) from `huma provision grant`."),
         click.option("--reader", default=None, help="Reader name pattern (needed when several readers are attached)."),
-        click.option("--reader-kind", type=click.Choice(["acr122u", "part3", "plain"]), default="acr122u", show_default=True),
+        click.option("--reader-kind", type=click.Choice(["acr122u", "part3", "plain"]), default="acr122u",
+                     show_default=True),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
                      help="Seconds to wait for each card (default: wait forever; Ctrl-C stops)."),
         click.option("--originality-key", type=HexBytes(len(NXP_NTAG21X_PUBLIC_KEY)), default=None, hidden=True,
@@ -165,7 +166,8 @@ class _Station:
 def _report(outcome: CardOutcome) -> None:
     h = outcome.household
     if outcome.status is Event.ISSUED and outcome.card is not None:
-        _console.print(f"[green]line {h.line}: issued card {outcome.card.card_id.hex()} on chip {outcome.uid.hex().upper()}[/]")
+        _console.print(f"[green]line {h.line}: issued card {outcome.card.card_id.hex()} "
+                       f"on chip {outcome.uid.hex().upper()}[/]")
     else:
         _console.print(f"[red]line {h.line}: chip {outcome.uid.hex().upper()} rejected: {outcome.detail}[/]")
 
@@ -269,7 +271,8 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
         raise click.UsageError("--reissue-of and --remaining go together")
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
-        pin_value = click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True) if pin else None
+        pin_value = (click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
+                     if pin else None)
         source = st.open_source(o, wait_removal=False)
         # One journal (and issuance file) for all single cards made in this state dir.
         state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
@@ -296,7 +299,8 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
 @click.option("--days", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Path, passphrase_file: Path | None) -> None:
+def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Path,
+              passphrase_file: Path | None) -> None:
     """(Office) allow a technician at most MAX_CARDS cards for DAYS days (signed by the issuer key)."""
     store = KeyStore.open(keydir)
     pw = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Issuer key passphrase")

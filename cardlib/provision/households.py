@@ -114,7 +114,8 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
         else:
             ref = bytes.fromhex(ref_text)
             if ref in first_seen:
-                row_errors.append(DuplicateHouseholdRef(line, "household_ref", f"{ref_text} already on line {first_seen[ref]}"))
+                row_errors.append(DuplicateHouseholdRef(line, "household_ref",
+                                                        f"{ref_text} already on line {first_seen[ref]}"))
             else:
                 first_seen[ref] = line
         region = fields[col["region"]]
@@ -128,11 +129,13 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
             try:
                 ids = tuple(sorted({int(p) for p in parts}))
             except ValueError:
-                row_errors.append(UnknownProgramme(line, "programmes", f"{fields[col['programmes']]!r} is not a ;-list of ids"))
+                row_errors.append(UnknownProgramme(line, "programmes",
+                                                   f"{fields[col['programmes']]!r} is not a ;-list of ids"))
             else:
                 bad = [i for i in ids if i not in known]
                 if bad:
-                    row_errors.append(UnknownProgramme(line, "programmes", f"id(s) {bad} not in the profile {sorted(known)}"))
+                    row_errors.append(UnknownProgramme(line, "programmes",
+                                                       f"id(s) {bad} not in the profile {sorted(known)}"))
                 else:
                     programmes = ids
         if row_errors:

@@ -125,7 +125,8 @@ def verify_grant(message: bytes, issuer_keys: KeyResolver, technician_kid: bytes
     try:
         v = verify1(message, issuer_keys, GRANT_AAD)
         m = cbor2.loads(v.payload)
-        grant = SessionGrant(m["grant_id"], m["technician_kid"], int(m["max_cards"]), int(m["not_after"]), v.kid, message)
+        grant = SessionGrant(m["grant_id"], m["technician_kid"], int(m["max_cards"]), int(m["not_after"]),
+                             v.kid, message)
     except CoseError as exc:
         raise SessionError(f"session grant does not verify: {exc}") from exc
     except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError) as exc:

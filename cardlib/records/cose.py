@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
-from typing import Union
+from typing import TypeAlias
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -98,8 +98,8 @@ class HeaderLabel(IntEnum):
 #: in the unprotected bucket and ignored (it is not covered by the signature).
 _KNOWN_LABELS = frozenset(int(label) for label in HeaderLabel) - {HeaderLabel.CRIT}
 
-PublicKey = Union[ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey]
-PrivateKey = Union[ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey]
+PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+PrivateKey: TypeAlias = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class CoseKey:
 
 
 #: Resolves a kid to its key; raises :class:`UnknownKid` / :class:`RevokedKid`.
-KeyResolver = Union[Callable[[bytes], CoseKey], Mapping[bytes, CoseKey]]
+KeyResolver: TypeAlias = Callable[[bytes], CoseKey] | Mapping[bytes, CoseKey]
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,14 @@ import datetime as dt
 import functools
 import hashlib
 import io
+import itertools
 import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -51,7 +52,6 @@ from cardlib.records.cose import (
     verify1,
 )
 from cardlib.records.errors import BadSignature, RecordError
-import itertools
 
 __all__ = [
     "GENESIS_HASH",
@@ -345,7 +345,8 @@ class JournalEntry(CardClaims):
             raise MalformedEntry("payload must be a CBOR map")
         if _claims_valid(claims):
             return cls._from_valid_claims(claims)
-        # Slow path: name the first problem exactly. Exact ints only: 1.0 and True hash and compare equal to 1 but are other CBOR items.
+        # Slow path: name the first problem exactly. Exact ints only: 1.0 and True hash and
+        # compare equal to 1 but are other CBOR items.
         unknown = [k for k in claims if type(k) is not int or k not in _CLAIM_KEYS]
         if unknown:
             raise MalformedEntry(f"unknown claim key: {unknown[0]!r}")
@@ -400,7 +401,7 @@ _UNBOUNDED = float("inf")
 #: to the length of a bstr/tstr — :func:`_check`'s rules, plus exact types (``type(v)
 #: is int`` also refuses ``True``/``1.0``) and no ``None``. TAG_UID's length set and
 #: KIND's member set are checked after the loop.
-_CLAIM_SPEC: dict[int, tuple[type, float, float]] = {
+_CLAIM_SPEC: dict[int, tuple[Any, float, float]] = {
     Claim.VERSION: (int, JOURNAL_VERSION, JOURNAL_VERSION),
     Claim.ENTRY_ID: (bytes, ENTRY_ID_LEN, ENTRY_ID_LEN),
     Claim.TERMINAL_ID: (str, 1, MAX_ID_CHARS),
@@ -583,7 +584,8 @@ def verify_entry(message: bytes, keys: KeyResolver) -> SignedEntry:
     entry = _fast_entry(claims, payload)
     if entry is None:
         entry = JournalEntry.from_claims(claims)
-        if not _is_deterministic(claims, payload):
+        # from_claims refused anything but a dict (MalformedEntry)
+        if not _is_deterministic(cast("dict[Any, Any]", claims), payload):
             raise MalformedEntry("payload is not deterministic CBOR (RFC 8949 §4.2.1)")
     return SignedEntry(entry=entry, message=verified.message, kid=verified.kid)
 
@@ -643,7 +645,7 @@ def verify_entries(messages: Sequence[bytes], keys: Mapping[bytes, CoseKey]) -> 
             entry = None
         out[i] = (SignedEntry(entry=entry, message=bytes(message), kid=kid) if entry is not None
                   else _verify_or_error(message, keys))
-    return out  # type: ignore[return-value] - every slot was filled above
+    return cast("list[SignedEntry | RecordError]", out)  # every slot was filled above
 
 
 def _verify_or_error(message: bytes, keys: KeyResolver) -> SignedEntry | RecordError:

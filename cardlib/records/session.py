@@ -387,20 +387,20 @@ class CardSession:
                 continue
             valid.append(slot)
         if not valid:
-            for exc, _ in key_failures:
-                assert exc.cause is not None
-                raise exc.cause
+            for failure, _ in key_failures:
+                assert failure.cause is not None
+                raise failure.cause
             raise NoValidState(tuple(problems))
         valid.sort(key=lambda s: (-s.claims.seq, s.name.value))
         current = valid[0]
         other = valid[1] if len(valid) > 1 else None
-        if other is not None and other.claims.seq == current.claims.seq:
-            if other.cose.message != current.cose.message:
-                raise ForkDetected(current.claims.seq)
-        for exc, seq in key_failures:
+        if (other is not None and other.claims.seq == current.claims.seq
+                and other.cose.message != current.cose.message):
+            raise ForkDetected(current.claims.seq)
+        for failure, seq in key_failures:
             if seq is not None and seq >= current.claims.seq:
-                assert exc.cause is not None
-                raise exc.cause
+                assert failure.cause is not None
+                raise failure.cause
         for problem in problems:
             log.info("card state: %s", problem)
         return CardState(uid, image, identity, current, other, tuple(problems), tuple(empty))
@@ -668,7 +668,8 @@ def _unverified_seq(region: SlotRegion) -> int | None:
         body = cbor2.loads(cose)
         payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
         seq = SlotClaims.from_cbor(payload).seq
-    except (LayoutError, ClaimsError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, EOFError):
+    except (LayoutError, ClaimsError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError,
+            EOFError):
         return None
     return seq
 

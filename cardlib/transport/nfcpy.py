@@ -68,7 +68,9 @@ class UnsupportedTarget(TransportError):
 
 def _is_type2(target: nfc.clf.RemoteTarget) -> bool:
     sel_res = getattr(target, "sel_res", None)
-    return bool(sel_res) and (sel_res[0] & SAK_PROTOCOL_MASK) == SAK_TYPE2
+    if not sel_res:
+        return False
+    return (sel_res[0] & SAK_PROTOCOL_MASK) == SAK_TYPE2
 
 
 class NfcpyType2Channel(Type2Channel):

@@ -160,14 +160,16 @@ class Type2Channel(abc.ABC):
         if answer != bytes((ACK,)):
             raise BadResponse(f"WRITE {page} answered {answer.hex()} instead of ACK")
 
-    def reactivate(self) -> None:
+    def reactivate(self) -> None:  # noqa: B027 - an optional hook whose default does nothing, not abstract
         """Re-select the tag after a NAK or mute answer left it IDLE (datasheet §9.1). Default: nothing."""
 
 
 class _ApduType2Channel(Type2Channel):
     """Common part of the PC/SC channels: an :class:`ApduChannel` over the connection."""
 
-    def __init__(self, connection: Connection, caps: ReaderCapabilities, repoll: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, connection: Connection, caps: ReaderCapabilities, repoll: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(caps)
         self.apdu = ApduChannel(connection, caps.passthrough, repoll=repoll or self._repoll_hook)
         self.connection = connection

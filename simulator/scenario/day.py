@@ -428,8 +428,9 @@ class Day:
         self.publish_bundle(deny=(self.result.card_ids[lost],))
         self.story.say(f"{self.who(lost)} reported its card lost → trust bundle v2 with that card on the deny list.")
         self.start_counters()
-        self.story.say("`huma terminal run` × 3 (clinic and market on two readers of one pcscd, balance kiosk on a second pcscd); "
-                       "the kiosk on its own machine's reader; each fetched bundle v2 from the server.")
+        self.story.say("`huma terminal run` × 3 (clinic and market on two readers of one pcscd, "
+                       "balance kiosk on a second pcscd); the kiosk on its own machine's reader; "
+                       "each fetched bundle v2 from the server.")
 
         self.story.step("Queue of taps (online)")
         self.do_tap("market", cards[0])
@@ -547,7 +548,8 @@ class Day:
                                f"(and `{setting} huma card info`)")
         if live or not self.own_dir:
             self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
-            kept = "" if not self.own_dir else " (a temporary directory, removed when the demo stops; --workdir keeps it)"
+            kept = ("" if not self.own_dir
+                    else " (a temporary directory, removed when the demo stops; --workdir keeps it)")
             self.story.say(f"logs and files: {self.dir}{kept}")
         else:
             self.story.say("[dim]keys, databases, journals, cards and logs were in a temporary directory that "
