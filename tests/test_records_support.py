@@ -4,7 +4,9 @@
 in-process with the NTAG21x command frames a pass-through reader sends
 (FAST_READ ≤ 63 pages like an ACR122U, WRITE, READ_CNT): not a mock, the
 chip model is the real simulated card; only the reader link is skipped so the
-exhaustive tear sweep runs fast. The pcscd tests use the full stack.
+exhaustive tear sweep runs fast. Like a reader, it turns the chip leaving the field
+into the transport's :class:`~cardlib.transport.errors.CardRemoved` and a mute chip
+into :class:`~cardlib.transport.errors.TagMute`. The pcscd tests use the full stack.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, KeyState, SortedIdSet, TrustBundle
 from cardlib.records.claims import Entitlement, IdentityClaims, PinVerifier, Unit
 from cardlib.records.issuance import IssuedCard, issue_card_image
+from cardlib.transport.errors import CardRemoved, TagMute
 from cardlib.type2.errors import Nak
 from simulator.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
+from simulator.errors import ChipLeftField, ChipMute
 
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 OTHER_UID = bytes.fromhex("04a1b2c3d4e5f7")
@@ -113,7 +117,12 @@ class ChipTag:
     def _send(self, frame: bytes) -> bytes:
         self.commands += 1
         self.log.append(frame[:2].hex())
-        answer = self.chip.transceive(frame)
+        try:
+            answer = self.chip.transceive(frame)
+        except ChipLeftField as exc:
+            raise CardRemoved(f"virtual card left the field: {exc}") from exc
+        except ChipMute as exc:
+            raise TagMute(f"virtual card did not answer: {exc}") from exc
         nak = nak_of(answer)
         if nak is not None:
             raise Nak(int(nak))
