@@ -46,7 +46,8 @@ from simulator.chip import ChipVariant, Ntag21x
 from simulator.reader import ReaderEmulator, ReaderKind
 from terminal.clock import Clock
 from terminal.journal import CardWrite, JournalStore
-from terminal.policy import CounterMode, OfflineLimits, cycle_at
+from firmware_config.models import CounterMode
+from terminal.policy import OfflineLimits, cycle_at
 from terminal.tap import BundleDenyList, CounterConfig, TapProcessor, Trust
 
 ENTITLED = 10_000
@@ -173,11 +174,9 @@ def _rss_mb() -> float:
 
 def shift_child(taps: int) -> dict[str, Any]:
     """Build the real daemon from a profile and run ``taps`` taps through its tap processor."""
-    import re
-
     from firmware_config.loader import load_terminal_profile
-    from terminal.daemon import Daemon, load_root_key, load_terminal_signer
-    from terminal.supervisor import ReaderBinding
+    from cardlib.keys.root import load_root_key
+    from terminal.daemon import Daemon, load_terminal_signer
 
     root_dir = Path(tempfile.mkdtemp(prefix="huma-bench-shift-"))
     (root_dir / "terminals").mkdir()
@@ -203,7 +202,7 @@ def shift_child(taps: int) -> dict[str, Any]:
     daemon = Daemon(prof, load_terminal_signer(prof), load_root_key(prof.root_key_path))  # type: ignore[arg-type]
     daemon.screen.start()
     daemon.sync.start()
-    binding = ReaderBinding(re.compile("emulator"), None, prof.readers[0].profile)
+    binding = prof.readers[0]
     chips = [_chip(i) for i in range(50)]
     samples = [(0, _rss_mb())]
     start = time.perf_counter()

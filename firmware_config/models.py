@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cardlib.records.claims import Unit
 from cardlib.type2.channel import ReaderCapabilities
 
 
@@ -51,12 +52,29 @@ class FeedbackEvent(enum.StrEnum):
 
 
 class CounterMode(enum.StrEnum):
-    """What a counter does with a tapped card."""
+    """What a counter does with a tapped card (the profile's ``counter_mode``)."""
 
-    CLINIC_VISIT = "clinic_visit"
-    MARKET_REDEMPTION = "market_redemption"
-    CASH_PAYOUT = "cash_payout"
+    CLINIC_VISIT = "clinic_visit"  #: records a service delivered; no value leaves the counter
+    MARKET_REDEMPTION = "market_redemption"  #: hands over food packages
+    CASH_PAYOUT = "cash_payout"  #: pays out cash
     BALANCE_CHECK = "balance_check"  #: read-only tap; never writes the card
+
+    @property
+    def unit(self) -> Unit | None:
+        """The unit this mode hands out (visits, packages, rupiah); None for a balance check."""
+        match self:
+            case CounterMode.CLINIC_VISIT:
+                return Unit.VISIT
+            case CounterMode.MARKET_REDEMPTION:
+                return Unit.PACKAGE
+            case CounterMode.CASH_PAYOUT:
+                return Unit.RUPIAH
+        return None
+
+    @classmethod
+    def paying(cls, unit: Unit) -> CounterMode:
+        """The mode that hands out ``unit``: a programme counted in rupiah is served at a cash counter."""
+        return next(mode for mode in cls if mode.unit is unit)
 
 
 class Language(enum.StrEnum):

@@ -57,7 +57,7 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     from cardlib.keys.signer import derive_kid
     from cardlib.keys.terminal_ca import make_terminal_csr
     from firmware_config.loader import load_terminal_profile
-    from terminal.errors import ProfileError
+    from terminal.errors import TerminalProfileError
 
     profile = load_terminal_profile(profile_path)
     secret_file = passphrase_file or profile.passphrase_path
@@ -65,7 +65,7 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
         import os
 
         secret_file = Path(os.path.normpath(secret_file))
-        raise ProfileError(
+        raise TerminalProfileError(
             f"{profile_path}: paths.passphrase names {secret_file}, which does not exist; create it first "
             f"(one line, the new key's passphrase, readable only by the counter's user), e.g.\n"
             f"  install -m 600 /dev/null {secret_file} && $EDITOR {secret_file}\n"
@@ -95,12 +95,12 @@ def enrol(profile_path: Path, wait_s: float) -> None:
     import time
 
     from firmware_config.loader import load_terminal_profile
-    from terminal.errors import ProfileError, SyncError, SyncRejected
+    from terminal.errors import TerminalProfileError, SyncError, SyncRejected
     from terminal.sync import HttpApi
 
     profile = load_terminal_profile(profile_path)
     if not _csr_path(profile).is_file():
-        raise ProfileError(f"no CSR at {_csr_path(profile)}: run 'huma terminal init --profile {profile_path}' first")
+        raise TerminalProfileError(f"no CSR at {_csr_path(profile)}: run 'huma terminal init --profile {profile_path}' first")
     csr = _csr_path(profile).read_text()
     api = HttpApi(profile.server_url)
     tid = profile.terminal_id

@@ -25,20 +25,22 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from cardlib.keys.root import load_root_key
 from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.claims import Unit
 from cardlib.transport import Connection
 from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
-from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderProfile, TerminalProfile
+from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderBinding, ReaderProfile, TerminalProfile
 from terminal.clock import Clock
-from terminal.errors import BundleError, ProfileError, TerminalError
+from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
 from terminal.journal import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import CounterMode, OfflineLimits, Unit
+from terminal.policy import OfflineLimits
 from terminal.screen import CounterScreen, ScreenState
-from terminal.supervisor import Deadline, DeadlineConnection, ReaderBinding, Supervisor
+from terminal.supervisor import Deadline, DeadlineConnection, ReaderSelector, Supervisor
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
 from terminal.tap import CounterConfig, TapProcessor
 
@@ -108,10 +110,10 @@ class ReaderFeedback:
         self.grace_s = grace_s
         self._configured: set[str] = set()
 
-    def __call__(self, conn: Connection, binding: object, outcome: TapOutcome) -> None:
-        profile = getattr(binding, "profile", None)
-        if not isinstance(profile, ReaderProfile) or profile.feedback.channel is FeedbackChannel.NONE:
+    def __call__(self, conn: Connection, binding: ReaderSelector, outcome: TapOutcome) -> None:
+        if not isinstance(binding, ReaderBinding) or binding.profile.feedback.channel is FeedbackChannel.NONE:
             return
+        profile = binding.profile
         reader = conn.reader_name
         commands = profile.feedback
         if reader not in self._configured:
@@ -130,7 +132,7 @@ class ReaderFeedback:
         done.wait(self.grace_s)
 
 
-def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: object) -> bytes:
+def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: ReaderSelector) -> bytes:
     """The 7-byte UID of the tag on ``conn`` (T2T pages 0-1, NFC Forum T2T 1.0 §2.1; NTAG215 datasheet §8.5).
 
     The supervisor's identify hook: tells the card resting on a reader after a
@@ -138,7 +140,7 @@ def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: obj
 
     :raises TransportError: the card did not answer (or left) within 1 s.
     """
-    name = getattr(getattr(binding, "profile", None), "name", "")
+    name = binding.profile.name if isinstance(binding, ReaderBinding) else ""
     dconn = DeadlineConnection(conn, Deadline(IDENTIFY_BUDGET_S), IDENTIFY_BUDGET_S)
     channel = channel_for(dconn, caps[name]) if name in caps else channel_for(dconn)
     return bytes(Type2Tag(channel, conn.atr).uid)
@@ -159,23 +161,10 @@ def _control_sender(conn: Connection, profile: ReaderProfile) -> Callable[[bytes
     return lambda cmd: control(code, cmd)
 
 
-def load_root_key(path: Path) -> PublicKey:
-    """The pinned root public key (PEM SubjectPublicKeyInfo).
-
-    :raises ProfileError: missing or not a public key.
-    """
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        return load_pem_public_key(path.read_bytes())  # type: ignore[return-value]
-    except (OSError, ValueError) as exc:
-        raise ProfileError(f"pinned root key {path}: {exc}") from exc
-
-
 def load_terminal_signer(profile: TerminalProfile) -> Signer:
     """The terminal key from its encrypted PKCS#8 file (passphrase file or $HUMA_KEY_PASSPHRASE).
 
-    :raises ProfileError: no passphrase available.
+    :raises TerminalProfileError: no passphrase available.
     :raises cardlib.keys.errors.KeysError: wrong passphrase or unreadable key.
     """
     from cardlib.keys.pkcs8 import load_signer
@@ -184,11 +173,11 @@ def load_terminal_signer(profile: TerminalProfile) -> Signer:
         try:
             secret = profile.passphrase_path.read_bytes().rstrip(b"\r\n")
         except OSError as exc:
-            raise ProfileError(f"passphrase file {profile.passphrase_path}: {exc.strerror}") from exc
+            raise TerminalProfileError(f"passphrase file {profile.passphrase_path}: {exc.strerror}") from exc
     else:
         env = os.environ.get(PASSPHRASE_ENV)
         if env is None:
-            raise ProfileError(f"no key passphrase: set paths.passphrase in the profile or ${PASSPHRASE_ENV}")
+            raise TerminalProfileError(f"no key passphrase: set paths.passphrase in the profile or ${PASSPHRASE_ENV}")
         secret = env.encode()
     return load_signer(profile.key_path, secret)
 
@@ -213,7 +202,7 @@ class Daemon:
     def __init__(self, profile: TerminalProfile, signer: Signer, root_key: PublicKey,
                  clock: Clock | None = None) -> None:
         if profile.bundle_path is None:
-            raise ProfileError("the profile has no bundle path")
+            raise TerminalProfileError("the profile has no bundle path")
         self.profile = profile
         self.signer = signer
         self.stop_event = threading.Event()
@@ -221,7 +210,7 @@ class Daemon:
         self.journal = JournalStore(profile.journal_path, terminal_id=profile.terminal_id, signer=signer,
                                     clock=clock)
         self.trust = TrustStore(profile.bundle_path, root_key)
-        mode = CounterMode(profile.counter_mode.value)
+        mode = profile.counter_mode
         self.state = ScreenState(mode, profile.programmes or ("-",))
         self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
         self.feedback = FeedbackWorker()
@@ -233,7 +222,7 @@ class Daemon:
             request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
         )
         self.supervisor = Supervisor(
-            [ReaderBinding(b.profile.name_pattern, b.slot_pattern, b.profile) for b in profile.readers],
+            profile.readers,
             self.tap, scan_s=0.5, identify=partial(card_uid, caps),
         )
         client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
@@ -247,7 +236,7 @@ class Daemon:
         h = self.supervisor.health
         try:
             bundle_version: int | None = self.trust.current().bundle.version
-        except BundleError:
+        except TrustStoreError:
             bundle_version = None
         return {
             "pcsc": h.service.value,
@@ -288,7 +277,7 @@ class Daemon:
             try:
                 self.trust.current()
                 return True
-            except BundleError as exc:
+            except TrustStoreError as exc:
                 if not warned:
                     log.error("%s; readers stay off until the first bundle arrives", exc)
                     warned = True
@@ -343,11 +332,12 @@ def build_daemon(profile_path: Path, reader_dirs: tuple[Path, ...] = ()) -> Daem
     """Load the profile, the key and the pinned root; build (not start) the daemon.
 
     :raises firmware_config.errors.ConfigError: invalid profile.
-    :raises ProfileError: missing passphrase or root key.
+    :raises TerminalProfileError: missing passphrase or root key path.
+    :raises cardlib.keys.root.RootKeyError: the pinned root key file is unreadable or not a key.
     """
     profile = load_terminal_profile(profile_path, reader_dirs)
     if profile.root_key_path is None:
-        raise ProfileError("the profile has no root key path")
+        raise TerminalProfileError("the profile has no root key path")
     return Daemon(profile, load_terminal_signer(profile), load_root_key(profile.root_key_path))
 
 

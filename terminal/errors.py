@@ -12,15 +12,15 @@ class TerminalError(Exception):
     """Root of every error raised by the terminal package."""
 
 
-class ProfileError(TerminalError):
-    """The terminal profile (TOML) is missing a value the daemon needs or has a wrong one."""
+class TerminalProfileError(TerminalError):
+    """The terminal profile (TOML) lacks a value the daemon needs (root key, bundle path, passphrase, CSR)."""
 
 
-class JournalError(TerminalError):
-    """The journal store cannot be opened or written (disk full, wrong schema, locked)."""
+class JournalStoreError(TerminalError):
+    """The journal file cannot be opened, written or repaired (disk full, locked, another terminal's or key's)."""
 
 
-class JournalVerifyError(JournalError):
+class JournalVerifyError(TerminalError):
     """An offline journal check failed: broken chain, bad signature, sequence gap.
 
     :ivar seq: the terminal sequence number of the first failing entry, or None
@@ -32,7 +32,7 @@ class JournalVerifyError(JournalError):
         self.seq = seq
 
 
-class JournalDamaged(JournalError):
+class JournalDamaged(JournalStoreError):
     """SQLite reports the journal file itself damaged (``PRAGMA integrity_check`` / ``quick_check``).
 
     A damaged index can hide a card's earlier entries from the look-ups the
@@ -49,15 +49,6 @@ class JournalDamaged(JournalError):
         self.index_only = index_only
 
 
-class TapRetry(TerminalError):
-    """The tap could not be completed for a transient reason; the clerk asks to tap again.
-
-    Raised for "reader gone", "card taken away before anything was written" and
-    deadline overruns. Nothing was charged; any write in flight is journalled
-    as UNCERTAIN and recovered on the next presentation.
-    """
-
-
 class SyncError(TerminalError):
     """An upload or trust-bundle download failed; the sync loop retries with backoff."""
 
@@ -66,5 +57,5 @@ class SyncRejected(SyncError):
     """The server refused a request for a reason retrying will not fix (4xx other than 409/429)."""
 
 
-class BundleError(TerminalError):
-    """No usable trust bundle: none stored yet, or the stored one fails verification."""
+class TrustStoreError(TerminalError):
+    """No usable trust bundle: none installed yet, the installed one fails verification, or a download is refused."""

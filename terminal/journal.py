@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cardlib.keys.signer import Signer, cose_key, sign1_with, spki_der
+from cardlib.records.claims import Unit
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError, UnknownKid
 from cardlib.records.journal import (
@@ -47,8 +48,7 @@ from cardlib.records.journal import (
     verify_entry,
 )
 from terminal.clock import Clock
-from terminal.errors import JournalDamaged, JournalError, JournalVerifyError
-from terminal.policy import Unit
+from terminal.errors import JournalDamaged, JournalStoreError, JournalVerifyError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS entries (
     kind           INTEGER NOT NULL,             -- cardlib.records.journal.EntryKind
     card_id        TEXT,
     programme      TEXT,
-    unit           TEXT,                         -- terminal.policy.Unit value (local index)
+    unit           TEXT,                         -- Unit name in lower case (local index)
     amount         INTEGER,
     slot_seq_after INTEGER,
     state_hash_new BLOB,
@@ -126,13 +126,13 @@ class StoredEntry:
     """One journal row.
 
     :ivar signed: the verified-on-write entry with its exact bytes.
-    :ivar unit: the local unit index (``terminal.policy.Unit`` value) or None.
+    :ivar unit: the programme's unit (local index, not signed) or None.
     :ivar note: unsigned local note (decline reason code) or None.
     :ivar uploaded_at: POSIX seconds when the server acknowledged it, or None.
     """
 
     signed: SignedEntry
-    unit: str | None
+    unit: Unit | None
     note: str | None
     uploaded_at: float | None
     pending: bytes | None = None
@@ -156,10 +156,10 @@ class CardWrite(CardClaims):
     UID, programme, amount, slot sequence numbers and hashes, NFC counter, decline
     reason); an empty ``card_id`` is journalled as none.
 
-    :ivar unit: ``terminal.policy.Unit`` value, indexed locally for exposure sums (not signed).
+    :ivar unit: the programme's unit, indexed locally for exposure sums (not signed).
     """
 
-    unit: str | None = None
+    unit: Unit | None = None
 
 
 class JournalStore:
@@ -174,7 +174,7 @@ class JournalStore:
     :param terminal_id: the registered terminal id; must match an existing file's.
     :param signer: the terminal key (software or PKCS#11).
     :param clock: the clock source (wall, monotonic, synced flag).
-    :raises JournalError: the file belongs to another terminal or key, or cannot be opened.
+    :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
     """
 
     def __init__(
@@ -193,11 +193,11 @@ class JournalStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.OperationalError as exc:  # locked, unreadable directory, …
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
             raise _damaged(self.path, "open", (str(exc),), serving=True) from exc
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
         # The look-ups that guard against double charging (open_write,
         # last_committed_slot_seq, exposure) go through the indexes: a damaged
         # index hides a card's history, so refuse to serve on it. A full
@@ -212,7 +212,7 @@ class JournalStore:
                 self._db.executescript("BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS entries_only_mark_uploaded; "
                                        f"{_UPDATE_TRIGGER}; COMMIT;")
         except sqlite3.Error as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
         self._check_identity()
         self.boot_id = self._next_boot()
         last = self._db.execute(
@@ -246,13 +246,13 @@ class JournalStore:
                 )
             return
         if row.get("terminal_id") != self.terminal_id:
-            raise JournalError(
+            raise JournalStoreError(
                 f"journal {self.path} belongs to terminal {row.get('terminal_id')!r}, "
                 f"not {self.terminal_id!r}"
             )
         if bytes(row.get("kid", b"")) != kid:
             # A re-keyed terminal starts a new journal file; one chain, one key.
-            raise JournalError(f"journal {self.path} was signed by another terminal key")
+            raise JournalStoreError(f"journal {self.path} was signed by another terminal key")
 
     def _next_boot(self) -> int:
         with self._tx():
@@ -281,7 +281,7 @@ class JournalStore:
             returns the claims and the new card state bytes (the slot signs the seq).
         :param note: an unsigned local note (e.g. the decline reason code).
         :returns: the stored entry with its exact signed bytes.
-        :raises JournalError: the disk refused the write (the caller must not
+        :raises JournalStoreError: the disk refused the write (the caller must not
             touch the card: docs/design.md §Tap sequence wants PENDING on disk first).
         """
         with self._lock:
@@ -318,7 +318,7 @@ class JournalStore:
                             int(kind),
                             entry.card_id,
                             entry.programme,
-                            w.unit,
+                            None if w.unit is None else _unit_column(w.unit),
                             entry.amount,
                             entry.slot_seq_after,
                             entry.state_hash_new,
@@ -332,7 +332,7 @@ class JournalStore:
                         ),
                     )
             except sqlite3.Error as exc:
-                raise JournalError(f"journal append failed: {exc}") from exc
+                raise JournalStoreError(f"journal append failed: {exc}") from exc
             self._seq, self._head = entry.seq, signed.entry_hash
             return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None, pending=blob)
 
@@ -362,7 +362,7 @@ class JournalStore:
         keys = {self._key.kid: self._key}
         return [
             StoredEntry(
-                signed=verify_entry(bytes(r[0]), keys), unit=r[1], note=r[2], uploaded_at=r[3],
+                signed=verify_entry(bytes(r[0]), keys), unit=None if r[1] is None else _unit_of_column(r[1]), note=r[2], uploaded_at=r[3],
                 pending=None if r[4] is None else bytes(r[4]),
             )
             for r in rows
@@ -476,7 +476,7 @@ class JournalStore:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def exposure(self, card_id: str | None = None) -> dict[str, int]:
+    def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
         """Units handed out and not yet uploaded, by unit (for the offline limits).
 
         Counts COMMIT and FINISHED entries not yet uploaded, plus writes still
@@ -484,7 +484,7 @@ class JournalStore:
         spent, counted until resolved). VOIDED writes count nothing.
 
         :param card_id: restrict to one card; None for the whole terminal.
-        :returns: ``{unit value: units}``.
+        :returns: ``{unit: units}``.
         """
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
         open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
@@ -502,12 +502,28 @@ class JournalStore:
         )
         params: tuple[object, ...] = (card_id, card_id) if card_id is not None else ()
         with self._lock:
-            return {u: int(n) for u, n in self._db.execute(sql, params)}
+            return {_unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
 
     def close(self) -> None:
         """Close the database (a WAL checkpoint runs on close)."""
         with self._lock:
             self._db.close()
+
+
+def _unit_column(unit: Unit) -> str:
+    """A unit as the ``unit`` column holds it: its name in lower case, as trust bundles spell it."""
+    return unit.name.lower()
+
+
+def _unit_of_column(text: str) -> Unit:
+    """The unit a ``unit`` column value names.
+
+    :raises JournalStoreError: the column holds no unit name (the file was altered; ``huma journal verify`` names it).
+    """
+    try:
+        return Unit[text.upper()]
+    except KeyError:
+        raise JournalStoreError(f"journal column unit holds {text!r}, not a unit") from None
 
 
 class _Tx:
@@ -650,7 +666,7 @@ def check_sqlite_file(db: sqlite3.Connection, path: Path, *, serving: bool = Fal
     try:
         problems = sqlite_problems(db)
     except sqlite3.OperationalError as exc:  # locked, I/O: not evidence of damage
-        raise JournalError(f"{path}: cannot check the journal ({exc})") from exc
+        raise JournalStoreError(f"{path}: cannot check the journal ({exc})") from exc
     except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
         raise _damaged(path, "open", (str(exc),), serving=serving) from exc
     if problems:
@@ -695,7 +711,7 @@ def _read_only(path: Path) -> sqlite3.Connection:
     except JournalDamaged as exc:
         db.close()
         raise JournalDamaged(str(exc) + hint, exc.problems, exc.index_only) from exc
-    except JournalError:
+    except JournalStoreError:
         db.close()
         raise
     try:
@@ -750,7 +766,7 @@ def repair_journal_file(path: str | Path, key: CoseKey | None = None) -> tuple[P
         if left:
             raise _damaged(p, "check", left)
     except sqlite3.OperationalError as exc:  # locked: the counter still runs
-        raise JournalError(f"{p}: cannot repair ({exc}); stop the counter first") from exc
+        raise JournalStoreError(f"{p}: cannot repair ({exc}); stop the counter first") from exc
     finally:
         db.close()
     return backup, verify_journal_file(p, key)
@@ -774,7 +790,7 @@ _SIGNED_COLUMNS: tuple[tuple[str, Callable[[SignedEntry], object]], ...] = (
     ("entry_hash", lambda s: s.entry_hash),  # SHA-256 of the exact signed bytes
 )
 #: The values ``unit`` may hold.
-_UNITS = frozenset(u.value for u in Unit)
+_UNITS = frozenset(_unit_column(u) for u in Unit)
 #: Kinds that carry the claims of the PENDING they follow (:func:`write_of`), ``unit`` included.
 _CLOSING_KINDS = (EntryKind.COMMIT, EntryKind.UNCERTAIN, EntryKind.FINISHED, EntryKind.VOIDED)
 #: Position of the new slot record's COSE bytes in a PENDING entry's ``pending`` blob

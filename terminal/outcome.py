@@ -12,7 +12,9 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 
-from terminal.policy import CounterMode, DeclineReason, Unit
+from cardlib.records.claims import Unit
+from firmware_config.models import CounterMode
+from terminal.policy import DeclineReason
 
 #: Characters of the verification code (base32, 40 bits of the entry hash).
 RECEIPT_CODE_CHARS = 8

@@ -18,35 +18,12 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from cardlib.records.claims import cycle_of
+from cardlib.records.claims import Unit, cycle_of
+from firmware_config.models import CounterMode
 
 SECONDS_PER_DAY = 86_400
-
-
-class CounterMode(enum.Enum):
-    """What the counter does on a tap; chosen in the terminal profile (and per programme)."""
-
-    CLINIC_VISIT = "clinic_visit"  #: records a service delivered; no value leaves the counter
-    MARKET_REDEMPTION = "market_redemption"  #: hands over food packages (unit: package)
-    CASH_PAYOUT = "cash_payout"  #: pays out cash (unit: rupiah)
-    BALANCE_CHECK = "balance_check"  #: read-only: shows the remaining entitlement, writes nothing
-
-
-class Unit(enum.Enum):
-    """The unit a programme's entitlement is counted in."""
-
-    VISIT = "visit"
-    PACKAGE = "package"
-    RUPIAH = "rupiah"
-
-
-#: The unit each value-moving counter mode works in.
-MODE_UNIT: Mapping[CounterMode, Unit] = {
-    CounterMode.CLINIC_VISIT: Unit.VISIT,
-    CounterMode.MARKET_REDEMPTION: Unit.PACKAGE,
-    CounterMode.CASH_PAYOUT: Unit.RUPIAH,
-}
 
 
 class DeclineReason(enum.Enum):
@@ -108,8 +85,7 @@ class Programme:
     """One benefit programme as the trust bundle describes it.
 
     :ivar code: short stable id, e.g. ``"pangan"`` (the key in the card's entitlements).
-    :ivar mode: the counter mode that serves it.
-    :ivar unit: what its amounts count.
+    :ivar unit: what its amounts count; it decides the counter mode that serves it (:attr:`mode`).
     :ivar pin_required: whether a redemption needs the card PIN.
 
     Cycles are not per programme: every programme follows the one province-wide
@@ -117,9 +93,13 @@ class Programme:
     """
 
     code: str
-    mode: CounterMode
     unit: Unit
     pin_required: bool = False
+
+    @property
+    def mode(self) -> CounterMode:
+        """The counter mode that serves this programme (the one handing out its unit)."""
+        return CounterMode.paying(self.unit)
 
 
 def cycle_at(now: float) -> int:
@@ -251,25 +231,16 @@ class Request:
     pin: PinStatus = PinStatus.NOT_ENTERED
 
 
-class DenyList:
-    """The bundle's deny list: card ids and chip UIDs, checked in O(1).
+class DenyList(Protocol):
+    """The deny list the decision checks: card ids and chip UIDs (the trust bundle's, :class:`terminal.tap.BundleDenyList`).
 
     Exact membership (a Bloom false positive would deny an honest household;
-    docs/design.md §Deny lists). 300,000 8-byte ids take about 25 MB as a Python set;
-    the check is a hash lookup (bench: well under 1 ms).
+    docs/design.md §Deny lists).
     """
 
-    __slots__ = ("_ids",)
-
-    def __init__(self, entries: frozenset[bytes] | set[bytes] | list[bytes] = frozenset()) -> None:
-        self._ids = frozenset(entries)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
     def denies(self, card_id: bytes, uid: bytes) -> bool:
-        """Whether the card id or the chip UID is on the list."""
-        return card_id in self._ids or uid in self._ids
+        """Whether the card id (8 bytes) or the chip UID (7 bytes) is on the list."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cardlib.transport import Connection
 from cardlib.transport.errors import (
@@ -90,23 +91,34 @@ class ServiceStatus(enum.Enum):
     DOWN = "down"  #: pcscd unreachable; retrying with backoff (PC-1)
 
 
+class ReaderSelector(Protocol):
+    """Which PC/SC readers one configured reader entry serves.
+
+    The daemon passes the profile's :class:`firmware_config.models.ReaderBinding`
+    entries; the supervisor hands the matching one back to the tap with each
+    presentation.
+    """
+
+    def matches(self, reader_name: str) -> bool:
+        """Whether a PC/SC reader name belongs to this entry."""
+        ...
+
+
 @dataclass(frozen=True)
-class ReaderBinding:
-    """A reader the profile asks for.
+class ReaderNamePattern:
+    """A reader chosen by its PC/SC name alone, with no reader profile (tools and tests).
 
     :ivar name_pattern: ``re.search``-ed in the reader name PC/SC reports.
     :ivar slot_pattern: also searched (e.g. ``PICC`` to skip a SAM slot), or None.
-    :ivar profile: opaque per-reader data for the tap (the reader profile).
     """
 
     name_pattern: re.Pattern[str]
     slot_pattern: re.Pattern[str] | None = None
-    profile: object = None
 
-    def matches(self, name: str) -> bool:
-        """Whether a PC/SC reader name belongs to this binding."""
-        return bool(self.name_pattern.search(name)) and (
-            self.slot_pattern is None or bool(self.slot_pattern.search(name))
+    def matches(self, reader_name: str) -> bool:
+        """Whether a PC/SC reader name matches both patterns."""
+        return bool(self.name_pattern.search(reader_name)) and (
+            self.slot_pattern is None or bool(self.slot_pattern.search(reader_name))
         )
 
 
@@ -249,7 +261,7 @@ class GuardedConnection(Connection):
 
 #: Reads the UID of the card on a connection (e.g. T2T page 0-1, NFC Forum T2T 1.0 §2.1).
 #: May raise TransportError subclasses; the card is then treated as a new presentation.
-Identify = Callable[[Connection, "ReaderBinding"], bytes]
+Identify = Callable[[Connection, ReaderSelector], bytes]
 
 
 class PresentationMemory:
@@ -297,7 +309,7 @@ class PresentationMemory:
 #: ``tag_uid`` attribute, bytes, names the served card without another card read); may raise
 #: TransportError subclasses (the watcher handles them) — anything else is a bug
 #: that is logged and counted, and the watcher carries on.
-TapHandler = Callable[[Connection, "ReaderBinding"], object]
+TapHandler = Callable[[Connection, ReaderSelector], object]
 
 
 class PcscBackend:
@@ -343,7 +355,7 @@ class ReaderWatcher:
     def __init__(
         self,
         name: str,
-        binding: ReaderBinding,
+        binding: ReaderSelector,
         backend: PcscBackend,
         on_tap: TapHandler,
         health: Health,
@@ -521,7 +533,7 @@ class Supervisor:
 
     def __init__(
         self,
-        bindings: Sequence[ReaderBinding],
+        bindings: Sequence[ReaderSelector],
         on_tap: TapHandler,
         *,
         backend: PcscBackend | None = None,

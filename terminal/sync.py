@@ -44,10 +44,10 @@ from urllib.parse import urlsplit
 
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import PublicKey, Signer
-from cardlib.records.bundle import BundleError as RecordBundleError
+from cardlib.records.bundle import BundleError
 from cardlib.records.bundle import TrustBundle, verify_bundle
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
-from terminal.errors import BundleError, SyncError, SyncRejected
+from terminal.errors import SyncError, SyncRejected, TrustStoreError
 from terminal.journal import JournalStore, StoredEntry
 from terminal.tap import Trust
 
@@ -144,7 +144,7 @@ class TrustStore:
 
     :param bundle_path: where the bundle is kept.
     :param root_public_key: the pinned root key (endorses bundle keys).
-    :raises BundleError: a stored bundle exists but does not verify.
+    :raises TrustStoreError: a stored bundle exists but does not verify.
     """
 
     def __init__(self, bundle_path: str | Path, root_public_key: PublicKey) -> None:
@@ -160,8 +160,8 @@ class TrustStore:
             data = self.path.read_bytes()
             try:
                 self._bundle = verify_bundle(data, root_public_key)
-            except RecordBundleError as exc:
-                raise BundleError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
+            except BundleError as exc:
+                raise TrustStoreError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
             self._data = data
             try:
                 state = json.loads(self._state_path.read_text())
@@ -178,18 +178,18 @@ class TrustStore:
     def current(self) -> Trust:
         """The bundle in force and when it was last confirmed current.
 
-        :raises BundleError: no bundle installed yet.
+        :raises TrustStoreError: no bundle installed yet.
         """
         with self._lock:
             if self._bundle is None:
-                raise BundleError(f"no trust bundle installed at {self.path}; the terminal must sync once")
+                raise TrustStoreError(f"no trust bundle installed at {self.path}; the terminal must sync once")
             return Trust(self._bundle, self.checked_at)
 
     def install(self, data: bytes, etag: str | None, now: float | None = None) -> bool:
         """Verify and install downloaded bundle bytes; same bytes only confirm the held bundle.
 
         :returns: True when a new bundle was installed.
-        :raises BundleError: bad signature/structure, or an older version than held
+        :raises TrustStoreError: bad signature/structure, or an older version than held
             (a downgrade is refused: it could revive revoked keys or lift denials).
         """
         at = time.time() if now is None else now
@@ -200,10 +200,10 @@ class TrustStore:
             held = None if self._bundle is None else self._bundle.version
             try:
                 bundle = verify_bundle(data, self._root, held_version=held)
-            except RecordBundleError as exc:
-                raise BundleError(f"downloaded trust bundle refused: {exc}") from exc
+            except BundleError as exc:
+                raise TrustStoreError(f"downloaded trust bundle refused: {exc}") from exc
             if held is not None and bundle.version == held:
-                raise BundleError(f"downloaded bundle has the held version {held} but other bytes; refused")
+                raise TrustStoreError(f"downloaded bundle has the held version {held} but other bytes; refused")
             atomic_write(self.path, data)
             self._bundle, self._data = bundle, data
             self._confirm(etag, at)
@@ -330,7 +330,7 @@ class SyncClient:
 
         :returns: True when a new bundle was installed.
         :raises ServerBusy, SyncError: as :meth:`upload_pending`.
-        :raises BundleError: the downloaded bundle does not verify or is older than held.
+        :raises TrustStoreError: the downloaded bundle does not verify or is older than held.
         """
         headers = {"Accept": "application/cose"}
         if self.trust.etag and self.trust.version is not None:
@@ -457,7 +457,7 @@ class SyncLoop:
             delay = exc.retry_after if exc.retry_after is not None else self.backoff(self._attempt)
             log.warning("sync: server busy; next try in %.1f s", delay)
             return delay
-        except (SyncError, BundleError) as exc:
+        except (SyncError, TrustStoreError) as exc:
             self._attempt += 1
             self._failed(exc)
             delay = self.backoff(self._attempt)

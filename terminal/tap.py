@@ -29,8 +29,7 @@ from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import PinMismatch, terminal_id_of
-from cardlib.records.claims import Unit as CardUnit
+from cardlib.records.claims import PinMismatch, Unit, terminal_id_of
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import SlotName
 from cardlib.records.session import (
@@ -44,12 +43,12 @@ from cardlib.transport import Connection
 from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
 from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
+from firmware_config.models import CounterMode, ReaderBinding
 from terminal.journal import CardWrite, JournalStore, StoredEntry, write_of
 from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
 from terminal.policy import (
     SECONDS_PER_DAY,
     CardFacts,
-    CounterMode,
     Decision,
     DeclineReason,
     Exposure,
@@ -57,18 +56,11 @@ from terminal.policy import (
     PinStatus,
     Programme,
     Request,
-    Unit,
     decide,
 )
-from terminal.supervisor import Deadline, DeadlineConnection
+from terminal.supervisor import Deadline, DeadlineConnection, ReaderSelector
 
 log = logging.getLogger(__name__)
-
-_UNIT_OF = {"package": Unit.PACKAGE, "rupiah": Unit.RUPIAH, "visit": Unit.VISIT}
-_CARD_UNIT = {CardUnit.PACKAGE: Unit.PACKAGE, CardUnit.RUPIAH: Unit.RUPIAH, CardUnit.VISIT: Unit.VISIT}
-_MODE_OF = {Unit.PACKAGE: CounterMode.MARKET_REDEMPTION, Unit.RUPIAH: CounterMode.CASH_PAYOUT,
-            Unit.VISIT: CounterMode.CLINIC_VISIT}
-
 
 def terminal_number(kid: bytes) -> int:
     """The uint32 terminal id written into card slots: the terminal key's 4-byte kid, big-endian.
@@ -99,12 +91,15 @@ def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
 
     PIN requirement: bundle policy ``pin.<name>`` = 1. Cycles are province-wide
     (:func:`terminal.policy.cycle_at`); a bundle's legacy ``cycle_days`` is ignored.
+    A bundle spells units as :class:`~cardlib.records.claims.Unit` names in lower case
+    (``"package"``, ``"rupiah"``, ``"visit"``).
+
+    :raises KeyError: a programme's unit is not one of them.
     """
     out = {}
     for p in bundle.programmes:
-        unit = _UNIT_OF[p.unit]
         out[p.name] = (p.id, Programme(
-            code=p.name, mode=_MODE_OF[unit], unit=unit,
+            code=p.name, unit=Unit[p.unit.upper()],
             pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)),
         ))
     return out
@@ -184,7 +179,7 @@ class TapProcessor:
         trust: Callable[[], Trust],
         request: Callable[[], tuple[str, int, str | None]],
         publish: Callable[[TapOutcome], object] = lambda o: None,
-        feedback: Callable[[Connection, object, TapOutcome], object] = lambda c, b, o: None,
+        feedback: Callable[[Connection, ReaderSelector, TapOutcome], object] = lambda c, b, o: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = config
@@ -201,14 +196,14 @@ class TapProcessor:
 
     # ------------------------------------------------------------------ entry point
 
-    def __call__(self, conn: Connection, binding: object) -> TapOutcome:
+    def __call__(self, conn: Connection, binding: ReaderSelector) -> TapOutcome:
         """Handle one presentation on ``conn``; always publishes an outcome.
 
         :raises ReaderGone, ServiceUnavailable: for the supervisor (after publishing RETRY).
         """
         start = time.perf_counter()
         reader = conn.reader_name
-        caps = self.cfg.caps.get(getattr(getattr(binding, "profile", None), "name", ""), None)
+        caps = self.cfg.caps.get(binding.profile.name if isinstance(binding, ReaderBinding) else "")
         dconn = DeadlineConnection(conn, Deadline(self.cfg.tap_budget_s), self.cfg.per_call_s)
         tag = Type2Tag(channel_for(dconn, caps) if caps else channel_for(dconn), conn.atr)
         programme, qty, pin = self._request()
@@ -286,8 +281,8 @@ class TapProcessor:
         # decide against the same figures and together pass an offline limit.
         with self._lock:
             exposure = Exposure(
-                card={_UNIT_OF[u]: n for u, n in self.journal.exposure(card_hex).items()},
-                terminal={_UNIT_OF[u]: n for u, n in self.journal.exposure().items()},
+                card=self.journal.exposure(card_hex),
+                terminal=self.journal.exposure(),
             )
             decision = decide(
                 card=facts, request=Request(mode, programme, qty, pin_status),
@@ -329,7 +324,7 @@ class TapProcessor:
             box.append(p)
             return CardWrite(
                 card_id=card_hex, tag_uid=state.uid, programme=d.programme,
-                unit=d.unit.value if d.unit else None, amount=d.amount,
+                unit=d.unit, amount=d.amount,
                 slot_seq_before=state.current.claims.seq, slot_seq_after=p.seq,
                 state_hash_prev=hashlib.sha256(state.current.cose.message).digest(),
                 state_hash_new=hashlib.sha256(p.cose).digest(), ntag_counter=counter,
@@ -369,7 +364,7 @@ class TapProcessor:
         result = session.recover(pending, int(now))
         w = write_of(open_write)
         e = open_write.entry
-        unit = _UNIT_OF.get(open_write.unit or "")
+        unit = open_write.unit
         base = {"household_ref": _household(state), "unit": unit, "card_id": e.card_id}
         if result.decision is RecoveryDecision.FINISHED:
             with self._lock:

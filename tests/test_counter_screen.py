@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
+from cardlib.records.claims import Unit
+from firmware_config.models import CounterMode
 from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
-from terminal.policy import CounterMode, DeclineReason, Unit
+from terminal.policy import DeclineReason
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.i18n import PROGRAMME_NAMES, translations
 from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS

@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cardlib.keys.signer import SoftwareSigner, cose_key
+from cardlib.records.claims import Unit
 from cardlib.records.journal import EntryKind, verify_chain
 from huma.cli import main as huma_main
 from terminal.clock import Clock
-from terminal.errors import JournalError, JournalVerifyError
+from terminal.errors import JournalStoreError, JournalVerifyError
 from terminal.journal import CardWrite, JournalStore, verify_journal_file, write_of
 
 TID = "T-017"
@@ -38,7 +39,7 @@ def redemption(card: str = "C-1", amount: int = 1, after: int = 2) -> CardWrite:
         card_id=card,
         tag_uid=bytes.fromhex("04a1b2c3d4e5f6"),
         programme="pangan",
-        unit="package",
+        unit=Unit.PACKAGE,
         amount=amount,
         slot_seq_before=after - 1,
         slot_seq_after=after,
@@ -76,9 +77,9 @@ def test_reopen_continues_seq_and_counts_boots(tmp_path: Path, signer: SoftwareS
 def test_other_terminal_or_key_refused(tmp_path: Path, signer: SoftwareSigner) -> None:
     path = tmp_path / "j.sqlite"
     open_store(path, signer).close()
-    with pytest.raises(JournalError, match="belongs to terminal"):
+    with pytest.raises(JournalStoreError, match="belongs to terminal"):
         JournalStore(path, terminal_id="T-099", signer=signer)
-    with pytest.raises(JournalError, match="another terminal key"):
+    with pytest.raises(JournalStoreError, match="another terminal key"):
         open_store(path, SoftwareSigner(ed25519.Ed25519PrivateKey.generate()))
 
 
@@ -204,15 +205,15 @@ def test_open_write_and_exposure_follow_the_protocol(tmp_path: Path, signer: Sof
     assert store.open_write("C-1") == pend
     store.append(EntryKind.UNCERTAIN, write_of(pend))
     assert store.open_write("C-1").seq == pend.seq  # type: ignore[union-attr]
-    assert store.exposure("C-1") == {"package": 2}  # uncertain counts as spent
+    assert store.exposure("C-1") == {Unit.PACKAGE: 2}  # uncertain counts as spent
     store.append(EntryKind.VOIDED, write_of(pend))
     assert store.open_write("C-1") is None
     assert store.exposure("C-1") == {}  # a voided write handed nothing out
     p2 = store.append(EntryKind.PENDING, redemption("C-1", 1, after=3))
     store.append(EntryKind.COMMIT, write_of(p2))
     assert store.last_committed_slot_seq("C-1") == 3
-    assert store.exposure("C-1") == {"package": 1}
-    assert store.exposure() == {"package": 1}
+    assert store.exposure("C-1") == {Unit.PACKAGE: 1}
+    assert store.exposure() == {Unit.PACKAGE: 1}
     unsent = store.unsent()
     assert [e.seq for e in unsent] == list(range(1, 7))
     assert store.mark_uploaded([e.entry.entry_id for e in unsent]) == 6
@@ -232,10 +233,11 @@ def test_pending_left_by_a_crash_becomes_uncertain_at_boot(tmp_path: Path, signe
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
         from cardlib.keys.signer import SoftwareSigner
         from cardlib.records.journal import EntryKind
+        from cardlib.records.claims import Unit
         from terminal.journal import JournalStore, CardWrite
         s = SoftwareSigner(load_pem_private_key(open({str(key_pem)!r}, 'rb').read(), None))
         j = JournalStore({str(path)!r}, terminal_id={TID!r}, signer=s)
-        j.append(EntryKind.PENDING, CardWrite(card_id='C-7', programme='pangan', unit='package',
+        j.append(EntryKind.PENDING, CardWrite(card_id='C-7', programme='pangan', unit=Unit.PACKAGE,
                  amount=1, slot_seq_after=5))
         os.kill(os.getpid(), signal.SIGKILL)
     """)

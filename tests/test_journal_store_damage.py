@@ -18,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cardlib.keys.signer import SoftwareSigner, cose_key
+from cardlib.records.claims import Unit
 from cardlib.records.journal import EntryKind
 from huma.cli import main as huma_main
 from terminal.clock import Clock
@@ -33,7 +34,7 @@ def signer() -> SoftwareSigner:
 
 
 def _write(card: str, after: int) -> CardWrite:
-    return CardWrite(card_id=card, tag_uid=bytes.fromhex("04a1b2c3d4e5f6"), programme="pangan", unit="package",
+    return CardWrite(card_id=card, tag_uid=bytes.fromhex("04a1b2c3d4e5f6"), programme="pangan", unit=Unit.PACKAGE,
                      amount=1, slot_seq_before=after - 1, slot_seq_after=after,
                      state_hash_prev=bytes(32), state_hash_new=bytes([after]) * 32)
 

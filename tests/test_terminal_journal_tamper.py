@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cardlib.keys.signer import SoftwareSigner, cose_key
+from cardlib.records.claims import Unit
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import SlotName
 from cardlib.records.session import PendingWrite
@@ -35,7 +36,7 @@ SIGNER = SoftwareSigner(ed25519.Ed25519PrivateKey.generate())
 UID = bytes.fromhex("04a1b2c3d4e5f6")
 
 
-def _redeem(store: JournalStore, card: str, after: int, unit: str, programme: str, amount: int):
+def _redeem(store: JournalStore, card: str, after: int, unit: Unit, programme: str, amount: int):
     cose = f"slot record {card} {after}".encode()
 
     def build(seq: int) -> tuple[CardWrite, bytes]:
@@ -56,16 +57,16 @@ def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     8 FINISHED, 9 PENDING, 10 VOIDED, 11 BOOT."""
     path = tmp_path_factory.mktemp("journal") / "journal.sqlite"
     store = JournalStore(path, terminal_id=TID, signer=SIGNER, clock=Clock(force_synced=True))
-    pend = _redeem(store, "00112233445566aa", 1, "package", "food", 1)
+    pend = _redeem(store, "00112233445566aa", 1, Unit.PACKAGE, "food", 1)
     store.append(EntryKind.COMMIT, write_of(pend))
     store.append(EntryKind.DECLINED, CardWrite(card_id="00112233445566aa", tag_uid=UID, programme="food",
                                                decline_reason="nothing_left"))
     store.append(EntryKind.BALANCE, CardWrite(card_id="00112233445566aa", tag_uid=UID, programme="food",
                                               slot_seq_before=1))
-    pend = _redeem(store, "00112233445566bb", 3, "rupiah", "cash", 250_000)
+    pend = _redeem(store, "00112233445566bb", 3, Unit.RUPIAH, "cash", 250_000)
     store.append(EntryKind.UNCERTAIN, write_of(pend), note="deferred")
     store.append(EntryKind.FINISHED, write_of(pend))
-    pend = _redeem(store, "00112233445566cc", 2, "visit", "health", 1)
+    pend = _redeem(store, "00112233445566cc", 2, Unit.VISIT, "health", 1)
     store.append(EntryKind.VOIDED, write_of(pend))
     store.close()
     store = JournalStore(path, terminal_id=TID, signer=SIGNER, clock=Clock(force_synced=True))

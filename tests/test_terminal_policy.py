@@ -8,28 +8,39 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cardlib.records.claims import Unit
+from firmware_config.models import CounterMode
 from terminal.policy import (
     SECONDS_PER_DAY,
     CardFacts,
-    CounterMode,
     DeclineReason,
-    DenyList,
     Exposure,
     OfflineLimits,
     PinStatus,
     Programme,
     Request,
-    Unit,
     cycle_at,
     decide,
 )
 
 NOW = 1_772_000_000  # 2026-02-25
-PANGAN = Programme("pangan", CounterMode.MARKET_REDEMPTION, Unit.PACKAGE)
-TUNAI = Programme("tunai", CounterMode.CASH_PAYOUT, Unit.RUPIAH, pin_required=True)
-SEHAT = Programme("sehat", CounterMode.CLINIC_VISIT, Unit.VISIT)
+PANGAN = Programme("pangan", Unit.PACKAGE)
+TUNAI = Programme("tunai", Unit.RUPIAH, pin_required=True)
+SEHAT = Programme("sehat", Unit.VISIT)
 PROGRAMMES = {p.code: p for p in (PANGAN, TUNAI, SEHAT)}
 ALL_MODES = frozenset(CounterMode)
+
+
+class DenyList:
+    """A deny list of card ids and UIDs (the policy's DenyList protocol) for these tests."""
+
+    def __init__(self, ids: list[bytes] | None = None) -> None:
+        self.ids = frozenset(ids or ())
+
+    def denies(self, card_id: bytes, uid: bytes) -> bool:
+        return card_id in self.ids or uid in self.ids
+
+
 LIMITS = OfflineLimits(
     per_tap={Unit.PACKAGE: 2, Unit.RUPIAH: 250_000},
     per_card_since_sync={Unit.PACKAGE: 3, Unit.RUPIAH: 250_000},

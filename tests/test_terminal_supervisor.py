@@ -18,7 +18,8 @@ from terminal.supervisor import (
     Deadline,
     DeadlineConnection,
     DeadlineExceeded,
-    ReaderBinding,
+    ReaderNamePattern,
+    ReaderSelector,
     ReaderStatus,
     ServiceStatus,
     Supervisor,
@@ -38,7 +39,7 @@ class Recorder:
         self.cond = threading.Condition()
         self.hook: Callable[[Type2Tag], None] | None = None
 
-    def __call__(self, conn: Connection, binding: ReaderBinding) -> None:
+    def __call__(self, conn: Connection, binding: ReaderSelector) -> None:
         tag = Type2Tag(channel_for(DeadlineConnection(conn, Deadline(5.0)), ACR122U), conn.atr)
         uid = tag.uid
         if self.hook is not None:
@@ -56,7 +57,7 @@ class Recorder:
 @pytest.fixture
 def supervised() -> Iterator[tuple[Supervisor, Recorder]]:
     rec = Recorder()
-    sup = Supervisor([ReaderBinding(re.compile(r"^Virtual PCD"))], rec, scan_s=0.3, backoff_s=(0.1, 1.0))
+    sup = Supervisor([ReaderNamePattern(re.compile(r"^Virtual PCD"))], rec, scan_s=0.3, backoff_s=(0.1, 1.0))
     thread = threading.Thread(target=sup.run, name="supervisor-test")
     thread.start()
     yield sup, rec
@@ -103,7 +104,7 @@ def test_PC_1_pcscd_restart_under_a_running_supervisor(supervised: tuple[Supervi
 
 def test_PC_2_reader_chosen_by_pattern_not_index(present_card, reader_name) -> None:
     rec = Recorder()
-    only_slot1 = ReaderBinding(re.compile(r"^Virtual PCD"), slot_pattern=re.compile(r"01$"))
+    only_slot1 = ReaderNamePattern(re.compile(r"^Virtual PCD"), slot_pattern=re.compile(r"01$"))
     sup = Supervisor([only_slot1], rec, scan_s=0.3)
     thread = threading.Thread(target=sup.run)
     thread.start()

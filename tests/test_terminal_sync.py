@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from cardlib.records.journal import EntryKind
 from terminal.clock import Clock
-from terminal.errors import BundleError
+from terminal.errors import TrustStoreError
 from terminal.journal import CardWrite, JournalStore, verify_journal_file
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore, parse_retry_after
 from tests.test_terminal_support import FaultProxy, TrustKit, enrol_terminal, new_signer, publish_bundle
@@ -129,7 +129,7 @@ def test_conflicting_entries_are_flagged_kept_and_not_resent(app, rig, tmp_path:
 
 
 def test_bundle_etag_304_and_newer_version(world, rig) -> None:
-    with pytest.raises(BundleError):
+    with pytest.raises(TrustStoreError):
         rig.trust.current()
     b1, data1 = rig.kit.bundle(1, terminals=(rig.signer,))
     publish_bundle(world, 1, data1)
@@ -152,12 +152,12 @@ def test_older_tampered_or_foreign_bundles_are_refused(rig) -> None:
     _b1, data1 = rig.kit.bundle(1)
     _b2, data2 = rig.kit.bundle(2)
     assert rig.trust.install(data2, "e2") is True
-    with pytest.raises(BundleError, match="older"):
+    with pytest.raises(TrustStoreError, match="older"):
         rig.trust.install(data1, "e1")  # downgrade
-    with pytest.raises(BundleError):
+    with pytest.raises(TrustStoreError):
         rig.trust.install(data2[:-3] + bytes(3), "x")  # tampered
     _b3, foreign = TrustKit().bundle(3)
-    with pytest.raises(BundleError):
+    with pytest.raises(TrustStoreError):
         rig.trust.install(foreign, "f")  # signed under another root
     assert rig.trust.current().bundle.version == 2
 

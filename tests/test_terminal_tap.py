@@ -15,13 +15,14 @@ from cardlib.keys.signer import cose_key
 from cardlib.records.bundle import Programme as BundleProgramme
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
-from simulator.chip import FaultPlan, Ntag21x
 from cardlib.type2.channel import ACR122U
+from firmware_config.models import CounterMode
+from simulator.chip import FaultPlan, Ntag21x
 from terminal.clock import Clock
 from terminal.journal import JournalStore, verify_journal_file
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import CounterMode, DeclineReason, OfflineLimits, cycle_at
-from terminal.supervisor import ReaderBinding, Supervisor
+from terminal.policy import DeclineReason, OfflineLimits, cycle_at
+from terminal.supervisor import ReaderNamePattern, Supervisor
 from terminal.tap import CounterConfig, TapProcessor, Trust
 from tests.test_records_support import ISSUER, STATION, TERMINAL, UID, bundle, chip_with, identity
 
@@ -61,7 +62,7 @@ class Counter:
             request=lambda: tuple(self.request),  # type: ignore[arg-type, return-value]
             publish=self._publish,
         )
-        self.sup = Supervisor([ReaderBinding(re.compile("^Virtual PCD"))], self.tap, scan_s=0.3)
+        self.sup = Supervisor([ReaderNamePattern(re.compile("^Virtual PCD"))], self.tap, scan_s=0.3)
         self.thread = threading.Thread(target=self.sup.run)
 
     def _publish(self, o: TapOutcome) -> None:

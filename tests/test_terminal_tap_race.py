@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 from cardlib.records.bundle import Programme as BundleProgramme
+from cardlib.records.claims import Unit
 from cardlib.records.issuance import issue_card_image
 from cardlib.type2.channel import ACR122U
+from firmware_config.models import CounterMode
 from simulator.chip import Ntag21x
 from simulator.reader import EmulatorConnection, ReaderEmulator, ReaderKind
 from terminal.clock import Clock
 from terminal.journal import JournalStore
 from terminal.outcome import TapStatus
-from terminal.policy import CounterMode, DeclineReason, OfflineLimits, Unit, cycle_at
+from terminal.policy import DeclineReason, OfflineLimits, cycle_at
 from terminal.tap import CounterConfig, TapProcessor, Trust
 from tests.test_records_support import ISSUER, STATION, TERMINAL, bundle, chip_with, identity
 
@@ -38,7 +40,7 @@ class RacingJournal(JournalStore):
 
     barrier = threading.Barrier(2, timeout=RACE_WINDOW_S)
 
-    def exposure(self, card_id: str | None = None) -> dict[str, int]:
+    def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
         result = super().exposure(card_id)
         if card_id is None:
             try:

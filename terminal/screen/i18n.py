@@ -19,7 +19,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
-from terminal.policy import Unit
+from cardlib.records.claims import Unit
 
 DOMAIN = "terminal"
 #: Languages with a catalogue; the first is the default (Bahasa Indonesia).

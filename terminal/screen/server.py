@@ -17,8 +17,8 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from firmware_config.models import CounterMode
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import CounterMode
 from terminal.screen.i18n import DEFAULT_LANGUAGE, LANGUAGES, amount_text, programme_name, translations
 
 log = logging.getLogger(__name__)
