@@ -69,13 +69,28 @@ def _follow(browser, element) -> None:  # noqa: ANN001 - selenium objects
     A click returns before a form POST's navigation completes; reading the URL or
     the DOM right after it races with the page load.
     """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old_page = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, WAIT_S).until(ec.staleness_of(old_page))
+
+    def navigated(_driver) -> bool:  # noqa: ANN001 - selenium object
+        # Chromium answers a query on a node of the page just left either with a stale
+        # element error or, while the new document is being attached, with the inspector
+        # error "Node with given id does not belong to the document": both mean "gone".
+        try:
+            old_page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, WAIT_S).until(navigated)
 
 
 def _ms(h: int, m: int = 0) -> int:
