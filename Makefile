@@ -18,6 +18,8 @@ $(STAMP): setup.cfg scripts/setup-system.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -e '.[pcsc,nfc,server,terminal,pkcs11,test]'
+	# simulator/ is not in the product wheel (setup.cfg): this venv imports it from the checkout.
+	echo '$(CURDIR)' > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/huma-checkout.pth"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -29,6 +29,19 @@ _GROUPS: list[tuple[str, str, str]] = [
 ]
 
 
+#: Top-level packages of the source checkout that the product wheel leaves out (setup.cfg).
+_CHECKOUT_ONLY = frozenset({"simulator"})
+
+
+def _missing_hint(name: str, exc: ModuleNotFoundError) -> str:
+    """One line saying why ``huma NAME`` cannot run here and what to do."""
+    top = (exc.name or "").split(".")[0]
+    if top in _CHECKOUT_ONLY:
+        return (f"'huma {name}' is not in this installation: {top!r} ships with the source "
+                "checkout only (run it there after `make setup`)")
+    return f"'huma {name}' needs the Python package {exc.name!r}: run `make setup` (or pip install the matching extra)"
+
+
 class _LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
@@ -41,14 +54,28 @@ class _LazyGroup(click.Group):
                 try:
                     mod = importlib.import_module(module)
                 except ModuleNotFoundError as exc:
-                    raise click.ClickException(
-                        f"'huma {name}' needs the Python package {exc.name!r}: "
-                        "run `make setup` (or pip install the matching extra)"
-                    ) from exc
+                    raise click.ClickException(_missing_hint(name, exc)) from exc
                 cmd = getattr(mod, attr)
                 assert isinstance(cmd, click.Command)
                 return cmd
         return None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """``huma --help`` lists every group; one whose package is missing says so instead of failing."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))  # click's own width for the short help
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            try:
+                cmd = self.get_command(ctx, name)
+            except click.ClickException:
+                rows.append((name, "(not installed here)"))
+                continue
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=_LazyGroup)
