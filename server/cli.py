@@ -14,16 +14,18 @@ import getpass
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 if TYPE_CHECKING:
     from flask import Flask
     from sqlalchemy.orm import Session
+
+    from cardlib.records.bundle import Programme
 
 log = logging.getLogger(__name__)
 
@@ -292,25 +294,16 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
 
     USERNAME is stored in lower case; a name that differs from an existing one only in case is refused.
     """
-    from sqlalchemy import select
-
-    from server.auth import audit, check_username, create_person, username_is
-    from server.errors import BadRequest, Conflict
-    from server.models import Person, Role
+    from server.auth import check_username
+    from server.models import Role
+    from server.people import add_person as add
 
     check_username(username)  # before the password prompt
     app = make_app()
     password = _read_password(password_file)
     with database(app):
         session = _write_session()
-        existing = session.scalars(select(Person.username).where(username_is(username))).first()
-        if existing is not None:  # usernames are one login in any case: Auditor is auditor
-            raise Conflict(f"person {existing!r} exists (use `huma server people set-password`)")
-        try:
-            person = create_person(session, username, password, Role(role))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        audit(session, None, "person.create", f"person:{person.id}", username=person.username, role=role, **_console())
+        add(session, username, password, Role(role), None, **_console())
         session.commit()
     click.echo(f"created {role} {username.lower()}")
 
@@ -319,14 +312,12 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
 @DATABASE_OPTION
 def list_people() -> None:
     """Every person: id, username, role, enabled/disabled, created."""
-    from sqlalchemy import select
-
     from server.extensions import db
-    from server.models import Person
+    from server.people import list_people as people_of
 
     app = make_app()
     with database(app):
-        rows = db.session.scalars(select(Person).order_by(Person.id)).all()
+        rows = people_of(db.session)
         for p in rows:
             state = "disabled" if p.disabled else "enabled"
             click.echo(f"{p.id:>5}  {p.username:<24} {p.role.value:<10} {state:<8} {p.created_at.isoformat()}")
@@ -334,14 +325,12 @@ def list_people() -> None:
         click.echo("no people yet: `huma server people add NAME --role admin`")
 
 
-def _change_person(username: str, action: str, change: Any) -> None:
-    from server.auth import audit
-
+def _change_person(change: Callable[[Session], object]) -> None:
+    """Run one audited change of a person (:mod:`server.people`) in a write session and commit it."""
     app = make_app()
     with database(app):
         session = _write_session()
-        person = change(session)
-        audit(session, None, action, f"person:{person.id}", username=username, **_console())
+        change(session)
         session.commit()
 
 
@@ -350,9 +339,9 @@ def _change_person(username: str, action: str, change: Any) -> None:
 @DATABASE_OPTION
 def disable_person(username: str) -> None:
     """Disable a login and end its sessions (audited)."""
-    from server.auth import set_disabled
+    from server.people import set_person_disabled
 
-    _change_person(username, "person.disable", lambda s: set_disabled(s, username, True))
+    _change_person(lambda session: set_person_disabled(session, username, True, None, **_console()))
     click.echo(f"disabled {username}; their sessions are ended")
 
 
@@ -361,9 +350,9 @@ def disable_person(username: str) -> None:
 @DATABASE_OPTION
 def enable_person(username: str) -> None:
     """Re-enable a disabled login (audited)."""
-    from server.auth import set_disabled
+    from server.people import set_person_disabled
 
-    _change_person(username, "person.enable", lambda s: set_disabled(s, username, False))
+    _change_person(lambda session: set_person_disabled(session, username, False, None, **_console()))
     click.echo(f"enabled {username}")
 
 
@@ -373,18 +362,10 @@ def enable_person(username: str) -> None:
 @DATABASE_OPTION
 def set_password_cmd(username: str, password_file: Path | None) -> None:
     """Replace a person's password and end their sessions (audited; the password is not logged)."""
-    from server.auth import set_password
-    from server.errors import BadRequest
+    from server.people import change_password
 
     password = _read_password(password_file)
-
-    def change(session: Session) -> Any:
-        try:
-            return set_password(session, username, password)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-
-    _change_person(username, "person.set_password", change)
+    _change_person(lambda session: change_password(session, username, password, None, **_console()))
     click.echo(f"password of {username} replaced; their sessions are ended")
 
 
@@ -402,17 +383,13 @@ def terminals() -> None:
 @DATABASE_OPTION
 def list_terminals(status: str | None) -> None:
     """Terminal id, status, key id, enrolment and decision times."""
-    from sqlalchemy import select
-
     from server.extensions import db
-    from server.models import Terminal, TerminalStatus
+    from server.models import TerminalStatus
+    from server.terminals import list_terminals as terminals_of
 
     app = make_app()
     with database(app):
-        stmt = select(Terminal).order_by(Terminal.terminal_id)
-        if status:
-            stmt = stmt.where(Terminal.status == TerminalStatus(status))
-        rows = db.session.scalars(stmt).all()
+        rows = terminals_of(db.session, TerminalStatus(status) if status else None)
         for t in rows:
             decided = t.decided_at.isoformat() if t.decided_at else "-"
             click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  enrolled {t.created_at.isoformat()}"
@@ -422,8 +399,8 @@ def list_terminals(status: str | None) -> None:
 
 
 def _decide(terminal_id: str, to: str) -> None:
-    from server.blueprints.enrol import decide_terminal
     from server.models import TerminalStatus
+    from server.terminals import decide_terminal
 
     app = make_app()
     with database(app):
@@ -460,33 +437,7 @@ def revoke_terminal(terminal_id: str) -> None:
 # ----------------------------------------------------------------------------- trust bundles
 
 
-def _terminal_keys(session: Session) -> list[Any]:
-    """Bundle entries of approved (active) and revoked (status REVOKED from the decision time) terminals."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
-    from sqlalchemy import select
-
-    from cardlib.records.bundle import terminal_bundle_key
-    from server.models import Terminal, TerminalStatus
-
-    keys = []
-    rows = session.scalars(select(Terminal).where(
-        Terminal.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED])).order_by(Terminal.terminal_id))
-    for t in rows:
-        not_after = 2**32 - 1
-        if t.certificate_der:
-            not_after = int(x509.load_der_x509_certificate(t.certificate_der).not_valid_after_utc.timestamp())
-        revoked_at = None
-        if t.status is TerminalStatus.REVOKED:
-            revoked_at = int((t.decided_at or dt.datetime.now(dt.UTC)).timestamp())
-        keys.append(terminal_bundle_key(load_der_public_key(t.public_key), not_after,  # type: ignore[arg-type]
-                                        revoked_at=revoked_at))
-    return keys
-
-
-def _read_programmes(path: Path) -> list[Any]:
+def _read_programmes(path: Path) -> list[Programme]:
     """Programmes from TOML: ``[[programme]]`` tables with id, name, unit, per_cycle (cardlib Programme).
 
     :raises click.UsageError: not TOML or a table lacks a field (file named).
@@ -500,7 +451,8 @@ def _read_programmes(path: Path) -> list[Any]:
         return [Programme(int(p["id"]), str(p["name"]), str(p["unit"]), int(p["per_cycle"]))
                 for p in doc.get("programme", [])]
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise click.UsageError(f"{path}: expected [[programme]] tables with id, name, unit, per_cycle: {exc!r}")
+        raise click.UsageError(f"{path}: expected [[programme]] tables with id, name, unit, per_cycle: "
+                               f"{exc!r}") from None
 
 
 @server.group("bundle")
@@ -526,67 +478,34 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
     replaced cards (server.registry.next_deny_sets). Programmes and policies: the previous
     bundle's unless --programmes. The previous bundle must verify under the keystore's root.
     """
-    import datetime as dt
-    import time
-
-    from sqlalchemy import select
-
     from cardlib.keys.cli import read_secret
     from cardlib.keys.keystore import KeyStore
-    from cardlib.records.bundle import CARD_ID_LENGTH, UID_LENGTH, SortedIdSet, sign_keystore_bundle, verify_bundle
-    from cardlib.records.errors import RecordError
-    from server.auth import audit
-    from server.blueprints.bundle import store_bundle
-    from server.errors import Conflict
-    from server.models import TrustBundle as StoredBundle
-    from server.registry import next_deny_sets
+    from server.bundles import publish_next_bundle
 
     store = KeyStore.open(keydir)
-    root = store.entry(store.root_kid).public_key
     passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase")
+    programmes = _read_programmes(programmes_file) if programmes_file is not None else None
     app = make_app()
     with database(app):
         session = _write_session()
-        prev_row = session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
-        prev = None
-        if prev_row is not None:
-            try:
-                prev = verify_bundle(prev_row.blob, root)
-            except RecordError as exc:
-                raise Conflict(f"stored bundle v{prev_row.version} does not verify under keystore root "
-                               f"{store.root_kid.hex()}: {exc}") from None
-        cards, uids = next_deny_sets(session)
-        if prev is not None:
-            cards = SortedIdSet.from_ids([*prev.deny_cards, *cards], CARD_ID_LENGTH)
-            uids = SortedIdSet.from_ids([*prev.deny_uids, *uids], UID_LENGTH)
-        programmes = (_read_programmes(programmes_file) if programmes_file is not None
-                      else (prev.programmes if prev is not None else ()))
-        version = (prev_row.version if prev_row is not None else 0) + 1
-        now = int(time.time())
-        bundle, blob = sign_keystore_bundle(
-            store, passphrase, version=version, issued_at=now, expires_at=now + valid_days * 86400,
-            terminal_keys=_terminal_keys(session), deny_cards=cards, deny_uids=uids, programmes=programmes,
-            policies=prev.policies if prev is not None else None)
-        row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.UTC))
-        audit(session, None, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
-              keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **_console())
+        published = publish_next_bundle(session, store, passphrase, programmes=programmes, valid_days=valid_days,
+                                        **_console())
         session.commit()
-    click.echo(f"published bundle v{version}: {len(bundle.keys)} keys, {len(cards)} denied cards, "
-               f"{len(uids)} denied UIDs, {len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
+    bundle, row = published.bundle, published.row
+    click.echo(f"published bundle v{bundle.version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "
+               f"{len(bundle.deny_uids)} denied UIDs, {len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
 
 
 @bundle_group.command("show")
 @DATABASE_OPTION
 def show_bundle() -> None:
     """The newest stored bundle: version, expiry, ETag, size (contents are shown by `huma keys` tools)."""
-    from sqlalchemy import select
-
+    from server.bundles import newest_stored_bundle
     from server.extensions import db
-    from server.models import TrustBundle as StoredBundle
 
     app = make_app()
     with database(app):
-        row = db.session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
+        row = newest_stored_bundle(db.session)
         if row is None:
             click.echo("no trust bundle published yet: `huma server bundle publish`")
             return

@@ -43,20 +43,19 @@ from cardlib.keys.errors import UnsupportedAlgorithmError
 from cardlib.keys.signer import PublicKey, algorithm_of
 from cardlib.provision.errors import QuotaExceeded, SessionError
 from cardlib.provision.session import Issuance, IssuanceFile, IssuanceStatus, verify_issuance_file
-from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle, verify_bundle
+from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle
 from cardlib.records.claims import IdentityClaims, cycle_bounds, cycle_of, state_hash
 from cardlib.records.cose import verify1
 from cardlib.records.errors import RecordError
 from cardlib.records.session import identity_aad
-from server.errors import ConfigurationError, Conflict, InvalidIssuanceFile
+from server.errors import ConfigurationError, InvalidIssuanceFile
 from server.models import Card
-from server.models import TrustBundle as StoredBundle
 from server.reconcile.engine import DenyCandidate, deny_list_candidates, deny_sets
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile
 from server.types import UTC
 from server.upload import insert_or_ignore
 
-__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "load_root_key", "newest_bundle",
+__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "load_root_key",
            "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_identity"]
 
 log = logging.getLogger(__name__)
@@ -101,21 +100,6 @@ def load_root_key(path: str | Path) -> PublicKey:
     except (OSError, ValueError, UnsupportedAlgorithmError) as exc:
         raise ConfigurationError(f"cannot load the trust root {path}: {exc}") from exc
     return key  # type: ignore[return-value]
-
-
-def newest_bundle(session: Session, root: PublicKey) -> TrustBundle:
-    """The highest-version stored bundle, verified under ``root`` (cardlib.records.bundle.verify_bundle).
-
-    :raises Conflict: no bundle published yet (nothing lists the technician keys), or the
-        newest one does not verify under the configured root (publish a good one).
-    """
-    blob = session.scalars(select(StoredBundle.blob).order_by(StoredBundle.version.desc()).limit(1)).first()
-    if blob is None:
-        raise Conflict("no trust bundle published: technician keys are unknown")
-    try:
-        return verify_bundle(blob, root)
-    except RecordError as exc:
-        raise Conflict(f"the newest stored trust bundle does not verify under TRUST_ROOT_CERT: {exc}") from exc
 
 
 def cycle_rows(cycles: Iterable[int]) -> list[dict[str, object]]:

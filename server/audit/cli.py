@@ -177,16 +177,9 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
     Exit status 0 when it verifies; 2 with the terminal, seq and reason when it does not, or
     when the file is not a journal export (as `huma journal verify`).
     """
-    from server.audit.exports import check_export_heads, verify_journal_export
-    from server.errors import NotAJournalExport
+    from server.audit.exports import check_export_heads, verify_export_file
 
-    if not path.is_file():  # /dev/zero or a FIFO would be read without bound
-        raise NotAJournalExport(f"{path} is not a regular file")
-    try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise NotAJournalExport(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
-    report = verify_journal_export(document)
+    report = verify_export_file(path)
     if expect_heads and not report.complete:
         raise click.UsageError(f"--expect-head needs an export that is not filtered by card or time "
                                f"(this one: {report.filters})")

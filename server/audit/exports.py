@@ -17,9 +17,11 @@ import binascii
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import case, select
@@ -32,7 +34,6 @@ from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
-import itertools
 
 JOURNAL_FORMAT = "huma-betang/journal-export/v1"
 FINDINGS_FORMAT = "huma-betang/findings-export/v1"
@@ -315,6 +316,22 @@ def verify_journal_export(document: Any) -> ExportReport:
         counts[tid] = len(verified)
         heads[tid] = (verified[-1].entry.seq, verified[-1].entry_hash.hex())
     return ExportReport(counts, heads, complete, dict(filters))
+
+
+def verify_export_file(path: Path) -> ExportReport:
+    """Read a JSON journal export file and verify it offline (:func:`verify_journal_export`).
+
+    :param path: a regular file (a FIFO or ``/dev/zero`` would be read without bound), UTF-8 JSON.
+    :raises NotAJournalExport: not a regular file, not UTF-8 JSON, or not a journal export.
+    :raises ExportDoesNotVerify: see :func:`verify_journal_export`.
+    """
+    if not path.is_file():
+        raise NotAJournalExport(f"{path} is not a regular file")
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise NotAJournalExport(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
+    return verify_journal_export(document)
 
 
 def parse_terminal_head(text: str) -> tuple[str, tuple[int, bytes | None]]:

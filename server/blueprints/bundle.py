@@ -5,21 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hashlib
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from cardlib.records.bundle import BundleSignatureError, verify_bundle
 from cardlib.records.errors import RecordError
 from server.auth import audit, require_role
-from server.errors import BadRequest, ConfigurationError, Conflict, InvalidBundle, NaiveDatetimeError, NotFound, clipped
+from server.bundles import newest_stored_bundle, store_bundle
+from server.errors import BadRequest, ConfigurationError, InvalidBundle, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
-from server.models import Role, TrustBundle
+from server.models import Role
 from server.types import require_aware
 
 bp = Blueprint("bundle", __name__, url_prefix="/api/v1")
@@ -27,28 +24,10 @@ bp = Blueprint("bundle", __name__, url_prefix="/api/v1")
 BUNDLE_MEDIA_TYPE = "application/cose"
 
 
-def store_bundle(session: Session, version: int, blob: bytes, expires_at: dt.datetime) -> TrustBundle:
-    """Add a signed bundle (opaque bytes) as ``version``; GET /bundle serves the highest. Not committed.
-
-    :param expires_at: timezone-aware expiry, stored for the response headers.
-    :raises Conflict: ``version`` is already stored.
-    """
-    bundle = TrustBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(),
-                         expires_at=expires_at)
-    try:
-        with session.begin_nested():
-            session.add(bundle)
-    except IntegrityError:
-        raise Conflict(f"bundle version {version} exists") from None
-    return bundle
-
-
 @bp.get("/bundle")
 def newest_bundle() -> ResponseReturnValue:
     """The highest-version bundle as opaque signed bytes; 304 if the client's ETag matches."""
-    bundle = db.session.scalars(
-        select(TrustBundle).order_by(TrustBundle.version.desc()).limit(1)
-    ).one_or_none()
+    bundle = newest_stored_bundle(db.session)
     if bundle is None:
         raise NotFound("no trust bundle published yet")
     response = Response(bundle.blob, mimetype=BUNDLE_MEDIA_TYPE)

@@ -6,7 +6,6 @@ import base64
 import binascii
 import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -15,19 +14,13 @@ from flask import Blueprint, current_app, g, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from cardlib.keys.errors import CsrError, KeysError
-from cardlib.keys.pkcs8 import load_signer
-from cardlib.keys.signer import SoftwareSigner
-from cardlib.keys.terminal_ca import CheckedCsr, TerminalCA, check_terminal_csr
 from cardlib.provision.regions import check_region
 from server.auth import audit, require_role
 from server.errors import (
     BadRequest,
     ConfigurationError,
     Conflict,
-    InvalidCsr,
     NaiveDatetimeError,
     NotFound,
     clipped,
@@ -35,8 +28,10 @@ from server.errors import (
 )
 from server.extensions import db
 from server.http import json_body, query_params
-from server.models import Card, Person, Role, Terminal, TerminalStatus
+from server.models import Card, Role, Terminal, TerminalStatus
 from server.reconcile.models import TerminalSite
+from server.terminals import check_csr, decide_terminal, storable_id
+from server.terminals import list_terminals as list_terminals_of
 from server.types import require_aware, utcnow
 from server.upload import insert_or_ignore
 
@@ -56,71 +51,14 @@ def _terminal_json(t: Terminal) -> dict[str, Any]:
     }
 
 
-def _storable_id(value: str, what: str) -> str:
-    """Refuse a path id no row can have (NUL, which PostgreSQL text cannot hold; > 64 chars) as 404."""
-    if "\x00" in value or not 0 < len(value) <= 64:
-        raise NotFound(f"no {what} {shown(value)}")
-    return value
-
-
 def _get_terminal(terminal_id: str) -> Terminal:
-    _storable_id(terminal_id, "terminal")
+    storable_id(terminal_id, "terminal")
     terminal = db.session.scalars(
         select(Terminal).where(Terminal.terminal_id == terminal_id)
     ).one_or_none()
     if terminal is None:
         raise NotFound(f"no terminal {shown(terminal_id)}")
     return terminal
-
-
-def _ca_signer(path: Path, password: bytes | None) -> SoftwareSigner:
-    if password:
-        return load_signer(path, password)  # encrypted PKCS#8, as `huma keys` writes it
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigurationError(f"cannot load terminal CA key {path}: {exc}") from exc
-    log.warning("terminal CA key %s is not encrypted: acceptable for tests and simulations only", path)
-    return SoftwareSigner(key)  # type: ignore[arg-type]
-
-
-def terminal_ca() -> TerminalCA:
-    """The configured terminal CA (:class:`cardlib.keys.terminal_ca.TerminalCA`).
-
-    ``TERMINAL_CA_KEY``: PKCS#8 PEM key file (encrypted when ``TERMINAL_CA_KEY_PASSWORD``
-    is set). ``TERMINAL_CA_CERT``: its certificate (PEM); default the keystore's
-    ``certs/<kid>.crt.pem`` next to ``keys/``, which chains to the root; without one the
-    key certifies itself (development: terminals must pin that certificate).
-
-    :raises ConfigurationError: no key configured, unreadable, or not matching its certificate.
-    """
-    path = current_app.config.get("TERMINAL_CA_KEY")
-    if not path:
-        raise ConfigurationError("TERMINAL_CA_KEY is not configured: cannot issue certificates")
-    password = current_app.config.get("TERMINAL_CA_KEY_PASSWORD")
-    try:
-        signer = _ca_signer(Path(path), password.encode() if isinstance(password, str) else password)
-        cert_path = current_app.config.get("TERMINAL_CA_CERT")
-        candidate = Path(cert_path) if cert_path else Path(path).parent.parent / "certs" / f"{signer.kid.hex()}.crt.pem"
-        if candidate.is_file():
-            return TerminalCA(signer, x509.load_pem_x509_certificate(candidate.read_bytes()))
-        if cert_path:
-            raise ConfigurationError(f"TERMINAL_CA_CERT {cert_path} is not a file")
-        log.warning("no certificate for terminal CA %s: using a self-signed one", signer.kid.hex())
-        return TerminalCA.self_signed(signer)
-    except (KeysError, ValueError) as exc:
-        raise ConfigurationError(f"terminal CA unusable: {exc}") from exc
-
-
-def check_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
-    """:func:`cardlib.keys.terminal_ca.check_terminal_csr` as an API error.
-
-    :raises InvalidCsr: with the CSR problem as ``reason``.
-    """
-    try:
-        return check_terminal_csr(csr, terminal_id)
-    except CsrError as exc:
-        raise InvalidCsr(clipped(str(exc), 300), reason=exc.reason) from exc
 
 
 #: WGS 84 coordinate ranges, degrees.
@@ -233,46 +171,7 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
 def list_terminals() -> ResponseReturnValue:
     """The terminal registry."""
     query_params()
-    rows = db.session.scalars(select(Terminal).order_by(Terminal.terminal_id)).all()
-    return jsonify({"terminals": [_terminal_json(t) for t in rows]})
-
-
-def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, person: Person | None,
-                    **audit_detail: Any) -> Terminal:
-    """Move a terminal to ``to`` (approve issues its certificate now); audited; the caller commits.
-
-    Shared by the API (``person`` = the logged-in admin) and ``huma server terminals``
-    (``person`` None, ``audit_detail`` saying who at the console). Needs an app context
-    (the terminal CA comes from the app config).
-
-    :param to: APPROVED or REJECTED (from PENDING), REVOKED (from APPROVED or PENDING).
-        Already in ``to``: returned unchanged (idempotent), nothing audited.
-    :raises NotFound: unknown terminal id.
-    :raises Conflict: not allowed from the terminal's current status.
-    :raises ConfigurationError: approving without a usable terminal CA.
-    """
-    allowed_from = {TerminalStatus.APPROVED: {TerminalStatus.PENDING},
-                    TerminalStatus.REJECTED: {TerminalStatus.PENDING},
-                    TerminalStatus.REVOKED: {TerminalStatus.APPROVED, TerminalStatus.PENDING}}[to]
-    _storable_id(terminal_id, "terminal")
-    terminal = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
-    if terminal is None:
-        raise NotFound(f"no terminal {shown(terminal_id)}")
-    if terminal.status is to:
-        return terminal  # idempotent
-    if terminal.status not in allowed_from:
-        raise Conflict(f"terminal is {terminal.status.value}, cannot become {to.value}")
-    now = utcnow()
-    if to is TerminalStatus.APPROVED:
-        pem = terminal_ca().issue(check_csr(terminal.csr_der, terminal_id).der, terminal_id=terminal_id,
-                                  now=int(now.timestamp()))
-        terminal.certificate_der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    terminal.status = to
-    terminal.decided_at = now
-    terminal.decided_by = person.id if person is not None else None
-    audit(session, person, f"terminal.{to.value}", f"terminal:{terminal_id}", kid=terminal.kid.hex(),
-          **audit_detail)
-    return terminal
+    return jsonify({"terminals": [_terminal_json(t) for t in list_terminals_of(db.session)]})
 
 
 def _decide(terminal_id: str, to: TerminalStatus) -> Terminal:
@@ -373,7 +272,8 @@ def add_issuance_file() -> ResponseReturnValue:
     ``duplicate`` per card. Answers the session, a result per card id and the card ids
     that become deny-list candidates (abandoned, replaced by a re-issue).
     """
-    from server.registry import load_root_key, newest_bundle, register_issuance_file
+    from server.bundles import newest_verified_bundle
+    from server.registry import load_root_key, register_issuance_file
 
     body = json_body()
     encoded = body.get("file")
@@ -387,7 +287,7 @@ def add_issuance_file() -> ResponseReturnValue:
     if not root_path:
         raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
     session = db.write_session()
-    bundle = newest_bundle(session, load_root_key(root_path))
+    bundle = newest_verified_bundle(session, load_root_key(root_path))
     issuance_file, results = register_issuance_file(session, message, bundle, g.person.id)
     additions = [c.hex() for c in issuance_file.deny_list_additions()]
     audit(session, g.person, "cards.issuance_file", f"session:{issuance_file.session_id.hex()}",
@@ -415,7 +315,7 @@ def deny_list() -> ResponseReturnValue:
 @require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
 def get_card(card_id: str) -> ResponseReturnValue:
     """One card's registry entry."""
-    _storable_id(card_id, "card")
+    storable_id(card_id, "card")
     card = db.session.scalars(select(Card).where(Card.card_id == card_id)).one_or_none()
     if card is None:
         raise NotFound(f"no card {shown(card_id)}")

@@ -1,0 +1,166 @@
+"""Published trust bundles: the newest one, storing one, and signing the next from the registry.
+
+The bundle format and its signature are :mod:`cardlib.records.bundle` (docs/card-format.md);
+this module owns what the server keeps of them (:class:`server.models.TrustBundle`, the
+``trust_bundles`` table: opaque signed bytes, version, expiry) and the one use case that
+makes a new one, :func:`publish_next_bundle`, shared by ``huma server bundle publish`` and tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cardlib.keys.signer import PublicKey
+from cardlib.records.bundle import (
+    CARD_ID_LENGTH,
+    UID_LENGTH,
+    BundleKey,
+    Programme,
+    SortedIdSet,
+    TrustBundle,
+    sign_keystore_bundle,
+    terminal_bundle_key,
+    verify_bundle,
+)
+from cardlib.records.errors import RecordError
+from server.auth import audit
+from server.errors import Conflict
+from server.models import Person, Terminal, TerminalStatus
+from server.models import TrustBundle as StoredBundle
+from server.registry import next_deny_sets
+
+__all__ = ["PublishedResult", "newest_stored_bundle", "newest_verified_bundle", "publish_next_bundle",
+           "store_bundle", "terminal_bundle_keys"]
+
+#: Seconds per day (``valid_days`` → expiry).
+DAY_S = 86400
+#: Latest not-after (UNIX seconds) for a terminal without a stored certificate.
+NO_CERTIFICATE_NOT_AFTER = 2**32 - 1
+
+
+def newest_stored_bundle(session: Session) -> StoredBundle | None:
+    """The highest-version stored bundle row, or None when none is published yet (not verified)."""
+    return session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
+
+
+def newest_verified_bundle(session: Session, root: PublicKey) -> TrustBundle:
+    """The highest-version stored bundle, verified under ``root`` (:func:`cardlib.records.bundle.verify_bundle`).
+
+    :raises Conflict: no bundle published yet (nothing lists the technician keys), or the
+        newest one does not verify under the configured root (publish a good one).
+    """
+    row = newest_stored_bundle(session)
+    if row is None:
+        raise Conflict("no trust bundle published: technician keys are unknown")
+    try:
+        return verify_bundle(row.blob, root)
+    except RecordError as exc:
+        raise Conflict(f"the newest stored trust bundle does not verify under TRUST_ROOT_CERT: {exc}") from exc
+
+
+def store_bundle(session: Session, version: int, blob: bytes, expires_at: dt.datetime) -> StoredBundle:
+    """Add a signed bundle (opaque bytes) as ``version``; GET /bundle serves the highest. Not committed.
+
+    :param expires_at: timezone-aware expiry, stored for the response headers.
+    :raises Conflict: ``version`` is already stored.
+    """
+    bundle = StoredBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(), expires_at=expires_at)
+    try:
+        with session.begin_nested():
+            session.add(bundle)
+    except IntegrityError:
+        raise Conflict(f"bundle version {version} exists") from None
+    return bundle
+
+
+def terminal_bundle_keys(session: Session) -> list[BundleKey]:
+    """Bundle entries of approved (active) and revoked (status REVOKED from the decision time) terminals.
+
+    :returns: one :class:`cardlib.records.bundle.BundleKey` per terminal, in terminal id order;
+        not-after is the certificate's (UNIX seconds), or :data:`NO_CERTIFICATE_NOT_AFTER`.
+    """
+    keys = []
+    rows = session.scalars(select(Terminal).where(
+        Terminal.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED])).order_by(Terminal.terminal_id))
+    for terminal in rows:
+        not_after = NO_CERTIFICATE_NOT_AFTER
+        if terminal.certificate_der:
+            certificate = x509.load_der_x509_certificate(terminal.certificate_der)
+            not_after = int(certificate.not_valid_after_utc.timestamp())
+        revoked_at = None
+        if terminal.status is TerminalStatus.REVOKED:
+            revoked_at = int((terminal.decided_at or dt.datetime.now(dt.UTC)).timestamp())
+        # an enrolled key is Ed25519 or P-256: the CSR check refused any other
+        public_key = cast(PublicKey, load_der_public_key(terminal.public_key))
+        keys.append(terminal_bundle_key(public_key, not_after, revoked_at=revoked_at))
+    return keys
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """What :func:`publish_next_bundle` stored.
+
+    :ivar bundle: the signed bundle's contents. :ivar row: its stored row (``sha256`` is the ETag).
+    """
+
+    bundle: TrustBundle
+    row: StoredBundle
+
+
+def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
+                        programmes: Sequence[Programme] | None = None, valid_days: int = 14,
+                        now: int | None = None, person: Person | None = None,
+                        **audit_detail: Any) -> PublishedResult:
+    """Sign and store the next trust bundle (version = newest + 1), audited; the caller commits.
+
+    Keys: the keystore's issuer/technician keys and every approved or revoked terminal
+    (:func:`terminal_bundle_keys`). Deny lists: the previous bundle's ∪ confirmed
+    clone/fraud findings, abandoned and replaced cards (:func:`server.registry.next_deny_sets`).
+    Programmes and policies: the previous bundle's unless ``programmes`` is given.
+
+    :param store: an open :class:`cardlib.keys.keystore.KeyStore`; the previous bundle must
+        verify under its root, its active bundle key signs.
+    :param passphrase: the bundle key's passphrase (UTF-8 bytes).
+    :param valid_days: days before terminals treat the bundle as stale (≥ 1).
+    :param now: issue time, UNIX seconds (default: the current time).
+    :param person: who publishes (None: a console action, said by ``audit_detail``).
+    :raises Conflict: the stored newest bundle does not verify under the keystore's root,
+        or another publisher stored this version first.
+    :raises KeysError: no active bundle key in the keystore, or a wrong passphrase.
+    """
+    root = store.entry(store.root_kid).public_key
+    previous_row = newest_stored_bundle(session)
+    previous = None
+    if previous_row is not None:
+        try:
+            previous = verify_bundle(previous_row.blob, root)
+        except RecordError as exc:
+            raise Conflict(f"stored bundle v{previous_row.version} does not verify under keystore root "
+                           f"{store.root_kid.hex()}: {exc}") from None
+    cards, uids = next_deny_sets(session)
+    if previous is not None:
+        cards = SortedIdSet.from_ids([*previous.deny_cards, *cards], CARD_ID_LENGTH)
+        uids = SortedIdSet.from_ids([*previous.deny_uids, *uids], UID_LENGTH)
+    if programmes is None:
+        programmes = previous.programmes if previous is not None else ()
+    version = (previous_row.version if previous_row is not None else 0) + 1
+    issued_at = int(time.time()) if now is None else now
+    bundle, blob = sign_keystore_bundle(
+        store, passphrase, version=version, issued_at=issued_at, expires_at=issued_at + valid_days * DAY_S,
+        terminal_keys=terminal_bundle_keys(session), deny_cards=cards, deny_uids=uids, programmes=programmes,
+        policies=previous.policies if previous is not None else None)
+    row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.UTC))
+    audit(session, person, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
+          keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **audit_detail)
+    return PublishedResult(bundle, row)
