@@ -74,6 +74,10 @@ def _where(url: str) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
+    if "host" in parsed.query:  # several hosts (docs/operations.md): ?host=h1:p1&host=h2:p2, ?host=h1,h2&port=p1,p2
+        hosts, ports = parsed.query["host"], parsed.query.get("port")
+        shown = ",".join(hosts) if isinstance(hosts, tuple) else hosts
+        return f"{shown}{f' port {ports}' if ports else ''}/{parsed.database or ''}"
     return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
 
 

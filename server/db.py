@@ -10,6 +10,7 @@ so a blocked writer fails fast with a retryable error instead of hanging.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,11 @@ WRITE = "huma_write"
 #: too many connections, cannot connect now.
 _PG_BUSY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300", "57P03"})
 _SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+#: PostgreSQL SQLSTATEs that mean "the server went away" (a primary failing over): admin
+#: shutdown, crash shutdown; and every connection exception (class 08).
+_PG_GONE_SQLSTATES = frozenset({"57P01", "57P02"})
+#: ``?host=h1:p1,h2:p2`` (libpq's comma list with ports), which SQLAlchemy passes on unsplit.
+_HOST_PORT_LIST = re.compile(r"[A-Za-z0-9.-]+:[0-9]+(?:,[A-Za-z0-9.-]+:[0-9]+)+")
 
 
 def normalise_url(url: str) -> str:
@@ -71,7 +77,9 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -> Engine:
     """Create an engine with the per-connection settings this server relies on.
 
-    :param url: SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql+psycopg://...``).
+    :param url: SQLAlchemy URL (``sqlite:///path.db`` or ``postgresql+psycopg://...``); several
+        PostgreSQL hosts (a failover pair, docs/operations.md) as ``?host=h1:p1&host=h2:p2``,
+        ``?host=h1,h2&port=p1,p2`` or libpq's ``?host=h1:p1,h2:p2``, with ``target_session_attrs=read-write``.
     :param busy_timeout_s: how long a writer waits for a lock before the request
         answers 503 (SQLite ``busy_timeout``, PostgreSQL ``lock_timeout``), seconds.
     :param pool_size: connections kept per process.
@@ -85,6 +93,12 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
 
     url = normalise_url(url)
     parsed = make_url(url)
+    hosts = parsed.query.get("host")
+    if isinstance(hosts, str) and "port" not in parsed.query and _HOST_PORT_LIST.fullmatch(hosts):
+        # SQLAlchemy splits host:port only in ?host=h1:p1&host=h2:p2; given the comma form it
+        # sent libpq the host name "h1:p1" and the port ",".
+        parsed = parsed.update_query_dict({"host": hosts.split(",")})
+        url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
         raise ConfigurationError(
             f"database URL {parsed.render_as_string(hide_password=True)} is not usable: "
@@ -167,6 +181,27 @@ def is_busy(exc: BaseException) -> bool:
         return True
     text = str(orig).lower()
     return any(msg in text for msg in _SQLITE_BUSY_MESSAGES)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means PostgreSQL could not be reached or dropped the connection: during a
+    failover (docs/operations.md) the same request succeeds once the standby is promoted.
+
+    psycopg reports a refused or failed connection, and a connection lost mid-statement, as an
+    ``OperationalError`` without SQLSTATE; the server's own "terminating connection" notices carry
+    57P01/57P02; SQLAlchemy marks a connection it found dead as ``connection_invalidated``.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = driver_error(exc)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the server extra installs it
+        return False
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    state = orig.sqlstate
+    return state is None or state.startswith("08") or state in _PG_GONE_SQLSTATES
 
 
 @contextmanager

@@ -22,8 +22,8 @@ from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from server.db import driver_error, is_busy
-from server.errors import ECHO_MAX, MESSAGE_MAX, BadRequest, DatabaseBusy, ServerError, clipped
+from server.db import driver_error, is_busy, is_unreachable
+from server.errors import ECHO_MAX, MESSAGE_MAX, BadRequest, DatabaseBusy, DatabaseUnavailable, ServerError, clipped
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +210,9 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(500, "internal_error", "internal server error")
         return response
 
-    def _busy() -> Response:
+    def _busy(code: str = DatabaseBusy.code, message: str = "database busy, retry later") -> Response:
         retry = int(app.config["RETRY_AFTER"])
-        response = error_response(503, DatabaseBusy.code, "database busy, retry later", retry_after=retry)
+        response = error_response(503, code, message, retry_after=retry)
         response.headers["Retry-After"] = str(retry)
         return response
 
@@ -221,6 +221,9 @@ def register_error_handlers(app: Flask) -> None:
         if is_busy(exc):  # a bare driver error (raw-connection statements) meaning "retry"
             log.warning("database busy, answering 503: %s", exc)
             return _busy()
+        if is_unreachable(exc):  # PostgreSQL down or failing over (docs/operations.md): retry
+            log.warning("database unreachable, answering 503: %s", driver_error(exc))
+            return _busy(DatabaseUnavailable.code, "database unreachable, retry later")
         if driver_error(exc) is not None:
             log.exception("database error")
             return error_response(500, "database_error", "internal database error")
@@ -242,6 +245,9 @@ def register_error_handlers(app: Flask) -> None:
         if is_busy(exc):
             log.warning("database busy, answering 503: %s", exc.orig)
             return _busy()
+        if is_unreachable(exc):
+            log.warning("database unreachable, answering 503: %s", exc.orig)
+            return _busy(DatabaseUnavailable.code, "database unreachable, retry later")
         log.exception("database error")
         return error_response(500, "database_error", "internal database error")
 
