@@ -45,7 +45,7 @@ from cardlib.type2.channel import ACR122U
 from simulator.chip import ChipVariant, Ntag21x
 from simulator.reader import ReaderEmulator, ReaderKind
 from terminal.clock import Clock
-from terminal.journal import CardWrite, JournalStore
+from terminal.journal_store import CardWrite, JournalStore
 from firmware_config.models import CounterMode
 from terminal.policy import OfflineLimits, cycle_at
 from terminal.tap import BundleDenyList, CounterConfig, TapProcessor, Trust

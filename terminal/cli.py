@@ -95,7 +95,7 @@ def enrol(profile_path: Path, wait_s: float) -> None:
     import time
 
     from firmware_config.loader import load_terminal_profile
-    from terminal.errors import TerminalProfileError, SyncError, SyncRejected
+    from terminal.errors import SyncError, SyncRejected, TerminalProfileError
     from terminal.sync import HttpApi
 
     profile = load_terminal_profile(profile_path)
@@ -164,7 +164,7 @@ class _Head(click.ParamType):
     name = "SEQ[:HASH]"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
-        from terminal.journal import parse_head
+        from terminal.journal_audit import parse_head
 
         if isinstance(value, tuple):
             return value
@@ -194,7 +194,7 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
     Exits 0 when every entry verifies (and the head matches), 2 with the first
     failing entry's seq and the reason otherwise.
     """
-    from terminal.journal import check_head, verify_journal_file
+    from terminal.journal_audit import check_head, verify_journal_file
 
     key = _load_key(key_path, cert_path)
     report = verify_journal_file(file, key)  # type: ignore[arg-type]
@@ -231,7 +231,7 @@ def repair(file: Path, key_path: Path | None, cert_path: Path | None) -> None:
     them); anything else exits 2 and changes nothing. The backup is
     ``FILE.damaged-<time>`` next to FILE. Exit 0 when the repaired journal verifies.
     """
-    from terminal.journal import repair_journal_file
+    from terminal.journal_audit import repair_journal_file
 
     key = _load_key(key_path, cert_path)
     backup, report = repair_journal_file(file, key)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 profile (TOML) → reader profiles → :class:`~terminal.supervisor.Supervisor`
 (one watcher per matching reader/slot) → :class:`~terminal.tap.TapProcessor`
-→ :class:`~terminal.journal.JournalStore` → :class:`~terminal.sync.SyncLoop`
+→ :class:`~terminal.journal_store.JournalStore` → :class:`~terminal.sync.SyncLoop`
 → :class:`~terminal.feedback.FeedbackWorker` → counter screen on 127.0.0.1.
 
 Threads: the supervisor and its watchers, the sync loop, the feedback worker
@@ -34,13 +34,14 @@ from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
 from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderBinding, ReaderProfile, TerminalProfile
 from terminal.clock import Clock
+from terminal.connection import Deadline, DeadlineConnection
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
-from terminal.journal import JournalStore
+from terminal.journal_store import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import OfflineLimits
 from terminal.screen import CounterScreen, ScreenState
-from terminal.supervisor import Deadline, DeadlineConnection, ReaderSelector, Supervisor
+from terminal.supervisor import ReaderSelector, Supervisor
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
 from terminal.tap import CounterConfig, TapProcessor
 

@@ -44,11 +44,10 @@ from urllib.parse import urlsplit
 
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import PublicKey, Signer
-from cardlib.records.bundle import BundleError
-from cardlib.records.bundle import TrustBundle, verify_bundle
+from cardlib.records.bundle import BundleError, TrustBundle, verify_bundle
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SyncError, SyncRejected, TrustStoreError
-from terminal.journal import JournalStore, StoredEntry
+from terminal.journal_store import JournalStore, StoredEntry
 from terminal.tap import Trust
 
 log = logging.getLogger(__name__)

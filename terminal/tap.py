@@ -44,7 +44,8 @@ from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
 from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
 from firmware_config.models import CounterMode, ReaderBinding
-from terminal.journal import CardWrite, JournalStore, StoredEntry, write_of
+from terminal.connection import Deadline, DeadlineConnection
+from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
 from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
 from terminal.policy import (
     SECONDS_PER_DAY,
@@ -58,7 +59,7 @@ from terminal.policy import (
     Request,
     decide,
 )
-from terminal.supervisor import Deadline, DeadlineConnection, ReaderSelector
+from terminal.supervisor import ReaderSelector
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from cardlib.keys.signer import cose_key
 from cardlib.records.bundle import verify_bundle
 from cardlib.records.session import CardSession
 from simulator.chip import Ntag21x
-from terminal.journal import verify_journal_file
+from terminal.journal_audit import verify_journal_file
 from tests.test_records_support import ChipTag
 
 pytestmark = pytest.mark.pcsc

@@ -20,7 +20,8 @@ from cardlib.records.journal import EntryKind, verify_chain
 from huma.cli import main as huma_main
 from terminal.clock import Clock
 from terminal.errors import JournalStoreError, JournalVerifyError
-from terminal.journal import CardWrite, JournalStore, verify_journal_file, write_of
+from terminal.journal_audit import verify_journal_file
+from terminal.journal_store import CardWrite, JournalStore, write_of
 
 TID = "T-017"
 
@@ -234,7 +235,7 @@ def test_pending_left_by_a_crash_becomes_uncertain_at_boot(tmp_path: Path, signe
         from cardlib.keys.signer import SoftwareSigner
         from cardlib.records.journal import EntryKind
         from cardlib.records.claims import Unit
-        from terminal.journal import JournalStore, CardWrite
+        from terminal.journal_store import JournalStore, CardWrite
         s = SoftwareSigner(load_pem_private_key(open({str(key_pem)!r}, 'rb').read(), None))
         j = JournalStore({str(path)!r}, terminal_id={TID!r}, signer=s)
         j.append(EntryKind.PENDING, CardWrite(card_id='C-7', programme='pangan', unit=Unit.PACKAGE,

@@ -23,7 +23,8 @@ from cardlib.records.journal import EntryKind
 from huma.cli import main as huma_main
 from terminal.clock import Clock
 from terminal.errors import JournalDamaged, JournalVerifyError
-from terminal.journal import CardWrite, JournalStore, repair_journal_file, verify_journal_file, write_of
+from terminal.journal_audit import repair_journal_file, verify_journal_file
+from terminal.journal_store import CardWrite, JournalStore, write_of
 
 TID = "T-DAMAGE-01"
 

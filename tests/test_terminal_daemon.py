@@ -30,11 +30,11 @@ from cardlib.records.claims import Entitlement as CardProgramme
 from cardlib.records.claims import Unit as CardUnit
 from cardlib.records.journal import EntryKind, verify_entry
 from cardlib.records.session import CardSession
+from huma.cli import cli
 from simulator.chip import Ntag21x
 from simulator.vpcd import VpcdCard
-from huma.cli import cli
 from terminal.daemon import Daemon, build_daemon
-from terminal.journal import iter_messages, verify_journal_file
+from terminal.journal_audit import iter_messages, verify_journal_file
 from terminal.tap import terminal_number
 from tests.test_records_support import FOOD, ISSUER, STATION, ChipTag
 from tests.test_terminal_support import TrustKit, make_counter, reader_toml

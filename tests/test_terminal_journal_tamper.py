@@ -3,7 +3,7 @@
 The daemon decides from these columns (``last_committed_slot_seq`` reads
 ``slot_seq_after``, ``exposure`` reads ``unit`` and ``amount``, ``open_write``
 reads ``card_id`` and ``kind``), so an edited copy must not verify as OK. The
-journal is written by :class:`terminal.journal.JournalStore` the way the tap
+journal is written by :class:`terminal.journal_store.JournalStore` the way the tap
 writes it (PENDING with its card state blob, COMMIT, DECLINED, BALANCE,
 UNCERTAIN with a note, FINISHED, VOIDED), then one column of one row is changed
 with the triggers dropped, as someone editing a copy would.
@@ -27,7 +27,8 @@ from cardlib.records.session import PendingWrite
 from huma.cli import main as huma_main
 from terminal.clock import Clock
 from terminal.errors import JournalVerifyError
-from terminal.journal import CardWrite, JournalStore, verify_journal_file, write_of
+from terminal.journal_audit import verify_journal_file
+from terminal.journal_store import CardWrite, JournalStore, write_of
 from terminal.tap import _pending_blob
 from tests.test_journal_store import _tampered_copy  # the one copy-and-drop-triggers helper
 

@@ -9,15 +9,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from simulator.chip import ChipVariant, Ntag21x
 from cardlib.transport import Connection
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.channel import ACR122U, channel_for
 from cardlib.type2.tag import Type2Tag
+from simulator.chip import ChipVariant, Ntag21x
+from terminal.connection import Deadline, DeadlineConnection, DeadlineExceeded
 from terminal.supervisor import (
-    Deadline,
-    DeadlineConnection,
-    DeadlineExceeded,
     ReaderNamePattern,
     ReaderSelector,
     ReaderStatus,
@@ -172,7 +170,7 @@ def test_deadline_turns_a_slow_card_into_session_lost() -> None:
 def test_guarded_connection_close_waits_for_a_call_in_flight_and_refuses_later_calls() -> None:
     """AP-3 race: a feedback thread still sending when the watcher disconnects (stub connection)."""
     from cardlib.transport.errors import CardRemoved
-    from terminal.supervisor import GuardedConnection
+    from terminal.connection import GuardedConnection
 
     events: list[str] = []
 

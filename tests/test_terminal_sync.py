@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from cardlib.records.journal import EntryKind
 from terminal.clock import Clock
 from terminal.errors import TrustStoreError
-from terminal.journal import CardWrite, JournalStore, verify_journal_file
+from terminal.journal_audit import verify_journal_file
+from terminal.journal_store import CardWrite, JournalStore
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore, parse_retry_after
 from tests.test_terminal_support import FaultProxy, TrustKit, enrol_terminal, new_signer, publish_bundle
 

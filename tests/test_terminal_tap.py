@@ -19,7 +19,8 @@ from cardlib.type2.channel import ACR122U
 from firmware_config.models import CounterMode
 from simulator.chip import FaultPlan, Ntag21x
 from terminal.clock import Clock
-from terminal.journal import JournalStore, verify_journal_file
+from terminal.journal_audit import verify_journal_file
+from terminal.journal_store import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, OfflineLimits, cycle_at
 from terminal.supervisor import ReaderNamePattern, Supervisor

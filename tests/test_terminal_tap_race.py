@@ -19,7 +19,7 @@ from firmware_config.models import CounterMode
 from simulator.chip import Ntag21x
 from simulator.reader import EmulatorConnection, ReaderEmulator, ReaderKind
 from terminal.clock import Clock
-from terminal.journal import JournalStore
+from terminal.journal_store import JournalStore
 from terminal.outcome import TapStatus
 from terminal.policy import DeclineReason, OfflineLimits, cycle_at
 from terminal.tap import CounterConfig, TapProcessor, Trust

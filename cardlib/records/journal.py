@@ -217,7 +217,7 @@ class CardClaims:
     """The card claims of a journal entry (all optional: a BOOT entry carries none).
 
     Keyword-only, so :class:`JournalEntry` and a terminal's pending card write
-    (``terminal.journal.CardWrite``) share the one list of names and types.
+    (``terminal.journal_store.CardWrite``) share the one list of names and types.
 
     :ivar card_id: issuer card id (text form, ≤ 64 chars).
     :ivar tag_uid: chip UID, 4/7/10 bytes.

@@ -1,0 +1,136 @@
+"""Card connection wrappers for one tap: a deadline on every card command, and a handle safe to close under other threads.
+
+:class:`DeadlineConnection` bounds each command and the whole tap
+(docs/field-cases.md §PC: a card leaving mid-command must not hang the
+counter); :class:`GuardedConnection` is what the supervisor's watcher hands to
+the tap, so feedback threads holding it after the watcher disconnected get a
+typed error instead of a stale PC/SC handle. Both wrap any
+:class:`cardlib.transport.Connection`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cardlib.transport import Connection
+from cardlib.transport.errors import CardRemoved, SessionLost, TransportError
+
+
+class Deadline:
+    """A time budget for one tap (seconds, monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left (negative when overrun)."""
+        return self._end - time.monotonic()
+
+    def check(self, what: str) -> None:
+        """:raises DeadlineExceeded: when the budget is spent."""
+        if self.left() <= 0:
+            raise DeadlineExceeded(f"{what}: tap deadline of {self.seconds:.1f} s exceeded")
+
+
+class DeadlineExceeded(SessionLost):
+    """A card call ran past its deadline; treated like the card leaving the field."""
+
+
+class DeadlineConnection(Connection):
+    """A connection that enforces a per-call and a per-tap deadline on every card command.
+
+    A PC/SC call cannot be interrupted from Python, so an overrunning call is
+    detected when it returns and raises :class:`DeadlineExceeded` (a
+    :class:`SessionLost`), sending the tap down the torn-write path if it was
+    writing; the tap budget is checked before every command.
+
+    :param inner: the real connection.
+    :param deadline: the tap's budget.
+    :param per_call_s: most one command may take, seconds.
+    """
+
+    def __init__(self, inner: Connection, deadline: Deadline, per_call_s: float = 1.0) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._per_call_s = per_call_s
+        self.commands = 0
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self._deadline.check("before a card command")
+        start = time.monotonic()
+        result = self._inner.send_and_receive(apdu)
+        self.commands += 1
+        took = time.monotonic() - start
+        if took > self._per_call_s:
+            raise DeadlineExceeded(f"a card command took {took:.2f} s (limit {self._per_call_s:.2f} s)")
+        return result
+
+    def close(self) -> None:
+        self._inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self._inner.reader_name
+
+    @property
+    def atr(self) -> bytes:
+        return self._inner.atr
+
+
+class GuardedConnection(Connection):
+    """A card connection that becomes unusable, race-free, when the watcher closes it.
+
+    The tap hands the connection to other threads (LED/buzzer feedback, AP-3).
+    pcsc-lite checks that a card handle belongs to the calling client; a call on
+    a handle that another thread is disconnecting at that moment makes pcscd
+    drop the client's whole socket (every context then reports
+    ``SCARD_E_NO_SERVICE``). Every call and :meth:`close` therefore take one
+    lock, and calls after close raise :class:`CardRemoved`.
+
+    :param inner: the connection the watcher owns.
+    """
+
+    def __init__(self, inner: Connection) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise CardRemoved(f"connection to {self._inner.reader_name!r} already closed by its watcher")
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        with self._lock:
+            self._check()
+            return self._inner.send_and_receive(apdu)
+
+    def control(self, code: int, data: bytes) -> bytes:
+        """The reader's escape channel (``SCardControl``), if the inner connection has one.
+
+        :raises CardRemoved: the watcher already closed the connection.
+        :raises TransportError: the connection has no control channel, or the call failed.
+        """
+        control = getattr(self._inner, "control", None)
+        if control is None:
+            raise TransportError(f"reader {self._inner.reader_name!r} has no control channel")
+        with self._lock:
+            self._check()
+            return bytes(control(code, data))
+
+    def close(self) -> None:
+        """Close once, after any call in flight on another thread has returned."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self._inner.reader_name
+
+    @property
+    def atr(self) -> bytes:
+        return self._inner.atr

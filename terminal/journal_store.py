@@ -1,0 +1,629 @@
+"""The terminal journal store: an append-only, crash-safe SQLite file of signed, hash-chained entries.
+
+One row per entry holds the exact COSE_Sign1 bytes of
+:mod:`cardlib.records.journal` (what is uploaded and audited) next to indexed
+copies of its claims (seq, kind, card, programme, amount, slot seq, …) and two
+unsigned columns (the programme's ``unit``, the PENDING card state) so the daemon can answer
+"is there an unfinished write for this card?" and "how much went out since
+the last upload?" without decoding every entry. docs/design.md §Journal.
+
+Durability: WAL mode with ``synchronous=FULL`` makes SQLite fsync the WAL
+before a commit returns, so :meth:`JournalStore.append` returns only once the
+entry is on disk (the PENDING-before-write rule of docs/design.md §Tap sequence depends on it).
+Nothing is deleted: triggers refuse DELETE and any UPDATE except marking an
+entry uploaded.
+
+Offline audit of a journal file lives in :mod:`terminal.journal_audit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cardlib.keys.signer import Signer, cose_key, sign1_with, spki_der
+from cardlib.records.claims import Unit
+from cardlib.records.journal import (
+    GENESIS_HASH,
+    JOURNAL_AAD,
+    CardClaims,
+    EntryKind,
+    JournalEntry,
+    SignedEntry,
+    encode_payload,
+    new_entry_id,
+    verify_entry,
+)
+from terminal.clock import Clock
+from terminal.errors import JournalDamaged, JournalStoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: At most this many problem lines are asked of ``PRAGMA integrity_check(N)``.
+_MAX_PROBLEMS = 10
+
+#: Kinds that open (PENDING, UNCERTAIN) or close (the rest) a card write.
+WRITE_KINDS = (
+    EntryKind.PENDING,
+    EntryKind.COMMIT,
+    EntryKind.UNCERTAIN,
+    EntryKind.FINISHED,
+    EntryKind.VOIDED,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq            INTEGER PRIMARY KEY,          -- terminal seq, contiguous from 1
+    entry_id       BLOB NOT NULL UNIQUE,         -- 16 random bytes, fixed at first write
+    boot_id        INTEGER NOT NULL,
+    kind           INTEGER NOT NULL,             -- cardlib.records.journal.EntryKind
+    card_id        TEXT,
+    programme      TEXT,
+    unit           TEXT,                         -- Unit name in lower case (local index)
+    amount         INTEGER,
+    slot_seq_after INTEGER,
+    state_hash_new BLOB,
+    wall_ms        INTEGER NOT NULL,
+    mono_ns        INTEGER NOT NULL,
+    clock_synced   INTEGER NOT NULL,
+    entry_hash     BLOB NOT NULL UNIQUE,         -- SHA-256 of message
+    message        BLOB NOT NULL,                -- exact signed COSE_Sign1 bytes
+    note           TEXT,                         -- unsigned local note (e.g. 'deferred'); decline reasons are signed claims
+    pending        BLOB,                         -- PENDING only: the new card state (CBOR), bound by state_hash_new
+    uploaded_at    REAL                          -- NULL until the server acknowledged it
+);
+CREATE TABLE IF NOT EXISTS upload_problems (
+    entry_id   BLOB PRIMARY KEY REFERENCES entries (entry_id),
+    result     TEXT NOT NULL,                    -- "conflict" or "rejected" (docs/api.md)
+    reason     TEXT,                             -- the server's reason code, if any
+    flagged_at REAL NOT NULL                     -- POSIX seconds
+);
+CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+"""
+
+#: Every column of ``entries`` but ``uploaded_at``; the trigger below refuses changing any of them.
+_IMMUTABLE_COLUMNS = (
+    "seq", "entry_id", "boot_id", "kind", "card_id", "programme", "unit", "amount", "slot_seq_after",
+    "state_hash_new", "wall_ms", "mono_ns", "clock_synced", "entry_hash", "message", "note", "pending",
+)
+
+#: Live edits: only the upload mark may change, and only once. Replaced on open when a
+#: journal carries an older, weaker version (which let ``unit``, ``slot_seq_after`` … change).
+_UPDATE_TRIGGER = (
+    "CREATE TRIGGER entries_only_mark_uploaded BEFORE UPDATE ON entries\nWHEN "
+    + "\n  OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in _IMMUTABLE_COLUMNS)
+    + "\n  OR (OLD.uploaded_at IS NOT NULL AND NEW.uploaded_at IS NOT OLD.uploaded_at)\n"
+    "BEGIN SELECT RAISE(ABORT, 'journal entries are immutable; only the upload mark may be set once'); END"
+)
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """One journal row.
+
+    :ivar signed: the verified-on-write entry with its exact bytes.
+    :ivar unit: the programme's unit (local index, not signed) or None.
+    :ivar note: unsigned local note (decline reason code) or None.
+    :ivar uploaded_at: POSIX seconds when the server acknowledged it, or None.
+    """
+
+    signed: SignedEntry
+    unit: Unit | None
+    note: str | None
+    uploaded_at: float | None
+    pending: bytes | None = None
+
+    @property
+    def entry(self) -> JournalEntry:
+        """The decoded claims."""
+        return self.signed.entry
+
+    @property
+    def seq(self) -> int:
+        """Terminal sequence number."""
+        return self.signed.entry.seq
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardWrite(CardClaims):
+    """The claims of a card write, as given to :meth:`JournalStore.append` (keywords only).
+
+    The signed card claims are :class:`cardlib.records.journal.CardClaims` (card id,
+    UID, programme, amount, slot sequence numbers and hashes, NFC counter, decline
+    reason); an empty ``card_id`` is journalled as none.
+
+    :ivar unit: the programme's unit, indexed locally for exposure sums (not signed).
+    """
+
+    unit: Unit | None = None
+
+
+class JournalStore:
+    """The journal of one terminal in one SQLite file. Thread-safe (one internal lock).
+
+    Opening increments the boot counter and writes a BOOT entry; entries of an
+    earlier boot left PENDING (a crash between PENDING and COMMIT) are followed
+    by an UNCERTAIN entry each, so recovery on the card's next presentation
+    sees them (docs/design.md §Tap sequence, step 6).
+
+    :param path: the SQLite file (created with its schema when missing).
+    :param terminal_id: the registered terminal id; must match an existing file's.
+    :param signer: the terminal key (software or PKCS#11).
+    :param clock: the clock source (wall, monotonic, synced flag).
+    :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
+    """
+
+    def __init__(
+        self, path: str | Path, *, terminal_id: str, signer: Signer, clock: Clock | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.terminal_id = terminal_id
+        self._signer = signer
+        self._clock = clock or Clock()
+        self._lock = threading.Lock()
+        self._key = cose_key(signer)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as exc:  # locked, unreadable directory, …
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
+            raise damaged_error(self.path, "open", (str(exc),), serving=True) from exc
+        except sqlite3.Error as exc:
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
+        # The look-ups that guard against double charging (open_write,
+        # last_committed_slot_seq, exposure) go through the indexes: a damaged
+        # index hides a card's history, so refuse to serve on it. A full
+        # integrity_check, not quick_check: only it compares indexes with rows.
+        check_sqlite_file(self._db, self.path, serving=True)
+        try:
+            self._db.executescript(_SCHEMA)
+            (trigger,) = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND name='entries_only_mark_uploaded'"
+                " AND sql=?", (_UPDATE_TRIGGER,)).fetchone()
+            if not trigger:
+                self._db.executescript("BEGIN IMMEDIATE; DROP TRIGGER IF EXISTS entries_only_mark_uploaded; "
+                                       f"{_UPDATE_TRIGGER}; COMMIT;")
+        except sqlite3.Error as exc:
+            raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
+        self._check_identity()
+        self.boot_id = self._next_boot()
+        last = self._db.execute(
+            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self._seq, self._head = (last[0], bytes(last[1])) if last else (0, GENESIS_HASH)
+        self.append(EntryKind.BOOT)
+        for open_write in self._open_writes_at_boot():
+            w = open_write.entry
+            log.warning("journal: write seq %d was interrupted by a restart; marked UNCERTAIN", w.seq)
+            self.append(EntryKind.UNCERTAIN, write_of(open_write))
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_identity(self) -> None:
+        kid = self._signer.kid
+        row = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not row:
+            key = self._key
+
+            with self._tx():
+                self._db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("schema", str(SCHEMA_VERSION)),
+                        ("terminal_id", self.terminal_id),
+                        ("kid", kid),
+                        ("public_key_spki", spki_der(key.public_key)),
+                        ("boot_count", "0"),
+                    ],
+                )
+            return
+        if row.get("terminal_id") != self.terminal_id:
+            raise JournalStoreError(
+                f"journal {self.path} belongs to terminal {row.get('terminal_id')!r}, "
+                f"not {self.terminal_id!r}"
+            )
+        if bytes(row.get("kid", b"")) != kid:
+            # A re-keyed terminal starts a new journal file; one chain, one key.
+            raise JournalStoreError(f"journal {self.path} was signed by another terminal key")
+
+    def _next_boot(self) -> int:
+        with self._tx():
+            (count,) = self._db.execute("SELECT value FROM meta WHERE key='boot_count'").fetchone()
+            boot = int(count) + 1
+            self._db.execute("UPDATE meta SET value=? WHERE key='boot_count'", (str(boot),))
+        return boot
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self,
+        kind: EntryKind,
+        write: CardWrite | Callable[[int], tuple[CardWrite, bytes]] | None = None,
+        *,
+        note: str | None = None,
+    ) -> StoredEntry:
+        """Sign, chain and durably store one entry; return only after fsync.
+
+        :param kind: the entry kind.
+        :param write: the card claims (None for BOOT and other housekeeping), or for
+            PENDING a builder called with the entry's seq under the journal lock that
+            returns the claims and the new card state bytes (the slot signs the seq).
+        :param note: an unsigned local note (e.g. the decline reason code).
+        :returns: the stored entry with its exact signed bytes.
+        :raises JournalStoreError: the disk refused the write (the caller must not
+            touch the card: docs/design.md §Tap sequence wants PENDING on disk first).
+        """
+        with self._lock:
+            blob: bytes | None = None
+            if callable(write):
+                w, blob = write(self._seq + 1)
+            else:
+                w = write or CardWrite()
+            stamp = self._clock.now()
+            entry = JournalEntry(
+                entry_id=new_entry_id(),
+                terminal_id=self.terminal_id,
+                boot_id=self.boot_id,
+                seq=self._seq + 1,
+                kind=kind,
+                wall_ms=int(stamp.wall * 1000),
+                mono_ns=int(stamp.mono * 1e9),
+                clock_synced=stamp.synced,
+                prev_entry_hash=self._head,
+                **{**w.card_claims(), "card_id": w.card_id or None},
+            )
+            message = sign1_with(self._signer, encode_payload(entry), JOURNAL_AAD)
+            signed = SignedEntry(entry=entry, message=message, kid=self._signer.kid)
+            try:
+                with self._tx():
+                    self._db.execute(
+                        "INSERT INTO entries (seq, entry_id, boot_id, kind, card_id, programme, unit,"
+                        " amount, slot_seq_after, state_hash_new, wall_ms, mono_ns, clock_synced,"
+                        " entry_hash, message, note, pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            entry.seq,
+                            entry.entry_id,
+                            entry.boot_id,
+                            int(kind),
+                            entry.card_id,
+                            entry.programme,
+                            None if w.unit is None else unit_column(w.unit),
+                            entry.amount,
+                            entry.slot_seq_after,
+                            entry.state_hash_new,
+                            entry.wall_ms,
+                            entry.mono_ns,
+                            int(entry.clock_synced),
+                            signed.entry_hash,
+                            message,
+                            note,
+                            blob,
+                        ),
+                    )
+            except sqlite3.Error as exc:
+                raise JournalStoreError(f"journal append failed: {exc}") from exc
+            self._seq, self._head = entry.seq, signed.entry_hash
+            return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None, pending=blob)
+
+    def mark_uploaded(self, entry_ids: Sequence[bytes], when: float | None = None) -> int:
+        """Record that the server acknowledged these entries (accepted or duplicate).
+
+        :param entry_ids: 16-byte entry ids.
+        :param when: POSIX seconds; defaults to now.
+        :returns: the number of rows newly marked.
+        """
+        at = time.time() if when is None else when
+        with self._lock, self._tx():
+            cur = self._db.executemany(
+                "UPDATE entries SET uploaded_at=? WHERE entry_id=? AND uploaded_at IS NULL",
+                [(at, eid) for eid in entry_ids],
+            )
+            return cur.rowcount
+
+    # ------------------------------------------------------------------ reading
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[StoredEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT message, unit, note, uploaded_at, pending FROM entries " + sql,
+                params,
+            ).fetchall()
+        keys = {self._key.kid: self._key}
+        return [
+            StoredEntry(
+                signed=verify_entry(bytes(r[0]), keys), unit=None if r[1] is None else unit_of_column(r[1]), note=r[2], uploaded_at=r[3],
+                pending=None if r[4] is None else bytes(r[4]),
+            )
+            for r in rows
+        ]
+
+    def unsent(self, limit: int = 500) -> list[StoredEntry]:
+        """The oldest entries not yet acknowledged by the server and not flagged, in seq order.
+
+        Entries the server answered with conflict or rejected (:meth:`flag_upload`)
+        stay in the journal, unsent, and are not offered again: a retry cannot
+        change the server's verdict, and re-sending them would block the queue.
+        """
+        return self._rows(
+            "WHERE uploaded_at IS NULL AND entry_id NOT IN (SELECT entry_id FROM upload_problems)"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+
+    def flag_upload(self, entry_id: bytes, result: str, reason: str | None, when: float | None = None) -> None:
+        """Record that the server refused an entry (conflict / rejected); the entry is kept, never deleted.
+
+        :param entry_id: the 16-byte entry id.
+        :param result: the server's per-entry result (``"conflict"`` or ``"rejected"``).
+        :param reason: the server's reason code, if any.
+        """
+        at = time.time() if when is None else when
+        with self._lock, self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO upload_problems (entry_id, result, reason, flagged_at) VALUES (?,?,?,?)",
+                (entry_id, result, reason, at),
+            )
+
+    def upload_problems(self) -> list[tuple[int, str, str | None]]:
+        """``(seq, result, reason)`` of every entry the server refused, in seq order."""
+        with self._lock:
+            return [
+                (int(r[0]), str(r[1]), r[2])
+                for r in self._db.execute(
+                    "SELECT e.seq, p.result, p.reason FROM upload_problems p JOIN entries e USING (entry_id)"
+                    " ORDER BY e.seq"
+                )
+            ]
+
+    def unsent_count(self) -> int:
+        """How many entries wait for upload (flagged ones excluded)."""
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT count(*) FROM entries WHERE uploaded_at IS NULL"
+                " AND entry_id NOT IN (SELECT entry_id FROM upload_problems)").fetchone()[0])
+
+    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEntry]:
+        """Entries with seq > ``after_seq`` in order (for export and tests)."""
+        return self._rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """``(last seq, its entry hash)``; ``(0, GENESIS_HASH)`` for an empty journal."""
+        with self._lock:
+            return self._seq, self._head
+
+    def open_write(self, card_id: str) -> StoredEntry | None:
+        """The unfinished card write for ``card_id``, if any.
+
+        :returns: the PENDING entry whose write has no COMMIT, FINISHED or
+            VOIDED after it (possibly followed by UNCERTAIN), else None.
+        """
+        rows = self._rows(
+            "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in WRITE_KINDS)),
+            (card_id,),
+        )
+        if not rows or rows[0].entry.kind not in (EntryKind.PENDING, EntryKind.UNCERTAIN):
+            return None
+        last = rows[0]
+        if last.entry.kind is EntryKind.PENDING:
+            return last
+        # UNCERTAIN copies the PENDING claims; return the PENDING it refers to.
+        pend = self._rows(
+            "WHERE card_id=? AND kind=? AND seq<? ORDER BY seq DESC LIMIT 1",
+            (card_id, int(EntryKind.PENDING), last.seq),
+        )
+        return pend[0] if pend else last
+
+    def _open_writes_at_boot(self) -> list[StoredEntry]:
+        with self._lock:
+            cards = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT card_id FROM entries WHERE kind=? AND card_id IS NOT NULL"
+                    " AND boot_id<?",
+                    (int(EntryKind.PENDING), self.boot_id),
+                ).fetchall()
+            ]
+        out = []
+        for card in cards:
+            w = self.open_write(card)
+            if w is not None and w.entry.kind is EntryKind.PENDING:
+                last = self._rows(
+                    "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in WRITE_KINDS)),
+                    (card,),
+                )
+                if last and last[0].entry.kind is EntryKind.PENDING:
+                    out.append(w)
+        return out
+
+    def last_committed_slot_seq(self, card_id: str) -> int | None:
+        """Highest slot seq committed here for the card (replay check, docs/design.md §Caps and offline limits)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(slot_seq_after) FROM entries WHERE card_id=? AND kind IN (?, ?)",
+                (card_id, int(EntryKind.COMMIT), int(EntryKind.FINISHED)),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
+        """Units handed out and not yet uploaded, by unit (for the offline limits).
+
+        Counts COMMIT and FINISHED entries not yet uploaded, plus writes still
+        open (last write entry of the card is PENDING or UNCERTAIN: maybe
+        spent, counted until resolved). VOIDED writes count nothing.
+
+        :param card_id: restrict to one card; None for the whole terminal.
+        :returns: ``{unit: units}``.
+        """
+        done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
+        open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
+        writes = ",".join(str(int(k)) for k in WRITE_KINDS)
+        where_card = " AND e.card_id=?" if card_id is not None else ""
+        sql = (
+            "SELECT unit, coalesce(sum(amount), 0) FROM ("
+            f" SELECT e.unit, e.amount FROM entries e WHERE e.uploaded_at IS NULL AND e.kind IN ({done})"
+            f" AND e.unit IS NOT NULL{where_card}"
+            " UNION ALL"
+            f" SELECT e.unit, e.amount FROM entries e WHERE e.kind IN ({open_kinds}) AND e.unit IS NOT NULL"
+            f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
+            f" AND x.kind IN ({writes}))"
+            ") GROUP BY unit"
+        )
+        params: tuple[object, ...] = (card_id, card_id) if card_id is not None else ()
+        with self._lock:
+            return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
+
+    def close(self) -> None:
+        """Close the database (a WAL checkpoint runs on close)."""
+        with self._lock:
+            self._db.close()
+
+
+def unit_column(unit: Unit) -> str:
+    """A unit as the ``unit`` column holds it: its name in lower case, as trust bundles spell it."""
+    return unit.name.lower()
+
+
+def unit_of_column(text: str) -> Unit:
+    """The unit a ``unit`` column value names.
+
+    :raises JournalStoreError: the column holds no unit name (the file was altered; ``huma journal verify`` names it).
+    """
+    try:
+        return Unit[text.upper()]
+    except KeyError:
+        raise JournalStoreError(f"journal column unit holds {text!r}, not a unit") from None
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+
+
+def write_of(stored: StoredEntry) -> CardWrite:
+    """The card-write claims of a stored entry, to journal its COMMIT/UNCERTAIN/FINISHED/VOIDED."""
+    claims = stored.entry.card_claims()
+    return CardWrite(unit=stored.unit, **{**claims, "card_id": claims["card_id"] or "", "decline_reason": None})
+
+
+
+
+def sqlite_problems(db: sqlite3.Connection) -> tuple[str, ...]:
+    """What ``PRAGMA integrity_check`` reports (SQLite "PRAGMA integrity_check"), empty when "ok".
+
+    :returns: at most :data:`_MAX_PROBLEMS` lines, e.g. ``"row 4 missing from index entries_card"``.
+    :raises sqlite3.DatabaseError: the file is too damaged to check at all.
+    """
+    lines = tuple(str(r[0]) for r in db.execute(f"PRAGMA integrity_check({_MAX_PROBLEMS})"))
+    return () if lines == ("ok",) else lines
+
+
+_INDEX_NAMED = re.compile(r"\bindex (\S+)")
+_TREE_ROOT = re.compile(r"\bTree (\d+) page")
+
+
+def only_indexes_damaged(db: sqlite3.Connection, problems: Sequence[str]) -> bool:
+    """True when every reported problem is in an index (named, or a b-tree rooted at an index's root page)."""
+    try:
+        index_roots = {int(r[0]) for r in db.execute("SELECT rootpage FROM sqlite_master WHERE type='index'")}
+    except sqlite3.Error:
+        return False
+    for line in problems:
+        if line.startswith("*** in database"):
+            continue
+        root = _TREE_ROOT.search(line)
+        if root is not None:
+            if int(root.group(1)) not in index_roots:
+                return False
+        elif _INDEX_NAMED.search(line) is None:
+            return False
+    return True
+
+
+def damaged_error(path: Path, what: str, problems: Sequence[str], *, index_only: bool = False,
+                  serving: bool = False) -> JournalDamaged:
+    """The :class:`JournalDamaged` to raise for what SQLite reported, with what to do next in its message.
+
+    :param what: ``"open"`` (SQLite refused the file) or ``"check"`` (``integrity_check`` lines).
+    :param problems: SQLite's lines.
+    :param index_only: every problem is in an index (``huma journal repair`` can fix it).
+    :param serving: word the message for a counter that refuses to serve taps.
+    """
+    reported = "; ".join(problems)
+    msg = (f"{path}: journal file is damaged (SQLite: {reported})" if what == "open"
+           else f"{path}: journal file is damaged: SQLite integrity_check reports: {reported}")
+    if serving:
+        msg += " — the counter will not serve taps on it (a damaged journal can hide a card's earlier writes)"
+    if index_only:
+        msg += (f"; only its indexes are damaged, the signed entries are intact: stop the counter and run "
+                f"`huma journal repair {path}` (backs the file up, rebuilds the indexes, re-verifies)")
+    else:
+        msg += ("; stop the counter, keep the file with its -wal/-shm as evidence and follow "
+                "docs/terminal.md \"Damaged journal\"")
+    return JournalDamaged(msg, tuple(problems), index_only)
+
+
+def check_sqlite_file(db: sqlite3.Connection, path: Path, *, serving: bool = False) -> None:
+    """Run ``PRAGMA integrity_check`` on an open journal and refuse a damaged one.
+
+    :param serving: word the message for a counter that refuses to serve taps.
+    :raises JournalDamaged: SQLite reports problems (listed; ``index_only`` says whether
+        ``huma journal repair`` can fix them) or cannot read the file at all.
+    """
+    try:
+        problems = sqlite_problems(db)
+    except sqlite3.OperationalError as exc:  # locked, I/O: not evidence of damage
+        raise JournalStoreError(f"{path}: cannot check the journal ({exc})") from exc
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT / SQLITE_NOTADB
+        raise damaged_error(path, "open", (str(exc),), serving=serving) from exc
+    if problems:
+        raise damaged_error(path, "check", problems, index_only=only_indexes_damaged(db, problems), serving=serving)
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "WRITE_KINDS",
+    "CardWrite",
+    "JournalStore",
+    "StoredEntry",
+    "check_sqlite_file",
+    "damaged_error",
+    "only_indexes_damaged",
+    "sqlite_problems",
+    "unit_column",
+    "unit_of_column",
+    "write_of",
+]
