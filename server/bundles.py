@@ -1,7 +1,7 @@
 """Published trust bundles: the newest one, storing one, and signing the next from the registry.
 
 The bundle format and its signature are :mod:`cardlib.records.bundle` (docs/card-format.md);
-this module owns what the server keeps of them (:class:`server.models.TrustBundle`, the
+this module owns what the server keeps of them (:class:`server.models.PublishedBundle`, the
 ``trust_bundles`` table: opaque signed bytes, version, expiry) and the one use case that
 makes a new one, :func:`publish_next_bundle`, shared by ``huma server bundle publish`` and tests.
 """
@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cardlib.keys.root import RootKeyError, load_root_key
 from cardlib.keys.signer import PublicKey
 from cardlib.records.bundle import (
     CARD_ID_LENGTH,
@@ -35,13 +37,12 @@ from cardlib.records.bundle import (
 )
 from cardlib.records.errors import RecordError
 from server.auth import audit
-from server.errors import Conflict
-from server.models import Person, Terminal, TerminalStatus
-from server.models import TrustBundle as StoredBundle
+from server.errors import ConfigurationError, Conflict
+from server.models import Person, PublishedBundle, Terminal, TerminalStatus
 from server.registry import next_deny_sets
 
-__all__ = ["PublishedResult", "newest_stored_bundle", "newest_verified_bundle", "publish_next_bundle",
-           "store_bundle", "terminal_bundle_keys"]
+__all__ = ["PublishedResult", "load_trust_root", "newest_stored_bundle", "newest_verified_bundle",
+           "publish_next_bundle", "store_bundle", "terminal_bundle_keys"]
 
 #: Seconds per day (``valid_days`` → expiry).
 DAY_S = 86400
@@ -49,9 +50,22 @@ DAY_S = 86400
 NO_CERTIFICATE_NOT_AFTER = 2**32 - 1
 
 
-def newest_stored_bundle(session: Session) -> StoredBundle | None:
+def load_trust_root(path: str | Path) -> PublicKey:
+    """The configured trust root (``TRUST_ROOT_CERT``) as :func:`cardlib.keys.root.load_root_key` reads it.
+
+    :param path: PEM certificate or PEM public key of the keystore's root.
+    :raises ConfigurationError: unreadable, or not an Ed25519 / P-256 key (a server
+        misconfiguration, answered 500, not the client's fault).
+    """
+    try:
+        return load_root_key(path)
+    except RootKeyError as exc:
+        raise ConfigurationError(f"TRUST_ROOT_CERT: {exc}") from exc
+
+
+def newest_stored_bundle(session: Session) -> PublishedBundle | None:
     """The highest-version stored bundle row, or None when none is published yet (not verified)."""
-    return session.scalars(select(StoredBundle).order_by(StoredBundle.version.desc()).limit(1)).first()
+    return session.scalars(select(PublishedBundle).order_by(PublishedBundle.version.desc()).limit(1)).first()
 
 
 def newest_verified_bundle(session: Session, root: PublicKey) -> TrustBundle:
@@ -69,13 +83,13 @@ def newest_verified_bundle(session: Session, root: PublicKey) -> TrustBundle:
         raise Conflict(f"the newest stored trust bundle does not verify under TRUST_ROOT_CERT: {exc}") from exc
 
 
-def store_bundle(session: Session, version: int, blob: bytes, expires_at: dt.datetime) -> StoredBundle:
+def store_bundle(session: Session, version: int, blob: bytes, expires_at: dt.datetime) -> PublishedBundle:
     """Add a signed bundle (opaque bytes) as ``version``; GET /bundle serves the highest. Not committed.
 
     :param expires_at: timezone-aware expiry, stored for the response headers.
     :raises Conflict: ``version`` is already stored.
     """
-    bundle = StoredBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(), expires_at=expires_at)
+    bundle = PublishedBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(), expires_at=expires_at)
     try:
         with session.begin_nested():
             session.add(bundle)
@@ -115,7 +129,7 @@ class PublishedResult:
     """
 
     bundle: TrustBundle
-    row: StoredBundle
+    row: PublishedBundle
 
 
 def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,

@@ -202,8 +202,11 @@ class RejectedEntry(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-class TrustBundle(Base):
-    """A signed trust bundle, stored as opaque bytes (format: the keys issue)."""
+class PublishedBundle(Base):
+    """A published trust bundle as stored: its signed bytes (opaque here), version, expiry and SHA-256 (the ETag).
+
+    The signed document itself is :class:`cardlib.records.bundle.TrustBundle`.
+    """
 
     __tablename__ = "trust_bundles"
 

@@ -32,15 +32,10 @@ import enum
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cardlib.keys.errors import UnsupportedAlgorithmError
-from cardlib.keys.signer import PublicKey, algorithm_of
 from cardlib.provision.errors import QuotaExceeded, SessionError
 from cardlib.provision.session import Issuance, IssuanceFile, IssuanceStatus, verify_issuance_file
 from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle
@@ -48,14 +43,14 @@ from cardlib.records.claims import IdentityClaims, cycle_bounds, cycle_of, state
 from cardlib.records.cose import verify1
 from cardlib.records.errors import RecordError
 from cardlib.records.session import identity_aad
-from server.errors import ConfigurationError, InvalidIssuanceFile
+from server.errors import InvalidIssuanceFile
 from server.models import Card
 from server.reconcile.engine import DenyCandidate, deny_list_candidates, deny_sets
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile
 from server.types import UTC
 from server.upload import insert_or_ignore
 
-__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "load_root_key",
+__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles",
            "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_identity"]
 
 log = logging.getLogger(__name__)
@@ -83,23 +78,6 @@ class CardResult:
 
     card_id: str
     result: RegistryOutcome
-
-
-def load_root_key(path: str | Path) -> PublicKey:
-    """The pinned root public key from a PEM certificate (keystore ``certs/<root kid>.crt.pem``) or PEM key.
-
-    :raises ConfigurationError: unreadable, or not an Ed25519 / P-256 key.
-    """
-    try:
-        data = Path(path).read_bytes()
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            key = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            key = serialization.load_pem_public_key(data)
-        algorithm_of(key)  # type: ignore[arg-type]
-    except (OSError, ValueError, UnsupportedAlgorithmError) as exc:
-        raise ConfigurationError(f"cannot load the trust root {path}: {exc}") from exc
-    return key  # type: ignore[return-value]
 
 
 def cycle_rows(cycles: Iterable[int]) -> list[dict[str, object]]:

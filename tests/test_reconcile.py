@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from server.extensions import db
 from server.models import AuditLog, JournalEntryRow, Role
-from server.reconcile.engine import decide, deny_list_candidates, deny_sets, reconcile
+from server.reconcile.engine import decide_finding, deny_list_candidates, deny_sets, reconcile
 from server.reconcile.models import FindingKind, FindingStatus, TerminalSite
 from simulator.journals import ENTITLEMENTS, District, SimCard
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
@@ -221,7 +221,7 @@ def test_rerun_is_idempotent_and_confirmed_clones_feed_the_deny_list(app, audit_
 
         session = db.write_session()
         admin = session.scalars(select(Person).where(Person.role == Role.ADMIN)).one()
-        decide(session, fork.id, admin, FindingStatus.CONFIRMED, "two chips, one UID: seized clone")
+        decide_finding(session, fork.id, admin, FindingStatus.CONFIRMED, "two chips, one UID: seized clone")
         session.commit()
     second = run(app)
     assert second.new == 0 and second.observed == first.observed
@@ -254,9 +254,9 @@ def test_decide_requires_a_reason(app, audit_db, world):
         session = db.write_session()
         admin = session.scalars(select(Person)).first()
         with pytest.raises(InvalidDecision):
-            decide(session, fid, admin, FindingStatus.DISMISSED, "   ")
+            decide_finding(session, fid, admin, FindingStatus.DISMISSED, "   ")
         with pytest.raises(InvalidDecision):
-            decide(session, fid, admin, FindingStatus.OPEN, "reopen")
+            decide_finding(session, fid, admin, FindingStatus.OPEN, "reopen")
 
 
 def test_reconcile_is_set_based_sql(app, audit_db, world):

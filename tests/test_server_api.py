@@ -18,7 +18,7 @@ from cardlib.keys.signer import SoftwareSigner
 from cardlib.keys.terminal_ca import TerminalCA
 from server.errors import NaiveDatetimeError
 from server.extensions import db
-from server.models import AuditLog, TrustBundle
+from server.models import AuditLog, PublishedBundle
 from server.types import UTC, utcnow
 
 
@@ -189,22 +189,22 @@ def test_SV_4_timezone_round_trip(app):
     when = dt.datetime(2025, 3, 1, 8, 0, tzinfo=plus3)
     with app.app_context():
         session = db.write_session()
-        session.add(TrustBundle(version=7, blob=b"x", sha256=bytes(32), expires_at=when))
+        session.add(PublishedBundle(version=7, blob=b"x", sha256=bytes(32), expires_at=when))
         session.commit()
         session.expunge_all()
-        got = session.scalars(select(TrustBundle.expires_at)).one()
+        got = session.scalars(select(PublishedBundle.expires_at)).one()
         assert got == when
         assert got.tzinfo is not None and got.utcoffset() == dt.timedelta(0)
         assert (got.hour, got.minute) == (5, 0)
         assert got < utcnow()  # comparing with an aware "now" works
         # Ordering and filtering happen on the UTC value on both databases.
-        assert session.scalars(select(TrustBundle.version).where(
-            TrustBundle.expires_at > dt.datetime(2025, 3, 1, 4, 59, tzinfo=UTC))).all() == [7]
-        assert session.scalars(select(TrustBundle.version).where(
-            TrustBundle.expires_at > dt.datetime(2025, 3, 1, 8, 30, tzinfo=plus3))).all() == []
+        assert session.scalars(select(PublishedBundle.version).where(
+            PublishedBundle.expires_at > dt.datetime(2025, 3, 1, 4, 59, tzinfo=UTC))).all() == [7]
+        assert session.scalars(select(PublishedBundle.version).where(
+            PublishedBundle.expires_at > dt.datetime(2025, 3, 1, 8, 30, tzinfo=plus3))).all() == []
         session.rollback()
         session = db.write_session()
-        session.add(TrustBundle(version=8, blob=b"y", sha256=bytes(32),
+        session.add(PublishedBundle(version=8, blob=b"y", sha256=bytes(32),
                                 expires_at=dt.datetime(2025, 3, 1, 8, 0)))
         with pytest.raises(StatementError) as exc:
             session.flush()
@@ -214,7 +214,7 @@ def test_SV_4_timezone_round_trip(app):
             # A session in another time zone still reads UTC back.
             with db.engine.connect() as conn:
                 conn.execute(text("SET TIME ZONE 'Asia/Jakarta'"))
-                raw = conn.execute(select(TrustBundle.expires_at)).scalar_one()
+                raw = conn.execute(select(PublishedBundle.expires_at)).scalar_one()
                 assert raw == when and raw.utcoffset() == dt.timedelta(0)
                 conn.rollback()
 

@@ -30,7 +30,7 @@ from server.errors import AuthenticationFailed, Forbidden, NotFound, ServerError
 from server.extensions import db
 from server.http import error_response, int_param, query_params
 from server.models import Card, JournalEntryRow, Person, Role, Terminal
-from server.reconcile.engine import REDEMPTION_KINDS, decide, evidence_entries
+from server.reconcile.engine import REDEMPTION_KINDS, decide_finding, evidence_entries
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.models import (
     BenefitCycle,
@@ -303,8 +303,9 @@ def _reason(text: str) -> str:
 def decision(finding_id: str) -> ResponseReturnValue:
     """Confirm or dismiss with a reason (logged)."""
     session = db.write_session()
-    decide(session, _finding_id(finding_id), g.auditor, _choice(FindingStatus, request.form.get("status", ""), "status"),
-           _reason(request.form.get("reason", "")))
+    decide_finding(session, _finding_id(finding_id), g.auditor,
+                   _choice(FindingStatus, request.form.get("status", ""), "status"),
+                   _reason(request.form.get("reason", "")))
     session.commit()
     return redirect(url_for("audit.finding", finding_id=_finding_id(finding_id)))
 

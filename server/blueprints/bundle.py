@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from cardlib.records.bundle import BundleSignatureError, verify_bundle
 from cardlib.records.errors import RecordError
 from server.auth import audit, require_role
-from server.bundles import newest_stored_bundle, store_bundle
+from server.bundles import load_trust_root, newest_stored_bundle, store_bundle
 from server.errors import BadRequest, ConfigurationError, InvalidBundle, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
@@ -55,8 +55,6 @@ def publish_bundle() -> ResponseReturnValue:
     :raises ConfigurationError: no ``TRUST_ROOT_CERT``: nothing to verify against, nothing stored.
     :raises Conflict: that version is already stored.
     """
-    from server.registry import load_root_key
-
     body = json_body()
     version, expires, blob_b64 = body.get("version"), body.get("expires_at"), body.get("blob")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)
@@ -80,7 +78,7 @@ def publish_bundle() -> ResponseReturnValue:
     if not root_path:
         raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify trust bundles")
     try:
-        signed = verify_bundle(blob, load_root_key(root_path))
+        signed = verify_bundle(blob, load_trust_root(root_path))
     except BundleSignatureError as exc:
         raise InvalidBundle(f"bundle does not verify under TRUST_ROOT_CERT: {clipped(str(exc), 300)}",
                             reason="signature") from exc

@@ -272,8 +272,8 @@ def add_issuance_file() -> ResponseReturnValue:
     ``duplicate`` per card. Answers the session, a result per card id and the card ids
     that become deny-list candidates (abandoned, replaced by a re-issue).
     """
-    from server.bundles import newest_verified_bundle
-    from server.registry import load_root_key, register_issuance_file
+    from server.bundles import load_trust_root, newest_verified_bundle
+    from server.registry import register_issuance_file
 
     body = json_body()
     encoded = body.get("file")
@@ -287,7 +287,7 @@ def add_issuance_file() -> ResponseReturnValue:
     if not root_path:
         raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
     session = db.write_session()
-    bundle = newest_verified_bundle(session, load_root_key(root_path))
+    bundle = newest_verified_bundle(session, load_trust_root(root_path))
     issuance_file, results = register_issuance_file(session, message, bundle, g.person.id)
     additions = [c.hex() for c in issuance_file.deny_list_additions()]
     audit(session, g.person, "cards.issuance_file", f"session:{issuance_file.session_id.hex()}",

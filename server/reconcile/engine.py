@@ -89,7 +89,7 @@ __all__ = [
     "Observation",
     "ReconcileConfig",
     "RunResult",
-    "decide",
+    "decide_finding",
     "deny_list_candidates",
     "deny_sets",
     "observe",
@@ -820,7 +820,7 @@ def reconcile(session: Session, cfg: ReconcileConfig | None = None, *,
     return RunResult(run.id, entries, len(by_fp), run.findings_new, run.findings_resolved, dict(by_kind))
 
 
-def decide(session: Session, finding_id: int, person: Person, status: FindingStatus, reason: str) -> Finding:
+def decide_finding(session: Session, finding_id: int, person: Person, status: FindingStatus, reason: str) -> Finding:
     """Confirm or dismiss a finding, with a reason, logged in the audit log (caller commits).
 
     :raises FindingNotFound: no such finding.
