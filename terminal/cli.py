@@ -37,11 +37,6 @@ _PROFILE = click.option(
 )
 
 
-def _csr_path(profile: object) -> Path:
-    key_path: Path = profile.key_path  # type: ignore[attr-defined]
-    return key_path.with_name(key_path.stem + ".csr.pem")
-
-
 @terminal.command("init")
 @_PROFILE
 @click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -52,18 +47,16 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     The key goes to the profile's ``paths.key``; the CSR (PKCS#10, CN = terminal id)
     to ``<key stem>.csr.pem``. An existing key is never overwritten.
     """
+    import os
+
     from cardlib.keys.cli import read_secret
-    from cardlib.keys.pkcs8 import save_private_key
-    from cardlib.keys.signer import derive_kid
-    from cardlib.keys.terminal_ca import make_terminal_csr
     from firmware_config.loader import load_terminal_profile
+    from terminal.enrol import create_terminal_key, csr_path
     from terminal.errors import TerminalProfileError
 
     profile = load_terminal_profile(profile_path)
     secret_file = passphrase_file or profile.passphrase_path
     if secret_file is not None and not secret_file.is_file():
-        import os
-
         secret_file = Path(os.path.normpath(secret_file))
         raise TerminalProfileError(
             f"{profile_path}: paths.passphrase names {secret_file}, which does not exist; create it first "
@@ -71,13 +64,9 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
             f"  install -m 600 /dev/null {secret_file} && $EDITOR {secret_file}\n"
             f"or remove paths.passphrase and set $HUMA_KEY_PASSPHRASE / answer the prompt")
     secret = read_secret(secret_file, "HUMA_KEY_PASSPHRASE", "New terminal key passphrase", confirm=True)
-    key, csr = make_terminal_csr(profile.terminal_id)
-    profile.key_path.parent.mkdir(parents=True, exist_ok=True)
-    save_private_key(profile.key_path, key, secret)
-    _csr_path(profile).write_bytes(csr)
-    kid = derive_kid(key.public_key())
+    kid = create_terminal_key(profile, secret)
     click.echo(f"key {profile.key_path} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
-    click.echo(f"CSR {_csr_path(profile)}: run 'huma terminal enrol --profile {profile_path}'")
+    click.echo(f"CSR {csr_path(profile)}: run 'huma terminal enrol --profile {profile_path}'")
 
 
 @terminal.command("enrol")
@@ -91,41 +80,15 @@ def enrol(profile_path: Path, wait_s: float) -> None:
     saves the certificate as ``<key stem>.cert.pem`` when it is ready.
     Exit 0 when the certificate was saved, 3 while approval is pending.
     """
-    import json
-    import time
-
     from firmware_config.loader import load_terminal_profile
-    from terminal.errors import SyncError, SyncRejected, TerminalProfileError
-    from terminal.sync import HttpApi
+    from terminal.enrol import enrol as enrol_terminal
 
     profile = load_terminal_profile(profile_path)
-    if not _csr_path(profile).is_file():
-        raise TerminalProfileError(f"no CSR at {_csr_path(profile)}: run 'huma terminal init --profile {profile_path}' first")
-    csr = _csr_path(profile).read_text()
-    api = HttpApi(profile.server_url)
-    tid = profile.terminal_id
-    try:
-        r = api.request("POST", "/api/v1/terminals/enrol", json.dumps({"terminal_id": tid, "csr": csr}).encode(),
-                        {"Content-Type": "application/json"})
-    except SyncError as exc:
-        raise SyncError(f"cannot reach the server at {api.host}:{api.port} (server_url {profile.server_url} "
-                        f"in {profile_path}); is it running and reachable from this counter? ({exc})") from exc
-    if r.status != 202:
-        raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
-    deadline = time.monotonic() + wait_s
-    while True:
-        r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
-        if r.status == 200:
-            cert = profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
-            cert.write_text(json.loads(r.body)["certificate"])
-            click.echo(f"certificate saved to {cert}")
-            return
-        if r.status != 202:
-            raise SyncRejected(f"certificate refused: HTTP {r.status} {r.body[:300]!r}")
-        if time.monotonic() >= deadline:
-            click.echo(f"terminal {tid} is waiting for approval by an administrator")
-            raise SystemExit(3)
-        time.sleep(2.0)
+    cert = enrol_terminal(profile, wait_s)
+    if cert is None:
+        click.echo(f"terminal {profile.terminal_id} is waiting for approval by an administrator")
+        raise SystemExit(3)
+    click.echo(f"certificate saved to {cert}")
 
 
 @click.group()

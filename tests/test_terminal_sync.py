@@ -239,3 +239,18 @@ def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world,
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     assert cert.public_key().public_bytes(serialization.Encoding.DER, spki) == \
         files.signer.public_key.public_bytes(serialization.Encoding.DER, spki)
+
+
+def test_enrol_use_case_without_the_cli(tmp_path, world, live_server) -> None:
+    from firmware_config.loader import load_terminal_profile
+    from terminal.enrol import certificate_path, enrol
+    from tests.test_terminal_support import make_counter
+
+    files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
+                         terminal_id="T-6271-0078", server_url=f"http://{live_server.host}:{live_server.port}")
+    profile = load_terminal_profile(files.profile)
+    assert enrol(profile, 0.0) is None  # submitted, waiting for an administrator
+    r = world.client.post("/api/v1/terminals/T-6271-0078/approve", headers=world.auth())
+    assert r.status_code == 200, r.get_json()
+    assert enrol(profile, 0.0) == certificate_path(profile)
+    assert b"BEGIN CERTIFICATE" in certificate_path(profile).read_bytes()

@@ -1,0 +1,98 @@
+"""Enrolment of a counter with the server: the terminal key and CSR, then the certificate.
+
+Two steps, each safe to repeat (docs/api.md, ``/api/v1/terminals``):
+
+1. :func:`create_terminal_key` makes the terminal key (Ed25519, encrypted
+   PKCS#8 at the profile's ``paths.key``) and its PKCS#10 CSR (RFC 2986,
+   CN = terminal id) next to it as ``<key stem>.csr.pem``; an existing key is
+   never overwritten.
+2. :func:`enrol` submits the CSR (``POST /api/v1/terminals/enrol``, answered
+   202) and polls ``GET /api/v1/terminals/<id>/certificate`` until an
+   administrator approved it (200: the certificate is saved as
+   ``<key stem>.cert.pem``) or the wait is over (202 each time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cardlib.keys.pkcs8 import save_private_key
+from cardlib.keys.signer import derive_kid
+from cardlib.keys.terminal_ca import make_terminal_csr
+from firmware_config.models import TerminalProfile
+from terminal.errors import SyncError, SyncRejected, TerminalProfileError
+from terminal.sync import HttpApi
+
+#: Seconds between certificate polls while approval is pending.
+POLL_S = 2.0
+
+
+def csr_path(profile: TerminalProfile) -> Path:
+    """Where the terminal's CSR is kept: ``<key stem>.csr.pem`` next to the key."""
+    return profile.key_path.with_name(profile.key_path.stem + ".csr.pem")
+
+
+def certificate_path(profile: TerminalProfile) -> Path:
+    """Where the terminal's certificate is saved: ``<key stem>.cert.pem`` next to the key."""
+    return profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
+
+
+def create_terminal_key(profile: TerminalProfile, passphrase: bytes) -> bytes:
+    """Make the terminal key and its CSR, save both next to each other.
+
+    :param passphrase: encrypts the PKCS#8 key file (bytes, UTF-8 as typed).
+    :returns: the key's 4-byte kid (SHA-256 of its SPKI, first 4 bytes; the slot terminal id).
+    :raises cardlib.keys.errors.KeysError: the key file exists already or the passphrase is too weak.
+    """
+    key, csr = make_terminal_csr(profile.terminal_id)
+    profile.key_path.parent.mkdir(parents=True, exist_ok=True)
+    save_private_key(profile.key_path, key, passphrase)
+    csr_path(profile).write_bytes(csr)
+    return derive_kid(key.public_key())
+
+
+def enrol(
+    profile: TerminalProfile,
+    wait_s: float = 0.0,
+    *,
+    api: HttpApi | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Path | None:
+    """Submit the terminal's CSR and fetch its certificate once approved.
+
+    :param wait_s: seconds to keep polling after submitting (0: ask once).
+    :param api: the server connection (default: the profile's ``server_url``).
+    :param sleep: waits between polls (tests pass a no-op).
+    :returns: the saved certificate file, or None while approval is pending.
+    :raises TerminalProfileError: no CSR yet (:func:`create_terminal_key` first).
+    :raises SyncError: the server cannot be reached (message names ``server_url`` and the profile).
+    :raises SyncRejected: the server refused the CSR or the certificate request (not 202/200).
+    """
+    csr_file = csr_path(profile)
+    if not csr_file.is_file():
+        raise TerminalProfileError(f"no CSR at {csr_file}: run 'huma terminal init --profile {profile.source}' first")
+    api = api or HttpApi(profile.server_url)
+    tid = profile.terminal_id
+    body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text()}).encode()
+    try:
+        r = api.request("POST", "/api/v1/terminals/enrol", body, {"Content-Type": "application/json"})
+    except SyncError as exc:
+        raise SyncError(f"cannot reach the server at {api.host}:{api.port} (server_url {profile.server_url} "
+                        f"in {profile.source}); is it running and reachable from this counter? ({exc})") from exc
+    if r.status != 202:
+        raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
+        if r.status == 200:
+            cert = certificate_path(profile)
+            cert.write_text(json.loads(r.body)["certificate"])
+            return cert
+        if r.status != 202:
+            raise SyncRejected(f"certificate refused: HTTP {r.status} {r.body[:300]!r}")
+        if time.monotonic() >= deadline:
+            return None
+        sleep(POLL_S)
