@@ -24,6 +24,18 @@ DEFAULTS: dict[str, Any] = {
     "TERMINAL_CA_KEY_PASSWORD": None,
     "TERMINAL_CA_CERT": None,
     "TRUST_ROOT_CERT": None,  # root certificate/public key PEM; verifies stored bundles (card registry)  # its certificate (PEM); default the keystore's certs/<kid>.crt.pem
+    # Logins (server/logins.py, docs/security.md "Logins and web"):
+    "LOGIN_FREE_FAILURES": 3,  # failures of an account before back-off (1, 2, 4... s)
+    "LOGIN_LOCKOUT_FAILURES": 10,  # failures of an account that lock it (N)
+    "LOGIN_WINDOW": 900,  # seconds without a failure after which a count restarts
+    "LOGIN_LOCKOUT": 900,  # seconds an account stays locked (an admin can unlock earlier)
+    "LOGIN_ADDRESS_FREE_FAILURES": 20,  # failures from one client address before back-off
+    "LOGIN_BACKOFF_MAX": 60,  # seconds, longest back-off
+    "LOGIN_HASH_CONCURRENCY": None,  # password hashes at once per process; None: CPU cores
+    "LOGIN_HASH_WAIT": 2.0,  # seconds a login waits for a hashing slot before 503
+    # Web (docs/operations.md "Behind a TLS proxy"):
+    "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host are believed
+    "HSTS_MAX_AGE": 31536000,  # seconds, Strict-Transport-Security on https answers; 0: none
 }
 
 
@@ -37,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from server.blueprints import bundle, enrol, journal, openapi, people
     from server.extensions import db
     from server.http import register_error_handlers
+    from server.web import init_web
 
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(DEFAULTS)
@@ -50,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     db.init_app(app)
+    init_web(app)  # trusted proxies, HSTS, no-store, nosniff (server/web.py); its headers go on last
     register_error_handlers(app)
     for module in (people, enrol, journal, bundle, openapi):
         app.register_blueprint(module.bp)

@@ -1,7 +1,9 @@
 """People: password login, bearer tokens, roles, and the audit log of their changes.
 
-Passwords are hashed with werkzeug's scrypt (``scrypt:32768:8:1``); tokens are
-256-bit random strings of which only the SHA-256 is stored.
+Passwords are hashed with werkzeug's scrypt (``scrypt:32768:8:1``, 32 MiB and about
+0.1 s of CPU each), at most :func:`hash_slots` at once per process; tokens are 256-bit
+random strings of which only the SHA-256 is stored. Password logins, with their
+throttling and lock-out, are :func:`server.logins.password_login`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import secrets
+import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from flask import g, request
@@ -21,7 +26,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from server.errors import AuthenticationFailed, BadRequest, Forbidden, shown
+from server.errors import AuthenticationFailed, BadRequest, Forbidden, ServerBusy, shown
 from server.models import ApiToken, AuditLog, Person, Role
 from server.types import utcnow
 
@@ -35,9 +40,68 @@ TOKEN_BYTES = 32
 MAX_USERNAME_LENGTH = 64
 
 
+#: Seconds a password check waits for a hashing slot before answering 503.
+HASH_WAIT_S = 2.0
+#: Retry-After (seconds) of the 503 when no hashing slot came free.
+HASH_RETRY_AFTER_S = 1
+
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def hash_slots(limit: int | None = None) -> threading.BoundedSemaphore:
+    """The process-wide semaphore bounding concurrent scrypt hashes to ``limit`` (default: CPU cores).
+
+    One per distinct ``limit``, shared by every app and thread of the process.
+    """
+    size = max(1, limit if limit is not None else (os.cpu_count() or 1))
+    with _slots_lock:
+        if size not in _slots:
+            _slots[size] = threading.BoundedSemaphore(size)
+        return _slots[size]
+
+
+@contextmanager
+def hashing_slot(limit: int | None = None, wait_s: float = HASH_WAIT_S) -> Iterator[None]:
+    """Hold one of :func:`hash_slots` while hashing a password.
+
+    scrypt takes a core and 32 MiB for about 0.1 s: sixteen at once stalled every other
+    request. The rest wait up to ``wait_s`` seconds, then get 503.
+
+    :param limit: hashes at once (None: CPU cores).
+    :param wait_s: seconds to wait for a slot.
+    :raises ServerBusy: no slot within ``wait_s`` (``retry_after`` :data:`HASH_RETRY_AFTER_S`).
+    """
+    slots = hash_slots(limit)
+    if not slots.acquire(timeout=wait_s):
+        log.warning("no password hashing slot within %.1f s: answering 503", wait_s)
+        raise ServerBusy("too many logins at once, retry later", retry_after=HASH_RETRY_AFTER_S)
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 def hash_password(password: str) -> str:
-    """scrypt hash of ``password`` (werkzeug format, salted)."""
-    return generate_password_hash(password, method=PASSWORD_METHOD)
+    """scrypt hash of ``password`` (werkzeug format, salted), in a :func:`hashing_slot`.
+
+    :raises ServerBusy: no hashing slot came free.
+    """
+    with hashing_slot():
+        return generate_password_hash(password, method=PASSWORD_METHOD)
+
+
+def verify_password(stored_hash: str | None, password: str, *, limit: int | None = None,
+                    wait_s: float = HASH_WAIT_S) -> bool:
+    """Whether ``password`` matches ``stored_hash``, checked in a :func:`hashing_slot`.
+
+    :param stored_hash: werkzeug hash string; None (no such person) checks a dummy hash so
+        the time taken does not tell which usernames exist.
+    :param limit: / :param wait_s: see :func:`hashing_slot`.
+    :raises ServerBusy: no hashing slot came free.
+    """
+    with hashing_slot(limit, wait_s):
+        return check_password_hash(stored_hash if stored_hash is not None else _DUMMY_HASH, password)
 
 
 def check_username(username: str) -> str:
@@ -88,29 +152,23 @@ def create_person(session: Session, username: str, password: str, role: Role) ->
     check_username(username)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
-    person = Person(username=normalise_username(username), password_hash=hash_password(password), role=role, disabled=False)
+    person = Person(username=normalise_username(username), password_hash=hash_password(password), role=role,
+                    disabled=False)
     session.add(person)
     session.flush()
     return person
 
 
-def login(session: Session, username: str, password: str, ttl: dt.timedelta) -> tuple[str, Person, dt.datetime]:
-    """Check a password and issue a bearer token.
+def issue_token(session: Session, person: Person, ttl: dt.timedelta) -> tuple[str, dt.datetime]:
+    """Add a bearer token for ``person`` (the caller commits).
 
-    :returns: (token, person, expiry as aware UTC).
-    :raises AuthenticationFailed: unknown user, wrong password or disabled account
-        (one message for all three).
+    :param ttl: how long the token lives.
+    :returns: (token, expiry as aware UTC).
     """
-    person = session.scalars(select(Person).where(username_is(username))).one_or_none()
-    # Hash even for an unknown user so timing does not reveal which usernames exist.
-    stored = person.password_hash if person is not None else _DUMMY_HASH
-    ok = check_password_hash(stored, password)
-    if person is None or not ok or person.disabled:
-        raise AuthenticationFailed("wrong username or password")
     token = secrets.token_urlsafe(TOKEN_BYTES)
     expires = utcnow() + ttl
     session.add(ApiToken(token_sha256=token_digest(token), person_id=person.id, expires_at=expires))
-    return token, person, expires
+    return token, expires
 
 
 _DUMMY_HASH = generate_password_hash("not-a-real-password", method=PASSWORD_METHOD)

@@ -159,6 +159,45 @@ class DatabaseBusy(ServerError):
         self.retry_after = retry_after
 
 
+class LoginThrottled(ServerError):
+    """Too many failed logins for this account or from this address: retry after ``retry_after`` seconds.
+
+    The password was not checked. HTTP 429 with ``Retry-After`` (RFC 6585 §4).
+
+    :ivar retry_after: whole seconds until the next attempt is considered (at least 1).
+    """
+
+    code = "login_throttled"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class LoginLocked(LoginThrottled):
+    """The account is locked after too many failed logins (docs/security.md, "Logins and web").
+
+    Even the right password is refused until the lock ends or an admin lifts it.
+    """
+
+    code = "login_locked"
+
+
+class ServerBusy(ServerError):
+    """Too many password checks at once in this process: retry after ``retry_after`` seconds (503).
+
+    :ivar retry_after: seconds the client should wait before retrying.
+    """
+
+    code = "server_busy"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
 class ExportError(ServerError):
     """A journal export (``huma audit export journal``) cannot be used or does not verify."""
 

@@ -236,8 +236,9 @@ def register_error_handlers(app: Flask) -> None:
         # Safety net: a message or string detail quoting client input (a library's error text) is cut.
         detail = {k: clipped(v) if isinstance(v, str) else v for k, v in exc.detail.items()}
         response = error_response(int(exc.status), exc.code, clipped(str(exc), MESSAGE_MAX), **detail)
-        if isinstance(exc, DatabaseBusy):
-            response.headers["Retry-After"] = str(exc.retry_after)
+        retry_after = getattr(exc, "retry_after", None)  # DatabaseBusy, ServerBusy, LoginThrottled
+        if isinstance(retry_after, int):
+            response.headers["Retry-After"] = str(retry_after)
         return response
 
     @app.errorhandler(DBAPIError)

@@ -58,7 +58,9 @@ def clone_world(app, audit_db, world):
 
 
 def _login(client, username="audrey", password=AUDITOR_PASSWORD):
-    return client.post("/audit/login", data={"username": username, "password": password, "next": ""})
+    from tests.audit_login import form_login
+
+    return form_login(client, username, password)
 
 
 def _csrf(html: str) -> str:
@@ -238,11 +240,11 @@ def test_hostile_paths_and_params_are_client_errors(app, clone_world, world):
 
 def _http_login(live) -> dict[str, str]:
     """Log in through the form over real HTTP; the session cookie as a request header."""
-    status, _r, headers, _d = live.request(
-        "POST", "/audit/login", f"username=audrey&password={AUDITOR_PASSWORD.replace(' ', '+')}&next=".encode(),
-        {"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 302, headers
-    return {"Cookie": headers["Set-Cookie"].split(";", 1)[0]}
+    from tests.audit_login import http_form_login
+
+    status, cookie = http_form_login(live, "audrey", AUDITOR_PASSWORD)
+    assert status == 302 and cookie, status
+    return cookie
 
 
 def test_every_auditor_page_has_a_real_status_line_over_http(app, clone_world, world, live_server):

@@ -50,7 +50,9 @@ def finding_id(app, audit_db, world) -> int:
 
 
 def _decide(client, finding_id: int, reason: str):
-    client.post("/audit/login", data={"username": "audrey", "password": AUDITOR_PASSWORD, "next": ""})
+    from tests.audit_login import form_login
+
+    form_login(client, "audrey", AUDITOR_PASSWORD)
     page = client.get(f"/audit/findings/{finding_id}").get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page).group(1)
     return client.post(f"/audit/findings/{finding_id}/decision",

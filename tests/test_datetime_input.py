@@ -42,7 +42,9 @@ def test_bundle_expiry_out_of_range_is_400(when, app, world):
 def test_audit_export_since_out_of_range_is_400(when, app, audit_db, world):
     add_auditor(app)
     client = app.test_client()
-    client.post("/audit/login", data={"username": "audrey", "password": AUDITOR_PASSWORD, "next": ""})
+    from tests.audit_login import form_login
+
+    form_login(client, "audrey", AUDITOR_PASSWORD)
     r = client.get("/audit/export/journal.json", query_string={"since": when})
     assert r.status_code == 400, r.data[:300]
 

@@ -176,7 +176,9 @@ def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_regi
 
     add_auditor(app)
     client = world.client
-    client.post("/audit/login", data={"username": "audrey", "password": "auditor password 1", "next": ""})
+    from tests.audit_login import form_login
+
+    form_login(client, "audrey", "auditor password 1")
     page = client.get("/audit/regions?lang=en").get_data(as_text=True)
     # Redemptions (COMMIT entries), distinct cards, total in the programme's unit.
     assert re.search(r"<td>20261</td><td>62.71</td><td>food</td><td>4</td><td>2</td><td>4</td>", page), page

@@ -53,11 +53,16 @@ PATHS: dict[str, Any] = {
                  "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                      "schema": {"type": "object", "required": ["username", "password"],
                                 "properties": {"username": {"type": "string"}, "password": {"type": "string"},
-                                               "next": {"type": "string"}}}}}},
+                                               "next": {"type": "string"}, "csrf": {"type": "string"}}}}}},
                  "responses": {"302": {"description": "logged in"},
                                "400": _err("a NUL character in the path or a query parameter"),
                                "401": {"description": "wrong username or password", "content": _HTML},
-                               "403": {"description": "not an auditor", "content": _HTML}}},
+                               "403": {"description": "not an auditor, or the form's CSRF token does not match "
+                                                      "its cookie", "content": _HTML},
+                               "429": {"description": "too many failed logins: the password was not checked; "
+                                                      "Retry-After gives the seconds", "content": _HTML},
+                               "503": {"description": "too many password checks at once, or database busy; "
+                                                      "Retry-After gives the seconds", "content": _HTML}}},
     },
     "/audit/logout": {"post": {
         "summary": "Log out (token deleted)", "tags": ["audit"], "security": _BEARER,

@@ -127,7 +127,11 @@ SPEC: dict[str, Any] = {
                               "properties": {"token": {"type": "string"},
                                              "role": {"type": "string"},
                                              "expires_at": _DATETIME}}, "logged in"),
-                "400": _err("malformed body"), "401": _err("wrong username or password"), **_BUSY,
+                "400": _err("malformed body"), "401": _err("wrong username or password"),
+                "429": _err("too many failed logins (code login_throttled or login_locked): the password was "
+                            "not checked; retry after the Retry-After header's seconds (docs/security.md)"),
+                "503": _err("database busy, or too many password checks at once (code server_busy); "
+                            "retry after the Retry-After header's seconds"),
             },
         }},
         "/api/v1/auth/logout": {"post": {
@@ -149,6 +153,14 @@ SPEC: dict[str, Any] = {
                                    "400": _err("malformed body"), "409": _err("username exists"),
                                    **_AUTH_ERRORS, **_BUSY}},
         },
+        "/api/v1/people/{username}/unlock": {"post": {
+            "summary": "Lift an account's login lock-out and back-off (admin, audited)", "security": _BEARER,
+            "parameters": [{"name": "username", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
+            "responses": {"200": _json({"type": "object", "required": ["username", "lifted"], "properties": {
+                "username": {"type": "string"}, "lifted": {"type": "boolean"}}}, "unlocked"),
+                "404": _err("no such person"), **_AUTH_ERRORS, **_BUSY},
+        }},
         "/api/v1/audit": {"get": {
             "summary": "Newest audit-log rows (admin, auditor)", "security": _BEARER,
             "parameters": [{"name": "limit", "in": "query", "required": False,

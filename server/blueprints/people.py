@@ -11,10 +11,11 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from server.auth import audit, check_username, create_person, login, person_from_token, require_role, token_digest
+from server.auth import audit, check_username, create_person, find_person, person_from_token, require_role, token_digest
 from server.errors import BadRequest, Conflict, shown
 from server.extensions import db
 from server.http import int_param, json_body, query_params
+from server.logins import LoginPolicy, password_login, unlock
 from server.models import ApiToken, AuditLog, Person, Role
 
 bp = Blueprint("people", __name__, url_prefix="/api/v1")
@@ -35,15 +36,13 @@ def _str_field(body: dict[str, Any], name: str, max_len: int = 255) -> str:
 
 @bp.post("/auth/login")
 def login_view() -> ResponseReturnValue:
-    """Password login → bearer token."""
+    """Password login → bearer token; throttled per account and address (server/logins.py)."""
     body = json_body()
     username = _str_field(body, "username", 64)
     password = _str_field(body, "password")
-    session = db.write_session()
     ttl = dt.timedelta(seconds=int(current_app.config["TOKEN_TTL"]))
-    token, person, expires = login(session, username, password, ttl)
-    audit(session, person, "login", f"person:{person.id}")
-    session.commit()
+    token, person, expires = password_login(db.write_session, username, password, address=request.remote_addr, ttl=ttl,
+                                            policy=LoginPolicy.from_config(current_app.config))
     return jsonify({"token": token, "role": person.role.value, "expires_at": expires.isoformat()})
 
 
@@ -92,6 +91,18 @@ def add_person() -> ResponseReturnValue:
         session.rollback()
         raise Conflict(f"username {shown(username)} exists") from exc
     return jsonify(_person_json(person)), 201
+
+
+@bp.post("/people/<username>/unlock")
+@require_role(Role.ADMIN)
+def unlock_person(username: str) -> ResponseReturnValue:
+    """Lift an account's login lock-out and back-off (admin); audited."""
+    session = db.write_session()
+    person = find_person(session, username)
+    lifted = unlock(session, person.username)
+    audit(session, g.person, "login.unlock", f"person:{person.id}", username=person.username, lifted=lifted)
+    session.commit()
+    return jsonify({"username": person.username, "lifted": lifted})
 
 
 @bp.get("/audit")
