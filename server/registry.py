@@ -21,8 +21,8 @@ issuer's session grant (quota). The server
    (``card_profiles.revoked_at``), so ``revoked_card_used`` fires on their redemptions;
 4. offers abandoned card ids and the cards that re-issued ones replace as deny-list
    candidates for the next bundle (:func:`registry_deny_candidates`), next to the
-   auditors' confirmed clones (:func:`server.reconcile.engine.deny_list_candidates`);
-   :func:`next_deny_sets` merges both through :func:`server.reconcile.engine.deny_sets`.
+   auditors' confirmed clones (:func:`server.reconcile.denylist.deny_list_candidates`);
+   :func:`next_deny_sets` merges both through :func:`server.reconcile.denylist.deny_sets`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from cardlib.records.errors import RecordError
 from cardlib.records.session import identity_aad
 from server.errors import InvalidIssuanceFile
 from server.models import Card
-from server.reconcile.engine import DenyCandidate, deny_list_candidates, deny_sets
+from server.reconcile.denylist import DenyCandidate, deny_list_candidates, deny_sets
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile
 from server.types import UTC
 from server.upload import insert_or_ignore
@@ -289,7 +289,7 @@ def registry_deny_candidates(session: Session) -> list[DenyCandidate]:
 def next_deny_sets(session: Session, extra: Sequence[DenyCandidate] = ()) -> tuple[SortedIdSet, SortedIdSet]:
     """The deny lists for the next bundle: confirmed clones/fraud (reconciliation) + the registry's.
 
-    :returns: ``(deny_cards, deny_uids)`` as :func:`server.reconcile.engine.deny_sets` builds them.
+    :returns: ``(deny_cards, deny_uids)`` as :func:`server.reconcile.denylist.deny_sets` builds them.
     :raises ValueError: a candidate card id that is not 16 hex digits.
     """
     return deny_sets([*deny_list_candidates(session), *registry_deny_candidates(session), *extra])

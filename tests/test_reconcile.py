@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 
 from server.extensions import db
 from server.models import AuditLog, JournalEntryRow, Role
-from server.reconcile.engine import decide_finding, deny_list_candidates, deny_sets, reconcile
+from server.reconcile.denylist import deny_list_candidates, deny_sets
+from server.reconcile.engine import reconcile
+from server.reconcile.findings import decide_finding
 from server.reconcile.models import FindingKind, FindingStatus, TerminalSite
 from simulator.journals import ENTITLEMENTS, District, SimCard
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture

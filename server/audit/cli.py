@@ -48,7 +48,8 @@ class _Speed(click.ParamType):
 def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, as_json: bool) -> None:
     """Reconcile the whole stored journal; findings are upserted (re-running never duplicates)."""
     from server.extensions import db
-    from server.reconcile.engine import ReconcileConfig, reconcile
+    from server.reconcile.engine import reconcile
+    from server.reconcile.observations import ReconcileConfig
 
     app = make_app()
     with database(app):

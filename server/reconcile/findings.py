@@ -1,0 +1,172 @@
+"""Findings: recording a run's observations, an auditor's decision on one, and the entries it names.
+
+A finding is keyed by its observation's fingerprint, so re-running reconciliation never
+duplicates one and never touches an auditor's decision (docs/design.md §Reconciliation).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from server.models import Person
+from server.reconcile.errors import FindingNotFound, InvalidDecision
+from server.reconcile.models import Finding, FindingKind, FindingStatus
+from server.reconcile.observations import Observation
+from server.reconcile.sql import findings, journal
+from server.types import utcnow
+
+__all__ = ["RESOLVED_REASON", "RecordedFindings", "decide_finding", "evidence_entries", "record_findings"]
+
+
+#: The reason recorded when an open finding is no longer observed.
+RESOLVED_REASON = "resolved: no longer observed by reconciliation run {run}"
+
+
+def _hex_ids(ids: Iterable[bytes | None]) -> list[str]:
+    return [i.hex() for i in ids if i is not None]
+
+
+@dataclass(frozen=True)
+class RecordedFindings:
+    """What :func:`record_findings` did: distinct findings observed, new ones, open ones resolved, count per kind."""
+
+    seen: int
+    new: int
+    resolved: int
+    by_kind: dict[str, int]
+
+
+def _upsert(conn: Connection) -> Any:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(Finding)
+    if dialect == "sqlite":
+        return sqlite.insert(Finding)
+    raise NotImplementedError(f"findings upsert not implemented for {dialect}")
+
+
+def record_findings(
+    conn: Connection,
+    observations: Iterable[Observation],
+    run_id: int,
+    now: dt.datetime,
+    *,
+    resolve_bad_signatures: bool,
+) -> RecordedFindings:
+    """Upsert one finding per distinct fingerprint and resolve the open ones not observed this run (not committed).
+
+    An anomaly seen again updates its finding's evidence and ``last_seen_at`` and keeps its
+    status, reason and decider. Open findings not observed in run ``run_id`` are dismissed
+    with :data:`RESOLVED_REASON` (decided_by NULL: the system) — except ``bad_signature``
+    findings unless ``resolve_bad_signatures`` (the signatures were re-verified this run).
+
+    :param now: the run's start (aware), stored as first/last seen and decision time.
+    """
+    by_fp: dict[str, Observation] = {}
+    for observation in observations:
+        by_fp.setdefault(observation.fingerprint, observation)
+    existing: set[str] = set()
+    fps = list(by_fp)
+    for i in range(0, len(fps), 500):
+        existing |= set(
+            conn.execute(select(findings.c.fingerprint).where(findings.c.fingerprint.in_(fps[i : i + 500]))).scalars()
+        )
+    rows = [
+        {
+            "fingerprint": fp,
+            "kind": observation.kind.value,
+            "severity": observation.severity.value,
+            "card_id": observation.card_id,
+            "terminal_id": observation.terminal_id,
+            "summary": observation.summary[:255],
+            "evidence": json.dumps(_hex_ids(observation.evidence)),
+            "detail": json.dumps(observation.detail, sort_keys=True, default=str),
+            "status": FindingStatus.OPEN.value,
+            "first_seen_at": now,
+            "last_seen_at": now,
+            "last_run_id": run_id,
+        }
+        for fp, observation in by_fp.items()
+    ]
+    if rows:
+        ins = _upsert(conn)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[findings.c.fingerprint],
+            set_={
+                c: ins.excluded[c] for c in ("severity", "summary", "evidence", "detail", "last_seen_at", "last_run_id")
+            },
+        )
+        for i in range(0, len(rows), 500):
+            conn.execute(stmt, rows[i : i + 500])
+    resolved = conn.execute(
+        update(findings)
+        .where(
+            findings.c.status == FindingStatus.OPEN.value,
+            or_(findings.c.last_run_id.is_(None), findings.c.last_run_id != run_id),
+            *(() if resolve_bad_signatures else (findings.c.kind != FindingKind.BAD_SIGNATURE.value,)),
+        )
+        .values(status=FindingStatus.DISMISSED.value, reason=RESOLVED_REASON.format(run=run_id), decided_at=now)
+    ).rowcount
+    by_kind: dict[str, int] = defaultdict(int)
+    for observation in by_fp.values():
+        by_kind[observation.kind.value] += 1
+    return RecordedFindings(
+        seen=len(by_fp), new=len(set(by_fp) - existing), resolved=resolved or 0, by_kind=dict(by_kind)
+    )
+
+
+def decide_finding(session: Session, finding_id: int, person: Person, status: FindingStatus, reason: str) -> Finding:
+    """Confirm or dismiss a finding, with a reason, logged in the audit log (caller commits).
+
+    :raises FindingNotFound: no such finding.
+    :raises InvalidDecision: ``status`` is ``open`` or ``reason`` is blank.
+    """
+    from server.auth import audit
+
+    if status is FindingStatus.OPEN:
+        raise InvalidDecision("a finding can be confirmed or dismissed, not reopened by hand")
+    reason = reason.strip()
+    if not reason:
+        raise InvalidDecision("a reason is required", field="reason")
+    finding = session.get(Finding, finding_id)
+    if finding is None:
+        raise FindingNotFound(f"no finding {finding_id}")
+    before = finding.status.value
+    finding.status = status
+    finding.reason = reason
+    finding.decided_by = person.id
+    finding.decided_at = utcnow()
+    audit(
+        session,
+        person,
+        f"finding.{status.value}",
+        f"finding:{finding_id}",
+        kind=finding.kind.value,
+        before=before,
+        reason=reason,
+        card_id=finding.card_id,
+        terminal_id=finding.terminal_id,
+    )
+    return finding
+
+
+def evidence_entries(session: Session, finding: Finding) -> Sequence[Any]:
+    """The journal rows named by a finding's evidence (entry ids), in time order."""
+    ids = [bytes.fromhex(h) for h in json.loads(finding.evidence) if len(h) == 32]
+    if not ids:
+        return []
+    return session.execute(
+        select(journal)
+        .where(journal.c.entry_id.in_(ids))
+        .order_by(journal.c.wall_time, journal.c.terminal_id, journal.c.seq)
+    ).all()

@@ -1,0 +1,400 @@
+"""Checks along each terminal's journal: chain gaps and breaks, clocks, revoked keys, upload evidence, signatures.
+
+Each check takes a read-only connection and returns :class:`~server.reconcile.observations.Observation`
+objects in a deterministic order (the SQL's ORDER BY); :func:`server.reconcile.engine.observe` runs them.
+The chain is the terminal's hash chain of signed entries (docs/design.md §Journal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Float, and_, case, cast, func, literal, or_, select, union
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from cardlib.records.journal import EntryKind
+from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
+from server.reconcile.models import FindingKind, Severity
+from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
+from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
+
+__all__ = [
+    "SIGNED_COLUMNS",
+    "chain_and_clock_steps",
+    "clock_skew",
+    "revoked_terminals_used",
+    "signature_mismatches",
+    "upload_evidence",
+]
+
+
+#: Rows per round trip when streaming the journal.
+YIELD_PER = 2000
+
+
+def chain_and_clock_steps(conn: Connection, cfg: ReconcileConfig) -> tuple[list[Observation], list[Observation]]:
+    """Gaps, broken links and backward clock steps along ``(terminal_id ORDER BY seq)``, in one window pass.
+
+    One statement: ``LAG(seq)``, ``LAG(entry_hash)`` and ``LAG(wall)`` over ``PARTITION BY
+    terminal_id ORDER BY seq`` (SQLite walks ``uq_journal_terminal_seq``, no sort), keeping
+    the rows where a gap, a broken link or a clock step back shows; the flags say which.
+    Merged because every window pass over the journal costs one full ordered walk of it
+    (≈ 2.5 s per pass at 1M entries on SQLite; issue 8, docs/design.md §Reconciliation). The window carries only
+    what the conditions need; the entry ids and kind of the few rows kept (and of their
+    predecessor, at ``prev_seq``) are joined back through ``uq_journal_terminal_seq``
+    (every column a window carries is paid for every entry: 3.7 → 3.25 s).
+
+    :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
+        observations), each in ``(terminal_id, seq)`` order.
+    """
+    by = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
+    wall = epoch_s(journal.c.wall_time)
+    window = select(
+        journal.c.terminal_id,
+        journal.c.seq,
+        journal.c.prev_entry_hash,
+        wall.label("wall"),
+        func.lag(journal.c.seq).over(**by).label("prev_seq"),
+        func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
+        func.lag(wall).over(**by).label("prev_wall"),
+    ).subquery()
+    gap = window.c.seq - func.coalesce(window.c.prev_seq, 0) > 1
+    broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
+    back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
+    entry, previous = journal.alias("cur"), journal.alias("prev")
+    rows = conn.execute(
+        select(
+            window,
+            entry.c.entry_id,
+            entry.c.kind,
+            previous.c.entry_id.label("prev_entry_id"),
+            case((gap, literal(1)), else_=literal(0)).label("is_gap"),
+            case((or_(gap, broken), literal(1)), else_=literal(0)).label("is_chain"),
+            case((back, literal(1)), else_=literal(0)).label("is_back"),
+        )
+        .select_from(
+            window.join(
+                entry, and_(entry.c.terminal_id == window.c.terminal_id, entry.c.seq == window.c.seq)
+            ).outerjoin(
+                previous, and_(previous.c.terminal_id == window.c.terminal_id, previous.c.seq == window.c.prev_seq)
+            )
+        )
+        .where(or_(gap, broken, back))
+        .order_by(window.c.terminal_id, window.c.seq)
+    ).all()
+    chain: list[Observation] = []
+    backwards: list[Observation] = []
+    for row in rows:
+        if row.is_gap:
+            first, last = (row.prev_seq or 0) + 1, row.seq - 1
+            chain.append(
+                Observation(
+                    FindingKind.TERMINAL_GAP,
+                    Severity.HIGH,
+                    f"{row.terminal_id}|{first}|{last}",
+                    f"terminal {row.terminal_id}: entries {first}..{last} missing ({last - first + 1})",
+                    distinct_ids([row.prev_entry_id, row.entry_id]),
+                    terminal_id=row.terminal_id,
+                    detail={"first_missing": first, "last_missing": last, "count": last - first + 1},
+                )
+            )
+        elif row.is_chain:
+            chain.append(
+                Observation(
+                    FindingKind.TERMINAL_CHAIN_BREAK,
+                    Severity.CRITICAL,
+                    f"{row.terminal_id}|{row.seq}",
+                    f"terminal {row.terminal_id}: seq {row.seq} does not link to seq {row.prev_seq}",
+                    distinct_ids([row.prev_entry_id, row.entry_id]),
+                    terminal_id=row.terminal_id,
+                    detail={
+                        "seq": row.seq,
+                        "expected_prev_hash": row.prev_hash.hex(),
+                        "prev_entry_hash": row.prev_entry_hash.hex(),
+                    },
+                )
+            )
+        if row.is_back:
+            step = row.prev_wall - row.wall
+            announced = row.kind == int(EntryKind.CLOCK_SET)
+            backwards.append(
+                Observation(
+                    FindingKind.CLOCK_BACKWARDS,
+                    Severity.LOW if announced else Severity.MEDIUM,
+                    f"{row.terminal_id}|{row.seq}",
+                    f"terminal {row.terminal_id}: clock went back {step:.0f} s "
+                    f"between seq {row.prev_seq} and {row.seq}",
+                    distinct_ids([row.prev_entry_id, row.entry_id]),
+                    terminal_id=row.terminal_id,
+                    detail={"seq": row.seq, "step_back_s": round(step, 3), "announced_by_clock_set": announced},
+                )
+            )
+    return chain, backwards
+
+
+def upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+    """Conflicts and rejections the upload kept (server.upload)."""
+    conflicts = JournalConflict.__table__
+    rows = conn.execute(
+        select(
+            conflicts.c.terminal_id, conflicts.c.seq, conflicts.c.entry_hash, journal.c.entry_id.label("kept_entry_id")
+        )
+        .select_from(conflicts.outerjoin(journal, journal.c.entry_hash == conflicts.c.existing_entry_hash))
+        .order_by(conflicts.c.terminal_id, conflicts.c.seq)
+    ).all()
+    out = [
+        Observation(
+            FindingKind.JOURNAL_CONFLICT,
+            Severity.HIGH,
+            row.entry_hash.hex(),
+            f"terminal {row.terminal_id}: a second, different entry signed for seq {row.seq}",
+            distinct_ids([row.kept_entry_id, row.entry_hash]),
+            terminal_id=row.terminal_id,
+            detail={"seq": row.seq, "conflicting_entry_sha256": row.entry_hash.hex()},
+        )
+        for row in rows
+    ]
+    rejected = RejectedEntry.__table__
+    grouped: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+    for row in conn.execute(
+        select(rejected.c.terminal_id, rejected.c.reason, rejected.c.raw_sha256).order_by(
+            rejected.c.terminal_id, rejected.c.reason, rejected.c.id
+        )
+    ):
+        grouped[(row.terminal_id, row.reason)].append(row.raw_sha256)
+    for (terminal_id, reason), shas in grouped.items():
+        severity = Severity.HIGH if reason in ("bad_signature", "chain_broken", "unknown_kid") else Severity.MEDIUM
+        out.append(
+            Observation(
+                FindingKind.REJECTED_ENTRY,
+                severity,
+                f"{terminal_id}|{reason}",
+                f"terminal {terminal_id}: {len(shas)} uploaded entries rejected ({reason})",
+                shas[: cfg.evidence_limit],
+                terminal_id=terminal_id,
+                detail={"reason": reason, "count": len(shas)},
+            )
+        )
+    return out
+
+
+def revoked_terminals_used(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+    """Entries signed (wall time) or received after the terminal key's revocation.
+
+    One join of the journal with ``terminals`` and ``terminal_sites``. The extra
+    ``terminal_id IN (revoked or compromised terminals)`` changes no result (only those
+    terminals have a non-NULL instant to compare with) but lets the database start from
+    those few terminals and read only their entries through ``uq_journal_terminal_seq``,
+    instead of walking the whole journal (0.9 s at 1M entries on SQLite; issue 8).
+    """
+    revoked_at = case((terminals.c.status == TerminalStatus.REVOKED.value, terminals.c.decided_at), else_=None)
+    effective = func.coalesce(terminal_sites.c.compromised_from, revoked_at)
+    suspect = union(
+        select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
+        select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)),
+    )
+    rows = conn.execute(
+        select(journal.c.terminal_id, journal.c.seq, journal.c.entry_id, effective.label("effective"))
+        .select_from(
+            journal.join(terminals, terminals.c.terminal_id == journal.c.terminal_id).outerjoin(
+                terminal_sites, terminal_sites.c.terminal_id == journal.c.terminal_id
+            )
+        )
+        .where(
+            or_(journal.c.wall_time >= effective, journal.c.received_at >= revoked_at),
+            journal.c.terminal_id.in_(suspect),
+        )
+        .order_by(journal.c.terminal_id, journal.c.seq)
+    ).all()
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        groups[row.terminal_id].append(row)
+    out = []
+    for terminal_id, group in groups.items():
+        out.append(
+            Observation(
+                FindingKind.REVOKED_TERMINAL_USED,
+                Severity.CRITICAL,
+                terminal_id,
+                f"terminal {terminal_id}: {len(group)} entries signed after its key was revoked/compromised",
+                [row.entry_id for row in group][: cfg.evidence_limit],
+                terminal_id=terminal_id,
+                detail={
+                    "count": len(group),
+                    "first_seq": group[0].seq,
+                    "last_seq": group[-1].seq,
+                    "revoked_from": group[0].effective.isoformat()
+                    if isinstance(group[0].effective, dt.datetime)
+                    else str(group[0].effective),
+                },
+            )
+        )
+    return out
+
+
+def clock_skew(conn: Connection, cfg: ReconcileConfig, backwards: list[Observation] | None = None) -> list[Observation]:
+    """Backward steps along seq; (wall − monotonic) spread per boot; entries dated in the future.
+
+    Backward steps come from :func:`chain_and_clock_steps` (pass them as ``backwards`` when it
+    already ran). The two whole-group checks are one statement: a ``GROUP BY terminal_id,
+    boot_id`` (MIN/MAX of the offset, MAX of wall − received) finds the terminals with a
+    group over a threshold, and only their entries (``terminal_id IN (that aggregate)``)
+    go through the windows that pick the evidence rows (MIN/MAX ``OVER (PARTITION BY
+    terminal_id, boot_id)``, MAX ``OVER (PARTITION BY terminal_id)``). An honest journal
+    costs one aggregate pass instead of two window passes over every entry (issue 8);
+    restricting whole terminals leaves every window partition unchanged, so the evidence
+    is the same as over the whole journal.
+    """
+    out = list(chain_and_clock_steps(conn, cfg)[1] if backwards is None else backwards)
+    wall = epoch_s(journal.c.wall_time)
+    offset = wall - cast(journal.c.mono_ns, Float) / 1e9
+    ahead = wall - epoch_s(journal.c.received_at)
+    flagged = (
+        select(journal.c.terminal_id)
+        .group_by(journal.c.terminal_id, journal.c.boot_id)
+        .having(
+            or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s, func.max(ahead) > cfg.future_tolerance_s)
+        )
+    )
+    part = (journal.c.terminal_id, journal.c.boot_id)
+    offsets = (
+        select(
+            journal.c.terminal_id,
+            journal.c.boot_id,
+            journal.c.seq,
+            journal.c.entry_id,
+            offset.label("off"),
+            ahead.label("ahead"),
+            func.min(offset).over(partition_by=part).label("mn"),
+            func.max(offset).over(partition_by=part).label("mx"),
+            func.max(case((journal.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0))
+            .over(partition_by=part)
+            .label("set"),
+            func.max(ahead).over(partition_by=journal.c.terminal_id).label("ahead_mx"),
+        )
+        .where(journal.c.terminal_id.in_(flagged))
+        .subquery()
+    )
+    is_skew = and_(
+        offsets.c.mx - offsets.c.mn > cfg.skew_threshold_s,
+        or_(offsets.c.off == offsets.c.mn, offsets.c.off == offsets.c.mx),
+    )
+    is_future = and_(offsets.c.ahead == offsets.c.ahead_mx, offsets.c.ahead_mx > cfg.future_tolerance_s)
+    skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    future: dict[str, Any] = {}  # terminal → its first entry (by seq) at the maximum, in terminal order
+    for row in conn.execute(
+        select(offsets, case((is_skew, 1), else_=0).label("is_skew"), case((is_future, 1), else_=0).label("is_future"))
+        .where(or_(is_skew, is_future))
+        .order_by(offsets.c.terminal_id, offsets.c.boot_id, offsets.c.seq)
+    ):
+        if row.is_skew:
+            skewed[(row.terminal_id, row.boot_id)].append(row)
+        # ties on the maximum: the first entry is evidence enough
+        if row.is_future and (row.terminal_id not in future or row.seq < future[row.terminal_id].seq):
+            future[row.terminal_id] = row
+    for (terminal_id, boot_id), group in skewed.items():
+        spread = group[0].mx - group[0].mn
+        out.append(
+            Observation(
+                FindingKind.CLOCK_SKEW,
+                Severity.LOW if group[0].set else Severity.MEDIUM,
+                f"{terminal_id}|boot|{boot_id}",
+                f"terminal {terminal_id} boot {boot_id}: wall clock moved {spread:.0f} s against its monotonic clock",
+                distinct_ids(row.entry_id for row in group)[:2] + distinct_ids(row.entry_id for row in group)[-1:],
+                terminal_id=terminal_id,
+                detail={"boot_id": boot_id, "spread_s": round(spread, 3)},
+            )
+        )
+    for row in future.values():
+        out.append(
+            Observation(
+                FindingKind.CLOCK_SKEW,
+                Severity.MEDIUM,
+                f"{row.terminal_id}|future",
+                f"terminal {row.terminal_id}: entries dated up to {row.ahead:.0f} s after the server received them",
+                [row.entry_id],
+                terminal_id=row.terminal_id,
+                detail={"ahead_s": round(row.ahead, 3), "seq": row.seq},
+            )
+        )
+    return out
+
+
+#: Stored columns that must equal the signed claims (an edited column would mislead every SQL check).
+SIGNED_COLUMNS = (
+    "terminal_id",
+    "boot_id",
+    "seq",
+    "kind",
+    "mono_ns",
+    "clock_synced",
+    "card_id",
+    "tag_uid",
+    "programme",
+    "amount",
+    "slot_seq_before",
+    "slot_seq_after",
+    "state_hash_prev",
+    "state_hash_new",
+    "ntag_counter",
+    "prev_entry_hash",
+)
+
+
+def signature_mismatches(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observation]:
+    """Re-verify every stored entry against its terminal's key and compare the columns to the signed claims.
+
+    The SQL checks read the decoded columns; this pass proves those columns are
+    what the terminal signed (an operator editing ``amount`` or ``card_id`` is
+    caught). It is the one row-by-row pass (Ed25519 cannot run in SQL): streamed,
+    flat memory, cost ≈ one Ed25519 verification per entry.
+    """
+    from cardlib.records.errors import RecordError
+    from cardlib.records.journal import entry_hash, verify_entry
+    from server.upload import cose_key_of
+
+    cfg = cfg or ReconcileConfig()
+    keys = {terminal.terminal_id: cose_key_of(terminal) for terminal in Session(bind=conn).scalars(select(Terminal))}
+    bad: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
+    signed_columns = [journal.c[column] for column in SIGNED_COLUMNS]
+    stmt = select(
+        journal.c.entry_id, journal.c.raw, journal.c.entry_hash, journal.c.wall_time, *signed_columns
+    ).order_by(journal.c.terminal_id, journal.c.seq)
+    for row in conn.execute(stmt.execution_options(yield_per=YIELD_PER)):
+        key = keys.get(row.terminal_id)
+        problem = ""
+        try:
+            if key is None:
+                raise RecordError(f"no key for terminal {row.terminal_id}")
+            signed = verify_entry(row.raw, {key.kid: key}).entry
+        except RecordError as exc:
+            problem = f"signature: {exc}"
+        else:
+            claims = {column: getattr(signed, column) for column in SIGNED_COLUMNS}
+            claims["kind"] = int(signed.kind)
+            diff = [column for column in SIGNED_COLUMNS if getattr(row, column) != claims[column]]
+            if entry_hash(row.raw) != row.entry_hash:
+                diff.append("entry_hash")
+            if row.wall_time != signed.wall_time:
+                diff.append("wall_time")
+            if row.entry_id != signed.entry_id:
+                diff.append("entry_id")
+            if diff:
+                problem = "stored columns differ from the signed entry: " + ", ".join(diff)
+        if problem:
+            bad[row.terminal_id].append((row.entry_id, problem))
+    return [
+        Observation(
+            FindingKind.BAD_SIGNATURE,
+            Severity.CRITICAL,
+            terminal_id,
+            f"terminal {terminal_id}: {len(items)} stored entries do not match their signature ({items[0][1]})"[:255],
+            [entry_id for entry_id, _ in items][: cfg.evidence_limit],
+            terminal_id=terminal_id,
+            detail={"count": len(items), "problems": sorted({p for _, p in items})[:20]},
+        )
+        for terminal_id, items in bad.items()
+    ]
