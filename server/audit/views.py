@@ -1,10 +1,13 @@
 """Auditor blueprint ``/audit``: findings queue, card/terminal history, region totals, exports.
 
 Server-rendered HTML, no JavaScript. Login uses the people/roles of
-:mod:`server.auth`: the bearer token issued by :func:`server.auth.login` is kept
-in an ``HttpOnly; SameSite=Strict`` cookie (or sent as ``Authorization: Bearer``
-by scripts), and only the ``auditor`` role gets in. Every state-changing form
-carries a CSRF token derived from the session token (HMAC-SHA256), and every
+:mod:`server.auth` through :func:`server.logins.password_login` (throttled, lock-out,
+failures audited): the bearer token it issues is kept in an ``HttpOnly;
+SameSite=Strict`` cookie, ``Secure`` when the request is https (behind a trusted
+proxy, see :mod:`server.web`), or sent as ``Authorization: Bearer`` by scripts; only
+the ``auditor`` role gets in. The login form carries a double-submit CSRF token (a
+random value in an ``HttpOnly; SameSite=Strict`` cookie and in the form); every other
+state-changing form carries one derived from the session token (HMAC-SHA256). Every
 decision is written to the audit log in the same transaction.
 """
 
@@ -14,6 +17,8 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
+import re
+import secrets
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -25,10 +30,19 @@ from sqlalchemy import BigInteger, and_, case, cast, func, select
 from cardlib.records.journal import EntryKind
 from server.audit import exports
 from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
-from server.auth import audit, login, person_from_token
-from server.errors import AuthenticationFailed, Forbidden, NotFound, ServerError
+from server.auth import audit, person_from_token
+from server.errors import (
+    AuthenticationFailed,
+    Forbidden,
+    LoginLocked,
+    LoginThrottled,
+    NotFound,
+    ServerBusy,
+    ServerError,
+)
 from server.extensions import db
 from server.http import error_response, int_param, query_params
+from server.logins import LoginPolicy, password_login
 from server.models import Card, JournalEntryRow, Person, Role, Terminal
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.findings import decide_finding, evidence_entries
@@ -48,6 +62,11 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 
 COOKIE = "huma_audit"
 LANG_COOKIE = "huma_lang"
+#: Double-submit CSRF cookie of the login form (there is no session yet to derive a token from).
+LOGIN_CSRF_COOKIE = "huma_login_csrf"
+#: Seconds a login form's CSRF cookie lives (a form left open longer is shown again with a fresh one).
+LOGIN_CSRF_TTL = 3600
+_LOGIN_CSRF = re.compile(r"[0-9a-f]{64}")
 _EXT = "huma_audit_jinja"
 #: Terminal history page size, entries.
 PAGE = 200
@@ -103,7 +122,7 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
     resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
     resp.headers["X-Frame-Options"] = "DENY"
     if request.args.get("lang") in LANGUAGES:
-        resp.set_cookie(LANG_COOKIE, lang, samesite="Strict", max_age=365 * 86400)
+        resp.set_cookie(LANG_COOKIE, lang, samesite="Strict", max_age=365 * 86400, secure=request.is_secure)
     return resp
 
 
@@ -189,39 +208,67 @@ def _aware(text: str | None) -> dt.datetime | None:
 # ----------------------------------------------------------------------------- login
 
 
+def _login_page(http_status: HTTPStatus, next_url: str, error: str | None, **context: Any) -> Response:
+    """The login form with its double-submit CSRF token (the browser's cookie value, else a new one).
+
+    Keeping a valid cookie's value lets several open tabs each post their form.
+    """
+    token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if _LOGIN_CSRF.fullmatch(token) is None:
+        token = secrets.token_hex(32)
+    resp = render("login.html", http_status=http_status, next=next_url, error=error, login_csrf=token, **context)
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                    max_age=LOGIN_CSRF_TTL, path=url_for("audit.login_form"))
+    return resp
+
+
 @bp.get("/login")
 def login_form() -> ResponseReturnValue:
     """The login form."""
     query_params("next")
-    return render("login.html", next=request.args.get("next", ""), error=None)
+    return _login_page(HTTPStatus.OK, request.args.get("next", ""), None)
 
 
 @bp.post("/login")
 def login_submit() -> ResponseReturnValue:
-    """Password login; sets the session cookie for an auditor."""
+    """Password login (throttled, see :mod:`server.logins`); sets the session cookie for an auditor.
+
+    A post without the CSRF token of this browser's login cookie (a form on another site
+    logging the browser into the attacker's account) is refused with 403 before any
+    password is looked at.
+    """
     username = request.form.get("username", "")[:64]
     password = request.form.get("password", "")
+    next_url = request.form.get("next", "")
+    cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if _LOGIN_CSRF.fullmatch(cookie_token) is None or not hmac.compare_digest(request.form.get("csrf", ""),
+                                                                              cookie_token):
+        return _login_page(HTTPStatus.FORBIDDEN, next_url, "csrf")
     if "\x00" in username:  # PostgreSQL text cannot hold NUL: no such user
-        return render("login.html", http_status=HTTPStatus.UNAUTHORIZED, next="", error="credentials")
-    session = db.write_session()
+        return _login_page(HTTPStatus.UNAUTHORIZED, "", "credentials")
     ttl = dt.timedelta(seconds=int(current_app.config["TOKEN_TTL"]))
     try:
-        token, person, expires = login(session, username, password, ttl)
+        token, _person, expires = password_login(
+            db.write_session, username, password, address=request.remote_addr, ttl=ttl,
+            policy=LoginPolicy.from_config(current_app.config), roles=(Role.AUDITOR,), via="audit-ui")
     except AuthenticationFailed:
-        session.rollback()
-        return render("login.html", http_status=HTTPStatus.UNAUTHORIZED, next=request.form.get("next", ""), error="credentials")
-    if person.role is not Role.AUDITOR:
-        session.rollback()
-        return render("login.html", http_status=HTTPStatus.FORBIDDEN, next=request.form.get("next", ""), error="role")
-    audit(session, person, "login", f"person:{person.id}", via="audit-ui")
-    session.commit()
-    target = request.form.get("next", "")
+        return _login_page(HTTPStatus.UNAUTHORIZED, next_url, "credentials")
+    except Forbidden:
+        return _login_page(HTTPStatus.FORBIDDEN, next_url, "role")
+    except (LoginThrottled, ServerBusy) as exc:
+        error = "locked" if isinstance(exc, LoginLocked) else "throttled" if isinstance(exc, LoginThrottled) else "busy"
+        http_status = HTTPStatus.SERVICE_UNAVAILABLE if isinstance(exc, ServerBusy) else HTTPStatus.TOO_MANY_REQUESTS
+        resp = _login_page(http_status, next_url, error, retry_after=exc.retry_after)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+    target = next_url
     if not target.startswith("/audit/") or target.startswith("//"):
         target = url_for("audit.findings")
-    resp = redirect(target)
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+    done = redirect(target)
+    done.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
                     expires=expires, path="/audit")
-    return resp
+    done.delete_cookie(LOGIN_CSRF_COOKIE, path=url_for("audit.login_form"))
+    return done
 
 
 @bp.post("/logout")
