@@ -3,7 +3,7 @@
 # Idempotent; needs root (or sudo) on a fresh machine.
 set -euo pipefail
 pkgs=(pcscd vsmartcard-vpcd libpcsclite-dev swig build-essential pkg-config python3-venv
-      softhsm2 chromium chromium-driver fonts-dejavu-core)
+      softhsm2 chromium chromium-driver fonts-dejavu-core postgresql-15-auto-failover)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, current_app, g
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.db import WRITE, make_engine, make_sessionmaker
 
 _KEY = "huma_db"
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -69,7 +74,13 @@ class Database:
     def _teardown(_exc: BaseException | None) -> None:
         session: Session | None = g.pop("huma_session", None)
         if session is not None:
-            session.rollback()
+            try:
+                session.rollback()
+            except DBAPIError as exc:
+                # The connection died mid-request (a failover; the answer, a 503, is already made).
+                # Raised here it would replace that answer with the WSGI server's bare 500; the
+                # pool discards the connection when close() returns it.
+                log.warning("rollback at the end of a request failed: %s", exc.orig)
             session.close()
 
 
