@@ -1,0 +1,67 @@
+"""The `secure` card profile: our card application on a Type 4 card (docs/secure-card.md).
+
+The terminal side of the protocol, pure over a :class:`~cardlib.transport.Connection`:
+
+- :class:`SecureCardSession` — one method per APDU; :meth:`~SecureCardSession.verify_card`
+  (SELECT, GET DATA state, INTERNAL AUTHENTICATE with every check of §5.1) and
+  :meth:`~SecureCardSession.commit` (UPDATE STATE + read-back) make a redemption
+  of at most 6 APDUs; :meth:`~SecureCardSession.generate_key` and
+  :meth:`~SecureCardSession.personalise` are the provisioning side.
+- :func:`check_record_seq` — the card's stored seq must be the slot record's seq.
+- :mod:`cardlib.secure.conformance` — the spec's checks against any card.
+- errors under :class:`SecureCardError` (a :class:`~cardlib.errors.CardlibError`).
+"""
+
+from cardlib.secure.errors import (
+    CardAuthenticationFailed,
+    CloneSuspected,
+    CounterNotIncreasing,
+    LifeCycleError,
+    PinBlocked,
+    PinNotSet,
+    PinRequired,
+    PinWrong,
+    SecureCardError,
+    SecureProtocolError,
+    StateMismatch,
+    StateRollbackRefused,
+)
+from cardlib.secure.protocol import (
+    AID,
+    NDEF_AID,
+    AuthResponse,
+    CardInfo,
+    CardState,
+    LifeCycle,
+    compress_point,
+    pin_reset_message,
+    sign_pin_reset,
+)
+from cardlib.secure.session import SecureCardSession, VerifiedCard, check_record_seq
+
+__all__ = [
+    "AID",
+    "NDEF_AID",
+    "AuthResponse",
+    "CardAuthenticationFailed",
+    "CardInfo",
+    "CardState",
+    "CloneSuspected",
+    "CounterNotIncreasing",
+    "LifeCycle",
+    "LifeCycleError",
+    "PinBlocked",
+    "PinNotSet",
+    "PinRequired",
+    "PinWrong",
+    "SecureCardError",
+    "SecureCardSession",
+    "SecureProtocolError",
+    "StateMismatch",
+    "StateRollbackRefused",
+    "VerifiedCard",
+    "check_record_seq",
+    "compress_point",
+    "pin_reset_message",
+    "sign_pin_reset",
+]

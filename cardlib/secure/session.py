@@ -1,0 +1,366 @@
+"""Terminal side of the secure card application (docs/secure-card.md), over any :class:`Connection`.
+
+:class:`SecureCardSession` sends one APDU per method and turns status words
+into the typed errors of :mod:`cardlib.secure.errors`. :meth:`SecureCardSession.verify_card`
+is the start of every redemption (§7): SELECT, GET DATA state and INTERNAL
+AUTHENTICATE, with every check of §5.1 applied; :meth:`SecureCardSession.commit`
+is the end (UPDATE STATE and an optional read-back). A redemption costs at most
+6 APDUs.
+
+Usage::
+
+    session = SecureCardSession(connection)
+    verified = session.verify_card(card_key, card_id, last_counter=journal.last_counter(card_id))
+    check_record_seq(verified, record_seq=slot_claims.seq)       # the slot record's own seq (§5.1)
+    session.verify_pin("123456")                                 # when asked
+    session.commit(new_seq, new_record_bytes)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from cardlib.apdu import ApduChannel, CommandApdu, ResponseApdu
+from cardlib.secure.errors import (
+    CounterNotIncreasing,
+    LifeCycleError,
+    PinBlocked,
+    PinNotSet,
+    PinRequired,
+    PinWrong,
+    SecureProtocolError,
+    StateMismatch,
+    StateRollbackRefused,
+)
+from cardlib.secure.protocol import (
+    AID,
+    CLA_ISO,
+    CLA_PROPRIETARY,
+    MAX_NDEF,
+    MAX_NONCE,
+    MAX_STATE,
+    MIN_NONCE,
+    POINT_LEN,
+    AuthResponse,
+    CardInfo,
+    CardState,
+    DataObject,
+    Ins,
+    PutObject,
+    SecureSW,
+    SelectInfo,
+    check_pin_format,
+    decompress_point,
+    is_wrong_pin,
+    verify_auth_signature,
+)
+from cardlib.transport import Connection
+
+__all__ = ["SELECT_FCI", "SecureCardSession", "VerifiedCard", "check_record_seq"]
+
+log = logging.getLogger(__name__)
+
+#: SELECT P2: return the FCI (§3).
+SELECT_FCI = 0x00
+SELECT_NO_DATA = 0x0C
+_P2_PIN = 0x80
+_P1_OBJECT = 0x01
+
+
+@dataclass(frozen=True)
+class VerifiedCard:
+    """A card that proved its key over the state it holds (docs/secure-card.md §5.1).
+
+    :ivar state: what GET DATA state returned (seq, counter before the authenticate, bytes).
+    :ivar auth: the INTERNAL AUTHENTICATE answer (counter after it, signature), verified.
+    """
+
+    state: CardState
+    auth: AuthResponse
+
+    @property
+    def counter(self) -> int:
+        """The counter the card signed: the value to remember for this card."""
+        return self.auth.counter
+
+
+def check_record_seq(verified: VerifiedCard, record_seq: int) -> None:
+    """Refuse a card whose stored seq is not the ``seq`` claim of the record it holds (§5.2).
+
+    The card binds the seq the terminal sent to the state; a state restored with
+    a forged higher explicit seq shows here.
+
+    :param record_seq: the ``seq`` claim of the verified slot record (docs/card-format.md §4).
+    :raises StateMismatch: they differ.
+    """
+    if verified.state.seq != record_seq:
+        raise StateMismatch(f"card stores seq {verified.state.seq} with a record whose seq is {record_seq}")
+
+
+class SecureCardSession:
+    """Commands of the secure card application, one method per APDU (docs/secure-card.md).
+
+    :param connection: the card session (PC/SC, nfcpy, a virtual card).
+    :param channel: an existing :class:`ApduChannel` on it instead (shares its command count).
+    """
+
+    def __init__(self, connection: Connection | None = None, *, channel: ApduChannel | None = None) -> None:
+        if channel is None:
+            if connection is None:
+                raise ValueError("give a connection or a channel")
+            channel = ApduChannel(connection)
+        self.channel = channel
+
+    @property
+    def commands_sent(self) -> int:
+        """APDUs sent on this session's channel."""
+        return self.channel.commands_sent
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _exchange(self, command: CommandApdu) -> ResponseApdu:
+        return self.channel.exchange(command)
+
+    def _ok(self, command: CommandApdu, what: str) -> bytes:
+        resp = self._exchange(command)
+        if resp.sw != SecureSW.OK:
+            raise _error(resp, what)
+        return resp.data
+
+    # ------------------------------------------------------------------ §3, §4
+
+    def select(self) -> SelectInfo:
+        """SELECT the application and parse its FCI (§3).
+
+        :raises SecureProtocolError: not found (``6A 82``) or a malformed FCI.
+        :raises cardlib.transport.TransportError: the card left.
+        """
+        data = self._ok(CommandApdu(CLA_ISO, Ins.SELECT, 0x04, SELECT_FCI, AID, le=256), "SELECT")
+        info = SelectInfo.parse(data)
+        if info.aid != AID:
+            raise SecureProtocolError(SecureSW.OK, data, f"FCI names AID {info.aid.hex()}")
+        return info
+
+    def _get(self, obj: DataObject) -> bytes:
+        return self._ok(CommandApdu(CLA_PROPRIETARY, Ins.GET_DATA, _P1_OBJECT, obj, le=256), f"GET DATA {obj.name}")
+
+    def read_state(self) -> CardState:
+        """GET DATA state (§4): seq, counter and the stored record bytes.
+
+        :raises SecureProtocolError: no state yet (``6A 88``) or malformed answer.
+        """
+        return CardState.parse(self._get(DataObject.STATE))
+
+    def card_info(self) -> CardInfo:
+        """GET DATA card info (§4).
+
+        :raises SecureProtocolError: malformed answer.
+        """
+        return CardInfo.parse(self._get(DataObject.CARD_INFO))
+
+    def public_key(self) -> bytes:
+        """GET DATA public key (§4): the card's 65-byte uncompressed P-256 point.
+
+        Only for provisioning and diagnostics: a counter verifies with the identity's key.
+
+        :raises SecureProtocolError: no key yet (``6A 88``) or not a 65-byte point.
+        """
+        point = self._get(DataObject.PUBLIC_KEY)
+        if len(point) != POINT_LEN:
+            raise SecureProtocolError(SecureSW.OK, point, "public key is not a 65-byte point")
+        return point
+
+    # ------------------------------------------------------------------ §5
+
+    def authenticate_raw(self, nonce: bytes) -> AuthResponse:
+        """INTERNAL AUTHENTICATE (§5.1) without checking the answer (conformance, diagnostics).
+
+        :param nonce: 16..32 bytes (other lengths are sent as given, to test the card).
+        :raises SecureProtocolError: any status other than ``90 00``.
+        """
+        data = self._ok(CommandApdu(CLA_PROPRIETARY, Ins.INTERNAL_AUTHENTICATE, 0, 0, nonce, le=256),
+                        "INTERNAL AUTHENTICATE")
+        return AuthResponse.parse(nonce, data)
+
+    def authenticate(self, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes, state: CardState,
+                     *, last_counter: int | None = None, nonce: bytes | None = None) -> AuthResponse:
+        """INTERNAL AUTHENTICATE with a fresh nonce and every check of §5.1.
+
+        :param card_key: the identity's ``card_public_key`` (33-byte compressed point or a key).
+        :param card_id: the identity's card id (8).
+        :param state: what :meth:`read_state` returned in this session.
+        :param last_counter: the last counter this terminal saw for the card, or None.
+        :param nonce: 16..32 bytes; default 32 fresh random bytes (tests pass their own).
+        :raises CloneSuspected: the signature does not verify under *card_key*.
+        :raises CounterNotIncreasing: counter ≤ *last_counter*, or not above the counter read.
+        :raises StateMismatch: the card signed another seq or state hash than it let us read.
+        :raises SecureProtocolError: unexpected status word.
+        """
+        key = decompress_point(card_key) if isinstance(card_key, bytes) else card_key
+        nonce = secrets.token_bytes(MAX_NONCE) if nonce is None else nonce
+        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            raise ValueError("nonce is 16..32 bytes")
+        auth = self.authenticate_raw(nonce)
+        verify_auth_signature(key, card_id, auth, state.state_hash)
+        if auth.seq != state.seq:
+            raise StateMismatch(f"card signed seq {auth.seq} but reported {state.seq}")
+        if auth.counter <= state.counter:
+            raise CounterNotIncreasing(auth.counter, state.counter)
+        if last_counter is not None and auth.counter <= last_counter:
+            raise CounterNotIncreasing(auth.counter, last_counter)
+        return auth
+
+    def verify_card(self, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes, *,
+                    last_counter: int | None = None, nonce: bytes | None = None) -> VerifiedCard:
+        """SELECT, GET DATA state and INTERNAL AUTHENTICATE (§7 steps 1-3): 3 APDUs.
+
+        :raises: as :meth:`select`, :meth:`read_state` and :meth:`authenticate`.
+        """
+        self.select()
+        state = self.read_state()
+        auth = self.authenticate(card_key, card_id, state, last_counter=last_counter, nonce=nonce)
+        return VerifiedCard(state, auth)
+
+    def update_state(self, seq: int, state: bytes) -> None:
+        """UPDATE STATE (§5.2): the card stores *state* with *seq* if *seq* is above its own.
+
+        :param seq: the new record's ``seq`` claim, uint32.
+        :param state: the exact record bytes, 1..240.
+        :raises StateRollbackRefused: ``69 85``, seq not higher (the card kept its state).
+        :raises PinRequired: ``69 82``, the card wants a verified PIN first.
+        :raises SecureProtocolError: another status word.
+        :raises cardlib.transport.TransportError: the card left: the state is old or new, read it.
+        """
+        if not 1 <= len(state) <= MAX_STATE or not 0 <= seq <= 0xFFFFFFFF:
+            raise ValueError(f"state is 1..{MAX_STATE} bytes and seq a uint32")
+        command = CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0, seq.to_bytes(4, "big") + state)
+        resp = self._exchange(command)
+        if resp.sw == SecureSW.REFUSED:
+            raise StateRollbackRefused(seq)
+        if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
+            raise PinRequired("the card requires a verified PIN before UPDATE STATE")
+        if resp.sw != SecureSW.OK:
+            raise _error(resp, "UPDATE STATE")
+
+    def commit(self, seq: int, state: bytes, *, read_back: bool = True) -> CardState | None:
+        """UPDATE STATE, then (by default) GET DATA state to confirm it landed (§7 steps 5-6).
+
+        :returns: the state read back, or None without read-back.
+        :raises StateMismatch: the read-back differs from what was written.
+        :raises: as :meth:`update_state`.
+        """
+        self.update_state(seq, state)
+        if not read_back:
+            return None
+        after = self.read_state()
+        if after.seq != seq or after.state != state:
+            raise StateMismatch(f"read-back seq {after.seq} / {len(after.state)} bytes differ from the update")
+        return after
+
+    def verify_pin(self, pin: str) -> None:
+        """VERIFY (§5.3).
+
+        :raises PinWrong: ``63 Cx`` with the tries left.
+        :raises PinBlocked: ``69 83``.
+        :raises PinNotSet: ``69 84``.
+        :raises ValueError: *pin* is not 4..8 digits (nothing sent).
+        """
+        resp = self._exchange(CommandApdu(CLA_ISO, Ins.VERIFY, 0, _P2_PIN, check_pin_format(pin)))
+        if resp.sw != SecureSW.OK:
+            raise _error(resp, "VERIFY")
+
+    def pin_status(self) -> int | None:
+        """VERIFY without data (§5.3): None when validated in this session, else the tries left.
+
+        :raises PinBlocked: ``69 83``.
+        :raises PinNotSet: ``69 84``.
+        """
+        resp = self._exchange(CommandApdu(CLA_ISO, Ins.VERIFY, 0, _P2_PIN))
+        if resp.sw == SecureSW.OK:
+            return None
+        if is_wrong_pin(resp.sw):
+            return resp.sw & 0x0F
+        raise _error(resp, "VERIFY (status)")
+
+    def reset_pin(self, signed_reset: bytes) -> None:
+        """RESET RETRY COUNTER (§5.4) with issuer-signed data (:func:`~cardlib.secure.protocol.sign_pin_reset`).
+
+        :param signed_reset: ``issuer counter (4) || len (1) || PIN || DER signature``.
+        :raises SecureProtocolError: ``69 82`` bad signature, ``69 85`` replayed counter, other words.
+        """
+        self._ok(CommandApdu(CLA_PROPRIETARY, Ins.RESET_RETRY_COUNTER, 0, _P2_PIN, signed_reset), "RESET RETRY COUNTER")
+
+    # ------------------------------------------------------------------ §6 personalisation
+
+    def generate_key(self) -> bytes:
+        """GENERATE KEY (§6.1): a new on-card P-256 key pair; returns the 65-byte public point.
+
+        :raises LifeCycleError: the card is locked.
+        :raises SecureProtocolError: another status or not a point.
+        """
+        point = self._ok(CommandApdu(CLA_PROPRIETARY, Ins.GENERATE_KEY, 0, 0, le=256), "GENERATE KEY")
+        try:
+            decompress_point(point)
+        except ValueError as exc:
+            raise SecureProtocolError(SecureSW.OK, point, "GENERATE KEY returned no P-256 point") from exc
+        return point
+
+    def put_data(self, obj: PutObject, data: bytes) -> None:
+        """PUT DATA (§6.2).
+
+        :raises LifeCycleError: the card is locked.
+        :raises SecureProtocolError: another status word.
+        """
+        self._ok(CommandApdu(CLA_PROPRIETARY, Ins.PUT_DATA, _P1_OBJECT, obj, data), f"PUT DATA {obj.name}")
+
+    def personalise(self, *, card_id: bytes, issuer_key: bytes, pin: str, pin_required: bool,
+                    ndef_message: bytes, genesis_state: bytes, genesis_seq: int = 0, lock: bool = True) -> None:
+        """Personalise a card whose key was generated (§6): PUT DATA ×5, genesis UPDATE STATE, LOCK.
+
+        :param card_id: 8 bytes (identity claim 1).
+        :param issuer_key: the issuer's P-256 public point (65 uncompressed, or 33 compressed).
+        :param pin: initial PIN, 4..8 digits.
+        :param pin_required: the card refuses UPDATE STATE without a verified PIN.
+        :param ndef_message: the public NDEF message for phones, 1..240 bytes (no personal data).
+        :param genesis_state: the seq-0 slot record bytes.
+        :raises ValueError: an argument out of range (nothing sent).
+        :raises: as :meth:`put_data`, :meth:`update_state`, :meth:`lock`.
+        """
+        point = decompress_point(issuer_key).public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        if len(card_id) != 8 or not 1 <= len(ndef_message) <= MAX_NDEF:
+            raise ValueError("card id is 8 bytes, the NDEF message 1..240")
+        raw_pin = check_pin_format(pin)
+        self.put_data(PutObject.CARD_ID, card_id)
+        self.put_data(PutObject.ISSUER_KEY, point)
+        self.put_data(PutObject.PIN, raw_pin)
+        self.put_data(PutObject.OPTIONS, bytes((1 if pin_required else 0,)))
+        self.put_data(PutObject.NDEF, ndef_message)
+        self.update_state(genesis_seq, genesis_state)
+        if lock:
+            self.lock()
+
+    def lock(self) -> None:
+        """LOCK (§6.3): end personalisation for good.
+
+        :raises LifeCycleError: already locked, or personalisation incomplete.
+        """
+        self._ok(CommandApdu(CLA_PROPRIETARY, Ins.LOCK, 0, 0), "LOCK")
+
+
+def _error(resp: ResponseApdu, what: str) -> Exception:
+    """The typed error for a status word (§2)."""
+    sw = resp.sw
+    if is_wrong_pin(sw):
+        return PinWrong(sw & 0x0F)
+    if sw == SecureSW.PIN_BLOCKED:
+        return PinBlocked("the PIN is blocked: an issuer-signed reset is needed")
+    if sw == SecureSW.PIN_NOT_SET:
+        return PinNotSet("the card has no PIN")
+    if sw == SecureSW.LIFE_CYCLE:
+        return LifeCycleError(f"{what} is not allowed in the card's life cycle state")
+    return SecureProtocolError(sw, resp.data, what)

@@ -1,0 +1,311 @@
+"""The secure card protocol in-process: cardlib.secure against the virtual card of simulator/secure_card.py.
+
+Fast (no pcscd): every tear of a redemption, clones, rollback, PIN, the NDEF
+view and the conformance suite. tests/test_secure_pcsc.py runs the same card
+through real pcscd + vpcd.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cardlib.secure import (
+    CloneSuspected,
+    CounterNotIncreasing,
+    LifeCycleError,
+    PinBlocked,
+    PinRequired,
+    PinWrong,
+    SecureCardSession,
+    SecureProtocolError,
+    StateMismatch,
+    StateRollbackRefused,
+    check_record_seq,
+    sign_pin_reset,
+)
+from cardlib.secure.conformance import Outcome, run_conformance
+from cardlib.secure.protocol import auth_message
+from cardlib.transport import Connection, CountingConnection
+from cardlib.transport.errors import CardRemoved
+from simulator.errors import CardFileError
+from simulator.secure_card import SecureCard, SecureCardConnection, SecureFaultPlan, TearPoint
+from tests.test_secure_support import (
+    CARD_ID,
+    ISSUER_KEY,
+    NDEF_MESSAGE,
+    PIN,
+    InProcessTear,
+    personalised_card,
+    slot_record,
+)
+
+NONCE = bytes(range(32))
+
+
+class Recorder(Connection):
+    """Records every exchange (command, response data, SW) for transcript assertions."""
+
+    def __init__(self, inner: Connection) -> None:
+        self.inner = inner
+        self.log: list[tuple[bytes, bytes, int]] = []
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        data, sw = self.inner.send_and_receive(apdu)
+        self.log.append((bytes(apdu), data, sw))
+        return data, sw
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def reader_name(self) -> str:
+        return self.inner.reader_name
+
+
+def _payload(record: bytes) -> bytes:
+    """The claims of a slot record (the terminal verifies its signature first; tests need only the seq)."""
+    return bytes(cbor2.loads(record).value[2])
+
+
+def test_verify_card_transcript_asserts_every_command_byte() -> None:
+    card, key = personalised_card()
+    rec = Recorder(SecureCardConnection(card))
+    verified = SecureCardSession(rec).verify_card(key, CARD_ID, nonce=NONCE)
+    sent = [apdu.hex().upper() for apdu, _, _ in rec.log]
+    assert sent == [
+        "00A4040008F048554D4153430100",
+        "80CA010100",
+        "80880000" + "20" + NONCE.hex().upper() + "00",
+    ]
+    fci, state, auth = (entry[1] for entry in rec.log)
+    assert fci.hex().upper() == "6F128408F048554D41534301A506C00101C10107"
+    record = slot_record(0)
+    assert state == bytes(4) + bytes(4) + record
+    assert auth[:8] == (1).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    # the signature is over exactly the message of docs/secure-card.md §5.1
+    message = (b"HB-SC/v1/auth" + CARD_ID + b"\x20" + NONCE + (1).to_bytes(4, "big") + bytes(4)
+               + hashlib.sha256(record).digest())
+    assert message == auth_message(CARD_ID, NONCE, 1, 0, hashlib.sha256(record).digest())
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
+    public.verify(auth[8:], message, ec.ECDSA(hashes.SHA256()))
+    assert all(sw == 0x9000 for _, _, sw in rec.log)
+    assert verified.counter == 1 and verified.state.state == record
+
+
+def test_redemption_with_pin_and_read_back_is_six_apdus() -> None:
+    card, key = personalised_card(pin_required=True)
+    conn = CountingConnection(SecureCardConnection(card))
+    session = SecureCardSession(conn)
+    verified = session.verify_card(key, CARD_ID)
+    check_record_seq(verified, _seq(verified.state.state))
+    session.verify_pin(PIN)
+    after = session.commit(1, slot_record(1, remaining=100_000))
+    assert conn.commands == 6 <= 8
+    assert after is not None and after.seq == 1 and card.seq == 1
+
+
+def _seq(record: bytes) -> int:
+    return int(cbor2.loads(_payload(record))[1])
+
+
+def test_clone_with_same_state_and_reported_key_fails_authentication() -> None:
+    card, key = personalised_card()
+    clone = card.forge_clone()
+    session = SecureCardSession(SecureCardConnection(clone))
+    assert session.select().aid == bytes.fromhex("F048554D41534301")
+    assert session.public_key() == card.public_point  # a cloner copies the public key too
+    state = session.read_state()
+    assert state.state == card.state
+    with pytest.raises(CloneSuspected):
+        session.authenticate(key, CARD_ID, state)
+    # the genuine card passes with the same identity key
+    SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
+
+
+def test_counter_must_exceed_the_last_value_seen() -> None:
+    card, key = personalised_card()
+    first = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
+    second = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID, last_counter=first.counter)
+    assert second.counter == first.counter + 1
+    with pytest.raises(CounterNotIncreasing) as info:
+        SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID, last_counter=second.counter + 5)
+    assert isinstance(info.value, CloneSuspected) and info.value.last_seen == second.counter + 5
+
+
+@pytest.mark.parametrize("seq", [3, 4])
+def test_restored_old_state_is_refused_by_the_card(seq: int) -> None:
+    card, key = personalised_card(seq=4)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    with pytest.raises(StateRollbackRefused) as info:
+        session.update_state(seq, slot_record(seq))
+    assert info.value.seq == seq and card.seq == 4 and card.state == slot_record(4)
+
+
+def test_old_record_with_forged_higher_seq_is_caught_by_the_record_seq() -> None:
+    card, key = personalised_card(seq=4)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    session.update_state(9, slot_record(2))  # the card cannot parse CBOR: it takes the explicit seq
+    verified = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
+    with pytest.raises(StateMismatch):
+        check_record_seq(verified, _seq(verified.state.state))
+
+
+def test_pin_blocks_after_three_wrong_tries_and_only_the_issuer_unblocks() -> None:
+    card, _ = personalised_card()
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    assert session.pin_status() == 3
+    for left in (2, 1, 0):
+        with pytest.raises(PinWrong) as info:
+            session.verify_pin("000000")
+        assert info.value.tries_left == left
+    with pytest.raises(PinBlocked):
+        session.verify_pin(PIN)
+    with pytest.raises(PinBlocked):
+        session.pin_status()
+    forged = sign_pin_reset(ec.generate_private_key(ec.SECP256R1()), CARD_ID, "1357", 1)
+    with pytest.raises(SecureProtocolError) as bad:
+        session.reset_pin(forged)
+    assert bad.value.sw == 0x6982
+    session.reset_pin(sign_pin_reset(ISSUER_KEY, CARD_ID, "1357", 1))
+    with pytest.raises(SecureProtocolError) as replay:
+        session.reset_pin(sign_pin_reset(ISSUER_KEY, CARD_ID, "9999", 1))
+    assert replay.value.sw == 0x6985
+    session.verify_pin("1357")
+    assert session.pin_status() is None
+
+
+def test_card_requiring_a_pin_refuses_update_without_it() -> None:
+    card, _ = personalised_card(pin_required=True)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    with pytest.raises(PinRequired):
+        session.update_state(1, slot_record(1))
+    session.verify_pin(PIN)
+    session.select()  # SELECT clears the validation (docs/secure-card.md §3)
+    with pytest.raises(PinRequired):
+        session.update_state(1, slot_record(1))
+
+
+def test_tear_during_verify_never_returns_a_try() -> None:
+    card, _ = personalised_card()
+    for tear in TearPoint:
+        card.reinsert()
+        session = SecureCardSession(SecureCardConnection(card))
+        session.select()
+        before = card.pin_tries
+        card.arm(SecureFaultPlan(0, tear))
+        with pytest.raises(CardRemoved):
+            session.verify_pin("000000")
+        assert card.pin_tries == before - 1
+
+
+REDEMPTION_APDUS = 6  # select, state, authenticate, verify, update, read-back
+
+
+@pytest.mark.parametrize("tear", list(TearPoint))
+@pytest.mark.parametrize("after", range(REDEMPTION_APDUS))
+def test_tear_at_every_apdu_of_a_redemption_leaves_old_or_new(after: int, tear: TearPoint) -> None:
+    card, key = personalised_card(seq=7)
+    old, new = slot_record(7), slot_record(8, remaining=50_000)
+    card.arm(SecureFaultPlan(after, tear))
+    session = SecureCardSession(SecureCardConnection(card))
+    with pytest.raises(CardRemoved):
+        session.verify_card(key, CARD_ID)
+        session.verify_pin(PIN)
+        session.commit(8, new)
+    card.reinsert()
+    verified = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
+    landed = (verified.state.seq, verified.state.state)
+    assert landed in ((7, old), (8, new))
+    torn_update = after == 4
+    assert landed == ((8, new) if (after > 4 or (torn_update and tear is TearPoint.AFTER_COMMIT)) else (7, old))
+
+
+def test_personalisation_rules() -> None:
+    card = SecureCard()
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    with pytest.raises(SecureProtocolError) as no_key:
+        session.public_key()
+    assert no_key.value.sw == 0x6A88
+    session.generate_key()
+    with pytest.raises(LifeCycleError):
+        session.lock()  # incomplete
+    card2, _ = personalised_card()
+    locked = SecureCardSession(SecureCardConnection(card2))
+    locked.select()
+    with pytest.raises(LifeCycleError):
+        locked.generate_key()
+    with pytest.raises(LifeCycleError):
+        locked.lock()
+
+
+def test_ndef_view_is_public_and_read_only() -> None:
+    card, _ = personalised_card()
+    conn = SecureCardConnection(card)
+    assert conn.send_and_receive(bytes.fromhex("00A4040007D276000085010100")) == (b"", 0x9000)
+    assert conn.send_and_receive(bytes.fromhex("00A4000C02E103")) == (b"", 0x9000)
+    cc, sw = conn.send_and_receive(bytes.fromhex("00B000000F"))
+    assert (cc.hex().upper(), sw) == ("000F2000FF00FF0406E10400F200FF", 0x9000)
+    assert conn.send_and_receive(bytes.fromhex("00A4000C02E104")) == (b"", 0x9000)
+    nlen, _ = conn.send_and_receive(bytes.fromhex("00B0000002"))
+    body, sw = conn.send_and_receive(bytes.fromhex("00B00002") + bytes((int.from_bytes(nlen, "big"),)))
+    assert body == NDEF_MESSAGE and sw == 0x9000
+    assert CARD_ID not in body
+    assert conn.send_and_receive(bytes.fromhex("00D6000001AA"))[1] == 0x6982
+    assert conn.send_and_receive(bytes.fromhex("00A4000C02E105"))[1] == 0x6A82
+
+
+def test_card_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.secure.json"
+    card, key = personalised_card(path, seq=2)
+    loaded = SecureCard.load(path)
+    SecureCardSession(SecureCardConnection(loaded)).verify_card(key, CARD_ID)
+    assert loaded.seq == 2 and loaded.counter == 1
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CardFileError):
+        SecureCard.load(tmp_path / "bad.json")
+
+
+def test_conformance_passes_on_the_virtual_card_with_every_check() -> None:
+    card, key = personalised_card(pin_required=True)
+    report = run_conformance(SecureCardConnection(card), pin=PIN, card_key=key, card_id=CARD_ID, destructive=True,
+                             issuer_key=ISSUER_KEY, tear=InProcessTear(card))
+    assert report.ok, report.to_dict()
+    assert all(r.outcome is Outcome.PASS for r in report.results), report.to_dict()
+
+
+def test_conformance_non_destructive_leaves_the_state_and_pin() -> None:
+    card, key = personalised_card()
+    before = (card.seq, card.state, card.pin_tries)
+    report = run_conformance(SecureCardConnection(card), pin=PIN)
+    assert report.ok, report.to_dict()
+    assert (card.seq, card.state, card.pin_tries) == before
+    assert report.outcome_of("pin_blocks") is Outcome.SKIP and report.outcome_of("tear_atomicity") is Outcome.SKIP
+
+
+class _RollbackCard(SecureCard):
+    """A broken card that accepts any seq: the conformance suite must say so."""
+
+    def _update(self, cmd, p):  # untyped on purpose: overrides a private hook
+        if p.seq is not None:
+            p.seq = -1
+        return super()._update(cmd, p)
+
+
+def test_conformance_catches_a_card_that_accepts_rollback() -> None:
+    good, _ = personalised_card()
+    bad = _RollbackCard()
+    bad._p = good._p  # same personalisation, broken update rule
+    report = run_conformance(SecureCardConnection(bad))
+    assert not report.ok
+    assert report.outcome_of("rollback_refused") is Outcome.FAIL
