@@ -200,3 +200,33 @@ def format_(pattern: str | None, kind: str, chip_name: str | None) -> None:
     with conn:
         area = tag.format(ChipType(chip_name) if chip_name else None)
     click.echo(f"formatted: data area {area.data_area_size} B, NDEF capacity {area.capacity} B")
+
+
+@card.command()
+@reader_option
+@click.option("--pin", default=None, help="The card's PIN (the VERIFY checks are skipped without it).")
+@click.option("--card-key", "card_key_hex", default=None, metavar="HEX",
+              help="The identity's card_public_key (33 bytes, hex); default: the key the card reports.")
+@click.option("--destructive", is_flag=True, help="Also block the PIN and write a state: test cards only.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def conformance(pattern: str | None, pin: str | None, card_key_hex: str | None, destructive: bool,
+                as_json: bool) -> None:
+    """Check a `secure` card against its spec (docs/secure-card.md); exit status 1 when a check fails."""
+    from cardlib.secure.conformance import run_conformance
+    from cardlib.transport.pcsc import connect
+
+    try:
+        card_key = bytes.fromhex(card_key_hex) if card_key_hex is not None else None
+    except ValueError:
+        raise click.BadParameter("not hex", param_hint="--card-key") from None
+    with connect(pattern) as conn:
+        report = run_conformance(conn, pin=pin, card_key=card_key, destructive=destructive)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"reader: {report.reader}")
+        for result in report.results:
+            click.echo(f"{result.outcome.value.upper():4}  {result.name:24} {result.section:10} {result.detail}")
+        click.echo("conformant" if report.ok else "NOT conformant")
+    if not report.ok:
+        raise SystemExit(1)
