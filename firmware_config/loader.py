@@ -128,8 +128,9 @@ class _Doc:
         try:
             self.text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise ConfigSyntaxError([ConfigIssue(path, line, "", "not UTF-8 text (TOML 1.0 requires UTF-8)")]) from exc
+            bad_line = raw[: exc.start].count(b"\n") + 1
+            issue = ConfigIssue(path, bad_line, "", "not UTF-8 text (TOML 1.0 requires UTF-8)")
+            raise ConfigSyntaxError([issue]) from exc
         #: True when the file started with a UTF-8 byte-order mark (Windows editors write one).
         #: TOML 1.0 does not allow it and tomllib refuses it; we drop it (lines are unchanged).
         self.had_bom = self.text.startswith(_BOM)
@@ -165,7 +166,8 @@ class _Doc:
         if "stack" in self.data or "name_pattern" in self.data:
             return ProfileKind.READER
         raise ConfigSchemaError(
-            [ConfigIssue(self.path, 1, "kind", 'cannot tell a reader from a terminal profile: add kind = "reader" or kind = "terminal"')]
+            [ConfigIssue(self.path, 1, "kind", "cannot tell a reader from a terminal profile: "
+                                               'add kind = "reader" or kind = "terminal"')]
         )
 
 
@@ -200,8 +202,8 @@ def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
     """Turn every JSON Schema violation into one or more issues with key and line."""
     issues: list[ConfigIssue] = []
     non_finite = dict(_non_finite(doc.data, ()))
-    for path, value in non_finite.items():
-        issues.append(doc.issue(path, f"must be a finite number, not {value!r}"))
+    for where, value in non_finite.items():
+        issues.append(doc.issue(where, f"must be a finite number, not {value!r}"))
     errors = list(_VALIDATORS[kind].iter_errors(doc.data))
     # A value of the wrong type also fails its range/length checks: report the type only.
     mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
@@ -241,7 +243,8 @@ def _schema_issues(doc: _Doc, kind: ProfileKind) -> list[ConfigIssue]:
         elif error.validator == "const":
             message = f"must be {error.validator_value!r}, not {_describe(error.instance)}"
         elif error.validator == "format" and error.validator_value == "hex-bytes":
-            message = f"{error.instance!r} is not hex bytes (pairs of hex digits, optionally space-separated, e.g. 'FF 00 52 00 00')"
+            message = (f"{error.instance!r} is not hex bytes (pairs of hex digits, optionally space-separated, "
+                       "e.g. 'FF 00 52 00 00')")
         elif error.validator == "format" and error.validator_value == "regex":
             reason = f": {error.cause}" if error.cause is not None else ""
             message = f"{error.instance!r} is not a valid regular expression{reason}"
@@ -276,7 +279,8 @@ def _reader_rules(doc: _Doc) -> list[ConfigIssue]:
             issues.append(doc.issue(("stack",), "an nfcpy reader needs exactly one of [serial] or [nfcpy] path"))
     else:
         if d["pass_through"] == PassThrough.NATIVE:
-            issues.append(doc.issue(("pass_through",), '"native" is for nfcpy readers; use "acr122u", "part3" or "none"'))
+            issues.append(doc.issue(("pass_through",),
+                                    '"native" is for nfcpy readers; use "acr122u", "part3" or "none"'))
         for table in ("serial", "nfcpy"):
             if table in d:
                 issues.append(doc.issue((table,), f"[{table}] applies only to stack = \"nfcpy\""))
@@ -291,12 +295,14 @@ def _reader_rules(doc: _Doc) -> list[ConfigIssue]:
                 issues.append(doc.issue(("feedback", event), 'commands given but feedback.channel = "none"'))
             continue
         if not commands:
-            issues.append(doc.issue(("feedback", event), f"required (at least one command) for channel {channel.value!r}"))
+            issues.append(doc.issue(("feedback", event),
+                                    f"required (at least one command) for channel {channel.value!r}"))
             continue
         if channel is FeedbackChannel.APDU:
             for index, command in enumerate(commands):
                 if len(_hex(command)) < _MIN_APDU_LEN:
-                    issues.append(doc.issue(("feedback", event, index), "a command APDU needs at least 4 bytes (CLA INS P1 P2)"))
+                    issues.append(doc.issue(("feedback", event, index),
+                                            "a command APDU needs at least 4 bytes (CLA INS P1 P2)"))
     return issues
 
 
@@ -354,7 +360,8 @@ def load_reader_profile(path: str | Path) -> ReaderProfile:
     doc = _Doc(Path(path))
     kind = doc.kind()
     if kind is not ProfileKind.READER:
-        raise ConfigSchemaError([ConfigIssue(doc.path, 1, "kind", "this is a terminal profile, a reader profile was expected")])
+        raise ConfigSchemaError(
+            [ConfigIssue(doc.path, 1, "kind", "this is a terminal profile, a reader profile was expected")])
     _validate(doc, kind)
     return _build_reader(doc)
 
@@ -429,7 +436,8 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
     doc = _Doc(Path(path))
     kind = doc.kind()
     if kind is not ProfileKind.TERMINAL:
-        raise ConfigSchemaError([ConfigIssue(doc.path, 1, "kind", "this is a reader profile, a terminal profile was expected")])
+        raise ConfigSchemaError(
+            [ConfigIssue(doc.path, 1, "kind", "this is a reader profile, a terminal profile was expected")])
     issues = _schema_issues(doc, kind) or _terminal_rules(doc, reader_dirs)
     _raise_issues(issues)
     d = doc.data

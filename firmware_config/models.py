@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cardlib.records.claims import Unit
-from cardlib.type2.channel import ReaderCapabilities
+from cardlib.type2.channel import PassthroughKind, ReaderCapabilities
 
 
 class Stack(enum.StrEnum):
@@ -97,6 +97,17 @@ class Feedback:
     success: tuple[bytes, ...] = ()
     decline: tuple[bytes, ...] = ()
     busy: tuple[bytes, ...] = ()
+
+    def sending_first(self, event: FeedbackEvent, command: bytes) -> Feedback:
+        """These commands with ``command`` sent before the others of ``event`` (e.g. a buzzer setting)."""
+        first = (command, *self.commands(event))
+        match event:
+            case FeedbackEvent.SUCCESS:
+                return replace(self, success=first)
+            case FeedbackEvent.DECLINE:
+                return replace(self, decline=first)
+            case FeedbackEvent.BUSY:
+                return replace(self, busy=first)
 
     def commands(self, event: FeedbackEvent) -> tuple[bytes, ...]:
         """The commands that signal ``event``, in the order to send them."""
@@ -193,8 +204,15 @@ class ReaderProfile:
         cardlib's kinds name PC/SC envelopes, and the nfcpy channel carries raw
         frames whatever the kind says; ``max_frame`` still sizes FAST_READ.
         """
-        kind = "none" if self.pass_through is PassThrough.NATIVE else self.pass_through.value
-        return ReaderCapabilities(self.name, kind, self.max_frame)  # type: ignore[arg-type]
+        kind: PassthroughKind
+        match self.pass_through:
+            case PassThrough.ACR122U:
+                kind = "acr122u"
+            case PassThrough.PART3:
+                kind = "part3"
+            case PassThrough.NONE | PassThrough.NATIVE:
+                kind = "none"
+        return ReaderCapabilities(self.name, kind, self.max_frame)
 
     @property
     def device_path(self) -> str | None:
@@ -266,7 +284,7 @@ class TerminalProfile:
     journal_path: Path
     readers: tuple[ReaderBinding, ...]
     language: Language = Language.ID
-    policy: PolicyOverrides = PolicyOverrides()
+    policy: PolicyOverrides = field(default_factory=PolicyOverrides)
     screen_port: int = 8480
     root_key_path: Path | None = None
     bundle_path: Path | None = None

@@ -7,8 +7,12 @@ turned into messages and exit codes there, not here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from cardlib.records.cose import CoseKey
 
 
 @click.group()
@@ -96,12 +100,13 @@ def journal() -> None:
     """Inspect and audit terminal journals."""
 
 
-def _load_key(key_path: Path | None, cert_path: Path | None) -> object | None:
+def _load_key(key_path: Path | None, cert_path: Path | None) -> CoseKey | None:
     """The verification key from ``--key`` (PEM SPKI) or ``--cert`` (PEM X.509).
 
     :raises JournalVerifyError: the file is not what the option needs (named in the message).
     """
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     from cardlib.keys.signer import cose_key
@@ -111,16 +116,19 @@ def _load_key(key_path: Path | None, cert_path: Path | None) -> object | None:
         raise click.UsageError("give --key or --cert, not both")
     try:
         if key_path is not None:
-            return cose_key(load_pem_public_key(key_path.read_bytes()))  # type: ignore[arg-type]
-        if cert_path is not None:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            return cose_key(cert.public_key())  # type: ignore[arg-type]
+            key: object = load_pem_public_key(key_path.read_bytes())
+        elif cert_path is not None:
+            key = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_key()
+        else:
+            return None
+        if not isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+            raise TypeError(f"a {type(key).__name__}, not an Ed25519 or P-256 key")
+        return cose_key(key)
     except (ValueError, TypeError) as exc:
         path, what = (key_path, "a PEM public key (-----BEGIN PUBLIC KEY-----)") if key_path is not None \
             else (cert_path, "a PEM X.509 certificate (-----BEGIN CERTIFICATE-----, the .pem saved by "
                              "`huma terminal enrol`)")
         raise JournalVerifyError(f"{path}: not {what} ({exc})") from exc
-    return None
 
 
 class _Head(click.ParamType):
@@ -160,7 +168,7 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
     from terminal.journal_audit import check_head, verify_journal_file
 
     key = _load_key(key_path, cert_path)
-    report = verify_journal_file(file, key)  # type: ignore[arg-type]
+    report = verify_journal_file(file, key)
     if expect_head is not None:
         check_head(report, *expect_head)
     click.echo(
@@ -197,7 +205,7 @@ def repair(file: Path, key_path: Path | None, cert_path: Path | None) -> None:
     from terminal.journal_audit import repair_journal_file
 
     key = _load_key(key_path, cert_path)
-    backup, report = repair_journal_file(file, key)  # type: ignore[arg-type]
+    backup, report = repair_journal_file(file, key)
     click.echo(f"backed up the damaged journal to {backup}; indexes rebuilt")
     click.echo(
         f"OK {file}: terminal {report.terminal_id}, {report.entries} entries, "

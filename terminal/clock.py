@@ -25,7 +25,7 @@ _TIME_ERROR = 5
 
 class _Timex(ctypes.Structure):
     # Linux struct timex (x86-64 / aarch64 layout: longs, then padding).
-    _fields_ = [
+    _fields_ = (
         ("modes", ctypes.c_uint),
         ("offset", ctypes.c_long),
         ("freq", ctypes.c_long),
@@ -48,7 +48,7 @@ class _Timex(ctypes.Structure):
         ("stbcnt", ctypes.c_long),
         ("tai", ctypes.c_int),
         ("_pad", ctypes.c_int * 11),
-    ]
+    )
 
 
 def kernel_clock_synced() -> bool:

@@ -1,4 +1,4 @@
-"""Card connection wrappers for one tap: a deadline on every card command, and a handle safe to close under other threads.
+"""Card connection wrappers for one tap: deadlines on card commands, a handle safe to close under other threads.
 
 :class:`DeadlineConnection` bounds each command and the whole tap
 (docs/field-cases.md §PC: a card leaving mid-command must not hang the

@@ -121,9 +121,7 @@ class ReaderFeedback:
             self._configured.add(reader)
             setting = profile.buzzer_on_detect.command if profile.buzzer_on_detect else None
             if setting is not None:
-                from dataclasses import replace
-
-                commands = replace(commands, **{_EVENT_OF[outcome.status].value: (setting, *commands.commands(_EVENT_OF[outcome.status]))})
+                commands = commands.sending_first(_EVENT_OF[outcome.status], setting)
         done = self.worker.signal(reader, _EVENT_OF[outcome.status], commands,
                                   apdu=lambda cmd: _send_apdu(conn, cmd),
                                   control=_control_sender(conn, profile))

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cardlib.keys.signer import cose_key
+from cardlib.keys.errors import UnsupportedAlgorithmError
+from cardlib.keys.signer import cose_key, public_key_from_spki
 from cardlib.records.claims import Unit
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError, UnknownKid
@@ -324,21 +325,18 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         from_file = key is None
         if key is None:
-            from cryptography.hazmat.primitives.serialization import load_der_public_key
-
-            pub = load_der_public_key(bytes(meta["public_key_spki"]))
-            key = cose_key(pub)  # type: ignore[arg-type]
+            key = cose_key(public_key_from_spki(bytes(meta["public_key_spki"])))
         rows = db.execute(
             f"SELECT {', '.join(columns)}, unit, pending, CAST(message AS BLOB) FROM entries ORDER BY seq"
         ).fetchall()
-    except (sqlite3.Error, KeyError, ValueError) as exc:
+    except (sqlite3.Error, KeyError, ValueError, TypeError, UnsupportedAlgorithmError) as exc:
         raise JournalVerifyError(f"{p}: unreadable journal ({exc})") from exc
     finally:
         db.close()
     if not rows:
         raise JournalVerifyError(f"{p}: the journal has no entries")
     file_kid = _file_kid(meta)
-    verified = []
+    verified: list[SignedEntry] = []
     link: bytes | None = None
     for row in rows:
         # One entry at a time, so every failure names the entry it is in (the row's seq column).
@@ -383,11 +381,12 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
 
 def _file_kid(meta: dict[str, object]) -> bytes | None:
     """The kid of the public key the journal file says it was written with (None if absent/unreadable)."""
-    from cryptography.hazmat.primitives.serialization import load_der_public_key
-
+    spki = meta.get("public_key_spki")
+    if not isinstance(spki, bytes):
+        return None
     try:
-        return bytes(cose_key(load_der_public_key(bytes(meta["public_key_spki"]))).kid)  # type: ignore[arg-type]
-    except (KeyError, ValueError, TypeError):
+        return cose_key(public_key_from_spki(spki)).kid
+    except (ValueError, UnsupportedAlgorithmError):
         return None
 
 

@@ -58,6 +58,8 @@ WRITE_KINDS = (
     EntryKind.FINISHED,
     EntryKind.VOIDED,
 )
+#: :data:`WRITE_KINDS` as an SQL list of their integer codes.
+_WRITE_KIND_LIST = ",".join(str(int(k)) for k in WRITE_KINDS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS entries (
     clock_synced   INTEGER NOT NULL,
     entry_hash     BLOB NOT NULL UNIQUE,         -- SHA-256 of message
     message        BLOB NOT NULL,                -- exact signed COSE_Sign1 bytes
-    note           TEXT,                         -- unsigned local note (e.g. 'deferred'); decline reasons are signed claims
+    note           TEXT,                         -- unsigned local note (e.g. 'deferred'); declines are signed
     pending        BLOB,                         -- PENDING only: the new card state (CBOR), bound by state_hash_new
     uploaded_at    REAL                          -- NULL until the server acknowledged it
 );
@@ -209,7 +211,8 @@ class JournalStore:
         last = self._db.execute(
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        self._seq, self._head = (last[0], bytes(last[1])) if last else (0, GENESIS_HASH)
+        self._seq: int = int(last[0]) if last else 0
+        self._head: bytes = bytes(last[1]) if last else GENESIS_HASH
         self.append(EntryKind.BOOT)
         for open_write in self._open_writes_at_boot():
             w = open_write.entry
@@ -353,7 +356,8 @@ class JournalStore:
         keys = {self._key.kid: self._key}
         return [
             StoredEntry(
-                signed=verify_entry(bytes(r[0]), keys), unit=None if r[1] is None else unit_of_column(r[1]), note=r[2], uploaded_at=r[3],
+                signed=verify_entry(bytes(r[0]), keys), unit=None if r[1] is None else unit_of_column(r[1]),
+                note=r[2], uploaded_at=r[3],
                 pending=None if r[4] is None else bytes(r[4]),
             )
             for r in rows
@@ -421,7 +425,7 @@ class JournalStore:
             VOIDED after it (possibly followed by UNCERTAIN), else None.
         """
         rows = self._rows(
-            "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in WRITE_KINDS)),
+            f"WHERE card_id=? AND kind IN ({_WRITE_KIND_LIST}) ORDER BY seq DESC LIMIT 1",
             (card_id,),
         )
         if not rows or rows[0].entry.kind not in (EntryKind.PENDING, EntryKind.UNCERTAIN):
@@ -451,7 +455,7 @@ class JournalStore:
             w = self.open_write(card)
             if w is not None and w.entry.kind is EntryKind.PENDING:
                 last = self._rows(
-                    "WHERE card_id=? AND kind IN ({}) ORDER BY seq DESC LIMIT 1".format(",".join(str(int(k)) for k in WRITE_KINDS)),
+                    f"WHERE card_id=? AND kind IN ({_WRITE_KIND_LIST}) ORDER BY seq DESC LIMIT 1",
                     (card,),
                 )
                 if last and last[0].entry.kind is EntryKind.PENDING:
@@ -479,7 +483,7 @@ class JournalStore:
         """
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
         open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
-        writes = ",".join(str(int(k)) for k in WRITE_KINDS)
+        writes = _WRITE_KIND_LIST
         where_card = " AND e.card_id=?" if card_id is not None else ""
         sql = (
             "SELECT unit, coalesce(sum(amount), 0) FROM ("

@@ -13,6 +13,7 @@ or rupiah (no sub-rupiah amounts). Times are POSIX seconds (UTC).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import math
@@ -72,7 +73,9 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.NOTHING_LEFT: "Nothing is left for this period.",
     DeclineReason.NOT_ENOUGH_LEFT: "Not enough is left for this amount.",
     DeclineReason.OVER_TAP_LIMIT: "The amount is above the limit for one tap at this counter.",
-    DeclineReason.OVER_CARD_OFFLINE_LIMIT: "This card has reached its offline limit. Try again after the counter syncs.",
+    DeclineReason.OVER_CARD_OFFLINE_LIMIT: (
+        "This card has reached its offline limit. Try again after the counter syncs."
+    ),
     DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
     DeclineReason.PIN_WRONG: "The PIN is wrong.",
@@ -232,7 +235,7 @@ class Request:
 
 
 class DenyList(Protocol):
-    """The deny list the decision checks: card ids and chip UIDs (the trust bundle's, :class:`terminal.tap.BundleDenyList`).
+    """The deny list the decision checks: card ids and chip UIDs (the bundle's: :class:`terminal.tap.BundleDenyList`).
 
     Exact membership (a Bloom false positive would deny an honest household;
     docs/design.md §Deny lists).
@@ -311,8 +314,8 @@ def decide(
     """
     mode, code = request.mode, request.programme
 
-    def no(reason: DeclineReason, **kw: int) -> Decision:
-        return Decision(accepted=False, mode=mode, programme=code, reason=reason, **kw)
+    def no(reason: DeclineReason) -> Decision:
+        return Decision(accepted=False, mode=mode, programme=code, reason=reason)
 
     if deny.denies(card.card_id, card.uid):
         return no(DeclineReason.CARD_DENIED)
@@ -332,12 +335,13 @@ def decide(
     entitled = card.entitlements[code]
     cycle = cycle_at(now)
     remaining = card.remaining(programme, cycle)
-    base = {"entitled": entitled, "remaining_before": remaining, "remaining_after": remaining, "cycle": cycle}
+    balance = Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, entitled=entitled,
+                       remaining_before=remaining, remaining_after=remaining, cycle=cycle)
     if mode is CounterMode.BALANCE_CHECK:
-        return Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, **base)
+        return balance
 
     def no_b(reason: DeclineReason) -> Decision:
-        return Decision(accepted=False, mode=mode, programme=code, reason=reason, unit=programme.unit, **base)
+        return dataclasses.replace(balance, accepted=False, reason=reason)
 
     if programme.pin_required:
         if request.pin is PinStatus.NOT_ENTERED:

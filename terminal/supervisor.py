@@ -51,6 +51,7 @@ Only :mod:`cardlib.transport.pcsc` imports pyscard; this module uses its
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import random
@@ -59,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from cardlib.transport import Connection
 from cardlib.transport.errors import (
@@ -70,6 +71,9 @@ from cardlib.transport.errors import (
     TransportError,
 )
 from terminal.connection import GuardedConnection
+
+if TYPE_CHECKING:
+    from cardlib.transport.pcsc import PcscContext
 
 log = logging.getLogger(__name__)
 
@@ -205,20 +209,26 @@ class PcscBackend:
 
         return PcscContext()
 
+    # Contexts are opaque to the supervisor (a test backend hands out its own); the ones
+    # given to these methods are those this backend's open() made.
+
     def readers(self, ctx: object) -> list[str]:
-        return ctx.readers()  # type: ignore[attr-defined, no-any-return]
+        """The reader names PC/SC lists now."""
+        return cast("PcscContext", ctx).readers()
 
     def wait(self, ctx: object, reader: str, present: bool, timeout_s: float) -> bool:
         """Block in ``SCardGetStatusChange`` until the card is present/absent or the timeout."""
-        return ctx.wait_for_card(reader, present=present, timeout_s=timeout_s)  # type: ignore[attr-defined, no-any-return]
+        return cast("PcscContext", ctx).wait_for_card(reader, present=present, timeout_s=timeout_s)
 
     def connect(self, ctx: object, reader: str) -> Connection:
+        """Connect to the card on ``reader``."""
         from cardlib.transport.pcsc import PcscConnection
 
-        return PcscConnection(ctx, reader)  # type: ignore[arg-type]
+        return PcscConnection(cast("PcscContext", ctx), reader)
 
     def close(self, ctx: object) -> None:
-        ctx.close()  # type: ignore[attr-defined]
+        """Release the context."""
+        cast("PcscContext", ctx).close()
 
 
 class ReaderWatcher:
@@ -344,10 +354,8 @@ class ReaderWatcher:
                 log.info("reader %r: could not identify the card present at attach (%s)", self.name, exc)
                 return False
             finally:
-                try:
+                with contextlib.suppress(TransportError):
                     conn.close()
-                except TransportError:
-                    pass
         for entry, served_uid in candidates:
             # A card that cannot be told apart (no identify hook, or its UID was not read after
             # the tap) is kept resting: never charge twice; lifting it re-arms the reader.
@@ -384,10 +392,8 @@ class ReaderWatcher:
         finally:
             if served:
                 self._remember(conn, getattr(result, "tag_uid", None))
-            try:
+            with contextlib.suppress(TransportError):
                 conn.close()
-            except TransportError:
-                pass
 
     def _remember(self, conn: Connection, uid: bytes | None) -> None:
         """Record the served card: ``uid`` as the tap read it, else via the identify hook (after the outcome)."""

@@ -14,6 +14,7 @@ DECLINED with its reason code as a signed claim and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -215,10 +216,8 @@ class TapProcessor:
             self._publish(outcome)
             raise
         self.tap_seconds.append(time.perf_counter() - start)
-        try:
+        with contextlib.suppress(CardlibError):
             outcome = dataclasses.replace(outcome, tag_uid=bytes(tag.uid))  # read at the start of the tap
-        except CardlibError:
-            pass
         self._publish(outcome)
         self._feedback(conn, binding, outcome)
         return outcome
@@ -297,7 +296,7 @@ class TapProcessor:
         if not decision.accepted:
             assert decision.reason is not None
             out = declined(decision.reason, state, uid)
-            return _with(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
+            return dataclasses.replace(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
         if not decision.writes_card:
             with self._lock:
                 e = self.journal.append(EntryKind.BALANCE, CardWrite(
@@ -340,24 +339,25 @@ class TapProcessor:
         card_hex = state.identity.claims.card_id.hex()
         result = session.commit(pending)
         w = write_of(pending_entry)
-        base = {"household_ref": _household(state), "unit": d.unit, "entitled": d.entitled, "card_id": card_hex}
+        # Until the read-back says otherwise the write is uncertain; the other outcomes refine this one.
+        uncertain = TapOutcome(TapStatus.UNCERTAIN, reader, d.mode, d.programme, final=False,
+                               household_ref=_household(state), unit=d.unit, entitled=d.entitled,
+                               remaining=d.remaining_before, card_id=card_hex)
         if result.outcome is WriteOutcome.COMMITTED:
             with self._lock:
                 commit = self.journal.append(EntryKind.COMMIT, w)
-            return TapOutcome(TapStatus.ACCEPTED, reader, d.mode, d.programme, amount=d.amount,
-                              remaining=d.remaining_after, journal_seq=commit.seq,
-                              receipt=self._receipt(commit, state, d.programme, d.unit, d.entitled,
-                                                    d.amount, d.remaining_after), **base)
+            receipt = self._receipt(commit, state, d.programme, d.unit, d.entitled, d.amount, d.remaining_after)
+            return dataclasses.replace(uncertain, status=TapStatus.ACCEPTED, final=True, amount=d.amount,
+                                       remaining=d.remaining_after, journal_seq=commit.seq, receipt=receipt)
         if result.outcome is WriteOutcome.NOT_WRITTEN:
             with self._lock:
                 e = self.journal.append(EntryKind.VOIDED, w)
-            return TapOutcome(TapStatus.RETRY, reader, d.mode, d.programme, remaining=d.remaining_before,
-                              journal_seq=e.seq, detail=str(result.error), **base)
+            return dataclasses.replace(uncertain, status=TapStatus.RETRY, final=True, journal_seq=e.seq,
+                                       detail=str(result.error))
         with self._lock:
             e = self.journal.append(EntryKind.UNCERTAIN, w)
         log.warning("redemption on card %s… uncertain (%s); resolve on next tap", card_hex[:4], result.error)
-        return TapOutcome(TapStatus.UNCERTAIN, reader, d.mode, d.programme, final=False,
-                          remaining=d.remaining_before, journal_seq=e.seq, **base)
+        return dataclasses.replace(uncertain, journal_seq=e.seq)
 
     def _recover(self, session: CardSession, state: CardState, open_write: StoredEntry, reader: str,
                  programme: str, now: float) -> TapOutcome:
@@ -366,28 +366,28 @@ class TapProcessor:
         w = write_of(open_write)
         e = open_write.entry
         unit = open_write.unit
-        base = {"household_ref": _household(state), "unit": unit, "card_id": e.card_id}
+        programme = e.programme or programme
+        # DEFERRED (the card moved on elsewhere; the server's per-card chain decides) keeps it UNCERTAIN.
+        uncertain = TapOutcome(TapStatus.UNCERTAIN, reader, self.cfg.mode, programme, final=False,
+                               household_ref=_household(state), unit=unit, card_id=e.card_id, detail=result.note)
         if result.decision is RecoveryDecision.FINISHED:
             with self._lock:
                 fin = self.journal.append(EntryKind.FINISHED, w)
             pid = next(iter(pending.amounts))
-            remaining = result.state.current.claims.remaining.get(pid, 0) if result.state.current.claims.seq == pending.seq else 0
+            now_on_card = result.state.current.claims
+            remaining = now_on_card.remaining.get(pid, 0) if now_on_card.seq == pending.seq else 0
             entitled = state.identity.claims.programmes[pid].per_cycle
-            return TapOutcome(TapStatus.RECOVERED, reader, self.cfg.mode, e.programme or programme,
-                              amount=e.amount or 0, entitled=entitled, remaining=remaining,
-                              journal_seq=fin.seq, detail=result.note,
-                              receipt=self._receipt(fin, state, e.programme or programme, unit, entitled,
-                                                    e.amount or 0, remaining), **base)
+            amount = e.amount or 0
+            receipt = self._receipt(fin, state, programme, unit, entitled, amount, remaining)
+            return dataclasses.replace(uncertain, status=TapStatus.RECOVERED, final=True, amount=amount,
+                                       entitled=entitled, remaining=remaining, journal_seq=fin.seq, receipt=receipt)
         if result.decision is RecoveryDecision.VOIDED:
             with self._lock:
                 v = self.journal.append(EntryKind.VOIDED, w)
-            return TapOutcome(TapStatus.VOIDED, reader, self.cfg.mode, e.programme or programme,
-                              journal_seq=v.seq, detail=result.note, **base)
-        # DEFERRED: the card moved on elsewhere; the server's per-card chain decides. Keep UNCERTAIN.
+            return dataclasses.replace(uncertain, status=TapStatus.VOIDED, final=True, journal_seq=v.seq)
         with self._lock:
             u = self.journal.append(EntryKind.UNCERTAIN, w, note="deferred")
-        return TapOutcome(TapStatus.UNCERTAIN, reader, self.cfg.mode, e.programme or programme, final=False,
-                          journal_seq=u.seq, detail=result.note, **base)
+        return dataclasses.replace(uncertain, journal_seq=u.seq)
 
     def _receipt(self, entry: StoredEntry, state: CardState, programme: str, unit: Unit | None,
                  entitled: int, received: int, remaining: int) -> Receipt:
@@ -419,9 +419,3 @@ def _facts(state: CardState, progs: Mapping[str, tuple[int, Programme]], chosen:
 
 def _epoch(day: dt.date) -> int:
     return (day - dt.date(1970, 1, 1)).days * SECONDS_PER_DAY
-
-
-def _with(o: TapOutcome, **kw: object) -> TapOutcome:
-    from dataclasses import replace
-
-    return replace(o, **kw)  # type: ignore[arg-type]

@@ -263,7 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+        self.send_header("Content-Security-Policy",
+                         "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
         self.end_headers()
         self.wfile.write(body)
 
@@ -385,8 +386,7 @@ class CounterScreen:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>/``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{LOOPBACK}:{self._server.server_address[1]}/"
 
     def start(self) -> CounterScreen:
         """Start serving in a background thread."""
