@@ -10,7 +10,7 @@ Application, one package) keeps:
 
 * persistent memory (:class:`_Persistent`) — life cycle, key pair, card id,
   issuer key, PIN and try counter, options, transaction counter, issuer
-  counter, seq + state + state hash, NDEF message — saved to a JSON card file
+  counter, seq + state + state hash, identity record, NDEF message — saved to a JSON card file
   (``*.secure.json``) after every change, like the other virtual cards;
 * transient memory — selected application and file, *PIN validated* —
   cleared on power-off.
@@ -157,6 +157,7 @@ class _Persistent:
     state: bytes | None = None
     state_hash: bytes | None = None
     ndef: bytes = b""
+    identity: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -166,7 +167,8 @@ class _Persistent:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> _Persistent:
-        fields_bytes = {"reported_public_key", "card_id", "issuer_key", "pin", "state", "state_hash", "ndef"}
+        fields_bytes = {"reported_public_key", "card_id", "issuer_key", "pin", "state", "state_hash", "ndef",
+                        "identity"}
         kwargs: dict[str, Any] = {}
         for key in cls.__dataclass_fields__:
             if key not in doc:
@@ -347,6 +349,14 @@ class SecureCard:
         """Power-down: transient memory cleared (the session's PIN validation is lost)."""
         self._t = _Transient()
 
+    def power_on(self) -> None:
+        """vpcd power-on / reset (the name :class:`simulator.vpcd.VpcdCard` front ends use): :meth:`field_on`."""
+        self.field_on()
+
+    def power_off(self) -> None:
+        """vpcd power-off: :meth:`field_off`."""
+        self.field_off()
+
     def arm(self, faults: SecureFaultPlan | None) -> None:
         """Arm (or with None disarm) a tear; counting starts now."""
         self.faults = faults
@@ -476,13 +486,16 @@ class SecureCard:
         if cmd.p2 == 0x02:
             flags = ((p.options & 1) | (0x02 if p.private_key is not None else 0)
                      | (0x04 if p.state is not None else 0) | (0x08 if p.issuer_key is not None else 0)
-                     | (0x10 if p.card_id is not None else 0) | (0x20 if p.pin is not None else 0))
+                     | (0x10 if p.card_id is not None else 0) | (0x20 if p.pin is not None else 0)
+                     | (0x40 if p.identity is not None else 0))
             info = (bytes((1, p.life_cycle, flags, p.pin_tries)) + p.issuer_counter.to_bytes(4, "big")
                     + (p.card_id or bytes(8)))
             return _sw(_OK, info)
         if cmd.p2 == 0x03:
             point = _reported(p)
             return _sw(_NO_DATA) if point is None else _sw(_OK, point)
+        if cmd.p2 == 0x04:
+            return _sw(_NO_DATA) if p.identity is None else _sw(_OK, p.identity)
         return _sw(_WRONG_P1P2)
 
     def _authenticate(self, cmd: _Apdu, p: _Persistent) -> bytes:
@@ -581,7 +594,7 @@ class SecureCard:
     def _put_data(self, cmd: _Apdu, p: _Persistent) -> bytes:
         if p.life_cycle != _LCS_INIT:
             return _sw(_NOT_ALLOWED)
-        if cmd.p1 != 0x01 or not 1 <= cmd.p2 <= 5:
+        if cmd.p1 != 0x01 or not 1 <= cmd.p2 <= 6:
             return _sw(_WRONG_P1P2)
         data = cmd.data
         if cmd.p2 == 0x01:
@@ -609,17 +622,21 @@ class SecureCard:
             if data[0] & 0xFE:
                 return _sw(_WRONG_DATA)
             p.options = data[0]
-        else:
+        elif cmd.p2 == 0x05:
             if not 1 <= len(data) <= _MAX_NDEF:
                 return _sw(_WRONG_LENGTH)
             p.ndef = data
+        else:
+            if not data:
+                return _sw(_WRONG_LENGTH)
+            p.identity = data
         return _sw(_OK)
 
     def _lock(self, cmd: _Apdu, p: _Persistent) -> bytes:
         if cmd.p1 or cmd.p2:
             return _sw(_WRONG_P1P2)
         complete = (p.private_key is not None and p.card_id is not None and p.issuer_key is not None
-                    and p.pin is not None and p.state is not None)
+                    and p.pin is not None and p.state is not None and p.identity is not None)
         if p.life_cycle != _LCS_INIT or not complete:
             return _sw(_NOT_ALLOWED)
         p.life_cycle = _LCS_OPERATIONAL

@@ -28,7 +28,7 @@ from cardlib.transport.errors import TransportError
 from simulator.harness import PcscdHarness, reader_name
 from simulator.secure_card import SecureCard, SecureFaultPlan, SecureVpcdCard, TearPoint
 from tests.fixtures.pcsc import wait_for_card
-from tests.test_secure_session import REDEMPTION_APDUS, _seq
+from tests.test_secure_session import REDEMPTION_APDUS, _seq, identity_claims
 from tests.test_secure_support import CARD_ID, ISSUER_KEY, PIN, personalised_card, slot_record
 
 pytestmark = pytest.mark.pcsc
@@ -96,16 +96,19 @@ def reader(pcscd_service: PcscdHarness) -> Iterator[Reader]:
     r.take()
 
 
-def test_redemption_through_pcscd_is_six_apdus(reader: Reader, tmp_path: Path) -> None:
+def test_redemption_through_pcscd_is_seven_apdus(reader: Reader, tmp_path: Path) -> None:
     card, key = personalised_card(tmp_path / "c.secure.json", pin_required=True, seq=3)
     with reader.tap(card) as conn:
         counting = CountingConnection(conn)
         session = SecureCardSession(counting)
-        verified = session.verify_card(key, CARD_ID)
+        session.select()
+        claims = identity_claims(session.read_identity())
+        assert claims[10] == key and claims[1] == CARD_ID
+        verified = session.verify_card(key, CARD_ID, select=False)
         check_record_seq(verified, _seq(verified.state.state))
         session.verify_pin(PIN)
         session.commit(4, slot_record(4, remaining=90_000))
-        assert counting.commands == 6
+        assert counting.commands == 7
     assert SecureCard.load(tmp_path / "c.secure.json").seq == 4  # persisted like the other virtual cards
 
 

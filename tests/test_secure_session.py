@@ -98,15 +98,24 @@ def test_verify_card_transcript_asserts_every_command_byte() -> None:
     assert verified.counter == 1 and verified.state.state == record
 
 
-def test_redemption_with_pin_and_read_back_is_six_apdus() -> None:
+def identity_claims(record: bytes) -> dict[int, object]:
+    """The claims of the identity record (the terminal verifies it with its trust bundle first)."""
+    return dict(cbor2.loads(_payload(record)))
+
+
+def test_redemption_with_identity_pin_and_read_back_is_seven_apdus() -> None:
     card, key = personalised_card(pin_required=True)
     conn = CountingConnection(SecureCardConnection(card))
     session = SecureCardSession(conn)
-    verified = session.verify_card(key, CARD_ID)
+    session.select()
+    claims = identity_claims(session.read_identity())
+    card_key, card_id = claims[10], claims[1]
+    assert isinstance(card_key, bytes) and isinstance(card_id, bytes) and card_key == key
+    verified = session.verify_card(card_key, card_id, select=False)
     check_record_seq(verified, _seq(verified.state.state))
     session.verify_pin(PIN)
     after = session.commit(1, slot_record(1, remaining=100_000))
-    assert conn.commands == 6 <= 8
+    assert conn.commands == 7 <= 8
     assert after is not None and after.seq == 1 and card.seq == 1
 
 
@@ -208,7 +217,7 @@ def test_tear_during_verify_never_returns_a_try() -> None:
         assert card.pin_tries == before - 1
 
 
-REDEMPTION_APDUS = 6  # select, state, authenticate, verify, update, read-back
+REDEMPTION_APDUS = 6  # select, state, authenticate, verify, update, read-back (identity read: a GET DATA too)
 
 
 @pytest.mark.parametrize("tear", list(TearPoint))
@@ -309,3 +318,14 @@ def test_conformance_catches_a_card_that_accepts_rollback() -> None:
     report = run_conformance(SecureCardConnection(bad))
     assert not report.ok
     assert report.outcome_of("rollback_refused") is Outcome.FAIL
+
+
+def test_cardlib_type4_reader_reads_the_ndef_view() -> None:
+    """The NDEF view of the secure card reads with the Type 4 tag layer (written separately from the same spec)."""
+    from cardlib.type4.tag import Type4Tag
+
+    card, _ = personalised_card()
+    tag = Type4Tag(SecureCardConnection(card))
+    ndef_file = tag.read_ndef()
+    assert ndef_file.message == NDEF_MESSAGE
+    assert not ndef_file.writable

@@ -34,6 +34,15 @@ def slot_record(seq: int, remaining: int = 150_000) -> bytes:
     return sign1(claims.to_cbor(), TERMINAL_KEY, TERMINAL_KID)
 
 
+def identity_record(card_public_key: bytes) -> bytes:
+    """An identity record naming the card key (claim 10); signed with a test key, the bytes are what matter."""
+    import cbor2
+
+    claims = cbor2.dumps({0: 1, 1: CARD_ID, 2: bytes(8), 3: "62.71", 4: {1: [1, 2], 2: [2, 150_000]},
+                          5: 20_000, 6: 21_000, 7: {1: 2, 2: 150_000}, 8: bytes(7), 10: card_public_key})
+    return sign1(claims, TERMINAL_KEY, bytes.fromhex("00000001"))
+
+
 def personalised_card(path: Path | None = None, *, pin_required: bool = False, seq: int = 0,
                       lock: bool = True) -> tuple[SecureCard, bytes]:
     """A virtual secure card personalised through its APDUs; returns it and its compressed public key."""
@@ -42,7 +51,8 @@ def personalised_card(path: Path | None = None, *, pin_required: bool = False, s
     session.select()
     point = session.generate_key()
     session.personalise(card_id=CARD_ID, issuer_key=ISSUER_POINT, pin=PIN, pin_required=pin_required,
-                        ndef_message=NDEF_MESSAGE, genesis_state=slot_record(seq), genesis_seq=seq, lock=lock)
+                        ndef_message=NDEF_MESSAGE, identity=identity_record(compress_point(point)),
+                        genesis_state=slot_record(seq), genesis_seq=seq, lock=lock)
     card.field_off()
     if path is not None:
         card.save()

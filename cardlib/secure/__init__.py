@@ -2,10 +2,10 @@
 
 The terminal side of the protocol, pure over a :class:`~cardlib.transport.Connection`:
 
-- :class:`SecureCardSession` — one method per APDU; :meth:`~SecureCardSession.verify_card`
-  (SELECT, GET DATA state, INTERNAL AUTHENTICATE with every check of §5.1) and
-  :meth:`~SecureCardSession.commit` (UPDATE STATE + read-back) make a redemption
-  of at most 6 APDUs; :meth:`~SecureCardSession.generate_key` and
+- :class:`SecureCardSession` — one method per APDU; :meth:`~SecureCardSession.read_identity`,
+  :meth:`~SecureCardSession.verify_card` (GET DATA state, INTERNAL AUTHENTICATE
+  with every check of §5.1) and :meth:`~SecureCardSession.commit` (UPDATE STATE
+  + read-back) make a redemption of at most 7 APDUs (§7); :meth:`~SecureCardSession.generate_key` and
   :meth:`~SecureCardSession.personalise` are the provisioning side.
 - :func:`check_record_seq` — the card's stored seq must be the slot record's seq.
 - :mod:`cardlib.secure.conformance` — the spec's checks against any card.

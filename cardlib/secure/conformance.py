@@ -125,7 +125,8 @@ class TearInjector(Protocol):
 
 
 #: Flags every operational card has (§6.3: LOCK needs them all).
-_PERSONALISED = Flag.KEY_PRESENT | Flag.STATE_PRESENT | Flag.ISSUER_KEY_PRESENT | Flag.CARD_ID_PRESENT | Flag.PIN_SET
+_PERSONALISED = (Flag.KEY_PRESENT | Flag.STATE_PRESENT | Flag.ISSUER_KEY_PRESENT | Flag.CARD_ID_PRESENT
+                 | Flag.PIN_SET | Flag.IDENTITY_PRESENT)
 
 
 class _Fail(Exception):
@@ -256,6 +257,14 @@ class _Runner:
         else:
             self.key = decompress_point(point)
         return reported.hex()
+
+    def c_identity(self) -> str:
+        if not self.need_info().flags & Flag.IDENTITY_PRESENT:
+            raise _Skip("no identity stored yet")
+        identity = self.session.read_identity()
+        if self.card_key is not None and self.card_key not in identity:
+            raise _Fail("the stored identity does not carry the given card key")
+        return f"{len(identity)} bytes"
 
     def c_authenticate(self) -> str:
         state = self.state_or_skip()
@@ -421,6 +430,7 @@ class _Runner:
         self.check("wrong_p1p2", "§4", self.c_wrong_p1p2)
         self.check("card_info", "§4", self.c_card_info)
         self.check("key_present", "§4, §6.1", self.c_key_present)
+        self.check("identity", "§4", self.c_identity)
         self.check("authenticate", "§5.1", self.c_authenticate)
         self.check("counter_increments", "§5.1", self.c_counter)
         self.check("nonce_lengths", "§5.1", self.c_nonce_lengths)

@@ -102,6 +102,7 @@ class DataObject(enum.IntEnum):
     STATE = 0x01
     CARD_INFO = 0x02
     PUBLIC_KEY = 0x03
+    IDENTITY = 0x04
 
 
 class PutObject(enum.IntEnum):
@@ -112,6 +113,7 @@ class PutObject(enum.IntEnum):
     PIN = 0x03
     OPTIONS = 0x04
     NDEF = 0x05
+    IDENTITY = 0x06
 
 
 class LifeCycle(enum.IntEnum):
@@ -130,6 +132,7 @@ class Flag(enum.IntFlag):
     ISSUER_KEY_PRESENT = 0x08
     CARD_ID_PRESENT = 0x10
     PIN_SET = 0x20
+    IDENTITY_PRESENT = 0x40
 
 
 class SecureSW(enum.IntEnum):

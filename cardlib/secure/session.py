@@ -4,13 +4,16 @@
 into the typed errors of :mod:`cardlib.secure.errors`. :meth:`SecureCardSession.verify_card`
 is the start of every redemption (§7): SELECT, GET DATA state and INTERNAL
 AUTHENTICATE, with every check of §5.1 applied; :meth:`SecureCardSession.commit`
-is the end (UPDATE STATE and an optional read-back). A redemption costs at most
-6 APDUs.
+is the end (UPDATE STATE and an optional read-back). With GET DATA identity a
+redemption costs at most 7 APDUs (docs/secure-card.md §7).
 
 Usage::
 
     session = SecureCardSession(connection)
-    verified = session.verify_card(card_key, card_id, last_counter=journal.last_counter(card_id))
+    session.select()
+    identity = verify_identity(session.read_identity())          # trust bundle: card key + card id
+    verified = session.verify_card(identity.card_public_key, identity.card_id,
+                                   last_counter=journal.last_counter(identity.card_id), select=False)
     check_record_seq(verified, record_seq=slot_claims.seq)       # the slot record's own seq (§5.1)
     session.verify_pin("123456")                                 # when asked
     session.commit(new_seq, new_record_bytes)
@@ -163,6 +166,16 @@ class SecureCardSession:
         """
         return CardInfo.parse(self._get(DataObject.CARD_INFO))
 
+    def read_identity(self) -> bytes:
+        """GET DATA identity (§4): the issuer-signed identity record (COSE_Sign1) stored at personalisation.
+
+        The terminal verifies it with its trust bundle (docs/card-format.md §5) and takes
+        ``card_public_key`` and ``card_id`` for :meth:`authenticate` from it.
+
+        :raises SecureProtocolError: no identity stored (``6A 88``).
+        """
+        return self._get(DataObject.IDENTITY)
+
     def public_key(self) -> bytes:
         """GET DATA public key (§4): the card's 65-byte uncompressed P-256 point.
 
@@ -216,12 +229,15 @@ class SecureCardSession:
         return auth
 
     def verify_card(self, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes, *,
-                    last_counter: int | None = None, nonce: bytes | None = None) -> VerifiedCard:
-        """SELECT, GET DATA state and INTERNAL AUTHENTICATE (§7 steps 1-3): 3 APDUs.
+                    last_counter: int | None = None, nonce: bytes | None = None,
+                    select: bool = True) -> VerifiedCard:
+        """[SELECT,] GET DATA state and INTERNAL AUTHENTICATE (§7 steps 1, 3, 4): 3 APDUs, 2 without SELECT.
 
+        :param select: False when the application is already selected (the identity was read first).
         :raises: as :meth:`select`, :meth:`read_state` and :meth:`authenticate`.
         """
-        self.select()
+        if select:
+            self.select()
         state = self.read_state()
         auth = self.authenticate(card_key, card_id, state, last_counter=last_counter, nonce=nonce)
         return VerifiedCard(state, auth)
@@ -319,27 +335,30 @@ class SecureCardSession:
         self._ok(CommandApdu(CLA_PROPRIETARY, Ins.PUT_DATA, _P1_OBJECT, obj, data), f"PUT DATA {obj.name}")
 
     def personalise(self, *, card_id: bytes, issuer_key: bytes, pin: str, pin_required: bool,
-                    ndef_message: bytes, genesis_state: bytes, genesis_seq: int = 0, lock: bool = True) -> None:
-        """Personalise a card whose key was generated (§6): PUT DATA ×5, genesis UPDATE STATE, LOCK.
+                    ndef_message: bytes, identity: bytes, genesis_state: bytes, genesis_seq: int = 0,
+                    lock: bool = True) -> None:
+        """Personalise a card whose key was generated (§6): PUT DATA ×6, genesis UPDATE STATE, LOCK.
 
         :param card_id: 8 bytes (identity claim 1).
         :param issuer_key: the issuer's P-256 public point (65 uncompressed, or 33 compressed).
         :param pin: initial PIN, 4..8 digits.
         :param pin_required: the card refuses UPDATE STATE without a verified PIN.
         :param ndef_message: the public NDEF message for phones, 1..240 bytes (no personal data).
+        :param identity: the issuer-signed identity record naming the card's key (claim 10), 1..255 bytes.
         :param genesis_state: the seq-0 slot record bytes.
         :raises ValueError: an argument out of range (nothing sent).
         :raises: as :meth:`put_data`, :meth:`update_state`, :meth:`lock`.
         """
         point = decompress_point(issuer_key).public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        if len(card_id) != 8 or not 1 <= len(ndef_message) <= MAX_NDEF:
-            raise ValueError("card id is 8 bytes, the NDEF message 1..240")
+        if len(card_id) != 8 or not 1 <= len(ndef_message) <= MAX_NDEF or not 1 <= len(identity) <= 255:
+            raise ValueError("card id is 8 bytes, the NDEF message 1..240, the identity 1..255")
         raw_pin = check_pin_format(pin)
         self.put_data(PutObject.CARD_ID, card_id)
         self.put_data(PutObject.ISSUER_KEY, point)
         self.put_data(PutObject.PIN, raw_pin)
         self.put_data(PutObject.OPTIONS, bytes((1 if pin_required else 0,)))
         self.put_data(PutObject.NDEF, ndef_message)
+        self.put_data(PutObject.IDENTITY, identity)
         self.update_state(genesis_seq, genesis_state)
         if lock:
             self.lock()
