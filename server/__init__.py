@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "TERMINAL_CA_KEY": None,  # path of the terminal CA PKCS#8 PEM key
     "TERMINAL_CA_KEY_PASSWORD": None,
     "TERMINAL_CA_CERT": None,
-    "TRUST_ROOT_CERT": None,  # root certificate/public key PEM; verifies stored bundles (card registry)  # its certificate (PEM); default the keystore's certs/<kid>.crt.pem
+    "TRUST_ROOT_CERT": None,  # root certificate/public key PEM; verifies stored bundles (card registry)
     # Logins (server/logins.py, docs/security.md "Logins and web"):
     "LOGIN_FREE_FAILURES": 3,  # failures of an account before back-off (1, 2, 4... s)
     "LOGIN_LOCKOUT_FAILURES": 10,  # failures of an account that lock it (N)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -135,7 +135,7 @@ class PublishedResult:
 def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
                         programmes: Sequence[Programme] | None = None, valid_days: int = 14,
                         now: int | None = None, person: Person | None = None,
-                        **audit_detail: Any) -> PublishedResult:
+                        audit_detail: Mapping[str, Any] | None = None) -> PublishedResult:
     """Sign and store the next trust bundle (version = newest + 1), audited; the caller commits.
 
     Keys: the keystore's issuer/technician keys and every approved or revoked terminal
@@ -149,6 +149,7 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     :param valid_days: days before terminals treat the bundle as stale (≥ 1).
     :param now: issue time, UNIX seconds (default: the current time).
     :param person: who publishes (None: a console action, said by ``audit_detail``).
+    :param audit_detail: extra fields of the ``bundle.publish`` audit row (e.g. ``via: cli``).
     :raises Conflict: the stored newest bundle does not verify under the keystore's root,
         or another publisher stored this version first.
     :raises KeysError: no active bundle key in the keystore, or a wrong passphrase.
@@ -176,5 +177,5 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
         policies=previous.policies if previous is not None else None)
     row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.UTC))
     audit(session, person, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
-          keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **audit_detail)
+          keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **(audit_detail or {}))
     return PublishedResult(bundle, row)

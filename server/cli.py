@@ -117,7 +117,7 @@ def make_app() -> Flask:
     try:
         return create_app({"DATABASE_URL": url} if url else None)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        shown = url or os.environ.get("DATABASE_URL", "")
+        shown = str(url or os.environ.get("DATABASE_URL", ""))
         why = (f"its driver needs the Python package {exc.name or str(exc)!r}, which is not installed"
                if isinstance(exc, ImportError) else str(exc))
         raise ConfigurationError(f"database URL {_safe_url(shown)} is not usable: {why}; expected "
@@ -201,7 +201,7 @@ def run(host: str, port: int, threads: int) -> None:
     :raises DatabaseUnavailable: the database cannot be reached or opened.
     :raises ListenError: the address cannot be bound (in use, no permission, unknown host).
     """
-    import waitress
+    import waitress  # type: ignore[import-untyped]  # waitress ships no type hints
 
     from server.errors import ListenError
     from server.http import waitress_options
@@ -493,7 +493,7 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
     with database(app):
         session = _write_session()
         published = publish_next_bundle(session, store, passphrase, programmes=programmes, valid_days=valid_days,
-                                        **_console())
+                                        audit_detail=_console())
         session.commit()
     bundle, row = published.bundle, published.row
     click.echo(f"published bundle v{bundle.version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "

@@ -288,7 +288,7 @@ def sqlite_file(url: str) -> Path | None:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(normalise_url(url))
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
 

@@ -67,7 +67,8 @@ class Database:
             # A read (e.g. token lookup) already began a deferred transaction; end it
             # so the write transaction starts afresh with the write lock.
             session.commit()
-        session.connection(execution_options={WRITE: True})
+        # WRITE is this server's own execution option, not a key of SQLAlchemy's TypedDict of options
+        session.connection(execution_options={WRITE: True})  # type: ignore[misc]
         return session
 
     @staticmethod

@@ -141,7 +141,8 @@ def verify_issuance_identity(issuance: Issuance, bundle: TrustBundle) -> Identit
         raise ValueError(f"identity is card {claims.card_id.hex()} on chip {claims.uid.hex()}, the record says "
                          f"{issuance.card_id.hex()} on {issuance.uid.hex()}")
     if issuance.issuer_kid and verified.kid != issuance.issuer_kid:
-        raise ValueError(f"identity signed by {verified.kid.hex()}, the record names issuer {issuance.issuer_kid.hex()}")
+        raise ValueError(f"identity signed by {verified.kid.hex()}, "
+                         f"the record names issuer {issuance.issuer_kid.hex()}")
     if issuance.identity_hash and state_hash(issuance.identity) != issuance.identity_hash:
         raise ValueError("identity_hash is not the hash of the identity record")
     return claims
@@ -190,16 +191,18 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
     if not rows:
         return f, results
     inserted = set(session.scalars(insert_or_ignore(session, Card).returning(Card.card_id), rows).all())
-    known = {c.card_id: c for c in session.scalars(select(Card).where(Card.card_id.in_([r["card_id"] for r in rows])))}
-    for r in rows:
-        row = known[r["card_id"]]
-        if r["card_id"] in inserted:
+    card_ids = [str(r["card_id"]) for r in rows]
+    known = {c.card_id: c for c in session.scalars(select(Card).where(Card.card_id.in_(card_ids)))}
+    for card_id, r in zip(card_ids, rows, strict=True):
+        row = known[card_id]
+        if card_id in inserted:
             outcome = RegistryOutcome.ACCEPTED
-        elif (row.tag_uid, row.kid, row.status, row.reissue_of) == (r["tag_uid"], r["kid"], r["status"], r["reissue_of"]):
+        elif ((row.tag_uid, row.kid, row.status, row.reissue_of)
+              == (r["tag_uid"], r["kid"], r["status"], r["reissue_of"])):
             outcome = RegistryOutcome.DUPLICATE
         else:
             outcome = RegistryOutcome.CONFLICT
-        results.append(CardResult(r["card_id"], outcome))
+        results.append(CardResult(card_id, outcome))
     kept = {r.card_id for r in results if r.result is not RegistryOutcome.CONFLICT}
     _audit_rows(session, bundle, {c: claims for c, claims in identities.items() if c in kept})
     _revocations(session, [i for i in f.issuances if i.card_id.hex() in kept])
@@ -277,7 +280,8 @@ def registry_deny_candidates(session: Session) -> list[DenyCandidate]:
     """
     replaced = select(Card.reissue_of).where(Card.reissue_of.is_not(None),
                                              Card.status == IssuanceStatus.ISSUED.value)
-    abandoned = {c for (c,) in session.execute(select(Card.card_id).where(Card.status == IssuanceStatus.ABANDONED.value))}
+    abandoned = {c for (c,) in session.execute(
+        select(Card.card_id).where(Card.status == IssuanceStatus.ABANDONED.value))}
     lost = {c for (c,) in session.execute(replaced)}
     # .tuples().all(): dict() of a Result takes its keys() for a mapping's and fails
     uids: dict[str, bytes] = dict(session.execute(

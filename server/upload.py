@@ -27,9 +27,9 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, LargeBinary, and_, any_, bindparam, or_, select
+from sqlalchemy import Insert, LargeBinary, Table, and_, any_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -319,7 +319,7 @@ def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry], 
     else:
         id_clause = JournalEntryRow.entry_id.in_(entry_ids)
     near_clause = and_(JournalEntryRow.terminal_id == terminal_id, seq_clause)
-    stmt = select(*cols).where(or_(near_clause, id_clause) if by_entry_id else near_clause)
+    stmt = select(*cols).where(near_clause if id_clause is None else or_(near_clause, id_clause))
     return [_Stored(*row) for row in session.execute(stmt)]
 
 
@@ -480,7 +480,7 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     dialect = connection.dialect
     if dialect.name == "postgresql":
         return _insert_entries_pg_copy(connection, columns)
-    table = JournalEntryRow.__table__
+    table = cast(Table, JournalEntryRow.__table__)  # a declarative model's __table__ is typed FromClause
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
     count_rows = len(columns["entry_hash"])
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:

@@ -20,7 +20,7 @@ def _err(description: str) -> dict[str, Any]:
 _PAGE_ERRORS = {"302": {"description": "not logged in: redirect to /audit/login"},
                 "400": _err("bad query parameter"), "401": _err("invalid or expired token"),
                 "403": _err("not an auditor, or missing CSRF token"), "404": _err("no such object")}
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _page(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import secrets
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, request, stream_with_context, url_for
+from flask import Blueprint, Response, current_app, g, redirect, request, stream_with_context, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy import BigInteger, and_, case, cast, func, select
@@ -76,7 +76,7 @@ CARD_TAPS = 2000
 
 @bp.record_once
 def _setup(state: BlueprintSetupState) -> None:
-    app: Flask = state.app
+    app = state.app
     app.extensions[_EXT] = environments()
     from server.audit.openapi import merge_into
     from server.blueprints.openapi import SPEC
@@ -312,7 +312,8 @@ def findings() -> ResponseReturnValue:
     if kind:
         stmt = stmt.where(Finding.kind == _choice(FindingKind, kind, "kind"))
     rows = db.session.scalars(stmt).all()
-    counts = dict(db.session.execute(select(Finding.status, func.count()).group_by(Finding.status)).all())
+    counts: dict[FindingStatus, int] = dict(
+        db.session.execute(select(Finding.status, func.count()).group_by(Finding.status)).tuples().all())
     return render("findings.html", findings=rows, status=status, kind=kind, kinds=list(FindingKind),
                   counts={s.value: counts.get(s, 0) for s in FindingStatus})
 

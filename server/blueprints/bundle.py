@@ -69,7 +69,7 @@ def publish_bundle() -> ResponseReturnValue:
             raise BadRequest(f"expires_at must be ISO 8601 with offset: {clipped(str(exc), 200)}",
                              field="expires_at") from exc
     try:
-        blob = base64.b64decode(blob_b64, validate=True)  # type: ignore[arg-type]
+        blob = base64.b64decode(blob_b64, validate=True)
     except (TypeError, ValueError, binascii.Error) as exc:
         raise BadRequest(f"blob (base64) required: {clipped(str(exc), 200)}", field="blob") from exc
     if not blob:

@@ -28,7 +28,7 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 _AUTH_ERRORS = {"401": _err("not logged in"), "403": _err("role not allowed")}
 _BUSY = {"503": _err("database busy; retry after the Retry-After header's seconds")}
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _TERMINAL_PATH = {"name": "terminal_id", "in": "path", "required": True,
                   "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
@@ -242,7 +242,8 @@ SPEC: dict[str, Any] = {
                     "result": {"type": "string", "enum": ["accepted", "duplicate", "conflict"]}}}},
                 "deny_candidates": {"type": "array", "items": {"type": "string"}}}},
                 "a result per card id"),
-                "400": _err("malformed body"), "409": _err("no trust bundle published yet, or the newest does not verify under the root"),
+                "400": _err("malformed body"),
+                "409": _err("no trust bundle published yet, or the newest does not verify under the root"),
                 "422": _err("invalid_issuance_file: reason signature or quota"),
                 "500": _err("TRUST_ROOT_CERT not configured"),
                 **_AUTH_ERRORS, **_BUSY},

@@ -101,7 +101,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     """Rollback (by NTAG counter), counter backwards (by time) and slot-seq gaps."""
     out: list[Observation] = []
     # Rollback: the chip's own counter orders its sessions; the slot seq must not go back.
-    by_ctr = {
+    by_ctr: dict[str, Any] = {
         "partition_by": (journal_scan.c.card_id, journal_scan.c.tag_uid),
         "order_by": (
             journal_scan.c.ntag_counter,
@@ -160,7 +160,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     # Counter backwards: by wall time, a genuine UID's counter never decreases.
     # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
     # chips share the card id; keying by card id keeps the window shard-local on Citus.
-    by_time = {
+    by_time: dict[str, Any] = {
         "partition_by": (journal_scan.c.card_id, journal_scan.c.tag_uid),
         "order_by": (journal_scan.c.wall_time, journal_scan.c.terminal_id, journal_scan.c.seq),
     }
@@ -209,7 +209,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
         )
 
     # Slot-seq gap: consecutive known states of a card must join up.
-    by_seq = {
+    by_seq: dict[str, Any] = {
         "partition_by": journal_scan.c.card_id,
         "order_by": (journal_scan.c.slot_seq_before, journal_scan.c.slot_seq_after, journal_scan.c.wall_time),
     }
@@ -414,7 +414,7 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig) -> list[Observatio
     on the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
     each one was paid for every tap (issue 8).
     """
-    by = {
+    by: dict[str, Any] = {
         "partition_by": journal_scan.c.card_id,
         "order_by": (journal_scan.c.wall_time, journal_scan.c.terminal_id, journal_scan.c.seq),
     }

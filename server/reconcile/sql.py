@@ -6,9 +6,9 @@ SQL) and :class:`full_scan` (SQLite's ``NOT INDEXED`` for the per-card statement
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Float, and_
+from sqlalchemy import Float, Table, and_
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -54,13 +54,14 @@ def _epoch_pg(element: epoch_s, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 #: The tables the checks read, as SQLAlchemy Core tables (column access ``journal.c.seq``).
-journal = JournalEntryRow.__table__
-terminals = Terminal.__table__
-terminal_sites = TerminalSite.__table__
-card_profiles = CardProfile.__table__
-card_entitlements = CardEntitlement.__table__
-benefit_cycles = BenefitCycle.__table__
-findings = Finding.__table__
+#: (Declarative models type ``__table__`` as FromClause; they are Tables.)
+journal = cast(Table, JournalEntryRow.__table__)
+terminals = cast(Table, Terminal.__table__)
+terminal_sites = cast(Table, TerminalSite.__table__)
+card_profiles = cast(Table, CardProfile.__table__)
+card_entitlements = cast(Table, CardEntitlement.__table__)
+benefit_cycles = cast(Table, BenefitCycle.__table__)
+findings = cast(Table, Finding.__table__)
 
 #: A journal entry that redeemed a benefit (a slot written and an amount charged).
 REDEEMED = and_(journal.c.kind.in_(REDEMPTION_KINDS), journal.c.card_id.is_not(None))

@@ -50,7 +50,7 @@ def chain_and_clock_steps(conn: Connection, cfg: ReconcileConfig) -> tuple[list[
     :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
         observations), each in ``(terminal_id, seq)`` order.
     """
-    by = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
+    by: dict[str, Any] = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
     wall = epoch_s(journal.c.wall_time)
     window = select(
         journal.c.terminal_id,
