@@ -295,7 +295,10 @@ class UdpPeerProcess:
 
     :param card: path of a ``huma-sim-ntag21x/1`` card file.
     :param port: UDP port on 127.0.0.1; 0 picks a free one.
+    :cvar module: the ``python -m`` module the child runs (:mod:`simulator.type4` serves Type 4 card files).
     """
+
+    module: str = "simulator.nfc_udp"
 
     def __init__(self, card: Path | str, port: int = 0) -> None:
         self.card = Path(card)
@@ -313,7 +316,7 @@ class UdpPeerProcess:
 
         :raises UdpPeerError: the child exited or did not report its port within ``timeout`` seconds.
         """
-        argv = [sys.executable, "-m", "simulator.nfc_udp",
+        argv = [sys.executable, "-m", self.module,
                 "--card", str(self.card), "--port", str(self._requested_port)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

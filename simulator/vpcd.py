@@ -25,12 +25,14 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from simulator.chip import Ntag21x
 from simulator.errors import ChipLeftField, VpcdError
 from simulator.reader import ReaderEmulator, ReaderKind, ReaderQuirks
 
-__all__ = ["VPCD_BASE_PORT", "VPCD_HOST", "Control", "VpcdCard", "port_in_use", "present_for", "slot_port"]
+__all__ = ["VPCD_BASE_PORT", "VPCD_HOST", "CardFrontend", "Control", "ServedCard", "VpcdCard", "port_in_use",
+           "present_for", "slot_port"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,33 @@ def slot_port(slot: int, base_port: int = VPCD_BASE_PORT) -> int:
     return base_port + slot
 
 
+class ServedCard(Protocol):
+    """What :class:`VpcdCard` needs of the card it keeps: its file, its dirty flag and presence."""
+
+    path: Path | None
+    dirty: bool
+
+    @property
+    def removed(self) -> bool: ...
+
+    def field_off(self) -> None: ...
+
+    def save(self, *, durable: bool = True) -> Path: ...
+
+
+class CardFrontend(Protocol):
+    """What answers vpcd: a reader emulator around a chip, or a card that takes APDUs itself (ISO-DEP)."""
+
+    @property
+    def atr(self) -> bytes: ...
+
+    def transmit(self, apdu: bytes) -> bytes: ...
+
+    def power_on(self) -> None: ...
+
+    def power_off(self) -> None: ...
+
+
 class _Disconnected(Exception):
     """vpcd closed the connection (internal)."""
 
@@ -72,7 +101,8 @@ class VpcdCard:
             ...            # PC/SC clients now see the card
         # leaving the block takes the card away and saves it
 
-    :param chip: the chip to present (a :class:`ReaderEmulator` is built around it).
+    :param chip: the chip to present (a :class:`ReaderEmulator` is built around it), or,
+        with *frontend*, any card with a file to keep (e.g. :class:`simulator.type4.Type4Card`).
     :param port: vpcd port of the slot.
     :param kind: reader behaviour (``"acr122u"``, ``"part3"``, ``"plain"``).
     :param quirks: injectable reader quirks.
@@ -83,12 +113,14 @@ class VpcdCard:
         changed it and on removal, so the card keeps memory between taps.
     :param tcp_quickack: re-arm TCP_QUICKACK after every recv (leave on; off only to
         measure the ~40 ms delayed-ACK stall in benchmarks).
+    :param frontend: what answers the APDUs instead of a :class:`ReaderEmulator` (an
+        ISO-DEP card answers them itself); *kind* and *quirks* are then unused.
     :raises VpcdError: if ``host`` is not a loopback address.
     """
 
     def __init__(
         self,
-        chip: Ntag21x,
+        chip: ServedCard,
         port: int = VPCD_BASE_PORT,
         *,
         kind: ReaderKind | str = ReaderKind.ACR122U,
@@ -97,11 +129,16 @@ class VpcdCard:
         reconnect: bool = True,
         persist: bool = True,
         tcp_quickack: bool = True,
+        frontend: CardFrontend | None = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise VpcdError(f"refusing to connect a virtual card to {host}: vpcd must be used on loopback only")
-        self.chip = chip
-        self.reader = ReaderEmulator(chip, kind=kind, quirks=quirks)
+        if frontend is None:
+            if not isinstance(chip, Ntag21x):
+                raise TypeError("a card other than an Ntag21x needs its own frontend")
+            frontend = ReaderEmulator(chip, kind=kind, quirks=quirks)
+        self.chip: ServedCard = chip
+        self.reader: CardFrontend = frontend
         self.host = host
         self.port = port
         self.reconnect = reconnect

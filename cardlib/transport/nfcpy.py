@@ -16,9 +16,12 @@ Frames are NTAG21x commands without CRC_A, as in NFC Forum Digital 1.0 §9
 and the NTAG213/215/216 datasheet §10; nfcpy's drivers add and check CRC_A and
 return the 4-bit ACK/NAK as one byte, exactly as ``Type2Channel`` expects.
 
-Only ISO/IEC 14443-3 type A at 106 kbps with SAK bits 6..5 = 00 (a Type 2
-tag) is accepted; anything else (a phone, a Type 4 card) raises
-:class:`UnsupportedTarget`.
+Only ISO/IEC 14443-3 type A at 106 kbps is polled. :meth:`NfcpyReader.connect`
+wants SAK bits 6..5 = 00 (a Type 2 tag); :meth:`NfcpyReader.connect_iso_dep`
+wants SAK bit 6 set (ISO-DEP: a Type 4A tag), activates it with RATS and returns
+an APDU :class:`~cardlib.transport.Connection` (:class:`NfcpyIsoDepConnection`,
+ISO/IEC 14443-4 blocks by :mod:`cardlib.transport.isodep`) for
+:class:`cardlib.type4.Type4Tag`. A card of the other kind raises :class:`UnsupportedTarget`.
 
 Frame traffic is logged at :data:`cardlib.apdu.TRAFFIC` (below DEBUG) and may
 contain secrets (PWD_AUTH passwords, UIDs, record contents).
@@ -36,7 +39,8 @@ from typing import Final
 import nfc
 import nfc.clf
 
-from cardlib.apdu import TRAFFIC
+from cardlib.apdu import TRAFFIC, split_response
+from cardlib.transport import Connection
 from cardlib.transport.errors import (
     CardRemoved,
     NoCard,
@@ -45,9 +49,10 @@ from cardlib.transport.errors import (
     TagMute,
     TransportError,
 )
+from cardlib.transport.isodep import Ats, IsoDepLink, rats_command
 from cardlib.type2.channel import ReaderCapabilities, Type2Channel
 
-__all__ = ["NFCPY_TYPE2", "NfcpyReader", "NfcpyType2Channel", "UnsupportedTarget"]
+__all__ = ["NFCPY_TYPE2", "NfcpyIsoDepConnection", "NfcpyReader", "NfcpyType2Channel", "UnsupportedTarget"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ BRTY_106A: Final = "106A"
 #: SAK bits 6..5 (0x60): 00 = Type 2 tag, 01 = ISO-DEP (Type 4), 10 = NFC-DEP (NFC Forum Digital 1.0 §4.8.2).
 SAK_PROTOCOL_MASK: Final = 0x60
 SAK_TYPE2: Final = 0x00
+SAK_ISO_DEP: Final = 0x20
 #: Default time to wait for a chip answer, seconds (NTAG WRITE programming ≤ 10 ms; nfcpy's own default).
 DEFAULT_TIMEOUT_S: Final = 0.1
 #: nfcpy receive limit of its pn53x/rcs380/udp drivers minus CRC_A, whole pages.
@@ -63,7 +69,7 @@ NFCPY_TYPE2: Final = ReaderCapabilities("nfcpy", "none", 252)
 
 
 class UnsupportedTarget(TransportError):
-    """A card answered the poll but is not a Type 2 tag (e.g. ISO-DEP card or a phone)."""
+    """A card answered the poll but is not of the kind asked for (a Type 2 tag, or an ISO-DEP card)."""
 
 
 def _is_type2(target: nfc.clf.RemoteTarget) -> bool:
@@ -71,6 +77,37 @@ def _is_type2(target: nfc.clf.RemoteTarget) -> bool:
     if not sel_res:
         return False
     return (sel_res[0] & SAK_PROTOCOL_MASK) == SAK_TYPE2
+
+
+def _is_iso_dep(target: nfc.clf.RemoteTarget) -> bool:
+    sel_res = getattr(target, "sel_res", None)
+    if not sel_res:
+        return False
+    return bool(sel_res[0] & SAK_ISO_DEP)
+
+
+def _exchange_frame(clf: nfc.ContactlessFrontend, frame: bytes, timeout: float) -> bytes:
+    """One frame through ``ContactlessFrontend.exchange`` with nfcpy's errors mapped to transport errors.
+
+    :raises TagMute: no answer within *timeout* seconds, or a CRC/parity/framing error.
+    :raises CardRemoved: the link broke (nfcpy ``BrokenLinkError``) or nfcpy returned nothing.
+    :raises ReaderGone: the reader device stopped answering (I/O error).
+    """
+    logger.log(TRAFFIC, "SEND: %s", bytes(frame).hex())
+    try:
+        answer = clf.exchange(bytearray(frame), timeout)
+    except nfc.clf.TimeoutError as exc:
+        raise TagMute(f"no answer to command {bytes(frame[:1]).hex()} within {timeout} s") from exc
+    except nfc.clf.BrokenLinkError as exc:
+        raise CardRemoved(f"link broken during command {bytes(frame[:1]).hex()}") from exc
+    except nfc.clf.CommunicationError as exc:
+        raise TagMute(f"{type(exc).__name__} on command {bytes(frame[:1]).hex()}: {exc}") from exc
+    except OSError as exc:
+        raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
+    if answer is None:
+        raise CardRemoved("nfcpy returned no target answer")
+    logger.log(TRAFFIC, "RECV: %s", bytes(answer).hex())
+    return bytes(answer)
 
 
 class NfcpyType2Channel(Type2Channel):
@@ -127,21 +164,7 @@ class NfcpyType2Channel(Type2Channel):
         if not self._warned and logger.isEnabledFor(TRAFFIC):
             self._warned = True
             logger.warning("frame traffic logging is on: the log may contain secrets (passwords, UIDs, records)")
-        logger.log(TRAFFIC, "SEND: %s", bytes(frame).hex())
-        try:
-            answer = self._clf.exchange(bytearray(frame), self.timeout)
-        except nfc.clf.TimeoutError as exc:
-            raise TagMute(f"no answer to command {bytes(frame[:1]).hex()} within {self.timeout} s") from exc
-        except nfc.clf.BrokenLinkError as exc:
-            raise CardRemoved(f"link broken during command {bytes(frame[:1]).hex()}") from exc
-        except nfc.clf.CommunicationError as exc:
-            raise TagMute(f"{type(exc).__name__} on command {bytes(frame[:1]).hex()}: {exc}") from exc
-        except OSError as exc:
-            raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
-        if answer is None:
-            raise CardRemoved("nfcpy returned no target answer")
-        logger.log(TRAFFIC, "RECV: %s", bytes(answer).hex())
-        return bytes(answer)
+        return _exchange_frame(self._clf, frame, self.timeout)
 
     def reactivate(self) -> None:
         """Re-select the same tag (REQA + SELECT by UID) after a NAK or mute left it IDLE (datasheet §9.1).
@@ -183,6 +206,71 @@ class NfcpyType2Channel(Type2Channel):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class NfcpyIsoDepConnection(Connection):
+    """An ISO-DEP card (Type 4A tag) activated through nfcpy: APDUs in ISO/IEC 14443-4 blocks.
+
+    Obtained from :meth:`NfcpyReader.connect_iso_dep`; valid until the card leaves or :meth:`close`
+    (S(DESELECT), then field off).
+
+    :param clf: an open ``nfc.ContactlessFrontend`` whose last sense found *target*.
+    :param target: the 106A target with SAK bit 6 set.
+    :param timeout: seconds to wait for the ATS, and the floor for every block wait.
+    :raises TagMute: the card did not answer RATS.
+    :raises cardlib.transport.isodep.IsoDepProtocolError: the ATS is malformed.
+    """
+
+    def __init__(self, clf: nfc.ContactlessFrontend, target: nfc.clf.RemoteTarget,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._clf = clf
+        self._target = target
+        self._closed = False
+        fsd = min(clf.max_recv_data_size, 256)
+        ats = Ats.parse(_exchange_frame(clf, rats_command(fsd), timeout))
+        self.link = IsoDepLink(self._frame, ats, max_send=clf.max_send_data_size, min_timeout_s=timeout)
+
+    def _frame(self, frame: bytes, timeout: float) -> bytes:
+        if self._closed:
+            raise CardRemoved("the nfcpy ISO-DEP connection is closed")
+        return _exchange_frame(self._clf, frame, timeout)
+
+    @property
+    def uid(self) -> bytes:
+        """The UID from anticollision (nfcpy's ``sdd_res``)."""
+        return bytes(self._target.sdd_res)
+
+    @property
+    def ats(self) -> bytes:
+        """The ATS the card answered to RATS."""
+        return self.link.ats.raw
+
+    @property
+    def reader_name(self) -> str:
+        """``str(nfcpy device)``."""
+        return str(self._clf.device)
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        """Send one APDU in I-blocks and split the response into ``(data, SW1SW2)``.
+
+        :raises TagMute: the card stopped answering, or the response has no status word.
+        :raises CardRemoved, ReaderGone: see :func:`_exchange_frame`.
+        :raises cardlib.transport.isodep.IsoDepProtocolError: the card broke the block protocol.
+        """
+        return split_response(self.link.transceive(bytes(apdu)))
+
+    def close(self) -> None:
+        """S(DESELECT), then the field off. Idempotent."""
+        if self._closed:
+            return
+        self.link.deselect()
+        self._closed = True
+        device = self._clf.device
+        if device is not None:
+            try:
+                device.mute()
+            except OSError as exc:
+                logger.debug("field off failed: %s", exc)
 
 
 class NfcpyReader:
@@ -247,11 +335,9 @@ class NfcpyReader:
             raise ReaderNotFound(f"nfcpy reader {self.path!r} is not open")
         return self._clf
 
-    def poll(self) -> NfcpyType2Channel | None:
-        """One 106A poll (REQA, anticollision, SELECT).
+    def _sense(self) -> nfc.clf.RemoteTarget | None:
+        """One 106A poll (REQA, anticollision, SELECT); None for an empty field.
 
-        :returns: a channel to the Type 2 tag in the field, or None when the field is empty.
-        :raises UnsupportedTarget: a card answered that is not a Type 2 tag.
         :raises ReaderGone: the device stopped answering.
         """
         clf = self._frontend()
@@ -262,6 +348,17 @@ class NfcpyReader:
             return None
         except OSError as exc:
             raise ReaderGone(f"reader {self.path!r} I/O error: {exc.strerror or exc}") from exc
+        return target
+
+    def poll(self) -> NfcpyType2Channel | None:
+        """One 106A poll (REQA, anticollision, SELECT).
+
+        :returns: a channel to the Type 2 tag in the field, or None when the field is empty.
+        :raises UnsupportedTarget: a card answered that is not a Type 2 tag.
+        :raises ReaderGone: the device stopped answering.
+        """
+        clf = self._frontend()
+        target = self._sense()
         if target is None:
             return None
         if not _is_type2(target):
@@ -284,6 +381,36 @@ class NfcpyReader:
                 return channel
             if time.monotonic() >= deadline:
                 raise NoCard(f"no Type 2 tag on {self.path!r} within {timeout} s")
+            time.sleep(interval)
+
+    def poll_iso_dep(self) -> NfcpyIsoDepConnection | None:
+        """One 106A poll; an ISO-DEP card in the field is activated with RATS.
+
+        :returns: an APDU connection to the card, or None when the field is empty.
+        :raises UnsupportedTarget: a card answered without ISO-DEP (e.g. a Type 2 tag).
+        :raises TagMute: the card did not answer RATS. :raises ReaderGone: see :meth:`poll`.
+        """
+        target = self._sense()
+        if target is None:
+            return None
+        if not _is_iso_dep(target):
+            raise UnsupportedTarget(f"the card in the field is not ISO-DEP (SAK {bytes(target.sel_res or b'').hex()})")
+        return NfcpyIsoDepConnection(self._frontend(), target, self.timeout)
+
+    def connect_iso_dep(self, timeout: float = 5.0, interval: float = 0.1) -> NfcpyIsoDepConnection:
+        """Poll until an ISO-DEP card (Type 4A tag) is in the field; see :meth:`connect`.
+
+        :raises NoCard: no card appeared within *timeout* seconds.
+        :raises UnsupportedTarget, TagMute, ReaderGone: see :meth:`poll_iso_dep`.
+        """
+        self.open()
+        deadline = time.monotonic() + timeout
+        while True:
+            connection = self.poll_iso_dep()
+            if connection is not None:
+                return connection
+            if time.monotonic() >= deadline:
+                raise NoCard(f"no ISO-DEP card on {self.path!r} within {timeout} s")
             time.sleep(interval)
 
     def close(self) -> None:
