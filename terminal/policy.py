@@ -84,8 +84,8 @@ _MESSAGES: Mapping[DeclineReason, str] = {
 
 
 @dataclass(frozen=True)
-class Programme:
-    """One benefit programme as the trust bundle describes it.
+class ProgrammeRules:
+    """What the tap decision needs to know of one programme (built from the bundle's :class:`~cardlib.records.bundle.Programme`).
 
     :ivar code: short stable id, e.g. ``"pangan"`` (the key in the card's entitlements).
     :ivar unit: what its amounts count; it decides the counter mode that serves it (:attr:`mode`).
@@ -139,7 +139,7 @@ class CardFacts:
     spent: Mapping[str, int]
     offline_cap: int | None = None
 
-    def remaining(self, programme: Programme, cycle: int) -> int:
+    def remaining(self, programme: ProgrammeRules, cycle: int) -> int:
         """Units left for ``programme`` in ``cycle`` (a newer cycle than the slot's resets to the entitlement)."""
         entitled = self.entitlements.get(programme.code, 0)
         if self.cycle != cycle:
@@ -284,7 +284,7 @@ def decide(
     *,
     card: CardFacts,
     request: Request,
-    programmes: Mapping[str, Programme],
+    programmes: Mapping[str, ProgrammeRules],
     counter_modes: frozenset[CounterMode],
     deny: DenyList,
     limits: OfflineLimits,

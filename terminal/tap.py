@@ -56,7 +56,7 @@ from terminal.policy import (
     Exposure,
     OfflineLimits,
     PinStatus,
-    Programme,
+    ProgrammeRules,
     Request,
     decide,
 )
@@ -88,7 +88,7 @@ class Trust:
         return max(0.0, (now - self.checked_at) / SECONDS_PER_DAY)
 
 
-def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
+def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, ProgrammeRules]]:
     """Programme name -> (card programme id, policy view) from a trust bundle.
 
     PIN requirement: bundle policy ``pin.<name>`` = 1. Cycles are province-wide
@@ -100,7 +100,7 @@ def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, Programme]]:
     """
     out = {}
     for p in bundle.programmes:
-        out[p.name] = (p.id, Programme(
+        out[p.name] = (p.id, ProgrammeRules(
             code=p.name, unit=Unit[p.unit.upper()],
             pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)),
         ))
@@ -401,7 +401,7 @@ def _household(state: CardState | None) -> str | None:
     return None if state is None else "HB-" + state.identity.claims.household_ref.hex()[:8].upper()
 
 
-def _facts(state: CardState, progs: Mapping[str, tuple[int, Programme]], chosen: str) -> CardFacts:
+def _facts(state: CardState, progs: Mapping[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:
     ident = state.identity.claims
     slot = state.current.claims
     by_id = {pid: name for name, (pid, _p) in progs.items()}

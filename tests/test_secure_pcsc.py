@@ -22,7 +22,7 @@ from cardlib.secure import (
     StateRollbackRefused,
     check_record_seq,
 )
-from cardlib.secure.conformance import Outcome, run_conformance
+from cardlib.secure.conformance import CheckOutcome, run_conformance
 from cardlib.transport import Connection, CountingConnection
 from cardlib.transport.errors import TransportError
 from simulator.harness import PcscdHarness, reader_name
@@ -179,7 +179,7 @@ def test_conformance_through_pcscd(reader: Reader) -> None:
     report = run_conformance(conn, pin=PIN, card_key=key, card_id=CARD_ID, destructive=True, issuer_key=ISSUER_KEY,
                              tear=PcscTear(reader, card))
     assert report.ok, report.to_dict()
-    assert all(r.outcome is Outcome.PASS for r in report.results), report.to_dict()
+    assert all(r.outcome is CheckOutcome.PASS for r in report.results), report.to_dict()
 
 
 def test_card_conformance_cli_through_pcscd(reader: Reader) -> None:

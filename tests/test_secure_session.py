@@ -29,7 +29,7 @@ from cardlib.secure import (
     check_record_seq,
     sign_pin_reset,
 )
-from cardlib.secure.conformance import Outcome, run_conformance
+from cardlib.secure.conformance import CheckOutcome, run_conformance
 from cardlib.secure.protocol import auth_message
 from cardlib.transport import Connection, CountingConnection
 from cardlib.transport.errors import CardRemoved
@@ -290,7 +290,7 @@ def test_conformance_passes_on_the_virtual_card_with_every_check() -> None:
     report = run_conformance(SecureCardConnection(card), pin=PIN, card_key=key, card_id=CARD_ID, destructive=True,
                              issuer_key=ISSUER_KEY, tear=InProcessTear(card))
     assert report.ok, report.to_dict()
-    assert all(r.outcome is Outcome.PASS for r in report.results), report.to_dict()
+    assert all(r.outcome is CheckOutcome.PASS for r in report.results), report.to_dict()
 
 
 def test_conformance_non_destructive_leaves_the_state_and_pin() -> None:
@@ -299,7 +299,7 @@ def test_conformance_non_destructive_leaves_the_state_and_pin() -> None:
     report = run_conformance(SecureCardConnection(card), pin=PIN)
     assert report.ok, report.to_dict()
     assert (card.seq, card.state, card.pin_tries) == before
-    assert report.outcome_of("pin_blocks") is Outcome.SKIP and report.outcome_of("tear_atomicity") is Outcome.SKIP
+    assert report.outcome_of("pin_blocks") is CheckOutcome.SKIP and report.outcome_of("tear_atomicity") is CheckOutcome.SKIP
 
 
 class _RollbackCard(SecureCard):
@@ -317,7 +317,7 @@ def test_conformance_catches_a_card_that_accepts_rollback() -> None:
     bad._p = good._p  # same personalisation, broken update rule
     report = run_conformance(SecureCardConnection(bad))
     assert not report.ok
-    assert report.outcome_of("rollback_refused") is Outcome.FAIL
+    assert report.outcome_of("rollback_refused") is CheckOutcome.FAIL
 
 
 def test_cardlib_type4_reader_reads_the_ndef_view() -> None:

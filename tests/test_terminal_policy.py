@@ -17,16 +17,16 @@ from terminal.policy import (
     Exposure,
     OfflineLimits,
     PinStatus,
-    Programme,
+    ProgrammeRules,
     Request,
     cycle_at,
     decide,
 )
 
 NOW = 1_772_000_000  # 2026-02-25
-PANGAN = Programme("pangan", Unit.PACKAGE)
-TUNAI = Programme("tunai", Unit.RUPIAH, pin_required=True)
-SEHAT = Programme("sehat", Unit.VISIT)
+PANGAN = ProgrammeRules("pangan", Unit.PACKAGE)
+TUNAI = ProgrammeRules("tunai", Unit.RUPIAH, pin_required=True)
+SEHAT = ProgrammeRules("sehat", Unit.VISIT)
 PROGRAMMES = {p.code: p for p in (PANGAN, TUNAI, SEHAT)}
 ALL_MODES = frozenset(CounterMode)
 

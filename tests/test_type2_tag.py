@@ -10,24 +10,24 @@ from __future__ import annotations
 import pytest
 
 from cardlib import ndef as nd
-from simulator.chip import ChipVariant, FaultPlan, Ntag21x
-from simulator.reader import ReaderEmulator
 from cardlib.transport.errors import SessionLost, TagLost
 from cardlib.type2 import ACR122U, GENERIC, PART3, ChipType, ReaderCapabilities, Type2Tag, channel_for
 from cardlib.type2.errors import (
     AddressOutOfRange,
-    AuthenticationFailed,
     CapacityExceeded,
     CorruptTlv,
     Nak,
     NotBlank,
     OriginalityError,
+    PwdAuthFailed,
     ReadOnly,
     TagError,
     UnsupportedChip,
     UnsupportedCommand,
 )
 from cardlib.type2.tag import raise_for_issuance
+from simulator.chip import ChipVariant, FaultPlan, Ntag21x
+from simulator.reader import ReaderEmulator
 from tests.type2_emulator import EmulatorConnection
 
 KINDS = {"acr122u": ACR122U, "part3": PART3, "plain": GENERIC}
@@ -182,7 +182,7 @@ def test_counter_signature_password(kind: str) -> None:
     assert tag.read_signature() == SAMPLE_SIG
     with pytest.raises(Nak):
         tag.write_page(16, b"abcd")
-    with pytest.raises(AuthenticationFailed):
+    with pytest.raises(PwdAuthFailed):
         tag.pwd_auth(bytes.fromhex("00000000"))
     assert tag.pwd_auth(bytes.fromhex("11223344"), expected_pack=bytes.fromhex("ABCD")) == bytes.fromhex("ABCD")
     tag.write_page(16, b"abcd")
@@ -238,7 +238,7 @@ def test_tear_at_every_command_never_leaves_a_corrupt_tlv() -> None:
     old = message_of(300)
     new = message_of(120)
     commands = None
-    for n in range(0, 200):
+    for n in range(200):
         chip = Ntag21x.blank(ChipVariant.parse("ntag215"))
         make_tag(chip).write_ndef(old)
         chip.arm(FaultPlan(remove_after_commands=n))

@@ -54,7 +54,7 @@ from cardlib.records.layout import FIRST_DATA_PAGE, PAGE_SIZE, CardLayout, SlotN
 from cardlib.records.session import CardSession
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.chip import ChipType
-from cardlib.type2.errors import AuthenticationFailed, Nak, OriginalityError, TagError
+from cardlib.type2.errors import Nak, OriginalityError, PwdAuthFailed, TagError
 from cardlib.type2.originality import NXP_NTAG21X_PUBLIC_KEY, verify_originality
 from cardlib.type2.tag import Type2Tag
 
@@ -214,7 +214,7 @@ def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
         pw = derive_password(ctx.password_secret, uid)
         try:
             tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
-        except AuthenticationFailed as exc:
+        except PwdAuthFailed as exc:
             raise ChipNotBlank("chip is protected by a password that is not ours", uid) from exc
         if existing is not None and _fully_locked(locks.static, locks.dynamic):
             return ChipCheck(uid, chip.chip, ChipState.OURS_COMPLETE, existing)
@@ -453,7 +453,7 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
     pw = derive_password(ctx.password_secret, uid)
     try:
         tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
-    except AuthenticationFailed as exc:
+    except PwdAuthFailed as exc:
         raise ReadBackMismatch(f"card {card_id.hex()}: derived password does not open the chip") from exc
     return PersonalisedCard(card_id, uid, state.identity.hash, state.identity.cose.kid, layout,
                             state.identity.cose.message)

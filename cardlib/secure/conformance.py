@@ -51,10 +51,10 @@ from cardlib.secure.session import SecureCardSession
 from cardlib.transport import Connection
 from cardlib.transport.errors import TransportError
 
-__all__ = ["CheckResult", "ConformanceReport", "Outcome", "TearInjector", "run_conformance"]
+__all__ = ["CheckOutcome", "CheckResult", "ConformanceReport", "TearInjector", "run_conformance"]
 
 
-class Outcome(enum.Enum):
+class CheckOutcome(enum.Enum):
     """Result of one check."""
 
     PASS = "pass"
@@ -74,7 +74,7 @@ class CheckResult:
 
     name: str
     section: str
-    outcome: Outcome
+    outcome: CheckOutcome
     detail: str = ""
 
 
@@ -92,9 +92,9 @@ class ConformanceReport:
     @property
     def ok(self) -> bool:
         """True when no check failed (skips are not failures)."""
-        return all(r.outcome is not Outcome.FAIL for r in self.results)
+        return all(r.outcome is not CheckOutcome.FAIL for r in self.results)
 
-    def outcome_of(self, name: str) -> Outcome:
+    def outcome_of(self, name: str) -> CheckOutcome:
         """The outcome of the check called *name*.
 
         :raises KeyError: no such check in this run.
@@ -161,15 +161,15 @@ class _Runner:
     def check(self, name: str, section: str, fn: Callable[[], str]) -> None:
         try:
             detail = fn()
-            result = CheckResult(name, section, Outcome.PASS, detail)
+            result = CheckResult(name, section, CheckOutcome.PASS, detail)
         except _Skip as exc:
-            result = CheckResult(name, section, Outcome.SKIP, str(exc))
+            result = CheckResult(name, section, CheckOutcome.SKIP, str(exc))
         except _Fail as exc:
-            result = CheckResult(name, section, Outcome.FAIL, str(exc))
+            result = CheckResult(name, section, CheckOutcome.FAIL, str(exc))
         except TransportError:
             raise
         except (CardlibError, ValueError) as exc:
-            result = CheckResult(name, section, Outcome.FAIL, f"{type(exc).__name__}: {exc}")
+            result = CheckResult(name, section, CheckOutcome.FAIL, f"{type(exc).__name__}: {exc}")
         self.report.results.append(result)
 
     def send(self, command: CommandApdu) -> ResponseApdu:

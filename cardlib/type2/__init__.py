@@ -24,12 +24,12 @@ from cardlib.type2.channel import (
 )
 from cardlib.type2.chip import ChipInfo, ChipType
 from cardlib.type2.errors import (
-    AuthenticationFailed,
     CapacityExceeded,
     CorruptTlv,
     MisIssued,
     Nak,
     OriginalityError,
+    PwdAuthFailed,
     ReadOnly,
     TagError,
     UnsupportedChip,
@@ -42,7 +42,6 @@ __all__ = [
     "GENERIC",
     "PART3",
     "Acr122uChannel",
-    "AuthenticationFailed",
     "CapabilityContainer",
     "CapacityExceeded",
     "ChipInfo",
@@ -56,6 +55,7 @@ __all__ = [
     "OriginalityError",
     "Part3Channel",
     "PlainChannel",
+    "PwdAuthFailed",
     "ReadOnly",
     "ReaderCapabilities",
     "TagError",

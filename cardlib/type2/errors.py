@@ -66,7 +66,7 @@ class ReadOnly(TagError):
     """The tag (CC3 or lock bits) forbids writing."""
 
 
-class AuthenticationFailed(TagError):
+class PwdAuthFailed(TagError):
     """PWD_AUTH was refused, or the returned PACK differs from the expected one."""
 
 

@@ -34,13 +34,13 @@ from cardlib.type2.chip import (
 )
 from cardlib.type2.errors import (
     AddressOutOfRange,
-    AuthenticationFailed,
     BadResponse,
     CapacityExceeded,
     MisIssued,
     Nak,
     NoNdef,
     NotBlank,
+    PwdAuthFailed,
     ReadOnly,
     TagError,
     UnsupportedChip,
@@ -465,18 +465,18 @@ class Type2Tag:
 
         :param pwd: the 4-byte password (sent in clear over RF).
         :param expected_pack: when given, the PACK must match (detects a fake tag accepting any password).
-        :raises AuthenticationFailed: NAK (the channel re-selects the tag) or PACK mismatch.
+        :raises PwdAuthFailed: NAK (the channel re-selects the tag) or PACK mismatch.
         """
         if len(pwd) != PWD_LENGTH:
             raise ValueError("PWD is 4 bytes")
         try:
             pack = self.channel.transceive(bytes((T2Command.PWD_AUTH,)) + bytes(pwd))
         except Nak as exc:
-            raise AuthenticationFailed(f"PWD_AUTH refused (NAK 0x{exc.code:X})") from exc
+            raise PwdAuthFailed(f"PWD_AUTH refused (NAK 0x{exc.code:X})") from exc
         if len(pack) != PACK_LENGTH:
             raise BadResponse(f"PWD_AUTH answered {len(pack)} bytes")
         if expected_pack is not None and pack != expected_pack:
-            raise AuthenticationFailed("PACK does not match the expected value")
+            raise PwdAuthFailed("PACK does not match the expected value")
         return pack
 
     def read_lock_bits(self) -> LockBits:
