@@ -85,7 +85,9 @@ _MESSAGES: Mapping[DeclineReason, str] = {
 
 @dataclass(frozen=True)
 class ProgrammeRules:
-    """What the tap decision needs to know of one programme (built from the bundle's :class:`~cardlib.records.bundle.Programme`).
+    """What the tap decision needs to know of one programme.
+
+    Built from the bundle's catalogue entry, :class:`cardlib.records.bundle.Programme`.
 
     :ivar code: short stable id, e.g. ``"pangan"`` (the key in the card's entitlements).
     :ivar unit: what its amounts count; it decides the counter mode that serves it (:attr:`mode`).
