@@ -20,6 +20,10 @@ class JournalStoreError(TerminalError):
     """The journal file cannot be opened, written or repaired (disk full, locked, another terminal's or key's)."""
 
 
+class JournalInUse(JournalStoreError):
+    """Another process (a second ``huma terminal run`` on the same profile) holds the journal's writer lock."""
+
+
 class JournalVerifyError(TerminalError):
     """An offline journal check failed: broken chain, bad signature, sequence gap.
 

@@ -18,7 +18,9 @@ Offline audit of a journal file lives in :mod:`terminal.journal_audit`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -41,7 +43,7 @@ from cardlib.records.journal import (
     verify_entry,
 )
 from terminal.clock import Clock
-from terminal.errors import JournalDamaged, JournalStoreError
+from terminal.errors import JournalDamaged, JournalInUse, JournalStoreError
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,11 @@ class JournalStore:
     :param terminal_id: the registered terminal id; must match an existing file's.
     :param signer: the terminal key (software or PKCS#11).
     :param clock: the clock source (wall, monotonic, synced flag).
+    One writer per file: opening takes an exclusive ``flock`` on ``<journal>.lock``
+    (:func:`lock_path`) before anything is read or written, held until :meth:`close`,
+    so a second daemon on the same profile is refused and writes nothing.
+
+    :raises JournalInUse: another open store (another ``huma terminal run``) holds the file.
     :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
     """
 
@@ -179,6 +186,14 @@ class JournalStore:
         self._clock = clock or Clock()
         self._lock = threading.Lock()
         self._key = cose_key(signer)
+        self._writer_fd: int | None = take_writer_lock(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self._release_writer_lock()
+            raise
+
+    def _open(self) -> None:
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -500,9 +515,49 @@ class JournalStore:
             return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
 
     def close(self) -> None:
-        """Close the database (a WAL checkpoint runs on close)."""
+        """Close the database (a WAL checkpoint runs on close), then release the writer lock."""
         with self._lock:
             self._db.close()
+            self._release_writer_lock()
+
+    def _release_writer_lock(self) -> None:
+        if self._writer_fd is not None:
+            os.close(self._writer_fd)  # closing the descriptor drops the flock
+            self._writer_fd = None
+
+
+def lock_path(journal: Path) -> Path:
+    """The writer lock file of a journal: ``<journal file name>.lock`` beside it."""
+    return journal.with_name(journal.name + ".lock")
+
+
+def take_writer_lock(journal: Path) -> int:
+    """Take the journal's exclusive writer lock (``flock(LOCK_EX | LOCK_NB)``, POSIX.1-2008 / flock(2)).
+
+    The lock belongs to the open file description, so it ends with the process (a
+    SIGKILLed daemon leaves no stale lock); the file keeps the holder's pid for the message.
+
+    :param journal: the journal file (its directory must exist).
+    :returns: the open descriptor holding the lock (close it to release).
+    :raises JournalInUse: another process or open store holds it.
+    :raises JournalStoreError: the lock file cannot be opened.
+    """
+    lock = lock_path(journal)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise JournalStoreError(f"cannot open journal lock {lock}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise JournalInUse(f"a counter daemon is already running on journal {journal}{who}; "
+                           "not starting a second one") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def unit_column(unit: Unit) -> str:
