@@ -31,6 +31,11 @@ What is modelled
   IDLE and stays mute until re-activated (:meth:`Ntag21x.activate`, i.e. WUPA +
   anticollision + SELECT done by the reader); authentication is lost then.
 
+Older chips (variants ``ntag203`` and ``mf0icu1``, MIFARE Ultralight): same READ/WRITE/
+COMPATIBILITY_WRITE and memory rules, no configuration pages, and none of the NTAG21x
+commands: GET_VERSION, FAST_READ, READ_CNT, READ_SIG and PWD_AUTH get NAK 0x0 from an
+NTAG203 (as nfcpy's ``tt2_nxp`` expects of it) and no answer from an Ultralight.
+
 Not modelled: the MIRROR function (the byte is stored, no ASCII mirror is
 produced), the anticollision frames themselves (the front ends do them from
 :attr:`Ntag21x.uid`), timing.
@@ -171,6 +176,8 @@ class _Layout:
     pages_per_lock_bit: int
     lock_bits: int
     lock_bits_per_block_bit: int
+    #: Pre-NTAG21x chips: how NTAG21x-only commands are refused ("nak" or "mute"); None for NTAG21x.
+    legacy: str | None = None
 
     @property
     def last_user_page(self) -> int:
@@ -207,6 +214,8 @@ class ChipVariant(enum.Enum):
     NTAG213 = "ntag213"
     NTAG215 = "ntag215"
     NTAG216 = "ntag216"
+    NTAG203 = "ntag203"
+    MF0ICU1 = "mf0icu1"  #: MIFARE Ultralight
 
     @property
     def layout(self) -> _Layout:
@@ -260,6 +269,10 @@ _LAYOUTS: dict[ChipVariant, _Layout] = {
     ChipVariant.NTAG215: _Layout("NTAG215", 0x11, 135, 0x3E, 0x82, 16, 8, 2),
     # NTAG216: 231 pages, user 04h–E1h, dyn lock E2h, 16 pages per lock bit, 7 BL bits of 2
     ChipVariant.NTAG216: _Layout("NTAG216", 0x13, 231, 0x6D, 0xE2, 16, 14, 2),
+    # NTAG203: 42 pages, user 04h-27h, dyn lock 28h, page 29h counter; no GET_VERSION (NTAG203 datasheet §7.5)
+    ChipVariant.NTAG203: _Layout("NTAG203", 0x00, 42, 0x12, 0x28, 4, 6, 2, legacy="nak"),
+    # MIFARE Ultralight MF0ICU1: 16 pages, user 04h-0Fh, static lock bytes only (MF0ICU1 datasheet §7.5)
+    ChipVariant.MF0ICU1: _Layout("MF0ICU1", 0x00, 16, 0x06, 0x10, 1, 0, 1, legacy="mute"),
 }
 
 
@@ -612,6 +625,10 @@ class Ntag21x:
             cmd = Command(frame[0])
         except ValueError:
             return self._mute(f"unknown command {frame[0]:02X}")
+        legacy = self._layout.legacy
+        if legacy is not None and cmd not in (Command.READ, Command.WRITE, Command.COMPATIBILITY_WRITE):
+            why = f"{self._layout.name} has no command {cmd.name}"
+            return self._nak(Nak.INVALID_ARGUMENT, why) if legacy == "nak" else self._mute(why)
         if cmd is Command.WRITE:
             return self._write(frame, tear_bytes)
         handlers = {
@@ -677,8 +694,10 @@ class Ntag21x:
         raise ChipMute(why)
 
     def _cfg(self) -> tuple[int, int]:
-        """(AUTH0, ACCESS) from CFG0 byte 3 and CFG1 byte 0."""
+        """(AUTH0, ACCESS) from CFG0 byte 3 and CFG1 byte 0; older chips have no protection (FFh, 00h)."""
         lay = self._layout
+        if lay.legacy is not None:
+            return 0xFF, 0x00
         return self._mem[lay.cfg0_page * PAGE_SIZE + 3], self._mem[lay.cfg1_page * PAGE_SIZE]
 
     def _read_protected(self, page: int) -> bool:
@@ -912,6 +931,8 @@ def _factory_image(variant: ChipVariant, uid: bytes) -> bytes:
     mem[12:16] = variant.factory_cc
     # NTAG21x ship with an empty NDEF TLV (03 00 FE) at page 4.
     mem[16:20] = bytes((0x03, 0x00, 0xFE, 0x00))
+    if lay.legacy is not None:
+        return bytes(mem)  # no dynamic lock page or configuration pages to set (or zero dyn lock bytes)
     mem[lay.dyn_lock_page * PAGE_SIZE : lay.dyn_lock_page * PAGE_SIZE + 4] = bytes((0, 0, 0, DYN_LOCK_RFUI))
     # CFG0: MIRROR 04h (STRG_MOD_EN), RFUI, MIRROR_PAGE 00h, AUTH0 FFh (protection off).
     mem[lay.cfg0_page * PAGE_SIZE : lay.cfg0_page * PAGE_SIZE + 4] = bytes((0x04, 0x00, 0x00, 0xFF))

@@ -7,6 +7,11 @@ message is read in the fewest commands the reader allows (FAST_READ ranges
 sized to its frame, else 16-byte READs); header, lock and configuration pages
 are written only through the explicit personalisation methods.
 
+Older chips (NTAG203, MIFARE Ultralight) know neither GET_VERSION nor FAST_READ:
+a chip that refuses GET_VERSION (NAK or no answer) is not an NTAG21x, so it is
+identified as unknown and read with READ, bounded by its CC; a FAST_READ
+refused later (NAK or no answer) switches the session to READ.
+
 One instance per card session: nothing is cached across sessions (PC-3).
 """
 
@@ -125,6 +130,7 @@ class Type2Tag:
         self._uid: bytes | None = None
         self._page_limit: int | None = None
         self._prefetch: tuple[int, bytes] | None = None
+        self._fast_read = True
 
     # ------------------------------------------------------------------ identity
 
@@ -147,19 +153,25 @@ class Type2Tag:
         if self._chip is not None:
             return self._chip
         chip: ChipInfo | None = None
+        refused = False
         if self.channel.supports_raw:
             try:
                 chip = chip_from_version(self.channel.transceive(bytes((T2Command.GET_VERSION,))))
             except TagMute as exc:
-                logger.debug("GET_VERSION unanswered (%s): falling back to ATR/CC", exc)
+                logger.debug("GET_VERSION unanswered (%s): an older chip, falling back to the CC", exc)
+                refused = True
                 self.channel.reactivate()
             except (Nak, BadResponse) as exc:
-                logger.debug("GET_VERSION refused (%s): falling back to ATR/CC", exc)
+                logger.debug("GET_VERSION refused (%s): an older chip, falling back to the CC", exc)
+                refused = True
         if chip is None:
             # Pages 2-5 (lock bytes, CC, first data bytes): kept for the read_ndef that usually follows.
             head = self._read_raw_pages(STATIC_LOCK_PAGE, READ_PAGES, MIN_T2_PAGES)
             self._prefetch = (STATIC_LOCK_PAGE, head)
-            chip = self._fallback_chip(head[PAGE_SIZE : 2 * PAGE_SIZE])
+            # Every NTAG21x answers GET_VERSION (datasheet §10.1): one that refused it is an older chip
+            # (NTAG203 NAKs it, an Ultralight is silent) whose size only its CC tells; CC2 12h would
+            # otherwise be taken for an NTAG213 and read with FAST_READ, which these chips lack.
+            chip = unknown_chip(source="cc") if refused else self._fallback_chip(head[PAGE_SIZE : 2 * PAGE_SIZE])
         self._set_chip(chip)
         return chip
 
@@ -206,14 +218,21 @@ class Type2Tag:
     def _read_raw_pages(self, first: int, count: int, limit: int) -> bytes:
         if count < 1 or first < 0 or first + count > limit:
             raise AddressOutOfRange(f"pages {first}..{first + count - 1} outside 0..{limit - 1}")
-        fast = self.channel.supports_raw and self._chip is not None and self._chip.chip is not ChipType.UNKNOWN
         out = bytearray()
         page = first
         end = first + count
         while page < end:
-            if fast:
+            if self._use_fast_read():
                 last = min(end, page + self.channel.caps.max_pages) - 1
-                data = self.channel.transceive(bytes((T2Command.FAST_READ, page, last)))
+                try:
+                    data = self.channel.transceive(bytes((T2Command.FAST_READ, page, last)))
+                except (Nak, TagMute) as exc:
+                    # A chip without FAST_READ (a NAK re-selected it; silence leaves it IDLE): READ from now on.
+                    logger.debug("FAST_READ %d..%d refused (%s): using READ for this session", page, last, exc)
+                    if isinstance(exc, TagMute):
+                        self.channel.reactivate()
+                    self._fast_read = False
+                    continue
                 if len(data) != (last - page + 1) * PAGE_SIZE:
                     raise BadResponse(f"FAST_READ {page}..{last} answered {len(data)} bytes")
                 out += data
@@ -225,6 +244,10 @@ class Type2Tag:
                 out += data[: take * PAGE_SIZE]
                 page += take
         return bytes(out)
+
+    def _use_fast_read(self) -> bool:
+        chip = self._chip
+        return self._fast_read and self.channel.supports_raw and chip is not None and chip.chip is not ChipType.UNKNOWN
 
     def _check_writable_page(self, page: int) -> None:
         chip = self.identify()
@@ -294,8 +317,7 @@ class Type2Tag:
     def _read_ndef_image(self) -> tuple[NdefArea, bytearray]:
         chip = self.identify()
         limit = self._limit()
-        fast = self.channel.supports_raw and chip.chip is not ChipType.UNKNOWN
-        chunk = self.channel.caps.max_pages if fast else READ_PAGES
+        chunk = self.channel.caps.max_pages if self._use_fast_read() else READ_PAGES
         start = STATIC_LOCK_PAGE
         have = min(limit, start + chunk)
         prefetch, self._prefetch = self._prefetch, None
