@@ -33,6 +33,7 @@ from cardlib.type2.channel import ReaderCapabilities, channel_for
 from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
 from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderBinding, ReaderProfile, TerminalProfile
+from terminal.checkpoint import shift_checkpoint
 from terminal.clock import Clock
 from terminal.connection import Deadline, DeadlineConnection
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
@@ -229,22 +230,28 @@ class Daemon:
         self._sup_thread: threading.Thread | None = None
         self.state.health_source = self.health_view
         self.state.sync_trigger = self.sync.kick
+        self.state.checkpoint_source = partial(shift_checkpoint, self.journal, signer)
 
     def health_view(self) -> dict[str, object]:
         """Readers, PC/SC service, sync and journal state for the screen's ``/api/state``."""
         h = self.supervisor.health
         try:
-            bundle_version: int | None = self.trust.current().bundle.version
+            trust = self.trust.current()
+            bundle_version: int | None = trust.bundle.version
+            bundle_age: float | None = trust.age_days(time.time())
         except TrustStoreError:
-            bundle_version = None
+            bundle_version = bundle_age = None
         return {
             "pcsc": h.service.value,
             "pcsc_restarts": h.restarts,
             "readers": {name: status.value for name, status in list(h.readers.items())},
             "sync_rounds": self.sync.health.rounds,
             "sync_error": self.sync.health.last_error,
+            "last_sync_ok": self.sync.health.last_ok,
             "unsent": self.journal.unsent_count(),
             "bundle_version": bundle_version,
+            "bundle_age_days": bundle_age,
+            "bundle_fresh_days": self.tap.cfg.limits.fresh_days,
             "boot_id": self.journal.boot_id,
         }
 

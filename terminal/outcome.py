@@ -65,6 +65,16 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class Balance:
+    """What a card holds for one programme in the current cycle (units of ``unit``: packages, rupiah, visits)."""
+
+    programme: str
+    unit: Unit
+    entitled: int
+    remaining: int
+
+
+@dataclass(frozen=True)
 class TapOutcome:
     """The result of one presentation, as the screen and tests see it.
 
@@ -90,3 +100,5 @@ class TapOutcome:
     #: The card's 7-byte UID as read in this tap (the supervisor keeps it so a re-attach
     #: with the same card resting is not a new presentation); not shown on screen.
     tag_uid: bytes | None = field(default=None, compare=False)
+    #: Every programme on the card the bundle knows, as the card holds it after this tap (balance checks).
+    balances: tuple[Balance, ...] = ()

@@ -473,6 +473,7 @@ class SyncLoop:
         self._attempt = 0
         self.health.rounds += 1
         self.health.last_ok = time.time()
+        self.health.last_error = ""  # a good round clears the last failure (the screen shows it)
         if self._on_round is not None:
             self._on_round(report)
         if report.marked:

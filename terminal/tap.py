@@ -47,7 +47,7 @@ from cardlib.type2.tag import Type2Tag
 from firmware_config.models import CounterMode, ReaderBinding
 from terminal.connection import Deadline, DeadlineConnection
 from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
-from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.outcome import Balance, Receipt, TapOutcome, TapStatus, receipt_code
 from terminal.policy import (
     SECONDS_PER_DAY,
     CardFacts,
@@ -58,6 +58,7 @@ from terminal.policy import (
     PinStatus,
     ProgrammeRules,
     Request,
+    cycle_at,
     decide,
 )
 from terminal.supervisor import ReaderSelector
@@ -304,7 +305,7 @@ class TapProcessor:
                     slot_seq_before=state.current.claims.seq))
             return TapOutcome(TapStatus.BALANCE, reader, mode, programme, household_ref=_household(state),
                               unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
-                              card_id=card_hex, journal_seq=e.seq)
+                              card_id=card_hex, journal_seq=e.seq, balances=_balances(facts, progs, now))
         return self._redeem(session, state, decision, pending_entry, pending, reader)
 
     def _journal_pending(self, session: CardSession, state: CardState, d: Decision, pid: int,
@@ -384,7 +385,13 @@ class TapProcessor:
         if result.decision is RecoveryDecision.VOIDED:
             with self._lock:
                 v = self.journal.append(EntryKind.VOIDED, w)
-            return dataclasses.replace(uncertain, status=TapStatus.VOIDED, final=True, journal_seq=v.seq)
+            # Nothing was charged: show what the card holds now, read in this recovery (not 0).
+            pid = next(iter(pending.amounts))
+            entitled = state.identity.claims.programmes[pid].per_cycle
+            now_on_card = result.state.current.claims
+            remaining = now_on_card.remaining.get(pid, 0) if now_on_card.cycle == cycle_at(now) else entitled
+            return dataclasses.replace(uncertain, status=TapStatus.VOIDED, final=True, journal_seq=v.seq,
+                                       entitled=entitled, remaining=remaining)
         with self._lock:
             u = self.journal.append(EntryKind.UNCERTAIN, w, note="deferred")
         return dataclasses.replace(uncertain, journal_seq=u.seq)
@@ -415,6 +422,13 @@ def _facts(state: CardState, progs: Mapping[str, tuple[int, ProgrammeRules]], ch
         cycle=slot.cycle, spent=spent,
         offline_cap=ident.offline_cap.get(chosen_id) if chosen_id is not None else None,
     )
+
+
+def _balances(facts: CardFacts, progs: Mapping[str, tuple[int, ProgrammeRules]], now: float) -> tuple[Balance, ...]:
+    """Every bundle programme on the card, in the bundle's order, as the card holds it in the current cycle."""
+    cycle = cycle_at(now)
+    return tuple(Balance(name, rules.unit, facts.entitlements[name], facts.remaining(rules, cycle))
+                 for name, (_pid, rules) in progs.items() if name in facts.entitlements)
 
 
 def _epoch(day: dt.date) -> int:

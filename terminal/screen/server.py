@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +18,10 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import segno
+
+from cardlib.records.checkpoint import SignedCheckpoint, to_qr_text
+from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.screen.i18n import DEFAULT_LANGUAGE, LANGUAGES, amount_text, programme_name, translations
@@ -28,11 +33,25 @@ LOOPBACK = "127.0.0.1"
 PIN_TTL_S = 60.0
 #: Results kept for the page and receipts.
 HISTORY = 50
+#: Results listed under "last taps".
+LAST_TAPS = 10
+#: Checkpoints kept for the shift slip page.
+CHECKPOINTS = 20
 #: Most units the clerk may select for one tap (the policy's limits still apply).
 MAX_QUANTITY = 10_000_000
 PIN_MAX_DIGITS = 12
 #: SSE keep-alive comment interval, seconds.
 KEEPALIVE_S = 15.0
+#: Largest JSON body a POST may carry, bytes.
+MAX_BODY = 4096
+#: Largest result or checkpoint number a URL may name (keeps int() of a long digit string cheap).
+MAX_NUMBER = 2**53
+#: Days after which the banner warns about the trust bundle's age (the policy's fresh period).
+BUNDLE_FRESH_DAYS = 7.0
+#: Seconds without a good sync after which the banner warns even without an error.
+OFFLINE_WARN_S = 86_400.0
+#: Pixels per QR module on the shift slip (a 58 mm thermal printer resolves 8 dots/mm).
+QR_SCALE = 6
 
 _HEADLINES = {
     TapStatus.ACCEPTED: "ACCEPTED",
@@ -49,6 +68,37 @@ _STATUS_HINTS = {
     TapStatus.VOIDED: "The earlier attempt was not written to the card. Nothing was charged.",
     TapStatus.RETRY: "Nothing was charged. Ask the person to tap again.",
 }
+#: Banner texts by code (msgids); ``%(...)s`` fields are filled in after translation.
+BANNER_TEXTS = {
+    "ok": "Ready: readers connected, server synced %(age)s ago.",
+    "ok_never_synced": "Ready: readers connected.",
+    "pcsc_starting": "Starting the card reader service…",
+    "pcsc_down": "PC/SC service is down: card readers cannot work. Restarting it…",
+    "no_reader": "No card reader connected. Plug in the reader.",
+    "reader_gone": "Card reader unplugged: %(names)s",
+    "server_unreachable": "Server not reachable for %(age)s (%(unsent)s entries waiting): %(error)s",
+    "server_unreachable_never": "Server not reachable since start (%(unsent)s entries waiting): %(error)s",
+    "never_synced": "Not yet synced with the server (%(unsent)s entries waiting).",
+    "offline_long": "Last sync %(age)s ago (%(unsent)s entries waiting).",
+    "bundle_missing": "No trust bundle: cards cannot be checked until the first sync.",
+    "bundle_old": "Trust bundle is %(age)s old: offline limits are lowered. Sync the counter.",
+}
+#: Banner levels: ``error`` stops taps, ``warn`` lets them go on, ``ok`` says all is well.
+_LEVEL_OF = {
+    "pcsc_starting": "warn", "pcsc_down": "error", "no_reader": "error", "reader_gone": "error",
+    "server_unreachable": "warn", "server_unreachable_never": "warn", "never_synced": "warn",
+    "offline_long": "warn", "bundle_missing": "error", "bundle_old": "warn",
+}
+_AGE_FORMS = (
+    (90.0, 1.0, ("%(n)s second", "%(n)s seconds")),
+    (90 * 60.0, 60.0, ("%(n)s minute", "%(n)s minutes")),
+    (36 * 3600.0, 3600.0, ("%(n)s hour", "%(n)s hours")),
+    (float("inf"), 86_400.0, ("%(n)s day", "%(n)s days")),
+)
+
+
+class BadInput(ValueError):
+    """A request the screen cannot serve as asked: answered 400 with this text."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +130,15 @@ class ScreenState:
         self._pin: tuple[str, float] | None = None
         self._results: deque[Published] = deque(maxlen=HISTORY)
         self._n = 0
+        self._checkpoints: deque[tuple[int, SignedCheckpoint]] = deque(maxlen=CHECKPOINTS)
+        self._cp = 0
         self._cond = threading.Condition()
         #: Set by the daemon: returns a JSON-able health snapshot (readers, PC/SC, sync) for the page.
         self.health_source: Callable[[], dict[str, Any]] | None = None
         #: Starts a sync round now (``POST /api/sync``, the "sync now" button); None: no sync.
         self.sync_trigger: Callable[[], None] | None = None
+        #: Signs an end-of-shift checkpoint (``POST /api/checkpoint``); None: this counter cannot.
+        self.checkpoint_source: Callable[[], SignedCheckpoint] | None = None
 
     def select(self, programme: str, quantity: int) -> None:
         """Set the programme and quantity for the next taps.
@@ -141,10 +195,35 @@ class ScreenState:
         with self._cond:
             return [p for p in self._results if p.n > n]
 
+    def last(self, count: int) -> list[Published]:
+        """The newest ``count`` results, newest first."""
+        with self._cond:
+            return list(self._results)[-count:][::-1]
+
     def get(self, n: int) -> Published | None:
         """Result ``n`` if still kept."""
         with self._cond:
             return next((p for p in self._results if p.n == n), None)
+
+    def sign_checkpoint(self) -> int:
+        """Sign a new end-of-shift checkpoint and keep it; returns its number.
+
+        :raises LookupError: no checkpoint source (a screen without a journal).
+        """
+        if self.checkpoint_source is None:
+            raise LookupError("this counter cannot sign checkpoints")
+        signed = self.checkpoint_source()
+        with self._cond:
+            self._cp += 1
+            self._checkpoints.append((self._cp, signed))
+            return self._cp
+
+    def checkpoint(self, n: int | None = None) -> tuple[int, SignedCheckpoint] | None:
+        """Checkpoint ``n`` (the newest when None), if kept."""
+        with self._cond:
+            if n is None:
+                return self._checkpoints[-1] if self._checkpoints else None
+            return next((c for c in self._checkpoints if c[0] == n), None)
 
     def wake(self) -> None:
         """Wake every waiting event stream (used at shutdown)."""
@@ -156,6 +235,69 @@ class ScreenState:
         with self._cond:
             self._cond.wait_for(lambda: bool(self._results) and self._results[-1].n > n, timeout)
         return self.results_after(n)
+
+
+def age_text(lang: str, seconds: float) -> str:
+    """A duration in words, rounded to its largest unit: "45 seconds", "3 hours", "2 days"."""
+    seconds = max(0.0, seconds)
+    for limit, unit, (singular, plural) in _AGE_FORMS:
+        if seconds < limit:
+            n = int(round(seconds / unit))
+            return translations(lang).ngettext(singular, plural, n) % {"n": n}
+    raise AssertionError("unreachable: the last limit is infinite")
+
+
+def banner_items(health: Mapping[str, Any], lang: str, now: float) -> list[dict[str, str]]:
+    """What the status banner says, most urgent first: ``[{"level", "code", "text"}]``.
+
+    Levels: ``error`` (no tap can work: no reader, PC/SC down, no bundle), ``warn``
+    (taps work, but offline or on an old bundle), or a single ``ok`` item.
+
+    :param health: the daemon's snapshot: ``pcsc`` (``starting``/``up``/``down``), ``readers``
+        (name -> ``waiting``/``busy``/``card_resting``/``gone``), ``sync_error`` (text, "" after a
+        good round), ``last_sync_ok`` (POSIX seconds or None), ``bundle_age_days`` (days, None: no
+        bundle), ``unsent`` (entries); missing keys are taken as unknown and not reported.
+    :param now: POSIX seconds.
+    """
+    t = translations(lang)
+    items: list[tuple[str, dict[str, object]]] = []
+    pcsc = health.get("pcsc")
+    if pcsc == "down":
+        items.append(("pcsc_down", {}))
+    elif pcsc == "starting":
+        items.append(("pcsc_starting", {}))
+    readers: Mapping[str, str] = health.get("readers") or {}
+    if "readers" in health and not readers:
+        items.append(("no_reader", {}))
+    gone = sorted(name for name, status in readers.items() if status == "gone")
+    if gone:
+        items.append(("reader_gone", {"names": ", ".join(gone)}))
+    if "bundle_age_days" in health:
+        bundle_age = health["bundle_age_days"]
+        if bundle_age is None:
+            items.append(("bundle_missing", {}))
+        elif bundle_age > health.get("bundle_fresh_days", BUNDLE_FRESH_DAYS):
+            items.append(("bundle_old", {"age": age_text(lang, bundle_age * 86_400.0)}))
+    last_ok, error, unsent = health.get("last_sync_ok"), health.get("sync_error") or "", health.get("unsent", 0)
+    if error:
+        if last_ok is None:
+            items.append(("server_unreachable_never", {"unsent": unsent, "error": error}))
+        else:
+            items.append(("server_unreachable", {"age": age_text(lang, now - last_ok), "unsent": unsent,
+                                                 "error": error}))
+    elif "last_sync_ok" in health and last_ok is None:
+        items.append(("never_synced", {"unsent": unsent}))
+    elif last_ok is not None and now - last_ok > OFFLINE_WARN_S:
+        items.append(("offline_long", {"age": age_text(lang, now - last_ok), "unsent": unsent}))
+    if not items:
+        if last_ok is None:
+            items.append(("ok_never_synced", {}))
+        else:
+            items.append(("ok", {"age": age_text(lang, now - last_ok)}))
+    items.sort(key=lambda item: _LEVEL_OF.get(item[0], "ok") != "error")
+    return [{"level": _LEVEL_OF.get(code, "ok"), "code": code if not code.startswith("ok") else "ok",
+             "text": t.gettext(BANNER_TEXTS[code]) % fields if fields else t.gettext(BANNER_TEXTS[code])}
+            for code, fields in items]
 
 
 def outcome_view(p: Published, lang: str) -> dict[str, Any]:
@@ -176,40 +318,59 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "hand_over": amount_text(lang, o.unit, o.amount) if o.amount else "",
         "remaining": amount_text(lang, o.unit, o.remaining) if o.unit else "",
         "entitled": amount_text(lang, o.unit, o.entitled) if o.unit else "",
+        "balances": [
+            {"programme": programme_name(lang, b.programme), "entitled": amount_text(lang, b.unit, b.entitled),
+             "remaining": amount_text(lang, b.unit, b.remaining)}
+            for b in o.balances
+        ],
         "state": t.gettext("final") if o.final else t.gettext("pending"),
         "receipt": r.code if r else "",
         "reader": o.reader,
         "at": p.at,
+        "time": time.strftime("%H:%M:%S", time.localtime(p.at)),
     }
 
 
-def _page(lang: str, state: ScreenState) -> bytes:
+def _labels(lang: str, msgids: Mapping[str, str]) -> dict[str, str]:
     t = translations(lang)
+    return {k: html.escape(t.gettext(v)) for k, v in msgids.items()}
+
+
+def _page(lang: str, state: ScreenState) -> bytes:
     src = resources.files("terminal.screen").joinpath("page.html").read_text("utf-8")
     options = "".join(
         f'<option value="{html.escape(c)}">{html.escape(programme_name(lang, c))}</option>'
         for c in state.programmes
     )
-    labels = {
-        k: html.escape(t.gettext(v))
-        for k, v in {
-            "title": "Huma Betang counter",
-            "waiting": "Waiting for a card",
-            "programme": "Programme",
-            "quantity": "Quantity",
-            "set": "Set",
-            "pin": "Card PIN",
-            "pin_set": "PIN ready for the next tap",
-            "send_pin": "Use PIN",
-            "sync_now": "Sync now",
-            "household": "Household",
-            "hand_over": "Hand over",
-            "remaining": "Remaining",
-            "receipt": "Receipt code",
-            "print": "Print receipt",
-            "mode": _MODE_NAMES[state.mode],
-        }.items()
-    }
+    labels = _labels(lang, {
+        "title": "Huma Betang counter",
+        "waiting": "Waiting for a card",
+        "tap_hint": "Ready: tap the card on the reader.",
+        "not_ready": "Not ready: see the message above.",
+        "next_tap": "Next tap",
+        "programme": "Programme",
+        "quantity": "Quantity",
+        "set": "Set",
+        "pin": "Card PIN",
+        "pin_set": "PIN ready for the next tap",
+        "send_pin": "Use PIN",
+        "sync_now": "Sync now",
+        "sending": "Sending…",
+        "saved": "Saved",
+        "sync_started": "Sync started",
+        "failed": "Not done",
+        "no_answer": "The counter service is not answering. Check that it is running.",
+        "household": "Household",
+        "hand_over": "Hand over",
+        "remaining": "Remaining",
+        "entitled": "Entitled",
+        "receipt": "Receipt code",
+        "print": "Print receipt",
+        "last_taps": "Last taps",
+        "on_card": "On the card",
+        "shift": "Shift slip",
+        "mode": _MODE_NAMES[state.mode],
+    })
     other = [x for x in LANGUAGES if x != lang]
     body = Template(src).substitute(
         lang=lang, options=options, other_lang=other[0], other_lang_name=other[0].upper(), **labels
@@ -243,6 +404,64 @@ def receipt_text(p: Published, lang: str) -> str:
         f"{t.gettext('Receipt code')}: {r.code}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def checkpoint_qr_png(signed: SignedCheckpoint, scale: int = QR_SCALE) -> bytes:
+    """The checkpoint's QR code (ISO/IEC 18004, error correction M, alphanumeric mode) as a PNG.
+
+    :param scale: pixels per module.
+    """
+    buf = io.BytesIO()
+    segno.make_qr(to_qr_text(signed.message), error="m").save(buf, kind="png", scale=scale, border=4)
+    return buf.getvalue()
+
+
+def _unit_amount(lang: str, unit: str, n: int) -> str:
+    try:
+        return amount_text(lang, Unit[unit.upper()], n)
+    except KeyError:
+        return f"{n} {unit}".strip()
+
+
+def shift_slip(n: int, signed: SignedCheckpoint, lang: str) -> bytes:
+    """The printable shift slip of checkpoint ``n``: totals, journal head and the QR code to scan."""
+    t = translations(lang)
+    c = signed.checkpoint
+    labels = _labels(lang, {
+        "title": "Shift slip", "terminal": "Counter", "boot": "Start no.", "printed": "Signed at",
+        "entries": "Journal entries", "head": "Journal head", "programme": "Programme", "taps": "Taps",
+        "total": "Total", "declined": "Declined taps", "none": "No redemptions in this shift.",
+        "scan": "The auditor scans this code into the server.", "print": "Print", "back": "Back to the counter",
+        "new": "New checkpoint",
+    })
+    rows = "".join(
+        f"<tr><td>{html.escape(programme_name(lang, row.programme))}</td><td class=num>{row.count}</td>"
+        f"<td class=num>{html.escape(_unit_amount(lang, row.unit, row.amount))}</td></tr>"
+        for row in c.totals
+    ) or f"<tr><td colspan=3>{labels['none']}</td></tr>"
+    head = c.head_hash.hex()
+    grouped = " ".join(head[i:i + 8] for i in range(0, len(head), 8))
+    src = resources.files("terminal.screen").joinpath("shift.html").read_text("utf-8")
+    body = Template(src).substitute(
+        lang=lang, n=n, rows=rows,
+        terminal_id=html.escape(c.terminal_id), boot_id=c.boot_id,
+        when=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.wall_ms / 1000)),
+        first_seq=c.first_seq, head_seq=c.head_seq, head_hash=grouped, declined_n=c.declined,
+        qr_text=html.escape(to_qr_text(signed.message)), kid=signed.kid.hex(),
+        new_title=html.escape(t.gettext("Sign a new checkpoint of this shift")),
+        **labels,
+    )
+    return body.encode("utf-8")
+
+
+def _number(text: str | None, what: str, minimum: int = 0) -> int:
+    """A decimal number from a URL, or :class:`BadInput`."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 16 or int(text) > MAX_NUMBER:
+        raise BadInput(f"{what} must be a whole number")
+    n = int(text)
+    if n < minimum:
+        raise BadInput(f"{what} must be at least {minimum}")
+    return n
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -282,6 +501,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if not self._host_ok():
             return
+        try:
+            self._get()
+        except BadInput as exc:
+            self._send(HTTPStatus.BAD_REQUEST, str(exc).encode(), "text/plain; charset=utf-8")
+
+    def _get(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         lang = self._lang(query)
@@ -289,25 +514,52 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/":
             self._send(HTTPStatus.OK, _page(lang, state), "text/html; charset=utf-8")
         elif url.path == "/api/state":
+            after = _number(query.get("after", ["0"])[0], "after")
             programme, qty = state.request()
-            after = int(query.get("after", ["0"])[0])
+            health = state.health_source() if state.health_source is not None else {}
             self._json(HTTPStatus.OK, {
                 "programme": programme,
                 "quantity": qty,
                 "pin_waiting": state.pin_waiting,
-                "health": state.health_source() if state.health_source is not None else {},
+                "health": health,
+                "banner": banner_items(health, lang, time.time()),
                 "results": [outcome_view(p, lang) for p in state.results_after(after)],
+                "history": [outcome_view(p, lang) for p in state.last(LAST_TAPS)],
             })
         elif url.path == "/events":
-            self._events(lang, int(self.headers.get("Last-Event-ID") or query.get("after", ["0"])[0]))
+            last_id = self.headers.get("Last-Event-ID")
+            after = _number(last_id if last_id is not None else query.get("after", ["0"])[0], "after")
+            self._events(lang, after)
         elif url.path.startswith("/receipt/"):
-            p = state.get(int(url.path.rsplit("/", 1)[1] or 0))
+            p = state.get(_number(url.path.removeprefix("/receipt/"), "the receipt number", 1))
             if p is None or p.outcome.receipt is None:
                 self._send(HTTPStatus.NOT_FOUND, b"no such receipt", "text/plain")
                 return
             self._send(HTTPStatus.OK, receipt_text(p, lang).encode(), "text/plain; charset=utf-8")
+        elif url.path == "/shift" or url.path.startswith("/shift/"):
+            self._shift(url.path.removeprefix("/shift").strip("/"), lang)
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+
+    def _shift(self, rest: str, lang: str) -> None:
+        """``/shift`` (newest slip), ``/shift/<n>``, ``/shift/<n>/qr.png``, ``/shift/<n>/checkpoint.txt``."""
+        parts = rest.split("/") if rest else []
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] not in ("qr.png", "checkpoint.txt")):
+            raise BadInput("use /shift, /shift/<n>, /shift/<n>/qr.png or /shift/<n>/checkpoint.txt")
+        found = self.server.state.checkpoint(_number(parts[0], "the checkpoint number", 1) if parts else None)
+        if found is None:
+            if not parts:  # no checkpoint yet: the slip page offers to sign one
+                self._send(HTTPStatus.OK, _no_slip(lang), "text/html; charset=utf-8")
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"no such checkpoint", "text/plain")
+            return
+        n, signed = found
+        if len(parts) == 2 and parts[1] == "qr.png":
+            self._send(HTTPStatus.OK, checkpoint_qr_png(signed), "image/png")
+        elif len(parts) == 2:
+            self._send(HTTPStatus.OK, (to_qr_text(signed.message) + "\n").encode(), "text/plain; charset=utf-8")
+        else:
+            self._send(HTTPStatus.OK, shift_slip(n, signed, lang), "text/html; charset=utf-8")
 
     def _events(self, lang: str, after: int) -> None:
         self.send_response(HTTPStatus.OK)
@@ -338,19 +590,39 @@ class _Handler(BaseHTTPRequestHandler):
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "JSON only"})
             return
-        length = min(int(self.headers.get("Content-Length") or 0), 4096)
+        try:
+            length = _number(self.headers.get("Content-Length") or "0", "Content-Length")
+        except BadInput as exc:
+            self.close_connection = True  # the body's end is unknown
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        if length > MAX_BODY:
+            self.close_connection = True
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"at most {MAX_BODY} bytes"})
+            return
+        state = self.server.state
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
             if self.path == "/api/select":
-                self.server.state.select(str(body["programme"]), int(body["quantity"]))
+                state.select(str(body["programme"]), int(body["quantity"]))
             elif self.path == "/api/pin":
-                self.server.state.set_pin(str(body["pin"]))
+                state.set_pin(str(body["pin"]))
             elif self.path == "/api/sync":
-                trigger = self.server.state.sync_trigger
+                trigger = state.sync_trigger
                 if trigger is None:
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no sync"})
                     return
                 trigger()
+            elif self.path == "/api/checkpoint":
+                try:
+                    n = state.sign_checkpoint()
+                except LookupError as exc:
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    return
+                self._json(HTTPStatus.OK, {"ok": True, "n": n, "slip": f"/shift/{n}"})
+                return
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
                 return
@@ -358,6 +630,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc) if self.path != "/api/pin" else "bad PIN"})
             return
         self._json(HTTPStatus.OK, {"ok": True})
+
+
+def _no_slip(lang: str) -> bytes:
+    labels = _labels(lang, {"title": "Shift slip", "none": "No checkpoint signed yet.",
+                            "new": "Sign a checkpoint of this shift", "back": "Back to the counter",
+                            "sending": "Sending…", "failed": "Not done"})
+    src = resources.files("terminal.screen").joinpath("noslip.html").read_text("utf-8")
+    return Template(src).substitute(lang=lang, **labels).encode("utf-8")
 
 
 class _Server(ThreadingHTTPServer):
