@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import Signer
@@ -26,6 +26,10 @@ from cardlib.provision.session import SessionGrant, check_quota, sign_issuance_f
 from cardlib.provision.state import BatchState, CardRecord, Event
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.tag import Type2Tag
+
+if TYPE_CHECKING:
+    from cardlib.provision.secure import SecureIssuedCard
+    from cardlib.secure import SecureCardSession
 
 _log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class CardOutcome:
     household: Household
     uid: bytes
     status: Event
-    card: PersonalisedCard | None = None
+    card: PersonalisedCard | SecureIssuedCard | None = None
     detail: str = ""
 
 
@@ -221,6 +225,30 @@ class PcscCardSource:
             if self._timeout is not None:
                 return None
         return self._session(name)
+
+    def next_secure_card(self) -> contextlib.AbstractContextManager[SecureCardSession] | None:
+        """Like :meth:`next_card`, for a `secure` card: a :class:`~cardlib.secure.SecureCardSession` on it."""
+        name = self._reader_name()
+        while not self._ctx.wait_for_card(name, True, 1.0 if self._timeout is None else self._timeout):
+            if self._timeout is not None:
+                return None
+        return self._secure_session(name)
+
+    @contextlib.contextmanager
+    def _secure_session(self, name: str) -> Iterator[SecureCardSession]:
+        from cardlib.secure import SecureCardSession
+        from cardlib.transport.pcsc import PcscConnection
+
+        conn = PcscConnection(self._ctx, name)
+        try:
+            yield SecureCardSession(conn)
+        finally:
+            conn.close()
+        if self._wait_removal and self._ctx.card_present(name):
+            if self.on_remove_prompt is not None:
+                self.on_remove_prompt()
+            while not self._ctx.wait_for_card(name, False, 1.0):
+                _log.debug("waiting for the card to leave %s", name)
 
     @contextlib.contextmanager
     def _session(self, name: str) -> Iterator[Type2Tag]:
