@@ -486,6 +486,15 @@ class JournalStore:
             ).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def last_card_counter(self, card_id: str) -> int | None:
+        """Highest transaction counter of a `secure` card journalled here (docs/secure-card.md §5.1), else None.
+
+        A secure card's entries carry no tag UID and its signed counter in the NFC counter claim.
+        """
+        counters = [s.entry.ntag_counter for s in self._rows("WHERE card_id=?", (card_id,))
+                    if s.entry.tag_uid is None and s.entry.ntag_counter is not None]
+        return max(counters, default=None)
+
     def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
         """Units handed out and not yet uploaded, by unit (for the offline limits).
 

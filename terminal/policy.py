@@ -52,6 +52,12 @@ class DeclineReason(enum.Enum):
     PIN_REQUIRED = "pin_required"
     PIN_WRONG = "pin_wrong"
     INVALID_QUANTITY = "invalid_quantity"
+    #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
+    CLONE_CHECK_FAILED = "clone_check_failed"
+    #: `secure` card: its transaction counter is not above the last one this counter saw (replay, cloned key).
+    CARD_COUNTER_REPEATED = "card_counter_repeated"
+    #: `secure` card: the PIN is blocked on the card (3 wrong tries); only the district office unblocks it.
+    PIN_BLOCKED = "pin_blocked"
 
     @property
     def message(self) -> str:
@@ -80,6 +86,11 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
     DeclineReason.PIN_WRONG: "The PIN is wrong.",
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
+    DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",
+    DeclineReason.CARD_COUNTER_REPEATED: (
+        "This card repeated an earlier answer. Send the person to the district office."
+    ),
+    DeclineReason.PIN_BLOCKED: "The card PIN is blocked. Send the person to the district office.",
 }
 
 

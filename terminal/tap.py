@@ -61,6 +61,7 @@ from terminal.policy import (
     cycle_at,
     decide,
 )
+from terminal.secure_tap import SecureTap, is_secure_atr
 from terminal.supervisor import ReaderSelector
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,8 @@ class TapProcessor:
         self._tnum = terminal_number(signer.kid)
         self._lock = threading.Lock()
         self.tap_seconds: list[float] = []  #: software+link time per tap (bench)
+        self._secure = SecureTap(journal=journal, signer=signer, terminal_number=self._tnum, mode=config.mode,
+                                 limits=config.limits, terminal_id=config.terminal_id, lock=self._lock)
 
     # ------------------------------------------------------------------ entry point
 
@@ -211,19 +214,30 @@ class TapProcessor:
         tag = Type2Tag(channel_for(dconn, caps) if caps else channel_for(dconn), conn.atr)
         programme, qty, pin = self._request()
         try:
-            outcome = self._tap(tag, reader, programme, qty, pin)
+            secure = is_secure_atr(conn.atr)  # a Type 4 card: the secure profile (docs/secure-card.md §7)
+            outcome = (self._secure_tap(dconn, reader, programme, qty, pin) if secure
+                       else self._tap(tag, reader, programme, qty, pin))
         except (SessionLost, ReaderGone, ServiceUnavailable) as exc:
             outcome = TapOutcome(TapStatus.RETRY, reader, self.cfg.mode, programme, detail=str(exc))
             self._publish(outcome)
             raise
         self.tap_seconds.append(time.perf_counter() - start)
         with contextlib.suppress(CardlibError):
-            outcome = dataclasses.replace(outcome, tag_uid=bytes(tag.uid))  # read at the start of the tap
+            if not secure:  # a Type 4 card's UID may be random: nothing to remember
+                outcome = dataclasses.replace(outcome, tag_uid=bytes(tag.uid))  # read at the start of the tap
         self._publish(outcome)
         self._feedback(conn, binding, outcome)
         return outcome
 
     # ------------------------------------------------------------------ the protocol
+
+    def _secure_tap(self, conn: Connection, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
+        """A `secure` card: :class:`terminal.secure_tap.SecureTap` with this processor's trust, clock and lock."""
+        trust = self._trust()
+        now = self._now()
+        return self._secure.tap(conn, reader, programme, qty, pin, bundle=trust.bundle,
+                                bundle_age_days=trust.age_days(now), now=now,
+                                programmes=bundle_programmes(trust.bundle), deny=BundleDenyList(trust.bundle))
 
     def _tap(self, tag: Type2Tag, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
         trust = self._trust()
