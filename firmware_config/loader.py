@@ -53,6 +53,7 @@ from firmware_config.models import (
     Stack,
     TerminalProfile,
 )
+from firmware_config.stacks import nfcpy_path_problem, serial_device_problem
 from firmware_config.toml_lines import KeyPath, key_lines, line_of
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
@@ -277,6 +278,7 @@ def _reader_rules(doc: _Doc) -> list[ConfigIssue]:
             issues.append(doc.issue(("pass_through",), 'an nfcpy reader exchanges raw frames itself: must be "native"'))
         if has_serial == has_nfcpy:
             issues.append(doc.issue(("stack",), "an nfcpy reader needs exactly one of [serial] or [nfcpy] path"))
+        issues.extend(_nfcpy_device_issues(doc))
     else:
         if d["pass_through"] == PassThrough.NATIVE:
             issues.append(doc.issue(("pass_through",),
@@ -303,6 +305,29 @@ def _reader_rules(doc: _Doc) -> list[ConfigIssue]:
                 if len(_hex(command)) < _MIN_APDU_LEN:
                     issues.append(doc.issue(("feedback", event, index),
                                             "a command APDU needs at least 4 bytes (CLA INS P1 P2)"))
+    return issues
+
+
+def _nfcpy_device_issues(doc: _Doc) -> list[ConfigIssue]:
+    """An nfcpy reader the counter could never open or signal on (:mod:`firmware_config.stacks`)."""
+    d = doc.data
+    issues: list[ConfigIssue] = []
+    serial = d.get("serial")
+    if serial is not None:
+        problem = serial_device_problem(serial["device"], serial["baud"])
+        if problem is not None:
+            key = "device" if problem.startswith(repr(serial["device"])) else "baud"
+            issues.append(doc.issue(("serial", key), problem))
+    if "nfcpy" in d:
+        problem = nfcpy_path_problem(d["nfcpy"]["path"])
+        if problem is not None:
+            issues.append(doc.issue(("nfcpy", "path"), problem))
+    if d["feedback"]["channel"] != FeedbackChannel.NONE:
+        issues.append(doc.issue(("feedback", "channel"),
+                                'nfcpy carries no LED/buzzer commands to a reader: must be "none"'))
+    for key in ("buzzer_on_detect", "escape_control_code"):
+        if key in d:
+            issues.append(doc.issue((key,), "applies only to PC/SC readers (stack = \"pcsc\")"))
     return issues
 
 

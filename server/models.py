@@ -38,6 +38,7 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
     TECHNICIAN = "technician"
     AUDITOR = "auditor"
+    MANAGER = "manager"  #: reads the programme dashboard only (issue 19)
 
 
 class TerminalStatus(str, enum.Enum):
@@ -220,3 +221,4 @@ class PublishedBundle(Base):
 
 # Reconciliation/audit tables (migration 0002), so Base.metadata is complete.
 from server.reconcile import models as _reconcile_models  # noqa: E402,F401
+from server.audit import models as _audit_models  # noqa: E402,F401

@@ -224,7 +224,8 @@ def _audit_rows(session: Session, bundle: TrustBundle, identities: dict[str, Ide
     names = {p.id: p.name for p in bundle.programmes}
     profiles, entitlements, cycles = [], [], set()
     for card_id, claims in identities.items():
-        profiles.append({"card_id": card_id, "region": claims.region, "revoked_at": None, "revoke_reason": None})
+        profiles.append({"card_id": card_id, "region": claims.region, "revoked_at": None, "revoke_reason": None,
+                         "household_ref": claims.household_ref.hex()})
         start = dt.datetime.combine(claims.valid_from, dt.time(), UTC)
         end = dt.datetime.combine(claims.valid_to, dt.time(23, 59, 59), UTC)
         card_cycles = cycles_between(start, end)

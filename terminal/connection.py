@@ -6,15 +6,71 @@ counter); :class:`GuardedConnection` is what the supervisor's watcher hands to
 the tap, so feedback threads holding it after the watcher disconnected get a
 typed error instead of a stale PC/SC handle. Both wrap any
 :class:`cardlib.transport.Connection`.
+
+A stack that exchanges Type 2 chip frames itself (nfcpy) hands out a connection with a
+``native_channel()`` method; :func:`type2_channel` takes that channel, under the same
+deadlines and guard, instead of a PC/SC pass-through channel (docs/readers.md).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 from cardlib.transport import Connection
 from cardlib.transport.errors import CardRemoved, SessionLost, TransportError
+from cardlib.type2.channel import ReaderCapabilities, Type2Channel, channel_for
+
+_T = TypeVar("_T")
+
+
+def native_channel(conn: Connection) -> Type2Channel | None:
+    """The stack's own Type 2 frame channel on ``conn`` (nfcpy), or None for an APDU-only connection (PC/SC)."""
+    method = getattr(conn, "native_channel", None)
+    return None if method is None else cast(Callable[[], "Type2Channel | None"], method)()
+
+
+def type2_channel(conn: Connection, caps: ReaderCapabilities | None = None) -> Type2Channel:
+    """The channel that carries Type 2 chip frames to the tag on ``conn``.
+
+    :param conn: the card connection (wrapped or not in :class:`DeadlineConnection` / :class:`GuardedConnection`).
+    :param caps: the reader's capabilities; picks the PC/SC pass-through (``channel_for``) when the
+        stack has no frame channel of its own.
+    """
+    native = native_channel(conn)
+    if native is not None:
+        return native
+    return channel_for(conn, caps) if caps else channel_for(conn)
+
+
+class _WrappedChannel(Type2Channel):
+    """A native frame channel seen through a wrapper: every frame and re-select goes through ``call``."""
+
+    def __init__(self, inner: Type2Channel, call: Callable[[Callable[[], bytes]], bytes]) -> None:
+        super().__init__(inner.caps)
+        self._inner = inner
+        self._call = call
+
+    @property
+    def supports_raw(self) -> bool:
+        return self._inner.supports_raw
+
+    def _exchange(self, frame: bytes) -> bytes:  # transceive is overridden; kept for the ABC
+        return self._call(lambda: self._inner._exchange(frame))
+
+    def transceive(self, frame: bytes) -> bytes:
+        self.commands += 1
+        answer = self._call(lambda: self._inner.transceive(frame))
+        self.air_bytes += len(frame) + len(answer)
+        return answer
+
+    def reactivate(self) -> None:
+        def reselect() -> bytes:
+            self._inner.reactivate()
+            return b""
+        self._call(reselect)
 
 
 class Deadline:
@@ -58,14 +114,22 @@ class DeadlineConnection(Connection):
         self.commands = 0
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        return self._timed(lambda: self._inner.send_and_receive(apdu))
+
+    def _timed(self, call: Callable[[], _T]) -> _T:
         self._deadline.check("before a card command")
         start = time.monotonic()
-        result = self._inner.send_and_receive(apdu)
+        result = call()
         self.commands += 1
         took = time.monotonic() - start
         if took > self._per_call_s:
             raise DeadlineExceeded(f"a card command took {took:.2f} s (limit {self._per_call_s:.2f} s)")
         return result
+
+    def native_channel(self) -> Type2Channel | None:
+        """The inner stack's frame channel with the same deadlines on every frame, or None (PC/SC)."""
+        inner = native_channel(self._inner)
+        return None if inner is None else _WrappedChannel(inner, self._timed)
 
     def close(self) -> None:
         self._inner.close()
@@ -118,6 +182,16 @@ class GuardedConnection(Connection):
         with self._lock:
             self._check()
             return bytes(control(code, data))
+
+    def native_channel(self) -> Type2Channel | None:
+        """The inner stack's frame channel, unusable once the watcher closed the connection; None (PC/SC)."""
+        inner = native_channel(self._inner)
+        return None if inner is None else _WrappedChannel(inner, self._guarded)
+
+    def _guarded(self, call: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            self._check()
+            return call()
 
     def close(self) -> None:
         """Close once, after any call in flight on another thread has returned."""

@@ -29,20 +29,35 @@ from cardlib.keys.root import load_root_key
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.claims import Unit
 from cardlib.transport import Connection
-from cardlib.type2.channel import ReaderCapabilities, channel_for
+from cardlib.type2.channel import ReaderCapabilities
 from cardlib.type2.tag import Type2Tag
 from firmware_config.loader import load_terminal_profile
-from firmware_config.models import FeedbackChannel, FeedbackEvent, ReaderBinding, ReaderProfile, TerminalProfile
+from firmware_config.models import (
+    FeedbackChannel,
+    FeedbackEvent,
+    ReaderBinding,
+    ReaderProfile,
+    Stack,
+    TerminalProfile,
+)
 from terminal.checkpoint import shift_checkpoint
 from terminal.clock import Clock
-from terminal.connection import Deadline, DeadlineConnection
+from terminal.connection import Deadline, DeadlineConnection, type2_channel
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
 from terminal.journal_store import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import OfflineLimits
 from terminal.screen import CounterScreen, ScreenState
-from terminal.supervisor import ReaderSelector, Supervisor
+from terminal.supervisor import (
+    NfcpyBackend,
+    NfcpyDevice,
+    PcscBackend,
+    ReaderBackend,
+    ReaderSelector,
+    Supervisor,
+    SupervisorGroup,
+)
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
 from terminal.tap import CounterConfig, TapProcessor
 
@@ -142,7 +157,7 @@ def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: Rea
     """
     name = binding.profile.name if isinstance(binding, ReaderBinding) else ""
     dconn = DeadlineConnection(conn, Deadline(IDENTIFY_BUDGET_S), IDENTIFY_BUDGET_S)
-    channel = channel_for(dconn, caps[name]) if name in caps else channel_for(dconn)
+    channel = type2_channel(dconn, caps.get(name))
     return bytes(Type2Tag(channel, conn.atr).uid)
 
 
@@ -159,6 +174,40 @@ def _control_sender(conn: Connection, profile: ReaderProfile) -> Callable[[bytes
     if code is None or control is None:
         return None
     return lambda cmd: control(code, cmd)
+
+
+def reader_supervisor(bindings: tuple[ReaderBinding, ...], on_tap: TapProcessor,
+                      identify: Callable[[Connection, ReaderSelector], bytes]) -> Supervisor | SupervisorGroup:
+    """The supervisor of the counter's readers: one per stack (PC/SC, nfcpy), grouped when both are used.
+
+    docs/readers.md lists the stacks and how each is configured.
+
+    :raises TerminalProfileError: a reader profile no backend can drive (an nfcpy profile without a
+        device path, a stack without a backend); the loader refuses these already, so this is the
+        daemon's own guard that no configured reader is silently left undriven.
+    """
+    by_stack: dict[Stack, list[ReaderBinding]] = {}
+    for binding in bindings:
+        by_stack.setdefault(binding.profile.stack, []).append(binding)
+    supervisors = []
+    for stack, group in by_stack.items():
+        backend: ReaderBackend
+        if stack is Stack.PCSC:
+            backend = PcscBackend()
+        elif stack is Stack.NFCPY:
+            devices = []
+            for b in group:
+                path = b.profile.device_path
+                if path is None:
+                    raise TerminalProfileError(f"reader profile {b.profile.name!r}: no nfcpy device path")
+                devices.append(NfcpyDevice(path, b.profile.capabilities(), b.profile.name_pattern,
+                                           b.profile.poll_interval))
+            backend = NfcpyBackend(devices)
+        else:
+            raise TerminalProfileError(f"reader profile {group[0].profile.name!r}: no backend drives "
+                                       f"stack {stack.value!r}")
+        supervisors.append(Supervisor(group, on_tap, backend=backend, scan_s=0.5, identify=identify))
+    return supervisors[0] if len(supervisors) == 1 else SupervisorGroup(supervisors)
 
 
 def load_terminal_signer(profile: TerminalProfile) -> Signer:
@@ -221,10 +270,7 @@ class Daemon:
             self.journal, signer, trust=self.trust.current,
             request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
         )
-        self.supervisor = Supervisor(
-            profile.readers,
-            self.tap, scan_s=0.5, identify=partial(card_uid, caps),
-        )
+        self.supervisor = reader_supervisor(profile.readers, self.tap, identify=partial(card_uid, caps))
         client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)
         self._sup_thread: threading.Thread | None = None

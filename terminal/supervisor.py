@@ -45,8 +45,22 @@ own PC/SC context (pcsc-lite serialises calls per context, so a blocking
 the watchers every scan; one that died is logged with its exception and
 restarted — a watcher can never stop silently.
 
-Only :mod:`cardlib.transport.pcsc` imports pyscard; this module uses its
-:class:`~cardlib.transport.pcsc.PcscContext`.
+Readers driven by nfcpy (a PN532 on a serial port, the USB readers nfcpy has
+drivers for, the ``udp:`` link of the simulator) have no service between us
+and the reader: :class:`NfcpyBackend` opens each configured device itself,
+lists it under the name nfcpy reports (``PN532v1.6 at /dev/ttyUSB0``) while it
+answers, and polls the field for presence. A device that stops answering ends
+its watcher (GONE, as PC-2) and is re-opened with capped exponential back-off;
+the same :class:`PresentationMemory` keeps a resting card from being served
+twice after it comes back. A counter with readers of both stacks runs one
+:class:`Supervisor` per stack under a :class:`SupervisorGroup`.
+
+A configured reader entry that matches no listed reader is logged at WARNING,
+once per entry until it matches.
+
+Only :mod:`cardlib.transport.pcsc` imports pyscard and only
+:mod:`cardlib.transport.nfcpy` imports nfcpy; this module loads each only when
+its backend is used.
 """
 
 from __future__ import annotations
@@ -60,7 +74,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from cardlib.transport import Connection
 from cardlib.transport.errors import (
@@ -73,9 +87,13 @@ from cardlib.transport.errors import (
 from terminal.connection import GuardedConnection
 
 if TYPE_CHECKING:
+    from cardlib.transport.nfcpy import NfcpyReader
     from cardlib.transport.pcsc import PcscContext
+    from cardlib.type2.channel import ReaderCapabilities
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class ReaderStatus(enum.Enum):
@@ -142,6 +160,19 @@ class Health:
     restarts: int = 0
     watcher_restarts: int = 0
     last_error: str = ""
+
+
+def _describe(binding: ReaderSelector) -> str:
+    """A reader entry for logs: its profile name, name pattern and slot pattern when it has them."""
+    profile = getattr(binding, "profile", None)
+    parts = [f"profile {profile.name!r}"] if profile is not None else []
+    pattern = getattr(profile if profile is not None else binding, "name_pattern", None)
+    slot = getattr(binding, "slot_pattern", None)
+    if isinstance(pattern, re.Pattern):
+        parts.append(f"name pattern {pattern.pattern!r}")
+    if isinstance(slot, re.Pattern):
+        parts.append(f"slot pattern {slot.pattern!r}")
+    return ", ".join(parts) or repr(binding)
 
 
 #: Reads the UID of the card on a connection (e.g. T2T page 0-1, NFC Forum T2T 1.0 §2.1).
@@ -230,6 +261,209 @@ class PcscBackend:
         """Release the context."""
         cast("PcscContext", ctx).close()
 
+    def shutdown(self) -> None:
+        """Nothing outlives a PC/SC context."""
+
+
+class ReaderBackend(Protocol):
+    """What the supervisor and its watchers need from a reader stack (:class:`PcscBackend`, :class:`NfcpyBackend`).
+
+    Contexts are opaque: each backend takes back only the ones its own :meth:`open` made.
+    """
+
+    def open(self) -> object:
+        """A new context. :raises ServiceUnavailable: the stack's service is not there."""
+        ...
+
+    def readers(self, ctx: object) -> list[str]:
+        """The reader names the stack lists now."""
+        ...
+
+    def wait(self, ctx: object, reader: str, present: bool, timeout_s: float) -> bool:
+        """Block until a card is present (``present``) or absent, or ``timeout_s`` seconds passed.
+
+        :raises ReaderGone: the reader vanished.
+        """
+        ...
+
+    def connect(self, ctx: object, reader: str) -> Connection:
+        """Connect to the card on ``reader``. :raises NoCard: the field is empty."""
+        ...
+
+    def close(self, ctx: object) -> None:
+        """Release the context."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release whatever outlives contexts (the supervisor is stopping)."""
+        ...
+
+
+@dataclass(frozen=True)
+class NfcpyDevice:
+    """One reader nfcpy opens by path (from a reader profile of stack ``nfcpy``).
+
+    :ivar path: nfcpy device path: ``tty:USB0:pn532``, ``usb:054c:06c3``, ``udp:127.0.0.1:54321``.
+    :ivar caps: capabilities of the channels handed out (``max_frame`` sizes FAST_READ).
+    :ivar name_pattern: the opened device's name (``str(device)``) must match it (``re.search``).
+    :ivar poll_interval: seconds between presence polls.
+    """
+
+    path: str
+    caps: ReaderCapabilities
+    name_pattern: re.Pattern[str]
+    poll_interval: float = 0.1
+
+
+#: Consecutive empty polls before an nfcpy reader counts as empty: one poll lost to a collision or
+#: a garbled answer must not end a presentation (one presentation, one transaction).
+ABSENT_POLLS = 3
+
+
+class _OpenState:
+    """One configured nfcpy device: the open reader (or None) and its re-open back-off."""
+
+    def __init__(self, device: NfcpyDevice, first_s: float) -> None:
+        self.device = device
+        self.lock = threading.Lock()
+        self.reader: NfcpyReader | None = None
+        self.name: str | None = None
+        self.served_uid: bytes | None = None  #: UID of the card last connected to (its presentation)
+        self.next_try = 0.0
+        self.delay = first_s
+        self.warned = False
+
+
+class NfcpyBackend:
+    """The reader calls the supervisor needs, over :mod:`cardlib.transport.nfcpy`.
+
+    There is no service to lose (nothing like pcscd): :meth:`open` never fails. :meth:`readers`
+    lists each configured device that is open, opening the others (a device that fails to open is
+    tried again after a capped exponential back-off, and its first failure is logged at WARNING).
+    A device that fails under a watcher is closed and drops off the list until it opens again.
+
+    :param devices: the devices to drive.
+    :param backoff_s: ``(first, max)`` seconds between attempts to open a device that is not there.
+    """
+
+    def __init__(self, devices: Sequence[NfcpyDevice], backoff_s: tuple[float, float] = (0.25, 8.0)) -> None:
+        self._states = [_OpenState(d, backoff_s[0]) for d in devices]
+        self._backoff = backoff_s
+        self.opens = 0  #: successful device opens (a re-open after the reader came back counts)
+
+    def open(self) -> object:
+        """A context token (nothing to establish)."""
+        return self
+
+    def close(self, ctx: object) -> None:
+        """Nothing to release per context; devices stay open for their watchers."""
+
+    def shutdown(self) -> None:
+        """Close every open device (the daemon is stopping)."""
+        for state in self._states:
+            with state.lock:
+                self._drop(state)
+
+    def readers(self, ctx: object) -> list[str]:
+        """The names of the configured devices that are open, after trying to open the others."""
+        names = []
+        now = time.monotonic()
+        for state in self._states:
+            with state.lock:
+                if state.reader is None and now >= state.next_try:
+                    self._try_open(state, now)
+                if state.name is not None:
+                    names.append(state.name)
+        return names
+
+    def _try_open(self, state: _OpenState, now: float) -> None:
+        from cardlib.transport.nfcpy import NfcpyReader  # the nfcpy extra, loaded only here
+
+        device = state.device
+        reader = NfcpyReader(device.path, device.caps, name_pattern=device.name_pattern)
+        try:
+            reader.open()
+        except TransportError as exc:
+            if not state.warned:
+                state.warned = True
+                log.warning("nfcpy reader on %s not available (%s); retrying with back-off", device.path, exc)
+            else:
+                log.debug("nfcpy reader on %s still not available (%s)", device.path, exc)
+            state.next_try = now + state.delay * (0.5 + random.random())
+            state.delay = min(state.delay * 2, self._backoff[1])
+            return
+        state.reader, state.name = reader, reader.name
+        state.delay, state.warned = self._backoff[0], False
+        self.opens += 1
+        log.info("nfcpy reader %r open on %s", state.name, device.path)
+
+    def _drop(self, state: _OpenState) -> None:
+        reader, state.reader, state.name = state.reader, None, None
+        if reader is not None:
+            with contextlib.suppress(Exception):  # a vanished device may fail any way while closing
+                reader.close()
+
+    def _state(self, reader: str) -> _OpenState:
+        for state in self._states:
+            if state.name == reader:
+                return state
+        raise ReaderGone(f"nfcpy reader {reader!r} is not open")
+
+    def _call(self, reader: str, call: Callable[[NfcpyReader, _OpenState], _T]) -> _T:
+        state = self._state(reader)
+        opened = state.reader
+        if opened is None:
+            raise ReaderGone(f"nfcpy reader {reader!r} is not open")
+        try:
+            return call(opened, state)
+        except ReaderGone:
+            with state.lock:
+                if state.reader is opened:
+                    self._drop(state)
+                    state.next_try = time.monotonic() + state.delay
+            raise
+
+    def wait(self, ctx: object, reader: str, present: bool, timeout_s: float) -> bool:
+        """Poll the field until a card answers (``present``), or until the card last connected to is gone.
+
+        Gone means :data:`ABSENT_POLLS` polls in a row found no card, or a card with another UID
+        answered (the served card was swapped for another without an empty poll between).
+
+        :raises ReaderGone: the device stopped answering (it is closed and re-opened later).
+        """
+        def poll(opened: NfcpyReader, state: _OpenState) -> bool:
+            end = time.monotonic() + timeout_s
+            empty = 0
+            while True:
+                uid = opened.poll_uid()
+                if present and uid is not None:
+                    return True
+                if not present and uid is not None and state.served_uid is not None and uid != state.served_uid:
+                    return True
+                empty = 0 if uid is not None else empty + 1
+                if not present and empty >= ABSENT_POLLS:
+                    return True
+                if time.monotonic() >= end:
+                    return False
+                time.sleep(state.device.poll_interval)
+
+        return self._call(reader, poll)
+
+    def connect(self, ctx: object, reader: str) -> Connection:
+        """The card in the field: a Type 2 tag's frame connection or an ISO-DEP card's APDU connection.
+
+        :raises NoCard: the field is empty. :raises ReaderGone: the device stopped answering.
+        :raises cardlib.transport.nfcpy.UnsupportedTarget: a card of another kind answered.
+        """
+        def poll(opened: NfcpyReader, state: _OpenState) -> Connection:
+            conn = opened.poll_card()
+            if conn is None:
+                raise NoCard(f"no card on {reader!r}")
+            state.served_uid = conn.uid
+            return conn
+
+        return self._call(reader, poll)
+
 
 class ReaderWatcher:
     """Watches one reader in its own thread with its own PC/SC context.
@@ -247,7 +481,7 @@ class ReaderWatcher:
         self,
         name: str,
         binding: ReaderSelector,
-        backend: PcscBackend,
+        backend: ReaderBackend,
         on_tap: TapHandler,
         health: Health,
         stop: threading.Event,
@@ -369,9 +603,9 @@ class ReaderWatcher:
     def _one_presentation(self, ctx: object) -> None:
         try:
             raw = self._backend.connect(ctx, self.name)
-        except NoCard:
-            return  # it left before we connected: wait for the next arrival
-        except SessionLost:
+        except (NoCard, SessionLost) as exc:
+            # It left before we connected (or did not answer): wait for the next arrival.
+            log.debug("reader %r: no card to connect to (%s)", self.name, exc)
             return
         conn = GuardedConnection(raw)
         served = False
@@ -410,7 +644,7 @@ class Supervisor:
 
     :param bindings: readers wanted (by name pattern).
     :param on_tap: runs one tap on a connected card (see :data:`TapHandler`).
-    :param backend: PC/SC access (default: :class:`PcscBackend`).
+    :param backend: the reader stack (default: :class:`PcscBackend`; :class:`NfcpyBackend` for nfcpy readers).
     :param scan_s: seconds between reader re-listings.
     :param backoff_s: ``(first, max)`` seconds of the reconnect backoff (PC-1).
     :param identify: reads a card's UID (see :data:`Identify`); without it a card
@@ -423,7 +657,7 @@ class Supervisor:
         bindings: Sequence[ReaderSelector],
         on_tap: TapHandler,
         *,
-        backend: PcscBackend | None = None,
+        backend: ReaderBackend | None = None,
         scan_s: float = 1.0,
         backoff_s: tuple[float, float] = (0.25, 8.0),
         identify: Identify | None = None,
@@ -435,7 +669,8 @@ class Supervisor:
         #: Watchers re-attached alone because only their own PC/SC connection was dropped.
         self.context_losses = 0
         self._on_tap = on_tap
-        self._backend = backend or PcscBackend()
+        self._backend: ReaderBackend = backend or PcscBackend()
+        self._unmatched_warned: set[int] = set()  #: entries already logged as matching no reader
         self._scan_s = scan_s
         self._backoff = backoff_s
         self.health = Health()
@@ -471,6 +706,7 @@ class Supervisor:
             finally:
                 self._stop_watchers()
                 self._backend.close(ctx)
+        self._backend.shutdown()
 
     def _down(self, exc: BaseException) -> None:
         if self.health.service is not ServiceStatus.DOWN:
@@ -502,6 +738,7 @@ class Supervisor:
                     attached=lambda: self._names,
                 ).start()
                 log.info("reader %r attached", name)
+            self._log_unmatched(names)
             for name, w in list(self._watchers.items()):
                 if name not in names:
                     self.health.readers[name] = ReaderStatus.GONE
@@ -509,6 +746,16 @@ class Supervisor:
                         self._reap(w)
                         del self._watchers[name]
             self.stop_event.wait(self._scan_s)
+
+    def _log_unmatched(self, names: Sequence[str]) -> None:
+        """WARNING for each configured entry no listed reader matches: once, until it matches again."""
+        for index, binding in enumerate(self.bindings):
+            if any(binding.matches(name) for name in names):
+                self._unmatched_warned.discard(index)
+            elif index not in self._unmatched_warned:
+                self._unmatched_warned.add(index)
+                log.warning("reader entry %d (%s) matches no reader; listed: %s", index + 1,
+                            _describe(binding), ", ".join(repr(n) for n in names) or "none")
 
     def _probe_service(self, w: ReaderWatcher) -> None:
         """A watcher's context reported the service gone: is pcscd really gone, or only that connection?
@@ -536,3 +783,71 @@ class Supervisor:
         for w in self._watchers.values():
             w.thread.join(timeout=5.0)
         self._watchers.clear()
+
+
+class SupervisorGroup:
+    """Several :class:`Supervisor` (one per reader stack) run, watched and stopped together.
+
+    :meth:`run` runs each in its own thread and restarts one that died (logged at ERROR);
+    :attr:`health` merges theirs. Has the interface of a single :class:`Supervisor` the daemon uses.
+
+    :param supervisors: one per stack, e.g. PC/SC readers and nfcpy readers.
+    :param check_s: seconds between liveness checks of the supervisor threads.
+    """
+
+    def __init__(self, supervisors: Sequence[Supervisor], check_s: float = 1.0) -> None:
+        self.supervisors = tuple(supervisors)
+        self.stop_event = threading.Event()
+        self._check_s = check_s
+        self.restarts = 0  #: supervisor threads restarted after dying
+
+    @property
+    def health(self) -> Health:
+        """One snapshot of all stacks: readers of every stack; the service DOWN if any stack's is."""
+        parts = [s.health for s in self.supervisors]
+        merged = Health(restarts=sum(h.restarts for h in parts),
+                        watcher_restarts=sum(h.watcher_restarts for h in parts),
+                        last_error="; ".join(h.last_error for h in parts if h.last_error))
+        services = {h.service for h in parts}
+        for status in (ServiceStatus.DOWN, ServiceStatus.STARTING, ServiceStatus.UP):
+            if status in services:
+                merged.service = status
+                break
+        for h in parts:
+            merged.readers.update(h.readers)
+        return merged
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread)."""
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Run every supervisor until :meth:`stop`; restart any whose thread died."""
+        threads: dict[int, threading.Thread] = {}
+        try:
+            while not self.stop_event.is_set():
+                for index, sup in enumerate(self.supervisors):
+                    thread = threads.get(index)
+                    if thread is not None and thread.is_alive():
+                        continue
+                    if thread is not None:
+                        self.restarts += 1
+                        log.error("reader supervisor %d had died; restarting it", index + 1)
+                    sup.stop_event.clear()
+                    threads[index] = threading.Thread(target=self._run_one, args=(sup,),
+                                                      name=f"supervisor:{index + 1}", daemon=True)
+                    threads[index].start()
+                self.stop_event.wait(self._check_s)
+        finally:
+            for sup in self.supervisors:
+                sup.stop()
+            for thread in threads.values():
+                thread.join(timeout=15)
+
+    @staticmethod
+    def _run_one(sup: Supervisor) -> None:
+        try:
+            sup.run()
+        except Exception:
+            log.exception("reader supervisor crashed")
+            raise

@@ -42,10 +42,10 @@ from cardlib.records.session import (
 )
 from cardlib.transport import Connection
 from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
-from cardlib.type2.channel import ReaderCapabilities, channel_for
+from cardlib.type2.channel import ReaderCapabilities
 from cardlib.type2.tag import Type2Tag
 from firmware_config.models import CounterMode, ReaderBinding
-from terminal.connection import Deadline, DeadlineConnection
+from terminal.connection import Deadline, DeadlineConnection, type2_channel
 from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
 from terminal.outcome import Balance, Receipt, TapOutcome, TapStatus, receipt_code
 from terminal.policy import (
@@ -211,7 +211,7 @@ class TapProcessor:
         reader = conn.reader_name
         caps = self.cfg.caps.get(binding.profile.name if isinstance(binding, ReaderBinding) else "")
         dconn = DeadlineConnection(conn, Deadline(self.cfg.tap_budget_s), self.cfg.per_call_s)
-        tag = Type2Tag(channel_for(dconn, caps) if caps else channel_for(dconn), conn.atr)
+        tag = Type2Tag(type2_channel(dconn, caps), conn.atr)  # the stack's own frames (nfcpy) or a PC/SC pass-through
         programme, qty, pin = self._request()
         try:
             secure = is_secure_atr(conn.atr)  # a Type 4 card: the secure profile (docs/secure-card.md §7)

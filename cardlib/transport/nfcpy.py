@@ -29,9 +29,11 @@ contain secrets (PWD_AUTH passwords, UIDs, record contents).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
+import termios
 import time
 from types import TracebackType
 from typing import Final
@@ -52,7 +54,8 @@ from cardlib.transport.errors import (
 from cardlib.transport.isodep import Ats, IsoDepLink, rats_command
 from cardlib.type2.channel import ReaderCapabilities, Type2Channel
 
-__all__ = ["NFCPY_TYPE2", "NfcpyIsoDepConnection", "NfcpyReader", "NfcpyType2Channel", "UnsupportedTarget"]
+__all__ = ["NFCPY_TYPE2", "NfcpyIsoDepConnection", "NfcpyReader", "NfcpyType2Channel", "NfcpyType2Connection",
+           "UnsupportedTarget"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +67,24 @@ SAK_TYPE2: Final = 0x00
 SAK_ISO_DEP: Final = 0x20
 #: Default time to wait for a chip answer, seconds (NTAG WRITE programming ≤ 10 ms; nfcpy's own default).
 DEFAULT_TIMEOUT_S: Final = 0.1
+#: What a reader device that vanished raises through nfcpy: an I/O error, or (pyserial on a serial
+#: port whose device went away) ``termios.error``, which is not an OSError.
+DEVICE_ERRORS: Final = (OSError, termios.error)
 #: nfcpy receive limit of its pn53x/rcs380/udp drivers minus CRC_A, whole pages.
 NFCPY_TYPE2: Final = ReaderCapabilities("nfcpy", "none", 252)
 
 
 class UnsupportedTarget(TransportError):
     """A card answered the poll but is not of the kind asked for (a Type 2 tag, or an ISO-DEP card)."""
+
+
+def _error_text(exc: BaseException) -> str:
+    """The OS's words for a device error (``Input/output error``), else the exception's text."""
+    strerror = getattr(exc, "strerror", None)
+    if strerror:
+        return str(strerror)
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
+    return str(args[1]) if len(args) == 2 else str(exc)  # termios.error(errno, text)
 
 
 def _is_type2(target: nfc.clf.RemoteTarget) -> bool:
@@ -102,8 +117,8 @@ def _exchange_frame(clf: nfc.ContactlessFrontend, frame: bytes, timeout: float) 
         raise CardRemoved(f"link broken during command {bytes(frame[:1]).hex()}") from exc
     except nfc.clf.CommunicationError as exc:
         raise TagMute(f"{type(exc).__name__} on command {bytes(frame[:1]).hex()}: {exc}") from exc
-    except OSError as exc:
-        raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
+    except DEVICE_ERRORS as exc:
+        raise ReaderGone(f"reader I/O error: {_error_text(exc)}") from exc
     if answer is None:
         raise CardRemoved("nfcpy returned no target answer")
     logger.log(TRAFFIC, "RECV: %s", bytes(answer).hex())
@@ -178,8 +193,8 @@ class NfcpyType2Channel(Type2Channel):
             found = self._clf.sense(target, iterations=1, interval=0.0)
         except nfc.clf.CommunicationError as exc:
             raise CardRemoved(f"re-select failed: {exc}") from exc
-        except OSError as exc:
-            raise ReaderGone(f"reader I/O error: {exc.strerror or exc}") from exc
+        except DEVICE_ERRORS as exc:
+            raise ReaderGone(f"reader I/O error: {_error_text(exc)}") from exc
         if found is None:
             raise CardRemoved("the tag did not answer the re-select")
         self._target = found
@@ -193,7 +208,7 @@ class NfcpyType2Channel(Type2Channel):
         if device is not None:
             try:
                 device.mute()
-            except OSError as exc:
+            except DEVICE_ERRORS as exc:
                 logger.debug("field off failed: %s", exc)
 
     def __enter__(self) -> NfcpyType2Channel:
@@ -206,6 +221,46 @@ class NfcpyType2Channel(Type2Channel):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class NfcpyType2Connection(Connection):
+    """A Type 2 tag activated through nfcpy, for code that takes a :class:`~cardlib.transport.Connection`.
+
+    A Type 2 tag answers chip frames, not APDUs (NFC Forum T2T 1.0 §5): :meth:`native_channel`
+    hands out the frame channel, and :meth:`send_and_receive` refuses. The counter's supervisor
+    hands this to the tap like a PC/SC card connection; ``terminal.connection.type2_channel``
+    takes the frame channel from it instead of wrapping a PC/SC pass-through around it.
+
+    :param channel: the channel :meth:`NfcpyReader.poll` returned for the tag.
+    """
+
+    def __init__(self, channel: NfcpyType2Channel) -> None:
+        self._channel = channel
+
+    def native_channel(self) -> NfcpyType2Channel:
+        """The tag's frame channel (the same one for the life of the connection)."""
+        return self._channel
+
+    @property
+    def uid(self) -> bytes:
+        """The UID from anticollision (7 bytes for NTAG21x)."""
+        return self._channel.uid
+
+    @property
+    def reader_name(self) -> str:
+        """``str(nfcpy device)``, e.g. ``PN532v1.6 at /dev/ttyUSB0``."""
+        return self._channel.reader_name
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        """Refused: a Type 2 tag has no APDU interface.
+
+        :raises UnsupportedTarget: always.
+        """
+        raise UnsupportedTarget(f"a Type 2 tag takes chip frames, not APDUs (got {bytes(apdu[:4]).hex()})")
+
+    def close(self) -> None:
+        """Field off (the tag's RF session ends). Idempotent."""
+        self._channel.close()
 
 
 class NfcpyIsoDepConnection(Connection):
@@ -269,7 +324,7 @@ class NfcpyIsoDepConnection(Connection):
         if device is not None:
             try:
                 device.mute()
-            except OSError as exc:
+            except DEVICE_ERRORS as exc:
                 logger.debug("field off failed: %s", exc)
 
 
@@ -319,7 +374,7 @@ class NfcpyReader:
             found = clf.open(self.path)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            raise ReaderNotFound(f"nfcpy cannot open {self.path!r}: {exc.strerror or exc} ({code})") from exc
+            raise ReaderNotFound(f"nfcpy cannot open {self.path!r}: {_error_text(exc)} ({code})") from exc
         if not found:
             raise ReaderNotFound(f"no nfcpy reader on {self.path!r}")
         name = str(clf.device)
@@ -346,8 +401,8 @@ class NfcpyReader:
         except nfc.clf.CommunicationError as exc:
             logger.debug("poll: %s", exc)
             return None
-        except OSError as exc:
-            raise ReaderGone(f"reader {self.path!r} I/O error: {exc.strerror or exc}") from exc
+        except DEVICE_ERRORS as exc:
+            raise ReaderGone(f"reader {self.path!r} I/O error: {_error_text(exc)}") from exc
         return target
 
     def poll(self) -> NfcpyType2Channel | None:
@@ -413,11 +468,61 @@ class NfcpyReader:
                 raise NoCard(f"no ISO-DEP card on {self.path!r} within {timeout} s")
             time.sleep(interval)
 
+    def poll_uid(self) -> bytes | None:
+        """One 106A poll: the UID of the card that answers in the field, or None.
+
+        A collision or a garbled answer counts as no card; callers that act on absence
+        confirm it over several polls. A card found is left unpowered (field off): a tag the
+        poll selected stays ACTIVE and ignores the next REQA (ISO/IEC 14443-3 §6.3), so the next
+        poll or :meth:`poll_card` must find it powered up afresh.
+
+        :returns: the anticollision UID (``sdd_res``; 7 bytes for NTAG21x).
+        :raises ReaderNotFound: the reader is not open. :raises ReaderGone: the device stopped answering.
+        """
+        target = self._sense()
+        if target is None:
+            return None
+        device = self._frontend().device
+        try:
+            device.mute()
+        except DEVICE_ERRORS as exc:
+            raise ReaderGone(f"reader {self.path!r} I/O error: {_error_text(exc)}") from exc
+        return bytes(target.sdd_res or b"")
+
+    def poll_card(self) -> NfcpyType2Connection | NfcpyIsoDepConnection | None:
+        """One 106A poll; the card in the field as a connection of its kind.
+
+        :returns: :class:`NfcpyType2Connection` for a Type 2 tag (SAK bits 6..5 = 00),
+            :class:`NfcpyIsoDepConnection` (activated with RATS) for an ISO-DEP card, or None
+            when the field is empty.
+        :raises UnsupportedTarget: a card of another kind (e.g. NFC-DEP) answered.
+        :raises TagMute: an ISO-DEP card did not answer RATS. :raises ReaderGone: see :meth:`poll`.
+        """
+        target = self._sense()
+        if target is None:
+            return None
+        if _is_type2(target):
+            return NfcpyType2Connection(NfcpyType2Channel(self._frontend(), target, self.caps, self.timeout))
+        if _is_iso_dep(target):
+            return NfcpyIsoDepConnection(self._frontend(), target, self.timeout)
+        raise UnsupportedTarget(f"the card in the field is neither a Type 2 tag nor ISO-DEP "
+                                f"(SAK {bytes(target.sel_res or b'').hex()})")
+
     def close(self) -> None:
         """Close the device (field off). Idempotent."""
         clf, self._clf = self._clf, None
-        if clf is not None:
+        if clf is None:
+            return
+        try:
             clf.close()
+        except DEVICE_ERRORS as exc:
+            # The device is gone (nfcpy's close lets termios.error through): close the port itself.
+            logger.debug("closing %s: %s", self.path, exc)
+            transport = getattr(getattr(clf.device, "chipset", None), "transport", None)
+            if transport is not None:
+                with contextlib.suppress(*DEVICE_ERRORS):
+                    transport.close()
+            clf.device = None
 
     def __enter__(self) -> NfcpyReader:
         return self.open()

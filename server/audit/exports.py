@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
+from server.audit.entries import decline_reason
 from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
@@ -41,7 +42,9 @@ FINDING_FIELDS = ("id", "kind", "severity", "status", "card_id", "terminal_id", 
                   "detail", "reason", "decided_by", "decided_at", "first_seen_at", "last_seen_at")
 JOURNAL_FIELDS = ("entry_id", "terminal_id", "boot_id", "seq", "kind", "wall_time", "clock_synced",
                   "received_at", "card_id", "tag_uid", "programme", "amount", "slot_seq_before",
-                  "slot_seq_after", "ntag_counter", "entry_hash", "raw_b64")
+                  "slot_seq_after", "ntag_counter", "decline_reason", "entry_hash", "raw_b64")
+#: Columns an export written before they existed lacks (``decline_reason``: issue 19); still verified when present.
+LATER_FIELDS = frozenset({"decline_reason"})
 #: Rows fetched per round trip while streaming.
 YIELD_PER = 1000
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -92,8 +95,9 @@ def journal_records(session: Session, *, terminal_id: str | None = None, card_id
             "received_at": _iso(e.received_at), "card_id": e.card_id,
             "tag_uid": e.tag_uid.hex() if e.tag_uid is not None else None, "programme": e.programme,
             "amount": e.amount, "slot_seq_before": e.slot_seq_before, "slot_seq_after": e.slot_seq_after,
-            "ntag_counter": e.ntag_counter, "entry_hash": e.entry_hash.hex(),
-            "raw_b64": base64.b64encode(e.raw).decode("ascii"),
+            "ntag_counter": e.ntag_counter,
+            "decline_reason": decline_reason(e.raw) if e.kind == EntryKind.DECLINED else None,
+            "entry_hash": e.entry_hash.hex(), "raw_b64": base64.b64encode(e.raw).decode("ascii"),
         }
         session.expunge(e)  # keep memory flat on million-row exports
 
@@ -182,7 +186,8 @@ def signed_columns(signed: SignedEntry) -> dict[str, Any]:
         "kind": EntryKind(e.kind).name, "wall_time": _iso(e.wall_time), "clock_synced": e.clock_synced,
         "card_id": e.card_id, "tag_uid": e.tag_uid.hex() if e.tag_uid is not None else None,
         "programme": e.programme, "amount": e.amount, "slot_seq_before": e.slot_seq_before,
-        "slot_seq_after": e.slot_seq_after, "ntag_counter": e.ntag_counter, "entry_hash": signed.entry_hash.hex(),
+        "slot_seq_after": e.slot_seq_after, "ntag_counter": e.ntag_counter, "decline_reason": e.decline_reason,
+        "entry_hash": signed.entry_hash.hex(),
         "raw_b64": base64.b64encode(signed.message).decode("ascii"),
     }
 
@@ -231,10 +236,12 @@ def _check_columns(item: Mapping[str, Any], signed: SignedEntry) -> None:
     :raises ExportDoesNotVerify: naming the first column that differs (or is missing/extra).
     """
     tid, seq = signed.entry.terminal_id, signed.entry.seq
-    if set(item) != set(JOURNAL_FIELDS):
-        odd = sorted(set(item) ^ set(JOURNAL_FIELDS))
+    if set(item) | LATER_FIELDS != set(JOURNAL_FIELDS):
+        odd = sorted((set(item) | LATER_FIELDS) ^ set(JOURNAL_FIELDS))
         raise ExportDoesNotVerify(f"columns {odd} missing or not part of the export format", tid, seq)
     for name, value in signed_columns(signed).items():
+        if name in LATER_FIELDS and name not in item:
+            continue
         if item[name] != value or type(item[name]) is not type(value):
             raise ExportDoesNotVerify(f"column {name} is {item[name]!r} but the signed entry says {value!r}",
                                       tid, seq)

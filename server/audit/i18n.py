@@ -8,13 +8,22 @@ registered, so an installed package needs no build step.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import gettext
 import io
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
+from babel.dates import format_datetime
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from jinja2 import Environment, PackageLoader, select_autoescape
+from babel.numbers import format_currency, format_decimal, format_percent
+from jinja2 import ChoiceLoader, Environment, PackageLoader, select_autoescape
+
+from cardlib.records.claims import WIB
+from server.audit.summaries import translate_summary
 
 DOMAIN = "audit"
 #: Languages with a catalogue; the default is Bahasa Indonesia.
@@ -22,6 +31,7 @@ LANGUAGES = ("id", "en")
 DEFAULT_LANGUAGE = "id"
 
 
+@functools.cache
 def translations(lang: str) -> gettext.GNUTranslations:
     """The compiled catalogue for ``lang``.
 
@@ -38,13 +48,84 @@ def translations(lang: str) -> gettext.GNUTranslations:
     return gettext.GNUTranslations(buf)
 
 
+#: Babel locale per page language (Indonesian number and date conventions).
+LOCALES = {"id": "id_ID", "en": "en_GB"}
+
+
+def rupiah(amount: int | None, lang: str) -> str:
+    """Whole rupiah in the page's convention: ``Rp74.500.000`` (id), ``IDR74,500,000`` (en).
+
+    CLDR gives IDR two decimals; the rupiah has no coins in use, so none are shown.
+    """
+    return format_currency(amount or 0, "IDR", format="\u00a4#,##0", locale=LOCALES[lang], currency_digits=False)
+
+
+def number(value: float | None, lang: str) -> str:
+    """A count or rate with the page's separators (``12.345`` in Indonesian)."""
+    return format_decimal(value or 0, format="#,##0.#", locale=LOCALES[lang])
+
+
+def percent(share: float, lang: str) -> str:
+    """0.0 .. 1.0 as a percentage (``42,5%``)."""
+    return format_percent(share, format="#,##0.#%", locale=LOCALES[lang])
+
+
+def wib(when: dt.datetime | None, lang: str, with_zone: bool = True) -> str:
+    """An aware instant as WIB (UTC+7) wall time, ``2026-03-02 08:00 WIB``; ``None`` is ``–``."""
+    if when is None:
+        return "\u2013"
+    text = format_datetime(when.astimezone(WIB), "yyyy-MM-dd HH:mm", locale=LOCALES[lang])
+    return f"{text} WIB" if with_zone else text
+
+
+def cycle_name(cycle_id: str | int | None, lang: str) -> str:
+    """A cycle id (``20262``: year, half) in words: ``Semester II 2026`` / ``2026 semester 2``.
+
+    Anything that is not a cycle id is returned as given.
+    """
+    text = str(cycle_id or "")
+    if len(text) != 5 or not text.isdigit() or text[4] not in "12":
+        return text
+    year, half = text[:4], int(text[4])
+    return f"Semester {'I' * half} {year}" if lang == "id" else f"{year} semester {half}"
+
+
+def duration(delta: dt.timedelta | None, lang: str) -> str:
+    """A coarse age: ``3 h 5 min`` / ``3 jam 5 mnt``, ``2 d 4 h`` / ``2 hari 4 jam``."""
+    if delta is None:
+        return "\u2013"
+    minutes = max(int(delta.total_seconds() // 60), 0)
+    d, rest = divmod(minutes, 24 * 60)
+    h, m = divmod(rest, 60)
+    units = {"id": ("hari", "jam", "mnt"), "en": ("d", "h", "min")}[lang]
+    if d:
+        return f"{d} {units[0]} {h} {units[1]}"
+    return f"{h} {units[1]} {m} {units[2]}" if h else f"{m} {units[2]}"
+
+
 def environments() -> dict[str, Environment]:
-    """One autoescaping Jinja2 environment per language, with the i18n extension installed."""
+    """One autoescaping Jinja2 environment per language, with the i18n extension and the filters.
+
+    Templates come from :mod:`server.audit` and :mod:`server.dashboard` (one base page).
+    Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``,
+    ``summary`` (a finding's summary in the page's language).
+    """
     out: dict[str, Environment] = {}
     for lang in LANGUAGES:
-        env = Environment(loader=PackageLoader("server.audit", "templates"),
+        env = Environment(loader=ChoiceLoader([PackageLoader("server.audit", "templates"),
+                                               PackageLoader("server.dashboard", "templates")]),
                           autoescape=select_autoescape(["html"]), extensions=["jinja2.ext.i18n"],
                           trim_blocks=True, lstrip_blocks=True)
-        env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+        catalogue = translations(lang)
+        env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
+        for name, fn in (("rupiah", rupiah), ("number", number), ("percent", percent), ("wib", wib),
+                         ("cycle_name", cycle_name), ("duration", duration)):
+            env.filters[name] = functools.partial(_last, fn, lang)
+        env.filters["summary"] = functools.partial(translate_summary, gettext=catalogue.gettext)
         out[lang] = env
     return out
+
+
+def _last(fn: Callable[..., str], lang: str, value: Any, *args: Any) -> str:
+    """A filter: ``fn(value, lang, *args)``."""
+    return fn(value, lang, *args)

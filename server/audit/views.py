@@ -25,11 +25,14 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, g, redirect, request, stream_with_context, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
-from sqlalchemy import BigInteger, and_, case, cast, func, select
+from sqlalchemy import BigInteger, and_, case, cast, func, or_, select
 
 from cardlib.records.journal import EntryKind
 from server.audit import exports
+from server.audit.entries import decline_reason, decode_entry
 from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
+from server.audit.models import ReceiptCode
+from server.audit.receipts import index_receipts, normalise_code
 from server.auth import audit, person_from_token
 from server.errors import (
     AuthenticationFailed,
@@ -43,7 +46,7 @@ from server.errors import (
 from server.extensions import db
 from server.http import error_response, int_param, query_params
 from server.logins import LoginPolicy, password_login
-from server.models import Card, JournalEntryRow, Person, Role, Terminal
+from server.models import Card, JournalConflict, JournalEntryRow, Person, RejectedEntry, Role, Terminal
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.findings import decide_finding, evidence_entries
 from server.reconcile.models import (
@@ -72,6 +75,14 @@ _EXT = "huma_audit_jinja"
 PAGE = 200
 #: Card history: most taps shown.
 CARD_TAPS = 2000
+#: Findings queue page size (pages follow with ``?page=``; there is no cap on the queue).
+FINDINGS_PAGE = 100
+#: Most findings one bulk decision may change (a page and a half; a form, not a batch job).
+BULK_MAX = 500
+#: Roles that may log in here: auditors get the findings, managers and admins the programme dashboard.
+UI_ROLES = (Role.AUDITOR, Role.MANAGER, Role.ADMIN)
+#: Endpoints (blueprint ``dashboard``) every role of :data:`UI_ROLES` may use; the rest need an auditor.
+SHARED_BLUEPRINTS = ("dashboard",)
 
 
 @bp.record_once
@@ -116,7 +127,7 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
     env = current_app.extensions[_EXT][lang]
     token = _token()
     html = env.get_template(template).render(
-        url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("auditor"),
+        url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("person"), Role=Role,
         csrf=_csrf(token) if token else "", request=request, FindingStatus=FindingStatus, **context)
     resp = Response(html, status=int(http_status), mimetype="text/html")
     resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
@@ -128,6 +139,19 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
 
 @bp.before_request
 def _require_auditor() -> ResponseReturnValue | None:
+    return require_login(auditor_only=request.endpoint != "audit.logout")
+
+
+def require_login(auditor_only: bool) -> ResponseReturnValue | None:
+    """Authenticate a page request (cookie or bearer token) and check its CSRF token on POST.
+
+    Sets ``g.person`` (and ``g.auditor`` for an auditor). Used by this blueprint and by
+    :mod:`server.dashboard.views`, which shares the session cookie (path ``/audit``).
+
+    :param auditor_only: the page needs the auditor role (else any of :data:`UI_ROLES`).
+    :returns: a redirect to the login form when not logged in, else ``None``.
+    :raises Forbidden: another role, or a POST without the right CSRF token.
+    """
     if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
         from server.errors import BadRequest
 
@@ -138,12 +162,16 @@ def _require_auditor() -> ResponseReturnValue | None:
     try:
         person = person_from_token(db.session, f"Bearer {token}" if token else None)
     except AuthenticationFailed:
-        if request.path.startswith("/audit/export") and request.headers.get("Authorization"):
+        if request.path.startswith(("/audit/export", "/audit/programme/export")) and \
+                request.headers.get("Authorization"):
             raise
         return redirect(url_for("audit.login_form", next=request.full_path))
-    if person.role is not Role.AUDITOR:
-        raise Forbidden(f"role {person.role.value} may not use the auditor view", needed=[Role.AUDITOR.value])
-    g.auditor = person
+    needed = (Role.AUDITOR,) if auditor_only else UI_ROLES
+    if person.role not in needed:
+        raise Forbidden(f"role {person.role.value} may not use this page", needed=[r.value for r in needed])
+    g.person = person
+    if person.role is Role.AUDITOR:
+        g.auditor = person
     if request.method == "POST":
         sent = request.form.get("csrf", "")
         if not token or not hmac.compare_digest(sent, _csrf(token)):
@@ -250,7 +278,7 @@ def login_submit() -> ResponseReturnValue:
     try:
         token, _person, expires = password_login(
             db.write_session, username, password, address=request.remote_addr, ttl=ttl,
-            policy=LoginPolicy.from_config(current_app.config), roles=(Role.AUDITOR,), via="audit-ui")
+            policy=LoginPolicy.from_config(current_app.config), roles=UI_ROLES, via="audit-ui")
     except AuthenticationFailed:
         return _login_page(HTTPStatus.UNAUTHORIZED, next_url, "credentials")
     except Forbidden:
@@ -262,8 +290,11 @@ def login_submit() -> ResponseReturnValue:
         resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
     target = next_url
+    start = url_for("audit.findings") if _person.role is Role.AUDITOR else url_for("dashboard.overview")
     if not target.startswith("/audit/") or target.startswith("//"):
-        target = url_for("audit.findings")
+        target = start
+    elif _person.role is not Role.AUDITOR and not target.startswith("/audit/programme"):
+        target = start  # a manager or admin has no auditor page to go back to
     done = redirect(target)
     done.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
                     expires=expires, path="/audit")
@@ -283,7 +314,7 @@ def logout() -> ResponseReturnValue:
     token = _token()
     if token:
         session.execute(delete(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
-    audit(session, g.auditor, "logout", f"person:{g.auditor.id}", via="audit-ui")
+    audit(session, g.person, "logout", f"person:{g.person.id}", via="audit-ui")
     session.commit()
     resp = redirect(url_for("audit.login_form"))
     resp.delete_cookie(COOKIE, path="/audit")
@@ -300,22 +331,81 @@ def index() -> ResponseReturnValue:
     return redirect(url_for("audit.findings"))
 
 
+def _search(stmt: Any, text: str) -> Any:
+    """``stmt`` (over findings) narrowed to a card id, a household reference or a receipt code.
+
+    A card id or terminal id matches exactly; a household reference (16 hex digits) matches
+    the findings of every card the household holds; a receipt code (``XXXX-XXXX``) the
+    findings of the card and terminal of the entries with that code.
+    """
+    text = text.strip()
+    cards = select(CardProfile.card_id).where(CardProfile.household_ref == text.lower())
+    matches = [Finding.card_id == text, Finding.terminal_id == text, Finding.card_id.in_(cards)]
+    code = normalise_code(text)
+    if code is not None:
+        session = db.write_session()
+        index_receipts(session)
+        session.commit()
+        j = JournalEntryRow
+        hits = select(j.card_id).join(ReceiptCode, ReceiptCode.journal_id == j.id).where(ReceiptCode.code == code)
+        matches.append(Finding.card_id.in_(hits))
+    return stmt.where(or_(*matches))
+
+
 @bp.get("/findings")
 def findings() -> ResponseReturnValue:
-    """The findings queue, most urgent first; ``?status=open|confirmed|dismissed|all``, ``?kind=``."""
-    query_params("status", "kind")
+    """The findings queue, most urgent first, :data:`FINDINGS_PAGE` per page.
+
+    ``?status=open|confirmed|dismissed|all``, ``?kind=``, ``?q=`` (card id, terminal id,
+    household reference or receipt code), ``?page=`` (1-based).
+    """
+    query_params("status", "kind", "q", "page")
     status = request.args.get("status", FindingStatus.OPEN.value)
     kind = request.args.get("kind") or None
-    stmt = select(Finding).order_by(exports.SEVERITY_ORDER, Finding.id).limit(500)
+    q = (request.args.get("q") or "").strip()[:64]
+    page = max(int_param("page", 1), 1)
+    stmt = select(Finding)
     if status != "all":
         stmt = stmt.where(Finding.status == _choice(FindingStatus, status, "status"))
     if kind:
         stmt = stmt.where(Finding.kind == _choice(FindingKind, kind, "kind"))
-    rows = db.session.scalars(stmt).all()
+    if q:
+        stmt = _search(stmt, q)
+    total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = db.session.scalars(stmt.order_by(exports.SEVERITY_ORDER, Finding.id)
+                              .offset((page - 1) * FINDINGS_PAGE).limit(FINDINGS_PAGE)).all()
     counts: dict[FindingStatus, int] = dict(
         db.session.execute(select(Finding.status, func.count()).group_by(Finding.status)).tuples().all())
-    return render("findings.html", findings=rows, status=status, kind=kind, kinds=list(FindingKind),
+    pages = max((total + FINDINGS_PAGE - 1) // FINDINGS_PAGE, 1)
+    return render("findings.html", findings=rows, status=status, kind=kind, kinds=list(FindingKind), q=q,
+                  page=page, pages=pages, total=total, bulk_max=BULK_MAX,
                   counts={s.value: counts.get(s, 0) for s in FindingStatus})
+
+
+@bp.post("/findings/decisions")
+def bulk_decision() -> ResponseReturnValue:
+    """One decision with one reason for several findings (``finding_id`` repeated), each audited.
+
+    All or nothing: one transaction; an unknown id or a bad reason changes none.
+
+    :raises InvalidDecision: no finding selected, more than :data:`BULK_MAX`, a blank or bad reason.
+    :raises FindingNotFound: an id that is not a finding.
+    """
+    ids = sorted({_finding_id(v) for v in request.form.getlist("finding_id")})
+    if not ids:
+        raise InvalidDecision("select at least one finding", field="finding_id")
+    if len(ids) > BULK_MAX:
+        raise InvalidDecision(f"{len(ids)} findings selected; at most {BULK_MAX} at once", field="finding_id")
+    status = _choice(FindingStatus, request.form.get("status", ""), "status")
+    reason = _reason(request.form.get("reason", ""))
+    session = db.write_session()
+    for finding_id in ids:
+        decide_finding(session, finding_id, g.auditor, status, reason)
+    session.commit()
+    back = request.form.get("back", "")
+    if not back.startswith("/audit/findings") or back.startswith("//"):
+        back = url_for("audit.findings")
+    return redirect(back)
 
 
 @bp.get("/findings/<finding_id>")
@@ -327,7 +417,31 @@ def finding(finding_id: str) -> ResponseReturnValue:
         raise FindingNotFound(f"no finding {finding_id}")
     decider = db.session.get(Person, f.decided_by) if f.decided_by else None
     return render("finding.html", f=f, entries=evidence_entries(db.session, f), decider=decider,
-                  EntryKind=EntryKind)
+                  EntryKind=EntryKind, set_aside=_set_aside(f), decline=decline_reason)
+
+
+def _set_aside(f: Finding) -> list[dict[str, Any]]:
+    """The evidence that never entered the journal: a conflict's newcomer, rejected entries.
+
+    Each with its decoded claims (unverified, :func:`server.audit.entries.decode_entry`)
+    and, for a conflict, the stored entry it collides with.
+    """
+    import json
+
+    shas = [bytes.fromhex(h) for h in json.loads(f.evidence) if len(h) == 64]
+    if not shas:
+        return []
+    out: list[dict[str, Any]] = []
+    for c in db.session.scalars(select(JournalConflict).where(JournalConflict.entry_hash.in_(shas))):
+        kept = db.session.scalars(select(JournalEntryRow).where(
+            JournalEntryRow.entry_hash == c.existing_entry_hash)).one_or_none()
+        out.append({"what": "conflict", "sha256": c.entry_hash.hex(), "received_at": c.received_at,
+                    "entry": decode_entry(c.raw), "kept": decode_entry(kept.raw) if kept else None,
+                    "kept_hash": c.existing_entry_hash.hex(), "reason": None})
+    for r in db.session.scalars(select(RejectedEntry).where(RejectedEntry.raw_sha256.in_(shas))):
+        out.append({"what": "rejected", "sha256": r.raw_sha256.hex(), "received_at": r.received_at,
+                    "entry": decode_entry(r.raw), "kept": None, "kept_hash": None, "reason": r.reason})
+    return out
 
 
 #: Longest decision reason kept (characters): a sentence or a short paragraph, stored and audited.
@@ -368,7 +482,7 @@ def _taps(card_id: str) -> list[Any]:
     redeemed = j.kind.in_(REDEMPTION_KINDS)
     spent = func.sum(case((redeemed, j.amount), else_=0)).over(
         partition_by=(j.programme, bc.cycle_id), order_by=(j.wall_time, j.terminal_id, j.seq))
-    stmt = (select(j.entry_id, j.terminal_id, j.seq, j.kind, j.wall_time, j.programme, j.amount,
+    stmt = (select(j.entry_id, j.terminal_id, j.seq, j.kind, j.wall_time, j.programme, j.amount, j.raw,
                    j.slot_seq_before, j.slot_seq_after, j.ntag_counter, j.tag_uid, ts.region, bc.cycle_id,
                    ce.amount.label("entitled"), cast(spent, BigInteger).label("spent"))
             .select_from(j.__table__
@@ -400,7 +514,8 @@ def card(card_id: str) -> ResponseReturnValue:
     if not (profile or entitlements or card_findings or taps or registered):
         raise NotFound(f"no card {card_id!r}")
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
-                  findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS)
+                  findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,
+                  decline=decline_reason)
 
 
 @bp.get("/terminals/<terminal_id>")
@@ -416,7 +531,7 @@ def terminal(terminal_id: str) -> ResponseReturnValue:
     j = JournalEntryRow
     entries = db.session.execute(
         select(j.entry_id, j.seq, j.boot_id, j.kind, j.wall_time, j.received_at, j.card_id, j.programme,
-               j.amount, j.clock_synced)
+               j.amount, j.clock_synced, j.raw)
         .where(j.terminal_id == terminal_id, j.seq > after).order_by(j.seq).limit(PAGE)).all()
     info = db.session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
     site = db.session.get(TerminalSite, terminal_id)
@@ -428,7 +543,7 @@ def terminal(terminal_id: str) -> ResponseReturnValue:
         raise NotFound(f"no terminal {terminal_id!r}")
     return render("terminal.html", terminal_id=terminal_id, info=info, site=site, entries=entries, stats=stats,
                   findings=t_findings, next_after=entries[-1].seq if len(entries) == PAGE else None,
-                  EntryKind=EntryKind)
+                  EntryKind=EntryKind, decline=decline_reason)
 
 
 def region_totals() -> list[Any]:

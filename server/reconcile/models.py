@@ -74,6 +74,8 @@ class CardProfile(Base):
     card_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     region: Mapped[str | None] = mapped_column(String(16))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: pseudonymous household reference, 16 hex digits, from the identity record (migration 0010).
+    household_ref: Mapped[str | None] = mapped_column(String(16), index=True, default=None)
     revoke_reason: Mapped[str | None] = mapped_column(String(255))
 
 

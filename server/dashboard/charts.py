@@ -1,0 +1,77 @@
+"""Charts of the programme dashboard, drawn on the server with pygal (SVG).
+
+Why pygal and not a browser library: the auditor and dashboard pages run under
+``script-src 'none'`` (no JavaScript at all); pygal renders a complete SVG on the
+server, and the page embeds it as an ``<img>``, so nothing executes in the browser.
+pygal always writes a small ``<script>`` into its SVG for tooltips; inside an image
+it never runs. The SVG scales with its ``viewBox`` (``width: 100%`` in CSS), so a chart
+is readable on a 360 px phone. Each chart has its numbers as a table on the page too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pygal
+from pygal.style import Style
+
+from server.dashboard.queries import RegionProgress, Throughput
+from server.regions import short_name
+
+#: Programme colours: collected (green), expected-but-pending (grey), an accent.
+_STYLE = Style(
+    background="white", plot_background="white", foreground="#1b1b1b", foreground_strong="#1b1b1b",
+    foreground_subtle="#6b7280", colors=("#15803d", "#9ca3af", "#b45309"),
+    font_family="system-ui, sans-serif", label_font_size=13, major_label_font_size=13,
+    value_font_size=12, legend_font_size=13, title_font_size=15, tooltip_font_size=12)
+
+
+def _config(width: int, height: int) -> dict[str, object]:
+    return {"style": _STYLE, "width": width, "height": height, "js": [], "disable_xml_declaration": True,
+            "legend_at_bottom": True, "legend_at_bottom_columns": 2, "margin": 8, "spacing": 8,
+            "truncate_label": -1, "print_values": False}
+
+
+def progress_chart(rows: Sequence[RegionProgress], *, collected: str, pending: str, title: str) -> str:
+    """Stacked horizontal bars per region: households collected and still pending.
+
+    :param collected: translated legend of the collected part; :param pending: of the rest.
+    :returns: SVG text.
+    """
+    chart = pygal.StackedBar(horizontal=True, **_config(640, 120 + 34 * max(len(rows), 1)), title=title)
+    chart.x_labels = [short_name(r.region) for r in rows]
+    chart.add(collected, [r.collected for r in rows])
+    chart.add(pending, [r.expected - r.collected for r in rows])
+    return str(chart.render(is_unicode=True))
+
+
+def daily_chart(days: Sequence[tuple[str, int]], expected: int, *, daily: str, cumulative: str,
+                title: str) -> str:
+    """Households collected per WIB day (bars, left axis) and the running share of those expected
+    (line, right axis, 0..100 %).
+
+    :returns: SVG text.
+    """
+    chart = pygal.Line(**_config(640, 360), title=title, x_label_rotation=40,
+                       secondary_range=(0, 100), fill=False, show_dots=True, dots_size=3)
+    chart.x_labels = [d[5:] for d, _ in days]  # MM-DD
+    chart.add(daily, [n for _, n in days])
+    running, line = 0, []
+    for _, n in days:
+        running += n
+        line.append(round(100 * running / expected, 1) if expected else 0)
+    chart.add(f"{cumulative} (%)", line, secondary=True)
+    return str(chart.render(is_unicode=True))
+
+
+def throughput_chart(rows: Sequence[Throughput], *, title: str, limit: int = 15) -> str:
+    """Households per active hour of the fastest ``limit`` terminals (horizontal bars).
+
+    :returns: SVG text.
+    """
+    shown = list(rows)[:limit]
+    chart = pygal.HorizontalBar(**_config(640, 100 + 30 * max(len(shown), 1)), title=title,
+                                show_legend=False)
+    chart.x_labels = [t.terminal_id for t in shown]
+    chart.add(title, [round(t.per_hour, 1) for t in shown])
+    return str(chart.render(is_unicode=True))
