@@ -303,3 +303,24 @@ def test_an_entry_matching_no_reader_is_logged_once_until_it_matches(caplog: pyt
     unmatched = [r.getMessage() for r in caplog.records if "matches no reader" in r.getMessage()]
     assert len(unmatched) == 2, unmatched  # once while absent, once more after it had matched and left
     assert "name pattern '^Counter Reader'" in unmatched[0] and "'Other Reader 00'" in unmatched[0]
+
+
+def test_nfcpy_hands_out_each_card_kind_as_its_connection_with_a_pcsc_style_atr() -> None:
+    """A Type 2 tag comes as frames (``native_channel``), an ISO-DEP card as APDUs with the ATR PC/SC
+    would report (PC/SC Part 3 §3.1.3.2.3.2), so the tap tells them apart the same way on both stacks."""
+    from cardlib.transport.nfcpy import NfcpyIsoDepConnection, NfcpyReader, NfcpyType2Connection
+    from simulator.type4 import Type4Card, Type4UdpPeer
+    from terminal.connection import type2_channel
+    from terminal.secure_tap import is_secure_atr
+
+    uid = bytes.fromhex("04a1b2c3d4e5f6")
+    with Type4UdpPeer(Type4Card.blank(uid), persist=False) as peer, NfcpyReader(peer.path) as reader:
+        conn = reader.poll_card()
+        assert isinstance(conn, NfcpyIsoDepConnection) and is_secure_atr(conn.atr)
+        assert conn.atr[:4] == bytes.fromhex("3b8" + f"{len(conn.link.ats.historical):x}" + "8001")
+        conn.close()
+    with NfcUdpPeer(card(5), persist=False) as peer, NfcpyReader(peer.path) as reader:
+        conn2 = reader.poll_card()
+        assert isinstance(conn2, NfcpyType2Connection) and not is_secure_atr(conn2.atr)
+        assert type2_channel(conn2) is conn2.native_channel()
+        conn2.close()

@@ -22,6 +22,9 @@ wants SAK bit 6 set (ISO-DEP: a Type 4A tag), activates it with RATS and returns
 an APDU :class:`~cardlib.transport.Connection` (:class:`NfcpyIsoDepConnection`,
 ISO/IEC 14443-4 blocks by :mod:`cardlib.transport.isodep`) for
 :class:`cardlib.type4.Type4Tag`. A card of the other kind raises :class:`UnsupportedTarget`.
+:meth:`NfcpyReader.poll_card` takes whichever kind answers (:class:`NfcpyType2Connection` for a
+Type 2 tag, whose ``native_channel`` carries its frames); the counter's supervisor uses it with
+:meth:`NfcpyReader.poll_uid` for presence.
 
 Frame traffic is logged at :data:`cardlib.apdu.TRAFFIC` (below DEBUG) and may
 contain secrets (PWD_AUTH passwords, UIDs, record contents).
@@ -299,6 +302,21 @@ class NfcpyIsoDepConnection(Connection):
     def ats(self) -> bytes:
         """The ATS the card answered to RATS."""
         return self.link.ats.raw
+
+    @property
+    def atr(self) -> bytes:
+        """The ATR a PC/SC reader would report for this card, built from the ATS historical bytes.
+
+        PC/SC Part 3 §3.1.3.2.3.2 (ISO/IEC 14443-4 type A): ``3B 8n 80 01 <n historical bytes> TCK``,
+        TCK the XOR of every byte after TS; so code that tells card kinds apart by ATR does the
+        same on both stacks.
+        """
+        historical = self.link.ats.historical[:15]
+        body = bytes((0x80 | len(historical), 0x80, 0x01)) + historical
+        tck = 0
+        for byte in body:
+            tck ^= byte
+        return b"\x3b" + body + bytes((tck,))
 
     @property
     def reader_name(self) -> str:
