@@ -40,9 +40,8 @@ from cardlib.provision.errors import QuotaExceeded, SessionError
 from cardlib.provision.session import Issuance, IssuanceFile, IssuanceStatus, verify_issuance_file
 from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle
 from cardlib.records.claims import IdentityClaims, cycle_bounds, cycle_of, state_hash
-from cardlib.records.cose import verify1
 from cardlib.records.errors import RecordError
-from cardlib.records.session import identity_aad
+from cardlib.records.secure import verify_identity_record
 from server.errors import InvalidIssuanceFile
 from server.models import Card
 from server.reconcile.denylist import DenyCandidate, deny_list_candidates, deny_sets
@@ -125,8 +124,9 @@ def verify_issuance_identity(issuance: Issuance, bundle: TrustBundle) -> Identit
 
     The same verification a counter does on the card (docs/card-format.md §5):
     COSE_Sign1 under an ISSUER key of the bundle (:func:`cardlib.records.cose.verify1`,
-    revoked issuer keys refused) with external_aad = identity context ‖ the record's UID
-    (:func:`cardlib.records.session.identity_aad`), strict claims decoding; then the
+    revoked issuer keys refused) with external_aad = identity context ‖ the record's UID, or for a
+    `secure` card's record (it names a card key) card id ‖ SHA-256(card key) (docs/card-format.md §5.1,
+    :func:`cardlib.records.secure.verify_identity_record`), strict claims decoding; then the
     claims' card id and UID, the signer kid and the record's ``identity_hash`` (8-byte
     state hash, when given) must match the issuance record.
 
@@ -135,8 +135,7 @@ def verify_issuance_identity(issuance: Issuance, bundle: TrustBundle) -> Identit
     """
     if issuance.identity is None:
         raise ValueError(f"issuance record of card {issuance.card_id.hex()} carries no identity")
-    verified = verify1(issuance.identity, bundle.resolver(KeyRole.ISSUER), identity_aad(issuance.uid))
-    claims = IdentityClaims.from_cbor(verified.payload)
+    verified, claims = verify_identity_record(issuance.identity, bundle.resolver(KeyRole.ISSUER), issuance.uid)
     if claims.card_id != issuance.card_id or claims.uid != issuance.uid:
         raise ValueError(f"identity is card {claims.card_id.hex()} on chip {claims.uid.hex()}, the record says "
                          f"{issuance.card_id.hex()} on {issuance.uid.hex()}")

@@ -1,5 +1,8 @@
 """Checks across each card's redemptions: forks, rollbacks, counters, slot gaps, entitlements, revocation, travel.
 
+A `secure` card's entries carry no tag UID and the transaction counter its INTERNAL AUTHENTICATE
+signed in the NFC counter claim (docs/secure-card.md §5.1): :func:`secure_card_counters`.
+
 Each check takes a read-only connection and returns :class:`~server.reconcile.observations.Observation`
 objects in a deterministic order (the SQL's ORDER BY); :func:`server.reconcile.engine.observe` runs them.
 The card's slot states and NTAG counter are docs/design.md §Tap sequence.
@@ -14,6 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, and_, cast, distinct, func, select, union
 from sqlalchemy.engine import Connection
 
+from cardlib.records.journal import EntryKind
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import KM_PER_DEG_LAT, Observation, ReconcileConfig, distinct_ids
 from server.reconcile.sql import (
@@ -28,7 +32,18 @@ from server.reconcile.sql import (
     terminal_sites,
 )
 
-__all__ = ["card_forks", "card_order", "entitlements_exceeded", "impossible_travel", "revoked_cards_used"]
+__all__ = [
+    "card_forks",
+    "card_order",
+    "entitlements_exceeded",
+    "impossible_travel",
+    "revoked_cards_used",
+    "secure_card_counters",
+]
+
+#: Entries a tap opens with: one INTERNAL AUTHENTICATE each, so one counter value each (docs/secure-card.md §5.1).
+#: COMMIT, UNCERTAIN, FINISHED and VOIDED repeat their PENDING's counter.
+_TAP_OPENING_KINDS = (int(EntryKind.PENDING), int(EntryKind.BALANCE), int(EntryKind.DECLINED))
 
 
 def card_forks(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
@@ -483,6 +498,59 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig) -> list[Observatio
                     "from_terminal": row.p_terminal,
                     "to_terminal": row.terminal_id,
                 },
+            )
+        )
+    return out
+
+
+def secure_card_counters(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+    """A `secure` card's signed counter seen in two taps, at one terminal or across terminals.
+
+    Every INTERNAL AUTHENTICATE moves the counter before the card signs (docs/secure-card.md
+    §5.1), so two taps journalled with one counter are a replayed answer or a second device
+    holding the card's key. Secure entries are those without a tag UID that carry a counter;
+    only the entry a tap opens with counts (PENDING, BALANCE, DECLINED). Gaps are normal (the
+    station's read-back, declined cards, other readers) and are not findings.
+    """
+    repeated = (
+        select(journal_scan.c.card_id, journal_scan.c.ntag_counter)
+        .where(
+            journal_scan.c.card_id.is_not(None),
+            journal_scan.c.tag_uid.is_(None),
+            journal_scan.c.ntag_counter.is_not(None),
+            journal_scan.c.kind.in_(_TAP_OPENING_KINDS),
+        )
+        .group_by(journal_scan.c.card_id, journal_scan.c.ntag_counter)
+        .having(func.count() > 1)
+        .subquery()
+    )
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(
+        select(journal.c.card_id, journal.c.ntag_counter, journal.c.entry_id, journal.c.terminal_id)
+        .select_from(
+            journal.join(
+                repeated,
+                and_(repeated.c.card_id == journal.c.card_id, repeated.c.ntag_counter == journal.c.ntag_counter),
+            )
+        )
+        .where(journal.c.tag_uid.is_(None), journal.c.kind.in_(_TAP_OPENING_KINDS))
+        .order_by(journal.c.card_id, journal.c.ntag_counter, journal.c.wall_time, journal.c.terminal_id, journal.c.seq)
+    ):
+        groups[row.card_id].append(row)
+    out = []
+    for card_id, group in groups.items():
+        counters = sorted({row.ntag_counter for row in group})
+        terminals = sorted({row.terminal_id for row in group})
+        out.append(
+            Observation(
+                FindingKind.CARD_COUNTER_REPEATED,
+                Severity.CRITICAL,
+                card_id,
+                f"card {card_id}: card counter {', '.join(map(str, counters[:5]))} signed in {len(group)} taps "
+                f"at {len(terminals)} terminal(s) — a replayed answer or a cloned card key",
+                distinct_ids(row.entry_id for row in group)[: cfg.evidence_limit],
+                card_id=card_id,
+                detail={"counters": counters, "terminals": terminals},
             )
         )
     return out

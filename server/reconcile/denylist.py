@@ -98,5 +98,5 @@ def deny_sets(candidates: Iterable[DenyCandidate]) -> tuple[SortedIdSet, SortedI
         if len(raw) != CARD_ID_LENGTH:
             raise ValueError(f"card id {c.card_id!r} is not {CARD_ID_LENGTH} bytes of hex")
         cards.add(raw)
-        uids.update(u for u in c.tag_uids if len(u) == UID_LENGTH)
+        uids.update(u for u in c.tag_uids if len(u) == UID_LENGTH and any(u))  # zeros: a secure card, no UID
     return SortedIdSet.from_ids(cards, CARD_ID_LENGTH), SortedIdSet.from_ids(uids, UID_LENGTH)

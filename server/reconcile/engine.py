@@ -53,6 +53,7 @@ from server.reconcile.card_checks import (
     entitlements_exceeded,
     impossible_travel,
     revoked_cards_used,
+    secure_card_counters,
 )
 from server.reconcile.findings import record_findings
 from server.reconcile.models import ReconcileRun
@@ -98,6 +99,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     out += clock_skew(conn, cfg, backwards)
     out += card_forks(conn, cfg)
     out += card_order(conn, cfg)
+    out += secure_card_counters(conn, cfg)
     out += entitlements_exceeded(conn, cfg)
     out += revoked_cards_used(conn, cfg)
     out += impossible_travel(conn, cfg)

@@ -33,6 +33,7 @@ class FindingKind(str, enum.Enum):
     CARD_FORK = "card_fork"  #: two states from one previous state, or one slot seq twice (clone/replay)
     CARD_ROLLBACK = "card_rollback"  #: genuine chip (counter rising) whose slot state went back (old dump)
     COUNTER_BACKWARDS = "counter_backwards"  #: NTAG NFC counter lower than before for the same UID
+    CARD_COUNTER_REPEATED = "card_counter_repeated"  #: a secure card's signed counter in two taps (replay, cloned key)
     CARD_CHAIN_GAP = "card_chain_gap"  #: slot seqs skipped: a redemption whose entry is missing
     ENTITLEMENT_EXCEEDED = "entitlement_exceeded"  #: total per cycle above the entitlement
     REVOKED_CARD_USED = "revoked_card_used"  #: redemption after the card was revoked
