@@ -251,13 +251,24 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
 @click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None,
               help="Card id (16 hex) of a lost card this one replaces.")
 @click.option("--remaining", default=None, help="Re-issue: remaining entitlement, e.g. '1=0,2=100000'.")
+@click.option("--card-profile", type=click.Choice(["ntag", "secure"]), default="ntag", show_default=True,
+              help="ntag: an NTAG215/216; secure: a Type 4 card with our application (key made on the card, "
+                   "PIN on the card, docs/secure-card.md).")
+@click.option("--pin-reset-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="secure: PEM P-256 public key of the office's PIN-reset key (default: the issuer key, if P-256).")
+@click.option("--pin-required/--no-pin-required", default=False,
+              help="secure: the card itself refuses every update without its PIN.")
 @_station_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
               show_default=True, help="Journal/results directory shared by every single card made here "
                                       "(relative to the current directory).")
 def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: bytes | None,
-             remaining: str | None, **o: Any) -> None:
-    """Provision one card (or re-issue a lost one with its remaining entitlement)."""
+             remaining: str | None, card_profile: str, pin_reset_key: Path | None, pin_required: bool,
+             **o: Any) -> None:
+    """Provision one card (or re-issue a lost one with its remaining entitlement).
+
+    ``--card-profile secure`` always asks for the PIN: it is set on the card (4..8 digits).
+    """
     profile = Profile.load(o["profile_path"])
     row = _single_row(household_ref, region, programmes, profile)
     rem: dict[int, int] | None = None
@@ -269,26 +280,68 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
                                     "(integers, e.g. '1=0,2=100000')") from None
     if (reissue_of is None) != (rem is None):
         raise click.UsageError("--reissue-of and --remaining go together")
+    secure = card_profile == "secure"
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
+        reset_point = _pin_reset_point(st.ctx, pin_reset_key) if secure else b""
         pin_value = (click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
-                     if pin else None)
+                     if pin or secure else None)
         source = st.open_source(o, wait_removal=False)
         # One journal (and issuance file) for all single cards made in this state dir.
         state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
         _console.print("place the card on the reader")
-        cm = source.next_card()
-        if cm is None:
-            raise ProvisionError("no card presented")
-        with cm as tag:
-            out = provision_card(tag, st.ctx, row, state, grant=st.grant,
-                                 reissue_of=reissue_of, remaining=rem, pin=pin_value,
-                                 on_step=lambda s: _console.print(f"  {s.value}"))
+        if secure:
+            assert pin_value is not None
+            out = _provision_secure(source, st, row, state, pin_value, reset_point, pin_required, reissue_of, rem)
+        else:
+            cm = source.next_card()
+            if cm is None:
+                raise ProvisionError("no card presented")
+            with cm as tag:
+                out = provision_card(tag, st.ctx, row, state, grant=st.grant,
+                                     reissue_of=reissue_of, remaining=rem, pin=pin_value,
+                                     on_step=lambda s: _console.print(f"  {s.value}"))
         write_issuance_file(state, st.technician, st.technician_name, st.grant)
         _report(out)
         if out.status is not Event.ISSUED:
             raise ProvisionError(out.detail)
         click.echo(out.card.card_id.hex() if out.card else "")
+
+
+def _pin_reset_point(ctx: StationContext, path: Path | None) -> bytes:
+    """The card's PIN-reset key (65-byte point) from ``--pin-reset-key`` or the issuer key.
+
+    :raises StationInputError: unreadable, not a P-256 public key, or no key and a non-P-256 issuer.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from cardlib.provision.secure import pin_reset_point
+
+    if path is None:
+        return pin_reset_point(ctx, None)
+    try:
+        key = load_pem_public_key(_read_input(path, "--pin-reset-key"))
+    except ValueError as exc:
+        raise StationInputError(f"--pin-reset-key {path}: not a PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise StationInputError(f"--pin-reset-key {path}: not a P-256 key")
+    return pin_reset_point(ctx, key)
+
+
+def _provision_secure(source: PcscCardSource, st: _Station, row: Household, state: BatchState, pin: str,
+                      reset_point: bytes, pin_required: bool, reissue_of: bytes | None,
+                      remaining: dict[int, int] | None) -> CardOutcome:
+    """One secure card from the reader (:func:`cardlib.provision.secure.provision_secure_card`)."""
+    from cardlib.provision.secure import provision_secure_card
+
+    cm = source.next_secure_card()
+    if cm is None:
+        raise ProvisionError("no card presented")
+    with cm as session:
+        return provision_secure_card(session, st.ctx, row, state, pin=pin, pin_reset_key=reset_point,
+                                     pin_required=pin_required, grant=st.grant, reissue_of=reissue_of,
+                                     remaining=remaining, on_step=lambda s: _console.print(f"  {s.value}"))
 
 
 @provision.command("grant")
