@@ -28,20 +28,22 @@ from cardlib.records.bundle import (
     CARD_ID_LENGTH,
     UID_LENGTH,
     BundleKey,
+    InvalidProgrammes,
     Programme,
     SortedIdSet,
     TrustBundle,
     sign_keystore_bundle,
     terminal_bundle_key,
+    validate_programmes,
     verify_bundle,
 )
 from cardlib.records.errors import RecordError
 from server.auth import audit
-from server.errors import ConfigurationError, Conflict
+from server.errors import BadRequest, ConfigurationError, Conflict
 from server.models import Person, PublishedBundle, Terminal, TerminalStatus
 from server.registry import next_deny_sets
 
-__all__ = ["PublishedResult", "load_trust_root", "newest_stored_bundle", "newest_verified_bundle",
+__all__ = ["PublishedResult", "enrolment_pin", "load_trust_root", "newest_stored_bundle", "newest_verified_bundle",
            "publish_next_bundle", "store_bundle", "terminal_bundle_keys"]
 
 #: Seconds per day (``valid_days`` → expiry).
@@ -66,6 +68,16 @@ def load_trust_root(path: str | Path) -> PublicKey:
 def newest_stored_bundle(session: Session) -> PublishedBundle | None:
     """The highest-version stored bundle row, or None when none is published yet (not verified)."""
     return session.scalars(select(PublishedBundle).order_by(PublishedBundle.version.desc()).limit(1)).first()
+
+
+def enrolment_pin(session: Session) -> dict[str, Any] | None:
+    """``{"version", "sha256"}`` of the newest stored bundle, given to a counter at enrolment; None if none.
+
+    A fresh counter installs no older bundle and no other bytes at that version
+    (:func:`terminal.trust.pin_enrolment_bundle`, docs/security.md "Trust bundle and its keys").
+    """
+    row = newest_stored_bundle(session)
+    return None if row is None else {"version": row.version, "sha256": row.sha256.hex()}
 
 
 def newest_verified_bundle(session: Session, root: PublicKey) -> TrustBundle:
@@ -153,6 +165,8 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     :raises Conflict: the stored newest bundle does not verify under the keystore's root,
         or another publisher stored this version first.
     :raises KeysError: no active bundle key in the keystore, or a wrong passphrase.
+    :raises BadRequest: the programmes fail :func:`cardlib.records.bundle.validate_programmes`
+        (empty, unknown unit, duplicate id or name, amount out of range): nothing is signed.
     """
     root = store.entry(store.root_kid).public_key
     previous_row = newest_stored_bundle(session)
@@ -169,6 +183,10 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
         uids = SortedIdSet.from_ids([*previous.deny_uids, *uids], UID_LENGTH)
     if programmes is None:
         programmes = previous.programmes if previous is not None else ()
+    try:
+        validate_programmes(programmes)
+    except InvalidProgrammes as exc:
+        raise BadRequest(f"programmes: {exc}", field="programmes") from None
     version = (previous_row.version if previous_row is not None else 0) + 1
     issued_at = int(time.time()) if now is None else now
     bundle, blob = sign_keystore_bundle(

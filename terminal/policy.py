@@ -52,6 +52,7 @@ class DeclineReason(enum.Enum):
     PIN_REQUIRED = "pin_required"
     PIN_WRONG = "pin_wrong"
     INVALID_QUANTITY = "invalid_quantity"
+    BUNDLE_EXPIRED = "bundle_expired"
     #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
     CLONE_CHECK_FAILED = "clone_check_failed"
     #: `secure` card: its transaction counter is not above the last one this counter saw (replay, cloned key).
@@ -86,6 +87,7 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
     DeclineReason.PIN_WRONG: "The PIN is wrong.",
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
+    DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",
     DeclineReason.CARD_COUNTER_REPEATED: (
         "This card repeated an earlier answer. Send the person to the district office."
@@ -304,6 +306,7 @@ def decide(
     exposure: Exposure,
     bundle_age_days: float,
     now: float,
+    bundle_expired: bool = False,
 ) -> Decision:
     """Decide one tap. Pure: the same inputs always give the same decision.
 
@@ -322,6 +325,9 @@ def decide(
     :param limits: the profile's offline limits (untightened).
     :param exposure: units handed out since the last successful upload.
     :param bundle_age_days: days since the last successful trust-bundle check.
+    :param bundle_expired: the trust bundle is past its time in force (docs/security.md,
+        "Trust bundle and its keys"): cash payouts are declined, other redemptions get the
+        stale floor of their limits, balance checks go on.
     :param now: POSIX seconds (the terminal clock).
     :returns: the decision; never raises for a bad card (that is a decline).
     """
@@ -369,7 +375,9 @@ def decide(
     if qty > remaining:
         return no_b(DeclineReason.NOT_ENOUGH_LEFT)
     unit = programme.unit
-    eff = limits.tightened(bundle_age_days)
+    if bundle_expired and unit is Unit.RUPIAH:
+        return no_b(DeclineReason.BUNDLE_EXPIRED)
+    eff = limits.tightened(max(bundle_age_days, limits.stale_days) if bundle_expired else bundle_age_days)
     if qty > eff.per_tap.get(unit, qty):
         return no_b(DeclineReason.OVER_TAP_LIMIT)
     card_so_far = exposure.card.get(unit, 0)

@@ -80,10 +80,15 @@ def terminal_number(kid: bytes) -> int:
 
 @dataclass
 class Trust:
-    """The trust bundle in force and when it was last confirmed current (POSIX seconds)."""
+    """The trust bundle in force and when it was last confirmed current (POSIX seconds).
+
+    :ivar expired: past the bundle's time in force or its key revoked (:mod:`terminal.trust`):
+        cash payouts stop, other redemptions run at the stale floor, balance checks go on.
+    """
 
     bundle: TrustBundle
     checked_at: float
+    expired: bool = False
 
     def age_days(self, now: float) -> float:
         """Days since the bundle was last confirmed current."""
@@ -303,7 +308,7 @@ class TapProcessor:
                 card=facts, request=Request(mode, programme, qty, pin_status),
                 programmes={k: v[1] for k, v in progs.items()},
                 counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=self.cfg.limits,
-                exposure=exposure, bundle_age_days=trust.age_days(now), now=now,
+                exposure=exposure, bundle_age_days=trust.age_days(now), bundle_expired=trust.expired, now=now,
             )
             if decision.writes_card:
                 assert entry is not None and counter is not None

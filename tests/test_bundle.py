@@ -34,7 +34,8 @@ KEY_PW = b"key passphrase 4567"
 @pytest.fixture()
 def ks(tmp_path: Path) -> KeyStore:
     store = KeyStore.init(tmp_path / "ks", ROOT_PW)
-    store.issue(Role.BUNDLE, store.root_signer(ROOT_PW), passphrase=KEY_PW)
+    # endorsed from a day before _sample() was issued
+    store.issue(Role.BUNDLE, store.root_signer(ROOT_PW), passphrase=KEY_PW, now=1_790_000_000 - 86400)
     return store
 
 

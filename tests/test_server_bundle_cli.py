@@ -42,8 +42,10 @@ def _confirm_clone(app: Any) -> None:
 
 
 def _publish(capsys: pytest.CaptureFixture[str], ks: KeyStore, pw: Path, db_url: str) -> str:
+    programmes = pw.with_name("programmes.toml")  # a first bundle without programmes is refused (issue 17)
+    programmes.write_text('[[programme]]\nid = 1\nname = "food"\nunit = "package"\nper_cycle = 1\n')
     code = main(["server", "bundle", "publish", "--keystore", str(ks.path), "--passphrase-file", str(pw),
-                 "--database", db_url])
+                 "--database", db_url, "--programmes", str(programmes)])
     out, err = capsys.readouterr()
     assert code == 0, err
     return out

@@ -175,12 +175,27 @@ def rotate_cmd(keydir: Path, role: str, **kw: Any) -> None:
               help="Compromise time, UNIX seconds (default: now).")
 @_root_pw_option
 def revoke_cmd(keydir: Path, kid: bytes, at: int | None, root_passphrase_file: Path | None) -> None:
-    """Revoke key KID (hex); the next trust bundle carries the status."""
+    """Revoke key KID (hex); the next trust bundle carries the status (a bundle key: the root's revocation list)."""
     store = KeyStore.open(keydir)
     entry = store.entry(kid)
     root = store.root_signer(read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "Root passphrase"))
     e = store.revoke(entry.kid, root, at=at)
     click.echo(f"revoked {e.role.value} key {e.kid.hex()} from {_when(e.status_time)}")
+
+
+@keys.command("endorse")
+@_dir_option
+@click.argument("kid", type=KID)
+@click.option("--days", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Days the endorsement lasts (at most 90).")
+@_root_pw_option
+def endorse_cmd(keydir: Path, kid: bytes, days: int, root_passphrase_file: Path | None) -> None:
+    """Renew the root's endorsement of bundle key KID (hex); counters refuse bundles under a lapsed one."""
+    store = KeyStore.open(keydir)
+    root = store.root_signer(read_secret(root_passphrase_file, "HUMA_ROOT_PASSPHRASE", "Root passphrase"))
+    endorsed = store.endorse_bundle_key(store.entry(kid).kid, root, days=days)
+    click.echo(f"bundle key {kid.hex()} endorsed {_when(endorsed.valid_from)} to {_when(endorsed.valid_until)}; "
+               "publish a bundle to carry it")
 
 
 @keys.command("list")

@@ -68,6 +68,14 @@ MANIFEST_AAD = b"huma-betang/keystore-manifest/v1"
 """COSE external_aad of the manifest: a context string so no other signed object fits."""
 ENDORSEMENT_AAD = b"huma-betang/key-endorsement/v1"
 """COSE external_aad of a key endorsement."""
+REVOCATION_AAD = b"huma-betang/key-revocations/v1"
+"""COSE external_aad of the root's list of revoked bundle keys."""
+
+DEFAULT_ENDORSEMENT_DAYS = 60
+"""Days a bundle key's endorsement is valid (docs/security.md, "Trust bundle and its keys")."""
+MAX_ENDORSEMENT_DAYS = 90
+"""Longest endorsement of a bundle key counters accept, in days: a stolen bundle key
+signs nothing a counter installs once its endorsement ran out."""
 
 _DAY = 86400
 DEFAULT_VALIDITY_DAYS = {
@@ -207,14 +215,111 @@ def _now() -> int:
     return int(time.time())
 
 
-def endorse(root: Signer, entry: KeyEntry) -> bytes:
+def endorse(root: Signer, entry: KeyEntry, *, valid_from: int | None = None, valid_until: int | None = None,
+            serial: int | None = None) -> bytes:
     """Root-signed statement about one key: kid, role, alg, public key, validity, name.
 
+    :param valid_from: start of the endorsement's own validity, UNIX seconds (bundle keys).
+    :param valid_until: its end, UNIX seconds; counters install no bundle signed under an
+        endorsement they hold to be over (:func:`read_endorsement`).
+    :param serial: the manifest serial the endorsement was made at (newer = larger).
     :returns: a COSE_Sign1 (external_aad :data:`ENDORSEMENT_AAD`) whose payload is
-        the entry's CBOR map without storage details.
+        the entry's CBOR map without storage details, plus the three fields when given.
     """
-    payload = {k: v for k, v in entry.to_cbor().items() if k not in ("backend", "location")}
+    payload: dict[str, Any] = {k: v for k, v in entry.to_cbor().items() if k not in ("backend", "location")}
+    for name, value in (("valid_from", valid_from), ("valid_until", valid_until), ("serial", serial)):
+        if value is not None:
+            payload[name] = value
     return sign1_with(root, cbor2.dumps(payload), ENDORSEMENT_AAD)
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """A verified endorsement: the key and the period the root vouches for it.
+
+    :ivar valid_from, valid_until: UNIX seconds; None on an endorsement without a period
+        (made before endorsements expired; counters refuse it for bundle keys).
+    :ivar serial: manifest serial at endorsement time (0 when absent).
+    """
+
+    entry: KeyEntry
+    valid_from: int | None
+    valid_until: int | None
+    serial: int
+
+
+def read_endorsement(message: bytes, root_public_key: PublicKey, role: Role | None = None) -> Endorsement:
+    """Verify a key endorsement under the pinned root; the key and the endorsement's period.
+
+    :raises ManifestSignatureError: bad signature or not signed by this root.
+    :raises KeystoreError: malformed payload, wrong role, or a period that is not two
+        integers with ``valid_from < valid_until``.
+    """
+    root = cose_key(root_public_key)
+    try:
+        verified = verify1(message, {root.kid: root}, ENDORSEMENT_AAD)
+    except CoseError as exc:
+        raise ManifestSignatureError(f"key endorsement does not verify under root {root.kid.hex()}: {exc}") from exc
+    try:
+        m = cbor2.loads(verified.payload)
+    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+        raise KeystoreError(f"endorsement payload is not CBOR: {exc}") from exc
+    if not isinstance(m, dict):
+        raise KeystoreError("endorsement payload is not a map")
+    entry = KeyEntry.from_cbor({**m, "backend": Backend.FILE.value, "location": ""})
+    if role is not None and entry.role is not role:
+        raise KeystoreError(f"endorsed key {entry.kid.hex()} is a {entry.role.value} key, not {role.value}")
+    start, end, serial = m.get("valid_from"), m.get("valid_until"), m.get("serial", 0)
+    if (start is None) != (end is None) or not isinstance(serial, int) or isinstance(serial, bool):
+        raise KeystoreError(f"endorsement of {entry.kid.hex()}: malformed period or serial")
+    if start is not None and not (type(start) is int and type(end) is int and start < end):
+        raise KeystoreError(f"endorsement of {entry.kid.hex()}: period {start!r}..{end!r} is not valid")
+    return Endorsement(entry, start, end, serial)
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """The root's list of revoked bundle keys (kids), with a serial that only grows.
+
+    :ivar serial: the manifest serial it was signed at.
+    :ivar issued_at: UNIX seconds.
+    :ivar revoked: 4-byte kids.
+    """
+
+    serial: int
+    issued_at: int
+    revoked: frozenset[bytes]
+
+
+def sign_revocations(root: Signer, serial: int, issued_at: int, revoked: frozenset[bytes]) -> bytes:
+    """Root-signed revocation list (COSE_Sign1, external_aad :data:`REVOCATION_AAD`).
+
+    Payload: CBOR map ``{"serial": uint, "issued_at": uint, "revoked": [bstr(4), ...]}`` (kids sorted).
+    """
+    payload = {"serial": serial, "issued_at": issued_at, "revoked": sorted(revoked)}
+    return sign1_with(root, cbor2.dumps(payload), REVOCATION_AAD)
+
+
+def verify_revocations(message: bytes, root_public_key: PublicKey) -> RevocationList:
+    """Verify a revocation list under the pinned root.
+
+    :raises ManifestSignatureError: not signed by this root.
+    :raises KeystoreError: malformed payload.
+    """
+    root = cose_key(root_public_key)
+    try:
+        verified = verify1(message, {root.kid: root}, REVOCATION_AAD)
+    except CoseError as exc:
+        raise ManifestSignatureError(f"revocation list does not verify under root {root.kid.hex()}: {exc}") from exc
+    try:
+        m = cbor2.loads(verified.payload)
+        serial, issued_at, kids = m["serial"], m["issued_at"], m["revoked"]
+        if not (type(serial) is int and type(issued_at) is int and serial >= 0
+                and all(isinstance(k, bytes) and len(k) == 4 for k in kids)):
+            raise TypeError("serial/issued_at must be uints and kids 4 bytes")
+    except (cbor2.CBORDecodeError, EOFError, KeyError, TypeError, ValueError) as exc:
+        raise KeystoreError(f"malformed revocation list: {exc!r}") from exc
+    return RevocationList(serial, issued_at, frozenset(kids))
 
 
 def verify_endorsement(message: bytes, root_public_key: PublicKey, role: Role | None = None) -> KeyEntry:
@@ -224,18 +329,7 @@ def verify_endorsement(message: bytes, root_public_key: PublicKey, role: Role | 
     :raises ManifestSignatureError: bad signature or not signed by this root.
     :raises KeystoreError: malformed payload or wrong role.
     """
-    root = cose_key(root_public_key)
-    try:
-        verified = verify1(message, {root.kid: root}, ENDORSEMENT_AAD)
-    except CoseError as exc:
-        raise ManifestSignatureError(f"key endorsement does not verify under root {root.kid.hex()}: {exc}") from exc
-    m = cbor2.loads(verified.payload)
-    if not isinstance(m, dict):
-        raise KeystoreError("endorsement payload is not a map")
-    entry = KeyEntry.from_cbor({**m, "backend": Backend.FILE.value, "location": ""})
-    if role is not None and entry.role is not role:
-        raise KeystoreError(f"endorsed key {entry.kid.hex()} is a {entry.role.value} key, not {role.value}")
-    return entry
+    return read_endorsement(message, root_public_key, role).entry
 
 
 def _name(common_name: str) -> x509.Name:
@@ -556,11 +650,52 @@ class KeyStore:
             )
             atomic_write(self.path / "certs" / f"{signer.kid.hex()}.crt.pem",
                          cert.public_bytes(serialization.Encoding.PEM))
-        atomic_write(self.path / "endorsements" / f"{signer.kid.hex()}.cose", endorse(root, entry))
         self._entries.append(entry)
+        self._write_endorsement(root, entry, now, DEFAULT_ENDORSEMENT_DAYS)
         self._save(root, now)
         _log.info("issued %s key kid=%s (%s)", role.value, entry.kid.hex(), backend.value)
         return entry
+
+    def _write_endorsement(self, root: Signer, entry: KeyEntry, now: int, days: int) -> None:
+        """Write ``endorsements/<kid>.cose``; a bundle key's carries a period of ``days`` from ``now``."""
+        if entry.role is Role.BUNDLE:
+            until = min(now + days * _DAY, entry.not_after)
+            if until <= now:
+                raise KeyStatusError(f"bundle key {entry.kid.hex()} expired: nothing left to endorse")
+            message = endorse(root, entry, valid_from=now, valid_until=until, serial=self.serial + 1)
+        else:
+            message = endorse(root, entry)
+        atomic_write(self.path / "endorsements" / f"{entry.kid.hex()}.cose", message)
+
+    def endorse_bundle_key(self, kid: bytes, root: Signer, *, days: int = DEFAULT_ENDORSEMENT_DAYS,
+                           now: int | None = None) -> Endorsement:
+        """Renew the root's endorsement of an active bundle key for ``days`` (root ceremony).
+
+        Counters install no bundle whose endorsement is over, so the root renews it before
+        it runs out (every ``days`` − a margin); a revoked key is never renewed.
+
+        :param days: 1..:data:`MAX_ENDORSEMENT_DAYS`.
+        :raises KeyNotFoundError: unknown kid.
+        :raises KeyStatusError: the key is not an active bundle key, or it expired.
+        :raises KeystoreError: ``days`` out of range.
+        """
+        now = _now() if now is None else now
+        if not 1 <= days <= MAX_ENDORSEMENT_DAYS:
+            raise KeystoreError(f"an endorsement lasts 1 to {MAX_ENDORSEMENT_DAYS} days, not {days}")
+        entry = self.entry(kid)
+        if entry.role is not Role.BUNDLE:
+            raise KeyStatusError(f"key {kid.hex()} is a {entry.role.value} key, not a bundle key")
+        entry.usable_for_signing(now)
+        self._write_endorsement(root, entry, now, days)
+        self._save(root, now)
+        return read_endorsement(self.endorsement(kid), self.entry(self.root_kid).public_key, Role.BUNDLE)
+
+    def revocations(self) -> bytes | None:
+        """The root-signed list of revoked bundle keys (``revocations.cose``), or None when none was revoked."""
+        try:
+            return (self.path / "revocations.cose").read_bytes()
+        except FileNotFoundError:
+            return None
 
     def rotate(
         self, role: Role, root: Signer, *, name: str = "", now: int | None = None, **issue_kwargs: Any
@@ -595,5 +730,9 @@ class KeyStore:
         i = self._entries.index(entry)
         self._entries[i] = replace(entry, status=KeyStatus.REVOKED, status_time=now if at is None else at)
         self._save(root, now)
+        revoked = frozenset(e.kid for e in self._entries if e.role is Role.BUNDLE and e.status is KeyStatus.REVOKED)
+        if revoked:
+            # Counters learn it from the next bundle that carries it (cardlib.records.bundle).
+            atomic_write(self.path / "revocations.cose", sign_revocations(root, self.serial, now, revoked))
         _log.info("revoked %s key kid=%s", entry.role.value, kid.hex())
         return self._entries[i]

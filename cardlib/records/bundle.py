@@ -17,9 +17,19 @@ Contents (payload of a COSE_Sign1 by the bundle key, CBOR map with integer keys)
                              never per programme
     9  policies       { tstr: int }   e.g. "offline_cap" (rupiah), "max_days_offline"
 
-File = CBOR array ``[endorsement, bundle]``: ``endorsement`` is the root's COSE_Sign1
-over the bundle key (:func:`cardlib.keys.keystore.endorse`), so a terminal needs to pin
-only the root public key, and the bundle key can rotate without touching terminals.
+File = CBOR array ``[endorsement, bundle]`` or ``[endorsement, bundle, revocations]``:
+``endorsement`` is the root's COSE_Sign1 over the bundle key
+(:func:`cardlib.keys.keystore.endorse`), so a terminal needs to pin only the root public
+key, and the bundle key can rotate without touching terminals; ``revocations`` is the
+root's signed list of revoked bundle keys (:func:`cardlib.keys.keystore.sign_revocations`).
+
+Trust chain (docs/security.md, "Trust bundle and its keys"): the endorsement of a bundle
+key carries its own short period (≤ :data:`cardlib.keys.keystore.MAX_ENDORSEMENT_DAYS`),
+which counters check against *their* trusted time, never against the ``issued_at`` the
+signer chose; a bundle is in force at most until ``min(expires_at, endorsement end)``; a
+kid on any revocation list a counter has seen signs nothing it installs again; a new
+version may exceed the installed one by at most :data:`MAX_VERSION_STEP`; programmes
+must pass :func:`validate_programmes`.
 
 Deny-list lookup: the lists stay one sorted ``bytes`` blob each and are searched by
 bisection (≈19 probes at 300,000 entries, a few microseconds; memory = 8 B per card id
@@ -38,9 +48,10 @@ from typing import Any
 import cbor2
 
 from cardlib.keys.errors import KeysError
+from cardlib.keys.keystore import MAX_ENDORSEMENT_DAYS, RevocationList, read_endorsement, verify_revocations
 from cardlib.keys.keystore import Role as KeystoreRole
-from cardlib.keys.keystore import verify_endorsement
 from cardlib.keys.signer import PublicKey, Signer, cose_key, public_key_from_raw, raw_public_bytes, sign1_with
+from cardlib.records.claims import UINT32_MAX, Unit
 from cardlib.records.cose import Algorithm, CoseError, CoseKey, verify1
 from cardlib.records.errors import DeniedCard, RecordError, RevokedKid, UnknownKid
 
@@ -49,6 +60,15 @@ BUNDLE_AAD = b"huma-betang/trust-bundle/v1"
 """COSE external_aad of the bundle: context string so no other signed object fits."""
 CARD_ID_LENGTH = 8
 UID_LENGTH = 7
+MAX_VERSION_STEP = 1000
+"""Most a new bundle's version may exceed the installed one by: a stolen key cannot jump
+to 2^62 and lock every later legitimate bundle out (the server counts up by one)."""
+MAX_PER_CYCLE = {"package": 1_000, "visit": 1_000, "rupiah": 100_000_000}
+"""Largest entitlement per half-year cycle a programme may grant, per unit (packages,
+visits, rupiah); a bundle that names more is a typing error, not a policy."""
+PROGRAMME_ID_RANGE = (1, 23)
+"""Programme ids a card can hold (docs/card-format.md: CBOR keys 1..23, one byte)."""
+_DAY_S = 86400
 
 
 class BundleError(RecordError):
@@ -73,6 +93,24 @@ class StaleBundleVersion(BundleError):
         super().__init__(f"bundle version {version} is older than the held version {held}")
         self.version = version
         self.held = held
+
+
+class BundleVersionJump(BundleError):
+    """The bundle's version exceeds the installed one by more than :data:`MAX_VERSION_STEP`."""
+
+
+class EndorsementNotValid(BundleSignatureError):
+    """The root's endorsement of the bundle key has no period, is not yet or no longer
+    valid at the terminal's trusted time, or does not cover the bundle's ``issued_at``."""
+
+
+class BundleKeyRevoked(BundleSignatureError):
+    """The bundle key is on a root-signed revocation list."""
+
+
+class InvalidProgrammes(BundleError):
+    """The programme list is empty, or a programme has an unknown unit, a duplicate id or
+    name, or an amount outside 1..:data:`MAX_PER_CYCLE`."""
 
 
 class KeyRole(enum.IntEnum):
@@ -227,6 +265,17 @@ class TrustBundle:
     policies: Mapping[str, int] = field(default_factory=dict)
     signer_kid: bytes = b""
     """kid of the bundle key that signed it (set by :func:`verify_bundle`)."""
+    endorsed_until: int | None = None
+    """End of the root's endorsement of the signing key, UNIX seconds (set by :func:`verify_bundle`)."""
+    revocations: RevocationList | None = None
+    """The root's revocation list carried in the file, if any (set by :func:`verify_bundle`)."""
+
+    @property
+    def in_force_until(self) -> int:
+        """UNIX seconds after which the bundle is expired: ``expires_at``, cut at the endorsement's end."""
+        if self.endorsed_until is None:
+            return self.expires_at
+        return min(self.expires_at, self.endorsed_until)
 
     # ------------------------------------------------------------------ terminal queries
 
@@ -291,17 +340,97 @@ class _Resolver:
         return CoseKey(k.kid, k.alg, k.public_key)
 
 
-def sign_bundle(bundle: TrustBundle, bundle_signer: Signer, endorsement: bytes) -> bytes:
+def sign_bundle(bundle: TrustBundle, bundle_signer: Signer, endorsement: bytes,
+                revocations: bytes | None = None) -> bytes:
     """Sign a bundle with the bundle key and attach the root's endorsement of that key.
 
     :param endorsement: from :meth:`cardlib.keys.keystore.KeyStore.endorsement` for the
         bundle key's kid.
-    :returns: the bundle file bytes (CBOR array of two COSE_Sign1 messages).
+    :param revocations: the root's revocation list (:meth:`cardlib.keys.keystore.KeyStore.revocations`).
+    :returns: the bundle file bytes (CBOR array of two or three COSE_Sign1 messages).
     :raises BundleError: when ``issued_at >= expires_at`` or the version is negative.
     """
     if bundle.version < 0 or bundle.expires_at <= bundle.issued_at:
         raise BundleError("bundle needs version >= 0 and expires_at > issued_at")
-    return cbor2.dumps([endorsement, sign1_with(bundle_signer, bundle.payload(), BUNDLE_AAD)])
+    parts = [endorsement, sign1_with(bundle_signer, bundle.payload(), BUNDLE_AAD)]
+    return cbor2.dumps(parts if revocations is None else [*parts, revocations])
+
+
+def validate_programmes(programmes: Iterable[Programme]) -> None:
+    """Refuse a programme list no counter should act on (server before signing, counter before installing).
+
+    Rules: at least one programme; ids in :data:`PROGRAMME_ID_RANGE` and unique; names
+    1..64 characters and unique; unit one of :class:`cardlib.records.claims.Unit` in lower
+    case (``package``, ``rupiah``, ``visit``); ``per_cycle`` an integer in
+    1..:data:`MAX_PER_CYCLE` of its unit (never above the card's uint32).
+
+    :raises InvalidProgrammes: naming the first programme that breaks a rule.
+    """
+    items = list(programmes)
+    if not items:
+        raise InvalidProgrammes("the programme list is empty: every card would be declined")
+    ids: set[int] = set()
+    names: set[str] = set()
+    units = {u.name.lower() for u in Unit}
+    for p in items:
+        what = f"programme {p.id!r} ({p.name!r})"
+        if type(p.id) is not int or not PROGRAMME_ID_RANGE[0] <= p.id <= PROGRAMME_ID_RANGE[1]:
+            raise InvalidProgrammes(f"{what}: id must be {PROGRAMME_ID_RANGE[0]}..{PROGRAMME_ID_RANGE[1]}")
+        if p.id in ids:
+            raise InvalidProgrammes(f"{what}: duplicate programme id {p.id}")
+        if not isinstance(p.name, str) or not 1 <= len(p.name) <= 64 or p.name != p.name.strip():
+            raise InvalidProgrammes(f"{what}: name must be 1..64 characters without outer spaces")
+        if p.name in names:
+            raise InvalidProgrammes(f"{what}: duplicate programme name {p.name!r}")
+        if p.unit not in units:
+            raise InvalidProgrammes(f"{what}: unknown unit {p.unit!r} (one of {', '.join(sorted(units))})")
+        limit = min(MAX_PER_CYCLE[p.unit], UINT32_MAX)
+        if type(p.per_cycle) is not int or not 1 <= p.per_cycle <= limit:
+            raise InvalidProgrammes(f"{what}: per_cycle {p.per_cycle!r} {p.unit} is outside 1..{limit}")
+        ids.add(p.id)
+        names.add(p.name)
+
+
+def check_version_step(version: int, floor: int | None) -> None:
+    """Refuse a version below ``floor`` or more than :data:`MAX_VERSION_STEP` above it.
+
+    :param floor: the highest version the terminal holds from a key not revoked (None: none yet).
+    :raises StaleBundleVersion: ``version < floor``.
+    :raises BundleVersionJump: ``version > floor + MAX_VERSION_STEP``.
+    """
+    if floor is None:
+        return
+    if version < floor:
+        raise StaleBundleVersion(version, floor)
+    if version > floor + MAX_VERSION_STEP:
+        raise BundleVersionJump(f"bundle version {version} jumps more than {MAX_VERSION_STEP} past the held "
+                                f"version {floor}; refused")
+
+
+def bundle_revocations(data: bytes, root_public_key: PublicKey) -> RevocationList | None:
+    """The root's revocation list in a bundle file, verified, without trusting the rest of the file.
+
+    A counter learns it even from a bundle it then refuses: it is the root's word.
+
+    :raises MalformedBundle: not a bundle file. :raises BundleSignatureError: the list is not the root's.
+    """
+    parts = _file_parts(data)
+    if len(parts) < 3:
+        return None
+    try:
+        return verify_revocations(parts[2], root_public_key)
+    except KeysError as exc:
+        raise BundleSignatureError(f"revocation list: {exc}") from exc
+
+
+def _file_parts(data: bytes) -> list[bytes]:
+    try:
+        outer = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+        raise MalformedBundle(f"not CBOR: {exc}") from exc
+    if not (isinstance(outer, list) and len(outer) in (2, 3) and all(isinstance(x, bytes) for x in outer)):
+        raise MalformedBundle("bundle file must be [endorsement, bundle] or [endorsement, bundle, revocations]")
+    return outer
 
 
 def verify_bundle(
@@ -310,31 +439,51 @@ def verify_bundle(
     *,
     held_version: int | None = None,
     now: int | None = None,
+    revoked: Iterable[bytes] = (),
 ) -> TrustBundle:
     """Verify a trust bundle file and decode it.
 
-    Order: structure → root endorsement of the bundle key (pinned root) → bundle key
-    not expired at ``issued_at`` → bundle signature → format → version ≥ held →
-    canonical deny lists. Expiry is *not* an error (see :meth:`TrustBundle.is_stale`).
+    Order: structure → root endorsement of the bundle key (pinned root) → the key on no
+    revocation list (``revoked`` and the file's own) → endorsement period covers ``now``
+    and ``issued_at`` (when ``now`` is given) → bundle key not expired → bundle signature
+    → format → version ≥ held → canonical deny lists. Expiry is *not* an error (see
+    :attr:`TrustBundle.in_force_until`).
 
     :param root_public_key: the root key pinned on the terminal.
     :param held_version: the version the terminal already trusts; an equal version is
         accepted (same bundle fetched again), a lower one refused.
+    :param now: the terminal's trusted time, UNIX seconds (never earlier than the newest
+        ``issued_at`` it installed); None skips the period checks (the server's stored copies).
+    :param revoked: kids (4 bytes) of bundle keys the root revoked, as the terminal learnt them.
     :raises MalformedBundle: bad structure or unknown format.
     :raises BundleSignatureError: endorsement or bundle signature does not verify.
+    :raises BundleKeyRevoked: the bundle key is revoked.
+    :raises EndorsementNotValid: the endorsement has no period, its period is longer than
+        :data:`cardlib.keys.keystore.MAX_ENDORSEMENT_DAYS`, or misses ``now`` or ``issued_at``.
     :raises StaleBundleVersion: version lower than ``held_version``.
     """
+    parts = _file_parts(data)
+    endorsement, message = parts[0], parts[1]
     try:
-        outer = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
-        raise MalformedBundle(f"not CBOR: {exc}") from exc
-    if not (isinstance(outer, list) and len(outer) == 2 and all(isinstance(x, bytes) for x in outer)):
-        raise MalformedBundle("bundle file must be [endorsement, bundle]")
-    endorsement, message = outer
-    try:
-        bkey = verify_endorsement(endorsement, root_public_key, KeystoreRole.BUNDLE)
+        endorsed = read_endorsement(endorsement, root_public_key, KeystoreRole.BUNDLE)
     except KeysError as exc:
         raise BundleSignatureError(f"bundle key endorsement: {exc}") from exc
+    bkey = endorsed.entry
+    own = bundle_revocations(data, root_public_key)
+    if bkey.kid in set(revoked) | (own.revoked if own is not None else frozenset()):
+        raise BundleKeyRevoked(f"bundle key {bkey.kid.hex()} is revoked by the root")
+    start, end = endorsed.valid_from, endorsed.valid_until
+    if now is not None:
+        if start is None or end is None:
+            raise EndorsementNotValid(f"endorsement of bundle key {bkey.kid.hex()} has no validity period")
+        if end - start > MAX_ENDORSEMENT_DAYS * _DAY_S:
+            raise EndorsementNotValid(f"endorsement of bundle key {bkey.kid.hex()} is longer than "
+                                      f"{MAX_ENDORSEMENT_DAYS} days")
+        if not start <= now <= end:
+            raise EndorsementNotValid(f"endorsement of bundle key {bkey.kid.hex()} is valid {start}..{end}, "
+                                      f"not at trusted time {now}")
+        if now > bkey.not_after:
+            raise EndorsementNotValid(f"bundle key {bkey.kid.hex()} expired at {bkey.not_after} (endorsement)")
     try:
         verified = verify1(message, {bkey.kid: cose_key(bkey.public_key)}, BUNDLE_AAD)
     except CoseError as exc:
@@ -353,6 +502,8 @@ def verify_bundle(
             programmes=tuple(Programme._decode(p) for p in m[8]),
             policies=dict(m[9]),
             signer_kid=bkey.kid,
+            endorsed_until=end,
+            revocations=own,
         )
     except MalformedBundle:
         raise
@@ -360,6 +511,9 @@ def verify_bundle(
         raise MalformedBundle(f"bad bundle payload: {exc!r}") from exc
     if bundle.issued_at > bkey.not_after:
         raise BundleSignatureError(f"bundle key {bkey.kid.hex()} had expired when this bundle was issued")
+    if now is not None and start is not None and end is not None and not start <= bundle.issued_at <= end:
+        raise EndorsementNotValid(f"bundle issued at {bundle.issued_at}, outside its key's endorsement "
+                                  f"{start}..{end}")
     if held_version is not None and bundle.version < held_version:
         raise StaleBundleVersion(bundle.version, held_version)
     return bundle
@@ -410,11 +564,18 @@ def sign_keystore_bundle(
     :param store: an open :class:`cardlib.keys.keystore.KeyStore`; its active BUNDLE key signs,
         and the root's endorsement of that key is attached.
     :param bundle_passphrase: passphrase of the bundle key (UTF-8 bytes).
-    :param issued_at: UNIX seconds. :param expires_at: UNIX seconds, > ``issued_at``.
-    :returns: ``(bundle, file bytes)``.
+    :param issued_at: UNIX seconds. :param expires_at: UNIX seconds, > ``issued_at``; cut at
+        the end of the bundle key's endorsement (counters would cut it there anyway).
+    :returns: ``(bundle, file bytes)``; the root's revocation list is attached when the
+        keystore has one.
     :raises KeysError: no active bundle key or a wrong passphrase.
     :raises BundleError: see :func:`sign_bundle`.
     """
+    key = store.active(KeystoreRole.BUNDLE)
+    endorsement = store.endorsement(key.kid)
+    endorsed = read_endorsement(endorsement, store.entry(store.root_kid).public_key, KeystoreRole.BUNDLE)
+    if endorsed.valid_until is not None and endorsed.valid_until < expires_at:
+        expires_at = max(endorsed.valid_until, issued_at + 1)
     bundle = TrustBundle(
         version=version, issued_at=issued_at, expires_at=expires_at,
         keys=keystore_bundle_keys(store.entries) + tuple(terminal_keys),
@@ -422,6 +583,5 @@ def sign_keystore_bundle(
         deny_uids=deny_uids if deny_uids is not None else SortedIdSet(b"", UID_LENGTH),
         programmes=tuple(programmes), policies=dict(policies or {}),
     )
-    key = store.active(KeystoreRole.BUNDLE)
     signer = store.signer(key.kid, bundle_passphrase)
-    return bundle, sign_bundle(bundle, signer, store.endorsement(key.kid))
+    return bundle, sign_bundle(bundle, signer, endorsement, store.revocations())

@@ -1,0 +1,296 @@
+"""The counter's trust store: the installed trust bundle and what the counter remembers about the chain.
+
+docs/security.md, "Trust bundle and its keys". Files next to ``<bundle_path>``:
+
+- ``<bundle_path>``: the signed bundle bytes as downloaded;
+- ``<bundle_path>.state.json``: ``etag``, ``checked_at`` (POSIX seconds) and the trust
+  state kept apart from the bundle file — the installed bundle's version and SHA-256,
+  per bundle key (kid hex) the highest version and ``issued_at`` installed from it, and
+  the root's revocations learnt so far (serial and kids);
+- ``<bundle_path>.pin.json``: ``{"version", "sha256"}`` of the server's newest bundle at
+  enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter.
+
+Rules on every download (:meth:`TrustStore.install`):
+
+1. a root-signed revocation list in the file is learnt first, even if the bundle is then
+   refused (it is the root's word, not the bundle key's);
+2. the bundle verifies under the pinned root at the *trusted time*: the later of the
+   system clock and the newest ``issued_at`` installed from a key not revoked (a clock
+   set back cannot revive an expired endorsement);
+3. its key is on no revocation list; its endorsement is valid now and covers ``issued_at``;
+4. its programmes pass :func:`cardlib.records.bundle.validate_programmes`;
+5. its version is not below the enrolment pin nor the highest version installed from a
+   key not revoked, nor more than :data:`cardlib.records.bundle.MAX_VERSION_STEP` above it.
+
+On load the stored file must be the installed one (same SHA-256) and verify again, so a
+file swapped for an older, validly signed bundle is refused. A bundle whose time is over
+(:attr:`cardlib.records.bundle.TrustBundle.in_force_until`) or whose key was revoked
+stays loaded but :attr:`terminal.tap.Trust.expired` is set: cash stops, balance checks go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cardlib.fsutil import atomic_write
+from cardlib.keys.signer import PublicKey
+from cardlib.records.bundle import (
+    BundleError,
+    TrustBundle,
+    bundle_revocations,
+    check_version_step,
+    validate_programmes,
+    verify_bundle,
+)
+from terminal.errors import TrustStoreError
+from terminal.tap import Trust
+
+log = logging.getLogger(__name__)
+
+
+def pin_path(bundle_path: str | Path) -> Path:
+    """Where the enrolment pin of the counter whose bundle is ``bundle_path`` is kept."""
+    path = Path(bundle_path)
+    return path.with_name(path.name + ".pin.json")
+
+
+def pin_enrolment_bundle(bundle_path: str | Path, newest: Mapping[str, Any] | None) -> None:
+    """Keep the version and SHA-256 of the server's newest bundle, as told at enrolment.
+
+    :param newest: ``{"version": int, "sha256": hex}`` from the certificate answer
+        (docs/api.md), or None when the server had no bundle yet (nothing is pinned).
+    :raises TrustStoreError: the answer's ``bundle`` is malformed.
+    """
+    if newest is None:
+        return
+    try:
+        version, digest = newest["version"], bytes.fromhex(newest["sha256"])
+        if type(version) is not int or version < 0 or len(digest) != 32:
+            raise ValueError("version must be a uint and sha256 32 bytes in hex")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrustStoreError(f"enrolment answer names no usable bundle: {exc!r}") from exc
+    atomic_write(pin_path(bundle_path), json.dumps({"version": version, "sha256": digest.hex()}).encode())
+
+
+class TrustStore:
+    """The installed trust bundle on disk, verified under the pinned root key (module doc: files, rules).
+
+    :param bundle_path: where the bundle is kept.
+    :param root_public_key: the pinned root key (endorses bundle keys, signs revocations).
+    :param clock: POSIX seconds (the system clock; tests pass their own).
+    :raises TrustStoreError: a stored bundle exists but does not verify, is not the one
+        installed (swapped), or its trust state is missing.
+    """
+
+    def __init__(self, bundle_path: str | Path, root_public_key: PublicKey,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(bundle_path)
+        self._state_path = self.path.with_name(self.path.name + ".state.json")
+        self._new_path = self.path.with_name(self.path.name + ".new")
+        self._root = root_public_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._bundle: TrustBundle | None = None
+        self._data: bytes | None = None
+        self.etag: str | None = None
+        self.checked_at = 0.0
+        state = self._read_state()
+        # a state file written before the trust state existed: etag and checked_at only
+        self._legacy = bool(state) and "signers" not in state
+        self.etag, self.checked_at = state.get("etag"), float(state.get("checked_at", 0.0))
+        self._installed: dict[str, Any] | None = state.get("installed")
+        self._signers: dict[str, dict[str, int]] = dict(state.get("signers", {}))
+        revocations = state.get("revocations", {})
+        self._revocation_serial = int(revocations.get("serial", -1))
+        self._revoked = frozenset(bytes.fromhex(k) for k in revocations.get("revoked", ()))
+        self._pin = self._read_pin()
+        if self.path.is_file():
+            self._load()
+
+    # ------------------------------------------------------------------ loading
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise TrustStoreError(f"trust state {self._state_path} is unreadable: {exc}") from exc
+        if not isinstance(state, dict):
+            raise TrustStoreError(f"trust state {self._state_path} is not a JSON object")
+        return state
+
+    def _read_pin(self) -> dict[str, Any] | None:
+        try:
+            pin = json.loads(pin_path(self.path).read_text())
+            return {"version": int(pin["version"]), "sha256": str(pin["sha256"])}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TrustStoreError(f"enrolment pin {pin_path(self.path)} is unreadable: {exc!r}") from exc
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if self._installed is None:
+            if not self._legacy:
+                raise TrustStoreError(f"stored trust bundle {self.path} was never installed by this counter "
+                                      f"(no record in {self._state_path}); refused")
+            log.warning("trust bundle %s has no trust state (installed before versions were kept); "
+                        "adopting it as installed", self.path)
+        elif digest != self._installed["sha256"]:
+            if self._new_path.is_file() and hashlib.sha256(
+                    self._new_path.read_bytes()).hexdigest() == self._installed["sha256"]:
+                os.replace(self._new_path, self.path)  # an install cut short before its last rename
+                self._load()
+                return
+            raise TrustStoreError(f"stored trust bundle {self.path} is not the installed one "
+                                  f"(v{self._installed['version']}, sha256 {self._installed['sha256'][:16]}…): "
+                                  f"refused (swapped for another file?)")
+        try:
+            bundle = verify_bundle(data, self._root, revoked=self._revoked)
+        except BundleError as exc:
+            raise TrustStoreError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
+        self._bundle, self._data = bundle, data
+        if self._installed is None:
+            self._record(bundle, digest)
+            self._save_state()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def version(self) -> int | None:
+        """Version of the installed bundle, or None."""
+        with self._lock:
+            return None if self._bundle is None else self._bundle.version
+
+    def trusted_time(self, now: float | None = None) -> int:
+        """The later of the clock and the newest ``issued_at`` installed from a key not revoked (UNIX seconds)."""
+        with self._lock:
+            return self._trusted_time(self._clock() if now is None else now)
+
+    def current(self, now: float | None = None) -> Trust:
+        """The bundle in force, when it was last confirmed current, and whether it is expired.
+
+        Expired: the trusted time is past :attr:`TrustBundle.in_force_until`, or its key
+        was revoked by the root.
+
+        :raises TrustStoreError: no bundle installed yet.
+        """
+        with self._lock:
+            if self._bundle is None:
+                raise TrustStoreError(f"no trust bundle installed at {self.path}; the terminal must sync once")
+            trusted = self._trusted_time(self._clock() if now is None else now)
+            expired = trusted > self._bundle.in_force_until or self._bundle.signer_kid in self._revoked
+            return Trust(self._bundle, self.checked_at, expired=expired)
+
+    # ------------------------------------------------------------------ install
+
+    def install(self, data: bytes, etag: str | None, now: float | None = None) -> bool:
+        """Verify and install downloaded bundle bytes; same bytes only confirm the held bundle.
+
+        :param now: POSIX seconds of the check (default: the clock).
+        :returns: True when a new bundle was installed.
+        :raises TrustStoreError: bad signature/structure, a revoked key, an endorsement not
+            valid at the trusted time, bad programmes, a version below the held one or the
+            enrolment pin, or a jump past :data:`cardlib.records.bundle.MAX_VERSION_STEP`.
+        """
+        at = self._clock() if now is None else now
+        with self._lock:
+            if self._data == data:
+                self._confirm(etag or self.etag, at)
+                return False
+            self._learn_revocations(data)
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                bundle = verify_bundle(data, self._root, now=self._trusted_time(at), revoked=self._revoked)
+                validate_programmes(bundle.programmes)
+            except BundleError as exc:
+                raise TrustStoreError(f"downloaded trust bundle refused: {exc}") from exc
+            self._check_version(bundle, digest)
+            atomic_write(self._new_path, data)
+            self._record(bundle, digest)
+            self.etag, self.checked_at = etag, at
+            self._save_state()
+            os.replace(self._new_path, self.path)
+            self._bundle, self._data = bundle, data
+            log.info("trust bundle v%d installed (deny list: %d cards, %d UIDs)", bundle.version,
+                     len(bundle.deny_cards), len(bundle.deny_uids))
+            return True
+
+    def confirm(self, now: float | None = None) -> None:
+        """The server said the held bundle is still the newest (304): its age restarts."""
+        with self._lock:
+            self._confirm(self.etag, self._clock() if now is None else now)
+
+    # ------------------------------------------------------------------ internals (lock held)
+
+    def _live_signers(self) -> list[dict[str, int]]:
+        return [v for k, v in self._signers.items() if bytes.fromhex(k) not in self._revoked]
+
+    def _trusted_time(self, now: float) -> int:
+        return max([int(now), *(v["issued_at"] for v in self._live_signers())])
+
+    def _floor(self) -> int | None:
+        versions = [v["version"] for v in self._live_signers()]
+        if self._pin is not None:
+            versions.append(self._pin["version"])
+        return max(versions, default=None)
+
+    def _learn_revocations(self, data: bytes) -> None:
+        try:
+            revocations = bundle_revocations(data, self._root)
+        except BundleError as exc:
+            raise TrustStoreError(f"downloaded trust bundle refused: {exc}") from exc
+        if revocations is None or revocations.serial <= self._revocation_serial:
+            return
+        learnt = revocations.revoked - self._revoked
+        self._revoked = self._revoked | revocations.revoked
+        self._revocation_serial = revocations.serial
+        self._save_state()
+        for kid in sorted(learnt):
+            log.warning("the root revoked bundle key %s: nothing it signs is installed again", kid.hex())
+
+    def _check_version(self, bundle: TrustBundle, digest: str) -> None:
+        pin = self._pin
+        if pin is not None and bundle.version < pin["version"]:
+            raise TrustStoreError(f"downloaded trust bundle v{bundle.version} is older than v{pin['version']} "
+                                  f"pinned at enrolment; refused")
+        if pin is not None and bundle.version == pin["version"] and digest != pin["sha256"]:
+            raise TrustStoreError(f"downloaded trust bundle v{bundle.version} is not the one pinned at enrolment "
+                                  f"(other bytes); refused")
+        held = self._installed
+        if (held is not None and bundle.version == held["version"] and self._bundle is not None
+                and self._bundle.signer_kid not in self._revoked):
+            raise TrustStoreError(f"downloaded bundle has the held version {held['version']} but other bytes; "
+                                  f"refused")
+        try:
+            check_version_step(bundle.version, self._floor())
+        except BundleError as exc:
+            raise TrustStoreError(f"downloaded trust bundle refused: {exc}") from exc
+
+    def _record(self, bundle: TrustBundle, digest: str) -> None:
+        self._installed = {"version": bundle.version, "sha256": digest, "signer": bundle.signer_kid.hex()}
+        seen = self._signers.get(bundle.signer_kid.hex(), {"version": bundle.version, "issued_at": bundle.issued_at})
+        self._signers[bundle.signer_kid.hex()] = {"version": max(seen["version"], bundle.version),
+                                                  "issued_at": max(seen["issued_at"], bundle.issued_at)}
+
+    def _confirm(self, etag: str | None, at: float) -> None:
+        self.etag, self.checked_at = etag, at
+        self._save_state()
+
+    def _save_state(self) -> None:
+        state: dict[str, Any] = {"etag": self.etag, "checked_at": self.checked_at, "signers": self._signers,
+                                 "revocations": {"serial": self._revocation_serial,
+                                                 "revoked": sorted(k.hex() for k in self._revoked)}}
+        if self._installed is not None:
+            state["installed"] = self._installed
+        atomic_write(self._state_path, json.dumps(state, sort_keys=True).encode())
