@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import logging
 import math
 import re
@@ -28,6 +29,7 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import jsonschema
 
@@ -430,6 +432,9 @@ def _terminal_rules(doc: _Doc, dirs: Iterable[str | Path] = ()) -> list[ConfigIs
     issues: list[ConfigIssue] = []
     if d["counter_mode"] != CounterMode.BALANCE_CHECK and not d["programmes"]:
         issues.append(doc.issue(("programmes",), f"a {d['counter_mode']} counter serves at least one programme"))
+    if _plain_http_off_host(d["server_url"]):
+        issues.append(doc.issue(("server_url",), "plain http:// to another host: use https:// "
+                                "(http only to loopback: 127.0.0.0/8, ::1, localhost)"))
     search = _terminal_reader_dirs(doc, dirs)
     for index, binding in enumerate(d["readers"]):
         try:
@@ -437,6 +442,18 @@ def _terminal_rules(doc: _Doc, dirs: Iterable[str | Path] = ()) -> list[ConfigIs
         except ConfigNotFound:
             issues.append(doc.issue(("readers", index, "profile"), f"no reader profile {binding['profile']!r}"))
     return issues
+
+
+def _plain_http_off_host(url: str) -> bool:
+    """True for an ``http://`` URL whose host is not loopback (server answers would travel in clear)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or host.lower() == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _resolve_path(doc: _Doc, value: str) -> Path:

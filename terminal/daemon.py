@@ -43,6 +43,7 @@ from firmware_config.models import (
 from terminal.checkpoint import shift_checkpoint
 from terminal.clock import Clock
 from terminal.connection import Deadline, DeadlineConnection, type2_channel
+from terminal.enrol import load_receipt_key
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
 from terminal.journal_store import JournalStore
@@ -271,7 +272,12 @@ class Daemon:
             request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
         )
         self.supervisor = reader_supervisor(profile.readers, self.tap, identify=partial(card_uid, caps))
-        client = SyncClient(HttpApi(profile.server_url), self.journal, signer, profile.terminal_id, self.trust)
+        try:
+            api = HttpApi(profile.server_url)
+        except ValueError as exc:  # plain http to another host (docs/security.md "Server answers are signed")
+            raise TerminalProfileError(f"{profile.source}: {exc}") from exc
+        client = SyncClient(api, self.journal, signer, profile.terminal_id, self.trust,
+                            receipt_key=load_receipt_key(profile))
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)
         self._sup_thread: threading.Thread | None = None
         self.state.health_source = self.health_view
@@ -295,6 +301,7 @@ class Daemon:
             "sync_error": self.sync.health.last_error,
             "last_sync_ok": self.sync.health.last_ok,
             "unsent": self.journal.unsent_count(),
+            "upload_refused": len(self.journal.upload_problems()),  # flagged by a signed receipt, kept
             "bundle_version": bundle_version,
             "bundle_age_days": bundle_age,
             "bundle_fresh_days": self.tap.cfg.limits.fresh_days,

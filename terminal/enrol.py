@@ -9,7 +9,8 @@ Two steps, each safe to repeat (docs/api.md, ``/api/v1/terminals``):
 2. :func:`enrol` submits the CSR (``POST /api/v1/terminals/enrol``, answered
    202) and polls ``GET /api/v1/terminals/<id>/certificate`` until an
    administrator approved it (200: the certificate is saved as
-   ``<key stem>.cert.pem``) or the wait is over (202 each time).
+   ``<key stem>.cert.pem``, the server receipt key it carries pinned as
+   ``<key stem>.receipt-key.pem``) or the wait is over (202 each time).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cardlib.fsutil import atomic_write
 from cardlib.keys.pkcs8 import save_private_key
 from cardlib.keys.signer import derive_kid
 from cardlib.keys.terminal_ca import make_terminal_csr
@@ -74,7 +79,10 @@ def enrol(
     csr_file = csr_path(profile)
     if not csr_file.is_file():
         raise TerminalProfileError(f"no CSR at {csr_file}: run 'huma terminal init --profile {profile.source}' first")
-    api = api or HttpApi(profile.server_url)
+    try:
+        api = api or HttpApi(profile.server_url)
+    except ValueError as exc:  # plain http to another host: server answers would travel unprotected
+        raise TerminalProfileError(f"{profile.source}: {exc}") from exc
     tid = profile.terminal_id
     body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text()}).encode()
     try:
@@ -88,8 +96,10 @@ def enrol(
     while True:
         r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
         if r.status == 200:
+            answer = json.loads(r.body)
+            save_receipt_key(profile, answer.get("receipt_key"))
             cert = certificate_path(profile)
-            cert.write_text(json.loads(r.body)["certificate"])
+            cert.write_text(answer["certificate"])
             return cert
         if r.status != 202:
             raise SyncRejected(f"certificate refused: HTTP {r.status} {r.body[:300]!r}")

@@ -60,6 +60,8 @@ WRITE_KINDS = (
     EntryKind.FINISHED,
     EntryKind.VOIDED,
 )
+#: Newest entries of a card :meth:`JournalStore.last_card_counter` reads (a recovery copies an older counter).
+_COUNTER_LOOKBACK = 16
 #: :data:`WRITE_KINDS` as an SQL list of their integer codes.
 _WRITE_KIND_LIST = ",".join(str(int(k)) for k in WRITE_KINDS)
 
@@ -489,10 +491,13 @@ class JournalStore:
     def last_card_counter(self, card_id: str) -> int | None:
         """Highest transaction counter of a `secure` card journalled here (docs/secure-card.md §5.1), else None.
 
-        A secure card's entries carry no tag UID and its signed counter in the NFC counter claim.
+        A secure card's entries carry no tag UID and its signed counter in the NFC counter claim. A tap
+        journals only a counter above every earlier one, so the newest entries hold the highest: the
+        last :data:`_COUNTER_LOOKBACK` of the card are read (each row is verified, a card's whole
+        history would cost a signature check per entry it ever had).
         """
-        counters = [s.entry.ntag_counter for s in self._rows("WHERE card_id=?", (card_id,))
-                    if s.entry.tag_uid is None and s.entry.ntag_counter is not None]
+        rows = self._rows("WHERE card_id=? ORDER BY seq DESC LIMIT ?", (card_id, _COUNTER_LOOKBACK))
+        counters = [s.entry.ntag_counter for s in rows if s.entry.tag_uid is None and s.entry.ntag_counter is not None]
         return max(counters, default=None)
 
     def exposure(self, card_id: str | None = None) -> dict[Unit, int]:

@@ -2,18 +2,32 @@
 
 docs/design.md §Sync and docs/api.md:
 
+- **Server answers are signed** (docs/security.md "Server answers are signed"):
+  the server's receipt key, pinned at enrolment, signs every upload receipt and
+  every bundle freshness statement (:mod:`cardlib.records.statements`). An answer
+  without one, signed by another key, for another request or naming other
+  entries changes nothing here: nothing is marked uploaded (the exposure keeps
+  counting), nothing is flagged, the bundle's age does not restart.
+- **Journal head** (``POST /api/v1/journal/heads``): first in every round, the
+  terminal-signed head (boot id, last seq, its hash), so the server learns how far
+  the journal reached even if the upload that follows is cut short; a tail deleted
+  afterwards is a reconciliation finding (``journal_tail_missing``).
 - **Upload** (``POST /api/v1/journal/batches``): the oldest unsent entries in
   batches, the exact stored bytes, signed envelope (:mod:`cardlib.records.upload`).
   Idempotent by construction: an entry keeps its id and bytes forever, so a
   retry after a lost answer stores nothing new and comes back ``duplicate``.
-  Per-entry results: ``accepted``/``duplicate`` → marked uploaded; ``conflict``/
-  ``rejected`` → kept, flagged (:meth:`JournalStore.flag_upload`), logged, never
-  deleted and not offered again.
-- **Trust bundle** (``GET /api/v1/bundle``) with ``If-None-Match``: a 304 or the
-  same bytes confirm the held bundle (its age, which tightens offline limits,
-  restarts); new bytes are verified under the pinned root and must not be an
-  older version (:func:`cardlib.records.bundle.verify_bundle`) before they are
-  installed atomically.
+  Per-entry results, read from the signed receipt only: ``accepted``/``duplicate``
+  → marked uploaded; ``conflict``/``rejected`` → kept, flagged with the reason
+  (:meth:`JournalStore.flag_upload`), logged, counted in the health view, never
+  deleted and not offered again (the server's signed verdict will not change).
+- **Trust bundle** (``GET /api/v1/bundle``) with ``If-None-Match`` and a fresh
+  nonce: a 304 or the same bytes confirm the held bundle (its age, which tightens
+  offline limits, restarts) only with a freshness statement answering that nonce
+  and naming the held bundle's SHA-256; new bytes need the statement too, are
+  verified under the pinned root and must not be an older version
+  (:func:`cardlib.records.bundle.verify_bundle`) before they are installed atomically.
+- **TLS**: the server URL must be ``https://`` unless it is loopback
+  (127.0.0.0/8, ::1, ``localhost``: tests, the demo, a local TLS proxy).
 - **Retry**: transport errors and 5xx back off exponentially with full jitter
   (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015); 503 honours
   ``Retry-After`` (RFC 9110 §10.2.3), capped; 413 halves the batch.
@@ -29,11 +43,15 @@ the terminal syncs rarely, keep-alive buys nothing and a stale socket costs a re
 from __future__ import annotations
 
 import base64
+import binascii
 import email.utils
+import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -45,6 +63,15 @@ from urllib.parse import urlsplit
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.bundle import BundleError, TrustBundle, verify_bundle
+from cardlib.records.errors import RecordError
+from cardlib.records.statements import (
+    FRESHNESS_HEADER,
+    NONCE_HEADER,
+    ReceiptLine,
+    sign_head,
+    verify_freshness,
+    verify_receipt,
+)
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SyncError, SyncRejected, TrustStoreError
 from terminal.journal_store import JournalStore, StoredEntry
@@ -53,6 +80,7 @@ from terminal.tap import Trust
 log = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/api/v1/journal/batches"
+HEAD_PATH = "/api/v1/journal/heads"
 BUNDLE_PATH = "/api/v1/bundle"
 #: The server's limit is 2,000 entries / 4 MiB per request (docs/api.md); a
 #: 500-entry batch of ~250-byte entries stays far below both.
@@ -69,6 +97,33 @@ class ServerBusy(SyncError):
         self.retry_after = retry_after
 
 
+class UnverifiedAnswer(SyncError):
+    """A server answer without a valid statement by the pinned receipt key; nothing was changed."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str) -> None:
+    """Refuse a server URL a counter must not use: not http(s), or ``http://`` to a non-loopback host.
+
+    :raises ValueError: one line naming the URL and what to use instead.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"server URL must be https://host[:port], got {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(f"server URL {url!r} is plain http to another host: use https:// "
+                         "(http is allowed only to loopback: 127.0.0.0/8, ::1, localhost)")
+
+
 @dataclass(frozen=True)
 class Response:
     """An HTTP answer: status, headers (lower-case names), body bytes."""
@@ -81,18 +136,17 @@ class Response:
 class HttpApi:
     """The server's base URL and one-shot HTTP requests over :mod:`http.client`.
 
-    :param base_url: ``http(s)://host[:port]`` (a path such as ``/api/v1`` is ignored:
-        endpoints are absolute).
+    :param base_url: ``https://host[:port]``, or ``http://`` to loopback only (a path such
+        as ``/api/v1`` is ignored: endpoints are absolute).
     :param timeout_s: connect + read timeout per request, seconds.
-    :raises ValueError: not an http(s) URL.
+    :raises ValueError: not an http(s) URL, or plain http to another host (:func:`check_server_url`).
     """
 
     def __init__(self, base_url: str, timeout_s: float = 15.0) -> None:
+        check_server_url(base_url)
         url = urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"server URL must be http(s)://host[:port], got {base_url!r}")
         self.scheme = url.scheme
-        self.host = url.hostname
+        self.host = url.hostname or ""  # check_server_url refused a URL without a host
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.timeout_s = timeout_s
 
@@ -227,9 +281,9 @@ class TrustStore:
 class UploadReport:
     """What one :meth:`SyncClient.upload_pending` did.
 
-    :ivar batches: requests that got per-entry results.
-    :ivar marked: entries newly marked uploaded (accepted or duplicate).
-    :ivar flagged: ``(seq, result, reason)`` of entries the server refused.
+    :ivar batches: requests that got a valid signed receipt.
+    :ivar marked: entries newly marked uploaded (accepted or duplicate in the receipt).
+    :ivar flagged: ``(seq, result, reason)`` of entries the server's receipt refused.
     """
 
     batches: int = 0
@@ -248,16 +302,38 @@ class SyncClient:
     :param terminal_id: the registered terminal id.
     :param trust: the trust store to refresh.
     :param batch_size: entries per request.
+    :param receipt_key: the server receipt key pinned at enrolment (:func:`terminal.enrol.load_receipt_key`):
+        only answers it signed change the journal's upload marks or the bundle's age.
     """
 
     def __init__(self, api: HttpApi, journal: JournalStore, signer: Signer, terminal_id: str,
-                 trust: TrustStore, batch_size: int = DEFAULT_BATCH) -> None:
+                 trust: TrustStore, batch_size: int = DEFAULT_BATCH, *, receipt_key: PublicKey) -> None:
         self.api = api
         self.journal = journal
         self._signer = signer
         self.terminal_id = terminal_id
         self.trust = trust
         self.batch_size = batch_size
+        self.receipt_key = receipt_key
+
+    # -- journal head
+
+    def report_head(self) -> None:
+        """Send the terminal-signed journal head (boot id, last seq, its hash) to the server.
+
+        :raises ServerBusy, SyncError: as :meth:`upload_pending`.
+        :raises SyncRejected: the server refuses the head or the terminal (4xx).
+        """
+        seq, entry_hash = self.journal.head
+        head = sign_head(self._signer, self.terminal_id, self.journal.boot_id, seq, entry_hash, time.time())
+        body = json.dumps({"head": base64.b64encode(head).decode("ascii")}).encode()
+        resp = self.api.request("POST", HEAD_PATH, body, {"Content-Type": "application/json"})
+        if resp.status == 503:
+            raise ServerBusy("server busy (503)", parse_retry_after(resp.headers.get("retry-after")))
+        if resp.status >= 500:
+            raise SyncError(f"journal head: server error {resp.status}")
+        if resp.status != 200:
+            raise SyncRejected(f"journal head refused: {resp.status} {resp.body[:300]!r}")
 
     # -- upload
 
@@ -297,30 +373,52 @@ class SyncClient:
             raise SyncError(f"upload: server error {resp.status}")
         if resp.status not in (200, 409, 422):
             raise SyncRejected(f"upload refused: {resp.status} {resp.body[:300]!r}")
-        try:
-            results = json.loads(resp.body)["results"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SyncError(f"upload: unreadable answer ({exc})") from exc
-        if len(results) != len(batch):
-            raise SyncError(f"upload: {len(results)} results for {len(batch)} entries")
         done: list[bytes] = []
-        for r in results:
-            entry = batch[int(r["index"])]
-            if r.get("entry_id") not in (None, entry.entry.entry_id.hex()):
-                raise SyncError(f"upload: result {r['index']} names another entry")
-            outcome = r.get("result")
-            if outcome in ("accepted", "duplicate"):
+        accepted = 0
+        flags: list[tuple[StoredEntry, str, str | None]] = []
+        for entry, line in zip(batch, self._receipt_lines(resp.body, body, len(batch)), strict=True):
+            if line.result in ("accepted", "duplicate"):
+                if line.entry_id != entry.entry.entry_id or line.seq != entry.seq:
+                    raise UnverifiedAnswer(f"upload receipt names another entry than seq {entry.seq}; "
+                                           "nothing marked")
                 done.append(entry.entry.entry_id)
-                report.accepted += outcome == "accepted"
-                report.duplicate += outcome == "duplicate"
+                accepted += line.result == "accepted"
+            elif line.result in ("conflict", "rejected"):
+                flags.append((entry, line.result, line.reason))
             else:
-                reason = r.get("reason") or r.get("detail")
-                self.journal.flag_upload(entry.entry.entry_id, str(outcome), reason)
-                report.flagged.append((entry.seq, str(outcome), reason))
-                log.error("server %s journal entry seq %d (%s); kept in the journal and flagged for audit",
-                          outcome, entry.seq, reason)
+                raise UnverifiedAnswer(f"upload receipt: unknown result {line.result!r}; nothing marked")
+        for entry, outcome, reason in flags:
+            self.journal.flag_upload(entry.entry.entry_id, outcome, reason)
+            report.flagged.append((entry.seq, outcome, reason))
+            log.error("server %s journal entry seq %d (%s); kept in the journal and flagged for audit",
+                      outcome, entry.seq, reason)
+        report.accepted += accepted
+        report.duplicate += len(done) - accepted
         report.marked += self.journal.mark_uploaded(done)
         report.batches += 1
+
+    def _receipt_lines(self, answer: bytes, request_body: bytes, count: int) -> tuple[ReceiptLine, ...]:
+        """The per-entry lines of the signed receipt in an upload answer, after every check.
+
+        :raises UnverifiedAnswer: no receipt, not signed by the pinned key, for another
+            terminal or request, or not one line per uploaded entry.
+        """
+        try:
+            encoded = json.loads(answer)["receipt"]
+            receipt = verify_receipt(base64.b64decode(encoded, validate=True), self.receipt_key)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise UnverifiedAnswer(f"upload answer without a readable receipt ({exc}); nothing marked") from exc
+        except RecordError as exc:
+            raise UnverifiedAnswer(f"upload receipt does not verify under the pinned server key ({exc}); "
+                                   "nothing marked") from exc
+        if receipt.terminal_id != self.terminal_id:
+            raise UnverifiedAnswer(f"upload receipt is for terminal {receipt.terminal_id!r}; nothing marked")
+        if receipt.request_sha256 != hashlib.sha256(request_body).digest():
+            raise UnverifiedAnswer("upload receipt answers another request; nothing marked")
+        if len(receipt.lines) != count:
+            raise UnverifiedAnswer(f"upload receipt has {len(receipt.lines)} lines for {count} entries; "
+                                   "nothing marked")
+        return receipt.lines
 
     # -- bundle
 
@@ -331,11 +429,14 @@ class SyncClient:
         :raises ServerBusy, SyncError: as :meth:`upload_pending`.
         :raises TrustStoreError: the downloaded bundle does not verify or is older than held.
         """
-        headers = {"Accept": "application/cose"}
+        nonce = secrets.token_bytes(16)
+        headers = {"Accept": "application/cose", NONCE_HEADER: nonce.hex()}
         if self.trust.etag and self.trust.version is not None:
             headers["If-None-Match"] = f'"{self.trust.etag}"'  # RFC 9110 §8.8.3 entity-tag
         resp = self.api.request("GET", BUNDLE_PATH, None, headers)
         if resp.status == 304:
+            held = self.trust.path.read_bytes() if self.trust.version is not None else b""
+            self._check_freshness(resp, nonce, held)
             self.trust.confirm()
             return False
         if resp.status == 503:
@@ -345,11 +446,37 @@ class SyncClient:
             return False
         if resp.status != 200:
             raise SyncError(f"bundle download: HTTP {resp.status}")
+        self._check_freshness(resp, nonce, resp.body)
         etag = (resp.headers.get("etag") or "").strip('"') or None
         return self.trust.install(resp.body, etag)
 
+    def _check_freshness(self, resp: Response, nonce: bytes, bundle: bytes) -> None:
+        """Require a freshness statement by the pinned key answering ``nonce`` and naming ``bundle``.
+
+        :raises UnverifiedAnswer: missing, not signed by the pinned key, for another nonce
+            (a replay), or naming other bundle bytes; the bundle's age does not restart.
+        """
+        value = resp.headers.get(FRESHNESS_HEADER.lower())
+        if not value or not bundle:
+            raise UnverifiedAnswer(f"bundle answer {resp.status} without a freshness statement; "
+                                   "the bundle's age does not restart")
+        try:
+            text = value.strip()
+            statement = verify_freshness(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
+                                         self.receipt_key)
+        except (ValueError, binascii.Error, RecordError) as exc:
+            raise UnverifiedAnswer(f"bundle freshness statement does not verify under the pinned server key "
+                                   f"({exc}); the bundle's age does not restart") from exc
+        if statement.nonce != nonce:
+            raise UnverifiedAnswer("bundle freshness statement answers another request (replayed); "
+                                   "the bundle's age does not restart")
+        if statement.bundle_sha256 != hashlib.sha256(bundle).digest():
+            raise UnverifiedAnswer(f"bundle freshness statement names bundle v{statement.bundle_version} with "
+                                   "other bytes; the bundle's age does not restart")
+
     def round(self) -> UploadReport:
-        """One sync round: upload everything pending, then refresh the bundle."""
+        """One sync round: report the journal head, upload everything pending, then refresh the bundle."""
+        self.report_head()
         report = self.upload_pending()
         self.refresh_bundle()
         return report
@@ -493,6 +620,9 @@ __all__ = [
     "SyncHealth",
     "SyncLoop",
     "TrustStore",
+    "UnverifiedAnswer",
     "UploadReport",
+    "check_server_url",
+    "is_loopback",
     "parse_retry_after",
 ]

@@ -89,6 +89,19 @@ def test_redemption_and_clone_declined_offline(slot: SecureSlot, tmp_path: Path)
     p.journal.close()
 
 
+def test_a_card_memory_restored_from_a_dump_repeats_its_counter(tmp_path: Path) -> None:
+    """Even with the real key (a restored EEPROM image), a counter not above the journalled one is declined."""
+    card, issued = issue_secure(tmp_path / "c.secure.json")
+    dump = tmp_path / "dump.secure.json"
+    card.save(dump)
+    p = processor(tmp_path, CounterMode.MARKET_REDEMPTION, ["food", 1, None])
+    assert tap_in_process(p, card).status is TapStatus.ACCEPTED
+    out = tap_in_process(p, SecureCard.load(dump))
+    assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.CARD_COUNTER_REPEATED
+    assert p.journal.entries()[-1].entry.card_id == issued.card_id.hex()
+    p.journal.close()
+
+
 @pytest.mark.pcsc
 def test_restored_old_state_refused_by_the_card_and_the_counter(slot: SecureSlot, tmp_path: Path) -> None:
     card, _ = issue_secure()

@@ -41,6 +41,7 @@ class TrustKit:
 
     root: SoftwareSigner = field(default_factory=new_signer)
     bundle_key: SoftwareSigner = field(default_factory=new_signer)
+    receipt: SoftwareSigner = field(default_factory=new_signer)  #: a server receipt key for counters pinned offline
 
     def __post_init__(self) -> None:
         now = int(time.time())
@@ -252,6 +253,8 @@ def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings:
     result = CliRunner().invoke(cli, ["terminal", "init", "--profile", str(files.profile)])
     assert result.exit_code == 0, result.output
     files.signer = load_signer(state / "terminal-key.p8", files.passphrase)
+    (state / "terminal-key.receipt-key.pem").write_bytes(kit.receipt.public_key.public_bytes(  # enrol overwrites it
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     kw = dict(bundle_extra or {})
     kw["terminals"] = tuple(kw.get("terminals", ())) + (files.signer,)
     _b, data = kit.bundle(1, **kw)

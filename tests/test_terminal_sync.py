@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from cardlib.keys.signer import spki_der
 from cardlib.records.journal import EntryKind
 from terminal.clock import Clock
+from terminal.enrol import load_receipt_key
 from terminal.errors import TrustStoreError
 from terminal.journal_audit import verify_journal_file
 from terminal.journal_store import CardWrite, JournalStore
@@ -36,11 +38,21 @@ def server_rows(app: Any) -> int:
         return int(db.session.scalar(select(func.count()).select_from(JournalEntryRow)))
 
 
+def pinned_receipt_key(world: Any, terminal_id: str) -> Any:
+    """The server receipt key as the enrolment answer (the certificate) carries it."""
+    from cryptography.hazmat.primitives import serialization
+
+    r = world.client.get(f"/api/v1/terminals/{terminal_id}/certificate")
+    assert r.status_code == 200, r.get_json()
+    return serialization.load_pem_public_key(r.get_json()["receipt_key"].encode())
+
+
 class Rig:
     """A terminal (key, journal, trust store) enrolled on the live server, behind a fault proxy."""
 
     def __init__(self, tmp: Path, world: Any, live_server: Any, batch_size: int = 10) -> None:
         self.signer = new_signer()
+        self.world = world
         enrol_terminal(world, TERMINAL_ID, self.signer)
         self.kit = TrustKit()
         (tmp / "root.pem").write_bytes(self.kit.root_pem())  # POST /bundles verifies under this root
@@ -49,8 +61,9 @@ class Rig:
                                     clock=Clock(force_synced=True))
         self.trust = TrustStore(tmp / "bundle.cose", self.kit.root.public_key)
         self.proxy = FaultProxy(live_server.host, live_server.port)
+        self.receipt_key = pinned_receipt_key(world, TERMINAL_ID)  # what enrolment pins
         self.client = SyncClient(HttpApi(self.proxy.url, timeout_s=30), self.journal, self.signer,
-                                 TERMINAL_ID, self.trust, batch_size=batch_size)
+                                 TERMINAL_ID, self.trust, batch_size=batch_size, receipt_key=self.receipt_key)
         self.loop = SyncLoop(self.client, interval_s=0.05, backoff_s=(0.05, 0.2), rng=random.Random(7))
 
     def taps(self, n: int) -> None:
@@ -81,7 +94,7 @@ def test_upload_in_batches_marks_every_entry(app, rig) -> None:
 
 def test_answer_lost_after_server_stored_is_retried_idempotently(app, rig) -> None:
     rig.taps(14)  # 15 entries
-    rig.proxy.plan.extend(["drop"])  # first batch: stored by the server, answer never arrives
+    rig.proxy.plan.extend(["pass", "drop"])  # the head passes; first batch: stored, answer never arrives
     delay = rig.loop.run_once()
     assert delay <= 0.05 and rig.loop.health.failures == 1
     assert "RemoteDisconnected" in rig.loop.health.last_error or "Connection" in rig.loop.health.last_error
@@ -118,7 +131,7 @@ def test_conflicting_entries_are_flagged_kept_and_not_resent(app, rig, tmp_path:
     other = JournalStore(tmp_path / "forked.sqlite", terminal_id=TERMINAL_ID, signer=rig.signer,
                          clock=Clock(force_synced=True))
     other.append(EntryKind.DECLINED, CardWrite(card_id="627100000000", decline_reason="card_denied"))
-    forked = SyncClient(rig.client.api, other, rig.signer, TERMINAL_ID, rig.trust)
+    forked = SyncClient(rig.client.api, other, rig.signer, TERMINAL_ID, rig.trust, receipt_key=rig.receipt_key)
     report = forked.upload_pending()
     assert {r for _s, r, _x in report.flagged} <= {"conflict", "rejected"} and len(report.flagged) == 2
     assert other.unsent_count() == 0  # flagged entries are not offered again ...
@@ -193,7 +206,8 @@ class _CrashingClient(SyncClient):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is killed on purpose
 def test_a_crash_is_logged_and_sync_goes_on(app, rig, caplog) -> None:
     rig.taps(2)
-    client = _CrashingClient(rig.client.api, rig.journal, rig.signer, TERMINAL_ID, rig.trust)
+    client = _CrashingClient(rig.client.api, rig.journal, rig.signer, TERMINAL_ID, rig.trust,
+                             receipt_key=rig.receipt_key)
     dead: list[int] = []
 
     def on_round(_report: object) -> None:
@@ -254,3 +268,16 @@ def test_enrol_use_case_without_the_cli(tmp_path, world, live_server) -> None:
     assert r.status_code == 200, r.get_json()
     assert enrol(profile, 0.0) == certificate_path(profile)
     assert b"BEGIN CERTIFICATE" in certificate_path(profile).read_bytes()
+    assert spki_der(load_receipt_key(profile)) == spki_der(pinned_receipt_key(world, "T-6271-0078"))
+
+
+def test_every_answer_of_a_sync_round_is_signed(app, rig) -> None:
+    rig.taps(3)
+    publish_bundle(rig.world, 1, rig.kit.bundle(1, terminals=(rig.signer,))[1])
+    rig.client.round()
+    rig.client.round()  # the second bundle answer is a 304
+    assert rig.journal.unsent_count() == 0 and server_rows(app) == 4
+    statuses = [(p, s) for _m, p, _a, s in rig.proxy.log]
+    assert ("/api/v1/bundle", 304) in statuses and ("/api/v1/journal/heads", 200) in statuses
+    # the answers the counter acted on carried statements by the pinned key
+    assert rig.trust.version == 1 and rig.trust.checked_at > time.time() - 60

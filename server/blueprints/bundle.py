@@ -5,18 +5,21 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from cardlib.records.bundle import BundleSignatureError, verify_bundle
 from cardlib.records.errors import RecordError
+from cardlib.records.statements import FRESHNESS_HEADER, NONCE_HEADER, sign_freshness
 from server.auth import audit, require_role
 from server.bundles import load_trust_root, newest_stored_bundle, store_bundle
 from server.errors import BadRequest, ConfigurationError, InvalidBundle, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
 from server.models import Role
+from server.receipts import receipt_signer
 from server.types import require_aware
 
 bp = Blueprint("bundle", __name__, url_prefix="/api/v1")
@@ -35,7 +38,23 @@ def newest_bundle() -> ResponseReturnValue:
     response.headers["Huma-Bundle-Version"] = str(bundle.version)
     response.headers["Huma-Bundle-Expires"] = bundle.expires_at.isoformat()
     response.headers["Cache-Control"] = "no-cache"
+    nonce = request.headers.get(NONCE_HEADER)
+    if nonce is not None:  # a counter asks: is this still the newest? (docs/security.md "Server answers are signed")
+        response.headers[FRESHNESS_HEADER] = _freshness(nonce, bundle.version, bundle.sha256)
     return response.make_conditional(request)
+
+
+def _freshness(nonce_hex: str, version: int, sha256: bytes) -> str:
+    """A signed freshness statement answering the counter's nonce (base64url, no padding).
+
+    :raises BadRequest: the nonce is not 16-32 bytes of hex.
+    """
+    try:
+        nonce = bytes.fromhex(nonce_hex)
+        statement = sign_freshness(receipt_signer(current_app), nonce, version, sha256, time.time())
+    except ValueError as exc:
+        raise BadRequest(f"{NONCE_HEADER} must be 16-32 bytes of hex", field=NONCE_HEADER) from exc
+    return base64.urlsafe_b64encode(statement).rstrip(b"=").decode("ascii")
 
 
 @bp.post("/bundles")

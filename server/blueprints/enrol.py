@@ -30,6 +30,7 @@ from server.extensions import db
 from server.http import json_body, query_params
 from server.models import Card, Role, Terminal, TerminalStatus
 from server.reconcile.models import TerminalSite
+from server.receipts import receipt_public_pem
 from server.terminals import check_csr, decide_terminal, storable_id
 from server.terminals import list_terminals as list_terminals_of
 from server.types import require_aware, utcnow
@@ -163,6 +164,9 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
                                   "message": f"terminal is {terminal.status.value}"}}), 403
     cert = x509.load_der_x509_certificate(terminal.certificate_der)
     body["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
+    body["bundle"] = enrolment_pin(db.session)
+    body["receipt_key"] = receipt_public_pem(current_app)  # counters pin it: server answers are signed by it
     return jsonify(body), 200
 
 

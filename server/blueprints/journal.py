@@ -1,14 +1,27 @@
-"""Journal upload: signed batches from terminals, a result per entry (see :mod:`server.upload`)."""
+"""Journal upload: signed batches from terminals, a result per entry (see :mod:`server.upload`); journal heads.
+
+Every upload answer carries a receipt signed by the server receipt key
+(:mod:`server.receipts`): a counter marks an entry uploaded only when the receipt
+for its request names it (docs/security.md "Server answers are signed").
+"""
 
 from __future__ import annotations
+
+import base64
+import binascii
+import time
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from cardlib.records.claims import cycle_of
+from cardlib.records.statements import ReceiptLine, sign_receipt
 from server.db import busy_as_503
+from server.errors import BadRequest
 from server.extensions import db
+from server.heads import record_head
 from server.http import json_body
+from server.receipts import receipt_signer
 from server.registry import ensure_cycles
 from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_entries
 
@@ -43,8 +56,12 @@ def upload_batch() -> ResponseReturnValue:
         session.commit()
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
     status = 200
+    lines = [ReceiptLine(r.entry_id or b"", r.seq, r.outcome.value, r.reason.value if r.reason else None)
+             for r in results]
+    receipt = sign_receipt(receipt_signer(current_app), terminal.terminal_id, raw, lines, time.time())
     payload: dict[str, object] = {"terminal_id": terminal.terminal_id, "batch_id": batch.batch_id,
-                                  "counts": counts, "results": [r.to_json() for r in results]}
+                                  "counts": counts, "results": [r.to_json() for r in results],
+                                  "receipt": base64.b64encode(receipt).decode("ascii")}
     if counts[Outcome.REJECTED.value]:
         status = 422
         payload["error"] = {"code": "entries_rejected",
@@ -54,3 +71,27 @@ def upload_batch() -> ResponseReturnValue:
         payload["error"] = {"code": "entries_conflict",
                             "message": f"{counts['conflict']} entries conflict with stored ones"}
     return jsonify(payload), status
+
+
+@bp.post("/heads")
+def report_head() -> ResponseReturnValue:
+    """A counter's signed journal head ``{"head": base64(COSE_Sign1)}`` (:mod:`server.heads`).
+
+    Answers 200 ``{"terminal_id", "seq", "stored": bool}``; ``stored`` is false when the
+    same head was reported before.
+
+    :raises BadRequest: ``head`` missing or not base64; the head does not verify (400,
+        ``reason`` ``bad_head``); unknown, revoked or unapproved terminal as for uploads.
+    """
+    body = json_body()
+    try:
+        message = base64.b64decode(body.get("head") or "", validate=True)
+    except (TypeError, ValueError, binascii.Error) as exc:
+        raise BadRequest("head (base64) required", field="head") from exc
+    if not message:
+        raise BadRequest("head (base64) required", field="head")
+    with busy_as_503(int(current_app.config["RETRY_AFTER"])):
+        session = db.write_session()
+        head, stored = record_head(session, message)
+        session.commit()
+    return jsonify({"terminal_id": head.terminal_id, "seq": head.seq, "stored": stored}), 200

@@ -15,7 +15,9 @@ Checks (kind → what the SQL looks for):
   ``terminal_chain_break`` (prev_entry_hash ≠ LAG(entry_hash)), ``clock_backwards``
   (wall time decreasing), ``clock_skew`` (wall − monotonic offset spread within one
   boot, or wall time ahead of the server's receipt), ``revoked_terminal_used``;
-  plus the upload's own evidence: ``journal_conflict``, ``rejected_entry``.
+  plus the upload's own evidence: ``journal_conflict``, ``rejected_entry``; and
+  ``journal_tail_missing`` (a signed journal head the stored journal never reaches,
+  or reaches with another hash: a deleted unsent tail).
 - per card, over redemptions (COMMIT/FINISHED): ``card_fork`` (one previous state
   hash with two successors, or one slot seq with two states), ``card_rollback``
   (ordered by the chip's own NTAG counter, the slot seq goes back: a genuine chip
@@ -62,6 +64,7 @@ from server.reconcile.sql import journal
 from server.reconcile.terminal_checks import (
     chain_and_clock_steps,
     clock_skew,
+    journal_tails,
     revoked_terminals_used,
     signature_mismatches,
     upload_evidence,
@@ -95,6 +98,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     chain, backwards = chain_and_clock_steps(conn, cfg)
     out += chain
     out += upload_evidence(conn, cfg)
+    out += journal_tails(conn, cfg)
     out += revoked_terminals_used(conn, cfg)
     out += clock_skew(conn, cfg, backwards)
     out += card_forks(conn, cfg)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.models import Base, JournalEntryRow, _enum
@@ -40,6 +40,7 @@ class FindingKind(str, enum.Enum):
     IMPOSSIBLE_TRAVEL = "impossible_travel"  #: same card at distant terminals too quickly
     CLOCK_BACKWARDS = "clock_backwards"  #: wall time decreasing along a terminal's seq
     CLOCK_SKEW = "clock_skew"  #: wall clock drifting/stepping within one boot, or ahead of the server
+    JOURNAL_TAIL_MISSING = "journal_tail_missing"  #: a signed journal head the uploads never reached
 
 
 class Severity(str, enum.Enum):
@@ -154,6 +155,30 @@ class Finding(Base):
     first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JournalHead(Base):
+    """A journal head a counter signed and reported (:mod:`server.heads`, migration 0009).
+
+    One row per distinct ``(terminal_id, seq, entry_hash)`` reported; a head the stored
+    journal reaches (an entry at ``seq`` with that hash) is pruned when a higher one
+    arrives, so the table holds each terminal's highest head plus the heads the uploads
+    have not reached yet: those are the ``journal_tail_missing`` candidates.
+    ``message`` is the signed COSE_Sign1 as received (evidence); ``signed_at`` the
+    counter's claimed time, ``received_at`` the server's.
+    """
+
+    __tablename__ = "journal_heads"
+    __table_args__ = (UniqueConstraint("terminal_id", "seq", "entry_hash", name="uq_journal_heads_head"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.terminal_id"))
+    boot_id: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    signed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ReconcileRun(Base):

@@ -46,6 +46,9 @@ class ReconcileConfig:
     :ivar skew_threshold_s: spread of (wall − monotonic) within one boot, seconds.
     :ivar future_tolerance_s: how far an entry may be dated after its receipt, seconds.
     :ivar evidence_limit: most entry ids stored in one finding's evidence.
+    :ivar tail_grace_s: how long after a signed journal head reached the server the uploads
+        may still stay below it before that is ``journal_tail_missing``, seconds (the counter's
+        chance to upload: a few sync intervals).
     """
 
     max_speed_kmh: float = 60.0
@@ -55,6 +58,7 @@ class ReconcileConfig:
     skew_threshold_s: float = 300.0
     future_tolerance_s: float = 300.0
     evidence_limit: int = 1000
+    tail_grace_s: float = 3600.0
 
     @property
     def km_per_deg_lon(self) -> float:

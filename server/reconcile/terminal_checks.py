@@ -1,4 +1,5 @@
-"""Checks along each terminal's journal: chain gaps and breaks, clocks, revoked keys, upload evidence, signatures.
+"""Checks along each terminal's journal: chain gaps and breaks, clocks, revoked keys, upload evidence, signatures,
+and signed journal heads the uploads never reached (a deleted tail).
 
 Each check takes a read-only connection and returns :class:`~server.reconcile.observations.Observation`
 objects in a deterministic order (the SQL's ORDER BY); :func:`server.reconcile.engine.observe` runs them.
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from cardlib.records.journal import EntryKind
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
-from server.reconcile.models import FindingKind, Severity
+from server.reconcile.models import FindingKind, JournalHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
 from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
 
@@ -25,6 +26,7 @@ __all__ = [
     "SIGNED_COLUMNS",
     "chain_and_clock_steps",
     "clock_skew",
+    "journal_tails",
     "revoked_terminals_used",
     "signature_mismatches",
     "upload_evidence",
@@ -178,6 +180,64 @@ def upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation]
                 detail={"reason": reason, "count": len(shas)},
             )
         )
+    return out
+
+
+def journal_tails(conn: Connection, cfg: ReconcileConfig, now: dt.datetime | None = None) -> list[Observation]:
+    """Signed journal heads the stored journal does not reach: a deleted (or withheld) unsent tail.
+
+    A counter reports its signed head before every upload (:mod:`server.heads`). For each
+    stored head, the entry at its ``(terminal_id, seq)``:
+
+    - is there with another hash: the chain no longer reaches the head (the tail was cut and
+      the counter wrote on from the cut: ``rewritten``), reported at once;
+    - is missing, and the head reached the server more than ``cfg.tail_grace_s`` ago (the
+      counter has had its chance to upload): the upload stream ends below the head.
+
+    Both are ``journal_tail_missing`` (HIGH); the evidence is the last stored entry of the
+    terminal (if any) and the head's entry hash. A finding resolves itself when the missing
+    entries arrive. Heads the journal reaches are pruned on receipt, so this reads few rows.
+
+    :param now: the reconciliation instant (aware UTC); default now.
+    """
+    heads = JournalHead.__table__
+    reached = journal.alias("reached")
+    latest = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == heads.c.terminal_id)
+              .scalar_subquery())
+    rows = conn.execute(
+        select(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash, heads.c.boot_id, heads.c.received_at,
+               reached.c.entry_hash.label("stored_hash"), latest.label("stored_max_seq"))
+        .select_from(heads.outerjoin(reached, and_(reached.c.terminal_id == heads.c.terminal_id,
+                                                   reached.c.seq == heads.c.seq)))
+        .where(or_(reached.c.entry_hash.is_(None), reached.c.entry_hash != heads.c.entry_hash))
+        .order_by(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash)
+    ).all()
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=cfg.tail_grace_s)
+    out = []
+    for row in rows:
+        received = row.received_at
+        if received.tzinfo is None:
+            received = received.replace(tzinfo=dt.UTC)
+        rewritten = row.stored_hash is not None
+        if not rewritten and received > cutoff:
+            continue  # the counter may still be uploading
+        stored_max = row.stored_max_seq
+        last_id = None
+        if stored_max is not None:
+            last_id = conn.execute(select(journal.c.entry_id).where(
+                journal.c.terminal_id == row.terminal_id, journal.c.seq == stored_max)).scalar_one_or_none()
+        how = (f"the journal holds another entry at seq {row.seq}: the chain does not reach the head"
+               if rewritten else f"uploads end at seq {stored_max or 0}")
+        out.append(Observation(
+            FindingKind.JOURNAL_TAIL_MISSING,
+            Severity.HIGH,
+            f"{row.terminal_id}|{row.seq}|{row.entry_hash.hex()}",
+            f"terminal {row.terminal_id}: signed head seq {row.seq} reported, {how}",
+            distinct_ids([last_id, row.entry_hash]),
+            terminal_id=row.terminal_id,
+            detail={"head_seq": row.seq, "head_entry_sha256": row.entry_hash.hex(), "boot_id": row.boot_id,
+                    "stored_max_seq": stored_max, "reported_at": received.isoformat(), "rewritten": rewritten},
+        ))
     return out
 
 
