@@ -30,6 +30,7 @@ from cardlib.keys.terminal_ca import make_terminal_csr
 from firmware_config.models import TerminalProfile
 from terminal.errors import SyncError, SyncRejected, TerminalProfileError
 from terminal.sync import HttpApi
+from terminal.trust import pin_enrolment_bundle
 
 #: Seconds between certificate polls while approval is pending.
 POLL_S = 2.0
@@ -98,6 +99,8 @@ def enrol(
         if r.status == 200:
             answer = json.loads(r.body)
             save_receipt_key(profile, answer.get("receipt_key"))
+            if profile.bundle_path is not None:  # no older bundle than the server's newest at enrolment
+                pin_enrolment_bundle(profile.bundle_path, answer.get("bundle"))
             cert = certificate_path(profile)
             cert.write_text(answer["certificate"])
             return cert

@@ -57,12 +57,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import PublicKey, Signer
-from cardlib.records.bundle import BundleError, TrustBundle, verify_bundle
 from cardlib.records.errors import RecordError
 from cardlib.records.statements import (
     FRESHNESS_HEADER,
@@ -75,7 +72,7 @@ from cardlib.records.statements import (
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SyncError, SyncRejected, TrustStoreError
 from terminal.journal_store import JournalStore, StoredEntry
-from terminal.tap import Trust
+from terminal.trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -188,90 +185,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 # ----------------------------------------------------------------------------- trust bundle store
 
 
-class TrustStore:
-    """The installed trust bundle on disk, verified under the pinned root key.
-
-    Files: ``<bundle_path>`` (the signed bundle bytes as downloaded) and
-    ``<bundle_path>.state.json`` (``{"etag": str, "checked_at": POSIX seconds}``),
-    both replaced atomically (write, fsync, rename).
-
-    :param bundle_path: where the bundle is kept.
-    :param root_public_key: the pinned root key (endorses bundle keys).
-    :raises TrustStoreError: a stored bundle exists but does not verify.
-    """
-
-    def __init__(self, bundle_path: str | Path, root_public_key: PublicKey) -> None:
-        self.path = Path(bundle_path)
-        self._state_path = self.path.with_name(self.path.name + ".state.json")
-        self._root = root_public_key
-        self._lock = threading.Lock()
-        self._bundle: TrustBundle | None = None
-        self._data: bytes | None = None
-        self.etag: str | None = None
-        self.checked_at = 0.0
-        if self.path.is_file():
-            data = self.path.read_bytes()
-            try:
-                self._bundle = verify_bundle(data, root_public_key)
-            except BundleError as exc:
-                raise TrustStoreError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
-            self._data = data
-            try:
-                state = json.loads(self._state_path.read_text())
-                self.etag, self.checked_at = state.get("etag"), float(state.get("checked_at", 0.0))
-            except (OSError, ValueError):
-                self.etag, self.checked_at = None, 0.0
-
-    @property
-    def version(self) -> int | None:
-        """Version of the installed bundle, or None."""
-        with self._lock:
-            return None if self._bundle is None else self._bundle.version
-
-    def current(self) -> Trust:
-        """The bundle in force and when it was last confirmed current.
-
-        :raises TrustStoreError: no bundle installed yet.
-        """
-        with self._lock:
-            if self._bundle is None:
-                raise TrustStoreError(f"no trust bundle installed at {self.path}; the terminal must sync once")
-            return Trust(self._bundle, self.checked_at)
-
-    def install(self, data: bytes, etag: str | None, now: float | None = None) -> bool:
-        """Verify and install downloaded bundle bytes; same bytes only confirm the held bundle.
-
-        :returns: True when a new bundle was installed.
-        :raises TrustStoreError: bad signature/structure, or an older version than held
-            (a downgrade is refused: it could revive revoked keys or lift denials).
-        """
-        at = time.time() if now is None else now
-        with self._lock:
-            if self._data == data:
-                self._confirm(etag or self.etag, at)
-                return False
-            held = None if self._bundle is None else self._bundle.version
-            try:
-                bundle = verify_bundle(data, self._root, held_version=held)
-            except BundleError as exc:
-                raise TrustStoreError(f"downloaded trust bundle refused: {exc}") from exc
-            if held is not None and bundle.version == held:
-                raise TrustStoreError(f"downloaded bundle has the held version {held} but other bytes; refused")
-            atomic_write(self.path, data)
-            self._bundle, self._data = bundle, data
-            self._confirm(etag, at)
-            log.info("trust bundle v%d installed (deny list: %d cards, %d UIDs)", bundle.version,
-                     len(bundle.deny_cards), len(bundle.deny_uids))
-            return True
-
-    def confirm(self, now: float | None = None) -> None:
-        """The server said the held bundle is still the newest (304): its age restarts."""
-        with self._lock:
-            self._confirm(self.etag, time.time() if now is None else now)
-
-    def _confirm(self, etag: str | None, at: float) -> None:
-        self.etag, self.checked_at = etag, at
-        atomic_write(self._state_path, json.dumps({"etag": etag, "checked_at": at}).encode())
+# TrustStore lives in terminal.trust (the bundle's chain of trust); re-exported here.
 
 
 # ----------------------------------------------------------------------------- one sync round

@@ -30,6 +30,10 @@ from cardlib.keys.keystore import Backend, KeyEntry, KeyStatus, Role, endorse
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.records.bundle import BundleKey, KeyRole, Programme, SortedIdSet, TrustBundle, sign_bundle
 
+#: A valid programme list: counters refuse a bundle without programmes (cardlib.records.bundle.validate_programmes).
+PROGRAMMES = (Programme(1, "food", "package", 1), Programme(2, "cash", "rupiah", 250_000),
+              Programme(3, "health", "visit", 4))
+
 
 def new_signer() -> SoftwareSigner:
     return SoftwareSigner(ed25519.Ed25519PrivateKey.generate())
@@ -48,14 +52,14 @@ class TrustKit:
         k = cose_key(self.bundle_key)
         entry = KeyEntry(k.kid, Role.BUNDLE, k.alg, self.bundle_key.public_key, KeyStatus.ACTIVE, None,
                          now - 86400, now + 10 * 365 * 86400, Backend.FILE, "bundle.p8")
-        self.endorsement = endorse(self.root, entry)
+        self.endorsement = endorse(self.root, entry, valid_from=now - 86400, valid_until=now + 60 * 86400)
 
     def root_pem(self) -> bytes:
         return self.root.public_key.public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def bundle(self, version: int, issuers: tuple[SoftwareSigner, ...] = (),
-               terminals: tuple[SoftwareSigner, ...] = (), programmes: tuple[Programme, ...] = (),
+               terminals: tuple[SoftwareSigner, ...] = (), programmes: tuple[Programme, ...] = PROGRAMMES,
                deny_cards: tuple[bytes, ...] = (), policies: dict[str, int] | None = None,
                issued_at: int | None = None) -> tuple[TrustBundle, bytes]:
         keys = [BundleKey(cose_key(s).kid, KeyRole.ISSUER, cose_key(s).alg, s.public_key) for s in issuers]
@@ -215,8 +219,10 @@ def free_port() -> int:
 def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings: list[tuple[str, str | None]],
                  bundle_extra: dict[str, Any] | None = None, terminal_id: str = "T-6271-0009",
                  programmes: tuple[str, ...] = ("food",), mode: str = "market_redemption",
-                 server_url: str | None = None) -> CounterFiles:
+                 server_url: str | None = None, install_bundle: bool = True) -> CounterFiles:
     """Write a complete counter: key made by ``huma terminal init``, pinned root, installed bundle, profile.
+
+    :param install_bundle: False leaves the counter fresh (no bundle yet, as before enrolment).
 
     :param readers: reader profile name -> TOML text.
     :param bindings: ``(reader profile, slot_pattern or None)`` per ``[[readers]]`` entry.
@@ -258,5 +264,6 @@ def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings:
     kw = dict(bundle_extra or {})
     kw["terminals"] = tuple(kw.get("terminals", ())) + (files.signer,)
     _b, data = kit.bundle(1, **kw)
-    TrustStore(state / "bundle.cose", kit.root.public_key).install(data, None)
+    if install_bundle:
+        TrustStore(state / "bundle.cose", kit.root.public_key).install(data, None)
     return files

@@ -167,6 +167,8 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
     from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
     body["bundle"] = enrolment_pin(db.session)
     body["receipt_key"] = receipt_public_pem(current_app)  # counters pin it: server answers are signed by it
+    from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
+    body["bundle"] = enrolment_pin(db.session)
     return jsonify(body), 200
 
 
