@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "LOGIN_BACKOFF_MAX": 60,  # seconds, longest back-off
     "LOGIN_HASH_CONCURRENCY": None,  # password hashes at once per process; None: CPU cores
     "LOGIN_HASH_WAIT": 2.0,  # seconds a login waits for a hashing slot before 503
+    "ENROL_CODE_TTL": 7 * 86400,  # seconds an enrolment code stays valid
+    "ENROL_FREE_FAILURES": 10,  # failed enrolments from one address before back-off (1, 2, 4... s)
+    "ENROL_WINDOW": 3600,  # seconds without a failed enrolment after which an address is forgiven
+    "ENROL_BACKOFF_MAX": 300,  # seconds, longest enrolment back-off
     # Web (docs/operations.md "Behind a TLS proxy"):
     "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host are believed
     "HSTS_MAX_AGE": 31536000,  # seconds, Strict-Transport-Security on https answers; 0: none

@@ -378,7 +378,7 @@ def set_password_cmd(username: str, password_file: Path | None) -> None:
 
 @server.group("terminals")
 def terminals() -> None:
-    """Enrolled counter terminals: list, approve, reject, revoke."""
+    """Enrolled counter terminals: enrolment codes, list, approve, reject, revoke."""
 
 
 @terminals.command("list")
@@ -390,6 +390,7 @@ def list_terminals(status: str | None) -> None:
     from server.extensions import db
     from server.models import TerminalStatus
     from server.terminals import list_terminals as terminals_of
+    from server.terminals import terminal_fingerprint
 
     app = make_app()
     with database(app):
@@ -397,29 +398,61 @@ def list_terminals(status: str | None) -> None:
         for t in rows:
             decided = t.decided_at.isoformat() if t.decided_at else "-"
             click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  enrolled {t.created_at.isoformat()}"
-                       f"  decided {decided}")
+                       f"  decided {decided}  fingerprint {terminal_fingerprint(t)}")
     if not rows:
         click.echo("no terminals" + (f" {status}" if status else ""))
 
 
-def _decide(terminal_id: str, to: str) -> None:
+def _decide(terminal_id: str, to: str, key_fingerprint: str | None = None) -> None:
     from server.models import TerminalStatus
     from server.terminals import decide_terminal
 
     app = make_app()
     with database(app):
         session = _write_session()
-        terminal = decide_terminal(session, terminal_id, TerminalStatus(to), None, **_console())
+        terminal = decide_terminal(session, terminal_id, TerminalStatus(to), None, key_fingerprint=key_fingerprint,
+                                   **_console())
         session.commit()
         click.echo(f"{terminal.terminal_id}: {terminal.status.value} (kid {terminal.kid.hex()})")
 
 
-@terminals.command("approve")
+@terminals.command("code")
 @click.argument("terminal_id")
 @DATABASE_OPTION
-def approve_terminal(terminal_id: str) -> None:
-    """Approve a pending enrolment: the certificate is issued with the configured terminal CA (audited)."""
-    _decide(terminal_id, "approved")
+def enrolment_code(terminal_id: str) -> None:
+    """Issue a one-time enrolment code for TERMINAL_ID (shown once, valid ENROL_CODE_TTL, audited).
+
+    Hand it to the technician who sets up that counter ('huma terminal enrol --code').
+    """
+    from cardlib.keys.terminal_id import check_terminal_id
+    from server.enrolment import EnrolPolicy, issue_code
+
+    try:
+        check_terminal_id(terminal_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TERMINAL_ID") from exc
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        code, expires = issue_code(session, terminal_id, None, EnrolPolicy.from_config(app.config))
+        from server.auth import audit
+
+        audit(session, None, "enrolment.code_issued", f"terminal:{terminal_id}", expires_at=expires.isoformat(),
+              **_console())
+        session.commit()
+    click.echo(f"enrolment code for {terminal_id}: {code}")
+    click.echo(f"valid until {expires.isoformat()}, once; only its hash is stored")
+
+
+@terminals.command("approve")
+@click.argument("terminal_id")
+@click.option("--fingerprint", "key_fingerprint", required=True,
+              help="The key fingerprint the counter printed (64 hex digits, spaces or colons allowed); "
+                   "the approval is refused when the pending key is another one.")
+@DATABASE_OPTION
+def approve_terminal(terminal_id: str, key_fingerprint: str) -> None:
+    """Approve a pending enrolment of the named key: the terminal CA issues its certificate (audited)."""
+    _decide(terminal_id, "approved", key_fingerprint)
 
 
 @terminals.command("reject")

@@ -175,6 +175,38 @@ class LoginThrottled(ServerError):
         self.retry_after = retry_after
 
 
+class EnrolThrottled(ServerError):
+    """Too many failed enrolments from this address: retry after ``retry_after`` seconds (HTTP 429, RFC 6585 §4).
+
+    :ivar retry_after: whole seconds until the next attempt is looked at (at least 1).
+    """
+
+    code = "enrol_throttled"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class EnrolmentCodeInvalid(Forbidden):
+    """An enrolment without a valid one-time code for its terminal id (missing, unknown, expired or spent)."""
+
+    code = "enrolment_code_invalid"
+
+
+class FingerprintMismatch(Conflict):
+    """An approval names another key than the pending terminal's (or, with ``missing``, none: 400)."""
+
+    code = "fingerprint_mismatch"
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        if missing:
+            self.code = "fingerprint_required"
+            self.status = HTTPStatus.BAD_REQUEST
+
+
 class LoginLocked(LoginThrottled):
     """The account is locked after too many failed logins (docs/security.md, "Logins and web").
 

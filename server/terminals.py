@@ -7,6 +7,7 @@ Shared by the enrolment API (:mod:`server.blueprints.enrol`) and ``huma server t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ def check_csr(csr: bytes, terminal_id: str) -> CheckedCsr:
         raise InvalidCsr(clipped(str(exc), 300), reason=exc.reason) from exc
 
 
+def terminal_fingerprint(terminal: Terminal) -> str:
+    """The terminal key's fingerprint as shown to admins: hex SHA-256 of its SubjectPublicKeyInfo DER."""
+    return hashlib.sha256(terminal.public_key).hexdigest()
+
+
 def list_terminals(session: Session, status: TerminalStatus | None = None) -> list[Terminal]:
     """Every terminal (or those in ``status``), in terminal id order."""
     stmt = select(Terminal).order_by(Terminal.terminal_id)
@@ -105,7 +111,7 @@ def list_terminals(session: Session, status: TerminalStatus | None = None) -> li
 
 
 def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, person: Person | None,
-                    **audit_detail: Any) -> Terminal:
+                    *, key_fingerprint: str | None = None, **audit_detail: Any) -> Terminal:
     """Move a terminal to ``to`` (approve issues its certificate now); audited; the caller commits.
 
     Shared by the API (``person`` = the logged-in admin) and ``huma server terminals``
@@ -114,9 +120,12 @@ def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, pers
 
     :param to: APPROVED or REJECTED (from PENDING), REVOKED (from APPROVED or PENDING).
         Already in ``to``: returned unchanged (idempotent), nothing audited.
+    :param key_fingerprint: approving: the key the admin approves (hex SHA-256 of its
+        SubjectPublicKeyInfo, :func:`server.enrolment.check_fingerprint`); required.
     :raises NotFound: unknown terminal id.
     :raises Conflict: not allowed from the terminal's current status.
     :raises ConfigurationError: approving without a usable terminal CA.
+    :raises FingerprintMismatch: approving without ``key_fingerprint`` (400) or with another key's (409).
     """
     allowed_from = {TerminalStatus.APPROVED: {TerminalStatus.PENDING},
                     TerminalStatus.REJECTED: {TerminalStatus.PENDING},
@@ -131,6 +140,10 @@ def decide_terminal(session: Session, terminal_id: str, to: TerminalStatus, pers
         raise Conflict(f"terminal is {terminal.status.value}, cannot become {to.value}")
     now = utcnow()
     if to is TerminalStatus.APPROVED:
+        from server.enrolment import check_fingerprint
+
+        check_fingerprint(terminal, key_fingerprint)
+        audit_detail = {**audit_detail, "fingerprint": terminal_fingerprint(terminal)}
         pem = terminal_ca().issue(check_csr(terminal.csr_der, terminal_id).der, terminal_id=terminal_id,
                                   now=int(now.timestamp()))
         terminal.certificate_der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)

@@ -55,7 +55,7 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
 
     from cardlib.keys.cli import read_secret
     from firmware_config.loader import load_terminal_profile
-    from terminal.enrol import create_terminal_key, csr_path
+    from terminal.enrol import create_terminal_key, csr_path, key_fingerprint
     from terminal.errors import TerminalProfileError
 
     profile = load_terminal_profile(profile_path)
@@ -70,27 +70,35 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     secret = read_secret(secret_file, "HUMA_KEY_PASSPHRASE", "New terminal key passphrase", confirm=True)
     kid = create_terminal_key(profile, secret)
     click.echo(f"key {profile.key_path} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
-    click.echo(f"CSR {csr_path(profile)}: run 'huma terminal enrol --profile {profile_path}'")
+    click.echo(f"key fingerprint (read it to the admin who approves): {key_fingerprint(profile)}")
+    click.echo(f"CSR {csr_path(profile)}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
+               "with the enrolment code the admin issued")
 
 
 @terminal.command("enrol")
 @_PROFILE
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
               help="Seconds to keep polling for the certificate after submitting.")
-def enrol(profile_path: Path, wait_s: float) -> None:
-    """Send the CSR to the server and fetch the certificate once an admin approved it.
+@click.option("--code", envvar="HUMA_ENROL_CODE", default=None,
+              help="The one-time enrolment code the admin issued for this terminal id "
+                   "(else $HUMA_ENROL_CODE; omit it to only fetch the certificate of a submitted CSR).")
+def enrol(profile_path: Path, wait_s: float, code: str | None) -> None:
+    """Send the CSR with its enrolment code, and fetch the certificate once an admin approved it.
 
-    Idempotent: re-running re-submits the same CSR (the server answers 202) and
-    saves the certificate as ``<key stem>.cert.pem`` when it is ready.
-    Exit 0 when the certificate was saved, 3 while approval is pending.
+    Idempotent: re-running with the same code re-submits the same CSR (the server
+    answers 202); without ``--code`` it only polls. The certificate is saved as
+    ``<key stem>.cert.pem`` when it is ready. Prints the key fingerprint the admin
+    must name when approving. Exit 0 when the certificate was saved, 3 while approval is pending.
     """
     from firmware_config.loader import load_terminal_profile
     from terminal.enrol import enrol as enrol_terminal
+    from terminal.enrol import key_fingerprint
 
     profile = load_terminal_profile(profile_path)
-    cert = enrol_terminal(profile, wait_s)
+    cert = enrol_terminal(profile, wait_s, code=code)
     if cert is None:
         click.echo(f"terminal {profile.terminal_id} is waiting for approval by an administrator")
+        click.echo(f"key fingerprint (the admin approves only this key): {key_fingerprint(profile)}")
         raise SystemExit(3)
     click.echo(f"certificate saved to {cert}")
 

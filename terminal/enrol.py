@@ -46,6 +46,28 @@ def certificate_path(profile: TerminalProfile) -> Path:
     return profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
 
 
+def key_fingerprint(profile: TerminalProfile) -> str:
+    """The terminal key's fingerprint from its CSR, for the admin who approves it.
+
+    SHA-256 (FIPS 180-4) of the key's SubjectPublicKeyInfo DER (RFC 5280 §4.1.2.7), 64 hex
+    digits in groups of 4; the server shows the same value for the pending enrolment.
+
+    :raises TerminalProfileError: no readable CSR yet.
+    """
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    try:
+        request = x509.load_pem_x509_csr(csr_path(profile).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TerminalProfileError(f"no readable CSR at {csr_path(profile)} ({exc})") from exc
+    spki = request.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(spki).hexdigest()
+    return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+
+
 def create_terminal_key(profile: TerminalProfile, passphrase: bytes) -> bytes:
     """Make the terminal key and its CSR, save both next to each other.
 
@@ -64,12 +86,16 @@ def enrol(
     profile: TerminalProfile,
     wait_s: float = 0.0,
     *,
+    code: str | None = None,
     api: HttpApi | None = None,
     sleep: Callable[[float], object] = time.sleep,
 ) -> Path | None:
     """Submit the terminal's CSR and fetch its certificate once approved.
 
     :param wait_s: seconds to keep polling after submitting (0: ask once).
+    :param code: the one-time enrolment code an administrator issued for this terminal id
+        (``huma server terminals code``): the CSR is submitted with it. None: the CSR was
+        submitted before, only the certificate is polled.
     :param api: the server connection (default: the profile's ``server_url``).
     :param sleep: waits between polls (tests pass a no-op).
     :returns: the saved certificate file, or None while approval is pending.
@@ -85,13 +111,19 @@ def enrol(
     except ValueError as exc:  # plain http to another host: server answers would travel unprotected
         raise TerminalProfileError(f"{profile.source}: {exc}") from exc
     tid = profile.terminal_id
-    body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text()}).encode()
+    body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text(), "code": code}).encode()
     try:
-        r = api.request("POST", "/api/v1/terminals/enrol", body, {"Content-Type": "application/json"})
+        if code is not None:
+            r = api.request("POST", "/api/v1/terminals/enrol", body, {"Content-Type": "application/json"})
+        else:
+            r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
     except SyncError as exc:
         raise SyncError(f"cannot reach the server at {api.host}:{api.port} (server_url {profile.server_url} "
                         f"in {profile.source}); is it running and reachable from this counter? ({exc})") from exc
-    if r.status != 202:
+    if code is None and r.status == 404:
+        raise SyncRejected(f"terminal {tid} is not enrolled yet: pass the enrolment code an administrator "
+                           f"issued for it (huma terminal enrol --code)")
+    if code is not None and r.status != 202:
         raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
     deadline = time.monotonic() + wait_s
     while True:

@@ -43,10 +43,10 @@ def enrol(world: Any, t: SimTerminal) -> None:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, t.terminal_id)]))
            .sign(t.private_key, None))
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem})
+    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem,
+                                                           "code": world.enrolment_code(t.terminal_id)})
     assert r.status_code == 202, r.get_json()
-    r = world.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=world.auth())
-    assert r.status_code == 200, r.get_json()
+    world.approve(t.terminal_id)
 
 
 def upload(world: Any, t: SimTerminal, messages: list[bytes], batch: int = 500) -> list[Any]:

@@ -106,7 +106,8 @@ def _enrol(world: Any, t: SimTerminal, **site: Any) -> Any:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, t.terminal_id)]))
            .sign(t.private_key, None))
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-    return world.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem, **site})
+    return world.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem,
+                                                              "code": world.enrolment_code(t.terminal_id), **site})
 
 
 def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_region_findings(
@@ -131,7 +132,7 @@ def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_regi
     for t in (palangka, pangkalan_bun):
         r = _enrol(world, t, region=t.region, lat=t.lat, lon=t.lon)
         assert r.status_code == 202, r.get_json()
-        assert world.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=world.auth()).status_code == 200
+        world.approve(t.terminal_id)
         t.boot(_ms(2, 0))
     cx, cy, cz = (SimCard(c.card_id.hex(), c.uid, c.region) for c in (x, y, z))
     palangka.redeem(cx, _ms(2, 2), "food", 1)

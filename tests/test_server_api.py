@@ -48,17 +48,20 @@ def _actions(app: Any) -> list[str]:
 def test_enrolment_csr_to_certificate(app, world, ca_key_path):
     key, pem = _csr("T-100")
     c = world.client
-    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": pem})
+    code = world.enrolment_code("T-100")
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": pem, "code": code})
     assert r.status_code == 202 and r.get_json()["status"] == "pending"
     assert c.get("/api/v1/terminals/T-100/certificate").status_code == 202
     # Idempotent re-send; DER form accepted too.
     der = x509.load_pem_x509_csr(pem.encode()).public_bytes(serialization.Encoding.DER)
-    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": base64.b64encode(der).decode()})
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": base64.b64encode(der).decode(),
+                                                "code": code})
     assert r.status_code == 202
     # Another key for the same terminal id: 409.
-    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": _csr("T-100")[1]})
+    r = c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-100", "csr": _csr("T-100")[1],
+                                                "code": world.enrolment_code("T-100")})
     assert r.status_code == 409
-    r = c.post("/api/v1/terminals/T-100/approve", headers=world.auth())
+    r = world.approve("T-100")
     assert r.status_code == 200 and r.get_json()["status"] == "approved"
     r = c.get("/api/v1/terminals/T-100/certificate")
     assert r.status_code == 200
@@ -84,8 +87,9 @@ def test_keystore_terminal_ca_issues_certificates_that_chain_to_the_root(app, wo
     app.config["TERMINAL_CA_KEY_PASSWORD"] = "key passphrase 4567"
     key, csr = make_terminal_csr("T-200")
     c = world.client
-    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-200", "csr": csr.decode()}).status_code == 202
-    assert c.post("/api/v1/terminals/T-200/approve", headers=world.auth()).status_code == 200
+    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-200", "csr": csr.decode(),
+                                                   "code": world.enrolment_code("T-200")}).status_code == 202
+    world.approve("T-200")
     pem = c.get("/api/v1/terminals/T-200/certificate").get_json()["certificate"].encode()
     ca_cert = store.certificate(ca_entry.kid)
     info = verify_terminal_certificate(pem, ca_cert.public_bytes(serialization.Encoding.PEM),
@@ -93,9 +97,10 @@ def test_keystore_terminal_ca_issues_certificates_that_chain_to_the_root(app, wo
     assert info.terminal_id == "T-200"
     ca_cert.verify_directly_issued_by(store.certificate(store.root_kid))
     app.config["TERMINAL_CA_KEY_PASSWORD"] = "wrong passphrase 0000"
-    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-201",
+    assert c.post("/api/v1/terminals/enrol", json={"terminal_id": "T-201", "code": world.enrolment_code("T-201"),
                                                    "csr": make_terminal_csr("T-201")[1].decode()}).status_code == 202
-    r = c.post("/api/v1/terminals/T-201/approve", headers=world.auth())
+    fingerprint = c.get("/api/v1/terminals", headers=world.auth()).get_json()["terminals"][-1]["fingerprint"]
+    r = c.post("/api/v1/terminals/T-201/approve", headers=world.auth(), json={"fingerprint": fingerprint})
     assert r.status_code == 500 and r.get_json()["error"]["code"] == "configuration_error"
 
 
@@ -128,7 +133,8 @@ def test_roles_are_enforced_and_changes_audited(app, world):
     assert c.get("/api/v1/terminals", headers=world.auth(auditor)).status_code == 200
     assert c.get("/api/v1/audit", headers=world.auth(tech)).status_code == 403
     audit = c.get("/api/v1/audit", headers=world.auth(auditor)).get_json()["audit"]
-    assert [a["action"] for a in audit][:3] == ["login", "person.create", "login"]
+    assert audit[0]["action"] == "enrolment.code_issued" and audit[0]["target"] == "terminal:T-110", audit[0]
+    assert [a["action"] for a in audit][1:4] == ["login", "person.create", "login"]
     # Wrong password: one message whether or not the user exists.
     for user in ("tech1", "nobody"):
         r = c.post("/api/v1/auth/login", json={"username": user, "password": "wrong password"})

@@ -100,14 +100,17 @@ def test_terminals_list_approve_revoke_from_the_console_are_audited(app, world, 
     world.enrol("T-502", approve=False)
     code, out, _err = _huma(capsys, "server", "terminals", "list", "--status", "pending")
     assert code == 0 and "T-501" in out and "T-502" in out
-    assert _huma(capsys, "server", "terminals", "approve", "T-501")[0] == 0
+    fingerprints = {line.split()[0]: line.split("fingerprint ")[1] for line in out.splitlines()}
+    assert _huma(capsys, "server", "terminals", "approve", "T-501", "--fingerprint", "0" * 64)[0] == 2
+    assert _huma(capsys, "server", "terminals", "approve", "T-501", "--fingerprint", fingerprints["T-501"])[0] == 0
     r = world.client.get("/api/v1/terminals/T-501/certificate")
     assert r.status_code == 200 and "BEGIN CERTIFICATE" in r.get_json()["certificate"]
     assert _huma(capsys, "server", "terminals", "reject", "T-502")[0] == 0
     assert _huma(capsys, "server", "terminals", "revoke", "T-501")[0] == 0
-    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-502")  # rejected stays rejected
+    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-502",  # rejected stays rejected
+                            "--fingerprint", fingerprints["T-502"])
     assert code == 2 and "cannot become approved" in err
-    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-nope")
+    code, _out, err = _huma(capsys, "server", "terminals", "approve", "T-nope", "--fingerprint", "0" * 64)
     assert code == 2 and "no terminal 'T-nope'" in err
     with app.app_context():
         status = dict(db.session.execute(select(Terminal.terminal_id, Terminal.status)).all())

@@ -77,10 +77,10 @@ def enrol_terminal(world: Any, terminal_id: str, signer: SoftwareSigner) -> None
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
            .sign(signer.private_key, None))
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": terminal_id, "csr": pem})
+    r = world.client.post("/api/v1/terminals/enrol", json={"terminal_id": terminal_id, "csr": pem,
+                                                           "code": world.enrolment_code(terminal_id)})
     assert r.status_code == 202, r.get_json()
-    r = world.client.post(f"/api/v1/terminals/{terminal_id}/approve", headers=world.auth())
-    assert r.status_code == 200, r.get_json()
+    world.approve(terminal_id)
 
 
 def publish_bundle(world: Any, version: int, data: bytes) -> None:

@@ -243,9 +243,11 @@ def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world,
     files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
                          terminal_id="T-6271-0077", server_url=f"http://{live_server.host}:{live_server.port}")
     runner = CliRunner()
-    pending = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile)])
+    pending = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile),
+                                  "--code", world.enrolment_code("T-6271-0077")])
     assert pending.exit_code == 3 and "waiting for approval" in pending.output, pending.output
-    r = world.client.post("/api/v1/terminals/T-6271-0077/approve", headers=world.auth())
+    printed = pending.output.split("key fingerprint (the admin approves only this key): ")[1].splitlines()[0]
+    r = world.client.post("/api/v1/terminals/T-6271-0077/approve", headers=world.auth(), json={"fingerprint": printed})
     assert r.status_code == 200, r.get_json()
     done = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile)])
     assert done.exit_code == 0, done.output
@@ -263,9 +265,8 @@ def test_enrol_use_case_without_the_cli(tmp_path, world, live_server) -> None:
     files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
                          terminal_id="T-6271-0078", server_url=f"http://{live_server.host}:{live_server.port}")
     profile = load_terminal_profile(files.profile)
-    assert enrol(profile, 0.0) is None  # submitted, waiting for an administrator
-    r = world.client.post("/api/v1/terminals/T-6271-0078/approve", headers=world.auth())
-    assert r.status_code == 200, r.get_json()
+    assert enrol(profile, 0.0, code=world.enrolment_code("T-6271-0078")) is None  # submitted, waiting
+    world.approve("T-6271-0078")
     assert enrol(profile, 0.0) == certificate_path(profile)
     assert b"BEGIN CERTIFICATE" in certificate_path(profile).read_bytes()
     assert spki_der(load_receipt_key(profile)) == spki_der(pinned_receipt_key(world, "T-6271-0078"))

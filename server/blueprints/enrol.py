@@ -10,19 +10,28 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from cardlib.provision.regions import check_region
 from server.auth import audit, require_role
+from server.enrolment import (
+    EnrolPolicy,
+    check_enrol_throttle,
+    count_enrol_failure,
+    fingerprint,
+    issue_code,
+    redeem_code,
+)
 from server.errors import (
     BadRequest,
     ConfigurationError,
     Conflict,
     NaiveDatetimeError,
     NotFound,
+    ServerError,
     clipped,
     shown,
 )
@@ -47,6 +56,7 @@ def _terminal_json(t: Terminal) -> dict[str, Any]:
         "terminal_id": t.terminal_id,
         "status": t.status.value,
         "kid": t.kid.hex(),
+        "fingerprint": fingerprint(t.public_key).hex(),
         "created_at": t.created_at.isoformat(),
         "decided_at": t.decided_at.isoformat() if t.decided_at else None,
     }
@@ -99,16 +109,55 @@ def parse_site(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"region": region, "lat": None if lat is None else float(lat), "lon": None if lon is None else float(lon)}
 
 
+@bp.post("/terminals/<terminal_id>/enrolment-code")
+@require_role(Role.ADMIN)
+def enrolment_code(terminal_id: str) -> ResponseReturnValue:
+    """A one-time enrolment code for ``terminal_id`` → 201 ``{"terminal_id", "code", "expires_at"}`` (admin, audited).
+
+    The code is shown once (only its SHA-256 is stored); hand it to the technician who
+    sets up that counter (:mod:`server.enrolment`).
+    """
+    from cardlib.keys.terminal_id import check_terminal_id
+
+    storable_id(terminal_id, "terminal")
+    try:
+        check_terminal_id(terminal_id)
+    except ValueError as exc:
+        raise BadRequest(clipped(str(exc), 200), field="terminal_id") from exc
+    session = db.write_session()
+    code, expires = issue_code(session, terminal_id, g.person, EnrolPolicy.from_config(current_app.config))
+    audit(session, g.person, "enrolment.code_issued", f"terminal:{terminal_id}", expires_at=expires.isoformat())
+    session.commit()
+    return jsonify({"terminal_id": terminal_id, "code": code, "expires_at": expires.isoformat()}), 201
+
+
 @bp.post("/terminals/enrol")
 def enrol() -> ResponseReturnValue:
-    """A terminal asks to be enrolled: ``{"terminal_id", "csr": PEM text or base64 DER}`` → 202 pending.
+    """A terminal asks to be enrolled: ``{"terminal_id", "csr": PEM text or base64 DER, "code"}`` → 202 pending.
 
-    Optional ``region`` (Kemendagri code), ``lat``/``lon`` (degrees, WGS 84): where the
-    counter stands, stored in ``terminal_sites`` for reconciliation (impossible travel)
-    and the per-region audit totals (:func:`parse_site`). Re-sending the same CSR is
-    idempotent (a site given then is stored if the terminal has none yet); another key for
-    a known terminal is 409.
+    ``code``: the one-time enrolment code an admin issued for this terminal id (403
+    ``enrolment_code_invalid`` without it). Optional ``region`` (Kemendagri code),
+    ``lat``/``lon`` (degrees, WGS 84): where the counter stands, stored in
+    ``terminal_sites`` for reconciliation (impossible travel) and the per-region audit
+    totals (:func:`parse_site`). Re-sending the same CSR with its code is idempotent (a
+    site given then is stored if the terminal has none yet); another key for a known
+    terminal is 409. Every refused enrolment counts against the client address; past
+    ``ENROL_FREE_FAILURES`` it is 429 with ``Retry-After`` (:mod:`server.enrolment`).
     """
+    policy = EnrolPolicy.from_config(current_app.config)
+    address = request.remote_addr
+    check_enrol_throttle(db.write_session, address, policy)
+    try:
+        return _enrol()
+    except ServerError as exc:
+        if int(exc.status) >= 500:
+            raise
+        db.session.rollback()
+        count_enrol_failure(db.write_session, address, policy)
+        raise
+
+
+def _enrol() -> ResponseReturnValue:
     body = json_body()
     terminal_id, csr_text = body.get("terminal_id"), body.get("csr")
     if not isinstance(terminal_id, str) or not 0 < len(terminal_id) <= 64:
@@ -125,7 +174,16 @@ def enrol() -> ResponseReturnValue:
     site = parse_site(body)
     csr = check_csr(raw, terminal_id)
     session = db.write_session()
+    redeem_code(session, terminal_id, body.get("code"), fingerprint(csr.spki_der))
     existing = session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
+    if existing is not None and existing.status is TerminalStatus.REJECTED and existing.public_key != csr.spki_der:
+        # a fresh code after a rejection (a squatter's key, say): the new key replaces the rejected one
+        if session.scalars(select(Terminal).where(Terminal.kid == csr.kid)).first() is not None:
+            raise Conflict("this key is already enrolled for another terminal")
+        existing.csr_der, existing.public_key, existing.kid = csr.der, csr.spki_der, csr.kid
+        existing.status, existing.certificate_der, existing.decided_at, existing.decided_by = \
+            TerminalStatus.PENDING, None, None, None
+        existing.created_at = utcnow()
     if existing is not None:
         if existing.public_key != csr.spki_der:
             raise Conflict(f"terminal {shown(terminal_id)} is already enrolled with another key")
@@ -167,8 +225,6 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
     from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
     body["bundle"] = enrolment_pin(db.session)
     body["receipt_key"] = receipt_public_pem(current_app)  # counters pin it: server answers are signed by it
-    from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
-    body["bundle"] = enrolment_pin(db.session)
     return jsonify(body), 200
 
 
@@ -190,8 +246,19 @@ def _decide(terminal_id: str, to: TerminalStatus) -> Terminal:
 @bp.post("/terminals/<terminal_id>/approve")
 @require_role(Role.ADMIN)
 def approve(terminal_id: str) -> ResponseReturnValue:
-    """Approve a pending terminal: its certificate is issued now (admin, audited)."""
-    return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.APPROVED)))
+    """Approve a pending terminal ``{"fingerprint"}``: its certificate is issued now (admin, audited).
+
+    ``fingerprint``: the key the admin approves, as the counter printed it (SHA-256 of its
+    SubjectPublicKeyInfo, 64 hex digits); 400 without it, 409 ``fingerprint_mismatch`` when
+    the pending key is another one (nothing is issued).
+    """
+    body = json_body() if request.get_data(cache=True) else {}
+    given = body.get("fingerprint")
+    session = db.write_session()
+    terminal = decide_terminal(session, terminal_id, TerminalStatus.APPROVED, g.person,
+                               key_fingerprint=given if isinstance(given, str) else None)
+    session.commit()
+    return jsonify(_terminal_json(terminal))
 
 
 @bp.post("/terminals/<terminal_id>/reject")

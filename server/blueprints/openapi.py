@@ -69,6 +69,8 @@ SPEC: dict[str, Any] = {
                     "terminal_id": {"type": "string"},
                     "status": {"type": "string", "enum": ["pending", "approved", "rejected", "revoked"]},
                     "kid": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+                    "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                    "description": "SHA-256 of the key's SubjectPublicKeyInfo DER; approval names it"},
                     "created_at": _DATETIME,
                     "decided_at": _NULLABLE_DATETIME,
                     "certificate": {"type": "string", "description": "PEM, when approved"},
@@ -176,9 +178,11 @@ SPEC: dict[str, Any] = {
         "/api/v1/terminals/enrol": {"post": {
             "summary": "Enrol a terminal with a PKCS#10 CSR (CN = terminal_id)",
             "requestBody": _body({
-                "type": "object", "required": ["terminal_id", "csr"],
+                "type": "object", "required": ["terminal_id", "csr", "code"],
                 "properties": {"terminal_id": {"type": "string", "maxLength": 64},
                                "csr": {"type": "string", "description": "PEM, or base64 DER"},
+                               "code": {"type": "string", "description": "the one-time enrolment code an admin "
+                                                                          "issued for this terminal id"},
                                "region": {"type": "string", "pattern": r"^62\.\d{2}(\.\d{2}(\.\d{4})?)?$",
                                           "description": "Kemendagri code of the counter's region in "
                                                          "Kalimantan Tengah, e.g. 62.71 (optional)"},
@@ -187,8 +191,32 @@ SPEC: dict[str, Any] = {
                                "lon": {"type": "number", "minimum": -180, "maximum": 180,
                                        "description": "longitude, degrees WGS 84 (optional; with lat)"}}}),
             "responses": {"202": _json({"$ref": "#/components/schemas/Terminal"}, "pending"),
-                          "400": _err("malformed body"), "409": _err("enrolled with another key"),
-                          "422": _err("invalid CSR"), **_BUSY},
+                          "400": _err("malformed body"),
+                          "403": _err("no valid enrolment code for this terminal id (enrolment_code_invalid)"),
+                          "409": _err("enrolled with another key"),
+                          "422": _err("invalid CSR"),
+                          "429": _err("too many failed enrolments from this address (Retry-After)"), **_BUSY},
+        }},
+        "/api/v1/terminals/{terminal_id}/enrolment-code": {"post": {
+            "summary": "Issue a one-time enrolment code for a terminal id (admin, audited; shown once)",
+            "security": _BEARER, "parameters": [_TERMINAL_PATH],
+            "responses": {"201": _json({"type": "object", "required": ["terminal_id", "code", "expires_at"],
+                                        "properties": {"terminal_id": {"type": "string"},
+                                                       "code": {"type": "string"}, "expires_at": _DATETIME}},
+                                       "the code"),
+                          "400": _err("not a terminal id"), "404": _err("not a storable terminal id"),
+                          "409": _err("terminal already approved or revoked"), **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/terminals/{terminal_id}/approve": {"post": {
+            "summary": "Approve a pending terminal's key, named by its fingerprint (admin, audited)",
+            "security": _BEARER, "parameters": [_TERMINAL_PATH],
+            "requestBody": _body({"type": "object", "required": ["fingerprint"], "properties": {
+                "fingerprint": {"type": "string", "description": "64 hex digits as the counter printed them"}}}),
+            "responses": {"200": _json({"$ref": "#/components/schemas/Terminal"}, "done"),
+                          "400": _err("no fingerprint (fingerprint_required) or a malformed body"),
+                          "404": _err("unknown terminal"),
+                          "409": _err("wrong status, or another key pending (fingerprint_mismatch)"),
+                          **_AUTH_ERRORS, **_BUSY},
         }},
         "/api/v1/terminals/{terminal_id}/certificate": {"get": {
             "summary": "The terminal certificate once approved",
@@ -211,7 +239,7 @@ SPEC: dict[str, Any] = {
                               "404": _err("unknown terminal"), "409": _err("wrong status"),
                               **_AUTH_ERRORS, **_BUSY},
             }}
-            for action in ("approve", "reject", "revoke")
+            for action in ("reject", "revoke")
         },
         "/api/v1/cards": {"post": {
             "summary": "Register card issuances (technician, admin; audited)", "security": _BEARER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from server import enrolment as _enrolment  # noqa: F401 - enrolment_codes (migration 0011) is in Base.metadata
 from server import logins as _logins  # noqa: F401 - login_throttle (migration 0008) is in Base.metadata
 from server.models import Base
 
