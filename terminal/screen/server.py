@@ -367,6 +367,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "receipt": "Receipt code",
         "print": "Print receipt",
         "last_taps": "Last taps",
+        "no_taps": "No taps yet since the counter started.",
         "on_card": "On the card",
         "shift": "Shift slip",
         "mode": _MODE_NAMES[state.mode],
