@@ -74,8 +74,11 @@ def test_pages_need_an_auditor_login(app, clone_world, world):
     assert r.status_code == 302 and "/audit/login" in r.headers["Location"]
     from tests.fixtures.db import ADMIN_PASSWORD
 
-    r = _login(world.client, "admin", ADMIN_PASSWORD)  # an admin is not an auditor
-    assert r.status_code == 403 and "Hanya auditor" in r.get_data(as_text=True)
+    r = _login(world.client, "admin", ADMIN_PASSWORD)  # an admin is not an auditor: the programme dashboard only
+    assert r.status_code == 302 and r.headers["Location"].endswith("/audit/programme/")
+    assert world.client.get("/audit/findings").status_code == 403
+    world.client.post("/audit/logout", data={"csrf": _csrf(world.client.get("/audit/programme/").get_data(
+        as_text=True))})
     r = _login(world.client, "audrey", "wrong password!")
     assert r.status_code == 401
     r = _login(world.client)

@@ -43,6 +43,9 @@ _EXPORT = {"200": {"description": "the export (streamed)",
                                "application/json": {"schema": {"type": "object"}}}},
            **_PAGE_ERRORS, "422": _err("naive datetime")}
 
+_CYCLE = _query("cycle", {"type": "string", "pattern": "^[0-9]{4}[12]$"})
+_REGION = _query("region", {"type": "string", "maxLength": 13})
+
 PATHS: dict[str, Any] = {
     "/audit/": _page("Auditor start page (redirects to the findings queue)"),
     "/audit/login": {
@@ -69,8 +72,20 @@ PATHS: dict[str, Any] = {
         "requestBody": {"content": {"application/x-www-form-urlencoded": {
             "schema": {"type": "object", "properties": {"csrf": {"type": "string"}}}}}},
         "responses": {"302": {"description": "logged out"}, **_PAGE_ERRORS}}},
-    "/audit/findings": _page("Findings queue, most urgent first", [
-        _query("status", {"type": "string", "enum": ["open", "confirmed", "dismissed", "all"]}), _query("kind")]),
+    "/audit/findings": _page("Findings queue, most urgent first, 100 a page", [
+        _query("status", {"type": "string", "enum": ["open", "confirmed", "dismissed", "all"]}), _query("kind"),
+        _query("q", {"type": "string", "maxLength": 64}), _query("page", {"type": "integer", "minimum": 1})]),
+    "/audit/findings/decisions": {"post": {
+        "summary": "One decision and reason for several findings (each audited; all or none)", "tags": ["audit"],
+        "security": _BEARER,
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "required": ["finding_id", "status", "reason", "csrf"],
+                       "properties": {"finding_id": {"type": "array", "items": {"type": "string"}},
+                                      "status": {"type": "string", "enum": ["confirmed", "dismissed"]},
+                                      "reason": {"type": "string"}, "back": {"type": "string"},
+                                      "csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "decided"}, **_PAGE_ERRORS,
+                      "422": _err("no finding selected, too many, or no reason")}}},
     "/audit/findings/{finding_id}": _page("One finding with its evidence", [_path("finding_id")]),
     "/audit/findings/{finding_id}/decision": {"post": {
         "summary": "Confirm or dismiss a finding with a reason (audited)", "tags": ["audit"], "security": _BEARER,
@@ -97,6 +112,21 @@ PATHS: dict[str, Any] = {
                        _query("since", {"type": "string", "format": "date-time"}),
                        _query("until", {"type": "string", "format": "date-time"})],
         "responses": _EXPORT}},
+    "/audit/programme/": _page("Programme dashboard: progress, throughput, terminal health (admin, auditor, "
+                               "manager)", [_CYCLE, _REGION]),
+    "/audit/programme/pending": _page("Households not yet collected in a region", [
+        _CYCLE, _REGION, _query("page", {"type": "integer", "minimum": 1})]),
+    "/audit/programme/charts/{name}.svg": {"get": {
+        "summary": "A dashboard chart (pygal SVG)", "tags": ["audit"], "security": _BEARER,
+        "parameters": [_path("name", {"type": "string", "enum": ["progress", "daily", "throughput"]}),
+                       _CYCLE, _REGION, _query("lang", {"type": "string", "enum": ["id", "en"]})],
+        "responses": {"200": {"description": "the chart", "content": {"image/svg+xml": {"schema": {
+            "type": "string"}}}}, **_PAGE_ERRORS}}},
+    "/audit/programme/export/pending.csv": {"get": {
+        "summary": "Every household not yet collected in a region, as CSV for field workers (audited)",
+        "tags": ["audit"], "security": _BEARER, "parameters": [_CYCLE, _REGION],
+        "responses": {"200": {"description": "the export (streamed)", "content": {"text/csv": {"schema": {
+            "type": "string"}}}}, **_PAGE_ERRORS}}},
 }
 
 

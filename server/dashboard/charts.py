@@ -10,6 +10,7 @@ is readable on a 360 px phone. Each chart has its numbers as a table on the page
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pygal
@@ -17,6 +18,11 @@ from pygal.style import Style
 
 from server.dashboard.queries import RegionProgress, Throughput
 from server.regions import short_name
+
+# pygal appends a sys.meta_path finder for its map plugins (pygal.maps.*, unused here) that
+# has only the find_module() Python 3.4 deprecated: every later import elsewhere in the
+# process then warns (ImportWarning). Take it out again.
+sys.meta_path[:] = [f for f in sys.meta_path if type(f) is not pygal.PluginImportFixer]
 
 #: Programme colours: collected (green), expected-but-pending (grey), an accent.
 _STYLE = Style(
