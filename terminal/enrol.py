@@ -46,6 +46,44 @@ def certificate_path(profile: TerminalProfile) -> Path:
     return profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
 
 
+def receipt_key_path(profile: TerminalProfile) -> Path:
+    """Where the pinned server receipt key is kept: ``<key stem>.receipt-key.pem`` beside the certificate."""
+    return profile.key_path.with_name(profile.key_path.stem + ".receipt-key.pem")
+
+
+def save_receipt_key(profile: TerminalProfile, pem: object) -> Path:
+    """Pin the server receipt key the enrolment answer carries (SubjectPublicKeyInfo PEM).
+
+    :raises SyncRejected: the answer carries none, or not an Ed25519 public key.
+    """
+    try:
+        key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else b"")
+    except ValueError as exc:
+        raise SyncRejected(f"the certificate answer carries no usable server receipt key ({exc})") from exc
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise SyncRejected("the server receipt key is not an Ed25519 key")
+    path = receipt_key_path(profile)
+    atomic_write(path, key.public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
+    return path
+
+
+def load_receipt_key(profile: TerminalProfile) -> ed25519.Ed25519PublicKey:
+    """The server receipt key pinned at enrolment (only answers it signed change the journal or bundle age).
+
+    :raises TerminalProfileError: none pinned (enrolled before keys were pinned: run enrol again) or unreadable.
+    """
+    path = receipt_key_path(profile)
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TerminalProfileError(f"no pinned server receipt key at {path} ({exc}); run "
+                                   f"'huma terminal enrol --profile {profile.source}' again to fetch it") from exc
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise TerminalProfileError(f"{path} is not an Ed25519 public key")
+    return key
+
+
 def key_fingerprint(profile: TerminalProfile) -> str:
     """The terminal key's fingerprint from its CSR, for the admin who approves it.
 
