@@ -149,7 +149,9 @@ def enrol(
     except ValueError as exc:  # plain http to another host: server answers would travel unprotected
         raise TerminalProfileError(f"{profile.source}: {exc}") from exc
     tid = profile.terminal_id
-    body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text(), "code": code}).encode()
+    # Where the counter stands (terminal_sites: regional totals, impossible travel), from its profile.
+    body = json.dumps({"terminal_id": tid, "csr": csr_file.read_text(), "code": code,
+                       "region": profile.region}).encode()
     try:
         if code is not None:
             r = api.request("POST", "/api/v1/terminals/enrol", body, {"Content-Type": "application/json"})
