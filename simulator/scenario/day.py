@@ -200,6 +200,7 @@ class Day:
         env["HUMA_TERMINAL_CA_KEY_PASSWORD"] = secret(self.secrets / "keys.pass")
         # Published bundles and card issuances are verified under the keystore's root certificate.
         env["HUMA_TRUST_ROOT_CERT"] = str(self.root_cert)
+        env["HUMA_RECEIPT_KEY"] = str(self.dir / "server" / "receipt-key.pem")  # signs receipts; counters pin it
         self.server = Process("server", ["server", "run", "--port", str(self.server_port), "--threads", "4"],
                               env, self.logs / "server.log").start()
         wait_http(self.server_url + "/api/v1/bundle", proc=self.server.proc)
