@@ -1,0 +1,95 @@
+"""Households, not cards (issue 18): entitlement reconciled per household across every card it has had.
+
+The attack: a household redeems its food package, reports the card lost, gets a re-issued
+card whose remaining entitlement the technician typed (``--remaining 1=1``) and redeems food
+again. Per card nothing is wrong (one package of one on each card); per household two
+packages of one were taken. Everything goes through the real API: issuer-signed identity
+records in a technician-signed issuance file, enrolled terminals, signed journal uploads.
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from typing import Any
+
+from cardlib.keys.signer import sign1_with
+from cardlib.records.claims import Entitlement, Unit
+from cardlib.records.session import identity_aad
+from server.reconcile.models import FindingKind
+from simulator.journals import SimCard, SimTerminal
+from tests.reconcile_support import audit_db, findings, run, upload  # noqa: F401 - audit_db: fixture
+from tests.test_registry_reconcile import (  # noqa: F401 - keys, registry: fixtures
+    UTC,
+    Keys,
+    _card,
+    _enrol,
+    _ms,
+    _record,
+    _upload_file,
+    keys,
+    registry,
+)
+
+
+def _terminal(world: Any) -> SimTerminal:
+    t = SimTerminal.new("T-PKY", "62.71", random.Random(7))
+    assert _enrol(world, t, region=t.region).status_code == 202
+    world.approve(t.terminal_id)
+    t.boot(_ms(2, 0))
+    return t
+
+
+def _issue(world: Any, keys: Keys, claims: Any, when: dt.datetime, reissue_of: bytes | None = None) -> None:
+    identity = sign1_with(keys.issuer, claims.to_cbor(), identity_aad(claims.uid))
+    r = _upload_file(world, keys, [_record(claims, identity, kid=keys.issuer.kid, when=int(when.timestamp()),
+                                           reissue_of=reissue_of)])
+    assert r.status_code == 200 and r.get_json()["results"][0]["result"] == "accepted", r.get_json()
+
+
+def test_food_redeemed_on_the_lost_card_and_again_on_its_reissue_is_a_household_finding(
+        app: Any, registry: Any, keys: Keys) -> None:
+    world = registry
+    old = _card(1, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
+    new = dataclasses.replace(_card(2, "62.71", {1: Entitlement(Unit.PACKAGE, 1)}), household_ref=old.household_ref)
+    _issue(world, keys, old, dt.datetime(2026, 2, 1, tzinfo=UTC))
+    t = _terminal(world)
+    t.redeem(SimCard(old.card_id.hex(), old.uid, old.region), _ms(2, 2), "food", 1)
+    _issue(world, keys, new, dt.datetime(2026, 3, 3, tzinfo=UTC), reissue_of=old.card_id)  # lost, re-issued
+    t.redeem(SimCard(new.card_id.hex(), new.uid, new.region), _ms(4, 2), "food", 1)
+    assert all(r.status_code == 200 for r in upload(world, t, t.messages()))
+    run(app)
+
+    assert findings(app, FindingKind.ENTITLEMENT_EXCEEDED) == []  # per card: one of one each
+    over = findings(app, FindingKind("household_over_entitlement"))
+    assert len(over) == 1, [f.summary for f in findings(app)]
+    f = over[0]
+    assert f.card_id == new.card_id.hex() and old.household_ref.hex() in f.summary
+    assert '"total": 2' in f.detail and '"entitled": 1' in f.detail and '"programme": "food"' in f.detail
+    assert old.card_id.hex() in f.detail and new.card_id.hex() in f.detail
+    assert len(f.evidence.split(",")) == 2
+    run(app)  # idempotent
+    assert len(findings(app, FindingKind("household_over_entitlement"))) == 1
+
+
+def test_a_claim_on_the_older_card_after_the_household_got_another_is_a_finding(
+        app: Any, registry: Any, keys: Keys) -> None:
+    """A second card for the household issued without naming the first (no re-issue, so nothing revoked)."""
+    world = registry
+    first = _card(3, "62.71", {1: Entitlement(Unit.PACKAGE, 2)})
+    second = dataclasses.replace(_card(4, "62.71", {1: Entitlement(Unit.PACKAGE, 2)}),
+                                 household_ref=first.household_ref)
+    _issue(world, keys, first, dt.datetime(2026, 2, 1, tzinfo=UTC))
+    _issue(world, keys, second, dt.datetime(2026, 3, 3, tzinfo=UTC))
+    t = _terminal(world)
+    t.redeem(SimCard(first.card_id.hex(), first.uid, first.region), _ms(2, 2), "food", 1)  # before: fine
+    t.redeem(SimCard(first.card_id.hex(), first.uid, first.region), _ms(4, 2), "food", 1)  # after: finding
+    assert all(r.status_code == 200 for r in upload(world, t, t.messages()))
+    run(app)
+    replaced = findings(app, FindingKind("claim_on_replaced_card"))
+    assert [f.card_id for f in replaced] == [first.card_id.hex()], [f.summary for f in findings(app)]
+    assert second.card_id.hex() in replaced[0].detail and '"count": 1' in replaced[0].detail
+    assert findings(app, FindingKind("household_over_entitlement")) == []  # 2 of 2
+    assert findings(app, FindingKind.REVOKED_CARD_USED) == []
