@@ -42,15 +42,15 @@ def _terminal(world: Any) -> SimTerminal:
     return t
 
 
-def _issue(world: Any, keys: Keys, claims: Any, when: dt.datetime, reissue_of: bytes | None = None) -> None:
-    identity = sign1_with(keys.issuer, claims.to_cbor(), identity_aad(claims.uid))
-    r = _upload_file(world, keys, [_record(claims, identity, kid=keys.issuer.kid, when=int(when.timestamp()),
+def _issue(world: Any, ks: Keys, claims: Any, when: dt.datetime, reissue_of: bytes | None = None) -> None:
+    identity = sign1_with(ks.issuer, claims.to_cbor(), identity_aad(claims.uid))
+    r = _upload_file(world, ks, [_record(claims, identity, kid=ks.issuer.kid, when=int(when.timestamp()),
                                            reissue_of=reissue_of)])
     assert r.status_code == 200 and r.get_json()["results"][0]["result"] == "accepted", r.get_json()
 
 
 def test_food_redeemed_on_the_lost_card_and_again_on_its_reissue_is_a_household_finding(
-        app: Any, registry: Any, keys: Keys) -> None:
+        app: Any, registry: Any, keys: Keys) -> None:  # noqa: F811 - fixtures
     world = registry
     old = _card(1, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
     new = dataclasses.replace(_card(2, "62.71", {1: Entitlement(Unit.PACKAGE, 1)}), household_ref=old.household_ref)
@@ -75,7 +75,7 @@ def test_food_redeemed_on_the_lost_card_and_again_on_its_reissue_is_a_household_
 
 
 def test_a_claim_on_the_older_card_after_the_household_got_another_is_a_finding(
-        app: Any, registry: Any, keys: Keys) -> None:
+        app: Any, registry: Any, keys: Keys) -> None:  # noqa: F811 - fixtures
     """A second card for the household issued without naming the first (no re-issue, so nothing revoked)."""
     world = registry
     first = _card(3, "62.71", {1: Entitlement(Unit.PACKAGE, 2)})

@@ -58,6 +58,7 @@ from server.reconcile.card_checks import (
     secure_card_counters,
 )
 from server.reconcile.findings import record_findings
+from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
 from server.reconcile.models import ReconcileRun
 from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.sql import journal
@@ -105,7 +106,9 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     out += card_order(conn, cfg)
     out += secure_card_counters(conn, cfg)
     out += entitlements_exceeded(conn, cfg)
+    out += household_entitlements(conn, cfg)
     out += revoked_cards_used(conn, cfg)
+    out += claims_on_replaced_cards(conn, cfg)
     out += impossible_travel(conn, cfg)
     return out
 

@@ -41,6 +41,8 @@ class FindingKind(str, enum.Enum):
     CLOCK_BACKWARDS = "clock_backwards"  #: wall time decreasing along a terminal's seq
     CLOCK_SKEW = "clock_skew"  #: wall clock drifting/stepping within one boot, or ahead of the server
     JOURNAL_TAIL_MISSING = "journal_tail_missing"  #: a signed journal head the uploads never reached
+    HOUSEHOLD_OVER_ENTITLEMENT = "household_over_entitlement"  #: one household over its entitlement across cards
+    CLAIM_ON_REPLACED_CARD = "claim_on_replaced_card"  #: a redemption on a card after its household got a newer one
 
 
 class Severity(str, enum.Enum):
