@@ -74,6 +74,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from server.audit.views import bp as audit_bp  # auditor view (/audit), see server/audit
 
     app.register_blueprint(audit_bp)
+    from server.checkpoints.views import bp as checkpoints_bp  # scanned shift checkpoints (issue 19)
+
+    app.register_blueprint(checkpoints_bp)
     from server.dashboard.views import bp as dashboard_bp  # programme dashboard (/audit/programme)
 
     app.register_blueprint(dashboard_bp)

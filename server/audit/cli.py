@@ -196,3 +196,40 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
     if not expect_heads:
         click.echo("(compare each head with `huma journal verify` on that terminal, or pass "
                    "--expect-head TERMINAL_ID=SEQ:HASH: entries cut from the end cannot be seen from the export alone)")
+
+
+@audit.group("checkpoint")
+def checkpoint_group() -> None:
+    """Scanned end-of-shift checkpoints of counters (docs/checkpoints.md)."""
+
+
+@checkpoint_group.command("add")
+@click.argument("source", metavar="FILE-OR-TEXT")
+@DATABASE_OPTION
+def checkpoint_add_cmd(source: str) -> None:
+    """Verify a shift slip's checkpoint under its terminal's certified key and store it.
+
+    FILE-OR-TEXT is the scanned text (HBCP1:…), a file holding it, or a file holding the
+    COSE_Sign1 bytes; - reads standard input. Adding the same slip again changes nothing.
+    Exit status 2 when it does not verify (the reason is printed).
+    """
+    from server.checkpoints import add_checkpoint
+    from server.extensions import db
+
+    if source == "-":
+        data: bytes | str = click.get_binary_stream("stdin").read()
+    elif source.lstrip().startswith("HBCP1:"):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"{source}: {exc.strerror or exc} (give a file or the HBCP1: text)") from exc
+    app = make_app()
+    with database(app):
+        session = db.write_session()
+        added = add_checkpoint(session, data, None, source="cli")
+        session.commit()
+        row = added.row
+        click.echo(f"{'stored' if added.created else 'already stored'}: checkpoint {row.id} of {row.terminal_id}, "
+                   f"boot {row.boot_id}, head {row.head_seq} {row.head_hash.hex()}")

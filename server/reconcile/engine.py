@@ -64,6 +64,7 @@ from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.sql import journal
 from server.reconcile.terminal_checks import (
     chain_and_clock_steps,
+    checkpoint_heads_missing,
     clock_skew,
     journal_tails,
     revoked_terminals_used,
@@ -100,6 +101,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observ
     out += chain
     out += upload_evidence(conn, cfg)
     out += journal_tails(conn, cfg)
+    out += checkpoint_heads_missing(conn, cfg)
     out += revoked_terminals_used(conn, cfg)
     out += clock_skew(conn, cfg, backwards)
     out += card_forks(conn, cfg)

@@ -40,6 +40,7 @@ class FindingKind(str, enum.Enum):
     IMPOSSIBLE_TRAVEL = "impossible_travel"  #: same card at distant terminals too quickly
     CLOCK_BACKWARDS = "clock_backwards"  #: wall time decreasing along a terminal's seq
     CLOCK_SKEW = "clock_skew"  #: wall clock drifting/stepping within one boot, or ahead of the server
+    CHECKPOINT_HEAD_MISSING = "checkpoint_head_missing"  #: a scanned shift checkpoint's head not in the journal
     JOURNAL_TAIL_MISSING = "journal_tail_missing"  #: a signed journal head the uploads never reached
     HOUSEHOLD_OVER_ENTITLEMENT = "household_over_entitlement"  #: one household over its entitlement across cards
     CLAIM_ON_REPLACED_CARD = "claim_on_replaced_card"  #: a redemption on a card after its household got a newer one

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cardlib.records.journal import EntryKind
+from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
 from server.reconcile.models import FindingKind, JournalHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
@@ -25,6 +26,7 @@ from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
 __all__ = [
     "SIGNED_COLUMNS",
     "chain_and_clock_steps",
+    "checkpoint_heads_missing",
     "clock_skew",
     "journal_tails",
     "revoked_terminals_used",
@@ -458,3 +460,49 @@ def signature_mismatches(conn: Connection, cfg: ReconcileConfig | None = None) -
         )
         for terminal_id, items in bad.items()
     ]
+
+
+def checkpoint_heads_missing(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+    """Scanned end-of-shift checkpoints whose signed head the terminal's stored journal passed without containing it.
+
+    A checkpoint (:mod:`server.checkpoints`, docs/checkpoints.md) names ``(head_seq, head_hash)``.
+    Once the stored journal of that terminal reaches ``head_seq`` or holds entries of a later
+    boot, the entry at ``head_seq`` must be there with that hash; otherwise the journal was cut
+    or rewritten after the slip was printed. CRITICAL when another entry stands at that seq
+    (a rewrite), HIGH when none does. Evidence: the checkpoint's SHA-256, then the stored
+    entry at that seq when there is one.
+    """
+    checkpoint = TerminalCheckpoint.__table__
+    at_head = journal.alias("at_head")
+    reached = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
+               .scalar_subquery())
+    last_boot = (select(func.max(journal.c.boot_id)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
+                 .scalar_subquery())
+    rows = conn.execute(
+        select(
+            checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.head_hash, checkpoint.c.boot_id,
+            checkpoint.c.message_sha256, checkpoint.c.id.label("checkpoint_id"),
+            at_head.c.entry_id, at_head.c.entry_hash, reached.label("reached"), last_boot.label("last_boot"),
+        )
+        .select_from(checkpoint.outerjoin(
+            at_head, and_(at_head.c.terminal_id == checkpoint.c.terminal_id, at_head.c.seq == checkpoint.c.head_seq)))
+        .where(or_(at_head.c.entry_hash.is_(None), at_head.c.entry_hash != checkpoint.c.head_hash))
+        .where(or_(reached >= checkpoint.c.head_seq, last_boot > checkpoint.c.boot_id))
+        .order_by(checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.id)
+    ).all()
+    out: list[Observation] = []
+    for row in rows:
+        rewritten = row.entry_hash is not None
+        what = "another entry stands at that seq" if rewritten else "the stored journal has no entry at that seq"
+        out.append(Observation(
+            FindingKind.CHECKPOINT_HEAD_MISSING,
+            Severity.CRITICAL if rewritten else Severity.HIGH,
+            f"{row.terminal_id}|{row.head_seq}|{row.head_hash.hex()}",
+            f"terminal {row.terminal_id}: checkpointed head {row.head_seq} is not in its journal ({what})"[:255],
+            distinct_ids([row.message_sha256, row.entry_id]),
+            terminal_id=row.terminal_id,
+            detail={"head_seq": row.head_seq, "head_hash": row.head_hash.hex(), "boot_id": row.boot_id,
+                    "stored_hash": row.entry_hash.hex() if rewritten else None, "reached_seq": row.reached,
+                    "last_boot": row.last_boot, "checkpoint_id": row.checkpoint_id},
+        ))
+    return out
