@@ -70,7 +70,7 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
     )
     for msgid in wanted:
         msg = catalog.get(msgid)
-        assert msg is not None and msg.string and msg.string != msgid or msgid == "final", msgid
+        assert (msg is not None and msg.string and msg.string != msgid) or msgid == "final", msgid
     assert translations("id").gettext(DeclineReason.CARD_DENIED.message).startswith("Kartu ini diblokir")
     assert translations("en").gettext("DECLINED") == "DECLINED"
 
@@ -135,7 +135,8 @@ def test_page_shows_a_tap_within_one_second_in_bahasa_indonesia(screen: CounterS
     try:
         driver.get(screen.url)
         WebDriverWait(driver, 10).until(
-            lambda d: d.execute_script("return typeof EventSource !== 'undefined' && document.readyState") == "complete")
+            lambda d: d.execute_script(
+                "return typeof EventSource !== 'undefined' && document.readyState") == "complete")
         assert driver.find_element(By.ID, "headline").text == "Menunggu kartu"
         time.sleep(0.5)  # let the event stream connect
         t0 = time.monotonic()
