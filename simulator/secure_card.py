@@ -40,6 +40,7 @@ import enum
 import hashlib
 import json
 import logging
+import os
 import socket
 import threading
 from dataclasses import asdict, dataclass, field
@@ -238,8 +239,11 @@ class SecureCard:
     :param path: card file to save to (None: memory only).
     """
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(self, path: Path | str | None = None, *, uid: bytes | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        #: 7-byte anticollision UID (not stored in the card file: a Type 4 card's UID may be random,
+        #: docs/card-format.md §Conventions); random unless given.
+        self.uid = bytes(uid) if uid is not None else bytes((0x08,)) + os.urandom(6)
         self._p = _Persistent()
         self._t = _Transient()
         self.removed = False
@@ -402,6 +406,10 @@ class SecureCard:
         cmd = _parse(apdu)
         if cmd is None:
             return _sw(_WRONG_LENGTH)
+        if (cmd.cla, cmd.ins, cmd.p1, cmd.p2) == (0xFF, 0xCA, 0x00, 0x00):
+            # GET DATA UID: a PC/SC contactless reader answers it for any card (PC/SC Part 3 §3.2.2.1.3);
+            # behind vpcd the card stands in for the reader.
+            return _sw(_OK, self.uid)
         if cmd.cla not in (0x00, 0x80):
             return _sw(_NO_CLA)
         if cmd.cla == 0x00 and cmd.ins == 0xA4:

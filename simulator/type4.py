@@ -43,7 +43,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cardlib.apdu import split_response
 from cardlib.transport import Connection
@@ -489,6 +489,24 @@ class Type4Connection(Connection):
         return self.card.atr
 
 
+class IsoDepCard(Protocol):
+    """What :class:`IsoDepPicc` and :class:`Type4UdpPeer` need of a card: a :class:`Type4Card`, or the
+    secure card application (:class:`simulator.secure_card.SecureCard`) behind the same ISO-DEP front end."""
+
+    @property
+    def uid(self) -> bytes: ...
+    @property
+    def path(self) -> Path | None: ...
+    @property
+    def removed(self) -> bool: ...
+    @property
+    def dirty(self) -> bool: ...
+    def transmit(self, apdu: bytes) -> bytes: ...
+    def power_on(self) -> None: ...
+    def field_off(self) -> None: ...
+    def save(self, path: Path | str | None = None, *, durable: bool = True) -> Path: ...
+
+
 class IsoDepPicc:
     """The card side of the ISO/IEC 14443-4 half-duplex block protocol (ISO-DEP) around a :class:`Type4Card`.
 
@@ -499,7 +517,7 @@ class IsoDepPicc:
     :ivar deselected: True after S(DESELECT): the card waits for a new activation.
     """
 
-    def __init__(self, card: Type4Card) -> None:
+    def __init__(self, card: IsoDepCard) -> None:
         self.card = card
         self.active = False
         self.deselected = False
@@ -573,18 +591,18 @@ class Type4UdpPeer(NfcUdpPeer):
     :param persist: save the card to its file after each change and at field off.
     """
 
-    def __init__(self, card: Type4Card | None, port: int = 0, *, persist: bool = True) -> None:
+    def __init__(self, card: IsoDepCard | None, port: int = 0, *, persist: bool = True) -> None:
         super().__init__(None, port, persist=persist)
         self._card = card
         self._picc = IsoDepPicc(card) if card is not None else None
         self._t4_phase = "idle"
 
     @property
-    def card(self) -> Type4Card | None:
+    def card(self) -> IsoDepCard | None:
         """The Type 4 card in the field, if any."""
         return self._card
 
-    def place_card(self, card: Type4Card) -> None:
+    def place_card(self, card: IsoDepCard) -> None:
         """Put a card in the field (it answers the next REQA)."""
         with self._lock:
             self._card = card

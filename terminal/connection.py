@@ -32,6 +32,15 @@ def native_channel(conn: Connection) -> Type2Channel | None:
     return None if method is None else cast(Callable[[], "Type2Channel | None"], method)()
 
 
+def stack_uid(conn: Connection) -> bytes | None:
+    """The UID the stack read at anticollision (nfcpy's ``sdd_res``), or None (PC/SC: ask the reader, ``FF CA``)."""
+    method = getattr(conn, "stack_uid", None)
+    if method is not None:
+        return cast(Callable[[], "bytes | None"], method)()
+    uid = getattr(conn, "uid", None)
+    return bytes(uid) if isinstance(uid, bytes | bytearray) else None
+
+
 def type2_channel(conn: Connection, caps: ReaderCapabilities | None = None) -> Type2Channel:
     """The channel that carries Type 2 chip frames to the tag on ``conn``.
 
@@ -131,6 +140,10 @@ class DeadlineConnection(Connection):
         inner = native_channel(self._inner)
         return None if inner is None else _WrappedChannel(inner, self._timed)
 
+    def stack_uid(self) -> bytes | None:
+        """The inner stack's anticollision UID (see :func:`stack_uid`)."""
+        return stack_uid(self._inner)
+
     def close(self) -> None:
         self._inner.close()
 
@@ -187,6 +200,10 @@ class GuardedConnection(Connection):
         """The inner stack's frame channel, unusable once the watcher closed the connection; None (PC/SC)."""
         inner = native_channel(self._inner)
         return None if inner is None else _WrappedChannel(inner, self._guarded)
+
+    def stack_uid(self) -> bytes | None:
+        """The inner stack's anticollision UID (see :func:`stack_uid`); read at activation, no card command."""
+        return stack_uid(self._inner)
 
     def _guarded(self, call: Callable[[], bytes]) -> bytes:
         with self._lock:

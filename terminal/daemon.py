@@ -15,6 +15,7 @@ screen and feedback, then the journal is closed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -25,9 +26,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from cardlib.apdu import CLA_PSEUDO, SW, ApduChannel, ApduError, CommandApdu
 from cardlib.keys.root import load_root_key
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.claims import Unit
+from cardlib.secure import SecureCardError, SecureCardSession
 from cardlib.transport import Connection
 from cardlib.type2.channel import ReaderCapabilities
 from cardlib.type2.tag import Type2Tag
@@ -42,7 +45,7 @@ from firmware_config.models import (
 )
 from terminal.checkpoint import shift_checkpoint
 from terminal.clock import Clock
-from terminal.connection import Deadline, DeadlineConnection, type2_channel
+from terminal.connection import Deadline, DeadlineConnection, stack_uid, type2_channel
 from terminal.enrol import load_receipt_key
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
@@ -50,6 +53,7 @@ from terminal.journal_store import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import OfflineLimits
 from terminal.screen import CounterScreen, ScreenState
+from terminal.secure_tap import is_secure_atr
 from terminal.supervisor import (
     NfcpyBackend,
     NfcpyDevice,
@@ -73,6 +77,8 @@ WATCHDOG_S = 1.0
 FEEDBACK_GRACE_S = 0.3
 #: Time budget for reading a card's UID at re-attach, seconds.
 IDENTIFY_BUDGET_S = 1.0
+#: INS of the PC/SC Part 3 §3.2.2.1.3 GET DATA pseudo-APDU (``FF CA``), answered by the reader.
+_GET_DATA = 0xCA
 #: Seconds between retries while no trust bundle is installed yet.
 NO_BUNDLE_RETRY_S = 2.0
 
@@ -149,17 +155,48 @@ class ReaderFeedback:
 
 
 def card_uid(caps: dict[str, ReaderCapabilities], conn: Connection, binding: ReaderSelector) -> bytes:
-    """The 7-byte UID of the tag on ``conn`` (T2T pages 0-1, NFC Forum T2T 1.0 §2.1; NTAG215 datasheet §8.5).
+    """What tells the card on ``conn`` from another: the supervisor's identify hook.
 
-    The supervisor's identify hook: tells the card resting on a reader after a
-    PC/SC re-attach from a new one.
+    Tells the card resting on a reader after a PC/SC re-attach from a new one. A Type 2 tag
+    (NTAG) gives its 7-byte UID from T2T pages 0-1 (NFC Forum T2T 1.0 §2.1; NTAG215 datasheet
+    §8.5); an ISO-DEP card (a PC/SC ATR of ISO/IEC 14443-4, :func:`terminal.secure_tap.is_secure_atr`)
+    takes no Type 2 frames and is told by :func:`iso_dep_key`.
 
     :raises TransportError: the card did not answer (or left) within 1 s.
     """
     name = binding.profile.name if isinstance(binding, ReaderBinding) else ""
     dconn = DeadlineConnection(conn, Deadline(IDENTIFY_BUDGET_S), IDENTIFY_BUDGET_S)
+    if is_secure_atr(conn.atr):
+        return iso_dep_key(dconn)
     channel = type2_channel(dconn, caps.get(name))
     return bytes(Type2Tag(channel, conn.atr).uid)
+
+
+def iso_dep_key(conn: Connection) -> bytes:
+    """The key of an ISO-DEP card for :func:`card_uid`: SHA-256 of its identity record, else its UID.
+
+    A secure card may present a random UID at each activation (docs/card-format.md §Conventions), and a
+    reader re-attach re-activates it, so our card is told by the issuer-signed identity it answers
+    (SELECT, GET DATA identity: docs/secure-card.md §3-4; not verified, only compared). Any other
+    ISO-DEP card is told by the UID of its anticollision: the one the stack read (nfcpy's NFCID1),
+    or the reader's answer to GET DATA ``FF CA 00 00 00`` (PC/SC Part 3 §3.2.2.1.3).
+
+    :raises TransportError: the card left or did not answer.
+    :raises ApduError: the reader refused GET DATA (a card of neither kind).
+    """
+    session = SecureCardSession(conn)
+    try:
+        session.select()
+        return hashlib.sha256(session.read_identity()).digest()
+    except SecureCardError:
+        pass
+    uid = stack_uid(conn)
+    if uid is not None:
+        return uid
+    resp = ApduChannel(conn).exchange(CommandApdu(CLA_PSEUDO, _GET_DATA, 0x00, 0x00, le=256))
+    if resp.sw != SW.OK:
+        raise ApduError(resp.data, resp.sw, "GET DATA (UID)")
+    return resp.data
 
 
 def _send_apdu(conn: Connection, cmd: bytes) -> None:
