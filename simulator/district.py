@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from cardlib.records.journal import EntryKind
+from cardlib.records.journal import EntryKind, SignedEntry
 from server.errors import ServerError
 from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal, registry_rows
 
@@ -93,10 +93,7 @@ def _ms(day: dt.date, hour: int, minute: int = 0) -> int:
 
 def _torn_then_finished(t: SimTerminal, card: SimCard, true_ms: int, programme: str, amount: int) -> None:
     """A card pulled mid-write whose write had landed: PENDING, UNCERTAIN, then FINISHED at the next tap."""
-    pending, commit = t.redeem(card, true_ms, programme, amount)  # advances the card like the real write
-    t.entries.pop()  # no COMMIT was journalled: the read-back never happened
-    t.seq -= 1
-    t.last_hash = pending.entry_hash
+    pending = t.torn_redeem(card, true_ms, programme, amount)  # advances the card like the real write
     claims = {k: getattr(pending.entry, k) for k in (
         "card_id", "tag_uid", "programme", "amount", "slot_seq_before", "slot_seq_after",
         "state_hash_prev", "state_hash_new", "ntag_counter")}
@@ -104,14 +101,15 @@ def _torn_then_finished(t: SimTerminal, card: SimCard, true_ms: int, programme: 
     t.append(EntryKind.FINISHED, true_ms + 60_000, **dict(claims, ntag_counter=card.session()))
 
 
-def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, range]]:
-    """Build the district's journals with the plan's faults.
+def _play(plan: DistrictPlan, d: District, report: DistrictReport) -> dict[str, range]:
+    """Write the district's journals with the plan's faults into the terminals (their sinks or lists).
 
-    :returns: the district, a report with the seeded faults, and per gap terminal the seqs lost.
+    Every random choice comes from ``d.rng`` in one fixed order, so two plays of one seed
+    (a dry planning pass, then the streaming pass) make the same district.
+
+    :returns: per gap terminal the journal indexes (seq − 1) lost before upload.
     """
-    d = District.new(plan.terminals, plan.households, seed=plan.seed)
     rng = d.rng
-    report = DistrictReport()
     torn = set(rng.sample(range(len(d.cards)), min(plan.torn, len(d.cards))))
     report.torn_cards = [d.cards[i].card_id for i in sorted(torn)]
     skewed = rng.sample(d.terminals, min(plan.skewed, len(d.terminals)))
@@ -126,7 +124,7 @@ def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, ra
 
     def true_now(t: SimTerminal) -> int:
         """True time of the terminal's last entry, ms (its wall clock minus its error)."""
-        return t.entries[-1].entry.wall_ms - t.clock_error_ms if t.entries else _ms(FIRST_DAY, 0)
+        return t.last_wall_ms - t.clock_error_ms if t.last_wall_ms is not None else _ms(FIRST_DAY, 0)
 
     # Day 1: every household redeems at a counter of its region (torn cards via a torn write).
     all_cards = d.cards
@@ -153,14 +151,100 @@ def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, ra
     for c, copy in dumps:
         far = next(t for t in d.terminals if t.region != c.region and t not in skewed)
         far.redeem(copy, true_now(far) + 600_000, "food", ENTITLEMENTS["food"])
-    # Gaps: a range of one terminal's journal is lost before upload.
+    # Gaps: a range of one terminal's journal is lost before upload (t.seq = entries written).
     gaps: dict[str, range] = {}
-    busy = [t for t in d.terminals if len(t.entries) > 10 and t not in skewed]
+    busy = [t for t in d.terminals if t.seq > 10 and t not in skewed]
     for t in rng.sample(busy, min(plan.gaps, len(busy))):
-        start = rng.randrange(3, len(t.entries) - 3)
+        start = rng.randrange(3, t.seq - 3)
         gaps[t.terminal_id] = range(start, start + 3)
     report.gap_terminals = sorted(gaps)
-    return d, report, gaps
+    return gaps
+
+
+def generate(plan: DistrictPlan) -> tuple[District, DistrictReport, dict[str, range]]:
+    """Build the district's journals with the plan's faults, every entry kept in memory.
+
+    For small districts (tests); :func:`run_district` streams instead.
+
+    :returns: the district, a report with the seeded faults, and per gap terminal the journal
+        indexes (seq − 1) lost.
+    """
+    d = District.new(plan.terminals, plan.households, seed=plan.seed)
+    report = DistrictReport()
+    return d, report, _play(plan, d, report)
+
+
+@dataclass
+class _Schedule:
+    """The requests one terminal sends, planned from a dry pass (positions in its kept messages).
+
+    :ivar requests: (start, end, sent twice) per request, in sending order.
+    :ivar lost: journal indexes (seq − 1) deleted before upload.
+    """
+
+    requests: list[tuple[int, int, bool]]
+    lost: range | None
+    kept: int
+
+
+def _schedules(plan: DistrictPlan, dry: District, gaps: dict[str, range]) -> dict[str, _Schedule]:
+    """Which requests each terminal sends: batches of :data:`BATCH`, partial uploads, duplicates.
+
+    The partial terminals are drawn from ``dry.rng`` after the play; duplicates are the first
+    ``plan.duplicate_batches`` batches in terminal order (as the terminals upload one by one).
+    """
+    partial = {t.terminal_id for t in dry.rng.sample(dry.terminals, min(plan.partial, len(dry.terminals)))}
+    duplicates_left = plan.duplicate_batches
+    out = {}
+    for t in dry.terminals:
+        lost = gaps.get(t.terminal_id)
+        n = t.seq - (len(lost) if lost else 0)
+        requests: list[tuple[int, int, bool]] = []
+        first = 0
+        if t.terminal_id in partial and n > 2:  # connection dropped after a prefix
+            cut = n // 2
+            requests.append((0, cut, False))
+            first = cut - 1  # the retry resends from the last unconfirmed entry
+        for i in range(first, n, BATCH):
+            requests.append((i, min(i + BATCH, n), duplicates_left > 0))  # the answer was lost: sent again
+            duplicates_left = max(0, duplicates_left - 1)
+        out[t.terminal_id] = _Schedule(requests, lost, n)
+    return out
+
+
+class _Uplink:
+    """A terminal's sink: keeps only the messages of its pending request and sends each when complete."""
+
+    def __init__(self, up: _Uploader, t: SimTerminal, schedule: _Schedule, report: DistrictReport) -> None:
+        self.up, self.t, self.schedule, self.report = up, t, schedule, report
+        self.buffer: list[bytes] = []
+        self.base = 0  # position (in kept messages) of buffer[0]
+        self.kept = 0
+        self.next = 0
+
+    def __call__(self, e: SignedEntry) -> None:
+        lost = self.schedule.lost
+        if lost is not None and e.entry.seq - 1 in lost:
+            return
+        self.buffer.append(e.message)
+        self.kept += 1
+        requests = self.schedule.requests
+        while self.next < len(requests) and requests[self.next][1] == self.kept:
+            start, end, twice = requests[self.next]
+            chunk = self.buffer[start - self.base:end - self.base]
+            self.up.upload(self.t, chunk, self.report)
+            if twice:
+                self.up.upload(self.t, chunk, self.report)
+            self.next += 1
+            keep_from = requests[self.next][0] if self.next < len(requests) else self.kept
+            del self.buffer[:keep_from - self.base]
+            self.base = keep_from
+
+    def check_done(self) -> None:
+        """:raises SimulationError: the stream and the plan disagree (a simulator bug)."""
+        if self.next != len(self.schedule.requests) or self.kept != self.schedule.kept:
+            raise SimulationError(f"{self.t.terminal_id}: {self.kept} of {self.schedule.kept} entries, "
+                                  f"{self.next} of {len(self.schedule.requests)} requests sent")
 
 
 class _Uploader:
@@ -212,35 +296,36 @@ def run_district(plan: DistrictPlan, app: Any, admin_token: str) -> DistrictRepo
     from server.reconcile.engine import reconcile
     from simulator.registry import load_registry
 
+    report = DistrictReport()
+    # Planning pass: the same seeded play, counted, not signed (which terminals lose a range, how
+    # many entries each writes). Then the real pass streams: each terminal's entries go to its
+    # uplink, which sends a request as soon as it is complete, so memory holds one batch per terminal.
     t0 = time.perf_counter()
-    d, report, gaps = generate(plan)
-    report.seconds["generate"] = time.perf_counter() - t0
+    dry = District.new(plan.terminals, plan.households, seed=plan.seed)
+    for t in dry.terminals:
+        t.dry = True
+    gaps = _play(plan, dry, DistrictReport())
+    schedules = _schedules(plan, dry, gaps)
+    del dry
+    report.seconds["plan"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    d = District.new(plan.terminals, plan.households, seed=plan.seed)
     up = _Uploader(app, admin_token)
-    t0 = time.perf_counter()
     for t in d.terminals:
         up.enrol(t)
     with app.app_context():
         session = db.write_session()
         load_registry(session, registry_rows(d))
         session.commit()
-    rng = d.rng
-    partial = {t.terminal_id for t in rng.sample(d.terminals, min(plan.partial, len(d.terminals)))}
-    duplicates_left = plan.duplicate_batches
+    uplinks = {t.terminal_id: _Uplink(up, t, schedules[t.terminal_id], report) for t in d.terminals}
     for t in d.terminals:
-        lost = gaps.get(t.terminal_id)
-        messages = [e.message for i, e in enumerate(t.entries) if lost is None or i not in lost]
-        report.entries += len(messages)
-        if t.terminal_id in partial and len(messages) > 2:  # connection dropped after a prefix
-            cut = len(messages) // 2
-            up.upload(t, messages[:cut], report)
-            messages = messages[cut - 1:]  # the retry resends from the last unconfirmed entry
-        for i in range(0, len(messages), BATCH):
-            chunk = messages[i:i + BATCH]
-            up.upload(t, chunk, report)
-            if duplicates_left > 0:  # the answer was lost: the terminal sends the same batch again
-                up.upload(t, chunk, report)
-                duplicates_left -= 1
-    report.seconds["upload"] = time.perf_counter() - t0
+        t.sink = uplinks[t.terminal_id]
+    if _play(plan, d, report) != gaps:
+        raise SimulationError("the streaming pass drew other gaps than the planning pass (a simulator bug)")
+    for u in uplinks.values():
+        u.check_done()
+        report.entries += u.kept
+    report.seconds["generate_upload"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with app.app_context():
         reconcile(db.write_session())

@@ -131,6 +131,12 @@ class SimTerminal:
     clock_error_ms: int = 0
     seq: int = 0
     last_hash: bytes = GENESIS_HASH
+    #: Where entries go instead of :attr:`entries` (streaming: nothing is kept).
+    sink: Callable[[SignedEntry], None] | None = None
+    #: Count and chain the entries without signing them (a planning pass; ``message`` is empty).
+    dry: bool = False
+    #: Wall-clock time of the last entry written, ms (None before the first).
+    last_wall_ms: int | None = None
 
     @classmethod
     def new(cls, terminal_id: str, region: str, rng: random.Random) -> SimTerminal:
@@ -155,9 +161,15 @@ class SimTerminal:
             entry_id=new_entry_id(), terminal_id=self.terminal_id, boot_id=self.boot_id, seq=self.seq, kind=kind,
             wall_ms=true_ms + self.clock_error_ms, mono_ns=(true_ms - self.boot_true_ms + 1000) * 1_000_000,
             clock_synced=True, prev_entry_hash=self.last_hash, **claims)
-        signed = sign_entry(entry, self.private_key, self.kid)
+        signed = SignedEntry(entry, b"", self.kid) if self.dry else sign_entry(entry, self.private_key, self.kid)
+        self.last_wall_ms = entry.wall_ms
+        if self.dry:
+            return signed
         self.last_hash = signed.entry_hash
-        self.entries.append(signed)
+        if self.sink is not None:
+            self.sink(signed)
+        else:
+            self.entries.append(signed)
         return signed
 
     def drain(self) -> list[SignedEntry]:
@@ -180,6 +192,19 @@ class SimTerminal:
 
     def redeem(self, card: SimCard, true_ms: int, programme: str, amount: int) -> tuple[SignedEntry, SignedEntry]:
         """One redemption tap: PENDING then COMMIT, the card's slot advanced (docs/design.md §Tap sequence)."""
+        pending, commit = self._redeem(card, true_ms, programme, amount, journal_commit=True)
+        assert commit is not None
+        return pending, commit
+
+    def torn_redeem(self, card: SimCard, true_ms: int, programme: str, amount: int) -> SignedEntry:
+        """A card pulled mid-write whose write landed: PENDING journalled, the slot advanced, no COMMIT.
+
+        :returns: the PENDING entry (its claims go into the UNCERTAIN and FINISHED entries that follow).
+        """
+        return self._redeem(card, true_ms, programme, amount, journal_commit=False)[0]
+
+    def _redeem(self, card: SimCard, true_ms: int, programme: str, amount: int,
+                *, journal_commit: bool) -> tuple[SignedEntry, SignedEntry | None]:
         counter = card.session()
         new_seq = card.slot_seq + 1
         new_hash = hashlib.sha256(b"|".join([
@@ -189,7 +214,7 @@ class SimTerminal:
                       "slot_seq_before": card.slot_seq, "slot_seq_after": new_seq, "state_hash_prev": card.state_hash,
                       "state_hash_new": new_hash, "ntag_counter": counter}
         pending = self.append(EntryKind.PENDING, true_ms, **claims)
-        commit = self.append(EntryKind.COMMIT, true_ms + 900, **claims)
+        commit = self.append(EntryKind.COMMIT, true_ms + 900, **claims) if journal_commit else None
         card.slot_seq, card.state_hash = new_seq, new_hash
         card.spent[programme] = card.spent.get(programme, 0) + amount
         return pending, commit
