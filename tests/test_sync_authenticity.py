@@ -204,7 +204,8 @@ def test_unsigned_rejected_parks_nothing(counter: Counter, fake: FakeServer) -> 
 
 def test_a_bare_304_does_not_make_the_bundle_fresh(counter: Counter, fake: FakeServer) -> None:
     _b, data = counter.kit.bundle(1)
-    counter.trust.install(data, "etag-1", now=time.time() - 20 * 86400)  # last confirmed 20 days ago
+    counter.trust.install(data, "etag-1")
+    counter.trust.confirm(now=time.time() - 20 * 86400)  # last confirmed 20 days ago
     aged = counter.trust.checked_at
     fake.answer = lambda _h, _b: (304, {"ETag": '"etag-1"'}, b"")
     with pytest.raises(SyncError):
@@ -219,7 +220,8 @@ def test_a_bare_304_does_not_make_the_bundle_fresh(counter: Counter, fake: FakeS
 
 def test_a_replayed_freshness_statement_does_not_make_the_bundle_fresh(counter: Counter, fake: FakeServer) -> None:
     _b, data = counter.kit.bundle(1)
-    counter.trust.install(data, "etag-1", now=time.time() - 20 * 86400)
+    counter.trust.install(data, "etag-1")
+    counter.trust.confirm(now=time.time() - 20 * 86400)
     aged = counter.trust.checked_at
     old = sign_freshness(PINNED, b"\x00" * 16, 1, hashlib.sha256(data).digest(), now=time.time())
     header = base64.urlsafe_b64encode(old).rstrip(b"=").decode()
