@@ -166,7 +166,7 @@ def test_a_head_signed_by_another_key_is_refused(app, rig, world) -> None:
 # ----------------------------------------------------------------------------- the card side
 
 
-def test_a_deleted_tail_shows_as_a_card_chain_gap_once_another_counter_sees_the_card(app, audit_db, world) -> None:
+def test_a_deleted_tail_shows_as_a_card_chain_gap_once_another_counter_sees_the_card(app, audit_db, world) -> None:  # noqa: F811 - fixture
     """No head report needed: the card carries its slot seq, the next counter that writes it
     closes a chain whose middle link is missing (already reported before issue 17; held here)."""
     from simulator.journals import District
