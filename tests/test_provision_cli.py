@@ -117,9 +117,14 @@ def test_card_command_issues_and_reissues(tmp_path: Path, office: dict[str, obje
     with present_card(fab.genuine()):
         assert main(["provision", "card", "--household-ref", "9f3c2a1b000000aa", "--region", "62.71", *args]) == 0
     first = capsys.readouterr().out.strip()
+    # the balance comes from the server's signed statement (issue 18); --remaining only lowers it
+    from tests.test_reissue import server_statement
+
+    statement, key = server_statement(tmp_path, "9f3c2a1b000000aa", first, {1: 0, 2: 100000})
     with present_card(fab.genuine()):
         assert main(["provision", "card", "--household-ref", "9f3c2a1b000000aa", "--region", "62.71",
-                     "--reissue-of", first, "--remaining", "1=0,2=50000", *args]) == 0
+                     "--reissue-of", first, "--balance-statement", str(statement), "--server-key", str(key),
+                     "--remaining", "2=50000", *args]) == 0
     second = capsys.readouterr().out.strip()
     assert len(first) == len(second) == 16 and first != second
     store = office["store"]

@@ -41,6 +41,7 @@ from cardlib.provision.card import StationContext, Step
 from cardlib.provision.errors import CsvError, ProvisionError, StationInputError
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
+from cardlib.provision.reissue import station_lock
 from cardlib.provision.session import SessionGrant, grant_session, static_keys, verify_grant
 from cardlib.provision.state import BatchState, Event
 from cardlib.records.bundle import KeyRole, verify_bundle
@@ -196,6 +197,7 @@ def batch_cmd(households: Path, **o: Any) -> None:
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
         source = st.open_source(o, wait_removal=True)
+        stack.enter_context(station_lock(state_dir))  # before any chip; a refusal before the reader leaves no dir
         state = BatchState(state_dir, batch_key(rows))
         todo = [r for r in rows if state.issued_for(r.ref_hex) is None]
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -250,7 +252,14 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
 @click.option("--pin/--no-pin", default=False, help="Let the beneficiary type a 6-digit PIN.")
 @click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None,
               help="Card id (16 hex) of a lost card this one replaces.")
-@click.option("--remaining", default=None, help="Re-issue: remaining entitlement, e.g. '1=0,2=100000'.")
+@click.option("--remaining", default=None,
+              help="Re-issue: lower the server's remaining entitlement, e.g. '1=0' (never raise it).")
+@click.option("--balance-statement", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Re-issue: the server's signed balance statement of the household (huma server household "
+                   "statement, or POST /api/v1/households/<ref>/balance-statement).")
+@click.option("--server-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="HUMA_SERVER_KEY",
+              help="Re-issue: PEM public key of the server receipt key (env HUMA_SERVER_KEY).")
 @click.option("--card-profile", type=click.Choice(["ntag", "secure"]), default="ntag", show_default=True,
               help="ntag: an NTAG215/216; secure: a Type 4 card with our application (key made on the card, "
                    "PIN on the card, docs/secure-card.md).")
@@ -263,23 +272,15 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
               show_default=True, help="Journal/results directory shared by every single card made here "
                                       "(relative to the current directory).")
 def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: bytes | None,
-             remaining: str | None, card_profile: str, pin_reset_key: Path | None, pin_required: bool,
-             **o: Any) -> None:
+             remaining: str | None, balance_statement: Path | None, server_key: Path | None, card_profile: str,
+             pin_reset_key: Path | None, pin_required: bool, **o: Any) -> None:
     """Provision one card (or re-issue a lost one with its remaining entitlement).
 
     ``--card-profile secure`` always asks for the PIN: it is set on the card (4..8 digits).
     """
     profile = Profile.load(o["profile_path"])
     row = _single_row(household_ref, region, programmes, profile)
-    rem: dict[int, int] | None = None
-    if remaining:
-        try:
-            rem = {int(k): int(v) for k, v in (part.split("=") for part in remaining.split(","))}
-        except ValueError:
-            raise StationInputError(f"--remaining: {remaining!r} is not 'programme=amount,...' "
-                                    "(integers, e.g. '1=0,2=100000')") from None
-    if (reissue_of is None) != (rem is None):
-        raise click.UsageError("--reissue-of and --remaining go together")
+    rem = _reissue_balance(profile, row, reissue_of, remaining, balance_statement, server_key)  # before any chip
     secure = card_profile == "secure"
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
@@ -287,6 +288,7 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
         pin_value = (click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
                      if pin or secure else None)
         source = st.open_source(o, wait_removal=False)
+        stack.enter_context(station_lock(o["state_dir"]))  # before any chip; a refusal before the reader leaves no dir
         # One journal (and issuance file) for all single cards made in this state dir.
         state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
         _console.print("place the card on the reader")
@@ -306,6 +308,37 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
         if out.status is not Event.ISSUED:
             raise ProvisionError(out.detail)
         click.echo(out.card.card_id.hex() if out.card else "")
+
+
+def _reissue_balance(profile: Profile, row: Household, reissue_of: bytes | None, remaining: str | None,
+                     statement: Path | None, server_key: Path | None) -> dict[int, int] | None:
+    """A re-issue's genesis balance from the server's signed statement (``--remaining`` only lowers it).
+
+    :raises click.UsageError: ``--remaining`` or a statement without ``--reissue-of``, or a re-issue without them.
+    :raises StationInputError: as :func:`cardlib.provision.reissue.reissue_remaining`, or an unreadable key file.
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from cardlib.provision.reissue import parse_remaining, reissue_remaining
+
+    lower = parse_remaining(remaining) if remaining else None
+    if reissue_of is None:
+        if remaining or statement:
+            raise click.UsageError("--remaining and --balance-statement are for a re-issue (--reissue-of)")
+        return None
+    if statement is None or server_key is None:
+        raise click.UsageError("a re-issue takes the household's balance from the server: --balance-statement "
+                               "and --server-key (the balance is never typed; --remaining may only lower it)")
+    try:
+        key = load_pem_public_key(_read_input(server_key, "--server-key"))
+    except ValueError as exc:
+        raise StationInputError(f"--server-key {server_key}: not a PEM public key") from exc
+    from cardlib.keys.signer import PublicKey
+
+    if not isinstance(key, PublicKey):
+        raise StationInputError(f"--server-key {server_key}: not an Ed25519 or P-256 key")
+    return reissue_remaining(_read_input(statement, "--balance-statement"), key, row, reissue_of, int(time.time()),
+                             profile, lower)
 
 
 def _pin_reset_point(ctx: StationContext, path: Path | None) -> bytes:
