@@ -136,7 +136,7 @@ def test_card_terminal_and_region_pages(app, clone_world, world):
     assert re.search(r"<td>20261</td><td>62.71</td><td>cash</td><td>1</td><td>1</td><td>250,000</td>", regions)
 
 
-def test_exports_csv_json_and_offline_verification(app, clone_world, world):
+def test_exports_csv_json_and_offline_verification(app, clone_world, world, pinned):
     client = world.client
     _login(client)
     r = client.get("/audit/export/findings.csv")
@@ -150,7 +150,7 @@ def test_exports_csv_json_and_offline_verification(app, clone_world, world):
     journal = json.loads(client.get("/audit/export/journal.json").get_data(as_text=True))
     n = sum(len(t.entries) for t in clone_world.terminals)
     assert len(journal["items"]) == n
-    report = exports.verify_journal_export(journal)
+    report = exports.verify_journal_export(journal, **pinned)
     assert report.counts == {t.terminal_id: len(t.entries) for t in clone_world.terminals} and report.complete
     raw = base64.b64decode(journal["items"][1]["raw_b64"])
     assert raw == clone_world.terminals[0].entries[1].message  # the exact signed bytes
@@ -158,7 +158,7 @@ def test_exports_csv_json_and_offline_verification(app, clone_world, world):
     tampered[-1] ^= 1
     journal["items"][1]["raw_b64"] = base64.b64encode(bytes(tampered)).decode()
     with pytest.raises(ExportDoesNotVerify, match="BadSignature") as failed:
-        exports.verify_journal_export(journal)
+        exports.verify_journal_export(journal, **pinned)
     assert isinstance(failed.value.__cause__, BadSignature)
 
     one = client.get("/audit/export/journal.csv?terminal_id=T-0001")
@@ -203,10 +203,13 @@ def test_every_template_text_has_an_indonesian_translation():
     assert len(ids) > 40 and missing == []
 
 
-def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, tmp_path, capsys):
+def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, tmp_path, capsys, pinned):
     from huma.cli import cli, main
 
     monkeypatch.setenv("DATABASE_URL", db_url)
+    from server.receipts import receipt_key_path
+
+    monkeypatch.setenv("HUMA_RECEIPT_KEY", str(receipt_key_path(app.config, app.instance_path)))  # the server's key
     runner = CliRunner()
     r = runner.invoke(cli, ["audit", "reconcile", "--json"])
     assert r.exit_code == 0, r.output
@@ -289,6 +292,26 @@ def test_unknown_export_parameter_names_the_allowed_ones_for_scripts(app, clone_
 
 
 @pytest.fixture
+def pinned(app, ca_key_path, tmp_path, monkeypatch):
+    """What an auditor pins for verify-export: the terminal CA certificate and the server key (PEM bytes),
+    also as the files $HUMA_TERMINAL_CA_CERT and $HUMA_SERVER_KEY name (so the CLI finds them)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cardlib.keys.signer import SoftwareSigner
+    from cardlib.keys.terminal_ca import TerminalCA
+    from server.receipts import receipt_public_pem
+
+    ca = SoftwareSigner(serialization.load_pem_private_key(ca_key_path.read_bytes(), None))
+    with app.app_context():
+        anchors = {"terminal_ca": TerminalCA.self_signed(ca).certificate_pem,
+                   "server_key": receipt_public_pem(app).encode()}
+    for name, env in (("terminal_ca", "HUMA_TERMINAL_CA_CERT"), ("server_key", "HUMA_SERVER_KEY")):
+        (tmp_path / f"{name}.pem").write_bytes(anchors[name])
+        monkeypatch.setenv(env, str(tmp_path / f"{name}.pem"))
+    return anchors
+
+
+@pytest.fixture
 def exported(app, clone_world, world):
     """The JSON journal export of the clone district, as an auditor downloads it."""
     r = world.client.post("/api/v1/auth/login", json={"username": "audrey", "password": AUDITOR_PASSWORD})
@@ -301,34 +324,40 @@ def exported(app, clone_world, world):
 @pytest.mark.parametrize("column, value", [("kind", "VOIDED"), ("card_id", "C-other"), ("amount", 1),
                                            ("seq", 99), ("wall_time", "2026-03-02T09:00:00+00:00"),
                                            ("tag_uid", "04000000000000"), ("entry_hash", "00" * 32)])
-def test_verify_export_checks_every_column_against_the_signed_bytes(exported, column, value):
+def test_verify_export_checks_every_column_against_the_signed_bytes(exported, column, value, pinned):
     """Editing an unsigned convenience column is caught: each must equal what the entry signs."""
     item = next(i for i in exported["items"] if i["amount"])  # a redemption
     assert item[column] != value
     item[column] = value
     with pytest.raises(ExportDoesNotVerify, match=column if column != "seq" else "seq"):
-        exports.verify_journal_export(exported)
+        exports.verify_journal_export(exported, **pinned)
 
 
-def test_verify_export_detects_deleted_inserted_and_reordered_entries(exported):
+def test_verify_export_detects_deleted_inserted_and_reordered_entries(app, exported, pinned):
     items = exported["items"]
     first_terminal = items[0]["terminal_id"]
     deleted = [dict(i) for i in items]
     del deleted[1]  # a middle entry of the first terminal
     with pytest.raises(ExportDoesNotVerify, match="Gap") as failed:
-        exports.verify_journal_export({**exported, "items": deleted})
+        exports.verify_journal_export({**exported, "items": deleted}, **pinned)
     assert (failed.value.terminal_id, failed.value.seq) == (first_terminal, 2)
     no_start = [dict(i) for i in items][1:]  # seq 1 deleted
     with pytest.raises(ExportDoesNotVerify, match="Gap"):
-        exports.verify_journal_export({**exported, "items": no_start})
+        exports.verify_journal_export({**exported, "items": no_start}, **pinned)
     swapped = [dict(i) for i in items]
     swapped[1], swapped[2] = swapped[2], swapped[1]
     with pytest.raises(ExportDoesNotVerify):
-        exports.verify_journal_export({**exported, "items": swapped})
+        exports.verify_journal_export({**exported, "items": swapped}, **pinned)
     # A card-filtered export has gaps by nature: it verifies, flagged as not complete.
     partial = {**exported, "filters": {"card_id": items[1]["card_id"]},
                "items": [i for i in items if i["card_id"] == items[1]["card_id"]]}
-    report = exports.verify_journal_export(partial)
+    with pytest.raises(ExportDoesNotVerify, match="differs from the signed header"):
+        exports.verify_journal_export(partial, **pinned)  # filters are signed: editing them is caught
+    from server.receipts import receipt_signer
+
+    with app.app_context():  # as the server writes a card-filtered export
+        partial["header_cose_b64"] = exports.sign_header(partial, receipt_signer(app))
+    report = exports.verify_journal_export(partial, **pinned)
     assert not report.complete and sum(report.counts.values()) == len(partial["items"])
 
 
@@ -336,10 +365,10 @@ def test_verify_export_detects_deleted_inserted_and_reordered_entries(exported):
                                       {"format": "other", "terminals": {}, "items": []}])
 def test_verify_export_of_something_else_is_a_typed_error(document):
     with pytest.raises(NotAJournalExport, match="^not a journal export: "):
-        exports.verify_journal_export(document)
+        exports.verify_journal_export(document, terminal_ca=b"", server_key=b"")
 
 
-def test_verify_export_cli_exit_codes(exported, tmp_path, capsys):
+def test_verify_export_cli_exit_codes(exported, tmp_path, capsys, pinned):
     from huma.cli import main
 
     path = tmp_path / "journal.json"
@@ -359,7 +388,7 @@ def test_verify_export_cli_exit_codes(exported, tmp_path, capsys):
     assert "not a journal export" in capsys.readouterr().err
 
 
-def test_verify_export_expect_head_catches_entries_cut_from_the_end(exported, tmp_path, capsys):
+def test_verify_export_expect_head_catches_entries_cut_from_the_end(exported, tmp_path, capsys, pinned):
     """Deleting a terminal's LAST entry leaves no gap: only the terminal's own head (``huma journal
     verify``) passed as --expect-head reveals it, naming how many entries are missing."""
     from huma.cli import main

@@ -29,7 +29,8 @@ def test_verify_export_refuses_a_device_instead_of_reading_forever():
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
-    proc = subprocess.run([sys.executable, "-m", "huma.cli", "audit", "verify-export", "/dev/zero"],
+    proc = subprocess.run([sys.executable, "-m", "huma.cli", "audit", "verify-export", "/dev/zero",
+                           "--terminal-ca", __file__, "--server-key", __file__],  # refused before they are read
                           capture_output=True, text=True, timeout=60, preexec_fn=limit)
     assert proc.returncode == 2, proc.stderr
     assert "not a regular file" in proc.stderr and "Traceback" not in proc.stderr
@@ -42,7 +43,7 @@ def test_verify_export_refuses_a_fifo(tmp_path, capsys):
     # a writer that never writes would block open() for ever; the refusal must come before any read
     opener = threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)), daemon=True)
     opener.start()
-    code, err = _run(capsys, "audit", "verify-export", str(fifo))
+    code, err = _run(capsys, "audit", "verify-export", str(fifo), "--terminal-ca", __file__, "--server-key", __file__)
     assert code == 2 and "not a regular file" in err
     if opener.is_alive():  # unblock the helper thread
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

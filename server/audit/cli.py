@@ -133,8 +133,11 @@ def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_i
         if what == "findings":
             chunks = exports.findings_export(db.session, fmt, FindingStatus(status) if status else None)
         else:
+            from server.receipts import receipt_signer
+
             chunks = exports.journal_export(db.session, fmt, terminal_id=terminal_id, card_id=card_id,
-                                            since=since_at, until=until_at)
+                                            since=since_at, until=until_at,
+                                            signer=receipt_signer(app) if fmt == "json" else None)
         if str(output) == "-":
             for chunk in chunks:
                 click.echo(chunk, nl=False)
@@ -167,7 +170,16 @@ class _TerminalHead(click.ParamType):
               help="Fail unless TERMINAL_ID's entries end exactly at SEQ (and entry HASH, hex): the head "
                    "printed by `huma journal verify` on that terminal. Repeatable; catches entries cut "
                    "from the end of a chain, which the export alone cannot show.")
-def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, bytes | None]], ...]) -> None:
+@click.option("--terminal-ca", "terminal_ca", required=True, envvar="HUMA_TERMINAL_CA_CERT",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The terminal CA certificate(s) you pinned (PEM; the server's TERMINAL_CA_CERT, from the key "
+                   "ceremony): every terminal certificate in the export must be issued by it.")
+@click.option("--server-key", "server_key", required=True, envvar="HUMA_SERVER_KEY",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The server key you pinned (PEM: the receipt_key every counter pins at enrolment): the header "
+                   "(filters, terminal keys) must be signed by it.")
+def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, bytes | None]], ...],
+                      terminal_ca: Path, server_key: Path) -> None:
     """Verify a JSON journal export offline (no server, no database): every signature, every
     exported column against the signed bytes, and each terminal's chain (gaps, breaks, deletions).
 
@@ -180,7 +192,11 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
     """
     from server.audit.exports import check_export_heads, verify_export_file
 
-    report = verify_export_file(path)
+    if not path.is_file():  # before the anchors are read: a device or FIFO is refused at once
+        from server.errors import NotAJournalExport
+
+        raise NotAJournalExport(f"{path} is not a regular file")
+    report = verify_export_file(path, terminal_ca=terminal_ca.read_bytes(), server_key=server_key.read_bytes())
     if expect_heads and not report.complete:
         raise click.UsageError(f"--expect-head needs an export that is not filtered by card or time "
                                f"(this one: {report.filters})")

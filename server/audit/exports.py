@@ -4,6 +4,9 @@ The journal export carries each entry's exact signed bytes (``raw_b64``: base64 
 the COSE_Sign1, RFC 9052 §4.2) and, per terminal, its key and certificate, so an
 auditor can verify every signature and chain link offline without trusting the
 server (:func:`verify_journal_export`); the decoded columns are a convenience.
+Its header (format, time, filters, terminal keys and certificates) is signed by the
+server key (``header_cose_b64``, :func:`sign_header`): the filters decide how much of a
+chain must be present, so an unsigned filter could switch gap detection off.
 
 CSV cells that a spreadsheet would read as a formula (leading ``= + - @``, tab,
 CR) are prefixed with ``'`` (OWASP "CSV injection"); hex and base64 columns
@@ -27,6 +30,7 @@ from typing import Any
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
+from cardlib.keys.signer import Signer
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
@@ -36,7 +40,13 @@ from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
 
-JOURNAL_FORMAT = "huma-betang/journal-export/v1"
+JOURNAL_FORMAT = "huma-betang/journal-export/v2"
+#: The unsigned-header format verify-export no longer accepts.
+UNSIGNED_JOURNAL_FORMAT = "huma-betang/journal-export/v1"
+#: External AAD (RFC 9052 §4.3) of the header signature: binds it to this use of the server key.
+HEADER_AAD = b"huma-betang/journal-export/v2/header"
+#: Header fields the signature covers (the document repeats them unsigned for readers).
+SIGNED_HEADER_FIELDS = ("format", "generated_at", "filters", "terminals")
 FINDINGS_FORMAT = "huma-betang/findings-export/v1"
 FINDING_FIELDS = ("id", "kind", "severity", "status", "card_id", "terminal_id", "summary", "evidence",
                   "detail", "reason", "decided_by", "decided_at", "first_seen_at", "last_seen_at")
@@ -134,9 +144,28 @@ def to_csv(records: Iterable[Mapping[str, Any]], fields: tuple[str, ...]) -> Ite
     yield buf.getvalue()
 
 
-def to_json(records: Iterable[Mapping[str, Any]], fmt: str, extra: Mapping[str, Any] | None = None) -> Iterator[str]:
-    """One JSON document ``{"format", "generated_at", **extra, "items": [...]}``, streamed."""
+def canonical_header(header: Mapping[str, Any]) -> bytes:
+    """The signed bytes of an export header: JSON of :data:`SIGNED_HEADER_FIELDS`, keys sorted, no spaces, UTF-8."""
+    return json.dumps({k: header[k] for k in SIGNED_HEADER_FIELDS}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def sign_header(header: Mapping[str, Any], signer: Signer) -> str:
+    """``header_cose_b64``: base64 COSE_Sign1 (RFC 9052 §4.2, AAD :data:`HEADER_AAD`) of :func:`canonical_header`."""
+    from cardlib.keys.signer import sign1_with
+
+    return base64.b64encode(sign1_with(signer, canonical_header(header), HEADER_AAD)).decode("ascii")
+
+
+def to_json(records: Iterable[Mapping[str, Any]], fmt: str, extra: Mapping[str, Any] | None = None,
+            signer: Signer | None = None) -> Iterator[str]:
+    """One JSON document ``{"format", "generated_at", **extra, "items": [...]}``, streamed.
+
+    :param signer: signs the header (:func:`sign_header`) into ``header_cose_b64``.
+    """
     head = {"format": fmt, "generated_at": utcnow().isoformat(), **(extra or {})}
+    if signer is not None:
+        head["header_cose_b64"] = sign_header(head, signer)
     yield json.dumps(head, sort_keys=False)[:-1] + ', "items": ['
     for i, rec in enumerate(records):
         yield ("," if i else "") + "\n" + json.dumps(rec, sort_keys=False)
@@ -155,17 +184,21 @@ def findings_export(session: Session, fmt: str, status: FindingStatus | None = N
     raise ValueError(f"unknown export format {fmt!r} (csv or json)")
 
 
-def journal_export(session: Session, fmt: str, **filters: Any) -> Iterator[str]:
+def journal_export(session: Session, fmt: str, *, signer: Signer | None = None, **filters: Any) -> Iterator[str]:
     """The raw journal as ``"csv"`` or ``"json"`` (JSON also carries the terminals' keys).
 
-    :raises ValueError: another format.
+    :param signer: the server key (:func:`server.receipts.receipt_signer`) that signs a JSON
+        export's header; required for JSON.
+    :raises ValueError: another format, or JSON without ``signer``.
     """
     if fmt == "csv":
         return to_csv(journal_records(session, **filters), JOURNAL_FIELDS)
     if fmt == "json":
+        if signer is None:
+            raise ValueError("a JSON journal export needs the server key to sign its header")
         recorded = {k: (_iso(v) if isinstance(v, dt.datetime) else v) for k, v in filters.items() if v is not None}
         return to_json(journal_records(session, **filters), JOURNAL_FORMAT,
-                       {"filters": recorded, "terminals": terminal_keys(session)})
+                       {"filters": recorded, "terminals": terminal_keys(session)}, signer)
     raise ValueError(f"unknown export format {fmt!r} (csv or json)")
 
 
@@ -212,6 +245,87 @@ class ExportReport:
     filters: dict[str, Any]
 
 
+def _signed_header(document: Mapping[str, Any], server_key: bytes) -> dict[str, Any]:
+    """The header the server signed, checked against the pinned server key and the document's copy.
+
+    :param server_key: the pinned server public key, PEM SubjectPublicKeyInfo (the receipt key counters pin).
+    :raises NotAJournalExport: no ``header_cose_b64``, or the pinned key is not a key.
+    :raises ExportDoesNotVerify: the signature does not verify under the pinned key, or a header
+        field of the document differs from the signed one.
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from cardlib.keys.errors import KeysError
+    from cardlib.keys.signer import cose_key
+    from cardlib.records.cose import verify1
+
+    try:
+        pinned = cose_key(load_pem_public_key(server_key))  # type: ignore[arg-type]  # checked by cose_key
+    except (ValueError, TypeError, KeysError) as exc:
+        raise NotAJournalExport(f"the pinned server key is not an Ed25519/P-256 PEM public key ({exc})") from exc
+    encoded = document.get("header_cose_b64")
+    if not isinstance(encoded, str):
+        raise NotAJournalExport("no 'header_cose_b64': the header is not signed")
+    try:
+        payload = verify1(base64.b64decode(encoded, validate=True), {pinned.kid: pinned}, HEADER_AAD).payload
+        header = json.loads(payload.decode("utf-8")) if payload is not None else None
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ExportDoesNotVerify(f"header_cose_b64 is not a signed header ({exc})") from exc
+    except RecordError as exc:
+        raise ExportDoesNotVerify(f"the header is not signed by the pinned server key ({type(exc).__name__}: "
+                                  f"{exc})") from exc
+    if not isinstance(header, dict) or set(header) != set(SIGNED_HEADER_FIELDS):
+        raise ExportDoesNotVerify("the signed header does not hold format, generated_at, filters and terminals")
+    for name in SIGNED_HEADER_FIELDS:
+        if name in document and document[name] != header[name]:
+            raise ExportDoesNotVerify(f"header field {name!r} differs from the signed header")
+    return header
+
+
+def _check_certificates(terminals: Mapping[str, Any], keys: Mapping[str, CoseKey], terminal_ca: bytes,
+                        used: Iterable[str]) -> None:
+    """Each terminal with entries has a certificate from the pinned terminal CA, for its id and its key.
+
+    Validity dates are not checked: an export is audited long after its certificates expire;
+    revocation is the signed header's ``status`` and the bundle's business.
+
+    :param terminal_ca: PEM, one or more terminal CA certificates (all CAs that issued counters).
+    :raises NotAJournalExport: ``terminal_ca`` holds no PEM certificate.
+    :raises ExportDoesNotVerify: naming the terminal whose certificate is missing or not the CA's.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.x509.oid import NameOID
+
+    from cardlib.keys.signer import spki_der
+
+    try:
+        cas = x509.load_pem_x509_certificates(terminal_ca)
+    except ValueError as exc:
+        raise NotAJournalExport(f"the pinned terminal CA is not a PEM certificate ({exc})") from exc
+    for tid in sorted(set(used)):
+        encoded = terminals[tid].get("certificate_der_b64")
+        if not isinstance(encoded, str):
+            raise ExportDoesNotVerify("no certificate for a terminal with entries", tid)
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ExportDoesNotVerify(f"certificate_der_b64 is not a certificate ({exc})", tid) from exc
+        for ca in cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                break
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        else:
+            raise ExportDoesNotVerify("its certificate is not issued by the pinned terminal CA", tid)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [n.value for n in names] != [tid]:
+            raise ExportDoesNotVerify("its certificate names another terminal", tid)
+        if spki_der(cert.public_key()) != spki_der(keys[tid].public_key):  # type: ignore[arg-type]
+            raise ExportDoesNotVerify("its certificate certifies another key than the export's", tid)
+
+
 def _export_keys(document: Mapping[str, Any]) -> dict[str, CoseKey]:
     from cardlib.keys.errors import KeysError
     from cardlib.keys.signer import cose_key, public_key_from_spki
@@ -252,8 +366,14 @@ def _check_columns(item: Mapping[str, Any], signed: SignedEntry) -> None:
         raise ExportDoesNotVerify(f"received_at {received!r} is not an ISO 8601 instant", tid, seq) from exc
 
 
-def verify_journal_export(document: Any) -> ExportReport:
-    """Verify a JSON journal export offline, without trusting the server that wrote it.
+def verify_journal_export(document: Any, *, terminal_ca: bytes, server_key: bytes) -> ExportReport:
+    """Verify a JSON journal export offline against pinned anchors, trusting nothing else in it.
+
+    First the header: signed by ``server_key`` (:func:`sign_header`); its filters and
+    terminal keys are the signed ones, and the document's own copies must equal them.
+    Then every terminal with entries: its certificate issued by ``terminal_ca`` for its id
+    and the key the entries are checked with (a forged key with a self-made certificate
+    is refused).
 
     Per terminal: every entry's signature under the key in the export
     (:func:`cardlib.records.journal.verify_chain`), every exported column against the
@@ -265,37 +385,43 @@ def verify_journal_export(document: Any) -> ExportReport:
     - ``card_id``/``since``/``until`` filter: gaps are expected, so only adjacent seqs are
       link-checked (:func:`cardlib.records.journal.check_links`); ``complete`` is False.
 
-    Trusts only the keys in the document: check their certificates (``certificate_der_b64``)
-    against the terminal CA you pinned before relying on the result.
-
     :param document: the decoded JSON document.
+    :param terminal_ca: the pinned terminal CA certificate(s), PEM.
+    :param server_key: the pinned server public key, PEM SubjectPublicKeyInfo.
     :raises NotAJournalExport: not an object of format :data:`JOURNAL_FORMAT` with
-        ``terminals`` and ``items``, or an item without the basic fields.
+        ``terminals``, ``items`` and a signed header, or an item without the basic fields.
     :raises ExportDoesNotVerify: the first entry that fails, with terminal, seq and reason.
     """
     if not isinstance(document, Mapping):
         raise NotAJournalExport(f"a JSON {type(document).__name__}, not an object")
+    if document.get("format") == UNSIGNED_JOURNAL_FORMAT:
+        raise NotAJournalExport(f"{UNSIGNED_JOURNAL_FORMAT!r} has an unsigned header: export it again")
     if document.get("format") != JOURNAL_FORMAT:
         raise NotAJournalExport(f"format is {document.get('format')!r}, not {JOURNAL_FORMAT!r}")
     items = document.get("items")
     if not isinstance(items, list):
         raise NotAJournalExport("no 'items' list")
-    filters = document.get("filters", {})
+    header = _signed_header(document, server_key)
+    if header["format"] != JOURNAL_FORMAT:
+        raise ExportDoesNotVerify(f"the signed header is of format {header['format']!r}")
+    filters = header["filters"]
     if not isinstance(filters, Mapping):
         raise NotAJournalExport("'filters' is not an object")
     complete = not any(filters.get(f) for f in PARTIAL_FILTERS)
-    keys = _export_keys(document)
+    keys = _export_keys(header)
     by_terminal: dict[str, list[Mapping[str, Any]]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("terminal_id"), str) \
                 or not isinstance(item.get("raw_b64"), str):
             raise NotAJournalExport(f"items[{index}] has no terminal_id and raw_b64")
         by_terminal.setdefault(item["terminal_id"], []).append(item)
+    for tid in by_terminal:
+        if tid not in keys:
+            raise ExportDoesNotVerify("no key for this terminal in 'terminals'", tid)
+    _check_certificates(header["terminals"], keys, terminal_ca, by_terminal)
     counts: dict[str, int] = {}
     heads: dict[str, tuple[int, str]] = {}
     for tid, rows in by_terminal.items():
-        if tid not in keys:
-            raise ExportDoesNotVerify("no key for this terminal in 'terminals'", tid)
         try:
             raws = [base64.b64decode(r["raw_b64"], validate=True) for r in rows]
         except (binascii.Error, ValueError) as exc:
@@ -325,10 +451,12 @@ def verify_journal_export(document: Any) -> ExportReport:
     return ExportReport(counts, heads, complete, dict(filters))
 
 
-def verify_export_file(path: Path) -> ExportReport:
+def verify_export_file(path: Path, *, terminal_ca: bytes, server_key: bytes) -> ExportReport:
     """Read a JSON journal export file and verify it offline (:func:`verify_journal_export`).
 
     :param path: a regular file (a FIFO or ``/dev/zero`` would be read without bound), UTF-8 JSON.
+    :param terminal_ca: the pinned terminal CA certificate(s), PEM.
+    :param server_key: the pinned server public key, PEM.
     :raises NotAJournalExport: not a regular file, not UTF-8 JSON, or not a journal export.
     :raises ExportDoesNotVerify: see :func:`verify_journal_export`.
     """
@@ -338,7 +466,7 @@ def verify_export_file(path: Path) -> ExportReport:
         document = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
         raise NotAJournalExport(f"{path} is not JSON ({type(exc).__name__}: {exc})") from None
-    return verify_journal_export(document)
+    return verify_journal_export(document, terminal_ca=terminal_ca, server_key=server_key)
 
 
 def parse_terminal_head(text: str) -> tuple[str, tuple[int, bytes | None]]:

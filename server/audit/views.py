@@ -603,7 +603,10 @@ def export_journal(fmt: str) -> ResponseReturnValue:
     audit(db.write_session(), g.auditor, "export.journal", f"journal:{fmt}",
           **{k: v for k, v in filters.items() if v is not None})
     db.session.commit()
-    return _stream(exports.journal_export(db.session, fmt, **filters), fmt, "journal")
+    from server.receipts import receipt_signer
+
+    signer = receipt_signer(current_app) if fmt == "json" else None  # signs the header (filters, keys)
+    return _stream(exports.journal_export(db.session, fmt, signer=signer, **filters), fmt, "journal")
 
 
 @bp.get("/exports")
