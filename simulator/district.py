@@ -260,11 +260,14 @@ class _Uploader:
                .sign(t.private_key, None))
         pem = csr.public_bytes(serialization.Encoding.PEM).decode()
         # The site goes in with the enrolment, as a real counter's ``terminal enrol`` sends it.
+        code = self.client.post(f"/api/v1/terminals/{t.terminal_id}/enrolment-code", headers=self.auth).get_json()
         r = self.client.post("/api/v1/terminals/enrol", json={"terminal_id": t.terminal_id, "csr": pem,
+                                                               "code": code.get("code"),
                                                                "region": t.region, "lat": t.lat, "lon": t.lon})
         if r.status_code != 202:
             raise SimulationError(f"enrol {t.terminal_id}: {r.status_code} {r.get_json()}")
-        r = self.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=self.auth)
+        r = self.client.post(f"/api/v1/terminals/{t.terminal_id}/approve", headers=self.auth,
+                             json={"fingerprint": r.get_json()["fingerprint"]})
         if r.status_code != 200:
             raise SimulationError(f"approve {t.terminal_id}: {r.status_code} {r.get_json()}")
 

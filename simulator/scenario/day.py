@@ -253,6 +253,12 @@ class Day:
 
     # ------------------------------------------------------------------ 3. enrolment
 
+    def _approve(self, tid: str) -> None:
+        """Approve ``tid`` by its key fingerprint (read from the server here; a real admin reads the counter)."""
+        listed = self.api.call("GET", "/api/v1/terminals")["terminals"]
+        (fingerprint,) = [t["fingerprint"] for t in listed if t["terminal_id"] == tid]
+        self.api.call("POST", f"/api/v1/terminals/{tid}/approve", {"fingerprint": fingerprint})
+
     def enrol(self) -> None:
         self.story.step("Enrolment: counters and the provisioning station")
         plan = [("clinic", "T-6271-0101", "clinic_visit", ("health",), 0),
@@ -265,8 +271,9 @@ class Day:
             shutil.copy(self.secrets / "keys.pass", c.state / "passphrase")
             (c.state / "root.pem").write_bytes(self.root_pem)
             self.cli("terminal", "init", "--profile", str(c.profile))
-            self.cli("terminal", "enrol", "--profile", str(c.profile), ok=(3,))  # pending approval
-            self.api.call("POST", f"/api/v1/terminals/{tid}/approve")
+            code = self.api.call("POST", f"/api/v1/terminals/{tid}/enrolment-code")["code"]
+            self.cli("terminal", "enrol", "--profile", str(c.profile), "--code", code, ok=(3,))  # pending approval
+            self._approve(tid)
             self.cli("terminal", "enrol", "--profile", str(c.profile))
             self.terminal_certs.append(c.cert)
             self.counters[name] = c
@@ -274,9 +281,10 @@ class Day:
         station.mkdir(exist_ok=True)
         self.cli("keys", "csr", "--terminal-id", "S-6271-0001", "--key-out", str(station / "station.p8"),
                  "--csr-out", str(station / "station.csr.pem"), "--passphrase-file", str(self.secrets / "keys.pass"))
+        code = self.api.call("POST", "/api/v1/terminals/S-6271-0001/enrolment-code")["code"]
         self.api.call("POST", "/api/v1/terminals/enrol",
-                      {"terminal_id": "S-6271-0001", "csr": (station / "station.csr.pem").read_text()})
-        self.api.call("POST", "/api/v1/terminals/S-6271-0001/approve")
+                      {"terminal_id": "S-6271-0001", "csr": (station / "station.csr.pem").read_text(), "code": code})
+        self._approve("S-6271-0001")
         cert = self.api.call("GET", "/api/v1/terminals/S-6271-0001/certificate")
         pem = cert["certificate"] if isinstance(cert, dict) else cert.decode()
         (station / "station.cert.pem").write_text(pem)
