@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from cardlib.fsutil import atomic_write
 from cardlib.keys.signer import Signer
@@ -30,8 +31,10 @@ from cardlib.type2.tag import Type2Tag
 if TYPE_CHECKING:
     from cardlib.provision.secure import SecureIssuedCard
     from cardlib.secure import SecureCardSession
+    from cardlib.transport.nfcpy import NfcpyIsoDepConnection, NfcpyType2Channel
 
 _log = logging.getLogger(__name__)
+_C = TypeVar("_C")
 
 CARD_ID_BYTES = 8
 
@@ -44,6 +47,13 @@ class CardSource(Protocol):
     """
 
     def next_card(self) -> contextlib.AbstractContextManager[Type2Tag] | None: ...
+
+
+class SecureCardSource(Protocol):
+    """Supplies `secure` cards one after another: ``next_secure_card()`` as ``next_card()``, yielding a
+    :class:`~cardlib.secure.SecureCardSession` (:class:`PcscCardSource`, :class:`NfcpyCardSource`)."""
+
+    def next_secure_card(self) -> contextlib.AbstractContextManager[SecureCardSession] | None: ...
 
 
 @dataclass(frozen=True)
@@ -265,3 +275,151 @@ class PcscCardSource:
                 self.on_remove_prompt()
             while not self._ctx.wait_for_card(name, False, 1.0):
                 _log.debug("waiting for the card to leave %s", name)
+
+
+#: Empty polls in a row that count as "the card has left" on an nfcpy reader.
+NFCPY_ABSENT_POLLS = 3
+
+
+class NfcpyCardSource:
+    """Chips from one nfcpy reader (PN532 on a UART, nfcpy USB readers, ``udp:``): the same interface
+    as :class:`PcscCardSource`, for NTAG (:meth:`next_card`) and `secure` cards (:meth:`next_secure_card`).
+
+    :param path: nfcpy device path (``tty:USB0:pn532``, ``usb:054c:06c3``, ``udp:127.0.0.1:54321``;
+        docs/readers.md).
+    :param timeout_s: how long to wait for each card, seconds; None waits forever.
+    :param wait_removal: after each card, wait until it leaves the field (batches).
+    :param poll_s: pause between polls of an empty field, seconds.
+    """
+
+    def __init__(self, path: str, timeout_s: float | None = None, wait_removal: bool = True,
+                 poll_s: float = 0.1) -> None:
+        from cardlib.transport.nfcpy import NfcpyReader  # the nfcpy stack, loaded only here
+
+        self._reader = NfcpyReader(path)
+        self._timeout = timeout_s
+        self._wait_removal = wait_removal
+        self._poll_s = poll_s
+        self.on_remove_prompt: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def check_reader(self) -> str:
+        """Open the device now (at start-up, before anything is journalled).
+
+        :returns: the device name nfcpy reports.
+        :raises ReaderNotFound: nothing answers on the path.
+        """
+        return self._reader.open().name
+
+    def _connect(self, connect: Callable[[float, float], _C]) -> _C | None:
+        from cardlib.transport.errors import NoCard
+
+        while True:
+            try:
+                return connect(1.0 if self._timeout is None else self._timeout, self._poll_s)
+            except NoCard:
+                if self._timeout is not None:
+                    return None
+
+    def next_card(self) -> contextlib.AbstractContextManager[Type2Tag] | None:
+        """The next Type 2 tag in the field (None when none came within the timeout).
+
+        :raises cardlib.transport.nfcpy.UnsupportedTarget: another kind of card is in the field.
+        """
+        channel = self._connect(self._reader.connect)
+        return None if channel is None else self._session(channel)
+
+    def next_secure_card(self) -> contextlib.AbstractContextManager[SecureCardSession] | None:
+        """Like :meth:`next_card`, for a `secure` card (ISO-DEP): a :class:`~cardlib.secure.SecureCardSession`.
+
+        :raises cardlib.transport.nfcpy.UnsupportedTarget: a card without ISO-DEP is in the field.
+        """
+        conn = self._connect(self._reader.connect_iso_dep)
+        return None if conn is None else self._secure_session(conn)
+
+    @contextlib.contextmanager
+    def _session(self, channel: NfcpyType2Channel) -> Iterator[Type2Tag]:
+        from cardlib.transport.nfcpy import NfcpyType2Connection
+
+        conn = NfcpyType2Connection(channel)
+        try:
+            yield Type2Tag(channel, atr=conn.atr)
+        finally:
+            conn.close()
+        self._await_removal()
+
+    @contextlib.contextmanager
+    def _secure_session(self, conn: NfcpyIsoDepConnection) -> Iterator[SecureCardSession]:
+        from cardlib.secure import SecureCardSession
+
+        try:
+            yield SecureCardSession(conn)
+        finally:
+            conn.close()
+        self._await_removal()
+
+    def _await_removal(self) -> None:
+        if not self._wait_removal:
+            return
+        prompted, empty = False, 0
+        while empty < NFCPY_ABSENT_POLLS:
+            if self._reader.poll_uid() is None:
+                empty += 1
+            else:
+                empty = 0
+                if not prompted and self.on_remove_prompt is not None:
+                    self.on_remove_prompt()
+                prompted = True
+            time.sleep(self._poll_s)
+
+
+def run_secure_batch(
+    rows: Sequence[Household],
+    source: SecureCardSource,
+    ctx: StationContext,
+    state: BatchState,
+    *,
+    pin_for: Callable[[Household], str],
+    pin_reset_key: bytes,
+    pin_required: bool = False,
+    technician: Signer,
+    technician_name: str,
+    grant: SessionGrant | None = None,
+    on_card: Callable[[CardOutcome], None] | None = None,
+    on_wait: Callable[[Household], None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> list[CardOutcome]:
+    """:func:`run_batch` for `secure` cards (:func:`cardlib.provision.secure.provision_secure_card`).
+
+    :param pin_for: the PIN the beneficiary of this household chose (4..8 digits; set on the card).
+    :param pin_reset_key: 65-byte P-256 point of the office's PIN-reset key (docs/secure-card.md §5.4).
+    :raises IssuanceInterrupted: a card left the field mid-write: the batch stops; run it again.
+    :raises QuotaExceeded: the grant is used up.
+    """
+    from cardlib.provision.secure import provision_secure_card
+
+    outcomes: list[CardOutcome] = []
+    try:
+        for household in rows:
+            if state.issued_for(household.ref_hex) is not None:
+                continue
+            while True:
+                if on_wait is not None:
+                    on_wait(household)
+                cm = source.next_secure_card()
+                if cm is None:
+                    return outcomes
+                with cm as session:
+                    outcome = provision_secure_card(session, ctx, household, state, pin=pin_for(household),
+                                                    pin_reset_key=pin_reset_key, pin_required=pin_required,
+                                                    grant=grant, on_step=on_step)
+                outcomes.append(outcome)
+                if on_card is not None:
+                    on_card(outcome)
+                if outcome.status is Event.ISSUED and outcome.household.household_ref == household.household_ref:
+                    break
+        return outcomes
+    finally:
+        write_issuance_file(state, technician, technician_name, grant)

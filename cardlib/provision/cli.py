@@ -31,10 +31,12 @@ from cardlib.keys.signer import cose_key
 from cardlib.provision.batch import (
     CARD_ID_BYTES,
     CardOutcome,
+    NfcpyCardSource,
     PcscCardSource,
     batch_key,
     provision_card,
     run_batch,
+    run_secure_batch,
     write_issuance_file,
 )
 from cardlib.provision.card import StationContext, Step
@@ -51,6 +53,8 @@ _console = Console(stderr=True, soft_wrap=True)
 SINGLE_CARDS_KEY = "single-cards"
 #: Default ``provision card --state-dir`` (relative to the working directory).
 SINGLE_CARDS_DIR = Path("provision-single")
+#: ``--reader`` prefix naming an nfcpy device path instead of a PC/SC reader pattern.
+NFCPY_READER_PREFIX = "nfcpy:"
 #: ``provision card`` option that carries each households-CSV column.
 _COLUMN_OPTIONS = {"household_ref": "--household-ref", "region": "--region", "programmes": "--programmes"}
 
@@ -81,7 +85,9 @@ def _station_options(f: Any) -> Any:
                      help="Passphrase of the station's non-root keys (else $HUMA_KEY_PASSPHRASE, else prompt)."),
         click.option("--grant", "grant_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      help="Session grant (quota) from `huma provision grant`."),
-        click.option("--reader", default=None, help="Reader name pattern (needed when several readers are attached)."),
+        click.option("--reader", default=None, help="Reader name pattern (needed when several readers are attached), "
+                                                    "or nfcpy:<device path> for an nfcpy reader (nfcpy:tty:USB0:pn532, "
+                                                    "nfcpy:usb, nfcpy:udp:127.0.0.1:54321)."),
         click.option("--reader-kind", type=click.Choice(["acr122u", "part3", "plain"]), default="acr122u",
                      show_default=True),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
@@ -153,12 +159,18 @@ class _Station:
             raise StationInputError(f"--pwd-secret-file {o['pwd_secret_file']}: {exc}") from None
         self._stack = stack
 
-    def open_source(self, o: dict[str, Any], *, wait_removal: bool) -> PcscCardSource:
-        """Open the PC/SC context and resolve the reader (closed with the command's exit stack).
+    def open_source(self, o: dict[str, Any], *, wait_removal: bool) -> PcscCardSource | NfcpyCardSource:
+        """Open the reader (closed with the command's exit stack): PC/SC, or ``--reader nfcpy:<path>``.
 
-        :raises ServiceUnavailable: pcscd is not running. :raises ReaderNotFound: no single reader matches.
+        :raises ServiceUnavailable: pcscd is not running. :raises ReaderNotFound: no single reader
+            matches, or nothing answers on the nfcpy path.
         """
-        source = PcscCardSource(o["reader"], _reader_caps(o["reader_kind"]), o["timeout"], wait_removal)
+        source: PcscCardSource | NfcpyCardSource
+        reader = o["reader"] or ""
+        if reader.startswith(NFCPY_READER_PREFIX):  # docs/readers.md: tty:, usb:, udp: paths
+            source = NfcpyCardSource(reader[len(NFCPY_READER_PREFIX):], o["timeout"], wait_removal)
+        else:
+            source = PcscCardSource(o["reader"], _reader_caps(o["reader_kind"]), o["timeout"], wait_removal)
         self._stack.callback(source.close)
         source.check_reader()
         return source
@@ -181,11 +193,22 @@ def provision() -> None:
 @provision.command("batch")
 @click.argument("households", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_station_options
+@click.option("--card-profile", type=click.Choice(["ntag", "secure"]), default="ntag", show_default=True,
+              help="ntag: NTAG215/216 tags; secure: Type 4 cards with our application (each beneficiary types "
+                   "their PIN when their card is made, docs/secure-card.md).")
+@click.option("--pin-reset-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="secure: PEM P-256 public key of the office's PIN-reset key (default: the issuer key, if P-256).")
+@click.option("--pin-required/--no-pin-required", default=False,
+              help="secure: the cards themselves refuse every update without their PIN.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Batch journal/results directory (default: HOUSEHOLDS without its extension + "
                    "'.provision', next to the CSV, e.g. batch-07.provision/).")
-def batch_cmd(households: Path, **o: Any) -> None:
-    """Provision every household of HOUSEHOLDS (CSV); resumable, one result line per card."""
+def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, pin_required: bool,
+              **o: Any) -> None:
+    """Provision every household of HOUSEHOLDS (CSV); resumable, one result line per card.
+
+    ``--card-profile secure`` asks each beneficiary's PIN (4..8 digits) when their card is on the reader.
+    """
     profile = Profile.load(o["profile_path"])
     try:
         rows = load_households(households, profile.programmes)
@@ -196,6 +219,7 @@ def batch_cmd(households: Path, **o: Any) -> None:
     state_dir = o["state_dir"] or households.with_name(households.stem + ".provision")
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
+        reset_point = _pin_reset_point(st.ctx, pin_reset_key) if card_profile == "secure" else b""
         source = st.open_source(o, wait_removal=True)
         stack.enter_context(station_lock(state_dir))  # before any chip; a refusal before the reader leaves no dir
         state = BatchState(state_dir, batch_key(rows))
@@ -217,9 +241,20 @@ def batch_cmd(households: Path, **o: Any) -> None:
                     progress.advance(task)
 
             try:
-                run_batch(todo, source, st.ctx, state, technician=st.technician,
-                          technician_name=st.technician_name, grant=st.grant,
-                          on_card=on_card, on_wait=on_wait, on_step=on_step)
+                if card_profile == "secure":
+                    def pin_for(h: Household) -> str:
+                        return str(click.prompt(f"PIN for line {h.line} (4..8 digits)", hide_input=True,
+                                                confirmation_prompt=True))
+
+                    run_secure_batch(todo, source, st.ctx, state, pin_for=pin_for,
+                                     pin_reset_key=reset_point,
+                                     pin_required=pin_required, technician=st.technician,
+                                     technician_name=st.technician_name, grant=st.grant,
+                                     on_card=on_card, on_wait=on_wait, on_step=on_step)
+                else:
+                    run_batch(todo, source, st.ctx, state, technician=st.technician,
+                              technician_name=st.technician_name, grant=st.grant,
+                              on_card=on_card, on_wait=on_wait, on_step=on_step)
             finally:
                 _console.print(f"results: {state.results_path}; issuance file: {state.directory / 'issuances.cose'}")
         left = [r for r in rows if state.issued_for(r.ref_hex) is None]
@@ -362,8 +397,8 @@ def _pin_reset_point(ctx: StationContext, path: Path | None) -> bytes:
     return pin_reset_point(ctx, key)
 
 
-def _provision_secure(source: PcscCardSource, st: _Station, row: Household, state: BatchState, pin: str,
-                      reset_point: bytes, pin_required: bool, reissue_of: bytes | None,
+def _provision_secure(source: PcscCardSource | NfcpyCardSource, st: _Station, row: Household, state: BatchState,
+                      pin: str, reset_point: bytes, pin_required: bool, reissue_of: bytes | None,
                       remaining: dict[int, int] | None) -> CardOutcome:
     """One secure card from the reader (:func:`cardlib.provision.secure.provision_secure_card`)."""
     from cardlib.provision.secure import provision_secure_card
