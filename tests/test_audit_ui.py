@@ -29,8 +29,9 @@ from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     upload,
     upload_all,
 )
+from tests.test_audit import pinned  # noqa: F401 - a fixture: the anchors verify-export pins
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _ms(h: int, m: int = 0) -> int:
@@ -171,7 +172,8 @@ def test_bulk_decision_needs_csrf_a_reason_and_is_audited_per_finding(app, confl
     assert listed.count('class="decision-reason">uji coba lapangan<') == 3
 
 
-def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, conflict_world, world):
+def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, conflict_world, world,
+                                                                       pinned):  # noqa: F811 - fixture
     client = world.client
     _login(client)
     conflict = findings(app, FindingKind.JOURNAL_CONFLICT)[0]
@@ -192,7 +194,7 @@ def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, con
     doc = json.loads(client.get(f"/audit/export/journal.json?terminal_id={t2}").get_data(as_text=True))
     from server.audit.exports import verify_journal_export
 
-    assert verify_journal_export(doc).counts[t2] == len(doc["items"])  # the new column verifies
+    assert verify_journal_export(doc, **pinned).counts[t2] == len(doc["items"])  # the new column verifies
 
 
 def test_every_dashboard_and_summary_text_has_an_indonesian_translation():

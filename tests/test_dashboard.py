@@ -21,7 +21,7 @@ from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     upload_all,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _ms(day: int, h: int, m: int = 0) -> int:
@@ -112,7 +112,7 @@ def test_progress_per_regency_district_and_wib_day(app, programme):
         assert (speed[t71].households, speed[t71].active_hours, speed[t71].peak) == (2, 1, 2)
         health = queries.terminal_health(db.session)
         assert {h.status for h in health} <= {"ok", "stale", "offline"} and all(h.last_sync for h in health)
-        assert dict((p, a) for p, _u, a in queries.amounts(db.session, cycle)) == {"cash": 250_000,
+        assert {p: a for p, _u, a in queries.amounts(db.session, cycle)} == {"cash": 250_000,
                                                                                    "food": 300_000}
 
 

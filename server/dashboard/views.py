@@ -120,9 +120,7 @@ def chart(name: str) -> ResponseReturnValue:
         svg = charts.progress_chart(rows, collected=_("Collected"), pending=_("Not yet collected"),
                                     title=f"{_('Households per region')} · {where}")
     elif name == "daily":
-        expected = queries.totals(queries.progress(db.session, cycle, Level.REGENCY, within=region)).expected
-        svg = charts.daily_chart(queries.per_day(db.session, cycle, within=region), expected,
-                                 daily=_("Households per day"), cumulative=_("Collected so far"),
+        svg = charts.daily_chart(queries.per_day(db.session, cycle, within=region), daily=_("Households per day"),
                                  title=f"{_('Collection per day (WIB)')} · {cycle_name(cycle.cycle_id, _lang())}")
     elif name == "throughput":
         svg = charts.throughput_chart(queries.throughput(db.session, cycle, region),
