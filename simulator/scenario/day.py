@@ -318,7 +318,7 @@ class Day:
         self.bundle_version += 1
         now = int(time.time())
         bundle = TrustBundle(
-            version=self.bundle_version, issued_at=now - 60, expires_at=now + 14 * 86400,
+            version=self.bundle_version, issued_at=now, expires_at=now + 14 * 86400,
             keys=keystore_bundle_keys(store.entries) + tuple(terminals),
             deny_cards=SortedIdSet.from_ids([bytes.fromhex(d) for d in deny], CARD_ID_LENGTH),
             programmes=tuple(Programme(i, n, u, q) for i, n, u, q in PROGRAMMES))
