@@ -80,4 +80,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from server.dashboard.views import bp as dashboard_bp  # programme dashboard (/audit/programme)
 
     app.register_blueprint(dashboard_bp)
+    from server.blueprints import grievances, households  # households and grievances (issue 18)
+
+    app.register_blueprint(households.bp)
+    app.register_blueprint(grievances.bp)
     return app

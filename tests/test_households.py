@@ -93,3 +93,53 @@ def test_a_claim_on_the_older_card_after_the_household_got_another_is_a_finding(
     assert second.card_id.hex() in replaced[0].detail and '"count": 1' in replaced[0].detail
     assert findings(app, FindingKind("household_over_entitlement")) == []  # 2 of 2
     assert findings(app, FindingKind.REVOKED_CARD_USED) == []
+
+
+def test_the_server_states_the_households_remaining_balance_for_the_reissue(
+        app: Any, registry: Any, keys: Keys) -> None:  # noqa: F811 - fixtures
+    """After the package was taken on the lost card, the statement says 0 packages left: the re-issue gets 0."""
+    import base64
+    import time
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from cardlib.records.balance import verify_balance
+    from cardlib.records.claims import cycle_of
+
+    world = registry
+    now = dt.datetime.now(UTC)
+    today = int(now.timestamp() * 1000)
+    old = dataclasses.replace(_card(7, "62.71", {1: Entitlement(Unit.PACKAGE, 1),
+                                                 2: Entitlement(Unit.RUPIAH, 250_000)}),
+                              valid_from=now.date() - dt.timedelta(days=30),
+                              valid_to=now.date() + dt.timedelta(days=700))
+    _issue(world, keys, old, now - dt.timedelta(days=10))
+    t = SimTerminal.new("T-PKY", "62.71", random.Random(7))
+    assert _enrol(world, t, region=t.region).status_code == 202
+    world.approve(t.terminal_id)
+    t.boot(today - 3_600_000)
+    t.redeem(SimCard(old.card_id.hex(), old.uid, old.region), today - 1_800_000, "food", 1)
+    t.redeem(SimCard(old.card_id.hex(), old.uid, old.region), today - 1_700_000, "cash", 100_000)
+    assert all(r.status_code == 200 for r in upload(world, t, t.messages()))
+
+    ref = old.household_ref.hex()
+    r = world.client.get(f"/api/v1/households/{ref}", headers=world.auth())
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert [c["card_id"] for c in body["cards"]] == [old.card_id.hex()]
+    assert [(b["programme"], b["entitled"], b["redeemed"], b["remaining"]) for b in body["balances"]] == [
+        ("food", 1, 1, 0), ("cash", 250_000, 100_000, 150_000)]
+    assert {tap["programme"] for tap in body["last_taps"]} == {"food", "cash"} and body["last_taps"][0]["amount"]
+    assert world.client.get("/api/v1/households/NOTHEX", headers=world.auth()).status_code == 400
+    assert world.client.get("/api/v1/households/00000000000000ff", headers=world.auth()).status_code == 404
+
+    r = world.client.post(f"/api/v1/households/{ref}/balance-statement", headers=world.auth(),
+                          json={"reissue_of": old.card_id.hex()})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    s = verify_balance(base64.b64decode(body["statement"]), load_pem_public_key(body["server_key"].encode()))
+    assert s.remaining == {1: 0, 2: 150_000} and s.household_ref == old.household_ref
+    assert s.reissue_of == old.card_id and s.cycle == cycle_of(now) and s.valid_until > time.time()
+    r = world.client.post(f"/api/v1/households/{ref}/balance-statement", headers=world.auth(),
+                          json={"reissue_of": "00000000000000ff"})
+    assert r.status_code == 404  # not a card of this household

@@ -1,0 +1,80 @@
+"""Households (issue 18): look one up, and the signed balance statement a re-issued card takes (docs/api.md).
+
+- ``GET /api/v1/households/<ref>`` (technician, auditor, admin): cards, remaining entitlement
+  this cycle per programme, last taps (:func:`server.households.household`).
+- ``POST /api/v1/households/<ref>/balance-statement`` ``{"reissue_of": card id}`` (technician,
+  admin): the household's remaining entitlement signed with the server receipt key
+  (:mod:`cardlib.records.balance`), which ``huma provision card --reissue-of`` requires; audited.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify
+from flask.typing import ResponseReturnValue
+
+from server.auth import audit, require_role
+from server.errors import BadRequest, NotFound, shown
+from server.extensions import db
+from server.households import HOUSEHOLD_REF, Household, balance_statement, household
+from server.http import json_body, query_params
+from server.models import Role
+from server.types import utcnow
+
+bp = Blueprint("households", __name__, url_prefix="/api/v1")
+
+
+def _ref(ref: str) -> str:
+    if not HOUSEHOLD_REF.fullmatch(ref):
+        raise BadRequest(f"household ref {shown(ref)} is not 16 lower-case hex digits", field="household_ref")
+    return ref
+
+
+def household_json(h: Household) -> dict[str, Any]:
+    """The JSON shape of :class:`server.households.Household` (API and ``huma server household show --json``)."""
+    return {
+        "household_ref": h.household_ref,
+        "cycle": h.cycle,
+        "cards": h.cards,
+        "balances": [{"programme_id": b.programme_id, "programme": b.programme, "unit": b.unit,
+                      "entitled": b.entitled, "redeemed": b.redeemed, "remaining": b.remaining}
+                     for b in h.balances],
+        "last_taps": h.last_taps,
+    }
+
+
+@bp.get("/households/<ref>")
+@require_role(Role.TECHNICIAN, Role.AUDITOR, Role.ADMIN)
+def get_household(ref: str) -> ResponseReturnValue:
+    """One household: its cards, remaining entitlement this cycle, last taps (404 when no card serves it)."""
+    query_params()
+    h = household(db.session, _ref(ref), utcnow())
+    if h is None:
+        raise NotFound(f"no registered card serves household {ref}")
+    return jsonify(household_json(h))
+
+
+@bp.post("/households/<ref>/balance-statement")
+@require_role(Role.TECHNICIAN, Role.ADMIN)
+def post_balance_statement(ref: str) -> ResponseReturnValue:
+    """Sign the household's remaining entitlement for re-issuing the card ``reissue_of`` (audited)."""
+    from server.receipts import receipt_public_pem, receipt_signer
+
+    _ref(ref)
+    body = json_body()
+    reissue_of = body.get("reissue_of")
+    if not isinstance(reissue_of, str) or not HOUSEHOLD_REF.fullmatch(reissue_of):
+        raise BadRequest("reissue_of must be the lost card's id, 16 lower-case hex digits", field="reissue_of")
+    session = db.write_session()
+    try:
+        h, message = balance_statement(session, receipt_signer(current_app), ref, reissue_of, utcnow())
+    except LookupError as exc:
+        raise NotFound(str(exc)) from exc
+    remaining = {str(b.programme_id): b.remaining for b in h.balances}
+    audit(session, g.person, "households.balance_statement", f"household:{ref}", reissue_of=reissue_of,
+          cycle=h.cycle, remaining=remaining)
+    session.commit()
+    return jsonify({"household_ref": ref, "cycle": h.cycle, "remaining": remaining, "reissue_of": reissue_of,
+                    "statement": base64.b64encode(message).decode(), "server_key": receipt_public_pem(current_app)})
