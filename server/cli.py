@@ -189,9 +189,12 @@ def server() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="waitress worker threads.")
+              help="waitress worker threads (per process).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes on the one socket (signature checks use one core each; "
+                   "production: the number of cores, docs/operations.md).")
 @DATABASE_OPTION
-def run(host: str, port: int, threads: int) -> None:
+def run(host: str, port: int, threads: int, workers: int) -> None:
     """Serve the API with waitress (production WSGI server).
 
     Refuses to start (exit 2) unless the database answers and its schema is at this
@@ -213,8 +216,17 @@ def run(host: str, port: int, threads: int) -> None:
         listener = socket.create_server((host, port), reuse_port=False)
     except OSError as exc:
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    backend = _safe_url(app.config["DATABASE_URL"]).split("://")[0]
+    bound = listener.getsockname()[1]
+    if workers > 1:
+        import sys
+
+        from server.workers import supervise
+
+        click.echo(f"serving on http://{host}:{bound} ({backend}, {workers} worker processes)")
+        sys.exit(supervise(listener, app.config["DATABASE_URL"], workers=workers, threads=threads))
     server_ = waitress.create_server(app, sockets=[listener], threads=threads, **waitress_options(app))
-    click.echo(f"serving on http://{host}:{port} ({_safe_url(app.config['DATABASE_URL']).split('://')[0]})")
+    click.echo(f"serving on http://{host}:{bound} ({backend})")
     server_.run()
 
 
