@@ -220,5 +220,5 @@ class PublishedBundle(Base):
 
 
 # Reconciliation/audit tables (migration 0002), so Base.metadata is complete.
-from server.reconcile import models as _reconcile_models  # noqa: E402,F401
 from server.audit import models as _audit_models  # noqa: E402,F401
+from server.reconcile import models as _reconcile_models  # noqa: E402,F401

@@ -38,8 +38,8 @@ from server.errors import (
 from server.extensions import db
 from server.http import json_body, query_params
 from server.models import Card, Role, Terminal, TerminalStatus
-from server.reconcile.models import TerminalSite
 from server.receipts import receipt_public_pem
+from server.reconcile.models import TerminalSite
 from server.terminals import check_csr, decide_terminal, storable_id
 from server.terminals import list_terminals as list_terminals_of
 from server.types import require_aware, utcnow
