@@ -1,7 +1,194 @@
-"""Grievances (issue 18): complaints about a receipt, card or household, worked through by auditors."""
+"""Grievances and receipt look-up (issue 18, docs/api.md "Grievances").
+
+- ``POST /api/v1/grievances`` ``{"text", "receipt_code"?, "card_id"?, "household_ref"?}``
+  (technician, auditor, admin): record a complaint (201).
+- ``GET /api/v1/grievances?status=`` and ``GET /api/v1/grievances/<id>`` (auditor, admin).
+- ``POST /api/v1/grievances/<id>/status`` ``{"status", "reason"}`` (auditor, admin): open,
+  investigating, resolved; who and why are kept and audited.
+- ``GET /api/v1/receipts/<code>`` (auditor, admin): the journal entries a receipt code names.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from server.auth import audit, require_role
+from server.errors import BadRequest, NotFound
+from server.extensions import db
+from server.grievances import (
+    Grievance,
+    GrievanceError,
+    GrievanceStatus,
+    change_status,
+    grievance_json,
+    receipt_entries,
+    record_grievance,
+)
+from server.http import json_body, query_params
+from server.models import Role
 
 bp = Blueprint("grievances", __name__, url_prefix="/api/v1")
+
+
+def _str(body: dict[str, object], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string", field=key)
+    return value
+
+
+def _id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise NotFound(f"no grievance {text[:20]!r}")
+    return int(text)
+
+
+@bp.post("/grievances")
+@require_role(Role.TECHNICIAN, Role.AUDITOR, Role.ADMIN)
+def post_grievance() -> ResponseReturnValue:
+    """Record a complaint about a receipt code, card or household (201; audited)."""
+    body = json_body()
+    session = db.write_session()
+    try:
+        grievance = record_grievance(session, g.person, _str(body, "text") or "",
+                                     receipt_code=_str(body, "receipt_code"), card_id=_str(body, "card_id"),
+                                     household_ref=_str(body, "household_ref"))
+    except GrievanceError as exc:
+        raise BadRequest(str(exc), field=exc.field) from exc
+    session.commit()
+    return jsonify(grievance_json(grievance)), 201
+
+
+@bp.get("/grievances")
+@require_role(Role.AUDITOR, Role.ADMIN)
+def list_grievances() -> ResponseReturnValue:
+    """Complaints, oldest first (``?status=open|investigating|resolved``, default every status)."""
+    query_params("status")
+    stmt = select(Grievance).order_by(Grievance.id)
+    status = request.args.get("status")
+    if status is not None:
+        if status not in {s.value for s in GrievanceStatus}:
+            raise BadRequest("status is open, investigating or resolved", field="status")
+        stmt = stmt.where(Grievance.status == status)
+    return jsonify({"grievances": [grievance_json(x) for x in db.session.scalars(stmt.limit(1000))]})
+
+
+@bp.get("/grievances/<grievance_id>")
+@require_role(Role.AUDITOR, Role.ADMIN)
+def get_grievance(grievance_id: str) -> ResponseReturnValue:
+    """One complaint."""
+    query_params()
+    grievance = db.session.get(Grievance, _id(grievance_id))
+    if grievance is None:
+        raise NotFound(f"no grievance {grievance_id}")
+    return jsonify(grievance_json(grievance))
+
+
+@bp.post("/grievances/<grievance_id>/status")
+@require_role(Role.AUDITOR, Role.ADMIN)
+def post_grievance_status(grievance_id: str) -> ResponseReturnValue:
+    """Move a complaint to ``status`` with a ``reason`` (400 for a move that is not allowed; audited)."""
+    body = json_body()
+    try:
+        status = GrievanceStatus(_str(body, "status"))
+    except ValueError as exc:
+        raise BadRequest("status is open, investigating or resolved", field="status") from exc
+    session = db.write_session()
+    try:
+        grievance = change_status(session, _id(grievance_id), g.person, status, _str(body, "reason") or "")
+    except LookupError as exc:
+        raise NotFound(str(exc)) from exc
+    except GrievanceError as exc:
+        raise BadRequest(str(exc), field=exc.field) from exc
+    session.commit()
+    return jsonify(grievance_json(grievance))
+
+
+@bp.get("/receipts/<code>")
+@require_role(Role.AUDITOR, Role.ADMIN)
+def get_receipt(code: str) -> ResponseReturnValue:
+    """The redemptions a receipt code names (404 when none; audited: a look-up names a household)."""
+    query_params()
+    session = db.write_session()
+    try:
+        entries = receipt_entries(session, code)
+    except GrievanceError as exc:
+        raise BadRequest(str(exc), field=exc.field) from exc
+    if not entries:
+        session.commit()
+        raise NotFound("no redemption with this receipt code")
+    audit(session, g.person, "receipts.lookup", f"receipt:{entries[0]['receipt_code']}", matches=len(entries))
+    session.commit()
+    return jsonify({"entries": entries})
+
+
+def _openapi_paths() -> dict[str, Any]:
+    from server.blueprints.openapi import _AUTH_ERRORS, _BEARER, _BUSY, _body, _err, _json
+
+    gid = {"name": "grievance_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+    statuses = [s.value for s in GrievanceStatus]
+    grievance = {"type": "object", "required": ["id", "status", "text"], "properties": {
+        "id": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"},
+        "created_by": {"type": "integer", "nullable": True}, "text": {"type": "string"},
+        "receipt_code": {"type": "string", "nullable": True}, "card_id": {"type": "string", "nullable": True},
+        "household_ref": {"type": "string", "nullable": True}, "status": {"type": "string", "enum": statuses},
+        "decided_by": {"type": "integer", "nullable": True},
+        "decided_at": {"type": "string", "format": "date-time", "nullable": True},
+        "reason": {"type": "string", "nullable": True}}}
+    text = {"type": "string", "nullable": True}
+    return {
+        "/api/v1/grievances": {
+            "post": {
+                "summary": "Record a complaint about a receipt code, card or household (technician, auditor, admin; "
+                           "audited)",
+                "security": _BEARER,
+                "requestBody": _body({"type": "object", "required": ["text"], "properties": {
+                    "text": {"type": "string"}, "receipt_code": text, "card_id": text, "household_ref": text}}),
+                "responses": {"201": _json(grievance, "recorded, open"),
+                              "400": _err("blank text, a malformed link or none"), "413": _err("body over the limit"),
+                              **_AUTH_ERRORS, **_BUSY},
+            },
+            "get": {
+                "summary": "Complaints, oldest first (auditor, admin)",
+                "security": _BEARER,
+                "parameters": [{"name": "status", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": statuses}}],
+                "responses": {"200": _json({"type": "object", "required": ["grievances"], "properties": {
+                    "grievances": {"type": "array", "items": grievance}}}, "at most 1000"),
+                    "400": _err("unknown status or query parameter"), **_AUTH_ERRORS},
+            },
+        },
+        "/api/v1/grievances/{grievance_id}": {"get": {
+            "summary": "One complaint (auditor, admin)", "security": _BEARER, "parameters": [gid],
+            "responses": {"200": _json(grievance, "the complaint"), "400": _err("unknown query parameter"),
+                          "404": _err("no such complaint"), **_AUTH_ERRORS},
+        }},
+        "/api/v1/grievances/{grievance_id}/status": {"post": {
+            "summary": "Move a complaint to open, investigating or resolved with a reason (auditor, admin; audited)",
+            "security": _BEARER, "parameters": [gid],
+            "requestBody": _body({"type": "object", "required": ["status", "reason"], "properties": {
+                "status": {"type": "string", "enum": statuses}, "reason": {"type": "string"}}}),
+            "responses": {"200": _json(grievance, "moved"), "400": _err("blank reason or a move not allowed"),
+                          "404": _err("no such complaint"), "413": _err("body over the limit"),
+                          **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/receipts/{code}": {"get": {
+            "summary": "The redemptions a receipt code names (auditor, admin; audited)",
+            "security": _BEARER,
+            "parameters": [{"name": "code", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "object", "required": ["entries"], "properties": {
+                "entries": {"type": "array", "items": {"type": "object"}}}}, "one entry, rarely more"),
+                "400": _err("not a receipt code"), "404": _err("no redemption with it"), **_AUTH_ERRORS, **_BUSY},
+        }},
+    }
+
+
+@bp.record_once
+def _document(_state: object) -> None:
+    from server.blueprints.openapi import SPEC
+
+    SPEC.setdefault("paths", {}).update(_openapi_paths())

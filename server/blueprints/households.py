@@ -78,3 +78,48 @@ def post_balance_statement(ref: str) -> ResponseReturnValue:
     session.commit()
     return jsonify({"household_ref": ref, "cycle": h.cycle, "remaining": remaining, "reissue_of": reissue_of,
                     "statement": base64.b64encode(message).decode(), "server_key": receipt_public_pem(current_app)})
+
+
+def _openapi_paths() -> dict[str, Any]:
+    from server.blueprints.openapi import _AUTH_ERRORS, _BEARER, _BUSY, _body, _err, _json
+
+    ref = {"name": "ref", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+    obj = {"type": "object"}
+    return {
+        "/api/v1/households/{ref}": {"get": {
+            "summary": "A household's cards, remaining entitlement this cycle and last taps (technician, auditor, "
+                       "admin)",
+            "security": _BEARER, "parameters": [ref],
+            "responses": {"200": _json({"type": "object", "required": ["household_ref", "cycle", "cards", "balances",
+                                                                        "last_taps"], "properties": {
+                "household_ref": {"type": "string"}, "cycle": {"type": "integer"},
+                "cards": {"type": "array", "items": obj}, "balances": {"type": "array", "items": obj},
+                "last_taps": {"type": "array", "items": obj}}}, "the household"),
+                "400": _err("not 16 lower-case hex digits"), "404": _err("no registered card serves it"),
+                **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/households/{ref}/balance-statement": {"post": {
+            "summary": "Sign the household's remaining entitlement for re-issuing one of its cards (technician, "
+                       "admin; audited)",
+            "description": "COSE_Sign1 under the server receipt key (cardlib/records/balance.py); "
+                           "huma provision card --reissue-of requires it.",
+            "security": _BEARER, "parameters": [ref],
+            "requestBody": _body({"type": "object", "required": ["reissue_of"], "properties": {
+                "reissue_of": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}}),
+            "responses": {"200": _json({"type": "object", "required": ["statement", "remaining", "server_key"],
+                                        "properties": {
+                "household_ref": {"type": "string"}, "cycle": {"type": "integer"}, "remaining": obj,
+                "reissue_of": {"type": "string"}, "statement": {"type": "string", "format": "byte"},
+                "server_key": {"type": "string"}}}, "the signed statement"),
+                "400": _err("malformed body or household ref"), "404": _err("no such household or card of it"),
+                "413": _err("body over the limit"), **_AUTH_ERRORS, **_BUSY},
+        }},
+    }
+
+
+@bp.record_once
+def _document(_state: object) -> None:
+    from server.blueprints.openapi import SPEC
+
+    SPEC.setdefault("paths", {}).update(_openapi_paths())
