@@ -7,6 +7,11 @@ Runs the real app under waitress on 127.0.0.1 and posts signed batches over HTTP
 
     .venv/bin/python -m bench.bench_upload --entries 20000 --batch 1000 \
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+Every core (issue 21): ``--workers N`` instead posts from 1 and 2 terminals at once to
+``huma server run --workers 1`` and ``--workers N`` (SQLite) and prints entries/s.
+
+    .venv/bin/python -m bench.bench_upload --entries 10000 --batch 1000 --workers 2
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import waitress
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import create_engine, text
 
+from cardlib.keys.signer import derive_kid as key_id
 from server import create_app
 from server.auth import create_person
-from cardlib.keys.signer import derive_kid as key_id
 from server.db import make_engine, upgrade
 from server.extensions import db
 from server.models import Role, Terminal, TerminalStatus
@@ -128,13 +133,105 @@ def run_one(url: str, t: SimTerminal, batch: int) -> tuple[float, float, float]:
     return elapsed, cpu, db_cpu
 
 
+def run_workers(url: str, terminals: list[SimTerminal], batch: int, workers: int, tmp: str) -> float:
+    """Upload every terminal's journal at once (one client thread per terminal) to ``huma server run --workers``.
+
+    :returns: wall seconds from the first post to the last answer.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    app = create_app({"DATABASE_URL": url})
+    with app.app_context():
+        s = db.write_session()
+        for t in terminals:
+            spki = t.private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+            s.add(Terminal(terminal_id=t.terminal_id, status=TerminalStatus.APPROVED, csr_der=b"-",
+                           public_key=spki, kid=t.kid))
+        s.commit()
+        s.close()
+        db.engine.dispose()
+    env = dict(os.environ, DATABASE_URL=url,  # batches within the default limits (2,000 entries, 4 MiB)
+               HUMA_RECEIPT_KEY=os.path.join(tmp, "receipt.pem"))
+    proc = subprocess.Popen([sys.executable, "-m", "huma", "server", "run", "--port", "0", "--threads", "4",
+                             "--workers", str(workers)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+        plans = []
+        for t in terminals:
+            bodies = []
+            for i in range(0, len(t.entries), batch):
+                body = t.body([e.message for e in t.entries[i:i + batch]])
+                bodies.append((body, t.headers(body)))
+            plans.append(bodies)
+
+        def post_all(bodies: list[tuple[bytes, dict[str, str]]]) -> None:
+            for body, headers in bodies:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                conn.request("POST", "/api/v1/journal/batches", body=body, headers=headers)
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                conn.close()
+                assert resp.status == 200 and data["counts"]["accepted"] == len(json.loads(body)["entries"]), data
+
+        clients = [threading.Thread(target=post_all, args=(b,)) for b in plans]
+        start = time.perf_counter()
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        return time.perf_counter() - start
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def workers_main(entries: int, batch: int, max_workers: int) -> None:
+    """Entries/s with 1 and 2 terminals uploading at once, server with 1 and ``max_workers`` processes (SQLite)."""
+    terminals = []
+    for n in range(2):
+        key = ed25519.Ed25519PrivateKey.generate()
+        t = SimTerminal(f"T-BENCH{n}", key, key_id(key.public_key()))
+        for _ in range(entries):
+            t.append()
+        terminals.append(t)
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; `huma server run --workers N` on SQLite (WAL, file), "
+          f"{entries} entries per terminal, batches of {batch}, terminals uploading at once")
+    print("| server processes | terminals at once | entries | seconds | entries/s |")
+    print("|---|---|---|---|---|")
+    for workers in sorted({1, max_workers}):
+        for clients in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                secs = run_workers(f"sqlite:///{os.path.join(tmp, 'bench.db')}", terminals[:clients], batch,
+                                   workers, tmp)
+            n = entries * clients
+            print(f"| {workers} | {clients} | {n} | {secs:.2f} | {n / secs:,.0f} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entries", type=int, default=20000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                    help="admin URL; a scratch database is created and dropped")
+    p.add_argument("--workers", type=int, default=0,
+                   help="instead: 1 and 2 terminals at once against `huma server run` with 1 and N processes")
     args = p.parse_args()
+    if args.workers:
+        workers_main(args.entries, args.batch, args.workers)
+        return
     t = make_entries(args.entries)
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}; floor = Ed25519 verify alone, one thread, "

@@ -223,8 +223,9 @@ def run(host: str, port: int, threads: int, workers: int) -> None:
 
         from server.workers import supervise
 
-        click.echo(f"serving on http://{host}:{bound} ({backend}, {workers} worker processes)")
-        sys.exit(supervise(listener, app.config["DATABASE_URL"], workers=workers, threads=threads))
+        sys.exit(supervise(listener, app.config["DATABASE_URL"], workers=workers, threads=threads,
+                           on_ready=lambda: click.echo(
+                               f"serving on http://{host}:{bound} ({backend}, {workers} worker processes)")))
     server_ = waitress.create_server(app, sockets=[listener], threads=threads, **waitress_options(app))
     click.echo(f"serving on http://{host}:{bound} ({backend})")
     server_.run()
@@ -560,3 +561,11 @@ def show_bundle() -> None:
             return
         click.echo(f"bundle v{row.version}: expires {row.expires_at.isoformat()}, {len(row.blob)} bytes, "
                    f"ETag \"{row.sha256.hex()}\"")
+
+
+# ----------------------------------------------------------------------------- households, grievances (issue 18)
+
+from server.household_cli import cards_group, grievance_group, household_group, receipt_cmd  # noqa: E402
+
+for _command in (household_group, cards_group, grievance_group, receipt_cmd):
+    server.add_command(_command)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -38,24 +40,40 @@ STOP_TIMEOUT_S = 15.0
 _POLL_S = 0.2
 
 
-def _spawn(fd: int, threads: int, database_url: str) -> tuple[subprocess.Popen[bytes], float]:
+def _spawn(fd: int, threads: int, database_url: str, ready_fd: int = -1) -> tuple[subprocess.Popen[bytes], float]:
     env = dict(os.environ, DATABASE_URL=database_url)
-    proc = subprocess.Popen([sys.executable, "-m", "server.workers", "--fd", str(fd), "--threads", str(threads)],
-                            pass_fds=(fd,), env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "server.workers", "--fd", str(fd), "--threads", str(threads),
+                             "--ready-fd", str(ready_fd)], pass_fds=(fd,) if ready_fd < 0 else (fd, ready_fd),
+                            env=env)
     return proc, time.monotonic()
 
 
-def supervise(listener: socket.socket, database_url: str, *, workers: int, threads: int) -> int:
+def _await_ready(read_fd: int, workers: int, running: list[tuple[subprocess.Popen[bytes], float]]) -> bool:
+    """Wait until every worker has its app and server (one byte each on the pipe) or one exited."""
+    got = 0
+    while got < workers:
+        if any(proc.poll() is not None for proc, _ in running):
+            return False
+        if select.select([read_fd], [], [], _POLL_S)[0]:
+            got += len(os.read(read_fd, workers))
+    return True
+
+
+def supervise(listener: socket.socket, database_url: str, *, workers: int, threads: int,
+              on_ready: Callable[[], None] | None = None) -> int:
     """Run ``workers`` waitress processes on ``listener`` until SIGTERM/SIGINT; restart crashed ones.
 
     :param listener: a bound, listening TCP socket (inherited by the workers).
     :param database_url: the database every worker opens (also passed as ``DATABASE_URL``).
     :param threads: waitress threads per worker.
+    :param on_ready: called once every worker serves (e.g. print "serving on ...").
     :returns: exit status: 0 after a stop signal, 1 when a worker failed right after its start.
     """
     listener.set_inheritable(True)
     fd = listener.fileno()
-    running = [_spawn(fd, threads, database_url) for _ in range(workers)]
+    read_fd, write_fd = os.pipe()
+    running = [_spawn(fd, threads, database_url, write_fd) for _ in range(workers)]
+    os.close(write_fd)
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -65,6 +83,10 @@ def supervise(listener: socket.socket, database_url: str, *, workers: int, threa
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     status = 0
     try:
+        ready = _await_ready(read_fd, workers, running)
+        os.close(read_fd)
+        if ready and on_ready is not None:
+            on_ready()
         while not stopping:
             time.sleep(_POLL_S)
             for i, (proc, started) in enumerate(running):
@@ -94,7 +116,7 @@ def supervise(listener: socket.socket, database_url: str, *, workers: int, threa
     return status
 
 
-def _worker(fd: int, threads: int) -> None:
+def _worker(fd: int, threads: int, ready_fd: int) -> None:
     """One worker: the app from the environment, waitress on the inherited socket, until SIGTERM."""
     import waitress  # type: ignore[import-untyped]  # waitress ships no type hints
 
@@ -109,6 +131,9 @@ def _worker(fd: int, threads: int) -> None:
     app = create_app()
     sock = socket.socket(fileno=fd)
     server_ = waitress.create_server(app, sockets=[sock], threads=threads, **waitress_options(app))
+    if ready_fd >= 0:
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
     server_.run()
 
 
@@ -116,5 +141,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one worker of `huma server run --workers N` (internal)")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int, default=-1)
     args = parser.parse_args()
-    _worker(args.fd, args.threads)
+    _worker(args.fd, args.threads, args.ready_fd)
