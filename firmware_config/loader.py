@@ -53,6 +53,7 @@ from firmware_config.models import (
     ReaderProfile,
     SerialSettings,
     Stack,
+    TerminalKeyStore,
     TerminalProfile,
 )
 from firmware_config.stacks import nfcpy_path_problem, serial_device_problem
@@ -513,6 +514,7 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
         root_key_path=_resolve_path(doc, d["paths"].get("root_key", str(journal.parent / "trust-root.pem"))),
         bundle_path=_resolve_path(doc, d["paths"].get("bundle", str(journal.parent / "bundle.cose"))),
         passphrase_path=_resolve_path(doc, d["paths"]["passphrase"]) if "passphrase" in d["paths"] else None,
+        key_store=TerminalKeyStore(**d.get("key", {})),
         source=doc.path,
     )
 

@@ -260,6 +260,24 @@ class ReaderBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalKeyStore:
+    """Where the terminal key lives (the profile's ``[key]`` table).
+
+    :ivar store: ``file`` (encrypted PKCS#8 at ``paths.key``) or ``pkcs11`` (a token: a TPM's or an HSM's).
+    :ivar module: PKCS#11 module path, e.g. ``/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so``.
+    :ivar token: the token label (CKA_LABEL of the token).
+    :ivar label: the key pair's CKA_LABEL on the token.
+    :ivar alg: ``EdDSA`` (Ed25519) or ``ES256`` (P-256, for tokens without CKM_EDDSA such as TPMs).
+    """
+
+    store: str = "file"
+    module: str | None = None
+    token: str | None = None
+    label: str = "huma-terminal"
+    alg: str = "EdDSA"
+
+
+@dataclass(frozen=True, slots=True)
 class TerminalProfile:
     """One counter terminal's configuration.
 
@@ -271,7 +289,9 @@ class TerminalProfile:
     :ivar screen_port: TCP port of the counter screen (bound to 127.0.0.1 only).
     :ivar root_key_path: pinned root public key (PEM) that endorses bundle keys, absolute.
     :ivar bundle_path: where the installed trust bundle is kept, absolute.
-    :ivar passphrase_path: file holding the key passphrase, or None ($HUMA_KEY_PASSPHRASE).
+    :ivar passphrase_path: an explicit file holding the key passphrase, or None
+        ($HUMA_KEY_PASSPHRASE, then the systemd credential ``huma-key-passphrase``).
+    :ivar key_store: where the key lives (file by default, or a PKCS#11 token).
     """
 
     terminal_id: str
@@ -289,6 +309,7 @@ class TerminalProfile:
     root_key_path: Path | None = None
     bundle_path: Path | None = None
     passphrase_path: Path | None = None
+    key_store: TerminalKeyStore = field(default_factory=TerminalKeyStore)
     source: Path | None = field(default=None, compare=False)
 
     def binding_for(self, reader_name: str) -> ReaderBinding | None:

@@ -198,9 +198,25 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
                 "root_key": {"type": "string", "minLength": 1},
                 # the installed trust bundle; default bundle.cose next to the journal
                 "bundle": {"type": "string", "minLength": 1},
-                # file holding the key passphrase; default $HUMA_KEY_PASSPHRASE
+                # an explicit file holding the key passphrase (0600, not beside the key); default
+                # $HUMA_KEY_PASSPHRASE, then the systemd credential huma-key-passphrase
                 "passphrase": {"type": "string", "minLength": 1},
             },
+        },
+        # where the terminal key lives (docs/operations.md "Terminal keys on a token")
+        "key": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "store": {"enum": ["file", "pkcs11"]},
+                # PKCS#11: the module, the token label, the key pair's CKA_LABEL, the algorithm
+                "module": {"type": "string", "minLength": 1},
+                "token": {"type": "string", "minLength": 1, "maxLength": 32},
+                "label": {"type": "string", "minLength": 1, "maxLength": 64},
+                "alg": {"enum": ["EdDSA", "ES256"]},
+            },
+            "if": {"properties": {"store": {"const": "pkcs11"}}, "required": ["store"]},
+            "then": {"required": ["module", "token"]},
         },
         "readers": {
             "type": "array",

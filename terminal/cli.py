@@ -13,6 +13,7 @@ import click
 
 if TYPE_CHECKING:
     from cardlib.records.cose import CoseKey
+    from firmware_config.models import TerminalProfile
 
 
 @click.group()
@@ -44,12 +45,15 @@ _PROFILE = click.option(
 @terminal.command("init")
 @_PROFILE
 @click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File holding the new key's passphrase (else $HUMA_KEY_PASSPHRASE, else prompt).")
+              help="File holding the new key's passphrase, read once here (else paths.passphrase, "
+                   "$HUMA_KEY_PASSPHRASE, the systemd credential huma-key-passphrase, else a prompt).")
 def init(profile_path: Path, passphrase_file: Path | None) -> None:
-    """Make the terminal key (encrypted PKCS#8, Ed25519) and its CSR next to it.
+    """Make the terminal key and its CSR (PKCS#10, CN = terminal id) at ``<key stem>.csr.pem``.
 
-    The key goes to the profile's ``paths.key``; the CSR (PKCS#10, CN = terminal id)
-    to ``<key stem>.csr.pem``. An existing key is never overwritten.
+    ``[key] store = "file"`` (default): Ed25519, encrypted PKCS#8 at ``paths.key``.
+    ``store = "pkcs11"``: generated on the token (the PIN from $HUMA_TOKEN_PIN, the systemd
+    credential huma-token-pin, else a prompt) and never leaves it. An existing key is never
+    overwritten. Prints the key fingerprint the admin must name when approving.
     """
     import os
 
@@ -59,6 +63,9 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
     from terminal.errors import TerminalProfileError
 
     profile = load_terminal_profile(profile_path)
+    if profile.key_store.store == "pkcs11":
+        _init_on_token(profile, profile_path)
+        return
     secret_file = passphrase_file or profile.passphrase_path
     if secret_file is not None and not secret_file.is_file():
         secret_file = Path(os.path.normpath(secret_file))
@@ -67,11 +74,37 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
             f"(one line, the new key's passphrase, readable only by the counter's user), e.g.\n"
             f"  install -m 600 /dev/null {secret_file} && $EDITOR {secret_file}\n"
             f"or remove paths.passphrase and set $HUMA_KEY_PASSPHRASE / answer the prompt")
-    secret = read_secret(secret_file, "HUMA_KEY_PASSPHRASE", "New terminal key passphrase", confirm=True)
+    if passphrase_file is not None:
+        secret = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "New terminal key passphrase", confirm=True)
+    else:
+        from terminal.keys import terminal_secret
+
+        secret = terminal_secret(profile, prompt=lambda: str(click.prompt(
+            "New terminal key passphrase", hide_input=True, confirmation_prompt=True)).encode())
     kid = create_terminal_key(profile, secret)
     click.echo(f"key {profile.key_path} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
     click.echo(f"key fingerprint (read it to the admin who approves): {key_fingerprint(profile)}")
     click.echo(f"CSR {csr_path(profile)}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
+               "with the enrolment code the admin issued")
+
+
+def _init_on_token(profile: TerminalProfile, profile_path: Path) -> None:
+    """``huma terminal init`` for ``[key] store = "pkcs11"``: the key pair is made on the token."""
+    from terminal.enrol import csr_path, key_fingerprint
+    from terminal.keys import create_token_key, terminal_secret
+
+    pin = terminal_secret(profile, prompt=lambda: str(click.prompt("Token user PIN", hide_input=True)).encode())
+    csr = csr_path(profile)
+    if csr.exists():
+        raise click.ClickException(f"{csr} exists already: the key was made before (a new key needs a new label)")
+    kid, request = create_token_key(profile, pin)
+    csr.parent.mkdir(parents=True, exist_ok=True)
+    csr.write_bytes(request)
+    ks = profile.key_store
+    click.echo(f"key {ks.label!r} on token {ks.token!r} (kid {kid.hex()}, "
+               f"slot terminal id {int.from_bytes(kid, 'big')})")
+    click.echo(f"key fingerprint (read it to the admin who approves): {key_fingerprint(profile)}")
+    click.echo(f"CSR {csr}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
                "with the enrolment code the admin issued")
 
 

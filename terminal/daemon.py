@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -249,24 +248,14 @@ def reader_supervisor(bindings: tuple[ReaderBinding, ...], on_tap: TapProcessor,
 
 
 def load_terminal_signer(profile: TerminalProfile) -> Signer:
-    """The terminal key from its encrypted PKCS#8 file (passphrase file or $HUMA_KEY_PASSPHRASE).
+    """The terminal key the profile names: an encrypted PKCS#8 file or a PKCS#11 token (:mod:`terminal.keys`).
 
-    :raises TerminalProfileError: no passphrase available.
-    :raises cardlib.keys.errors.KeysError: wrong passphrase or unreadable key.
+    :raises TerminalProfileError: no passphrase/PIN available, or a refused passphrase file.
+    :raises cardlib.keys.errors.KeysError: wrong passphrase or PIN, unreadable key, no key on the token.
     """
-    from cardlib.keys.pkcs8 import load_signer
+    from terminal.keys import load_terminal_signer as load
 
-    if profile.passphrase_path is not None:
-        try:
-            secret = profile.passphrase_path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise TerminalProfileError(f"passphrase file {profile.passphrase_path}: {exc.strerror}") from exc
-    else:
-        env = os.environ.get(PASSPHRASE_ENV)
-        if env is None:
-            raise TerminalProfileError(f"no key passphrase: set paths.passphrase in the profile or ${PASSPHRASE_ENV}")
-        secret = env.encode()
-    return load_signer(profile.key_path, secret)
+    return load(profile)
 
 
 @dataclass

@@ -19,11 +19,12 @@ def counter(tmp_path: Path) -> object:
 def test_init_with_a_missing_passphrase_file_names_it_and_how_to_make_it(counter: object,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     state: Path = counter.state  # type: ignore[attr-defined]
-    (state / "passphrase").unlink()
+    secret = counter.root / "secrets" / "passphrase"  # type: ignore[attr-defined]
+    secret.unlink()
     (state / "terminal-key.p8").unlink()
     assert huma_main(["terminal", "init", "--profile", str(counter.profile)]) == 2  # type: ignore[attr-defined]
     err = capsys.readouterr().err
-    assert "paths.passphrase" in err and str(state / "passphrase") in err and "install -m 600" in err
+    assert "paths.passphrase" in err and str(secret.resolve()) in err and "install -m 600" in err
     assert "Traceback" not in err and not (state / "terminal-key.p8").exists()
 
 

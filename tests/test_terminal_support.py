@@ -243,7 +243,9 @@ def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings:
     for name, text in readers.items():
         (root / "readers" / f"{name}.toml").write_text(text)
     files = CounterFiles(root, root / "terminals" / "terminal.toml", state, None, free_port())  # type: ignore[arg-type]
-    (state / "passphrase").write_bytes(files.passphrase + b"\n")
+    (root / "secrets").mkdir(mode=0o700)  # an explicit passphrase file: private, not beside the key
+    (root / "secrets" / "passphrase").write_bytes(files.passphrase + b"\n")
+    (root / "secrets" / "passphrase").chmod(0o600)
     (state / "root.pem").write_bytes(kit.root_pem())
     url = server_url or f"http://127.0.0.1:{free_port()}"  # nothing listens: an offline counter
     lines = [
@@ -251,7 +253,7 @@ def make_counter(root: Any, kit: TrustKit, *, readers: dict[str, str], bindings:
         f'counter_mode = "{mode}"', "programmes = [" + ", ".join(f'"{p}"' for p in programmes) + "]",
         'language = "id"', f'server_url = "{url}"', "sync_interval = 10", f"screen_port = {files.screen_port}",
         "", "[paths]", 'key = "../state/terminal-key.p8"', 'journal = "../state/journal.sqlite"',
-        'passphrase = "../state/passphrase"', 'root_key = "../state/root.pem"', 'bundle = "../state/bundle.cose"',
+        'passphrase = "../secrets/passphrase"', 'root_key = "../state/root.pem"', 'bundle = "../state/bundle.cose"',
     ]
     for name, slot in bindings:
         lines += ["", "[[readers]]", f'profile = "{name}"'] + ([f"slot_pattern = '{slot}'"] if slot else [])

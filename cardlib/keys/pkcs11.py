@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -48,12 +49,17 @@ def _unwrap_ec_point(alg: Algorithm, value: bytes) -> bytes:
 
 
 class Pkcs11Signer(Signer):
-    """A private key on a PKCS#11 token; it never leaves the token."""
+    """A private key on a PKCS#11 token; it never leaves the token.
+
+    Signing is serialised: a PKCS#11 session runs one operation at a time (PKCS#11 v2.40
+    §5.2 "Sessions"), and a counter signs from its tap and sync threads.
+    """
 
     def __init__(self, private_key: Any, alg: Algorithm, public_key: PublicKey) -> None:
         self._priv = private_key
         self._alg = alg
         self._pub = public_key
+        self._lock = threading.Lock()
 
     @property
     def public_key(self) -> PublicKey:
@@ -65,10 +71,11 @@ class Pkcs11Signer(Signer):
 
     def sign(self, data: bytes) -> bytes:
         try:
-            if self._alg == Algorithm.EDDSA:
-                return bytes(self._priv.sign(data, mechanism=Mechanism.EDDSA))
-            digest = hashlib.sha256(data).digest()
-            return bytes(self._priv.sign(digest, mechanism=Mechanism.ECDSA))
+            with self._lock:
+                if self._alg == Algorithm.EDDSA:
+                    return bytes(self._priv.sign(data, mechanism=Mechanism.EDDSA))
+                digest = hashlib.sha256(data).digest()
+                return bytes(self._priv.sign(digest, mechanism=Mechanism.ECDSA))
         except PKCS11Error as exc:
             raise Pkcs11Error(f"token refused to sign: {type(exc).__name__}") from exc
 
@@ -159,16 +166,36 @@ class Pkcs11Token:
         :raises KeyNotFoundError: when the token has no such private key.
         :raises Pkcs11Error: on token errors.
         """
+        return self._find({Attribute.ID: kid}, f"kid {kid.hex()}", kid)
+
+    def signer_by_label(self, label: str) -> Pkcs11Signer:
+        """Find the one key pair labelled ``label`` (CKA_LABEL), e.g. a counter's ``huma-terminal``.
+
+        :raises KeyNotFoundError: no such key pair, or more than one (ambiguous).
+        :raises Pkcs11Error: on token errors.
+        """
+        return self._find({Attribute.LABEL: label}, f"label {label!r}", None)
+
+    def has_label(self, label: str) -> bool:
+        """Whether the token holds any private key labelled ``label``."""
         try:
-            privs = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: kid}))
-            pubs = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: kid}))
+            return bool(list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                        Attribute.LABEL: label})))
+        except PKCS11Error as exc:
+            raise Pkcs11Error(f"token search failed: {type(exc).__name__}") from exc
+
+    def _find(self, template: dict[Any, Any], what: str, kid: bytes | None) -> Pkcs11Signer:
+        try:
+            privs = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, **template}))
+            pubs = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, **template}))
         except PKCS11Error as exc:
             raise Pkcs11Error(f"token search failed: {type(exc).__name__}") from exc
         if len(privs) != 1 or len(pubs) != 1:
-            raise KeyNotFoundError(f"token {self.token_label!r} has no key pair with kid {kid.hex()}")
+            raise KeyNotFoundError(f"token {self.token_label!r} has no single key pair with {what} "
+                                   f"({len(privs)} private, {len(pubs)} public)")
         key_type = pubs[0][Attribute.KEY_TYPE]
         alg = Algorithm.EDDSA if key_type == KeyType.EC_EDWARDS else Algorithm.ES256
         public_key = public_key_from_raw(alg, _unwrap_ec_point(alg, bytes(pubs[0][Attribute.EC_POINT])))
-        if derive_kid(public_key) != kid:
+        if kid is not None and derive_kid(public_key) != kid:
             raise Pkcs11Error(f"token object with CKA_ID {kid.hex()} holds another public key")
         return Pkcs11Signer(privs[0], alg, public_key)

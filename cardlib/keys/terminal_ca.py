@@ -30,6 +30,7 @@ from cardlib.keys.keystore import KeyStore, Role, _ca_certificate, _name, termin
 from cardlib.keys.signer import (
     PrivateKey,
     PublicKey,
+    Signer,
     SoftwareSigner,
     algorithm_of,
     derive_kid,
@@ -138,6 +139,51 @@ def make_terminal_csr(terminal_id: str, alg: Algorithm = Algorithm.EDDSA) -> tup
         .sign(key, _hash_for(key))
     )
     return key, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER TLV (ITU-T X.690 §8.1, definite length)."""
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+#: AlgorithmIdentifier DER of the CSR signature: id-Ed25519 (RFC 8410 §3), ecdsa-with-SHA256 (RFC 5758 §3.2).
+_SIGNATURE_ALGORITHM = {
+    Algorithm.EDDSA: bytes.fromhex("300506032b6570"),
+    Algorithm.ES256: bytes.fromhex("300a06082a8648ce3d040302"),
+}
+
+
+def terminal_csr_with(signer: Signer, terminal_id: str) -> bytes:
+    """A PKCS#10 CSR (RFC 2986 §4) naming ``terminal_id``, signed by any :class:`Signer` (e.g. a PKCS#11 key).
+
+    ``cryptography`` signs CSRs only with its own private key objects, which a token key is
+    not, so the request is encoded here: CertificationRequestInfo {version 0, subject CN,
+    SubjectPublicKeyInfo, attributes [0] {}}, then the signature over its DER (Ed25519, or
+    ECDSA P-256 with SHA-256 as a DER ECDSA-Sig-Value, RFC 3279 §2.2.3).
+
+    :returns: the CSR, PEM bytes; :func:`check_terminal_csr` accepts it.
+    :raises CertificateError: a malformed terminal id.
+    :raises UnsupportedAlgorithmError: a key that is neither Ed25519 nor P-256.
+    """
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    _check_terminal_id(terminal_id)
+    alg = signer.alg
+    if alg not in _SIGNATURE_ALGORITHM:
+        raise UnsupportedAlgorithmError(f"terminal key algorithm {alg!r}")
+    info = _der(0x30, _der(0x02, b"\x00") + _name(terminal_id).public_bytes() + spki_der(signer.public_key)
+                + b"\xa0\x00")
+    signature = signer.sign(info)
+    if alg == Algorithm.ES256:
+        half = len(signature) // 2
+        signature = encode_dss_signature(int.from_bytes(signature[:half], "big"),
+                                         int.from_bytes(signature[half:], "big"))
+    der = _der(0x30, info + _SIGNATURE_ALGORITHM[alg] + _der(0x03, b"\x00" + signature))
+    return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)

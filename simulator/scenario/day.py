@@ -268,7 +268,9 @@ class Day:
             c = Counter(name, tid, mode, progs, slot, self.dir / "counters" / name,
                         pcscd="kiosk" if name == "kiosk" else "main")
             c.write_profile(self.server_url, VIRTUAL_ACR122U, SYNC_INTERVAL_S)
-            shutil.copy(self.secrets / "keys.pass", c.state / "passphrase")
+            (c.state.parent / "secrets").mkdir(mode=0o700, exist_ok=True)  # not beside the key (docs/security.md)
+            shutil.copy(self.secrets / "keys.pass", c.state.parent / "secrets" / "passphrase")
+            (c.state.parent / "secrets" / "passphrase").chmod(0o600)
             (c.state / "root.pem").write_bytes(self.root_pem)
             self.cli("terminal", "init", "--profile", str(c.profile))
             code = self.api.call("POST", f"/api/v1/terminals/{tid}/enrolment-code")["code"]

@@ -272,7 +272,7 @@ screen_port = {self.screen_port}
 [paths]
 key = "../state/terminal-key.p8"
 journal = "../state/journal.sqlite"
-passphrase = "../state/passphrase"
+passphrase = "../secrets/passphrase"
 root_key = "../state/root.pem"
 bundle = "../state/bundle.cose"
 
