@@ -32,6 +32,7 @@ from cardlib.records.bundle import (
     Programme,
     SortedIdSet,
     TrustBundle,
+    keystore_bundle_keys,
     sign_keystore_bundle,
     terminal_bundle_key,
     validate_programmes,
@@ -41,10 +42,11 @@ from cardlib.records.errors import RecordError
 from server.auth import audit
 from server.errors import BadRequest, ConfigurationError, Conflict
 from server.models import Person, PublishedBundle, Terminal, TerminalStatus
+from server.reconcile.denylist import lifted_denials
 from server.registry import next_deny_sets
 
 __all__ = ["PublishedResult", "enrolment_pin", "load_trust_root", "newest_stored_bundle", "newest_verified_bundle",
-           "publish_next_bundle", "store_bundle", "terminal_bundle_keys"]
+           "next_deny_lists", "publish_due", "publish_next_bundle", "store_bundle", "terminal_bundle_keys"]
 
 #: Seconds per day (``valid_days`` → expiry).
 DAY_S = 86400
@@ -133,6 +135,64 @@ def terminal_bundle_keys(session: Session) -> list[BundleKey]:
     return keys
 
 
+def next_deny_lists(session: Session, previous: TrustBundle | None) -> tuple[SortedIdSet, SortedIdSet]:
+    """The next bundle's deny lists: ``previous``'s, less what an auditor cleared, ∪ today's candidates.
+
+    Today's candidates are :func:`server.registry.next_deny_sets` (confirmed and provisional
+    findings, the registry's abandoned and replaced cards); a card an auditor cleared by
+    dismissing its finding leaves the list (:func:`server.reconcile.denylist.lifted_denials`),
+    every other earlier denial stays.
+
+    :returns: ``(deny_cards, deny_uids)``, sorted and unique.
+    """
+    cards, uids = next_deny_sets(session)
+    if previous is None:
+        return cards, uids
+    lifted_cards, lifted_uids = lifted_denials(session, cards, uids)
+    return (SortedIdSet.from_ids([*(c for c in previous.deny_cards if c not in lifted_cards), *cards], CARD_ID_LENGTH),
+            SortedIdSet.from_ids([*(u for u in previous.deny_uids if u not in lifted_uids), *uids], UID_LENGTH))
+
+
+def _key_marks(keys: Sequence[BundleKey]) -> set[tuple[bytes, int, int, int | None, int]]:
+    return {(k.kid, int(k.role), int(k.status), k.status_time, k.not_after) for k in keys}
+
+
+def publish_due(session: Session, store: Any, *, now: int | None = None) -> str | None:
+    """Why the next bundle should be published now, or None when the newest one still says it all.
+
+    Due when no bundle is stored, when the deny lists (:func:`next_deny_lists`) or the keys
+    (the keystore's and :func:`terminal_bundle_keys`: a new, retired or revoked key) differ from
+    the newest bundle's, or when half of the newest bundle's validity has passed (counters
+    fetch a fresh one well before theirs runs out). For a scheduled ``huma server bundle
+    publish --if-changed`` (docs/security.md "Deny lists without waiting for a human").
+
+    :param store: an open :class:`cardlib.keys.keystore.KeyStore` (its root verifies the newest bundle).
+    :param now: UNIX seconds (default: the current time).
+    :returns: a short reason (``"no bundle yet"``, ``"deny list changed"``, ``"keys changed"``,
+        ``"half of its validity passed"``) or None.
+    :raises Conflict: the newest stored bundle does not verify under the keystore's root.
+    """
+    row = newest_stored_bundle(session)
+    if row is None:
+        return "no bundle yet"
+    root = store.entry(store.root_kid).public_key
+    try:
+        previous = verify_bundle(row.blob, root)
+    except RecordError as exc:
+        raise Conflict(f"stored bundle v{row.version} does not verify under keystore root "
+                       f"{store.root_kid.hex()}: {exc}") from None
+    cards, uids = next_deny_lists(session, previous)
+    if cards.blob != previous.deny_cards.blob or uids.blob != previous.deny_uids.blob:
+        return "deny list changed"
+    keys = keystore_bundle_keys(store.entries) + tuple(terminal_bundle_keys(session))
+    if _key_marks(keys) != _key_marks(previous.keys):
+        return "keys changed"
+    now = int(time.time()) if now is None else now
+    if now - previous.issued_at >= (previous.expires_at - previous.issued_at) / 2:
+        return "half of its validity passed"
+    return None
+
+
 @dataclass(frozen=True)
 class PublishedResult:
     """What :func:`publish_next_bundle` stored.
@@ -151,8 +211,9 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     """Sign and store the next trust bundle (version = newest + 1), audited; the caller commits.
 
     Keys: the keystore's issuer/technician keys and every approved or revoked terminal
-    (:func:`terminal_bundle_keys`). Deny lists: the previous bundle's ∪ confirmed
-    clone/fraud findings, abandoned and replaced cards (:func:`server.registry.next_deny_sets`).
+    (:func:`terminal_bundle_keys`). Deny lists: :func:`next_deny_lists` (the previous bundle's
+    less what an auditor cleared, ∪ confirmed and provisional clone/fraud findings, abandoned
+    and replaced cards).
     Programmes and policies: the previous bundle's unless ``programmes`` is given.
 
     :param store: an open :class:`cardlib.keys.keystore.KeyStore`; the previous bundle must
@@ -177,10 +238,7 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
         except RecordError as exc:
             raise Conflict(f"stored bundle v{previous_row.version} does not verify under keystore root "
                            f"{store.root_kid.hex()}: {exc}") from None
-    cards, uids = next_deny_sets(session)
-    if previous is not None:
-        cards = SortedIdSet.from_ids([*previous.deny_cards, *cards], CARD_ID_LENGTH)
-        uids = SortedIdSet.from_ids([*previous.deny_uids, *uids], UID_LENGTH)
+    cards, uids = next_deny_lists(session, previous)
     if programmes is None:
         programmes = previous.programmes if previous is not None else ()
     try:

@@ -1,11 +1,20 @@
-"""Deny-list candidates from confirmed findings, and the deny lists of the next trust bundle.
+"""Deny-list candidates from findings, and the deny lists of the next trust bundle.
+
+A card goes on the next bundle's deny list when an auditor *confirmed* a clone/fraud finding
+of it, or *provisionally*, with no human decision, when reconciliation holds cryptographic
+proof of a second chip or an old dump (:data:`PROOF_KINDS`: two validly signed successors of
+one card state, a chip counter going back, one signed card counter in two taps). Counters deny
+both alike; an auditor lifts a provisional denial by dismissing the finding, or confirms it
+(docs/security.md "Deny lists without waiting for a human").
 
 :func:`server.registry.next_deny_sets` adds the card registry's own candidates (abandoned and
-replaced cards) and :func:`server.bundles.publish_next_bundle` signs the result.
+replaced cards), :func:`lifted_denials` says which cards of the previous bundle an auditor
+cleared, and :func:`server.bundles.publish_next_bundle` signs the result.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,18 +24,26 @@ from sqlalchemy.orm import Session
 
 from cardlib.records.bundle import CARD_ID_LENGTH, UID_LENGTH, SortedIdSet
 from server.models import Card
-from server.reconcile.models import FindingKind, FindingStatus
-from server.reconcile.sql import findings, journal
+from server.reconcile.models import Finding, FindingKind, FindingStatus
+from server.reconcile.sql import journal
 
-__all__ = ["DENY_KINDS", "DenyCandidate", "deny_list_candidates", "deny_sets"]
+__all__ = ["DENY_KINDS", "PROOF_KINDS", "DenyCandidate", "deny_list_candidates", "deny_sets", "lifted_denials"]
 
+
+#: Finding kinds whose evidence is signed proof of a second chip or a restored dump: the card is
+#: denied *provisionally* as soon as reconciliation records one (open), before any auditor looks.
+PROOF_KINDS = frozenset(
+    {
+        FindingKind.CARD_FORK,  # two validly signed successors of one card state
+        FindingKind.CARD_ROLLBACK,  # the chip's counter rose while its slot went back (old dump)
+        FindingKind.COUNTER_BACKWARDS,  # a chip counter lower than one already signed for the UID
+        FindingKind.CARD_COUNTER_REPEATED,  # a secure card's signed counter in two taps
+    }
+)
 
 #: Finding kinds that make a card a deny-list candidate once an auditor confirms them.
-DENY_KINDS = frozenset(
+DENY_KINDS = PROOF_KINDS | frozenset(
     {
-        FindingKind.CARD_FORK,
-        FindingKind.CARD_ROLLBACK,
-        FindingKind.COUNTER_BACKWARDS,
         FindingKind.IMPOSSIBLE_TRAVEL,
         FindingKind.REVOKED_CARD_USED,
         FindingKind.ENTITLEMENT_EXCEEDED,
@@ -36,39 +53,68 @@ DENY_KINDS = frozenset(
 
 @dataclass(frozen=True)
 class DenyCandidate:
-    """A card an auditor confirmed as cloned/abused: goes on the next bundle's deny list.
+    """A card to deny in the next bundle: confirmed by an auditor, or provisional on signed proof.
 
     :ivar tag_uids: chip UIDs seen with the card (7 bytes on NTAG).
-    :ivar finding_ids: the confirmed findings that put it here.
+    :ivar finding_ids: the confirmed findings that put it here; for a provisional candidate the
+        open :data:`PROOF_KINDS` findings.
+    :ivar provisional: no auditor has confirmed it yet (counters deny it all the same).
     """
 
     card_id: str
     tag_uids: tuple[bytes, ...]
     finding_ids: tuple[int, ...]
+    provisional: bool = False
 
 
-def deny_list_candidates(session: Session) -> list[DenyCandidate]:
-    """Cards with a *confirmed* clone/fraud finding, for the next trust bundle's deny list.
+@dataclass(frozen=True)
+class _Decisions:
+    """Per card: confirmed deny findings, open proof findings (first seen), last auditor dismissal."""
 
-    The chip UIDs come from the card registry and from every journal entry of the
-    card (a clone may carry the genuine UID; both lists are needed: docs/design.md §Deny lists).
-    """
-    rows = session.execute(
-        select(findings.c.card_id, findings.c.id)
-        .where(
-            findings.c.status == FindingStatus.CONFIRMED.value,
-            findings.c.kind.in_([k.value for k in DENY_KINDS]),
-            findings.c.card_id.is_not(None),
-        )
-        .order_by(findings.c.card_id, findings.c.id)
-    ).all()
+    confirmed: dict[str, list[int]]
+    open_proof: dict[str, list[tuple[int, dt.datetime]]]
+    dismissed_at: dict[str, dt.datetime]
+
+
+def _decisions(session: Session) -> _Decisions:
     confirmed: dict[str, list[int]] = defaultdict(list)
-    for card_id, finding_id in rows:
-        confirmed[card_id].append(finding_id)
-    if not confirmed:
-        return []
+    open_proof: dict[str, list[tuple[int, dt.datetime]]] = defaultdict(list)
+    dismissed_at: dict[str, dt.datetime] = {}
+    rows = session.execute(
+        select(Finding.card_id, Finding.id, Finding.kind, Finding.status, Finding.first_seen_at,
+               Finding.decided_at, Finding.decided_by)
+        .where(Finding.kind.in_(list(DENY_KINDS)), Finding.card_id.is_not(None))
+        .order_by(Finding.card_id, Finding.id)
+    ).all()
+    for card_id, finding_id, kind, status, first_seen, decided_at, decided_by in rows:
+        if status is FindingStatus.CONFIRMED:
+            confirmed[card_id].append(finding_id)
+        elif kind in PROOF_KINDS and status is FindingStatus.OPEN:
+            open_proof[card_id].append((finding_id, first_seen))
+        elif status is FindingStatus.DISMISSED and decided_by is not None and decided_at is not None:
+            dismissed_at[card_id] = max(decided_at, dismissed_at.get(card_id, decided_at))
+    return _Decisions(dict(confirmed), dict(open_proof), dismissed_at)
+
+
+def _provisional(d: _Decisions) -> dict[str, list[int]]:
+    """Open proof findings not covered by an auditor's later dismissal of the same card.
+
+    A dismissal lifts the card's provisional denial; proof first seen after it denies again.
+    """
+    out: dict[str, list[int]] = {}
+    for card_id, found in d.open_proof.items():
+        if card_id in d.confirmed:
+            continue
+        lifted = d.dismissed_at.get(card_id)
+        ids = [i for i, first_seen in found if lifted is None or first_seen > lifted]
+        if ids:
+            out[card_id] = ids
+    return out
+
+
+def _uids_of(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
+    """Chip UIDs of the cards: the registry's and every journal entry's (a clone may carry the genuine UID)."""
     uids: dict[str, set[bytes]] = defaultdict(set)
-    ids = sorted(confirmed)
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         for card_id, uid in session.execute(
@@ -79,7 +125,49 @@ def deny_list_candidates(session: Session) -> list[DenyCandidate]:
             uids[card_id].add(uid)
         for card_id, uid in session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))):
             uids[card_id].add(uid)
-    return [DenyCandidate(c, tuple(sorted(uids[c])), tuple(confirmed[c])) for c in ids]
+    return uids
+
+
+def deny_list_candidates(session: Session) -> list[DenyCandidate]:
+    """Cards with a *confirmed* clone/fraud finding or *provisional* signed proof, for the next deny list.
+
+    The chip UIDs come from the card registry and from every journal entry of the
+    card (a clone may carry the genuine UID; both lists are needed: docs/design.md §Deny lists).
+
+    :returns: one candidate per card, in card id order; ``provisional`` when only open
+        :data:`PROOF_KINDS` findings put it there.
+    """
+    d = _decisions(session)
+    provisional = _provisional(d)
+    chosen = {**provisional, **d.confirmed}
+    if not chosen:
+        return []
+    ids = sorted(chosen)
+    uids = _uids_of(session, ids)
+    return [DenyCandidate(c, tuple(sorted(uids[c])), tuple(chosen[c]), provisional=c not in d.confirmed)
+            for c in ids]
+
+
+def lifted_denials(session: Session, kept_cards: Iterable[bytes],
+                   kept_uids: Iterable[bytes]) -> tuple[set[bytes], set[bytes]]:
+    """Card ids and UIDs an auditor cleared: what to drop from the previous bundle's deny lists.
+
+    A card is cleared when an auditor dismissed one of its deny findings and the next bundle
+    does not deny it for another reason (``kept_cards``: the next deny lists from every source,
+    :func:`server.registry.next_deny_sets`). Its UIDs are cleared unless ``kept_uids`` has them.
+
+    :param kept_cards: card ids (8 bytes) the next bundle denies anyway.
+    :param kept_uids: chip UIDs (7 bytes) the next bundle denies anyway.
+    :returns: (card ids, 8 bytes each; UIDs, 7 bytes each).
+    """
+    kept = {c.hex() for c in kept_cards}
+    kept_u = set(kept_uids)
+    cleared = sorted(set(_decisions(session).dismissed_at) - kept)
+    if not cleared:
+        return set(), set()
+    uids = _uids_of(session, cleared)
+    cards = {bytes.fromhex(c) for c in cleared if len(c) == 2 * CARD_ID_LENGTH}
+    return cards, {u for c in cleared for u in uids[c] if u not in kept_u}
 
 
 def deny_sets(candidates: Iterable[DenyCandidate]) -> tuple[SortedIdSet, SortedIdSet]:
