@@ -143,3 +143,52 @@ def test_the_server_states_the_households_remaining_balance_for_the_reissue(
     r = world.client.post(f"/api/v1/households/{ref}/balance-statement", headers=world.auth(),
                           json={"reissue_of": "00000000000000ff"})
     assert r.status_code == 404  # not a card of this household
+
+
+def test_technician_tools_upload_look_up_and_state_the_balance(
+        app: Any, registry: Any, keys: Keys,  # noqa: F811 - fixtures
+        tmp_path: Any, monkeypatch: Any, capsys: Any) -> None:
+    """``huma server cards upload-issuance``, ``household show`` and ``household statement``, no curl."""
+    import os
+    import time
+
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from cardlib.provision.session import grant_session, sign_issuance_file
+    from cardlib.records.balance import verify_balance
+    from huma.cli import main
+    from server.auth import create_person
+    from server.extensions import db
+    from server.models import Role
+
+    monkeypatch.setenv("DATABASE_URL", app.config["DATABASE_URL"])
+    monkeypatch.setenv("HUMA_TRUST_ROOT_CERT", app.config["TRUST_ROOT_CERT"])
+    monkeypatch.setenv("HUMA_RECEIPT_KEY", str(tmp_path / "receipt-key.pem"))
+    with app.app_context():
+        create_person(db.write_session(), "tech-07", "technician password 1", Role.TECHNICIAN)
+        db.session.commit()
+    now = dt.datetime.now(UTC)
+    card = dataclasses.replace(_card(9, "62.71", {1: Entitlement(Unit.PACKAGE, 1)}),
+                               valid_from=now.date(), valid_to=now.date() + dt.timedelta(days=365))
+    identity = sign1_with(keys.issuer, card.to_cbor(), identity_aad(card.uid))
+    grant = grant_session(keys.issuer, keys.technician.kid, 10, int(time.time()) + 3600)
+    issuances = tmp_path / "issuances.cose"
+    issuances.write_bytes(sign_issuance_file(keys.technician, "tech-07", os.urandom(16),
+                                             [_record(card, identity, kid=keys.issuer.kid, when=int(time.time()))],
+                                             grant))
+    assert main(["server", "cards", "upload-issuance", str(issuances), "--technician", "tech-07"]) == 0
+    assert f"{card.card_id.hex()} accepted" in capsys.readouterr().out
+    ref = card.household_ref.hex()
+    assert main(["server", "household", "show", ref]) == 0
+    out = capsys.readouterr().out
+    assert card.card_id.hex() in out and "food: 1 of 1 package left (0 redeemed)" in out, out
+    statement, key = tmp_path / "balance.cose", tmp_path / "server-key.pem"
+    assert main(["server", "household", "statement", ref, "--reissue-of", card.card_id.hex(), "--out",
+                 str(statement), "--key-out", str(key)]) == 0
+    s = verify_balance(statement.read_bytes(), load_pem_public_key(key.read_bytes()))
+    assert s.remaining == {1: 1} and s.reissue_of == card.card_id
+    assert main(["server", "household", "show", "00000000000000ff"]) != 0
+    assert main(["server", "grievance", "add", "--household", ref, "--text", "card lost, package not received"]) == 0
+    assert main(["server", "grievance", "status", "1", "investigating", "--reason", "checking the journal"]) == 0
+    assert main(["server", "grievance", "list", "--status", "investigating"]) == 0
+    assert f"household={ref}" in capsys.readouterr().out

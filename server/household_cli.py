@@ -1,0 +1,235 @@
+"""``huma server household|cards|grievance|receipt``: technician and auditor tools on the server host (issue 18).
+
+Run where the database is (like ``huma server people``): no login, no base64, no curl. Every
+change is audited as a console change (``via: cli``).
+
+- ``household show REF`` — cards, remaining entitlement this cycle, last taps (``--json``);
+- ``household statement REF --reissue-of CARD --out FILE [--key-out PEM]`` — the signed
+  balance statement ``huma provision card --balance-statement`` takes, and the server key;
+- ``cards upload-issuance FILE --technician USERNAME`` — register a station's issuance file;
+- ``grievance add|list|status`` and ``receipt CODE``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from server.cli import DATABASE_OPTION, _console, _write_session, database, make_app
+
+__all__ = ["cards_group", "grievance_group", "household_group", "receipt_cmd"]
+
+_REF = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group("household")
+def household_group() -> None:
+    """Households: what the server knows, and the balance a re-issued card takes."""
+
+
+@household_group.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
+@DATABASE_OPTION
+def show_household(ref: str, as_json: bool) -> None:
+    """Cards, remaining entitlement this cycle per programme, and last taps of household REF (16 hex)."""
+    from server.blueprints.households import household_json
+    from server.extensions import db
+    from server.households import HOUSEHOLD_REF, household
+    from server.types import utcnow
+
+    if not HOUSEHOLD_REF.fullmatch(ref):
+        raise click.BadParameter("16 lower-case hex digits", param_hint="REF")
+    app = make_app()
+    with database(app):
+        h = household(db.session, ref, utcnow())
+    if h is None:
+        raise click.ClickException(f"no registered card serves household {ref}")
+    if as_json:
+        click.echo(json.dumps(household_json(h), indent=2))
+        return
+    click.echo(f"household {ref}, cycle {h.cycle}")
+    for c in h.cards:
+        revoked = f", revoked {c['revoked_at']} ({c['revoke_reason']})" if c["revoked_at"] else ""
+        click.echo(f"  card {c['card_id']} issued {c['issued_at']}{revoked}")
+    for b in h.balances:
+        click.echo(f"  {b.programme}: {b.remaining} of {b.entitled} {b.unit or ''} left ({b.redeemed} redeemed)")
+    for t in h.last_taps:
+        click.echo(f"  {t['wall_time']} {t['terminal_id']} #{t['seq']} card {t['card_id']} {t['kind']} "
+                   f"{t['programme'] or ''} {t['amount'] if t['amount'] is not None else ''}")
+
+
+@household_group.command("statement")
+@click.argument("ref")
+@click.option("--reissue-of", required=True, help="The lost card's id (16 hex) the new card replaces.")
+@click.option("--out", type=_REF, required=True, help="Where to write the statement (COSE_Sign1 bytes).")
+@click.option("--key-out", type=_REF, default=None, help="Also write the server key's public PEM here.")
+@DATABASE_OPTION
+def statement_cmd(ref: str, reissue_of: str, out: Path, key_out: Path | None) -> None:
+    """Sign household REF's remaining entitlement for re-issuing card --reissue-of (audited)."""
+    from server.auth import audit
+    from server.households import HOUSEHOLD_REF, balance_statement
+    from server.receipts import receipt_public_pem, receipt_signer
+    from server.types import utcnow
+
+    for value, hint in ((ref, "REF"), (reissue_of, "--reissue-of")):
+        if not HOUSEHOLD_REF.fullmatch(value):
+            raise click.BadParameter("16 lower-case hex digits", param_hint=hint)
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        try:
+            h, message = balance_statement(session, receipt_signer(app), ref, reissue_of, utcnow())
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        remaining = {str(b.programme_id): b.remaining for b in h.balances}
+        audit(session, None, "households.balance_statement", f"household:{ref}", reissue_of=reissue_of,
+              cycle=h.cycle, remaining=remaining, **_console())
+        session.commit()
+        pem = receipt_public_pem(app)
+    out.write_bytes(message)
+    if key_out is not None:
+        key_out.write_text(pem, encoding="ascii")
+    click.echo(f"household {ref}, cycle {h.cycle}: " + ", ".join(
+        f"{b.programme} (programme {b.programme_id}) {b.remaining} left" for b in h.balances))
+    click.echo(f"statement for re-issuing {reissue_of} written to {out}")
+
+
+@click.group("cards")
+def cards_group() -> None:
+    """The card registry."""
+
+
+@cards_group.command("upload-issuance")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--technician", required=True, help="Username of the technician who made the cards (a person).")
+@DATABASE_OPTION
+def upload_issuance(file: Path, technician: str) -> None:
+    """Register a provisioning station's signed issuance file (issuances.cose) as POST /api/v1/cards/issuances."""
+    from sqlalchemy import func, select
+
+    from server.auth import audit
+    from server.bundles import load_trust_root, newest_verified_bundle
+    from server.errors import ConfigurationError
+    from server.models import Person, Role
+    from server.registry import register_issuance_file
+
+    message = file.read_bytes()
+    app = make_app()
+    root_path = app.config.get("TRUST_ROOT_CERT")
+    if not root_path:
+        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
+    with database(app):
+        session = _write_session()
+        person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
+        if person is None or person.role not in (Role.TECHNICIAN, Role.ADMIN):
+            raise click.BadParameter(f"no technician or admin named {technician!r}", param_hint="--technician")
+        bundle = newest_verified_bundle(session, load_trust_root(root_path))
+        f, results = register_issuance_file(session, message, bundle, person.id)
+        additions = [c.hex() for c in f.deny_list_additions()]
+        audit(session, person, "cards.issuance_file", f"session:{f.session_id.hex()}", technician=f.technician,
+              technician_kid=f.technician_kid.hex(),
+              card_ids=[r.card_id for r in results if r.result.value == "accepted"],
+              conflicts=[r.card_id for r in results if r.result.value == "conflict"], deny_candidates=additions,
+              **_console())
+        session.commit()
+    for r in results:
+        click.echo(f"{r.card_id} {r.result.value}")
+    if additions:
+        click.echo("deny-list candidates for the next bundle: " + " ".join(additions))
+
+
+@click.group("grievance")
+def grievance_group() -> None:
+    """Complaints linked to a receipt code, card or household, worked through by auditors."""
+
+
+@grievance_group.command("add")
+@click.option("--text", required=True, help="What the beneficiary says.")
+@click.option("--receipt-code", default=None, help="XXXX-XXXX as the counter showed it.")
+@click.option("--card", "card_id", default=None, help="Card id (16 hex).")
+@click.option("--household", "household_ref", default=None, help="Household ref (16 hex).")
+@DATABASE_OPTION
+def grievance_add(text: str, receipt_code: str | None, card_id: str | None, household_ref: str | None) -> None:
+    """Record a complaint (open; audited)."""
+    from server.grievances import GrievanceError, record_grievance
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        try:
+            g = record_grievance(session, None, text, receipt_code=receipt_code, card_id=card_id,
+                                 household_ref=household_ref)
+        except GrievanceError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"--{(exc.field or 'text').replace('_', '-')}") from None
+        session.commit()
+        click.echo(f"grievance {g.id} recorded (open)")
+
+
+@grievance_group.command("list")
+@click.option("--status", type=click.Choice(["open", "investigating", "resolved"]), default=None)
+@DATABASE_OPTION
+def grievance_list(status: str | None) -> None:
+    """Complaints, oldest first."""
+    from sqlalchemy import select
+
+    from server.extensions import db
+    from server.grievances import Grievance
+
+    app = make_app()
+    with database(app):
+        stmt = select(Grievance).order_by(Grievance.id)
+        if status:
+            stmt = stmt.where(Grievance.status == status)
+        for g in db.session.scalars(stmt):
+            about = " ".join(f"{k}={v}" for k, v in (("receipt", g.receipt_code), ("card", g.card_id),
+                                                     ("household", g.household_ref)) if v)
+            click.echo(f"{g.id} {g.status} {g.created_at.isoformat()} {about}: {g.text[:80]}")
+
+
+@grievance_group.command("status")
+@click.argument("grievance_id", type=int)
+@click.argument("status", type=click.Choice(["open", "investigating", "resolved"]))
+@click.option("--reason", required=True, help="Why (kept on the complaint and in the audit log).")
+@DATABASE_OPTION
+def grievance_status(grievance_id: int, status: str, reason: str) -> None:
+    """Move complaint GRIEVANCE_ID to STATUS (audited)."""
+    from server.grievances import GrievanceError, GrievanceStatus, change_status
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        try:
+            g = change_status(session, grievance_id, None, GrievanceStatus(status), reason)
+        except (LookupError, GrievanceError) as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+        click.echo(f"grievance {g.id}: {g.status}")
+
+
+@click.command("receipt")
+@click.argument("code")
+@DATABASE_OPTION
+def receipt_cmd(code: str) -> None:
+    """The redemption(s) a receipt code XXXX-XXXX names (audited)."""
+    from server.auth import audit
+    from server.grievances import GrievanceError, receipt_entries
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        try:
+            entries = receipt_entries(session, code)
+        except GrievanceError as exc:
+            raise click.BadParameter(str(exc), param_hint="CODE") from None
+        if entries:
+            audit(session, None, "receipts.lookup", f"receipt:{entries[0]['receipt_code']}", matches=len(entries),
+                  **_console())
+        session.commit()
+    if not entries:
+        raise click.ClickException("no redemption with this receipt code")
+    for e in entries:
+        click.echo(f"{e['wall_time']} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
+                   f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}")
