@@ -569,10 +569,3 @@ from server.household_cli import cards_group, grievance_group, household_group, 
 
 for _command in (household_group, cards_group, grievance_group, receipt_cmd):
     server.add_command(_command)
-
-# ----------------------------------------------------------------------------- households, grievances (issue 18)
-
-from server.household_cli import cards_group, grievance_group, household_group, receipt_cmd  # noqa: E402
-
-for _command in (household_group, cards_group, grievance_group, receipt_cmd):
-    server.add_command(_command)
