@@ -193,13 +193,13 @@ def test_identity_padding_must_be_zero() -> None:
 # --------------------------------------------------------------------------- verification
 
 
-def test_valid_card_verifies_in_two_commands() -> None:
+def test_valid_card_verifies_in_three_commands() -> None:
     session, tag = session_for(issue().image)
     state = session.read_state(NOW)
     assert state.current.name is SlotName.A and state.current.claims.seq == 0
     assert state.empty == (SlotName.B,) and state.problems == ()
     assert state.target is SlotName.B
-    assert tag.commands == 2
+    assert tag.commands == 3  # pages 0-10 (UID, CC, public header), then pages 11-127
 
 
 def test_T_record_copied_onto_another_uid_is_uid_mismatch() -> None:

@@ -24,7 +24,9 @@ Hierarchy::
         ├── NoValidState               neither slot holds a valid state
         ├── ForkDetected               two valid slots with equal seq and different bytes
         ├── RedemptionRefused          a redemption request the state cannot satisfy
-        └── WrongCard                  recovery data journalled for another card
+        ├── WrongCard                  recovery data journalled for another card
+        ├── CardPasswordRefused        the chip refused the card password (NAK) or its PACK differs: a clone
+        └── CardPasswordUnavailable    the card names a password key version this terminal does not hold
 """
 
 from __future__ import annotations
@@ -157,3 +159,17 @@ class RedemptionRefused(RecordError):
 
 class WrongCard(RecordError):
     """A journalled pending write belongs to another card (UID or card id differ)."""
+
+
+class CardPasswordRefused(RecordError):
+    """PWD_AUTH with the card's derived password was refused (NAK) or answered another PACK.
+
+    A genuine card issued with private pages always accepts its password (AUTHLIM is 0),
+    so this is a chip that is not the one issued: a copy made from a dump, which cannot
+    read PWD/PACK (NTAG213/215/216 datasheet §8.8.1). Terminals decline it as
+    ``card_password_refused`` (docs/security.md §What the NTAG password stops).
+    """
+
+
+class CardPasswordUnavailable(RecordError):
+    """The card's public header names a password key version this terminal does not hold."""

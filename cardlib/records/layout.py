@@ -20,6 +20,16 @@ byte of the other slot, so a tear can damage only that slot.
 
 A slot payload is a COSE_Sign1 followed by zero bytes up to the fixed length
 LS; an all-zero payload is an *empty* slot (never written).
+
+Format 2 (docs/card-format.md §2.2) keeps the same payloads behind the chip's password
+(NTAG213/215/216 datasheet §8.8, AUTH0 = page 11, PROT = 1). What anyone may read is a
+short public NDEF message and a header page; the private area has no NDEF framing::
+
+    pages 4-9   03 12 D1 01 0E 55 04 'huma.id/saldo' FE 00 00   public NDEF: a URI record
+    page 10     48 42 02 KV                  'HB', format 2, card-password key version
+    page 11     LI LS 00 00                  private header (first protected page = AUTH0)
+    page 12     identity payload (LI bytes)
+    ...         slot A payload (LS bytes), then slot B payload (LS bytes)
 """
 
 from __future__ import annotations
@@ -36,14 +46,22 @@ __all__ = [
     "FIRST_DATA_PAGE",
     "HEADER_PAGES",
     "PAGE_SIZE",
+    "PRIVATE_FIRST_PAGE",
+    "PUBLIC_HEADER_PAGE",
     "CardLayout",
+    "PublicHeader",
     "RecordImage",
     "RecordType",
     "SlotName",
     "SlotRegion",
     "build_image",
+    "build_private_image",
+    "build_public_area",
     "pad_payload",
     "parse_image",
+    "parse_private_image",
+    "parse_public_header",
+    "private_layout",
     "split_payload",
 ]
 
@@ -103,22 +121,35 @@ class CardLayout:
 
     :ivar identity_len: identity payload length in bytes (multiple of 4, ≤ 252).
     :ivar slot_len: each slot payload's length in bytes (multiple of 4, ≤ 252).
+    :ivar version: card format 1 (NDEF records from page 4) or 2 (private area from page 11, §2.2).
     :raises LayoutError: lengths not page multiples or too long for a short record.
     """
 
     identity_len: int
     slot_len: int
+    version: int = 1
+
+    @property
+    def base_page(self) -> int:
+        """Page where the image starts: 4 (format 1) or the first private page (format 2)."""
+        return FIRST_DATA_PAGE if self.version == 1 else PRIVATE_FIRST_PAGE
+
+    @property
+    def _header_bytes(self) -> int:
+        return RECORD_HEADER_BYTES if self.version == 1 else 0
 
     def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise LayoutError(f"unknown card format {self.version}")
         for name in ("identity_len", "slot_len"):
             value = getattr(self, name)
             if value <= 0 or value % PAGE_SIZE or value > MAX_SHORT_PAYLOAD:
                 raise LayoutError(f"{name} {value} must be a positive multiple of 4 up to 252")
 
     @classmethod
-    def for_sizes(cls, identity_cose_len: int, max_slot_cose_len: int) -> CardLayout:
+    def for_sizes(cls, identity_cose_len: int, max_slot_cose_len: int, version: int = 1) -> CardLayout:
         """The layout for an identity COSE of this size and slots holding up to ``max_slot_cose_len``."""
-        return cls(_round_up(identity_cose_len), _round_up(max_slot_cose_len))
+        return cls(_round_up(identity_cose_len), _round_up(max_slot_cose_len), version)
 
     @property
     def message_len(self) -> int:
@@ -127,27 +158,30 @@ class CardLayout:
 
     @property
     def image_len(self) -> int:
-        """Bytes from page 4: TLV header + message + terminator TLV."""
-        return TLV_HEADER_BYTES + self.message_len + 1
+        """Bytes from :attr:`base_page`: TLV header + message + terminator TLV (format 1), or
+        private header + identity + two slots (format 2)."""
+        if self.version == 1:
+            return TLV_HEADER_BYTES + self.message_len + 1
+        return PRIVATE_HEADER_BYTES + self.identity_len + 2 * self.slot_len
 
     @property
     def pages(self) -> int:
-        """Pages from page 4 that hold the image."""
+        """Pages from :attr:`base_page` that hold the image."""
         return -(-self.image_len // PAGE_SIZE)
 
     @property
     def identity_offset(self) -> int:
-        """Byte offset of the identity payload from page 4."""
-        return TLV_HEADER_BYTES + RECORD_HEADER_BYTES
+        """Byte offset of the identity payload from :attr:`base_page`."""
+        return TLV_HEADER_BYTES + RECORD_HEADER_BYTES if self.version == 1 else PRIVATE_HEADER_BYTES
 
     def slot_offset(self, slot: SlotName) -> int:
-        """Byte offset of a slot payload from page 4."""
-        a = self.identity_offset + self.identity_len + RECORD_HEADER_BYTES
-        return a if slot is SlotName.A else a + self.slot_len + RECORD_HEADER_BYTES
+        """Byte offset of a slot payload from :attr:`base_page`."""
+        a = self.identity_offset + self.identity_len + self._header_bytes
+        return a if slot is SlotName.A else a + self.slot_len + self._header_bytes
 
     def slot_first_page(self, slot: SlotName) -> int:
         """Absolute tag page number where a slot payload starts."""
-        return FIRST_DATA_PAGE + self.slot_offset(slot) // PAGE_SIZE
+        return self.base_page + self.slot_offset(slot) // PAGE_SIZE
 
     def slot_pages(self, slot: SlotName) -> range:
         """Absolute tag pages of a slot payload."""
@@ -157,14 +191,20 @@ class CardLayout:
     @property
     def identity_pages(self) -> range:
         """Absolute tag pages of the identity payload (locked after issuance)."""
-        first = FIRST_DATA_PAGE + self.identity_offset // PAGE_SIZE
+        first = self.base_page + self.identity_offset // PAGE_SIZE
         return range(first, first + self.identity_len // PAGE_SIZE)
 
+    @property
+    def end_page(self) -> int:
+        """First page after the image."""
+        return self.base_page + self.pages
+
     def check_fits(self, data_area_bytes: int) -> None:
-        """:raises LayoutError: when the image does not fit a data area of this many bytes."""
-        if self.image_len > data_area_bytes:
+        """:raises LayoutError: when the image does not fit a data area (from page 4) of this many bytes."""
+        needed = (self.base_page - FIRST_DATA_PAGE) * PAGE_SIZE + self.image_len
+        if needed > data_area_bytes:
             raise LayoutError(
-                f"card image needs {self.image_len} B, data area has {data_area_bytes} B"
+                f"card image needs {needed} B, data area has {data_area_bytes} B"
             )
 
 
@@ -302,6 +342,115 @@ def parse_image(data: bytes) -> RecordImage:
             raise LayoutError(f"slot {slot.value} payload length {header[2]} != {layout.slot_len}")
     if data[layout.image_len - 1] != TERMINATOR_TLV:
         raise LayoutError("no terminator TLV after the NDEF message")
+    return _record_image(layout, data)
+
+
+def _check_record_header(header: bytes, index: int, rtype: RecordType) -> None:
+    expected_flags = _FLAGS[index]
+    if header[0] != expected_flags:
+        raise LayoutError(
+            f"record {index}: header byte {header[0]:02X}, expected {expected_flags:02X}"
+        )
+    if header[1] != len(rtype.value) or bytes(header[3:12]) != rtype.value:
+        raise LayoutError(f"record {index}: type is not {rtype.value.decode()}")
+
+
+# ----------------------------------------------------------------------------- format 2
+
+#: Format 2: pages 4-9 public NDEF, page 10 public header, private area from page 11 (= AUTH0).
+PUBLIC_HEADER_PAGE = 10
+PRIVATE_FIRST_PAGE = 11
+PUBLIC_MAGIC = b"HB"
+FORMAT_PROTECTED = 2
+PRIVATE_HEADER_BYTES = 4
+#: Where a phone is sent to check a balance (URI record, NFC Forum URI RTD 1.0 §3.2.2, prefix 04 = "https://").
+PUBLIC_URI = b"huma.id/saldo"
+_URI_PREFIX_HTTPS = 0x04
+_WELL_KNOWN_SHORT_ONLY = 0xD1  # MB | ME | SR | TNF 1 (NFC Forum well-known)
+
+
+@dataclass(frozen=True)
+class PublicHeader:
+    """What the public pages tell a terminal: card format and card-password key version.
+
+    :ivar version: card format (2).
+    :ivar key_version: provincial card-password key version (1..255).
+    """
+
+    version: int
+    key_version: int
+
+
+def build_public_area(key_version: int) -> bytes:
+    """Pages 4-10 of a format-2 card (28 bytes): the public NDEF message and the header page.
+
+    The NDEF message is one URI record (``https://huma.id/saldo``): what a phone shows;
+    no card id, household, programmes or balances (docs/card-format.md §2.2).
+
+    :param key_version: 1..255.
+    :raises LayoutError: a key version out of range.
+    """
+    if not 1 <= key_version <= 0xFF:
+        raise LayoutError(f"key version {key_version} outside 1..255")
+    payload = bytes((_URI_PREFIX_HTTPS,)) + PUBLIC_URI
+    record = bytes((_WELL_KNOWN_SHORT_ONLY, 1, len(payload))) + b"U" + payload
+    ndef = bytes((NDEF_TLV_TYPE, len(record))) + record + bytes((TERMINATOR_TLV,))
+    area = (PUBLIC_HEADER_PAGE - FIRST_DATA_PAGE) * PAGE_SIZE
+    assert len(ndef) <= area
+    return ndef + bytes(area - len(ndef)) + PUBLIC_MAGIC + bytes((FORMAT_PROTECTED, key_version))
+
+
+def parse_public_header(page: bytes) -> PublicHeader | None:
+    """Read the header page (page 10) of a format-2 card.
+
+    :param page: the 4 bytes of page 10.
+    :returns: the header, or None when the page is not a format-2 header (e.g. a format-1 card).
+    :raises LayoutError: our magic with an unknown format or key version 0.
+    """
+    if bytes(page[:2]) != PUBLIC_MAGIC:
+        return None
+    if page[2] != FORMAT_PROTECTED or page[3] == 0:
+        raise LayoutError(f"public header {bytes(page).hex()}: unknown format or key version")
+    return PublicHeader(page[2], page[3])
+
+
+def private_layout(head: bytes) -> CardLayout:
+    """The format-2 layout from the private header page (page 11: ``LI LS 00 00``).
+
+    :raises LayoutError: lengths that are not a valid layout, or non-zero reserved bytes.
+    """
+    if len(head) < PRIVATE_HEADER_BYTES or any(head[2:4]):
+        raise LayoutError(f"private header {bytes(head[:4]).hex()} is not LI LS 00 00")
+    return CardLayout(head[0], head[1], FORMAT_PROTECTED)
+
+
+def build_private_image(layout: CardLayout, identity_cose: bytes, slot_a: bytes | None,
+                        slot_b: bytes | None) -> bytes:
+    """The format-2 private area from page 11: header page, identity, slot A, slot B.
+
+    :returns: ``layout.image_len`` bytes (a multiple of 4).
+    :raises LayoutError: a message does not fit, or ``layout`` is not format 2.
+    """
+    if layout.version != FORMAT_PROTECTED:
+        raise LayoutError("build_private_image needs a format-2 layout")
+    return (bytes((layout.identity_len, layout.slot_len, 0, 0))
+            + pad_payload(identity_cose, layout.identity_len)
+            + pad_payload(slot_a or b"", layout.slot_len)
+            + pad_payload(slot_b or b"", layout.slot_len))
+
+
+def parse_private_image(data: bytes) -> RecordImage:
+    """Parse the format-2 private area (bytes from page 11).
+
+    :raises LayoutError: a bad header, short data or a damaged identity payload.
+    """
+    layout = private_layout(data)
+    if len(data) < layout.image_len:
+        raise LayoutError(f"private image needs {layout.image_len} B, got {len(data)}")
+    return _record_image(layout, data)
+
+
+def _record_image(layout: CardLayout, data: bytes) -> RecordImage:
     ident_payload = data[layout.identity_offset : layout.identity_offset + layout.identity_len]
     try:
         identity = split_payload(ident_payload)
@@ -318,13 +467,3 @@ def parse_image(data: bytes) -> RecordImage:
         for slot in SlotName
     }
     return RecordImage(layout, identity, slots)
-
-
-def _check_record_header(header: bytes, index: int, rtype: RecordType) -> None:
-    expected_flags = _FLAGS[index]
-    if header[0] != expected_flags:
-        raise LayoutError(
-            f"record {index}: header byte {header[0]:02X}, expected {expected_flags:02X}"
-        )
-    if header[1] != len(rtype.value) or bytes(header[3:12]) != rtype.value:
-        raise LayoutError(f"record {index}: type is not {rtype.value.decode()}")

@@ -39,12 +39,15 @@ import cbor2
 
 from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer, sign1_with
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import KeyRole
 from cardlib.records.claims import IdentityClaims, SlotClaims, state_hash
 from cardlib.records.cose import KeyResolver, VerifiedSign1, verify1
 from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
+    CardPasswordRefused,
+    CardPasswordUnavailable,
     ClaimsError,
     CorruptSlot,
     CoseError,
@@ -62,16 +65,21 @@ from cardlib.records.errors import (
 from cardlib.records.layout import (
     FIRST_DATA_PAGE,
     PAGE_SIZE,
+    PRIVATE_FIRST_PAGE,
+    PUBLIC_HEADER_PAGE,
     CardLayout,
+    PublicHeader,
     RecordImage,
     SlotName,
     SlotRegion,
     header_layout,
     pad_payload,
     parse_image,
+    parse_private_image,
+    parse_public_header,
     split_payload,
 )
-from cardlib.type2.errors import AddressOutOfRange, UnsupportedCommand
+from cardlib.type2.errors import AddressOutOfRange, PwdAuthFailed, UnsupportedCommand
 
 log = logging.getLogger(__name__)
 
@@ -321,29 +329,78 @@ class CardSession:
 
     :param tag: the tag (:class:`TagMemory`).
     :param trust: keys and deny list (:class:`CardTrust`).
-    :param first_read_pages: pages read in the first read command batch; the
-        default covers the NTAG215 data area so a standard card needs one read.
+    :param first_read_pages: pages from page 4 the data reads cover at first; the
+        default covers the NTAG215 data area so a standard card needs no further read.
+    :param passwords: the provincial card-password keys (:class:`CardPasswordKeys`);
+        without them a card with private pages (format 2) raises :class:`CardPasswordUnavailable`.
     """
 
-    def __init__(self, tag: TagMemory, trust: CardTrust, *, first_read_pages: int = NTAG215_DATA_PAGES) -> None:
+    def __init__(self, tag: TagMemory, trust: CardTrust, *, first_read_pages: int = NTAG215_DATA_PAGES,
+                 passwords: CardPasswordKeys | None = None) -> None:
         self.tag = tag
         self.trust = trust
         self.first_read_pages = first_read_pages
+        self.passwords = passwords
+        #: The public header of a format-2 card, once read (None for format 1).
+        self.public: PublicHeader | None = None
 
     # ------------------------------------------------------------------ reading
 
     def read_image(self) -> RecordImage:
-        """Read the data area and parse the fixed layout (no signature checks).
+        """Read the card and parse its layout (no signature checks); authenticate a format-2 card.
+
+        Commands (docs/card-format.md §7): one FAST_READ of pages 0-10 (UID, CC, public pages),
+        then for format 2 PWD_AUTH with the password of the key version the header names, then
+        FAST_READs of the private area; format 1 is read from page 4 as before.
 
         :raises LayoutError: not our layout.
+        :raises CardPasswordUnavailable: a format-2 card whose key version this session lacks.
+        :raises CardPasswordRefused: the chip refused the derived password or its PACK differs (a clone).
         :raises CardlibError: (tag/transport subclasses) the card link failed.
         """
-        data = self.tag.read_pages(FIRST_DATA_PAGE, self.first_read_pages)
-        layout = header_layout(data)
-        missing = layout.pages - len(data) // PAGE_SIZE
-        if missing > 0:
-            data += self.tag.read_pages(FIRST_DATA_PAGE + len(data) // PAGE_SIZE, missing)
-        return parse_image(data)
+        head = self._read_head()
+        end = FIRST_DATA_PAGE + self.first_read_pages
+        self.public = parse_public_header(head[PUBLIC_HEADER_PAGE * PAGE_SIZE : (PUBLIC_HEADER_PAGE + 1) * PAGE_SIZE])
+        if self.public is None:
+            data = head[FIRST_DATA_PAGE * PAGE_SIZE :]
+            first = FIRST_DATA_PAGE + len(data) // PAGE_SIZE
+            data += self.tag.read_pages(first, end - first)
+            layout = header_layout(data)
+            missing = layout.pages - len(data) // PAGE_SIZE
+            if missing > 0:
+                data += self.tag.read_pages(FIRST_DATA_PAGE + len(data) // PAGE_SIZE, missing)
+            return parse_image(data)
+        self.authenticate(self.public)
+        data = self.tag.read_pages(PRIVATE_FIRST_PAGE, end - PRIVATE_FIRST_PAGE)
+        layout = CardLayout(data[0], data[1], 2) if data[0] and data[1] else None
+        if layout is not None and layout.pages > len(data) // PAGE_SIZE:
+            data += self.tag.read_pages(PRIVATE_FIRST_PAGE + len(data) // PAGE_SIZE,
+                                        layout.pages - len(data) // PAGE_SIZE)
+        return parse_private_image(data)
+
+    def _read_head(self) -> bytes:
+        """Pages 0-10 in one command (a :class:`cardlib.type2.Type2Tag` skips GET_VERSION)."""
+        read_head = getattr(self.tag, "read_head", None)
+        if read_head is not None:
+            return bytes(read_head(PRIVATE_FIRST_PAGE))
+        return self.tag.read_pages(0, PRIVATE_FIRST_PAGE)
+
+    def authenticate(self, public: PublicHeader) -> None:
+        """PWD_AUTH with this chip's derived password; the PACK must match (datasheet §8.8, §10.7).
+
+        :raises CardPasswordUnavailable: no keys, or not the version the card names.
+        :raises CardPasswordRefused: NAK or another PACK: not the chip that was issued.
+        """
+        if self.passwords is None:
+            raise CardPasswordUnavailable("card has private pages and this session holds no card-password keys")
+        pw = self.passwords.password(public.key_version, bytes(self.tag.uid))
+        pwd_auth = getattr(self.tag, "pwd_auth", None)
+        if pwd_auth is None:
+            raise CardPasswordUnavailable("this tag link cannot send PWD_AUTH")
+        try:
+            pwd_auth(pw.pwd, expected_pack=pw.pack)
+        except PwdAuthFailed as exc:
+            raise CardPasswordRefused(f"the chip refused the card password: {exc}") from exc
 
     def read_state(self, now: int) -> CardState:
         """Read and verify the card (a balance check: never writes).

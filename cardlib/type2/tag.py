@@ -65,6 +65,9 @@ COUNTER_LENGTH = 3
 SIGNATURE_LENGTH = 32
 PWD_LENGTH = 4
 PACK_LENGTH = 2
+#: Pages the first read of a tap covers: UID (0-1), lock bytes (2), CC (3) and the public
+#: pages of a card with private pages (4-10, docs/card-format.md §2.2), all readable without PWD_AUTH.
+HEAD_PAGES = 11
 #: Page 2 bytes 2-3 are the static lock bytes (datasheet §8.5.2).
 _STATIC_LOCK_SLICE = slice(2 * PAGE_SIZE + 2, 2 * PAGE_SIZE + 4)
 #: Bits of static lock byte 0 that lock user pages 4-7 (L-4..L-7); byte 1 locks pages 8-15.
@@ -130,6 +133,7 @@ class Type2Tag:
         self._uid: bytes | None = None
         self._page_limit: int | None = None
         self._prefetch: tuple[int, bytes] | None = None
+        self._head = b""
         self._fast_read = True
 
     # ------------------------------------------------------------------ identity
@@ -191,11 +195,50 @@ class Type2Tag:
 
     @property
     def uid(self) -> bytes:
-        """The 7-byte UID from pages 0-1 (BCC bytes skipped; datasheet §8.5.1)."""
+        """The 7-byte UID from pages 0-1 (BCC bytes skipped; datasheet §8.5.1), read with the head."""
         if self._uid is None:
-            head = self.read_pages(0, 2)
-            self._uid = head[0:3] + head[4:8]
+            self._head = self.read_head(HEAD_PAGES)  # kept for the session's first read_head
+        assert self._uid is not None
         return self._uid
+
+    def read_head(self, count: int) -> bytes:
+        """Read pages ``0 .. count-1`` in one command, without GET_VERSION: UID, lock bytes, CC, data.
+
+        The UID comes from pages 0-1 (datasheet §8.5.1) and, unless the chip is identified already,
+        the chip type from the factory CC2 (datasheet §8.5.6), so a tap spends no command on
+        GET_VERSION or a separate UID read (docs/card-format.md §7).
+
+        :param count: pages to read, 4..16 (the bound of an unidentified Type 2 tag).
+        :returns: ``count * 4`` bytes.
+        :raises AddressOutOfRange: ``count`` outside 4..16.
+        :raises Nak, cardlib.transport.TransportError: from the channel.
+        """
+        if not 4 <= count <= MIN_T2_PAGES:
+            raise AddressOutOfRange(f"read_head reads 4..{MIN_T2_PAGES} pages, not {count}")
+        if len(self._head) >= count * PAGE_SIZE:
+            # The head the uid property just read, used once (any write forgets it).
+            head, self._head = self._head, b""
+            return head[: count * PAGE_SIZE]
+        if self._chip is None and self.channel.supports_raw:
+            try:
+                head = self.channel.transceive(bytes((T2Command.FAST_READ, 0, count - 1)))
+            except (Nak, TagMute) as exc:
+                logger.debug("FAST_READ of the head refused (%s): identifying the chip", exc)
+                if isinstance(exc, TagMute):
+                    self.channel.reactivate()
+                head = self.read_pages(0, count)
+            else:
+                if len(head) != count * PAGE_SIZE:
+                    raise BadResponse(f"FAST_READ 0..{count - 1} answered {len(head)} bytes")
+                # FAST_READ answered, so an NTAG21x: its factory CC2 tells 213/215/216. Anything
+                # else is identified properly (GET_VERSION) on the next read.
+                chip = chip_from_cc2(head[CC_PAGE * PAGE_SIZE + 2], source="cc")
+                if chip.chip is not ChipType.UNKNOWN:
+                    self._set_chip(chip)
+        else:
+            head = self.read_pages(0, count)
+        self._uid = head[0:3] + head[4:8]
+        return head
 
     # ------------------------------------------------------------------ pages
 
@@ -252,6 +295,7 @@ class Type2Tag:
     def _check_writable_page(self, page: int) -> None:
         chip = self.identify()
         self._prefetch = None
+        self._head = b""
         if chip.chip is ChipType.UNKNOWN:
             if page < FIRST_USER_PAGE:
                 raise AddressOutOfRange(f"page {page} is a header/CC page")
@@ -447,6 +491,7 @@ class Type2Tag:
             raise UnsupportedChip(f"cannot format a {chip.chip.value} tag")
         want = CapabilityContainer.build(STANDARD_CC2[chip.chip] * 8)
         self._prefetch = None
+        self._head = b""
         page3 = self.read_pages(CC_PAGE, 1)
         if page3 != want.raw:
             if any(page3):
@@ -523,6 +568,7 @@ class Type2Tag:
         if not irreversible:
             raise ValueError("lock bits are one-time programmable: pass irreversible=True")
         self._prefetch = None
+        self._head = b""
         if len(static) != 2 or len(dynamic) != 3:
             raise ValueError("static is 2 bytes, dynamic 3 bytes")
         chip = self.identify()

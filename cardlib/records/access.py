@@ -1,0 +1,129 @@
+"""The provincial card-password keys: which PWD/PACK opens a card's private pages.
+
+docs/card-format.md §2.2 and docs/security.md §What the NTAG password stops. A card of
+format 2 keeps its identity and slots behind the chip's own access control (NTAG213/215/216
+datasheet §8.8: PWD_AUTH, PACK, AUTH0, PROT = 1). Its 4-byte password and 2-byte PACK are
+derived per chip from a provincial key (:func:`cardlib.provision.password.derive_password`,
+``HMAC-SHA256(key, "huma-betang/ntag-pwd/v1" ‖ UID)[:6]``); the key's version is in the
+card's public header page, so a terminal knows which key to use and the province can
+rotate: new cards take the new version, terminals keep the versions still in the field.
+
+The keys reach terminals and provisioning stations in an encrypted key file (scrypt +
+AES-256-GCM, :func:`save_password_keys` / :func:`load_password_keys`), never inside the
+trust bundle, which every counter publishes and anyone may read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_password
+from cardlib.records.errors import CardPasswordUnavailable, RecordError
+
+__all__ = [
+    "KEY_FILE_FORMAT",
+    "CardPasswordKeys",
+    "PasswordKeyFileError",
+    "load_password_keys",
+    "save_password_keys",
+]
+
+#: Format marker of the encrypted key file (a version in every artefact).
+KEY_FILE_FORMAT = "huma-betang/card-password-keys/v1"
+#: Key versions fit the one byte of the card's public header (docs/card-format.md §2.2); 0 is unused.
+MAX_KEY_VERSION = 0xFF
+_MIN_PASSPHRASE = 12
+_SCRYPT_N = 2**15
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SALT_BYTES = 16
+_NONCE_BYTES = 12
+
+
+class PasswordKeyFileError(RecordError):
+    """The key file is not ours, the passphrase is wrong or the content is damaged."""
+
+
+@dataclass(frozen=True)
+class CardPasswordKeys:
+    """The card-password keys a terminal or station holds, by version.
+
+    :ivar keys: key version (1..255) -> key (≥ 16 random bytes).
+    :ivar current: the version new cards are issued with.
+    :raises ValueError: a version out of range, a short key, or ``current`` not held.
+    """
+
+    keys: Mapping[int, bytes] = field(repr=False)
+    current: int
+
+    def __post_init__(self) -> None:
+        for version, key in self.keys.items():
+            if not 1 <= version <= MAX_KEY_VERSION:
+                raise ValueError(f"key version {version} outside 1..{MAX_KEY_VERSION}")
+            if len(key) < MIN_SECRET_BYTES:
+                raise ValueError(f"key version {version} is shorter than {MIN_SECRET_BYTES} bytes")
+        if self.current not in self.keys:
+            raise ValueError(f"current key version {self.current} is not held")
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+
+    def password(self, version: int, uid: bytes) -> CardPassword:
+        """PWD and PACK of one chip under one key version.
+
+        :param version: the key version named by the card's public header.
+        :param uid: the 7-byte chip UID.
+        :raises CardPasswordUnavailable: this holder has no key of that version.
+        """
+        key = self.keys.get(version)
+        if key is None:
+            raise CardPasswordUnavailable(f"card password key version {version} is not held here")
+        return derive_password(key, uid)
+
+
+def save_password_keys(path: Path, keys: CardPasswordKeys, passphrase: bytes) -> None:
+    """Write the keys encrypted (scrypt N=2^15, r=8, p=1 -> AES-256-GCM), mode 0600.
+
+    :param passphrase: at least 12 bytes.
+    :raises ValueError: a short passphrase.
+    """
+    if len(passphrase) < _MIN_PASSPHRASE:
+        raise ValueError(f"passphrase must be at least {_MIN_PASSPHRASE} bytes")
+    salt = os.urandom(_SALT_BYTES)
+    nonce = os.urandom(_NONCE_BYTES)
+    plain = json.dumps({"current": keys.current, "keys": {str(v): k.hex() for v, k in keys.keys.items()}})
+    sealed = AESGCM(_kek(passphrase, salt)).encrypt(nonce, plain.encode(), KEY_FILE_FORMAT.encode())
+    doc = {"format": KEY_FILE_FORMAT, "salt": salt.hex(), "nonce": nonce.hex(), "ciphertext": sealed.hex()}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+
+
+def load_password_keys(path: Path, passphrase: bytes) -> CardPasswordKeys:
+    """Read and decrypt a key file written by :func:`save_password_keys`.
+
+    :raises PasswordKeyFileError: not a key file of this format, a wrong passphrase or damage.
+    :raises OSError: the file cannot be read.
+    """
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        if doc.get("format") != KEY_FILE_FORMAT:
+            raise PasswordKeyFileError(f"{path}: not a {KEY_FILE_FORMAT} file")
+        salt, nonce, sealed = (bytes.fromhex(doc[k]) for k in ("salt", "nonce", "ciphertext"))
+        plain = json.loads(AESGCM(_kek(passphrase, salt)).decrypt(nonce, sealed, KEY_FILE_FORMAT.encode()))
+        return CardPasswordKeys({int(v): bytes.fromhex(k) for v, k in plain["keys"].items()}, int(plain["current"]))
+    except InvalidTag as exc:
+        raise PasswordKeyFileError(f"{path}: wrong passphrase or damaged file") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PasswordKeyFileError(f"{path}: malformed key file ({exc})") from exc
+
+
+def _kek(passphrase: bytes, salt: bytes) -> bytes:
+    return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(passphrase)
