@@ -510,6 +510,18 @@ def bundle_group() -> None:
     """Trust bundles: publish the next one from the registry, show the newest."""
 
 
+def _duration_s(text: str) -> int:
+    """Seconds of a duration like ``6h``, ``30m``, ``1d``, ``90s``.
+
+    :raises click.BadParameter: not a positive whole number with one of s, m, h, d.
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise click.BadParameter(f"{text!r}: a duration like 6h, 30m, 1d or 90s")
+    return int(number) * units[unit]
+
+
 @bundle_group.command("publish")
 @click.option("--keystore", "keydir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               envvar="HUMA_KEYSTORE", required=True, help="Keystore directory (env HUMA_KEYSTORE).")
@@ -519,31 +531,82 @@ def bundle_group() -> None:
               help="TOML [[programme]] list (default: the previous bundle's programmes).")
 @click.option("--valid-days", type=click.IntRange(min=1), default=14, show_default=True,
               help="Days before terminals treat the bundle as stale.")
+@click.option("--if-changed", is_flag=True,
+              help="Publish only when the deny lists or keys changed, or half the newest bundle's validity passed.")
+@click.option("--every", "every", metavar="DURATION",
+              help="Check (as --if-changed) every DURATION (6h, 30m, 1d) in a loop of --max-runs checks.")
+@click.option("--max-runs", type=click.IntRange(min=1), default=28, show_default=True,
+              help="With --every: checks before the loop ends (28 × 6h = one week; a systemd timer is the "
+                   "unbounded way, docs/systemd/huma-bundle-publish.timer).")
 @DATABASE_OPTION
-def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: Path | None, valid_days: int) -> None:
+def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: Path | None, valid_days: int,
+                   if_changed: bool, every: str | None, max_runs: int) -> None:
     """Sign and store the next trust bundle (version = newest + 1; audited).
 
     Keys: the keystore's issuer/technician keys and every approved or revoked terminal.
-    Deny lists: the previous bundle's ∪ confirmed clone/fraud findings, abandoned and
-    replaced cards (server.registry.next_deny_sets). Programmes and policies: the previous
-    bundle's unless --programmes. The previous bundle must verify under the keystore's root.
+    Deny lists: the previous bundle's (less cards an auditor cleared) ∪ confirmed and
+    provisional clone/fraud findings, abandoned and replaced cards (server.bundles.next_deny_lists).
+    Programmes and policies: the previous bundle's unless --programmes. The previous bundle
+    must verify under the keystore's root. With --if-changed or --every nothing is signed
+    while the newest bundle still says it all (server.bundles.publish_due).
     """
+    import time
+
     from cardlib.keys.cli import read_secret
     from cardlib.keys.keystore import KeyStore
-    from server.bundles import publish_next_bundle
+    from server.bundles import publish_due, publish_next_bundle
 
+    period = _duration_s(every) if every is not None else None
     store = KeyStore.open(keydir)
     passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase")
     programmes = _read_programmes(programmes_file) if programmes_file is not None else None
     app = make_app()
+    for run in range(max_runs if period is not None else 1):
+        if run:
+            time.sleep(period or 0)
+        with database(app):
+            session = _write_session()
+            reason = publish_due(session, store) if if_changed or period is not None else "asked"
+            if reason is None:
+                click.echo("bundle unchanged: deny lists and keys as published, within half its validity")
+                continue
+            published = publish_next_bundle(session, store, passphrase, programmes=programmes,
+                                            valid_days=valid_days, audit_detail={**_console(), "why": reason})
+            session.commit()
+        bundle, row = published.bundle, published.row
+        click.echo(f"published bundle v{bundle.version} ({reason}): {len(bundle.keys)} keys, "
+                   f"{len(bundle.deny_cards)} denied cards, {len(bundle.deny_uids)} denied UIDs, "
+                   f"{len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
+
+
+@bundle_group.command("deny-list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@DATABASE_OPTION
+def deny_list_cmd(as_json: bool) -> None:
+    """Cards the next bundle denies from findings: provisional (signed proof, no decision yet) or confirmed.
+
+    Provisional cards are denied by counters like confirmed ones; an auditor lifts one by
+    dismissing its finding or keeps it by confirming (docs/security.md).
+    """
+    import json
+
+    from server.extensions import db
+    from server.reconcile.denylist import deny_list_candidates
+
+    app = make_app()
     with database(app):
-        session = _write_session()
-        published = publish_next_bundle(session, store, passphrase, programmes=programmes, valid_days=valid_days,
-                                        audit_detail=_console())
-        session.commit()
-    bundle, row = published.bundle, published.row
-    click.echo(f"published bundle v{bundle.version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "
-               f"{len(bundle.deny_uids)} denied UIDs, {len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
+        candidates = deny_list_candidates(db.session)
+    rows = [{"card_id": c.card_id, "status": "provisional" if c.provisional else "confirmed",
+             "findings": list(c.finding_ids), "uids": [u.hex() for u in c.tag_uids]} for c in candidates]
+    if as_json:
+        click.echo(json.dumps({"cards": rows}))
+        return
+    if not rows:
+        click.echo("no card denied by findings")
+    for c in candidates:
+        uids = ", ".join(u.hex() for u in c.tag_uids) or "-"
+        click.echo(f"{c.card_id}  {'provisional' if c.provisional else 'confirmed':<11}  "
+                   f"findings {', '.join(map(str, c.finding_ids))}  UIDs {uids}")
 
 
 @bundle_group.command("show")

@@ -141,3 +141,31 @@ def test_proof_found_after_a_dismissal_denies_again(app, audit_db, world, keysto
         session.commit()
         again = deny_list_candidates(db.session)
     assert [(c.card_id, c.provisional, c.finding_ids) for c in again] == [(card.card_id, True, (ctr.id,))]
+
+
+def test_cli_lists_provisional_denials_and_publishes_on_a_schedule_only_when_changed(
+        app, audit_db, world, keystore, db_url, tmp_path, capsys):
+    import json
+
+    from huma.cli import main
+
+    card = _cloned_card(app, world)
+    assert main(["server", "bundle", "deny-list", "--json", "--database", db_url]) == 0
+    listed = json.loads(capsys.readouterr().out)["cards"]
+    assert [(c["card_id"], c["status"]) for c in listed] == [(card.card_id, "provisional")]
+    assert card.tag_uid.hex() in listed[0]["uids"]
+
+    pw = tmp_path / "pw"
+    pw.write_bytes(KEY_PW + b"\n")
+    programmes = tmp_path / "programmes.toml"
+    programmes.write_text('[[programme]]\nid = 1\nname = "food"\nunit = "rupiah"\nper_cycle = 150000\n')
+    code = main(["server", "bundle", "publish", "--keystore", str(keystore.path), "--passphrase-file", str(pw),
+                 "--programmes", str(programmes), "--every", "1s", "--max-runs", "2", "--database", db_url])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("published bundle v1 (no bundle yet): ") and "1 denied cards" in lines[0]
+    assert lines[1].startswith("bundle unchanged")
+    assert main(["server", "bundle", "publish", "--keystore", str(keystore.path), "--passphrase-file", str(pw),
+                 "--every", "6x", "--database", db_url]) == 2
+    assert "a duration like 6h" in capsys.readouterr().err
