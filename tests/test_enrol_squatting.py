@@ -97,3 +97,19 @@ def test_enrolment_attempts_are_throttled_per_address(app, world) -> None:
                           json={"terminal_id": "T-6271-0300", "csr": csr, "code": _code(world, "T-6271-0300")},
                           environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert r.status_code == 202, r.get_json()
+
+
+def test_a_rejected_squatter_is_replaced_by_the_next_coded_enrolment(world) -> None:
+    """A code that leaked to a squatter: the admin sees the wrong fingerprint, rejects, issues a new code."""
+    squatter, squatter_fp = _csr("T-6271-0104")
+    body = {"terminal_id": "T-6271-0104", "csr": squatter, "code": _code(world, "T-6271-0104")}
+    assert world.client.post("/api/v1/terminals/enrol", json=body).status_code == 202
+    assert world.client.post("/api/v1/terminals/T-6271-0104/reject", headers=world.auth()).status_code == 200
+    real, fingerprint = _csr("T-6271-0104")
+    r = world.client.post("/api/v1/terminals/enrol",
+                          json={"terminal_id": "T-6271-0104", "csr": real, "code": _code(world, "T-6271-0104")})
+    assert r.status_code == 202 and r.get_json()["status"] == "pending", r.get_json()
+    assert r.get_json()["fingerprint"] == fingerprint != squatter_fp
+    r = world.client.post("/api/v1/terminals/T-6271-0104/approve", headers=world.auth(),
+                          json={"fingerprint": fingerprint})
+    assert r.status_code == 200 and r.get_json()["status"] == "approved", r.get_json()

@@ -189,7 +189,7 @@ def _enrol() -> ResponseReturnValue:
             raise Conflict(f"terminal {shown(terminal_id)} is already enrolled with another key")
         if site is not None:
             session.execute(insert_or_ignore(session, TerminalSite), [{"terminal_id": terminal_id, **site}])
-            session.commit()
+        session.commit()  # the site, the code spent, a rejected key replaced
         return jsonify(_terminal_json(existing)), 202
     kid = csr.kid
     if session.scalars(select(Terminal).where(Terminal.kid == kid)).first() is not None:
