@@ -500,33 +500,80 @@ class JournalStore:
         counters = [s.entry.ntag_counter for s in rows if s.entry.tag_uid is None and s.entry.ntag_counter is not None]
         return max(counters, default=None)
 
-    def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
-        """Units handed out and not yet uploaded, by unit (for the offline limits).
+    def exposure(self, card_id: str | None = None, *, open_since: float | None = None) -> dict[Unit, int]:
+        """Units handed out and not yet confirmed uploaded, by unit (for the offline limits).
 
-        Counts COMMIT and FINISHED entries not yet uploaded, plus writes still
-        open (last write entry of the card is PENDING or UNCERTAIN: maybe
-        spent, counted until resolved). VOIDED writes count nothing.
+        Counts COMMIT and FINISHED entries not yet marked uploaded (marked only on the
+        server's signed receipt, :mod:`terminal.sync`), plus writes still open (last
+        write entry of the card is PENDING or UNCERTAIN: maybe spent, counted until
+        resolved). VOIDED writes count nothing.
+
+        An open write journalled before ``open_since`` no longer counts: a torn write the
+        card could not settle (the card moved on elsewhere, ``deferred``) is decided by
+        server reconciliation from the card's later states, and must not pin this
+        counter's exposure for ever (:meth:`aged_open_writes` lists them).
 
         :param card_id: restrict to one card; None for the whole terminal.
+        :param open_since: POSIX seconds; None counts every open write.
         :returns: ``{unit: units}``.
         """
+        return self._sum_written(card_id, done_filter="e.uploaded_at IS NULL", open_since=open_since)
+
+    def card_cycle_exposure(self, card_id: str, start: float, end: float, *,
+                            open_since: float | None = None) -> dict[Unit, int]:
+        """Units this terminal handed ``card_id`` in ``[start, end)`` (POSIX seconds), uploaded or not.
+
+        The per-card per-cycle cap counts this: an upload does not reset it
+        (docs/design.md §Caps and offline limits). Open writes count as in :meth:`exposure`.
+
+        :returns: ``{unit: units}``.
+        """
+        return self._sum_written(card_id, done_filter="e.wall_ms >= ? AND e.wall_ms < ?",
+                                 done_params=(int(start * 1000), int(end * 1000)), open_since=open_since,
+                                 open_from=int(start * 1000))
+
+    def _sum_written(self, card_id: str | None, *, done_filter: str, done_params: tuple[object, ...] = (),
+                     open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
         open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
         writes = _WRITE_KIND_LIST
         where_card = " AND e.card_id=?" if card_id is not None else ""
+        card_param: tuple[object, ...] = (card_id,) if card_id is not None else ()
+        cutoff = max(int(open_since * 1000) if open_since is not None else 0, open_from or 0)
+        # An open write's age is that of its PENDING (the UNCERTAIN that follows it is newer).
         sql = (
             "SELECT unit, coalesce(sum(amount), 0) FROM ("
-            f" SELECT e.unit, e.amount FROM entries e WHERE e.uploaded_at IS NULL AND e.kind IN ({done})"
+            f" SELECT e.unit, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
             f" AND e.unit IS NOT NULL{where_card}"
             " UNION ALL"
             f" SELECT e.unit, e.amount FROM entries e WHERE e.kind IN ({open_kinds}) AND e.unit IS NOT NULL"
             f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
             f" AND x.kind IN ({writes}))"
+            " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
+            f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
             ") GROUP BY unit"
         )
-        params: tuple[object, ...] = (card_id, card_id) if card_id is not None else ()
+        params = (*done_params, *card_param, *card_param, cutoff)
         with self._lock:
             return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
+
+    def aged_open_writes(self, before: float) -> list[StoredEntry]:
+        """Open card writes whose PENDING was journalled before ``before`` (POSIX seconds).
+
+        They no longer count towards exposure (see :meth:`exposure`); server
+        reconciliation settles them from the card's later states. Listed for the
+        counter's health view and the operator.
+        """
+        with self._lock:
+            cards = [r[0] for r in self._db.execute(
+                "SELECT DISTINCT card_id FROM entries WHERE kind=? AND card_id IS NOT NULL AND wall_ms < ?",
+                (int(EntryKind.PENDING), int(before * 1000)))]
+        out = []
+        for card in cards:
+            w = self.open_write(card)
+            if w is not None and w.entry.wall_ms < before * 1000:
+                out.append(w)
+        return out
 
     def close(self) -> None:
         """Close the database (a WAL checkpoint runs on close), then release the writer lock."""

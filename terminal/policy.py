@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cardlib.errors import CardlibError
+from cardlib.records import errors as rec
 from cardlib.records.claims import Unit, cycle_of
 from firmware_config.models import CounterMode
 
@@ -59,6 +61,16 @@ class DeclineReason(enum.Enum):
     CARD_COUNTER_REPEATED = "card_counter_repeated"
     #: `secure` card: the PIN is blocked on the card (3 wrong tries); only the district office unblocks it.
     PIN_BLOCKED = "pin_blocked"
+    #: The card's newest state is signed by a terminal key revoked before that state was written.
+    REVOKED_KEY = "revoked_key"
+    #: The identity record on the chip was issued for another chip (copied from another card).
+    STATE_FROM_ANOTHER_CARD = "state_from_another_card"
+    #: The identity record does not verify (bad signature or garbled COSE): forged or damaged.
+    CARD_SIGNATURE_INVALID = "card_signature_invalid"
+    #: The card's state is in a cycle after this counter's (a counter with a clock ahead wrote it).
+    FUTURE_CYCLE = "future_cycle"
+    #: This counter's clock is far from its trust bundle's time: it writes no card (balance checks go on).
+    COUNTER_CLOCK_WRONG = "counter_clock_wrong"
 
     @property
     def message(self) -> str:
@@ -93,7 +105,52 @@ _MESSAGES: Mapping[DeclineReason, str] = {
         "This card repeated an earlier answer. Send the person to the district office."
     ),
     DeclineReason.PIN_BLOCKED: "The card PIN is blocked. Send the person to the district office.",
+    DeclineReason.REVOKED_KEY: (
+        "The card was last written by a blocked counter. Send the person to the district office."
+    ),
+    DeclineReason.STATE_FROM_ANOTHER_CARD: (
+        "The data on this card belongs to another card. Send the person to the district office."
+    ),
+    DeclineReason.CARD_SIGNATURE_INVALID: (
+        "The card's signature is not valid. Send the person to the district office."
+    ),
+    DeclineReason.FUTURE_CYCLE: (
+        "The card was written by a counter with a wrong date. Send the person to the district office."
+    ),
+    DeclineReason.COUNTER_CLOCK_WRONG: (
+        "This counter's date and time are wrong: only balance checks until it is set and synced."
+    ),
 }
+
+
+#: Card record errors and their decline reason, checked in order (subclasses first): one
+#: reason per cause, shared by the NTAG tap and the secure tap.
+RECORD_DECLINES: tuple[tuple[type[Exception], DeclineReason], ...] = (
+    (rec.DeniedCard, DeclineReason.CARD_DENIED),
+    (rec.Expired, DeclineReason.CARD_EXPIRED),
+    (rec.NotYetValid, DeclineReason.CARD_NOT_YET_VALID),
+    (rec.ForkDetected, DeclineReason.CARD_FORKED),
+    (rec.NoValidState, DeclineReason.CARD_STATE_INVALID),
+    (rec.CorruptSlot, DeclineReason.CARD_STATE_INVALID),
+    (rec.UnknownKid, DeclineReason.UNKNOWN_ISSUER),
+    (rec.RevokedKid, DeclineReason.REVOKED_KEY),
+    (rec.UidMismatch, DeclineReason.STATE_FROM_ANOTHER_CARD),
+    (rec.WrongCard, DeclineReason.STATE_FROM_ANOTHER_CARD),
+    (rec.CoseError, DeclineReason.CARD_SIGNATURE_INVALID),
+    (rec.RedemptionRefused, DeclineReason.CARD_STATE_INVALID),
+    (rec.CardPasswordRefused, DeclineReason.CLONE_CHECK_FAILED),  # an NTAG that refuses its password: a copy
+    (rec.RecordError, DeclineReason.NOT_OUR_CARD),
+    (CardlibError, DeclineReason.NOT_OUR_CARD),
+)
+
+
+def decline_reason_of(exc: Exception,
+                      extra: tuple[tuple[type[Exception], DeclineReason], ...] = ()) -> DeclineReason:
+    """The decline reason for a card error: the first match in ``extra``, then :data:`RECORD_DECLINES`."""
+    for kind, reason in (*extra, *RECORD_DECLINES):
+        if isinstance(exc, kind):
+            return reason
+    return DeclineReason.NOT_OUR_CARD
 
 
 @dataclass(frozen=True)
@@ -139,8 +196,9 @@ class CardFacts:
     :ivar uid: the chip UID (7 bytes on NTAG21x).
     :ivar entitlements: units per cycle, by programme code (issuer-signed).
     :ivar valid_from, valid_to: POSIX seconds (issuer-signed).
-    :ivar offline_cap: issuer-signed cap on value units redeemed per card between
-        two syncs of a terminal, in the programme's unit (None: no issuer cap).
+    :ivar offline_cap: issuer-signed cap on units one terminal may hand this card per cycle
+        without an online confirmation, in the programme's unit (None: no issuer cap);
+        counted from the terminal's journal over the cycle, not reset by an upload.
     :ivar cycle: the cycle id the current slot's amounts belong to (one for all programmes).
     :ivar spent: units spent in ``cycle`` by programme (from the current slot).
     """
@@ -162,17 +220,38 @@ class CardFacts:
         return max(0, entitled - self.spent.get(programme.code, 0))
 
 
+#: Bundle policy names of the per-unit caps (``<name>.<unit>``, unit in lower case: ``package``,
+#: ``rupiah``, ``visit``), e.g. ``cap.per_tap.package = 2``. docs/design.md §Caps and offline limits.
+POLICY_PER_TAP = "cap.per_tap"
+POLICY_PER_CARD_CYCLE = "cap.per_card_cycle"
+POLICY_TERMINAL_EXPOSURE = "cap.terminal_exposure"
+#: Legacy bundle policies: ``offline_cap`` (rupiah per card per cycle) and ``max_days_offline``
+#: (bundle age, days, at which every cap reaches its floor).
+POLICY_LEGACY_CARD_CAP = "offline_cap"
+POLICY_STALE_DAYS = "max_days_offline"
+
+
+def _min_caps(a: Mapping[Unit, int], b: Mapping[Unit, int]) -> dict[Unit, int]:
+    """Per unit the smaller of two cap maps (a unit missing from one takes the other's cap)."""
+    out = dict(a)
+    for unit, value in b.items():
+        out[unit] = value if unit not in out else min(out[unit], value)
+    return out
+
+
 @dataclass(frozen=True)
 class OfflineLimits:
-    """Terminal-side limits from the profile / bundle policy, per unit.
+    """Terminal-side limits from the bundle policy and the profile, per unit (packages, visits, rupiah).
 
     A missing unit means "no limit of this kind". docs/design.md §Caps and offline limits.
 
     :ivar per_tap: most units one tap may move.
     :ivar per_card_since_sync: most units one card may take at this terminal
-        between two successful uploads.
+        between two confirmed uploads (kept for profiles that set it).
     :ivar terminal_exposure: most units this terminal may hand out in total
-        between two successful uploads.
+        between two confirmed uploads (signed receipts, :mod:`terminal.sync`).
+    :ivar per_card_cycle: most units one card may take at this terminal in one cycle,
+        counted from the terminal's own journal (an upload does not reset it).
     :ivar fresh_days: bundle age (days since the last successful bundle check)
         up to which the limits apply in full.
     :ivar stale_days: age at which the limits reach ``stale_floor`` (linear in between).
@@ -186,6 +265,58 @@ class OfflineLimits:
     fresh_days: float = 7.0
     stale_days: float = 30.0
     stale_floor: float = 0.25
+    per_card_cycle: Mapping[Unit, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_policies(cls, policies: Mapping[str, int]) -> OfflineLimits:
+        """The caps a trust bundle's ``policies`` set (see :data:`POLICY_PER_TAP` for the names).
+
+        ``offline_cap`` (legacy) caps rupiah per card per cycle; ``max_days_offline`` sets
+        :attr:`stale_days`. Unknown names (``pin.*`` …) are left to their readers.
+
+        :param policies: the bundle's policy map, name -> integer.
+        """
+        kinds: dict[str, dict[Unit, int]] = {POLICY_PER_TAP: {}, POLICY_PER_CARD_CYCLE: {},
+                                             POLICY_TERMINAL_EXPOSURE: {}}
+        for name, value in policies.items():
+            prefix, _, unit_name = name.rpartition(".")
+            if prefix in kinds and unit_name.upper() in Unit.__members__:
+                kinds[prefix][Unit[unit_name.upper()]] = int(value)
+        if POLICY_LEGACY_CARD_CAP in policies:
+            kinds[POLICY_PER_CARD_CYCLE] = _min_caps(kinds[POLICY_PER_CARD_CYCLE],
+                                                     {Unit.RUPIAH: int(policies[POLICY_LEGACY_CARD_CAP])})
+        stale = float(policies.get(POLICY_STALE_DAYS, cls.stale_days))
+        return cls(per_tap=kinds[POLICY_PER_TAP], per_card_cycle=kinds[POLICY_PER_CARD_CYCLE],
+                   terminal_exposure=kinds[POLICY_TERMINAL_EXPOSURE],
+                   fresh_days=min(cls.fresh_days, stale), stale_days=stale)
+
+    def tightest(self, other: OfflineLimits) -> OfflineLimits:
+        """Both sets of limits at once: per cap and unit the smaller, the shorter ageing, the lower floor.
+
+        The bundle's policy and the terminal profile combine this way, so a profile can only
+        tighten what the bundle allows (docs/readers.md ``[policy]``).
+        """
+        return OfflineLimits(
+            per_tap=_min_caps(self.per_tap, other.per_tap),
+            per_card_since_sync=_min_caps(self.per_card_since_sync, other.per_card_since_sync),
+            terminal_exposure=_min_caps(self.terminal_exposure, other.terminal_exposure),
+            per_card_cycle=_min_caps(self.per_card_cycle, other.per_card_cycle),
+            fresh_days=min(self.fresh_days, other.fresh_days),
+            stale_days=min(self.stale_days, other.stale_days),
+            stale_floor=min(self.stale_floor, other.stale_floor),
+        )
+
+    def factor(self, bundle_age_days: float) -> float:
+        """The fraction of each cap in force for a bundle ``bundle_age_days`` old (1 .. ``stale_floor``)."""
+        if bundle_age_days <= self.fresh_days:
+            return 1.0
+        span = max(self.stale_days - self.fresh_days, 1e-9)
+        progress = min(1.0, (bundle_age_days - self.fresh_days) / span)
+        return 1.0 - progress * (1.0 - self.stale_floor)
+
+    def scale(self, value: int, bundle_age_days: float) -> int:
+        """One cap (units) as in force for a bundle that old: never below 1 unit."""
+        return max(1, math.floor(value * self.factor(bundle_age_days)))
 
     def tightened(self, bundle_age_days: float) -> OfflineLimits:
         """The limits in force for a bundle ``bundle_age_days`` old.
@@ -196,33 +327,31 @@ class OfflineLimits:
         """
         if bundle_age_days <= self.fresh_days:
             return self
-        span = max(self.stale_days - self.fresh_days, 1e-9)
-        progress = min(1.0, (bundle_age_days - self.fresh_days) / span)
-        factor = 1.0 - progress * (1.0 - self.stale_floor)
 
         def scale(limits: Mapping[Unit, int]) -> dict[Unit, int]:
-            return {unit: max(1, math.floor(value * factor)) for unit, value in limits.items()}
+            return {unit: self.scale(value, bundle_age_days) for unit, value in limits.items()}
 
-        return OfflineLimits(
+        return dataclasses.replace(
+            self,
             per_tap=scale(self.per_tap),
             per_card_since_sync=scale(self.per_card_since_sync),
             terminal_exposure=scale(self.terminal_exposure),
-            fresh_days=self.fresh_days,
-            stale_days=self.stale_days,
-            stale_floor=self.stale_floor,
+            per_card_cycle=scale(self.per_card_cycle),
         )
 
 
 @dataclass(frozen=True)
 class Exposure:
-    """Units already handed out since the last successful upload (from the journal).
+    """Units already handed out, from the terminal's journal.
 
-    :ivar card: committed units for this card at this terminal, by unit.
-    :ivar terminal: committed units at this terminal in total, by unit.
+    :ivar card: units for this card at this terminal since the last confirmed upload, by unit.
+    :ivar terminal: units at this terminal in total since the last confirmed upload, by unit.
+    :ivar card_cycle: units for this card at this terminal in the current cycle, uploaded or not.
     """
 
     card: Mapping[Unit, int] = field(default_factory=dict)
     terminal: Mapping[Unit, int] = field(default_factory=dict)
+    card_cycle: Mapping[Unit, int] = field(default_factory=dict)
 
 
 class PinStatus(enum.Enum):
@@ -307,14 +436,17 @@ def decide(
     bundle_age_days: float,
     now: float,
     bundle_expired: bool = False,
+    at_floor: bool = False,
+    clock_wrong: bool = False,
 ) -> Decision:
     """Decide one tap. Pure: the same inputs always give the same decision.
 
     Checks, in order (the first failing one is the reason): deny list, validity
     window, programme known and served here, household entitled, PIN, quantity,
-    remaining entitlement, per-tap limit, per-card offline limit (terminal
-    limit and the card's issuer-signed ``offline_cap``), terminal exposure —
-    the limits tightened for the bundle's age. A balance check stops after the
+    remaining entitlement, per-tap limit, per-card limits (since the last confirmed
+    upload, and per cycle: the terminal's and the card's issuer-signed ``offline_cap``),
+    terminal exposure — every cap tightened for the bundle's age, in every unit.
+    A card state in a later cycle than ``now`` is declined (``future_cycle``). A balance check stops after the
     validity and programme checks and never writes.
 
     :param card: verified card facts (identity + current slot).
@@ -328,6 +460,11 @@ def decide(
     :param bundle_expired: the trust bundle is past its time in force (docs/security.md,
         "Trust bundle and its keys"): cash payouts are declined, other redemptions get the
         stale floor of their limits, balance checks go on.
+    :param at_floor: serve under the stale floor of every cap whatever the bundle's age (a card
+        state signed by a since-revoked key before its revocation: docs/security.md
+        "Revocation that does not exclude").
+    :param clock_wrong: the counter's clock is far from its bundle's time: it writes no card
+        (``counter_clock_wrong``); balance checks go on.
     :param now: POSIX seconds (the terminal clock).
     :returns: the decision; never raises for a bad card (that is a decline).
     """
@@ -353,6 +490,9 @@ def decide(
         return no(DeclineReason.NOT_IN_PROGRAMME)
     entitled = card.entitlements[code]
     cycle = cycle_at(now)
+    if card.cycle > cycle:
+        # Written by a counter whose clock was ahead: what is left now is unknown.
+        return no(DeclineReason.FUTURE_CYCLE)
     remaining = card.remaining(programme, cycle)
     balance = Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, entitled=entitled,
                        remaining_before=remaining, remaining_after=remaining, cycle=cycle)
@@ -362,6 +502,8 @@ def decide(
     def no_b(reason: DeclineReason) -> Decision:
         return dataclasses.replace(balance, accepted=False, reason=reason)
 
+    if clock_wrong:
+        return no_b(DeclineReason.COUNTER_CLOCK_WRONG)
     if programme.pin_required:
         if request.pin is PinStatus.NOT_ENTERED:
             return no_b(DeclineReason.PIN_REQUIRED)
@@ -377,14 +519,19 @@ def decide(
     unit = programme.unit
     if bundle_expired and unit is Unit.RUPIAH:
         return no_b(DeclineReason.BUNDLE_EXPIRED)
-    eff = limits.tightened(max(bundle_age_days, limits.stale_days) if bundle_expired else bundle_age_days)
+    age = max(bundle_age_days, limits.stale_days) if (bundle_expired or at_floor) else bundle_age_days
+    eff = limits.tightened(age)
     if qty > eff.per_tap.get(unit, qty):
         return no_b(DeclineReason.OVER_TAP_LIMIT)
-    card_so_far = exposure.card.get(unit, 0)
-    card_limit = eff.per_card_since_sync.get(unit)
+    since_sync = eff.per_card_since_sync.get(unit)
+    if since_sync is not None and exposure.card.get(unit, 0) + qty > since_sync:
+        return no_b(DeclineReason.OVER_CARD_OFFLINE_LIMIT)
+    cycle_limit = eff.per_card_cycle.get(unit)
     if card.offline_cap is not None:
-        card_limit = card.offline_cap if card_limit is None else min(card_limit, card.offline_cap)
-    if card_limit is not None and card_so_far + qty > card_limit:
+        # The issuer's cap is per cycle and ages with the bundle like the terminal's own caps.
+        cap = limits.scale(card.offline_cap, age)
+        cycle_limit = cap if cycle_limit is None else min(cycle_limit, cap)
+    if cycle_limit is not None and exposure.card_cycle.get(unit, 0) + qty > cycle_limit:
         return no_b(DeclineReason.OVER_CARD_OFFLINE_LIMIT)
     term_limit = eff.terminal_exposure.get(unit)
     if term_limit is not None and exposure.terminal.get(unit, 0) + qty > term_limit:

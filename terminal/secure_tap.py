@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 
 from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
@@ -72,6 +73,7 @@ from terminal.policy import (
     ProgrammeRules,
     Request,
     decide,
+    decline_reason_of,
 )
 
 log = logging.getLogger(__name__)
@@ -96,24 +98,18 @@ def is_secure_atr(atr: bytes) -> bool:
     return not atr.startswith(_STORAGE_ATR_PREFIX)
 
 
-#: Record errors that decline with this reason (subclasses first), as on the NTAG path.
-_RECORD_DECLINES: tuple[tuple[type[Exception], DeclineReason], ...] = (
-    (rec.DeniedCard, DeclineReason.CARD_DENIED),
-    (rec.Expired, DeclineReason.CARD_EXPIRED),
-    (rec.NotYetValid, DeclineReason.CARD_NOT_YET_VALID),
-    (rec.NoValidState, DeclineReason.CARD_STATE_INVALID),
-    (rec.UnknownKid, DeclineReason.UNKNOWN_ISSUER),
-    (rec.RevokedKid, DeclineReason.UNKNOWN_ISSUER),
+#: Secure-card errors and their decline reasons, before the shared card record ones
+#: (:data:`terminal.policy.RECORD_DECLINES`, the NTAG path's too).
+_SECURE_DECLINES: tuple[tuple[type[Exception], DeclineReason], ...] = (
     (CounterNotIncreasing, DeclineReason.CARD_COUNTER_REPEATED),
     (CloneSuspected, DeclineReason.CLONE_CHECK_FAILED),
     (StateMismatch, DeclineReason.CLONE_CHECK_FAILED),
-    (CardlibError, DeclineReason.NOT_OUR_CARD),
 )
 _LINK_ERRORS = (SessionLost, ReaderGone, ServiceUnavailable)
 
 
 def _reason(exc: Exception) -> DeclineReason:
-    return next(r for t, r in _RECORD_DECLINES if isinstance(exc, t))
+    return decline_reason_of(exc, _SECURE_DECLINES)
 
 
 class SecureTap:
@@ -135,7 +131,9 @@ class SecureTap:
 
     def tap(self, conn: Connection, reader: str, programme: str, qty: int, pin: str | None, *,
             bundle: CardTrust, bundle_age_days: float, now: float,
-            programmes: dict[str, tuple[int, ProgrammeRules]], deny: DenyList) -> TapOutcome:
+            programmes: dict[str, tuple[int, ProgrammeRules]], deny: DenyList,
+            limits: OfflineLimits | None = None, exposure: Callable[[str], Exposure] | None = None,
+            bundle_expired: bool = False, clock_wrong: bool = False) -> TapOutcome:
         """Run one secure tap on *conn* (already under the tap's deadlines).
 
         :param bundle: the trust bundle in force (keys and deny list).
@@ -143,6 +141,10 @@ class SecureTap:
         :param now: POSIX seconds.
         :param programmes: the bundle's programmes by name (``terminal.tap.bundle_programmes``).
         :param deny: the bundle's deny list; a secure card is checked by card id only (no UID).
+        :param limits: the caps in force (bundle policy tightened by the profile); None: the profile's.
+        :param exposure: the card's and terminal's exposure from the journal, by card id (hex);
+            None: since the last confirmed upload only.
+        :param bundle_expired, clock_wrong: as :func:`terminal.policy.decide` takes them.
         :raises SessionLost, ReaderGone, ServiceUnavailable: before anything was journalled for the card.
         """
         mode = self._mode
@@ -217,12 +219,13 @@ class SecureTap:
                 pin_status = PinStatus.WRONG
         facts = _facts(card, programmes, programme)
         with self._lock:
-            exposure = Exposure(card=self.journal.exposure(card_hex), terminal=self.journal.exposure())
+            exposed = (exposure(card_hex) if exposure is not None else
+                       Exposure(card=self.journal.exposure(card_hex), terminal=self.journal.exposure()))
             decision = decide(
                 card=facts, request=Request(mode, programme, qty, pin_status),
                 programmes={k: v[1] for k, v in programmes.items()}, counter_modes=frozenset({mode}),
-                deny=deny, limits=self._limits, exposure=exposure, bundle_age_days=bundle_age_days,
-                now=now,
+                deny=deny, limits=limits or self._limits, exposure=exposed, bundle_age_days=bundle_age_days,
+                now=now, bundle_expired=bundle_expired, clock_wrong=clock_wrong,
             )
             if decision.writes_card:
                 assert entry is not None

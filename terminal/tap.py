@@ -29,10 +29,12 @@ import cbor2
 from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
-from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import PinMismatch, Unit, terminal_id_of
+from cardlib.records.access import CardPasswordKeys
+from cardlib.records.bundle import BundleKey, KeyRole, KeyState, TrustBundle
+from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_bounds, terminal_id_of
+from cardlib.records.cose import CoseKey, KeyResolver
 from cardlib.records.journal import EntryKind
-from cardlib.records.layout import SlotName
+from cardlib.records.layout import RecordImage, SlotName
 from cardlib.records.session import (
     CardSession,
     CardState,
@@ -60,6 +62,7 @@ from terminal.policy import (
     Request,
     cycle_at,
     decide,
+    decline_reason_of,
 )
 from terminal.secure_tap import SecureTap, is_secure_atr
 from terminal.supervisor import ReaderSelector
@@ -140,19 +143,90 @@ def _pending_from(stored: StoredEntry) -> PendingWrite:
                         amounts=amounts, cycle=cycle, first_page=first, slot_len=slot_len, old_region=old)
 
 
-#: Card errors that mean "decline with this reason" (checked in order: subclasses first).
-_DECLINES: tuple[tuple[type[Exception], DeclineReason], ...] = (
-    (rec.DeniedCard, DeclineReason.CARD_DENIED),
-    (rec.Expired, DeclineReason.CARD_EXPIRED),
-    (rec.NotYetValid, DeclineReason.CARD_NOT_YET_VALID),
-    (rec.ForkDetected, DeclineReason.CARD_FORKED),
-    (rec.NoValidState, DeclineReason.CARD_STATE_INVALID),
-    (rec.CorruptSlot, DeclineReason.CARD_STATE_INVALID),
-    (rec.UnknownKid, DeclineReason.UNKNOWN_ISSUER),
-    (rec.RevokedKid, DeclineReason.UNKNOWN_ISSUER),
-    (rec.RecordError, DeclineReason.NOT_OUR_CARD),
-    (CardlibError, DeclineReason.NOT_OUR_CARD),
-)
+def counter_limits(profile: OfflineLimits, bundle: TrustBundle) -> OfflineLimits:
+    """The caps in force: the bundle's ``policies`` tightened by the terminal profile (min of both).
+
+    A profile can only tighten the bundle's policy (docs/readers.md ``[policy]``); caps
+    apply to packages, visits and rupiah alike (docs/design.md §Caps and offline limits).
+    """
+    return OfflineLimits.from_policies(bundle.policies).tightest(profile)
+
+
+#: How far before its bundle's ``issued_at`` a counter's clock may be (seconds).
+CLOCK_BEHIND_S = SECONDS_PER_DAY
+
+
+def clock_wrong(bundle: TrustBundle, now: float, stale_days: float) -> bool:
+    """Whether the counter's clock is too far from its bundle's time to sign card states.
+
+    Wrong when ``now`` is more than :data:`CLOCK_BEHIND_S` before the bundle's ``issued_at``
+    (the server signed it later than the counter believes it is), or more than ``stale_days``
+    after the end of the bundle's time in force (a counter this far past its bundle serves at
+    the floor anyway; its clock writing a future cycle would lock cards out at every correct
+    counter: ``future_cycle``). Balance checks go on.
+
+    :param now: the counter's clock, POSIX seconds.
+    :param stale_days: the age, days, at which the caps reach their floor.
+    """
+    return (now < bundle.issued_at - CLOCK_BEHIND_S
+            or now > bundle.in_force_until + stale_days * SECONDS_PER_DAY)
+
+
+class RevocationGrace:
+    """Card trust that still resolves terminal keys revoked at a time R (checked after verification).
+
+    A state a terminal wrote before its key was revoked stays the card's genuine state
+    (docs/security.md "Revocation that does not exclude"); :func:`revoked_signer` then
+    requires its signed time to be before R. Issuer keys resolve exactly as the bundle says.
+
+    :param bundle: the trust bundle in force.
+    """
+
+    def __init__(self, bundle: TrustBundle) -> None:
+        self.bundle = bundle
+
+    def resolver(self, role: KeyRole) -> KeyResolver:
+        """The bundle's resolver, but for terminal keys one that also resolves revoked keys."""
+        strict = self.bundle.resolver(role)
+        if role is not KeyRole.TERMINAL:
+            return strict
+
+        def resolve(kid: bytes) -> CoseKey:
+            k = self.bundle.key(kid)
+            if k.role is KeyRole.TERMINAL and k.status is KeyState.REVOKED and k.status_time is not None:
+                return CoseKey(k.kid, k.alg, k.public_key)
+            return strict(kid)
+        return resolve
+
+    def check_card(self, card_id: bytes, uid: bytes) -> None:
+        """:raises DeniedCard: the card is on the bundle's deny list."""
+        self.bundle.check_card(card_id, uid)
+
+
+def revoked_signer(bundle: TrustBundle, state: CardState) -> BundleKey | None:
+    """The revoked key that signed the card's current state before its revocation, or None (a good key).
+
+    :raises RevokedKid: the current state is signed by a revoked key at or after its revocation time.
+    """
+    k = bundle.key(state.current.cose.kid)
+    if k.status is not KeyState.REVOKED:
+        return None
+    if k.status_time is None or state.current.claims.time >= k.status_time:
+        raise rec.RevokedKid(k.kid)
+    return k
+
+
+def unverified_card_id(image: RecordImage | None) -> str:
+    """The card id an identity record claims, unverified (hex, or "" when unreadable): evidence for a decline."""
+    if image is None:
+        return ""
+    try:
+        body = cbor2.loads(image.identity)
+        payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
+        return IdentityClaims.from_cbor(payload).card_id.hex()
+    except (CardlibError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            EOFError):
+        return ""
 
 
 @dataclass
@@ -168,6 +242,8 @@ class CounterConfig:
     caps: Mapping[str, ReaderCapabilities] = field(default_factory=dict)
     per_call_s: float = 1.0
     tap_budget_s: float = 5.0
+    #: Card-password keys (cardlib.records.access) from their encrypted key file; None: format-2 cards decline.
+    card_passwords: CardPasswordKeys | None = None
 
 
 class TapProcessor:
@@ -240,18 +316,25 @@ class TapProcessor:
         """A `secure` card: :class:`terminal.secure_tap.SecureTap` with this processor's trust, clock and lock."""
         trust = self._trust()
         now = self._now()
+        limits = counter_limits(self.cfg.limits, trust.bundle)
         return self._secure.tap(conn, reader, programme, qty, pin, bundle=trust.bundle,
                                 bundle_age_days=trust.age_days(now), now=now,
-                                programmes=bundle_programmes(trust.bundle), deny=BundleDenyList(trust.bundle))
+                                programmes=bundle_programmes(trust.bundle), deny=BundleDenyList(trust.bundle),
+                                limits=limits, exposure=lambda card: self.exposure(card, now, limits),
+                                bundle_expired=trust.expired,
+                                clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days))
 
     def _tap(self, tag: Type2Tag, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
         trust = self._trust()
         now = self._now()
-        session = CardSession(tag, trust.bundle)
+        session = CardSession(tag, RevocationGrace(trust.bundle), passwords=self.cfg.card_passwords)
         mode = self.cfg.mode
 
-        def declined(reason: DeclineReason, state: CardState | None = None, uid: bytes | None = None) -> TapOutcome:
-            card = state.identity.claims.card_id.hex() if state else None
+        def declined(reason: DeclineReason, state: CardState | None = None, uid: bytes | None = None,
+                     card: str | None = None) -> TapOutcome:
+            # The card id goes into the signed DECLINED entry whenever it could be read
+            # (unverified when the card failed verification): the auditor sees a blocked card's tries.
+            card = state.identity.claims.card_id.hex() if state else (card or None)
             with self._lock:
                 e = self.journal.append(EntryKind.DECLINED, CardWrite(
                     card_id=card or "", tag_uid=uid, programme=programme, decline_reason=reason.value))
@@ -259,20 +342,33 @@ class TapProcessor:
                               household_ref=_household(state), card_id=card, journal_seq=e.seq)
 
         uid = bytes(tag.uid)
+        image: RecordImage | None = None
         try:
-            state = session.read_state(int(now))
+            image = session.read_image()
+            state = session.verify_image(image, int(now))
+            revoked = revoked_signer(trust.bundle, state)
         except (SessionLost, ReaderGone, ServiceUnavailable):
             raise
         except CardlibError as exc:
-            reason = next(r for t, r in _DECLINES if isinstance(exc, t))
+            reason = decline_reason_of(exc)
             log.info("card declined before policy: %s (%s)", reason.value, type(exc).__name__)
-            return declined(reason, uid=uid)
+            return declined(reason, uid=uid, card=unverified_card_id(image))
         card_hex = state.identity.claims.card_id.hex()
+        if revoked is not None:
+            log.info("card %s…: state signed by key %s before its revocation; served at the floor",
+                     card_hex[:4], revoked.kid.hex())
 
         with self._lock:
             open_write = self.journal.open_write(card_hex)
         if open_write is not None:
-            return self._recover(session, state, open_write, reader, programme, now)
+            try:
+                return self._recover(session, state, open_write, reader, programme, now)
+            except (SessionLost, ReaderGone, ServiceUnavailable):
+                raise
+            except CardlibError as exc:
+                reason = decline_reason_of(exc)
+                log.info("card %s… declined in recovery: %s", card_hex[:4], reason.value)
+                return declined(reason, state, uid)
 
         last = self.journal.last_committed_slot_seq(card_hex)
         if last is not None and state.current.claims.seq < last:
@@ -299,16 +395,15 @@ class TapProcessor:
         counter = tag.read_counter() if entry is not None and mode is not CounterMode.BALANCE_CHECK else None
         # One lock from reading the exposure to journalling PENDING: two readers cannot both
         # decide against the same figures and together pass an offline limit.
+        limits = counter_limits(self.cfg.limits, trust.bundle)
         with self._lock:
-            exposure = Exposure(
-                card=self.journal.exposure(card_hex),
-                terminal=self.journal.exposure(),
-            )
+            exposure = self.exposure(card_hex, now, limits)
             decision = decide(
                 card=facts, request=Request(mode, programme, qty, pin_status),
                 programmes={k: v[1] for k, v in progs.items()},
-                counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=self.cfg.limits,
+                counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=limits,
                 exposure=exposure, bundle_age_days=trust.age_days(now), bundle_expired=trust.expired, now=now,
+                at_floor=revoked is not None, clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days),
             )
             if decision.writes_card:
                 assert entry is not None and counter is not None
@@ -326,6 +421,25 @@ class TapProcessor:
                               unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
                               card_id=card_hex, journal_seq=e.seq, balances=_balances(facts, progs, now))
         return self._redeem(session, state, decision, pending_entry, pending, reader)
+
+    def exposure(self, card_hex: str, now: float, limits: OfflineLimits) -> Exposure:
+        """What this terminal handed out, from its journal: since the last confirmed upload and this cycle.
+
+        Open (torn, unsettled) writes older than the caps' stale age stop counting: server
+        reconciliation settles them (:meth:`terminal.journal_store.JournalStore.aged_open_writes`).
+
+        :param card_hex: the card id (hex).
+        :param now: POSIX seconds.
+        :param limits: the caps in force (their ``stale_days``).
+        """
+        open_since = now - limits.stale_days * SECONDS_PER_DAY
+        start, end = cycle_bounds(cycle_at(now))
+        return Exposure(
+            card=self.journal.exposure(card_hex, open_since=open_since),
+            terminal=self.journal.exposure(open_since=open_since),
+            card_cycle=self.journal.card_cycle_exposure(card_hex, start.timestamp(), end.timestamp(),
+                                                        open_since=open_since),
+        )
 
     def _journal_pending(self, session: CardSession, state: CardState, d: Decision, pid: int,
                          counter: int, now: float) -> tuple[StoredEntry, PendingWrite]:

@@ -50,7 +50,9 @@ HOUSEHOLD = Household(1, bytes.fromhex("b6b6b6b6b6b6b6b6"), "62.71", (1, 2, 3))
 
 def trust_bundle() -> object:
     """The records test bundle with the counter's programmes and the PIN rule for cash."""
-    return dataclasses.replace(bundle(), programmes=PROGRAMMES, policies={"pin.cash": 1})
+    now = int(time.time())  # a bundle of today: a counter refuses to write far past its bundle's time
+    return dataclasses.replace(bundle(), programmes=PROGRAMMES, policies={"pin.cash": 1}, issued_at=now - 60,
+                               expires_at=now + 30 * 86400)
 
 
 def station() -> StationContext:

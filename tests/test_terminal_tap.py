@@ -51,7 +51,9 @@ class Counter:
 
     def __init__(self, tmp: Path, mode: CounterMode, programme: str, qty: int = 1,
                  trust_bundle: object | None = None) -> None:
-        b = dataclasses.replace(trust_bundle or bundle(), programmes=PROGRAMMES, policies={"pin.cash": 1})
+        now = int(time.time())  # a bundle of today: a counter refuses to write far past its bundle's time
+        b = dataclasses.replace(trust_bundle or bundle(), programmes=PROGRAMMES, policies={"pin.cash": 1},
+                                issued_at=now - 60, expires_at=now + 30 * 86400)
         self.journal = JournalStore(tmp / "journal.sqlite", terminal_id="T-6271-0001", signer=TERMINAL,
                                     clock=Clock(force_synced=True))
         self.request = [programme, qty, None]

@@ -40,8 +40,8 @@ class RacingJournal(JournalStore):
 
     barrier = threading.Barrier(2, timeout=RACE_WINDOW_S)
 
-    def exposure(self, card_id: str | None = None) -> dict[Unit, int]:
-        result = super().exposure(card_id)
+    def exposure(self, card_id: str | None = None, *, open_since: float | None = None) -> dict[Unit, int]:
+        result = super().exposure(card_id, open_since=open_since)
         if card_id is None:
             try:
                 self.barrier.wait()
@@ -57,7 +57,9 @@ def _chip(uid: bytes, card_id: bytes) -> Ntag21x:
 
 
 def test_two_readers_cannot_both_pass_the_terminal_cap(tmp_path: Path) -> None:
-    trust_bundle = dataclasses.replace(bundle(), programmes=(BundleProgramme(1, "food", "package", 1, 182),))
+    now = int(time.time())  # a bundle of today: a counter refuses to write far past its bundle's time
+    trust_bundle = dataclasses.replace(bundle(), programmes=(BundleProgramme(1, "food", "package", 1, 182),),
+                                       issued_at=now - 60, expires_at=now + 30 * 86400)
     journal = RacingJournal(tmp_path / "journal.sqlite", terminal_id="T-6271-0001", signer=TERMINAL,
                             clock=Clock(force_synced=True))
     limits = OfflineLimits(terminal_exposure={Unit.PACKAGE: 1})  # room for exactly one package
