@@ -17,11 +17,18 @@ from pathlib import Path
 
 import click
 
-from server.cli import DATABASE_OPTION, _console, _write_session, database, make_app
+from server.cli import _console, _remember_database, _write_session, database, make_app
 
 __all__ = ["cards_group", "grievance_group", "household_group", "receipt_cmd"]
 
 _REF = click.Path(dir_okay=False, path_type=Path)
+#: ``--database`` as on every ``huma server`` command (server.cli.DATABASE_OPTION, whose type mypy
+#: cannot infer through this module's import cycle with server.cli).
+DATABASE_OPTION = click.option(
+    "--database", metavar="URL", envvar="DATABASE_URL", show_envvar=True, expose_value=False,
+    callback=_remember_database, is_eager=True,
+    help="Database: postgresql+psycopg://user@host:5432/name or sqlite:///path.db "
+         "(default: $DATABASE_URL, else instance/huma.db beside the server package).")
 
 
 @click.group("household")
