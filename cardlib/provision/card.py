@@ -12,11 +12,12 @@ Steps (docs/keys-and-provisioning.md §Provisioning; docs/design.md §Card prote
    static-lock pages plus two 16-page dynamic-lock granules (NTAG215/216 §8.5.2-3).
 3. **lock**: static lock bits L-CC, L4..L15 and their block-lock bits; dynamic lock bits of
    the granules that hold only identity bytes (16-31, 32-47) and the block-lock bit over them.
-4. **protect**: PWD/PACK = :func:`cardlib.provision.password.derive_password`, ACCESS =
-   NFC_CNT_EN with PROT=0 (write protection only), AUTHLIM=0, then AUTH0 = the dynamic lock
-   page. The password therefore guards only the dynamic lock bytes and the configuration:
-   nobody without it can lock the slot pages, set their own password or disable the counter,
-   while terminals write the slots without any secret (slots are signed anyway).
+4. **protect**: PWD/PACK = :func:`cardlib.provision.password.derive_password`, AUTHLIM=0, then
+   AUTH0 last. Format 1: ACCESS = NFC_CNT_EN with PROT=0 and AUTH0 = the dynamic lock page,
+   so the password guards only the dynamic lock bytes and the configuration. Format 2
+   (``StationContext.card_format = 2``, docs/card-format.md §2.2): ACCESS = NFC_CNT_EN | PROT
+   and AUTH0 = page 11, so identity and slots can be neither read nor written without the
+   password, which terminals derive from the provincial key whose version is on page 10.
 5. **verify**: read everything back: the image verifies as a card (issuer key, genesis
    state) against the station's trust bundle, lock bits and configuration are as written,
    and the derived password opens the chip with the expected PACK.
@@ -46,11 +47,21 @@ from cardlib.provision.errors import (
 from cardlib.provision.households import Household
 from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_password
 from cardlib.provision.profile import Profile
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash, terminal_id_of
 from cardlib.records.errors import RecordError
 from cardlib.records.issuance import issue_card_image
-from cardlib.records.layout import FIRST_DATA_PAGE, PAGE_SIZE, CardLayout, SlotName, build_image
+from cardlib.records.layout import (
+    FIRST_DATA_PAGE,
+    PAGE_SIZE,
+    PRIVATE_FIRST_PAGE,
+    CardLayout,
+    SlotName,
+    build_image,
+    build_private_image,
+    build_public_area,
+)
 from cardlib.records.session import CardSession
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.chip import ChipType
@@ -139,8 +150,11 @@ class StationContext:
     :ivar station_id: slot ``terminal_id`` (uint32) of genesis states; None (default
         in the CLI) = the station key's kid read big-endian (§conventions, :attr:`terminal_id`).
     :ivar trust: the current trust bundle (read-back verification uses it).
-    :ivar password_secret: ≥ 16 bytes; the per-card write password is derived from it.
+    :ivar password_secret: ≥ 16 bytes; the per-card password is derived from it (for format 2
+        the provincial card-password key of version ``password_key_version``).
     :ivar originality_key: secp128r1 key for READ_SIG (NXP's by default).
+    :ivar card_format: 1 (slots writable without a password) or 2 (private pages, docs/card-format.md §2.2).
+    :ivar password_key_version: the key version written on page 10 of format-2 cards (1..255).
     """
 
     issuer: Signer
@@ -150,8 +164,17 @@ class StationContext:
     profile: Profile
     password_secret: bytes = field(repr=False)
     originality_key: bytes = NXP_NTAG21X_PUBLIC_KEY
+    card_format: int = 1
+    password_key_version: int = 1
+
+    @property
+    def passwords(self) -> CardPasswordKeys:
+        """The station's card-password key as a one-version key ring (opens format-2 cards)."""
+        return CardPasswordKeys({self.password_key_version: self.password_secret}, self.password_key_version)
 
     def __post_init__(self) -> None:
+        if self.card_format not in (1, 2):
+            raise StationInputError(f"card format {self.card_format} is neither 1 nor 2")
         if len(self.password_secret) < MIN_SECRET_BYTES:
             raise StationInputError(
                 f"card-password secret is {len(self.password_secret)} bytes; it needs at least "
@@ -201,12 +224,20 @@ def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
     except OriginalityError as exc:
         raise CounterfeitChip(f"chip {uid.hex().upper()} fails the NXP originality check: {exc}", uid) from exc
     cfg0_page, _, _, _ = _cfg(tag)
-    head = tag.read_pages(0, 4)
+    head = tag.read_pages(0, PRIVATE_FIRST_PAGE)
+    if head[40:42] == b"HB":
+        # A format-2 card: configuration and lock pages are read-protected. Ours open with our
+        # password (AUTHLIM 0, so a wrong guess on a foreign chip cannot count against it).
+        pw = derive_password(ctx.password_secret, uid)
+        try:
+            tag.pwd_auth(pw.pwd, expected_pack=pw.pack)
+        except PwdAuthFailed as exc:
+            raise ChipNotBlank("chip has private pages under a password that is not ours", uid) from exc
     cfg = tag.read_pages(cfg0_page, 2)
     auth0, access = cfg[3], cfg[4]
     locks = tag.read_lock_bits()
     cc = head[CC_PAGE * PAGE_SIZE:(CC_PAGE + 1) * PAGE_SIZE]
-    existing = _our_identity(tag, ctx) if tag.read_pages(FIRST_DATA_PAGE, 1)[:2] == b"\x03\xff" else None
+    existing = _our_identity(tag, ctx) if _ours(head) else None
     if auth0 <= cfg0_page:
         # Someone set a password. Try ours only when a wrong guess cannot count (AUTHLIM 0).
         if access & AUTHLIM_MASK:
@@ -232,6 +263,11 @@ def check_chip(tag: Type2Tag, ctx: StationContext) -> ChipCheck:
     return ChipCheck(uid, chip.chip, ChipState.BLANK if blank else ChipState.REUSABLE)
 
 
+def _ours(head: bytes) -> bool:
+    """Pages 0-10 hold a format-1 NDEF TLV (``03 FF``) or a format-2 public header (``HB``)."""
+    return head[16:18] == b"\x03\xff" or head[40:42] == b"HB"
+
+
 def _fully_locked(static: bytes, dynamic: bytes) -> bool:
     """True when our static locks and at least the first dynamic granule are set (issued card)."""
     want = STATIC_LOCK_ALL
@@ -241,7 +277,7 @@ def _fully_locked(static: bytes, dynamic: bytes) -> bool:
 def _our_identity(tag: Type2Tag, ctx: StationContext) -> bytes | None:
     """Card id of a verifying identity of ours on this chip, else None (never raises RecordError)."""
     try:
-        state = CardSession(tag, ctx.trust).read_state(_now())
+        state = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(_now())
     except (RecordError, TagError):
         return None
     return state.identity.claims.card_id
@@ -343,7 +379,7 @@ def personalise(
         if check.existing_card_id is not None:
             if check.existing_card_id != card_id:
                 raise AlreadyIssued(f"chip carries card {check.existing_card_id.hex()}, expected {card_id.hex()}", uid)
-            current = CardSession(tag, ctx.trust).read_state(now)
+            current = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(now)
             identity_cose = current.identity.cose.message
             layout = current.image.layout
             _log.info("card %s: identity already written, resuming", card_id.hex())
@@ -354,9 +390,17 @@ def personalise(
             genesis = issued.genesis_cose
             if remaining is not None:
                 genesis = _reissue_genesis(ctx, issued.identity_cose, uid, remaining, now)
-            layout = _aligned_layout(issued.layout, data_area)
-            layout.check_fits(data_area)
-            image = build_image(layout, issued.identity_cose, genesis, None)
+            if ctx.card_format == 2:
+                # Slot B holds a copy of the genesis state, so the first redemption rewrites only
+                # the pages that differ, like every later one (docs/card-format.md §7).
+                layout = CardLayout(issued.layout.identity_len, issued.layout.slot_len, 2)
+                layout.check_fits(data_area)
+                image = build_public_area(ctx.password_key_version) + build_private_image(
+                    layout, issued.identity_cose, genesis, genesis)
+            else:
+                layout = _aligned_layout(issued.layout, data_area)
+                layout.check_fits(data_area)
+                image = build_image(layout, issued.identity_cose, genesis, None)
             identity_cose = issued.identity_cose
             cc = tag.read_pages(CC_PAGE, 1)
             if not any(cc):
@@ -381,7 +425,7 @@ def personalise(
         tag.set_lock_bits(STATIC_LOCK_ALL, dynamic_lock_bytes(slot_a), irreversible=True)
 
         enter(Step.PROTECT)
-        _protect(tag, pw)
+        _protect(tag, pw, private=layout.version == 2)
 
         enter(Step.VERIFY)
         result = verify_card(tag, ctx, card_id, identity_cose, layout, now)
@@ -407,16 +451,24 @@ def _reissue_genesis(
     return sign1_with(ctx.station, genesis.to_cbor(), slot_aad(uid, id_hash))
 
 
-def _protect(tag: Type2Tag, pw: CardPassword) -> None:
-    """Step 4: PWD, PACK, ACCESS (NFC_CNT_EN, PROT=0, AUTHLIM=0), then AUTH0 last (§8.8)."""
-    cfg0, cfg1, pwd_page, pack_page = _cfg(tag)
+def _protection(tag: Type2Tag, private: bool) -> tuple[int, int]:
+    """(AUTH0, ACCESS) of an issued card: format 2 read- and write-protects from page 11."""
+    if private:
+        return PRIVATE_FIRST_PAGE, Access.NFC_CNT_EN | Access.PROT
     dyn_lock_page = tag.identify().dynamic_lock_page
     assert dyn_lock_page is not None
+    return dyn_lock_page, Access.NFC_CNT_EN
+
+
+def _protect(tag: Type2Tag, pw: CardPassword, *, private: bool = False) -> None:
+    """Step 4: PWD, PACK, ACCESS (NFC_CNT_EN, PROT = ``private``, AUTHLIM=0), then AUTH0 last (§8.8)."""
+    cfg0, cfg1, pwd_page, pack_page = _cfg(tag)
+    auth0, access = _protection(tag, private)
     current = tag.read_pages(cfg0, 2)
     tag.channel.write4(pwd_page, pw.pwd)
     tag.channel.write4(pack_page, pw.pack + b"\x00\x00")
-    tag.channel.write4(cfg1, bytes((Access.NFC_CNT_EN,)) + current[5:8])
-    tag.channel.write4(cfg0, current[0:3] + bytes((dyn_lock_page,)))
+    tag.channel.write4(cfg1, bytes((access,)) + current[5:8])
+    tag.channel.write4(cfg0, current[0:3] + bytes((auth0,)))
 
 
 def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cose: bytes, layout: CardLayout,
@@ -427,7 +479,7 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
     """
     uid = tag.uid
     try:
-        state = CardSession(tag, ctx.trust).read_state(now)
+        state = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(now)
     except RecordError as exc:
         raise ReadBackMismatch(f"card {card_id.hex()} does not verify after issuance: {exc}") from exc
     if state.identity.claims.card_id != card_id or state.identity.cose.message != identity_cose:
@@ -444,11 +496,11 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
         raise ReadBackMismatch(f"card {card_id.hex()}: slot pages are locked")
     cfg0, _, _, _ = _cfg(tag)
     cfg = tag.read_pages(cfg0, 2)
-    dyn_lock_page = tag.identify().dynamic_lock_page
-    if cfg[3] != dyn_lock_page or cfg[4] != Access.NFC_CNT_EN:
+    want_auth0, want_access = _protection(tag, layout.version == 2)
+    if cfg[3] != want_auth0 or cfg[4] != want_access:
         raise ReadBackMismatch(f"card {card_id.hex()}: AUTH0 {cfg[3]:02X} / ACCESS {cfg[4]:02X} read back")
     last_slot_page = layout.slot_pages(SlotName.B)[-1]
-    if cfg[3] <= last_slot_page:
+    if layout.version == 1 and cfg[3] <= last_slot_page:
         raise ReadBackMismatch("AUTH0 would protect slot pages")
     pw = derive_password(ctx.password_secret, uid)
     try:
