@@ -14,6 +14,7 @@ deadlines and guard, instead of a PC/SC pass-through channel (docs/readers.md).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +100,23 @@ class Deadline:
             raise DeadlineExceeded(f"{what}: tap deadline of {self.seconds:.1f} s exceeded")
 
 
+#: Seconds the caller waits for an aborted card call's thread to return (it may stay blocked).
+_ABORT_GRACE_S = 0.2
+
+
+def abort_connection(conn: Connection) -> None:
+    """End a card call in flight on ``conn`` from another thread: its ``abort()``, else ``close()``.
+
+    Errors are swallowed: the connection is being given up either way.
+    """
+    abort = getattr(conn, "abort", None)
+    with contextlib.suppress(Exception):  # best effort on a connection already failing
+        if abort is not None:
+            abort()
+        else:
+            conn.close()
+
+
 class DeadlineExceeded(SessionLost):
     """A card call ran past its deadline; treated like the card leaving the field."""
 
@@ -106,10 +124,15 @@ class DeadlineExceeded(SessionLost):
 class DeadlineConnection(Connection):
     """A connection that enforces a per-call and a per-tap deadline on every card command.
 
-    A PC/SC call cannot be interrupted from Python, so an overrunning call is
-    detected when it returns and raises :class:`DeadlineExceeded` (a
-    :class:`SessionLost`), sending the tap down the torn-write path if it was
-    writing; the tap budget is checked before every command.
+    Each command runs on a short-lived worker thread; the caller waits at most the
+    per-call limit (and never past the tap budget). A command still running then is
+    ended: the inner connection is aborted (:func:`abort_connection`: ``abort()`` when the
+    wrapper has one, else ``close()``, which disconnects the PC/SC card handle, since
+    pcsc-lite's ``SCardCancel`` does not reach an ``SCardTransmit`` in flight), so a card
+    that stops answering frees its reader within the tap budget, not when it is lifted
+    (docs/field-cases.md §PC). The call raises :class:`DeadlineExceeded` (a
+    :class:`SessionLost`), sending the tap down the torn-write path if it was writing;
+    every later call on this connection raises it at once.
 
     :param inner: the real connection.
     :param deadline: the tap's budget.
@@ -120,20 +143,42 @@ class DeadlineConnection(Connection):
         self._inner = inner
         self._deadline = deadline
         self._per_call_s = per_call_s
+        self._aborted: str | None = None
         self.commands = 0
 
     def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
         return self._timed(lambda: self._inner.send_and_receive(apdu))
 
     def _timed(self, call: Callable[[], _T]) -> _T:
+        if self._aborted is not None:
+            raise DeadlineExceeded(self._aborted)
         self._deadline.check("before a card command")
+        limit = min(self._per_call_s, max(self._deadline.left(), 0.0))
+        box: list[_T] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                box.append(call())
+            except BaseException as exc:  # handed to the caller's thread below
+                failure.append(exc)
+
         start = time.monotonic()
-        result = call()
-        self.commands += 1
+        worker = threading.Thread(target=run, name="card-call", daemon=True)
+        worker.start()
+        worker.join(limit)
         took = time.monotonic() - start
+        if worker.is_alive():
+            self._aborted = f"a card command did not answer within {limit:.2f} s; the card handle was ended"
+            abort_connection(self._inner)
+            worker.join(_ABORT_GRACE_S)
+            raise DeadlineExceeded(self._aborted)
+        self.commands += 1
+        if failure:
+            raise failure[0]
         if took > self._per_call_s:
             raise DeadlineExceeded(f"a card command took {took:.2f} s (limit {self._per_call_s:.2f} s)")
-        return result
+        return box[0]
 
     def native_channel(self) -> Type2Channel | None:
         """The inner stack's frame channel with the same deadlines on every frame, or None (PC/SC)."""
@@ -209,6 +254,18 @@ class GuardedConnection(Connection):
         with self._lock:
             self._check()
             return call()
+
+    def abort(self) -> None:
+        """Close now, without waiting for a call in flight (the deadline ended it): later calls raise.
+
+        Disconnecting the card handle under a blocked call is what makes that call return;
+        pcscd may then drop this client's socket, which the supervisor already handles as a
+        lost service (it reconnects).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._inner.close()
 
     def close(self) -> None:
         """Close once, after any call in flight on another thread has returned."""

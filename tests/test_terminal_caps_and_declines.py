@@ -7,6 +7,7 @@ with a real journal on :class:`simulator.reader.ReaderEmulator` and an issued NT
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cardlib.records.claims import Entitlement, Unit
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import parse_image
+from cardlib.transport.errors import CardRemoved, SessionLost
 from cardlib.type2.channel import ACR122U
 from firmware_config.models import CounterMode
 from simulator.chip import Ntag21x
@@ -286,3 +288,41 @@ def test_an_old_unsettled_write_stops_pinning_the_counters_exposure(tmp_path: Pa
         assert [w.entry.card_id for w in j.aged_open_writes(cutoff)] == [CARD_ID.hex()]
     finally:
         j.close()
+
+
+# ---------------------------------------------------------------- 4. card calls that cannot hang a reader
+
+
+class HangingConnection(EmulatorConnection):
+    """A reader whose card stops answering after ``answers`` commands: the call blocks until the handle is closed."""
+
+    def __init__(self, emulator: ReaderEmulator, answers: int) -> None:
+        super().__init__(emulator)
+        self.answers = answers
+        self.closed = threading.Event()
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        if self.answers <= 0:
+            self.closed.wait(30)
+            raise CardRemoved("handle closed under a blocked call")
+        self.answers -= 1
+        return super().send_and_receive(apdu)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@pytest.mark.parametrize("answers", [1, 6])
+def test_a_mute_card_frees_its_reader_within_the_tap_budget(counter, answers: int) -> None:  # type: ignore[no-untyped-def]
+    c = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=fresh_bundle())
+    c.tap.cfg.per_call_s, c.tap.cfg.tap_budget_s = 0.3, 2.0
+    conn = HangingConnection(ReaderEmulator(chip(), ReaderKind.ACR122U), answers)
+    start = time.monotonic()
+    try:
+        out: TapOutcome | None = c.tap(conn, None)  # type: ignore[arg-type]
+    except SessionLost:
+        out = None  # before anything was journalled for the card: the supervisor retries
+    assert time.monotonic() - start < 2.0
+    assert conn.closed.is_set()  # the card handle was ended, not left to the card's lifting
+    if out is not None:  # a write was under way: its outcome is unknown, resolved on the next tap
+        assert out.status in (TapStatus.UNCERTAIN, TapStatus.RETRY), out
