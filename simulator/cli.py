@@ -201,12 +201,37 @@ def _require_empty(url: str) -> None:
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--database", default=None, help="SQLAlchemy URL (default: a new SQLite file in a temp dir).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--campaign", is_flag=True, help="Planted attackers (--clones, --rollbacks) redeem at several counters "
+              "for --days while the upload/reconcile/publish/fetch cycle runs; reports taken vs the docs bound.")
+@click.option("--rollbacks", default=2, show_default=True, type=click.IntRange(0),
+              help="With --campaign: cards whose old dump is written back before every visit.")
+@click.option("--cycle", "cycle_h", nargs=4, type=click.FloatRange(min=0.1), default=(24.0, 6.0, 6.0, 24.0),
+              show_default=True, metavar="U R P F",
+              help="With --campaign: hours between uploads, reconciliations, publications, bundle fetches.")
 def district(households: int, terminals: int, days: int, skewed: int, skew_minutes: int, torn: int,
              duplicate_batches: int, partial: int, gaps: int, clones: int, seed: int, database: str | None,
-             as_json: bool) -> None:
+             as_json: bool, campaign: bool, rollbacks: int, cycle_h: tuple[float, float, float, float]) -> None:
     """Simulate a district (no card link) through the real upload API and reconciliation."""
     import json
 
+    if campaign:
+        from simulator.attackers import AttackPlan, campaign_summary, check, run_campaign
+        from simulator.district import open_database as open_campaign_database
+
+        attack = AttackPlan(households, terminals, days, clones, rollbacks, seed=seed, upload_h=cycle_h[0],
+                            reconcile_h=cycle_h[1], publish_h=cycle_h[2], fetch_h=cycle_h[3])
+        with tempfile.TemporaryDirectory(prefix="huma-district-") as tmp:
+            url = database or f"sqlite:///{Path(tmp) / 'district.db'}"
+            with _database_errors(url):
+                if database:
+                    _require_empty(database)
+                app, token = open_campaign_database(url, Path(tmp))
+                result = run_campaign(attack, app, token)
+        summary = campaign_summary(result)
+        click.echo(json.dumps(summary, indent=1) if as_json else
+                   "\n".join(f"{k}: {v}" for k, v in summary.items()))
+        check(result)
+        return
     from simulator.district import DistrictPlan, open_database, run_district, unexplained
 
     plan = DistrictPlan(households, terminals, days, skewed, skew_minutes, torn, duplicate_batches, partial,
