@@ -372,10 +372,10 @@ class CardSession:
             return parse_image(data)
         self.authenticate(self.public)
         data = self.tag.read_pages(PRIVATE_FIRST_PAGE, end - PRIVATE_FIRST_PAGE)
-        layout = CardLayout(data[0], data[1], 2) if data[0] and data[1] else None
-        if layout is not None and layout.pages > len(data) // PAGE_SIZE:
+        private = CardLayout(data[0], data[1], 2) if data[0] and data[1] else None
+        if private is not None and private.pages > len(data) // PAGE_SIZE:
             data += self.tag.read_pages(PRIVATE_FIRST_PAGE + len(data) // PAGE_SIZE,
-                                        layout.pages - len(data) // PAGE_SIZE)
+                                        private.pages - len(data) // PAGE_SIZE)
         return parse_private_image(data)
 
     def _read_head(self) -> bytes:
@@ -609,11 +609,27 @@ class CardSession:
         except CardlibError as exc:
             outcome = WriteOutcome.UNCERTAIN if sent_any else WriteOutcome.NOT_WRITTEN
             log.info("slot %s write stopped (%s): %s", pending.slot.value, outcome.value, exc)
+            if sent_any and self._reads_back(pending, new):
+                # A reader error after a WRITE says nothing about the card: read, never re-send.
+                return CommitResult(WriteOutcome.COMMITTED, pending, written, exc)
             return CommitResult(outcome, pending, written, exc)
         if bytes(back) != new:
             log.warning("slot %s read-back differs from what was written", pending.slot.value)
             return CommitResult(WriteOutcome.UNCERTAIN, pending, written, None)
         return CommitResult(WriteOutcome.COMMITTED, pending, written)
+
+    def _reads_back(self, pending: PendingWrite, new: bytes) -> bool:
+        """After a link error during a write: one read of the target slot, True when it holds ``new``.
+
+        Nothing is written again: the outcome of a WRITE whose answer was lost is unknown until
+        read (NTAG21x datasheet §10.4: the chip may have programmed the page before the
+        ACK was lost). Any error on the read leaves it unknown (False).
+        """
+        try:
+            back = self.tag.read_pages(pending.first_page, pending.slot_len // PAGE_SIZE)
+        except CardlibError:
+            return False
+        return bytes(back) == new
 
     # ------------------------------------------------------------------ recovery
 
