@@ -40,6 +40,7 @@ from tests.test_records_support import (
     STATION,
     TERMINAL,
     UID,
+    ChipTag,
     bundle,
     chip_with,
     identity,
@@ -326,3 +327,30 @@ def test_a_mute_card_frees_its_reader_within_the_tap_budget(counter, answers: in
     assert conn.closed.is_set()  # the card handle was ended, not left to the card's lifting
     if out is not None:  # a write was under way: its outcome is unknown, resolved on the next tap
         assert out.status in (TapStatus.UNCERTAIN, TapStatus.RETRY), out
+
+
+class LostAckTag(ChipTag):
+    """The chip programs the last page of the write, then its ACK is lost (a reader error)."""
+
+    writes: int = 0
+
+    def write_pages(self, first: int, data: bytes) -> None:
+        self.writes += len(data) // 4
+        super().write_pages(first, data)
+        raise SessionLost("reader error after WRITE")
+
+
+def test_a_reader_error_after_a_write_is_read_back_never_resent() -> None:
+    from cardlib.records.session import CardSession, WriteOutcome
+
+    tag = LostAckTag(chip())
+    session = CardSession(tag, fresh_bundle())  # type: ignore[arg-type]
+    state = session.read_state(int(time.time()))
+    pending = session.prepare_redemption(state, signer=TERMINAL, cycle=cycle_at(time.time()), amounts={FOOD: 1},
+                                         terminal_id=1, terminal_seq=1, now=int(time.time()))
+    result = session.commit(pending)
+    sent = tag.writes
+    # The whole (empty) target slot is one run; its last ACK was lost: the slot is read, not written again.
+    assert session.read_image().slots[pending.slot].raw == pending.region
+    assert result.outcome is WriteOutcome.COMMITTED, result
+    assert tag.writes == sent
