@@ -170,7 +170,10 @@ class DeadlineConnection(Connection):
         took = time.monotonic() - start
         if worker.is_alive():
             self._aborted = f"a card command did not answer within {limit:.2f} s; the card handle was ended"
-            abort_connection(self._inner)
+            # pcsc-lite's client holds the context's mutex for the whole SCardTransmit, so a
+            # disconnect may itself wait for the blocked call: it runs on its own thread, and
+            # the tap goes on without waiting for more than a moment.
+            threading.Thread(target=abort_connection, args=(self._inner,), name="card-abort", daemon=True).start()
             worker.join(_ABORT_GRACE_S)
             raise DeadlineExceeded(self._aborted)
         self.commands += 1
