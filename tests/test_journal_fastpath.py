@@ -162,7 +162,7 @@ _EDGE_VALUES: list[Any] = [
     bytearray(16), [1], {1: 1},
 ]
 #: Keys that are not claims (or only look like one: False == 0, 2**64, bytes).
-_UNKNOWN_KEYS: list[Any] = ["x", "1", -1, 0, 21, 22, 24, 2**64, False, b"\x01", 1.5]
+_UNKNOWN_KEYS: list[Any] = ["x", "1", -1, 0, 23, 24, 2**64, False, b"\x01", 1.5]
 _CLAIMS = [int(c) for c in Claim]
 _UINT_EDGES: list[Any] = [None, True, False, 0, 1, -1, 1.0, 2**24 - 1, 2**24, 2**64, "1", b"\x01"]
 _POS_EDGES: list[Any] = [0, 1, 2, True, -1, 1.0, None, 2**64]
@@ -184,7 +184,7 @@ _TARGETED: dict[int, list[Any]] = {
     Claim.TERMINAL_ID: _text_edges(MAX_ID_CHARS),
     Claim.BOOT_ID: _POS_EDGES,
     Claim.SEQ: _POS_EDGES,
-    Claim.KIND: [0, *range(1, 11), 11, -1, True, 6.0, None, 2**64],
+    Claim.KIND: [0, *range(1, 12), 12, -1, True, 6.0, None, 2**64],
     Claim.WALL_MS: _UINT_EDGES,
     Claim.MONO_NS: _UINT_EDGES,
     Claim.CLOCK_SYNCED: [True, False, 0, 1, None, "true"],
@@ -199,6 +199,8 @@ _TARGETED: dict[int, list[Any]] = {
     Claim.NTAG_COUNTER: _UINT_EDGES,
     Claim.PREV_ENTRY_HASH: _bytes_edges(32, 31, 33, 0, 16),
     Claim.DECLINE_REASON: _text_edges(MAX_PROGRAMME_CHARS),
+    Claim.FALLBACK: _text_edges(MAX_PROGRAMME_CHARS),
+    Claim.APPROVED_BY: _text_edges(MAX_ID_CHARS),
 }
 
 
@@ -229,7 +231,7 @@ def _mutation(draw: st.DrawFn, claims: dict[Any, Any]) -> None:
     elif what == "decline":
         claims[int(Claim.DECLINE_REASON)] = draw(st.sampled_from(["nothing_left", "", "a" * 33]))
     elif what == "kind":
-        claims[int(Claim.KIND)] = draw(st.sampled_from([0, 11, -1, 2**64, True, 6.0, *range(1, 11)]))
+        claims[int(Claim.KIND)] = draw(st.sampled_from([0, 12, -1, 2**64, True, 6.0, *range(1, 12)]))
     elif what == "reorder":
         items = draw(st.permutations(list(claims.items())))
         claims.clear()

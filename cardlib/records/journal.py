@@ -111,6 +111,9 @@ class EntryKind(IntEnum):
     ISSUANCE = 8  #: card provisioned at this terminal
     BOOT = 9  #: daemon started (new boot_id)
     CLOCK_SET = 10  #: wall clock stepped (NTP sync or manual)
+    #: a redemption served without a card write (QR or supervisor manual entry, docs/fallback.md);
+    #: the counter sets ``fallback`` (the step) and ``approved_by`` (who let it through)
+    FALLBACK = 11
 
 
 class Claim(IntEnum):
@@ -136,6 +139,8 @@ class Claim(IntEnum):
     NTAG_COUNTER = 18
     PREV_ENTRY_HASH = 19
     DECLINE_REASON = 20  #: DECLINED only: stable reason code, e.g. "nothing_left" (signed, text <= 32)
+    FALLBACK = 21  #: FALLBACK or DECLINED: the fallback step, "qr" or "manual" (docs/fallback.md)
+    APPROVED_BY = 22  #: with FALLBACK: the clerk (qr) or supervisor (manual) who approved it (text <= 64)
 
 
 _REQUIRED = frozenset(
@@ -229,6 +234,9 @@ class CardClaims:
     :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
     :ivar decline_reason: for DECLINED entries, the stable reason code
         (``terminal.policy.DeclineReason`` value, ≤ 32 chars); signed like every claim.
+    :ivar fallback: the fallback step of a FALLBACK (or refused fallback DECLINED) entry,
+        ``"qr"`` or ``"manual"`` (docs/fallback.md).
+    :ivar approved_by: who approved the fallback step (clerk or supervisor id, ≤ 64 chars).
     """
 
     card_id: str | None = None
@@ -241,6 +249,8 @@ class CardClaims:
     state_hash_new: bytes | None = None
     ntag_counter: int | None = None
     decline_reason: str | None = None
+    fallback: str | None = None
+    approved_by: str | None = None
 
     def card_claims(self) -> dict[str, Any]:
         """These claims by name (for ``JournalEntry(**...)`` or ``CardWrite(**...)``)."""
@@ -319,6 +329,8 @@ class JournalEntry(CardClaims):
             Claim.NTAG_COUNTER: self.ntag_counter,
             Claim.PREV_ENTRY_HASH: self.prev_entry_hash,
             Claim.DECLINE_REASON: self.decline_reason,
+            Claim.FALLBACK: self.fallback,
+            Claim.APPROVED_BY: self.approved_by,
         }
         return {int(k): v for k, v in values.items() if v is not None}
 
@@ -380,6 +392,8 @@ class JournalEntry(CardClaims):
                 state_hash_new=claims.get(Claim.STATE_HASH_NEW),
                 ntag_counter=claims.get(Claim.NTAG_COUNTER),
                 decline_reason=claims.get(Claim.DECLINE_REASON),
+                fallback=claims.get(Claim.FALLBACK),
+                approved_by=claims.get(Claim.APPROVED_BY),
             )
         except TypeError as exc:  # a claim of the wrong CBOR type reaching __post_init__
             raise MalformedEntry(str(exc)) from exc
@@ -422,6 +436,8 @@ _CLAIM_SPEC: dict[int, tuple[Any, float, float]] = {
     Claim.NTAG_COUNTER: (int, 0, NTAG_COUNTER_MAX),
     Claim.PREV_ENTRY_HASH: (bytes, HASH_LEN, HASH_LEN),
     Claim.DECLINE_REASON: (str, 1, MAX_PROGRAMME_CHARS),
+    Claim.FALLBACK: (str, 1, MAX_PROGRAMME_CHARS),
+    Claim.APPROVED_BY: (str, 1, MAX_ID_CHARS),
 }
 _CLAIM_SPEC_BY_INT = {int(k): v for k, v in _CLAIM_SPEC.items()}
 
@@ -510,6 +526,10 @@ def _check(e: JournalEntry) -> None:
         "decline_reason: 1..32 characters",
     )
     need(e.decline_reason is None or e.kind is EntryKind.DECLINED, "decline_reason only on DECLINED entries")
+    need(e.fallback is None or (isinstance(e.fallback, str) and 0 < len(e.fallback) <= MAX_PROGRAMME_CHARS),
+         "fallback: 1..32 characters")
+    need(e.approved_by is None or (isinstance(e.approved_by, str) and 0 < len(e.approved_by) <= MAX_ID_CHARS),
+         "approved_by: 1..64 characters")
     for name in ("amount", "slot_seq_before", "slot_seq_after"):
         value = getattr(e, name)
         need(value is None or _is_uint(value), f"{name}: integer ≥ 0")

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-#: Entry kinds that mean a slot was written and an amount charged (docs/design.md §Tap sequence).
-REDEMPTION_KINDS: tuple[int, ...] = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
+#: Entry kinds that mean an amount was charged: a slot written (docs/design.md §Tap sequence) or a fallback
+#: redemption served without a card write (docs/fallback.md), which counts against the household the same.
+REDEMPTION_KINDS: tuple[int, ...] = (int(EntryKind.COMMIT), int(EntryKind.FINISHED), int(EntryKind.FALLBACK))
 #: Kilometres per degree of latitude (WGS 84 mean).
 KM_PER_DEG_LAT = 110.574
 #: Kilometres per degree of longitude at the equator.
