@@ -39,10 +39,11 @@ from cardlib.provision.batch import (
     run_secure_batch,
     write_issuance_file,
 )
-from cardlib.provision.card import StationContext, Step
+from cardlib.provision.card import PersonalisedCard, StationContext, Step
 from cardlib.provision.errors import CsvError, ProvisionError, StationInputError
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
+from cardlib.provision.qr import household_qr, qr_png
 from cardlib.provision.reissue import station_lock
 from cardlib.provision.session import SessionGrant, grant_session, static_keys, verify_grant
 from cardlib.provision.state import BatchState, Event
@@ -302,13 +303,16 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
               help="secure: PEM P-256 public key of the office's PIN-reset key (default: the issuer key, if P-256).")
 @click.option("--pin-required/--no-pin-required", default=False,
               help="secure: the card itself refuses every update without its PIN.")
+@click.option("--qr-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ntag: write the household QR for the card body (signed Claim 169, docs/fallback.md) "
+                   "to this PNG, and its text to the same name with .txt.")
 @_station_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
               show_default=True, help="Journal/results directory shared by every single card made here "
                                       "(relative to the current directory).")
 def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: bytes | None,
              remaining: str | None, balance_statement: Path | None, server_key: Path | None, card_profile: str,
-             pin_reset_key: Path | None, pin_required: bool, **o: Any) -> None:
+             pin_reset_key: Path | None, pin_required: bool, qr_out: Path | None, **o: Any) -> None:
     """Provision one card (or re-issue a lost one with its remaining entitlement).
 
     ``--card-profile secure`` always asks for the PIN: it is set on the card (4..8 digits).
@@ -342,7 +346,17 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
         _report(out)
         if out.status is not Event.ISSUED:
             raise ProvisionError(out.detail)
+        if qr_out is not None and isinstance(out.card, PersonalisedCard):
+            _write_qr(qr_out, out.card, st)
         click.echo(out.card.card_id.hex() if out.card else "")
+
+
+def _write_qr(path: Path, card: PersonalisedCard, st: _Station) -> None:
+    """Write the card body's household QR as PNG (``path``) and text (``path`` with ``.txt``)."""
+    text = household_qr(card.identity_cose, st.issuer, int(time.time()))
+    path.write_bytes(qr_png(text))
+    path.with_suffix(".txt").write_text(text + "\n", encoding="ascii")
+    _console.print(f"household QR written to {path}")
 
 
 def _reissue_balance(profile: Profile, row: Household, reissue_of: bytes | None, remaining: str | None,
