@@ -6,10 +6,17 @@
 - ``POST /api/v1/grievances/<id>/status`` ``{"status", "reason"}`` (auditor, admin): open,
   investigating, resolved; who and why are kept and audited.
 - ``GET /api/v1/receipts/<code>`` (auditor, admin): the journal entries a receipt code names.
+- ``POST /api/v1/terminal/grievances`` (a counter, signed like a journal upload): complaints taken at
+  the counter's screen, each stored once under the counter's id for it; the answer carries a receipt
+  signed by the server receipt key (docs/grievances.md).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import re
+import time
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
@@ -17,13 +24,16 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from server.auth import audit, require_role
+from server.db import busy_as_503
 from server.errors import BadRequest, NotFound
 from server.extensions import db
 from server.grievances import (
     Grievance,
+    GrievanceCategory,
     GrievanceError,
     GrievanceStatus,
     change_status,
+    find_from_counter,
     grievance_json,
     receipt_entries,
     record_grievance,
@@ -108,6 +118,90 @@ def post_grievance_status(grievance_id: str) -> ResponseReturnValue:
     return jsonify(grievance_json(grievance))
 
 
+#: Most complaints one counter request may carry.
+TERMINAL_BATCH_MAX = 100
+_CLIENT_REF = re.compile(r"[0-9a-f]{32}")
+
+
+def _counter_time(value: object) -> dt.datetime | None:
+    """A counter's ISO 8601 instant with offset, or None when absent or unreadable (it is evidence, not a key)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
+
+
+@bp.post("/terminal/grievances")
+def post_terminal_grievances() -> ResponseReturnValue:
+    """Complaints taken at a counter: ``{"terminal_id", "grievances": [{"client_ref", "text", ...}]}``.
+
+    Authenticated like a journal upload (``Huma-Signature`` envelope by the terminal key over
+    the exact body, docs/api.md "Journal upload"). Each complaint gets one line in the signed
+    receipt, in order: ``accepted`` (stored now; ``seq`` = its grievance id), ``duplicate``
+    (stored before under the same ``client_ref``) or ``rejected`` with the bad field as reason
+    (a resend would be refused again, so the counter stops offering it).
+
+    :raises BadRequest: not JSON, no list of complaints, more than :data:`TERMINAL_BATCH_MAX`,
+        an item without a 32-hex ``client_ref``.
+    :raises AuthenticationFailed, Forbidden: as for journal uploads (bad envelope, unknown,
+        revoked or unapproved terminal).
+    """
+    from flask import current_app
+
+    from cardlib.records.statements import ReceiptLine, sign_receipt
+    from server.receipts import receipt_signer
+    from server.upload import SIGNATURE_HEADER, authenticate
+
+    body = json_body()
+    raw = request.get_data(cache=True)
+    retry_after = int(current_app.config["RETRY_AFTER"])
+    items = body.get("grievances")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("grievances must be a non-empty list", field="grievances")
+    if len(items) > TERMINAL_BATCH_MAX:
+        raise BadRequest(f"at most {TERMINAL_BATCH_MAX} grievances per request", field="grievances")
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("client_ref"), str) \
+                or not _CLIENT_REF.fullmatch(item["client_ref"]):
+            raise BadRequest("every grievance has a client_ref of 32 lower-case hex digits", field="client_ref")
+    with busy_as_503(retry_after):
+        session = db.write_session()
+        terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
+        lines: list[ReceiptLine] = []
+        results: list[dict[str, Any]] = []
+        for item in items:
+            ref = item["client_ref"]
+            known = find_from_counter(session, terminal.terminal_id, ref)
+            if known is not None:
+                lines.append(ReceiptLine(bytes.fromhex(ref), known.id, "duplicate", None))
+                results.append({"client_ref": ref, "result": "duplicate", "id": known.id})
+                continue
+            try:
+                fields = {k: item.get(k) for k in ("text", "receipt_code", "card_id", "household_ref", "category")}
+                if any(v is not None and not isinstance(v, str) for v in fields.values()):
+                    raise GrievanceError("text, receipt_code, card_id, household_ref and category are strings",
+                                         "text")
+                with session.begin_nested():
+                    grievance = record_grievance(
+                        session, None, fields["text"] or "", receipt_code=fields["receipt_code"],
+                        card_id=fields["card_id"], household_ref=fields["household_ref"],
+                        category=fields["category"], source_terminal=terminal.terminal_id, client_ref=ref,
+                        counter_time=_counter_time(item.get("recorded_at")))
+            except GrievanceError as exc:
+                lines.append(ReceiptLine(bytes.fromhex(ref), None, "rejected", exc.field or "invalid"))
+                results.append({"client_ref": ref, "result": "rejected", "reason": exc.field, "error": str(exc)})
+                continue
+            lines.append(ReceiptLine(bytes.fromhex(ref), grievance.id, "accepted", None))
+            results.append({"client_ref": ref, "result": "accepted", "id": grievance.id})
+        session.commit()
+    receipt = sign_receipt(receipt_signer(current_app), terminal.terminal_id, raw, lines, time.time())
+    return jsonify({"terminal_id": terminal.terminal_id, "results": results,
+                    "receipt": base64.b64encode(receipt).decode("ascii")}), 200
+
+
 @bp.get("/receipts/<code>")
 @require_role(Role.AUDITOR, Role.ADMIN)
 def get_receipt(code: str) -> ResponseReturnValue:
@@ -175,6 +269,27 @@ def _openapi_paths() -> dict[str, Any]:
             "responses": {"200": _json(grievance, "moved"), "400": _err("blank reason or a move not allowed"),
                           "404": _err("no such complaint"), "413": _err("body over the limit"),
                           **_AUTH_ERRORS, **_BUSY},
+        }},
+        "/api/v1/terminal/grievances": {"post": {
+            "summary": "Complaints taken at a counter (terminal-signed like a journal upload; a signed receipt "
+                       "with one line per complaint: accepted, duplicate or rejected)",
+            "parameters": [{"name": "Huma-Signature", "in": "header", "required": True,
+                            "schema": {"type": "string"}}],
+            "requestBody": _body({"type": "object", "required": ["terminal_id", "grievances"], "properties": {
+                "terminal_id": {"type": "string"},
+                "grievances": {"type": "array", "maxItems": TERMINAL_BATCH_MAX, "items": {
+                    "type": "object", "required": ["client_ref", "text"], "properties": {
+                        "client_ref": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "text": {"type": "string"},
+                        "receipt_code": text, "card_id": text, "household_ref": text,
+                        "category": {"type": "string", "nullable": True,
+                                     "enum": [c.value for c in GrievanceCategory]},
+                        "recorded_at": {"type": "string", "format": "date-time"}}}}}}),
+            "responses": {"200": _json({"type": "object", "required": ["results", "receipt"], "properties": {
+                "terminal_id": {"type": "string"}, "results": {"type": "array", "items": {"type": "object"}},
+                "receipt": {"type": "string", "format": "byte"}}}, "one result per complaint, in order"),
+                "400": _err("not a list of complaints, or one without a client_ref"),
+                "401": _err("bad envelope or unknown terminal key"), "403": _err("terminal revoked or not approved"),
+                "413": _err("body over the limit"), **_BUSY},
         }},
         "/api/v1/receipts/{code}": {"get": {
             "summary": "The redemptions a receipt code names (auditor, admin; audited)",
