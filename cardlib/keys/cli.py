@@ -339,3 +339,92 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
     out.write_bytes(blob)
     click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "
                f"expires in {days} d")
+
+
+# ----------------------------------------------------------------------------- card-password keys
+
+#: Environment variable of the card-password key file's passphrase (stations, `huma keys card-passwords`).
+CARD_KEYS_PASSPHRASE_ENV = "HUMA_CARD_KEYS_PASSPHRASE"
+
+
+def _card_keys_pw(path: Path | None, *, confirm: bool = False) -> bytes:
+    return read_secret(path, CARD_KEYS_PASSPHRASE_ENV, "Card-password key file passphrase", confirm=confirm)
+
+
+def _save_card_keys(path: Path, ring: Any, passphrase: bytes) -> None:
+    """Replace the key file atomically (mode 0600): a crash never leaves half a key ring.
+
+    :raises ValueError: a passphrase shorter than 12 bytes.
+    """
+    from cardlib.records.access import seal_password_keys
+
+    atomic_write(path, seal_password_keys(ring, passphrase), mode=0o600)
+
+
+@keys.group("card-passwords")
+def card_passwords() -> None:
+    """The provincial card-password key file: which PWD/PACK opens a card's private pages.
+
+    An encrypted key ring (scrypt + AES-256-GCM, docs/card-format.md §2.2), versioned: new cards
+    carry the current version on their page 10, terminals hold every version still in the field.
+    Passphrase: --passphrase-file, else $HUMA_CARD_KEYS_PASSPHRASE, else a prompt.
+    """
+
+
+_CARD_KEYS_PW_OPTION = click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help=f"Key file passphrase (else ${CARD_KEYS_PASSPHRASE_ENV}, else prompt); at least 12 bytes.")
+
+
+@card_passwords.command("create")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format1-secret", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The office's --pwd-secret-file that format-1 cards were issued with: kept as version 1 "
+                   "so counters can open and migrate those cards; a new random key becomes version 2.")
+@_CARD_KEYS_PW_OPTION
+@force_option
+def card_passwords_create(out: Path, format1_secret: Path | None, passphrase_file: Path | None, force: bool) -> None:
+    """Create the card-password key file OUT (a fresh random key, version 1 or 2)."""
+    from cardlib.records.access import CardPasswordKeys
+
+    refuse_overwrite(out, force)
+    legacy = format1_secret.read_bytes().strip() if format1_secret is not None else None
+    try:
+        ring = CardPasswordKeys.create(legacy)
+    except ValueError as exc:
+        raise InputFileError(f"--format1-secret {format1_secret}: {exc}") from None
+    try:
+        _save_card_keys(out, ring, _card_keys_pw(passphrase_file, confirm=True))
+    except ValueError as exc:
+        raise InputFileError(f"{out}: {exc}") from None
+    click.echo(f"{out}: card-password keys, current version {ring.current}"
+               + (f", format-1 cards under version {ring.format1}" if ring.format1 else ""))
+
+
+@card_passwords.command("rotate")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_CARD_KEYS_PW_OPTION
+def card_passwords_rotate(path: Path, passphrase_file: Path | None) -> None:
+    """Add a fresh key under the next version and make it current (older versions stay for cards in the field)."""
+    from cardlib.records.access import load_password_keys
+
+    pw = _card_keys_pw(passphrase_file)
+    ring = load_password_keys(path, pw)
+    try:
+        ring = ring.rotated()
+    except ValueError as exc:
+        raise InputFileError(f"{path}: {exc}") from None
+    _save_card_keys(path, ring, pw)
+    click.echo(f"{path}: current version {ring.current} (held: {', '.join(map(str, sorted(ring.keys)))})")
+
+
+@card_passwords.command("show")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_CARD_KEYS_PW_OPTION
+def card_passwords_show(path: Path, passphrase_file: Path | None) -> None:
+    """List the versions the key file holds (never the keys)."""
+    from cardlib.records.access import load_password_keys
+
+    ring = load_password_keys(path, _card_keys_pw(passphrase_file))
+    click.echo(f"versions {', '.join(map(str, sorted(ring.keys)))}; current {ring.current}; "
+               f"format-1 cards {ring.format1 if ring.format1 is not None else 'not held'}")

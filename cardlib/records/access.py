@@ -35,12 +35,15 @@ __all__ = [
     "PasswordKeyFileError",
     "load_password_keys",
     "save_password_keys",
+    "seal_password_keys",
 ]
 
 #: Format marker of the encrypted key file (a version in every artefact).
 KEY_FILE_FORMAT = "huma-betang/card-password-keys/v1"
 #: Key versions fit the one byte of the card's public header (docs/card-format.md §2.2); 0 is unused.
 MAX_KEY_VERSION = 0xFF
+#: Bytes of a key made by :meth:`CardPasswordKeys.create` / :meth:`CardPasswordKeys.rotated`.
+NEW_KEY_BYTES = 32
 _MIN_PASSPHRASE = 12
 _SCRYPT_N = 2**15
 _SCRYPT_R = 8
@@ -59,11 +62,16 @@ class CardPasswordKeys:
 
     :ivar keys: key version (1..255) -> key (≥ 16 random bytes).
     :ivar current: the version new cards are issued with.
-    :raises ValueError: a version out of range, a short key, or ``current`` not held.
+    :ivar format1: the version whose key is the issuing office's password secret that format-1
+        cards already carry (their PWD guards only the configuration pages); a counter holding it
+        opens those cards and migrates them to protected slots (docs/card-format.md §2.3). None:
+        format-1 cards are read as before and never migrated.
+    :raises ValueError: a version out of range, a short key, or ``current``/``format1`` not held.
     """
 
     keys: Mapping[int, bytes] = field(repr=False)
     current: int
+    format1: int | None = None
 
     def __post_init__(self) -> None:
         for version, key in self.keys.items():
@@ -73,7 +81,34 @@ class CardPasswordKeys:
                 raise ValueError(f"key version {version} is shorter than {MIN_SECRET_BYTES} bytes")
         if self.current not in self.keys:
             raise ValueError(f"current key version {self.current} is not held")
+        if self.format1 is not None and self.format1 not in self.keys:
+            raise ValueError(f"format-1 key version {self.format1} is not held")
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+
+    @classmethod
+    def create(cls, format1_secret: bytes | None = None) -> CardPasswordKeys:
+        """A new key ring: version 1 is the format-1 office secret when given (and marked
+        :attr:`format1`), and the current version a fresh 32-byte random key.
+
+        :param format1_secret: the ``--pwd-secret-file`` bytes format-1 cards were issued with (≥ 16).
+        :raises ValueError: a short secret.
+        """
+        if format1_secret is None:
+            return cls({1: os.urandom(NEW_KEY_BYTES)}, 1)
+        return cls({1: format1_secret, 2: os.urandom(NEW_KEY_BYTES)}, 2, format1=1)
+
+    def rotated(self) -> CardPasswordKeys:
+        """The same ring plus a fresh random key under the next version, which becomes current.
+
+        Older versions stay: cards keep the version on their locked page 10 for life, so
+        terminals need every version still in the field (docs/security.md).
+
+        :raises ValueError: version 255 is taken already.
+        """
+        version = max(self.keys) + 1
+        if version > MAX_KEY_VERSION:
+            raise ValueError(f"no key version left after {MAX_KEY_VERSION}")
+        return CardPasswordKeys({**self.keys, version: os.urandom(NEW_KEY_BYTES)}, version, self.format1)
 
     def password(self, version: int, uid: bytes) -> CardPassword:
         """PWD and PACK of one chip under one key version.
@@ -88,8 +123,8 @@ class CardPasswordKeys:
         return derive_password(key, uid)
 
 
-def save_password_keys(path: Path, keys: CardPasswordKeys, passphrase: bytes) -> None:
-    """Write the keys encrypted (scrypt N=2^15, r=8, p=1 -> AES-256-GCM), mode 0600.
+def seal_password_keys(keys: CardPasswordKeys, passphrase: bytes) -> bytes:
+    """The key file's bytes: the keys encrypted (scrypt N=2^15, r=8, p=1 -> AES-256-GCM).
 
     :param passphrase: at least 12 bytes.
     :raises ValueError: a short passphrase.
@@ -98,12 +133,23 @@ def save_password_keys(path: Path, keys: CardPasswordKeys, passphrase: bytes) ->
         raise ValueError(f"passphrase must be at least {_MIN_PASSPHRASE} bytes")
     salt = os.urandom(_SALT_BYTES)
     nonce = os.urandom(_NONCE_BYTES)
-    plain = json.dumps({"current": keys.current, "keys": {str(v): k.hex() for v, k in keys.keys.items()}})
+    plain = json.dumps({"current": keys.current, "format1": keys.format1,
+                        "keys": {str(v): k.hex() for v, k in keys.keys.items()}})
     sealed = AESGCM(_kek(passphrase, salt)).encrypt(nonce, plain.encode(), KEY_FILE_FORMAT.encode())
     doc = {"format": KEY_FILE_FORMAT, "salt": salt.hex(), "nonce": nonce.hex(), "ciphertext": sealed.hex()}
+    return json.dumps(doc).encode()
+
+
+def save_password_keys(path: Path, keys: CardPasswordKeys, passphrase: bytes) -> None:
+    """Write the keys encrypted (:func:`seal_password_keys`), mode 0600.
+
+    :param passphrase: at least 12 bytes.
+    :raises ValueError: a short passphrase.
+    """
+    data = seal_password_keys(keys, passphrase)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def load_password_keys(path: Path, passphrase: bytes) -> CardPasswordKeys:
@@ -118,7 +164,9 @@ def load_password_keys(path: Path, passphrase: bytes) -> CardPasswordKeys:
             raise PasswordKeyFileError(f"{path}: not a {KEY_FILE_FORMAT} file")
         salt, nonce, sealed = (bytes.fromhex(doc[k]) for k in ("salt", "nonce", "ciphertext"))
         plain = json.loads(AESGCM(_kek(passphrase, salt)).decrypt(nonce, sealed, KEY_FILE_FORMAT.encode()))
-        return CardPasswordKeys({int(v): bytes.fromhex(k) for v, k in plain["keys"].items()}, int(plain["current"]))
+        format1 = plain.get("format1")
+        return CardPasswordKeys({int(v): bytes.fromhex(k) for v, k in plain["keys"].items()}, int(plain["current"]),
+                                None if format1 is None else int(format1))
     except InvalidTag as exc:
         raise PasswordKeyFileError(f"{path}: wrong passphrase or damaged file") from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
