@@ -54,9 +54,10 @@ _KEY_PW = b"simulated bundle key passphrase"
 
 
 def _limits() -> OfflineLimits:
-    """The simulated counters' limits (rupiah): one food package and one cash payout per tap and per card."""
+    """The simulated counters' limits (rupiah): one package and one payout per tap and per card between
+    uploads, three of each per card and cycle at one counter."""
     return OfflineLimits(per_tap={Unit.RUPIAH: 250_000}, per_card_since_sync={Unit.RUPIAH: 400_000},
-                         terminal_exposure={Unit.RUPIAH: 5_000_000})
+                         terminal_exposure={Unit.RUPIAH: 5_000_000}, per_card_cycle={Unit.RUPIAH: 1_200_000})
 
 
 @dataclass
@@ -116,15 +117,20 @@ def exposure_bound(plan: AttackPlan, counters: int) -> int:
 
     docs/security.md "The exposure that remains": detection delay W = U + R + P + F; each
     counter's exposure for the card resets only at its uploads, so at most ⌈W/U⌉ + 1 of its
-    upload windows overlap the attack, each worth min(per_card_since_sync, terminal_exposure).
+    upload windows overlap the attack, each worth min(per_card_since_sync, terminal_exposure);
+    and the card takes at most ``per_card_cycle`` at one counter in the cycle, uploads or not.
     """
     w = plan.upload_h + plan.reconcile_h + plan.publish_h + plan.fetch_h
     windows = math.ceil(w / plan.upload_h) + 1
     caps = [v for v in (plan.limits.per_card_since_sync.get(Unit.RUPIAH),
                         plan.limits.terminal_exposure.get(Unit.RUPIAH)) if v is not None]
-    if not caps:
+    per_counter = [windows * min(caps)] if caps else []
+    cycle_cap = plan.limits.per_card_cycle.get(Unit.RUPIAH)
+    if cycle_cap is not None:
+        per_counter.append(cycle_cap)
+    if not per_counter:
         raise ValueError("no per-card or per-terminal rupiah cap: a counter's exposure is unbounded")
-    return counters * windows * min(caps)
+    return counters * min(per_counter)
 
 
 @dataclass
@@ -137,6 +143,7 @@ class _Counter:
     fetched_ms: int = 0
     card_exposure: Counter[str] = field(default_factory=Counter)
     total_exposure: int = 0
+    cycle_exposure: Counter[str] = field(default_factory=Counter)
 
     def denies(self, card_id: bytes, uid: bytes) -> bool:
         return card_id in self.deny_cards or uid in self.deny_uids
@@ -261,7 +268,8 @@ def run_campaign(plan: AttackPlan, app: Any, admin_token: str) -> AttackReport:
                 decision = decide(card=facts, request=Request(mode, programme, left), programmes=rules,
                                   counter_modes=frozenset({mode}), deny=c, limits=plan.limits,
                                   exposure=Exposure({Unit.RUPIAH: c.card_exposure[card.card_id]},
-                                                    {Unit.RUPIAH: c.total_exposure}),
+                                                    {Unit.RUPIAH: c.total_exposure},
+                                                    {Unit.RUPIAH: c.cycle_exposure[card.card_id]}),
                                   bundle_age_days=(when - c.fetched_ms) / 86_400_000, now=when / 1000)
                 if not decision.accepted:
                     report.declines[decision.reason.value if decision.reason else "?"] += 1
@@ -270,6 +278,7 @@ def run_campaign(plan: AttackPlan, app: Any, admin_token: str) -> AttackReport:
                 when += 120_000
                 c.card_exposure[card.card_id] += decision.amount
                 c.total_exposure += decision.amount
+                c.cycle_exposure[card.card_id] += decision.amount
                 report.taken[card.card_id] += decision.amount
                 report.packages += programme == "food"
                 report.visits += 1

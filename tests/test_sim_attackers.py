@@ -7,6 +7,7 @@ docs/security.md "The exposure that remains" for the same cadence and limits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,11 +18,15 @@ from simulator.attackers import AttackPlan, exposure_bound, run_campaign
 from simulator.district import open_database
 
 
-@pytest.mark.parametrize("cycle", [(24.0, 6.0, 6.0, 24.0), (12.0, 3.0, 3.0, 6.0)])
-def test_attackers_take_no_more_than_the_bound_and_are_stopped_by_provisional_denial(tmp_path: Path, cycle):
+@pytest.mark.parametrize(("cycle", "cycle_cap"), [((24.0, 6.0, 6.0, 24.0), True), ((24.0, 6.0, 6.0, 24.0), False),
+                                                ((12.0, 3.0, 3.0, 6.0), False)])
+def test_attackers_take_no_more_than_the_bound_and_are_stopped_by_provisional_denial(tmp_path: Path, cycle,
+                                                                                      cycle_cap):
     u, r, p, f = cycle
     plan = AttackPlan(households=60, terminals=6, days=6, clones=2, rollbacks=2, visits_per_day=4,
                       upload_h=u, reconcile_h=r, publish_h=p, fetch_h=f, seed=3)
+    if not cycle_cap:  # only the detection delay and the caps between uploads hold them
+        plan.limits = dataclasses.replace(plan.limits, per_card_cycle={})
     app, token = open_database(f"sqlite:///{tmp_path / 'd.db'}", tmp_path)
     report = run_campaign(plan, app, token)
 
@@ -37,8 +42,13 @@ def test_attackers_take_no_more_than_the_bound_and_are_stopped_by_provisional_de
 
 def test_bound_formula():
     plan = AttackPlan(upload_h=24, reconcile_h=6, publish_h=6, fetch_h=24)
-    # W = 60 h: at most ⌈60/24⌉ + 1 = 4 upload windows per counter, 400,000 rupiah each.
-    assert exposure_bound(plan, 3) == 3 * 4 * 400_000
+    # W = 60 h: at most ⌈60/24⌉ + 1 = 4 upload windows per counter, 400,000 rupiah each, but no
+    # more than the 1,200,000 a card may take at one counter in a cycle.
+    assert exposure_bound(plan, 3) == 3 * 1_200_000
+    no_cycle_cap = dataclasses.replace(plan.limits, per_card_cycle={})
+    assert exposure_bound(dataclasses.replace(plan, limits=no_cycle_cap), 3) == 3 * 4 * 400_000
+    fast = dataclasses.replace(plan, upload_h=12, reconcile_h=3, publish_h=3, fetch_h=6, limits=no_cycle_cap)
+    assert exposure_bound(fast, 3) == 3 * 3 * 400_000  # W = 24 h: ⌈24/12⌉ + 1 windows
 
 
 def test_cli_campaign_reports_taken_and_bound(capsys):
