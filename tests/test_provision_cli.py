@@ -14,6 +14,7 @@ from cardlib.keys.pkcs8 import save_private_key
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.keys.terminal_ca import make_terminal_csr
 from cardlib.provision.session import static_keys, verify_issuance_file
+from cardlib.records.access import CardPasswordKeys, save_password_keys
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle, sign_bundle
 from huma.cli import main
 from tests.provision_support import OriginalityIssuer
@@ -52,6 +53,9 @@ def office(tmp_path: Path) -> dict[str, object]:
     (tmp_path / "profile.toml").write_text(PROFILE)
     (tmp_path / "pwd.secret").write_bytes(b"district-office-secret-0123456789\n")
     (tmp_path / "pw.txt").write_text(KEY_PW + "\n")
+    # the provincial card-password key file, keeping the office secret as the format-1 version
+    save_password_keys(tmp_path / "card-keys.json",
+                       CardPasswordKeys.create((tmp_path / "pwd.secret").read_bytes().strip()), KEY_PW.encode())
     return {"store": store, "tech": tech, "fab": OriginalityIssuer()}
 
 
@@ -61,6 +65,7 @@ def _args(tmp_path: Path, office: dict[str, object], reader: str) -> list[str]:
     return ["--keys", str(tmp_path / "keys"), "--technician", "tech-07", "--station-key", str(tmp_path / "station.key"),
             "--bundle", str(tmp_path / "bundle.cbor"), "--profile", str(tmp_path / "profile.toml"),
             "--pwd-secret-file", str(tmp_path / "pwd.secret"), "--passphrase-file", str(tmp_path / "pw.txt"),
+            "--card-keys", str(tmp_path / "card-keys.json"), "--card-keys-passphrase-file", str(tmp_path / "pw.txt"),
             "--reader", reader, "--timeout", "20", "--originality-key", fab.public_key.hex()]
 
 
@@ -100,6 +105,8 @@ def test_batch_command_with_two_cards(tmp_path: Path, office: dict[str, object],
         rows = list(csv.DictReader(fh))
     assert [(r["line"], r["status"], r["uid"]) for r in rows] == [
         ("2", "issued", chips[0].uid.hex().upper()), ("3", "issued", chips[1].uid.hex().upper())]
+    # format 2 by default: page 10 names the key file's current version (2; version 1 is the format-1 secret)
+    assert [chip.page(10) for chip in chips] == [b"HB\x02\x02"] * 2
     store = office["store"]
     assert isinstance(store, KeyStore)
     tech = store.entry(office["tech"].kid)  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ def _args(tmp_path: Path, office: dict[str, object], **override: str) -> list[st
     opts = {"--keys": str(tmp_path / "keys"), "--technician": "tech-07", "--station-key": str(tmp_path / "station.key"),
             "--bundle": str(tmp_path / "bundle.cbor"), "--profile": str(tmp_path / "profile.toml"),
             "--pwd-secret-file": str(tmp_path / "pwd.secret"), "--passphrase-file": str(tmp_path / "pw.txt"),
-            "--reader": NO_READER, "--timeout": "1", "--originality-key": fab.public_key.hex()}  # type: ignore[attr-defined]
+            "--card-format": "1", "--reader": NO_READER, "--timeout": "1", "--originality-key": fab.public_key.hex()}  # type: ignore[attr-defined]
     opts.update(override)
     return [x for kv in opts.items() for x in kv]
 
@@ -177,3 +177,13 @@ def test_state_dir_help_matches_behaviour(capsys: pytest.CaptureFixture[str]) ->
     assert main(["provision", "batch", "--help"]) == 0
     batch_help = "".join(capsys.readouterr().out.split())
     assert "'.provision',nexttotheCSV" in batch_help
+
+
+def test_format2_without_the_card_password_key_file_is_one_line(tmp_path: Path, office: dict[str, object],  # noqa: F811
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The default card format (2) needs the provincial key file: refused before any reader or journal."""
+    households = _csv(tmp_path)
+    assert main(["provision", "batch", str(households), *_args(tmp_path, office, **{"--card-format": "2"})]) == 2
+    line = _error_line(capsys)
+    assert "--card-keys" in line and "format-2" in line
+    _nothing_journalled(tmp_path)

@@ -4,8 +4,12 @@ Keys come from the keystore (``--keys``, env ``HUMA_KEYSTORE``): the active issu
 technician's key (``--technician NAME``). The issuing station signs genesis states with its
 own terminal key (``--station-key``, an encrypted PKCS#8 file made by ``huma keys csr`` and
 listed in the trust bundle). Non-root key passphrases: ``--passphrase-file`` or
-``HUMA_KEY_PASSPHRASE`` (one passphrase per station), else a prompt. The per-card password
-secret: ``--pwd-secret-file`` (≥ 16 bytes) or env ``HUMA_PWD_SECRET_FILE``.
+``HUMA_KEY_PASSPHRASE`` (one passphrase per station), else a prompt. Cards are issued in format 2
+(private pages, docs/card-format.md §2.2) under the current version of the provincial card-password
+key file (``--card-keys``, env ``HUMA_CARD_KEYS``; passphrase ``--card-keys-passphrase-file``, else
+``HUMA_CARD_KEYS_PASSPHRASE``, else a prompt; made by ``huma keys card-passwords create``). Format 1
+(``--card-format 1``) takes the office secret ``--pwd-secret-file`` (≥ 16 bytes, env
+``HUMA_PWD_SECRET_FILE``) or the key file's format-1 version.
 
 Every input (profile, CSV or ``card`` options, password secret, keystore and passphrases,
 station key, bundle, grant) is loaded and checked at start-up, before the reader is opened,
@@ -24,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cardlib.clitypes import HexBytes
-from cardlib.keys.cli import KID, _open_token, read_secret
+from cardlib.keys.cli import CARD_KEYS_PASSPHRASE_ENV, KID, _open_token, read_secret
 from cardlib.keys.keystore import KeyStore, Role
 from cardlib.keys.pkcs8 import load_signer
 from cardlib.keys.signer import cose_key
@@ -80,8 +84,17 @@ def _station_options(f: Any) -> Any:
                      required=True, help="Current trust bundle (read-back verification uses it)."),
         click.option("--profile", "profile_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      required=True, help="Provisioning profile TOML (programmes, validity, cycle)."),
+        click.option("--card-format", type=click.IntRange(1, 2), default=2, show_default=True,
+                     help="2: identity and slots behind the card password (docs/card-format.md §2.2); "
+                          "1: the old open layout."),
+        click.option("--card-keys", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     envvar="HUMA_CARD_KEYS", default=None,
+                     help="Card-password key file (huma keys card-passwords create; env HUMA_CARD_KEYS)."),
+        click.option("--card-keys-passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="Passphrase of --card-keys (else $HUMA_CARD_KEYS_PASSPHRASE, else prompt)."),
         click.option("--pwd-secret-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                     envvar="HUMA_PWD_SECRET_FILE", required=True, help="Secret for per-card write passwords."),
+                     envvar="HUMA_PWD_SECRET_FILE", default=None,
+                     help="--card-format 1 only: the office secret of per-card write passwords."),
         click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      help="Passphrase of the station's non-root keys (else $HUMA_KEY_PASSPHRASE, else prompt)."),
         click.option("--grant", "grant_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -116,6 +129,38 @@ def _read_password_secret(path: Path) -> bytes:
         raise StationInputError(f"--pwd-secret-file {path}: cannot read: {exc.strerror}") from exc
 
 
+def card_password_setting(o: dict[str, Any]) -> tuple[bytes, int, int]:
+    """(password secret, key version, card format) from the station's options.
+
+    :raises StationInputError: format 2 without ``--card-keys``; format 1 with neither
+        ``--pwd-secret-file`` nor a key file holding a format-1 version; an unreadable key file.
+    """
+    fmt = int(o["card_format"])
+    path = o["card_keys"]
+    if path is None:
+        if fmt == 2:
+            raise StationInputError("format-2 cards need the card-password key file: --card-keys FILE "
+                                    "(env HUMA_CARD_KEYS; made by `huma keys card-passwords create`), "
+                                    "or --card-format 1")
+        if o["pwd_secret_file"] is None:
+            raise StationInputError("--card-format 1 needs --pwd-secret-file (env HUMA_PWD_SECRET_FILE) or --card-keys")
+        return _read_password_secret(o["pwd_secret_file"]), 1, 1
+    from cardlib.records.access import load_password_keys
+
+    passphrase = read_secret(o["card_keys_passphrase_file"], CARD_KEYS_PASSPHRASE_ENV, "Card-password key passphrase")
+    try:
+        ring = load_password_keys(path, passphrase)
+    except OSError as exc:
+        raise StationInputError(f"--card-keys {path}: cannot read: {exc.strerror}") from exc
+    if fmt == 2:
+        return ring.keys[ring.current], ring.current, 2
+    if o["pwd_secret_file"] is not None:
+        return _read_password_secret(o["pwd_secret_file"]), 1, 1
+    if ring.format1 is None:
+        raise StationInputError(f"--card-keys {path} holds no format-1 version; give --pwd-secret-file")
+    return ring.keys[ring.format1], ring.format1, 1
+
+
 def _read_input(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -131,7 +176,7 @@ class _Station:
     """
 
     def __init__(self, stack: ExitStack, o: dict[str, Any], profile: Profile) -> None:
-        secret = _read_password_secret(o["pwd_secret_file"])
+        secret, key_version, card_format = card_password_setting(o)
         bundle_bytes = _read_input(o["bundle_path"], "--bundle")
         grant_bytes = _read_input(o["grant_path"], "--grant") if o["grant_path"] else None
         self.store = KeyStore.open(o["keydir"], pinned_root_kid=o["pin_root"])
@@ -155,9 +200,11 @@ class _Station:
                 issuer=self.issuer, station=station, station_id=o["station_id"], trust=bundle,
                 profile=profile, password_secret=secret,
                 originality_key=o["originality_key"] or NXP_NTAG21X_PUBLIC_KEY,
+                card_format=card_format, password_key_version=key_version,
             )
         except StationInputError as exc:
-            raise StationInputError(f"--pwd-secret-file {o['pwd_secret_file']}: {exc}") from None
+            source = f"--card-keys {o['card_keys']}" if o["card_keys"] else f"--pwd-secret-file {o['pwd_secret_file']}"
+            raise StationInputError(f"{source}: {exc}") from None
         self._stack = stack
 
     def open_source(self, o: dict[str, Any], *, wait_removal: bool) -> PcscCardSource | NfcpyCardSource:
