@@ -515,6 +515,9 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
         bundle_path=_resolve_path(doc, d["paths"].get("bundle", str(journal.parent / "bundle.cose"))),
         passphrase_path=_resolve_path(doc, d["paths"]["passphrase"]) if "passphrase" in d["paths"] else None,
         key_store=TerminalKeyStore(**d.get("key", {})),
+        card_keys_path=_resolve_path(doc, d["paths"]["card_keys"]) if "card_keys" in d["paths"] else None,
+        card_keys_passphrase_path=(_resolve_path(doc, d["paths"]["card_keys_passphrase"])
+                                   if "card_keys_passphrase" in d["paths"] else None),
         source=doc.path,
     )
 

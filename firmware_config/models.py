@@ -292,6 +292,9 @@ class TerminalProfile:
     :ivar passphrase_path: an explicit file holding the key passphrase, or None
         ($HUMA_KEY_PASSPHRASE, then the systemd credential ``huma-key-passphrase``).
     :ivar key_store: where the key lives (file by default, or a PKCS#11 token).
+    :ivar card_keys_path: the provincial card-password key file (docs/card-format.md §2.2), or None.
+    :ivar card_keys_passphrase_path: an explicit file holding its passphrase, or None
+        ($HUMA_CARD_KEYS_PASSPHRASE, then the systemd credential ``huma-card-keys-passphrase``).
     """
 
     terminal_id: str
@@ -310,6 +313,8 @@ class TerminalProfile:
     bundle_path: Path | None = None
     passphrase_path: Path | None = None
     key_store: TerminalKeyStore = field(default_factory=TerminalKeyStore)
+    card_keys_path: Path | None = None
+    card_keys_passphrase_path: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     def binding_for(self, reader_name: str) -> ReaderBinding | None:

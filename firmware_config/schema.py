@@ -201,6 +201,11 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
                 # an explicit file holding the key passphrase (0600, not beside the key); default
                 # $HUMA_KEY_PASSPHRASE, then the systemd credential huma-key-passphrase
                 "passphrase": {"type": "string", "minLength": 1},
+                # the provincial card-password key file (huma keys card-passwords create); its passphrase
+                # from card_keys_passphrase (0600 file), else $HUMA_CARD_KEYS_PASSPHRASE, else the systemd
+                # credential huma-card-keys-passphrase. Without it format-2 cards cannot be read.
+                "card_keys": {"type": "string", "minLength": 1},
+                "card_keys_passphrase": {"type": "string", "minLength": 1},
             },
         },
         # where the terminal key lives (docs/operations.md "Terminal keys on a token")

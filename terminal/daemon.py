@@ -49,6 +49,7 @@ from terminal.enrol import load_receipt_key
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
 from terminal.journal_store import JournalStore
+from terminal.keys import load_card_passwords
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import OfflineLimits
 from terminal.screen import CounterScreen, ScreenState
@@ -293,7 +294,8 @@ class Daemon:
         self.reader_feedback = ReaderFeedback(self.feedback)
         caps = {b.profile.name: b.profile.capabilities() for b in profile.readers}
         self.tap = TapProcessor(
-            CounterConfig(profile.terminal_id, mode, offline_limits(profile), caps=caps),
+            CounterConfig(profile.terminal_id, mode, offline_limits(profile), caps=caps,
+                          card_passwords=load_card_passwords(profile)),
             self.journal, signer, trust=self.trust.current,
             request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
         )

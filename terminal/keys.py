@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.cose import Algorithm
 from firmware_config.models import TerminalProfile
 from terminal.errors import TerminalProfileError
@@ -36,6 +37,9 @@ PASSPHRASE_CREDENTIAL = "huma-key-passphrase"
 #: Environment variable and systemd credential name of the token's user PIN.
 PIN_ENV = "HUMA_TOKEN_PIN"
 PIN_CREDENTIAL = "huma-token-pin"
+#: Environment variable and systemd credential name of the card-password key file's passphrase.
+CARD_KEYS_PASSPHRASE_ENV = "HUMA_CARD_KEYS_PASSPHRASE"
+CARD_KEYS_PASSPHRASE_CREDENTIAL = "huma-card-keys-passphrase"
 #: Longest secret read from a file or credential, bytes (a FIFO or device is never read without bound).
 SECRET_MAX = 4096
 
@@ -102,6 +106,36 @@ def terminal_secret(profile: TerminalProfile, prompt: Callable[[], bytes] | None
     raise TerminalProfileError(f"no {what}: set ${env} or the systemd credential {credential} "
                                "(LoadCredentialEncrypted=, docs/operations.md)"
                                + ("" if pkcs11 else ", or name a file as paths.passphrase"))
+
+
+def load_card_passwords(profile: TerminalProfile) -> CardPasswordKeys | None:
+    """The provincial card-password keys the profile names (``paths.card_keys``), or None when it names none.
+
+    The passphrase comes the way the terminal key's does: the explicit ``paths.card_keys_passphrase``
+    file (0600, not beside the key file), else ``$HUMA_CARD_KEYS_PASSPHRASE``, else the systemd
+    credential ``huma-card-keys-passphrase`` (``LoadCredentialEncrypted=``).
+
+    :raises TerminalProfileError: no passphrase from any source, a refused passphrase file, an unreadable key file.
+    :raises cardlib.records.access.PasswordKeyFileError: wrong passphrase, or not a key file.
+    """
+    path = profile.card_keys_path
+    if path is None:
+        return None
+    from cardlib.records.access import load_password_keys
+
+    if profile.card_keys_passphrase_path is not None:
+        secret: bytes | None = _explicit_file(profile.card_keys_passphrase_path, path)
+    else:
+        value = os.environ.get(CARD_KEYS_PASSPHRASE_ENV)
+        secret = value.encode() if value is not None else _credential(CARD_KEYS_PASSPHRASE_CREDENTIAL)
+    if secret is None:
+        raise TerminalProfileError(f"no passphrase for the card-password keys {path}: set ${CARD_KEYS_PASSPHRASE_ENV}, "
+                                   f"the systemd credential {CARD_KEYS_PASSPHRASE_CREDENTIAL}, "
+                                   "or name a file as paths.card_keys_passphrase")
+    try:
+        return load_password_keys(path, secret)
+    except OSError as exc:
+        raise TerminalProfileError(f"card-password keys {path}: {exc.strerror}") from exc
 
 
 def _token(profile: TerminalProfile, pin: bytes) -> Pkcs11Token:
