@@ -48,6 +48,7 @@ from terminal.connection import Deadline, DeadlineConnection, stack_uid, type2_c
 from terminal.enrol import load_receipt_key
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
 from terminal.feedback import FeedbackWorker
+from terminal.grievances import GrievanceQueue, GrievanceSender
 from terminal.journal_store import JournalStore
 from terminal.keys import load_card_passwords
 from terminal.outcome import TapOutcome, TapStatus
@@ -311,6 +312,11 @@ class Daemon:
         self.state.health_source = self.health_view
         self.state.sync_trigger = self.sync.kick
         self.state.checkpoint_source = partial(shift_checkpoint, self.journal, signer)
+        # Complaints taken on the screen, next to the journal; each sync round sends them (docs/grievances.md).
+        self.grievances = GrievanceQueue(profile.journal_path.with_name("grievances.sqlite"))
+        self.state.grievances = self.grievances
+        client.grievances = GrievanceSender(api, self.grievances, signer, profile.terminal_id,
+                                            receipt_key=client.receipt_key)
 
     def health_view(self) -> dict[str, object]:
         """Readers, PC/SC service, sync and journal state for the screen's ``/api/state``."""
@@ -412,6 +418,7 @@ class Daemon:
         self.screen.stop()
         self.feedback.stop()
         self.journal.close()
+        self.grievances.close()
         log.info("counter %s stopped cleanly", self.profile.terminal_id)
 
 

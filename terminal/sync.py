@@ -71,6 +71,7 @@ from cardlib.records.statements import (
 )
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SyncError, SyncRejected, TrustStoreError
+from terminal.grievances import GrievanceSender
 from terminal.journal_store import JournalStore, StoredEntry
 from terminal.trust import TrustStore
 
@@ -229,6 +230,8 @@ class SyncClient:
         self.trust = trust
         self.batch_size = batch_size
         self.receipt_key = receipt_key
+        #: Complaints taken at the screen, sent after the journal each round (None: not sent).
+        self.grievances: GrievanceSender | None = None
 
     # -- journal head
 
@@ -389,9 +392,11 @@ class SyncClient:
                                    "other bytes; the bundle's age does not restart")
 
     def round(self) -> UploadReport:
-        """One sync round: report the journal head, upload everything pending, then refresh the bundle."""
+        """One sync round: report the journal head, upload everything pending, send complaints, refresh the bundle."""
         self.report_head()
         report = self.upload_pending()
+        if self.grievances is not None:  # after the journal: a complaint's receipt code names an uploaded tap
+            self.grievances.send_pending()
         self.refresh_bundle()
         return report
 

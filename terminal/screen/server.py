@@ -23,7 +23,9 @@ import segno
 from cardlib.records.checkpoint import SignedCheckpoint, to_qr_text
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
+from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
+from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
 from terminal.screen.i18n import DEFAULT_LANGUAGE, LANGUAGES, amount_text, programme_name, translations
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ class ScreenState:
         self.sync_trigger: Callable[[], None] | None = None
         #: Signs an end-of-shift checkpoint (``POST /api/checkpoint``); None: this counter cannot.
         self.checkpoint_source: Callable[[], SignedCheckpoint] | None = None
+        #: Complaints taken on the screen (``/complaint``, docs/grievances.md); None: this counter keeps none.
+        self.grievances: GrievanceQueue | None = None
 
     def select(self, programme: str, quantity: int) -> None:
         """Set the programme and quantity for the next taps.
@@ -370,6 +374,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "no_taps": "No taps yet since the counter started.",
         "on_card": "On the card",
         "shift": "Shift slip",
+        "complaint": "Complaint",
         "mode": _MODE_NAMES[state.mode],
     })
     other = [x for x in LANGUAGES if x != lang]
@@ -537,6 +542,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, b"no such receipt", "text/plain")
                 return
             self._send(HTTPStatus.OK, receipt_text(p, lang).encode(), "text/plain; charset=utf-8")
+        elif url.path == "/complaint":
+            self._send(HTTPStatus.OK, complaint_page(lang, state), "text/html; charset=utf-8")
+        elif url.path == "/api/grievances":
+            self._json(HTTPStatus.OK, {"grievances": complaints_view(state, lang)})
         elif url.path == "/shift" or url.path.startswith("/shift/"):
             self._shift(url.path.removeprefix("/shift").strip("/"), lang)
         else:
@@ -616,6 +625,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no sync"})
                     return
                 trigger()
+            elif self.path == "/api/grievance":
+                try:
+                    answer = take_complaint(state, body)
+                except LookupError as exc:
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    return
+                self._json(HTTPStatus.OK, answer)
+                return
             elif self.path == "/api/checkpoint":
                 try:
                     n = state.sign_checkpoint()

@@ -1,0 +1,238 @@
+"""Complaints taken at the counter: kept durably, sent to the server by sync (issue 18, docs/grievances.md).
+
+A clerk records a beneficiary's complaint on the counter screen ("Keluhan"). It is written to
+a small SQLite file next to the journal (WAL, ``synchronous=FULL``: once the screen answers
+"saved", a power cut does not lose it), whether or not the server is reachable. Each sync
+round sends the unsent ones to ``POST /api/v1/terminal/grievances`` in a body signed with the
+terminal key like a journal upload (:func:`cardlib.records.upload.sign_envelope`); a
+complaint is marked sent only when the server's receipt, signed by the pinned receipt key,
+names its id (``accepted`` or ``duplicate``: the server stores each id once, so a resend after
+a lost answer is harmless). A ``rejected`` line (a field the server refuses) is kept with its
+reason and not offered again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.errors import RecordError
+from cardlib.records.statements import verify_receipt
+from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
+from terminal.errors import SyncError, SyncRejected
+
+if TYPE_CHECKING:
+    from terminal.sync import HttpApi
+
+__all__ = ["CATEGORIES", "GRIEVANCE_PATH", "TEXT_MAX", "GrievanceQueue", "GrievanceSender", "QueuedGrievance"]
+
+GRIEVANCE_PATH = "/api/v1/terminal/grievances"
+#: What a complaint is about (the server's ``GrievanceCategory`` values).
+CATEGORIES = ("not_received", "wrong_amount", "card_problem", "staff", "other")
+#: Longest complaint text taken at the counter, characters (the server keeps up to 4000).
+TEXT_MAX = 1000
+#: Complaints per request (the server takes up to 100).
+BATCH = 50
+_CODE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}")  # RFC 4648 base32, as terminal.outcome.receipt_code
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grievances (
+    client_ref TEXT PRIMARY KEY,
+    recorded_at TEXT NOT NULL,
+    receipt_code TEXT,
+    card_id TEXT,
+    household_ref TEXT,
+    category TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sent_at TEXT,
+    server_id INTEGER,
+    refused TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class QueuedGrievance:
+    """One complaint as kept at the counter; ``server_id`` once the server's receipt named it."""
+
+    client_ref: str
+    recorded_at: str
+    receipt_code: str | None
+    card_id: str | None
+    household_ref: str | None
+    category: str
+    text: str
+    sent_at: str | None = None
+    server_id: int | None = None
+    refused: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        """The request item (docs/api.md "Complaints from counters")."""
+        return {"client_ref": self.client_ref, "recorded_at": self.recorded_at, "receipt_code": self.receipt_code,
+                "card_id": self.card_id, "household_ref": self.household_ref, "category": self.category,
+                "text": self.text}
+
+
+class GrievanceQueue:
+    """The counter's durable list of complaints (thread-safe; one SQLite file).
+
+    :param path: the file, e.g. next to the journal (``grievances.sqlite``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._db.close()
+
+    def add(self, text: str, category: str, *, receipt_code: str | None = None, card_id: str | None = None,
+            household_ref: str | None = None, now: dt.datetime | None = None) -> QueuedGrievance:
+        """Check and keep one complaint (on disk when this returns).
+
+        :param receipt_code: ``XXXX-XXXX`` as the receipt shows it (case and dash tolerated).
+        :param card_id, household_ref: 16 lower-case hex digits.
+        :raises ValueError: blank or too long text, unknown category, a malformed link, or none.
+        """
+        text = text.strip()
+        if not text or len(text) > TEXT_MAX or "\x00" in text:
+            raise ValueError(f"the complaint text is required, at most {TEXT_MAX} characters")
+        if category not in CATEGORIES:
+            raise ValueError(f"category is one of {', '.join(CATEGORIES)}")
+        code = None
+        if receipt_code:
+            compact = receipt_code.strip().upper().replace("-", "").replace(" ", "")
+            code = f"{compact[:4]}-{compact[4:]}"
+            if not _CODE.fullmatch(code):
+                raise ValueError("the receipt code is 8 characters A-Z, 2-7: XXXX-XXXX")
+        for value, name in ((card_id, "card"), (household_ref, "household")):
+            if value and not _HEX16.fullmatch(value):
+                raise ValueError(f"the {name} id is 16 hex digits")
+        if not (code or card_id or household_ref):
+            raise ValueError("a complaint names a receipt code, a card or a household")
+        when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+        g = QueuedGrievance(uuid.uuid4().hex, when, code, card_id or None, household_ref or None, category, text)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO grievances (client_ref, recorded_at, receipt_code, card_id, household_ref, category,"
+                " text) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (g.client_ref, g.recorded_at, g.receipt_code, g.card_id, g.household_ref, g.category, g.text))
+        return g
+
+    def _rows(self, where: str, limit: int) -> list[QueuedGrievance]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client_ref, recorded_at, receipt_code, card_id, household_ref, category, text, sent_at,"
+                f" server_id, refused FROM grievances WHERE {where} ORDER BY recorded_at, rowid LIMIT ?",
+                (limit,)).fetchall()
+        return [QueuedGrievance(*row) for row in rows]
+
+    def unsent(self, limit: int = BATCH) -> list[QueuedGrievance]:
+        """Complaints the server has not confirmed nor refused, oldest first."""
+        return self._rows("sent_at IS NULL AND refused IS NULL", limit)
+
+    def all(self, limit: int = 1000) -> list[QueuedGrievance]:
+        """Every complaint kept, oldest first."""
+        return self._rows("1", limit)
+
+    def unsent_count(self) -> int:
+        """How many wait for the server."""
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT count(*) FROM grievances WHERE sent_at IS NULL AND refused IS NULL").fetchone()
+        return int(n)
+
+    def mark_sent(self, client_ref: str, server_id: int | None) -> None:
+        """The server's signed receipt named it stored (as grievance ``server_id``)."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with self._lock:
+            self._db.execute("UPDATE grievances SET sent_at = ?, server_id = ? WHERE client_ref = ?",
+                             (now, server_id, client_ref))
+
+    def mark_refused(self, client_ref: str, reason: str) -> None:
+        """The server's signed receipt refused it (``reason``: the field): kept, not offered again."""
+        with self._lock:
+            self._db.execute("UPDATE grievances SET refused = ? WHERE client_ref = ?", (reason, client_ref))
+
+
+class GrievanceSender:
+    """Sends a :class:`GrievanceQueue` to the server (called from a sync round; no thread of its own).
+
+    :param api: the server (:class:`terminal.sync.HttpApi`).
+    :param queue: the counter's complaints.
+    :param signer: the terminal key (signs the envelope).
+    :param terminal_id: the registered terminal id.
+    :param receipt_key: the pinned server receipt key: only what it signed marks a complaint sent.
+    """
+
+    def __init__(self, api: HttpApi, queue: GrievanceQueue, signer: Signer, terminal_id: str, *,
+                 receipt_key: PublicKey) -> None:
+        self.api = api
+        self.queue = queue
+        self._signer = signer
+        self.terminal_id = terminal_id
+        self.receipt_key = receipt_key
+
+    def send_pending(self, max_batches: int = 20) -> int:
+        """Send unsent complaints in batches; returns how many the server confirmed.
+
+        :raises terminal.sync.ServerBusy, SyncError: 503, 5xx or no connection (nothing marked).
+        :raises SyncRejected: the server refuses the request or the terminal (4xx).
+        :raises terminal.sync.UnverifiedAnswer: the answer's receipt is missing, not by the pinned
+            key, for another request, or names other complaints (nothing marked).
+        """
+        from terminal.sync import ServerBusy, UnverifiedAnswer, parse_retry_after
+
+        confirmed = 0
+        for _ in range(max_batches):
+            batch = self.queue.unsent()
+            if not batch:
+                break
+            body = json.dumps({"terminal_id": self.terminal_id,
+                               "grievances": [g.to_json() for g in batch]}).encode()
+            headers = {"Content-Type": "application/json",
+                       SIGNATURE_HEADER: sign_envelope(body, self.terminal_id, self._signer)}
+            resp = self.api.request("POST", GRIEVANCE_PATH, body, headers)
+            if resp.status == 503:
+                raise ServerBusy("server busy (503)", parse_retry_after(resp.headers.get("retry-after")))
+            if resp.status >= 500:
+                raise SyncError(f"complaints: server error {resp.status}")
+            if resp.status != 200:
+                raise SyncRejected(f"complaints refused: {resp.status} {resp.body[:300]!r}")
+            try:
+                receipt = verify_receipt(base64.b64decode(json.loads(resp.body)["receipt"], validate=True),
+                                         self.receipt_key)
+            except (ValueError, KeyError, TypeError, binascii.Error, RecordError) as exc:
+                raise UnverifiedAnswer(f"complaints answer without a receipt by the pinned key ({exc}); "
+                                       "nothing marked") from exc
+            if receipt.terminal_id != self.terminal_id or receipt.request_sha256 != hashlib.sha256(body).digest():
+                raise UnverifiedAnswer("complaints receipt answers another request; nothing marked")
+            if [ln.entry_id for ln in receipt.lines] != [bytes.fromhex(g.client_ref) for g in batch]:
+                raise UnverifiedAnswer("complaints receipt names other complaints; nothing marked")
+            for g, line in zip(batch, receipt.lines, strict=True):
+                if line.result in ("accepted", "duplicate"):
+                    self.queue.mark_sent(g.client_ref, line.seq)
+                    confirmed += 1
+                elif line.result == "rejected":
+                    self.queue.mark_refused(g.client_ref, line.reason or "rejected")
+                else:
+                    raise UnverifiedAnswer(f"complaints receipt: unknown result {line.result!r}")
+        return confirmed
