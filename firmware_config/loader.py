@@ -511,6 +511,7 @@ def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = 
             max_days_since_bundle=policy.get("max_days_since_bundle"),
         ),
         screen_port=int(d.get("screen_port", 8480)),
+        supervisors=dict(d.get("supervisors", {})),
         root_key_path=_resolve_path(doc, d["paths"].get("root_key", str(journal.parent / "trust-root.pem"))),
         bundle_path=_resolve_path(doc, d["paths"].get("bundle", str(journal.parent / "bundle.cose"))),
         passphrase_path=_resolve_path(doc, d["paths"]["passphrase"]) if "passphrase" in d["paths"] else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -309,6 +310,8 @@ class TerminalProfile:
     language: Language = Language.ID
     policy: PolicyOverrides = field(default_factory=PolicyOverrides)
     screen_port: int = 8480
+    #: supervisor id -> scrypt hash of their password, for manual fallback entries (docs/fallback.md)
+    supervisors: Mapping[str, str] = field(default_factory=dict)
     root_key_path: Path | None = None
     bundle_path: Path | None = None
     passphrase_path: Path | None = None

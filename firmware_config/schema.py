@@ -177,6 +177,13 @@ TERMINAL_SCHEMA: Final[dict[str, Any]] = {
         "sync_interval": {"type": "number", "minimum": 10, "maximum": 86400},
         # TCP port of the counter screen; it is always bound to 127.0.0.1.
         "screen_port": {"type": "integer", "minimum": 1024, "maximum": 65535},
+        # Supervisors who may approve a manual fallback entry (docs/fallback.md): id -> scrypt hash
+        # from terminal.fallback.supervisor_hash (never the password itself).
+        "supervisors": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "string", "pattern": r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$"},
+        },
         "policy": {
             "type": "object",
             "additionalProperties": False,

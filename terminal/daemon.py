@@ -28,6 +28,7 @@ from pathlib import Path
 from cardlib.apdu import CLA_PSEUDO, SW, ApduChannel, ApduError, CommandApdu
 from cardlib.keys.root import load_root_key
 from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import Unit
 from cardlib.secure import SecureCardError, SecureCardSession
 from cardlib.transport import Connection
@@ -47,6 +48,7 @@ from terminal.clock import Clock
 from terminal.connection import Deadline, DeadlineConnection, stack_uid, type2_channel
 from terminal.enrol import load_receipt_key
 from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
+from terminal.fallback import FallbackDesk
 from terminal.feedback import FeedbackWorker
 from terminal.grievances import GrievanceQueue, GrievanceSender
 from terminal.journal_store import JournalStore
@@ -317,6 +319,14 @@ class Daemon:
         self.state.grievances = self.grievances
         client.grievances = GrievanceSender(api, self.grievances, signer, profile.terminal_id,
                                             receipt_key=client.receipt_key)
+        self.state.fallback = FallbackDesk(self.journal, self._bundle_now, mode, profile.supervisors)
+
+    def _bundle_now(self) -> TrustBundle | None:
+        """The installed trust bundle, or None before the first one."""
+        try:
+            return self.trust.current().bundle
+        except TrustStoreError:
+            return None
 
     def health_view(self) -> dict[str, object]:
         """Readers, PC/SC service, sync and journal state for the screen's ``/api/state``."""

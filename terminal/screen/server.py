@@ -15,7 +15,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import segno
@@ -27,6 +27,9 @@ from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
 from terminal.screen.i18n import DEFAULT_LANGUAGE, LANGUAGES, amount_text, programme_name, translations
+
+if TYPE_CHECKING:
+    from terminal.fallback import FallbackDesk
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,9 @@ class ScreenState:
         self.sync_trigger: Callable[[], None] | None = None
         #: Signs an end-of-shift checkpoint (``POST /api/checkpoint``); None: this counter cannot.
         self.checkpoint_source: Callable[[], SignedCheckpoint] | None = None
+        #: Serves the fallback ladder (``POST /api/fallback/qr`` and ``/api/fallback/manual``,
+        #: :class:`terminal.fallback.FallbackDesk`); None: this counter has no fallback.
+        self.fallback: FallbackDesk | None = None
         #: Complaints taken on the screen (``/complaint``, docs/grievances.md); None: this counter keeps none.
         self.grievances: GrievanceQueue | None = None
 
@@ -632,6 +638,27 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
                     return
                 self._json(HTTPStatus.OK, answer)
+                return
+            elif self.path in ("/api/fallback/qr", "/api/fallback/manual"):
+                desk = state.fallback
+                if desk is None:
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no fallback"})
+                    return
+                programme, quantity = str(body.get("programme") or state.request()[0]), int(body.get("quantity", 1))
+                try:
+                    if self.path == "/api/fallback/qr":
+                        outcome = desk.qr(str(body["qr"]), programme, quantity, str(body["clerk"]))
+                    else:
+                        outcome = desk.manual(str(body["card_id"]), programme, quantity, str(body["supervisor"]),
+                                              str(body["password"]))
+                except LookupError as exc:
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    return
+                n = state.publish(outcome)
+                self._json(HTTPStatus.OK, {"ok": True, "n": n, "status": outcome.status.value,
+                                           "reason": outcome.reason.value if outcome.reason else None,
+                                           "seq": outcome.journal_seq, "amount": outcome.amount,
+                                           "household_ref": outcome.household_ref})
                 return
             elif self.path == "/api/checkpoint":
                 try:

@@ -1,0 +1,239 @@
+"""The fallback ladder at the counter: serve a household whose card cannot be used (docs/fallback.md).
+
+Step 1, **QR**: the clerk scans the household QR printed on the card body (the scanner types
+its text); the counter verifies the issuer's signature, validity and the bundle's deny list
+(:func:`cardlib.records.household_qr.verify_household_qr`) and serves under the bundle's QR
+limits. Step 2, **manual**: no card and no QR; a supervisor types their id and password on
+the counter screen (checked against the scrypt hash in the terminal profile) and the counter
+serves under the stricter manual limits. Neither writes a card.
+
+Limits come only from the signed trust bundle's policies: ``fallback.qr.<programme>`` and
+``fallback.manual.<programme>`` are the most units one card (so one household) may receive
+through that step per cycle at this counter; a programme without the key is never served
+that way (cash stays refused unless the bundle says otherwise). Each attempt is journalled:
+a FALLBACK entry (step and approver signed in claims 21 and 22) or a DECLINED entry with the
+same two claims; server reconciliation counts FALLBACK entries against the household's
+entitlement like any redemption.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cardlib.records.bundle import TrustBundle
+from cardlib.records.claims import cycle_bounds, cycle_of
+from cardlib.records.errors import DeniedCard
+from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
+from cardlib.records.journal import EntryKind
+from firmware_config.models import CounterMode
+from terminal.errors import TerminalError
+from terminal.journal_store import CardWrite, JournalStore
+from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.policy import DeclineReason
+from terminal.tap import bundle_programmes
+
+__all__ = [
+    "MANUAL",
+    "QR",
+    "FallbackDesk",
+    "SupervisorRefused",
+    "check_supervisor",
+    "fallback_limit",
+    "supervisor_hash",
+]
+
+log = logging.getLogger(__name__)
+
+QR = "qr"
+MANUAL = "manual"
+#: scrypt cost for supervisor passwords (RFC 7914 §2: N = 2^15, r = 8, p = 1; ~32 MiB, ~0.1 s).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+MAX_APPROVER_CHARS = 64
+
+
+class SupervisorRefused(TerminalError):
+    """The supervisor id is unknown or the password does not match its hash."""
+
+
+def supervisor_hash(password: str, *, salt: bytes | None = None) -> str:
+    """The profile form of a supervisor password: ``scrypt$N$r$p$salt$hash`` (base64, RFC 7914).
+
+    :param password: the supervisor's password (never stored).
+    :param salt: 16 random bytes by default.
+    """
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=_SCRYPT_MAXMEM, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_supervisor(supervisors: Mapping[str, str], supervisor: str, password: str) -> None:
+    """Check a supervisor's password against the profile's hash (constant-time compare).
+
+    :param supervisors: supervisor id -> :func:`supervisor_hash` string.
+    :raises SupervisorRefused: unknown id, malformed hash or wrong password.
+    """
+    stored = supervisors.get(supervisor)
+    if stored is None:
+        raise SupervisorRefused("unknown supervisor")
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            raise ValueError(scheme)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=_SCRYPT_MAXMEM, dklen=32)
+    except (ValueError, TypeError) as exc:
+        raise SupervisorRefused(f"supervisor {supervisor!r}: malformed password hash in the profile") from exc
+    if not hmac.compare_digest(got, base64.b64decode(digest)):
+        raise SupervisorRefused("wrong supervisor password")
+
+
+def fallback_limit(bundle: TrustBundle, step: str, programme: str) -> int:
+    """Units of ``programme`` one card may receive through ``step`` per cycle (0: never), from the bundle."""
+    return max(0, int(bundle.policies.get(f"fallback.{step}.{programme}", 0)))
+
+
+@dataclass(frozen=True)
+class _Ask:
+    step: str
+    approver: str
+    card_id: bytes
+    household_ref: str
+    programme: str
+    quantity: int
+
+
+class FallbackDesk:
+    """Serves fallback redemptions for the counter screen (one at a time, under the journal).
+
+    :param journal: the counter's journal.
+    :param bundle_source: the trust bundle in force now (None: none installed yet).
+    :param mode: the counter mode (shown with the outcome).
+    :param supervisors: supervisor id -> scrypt hash (terminal profile).
+    :param clock: POSIX seconds now.
+    """
+
+    def __init__(self, journal: JournalStore, bundle_source: Callable[[], TrustBundle | None], mode: CounterMode,
+                 supervisors: Mapping[str, str], clock: Callable[[], float] = time.time) -> None:
+        self._journal = journal
+        self._bundle = bundle_source
+        self._mode = mode
+        self._supervisors = dict(supervisors)
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def qr(self, text: str, programme: str, quantity: int, clerk: str) -> TapOutcome:
+        """Step 1: serve on a scanned household QR, approved by the clerk ``clerk`` (their id)."""
+        clerk = _approver(clerk, "clerk")
+        bundle = self._need_bundle()
+        now = self._clock()
+        try:
+            qr = verify_household_qr(text, bundle, int(now))
+        except DeniedCard:
+            return self._decline(QR, clerk, None, programme, DeclineReason.CARD_DENIED, "card on the deny list")
+        except HouseholdQrError as exc:
+            return self._decline(QR, clerk, None, programme, DeclineReason.CARD_SIGNATURE_INVALID, str(exc))
+        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), bundle, now)
+
+    def manual(self, card_id_hex: str, programme: str, quantity: int, supervisor: str, password: str) -> TapOutcome:
+        """Step 2: serve a card id read from the household's papers, on a supervisor's password."""
+        supervisor = _approver(supervisor, "supervisor")
+        bundle = self._need_bundle()
+        now = self._clock()
+        try:
+            card_id = bytes.fromhex(card_id_hex.strip())
+            if len(card_id) != 8:
+                raise ValueError("8 bytes")
+        except ValueError:
+            raise ValueError("the card id is 16 hex digits") from None
+        try:
+            check_supervisor(self._supervisors, supervisor, password)
+        except SupervisorRefused as exc:
+            log.warning("manual entry refused for supervisor %r: %s", supervisor, exc)
+            return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.PIN_WRONG, str(exc))
+        if card_id in bundle.deny_cards:
+            return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.CARD_DENIED,
+                                 "card on the deny list")
+        return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), bundle, now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _need_bundle(self) -> TrustBundle:
+        bundle = self._bundle()
+        if bundle is None:
+            raise LookupError("no trust bundle installed: no fallback without the issuer's keys and limits")
+        return bundle
+
+    def _served(self, card: str, programme: str, step: str, start: float, end: float) -> int:
+        """Units this counter already gave ``card`` through ``step`` in ``[start, end)`` (POSIX seconds)."""
+        total, after = 0, 0
+        while True:
+            rows = self._journal.entries(after, 1000)
+            if not rows:
+                return total
+            for s in rows:
+                e = s.entry
+                if (e.kind is EntryKind.FALLBACK and e.card_id == card and e.programme == programme
+                        and e.fallback == step and start * 1000 <= e.wall_ms < end * 1000):
+                    total += e.amount or 0
+            after = rows[-1].seq
+
+    def _serve(self, ask: _Ask, bundle: TrustBundle, now: float) -> TapOutcome:
+        programmes = bundle_programmes(bundle)
+        if ask.programme not in programmes:
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.PROGRAMME_NOT_AT_COUNTER, "programme not in the bundle")
+        if ask.quantity < 1:
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.INVALID_QUANTITY, "quantity below 1")
+        unit = programmes[ask.programme][1].unit
+        limit = fallback_limit(bundle, ask.step, ask.programme)
+        start, end = (t.timestamp() for t in cycle_bounds(cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))))
+        card = ask.card_id.hex()
+        with self._lock:
+            served = self._served(card, ask.programme, ask.step, start, end)
+            left = max(0, limit - served)
+            if ask.quantity > left:
+                reason = DeclineReason.NOTHING_LEFT if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
+                return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
+                                     f"{ask.step} limit {limit} per cycle, {served} already served",
+                                     household=ask.household_ref, entitled=limit, remaining=left)
+            stored = self._journal.append(EntryKind.FALLBACK, CardWrite(
+                card_id=card, programme=ask.programme, amount=ask.quantity, unit=unit,
+                fallback=ask.step, approved_by=ask.approver))
+        log.info("fallback %s: %s %s of %s approved by %r (entry %d)", ask.step, ask.quantity, unit.name.lower(),
+                 ask.programme, ask.approver, stored.seq)
+        remaining = left - ask.quantity
+        receipt = Receipt(self._journal.terminal_id, stored.seq, ask.household_ref, ask.programme, unit, limit,
+                          ask.quantity, remaining, receipt_code(stored.signed.entry_hash), stored.entry.wall_ms / 1000)
+        return TapOutcome(TapStatus.ACCEPTED, reader=f"fallback:{ask.step}", mode=self._mode, programme=ask.programme,
+                          household_ref=ask.household_ref or None, unit=unit, amount=ask.quantity, entitled=limit,
+                          remaining=remaining, receipt=receipt, card_id=card, journal_seq=stored.seq,
+                          detail=f"{ask.step} fallback approved by {ask.approver}")
+
+    def _decline(self, step: str, approver: str, card_id: bytes | None, programme: str, reason: DeclineReason,
+                 detail: str, *, household: str = "", entitled: int = 0, remaining: int = 0) -> TapOutcome:
+        stored = self._journal.append(EntryKind.DECLINED, CardWrite(
+            card_id=card_id.hex() if card_id else None, programme=programme[:32] or None,
+            decline_reason=reason.value, fallback=step, approved_by=approver))
+        return TapOutcome(TapStatus.DECLINED, reader=f"fallback:{step}", mode=self._mode, programme=programme,
+                          reason=reason, household_ref=household or None, entitled=entitled, remaining=remaining,
+                          card_id=card_id.hex() if card_id else None, journal_seq=stored.seq, detail=detail)
+
+
+def _approver(name: str, what: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= MAX_APPROVER_CHARS or not name.isprintable():
+        raise ValueError(f"the {what} id is 1..{MAX_APPROVER_CHARS} printable characters")
+    return name
