@@ -31,6 +31,7 @@ ROOT_PW = b"root passphrase for tests"
 KEY_PW = b"bundle key passphrase"
 DAY = dt.date(2026, 3, 2)
 PROGRAMMES = [Programme(1, "food", "rupiah", 150_000)]
+pytestmark = pytest.mark.usefixtures("audit_db")  # the audit tables emptied before ``world``
 
 
 def _ms(h: int, m: int = 0) -> int:
@@ -84,7 +85,7 @@ def _decide(app: Any, finding_id: int, status: FindingStatus, reason: str) -> No
 
 
 def test_clone_fork_is_denied_by_the_next_bundle_without_a_human_and_a_dismissal_lifts_it(
-        app, audit_db, world, keystore):
+        app, world, keystore):
     card = _cloned_card(app, world)
     proof = {f.kind for f in findings(app) if f.card_id == card.card_id and f.status is FindingStatus.OPEN}
     assert {FindingKind.CARD_FORK, FindingKind.COUNTER_BACKWARDS} <= proof
@@ -112,7 +113,7 @@ def test_clone_fork_is_denied_by_the_next_bundle_without_a_human_and_a_dismissal
     assert _due(app, keystore, half + 1) == "half of its validity passed"
 
 
-def test_confirmed_clone_stays_denied(app, audit_db, world, keystore):
+def test_confirmed_clone_stays_denied(app, world, keystore):
     card = _cloned_card(app, world)
     fork = findings(app, FindingKind.CARD_FORK)[0]
     _decide(app, fork.id, FindingStatus.CONFIRMED, "clone seized at the counter")
@@ -124,7 +125,7 @@ def test_confirmed_clone_stays_denied(app, audit_db, world, keystore):
     assert bytes.fromhex(card.card_id) in _publish(app, keystore, now + 60).deny_cards
 
 
-def test_proof_found_after_a_dismissal_denies_again(app, audit_db, world, keystore):
+def test_proof_found_after_a_dismissal_denies_again(app, world, keystore):
     card = _cloned_card(app, world)
     for f in findings(app):
         if f.card_id == card.card_id and f.kind is FindingKind.CARD_FORK:
@@ -144,7 +145,7 @@ def test_proof_found_after_a_dismissal_denies_again(app, audit_db, world, keysto
 
 
 def test_cli_lists_provisional_denials_and_publishes_on_a_schedule_only_when_changed(
-        app, audit_db, world, keystore, db_url, tmp_path, capsys):
+        app, world, keystore, db_url, tmp_path, capsys):
     import json
 
     from huma.cli import main
