@@ -153,6 +153,7 @@ class Day:
         self.result = DayResult(self.dir)
         self.secrets = self.dir / "secrets"
         self.keys = self.dir / "keys"
+        self.card_keys = self.secrets / "card-keys.json"
         self.cards = self.dir / "cards"
         self.logs = self.dir / "logs"
         for d in (self.secrets, self.cards, self.logs):
@@ -227,6 +228,8 @@ class Day:
                      "--passphrase-file", str(key_pw))
         self.cli("keys", "issue", "technician", "--name", "tech-01", "--dir", str(self.keys),
                  "--root-passphrase-file", str(root_pw), "--passphrase-file", str(key_pw))
+        # The provincial card-password key file: cards are issued in format 2 (docs/card-format.md §2.2).
+        self.cli("keys", "card-passwords", "create", str(self.card_keys), "--passphrase-file", str(key_pw))
         from cardlib.keys.keystore import KeyStore
 
         store = KeyStore.open(self.keys)
@@ -234,7 +237,8 @@ class Day:
         self.root_pem = store.entry(store.root_kid).public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.story.say(f"root {store.root_kid.hex()} → issuer, terminal CA, bundle and technician keys "
-                       f"(`huma keys`, encrypted PKCS#8 in {self.keys}).")
+                       f"(`huma keys`, encrypted PKCS#8 in {self.keys}); the provincial card-password key file "
+                       "(`huma keys card-passwords create`) for counters and the station.")
         self.story.say(f"[yellow]Demo only:[/] passphrases were generated and kept in {self.secrets}; "
                        "in production the root key goes offline (docs/operations.md).")
 
@@ -271,6 +275,7 @@ class Day:
             (c.state.parent / "secrets").mkdir(mode=0o700, exist_ok=True)  # not beside the key (docs/security.md)
             shutil.copy(self.secrets / "keys.pass", c.state.parent / "secrets" / "passphrase")
             (c.state.parent / "secrets" / "passphrase").chmod(0o600)
+            shutil.copy(self.card_keys, c.state / "card-keys.json")
             (c.state / "root.pem").write_bytes(self.root_pem)
             self.cli("terminal", "init", "--profile", str(c.profile))
             code = self.api.call("POST", f"/api/v1/terminals/{tid}/enrolment-code")["code"]
@@ -353,7 +358,6 @@ class Day:
             for ref in refs:
                 w.writerow([ref, "62.71", "1;3"])
         (self.dir / "provision.toml").write_text(PROVISION_PROFILE)
-        new_secret(self.secrets / "card-passwords.secret", 8)
         # Blank chips signed by a demo "fab" key: NXP's originality key cannot sign here.
         fab = ecdsa.SigningKey.generate(curve=ecdsa.SECP128r1, entropy=_entropy(self.rng))
         station = self.dir / "station"
@@ -363,7 +367,7 @@ class Day:
         argv = ["provision", "batch", str(households), "--keys", str(self.keys), "--technician", "tech-01",
                 "--station-key", str(station / "station.p8"), "--station-id", str(int.from_bytes(station_kid, "big")),
                 "--bundle", str(self.bundle_path), "--profile", str(self.dir / "provision.toml"),
-                "--pwd-secret-file", str(self.secrets / "card-passwords.secret"),
+                "--card-keys", str(self.card_keys), "--card-keys-passphrase-file", str(self.secrets / "keys.pass"),
                 "--passphrase-file", str(self.secrets / "keys.pass"), "--reader", "*PCD 00 00", "--timeout", "30",
                 "--originality-key", fab.get_verifying_key().to_string("uncompressed").hex()]
         batch = Process("provision", argv, self.env(), self.logs / "provision.log").start()
@@ -485,12 +489,29 @@ class Day:
                        f"({time.monotonic() - t:.1f} s after restart, retries with backoff).")
 
     def _clone(self, card: str) -> Path:
-        """Dump a household's card like a Flipper Zero would and write it onto a 'magic' chip (same UID)."""
+        """Dump a household's card like a Flipper Zero would and write it onto a 'magic' chip (same UID).
+
+        The reader gets only the pages that answer without the card password (a format-2 card:
+        the public pages 0-10, docs/card-format.md §2.2); the dump says so (``Pages read``) and
+        the import fills the rest with the chip's factory values (`huma sim import --fill-missing`).
+        """
+        import re
+
+        from simulator.chip import Ntag21x
+
         dump = self.cards / "clone.nfc"
         self.cli("sim", "export", str(self.cards / card), str(dump), "--format", "flipper")
-        self.cli("sim", "import", str(dump), str(self.cards / "clone.json"))
-        self.story.say(f"someone dumped {self.who(card)}'s card (`huma sim export --format flipper`) and wrote it "
-                       "onto a second chip with the same UID (`huma sim import`): the clone.")
+        chip = Ntag21x.load(self.cards / card)
+        auth0 = chip.page(chip.layout.cfg0_page)[3]
+        readable = auth0 if chip.page(chip.layout.cfg1_page)[0] & 0x80 else chip.layout.total_pages
+        text = re.sub(r"^Pages read: \d+$", f"Pages read: {readable}", dump.read_text(), flags=re.M)
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if not ((m := re.match(r"Page (\d+):", line)) and int(m.group(1)) >= readable))
+        dump.write_text(text)
+        self.cli("sim", "import", str(dump), str(self.cards / "clone.json"), "--fill-missing")
+        self.story.say(f"someone dumped {self.who(card)}'s card (`huma sim export --format flipper`: {readable} pages "
+                       "answered without the card password) and wrote it onto a second chip with the same UID "
+                       "(`huma sim import`): the clone.")
         return self.cards / "clone.json"
 
     def wait_synced(self, timeout: float = 60.0) -> None:

@@ -273,6 +273,8 @@ screen_port = {self.screen_port}
 key = "../state/terminal-key.p8"
 journal = "../state/journal.sqlite"
 passphrase = "../secrets/passphrase"
+card_keys = "../state/card-keys.json"
+card_keys_passphrase = "../secrets/passphrase"
 root_key = "../state/root.pem"
 bundle = "../state/bundle.cose"
 
