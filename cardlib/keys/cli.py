@@ -392,11 +392,11 @@ def card_passwords_create(out: Path, format1_secret: Path | None, passphrase_fil
     try:
         ring = CardPasswordKeys.create(legacy)
     except ValueError as exc:
-        raise InputFileError(f"--format1-secret {format1_secret}: {exc}") from None
+        raise InputFileError(f"--format1-secret {format1_secret}", str(exc)) from None
     try:
         _save_card_keys(out, ring, _card_keys_pw(passphrase_file, confirm=True))
     except ValueError as exc:
-        raise InputFileError(f"{out}: {exc}") from None
+        raise InputFileError(out, str(exc)) from None
     click.echo(f"{out}: card-password keys, current version {ring.current}"
                + (f", format-1 cards under version {ring.format1}" if ring.format1 else ""))
 
@@ -413,7 +413,7 @@ def card_passwords_rotate(path: Path, passphrase_file: Path | None) -> None:
     try:
         ring = ring.rotated()
     except ValueError as exc:
-        raise InputFileError(f"{path}: {exc}") from None
+        raise InputFileError(path, str(exc)) from None
     _save_card_keys(path, ring, pw)
     click.echo(f"{path}: current version {ring.current} (held: {', '.join(map(str, sorted(ring.keys)))})")
 
