@@ -64,8 +64,8 @@ class CardPasswordKeys:
     :ivar current: the version new cards are issued with.
     :ivar format1: the version whose key is the issuing office's password secret that format-1
         cards already carry (their PWD guards only the configuration pages); a counter holding it
-        opens those cards and migrates them to protected slots (docs/card-format.md §2.3). None:
-        format-1 cards are read as before and never migrated.
+        could open those cards and migrate them (docs/security.md §What the NTAG password stops). None:
+        no format-1 password is held.
     :raises ValueError: a version out of range, a short key, or ``current``/``format1`` not held.
     """
 
