@@ -161,7 +161,7 @@ class FallbackDesk:
             check_supervisor(self._supervisors, supervisor, password)
         except SupervisorRefused as exc:
             log.warning("manual entry refused for supervisor %r: %s", supervisor, exc)
-            return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.PIN_WRONG, str(exc))
+            return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.SUPERVISOR_REFUSED, str(exc))
         if card_id in bundle.deny_cards:
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.CARD_DENIED,
                                  "card on the deny list")

@@ -53,6 +53,8 @@ class DeclineReason(enum.Enum):
     OVER_TERMINAL_LIMIT = "over_terminal_limit"
     PIN_REQUIRED = "pin_required"
     PIN_WRONG = "pin_wrong"
+    #: A fallback manual entry (docs/fallback.md): the supervisor id is unknown or the password is wrong.
+    SUPERVISOR_REFUSED = "supervisor_refused"
     INVALID_QUANTITY = "invalid_quantity"
     BUNDLE_EXPIRED = "bundle_expired"
     #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
@@ -98,6 +100,7 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
     DeclineReason.PIN_WRONG: "The PIN is wrong.",
+    DeclineReason.SUPERVISOR_REFUSED: "Supervisor id or password not accepted. Nothing was given.",
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
     DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",

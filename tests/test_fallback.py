@@ -87,7 +87,7 @@ def test_manual_entry_needs_the_supervisor_password(counter: tuple[str, JournalS
     card = identity().card_id.hex()
     wrong = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": "tebakan",
                                                 "programme": "pangan"})
-    assert (wrong["status"], wrong["reason"]) == ("declined", "pin_wrong")
+    assert (wrong["status"], wrong["reason"]) == ("declined", "supervisor_refused")
     stranger = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "budi", "password": "x",
                                                    "programme": "pangan"})
     assert stranger["status"] == "declined"

@@ -381,11 +381,25 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "on_card": "On the card",
         "shift": "Shift slip",
         "complaint": "Complaint",
+        "fallback_title": "Fallback: household QR or supervisor entry",
+        "qr_title": "QR fallback (card does not work)",
+        "qr_text": "Scan the QR on the card",
+        "qr_hint": "scanner types here",
+        "clerk": "Clerk id",
+        "qr_submit": "Serve on QR",
+        "manual_title": "Supervisor entry (no card, no QR)",
+        "card_id": "Card id (16 hex digits)",
+        "supervisor": "Supervisor id",
+        "password": "Supervisor password",
+        "manual_submit": "Serve on supervisor entry",
+        "served": "Served: see the result",
+        "refused": "Refused: see the result",
         "mode": _MODE_NAMES[state.mode],
     })
     other = [x for x in LANGUAGES if x != lang]
     body = Template(src).substitute(
-        lang=lang, options=options, other_lang=other[0], other_lang_name=other[0].upper(), **labels
+        lang=lang, options=options, other_lang=other[0], other_lang_name=other[0].upper(),
+        fallback_hidden="" if state.fallback is not None else "hidden", **labels
     )
     return body.encode("utf-8")
 
@@ -644,7 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if desk is None:
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no fallback"})
                     return
-                programme, quantity = str(body.get("programme") or state.request()[0]), int(body.get("quantity", 1))
+                selected = state.request()  # the counter's selection, as for a tap
+                programme = str(body.get("programme") or selected[0])
+                quantity = int(body.get("quantity", selected[1]))
                 try:
                     if self.path == "/api/fallback/qr":
                         outcome = desk.qr(str(body["qr"]), programme, quantity, str(body["clerk"]))
