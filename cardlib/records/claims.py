@@ -26,6 +26,7 @@ import cbor2
 
 from cardlib.keys.signer import KID_LENGTH
 from cardlib.records.errors import ClaimsError, RecordError
+from cardlib.records.slot_encoding import SLOT_FIXED_VERSION, decode_fixed, encode_fixed, is_fixed
 
 __all__ = [
     "FORMAT_VERSION",
@@ -391,7 +392,8 @@ class SlotClaims:
     :ivar nfc_counter: NTAG NFC counter read in the writing session (24 bit).
     :ivar prev_hash: :func:`state_hash` of the previous state's COSE bytes (8 bytes);
         for seq 0 the hash of the identity record's COSE bytes.
-    :ivar version: format version (1).
+    :ivar version: slot format version: 2 (fixed-width, docs/card-format.md §4.1) for every new
+        state; 1 (preferred serialization) is still read.
     """
 
     seq: int
@@ -402,10 +404,10 @@ class SlotClaims:
     time: int
     nfc_counter: int
     prev_hash: bytes
-    version: int = FORMAT_VERSION
+    version: int = SLOT_FIXED_VERSION
 
     def __post_init__(self) -> None:
-        if self.version != FORMAT_VERSION:
+        if self.version not in (FORMAT_VERSION, SLOT_FIXED_VERSION):
             raise ClaimsError(f"unsupported slot format version {self.version!r}")
         _check_uint("seq", self.seq, 0, UINT32_MAX)
         _check_uint("cycle", self.cycle, 0, UINT32_MAX)
@@ -420,7 +422,11 @@ class SlotClaims:
         object.__setattr__(self, "remaining", MappingProxyType(dict(sorted(self.remaining.items()))))
 
     def to_cbor(self) -> bytes:
-        """Encode as a CBOR map with integer keys in ascending order."""
+        """Encode as a CBOR map with integer keys in ascending order (version 2: fixed widths, §4.1)."""
+        if self.version == SLOT_FIXED_VERSION:
+            return encode_fixed(seq=self.seq, cycle=self.cycle, remaining=self.remaining,
+                                terminal_id=self.terminal_id, terminal_seq=self.terminal_seq, time=self.time,
+                                nfc_counter=self.nfc_counter, prev_hash=self.prev_hash)
         return cbor2.dumps(
             {
                 int(SlotKey.VERSION): self.version,
@@ -441,10 +447,13 @@ class SlotClaims:
 
         :raises ClaimsError: not a map, missing/extra keys, wrong types or ranges.
         """
-        claims = _decode_map(payload, "slot")
-        _check_version(claims, "slot")
+        fixed = is_fixed(payload)
+        claims = decode_fixed(payload) if fixed else _decode_map(payload, "slot")
+        if not fixed:
+            _check_version(claims, "slot")
         _check_keys(claims, set(SlotKey), set(), "slot")
         return cls(
+            version=claims[SlotKey.VERSION],
             seq=_want_uint(claims, SlotKey.SEQ, "seq"),
             cycle=_want_uint(claims, SlotKey.CYCLE, "cycle"),
             remaining=_uint_map(_want(claims, SlotKey.REMAINING, dict, "remaining"), "remaining"),
