@@ -298,12 +298,12 @@ _PASSWORD_FILE = click.option(
 
 @server.group("people")
 def people() -> None:
-    """People who log in (admins, technicians, auditors)."""
+    """People who log in (admins, technicians, auditors, programme managers)."""
 
 
 @people.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["admin", "technician", "auditor"]), required=True)
+@click.option("--role", type=click.Choice(["admin", "technician", "auditor", "manager"]), required=True)
 @_PASSWORD_FILE
 @DATABASE_OPTION
 def add_person(username: str, role: str, password_file: Path | None) -> None:

@@ -110,7 +110,7 @@ SPEC: dict[str, Any] = {
                 "required": ["id", "username", "role", "disabled", "created_at"],
                 "properties": {
                     "id": {"type": "integer"}, "username": {"type": "string"},
-                    "role": {"type": "string", "enum": ["admin", "technician", "auditor"]},
+                    "role": {"type": "string", "enum": ["admin", "technician", "auditor", "manager"]},
                     "disabled": {"type": "boolean"}, "created_at": _DATETIME,
                 },
             },
@@ -153,7 +153,7 @@ SPEC: dict[str, Any] = {
                          "type": "object", "required": ["username", "password", "role"],
                          "properties": {"username": {"type": "string"}, "password": {"type": "string"},
                                         "role": {"type": "string",
-                                                 "enum": ["admin", "technician", "auditor"]}}}),
+                                                 "enum": ["admin", "technician", "auditor", "manager"]}}}),
                      "responses": {"201": _json({"$ref": "#/components/schemas/Person"}, "created"),
                                    "400": _err("malformed body"), "409": _err("username exists"),
                                    **_AUTH_ERRORS, **_BUSY}},

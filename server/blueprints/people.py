@@ -78,7 +78,7 @@ def add_person() -> ResponseReturnValue:
     try:
         role = Role(_str_field(body, "role", 16))
     except ValueError:
-        raise BadRequest("role must be admin, technician or auditor", field="role") from None
+        raise BadRequest("role must be admin, technician, auditor or manager", field="role") from None
     session = db.write_session()
     try:
         person = create_person(session, username, password, role)
