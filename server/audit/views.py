@@ -615,3 +615,6 @@ def exports_page() -> ResponseReturnValue:
     query_params()
     return render("exports.html")
 
+
+
+from server.audit import grievance_views as _grievance_views  # noqa: E402, F401 - the grievance pages, on bp

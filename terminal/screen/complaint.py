@@ -58,7 +58,7 @@ def complaint_page(lang: str, state: ScreenState) -> bytes:
     for p in state.last(RECENT):
         o = p.outcome
         code = o.receipt.code if o.receipt else ""
-        if not (code or o.card_id or o.household_ref):
+        if not (code or o.card_id):
             continue
         when = time.strftime("%H:%M:%S", time.localtime(p.at))
         what = code or f"{t.gettext('Household')} {o.household_ref or '-'}"
@@ -92,8 +92,8 @@ def complaints_view(state: ScreenState, lang: str) -> list[dict[str, Any]]:
 def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:
     """Keep the complaint ``body`` ``{"n"?, "receipt_code"?, "category", "text"}`` and start a sync round.
 
-    ``n`` names a recent result: its receipt code, card and household are linked; a typed
-    ``receipt_code`` replaces the tap's.
+    ``n`` names a recent result: its receipt code and card are linked (the server adds the
+    household); a typed ``receipt_code`` replaces the tap's.
 
     :returns: ``{"ok": True, "id": <the counter's id for it>}``.
     :raises LookupError: this screen keeps no complaints (no queue).
@@ -113,7 +113,9 @@ def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("that tap is no longer on this screen; type its receipt code")
         o = p.outcome
         receipt_code = receipt_code or (o.receipt.code if o.receipt else None)
-        card_id, household_ref = o.card_id, o.household_ref
+        # The screen shows a household as "HB-" and 8 hex digits, not the 16-digit reference:
+        # the server finds the household from the card (or the receipt code).
+        card_id = o.card_id
     text, category = body.get("text"), body.get("category")
     if not isinstance(text, str) or not isinstance(category, str):
         raise ValueError("text and category are required")
