@@ -21,7 +21,7 @@ from cardlib.records.bundle import BundleKey, KeyRole, KeyState, SortedIdSet, Tr
 from cardlib.records.claims import Entitlement, IdentityClaims, PinVerifier, Unit
 from cardlib.records.issuance import IssuedCard, issue_card_image
 from cardlib.transport.errors import CardRemoved, TagMute
-from cardlib.type2.errors import Nak
+from cardlib.type2.errors import Nak, PwdAuthFailed
 from simulator.chip import ChipVariant, Command, Ntag21x, TornFill, nak_of
 from simulator.errors import ChipLeftField, ChipMute
 
@@ -143,6 +143,16 @@ class ChipTag:
 
     def read_counter(self) -> int:
         return int.from_bytes(self._send(bytes((Command.READ_CNT, 0x02))), "little")
+
+    def pwd_auth(self, pwd: bytes, *, expected_pack: bytes | None = None) -> bytes:
+        """PWD_AUTH (NTAG213/215/216 datasheet §10.7): a NAK or another PACK raises PwdAuthFailed."""
+        try:
+            pack = self._send(bytes((Command.PWD_AUTH,)) + pwd)
+        except Nak as exc:
+            raise PwdAuthFailed(f"PWD_AUTH refused: {exc}") from exc
+        if expected_pack is not None and pack != expected_pack:
+            raise PwdAuthFailed("PWD_AUTH answered another PACK")
+        return pack
 
 
 # Sampled tears for the suites that go through a real stack (PC/SC, nfcpy):
