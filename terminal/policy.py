@@ -63,6 +63,8 @@ class DeclineReason(enum.Enum):
     CARD_COUNTER_REPEATED = "card_counter_repeated"
     #: `secure` card: the PIN is blocked on the card (3 wrong tries); only the district office unblocks it.
     PIN_BLOCKED = "pin_blocked"
+    #: NTAG format-2 card: its failed-PIN count (on the card) is at the limit; the district office resets it.
+    PIN_LOCKED = "pin_locked"
     #: The card's newest state is signed by a terminal key revoked before that state was written.
     REVOKED_KEY = "revoked_key"
     #: The identity record on the chip was issued for another chip (copied from another card).
@@ -108,6 +110,7 @@ _MESSAGES: Mapping[DeclineReason, str] = {
         "This card repeated an earlier answer. Send the person to the district office."
     ),
     DeclineReason.PIN_BLOCKED: "The card PIN is blocked. Send the person to the district office.",
+    DeclineReason.PIN_LOCKED: "Too many wrong PINs on this card. Send the person to the district office.",
     DeclineReason.REVOKED_KEY: (
         "The card was last written by a blocked counter. Send the person to the district office."
     ),
@@ -363,6 +366,8 @@ class PinStatus(enum.Enum):
     NOT_ENTERED = "not_entered"
     OK = "ok"
     WRONG = "wrong"
+    #: the card counts as many wrong PINs as the bundle allows (cardlib.records.pin): not checked.
+    LOCKED = "locked"
 
 
 @dataclass(frozen=True)
@@ -508,6 +513,8 @@ def decide(
     if clock_wrong:
         return no_b(DeclineReason.COUNTER_CLOCK_WRONG)
     if programme.pin_required:
+        if request.pin is PinStatus.LOCKED:
+            return no_b(DeclineReason.PIN_LOCKED)
         if request.pin is PinStatus.NOT_ENTERED:
             return no_b(DeclineReason.PIN_REQUIRED)
         if request.pin is PinStatus.WRONG:

@@ -35,6 +35,7 @@ from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_boun
 from cardlib.records.cose import CoseKey, KeyResolver
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
+from cardlib.records.pin import PinLocked, PinRefused, check_pin, max_failures, read_failures
 from cardlib.records.session import (
     CardSession,
     CardState,
@@ -331,13 +332,13 @@ class TapProcessor:
         mode = self.cfg.mode
 
         def declined(reason: DeclineReason, state: CardState | None = None, uid: bytes | None = None,
-                     card: str | None = None) -> TapOutcome:
+                     card: str | None = None, note: str | None = None) -> TapOutcome:
             # The card id goes into the signed DECLINED entry whenever it could be read
             # (unverified when the card failed verification): the auditor sees a blocked card's tries.
             card = state.identity.claims.card_id.hex() if state else (card or None)
             with self._lock:
                 e = self.journal.append(EntryKind.DECLINED, CardWrite(
-                    card_id=card or "", tag_uid=uid, programme=programme, decline_reason=reason.value))
+                    card_id=card or "", tag_uid=uid, programme=programme, decline_reason=reason.value), note=note)
             return TapOutcome(TapStatus.DECLINED, reader, mode, programme, reason=reason,
                               household_ref=_household(state), card_id=card, journal_seq=e.seq)
 
@@ -378,17 +379,12 @@ class TapProcessor:
         progs = bundle_programmes(trust.bundle)
         entry = progs.get(programme)
         facts = _facts(state, progs, programme)
-        pin_status = PinStatus.NOT_ENTERED
-        if pin is not None:
-            verifier = state.identity.claims.pin
-            try:
-                if verifier is not None:
-                    verifier.check(pin, state.identity.claims.card_id, uid)
-                pin_status = PinStatus.OK
-            except (PinMismatch, rec.ClaimsError):
-                pin_status = PinStatus.WRONG
-        if entry is not None and entry[1].pin_required and state.identity.claims.pin is None:
-            pin_status = PinStatus.OK  # a card issued without PIN cannot be asked for one
+        try:
+            pin_status, pin_note = self._pin(tag, state, pin, entry[1] if entry else None, trust.bundle)
+        except (SessionLost, ReaderGone, ServiceUnavailable):
+            raise
+        except CardlibError as exc:  # the PIN page NAKed or garbled: the PIN was not checked
+            return declined(decline_reason_of(exc), state, uid, note="pin page unreadable")
         unit = entry[1].unit if entry else None
         # The NFC counter goes into the signed slot; read it before taking the lock so no
         # card command ever runs while another reader waits for a decision.
@@ -410,7 +406,7 @@ class TapProcessor:
                 pending_entry, pending = self._journal_pending(session, state, decision, entry[0], counter, now)
         if not decision.accepted:
             assert decision.reason is not None
-            out = declined(decision.reason, state, uid)
+            out = declined(decision.reason, state, uid, note=pin_note)
             return dataclasses.replace(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
         if not decision.writes_card:
             with self._lock:
@@ -421,6 +417,48 @@ class TapProcessor:
                               unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
                               card_id=card_hex, journal_seq=e.seq, balances=_balances(facts, progs, now))
         return self._redeem(session, state, decision, pending_entry, pending, reader)
+
+    def _pin(self, tag: Type2Tag, state: CardState, pin: str | None, rules: ProgrammeRules | None,
+             bundle: TrustBundle) -> tuple[PinStatus, str | None]:
+        """The PIN check before deciding (docs/security.md §A PIN that resists a phone).
+
+        A format-2 card counts wrong PINs on its private page (:mod:`cardlib.records.pin`): for a
+        programme that needs the PIN, and never on a balance check, the try is spent on the card
+        before the PIN is looked at; at the bundle's ``pin.max_failures`` the card is LOCKED and
+        the PIN is not checked. A format-1 card has no private page and checks as before.
+
+        :returns: the status for :func:`terminal.policy.decide` and a journal note (failures/limit).
+        :raises CardlibError: the card link failed or the chip refused the PIN page.
+        """
+        claims = state.identity.claims
+        needed = rules is not None and rules.pin_required
+        if needed and claims.pin is None:
+            return PinStatus.OK, None  # a card issued without PIN cannot be asked for one
+        if claims.pin is None or state.layout.version == 1:
+            if pin is None:
+                return PinStatus.NOT_ENTERED, None
+            try:
+                if claims.pin is not None:
+                    claims.pin.check(pin, claims.card_id, state.uid)
+            except (PinMismatch, rec.ClaimsError):
+                return PinStatus.WRONG, None
+            return PinStatus.OK, None
+        if not needed or self.cfg.mode is CounterMode.BALANCE_CHECK:
+            return PinStatus.NOT_ENTERED, None  # the PIN decides nothing here: no try spent
+        limit = max_failures(bundle.policies)
+        try:
+            if pin is None:
+                failures = read_failures(tag, state.layout)
+                return (PinStatus.LOCKED if failures >= limit else PinStatus.NOT_ENTERED), None
+            check_pin(tag, state.layout, claims.pin, pin, claims.card_id, state.uid, limit=limit)
+        except PinLocked as exc:
+            return PinStatus.LOCKED, f"pin failures {exc.failures}/{limit}"
+        except PinRefused as exc:
+            log.info("card %s…: wrong PIN, %d of %d tries spent", claims.card_id.hex()[:4], exc.failures, limit)
+            return PinStatus.WRONG, f"pin failures {exc.failures}/{limit}"
+        except rec.ClaimsError:
+            return PinStatus.WRONG, "pin entry not 6 digits"
+        return PinStatus.OK, None
 
     def exposure(self, card_hex: str, now: float, limits: OfflineLimits) -> Exposure:
         """What this terminal handed out, from its journal: since the last confirmed upload and this cycle.

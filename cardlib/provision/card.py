@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_pa
 from cardlib.provision.profile import Profile
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import IdentityClaims, PinVerifier, state_hash, terminal_id_of
+from cardlib.records.claims import PIN_V2_SALT_BYTES, IdentityClaims, PinVerifier, state_hash, terminal_id_of
 from cardlib.records.errors import RecordError
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import (
@@ -62,6 +63,7 @@ from cardlib.records.layout import (
     build_private_image,
     build_public_area,
 )
+from cardlib.records.pin import encode_failures
 from cardlib.records.session import CardSession
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.chip import ChipType
@@ -83,7 +85,8 @@ SLOT_A_ALIGNED_PAGE = 48
 LOCK_BITS_PER_BLOCK_BIT = 2
 FACTORY_AUTH0 = 0xFF
 FACTORY_CC = {ChipType.NTAG215: bytes.fromhex("E1103E00"), ChipType.NTAG216: bytes.fromhex("E1106D00")}
-PIN_LOG2_ITERATIONS = 14
+#: scrypt cost of the PIN verifier issued today (N = 2^14, r = 8, p = 1: 16 MiB, ~60 ms per check; docs/security.md).
+PIN_SCRYPT_LOG2_N = 14
 
 
 class StaticLock(enum.IntFlag):
@@ -329,7 +332,8 @@ def build_identity(ctx: StationContext, household: Household, card_id: bytes, ui
     """Identity claims for a household from the station profile (programmes of the row only)."""
     progs = {pid: ctx.profile.programmes[pid] for pid in household.programmes}
     caps = {pid: ctx.profile.offline_cap[pid] for pid in household.programmes}
-    verifier = PinVerifier.derive(pin, card_id, uid, PIN_LOG2_ITERATIONS) if pin else None
+    verifier = (PinVerifier.derive_v2(pin, card_id, uid, secrets.token_bytes(PIN_V2_SALT_BYTES),
+                                      log2_n=PIN_SCRYPT_LOG2_N) if pin else None)
     return IdentityClaims(
         card_id=card_id, household_ref=household.household_ref, region=household.region,
         programmes=progs, valid_from=today, valid_to=today + dt.timedelta(days=ctx.profile.valid_days),
@@ -396,7 +400,7 @@ def personalise(
                 layout = CardLayout(issued.layout.identity_len, issued.layout.slot_len, 2)
                 layout.check_fits(data_area)
                 image = build_public_area(ctx.password_key_version) + build_private_image(
-                    layout, issued.identity_cose, genesis, genesis)
+                    layout, issued.identity_cose, genesis, genesis) + encode_failures(0)  # the PIN page
             else:
                 layout = _aligned_layout(issued.layout, data_area)
                 layout.check_fits(data_area)

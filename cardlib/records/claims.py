@@ -12,6 +12,7 @@ packages, rupiah (no sub-rupiah amounts) or visits. Dates are days since
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -40,6 +41,7 @@ __all__ = [
     "SlotClaims",
     "SlotKey",
     "Unit",
+    "check_pin_digits",
     "cycle_bounds",
     "cycle_of",
     "state_hash",
@@ -53,6 +55,7 @@ HOUSEHOLD_REF_BYTES = 8
 UID_BYTES = 7
 #: Length of the truncated SHA-256 that chains states (prev_hash), bytes.
 HASH_BYTES = 8
+#: Version 1 PIN verifier (cards issued before issue 20): 2 bytes, 1 PIN in 65,536 collides with it.
 PIN_VERIFIER_BYTES = 2
 PIN_DIGITS = 6
 #: Compressed SEC1 P-256 point (``02|03 ‖ x``), bytes.
@@ -64,6 +67,18 @@ UINT16_MAX = 0xFFFF
 PIN_LOG2_ITERATIONS_MIN = 10
 PIN_LOG2_ITERATIONS_MAX = 20
 PIN_SALT_CONTEXT = b"HB1pin"
+#: Version 2 PIN verifier (docs/card-format.md §3.2): scrypt (RFC 7914) with its cost in the signed claim;
+#: 6-byte salt and verifier keep a PIN card with two programmes inside an NTAG215 in format 2.
+PIN_V2 = 2
+PIN_V2_VERIFIER_BYTES = 6
+PIN_V2_SALT_BYTES = 6
+PIN_V2_SALT_CONTEXT = b"HB2pin"
+#: scrypt cost bounds: log2(N), block size r, parallelism p; memory 128·r·N bytes at most 64 MiB.
+PIN_LOG2_N_MIN = 10
+PIN_LOG2_N_MAX = 18
+PIN_SCRYPT_R_MAX = 16
+PIN_SCRYPT_P_MAX = 4
+PIN_SCRYPT_MAXMEM = 64 * 1024 * 1024
 #: Kemendagri region code: province, optional regency, district, village (e.g. "62.71").
 _REGION_RE = re.compile(r"^\d{2}(\.\d{2}(\.\d{2}(\.\d{4})?)?)?$")
 _EPOCH = dt.date(1970, 1, 1)
@@ -193,30 +208,86 @@ class Entitlement:
 
 @dataclass(frozen=True)
 class PinVerifier:
-    """PIN verifier parameters (docs/card-format.md §3.2).
+    """PIN verifier parameters (docs/card-format.md §3.2), versioned so cards in the field still verify.
 
-    verifier = PBKDF2-HMAC-SHA256(PIN digits, salt = "HB1pin" ‖ card_id ‖ UID,
-    2^log2_iterations)[:2]. The salt needs no card bytes: card id and UID are
-    already unique per card.
+    Version 1 (cards issued before issue 20, read-only here)::
 
-    :ivar log2_iterations: work factor, 10..20.
-    :ivar verifier: 2 bytes.
+        verifier = PBKDF2-HMAC-SHA256(PIN, "HB1pin" ‖ card_id ‖ UID, 2^log2_iterations)[:2]
+
+    Two bytes: any phone that reads the identity finds a colliding PIN in seconds.
+
+    Version 2 (issued from issue 20 on)::
+
+        verifier = scrypt(PIN, "HB2pin" ‖ card_id ‖ UID ‖ salt, N = 2^log2_iterations, r, p)[:6]
+
+    (RFC 7914). Six bytes leave no colliding PIN (10^6 PINs against 2^48 values); the cost is in
+    the signed claim, so the province can raise it for new cards while the old ones still verify.
+
+    :ivar log2_iterations: version 1: log2 of the PBKDF2 iterations (10..20); version 2: log2 of
+        scrypt's N (10..18).
+    :ivar verifier: 2 bytes (version 1) or 6 bytes (version 2).
+    :ivar version: 1 or 2.
+    :ivar r: scrypt block size (version 2, 1..16; 0 for version 1).
+    :ivar p: scrypt parallelism (version 2, 1..4; 0 for version 1).
+    :ivar salt: 6 random bytes per card (version 2; empty for version 1).
     """
 
     log2_iterations: int
     verifier: bytes
+    version: int = 1
+    r: int = 0
+    p: int = 0
+    salt: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_uint("log2_iterations", self.log2_iterations, PIN_LOG2_ITERATIONS_MIN, PIN_LOG2_ITERATIONS_MAX)
-        _check_bytes("pin verifier", self.verifier, PIN_VERIFIER_BYTES)
+        if self.version == 1:
+            _check_uint("log2_iterations", self.log2_iterations, PIN_LOG2_ITERATIONS_MIN, PIN_LOG2_ITERATIONS_MAX)
+            _check_bytes("pin verifier", self.verifier, PIN_VERIFIER_BYTES)
+            if self.r or self.p or self.salt:
+                raise ClaimsError("a version-1 PIN verifier has no scrypt parameters")
+        elif self.version == PIN_V2:
+            _check_uint("log2 N", self.log2_iterations, PIN_LOG2_N_MIN, PIN_LOG2_N_MAX)
+            _check_uint("scrypt r", self.r, 1, PIN_SCRYPT_R_MAX)
+            _check_uint("scrypt p", self.p, 1, PIN_SCRYPT_P_MAX)
+            if 128 * self.r * (1 << self.log2_iterations) > PIN_SCRYPT_MAXMEM:
+                raise ClaimsError("scrypt parameters need more than 64 MiB")
+            _check_bytes("pin salt", self.salt, PIN_V2_SALT_BYTES)
+            _check_bytes("pin verifier", self.verifier, PIN_V2_VERIFIER_BYTES)
+        else:
+            raise ClaimsError(f"unknown PIN verifier version {self.version!r}")
 
     @staticmethod
     def derive(pin: str, card_id: bytes, uid: bytes, log2_iterations: int) -> PinVerifier:
-        """Compute the verifier for a 6-digit PIN (issuance).
+        """Compute a version-1 verifier (2 bytes): only to test cards issued before issue 20.
+
+        :raises ClaimsError: PIN not 6 ASCII digits, or a work factor out of range.
+        """
+        return PinVerifier(log2_iterations, _pin_digest(pin, card_id, uid, log2_iterations))
+
+    @staticmethod
+    def derive_v2(pin: str, card_id: bytes, uid: bytes, salt: bytes, *, log2_n: int, r: int = 8,
+                  p: int = 1) -> PinVerifier:
+        """Compute a version-2 (scrypt) verifier at issuance.
+
+        :param salt: 6 random bytes, new for every card (``secrets.token_bytes(6)``).
+        :param log2_n: log2 of scrypt's N; one check costs about 2^log2_n · r · 0.5 µs here
+            (docs/security.md §PIN).
+        :raises ClaimsError: PIN not 6 ASCII digits, or parameters out of range.
+        """
+        params = PinVerifier(log2_n, bytes(PIN_V2_VERIFIER_BYTES), PIN_V2, r, p, salt)
+        return dataclasses.replace(params, verifier=params.digest(pin, card_id, uid))
+
+    def digest(self, pin: str, card_id: bytes, uid: bytes) -> bytes:
+        """The verifier bytes a PIN gives under these parameters (one guess's whole cost).
 
         :raises ClaimsError: PIN not 6 ASCII digits.
         """
-        return PinVerifier(log2_iterations, _pin_digest(pin, card_id, uid, log2_iterations))
+        if self.version == 1:
+            return _pin_digest(pin, card_id, uid, self.log2_iterations)
+        check_pin_digits(pin)
+        salt = PIN_V2_SALT_CONTEXT + bytes(card_id) + bytes(uid) + self.salt
+        return hashlib.scrypt(pin.encode(), salt=salt, n=1 << self.log2_iterations, r=self.r, p=self.p,
+                              maxmem=2 * PIN_SCRYPT_MAXMEM, dklen=PIN_V2_VERIFIER_BYTES)
 
     def check(self, pin: str, card_id: bytes, uid: bytes) -> None:
         """Check a PIN entered at the counter (constant-time compare).
@@ -224,14 +295,37 @@ class PinVerifier:
         :raises PinMismatch: the PIN does not match.
         :raises ClaimsError: PIN not 6 ASCII digits.
         """
-        digest = _pin_digest(pin, card_id, uid, self.log2_iterations)
-        if not hmac.compare_digest(digest, self.verifier):
+        if not hmac.compare_digest(self.digest(pin, card_id, uid), self.verifier):
             raise PinMismatch("PIN does not match")
+
+    def to_cbor_value(self) -> list[Any]:
+        """Claim 9's value: ``[log2_iterations, verifier]`` (v1) or ``[2, log2_n, r, p, salt, verifier]`` (v2)."""
+        if self.version == 1:
+            return [self.log2_iterations, self.verifier]
+        return [PIN_V2, self.log2_iterations, self.r, self.p, self.salt, self.verifier]
+
+    @staticmethod
+    def from_cbor_value(raw: list[Any]) -> PinVerifier:
+        """Strictly decode claim 9 (either version).
+
+        :raises ClaimsError: neither shape, or values out of range.
+        """
+        if len(raw) == 2 and _is_uint(raw[0]) and isinstance(raw[1], bytes):
+            return PinVerifier(raw[0], raw[1])
+        if (len(raw) == 6 and raw[0] == PIN_V2 and all(_is_uint(v) for v in raw[1:4])
+                and isinstance(raw[4], bytes) and isinstance(raw[5], bytes)):
+            return PinVerifier(raw[1], raw[5], PIN_V2, raw[2], raw[3], raw[4])
+        raise ClaimsError("pin: expected [log2_iterations, verifier] or [2, log2_n, r, p, salt, verifier]")
+
+
+def check_pin_digits(pin: str) -> None:
+    """:raises ClaimsError: ``pin`` is not 6 ASCII digits (what a counter accepts as an entry)."""
+    if len(pin) != PIN_DIGITS or not pin.isascii() or not pin.isdigit():
+        raise ClaimsError(f"PIN must be {PIN_DIGITS} digits")
 
 
 def _pin_digest(pin: str, card_id: bytes, uid: bytes, log2_iterations: int) -> bytes:
-    if len(pin) != PIN_DIGITS or not pin.isascii() or not pin.isdigit():
-        raise ClaimsError(f"PIN must be {PIN_DIGITS} digits")
+    check_pin_digits(pin)
     salt = PIN_SALT_CONTEXT + bytes(card_id) + bytes(uid)
     return hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, 1 << log2_iterations)[
         :PIN_VERIFIER_BYTES
@@ -318,7 +412,7 @@ class IdentityClaims:
             IdentityKey.UID: self.uid,
         }
         if self.pin is not None:
-            claims[IdentityKey.PIN] = [self.pin.log2_iterations, self.pin.verifier]
+            claims[IdentityKey.PIN] = self.pin.to_cbor_value()
         if self.card_public_key is not None:
             claims[IdentityKey.CARD_PUBLIC_KEY] = self.card_public_key
         return cbor2.dumps({int(k): v for k, v in claims.items()})
@@ -358,10 +452,7 @@ class IdentityClaims:
         offline_cap = _uint_map(_want(claims, IdentityKey.OFFLINE_CAP, dict, "offline_cap"), "offline_cap")
         pin = None
         if IdentityKey.PIN in claims:
-            raw_pin = _want(claims, IdentityKey.PIN, list, "pin")
-            if len(raw_pin) != 2 or not _is_uint(raw_pin[0]) or not isinstance(raw_pin[1], bytes):
-                raise ClaimsError("pin: expected [log2_iterations, verifier bstr]")
-            pin = PinVerifier(raw_pin[0], raw_pin[1])
+            pin = PinVerifier.from_cbor_value(_want(claims, IdentityKey.PIN, list, "pin"))
         card_public_key = None
         if IdentityKey.CARD_PUBLIC_KEY in claims:
             card_public_key = _want(claims, IdentityKey.CARD_PUBLIC_KEY, bytes, "card_public_key")

@@ -30,6 +30,7 @@ short public NDEF message and a header page; the private area has no NDEF framin
     page 11     LI LS 00 00                  private header (first protected page = AUTH0)
     page 12     identity payload (LI bytes)
     ...         slot A payload (LS bytes), then slot B payload (LS bytes)
+    ...         n ~n n ~n                     failed-PIN count (cardlib.records.pin), no signed record
 """
 
 from __future__ import annotations
@@ -199,9 +200,20 @@ class CardLayout:
         """First page after the image."""
         return self.base_page + self.pages
 
+    @property
+    def pin_failures_page(self) -> int:
+        """Format 2: the private page after the image that counts wrong PINs (cardlib.records.pin).
+
+        :raises LayoutError: format 1 has no private page for it.
+        """
+        if self.version != FORMAT_PROTECTED:
+            raise LayoutError("a format-1 card has no private page for a PIN count")
+        return self.end_page
+
     def check_fits(self, data_area_bytes: int) -> None:
-        """:raises LayoutError: when the image does not fit a data area (from page 4) of this many bytes."""
+        """:raises LayoutError: when the image (and a format-2 PIN page) does not fit a data area from page 4."""
         needed = (self.base_page - FIRST_DATA_PAGE) * PAGE_SIZE + self.image_len
+        needed += PAGE_SIZE if self.version == FORMAT_PROTECTED else 0
         if needed > data_area_bytes:
             raise LayoutError(
                 f"card image needs {needed} B, data area has {data_area_bytes} B"
