@@ -8,6 +8,11 @@ Runs the real app under waitress on 127.0.0.1 and posts signed batches over HTTP
     .venv/bin/python -m bench.bench_upload --entries 20000 --batch 1000 \
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
+Small batches (issue 21): ``--small 3`` compares the per-entry cost of batches of 3 entries
+with bulk batches on a stored journal (``--journal 100000``), through the Flask test client.
+
+    .venv/bin/python -m bench.bench_upload --small 3 --bulk 1000 --journal 100000 --db both
+
 Every core (issue 21): ``--workers N`` instead posts from 1 and 2 terminals at once to
 ``huma server run --workers 1`` and ``--workers N`` (SQLite) and prints entries/s.
 
@@ -220,6 +225,131 @@ def workers_main(entries: int, batch: int, max_workers: int) -> None:
             print(f"| {workers} | {clients} | {n} | {secs:.2f} | {n / secs:,.0f} |", flush=True)
 
 
+# ----------------------------------------------------------------------------- small batches (issue 21)
+
+
+def _small_db(kind: str, pg_admin: str, tmp: str) -> tuple[str, Callable[[], None]]:
+    """A fresh migrated database of ``kind`` (``sqlite`` or ``postgresql``); returns (url, drop)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{os.path.join(tmp, 'small.db')}"
+        drop: Callable[[], None] = lambda: None  # noqa: E731 - the temp dir goes away
+    else:
+        name = f"huma_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        url = pg_admin.rsplit("/", 1)[0] + "/" + name
+
+        def drop() -> None:
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url, drop
+
+
+def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rounds: int,
+              profile: str | None = None) -> dict[str, float]:
+    """Per-entry cost of small vs bulk batches over the full request path, on a journal of ``journal`` rows.
+
+    The journal is loaded first (stored without the request path), then every terminal
+    posts ``rounds`` batches of ``small`` new entries each (a day's +1 %: a few entries per
+    terminal) through the Flask test client (envelope check, terminal lookup, Ed25519,
+    store, commit, receipt), then one terminal posts ``rounds`` batches of ``bulk`` entries.
+
+    :returns: ``small_us`` / ``bulk_us`` (wall µs per entry) and their ratio.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from server.db import WRITE, make_sessionmaker
+    from server.upload import store_entries
+
+    sims = []
+    for n in range(terminals):
+        key = ed25519.Ed25519PrivateKey.generate()
+        sims.append(SimTerminal(f"T-{n:05d}", key, key_id(key.public_key())))
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        s.connection(execution_options={WRITE: True})
+        rows = [Terminal(terminal_id=t.terminal_id, status=TerminalStatus.APPROVED, csr_der=b"-",
+                         public_key=t.private_key.public_key().public_bytes(
+                             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+                         kid=t.kid) for t in sims]
+        s.add_all(rows)
+        s.commit()
+    per = journal // terminals
+    for t, row in zip(sims, rows, strict=True):
+        for _ in range(per):
+            t.append()
+        with sessions() as s:
+            s.connection(execution_options={WRITE: True})
+            store_entries(s, row, None, list(enumerate(t.entries)), [])
+            s.commit()
+    engine.dispose()
+    app = create_app({"DATABASE_URL": url, "MAX_BATCH_ENTRIES": max(bulk, 2000),
+                      "MAX_CONTENT_LENGTH": 64 * 1024 * 1024})
+    client = app.test_client()
+
+    def plan(t: SimTerminal, n: int) -> tuple[bytes, dict[str, str]]:
+        start = len(t.entries)
+        for _ in range(n):
+            t.append()
+        body = t.body([e.message for e in t.entries[start:]])
+        return body, t.headers(body)
+
+    small_plan = [plan(t, small) for _ in range(rounds) for t in sims]
+    bulk_plan = [plan(sims[0], bulk) for _ in range(rounds)]
+
+    def post(bodies: list[tuple[bytes, dict[str, str]]]) -> float:
+        start = time.perf_counter()
+        for body, headers in bodies:
+            resp = client.post("/api/v1/journal/batches", data=body, headers=headers)
+            assert resp.status_code == 200, resp.get_json()
+        return time.perf_counter() - start
+
+    post(small_plan[:2])  # warm up: receipt key, pools, first statements
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        small_s = post(small_plan[2:])
+        prof.disable()
+        prof.dump_stats(profile)
+    else:
+        small_s = post(small_plan[2:])
+    bulk_s = post(bulk_plan)
+    with app.app_context():
+        db.engine.dispose()
+    small_us = small_s / (small * (len(small_plan) - 2)) * 1e6
+    bulk_us = bulk_s / (bulk * len(bulk_plan)) * 1e6
+    return {"small_us": small_us, "bulk_us": bulk_us, "ratio": small_us / bulk_us,
+            "batch_ms": small_s / (len(small_plan) - 2) * 1e3}
+
+
+def small_main(args: argparse.Namespace) -> None:
+    """Print the small-batch vs bulk per-entry cost on the requested databases (issue 21)."""
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; journal of {args.journal:,} rows over {args.terminals} "
+          f"terminals, then batches of {args.small} (every terminal, {args.rounds} rounds) and of "
+          f"{args.bulk} (one terminal, {args.rounds} rounds), Flask test client (no socket)")
+    print("| db | µs/entry, batches of small | ms per small batch | µs/entry, bulk | small ÷ bulk |")
+    print("|---|---|---|---|---|")
+    for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+        with tempfile.TemporaryDirectory() as tmp:
+            url, drop = _small_db(kind, args.pg, tmp)
+            try:
+                r = run_small(url, args.journal, args.terminals, args.small, args.bulk, args.rounds,
+                              f"{args.profile}.{kind}" if args.profile else None)
+            finally:
+                drop()
+        print(f"| {kind} | {r['small_us']:.0f} | {r['batch_ms']:.2f} | {r['bulk_us']:.0f} | {r['ratio']:.2f}× |",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entries", type=int, default=20000)
@@ -228,7 +358,18 @@ def main() -> None:
                    help="admin URL; a scratch database is created and dropped")
     p.add_argument("--workers", type=int, default=0,
                    help="instead: 1 and 2 terminals at once against `huma server run` with 1 and N processes")
+    p.add_argument("--small", type=int, default=0,
+                   help="instead: per-entry cost of batches of SMALL entries vs --bulk (issue 21)")
+    p.add_argument("--bulk", type=int, default=1000, help="with --small: entries per bulk batch")
+    p.add_argument("--journal", type=int, default=100_000, help="with --small: rows stored before")
+    p.add_argument("--terminals", type=int, default=200, help="with --small: terminals")
+    p.add_argument("--rounds", type=int, default=3, help="with --small: batches per terminal")
+    p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both", help="with --small")
+    p.add_argument("--profile", default=None, help="with --small: cProfile the small batches into FILE.<db>")
     args = p.parse_args()
+    if args.small:
+        small_main(args)
+        return
     if args.workers:
         workers_main(args.entries, args.batch, args.workers)
         return

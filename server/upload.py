@@ -288,6 +288,12 @@ class _Stored:
     prev_entry_hash: bytes
 
 
+#: :func:`_stored` for a contiguous seq range of one terminal, as the driver takes it (qmark / format).
+_NEAR_SQL_SQLITE = ("SELECT entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM journal_entries "
+                    "WHERE terminal_id = ? AND seq >= ? AND seq <= ?")
+_NEAR_SQL_PG = _NEAR_SQL_SQLITE.replace("?", "%s")
+
+
 def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry], *,
             by_entry_id: bool = True) -> list[_Stored]:
     """Stored rows of this terminal at/next to the entries' seqs, and (``by_entry_id``)
@@ -308,6 +314,13 @@ def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry], 
         seq_clause = and_(JournalEntryRow.seq >= near[0], JournalEntryRow.seq <= near[-1])
     else:
         seq_clause = JournalEntryRow.seq.in_(near)
+    if not by_entry_id and near[-1] - near[0] + 1 == len(near):
+        # The common case (every upload's first read): one constant statement text, run as the
+        # driver takes it; building and caching the expression cost more than the range scan.
+        connection = session.connection()
+        sql = _NEAR_SQL_PG if connection.dialect.name == "postgresql" else _NEAR_SQL_SQLITE
+        return [_Stored(bytes(r[0]), r[1], r[2], bytes(r[3]), bytes(r[4]))
+                for r in connection.exec_driver_sql(sql, (terminal_id, near[0], near[-1]))]
     entry_ids = [s.entry.entry_id for s in entries]
     if not by_entry_id:
         id_clause = None
@@ -463,9 +476,11 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     values handed to the driver as they are (column types' bind processors applied,
     see :func:`_driver_columns`):
 
-    - PostgreSQL: binary ``COPY`` into a session's staging table, then one
-      ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING entry_hash`` (see
-      :func:`_insert_entries_pg_copy`);
+    - PostgreSQL: up to :data:`PG_COPY_MIN_ROWS` rows, pipelined single-row
+      ``INSERT ... ON CONFLICT DO NOTHING RETURNING entry_hash`` (see
+      :func:`_insert_entries_pg_rows`); more, binary ``COPY`` into a session's staging
+      table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING entry_hash``
+      (see :func:`_insert_entries_pg_copy`);
     - SQLite: a plain ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` inside a
       savepoint. When its row count equals the number of rows, every row was inserted
       (ignored rows count 0). Otherwise (a row lost to a uniqueness conflict inside the
@@ -479,6 +494,8 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     connection = session.connection()
     dialect = connection.dialect
     if dialect.name == "postgresql":
+        if len(columns["entry_hash"]) <= PG_COPY_MIN_ROWS:
+            return _insert_entries_pg_rows(connection, columns)
         return _insert_entries_pg_copy(connection, columns)
     table = cast(Table, JournalEntryRow.__table__)  # a declarative model's __table__ is typed FromClause
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
@@ -496,6 +513,38 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
     rows = [dict(zip(columns, row, strict=False)) for row in zip(*columns.values(), strict=False)]
     return set(connection.execute(stmt, rows).scalars().all())
+
+
+#: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
+PG_COPY_MIN_ROWS = 64
+
+
+def _insert_entries_pg_rows(connection: Any, columns: Mapping[str, list[Any]]) -> set[bytes]:
+    """PostgreSQL, few rows: one ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING`` per row, pipelined.
+
+    A terminal's incremental upload carries a few entries. For those, the ``COPY`` path's
+    fixed work (``CREATE TEMP TABLE IF NOT EXISTS``, the ``COPY`` exchange, an
+    ``INSERT ... SELECT``: three round trips and a catalog lookup) outweighed the rows.
+    psycopg's ``executemany(..., returning=True)`` sends every row in one pipeline
+    (libpq pipeline mode, one network round trip) with one constant statement text that
+    psycopg prepares server-side after a few uses (``prepare_threshold``). A row that
+    conflicts returns nothing, so the result names exactly the rows inserted now.
+
+    :returns: entry hashes (32 bytes each) of the rows inserted now.
+    """
+    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    sql = (f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) "
+           f"VALUES ({', '.join('%s' for _ in _ENTRY_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING entry_hash")
+    raw = connection.connection.driver_connection
+    inserted: set[bytes] = set()
+    with raw.cursor() as cur:
+        cur.executemany(sql, list(zip(*_driver_columns(columns, connection.dialect), strict=False)),
+                        returning=True)
+        while True:
+            inserted.update(bytes(h) for (h,) in cur.fetchall())
+            if not cur.nextset():
+                break
+    return inserted
 
 
 #: Per-session staging table of the PostgreSQL insert path (see :func:`_insert_entries_pg_copy`).
