@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from simulator.journals import District, SimTerminal, registry_rows
 
 #: Audit tables that tests/fixtures/db.py does not truncate between PostgreSQL tests.
-AUDIT_TABLES = ("findings", "reconcile_runs", "card_entitlements", "benefit_cycles", "card_profiles",
+AUDIT_TABLES = ("findings", "reconcile_runs", "reconcile_state", "card_entitlements", "benefit_cycles", "card_profiles",
                 "terminal_sites")
 AUDITOR_PASSWORD = "auditor password 1"
 

@@ -19,10 +19,10 @@ from sqlalchemy.engine import Connection
 
 from cardlib.records.journal import EntryKind
 from server.reconcile.models import FindingKind, Severity
-from server.reconcile.observations import KM_PER_DEG_LAT, Observation, ReconcileConfig, distinct_ids
+from server.reconcile.observations import KM_PER_DEG_LAT, REDEMPTION_KINDS, Observation, ReconcileConfig, distinct_ids
+from server.reconcile.scope import Scope, card_in
 from server.reconcile.sql import (
     REDEEMED,
-    REDEEMED_IN_SCAN,
     benefit_cycles,
     card_entitlements,
     card_profiles,
@@ -46,20 +46,31 @@ __all__ = [
 _TAP_OPENING_KINDS = (int(EntryKind.PENDING), int(EntryKind.BALANCE), int(EntryKind.DECLINED))
 
 
-def card_forks(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def _scan(scope: Scope | None) -> Any:
+    """:data:`~server.reconcile.sql.journal_scan` for a full run; a plain alias (its indexes) for a few cards."""
+    return journal_scan if scope is None else journal.alias("journal_scan")
+
+
+def _redeemed(table: Any) -> Any:
+    """:data:`~server.reconcile.sql.REDEEMED` over ``table`` (an alias of the journal)."""
+    return and_(table.c.kind.in_(REDEMPTION_KINDS), table.c.card_id.is_not(None))
+
+
+def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """One previous state with ≥ 2 successors, or one slot seq with ≥ 2 states (clone or replay)."""
+    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     by_prev = (
-        select(journal_scan.c.card_id, journal_scan.c.state_hash_prev)
-        .where(REDEEMED_IN_SCAN)
-        .group_by(journal_scan.c.card_id, journal_scan.c.state_hash_prev)
-        .having(func.count(distinct(journal_scan.c.state_hash_new)) > 1)
+        select(js.c.card_id, js.c.state_hash_prev)
+        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .group_by(js.c.card_id, js.c.state_hash_prev)
+        .having(func.count(distinct(js.c.state_hash_new)) > 1)
         .subquery()
     )
     by_seq = (
-        select(journal_scan.c.card_id, journal_scan.c.slot_seq_after)
-        .where(REDEEMED_IN_SCAN)
-        .group_by(journal_scan.c.card_id, journal_scan.c.slot_seq_after)
-        .having(func.count(distinct(journal_scan.c.state_hash_new)) > 1)
+        select(js.c.card_id, js.c.slot_seq_after)
+        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .group_by(js.c.card_id, js.c.slot_seq_after)
+        .having(func.count(distinct(js.c.state_hash_new)) > 1)
         .subquery()
     )
     columns = (
@@ -112,32 +123,33 @@ def card_forks(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     return out
 
 
-def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Rollback (by NTAG counter), counter backwards (by time) and slot-seq gaps."""
+    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     out: list[Observation] = []
     # Rollback: the chip's own counter orders its sessions; the slot seq must not go back.
     by_ctr: dict[str, Any] = {
-        "partition_by": (journal_scan.c.card_id, journal_scan.c.tag_uid),
+        "partition_by": (js.c.card_id, js.c.tag_uid),
         "order_by": (
-            journal_scan.c.ntag_counter,
-            journal_scan.c.wall_time,
-            journal_scan.c.terminal_id,
-            journal_scan.c.seq,
+            js.c.ntag_counter,
+            js.c.wall_time,
+            js.c.terminal_id,
+            js.c.seq,
         ),
     }
     window = (
         select(
-            journal_scan.c.card_id,
-            journal_scan.c.entry_id,
-            journal_scan.c.wall_time,
-            journal_scan.c.ntag_counter,
-            journal_scan.c.slot_seq_before,
-            func.lag(journal_scan.c.slot_seq_after).over(**by_ctr).label("prev_after"),
-            func.lag(journal_scan.c.wall_time).over(**by_ctr).label("prev_wall"),
-            func.lag(journal_scan.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
-            func.lag(journal_scan.c.entry_id).over(**by_ctr).label("prev_entry_id"),
+            js.c.card_id,
+            js.c.entry_id,
+            js.c.wall_time,
+            js.c.ntag_counter,
+            js.c.slot_seq_before,
+            func.lag(js.c.slot_seq_after).over(**by_ctr).label("prev_after"),
+            func.lag(js.c.wall_time).over(**by_ctr).label("prev_wall"),
+            func.lag(js.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
+            func.lag(js.c.entry_id).over(**by_ctr).label("prev_entry_id"),
         )
-        .where(REDEEMED_IN_SCAN, journal_scan.c.ntag_counter.is_not(None))
+        .where(_redeemed(js), *card_in(scope, js.c.card_id), js.c.ntag_counter.is_not(None))
         .subquery()
     )
     groups: dict[str, list[Any]] = defaultdict(list)
@@ -176,26 +188,27 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
     # chips share the card id; keying by card id keeps the window shard-local on Citus.
     by_time: dict[str, Any] = {
-        "partition_by": (journal_scan.c.card_id, journal_scan.c.tag_uid),
-        "order_by": (journal_scan.c.wall_time, journal_scan.c.terminal_id, journal_scan.c.seq),
+        "partition_by": (js.c.card_id, js.c.tag_uid),
+        "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
     }
     window = (
         select(
-            journal_scan.c.card_id,
-            journal_scan.c.tag_uid,
-            journal_scan.c.entry_id,
-            journal_scan.c.terminal_id,
-            journal_scan.c.ntag_counter,
-            journal_scan.c.wall_time,
-            journal_scan.c.seq,
-            func.lag(journal_scan.c.ntag_counter).over(**by_time).label("prev_ctr"),
-            func.lag(journal_scan.c.entry_id).over(**by_time).label("prev_entry_id"),
-            func.lag(journal_scan.c.terminal_id).over(**by_time).label("prev_terminal"),
+            js.c.card_id,
+            js.c.tag_uid,
+            js.c.entry_id,
+            js.c.terminal_id,
+            js.c.ntag_counter,
+            js.c.wall_time,
+            js.c.seq,
+            func.lag(js.c.ntag_counter).over(**by_time).label("prev_ctr"),
+            func.lag(js.c.entry_id).over(**by_time).label("prev_entry_id"),
+            func.lag(js.c.terminal_id).over(**by_time).label("prev_terminal"),
         )
         .where(
-            journal_scan.c.card_id.is_not(None),
-            journal_scan.c.tag_uid.is_not(None),
-            journal_scan.c.ntag_counter.is_not(None),
+            js.c.card_id.is_not(None),
+            *card_in(scope, js.c.card_id),
+            js.c.tag_uid.is_not(None),
+            js.c.ntag_counter.is_not(None),
         )
         .subquery()
     )
@@ -225,18 +238,18 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
 
     # Slot-seq gap: consecutive known states of a card must join up.
     by_seq: dict[str, Any] = {
-        "partition_by": journal_scan.c.card_id,
-        "order_by": (journal_scan.c.slot_seq_before, journal_scan.c.slot_seq_after, journal_scan.c.wall_time),
+        "partition_by": js.c.card_id,
+        "order_by": (js.c.slot_seq_before, js.c.slot_seq_after, js.c.wall_time),
     }
     window = (
         select(
-            journal_scan.c.card_id,
-            journal_scan.c.entry_id,
-            journal_scan.c.slot_seq_before,
-            func.lag(journal_scan.c.slot_seq_after).over(**by_seq).label("prev_after"),
-            func.lag(journal_scan.c.entry_id).over(**by_seq).label("prev_entry_id"),
+            js.c.card_id,
+            js.c.entry_id,
+            js.c.slot_seq_before,
+            func.lag(js.c.slot_seq_after).over(**by_seq).label("prev_after"),
+            func.lag(js.c.entry_id).over(**by_seq).label("prev_entry_id"),
         )
-        .where(REDEEMED_IN_SCAN, journal_scan.c.slot_seq_before.is_not(None))
+        .where(_redeemed(js), *card_in(scope, js.c.card_id), js.c.slot_seq_before.is_not(None))
         .subquery()
     )
     for row in conn.execute(
@@ -257,7 +270,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     return out
 
 
-def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Running total per card, programme and cycle against the entitlement (remaining never negative).
 
     One statement: a ``GROUP BY card_id, programme, cycle_id`` sums the redemptions and
@@ -269,6 +282,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig) -> list[Observ
     window pass (issue 8); whole cards are kept, so every (card, programme, cycle)
     partition and its running sum are the same as over the whole journal.
     """
+    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     part = (journal.c.card_id, journal.c.programme, benefit_cycles.c.cycle_id)
     entitled = func.coalesce(card_entitlements.c.amount, 0)
     in_cycle = journal.join(
@@ -277,22 +291,22 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig) -> list[Observ
     )
     totals = (
         select(
-            journal_scan.c.card_id,
-            journal_scan.c.programme,
+            js.c.card_id,
+            js.c.programme,
             benefit_cycles.c.cycle_id,
-            func.sum(journal_scan.c.amount).label("total"),
+            func.sum(js.c.amount).label("total"),
         )
         .select_from(
-            journal_scan.join(
+            js.join(
                 benefit_cycles,
                 and_(
-                    journal_scan.c.wall_time >= benefit_cycles.c.starts_at,
-                    journal_scan.c.wall_time < benefit_cycles.c.ends_at,
+                    js.c.wall_time >= benefit_cycles.c.starts_at,
+                    js.c.wall_time < benefit_cycles.c.ends_at,
                 ),
             )
         )
-        .where(REDEEMED_IN_SCAN)
-        .group_by(journal_scan.c.card_id, journal_scan.c.programme, benefit_cycles.c.cycle_id)
+        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
         .subquery()
     )
     over = (
@@ -418,7 +432,7 @@ def revoked_cards_used(conn: Connection, cfg: ReconcileConfig) -> list[Observati
     ]
 
 
-def impossible_travel(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def impossible_travel(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Consecutive taps of one card at terminals too far apart for the time between them.
 
     One window pass over the card's taps at sited terminals (``PARTITION BY card_id ORDER
@@ -429,24 +443,28 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig) -> list[Observatio
     on the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
     each one was paid for every tap (issue 8).
     """
+    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     by: dict[str, Any] = {
-        "partition_by": journal_scan.c.card_id,
-        "order_by": (journal_scan.c.wall_time, journal_scan.c.terminal_id, journal_scan.c.seq),
+        "partition_by": js.c.card_id,
+        "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
     }
     window = (
         select(
-            journal_scan.c.card_id,
-            journal_scan.c.entry_id,
-            journal_scan.c.terminal_id,
-            journal_scan.c.wall_time,
-            journal_scan.c.seq,
-            func.lag(journal_scan.c.terminal_id).over(**by).label("p_terminal"),
-            func.lag(journal_scan.c.wall_time).over(**by).label("p_wall"),
-            func.lag(journal_scan.c.entry_id).over(**by).label("p_entry_id"),
+            js.c.card_id,
+            js.c.entry_id,
+            js.c.terminal_id,
+            js.c.wall_time,
+            js.c.seq,
+            func.lag(js.c.terminal_id).over(**by).label("p_terminal"),
+            func.lag(js.c.wall_time).over(**by).label("p_wall"),
+            func.lag(js.c.entry_id).over(**by).label("p_entry_id"),
         )
-        .select_from(journal_scan.join(terminal_sites, terminal_sites.c.terminal_id == journal_scan.c.terminal_id))
+        .select_from(js.join(terminal_sites, terminal_sites.c.terminal_id == js.c.terminal_id))
         .where(
-            journal_scan.c.card_id.is_not(None), terminal_sites.c.lat.is_not(None), terminal_sites.c.lon.is_not(None)
+            js.c.card_id.is_not(None),
+            *card_in(scope, js.c.card_id),
+            terminal_sites.c.lat.is_not(None),
+            terminal_sites.c.lon.is_not(None),
         )
         .subquery()
     )
@@ -503,7 +521,7 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig) -> list[Observatio
     return out
 
 
-def secure_card_counters(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def secure_card_counters(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """A `secure` card's signed counter seen in two taps, at one terminal or across terminals.
 
     Every INTERNAL AUTHENTICATE moves the counter before the card signs (docs/secure-card.md
@@ -512,15 +530,17 @@ def secure_card_counters(conn: Connection, cfg: ReconcileConfig) -> list[Observa
     only the entry a tap opens with counts (PENDING, BALANCE, DECLINED). Gaps are normal (the
     station's read-back, declined cards, other readers) and are not findings.
     """
+    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     repeated = (
-        select(journal_scan.c.card_id, journal_scan.c.ntag_counter)
+        select(js.c.card_id, js.c.ntag_counter)
         .where(
-            journal_scan.c.card_id.is_not(None),
-            journal_scan.c.tag_uid.is_(None),
-            journal_scan.c.ntag_counter.is_not(None),
-            journal_scan.c.kind.in_(_TAP_OPENING_KINDS),
+            js.c.card_id.is_not(None),
+            *card_in(scope, js.c.card_id),
+            js.c.tag_uid.is_(None),
+            js.c.ntag_counter.is_not(None),
+            js.c.kind.in_(_TAP_OPENING_KINDS),
         )
-        .group_by(journal_scan.c.card_id, journal_scan.c.ntag_counter)
+        .group_by(js.c.card_id, js.c.ntag_counter)
         .having(func.count() > 1)
         .subquery()
     )

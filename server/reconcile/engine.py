@@ -42,13 +42,22 @@ reconciliation: :func:`observe`, :func:`reconcile`.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
+from server.models import Card
 from server.reconcile.card_checks import (
     card_forks,
     card_order,
@@ -57,11 +66,20 @@ from server.reconcile.card_checks import (
     revoked_cards_used,
     secure_card_counters,
 )
+from server.reconcile.errors import ReconcileBusy
 from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
-from server.reconcile.models import ReconcileRun
+from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState
 from server.reconcile.observations import Observation, ReconcileConfig
-from server.reconcile.sql import journal
+from server.reconcile.scope import Scope
+from server.reconcile.sql import (
+    benefit_cycles,
+    card_entitlements,
+    card_profiles,
+    findings,
+    journal,
+    terminal_sites,
+)
 from server.reconcile.terminal_checks import (
     chain_and_clock_steps,
     checkpoint_heads_missing,
@@ -75,12 +93,36 @@ from server.types import utcnow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunResult", "observe", "reconcile"]
+__all__ = ["CARD_KINDS", "GLOBAL_KINDS", "TERMINAL_KINDS", "RunResult", "observe", "reconcile", "reference_digest"]
+
+_state = cast(Table, ReconcileState.__table__)
+_cards = cast(Table, Card.__table__)
+
+
+#: Kinds that depend on one terminal's whole chain: an incremental run re-examines those of the touched terminals.
+TERMINAL_KINDS = frozenset({FindingKind.TERMINAL_GAP, FindingKind.TERMINAL_CHAIN_BREAK, FindingKind.CLOCK_BACKWARDS,
+                            FindingKind.CLOCK_SKEW})
+#: Kinds that depend on one card's (or its household's) redemptions: re-examined for the touched cards.
+CARD_KINDS = frozenset({FindingKind.CARD_FORK, FindingKind.CARD_ROLLBACK, FindingKind.COUNTER_BACKWARDS,
+                        FindingKind.CARD_COUNTER_REPEATED, FindingKind.CARD_CHAIN_GAP,
+                        FindingKind.ENTITLEMENT_EXCEEDED, FindingKind.IMPOSSIBLE_TRAVEL,
+                        FindingKind.HOUSEHOLD_OVER_ENTITLEMENT, FindingKind.CLAIM_ON_REPLACED_CARD})
+#: Kinds every run re-examines whole: they read small tables (conflicts, rejections, heads, checkpoints)
+#: or start from the few revoked terminals and cards, and change without a new entry (a revocation, time).
+GLOBAL_KINDS = frozenset(FindingKind) - TERMINAL_KINDS - CARD_KINDS
+
+#: Key of the PostgreSQL advisory lock that makes runs single-flight (``pg_try_advisory_xact_lock``).
+ADVISORY_LOCK_KEY = 0x68756D61_72636E31  # "humarcn1"
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """Counts of one reconciliation run."""
+    """Counts of one reconciliation run.
+
+    :ivar entries: journal entries at the run (full) or entries new since the watermark (incremental).
+    :ivar mode: ``full`` or ``incremental``.
+    :ivar scope: an incremental run's touched (terminals, cards, households); None for a full run.
+    """
 
     run_id: int
     entries: int
@@ -88,68 +130,196 @@ class RunResult:
     new: int
     resolved: int
     by_kind: dict[str, int]
+    mode: str = "full"
+    scope: tuple[int, int, int] | None = None
 
 
-def observe(conn: Connection, cfg: ReconcileConfig | None = None) -> list[Observation]:
+def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope | None = None) -> list[Observation]:
     """Run every check on ``conn`` (read-only) and return the anomalies found.
 
     Deterministic order: by check, then by the SQL's ORDER BY.
+
+    :param scope: restrict the terminal and card checks to an incremental run's touched keys
+        (whole chains, whole cards, whole households); the checks of :data:`GLOBAL_KINDS` run whole.
     """
     cfg = cfg or ReconcileConfig()
     out: list[Observation] = []
-    chain, backwards = chain_and_clock_steps(conn, cfg)
+    chain, backwards = chain_and_clock_steps(conn, cfg, scope)
     out += chain
     out += upload_evidence(conn, cfg)
     out += journal_tails(conn, cfg)
     out += checkpoint_heads_missing(conn, cfg)
     out += revoked_terminals_used(conn, cfg)
-    out += clock_skew(conn, cfg, backwards)
-    out += card_forks(conn, cfg)
-    out += card_order(conn, cfg)
-    out += secure_card_counters(conn, cfg)
-    out += entitlements_exceeded(conn, cfg)
-    out += household_entitlements(conn, cfg)
+    out += clock_skew(conn, cfg, backwards, scope)
+    out += card_forks(conn, cfg, scope)
+    out += card_order(conn, cfg, scope)
+    out += secure_card_counters(conn, cfg, scope)
+    out += entitlements_exceeded(conn, cfg, scope)
+    out += household_entitlements(conn, cfg, scope)
     out += revoked_cards_used(conn, cfg)
-    out += claims_on_replaced_cards(conn, cfg)
-    out += impossible_travel(conn, cfg)
+    out += claims_on_replaced_cards(conn, cfg, scope)
+    out += impossible_travel(conn, cfg, scope)
     return out
 
 
-def reconcile(session: Session, cfg: ReconcileConfig | None = None, *, verify_signatures: bool = False) -> RunResult:
-    """Reconcile the whole stored journal and record the findings; commits.
+def reference_digest(conn: Connection) -> str:
+    """SHA-256 hex of aggregates of the tables the scoped checks read besides the journal.
+
+    Sites (impossible travel), benefit cycles and entitlements (entitlement checks), card
+    profiles (households) and issued cards (claims on replaced cards): a row added, removed or
+    a value moved past an extreme changes it, and the next run is then a full one.
+    """
+    parts: list[Any] = []
+    for stmt in (
+        select(func.count(), func.sum(terminal_sites.c.lat), func.sum(terminal_sites.c.lon),
+               func.min(terminal_sites.c.lat), func.max(terminal_sites.c.lat),
+               func.min(terminal_sites.c.lon), func.max(terminal_sites.c.lon)),
+        select(func.count(), func.min(benefit_cycles.c.starts_at), func.max(benefit_cycles.c.ends_at),
+               func.min(benefit_cycles.c.cycle_id), func.max(benefit_cycles.c.cycle_id)),
+        select(func.count(), func.sum(card_entitlements.c.amount), func.max(card_entitlements.c.amount),
+               func.min(card_entitlements.c.amount)),
+        select(func.count(), func.count(card_profiles.c.household_ref), func.min(card_profiles.c.household_ref),
+               func.max(card_profiles.c.household_ref)),
+        select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
+               func.sum(case((_cards.c.status == "issued", 1), else_=0))),
+    ):
+        row = conn.execute(stmt).one()
+        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _within(scope: Scope) -> ColumnElement[bool]:
+    """The open findings an incremental run may resolve: global kinds, and the kinds of the keys it re-examined."""
+    return or_(
+        findings.c.kind.in_(sorted(k.value for k in GLOBAL_KINDS)),
+        and_(findings.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
+             findings.c.terminal_id.in_(select(scope.terminals.c.terminal_id))),
+        and_(findings.c.kind.in_(sorted(k.value for k in CARD_KINDS)),
+             findings.c.card_id.in_(select(scope.cards.c.card_id))),
+    )
+
+
+@contextmanager
+def _single_flight(session: Session) -> Iterator[None]:
+    """Hold the reconciliation lock for the run, or raise :class:`ReconcileBusy`.
+
+    PostgreSQL: ``pg_try_advisory_xact_lock`` on the run's transaction (released when it ends);
+    a second run raises at once. SQLite: the run's first statement writes ``reconcile_state``
+    (``running_since``), which takes the database's write lock until the run commits (the
+    transaction of :meth:`server.extensions.Database.write_session` already did, with ``BEGIN
+    IMMEDIATE``); a second run waits for it up to the busy timeout, then raises.
+
+    :raises ReconcileBusy: another run holds it.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        if not conn.execute(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY))).scalar_one():
+            raise ReconcileBusy("another reconciliation run is in progress")
+    else:
+        try:
+            if conn.execute(update(_state).where(_state.c.id == 1).values(running_since=utcnow())).rowcount == 0:
+                conn.execute(insert(_state).values(id=1, journal_id=0, running_since=utcnow()))
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig):
+                raise
+            session.rollback()
+            raise ReconcileBusy("another reconciliation run (or a long write) holds the database") from exc
+    yield
+
+
+def _watermark(conn: Connection, cfg: ReconcileConfig, now: dt.datetime) -> int:
+    """The highest ``journal_entries.id`` this run can vouch for: every lower id is in the journal it reads.
+
+    SQLite commits one writer at a time, in id order. PostgreSQL hands out ids at insert and
+    commits in any order, so the watermark stays at entries received ``cfg.watermark_margin_s``
+    before the run: an upload still open then with a lower id is read again by the next run.
+    """
+    if conn.dialect.name != "postgresql" or cfg.watermark_margin_s <= 0:
+        return int(conn.execute(select(func.coalesce(func.max(journal.c.id), 0))).scalar_one())
+    cutoff = now - dt.timedelta(seconds=cfg.watermark_margin_s)
+    found = conn.execute(
+        select(journal.c.id).where(journal.c.received_at <= cutoff).order_by(journal.c.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    return int(found or 0)
+
+
+def reconcile(
+    session: Session,
+    cfg: ReconcileConfig | None = None,
+    *,
+    verify_signatures: bool = False,
+    incremental: bool = False,
+) -> RunResult:
+    """Reconcile the stored journal and record the findings; commits.
 
     Idempotent: an anomaly seen again updates its finding's evidence and
     ``last_seen_at`` and keeps its status, reason and decider. Open findings not
     observed this time are dismissed with :data:`~server.reconcile.findings.RESOLVED_REASON` (decided_by NULL:
     the system) — except ``bad_signature`` findings when ``verify_signatures`` is off.
 
+    Incremental (docs/reconciliation.md §Incremental): only the terminals, cards and households
+    of the entries stored since the last run's watermark are re-examined (each whole), the
+    global checks run whole, and only findings of those keys (and of global kinds) may be
+    resolved; the findings are the ones a full run would leave. It falls back to a full run when
+    there is no usable watermark, when the reference tables changed (:func:`reference_digest`)
+    or with ``verify_signatures``. Runs are single-flight.
+
     :param verify_signatures: also run :func:`~server.reconcile.terminal_checks.signature_mismatches` (one Ed25519
         verification per stored entry).
-
+    :param incremental: re-examine only what changed since the last run (when it can).
+    :raises ReconcileBusy: another run is in progress (nothing was done).
     :returns: counts of this run.
     """
+    cfg = cfg or ReconcileConfig()
     now = utcnow()
-    run = ReconcileRun(started_at=now, entries=0, findings_new=0, findings_seen=0, findings_resolved=0)
-    session.add(run)
-    session.flush()
-    conn = session.connection()
-    entries = conn.execute(select(func.count()).select_from(journal)).scalar_one()
-    observations = observe(conn, cfg)
-    if verify_signatures:
-        observations += signature_mismatches(conn, cfg)
-    recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures)
-    run.entries = entries
-    run.findings_new = recorded.new
-    run.findings_seen = recorded.seen
-    run.findings_resolved = recorded.resolved
-    run.finished_at = utcnow()
-    session.commit()
+    with _single_flight(session):
+        conn = session.connection()
+        state = conn.execute(select(_state).where(_state.c.id == 1)).first()
+        digest = reference_digest(conn)
+        mark = _watermark(conn, cfg, now)
+        scope: Scope | None = None
+        if (
+            incremental
+            and not verify_signatures
+            and state is not None
+            and state.run_id is not None
+            and state.reference_digest == digest
+            and state.journal_id <= mark
+            and conn.execute(select(ReconcileRun.id).where(ReconcileRun.id == state.run_id)).first() is not None
+        ):
+            scope = Scope.since(conn, state.journal_id)
+            entries = conn.execute(
+                select(func.count()).select_from(journal).where(journal.c.id > state.journal_id)).scalar_one()
+        else:
+            entries = conn.execute(select(func.count()).select_from(journal)).scalar_one()
+        run = ReconcileRun(started_at=now, entries=0, findings_new=0, findings_seen=0, findings_resolved=0)
+        session.add(run)
+        session.flush()
+        observations = observe(conn, cfg, scope)
+        if verify_signatures:
+            observations += signature_mismatches(conn, cfg)
+        recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures,
+                                   resolve_within=None if scope is None else _within(scope))
+        if scope is not None:
+            scope.drop(conn)
+        values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}
+        if conn.execute(update(_state).where(_state.c.id == 1).values(**values)).rowcount == 0:
+            conn.execute(insert(_state).values(id=1, **values))
+        run.entries = entries
+        run.findings_new = recorded.new
+        run.findings_seen = recorded.seen
+        run.findings_resolved = recorded.resolved
+        run.finished_at = utcnow()
+        session.commit()
+    mode = "full" if scope is None else "incremental"
     log.info(
-        "reconciliation run %d: %d entries, %d findings (%d new, %d resolved)",
+        "reconciliation run %d (%s): %d entries, %d findings (%d new, %d resolved)",
         run.id,
+        mode,
         entries,
         recorded.seen,
         run.findings_new,
         run.findings_resolved,
     )
-    return RunResult(run.id, entries, recorded.seen, run.findings_new, run.findings_resolved, recorded.by_kind)
+    return RunResult(run.id, entries, recorded.seen, run.findings_new, run.findings_resolved, recorded.by_kind,
+                     mode, None if scope is None else scope.counts)

@@ -25,3 +25,10 @@ class InvalidDecision(BadRequest, ReconcileError):
 
     code = "invalid_decision"
     status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class ReconcileBusy(ReconcileError):
+    """Another reconciliation run holds the single-flight lock (docs/reconciliation.md §Incremental)."""
+
+    code = "reconcile_busy"
+    status = HTTPStatus.CONFLICT

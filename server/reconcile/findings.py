@@ -17,6 +17,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from server.models import Person
 from server.reconcile.errors import FindingNotFound, InvalidDecision
@@ -62,6 +63,7 @@ def record_findings(
     now: dt.datetime,
     *,
     resolve_bad_signatures: bool,
+    resolve_within: ColumnElement[bool] | None = None,
 ) -> RecordedFindings:
     """Upsert one finding per distinct fingerprint and resolve the open ones not observed this run (not committed).
 
@@ -71,6 +73,8 @@ def record_findings(
     findings unless ``resolve_bad_signatures`` (the signatures were re-verified this run).
 
     :param now: the run's start (aware), stored as first/last seen and decision time.
+    :param resolve_within: an incremental run's condition on ``findings`` rows: only open findings
+        it holds for (the keys the run re-examined) may be resolved; None: every open finding.
     """
     by_fp: dict[str, Observation] = {}
     for observation in observations:
@@ -114,6 +118,7 @@ def record_findings(
             findings.c.status == FindingStatus.OPEN.value,
             or_(findings.c.last_run_id.is_(None), findings.c.last_run_id != run_id),
             *(() if resolve_bad_signatures else (findings.c.kind != FindingKind.BAD_SIGNATURE.value,)),
+            *(() if resolve_within is None else (resolve_within,)),
         )
         .values(status=FindingStatus.DISMISSED.value, reason=RESOLVED_REASON.format(run=run_id), decided_at=now)
     ).rowcount

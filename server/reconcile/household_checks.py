@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from server.models import Card
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
+from server.reconcile.scope import Scope, card_in, household_in
 from server.reconcile.sql import REDEEMED, benefit_cycles, card_entitlements, card_profiles, journal
 
 __all__ = ["claims_on_replaced_cards", "household_entitlements"]
@@ -36,7 +37,7 @@ def _in_cycle() -> Any:
     )
 
 
-def household_entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def household_entitlements(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Redemptions of one household on two or more cards above its entitlement, per programme and cycle.
 
     The household's entitlement in a cycle is the largest any of its cards carries for the
@@ -54,7 +55,7 @@ def household_entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Obser
             cast(func.sum(journal.c.amount), BigInteger).label("total"),
         )
         .select_from(_in_cycle())
-        .where(REDEEMED, hh.is_not(None))
+        .where(REDEEMED, hh.is_not(None), *household_in(scope, hh))
         .group_by(hh, journal.c.programme, benefit_cycles.c.cycle_id)
         .having(func.count(distinct(journal.c.card_id)) > 1)
         .subquery()
@@ -125,7 +126,7 @@ def household_entitlements(conn: Connection, cfg: ReconcileConfig) -> list[Obser
     return out
 
 
-def claims_on_replaced_cards(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+def claims_on_replaced_cards(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Redemptions on a card at or after a newer card of its household was issued.
 
     Newer: another ``issued`` card of the same ``household_ref`` with a later ``issued_at``
@@ -152,6 +153,7 @@ def claims_on_replaced_cards(conn: Connection, cfg: ReconcileConfig) -> list[Obs
         )
         .where(
             REDEEMED,
+            *card_in(scope, journal.c.card_id),
             mine.c.household_ref.is_not(None),
             newer.c.status == "issued",
             newer.c.issued_at > my_card.c.issued_at,

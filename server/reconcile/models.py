@@ -198,6 +198,26 @@ class ReconcileRun(Base):
     findings_resolved: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class ReconcileState(Base):
+    """The reconciliation watermark and single-flight row: one row, ``id`` 1 (docs/reconciliation.md §Incremental).
+
+    :ivar journal_id: every ``journal_entries.id`` at or below this was in the journal the last
+        run read (an incremental run reads the cards and terminals of the entries above it).
+    :ivar reference_digest: aggregates of the tables the checks read besides the journal (sites,
+        cycles, entitlements, card profiles, cards), as the last run saw them; a change forces a full run.
+    :ivar running_since: when the run in progress started (NULL: none); on SQLite its write takes
+        the database's write lock for the run (single flight).
+    """
+
+    __tablename__ = "reconcile_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    journal_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    reference_digest: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(BigInteger)
+    running_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 #: Each card's taps in time order (card history, travel and counter checks).
 #: Declared here, on D's table, because migration 0002 creates it.
 ix_journal_card_time = Index("ix_journal_card_time", JournalEntryRow.card_id, JournalEntryRow.wall_time)

@@ -50,6 +50,8 @@ class ReconcileConfig:
     :ivar tail_grace_s: how long after a signed journal head reached the server the uploads
         may still stay below it before that is ``journal_tail_missing``, seconds (the counter's
         chance to upload: a few sync intervals).
+    :ivar watermark_margin_s: on PostgreSQL, entries received this long before an incremental run
+        are read again by the next one (an upload may commit after a run with a lower id), seconds.
     """
 
     max_speed_kmh: float = 60.0
@@ -60,6 +62,7 @@ class ReconcileConfig:
     future_tolerance_s: float = 300.0
     evidence_limit: int = 1000
     tail_grace_s: float = 3600.0
+    watermark_margin_s: float = 120.0
 
     @property
     def km_per_deg_lon(self) -> float:

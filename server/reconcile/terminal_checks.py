@@ -21,6 +21,7 @@ from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
 from server.reconcile.models import FindingKind, JournalHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
+from server.reconcile.scope import Scope, terminal_in
 from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
 YIELD_PER = 2000
 
 
-def chain_and_clock_steps(conn: Connection, cfg: ReconcileConfig) -> tuple[list[Observation], list[Observation]]:
+def chain_and_clock_steps(
+    conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None
+) -> tuple[list[Observation], list[Observation]]:
     """Gaps, broken links and backward clock steps along ``(terminal_id ORDER BY seq)``, in one window pass.
 
     One statement: ``LAG(seq)``, ``LAG(entry_hash)`` and ``LAG(wall)`` over ``PARTITION BY
@@ -51,6 +54,7 @@ def chain_and_clock_steps(conn: Connection, cfg: ReconcileConfig) -> tuple[list[
     predecessor, at ``prev_seq``) are joined back through ``uq_journal_terminal_seq``
     (every column a window carries is paid for every entry: 3.7 → 3.25 s).
 
+    :param scope: an incremental run's touched keys: only those terminals' chains, whole.
     :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
         observations), each in ``(terminal_id, seq)`` order.
     """
@@ -64,7 +68,7 @@ def chain_and_clock_steps(conn: Connection, cfg: ReconcileConfig) -> tuple[list[
         func.lag(journal.c.seq).over(**by).label("prev_seq"),
         func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
         func.lag(wall).over(**by).label("prev_wall"),
-    ).subquery()
+    ).where(*terminal_in(scope, journal.c.terminal_id)).subquery()
     gap = window.c.seq - func.coalesce(window.c.prev_seq, 0) > 1
     broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
     back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
@@ -297,7 +301,9 @@ def revoked_terminals_used(conn: Connection, cfg: ReconcileConfig) -> list[Obser
     return out
 
 
-def clock_skew(conn: Connection, cfg: ReconcileConfig, backwards: list[Observation] | None = None) -> list[Observation]:
+def clock_skew(
+    conn: Connection, cfg: ReconcileConfig, backwards: list[Observation] | None = None, scope: Scope | None = None
+) -> list[Observation]:
     """Backward steps along seq; (wall − monotonic) spread per boot; entries dated in the future.
 
     Backward steps come from :func:`chain_and_clock_steps` (pass them as ``backwards`` when it
@@ -310,12 +316,13 @@ def clock_skew(conn: Connection, cfg: ReconcileConfig, backwards: list[Observati
     restricting whole terminals leaves every window partition unchanged, so the evidence
     is the same as over the whole journal.
     """
-    out = list(chain_and_clock_steps(conn, cfg)[1] if backwards is None else backwards)
+    out = list(chain_and_clock_steps(conn, cfg, scope)[1] if backwards is None else backwards)
     wall = epoch_s(journal.c.wall_time)
     offset = wall - cast(journal.c.mono_ns, Float) / 1e9
     ahead = wall - epoch_s(journal.c.received_at)
     flagged = (
         select(journal.c.terminal_id)
+        .where(*terminal_in(scope, journal.c.terminal_id))
         .group_by(journal.c.terminal_id, journal.c.boot_id)
         .having(
             or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s, func.max(ahead) > cfg.future_tolerance_s)

@@ -1,0 +1,98 @@
+"""The keys an incremental reconciliation run re-examines: touched terminals, cards and households.
+
+An incremental run (:func:`server.reconcile.engine.reconcile` with ``incremental=True``,
+docs/reconciliation.md §Incremental) fills three temporary tables from the journal entries
+stored since the watermark: the terminals that uploaded them, the cards they name, the
+households of those cards (and then every card of those households). Each check that reads
+whole partitions of the journal (a terminal's chain, a card's redemptions, a household's
+cards) is then restricted to those keys with ``key IN (SELECT key FROM scope table)``: a
+partition is read whole or not at all, so the observations for a touched key are the ones
+a full run makes, and an untouched key's partition did not change since the last run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from server.reconcile.sql import card_profiles, journal
+
+__all__ = ["Scope", "card_in", "household_in", "terminal_in"]
+
+_meta = MetaData()
+#: Temporary tables (one per connection, emptied at the start of each run).
+_terminals = Table("reconcile_scope_terminals", _meta, Column("terminal_id", String(64), primary_key=True),
+                   prefixes=["TEMPORARY"])
+_cards = Table("reconcile_scope_cards", _meta, Column("card_id", String(64), primary_key=True),
+               prefixes=["TEMPORARY"])
+_households = Table("reconcile_scope_households", _meta, Column("household_ref", String(16), primary_key=True),
+                    prefixes=["TEMPORARY"])
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The touched keys of one incremental run, as temporary tables on the run's connection.
+
+    :ivar terminals: table ``(terminal_id)``.
+    :ivar cards: table ``(card_id)``: the cards of new entries and every card of their households.
+    :ivar households: table ``(household_ref)``.
+    :ivar counts: rows in each table (terminals, cards, households), for the run's log.
+    """
+
+    terminals: Table
+    cards: Table
+    households: Table
+    counts: tuple[int, int, int]
+
+    @classmethod
+    def since(cls, conn: Connection, journal_id: int) -> Scope:
+        """Create (or empty) the scope tables on ``conn`` and fill them from the entries with ``id > journal_id``.
+
+        :param journal_id: the watermark, a ``journal_entries.id``.
+        """
+        for table in (_terminals, _cards, _households):
+            table.create(conn, checkfirst=True)
+            conn.execute(delete(table))
+        new = journal.c.id > journal_id
+        conn.execute(insert(_terminals).from_select(
+            ["terminal_id"], select(journal.c.terminal_id).where(new).distinct()))
+        conn.execute(insert(_cards).from_select(
+            ["card_id"], select(journal.c.card_id).where(new, journal.c.card_id.is_not(None)).distinct()))
+        hh = card_profiles.c.household_ref
+        conn.execute(insert(_households).from_select(
+            ["household_ref"],
+            select(hh).where(card_profiles.c.card_id.in_(select(_cards.c.card_id)), hh.is_not(None)).distinct()))
+        conn.execute(insert(_cards).from_select(
+            ["card_id"],
+            select(card_profiles.c.card_id).where(hh.in_(select(_households.c.household_ref)),
+                                                  card_profiles.c.card_id.not_in(select(_cards.c.card_id)))))
+        if conn.dialect.name == "postgresql":  # planner statistics for the freshly filled tables
+            for table in (_terminals, _cards, _households):
+                conn.execute(text(f"ANALYZE {table.name}"))
+        n_terminals, n_cards, n_households = (
+            conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (_terminals, _cards, _households))
+        return cls(_terminals, _cards, _households, (n_terminals, n_cards, n_households))
+
+    def drop(self, conn: Connection) -> None:
+        """Drop the temporary tables (before the run commits)."""
+        for table in (self.terminals, self.cards, self.households):
+            table.drop(conn, checkfirst=True)
+
+
+def terminal_in(scope: Scope | None, column: Any) -> tuple[ColumnElement[bool], ...]:
+    """``()`` for a full run, else ``(column IN touched terminals,)`` (spread into ``.where(...)``)."""
+    return () if scope is None else (column.in_(select(scope.terminals.c.terminal_id)),)
+
+
+def card_in(scope: Scope | None, column: Any) -> tuple[ColumnElement[bool], ...]:
+    """``()`` for a full run, else ``(column IN touched cards,)``."""
+    return () if scope is None else (column.in_(select(scope.cards.c.card_id)),)
+
+
+def household_in(scope: Scope | None, column: Any) -> tuple[ColumnElement[bool], ...]:
+    """``()`` for a full run, else ``(column IN touched households,)``."""
+    return () if scope is None else (column.in_(select(scope.households.c.household_ref)),)
