@@ -215,3 +215,26 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     assert len(over) == 1, [f.summary for f in findings(app)]
     assert "3 redeemed of 1" in over[0].summary
     assert len(json.loads(over[0].evidence)) == 3  # the tap and both fallback entries
+
+    # 5. The auditor sees who approved each fallback, on the card's page and in the journal export.
+    from server.audit.exports import journal_records
+    from tests.audit_login import form_login
+    from tests.reconcile_support import AUDITOR_PASSWORD, add_auditor
+
+    add_auditor(app)
+    client = world.client
+    assert form_login(client, "audrey", AUDITOR_PASSWORD).status_code == 302
+    page = client.get(f"/audit/cards/{card_id}?lang=id").get_data(as_text=True)
+    assert "cadangan qr · disetujui oleh clerk-ani" in page
+    assert "cadangan manual · disetujui oleh sri" in page
+    assert "supervisor menolak" in page
+    terminal_page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=en").get_data(as_text=True)
+    assert "fallback manual · approved by sri" in terminal_page
+    csv_text = client.get(f"/audit/export/journal.csv?card_id={card_id}").get_data(as_text=True)
+    header, *lines = csv_text.splitlines()
+    assert ",fallback,approved_by," in header
+    assert sum(",qr,clerk-ani," in line for line in lines) == 1 and sum(",manual,sri," in line for line in lines) == 2
+    with app.app_context():
+        records = list(journal_records(db.session, terminal_id=TERMINAL_ID))
+    assert [(r["kind"], r["fallback"], r["approved_by"]) for r in records if r["fallback"]] == [
+        ("FALLBACK", "qr", "clerk-ani"), ("DECLINED", "manual", "sri"), ("FALLBACK", "manual", "sri")]

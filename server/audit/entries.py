@@ -1,5 +1,5 @@
 """Reading stored signed entries for display: the conflicting newcomer of a ``journal_conflict``,
-a rejected entry, a DECLINED entry's reason.
+a rejected entry, a DECLINED entry's reason, a fallback entry's step and approver.
 
 The server keeps every entry's exact COSE_Sign1 bytes (RFC 9052 §4.2). Displaying one
 needs its claims only, not a new verification: the stored row was verified at upload,
@@ -44,3 +44,24 @@ def decline_reason(raw: bytes) -> str | None:
         return None
     reason = claims.get(int(Claim.DECLINE_REASON)) if isinstance(claims, dict) else None
     return reason if isinstance(reason, str) else None
+
+
+def fallback_of(raw: bytes) -> tuple[str, str] | None:
+    """A fallback entry's signed step and approver (claims 21 and 22, docs/fallback.md), else ``None``.
+
+    :returns: ``("qr" | "manual", approver id)`` for a FALLBACK entry or a refused fallback's
+        DECLINED entry; the approver is ``""`` if the entry names none.
+    """
+    parts = parse_sign1_layout(raw)
+    if parts is None:
+        return None
+    try:
+        claims: Any = cbor2.loads(parts[3])
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    step, who = claims.get(int(Claim.FALLBACK)), claims.get(int(Claim.APPROVED_BY))
+    if not isinstance(step, str):
+        return None
+    return step, who if isinstance(who, str) else ""

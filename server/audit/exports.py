@@ -34,7 +34,7 @@ from cardlib.keys.signer import Signer
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
-from server.audit.entries import decline_reason
+from server.audit.entries import decline_reason, fallback_of
 from server.errors import ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
@@ -52,9 +52,13 @@ FINDING_FIELDS = ("id", "kind", "severity", "status", "card_id", "terminal_id", 
                   "detail", "reason", "decided_by", "decided_at", "first_seen_at", "last_seen_at")
 JOURNAL_FIELDS = ("entry_id", "terminal_id", "boot_id", "seq", "kind", "wall_time", "clock_synced",
                   "received_at", "card_id", "tag_uid", "programme", "amount", "slot_seq_before",
-                  "slot_seq_after", "ntag_counter", "decline_reason", "entry_hash", "raw_b64")
-#: Columns an export written before they existed lacks (``decline_reason``: issue 19); still verified when present.
-LATER_FIELDS = frozenset({"decline_reason"})
+                  "slot_seq_after", "ntag_counter", "decline_reason", "fallback", "approved_by", "entry_hash",
+                  "raw_b64")
+#: Columns an export written before they existed lacks (``decline_reason``: issue 19; ``fallback`` and
+#: ``approved_by``: issue 18, docs/fallback.md); still verified when present.
+LATER_FIELDS = frozenset({"decline_reason", "fallback", "approved_by"})
+#: Entry kinds that may carry a fallback step and approver (claims 21, 22).
+_FALLBACK_KINDS = (EntryKind.FALLBACK, EntryKind.DECLINED)
 #: Rows fetched per round trip while streaming.
 YIELD_PER = 1000
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -99,6 +103,7 @@ def journal_records(session: Session, *, terminal_id: str | None = None, card_id
     if until is not None:
         stmt = stmt.where(j.wall_time < until)
     for e in session.scalars(stmt.execution_options(yield_per=YIELD_PER)):
+        step, approver = (fallback_of(e.raw) or (None, None)) if e.kind in _FALLBACK_KINDS else (None, None)
         yield {
             "entry_id": e.entry_id.hex(), "terminal_id": e.terminal_id, "boot_id": e.boot_id, "seq": e.seq,
             "kind": EntryKind(e.kind).name, "wall_time": _iso(e.wall_time), "clock_synced": e.clock_synced,
@@ -107,6 +112,7 @@ def journal_records(session: Session, *, terminal_id: str | None = None, card_id
             "amount": e.amount, "slot_seq_before": e.slot_seq_before, "slot_seq_after": e.slot_seq_after,
             "ntag_counter": e.ntag_counter,
             "decline_reason": decline_reason(e.raw) if e.kind == EntryKind.DECLINED else None,
+            "fallback": step, "approved_by": approver or None,
             "entry_hash": e.entry_hash.hex(), "raw_b64": base64.b64encode(e.raw).decode("ascii"),
         }
         session.expunge(e)  # keep memory flat on million-row exports
@@ -220,7 +226,7 @@ def signed_columns(signed: SignedEntry) -> dict[str, Any]:
         "card_id": e.card_id, "tag_uid": e.tag_uid.hex() if e.tag_uid is not None else None,
         "programme": e.programme, "amount": e.amount, "slot_seq_before": e.slot_seq_before,
         "slot_seq_after": e.slot_seq_after, "ntag_counter": e.ntag_counter, "decline_reason": e.decline_reason,
-        "entry_hash": signed.entry_hash.hex(),
+        "fallback": e.fallback, "approved_by": e.approved_by, "entry_hash": signed.entry_hash.hex(),
         "raw_b64": base64.b64encode(signed.message).decode("ascii"),
     }
 

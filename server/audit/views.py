@@ -29,7 +29,7 @@ from sqlalchemy import BigInteger, and_, case, cast, func, or_, select
 
 from cardlib.records.journal import EntryKind
 from server.audit import exports
-from server.audit.entries import decline_reason, decode_entry
+from server.audit.entries import decline_reason, decode_entry, fallback_of
 from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
 from server.audit.models import ReceiptCode
 from server.audit.receipts import index_receipts, normalise_code
@@ -515,7 +515,7 @@ def card(card_id: str) -> ResponseReturnValue:
         raise NotFound(f"no card {card_id!r}")
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,
-                  decline=decline_reason)
+                  decline=decline_reason, fallback=fallback_of)
 
 
 @bp.get("/terminals/<terminal_id>")
@@ -543,7 +543,7 @@ def terminal(terminal_id: str) -> ResponseReturnValue:
         raise NotFound(f"no terminal {terminal_id!r}")
     return render("terminal.html", terminal_id=terminal_id, info=info, site=site, entries=entries, stats=stats,
                   findings=t_findings, next_after=entries[-1].seq if len(entries) == PAGE else None,
-                  EntryKind=EntryKind, decline=decline_reason)
+                  EntryKind=EntryKind, decline=decline_reason, fallback=fallback_of)
 
 
 def region_totals() -> list[Any]:
