@@ -428,7 +428,7 @@ class CardSession:
         identity = self._verify_identity(image.identity, uid, now)
         valid: list[VerifiedSlot] = []
         problems: list[CorruptSlot] = []
-        key_failures: list[tuple[CorruptSlot, int | None]] = []
+        key_failures: list[tuple[CorruptSlot, SlotRegion]] = []
         empty: list[SlotName] = []
         for name in SlotName:
             region = image.slots[name]
@@ -440,7 +440,7 @@ class CardSession:
             except CorruptSlot as exc:
                 problems.append(exc)
                 if isinstance(exc.cause, _KEY_ERRORS):
-                    key_failures.append((exc, _unverified_seq(region)))
+                    key_failures.append((exc, region))
                 continue
             valid.append(slot)
         if not valid:
@@ -454,8 +454,8 @@ class CardSession:
         if (other is not None and other.claims.seq == current.claims.seq
                 and other.cose.message != current.cose.message):
             raise ForkDetected(current.claims.seq)
-        for failure, seq in key_failures:
-            if seq is not None and seq >= current.claims.seq:
+        for failure, failed in key_failures:
+            if _may_be_newer(failed, current):
                 assert failure.cause is not None
                 raise failure.cause
         for problem in problems:
@@ -745,4 +745,31 @@ def _unverified_seq(region: SlotRegion) -> int | None:
             EOFError):
         return None
     return seq
+
+def _may_be_newer(region: SlotRegion, current: VerifiedSlot) -> bool:
+    """True when a slot whose key cannot be accepted may hold a state newer than ``current``.
+
+    Its seq at or above the current one says so (using the older slot would roll the card
+    back), unless it carries the current state's very claims: a copy of the current state
+    torn by a later WRITE that changed only its key id (a format-2 card's genesis copy in
+    slot B, or a repaired slot, docs/card-format.md §6) holds nothing newer.
+    """
+    seq = _unverified_seq(region)
+    if seq is None or seq < current.claims.seq:
+        return False
+    return not (seq == current.claims.seq and _unverified_payload(region) == current.cose.payload)
+
+
+def _unverified_payload(region: SlotRegion) -> bytes | None:
+    """The payload bytes of a slot whose signature could not be checked (comparison only)."""
+    try:
+        cose = split_payload(region.raw)
+        if cose is None:
+            return None
+        body = cbor2.loads(cose)
+        payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
+    except (LayoutError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, EOFError):
+        return None
+    return payload if isinstance(payload, bytes) else None
+
 
