@@ -133,7 +133,7 @@ def _commit_commands(redemptions_before: int) -> tuple[int, int]:
 @pytest.mark.parametrize("fill", [TornFill.OLD, TornFill.GARBAGE])
 def test_format2_tear_sweep_every_command_and_byte_in_process(redemptions_before: int, fill: TornFill) -> None:
     commands, pages = _commit_commands(redemptions_before)
-    assert commands == pages > 0
+    assert pages > 0 and commands >= pages
     seen: dict[object, int] = {}
     for k in range(commands + 1):
         for tear in (None, 0, 1, 2, 3, 4):  # 4: the page is programmed, its ACK lost
