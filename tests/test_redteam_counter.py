@@ -23,7 +23,8 @@ from terminal.journal_store import JournalInUse, JournalStore
 from terminal.outcome import TapStatus
 from terminal.policy import cycle_at
 from tests.test_records_support import ISSUER, STATION, TERMINAL, identity
-from tests.test_terminal_caps_and_declines import NO_ISSUER_CAP, ROOMY, chip, counter, fresh_bundle  # noqa: F401
+from tests.test_terminal_caps_and_declines import NO_ISSUER_CAP, ROOMY, chip, fresh_bundle
+from tests.test_terminal_caps_and_declines import counter as counter_fixture  # noqa: F401  (the `counter` fixture)
 
 SUPERVISOR_PW = "kunci-sri-77"
 
