@@ -23,10 +23,26 @@ from terminal.journal_store import JournalInUse, JournalStore
 from terminal.outcome import TapStatus
 from terminal.policy import cycle_at
 from tests.test_records_support import ISSUER, STATION, TERMINAL, identity
-from tests.test_terminal_caps_and_declines import NO_ISSUER_CAP, ROOMY, chip, fresh_bundle
-from tests.test_terminal_caps_and_declines import counter as counter_fixture  # noqa: F401  (the `counter` fixture)
+from tests.test_terminal_caps_and_declines import NO_ISSUER_CAP, ROOMY, Counter, chip, fresh_bundle
 
 SUPERVISOR_PW = "kunci-sri-77"
+
+
+@pytest.fixture
+def counter(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Makes counters (as in tests/test_terminal_caps_and_declines.py), each with its own journal."""
+    made: list[Counter] = []
+
+    def make(*args: object, **kw: object) -> Counter:
+        d = tmp_path / str(len(made))
+        d.mkdir()
+        c = Counter(d, *args, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.journal.close()
 
 
 def _desk(c, policies: dict[str, int]) -> FallbackDesk:  # type: ignore[no-untyped-def]
