@@ -69,7 +69,8 @@ def terminal_ca() -> TerminalCA:
     """
     path = current_app.config.get("TERMINAL_CA_KEY")
     if not path:
-        raise ConfigurationError("TERMINAL_CA_KEY is not configured: cannot issue certificates")
+        raise ConfigurationError("TERMINAL_CA_KEY is not configured (set $HUMA_TERMINAL_CA_KEY, docs/operations.md): "
+                                 "cannot issue certificates")
     password = current_app.config.get("TERMINAL_CA_KEY_PASSWORD")
     try:
         signer = _ca_signer(Path(path), password.encode() if isinstance(password, str) else password)

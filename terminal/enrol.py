@@ -36,6 +36,18 @@ from terminal.trust import pin_enrolment_bundle
 POLL_S = 2.0
 
 
+def _server_message(body: bytes) -> str:
+    """The server's error text (docs/api.md error body ``{"error": {"code", "message"}}``), else the raw start.
+
+    :param body: the HTTP answer body (bytes).
+    """
+    try:
+        err = json.loads(body)["error"]
+        return f"{err['message']} ({err['code']})"
+    except (ValueError, KeyError, TypeError):
+        return repr(body[:300])
+
+
 def csr_path(profile: TerminalProfile) -> Path:
     """Where the terminal's CSR is kept: ``<key stem>.csr.pem`` next to the key."""
     return profile.key_path.with_name(profile.key_path.stem + ".csr.pem")
@@ -164,7 +176,7 @@ def enrol(
         raise SyncRejected(f"terminal {tid} is not enrolled yet: pass the enrolment code an administrator "
                            f"issued for it (huma terminal enrol --code)")
     if code is not None and r.status != 202:
-        raise SyncRejected(f"enrolment refused: HTTP {r.status} {r.body[:300]!r}")
+        raise SyncRejected(f"enrolment refused: HTTP {r.status}: {_server_message(r.body)}")
     deadline = time.monotonic() + wait_s
     while True:
         r = api.request("GET", f"/api/v1/terminals/{tid}/certificate")
