@@ -211,7 +211,7 @@ def test_cli_reconcile_export_and_verify(app, clone_world, db_url, monkeypatch, 
 
     monkeypatch.setenv("HUMA_RECEIPT_KEY", str(receipt_key_path(app.config, app.instance_path)))  # the server's key
     runner = CliRunner()
-    r = runner.invoke(cli, ["audit", "reconcile", "--json"])
+    r = runner.invoke(cli, ["audit", "reconcile", "--full", "--json"])
     assert r.exit_code == 0, r.output
     counts = json.loads(r.output)
     assert counts["new"] == 0 and counts["findings"] == len(findings(app)) and counts["by_kind"]["card_fork"] == 1

@@ -43,23 +43,37 @@ class _Speed(click.ParamType):
               help="Fastest plausible travel between two counters.")
 @click.option("--verify-signatures", is_flag=True,
               help="Also re-verify every stored entry's signature and columns (one Ed25519 verify per entry).")
+@click.option("--full", is_flag=True,
+              help="Re-examine the whole journal, not only what arrived since the last run (docs/reconciliation.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's counts as JSON.")
 @DATABASE_OPTION
-def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, as_json: bool) -> None:
-    """Reconcile the whole stored journal; findings are upserted (re-running never duplicates)."""
+def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, full: bool, as_json: bool) -> None:
+    """Reconcile the stored journal; findings are upserted (re-running never duplicates).
+
+    By default only the terminals, cards and households of entries stored since the last run are
+    re-examined (a full run when that cannot be done exactly); one run at a time.
+    """
     from server.extensions import db
     from server.reconcile.engine import reconcile
+    from server.reconcile.errors import ReconcileBusy
     from server.reconcile.observations import ReconcileConfig
 
     app = make_app()
     with database(app):
-        result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh),
-                           verify_signatures=verify_signatures)
+        try:
+            result = reconcile(db.write_session(), ReconcileConfig(max_speed_kmh=max_speed_kmh),
+                               verify_signatures=verify_signatures, incremental=not full)
+        except ReconcileBusy as exc:
+            raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"run_id": result.run_id, "entries": result.entries, "findings": result.observed,
+        click.echo(json.dumps({"run_id": result.run_id, "mode": result.mode, "entries": result.entries,
+                               "findings": result.observed,
                                "new": result.new, "resolved": result.resolved, "by_kind": result.by_kind}))
         return
-    click.echo(f"run {result.run_id}: {result.entries} entries, {result.observed} findings "
+    read = (f"{result.entries} entries" if result.scope is None else
+            f"incremental, {result.entries} new entries, {result.scope[0]} terminals and {result.scope[1]} cards "
+            "re-examined")
+    click.echo(f"run {result.run_id}: {read}, {result.observed} findings "
                f"({result.new} new, {result.resolved} resolved)")
     for kind, n in sorted(result.by_kind.items()):
         click.echo(f"  {kind}: {n}")

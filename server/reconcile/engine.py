@@ -166,8 +166,10 @@ def reference_digest(conn: Connection) -> str:
     """SHA-256 hex of aggregates of the tables the scoped checks read besides the journal.
 
     Sites (impossible travel), benefit cycles and entitlements (entitlement checks), card
-    profiles (households) and issued cards (claims on replaced cards): a row added, removed or
-    a value moved past an extreme changes it, and the next run is then a full one.
+    profiles (households, revocations) and issued cards (claims on replaced cards): a row added,
+    removed or a value moved past an extreme changes it, and the next run is then a full one. An
+    edit that keeps every aggregate (a card moved between two households) is not seen: run a
+    full reconciliation after such registry changes (docs/reconciliation.md §Incremental).
     """
     parts: list[Any] = []
     for stmt in (
@@ -179,7 +181,8 @@ def reference_digest(conn: Connection) -> str:
         select(func.count(), func.sum(card_entitlements.c.amount), func.max(card_entitlements.c.amount),
                func.min(card_entitlements.c.amount)),
         select(func.count(), func.count(card_profiles.c.household_ref), func.min(card_profiles.c.household_ref),
-               func.max(card_profiles.c.household_ref)),
+               func.max(card_profiles.c.household_ref), func.count(card_profiles.c.revoked_at),
+               func.max(card_profiles.c.revoked_at)),
         select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
                func.sum(case((_cards.c.status == "issued", 1), else_=0))),
     ):
@@ -249,6 +252,7 @@ def reconcile(
     *,
     verify_signatures: bool = False,
     incremental: bool = False,
+    commit: bool = True,
 ) -> RunResult:
     """Reconcile the stored journal and record the findings; commits.
 
@@ -267,6 +271,8 @@ def reconcile(
     :param verify_signatures: also run :func:`~server.reconcile.terminal_checks.signature_mismatches` (one Ed25519
         verification per stored entry).
     :param incremental: re-examine only what changed since the last run (when it can).
+    :param commit: False leaves the run's transaction open for the caller to commit or roll back
+        (e.g. to see what a full run would record, and undo it).
     :raises ReconcileBusy: another run is in progress (nothing was done).
     :returns: counts of this run.
     """
@@ -310,7 +316,8 @@ def reconcile(
         run.findings_seen = recorded.seen
         run.findings_resolved = recorded.resolved
         run.finished_at = utcnow()
-        session.commit()
+        if commit:
+            session.commit()
     mode = "full" if scope is None else "incremental"
     log.info(
         "reconciliation run %d (%s): %d entries, %d findings (%d new, %d resolved)",

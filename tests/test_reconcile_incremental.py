@@ -1,0 +1,160 @@
+"""Incremental reconciliation leaves exactly the findings a full run would (issue 21), on SQLite and PostgreSQL.
+
+A seeded random loop (bounded: a few districts) plants the frauds of tests/test_reconcile.py at
+random: clones redeemed at other counters, cards restored from old dumps, clocks stepped back,
+journal ranges withheld (uploaded rounds later, or never), over-spending, households of two
+cards. Each district's journals reach the server in several rounds through the real signed
+upload; after every round an incremental run records its findings, then a full run is made in
+the same transaction and rolled back: it must find nothing new, resolve nothing, and leave every
+finding (kind, key, severity, status, reason, detail, evidence) as the incremental run left it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from server.extensions import db
+from server.reconcile.engine import reconcile
+from server.reconcile.errors import ReconcileBusy
+from server.reconcile.models import CardProfile, Finding
+from server.reconcile.observations import ReconcileConfig
+from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal
+from tests.reconcile_support import audit_db, install, upload  # noqa: F401 - audit_db is a fixture
+
+UTC = dt.UTC
+DAY = dt.datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+#: Exact watermark in tests (uploads here are seconds apart; see ReconcileConfig.watermark_margin_s).
+CFG = ReconcileConfig(watermark_margin_s=0)
+SEEDS = (11, 12, 13)
+ROUNDS = 4
+
+
+def _ms(minutes: float) -> int:
+    return int(DAY.timestamp() * 1000 + minutes * 60_000)
+
+
+def _plant(d: District, rng: random.Random) -> None:
+    """A day of taps with anomalies planted at random, in time order."""
+    clones: list[tuple[SimCard, SimCard]] = []
+    dumps: dict[str, SimCard] = {}
+    minute = 0.0
+    for t in d.terminals:
+        t.boot(_ms(-30))
+    for i in range(60):
+        minute += rng.uniform(1, 25)
+        t = rng.choice(d.terminals)
+        if i == 30:  # at least one clock step per district
+            t.step_clock(-180 * 60_000)
+        card = rng.choice(d.cards)
+        roll = rng.random()
+        if roll < 0.08:
+            t.step_clock(-rng.choice((40, 90, 180)) * 60_000)  # a flat RTC battery
+            continue
+        if roll < 0.14:
+            clone = card.clone(counter=rng.randrange(0, 10))
+            clones.append((card, clone))
+            card = clone
+        elif roll < 0.2 and clones:
+            card = rng.choice(clones)[1]
+        elif roll < 0.26:
+            dumps[card.card_id] = card.snapshot()
+        elif roll < 0.32 and card.card_id in dumps:
+            card.restore(dumps[card.card_id])
+        if rng.random() < 0.15:
+            t.balance(card, _ms(minute))
+            continue
+        programme = rng.choice(sorted(ENTITLEMENTS))
+        amount = rng.choice((ENTITLEMENTS[programme], ENTITLEMENTS[programme] // 2))
+        t.redeem(card, _ms(minute), programme, amount)
+
+
+def _rounds(t: SimTerminal, rng: random.Random) -> list[list[bytes]]:
+    """The terminal's entries split into :data:`ROUNDS` uploads; a random range comes late or never."""
+    entries = list(t.entries)
+    cuts = sorted(rng.randrange(0, len(entries) + 1) for _ in range(ROUNDS - 1))
+    bounds = [0, *cuts, len(entries)]
+    out: list[list[bytes]] = [[e.message for e in entries[a:b]] for a, b in itertools.pairwise(bounds)]
+    if len(entries) > 4 and rng.random() < 0.6:  # a withheld range: late, or deleted for good
+        first = rng.randrange(1, len(entries) - 2)
+        held = entries[first:first + rng.randrange(1, 3)]
+        held_messages = {e.message for e in held}
+        out = [[m for m in batch if m not in held_messages] for batch in out]
+        late = rng.randrange(1, ROUNDS + 1)
+        if late < ROUNDS:
+            out[late].extend(e.message for e in held)
+    return out
+
+
+def _snapshot(session: Any) -> dict[str, tuple[Any, ...]]:
+    return {
+        f.fingerprint: (f.kind.value, f.severity.value, f.status.value, f.reason, f.card_id, f.terminal_id,
+                        f.summary, f.detail, f.evidence)
+        for f in session.scalars(select(Finding))
+    }
+
+
+def _households(d: District) -> None:
+    """Cards 0 and 1 are one household, 2 and 3 another (re-issued cards both in use)."""
+    session = db.write_session()
+    for ref, cards in (("HH-A", d.cards[0:2]), ("HH-B", d.cards[2:4])):
+        session.execute(update(CardProfile).where(CardProfile.card_id.in_([c.card_id for c in cards]))
+                        .values(household_ref=ref))
+    session.commit()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world, seed):  # noqa: F811
+    rng = random.Random(seed)
+    d = District.new(4, 10, seed=seed, regions=["62.71", "62.01"])
+    _plant(d, rng)
+    install(app, world, d)
+    with app.app_context():
+        _households(d)
+    plans = {t.terminal_id: _rounds(t, rng) for t in d.terminals}
+    modes = []
+    kinds: set[str] = set()
+    for r in range(ROUNDS + 1):  # the last round uploads nothing
+        for t in d.terminals:
+            batch = plans[t.terminal_id][r] if r < ROUNDS else []
+            for resp in upload(world, t, batch) if batch else ():
+                assert resp.status_code == 200, resp.get_json()
+        with app.app_context():
+            result = reconcile(db.write_session(), CFG, incremental=True)
+            modes.append(result.mode)
+            session = db.write_session()
+            incremental = _snapshot(session)
+            full = reconcile(session, CFG, commit=False)
+            after_full = _snapshot(session)
+            session.rollback()
+        assert full.mode == "full"
+        assert (full.new, full.resolved) == (0, 0), (r, full)
+        assert after_full == incremental, r
+        kinds |= {v[0] for v in incremental.values()}
+    assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
+    assert {"card_fork", "terminal_gap", "clock_backwards"} <= kinds, kinds
+
+
+def test_second_run_is_refused_while_one_holds_the_lock(app, audit_db, world, db_url):  # noqa: F811
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite: the second run waits on the write lock (BEGIN IMMEDIATE) up to the busy timeout")
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(db_url)
+    try:
+        with app.app_context():
+            first = db.write_session()
+            reconcile(first, CFG, commit=False)  # holds the advisory lock until its transaction ends
+            with Session(engine) as second, pytest.raises(ReconcileBusy):
+                reconcile(second, CFG)
+            first.rollback()
+            with Session(engine) as third:
+                assert reconcile(third, CFG).mode == "full"
+    finally:
+        engine.dispose()
