@@ -22,6 +22,7 @@ Every core (issue 21): ``--workers N`` instead posts from 1 and 2 terminals at o
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -288,6 +289,31 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
             s.connection(execution_options={WRITE: True})
             store_entries(s, row, None, list(enumerate(t.entries)), [])
             s.commit()
+
+    # The store path alone (no HTTP, no envelope): verify_entries + store_entries + commit.
+    from server.upload import Batch, verify_entries
+
+    def direct(batches: list[tuple[Terminal, Batch]]) -> tuple[float, float]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for row, batch in batches:
+            rejected, verified = verify_entries(batch, row)
+            with sessions() as s:
+                s.connection(execution_options={WRITE: True})
+                results = store_entries(s, row, batch.batch_id, verified, rejected)
+                s.commit()
+            assert all(r.outcome.value == "accepted" for r in results)
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+    def direct_plan(t: SimTerminal, row: Terminal, n: int) -> tuple[Terminal, Batch]:
+        start = len(t.entries)
+        for _ in range(n):
+            t.append()
+        return row, Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in t.entries[start:]])
+
+    d_small = [direct_plan(t, row, small) for _ in range(rounds) for t, row in zip(sims, rows, strict=True)]
+    d_bulk = [direct_plan(sims[1], rows[1], bulk) for _ in range(rounds)]
+    d_small_s, d_small_cpu = direct(d_small)
+    d_bulk_s, d_bulk_cpu = direct(d_bulk)
     engine.dispose()
     app = create_app({"DATABASE_URL": url, "MAX_BATCH_ENTRIES": max(bulk, 2000),
                       "MAX_CONTENT_LENGTH": 64 * 1024 * 1024})
@@ -303,11 +329,14 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
     small_plan = [plan(t, small) for _ in range(rounds) for t in sims]
     bulk_plan = [plan(sims[0], bulk) for _ in range(rounds)]
 
-    def post(bodies: list[tuple[bytes, dict[str, str]]]) -> float:
-        start = time.perf_counter()
+    cpu = {"small": 0.0, "bulk": 0.0}
+
+    def post(bodies: list[tuple[bytes, dict[str, str]]], kind: str = "small") -> float:
+        start, cpu_start = time.perf_counter(), time.process_time()
         for body, headers in bodies:
             resp = client.post("/api/v1/journal/batches", data=body, headers=headers)
             assert resp.status_code == 200, resp.get_json()
+        cpu[kind] = time.process_time() - cpu_start
         return time.perf_counter() - start
 
     post(small_plan[:2])  # warm up: receipt key, pools, first statements
@@ -321,13 +350,19 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
         prof.dump_stats(profile)
     else:
         small_s = post(small_plan[2:])
-    bulk_s = post(bulk_plan)
+    bulk_s = post(bulk_plan, "bulk")
     with app.app_context():
         db.engine.dispose()
     small_us = small_s / (small * (len(small_plan) - 2)) * 1e6
     bulk_us = bulk_s / (bulk * len(bulk_plan)) * 1e6
-    return {"small_us": small_us, "bulk_us": bulk_us, "ratio": small_us / bulk_us,
-            "batch_ms": small_s / (len(small_plan) - 2) * 1e3}
+    small_cpu_us = cpu["small"] / (small * (len(small_plan) - 2)) * 1e6
+    bulk_cpu_us = cpu["bulk"] / (bulk * len(bulk_plan)) * 1e6
+    d_small_n, d_bulk_n = small * len(d_small), bulk * len(d_bulk)
+    return {"direct_small_us": d_small_s / d_small_n * 1e6, "direct_bulk_us": d_bulk_s / d_bulk_n * 1e6,
+            "direct_small_cpu_us": d_small_cpu / d_small_n * 1e6, "direct_bulk_cpu_us": d_bulk_cpu / d_bulk_n * 1e6,
+            "small_us": small_us, "bulk_us": bulk_us, "ratio": small_us / bulk_us,
+            "batch_ms": small_s / (len(small_plan) - 2) * 1e3,
+            "small_cpu_us": small_cpu_us, "bulk_cpu_us": bulk_cpu_us, "cpu_ratio": small_cpu_us / bulk_cpu_us}
 
 
 def small_main(args: argparse.Namespace) -> None:
@@ -336,8 +371,10 @@ def small_main(args: argparse.Namespace) -> None:
           f"load average {os.getloadavg()[0]:.2f}; journal of {args.journal:,} rows over {args.terminals} "
           f"terminals, then batches of {args.small} (every terminal, {args.rounds} rounds) and of "
           f"{args.bulk} (one terminal, {args.rounds} rounds), Flask test client (no socket)")
-    print("| db | µs/entry, batches of small | ms per small batch | µs/entry, bulk | small ÷ bulk |")
-    print("|---|---|---|---|---|")
+    print("| db | store path µs/entry, small / bulk | small ÷ bulk | (CPU µs/entry, small / bulk) "
+          "| request µs/entry, small / bulk | small ÷ bulk | ms per small request "
+          "| (CPU µs/entry, small / bulk) |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
         with tempfile.TemporaryDirectory() as tmp:
             url, drop = _small_db(kind, args.pg, tmp)
@@ -346,8 +383,11 @@ def small_main(args: argparse.Namespace) -> None:
                               f"{args.profile}.{kind}" if args.profile else None)
             finally:
                 drop()
-        print(f"| {kind} | {r['small_us']:.0f} | {r['batch_ms']:.2f} | {r['bulk_us']:.0f} | {r['ratio']:.2f}× |",
-              flush=True)
+        print(f"| {kind} | {r['direct_small_us']:.0f} / {r['direct_bulk_us']:.0f} "
+              f"| {r['direct_small_us'] / r['direct_bulk_us']:.2f}× "
+              f"| ({r['direct_small_cpu_us']:.0f} / {r['direct_bulk_cpu_us']:.0f}) "
+              f"| {r['small_us']:.0f} / {r['bulk_us']:.0f} | {r['ratio']:.2f}× | {r['batch_ms']:.2f} "
+              f"| ({r['small_cpu_us']:.0f} / {r['bulk_cpu_us']:.0f}) |", flush=True)
 
 
 def main() -> None:

@@ -476,12 +476,14 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     values handed to the driver as they are (column types' bind processors applied,
     see :func:`_driver_columns`):
 
-    - PostgreSQL: up to :data:`PG_COPY_MIN_ROWS` rows, pipelined single-row
-      ``INSERT ... ON CONFLICT DO NOTHING RETURNING entry_hash`` (see
+    - PostgreSQL: up to :data:`PG_COPY_MIN_ROWS` rows, one multi-row
+      ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING entry_hash`` (see
       :func:`_insert_entries_pg_rows`); more, binary ``COPY`` into a session's staging
       table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING entry_hash``
       (see :func:`_insert_entries_pg_copy`);
-    - SQLite: a plain ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` inside a
+    - SQLite, up to :data:`SMALL_BATCH_ROWS` rows: one ``INSERT ... ON CONFLICT DO NOTHING
+      RETURNING entry_hash`` per row on the driver's cursor (in-process, no round trips);
+    - SQLite, more: a plain ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` inside a
       savepoint. When its row count equals the number of rows, every row was inserted
       (ignored rows count 0). Otherwise (a row lost to a uniqueness conflict inside the
       batch or to a concurrent writer) the savepoint is rolled back and the rows are
@@ -500,6 +502,21 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     table = cast(Table, JournalEntryRow.__table__)  # a declarative model's __table__ is typed FromClause
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
     count_rows = len(columns["entry_hash"])
+    if dialect.name == "sqlite" and count_rows <= SMALL_BATCH_ROWS:
+        # Few rows: one INSERT ... RETURNING per row on the driver's cursor names the new ones
+        # directly; the savepoint and its bookkeeping cost more than the rows.
+        sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
+               "ON CONFLICT DO NOTHING RETURNING entry_hash")
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+        cursor = driver.cursor()
+        try:
+            inserted: set[bytes] = set()
+            for row in zip(*_driver_columns(columns, dialect), strict=False):
+                inserted.update(h for (h,) in cursor.execute(sql, row).fetchall())
+            return inserted
+        finally:
+            cursor.close()
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:
         sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
                "ON CONFLICT DO NOTHING")
@@ -517,34 +534,42 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
 
 #: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
 PG_COPY_MIN_ROWS = 64
+#: SQLite batches of at most this many new rows are inserted row by row with ``RETURNING``, no savepoint.
+SMALL_BATCH_ROWS = 64
 
 
 def _insert_entries_pg_rows(connection: Any, columns: Mapping[str, list[Any]]) -> set[bytes]:
-    """PostgreSQL, few rows: one ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING`` per row, pipelined.
+    """PostgreSQL, few rows: one multi-row ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING``.
 
     A terminal's incremental upload carries a few entries. For those, the ``COPY`` path's
     fixed work (``CREATE TEMP TABLE IF NOT EXISTS``, the ``COPY`` exchange, an
     ``INSERT ... SELECT``: three round trips and a catalog lookup) outweighed the rows.
-    psycopg's ``executemany(..., returning=True)`` sends every row in one pipeline
-    (libpq pipeline mode, one network round trip) with one constant statement text that
-    psycopg prepares server-side after a few uses (``prepare_threshold``). A row that
-    conflicts returns nothing, so the result names exactly the rows inserted now.
+    One statement with a row of parameters per entry is one round trip; its text depends
+    only on the row count, so psycopg prepares it server-side after a few uses
+    (``prepare_threshold``). A row that conflicts (with a stored row or an earlier row of
+    the same statement) is skipped and returns nothing, so the result names exactly the
+    rows inserted now.
 
     :returns: entry hashes (32 bytes each) of the rows inserted now.
     """
+    import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
+
+    rows = list(zip(*_driver_columns(columns, connection.dialect), strict=False))
+    # A raw cursor takes PostgreSQL's own $n placeholders: psycopg does not re-scan the text for
+    # %s (it caches that scan only for statements of at most 50 parameters; 3 rows have 66).
+    with psycopg.RawCursor(connection.connection.driver_connection) as cur:
+        cur.execute(_pg_values_sql(len(rows)), [v for row in rows for v in row])
+        return {bytes(h) for (h,) in cur.fetchall()}
+
+
+@functools.lru_cache(maxsize=PG_COPY_MIN_ROWS)
+def _pg_values_sql(count: int) -> str:
+    """``INSERT INTO journal_entries (...) VALUES ($1, ...), ... (count rows) ON CONFLICT DO NOTHING RETURNING ...``."""
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
-    sql = (f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) "
-           f"VALUES ({', '.join('%s' for _ in _ENTRY_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING entry_hash")
-    raw = connection.connection.driver_connection
-    inserted: set[bytes] = set()
-    with raw.cursor() as cur:
-        cur.executemany(sql, list(zip(*_driver_columns(columns, connection.dialect), strict=False)),
-                        returning=True)
-        while True:
-            inserted.update(bytes(h) for (h,) in cur.fetchall())
-            if not cur.nextset():
-                break
-    return inserted
+    width = len(_ENTRY_COLUMNS)
+    rows = ", ".join("(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(count))
+    return (f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) VALUES {rows} "
+            "ON CONFLICT DO NOTHING RETURNING entry_hash")
 
 
 #: Per-session staging table of the PostgreSQL insert path (see :func:`_insert_entries_pg_copy`).
