@@ -319,7 +319,8 @@ class Daemon:
         self.state.grievances = self.grievances
         client.grievances = GrievanceSender(api, self.grievances, signer, profile.terminal_id,
                                             receipt_key=client.receipt_key)
-        self.state.fallback = FallbackDesk(self.journal, self._bundle_now, mode, profile.supervisors)
+        self.state.fallback = FallbackDesk(self.journal, self._bundle_now, mode, profile.supervisors,
+                                           limits=offline_limits(profile))
 
     def _bundle_now(self) -> TrustBundle | None:
         """The installed trust bundle, or None before the first one."""

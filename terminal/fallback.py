@@ -10,7 +10,11 @@ serves under the stricter manual limits. Neither writes a card.
 Limits come only from the signed trust bundle's policies: ``fallback.qr.<programme>`` and
 ``fallback.manual.<programme>`` are the most units one card (so one household) may receive
 through that step per cycle at this counter; a programme without the key is never served
-that way (cash stays refused unless the bundle says otherwise). Each attempt is journalled:
+that way (cash stays refused unless the bundle says otherwise). On top of that step limit,
+a fallback passes the counter's own caps like a card tap (docs/design.md §Caps and offline
+limits): the card's per-cycle cap over every kind of redemption at this counter (card taps,
+QR and manual together) and the terminal exposure, decided under the journal's
+``decision_lock`` that card taps hold too. Each attempt is journalled:
 a FALLBACK entry (step and approver signed in claims 21 and 22) or a DECLINED entry with the
 same two claims; server reconciliation counts FALLBACK entries against the household's
 entitlement like any redemption.
@@ -24,13 +28,12 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import cycle_bounds, cycle_of
+from cardlib.records.claims import Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import DeniedCard
 from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
 from cardlib.records.journal import EntryKind
@@ -38,8 +41,8 @@ from firmware_config.models import CounterMode
 from terminal.errors import TerminalError
 from terminal.journal_store import CardWrite, JournalStore
 from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
-from terminal.policy import DeclineReason
-from terminal.tap import bundle_programmes
+from terminal.policy import SECONDS_PER_DAY, DeclineReason, OfflineLimits
+from terminal.tap import bundle_programmes, counter_limits
 
 __all__ = [
     "MANUAL",
@@ -122,16 +125,19 @@ class FallbackDesk:
     :param mode: the counter mode (shown with the outcome).
     :param supervisors: supervisor id -> scrypt hash (terminal profile).
     :param clock: POSIX seconds now.
+    :param limits: the terminal profile's caps (tightened by the bundle's, as for card taps).
     """
 
     def __init__(self, journal: JournalStore, bundle_source: Callable[[], TrustBundle | None], mode: CounterMode,
-                 supervisors: Mapping[str, str], clock: Callable[[], float] = time.time) -> None:
+                 supervisors: Mapping[str, str], clock: Callable[[], float] = time.time,
+                 limits: OfflineLimits | None = None) -> None:
         self._journal = journal
         self._bundle = bundle_source
         self._mode = mode
         self._supervisors = dict(supervisors)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._limits = limits or OfflineLimits()
+        self._lock = journal.decision_lock  # the card taps' lock: a tap and a fallback cannot both pass one cap
 
     def qr(self, text: str, programme: str, quantity: int, clerk: str) -> TapOutcome:
         """Step 1: serve on a scanned household QR, approved by the clerk ``clerk`` (their id)."""
@@ -209,6 +215,10 @@ class FallbackDesk:
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
                                      f"{ask.step} limit {limit} per cycle, {served} already served",
                                      household=ask.household_ref, entitled=limit, remaining=left)
+            over = self._over_caps(card, unit, ask.quantity, bundle, now, start, end)
+            if over is not None:
+                return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, over[0], over[1],
+                                     household=ask.household_ref, entitled=limit, remaining=left)
             stored = self._journal.append(EntryKind.FALLBACK, CardWrite(
                 card_id=card, programme=ask.programme, amount=ask.quantity, unit=unit,
                 fallback=ask.step, approved_by=ask.approver))
@@ -221,6 +231,27 @@ class FallbackDesk:
                           household_ref=ask.household_ref or None, unit=unit, amount=ask.quantity, entitled=limit,
                           remaining=remaining, receipt=receipt, card_id=card, journal_seq=stored.seq,
                           detail=f"{ask.step} fallback approved by {ask.approver}")
+
+    def _over_caps(self, card: str, unit: Unit, quantity: int, bundle: TrustBundle, now: float,
+                   start: float, end: float) -> tuple[DeclineReason, str] | None:
+        """The counter cap ``quantity`` more units would pass, or None (caller holds the decision lock).
+
+        Counts every redemption kind this journal holds (:meth:`JournalStore.exposure`): the
+        card's units this cycle and the terminal's since the last confirmed upload.
+        """
+        limits = counter_limits(self._limits, bundle)
+        open_since = now - limits.stale_days * SECONDS_PER_DAY
+        cycle_cap = limits.per_card_cycle.get(unit)
+        if cycle_cap is not None:
+            had = self._journal.card_cycle_exposure(card, start, end, open_since=open_since).get(unit, 0)
+            if had + quantity > cycle_cap:
+                return DeclineReason.OVER_CARD_OFFLINE_LIMIT, f"card cap {cycle_cap} per cycle, {had} already served"
+        term_cap = limits.terminal_exposure.get(unit)
+        if term_cap is not None:
+            out = self._journal.exposure(open_since=open_since).get(unit, 0)
+            if out + quantity > term_cap:
+                return DeclineReason.OVER_TERMINAL_LIMIT, f"terminal exposure {term_cap}, {out} out unconfirmed"
+        return None
 
     def _decline(self, step: str, approver: str, card_id: bytes | None, programme: str, reason: DeclineReason,
                  detail: str, *, household: str = "", entitled: int = 0, remaining: int = 0) -> TapOutcome:

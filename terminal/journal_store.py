@@ -172,8 +172,10 @@ class JournalStore:
     :param signer: the terminal key (software or PKCS#11).
     :param clock: the clock source (wall, monotonic, synced flag).
     One writer per file: opening takes an exclusive ``flock`` on ``<journal>.lock``
-    (:func:`lock_path`) before anything is read or written, held until :meth:`close`,
-    so a second daemon on the same profile is refused and writes nothing.
+    (:func:`lock_path`) and on the journal file itself (:func:`lock_journal_file`, so
+    unlinking the lock file does not let a second one in) before anything is read or
+    written, held until :meth:`close`, so a second daemon on the same profile is refused
+    and writes nothing.
 
     :raises JournalInUse: another open store (another ``huma terminal run``) holds the file.
     :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
@@ -187,9 +189,15 @@ class JournalStore:
         self._signer = signer
         self._clock = clock or Clock()
         self._lock = threading.Lock()
+        #: Held from reading the exposure to journalling the entry that spends it, by every
+        #: path that hands out units on this journal (card taps and the fallback desk), so two
+        #: of them cannot both pass one cap. Apart from the store's own lock (taken inside).
+        self.decision_lock = threading.Lock()
         self._key = cose_key(signer)
         self._writer_fd: int | None = take_writer_lock(self.path)
+        self._file_fd: int | None = None
         try:
+            self._file_fd = lock_journal_file(self.path)
             self._open()
         except BaseException:
             self._release_writer_lock()
@@ -503,7 +511,8 @@ class JournalStore:
     def exposure(self, card_id: str | None = None, *, open_since: float | None = None) -> dict[Unit, int]:
         """Units handed out and not yet confirmed uploaded, by unit (for the offline limits).
 
-        Counts COMMIT and FINISHED entries not yet marked uploaded (marked only on the
+        Counts COMMIT, FINISHED and FALLBACK (units served without writing a card,
+        :mod:`terminal.fallback`) entries not yet marked uploaded (marked only on the
         server's signed receipt, :mod:`terminal.sync`), plus writes still open (last
         write entry of the card is PENDING or UNCERTAIN: maybe spent, counted until
         resolved). VOIDED writes count nothing.
@@ -524,7 +533,8 @@ class JournalStore:
         """Units this terminal handed ``card_id`` in ``[start, end)`` (POSIX seconds), uploaded or not.
 
         The per-card per-cycle cap counts this: an upload does not reset it
-        (docs/design.md §Caps and offline limits). Open writes count as in :meth:`exposure`.
+        (docs/design.md §Caps and offline limits). Card redemptions and fallback entries
+        count alike; open writes count as in :meth:`exposure`.
 
         :returns: ``{unit: units}``.
         """
@@ -534,7 +544,7 @@ class JournalStore:
 
     def _sum_written(self, card_id: str | None, *, done_filter: str, done_params: tuple[object, ...] = (),
                      open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
-        done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)}"
+        done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)},{int(EntryKind.FALLBACK)}"
         open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
         writes = _WRITE_KIND_LIST
         where_card = " AND e.card_id=?" if card_id is not None else ""
@@ -582,6 +592,9 @@ class JournalStore:
             self._release_writer_lock()
 
     def _release_writer_lock(self) -> None:
+        if self._file_fd is not None:
+            os.close(self._file_fd)
+            self._file_fd = None
         if self._writer_fd is not None:
             os.close(self._writer_fd)  # closing the descriptor drops the flock
             self._writer_fd = None
@@ -618,6 +631,32 @@ def take_writer_lock(journal: Path) -> int:
                            "not starting a second one") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def lock_journal_file(journal: Path) -> int:
+    """Take an exclusive ``flock`` on the journal database file itself (flock(2), non-blocking).
+
+    The lock on ``<journal>.lock`` is by path: unlinking that file lets a second opener lock a
+    new inode. The database file cannot be swapped that way without losing the journal, so
+    its own lock refuses a second writer even then. flock(2) locks are apart from the POSIX
+    record locks SQLite takes on the same file (Linux), so they do not disturb it.
+
+    :param journal: the journal file (created empty when missing; SQLite accepts an empty file).
+    :returns: the open descriptor holding the lock (close it, after the database, to release).
+    :raises JournalInUse: another process or open store holds it.
+    :raises JournalStoreError: the file cannot be opened.
+    """
+    try:
+        fd = os.open(journal, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise JournalStoreError(f"cannot open journal {journal}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise JournalInUse(f"a counter daemon is already running on journal {journal} (its file is locked); "
+                           "not starting a second one") from None
     return fd
 
 
