@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -277,7 +276,7 @@ class TapProcessor:
         self._feedback = feedback
         self._now = clock
         self._tnum = terminal_number(signer.kid)
-        self._lock = threading.Lock()
+        self._lock = journal.decision_lock  # shared with the fallback desk (one cap, one lock)
         self.tap_seconds: list[float] = []  #: software+link time per tap (bench)
         self._secure = SecureTap(journal=journal, signer=signer, terminal_number=self._tnum, mode=config.mode,
                                  limits=config.limits, terminal_id=config.terminal_id, lock=self._lock)
