@@ -1,4 +1,4 @@
-"""``huma provision``: issue one card (``card``) or a households CSV (``batch``), and grant quotas.
+"""``huma provision``: issue one card (``card``) or a households CSV (``batch``), grant quotas, ``pin-reset``.
 
 Keys come from the keystore (``--keys``, env ``HUMA_KEYSTORE``): the active issuer key, the
 technician's key (``--technician NAME``). The issuing station signs genesis states with its
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -53,6 +53,9 @@ from cardlib.provision.session import SessionGrant, grant_session, static_keys, 
 from cardlib.provision.state import BatchState, Event
 from cardlib.records.bundle import KeyRole, verify_bundle
 from cardlib.type2.originality import NXP_NTAG21X_PUBLIC_KEY
+
+if TYPE_CHECKING:
+    from cardlib.records.access import CardPasswordKeys
 
 _console = Console(stderr=True, soft_wrap=True)
 SINGLE_CARDS_KEY = "single-cards"
@@ -129,9 +132,10 @@ def _read_password_secret(path: Path) -> bytes:
         raise StationInputError(f"--pwd-secret-file {path}: cannot read: {exc.strerror}") from exc
 
 
-def card_password_setting(o: dict[str, Any]) -> tuple[bytes, int, int]:
+def card_password_setting(o: dict[str, Any], ring: CardPasswordKeys | None = None) -> tuple[bytes, int, int]:
     """(password secret, key version, card format) from the station's options.
 
+    :param ring: the ``--card-keys`` file already loaded (a :class:`CardPasswordKeys`), else None.
     :raises StationInputError: format 2 without ``--card-keys``; format 1 with neither
         ``--pwd-secret-file`` nor a key file holding a format-1 version; an unreadable key file.
     """
@@ -145,13 +149,8 @@ def card_password_setting(o: dict[str, Any]) -> tuple[bytes, int, int]:
         if o["pwd_secret_file"] is None:
             raise StationInputError("--card-format 1 needs --pwd-secret-file (env HUMA_PWD_SECRET_FILE) or --card-keys")
         return _read_password_secret(o["pwd_secret_file"]), 1, 1
-    from cardlib.records.access import load_password_keys
-
-    passphrase = read_secret(o["card_keys_passphrase_file"], CARD_KEYS_PASSPHRASE_ENV, "Card-password key passphrase")
-    try:
-        ring = load_password_keys(path, passphrase)
-    except OSError as exc:
-        raise StationInputError(f"--card-keys {path}: cannot read: {exc.strerror}") from exc
+    if ring is None:
+        ring = _load_card_keys(o)
     if fmt == 2:
         return ring.keys[ring.current], ring.current, 2
     if o["pwd_secret_file"] is not None:
@@ -159,6 +158,21 @@ def card_password_setting(o: dict[str, Any]) -> tuple[bytes, int, int]:
     if ring.format1 is None:
         raise StationInputError(f"--card-keys {path} holds no format-1 version; give --pwd-secret-file")
     return ring.keys[ring.format1], ring.format1, 1
+
+
+def _load_card_keys(o: dict[str, Any]) -> CardPasswordKeys:
+    """The ``--card-keys`` key ring (:class:`cardlib.records.access.CardPasswordKeys`), passphrase read once.
+
+    :raises StationInputError: unreadable file.
+    """
+    from cardlib.records.access import load_password_keys
+
+    path = o["card_keys"]
+    passphrase = read_secret(o["card_keys_passphrase_file"], CARD_KEYS_PASSPHRASE_ENV, "Card-password key passphrase")
+    try:
+        return load_password_keys(path, passphrase)
+    except OSError as exc:
+        raise StationInputError(f"--card-keys {path}: cannot read: {exc.strerror}") from exc
 
 
 def _read_input(path: Path, what: str) -> bytes:
@@ -175,8 +189,9 @@ class _Station:
     is presented or journalled. :meth:`open_source` opens the reader afterwards.
     """
 
-    def __init__(self, stack: ExitStack, o: dict[str, Any], profile: Profile) -> None:
-        secret, key_version, card_format = card_password_setting(o)
+    def __init__(self, stack: ExitStack, o: dict[str, Any], profile: Profile,
+                 ring: CardPasswordKeys | None = None) -> None:
+        secret, key_version, card_format = card_password_setting(o, ring)
         bundle_bytes = _read_input(o["bundle_path"], "--bundle")
         grant_bytes = _read_input(o["grant_path"], "--grant") if o["grant_path"] else None
         self.store = KeyStore.open(o["keydir"], pinned_root_kid=o["pin_root"])
@@ -187,6 +202,7 @@ class _Station:
         token = _open_token(stack, o["pkcs11_module"], o["pkcs11_token"], o["pkcs11_pin_file"])
         pw = read_secret(o["passphrase_file"], "HUMA_KEY_PASSPHRASE", "Station key passphrase")
         self.issuer = self.store.signer(issuer_entry.kid, pw, token=token)
+        self.key_passphrase = pw  # pin-reset --pin-reset-signer is under the same passphrase
         self.technician_name = o["technician"]
         self.technician = self.store.signer(tech_entry.kid, pw, token=token)
         station = load_signer(o["station_key"], pw)
@@ -491,3 +507,66 @@ def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Pat
     out.write_bytes(grant_session(issuer, tech.kid, max_cards, int(time.time()) + days * 86400))
     verify_grant(out.read_bytes(), static_keys(cose_key(issuer)), tech.kid)
     click.echo(f"granted {max_cards} card(s) to {technician} ({tech.kid.hex()}) for {days} day(s)")
+
+
+@provision.command("pin-reset")
+@click.option("--card-profile", type=click.Choice(["ntag", "secure"]), default="ntag", show_default=True,
+              help="ntag: unlock a format-2 card locked by wrong PINs (its PIN stays: it is in the locked, "
+                   "signed identity); secure: set a new PIN with the issuer-signed reset (docs/fallback.md).")
+@click.option("--new-pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="secure: the new PIN from this file's first line (tests; else asked twice).")
+@click.option("--pin-reset-signer", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="secure: the card's PIN-reset private key (encrypted PKCS#8, P-256; default: the issuer key).")
+@_station_options
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
+              show_default=True, help="The station journal the reset is written to (as `provision card`).")
+def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, pin_reset_signer: Path | None, **o: Any) -> None:
+    """(Office) unlock a card whose holder proved who they are; journalled with the technician.
+
+    An NTAG card gets its failed-PIN count reset to 0 and keeps its PIN: a holder who forgot it
+    needs a re-issue (``provision card --reissue-of``). A secure card gets a new PIN (asked twice)
+    and its tries back. Prints the card id.
+    """
+    from cardlib.clitypes import read_secret_line
+    from cardlib.provision.pin_reset import reset_ntag_pin, reset_secure_pin
+
+    secure = card_profile == "secure"
+    if not secure and (new_pin_file or pin_reset_signer):
+        raise click.UsageError("--new-pin-file and --pin-reset-signer are for --card-profile secure: an NTAG "
+                               "card keeps its PIN (a forgotten PIN needs a re-issue)")
+    profile = Profile.load(o["profile_path"])
+    with ExitStack() as stack:
+        ring = _load_card_keys(o) if o["card_keys"] else None
+        st = _Station(stack, o, profile, ring)
+        new_pin = ""
+        signer = st.issuer
+        if secure:
+            if pin_reset_signer is not None:
+                signer = load_signer(pin_reset_signer, st.key_passphrase)
+            new_pin = (read_secret_line(new_pin_file).decode() if new_pin_file is not None else
+                       str(click.prompt("New PIN (4..8 digits)", hide_input=True, confirmation_prompt=True)))
+        source = st.open_source(o, wait_removal=False)
+        stack.enter_context(station_lock(o["state_dir"]))
+        state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
+        _console.print("place the card on the reader")
+        now = int(time.time())
+        if secure:
+            scm = source.next_secure_card()
+            if scm is None:
+                raise ProvisionError("no card presented")
+            with scm as session:
+                result = reset_secure_pin(session, st.ctx.trust, signer, new_pin, now)
+        else:
+            cm = source.next_card()
+            if cm is None:
+                raise ProvisionError("no card presented")
+            with cm as tag:
+                result = reset_ntag_pin(tag, st.ctx.trust, ring or st.ctx.passwords, now)
+        state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
+                        result.card_profile, result.failures_before, result.pin_changed)
+    if result.pin_changed:
+        _console.print(f"card {result.card_id.hex()}: new PIN set, tries restored")
+    else:
+        _console.print(f"card {result.card_id.hex()}: {result.failures_before} failed PIN tries reset to 0; the PIN "
+                       "is unchanged (a forgotten PIN needs a re-issue: provision card --reissue-of)")
+    click.echo(result.card_id.hex())

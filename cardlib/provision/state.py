@@ -36,6 +36,7 @@ class Event(str, enum.Enum):
     INTERRUPTED = "interrupted"
     ABANDONED = "abandoned"
     REJECTED = "rejected"
+    PIN_RESET = "pin_reset"  #: an office PIN reset of a card in the field (:meth:`BatchState.pin_reset`)
 
 
 RESULT_COLUMNS = ("line", "household_ref", "status", "card_id", "uid", "detail")
@@ -75,6 +76,7 @@ class BatchState:
         self.results_path = directory / "results.csv"
         self.cards: dict[str, CardRecord] = {}
         self.rejections: list[dict[str, Any]] = []
+        self.pin_resets: list[dict[str, Any]] = []
         self.session_id: str = ""
         if self.path.exists():
             self._replay(batch_key)
@@ -116,6 +118,8 @@ class BatchState:
                 self.session_id = ev["session_id"]
             elif kind is Event.REJECTED:
                 self.rejections.append(ev)
+            elif kind is Event.PIN_RESET:
+                self.pin_resets.append(ev)  # a card issued anywhere: no card record changes
             elif kind is Event.STARTED:
                 self.cards[ev["card_id"]] = CardRecord(
                     ev["line"], ev["household_ref"], ev["card_id"], ev["uid"], ev["region"], kind,
@@ -213,6 +217,26 @@ class BatchState:
         if identity:
             rec.identity = identity.hex()
         self._result(rec.line, rec.household_ref, event.value, rec.card_id, rec.uid.upper(), detail or step)
+
+    def pin_reset(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str, technician_kid: bytes,
+                  card_profile: str, failures_before: int, pin_changed: bool) -> dict[str, Any]:
+        """Journal an office PIN reset (docs/fallback.md §Step 3) with the technician who did it.
+
+        :param card_id: 8 bytes. :param uid: 7 bytes (zeros for a secure card).
+        :param household_ref: 8 bytes. :param technician: the technician's name (``--technician``).
+        :param technician_kid: 4-byte kid of their active key.
+        :param card_profile: ``ntag`` or ``secure``. :param failures_before: wrong PINs counted before.
+        :param pin_changed: a new PIN was set (secure cards), else only the count was reset.
+        :returns: the journalled event.
+        """
+        ev: dict[str, Any] = {
+            "event": Event.PIN_RESET.value, "card_id": card_id.hex(), "uid": uid.hex(),
+            "household_ref": household_ref.hex(), "technician": technician, "technician_kid": technician_kid.hex(),
+            "card_profile": card_profile, "failures_before": failures_before, "pin_changed": pin_changed,
+            "t": int(time.time())}
+        self._append(ev)
+        self.pin_resets.append(ev)
+        return ev
 
     def rejected(self, line: int, household_ref: str, uid: bytes, reason: str) -> None:
         """Journal a chip refused before any write (counterfeit, not blank, wrong chip)."""

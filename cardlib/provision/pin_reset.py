@@ -1,0 +1,169 @@
+"""The office PIN reset (fallback step 3, docs/fallback.md §Step 3): unlock a card, never re-issue one.
+
+A technician at the district office checks the holder's papers, puts the card on the
+station's reader and runs ``huma provision pin-reset``. What the reset can change depends on
+where the card keeps its PIN:
+
+- **NTAG format 2** (docs/card-format.md §2.2): the PIN verifier is a claim of the
+  issuer-signed identity record, whose pages are locked for good at issuance (static lock
+  bits over pages 3-15, dynamic lock granules below slot A, NTAG213/215/216 datasheet §8.5).
+  Every slot is also bound to the identity's hash (slot AAD), so a new verifier would need a
+  new identity *and* re-signed slots on pages that cannot be written. The reset therefore
+  sets the failed-PIN count to 0 (:func:`cardlib.records.pin.reset_attempts`) and **keeps
+  the PIN**: it unlocks a card locked by wrong tries. A holder who really forgot the PIN
+  needs a re-issue (``huma provision card --reissue-of``), which carries the remaining
+  entitlement.
+- **NTAG format 1**: no count is kept (no private page); nothing to reset, refused.
+- **Secure cards** (docs/secure-card.md §5.4): the PIN lives in the card's applet, which
+  accepts a new PIN and a fresh try counter in RESET RETRY COUNTER signed by the card's
+  PIN-reset key (the issuer key when it is P-256), with an issuer counter above the last
+  one the card accepted (no replay).
+
+Before anything is written the card is read and verified like at a counter: the identity
+under the station's trust bundle (issuer key, deny list, validity), and for a secure card
+its on-card key answers a fresh challenge (a clone is not reset).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from cardlib.keys.signer import Signer
+from cardlib.provision.errors import ProvisionError, StationInputError
+from cardlib.records.access import CardPasswordKeys
+from cardlib.records.bundle import TrustBundle
+from cardlib.records.errors import RecordError
+from cardlib.records.pin import read_failures, reset_attempts
+from cardlib.records.secure import NO_UID, verify_secure_identity
+from cardlib.records.session import CardSession
+from cardlib.secure.protocol import PIN_TRIES, check_pin_format, pin_reset_message
+from cardlib.secure.session import SecureCardSession
+from cardlib.type2.tag import Type2Tag
+
+__all__ = ["PinResetRefused", "PinResetResult", "reset_ntag_pin", "reset_secure_pin", "signed_pin_reset"]
+
+_log = logging.getLogger(__name__)
+#: ES256 signature ``r || s`` as :meth:`Signer.sign` returns it, bytes per coordinate.
+_P256_COORD = 32
+
+
+class PinResetRefused(ProvisionError):
+    """The card on the reader cannot be reset here (not ours, does not verify, format 1, no PIN)."""
+
+
+@dataclass(frozen=True)
+class PinResetResult:
+    """What the reset did.
+
+    :ivar card_id: 8 bytes. :ivar uid: 7 bytes (:data:`NO_UID` for a secure card).
+    :ivar household_ref: 8 bytes, from the verified identity.
+    :ivar card_profile: ``"ntag"`` or ``"secure"``.
+    :ivar failures_before: wrong PINs counted before the reset (NTAG: the page's count,
+        255 for a damaged page; secure: :data:`PIN_TRIES` minus the tries left).
+    :ivar pin_changed: True when the card now takes a new PIN (secure cards only).
+    """
+
+    card_id: bytes
+    uid: bytes
+    household_ref: bytes
+    card_profile: str
+    failures_before: int
+    pin_changed: bool
+
+
+def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKeys, now: int) -> PinResetResult:
+    """Unlock a format-2 NTAG card: verify it, then set its failed-PIN count to 0 (the PIN stays).
+
+    Commands: PWD_AUTH and the reads of :meth:`CardSession.read_state`, one READ of the count,
+    one WRITE of 0 and its read-back.
+
+    :param passwords: the provincial card-password key ring (every version cards may carry).
+    :param now: POSIX seconds UTC (identity validity).
+    :raises PinResetRefused: the card does not verify under ``trust``, is format 1, or has no PIN.
+    :raises LayoutError: the count page does not read back as 0.
+    :raises CardlibError: (tag/transport subclasses) the card link failed.
+    """
+    try:
+        state = CardSession(tag, trust, passwords=passwords).read_state(now)
+    except RecordError as exc:
+        raise PinResetRefused(f"card {tag.uid.hex().upper()} does not verify as one of ours: {exc}") from exc
+    claims = state.identity.claims
+    if state.layout.version != 2:
+        raise PinResetRefused(f"card {claims.card_id.hex()} is format 1: it keeps no failed-PIN count to reset "
+                              "(a forgotten PIN needs a re-issue)")
+    if claims.pin is None:
+        raise PinResetRefused(f"card {claims.card_id.hex()} has no PIN")
+    before = read_failures(tag, state.layout)
+    reset_attempts(tag, state.layout)
+    _log.info("card %s: failed-PIN count %d reset to 0", claims.card_id.hex(), before)
+    return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False)
+
+
+def signed_pin_reset(signer: Signer, card_id: bytes, pin: str, issuer_counter: int) -> bytes:
+    """RESET RETRY COUNTER data signed by a :class:`Signer` (file or PKCS#11), docs/secure-card.md §5.4.
+
+    Like :func:`cardlib.secure.protocol.sign_pin_reset`, for a key that is not in memory.
+
+    :param signer: the card's PIN-reset key, ES256 (P-256).
+    :param card_id: 8 bytes. :param pin: the new PIN, 4..8 digits.
+    :param issuer_counter: above the card's last accepted counter, uint32.
+    :returns: ``issuer counter (4) || len (1) || PIN || DER signature``.
+    :raises StationInputError: the signer is not a P-256 key.
+    :raises ValueError: malformed argument.
+    """
+    from cardlib.records.cose import Algorithm
+
+    if signer.alg is not Algorithm.ES256:
+        raise StationInputError("the PIN-reset key must be a P-256 key (the issuer key is not: "
+                                "give --pin-reset-signer)")
+    raw = signer.sign(pin_reset_message(card_id, pin, issuer_counter))
+    der = encode_dss_signature(int.from_bytes(raw[:_P256_COORD], "big"), int.from_bytes(raw[_P256_COORD:], "big"))
+    digits = check_pin_format(pin)
+    return issuer_counter.to_bytes(4, "big") + bytes((len(digits),)) + digits + der
+
+
+def reset_secure_pin(session: SecureCardSession, trust: TrustBundle, signer: Signer, new_pin: str,
+                     now: int) -> PinResetResult:
+    """Set a new PIN on a secure card and give it its tries back, with the issuer-signed reset.
+
+    APDUs: SELECT, GET DATA identity, GET DATA state, INTERNAL AUTHENTICATE, GET DATA card
+    info, RESET RETRY COUNTER, GET DATA card info (check).
+
+    :param signer: the card's PIN-reset key (P-256; the issuer key unless the card was issued
+        with ``--pin-reset-key``).
+    :param new_pin: 4..8 digits.
+    :raises PinResetRefused: the identity or the card key does not verify, or the card refused
+        the signed reset (another PIN-reset key).
+    :raises StationInputError: ``signer`` is not P-256.
+    :raises ValueError: ``new_pin`` is not 4..8 digits (nothing sent).
+    :raises CardlibError: (transport subclasses) the card link failed.
+    """
+    from cardlib.secure.errors import SecureCardError
+
+    check_pin_format(new_pin)
+    try:
+        session.select()
+        identity = verify_secure_identity(session.read_identity(), trust, now)
+        card_id = identity.claims.card_id
+        key = identity.claims.card_public_key
+        assert key is not None  # verify_secure_identity refuses an identity without one
+        session.verify_card(key, card_id, select=False)
+        info = session.card_info()
+    except (RecordError, SecureCardError) as exc:
+        raise PinResetRefused(f"secure card does not verify as one of ours: {exc}") from exc
+    if info.card_id != card_id:
+        raise PinResetRefused(f"card says it is {info.card_id.hex()}, its identity says {card_id.hex()}")
+    try:
+        session.reset_pin(signed_pin_reset(signer, card_id, new_pin, info.issuer_counter + 1))
+    except SecureCardError as exc:
+        raise PinResetRefused(f"card {card_id.hex()} refused the signed PIN reset ({exc}): "
+                              "is this the card's PIN-reset key?") from exc
+    after = session.card_info()
+    if after.issuer_counter != info.issuer_counter + 1:
+        raise PinResetRefused(f"card {card_id.hex()}: issuer counter {after.issuer_counter} after the reset")
+    _log.info("secure card %s: PIN reset (%d tries were left)", card_id.hex(), info.pin_tries)
+    spent = max(0, PIN_TRIES - info.pin_tries)
+    return PinResetResult(card_id, NO_UID, identity.claims.household_ref, "secure", spent, True)

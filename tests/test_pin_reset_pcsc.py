@@ -1,0 +1,189 @@
+"""``huma provision pin-reset`` (fallback step 3) through the real pcscd + vpcd.
+
+A format-2 NTAG card issued by ``huma provision card --pin`` is locked by wrong PINs at a
+cash counter; the office's ``pin-reset`` unlocks it and the holder's PIN (unchanged: it is in
+the locked, issuer-signed identity) is paid at the counter again. A secure card blocked after
+3 wrong PINs gets a new PIN from the CLI with the issuer-signed RESET RETRY COUNTER. Both
+resets are journalled with the technician.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+
+from cardlib.keys.keystore import KeyStore
+from cardlib.keys.pkcs8 import save_private_key
+from cardlib.keys.signer import SoftwareSigner, generate_private_key
+from cardlib.provision.errors import StationInputError
+from cardlib.records import pin as card_pin
+from cardlib.records.access import load_password_keys
+from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle, verify_bundle
+from cardlib.records.bundle import Programme as BundleProgramme
+from cardlib.records.cose import Algorithm
+from cardlib.secure import PinBlocked, PinWrong, SecureCardSession
+from cardlib.transport.pcsc import PcscConnection, PcscContext
+from cardlib.type2.channel import ACR122U
+from firmware_config.models import CounterMode
+from huma.cli import cli
+from simulator.chip import Ntag21x
+from simulator.harness import PcscdHarness
+from simulator.secure_card import SecureCard, SecureCardConnection
+from terminal.clock import Clock
+from terminal.journal_store import JournalStore
+from terminal.outcome import TapStatus
+from terminal.policy import DeclineReason, OfflineLimits
+from terminal.tap import CounterConfig, TapProcessor, Trust
+from tests.provision_support import OriginalityIssuer
+from tests.secure_tap_support import PIN_RESET_KEY, SecureSlot
+from tests.test_provision_cli import KEY_PW, _args, office  # noqa: F401 - office is a fixture
+
+pytestmark = pytest.mark.pcsc
+
+PIN = "246810"
+WRONG_PIN = "135790"
+NEW_PIN = "975312"
+PAYOUT = 50_000
+#: No fixed cycle: genesis states take the cycle of today, as a counter expects.
+PROFILE = '''valid_days = 730
+[programmes.1]
+unit = "package"
+per_cycle = 1
+offline_cap = 1
+[programmes.2]
+unit = "rupiah"
+per_cycle = 250000
+offline_cap = 250000
+'''
+
+
+def _bundle(tmp_path: Path, keys: dict[str, object], counter: SoftwareSigner) -> TrustBundle:
+    store = keys["store"]
+    assert isinstance(store, KeyStore)
+    base = verify_bundle((tmp_path / "bundle.cbor").read_bytes(), store.entry(store.root_kid).public_key)
+    return dataclasses.replace(
+        base, keys=(*base.keys, BundleKey(counter.kid, KeyRole.TERMINAL, counter.alg, counter.public_key)),
+        programmes=(BundleProgramme(1, "food", "package", 1), BundleProgramme(2, "cash", "rupiah", 250_000)),
+        policies={"pin.cash": 1, card_pin.MAX_FAILURES_POLICY: 3})
+
+
+def _journal(state_dir: Path) -> list[dict[str, object]]:
+    lines = (state_dir / "state.jsonl").read_text().splitlines()
+    return [ev for ev in map(json.loads, lines) if ev["event"] == "pin_reset"]
+
+
+def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
+        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
+        present_card, reader_name) -> None:
+    (tmp_path / "profile.toml").write_text(PROFILE)
+    state_dir = tmp_path / "single"
+    args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
+    fab = office["fab"]
+    assert isinstance(fab, OriginalityIssuer)
+    chip = fab.genuine()
+    with present_card(chip):
+        issued = CliRunner().invoke(cli, ["provision", "card", "--pin", "--household-ref", "9f3c2a1b000000dd",
+                                          "--region", "62.71", *args], input=f"{PIN}\n{PIN}\n")
+    assert issued.exit_code == 0, issued.output
+    card_id = issued.stdout.strip().splitlines()[-1]
+
+    signer = SoftwareSigner(generate_private_key(Algorithm.EDDSA))
+    bundle = _bundle(tmp_path, office, signer)
+    ring = load_password_keys(tmp_path / "card-keys.json", KEY_PW.encode())
+    journal = JournalStore(tmp_path / "counter.sqlite", terminal_id="T-6271-0001", signer=signer,
+                           clock=Clock(force_synced=True))
+    entered: list[str | None] = [None]
+    tap = TapProcessor(CounterConfig("T-6271-0001", CounterMode.CASH_PAYOUT, OfflineLimits(), caps={"": ACR122U},
+                                     card_passwords=ring),
+                       journal, signer, trust=lambda: Trust(bundle, time.time()),
+                       request=lambda: ("cash", PAYOUT, entered[0]))
+
+    def counter(card: Ntag21x, pin: str) -> object:
+        entered[0] = pin
+        with present_card(card), PcscContext() as pctx:
+            conn = PcscConnection(pctx, reader_name(0))
+            try:
+                return tap(conn, None)  # type: ignore[arg-type]
+            finally:
+                conn.close()
+
+    try:
+        for _ in range(3):
+            assert counter(chip, WRONG_PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
+        assert counter(chip, PIN).reason is DeclineReason.PIN_LOCKED  # type: ignore[attr-defined]
+        # an NTAG card keeps its PIN: a new one is refused before any card is touched
+        refused = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pw.txt"),
+                                           *args])
+        assert refused.exit_code == 2 and "re-issue" in refused.output
+        # the office: the holder shows their papers, the technician resets the count
+        with present_card(chip):
+            reset = CliRunner().invoke(cli, ["provision", "pin-reset", *args])
+        assert reset.exit_code == 0, reset.output
+        assert reset.stdout.strip().splitlines()[-1] == card_id
+        assert "PIN is unchanged" in reset.output
+        out = counter(chip, PIN)
+        assert out.status is TapStatus.ACCEPTED and out.amount == PAYOUT  # type: ignore[attr-defined]
+        assert counter(chip, WRONG_PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
+    finally:
+        journal.close()
+    (ev,) = _journal(state_dir)
+    assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
+        card_id, "tech-07", "ntag", 3, False)
+    assert ev["household_ref"] == "9f3c2a1b000000dd" and ev["uid"] == chip.uid.hex()
+
+
+def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
+        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
+        pcscd_service: PcscdHarness, reader_name) -> None:
+    pem = tmp_path / "pin-reset.pem"
+    pem.write_bytes(PIN_RESET_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    save_private_key(tmp_path / "pin-reset.key", PIN_RESET_KEY, KEY_PW.encode())
+    state_dir = tmp_path / "single"
+    args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
+    path = tmp_path / "card.secure.json"
+    slot = SecureSlot(pcscd_service, 0)
+    with slot.present(SecureCard(path), connect=False):
+        issued = CliRunner().invoke(cli, ["provision", "card", "--card-profile", "secure", "--pin-reset-key",
+                                          str(pem), "--household-ref", "9f3c2a1b000000ee", "--region", "62.71",
+                                          *args], input=f"{PIN}\n{PIN}\n")
+    assert issued.exit_code == 0, issued.output
+    card_id = issued.stdout.strip().splitlines()[-1]
+    # three wrong PINs block the card's PIN (the right one too, from then on)
+    card = SecureCard.load(path)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    for _ in range(3):
+        with pytest.raises((PinWrong, PinBlocked)):
+            session.verify_pin(WRONG_PIN)
+    with pytest.raises(PinBlocked):
+        session.verify_pin(PIN)
+    card.field_off()
+    card.save()
+    (tmp_path / "new-pin.txt").write_text(NEW_PIN + "\n")
+    reset_args = ["provision", "pin-reset", "--card-profile", "secure", "--new-pin-file", str(tmp_path / "new-pin.txt")]
+    # the issuer key of this office is Ed25519: the card only takes resets signed by its P-256 reset key
+    with slot.present(SecureCard.load(path), connect=False):
+        no_key = CliRunner().invoke(cli, [*reset_args, *args])
+    assert isinstance(no_key.exception, StationInputError) and "--pin-reset-signer" in str(no_key.exception)
+    with slot.present(SecureCard.load(path), connect=False):
+        reset = CliRunner().invoke(cli, [*reset_args, "--pin-reset-signer", str(tmp_path / "pin-reset.key"), *args])
+    assert reset.exit_code == 0, reset.output
+    assert reset.stdout.strip().splitlines()[-1] == card_id
+    card = SecureCard.load(path)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    info = session.card_info()
+    assert info.pin_tries == 3 and info.issuer_counter == 1
+    with pytest.raises(PinWrong):
+        session.verify_pin(PIN)  # the old PIN is gone
+    session.verify_pin(NEW_PIN)
+    (ev,) = _journal(state_dir)
+    assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
+        card_id, "tech-07", "secure", 3, True)
