@@ -8,11 +8,13 @@ failed ``huma audit export`` also left a truncated file over the previous good e
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
 from huma.cli import main
+from server.audit.exports import JOURNAL_FORMAT
 from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     AUDITOR_PASSWORD,
     add_auditor,
@@ -95,5 +97,9 @@ def test_cli_export_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypa
 def test_cli_export_to_stdout_and_a_device_still_streams(db_url, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", db_url)
     assert main(["audit", "export", "journal", "-o", "-"]) == 0
-    assert '"format": "huma-betang/journal-export/v1"' in capsys.readouterr().out
+    document = json.loads(capsys.readouterr().out)  # the whole document reached stdout
+    # the export format of today (v2, signed header: commit c766c79), not the unsigned v1
+    assert document["format"] == JOURNAL_FORMAT == "huma-betang/journal-export/v2"
+    assert document["header_cose_b64"] and document["items"] == []
     assert main(["audit", "export", "journal", "-o", "/dev/null"]) == 0
+    assert JOURNAL_FORMAT not in capsys.readouterr().out  # the document went to the device, not to stdout
