@@ -9,7 +9,7 @@ every unique constraint of a partitioned table must include the partition key
 - ``UNIQUE (entry_id)`` becomes ``UNIQUE (terminal_id, entry_id)``: an entry id is still
   unique per terminal (the upload finds a reused one); across terminals the signature
   already binds an entry to its terminal (another terminal's entry is ``wrong_terminal``);
-- the dashboard projection's foreign key to ``journal_entries(id)`` cannot point at a
+- ``receipt_codes.journal_id``'s foreign key to ``journal_entries(id)`` cannot point at a
   key without the partition key; it is dropped here (docs/scaling.md: it would carry
   ``terminal_id`` too).
 
@@ -55,7 +55,7 @@ def _partition_journal(url: str) -> None:
         conn.execute(text("ALTER TABLE journal_entries RENAME TO journal_entries_plain"))
         conn.execute(text("CREATE TABLE journal_entries (LIKE journal_entries_plain INCLUDING DEFAULTS) "
                           "PARTITION BY HASH (terminal_id)"))
-        # CASCADE drops the dashboard projection's foreign key to journal_entries_plain(id).
+        # CASCADE drops receipt_codes.journal_id's foreign key to journal_entries_plain(id).
         conn.execute(text("DROP TABLE journal_entries_plain CASCADE"))
         # The id's sequence went with the old table (it owned it): a new identity.
         conn.execute(text("ALTER TABLE journal_entries ALTER COLUMN id DROP DEFAULT"))
