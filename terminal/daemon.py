@@ -287,12 +287,13 @@ class Daemon:
         self.signer = signer
         self.stop_event = threading.Event()
         self.health = DaemonHealth()
+        # The screen binds its port first: a busy port is one clear error before the journal counts a boot.
+        self.state = ScreenState(profile.counter_mode, profile.programmes or ("-",))
+        self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
         self.journal = JournalStore(profile.journal_path, terminal_id=profile.terminal_id, signer=signer,
                                     clock=clock)
         self.trust = TrustStore(profile.bundle_path, root_key)
         mode = profile.counter_mode
-        self.state = ScreenState(mode, profile.programmes or ("-",))
-        self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
         self.feedback = FeedbackWorker()
         self.reader_feedback = ReaderFeedback(self.feedback)
         caps = {b.profile.name: b.profile.capabilities() for b in profile.readers}

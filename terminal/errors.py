@@ -16,6 +16,10 @@ class TerminalProfileError(TerminalError):
     """The terminal profile (TOML) lacks a value the daemon needs (root key, bundle path, passphrase, CSR)."""
 
 
+class ScreenListenError(TerminalError):
+    """The counter screen cannot listen on its ``screen_port`` (in use by another process, no permission)."""
+
+
 class JournalStoreError(TerminalError):
     """The journal file cannot be opened, written or repaired (disk full, locked, another terminal's or key's)."""
 

@@ -23,6 +23,7 @@ import segno
 from cardlib.records.checkpoint import SignedCheckpoint, to_qr_text
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
+from terminal.errors import ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
@@ -717,11 +718,15 @@ class CounterScreen:
 
     :param port: TCP port; 0 picks a free one (see :attr:`url`).
     :param language: the default language (``"id"``).
+    :raises terminal.errors.ScreenListenError: the port cannot be bound (in use, no permission).
     """
 
     def __init__(self, state: ScreenState, port: int = 8480, language: str = DEFAULT_LANGUAGE) -> None:
         self.state = state
-        self._server = _Server((LOOPBACK, port), state, language)
+        try:
+            self._server = _Server((LOOPBACK, port), state, language)
+        except OSError as exc:
+            raise ScreenListenError(f"cannot listen on {LOOPBACK}:{port}: {exc.strerror or exc}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="screen", daemon=True)
 
     @property
