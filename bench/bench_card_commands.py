@@ -5,7 +5,9 @@ Runs the production path in-process: CardSession → Type2Tag → Acr122uChannel
 the ACR122U reader emulator (FAST_READ ≤ 63 pages per frame) → the NTAG215 chip model,
 whose PROT/AUTH0/PWD_AUTH behaviour follows the NTAG213/215/216 datasheet §8.8. Cards are
 the bench_tap card (3 programmes + PIN); format 2 is issued as provisioning issues it
-(public pages 4-10, private from page 11, slot B pre-filled with the genesis copy).
+(public pages 4-10, private from page 11, slot B pre-filled with the genesis copy, the
+NFC counter mirrored at the end of the data area, cardlib.records.counter_mirror), and
+once more without the counter mirror, as a card issued before it (READ_CNT per redemption).
 
     .venv/bin/python -m bench.bench_card_commands [--taps 40] [--out bench/results/card_commands.md]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from bench._common import TimedEmulatorConnection, write_report
 from bench.bench_tap import CYCLE, NOW, UID, _setup, _signer
 from cardlib.records.access import CardPasswordKeys
+from cardlib.records.counter_mirror import cfg0_mirror_bytes, mirror_fits
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import (
     PRIVATE_FIRST_PAGE,
@@ -27,7 +30,7 @@ from cardlib.records.layout import (
     build_private_image,
     build_public_area,
 )
-from cardlib.records.session import CardSession, WriteOutcome
+from cardlib.records.session import NTAG215_DATA_PAGES, CardSession, WriteOutcome
 from cardlib.type2.channel import Acr122uChannel
 from cardlib.type2.tag import Type2Tag
 from simulator.chip import ChipVariant, Ntag21x
@@ -38,7 +41,7 @@ PROT_NFC_CNT_EN = 0x90
 PER_COMMAND_MS = (5, 20)
 
 
-def _issue_format2(issuer, station) -> Ntag21x:  # type: ignore[no-untyped-def]
+def _issue_format2(issuer, station, counter_mirror: bool = True) -> Ntag21x:  # type: ignore[no-untyped-def]
     identity = _identity()
     card = issue_card_image(identity, issuer, station, cycle=CYCLE, now=NOW)
     layout = CardLayout(card.layout.identity_len, card.layout.slot_len, 2)
@@ -53,7 +56,9 @@ def _issue_format2(issuer, station) -> Ntag21x:  # type: ignore[no-untyped-def]
     chip.poke(lay.pack_page, pw.pack + bytes(2))
     cfg0, cfg1 = chip.page(lay.cfg0_page), chip.page(lay.cfg1_page)
     chip.poke(lay.cfg1_page, bytes((PROT_NFC_CNT_EN,)) + cfg1[1:])
-    chip.poke(lay.cfg0_page, cfg0[:3] + bytes((PRIVATE_FIRST_PAGE,)))
+    assert not counter_mirror or mirror_fits(layout, NTAG215_DATA_PAGES)
+    mirror, mirror_page = cfg0_mirror_bytes(NTAG215_DATA_PAGES) if counter_mirror else (cfg0[0], cfg0[2])
+    chip.poke(lay.cfg0_page, bytes((mirror, cfg0[1], mirror_page, PRIVATE_FIRST_PAGE)))
     return chip
 
 
@@ -103,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chip1, trust, _, _ = _setup()
     chip2 = _issue_format2(_signer(1), _signer(2))
+    chip2_old = _issue_format2(_signer(1), _signer(2), counter_mirror=False)
     rows = []
-    for name, chip in (("format 1 (slots writable, as in the field)", chip1), ("format 2 (private pages)", chip2)):
+    for name, chip in (("format 1 (slots writable, as in the field)", chip1), ("format 2 (private pages)", chip2),
+                       ("format 2 without the counter mirror (READ_CNT)", chip2_old)):
         for what, counts in measure(chip, trust, args.taps).items():
             med = statistics.median(counts)
             target = 3 if what.startswith("verify") else 24

@@ -36,8 +36,15 @@ COMPATIBILITY_WRITE and memory rules, no configuration pages, and none of the NT
 commands: GET_VERSION, FAST_READ, READ_CNT, READ_SIG and PWD_AUTH get NAK 0x0 from an
 NTAG203 (as nfcpy's ``tt2_nxp`` expects of it) and no answer from an Ultralight.
 
-Not modelled: the MIRROR function (the byte is stored, no ASCII mirror is
-produced), the anticollision frames themselves (the front ends do them from
+* ASCII mirror (§8.7, CFG0 byte 0 MIRROR_CONF bits 7-6 and MIRROR_BYTE bits 5-4,
+  byte 2 MIRROR_PAGE ≥ 04h): READ/FAST_READ return the UID as 14 upper-case hex
+  digits (01b), the NFC counter as 6, most significant first (10b, only with
+  NFC_CNT_EN), or both joined by ``x`` (11b) from MIRROR_PAGE/MIRROR_BYTE instead of
+  the EEPROM bytes, which stay unchanged. Modelling choices where the datasheet is
+  read loosely: a mirror that would run past the last user page is not applied, and
+  the READ/FAST_READ that increments the counter already shows the new value.
+
+Not modelled: the anticollision frames themselves (the front ends do them from
 :attr:`Ntag21x.uid`), timing.
 
 Responses
@@ -101,6 +108,8 @@ log = logging.getLogger(__name__)
 
 #: 4-bit ACK answer (§9.3), delivered as one byte.
 ACK = 0x0A
+#: First user page; a MIRROR_PAGE below it disables the ASCII mirror (§8.7).
+MIRROR_FIRST_PAGE = 0x04
 #: Cascade tag prepended to UID0..2 for BCC0 (ISO/IEC 14443-3 §6.5.4).
 CASCADE_TAG = 0x88
 #: NXP's manufacturer code, UID0 of every genuine NTAG (§8.5.1).
@@ -712,7 +721,33 @@ class Ntag21x:
         lay = self._layout
         if page in (lay.pwd_page, lay.pack_page):
             return bytes(PAGE_SIZE)  # PWD and PACK always read as 00h (§8.8.1)
-        return bytes(self._mem[page * PAGE_SIZE : (page + 1) * PAGE_SIZE])
+        data = bytes(self._mem[page * PAGE_SIZE : (page + 1) * PAGE_SIZE])
+        mirror = self._mirror()
+        if mirror is None:
+            return data
+        start, text = mirror
+        first, last = max(start, page * PAGE_SIZE), min(start + len(text), (page + 1) * PAGE_SIZE)
+        if first >= last:
+            return data
+        out = bytearray(data)
+        out[first - page * PAGE_SIZE : last - page * PAGE_SIZE] = text[first - start : last - start]
+        return bytes(out)
+
+    def _mirror(self) -> tuple[int, bytes] | None:
+        """(byte address, ASCII text) of the active UID/NFC counter mirror, or None (§8.7)."""
+        lay = self._layout
+        if lay.legacy is not None:
+            return None
+        cfg0 = self._mem[lay.cfg0_page * PAGE_SIZE : lay.cfg0_page * PAGE_SIZE + 4]
+        conf, byte, page = cfg0[0] >> 6, cfg0[0] >> 4 & 0x03, cfg0[2]
+        _, access = self._cfg()
+        counter = f"{self.nfc_counter:06X}".encode() if access & _Access.NFC_CNT_EN else None
+        uid = self.uid.hex().upper().encode()
+        text = {1: uid, 2: counter, 3: uid + b"x" + counter if counter is not None else None}.get(conf)
+        start = page * PAGE_SIZE + byte
+        if text is None or page < MIRROR_FIRST_PAGE or start + len(text) > (lay.last_user_page + 1) * PAGE_SIZE:
+            return None
+        return start, text
 
     def _count_read(self) -> None:
         _, access = self._cfg()
@@ -739,9 +774,8 @@ class Ntag21x:
         end = lay.total_pages
         if access & _Access.PROT and not self.authenticated and auth0 < end:
             end = auth0
-        out = b"".join(self._page_out((start + i) % end) for i in range(READ_PAGES))
         self._count_read()
-        return out
+        return b"".join(self._page_out((start + i) % end) for i in range(READ_PAGES))
 
     def _fast_read(self, frame: bytes) -> bytes:
         if len(frame) != 3:
@@ -752,9 +786,8 @@ class Ntag21x:
             return self._nak(Nak.INVALID_ARGUMENT, f"FAST_READ {start:02X}..{end:02X} out of range")
         if any(self._read_protected(p) for p in range(start, end + 1)):
             return self._nak(Nak.INVALID_ARGUMENT, "FAST_READ range is read-protected")
-        out = b"".join(self._page_out(p) for p in range(start, end + 1))
         self._count_read()
-        return out
+        return b"".join(self._page_out(p) for p in range(start, end + 1))
 
     def _read_cnt(self, frame: bytes) -> bytes:
         if len(frame) != 2:

@@ -385,9 +385,10 @@ class TapProcessor:
         except CardlibError as exc:  # the PIN page NAKed or garbled: the PIN was not checked
             return declined(decline_reason_of(exc), state, uid, note="pin page unreadable")
         unit = entry[1].unit if entry else None
-        # The NFC counter goes into the signed slot; read it before taking the lock so no
-        # card command ever runs while another reader waits for a decision.
-        counter = tag.read_counter() if entry is not None and mode is not CounterMode.BALANCE_CHECK else None
+        # The NFC counter goes into the signed slot (the chip mirror of a format-2 card, else
+        # READ_CNT); read it before taking the lock so no card command ever runs while
+        # another reader waits for a decision.
+        counter = session.nfc_counter() if entry is not None and mode is not CounterMode.BALANCE_CHECK else None
         # One lock from reading the exposure to journalling PENDING: two readers cannot both
         # decide against the same figures and together pass an offline limit.
         limits = counter_limits(self.cfg.limits, trust.bundle)

@@ -165,5 +165,5 @@ SAMPLED_TEARS = [
     (17, 3, TornFill.OLD),
     (29, 1, TornFill.GARBAGE),
     (30, None, TornFill.OLD),  # the last WRITE is not applied
-    (31, None, TornFill.OLD),  # during the read-back (31 WRITEs done): card holds the new state
+    (31, None, TornFill.OLD),  # a later WRITE is not applied (no read-back follows ACKed WRITEs)
 ]

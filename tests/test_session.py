@@ -209,7 +209,7 @@ def test_tear_sweep_every_command_and_byte_in_process(redemptions_before: int, f
     commands, pages = _commit_commands(redemptions_before)
     seen: dict[object, int] = {}
     for k in range(commands + 1):
-        for tear in (None, 0, 1, 2, 3):
+        for tear in (None, 0, 1, 2, 3, 4):  # 4: page programmed, card gone before the ACK
             outcome, decision = _tear_case(
                 FaultPlan(remove_after_commands=k, tear_during_remove=tear, torn_fill=fill, seed=k),
                 redemptions_before,

@@ -51,6 +51,7 @@ from cardlib.provision.profile import Profile
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import PIN_V2_SALT_BYTES, IdentityClaims, PinVerifier, state_hash, terminal_id_of
+from cardlib.records.counter_mirror import cfg0_mirror_bytes, mirror_fits
 from cardlib.records.errors import RecordError
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import (
@@ -64,7 +65,7 @@ from cardlib.records.layout import (
     build_public_area,
 )
 from cardlib.records.pin import encode_failures
-from cardlib.records.session import CardSession
+from cardlib.records.session import NTAG215_DATA_PAGES, CardSession
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.chip import ChipType
 from cardlib.type2.errors import Nak, OriginalityError, PwdAuthFailed, TagError
@@ -429,7 +430,9 @@ def personalise(
         tag.set_lock_bits(STATIC_LOCK_ALL, dynamic_lock_bytes(slot_a), irreversible=True)
 
         enter(Step.PROTECT)
-        _protect(tag, pw, private=layout.version == 2)
+        mirror = layout.version == 2 and data_area >= NTAG215_DATA_PAGES * PAGE_SIZE and mirror_fits(
+            layout, NTAG215_DATA_PAGES)  # the NFC counter comes with the private read: no READ_CNT
+        _protect(tag, pw, private=layout.version == 2, counter_mirror=mirror)
 
         enter(Step.VERIFY)
         result = verify_card(tag, ctx, card_id, identity_cose, layout, now)
@@ -464,15 +467,21 @@ def _protection(tag: Type2Tag, private: bool) -> tuple[int, int]:
     return dyn_lock_page, Access.NFC_CNT_EN
 
 
-def _protect(tag: Type2Tag, pw: CardPassword, *, private: bool = False) -> None:
-    """Step 4: PWD, PACK, ACCESS (NFC_CNT_EN, PROT = ``private``, AUTHLIM=0), then AUTH0 last (§8.8)."""
+def _protect(tag: Type2Tag, pw: CardPassword, *, private: bool = False, counter_mirror: bool = False) -> None:
+    """Step 4: PWD, PACK, ACCESS (NFC_CNT_EN, PROT = ``private``, AUTHLIM=0), then AUTH0 last (§8.8).
+
+    :param counter_mirror: also set MIRROR_CONF/MIRROR_BYTE/MIRROR_PAGE (CFG0, datasheet §8.7)
+        so the chip mirrors its NFC counter on the end of the data area
+        (:mod:`cardlib.records.counter_mirror`).
+    """
     cfg0, cfg1, pwd_page, pack_page = _cfg(tag)
     auth0, access = _protection(tag, private)
     current = tag.read_pages(cfg0, 2)
     tag.channel.write4(pwd_page, pw.pwd)
     tag.channel.write4(pack_page, pw.pack + b"\x00\x00")
     tag.channel.write4(cfg1, bytes((access,)) + current[5:8])
-    tag.channel.write4(cfg0, current[0:3] + bytes((auth0,)))
+    mirror, mirror_page = cfg0_mirror_bytes(NTAG215_DATA_PAGES) if counter_mirror else (current[0], current[2])
+    tag.channel.write4(cfg0, bytes((mirror, current[1], mirror_page, auth0)))
 
 
 def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cose: bytes, layout: CardLayout,

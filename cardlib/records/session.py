@@ -15,10 +15,10 @@ anti-tearing only to lock/CC pages):
 2. :meth:`CardSession.prepare_redemption` builds and signs the next state
    (seq + 1, prev_hash = hash of the current slot's COSE bytes) and returns a
    :class:`PendingWrite` that the caller journals (PENDING, fsync) *before*
-   3. :meth:`CardSession.commit` writes the target slot's changed pages, reads the
-      slot back and compares: COMMITTED, or UNCERTAIN on any error after the
-      first WRITE was sent or on a read-back mismatch, or NOT_WRITTEN when the
-      card left before any WRITE.
+   3. :meth:`CardSession.commit` writes the target slot's changed pages: COMMITTED
+      when every WRITE was acknowledged (the ACK follows programming, datasheet
+      §10.4); after a link error it reads the slot back once: COMMITTED if identical,
+      else UNCERTAIN; NOT_WRITTEN when the card left before any WRITE.
 4. After UNCERTAIN, :meth:`CardSession.recover` on the next presentation
    decides FINISHED (the intended state is on the card: count it once) or
    VOIDED (it is not: nothing was charged), optionally repairing a torn slot.
@@ -43,6 +43,7 @@ from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import KeyRole
 from cardlib.records.claims import IdentityClaims, SlotClaims, state_hash
 from cardlib.records.cose import KeyResolver, VerifiedSign1, verify1
+from cardlib.records.counter_mirror import read_mirror
 from cardlib.records.errors import (
     AlgorithmNotAllowed,
     BadSignature,
@@ -239,7 +240,7 @@ class CardState:
 class WriteOutcome(enum.Enum):
     """Result of :meth:`CardSession.commit`."""
 
-    COMMITTED = "committed"  #: written and read back identical: the redemption happened
+    COMMITTED = "committed"  #: every WRITE acknowledged (or read back identical): the redemption happened
     NOT_WRITTEN = "not_written"  #: no WRITE reached the card: nothing happened
     UNCERTAIN = "uncertain"  #: maybe written: journal it and call recover() on the next tap
 
@@ -343,6 +344,8 @@ class CardSession:
         self.passwords = passwords
         #: The public header of a format-2 card, once read (None for format 1).
         self.public: PublicHeader | None = None
+        #: The NFC counter the chip mirrored into the private area on the last read (None: no mirror).
+        self.mirrored_counter: int | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -359,6 +362,7 @@ class CardSession:
         :raises CardlibError: (tag/transport subclasses) the card link failed.
         """
         head = self._read_head()
+        self.mirrored_counter = None
         end = FIRST_DATA_PAGE + self.first_read_pages
         self.public = parse_public_header(head[PUBLIC_HEADER_PAGE * PAGE_SIZE : (PUBLIC_HEADER_PAGE + 1) * PAGE_SIZE])
         if self.public is None:
@@ -376,7 +380,9 @@ class CardSession:
         if private is not None and private.pages > len(data) // PAGE_SIZE:
             data += self.tag.read_pages(PRIVATE_FIRST_PAGE + len(data) // PAGE_SIZE,
                                         private.pages - len(data) // PAGE_SIZE)
-        return parse_private_image(data)
+        image = parse_private_image(data)
+        self.mirrored_counter = read_mirror(data, image.layout, self.first_read_pages)
+        return image
 
     def _read_head(self) -> bytes:
         """Pages 0-10 in one command (a :class:`cardlib.type2.Type2Tag` skips GET_VERSION)."""
@@ -510,6 +516,19 @@ class CardSession:
             raise CorruptSlot(name, "issuance state does not chain to the identity record")
         return VerifiedSlot(region.name, verified, claims, region)
 
+    def nfc_counter(self) -> int:
+        """The NFC counter of this RF session: the chip's mirror from the last read, else READ_CNT.
+
+        A format-2 card provisioned with the counter mirror (:mod:`cardlib.records.counter_mirror`,
+        NTAG213/215/216 datasheet §8.7) costs no command; any other card sends READ_CNT (§10.6).
+
+        :returns: the 24-bit counter.
+        :raises CardlibError: (tag subclasses) READ_CNT failed.
+        """
+        if self.mirrored_counter is not None:
+            return self.mirrored_counter
+        return self.tag.read_counter()
+
     # ------------------------------------------------------------------ writing
 
     def prepare_redemption(
@@ -533,7 +552,7 @@ class CardSession:
         :param terminal_id: this terminal's id (uint32).
         :param terminal_seq: journal seq of the PENDING entry (uint32).
         :param now: terminal time, POSIX seconds UTC.
-        :param nfc_counter: NFC counter if already read this session; else READ_CNT is sent.
+        :param nfc_counter: NFC counter if already read this session; else :meth:`nfc_counter`.
         :returns: the pending write to journal, then pass to :meth:`commit`.
         :raises RedemptionRefused: unknown programme, amount < 1 or above what is left,
             or a cycle earlier than the card's.
@@ -552,7 +571,7 @@ class CardSession:
                     f"programme {pid}: {amount} asked, {remaining[pid]} left"
                 )
             remaining[pid] -= amount
-        counter = self.tag.read_counter() if nfc_counter is None else nfc_counter
+        counter = self.nfc_counter() if nfc_counter is None else nfc_counter
         claims = SlotClaims(
             seq=state.current.claims.seq + 1,
             cycle=cycle,
@@ -582,12 +601,15 @@ class CardSession:
         )
 
     def commit(self, pending: PendingWrite) -> CommitResult:
-        """Write the target slot (changed pages only), read it back and compare.
+        """Write the target slot (changed pages only); read it back only when a WRITE went unanswered.
 
-        Never raises for card-link failures: they become the outcome.
+        Never raises for card-link failures: they become the outcome. The tag's
+        ``write_pages`` must raise for any WRITE not answered by an ACK (a tear, a NAK,
+        a lost or garbled answer); then the slot is read back once and compared.
 
-        :returns: COMMITTED (read back identical), NOT_WRITTEN (failed before the
-            first WRITE was sent) or UNCERTAIN (anything else).
+        :returns: COMMITTED (every WRITE acknowledged, or read back identical after a
+            link error), NOT_WRITTEN (failed before the first WRITE was sent) or
+            UNCERTAIN (anything else).
         """
         if bytes(self.tag.uid) != pending.uid:
             raise WrongCard("pending write is for another chip")
@@ -601,7 +623,6 @@ class CardSession:
                 chunk = new[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
                 self.tag.write_pages(pending.first_page + first, chunk)
                 written += count
-            back = self.tag.read_pages(pending.first_page, pending.slot_len // PAGE_SIZE)
         except (AddressOutOfRange, UnsupportedCommand) as exc:
             # Refused by the tag layer before anything went on air.
             outcome = WriteOutcome.NOT_WRITTEN if written == 0 else WriteOutcome.UNCERTAIN
@@ -613,9 +634,9 @@ class CardSession:
                 # A reader error after a WRITE says nothing about the card: read, never re-send.
                 return CommitResult(WriteOutcome.COMMITTED, pending, written, exc)
             return CommitResult(outcome, pending, written, exc)
-        if bytes(back) != new:
-            log.warning("slot %s read-back differs from what was written", pending.slot.value)
-            return CommitResult(WriteOutcome.UNCERTAIN, pending, written, None)
+        # Every WRITE was acknowledged: an NTAG21x sends the ACK only once the page is
+        # programmed (NTAG213/215/216 datasheet §10.4), and a PC/SC UPDATE BINARY's SW 9000
+        # means the reader received that ACK, so the slot holds ``new``: no read-back.
         return CommitResult(WriteOutcome.COMMITTED, pending, written)
 
     def _reads_back(self, pending: PendingWrite, new: bytes) -> bool:
