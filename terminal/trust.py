@@ -8,7 +8,10 @@ docs/security.md, "Trust bundle and its keys". Files next to ``<bundle_path>``:
   per bundle key (kid hex) the highest version and ``issued_at`` installed from it, and
   the root's revocations learnt so far (serial and kids);
 - ``<bundle_path>.pin.json``: ``{"version", "sha256"}`` of the server's newest bundle at
-  enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter.
+  enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter;
+- ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}}``, a second, independent
+  record of the highest version installed from each bundle key (never lowered), so that
+  rewriting the state file alone cannot roll the bundle back.
 
 Rules on every download (:meth:`TrustStore.install`):
 
@@ -23,7 +26,9 @@ Rules on every download (:meth:`TrustStore.install`):
    key not revoked, nor more than :data:`cardlib.records.bundle.MAX_VERSION_STEP` above it.
 
 On load the stored file must be the installed one (same SHA-256) and verify again, so a
-file swapped for an older, validly signed bundle is refused. A bundle whose time is over
+file swapped for an older, validly signed bundle is refused; it must not be older than the
+floor record from a key not revoked, and a state file without the trust state (written
+before it existed) is adopted only on a counter that never wrote a floor record. A bundle whose time is over
 (:attr:`cardlib.records.bundle.TrustBundle.in_force_until`) or whose key was revoked
 stays loaded but :attr:`terminal.tap.Trust.expired` is set: cash stops, balance checks go on.
 """
@@ -95,6 +100,7 @@ class TrustStore:
         self.path = Path(bundle_path)
         self._state_path = self.path.with_name(self.path.name + ".state.json")
         self._new_path = self.path.with_name(self.path.name + ".new")
+        self._floor_path = self.path.with_name(self.path.name + ".floor.json")
         self._root = root_public_key
         self._clock = clock
         self._lock = threading.Lock()
@@ -112,6 +118,7 @@ class TrustStore:
         self._revocation_serial = int(revocations.get("serial", -1))
         self._revoked = frozenset(bytes.fromhex(k) for k in revocations.get("revoked", ()))
         self._pin = self._read_pin()
+        self._recorded = self._read_floor()
         if self.path.is_file():
             self._load()
 
@@ -137,6 +144,15 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrustStoreError(f"enrolment pin {pin_path(self.path)} is unreadable: {exc!r}") from exc
 
+    def _read_floor(self) -> dict[str, int] | None:
+        try:
+            record = json.loads(self._floor_path.read_text())
+            return {str(k): int(v) for k, v in record["signers"].items()}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TrustStoreError(f"trust floor record {self._floor_path} is unreadable: {exc!r}") from exc
+
     def _load(self) -> None:
         data = self.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -144,6 +160,10 @@ class TrustStore:
             if not self._legacy:
                 raise TrustStoreError(f"stored trust bundle {self.path} was never installed by this counter "
                                       f"(no record in {self._state_path}); refused")
+            if self._recorded is not None:
+                raise TrustStoreError(f"trust state {self._state_path} looks written before versions were kept, "
+                                      f"but this counter recorded installs in {self._floor_path}: refused "
+                                      f"(state file rewritten to roll the bundle back?)")
             log.warning("trust bundle %s has no trust state (installed before versions were kept); "
                         "adopting it as installed", self.path)
         elif digest != self._installed["sha256"]:
@@ -159,6 +179,13 @@ class TrustStore:
             bundle = verify_bundle(data, self._root, revoked=self._revoked)
         except BundleError as exc:
             raise TrustStoreError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
+        recorded = max((v for k, v in (self._recorded or {}).items() if bytes.fromhex(k) not in self._revoked),
+                       default=None)
+        if self._pin is not None and self._installed is None and bundle.version < self._pin["version"]:
+            recorded = max(recorded or 0, self._pin["version"])
+        if recorded is not None and bundle.version < recorded:
+            raise TrustStoreError(f"stored trust bundle {self.path} is v{bundle.version}, older than v{recorded} "
+                                  f"recorded in {self._floor_path} or the enrolment pin: refused (rolled back?)")
         self._bundle, self._data = bundle, data
         if self._installed is None:
             self._record(bundle, digest)
@@ -288,6 +315,13 @@ class TrustStore:
         self._save_state()
 
     def _save_state(self) -> None:
+        # The floor record first, never lowered: a crash between the two writes leaves it ahead.
+        recorded = dict(self._recorded or {})
+        for kid, seen in self._signers.items():
+            recorded[kid] = max(recorded.get(kid, seen["version"]), seen["version"])
+        if recorded != self._recorded:
+            atomic_write(self._floor_path, json.dumps({"signers": recorded}, sort_keys=True).encode())
+            self._recorded = recorded
         state: dict[str, Any] = {"etag": self.etag, "checked_at": self.checked_at, "signers": self._signers,
                                  "revocations": {"serial": self._revocation_serial,
                                                  "revoked": sorted(k.hex() for k in self._revoked)}}

@@ -38,9 +38,6 @@ def test_root_cannot_swap_the_state_file_for_an_empty_one(ks: KeyStore, tmp_path
         TrustStore(path, root_of(ks))
 
 
-@pytest.mark.xfail(strict=True, reason="red team: root writes bundle.cose.state.json as a pre-trust-state "
-                   "counter did ({etag, checked_at} only); TrustStore adopts the older, validly signed bundle "
-                   "put back beside it (terminal/trust.py _legacy), so a deny list is lifted at that counter")
 def test_root_cannot_pass_an_old_bundle_off_as_a_legacy_install(ks: KeyStore, tmp_path: Path) -> None:
     path = tmp_path / "bundle.cose"
     trust = TrustStore(path, root_of(ks))
@@ -51,3 +48,18 @@ def test_root_cannot_pass_an_old_bundle_off_as_a_legacy_install(ks: KeyStore, tm
     with pytest.raises(TrustStoreError):
         again = TrustStore(path, root_of(ks))
         assert again.version == 1  # the rollback took
+
+
+def test_root_cannot_roll_back_by_rewriting_the_whole_state_file(ks: KeyStore, tmp_path: Path) -> None:
+    """A state file rewritten as it stood at v1 (installed v1, its key's highest v1): the floor record says v2."""
+    path = tmp_path / "bundle.cose"
+    state_path = path.with_name(path.name + ".state.json")
+    trust = TrustStore(path, root_of(ks))
+    old = legit(ks, 1)
+    assert trust.install(old, None)
+    at_v1 = state_path.read_text()
+    assert trust.install(legit(ks, 2), None)
+    path.write_bytes(old)
+    state_path.write_text(at_v1)
+    with pytest.raises(TrustStoreError, match="floor"):
+        TrustStore(path, root_of(ks))
