@@ -95,6 +95,20 @@ PATHS: dict[str, Any] = {
                        "properties": {"status": {"type": "string", "enum": ["confirmed", "dismissed"]},
                                       "reason": {"type": "string"}, "csrf": {"type": "string"}}}}}},
         "responses": {"302": {"description": "decided"}, **_PAGE_ERRORS, "422": _err("no reason")}}},
+    "/audit/grievances": _page("Complaints, newest first, 100 a page", [
+        _query("status", {"type": "string", "enum": ["open", "investigating", "resolved", "all"]}),
+        _query("q", {"type": "string", "maxLength": 64}), _query("page", {"type": "integer", "minimum": 1})]),
+    "/audit/grievances/{grievance_id}": _page("One complaint with its receipt, taps and history",
+                                              [_path("grievance_id")]),
+    "/audit/grievances/{grievance_id}/status": {"post": {
+        "summary": "Move a complaint to investigating or resolved with a reason (audited)", "tags": ["audit"],
+        "security": _BEARER, "parameters": [_path("grievance_id")],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "required": ["status", "reason", "csrf"],
+                       "properties": {"status": {"type": "string", "enum": ["open", "investigating", "resolved"]},
+                                      "reason": {"type": "string"}, "csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "moved"}, **_PAGE_ERRORS,
+                      "422": _err("no reason")}}},
     "/audit/cards/{card_id}": _page("Card history: every tap, terminal and remaining entitlement",
                                     [_path("card_id")]),
     "/audit/terminals/{terminal_id}": _page("Terminal history in seq order", [
