@@ -204,7 +204,7 @@ def run(host: str, port: int, threads: int, workers: int) -> None:
     :raises DatabaseUnavailable: the database cannot be reached or opened.
     :raises ListenError: the address cannot be bound (in use, no permission, unknown host).
     """
-    import waitress  # type: ignore[import-untyped]  # waitress ships no type hints
+    import waitress
 
     from server.errors import ListenError
     from server.http import waitress_options

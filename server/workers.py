@@ -118,7 +118,7 @@ def supervise(listener: socket.socket, database_url: str, *, workers: int, threa
 
 def _worker(fd: int, threads: int, ready_fd: int) -> None:
     """One worker: the app from the environment, waitress on the inherited socket, until SIGTERM."""
-    import waitress  # type: ignore[import-untyped]  # waitress ships no type hints
+    import waitress
 
     from server import create_app
     from server.http import waitress_options
