@@ -61,13 +61,16 @@ def _generate(path: Path, password: bytes | None) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_receipt_signer(path: Path, password: bytes | None) -> SoftwareSigner:
+def load_receipt_signer(path: Path, password: bytes | None, *, create: bool = True) -> SoftwareSigner:
     """Load (generating it first when missing) the receipt key at ``path``.
 
-    :raises ConfigurationError: unreadable, wrong password, or not an Ed25519 key.
+    :param create: False (the CLI): a missing file is an error, never a new key.
+    :raises ConfigurationError: missing (``create=False``), unreadable, wrong password, or not an Ed25519 key.
     """
     try:
         if not path.exists():
+            if not create:
+                raise ConfigurationError(f"server receipt key {path} does not exist")
             _generate(path, password)
         key = serialization.load_pem_private_key(path.read_bytes(), password=password)
     except (OSError, TypeError, ValueError) as exc:
@@ -92,6 +95,23 @@ def receipt_signer(app: Any) -> SoftwareSigner:
                                              _password(app.config))
                 app.extensions[_EXTENSION] = signer
     return cast(SoftwareSigner, signer)  # app.extensions is typed dict[str, Any]
+
+
+def cli_receipt_signer(app: Any) -> SoftwareSigner:
+    """The server's receipt key for a CLI command (``huma audit export journal``): named, never made.
+
+    A command run beside a checkout would otherwise sign with (and silently create)
+    ``<instance>/receipt-key.pem``, a key no counter pins; so ``HUMA_RECEIPT_KEY`` must
+    name the server's key file, and a missing file is an error.
+
+    :param app: the Flask application (its config).
+    :raises ConfigurationError: ``HUMA_RECEIPT_KEY`` unset, or as :func:`load_receipt_signer`.
+    """
+    configured = app.config.get("RECEIPT_KEY")
+    if not configured:
+        raise ConfigurationError("the journal export is signed with the server receipt key: set HUMA_RECEIPT_KEY "
+                                 "to the server's key file (and HUMA_RECEIPT_KEY_PASSWORD if it has one)")
+    return load_receipt_signer(Path(configured), _password(app.config), create=False)
 
 
 def receipt_public_pem(app: Any) -> str:

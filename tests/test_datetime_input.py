@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,7 @@ def test_cli_export_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypa
                     "clock_synced, prev_entry_hash, entry_hash, raw, received_at) VALUES (x'01', 'T-0001-0001', "
                     "1, 1, 9, '2026-01-01 00:00:00', 0, 1, x'00', x'00', x'00', '2026-01-01 00:00:00')")
     monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("HUMA_RECEIPT_KEY", str(receipt_key(tmp_path)))  # the CLI never makes one
     out = tmp_path / "journal.json"
     assert main(["audit", "export", "journal", "--format", "json", "-o", str(out)]) == 0, capsys.readouterr()
     good = out.read_bytes()
@@ -94,8 +96,17 @@ def test_cli_export_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir() if "journal" in p.name] == ["journal.json"]
 
 
-def test_cli_export_to_stdout_and_a_device_still_streams(db_url, monkeypatch, capsys):
+def receipt_key(directory: Path) -> Path:
+    """A server receipt key file in ``directory`` (what the server makes at its first start)."""
+    from server.receipts import load_receipt_signer
+
+    load_receipt_signer(directory / "receipt-key.pem", None)
+    return directory / "receipt-key.pem"
+
+
+def test_cli_export_to_stdout_and_a_device_still_streams(db_url, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("HUMA_RECEIPT_KEY", str(receipt_key(tmp_path)))  # the CLI never makes one
     assert main(["audit", "export", "journal", "-o", "-"]) == 0
     document = json.loads(capsys.readouterr().out)  # the whole document reached stdout
     # the export format of today (v2, signed header: commit c766c79), not the unsigned v1

@@ -132,7 +132,11 @@ def _write_export(output: Path, chunks: Iterable[str]) -> None:
 @DATABASE_OPTION
 def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_id: str | None,
                card_id: str | None, since: dt.datetime | None, until: dt.datetime | None) -> None:
-    """Export findings or the raw signed journal (streamed; flat memory on large journals)."""
+    """Export findings or the raw signed journal (streamed; flat memory on large journals).
+
+    A JSON journal export is signed with the server receipt key: HUMA_RECEIPT_KEY must name the
+    server's key file (this command never creates a key).
+    """
     from server.audit import exports
     from server.extensions import db
     from server.reconcile.models import FindingStatus
@@ -147,11 +151,11 @@ def export_cmd(what: str, fmt: str, output: Path, status: str | None, terminal_i
         if what == "findings":
             chunks = exports.findings_export(db.session, fmt, FindingStatus(status) if status else None)
         else:
-            from server.receipts import receipt_signer
+            from server.receipts import cli_receipt_signer
 
             chunks = exports.journal_export(db.session, fmt, terminal_id=terminal_id, card_id=card_id,
                                             since=since_at, until=until_at,
-                                            signer=receipt_signer(app) if fmt == "json" else None)
+                                            signer=cli_receipt_signer(app) if fmt == "json" else None)
         if str(output) == "-":
             for chunk in chunks:
                 click.echo(chunk, nl=False)
