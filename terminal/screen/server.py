@@ -158,8 +158,8 @@ class ScreenState:
         """
         if programme not in self.programmes:
             raise ValueError(f"programme {programme!r} is not served at this counter")
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise ValueError("quantity must be at least 1")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
+            raise ValueError(f"quantity must be a whole number from 1 to {MAX_QUANTITY}")
         with self._cond:
             self._programme, self._quantity = programme, quantity
             self._cond.notify_all()
@@ -637,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             if self.path == "/api/select":
-                state.select(str(body["programme"]), int(body["quantity"]))
+                state.select(*_selection(body))
             elif self.path == "/api/pin":
                 state.set_pin(str(body["pin"]))
             elif self.path == "/api/sync":
@@ -692,6 +692,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc) if self.path != "/api/pin" else "bad PIN"})
             return
         self._json(HTTPStatus.OK, {"ok": True})
+
+
+def _selection(body: Mapping[str, Any]) -> tuple[str, int]:
+    """``(programme, quantity)`` of a ``POST /api/select`` body, typed as JSON sends them.
+
+    :param body: the decoded JSON object: ``programme`` a string, ``quantity`` a JSON integer.
+    :raises BadInput: a field missing or of another JSON type (the message names the field);
+        the range and the programme list are checked by :meth:`ScreenState.select`.
+    """
+    programme, quantity = body.get("programme"), body.get("quantity")
+    if not isinstance(programme, str) or not programme:
+        raise BadInput("programme is required: the code of a programme served at this counter")
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        shown = "missing" if quantity is None else json.dumps(quantity)[:40]
+        raise BadInput(f"quantity must be a whole number from 1 to {MAX_QUANTITY} (got {shown})")
+    return programme, quantity
 
 
 def _no_slip(lang: str) -> bytes:
