@@ -69,7 +69,7 @@ from server.reconcile.card_checks import (
 from server.reconcile.errors import ReconcileBusy
 from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
-from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState
+from server.reconcile.models import FindingKind, FindingStatus, ReconcileRun, ReconcileState
 from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.scope import Scope
 from server.reconcile.sql import (
@@ -191,14 +191,39 @@ def reference_digest(conn: Connection) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _within(scope: Scope) -> ColumnElement[bool]:
-    """The open findings an incremental run may resolve: global kinds, and the kinds of the keys it re-examined."""
+def _within(conn: Connection, scope: Scope, observations: list[Observation]) -> ColumnElement[bool]:
+    """The open findings an incremental run may resolve: the ones it would have observed again if they held.
+
+    Global kinds; card kinds of touched cards; along a touched terminal's chain, the gaps, breaks
+    and backward steps after its ``from_seq`` (the part re-read); its clock skew of the boots read,
+    or all of its clock findings when the skew check read the terminal whole (it observed some).
+    """
+    from_seq = {row.terminal_id: row.from_seq for row in conn.execute(select(scope.terminals))}
+    boots = {(row.terminal_id, row.boot_id) for row in conn.execute(select(scope.boots))}
+    whole = {o.terminal_id for o in observations if o.kind is FindingKind.CLOCK_SKEW}
+    eligible: list[int] = []
+    for row in conn.execute(
+        select(findings.c.id, findings.c.kind, findings.c.terminal_id, findings.c.detail).where(
+            findings.c.status == FindingStatus.OPEN.value,
+            findings.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
+            findings.c.terminal_id.in_(select(scope.terminals.c.terminal_id)),
+        )
+    ):
+        detail = json.loads(row.detail)
+        start = from_seq[row.terminal_id]
+        if row.kind == FindingKind.TERMINAL_GAP:
+            again = detail["last_missing"] + 1 > start
+        elif row.kind == FindingKind.CLOCK_SKEW:
+            again = row.terminal_id in whole or (row.terminal_id, detail.get("boot_id")) in boots
+        else:  # chain break, clock backwards: keyed by the entry's seq
+            again = detail["seq"] > start
+        if again:
+            eligible.append(row.id)
     return or_(
         findings.c.kind.in_(sorted(k.value for k in GLOBAL_KINDS)),
-        and_(findings.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
-             findings.c.terminal_id.in_(select(scope.terminals.c.terminal_id))),
         and_(findings.c.kind.in_(sorted(k.value for k in CARD_KINDS)),
              findings.c.card_id.in_(select(scope.cards.c.card_id))),
+        findings.c.id.in_(eligible),
     )
 
 
@@ -305,7 +330,7 @@ def reconcile(
         if verify_signatures:
             observations += signature_mismatches(conn, cfg)
         recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures,
-                                   resolve_within=None if scope is None else _within(scope))
+                                   resolve_within=None if scope is None else _within(conn, scope, observations))
         if scope is not None:
             scope.drop(conn)
         values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}

@@ -221,3 +221,5 @@ class ReconcileState(Base):
 #: Each card's taps in time order (card history, travel and counter checks).
 #: Declared here, on D's table, because migration 0002 creates it.
 ix_journal_card_time = Index("ix_journal_card_time", JournalEntryRow.card_id, JournalEntryRow.wall_time)
+#: One boot of one terminal (an incremental run's clock-skew aggregate reads only the boots of new entries).
+ix_journal_terminal_boot = Index("ix_journal_terminal_boot", JournalEntryRow.terminal_id, JournalEntryRow.boot_id)

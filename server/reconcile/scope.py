@@ -8,6 +8,9 @@ whole partitions of the journal (a terminal's chain, a card's redemptions, a hou
 cards) is then restricted to those keys with ``key IN (SELECT key FROM scope table)``: a
 partition is read whole or not at all, so the observations for a touched key are the ones
 a full run makes, and an untouched key's partition did not change since the last run.
+Along a terminal's chain the checks compare each entry with the one before, so a touched
+terminal's chain is re-read only from the last stored entry before its first new one, and its
+clock skew only for the boots the new entries belong to.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select, text
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,24 +29,30 @@ __all__ = ["Scope", "card_in", "household_in", "terminal_in"]
 _meta = MetaData()
 #: Temporary tables (one per connection, emptied at the start of each run).
 _terminals = Table("reconcile_scope_terminals", _meta, Column("terminal_id", String(64), primary_key=True),
-                   prefixes=["TEMPORARY"])
+                   Column("from_seq", BigInteger, nullable=False), prefixes=["TEMPORARY"])
+_boots = Table("reconcile_scope_boots", _meta, Column("terminal_id", String(64), primary_key=True),
+               Column("boot_id", BigInteger, primary_key=True), prefixes=["TEMPORARY"])
 _cards = Table("reconcile_scope_cards", _meta, Column("card_id", String(64), primary_key=True),
                prefixes=["TEMPORARY"])
 _households = Table("reconcile_scope_households", _meta, Column("household_ref", String(16), primary_key=True),
                     prefixes=["TEMPORARY"])
+_TABLES = (_terminals, _boots, _cards, _households)
 
 
 @dataclass(frozen=True)
 class Scope:
     """The touched keys of one incremental run, as temporary tables on the run's connection.
 
-    :ivar terminals: table ``(terminal_id)``.
+    :ivar terminals: table ``(terminal_id, from_seq)``: ``from_seq`` is the highest stored seq
+        below the terminal's first new entry (0: none); the chain is re-read from there.
+    :ivar boots: table ``(terminal_id, boot_id)`` of the new entries (clock skew is per boot).
     :ivar cards: table ``(card_id)``: the cards of new entries and every card of their households.
     :ivar households: table ``(household_ref)``.
     :ivar counts: rows in each table (terminals, cards, households), for the run's log.
     """
 
     terminals: Table
+    boots: Table
     cards: Table
     households: Table
     counts: tuple[int, int, int]
@@ -54,12 +63,20 @@ class Scope:
 
         :param journal_id: the watermark, a ``journal_entries.id``.
         """
-        for table in (_terminals, _cards, _households):
+        for table in _TABLES:
             table.create(conn, checkfirst=True)
             conn.execute(delete(table))
         new = journal.c.id > journal_id
+        first = (select(journal.c.terminal_id, func.min(journal.c.seq).label("first_seq"))
+                 .where(new).group_by(journal.c.terminal_id).subquery())
+        before = journal.alias("before")
+        from_seq = (select(func.max(before.c.seq))
+                    .where(before.c.terminal_id == first.c.terminal_id, before.c.seq < first.c.first_seq)
+                    .scalar_subquery())
         conn.execute(insert(_terminals).from_select(
-            ["terminal_id"], select(journal.c.terminal_id).where(new).distinct()))
+            ["terminal_id", "from_seq"], select(first.c.terminal_id, func.coalesce(from_seq, 0))))
+        conn.execute(insert(_boots).from_select(
+            ["terminal_id", "boot_id"], select(journal.c.terminal_id, journal.c.boot_id).where(new).distinct()))
         conn.execute(insert(_cards).from_select(
             ["card_id"], select(journal.c.card_id).where(new, journal.c.card_id.is_not(None)).distinct()))
         hh = card_profiles.c.household_ref
@@ -71,15 +88,15 @@ class Scope:
             select(card_profiles.c.card_id).where(hh.in_(select(_households.c.household_ref)),
                                                   card_profiles.c.card_id.not_in(select(_cards.c.card_id)))))
         if conn.dialect.name == "postgresql":  # planner statistics for the freshly filled tables
-            for table in (_terminals, _cards, _households):
+            for table in _TABLES:
                 conn.execute(text(f"ANALYZE {table.name}"))
         n_terminals, n_cards, n_households = (
             conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (_terminals, _cards, _households))
-        return cls(_terminals, _cards, _households, (n_terminals, n_cards, n_households))
+        return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households))
 
     def drop(self, conn: Connection) -> None:
         """Drop the temporary tables (before the run commits)."""
-        for table in (self.terminals, self.cards, self.households):
+        for table in _TABLES:
             table.drop(conn, checkfirst=True)
 
 

@@ -21,7 +21,7 @@ from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
 from server.reconcile.models import FindingKind, JournalHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
-from server.reconcile.scope import Scope, terminal_in
+from server.reconcile.scope import Scope
 from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
 
 __all__ = [
@@ -54,13 +54,14 @@ def chain_and_clock_steps(
     predecessor, at ``prev_seq``) are joined back through ``uq_journal_terminal_seq``
     (every column a window carries is paid for every entry: 3.7 → 3.25 s).
 
-    :param scope: an incremental run's touched keys: only those terminals' chains, whole.
+    :param scope: an incremental run's touched keys: only those terminals' chains, from the last
+        stored entry before their first new one (the rows after it, with their LAG, are exact).
     :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
         observations), each in ``(terminal_id, seq)`` order.
     """
     by: dict[str, Any] = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
     wall = epoch_s(journal.c.wall_time)
-    window = select(
+    columns = (
         journal.c.terminal_id,
         journal.c.seq,
         journal.c.prev_entry_hash,
@@ -68,7 +69,19 @@ def chain_and_clock_steps(
         func.lag(journal.c.seq).over(**by).label("prev_seq"),
         func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
         func.lag(wall).over(**by).label("prev_wall"),
-    ).where(*terminal_in(scope, journal.c.terminal_id)).subquery()
+    )
+    if scope is None:
+        window = select(*columns).subquery()
+        fresh: tuple[Any, ...] = ()
+    else:  # from the last entry before the first new one: each later entry's LAG is the full run's
+        touched = scope.terminals
+        window = (
+            select(*columns, touched.c.from_seq)
+            .select_from(journal.join(touched, and_(touched.c.terminal_id == journal.c.terminal_id,
+                                                    journal.c.seq >= touched.c.from_seq)))
+            .subquery()
+        )
+        fresh = (window.c.seq > window.c.from_seq,)
     gap = window.c.seq - func.coalesce(window.c.prev_seq, 0) > 1
     broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
     back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
@@ -90,7 +103,7 @@ def chain_and_clock_steps(
                 previous, and_(previous.c.terminal_id == window.c.terminal_id, previous.c.seq == window.c.prev_seq)
             )
         )
-        .where(or_(gap, broken, back))
+        .where(or_(gap, broken, back), *fresh)
         .order_by(window.c.terminal_id, window.c.seq)
     ).all()
     chain: list[Observation] = []
@@ -315,14 +328,23 @@ def clock_skew(
     costs one aggregate pass instead of two window passes over every entry (issue 8);
     restricting whole terminals leaves every window partition unchanged, so the evidence
     is the same as over the whole journal.
+
+    With an incremental run's ``scope`` the aggregate reads only the boots of new entries; a
+    terminal it flags is then read whole (its every boot's skew and its ``future`` maximum are
+    the full run's). Spreads and maxima only grow with entries, so an unflagged touched boot has
+    no skew, and a terminal's ``future`` finding cannot change unless a new entry is over.
     """
     out = list(chain_and_clock_steps(conn, cfg, scope)[1] if backwards is None else backwards)
     wall = epoch_s(journal.c.wall_time)
     offset = wall - cast(journal.c.mono_ns, Float) / 1e9
     ahead = wall - epoch_s(journal.c.received_at)
+    boots: Any = journal
+    if scope is not None:  # only the boots new entries belong to (ix_journal_terminal_boot)
+        b = scope.boots
+        boots = journal.join(b, and_(b.c.terminal_id == journal.c.terminal_id, b.c.boot_id == journal.c.boot_id))
     flagged = (
         select(journal.c.terminal_id)
-        .where(*terminal_in(scope, journal.c.terminal_id))
+        .select_from(boots)
         .group_by(journal.c.terminal_id, journal.c.boot_id)
         .having(
             or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s, func.max(ahead) > cfg.future_tolerance_s)

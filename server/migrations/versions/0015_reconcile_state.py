@@ -1,4 +1,4 @@
-"""Incremental reconciliation (issue 21): the watermark and single-flight lease row, docs/reconciliation.md.
+"""Incremental reconciliation (issue 21): the watermark and single-flight row, an index by boot; docs/reconciliation.md.
 
 Revision ID: 0015
 Revises: 0014
@@ -26,7 +26,10 @@ def upgrade() -> None:
         sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("running_since", _TS, nullable=True),
     )
+    # An incremental run's clock-skew aggregate reads only the boots of the new entries.
+    op.create_index("ix_journal_terminal_boot", "journal_entries", ["terminal_id", "boot_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_journal_terminal_boot", table_name="journal_entries")
     op.drop_table("reconcile_state")
