@@ -367,6 +367,7 @@ class CardSession:
         self.public = parse_public_header(head[PUBLIC_HEADER_PAGE * PAGE_SIZE : (PUBLIC_HEADER_PAGE + 1) * PAGE_SIZE])
         if self.public is None:
             data = head[FIRST_DATA_PAGE * PAGE_SIZE :]
+            self.open_format1(head)
             first = FIRST_DATA_PAGE + len(data) // PAGE_SIZE
             data += self.tag.read_pages(first, end - first)
             layout = header_layout(data)
@@ -383,6 +384,32 @@ class CardSession:
         image = parse_private_image(data)
         self.mirrored_counter = read_mirror(data, image.layout, self.first_read_pages)
         return image
+
+    #: CC byte 2 of a format-1 card opened with the office password (:meth:`open_format1`), else None.
+    format1_cc_size: int | None = None
+
+    def open_format1(self, head: bytes) -> None:
+        """PWD_AUTH a format-1 card with the office password, when this session holds it.
+
+        Format-1 cards carry a password derived from the office secret (docs/security.md §What the
+        NTAG password stops); a migrated one (:mod:`cardlib.records.migration`) keeps its slots
+        behind AUTH0 with PROT = 1, so they answer only after this. Nothing is sent without
+        ``passwords.format1``.
+
+        :param head: pages 0-10 as read (the CC on page 3 names the chip's size).
+        :raises CardPasswordRefused: NAK or another PACK: not the chip that was issued (a clone).
+        :raises CardlibError: (tag/transport subclasses) the card link failed.
+        """
+        keys = self.passwords
+        pwd_auth = getattr(self.tag, "pwd_auth", None)
+        if keys is None or keys.format1 is None or pwd_auth is None:
+            return
+        pw = keys.password(keys.format1, bytes(self.tag.uid))
+        try:
+            pwd_auth(pw.pwd, expected_pack=pw.pack)
+        except PwdAuthFailed as exc:
+            raise CardPasswordRefused(f"the chip refused the format-1 office password: {exc}") from exc
+        self.format1_cc_size = head[3 * PAGE_SIZE + 2]
 
     def _read_head(self) -> bytes:
         """Pages 0-10 in one command (a :class:`cardlib.type2.Type2Tag` skips GET_VERSION)."""
