@@ -317,7 +317,8 @@ class ApduChannel:
             self._repoll()
         resp = self._iso(command)
         if resp.sw in self.table.tag_failure:
-            raise TagLost(f"reader {self.table.name}: tag lost ({resp.sw:04X} twice, after one re-poll)")
+            who = "" if self.table is GENERIC_TABLE else f"reader {self.table.name}: "  # "none": no vendor family
+            raise TagLost(f"{who}tag lost (SW {resp.sw:04X} twice, after one re-poll)")
         return resp
 
     def send(self, command: CommandApdu) -> bytes:

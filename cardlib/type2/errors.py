@@ -88,3 +88,7 @@ class WriteVerifyFailed(TagError):
 
 class NotBlank(TagError):
     """``format`` refused: the tag already carries a different capability container (CC is OTP)."""
+
+
+class IssuedCard(NotBlank):
+    """``format`` refused: the tag is locked or password-protected (an issued card, NTAG21x datasheet §8.5, §8.8)."""

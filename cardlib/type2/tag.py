@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cardlib.transport.errors import TagMute
+from cardlib.transport.errors import TagLost, TagMute
 from cardlib.type2.cc import CC_PAGE, CapabilityContainer, DataArea, check_data_area
 from cardlib.type2.channel import T2Command, Type2Channel
 from cardlib.type2.chip import (
@@ -41,6 +41,7 @@ from cardlib.type2.errors import (
     AddressOutOfRange,
     BadResponse,
     CapacityExceeded,
+    IssuedCard,
     MisIssued,
     Nak,
     NoNdef,
@@ -482,6 +483,7 @@ class Type2Tag:
             and a blank CC); ignored when GET_VERSION identified the chip.
         :raises UnsupportedChip: the chip is unknown (cannot size the CC).
         :raises NotBlank: page 3 holds a different CC (OTP bits cannot be cleared).
+        :raises IssuedCard: static lock bits set, or AUTH0 protects pages (an issued card).
         """
         chip = self.identify()
         if chip.chip is ChipType.UNKNOWN and chip_type is not None:
@@ -489,6 +491,7 @@ class Type2Tag:
             self._set_chip(chip)
         if chip.chip not in STANDARD_CC2:
             raise UnsupportedChip(f"cannot format a {chip.chip.value} tag")
+        self._refuse_issued(chip.cfg_page)
         want = CapabilityContainer.build(STANDARD_CC2[chip.chip] * 8)
         self._prefetch = None
         self._head = b""
@@ -499,6 +502,30 @@ class Type2Tag:
             self.channel.write4(CC_PAGE, want.raw)
         self.write_page(FIRST_USER_PAGE, bytes((TlvType.NDEF, 0x00, TlvType.TERMINATOR, 0x00)))
         return self.read_ndef()
+
+    def _refuse_issued(self, cfg_page: int | None) -> None:
+        """Refuse to format a locked or password-protected tag, before any write.
+
+        Static lock bytes (page 2 bytes 2-3, datasheet §8.5.2) must be zero and AUTH0
+        (CFG0 byte 3, §8.5.7) at or above CFG0: an issued card protects its data pages with
+        a password (docs/card-format.md), and a WRITE there is NAKed, which a reader without
+        pass-through reports only as its generic failure word (ACR122U ``63 00``).
+
+        :param cfg_page: the chip's CFG0 page, None when unknown (only the lock bytes are checked).
+        :raises IssuedCard: locked, protected, or CFG0 unreadable (PROT = 1 NAKs reads from AUTH0).
+        """
+        locked = "the card is locked/password-protected (issued card): refusing to format"
+        lock = self.read_pages(2, 1)[2:4]
+        if any(lock):
+            raise IssuedCard(f"{locked} (static lock bytes {lock.hex()})")
+        if cfg_page is None:
+            return
+        try:
+            auth0 = self.read_pages(cfg_page, 1)[3]
+        except (Nak, TagLost) as exc:
+            raise IssuedCard(f"{locked} (its configuration pages are read-protected)") from exc
+        if auth0 < cfg_page:
+            raise IssuedCard(f"{locked} (AUTH0 = page {auth0})")
 
     # ------------------------------------------------------------------ NTAG21x specials
 
