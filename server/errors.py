@@ -246,6 +246,19 @@ class NotAJournalExport(ExportError):
         super().__init__(f"not a journal export: {why}")
 
 
+class BadPinnedAnchor(ExportError):
+    """A pinned anchor given to verify an export (``--server-key``, ``--terminal-ca``) is not a usable key/certificate.
+
+    :ivar anchor: ``"server_key"`` or ``"terminal_ca"``: which one.
+    """
+
+    code = "bad_pinned_anchor"
+
+    def __init__(self, message: str, anchor: str) -> None:
+        super().__init__(message)
+        self.anchor = anchor
+
+
 class ExportDoesNotVerify(ExportError):
     """An entry's signature, chain link, seq order or an exported column disagrees with the signed bytes.
 

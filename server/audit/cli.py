@@ -214,7 +214,13 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
         from server.errors import NotAJournalExport
 
         raise NotAJournalExport(f"{path} is not a regular file")
-    report = verify_export_file(path, terminal_ca=terminal_ca.read_bytes(), server_key=server_key.read_bytes())
+    from server.errors import BadPinnedAnchor
+
+    try:
+        report = verify_export_file(path, terminal_ca=terminal_ca.read_bytes(), server_key=server_key.read_bytes())
+    except BadPinnedAnchor as exc:  # the anchor file is at fault, not the export: name the file
+        option, given = ("--server-key", server_key) if exc.anchor == "server_key" else ("--terminal-ca", terminal_ca)
+        raise BadPinnedAnchor(f"{option} {given}: {exc}", exc.anchor) from None
     if expect_heads and not report.complete:
         raise click.UsageError(f"--expect-head needs an export that is not filtered by card or time "
                                f"(this one: {report.filters})")

@@ -35,7 +35,7 @@ from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
 from server.audit.entries import decline_reason, fallback_of
-from server.errors import ExportDoesNotVerify, NotAJournalExport
+from server.errors import BadPinnedAnchor, ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
@@ -255,7 +255,8 @@ def _signed_header(document: Mapping[str, Any], server_key: bytes) -> dict[str, 
     """The header the server signed, checked against the pinned server key and the document's copy.
 
     :param server_key: the pinned server public key, PEM SubjectPublicKeyInfo (the receipt key counters pin).
-    :raises NotAJournalExport: no ``header_cose_b64``, or the pinned key is not a key.
+    :raises NotAJournalExport: no ``header_cose_b64``.
+    :raises BadPinnedAnchor: the pinned key is not a key.
     :raises ExportDoesNotVerify: the signature does not verify under the pinned key, or a header
         field of the document differs from the signed one.
     """
@@ -268,7 +269,8 @@ def _signed_header(document: Mapping[str, Any], server_key: bytes) -> dict[str, 
     try:
         pinned = cose_key(load_pem_public_key(server_key))  # type: ignore[arg-type]  # checked by cose_key
     except (ValueError, TypeError, KeysError) as exc:
-        raise NotAJournalExport(f"the pinned server key is not an Ed25519/P-256 PEM public key ({exc})") from exc
+        raise BadPinnedAnchor(f"the pinned server key is not an Ed25519/P-256 PEM public key ({exc})",
+                              "server_key") from exc
     encoded = document.get("header_cose_b64")
     if not isinstance(encoded, str):
         raise NotAJournalExport("no 'header_cose_b64': the header is not signed")
@@ -296,7 +298,7 @@ def _check_certificates(terminals: Mapping[str, Any], keys: Mapping[str, CoseKey
     revocation is the signed header's ``status`` and the bundle's business.
 
     :param terminal_ca: PEM, one or more terminal CA certificates (all CAs that issued counters).
-    :raises NotAJournalExport: ``terminal_ca`` holds no PEM certificate.
+    :raises BadPinnedAnchor: ``terminal_ca`` holds no PEM certificate.
     :raises ExportDoesNotVerify: naming the terminal whose certificate is missing or not the CA's.
     """
     from cryptography import x509
@@ -308,7 +310,7 @@ def _check_certificates(terminals: Mapping[str, Any], keys: Mapping[str, CoseKey
     try:
         cas = x509.load_pem_x509_certificates(terminal_ca)
     except ValueError as exc:
-        raise NotAJournalExport(f"the pinned terminal CA is not a PEM certificate ({exc})") from exc
+        raise BadPinnedAnchor(f"the pinned terminal CA is not a PEM certificate ({exc})", "terminal_ca") from exc
     for tid in sorted(set(used)):
         encoded = terminals[tid].get("certificate_der_b64")
         if not isinstance(encoded, str):
@@ -397,6 +399,7 @@ def verify_journal_export(document: Any, *, terminal_ca: bytes, server_key: byte
     :raises NotAJournalExport: not an object of format :data:`JOURNAL_FORMAT` with
         ``terminals``, ``items`` and a signed header, or an item without the basic fields.
     :raises ExportDoesNotVerify: the first entry that fails, with terminal, seq and reason.
+    :raises BadPinnedAnchor: ``server_key`` or ``terminal_ca`` is not a key / certificate.
     """
     if not isinstance(document, Mapping):
         raise NotAJournalExport(f"a JSON {type(document).__name__}, not an object")
