@@ -288,10 +288,11 @@ class _Stored:
     prev_entry_hash: bytes
 
 
-#: :func:`_stored` for a contiguous seq range of one terminal, as the driver takes it (qmark / format).
+#: :func:`_stored` for a contiguous seq range of one terminal, as the driver takes it (qmark / PostgreSQL $n).
 _NEAR_SQL_SQLITE = ("SELECT entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM journal_entries "
                     "WHERE terminal_id = ? AND seq >= ? AND seq <= ?")
-_NEAR_SQL_PG = _NEAR_SQL_SQLITE.replace("?", "%s")
+_NEAR_SQL_PG = ("SELECT entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM journal_entries "
+                "WHERE terminal_id = $1 AND seq >= $2 AND seq <= $3")
 
 
 def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry], *,
@@ -317,10 +318,24 @@ def _stored(session: Session, terminal_id: str, entries: Sequence[SignedEntry], 
     if not by_entry_id and near[-1] - near[0] + 1 == len(near):
         # The common case (every upload's first read): one constant statement text, run as the
         # driver takes it; building and caching the expression cost more than the range scan.
+        # On the DB-API connection: SQLAlchemy's execution context and result wrapping cost
+        # more than this indexed range scan.
         connection = session.connection()
-        sql = _NEAR_SQL_PG if connection.dialect.name == "postgresql" else _NEAR_SQL_SQLITE
-        return [_Stored(bytes(r[0]), r[1], r[2], bytes(r[3]), bytes(r[4]))
-                for r in connection.exec_driver_sql(sql, (terminal_id, near[0], near[-1]))]
+        driver = connection.connection.driver_connection
+        assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+        params = (terminal_id, near[0], near[-1])
+        if connection.dialect.name == "postgresql":
+            import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
+
+            with psycopg.RawCursor(driver) as cur:
+                found = cur.execute(_NEAR_SQL_PG, params).fetchall()
+        else:
+            cur = driver.cursor()
+            try:
+                found = cur.execute(_NEAR_SQL_SQLITE, params).fetchall()
+            finally:
+                cur.close()
+        return [_Stored(bytes(r[0]), r[1], r[2], bytes(r[3]), bytes(r[4])) for r in found]
     entry_ids = [s.entry.entry_id for s in entries]
     if not by_entry_id:
         id_clause = None
