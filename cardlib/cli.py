@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from cardlib.clitypes import force_option, refuse_overwrite
+from cardlib.clitypes import force_option, refuse_overwrite, require_output_dir
 from cardlib.errors import CardlibError
 from cardlib.ndef import NdefError, decode_message
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
@@ -169,6 +169,7 @@ def dump(pattern: str | None, kind: str, out: Path, force: bool) -> None:
     """Read every page to OUT, a card file ``huma sim`` can load (PWD/PACK read as zeros)."""
     from cardlib.type2.image import CardImage, save_card_image
 
+    require_output_dir(out)  # never created here: a mistyped path would hide the dump
     refuse_overwrite(out, force)
     conn, tag = _open(pattern, kind)
     with conn:

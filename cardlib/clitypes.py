@@ -156,5 +156,27 @@ def refuse_overwrite(path: Path, force: bool) -> None:
         raise OutputExists(f"{path} exists; pass --force to overwrite it")
 
 
+class OutputDirMissing(click.ClickException):
+    """The directory of an output file does not exist or is not a directory (exit status 2).
+
+    Commands never create it: a mistyped path would otherwise leave a card file somewhere
+    nobody looks, and the command would still say it succeeded.
+    """
+
+    exit_code = 2
+
+
+def require_output_dir(out: Path) -> None:
+    """Refuse an OUT whose parent directory is missing or not a directory.
+
+    :raises OutputDirMissing: naming the directory.
+    """
+    parent = out.parent
+    if not parent.exists():
+        raise OutputDirMissing(f"{out}: directory {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise OutputDirMissing(f"{out}: {parent} is not a directory")
+
+
 #: ``--force`` for every command that writes an OUT file.
 force_option = click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")

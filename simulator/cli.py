@@ -18,35 +18,13 @@ from pathlib import Path
 
 import click
 
-from cardlib.clitypes import HexBytes, force_option, refuse_overwrite
+from cardlib.clitypes import HexBytes, force_option, refuse_overwrite, require_output_dir
 from simulator.chip import SIGNATURE_LEN, ChipVariant, Ntag21x
 from simulator.dumps import DumpFormat, filled_pages, import_dump, page_ranges, write_export
 from simulator.reader import ReaderKind
 from simulator.vpcd import VPCD_BASE_PORT, present_for, slot_port
 
 UID_LENGTH = 7
-
-
-class OutputDirMissing(click.ClickException):
-    """The directory of an output file does not exist or is not a directory (exit status 2).
-
-    Commands never create it: a mistyped path would otherwise leave a card file somewhere
-    nobody looks, and the command would still say it succeeded.
-    """
-
-    exit_code = 2
-
-
-def require_output_dir(out: Path) -> None:
-    """Refuse an OUT whose parent directory is missing or not a directory.
-
-    :raises OutputDirMissing: naming the directory.
-    """
-    parent = out.parent
-    if not parent.exists():
-        raise OutputDirMissing(f"{out}: directory {parent} does not exist; create it first")
-    if not parent.is_dir():
-        raise OutputDirMissing(f"{out}: {parent} is not a directory")
 
 
 @click.group()

@@ -93,7 +93,7 @@ def save_card_image(image: CardImage, path: Path | str, *, durable: bool = True)
     :param durable: fsync before the rename (survives an OS crash, costs ms);
         the rename alone already survives a process crash.
     :returns: the path written.
-    :raises CardImageError: the file cannot be written.
+    :raises CardImageError: the file cannot be written (its directory is never created).
     """
     target = Path(path)
     pages = image.pages
@@ -109,7 +109,6 @@ def save_card_image(image: CardImage, path: Path | str, *, durable: bool = True)
     if image.meta:
         doc["meta"] = image.meta
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
