@@ -321,7 +321,12 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(totals.c.total > entitled, totals.c.card_id.in_(select(card_entitlements.c.card_id).distinct()))
+        .where(
+            totals.c.total > entitled,
+            totals.c.card_id.in_(
+                select(card_entitlements.c.card_id).where(*card_in(scope, card_entitlements.c.card_id)).distinct()
+            ),
+        )
     )
     window = (
         select(
