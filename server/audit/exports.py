@@ -266,14 +266,14 @@ def _signed_header(document: Mapping[str, Any], server_key: bytes) -> dict[str, 
     from cardlib.keys.signer import cose_key
     from cardlib.records.cose import verify1
 
+    encoded = document.get("header_cose_b64")
+    if not isinstance(encoded, str):
+        raise NotAJournalExport("no 'header_cose_b64': the header is not signed")
     try:
         pinned = cose_key(load_pem_public_key(server_key))  # type: ignore[arg-type]  # checked by cose_key
     except (ValueError, TypeError, KeysError) as exc:
         raise BadPinnedAnchor(f"the pinned server key is not an Ed25519/P-256 PEM public key ({exc})",
                               "server_key") from exc
-    encoded = document.get("header_cose_b64")
-    if not isinstance(encoded, str):
-        raise NotAJournalExport("no 'header_cose_b64': the header is not signed")
     try:
         payload = verify1(base64.b64decode(encoded, validate=True), {pinned.kid: pinned}, HEADER_AAD).payload
         header = json.loads(payload.decode("utf-8")) if payload is not None else None
