@@ -8,8 +8,11 @@
    journalled → only then success feedback and the receipt;
 5. torn or failed write → UNCERTAIN journalled; the next presentation resolves it.
 
-A balance check journals BALANCE and writes nothing; a decline journals
-DECLINED with its reason code as a signed claim and writes nothing.
+A balance check journals BALANCE and writes no slot; a decline journals
+DECLINED with its reason code as a signed claim and writes nothing. A format-1 card
+opened with the office secret is migrated (:mod:`cardlib.records.migration`) on a balance
+check, after an acknowledged slot write, or when recovery settles a write; the entry then
+carries `card_migrated` (docs/security.md, format-1 cards).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_boun
 from cardlib.records.cose import CoseKey, KeyResolver
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
+from cardlib.records.migration import MigrationError, migrate_format1
 from cardlib.records.pin import PinLocked, PinRefused, check_pin, max_failures, read_failures
 from cardlib.records.session import (
     CardSession,
@@ -409,10 +413,13 @@ class TapProcessor:
             out = declined(decision.reason, state, uid, note=pin_note)
             return dataclasses.replace(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
         if not decision.writes_card:
+            # A balance check writes no balance, but protecting the card is a configuration
+            # write the holder benefits from (docs/security.md §format-1 migration).
+            migrated = self._migrate(session, state)
             with self._lock:
                 e = self.journal.append(EntryKind.BALANCE, CardWrite(
                     card_id=card_hex, tag_uid=uid, programme=programme,
-                    slot_seq_before=state.current.claims.seq))
+                    slot_seq_before=state.current.claims.seq, card_migrated=migrated))
             return TapOutcome(TapStatus.BALANCE, reader, mode, programme, household_ref=_household(state),
                               unit=unit, entitled=decision.entitled, remaining=decision.remaining_after,
                               card_id=card_hex, journal_seq=e.seq, balances=_balances(facts, progs, now))
@@ -516,6 +523,10 @@ class TapProcessor:
                                household_ref=_household(state), unit=d.unit, entitled=d.entitled,
                                remaining=d.remaining_before, card_id=card_hex)
         if result.outcome is WriteOutcome.COMMITTED:
+            # The format-1 migration runs after the slot write was acknowledged and before
+            # COMMIT is journalled: a tear during it cannot cost the redemption (already on the
+            # card; the migration never raises for a lost card), and COMMIT carries the claim.
+            w = dataclasses.replace(w, card_migrated=self._migrate(session, state))
             with self._lock:
                 commit = self.journal.append(EntryKind.COMMIT, w)
             receipt = self._receipt(commit, state, d.programme, d.unit, d.entitled, d.amount, d.remaining_after)
@@ -531,6 +542,27 @@ class TapProcessor:
         log.warning("redemption on card %s… uncertain (%s); resolve on next tap", card_hex[:4], result.error)
         return dataclasses.replace(uncertain, journal_seq=e.seq)
 
+    def _migrate(self, session: CardSession, state: CardState) -> bool | None:
+        """Protect a format-1 card's slots when this counter holds the office secret (issue 20).
+
+        :func:`cardlib.records.migration.migrate_format1`, at most once per tap: only for a
+        format-1 card the session opened with ``card_passwords.format1`` (docs/card-format.md
+        §2.3). A card-link failure is logged and left for the next tap, which resumes.
+
+        :returns: ``True`` when this tap wrote the configuration (the journal's ``card_migrated``
+            claim), else ``None`` (claim absent).
+        """
+        keys = self.cfg.card_passwords
+        if (state.layout.version != 1 or keys is None or keys.format1 is None
+                or session.format1_cc_size is None):
+            return None
+        try:
+            result = migrate_format1(session, state)
+        except MigrationError as exc:
+            log.warning("card %s…: format-1 migration skipped: %s", state.identity.claims.card_id.hex()[:4], exc)
+            return None
+        return True if result.changed else None
+
     def _recover(self, session: CardSession, state: CardState, open_write: StoredEntry, reader: str,
                  programme: str, now: float) -> TapOutcome:
         pending = _pending_from(open_write)
@@ -542,6 +574,8 @@ class TapProcessor:
         # DEFERRED (the card moved on elsewhere; the server's per-card chain decides) keeps it UNCERTAIN.
         uncertain = TapOutcome(TapStatus.UNCERTAIN, reader, self.cfg.mode, programme, final=False,
                                household_ref=_household(state), unit=unit, card_id=e.card_id, detail=result.note)
+        if result.decision in (RecoveryDecision.FINISHED, RecoveryDecision.VOIDED):
+            w = dataclasses.replace(w, card_migrated=self._migrate(session, state))  # the card is settled
         if result.decision is RecoveryDecision.FINISHED:
             with self._lock:
                 fin = self.journal.append(EntryKind.FINISHED, w)

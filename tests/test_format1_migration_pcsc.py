@@ -17,17 +17,25 @@ import time
 
 import pytest
 
+from cardlib.keys.signer import cose_key
 from cardlib.provision.card import StationContext, check_chip, personalise
 from cardlib.provision.households import Household
 from cardlib.records.access import CardPasswordKeys
+from cardlib.records.bundle import BundleKey, KeyRole
 from cardlib.records.errors import CardPasswordRefused
+from cardlib.records.journal import EntryKind
 from cardlib.records.layout import SlotName
 from cardlib.records.migration import Format1Protection, MigrationResult, migrate_format1
 from cardlib.records.session import CardSession, WriteOutcome
 from cardlib.type2.errors import Nak
+from firmware_config.models import CounterMode
 from simulator.chip import ChipVariant, FaultPlan, Ntag21x, TornFill
+from terminal.journal_audit import verify_journal_file
+from terminal.outcome import TapStatus
 from terminal.policy import DeclineReason, decline_reason_of
 from tests.provision_support import PASSWORD_SECRET, Station, tag_on_reader
+from tests.test_records_support import TERMINAL
+from tests.test_terminal_tap import counter_factory  # noqa: F401 - pytest fixture
 
 pytestmark = pytest.mark.pcsc
 
@@ -178,3 +186,50 @@ def test_a_tear_at_every_command_of_the_migration_leaves_a_usable_card(present_c
     assert (Format1Protection.ORIGINAL, Format1Protection.MIGRATED) in seen
     assert (Format1Protection.HALF_WAY, Format1Protection.MIGRATED) in seen
     assert (Format1Protection.MIGRATED, Format1Protection.MIGRATED) in seen
+
+
+def test_a_counter_tap_migrates_a_format1_card_once_and_journals_it(
+        counter_factory, present_card, reader_name, station: Station) -> None:  # noqa: F811
+    """A full TapProcessor tap: the redemption counted once, COMMIT carries ``card_migrated``, a phone is NAKed."""
+    chip, _ctx = _issue(present_card, reader_name(0), station)
+    base = station.bundle()
+    counter_bundle = dataclasses.replace(base, keys=(*base.keys, BundleKey(
+        TERMINAL.kid, KeyRole.TERMINAL, TERMINAL.alg, TERMINAL.public_key)))
+    c = counter_factory(CounterMode.CASH_PAYOUT, "cash", 100_000, trust_bundle=counter_bundle)
+    c.tap.cfg.card_passwords = KEYS
+    c.request[:] = ["cash", 100_000, None]
+    with present_card(chip, slot=0):
+        first = c.wait(1)
+    assert first.status is TapStatus.ACCEPTED and first.remaining == 150_000, first
+    c.request[:] = ["cash", 1, None]
+    c.tap.cfg.mode = CounterMode.BALANCE_CHECK
+    with present_card(chip, slot=0):
+        second = c.wait(2)
+    assert second.status is TapStatus.BALANCE and second.remaining == 150_000, second
+    entries = [e.entry for e in c.journal.entries()]
+    assert [e.kind for e in entries] == [EntryKind.BOOT, EntryKind.PENDING, EntryKind.COMMIT, EntryKind.BALANCE]
+    assert [e.card_migrated for e in entries] == [None, None, True, None]  # only the migrating tap, signed
+    assert sum(e.amount or 0 for e in entries if e.kind is EntryKind.COMMIT) == 100_000
+    assert verify_journal_file(c.journal.path, cose_key(TERMINAL)).entries == 4
+    c.sup.stop()  # the reader is the phone's now
+    c.thread.join(timeout=15)
+    with tag_on_reader(present_card, reader_name(0), chip) as tag:
+        slots = CardSession(tag, counter_bundle, passwords=KEYS).read_state(int(time.time())).layout
+    assert _config(chip)[3] == slots.slot_first_page(SlotName.A) and _config(chip)[4] == 0x90
+    _, writes = _phone(present_card, reader_name(0), chip, range(slots.slot_first_page(SlotName.A),
+                                                                 slots.slot_first_page(SlotName.A) + 1))
+    assert writes == [False]  # a phone's WRITE to a slot page is NAKed
+
+
+def test_a_balance_check_migrates_a_format1_card(counter_factory, present_card, reader_name,  # noqa: F811
+                                                 station: Station) -> None:
+    chip, _ctx = _issue(present_card, reader_name(0), station)
+    base = station.bundle()
+    c = counter_factory(CounterMode.BALANCE_CHECK, "cash", 1, trust_bundle=base)
+    c.tap.cfg.card_passwords = KEYS
+    with present_card(chip, slot=0):
+        out = c.wait(1)
+    assert out.status is TapStatus.BALANCE and out.remaining == 250_000, out
+    assert _config(chip)[4] == 0x90
+    balance = c.journal.entries()[-1].entry
+    assert balance.kind is EntryKind.BALANCE and balance.card_migrated is True

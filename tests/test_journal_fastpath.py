@@ -162,7 +162,7 @@ _EDGE_VALUES: list[Any] = [
     bytearray(16), [1], {1: 1},
 ]
 #: Keys that are not claims (or only look like one: False == 0, 2**64, bytes).
-_UNKNOWN_KEYS: list[Any] = ["x", "1", -1, 0, 23, 24, 2**64, False, b"\x01", 1.5]
+_UNKNOWN_KEYS: list[Any] = ["x", "1", -1, 0, 24, 25, 2**64, False, b"\x01", 1.5]
 _CLAIMS = [int(c) for c in Claim]
 _UINT_EDGES: list[Any] = [None, True, False, 0, 1, -1, 1.0, 2**24 - 1, 2**24, 2**64, "1", b"\x01"]
 _POS_EDGES: list[Any] = [0, 1, 2, True, -1, 1.0, None, 2**64]
@@ -201,6 +201,7 @@ _TARGETED: dict[int, list[Any]] = {
     Claim.DECLINE_REASON: _text_edges(MAX_PROGRAMME_CHARS),
     Claim.FALLBACK: _text_edges(MAX_PROGRAMME_CHARS),
     Claim.APPROVED_BY: _text_edges(MAX_ID_CHARS),
+    Claim.CARD_MIGRATED: [True, False, 0, 1, None, "true"],
 }
 
 

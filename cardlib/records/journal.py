@@ -141,6 +141,8 @@ class Claim(IntEnum):
     DECLINE_REASON = 20  #: DECLINED only: stable reason code, e.g. "nothing_left" (signed, text <= 32)
     FALLBACK = 21  #: FALLBACK or DECLINED: the fallback step, "qr" or "manual" (docs/fallback.md)
     APPROVED_BY = 22  #: with FALLBACK: the clerk (qr) or supervisor (manual) who approved it (text <= 64)
+    #: true when this tap put a format-1 card's slots behind its password (docs/card-format.md §2.3)
+    CARD_MIGRATED = 23
 
 
 _REQUIRED = frozenset(
@@ -237,6 +239,9 @@ class CardClaims:
     :ivar fallback: the fallback step of a FALLBACK (or refused fallback DECLINED) entry,
         ``"qr"`` or ``"manual"`` (docs/fallback.md).
     :ivar approved_by: who approved the fallback step (clerk or supervisor id, ≤ 64 chars).
+    :ivar card_migrated: ``True`` when this tap wrote a format-1 card's configuration pages to
+        protect its slots (:mod:`cardlib.records.migration`, docs/card-format.md §2.3); absent
+        otherwise, also when the card was already migrated.
     """
 
     card_id: str | None = None
@@ -251,6 +256,7 @@ class CardClaims:
     decline_reason: str | None = None
     fallback: str | None = None
     approved_by: str | None = None
+    card_migrated: bool | None = None
 
     def card_claims(self) -> dict[str, Any]:
         """These claims by name (for ``JournalEntry(**...)`` or ``CardWrite(**...)``)."""
@@ -331,6 +337,7 @@ class JournalEntry(CardClaims):
             Claim.DECLINE_REASON: self.decline_reason,
             Claim.FALLBACK: self.fallback,
             Claim.APPROVED_BY: self.approved_by,
+            Claim.CARD_MIGRATED: self.card_migrated,
         }
         return {int(k): v for k, v in values.items() if v is not None}
 
@@ -394,6 +401,7 @@ class JournalEntry(CardClaims):
                 decline_reason=claims.get(Claim.DECLINE_REASON),
                 fallback=claims.get(Claim.FALLBACK),
                 approved_by=claims.get(Claim.APPROVED_BY),
+                card_migrated=claims.get(Claim.CARD_MIGRATED),
             )
         except TypeError as exc:  # a claim of the wrong CBOR type reaching __post_init__
             raise MalformedEntry(str(exc)) from exc
@@ -438,6 +446,7 @@ _CLAIM_SPEC: dict[int, tuple[Any, float, float]] = {
     Claim.DECLINE_REASON: (str, 1, MAX_PROGRAMME_CHARS),
     Claim.FALLBACK: (str, 1, MAX_PROGRAMME_CHARS),
     Claim.APPROVED_BY: (str, 1, MAX_ID_CHARS),
+    Claim.CARD_MIGRATED: (bool, 0, 1),
 }
 _CLAIM_SPEC_BY_INT = {int(k): v for k, v in _CLAIM_SPEC.items()}
 
@@ -530,6 +539,7 @@ def _check(e: JournalEntry) -> None:
          "fallback: 1..32 characters")
     need(e.approved_by is None or (isinstance(e.approved_by, str) and 0 < len(e.approved_by) <= MAX_ID_CHARS),
          "approved_by: 1..64 characters")
+    need(e.card_migrated is None or isinstance(e.card_migrated, bool), "card_migrated: bool")
     for name in ("amount", "slot_seq_before", "slot_seq_after"):
         value = getattr(e, name)
         need(value is None or _is_uint(value), f"{name}: integer ≥ 0")
