@@ -536,6 +536,8 @@ class Day:
         findings = self.dir / "findings.json"
         journal = self.dir / "journal-export.json"
         self.cli("audit", "export", "findings", "--format", "json", "-o", str(findings))
+        # The export's header is signed with the server's receipt key (the one counters pinned).
+        self.cli.env["HUMA_RECEIPT_KEY"] = str(self.dir / "server" / "receipt-key.pem")
         self.cli("audit", "export", "journal", "--format", "json", "-o", str(journal))
         self.result.findings = json.loads(findings.read_text())["items"]
         committed: Tally[str] = Tally()
@@ -578,6 +580,12 @@ class Day:
             for name, setting in self.result.reader_env.items():
                 self.story.say(f"card readers ({name} pcscd): {setting} huma readers   "
                                f"(and `{setting} huma card info`)")
+            # The virtual readers are vpcd slots: a clerk "taps" a card file by presenting it on a slot's port.
+            card = escape(str(self.cards / "card-1.json"))
+            for name, h in (("main", self.harness), ("kiosk", self.kiosk_harness)):
+                slots = ", ".join(f"{h.reader_name(i)} = vpcd port {port}" for i, port in enumerate(h.ports))
+                self.story.say(f"virtual readers ({name} pcscd): {slots}")
+                self.story.say(f"  tap a card: huma sim present {card} --port {h.port(0)} --for 5")
         if live or not self.own_dir:
             self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
             kept = ("" if not self.own_dir
