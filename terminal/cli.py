@@ -36,6 +36,11 @@ def run(profile_path: Path) -> None:
     run_daemon(profile_path)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``"1 boot"``, ``"3 boots"``: a count with its noun in the right number."""
+    return f"{n} {one if n == 1 else many}"
+
+
 _PROFILE = click.option(
     "--profile", "profile_path", required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path), help="The terminal profile (TOML).",
@@ -213,8 +218,8 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
     if expect_head is not None:
         check_head(report, *expect_head)
     click.echo(
-        f"OK {file}: terminal {report.terminal_id}, {report.entries} entries, "
-        f"{report.boots} boots, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
+        f"OK {file}: terminal {report.terminal_id}, {_count(report.entries, 'entry', 'entries')}, "
+        f"{_count(report.boots, 'boot', 'boots')}, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
     )
     if expect_head is None:
         click.echo("(compare the head with the server's for this terminal, or pass --expect-head SEQ:HASH: "
@@ -249,6 +254,6 @@ def repair(file: Path, key_path: Path | None, cert_path: Path | None) -> None:
     backup, report = repair_journal_file(file, key)
     click.echo(f"backed up the damaged journal to {backup}; indexes rebuilt")
     click.echo(
-        f"OK {file}: terminal {report.terminal_id}, {report.entries} entries, "
-        f"{report.boots} boots, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
+        f"OK {file}: terminal {report.terminal_id}, {_count(report.entries, 'entry', 'entries')}, "
+        f"{_count(report.boots, 'boot', 'boots')}, head seq {report.last_seq} entry hash {report.head_hash.hex()}"
     )

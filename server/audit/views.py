@@ -165,7 +165,8 @@ def require_login(auditor_only: bool) -> ResponseReturnValue | None:
         if request.path.startswith(("/audit/export", "/audit/programme/export")) and \
                 request.headers.get("Authorization"):
             raise
-        return redirect(url_for("audit.login_form", next=request.full_path))
+        back = request.full_path if request.query_string else request.path  # full_path ends in a bare "?"
+        return redirect(url_for("audit.login_form", next=back))
     needed = (Role.AUDITOR,) if auditor_only else UI_ROLES
     if person.role not in needed:
         raise Forbidden(f"role {person.role.value} may not use this page", needed=[r.value for r in needed])
@@ -183,7 +184,8 @@ def require_login(auditor_only: bool) -> ResponseReturnValue | None:
 def _server_error(exc: ServerError) -> ResponseReturnValue:
     if request.headers.get("Authorization"):  # scripts get the API's JSON error body
         return error_response(int(exc.status), exc.code, str(exc), **exc.detail)
-    return render("error.html", http_status=exc.status, message=str(exc))
+    return render("error.html", http_status=exc.status, message=str(exc), code=int(exc.status),
+                  field=exc.detail.get("field"))
 
 
 E = TypeVar("E", bound=enum.Enum)

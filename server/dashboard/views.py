@@ -25,12 +25,14 @@ from server.dashboard import charts, queries
 from server.errors import BadRequest, NotFound, ServerError
 from server.extensions import db
 from server.http import int_param, query_params
-from server.regions import Level, level_of, parent, region_name
+from server.regions import REGENCIES, Level, level_of, parent, regency_of, region_name
 from server.types import UTC
 
 bp = Blueprint("dashboard", __name__, url_prefix="/audit/programme")
 
 _REGION = re.compile(r"^62(\.\d{2}(\.\d{2}(\.\d{4})?)?)?$")
+#: A benefit cycle id: year and half, ``20261`` (docs/api.md, the OpenAPI ``cycle`` pattern).
+_CYCLE = re.compile(r"^[0-9]{4}[12]$")
 #: CSV columns of the pending-households export.
 PENDING_FIELDS = ("household_ref", "region", "regency", "card_ids", "cycle")
 #: Chart SVGs get their own policy: no script runs, pygal's inline styles apply.
@@ -50,10 +52,14 @@ def _server_error(exc: ServerError) -> ResponseReturnValue:
 def _cycle() -> queries.Cycle:
     """The ``?cycle=`` asked, else the running one.
 
+    :raises BadRequest: not a cycle id (``20261``: year and half).
     :raises NotFound: unknown cycle, or none registered.
     """
+    asked = request.args.get("cycle") or None
+    if asked is not None and not _CYCLE.match(asked):
+        raise BadRequest(f"cycle must be a cycle id like 20261 (year and half), not {asked[:20]!r}", field="cycle")
     try:
-        return queries.current_cycle(db.session, request.args.get("cycle") or None)
+        return queries.current_cycle(db.session, asked)
     except queries.CycleNotFound as exc:
         raise NotFound(str(exc)) from exc
 
@@ -61,12 +67,12 @@ def _cycle() -> queries.Cycle:
 def _region() -> str | None:
     """The ``?region=`` code prefix (``62``, ``62.71``, ``62.71.01``), or ``None`` for the province.
 
-    :raises BadRequest: not a Kalimantan Tengah code.
+    :raises BadRequest: not a Kalimantan Tengah code, or in no regency of it (``62.99``).
     """
     code = (request.args.get("region") or "").strip()
     if not code or code == "62":
         return None
-    if not _REGION.match(code):
+    if not _REGION.match(code) or regency_of(code) not in REGENCIES:
         raise BadRequest(f"region must be a Kemendagri code in province 62 like 62.71, not {code[:20]!r}",
                          field="region")
     return code
@@ -86,7 +92,7 @@ def _gettext() -> Callable[[str], str]:
 def overview() -> ResponseReturnValue:
     """Progress per region (one level below ``?region=``), per day, throughput and terminal health."""
     query_params("cycle", "region")
-    cycle, region = _cycle(), _region()
+    region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
     level = _child_level(region)
     rows = queries.progress(db.session, cycle, level, within=region)
     total = queries.totals(rows)
@@ -112,7 +118,7 @@ def chart(name: str) -> ResponseReturnValue:
     :raises NotFound: another name.
     """
     query_params("cycle", "region", "lang")
-    cycle, region = _cycle(), _region()
+    region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
     _ = _gettext()
     where = region_name(region) if region else _("Kalimantan Tengah")
     if name == "progress":
@@ -136,7 +142,7 @@ def chart(name: str) -> ResponseReturnValue:
 def pending() -> ResponseReturnValue:
     """Households expected in the cycle that have not collected, in ``?region=``, :data:`queries.PAGE` a page."""
     query_params("cycle", "region", "page")
-    cycle, region = _cycle(), _region()
+    region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
     page = max(int_param("page", 1), 1)
     rows = queries.pending(db.session, cycle, region, offset=(page - 1) * queries.PAGE, limit=queries.PAGE + 1)
     return render("pending.html", cycle=cycle, region=region, region_name=region_name,
@@ -148,7 +154,7 @@ def pending() -> ResponseReturnValue:
 def export_pending() -> ResponseReturnValue:
     """Every pending household of ``?region=`` as CSV for field workers (audited)."""
     query_params("cycle", "region")
-    cycle, region = _cycle(), _region()
+    region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
     audit(db.write_session(), g.person, "export.pending", f"pending:{cycle.cycle_id}", region=region)
     db.session.commit()
     records = ({"household_ref": p.household, "region": p.region, "regency": region_name(p.region[:5])
