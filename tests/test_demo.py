@@ -191,6 +191,13 @@ def test_keep_running_says_how_to_reach_its_card_readers(tmp_path: Path) -> None
         readers = subprocess.run([sys.executable, "-m", "huma", "readers"], cwd=REPO, env=env,
                                  capture_output=True, text=True, timeout=60)
         assert readers.returncode == 0 and "Virtual PCD" in readers.stdout, readers.stdout + readers.stderr
+        # ... and the vpcd port of each virtual reader, with the command a clerk taps a card with
+        assert re.search(r"virtual readers \(main pcscd\): Virtual PCD 00 00 = vpcd port \d+", text), text[-3000:]
+        tap = re.findall(r"tap a card: huma sim present (\S+) --port (\d+) --for 5", text)
+        assert len(tap) == 2, text[-3000:]
+        shown = subprocess.run([sys.executable, "-m", "huma", "sim", "present", tap[0][0], "--port", tap[0][1],
+                                "--for", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "APDUs answered" in shown.stdout, shown.stdout + shown.stderr
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(60)
         gone = subprocess.run([sys.executable, "-m", "huma", "readers"], cwd=REPO, env=env,
