@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -47,11 +48,18 @@ from terminal.checkpoint import shift_checkpoint
 from terminal.clock import Clock
 from terminal.connection import Deadline, DeadlineConnection, stack_uid, type2_channel
 from terminal.enrol import load_receipt_key
-from terminal.errors import TerminalError, TerminalProfileError, TrustStoreError
+from terminal.errors import (
+    JournalInUse,
+    JournalStoreError,
+    ScreenListenError,
+    TerminalError,
+    TerminalProfileError,
+    TrustStoreError,
+)
 from terminal.fallback import FallbackDesk
 from terminal.feedback import FeedbackWorker
 from terminal.grievances import GrievanceQueue, GrievanceSender
-from terminal.journal_store import JournalStore
+from terminal.journal_store import JournalStore, take_writer_lock
 from terminal.keys import load_card_passwords
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import OfflineLimits
@@ -270,6 +278,20 @@ class DaemonHealth:
     screen_restarts: int = 0
 
 
+def _refuse_if_running(journal: Path) -> None:
+    """Raise :class:`JournalInUse` when another daemon holds ``journal``'s writer lock; nothing is journalled.
+
+    :param journal: the profile's journal file.
+    :raises JournalInUse: another ``huma terminal run`` holds it.
+    """
+    try:
+        os.close(take_writer_lock(journal))
+    except JournalInUse:
+        raise
+    except JournalStoreError:
+        return  # no lock to probe (no state directory yet): the caller's own error stands
+
+
 class Daemon:
     """All parts of one counter, started and stopped together.
 
@@ -289,7 +311,11 @@ class Daemon:
         self.health = DaemonHealth()
         # The screen binds its port first: a busy port is one clear error before the journal counts a boot.
         self.state = ScreenState(profile.counter_mode, profile.programmes or ("-",))
-        self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
+        try:
+            self.screen = CounterScreen(self.state, port=profile.screen_port, language=profile.language.value)
+        except ScreenListenError:
+            _refuse_if_running(profile.journal_path)  # a second daemon on this profile: say that, not the port
+            raise
         self.journal = JournalStore(profile.journal_path, terminal_id=profile.terminal_id, signer=signer,
                                     clock=clock)
         self.trust = TrustStore(profile.bundle_path, root_key)
