@@ -9,7 +9,7 @@ What runs, per database, in a fresh process (so peak RSS is per database):
    ``entries / 3.1`` cards and ``cards / 100`` terminals, every entry Ed25519-signed
    and chained (not timed against the goal: it is the terminals' work);
 2. upload: each full batch (2000 entries, the API limit) goes through the upload
-   path without HTTP — :func:`server.upload.verify_entries` (base64, COSE, Ed25519,
+   path without HTTP — :func:`server.upload.verify_batch` (base64, COSE, Ed25519,
    claims) then :func:`server.upload.store_entries` (chain links, insert-or-ignore)
    in a write transaction;
 3. reconcile: :func:`server.reconcile.engine.reconcile` over the whole journal;
@@ -123,9 +123,38 @@ def _database(kind: str, workdir: str) -> tuple[str, Any]:
     return url, cleanup
 
 
-def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, Any]:
+def _increment(district: Any, share: float, queue: Any, flush: Any) -> int:
+    """+``share`` of the journal: that share of the cards redeem food next cycle at a local terminal; uploaded.
+
+    No terminal boots (an incremental run then sees only the terminals those cards visited).
+    :returns: entries added.
+    """
+    import random
+
+    from simulator.journals import ENTITLEMENTS
+
+    rng = random.Random(7)
+    cards = rng.sample(district.cards, max(1, int(len(district.cards) * share * ENTRIES_PER_CARD / 2)))
+    start = int(dt.datetime(2026, 4, 2, 1, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    touched: dict[str, Any] = {}
+    for i, card in enumerate(cards):
+        local = district.local_terminals(card.region)
+        t = local[rng.randrange(len(local))]
+        t.redeem(card, start + i * 120_000, "food", ENTITLEMENTS["food"])
+        touched[t.terminal_id] = t
+    n = 0
+    for t in touched.values():
+        n += len(t.entries)
+        queue(t)
+    flush()
+    return n
+
+
+def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: float = 0.0) -> dict[str, Any]:
     """The whole measurement on one database, in this process, pinned to one core.
 
+    :param increment: after the full run, add this share of entries (0.01: +1 %) and time an
+        incremental run, then a full one (docs/reconciliation.md §Incremental).
     :param threads: upload workers (the server's request threads); with PostgreSQL a
         worker waiting on the database server lets another verify, as under concurrent
         terminal uploads. All of them share the one core the floor is timed on.
@@ -137,9 +166,10 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
     from server.db import WRITE, make_engine, make_sessionmaker
     from server.models import Terminal, TerminalStatus
     from server.reconcile.engine import reconcile
+    from server.reconcile.observations import ReconcileConfig
     from simulator.registry import load_registry
     from simulator.journals import District, SimTerminal, registry_rows
-    from server.upload import Batch, store_entries, verify_entries
+    from server.upload import Batch, store_entries, verify_batch
 
     cards = max(4, int(entries / ENTRIES_PER_CARD))
     with tempfile.TemporaryDirectory(prefix="huma-bench-") as workdir:
@@ -166,7 +196,7 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
                 """One terminal's upload as the server runs it; returns (verify, store) thread CPU s."""
                 cpu = time.thread_time()
                 terminal = rows[batch.terminal_id]
-                rejected, verified = verify_entries(batch, terminal)
+                rejected, verified = verify_batch(batch, terminal)
                 cpu_verified = time.thread_time()
                 with sessions() as s:
                     s.connection(execution_options={WRITE: True})
@@ -212,16 +242,17 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
                 if t.entries:
                     queue(t)
             flush()
-            if pool:
+            if pool and not increment:  # the increment uploads through it too
                 pool.shutdown()
             timers["generate"] = time.perf_counter() - start - timers["floor"]
-            del district
+            if not increment:
+                del district
             rss_after_upload = _rss_mib()
 
             before = floor.time(FLOOR_AROUND)
             start = time.perf_counter()
-            with sessions() as s:
-                result = reconcile(s)
+            with sessions() as s:  # margin 0: the bench's uploads are seconds old (ReconcileConfig)
+                result = reconcile(s, ReconcileConfig(watermark_margin_s=0))
             timers["reconcile"] = time.perf_counter() - start
             after = floor.time(FLOOR_AROUND)
             with sessions() as s:
@@ -229,6 +260,24 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
                     "journal_entries"]))
             n = stats["accepted"] + stats["other"]
             assert floor.verifications == n
+            extra: dict[str, Any] = {}
+            if increment:
+                cfg = ReconcileConfig(watermark_margin_s=0)
+                added = _increment(district, increment, queue, flush)
+                start = time.perf_counter()
+                with sessions() as s:
+                    inc = reconcile(s, cfg, incremental=True)
+                inc_s = time.perf_counter() - start
+                start = time.perf_counter()
+                with sessions() as s:
+                    again = reconcile(s, cfg)
+                full_s = time.perf_counter() - start
+                assert inc.mode == "incremental" and (again.new, again.resolved) == (0, 0), (inc, again)
+                extra = {"added": added, "incremental_s": round(inc_s, 3), "full_after_s": round(full_s, 2),
+                         "incremental_share": round(inc_s / full_s, 4), "scope": inc.scope}
+                n = stats["accepted"] + stats["other"] - added
+                if pool:
+                    pool.shutdown()
             per_verify = (before + after) / (2 * FLOOR_AROUND)  # seconds, around reconciliation
             reconcile_floor = per_verify * n
             ratio = timers["upload"] / floor.upload_s + timers["reconcile"] / reconcile_floor
@@ -245,6 +294,7 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1) -> dict[str, A
                 "ed25519_us": round(floor.upload_s / n * 1e6, 1),
                 "ratio": round(ratio, 2),
                 "peak_rss_mib": round(_rss_mib(), 1), "rss_after_upload_mib": round(rss_after_upload, 1),
+                **extra,
             }
         finally:
             engine.dispose()
@@ -259,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="upload worker threads (default: 2 on PostgreSQL, whose server works beside "
                              "this process; 1 on SQLite, which works inside it)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--increment", type=float, default=0.0,
+                        help="then add this share of entries (0.01 = +1%%), time an incremental run and a full one")
     parser.add_argument("--json", action="store_true", help="print one JSON object per database")
     args = parser.parse_args(argv)
     if args.db == "both":
@@ -266,12 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("sqlite", "postgresql"):
             proc = subprocess.run([sys.executable, "-m", "bench.bench_reconcile", "--entries", str(args.entries),
                                    "--db", kind, "--seed", str(args.seed), "--json",
+                                   "--increment", str(args.increment),
                                    *(["--threads", str(args.threads)] if args.threads else [])],
                                   check=True, capture_output=True, text=True)
             outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     else:
         threads = args.threads or (2 if args.db == "postgresql" else 1)
-        outs = [run_one(args.db, args.entries, args.seed, threads)]
+        outs = [run_one(args.db, args.entries, args.seed, threads, args.increment)]
     if args.json:
         for o in outs:
             print(json.dumps(o))
@@ -285,6 +338,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {o['db']} | {o['threads']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
               f"{o['ed25519_floor_s']} ({o['ed25519_us']}) | {o['verify_x']} | {o['store_x']} | "
               f"{o['reconcile_x']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
+    if args.increment:
+        print()
+        print("| db | entries | added | incremental s | full s (after) | incremental / full | scope (terminals, cards, "
+              "households) |")
+        print("|---|---|---|---|---|---|---|")
+        for o in outs:
+            print(f"| {o['db']} | {o['entries']} | {o['added']} | {o['incremental_s']} | {o['full_after_s']} | "
+                  f"{o['incremental_share']:.1%} | {o['scope']} |")
 
 if __name__ == "__main__":
     main()
