@@ -43,7 +43,7 @@ from server import create_app
 from server.auth import create_person
 from server.db import make_engine, upgrade
 from server.extensions import db
-from server.models import Role, Terminal, TerminalStatus
+from server.models import PersonRole, Terminal, TerminalStatus
 from tests.fixtures.db import SimTerminal
 
 
@@ -105,7 +105,7 @@ def run_one(url: str, t: SimTerminal, batch: int) -> tuple[float, float, float]:
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
         s.add(Terminal(terminal_id=t.terminal_id, status=TerminalStatus.APPROVED, csr_der=b"-",
                        public_key=spki, kid=t.kid))
-        create_person(s, "bench", "bench password", Role.ADMIN)
+        create_person(s, "bench", "bench password", PersonRole.ADMIN)
         s.commit()
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -290,13 +290,13 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
             store_entries(s, row, None, list(enumerate(t.entries)), [])
             s.commit()
 
-    # The store path alone (no HTTP, no envelope): verify_entries + store_entries + commit.
-    from server.upload import Batch, verify_entries
+    # The store path alone (no HTTP, no envelope): verify_batch + store_entries + commit.
+    from server.upload import Batch, verify_batch
 
     def direct(batches: list[tuple[Terminal, Batch]]) -> tuple[float, float]:
         start, cpu_start = time.perf_counter(), time.process_time()
         for row, batch in batches:
-            rejected, verified = verify_entries(batch, row)
+            rejected, verified = verify_batch(batch, row)
             with sessions() as s:
                 s.connection(execution_options={WRITE: True})
                 results = store_entries(s, row, batch.batch_id, verified, rejected)

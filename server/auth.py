@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from server.errors import AuthenticationFailed, BadRequest, Forbidden, ServerBusy, shown
-from server.models import ApiToken, AuditLog, Person, Role
+from server.models import ApiToken, AuditLog, Person, PersonRole
 from server.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def username_is(username: str) -> ColumnElement[bool]:
     return func.lower(Person.username) == normalise_username(username)
 
 
-def create_person(session: Session, username: str, password: str, role: Role) -> Person:
+def create_person(session: Session, username: str, password: str, role: PersonRole) -> Person:
     """Add a person (the caller commits and audits).
 
     The username is stored in lower case (:func:`normalise_username`); the database refuses a
@@ -197,7 +197,7 @@ def person_from_token(session: Session, header: str | None) -> Person:
     return person
 
 
-def require_role(*roles: Role) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def require_role(*roles: PersonRole) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """View decorator: a logged-in person with one of ``roles``; sets ``g.person``.
 
     :raises AuthenticationFailed: not logged in.

@@ -312,7 +312,7 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
     USERNAME is stored in lower case; a name that differs from an existing one only in case is refused.
     """
     from server.auth import check_username
-    from server.models import Role
+    from server.models import PersonRole
     from server.people import add_person as add
 
     check_username(username)  # before the password prompt
@@ -320,7 +320,7 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
     password = _read_password(password_file)
     with database(app):
         session = _write_session()
-        add(session, username, password, Role(role), None, **_console())
+        add(session, username, password, PersonRole(role), None, **_console())
         session.commit()
     click.echo(f"created {role} {username.lower()}")
 

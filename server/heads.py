@@ -2,7 +2,7 @@
 
 A counter reports its head with every sync (``POST /api/v1/journal/heads``), before it
 uploads. The server keeps every head its uploads have not reached yet and the highest
-one per terminal (:class:`server.reconcile.models.JournalHead`); reconciliation reports
+one per terminal (:class:`server.reconcile.models.ReportedHead`); reconciliation reports
 a head the stored journal never reaches, or reaches with another hash, as
 ``journal_tail_missing`` (:func:`server.reconcile.terminal_checks.journal_tails`). So an
 insider who deletes a counter's unsent tail is seen once one signed head naming that
@@ -24,7 +24,7 @@ from cardlib.records.statements import JournalHead as SignedHead
 from cardlib.records.statements import StatementError, verify_head
 from server.errors import BadRequest, Forbidden, TerminalRevoked, UnknownTerminal
 from server.models import JournalEntryRow, Terminal, TerminalStatus
-from server.reconcile.models import JournalHead
+from server.reconcile.models import ReportedHead
 from server.types import utcnow
 from server.upload import cose_key_of, insert_or_ignore
 
@@ -74,10 +74,10 @@ def record_head(session: Session, message: bytes, now: dt.datetime | None = None
         signed_at = dt.datetime.fromtimestamp(head.time, dt.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise BadRequest("journal head time is no date", field="head", reason="bad_head") from exc
-    result = session.execute(insert_or_ignore(session, JournalHead).values(
+    result = session.execute(insert_or_ignore(session, ReportedHead).values(
         terminal_id=terminal.terminal_id, boot_id=head.boot_id, seq=head.seq, entry_hash=head.entry_hash,
         signed_at=signed_at, received_at=at, message=message))
-    heads = cast(Table, JournalHead.__table__)  # a declarative model's __table__ is typed FromClause
+    heads = cast(Table, ReportedHead.__table__)  # a declarative model's __table__ is typed FromClause
     reached = exists().where(and_(JournalEntryRow.terminal_id == heads.c.terminal_id,
                                   JournalEntryRow.seq == heads.c.seq,
                                   JournalEntryRow.entry_hash == heads.c.entry_hash))

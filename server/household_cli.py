@@ -120,7 +120,7 @@ def upload_issuance(file: Path, technician: str) -> None:
     from server.auth import audit
     from server.bundles import load_trust_root, newest_verified_bundle
     from server.errors import ConfigurationError
-    from server.models import Person, Role
+    from server.models import Person, PersonRole
     from server.registry import register_issuance_file
 
     message = file.read_bytes()
@@ -131,7 +131,7 @@ def upload_issuance(file: Path, technician: str) -> None:
     with database(app):
         session = _write_session()
         person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
-        if person is None or person.role not in (Role.TECHNICIAN, Role.ADMIN):
+        if person is None or person.role not in (PersonRole.TECHNICIAN, PersonRole.ADMIN):
             raise click.BadParameter(f"no technician or admin named {technician!r}", param_hint="--technician")
         bundle = newest_verified_bundle(session, load_trust_root(root_path))
         f, results = register_issuance_file(session, message, bundle, person.id)

@@ -26,7 +26,7 @@ from server.reconcile.models import CardEntitlement, CardProfile
 from server.reconcile.observations import REDEMPTION_KINDS
 from server.types import UTC
 
-__all__ = ["HOUSEHOLD_REF", "Household", "ProgrammeBalance", "balance_statement", "household"]
+__all__ = ["HOUSEHOLD_REF", "HouseholdView", "ProgrammeBalance", "balance_statement", "household"]
 
 #: A household ref as the API and CLI take it: 16 lower-case hex digits.
 HOUSEHOLD_REF = re.compile(r"[0-9a-f]{16}")
@@ -51,7 +51,7 @@ class ProgrammeBalance:
 
 
 @dataclass(frozen=True)
-class Household:
+class HouseholdView:
     """What the server knows of one household: ``cards`` (dicts, oldest first), ``balances`` this cycle, taps."""
 
     household_ref: str
@@ -61,7 +61,7 @@ class Household:
     last_taps: list[dict[str, object]]
 
 
-def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> Household | None:
+def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> HouseholdView | None:
     """The household ``ref`` at ``now`` (aware), or None when no registered card serves it.
 
     :param ref: 16 hex digits. :param taps: most recent journal entries returned.
@@ -103,11 +103,11 @@ def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> H
         {"card_id": r.card_id, "terminal_id": r.terminal_id, "seq": r.seq, "wall_time": r.wall_time.isoformat(),
          "kind": EntryKind(r.kind).name.lower() if r.kind in set(EntryKind) else str(r.kind),
          "programme": r.programme, "amount": r.amount} for r in rows]
-    return Household(ref, cycle, cards, balances, last)
+    return HouseholdView(ref, cycle, cards, balances, last)
 
 
 def balance_statement(session: Session, signer: Signer, ref: str, reissue_of: str | None,
-                      now: dt.datetime) -> tuple[Household, bytes]:
+                      now: dt.datetime) -> tuple[HouseholdView, bytes]:
     """The signed balance statement a re-issue of ``reissue_of`` for household ``ref`` takes.
 
     :param signer: the server receipt key (:func:`server.receipts.receipt_signer`).

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from server.auth import audit, issue_token, normalise_username, username_is, verify_password
 from server.errors import AuthenticationFailed, Forbidden, LoginLocked, LoginThrottled, ServerBusy
-from server.models import Base, Person, Role
+from server.models import Base, Person, PersonRole
 from server.types import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _target(person: Person | None, tried: str) -> str:
 
 
 def password_login(write_session: Callable[[], Session], username: str, password: str, *, address: str | None,
-                   ttl: dt.timedelta, policy: LoginPolicy, roles: Collection[Role] | None = None,
+                   ttl: dt.timedelta, policy: LoginPolicy, roles: Collection[PersonRole] | None = None,
                    via: str | None = None) -> tuple[str, Person, dt.datetime]:
     """Check a password under the throttling policy and issue a bearer token (commits).
 

@@ -32,7 +32,7 @@ class Base(DeclarativeBase):
     """Declarative base of every server table."""
 
 
-class Role(str, enum.Enum):
+class PersonRole(str, enum.Enum):
     """What a person may do (checked per endpoint)."""
 
     ADMIN = "admin"
@@ -62,7 +62,7 @@ class Person(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[Role] = mapped_column(_enum(Role))
+    role: Mapped[PersonRole] = mapped_column(_enum(PersonRole))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from server.auth import audit, check_username, create_person, set_disabled, set_password, username_is
 from server.errors import BadRequest, Conflict
-from server.models import Person, Role
+from server.models import Person, PersonRole
 
 __all__ = ["add_person", "change_password", "list_people", "set_person_disabled"]
 
@@ -24,7 +24,7 @@ def list_people(session: Session) -> list[Person]:
     return list(session.scalars(select(Person).order_by(Person.id)))
 
 
-def add_person(session: Session, username: str, password: str, role: Role, by: Person | None,
+def add_person(session: Session, username: str, password: str, role: PersonRole, by: Person | None,
                **audit_detail: Any) -> Person:
     """Create a person after every check, audited as ``person.create``; the caller commits.
 

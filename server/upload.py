@@ -221,7 +221,7 @@ def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
 # ----------------------------------------------------------------------------- entries
 
 
-def verify_entries(batch: Batch, terminal: Terminal) -> tuple[list[EntryResult], list[tuple[int, SignedEntry]]]:
+def verify_batch(batch: Batch, terminal: Terminal) -> tuple[list[EntryResult], list[tuple[int, SignedEntry]]]:
     """Verify every entry's signature and claims (CPU only; runs outside any transaction).
 
     :returns: the rejections so far, and the verified entries with their upload index.

@@ -372,7 +372,7 @@ def open_database(url: str, workdir: Path) -> tuple[Any, str]:
     from server.auth import create_person
     from server.db import upgrade
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     ca_key = workdir / "sim-terminal-ca.p8.pem"
     ca_key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
@@ -382,7 +382,7 @@ def open_database(url: str, workdir: Path) -> tuple[Any, str]:
         upgrade(db.engine, "head")
         session = db.write_session()
         username, password = f"sim-admin-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
-        create_person(session, username, password, Role.ADMIN)
+        create_person(session, username, password, PersonRole.ADMIN)
         session.commit()
     r = app.test_client().post("/api/v1/auth/login", json={"username": username, "password": password})
     if r.status_code != 200:

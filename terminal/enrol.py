@@ -58,7 +58,7 @@ def certificate_path(profile: TerminalProfile) -> Path:
     return profile.key_path.with_name(profile.key_path.stem + ".cert.pem")
 
 
-def receipt_key_path(profile: TerminalProfile) -> Path:
+def pinned_server_key_path(profile: TerminalProfile) -> Path:
     """Where the pinned server receipt key is kept: ``<key stem>.receipt-key.pem`` beside the certificate."""
     return profile.key_path.with_name(profile.key_path.stem + ".receipt-key.pem")
 
@@ -74,7 +74,7 @@ def save_receipt_key(profile: TerminalProfile, pem: object) -> Path:
         raise SyncRejected(f"the certificate answer carries no usable server receipt key ({exc})") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise SyncRejected("the server receipt key is not an Ed25519 key")
-    path = receipt_key_path(profile)
+    path = pinned_server_key_path(profile)
     atomic_write(path, key.public_bytes(serialization.Encoding.PEM,
                                         serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
     return path
@@ -85,7 +85,7 @@ def load_receipt_key(profile: TerminalProfile) -> ed25519.Ed25519PublicKey:
 
     :raises TerminalProfileError: none pinned (enrolled before keys were pinned: run enrol again) or unreadable.
     """
-    path = receipt_key_path(profile)
+    path = pinned_server_key_path(profile)
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as exc:

@@ -37,10 +37,11 @@ from cardlib.records.claims import Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import DeniedCard
 from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
 from cardlib.records.journal import EntryKind
+from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
 from terminal.errors import TerminalError
 from terminal.journal_store import CardWrite, JournalStore
-from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import SECONDS_PER_DAY, DeclineReason, OfflineLimits
 from terminal.tap import bundle_programmes, counter_limits
 

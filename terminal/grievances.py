@@ -44,7 +44,7 @@ CATEGORIES = ("not_received", "wrong_amount", "card_problem", "staff", "other")
 TEXT_MAX = 1000
 #: Complaints per request (the server takes up to 100).
 BATCH = 50
-_CODE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}")  # RFC 4648 base32, as terminal.outcome.receipt_code
+_CODE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}")  # RFC 4648 base32, as cardlib.records.receipt.receipt_code
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 
 _SCHEMA = """

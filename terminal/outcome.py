@@ -7,17 +7,12 @@ match a paper slip to exactly one signed journal entry.
 
 from __future__ import annotations
 
-import base64
 import enum
-import hashlib
 from dataclasses import dataclass, field
 
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
 from terminal.policy import DeclineReason
-
-#: Characters of the verification code (base32, 40 bits of the entry hash).
-RECEIPT_CODE_CHARS = 8
 
 
 class TapStatus(enum.Enum):
@@ -30,16 +25,6 @@ class TapStatus(enum.Enum):
     RECOVERED = "recovered"  #: an earlier uncertain write was found complete (FINISHED)
     VOIDED = "voided"  #: an earlier uncertain write was not applied; nothing was charged
     RETRY = "retry"  #: transient problem (card moved, reader gone); nothing charged, tap again
-
-
-def receipt_code(entry_hash: bytes) -> str:
-    """The short verification code of a COMMIT/FINISHED entry: ``XXXX-XXXX`` (RFC 4648 base32).
-
-    :param entry_hash: SHA-256 of the entry's signed bytes (32 bytes).
-    """
-    digest = hashlib.sha256(b"huma-betang/receipt/v1" + entry_hash).digest()
-    code = base64.b32encode(digest[:5]).decode("ascii")[:RECEIPT_CODE_CHARS]
-    return f"{code[:4]}-{code[4:]}"
 
 
 @dataclass(frozen=True)

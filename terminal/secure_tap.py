@@ -35,6 +35,7 @@ from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
 from cardlib.records.claims import Unit
 from cardlib.records.journal import NTAG_COUNTER_MAX, EntryKind
+from cardlib.records.receipt import receipt_code
 from cardlib.records.secure import (
     SecureCardRecords,
     SecurePendingWrite,
@@ -60,7 +61,7 @@ from cardlib.transport import Connection
 from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost, TransportError
 from firmware_config.models import CounterMode
 from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
-from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import (
     SECONDS_PER_DAY,
     CardFacts,

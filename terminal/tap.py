@@ -39,6 +39,7 @@ from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
 from cardlib.records.migration import MigrationError, migrate_format1
 from cardlib.records.pin import PinLocked, PinRefused, check_pin, max_failures, read_failures
+from cardlib.records.receipt import receipt_code
 from cardlib.records.session import (
     CardSession,
     CardState,
@@ -53,7 +54,7 @@ from cardlib.type2.tag import Type2Tag
 from firmware_config.models import CounterMode, ReaderBinding
 from terminal.connection import Deadline, DeadlineConnection, type2_channel
 from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
-from terminal.outcome import Balance, Receipt, TapOutcome, TapStatus, receipt_code
+from terminal.outcome import Balance, Receipt, TapOutcome, TapStatus
 from terminal.policy import (
     SECONDS_PER_DAY,
     CardFacts,

@@ -117,11 +117,11 @@ def add_auditor(app: Any, username: str = "audrey") -> None:
     """Create a person with the auditor role."""
     from server.auth import create_person
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     with app.app_context():
         session = db.write_session()
-        create_person(session, username, AUDITOR_PASSWORD, Role.AUDITOR)
+        create_person(session, username, AUDITOR_PASSWORD, PersonRole.AUDITOR)
         session.commit()
 
 

@@ -88,7 +88,7 @@ def _ids(html: str) -> list[int]:
 
 
 def test_search_by_card_household_and_receipt_code(app, conflict_world, world):
-    from server.audit.receipts import receipt_code
+    from cardlib.records.receipt import receipt_code
 
     client, card = world.client, conflict_world["card"]
     _login(client)
@@ -107,12 +107,17 @@ def test_search_by_card_household_and_receipt_code(app, conflict_world, world):
     assert 'id="no-findings"' in nothing
 
 
-def test_the_server_receipt_code_is_the_counters():
-    from server.audit.receipts import normalise_code, receipt_code
-    from terminal.outcome import receipt_code as counter_code
+def test_receipt_codes_are_the_first_40_bits_of_the_tagged_entry_hash_in_base32():
+    import base64
+    import hashlib
+
+    from cardlib.records.receipt import receipt_code
+    from server.audit.receipts import normalise_code
 
     for h in (bytes(32), bytes(range(32)), b"\xff" * 32):
-        assert receipt_code(h) == counter_code(h)
+        bits = base64.b32encode(hashlib.sha256(b"huma-betang/receipt/v1" + h).digest()[:5]).decode()
+        assert receipt_code(h) == f"{bits[:4]}-{bits[4:]}"
+        assert normalise_code(receipt_code(h).replace("-", "").lower()) == receipt_code(h)
     assert normalise_code("abcd2345") == "ABCD-2345" and normalise_code("ABCD-1234") is None
 
 

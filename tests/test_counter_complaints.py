@@ -116,7 +116,8 @@ def _receipt_code(app: Any, world: Any) -> str:
     t.boot(1_780_000_000_000)
     t.redeem(SimCard(CARD, bytes(7), "62.71"), 1_780_000_060_000, "food", 1)
     assert all(r.status_code == 200 for r in upload(world, t, t.messages()))
-    from server.audit.receipts import RECEIPT_KINDS, receipt_code
+    from cardlib.records.receipt import receipt_code
+    from server.audit.receipts import RECEIPT_KINDS
     from server.extensions import db
     from server.models import JournalEntryRow
 

@@ -16,7 +16,8 @@ from babel.messages.pofile import read_po
 
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
-from terminal.outcome import Receipt, TapOutcome, TapStatus, receipt_code
+from cardlib.records.receipt import receipt_code
+from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import DeclineReason
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.i18n import PROGRAMME_NAMES, translations

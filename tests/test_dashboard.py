@@ -31,11 +31,11 @@ def _ms(day: int, h: int, m: int = 0) -> int:
 def add_person(app: Any, username: str, role: str) -> None:
     from server.auth import create_person
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     with app.app_context():
         session = db.write_session()
-        create_person(session, username, AUDITOR_PASSWORD, Role(role))
+        create_person(session, username, AUDITOR_PASSWORD, PersonRole(role))
         session.commit()
 
 

@@ -302,7 +302,7 @@ def _server_app(url: str, tmp_path: Path, ca_key_path: Path, trust_root_path: Pa
     from server.auth import create_person
     from server.db import make_engine, upgrade
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     engine = make_engine(url)
     upgrade(engine)
@@ -312,7 +312,7 @@ def _server_app(url: str, tmp_path: Path, ca_key_path: Path, trust_root_path: Pa
     app.instance_path = str(tmp_path / "instance")
     with app.app_context():
         session = db.write_session()
-        create_person(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
+        create_person(session, "admin", ADMIN_PASSWORD, PersonRole.ADMIN)
         session.commit()
     client = app.test_client()
     r = client.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})

@@ -159,13 +159,13 @@ def test_technician_tools_upload_look_up_and_state_the_balance(
     from huma.cli import main
     from server.auth import create_person
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     monkeypatch.setenv("DATABASE_URL", app.config["DATABASE_URL"])
     monkeypatch.setenv("HUMA_TRUST_ROOT_CERT", app.config["TRUST_ROOT_CERT"])
     monkeypatch.setenv("HUMA_RECEIPT_KEY", str(tmp_path / "receipt-key.pem"))
     with app.app_context():
-        create_person(db.write_session(), "tech-07", "technician password 1", Role.TECHNICIAN)
+        create_person(db.write_session(), "tech-07", "technician password 1", PersonRole.TECHNICIAN)
         db.session.commit()
     now = dt.datetime.now(UTC)
     card = dataclasses.replace(_card(9, "62.71", {1: Entitlement(Unit.PACKAGE, 1)}),

@@ -138,14 +138,14 @@ def test_heads_the_journal_reaches_are_pruned_but_the_highest_is_kept(app, rig) 
     from sqlalchemy import select
 
     from server.extensions import db
-    from server.reconcile.models import JournalHead
+    from server.reconcile.models import ReportedHead
 
     for _ in range(3):
         _redeem(rig.journal, 1)
         rig.client.round()
     rig.client.report_head()  # the same head again: not stored twice
     with app.app_context():
-        seqs = list(db.session.scalars(select(JournalHead.seq).where(JournalHead.terminal_id == TERMINAL_ID)))
+        seqs = list(db.session.scalars(select(ReportedHead.seq).where(ReportedHead.terminal_id == TERMINAL_ID)))
     assert seqs == [4]
 
 

@@ -15,13 +15,13 @@ from typing import Any
 from sqlalchemy import select
 
 from server.extensions import db
-from server.models import AuditLog, Role
+from server.models import AuditLog, PersonRole
 
 PASSWORD = "the right password"
 WRONG = "a wrong password"
 
 
-def _add(app: Any, username: str, role: Role = Role.TECHNICIAN) -> None:
+def _add(app: Any, username: str, role: PersonRole = PersonRole.TECHNICIAN) -> None:
     from server.auth import create_person
 
     with app.app_context():
@@ -107,7 +107,7 @@ def test_one_address_trying_many_names_is_slowed_down(app, client):
 
 
 def test_the_auditor_form_is_throttled_too(app, client):
-    _add(app, "formuser", Role.AUDITOR)
+    _add(app, "formuser", PersonRole.AUDITOR)
     from tests.audit_login import form_login
 
     for i in range(4):

@@ -110,11 +110,11 @@ def databases() -> Iterator[dict[str, str]]:
 def _world(app: Any) -> World:
     from server.auth import create_person
     from server.extensions import db
-    from server.models import Role
+    from server.models import PersonRole
 
     with app.app_context():
         session = db.write_session()
-        create_person(session, "admin", ADMIN_PASSWORD, Role.ADMIN)
+        create_person(session, "admin", ADMIN_PASSWORD, PersonRole.ADMIN)
         session.commit()
     client = app.test_client()
     r = client.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from server.extensions import db
-from server.models import AuditLog, JournalEntryRow, Role
+from server.models import AuditLog, JournalEntryRow, PersonRole
 from server.reconcile.denylist import deny_list_candidates, deny_sets
 from server.reconcile.engine import reconcile
 from server.reconcile.findings import decide_finding
@@ -222,7 +222,7 @@ def test_rerun_is_idempotent_and_confirmed_clones_feed_the_deny_list(app, audit_
         from server.models import Person
 
         session = db.write_session()
-        admin = session.scalars(select(Person).where(Person.role == Role.ADMIN)).one()
+        admin = session.scalars(select(Person).where(Person.role == PersonRole.ADMIN)).one()
         decide_finding(session, fork.id, admin, FindingStatus.CONFIRMED, "two chips, one UID: seized clone")
         session.commit()
     second = run(app)

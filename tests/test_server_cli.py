@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from huma.cli import main
 from server.extensions import db
-from server.models import AuditLog, Person, Role, Terminal, TerminalStatus
+from server.models import AuditLog, Person, PersonRole, Terminal, TerminalStatus
 from tests.fixtures.db import ADMIN_PASSWORD
 
 
@@ -231,7 +231,7 @@ def test_usernames_are_unique_in_any_case(app, world, env, capsys, tmp_path):
     with app.app_context():
         names = db.session.scalars(select(Person.username).order_by(Person.id)).all()
         # the database itself refuses a second spelling written past the code (index on lower(username))
-        db.session.add(Person(username="Admin", password_hash="x", role=Role.ADMIN, disabled=False))
+        db.session.add(Person(username="Admin", password_hash="x", role=PersonRole.ADMIN, disabled=False))
         with pytest.raises(IntegrityError):
             db.session.flush()
         db.session.rollback()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from server.extensions import db
-from server.models import Role
+from server.models import PersonRole
 from tests.audit_login import form_login, login_csrf
 
 PASSWORD = "auditor password 1"
@@ -20,7 +20,7 @@ def _auditor(app: Any, username: str = "audrey") -> None:
 
     with app.app_context():
         session = db.write_session()
-        create_person(session, username, PASSWORD, Role.AUDITOR)
+        create_person(session, username, PASSWORD, PersonRole.AUDITOR)
         session.commit()
 
 

@@ -2,9 +2,7 @@
 
 A counter shows (and may print) ``XXXX-XXXX`` for each COMMIT or FINISHED entry: the
 first 40 bits of SHA-256(``"huma-betang/receipt/v1"`` ‖ entry hash), RFC 4648 base32.
-The counter computes it in ``terminal.outcome.receipt_code``; the server cannot import
-the terminal package (import contract), so the same formula is written here and
-``tests/test_audit_ui.py`` holds both equal.
+Both the counter and the server compute it with :func:`cardlib.records.receipt.receipt_code`.
 
 The code is not reversible, so the server keeps an index (``receipt_codes``) that
 :func:`index_receipts` extends from the journal's newest rows before each search.
@@ -12,37 +10,24 @@ The code is not reversible, so the server keeps an index (``receipt_codes``) tha
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cardlib.records.journal import EntryKind
+from cardlib.records.receipt import receipt_code
 from server.audit.models import ReceiptCode
 from server.models import JournalEntryRow
 from server.upload import insert_or_ignore
 
 #: Entry kinds a counter gives a receipt for (a redemption that took effect).
 RECEIPT_KINDS = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
-#: Characters of a code without its hyphen.
-CODE_CHARS = 8
 _CODE = re.compile(r"^[A-Z2-7]{4}-?[A-Z2-7]{4}$")
 #: Rows read and written per round trip while indexing.
 BATCH = 5000
 #: Journal ids below the newest indexed one that are looked at again (late commits).
 LOOKBACK = 10_000
-
-
-def receipt_code(entry_hash: bytes) -> str:
-    """The receipt code of an entry: ``XXXX-XXXX`` (RFC 4648 §6 base32 alphabet).
-
-    :param entry_hash: SHA-256 of the entry's signed bytes (32 bytes).
-    """
-    digest = hashlib.sha256(b"huma-betang/receipt/v1" + entry_hash).digest()
-    code = base64.b32encode(digest[:5]).decode("ascii")[:CODE_CHARS]
-    return f"{code[:4]}-{code[4:]}"
 
 
 def normalise_code(text: str) -> str | None:

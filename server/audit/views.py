@@ -46,7 +46,7 @@ from server.errors import (
 from server.extensions import db
 from server.http import error_response, int_param, query_params
 from server.logins import LoginPolicy, password_login
-from server.models import Card, JournalConflict, JournalEntryRow, Person, RejectedEntry, Role, Terminal
+from server.models import Card, JournalConflict, JournalEntryRow, Person, PersonRole, RejectedEntry, Terminal
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.findings import decide_finding, evidence_entries
 from server.reconcile.models import (
@@ -80,7 +80,7 @@ FINDINGS_PAGE = 100
 #: Most findings one bulk decision may change (a page and a half; a form, not a batch job).
 BULK_MAX = 500
 #: Roles that may log in here: auditors get the findings, managers and admins the programme dashboard.
-UI_ROLES = (Role.AUDITOR, Role.MANAGER, Role.ADMIN)
+UI_ROLES = (PersonRole.AUDITOR, PersonRole.MANAGER, PersonRole.ADMIN)
 #: Endpoints (blueprint ``dashboard``) every role of :data:`UI_ROLES` may use; the rest need an auditor.
 SHARED_BLUEPRINTS = ("dashboard",)
 
@@ -127,7 +127,7 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
     env = current_app.extensions[_EXT][lang]
     token = _token()
     html = env.get_template(template).render(
-        url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("person"), Role=Role,
+        url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("person"), PersonRole=PersonRole,
         csrf=_csrf(token) if token else "", request=request, FindingStatus=FindingStatus, **context)
     resp = Response(html, status=int(http_status), mimetype="text/html")
     resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
@@ -167,11 +167,11 @@ def require_login(auditor_only: bool) -> ResponseReturnValue | None:
             raise
         back = request.full_path if request.query_string else request.path  # full_path ends in a bare "?"
         return redirect(url_for("audit.login_form", next=back))
-    needed = (Role.AUDITOR,) if auditor_only else UI_ROLES
+    needed = (PersonRole.AUDITOR,) if auditor_only else UI_ROLES
     if person.role not in needed:
         raise Forbidden(f"role {person.role.value} may not use this page", needed=[r.value for r in needed])
     g.person = person
-    if person.role is Role.AUDITOR:
+    if person.role is PersonRole.AUDITOR:
         g.auditor = person
     if request.method == "POST":
         sent = request.form.get("csrf", "")
@@ -292,10 +292,10 @@ def login_submit() -> ResponseReturnValue:
         resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
     target = next_url
-    start = url_for("audit.findings") if _person.role is Role.AUDITOR else url_for("dashboard.overview")
+    start = url_for("audit.findings") if _person.role is PersonRole.AUDITOR else url_for("dashboard.overview")
     if not target.startswith("/audit/") or target.startswith("//"):
         target = start
-    elif _person.role is not Role.AUDITOR and not target.startswith("/audit/programme"):
+    elif _person.role is not PersonRole.AUDITOR and not target.startswith("/audit/programme"):
         target = start  # a manager or admin has no auditor page to go back to
     done = redirect(target)
     done.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
@@ -498,7 +498,7 @@ def _taps(card_id: str) -> list[Any]:
 
 
 @bp.get("/cards/<card_id>")
-def card(card_id: str) -> ResponseReturnValue:
+def card_page(card_id: str) -> ResponseReturnValue:
     """Card history: every tap, every terminal, remaining entitlement over time, its findings.
 
     :raises NotFound: nothing at all is known of ``card_id`` (no registry row, profile,
@@ -521,7 +521,7 @@ def card(card_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/terminals/<terminal_id>")
-def terminal(terminal_id: str) -> ResponseReturnValue:
+def terminal_page(terminal_id: str) -> ResponseReturnValue:
     """Terminal history in seq order, :data:`PAGE` entries per page (``?after=<seq>``).
 
     :raises NotFound: not enrolled and nothing stored for ``terminal_id``.

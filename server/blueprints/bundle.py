@@ -18,7 +18,7 @@ from server.bundles import load_trust_root, newest_stored_bundle, store_bundle
 from server.errors import BadRequest, ConfigurationError, InvalidBundle, NaiveDatetimeError, NotFound, clipped
 from server.extensions import db
 from server.http import json_body
-from server.models import Role
+from server.models import PersonRole
 from server.receipts import receipt_signer
 from server.types import require_aware
 
@@ -58,7 +58,7 @@ def _freshness(nonce_hex: str, version: int, sha256: bytes) -> str:
 
 
 @bp.post("/bundles")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def publish_bundle() -> ResponseReturnValue:
     """Store a signed bundle ``{"blob": base64, "version"?: int, "expires_at"?: ISO 8601}`` (admin, audited).
 

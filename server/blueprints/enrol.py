@@ -37,7 +37,7 @@ from server.errors import (
 )
 from server.extensions import db
 from server.http import json_body, query_params
-from server.models import Card, Role, Terminal, TerminalStatus
+from server.models import Card, PersonRole, Terminal, TerminalStatus
 from server.receipts import receipt_public_pem
 from server.reconcile.models import TerminalSite
 from server.terminals import check_csr, decide_terminal, storable_id
@@ -110,7 +110,7 @@ def parse_site(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 @bp.post("/terminals/<terminal_id>/enrolment-code")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def enrolment_code(terminal_id: str) -> ResponseReturnValue:
     """A one-time enrolment code for ``terminal_id`` → 201 ``{"terminal_id", "code", "expires_at"}`` (admin, audited).
 
@@ -229,7 +229,7 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/terminals")
-@require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
+@require_role(PersonRole.ADMIN, PersonRole.AUDITOR, PersonRole.TECHNICIAN)
 def list_terminals() -> ResponseReturnValue:
     """The terminal registry."""
     query_params()
@@ -244,7 +244,7 @@ def _decide(terminal_id: str, to: TerminalStatus) -> Terminal:
 
 
 @bp.post("/terminals/<terminal_id>/approve")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def approve(terminal_id: str) -> ResponseReturnValue:
     """Approve a pending terminal ``{"fingerprint"}``: its certificate is issued now (admin, audited).
 
@@ -262,14 +262,14 @@ def approve(terminal_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/terminals/<terminal_id>/reject")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def reject(terminal_id: str) -> ResponseReturnValue:
     """Reject a pending enrolment (admin, audited)."""
     return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.REJECTED)))
 
 
 @bp.post("/terminals/<terminal_id>/revoke")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def revoke(terminal_id: str) -> ResponseReturnValue:
     """Revoke a terminal key: its uploads are refused from now on (admin, audited)."""
     return jsonify(_terminal_json(_decide(terminal_id, TerminalStatus.REVOKED)))
@@ -296,7 +296,7 @@ def _parse_card(item: Any, index: int) -> dict[str, Any]:
 
 
 @bp.post("/cards")
-@require_role(Role.TECHNICIAN, Role.ADMIN)
+@require_role(PersonRole.TECHNICIAN, PersonRole.ADMIN)
 def add_cards() -> ResponseReturnValue:
     """Register card issuances ``{"cards": [{card_id, tag_uid, kid, issued_at}]}``; a result per card.
 
@@ -336,7 +336,7 @@ def add_cards() -> ResponseReturnValue:
 
 
 @bp.post("/cards/issuances")
-@require_role(Role.TECHNICIAN, Role.ADMIN)
+@require_role(PersonRole.TECHNICIAN, PersonRole.ADMIN)
 def add_issuance_file() -> ResponseReturnValue:
     """Register a provisioning session's signed issuance file ``{"file": base64 COSE_Sign1}``.
 
@@ -374,7 +374,7 @@ def add_issuance_file() -> ResponseReturnValue:
 
 
 @bp.get("/deny-list/candidates")
-@require_role(Role.ADMIN, Role.AUDITOR)
+@require_role(PersonRole.ADMIN, PersonRole.AUDITOR)
 def deny_list() -> ResponseReturnValue:
     """Card ids and chip UIDs (hex) the next trust bundle should deny: confirmed clones/fraud + registry."""
     query_params()
@@ -385,7 +385,7 @@ def deny_list() -> ResponseReturnValue:
 
 
 @bp.get("/cards/<card_id>")
-@require_role(Role.ADMIN, Role.AUDITOR, Role.TECHNICIAN)
+@require_role(PersonRole.ADMIN, PersonRole.AUDITOR, PersonRole.TECHNICIAN)
 def get_card(card_id: str) -> ResponseReturnValue:
     """One card's registry entry."""
     storable_id(card_id, "card")

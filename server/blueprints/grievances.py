@@ -39,7 +39,7 @@ from server.grievances import (
     record_grievance,
 )
 from server.http import json_body, query_params
-from server.models import Role
+from server.models import PersonRole
 
 bp = Blueprint("grievances", __name__, url_prefix="/api/v1")
 
@@ -58,7 +58,7 @@ def _id(text: str) -> int:
 
 
 @bp.post("/grievances")
-@require_role(Role.TECHNICIAN, Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.TECHNICIAN, PersonRole.AUDITOR, PersonRole.ADMIN)
 def post_grievance() -> ResponseReturnValue:
     """Record a complaint about a receipt code, card or household (201; audited)."""
     body = json_body()
@@ -74,7 +74,7 @@ def post_grievance() -> ResponseReturnValue:
 
 
 @bp.get("/grievances")
-@require_role(Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.AUDITOR, PersonRole.ADMIN)
 def list_grievances() -> ResponseReturnValue:
     """Complaints, oldest first (``?status=open|investigating|resolved``, default every status)."""
     query_params("status")
@@ -88,7 +88,7 @@ def list_grievances() -> ResponseReturnValue:
 
 
 @bp.get("/grievances/<grievance_id>")
-@require_role(Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.AUDITOR, PersonRole.ADMIN)
 def get_grievance(grievance_id: str) -> ResponseReturnValue:
     """One complaint."""
     query_params()
@@ -99,7 +99,7 @@ def get_grievance(grievance_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/grievances/<grievance_id>/status")
-@require_role(Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.AUDITOR, PersonRole.ADMIN)
 def post_grievance_status(grievance_id: str) -> ResponseReturnValue:
     """Move a complaint to ``status`` with a ``reason`` (400 for a move that is not allowed; audited)."""
     body = json_body()
@@ -203,7 +203,7 @@ def post_terminal_grievances() -> ResponseReturnValue:
 
 
 @bp.get("/receipts/<code>")
-@require_role(Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.AUDITOR, PersonRole.ADMIN)
 def get_receipt(code: str) -> ResponseReturnValue:
     """The redemptions a receipt code names (404 when none; audited: a look-up names a household)."""
     query_params()

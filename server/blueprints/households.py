@@ -18,9 +18,9 @@ from flask.typing import ResponseReturnValue
 from server.auth import audit, require_role
 from server.errors import BadRequest, NotFound, shown
 from server.extensions import db
-from server.households import HOUSEHOLD_REF, Household, balance_statement, household
+from server.households import HOUSEHOLD_REF, HouseholdView, balance_statement, household
 from server.http import json_body, query_params
-from server.models import Role
+from server.models import PersonRole
 from server.types import utcnow
 
 bp = Blueprint("households", __name__, url_prefix="/api/v1")
@@ -32,8 +32,8 @@ def _ref(ref: str) -> str:
     return ref
 
 
-def household_json(h: Household) -> dict[str, Any]:
-    """The JSON shape of :class:`server.households.Household` (API and ``huma server household show --json``)."""
+def household_json(h: HouseholdView) -> dict[str, Any]:
+    """The JSON shape of :class:`server.households.HouseholdView` (API and ``huma server household show --json``)."""
     return {
         "household_ref": h.household_ref,
         "cycle": h.cycle,
@@ -46,7 +46,7 @@ def household_json(h: Household) -> dict[str, Any]:
 
 
 @bp.get("/households/<ref>")
-@require_role(Role.TECHNICIAN, Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.TECHNICIAN, PersonRole.AUDITOR, PersonRole.ADMIN)
 def get_household(ref: str) -> ResponseReturnValue:
     """One household: its cards, remaining entitlement this cycle, last taps (404 when no card serves it)."""
     query_params()
@@ -57,7 +57,7 @@ def get_household(ref: str) -> ResponseReturnValue:
 
 
 @bp.post("/households/<ref>/balance-statement")
-@require_role(Role.TECHNICIAN, Role.ADMIN)
+@require_role(PersonRole.TECHNICIAN, PersonRole.ADMIN)
 def post_balance_statement(ref: str) -> ResponseReturnValue:
     """Sign the household's remaining entitlement for re-issuing the card ``reissue_of`` (audited)."""
     from server.receipts import receipt_public_pem, receipt_signer

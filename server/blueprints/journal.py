@@ -23,7 +23,7 @@ from server.heads import record_head
 from server.http import json_body
 from server.receipts import receipt_signer
 from server.registry import ensure_cycles
-from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_entries
+from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_batch
 
 bp = Blueprint("journal", __name__, url_prefix="/api/v1/journal")
 
@@ -45,7 +45,7 @@ def upload_batch() -> ResponseReturnValue:
         terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
         session.commit()  # end the read transaction before the CPU-bound part
     batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
-    rejected, verified = verify_entries(batch, terminal)
+    rejected, verified = verify_batch(batch, terminal)
     # The province cycles (docs/card-format.md §conventions) the entries' wall times fall in:
     # reconciliation and /audit/regions group redemptions by benefit_cycles rows.
     cycles = {cycle_of(signed.entry.wall_time) for _, signed in verified}

@@ -16,7 +16,7 @@ from server.errors import BadRequest, Conflict, shown
 from server.extensions import db
 from server.http import int_param, json_body, query_params
 from server.logins import LoginPolicy, password_login, unlock
-from server.models import ApiToken, AuditLog, Person, Role
+from server.models import ApiToken, AuditLog, Person, PersonRole
 
 bp = Blueprint("people", __name__, url_prefix="/api/v1")
 
@@ -60,7 +60,7 @@ def logout_view() -> ResponseReturnValue:
 
 
 @bp.get("/people")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def list_people() -> ResponseReturnValue:
     """All people (admin)."""
     query_params()
@@ -69,14 +69,14 @@ def list_people() -> ResponseReturnValue:
 
 
 @bp.post("/people")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def add_person() -> ResponseReturnValue:
     """Create a person (admin); audited."""
     body = json_body()
     username = check_username(_str_field(body, "username", 64))
     password = _str_field(body, "password")
     try:
-        role = Role(_str_field(body, "role", 16))
+        role = PersonRole(_str_field(body, "role", 16))
     except ValueError:
         raise BadRequest("role must be admin, technician, auditor or manager", field="role") from None
     session = db.write_session()
@@ -94,7 +94,7 @@ def add_person() -> ResponseReturnValue:
 
 
 @bp.post("/people/<username>/unlock")
-@require_role(Role.ADMIN)
+@require_role(PersonRole.ADMIN)
 def unlock_person(username: str) -> ResponseReturnValue:
     """Lift an account's login lock-out and back-off (admin); audited."""
     session = db.write_session()
@@ -106,7 +106,7 @@ def unlock_person(username: str) -> ResponseReturnValue:
 
 
 @bp.get("/audit")
-@require_role(Role.ADMIN, Role.AUDITOR)
+@require_role(PersonRole.ADMIN, PersonRole.AUDITOR)
 def audit_log() -> ResponseReturnValue:
     """The newest audit rows (``?limit=``, default 100, max 1000)."""
     query_params("limit")

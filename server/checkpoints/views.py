@@ -12,7 +12,7 @@ from server.checkpoints import add_checkpoint
 from server.errors import BadRequest
 from server.extensions import db
 from server.http import json_body
-from server.models import Role
+from server.models import PersonRole
 
 bp = Blueprint("checkpoints", __name__, url_prefix="/api/v1")
 
@@ -21,7 +21,7 @@ MAX_TEXT = 4296
 
 
 @bp.post("/checkpoints")
-@require_role(Role.AUDITOR, Role.ADMIN)
+@require_role(PersonRole.AUDITOR, PersonRole.ADMIN)
 def add() -> ResponseReturnValue:
     """Store a scanned checkpoint ``{"checkpoint": "HBCP1:…"}``: 201 when new, 200 when already stored.
 

@@ -160,7 +160,7 @@ class Finding(Base):
     last_run_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class JournalHead(Base):
+class ReportedHead(Base):
     """A journal head a counter signed and reported (:mod:`server.heads`, migration 0009).
 
     One row per distinct ``(terminal_id, seq, entry_hash)`` reported; a head the stored

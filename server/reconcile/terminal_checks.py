@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from cardlib.records.journal import EntryKind
 from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
-from server.reconcile.models import FindingKind, JournalHead, Severity
+from server.reconcile.models import FindingKind, ReportedHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope
 from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
@@ -219,7 +219,7 @@ def journal_tails(conn: Connection, cfg: ReconcileConfig, now: dt.datetime | Non
 
     :param now: the reconciliation instant (aware UTC); default now.
     """
-    heads = JournalHead.__table__
+    heads = ReportedHead.__table__
     reached = journal.alias("reached")
     latest = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == heads.c.terminal_id)
               .scalar_subquery())
