@@ -166,6 +166,12 @@ def run_campaign(plan: AttackPlan, app: Any, admin_token: str) -> AttackReport:
     :raises SimulationError: the server refused what an honest simulated terminal sent.
     :raises ValueError: the plan's limits have no rupiah cap per card or per counter (no bound).
     """
+    with tempfile.TemporaryDirectory(prefix="huma-campaign-") as keys_dir:
+        return _run_campaign(plan, app, admin_token, Path(keys_dir))
+
+
+def _run_campaign(plan: AttackPlan, app: Any, admin_token: str, keys_dir: Path) -> AttackReport:
+    """:func:`run_campaign` with its key store in ``keys_dir`` (removed by the caller)."""
     from cardlib.records.bundle import Programme, verify_bundle
     from server.bundles import newest_stored_bundle, publish_due, publish_next_bundle
     from server.extensions import db
@@ -216,7 +222,7 @@ def run_campaign(plan: AttackPlan, app: Any, admin_token: str) -> AttackReport:
     heapq.heapify(events)
     report = AttackReport(taken={a[0].card_id: 0 for a in attackers})
     uploads = DistrictReport()  # upload results are not the campaign's subject
-    store = _keystore(Path(tempfile.mkdtemp(prefix="huma-campaign-")))
+    store = _keystore(keys_dir)
     root = store.entry(store.root_kid).public_key
     programmes = [Programme(1, "food", "rupiah", ENTITLEMENTS["food"]), Programme(2, "cash", "rupiah",
                                                                                     ENTITLEMENTS["cash"])]
