@@ -429,7 +429,9 @@ def test_no_reachable_database_answers_503_not_500(tmp_path, ca_key_path, trust_
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, world, live_server, monkeypatch):
+@pytest.mark.parametrize("path", ["copy", "rows"])
+def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, world, live_server, monkeypatch,
+                                                                        path):
     """The primary going away during the upload's COPY (a raw driver cursor, which SQLAlchemy does not
     watch) is a 503, and the connection is discarded: the retry on a fresh one stores the batch."""
     import psycopg
@@ -437,7 +439,8 @@ def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, 
 
     from server import upload
 
-    real, killed = upload._insert_entries_pg_copy, []
+    name = "_insert_entries_pg_copy" if path == "copy" else "_insert_entries_pg_rows"
+    real, killed = getattr(upload, name), []
 
     def dying(connection: Any, columns: Any) -> Any:
         if not killed:  # the first batch only: its server process ends, as on a primary's crash
@@ -447,12 +450,14 @@ def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, 
                 killed.append(c.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0])
         return real(connection, columns)
 
-    monkeypatch.setattr(upload, "_insert_entries_pg_copy", dying)
+    monkeypatch.setattr(upload, name, dying)
     t = world.enrol("T-LOST")
-    body = t.body([t.append().message for _ in range(3)])
+    # batches above PG_COPY_MIN_ROWS go through COPY, smaller ones are one multi-row INSERT
+    n = upload.PG_COPY_MIN_ROWS + 1 if path == "copy" else 3
+    body = t.body([t.append().message for _ in range(n)])
     status, headers, data = live_server.post(UPLOAD, body, t.headers(body))
     assert killed == [True]
     assert (status, json.loads(data)["error"]["code"], headers["Retry-After"]) == (503, "database_unavailable", "2")
     status, _headers, data = live_server.post(UPLOAD, body, t.headers(body))
     assert status == 200, data
-    assert [r["result"] for r in json.loads(data)["results"]] == ["accepted"] * 3
+    assert [r["result"] for r in json.loads(data)["results"]] == ["accepted"] * n
