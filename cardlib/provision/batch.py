@@ -169,6 +169,31 @@ def run_batch(
     :raises IssuanceInterrupted: a card left the field mid-write: the batch stops; run it again.
     :raises QuotaExceeded: the grant is used up.
     """
+    def provision(tag: Type2Tag, household: Household) -> CardOutcome:
+        return provision_card(tag, ctx, household, state, grant=grant, on_step=on_step)
+
+    return _run_households(rows, source.next_card, provision, state, technician=technician,
+                           technician_name=technician_name, grant=grant, on_card=on_card, on_wait=on_wait)
+
+
+def _run_households(
+    rows: Sequence[Household],
+    next_card: Callable[[], contextlib.AbstractContextManager[_C] | None],
+    provision: Callable[[_C, Household], CardOutcome],
+    state: BatchState,
+    *,
+    technician: Signer,
+    technician_name: str,
+    grant: SessionGrant | None,
+    on_card: Callable[[CardOutcome], None] | None,
+    on_wait: Callable[[Household], None] | None,
+) -> list[CardOutcome]:
+    """The batch loop both card profiles share: each household not yet issued waits for chips
+    from ``next_card`` until one is issued to it; the issuance file is signed when the loop ends.
+
+    :param next_card: the next chip in the field as a context manager, or None when the source is done.
+    :param provision: writes one household onto one chip and says what happened.
+    """
     outcomes: list[CardOutcome] = []
     try:
         for household in rows:
@@ -177,11 +202,11 @@ def run_batch(
             while True:
                 if on_wait is not None:
                     on_wait(household)
-                cm = source.next_card()
+                cm = next_card()
                 if cm is None:
                     return outcomes
-                with cm as tag:
-                    outcome = provision_card(tag, ctx, household, state, grant=grant, on_step=on_step)
+                with cm as card:
+                    outcome = provision(card, household)
                 outcomes.append(outcome)
                 if on_card is not None:
                     on_card(outcome)
@@ -400,26 +425,10 @@ def run_secure_batch(
     """
     from cardlib.provision.secure import provision_secure_card
 
-    outcomes: list[CardOutcome] = []
-    try:
-        for household in rows:
-            if state.issued_for(household.ref_hex) is not None:
-                continue
-            while True:
-                if on_wait is not None:
-                    on_wait(household)
-                cm = source.next_secure_card()
-                if cm is None:
-                    return outcomes
-                with cm as session:
-                    outcome = provision_secure_card(session, ctx, household, state, pin=pin_for(household),
-                                                    pin_reset_key=pin_reset_key, pin_required=pin_required,
-                                                    grant=grant, on_step=on_step)
-                outcomes.append(outcome)
-                if on_card is not None:
-                    on_card(outcome)
-                if outcome.status is Event.ISSUED and outcome.household.household_ref == household.household_ref:
-                    break
-        return outcomes
-    finally:
-        write_issuance_file(state, technician, technician_name, grant)
+    def provision(session: SecureCardSession, household: Household) -> CardOutcome:
+        return provision_secure_card(session, ctx, household, state, pin=pin_for(household),
+                                     pin_reset_key=pin_reset_key, pin_required=pin_required,
+                                     grant=grant, on_step=on_step)
+
+    return _run_households(rows, source.next_secure_card, provision, state, technician=technician,
+                           technician_name=technician_name, grant=grant, on_card=on_card, on_wait=on_wait)
