@@ -46,6 +46,7 @@ import subprocess
 import sys
 import threading
 from binascii import hexlify, unhexlify
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -357,18 +358,22 @@ class UdpPeerProcess:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m simulator.nfc_udp --card FILE [--port N]``: serve one card file until SIGTERM.
+def serve_card_file(argv: list[str] | None, *, description: str, card_help: str,
+                    make_peer: Callable[[Path, int], NfcUdpPeer]) -> int:
+    """The ``main`` of a UDP peer module: parse ``--card FILE [--port N]``, serve until SIGTERM or SIGINT.
 
-    Prints ``READY <port>`` on stdout once listening.
+    Prints ``READY <port>`` on stdout once listening (what :class:`UdpPeerProcess` waits for).
+
+    :param make_peer: builds the peer from the card file path and the requested port (0 = any free port).
+    :returns: the process exit status (0).
     """
     import signal
 
-    parser = argparse.ArgumentParser(description="Virtual NTAG21x for nfcpy's udp: driver (127.0.0.1 only)")
-    parser.add_argument("--card", required=True, type=Path, help="virtual card file (huma-sim-ntag21x/1)")
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--card", required=True, type=Path, help=card_help)
     parser.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0 = any free port)")
     args = parser.parse_args(argv)
-    peer = NfcUdpPeer(Ntag21x.load(args.card), args.port)
+    peer = make_peer(args.card, args.port)
 
     def _terminate(signum: int, frame: object) -> None:
         peer._stop.set()
@@ -379,6 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     peer.serve()
     peer.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulator.nfc_udp --card FILE [--port N]``: serve one card file until SIGTERM.
+
+    Prints ``READY <port>`` on stdout once listening.
+    """
+    return serve_card_file(argv, description="Virtual NTAG21x for nfcpy's udp: driver (127.0.0.1 only)",
+                           card_help="virtual card file (huma-sim-ntag21x/1)",
+                           make_peer=lambda card, port: NfcUdpPeer(Ntag21x.load(card), port))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ Not for production: the UDP peer binds 127.0.0.1 only.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import json
 import logging
@@ -50,7 +49,7 @@ from cardlib.transport import Connection
 from cardlib.transport.errors import CardRemoved as TransportCardRemoved
 from simulator.chip import CASCADE_TAG
 from simulator.errors import CardFileError, ChipLeftField
-from simulator.nfc_udp import NVB_SDD, NVB_SELECT, SAK_CASCADE, NfcUdpPeer, RfCommand, UdpPeerProcess
+from simulator.nfc_udp import NVB_SDD, NVB_SELECT, SAK_CASCADE, NfcUdpPeer, RfCommand, UdpPeerProcess, serve_card_file
 
 __all__ = [
     "ATR",
@@ -690,23 +689,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Prints ``READY <port>`` on stdout once listening.
     """
-    import signal
-
-    parser = argparse.ArgumentParser(description="Virtual Type 4 tag for nfcpy's udp: driver (127.0.0.1 only)")
-    parser.add_argument("--card", required=True, type=Path, help=f"virtual card file ({CARD_FILE_FORMAT})")
-    parser.add_argument("--port", type=int, default=0, help="UDP port on 127.0.0.1 (0 = any free port)")
-    args = parser.parse_args(argv)
-    peer = Type4UdpPeer(Type4Card.load(args.card), args.port)
-
-    def _terminate(signum: int, frame: object) -> None:
-        peer._stop.set()
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    print(f"READY {peer.port}", flush=True)
-    peer.serve()
-    peer.stop()
-    return 0
+    return serve_card_file(argv, description="Virtual Type 4 tag for nfcpy's udp: driver (127.0.0.1 only)",
+                           card_help=f"virtual card file ({CARD_FILE_FORMAT})",
+                           make_peer=lambda card, port: Type4UdpPeer(Type4Card.load(card), port))
 
 
 if __name__ == "__main__":
