@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from server.extensions import db
 from server.reconcile.engine import reconcile
 from server.reconcile.errors import ReconcileBusy
-from server.reconcile.models import CardProfile, Finding
+from server.reconcile.models import CardProfile, Finding, TerminalSite
 from server.reconcile.observations import ReconcileConfig
 from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal
 from tests.reconcile_support import audit_db, install, upload  # noqa: F401 - audit_db is a fixture
@@ -108,6 +108,13 @@ def _households(d: District) -> None:
     session.commit()
 
 
+def _revoke(d: District) -> None:
+    """Terminal 0's key is compromised from 3 h into the day: its states are read by the others before and after."""
+    session = db.write_session()
+    session.get(TerminalSite, d.terminals[0].terminal_id).compromised_from = DAY + dt.timedelta(hours=3)
+    session.commit()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world, seed):  # noqa: F811
     rng = random.Random(seed)
@@ -116,6 +123,7 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
     install(app, world, d)
     with app.app_context():
         _households(d)
+        _revoke(d)
     plans = {t.terminal_id: _rounds(t, rng) for t in d.terminals}
     modes = []
     kinds: set[str] = set()
@@ -137,7 +145,8 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
         assert after_full == incremental, r
         kinds |= {v[0] for v in incremental.values()}
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
-    assert {"card_fork", "terminal_gap", "clock_backwards"} <= kinds, kinds
+    assert {"card_fork", "terminal_gap", "clock_backwards", "revoked_key_state",
+            "revoked_state_built_on"} <= kinds, kinds
 
 
 def test_second_run_is_refused_while_one_holds_the_lock(app, audit_db, world, db_url):  # noqa: F811

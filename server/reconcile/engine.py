@@ -28,6 +28,9 @@ Checks (kind → what the SQL looks for):
   i.e. the remaining entitlement went negative), ``revoked_card_used``,
   ``impossible_travel`` (consecutive taps at terminals farther apart than
   ``max_speed_kmh`` allows).
+- card states of revoked terminal keys (:mod:`server.reconcile.revoked_states`):
+  ``revoked_key_state`` (written at or after the revocation, or backdated) and
+  ``revoked_state_built_on`` (read by a redemption elsewhere after the revocation).
 
 Clock findings never drop or discount a signed entry; they are reported only.
 
@@ -71,7 +74,9 @@ from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
 from server.reconcile.models import FindingKind, FindingStatus, ReconcileRun, ReconcileState
 from server.reconcile.observations import Observation, ReconcileConfig
+from server.reconcile.revoked_states import revoked_key_states, revoked_states_built_on
 from server.reconcile.scope import Scope
+from server.reconcile.settlements import settle_torn_writes
 from server.reconcile.sql import (
     benefit_cycles,
     card_entitlements,
@@ -157,6 +162,8 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
     out += entitlements_exceeded(conn, cfg, scope)
     out += household_entitlements(conn, cfg, scope)
     out += revoked_cards_used(conn, cfg)
+    out += revoked_key_states(conn, cfg)
+    out += revoked_states_built_on(conn, cfg)
     out += claims_on_replaced_cards(conn, cfg, scope)
     out += impossible_travel(conn, cfg, scope)
     return out
@@ -331,6 +338,7 @@ def reconcile(
             observations += signature_mismatches(conn, cfg)
         recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures,
                                    resolve_within=None if scope is None else _within(conn, scope, observations))
+        settle_torn_writes(conn, run.id, now, scope)  # docs/reconciliation.md §Settling torn writes
         if scope is not None:
             scope.drop(conn)
         values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}

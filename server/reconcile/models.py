@@ -44,6 +44,8 @@ class FindingKind(str, enum.Enum):
     JOURNAL_TAIL_MISSING = "journal_tail_missing"  #: a signed journal head the uploads never reached
     HOUSEHOLD_OVER_ENTITLEMENT = "household_over_entitlement"  #: one household over its entitlement across cards
     CLAIM_ON_REPLACED_CARD = "claim_on_replaced_card"  #: a redemption on a card after its household got a newer one
+    REVOKED_KEY_STATE = "revoked_key_state"  #: a card state a revoked key wrote at/after its revocation
+    REVOKED_STATE_BUILT_ON = "revoked_state_built_on"  #: a later redemption read a revoked key's state
 
 
 class Severity(str, enum.Enum):
