@@ -46,6 +46,18 @@ def storable_id(value: str, what: str) -> str:
     return value
 
 
+#: (message, argument) pairs already logged by :func:`_warn_once` in this process.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(message: str, arg: str) -> None:
+    """Log a configuration warning once per process: the CA is loaded at every approval, and a
+    district simulation approving 300 counters logged each warning 300 times."""
+    if (message, arg) not in _WARNED:
+        _WARNED.add((message, arg))
+        log.warning(message, arg)
+
+
 def _ca_signer(path: Path, password: bytes | None) -> SoftwareSigner:
     if password:
         return load_signer(path, password)  # encrypted PKCS#8, as `huma keys` writes it
@@ -53,7 +65,7 @@ def _ca_signer(path: Path, password: bytes | None) -> SoftwareSigner:
         key = serialization.load_pem_private_key(path.read_bytes(), None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigurationError(f"cannot load terminal CA key {path}: {exc}") from exc
-    log.warning("terminal CA key %s is not encrypted: acceptable for tests and simulations only", path)
+    _warn_once("terminal CA key %s is not encrypted: acceptable for tests and simulations only", str(path))
     return SoftwareSigner(key)  # type: ignore[arg-type]  # an Ed25519/P-256 key, else SoftwareSigner raises
 
 
@@ -80,7 +92,7 @@ def terminal_ca() -> TerminalCA:
             return TerminalCA(signer, x509.load_pem_x509_certificate(candidate.read_bytes()))
         if cert_path:
             raise ConfigurationError(f"TERMINAL_CA_CERT {cert_path} is not a file")
-        log.warning("no certificate for terminal CA %s: using a self-signed one", signer.kid.hex())
+        _warn_once("no certificate for terminal CA %s: using a self-signed one", signer.kid.hex())
         return TerminalCA.self_signed(signer)
     except (KeysError, ValueError) as exc:
         raise ConfigurationError(f"terminal CA unusable: {exc}") from exc
