@@ -12,7 +12,12 @@ can never be passed off as another:
 
 - **upload receipt** (server → counter, AAD ``b"huma-betang/receipt/v1"``):
   ``{1: 1, 2: terminal_id, 3: SHA-256(exact request body), 4: time (POSIX s),
-  5: [[entry_id (16 bytes), seq, result, reason or null], ...]}`` in upload order.
+  5: [[entry_id (16 bytes), seq, result, reason or null], ...]}`` in upload order,
+  and optionally ``6: [[entry_id (16 bytes), seq, outcome], ...]``: the server's
+  settlements of torn card writes whose PENDING entry the request carried
+  (outcome ``finished``: the write took effect; ``voided``: it did not;
+  docs/reconciliation.md §Settling torn writes). Absent when there are none, so a
+  receipt without settlements is the version-1 receipt it always was.
   The request body carries a fresh random ``batch_id``, so its hash is the
   counter's nonce: a receipt answers one request only.
 - **bundle freshness** (server → counter, AAD ``b"huma-betang/freshness/v1"``):
@@ -45,6 +50,8 @@ __all__ = [
     "Freshness",
     "JournalHead",
     "ReceiptLine",
+    "Settlement",
+    "SettlementOutcome",
     "StatementError",
     "UploadReceipt",
     "sign_freshness",
@@ -76,6 +83,7 @@ class _Receipt(enum.IntEnum):
     REQUEST_SHA256 = 3
     TIME = 4
     RESULTS = 5
+    SETTLEMENTS = 6
 
 
 class _Freshness(enum.IntEnum):
@@ -105,15 +113,40 @@ class ReceiptLine:
     reason: str | None = None
 
 
+class SettlementOutcome(str, enum.Enum):
+    """What server reconciliation decided about a torn card write (the values of the journal's closing kinds)."""
+
+    FINISHED = "finished"  #: the write took effect: a later state of the card chains to it
+    VOIDED = "voided"  #: it did not: the card's state at its sequence number is another one
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The server's decision on one torn write of the receiving terminal.
+
+    :ivar entry_id: the write's PENDING entry id (16 bytes).
+    :ivar seq: that entry's terminal seq.
+    :ivar outcome: took effect (FINISHED) or not (VOIDED).
+    """
+
+    entry_id: bytes
+    seq: int
+    outcome: SettlementOutcome
+
+
 @dataclass(frozen=True)
 class UploadReceipt:
-    """A verified upload receipt. ``message`` is the exact signed bytes (evidence)."""
+    """A verified upload receipt. ``message`` is the exact signed bytes (evidence).
+
+    :ivar settlements: claim 6, empty when the receipt has none.
+    """
 
     terminal_id: str
     request_sha256: bytes
     time: int
     lines: tuple[ReceiptLine, ...]
     message: bytes
+    settlements: tuple[Settlement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,33 +203,40 @@ def _pinned(key: PublicKey) -> dict[bytes, Any]:
 
 
 def sign_receipt(signer: Signer, terminal_id: str, request_body: bytes, lines: Sequence[ReceiptLine],
-                 now: float) -> bytes:
+                 now: float, settlements: Sequence[Settlement] = ()) -> bytes:
     """An upload receipt for one request (see module docstring).
 
     :param signer: the server receipt key.
     :param request_body: the exact request body bytes received.
     :param lines: one per uploaded entry, in upload order.
     :param now: POSIX seconds.
+    :param settlements: the server's settlements of torn writes this request named (claim 6,
+        omitted when empty).
     :returns: the COSE_Sign1 bytes.
     """
     import hashlib
 
-    return sign1_with(signer, _dump({
+    claims: dict[int, Any] = {
         _Receipt.VERSION: STATEMENT_VERSION,
         _Receipt.TERMINAL_ID: terminal_id,
         _Receipt.REQUEST_SHA256: hashlib.sha256(request_body).digest(),
         _Receipt.TIME: int(now),
         _Receipt.RESULTS: [[ln.entry_id, ln.seq, ln.result, ln.reason] for ln in lines],
-    }), RECEIPT_AAD)
+    }
+    if settlements:
+        claims[_Receipt.SETTLEMENTS] = [[s.entry_id, s.seq, s.outcome.value] for s in settlements]
+    return sign1_with(signer, _dump(claims), RECEIPT_AAD)
 
 
 def verify_receipt(message: bytes, key: PublicKey) -> UploadReceipt:
     """Verify an upload receipt under the pinned server receipt key.
 
-    The caller checks that it names its terminal and its request hash.
+    The caller checks that it names its terminal and its request hash, and that each
+    settlement names one of its own PENDING entries.
 
     :raises cardlib.records.errors.CoseError: malformed, another key (unknown kid), bad signature.
-    :raises StatementError: wrong shape or version.
+    :raises StatementError: wrong shape or version; a settlement line that is not
+        ``[16-byte entry id, seq >= 1, "finished" | "voided"]``.
     """
     what = "upload receipt"
     claims = _claims(verify1(message, _pinned(key), external_aad=RECEIPT_AAD), what)
@@ -213,7 +253,23 @@ def verify_receipt(message: bytes, key: PublicKey) -> UploadReceipt:
         time=_typed(claims, _Receipt.TIME, int, what),
         lines=tuple(lines),
         message=message,
+        settlements=_settlements(claims, what),
     )
+
+
+def _settlements(claims: dict[Any, Any], what: str) -> tuple[Settlement, ...]:
+    """Claim 6 of a receipt (absent: none). :raises StatementError: a line of the wrong shape."""
+    if _Receipt.SETTLEMENTS not in claims:
+        return ()
+    out = []
+    outcomes = {o.value: o for o in SettlementOutcome}
+    for item in _typed(claims, _Receipt.SETTLEMENTS, list, what):
+        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], bytes) or len(item[0]) != 16
+                or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 1
+                or not isinstance(item[2], str) or item[2] not in outcomes):
+            raise StatementError(f"{what}: a settlement line of the wrong shape")
+        out.append(Settlement(item[0], item[1], outcomes[item[2]]))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- bundle freshness

@@ -22,6 +22,7 @@ from server.extensions import db
 from server.heads import record_head
 from server.http import json_body
 from server.receipts import receipt_signer
+from server.reconcile.settlements import receipt_settlements
 from server.registry import ensure_cycles
 from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_batch
 
@@ -52,13 +53,16 @@ def upload_batch() -> ResponseReturnValue:
     with busy_as_503(retry_after):
         session = db.write_session()
         results = store_entries(session, terminal, batch.batch_id, verified, rejected)
+        # Torn writes of this terminal whose PENDING the request names, as reconciliation settled them.
+        settlements = receipt_settlements(session, terminal.terminal_id, (s.entry for _, s in verified))
         ensure_cycles(session, cycles)
         session.commit()
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
     status = 200
     lines = [ReceiptLine(r.entry_id or b"", r.seq, r.outcome.value, r.reason.value if r.reason else None)
              for r in results]
-    receipt = sign_receipt(receipt_signer(current_app), terminal.terminal_id, raw, lines, time.time())
+    receipt = sign_receipt(receipt_signer(current_app), terminal.terminal_id, raw, lines, time.time(),
+                           settlements=settlements)
     payload: dict[str, object] = {"terminal_id": terminal.terminal_id, "batch_id": batch.batch_id,
                                   "counts": counts, "results": [r.to_json() for r in results],
                                   "receipt": base64.b64encode(receipt).decode("ascii")}

@@ -10,6 +10,7 @@ from server import grievances as _grievances  # noqa: F401 - grievances (migrati
 from server import logins as _logins  # noqa: F401 - login_throttle (migration 0008) is in Base.metadata
 from server.checkpoints import models as _checkpoints  # noqa: F401 - terminal_checkpoints (migration 0012)
 from server.models import Base
+from server.reconcile import settlements as _settlements  # noqa: F401 - write_settlements (migration 0016)
 
 target_metadata = Base.metadata
 
