@@ -8,7 +8,9 @@ NTAG's two slots:
 2. GET DATA state and INTERNAL AUTHENTICATE with a fresh nonce: the card proves the key
    the identity names over its counter, seq and state hash. A copy without the private
    key is declined offline (``clone_check_failed``); a counter not above the last one this
-   terminal journalled for the card is declined (``card_counter_repeated``);
+   terminal journalled for the card is declined (``card_counter_repeated``); a state signed by a
+   terminal key revoked after it wrote it is served at the stale floor, one signed at or after
+   the revocation is declined ``revoked_key`` (:mod:`terminal.revocation`, as on NTAG);
 3. an unfinished write for the card in the journal? → decide it from the state the card
    holds (UPDATE STATE is atomic on the card: old or new) and journal FINISHED / VOIDED;
 4. VERIFY when the programme needs the PIN (blocked → ``pin_blocked``), then the same
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
+from cardlib.records.bundle import BundleKey, TrustBundle
 from cardlib.records.claims import Unit
 from cardlib.records.journal import NTAG_COUNTER_MAX, EntryKind
 from cardlib.records.receipt import receipt_code
@@ -76,6 +79,7 @@ from terminal.policy import (
     decide,
     decline_reason_of,
 )
+from terminal.revocation import RevocationGrace, revoked_writer
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +194,21 @@ class SecureTap:
         if counter > NTAG_COUNTER_MAX:
             # The journal claim holds 24 bits (16.7 million authentications); such a card is re-issued.
             return declined(DeclineReason.CARD_STATE_INVALID, card_hex, records=identity)
+        # As on NTAG (docs/security.md "Revocation that does not exclude"): a state signed by a
+        # terminal key revoked after it wrote it is served at the floor; one signed later is revoked_key.
+        revoked: BundleKey | None = None
         try:
-            card = verify_secure_state(verified.state.state, identity, bundle)
+            grace = RevocationGrace(bundle) if isinstance(bundle, TrustBundle) else bundle
+            card = verify_secure_state(verified.state.state, identity, grace)
             check_record_seq(verified, card.claims.seq)
+            if isinstance(bundle, TrustBundle):
+                revoked = revoked_writer(bundle, card.state.kid, card.claims.time)
         except CardlibError as exc:
             reason = DeclineReason.CARD_STATE_INVALID if isinstance(exc, StateMismatch) else _reason(exc)
             return declined(reason, card_hex, counter, identity)
+        if revoked is not None:
+            log.info("secure card %s…: state signed by key %s before its revocation; served at the floor",
+                     card_hex[:4], revoked.kid.hex())
 
         with self._lock:
             open_write = self.journal.open_write(card_hex)
@@ -226,7 +239,7 @@ class SecureTap:
                 card=facts, request=Request(mode, programme, qty, pin_status),
                 programmes={k: v[1] for k, v in programmes.items()}, counter_modes=frozenset({mode}),
                 deny=deny, limits=limits or self._limits, exposure=exposed, bundle_age_days=bundle_age_days,
-                now=now, bundle_expired=bundle_expired, clock_wrong=clock_wrong,
+                now=now, bundle_expired=bundle_expired, clock_wrong=clock_wrong, at_floor=revoked is not None,
             )
             if decision.writes_card:
                 assert entry is not None

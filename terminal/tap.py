@@ -32,9 +32,8 @@ from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
 from cardlib.records.access import CardPasswordKeys
-from cardlib.records.bundle import BundleKey, KeyRole, KeyState, TrustBundle
+from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_bounds, terminal_id_of
-from cardlib.records.cose import CoseKey, KeyResolver
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
 from cardlib.records.migration import MigrationError, migrate_format1
@@ -69,6 +68,7 @@ from terminal.policy import (
     decide,
     decline_reason_of,
 )
+from terminal.revocation import RevocationGrace, revoked_signer
 from terminal.secure_tap import SecureTap, is_secure_atr
 from terminal.supervisor import ReaderSelector
 
@@ -175,50 +175,6 @@ def clock_wrong(bundle: TrustBundle, now: float, stale_days: float) -> bool:
     """
     return (now < bundle.issued_at - CLOCK_BEHIND_S
             or now > bundle.in_force_until + stale_days * SECONDS_PER_DAY)
-
-
-class RevocationGrace:
-    """Card trust that still resolves terminal keys revoked at a time R (checked after verification).
-
-    A state a terminal wrote before its key was revoked stays the card's genuine state
-    (docs/security.md "Revocation that does not exclude"); :func:`revoked_signer` then
-    requires its signed time to be before R. Issuer keys resolve exactly as the bundle says.
-
-    :param bundle: the trust bundle in force.
-    """
-
-    def __init__(self, bundle: TrustBundle) -> None:
-        self.bundle = bundle
-
-    def resolver(self, role: KeyRole) -> KeyResolver:
-        """The bundle's resolver, but for terminal keys one that also resolves revoked keys."""
-        strict = self.bundle.resolver(role)
-        if role is not KeyRole.TERMINAL:
-            return strict
-
-        def resolve(kid: bytes) -> CoseKey:
-            k = self.bundle.key(kid)
-            if k.role is KeyRole.TERMINAL and k.status is KeyState.REVOKED and k.status_time is not None:
-                return CoseKey(k.kid, k.alg, k.public_key)
-            return strict(kid)
-        return resolve
-
-    def check_card(self, card_id: bytes, uid: bytes) -> None:
-        """:raises DeniedCard: the card is on the bundle's deny list."""
-        self.bundle.check_card(card_id, uid)
-
-
-def revoked_signer(bundle: TrustBundle, state: CardState) -> BundleKey | None:
-    """The revoked key that signed the card's current state before its revocation, or None (a good key).
-
-    :raises RevokedKid: the current state is signed by a revoked key at or after its revocation time.
-    """
-    k = bundle.key(state.current.cose.kid)
-    if k.status is not KeyState.REVOKED:
-        return None
-    if k.status_time is None or state.current.claims.time >= k.status_time:
-        raise rec.RevokedKid(k.kid)
-    return k
 
 
 def unverified_card_id(image: RecordImage | None) -> str:
