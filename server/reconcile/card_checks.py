@@ -328,6 +328,11 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
             ),
         )
     )
+    over_cards: Any = over
+    if scope is not None:  # the few cards over, as values: PostgreSQL then reads them by index, not the journal whole
+        over_cards = sorted(set(conn.execute(over).scalars()))
+        if not over_cards:
+            return []
     window = (
         select(
             journal.c.card_id,
@@ -358,7 +363,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(REDEEMED, journal.c.card_id.in_(over))
+        .where(REDEEMED, journal.c.card_id.in_(over_cards))
         .subquery()
     )  # ``over`` only keeps cards with entitlements
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)

@@ -22,7 +22,7 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from server.reconcile.sql import card_profiles, journal
+from server.reconcile.sql import card_profiles, full_scan, journal
 
 __all__ = ["Scope", "card_in", "household_in", "terminal_in"]
 
@@ -49,6 +49,7 @@ class Scope:
     :ivar cards: table ``(card_id)``: the cards of new entries and every card of their households.
     :ivar households: table ``(household_ref)``.
     :ivar counts: rows in each table (terminals, cards, households), for the run's log.
+    :ivar journal_id: the watermark: the new entries are those with ``journal_entries.id`` above it.
     """
 
     terminals: Table
@@ -56,6 +57,7 @@ class Scope:
     cards: Table
     households: Table
     counts: tuple[int, int, int]
+    journal_id: int = 0
 
     @classmethod
     def since(cls, conn: Connection, journal_id: int) -> Scope:
@@ -66,9 +68,11 @@ class Scope:
         for table in _TABLES:
             table.create(conn, checkfirst=True)
             conn.execute(delete(table))
-        new = journal.c.id > journal_id
-        first = (select(journal.c.terminal_id, func.min(journal.c.seq).label("first_seq"))
-                 .where(new).group_by(journal.c.terminal_id).subquery())
+        # the new entries by primary key range (SQLite: NOT INDEXED, or it walks a whole index in key order)
+        fresh = full_scan._construct(journal, name="fresh")
+        new = fresh.c.id > journal_id
+        first = (select(fresh.c.terminal_id, func.min(fresh.c.seq).label("first_seq"))
+                 .where(new).group_by(fresh.c.terminal_id).subquery())
         before = journal.alias("before")
         from_seq = (select(func.max(before.c.seq))
                     .where(before.c.terminal_id == first.c.terminal_id, before.c.seq < first.c.first_seq)
@@ -76,9 +80,9 @@ class Scope:
         conn.execute(insert(_terminals).from_select(
             ["terminal_id", "from_seq"], select(first.c.terminal_id, func.coalesce(from_seq, 0))))
         conn.execute(insert(_boots).from_select(
-            ["terminal_id", "boot_id"], select(journal.c.terminal_id, journal.c.boot_id).where(new).distinct()))
+            ["terminal_id", "boot_id"], select(fresh.c.terminal_id, fresh.c.boot_id).where(new).distinct()))
         conn.execute(insert(_cards).from_select(
-            ["card_id"], select(journal.c.card_id).where(new, journal.c.card_id.is_not(None)).distinct()))
+            ["card_id"], select(fresh.c.card_id).where(new, fresh.c.card_id.is_not(None)).distinct()))
         hh = card_profiles.c.household_ref
         conn.execute(insert(_households).from_select(
             ["household_ref"],
@@ -87,12 +91,11 @@ class Scope:
             ["card_id"],
             select(card_profiles.c.card_id).where(hh.in_(select(_households.c.household_ref)),
                                                   card_profiles.c.card_id.not_in(select(_cards.c.card_id)))))
-        if conn.dialect.name == "postgresql":  # planner statistics for the freshly filled tables
-            for table in _TABLES:
-                conn.execute(text(f"ANALYZE {table.name}"))
+        for table in _TABLES:  # planner statistics: the scope tables are small, start from them
+            conn.execute(text(f"ANALYZE {table.name}"))
         n_terminals, n_cards, n_households = (
             conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (_terminals, _cards, _households))
-        return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households))
+        return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households), journal_id)
 
     def drop(self, conn: Connection) -> None:
         """Drop the temporary tables (before the run commits)."""

@@ -332,24 +332,30 @@ def clock_skew(
     With an incremental run's ``scope`` the aggregate reads only the boots of new entries; a
     terminal it flags is then read whole (its every boot's skew and its ``future`` maximum are
     the full run's). Spreads and maxima only grow with entries, so an unflagged touched boot has
-    no skew, and a terminal's ``future`` finding cannot change unless a new entry is over.
+    no skew, and a terminal's ``future`` finding cannot change unless a new entry is over: the
+    ``future`` side reads only the new entries (an old entry over it flagged the terminal when it
+    arrived; its finding stays as it is, not resolvable: docs/reconciliation.md §Incremental).
     """
     out = list(chain_and_clock_steps(conn, cfg, scope)[1] if backwards is None else backwards)
     wall = epoch_s(journal.c.wall_time)
     offset = wall - cast(journal.c.mono_ns, Float) / 1e9
     ahead = wall - epoch_s(journal.c.received_at)
     boots: Any = journal
+    spread = func.max(offset) - func.min(offset) > cfg.skew_threshold_s
+    over: Any = or_(spread, func.max(ahead) > cfg.future_tolerance_s)
     if scope is not None:  # only the boots new entries belong to (ix_journal_terminal_boot)
         b = scope.boots
         boots = journal.join(b, and_(b.c.terminal_id == journal.c.terminal_id, b.c.boot_id == journal.c.boot_id))
-    flagged = (
+        over = spread
+    flagged: Any = (
         select(journal.c.terminal_id)
         .select_from(boots)
         .group_by(journal.c.terminal_id, journal.c.boot_id)
-        .having(
-            or_(func.max(offset) - func.min(offset) > cfg.skew_threshold_s, func.max(ahead) > cfg.future_tolerance_s)
-        )
+        .having(over)
     )
+    if scope is not None:  # wall − received is per entry: only a new entry can be newly over (primary key range)
+        flagged = union(flagged, select(journal.c.terminal_id).where(journal.c.id > scope.journal_id,
+                                                                     ahead > cfg.future_tolerance_s))
     part = (journal.c.terminal_id, journal.c.boot_id)
     offsets = (
         select(
