@@ -25,7 +25,7 @@ import datetime as dt
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select, union
 from sqlalchemy.engine import Connection
 
 from server.models import TerminalStatus
@@ -46,6 +46,12 @@ def _suspects() -> Any:
         .where(revoked_from.is_not(None))
         .subquery("suspects")
     )
+
+
+def _suspect_ids() -> Any:
+    """Revoked or compromised terminals, for ``terminal_id IN``: the database starts from them, not the journal."""
+    return union(select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
+                 select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)))
 
 
 def _written(w: Any) -> Any:
@@ -71,7 +77,8 @@ def revoked_key_states(conn: Connection, cfg: ReconcileConfig) -> list[Observati
         select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, w.c.wall_time, s.c.revoked_from,
                p.c.entry_id.label("pred_id"), p.c.wall_time.label("pred_time"))
         .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).outerjoin(p, pred))
-        .where(_written(w), or_(w.c.wall_time >= s.c.revoked_from, p.c.id.is_not(None)))
+        .where(_written(w), or_(w.c.wall_time >= s.c.revoked_from, p.c.id.is_not(None)),
+               w.c.terminal_id.in_(_suspect_ids()))
         .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, p.c.id)
     ).all()
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
@@ -117,7 +124,7 @@ def revoked_states_built_on(conn: Connection, cfg: ReconcileConfig) -> list[Obse
         select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, s.c.revoked_from, after.label("after"),
                r.c.entry_id.label("reader_id"), r.c.terminal_id.label("reader"))
         .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).join(r, read))
-        .where(_written(w))
+        .where(_written(w), w.c.terminal_id.in_(_suspect_ids()))
         .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, r.c.wall_time, r.c.terminal_id, r.c.seq)
     ).all()
     groups: dict[bytes, list[Any]] = defaultdict(list)
