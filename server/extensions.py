@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, current_app, g
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.cycles import KnownCycles
 from server.db import WRITE, make_engine, make_sessionmaker
 
 _KEY = "huma_db"
+_CYCLES_KEY = "huma_known_cycles"
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,10 @@ log = logging.getLogger(__name__)
 class Database:
     """Owns one engine per app and one session per app context, always closed at teardown.
 
+    The session is bound to one pooled connection checked out at its first use and
+    returned at teardown: a request's transactions (an upload's terminal look-up, then its
+    write) share it, so PostgreSQL's pool pre-ping (which finds a connection a failover
+    killed) runs once per request instead of once per transaction (issue 21).
     A session that failed mid-request is rolled back and closed at teardown, so
     the next request on that worker never sees ``PendingRollbackError`` (SV-2).
     """
@@ -35,6 +41,9 @@ class Database:
             pool_size=int(app.config["DB_POOL_SIZE"]),
         )
         app.extensions[_KEY] = (engine, make_sessionmaker(engine))
+        known = KnownCycles()
+        known.watch(engine)
+        app.extensions[_CYCLES_KEY] = known
         app.teardown_appcontext(self._teardown)
 
     @staticmethod
@@ -48,27 +57,44 @@ class Database:
         return self._state()[0]
 
     @property
+    def known_cycles(self) -> KnownCycles:
+        """Benefit cycles this process knows are stored (:mod:`server.cycles`)."""
+        known: KnownCycles = current_app.extensions[_CYCLES_KEY]
+        return known
+
+    @property
     def session(self) -> Session:
         """The session of the current app context (created on first use)."""
         if "huma_session" not in g:
-            g.huma_session = self._state()[1]()
+            engine, maker = self._state()
+            g.huma_connection = engine.connect()  # the request's one checkout (pre-ping on PostgreSQL)
+            g.huma_session = maker(bind=g.huma_connection)
         session: Session = g.huma_session
         return session
 
-    def write_session(self) -> Session:
+    def write_session(self, *, continue_read: bool = False) -> Session:
         """The session, with its transaction opened for writing.
 
         On SQLite this starts the transaction with ``BEGIN IMMEDIATE``: the write
         lock is taken up front (waiting up to the busy timeout) instead of failing
         on a read→write lock upgrade (SV-3). Call before the first statement.
+
+        :param continue_read: on PostgreSQL, a transaction that has only read so far goes on
+            as the write transaction (no lock upgrade there: one BEGIN and one COMMIT round
+            trip less, issue 21); on SQLite it is ended and the write one begun, as without it.
         """
         session = self.session
+        if continue_read and session.get_bind().dialect.name == "postgresql":
+            return session
         if session.in_transaction():
             # A read (e.g. token lookup) already began a deferred transaction; end it
             # so the write transaction starts afresh with the write lock.
             session.commit()
         # WRITE is this server's own execution option, not a key of SQLAlchemy's TypedDict of options
-        session.connection(execution_options={WRITE: True})  # type: ignore[misc]
+        connection = session.connection(execution_options={WRITE: True})  # type: ignore[misc]
+        # The option is set on the request's connection in place and was read at BEGIN: clear it,
+        # so a later read transaction of this request begins deferred again.
+        connection.execution_options(**{WRITE: False})
         return session
 
     @staticmethod
@@ -83,6 +109,12 @@ class Database:
                 # pool discards the connection when close() returns it.
                 log.warning("rollback at the end of a request failed: %s", exc.orig)
             session.close()
+        connection: Connection | None = g.pop("huma_connection", None)
+        if connection is not None:
+            try:
+                connection.close()  # back to the pool, which discards it if it is dead
+            except DBAPIError as exc:
+                log.warning("returning the request's connection failed: %s", exc.orig)
 
 
 db = Database()

@@ -176,6 +176,10 @@ def cose_key_of(terminal: Terminal) -> CoseKey:
     return CoseKey(kid=terminal.kid, alg=algorithm_of(public_key), public_key=public_key)
 
 
+#: The envelope's terminal look-up, built once (building the expression per upload cost more than running it).
+_TERMINAL_BY_KID = select(Terminal).where(Terminal.kid == bindparam("kid"))
+
+
 def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
     """Find the terminal that signed this upload and check the envelope signature.
 
@@ -193,7 +197,7 @@ def authenticate(session: Session, header: str | None, body: bytes) -> Terminal:
     found: dict[str, Terminal] = {}
 
     def resolve(kid: bytes) -> CoseKey:
-        terminal = session.scalars(select(Terminal).where(Terminal.kid == kid)).one_or_none()
+        terminal = session.scalars(_TERMINAL_BY_KID, {"kid": kid}).one_or_none()
         if terminal is None:
             raise UnknownKid(kid)
         found["t"] = terminal

@@ -44,19 +44,25 @@ def upload_batch() -> ResponseReturnValue:
     session = db.session
     with busy_as_503(retry_after):
         terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
-        session.commit()  # end the read transaction before the CPU-bound part
+        if session.get_bind().dialect.name != "postgresql":
+            # SQLite: end the read transaction before the CPU-bound part (the write one takes the
+            # database's write lock). PostgreSQL: the write goes on in it (write_session below).
+            session.commit()
     batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
     rejected, verified = verify_batch(batch, terminal)
     # The province cycles (docs/card-format.md §conventions) the entries' wall times fall in:
     # reconciliation and /audit/regions group redemptions by benefit_cycles rows.
-    cycles = {cycle_of(signed.entry.wall_time) for _, signed in verified}
+    # Only cycles this process has not seen stored are inserted (server.cycles: a failover forgets them).
+    cycles, generation = db.known_cycles.missing(cycle_of(signed.entry.wall_time) for _, signed in verified)
     with busy_as_503(retry_after):
-        session = db.write_session()
+        session = db.write_session(continue_read=True)
         results = store_entries(session, terminal, batch.batch_id, verified, rejected)
         # Torn writes of this terminal whose PENDING the request names, as reconciliation settled them.
         settlements = receipt_settlements(session, terminal.terminal_id, (s.entry for _, s in verified))
-        ensure_cycles(session, cycles)
+        if cycles:
+            ensure_cycles(session, cycles)
         session.commit()
+    db.known_cycles.add(cycles, generation)
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
     status = 200
     lines = [ReceiptLine(r.entry_id or b"", r.seq, r.outcome.value, r.reason.value if r.reason else None)
