@@ -19,6 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER": 2,  # seconds, Retry-After of a 503
     "MAX_CONTENT_LENGTH": 4 * 1024 * 1024,  # bytes per request
     "MAX_BATCH_ENTRIES": 2000,  # journal entries per upload
+    "RECONCILE_AFTER_UPLOAD": False,  # an incremental reconciliation after each upload (server/reconcile_trigger.py)
     "TOKEN_TTL": 12 * 3600,  # seconds a login token lives
     "TERMINAL_CA_KEY": None,  # path of the terminal CA PKCS#8 PEM key
     "TERMINAL_CA_KEY_PASSWORD": None,

@@ -23,6 +23,7 @@ from server.heads import record_head
 from server.http import json_body
 from server.receipts import receipt_signer
 from server.reconcile.settlements import receipt_settlements
+from server.reconcile_trigger import after_upload
 from server.registry import ensure_cycles
 from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_batch
 
@@ -64,6 +65,8 @@ def upload_batch() -> ResponseReturnValue:
         session.commit()
     db.known_cycles.add(cycles, generation)
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
+    # RECONCILE_AFTER_UPLOAD: a background incremental run (server.reconcile_trigger); never waits or raises.
+    after_upload(current_app._get_current_object(), counts[Outcome.ACCEPTED.value])  # type: ignore[attr-defined]
     status = 200
     lines = [ReceiptLine(r.entry_id or b"", r.seq, r.outcome.value, r.reason.value if r.reason else None)
              for r in results]
