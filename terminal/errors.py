@@ -65,5 +65,10 @@ class SyncRejected(SyncError):
     """The server refused a request for a reason retrying will not fix (4xx other than 409/429)."""
 
 
+class SettlementRefused(SyncError):
+    """A signed settlement of a torn write does not match this journal (an entry it lacks, not an open
+    card write, another seq or outcome, or one the request did not carry); nothing was recorded or marked."""
+
+
 class TrustStoreError(TerminalError):
     """No usable trust bundle: none installed yet, the installed one fails verification, or a download is refused."""

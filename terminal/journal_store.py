@@ -11,7 +11,9 @@ Durability: WAL mode with ``synchronous=FULL`` makes SQLite fsync the WAL
 before a commit returns, so :meth:`JournalStore.append` returns only once the
 entry is on disk (the PENDING-before-write rule of docs/design.md §Tap sequence depends on it).
 Nothing is deleted: triggers refuse DELETE and any UPDATE except marking an
-entry uploaded.
+entry uploaded. The server's signed settlements of torn writes (docs/reconciliation.md
+§Settling torn writes) are local marks in their own table, written once, beside the
+signed chain (:meth:`JournalStore.record_settlements`).
 
 Offline audit of a journal file lives in :mod:`terminal.journal_audit`.
 """
@@ -42,8 +44,9 @@ from cardlib.records.journal import (
     new_entry_id,
     verify_entry,
 )
+from cardlib.records.statements import Settlement, SettlementOutcome
 from terminal.clock import Clock
-from terminal.errors import JournalDamaged, JournalInUse, JournalStoreError
+from terminal.errors import JournalDamaged, JournalInUse, JournalStoreError, SettlementRefused
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ WRITE_KINDS = (
 _COUNTER_LOOKBACK = 16
 #: :data:`WRITE_KINDS` as an SQL list of their integer codes.
 _WRITE_KIND_LIST = ",".join(str(int(k)) for k in WRITE_KINDS)
+#: Kinds by which this counter closes a card write itself, as an SQL list.
+_CLOSING_KIND_LIST = ",".join(str(int(k)) for k in (EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.VOIDED))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -96,6 +101,16 @@ CREATE TABLE IF NOT EXISTS upload_problems (
     reason     TEXT,                             -- the server's reason code, if any
     flagged_at REAL NOT NULL                     -- POSIX seconds
 );
+CREATE TABLE IF NOT EXISTS settlements (
+    entry_id   BLOB PRIMARY KEY REFERENCES entries (entry_id),  -- the torn write's PENDING entry
+    outcome    TEXT NOT NULL CHECK (outcome IN ('finished', 'voided')),  -- took effect / did not
+    settled_at REAL NOT NULL,                    -- POSIX seconds, when the signed receipt was verified
+    receipt    BLOB NOT NULL                     -- the server's signed upload receipt that carried it (evidence)
+);
+CREATE TRIGGER IF NOT EXISTS settlements_written_once BEFORE UPDATE ON settlements
+BEGIN SELECT RAISE(ABORT, 'a settlement is written once'); END;
+CREATE TRIGGER IF NOT EXISTS settlements_no_delete BEFORE DELETE ON settlements
+BEGIN SELECT RAISE(ABORT, 'settlements are never deleted'); END;
 CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
@@ -447,7 +462,8 @@ class JournalStore:
         """The unfinished card write for ``card_id``, if any.
 
         :returns: the PENDING entry whose write has no COMMIT, FINISHED or
-            VOIDED after it (possibly followed by UNCERTAIN), else None.
+            VOIDED after it (possibly followed by UNCERTAIN) and no settlement by the
+            server (:meth:`record_settlements`), else None.
         """
         rows = self._rows(
             f"WHERE card_id=? AND kind IN ({_WRITE_KIND_LIST}) ORDER BY seq DESC LIMIT 1",
@@ -457,13 +473,19 @@ class JournalStore:
             return None
         last = rows[0]
         if last.entry.kind is EntryKind.PENDING:
-            return last
+            return None if self._settled(last.entry.entry_id) is not None else last
         # UNCERTAIN copies the PENDING claims; return the PENDING it refers to.
         pend = self._rows(
             "WHERE card_id=? AND kind=? AND seq<? ORDER BY seq DESC LIMIT 1",
             (card_id, int(EntryKind.PENDING), last.seq),
         )
-        return pend[0] if pend else last
+        write = pend[0] if pend else last
+        return None if self._settled(write.entry.entry_id) is not None else write
+
+    def _settled(self, entry_id: bytes) -> SettlementOutcome | None:
+        with self._lock:
+            row = self._db.execute("SELECT outcome FROM settlements WHERE entry_id=?", (entry_id,)).fetchone()
+        return None if row is None else SettlementOutcome(row[0])
 
     def _open_writes_at_boot(self) -> list[StoredEntry]:
         with self._lock:
@@ -517,10 +539,13 @@ class JournalStore:
         write entry of the card is PENDING or UNCERTAIN: maybe spent, counted until
         resolved). VOIDED writes count nothing.
 
-        An open write journalled before ``open_since`` no longer counts: a torn write the
-        card could not settle (the card moved on elsewhere, ``deferred``) is decided by
-        server reconciliation from the card's later states, and must not pin this
-        counter's exposure for ever (:meth:`aged_open_writes` lists them).
+        A torn write the card could not settle (the card moved on elsewhere, ``deferred``)
+        is decided by server reconciliation from the card's later states; once its signed
+        settlement is recorded (:meth:`record_settlements`) it counts as a COMMIT when it
+        took effect (``finished``) and nothing when it did not (``voided``). An open write
+        journalled before ``open_since`` no longer counts either, settled or not, so one the
+        server cannot decide does not pin this counter's exposure for ever
+        (:meth:`aged_open_writes` lists them).
 
         :param card_id: restrict to one card; None for the whole terminal.
         :param open_since: POSIX seconds; None counts every open write.
@@ -551,19 +576,29 @@ class JournalStore:
         card_param: tuple[object, ...] = (card_id,) if card_id is not None else ()
         cutoff = max(int(open_since * 1000) if open_since is not None else 0, open_from or 0)
         # An open write's age is that of its PENDING (the UNCERTAIN that follows it is newer).
+        # A settled write: 'finished' counts like a COMMIT of its PENDING (unless this counter
+        # closed the write itself), 'voided' nothing; neither counts as open any more.
+        write_pending = ("(SELECT p.entry_id FROM entries p WHERE p.card_id = e.card_id"
+                         f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq ORDER BY p.seq DESC LIMIT 1)")
         sql = (
             "SELECT unit, coalesce(sum(amount), 0) FROM ("
             f" SELECT e.unit, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
             f" AND e.unit IS NOT NULL{where_card}"
+            " UNION ALL"
+            " SELECT e.unit, e.amount FROM entries e JOIN settlements s ON s.entry_id = e.entry_id"
+            f" WHERE s.outcome = 'finished' AND {done_filter} AND e.unit IS NOT NULL{where_card}"
+            " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
+            f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)"
             " UNION ALL"
             f" SELECT e.unit, e.amount FROM entries e WHERE e.kind IN ({open_kinds}) AND e.unit IS NOT NULL"
             f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
             f" AND x.kind IN ({writes}))"
             " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
             f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
+            f" AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.entry_id = {write_pending})"
             ") GROUP BY unit"
         )
-        params = (*done_params, *card_param, *card_param, cutoff)
+        params = (*done_params, *card_param, *done_params, *card_param, *card_param, cutoff)
         with self._lock:
             return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
 
@@ -571,8 +606,8 @@ class JournalStore:
         """Open card writes whose PENDING was journalled before ``before`` (POSIX seconds).
 
         They no longer count towards exposure (see :meth:`exposure`); server
-        reconciliation settles them from the card's later states. Listed for the
-        counter's health view and the operator.
+        reconciliation settles them from the card's later states (a settled write is not
+        open, so not listed). Listed for the counter's health view and the operator.
         """
         with self._lock:
             cards = [r[0] for r in self._db.execute(
@@ -584,6 +619,98 @@ class JournalStore:
             if w is not None and w.entry.wall_ms < before * 1000:
                 out.append(w)
         return out
+
+    # ------------------------------------------------------------------ settlements
+
+    def record_settlements(self, settlements: Sequence[Settlement], receipt: bytes,
+                           when: float | None = None) -> int:
+        """Record the server's signed settlements of torn writes (docs/reconciliation.md §Settling torn writes).
+
+        A local, unsigned mark beside the entries, like ``uploaded_at``: the signed chain is not
+        touched. All or nothing: every settlement is checked first, in one transaction.
+        A settlement of a write this counter has closed itself since (the card came back and
+        showed it: COMMIT, FINISHED or VOIDED) is skipped, as is one already recorded.
+
+        :param settlements: from a verified upload receipt of this terminal (the caller checked
+            the signature, terminal and request).
+        :param receipt: the receipt's exact signed bytes, kept as evidence.
+        :param when: POSIX seconds; defaults to now.
+        :returns: the number of writes newly settled.
+        :raises SettlementRefused: a settlement names an entry this journal does not hold, an
+            entry that is not a card write's PENDING, another seq than the entry's, or another
+            outcome than one recorded before; nothing was recorded.
+        :raises JournalStoreError: the disk refused the write.
+        """
+        at = time.time() if when is None else when
+        try:
+            with self._lock, self._tx():
+                rows: list[tuple[bytes, str, float, bytes]] = []
+                for st in settlements:
+                    row = self._db.execute(
+                        "SELECT seq, kind, card_id, state_hash_new FROM entries WHERE entry_id=?", (st.entry_id,)
+                    ).fetchone()
+                    if row is None:
+                        raise SettlementRefused(f"settlement names entry {st.entry_id.hex()}, which this journal "
+                                                "does not hold; nothing recorded")
+                    seq, kind, card, new_hash = int(row[0]), int(row[1]), row[2], row[3]
+                    if kind != int(EntryKind.PENDING) or card is None:
+                        raise SettlementRefused(f"settlement names seq {seq}, which is not a card write's PENDING "
+                                                "entry; nothing recorded")
+                    if seq != st.seq:
+                        raise SettlementRefused(f"settlement names entry {st.entry_id.hex()} as seq {st.seq}, "
+                                                f"the journal holds it at seq {seq}; nothing recorded")
+                    held = self._db.execute("SELECT outcome FROM settlements WHERE entry_id=?",
+                                            (st.entry_id,)).fetchone()
+                    if held is not None:
+                        if held[0] != st.outcome.value:
+                            raise SettlementRefused(f"settlement says seq {seq} {st.outcome.value}, recorded "
+                                                    f"{held[0]} before; nothing recorded")
+                        continue
+                    closed = self._db.execute(
+                        f"SELECT kind FROM entries WHERE card_id=? AND kind IN ({_CLOSING_KIND_LIST}) AND seq>?"
+                        " AND state_hash_new IS ? ORDER BY seq LIMIT 1", (card, seq, new_hash)).fetchone()
+                    if closed is not None:
+                        log.info("settlement of write seq %d (%s) arrived after this counter closed it (%s); kept "
+                                 "the counter's own entry", seq, st.outcome.value, EntryKind(int(closed[0])).name)
+                        continue
+                    rows.append((st.entry_id, st.outcome.value, at, receipt))
+                self._db.executemany(
+                    "INSERT INTO settlements (entry_id, outcome, settled_at, receipt) VALUES (?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            raise JournalStoreError(f"recording settlements failed: {exc}") from exc
+        for entry_id, outcome, _at, _r in rows:
+            log.info("torn write %s… settled by the server: %s", entry_id.hex()[:8], outcome)
+        return len(rows)
+
+    def settlements(self) -> dict[bytes, SettlementOutcome]:
+        """Every recorded settlement: the write's PENDING entry id → outcome."""
+        with self._lock:
+            return {bytes(r[0]): SettlementOutcome(r[1])
+                    for r in self._db.execute("SELECT entry_id, outcome FROM settlements ORDER BY rowid")}
+
+    def awaiting_settlement(self, since: float | None = None, limit: int = 500) -> list[StoredEntry]:
+        """Open torn writes the server could settle: their PENDING, in seq order.
+
+        A write whose last entry is UNCERTAIN and uploaded (the server has the PENDING and the
+        UNCERTAIN), not settled. :class:`terminal.sync.SyncClient` sends these PENDING entries
+        again (a duplicate to the server) so that the receipt can carry their settlements.
+
+        :param since: POSIX seconds; only writes whose PENDING was journalled then or later.
+        :param limit: at most this many.
+        """
+        with self._lock:
+            cards = [r[0] for r in self._db.execute(
+                "SELECT e.card_id FROM entries e WHERE e.kind=? AND e.card_id IS NOT NULL"
+                " AND e.uploaded_at IS NOT NULL AND e.seq = (SELECT max(x.seq) FROM entries x"
+                f" WHERE x.card_id = e.card_id AND x.kind IN ({_WRITE_KIND_LIST})) ORDER BY e.seq",
+                (int(EntryKind.UNCERTAIN),))]
+        out = []
+        for card in cards:
+            w = self.open_write(card)
+            if (w is not None and w.entry.kind is EntryKind.PENDING and w.uploaded_at is not None
+                    and (since is None or w.entry.wall_ms >= since * 1000)):
+                out.append(w)
+        return sorted(out, key=lambda w: w.seq)[:limit]
 
     def close(self) -> None:
         """Close the database (a WAL checkpoint runs on close), then release the writer lock."""

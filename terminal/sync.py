@@ -20,6 +20,16 @@ docs/design.md §Sync and docs/api.md:
   → marked uploaded; ``conflict``/``rejected`` → kept, flagged with the reason
   (:meth:`JournalStore.flag_upload`), logged, counted in the health view, never
   deleted and not offered again (the server's signed verdict will not change).
+- **Settlements** (docs/reconciliation.md §Settling torn writes): a torn card write the
+  card could not settle (``deferred``) counts in the exposure until the server decides
+  it from the card's later states. Each round, after the upload, the PENDING entries of
+  such writes (uploaded, unsettled, journalled within :attr:`SyncClient.settle_window_s`)
+  are sent again: the server stores nothing new (``duplicate``) and its signed receipt
+  carries the settlements it has for them (claim 6). Each must name a PENDING entry of
+  that request; the journal records it (:meth:`JournalStore.record_settlements`) and the
+  exposure stops counting the write. A settlement that does not fit refuses the whole
+  receipt (:class:`terminal.errors.SettlementRefused`): nothing recorded, nothing marked.
+  A server without settlements answers ``duplicate`` only; nothing changes.
 - **Trust bundle** (``GET /api/v1/bundle``) with ``If-None-Match`` and a fresh
   nonce: a 304 or the same bytes confirm the held bundle (its age, which tightens
   offline limits, restarts) only with a freshness statement answering that nonce
@@ -61,16 +71,17 @@ from urllib.parse import urlsplit
 
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.errors import RecordError
+from cardlib.records.journal import EntryKind
 from cardlib.records.statements import (
     FRESHNESS_HEADER,
     NONCE_HEADER,
-    ReceiptLine,
+    UploadReceipt,
     sign_head,
     verify_freshness,
     verify_receipt,
 )
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
-from terminal.errors import SyncError, SyncRejected, TrustStoreError
+from terminal.errors import SettlementRefused, SyncError, SyncRejected, TrustStoreError
 from terminal.grievances import GrievanceSender
 from terminal.journal_store import JournalStore, StoredEntry
 from terminal.trust import TrustStore
@@ -85,6 +96,9 @@ BUNDLE_PATH = "/api/v1/bundle"
 DEFAULT_BATCH = 500
 #: Longest Retry-After we obey, seconds (a misconfigured server must not park us for days).
 MAX_RETRY_AFTER_S = 600.0
+#: Torn writes older than this are not offered for settlement any more, seconds (the caps' stale
+#: age releases them by then; docs/design.md §Caps and offline limits).
+SETTLE_WINDOW_S = 60 * 86400.0
 
 
 class ServerBusy(SyncError):
@@ -199,6 +213,7 @@ class UploadReport:
     :ivar batches: requests that got a valid signed receipt.
     :ivar marked: entries newly marked uploaded (accepted or duplicate in the receipt).
     :ivar flagged: ``(seq, result, reason)`` of entries the server's receipt refused.
+    :ivar settled: torn writes newly settled by the server's receipts (:meth:`SyncClient.settle_open_writes`).
     """
 
     batches: int = 0
@@ -206,6 +221,7 @@ class UploadReport:
     accepted: int = 0
     duplicate: int = 0
     flagged: list[tuple[int, str, str | None]] = field(default_factory=list)
+    settled: int = 0
 
 
 class SyncClient:
@@ -232,6 +248,8 @@ class SyncClient:
         self.receipt_key = receipt_key
         #: Complaints taken at the screen, sent after the journal each round (None: not sent).
         self.grievances: GrievanceSender | None = None
+        #: Torn writes journalled longer ago than this are not offered for settlement, seconds.
+        self.settle_window_s = SETTLE_WINDOW_S
 
     # -- journal head
 
@@ -293,7 +311,8 @@ class SyncClient:
         done: list[bytes] = []
         accepted = 0
         flags: list[tuple[StoredEntry, str, str | None]] = []
-        for entry, line in zip(batch, self._receipt_lines(resp.body, body, len(batch)), strict=True):
+        receipt = self._receipt(resp.body, body, len(batch))
+        for entry, line in zip(batch, receipt.lines, strict=True):
             if line.result in ("accepted", "duplicate"):
                 if line.entry_id != entry.entry.entry_id or line.seq != entry.seq:
                     raise UnverifiedAnswer(f"upload receipt names another entry than seq {entry.seq}; "
@@ -304,6 +323,9 @@ class SyncClient:
                 flags.append((entry, line.result, line.reason))
             else:
                 raise UnverifiedAnswer(f"upload receipt: unknown result {line.result!r}; nothing marked")
+        if receipt.settlements:
+            self._check_settlements(receipt, batch)
+            report.settled += self.journal.record_settlements(receipt.settlements, receipt.message)
         for entry, outcome, reason in flags:
             self.journal.flag_upload(entry.entry.entry_id, outcome, reason)
             report.flagged.append((entry.seq, outcome, reason))
@@ -314,8 +336,45 @@ class SyncClient:
         report.marked += self.journal.mark_uploaded(done)
         report.batches += 1
 
-    def _receipt_lines(self, answer: bytes, request_body: bytes, count: int) -> tuple[ReceiptLine, ...]:
-        """The per-entry lines of the signed receipt in an upload answer, after every check.
+    @staticmethod
+    def _check_settlements(receipt: UploadReceipt, batch: Sequence[StoredEntry]) -> None:
+        """Each settlement must name a PENDING entry this request carried, at its seq.
+
+        :raises SettlementRefused: one names another entry (nothing recorded or marked).
+        """
+        carried = {e.entry.entry_id: e.seq for e in batch if e.entry.kind is EntryKind.PENDING}
+        for st in receipt.settlements:
+            if carried.get(st.entry_id) != st.seq:
+                raise SettlementRefused(f"upload receipt settles entry {st.entry_id.hex()} (seq {st.seq}), which "
+                                        "this request did not carry as a PENDING entry; nothing recorded or marked")
+
+    def settle_open_writes(self, report: UploadReport | None = None) -> int:
+        """Send the PENDING entries of uploaded, unsettled torn writes again, to learn their settlements.
+
+        The server answers ``duplicate`` and, once reconciliation decided a write, its receipt
+        carries the settlement (see the module docstring). Only writes journalled within
+        :attr:`settle_window_s`; ``batch_size`` entries per request.
+
+        :param report: the round's report to add to (batches, settled).
+        :returns: the number of writes newly settled.
+        :raises ServerBusy, SyncError, SyncRejected: as :meth:`upload_pending`.
+        :raises UnverifiedAnswer: a receipt that does not verify; :raises SettlementRefused: a
+            settlement that does not fit this journal or request (nothing recorded, nothing marked).
+        """
+        report = report if report is not None else UploadReport()
+        before = report.settled
+        waiting = self.journal.awaiting_settlement(since=time.time() - self.settle_window_s)
+        done = 0
+        while done < len(waiting):
+            size = self.batch_size
+            self._upload_batch(waiting[done:done + size], report)
+            if self.batch_size < size:  # 413: the same writes again in smaller requests
+                continue
+            done += size
+        return report.settled - before
+
+    def _receipt(self, answer: bytes, request_body: bytes, count: int) -> UploadReceipt:
+        """The signed receipt in an upload answer, after every check of its lines.
 
         :raises UnverifiedAnswer: no receipt, not signed by the pinned key, for another
             terminal or request, or not one line per uploaded entry.
@@ -335,7 +394,7 @@ class SyncClient:
         if len(receipt.lines) != count:
             raise UnverifiedAnswer(f"upload receipt has {len(receipt.lines)} lines for {count} entries; "
                                    "nothing marked")
-        return receipt.lines
+        return receipt
 
     # -- bundle
 
@@ -392,9 +451,14 @@ class SyncClient:
                                    "other bytes; the bundle's age does not restart")
 
     def round(self) -> UploadReport:
-        """One sync round: report the journal head, upload everything pending, send complaints, refresh the bundle."""
+        """One sync round: report the journal head, upload everything pending, ask for settlements of torn
+        writes, send complaints, refresh the bundle."""
         self.report_head()
         report = self.upload_pending()
+        try:
+            self.settle_open_writes(report)
+        except SettlementRefused as exc:  # a server answer to distrust, not a reason to skip the bundle
+            log.error("sync: %s", exc)
         if self.grievances is not None:  # after the journal: a complaint's receipt code names an uploaded tap
             self.grievances.send_pending()
         self.refresh_bundle()
@@ -525,6 +589,8 @@ class SyncLoop:
         if report.marked:
             log.info("sync: %d entries uploaded (%d accepted, %d duplicate)", report.marked,
                      report.accepted, report.duplicate)
+        if report.settled:
+            log.info("sync: %d torn writes settled by the server", report.settled)
         return self.interval_s
 
     def _failed(self, exc: BaseException) -> None:
