@@ -27,7 +27,14 @@ import cbor2
 
 from cardlib.keys.signer import KID_LENGTH
 from cardlib.records.errors import ClaimsError, RecordError
-from cardlib.records.slot_encoding import SLOT_FIXED_VERSION, decode_fixed, encode_fixed, is_fixed
+from cardlib.records.slot_encoding import (
+    FIXED_VERSIONS,
+    SLOT_FIXED_VERSION,
+    SLOT_PACKED_VERSION,
+    decode_fixed,
+    encode_fixed,
+    is_fixed,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -483,8 +490,8 @@ class SlotClaims:
     :ivar nfc_counter: NTAG NFC counter read in the writing session (24 bit).
     :ivar prev_hash: :func:`state_hash` of the previous state's COSE bytes (8 bytes);
         for seq 0 the hash of the identity record's COSE bytes.
-    :ivar version: slot format version: 2 (fixed-width, docs/card-format.md §4.1) for every new
-        state; 1 (preferred serialization) is still read.
+    :ivar version: slot format version: 3 (packed, docs/card-format.md §4.2) for every new state;
+        2 (fixed-width, §4.1) and 1 (preferred serialization) are still read.
     """
 
     seq: int
@@ -495,10 +502,10 @@ class SlotClaims:
     time: int
     nfc_counter: int
     prev_hash: bytes
-    version: int = SLOT_FIXED_VERSION
+    version: int = SLOT_PACKED_VERSION
 
     def __post_init__(self) -> None:
-        if self.version not in (FORMAT_VERSION, SLOT_FIXED_VERSION):
+        if self.version not in (FORMAT_VERSION, *FIXED_VERSIONS):
             raise ClaimsError(f"unsupported slot format version {self.version!r}")
         _check_uint("seq", self.seq, 0, UINT32_MAX)
         _check_uint("cycle", self.cycle, 0, UINT32_MAX)
@@ -514,10 +521,10 @@ class SlotClaims:
 
     def to_cbor(self) -> bytes:
         """Encode as a CBOR map with integer keys in ascending order (version 2: fixed widths, §4.1)."""
-        if self.version == SLOT_FIXED_VERSION:
+        if self.version in FIXED_VERSIONS:
             return encode_fixed(seq=self.seq, cycle=self.cycle, remaining=self.remaining,
                                 terminal_id=self.terminal_id, terminal_seq=self.terminal_seq, time=self.time,
-                                nfc_counter=self.nfc_counter, prev_hash=self.prev_hash)
+                                nfc_counter=self.nfc_counter, prev_hash=self.prev_hash, version=self.version)
         return cbor2.dumps(
             {
                 int(SlotKey.VERSION): self.version,
@@ -561,7 +568,8 @@ class SlotClaims:
 
         Every uint claim at its maximum and every remaining amount at its
         per-cycle entitlement (remaining never exceeds it). Used to size the
-        fixed slot (docs/card-format.md §2).
+        fixed slot (docs/card-format.md §2). Version 2's, the longer encoding, so a counter that still
+        writes version 2 can redeem a card issued now (version 3 is shorter, docs/card-format.md §4.2).
         """
         worst = SlotClaims(
             seq=UINT32_MAX,
@@ -572,6 +580,7 @@ class SlotClaims:
             time=UINT32_MAX,
             nfc_counter=UINT24_MAX,
             prev_hash=bytes(HASH_BYTES),
+            version=SLOT_FIXED_VERSION,
         )
         return len(worst.to_cbor())
 

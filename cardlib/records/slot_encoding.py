@@ -33,15 +33,22 @@ from cardlib.records.errors import ClaimsError
 
 __all__ = [
     "COSE_PREFIX_BYTES",
+    "FIXED_VERSIONS",
     "PAD_KEY",
     "SLOT_FIXED_VERSION",
+    "SLOT_PACKED_VERSION",
     "decode_fixed",
     "encode_fixed",
+    "encode_packed",
     "is_fixed",
 ]
 
 #: Slot claim-set version of this encoding (claim 0).
 SLOT_FIXED_VERSION = 2
+#: Version 3 (docs/card-format.md §4.2): the claims that change on every tap packed into one bstr.
+SLOT_PACKED_VERSION = 3
+#: The encodings :func:`encode_fixed` writes and :func:`decode_fixed` reads.
+FIXED_VERSIONS = (SLOT_FIXED_VERSION, SLOT_PACKED_VERSION)
 #: Claim key of the zero-filled byte string that aligns the signature.
 PAD_KEY = 9
 #: Bytes of a card COSE_Sign1 before the payload: ``d2 84``, ``43 a1 01 <alg>``,
@@ -73,8 +80,9 @@ def _amount(value: int) -> bytes:
 
 
 def encode_fixed(*, seq: int, cycle: int, remaining: Mapping[int, int], terminal_id: int, terminal_seq: int,
-                 time: int, nfc_counter: int, prev_hash: bytes) -> bytes:
-    """Encode a version-2 slot claim set (docs/card-format.md §4.1), values already range-checked.
+                 time: int, nfc_counter: int, prev_hash: bytes, version: int = SLOT_FIXED_VERSION) -> bytes:
+    """Encode a version-2 slot claim set (docs/card-format.md §4.1), values already range-checked;
+    ``version=3``: the packed encoding of §4.2 (:func:`encode_packed`).
 
     :param remaining: programme id (1..23) -> amount (uint32, preferred serialization), ascending ids.
     :param prev_hash: 8 bytes.
@@ -91,6 +99,11 @@ def encode_fixed(*, seq: int, cycle: int, remaining: Mapping[int, int], terminal
         raise ValueError("remaining: at most 23 programmes with ids 0..23")
     if type(prev_hash) is not bytes or len(prev_hash) != _HASH_BYTES:
         raise ValueError("prev_hash must be 8 bytes")
+    if version == SLOT_PACKED_VERSION:
+        return encode_packed(seq=seq, cycle=cycle, remaining=remaining, terminal_id=terminal_id,
+                             terminal_seq=terminal_seq, time=time, nfc_counter=nfc_counter, prev_hash=prev_hash)
+    if version != SLOT_FIXED_VERSION:
+        raise ValueError(f"no fixed-width slot encoding version {version}")
     body = b"".join((
         _HEAD,
         b"\x01", _u32(seq),
@@ -108,8 +121,8 @@ def encode_fixed(*, seq: int, cycle: int, remaining: Mapping[int, int], terminal
 
 
 def is_fixed(payload: bytes) -> bool:
-    """True when a slot payload starts like a version-2 claim set (``aa 00 02``)."""
-    return bytes(payload[: len(_HEAD)]) == _HEAD
+    """True when a slot payload starts like a version-2 (``aa 00 02``) or version-3 (``a5 00 03``) claim set."""
+    return bytes(payload[: len(_HEAD)]) in (_HEAD, _PACKED_HEAD)
 
 
 def decode_fixed(payload: bytes) -> dict[int, Any]:
@@ -125,6 +138,8 @@ def decode_fixed(payload: bytes) -> dict[int, Any]:
         claims = cbor2.CBORDecoder(stream).decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError) as exc:
         raise ClaimsError(f"slot claims: not CBOR ({exc})") from exc
+    if bytes(payload[: len(_PACKED_HEAD)]) == _PACKED_HEAD:
+        return _decode_packed(claims, payload)
     if not isinstance(claims, dict) or set(claims) != set(range(_KEYS)):
         raise ClaimsError("slot claims v2: not a map of keys 0..9")
     remaining = claims[3]
@@ -139,3 +154,88 @@ def decode_fixed(payload: bytes) -> dict[int, Any]:
         raise ClaimsError("slot claims v2: not the fixed-width encoding (width, order, pad or trailing bytes)")
     del claims[PAD_KEY]
     return claims
+
+
+# ----------------------------------------------------------------------------- version 3
+
+#: Claim 1 of a version-3 set: the packed bstr (seq, terminal_seq, time, nfc_counter, prev_hash, terminal_id).
+_PACKED_KEY = 1
+_PACKED_KEYS = frozenset((0, _PACKED_KEY, 2, 3, PAD_KEY))
+_PACKED_HEAD = bytes((_MAP_HEAD | len(_PACKED_KEYS), 0x00, SLOT_PACKED_VERSION))
+#: Counter bytes in the packed bstr, by (claim, byte of its big-endian uint32): rarely changing first,
+#: then the page that changes on most taps days apart, then the page that changes on every tap.
+_COUNTER_BYTES = (
+    ("seq", 0), ("seq", 1), ("seq", 2), ("terminal_seq", 0), ("terminal_seq", 1), ("time", 0), ("nfc_counter", 1),
+    ("time", 2), ("time", 1), ("terminal_seq", 2), ("nfc_counter", 2),
+    ("seq", 3), ("terminal_seq", 3), ("time", 3), ("nfc_counter", 3),
+)
+_PACKED_LEN = len(_COUNTER_BYTES) + _HASH_BYTES + 4  # 27: its bstr head is 58 1b, so it starts at slot byte 21
+
+
+def _uint32(name: str, value: int, limit: int = 0xFFFF_FFFF) -> bytes:
+    if type(value) is not int:
+        raise TypeError(f"{name} {value!r} is not an int")
+    if not 0 <= value <= limit:
+        raise OverflowError(f"{name} {value} outside 0..{limit}")
+    return value.to_bytes(4, "big")
+
+
+def encode_packed(*, seq: int, cycle: int, remaining: Mapping[int, int], terminal_id: int, terminal_seq: int,
+                  time: int, nfc_counter: int, prev_hash: bytes) -> bytes:
+    """Encode a version-3 slot claim set (docs/card-format.md §4.2).
+
+    ``{0: 3, 1: h'<27 bytes>', 2: cycle, 3: {pid: amount}, 9: h'00…'}``: claim 1 packs seq,
+    terminal_seq, time and nfc_counter byte by byte (:data:`_COUNTER_BYTES`: the four low bytes
+    share one page, the bytes that change on most taps share the next), then prev_hash (8) and
+    terminal_id (4, big-endian), each on its own page(s) of the slot; cycle as ``1a`` + 4 bytes;
+    amounts in preferred serialization; the pad (0..3 zero bytes) puts the signature on a page.
+
+    :raises TypeError: a value of the wrong type.
+    :raises OverflowError: a value outside uint32 (nfc_counter: uint24).
+    :raises ValueError: more than 23 programmes, a programme id above 23, a hash not 8 bytes.
+    """
+    if len(remaining) > 23 or any(type(pid) is not int or not 0 <= pid <= 23 for pid in remaining):
+        raise ValueError("remaining: at most 23 programmes with ids 0..23")
+    if type(prev_hash) is not bytes or len(prev_hash) != _HASH_BYTES:
+        raise ValueError("prev_hash must be 8 bytes")
+    values = {"seq": _uint32("seq", seq), "terminal_seq": _uint32("terminal_seq", terminal_seq),
+              "time": _uint32("time", time), "nfc_counter": _uint32("nfc_counter", nfc_counter, 0xFF_FFFF)}
+    packed = bytes(values[name][i] for name, i in _COUNTER_BYTES) + prev_hash + _uint32("terminal_id", terminal_id)
+    body = b"".join((
+        _PACKED_HEAD,
+        bytes((_PACKED_KEY, 0x58, _PACKED_LEN)), packed,
+        b"\x02", _u32(cycle),
+        b"\x03", bytes((_MAP_HEAD | len(remaining),)),
+        *(bytes((pid,)) + _amount(remaining[pid]) for pid in sorted(remaining)),
+    ))
+    pad = -(COSE_PREFIX_BYTES + len(body) + 2 + SIGNATURE_HEAD_BYTES) % _PAGE
+    return body + bytes((PAD_KEY, _BSTR_HEAD | pad)) + bytes(pad)
+
+
+def _decode_packed(claims: object, payload: bytes) -> dict[int, Any]:
+    """The claim map (keys 0..8, as version 2 gives them) of a version-3 set, refused unless canonical."""
+    if not isinstance(claims, dict) or set(claims) != _PACKED_KEYS:
+        raise ClaimsError("slot claims v3: not a map of keys 0, 1, 2, 3, 9")
+    packed = claims[_PACKED_KEY]
+    if not isinstance(packed, bytes) or len(packed) != _PACKED_LEN:
+        raise ClaimsError(f"slot claims v3: claim 1 is not a {_PACKED_LEN}-byte string")
+    values = {name: bytearray(4) for name in ("seq", "terminal_seq", "time", "nfc_counter")}
+    for (name, i), byte in zip(_COUNTER_BYTES, packed, strict=False):
+        values[name][i] = byte
+    n = len(_COUNTER_BYTES)
+    out: dict[int, Any] = {
+        0: claims[0], 1: int.from_bytes(values["seq"], "big"), 2: claims[2], 3: claims[3],
+        4: int.from_bytes(packed[n + _HASH_BYTES :], "big"), 5: int.from_bytes(values["terminal_seq"], "big"),
+        6: int.from_bytes(values["time"], "big"), 7: int.from_bytes(values["nfc_counter"], "big"),
+        8: bytes(packed[n : n + _HASH_BYTES]),
+    }
+    try:
+        if not isinstance(out[3], dict):
+            raise TypeError("remaining is not a map")
+        again = encode_packed(seq=out[1], cycle=out[2], remaining=out[3], terminal_id=out[4], terminal_seq=out[5],
+                              time=out[6], nfc_counter=out[7], prev_hash=out[8])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ClaimsError(f"slot claims v3: {exc}") from exc
+    if again != bytes(payload):
+        raise ClaimsError("slot claims v3: not the packed encoding (width, order, pad or trailing bytes)")
+    return out
