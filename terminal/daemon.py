@@ -29,7 +29,6 @@ from pathlib import Path
 from cardlib.apdu import CLA_PSEUDO, SW, ApduChannel, ApduError, CommandApdu
 from cardlib.keys.root import load_root_key
 from cardlib.keys.signer import PublicKey, Signer
-from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import Unit
 from cardlib.secure import SecureCardError, SecureCardSession
 from cardlib.transport import Connection
@@ -75,7 +74,7 @@ from terminal.supervisor import (
     SupervisorGroup,
 )
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
-from terminal.tap import CounterConfig, TapProcessor
+from terminal.tap import CounterConfig, TapProcessor, Trust
 
 log = logging.getLogger(__name__)
 
@@ -349,10 +348,10 @@ class Daemon:
         self.state.fallback = FallbackDesk(self.journal, self._bundle_now, mode, profile.supervisors,
                                            limits=offline_limits(profile))
 
-    def _bundle_now(self) -> TrustBundle | None:
-        """The installed trust bundle, or None before the first one."""
+    def _bundle_now(self) -> Trust | None:
+        """The installed trust bundle and when it was last confirmed current (its age), or None before the first one."""
         try:
-            return self.trust.current().bundle
+            return self.trust.current()
         except TrustStoreError:
             return None
 

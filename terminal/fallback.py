@@ -14,7 +14,10 @@ that way (cash stays refused unless the bundle says otherwise). On top of that s
 a fallback passes the counter's own caps like a card tap (docs/design.md §Caps and offline
 limits): the card's per-cycle cap over every kind of redemption at this counter (card taps,
 QR and manual together) and the terminal exposure, decided under the journal's
-``decision_lock`` that card taps hold too. Each attempt is journalled:
+``decision_lock`` that card taps hold too. Those caps age like a card tap's: tightened by
+:meth:`~terminal.policy.OfflineLimits.tightened` for the bundle's age (days since it was last
+confirmed current), at the stale floor for an expired bundle, which also pays no cash
+(``bundle_expired``). Each attempt is journalled:
 a FALLBACK entry (step and approver signed in claims 21 and 22) or a DECLINED entry with the
 same two claims; server reconciliation counts FALLBACK entries against the household's
 entitlement like any redemption.
@@ -43,7 +46,7 @@ from terminal.errors import TerminalError
 from terminal.journal_store import CardWrite, JournalStore
 from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import SECONDS_PER_DAY, DeclineReason, OfflineLimits
-from terminal.tap import bundle_programmes, counter_limits
+from terminal.tap import Trust, bundle_programmes, counter_limits
 
 __all__ = [
     "MANUAL",
@@ -122,14 +125,16 @@ class FallbackDesk:
     """Serves fallback redemptions for the counter screen (one at a time, under the journal).
 
     :param journal: the counter's journal.
-    :param bundle_source: the trust bundle in force now (None: none installed yet).
+    :param bundle_source: the trust in force now (None: none installed yet): a
+        :class:`~terminal.tap.Trust` (the caps age with it), or a bare bundle (taken as fresh).
     :param mode: the counter mode (shown with the outcome).
     :param supervisors: supervisor id -> scrypt hash (terminal profile).
     :param clock: POSIX seconds now.
     :param limits: the terminal profile's caps (tightened by the bundle's, as for card taps).
     """
 
-    def __init__(self, journal: JournalStore, bundle_source: Callable[[], TrustBundle | None], mode: CounterMode,
+    def __init__(self, journal: JournalStore, bundle_source: Callable[[], Trust | TrustBundle | None],
+                 mode: CounterMode,
                  supervisors: Mapping[str, str], clock: Callable[[], float] = time.time,
                  limits: OfflineLimits | None = None) -> None:
         self._journal = journal
@@ -143,7 +148,8 @@ class FallbackDesk:
     def qr(self, text: str, programme: str, quantity: int, clerk: str) -> TapOutcome:
         """Step 1: serve on a scanned household QR, approved by the clerk ``clerk`` (their id)."""
         clerk = _approver(clerk, "clerk")
-        bundle = self._need_bundle()
+        trust = self._need_trust()
+        bundle = trust.bundle
         now = self._clock()
         try:
             qr = verify_household_qr(text, bundle, int(now))
@@ -151,12 +157,13 @@ class FallbackDesk:
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_DENIED, "card on the deny list")
         except HouseholdQrError as exc:
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_SIGNATURE_INVALID, str(exc))
-        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), bundle, now)
+        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), trust, now)
 
     def manual(self, card_id_hex: str, programme: str, quantity: int, supervisor: str, password: str) -> TapOutcome:
         """Step 2: serve a card id read from the household's papers, on a supervisor's password."""
         supervisor = _approver(supervisor, "supervisor")
-        bundle = self._need_bundle()
+        trust = self._need_trust()
+        bundle = trust.bundle
         now = self._clock()
         try:
             card_id = bytes.fromhex(card_id_hex.strip())
@@ -172,15 +179,15 @@ class FallbackDesk:
         if card_id in bundle.deny_cards:
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.CARD_DENIED,
                                  "card on the deny list")
-        return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), bundle, now)
+        return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), trust, now)
 
     # ------------------------------------------------------------------ internals
 
-    def _need_bundle(self) -> TrustBundle:
-        bundle = self._bundle()
-        if bundle is None:
+    def _need_trust(self) -> Trust:
+        got = self._bundle()
+        if got is None:
             raise LookupError("no trust bundle installed: no fallback without the issuer's keys and limits")
-        return bundle
+        return got if isinstance(got, Trust) else Trust(got, self._clock())
 
     def _served(self, card: str, programme: str, step: str, start: float, end: float) -> int:
         """Units this counter already gave ``card`` through ``step`` in ``[start, end)`` (POSIX seconds)."""
@@ -196,7 +203,8 @@ class FallbackDesk:
                     total += e.amount or 0
             after = rows[-1].seq
 
-    def _serve(self, ask: _Ask, bundle: TrustBundle, now: float) -> TapOutcome:
+    def _serve(self, ask: _Ask, trust: Trust, now: float) -> TapOutcome:
+        bundle = trust.bundle
         programmes = bundle_programmes(bundle)
         if ask.programme not in programmes:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
@@ -205,6 +213,9 @@ class FallbackDesk:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
                                  DeclineReason.INVALID_QUANTITY, "quantity below 1")
         unit = programmes[ask.programme][1].unit
+        if trust.expired and unit is Unit.RUPIAH:  # as decide(): no cash on an expired bundle
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, DeclineReason.BUNDLE_EXPIRED,
+                                 "trust bundle expired: no cash until the counter syncs")
         limit = fallback_limit(bundle, ask.step, ask.programme)
         start, end = (t.timestamp() for t in cycle_bounds(cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))))
         card = ask.card_id.hex()
@@ -216,7 +227,7 @@ class FallbackDesk:
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
                                      f"{ask.step} limit {limit} per cycle, {served} already served",
                                      household=ask.household_ref, entitled=limit, remaining=left)
-            over = self._over_caps(card, unit, ask.quantity, bundle, now, start, end)
+            over = self._over_caps(card, unit, ask.quantity, trust, now, start, end)
             if over is not None:
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, over[0], over[1],
                                      household=ask.household_ref, entitled=limit, remaining=left)
@@ -233,14 +244,16 @@ class FallbackDesk:
                           remaining=remaining, receipt=receipt, card_id=card, journal_seq=stored.seq,
                           detail=f"{ask.step} fallback approved by {ask.approver}")
 
-    def _over_caps(self, card: str, unit: Unit, quantity: int, bundle: TrustBundle, now: float,
+    def _over_caps(self, card: str, unit: Unit, quantity: int, trust: Trust, now: float,
                    start: float, end: float) -> tuple[DeclineReason, str] | None:
         """The counter cap ``quantity`` more units would pass, or None (caller holds the decision lock).
 
         Counts every redemption kind this journal holds (:meth:`JournalStore.exposure`): the
-        card's units this cycle and the terminal's since the last confirmed upload.
+        card's units this cycle and the terminal's since the last confirmed upload. The caps are
+        tightened for the bundle's age as a card tap's are (:func:`terminal.policy.decide`).
         """
-        limits = counter_limits(self._limits, bundle)
+        base = counter_limits(self._limits, trust.bundle)
+        limits = base.tightened(base.effective_age(trust.age_days(now), at_floor=trust.expired))
         open_since = now - limits.stale_days * SECONDS_PER_DAY
         cycle_cap = limits.per_card_cycle.get(unit)
         if cycle_cap is not None:

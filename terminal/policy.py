@@ -324,6 +324,14 @@ class OfflineLimits:
         """One cap (units) as in force for a bundle that old: never below 1 unit."""
         return max(1, math.floor(value * self.factor(bundle_age_days)))
 
+    def effective_age(self, bundle_age_days: float, *, at_floor: bool = False) -> float:
+        """The bundle age, days, the caps are tightened for: ``bundle_age_days``, or at least ``stale_days``
+        (the stale floor) when ``at_floor`` (an expired bundle, a state of a since-revoked key).
+
+        Card taps (:func:`decide`) and the fallback desk (:mod:`terminal.fallback`) both use it.
+        """
+        return max(bundle_age_days, self.stale_days) if at_floor else bundle_age_days
+
     def tightened(self, bundle_age_days: float) -> OfflineLimits:
         """The limits in force for a bundle ``bundle_age_days`` old.
 
@@ -529,7 +537,7 @@ def decide(
     unit = programme.unit
     if bundle_expired and unit is Unit.RUPIAH:
         return no_b(DeclineReason.BUNDLE_EXPIRED)
-    age = max(bundle_age_days, limits.stale_days) if (bundle_expired or at_floor) else bundle_age_days
+    age = limits.effective_age(bundle_age_days, at_floor=bundle_expired or at_floor)
     eff = limits.tightened(age)
     if qty > eff.per_tap.get(unit, qty):
         return no_b(DeclineReason.OVER_TAP_LIMIT)
