@@ -65,6 +65,8 @@ class DeclineReason(enum.Enum):
     PIN_BLOCKED = "pin_blocked"
     #: NTAG format-2 card: its failed-PIN count (on the card) is at the limit; the district office resets it.
     PIN_LOCKED = "pin_locked"
+    #: NTAG card with a PIN record (claim 9 v3): the record is missing or garbled; the district office sets a new PIN.
+    PIN_RECORD_INVALID = "pin_record_invalid"
     #: The card's newest state is signed by a terminal key revoked before that state was written.
     REVOKED_KEY = "revoked_key"
     #: The identity record on the chip was issued for another chip (copied from another card).
@@ -111,6 +113,9 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     ),
     DeclineReason.PIN_BLOCKED: "The card PIN is blocked. Send the person to the district office.",
     DeclineReason.PIN_LOCKED: "Too many wrong PINs on this card. Send the person to the district office.",
+    DeclineReason.PIN_RECORD_INVALID: (
+        "The PIN stored on this card is damaged. Send the person to the district office for a new PIN."
+    ),
     DeclineReason.REVOKED_KEY: (
         "The card was last written by a blocked counter. Send the person to the district office."
     ),
@@ -376,6 +381,8 @@ class PinStatus(enum.Enum):
     WRONG = "wrong"
     #: the card counts as many wrong PINs as the bundle allows (cardlib.records.pin): not checked.
     LOCKED = "locked"
+    #: the card's PIN record (claim 9 v3) is missing or garbled: not checked (cardlib.records.pin).
+    RECORD_INVALID = "record_invalid"
 
 
 @dataclass(frozen=True)
@@ -523,6 +530,8 @@ def decide(
     if programme.pin_required:
         if request.pin is PinStatus.LOCKED:
             return no_b(DeclineReason.PIN_LOCKED)
+        if request.pin is PinStatus.RECORD_INVALID:
+            return no_b(DeclineReason.PIN_RECORD_INVALID)
         if request.pin is PinStatus.NOT_ENTERED:
             return no_b(DeclineReason.PIN_REQUIRED)
         if request.pin is PinStatus.WRONG:

@@ -37,7 +37,7 @@ from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_boun
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
 from cardlib.records.migration import MigrationError, migrate_format1
-from cardlib.records.pin import PinLocked, PinRefused, check_pin, max_failures, read_failures
+from cardlib.records.pin import PinLocked, PinRecordInvalid, PinRefused, check_pin, max_failures, read_failures
 from cardlib.records.receipt import receipt_code
 from cardlib.records.session import (
     CardSession,
@@ -340,7 +340,8 @@ class TapProcessor:
         entry = progs.get(programme)
         facts = _facts(state, progs, programme)
         try:
-            pin_status, pin_note = self._pin(tag, state, pin, entry[1] if entry else None, trust.bundle)
+            pin_status, pin_note = self._pin(tag, state, pin, entry[1] if entry else None, trust.bundle,
+                                             session.public.key_version if session.public else None)
         except (SessionLost, ReaderGone, ServiceUnavailable):
             raise
         except CardlibError as exc:  # the PIN page NAKed or garbled: the PIN was not checked
@@ -383,13 +384,16 @@ class TapProcessor:
         return self._redeem(session, state, decision, pending_entry, pending, reader)
 
     def _pin(self, tag: Type2Tag, state: CardState, pin: str | None, rules: ProgrammeRules | None,
-             bundle: TrustBundle) -> tuple[PinStatus, str | None]:
+             bundle: TrustBundle, key_version: int | None = None) -> tuple[PinStatus, str | None]:
         """The PIN check before deciding (docs/security.md §A PIN that resists a phone).
 
         A format-2 card counts wrong PINs on its private page (:mod:`cardlib.records.pin`): for a
         programme that needs the PIN, and never on a balance check, the try is spent on the card
         before the PIN is looked at; at the bundle's ``pin.max_failures`` the card is LOCKED and
-        the PIN is not checked. A format-1 card has no private page and checks as before.
+        the PIN is not checked. A format-1 card has no private page and checks as before. A
+        version-3 PIN claim is checked against the card's keyed PIN record (the PIN key from the
+        card-password ring, ``key_version`` from the card's public header); a missing or garbled
+        record is RECORD_INVALID (declined ``pin_record_invalid``, no try spent).
 
         :returns: the status for :func:`terminal.policy.decide` and a journal note (failures/limit).
         :raises CardlibError: the card link failed or the chip refused the PIN page.
@@ -410,11 +414,18 @@ class TapProcessor:
         if not needed or self.cfg.mode is CounterMode.BALANCE_CHECK:
             return PinStatus.NOT_ENTERED, None  # the PIN decides nothing here: no try spent
         limit = max_failures(bundle.policies)
+        pin_key = None
+        if claims.pin.on_card:
+            if key_version is None or self.cfg.card_passwords is None:
+                return PinStatus.RECORD_INVALID, "no pin key"
+            pin_key = self.cfg.card_passwords.pin_key(key_version, state.uid)
         try:
             if pin is None:
                 failures = read_failures(tag, state.layout)
                 return (PinStatus.LOCKED if failures >= limit else PinStatus.NOT_ENTERED), None
-            check_pin(tag, state.layout, claims.pin, pin, claims.card_id, state.uid, limit=limit)
+            check_pin(tag, state.layout, claims.pin, pin, claims.card_id, state.uid, limit=limit, pin_key=pin_key)
+        except PinRecordInvalid:
+            return PinStatus.RECORD_INVALID, "pin record missing or garbled"
         except PinLocked as exc:
             return PinStatus.LOCKED, f"pin failures {exc.failures}/{limit}"
         except PinRefused as exc:

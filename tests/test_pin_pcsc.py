@@ -28,7 +28,7 @@ from cardlib.provision.households import Household
 from cardlib.records import pin as card_pin
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle
 from cardlib.records.bundle import Programme as BundleProgramme
-from cardlib.records.claims import IdentityClaims, PinMismatch, PinVerifier
+from cardlib.records.claims import IdentityClaims, PinVerifier
 from cardlib.records.cose import Algorithm
 from cardlib.records.layout import PRIVATE_FIRST_PAGE, parse_image
 from cardlib.records.session import CardSession
@@ -150,10 +150,15 @@ def test_a_colliding_pin_for_the_old_verifier_fails_under_the_new_one(
         tag.channel.transceive(bytes((FAST_READ, PRIVATE_FIRST_PAGE, PRIVATE_FIRST_PAGE + 8)))
     with tag_on_reader(present_card, reader_name(0), chip) as tag:
         state = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(int(time.time()))
+        record = card_pin.read_record(tag)
+    # since issue 18 the identity signs only the scrypt cost (claim 9 v3); the verifier is the card's
+    # keyed PIN record (tests/test_pin_record_pcsc.py)
     verifier = state.identity.claims.pin
-    assert verifier is not None and verifier.version == 2 and len(verifier.verifier) == 6
-    with pytest.raises(PinMismatch):
-        verifier.check(COLLIDING_PIN, CARD_ID, UID)
+    assert verifier is not None and verifier.version == 3 and verifier.verifier == b""
+    assert record is not None and record.epoch == 1
+    key = ctx.passwords.pin_key(ctx.password_key_version, UID)
+    assert card_pin.pin_tag(key, verifier, PIN, CARD_ID, UID, 1) == record.tag
+    assert card_pin.pin_tag(key, verifier, COLLIDING_PIN, CARD_ID, UID, 1) != record.tag
     out = a.present(present_card, reader_name(0), chip, COLLIDING_PIN)
     assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.PIN_WRONG
     assert _failures(present_card, reader_name(0), chip, ctx) == 1

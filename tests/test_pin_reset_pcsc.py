@@ -1,8 +1,8 @@
 """``huma provision pin-reset`` (fallback step 3) through the real pcscd + vpcd.
 
 A format-2 NTAG card issued by ``huma provision card --pin`` is locked by wrong PINs at a
-cash counter; the office's ``pin-reset`` unlocks it and the holder's PIN (unchanged: it is in
-the locked, issuer-signed identity) is paid at the counter again. A secure card blocked after
+cash counter; the office's ``pin-reset`` gives it a new PIN (its keyed PIN record, issue 18)
+and the new PIN is paid at the counter, the old one refused. A secure card blocked after
 3 wrong PINs gets a new PIN from the CLI with the issuer-signed RESET RETRY COUNTER. Both
 resets are journalled with the technician.
 """
@@ -117,25 +117,31 @@ def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
         for _ in range(3):
             assert counter(chip, WRONG_PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
         assert counter(chip, PIN).reason is DeclineReason.PIN_LOCKED  # type: ignore[attr-defined]
-        # an NTAG card keeps its PIN: a new one is refused before any card is touched
-        refused = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pw.txt"),
-                                           *args])
-        assert refused.exit_code == 2 and "re-issue" in refused.output
-        # the office: the holder shows their papers, the technician resets the count
+        (tmp_path / "new-pin.txt").write_text(NEW_PIN + "\n")
+        # --keep-pin with a new PIN is refused before any card is touched
+        refused = CliRunner().invoke(cli, ["provision", "pin-reset", "--keep-pin", "--new-pin-file",
+                                           str(tmp_path / "new-pin.txt"), *args])
+        assert refused.exit_code == 2 and "--keep-pin" in refused.output
+        # the office: the holder shows their papers, a supervisor approves, the new PIN is typed
         with present_card(chip):
-            reset = CliRunner().invoke(cli, ["provision", "pin-reset", *args])
+            reset = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "new-pin.txt"),
+                                             "--approved-by", "sup-02", *args])
         assert reset.exit_code == 0, reset.output
         assert reset.stdout.strip().splitlines()[-1] == card_id
-        assert "PIN is unchanged" in reset.output
-        out = counter(chip, PIN)
+        assert "new PIN set" in reset.output and "epoch 2" in reset.output
+        assert counter(chip, PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
+        out = counter(chip, NEW_PIN)
         assert out.status is TapStatus.ACCEPTED and out.amount == PAYOUT  # type: ignore[attr-defined]
-        assert counter(chip, WRONG_PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
     finally:
         journal.close()
     (ev,) = _journal(state_dir)
     assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
-        card_id, "tech-07", "ntag", 3, False)
+        card_id, "tech-07", "ntag", 3, True)
+    assert (ev["pin_epoch"], ev["approved_by"]) == (2, "sup-02")
     assert ev["household_ref"] == "9f3c2a1b000000dd" and ev["uid"] == chip.uid.hex()
+    # the auditor's copy: resets only
+    (line,) = (state_dir / "pin-resets.jsonl").read_text().splitlines()
+    assert json.loads(line) == ev
 
 
 def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(

@@ -7,7 +7,9 @@ Steps (docs/keys-and-provisioning.md §Provisioning; docs/design.md §Card prote
    CC, no lock bits, no password), *re-usable* (unlocked, no password, foreign NDEF data), or
    *ours, unfinished* (our password opens it, or it carries our unlocked identity).
 2. **write**: CC (T2T 1.0 §2.2) if missing, then the card image (identity record + genesis
-   state in slot A + empty slot B, :func:`cardlib.records.issuance.issue_card_image`). The
+   state in slot A + empty slot B, :func:`cardlib.records.issuance.issue_card_image`); for a
+   format-2 card with a PIN, the PIN record (claim 9 version 3, :mod:`cardlib.records.pin`) on
+   the last two user pages at epoch 1, after checking before any WRITE that it fits. The
    identity payload is padded so slot A starts at page 48: pages 4-47 are then exactly the
    static-lock pages plus two 16-page dynamic-lock granules (NTAG215/216 §8.5.2-3).
 3. **lock**: static lock bits L-CC, L4..L15 and their block-lock bits; dynamic lock bits of
@@ -50,9 +52,16 @@ from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_pa
 from cardlib.provision.profile import Profile
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
-from cardlib.records.claims import PIN_V2_SALT_BYTES, IdentityClaims, PinVerifier, state_hash, terminal_id_of
+from cardlib.records.claims import (
+    PIN_V2_SALT_BYTES,
+    IdentityClaims,
+    PinVerifier,
+    check_pin_digits,
+    state_hash,
+    terminal_id_of,
+)
 from cardlib.records.counter_mirror import cfg0_mirror_bytes, mirror_fits
-from cardlib.records.errors import RecordError
+from cardlib.records.errors import LayoutError, RecordError
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import (
     FIRST_DATA_PAGE,
@@ -64,7 +73,14 @@ from cardlib.records.layout import (
     build_private_image,
     build_public_area,
 )
-from cardlib.records.pin import encode_failures
+from cardlib.records.pin import (
+    PIN_RECORD_PAGES,
+    encode_failures,
+    make_record,
+    pin_record_fits,
+    pin_record_page,
+    read_record,
+)
 from cardlib.records.session import NTAG215_DATA_PAGES, CardSession
 from cardlib.transport.errors import SessionLost
 from cardlib.type2.chip import ChipType
@@ -333,8 +349,15 @@ def build_identity(ctx: StationContext, household: Household, card_id: bytes, ui
     """Identity claims for a household from the station profile (programmes of the row only)."""
     progs = {pid: ctx.profile.programmes[pid] for pid in household.programmes}
     caps = {pid: ctx.profile.offline_cap[pid] for pid in household.programmes}
-    verifier = (PinVerifier.derive_v2(pin, card_id, uid, secrets.token_bytes(PIN_V2_SALT_BYTES),
-                                      log2_n=PIN_SCRYPT_LOG2_N) if pin else None)
+    verifier: PinVerifier | None = None
+    if pin and ctx.card_format == 2:
+        # Claim 9 version 3: the cost is signed, the PIN goes into the card's keyed PIN record
+        # (cardlib.records.pin), which an office can rewrite (docs/card-format.md §3.2).
+        check_pin_digits(pin)
+        verifier = PinVerifier.v3(log2_n=PIN_SCRYPT_LOG2_N)
+    elif pin:
+        verifier = PinVerifier.derive_v2(pin, card_id, uid, secrets.token_bytes(PIN_V2_SALT_BYTES),
+                                         log2_n=PIN_SCRYPT_LOG2_N)
     return IdentityClaims(
         card_id=card_id, household_ref=household.household_ref, region=household.region,
         programmes=progs, valid_from=today, valid_to=today + dt.timedelta(days=ctx.profile.valid_days),
@@ -381,15 +404,18 @@ def personalise(
         data_area = FACTORY_CC[chip.chip][2] * 8
         enter(Step.WRITE)
         identity_cose: bytes
+        pin_claim: PinVerifier | None
         if check.existing_card_id is not None:
             if check.existing_card_id != card_id:
                 raise AlreadyIssued(f"chip carries card {check.existing_card_id.hex()}, expected {card_id.hex()}", uid)
             current = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(now)
             identity_cose = current.identity.cose.message
             layout = current.image.layout
+            pin_claim = current.identity.claims.pin
             _log.info("card %s: identity already written, resuming", card_id.hex())
         else:
             identity = build_identity(ctx, household, card_id, uid, dt.datetime.fromtimestamp(now, dt.UTC).date(), pin)
+            pin_claim = identity.pin
             issued = issue_card_image(identity, ctx.issuer, ctx.station, cycle=ctx.profile.cycle_at(now),
                                       now=now, station_id=ctx.terminal_id)
             genesis = issued.genesis_cose
@@ -400,6 +426,12 @@ def personalise(
                 # the pages that differ, like every later one (docs/card-format.md §7).
                 layout = CardLayout(issued.layout.identity_len, issued.layout.slot_len, 2)
                 layout.check_fits(data_area)
+                if pin_claim is not None and pin_claim.on_card and not pin_record_fits(layout, chip.user_pages,
+                                                                                       data_area):
+                    # Checked before the first WRITE: a card that cannot hold its PIN record is never started.
+                    raise LayoutError(f"card image ends at page {layout.end_page - 1}: no room for the failed-PIN "
+                                      f"count and the PIN record (pages {chip.user_pages.stop - PIN_RECORD_PAGES}"
+                                      f"-{chip.user_pages.stop - 1}) on {chip.chip.value}")
                 image = build_public_area(ctx.password_key_version) + build_private_image(
                     layout, issued.identity_cose, genesis, genesis) + encode_failures(0)  # the PIN page
             else:
@@ -421,6 +453,8 @@ def personalise(
                     tag.write_page(FIRST_DATA_PAGE + i, chunk)
             if tag.read_pages(FIRST_DATA_PAGE, pages) != padded:
                 raise ReadBackMismatch(f"card {card_id.hex()}: image read back differs")
+        if layout.version == 2 and pin_claim is not None and pin_claim.on_card:
+            _write_pin_record(tag, ctx, card_id, uid, pin_claim, pin)
 
         enter(Step.LOCK)
         slot_a = layout.slot_first_page(SlotName.A)
@@ -436,12 +470,30 @@ def personalise(
 
         enter(Step.VERIFY)
         result = verify_card(tag, ctx, card_id, identity_cose, layout, now)
+        if layout.version == 2 and pin_claim is not None and pin_claim.on_card:
+            assert pin is not None  # _write_pin_record refused a v3 card without one
+            if read_record(tag) != make_record(ctx.passwords.pin_key(ctx.password_key_version, uid), pin_claim, pin,
+                                               card_id, uid, 1):
+                raise ReadBackMismatch(f"card {card_id.hex()}: PIN record read back differs")
         _log.info("issued card %s on chip %s", card_id.hex(), uid.hex())
         return result
     except SessionLost as exc:
         raise IssuanceInterrupted(uid, card_id, step.value) from exc
     except Nak as exc:
         raise ChipNotBlank(f"chip refused a write during '{step.value}': {exc}", uid) from exc
+
+
+def _write_pin_record(tag: Type2Tag, ctx: StationContext, card_id: bytes, uid: bytes, claim: PinVerifier,
+                      pin: str | None) -> None:
+    """Write the PIN record of a version-3 PIN claim at epoch 1 (cardlib.records.pin), unless it is there.
+
+    :raises StationInputError: a resumed card started with a PIN and none typed now.
+    """
+    if pin is None:
+        raise StationInputError(f"card {card_id.hex()} was started with a PIN: give --pin and type it again")
+    record = make_record(ctx.passwords.pin_key(ctx.password_key_version, uid), claim, pin, card_id, uid, 1)
+    if read_record(tag) != record:
+        tag.write_pages(pin_record_page(tag), record.encode())
 
 
 def _reissue_genesis(

@@ -511,40 +511,52 @@ def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Pat
 
 @provision.command("pin-reset")
 @click.option("--card-profile", type=click.Choice(["ntag", "secure"]), default="ntag", show_default=True,
-              help="ntag: unlock a format-2 card locked by wrong PINs (its PIN stays: it is in the locked, "
-                   "signed identity); secure: set a new PIN with the issuer-signed reset (docs/fallback.md).")
+              help="ntag: a format-2 card with a PIN record takes a new PIN (asked twice) and its tries back; an "
+                   "older card (PIN in the signed identity) only gets its failed-PIN count cleared; secure: a new "
+                   "PIN with the issuer-signed reset (docs/fallback.md).")
 @click.option("--new-pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="secure: the new PIN from this file's first line (tests; else asked twice).")
+              help="The new PIN from this file's first line (scripts and tests; else asked twice). An NTAG card "
+                   "that cannot take a new PIN is then refused before any write.")
+@click.option("--keep-pin", is_flag=True, default=False,
+              help="ntag: only clear the failed-PIN count (the holder remembers the PIN).")
+@click.option("--approved-by", default=None,
+              help="Who checked the holder's papers and approved the reset (journalled; default: --technician).")
 @click.option("--pin-reset-signer", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="secure: the card's PIN-reset private key (encrypted PKCS#8, P-256; default: the issuer key).")
 @_station_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
-              show_default=True, help="The station journal the reset is written to (as `provision card`).")
-def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, pin_reset_signer: Path | None, **o: Any) -> None:
-    """(Office) unlock a card whose holder proved who they are; journalled with the technician.
+              show_default=True, help="The station journal the reset is written to (as `provision card`), with "
+                                      "pin-resets.jsonl next to it.")
+def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, approved_by: str | None,
+                  pin_reset_signer: Path | None, **o: Any) -> None:
+    """(Office) give a card whose holder proved who they are a new PIN, or unlock it; journalled.
 
-    An NTAG card gets its failed-PIN count reset to 0 and keeps its PIN: a holder who forgot it
-    needs a re-issue (``provision card --reissue-of``). A secure card gets a new PIN (asked twice)
-    and its tries back. Prints the card id.
+    An NTAG card issued with a PIN record (format 2, from issue 18 on) gets a new PIN, asked twice
+    once the card verified, and its failed-PIN count 0 (``--keep-pin``: the count only). An older
+    NTAG card keeps its PIN (it is in the locked, signed identity): its count is reset, and a holder
+    who forgot it needs a re-issue (``provision card --reissue-of``). A secure card gets a new PIN
+    (asked twice) and its tries back. Prints the card id.
     """
     from cardlib.clitypes import read_secret_line
     from cardlib.provision.pin_reset import reset_ntag_pin, reset_secure_pin
 
     secure = card_profile == "secure"
-    if not secure and (new_pin_file or pin_reset_signer):
-        raise click.UsageError("--new-pin-file and --pin-reset-signer are for --card-profile secure: an NTAG "
-                               "card keeps its PIN (a forgotten PIN needs a re-issue)")
+    if not secure and pin_reset_signer:
+        raise click.UsageError("--pin-reset-signer is for --card-profile secure")
+    if keep_pin and (secure or new_pin_file):
+        raise click.UsageError("--keep-pin is for an NTAG card without --new-pin-file")
     profile = Profile.load(o["profile_path"])
     with ExitStack() as stack:
         ring = _load_card_keys(o) if o["card_keys"] else None
         st = _Station(stack, o, profile, ring)
-        new_pin = ""
+        file_pin = read_secret_line(new_pin_file).decode() if new_pin_file is not None else None
         signer = st.issuer
+        new_pin = ""
         if secure:
             if pin_reset_signer is not None:
                 signer = load_signer(pin_reset_signer, st.key_passphrase)
-            new_pin = (read_secret_line(new_pin_file).decode() if new_pin_file is not None else
-                       str(click.prompt("New PIN (4..8 digits)", hide_input=True, confirmation_prompt=True)))
+            new_pin = file_pin if file_pin is not None else str(
+                click.prompt("New PIN (4..8 digits)", hide_input=True, confirmation_prompt=True))
         source = st.open_source(o, wait_removal=False)
         stack.enter_context(station_lock(o["state_dir"]))
         state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
@@ -557,16 +569,28 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, pin_reset_signer
             with scm as session:
                 result = reset_secure_pin(session, st.ctx.trust, signer, new_pin, now)
         else:
+            def ask() -> str:
+                if file_pin is not None:
+                    return file_pin
+                return str(click.prompt("New PIN (6 digits)", hide_input=True, confirmation_prompt=True))
+
             cm = source.next_card()
             if cm is None:
                 raise ProvisionError("no card presented")
             with cm as tag:
-                result = reset_ntag_pin(tag, st.ctx.trust, ring or st.ctx.passwords, now)
+                result = reset_ntag_pin(tag, st.ctx.trust, ring or st.ctx.passwords, now,
+                                        None if keep_pin else ask, require_new_pin=file_pin is not None)
         state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
-                        result.card_profile, result.failures_before, result.pin_changed)
+                        result.card_profile, result.failures_before, result.pin_changed,
+                        pin_epoch=result.pin_epoch, approved_by=approved_by)
     if result.pin_changed:
-        _console.print(f"card {result.card_id.hex()}: new PIN set, tries restored")
+        epoch = f" (PIN epoch {result.pin_epoch})" if result.pin_epoch is not None else ""
+        _console.print(f"card {result.card_id.hex()}: new PIN set, tries restored{epoch}")
+    elif keep_pin:
+        _console.print(f"card {result.card_id.hex()}: {result.failures_before} failed PIN tries reset to 0; "
+                       "the PIN is unchanged (--keep-pin)")
     else:
         _console.print(f"card {result.card_id.hex()}: {result.failures_before} failed PIN tries reset to 0; the PIN "
-                       "is unchanged (a forgotten PIN needs a re-issue: provision card --reissue-of)")
+                       "is unchanged: this card keeps it in its signed identity (a forgotten PIN needs a re-issue: "
+                       "provision card --reissue-of)")
     click.echo(result.card_id.hex())

@@ -4,15 +4,19 @@ A technician at the district office checks the holder's papers, puts the card on
 station's reader and runs ``huma provision pin-reset``. What the reset can change depends on
 where the card keeps its PIN:
 
-- **NTAG format 2** (docs/card-format.md §2.2): the PIN verifier is a claim of the
+- **NTAG format 2, PIN claim version 3** (cards issued from issue 18 on, docs/card-format.md
+  §3.2): the PIN is a keyed PIN record on the private pages, outside the signed identity. The
+  reset writes a record for the new PIN at the card's epoch + 1 and the count 0
+  (:func:`cardlib.records.pin.set_pin`, read back), with the card's PIN key from the
+  provincial ring: a forgotten PIN gets a new one, no re-issue. Without a new PIN it only
+  clears the count (a holder locked out by wrong tries who remembers the PIN).
+- **NTAG format 2, PIN claim version 2** (cards issued before): the verifier is a claim of the
   issuer-signed identity record, whose pages are locked for good at issuance (static lock
-  bits over pages 3-15, dynamic lock granules below slot A, NTAG213/215/216 datasheet §8.5).
-  Every slot is also bound to the identity's hash (slot AAD), so a new verifier would need a
-  new identity *and* re-signed slots on pages that cannot be written. The reset therefore
-  sets the failed-PIN count to 0 (:func:`cardlib.records.pin.reset_attempts`) and **keeps
-  the PIN**: it unlocks a card locked by wrong tries. A holder who really forgot the PIN
-  needs a re-issue (``huma provision card --reissue-of``), which carries the remaining
-  entitlement.
+  bits over pages 3-15, dynamic lock granules below slot A, NTAG213/215/216 datasheet §8.5),
+  and every slot binds the identity's hash. The reset sets the failed-PIN count to 0
+  (:func:`cardlib.records.pin.reset_attempts`) and **keeps the PIN**; asked for a new PIN it
+  refuses before writing. A holder who forgot that PIN needs a re-issue
+  (``huma provision card --reissue-of``).
 - **NTAG format 1**: no count is kept (no private page); nothing to reset, refused.
 - **Secure cards** (docs/secure-card.md §5.4): the PIN lives in the card's applet, which
   accepts a new PIN and a fresh try counter in RESET RETRY COUNTER signed by the card's
@@ -27,6 +31,7 @@ its on-card key answers a fresh challenge (a clone is not reset).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -36,7 +41,7 @@ from cardlib.provision.errors import ProvisionError, StationInputError
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.errors import RecordError
-from cardlib.records.pin import read_failures, reset_attempts
+from cardlib.records.pin import MAX_EPOCH, read_failures, read_record, reset_attempts, set_pin
 from cardlib.records.secure import NO_UID, verify_secure_identity
 from cardlib.records.session import CardSession
 from cardlib.secure.protocol import PIN_TRIES, check_pin_format, pin_reset_message
@@ -63,7 +68,8 @@ class PinResetResult:
     :ivar card_profile: ``"ntag"`` or ``"secure"``.
     :ivar failures_before: wrong PINs counted before the reset (NTAG: the page's count,
         255 for a damaged page; secure: :data:`PIN_TRIES` minus the tries left).
-    :ivar pin_changed: True when the card now takes a new PIN (secure cards only).
+    :ivar pin_changed: True when the card now takes a new PIN (secure cards, NTAG cards with a PIN record).
+    :ivar pin_epoch: NTAG card with a PIN record: its epoch after the reset; None otherwise.
     """
 
     card_id: bytes
@@ -72,22 +78,34 @@ class PinResetResult:
     card_profile: str
     failures_before: int
     pin_changed: bool
+    pin_epoch: int | None = None
 
 
-def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKeys, now: int) -> PinResetResult:
-    """Unlock a format-2 NTAG card: verify it, then set its failed-PIN count to 0 (the PIN stays).
+def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKeys, now: int,
+                   new_pin: Callable[[], str] | None = None, *, require_new_pin: bool = False,
+                   min_epoch: int = 0) -> PinResetResult:
+    """Verify a format-2 NTAG card, then give it a new PIN (PIN record) or clear its failed-PIN count.
 
-    Commands: PWD_AUTH and the reads of :meth:`CardSession.read_state`, one READ of the count,
-    one WRITE of 0 and its read-back.
+    Commands: PWD_AUTH and the reads of :meth:`CardSession.read_state`, one READ of the count;
+    then either WRITE (count 0) and its read-back, or, for a new PIN, a READ of the PIN record,
+    WRITE, WRITE (record), WRITE (count 0) and one FAST_READ back.
 
     :param passwords: the provincial card-password key ring (every version cards may carry).
     :param now: POSIX seconds UTC (identity validity).
-    :raises PinResetRefused: the card does not verify under ``trust``, is format 1, or has no PIN.
-    :raises LayoutError: the count page does not read back as 0.
+    :param new_pin: asked only once the card verified and keeps a PIN record (a version-3 claim):
+        returns the new 6-digit PIN. None: clear the count only, the PIN stays.
+    :param require_new_pin: refuse (nothing written) a card whose PIN cannot change (version 2).
+    :param min_epoch: the new epoch is at least this (e.g. 1 + the last this station journalled),
+        used when the card's record is garbled.
+    :raises PinResetRefused: the card does not verify under ``trust``, is format 1, has no PIN,
+        cannot take a new PIN though one was required, or its PIN epoch is used up (255).
+    :raises ClaimsError: the new PIN is not 6 digits (nothing written).
+    :raises LayoutError: the count or record does not read back as written.
     :raises CardlibError: (tag/transport subclasses) the card link failed.
     """
+    session = CardSession(tag, trust, passwords=passwords)
     try:
-        state = CardSession(tag, trust, passwords=passwords).read_state(now)
+        state = session.read_state(now)
     except RecordError as exc:
         raise PinResetRefused(f"card {tag.uid.hex().upper()} does not verify as one of ours: {exc}") from exc
     claims = state.identity.claims
@@ -96,10 +114,29 @@ def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKey
                               "(a forgotten PIN needs a re-issue)")
     if claims.pin is None:
         raise PinResetRefused(f"card {claims.card_id.hex()} has no PIN")
+    if not claims.pin.on_card and require_new_pin:
+        raise PinResetRefused(f"card {claims.card_id.hex()} keeps its PIN in its signed identity (PIN version "
+                              f"{claims.pin.version}): it cannot take a new one (a forgotten PIN needs a re-issue; "
+                              "without a new PIN the failed-PIN count is cleared)")
     before = read_failures(tag, state.layout)
+    if claims.pin.on_card and new_pin is not None:
+        assert session.public is not None  # format 2
+        old = read_record(tag)
+        epoch = max((old.epoch if old is not None else 0) + 1, min_epoch)
+        if epoch > MAX_EPOCH:
+            raise PinResetRefused(f"card {claims.card_id.hex()}: PIN epoch {MAX_EPOCH} used up (re-issue the card)")
+        record = set_pin(tag, state.layout, claims.pin, new_pin(), claims.card_id, tag.uid,
+                         passwords.pin_key(session.public.key_version, tag.uid), epoch)
+        _log.info("card %s: new PIN, epoch %s -> %d, %d failed tries cleared", claims.card_id.hex(),
+                  old.epoch if old is not None else "garbled", record.epoch, before)
+        return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, True, record.epoch)
     reset_attempts(tag, state.layout)
     _log.info("card %s: failed-PIN count %d reset to 0", claims.card_id.hex(), before)
-    return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False)
+    epoch_now = None
+    if claims.pin.on_card:
+        rec = read_record(tag)
+        epoch_now = rec.epoch if rec is not None else None
+    return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False, epoch_now)
 
 
 def signed_pin_reset(signer: Signer, card_id: bytes, pin: str, issuer_counter: int) -> bytes:

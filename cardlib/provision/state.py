@@ -12,6 +12,8 @@ Files in the batch directory::
 
     state.jsonl      the journal (one JSON object per line)
     results.csv      one line per outcome: line, household_ref, status, card_id, uid, detail
+    pin-resets.jsonl office PIN resets only (the ``pin_reset`` events of state.jsonl, one JSON
+                     object per line): what an auditor is handed with issuances.cose
 """
 
 from __future__ import annotations
@@ -219,22 +221,32 @@ class BatchState:
         self._result(rec.line, rec.household_ref, event.value, rec.card_id, rec.uid.upper(), detail or step)
 
     def pin_reset(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str, technician_kid: bytes,
-                  card_profile: str, failures_before: int, pin_changed: bool) -> dict[str, Any]:
-        """Journal an office PIN reset (docs/fallback.md §Step 3) with the technician who did it.
+                  card_profile: str, failures_before: int, pin_changed: bool, *, pin_epoch: int | None = None,
+                  approved_by: str | None = None) -> dict[str, Any]:
+        """Journal an office PIN reset (docs/fallback.md §Step 3) with the technician who did it,
+        in ``state.jsonl`` and in ``pin-resets.jsonl`` (resets only, for the auditor).
 
         :param card_id: 8 bytes. :param uid: 7 bytes (zeros for a secure card).
         :param household_ref: 8 bytes. :param technician: the technician's name (``--technician``).
         :param technician_kid: 4-byte kid of their active key.
         :param card_profile: ``ntag`` or ``secure``. :param failures_before: wrong PINs counted before.
-        :param pin_changed: a new PIN was set (secure cards), else only the count was reset.
+        :param pin_changed: a new PIN was set (secure cards, NTAG cards with a PIN record), else
+            only the count was reset.
+        :param pin_epoch: NTAG PIN record: the epoch now on the card (None: no PIN record).
+        :param approved_by: who approved the reset after checking the holder's papers (default: the technician).
         :returns: the journalled event.
         """
         ev: dict[str, Any] = {
             "event": Event.PIN_RESET.value, "card_id": card_id.hex(), "uid": uid.hex(),
             "household_ref": household_ref.hex(), "technician": technician, "technician_kid": technician_kid.hex(),
             "card_profile": card_profile, "failures_before": failures_before, "pin_changed": pin_changed,
+            "pin_epoch": pin_epoch, "approved_by": approved_by or technician, "session_id": self.session_id,
             "t": int(time.time())}
         self._append(ev)
+        with open(self.directory / "pin-resets.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(ev, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         self.pin_resets.append(ev)
         return ev
 

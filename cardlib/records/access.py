@@ -8,6 +8,11 @@ derived per chip from a provincial key (:func:`cardlib.provision.password.derive
 card's public header page, so a terminal knows which key to use and the province can
 rotate: new cards take the new version, terminals keep the versions still in the field.
 
+The same keys give each format-2 card its PIN key (:meth:`CardPasswordKeys.pin_key`,
+``HMAC-SHA256(key, "huma-betang/ntag-pin/v1" ‖ UID)``), which keys the card's PIN record
+(:mod:`cardlib.records.pin`): another label, so knowing a card's PWD (sent in clear by
+PWD_AUTH) gives nothing about its PIN key.
+
 The keys reach terminals and provisioning stations in an encrypted key file (scrypt +
 AES-256-GCM, :func:`save_password_keys` / :func:`load_password_keys`), never inside the
 trust bundle, which every counter publishes and anyone may read.
@@ -15,6 +20,8 @@ trust bundle, which every counter publishes and anyone may read.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -31,6 +38,7 @@ from cardlib.records.errors import CardPasswordUnavailable, RecordError
 
 __all__ = [
     "KEY_FILE_FORMAT",
+    "PIN_KEY_CONTEXT",
     "CardPasswordKeys",
     "PasswordKeyFileError",
     "load_password_keys",
@@ -40,6 +48,8 @@ __all__ = [
 
 #: Format marker of the encrypted key file (a version in every artefact).
 KEY_FILE_FORMAT = "huma-betang/card-password-keys/v1"
+#: Label of the per-card PIN key (docs/card-format.md §3.2): never the password's label.
+PIN_KEY_CONTEXT = b"huma-betang/ntag-pin/v1"
 #: Key versions fit the one byte of the card's public header (docs/card-format.md §2.2); 0 is unused.
 MAX_KEY_VERSION = 0xFF
 #: Bytes of a key made by :meth:`CardPasswordKeys.create` / :meth:`CardPasswordKeys.rotated`.
@@ -121,6 +131,24 @@ class CardPasswordKeys:
         if key is None:
             raise CardPasswordUnavailable(f"card password key version {version} is not held here")
         return derive_password(key, uid)
+
+    def pin_key(self, version: int, uid: bytes) -> bytes:
+        """The card's PIN-record key: ``HMAC-SHA256(key, "huma-betang/ntag-pin/v1" ‖ UID)``, 32 bytes.
+
+        Terminals and office stations hold it (they hold the ring); a phone, or someone who sniffed
+        the card's PWD, does not.
+
+        :param version: the key version named by the card's public header.
+        :param uid: the 7-byte chip UID.
+        :raises CardPasswordUnavailable: this holder has no key of that version.
+        :raises ValueError: a UID that is not 7 bytes.
+        """
+        key = self.keys.get(version)
+        if key is None:
+            raise CardPasswordUnavailable(f"card password key version {version} is not held here")
+        if len(uid) != 7:
+            raise ValueError("NTAG21x UIDs are 7 bytes")
+        return hmac.new(key, PIN_KEY_CONTEXT + bytes(uid), hashlib.sha256).digest()
 
 
 def seal_password_keys(keys: CardPasswordKeys, passphrase: bytes) -> bytes:

@@ -80,6 +80,12 @@ PIN_V2 = 2
 PIN_V2_VERIFIER_BYTES = 6
 PIN_V2_SALT_BYTES = 6
 PIN_V2_SALT_CONTEXT = b"HB2pin"
+#: Version 3 (docs/card-format.md §3.2): only the scrypt cost is signed; the PIN lives in a keyed PIN
+#: record on the card's private pages (cardlib.records.pin), so an office can change it.
+PIN_V3 = 3
+PIN_V3_SALT_CONTEXT = b"HB3pin"
+#: scrypt output a version-3 PIN record's tag is keyed over, bytes.
+PIN_V3_DIGEST_BYTES = 32
 #: scrypt cost bounds: log2(N), block size r, parallelism p; memory 128·r·N bytes at most 64 MiB.
 PIN_LOG2_N_MIN = 10
 PIN_LOG2_N_MAX = 18
@@ -230,12 +236,18 @@ class PinVerifier:
     (RFC 7914). Six bytes leave no colliding PIN (10^6 PINs against 2^48 values); the cost is in
     the signed claim, so the province can raise it for new cards while the old ones still verify.
 
+    Version 3 (format-2 cards from issue 18 on): the claim holds the scrypt cost only; the
+    verifier is a PIN record on the card's private pages, keyed per card
+    (:mod:`cardlib.records.pin`), which an office can rewrite with a new PIN. :meth:`digest`
+    gives the 32-byte ``scrypt(PIN, "HB3pin" ‖ card_id ‖ UID, N, r, p)`` the record's tag is
+    computed over; :meth:`check` refuses (the PIN cannot be checked without the record).
+
     :ivar log2_iterations: version 1: log2 of the PBKDF2 iterations (10..20); version 2: log2 of
         scrypt's N (10..18).
-    :ivar verifier: 2 bytes (version 1) or 6 bytes (version 2).
-    :ivar version: 1 or 2.
-    :ivar r: scrypt block size (version 2, 1..16; 0 for version 1).
-    :ivar p: scrypt parallelism (version 2, 1..4; 0 for version 1).
+    :ivar verifier: 2 bytes (version 1) or 6 bytes (version 2); empty for version 3 (on the card).
+    :ivar version: 1, 2 or 3.
+    :ivar r: scrypt block size (versions 2 and 3, 1..16; 0 for version 1).
+    :ivar p: scrypt parallelism (versions 2 and 3, 1..4; 0 for version 1).
     :ivar salt: 6 random bytes per card (version 2; empty for version 1).
     """
 
@@ -252,14 +264,18 @@ class PinVerifier:
             _check_bytes("pin verifier", self.verifier, PIN_VERIFIER_BYTES)
             if self.r or self.p or self.salt:
                 raise ClaimsError("a version-1 PIN verifier has no scrypt parameters")
-        elif self.version == PIN_V2:
+        elif self.version in (PIN_V2, PIN_V3):
             _check_uint("log2 N", self.log2_iterations, PIN_LOG2_N_MIN, PIN_LOG2_N_MAX)
             _check_uint("scrypt r", self.r, 1, PIN_SCRYPT_R_MAX)
             _check_uint("scrypt p", self.p, 1, PIN_SCRYPT_P_MAX)
             if 128 * self.r * (1 << self.log2_iterations) > PIN_SCRYPT_MAXMEM:
                 raise ClaimsError("scrypt parameters need more than 64 MiB")
-            _check_bytes("pin salt", self.salt, PIN_V2_SALT_BYTES)
-            _check_bytes("pin verifier", self.verifier, PIN_V2_VERIFIER_BYTES)
+            if self.version == PIN_V3:
+                if self.salt or self.verifier:
+                    raise ClaimsError("a version-3 PIN claim carries no salt and no verifier (they are on the card)")
+            else:
+                _check_bytes("pin salt", self.salt, PIN_V2_SALT_BYTES)
+                _check_bytes("pin verifier", self.verifier, PIN_V2_VERIFIER_BYTES)
         else:
             raise ClaimsError(f"unknown PIN verifier version {self.version!r}")
 
@@ -284,6 +300,19 @@ class PinVerifier:
         params = PinVerifier(log2_n, bytes(PIN_V2_VERIFIER_BYTES), PIN_V2, r, p, salt)
         return dataclasses.replace(params, verifier=params.digest(pin, card_id, uid))
 
+    @staticmethod
+    def v3(*, log2_n: int, r: int = 8, p: int = 1) -> PinVerifier:
+        """The version-3 claim: scrypt cost only (the PIN goes into the card's PIN record).
+
+        :raises ClaimsError: parameters out of range.
+        """
+        return PinVerifier(log2_n, b"", PIN_V3, r, p)
+
+    @property
+    def on_card(self) -> bool:
+        """True for version 3: the verifier is the card's keyed PIN record, not this claim."""
+        return self.version == PIN_V3
+
     def digest(self, pin: str, card_id: bytes, uid: bytes) -> bytes:
         """The verifier bytes a PIN gives under these parameters (one guess's whole cost).
 
@@ -292,6 +321,10 @@ class PinVerifier:
         if self.version == 1:
             return _pin_digest(pin, card_id, uid, self.log2_iterations)
         check_pin_digits(pin)
+        if self.version == PIN_V3:
+            return hashlib.scrypt(pin.encode(), salt=PIN_V3_SALT_CONTEXT + bytes(card_id) + bytes(uid),
+                                  n=1 << self.log2_iterations, r=self.r, p=self.p,
+                                  maxmem=2 * PIN_SCRYPT_MAXMEM, dklen=PIN_V3_DIGEST_BYTES)
         salt = PIN_V2_SALT_CONTEXT + bytes(card_id) + bytes(uid) + self.salt
         return hashlib.scrypt(pin.encode(), salt=salt, n=1 << self.log2_iterations, r=self.r, p=self.p,
                               maxmem=2 * PIN_SCRYPT_MAXMEM, dklen=PIN_V2_VERIFIER_BYTES)
@@ -300,15 +333,21 @@ class PinVerifier:
         """Check a PIN entered at the counter (constant-time compare).
 
         :raises PinMismatch: the PIN does not match.
-        :raises ClaimsError: PIN not 6 ASCII digits.
+        :raises ClaimsError: PIN not 6 ASCII digits, or a version-3 claim (check the card's PIN
+            record instead: :func:`cardlib.records.pin.check_pin`).
         """
+        if self.on_card:
+            raise ClaimsError("a version-3 PIN is checked against the card's PIN record, not the claim")
         if not hmac.compare_digest(self.digest(pin, card_id, uid), self.verifier):
             raise PinMismatch("PIN does not match")
 
     def to_cbor_value(self) -> list[Any]:
-        """Claim 9's value: ``[log2_iterations, verifier]`` (v1) or ``[2, log2_n, r, p, salt, verifier]`` (v2)."""
+        """Claim 9's value: ``[log2_iterations, verifier]`` (v1), ``[2, log2_n, r, p, salt, verifier]`` (v2)
+        or ``[3, log2_n, r, p]`` (v3)."""
         if self.version == 1:
             return [self.log2_iterations, self.verifier]
+        if self.version == PIN_V3:
+            return [PIN_V3, self.log2_iterations, self.r, self.p]
         return [PIN_V2, self.log2_iterations, self.r, self.p, self.salt, self.verifier]
 
     @staticmethod
@@ -322,7 +361,10 @@ class PinVerifier:
         if (len(raw) == 6 and raw[0] == PIN_V2 and all(_is_uint(v) for v in raw[1:4])
                 and isinstance(raw[4], bytes) and isinstance(raw[5], bytes)):
             return PinVerifier(raw[1], raw[5], PIN_V2, raw[2], raw[3], raw[4])
-        raise ClaimsError("pin: expected [log2_iterations, verifier] or [2, log2_n, r, p, salt, verifier]")
+        if len(raw) == 4 and raw[0] == PIN_V3 and all(_is_uint(v) for v in raw[1:4]):
+            return PinVerifier(raw[1], b"", PIN_V3, raw[2], raw[3])
+        raise ClaimsError("pin: expected [log2_iterations, verifier], [2, log2_n, r, p, salt, verifier] "
+                          "or [3, log2_n, r, p]")
 
 
 def check_pin_digits(pin: str) -> None:
