@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, insert, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.elements import ColumnElement
 
 from server.reconcile.sql import card_profiles, full_scan, journal
@@ -66,7 +67,7 @@ class Scope:
         :param journal_id: the watermark, a ``journal_entries.id``.
         """
         for table in _TABLES:
-            table.create(conn, checkfirst=True)
+            conn.execute(CreateTable(table, if_not_exists=True))  # no catalog query first (checkfirst)
             conn.execute(delete(table))
         # the new entries by primary key range (SQLite: NOT INDEXED, or it walks a whole index in key order)
         fresh = full_scan._construct(journal, name="fresh")
@@ -100,7 +101,7 @@ class Scope:
     def drop(self, conn: Connection) -> None:
         """Drop the temporary tables (before the run commits)."""
         for table in _TABLES:
-            table.drop(conn, checkfirst=True)
+            conn.execute(DropTable(table, if_exists=True))
 
 
 def terminal_in(scope: Scope | None, column: Any) -> tuple[ColumnElement[bool], ...]:
