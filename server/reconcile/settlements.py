@@ -40,6 +40,7 @@ from sqlalchemy import (
     Table,
     and_,
     exists,
+    func,
     insert,
     or_,
     select,
@@ -51,7 +52,7 @@ from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.statements import Settlement, SettlementOutcome
 from server.models import Base
 from server.reconcile.scope import Scope, card_in
-from server.reconcile.sql import journal
+from server.reconcile.sql import journal, journal_scan
 from server.types import UTCDateTime
 
 __all__ = ["WriteSettlement", "receipt_settlements", "settle_torn_writes"]
@@ -104,7 +105,7 @@ def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, s
     :param scope: an incremental run's touched keys; None reads every card.
     :returns: the number of writes settled now.
     """
-    p, u, c = journal.alias("p"), journal.alias("u"), journal.alias("c")
+    p, c = journal.alias("p"), journal.alias("c")
     e1, e2 = journal.alias("e1"), journal.alias("e2")
     took = (
         select(e1.c.entry_id)
@@ -121,24 +122,36 @@ def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, s
         ))
         .order_by(e2.c.id).limit(1).scalar_subquery()
     )
-    same_write = and_(p.c.terminal_id == u.c.terminal_id, p.c.card_id == u.c.card_id, u.c.seq > p.c.seq,
-                      u.c.state_hash_new == p.c.state_hash_new)
-    closed = and_(c.c.terminal_id == p.c.terminal_id, c.c.card_id == p.c.card_id, c.c.seq > p.c.seq,
-                  c.c.state_hash_new == p.c.state_hash_new, c.c.kind.in_(_CLOSING))
+    # Driven by the UNCERTAIN entries (rare: a tear or a restart mid-write; a full run reads them in one
+    # table scan), grouped per write; every other look-up goes through the card (ix_journal_card_time).
+    # A write's new state hash names it (its slot record signs the terminal and its seq), so the PENDING
+    # and a closing entry are found by card and hash; their terminal is compared in Python, because a
+    # terminal_id condition lets SQLite walk a whole terminal's chain on uq_journal_terminal_seq.
+    scan = journal_scan if scope is None else journal
+    torn = (
+        select(scan.c.terminal_id, scan.c.card_id, scan.c.state_hash_new, func.max(scan.c.seq).label("last_seq"))
+        .where(scan.c.kind == int(EntryKind.UNCERTAIN), scan.c.card_id.is_not(None),
+               scan.c.state_hash_new.is_not(None), *card_in(scope, scan.c.card_id))
+        .group_by(scan.c.terminal_id, scan.c.card_id, scan.c.state_hash_new)
+        .subquery("torn")
+    )
+    closed = (
+        select(c.c.terminal_id)
+        .where(c.c.card_id == p.c.card_id, c.c.state_hash_new == p.c.state_hash_new, c.c.kind.in_(_CLOSING))
+        .limit(1).scalar_subquery()
+    )
     rows = conn.execute(
-        select(p.c.entry_id, p.c.terminal_id, p.c.seq, p.c.card_id, took.label("took"), not_taken.label("not_taken"))
-        .where(
-            p.c.kind == int(EntryKind.PENDING),
-            p.c.card_id.is_not(None), p.c.slot_seq_after.is_not(None), p.c.state_hash_new.is_not(None),
-            *card_in(scope, p.c.card_id),
-            exists().where(same_write, u.c.kind == int(EntryKind.UNCERTAIN)),
-            ~exists().where(closed),
-            ~exists().where(_settlements.c.entry_id == p.c.entry_id),
-        )
+        select(p.c.entry_id, p.c.terminal_id, p.c.seq, p.c.card_id, torn.c.terminal_id.label("torn_terminal"),
+               torn.c.last_seq, closed.label("closed_by"), took.label("took"), not_taken.label("not_taken"))
+        .select_from(torn.join(p, and_(p.c.card_id == torn.c.card_id, p.c.state_hash_new == torn.c.state_hash_new,
+                                       p.c.kind == int(EntryKind.PENDING))))
+        .where(p.c.slot_seq_after.is_not(None), ~exists().where(_settlements.c.entry_id == p.c.entry_id))
         .order_by(p.c.id)
     ).all()
     decided = []
     for row in rows:
+        if row.terminal_id != row.torn_terminal or row.seq >= row.last_seq or row.closed_by == row.terminal_id:
+            continue  # not this terminal's PENDING of that UNCERTAIN, or the terminal closed the write itself
         if (row.took is None) == (row.not_taken is None):
             continue  # no evidence yet, or evidence both ways (a fork: card_fork reports it)
         outcome = SettlementOutcome.FINISHED if row.took is not None else SettlementOutcome.VOIDED
