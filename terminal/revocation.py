@@ -55,17 +55,19 @@ def revoked_writer(bundle: TrustBundle, kid: bytes, signed_time: int,
     :param kid: the state's signer (a terminal-role key the bundle lists).
     :param signed_time: the state's signed ``time``, POSIX seconds.
     :param predecessor_time: the signed ``time`` of the state it was written on, when the card
-        still holds it (NTAG's other slot); a state cannot be older than its predecessor.
+        still holds it (NTAG's other slot): a state is written after its predecessor.
     :raises RevokedKid: signed at or after the revocation time, or backdated: its predecessor was
-        written at or after the revocation time, or later than it claims to be.
+        signed at or after the revocation time (so it was too, whatever its own time says). A
+        predecessor merely newer than the state but before the revocation proves a wrong clock,
+        not a write after the revocation: served.
     """
     k = bundle.key(kid)
     if k.status is not KeyState.REVOKED:
         return None
     if k.status_time is None or signed_time >= k.status_time:
         raise rec.RevokedKid(k.kid)
-    if predecessor_time is not None and (predecessor_time >= k.status_time or predecessor_time > signed_time):
-        raise rec.RevokedKid(k.kid)  # backdated: written on a state that is newer than its own time
+    if predecessor_time is not None and predecessor_time >= k.status_time:
+        raise rec.RevokedKid(k.kid)  # backdated: written on a state signed after the revocation
     return k
 
 

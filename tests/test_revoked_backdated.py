@@ -55,3 +55,19 @@ def test_state_backdated_by_the_stolen_key_is_declined(tmp_path: Path) -> None:
     assert _present(good, card).reason is DeclineReason.REVOKED_KEY
     for p in (good, thief, other):
         p.journal.close()
+
+
+def test_a_clock_behind_before_the_revocation_is_not_a_backdating(tmp_path: Path) -> None:
+    """A predecessor newer than the state but still before R proves a wrong clock, not a write after R."""
+    now = int(time.time())
+    revoked_at = now - 300
+    card = chip(at=now - 600)
+    early = _processor(tmp_path / "early", "T-6271-0001", TERMINAL, revoked_station(revoked_at), clock=now - 400)
+    assert _present(early, card).status is TapStatus.ACCEPTED  # its state: now - 400, before R
+    station = _processor(tmp_path / "station", "T-STATION", STATION, fresh_bundle(), clock=now - 450)
+    assert _present(station, card).status is TapStatus.ACCEPTED  # before R, its clock 50 s behind
+    other = _processor(tmp_path / "other", "T-6271-0003", TERMINAL, revoked_station(revoked_at))
+    out = _present(other, card)
+    assert out.status is TapStatus.ACCEPTED, out  # served at the floor, as any state of before R
+    for p in (early, station, other):
+        p.journal.close()
