@@ -94,6 +94,15 @@ class Scope:
                                                   card_profiles.c.card_id.not_in(select(_cards.c.card_id)))))
         for table in _TABLES:  # planner statistics: the scope tables are small, start from them
             conn.execute(text(f"ANALYZE {table.name}"))
+        if conn.dialect.name == "postgresql":
+            # A table PostgreSQL never analyzed is planned as 10 pages of rows: benefit_cycles (a few rows,
+            # below autovacuum's 50-row threshold for ever) as 640 cycles made every per-card join a hash
+            # join over all entitlements. Analyzed once here; autovacuum keeps them current after that.
+            for name in conn.execute(text(
+                    "SELECT relname FROM pg_class WHERE relname IN ('benefit_cycles', 'terminal_sites', "
+                    "'card_profiles', 'card_entitlements', 'journal_entries') AND relkind = 'r' AND reltuples < 0 "
+                    "AND relnamespace = current_schema()::regnamespace")).scalars():
+                conn.execute(text(f"ANALYZE {name}"))
         n_terminals, n_cards, n_households = (
             conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (_terminals, _cards, _households))
         return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households), journal_id)

@@ -86,6 +86,11 @@ def chain_and_clock_steps(
     broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
     back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
     entry, previous = journal.alias("cur"), journal.alias("prev")
+    if scope is not None and conn.dialect.name == "postgresql":
+        # PostgreSQL cannot know each from_seq is near its terminal's last entry (it guesses a third of the
+        # chain) and hash-joins a sequential scan of the journal; without seq scans for this one statement it
+        # walks uq_journal_terminal_seq from each touched terminal's from_seq (145 → 23 ms at 100k entries).
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
     rows = conn.execute(
         select(
             window,
@@ -106,6 +111,8 @@ def chain_and_clock_steps(
         .where(or_(gap, broken, back), *fresh)
         .order_by(window.c.terminal_id, window.c.seq)
     ).all()
+    if scope is not None and conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("RESET enable_seqscan")
     chain: list[Observation] = []
     backwards: list[Observation] = []
     for row in rows:
