@@ -28,6 +28,7 @@ from cardlib.records.claims import PinVerifier
 from cardlib.records.cose import Algorithm
 from cardlib.records.layout import CardLayout
 from cardlib.records.session import CardSession
+from cardlib.transport import CountingConnection
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2.channel import ACR122U
 from cardlib.type2.errors import Nak
@@ -65,6 +66,7 @@ class Counter:
         self.journal = JournalStore(tmp / "counter.sqlite", terminal_id="T-6271-0009", signer=signer,
                                     clock=Clock(force_synced=True))
         self.pin: str | None = None
+        self.commands = 0
         self.tap = TapProcessor(CounterConfig("T-6271-0009", CounterMode.CASH_PAYOUT, OfflineLimits(),
                                               caps={"": ACR122U}, card_passwords=ctx.passwords),
                                 self.journal, signer, trust=lambda: Trust(bundle, time.time()),
@@ -73,10 +75,11 @@ class Counter:
     def present(self, present_card, reader: str, chip: Ntag21x, pin: str | None) -> TapOutcome:  # type: ignore[no-untyped-def]
         self.pin = pin
         with present_card(chip), PcscContext() as pctx:
-            conn = PcscConnection(pctx, reader)
+            conn = CountingConnection(PcscConnection(pctx, reader))
             try:
                 return self.tap(conn, None)  # type: ignore[arg-type]
             finally:
+                self.commands = conn.commands
                 conn.close()
 
 
@@ -224,6 +227,19 @@ def test_a_card_with_its_verifier_in_the_identity_keeps_its_pin(
     monkeypatch.setattr(provision_card, "build_identity", v2)
     chip = _issue(present_card, reader, station, ctx)
     monkeypatch.undo()
+    # the PIN record costs a PIN check no command: the count page and the record come in one FAST_READ
+    # (a wrong PIN: the tap ends after the check, no slot write whose pages depend on the data)
+    v3 = _issue(present_card, reader, station, ctx, uid=bytes.fromhex("04118899440002"),
+                card_id=bytes.fromhex("6271000000000182"))
+    assert counter.present(present_card, reader, chip, THIEF_PIN).reason is DeclineReason.PIN_WRONG
+    v2_commands = counter.commands
+    assert counter.present(present_card, reader, v3, THIEF_PIN).reason is DeclineReason.PIN_WRONG
+    # one fewer, even: the v3 identity is 14 bytes shorter, so this 2-programme card keeps the
+    # counter mirror (no READ_CNT), which the v2 card's image leaves no room for
+    assert counter.commands == v2_commands - 1
+    with tag_on_reader(present_card, reader, chip) as tag:
+        CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(int(time.time()))
+        card_pin.reset_attempts(tag)
     for _ in range(3):
         counter.present(present_card, reader, chip, "135790")
     with pytest.raises(PinResetRefused, match="re-issue"):
