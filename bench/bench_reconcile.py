@@ -249,6 +249,10 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
                 del district
             rss_after_upload = _rss_mib()
 
+            if kind == "postgresql":  # autovacuum's statistics (off on the bench server): plans as in production
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("ANALYZE")
+                    conn.commit()
             before = floor.time(FLOOR_AROUND)
             start = time.perf_counter()
             with sessions() as s:  # margin 0: the bench's uploads are seconds old (ReconcileConfig)
