@@ -122,6 +122,7 @@ def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
         refused = CliRunner().invoke(cli, ["provision", "pin-reset", "--keep-pin", "--new-pin-file",
                                            str(tmp_path / "new-pin.txt"), *args])
         assert refused.exit_code == 2 and "--keep-pin" in refused.output
+        saved = chip.page(128) + chip.page(129)  # the PIN record, as someone with the card password dumps it
         # the office: the holder shows their papers, a supervisor approves, the new PIN is typed
         with present_card(chip):
             reset = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "new-pin.txt"),
@@ -130,18 +131,28 @@ def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
         assert reset.stdout.strip().splitlines()[-1] == card_id
         assert "new PIN set" in reset.output and "epoch 2" in reset.output
         assert counter(chip, PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
+        # they put the old record back (the old PIN would work again: tests/test_pin_record_pcsc.py);
+        # the next reset at this station says so and moves past the epoch it journalled
+        chip.poke(128, saved[:4])
+        chip.poke(129, saved[4:])
+        with present_card(chip):
+            again = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "new-pin.txt"),
+                                             *args])
+        assert again.exit_code == 0, again.output
+        assert "older PIN record" in again.output and "epoch 3" in again.output
+        assert counter(chip, PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
         out = counter(chip, NEW_PIN)
         assert out.status is TapStatus.ACCEPTED and out.amount == PAYOUT  # type: ignore[attr-defined]
     finally:
         journal.close()
-    (ev,) = _journal(state_dir)
+    ev, ev2 = _journal(state_dir)
+    assert (ev2["epoch_before"], ev2["pin_epoch"], ev2["approved_by"], ev2["failures_before"]) == (1, 3, "tech-07", 1)
     assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
         card_id, "tech-07", "ntag", 3, True)
     assert (ev["pin_epoch"], ev["approved_by"]) == (2, "sup-02")
     assert ev["household_ref"] == "9f3c2a1b000000dd" and ev["uid"] == chip.uid.hex()
     # the auditor's copy: resets only
-    (line,) = (state_dir / "pin-resets.jsonl").read_text().splitlines()
-    assert json.loads(line) == ev
+    assert [json.loads(line) for line in (state_dir / "pin-resets.jsonl").read_text().splitlines()] == [ev, ev2]
 
 
 def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(

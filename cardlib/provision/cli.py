@@ -579,10 +579,16 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
                 raise ProvisionError("no card presented")
             with cm as tag:
                 result = reset_ntag_pin(tag, st.ctx.trust, ring or st.ctx.passwords, now,
-                                        None if keep_pin else ask, require_new_pin=file_pin is not None)
+                                        None if keep_pin else ask, require_new_pin=file_pin is not None,
+                                        min_epoch=lambda card: state.last_pin_epoch(card) + 1)
+            last = state.last_pin_epoch(result.card_id)
+            if result.epoch_before is not None and result.epoch_before < last:
+                _console.print(f"[red]warning: card {result.card_id.hex()} carried PIN epoch {result.epoch_before}, "
+                               f"this station set {last}: someone with the card password put an older PIN "
+                               "record back (docs/security.md §A PIN that resists a phone)[/]")
         state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
                         result.card_profile, result.failures_before, result.pin_changed,
-                        pin_epoch=result.pin_epoch, approved_by=approved_by)
+                        pin_epoch=result.pin_epoch, epoch_before=result.epoch_before, approved_by=approved_by)
     if result.pin_changed:
         epoch = f" (PIN epoch {result.pin_epoch})" if result.pin_epoch is not None else ""
         _console.print(f"card {result.card_id.hex()}: new PIN set, tries restored{epoch}")

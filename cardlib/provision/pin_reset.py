@@ -70,6 +70,7 @@ class PinResetResult:
         255 for a damaged page; secure: :data:`PIN_TRIES` minus the tries left).
     :ivar pin_changed: True when the card now takes a new PIN (secure cards, NTAG cards with a PIN record).
     :ivar pin_epoch: NTAG card with a PIN record: its epoch after the reset; None otherwise.
+    :ivar epoch_before: NTAG card with a PIN record: the epoch found on it (None: garbled or no record).
     """
 
     card_id: bytes
@@ -79,11 +80,12 @@ class PinResetResult:
     failures_before: int
     pin_changed: bool
     pin_epoch: int | None = None
+    epoch_before: int | None = None
 
 
 def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKeys, now: int,
                    new_pin: Callable[[], str] | None = None, *, require_new_pin: bool = False,
-                   min_epoch: int = 0) -> PinResetResult:
+                   min_epoch: int | Callable[[bytes], int] = 0) -> PinResetResult:
     """Verify a format-2 NTAG card, then give it a new PIN (PIN record) or clear its failed-PIN count.
 
     Commands: PWD_AUTH and the reads of :meth:`CardSession.read_state`, one READ of the count;
@@ -95,8 +97,9 @@ def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKey
     :param new_pin: asked only once the card verified and keeps a PIN record (a version-3 claim):
         returns the new 6-digit PIN. None: clear the count only, the PIN stays.
     :param require_new_pin: refuse (nothing written) a card whose PIN cannot change (version 2).
-    :param min_epoch: the new epoch is at least this (e.g. 1 + the last this station journalled),
-        used when the card's record is garbled.
+    :param min_epoch: the new epoch is at least this, or a function of the card id giving it (the
+        CLI: 1 + the last epoch the station journalled for the card), so a garbled or rolled-back
+        record never brings an epoch back.
     :raises PinResetRefused: the card does not verify under ``trust``, is format 1, has no PIN,
         cannot take a new PIN though one was required, or its PIN epoch is used up (255).
     :raises ClaimsError: the new PIN is not 6 digits (nothing written).
@@ -122,21 +125,23 @@ def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKey
     if claims.pin.on_card and new_pin is not None:
         assert session.public is not None  # format 2
         old = read_record(tag)
-        epoch = max((old.epoch if old is not None else 0) + 1, min_epoch)
+        floor = min_epoch(claims.card_id) if callable(min_epoch) else min_epoch
+        epoch = max((old.epoch if old is not None else 0) + 1, floor)
         if epoch > MAX_EPOCH:
             raise PinResetRefused(f"card {claims.card_id.hex()}: PIN epoch {MAX_EPOCH} used up (re-issue the card)")
         record = set_pin(tag, state.layout, claims.pin, new_pin(), claims.card_id, tag.uid,
                          passwords.pin_key(session.public.key_version, tag.uid), epoch)
         _log.info("card %s: new PIN, epoch %s -> %d, %d failed tries cleared", claims.card_id.hex(),
                   old.epoch if old is not None else "garbled", record.epoch, before)
-        return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, True, record.epoch)
+        return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, True, record.epoch,
+                              old.epoch if old is not None else None)
     reset_attempts(tag, state.layout)
     _log.info("card %s: failed-PIN count %d reset to 0", claims.card_id.hex(), before)
     epoch_now = None
     if claims.pin.on_card:
         rec = read_record(tag)
         epoch_now = rec.epoch if rec is not None else None
-    return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False, epoch_now)
+    return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False, epoch_now, epoch_now)
 
 
 def signed_pin_reset(signer: Signer, card_id: bytes, pin: str, issuer_counter: int) -> bytes:

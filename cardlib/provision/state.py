@@ -222,7 +222,7 @@ class BatchState:
 
     def pin_reset(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str, technician_kid: bytes,
                   card_profile: str, failures_before: int, pin_changed: bool, *, pin_epoch: int | None = None,
-                  approved_by: str | None = None) -> dict[str, Any]:
+                  epoch_before: int | None = None, approved_by: str | None = None) -> dict[str, Any]:
         """Journal an office PIN reset (docs/fallback.md §Step 3) with the technician who did it,
         in ``state.jsonl`` and in ``pin-resets.jsonl`` (resets only, for the auditor).
 
@@ -233,6 +233,7 @@ class BatchState:
         :param pin_changed: a new PIN was set (secure cards, NTAG cards with a PIN record), else
             only the count was reset.
         :param pin_epoch: NTAG PIN record: the epoch now on the card (None: no PIN record).
+        :param epoch_before: NTAG PIN record: the epoch found on the card (None: garbled or none).
         :param approved_by: who approved the reset after checking the holder's papers (default: the technician).
         :returns: the journalled event.
         """
@@ -240,8 +241,8 @@ class BatchState:
             "event": Event.PIN_RESET.value, "card_id": card_id.hex(), "uid": uid.hex(),
             "household_ref": household_ref.hex(), "technician": technician, "technician_kid": technician_kid.hex(),
             "card_profile": card_profile, "failures_before": failures_before, "pin_changed": pin_changed,
-            "pin_epoch": pin_epoch, "approved_by": approved_by or technician, "session_id": self.session_id,
-            "t": int(time.time())}
+            "pin_epoch": pin_epoch, "epoch_before": epoch_before, "approved_by": approved_by or technician,
+            "session_id": self.session_id, "t": int(time.time())}
         self._append(ev)
         with open(self.directory / "pin-resets.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(ev, sort_keys=True) + "\n")
@@ -249,6 +250,11 @@ class BatchState:
             os.fsync(fh.fileno())
         self.pin_resets.append(ev)
         return ev
+
+    def last_pin_epoch(self, card_id: bytes) -> int:
+        """The highest PIN epoch this station journalled for a card (0: none)."""
+        return max((int(ev.get("pin_epoch") or 0) for ev in self.pin_resets if ev["card_id"] == card_id.hex()),
+                   default=0)
 
     def rejected(self, line: int, household_ref: str, uid: bytes, reason: str) -> None:
         """Journal a chip refused before any write (counterfeit, not blank, wrong chip)."""
