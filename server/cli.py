@@ -23,6 +23,7 @@ import click
 
 if TYPE_CHECKING:
     from flask import Flask
+    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
     from cardlib.records.bundle import Programme
@@ -141,28 +142,34 @@ def database(app: Flask, *, require_schema: bool = True) -> Iterator[None]:
     from server.errors import Conflict, DatabaseBusy, DatabaseUnavailable
     from server.extensions import db
 
-    with app.app_context():
-        try:
-            if require_schema:
-                check_schema(db.engine, _where(app.config["DATABASE_URL"]))
-            yield
-        except IntegrityError as exc:
-            # str(exc) would include the statement's parameters (e.g. a password hash).
-            raise Conflict(f"refused by the database: {str(exc.orig).splitlines()[0]}") from None
-        except (OperationalError, InterfaceError, DatabaseError) as exc:
-            # A bare DatabaseError is the driver's own base class: SQLite's "file is not a
-            # database" (SQLITE_NOTADB) and "database disk image is malformed" (SQLITE_CORRUPT).
-            # Its other subclasses (ProgrammingError, DataError...) are bugs: keep their traceback.
-            if not isinstance(exc, (OperationalError, InterfaceError)) and type(exc) is not DatabaseError:
-                raise
-            if is_busy(exc):
-                raise DatabaseBusy("database busy, retry later", retry_after=int(app.config["RETRY_AFTER"])) from None
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise DatabaseUnavailable(
-                f"cannot use the database at {_where(app.config['DATABASE_URL'])}: {first}") from None
-        finally:
-            db.session.close()
-            db.engine.dispose()
+    # The app context's teardown returns the request's connection to the pool (server.extensions);
+    # the pool is disposed only after it, or that connection would be left open, unreferenced.
+    engine: Engine | None = None
+    try:
+        with app.app_context():
+            engine = db.engine
+            try:
+                if require_schema:
+                    check_schema(db.engine, _where(app.config["DATABASE_URL"]))
+                yield
+            except IntegrityError as exc:
+                # str(exc) would include the statement's parameters (e.g. a password hash).
+                raise Conflict(f"refused by the database: {str(exc.orig).splitlines()[0]}") from None
+            except (OperationalError, InterfaceError, DatabaseError) as exc:
+                # A bare DatabaseError is the driver's own base class: SQLite's "file is not a
+                # database" (SQLITE_NOTADB) and "database disk image is malformed" (SQLITE_CORRUPT).
+                # Its other subclasses (ProgrammingError, DataError...) are bugs: keep their traceback.
+                if not isinstance(exc, (OperationalError, InterfaceError)) and type(exc) is not DatabaseError:
+                    raise
+                if is_busy(exc):
+                    raise DatabaseBusy("database busy, retry later",
+                                       retry_after=int(app.config["RETRY_AFTER"])) from None
+                first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+                raise DatabaseUnavailable(
+                    f"cannot use the database at {_where(app.config['DATABASE_URL'])}: {first}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 def _console() -> dict[str, str]:
@@ -386,6 +393,18 @@ def set_password_cmd(username: str, password_file: Path | None) -> None:
     click.echo(f"password of {username} replaced; their sessions are ended")
 
 
+@people.command("unlock")
+@click.argument("username")
+@DATABASE_OPTION
+def unlock_person(username: str) -> None:
+    """Lift a login lock-out (too many wrong passwords) before it ends by itself (audited)."""
+    from server.people import unlock_login
+
+    lifted: list[bool] = []
+    _change_person(lambda session: lifted.append(unlock_login(session, username, None, **_console())))
+    click.echo(f"{username}: lock-out lifted" if lifted[0] else f"{username} was not locked out")
+
+
 # ----------------------------------------------------------------------------- terminals
 
 
@@ -455,6 +474,39 @@ def enrolment_code(terminal_id: str) -> None:
         session.commit()
     click.echo(f"enrolment code for {terminal_id}: {code}")
     click.echo(f"valid until {expires.isoformat()}, once; only its hash is stored")
+
+
+@terminals.command("codes")
+@click.option("--terminal", "terminal_id", help="Only the codes issued for this terminal id.")
+@DATABASE_OPTION
+def list_codes(terminal_id: str | None) -> None:
+    """Enrolment codes still usable: terminal id, issued, expires (the codes were shown once and are not stored)."""
+    from server.enrolment import open_codes
+    from server.extensions import db
+
+    app = make_app()
+    with database(app):
+        rows = open_codes(db.session, terminal_id)
+        for row in rows:
+            click.echo(f"{row.terminal_id:<24} issued {row.created_at.isoformat()}"
+                       f"  expires {row.expires_at.isoformat()}")
+    if not rows:
+        click.echo("no usable enrolment codes" + (f" for {terminal_id}" if terminal_id else ""))
+
+
+@terminals.command("cancel-codes")
+@click.argument("terminal_id")
+@DATABASE_OPTION
+def cancel_enrolment_codes(terminal_id: str) -> None:
+    """End every usable enrolment code of TERMINAL_ID now (audited), e.g. one handed to the wrong person."""
+    from server.enrolment import cancel_codes
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        cancelled = cancel_codes(session, terminal_id, None, **_console())
+        session.commit()
+    click.echo(f"{terminal_id}: {cancelled} enrolment code{'s' if cancelled != 1 else ''} cancelled")
 
 
 @terminals.command("approve")

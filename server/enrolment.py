@@ -188,6 +188,39 @@ def redeem_code(session: Session, terminal_id: str, code: object, key_fingerprin
     return row
 
 
+def open_codes(session: Session, terminal_id: str | None = None,
+               now: dt.datetime | None = None) -> list[EnrolmentCode]:
+    """Enrolment codes still usable (not spent, not expired), oldest first; the codes themselves are never stored.
+
+    :param terminal_id: only the codes for this terminal id; None for all.
+    """
+    now = now or utcnow()
+    query = select(EnrolmentCode).where(EnrolmentCode.used_at.is_(None), EnrolmentCode.expires_at > now)
+    if terminal_id is not None:
+        query = query.where(EnrolmentCode.terminal_id == terminal_id)
+    return list(session.scalars(query.order_by(EnrolmentCode.created_at)))
+
+
+def cancel_codes(session: Session, terminal_id: str, person: Person | None, **audit_detail: Any) -> int:
+    """End every usable enrolment code of ``terminal_id`` now (a code handed to the wrong person,
+    a counter set up another way); audited; the caller commits.
+
+    A cancelled code expires now: :func:`redeem_code` refuses it as expired, and the row stays
+    as the record that it was issued.
+
+    :returns: how many codes were cancelled.
+    """
+    from server.auth import audit
+
+    now = utcnow()
+    rows = open_codes(session, terminal_id, now)
+    for row in rows:
+        row.expires_at = now
+    audit(session, person, "enrolment.codes_cancelled", f"terminal:{terminal_id}", cancelled=len(rows),
+          **audit_detail)
+    return len(rows)
+
+
 def _throttle_key(address: str | None) -> str:
     return "enrol-" + address_key(address)
 

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.auth import audit, check_username, create_person, set_disabled, set_password, username_is
+from server.auth import audit, check_username, create_person, find_person, set_disabled, set_password, username_is
 from server.errors import BadRequest, Conflict
+from server.logins import unlock
 from server.models import Person, PersonRole
 
 __all__ = ["add_person", "change_password", "list_people", "set_person_disabled"]
@@ -75,3 +76,17 @@ def change_password(session: Session, username: str, password: str, by: Person |
         raise BadRequest(str(exc), field="password") from None
     audit(session, by, "person.set_password", f"person:{person.id}", username=username, **audit_detail)
     return person
+
+
+def unlock_login(session: Session, username: str, by: Person | None, **audit_detail: Any) -> bool:
+    """Lift a person's login lock-out and back-off before it ends by itself; audited; the caller commits.
+
+    :param by: who does it (None: a console action, said by ``audit_detail``).
+    :returns: whether there was a lock-out or back-off to lift.
+    :raises NotFound: no such person.
+    """
+    person = find_person(session, username)
+    lifted = unlock(session, person.username)
+    audit(session, by, "login.unlock", f"person:{person.id}", username=person.username, lifted=lifted,
+          **audit_detail)
+    return lifted

@@ -263,3 +263,49 @@ def test_help_shows_no_docstring_markup(argv, capsys):
     if argv in {("server", "run"), ("server", "db", "upgrade"), ("audit", "export"), ("audit", "reconcile"),
                 ("server", "people", "add"), ("server", "terminals", "approve")}:
         assert "--database URL" in out and "DATABASE_URL" in out
+
+
+def test_people_unlock_from_the_console_lifts_a_lock_out_and_is_audited(app, world, env, capsys):
+    """A clerk locked out by five wrong passwords is let back in by an admin at the console."""
+    app.config.update(LOGIN_FREE_FAILURES=100, LOGIN_LOCKOUT_FAILURES=5)
+    c = world.client
+    for _ in range(5):
+        c.post("/api/v1/auth/login", json={"username": "admin", "password": "a wrong password"})
+    r = c.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert r.status_code == 429 and r.get_json()["error"]["code"] == "login_locked"
+    code, out, _err = _huma(capsys, "server", "people", "unlock", "admin")
+    assert code == 0 and "lock-out lifted" in out
+    assert c.post("/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}).status_code == 200
+    code, out, _err = _huma(capsys, "server", "people", "unlock", "admin")
+    assert code == 0 and "was not locked out" in out
+    code, _out, err = _huma(capsys, "server", "people", "unlock", "nobody")
+    assert code == 2 and "no person 'nobody'" in err
+    unlocks = [(t, d["lifted"], d["via"]) for a, t, d in _audit(app) if a == "login.unlock"]
+    assert [(lifted, via) for _t, lifted, via in unlocks] == [(True, "cli"), (False, "cli")]
+
+
+def test_enrolment_codes_listed_without_the_code_and_cancelled(app, world, env, capsys):
+    """A code handed to the wrong person is cancelled before anyone enrols a squatting counter with it."""
+    code_a = world.enrolment_code("T-601")
+    world.enrolment_code("T-602")
+    code, out, _err = _huma(capsys, "server", "terminals", "codes")
+    assert code == 0 and "T-601" in out and "T-602" in out and code_a not in out
+    code, out, _err = _huma(capsys, "server", "terminals", "codes", "--terminal", "T-602")
+    assert code == 0 and "T-601" not in out and "T-602" in out
+    code, out, _err = _huma(capsys, "server", "terminals", "cancel-codes", "T-601")
+    assert code == 0 and "1 enrolment code cancelled" in out
+    code, out, _err = _huma(capsys, "server", "terminals", "codes")
+    assert "T-601" not in out and "T-602" in out
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "T-601")]))
+           .sign(ed25519.Ed25519PrivateKey.generate(), None))
+    r = world.client.post("/api/v1/terminals/enrol", json={
+        "terminal_id": "T-601", "csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "code": code_a})
+    assert r.status_code in (400, 403) and "expired" in r.get_json()["error"]["message"]
+    cancels = [(t, d["cancelled"]) for a, t, d in _audit(app) if a == "enrolment.codes_cancelled"]
+    assert cancels == [("terminal:T-601", 1)]

@@ -15,8 +15,9 @@ from server.auth import audit, check_username, create_person, find_person, perso
 from server.errors import BadRequest, Conflict, shown
 from server.extensions import db
 from server.http import int_param, json_body, query_params
-from server.logins import LoginPolicy, password_login, unlock
+from server.logins import LoginPolicy, password_login
 from server.models import ApiToken, AuditLog, Person, PersonRole
+from server.people import unlock_login
 
 bp = Blueprint("people", __name__, url_prefix="/api/v1")
 
@@ -98,11 +99,9 @@ def add_person() -> ResponseReturnValue:
 def unlock_person(username: str) -> ResponseReturnValue:
     """Lift an account's login lock-out and back-off (admin); audited."""
     session = db.write_session()
-    person = find_person(session, username)
-    lifted = unlock(session, person.username)
-    audit(session, g.person, "login.unlock", f"person:{person.id}", username=person.username, lifted=lifted)
+    lifted = unlock_login(session, username, g.person)
     session.commit()
-    return jsonify({"username": person.username, "lifted": lifted})
+    return jsonify({"username": find_person(session, username).username, "lifted": lifted})
 
 
 @bp.get("/audit")
