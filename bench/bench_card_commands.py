@@ -7,7 +7,10 @@ whose PROT/AUTH0/PWD_AUTH behaviour follows the NTAG213/215/216 datasheet §8.8.
 the bench_tap card (3 programmes + PIN); format 2 is issued as provisioning issues it
 (public pages 4-10, private from page 11, slot B pre-filled with the genesis copy, the
 NFC counter mirrored at the end of the data area, cardlib.records.counter_mirror), and
-once more without the counter mirror, as a card issued before it (READ_CNT per redemption).
+once more without the counter mirror, as a card issued before it (READ_CNT per redemption), once
+with taps 3 days apart (the signed time and journal seq move more bytes) and once under an older
+key version (the counter's current version is NAKed first). The UID comes from the reader (GET DATA
+``FF CA``): a reader exchange, counted apart from the card commands.
 
     .venv/bin/python -m bench.bench_card_commands [--taps 40] [--out bench/results/card_commands.md]
 """
@@ -76,28 +79,56 @@ def _identity():  # type: ignore[no-untyped-def]
         offline_cap={1: 1, 2: 250_000, 3: 4}, uid=UID, pin=PinVerifier.derive("246810", card_id, UID, 12))
 
 
-def _tap(chip: Ntag21x, trust, amounts: dict[int, int] | None, seq: int,  # type: ignore[no-untyped-def]
-         cycle: int) -> int:
+#: Reader exchanges (GET DATA UID, re-activation after a NAK) per tap kind of the last :func:`measure`.
+READER_EXCHANGES: dict[str, list[int]] = {}
+
+
+def _tap_counts(chip: Ntag21x, trust, amounts: dict[int, int] | None, seq: int,  # type: ignore[no-untyped-def]
+                cycle: int, *, now: int = NOW, keys: CardPasswordKeys = KEYS,
+                terminal_seq: int | None = None) -> tuple[int, int]:
+    """(card commands, reader exchanges) of one tap."""
     chip.field_off()
     conn = TimedEmulatorConnection(ReaderEmulator(chip, ReaderKind.ACR122U))
     channel = Acr122uChannel(conn)
-    session = CardSession(Type2Tag(channel, atr=conn.atr), trust, passwords=KEYS)
-    state = session.read_state(NOW)
+    session = CardSession(Type2Tag(channel, atr=conn.atr), trust, passwords=keys)
+    state = session.read_state(now)
     if amounts is not None:
         pending = session.prepare_redemption(state, signer=_signer(3), cycle=cycle, amounts=amounts,
-                                             terminal_id=17, terminal_seq=seq, now=NOW + seq)
+                                             terminal_id=17, terminal_seq=seq if terminal_seq is None else terminal_seq,
+                                             now=now)
         assert session.commit(pending).outcome is WriteOutcome.COMMITTED
     conn.close()
-    return channel.commands
+    return channel.commands, channel.reader_exchanges
 
 
-def measure(chip: Ntag21x, trust, taps: int) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
-    out: dict[str, list[int]] = {"verify-only tap": [_tap(chip, trust, None, 0, CYCLE)]}
-    out["first redemption"] = [_tap(chip, trust, {3: 1}, 1, CYCLE)]
-    steady = []
-    for seq in range(2, taps + 2):
-        steady.append(_tap(chip, trust, {2: 1_000 + seq}, seq, CYCLE))  # 40 taps use < 50,000 of 250,000
-    out["steady-state redemption"] = steady
+def _tap(chip: Ntag21x, trust, amounts: dict[int, int] | None, seq: int,  # type: ignore[no-untyped-def]
+         cycle: int) -> int:
+    return _tap_counts(chip, trust, amounts, seq, cycle, now=NOW + seq)[0]
+
+
+def measure(chip: Ntag21x, trust, taps: int, *, spacing_s: int = 1,  # type: ignore[no-untyped-def]
+            entries_between: int = 1, keys: CardPasswordKeys = KEYS) -> dict[str, list[int]]:
+    """Card commands per tap kind: a verify, the first two redemptions, then ``taps`` steady ones.
+
+    :param spacing_s: seconds between taps (the signed time moves by it).
+    :param entries_between: the terminal's journal seq grows by it between taps of this card.
+    """
+    out: dict[str, list[int]] = {}
+    READER_EXCHANGES.clear()
+
+    def tap(what: str, amounts: dict[int, int] | None, seq: int) -> None:
+        cmds, exchanges = _tap_counts(chip, trust, amounts, seq, CYCLE, now=NOW + seq * spacing_s, keys=keys,
+                                      terminal_seq=seq * entries_between)
+        out.setdefault(what, []).append(cmds)
+        READER_EXCHANGES.setdefault(what, []).append(exchanges)
+
+    tap("verify-only tap", None, 0)
+    # The first two redemptions write over the genesis state and its copy (slots A and B, signed by the
+    # issuing station): the key id, terminal id and more claims differ from what a counter writes.
+    tap("first two redemptions", {3: 1}, 1)
+    tap("first two redemptions", {2: 1_001}, 2)
+    for seq in range(3, taps + 3):
+        tap("steady-state redemption", {2: 1_000 + seq}, seq)  # 40 taps use < 50,000 of 250,000
     return out
 
 
@@ -109,21 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     chip1, trust, _, _ = _setup()
     chip2 = _issue_format2(_signer(1), _signer(2))
     chip2_old = _issue_format2(_signer(1), _signer(2), counter_mirror=False)
+    chip2_days = _issue_format2(_signer(1), _signer(2))
+    chip2_rotated = _issue_format2(_signer(1), _signer(2))
+    rotated = CardPasswordKeys({**KEYS.keys, 2: b"provincial-card-password-key-v2!"}, 2)
     rows = []
-    for name, chip in (("format 1 (slots writable, as in the field)", chip1), ("format 2 (private pages)", chip2),
-                       ("format 2 without the counter mirror (READ_CNT)", chip2_old)):
-        for what, counts in measure(chip, trust, args.taps).items():
+    cases: tuple[tuple[str, Ntag21x, dict[str, object]], ...] = (
+        ("format 1 (slots writable, as in the field)", chip1, {}),
+        ("format 2 (private pages)", chip2, {}),
+        ("format 2, taps 3 days apart, 500 journal entries between", chip2_days,
+         {"spacing_s": 3 * 86_400 + 1_234, "entries_between": 500}),
+        ("format 2 without the counter mirror (READ_CNT)", chip2_old, {}),
+        ("format 2 under an older key version (counter holds 1 and 2)", chip2_rotated, {"keys": rotated}),
+    )
+    for name, chip, kw in cases:
+        for what, counts in measure(chip, trust, args.taps, **kw).items():  # type: ignore[arg-type]
             med = statistics.median(counts)
             target = 3 if what.startswith("verify") else 24
             lo, hi = (med * ms for ms in PER_COMMAND_MS)
-            rows.append(f"| {name} | {what} | {min(counts)} / {med:g} / {max(counts)} | ≤ {target} "
+            exchanges = statistics.median(READER_EXCHANGES[what])
+            rows.append(f"| {name} | {what} | {min(counts)} / {med:g} / {max(counts)} | {exchanges:g} | ≤ {target} "
                         f"({'meets' if max(counts) <= target else 'misses'}) | {lo:.0f}–{hi:.0f} ms |")
-    head = ("| card | tap | card commands min / median / max | target | ACR122U at 5–20 ms per command |\n"
-            "|---|---|---|---|---|")
+    head = ("| card | tap | card commands min / median / max | reader exchanges (median) | target "
+            "| ACR122U at 5–20 ms per command |\n|---|---|---|---|---|---|")
+    note = ("Card commands are frames that reach the chip (PWD_AUTH included); reader exchanges are answered "
+            "by the reader: GET DATA `FF CA` (the UID from anticollision) and the re-activation after a NAK.")
     cmd = f".venv/bin/python -m bench.bench_card_commands --taps {args.taps}" + (
         f" --out {args.out}" if args.out else "")
     write_report("# Card commands per tap, format 1 vs format 2 (issue 20)\n\n"
-                 f"Command: `{cmd}`\n\n{head}\n" + "\n".join(rows) + "\n", args.out)
+                 f"Command: `{cmd}`\n\n{note}\n\n{head}\n" + "\n".join(rows) + "\n", args.out)
     return 0
 
 

@@ -80,7 +80,14 @@ class _WrappedChannel(Type2Channel):
         def reselect() -> bytes:
             self._inner.reactivate()
             return b""
+        self.reader_exchanges += 1
         self._call(reselect)
+
+    def reader_uid(self) -> bytes | None:
+        """The inner channel's UID from activation (nfcpy: no card command)."""
+        self.reader_exchanges += 1
+        uid = self._call(lambda: self._inner.reader_uid() or b"")
+        return uid or None
 
 
 class Deadline:

@@ -80,7 +80,8 @@ from cardlib.records.layout import (
     parse_public_header,
     split_payload,
 )
-from cardlib.type2.errors import AddressOutOfRange, PwdAuthFailed, UnsupportedCommand
+from cardlib.transport.errors import TagMute
+from cardlib.type2.errors import AddressOutOfRange, Nak, PwdAuthFailed, UnsupportedCommand
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ IDENTITY_AAD_CONTEXT = b"huma-betang/card/v1/identity"
 SLOT_AAD_CONTEXT = b"huma-betang/card/v1/slot"
 #: Pages of the NTAG215 CC data area (496 B / 4); the default first read.
 NTAG215_DATA_PAGES = 124
+#: First page of the tap's first read after PWD_AUTH: lock bytes and CC (page 3, which tells the chip),
+#: not the UID pages the reader already gave, so pages 2-127 fill two 63-page frames exactly.
+_FIRST_READ_PAGE = 2
 _KEY_ERRORS = (UnknownKid, RevokedKid, AlgorithmNotAllowed)
 
 
@@ -352,31 +356,57 @@ class CardSession:
     def read_image(self) -> RecordImage:
         """Read the card and parse its layout (no signature checks); authenticate a format-2 card.
 
-        Commands (docs/card-format.md §7): one FAST_READ of pages 0-10 (UID, CC, public pages),
-        then for format 2 PWD_AUTH with the password of the key version the header names, then
-        FAST_READs of the private area; format 1 is read from page 4 as before.
+        Commands (docs/card-format.md §7): when the UID came from the reader (GET DATA, no card
+        command), PWD_AUTH with the current key version before any read, then FAST_READs from
+        page 2 (CC, public pages 4-10 and the private area in the same frames): a format-2 card
+        under the current version takes PWD_AUTH + 2 FAST_READs on an NTAG215. A NAK (an older
+        key version, a format-1 card, a chip without our password) re-selects the chip; the
+        format-1 office version is tried next when held, else pages 0-10 are read and the card
+        opened as their header says. Without a reader UID: pages 0-10 first, as before.
 
         :raises LayoutError: not our layout.
         :raises CardPasswordUnavailable: a format-2 card whose key version this session lacks.
         :raises CardPasswordRefused: the chip refused the derived password or its PACK differs (a clone).
         :raises CardlibError: (tag/transport subclasses) the card link failed.
         """
-        head = self._read_head()
         self.mirrored_counter = None
+        self.format1_cc_size = None
         end = FIRST_DATA_PAGE + self.first_read_pages
+        opened, refused = self._open_first()
+        if opened is not None:
+            try:
+                area = self._read_first(end)
+            except (Nak, TagMute) as exc:  # not an NTAG215/216 image of ours: start over, slowly
+                log.debug("first read after PWD_AUTH refused (%s): reading the header first", exc)
+                refused = ()
+            else:
+                return self._parse_opened(area, opened, end)
+        head = self._read_head()
         self.public = parse_public_header(head[PUBLIC_HEADER_PAGE * PAGE_SIZE : (PUBLIC_HEADER_PAGE + 1) * PAGE_SIZE])
         if self.public is None:
             data = head[FIRST_DATA_PAGE * PAGE_SIZE :]
+            keys = self.passwords
+            if keys is not None and keys.format1 is not None and keys.format1 in refused:
+                raise CardPasswordRefused("the chip refused the format-1 office password")
             self.open_format1(head)
             first = FIRST_DATA_PAGE + len(data) // PAGE_SIZE
             data += self.tag.read_pages(first, end - first)
-            layout = header_layout(data)
-            missing = layout.pages - len(data) // PAGE_SIZE
-            if missing > 0:
-                data += self.tag.read_pages(FIRST_DATA_PAGE + len(data) // PAGE_SIZE, missing)
-            return parse_image(data)
+            return self._format1_image(data)
+        if self.public.key_version in refused:
+            raise CardPasswordRefused(f"the chip refused the card password of key version {self.public.key_version}")
         self.authenticate(self.public)
-        data = self.tag.read_pages(PRIVATE_FIRST_PAGE, end - PRIVATE_FIRST_PAGE)
+        return self._private_image(self.tag.read_pages(PRIVATE_FIRST_PAGE, end - PRIVATE_FIRST_PAGE))
+
+    def _format1_image(self, data: bytes) -> RecordImage:
+        """A format-1 image from bytes read from page 4 on (reads the rest when the image is longer)."""
+        layout = header_layout(data)
+        missing = layout.pages - len(data) // PAGE_SIZE
+        if missing > 0:
+            data += self.tag.read_pages(FIRST_DATA_PAGE + len(data) // PAGE_SIZE, missing)
+        return parse_image(data)
+
+    def _private_image(self, data: bytes) -> RecordImage:
+        """A format-2 image from bytes read from page 11 on (reads the rest when the image is longer)."""
         private = CardLayout(data[0], data[1], 2) if data[0] and data[1] else None
         if private is not None and private.pages > len(data) // PAGE_SIZE:
             data += self.tag.read_pages(PRIVATE_FIRST_PAGE + len(data) // PAGE_SIZE,
@@ -384,6 +414,73 @@ class CardSession:
         image = parse_private_image(data)
         self.mirrored_counter = read_mirror(data, image.layout, self.first_read_pages)
         return image
+
+    def _open_first(self) -> tuple[int | None, tuple[int, ...]]:
+        """PWD_AUTH before any read: the current key version, then the format-1 office version.
+
+        Only when the tag knows its UID from the reader (GET DATA or the stack's activation):
+        if it had to read pages 0-10 for it, the header is known and names the version. Every
+        card we issue has AUTHLIM = 0 (docs/card-format.md §2.2, §2.3), so a refused try counts
+        nowhere; a NAK re-selects the chip (the channel's re-activation).
+
+        :returns: (the version the chip accepted with the right PACK, or None; the versions it
+            refused or answered with another PACK).
+        """
+        keys = self.passwords
+        pwd_auth = getattr(self.tag, "pwd_auth", None)
+        if keys is None or pwd_auth is None:
+            return None, ()
+        uid = bytes(self.tag.uid)  # the reader's GET DATA: an exchange with the reader, no card command
+        if not getattr(self.tag, "uid_from_reader", False):
+            return None, ()
+        refused: list[int] = []
+        versions = [keys.current] + ([keys.format1] if keys.format1 not in (None, keys.current) else [])
+        for version in versions:
+            assert version is not None
+            pw = keys.password(version, uid)
+            try:
+                pwd_auth(pw.pwd, expected_pack=pw.pack)
+            except UnsupportedCommand:
+                return None, ()  # a reader without pass-through: nothing was sent
+            except TagMute:
+                reactivate = getattr(getattr(self.tag, "channel", None), "reactivate", None)
+                if reactivate is not None:
+                    reactivate()
+                return None, tuple(refused)
+            except PwdAuthFailed as exc:
+                # A NAK (the chip was re-selected), or another PACK: a fake that takes any password,
+                # or a card whose password is half written (an interrupted issuance). Either way
+                # this version does not open it; the header decides what that means (a format-1
+                # card is not judged by a format-2 version's PACK).
+                log.debug("PWD_AUTH under key version %d: %s", version, exc)
+                refused.append(version)
+                continue
+            return version, tuple(refused)
+        return None, tuple(refused)
+
+    def _read_first(self, end: int) -> bytes:
+        """Pages 2 .. end-1 after PWD_AUTH (two 63-page frames on an ACR122U for an NTAG215)."""
+        read_first = getattr(self.tag, "read_first", None)
+        if read_first is not None:
+            return bytes(read_first(_FIRST_READ_PAGE, end - _FIRST_READ_PAGE))
+        return self.tag.read_pages(_FIRST_READ_PAGE, end - _FIRST_READ_PAGE)
+
+    def _parse_opened(self, area: bytes, version: int, end: int) -> RecordImage:
+        """Parse pages 2.. read after the chip accepted ``version``'s password."""
+
+        def page(n: int) -> bytes:
+            return area[(n - _FIRST_READ_PAGE) * PAGE_SIZE : (n - _FIRST_READ_PAGE + 1) * PAGE_SIZE]
+
+        self.public = parse_public_header(page(PUBLIC_HEADER_PAGE))
+        if self.public is None:
+            keys = self.passwords
+            if keys is not None and version == keys.format1:
+                self.format1_cc_size = page(3)[2]  # opened with the office password: migratable
+            return self._format1_image(area[(FIRST_DATA_PAGE - _FIRST_READ_PAGE) * PAGE_SIZE :])
+        if self.public.key_version != version:
+            log.info("card header names key version %d, the chip took version %d's password",
+                     self.public.key_version, version)
+        return self._private_image(area[(PRIVATE_FIRST_PAGE - _FIRST_READ_PAGE) * PAGE_SIZE :])
 
     #: CC byte 2 of a format-1 card opened with the office password (:meth:`open_format1`), else None.
     format1_cc_size: int | None = None

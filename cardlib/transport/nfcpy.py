@@ -165,6 +165,10 @@ class NfcpyType2Channel(Type2Channel):
         """The UID from anticollision (7 bytes for NTAG21x), as nfcpy's ``sdd_res``."""
         return bytes(self._target.sdd_res)
 
+    def reader_uid(self) -> bytes | None:
+        """The UID nfcpy read at activation (:attr:`uid`): known without a card command."""
+        return self.uid or None
+
     @property
     def reader_name(self) -> str:
         """``str(nfcpy device)``, e.g. ``Linux IP-Stack UDP at udp:127.0.0.1:54321``."""

@@ -100,14 +100,23 @@ class Type2Channel(abc.ABC):
     """Carries raw NTAG21x command frames to the chip.
 
     :ivar caps: the reader's capabilities.
-    :ivar commands: card commands (reader exchanges) sent so far.
+    :ivar commands: card commands (frames that reach the chip) sent so far.
+    :ivar reader_exchanges: exchanges the reader answers itself (GET DATA UID, re-activation), so far.
     :ivar air_bytes: chip frame bytes sent plus received so far (without CRC_A).
     """
 
     def __init__(self, caps: ReaderCapabilities) -> None:
         self.caps = caps
         self.commands = 0
+        self.reader_exchanges = 0
         self.air_bytes = 0
+
+    def reader_uid(self) -> bytes | None:
+        """The UID the reader learnt at anticollision, without a card command; None when it cannot tell.
+
+        Default: None (the tag then reads pages 0-1).
+        """
+        return None
 
     @property
     def supports_raw(self) -> bool:
@@ -176,6 +185,21 @@ class _ApduType2Channel(Type2Channel):
 
     def _repoll_hook(self) -> None:
         self.reactivate()
+
+    def reader_uid(self) -> bytes | None:
+        """GET DATA ``FF CA 00 00 00`` (PC/SC Part 3 v2.02 §3.2.2.1.3, ACR122U API v2.04 §4.1).
+
+        The reader answers from the anticollision it ran: no RF command, so it is counted in
+        :attr:`reader_exchanges`, not :attr:`commands`.
+
+        :returns: the UID, or None when the reader refuses GET DATA (any SW but 9000).
+        :raises cardlib.transport.TransportError: the reader or the card link failed.
+        """
+        self.reader_exchanges += 1
+        try:
+            return bytes(self.apdu.send(CommandApdu(0xFF, 0xCA, 0x00, 0x00, le=256)))
+        except ApduError:
+            return None
 
 
 #: PC/SC Part 3 storage-card status words (v2.02 §3.2.2.1.4 Table 3-9).
@@ -270,6 +294,7 @@ class Acr122uChannel(_ApduType2Channel):
 
         :raises cardlib.transport.TagMute: no tag answered the poll.
         """
+        self.reader_exchanges += 1
         resp = self.apdu.send(CommandApdu(0xFF, 0x00, 0x00, 0x00, bytes(
             (Tfi.HOST_TO_PN, Pn53xCommand.IN_LIST_PASSIVE_TARGET, 0x01, 0x00))))
         if len(resp) < 3 or resp[2] == 0:
@@ -321,6 +346,7 @@ class Part3Channel(_ApduType2Channel):
 
     def reactivate(self) -> None:
         """RF off then on (``83 00 84 00``): the tag powers up selected again."""
+        self.reader_exchanges += 1
         self._envelope(0x00, encode_object(Part3Object.RF_OFF, b"") + encode_object(Part3Object.RF_ON, b""))
 
 

@@ -66,6 +66,8 @@ COUNTER_LENGTH = 3
 SIGNATURE_LENGTH = 32
 PWD_LENGTH = 4
 PACK_LENGTH = 2
+#: An NTAG21x UID (datasheet §8.5.1): 7 bytes.
+UID_LENGTH = 7
 #: Pages the first read of a tap covers: UID (0-1), lock bytes (2), CC (3) and the public
 #: pages of a card with private pages (4-10, docs/card-format.md §2.2), all readable without PWD_AUTH.
 HEAD_PAGES = 11
@@ -136,6 +138,8 @@ class Type2Tag:
         self._prefetch: tuple[int, bytes] | None = None
         self._head = b""
         self._fast_read = True
+        #: True when :attr:`uid` came from the reader (GET DATA / activation), before any page read.
+        self.uid_from_reader = False
 
     # ------------------------------------------------------------------ identity
 
@@ -196,11 +200,45 @@ class Type2Tag:
 
     @property
     def uid(self) -> bytes:
-        """The 7-byte UID from pages 0-1 (BCC bytes skipped; datasheet §8.5.1), read with the head."""
+        """The 7-byte UID: the reader's anticollision answer when it gives one (GET DATA, no card
+        command), else pages 0-1 (BCC bytes skipped; datasheet §8.5.1), read with the head."""
         if self._uid is None:
-            self._head = self.read_head(HEAD_PAGES)  # kept for the session's first read_head
+            uid = self.channel.reader_uid()
+            if uid is not None and len(uid) == UID_LENGTH:
+                self._uid = uid
+                self.uid_from_reader = True
+            else:
+                self._head = self.read_head(HEAD_PAGES)  # kept for the session's first read_head
         assert self._uid is not None
         return self._uid
+
+    def read_first(self, first: int, count: int) -> bytes:
+        """The tap's first read of a chip not read yet: pages ``first .. first+count-1``, the first
+        frame one FAST_READ that includes the CC (page 3) and identifies the chip from its CC2
+        (datasheet §8.5.6), so no GET_VERSION is sent (docs/card-format.md §7).
+
+        :param first: 0..3 (the CC must be in the first frame).
+        :param count: pages; beyond the reader's frame the rest is read with :meth:`read_pages`.
+        :returns: ``count * 4`` bytes.
+        :raises AddressOutOfRange: ``first`` after the CC page.
+        :raises Nak, cardlib.transport.TagMute: the chip refused the first FAST_READ (not an
+            NTAG215/216, or a range past its end); a NAK re-selected it, silence did not.
+        :raises cardlib.transport.TransportError: from the channel.
+        """
+        if not 0 <= first <= CC_PAGE:
+            raise AddressOutOfRange(f"read_first starts at page 0..{CC_PAGE}, not {first}")
+        if self._chip is not None or not self.channel.supports_raw:
+            return self.read_pages(first, count)
+        frame = min(count, self.channel.caps.max_pages)
+        data = self.channel.transceive(bytes((T2Command.FAST_READ, first, first + frame - 1)))
+        if len(data) != frame * PAGE_SIZE:
+            raise BadResponse(f"FAST_READ {first}..{first + frame - 1} answered {len(data)} bytes")
+        chip = chip_from_cc2(data[(CC_PAGE - first) * PAGE_SIZE + 2], source="cc")
+        if chip.chip is not ChipType.UNKNOWN:  # else identified properly (GET_VERSION) by the next read
+            self._set_chip(chip)
+        if frame == count:
+            return data
+        return data + self.read_pages(first + frame, count - frame)
 
     def read_head(self, count: int) -> bytes:
         """Read pages ``0 .. count-1`` in one command, without GET_VERSION: UID, lock bytes, CC, data.
