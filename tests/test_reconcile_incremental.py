@@ -24,6 +24,7 @@ from server.reconcile.engine import reconcile
 from server.reconcile.errors import ReconcileBusy
 from server.reconcile.models import CardProfile, Finding, TerminalSite
 from server.reconcile.observations import ReconcileConfig
+from server.registry import cycles_between, ensure_cycles
 from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal
 from tests.reconcile_support import audit_db, install, upload  # noqa: F401 - audit_db is a fixture
 
@@ -33,6 +34,7 @@ DAY = dt.datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 CFG = ReconcileConfig(watermark_margin_s=0)
 SEEDS = (11, 12, 13)
 ROUNDS = 4
+YEAR_MS = 365 * 86_400_000
 
 
 def _ms(minutes: float) -> int:
@@ -51,6 +53,13 @@ def _plant(d: District, rng: random.Random) -> None:
         t = rng.choice(d.terminals)
         if i == 30:  # at least one clock step per district
             t.step_clock(-180 * 60_000)
+        if i == 20:  # a boot whose clock is a year ahead (dated after receipt, no skew within it), and at
+            ahead = t  # i == 40 a boot set right: later rounds bring entries after the future-dated ones
+            ahead.step_clock(YEAR_MS)
+            ahead.boot(_ms(minute))
+        if i == 40:
+            ahead.step_clock(-YEAR_MS)
+            ahead.boot(_ms(minute))
         card = rng.choice(d.cards)
         roll = rng.random()
         if roll < 0.08:
@@ -123,6 +132,9 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
     install(app, world, d)
     with app.app_context():
         _households(d)
+        session = db.write_session()  # the year-ahead clock's cycles: their upload would change the digest
+        ensure_cycles(session, cycles_between(DAY, DAY + dt.timedelta(days=400)))
+        session.commit()
         _revoke(d)
     plans = {t.terminal_id: _rounds(t, rng) for t in d.terminals}
     modes = []
@@ -145,7 +157,7 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
         assert after_full == incremental, r
         kinds |= {v[0] for v in incremental.values()}
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
-    assert {"card_fork", "terminal_gap", "clock_backwards", "revoked_key_state",
+    assert {"card_fork", "terminal_gap", "clock_backwards", "clock_skew", "revoked_key_state",
             "revoked_state_built_on"} <= kinds, kinds
 
 
