@@ -18,6 +18,25 @@ _CYCLES_KEY = "huma_known_cycles"
 log = logging.getLogger(__name__)
 
 
+class _RequestSession(Session):
+    """The request's session, bound to the request's connection until :meth:`close`.
+
+    :meth:`close` also returns that connection to the pool (as closing an engine-bound session
+    did: ``db.session.close(); db.engine.dispose()`` closes every connection) and binds the
+    session to the engine; :attr:`Database.session` gives it a pooled connection again on next use.
+    """
+
+    def close(self) -> None:
+        super().close()
+        bind = self.bind
+        if isinstance(bind, Connection):
+            self.bind = bind.engine
+            try:
+                bind.close()  # back to the pool, which discards it if it is dead
+            except DBAPIError as exc:
+                log.warning("returning the request's connection failed: %s", exc.orig)
+
+
 class Database:
     """Owns one engine per app and one session per app context, always closed at teardown.
 
@@ -65,11 +84,12 @@ class Database:
     @property
     def session(self) -> Session:
         """The session of the current app context (created on first use)."""
-        if "huma_session" not in g:
-            engine, maker = self._state()
-            g.huma_connection = engine.connect()  # the request's one checkout (pre-ping on PostgreSQL)
-            g.huma_session = maker(bind=g.huma_connection)
-        session: Session = g.huma_session
+        session: Session | None = g.get("huma_session")
+        if session is None:
+            # the request's one checkout (pre-ping on PostgreSQL)
+            session = g.huma_session = _RequestSession(bind=self.engine.connect(), expire_on_commit=False)
+        elif not isinstance(session.bind, Connection) and not session.in_transaction():
+            session.bind = self.engine.connect()  # closed earlier in this context
         return session
 
     def write_session(self, *, continue_read: bool = False) -> Session:
@@ -108,13 +128,7 @@ class Database:
                 # Raised here it would replace that answer with the WSGI server's bare 500; the
                 # pool discards the connection when close() returns it.
                 log.warning("rollback at the end of a request failed: %s", exc.orig)
-            session.close()
-        connection: Connection | None = g.pop("huma_connection", None)
-        if connection is not None:
-            try:
-                connection.close()  # back to the pool, which discards it if it is dead
-            except DBAPIError as exc:
-                log.warning("returning the request's connection failed: %s", exc.orig)
+            session.close()  # also returns the request's connection (_RequestSession)
 
 
 db = Database()

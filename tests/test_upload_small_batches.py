@@ -80,3 +80,18 @@ def test_known_cycles_ignore_an_insert_that_straddles_a_reconnect():
     missing, generation = known.missing({20261})
     known.add(missing, generation)
     assert known.missing({20261, 20262})[0] == {20262}
+
+
+def test_closing_the_session_returns_the_request_connection(app):
+    """``db.session.close(); db.engine.dispose()`` (CLIs, tests) leaves no connection open, and the
+    session works again afterwards in the same context."""
+    from server.extensions import db
+
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+        assert db.engine.pool.checkedout() == 1
+        db.session.close()
+        assert db.engine.pool.checkedout() == 0
+        assert db.session.execute(text("SELECT 1")).scalar_one() == 1
+    with app.app_context():
+        assert db.engine.pool.checkedout() == 0
