@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -20,19 +21,24 @@ from cardlib.records import pin as card_pin
 from cardlib.records.claims import Unit
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import private_layout
+from cardlib.records.session import CardSession
+from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost
+from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2.errors import Nak
 from firmware_config.models import CounterMode
+from simulator.chip import FaultPlan
 from terminal.clock import Clock
 from terminal.errors import JournalVerifyError
 from terminal.fallback import FallbackDesk, supervisor_hash
 from terminal.journal_audit import verify_journal_file
 from terminal.journal_store import JournalStore
-from terminal.outcome import TapStatus
+from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason
 from tests.provision_support import Station, tag_on_reader
 from tests.test_card_protection_pcsc import _dump_clone
 from tests.test_pin_record_pcsc import (  # noqa: F401 - office and station are fixtures
     CARD_ID,
+    PAYOUT,
     PIN_A,
     PIN_B,
     RECORD_PAGE,
@@ -79,6 +85,43 @@ def test_phone_cannot_rewrite_the_pin_record_or_its_count(present_card, reader_n
     assert chip.page(RECORD_PAGE) + chip.page(RECORD_PAGE + 1) == record and chip.page(count_page) == count
     assert card_pin.decode_failures(count) == 1
     assert counter.present(present_card, reader, chip, PIN_A).status is TapStatus.ACCEPTED
+
+
+def _tap_pulled(counter, present_card, reader: str, chip, pin: str,  # type: ignore[no-untyped-def]
+                faults: FaultPlan | None = None) -> TapOutcome:
+    counter.pin = pin
+    with present_card(chip, faults=faults), PcscContext() as pctx:
+        conn = PcscConnection(pctx, reader)
+        try:
+            return counter.tap(conn, None)  # type: ignore[no-any-return]
+        except (SessionLost, ReaderGone, ServiceUnavailable):  # published RETRY, re-raised for the reader supervisor
+            return TapOutcome(TapStatus.RETRY, reader, counter.tap.cfg.mode, "cash")
+        finally:
+            conn.close()
+
+
+@pytest.mark.pcsc
+@pytest.mark.parametrize("pulled_after", [4, 8, 20])
+def test_a_card_pulled_mid_pin_tap_is_paid_exactly_what_it_was_debited(
+        present_card, reader_name, station: Station, office, pulled_after: int) -> None:  # noqa: F811
+    """The holder pulls the card during the PIN check (4), the slot write (8, 20), then taps twice more:
+    every tap ends in a typed outcome, and the cash the clerk is told to hand over equals the card's debit."""
+    ctx, counter = office
+    reader = reader_name(0)
+    chip = _issue(present_card, reader, station, ctx)
+
+    def remaining() -> int:
+        with tag_on_reader(present_card, reader, chip) as tag:
+            state = CardSession(tag, ctx.trust, passwords=ctx.passwords).read_state(int(time.time()))
+        return state.current.claims.remaining[2]
+
+    start = remaining()
+    outs = [_tap_pulled(counter, present_card, reader, chip, PIN_A, FaultPlan(remove_after_commands=pulled_after)),
+            _tap_pulled(counter, present_card, reader, chip, PIN_A),
+            _tap_pulled(counter, present_card, reader, chip, PIN_A)]
+    paid = sum(o.amount or 0 for o in outs if o.status in (TapStatus.ACCEPTED, TapStatus.RECOVERED))
+    assert outs[0].status is not TapStatus.ACCEPTED
+    assert paid == start - remaining() >= PAYOUT, outs
 
 
 # ---------------------------------------------------------------- the office PIN reset
