@@ -66,6 +66,19 @@ MANUAL = "manual"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 MAX_APPROVER_CHARS = 64
+#: Supervisor password guessing at the manual desk (docs/fallback.md §Step 2): wrong passwords are
+#: counted from the journal's signed DECLINED ``supervisor_refused`` entries dated in the last window
+#: (so a daemon restart forgets nothing); while an id or the counter is held back, the desk declines
+#: ``supervisor_locked`` without checking the password.
+SUPERVISOR_WINDOW_S = 30 * 60
+#: After this many wrong passwords in a row for one id, each next try waits (back-off) ...
+SUPERVISOR_BACKOFF_AFTER = 3
+#: ... this many seconds after the last wrong one, doubled for each further wrong one.
+SUPERVISOR_BACKOFF_S = 30.0
+#: Wrong passwords in a row for one id within the window that lock it (until they age out).
+SUPERVISOR_LOCK_AFTER = 5
+#: Wrong passwords for any ids within the window that lock the manual desk of this counter.
+COUNTER_LOCK_AFTER = 15
 
 
 class SupervisorRefused(TerminalError):
@@ -171,6 +184,10 @@ class FallbackDesk:
                 raise ValueError("8 bytes")
         except ValueError:
             raise ValueError("the card id is 16 hex digits") from None
+        held = self._supervisor_held(supervisor, now)
+        if held is not None:
+            log.warning("manual entry for supervisor %r not checked: %s", supervisor, held)
+            return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.SUPERVISOR_LOCKED, held)
         try:
             check_supervisor(self._supervisors, supervisor, password)
         except SupervisorRefused as exc:
@@ -188,6 +205,42 @@ class FallbackDesk:
         if got is None:
             raise LookupError("no trust bundle installed: no fallback without the issuer's keys and limits")
         return got if isinstance(got, Trust) else Trust(got, self._clock())
+
+    def _supervisor_held(self, supervisor: str, now: float) -> str | None:
+        """Why ``supervisor``'s password is not checked now (back-off or lock-out), or None.
+
+        Reads the journal's manual-step DECLINED and FALLBACK entries dated within
+        :data:`SUPERVISOR_WINDOW_S` of ``now`` either way (a clock set far back neither revives
+        nor keeps old failures for ever). Wrong passwords of the id count back to its last
+        accepted password (an entry approved by it that is not a refusal).
+        """
+        rows = self._journal.recent((EntryKind.DECLINED, EntryKind.FALLBACK), now - SUPERVISOR_WINDOW_S,
+                                    now + SUPERVISOR_WINDOW_S, limit=2000)
+        refused, locked = DeclineReason.SUPERVISOR_REFUSED.value, DeclineReason.SUPERVISOR_LOCKED.value
+        mine: list[float] = []  # wall times of the id's wrong passwords in a row, newest first
+        in_a_row, overall = True, 0
+        for s in rows:
+            e = s.entry
+            if e.fallback != MANUAL:
+                continue
+            wrong = e.kind is EntryKind.DECLINED and e.decline_reason == refused
+            overall += wrong
+            if in_a_row and e.approved_by == supervisor:
+                if wrong:
+                    mine.append(e.wall_ms / 1000)
+                elif not (e.kind is EntryKind.DECLINED and e.decline_reason == locked):
+                    in_a_row = False  # the password was accepted then
+        window = f"in the last {SUPERVISOR_WINDOW_S // 60} min"
+        if overall >= COUNTER_LOCK_AFTER:
+            return f"{overall} wrong supervisor passwords at this counter {window}: manual entry locked"
+        if len(mine) >= SUPERVISOR_LOCK_AFTER:
+            return f"{len(mine)} wrong passwords for {supervisor!r} {window}: locked"
+        if len(mine) >= SUPERVISOR_BACKOFF_AFTER:
+            wait = SUPERVISOR_BACKOFF_S * 2 ** (len(mine) - SUPERVISOR_BACKOFF_AFTER)
+            left = mine[0] + wait - now
+            if left > 0:
+                return f"{len(mine)} wrong passwords for {supervisor!r} {window}: next try in {left:.0f} s"
+        return None
 
     def _served(self, card: str, programme: str, step: str, start: float, end: float) -> int:
         """Units this counter already gave ``card`` through ``step`` in ``[start, end)`` (POSIX seconds)."""

@@ -452,6 +452,15 @@ class JournalStore:
         """Entries with seq > ``after_seq`` in order (for export and tests)."""
         return self._rows("WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
 
+    def recent(self, kinds: Sequence[EntryKind], since: float, until: float, limit: int = 500) -> list[StoredEntry]:
+        """Entries of ``kinds`` dated in ``[since, until]`` (POSIX seconds, the signed wall time), newest first.
+
+        :param limit: at most this many (the newest).
+        """
+        marks = ",".join("?" * len(kinds))
+        return self._rows(f"WHERE kind IN ({marks}) AND wall_ms BETWEEN ? AND ? ORDER BY seq DESC LIMIT ?",
+                          (*(int(k) for k in kinds), int(since * 1000), int(until * 1000), limit))
+
     @property
     def head(self) -> tuple[int, bytes]:
         """``(last seq, its entry hash)``; ``(0, GENESIS_HASH)`` for an empty journal."""

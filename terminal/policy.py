@@ -55,6 +55,9 @@ class DeclineReason(enum.Enum):
     PIN_WRONG = "pin_wrong"
     #: A fallback manual entry (docs/fallback.md): the supervisor id is unknown or the password is wrong.
     SUPERVISOR_REFUSED = "supervisor_refused"
+    #: A fallback manual entry refused without checking the password: too many wrong ones lately
+    #: for this supervisor id or at this counter (back-off and lock-out, docs/fallback.md §Step 2).
+    SUPERVISOR_LOCKED = "supervisor_locked"
     INVALID_QUANTITY = "invalid_quantity"
     BUNDLE_EXPIRED = "bundle_expired"
     #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
@@ -105,6 +108,9 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
     DeclineReason.PIN_WRONG: "The PIN is wrong.",
     DeclineReason.SUPERVISOR_REFUSED: "Supervisor id or password not accepted. Nothing was given.",
+    DeclineReason.SUPERVISOR_LOCKED: (
+        "Too many wrong supervisor passwords: manual entry is paused. Wait, or call the district office."
+    ),
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
     DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",
