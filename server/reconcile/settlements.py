@@ -26,6 +26,7 @@ key; that is how the counter learns them (``terminal.sync.SyncClient.settle_open
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Sequence
 from typing import cast
 
@@ -56,6 +57,8 @@ from server.reconcile.sql import journal, journal_scan
 from server.types import UTCDateTime
 
 __all__ = ["WriteSettlement", "receipt_settlements", "settle_torn_writes"]
+
+log = logging.getLogger(__name__)
 
 #: Most settlements one receipt carries (a request carries at most 2,000 entries anyway).
 MAX_RECEIPT_SETTLEMENTS = 2000
@@ -161,6 +164,7 @@ def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, s
                         "run_id": run_id, "settled_at": now})
     if decided:
         conn.execute(insert(_settlements), decided)
+        log.info("reconciliation settled %d torn card writes", len(decided))
     return len(decided)
 
 
