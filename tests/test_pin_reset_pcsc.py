@@ -204,3 +204,89 @@ def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
     (ev,) = _journal(state_dir)
     assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
         card_id, "tech-07", "secure", 3, True)
+
+
+CASH_ONLY = '''valid_days = 730
+[programmes.2]
+unit = "rupiah"
+per_cycle = 250000
+offline_cap = 250000
+'''
+
+
+def _issued_pin_card(tmp_path: Path, office: dict[str, object], present_card, reader_name  # type: ignore[no-untyped-def]
+                     ) -> tuple[Ntag21x, list[str], Path]:
+    (tmp_path / "profile.toml").write_text(CASH_ONLY)
+    state_dir = tmp_path / "single"
+    args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
+    fab = office["fab"]
+    assert isinstance(fab, OriginalityIssuer)
+    chip = fab.genuine()
+    with present_card(chip):
+        issued = CliRunner().invoke(cli, ["provision", "card", "--pin", "--household-ref", "9f3c2a1b000000dd",
+                                          "--region", "62.71", *args], input=f"{PIN}\n{PIN}\n")
+    assert issued.exit_code == 0, issued.output
+    (tmp_path / "pin.txt").write_text(NEW_PIN + "\n")
+    return chip, args, state_dir
+
+
+def test_red_team_a_pin_reset_whose_completion_cannot_be_journalled_left_its_intent(
+        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
+        present_card, reader_name, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team round 2: the station journal fails (ENOSPC, or the process is killed) between the card
+    write and the ``pin_reset`` line. The ``pin_reset_started`` line, fsync'd before the first chip
+    write, names the card, technician, approver and the epoch written; the next reset goes above it."""
+    import errno
+
+    from cardlib.provision.state import BatchState
+
+    chip, args, state_dir = _issued_pin_card(tmp_path, office, present_card, reader_name)
+    real_append = BatchState._append
+
+    def full_disk(self: BatchState, event: dict[str, object]) -> None:
+        if event.get("event") == "pin_reset":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, event)
+
+    with monkeypatch.context() as m:
+        m.setattr(BatchState, "_append", full_disk)
+        with present_card(chip):
+            reset = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pin.txt"),
+                                             "--approved-by", "sup-02", *args])
+    assert reset.exit_code != 0 and "pin_reset_started" in str(reset.exception), reset.output
+    after = card_pin.decode_record(chip.page(128) + chip.page(129))
+    assert after is not None and after.epoch == 2  # the card was written ...
+    lines = [json.loads(line) for line in (state_dir / "state.jsonl").read_text().splitlines()]
+    (started,) = [ev for ev in lines if ev["event"] == "pin_reset_started"]  # ... and its intent journalled first
+    assert (started["technician"], started["approved_by"], started["pin_epoch"], started["epoch_before"]) == (
+        "tech-07", "sup-02", 2, 1)
+    assert not [ev for ev in lines if ev["event"] == "pin_reset"]
+    with present_card(chip):  # the next reset starts above the epoch of the unfinished one
+        again = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pin.txt"),
+                                         *args])
+    assert again.exit_code == 0 and "epoch 3" in again.output, again.output
+    assert "older PIN record" not in again.output
+
+
+def test_red_team_a_pin_reset_the_station_cannot_journal_writes_nothing(
+        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
+        present_card, reader_name, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intent line cannot be written (disk full): refused before any chip write, PIN and count unchanged."""
+    import errno
+
+    from cardlib.provision.state import BatchState
+
+    chip, args, state_dir = _issued_pin_card(tmp_path, office, present_card, reader_name)
+    before = chip.memory
+
+    def full_disk(self: BatchState, event: dict[str, object]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for extra in (["--new-pin-file", str(tmp_path / "pin.txt")], ["--keep-pin"]):
+        with monkeypatch.context() as m:
+            m.setattr(BatchState, "_append", full_disk)
+            with present_card(chip):
+                reset = CliRunner().invoke(cli, ["provision", "pin-reset", *extra, *args])
+        assert reset.exit_code != 0 and "nothing was written to the card" in str(reset.exception), reset.output
+        assert chip.memory == before
+    assert not [line for line in (state_dir / "state.jsonl").read_text().splitlines() if "pin_reset" in line]

@@ -538,7 +538,7 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
     (asked twice) and its tries back. Prints the card id.
     """
     from cardlib.clitypes import read_secret_line
-    from cardlib.provision.pin_reset import reset_ntag_pin, reset_secure_pin
+    from cardlib.provision.pin_reset import PinResetIntent, reset_ntag_pin, reset_secure_pin
 
     secure = card_profile == "secure"
     if not secure and pin_reset_signer:
@@ -562,12 +562,26 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
         state = BatchState(o["state_dir"], SINGLE_CARDS_KEY)
         _console.print("place the card on the reader")
         now = int(time.time())
+        seen: dict[str, int] = {}
+
+        def journal_intent(intent: PinResetIntent) -> None:
+            """Before the first chip write: the intent, fsync'd, or no write at all."""
+            seen["last"] = state.last_pin_epoch(intent.card_id)
+            try:
+                state.pin_reset_started(intent.card_id, intent.uid, intent.household_ref, st.technician_name,
+                                        st.technician.kid, intent.card_profile, intent.pin_changed,
+                                        pin_epoch=intent.pin_epoch, epoch_before=intent.epoch_before,
+                                        approved_by=approved_by)
+            except OSError as exc:
+                raise ProvisionError(f"card {intent.card_id.hex()}: the station journal {state.path} cannot take "
+                                     f"the reset ({exc}); nothing was written to the card") from exc
+
         if secure:
             scm = source.next_secure_card()
             if scm is None:
                 raise ProvisionError("no card presented")
             with scm as session:
-                result = reset_secure_pin(session, st.ctx.trust, signer, new_pin, now)
+                result = reset_secure_pin(session, st.ctx.trust, signer, new_pin, now, before_write=journal_intent)
         else:
             def ask() -> str:
                 if file_pin is not None:
@@ -580,15 +594,20 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
             with cm as tag:
                 result = reset_ntag_pin(tag, st.ctx.trust, ring or st.ctx.passwords, now,
                                         None if keep_pin else ask, require_new_pin=file_pin is not None,
-                                        min_epoch=lambda card: state.last_pin_epoch(card) + 1)
-            last = state.last_pin_epoch(result.card_id)
+                                        min_epoch=lambda card: state.last_pin_epoch(card) + 1,
+                                        before_write=journal_intent)
+            last = seen.get("last", 0)
             if result.epoch_before is not None and result.epoch_before < last:
                 _console.print(f"[red]warning: card {result.card_id.hex()} carried PIN epoch {result.epoch_before}, "
                                f"this station set {last}: someone with the card password put an older PIN "
                                "record back (docs/security.md §A PIN that resists a phone)[/]")
-        state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
-                        result.card_profile, result.failures_before, result.pin_changed,
-                        pin_epoch=result.pin_epoch, epoch_before=result.epoch_before, approved_by=approved_by)
+        try:
+            state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
+                            result.card_profile, result.failures_before, result.pin_changed,
+                            pin_epoch=result.pin_epoch, epoch_before=result.epoch_before, approved_by=approved_by)
+        except OSError as exc:
+            raise ProvisionError(f"card {result.card_id.hex()}: the card was reset, but its completion could not be "
+                                 f"journalled ({exc}); the pin_reset_started line in {state.path} records it") from exc
     if result.pin_changed:
         epoch = f" (PIN epoch {result.pin_epoch})" if result.pin_epoch is not None else ""
         _console.print(f"card {result.card_id.hex()}: new PIN set, tries restored{epoch}")

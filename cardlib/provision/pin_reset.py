@@ -25,7 +25,9 @@ where the card keeps its PIN:
 
 Before anything is written the card is read and verified like at a counter: the identity
 under the station's trust bundle (issuer key, deny list, validity), and for a secure card
-its on-card key answers a fresh challenge (a clone is not reset).
+its on-card key answers a fresh challenge (a clone is not reset). Then ``before_write`` gets
+the :class:`PinResetIntent` (the CLI journals it durably as ``pin_reset_started``); if it
+raises, nothing is written to the card.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cardlib.keys.signer import Signer
 from cardlib.provision.errors import ProvisionError, StationInputError
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
+from cardlib.records.claims import check_pin_digits
 from cardlib.records.errors import RecordError
 from cardlib.records.pin import MAX_EPOCH, read_failures, read_record, reset_attempts, set_pin
 from cardlib.records.secure import NO_UID, verify_secure_identity
@@ -48,7 +51,8 @@ from cardlib.secure.protocol import PIN_TRIES, check_pin_format, pin_reset_messa
 from cardlib.secure.session import SecureCardSession
 from cardlib.type2.tag import Type2Tag
 
-__all__ = ["PinResetRefused", "PinResetResult", "reset_ntag_pin", "reset_secure_pin", "signed_pin_reset"]
+__all__ = ["PinResetIntent", "PinResetRefused", "PinResetResult", "reset_ntag_pin", "reset_secure_pin",
+           "signed_pin_reset"]
 
 _log = logging.getLogger(__name__)
 #: ES256 signature ``r || s`` as :meth:`Signer.sign` returns it, bytes per coordinate.
@@ -83,9 +87,34 @@ class PinResetResult:
     epoch_before: int | None = None
 
 
+@dataclass(frozen=True)
+class PinResetIntent:
+    """What a reset is about to write, given to ``before_write`` after the card verified, before any write.
+
+    :ivar card_id: 8 bytes. :ivar uid: 7 bytes (:data:`NO_UID` for a secure card).
+    :ivar household_ref: 8 bytes. :ivar card_profile: ``"ntag"`` or ``"secure"``.
+    :ivar pin_changed: a new PIN is about to be set (else the count only).
+    :ivar pin_epoch: NTAG PIN record: the epoch about to be written (count only: the card's); else None.
+    :ivar epoch_before: NTAG PIN record: the epoch found on the card (None: garbled or none).
+    """
+
+    card_id: bytes
+    uid: bytes
+    household_ref: bytes
+    card_profile: str
+    pin_changed: bool
+    pin_epoch: int | None = None
+    epoch_before: int | None = None
+
+
+def _no_journal(_intent: PinResetIntent) -> None:
+    return None
+
+
 def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKeys, now: int,
                    new_pin: Callable[[], str] | None = None, *, require_new_pin: bool = False,
-                   min_epoch: int | Callable[[bytes], int] = 0) -> PinResetResult:
+                   min_epoch: int | Callable[[bytes], int] = 0,
+                   before_write: Callable[[PinResetIntent], None] = _no_journal) -> PinResetResult:
     """Verify a format-2 NTAG card, then give it a new PIN (PIN record) or clear its failed-PIN count.
 
     Commands: PWD_AUTH and the reads of :meth:`CardSession.read_state`, one READ of the count;
@@ -100,6 +129,8 @@ def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKey
     :param min_epoch: the new epoch is at least this, or a function of the card id giving it (the
         CLI: 1 + the last epoch the station journalled for the card), so a garbled or rolled-back
         record never brings an epoch back.
+    :param before_write: called once the card verified and the new PIN is known, before the first
+        chip write (the CLI journals the intent durably); what it raises propagates, nothing written.
     :raises PinResetRefused: the card does not verify under ``trust``, is format 1, has no PIN,
         cannot take a new PIN though one was required, or its PIN epoch is used up (255).
     :raises ClaimsError: the new PIN is not 6 digits (nothing written).
@@ -129,18 +160,23 @@ def reset_ntag_pin(tag: Type2Tag, trust: TrustBundle, passwords: CardPasswordKey
         epoch = max((old.epoch if old is not None else 0) + 1, floor)
         if epoch > MAX_EPOCH:
             raise PinResetRefused(f"card {claims.card_id.hex()}: PIN epoch {MAX_EPOCH} used up (re-issue the card)")
-        record = set_pin(tag, state.layout, claims.pin, new_pin(), claims.card_id, tag.uid,
+        pin = new_pin()
+        check_pin_digits(pin)  # a mistyped PIN is refused before the intent is journalled
+        before_write(PinResetIntent(claims.card_id, tag.uid, claims.household_ref, "ntag", True, epoch,
+                                    old.epoch if old is not None else None))
+        record = set_pin(tag, state.layout, claims.pin, pin, claims.card_id, tag.uid,
                          passwords.pin_key(session.public.key_version, tag.uid), epoch)
         _log.info("card %s: new PIN, epoch %s -> %d, %d failed tries cleared", claims.card_id.hex(),
                   old.epoch if old is not None else "garbled", record.epoch, before)
         return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, True, record.epoch,
                               old.epoch if old is not None else None)
-    reset_attempts(tag, state.layout)
-    _log.info("card %s: failed-PIN count %d reset to 0", claims.card_id.hex(), before)
     epoch_now = None
     if claims.pin.on_card:
         rec = read_record(tag)
         epoch_now = rec.epoch if rec is not None else None
+    before_write(PinResetIntent(claims.card_id, tag.uid, claims.household_ref, "ntag", False, epoch_now, epoch_now))
+    reset_attempts(tag, state.layout)
+    _log.info("card %s: failed-PIN count %d reset to 0", claims.card_id.hex(), before)
     return PinResetResult(claims.card_id, tag.uid, claims.household_ref, "ntag", before, False, epoch_now, epoch_now)
 
 
@@ -168,7 +204,7 @@ def signed_pin_reset(signer: Signer, card_id: bytes, pin: str, issuer_counter: i
 
 
 def reset_secure_pin(session: SecureCardSession, trust: TrustBundle, signer: Signer, new_pin: str,
-                     now: int) -> PinResetResult:
+                     now: int, *, before_write: Callable[[PinResetIntent], None] = _no_journal) -> PinResetResult:
     """Set a new PIN on a secure card and give it its tries back, with the issuer-signed reset.
 
     APDUs: SELECT, GET DATA identity, GET DATA state, INTERNAL AUTHENTICATE, GET DATA card
@@ -177,6 +213,8 @@ def reset_secure_pin(session: SecureCardSession, trust: TrustBundle, signer: Sig
     :param signer: the card's PIN-reset key (P-256; the issuer key unless the card was issued
         with ``--pin-reset-key``).
     :param new_pin: 4..8 digits.
+    :param before_write: called once the card verified, before RESET RETRY COUNTER (the CLI
+        journals the intent durably); what it raises propagates, nothing sent.
     :raises PinResetRefused: the identity or the card key does not verify, or the card refused
         the signed reset (another PIN-reset key).
     :raises StationInputError: ``signer`` is not P-256.
@@ -198,8 +236,10 @@ def reset_secure_pin(session: SecureCardSession, trust: TrustBundle, signer: Sig
         raise PinResetRefused(f"secure card does not verify as one of ours: {exc}") from exc
     if info.card_id != card_id:
         raise PinResetRefused(f"card says it is {info.card_id.hex()}, its identity says {card_id.hex()}")
+    data = signed_pin_reset(signer, card_id, new_pin, info.issuer_counter + 1)
+    before_write(PinResetIntent(card_id, NO_UID, identity.claims.household_ref, "secure", True))
     try:
-        session.reset_pin(signed_pin_reset(signer, card_id, new_pin, info.issuer_counter + 1))
+        session.reset_pin(data)
     except SecureCardError as exc:
         raise PinResetRefused(f"card {card_id.hex()} refused the signed PIN reset ({exc}): "
                               "is this the card's PIN-reset key?") from exc

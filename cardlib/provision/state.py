@@ -13,7 +13,9 @@ Files in the batch directory::
     state.jsonl      the journal (one JSON object per line)
     results.csv      one line per outcome: line, household_ref, status, card_id, uid, detail
     pin-resets.jsonl office PIN resets only (the ``pin_reset`` events of state.jsonl, one JSON
-                     object per line): what an auditor is handed with issuances.cose
+                     object per line): what an auditor is handed with issuances.cose; the
+                     ``pin_reset_started`` line each reset journals before its first chip
+                     write is in state.jsonl only
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Event(str, enum.Enum):
     ABANDONED = "abandoned"
     REJECTED = "rejected"
     PIN_RESET = "pin_reset"  #: an office PIN reset of a card in the field (:meth:`BatchState.pin_reset`)
+    #: journalled before the reset's first chip write (:meth:`BatchState.pin_reset_started`)
+    PIN_RESET_STARTED = "pin_reset_started"
 
 
 RESULT_COLUMNS = ("line", "household_ref", "status", "card_id", "uid", "detail")
@@ -79,6 +83,7 @@ class BatchState:
         self.cards: dict[str, CardRecord] = {}
         self.rejections: list[dict[str, Any]] = []
         self.pin_resets: list[dict[str, Any]] = []
+        self.pin_reset_starts: list[dict[str, Any]] = []
         self.session_id: str = ""
         if self.path.exists():
             self._replay(batch_key)
@@ -122,6 +127,8 @@ class BatchState:
                 self.rejections.append(ev)
             elif kind is Event.PIN_RESET:
                 self.pin_resets.append(ev)  # a card issued anywhere: no card record changes
+            elif kind is Event.PIN_RESET_STARTED:
+                self.pin_reset_starts.append(ev)
             elif kind is Event.STARTED:
                 self.cards[ev["card_id"]] = CardRecord(
                     ev["line"], ev["household_ref"], ev["card_id"], ev["uid"], ev["region"], kind,
@@ -251,10 +258,34 @@ class BatchState:
         self.pin_resets.append(ev)
         return ev
 
+    def pin_reset_started(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str,
+                          technician_kid: bytes, card_profile: str, pin_changed: bool, *,
+                          pin_epoch: int | None = None, epoch_before: int | None = None,
+                          approved_by: str | None = None) -> dict[str, Any]:
+        """Journal (fsync'd, in ``state.jsonl``) that a PIN reset is about to write the card: called after the
+        card verified and before its first chip write, so no reset changes a card without a line naming the
+        technician and the approver. A ``pin_reset_started`` without a later ``pin_reset`` for the card is a
+        reset that may or may not have reached the card (docs/fallback.md §Step 3).
+
+        Parameters as :meth:`pin_reset`; ``pin_epoch`` is the epoch about to be written.
+
+        :returns: the journalled event.
+        :raises OSError: the line could not be written and synced (the caller must not touch the card).
+        """
+        ev: dict[str, Any] = {
+            "event": Event.PIN_RESET_STARTED.value, "card_id": card_id.hex(), "uid": uid.hex(),
+            "household_ref": household_ref.hex(), "technician": technician, "technician_kid": technician_kid.hex(),
+            "card_profile": card_profile, "pin_changed": pin_changed, "pin_epoch": pin_epoch,
+            "epoch_before": epoch_before, "approved_by": approved_by or technician, "session_id": self.session_id,
+            "t": int(time.time())}
+        self._append(ev)
+        self.pin_reset_starts.append(ev)
+        return ev
+
     def last_pin_epoch(self, card_id: bytes) -> int:
-        """The highest PIN epoch this station journalled for a card (0: none)."""
-        return max((int(ev.get("pin_epoch") or 0) for ev in self.pin_resets if ev["card_id"] == card_id.hex()),
-                   default=0)
+        """The highest PIN epoch this station journalled for a card, started or done (0: none)."""
+        return max((int(ev.get("pin_epoch") or 0) for ev in (*self.pin_resets, *self.pin_reset_starts)
+                    if ev["card_id"] == card_id.hex()), default=0)
 
     def rejected(self, line: int, household_ref: str, uid: bytes, reason: str) -> None:
         """Journal a chip refused before any write (counterfeit, not blank, wrong chip)."""
