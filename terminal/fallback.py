@@ -17,7 +17,9 @@ QR and manual together) and the terminal exposure, decided under the journal's
 ``decision_lock`` that card taps hold too. Those caps age like a card tap's: tightened by
 :meth:`~terminal.policy.OfflineLimits.tightened` for the bundle's age (days since it was last
 confirmed current), at the stale floor for an expired bundle, which also pays no cash
-(``bundle_expired``). Each attempt is journalled:
+(``bundle_expired``). A counter clock wrong for its bundle or set back below the counter's
+high-water mark of trusted time (:func:`terminal.tap.clock_wrong`, the card taps' check) is
+declined ``counter_clock_wrong``. Each attempt is journalled:
 a FALLBACK entry (step and approver signed in claims 21 and 22) or a DECLINED entry with the
 same two claims; server reconciliation counts FALLBACK entries against the household's
 entitlement like any redemption.
@@ -46,7 +48,7 @@ from terminal.errors import TerminalError
 from terminal.journal_store import CardWrite, JournalStore
 from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import SECONDS_PER_DAY, DeclineReason, OfflineLimits
-from terminal.tap import Trust, bundle_programmes, counter_limits
+from terminal.tap import Trust, bundle_programmes, clock_wrong, counter_limits
 
 __all__ = [
     "MANUAL",
@@ -204,7 +206,8 @@ class FallbackDesk:
         got = self._bundle()
         if got is None:
             raise LookupError("no trust bundle installed: no fallback without the issuer's keys and limits")
-        return got if isinstance(got, Trust) else Trust(got, self._clock())
+        trust = got if isinstance(got, Trust) else Trust(got, self._clock())
+        return trust.raised(self._journal.wall_mark())  # trusted time never below what the journal saw
 
     def _supervisor_held(self, supervisor: str, now: float) -> str | None:
         """Why ``supervisor``'s password is not checked now (back-off or lock-out), or None.
@@ -266,6 +269,9 @@ class FallbackDesk:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
                                  DeclineReason.INVALID_QUANTITY, "quantity below 1")
         unit = programmes[ask.programme][1].unit
+        if clock_wrong(bundle, now, counter_limits(self._limits, bundle).stale_days, trust.mark):  # as a card tap
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.COUNTER_CLOCK_WRONG, "the counter's clock is wrong for its bundle")
         if trust.expired and unit is Unit.RUPIAH:  # as decide(): no cash on an expired bundle
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, DeclineReason.BUNDLE_EXPIRED,
                                  "trust bundle expired: no cash until the counter syncs")

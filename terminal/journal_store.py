@@ -253,6 +253,9 @@ class JournalStore:
         ).fetchone()
         self._seq: int = int(last[0]) if last else 0
         self._head: bytes = bytes(last[1]) if last else GENESIS_HASH
+        # One scan at open (no index on wall_ms), then kept up by append(): see wall_mark().
+        (newest_ms,) = self._db.execute("SELECT max(wall_ms) FROM entries").fetchone()
+        self._wall_mark_ms: int = int(newest_ms or 0)
         self.append(EntryKind.BOOT)
         for open_write in self._open_writes_at_boot():
             w = open_write.entry
@@ -368,6 +371,7 @@ class JournalStore:
             except sqlite3.Error as exc:
                 raise JournalStoreError(f"journal append failed: {exc}") from exc
             self._seq, self._head = entry.seq, signed.entry_hash
+            self._wall_mark_ms = max(self._wall_mark_ms, entry.wall_ms)
             return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None, pending=blob)
 
     def mark_uploaded(self, entry_ids: Sequence[bytes], when: float | None = None) -> int:
@@ -460,6 +464,15 @@ class JournalStore:
         marks = ",".join("?" * len(kinds))
         return self._rows(f"WHERE kind IN ({marks}) AND wall_ms BETWEEN ? AND ? ORDER BY seq DESC LIMIT ?",
                           (*(int(k) for k in kinds), int(since * 1000), int(until * 1000), limit))
+
+    def wall_mark(self) -> float:
+        """The newest wall time of any entry in the journal, POSIX seconds (0.0: empty).
+
+        A floor under the counter's trusted time (:func:`terminal.tap.clock_wrong`): the clock
+        already read that late, so a clock set back since is wrong.
+        """
+        with self._lock:
+            return self._wall_mark_ms / 1000
 
     @property
     def head(self) -> tuple[int, bytes]:

@@ -92,15 +92,29 @@ class Trust:
 
     :ivar expired: past the bundle's time in force or its key revoked (:mod:`terminal.trust`):
         cash payouts stop, other redemptions run at the stale floor, balance checks go on.
+    :ivar mark: the counter's never-lowered high-water mark of trusted time, POSIX seconds
+        (:meth:`terminal.trust.TrustStore.current`, raised by :meth:`raised`); 0: none.
     """
 
     bundle: TrustBundle
     checked_at: float
     expired: bool = False
+    mark: float = 0.0
+
+    def trusted_time(self, now: float) -> float:
+        """The later of the clock ``now`` and :attr:`mark` (POSIX seconds): a clock set back makes nothing younger."""
+        return max(now, self.mark)
 
     def age_days(self, now: float) -> float:
-        """Days since the bundle was last confirmed current."""
-        return max(0.0, (now - self.checked_at) / SECONDS_PER_DAY)
+        """Days since the bundle was last confirmed current, counted from :meth:`trusted_time`."""
+        return max(0.0, (self.trusted_time(now) - self.checked_at) / SECONDS_PER_DAY)
+
+    def raised(self, mark: float) -> Trust:
+        """This trust with :attr:`mark` raised to ``mark`` (POSIX seconds, e.g. the journal's newest wall
+        time) and :attr:`expired` set when the raised mark is past the bundle's time in force."""
+        if mark <= self.mark:
+            return self
+        return dataclasses.replace(self, mark=mark, expired=self.expired or mark > self.bundle.in_force_until)
 
 
 def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, ProgrammeRules]]:
@@ -159,22 +173,36 @@ def counter_limits(profile: OfflineLimits, bundle: TrustBundle) -> OfflineLimits
 
 #: How far before its bundle's ``issued_at`` a counter's clock may be (seconds).
 CLOCK_BEHIND_S = SECONDS_PER_DAY
+#: How far below the counter's high-water mark of trusted time (:attr:`Trust.mark`) its clock may
+#: be (seconds): an NTP step back or a slow RTC after a restart, not a ``date -s`` back.
+CLOCK_BACK_TOLERANCE_S = 600
 
 
-def clock_wrong(bundle: TrustBundle, now: float, stale_days: float) -> bool:
+def clock_wrong(bundle: TrustBundle, now: float, stale_days: float, mark: float = 0.0) -> bool:
     """Whether the counter's clock is too far from its bundle's time to sign card states.
 
-    Wrong when ``now`` is more than :data:`CLOCK_BEHIND_S` before the bundle's ``issued_at``
-    (the server signed it later than the counter believes it is), or more than ``stale_days``
-    after the end of the bundle's time in force (a counter this far past its bundle serves at
-    the floor anyway; its clock writing a future cycle would lock cards out at every correct
-    counter: ``future_cycle``). Balance checks go on.
+    The one check card taps (NTAG and secure) and the fallback desk make. Wrong when ``now`` is:
+
+    - more than :data:`CLOCK_BEHIND_S` before the bundle's ``issued_at`` (the server signed it
+      later than the counter believes it is);
+    - more than :data:`CLOCK_BACK_TOLERANCE_S` below ``mark``, the latest time the counter has
+      already seen (a clock set back: per-cycle windows and the bundle's age would restart);
+    - more than ``stale_days`` after the end of the bundle's time in force (a counter this far
+      past its bundle serves at the floor anyway);
+    - past the bundle's time in force and in a later cycle than its ``issued_at``: a clock
+      ahead writing a future cycle would lock cards out at every correct counter
+      (``future_cycle``); an offline counter whose bundle is still in force serves the new cycle.
+
+    Balance checks go on.
 
     :param now: the counter's clock, POSIX seconds.
     :param stale_days: the age, days, at which the caps reach their floor.
+    :param mark: the counter's high-water mark of trusted time, POSIX seconds (0: none).
     """
     return (now < bundle.issued_at - CLOCK_BEHIND_S
-            or now > bundle.in_force_until + stale_days * SECONDS_PER_DAY)
+            or now < mark - CLOCK_BACK_TOLERANCE_S
+            or now > bundle.in_force_until + stale_days * SECONDS_PER_DAY
+            or (now > bundle.in_force_until and cycle_at(now) > cycle_at(bundle.issued_at)))
 
 
 def unverified_card_id(image: RecordImage | None) -> str:
@@ -275,7 +303,7 @@ class TapProcessor:
 
     def _secure_tap(self, conn: Connection, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
         """A `secure` card: :class:`terminal.secure_tap.SecureTap` with this processor's trust, clock and lock."""
-        trust = self._trust()
+        trust = self._trust().raised(self.journal.wall_mark())
         now = self._now()
         limits = counter_limits(self.cfg.limits, trust.bundle)
         return self._secure.tap(conn, reader, programme, qty, pin, bundle=trust.bundle,
@@ -283,10 +311,10 @@ class TapProcessor:
                                 programmes=bundle_programmes(trust.bundle), deny=BundleDenyList(trust.bundle),
                                 limits=limits, exposure=lambda card: self.exposure(card, now, limits),
                                 bundle_expired=trust.expired,
-                                clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days))
+                                clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days, trust.mark))
 
     def _tap(self, tag: Type2Tag, reader: str, programme: str, qty: int, pin: str | None) -> TapOutcome:
-        trust = self._trust()
+        trust = self._trust().raised(self.journal.wall_mark())
         now = self._now()
         session = CardSession(tag, RevocationGrace(trust.bundle), passwords=self.cfg.card_passwords)
         mode = self.cfg.mode
@@ -361,7 +389,7 @@ class TapProcessor:
                 programmes={k: v[1] for k, v in progs.items()},
                 counter_modes=frozenset({mode}), deny=BundleDenyList(trust.bundle), limits=limits,
                 exposure=exposure, bundle_age_days=trust.age_days(now), bundle_expired=trust.expired, now=now,
-                at_floor=revoked is not None, clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days),
+                at_floor=revoked is not None, clock_wrong=clock_wrong(trust.bundle, now, limits.stale_days, trust.mark),
             )
             if decision.writes_card:
                 assert entry is not None and counter is not None

@@ -9,17 +9,20 @@ docs/security.md, "Trust bundle and its keys". Files next to ``<bundle_path>``:
   the root's revocations learnt so far (serial and kids);
 - ``<bundle_path>.pin.json``: ``{"version", "sha256"}`` of the server's newest bundle at
   enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter;
-- ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}}``, a second, independent
-  record of the highest version installed from each bundle key (never lowered), so that
-  rewriting the state file alone cannot roll the bundle back.
+- ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}, "time_mark": seconds}``, a
+  second, independent record of the highest version installed from each bundle key (never
+  lowered), so that rewriting the state file alone cannot roll the bundle back, and the
+  counter's high-water mark of trusted time (never lowered): the latest clock reading, check
+  time (``checked_at``) or install the store has seen, saved at least every
+  :data:`MARK_SAVE_STEP_S` it rises.
 
 Rules on every download (:meth:`TrustStore.install`):
 
 1. a root-signed revocation list in the file is learnt first, even if the bundle is then
    refused (it is the root's word, not the bundle key's);
-2. the bundle verifies under the pinned root at the *trusted time*: the later of the
-   system clock and the newest ``issued_at`` installed from a key not revoked (a clock
-   set back cannot revive an expired endorsement);
+2. the bundle verifies under the pinned root at the *trusted time*: the latest of the
+   system clock, the time mark and the newest ``issued_at`` installed from a key not revoked
+   (a clock set back cannot revive an expired endorsement nor an expired bundle);
 3. its key is on no revocation list; its endorsement is valid now and covers ``issued_at``;
 4. its programmes pass :func:`cardlib.records.bundle.validate_programmes`;
 5. its version is not below the enrolment pin nor the highest version installed from a
@@ -31,6 +34,8 @@ floor record from a key not revoked, and a state file without the trust state (w
 before it existed) is adopted only on a counter that never wrote a floor record. A bundle whose time is over
 (:attr:`cardlib.records.bundle.TrustBundle.in_force_until`) or whose key was revoked
 stays loaded but :attr:`terminal.tap.Trust.expired` is set: cash stops, balance checks go on.
+:meth:`TrustStore.current` hands the time mark on (:attr:`terminal.tap.Trust.mark`): a clock
+set back below it is ``counter_clock_wrong`` (:func:`terminal.tap.clock_wrong`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ from terminal.errors import TrustStoreError
 from terminal.tap import Trust
 
 log = logging.getLogger(__name__)
+
+#: The time mark is saved to the floor record when it has risen this much since last saved (seconds).
+MARK_SAVE_STEP_S = 60
 
 
 def pin_path(bundle_path: str | Path) -> Path:
@@ -118,7 +126,8 @@ class TrustStore:
         self._revocation_serial = int(revocations.get("serial", -1))
         self._revoked = frozenset(bytes.fromhex(k) for k in revocations.get("revoked", ()))
         self._pin = self._read_pin()
-        self._recorded = self._read_floor()
+        self._recorded, self._mark_saved = self._read_floor()
+        self._mark = max(self._mark_saved, int(self.checked_at))
         if self.path.is_file():
             self._load()
 
@@ -144,12 +153,12 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrustStoreError(f"enrolment pin {pin_path(self.path)} is unreadable: {exc!r}") from exc
 
-    def _read_floor(self) -> dict[str, int] | None:
+    def _read_floor(self) -> tuple[dict[str, int] | None, int]:
         try:
             record = json.loads(self._floor_path.read_text())
-            return {str(k): int(v) for k, v in record["signers"].items()}
+            return {str(k): int(v) for k, v in record["signers"].items()}, int(record.get("time_mark", 0))
         except FileNotFoundError:
-            return None
+            return None, 0
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TrustStoreError(f"trust floor record {self._floor_path} is unreadable: {exc!r}") from exc
 
@@ -200,7 +209,8 @@ class TrustStore:
             return None if self._bundle is None else self._bundle.version
 
     def trusted_time(self, now: float | None = None) -> int:
-        """The later of the clock and the newest ``issued_at`` installed from a key not revoked (UNIX seconds)."""
+        """The latest of the clock, the time mark and the newest ``issued_at`` installed from a key not
+        revoked (UNIX seconds)."""
         with self._lock:
             return self._trusted_time(self._clock() if now is None else now)
 
@@ -208,16 +218,19 @@ class TrustStore:
         """The bundle in force, when it was last confirmed current, and whether it is expired.
 
         Expired: the trusted time is past :attr:`TrustBundle.in_force_until`, or its key
-        was revoked by the root.
+        was revoked by the root. The clock reading raises the time mark, handed on as
+        :attr:`terminal.tap.Trust.mark`.
 
         :raises TrustStoreError: no bundle installed yet.
         """
         with self._lock:
             if self._bundle is None:
                 raise TrustStoreError(f"no trust bundle installed at {self.path}; the terminal must sync once")
-            trusted = self._trusted_time(self._clock() if now is None else now)
+            at = self._clock() if now is None else now
+            self._raise_mark(at)
+            trusted = self._trusted_time(at)
             expired = trusted > self._bundle.in_force_until or self._bundle.signer_kid in self._revoked
-            return Trust(self._bundle, self.checked_at, expired=expired)
+            return Trust(self._bundle, self.checked_at, expired=expired, mark=float(self._mark))
 
     # ------------------------------------------------------------------ install
 
@@ -232,6 +245,7 @@ class TrustStore:
         """
         at = self._clock() if now is None else now
         with self._lock:
+            self._mark = max(self._mark, int(at))  # saved with the state below
             if self._data == data:
                 self._confirm(etag or self.etag, at)
                 return False
@@ -264,7 +278,16 @@ class TrustStore:
         return [v for k, v in self._signers.items() if bytes.fromhex(k) not in self._revoked]
 
     def _trusted_time(self, now: float) -> int:
-        return max([int(now), *(v["issued_at"] for v in self._live_signers())])
+        return max([int(now), self._mark, *(v["issued_at"] for v in self._live_signers())])
+
+    def _raise_mark(self, at: float) -> None:
+        """Raise the time mark to ``at`` (POSIX seconds); save it once it rose :data:`MARK_SAVE_STEP_S`."""
+        self._mark = max(self._mark, int(at))
+        if self._mark >= self._mark_saved + MARK_SAVE_STEP_S:
+            try:
+                self._save_floor()
+            except OSError as exc:  # the journal's newest wall time is a second floor (terminal.tap)
+                log.warning("time mark not saved to %s: %s", self._floor_path, exc)
 
     def _floor(self) -> int | None:
         versions = [v["version"] for v in self._live_signers()]
@@ -312,16 +335,23 @@ class TrustStore:
 
     def _confirm(self, etag: str | None, at: float) -> None:
         self.etag, self.checked_at = etag, at
+        self._mark = max(self._mark, int(at))
         self._save_state()
 
-    def _save_state(self) -> None:
-        # The floor record first, never lowered: a crash between the two writes leaves it ahead.
+    def _save_floor(self) -> None:
+        """Write the floor record if its versions or the time mark rose (both never lowered)."""
         recorded = dict(self._recorded or {})
         for kid, seen in self._signers.items():
             recorded[kid] = max(recorded.get(kid, seen["version"]), seen["version"])
-        if recorded != self._recorded:
-            atomic_write(self._floor_path, json.dumps({"signers": recorded}, sort_keys=True).encode())
-            self._recorded = recorded
+        mark = max(self._mark, self._mark_saved)
+        if recorded != self._recorded or mark > self._mark_saved:
+            atomic_write(self._floor_path,
+                         json.dumps({"signers": recorded, "time_mark": mark}, sort_keys=True).encode())
+            self._recorded, self._mark_saved = recorded, mark
+
+    def _save_state(self) -> None:
+        # The floor record first, never lowered: a crash between the two writes leaves it ahead.
+        self._save_floor()
         state: dict[str, Any] = {"etag": self.etag, "checked_at": self.checked_at, "signers": self._signers,
                                  "revocations": {"serial": self._revocation_serial,
                                                  "revoked": sorted(k.hex() for k in self._revoked)}}
