@@ -200,8 +200,11 @@ class _Head(click.ParamType):
 @click.option("--expect-head", "expect_head", type=_Head(), default=None,
               help="Fail unless the journal ends exactly at this entry: SEQ or SEQ:HASH (the entry hash, hex), "
                    "e.g. the head the server has for this terminal. Catches a journal cut short at the end.")
+@click.option("--receipt-key", "receipt_key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The server receipt key the terminal pinned at enrolment (PEM, <key stem>.receipt-key.pem): "
+                   "each stored settlement's receipt is then verified, not only its shape.")
 def verify(file: Path, key_path: Path | None, cert_path: Path | None,
-           expect_head: tuple[int, bytes | None] | None) -> None:
+           expect_head: tuple[int, bytes | None] | None, receipt_key_path: Path | None) -> None:
     """Check a terminal journal offline: signatures, hash chain, gaps, index columns.
 
     Prints the head (last seq and its entry hash): entries missing at the *end*
@@ -214,7 +217,20 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
     from terminal.journal_audit import check_head, verify_journal_file
 
     key = _load_key(key_path, cert_path)
-    report = verify_journal_file(file, key)
+    receipt_key = None
+    if receipt_key_path is not None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            loaded = load_pem_public_key(receipt_key_path.read_bytes())
+        except ValueError as exc:
+            raise click.BadParameter(f"{receipt_key_path}: not a PEM public key ({exc})",
+                                     param_hint="--receipt-key") from exc
+        if not isinstance(loaded, ed25519.Ed25519PublicKey):
+            raise click.BadParameter(f"{receipt_key_path}: not an Ed25519 public key", param_hint="--receipt-key")
+        receipt_key = loaded
+    report = verify_journal_file(file, key, receipt_key=receipt_key)
     if expect_head is not None:
         check_head(report, *expect_head)
     click.echo(
@@ -226,6 +242,9 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
                    "entries cut from the end cannot be seen from the file alone)")
     if report.open_writes:
         click.echo(f"unfinished card writes (resolve on next tap): {len(report.open_writes)}")
+    if report.settlements and not report.receipts_signed:
+        click.echo(f"warning: {_count(report.settlements, 'settlement', 'settlements')} checked against the shape "
+                   "of their stored receipts only; give --receipt-key to verify the server's signatures", err=True)
     if report.key_from_file:
         click.echo(
             "warning: no --key/--cert given; checked against the key stored in the file "

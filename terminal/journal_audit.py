@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cardlib.keys.errors import UnsupportedAlgorithmError
-from cardlib.keys.signer import cose_key, public_key_from_spki
+from cardlib.keys.signer import PublicKey, cose_key, public_key_from_spki
 from cardlib.records.claims import Unit
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError, UnknownKid
 from cardlib.records.journal import EntryKind, JournalEntry, SignedEntry, verify_chain
+from cardlib.records.statements import read_receipt_unverified, verify_receipt
 from terminal.errors import JournalDamaged, JournalStoreError, JournalVerifyError
 from terminal.journal_store import (
     WRITE_KINDS,
@@ -57,6 +58,9 @@ class VerifyReport:
     :ivar last_seq: seq of the last entry. A journal cut short at the *end* still
         verifies (every entry left is intact): compare ``(last_seq, head_hash)``
         with the server's record of this terminal (:func:`check_head`).
+    :ivar settlements: settlement rows checked against their stored receipts.
+    :ivar receipts_signed: True when those receipts were verified under the given server
+        receipt key; False: their shape only (a forged but well-formed receipt passes).
     """
 
     terminal_id: str
@@ -66,6 +70,8 @@ class VerifyReport:
     open_writes: tuple[str, ...]
     key_from_file: bool
     last_seq: int = 0
+    settlements: int = 0
+    receipts_signed: bool = False
 
 
 def parse_head(text: str) -> tuple[int, bytes | None]:
@@ -285,7 +291,8 @@ def _check_unsigned(e: JournalEntry, unit: object, pending: object, pending_unit
         raise JournalVerifyError("column pending does not hash to the signed state_hash_new", e.seq)
 
 
-def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyReport:
+def verify_journal_file(path: str | Path, key: CoseKey | None = None, *,
+                        receipt_key: PublicKey | None = None) -> VerifyReport:
     """Check a journal file offline, as an auditor: signatures, chain, gaps, every index column.
 
     Follows docs/design.md §Journal: seq contiguous from 1, each entry's
@@ -310,13 +317,20 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
     ``note`` (a local remark, e.g. ``deferred``) and ``uploaded_at`` (the upload
     mark) are local state, not checked; the trigger protects ``note``.
 
+    Each ``settlements`` row (outside the signed chain) must be backed by its stored
+    ``receipt``: an upload receipt for this terminal that settles that entry, at its seq,
+    with that outcome, and the entry a card write's PENDING. With ``receipt_key`` (the
+    server receipt key the terminal pinned at enrolment) the receipt's signature is
+    verified; without it only its shape (:func:`read_receipt_unverified`).
+
     :param path: the SQLite journal (opened read-only).
     :param key: the terminal's verification key (from its certificate or the
         server); None uses the key stored in the file itself, which proves
         integrity only.
     :returns: a short report.
+    :param receipt_key: the pinned server receipt key (Ed25519); None checks receipts' shape only.
     :raises JournalVerifyError: with the first failing entry's seq and the reason
-        (naming the column for a column that disagrees).
+        (naming the column for a column that disagrees, or the settlement that no receipt backs).
     """
     p = Path(path)
     db = _read_only(p)
@@ -329,6 +343,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         rows = db.execute(
             f"SELECT {', '.join(columns)}, unit, pending, CAST(message AS BLOB) FROM entries ORDER BY seq"
         ).fetchall()
+        settled = _settlement_rows(db)
     except (sqlite3.Error, KeyError, ValueError, TypeError, UnsupportedAlgorithmError) as exc:
         raise JournalVerifyError(f"{p}: unreadable journal ({exc})") from exc
     finally:
@@ -364,6 +379,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         _check_unsigned(e, row[len(columns)], row[len(columns) + 1], pending_unit)
         if e.card_id and e.kind in WRITE_KINDS:
             open_cards[e.card_id] = e.kind
+    _check_settlements(settled, {s.entry.entry_id: s.entry for s in verified}, terminal_id, receipt_key)
     boots = len({s.entry.boot_id for s in verified})
     still_open = tuple(
         sorted(c for c, k in open_cards.items() if k in (EntryKind.PENDING, EntryKind.UNCERTAIN))
@@ -376,7 +392,42 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None) -> VerifyR
         open_writes=still_open,
         key_from_file=from_file,
         last_seq=verified[-1].entry.seq,
+        settlements=len(settled),
+        receipts_signed=receipt_key is not None,
     )
+
+
+def _settlement_rows(db: sqlite3.Connection) -> list[tuple[bytes, object, bytes]]:
+    """``(entry_id, outcome, receipt)`` of every settlement row; none in a journal made before the table."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='settlements'").fetchone() is None:
+        return []
+    return [(bytes(r[0]), r[1], bytes(r[2]) if isinstance(r[2], bytes) else b"")
+            for r in db.execute("SELECT entry_id, outcome, CAST(receipt AS BLOB) FROM settlements ORDER BY rowid")]
+
+
+def _check_settlements(rows: list[tuple[bytes, object, bytes]], entries: dict[bytes, JournalEntry],
+                       terminal_id: str, receipt_key: PublicKey | None) -> None:
+    """Every settlement row backed by its stored receipt (see :func:`verify_journal_file`).
+
+    :raises JournalVerifyError: naming the settled entry's seq (or the unknown entry id).
+    """
+    for entry_id, outcome, receipt in rows:
+        e = entries.get(entry_id)
+        if e is None:
+            raise JournalVerifyError(f"settlement of entry {entry_id.hex()}, which the journal does not hold")
+        if e.kind is not EntryKind.PENDING or not e.card_id:
+            raise JournalVerifyError("settlement of an entry that is not a card write's PENDING", e.seq)
+        try:
+            got = verify_receipt(receipt, receipt_key) if receipt_key is not None else read_receipt_unverified(receipt)
+        except RecordError as exc:
+            raise JournalVerifyError(f"settlement ({outcome}) not backed by a server receipt: {exc}", e.seq) from exc
+        if got.terminal_id != terminal_id:
+            raise JournalVerifyError(f"settlement ({outcome}) backed by a receipt for terminal "
+                                     f"{got.terminal_id!r}", e.seq)
+        if not any(st.entry_id == entry_id and st.seq == e.seq and st.outcome.value == outcome
+                   for st in got.settlements):
+            raise JournalVerifyError(f"settlement ({outcome}): its stored receipt does not settle this entry so",
+                                     e.seq)
 
 
 def _file_kid(meta: dict[str, object]) -> bytes | None:

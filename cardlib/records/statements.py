@@ -54,6 +54,7 @@ __all__ = [
     "SettlementOutcome",
     "StatementError",
     "UploadReceipt",
+    "read_receipt_unverified",
     "sign_freshness",
     "sign_head",
     "sign_receipt",
@@ -238,8 +239,34 @@ def verify_receipt(message: bytes, key: PublicKey) -> UploadReceipt:
     :raises StatementError: wrong shape or version; a settlement line that is not
         ``[16-byte entry id, seq >= 1, "finished" | "voided"]``.
     """
+    return _receipt(_claims(verify1(message, _pinned(key), external_aad=RECEIPT_AAD), "upload receipt"), message)
+
+
+def read_receipt_unverified(message: bytes) -> UploadReceipt:
+    """An upload receipt's claims **without** checking its signature: for an auditor who does not
+    have the pinned server receipt key at hand, a shape check only (anyone can write such bytes).
+
+    :raises StatementError: not a COSE_Sign1 (RFC 9052 §4.2, tag 18) with a receipt payload of the right shape.
+    """
     what = "upload receipt"
-    claims = _claims(verify1(message, _pinned(key), external_aad=RECEIPT_AAD), what)
+    try:
+        envelope = cbor2.loads(message)
+    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+        raise StatementError(f"{what}: not CBOR") from exc
+    if (not isinstance(envelope, cbor2.CBORTag) or envelope.tag != 18 or not isinstance(envelope.value, list)
+            or len(envelope.value) != 4 or not isinstance(envelope.value[2], bytes)):
+        raise StatementError(f"{what}: not a COSE_Sign1")
+    try:
+        claims = cbor2.loads(envelope.value[2])
+    except (cbor2.CBORDecodeError, ValueError, EOFError) as exc:
+        raise StatementError(f"{what}: payload is not CBOR") from exc
+    if not isinstance(claims, dict) or claims.get(1) != STATEMENT_VERSION:
+        raise StatementError(f"{what}: wrong shape or version")
+    return _receipt(claims, message)
+
+
+def _receipt(claims: dict[Any, Any], message: bytes) -> UploadReceipt:
+    what = "upload receipt"
     lines = []
     for item in _typed(claims, _Receipt.RESULTS, list, what):
         if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], bytes)
