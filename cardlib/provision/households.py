@@ -11,6 +11,8 @@ Format (UTF-8, comma separated, header required, column order free)::
 - ``region``: Kemendagri code in Kalimantan Tengah (:mod:`cardlib.provision.regions`).
 - ``programmes`` (optional column): programme ids separated by ``;``; empty = every
   programme of the profile.
+- Every row has exactly as many fields as the header: under a 3-column header a row
+  without programmes ends in a comma (``…,62.03,``); a 2-field row is refused.
 
 Validation collects *every* bad row with its line number and cause before anything is
 written to a card, so a technician fixes the file once.
