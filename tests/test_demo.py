@@ -113,6 +113,33 @@ def test_every_counter_journal_verifies(demo) -> None:
         assert server_entries[report.terminal_id] == report.entries
 
 
+def test_the_demo_registers_its_issuance_so_households_are_known(demo) -> None:
+    """The demo uploads the station's issuance file: household view and dashboard know the demo's households."""
+    import os
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from server.dashboard.queries import current_cycle, progress, totals
+
+    proc, result, work = demo
+    assert proc.returncode == 0
+    refs = result["household_refs"]
+    assert len(refs) == 6
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{work / 'server' / 'huma.db'}")
+    shown = subprocess.run([sys.executable, "-m", "huma.cli", "server", "household", "show", refs[0], "--json"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout[shown.stdout.index("{"):])["cards"]
+    engine = create_engine(f"sqlite:///{work / 'server' / 'huma.db'}")
+    try:
+        with Session(engine) as session:
+            total = totals(progress(session, current_cycle(session)))
+    finally:
+        engine.dispose()
+    assert total.expected == 6 and total.collected >= 1
+
+
 def _descendants(pid: int) -> dict[int, str]:
     """pid -> command line of every live descendant of ``pid`` (from /proc)."""
     children: dict[int, list[int]] = {}

@@ -101,6 +101,7 @@ class DayResult:
     reconcile: dict[str, Any] = field(default_factory=dict)
     journals_verified: list[str] = field(default_factory=list)
     card_ids: dict[str, str] = field(default_factory=dict)  #: card file name → card id (hex)
+    household_refs: list[str] = field(default_factory=list)  #: the provisioned households (16 hex)
     clone_card_id: str = ""
     denied_card_id: str = ""
     torn_card_id: str = ""
@@ -398,6 +399,24 @@ class Day:
         self.story.say(f"`huma provision batch`: {n} blank NTAG215 chips on reader slot 0 (real pcscd + vpcd) → "
                        f"{len(rows)} cards issued, locked and read back; signed issuance file "
                        f"{results.parent / 'issuances.cose'}.")
+        self.upload_issuance(results.parent / "issuances.cose")
+
+    def upload_issuance(self, issuances: Path) -> None:
+        """Register the station's signed issuance file as the technician does (`huma server cards upload-issuance`).
+
+        Without it the server knows no card: no household view, statement, receipt
+        household or dashboard count (households expected).
+        """
+        pw = new_secret(self.secrets / "tech-01.pass")
+        self.cli("server", "people", "add", "tech-01", "--role", "technician", "--password-file", str(pw))
+        self.cli.env["HUMA_TRUST_ROOT_CERT"] = str(self.root_cert)
+        out = self.cli("server", "cards", "upload-issuance", str(issuances), "--technician", "tech-01").out
+        accepted = sum(1 for line in out.splitlines() if line.endswith(" accepted"))
+        if accepted != len(self.result.card_ids):
+            raise ScenarioError(f"issuance upload registered {accepted} of {len(self.result.card_ids)} cards:\n{out}")
+        self.result.household_refs = sorted(self.refs.values())
+        self.story.say(f"`huma server cards upload-issuance` (technician tech-01): {accepted} cards registered, "
+                       "so the server knows each card's household (household view, receipts, dashboard).")
 
     # ------------------------------------------------------------------ 7/8. the counter day
 
