@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def terminal() -> None:
-    """Run the counter daemon."""
+    """The counter: make its key and CSR (init), enrol it with the server (enrol), run the daemon (run)."""
 
 
 @terminal.command("run")

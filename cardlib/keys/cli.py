@@ -67,7 +67,8 @@ def _root_pw_option(f: Any) -> Any:
 
 def _key_options(f: Any) -> Any:
     for opt in reversed([
-        click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True),
+        click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True,
+                     help="Signature algorithm of the new key: ed25519 (COSE EdDSA) or es256 (P-256, COSE ES256)."),
         click.option("--name", default="", help="Label, e.g. the technician's staff id."),
         click.option("--validity-days", type=click.IntRange(min=1), default=None,
                      help="Default and maximum depend on the role (docs/security.md)."),
@@ -111,7 +112,8 @@ def keys() -> None:
 
 @keys.command("init")
 @_dir_option
-@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True)
+@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True,
+              help="Signature algorithm of the root key: ed25519 (COSE EdDSA) or es256 (P-256, COSE ES256).")
 @_root_pw_option
 def init_cmd(keydir: Path, alg: str, root_passphrase_file: Path | None) -> None:
     """Create a keystore and its root key (then move the root key offline)."""
@@ -235,12 +237,20 @@ def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
 @keys.command("csr")
 @click.option("--terminal-id", type=TERMINAL_ID, required=True,
               help="Upper-case letters, digits and -, 3 to 32 (the profile's terminal_id).")
-@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True)
-@click.option("--key-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--csr-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--alg", type=click.Choice(sorted(_ALGS)), default="ed25519", show_default=True,
+              help="Signature algorithm of the terminal key: ed25519 (COSE EdDSA) or es256 (P-256, COSE ES256).")
+@click.option("--key-out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the new terminal private key (PKCS#8, encrypted with the passphrase).")
+@click.option("--csr-out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the certificate signing request (PEM) for the administrator.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the new key's passphrase (else $HUMA_KEY_PASSPHRASE, else prompt twice).")
 def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase_file: Path | None) -> None:
-    """(On the terminal) make the terminal key and a CSR for enrolment."""
+    """(On the terminal) make the terminal key and a CSR for enrolment.
+
+    On a counter the usual way is ``huma terminal init`` (key and CSR at the profile's paths)
+    then ``huma terminal enrol``; this command is for enrolment by hand (``huma keys certify``).
+    """
     key, csr = make_terminal_csr(terminal_id, _ALGS[alg])
     passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal key passphrase", confirm=True)
     save_private_key(key_out, key, passphrase)
@@ -252,7 +262,8 @@ def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase
 @_dir_option
 @click.argument("csr", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--terminal-id", type=TERMINAL_ID, required=True, help="The terminal id the administrator approved.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the terminal certificate followed by the terminal CA certificate (PEM).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Terminal CA passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
 def certify_cmd(keydir: Path, csr: Path, terminal_id: str, out: Path, passphrase_file: Path | None) -> None:
@@ -312,7 +323,8 @@ def read_id_list(path: Path, width: int, what: str) -> list[bytes]:
               help="Certificate (PEM) of an enrolled terminal; repeatable.")
 @click.option("--deny-cards", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="File of denied card ids, 16 hex digits per line.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the signed trust bundle (CBOR, copied to terminals and stations).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Bundle key passphrase file (else $HUMA_KEY_PASSPHRASE, else prompt).")
 def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path, ...], deny_cards: Path | None,

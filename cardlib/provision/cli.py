@@ -106,14 +106,19 @@ def _station_options(f: Any) -> Any:
                                                     "or nfcpy:<device path> for an nfcpy reader (nfcpy:tty:USB0:pn532, "
                                                     "nfcpy:usb, nfcpy:udp:127.0.0.1:54321)."),
         click.option("--reader-kind", type=click.Choice(["acr122u", "part3", "plain"]), default="acr122u",
-                     show_default=True),
+                     show_default=True, help="How the PC/SC reader passes NTAG commands: acr122u (direct transmit), "
+                                             "part3 (PC/SC Part 3 transparent session), plain (storage-card "
+                                             "READ/UPDATE BINARY only, 16-byte reads)."),
         click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
                      help="Seconds to wait for each card (default: wait forever; Ctrl-C stops)."),
         click.option("--originality-key", type=HexBytes(len(NXP_NTAG21X_PUBLIC_KEY)), default=None, hidden=True,
                      help="Lab only: secp128r1 originality key (hex) instead of NXP's."),
-        click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True), default=None),
-        click.option("--pkcs11-token", default=None),
-        click.option("--pkcs11-pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path)),
+        click.option("--pkcs11-module", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="PKCS#11 module (e.g. libsofthsm2.so) of the token holding the keystore's issuer and "
+                          "technician keys (default: key files)."),
+        click.option("--pkcs11-token", default=None, help="Token label (required with --pkcs11-module)."),
+        click.option("--pkcs11-pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="File holding the token PIN (else $HUMA_PKCS11_PIN, else prompt)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -349,7 +354,7 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
 @click.option("--region", required=True, help="Kemendagri code, e.g. 62.71.")
 @click.option("--programmes", default="", help="Programme ids separated by ';' (default: all of the profile).")
 @click.option("--pin/--no-pin", default=False, help="Let the beneficiary type a 6-digit PIN.")
-@click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None,
+@click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None, metavar="CARD_ID",
               help="Card id (16 hex) of a lost card this one replaces.")
 @click.option("--remaining", default=None,
               help="Re-issue: lower the server's remaining entitlement, e.g. '1=0' (never raise it).")
@@ -491,12 +496,16 @@ def _provision_secure(source: PcscCardSource | NfcpyCardSource, st: _Station, ro
 
 @provision.command("grant")
 @click.option("--keys", "keydir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              envvar="HUMA_KEYSTORE", required=True)
-@click.option("--technician", required=True)
-@click.option("--max-cards", type=click.IntRange(min=1), required=True)
-@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+              envvar="HUMA_KEYSTORE", required=True, help="Keystore directory with the issuer key (env HUMA_KEYSTORE).")
+@click.option("--technician", required=True, help="Technician name (--name of their active technician key).")
+@click.option("--max-cards", type=click.IntRange(min=1), required=True,
+              help="Most cards the technician's station may issue under this grant.")
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Days from now until the grant expires.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the signed grant (COSE; the station's --grant).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the issuer key passphrase (else $HUMA_KEY_PASSPHRASE, else prompt).")
 def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Path,
               passphrase_file: Path | None) -> None:
     """(Office) allow a technician at most MAX_CARDS cards for DAYS days (signed by the issuer key)."""
@@ -536,6 +545,10 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
     NTAG card keeps its PIN (it is in the locked, signed identity): its count is reset, and a holder
     who forgot it needs a re-issue (``provision card --reissue-of``). A secure card gets a new PIN
     (asked twice) and its tries back. Prints the card id.
+
+    The station options are those of ``provision card``: here ``--technician`` names who made
+    the reset (journalled with their key id) and ``--station-key`` opens the station; a reset
+    writes no genesis state and no issuance file.
     """
     from cardlib.clitypes import read_secret_line
     from cardlib.provision.pin_reset import PinResetIntent, reset_ntag_pin, reset_secure_pin
