@@ -214,8 +214,8 @@ offline_cap = 250000
 '''
 
 
-def _issued_pin_card(tmp_path: Path, office: dict[str, object], present_card, reader_name  # type: ignore[no-untyped-def]
-                     ) -> tuple[Ntag21x, list[str], Path]:
+def _issued_pin_card(tmp_path: Path, office: dict[str, object],  # noqa: F811 - the fixture's value
+                     present_card, reader_name) -> tuple[Ntag21x, list[str], Path]:  # type: ignore[no-untyped-def]
     (tmp_path / "profile.toml").write_text(CASH_ONLY)
     state_dir = tmp_path / "single"
     args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
