@@ -194,7 +194,8 @@ def server() -> None:
 
 @server.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on (0: any free port).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="waitress worker threads (per process).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -244,7 +245,8 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="head", show_default=True,
+              help="Alembic revision to migrate to (head: the newest).")
 @DATABASE_OPTION
 def upgrade(revision: str) -> None:
     """Apply the Alembic migrations (creates the default instance SQLite file and its directory).
@@ -310,7 +312,9 @@ def people() -> None:
 
 @people.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["admin", "technician", "auditor", "manager"]), required=True)
+@click.option("--role", type=click.Choice(["admin", "technician", "auditor", "manager"]), required=True,
+              help="What the person may do: admin, technician, auditor (findings and exports), manager "
+                   "(programme dashboard only); docs/api.md and docs/dashboard.md per endpoint.")
 @_PASSWORD_FILE
 @DATABASE_OPTION
 def add_person(username: str, role: str, password_file: Path | None) -> None:

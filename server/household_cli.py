@@ -176,7 +176,8 @@ def grievance_add(text: str, receipt_code: str | None, card_id: str | None, hous
 
 
 @grievance_group.command("list")
-@click.option("--status", type=click.Choice(["open", "investigating", "resolved"]), default=None)
+@click.option("--status", type=click.Choice(["open", "investigating", "resolved"]), default=None,
+              help="Only complaints in this status (default: all).")
 @DATABASE_OPTION
 def grievance_list(status: str | None) -> None:
     """Complaints, oldest first."""

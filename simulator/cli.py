@@ -176,7 +176,8 @@ def _require_empty(url: str) -> None:
               help="Terminals uploading in two parts.")
 @click.option("--gaps", default=1, show_default=True, type=click.IntRange(0), help="Terminals losing a journal range.")
 @click.option("--clones", default=2, show_default=True, type=click.IntRange(0), help="Cards cloned and used elsewhere.")
-@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--seed", default=1, show_default=True, type=int,
+              help="Random seed for the generated households, taps and faults.")
 @click.option("--database", default=None, help="SQLAlchemy URL (default: a new SQLite file in a temp dir).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--campaign", is_flag=True, help="Planted attackers (--clones, --rollbacks) redeem at several counters "

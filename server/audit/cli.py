@@ -121,7 +121,9 @@ def _write_export(output: Path, chunks: Iterable[str]) -> None:
 
 @audit.command("export")
 @click.argument("what", type=click.Choice(["findings", "journal"]))
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True,
+              help="json (a journal export is signed with the receipt key; huma audit verify-export checks it) "
+                   "or csv (unsigned, for spreadsheets).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
               help="File to write (use - for stdout).")
 @click.option("--status", type=click.Choice(["open", "confirmed", "dismissed"]), help="Findings: only this status.")
