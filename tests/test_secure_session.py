@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from cardlib.records.claims import SlotClaims
 from cardlib.secure import (
     CloneSuspected,
     CounterNotIncreasing,
@@ -120,7 +121,7 @@ def test_redemption_with_identity_pin_and_read_back_is_seven_apdus() -> None:
 
 
 def _seq(record: bytes) -> int:
-    return int(cbor2.loads(_payload(record))[1])
+    return SlotClaims.from_cbor(_payload(record)).seq
 
 
 def test_clone_with_same_state_and_reported_key_fails_authentication() -> None:
