@@ -248,8 +248,8 @@ def export_root_cmd(keydir: Path, out: Path, force: bool) -> None:
 def csr_cmd(terminal_id: str, alg: str, key_out: Path, csr_out: Path, passphrase_file: Path | None) -> None:
     """(On the terminal) make the terminal key and a CSR for enrolment.
 
-    On a counter the usual way is ``huma terminal init`` (key and CSR at the profile's paths)
-    then ``huma terminal enrol``; this command is for enrolment by hand (``huma keys certify``).
+    On a counter the usual way is `huma terminal init` (key and CSR at the profile's paths)
+    then `huma terminal enrol`; this command is for enrolment by hand (`huma keys certify`).
     """
     key, csr = make_terminal_csr(terminal_id, _ALGS[alg])
     passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Terminal key passphrase", confirm=True)

@@ -546,8 +546,8 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
     who forgot it needs a re-issue (``provision card --reissue-of``). A secure card gets a new PIN
     (asked twice) and its tries back. Prints the card id.
 
-    The station options are those of ``provision card``: here ``--technician`` names who made
-    the reset (journalled with their key id) and ``--station-key`` opens the station; a reset
+    The station options are those of `provision card`: here --technician names who made
+    the reset (journalled with their key id) and --station-key opens the station; a reset
     writes no genesis state and no issuance file.
     """
     from cardlib.clitypes import read_secret_line
