@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from server.cli import _console, _remember_database, _write_session, database, make_app
+from server.errors import BadRequest, NotFound
 
 __all__ = ["cards_group", "grievance_group", "household_group", "receipt_cmd"]
 
@@ -53,7 +54,7 @@ def show_household(ref: str, as_json: bool) -> None:
     with database(app):
         h = household(db.session, ref, utcnow())
     if h is None:
-        raise click.ClickException(f"no registered card serves household {ref}")
+        raise NotFound(f"no registered card serves household {ref}")
     if as_json:
         click.echo(json.dumps(household_json(h), indent=2))
         return
@@ -78,24 +79,25 @@ def statement_cmd(ref: str, reissue_of: str, out: Path, key_out: Path | None) ->
     """Sign household REF's remaining entitlement for re-issuing card --reissue-of (audited)."""
     from server.auth import audit
     from server.households import HOUSEHOLD_REF, balance_statement
-    from server.receipts import receipt_public_pem, receipt_signer
+    from server.receipts import cli_receipt_signer, public_pem
     from server.types import utcnow
 
     for value, hint in ((ref, "REF"), (reissue_of, "--reissue-of")):
         if not HOUSEHOLD_REF.fullmatch(value):
             raise click.BadParameter("16 lower-case hex digits", param_hint=hint)
     app = make_app()
+    signer = cli_receipt_signer(app, "the balance statement")  # the key counters pinned, never a new one
     with database(app):
         session = _write_session()
         try:
-            h, message = balance_statement(session, receipt_signer(app), ref, reissue_of, utcnow())
+            h, message = balance_statement(session, signer, ref, reissue_of, utcnow())
         except LookupError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise NotFound(str(exc)) from None
         remaining = {str(b.programme_id): b.remaining for b in h.balances}
         audit(session, None, "households.balance_statement", f"household:{ref}", reissue_of=reissue_of,
               cycle=h.cycle, remaining=remaining, **_console())
         session.commit()
-        pem = receipt_public_pem(app)
+        pem = public_pem(signer)
     out.write_bytes(message)
     if key_out is not None:
         key_out.write_text(pem, encoding="ascii")
@@ -127,7 +129,7 @@ def upload_issuance(file: Path, technician: str) -> None:
     app = make_app()
     root_path = app.config.get("TRUST_ROOT_CERT")
     if not root_path:
-        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify issuance files")
     with database(app):
         session = _write_session()
         person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
@@ -211,8 +213,10 @@ def grievance_status(grievance_id: int, status: str, reason: str) -> None:
         session = _write_session()
         try:
             g = change_status(session, grievance_id, None, GrievanceStatus(status), reason)
-        except (LookupError, GrievanceError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        except GrievanceError as exc:
+            raise BadRequest(str(exc)) from None
         session.commit()
         click.echo(f"grievance {g.id}: {g.status}")
 
@@ -237,7 +241,7 @@ def receipt_cmd(code: str) -> None:
                   **_console())
         session.commit()
     if not entries:
-        raise click.ClickException("no redemption with this receipt code")
+        raise NotFound("no redemption with this receipt code")
     for e in entries:
         click.echo(f"{e['wall_time']} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
                    f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}")

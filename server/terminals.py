@@ -63,7 +63,9 @@ def _ca_signer(path: Path, password: bytes | None) -> SoftwareSigner:
         return load_signer(path, password)  # encrypted PKCS#8, as `huma keys` writes it
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), None)
-    except (OSError, ValueError, TypeError) as exc:
+    except TypeError as exc:  # "Password was not given but private key is encrypted"
+        raise ConfigurationError(f"terminal CA key {path} is encrypted: set HUMA_TERMINAL_CA_KEY_PASSWORD") from exc
+    except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot load terminal CA key {path}: {exc}") from exc
     _warn_once("terminal CA key %s is not encrypted: acceptable for tests and simulations only", str(path))
     return SoftwareSigner(key)  # type: ignore[arg-type]  # an Ed25519/P-256 key, else SoftwareSigner raises

@@ -160,10 +160,12 @@ def test_technician_tools_upload_look_up_and_state_the_balance(
     from server.auth import create_person
     from server.extensions import db
     from server.models import PersonRole
+    from server.receipts import load_receipt_signer
 
     monkeypatch.setenv("DATABASE_URL", app.config["DATABASE_URL"])
     monkeypatch.setenv("HUMA_TRUST_ROOT_CERT", app.config["TRUST_ROOT_CERT"])
     monkeypatch.setenv("HUMA_RECEIPT_KEY", str(tmp_path / "receipt-key.pem"))
+    load_receipt_signer(tmp_path / "receipt-key.pem", None)  # the server made it at its first start
     with app.app_context():
         create_person(db.write_session(), "tech-07", "technician password 1", PersonRole.TECHNICIAN)
         db.session.commit()
