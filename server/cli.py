@@ -668,7 +668,7 @@ def deny_list_cmd(as_json: bool) -> None:
 @bundle_group.command("show")
 @DATABASE_OPTION
 def show_bundle() -> None:
-    """The newest stored bundle: version, expiry, ETag, size (contents are shown by `huma keys` tools)."""
+    """The newest stored bundle: version, expiry, ETag, size (`huma server bundle export` writes its bytes)."""
     from server.bundles import newest_stored_bundle
     from server.extensions import db
 
@@ -680,6 +680,30 @@ def show_bundle() -> None:
             return
         click.echo(f"bundle v{row.version}: expires {row.expires_at.isoformat()}, {len(row.blob)} bytes, "
                    f"ETag \"{row.sha256.hex()}\"")
+
+
+@bundle_group.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the bundle (COSE_Sign1 bytes, as GET /api/v1/bundle serves them).")
+@DATABASE_OPTION
+def export_bundle(out: Path) -> None:
+    """Write the newest stored signed bundle, the file a provisioning station takes as --bundle."""
+    from cardlib.fsutil import atomic_write
+    from server.bundles import newest_stored_bundle
+    from server.errors import NotFound, ServerError
+    from server.extensions import db
+
+    app = make_app()
+    with database(app):
+        row = newest_stored_bundle(db.session)
+        if row is None:
+            raise NotFound("no trust bundle published yet: `huma server bundle publish`")
+        version, blob, sha256 = row.version, bytes(row.blob), row.sha256.hex()
+    try:
+        atomic_write(out, blob, mode=0o644)
+    except OSError as exc:
+        raise ServerError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    click.echo(f"bundle v{version} ({len(blob)} bytes, ETag \"{sha256}\") written to {out}")
 
 
 # ----------------------------------------------------------------------------- households, grievances (issue 18)

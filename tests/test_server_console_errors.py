@@ -94,6 +94,30 @@ def test_encrypted_terminal_ca_key_without_password_names_the_variable(tmp_path)
         terminal_ca()
 
 
+def test_bundle_export_writes_the_newest_stored_bundle_bytes(sqlite_db, tmp_path, capsys) -> None:
+    import datetime as dt
+    import hashlib
+
+    from server import create_app
+    from server.extensions import db
+    from server.models import PublishedBundle
+
+    out = tmp_path / "bundle.cose"
+    code, err = _huma(capsys, "server", "bundle", "export", "--out", str(out), "--database", sqlite_db)
+    assert code == 2 and "no trust bundle" in err and not out.exists(), err
+    app = create_app({"DATABASE_URL": sqlite_db})
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    with app.app_context():
+        session = db.write_session()
+        for version, blob in ((1, b"old bundle"), (2, b"new bundle")):
+            session.add(PublishedBundle(version=version, blob=blob, sha256=hashlib.sha256(blob).digest(),
+                                        expires_at=when))
+        session.commit()
+    code, err = _huma(capsys, "server", "bundle", "export", "--out", str(out), "--database", sqlite_db)
+    assert code == 0, err
+    assert out.read_bytes() == b"new bundle"
+
+
 def test_unknown_receipt_code_and_a_refused_grievance_move_are_typed_errors(sqlite_db, capsys) -> None:
     code, err = _huma(capsys, "server", "receipt", "ABCD-EFGH", "--database", sqlite_db)
     assert code == 2 and err.strip() == "error: no redemption with this receipt code", err
