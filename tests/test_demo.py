@@ -97,6 +97,10 @@ def test_the_clone_is_declined_at_the_counter_and_nothing_else_is_found(demo) ->
     assert "copy check" in clone_taps[0]["reason"]  # the screen's text for clone_check_failed
     assert result["findings"] == []
     assert result["committed"][result["clone_card_id"]] == 1  # the genuine card's own redemption only
+    # journalled with the UID the reader gave (GET DATA) before PWD_AUTH failed: the evidence of the attempt
+    declines = [e for e in json.loads((_work / "journal-export.json").read_text())["items"]
+                if e["kind"] == "DECLINED" and e["decline_reason"] == "clone_check_failed"]
+    assert [e["tag_uid"] for e in declines] == [Ntag21x.load(_work / "cards" / "clone.json").uid.hex()]
 
 
 def test_every_counter_journal_verifies(demo) -> None:
