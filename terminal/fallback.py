@@ -126,6 +126,29 @@ def fallback_limit(bundle: TrustBundle, step: str, programme: str) -> int:
     return max(0, int(bundle.policies.get(f"fallback.{step}.{programme}", 0)))
 
 
+def qr_decodes(text: str) -> bool:
+    """Whether a scanned text is a household QR's envelope: Base45, then zlib (bounded), then a CBOR item.
+
+    False for a misread or another kind of code (``NOTAQR``); True for a QR whose signature,
+    claims or validity may still fail (:func:`cardlib.records.household_qr.verify_household_qr`).
+    """
+    import zlib
+
+    import cbor2
+
+    from cardlib.records.household_qr import MAX_INFLATED, b45decode
+
+    try:
+        inflater = zlib.decompressobj()
+        message = inflater.decompress(b45decode(text.strip()), MAX_INFLATED)
+        if inflater.unconsumed_tail or not inflater.eof:
+            return False
+        cbor2.loads(message)
+    except (HouseholdQrError, zlib.error, cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Ask:
     step: str
@@ -171,6 +194,8 @@ class FallbackDesk:
         except DeniedCard:
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_DENIED, "card on the deny list")
         except HouseholdQrError as exc:
+            if not qr_decodes(text):  # a misread or a foreign code, not a forgery: the clerk scans again
+                return self._decline(QR, clerk, None, programme, DeclineReason.NOT_A_HOUSEHOLD_QR, str(exc))
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_SIGNATURE_INVALID, str(exc))
         return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), trust, now)
 
@@ -276,6 +301,10 @@ class FallbackDesk:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, DeclineReason.BUNDLE_EXPIRED,
                                  "trust bundle expired: no cash until the counter syncs")
         limit = fallback_limit(bundle, ask.step, ask.programme)
+        if limit == 0:  # the step is off for this programme, not used up
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.FALLBACK_NOT_ENABLED,
+                                 f"bundle policy fallback.{ask.step}.{ask.programme} is absent or 0")
         start, end = (t.timestamp() for t in cycle_bounds(cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))))
         card = ask.card_id.hex()
         with self._lock:

@@ -58,6 +58,12 @@ class DeclineReason(enum.Enum):
     #: A fallback manual entry refused without checking the password: too many wrong ones lately
     #: for this supervisor id or at this counter (back-off and lock-out, docs/fallback.md §Step 2).
     SUPERVISOR_LOCKED = "supervisor_locked"
+    #: A fallback step the bundle does not enable for the programme (policy ``fallback.<step>.<programme>``
+    #: absent or 0, docs/fallback.md): not "nothing left", the step is off.
+    FALLBACK_NOT_ENABLED = "fallback_not_enabled"
+    #: A QR fallback scan that is not a household QR at all (Base45, zlib or COSE structure fails):
+    #: scan again. A QR that decodes but fails its signature stays ``card_signature_invalid``.
+    NOT_A_HOUSEHOLD_QR = "not_a_household_qr"
     INVALID_QUANTITY = "invalid_quantity"
     BUNDLE_EXPIRED = "bundle_expired"
     #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
@@ -111,6 +117,8 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.SUPERVISOR_LOCKED: (
         "Too many wrong supervisor passwords: manual entry is paused. Wait, or call the district office."
     ),
+    DeclineReason.FALLBACK_NOT_ENABLED: "This fallback (QR or supervisor) is not enabled for this programme.",
+    DeclineReason.NOT_A_HOUSEHOLD_QR: "This is not a household QR. Scan again.",
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
     DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",

@@ -1,0 +1,49 @@
+"""The QR fallback's own decline reasons (docs/fallback.md): a step the bundle does not enable is
+``fallback_not_enabled`` (not "nothing left"), a scan that is no household QR at all is
+``not_a_household_qr`` (scan again), a QR that decodes but fails its signature stays
+``card_signature_invalid``."""
+
+from __future__ import annotations
+
+import time
+
+from cardlib.provision.qr import household_qr
+from cardlib.records.issuance import issue_card_image
+from cardlib.records.journal import EntryKind
+from terminal.fallback import qr_decodes
+from terminal.journal_store import JournalStore
+from terminal.policy import DeclineReason
+from tests.test_fallback import _post, _qr_from_png, counter  # noqa: F401  (the fixture)
+from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, identity
+
+
+def _reasons(journal: JournalStore) -> list[str | None]:
+    return [s.entry.decline_reason for s in journal.entries() if s.entry.kind is EntryKind.DECLINED]
+
+
+def test_a_programme_without_a_qr_limit_is_not_enabled_not_used_up(counter) -> None:  # noqa: F811
+    url, journal = counter
+    cash = _post(url, "/api/fallback/qr", {"qr": _qr_from_png(), "clerk": "clerk-ani", "programme": "tunai"})
+    assert (cash["status"], cash["reason"]) == ("declined", "fallback_not_enabled")
+    assert _reasons(journal) == ["fallback_not_enabled"]
+    assert "not enabled" in DeclineReason.FALLBACK_NOT_ENABLED.message
+
+
+def test_a_scan_that_is_no_household_qr_says_scan_again(counter) -> None:  # noqa: F811
+    url, journal = counter
+    for junk in ("NOTAQR", "https://example.org/x", "AAAA"):
+        assert not qr_decodes(junk)
+        got = _post(url, "/api/fallback/qr", {"qr": junk, "clerk": "clerk-ani", "programme": "pangan"})
+        assert (got["status"], got["reason"]) == ("declined", "not_a_household_qr"), junk
+    assert "Scan again" in DeclineReason.NOT_A_HOUSEHOLD_QR.message
+    assert _reasons(journal) == ["not_a_household_qr"] * 3
+
+
+def test_a_qr_that_decodes_but_is_not_signed_by_an_issuer_stays_a_signature_decline(counter) -> None:  # noqa: F811
+    url, journal = counter
+    now = int(time.time())
+    issued = issue_card_image(identity(), ISSUER, STATION, cycle=CYCLE, now=now)
+    forged = household_qr(issued.identity_cose, TERMINAL, now)  # a well-formed QR, signed by a non-issuer key
+    assert qr_decodes(forged)
+    got = _post(url, "/api/fallback/qr", {"qr": forged, "clerk": "clerk-ani", "programme": "pangan"})
+    assert (got["status"], got["reason"]) == ("declined", "card_signature_invalid")
