@@ -204,10 +204,65 @@ class PublishedResult:
     row: PublishedBundle
 
 
+#: Bundle policy names with a fixed name: name -> (least, most) value. docs/operations.md §Bundle policies.
+FIXED_POLICIES: dict[str, tuple[int, int]] = {
+    "offline_cap": (0, 2**53),  # rupiah per card per cycle at one counter (legacy)
+    "max_days_offline": (1, 3650),  # bundle age, days, at which every cap reaches its floor
+    "pin.max_failures": (1, 254),  # wrong PINs before a card locks
+}
+#: Per-unit caps, ``<prefix>.<unit>`` (unit: package, rupiah, visit), 0 .. 2**53.
+CAP_POLICY_PREFIXES = ("cap.per_tap", "cap.per_card_cycle", "cap.terminal_exposure")
+CAP_POLICY_UNITS = ("package", "rupiah", "visit")
+#: Per-programme policies, ``<prefix>.<programme name>``: the fallback step limits (units per card
+#: per cycle, 0 = never, docs/fallback.md) and ``pin.<programme>`` (1 = the PIN is asked, 0 = not).
+PROGRAMME_POLICY_PREFIXES: dict[str, tuple[int, int]] = {
+    "fallback.qr": (0, 2**53), "fallback.manual": (0, 2**53), "pin": (0, 1)}
+
+
+def validate_policy(name: str, value: int, programmes: Sequence[Programme]) -> None:
+    """Check one bundle policy before it is signed: a name counters read, a value in its range.
+
+    :param name: e.g. ``fallback.qr.food``, ``cap.per_tap.package``, ``max_days_offline``.
+    :param value: the integer value (units, days or a flag, by name).
+    :param programmes: the bundle's programmes (``<prefix>.<programme>`` names one of them).
+    :raises BadRequest: unknown name, a programme the bundle does not carry, or a value out of range.
+    """
+    bounds = FIXED_POLICIES.get(name)
+    if bounds is None:
+        prefix, _, last = name.rpartition(".")
+        if prefix in CAP_POLICY_PREFIXES and last in CAP_POLICY_UNITS:
+            bounds = (0, 2**53)
+        elif prefix in PROGRAMME_POLICY_PREFIXES and name != "pin.max_failures":
+            if last not in {p.name for p in programmes}:
+                raise BadRequest(f"policy {name}: no programme {last!r} in the bundle "
+                                 f"(programmes: {', '.join(p.name for p in programmes) or 'none'})", field="policies")
+            bounds = PROGRAMME_POLICY_PREFIXES[prefix]
+        else:
+            raise BadRequest(f"unknown bundle policy {name!r} (known: {', '.join(FIXED_POLICIES)}, "
+                             f"{'/'.join(CAP_POLICY_PREFIXES)}.<unit>, "
+                             f"{'/'.join(PROGRAMME_POLICY_PREFIXES)}.<programme>)", field="policies")
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds[0] <= value <= bounds[1]:
+        raise BadRequest(f"policy {name}: {value!r} is not an integer in {bounds[0]}..{bounds[1]}", field="policies")
+
+
+def parse_policy_assignment(text: str) -> tuple[str, int]:
+    """``NAME=VALUE`` (as ``--policy`` takes it) -> (name, integer value).
+
+    :raises BadRequest: no ``=``, or a value that is not a decimal integer.
+    """
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value.lstrip("-").isdigit():
+        raise BadRequest(f"policy {text!r}: expected NAME=INTEGER, e.g. fallback.qr.food=1", field="policies")
+    return name, int(value)
+
+
 def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
                         programmes: Sequence[Programme] | None = None, valid_days: int = 14,
                         now: int | None = None, person: Person | None = None,
-                        audit_detail: Mapping[str, Any] | None = None) -> PublishedResult:
+                        audit_detail: Mapping[str, Any] | None = None,
+                        set_policies: Mapping[str, int] | None = None,
+                        unset_policies: Sequence[str] = ()) -> PublishedResult:
     """Sign and store the next trust bundle (version = newest + 1), audited; the caller commits.
 
     Keys: the keystore's issuer/technician keys and every approved or revoked terminal
@@ -215,6 +270,8 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     less what an auditor cleared, ∪ confirmed and provisional clone/fraud findings, abandoned
     and replaced cards).
     Programmes and policies: the previous bundle's unless ``programmes`` is given.
+    Policies: the previous bundle's, less ``unset_policies``, with ``set_policies`` set on top
+    (each checked by :func:`validate_policy` against the new bundle's programmes).
 
     :param store: an open :class:`cardlib.keys.keystore.KeyStore`; the previous bundle must
         verify under its root, its active bundle key signs.
@@ -228,6 +285,7 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     :raises KeysError: no active bundle key in the keystore, or a wrong passphrase.
     :raises BadRequest: the programmes fail :func:`cardlib.records.bundle.validate_programmes`
         (empty, unknown unit, duplicate id or name, amount out of range): nothing is signed.
+    :raises BadRequest: a policy set fails :func:`validate_policy`, or an unset one is not in the bundle.
     """
     root = store.entry(store.root_kid).public_key
     previous_row = newest_stored_bundle(session)
@@ -245,13 +303,23 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
         validate_programmes(programmes)
     except InvalidProgrammes as exc:
         raise BadRequest(f"programmes: {exc}", field="programmes") from None
+    policies = dict(previous.policies) if previous is not None else {}
+    for name in unset_policies:
+        if name not in policies:
+            raise BadRequest(f"policy {name!r} is not in the current bundle: nothing to unset", field="policies")
+        del policies[name]
+    for name, value in (set_policies or {}).items():
+        validate_policy(name, value, programmes)  # inherited policies were checked when first set
+        policies[name] = value
     version = (previous_row.version if previous_row is not None else 0) + 1
     issued_at = int(time.time()) if now is None else now
     bundle, blob = sign_keystore_bundle(
         store, passphrase, version=version, issued_at=issued_at, expires_at=issued_at + valid_days * DAY_S,
         terminal_keys=terminal_bundle_keys(session), deny_cards=cards, deny_uids=uids, programmes=programmes,
-        policies=previous.policies if previous is not None else None)
+        policies=policies)
     row = store_bundle(session, version, blob, dt.datetime.fromtimestamp(bundle.expires_at, dt.UTC))
     audit(session, person, "bundle.publish", f"bundle:{version}", sha256=row.sha256.hex(),
-          keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids), **(audit_detail or {}))
+          keys=len(bundle.keys), deny_cards=len(cards), deny_uids=len(uids),
+          **({"policies_set": dict(set_policies)} if set_policies else {}),
+          **({"policies_unset": list(unset_policies)} if unset_policies else {}), **(audit_detail or {}))
     return PublishedResult(bundle, row)

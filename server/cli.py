@@ -594,15 +594,22 @@ def _duration_s(text: str) -> int:
 @click.option("--max-runs", type=click.IntRange(min=1), default=28, show_default=True,
               help="With --every: checks before the loop ends (28 × 6h = one week; a systemd timer is the "
                    "unbounded way, docs/systemd/huma-bundle-publish.timer).")
+@click.option("--policy", "policy_args", multiple=True, metavar="NAME=VALUE",
+              help="Set a bundle policy (repeatable), e.g. fallback.qr.food=1 (docs/operations.md §Bundle policies).")
+@click.option("--unset-policy", "unset_args", multiple=True, metavar="NAME",
+              help="Drop a policy the previous bundle carries (repeatable).")
 @DATABASE_OPTION
 def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: Path | None, valid_days: int,
-                   if_changed: bool, every: str | None, max_runs: int) -> None:
+                   if_changed: bool, every: str | None, max_runs: int, policy_args: tuple[str, ...],
+                   unset_args: tuple[str, ...]) -> None:
     """Sign and store the next trust bundle (version = newest + 1; audited).
 
     Keys: the keystore's issuer/technician keys and every approved or revoked terminal.
     Deny lists: the previous bundle's (less cards an auditor cleared) ∪ confirmed and
     provisional clone/fraud findings, abandoned and replaced cards (server.bundles.next_deny_lists).
-    Programmes and policies: the previous bundle's unless --programmes. The previous bundle
+    Programmes and policies: the previous bundle's unless --programmes; --policy NAME=VALUE
+    sets and --unset-policy NAME drops a policy, checked before signing (an unknown name
+    or a value out of range exits 2, nothing signed). The previous bundle
     must verify under the keystore's root. With --if-changed or --every nothing is signed
     while the newest bundle still says it all (server.bundles.publish_due).
     """
@@ -610,8 +617,11 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
 
     from cardlib.keys.cli import read_secret
     from cardlib.keys.keystore import KeyStore
-    from server.bundles import publish_due, publish_next_bundle
+    from server.bundles import parse_policy_assignment, publish_due, publish_next_bundle
 
+    set_policies = dict(parse_policy_assignment(a) for a in policy_args)
+    if (set_policies or unset_args) and (if_changed or every is not None):
+        raise click.UsageError("--policy/--unset-policy publish at once: not with --if-changed or --every")
     period = _duration_s(every) if every is not None else None
     store = KeyStore.open(keydir)
     passphrase = read_secret(passphrase_file, "HUMA_KEY_PASSPHRASE", "Bundle key passphrase")
@@ -627,12 +637,14 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
                 click.echo("bundle unchanged: deny lists and keys as published, within half its validity")
                 continue
             published = publish_next_bundle(session, store, passphrase, programmes=programmes,
-                                            valid_days=valid_days, audit_detail={**_console(), "why": reason})
+                                            valid_days=valid_days, audit_detail={**_console(), "why": reason},
+                                            set_policies=set_policies, unset_policies=unset_args)
             session.commit()
         bundle, row = published.bundle, published.row
         click.echo(f"published bundle v{bundle.version} ({reason}): {len(bundle.keys)} keys, "
                    f"{len(bundle.deny_cards)} denied cards, {len(bundle.deny_uids)} denied UIDs, "
-                   f"{len(bundle.programmes)} programmes, ETag \"{row.sha256.hex()}\"")
+                   f"{len(bundle.programmes)} programmes, {len(bundle.policies)} policies, "
+                   f"ETag \"{row.sha256.hex()}\"")
 
 
 @bundle_group.command("deny-list")
