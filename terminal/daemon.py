@@ -304,6 +304,14 @@ class Daemon:
                  clock: Clock | None = None) -> None:
         if profile.bundle_path is None:
             raise TerminalProfileError("the profile has no bundle path")
+        # Configuration first (card-password keys and their passphrase, pinned server key, server URL):
+        # a start that cannot run fails before the screen binds and before the journal counts a boot.
+        card_passwords = load_card_passwords(profile)
+        receipt_key = load_receipt_key(profile)
+        try:
+            api = HttpApi(profile.server_url)
+        except ValueError as exc:  # plain http to another host (docs/security.md "Server answers are signed")
+            raise TerminalProfileError(f"{profile.source}: {exc}") from exc
         self.profile = profile
         self.signer = signer
         self.stop_event = threading.Event()
@@ -324,17 +332,12 @@ class Daemon:
         caps = {b.profile.name: b.profile.capabilities() for b in profile.readers}
         self.tap = TapProcessor(
             CounterConfig(profile.terminal_id, mode, offline_limits(profile), caps=caps,
-                          card_passwords=load_card_passwords(profile)),
+                          card_passwords=card_passwords),
             self.journal, signer, trust=self.trust.current,
             request=self._request, publish=self.state.publish, feedback=self.reader_feedback,
         )
         self.supervisor = reader_supervisor(profile.readers, self.tap, identify=partial(card_uid, caps))
-        try:
-            api = HttpApi(profile.server_url)
-        except ValueError as exc:  # plain http to another host (docs/security.md "Server answers are signed")
-            raise TerminalProfileError(f"{profile.source}: {exc}") from exc
-        client = SyncClient(api, self.journal, signer, profile.terminal_id, self.trust,
-                            receipt_key=load_receipt_key(profile))
+        client = SyncClient(api, self.journal, signer, profile.terminal_id, self.trust, receipt_key=receipt_key)
         self.sync = SyncLoop(client, interval_s=profile.sync_interval)
         self._sup_thread: threading.Thread | None = None
         self.state.health_source = self.health_view
