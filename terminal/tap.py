@@ -111,8 +111,12 @@ class Trust:
 
     def raised(self, mark: float) -> Trust:
         """This trust with :attr:`mark` raised to ``mark`` (POSIX seconds, e.g. the journal's newest wall
-        time) and :attr:`expired` set when the raised mark is past the bundle's time in force."""
-        if mark <= self.mark:
+        time) and :attr:`expired` set when the raised mark is past the bundle's time in force.
+
+        A ``mark`` after :func:`plausible_until` is ignored: only a clock already wrong for the
+        bundle wrote it, and a never-lowered mark that far ahead would stop the counter until then.
+        """
+        if mark <= self.mark or mark > plausible_until(self.bundle):
             return self
         return dataclasses.replace(self, mark=mark, expired=self.expired or mark > self.bundle.in_force_until)
 
@@ -176,6 +180,12 @@ CLOCK_BEHIND_S = SECONDS_PER_DAY
 #: How far below the counter's high-water mark of trusted time (:attr:`Trust.mark`) its clock may
 #: be (seconds): an NTP step back or a slow RTC after a restart, not a ``date -s`` back.
 CLOCK_BACK_TOLERANCE_S = 600
+
+
+def plausible_until(bundle: TrustBundle) -> float:
+    """The latest clock reading, POSIX seconds, that may raise a counter's time mark under ``bundle``:
+    the end of its time in force plus its stale age (``max_days_offline``, default 30 days)."""
+    return bundle.in_force_until + OfflineLimits.from_policies(bundle.policies).stale_days * SECONDS_PER_DAY
 
 
 def clock_wrong(bundle: TrustBundle, now: float, stale_days: float, mark: float = 0.0) -> bool:

@@ -61,7 +61,7 @@ from cardlib.records.bundle import (
     verify_bundle,
 )
 from terminal.errors import TrustStoreError
-from terminal.tap import Trust
+from terminal.tap import Trust, plausible_until
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,8 @@ class TrustStore:
         """
         at = self._clock() if now is None else now
         with self._lock:
-            self._mark = max(self._mark, int(at))  # saved with the state below
+            if self._bundle is None or at <= plausible_until(self._bundle):
+                self._mark = max(self._mark, int(at))  # saved with the state below
             if self._data == data:
                 self._confirm(etag or self.etag, at)
                 return False
@@ -281,7 +282,13 @@ class TrustStore:
         return max([int(now), self._mark, *(v["issued_at"] for v in self._live_signers())])
 
     def _raise_mark(self, at: float) -> None:
-        """Raise the time mark to ``at`` (POSIX seconds); save it once it rose :data:`MARK_SAVE_STEP_S`."""
+        """Raise the time mark to ``at`` (POSIX seconds); save it once it rose :data:`MARK_SAVE_STEP_S`.
+
+        A reading after :func:`terminal.tap.plausible_until` of the held bundle is ignored (a clock
+        that far ahead is already wrong; the mark would stop the counter until real time got there).
+        """
+        if self._bundle is not None and at > plausible_until(self._bundle):
+            return
         self._mark = max(self._mark, int(at))
         if self._mark >= self._mark_saved + MARK_SAVE_STEP_S:
             try:
@@ -335,7 +342,8 @@ class TrustStore:
 
     def _confirm(self, etag: str | None, at: float) -> None:
         self.etag, self.checked_at = etag, at
-        self._mark = max(self._mark, int(at))
+        if self._bundle is None or at <= plausible_until(self._bundle):
+            self._mark = max(self._mark, int(at))
         self._save_state()
 
     def _save_floor(self) -> None:

@@ -157,3 +157,28 @@ def test_a_clock_ahead_past_the_bundle_writes_no_state_in_the_next_cycle(tmp_pat
     finally:
         honest.journal.close()
         rogue.journal.close()
+
+
+def test_a_clock_glitch_far_ahead_does_not_stop_the_counter_once_put_right(tmp_path: Path) -> None:
+    """Readings past the bundle's time in force + stale age (already clock_wrong) raise no mark."""
+    t0 = time.time()
+    clock = [t0]
+    store, journal, _tap = _cash_counter(tmp_path, clock)
+    journal.close()
+    clock[0] = t0 + 400 * DAY  # an RTC or NTP glitch, far past what the bundle allows
+    store.current()
+    clock[0] = t0 + DAY  # put right
+    trust = store.current()
+    assert not trust.expired and trust.mark < t0 + 2 * DAY
+    assert not clock_wrong(trust.bundle, clock[0], 30.0, trust.mark)
+
+    b = fresh_bundle({"fallback.manual.food": 1})
+    glitch = SetClock(400 * DAY)
+    j = JournalStore(tmp_path / "j2.sqlite", terminal_id="T-6271-0001", signer=TERMINAL, clock=glitch)
+    try:  # the journal's BOOT entry is stamped 400 days ahead; then the clock is put right
+        glitch.offset = 0.0
+        desk = FallbackDesk(j, lambda: b, CounterMode.MARKET_REDEMPTION,  # type: ignore[arg-type, return-value]
+                            {"sri": supervisor_hash(PW)})
+        assert desk.manual(identity().card_id.hex(), "food", 1, "sri", PW).status is TapStatus.ACCEPTED
+    finally:
+        j.close()
