@@ -103,6 +103,25 @@ def test_the_clone_is_declined_at_the_counter_and_nothing_else_is_found(demo) ->
     assert [e["tag_uid"] for e in declines] == [Ntag21x.load(_work / "cards" / "clone.json").uid.hex()]
 
 
+def test_the_auditor_sees_the_clone_attempt_on_the_genuine_card_page(demo) -> None:
+    """The clone's decline carries no card id (its identity is behind the password): the card page finds it by UID."""
+    from cardlib.records.journal import EntryKind
+    from server import create_app
+    from server.audit.views import _taps
+    from server.extensions import db
+
+    proc, result, work = demo
+    assert proc.returncode == 0
+    app = create_app({"DATABASE_URL": f"sqlite:///{work / 'server' / 'huma.db'}"})
+    with app.app_context():
+        taps = _taps(result["clone_card_id"])
+        db.engine.dispose()
+    uid = Ntag21x.load(work / "cards" / "clone.json").uid
+    declined = [t for t in taps if t.kind == EntryKind.DECLINED and t.tag_uid == uid]
+    assert len(declined) == 1, taps
+    assert any(t.kind != EntryKind.DECLINED for t in taps)  # the genuine card's own redemption is there too
+
+
 def test_every_counter_journal_verifies(demo) -> None:
     proc, result, work = demo
     assert proc.returncode == 0

@@ -479,8 +479,18 @@ def decision(finding_id: str) -> ResponseReturnValue:
 
 
 def _taps(card_id: str) -> list[Any]:
-    """Every entry of a card with the remaining entitlement after each redemption (SQL window SUM)."""
+    """Every entry of a card with the remaining entitlement after each redemption (SQL window SUM).
+
+    Entries without a card id whose tag UID is the UID the card was issued on belong to the card's
+    history too: a counter that could not read the identity (a clone failing PWD_AUTH or PACK,
+    ``clone_check_failed``) journals only the UID the reader gave (issue 20). They are found through
+    ``ix_journal_card_time``'s NULL range, not a scan of the journal.
+    """
     j, bc, ce, ts = JournalEntryRow, BenefitCycle, CardEntitlement, TerminalSite
+    uids = list(db.session.scalars(select(Card.tag_uid).where(Card.card_id == card_id)))
+    mine = j.card_id == card_id
+    if uids:
+        mine = or_(mine, and_(j.card_id.is_(None), j.tag_uid.in_(uids)))
     redeemed = j.kind.in_(REDEMPTION_KINDS)
     spent = func.sum(case((redeemed, j.amount), else_=0)).over(
         partition_by=(j.programme, bc.cycle_id), order_by=(j.wall_time, j.terminal_id, j.seq))
@@ -492,7 +502,7 @@ def _taps(card_id: str) -> list[Any]:
                          .outerjoin(bc.__table__, and_(j.wall_time >= bc.starts_at, j.wall_time < bc.ends_at))
                          .outerjoin(ce.__table__, and_(ce.card_id == j.card_id, ce.programme == j.programme,
                                                        ce.cycle_id == bc.cycle_id)))
-            .where(j.card_id == card_id)
+            .where(mine)
             .order_by(j.wall_time, j.terminal_id, j.seq).limit(CARD_TAPS))
     return list(db.session.execute(stmt).all())
 
