@@ -95,7 +95,7 @@ def publish_bundle() -> ResponseReturnValue:
         raise BadRequest("blob is empty", field="blob")
     root_path = current_app.config.get("TRUST_ROOT_CERT")
     if not root_path:
-        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify trust bundles")
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify trust bundles")
     try:
         signed = verify_bundle(blob, load_trust_root(root_path))
     except BundleSignatureError as exc:

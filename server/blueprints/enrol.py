@@ -358,7 +358,7 @@ def add_issuance_file() -> ResponseReturnValue:
         raise BadRequest("file is not base64", field="file") from exc
     root_path = current_app.config.get("TRUST_ROOT_CERT")
     if not root_path:
-        raise ConfigurationError("TRUST_ROOT_CERT is not configured: cannot verify issuance files")
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify issuance files")
     session = db.write_session()
     bundle = newest_verified_bundle(session, load_trust_root(root_path))
     issuance_file, results = register_issuance_file(session, message, bundle, g.person.id)
