@@ -2,6 +2,7 @@
 
 - tests/fixtures/pcsc.py: a private pcscd with vpcd readers and virtual cards
 - tests/fixtures/db.py: server app + database fixtures on SQLite and PostgreSQL
+- tests/fixtures/keys.py: a key store with bundle and issuer keys (``keystore``)
 
 Hypothesis: in CI (env ``CI`` set) examples are derandomized, so a run is
 reproducible and a red CI can be replayed locally with ``CI=1``; locally every
@@ -19,4 +20,5 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 pytest_plugins = [
     "tests.fixtures.pcsc",
     "tests.fixtures.db",
+    "tests.fixtures.keys",
 ]

@@ -7,23 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cardlib.keys.keystore import KeyStore, Role
+from cardlib.keys.keystore import KeyStore
 from cardlib.records.bundle import verify_bundle
 from huma.cli import main
 from server.extensions import db
 from server.models import PublishedBundle
-
-ROOT_PW = b"root passphrase for tests"
-KEY_PW = b"bundle key passphrase"
-
-
-@pytest.fixture
-def keystore(tmp_path: Path) -> KeyStore:
-    store = KeyStore.init(tmp_path / "ks", ROOT_PW)
-    root = store.root_signer(ROOT_PW)
-    store.issue(Role.BUNDLE, root, passphrase=KEY_PW)
-    store.issue(Role.ISSUER, root, passphrase=KEY_PW)
-    return store
+from tests.fixtures.keys import KEY_PW
 
 
 def _publish(capsys: pytest.CaptureFixture[str], ks: KeyStore, tmp_path: Path, db_url: str,

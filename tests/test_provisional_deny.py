@@ -10,13 +10,12 @@ provisionally, an auditor's dismissal lifts it from the following bundle, a conf
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from cardlib.keys.keystore import KeyStore, Role
+from cardlib.keys.keystore import KeyStore
 from cardlib.records.bundle import Programme, TrustBundle
 from server.bundles import publish_due, publish_next_bundle
 from server.extensions import db
@@ -25,10 +24,9 @@ from server.reconcile.denylist import deny_list_candidates
 from server.reconcile.findings import decide_finding
 from server.reconcile.models import FindingKind, FindingStatus
 from simulator.journals import ENTITLEMENTS, District, SimCard
+from tests.fixtures.keys import KEY_PW
 from tests.reconcile_support import audit_db, findings, install, run, upload_all  # noqa: F401 - audit_db: fixture
 
-ROOT_PW = b"root passphrase for tests"
-KEY_PW = b"bundle key passphrase"
 DAY = dt.date(2026, 3, 2)
 PROGRAMMES = [Programme(1, "food", "rupiah", 150_000)]
 pytestmark = pytest.mark.usefixtures("audit_db")  # the audit tables emptied before ``world``
@@ -36,15 +34,6 @@ pytestmark = pytest.mark.usefixtures("audit_db")  # the audit tables emptied bef
 
 def _ms(h: int, m: int = 0) -> int:
     return int(dt.datetime(DAY.year, DAY.month, DAY.day, h, m, tzinfo=dt.UTC).timestamp() * 1000)
-
-
-@pytest.fixture
-def keystore(tmp_path: Path) -> KeyStore:
-    store = KeyStore.init(tmp_path / "ks", ROOT_PW)
-    root = store.root_signer(ROOT_PW)
-    store.issue(Role.BUNDLE, root, passphrase=KEY_PW)
-    store.issue(Role.ISSUER, root, passphrase=KEY_PW)
-    return store
 
 
 def _cloned_card(app: Any, world: Any) -> SimCard:

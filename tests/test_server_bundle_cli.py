@@ -16,19 +16,9 @@ from huma.cli import main
 from server.extensions import db
 from server.models import AuditLog, Terminal, TerminalStatus
 from server.reconcile.models import Finding, FindingKind, FindingStatus, Severity
+from tests.fixtures.keys import KEY_PW, ROOT_PW
 
-ROOT_PW = b"root passphrase for tests"
-KEY_PW = b"bundle key passphrase"
 CLONE_CARD = "0123456789abcdef"
-
-
-@pytest.fixture
-def keystore(tmp_path: Path) -> KeyStore:
-    store = KeyStore.init(tmp_path / "ks", ROOT_PW)
-    root = store.root_signer(ROOT_PW)
-    store.issue(Role.BUNDLE, root, passphrase=KEY_PW)
-    store.issue(Role.ISSUER, root, passphrase=KEY_PW)
-    return store
 
 
 def _confirm_clone(app: Any) -> None:
