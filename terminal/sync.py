@@ -75,6 +75,7 @@ from cardlib.records.journal import EntryKind
 from cardlib.records.statements import (
     FRESHNESS_HEADER,
     NONCE_HEADER,
+    Freshness,
     UploadReceipt,
     sign_head,
     verify_freshness,
@@ -412,7 +413,7 @@ class SyncClient:
         resp = self.api.request("GET", BUNDLE_PATH, None, headers)
         if resp.status == 304:
             held = self.trust.path.read_bytes() if self.trust.version is not None else b""
-            self._check_freshness(resp, nonce, held)
+            self._server_time(self._check_freshness(resp, nonce, held))
             self.trust.confirm()
             return False
         if resp.status == 503:
@@ -422,12 +423,21 @@ class SyncClient:
             return False
         if resp.status != 200:
             raise SyncError(f"bundle download: HTTP {resp.status}")
-        self._check_freshness(resp, nonce, resp.body)
+        self._server_time(self._check_freshness(resp, nonce, resp.body))
         etag = (resp.headers.get("etag") or "").strip('"') or None
         return self.trust.install(resp.body, etag)
 
-    def _check_freshness(self, resp: Response, nonce: bytes, bundle: bytes) -> None:
+    def _server_time(self, fresh: Freshness) -> None:
+        """The verified statement's time is the true time: put a time mark run ahead right by it."""
+        try:
+            self.trust.set_server_time(fresh.time, self.journal.wall_mark())
+        except OSError as exc:  # the bundle check goes on; the next round tries again
+            log.warning("server time not recorded in the trust store: %s", exc)
+
+    def _check_freshness(self, resp: Response, nonce: bytes, bundle: bytes) -> Freshness:
         """Require a freshness statement by the pinned key answering ``nonce`` and naming ``bundle``.
+
+        :returns: the verified statement (its ``time`` is the server's, POSIX seconds).
 
         :raises UnverifiedAnswer: missing, not signed by the pinned key, for another nonce
             (a replay), or naming other bundle bytes; the bundle's age does not restart.
@@ -449,6 +459,7 @@ class SyncClient:
         if statement.bundle_sha256 != hashlib.sha256(bundle).digest():
             raise UnverifiedAnswer(f"bundle freshness statement names bundle v{statement.bundle_version} with "
                                    "other bytes; the bundle's age does not restart")
+        return statement
 
     def round(self) -> UploadReport:
         """One sync round: report the journal head, upload everything pending, ask for settlements of torn

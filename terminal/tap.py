@@ -94,12 +94,15 @@ class Trust:
         cash payouts stop, other redemptions run at the stale floor, balance checks go on.
     :ivar mark: the counter's never-lowered high-water mark of trusted time, POSIX seconds
         (:meth:`terminal.trust.TrustStore.current`, raised by :meth:`raised`); 0: none.
+    :ivar journal_ignored_upto: a journal newest wall time at or below this, POSIX seconds, raises
+        no mark: it ran ahead of the server's signed time (:meth:`terminal.trust.TrustStore.set_server_time`).
     """
 
     bundle: TrustBundle
     checked_at: float
     expired: bool = False
     mark: float = 0.0
+    journal_ignored_upto: float = 0.0
 
     def trusted_time(self, now: float) -> float:
         """The later of the clock ``now`` and :attr:`mark` (POSIX seconds): a clock set back makes nothing younger."""
@@ -114,9 +117,10 @@ class Trust:
         time) and :attr:`expired` set when the raised mark is past the bundle's time in force.
 
         A ``mark`` after :func:`plausible_until` is ignored: only a clock already wrong for the
-        bundle wrote it, and a never-lowered mark that far ahead would stop the counter until then.
+        bundle wrote it, and a never-lowered mark that far ahead would stop the counter until then. Nor
+        is one at or below :attr:`journal_ignored_upto` (written by a clock ahead of the server's time).
         """
-        if mark <= self.mark or mark > plausible_until(self.bundle):
+        if mark <= self.mark or mark <= self.journal_ignored_upto or mark > plausible_until(self.bundle):
             return self
         return dataclasses.replace(self, mark=mark, expired=self.expired or mark > self.bundle.in_force_until)
 

@@ -9,12 +9,16 @@ docs/security.md, "Trust bundle and its keys". Files next to ``<bundle_path>``:
   the root's revocations learnt so far (serial and kids);
 - ``<bundle_path>.pin.json``: ``{"version", "sha256"}`` of the server's newest bundle at
   enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter;
-- ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}, "time_mark": seconds}``, a
+- ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}, "time_mark": seconds,
+  "journal_mark_ignored_upto": seconds}``, a
   second, independent record of the highest version installed from each bundle key (never
   lowered), so that rewriting the state file alone cannot roll the bundle back, and the
-  counter's high-water mark of trusted time (never lowered): the latest clock reading, check
+  counter's high-water mark of trusted time (never lowered by the clock): the latest clock reading, check
   time (``checked_at``) or install the store has seen, saved at least every
-  :data:`MARK_SAVE_STEP_S` it rises.
+  :data:`MARK_SAVE_STEP_S` it rises. Only the server's signed time lowers it
+  (:meth:`TrustStore.set_server_time`, after a clock glitch ahead), and a journal newest wall
+  time that ran ahead of the server's time is kept there as no floor any more
+  (``journal_mark_ignored_upto``, absent when none).
 
 Rules on every download (:meth:`TrustStore.install`):
 
@@ -47,6 +51,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ from cardlib.records.bundle import (
     verify_bundle,
 )
 from terminal.errors import TrustStoreError
-from terminal.tap import Trust, plausible_until
+from terminal.tap import CLOCK_BACK_TOLERANCE_S, Trust, plausible_until
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +131,7 @@ class TrustStore:
         self._revocation_serial = int(revocations.get("serial", -1))
         self._revoked = frozenset(bytes.fromhex(k) for k in revocations.get("revoked", ()))
         self._pin = self._read_pin()
-        self._recorded, self._mark_saved = self._read_floor()
+        self._recorded, self._mark_saved, self._journal_ignored = self._read_floor()
         self._mark = max(self._mark_saved, int(self.checked_at))
         if self.path.is_file():
             self._load()
@@ -153,12 +158,13 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrustStoreError(f"enrolment pin {pin_path(self.path)} is unreadable: {exc!r}") from exc
 
-    def _read_floor(self) -> tuple[dict[str, int] | None, int]:
+    def _read_floor(self) -> tuple[dict[str, int] | None, int, float]:
         try:
             record = json.loads(self._floor_path.read_text())
-            return {str(k): int(v) for k, v in record["signers"].items()}, int(record.get("time_mark", 0))
+            return ({str(k): int(v) for k, v in record["signers"].items()}, int(record.get("time_mark", 0)),
+                    float(record.get("journal_mark_ignored_upto", 0.0)))
         except FileNotFoundError:
-            return None, 0
+            return None, 0, 0.0
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TrustStoreError(f"trust floor record {self._floor_path} is unreadable: {exc!r}") from exc
 
@@ -230,7 +236,8 @@ class TrustStore:
             self._raise_mark(at)
             trusted = self._trusted_time(at)
             expired = trusted > self._bundle.in_force_until or self._bundle.signer_kid in self._revoked
-            return Trust(self._bundle, self.checked_at, expired=expired, mark=float(self._mark))
+            return Trust(self._bundle, self.checked_at, expired=expired, mark=float(self._mark),
+                         journal_ignored_upto=self._journal_ignored)
 
     # ------------------------------------------------------------------ install
 
@@ -272,6 +279,44 @@ class TrustStore:
         """The server said the held bundle is still the newest (304): its age restarts."""
         with self._lock:
             self._confirm(self.etag, self._clock() if now is None else now)
+
+    def set_server_time(self, server_time: int, journal_mark: float = 0.0) -> bool:
+        """Put the time mark right by the server's time from a verified, nonce-bound freshness statement.
+
+        Call only after the statement verified under the pinned server key, answered this
+        counter's own nonce and named the bundle (:meth:`terminal.sync.SyncClient.refresh_bundle`):
+        the server's ``server_time`` is then the true time. A mark more than
+        :data:`terminal.tap.CLOCK_BACK_TOLERANCE_S` above it (a clock that jumped ahead by mistake)
+        is lowered to it, never below; a ``journal_mark`` that far above it stops being a floor
+        (:attr:`terminal.tap.Trust.journal_ignored_upto`) until the journal holds a later entry;
+        a ``checked_at`` that far above it is set to it. Saved in the floor record. Within the
+        tolerance nothing changes (an honest counter: nothing written).
+
+        :param server_time: the statement's time, POSIX seconds.
+        :param journal_mark: the journal's newest wall time now, POSIX seconds
+            (:meth:`terminal.journal_store.JournalStore.wall_mark`).
+        :returns: True when the mark, the ignored journal time or ``checked_at`` changed.
+        :raises OSError: the floor record or the trust state cannot be written.
+        """
+        limit = int(server_time) + CLOCK_BACK_TOLERANCE_S
+        with self._lock:
+            changed = False
+            if self._mark > limit:
+                log.warning("clock mark lowered from %s to server time %s", _utc(self._mark), _utc(server_time))
+                self._mark, changed = int(server_time), True
+            if journal_mark > limit and journal_mark > self._journal_ignored:
+                log.warning("journal's newest wall time %s is ahead of server time %s: no longer a floor",
+                            _utc(journal_mark), _utc(server_time))
+                self._journal_ignored, changed = float(journal_mark), True
+            if self.checked_at > limit:
+                self.checked_at, changed = float(server_time), True
+            if changed:
+                self._save_floor(lower=True)
+                self._save_state()
+            ahead = self._clock() - server_time
+            if ahead > CLOCK_BACK_TOLERANCE_S:
+                log.warning("the counter's clock is %.0f s ahead of the server's time: put it right", ahead)
+            return changed
 
     # ------------------------------------------------------------------ internals (lock held)
 
@@ -346,15 +391,18 @@ class TrustStore:
             self._mark = max(self._mark, int(at))
         self._save_state()
 
-    def _save_floor(self) -> None:
-        """Write the floor record if its versions or the time mark rose (both never lowered)."""
+    def _save_floor(self, lower: bool = False) -> None:
+        """Write the floor record if its versions or the time mark rose (versions never lowered; the
+        mark only with ``lower``, by :meth:`set_server_time`)."""
         recorded = dict(self._recorded or {})
         for kid, seen in self._signers.items():
             recorded[kid] = max(recorded.get(kid, seen["version"]), seen["version"])
-        mark = max(self._mark, self._mark_saved)
-        if recorded != self._recorded or mark > self._mark_saved:
-            atomic_write(self._floor_path,
-                         json.dumps({"signers": recorded, "time_mark": mark}, sort_keys=True).encode())
+        mark = self._mark if lower else max(self._mark, self._mark_saved)
+        if recorded != self._recorded or mark > self._mark_saved or lower:
+            record: dict[str, Any] = {"signers": recorded, "time_mark": mark}
+            if self._journal_ignored:
+                record["journal_mark_ignored_upto"] = self._journal_ignored
+            atomic_write(self._floor_path, json.dumps(record, sort_keys=True).encode())
             self._recorded, self._mark_saved = recorded, mark
 
     def _save_state(self) -> None:
@@ -366,3 +414,8 @@ class TrustStore:
         if self._installed is not None:
             state["installed"] = self._installed
         atomic_write(self._state_path, json.dumps(state, sort_keys=True).encode())
+
+
+def _utc(seconds: float) -> str:
+    """POSIX seconds as an ISO 8601 UTC time, for the log."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
