@@ -879,17 +879,13 @@ def _unverified_identity_uid(cose: bytes) -> bytes | None:
 
 def _unverified_seq(region: SlotRegion) -> int | None:
     """The seq claim of a slot whose key could not be accepted (to avoid rolling back)."""
-    try:
-        cose = split_payload(region.raw)
-        if cose is None:
-            return None
-        body = cbor2.loads(cose)
-        payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
-        seq = SlotClaims.from_cbor(payload).seq
-    except (LayoutError, ClaimsError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError,
-            EOFError):
+    payload = _unverified_payload(region)
+    if payload is None:
         return None
-    return seq
+    try:
+        return SlotClaims.from_cbor(payload).seq
+    except (ClaimsError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, EOFError):
+        return None
 
 def _may_be_newer(region: SlotRegion, current: VerifiedSlot) -> bool:
     """True when a slot whose key cannot be accepted may hold a state newer than ``current``.
