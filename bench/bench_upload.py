@@ -14,9 +14,10 @@ with bulk batches on a stored journal (``--journal 100000``), through the Flask 
     .venv/bin/python -m bench.bench_upload --small 3 --bulk 1000 --journal 100000 --db both
 
 Every core (issue 21): ``--workers N`` instead posts from 1 and 2 terminals at once to
-``huma server run --workers 1`` and ``--workers N`` (SQLite) and prints entries/s.
+``huma server run --workers 1`` and ``--workers N`` (``--db``: SQLite, PostgreSQL or both) and prints
+entries/s with the cores the machine kept busy meanwhile.
 
-    .venv/bin/python -m bench.bench_upload --entries 10000 --batch 1000 --workers 2
+    .venv/bin/python -m bench.bench_upload --entries 10000 --batch 1000 --workers 2 --db both
 """
 
 from __future__ import annotations
@@ -139,10 +140,20 @@ def run_one(url: str, t: SimTerminal, batch: int) -> tuple[float, float, float]:
     return elapsed, cpu, db_cpu
 
 
-def run_workers(url: str, terminals: list[SimTerminal], batch: int, workers: int, tmp: str) -> float:
+def _machine_busy_s() -> float:
+    """CPU seconds every core of this machine spent not idle since boot (``/proc/stat``), all processes."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_workers(url: str, terminals: list[SimTerminal], batch: int, workers: int,
+                tmp: str) -> tuple[float, float, float]:
     """Upload every terminal's journal at once (one client thread per terminal) to ``huma server run --workers``.
 
-    :returns: wall seconds from the first post to the last answer.
+    :returns: (wall seconds from the first post to the last answer, CPU seconds the whole machine
+        spent in that window — server processes, database, client threads and anything else —,
+        CPU seconds of this process's client threads in it).
     """
     import signal
     import subprocess
@@ -190,12 +201,12 @@ def run_workers(url: str, terminals: list[SimTerminal], batch: int, workers: int
                 assert resp.status == 200 and data["counts"]["accepted"] == len(json.loads(body)["entries"]), data
 
         clients = [threading.Thread(target=post_all, args=(b,)) for b in plans]
-        start = time.perf_counter()
+        busy, cpu, start = _machine_busy_s(), time.process_time(), time.perf_counter()
         for c in clients:
             c.start()
         for c in clients:
             c.join()
-        return time.perf_counter() - start
+        return (time.perf_counter() - start, _machine_busy_s() - busy, time.process_time() - cpu)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -203,8 +214,14 @@ def run_workers(url: str, terminals: list[SimTerminal], batch: int, workers: int
             proc.stdout.close()
 
 
-def workers_main(entries: int, batch: int, max_workers: int) -> None:
-    """Entries/s with 1 and 2 terminals uploading at once, server with 1 and ``max_workers`` processes (SQLite)."""
+def workers_main(entries: int, batch: int, max_workers: int, kinds: list[str], pg_admin: str) -> None:
+    """Entries/s with 1 and 2 terminals uploading at once, server with 1 and ``max_workers`` processes.
+
+    ``kinds``: databases (``sqlite``, ``postgresql``: a scratch database on ``pg_admin``). Besides
+    entries/s each row shows the cores the machine kept busy in the timed window (server
+    processes, PostgreSQL's backends and the client threads share the same cores) and the
+    client threads' own CPU, so a ratio under 2× can be told apart from a machine already full.
+    """
     terminals = []
     for n in range(2):
         key = ed25519.Ed25519PrivateKey.generate()
@@ -213,17 +230,23 @@ def workers_main(entries: int, batch: int, max_workers: int) -> None:
             t.append()
         terminals.append(t)
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}; `huma server run --workers N` on SQLite (WAL, file), "
+          f"load average {os.getloadavg()[0]:.2f}; `huma server run --workers N`, "
           f"{entries} entries per terminal, batches of {batch}, terminals uploading at once")
-    print("| server processes | terminals at once | entries | seconds | entries/s |")
-    print("|---|---|---|---|---|")
-    for workers in sorted({1, max_workers}):
-        for clients in (1, 2):
-            with tempfile.TemporaryDirectory() as tmp:
-                secs = run_workers(f"sqlite:///{os.path.join(tmp, 'bench.db')}", terminals[:clients], batch,
-                                   workers, tmp)
-            n = entries * clients
-            print(f"| {workers} | {clients} | {n} | {secs:.2f} | {n / secs:,.0f} |", flush=True)
+    print("| database | server processes | terminals at once | entries | seconds | entries/s "
+          "| cores busy (machine) | client CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        for workers in sorted({1, max_workers}):
+            for clients in (1, 2):
+                with tempfile.TemporaryDirectory() as tmp:
+                    url, drop = _small_db(kind, pg_admin, tmp)
+                    try:
+                        secs, busy, client = run_workers(url, terminals[:clients], batch, workers, tmp)
+                    finally:
+                        drop()
+                n = entries * clients
+                print(f"| {kind} | {workers} | {clients} | {n} | {secs:.2f} | {n / secs:,.0f} "
+                      f"| {busy / secs:.2f} | {client:.2f} |", flush=True)
 
 
 # ----------------------------------------------------------------------------- small batches (issue 21)
@@ -404,14 +427,15 @@ def main() -> None:
     p.add_argument("--journal", type=int, default=100_000, help="with --small: rows stored before")
     p.add_argument("--terminals", type=int, default=200, help="with --small: terminals")
     p.add_argument("--rounds", type=int, default=3, help="with --small: batches per terminal")
-    p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both", help="with --small")
+    p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both", help="with --small or --workers")
     p.add_argument("--profile", default=None, help="with --small: cProfile the small batches into FILE.<db>")
     args = p.parse_args()
     if args.small:
         small_main(args)
         return
     if args.workers:
-        workers_main(args.entries, args.batch, args.workers)
+        workers_main(args.entries, args.batch, args.workers,
+                     ["sqlite", "postgresql"] if args.db == "both" else [args.db], args.pg)
         return
     t = make_entries(args.entries)
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
