@@ -42,16 +42,21 @@ def household_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
 @DATABASE_OPTION
 def show_household(ref: str, as_json: bool) -> None:
-    """Cards, remaining entitlement this cycle per programme, and last taps of household REF (16 hex)."""
+    """Cards, remaining entitlement this cycle per programme, and last taps of household REF.
+
+    REF: the reference (16 hex digits) or the label printed on cards and letters (HB-XXXXXXXX).
+    """
+    from cardlib.records.household_label import parse_household_id
     from server.blueprints.households import household_json
     from server.extensions import db
-    from server.households import HOUSEHOLD_REF, household
+    from server.household_ids import resolve_household
+    from server.households import household
     from server.types import utcnow
 
-    if not HOUSEHOLD_REF.fullmatch(ref):
-        raise click.BadParameter("16 lower-case hex digits", param_hint="REF")
+    parse_household_id(ref)  # a malformed REF fails here, before the database is opened
     app = make_app()
     with database(app):
+        ref = resolve_household(db.session, ref)
         h = household(db.session, ref, utcnow())
     if h is None:
         raise NotFound(f"no registered card serves household {ref}")
@@ -76,19 +81,25 @@ def show_household(ref: str, as_json: bool) -> None:
 @click.option("--key-out", type=_REF, default=None, help="Also write the server key's public PEM here.")
 @DATABASE_OPTION
 def statement_cmd(ref: str, reissue_of: str, out: Path, key_out: Path | None) -> None:
-    """Sign household REF's remaining entitlement for re-issuing card --reissue-of (audited)."""
+    """Sign household REF's remaining entitlement for re-issuing card --reissue-of (audited).
+
+    REF: the reference (16 hex digits) or the label printed on cards and letters (HB-XXXXXXXX).
+    """
+    from cardlib.records.household_label import parse_household_id
     from server.auth import audit
+    from server.household_ids import resolve_household
     from server.households import HOUSEHOLD_REF, balance_statement
     from server.receipts import cli_receipt_signer, public_pem
     from server.types import utcnow
 
-    for value, hint in ((ref, "REF"), (reissue_of, "--reissue-of")):
-        if not HOUSEHOLD_REF.fullmatch(value):
-            raise click.BadParameter("16 lower-case hex digits", param_hint=hint)
+    parse_household_id(ref)  # a malformed REF fails here, before the key and the database
+    if not HOUSEHOLD_REF.fullmatch(reissue_of):
+        raise click.BadParameter("16 lower-case hex digits", param_hint="--reissue-of")
     app = make_app()
     signer = cli_receipt_signer(app, "the balance statement")  # the key counters pinned, never a new one
     with database(app):
         session = _write_session()
+        ref = resolve_household(session, ref)
         try:
             h, message = balance_statement(session, signer, ref, reissue_of, utcnow())
         except LookupError as exc:
@@ -159,15 +170,22 @@ def grievance_group() -> None:
 @click.option("--text", required=True, help="What the beneficiary says.")
 @click.option("--receipt-code", default=None, help="XXXX-XXXX as the counter showed it.")
 @click.option("--card", "card_id", default=None, help="Card id (16 hex).")
-@click.option("--household", "household_ref", default=None, help="Household ref (16 hex).")
+@click.option("--household", "household_ref", default=None,
+              help="Household: the reference (16 hex) or the label printed on cards and letters (HB-XXXXXXXX).")
 @DATABASE_OPTION
 def grievance_add(text: str, receipt_code: str | None, card_id: str | None, household_ref: str | None) -> None:
     """Record a complaint (open; audited)."""
+    from cardlib.records.household_label import parse_household_id
     from server.grievances import GrievanceError, record_grievance
+    from server.household_ids import resolve_household
 
+    if household_ref is not None:
+        parse_household_id(household_ref)  # a malformed --household fails before the database is opened
     app = make_app()
     with database(app):
         session = _write_session()
+        if household_ref is not None:
+            household_ref = resolve_household(session, household_ref)
         try:
             g = record_grievance(session, None, text, receipt_code=receipt_code, card_id=card_id,
                                  household_ref=household_ref)

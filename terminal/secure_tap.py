@@ -37,6 +37,7 @@ from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
 from cardlib.records.bundle import BundleKey, TrustBundle
 from cardlib.records.claims import Unit
+from cardlib.records.household_label import household_label
 from cardlib.records.journal import NTAG_COUNTER_MAX, EntryKind
 from cardlib.records.receipt import receipt_code
 from cardlib.records.secure import (
@@ -358,7 +359,7 @@ def _household(records: SecureCardRecords | VerifiedIdentity | None) -> str | No
     if records is None:
         return None
     identity = records.identity if isinstance(records, SecureCardRecords) else records
-    return "HB-" + identity.claims.household_ref.hex()[:8].upper()
+    return household_label(identity.claims.household_ref)
 
 
 def _facts(card: SecureCardRecords, progs: dict[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:

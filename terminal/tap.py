@@ -34,6 +34,7 @@ from cardlib.records import errors as rec
 from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import IdentityClaims, PinMismatch, Unit, cycle_bounds, terminal_id_of
+from cardlib.records.household_label import household_label
 from cardlib.records.journal import EntryKind
 from cardlib.records.layout import RecordImage, SlotName
 from cardlib.records.migration import MigrationError, migrate_format1
@@ -620,7 +621,7 @@ class TapProcessor:
 
 def _household(state: CardState | None) -> str | None:
     """The printed household reference: ``HB-`` + first 8 hex digits of the pseudonymous ref."""
-    return None if state is None else "HB-" + state.identity.claims.household_ref.hex()[:8].upper()
+    return None if state is None else household_label(state.identity.claims.household_ref)
 
 
 def _facts(state: CardState, progs: Mapping[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:

@@ -38,6 +38,7 @@ from cardlib.provision.errors import (
     UnknownProgramme,
 )
 from cardlib.provision.regions import check_region
+from cardlib.records.household_label import LABEL_PREFIX
 
 REQUIRED_COLUMNS = ("household_ref", "region")
 OPTIONAL_COLUMNS = ("programmes",)
@@ -112,7 +113,10 @@ def parse_households(text: str, known_programmes: Iterable[int]) -> list[Househo
         if not ref_text:
             row_errors.append(MissingHouseholdRef(line, "household_ref", "empty"))
         elif not _REF_RE.match(ref_text):
-            row_errors.append(BadHouseholdRef(line, "household_ref", f"{ref_text!r} is not 16 hex digits"))
+            label = ref_text.upper().startswith(LABEL_PREFIX)  # the short label printed for a household
+            row_errors.append(BadHouseholdRef(line, "household_ref", f"{ref_text!r} is not 16 hex digits" + (
+                "; it is the printed label, a card needs the whole reference "
+                f"(huma server household show {ref_text} prints it)" if label else "")))
         else:
             ref = bytes.fromhex(ref_text)
             if ref in first_seen:
