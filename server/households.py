@@ -3,9 +3,14 @@
 The household is the pseudonymous ``household_ref`` of its cards' identity records
 (``card_profiles.household_ref``, from registered issuance files). Its remaining entitlement
 per programme in a cycle is the largest entitlement any of its cards carries for that cycle
-minus everything redeemed (COMMIT/FINISHED) on any of its cards in the cycle's bounds, never
+minus everything taken (:func:`redemption_taken`) on any of its cards in the cycle's bounds, never
 below 0: what a re-issued card may carry (:func:`balance_statement`, docs/keys-and-provisioning.md
 "Re-issuing a lost card").
+
+:func:`redemption_taken` is the one definition of "a redemption taken" for every server total:
+the household view and statement here, the per-card and per-household entitlement checks
+(:mod:`server.reconcile.card_checks`, :mod:`server.reconcile.household_checks`), the auditor's
+card page and region totals and the programme dashboard.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Table, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import FromClause
 
 from cardlib.keys.signer import Signer
 from cardlib.records.balance import sign_balance
@@ -24,14 +31,51 @@ from cardlib.records.journal import EntryKind
 from server.models import Card, JournalEntryRow
 from server.reconcile.models import CardEntitlement, CardProfile
 from server.reconcile.observations import REDEMPTION_KINDS
+from server.reconcile.settlements import WriteSettlement
 from server.types import UTC
 
-__all__ = ["HOUSEHOLD_REF", "HouseholdView", "ProgrammeBalance", "balance_statement", "household"]
+__all__ = ["HOUSEHOLD_REF", "HouseholdView", "ProgrammeBalance", "balance_statement", "household",
+           "redemption_taken", "settled_taken_ids"]
 
 #: A household ref as the API and CLI take it: 16 lower-case hex digits.
 HOUSEHOLD_REF = re.compile(r"[0-9a-f]{16}")
 #: Seconds a balance statement stays usable by the provisioning station (the re-issue is done the same day).
 STATEMENT_VALID_S = 24 * 3600
+
+_journal = cast(Table, JournalEntryRow.__table__)
+_settlements = cast(Table, WriteSettlement.__table__)
+_WROTE = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
+
+
+def settled_taken_ids() -> Any:
+    """``SELECT entry_id``: the PENDING entries of torn writes reconciliation settled as taken (``finished``).
+
+    Leaves out a write its own terminal closed later after all (a COMMIT or FINISHED for the
+    same card and new state, uploaded after the settlement): that entry is counted itself.
+    Not correlated with the outer statement: the database evaluates it once (a few rows).
+    """
+    p, c = _journal.alias("settled_pending"), _journal.alias("settled_closing")
+    closed = exists().where(c.c.card_id == p.c.card_id, c.c.state_hash_new == p.c.state_hash_new,
+                            c.c.kind.in_(_WROTE))
+    return (select(_settlements.c.entry_id)
+            .select_from(_settlements.join(p, p.c.entry_id == _settlements.c.entry_id))
+            .where(_settlements.c.outcome == "finished", ~closed)
+            .correlate(None))
+
+
+def redemption_taken(j: FromClause | type[JournalEntryRow] = JournalEntryRow) -> ColumnElement[bool]:
+    """SQL condition: this journal entry took a benefit from the card (its ``amount`` of ``programme``).
+
+    A COMMIT, FINISHED or FALLBACK entry (:data:`~server.reconcile.observations.REDEMPTION_KINDS`), or
+    the PENDING entry of a torn write that reconciliation settled as taken (``write_settlements``,
+    docs/reconciliation.md §Settling torn writes; :func:`settled_taken_ids`).
+
+    :param j: ``journal_entries``: the ORM class, the table or an alias of it (e.g. the reconcile
+        checks' ``journal_scan``).
+    """
+    cols: Any = j if isinstance(j, type) else j.c
+    return or_(cols.kind.in_(REDEMPTION_KINDS),
+               and_(cols.kind == int(EntryKind.PENDING), cols.entry_id.in_(settled_taken_ids())))
 
 
 @dataclass(frozen=True)
@@ -91,7 +135,7 @@ def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> H
         .order_by(CardEntitlement.programme_id)).all()
     redeemed = dict(session.execute(
         select(JournalEntryRow.programme, func.sum(JournalEntryRow.amount))
-        .where(JournalEntryRow.card_id.in_(profiles), JournalEntryRow.kind.in_(REDEMPTION_KINDS),
+        .where(JournalEntryRow.card_id.in_(profiles), redemption_taken(),
                JournalEntryRow.wall_time >= start, JournalEntryRow.wall_time < end)
         .group_by(JournalEntryRow.programme)).tuples().all())
     balances = [ProgrammeBalance(int(pid), name, unit, int(amount), int(redeemed.get(name) or 0))

@@ -44,6 +44,7 @@ from server.errors import (
     ServerError,
 )
 from server.extensions import db
+from server.households import redemption_taken
 from server.http import error_response, int_param, query_params
 from server.logins import LoginPolicy, password_login
 from server.models import Card, JournalConflict, JournalEntryRow, Person, PersonRole, RejectedEntry, Terminal
@@ -491,7 +492,7 @@ def _taps(card_id: str) -> list[Any]:
     mine = j.card_id == card_id
     if uids:
         mine = or_(mine, and_(j.card_id.is_(None), j.tag_uid.in_(uids)))
-    redeemed = j.kind.in_(REDEMPTION_KINDS)
+    redeemed = redemption_taken()
     spent = func.sum(case((redeemed, j.amount), else_=0)).over(
         partition_by=(j.programme, bc.cycle_id), order_by=(j.wall_time, j.terminal_id, j.seq))
     stmt = (select(j.entry_id, j.terminal_id, j.seq, j.kind, j.wall_time, j.programme, j.amount, j.raw,
@@ -566,7 +567,7 @@ def region_totals() -> list[Any]:
                    cast(func.sum(j.amount), BigInteger).label("total"))
             .select_from(j.__table__.outerjoin(ts.__table__, ts.terminal_id == j.terminal_id)
                          .join(bc.__table__, and_(j.wall_time >= bc.starts_at, j.wall_time < bc.ends_at)))
-            .where(j.kind.in_(REDEMPTION_KINDS))
+            .where(redemption_taken())
             .group_by(ts.region, bc.cycle_id, j.programme)
             .order_by(bc.cycle_id, ts.region, j.programme))
     return list(db.session.execute(stmt).all())

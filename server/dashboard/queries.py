@@ -7,8 +7,8 @@ Definitions (docs/dashboard.md):
   A re-issued card serves the same household, so a household is counted once however
   many cards it holds;
 - **expected** in a cycle: households with at least one ``card_entitlements`` row for it;
-- **collected**: expected households with at least one redemption (COMMIT or FINISHED
-  entry, :data:`server.reconcile.observations.REDEMPTION_KINDS`) dated inside the cycle by
+- **collected**: expected households with at least one redemption (COMMIT, FINISHED or FALLBACK
+  entry, or a torn write settled as taken: :func:`server.households.redemption_taken`) dated inside the cycle by
   any of their cards; its **day** is the WIB (UTC+7) date of the household's first one;
 - a household's **region** is its card's region code; reports group by its prefix at a
   :class:`server.regions.Level`;
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
+from server.households import redemption_taken
 from server.models import JournalEntryRow, PublishedBundle, Terminal, TerminalStatus
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile, TerminalSite
-from server.reconcile.observations import REDEMPTION_KINDS
 from server.regions import Level, prefix_length
 from server.types import UTC
 
@@ -179,7 +179,7 @@ def _first_redemption(cycle: Cycle) -> Select[tuple[str, dt.datetime]]:
     j, cp = JournalEntryRow, CardProfile
     return (select(_household().label("household"), func.min(j.wall_time).label("first"))
             .join(cp, cp.card_id == j.card_id)
-            .where(j.kind.in_(REDEMPTION_KINDS), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at)
+            .where(redemption_taken(), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at)
             .group_by(_household()))
 
 
@@ -215,7 +215,7 @@ def per_day(session: Session, cycle: Cycle, within: str | None = None) -> list[t
     j, cp = JournalEntryRow, CardProfile
     first = (select(_household().label("household"), func.min(j.wall_time).label("first"))
              .join(cp, cp.card_id == j.card_id)
-             .where(j.kind.in_(REDEMPTION_KINDS), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at))
+             .where(redemption_taken(), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at))
     if within:
         first = first.where(cp.region.like(f"{_like(within)}%", escape="\\"))
     sub = first.group_by(_household()).subquery()
@@ -230,7 +230,7 @@ def amounts(session: Session, cycle: Cycle, within: str | None = None) -> list[t
     unit = (select(func.max(ce.unit)).where(ce.programme == j.programme, ce.cycle_id == cycle.cycle_id)
             .scalar_subquery())
     stmt = (select(j.programme, unit, func.sum(j.amount))
-            .where(j.kind.in_(REDEMPTION_KINDS), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at)
+            .where(redemption_taken(), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at)
             .group_by(j.programme).order_by(j.programme))
     if within:
         stmt = stmt.join(cp, cp.card_id == j.card_id).where(cp.region.like(f"{_like(within)}%", escape="\\"))
@@ -276,7 +276,7 @@ def throughput(session: Session, cycle: Cycle, within: str | None = None) -> lis
     """Households served per terminal and active WIB hour in ``cycle``, fastest first."""
     j, ts = JournalEntryRow, TerminalSite
     hour = wib_hour(session, j.wall_time)
-    where = [j.kind.in_(REDEMPTION_KINDS), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at]
+    where = [redemption_taken(), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at]
     if within:
         where.append(ts.region.like(f"{_like(within)}%", escape="\\"))
     per_hour = (select(j.terminal_id, hour.label("hour"), func.count(func.distinct(j.card_id)).label("n"))

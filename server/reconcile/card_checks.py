@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, and_, cast, distinct, func, select, union
 from sqlalchemy.engine import Connection
 
 from cardlib.records.journal import EntryKind
+from server.households import redemption_taken
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import KM_PER_DEG_LAT, REDEMPTION_KINDS, Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope, card_in
@@ -305,7 +306,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .where(redemption_taken(js), js.c.card_id.is_not(None), *card_in(scope, js.c.card_id))
         .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
         .subquery()
     )
@@ -363,7 +364,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(REDEEMED, journal.c.card_id.in_(over_cards))
+        .where(redemption_taken(journal), journal.c.card_id.in_(over_cards))
         .subquery()
     )  # ``over`` only keeps cards with entitlements
     groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)

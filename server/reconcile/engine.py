@@ -333,12 +333,13 @@ def reconcile(
         run = ReconcileRun(started_at=now, entries=0, findings_new=0, findings_seen=0, findings_resolved=0)
         session.add(run)
         session.flush()
+        # Settled first: a write settled as taken counts in this run's entitlement totals (server.households).
+        settle_torn_writes(conn, run.id, now, scope)  # docs/reconciliation.md §Settling torn writes
         observations = observe(conn, cfg, scope)
         if verify_signatures:
             observations += signature_mismatches(conn, cfg)
         recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures,
                                    resolve_within=None if scope is None else _within(conn, scope, observations))
-        settle_torn_writes(conn, run.id, now, scope)  # docs/reconciliation.md §Settling torn writes
         if scope is not None:
             scope.drop(conn)
         values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import BigInteger, and_, cast, distinct, func, or_, select
 from sqlalchemy.engine import Connection
 
+from server.households import redemption_taken
 from server.models import Card
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
@@ -55,7 +56,7 @@ def household_entitlements(conn: Connection, cfg: ReconcileConfig, scope: Scope 
             cast(func.sum(journal.c.amount), BigInteger).label("total"),
         )
         .select_from(_in_cycle())
-        .where(REDEEMED, hh.is_not(None), *household_in(scope, hh))
+        .where(redemption_taken(journal), hh.is_not(None), *household_in(scope, hh))
         .group_by(hh, journal.c.programme, benefit_cycles.c.cycle_id)
         .having(func.count(distinct(journal.c.card_id)) > 1)
         .subquery()
@@ -93,7 +94,7 @@ def household_entitlements(conn: Connection, cfg: ReconcileConfig, scope: Scope 
             select(journal.c.entry_id, journal.c.card_id, journal.c.amount, journal.c.wall_time)
             .select_from(_in_cycle())
             .where(
-                REDEEMED,
+                redemption_taken(journal),
                 hh == row.household_ref,
                 journal.c.programme == row.programme,
                 benefit_cycles.c.cycle_id == row.cycle_id,
