@@ -274,16 +274,10 @@ def _small_db(kind: str, pg_admin: str, tmp: str) -> tuple[str, Callable[[], Non
     return url, drop
 
 
-def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rounds: int,
-              profile: str | None = None) -> dict[str, float]:
-    """Per-entry cost of small vs bulk batches over the full request path, on a journal of ``journal`` rows.
+def _load_journal(url: str, journal: int, terminals: int) -> tuple[list[SimTerminal], list[Terminal]]:
+    """Enrol ``terminals`` approved terminals and store ``journal`` entries over them (store path, no HTTP).
 
-    The journal is loaded first (stored without the request path), then every terminal
-    posts ``rounds`` batches of ``small`` new entries each (a day's +1 %: a few entries per
-    terminal) through the Flask test client (envelope check, terminal lookup, Ed25519,
-    store, commit, receipt), then one terminal posts ``rounds`` batches of ``bulk`` entries.
-
-    :returns: ``small_us`` / ``bulk_us`` (wall µs per entry) and their ratio.
+    :returns: the simulated terminals (their journals signed so far) and their stored rows.
     """
     from cryptography.hazmat.primitives import serialization
 
@@ -310,8 +304,176 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
             t.append()
         with sessions() as s:
             s.connection(execution_options={WRITE: True})
-            store_entries(s, row, None, list(enumerate(t.entries)), [])
+            for i in range(0, per, 5000):
+                store_entries(s, row, None, list(enumerate(t.entries[i:i + 5000])), [])
             s.commit()
+        t.entries[:-1] = [None] * (len(t.entries) - 1)  # SimTerminal needs the count and the head only
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as c:
+            c.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return sims, rows
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live children (server workers)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    ticks = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_concurrent(url: str, journal: int, terminals: int, small: int, bulk: int, rounds: int,
+                   workers: int, threads: int, bulk_terminals: int, tmp: str) -> dict[str, float]:
+    """A day of small batches through a real server: every terminal posts at once (issue 21).
+
+    The journal is loaded first (store path, no HTTP). Then ``huma server run --workers
+    workers --threads threads`` serves it; every one of ``terminals`` client threads posts
+    one warm-up batch, then (timed) ``rounds`` batches of ``small`` new entries, all
+    terminals at once, each on a new connection, as counters syncing every few minutes
+    do. Then, the same server, ``bulk_terminals`` terminals post ``rounds`` batches of
+    ``bulk`` entries at once (the bulk load under the same set-up). Entries are signed
+    before timing.
+
+    :returns: per phase (``small``/``bulk``): wall µs per entry, server CPU µs per entry
+        (the server processes + PostgreSQL backends), this client's CPU µs per entry.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    sims, _rows = _load_journal(url, journal, terminals)
+
+    def plan(t: SimTerminal, n: int) -> tuple[bytes, dict[str, str]]:
+        start = len(t.entries)
+        for _ in range(n):
+            t.append()
+        body = t.body([e.message for e in t.entries[start:]])
+        t.entries[:-1] = [None] * (len(t.entries) - 1)
+        return body, t.headers(body)
+
+    warm = [[plan(t, small)] for t in sims]
+    small_plans = [[plan(t, small) for _ in range(rounds)] for t in sims]
+    bulk_plans = [[plan(t, bulk) for _ in range(rounds)] for t in sims[:bulk_terminals]]
+    pg = url.startswith("postgresql")
+    pg_engine = create_engine(url) if pg else None
+    env = dict(os.environ, DATABASE_URL=url, HUMA_RECEIPT_KEY=os.path.join(tmp, "receipt.pem"),
+               HUMA_MAX_CONTENT_LENGTH=str(64 * 1024 * 1024))
+    log = open(os.path.join(tmp, "server.log"), "w")  # noqa: SIM115 - closed in finally; waitress's queue notes
+    proc = subprocess.Popen([sys.executable, "-m", "huma", "server", "run", "--port", "0", "--threads",
+                             str(threads), "--workers", str(workers)], stdout=subprocess.PIPE, text=True, env=env,
+                            stderr=log)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while "serving on http://127.0.0.1:" not in line:  # after any log line (a new receipt key)
+            line = proc.stdout.readline()
+            assert line, "the server did not start"
+        port = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+        failures: list[str] = []
+
+        def post_all(bodies: list[tuple[bytes, dict[str, str]]]) -> None:
+            for body, headers in bodies:
+                for _attempt in range(20):  # a 503 (database busy) is retried, as a counter does
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                    conn.request("POST", "/api/v1/journal/batches", body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    conn.close()
+                    if resp.status != 503:
+                        break
+                    time.sleep(0.05)
+                if resp.status != 200:
+                    failures.append(f"{resp.status} {data[:200]!r}")
+
+        def phase(plans: list[list[tuple[bytes, dict[str, str]]]]) -> tuple[float, float, float, float]:
+            clients = [threading.Thread(target=post_all, args=(b,)) for b in plans]
+            server_cpu = _tree_cpu_s(proc.pid) + (_pg_backend_cpu_s(pg_engine) if pg_engine else 0.0)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for c in clients:
+                c.start()
+            for c in clients:
+                c.join()
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            server_cpu = _tree_cpu_s(proc.pid) + (_pg_backend_cpu_s(pg_engine) if pg_engine else 0.0) - server_cpu
+            assert not failures, failures[:3]
+            n = sum(len(json.loads(body)["entries"]) for bodies in plans for body, _ in bodies)
+            return wall / n * 1e6, server_cpu / n * 1e6, cpu / n * 1e6, wall / sum(map(len, plans)) * 1e3
+
+        phase(warm)
+        out: dict[str, float] = {}
+        for name, plans in (("small", small_plans), ("bulk", bulk_plans)):
+            wall_us, server_us, client_us, request_ms = phase(plans)
+            out |= {f"{name}_us": wall_us, f"{name}_server_cpu_us": server_us, f"{name}_client_cpu_us": client_us,
+                    f"{name}_request_ms": request_ms}
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        log.close()
+        if pg_engine is not None:
+            pg_engine.dispose()
+
+
+def concurrent_main(args: argparse.Namespace) -> None:
+    """Print the concurrent small-batch vs bulk per-entry cost through a real server (issue 21)."""
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; journal of {args.journal:,} rows over {args.terminals} "
+          f"terminals; `huma server run --workers {args.server_workers} --threads {args.threads}`; all "
+          f"{args.terminals} terminals at once post {args.rounds} batches of {args.small}, then "
+          f"{args.bulk_terminals} terminals at once {args.rounds} batches of {args.bulk}; a new connection "
+          "per request")
+    print("| db | wall µs/entry, small / bulk | small ÷ bulk | server CPU µs/entry, small / bulk | small ÷ bulk "
+          "| (client CPU µs/entry, small / bulk) | ms wall ÷ small requests |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+        with tempfile.TemporaryDirectory() as tmp:
+            url, drop = _small_db(kind, args.pg, tmp)
+            try:
+                r = run_concurrent(url, args.journal, args.terminals, args.small, args.bulk, args.rounds,
+                                   args.server_workers, args.threads, args.bulk_terminals, tmp)
+            finally:
+                drop()
+        print(f"| {kind} | {r['small_us']:.0f} / {r['bulk_us']:.0f} | {r['small_us'] / r['bulk_us']:.2f}× "
+              f"| {r['small_server_cpu_us']:.0f} / {r['bulk_server_cpu_us']:.0f} "
+              f"| {r['small_server_cpu_us'] / r['bulk_server_cpu_us']:.2f}× "
+              f"| ({r['small_client_cpu_us']:.0f} / {r['bulk_client_cpu_us']:.0f}) "
+              f"| {r['small_request_ms']:.1f} |", flush=True)
+
+
+def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rounds: int,
+              profile: str | None = None) -> dict[str, float]:
+    """Per-entry cost of small vs bulk batches over the full request path, on a journal of ``journal`` rows.
+
+    The journal is loaded first (stored without the request path), then every terminal
+    posts ``rounds`` batches of ``small`` new entries each (a day's +1 %: a few entries per
+    terminal) through the Flask test client (envelope check, terminal lookup, Ed25519,
+    store, commit, receipt), then one terminal posts ``rounds`` batches of ``bulk`` entries.
+
+    :returns: ``small_us`` / ``bulk_us`` (wall µs per entry) and their ratio.
+    """
+    from server.db import WRITE, make_sessionmaker
+    from server.upload import store_entries
+
+    sims, rows = _load_journal(url, journal, terminals)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
 
     # The store path alone (no HTTP, no envelope): verify_batch + store_entries + commit.
     from server.upload import Batch, verify_batch
@@ -429,7 +591,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="with --small: batches per terminal")
     p.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both", help="with --small or --workers")
     p.add_argument("--profile", default=None, help="with --small: cProfile the small batches into FILE.<db>")
+    p.add_argument("--concurrent", action="store_true",
+                   help="with --small: every terminal posts at once to `huma server run` (not the test client)")
+    p.add_argument("--server-workers", type=int, default=2, help="with --concurrent: server processes")
+    p.add_argument("--threads", type=int, default=8, help="with --concurrent: waitress threads per process")
+    p.add_argument("--bulk-terminals", type=int, default=2,
+                   help="with --concurrent: terminals posting bulk batches at once")
     args = p.parse_args()
+    if args.small and args.concurrent:
+        concurrent_main(args)
+        return
     if args.small:
         small_main(args)
         return
