@@ -44,11 +44,10 @@ def upload_batch() -> ResponseReturnValue:
     retry_after = int(current_app.config["RETRY_AFTER"])
     session = db.session
     with busy_as_503(retry_after):
+        # Read outside any SQLAlchemy transaction (server.upload._terminal_by_kid): on SQLite a
+        # one-statement read, so no lock is held during the CPU-bound part (the write transaction
+        # takes the database's write lock); on PostgreSQL the write goes on in its transaction.
         terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
-        if session.get_bind().dialect.name != "postgresql":
-            # SQLite: end the read transaction before the CPU-bound part (the write one takes the
-            # database's write lock). PostgreSQL: the write goes on in it (write_session below).
-            session.commit()
     batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
     rejected, verified = verify_batch(batch, terminal)
     # The province cycles (docs/card-format.md §conventions) the entries' wall times fall in:
