@@ -85,4 +85,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(households.bp)
     app.register_blueprint(grievances.bp)
+    from server.blueprints import settlements  # settled torn writes, read-only (auditor, admin)
+
+    app.register_blueprint(settlements.bp)
     return app

@@ -113,6 +113,10 @@ PATHS: dict[str, Any] = {
                                     [_path("card_id")]),
     "/audit/terminals/{terminal_id}": _page("Terminal history in seq order", [
         _path("terminal_id"), _query("after", {"type": "integer", "minimum": 0})]),
+    "/audit/settlements": _page("Settled torn writes (taken or not taken), 100 a page", [
+        _query("terminal_id", {"type": "string", "maxLength": 64}),
+        _query("card_id", {"type": "string", "maxLength": 64}),
+        _query("after", {"type": "integer", "minimum": 0})]),
     "/audit/regions": _page("Totals per region, cycle and programme"),
     "/audit/exports": _page("Export links"),
     "/audit/export/findings.{fmt}": {"get": {

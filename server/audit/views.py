@@ -631,3 +631,4 @@ def exports_page() -> ResponseReturnValue:
 
 
 from server.audit import grievance_views as _grievance_views  # noqa: E402, F401 - the grievance pages, on bp
+from server.audit import settlement_views as _settlement_views  # noqa: E402, F401 - settled torn writes, on bp
