@@ -434,7 +434,14 @@ def store_entries(
     # terminal is rare (a replay or a forged copy) and is found by the insert itself
     # (ignored, then re-read below) or, for a chain-broken entry, by one lookup. Probing
     # the entry-id index for every new entry cost ~10 % of an upload.
-    stored = _stored(session, terminal.terminal_id, entries, by_entry_id=False)
+    # PostgreSQL, a small batch that extends the chain: the neighbour read and the insert are one
+    # statement (one round trip); when the stored rows show it is no plain extension, nothing was
+    # inserted and the rows it read are classified as below.
+    pre_inserted: set[bytes] | None = None
+    if _extends_chain(session, verified):
+        stored, pre_inserted = _read_and_insert_pg(session, terminal.terminal_id, entries, batch_id, now)
+    else:
+        stored = _stored(session, terminal.terminal_id, entries, by_entry_id=False)
     by_id = {s.entry_id: s for s in stored}
     by_seq = {s.seq: s for s in stored}
 
@@ -482,9 +489,15 @@ def store_entries(
                     f"link to {where} of seq {e.seq} does not match", raw=signed.message,
                 )
 
+    if pre_inserted is not None and len(candidates) != len(entries):
+        # _read_and_insert_pg inserted only when every entry is a candidate; the classification disagrees.
+        raise RuntimeError("upload store: the one-statement insert and the classification disagree")
     if candidates:
-        ordered = [s for _, s in sorted(candidates.values(), key=lambda c: c[1].entry.seq)]
-        inserted = _insert_entries(session, _entry_columns(ordered, batch_id, now))
+        if pre_inserted is not None:
+            inserted = pre_inserted
+        else:
+            ordered = [s for _, s in sorted(candidates.values(), key=lambda c: c[1].entry.seq)]
+            inserted = _insert_entries(session, _entry_columns(ordered, batch_id, now))
         lost = [c for h, c in candidates.items() if h not in inserted]
         for index, signed in candidates.values():
             if signed.entry_hash in inserted:
@@ -519,6 +532,84 @@ def store_entries(
     if evidence:
         session.execute(insert_or_ignore(session, RejectedEntry), evidence)
     return [results[i] for i in sorted(results)]
+
+
+#: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
+PG_COPY_MIN_ROWS = 64
+#: SQLite batches of at most this many new rows are inserted row by row with ``RETURNING``, no savepoint.
+SMALL_BATCH_ROWS = 64
+
+
+def _extends_chain(session: Session, verified: Sequence[tuple[int, SignedEntry]]) -> bool:
+    """True for a PostgreSQL batch of 1..:data:`PG_COPY_MIN_ROWS` entries with consecutive seqs in
+    upload order, each linked to the one before it (what a counter's incremental upload is)."""
+    if not 0 < len(verified) <= PG_COPY_MIN_ROWS or session.get_bind().dialect.name != "postgresql":
+        return False
+    prev: SignedEntry | None = None
+    for _, signed in verified:
+        if prev is not None and (signed.entry.seq != prev.entry.seq + 1
+                                 or signed.entry.prev_entry_hash != prev.entry_hash):
+            return False
+        prev = signed
+    return True
+
+
+def _read_and_insert_pg(session: Session, terminal_id: str, entries: Sequence[SignedEntry],
+                        batch_id: str | None, now: dt.datetime) -> tuple[list[_Stored], set[bytes] | None]:
+    """PostgreSQL: read this terminal's stored rows at seqs ``lo - 1 .. hi + 1`` and, in the same
+    statement, insert the entries when those rows show a plain extension of the chain.
+
+    A plain extension: no stored row at ``lo .. hi + 1``, and a stored predecessor (if any) whose
+    hash is the first entry's ``prev_entry_hash`` and whose entry id is none of the batch's. Then
+    :func:`store_entries` classifies every entry as new, so inserting them first gives the same
+    result in one round trip instead of two (issue 21). The data-modifying CTE sees the same
+    snapshot as the read (PostgreSQL docs, WITH Queries, "Data-Modifying Statements in WITH");
+    rows lost to a concurrent writer or to an entry id stored elsewhere are not returned and are
+    re-read by the caller, as after :func:`_insert_entries`.
+
+    :param entries: consecutive seqs ``lo .. hi``, in seq order, each linked to the one before.
+    :returns: the stored rows read (before the insert), and the entry hashes inserted now, or
+        ``None`` when the rows show no plain extension (then nothing was inserted).
+    """
+    import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
+
+    first, last = entries[0].entry, entries[-1].entry
+    ids = [s.entry.entry_id for s in entries]
+    connection = session.connection()
+    rows = [v for row in zip(*_driver_columns(_entry_columns(entries, batch_id, now), connection.dialect),
+                             strict=False) for v in row]
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+    with psycopg.RawCursor(driver) as cur:
+        cur.execute(_pg_read_insert_sql(len(entries)),
+                    [terminal_id, first.seq - 1, last.seq + 1, first.seq, first.prev_entry_hash, ids, *rows])
+        found = cur.fetchall()
+    stored = [_Stored(bytes(r[1]), r[2], r[3], bytes(r[4]), bytes(r[5])) for r in found if r[0] == 0]
+    extends = all(r.seq < first.seq and r.entry_hash == first.prev_entry_hash and r.entry_id not in ids
+                  for r in stored)
+    inserted = {bytes(r[4]) for r in found if r[0] == 1}
+    if not extends and inserted:  # the statement's guard is this test; they cannot disagree
+        raise RuntimeError("upload store: rows inserted although the chain guard failed")
+    return stored, (inserted if extends else None)
+
+
+@functools.lru_cache(maxsize=PG_COPY_MIN_ROWS)
+def _pg_read_insert_sql(count: int) -> str:
+    """The statement of :func:`_read_and_insert_pg` for ``count`` rows ($1 terminal id, $2..$3 the
+    seq range read, $4 the first seq, $5 its prev_entry_hash, $6 the entry ids, then the rows)."""
+    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    width = len(_ENTRY_COLUMNS)
+    casts = _pg_copy_types()
+    values = ", ".join("(" + ", ".join(f"${7 + r * width + c}::{casts[c]}" for c in range(width)) + ")"
+                       for r in range(count))
+    table = JournalEntryRow.__tablename__
+    return (f"WITH near AS (SELECT entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM {table} "
+            f"WHERE terminal_id = $1 AND seq >= $2 AND seq <= $3), "
+            f"ins AS (INSERT INTO {table} ({names}) SELECT * FROM (VALUES {values}) AS v ({names}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM near WHERE seq >= $4::bigint OR entry_hash <> $5::bytea "
+            f"OR entry_id = ANY($6::bytea[])) ON CONFLICT DO NOTHING RETURNING entry_hash) "
+            f"SELECT 0, entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM near "
+            f"UNION ALL SELECT 1, NULL, NULL, NULL, entry_hash, NULL FROM ins")
 
 
 #: Columns written for one journal entry (everything but the surrogate key), in table order.
@@ -610,12 +701,6 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
     rows = [dict(zip(columns, row, strict=False)) for row in zip(*columns.values(), strict=False)]
     return set(connection.execute(stmt, rows).scalars().all())
-
-
-#: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
-PG_COPY_MIN_ROWS = 64
-#: SQLite batches of at most this many new rows are inserted row by row with ``RETURNING``, no savepoint.
-SMALL_BATCH_ROWS = 64
 
 
 def _insert_entries_pg_rows(connection: Any, columns: Mapping[str, list[Any]]) -> set[bytes]:
@@ -711,12 +796,8 @@ def _driver_columns(columns: Mapping[str, list[Any]], dialect: Any) -> list[list
     benefit cycle starting at that instant.
     """
     out: list[list[Any]] = []
-    for column in _ENTRY_COLUMNS:
+    for column, process in zip(_ENTRY_COLUMNS, _bind_processors(dialect), strict=True):
         values = columns[column.name]
-        # dialect_impl: the type as the dialect binds it (on SQLite, DateTime's text form
-        # "YYYY-MM-DD HH:MM:SS.ffffff", as the ORM writes it everywhere else).
-        process = (None if isinstance(column.type, LargeBinary)
-                   else column.type.dialect_impl(dialect).bind_processor(dialect))
         if process is None:
             out.append(values)
         elif column.name in _BATCH_COLUMNS:
@@ -724,6 +805,18 @@ def _driver_columns(columns: Mapping[str, list[Any]], dialect: Any) -> list[list
         else:
             out.append([process(v) for v in values])
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _bind_processors(dialect: Any) -> list[Any]:
+    """Each of :data:`_ENTRY_COLUMNS`' bind processor for ``dialect`` (None: none or binary), found once
+    per dialect object (looking them up was a tenth of a small batch's store CPU, issue 21).
+
+    ``dialect_impl``: the type as the dialect binds it (on SQLite, DateTime's text form
+    "YYYY-MM-DD HH:MM:SS.ffffff", as the ORM writes it everywhere else).
+    """
+    return [None if isinstance(column.type, LargeBinary) else column.type.dialect_impl(dialect).bind_processor(dialect)
+            for column in _ENTRY_COLUMNS]
 
 
 def _conflict(index: int, signed: SignedEntry, existing_hash: bytes,

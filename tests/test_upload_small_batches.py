@@ -95,3 +95,75 @@ def test_closing_the_session_returns_the_request_connection(app):
         assert db.session.execute(text("SELECT 1")).scalar_one() == 1
     with app.app_context():
         assert db.engine.pool.checkedout() == 0
+
+
+def test_the_envelope_lookup_reads_the_terminal_at_every_upload(app, world):
+    """The terminal row is read at every upload (never cached): a terminal revoked after an upload
+    is refused at its next one, and on SQLite the look-up starts no transaction of its own."""
+    from server.extensions import db
+    from server.models import Terminal, TerminalStatus
+
+    t = world.enrol("T-REVOKE-LATER")
+    with app.app_context():
+        engine = db.engine
+    begins = _count(engine, "begin")
+    assert world.upload(t, [t.append().message]).status_code == 200
+    assert len(begins) == 1  # the write transaction only
+    with app.app_context():
+        session = db.write_session()
+        session.scalars(select(Terminal).where(Terminal.terminal_id == "T-REVOKE-LATER")).one().status = (
+            TerminalStatus.REVOKED)
+        session.commit()
+    r = world.upload(t, [t.append().message])
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "terminal_revoked", r.get_json()
+
+
+def _pg_store(app: Any, terminal_id: str, signed: list[Any]) -> tuple[list[Any], set[bytes] | None]:
+    """Run the PostgreSQL one-statement read + insert in a transaction of its own (committed)."""
+    from server.extensions import db
+    from server.types import utcnow
+    from server.upload import _read_and_insert_pg
+
+    with app.app_context():
+        session = db.write_session()
+        out = _read_and_insert_pg(session, terminal_id, signed, None, utcnow())
+        session.commit()
+    return out
+
+
+def test_the_one_statement_store_inserts_only_a_plain_chain_extension(app, world):
+    """PostgreSQL: the neighbour read and the insert are one statement; it inserts only when the
+    stored rows show that the batch extends the chain, else nothing, and the upload classifies as before."""
+    import pytest
+
+    from server.extensions import db
+    from server.models import JournalEntryRow
+
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("PostgreSQL path")
+    t = world.enrol("T-CTE")
+    first = [t.append() for _ in range(2)]
+    assert world.upload(t, [s.message for s in first]).status_code == 200
+    nxt = [t.append() for _ in range(3)]
+    stored, inserted = _pg_store(app, "T-CTE", nxt)
+    assert [s.seq for s in stored] == [2] and inserted == {s.entry_hash for s in nxt}
+    # The same batch again: rows at its seqs, nothing inserted, the rows read are returned.
+    stored, inserted = _pg_store(app, "T-CTE", nxt)
+    assert inserted is None and sorted(s.seq for s in stored) == [2, 3, 4, 5]
+    # An extension whose first link does not match the stored predecessor: nothing inserted.
+    from cardlib.records.journal import JournalEntry, sign_entry
+
+    forged = sign_entry(JournalEntry(**{**t.append().entry.__dict__, "prev_entry_hash": b"\x77" * 32}),
+                        t.private_key, t.kid)
+    stored, inserted = _pg_store(app, "T-CTE", [forged])
+    assert inserted is None and [s.seq for s in stored] == [5]
+    # An entry reusing the predecessor's entry id, linked correctly: nothing inserted (a conflict upstream).
+    t.entries.pop()
+    reuse = t.append(entry_id=nxt[-1].entry.entry_id)
+    stored, inserted = _pg_store(app, "T-CTE", [reuse])
+    assert inserted is None
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(JournalEntryRow)) == 5
+    r = world.upload(t, [reuse.message])
+    assert r.status_code == 409, r.get_json()
