@@ -150,7 +150,42 @@ def _increment(district: Any, share: float, queue: Any, flush: Any) -> int:
     return n
 
 
-def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: float = 0.0) -> dict[str, Any]:
+def _profile(engine: Any, run: Any, top: int = 25) -> None:
+    """Run ``run()`` once and print to stderr the wall time from each SQL statement's start to the next one's.
+
+    That span holds the statement, the fetch of its rows and the Python that handles them (per
+    statement, not per check); what is left after the last statement is listed as ``(after)``.
+    """
+    from sqlalchemy import event
+
+    spans: dict[str, list[float]] = {}
+    last: list[Any] = [None, 0.0]
+
+    def close(now: float) -> None:
+        if last[0] is not None:
+            spans.setdefault(last[0], []).append(now - last[1])
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        now = time.perf_counter()
+        close(now)
+        last[:] = [" ".join(statement.split())[:150], now]
+
+    event.listen(engine, "before_cursor_execute", before)
+    start = time.perf_counter()
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    end = time.perf_counter()
+    close(end)
+    total = end - start
+    print(f"# profile: {total * 1000:.1f} ms, {sum(len(v) for v in spans.values())} statements", file=sys.stderr)
+    for text, times in sorted(spans.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"{sum(times) * 1000:8.1f} ms {len(times):4d}×  {text}", file=sys.stderr)
+
+
+def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: float = 0.0,
+            profile: bool = False) -> dict[str, Any]:
     """The whole measurement on one database, in this process, pinned to one core.
 
     :param increment: after the full run, add this share of entries (0.01: +1 %) and time an
@@ -167,9 +202,9 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
     from server.models import Terminal, TerminalStatus
     from server.reconcile.engine import reconcile
     from server.reconcile.observations import ReconcileConfig
-    from simulator.registry import load_registry
-    from simulator.journals import District, SimTerminal, registry_rows
     from server.upload import Batch, store_entries, verify_batch
+    from simulator.journals import District, SimTerminal, registry_rows
+    from simulator.registry import load_registry
 
     cards = max(4, int(entries / ENTRIES_PER_CARD))
     with tempfile.TemporaryDirectory(prefix="huma-bench-") as workdir:
@@ -268,6 +303,16 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
             if increment:
                 cfg = ReconcileConfig(watermark_margin_s=0)
                 added = _increment(district, increment, queue, flush)
+                if kind == "sqlite" and os.environ.get("HUMA_BENCH_SAVE_DB"):  # the state before the incremental run
+                    import sqlite3
+
+                    copy = sqlite3.connect(f"{workdir}/bench.db", isolation_level=None)
+                    copy.execute("VACUUM INTO ?", (os.environ["HUMA_BENCH_SAVE_DB"],))
+                    copy.close()
+                if profile:  # diagnosis only: it warms the caches the timed run then finds
+                    with sessions() as s:
+                        _profile(engine, lambda: reconcile(s, cfg, incremental=True, commit=False))
+                        s.rollback()
                 start = time.perf_counter()
                 with sessions() as s:
                     inc = reconcile(s, cfg, incremental=True)
@@ -315,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--increment", type=float, default=0.0,
                         help="then add this share of entries (0.01 = +1%%), time an incremental run and a full one")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --increment: print the statements of one incremental run (rolled back) first")
     parser.add_argument("--json", action="store_true", help="print one JSON object per database")
     args = parser.parse_args(argv)
     if args.db == "both":
@@ -328,18 +375,20 @@ def main(argv: list[str] | None = None) -> None:
             outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     else:
         threads = args.threads or (2 if args.db == "postgresql" else 1)
-        outs = [run_one(args.db, args.entries, args.seed, threads, args.increment)]
+        outs = [run_one(args.db, args.entries, args.seed, threads, args.increment, args.profile)]
     if args.json:
         for o in outs:
             print(json.dumps(o))
         return
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
-          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print("| db | upload threads | entries | upload (verify+store) s | reconcile s | total s | Ed25519 alone s (µs each) "
-          "| verify CPU × | store CPU × | reconcile × | total/floor | findings | peak RSS MiB | generate (sign) s |")
+          f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    print("| db | upload threads | entries | upload (verify+store) s | reconcile s | total s "
+          "| Ed25519 alone s (µs each) | verify CPU × | store CPU × | reconcile × | total/floor | findings "
+          "| peak RSS MiB | generate (sign) s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for o in outs:
-        print(f"| {o['db']} | {o['threads']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | {o['total_s']} | "
+        print(f"| {o['db']} | {o['threads']} | {o['entries']} | {o['upload_s']} | {o['reconcile_s']} | "
+              f"{o['total_s']} | "
               f"{o['ed25519_floor_s']} ({o['ed25519_us']}) | {o['verify_x']} | {o['store_x']} | "
               f"{o['reconcile_x']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
     if args.increment:

@@ -220,6 +220,33 @@ class ReconcileState(Base):
     running_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class ReconcileBoot(Base):
+    """Clock aggregates of one boot of one terminal, folded from the journal entries read so far (migration 0017).
+
+    ``clock_skew`` (:mod:`server.reconcile.terminal_checks`) flags a boot whose spread of
+    wall − monotonic offset exceeds the threshold, and a terminal whose entries are dated after
+    their receipt. A full run rebuilds this table from the whole journal; an incremental run
+    folds only the entries above the watermark into it (MIN/MAX: folding an entry twice changes
+    nothing, so PostgreSQL's re-read margin is harmless) and compares the result instead of
+    re-reading the touched boots whole (docs/reconciliation.md §Incremental). On Citus:
+    distributed by ``terminal_id``, co-located with ``journal_entries`` (docs/scaling.md).
+
+    :ivar min_offset_s: lowest ``wall_time − mono_ns / 1e9`` of the boot's entries, seconds.
+    :ivar max_offset_s: highest of the same.
+    :ivar max_ahead_s: highest ``wall_time − received_at``, seconds (an entry dated in the future).
+    :ivar journal_id: highest ``journal_entries.id`` folded in.
+    """
+
+    __tablename__ = "reconcile_boots"
+
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    boot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    min_offset_s: Mapped[float] = mapped_column(Float)
+    max_offset_s: Mapped[float] = mapped_column(Float)
+    max_ahead_s: Mapped[float] = mapped_column(Float)
+    journal_id: Mapped[int] = mapped_column(BigInteger)
+
+
 #: Each card's taps in time order (card history, travel and counter checks).
 #: Declared here, on D's table, because migration 0002 creates it.
 ix_journal_card_time = Index("ix_journal_card_time", JournalEntryRow.card_id, JournalEntryRow.wall_time)

@@ -11,30 +11,37 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from typing import Any
+from typing import cast as typing_cast
 
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select, union
+from sqlalchemy import Float, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from cardlib.records.journal import EntryKind
 from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
-from server.reconcile.models import FindingKind, ReportedHead, Severity
+from server.reconcile.models import FindingKind, ReconcileBoot, ReportedHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope
-from server.reconcile.sql import epoch_s, journal, terminal_sites, terminals
+from server.reconcile.sql import epoch_s, full_scan, journal, terminal_sites, terminals
 
 __all__ = [
     "SIGNED_COLUMNS",
     "chain_and_clock_steps",
     "checkpoint_heads_missing",
     "clock_skew",
+    "fold_boots",
     "journal_tails",
     "revoked_terminals_used",
     "signature_mismatches",
     "upload_evidence",
 ]
 
+
+#: Per-boot clock aggregates (migration 0017), see :func:`fold_boots`.
+boots = typing_cast(Table, ReconcileBoot.__table__)
 
 #: Rows per round trip when streaming the journal.
 YIELD_PER = 2000
@@ -321,6 +328,47 @@ def revoked_terminals_used(conn: Connection, cfg: ReconcileConfig) -> list[Obser
     return out
 
 
+def fold_boots(conn: Connection, scope: Scope | None = None) -> None:
+    """Bring ``reconcile_boots`` up to the journal: rebuilt whole (``scope`` None) or the new entries folded in.
+
+    Per ``(terminal_id, boot_id)``: MIN and MAX of the offset ``wall − mono_ns / 1e9`` and MAX of
+    ``wall − received_at`` (seconds, the expressions :func:`clock_skew` compares, as doubles), and
+    the highest entry id folded. An incremental run reads the entries with ``id >``
+    ``scope.journal_id`` only (by primary key range) and merges them with LEAST/GREATEST in one
+    upsert: MIN/MAX are idempotent, so entries folded twice (PostgreSQL's watermark margin reads
+    them again) change nothing, and the folded row equals the aggregate over the whole boot.
+    One ``GROUP BY terminal_id, boot_id`` either way (on Citus pushed down to the shards).
+    """
+    source = full_scan._construct(journal, name="fold")
+    wall = epoch_s(source.c.wall_time)
+    offset = wall - cast(source.c.mono_ns, Float) / 1e9
+    aggregate = select(
+        source.c.terminal_id, source.c.boot_id, func.min(offset), func.max(offset),
+        func.max(wall - epoch_s(source.c.received_at)), func.max(source.c.id),
+    )
+    names = ["terminal_id", "boot_id", "min_offset_s", "max_offset_s", "max_ahead_s", "journal_id"]
+    if scope is None:
+        conn.execute(delete(boots))
+        conn.execute(insert(boots).from_select(names, aggregate.group_by(source.c.terminal_id, source.c.boot_id)))
+        return
+    new = aggregate.where(source.c.id > scope.journal_id).group_by(source.c.terminal_id, source.c.boot_id)
+    low: Any
+    high: Any
+    if conn.dialect.name == "postgresql":
+        stmt: Any = pg_insert(boots).from_select(names, new)
+        low, high = func.least, func.greatest
+    else:
+        stmt = sqlite_insert(boots).from_select(names, new)
+        low, high = func.min, func.max  # SQLite's two-argument scalar min()/max()
+    ex = stmt.excluded
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[boots.c.terminal_id, boots.c.boot_id],
+        set_={"min_offset_s": low(boots.c.min_offset_s, ex.min_offset_s),
+              "max_offset_s": high(boots.c.max_offset_s, ex.max_offset_s),
+              "max_ahead_s": high(boots.c.max_ahead_s, ex.max_ahead_s),
+              "journal_id": high(boots.c.journal_id, ex.journal_id)}))
+
+
 def clock_skew(
     conn: Connection, cfg: ReconcileConfig, backwards: list[Observation] | None = None, scope: Scope | None = None
 ) -> list[Observation]:
@@ -336,33 +384,34 @@ def clock_skew(
     restricting whole terminals leaves every window partition unchanged, so the evidence
     is the same as over the whole journal.
 
-    With an incremental run's ``scope`` the aggregate reads only the boots of new entries; a
+    The per-boot aggregate is kept in ``reconcile_boots`` (:func:`fold_boots`): a full run
+    rebuilds it from the whole journal and flags from it; an incremental run (``scope``) folds
+    only the new entries into it and flags the touched boots whose folded spread is over. A
     terminal it flags is then read whole (its every boot's skew and its ``future`` maximum are
     the full run's). Spreads and maxima only grow with entries, so an unflagged touched boot has
     no skew, and a terminal's ``future`` finding cannot change unless a new entry is over: the
     ``future`` side reads only the new entries (an old entry over it flagged the terminal when it
     arrived; its finding stays as it is, not resolvable: docs/reconciliation.md §Incremental).
+
+    Writes ``reconcile_boots`` (through :func:`fold_boots`); reads the journal.
     """
     out = list(chain_and_clock_steps(conn, cfg, scope)[1] if backwards is None else backwards)
     wall = epoch_s(journal.c.wall_time)
     offset = wall - cast(journal.c.mono_ns, Float) / 1e9
     ahead = wall - epoch_s(journal.c.received_at)
-    boots: Any = journal
-    spread = func.max(offset) - func.min(offset) > cfg.skew_threshold_s
-    over: Any = or_(spread, func.max(ahead) > cfg.future_tolerance_s)
-    if scope is not None:  # only the boots new entries belong to (ix_journal_terminal_boot)
+    fold_boots(conn, scope)
+    wide = boots.c.max_offset_s - boots.c.min_offset_s > cfg.skew_threshold_s
+    flagged: Any
+    if scope is None:
+        flagged = select(boots.c.terminal_id).where(or_(wide, boots.c.max_ahead_s > cfg.future_tolerance_s))
+    else:  # only the boots new entries belong to; wall − received is per entry: only a new entry can be newly over
         b = scope.boots
-        boots = journal.join(b, and_(b.c.terminal_id == journal.c.terminal_id, b.c.boot_id == journal.c.boot_id))
-        over = spread
-    flagged: Any = (
-        select(journal.c.terminal_id)
-        .select_from(boots)
-        .group_by(journal.c.terminal_id, journal.c.boot_id)
-        .having(over)
-    )
-    if scope is not None:  # wall − received is per entry: only a new entry can be newly over (primary key range)
-        flagged = union(flagged, select(journal.c.terminal_id).where(journal.c.id > scope.journal_id,
-                                                                     ahead > cfg.future_tolerance_s))
+        flagged = union(
+            select(boots.c.terminal_id).select_from(
+                boots.join(b, and_(b.c.terminal_id == boots.c.terminal_id, b.c.boot_id == boots.c.boot_id))
+            ).where(wide),
+            select(journal.c.terminal_id).where(journal.c.id > scope.journal_id, ahead > cfg.future_tolerance_s),
+        )
     part = (journal.c.terminal_id, journal.c.boot_id)
     offsets = (
         select(
