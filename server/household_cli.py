@@ -7,6 +7,7 @@ change is audited as a console change (``via: cli``).
 - ``household statement REF --reissue-of CARD --out FILE [--key-out PEM]`` — the signed
   balance statement ``huma provision card --balance-statement`` takes, and the server key;
 - ``cards upload-issuance FILE --technician USERNAME`` — register a station's issuance file;
+- ``cards upload-pin-resets FILE --technician USERNAME`` — store a station's office PIN resets;
 - ``grievance add|list|status`` and ``receipt CODE``.
 """
 
@@ -159,6 +160,43 @@ def upload_issuance(file: Path, technician: str) -> None:
         click.echo(f"{r.card_id} {r.result.value}")
     if additions:
         click.echo("deny-list candidates for the next bundle: " + " ".join(additions))
+
+
+@cards_group.command("upload-pin-resets")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--technician", required=True, help="Username of the person handing in the file (technician, admin).")
+@DATABASE_OPTION
+def upload_pin_resets(file: Path, technician: str) -> None:
+    """Store a station's office PIN resets (pin-resets.jsonl from huma provision pin-reset); audited.
+
+    Each reset is stored once (the same file may be handed in again after each office day) and
+    shown on the auditor's card page. The file is not signed at the station: its shape is checked
+    and who handed it in is recorded.
+    """
+    from sqlalchemy import func, select
+
+    from server.auth import audit
+    from server.models import Person, PersonRole
+    from server.pin_resets import FLAGS, card_pin_resets, register_pin_resets
+    from server.types import utcnow
+
+    data = file.read_bytes()
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
+        if person is None or person.role not in (PersonRole.TECHNICIAN, PersonRole.ADMIN):
+            raise click.BadParameter(f"no technician or admin named {technician!r}", param_hint="--technician")
+        result = register_pin_resets(session, data, person.id, utcnow())
+        audit(session, person, "cards.pin_resets", f"file:{file.name}", stored=len(result.stored),
+              known=result.known, card_ids=sorted({r.card_id for r in result.stored}), **_console())
+        flagged = [(r, flags) for card in sorted({r.card_id for r in result.stored})
+                   for r, flags in card_pin_resets(session, card) if flags and r in result.stored]
+        session.commit()
+        click.echo(f"{len(result.stored)} PIN reset(s) stored, {result.known} already known")
+        for r, flags in flagged:
+            click.echo(f"card {r.card_id} reset {r.reset_at.isoformat()} by {r.technician}: "
+                       + "; ".join(FLAGS[f] for f in flags))
 
 
 @click.group("grievance")

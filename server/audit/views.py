@@ -48,6 +48,7 @@ from server.households import redemption_taken
 from server.http import error_response, int_param, query_params
 from server.logins import LoginPolicy, password_login
 from server.models import Card, JournalConflict, JournalEntryRow, Person, PersonRole, RejectedEntry, Terminal
+from server.pin_resets import card_pin_resets
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.findings import decide_finding, evidence_entries
 from server.reconcile.models import (
@@ -524,9 +525,11 @@ def card_page(card_id: str) -> ResponseReturnValue:
                                        .order_by(Finding.id)).all()
     taps = _taps(card_id)
     registered = db.session.scalar(select(func.count()).select_from(Card).where(Card.card_id == card_id))
-    if not (profile or entitlements or card_findings or taps or registered):
+    pin_resets = card_pin_resets(db.session, card_id)
+    if not (profile or entitlements or card_findings or taps or registered or pin_resets):
         raise NotFound(f"no card {card_id!r}")
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
+                  pin_resets=pin_resets,
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,
                   decline=decline_reason, fallback=fallback_of)
 

@@ -1,0 +1,201 @@
+"""Office PIN resets uploaded from provisioning stations, for the auditor's card page (no Flask routes).
+
+``huma provision pin-reset`` journals each reset in the station's ``pin-resets.jsonl``
+(:meth:`cardlib.provision.state.BatchState.pin_reset`: one JSON object a line, event
+``pin_reset``, with the card, the technician and their key id, who approved it, the PIN epoch).
+``huma server cards upload-pin-resets FILE --technician USERNAME`` stores them here (table
+``pin_resets``, migration 0018), once each: a line is keyed by the SHA-256 of its canonical
+JSON, so the whole file can be uploaded again after each office day.
+
+The file is not signed at the station (unlike ``issuances.cose``): the server records who
+uploaded it and checks its shape, not who wrote it. Each stored reset carries the checks that
+need no reconciliation (:data:`FLAGS`): a PIN epoch the card carried below one an earlier
+reset of the card set (an older PIN record put back with the card password), and a reset its
+own technician approved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from server.errors import ServerError
+from server.models import Base
+from server.types import UTC, UTCDateTime
+
+__all__ = ["FLAGS", "MAX_LINES", "PinReset", "PinResetFileError", "UploadResult", "card_pin_resets",
+           "count_pin_resets", "parse_pin_resets", "register_pin_resets"]
+
+#: Most resets one upload takes (an office does a few a day; the file grows for months).
+MAX_LINES = 100_000
+#: The checks shown beside a reset: flag → what it means.
+FLAGS = {
+    "epoch_back": "the card carried a PIN epoch below one an earlier reset of this card set",
+    "self_approved": "approved by the technician who did it",
+}
+_HEX = {"card_id": 16, "uid": 14, "household_ref": 16, "technician_kid": 8}
+_NAME_MAX = 128
+_PROFILES = ("ntag", "secure")
+_SESSION = re.compile(r"[0-9a-f]{1,64}")
+
+
+class PinResetFileError(ServerError):
+    """A ``pin-resets.jsonl`` line that is not a station's PIN reset (nothing of the file is stored)."""
+
+    code = "invalid_pin_reset_file"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class PinReset(Base):
+    """One office PIN reset as the station journalled it.
+
+    :ivar line_hash: SHA-256 of the line's canonical JSON (sorted keys), unique: an upload is idempotent.
+    :ivar card_id, uid, household_ref, technician_kid: lower-case hex (8, 7, 8, 4 bytes).
+    :ivar technician: the station's ``--technician``; ``approved_by`` who checked the holder's papers.
+    :ivar pin_epoch: the NTAG PIN record's epoch written (None: no PIN record, or a secure card);
+        ``epoch_before`` the one found on the card.
+    :ivar reset_at: the station's time of the reset (``t``). :ivar uploaded_by: the person named at upload.
+    """
+
+    __tablename__ = "pin_resets"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    line_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    card_id: Mapped[str] = mapped_column(String(64), index=True)
+    uid: Mapped[str] = mapped_column(String(32))
+    household_ref: Mapped[str] = mapped_column(String(64))
+    technician: Mapped[str] = mapped_column(String(_NAME_MAX))
+    technician_kid: Mapped[str] = mapped_column(String(16))
+    approved_by: Mapped[str] = mapped_column(String(_NAME_MAX))
+    card_profile: Mapped[str] = mapped_column(String(16))
+    failures_before: Mapped[int | None] = mapped_column(Integer)
+    pin_changed: Mapped[bool] = mapped_column(Boolean)
+    pin_epoch: Mapped[int | None] = mapped_column(BigInteger)
+    epoch_before: Mapped[int | None] = mapped_column(BigInteger)
+    session_id: Mapped[str] = mapped_column(String(64))
+    reset_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    uploaded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    uploaded_by: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """:ivar stored: resets new to the server. :ivar known: already stored (the same line uploaded before)."""
+
+    stored: list[PinReset]
+    known: int
+
+
+def _opt_int(ev: dict[str, Any], key: str, n: int) -> int | None:
+    value = ev.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise PinResetFileError(f"line {n}: {key} must be a non-negative integer or null")
+    return value
+
+
+def _name(ev: dict[str, Any], key: str, n: int) -> str:
+    value = ev.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= _NAME_MAX or not value.isprintable():
+        raise PinResetFileError(f"line {n}: {key} must be 1 to {_NAME_MAX} printable characters")
+    return value
+
+
+def parse_pin_resets(data: bytes, now: dt.datetime) -> list[dict[str, Any]]:
+    """The resets of a ``pin-resets.jsonl`` file as :class:`PinReset` column values (blank lines skipped).
+
+    :param now: aware; a reset dated more than a day after it is refused (a station clock far ahead).
+    :raises PinResetFileError: not UTF-8, a line that is not a JSON object of event ``pin_reset`` with
+        the station's fields and types, or more than :data:`MAX_LINES` resets.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PinResetFileError("the file is not UTF-8 text") from exc
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(out) >= MAX_LINES:
+            raise PinResetFileError(f"more than {MAX_LINES} resets in one file")
+        try:
+            ev = json.loads(line)
+        except ValueError as exc:
+            raise PinResetFileError(f"line {n}: not JSON") from exc
+        if not isinstance(ev, dict) or ev.get("event") != "pin_reset":
+            raise PinResetFileError(f"line {n}: not a pin_reset event")
+        row: dict[str, Any] = {}
+        for key, digits in _HEX.items():
+            value = ev.get(key)
+            if not isinstance(value, str) or re.fullmatch(f"[0-9a-f]{{{digits}}}", value) is None:
+                raise PinResetFileError(f"line {n}: {key} must be {digits} lower-case hex digits")
+            row[key] = value
+        row["technician"], row["approved_by"] = _name(ev, "technician", n), _name(ev, "approved_by", n)
+        if ev.get("card_profile") not in _PROFILES:
+            raise PinResetFileError(f"line {n}: card_profile must be one of {list(_PROFILES)}")
+        row["card_profile"] = ev["card_profile"]
+        if not isinstance(ev.get("pin_changed"), bool):
+            raise PinResetFileError(f"line {n}: pin_changed must be true or false")
+        row["pin_changed"] = ev["pin_changed"]
+        for key in ("failures_before", "pin_epoch", "epoch_before"):
+            row[key] = _opt_int(ev, key, n)
+        session_id = ev.get("session_id")
+        if not isinstance(session_id, str) or _SESSION.fullmatch(session_id) is None:
+            raise PinResetFileError(f"line {n}: session_id must be 1 to 64 lower-case hex digits")
+        row["session_id"] = session_id
+        t = ev.get("t")
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 < t <= now.timestamp() + 86400:
+            raise PinResetFileError(f"line {n}: t must be the reset's UNIX time, not after tomorrow")
+        row["reset_at"] = dt.datetime.fromtimestamp(t, UTC)
+        row["line_hash"] = hashlib.sha256(json.dumps(ev, sort_keys=True, separators=(",", ":")).encode()).digest()
+        out.append(row)
+    return out
+
+
+def register_pin_resets(session: Session, data: bytes, person_id: int | None, now: dt.datetime) -> UploadResult:
+    """Store the resets of a ``pin-resets.jsonl`` file not stored yet (all or nothing; the caller commits).
+
+    :param person_id: who uploaded it (``people.id``). :param now: aware UTC, kept as ``uploaded_at``.
+    :raises PinResetFileError: see :func:`parse_pin_resets`.
+    """
+    rows = list({r["line_hash"]: r for r in parse_pin_resets(data, now)}.values())
+    known: set[bytes] = set()
+    hashes = [r["line_hash"] for r in rows]
+    for start in range(0, len(hashes), 500):  # bound the IN list
+        known |= {bytes(h) for h in session.scalars(
+            select(PinReset.line_hash).where(PinReset.line_hash.in_(hashes[start:start + 500])))}
+    stored = [PinReset(**r, uploaded_at=now, uploaded_by=person_id) for r in rows if r["line_hash"] not in known]
+    session.add_all(stored)
+    session.flush()
+    return UploadResult(stored, len(rows) - len(stored))
+
+
+def card_pin_resets(session: Session, card_id: str) -> list[tuple[PinReset, list[str]]]:
+    """The card's PIN resets, oldest first, each with its :data:`FLAGS` (names)."""
+    rows = session.scalars(select(PinReset).where(PinReset.card_id == card_id)
+                           .order_by(PinReset.reset_at, PinReset.id)).all()
+    out: list[tuple[PinReset, list[str]]] = []
+    highest = 0
+    for r in rows:
+        flags = []
+        if r.epoch_before is not None and r.epoch_before < highest:
+            flags.append("epoch_back")
+        if r.approved_by.casefold() == r.technician.casefold():
+            flags.append("self_approved")
+        highest = max(highest, r.pin_epoch or 0)
+        out.append((r, flags))
+    return out
+
+
+def count_pin_resets(session: Session) -> int:
+    """How many resets are stored (for the console's summary)."""
+    return int(session.scalar(select(func.count()).select_from(PinReset)) or 0)
