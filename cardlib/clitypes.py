@@ -180,3 +180,13 @@ def require_output_dir(out: Path) -> None:
 
 #: ``--force`` for every command that writes an OUT file.
 force_option = click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+
+
+def count_noun(n: int, one: str, many: str) -> str:
+    """A count with its noun in the right number, for every command's output: ``"1 entry"``, ``"2 entries"``.
+
+    :param n: the count.
+    :param one: the noun for exactly one (``"person"``).
+    :param many: the noun for zero or several (``"people"``).
+    """
+    return f"{n} {one if n == 1 else many}"

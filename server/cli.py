@@ -340,17 +340,22 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
 @DATABASE_OPTION
 def list_people() -> None:
     """Every person: id, username, role, enabled/disabled, created."""
+    from cardlib.clitypes import count_noun
     from server.extensions import db
     from server.people import list_people as people_of
 
     app = make_app()
     with database(app):
         rows = people_of(db.session)
+        if rows:
+            click.echo(f"{'ID':>5}  {'USERNAME':<24} {'ROLE':<10} {'STATE':<8} CREATED")
         for p in rows:
             state = "disabled" if p.disabled else "enabled"
             click.echo(f"{p.id:>5}  {p.username:<24} {p.role.value:<10} {state:<8} {p.created_at.isoformat()}")
     if not rows:
         click.echo("no people yet: `huma server people add NAME --role admin`")
+    else:
+        click.echo(count_noun(len(rows), "person", "people"))
 
 
 def _change_person(change: Callable[[Session], object]) -> None:
@@ -422,7 +427,8 @@ def terminals() -> None:
               help="Only terminals in this status.")
 @DATABASE_OPTION
 def list_terminals(status: str | None) -> None:
-    """Terminal id, status, key id, enrolment and decision times."""
+    """Terminal id, status, key id, enrolment and decision times, key fingerprint."""
+    from cardlib.clitypes import count_noun
     from server.extensions import db
     from server.models import TerminalStatus
     from server.terminals import list_terminals as terminals_of
@@ -431,12 +437,18 @@ def list_terminals(status: str | None) -> None:
     app = make_app()
     with database(app):
         rows = terminals_of(db.session, TerminalStatus(status) if status else None)
+        stamp = 32  # an ISO 8601 time with microseconds and offset
+        if rows:
+            click.echo(f"{'TERMINAL':<24} {'STATUS':<9} {'KEY ID':<{len(rows[0].kid.hex())}}  {'ENROLLED':<{stamp}}"
+                       f"  {'DECIDED':<{stamp}}  FINGERPRINT")
         for t in rows:
             decided = t.decided_at.isoformat() if t.decided_at else "-"
-            click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  enrolled {t.created_at.isoformat()}"
-                       f"  decided {decided}  fingerprint {terminal_fingerprint(t)}")
+            click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  {t.created_at.isoformat():<{stamp}}"
+                       f"  {decided:<{stamp}}  {terminal_fingerprint(t)}")
     if not rows:
         click.echo("no terminals" + (f" {status}" if status else ""))
+    else:
+        click.echo(count_noun(len(rows), "terminal", "terminals") + (f" {status}" if status else ""))
 
 
 def _decide(terminal_id: str, to: str, key_fingerprint: str | None = None) -> None:
@@ -485,17 +497,21 @@ def enrolment_code(terminal_id: str) -> None:
 @DATABASE_OPTION
 def list_codes(terminal_id: str | None) -> None:
     """Enrolment codes still usable: terminal id, issued, expires (the codes were shown once and are not stored)."""
+    from cardlib.clitypes import count_noun
     from server.enrolment import open_codes
     from server.extensions import db
 
     app = make_app()
     with database(app):
         rows = open_codes(db.session, terminal_id)
+        if rows:
+            click.echo(f"{'TERMINAL':<24} {'ISSUED':<32}  EXPIRES")
         for row in rows:
-            click.echo(f"{row.terminal_id:<24} issued {row.created_at.isoformat()}"
-                       f"  expires {row.expires_at.isoformat()}")
+            click.echo(f"{row.terminal_id:<24} {row.created_at.isoformat():<32}  {row.expires_at.isoformat()}")
     if not rows:
         click.echo("no usable enrolment codes" + (f" for {terminal_id}" if terminal_id else ""))
+    else:
+        click.echo(count_noun(len(rows), "usable enrolment code", "usable enrolment codes"))
 
 
 @terminals.command("cancel-codes")
@@ -503,6 +519,7 @@ def list_codes(terminal_id: str | None) -> None:
 @DATABASE_OPTION
 def cancel_enrolment_codes(terminal_id: str) -> None:
     """End every usable enrolment code of TERMINAL_ID now (audited), e.g. one handed to the wrong person."""
+    from cardlib.clitypes import count_noun
     from server.enrolment import cancel_codes
 
     app = make_app()
@@ -510,7 +527,7 @@ def cancel_enrolment_codes(terminal_id: str) -> None:
         session = _write_session()
         cancelled = cancel_codes(session, terminal_id, None, **_console())
         session.commit()
-    click.echo(f"{terminal_id}: {cancelled} enrolment code{'s' if cancelled != 1 else ''} cancelled")
+    click.echo(f"{terminal_id}: {count_noun(cancelled, 'enrolment code', 'enrolment codes')} cancelled")
 
 
 @terminals.command("approve")
@@ -615,6 +632,7 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
     """
     import time
 
+    from cardlib.clitypes import count_noun
     from cardlib.keys.cli import read_secret
     from cardlib.keys.keystore import KeyStore
     from server.bundles import parse_policy_assignment, publish_due, publish_next_bundle
@@ -641,10 +659,11 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
                                             set_policies=set_policies, unset_policies=unset_args)
             session.commit()
         bundle, row = published.bundle, published.row
-        click.echo(f"published bundle v{bundle.version} ({reason}): {len(bundle.keys)} keys, "
-                   f"{len(bundle.deny_cards)} denied cards, {len(bundle.deny_uids)} denied UIDs, "
-                   f"{len(bundle.programmes)} programmes, {len(bundle.policies)} policies, "
-                   f"ETag \"{row.sha256.hex()}\"")
+        click.echo(f"published bundle v{bundle.version} ({reason}): {count_noun(len(bundle.keys), 'key', 'keys')}, "
+                   f"{count_noun(len(bundle.deny_cards), 'denied card', 'denied cards')}, "
+                   f"{count_noun(len(bundle.deny_uids), 'denied UID', 'denied UIDs')}, "
+                   f"{count_noun(len(bundle.programmes), 'programme', 'programmes')}, "
+                   f"{count_noun(len(bundle.policies), 'policy', 'policies')}, ETag \"{row.sha256.hex()}\"")
 
 
 @bundle_group.command("deny-list")

@@ -79,7 +79,7 @@ def test_deny_cards_names_file_and_line(ks: dict[str, str], tmp_path: Path, caps
     assert not (tmp_path / "b.cose").exists()
     deny.write_text("0011223344556677  # lost 2026-01\n")
     assert _bundle(ks, tmp_path, "--deny-cards", str(deny)) == 0
-    assert "1 denied cards" in capsys.readouterr().out
+    assert "1 denied card," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content", [b"\x00\x01binary", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])

@@ -154,7 +154,7 @@ def test_cli_lists_provisional_denials_and_publishes_on_a_schedule_only_when_cha
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("published bundle v1 (no bundle yet): ") and "1 denied cards" in lines[0]
+    assert lines[0].startswith("published bundle v1 (no bundle yet): ") and "1 denied card," in lines[0]
     assert lines[1].startswith("bundle unchanged")
     assert main(["server", "bundle", "publish", "--keystore", str(keystore.path), "--passphrase-file", str(pw),
                  "--every", "6x", "--database", db_url]) == 2

@@ -20,7 +20,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
-from cardlib.clitypes import Checked, HexBytes, force_option, input_lines, parse_hex, read_secret_line, refuse_overwrite
+from cardlib.clitypes import (
+    Checked,
+    HexBytes,
+    count_noun,
+    force_option,
+    input_lines,
+    parse_hex,
+    read_secret_line,
+    refuse_overwrite,
+)
 from cardlib.fsutil import atomic_write
 from cardlib.keys.errors import CertificateError, InputFileError
 from cardlib.keys.keystore import KeyStore, Role
@@ -349,8 +358,8 @@ def bundle_cmd(keydir: Path, version: int, days: int, terminal_certs: tuple[Path
         version=version, issued_at=now, expires_at=now + days * 86400, terminal_keys=terminals,
         deny_cards=SortedIdSet.from_ids(ids, CARD_ID_LENGTH))
     out.write_bytes(blob)
-    click.echo(f"bundle v{version}: {len(bundle.keys)} keys, {len(bundle.deny_cards)} denied cards, "
-               f"expires in {days} d")
+    click.echo(f"bundle v{version}: {count_noun(len(bundle.keys), 'key', 'keys')}, "
+               f"{count_noun(len(bundle.deny_cards), 'denied card', 'denied cards')}, expires in {days} d")
 
 
 # ----------------------------------------------------------------------------- card-password keys

@@ -27,7 +27,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cardlib.clitypes import HexBytes
+from cardlib.clitypes import HexBytes, count_noun
 from cardlib.keys.cli import CARD_KEYS_PASSPHRASE_ENV, KID, _open_token, read_secret
 from cardlib.keys.keystore import KeyStore, Role
 from cardlib.keys.pkcs8 import load_signer
@@ -328,7 +328,8 @@ def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, p
                 _console.print(f"results: {state.results_path}; issuance file: {state.directory / 'issuances.cose'}")
         left = [r for r in rows if state.issued_for(r.ref_hex) is None]
         if left:
-            raise ProvisionError(f"{len(left)} household(s) not issued yet (no more cards); run again to continue")
+            raise ProvisionError(f"{count_noun(len(left), 'household', 'households')} not issued yet (no more cards); "
+                                 "run again to continue")
 
 
 def _single_row(household_ref: str, region: str, programmes: str, profile: Profile) -> Household:
@@ -515,7 +516,8 @@ def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Pat
     tech = store.active(Role.TECHNICIAN, technician)
     out.write_bytes(grant_session(issuer, tech.kid, max_cards, int(time.time()) + days * 86400))
     verify_grant(out.read_bytes(), static_keys(cose_key(issuer)), tech.kid)
-    click.echo(f"granted {max_cards} card(s) to {technician} ({tech.kid.hex()}) for {days} day(s)")
+    click.echo(f"granted {count_noun(max_cards, 'card', 'cards')} to {technician} ({tech.kid.hex()}) "
+               f"for {count_noun(days, 'day', 'days')}")
 
 
 @provision.command("pin-reset")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from cardlib.clitypes import count_noun
 from cardlib.fsutil import atomic_write_chunks
 from server.cli import DATABASE_OPTION, database, make_app
 
@@ -70,10 +71,11 @@ def reconcile_cmd(max_speed_kmh: float, verify_signatures: bool, full: bool, as_
                                "findings": result.observed,
                                "new": result.new, "resolved": result.resolved, "by_kind": result.by_kind}))
         return
-    read = (f"{result.entries} entries" if result.scope is None else
-            f"incremental, {result.entries} new entries, {result.scope[0]} terminals and {result.scope[1]} cards "
-            "re-examined")
-    click.echo(f"run {result.run_id}: {read}, {result.observed} findings "
+    read = (count_noun(result.entries, "entry", "entries") if result.scope is None else
+            f"incremental, {count_noun(result.entries, 'new entry', 'new entries')}, "
+            f"{count_noun(result.scope[0], 'terminal', 'terminals')} and "
+            f"{count_noun(result.scope[1], 'card', 'cards')} re-examined")
+    click.echo(f"run {result.run_id}: {read}, {count_noun(result.observed, 'finding', 'findings')} "
                f"({result.new} new, {result.resolved} resolved)")
     for kind, n in sorted(result.by_kind.items()):
         click.echo(f"  {kind}: {n}")
@@ -229,12 +231,13 @@ def verify_export_cmd(path: Path, expect_heads: tuple[tuple[str, tuple[int, byte
     check_export_heads(report, dict(expect_heads))
     for terminal_id, n in sorted(report.counts.items()):
         seq, head = report.heads[terminal_id]
-        click.echo(f"{terminal_id}: {n} entries verified, last seq {seq}, head {head}")
+        click.echo(f"{terminal_id}: {count_noun(n, 'entry', 'entries')} verified, last seq {seq}, head {head}")
     if not report.complete:
         click.echo(f"warning: export filtered by {report.filters}: gaps are expected, so deletions "
                    "between entries cannot be detected; signatures, columns and adjacent links verified",
                    err=True)
-    click.echo(f"OK: {sum(report.counts.values())} entries, {len(report.counts)} terminals")
+    click.echo(f"OK: {count_noun(sum(report.counts.values()), 'entry', 'entries')}, "
+               f"{count_noun(len(report.counts), 'terminal', 'terminals')}")
     if not expect_heads:
         click.echo("(compare each head with `huma journal verify` on that terminal, or pass "
                    "--expect-head TERMINAL_ID=SEQ:HASH: entries cut from the end cannot be seen from the export alone)")
