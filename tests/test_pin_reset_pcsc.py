@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,20 +79,47 @@ def _journal(state_dir: Path) -> list[dict[str, object]]:
     return [ev for ev in map(json.loads, lines) if ev["event"] == "pin_reset"]
 
 
+@dataclasses.dataclass(frozen=True)
+class PinCard:
+    """A format-2 NTAG card ``huma provision card --pin`` issued with PIN :data:`PIN` at the office's station.
+
+    :ivar args: the station's ``provision`` options (keys, reader, profile, ``--state-dir``).
+    :ivar new_pin_file: a file holding :data:`NEW_PIN`, for ``pin-reset --new-pin-file``.
+    """
+
+    chip: Ntag21x
+    card_id: str
+    args: list[str]
+    state_dir: Path
+    new_pin_file: Path
+
+
+@pytest.fixture
+def issue_pin_card(tmp_path: Path, office: dict[str, object],  # noqa: F811 - the fixture's value
+                   present_card, reader_name) -> Callable[[str], PinCard]:
+    """Issue one PIN card under the provisioning profile text given (household 9f3c2a1b000000dd)."""
+    def issue(profile: str) -> PinCard:
+        (tmp_path / "profile.toml").write_text(profile)
+        state_dir = tmp_path / "single"
+        args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
+        fab = office["fab"]
+        assert isinstance(fab, OriginalityIssuer)
+        chip = fab.genuine()
+        with present_card(chip):
+            issued = CliRunner().invoke(cli, ["provision", "card", "--pin", "--household-ref", "9f3c2a1b000000dd",
+                                              "--region", "62.71", *args], input=f"{PIN}\n{PIN}\n")
+        assert issued.exit_code == 0, issued.output
+        (tmp_path / "new-pin.txt").write_text(NEW_PIN + "\n")
+        return PinCard(chip, issued.stdout.strip().splitlines()[-1], args, state_dir, tmp_path / "new-pin.txt")
+
+    return issue
+
+
 def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
         tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
-        present_card, reader_name) -> None:
-    (tmp_path / "profile.toml").write_text(PROFILE)
-    state_dir = tmp_path / "single"
-    args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
-    fab = office["fab"]
-    assert isinstance(fab, OriginalityIssuer)
-    chip = fab.genuine()
-    with present_card(chip):
-        issued = CliRunner().invoke(cli, ["provision", "card", "--pin", "--household-ref", "9f3c2a1b000000dd",
-                                          "--region", "62.71", *args], input=f"{PIN}\n{PIN}\n")
-    assert issued.exit_code == 0, issued.output
-    card_id = issued.stdout.strip().splitlines()[-1]
+        issue_pin_card: Callable[[str], PinCard], present_card, reader_name) -> None:
+    card = issue_pin_card(PROFILE)
+    chip, card_id, args, state_dir = card.chip, card.card_id, card.args, card.state_dir
 
     signer = SoftwareSigner(generate_private_key(Algorithm.EDDSA))
     bundle = _bundle(tmp_path, office, signer)
@@ -117,7 +145,6 @@ def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
         for _ in range(3):
             assert counter(chip, WRONG_PIN).reason is DeclineReason.PIN_WRONG  # type: ignore[attr-defined]
         assert counter(chip, PIN).reason is DeclineReason.PIN_LOCKED  # type: ignore[attr-defined]
-        (tmp_path / "new-pin.txt").write_text(NEW_PIN + "\n")
         # --keep-pin with a new PIN is refused before any card is touched
         refused = CliRunner().invoke(cli, ["provision", "pin-reset", "--keep-pin", "--new-pin-file",
                                            str(tmp_path / "new-pin.txt"), *args])
@@ -214,25 +241,8 @@ offline_cap = 250000
 '''
 
 
-def _issued_pin_card(tmp_path: Path, office: dict[str, object],  # noqa: F811 - the fixture's value
-                     present_card, reader_name) -> tuple[Ntag21x, list[str], Path]:  # type: ignore[no-untyped-def]
-    (tmp_path / "profile.toml").write_text(CASH_ONLY)
-    state_dir = tmp_path / "single"
-    args = [*_args(tmp_path, office, reader_name(0)), "--state-dir", str(state_dir)]
-    fab = office["fab"]
-    assert isinstance(fab, OriginalityIssuer)
-    chip = fab.genuine()
-    with present_card(chip):
-        issued = CliRunner().invoke(cli, ["provision", "card", "--pin", "--household-ref", "9f3c2a1b000000dd",
-                                          "--region", "62.71", *args], input=f"{PIN}\n{PIN}\n")
-    assert issued.exit_code == 0, issued.output
-    (tmp_path / "pin.txt").write_text(NEW_PIN + "\n")
-    return chip, args, state_dir
-
-
 def test_red_team_a_pin_reset_whose_completion_cannot_be_journalled_left_its_intent(
-        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
-        present_card, reader_name, monkeypatch: pytest.MonkeyPatch) -> None:
+        issue_pin_card: Callable[[str], PinCard], present_card, monkeypatch: pytest.MonkeyPatch) -> None:
     """Red team round 2: the station journal fails (ENOSPC, or the process is killed) between the card
     write and the ``pin_reset`` line. The ``pin_reset_started`` line, fsync'd before the first chip
     write, names the card, technician, approver and the epoch written; the next reset goes above it."""
@@ -240,7 +250,8 @@ def test_red_team_a_pin_reset_whose_completion_cannot_be_journalled_left_its_int
 
     from cardlib.provision.state import BatchState
 
-    chip, args, state_dir = _issued_pin_card(tmp_path, office, present_card, reader_name)
+    card = issue_pin_card(CASH_ONLY)
+    chip, args, state_dir, pin_file = card.chip, card.args, card.state_dir, str(card.new_pin_file)
     real_append = BatchState._append
 
     def full_disk(self: BatchState, event: dict[str, object]) -> None:
@@ -251,7 +262,7 @@ def test_red_team_a_pin_reset_whose_completion_cannot_be_journalled_left_its_int
     with monkeypatch.context() as m:
         m.setattr(BatchState, "_append", full_disk)
         with present_card(chip):
-            reset = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pin.txt"),
+            reset = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", pin_file,
                                              "--approved-by", "sup-02", *args])
     assert reset.exit_code != 0 and "pin_reset_started" in str(reset.exception), reset.output
     after = card_pin.decode_record(chip.page(128) + chip.page(129))
@@ -262,27 +273,26 @@ def test_red_team_a_pin_reset_whose_completion_cannot_be_journalled_left_its_int
         "tech-07", "sup-02", 2, 1)
     assert not [ev for ev in lines if ev["event"] == "pin_reset"]
     with present_card(chip):  # the next reset starts above the epoch of the unfinished one
-        again = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", str(tmp_path / "pin.txt"),
-                                         *args])
+        again = CliRunner().invoke(cli, ["provision", "pin-reset", "--new-pin-file", pin_file, *args])
     assert again.exit_code == 0 and "epoch 3" in again.output, again.output
     assert "older PIN record" not in again.output
 
 
 def test_red_team_a_pin_reset_the_station_cannot_journal_writes_nothing(
-        tmp_path: Path, office: dict[str, object],  # noqa: F811 - fixture
-        present_card, reader_name, monkeypatch: pytest.MonkeyPatch) -> None:
+        issue_pin_card: Callable[[str], PinCard], present_card, monkeypatch: pytest.MonkeyPatch) -> None:
     """The intent line cannot be written (disk full): refused before any chip write, PIN and count unchanged."""
     import errno
 
     from cardlib.provision.state import BatchState
 
-    chip, args, state_dir = _issued_pin_card(tmp_path, office, present_card, reader_name)
+    card = issue_pin_card(CASH_ONLY)
+    chip, args, state_dir = card.chip, card.args, card.state_dir
     before = chip.memory
 
     def full_disk(self: BatchState, event: dict[str, object]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    for extra in (["--new-pin-file", str(tmp_path / "pin.txt")], ["--keep-pin"]):
+    for extra in (["--new-pin-file", str(card.new_pin_file)], ["--keep-pin"]):
         with monkeypatch.context() as m:
             m.setattr(BatchState, "_append", full_disk)
             with present_card(chip):
