@@ -242,6 +242,9 @@ def verify(file: Path, key_path: Path | None, cert_path: Path | None,
                    "entries cut from the end cannot be seen from the file alone)")
     if report.open_writes:
         click.echo(f"unfinished card writes (resolve on next tap): {len(report.open_writes)}")
+    if report.settled_writes:
+        signed = "" if report.receipts_signed else " (receipts' shape only)"
+        click.echo(f"torn writes settled by the server: {len(report.settled_writes)}{signed}")
     if report.settlements and not report.receipts_signed:
         click.echo(f"warning: {_count(report.settlements, 'settlement', 'settlements')} checked against the shape "
                    "of their stored receipts only; give --receipt-key to verify the server's signatures", err=True)

@@ -324,7 +324,7 @@ class Daemon:
             _refuse_if_running(profile.journal_path)  # a second daemon on this profile: say that, not the port
             raise
         self.journal = JournalStore(profile.journal_path, terminal_id=profile.terminal_id, signer=signer,
-                                    clock=clock)
+                                    clock=clock, receipt_key=receipt_key)
         self.trust = TrustStore(profile.bundle_path, root_key)
         mode = profile.counter_mode
         self.feedback = FeedbackWorker()

@@ -52,7 +52,9 @@ class VerifyReport:
     :ivar entries: number of entries verified.
     :ivar boots: number of distinct boot ids.
     :ivar head_hash: entry hash of the last entry (32 bytes) — compare with the server's receipt.
-    :ivar open_writes: card ids whose last write is PENDING/UNCERTAIN.
+    :ivar open_writes: card ids whose last write is PENDING/UNCERTAIN and not settled by the server.
+    :ivar settled_writes: card ids whose last write is PENDING/UNCERTAIN and settled by a settlement row
+        its stored receipt backs (the server decided it; not open any more).
     :ivar key_from_file: True when no key was given and the file's own key was used
         (proves integrity, not authenticity).
     :ivar last_seq: seq of the last entry. A journal cut short at the *end* still
@@ -72,6 +74,7 @@ class VerifyReport:
     last_seq: int = 0
     settlements: int = 0
     receipts_signed: bool = False
+    settled_writes: tuple[str, ...] = ()
 
 
 def parse_head(text: str) -> tuple[int, bytes | None]:
@@ -366,6 +369,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None, *,
         verified.append(signed)
         link = signed.entry_hash
     open_cards: dict[str, EntryKind] = {}
+    last_pending: dict[str, bytes] = {}
     pending_unit: dict[str, object] = {}
     terminal_id = str(meta.get("terminal_id", ""))
     for row, s in zip(rows, verified, strict=False):
@@ -379,11 +383,15 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None, *,
         _check_unsigned(e, row[len(columns)], row[len(columns) + 1], pending_unit)
         if e.card_id and e.kind in WRITE_KINDS:
             open_cards[e.card_id] = e.kind
+            if e.kind is EntryKind.PENDING:
+                last_pending[e.card_id] = e.entry_id
     _check_settlements(settled, {s.entry.entry_id: s.entry for s in verified}, terminal_id, receipt_key)
     boots = len({s.entry.boot_id for s in verified})
-    still_open = tuple(
-        sorted(c for c, k in open_cards.items() if k in (EntryKind.PENDING, EntryKind.UNCERTAIN))
-    )
+    # Every row passed _check_settlements: a write it settles is the server's to close, not open.
+    settled_ids = {entry_id for entry_id, _outcome, _receipt in settled}
+    torn = sorted(c for c, k in open_cards.items() if k in (EntryKind.PENDING, EntryKind.UNCERTAIN))
+    still_open = tuple(c for c in torn if last_pending.get(c) not in settled_ids)
+    settled_writes = tuple(c for c in torn if last_pending.get(c) in settled_ids)
     return VerifyReport(
         terminal_id=terminal_id,
         entries=len(verified),
@@ -394,6 +402,7 @@ def verify_journal_file(path: str | Path, key: CoseKey | None = None, *,
         last_seq=verified[-1].entry.seq,
         settlements=len(settled),
         receipts_signed=receipt_key is not None,
+        settled_writes=settled_writes,
     )
 
 

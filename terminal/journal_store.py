@@ -15,6 +15,14 @@ entry uploaded. The server's signed settlements of torn writes (docs/reconciliat
 §Settling torn writes) are local marks in their own table, written once, beside the
 signed chain (:meth:`JournalStore.record_settlements`).
 
+What the server confirmed (uploaded, refused, settled) counts only from what the pinned
+server receipt key signed (docs/security.md "What an insider with write access to the
+journal file cannot fake"): every upload receipt that marked or refused entries is kept
+(``upload_receipts``) and every stored receipt and settlement row is verified again when the
+journal opens; the result lives in this process only (TEMP tables and a watermark), so
+``uploaded_at``, ``upload_problems`` or ``settlements`` rows written into the file by hand
+change neither the exposure nor the upload queue.
+
 Offline audit of a journal file lives in :mod:`terminal.journal_audit`.
 """
 
@@ -31,8 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cardlib.keys.signer import Signer, cose_key, sign1_with, spki_der
+from cardlib.keys.signer import PublicKey, Signer, cose_key, sign1_with, spki_der
 from cardlib.records.claims import Unit
+from cardlib.records.errors import RecordError
 from cardlib.records.journal import (
     GENESIS_HASH,
     JOURNAL_AAD,
@@ -44,7 +53,7 @@ from cardlib.records.journal import (
     new_entry_id,
     verify_entry,
 )
-from cardlib.records.statements import Settlement, SettlementOutcome
+from cardlib.records.statements import Settlement, SettlementOutcome, UploadReceipt, verify_receipt
 from terminal.clock import Clock
 from terminal.errors import JournalDamaged, JournalInUse, JournalStoreError, SettlementRefused
 
@@ -65,6 +74,11 @@ WRITE_KINDS = (
 )
 #: Newest entries of a card :meth:`JournalStore.last_card_counter` reads (a recovery copies an older counter).
 _COUNTER_LOOKBACK = 16
+#: Upload marks (``uploaded_at``, ``upload_problems``) written before this time (POSIX ms, 2026-12-07T00:00Z)
+#: stand without a stored receipt: the code that wrote them kept none. The bound is the entry's own
+#: signed wall time, so no edit of the file can move an entry under it; a mark on a later entry that
+#: no stored receipt backs is not believed (the entry is uploaded again, the server answers duplicate).
+LEGACY_MARKS_BEFORE_MS = 1_796_601_600_000
 #: :data:`WRITE_KINDS` as an SQL list of their integer codes.
 _WRITE_KIND_LIST = ",".join(str(int(k)) for k in WRITE_KINDS)
 #: Kinds by which this counter closes a card write itself, as an SQL list.
@@ -111,10 +125,31 @@ CREATE TRIGGER IF NOT EXISTS settlements_written_once BEFORE UPDATE ON settlemen
 BEGIN SELECT RAISE(ABORT, 'a settlement is written once'); END;
 CREATE TRIGGER IF NOT EXISTS settlements_no_delete BEFORE DELETE ON settlements
 BEGIN SELECT RAISE(ABORT, 'settlements are never deleted'); END;
+CREATE TABLE IF NOT EXISTS upload_receipts (
+    id      INTEGER PRIMARY KEY,
+    message BLOB NOT NULL                        -- a server-signed upload receipt that marked or refused entries
+);
+CREATE TRIGGER IF NOT EXISTS upload_receipts_written_once BEFORE UPDATE ON upload_receipts
+BEGIN SELECT RAISE(ABORT, 'an upload receipt is written once'); END;
+CREATE TRIGGER IF NOT EXISTS upload_receipts_no_delete BEFORE DELETE ON upload_receipts
+BEGIN SELECT RAISE(ABORT, 'upload receipts are never deleted'); END;
 CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, seq) WHERE card_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entries_unsent ON entries (seq) WHERE uploaded_at IS NULL;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
+"""
+
+#: What this process verified, kept out of the file (an insider writing the file cannot reach it):
+#: seqs above the upload watermark that are done (uploaded or refused), refused seqs with the
+#: server's verdict, and settlements whose signed receipt verified.
+_VERIFIED_SCHEMA = """
+PRAGMA temp_store=MEMORY;
+DROP TABLE IF EXISTS temp.upload_ahead;
+DROP TABLE IF EXISTS temp.upload_refused;
+DROP TABLE IF EXISTS temp.verified_settlements;
+CREATE TEMP TABLE upload_ahead (seq INTEGER PRIMARY KEY);
+CREATE TEMP TABLE upload_refused (seq INTEGER PRIMARY KEY, result TEXT NOT NULL, reason TEXT);
+CREATE TEMP TABLE verified_settlements (entry_id BLOB PRIMARY KEY, outcome TEXT NOT NULL);
 """
 
 #: Every column of ``entries`` but ``uploaded_at``; the trigger below refuses changing any of them.
@@ -140,7 +175,8 @@ class StoredEntry:
     :ivar signed: the verified-on-write entry with its exact bytes.
     :ivar unit: the programme's unit (local index, not signed) or None.
     :ivar note: unsigned local note (decline reason code) or None.
-    :ivar uploaded_at: POSIX seconds when the server acknowledged it, or None.
+    :ivar uploaded_at: POSIX seconds when the server acknowledged it (by a receipt verified under
+        the pinned key, or a mark older than :data:`LEGACY_MARKS_BEFORE_MS`), or None.
     """
 
     signed: SignedEntry
@@ -186,6 +222,9 @@ class JournalStore:
     :param terminal_id: the registered terminal id; must match an existing file's.
     :param signer: the terminal key (software or PKCS#11).
     :param clock: the clock source (wall, monotonic, synced flag).
+    :param receipt_key: the server receipt key pinned at enrolment: stored receipts and settlements
+        are verified under it when the journal opens. None (offline tools): nothing after
+        :data:`LEGACY_MARKS_BEFORE_MS` counts as uploaded or settled until :meth:`use_receipt_key`.
     One writer per file: opening takes an exclusive ``flock`` on ``<journal>.lock``
     (:func:`lock_path`) and on the journal file itself (:func:`lock_journal_file`, so
     unlinking the lock file does not let a second one in) before anything is read or
@@ -197,9 +236,13 @@ class JournalStore:
     """
 
     def __init__(
-        self, path: str | Path, *, terminal_id: str, signer: Signer, clock: Clock | None = None
+        self, path: str | Path, *, terminal_id: str, signer: Signer, clock: Clock | None = None,
+        receipt_key: PublicKey | None = None,
     ) -> None:
         self.path = Path(path)
+        self._receipt_key = receipt_key
+        #: Upload watermark: every seq up to it is uploaded or refused by a verified receipt.
+        self._upto = 0
         self.terminal_id = terminal_id
         self._signer = signer
         self._clock = clock or Clock()
@@ -247,6 +290,8 @@ class JournalStore:
         except sqlite3.Error as exc:
             raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
         self._check_identity()
+        with self._lock:
+            self._load_verified()
         self.boot_id = self._next_boot()
         last = self._db.execute(
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
@@ -374,27 +419,186 @@ class JournalStore:
             self._wall_mark_ms = max(self._wall_mark_ms, entry.wall_ms)
             return StoredEntry(signed=signed, unit=w.unit, note=note, uploaded_at=None, pending=blob)
 
-    def mark_uploaded(self, entry_ids: Sequence[bytes], when: float | None = None) -> int:
-        """Record that the server acknowledged these entries (accepted or duplicate).
+    # ------------------------------------------------------------------ what the server signed
 
-        :param entry_ids: 16-byte entry ids.
-        :param when: POSIX seconds; defaults to now.
-        :returns: the number of rows newly marked.
+    @property
+    def receipt_key(self) -> PublicKey | None:
+        """The pinned server receipt key the store verifies receipts under, or None."""
+        return self._receipt_key
+
+    def use_receipt_key(self, key: PublicKey) -> None:
+        """Verify receipts under ``key`` from now on (a store opened without one reads its stored ones again).
+
+        :raises JournalStoreError: the store already verifies under another key.
         """
+        if self._receipt_key is not None:
+            if spki_der(self._receipt_key) != spki_der(key):
+                raise JournalStoreError("the journal was opened with another server receipt key than the sync's")
+            return
+        with self._lock:
+            self._receipt_key = key
+            self._load_verified()
+
+    def _verify(self, message: bytes) -> UploadReceipt:
+        """A receipt verified under the pinned key and naming this terminal.
+
+        :raises JournalStoreError: no key pinned, a bad signature or shape, another terminal.
+        """
+        if self._receipt_key is None:
+            raise JournalStoreError("the journal was opened without the pinned server receipt key; "
+                                    "it records no receipt")
+        try:
+            got = verify_receipt(message, self._receipt_key)
+        except RecordError as exc:
+            raise JournalStoreError(f"upload receipt does not verify under the pinned server key: {exc}") from exc
+        if got.terminal_id != self.terminal_id:
+            raise JournalStoreError(f"upload receipt is for terminal {got.terminal_id!r}")
+        return got
+
+    def _load_verified(self) -> None:
+        """Rebuild what the server confirmed from what it signed (caller holds ``_lock``; open time only).
+
+        Legacy marks on entries dated before :data:`LEGACY_MARKS_BEFORE_MS` first, then every
+        stored upload receipt and settlement row verified again under the pinned key; rows that
+        do not verify (written by hand, another key or terminal) are logged and ignored.
+        """
+        self._db.executescript(_VERIFIED_SCHEMA)
+        legacy = (f"wall_ms < {LEGACY_MARKS_BEFORE_MS} AND (uploaded_at IS NOT NULL"
+                  " OR entry_id IN (SELECT entry_id FROM upload_problems))")
+        first = self._db.execute(f"SELECT seq FROM entries WHERE NOT ({legacy}) ORDER BY seq LIMIT 1").fetchone()
+        if first is None:
+            (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
+            self._upto = int(last)
+        else:
+            self._upto = int(first[0]) - 1
+        self._db.execute(f"INSERT INTO temp.upload_ahead SELECT seq FROM entries WHERE seq > ? AND {legacy}",
+                         (self._upto,))
+        self._db.execute("INSERT INTO temp.upload_refused SELECT e.seq, p.result, p.reason FROM upload_problems p"
+                         f" JOIN entries e USING (entry_id) WHERE e.wall_ms < {LEGACY_MARKS_BEFORE_MS}")
+        if self._receipt_key is not None:
+            for rowid, message in self._db.execute("SELECT id, message FROM upload_receipts ORDER BY id").fetchall():
+                try:
+                    self._apply_receipt(self._verify(bytes(message)))
+                except JournalStoreError as exc:
+                    log.error("journal: stored upload receipt %d ignored (%s); its entries count as not uploaded",
+                              rowid, exc)
+            self._load_settlements()
+        self._advance()
+
+    def _load_settlements(self) -> None:
+        """Settlement rows whose stored receipt verifies and settles that entry, at its seq, so."""
+        for entry_id, outcome, receipt in self._db.execute(
+                "SELECT entry_id, outcome, receipt FROM settlements ORDER BY rowid").fetchall():
+            entry_id = bytes(entry_id)
+            row = self._db.execute("SELECT seq, kind, card_id FROM entries WHERE entry_id=?", (entry_id,)).fetchone()
+            try:
+                got = self._verify(bytes(receipt))
+            except JournalStoreError as exc:
+                log.error("journal: settlement row of entry %s… ignored (%s)", entry_id.hex()[:8], exc)
+                continue
+            if (row is None or int(row[1]) != int(EntryKind.PENDING) or row[2] is None
+                    or Settlement(entry_id, int(row[0]), SettlementOutcome(outcome)) not in got.settlements):
+                log.error("journal: settlement row of entry %s… ignored: its receipt does not settle that write so",
+                          entry_id.hex()[:8])
+                continue
+            self._db.execute("INSERT OR IGNORE INTO temp.verified_settlements VALUES (?,?)", (entry_id, outcome))
+
+    def _apply_receipt(self, receipt: UploadReceipt) -> tuple[list[int], list[tuple[int, str, str | None]]]:
+        """Mark what a verified receipt confirms in this process's state (caller holds ``_lock``).
+
+        Only lines naming the entry this journal holds at that seq count (a journal cut and written on
+        holds other entries at old seqs). :returns: seqs newly uploaded, and ``(seq, result, reason)``
+        newly refused.
+        """
+        seqs = [ln.seq for ln in receipt.lines if ln.seq is not None]
+        if not seqs:
+            return [], []
+        held = {int(r[0]): bytes(r[1]) for r in self._db.execute(
+            "SELECT seq, entry_id FROM entries WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs)))}
+        done: list[int] = []
+        refused: list[tuple[int, str, str | None]] = []
+        for ln in receipt.lines:
+            if ln.seq is None or held.get(ln.seq) != ln.entry_id or self._refused(ln.seq):
+                continue
+            if ln.result in ("conflict", "rejected"):
+                self._db.execute("INSERT INTO temp.upload_refused VALUES (?,?,?)", (ln.seq, ln.result, ln.reason))
+                refused.append((ln.seq, ln.result, ln.reason))
+            elif ln.result not in ("accepted", "duplicate") or self._done(ln.seq):
+                continue
+            else:
+                done.append(ln.seq)
+            if ln.seq > self._upto:
+                self._db.execute("INSERT OR IGNORE INTO temp.upload_ahead VALUES (?)", (ln.seq,))
+        return done, refused
+
+    def _refused(self, seq: int) -> bool:
+        return self._db.execute("SELECT 1 FROM temp.upload_refused WHERE seq=?", (seq,)).fetchone() is not None
+
+    def _done(self, seq: int) -> bool:
+        return seq <= self._upto or self._db.execute(
+            "SELECT 1 FROM temp.upload_ahead WHERE seq=?", (seq,)).fetchone() is not None
+
+    def _advance(self) -> None:
+        """Move the watermark over the done seqs just above it (caller holds ``_lock``)."""
+        for (seq,) in self._db.execute("SELECT seq FROM temp.upload_ahead WHERE seq > ? ORDER BY seq",
+                                       (self._upto,)).fetchall():
+            if seq != self._upto + 1:
+                break
+            self._upto = seq
+        self._db.execute("DELETE FROM temp.upload_ahead WHERE seq <= ?", (self._upto,))
+
+    def _unsent_sql(self, alias: str) -> str:
+        """SQL: the row is neither uploaded nor refused (caller holds ``_lock``; the watermark is our int)."""
+        return f"({alias}.seq > {int(self._upto)} AND {alias}.seq NOT IN (SELECT seq FROM temp.upload_ahead))"
+
+    def _unconfirmed_sql(self, alias: str) -> str:
+        """SQL: the row is not confirmed uploaded (unsent, or refused by the server: it keeps counting)."""
+        return f"({self._unsent_sql(alias)} OR {alias}.seq IN (SELECT seq FROM temp.upload_refused))"
+
+    def record_receipt(self, receipt: bytes,
+                       when: float | None = None) -> tuple[int, list[tuple[int, str, str | None]]]:
+        """Record a server-signed upload receipt: entries it names ``accepted``/``duplicate`` are uploaded,
+        ``conflict``/``rejected`` refused (kept, counted in the exposure, not offered again).
+
+        The receipt is verified here again under the pinned key and kept (``upload_receipts``) when it
+        confirms or refuses anything new, so the marks survive a restart only as far as it verifies.
+        ``uploaded_at`` and ``upload_problems`` are still written for people reading the file; the
+        daemon does not read them back (but for entries before :data:`LEGACY_MARKS_BEFORE_MS`).
+
+        :param receipt: the receipt's exact signed bytes (the caller checked it answers its request).
+        :param when: POSIX seconds for ``uploaded_at``; defaults to now.
+        :returns: how many entries were newly marked uploaded, and ``(seq, result, reason)`` newly refused.
+        :raises JournalStoreError: no pinned key, the receipt does not verify or names another terminal,
+            or the disk refused the write (then nothing changed).
+        """
+        got = self._verify(receipt)
         at = time.time() if when is None else when
-        with self._lock, self._tx():
-            cur = self._db.executemany(
-                "UPDATE entries SET uploaded_at=? WHERE entry_id=? AND uploaded_at IS NULL",
-                [(at, eid) for eid in entry_ids],
-            )
-            return cur.rowcount
+        with self._lock:
+            upto = self._upto
+            try:
+                with self._tx():
+                    done, refused = self._apply_receipt(got)
+                    if done or refused:
+                        self._db.execute("INSERT INTO upload_receipts (message) VALUES (?)", (receipt,))
+                        self._db.executemany("UPDATE entries SET uploaded_at=? WHERE seq=? AND uploaded_at IS NULL",
+                                             [(at, seq) for seq in done])
+                        self._db.executemany(
+                            "INSERT OR REPLACE INTO upload_problems (entry_id, result, reason, flagged_at)"
+                            " SELECT entry_id, ?, ?, ? FROM entries WHERE seq=?",
+                            [(result, reason, at, seq) for seq, result, reason in refused])
+                    self._advance()
+            except sqlite3.Error as exc:
+                self._upto = upto  # the TEMP rows rolled back with the transaction
+                raise JournalStoreError(f"recording an upload receipt failed: {exc}") from exc
+            return len(done), refused
 
     # ------------------------------------------------------------------ reading
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[StoredEntry]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT message, unit, note, uploaded_at, pending FROM entries " + sql,
+                "SELECT message, unit, note, CASE WHEN NOT " + self._unconfirmed_sql("entries")
+                + " THEN coalesce(uploaded_at, 0.0) END, pending FROM entries " + sql,
                 params,
             ).fetchall()
         keys = {self._key.kid: self._key}
@@ -408,49 +612,28 @@ class JournalStore:
         ]
 
     def unsent(self, limit: int = 500) -> list[StoredEntry]:
-        """The oldest entries not yet acknowledged by the server and not flagged, in seq order.
+        """The oldest entries no verified receipt confirmed or refused, in seq order.
 
-        Entries the server answered with conflict or rejected (:meth:`flag_upload`)
-        stay in the journal, unsent, and are not offered again: a retry cannot
-        change the server's verdict, and re-sending them would block the queue.
+        Entries the server refused (conflict or rejected, by a verified receipt) stay in the
+        journal, unsent, and are not offered again: a retry cannot change the server's verdict,
+        and re-sending them would block the queue. A mark written into the file by hand does not
+        take an entry out of this queue.
         """
-        return self._rows(
-            "WHERE uploaded_at IS NULL AND entry_id NOT IN (SELECT entry_id FROM upload_problems)"
-            " ORDER BY seq LIMIT ?",
-            (limit,),
-        )
-
-    def flag_upload(self, entry_id: bytes, result: str, reason: str | None, when: float | None = None) -> None:
-        """Record that the server refused an entry (conflict / rejected); the entry is kept, never deleted.
-
-        :param entry_id: the 16-byte entry id.
-        :param result: the server's per-entry result (``"conflict"`` or ``"rejected"``).
-        :param reason: the server's reason code, if any.
-        """
-        at = time.time() if when is None else when
-        with self._lock, self._tx():
-            self._db.execute(
-                "INSERT OR REPLACE INTO upload_problems (entry_id, result, reason, flagged_at) VALUES (?,?,?,?)",
-                (entry_id, result, reason, at),
-            )
+        with self._lock:
+            where = self._unsent_sql("entries")
+        return self._rows(f"WHERE {where} ORDER BY seq LIMIT ?", (limit,))
 
     def upload_problems(self) -> list[tuple[int, str, str | None]]:
-        """``(seq, result, reason)`` of every entry the server refused, in seq order."""
+        """``(seq, result, reason)`` of every entry a verified receipt refused, in seq order."""
         with self._lock:
-            return [
-                (int(r[0]), str(r[1]), r[2])
-                for r in self._db.execute(
-                    "SELECT e.seq, p.result, p.reason FROM upload_problems p JOIN entries e USING (entry_id)"
-                    " ORDER BY e.seq"
-                )
-            ]
+            return [(int(r[0]), str(r[1]), r[2])
+                    for r in self._db.execute("SELECT seq, result, reason FROM temp.upload_refused ORDER BY seq")]
 
     def unsent_count(self) -> int:
-        """How many entries wait for upload (flagged ones excluded)."""
+        """How many entries wait for upload (refused ones excluded)."""
         with self._lock:
             return int(self._db.execute(
-                "SELECT count(*) FROM entries WHERE uploaded_at IS NULL"
-                " AND entry_id NOT IN (SELECT entry_id FROM upload_problems)").fetchone()[0])
+                f"SELECT count(*) FROM entries e WHERE {self._unsent_sql('e')}").fetchone()[0])
 
     def entries(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEntry]:
         """Entries with seq > ``after_seq`` in order (for export and tests)."""
@@ -506,7 +689,8 @@ class JournalStore:
 
     def _settled(self, entry_id: bytes) -> SettlementOutcome | None:
         with self._lock:
-            row = self._db.execute("SELECT outcome FROM settlements WHERE entry_id=?", (entry_id,)).fetchone()
+            row = self._db.execute("SELECT outcome FROM temp.verified_settlements WHERE entry_id=?",
+                                   (entry_id,)).fetchone()
         return None if row is None else SettlementOutcome(row[0])
 
     def _open_writes_at_boot(self) -> list[StoredEntry]:
@@ -556,8 +740,8 @@ class JournalStore:
         """Units handed out and not yet confirmed uploaded, by unit (for the offline limits).
 
         Counts COMMIT, FINISHED and FALLBACK (units served without writing a card,
-        :mod:`terminal.fallback`) entries not yet marked uploaded (marked only on the
-        server's signed receipt, :mod:`terminal.sync`), plus writes still open (last
+        :mod:`terminal.fallback`) entries no upload receipt verified under the pinned server
+        key confirmed (:meth:`record_receipt`; a mark in the file alone does not count), plus writes still open (last
         write entry of the card is PENDING or UNCERTAIN: maybe spent, counted until
         resolved). VOIDED writes count nothing.
 
@@ -573,7 +757,7 @@ class JournalStore:
         :param open_since: POSIX seconds; None counts every open write.
         :returns: ``{unit: units}``.
         """
-        return self._sum_written(card_id, done_filter="e.uploaded_at IS NULL", open_since=open_since)
+        return self._sum_written(card_id, done_filter=None, open_since=open_since)
 
     def card_cycle_exposure(self, card_id: str, start: float, end: float, *,
                             open_since: float | None = None) -> dict[Unit, int]:
@@ -589,7 +773,7 @@ class JournalStore:
                                  done_params=(int(start * 1000), int(end * 1000)), open_since=open_since,
                                  open_from=int(start * 1000))
 
-    def _sum_written(self, card_id: str | None, *, done_filter: str, done_params: tuple[object, ...] = (),
+    def _sum_written(self, card_id: str | None, *, done_filter: str | None, done_params: tuple[object, ...] = (),
                      open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)},{int(EntryKind.FALLBACK)}"
         open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
@@ -602,12 +786,21 @@ class JournalStore:
         # closed the write itself), 'voided' nothing; neither counts as open any more.
         write_pending = ("(SELECT p.entry_id FROM entries p WHERE p.card_id = e.card_id"
                          f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq ORDER BY p.seq DESC LIMIT 1)")
+        with self._lock:
+            done_where = self._unconfirmed_sql("e") if done_filter is None else done_filter
+            return self._sum_rows(done_where, done, open_kinds, writes, where_card, card_param, done_params,
+                                  write_pending, cutoff)
+
+    def _sum_rows(self, done_filter: str, done: str, open_kinds: str, writes: str, where_card: str,
+                  card_param: tuple[object, ...], done_params: tuple[object, ...], write_pending: str,
+                  cutoff: int) -> dict[Unit, int]:
+        """The exposure query of :meth:`_sum_written` (caller holds ``_lock``)."""
         sql = (
             "SELECT unit, coalesce(sum(amount), 0) FROM ("
             f" SELECT e.unit, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
             f" AND e.unit IS NOT NULL{where_card}"
             " UNION ALL"
-            " SELECT e.unit, e.amount FROM entries e JOIN settlements s ON s.entry_id = e.entry_id"
+            " SELECT e.unit, e.amount FROM entries e JOIN temp.verified_settlements s ON s.entry_id = e.entry_id"
             f" WHERE s.outcome = 'finished' AND {done_filter} AND e.unit IS NOT NULL{where_card}"
             " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
             f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)"
@@ -617,12 +810,11 @@ class JournalStore:
             f" AND x.kind IN ({writes}))"
             " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
             f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
-            f" AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.entry_id = {write_pending})"
+            f" AND NOT EXISTS (SELECT 1 FROM temp.verified_settlements s WHERE s.entry_id = {write_pending})"
             ") GROUP BY unit"
         )
         params = (*done_params, *card_param, *done_params, *card_param, *card_param, cutoff)
-        with self._lock:
-            return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
+        return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
 
     def aged_open_writes(self, before: float) -> list[StoredEntry]:
         """Open card writes whose PENDING was journalled before ``before`` (POSIX seconds).
@@ -648,8 +840,10 @@ class JournalStore:
                            when: float | None = None) -> int:
         """Record the server's signed settlements of torn writes (docs/reconciliation.md §Settling torn writes).
 
-        A local, unsigned mark beside the entries, like ``uploaded_at``: the signed chain is not
-        touched. All or nothing: every settlement is checked first, in one transaction.
+        A local mark beside the entries: the signed chain is not touched. The receipt is verified
+        here again under the pinned key and must carry each settlement; it is kept with the row and
+        verified again whenever the journal opens, so a row written into the file by hand releases
+        nothing. All or nothing: every settlement is checked first, in one transaction.
         A settlement of a write this counter has closed itself since (the card came back and
         showed it: COMMIT, FINISHED or VOIDED) is skipped, as is one already recorded.
 
@@ -661,9 +855,14 @@ class JournalStore:
         :raises SettlementRefused: a settlement names an entry this journal does not hold, an
             entry that is not a card write's PENDING, another seq than the entry's, or another
             outcome than one recorded before; nothing was recorded.
-        :raises JournalStoreError: the disk refused the write.
+        :raises JournalStoreError: no pinned key, the receipt does not verify, names another terminal
+            or does not carry these settlements; or the disk refused the write.
         """
+        signed = self._verify(receipt).settlements
+        if any(st not in signed for st in settlements):
+            raise JournalStoreError("the upload receipt does not carry these settlements; nothing recorded")
         at = time.time() if when is None else when
+        blocked: list[bytes] = []
         try:
             with self._lock, self._tx():
                 rows: list[tuple[bytes, str, float, bytes]] = []
@@ -681,7 +880,7 @@ class JournalStore:
                     if seq != st.seq:
                         raise SettlementRefused(f"settlement names entry {st.entry_id.hex()} as seq {st.seq}, "
                                                 f"the journal holds it at seq {seq}; nothing recorded")
-                    held = self._db.execute("SELECT outcome FROM settlements WHERE entry_id=?",
+                    held = self._db.execute("SELECT outcome FROM temp.verified_settlements WHERE entry_id=?",
                                             (st.entry_id,)).fetchone()
                     if held is not None:
                         if held[0] != st.outcome.value:
@@ -696,19 +895,28 @@ class JournalStore:
                                  "the counter's own entry", seq, st.outcome.value, EntryKind(int(closed[0])).name)
                         continue
                     rows.append((st.entry_id, st.outcome.value, at, receipt))
+                    if self._db.execute("SELECT 1 FROM settlements WHERE entry_id=?", (st.entry_id,)).fetchone():
+                        blocked.append(st.entry_id)  # a row no receipt backs (by hand): written once, so kept
                 self._db.executemany(
-                    "INSERT INTO settlements (entry_id, outcome, settled_at, receipt) VALUES (?,?,?,?)", rows)
+                    "INSERT INTO settlements (entry_id, outcome, settled_at, receipt) VALUES (?,?,?,?)",
+                    [r for r in rows if r[0] not in blocked])
+                self._db.executemany("INSERT INTO temp.verified_settlements VALUES (?,?)",
+                                     [(r[0], r[1]) for r in rows])
         except sqlite3.Error as exc:
             raise JournalStoreError(f"recording settlements failed: {exc}") from exc
         for entry_id, outcome, _at, _r in rows:
             log.info("torn write %s… settled by the server: %s", entry_id.hex()[:8], outcome)
+        for entry_id in blocked:
+            log.error("torn write %s…: the journal file holds a settlement row for it that no receipt backs "
+                      "(written by hand?); the server's settlement holds until the daemon restarts and is "
+                      "asked for again then", entry_id.hex()[:8])
         return len(rows)
 
     def settlements(self) -> dict[bytes, SettlementOutcome]:
-        """Every recorded settlement: the write's PENDING entry id → outcome."""
+        """Every settlement verified under the pinned key: the write's PENDING entry id → outcome."""
         with self._lock:
-            return {bytes(r[0]): SettlementOutcome(r[1])
-                    for r in self._db.execute("SELECT entry_id, outcome FROM settlements ORDER BY rowid")}
+            return {bytes(r[0]): SettlementOutcome(r[1]) for r in self._db.execute(
+                "SELECT entry_id, outcome FROM temp.verified_settlements ORDER BY rowid")}
 
     def awaiting_settlement(self, since: float | None = None, limit: int = 500) -> list[StoredEntry]:
         """Open torn writes the server could settle: their PENDING, in seq order.
@@ -723,7 +931,7 @@ class JournalStore:
         with self._lock:
             cards = [r[0] for r in self._db.execute(
                 "SELECT e.card_id FROM entries e WHERE e.kind=? AND e.card_id IS NOT NULL"
-                " AND e.uploaded_at IS NOT NULL AND e.seq = (SELECT max(x.seq) FROM entries x"
+                f" AND NOT {self._unconfirmed_sql('e')} AND e.seq = (SELECT max(x.seq) FROM entries x"
                 f" WHERE x.card_id = e.card_id AND x.kind IN ({_WRITE_KIND_LIST})) ORDER BY e.seq",
                 (int(EntryKind.UNCERTAIN),))]
         out = []

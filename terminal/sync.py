@@ -16,10 +16,10 @@ docs/design.md §Sync and docs/api.md:
   batches, the exact stored bytes, signed envelope (:mod:`cardlib.records.upload`).
   Idempotent by construction: an entry keeps its id and bytes forever, so a
   retry after a lost answer stores nothing new and comes back ``duplicate``.
-  Per-entry results, read from the signed receipt only: ``accepted``/``duplicate``
-  → marked uploaded; ``conflict``/``rejected`` → kept, flagged with the reason
-  (:meth:`JournalStore.flag_upload`), logged, counted in the health view, never
-  deleted and not offered again (the server's signed verdict will not change).
+  Per-entry results, read from the signed receipt only, which the journal verifies
+  again and keeps (:meth:`JournalStore.record_receipt`): ``accepted``/``duplicate``
+  → marked uploaded; ``conflict``/``rejected`` → kept, flagged with the reason, logged,
+  counted in the health view, never deleted and not offered again (the server's signed verdict will not change).
 - **Settlements** (docs/reconciliation.md §Settling torn writes): a torn card write the
   card could not settle (``deferred``) counts in the exposure until the server decides
   it from the card's later states. Each round, after the upload, the PENDING entries of
@@ -247,6 +247,7 @@ class SyncClient:
         self.trust = trust
         self.batch_size = batch_size
         self.receipt_key = receipt_key
+        journal.use_receipt_key(receipt_key)  # the journal verifies stored receipts under the same key
         #: Complaints taken at the screen, sent after the journal each round (None: not sent).
         self.grievances: GrievanceSender | None = None
         #: Torn writes journalled longer ago than this are not offered for settlement, seconds.
@@ -311,7 +312,6 @@ class SyncClient:
             raise SyncRejected(f"upload refused: {resp.status} {resp.body[:300]!r}")
         done: list[bytes] = []
         accepted = 0
-        flags: list[tuple[StoredEntry, str, str | None]] = []
         receipt = self._receipt(resp.body, body, len(batch))
         for entry, line in zip(batch, receipt.lines, strict=True):
             if line.result in ("accepted", "duplicate"):
@@ -320,21 +320,20 @@ class SyncClient:
                                            "nothing marked")
                 done.append(entry.entry.entry_id)
                 accepted += line.result == "accepted"
-            elif line.result in ("conflict", "rejected"):
-                flags.append((entry, line.result, line.reason))
-            else:
+            elif line.result not in ("conflict", "rejected"):
                 raise UnverifiedAnswer(f"upload receipt: unknown result {line.result!r}; nothing marked")
         if receipt.settlements:
             self._check_settlements(receipt, batch)
             report.settled += self.journal.record_settlements(receipt.settlements, receipt.message)
-        for entry, outcome, reason in flags:
-            self.journal.flag_upload(entry.entry.entry_id, outcome, reason)
-            report.flagged.append((entry.seq, outcome, reason))
+        # The journal verifies the receipt again and keeps it: only what it signed marks or parks entries.
+        marked, refused = self.journal.record_receipt(receipt.message)
+        for seq, outcome, reason in refused:
+            report.flagged.append((seq, outcome, reason))
             log.error("server %s journal entry seq %d (%s); kept in the journal and flagged for audit",
-                      outcome, entry.seq, reason)
+                      outcome, seq, reason)
         report.accepted += accepted
         report.duplicate += len(done) - accepted
-        report.marked += self.journal.mark_uploaded(done)
+        report.marked += marked
         report.batches += 1
 
     @staticmethod

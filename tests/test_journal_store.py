@@ -22,6 +22,7 @@ from terminal.clock import Clock
 from terminal.errors import JournalStoreError, JournalVerifyError
 from terminal.journal_audit import verify_journal_file
 from terminal.journal_store import CardWrite, JournalStore, write_of
+from tests.fixtures.receipts import SERVER, receipt
 
 TID = "T-017"
 
@@ -32,7 +33,8 @@ def signer() -> SoftwareSigner:
 
 
 def open_store(path: Path, signer: SoftwareSigner) -> JournalStore:
-    return JournalStore(path, terminal_id=TID, signer=signer, clock=Clock(force_synced=True))
+    return JournalStore(path, terminal_id=TID, signer=signer, clock=Clock(force_synced=True),
+                        receipt_key=SERVER.public_key)
 
 
 def redemption(card: str = "C-1", amount: int = 1, after: int = 2) -> CardWrite:
@@ -217,8 +219,8 @@ def test_open_write_and_exposure_follow_the_protocol(tmp_path: Path, signer: Sof
     assert store.exposure() == {Unit.PACKAGE: 1}
     unsent = store.unsent()
     assert [e.seq for e in unsent] == list(range(1, 7))
-    assert store.mark_uploaded([e.entry.entry_id for e in unsent]) == 6
-    assert store.mark_uploaded([e.entry.entry_id for e in unsent]) == 0
+    assert store.record_receipt(receipt(store, unsent)) == (6, [])
+    assert store.record_receipt(receipt(store, unsent)) == (0, [])  # already marked: nothing new, not stored
     assert store.exposure() == {} and store.unsent() == []
 
 
@@ -268,7 +270,8 @@ def test_decline_reason_is_a_signed_claim_only_on_declined_entries(tmp_path: Pat
 def test_flagged_upload_problems_are_kept_and_skipped(tmp_path: Path, signer: SoftwareSigner) -> None:
     store = open_store(tmp_path / "j.sqlite", signer)
     a = store.append(EntryKind.BALANCE, CardWrite(card_id="6271000000001234"))
-    store.flag_upload(a.entry.entry_id, "conflict", "same seq, other bytes")
+    assert store.record_receipt(receipt(store, [a], result="conflict", reason="same seq, other bytes")) == (
+        0, [(2, "conflict", "same seq, other bytes")])
     assert [s.seq for s in store.unsent()] == [1] and store.unsent_count() == 1
     assert store.upload_problems() == [(2, "conflict", "same seq, other bytes")]
     with pytest.raises(sqlite3.IntegrityError):  # still append-only underneath

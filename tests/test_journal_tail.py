@@ -65,7 +65,8 @@ def _reconcile(app: Any, grace_s: float = 0.0) -> Any:
 def _restart(rig: Rig, tmp: Path) -> JournalStore:
     rig.journal.close()
     journal = JournalStore(tmp / "journal.sqlite", terminal_id=TERMINAL_ID, signer=rig.signer,
-                           clock=Clock(force_synced=True))  # re-creates the trigger: no trace left
+                           clock=Clock(force_synced=True),  # re-creates the trigger: no trace left
+                           receipt_key=rig.client.receipt_key)
     rig.journal = journal
     rig.client.journal = journal
     return journal

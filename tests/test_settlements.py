@@ -44,6 +44,8 @@ from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, OfflineLimits
 from terminal.sync import HttpApi, SyncClient, TrustStore, UnverifiedAnswer
 from terminal.tap import CounterConfig, TapProcessor, Trust
+from tests.fixtures.receipts import settle
+from tests.fixtures.receipts import upload_all as signed_upload_all
 from tests.test_records_support import STATION, TERMINAL
 from tests.test_sync_authenticity import PINNED, TID, FakeServer, _know, _results
 from tests.test_terminal_caps_and_declines import chip, fresh_bundle
@@ -65,13 +67,20 @@ def deferred_write(j: JournalStore, card: str = CARD, amount: int = 3) -> Stored
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Any:
-    j = JournalStore(tmp_path / "journal.sqlite", terminal_id=TID, signer=new_signer(), clock=Clock(force_synced=True))
+    j = JournalStore(tmp_path / "journal.sqlite", terminal_id=TID, signer=new_signer(), clock=Clock(force_synced=True),
+                     receipt_key=PINNED.public_key)
     yield j
     j.close()
 
 
 def upload_all(j: JournalStore) -> None:
-    j.mark_uploaded([e.entry.entry_id for e in j.entries()])
+    """Every entry marked uploaded by a receipt the pinned key signed."""
+    signed_upload_all(j, key=PINNED)
+
+
+def record(j: JournalStore, settlements: list[Settlement]) -> int:
+    """``settlements`` recorded from a receipt the pinned key signed that carries them."""
+    return settle(j, settlements, key=PINNED)
 
 
 # ---------------------------------------------------------------- the journal store's exposure
@@ -84,7 +93,7 @@ def test_a_write_settled_as_not_taken_counts_nothing_at_once(journal: JournalSto
     assert journal.card_cycle_exposure(CARD, *FOREVER) == {Unit.PACKAGE: 3}
     assert [w.seq for w in journal.awaiting_settlement()] == [p.seq]
     settled = Settlement(p.entry.entry_id, p.seq, SettlementOutcome.VOIDED)
-    assert journal.record_settlements([settled], b"receipt") == 1
+    assert record(journal, [settled]) == 1
     assert journal.exposure() == {}
     assert journal.exposure(CARD) == {}
     assert journal.card_cycle_exposure(CARD, *FOREVER) == {}
@@ -92,12 +101,12 @@ def test_a_write_settled_as_not_taken_counts_nothing_at_once(journal: JournalSto
     assert journal.aged_open_writes(time.time() + 1) == []
     assert journal.awaiting_settlement() == []
     assert journal.settlements() == {p.entry.entry_id: SettlementOutcome.VOIDED}
-    assert journal.record_settlements([settled], b"receipt again") == 0  # idempotent
+    assert record(journal, [settled]) == 0  # idempotent
 
 
 def test_a_write_settled_as_taken_counts_as_spent_like_a_commit(journal: JournalStore) -> None:
     p = deferred_write(journal)
-    journal.record_settlements([Settlement(p.entry.entry_id, p.seq, SettlementOutcome.FINISHED)], b"receipt")
+    record(journal, [Settlement(p.entry.entry_id, p.seq, SettlementOutcome.FINISHED)])
     assert journal.exposure() == {Unit.PACKAGE: 3}  # like a COMMIT not yet uploaded
     upload_all(journal)
     assert journal.exposure() == {}  # like an uploaded COMMIT
@@ -110,7 +119,7 @@ def test_a_settlement_for_a_write_the_counter_closed_itself_changes_nothing(jour
     p = deferred_write(journal)
     journal.append(EntryKind.FINISHED, write_of(p))  # the card came back and showed it
     assert journal.card_cycle_exposure(CARD, *FOREVER) == {Unit.PACKAGE: 3}
-    assert journal.record_settlements([Settlement(p.entry.entry_id, p.seq, SettlementOutcome.FINISHED)], b"r") == 0
+    assert record(journal, [Settlement(p.entry.entry_id, p.seq, SettlementOutcome.FINISHED)]) == 0
     assert journal.card_cycle_exposure(CARD, *FOREVER) == {Unit.PACKAGE: 3}  # once, not twice
     assert journal.settlements() == {}
 
@@ -123,7 +132,7 @@ def test_a_settlement_the_journal_cannot_match_is_refused_and_changes_nothing(jo
     good = Settlement(p.entry.entry_id, p.seq, SettlementOutcome.VOIDED)
     boot = journal.entries()[0]
     if how == "other outcome later":
-        journal.record_settlements([good], b"receipt")
+        record(journal, [good])
         before = journal.settlements()
         bad = Settlement(p.entry.entry_id, p.seq, SettlementOutcome.FINISHED)
     else:
@@ -135,7 +144,7 @@ def test_a_settlement_the_journal_cannot_match_is_refused_and_changes_nothing(jo
         }[how]
     exposure = journal.exposure()
     with pytest.raises(SettlementRefused):
-        journal.record_settlements([good, bad] if how != "other outcome later" else [bad], b"forged")
+        record(journal, [good, bad] if how != "other outcome later" else [bad])
     assert journal.settlements() == before
     assert journal.exposure() == exposure
 
@@ -184,7 +193,8 @@ def test_a_forged_settlement_is_refused_and_changes_nothing(tmp_path: Path, how:
     fake = FakeServer()
     signer = new_signer()
     _know(signer)
-    j = JournalStore(tmp_path / "journal.sqlite", terminal_id=TID, signer=signer, clock=Clock(force_synced=True))
+    j = JournalStore(tmp_path / "journal.sqlite", terminal_id=TID, signer=signer, clock=Clock(force_synced=True),
+                     receipt_key=PINNED.public_key)
     try:
         p = deferred_write(j)
         other = deferred_write(j, card="6271000000000002")

@@ -31,6 +31,7 @@ from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, OfflineLimits, cycle_at
 from terminal.screen.i18n import translations
 from terminal.tap import CounterConfig, TapProcessor, Trust
+from tests.fixtures.receipts import SERVER, upload_all
 from tests.test_records_support import (
     CASH,
     CLINIC,
@@ -80,7 +81,7 @@ class Counter:
     def __init__(self, tmp: Path, mode: CounterMode, programme: str, *, trust_bundle: object,
                  limits: OfflineLimits | None = None, clock: float | None = None, expired: bool = False) -> None:
         self.journal = JournalStore(tmp / "journal.sqlite", terminal_id="T-6271-0001", signer=TERMINAL,
-                                    clock=Clock(force_synced=True))
+                                    clock=Clock(force_synced=True), receipt_key=SERVER.public_key)
         self.request: list[object] = [programme, 1, None]
         self.bundle = trust_bundle
         self.tap = TapProcessor(
@@ -96,7 +97,7 @@ class Counter:
 
     def upload_confirmed(self) -> None:
         """What a signed upload receipt does (terminal.sync): every entry marked uploaded."""
-        self.journal.mark_uploaded([e.entry.entry_id for e in self.journal.entries()])
+        upload_all(self.journal)
 
     def last_declined(self) -> tuple[str | None, str | None]:
         e = [s.entry for s in self.journal.entries() if s.entry.kind is EntryKind.DECLINED][-1]
