@@ -18,6 +18,7 @@ settled, not open.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from cardlib.records.statements import ReceiptLine, Settlement, SettlementOutcom
 from huma.cli import main as huma_main
 from terminal.clock import Clock
 from terminal.journal_audit import verify_journal_file
-from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
+from terminal.journal_store import LEGACY_MARKS_BEFORE_MS, CardWrite, JournalStore, StoredEntry, write_of
 from terminal.sync import HttpApi, SyncClient, TrustStore
 from tests.test_settlements import _answer_with
 from tests.test_sync_authenticity import PINNED, TID, FakeServer, _know, _signed_answer
@@ -205,6 +206,25 @@ def test_a_signed_settlement_releases_the_write_and_still_does_after_a_restart(
     assert counter.journal.open_write(CARD) is None
 
 
+def test_a_forged_settlement_row_in_the_way_does_not_hold_back_the_servers_settlement(
+        counter: Counter, fake: FakeServer) -> None:
+    """Settlement rows are written once: a forged row for the write stays, yet the server's
+    settlement still releases it, after a restart too (it is asked for again)."""
+    p = _deferred_write(counter.journal)
+    fake.answer = _signed_answer(PINNED)
+    counter.client.upload_pending()
+    counter.insider("INSERT INTO settlements (entry_id, outcome, settled_at, receipt) VALUES (?,?,?,?)",
+                    (p.entry.entry_id, "voided", time.time(), b"forged"))
+    fake.answer = _answer_with(lambda results: [Settlement(bytes.fromhex(r["entry_id"]), r["seq"],
+                                                           SettlementOutcome.VOIDED) for r in results])
+    assert counter.client.settle_open_writes() == 1
+    assert counter.journal.exposure() == {}
+    counter.restart()
+    assert counter.journal.exposure() == {Unit.PACKAGE: 3}  # the forged row backs nothing
+    assert counter.client.settle_open_writes() == 1
+    assert counter.journal.exposure() == {}
+
+
 # ---------------------------------------------------------------- huma journal verify
 
 
@@ -231,3 +251,51 @@ def test_journal_verify_shows_a_settled_torn_write_as_settled_not_open(
     out = capsys.readouterr().out
     assert "unfinished card writes" not in out
     assert "torn writes settled by the server: 1" in out
+
+
+# ---------------------------------------------------------------- journals written before the receipts were kept
+
+
+class _ClockAt(Clock):
+    """The real clock shifted to run from ``wall`` (POSIX seconds) on."""
+
+    def __init__(self, wall: float) -> None:
+        super().__init__(force_synced=True)
+        self._shift = wall - time.time()
+
+    def now(self):  # type: ignore[no-untyped-def]
+        stamp = super().now()
+        return dataclasses.replace(stamp, wall=stamp.wall + self._shift)
+
+
+def test_a_journal_marked_by_the_old_code_keeps_its_marks_up_to_the_cut_over_only(tmp_path: Path) -> None:
+    """The code before this fix kept no receipts: its marks stand on entries signed before
+    LEGACY_MARKS_BEFORE_MS (the old daemon's own uploads), not on later ones (a mark by hand)."""
+    path, signer = tmp_path / "journal.sqlite", new_signer()
+    cut = LEGACY_MARKS_BEFORE_MS / 1000
+    old = JournalStore(path, terminal_id=TID, signer=signer, clock=_ClockAt(cut - 86_400))
+    before = [old.append(EntryKind.COMMIT, CardWrite(card_id="6271000000000001", programme="cash",
+                                                     unit=Unit.RUPIAH, amount=100_000)) for _ in range(2)]
+    refused = old.append(EntryKind.COMMIT, CardWrite(card_id="6271000000000002", programme="cash",
+                                                     unit=Unit.RUPIAH, amount=7))
+    old.close()
+    after = JournalStore(path, terminal_id=TID, signer=signer, clock=_ClockAt(cut + 60))
+    late = after.append(EntryKind.COMMIT, CardWrite(card_id="6271000000000003", programme="cash",
+                                                    unit=Unit.RUPIAH, amount=50_000))
+    after.close()
+    # What the old daemon wrote after its receipts (and what an insider writes on the late entry).
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE entries SET uploaded_at=1 WHERE seq <> ?", (refused.seq,))
+    db.execute("INSERT INTO upload_problems VALUES (?, 'conflict', 'same seq, other bytes', 1)",
+               (refused.entry.entry_id,))
+    db.close()
+    j = JournalStore(path, terminal_id=TID, signer=signer, clock=Clock(force_synced=True),
+                     receipt_key=PINNED.public_key)
+    try:
+        assert j.exposure() == {Unit.RUPIAH: 50_007}  # the late entry, and the refused one keeps counting
+        unsent = [e.seq for e in j.unsent()]
+        assert late.seq in unsent and refused.seq not in unsent
+        assert not {e.seq for e in before} & set(unsent)
+        assert j.upload_problems() == [(refused.seq, "conflict", "same seq, other bytes")]
+    finally:
+        j.close()
