@@ -429,7 +429,7 @@ def test_no_reachable_database_answers_503_not_500(tmp_path, ca_key_path, trust_
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("path", ["copy", "rows"])
+@pytest.mark.parametrize("path", ["copy", "rows", "cte"])
 def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, world, live_server, monkeypatch,
                                                                         path):
     """The primary going away during the upload's COPY (a raw driver cursor, which SQLAlchemy does not
@@ -439,22 +439,26 @@ def test_connection_lost_mid_upload_answers_503_and_the_retry_is_stored(db_url, 
 
     from server import upload
 
-    name = "_insert_entries_pg_copy" if path == "copy" else "_insert_entries_pg_rows"
+    name = {"copy": "_insert_entries_pg_copy", "rows": "_insert_entries_pg_rows", "cte": "_read_and_insert_pg"}[path]
     real, killed = getattr(upload, name), []
 
-    def dying(connection: Any, columns: Any) -> Any:
+    def dying(connection: Any, *args: Any) -> Any:
         if not killed:  # the first batch only: its server process ends, as on a primary's crash
-            pid = connection.connection.driver_connection.info.backend_pid
+            # _read_and_insert_pg takes the session
+            conn = connection.connection() if path == "cte" else connection
+            pid = conn.connection.driver_connection.info.backend_pid
             u = make_url(db_url)
             with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database, autocommit=True) as c:
                 killed.append(c.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0])
-        return real(connection, columns)
+        return real(connection, *args)
 
     monkeypatch.setattr(upload, name, dying)
     t = world.enrol("T-LOST")
-    # batches above PG_COPY_MIN_ROWS go through COPY, smaller ones are one multi-row INSERT
+    # batches above PG_COPY_MIN_ROWS go through COPY, smaller ones are one multi-row INSERT, or, when
+    # they extend the chain in upload order, one statement that reads the neighbours and inserts
     n = upload.PG_COPY_MIN_ROWS + 1 if path == "copy" else 3
-    body = t.body([t.append().message for _ in range(n)])
+    messages = [t.append().message for _ in range(n)]
+    body = t.body(messages[::-1] if path == "rows" else messages)
     status, headers, data = live_server.post(UPLOAD, body, t.headers(body))
     assert killed == [True]
     assert (status, json.loads(data)["error"]["code"], headers["Retry-After"]) == (503, "database_unavailable", "2")
