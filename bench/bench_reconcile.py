@@ -150,6 +150,24 @@ def _increment(district: Any, share: float, queue: Any, flush: Any) -> int:
     return n
 
 
+def _save(kind: str, url: str, engine: Any, target: str) -> None:
+    """Copy the bench database: SQLite to the file ``target``, PostgreSQL to a new database named ``target``."""
+    if kind == "sqlite":
+        import sqlite3
+
+        copy = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        copy.execute("VACUUM INTO ?", (target,))
+        copy.close()
+        return
+    from sqlalchemy import create_engine, text
+
+    engine.dispose()  # CREATE DATABASE ... TEMPLATE needs the source without connections
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{target}" TEMPLATE "{url.rsplit("/", 1)[1]}"'))
+    admin.dispose()
+
+
 def _profile(engine: Any, run: Any, top: int = 25) -> None:
     """Run ``run()`` once and print to stderr the wall time from each SQL statement's start to the next one's.
 
@@ -303,12 +321,8 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
             if increment:
                 cfg = ReconcileConfig(watermark_margin_s=0)
                 added = _increment(district, increment, queue, flush)
-                if kind == "sqlite" and os.environ.get("HUMA_BENCH_SAVE_DB"):  # the state before the incremental run
-                    import sqlite3
-
-                    copy = sqlite3.connect(f"{workdir}/bench.db", isolation_level=None)
-                    copy.execute("VACUUM INTO ?", (os.environ["HUMA_BENCH_SAVE_DB"],))
-                    copy.close()
+                if os.environ.get("HUMA_BENCH_SAVE_DB"):  # keep the state before the incremental run (diagnosis)
+                    _save(kind, url, engine, os.environ["HUMA_BENCH_SAVE_DB"])
                 if profile:  # diagnosis only: it warms the caches the timed run then finds
                     with sessions() as s:
                         _profile(engine, lambda: reconcile(s, cfg, incremental=True, commit=False))

@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, cast, distinct, func, select, union
+from sqlalchemy import BigInteger, and_, cast, distinct, exists, func, select, union
 from sqlalchemy.engine import Connection
 
 from cardlib.records.journal import EntryKind
@@ -310,6 +310,12 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
         .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
         .subquery()
     )
+    has_entitlements: Any
+    if scope is None:
+        has_entitlements = totals.c.card_id.in_(select(card_entitlements.c.card_id).distinct())
+    else:  # the few touched cards: each looked up by the primary key's prefix (PostgreSQL read the table whole)
+        held = card_entitlements.alias("held")
+        has_entitlements = exists().where(held.c.card_id == totals.c.card_id)
     over = (
         select(totals.c.card_id)
         .select_from(
@@ -322,12 +328,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(
-            totals.c.total > entitled,
-            totals.c.card_id.in_(
-                select(card_entitlements.c.card_id).where(*card_in(scope, card_entitlements.c.card_id)).distinct()
-            ),
-        )
+        .where(totals.c.total > entitled, has_entitlements)
     )
     over_cards: Any = over
     if scope is not None:  # the few cards over, as values: PostgreSQL then reads them by index, not the journal whole

@@ -47,6 +47,8 @@ def household_entitlements(conn: Connection, cfg: ReconcileConfig, scope: Scope 
     card over its own entitlement is ``entitlement_exceeded``. The finding names the newest card
     (the one the household holds) and lists every card in ``detail``.
     """
+    if scope is not None and scope.counts[2] == 0:  # no touched household: nothing to read (or to build)
+        return []
     hh = card_profiles.c.household_ref
     totals = (
         select(
@@ -136,6 +138,8 @@ def claims_on_replaced_cards(conn: Connection, cfg: ReconcileConfig, scope: Scop
     revocation (or on a card never revoked: a second card issued without naming the first)
     are reported here.
     """
+    if scope is not None and scope.counts[2] == 0:  # no touched card has a household
+        return []
     mine, other = card_profiles.alias("mine"), card_profiles.alias("other")
     my_card, newer = _cards.alias("my_card"), _cards.alias("newer")
     rows = conn.execute(

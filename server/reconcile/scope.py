@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, func, insert, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,6 +38,17 @@ _cards = Table("reconcile_scope_cards", _meta, Column("card_id", String(64), pri
 _households = Table("reconcile_scope_households", _meta, Column("household_ref", String(16), primary_key=True),
                     prefixes=["TEMPORARY"])
 _TABLES = (_terminals, _boots, _cards, _households)
+
+
+_CREATE: dict[tuple[str, str], str] = {}
+
+
+def _create_sql(dialect: Dialect, name: str) -> str:
+    """``CREATE TEMPORARY TABLE IF NOT EXISTS`` of scope table ``name``, compiled once per dialect name."""
+    key = (dialect.name, name)
+    if key not in _CREATE:
+        _CREATE[key] = str(CreateTable(_meta.tables[name], if_not_exists=True).compile(dialect=dialect))
+    return _CREATE[key]
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,8 @@ class Scope:
 
         :param journal_id: the watermark, a ``journal_entries.id``.
         """
-        for table in _TABLES:
-            conn.execute(CreateTable(table, if_not_exists=True))  # no catalog query first (checkfirst)
+        for table in _TABLES:  # no catalog query first (checkfirst); DDL is not in SQLAlchemy's statement cache
+            conn.exec_driver_sql(_create_sql(conn.dialect, table.name))
             conn.execute(delete(table))
         # the new entries by primary key range (SQLite: NOT INDEXED, or it walks a whole index in key order)
         fresh = full_scan._construct(journal, name="fresh")
@@ -103,8 +114,8 @@ class Scope:
                     "'card_profiles', 'card_entitlements', 'journal_entries') AND relkind = 'r' AND reltuples < 0 "
                     "AND relnamespace = current_schema()::regnamespace")).scalars():
                 conn.execute(text(f"ANALYZE {name}"))
-        n_terminals, n_cards, n_households = (
-            conn.execute(select(func.count()).select_from(t)).scalar_one() for t in (_terminals, _cards, _households))
+        n_terminals, n_cards, n_households = conn.execute(select(
+            *(select(func.count()).select_from(t).scalar_subquery() for t in (_terminals, _cards, _households)))).one()
         return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households), journal_id)
 
     def drop(self, conn: Connection) -> None:
