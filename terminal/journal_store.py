@@ -463,8 +463,11 @@ class JournalStore:
         do not verify (written by hand, another key or terminal) are logged and ignored.
         """
         self._db.executescript(_VERIFIED_SCHEMA)
+        # A file no daemon of this version opened yet (a read-only look) may lack the later tables.
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        problems = "upload_problems" if "upload_problems" in tables else "(SELECT NULL AS entry_id WHERE 0)"
         legacy = (f"wall_ms < {LEGACY_MARKS_BEFORE_MS} AND (uploaded_at IS NOT NULL"
-                  " OR entry_id IN (SELECT entry_id FROM upload_problems))")
+                  f" OR entry_id IN (SELECT entry_id FROM {problems}))")
         first = self._db.execute(f"SELECT seq FROM entries WHERE NOT ({legacy}) ORDER BY seq LIMIT 1").fetchone()
         if first is None:
             (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
@@ -473,16 +476,20 @@ class JournalStore:
             self._upto = int(first[0]) - 1
         self._db.execute(f"INSERT INTO temp.upload_ahead SELECT seq FROM entries WHERE seq > ? AND {legacy}",
                          (self._upto,))
-        self._db.execute("INSERT INTO temp.upload_refused SELECT e.seq, p.result, p.reason FROM upload_problems p"
-                         f" JOIN entries e USING (entry_id) WHERE e.wall_ms < {LEGACY_MARKS_BEFORE_MS}")
+        if "upload_problems" in tables:
+            self._db.execute("INSERT INTO temp.upload_refused SELECT e.seq, p.result, p.reason FROM upload_problems p"
+                             f" JOIN entries e USING (entry_id) WHERE e.wall_ms < {LEGACY_MARKS_BEFORE_MS}")
         if self._receipt_key is not None:
-            for rowid, message in self._db.execute("SELECT id, message FROM upload_receipts ORDER BY id").fetchall():
+            stored = (self._db.execute("SELECT id, message FROM upload_receipts ORDER BY id").fetchall()
+                      if "upload_receipts" in tables else [])
+            for rowid, message in stored:
                 try:
                     self._apply_receipt(self._verify(bytes(message)))
                 except JournalStoreError as exc:
                     log.error("journal: stored upload receipt %d ignored (%s); its entries count as not uploaded",
                               rowid, exc)
-            self._load_settlements()
+            if "settlements" in tables:
+                self._load_settlements()
         self._advance()
 
     def _load_settlements(self) -> None:
