@@ -140,7 +140,10 @@ class RunResult:
 
 
 def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope | None = None) -> list[Observation]:
-    """Run every check on ``conn`` (read-only) and return the anomalies found.
+    """Run every check on ``conn`` and return the anomalies found.
+
+    Writes only ``reconcile_boots``, the per-boot clock state ``clock_skew`` keeps (rebuilt, or the
+    new entries folded in with ``scope``; :func:`~server.reconcile.terminal_checks.fold_boots`).
 
     Deterministic order: by check, then by the SQL's ORDER BY.
 
