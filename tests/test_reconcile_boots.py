@@ -83,3 +83,23 @@ def test_boot_state_after_incremental_runs_equals_a_full_rebuild(app, audit_db, 
     assert spreads[0] < spreads[1] < spreads[3], spreads  # the one boot grew over several increments
     assert len({state[key][3] for state in seen}) == 4  # a higher entry id folded in each round
     assert {b for t, b in seen[-1] if t == rebooted.terminal_id} == {1, 2}
+
+
+def test_migration_0017_makes_the_next_run_full(tmp_path):
+    """An existing watermark would fold new entries into an empty table: 0017 forgets its run, so the next is full."""
+    from sqlalchemy import text
+
+    from server.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        upgrade(engine, "0016")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO reconcile_state (id, journal_id, reference_digest, run_id) "
+                              "VALUES (1, 10, 'd', 5)"))
+        upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT journal_id, run_id FROM reconcile_state")).one() == (10, None)
+            assert conn.execute(text("SELECT count(*) FROM reconcile_boots")).scalar_one() == 0
+    finally:
+        engine.dispose()
