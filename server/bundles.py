@@ -311,6 +311,10 @@ def publish_next_bundle(session: Session, store: Any, passphrase: bytes, *,
     for name, value in (set_policies or {}).items():
         validate_policy(name, value, programmes)  # inherited policies were checked when first set
         policies[name] = value
+    for name in sorted(n for n, v in policies.items() if n.startswith("fallback.") and v):  # docs/fallback.md
+        if policies.get(f"pin.{name.rpartition('.')[2]}"):  # no card at the fallback desk, so no PIN: refused there
+            raise BadRequest(f"policy {name}: pin.{name.rpartition('.')[2]}=1 protects the programme by the card "
+                             "PIN, which the fallback desk cannot check; unset one of them", field="policies")
     version = (previous_row.version if previous_row is not None else 0) + 1
     issued_at = int(time.time()) if now is None else now
     bundle, blob = sign_keystore_bundle(

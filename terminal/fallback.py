@@ -33,15 +33,16 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import DeniedCard
 from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
-from cardlib.records.journal import EntryKind
+from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
 from terminal.errors import TerminalError
@@ -68,11 +69,18 @@ MANUAL = "manual"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 MAX_APPROVER_CHARS = 64
+#: A clerk or supervisor id (docs/fallback.md): ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a
+#: letter or digit, 1..64 characters. No other character is accepted, so an id cannot be a look-alike of
+#: another (U+2010 HYPHEN for ``-``, Cyrillic ``а`` for ``a``, zero-width or bidi marks).
+APPROVER_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_APPROVER_CHARS - 1}}}", re.ASCII)
 #: Supervisor password guessing at the manual desk (docs/fallback.md §Step 2): wrong passwords are
-#: counted from the journal's signed DECLINED ``supervisor_refused`` entries dated in the last window
-#: (so a daemon restart forgets nothing); while an id or the counter is held back, the desk declines
-#: ``supervisor_locked`` without checking the password.
+#: counted from the journal's signed DECLINED ``supervisor_refused`` entries of the last window of real
+#: time, aged by the entries' monotonic clock in journal order, never by their wall time (so neither a
+#: daemon restart nor a clock moved either way forgets or revives anything); while an id or the counter is
+#: held back, the desk declines ``supervisor_locked`` without checking the password.
 SUPERVISOR_WINDOW_S = 30 * 60
+#: Most journal entries read back (newest first) to find the wrong passwords of the window.
+SUPERVISOR_SCAN_ENTRIES = 5000
 #: After this many wrong passwords in a row for one id, each next try waits (back-off) ...
 SUPERVISOR_BACKOFF_AFTER = 3
 #: ... this many seconds after the last wrong one, doubled for each further wrong one.
@@ -169,22 +177,32 @@ class FallbackDesk:
     :param supervisors: supervisor id -> scrypt hash (terminal profile).
     :param clock: POSIX seconds now.
     :param limits: the terminal profile's caps (tightened by the bundle's, as for card taps).
+    :param mono: seconds of the monotonic clock the journal stamps its entries with (``mono_ns``:
+        :meth:`terminal.clock.Clock.now`, ``time.monotonic``); ages the supervisor failures.
     """
 
     def __init__(self, journal: JournalStore, bundle_source: Callable[[], Trust | TrustBundle | None],
                  mode: CounterMode,
                  supervisors: Mapping[str, str], clock: Callable[[], float] = time.time,
-                 limits: OfflineLimits | None = None) -> None:
+                 limits: OfflineLimits | None = None, mono: Callable[[], float] | None = None) -> None:
         self._journal = journal
         self._bundle = bundle_source
         self._mode = mode
         self._supervisors = dict(supervisors)
         self._clock = clock
+        self._mono = mono or (lambda: time.monotonic())
         self._limits = limits or OfflineLimits()
         self._lock = journal.decision_lock  # the card taps' lock: a tap and a fallback cannot both pass one cap
 
-    def qr(self, text: str, programme: str, quantity: int, clerk: str) -> TapOutcome:
-        """Step 1: serve on a scanned household QR, approved by the clerk ``clerk`` (their id)."""
+    def qr(self, text: str, programme: str, quantity: int, clerk: str, *,
+           served: Collection[str] | None = None) -> TapOutcome:
+        """Step 1: serve on a scanned household QR, approved by the clerk ``clerk`` (their id).
+
+        :param served: the programmes this counter's profile serves (None: every programme of its mode);
+            another is declined ``programme_not_at_counter`` (journalled), as a card tap is.
+        :raises ValueError: ``clerk`` is not an id of :data:`APPROVER_ID`.
+        :raises LookupError: no trust bundle installed yet.
+        """
         clerk = _approver(clerk, "clerk")
         trust = self._need_trust()
         bundle = trust.bundle
@@ -197,10 +215,17 @@ class FallbackDesk:
             if not qr_decodes(text):  # a misread or a foreign code, not a forgery: the clerk scans again
                 return self._decline(QR, clerk, None, programme, DeclineReason.NOT_A_HOUSEHOLD_QR, str(exc))
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_SIGNATURE_INVALID, str(exc))
-        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), trust, now)
+        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), trust, now,
+                           served)
 
-    def manual(self, card_id_hex: str, programme: str, quantity: int, supervisor: str, password: str) -> TapOutcome:
-        """Step 2: serve a card id read from the household's papers, on a supervisor's password."""
+    def manual(self, card_id_hex: str, programme: str, quantity: int, supervisor: str, password: str, *,
+               served: Collection[str] | None = None) -> TapOutcome:
+        """Step 2: serve a card id read from the household's papers, on a supervisor's password.
+
+        :param served: as for :meth:`qr`.
+        :raises ValueError: ``supervisor`` is not an id of :data:`APPROVER_ID`, or the card id not 16 hex digits.
+        :raises LookupError: no trust bundle installed yet.
+        """
         supervisor = _approver(supervisor, "supervisor")
         trust = self._need_trust()
         bundle = trust.bundle
@@ -211,7 +236,7 @@ class FallbackDesk:
                 raise ValueError("8 bytes")
         except ValueError:
             raise ValueError("the card id is 16 hex digits") from None
-        held = self._supervisor_held(supervisor, now)
+        held = self._supervisor_held(supervisor)
         if held is not None:
             log.warning("manual entry for supervisor %r not checked: %s", supervisor, held)
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.SUPERVISOR_LOCKED, held)
@@ -223,7 +248,7 @@ class FallbackDesk:
         if card_id in bundle.deny_cards:
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.CARD_DENIED,
                                  "card on the deny list")
-        return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), trust, now)
+        return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), trust, now, served)
 
     # ------------------------------------------------------------------ internals
 
@@ -234,28 +259,23 @@ class FallbackDesk:
         trust = got if isinstance(got, Trust) else Trust(got, self._clock())
         return trust.raised(self._journal.wall_mark())  # trusted time never below what the journal saw
 
-    def _supervisor_held(self, supervisor: str, now: float) -> str | None:
+    def _supervisor_held(self, supervisor: str) -> str | None:
         """Why ``supervisor``'s password is not checked now (back-off or lock-out), or None.
 
-        Reads the journal's manual-step DECLINED and FALLBACK entries dated within
-        :data:`SUPERVISOR_WINDOW_S` of ``now`` either way (a clock set far back neither revives
-        nor keeps old failures for ever). Wrong passwords of the id count back to its last
-        accepted password (an entry approved by it that is not a refusal).
+        Reads the manual step's DECLINED and FALLBACK entries of the last :data:`SUPERVISOR_WINDOW_S`
+        of real time (:meth:`_recent_manual`: aged by the monotonic clock, so moving the wall clock
+        forward or back neither forgets nor revives a failure). Wrong passwords of the id count back
+        to its last accepted password (an entry approved by it that is not a refusal).
         """
-        rows = self._journal.recent((EntryKind.DECLINED, EntryKind.FALLBACK), now - SUPERVISOR_WINDOW_S,
-                                    now + SUPERVISOR_WINDOW_S, limit=2000)
         refused, locked = DeclineReason.SUPERVISOR_REFUSED.value, DeclineReason.SUPERVISOR_LOCKED.value
-        mine: list[float] = []  # wall times of the id's wrong passwords in a row, newest first
+        mine: list[float] = []  # ages (s) of the id's wrong passwords in a row, newest first
         in_a_row, overall = True, 0
-        for s in rows:
-            e = s.entry
-            if e.fallback != MANUAL:
-                continue
+        for e, age in self._recent_manual():
             wrong = e.kind is EntryKind.DECLINED and e.decline_reason == refused
             overall += wrong
             if in_a_row and e.approved_by == supervisor:
                 if wrong:
-                    mine.append(e.wall_ms / 1000)
+                    mine.append(age)
                 elif not (e.kind is EntryKind.DECLINED and e.decline_reason == locked):
                     in_a_row = False  # the password was accepted then
         window = f"in the last {SUPERVISOR_WINDOW_S // 60} min"
@@ -265,10 +285,45 @@ class FallbackDesk:
             return f"{len(mine)} wrong passwords for {supervisor!r} {window}: locked"
         if len(mine) >= SUPERVISOR_BACKOFF_AFTER:
             wait = SUPERVISOR_BACKOFF_S * 2 ** (len(mine) - SUPERVISOR_BACKOFF_AFTER)
-            left = mine[0] + wait - now
+            left = wait - mine[0]
             if left > 0:
                 return f"{len(mine)} wrong passwords for {supervisor!r} {window}: next try in {left:.0f} s"
         return None
+
+    def _recent_manual(self) -> list[tuple[JournalEntry, float]]:
+        """The manual step's DECLINED and FALLBACK entries younger than :data:`SUPERVISOR_WINDOW_S`, newest first.
+
+        Each with a lower bound of its real age in seconds, from the journal's monotonic stamps
+        (``mono_ns``, comparable within one boot only) read in journal order, newest first: within
+        the current boot, now minus the entry's stamp; for an earlier boot, the age of the newer
+        boot's first entry read plus the entry's distance to its own boot's last entry. The time a
+        counter was off is not counted (unknown without trusting the wall clock), so failures just
+        before a restart count up to one window of running time after it. Wall times and the time
+        mark are not read: a clock moved forward cannot age a failure out. At most
+        :data:`SUPERVISOR_SCAN_ENTRIES` entries are read.
+        """
+        out: list[tuple[JournalEntry, float]] = []
+        boot, ref_ns, offset = self._journal.boot_id, int(self._mono() * 1e9), 0.0
+        newest_age = 0.0  # age of the oldest entry read so far (the newest boot's first entry, when crossing)
+        hi, read = self._journal.head[0], 0
+        while hi > 0 and read < SUPERVISOR_SCAN_ENTRIES:
+            lo = max(0, hi - 500)
+            page = [s for s in self._journal.entries(after_seq=lo, limit=hi - lo) if s.seq <= hi]
+            if not page:
+                break
+            for stored in reversed(page):
+                e = stored.entry
+                read += 1
+                if e.boot_id != boot:  # the last entry of an earlier boot: it is older than all read so far
+                    boot, ref_ns, offset = e.boot_id, e.mono_ns, newest_age
+                age = offset + max(0, ref_ns - e.mono_ns) / 1e9
+                newest_age = max(newest_age, age)
+                if age >= SUPERVISOR_WINDOW_S:
+                    return out
+                if e.fallback == MANUAL and e.kind in (EntryKind.DECLINED, EntryKind.FALLBACK):
+                    out.append((e, age))
+            hi = page[0].seq - 1
+        return out
 
     def _served(self, card: str, programme: str, step: str, start: float, end: float) -> int:
         """Units this counter already gave ``card`` through ``step`` in ``[start, end)`` (POSIX seconds)."""
@@ -284,16 +339,26 @@ class FallbackDesk:
                     total += e.amount or 0
             after = rows[-1].seq
 
-    def _serve(self, ask: _Ask, trust: Trust, now: float) -> TapOutcome:
+    def _serve(self, ask: _Ask, trust: Trust, now: float, here: Collection[str] | None) -> TapOutcome:
         bundle = trust.bundle
         programmes = bundle_programmes(bundle)
         if ask.programme not in programmes:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
                                  DeclineReason.PROGRAMME_NOT_AT_COUNTER, "programme not in the bundle")
+        rules = programmes[ask.programme][1]
+        if rules.mode is not self._mode or (here is not None and ask.programme not in here):
+            # as decide(): a counter serves only its mode's programmes that its profile lists
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.PROGRAMME_NOT_AT_COUNTER,
+                                 f"programme {ask.programme!r} is not served at this {self._mode.value} counter")
+        if rules.pin_required:  # no card at the desk, so no PIN to check: never served this way
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
+                                 DeclineReason.PIN_REQUIRED_NO_FALLBACK,
+                                 f"bundle policy pin.{ask.programme}=1: the card PIN is required, no fallback")
         if ask.quantity < 1:
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
                                  DeclineReason.INVALID_QUANTITY, "quantity below 1")
-        unit = programmes[ask.programme][1].unit
+        unit = rules.unit
         if clock_wrong(bundle, now, counter_limits(self._limits, bundle).stale_days, trust.mark):  # as a card tap
             return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
                                  DeclineReason.COUNTER_CLOCK_WRONG, "the counter's clock is wrong for its bundle")
@@ -336,13 +401,23 @@ class FallbackDesk:
                    start: float, end: float) -> tuple[DeclineReason, str] | None:
         """The counter cap ``quantity`` more units would pass, or None (caller holds the decision lock).
 
-        Counts every redemption kind this journal holds (:meth:`JournalStore.exposure`): the
-        card's units this cycle and the terminal's since the last confirmed upload. The caps are
-        tightened for the bundle's age as a card tap's are (:func:`terminal.policy.decide`).
+        The caps of :func:`terminal.policy.decide`, in its order, tightened for the bundle's age as
+        a card tap's are: the per-tap cap, then over every redemption kind this journal holds
+        (:meth:`JournalStore.exposure`) the card's units since the last confirmed upload, the
+        card's units this cycle and the terminal's since the last confirmed upload.
         """
         base = counter_limits(self._limits, trust.bundle)
         limits = base.tightened(base.effective_age(trust.age_days(now), at_floor=trust.expired))
         open_since = now - limits.stale_days * SECONDS_PER_DAY
+        tap_cap = limits.per_tap.get(unit)
+        if tap_cap is not None and quantity > tap_cap:
+            return DeclineReason.OVER_TAP_LIMIT, f"per-tap cap {tap_cap}"
+        since_sync = limits.per_card_since_sync.get(unit)
+        if since_sync is not None:
+            had = self._journal.exposure(card, open_since=open_since).get(unit, 0)
+            if had + quantity > since_sync:
+                return (DeclineReason.OVER_CARD_OFFLINE_LIMIT,
+                        f"card cap {since_sync} since the last upload, {had} already served")
         cycle_cap = limits.per_card_cycle.get(unit)
         if cycle_cap is not None:
             had = self._journal.card_cycle_exposure(card, start, end, open_since=open_since).get(unit, 0)
@@ -366,7 +441,12 @@ class FallbackDesk:
 
 
 def _approver(name: str, what: str) -> str:
+    """``name`` without surrounding white space, if it is an id of :data:`APPROVER_ID`.
+
+    :raises ValueError: any other text (the screen answers 400; nothing is journalled).
+    """
     name = name.strip()
-    if not 1 <= len(name) <= MAX_APPROVER_CHARS or not name.isprintable():
-        raise ValueError(f"the {what} id is 1..{MAX_APPROVER_CHARS} printable characters")
+    if APPROVER_ID.fullmatch(name) is None:
+        raise ValueError(f"the {what} id is 1..{MAX_APPROVER_CHARS} of the ASCII letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit")
     return name

@@ -64,6 +64,9 @@ class DeclineReason(enum.Enum):
     #: A QR fallback scan that is not a household QR at all (Base45, zlib or COSE structure fails):
     #: scan again. A QR that decodes but fails its signature stays ``card_signature_invalid``.
     NOT_A_HOUSEHOLD_QR = "not_a_household_qr"
+    #: A fallback (QR or manual) for a programme the bundle protects with ``pin.<programme>`` = 1:
+    #: the desk has no card to check a PIN against, so it never serves one (docs/fallback.md).
+    PIN_REQUIRED_NO_FALLBACK = "pin_required_no_fallback"
     INVALID_QUANTITY = "invalid_quantity"
     BUNDLE_EXPIRED = "bundle_expired"
     #: `secure` card: no proof of the key the identity names (a copy of the readable bytes).
@@ -119,6 +122,10 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     ),
     DeclineReason.FALLBACK_NOT_ENABLED: "This fallback (QR or supervisor) is not enabled for this programme.",
     DeclineReason.NOT_A_HOUSEHOLD_QR: "This is not a household QR. Scan again.",
+    DeclineReason.PIN_REQUIRED_NO_FALLBACK: (
+        "This programme needs the card and its PIN: never by QR or supervisor entry. Come back with the card, "
+        "or go to the district office."
+    ),
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
     DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",

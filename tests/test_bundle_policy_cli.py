@@ -51,6 +51,7 @@ def test_policy_sets_and_unset_drops_a_bundle_policy(app, client, db_url, keysto
     (("--policy", "pin.max_failures=0"), "1..254"),
     (("--policy", "fallback.qr.food=one"), "expected NAME=INTEGER"),
     (("--unset-policy", "fallback.qr.food"), "nothing to unset"),
+    (("--policy", "pin.food=1", "--policy", "fallback.manual.food=1"), "fallback desk cannot check"),
 ])
 def test_a_bad_policy_is_a_typed_error_and_nothing_is_signed(app, client, db_url, keystore, tmp_path, capsys,
                                                              arg: tuple[str, str], says: str) -> None:

@@ -30,7 +30,8 @@ PASSWORD = "kunci-sri-77"
 SUPERVISORS = {"sri": supervisor_hash(PASSWORD)}
 
 
-def _desk(tmp: Path, age_days: float, *, expired: bool = False) -> FallbackDesk:
+def _desk(tmp: Path, age_days: float, *, expired: bool = False,
+          mode: CounterMode = CounterMode.MARKET_REDEMPTION) -> FallbackDesk:
     tmp.mkdir()
     journal = JournalStore(tmp / "journal.sqlite", terminal_id="T-FB-2", signer=TERMINAL,
                            clock=Clock(force_synced=True))
@@ -38,7 +39,7 @@ def _desk(tmp: Path, age_days: float, *, expired: bool = False) -> FallbackDesk:
     b = dataclasses.replace(bundle(), issued_at=int(now) - 60, expires_at=int(now) + 86400,
                             programmes=PROGRAMMES, policies=POLICIES)
     trust = Trust(b, now - age_days * SECONDS_PER_DAY, expired=expired)
-    return FallbackDesk(journal, lambda: trust, CounterMode.MARKET_REDEMPTION, SUPERVISORS)
+    return FallbackDesk(journal, lambda: trust, mode, SUPERVISORS)
 
 
 def test_a_fresh_bundle_serves_the_full_cap(tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ def test_halfway_to_stale_the_cap_is_between(tmp_path: Path) -> None:
 
 
 def test_an_expired_bundle_pays_no_cash_and_serves_at_the_floor(tmp_path: Path) -> None:
+    cash = _desk(tmp_path / "c", 0, expired=True, mode=CounterMode.CASH_PAYOUT)
+    assert cash.manual(CARD, "tunai", 1000, "sri", PASSWORD).reason is DeclineReason.BUNDLE_EXPIRED
     desk = _desk(tmp_path / "d", 0, expired=True)
-    assert desk.manual(CARD, "tunai", 1000, "sri", PASSWORD).reason is DeclineReason.BUNDLE_EXPIRED
     assert desk.manual(CARD, "pangan", 4, "sri", PASSWORD).reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT

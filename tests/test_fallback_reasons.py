@@ -5,27 +5,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 from cardlib.provision.qr import household_qr
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
-from terminal.fallback import qr_decodes
+from firmware_config.models import CounterMode
+from terminal.clock import Clock
+from terminal.fallback import FallbackDesk, qr_decodes, supervisor_hash
 from terminal.journal_store import JournalStore
 from terminal.policy import DeclineReason
-from tests.test_fallback import _post, _qr_from_png, counter  # noqa: F401  (the fixture)
-from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, identity
+from tests.test_fallback import POLICIES, PROGRAMMES, _post, _qr_from_png, counter  # noqa: F401  (the fixture)
+from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, bundle, identity
 
 
 def _reasons(journal: JournalStore) -> list[str | None]:
     return [s.entry.decline_reason for s in journal.entries() if s.entry.kind is EntryKind.DECLINED]
 
 
-def test_a_programme_without_a_qr_limit_is_not_enabled_not_used_up(counter) -> None:  # noqa: F811
-    url, journal = counter
-    cash = _post(url, "/api/fallback/qr", {"qr": _qr_from_png(), "clerk": "clerk-ani", "programme": "tunai"})
-    assert (cash["status"], cash["reason"]) == ("declined", "fallback_not_enabled")
-    assert _reasons(journal) == ["fallback_not_enabled"]
+def test_a_programme_without_a_qr_limit_is_not_enabled_not_used_up(tmp_path: Path) -> None:
+    """A cash counter, and the bundle sets no ``fallback.qr.tunai``."""
+    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-FB-1", signer=TERMINAL,
+                           clock=Clock(force_synced=True))
+    trust = dataclasses.replace(bundle(), issued_at=int(time.time()) - 60, expires_at=int(time.time()) + 86400,
+                                programmes=PROGRAMMES, policies=POLICIES)
+    desk = FallbackDesk(journal, lambda: trust, CounterMode.CASH_PAYOUT, {"sri": supervisor_hash("kunci-sri-77")})
+    try:
+        cash = desk.qr(_qr_from_png(), "tunai", 250_000, "clerk-ani", served=["tunai"])
+        assert cash.reason is DeclineReason.FALLBACK_NOT_ENABLED
+        assert _reasons(journal) == ["fallback_not_enabled"]
+    finally:
+        journal.close()
     assert "not enabled" in DeclineReason.FALLBACK_NOT_ENABLED.message
 
 

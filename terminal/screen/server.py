@@ -663,11 +663,13 @@ class _Handler(BaseHTTPRequestHandler):
                 programme = str(body.get("programme") or selected[0])
                 quantity = int(body.get("quantity", selected[1]))
                 try:
+                    # only this counter's programmes, as for a tap (the body may name any programme)
                     if self.path == "/api/fallback/qr":
-                        outcome = desk.qr(str(body["qr"]), programme, quantity, str(body["clerk"]))
+                        outcome = desk.qr(str(body["qr"]), programme, quantity, str(body["clerk"]),
+                                          served=state.programmes)
                     else:
                         outcome = desk.manual(str(body["card_id"]), programme, quantity, str(body["supervisor"]),
-                                              str(body["password"]))
+                                              str(body["password"]), served=state.programmes)
                 except LookupError as exc:
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
                     return
