@@ -117,17 +117,33 @@ def deferred_write(j: JournalStore, card: str = "6271000000000001"):  # type: ig
 def _settled_journal(path: Path, server: object, receipt_for: str = "") -> tuple[bytes, int, bytes]:
     """A journal with one deferred torn write settled ``voided`` by a receipt of ``server``; its entry id,
     seq and the receipt. ``receipt_for``: another terminal id in the receipt."""
-    from cardlib.records.statements import ReceiptLine, Settlement, SettlementOutcome, sign_receipt
+    import sqlite3
 
-    j = JournalStore(path, terminal_id="T-6271-0001", signer=TERMINAL, clock=Clock(force_synced=True))
+    import pytest
+
+    from cardlib.records.statements import ReceiptLine, Settlement, SettlementOutcome, sign_receipt
+    from terminal.errors import JournalStoreError
+    from tests.test_sync_authenticity import PINNED
+
+    j = JournalStore(path, terminal_id="T-6271-0001", signer=TERMINAL, clock=Clock(force_synced=True),
+                     receipt_key=PINNED.public_key)
     try:
         p = deferred_write(j)
         st = Settlement(p.entry.entry_id, p.seq, SettlementOutcome.VOIDED)
         receipt = sign_receipt(server, receipt_for or "T-6271-0001", b"{}",  # type: ignore[arg-type]
                                [ReceiptLine(p.entry.entry_id, p.seq, "duplicate")], now=int(time.time()),
                                settlements=[st])
-        assert j.record_settlements([st], receipt) == 1
-        assert j.exposure() == {}
+        if server is PINNED and not receipt_for:
+            assert j.record_settlements([st], receipt) == 1
+            assert j.exposure() == {}
+        else:  # the daemon refuses it (another key or terminal): written into the file, as an insider would
+            with pytest.raises(JournalStoreError):
+                j.record_settlements([st], receipt)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("INSERT INTO settlements (entry_id, outcome, settled_at, receipt) VALUES (?,?,?,?)",
+                       (p.entry.entry_id, "voided", time.time(), receipt))
+            db.close()
+            assert sum(j.exposure().values()) == 3  # and it releases nothing
         return p.entry.entry_id, p.seq, receipt
     finally:
         j.close()
