@@ -14,11 +14,12 @@ import click
 if TYPE_CHECKING:
     from cardlib.records.cose import CoseKey
     from firmware_config.models import TerminalProfile
+    from terminal.status import CounterStatus
 
 
 @click.group()
 def terminal() -> None:
-    """The counter: make its key and CSR (init), enrol it with the server (enrol), run the daemon (run)."""
+    """The counter: make its key and CSR (init), enrol it with the server (enrol), run the daemon (run), status."""
 
 
 @terminal.command("run")
@@ -139,6 +140,95 @@ def enrol(profile_path: Path, wait_s: float, code: str | None) -> None:
         click.echo(f"key fingerprint (the admin approves only this key): {key_fingerprint(profile)}")
         raise SystemExit(3)
     click.echo(f"certificate saved to {cert}")
+
+
+@terminal.command("status")
+@_PROFILE
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+def status(profile_path: Path, as_json: bool) -> None:
+    """What this counter is and how it stands, read from disk (the daemon may be running; nothing is written).
+
+    Terminal id and server, enrolment, trust bundle version and expiry, last sync, clock and time
+    mark, journal size, entries not yet uploaded, whether the daemon runs, exposure against its caps.
+    """
+    import dataclasses
+    import json
+
+    from firmware_config.loader import load_terminal_profile
+    from terminal.status import counter_status
+
+    st = counter_status(load_terminal_profile(profile_path))
+    if as_json:
+        data = dataclasses.asdict(st)
+        data["exposure"] = {u.name.lower(): n for u, n in st.exposure.items()}
+        data["caps"] = {u.name.lower(): n for u, n in st.caps.items()}
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    _print_status(st)
+
+
+def _when(seconds: float, now: float) -> str:
+    """``2026-12-07 10:34 UTC (3 h ago)``; ``never`` for 0."""
+    import datetime as dt
+
+    if not seconds:
+        return "never"
+    at = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    ago = now - seconds
+    span = abs(ago)
+    if span < 60:
+        return f"{at} (just now)"
+    size = (_count(int(span // 86400), "day", "days") if span >= 86400 else
+            _count(int(span // 3600), "hour", "hours") if span >= 3600 else _count(int(span // 60), "min", "min"))
+    return f"{at} ({size} ago)" if ago >= 0 else f"{at} (in {size})"
+
+
+def _print_status(st: CounterStatus) -> None:
+    """The status as a two-column table (rich), problems in red."""
+    from rich.console import Console
+    from rich.table import Table
+
+    now = st.clock.now
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column(overflow="fold")
+    t.add_row("terminal", st.terminal_id)
+    t.add_row("server", f"{st.server_url} ({'enrolled' if st.certificate else '[red]not enrolled yet[/]'})")
+    if st.bundle is None:
+        t.add_row("trust bundle", f"[red]none: {st.bundle_problem}[/]")
+    else:
+        b = st.bundle
+        expiry = "[red]EXPIRED[/] " if b.expired else ""
+        t.add_row("trust bundle", f"v{b.version}, {expiry}in force until {_when(b.in_force_until, now)}")
+        t.add_row("last sync", _when(b.checked_at, now) + f"; bundle {b.age_days:.1f} days old")
+    c = st.clock
+    state = ("[red]WRONG: taps are declined counter_clock_wrong[/]" if c.wrong else "unknown (no bundle)"
+             if c.wrong is None else "ok")
+    t.add_row("clock", f"{_when(c.now, now).split(' (')[0]}, {'NTP synced' if c.kernel_synced else 'NTP not synced'}, "
+                       f"{state}")
+    t.add_row("time mark", _when(c.time_mark, now))
+    if st.journal is None:
+        t.add_row("journal", "none yet (the daemon never started)")
+    else:
+        j = st.journal
+        t.add_row("journal", f"{_count(j.entries, 'entry', 'entries')}, {j.size_bytes / 1e6:.1f} MB, "
+                             f"{_count(j.boots, 'boot', 'boots')}: {j.path}")
+        t.add_row("not uploaded", _count(j.unsent, "entry", "entries")
+                  + (f", [red]{_count(j.refused, 'entry', 'entries')} refused by the server[/]" if j.refused else "")
+                  + ("" if j.receipt_key_pinned else " [red](no pinned server receipt key: no upload can be "
+                                                     "confirmed; run huma terminal enrol again)[/]"))
+    t.add_row("daemon", ("running" + (f" (pid {st.daemon_pid})" if st.daemon_pid else "")) if st.daemon_running
+              else "[red]not running[/]")
+    units = sorted(set(st.exposure) | set(st.caps), key=lambda u: u.name)
+    for u in units or ():
+        cap = st.caps.get(u)
+        out = st.exposure.get(u, 0)
+        over = cap is not None and out >= cap
+        text = f"{out} of {cap}" if cap is not None else f"{out} (no cap)"
+        t.add_row(f"exposure {u.name.lower()}", f"[red]{text}: at the cap[/]" if over else text)
+    if not units:
+        t.add_row("exposure", "nothing out unconfirmed, no cap")
+    Console(highlight=False, soft_wrap=True).print(t)
 
 
 @click.group()
