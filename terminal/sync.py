@@ -46,8 +46,9 @@ docs/design.md §Sync and docs/api.md:
   on after a backoff; if the thread itself ever dies, :meth:`SyncLoop.ensure_running`
   (called by the daemon's watchdog) logs it and starts a new one.
 
-HTTP is the standard library's :mod:`http.client` (one request per connection;
-the terminal syncs rarely, keep-alive buys nothing and a stale socket costs a retry).
+HTTP is :class:`terminal.http_client.HttpApi` (one request per connection, each answer read
+up to a size cap within an overall deadline, so a fake server can neither exhaust memory nor
+hold the sync thread).
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ import base64
 import binascii
 import email.utils
 import hashlib
-import http.client
-import ipaddress
 import json
 import logging
 import random
@@ -67,7 +66,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.errors import RecordError
@@ -84,6 +82,7 @@ from cardlib.records.statements import (
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SettlementRefused, SyncError, SyncRejected, TrustStoreError
 from terminal.grievances import GrievanceSender
+from terminal.http_client import HttpApi, Response, check_server_url, is_loopback
 from terminal.journal_store import JournalStore, StoredEntry
 from terminal.trust import TrustStore
 
@@ -114,73 +113,7 @@ class UnverifiedAnswer(SyncError):
     """A server answer without a valid statement by the pinned receipt key; nothing was changed."""
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_server_url(url: str) -> None:
-    """Refuse a server URL a counter must not use: not http(s), or ``http://`` to a non-loopback host.
-
-    :raises ValueError: one line naming the URL and what to use instead.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"server URL must be https://host[:port], got {url!r}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError(f"server URL {url!r} is plain http to another host: use https:// "
-                         "(http is allowed only to loopback: 127.0.0.0/8, ::1, localhost)")
-
-
-@dataclass(frozen=True)
-class Response:
-    """An HTTP answer: status, headers (lower-case names), body bytes."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class HttpApi:
-    """The server's base URL and one-shot HTTP requests over :mod:`http.client`.
-
-    :param base_url: ``https://host[:port]``, or ``http://`` to loopback only (a path such
-        as ``/api/v1`` is ignored: endpoints are absolute).
-    :param timeout_s: connect + read timeout per request, seconds.
-    :raises ValueError: not an http(s) URL, or plain http to another host (:func:`check_server_url`).
-    """
-
-    def __init__(self, base_url: str, timeout_s: float = 15.0) -> None:
-        check_server_url(base_url)
-        url = urlsplit(base_url)
-        self.scheme = url.scheme
-        self.host = url.hostname or ""  # check_server_url refused a URL without a host
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.timeout_s = timeout_s
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Response:
-        """One request on a fresh connection.
-
-        :raises SyncError: the connection failed, timed out or was dropped before a full answer.
-        """
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.timeout_s)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-        except (OSError, http.client.HTTPException) as exc:
-            raise SyncError(f"{method} {self.scheme}://{self.host}:{self.port}{path}: "
-                            f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            conn.close()
+# The HTTP client (bounded answers, overall deadline) lives in terminal.http_client; re-exported here.
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

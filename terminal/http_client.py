@@ -1,0 +1,158 @@
+"""The counter's HTTP client: one bounded request per connection to the server (docs/security.md).
+
+Whatever answers in the server's place (a captive portal, a DNS hijack, a rogue access point)
+must not be able to stop the counter: an answer is read in pieces up to
+:data:`MAX_ANSWER_BYTES` and within :data:`DEFAULT_DEADLINE_S` for the whole request
+(connect, send, headers, body), not only a per-read socket timeout, so neither a body of a
+few GB (the daemon's memory, then the kernel's OOM killer) nor a slow drip (the sync thread
+held for ever) gets through. Both end in :class:`AnswerTooLarge` / :class:`SyncError`.
+
+The largest legitimate answer is the trust bundle: with a 300,000-card deny list and two
+chip UIDs per card it is 6.3 MiB (8-byte card ids, 7-byte UIDs, signed; measured with
+``cardlib.records.bundle.sign_bundle``); the cap leaves room for about 10 MB more.
+
+HTTP is the standard library's :mod:`http.client` (the terminal syncs rarely, keep-alive
+buys nothing and a stale socket costs a retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from terminal.errors import SyncError
+
+#: Largest answer body read, bytes (16 MiB: the largest bundle is 6.3 MiB, module doc).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: Longest a whole request may take, seconds: a 6.3 MiB bundle at 64 kbit/s would take ~14 min,
+#: at 256 kbit/s ~3.5 min; a request cut here is retried with backoff by the sync loop.
+DEFAULT_DEADLINE_S = 300.0
+#: Bytes asked of the socket per read.
+_CHUNK = 64 * 1024
+
+
+class AnswerTooLarge(SyncError):
+    """The server's answer is larger than :data:`MAX_ANSWER_BYTES` (announced or read); nothing was kept."""
+
+
+class DeadlinePassed(SyncError):
+    """The request did not finish within its overall deadline (a slow drip, a stalled peer)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str) -> None:
+    """Refuse a server URL a counter must not use: not http(s), or ``http://`` to a non-loopback host.
+
+    :raises ValueError: one line naming the URL and what to use instead.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"server URL must be https://host[:port], got {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(f"server URL {url!r} is plain http to another host: use https:// "
+                         "(http is allowed only to loopback: 127.0.0.0/8, ::1, localhost)")
+
+
+@dataclass(frozen=True)
+class Response:
+    """An HTTP answer: status, headers (lower-case names), body bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class HttpApi:
+    """The server's base URL and one-shot, bounded HTTP requests over :mod:`http.client`.
+
+    :param base_url: ``https://host[:port]``, or ``http://`` to loopback only (a path such
+        as ``/api/v1`` is ignored: endpoints are absolute).
+    :param timeout_s: connect timeout and longest wait for any one read, seconds.
+    :param max_bytes: largest answer body read, bytes (default :data:`MAX_ANSWER_BYTES`).
+    :param deadline_s: longest a whole request may take, seconds (default :data:`DEFAULT_DEADLINE_S`).
+    :raises ValueError: not an http(s) URL, or plain http to another host (:func:`check_server_url`).
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 15.0, *, max_bytes: int = MAX_ANSWER_BYTES,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+        check_server_url(base_url)
+        url = urlsplit(base_url)
+        self.scheme = url.scheme
+        self.host = url.hostname or ""  # check_server_url refused a URL without a host
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.deadline_s = deadline_s
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        """One request on a fresh connection, its answer read up to :attr:`max_bytes` within :attr:`deadline_s`.
+
+        :raises AnswerTooLarge: the answer announces (``Content-Length``) or sends more than
+            :attr:`max_bytes`; the connection is closed without reading the rest.
+        :raises DeadlinePassed: the request took longer than :attr:`deadline_s` in all.
+        :raises SyncError: the connection failed, timed out or was dropped before a full answer.
+        """
+        where = f"{method} {self.scheme}://{self.host}:{self.port}{path}"
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=min(self.timeout_s, self.deadline_s))
+        expired = threading.Event()
+
+        def cut() -> None:  # a blocking read cannot see the deadline: shut the socket under it
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.deadline_s, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = self._read(resp, where)
+            if expired.is_set():
+                raise DeadlinePassed(f"{where}: no full answer within {self.deadline_s:.0f} s")
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if expired.is_set():
+                raise DeadlinePassed(f"{where}: no full answer within {self.deadline_s:.0f} s") from exc
+            raise SyncError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            timer.cancel()
+            conn.close()
+
+    def _read(self, resp: http.client.HTTPResponse, where: str) -> bytes:
+        """The body, in pieces, refusing more than :attr:`max_bytes` (announced or received)."""
+        announced = resp.getheader("Content-Length")
+        if announced is not None and announced.strip().isdigit() and int(announced) > self.max_bytes:
+            raise AnswerTooLarge(f"{where}: answer of {int(announced)} bytes refused "
+                                 f"(at most {self.max_bytes} read)")
+        parts: list[bytes] = []
+        size = 0
+        start = time.monotonic()
+        while True:
+            piece = resp.read1(_CHUNK)
+            if not piece:
+                return b"".join(parts)
+            size += len(piece)
+            if size > self.max_bytes:
+                raise AnswerTooLarge(f"{where}: answer longer than {self.max_bytes} bytes refused "
+                                     f"(after {time.monotonic() - start:.1f} s)")
+            parts.append(piece)
