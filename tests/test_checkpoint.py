@@ -13,6 +13,7 @@ from cardlib.records.checkpoint import (
     CHECKPOINT_AAD,
     Checkpoint,
     CheckpointError,
+    FallbackTotal,
     ProgrammeTotal,
     b45decode,
     b45encode,
@@ -70,6 +71,14 @@ def test_a_signed_checkpoint_verifies_and_survives_the_qr_text() -> None:
     assert got.checkpoint == sample(totals=tuple(sorted(sample().totals)))
 
 
+def test_a_version_1_checkpoint_still_verifies() -> None:
+    """Slips printed before fallback totals (version 1: claims 1..9) stay evidence on the server."""
+    old = sample(version=1)
+    assert 10 not in old.to_claims()
+    got = verify_checkpoint(signed(old), KEYS).checkpoint
+    assert (got.version, got.fallback) == (1, ()) and got == sample(version=1, totals=tuple(sorted(old.totals)))
+
+
 def test_every_failure_raises() -> None:
     message = signed(sample())
     with pytest.raises(BadSignature):  # a journal entry's context is not a checkpoint's
@@ -85,7 +94,10 @@ def test_every_failure_raises() -> None:
     not_canonical = cbor2.dumps(dict(reversed(list(sample().to_claims().items()))))
     with pytest.raises(CheckpointError):
         verify_checkpoint(sign1_with(TERMINAL, not_canonical, CHECKPOINT_AAD), KEYS)
-    for claims in ({1: 1}, {**sample().to_claims(), 5: b"short"}, {**sample().to_claims(), 1: 2},
+    v1_with_fallback = {**sample(version=1).to_claims(), 10: []}
+    for claims in ({1: 1}, {**sample().to_claims(), 5: b"short"}, {**sample().to_claims(), 1: 3},
+                   {**sample(version=1).to_claims(), 1: 2}, v1_with_fallback, {**sample().to_claims(), 1: True},
+                   {**sample().to_claims(), 10: [["qr", "food", "package", 1]]}, {**sample().to_claims(), 10: {}},
                    {**sample().to_claims(), 7: 121}, {**sample().to_claims(), 8: [["food", "package", -1, 0]]},
                    {**sample().to_claims(), 4: True}, [1, 2]):
         with pytest.raises(CheckpointError):
@@ -111,11 +123,28 @@ def test_the_counter_signs_its_head_and_the_shift_totals(tmp_path: Path) -> None
         journal.append(EntryKind.PENDING, CardWrite(card_id="dd", programme="cash", unit=Unit.RUPIAH,
                                                     amount=50_000))
         journal.append(EntryKind.DECLINED, CardWrite(card_id="ee", programme="food", decline_reason="nothing_left"))
+        journal.append(EntryKind.FALLBACK, CardWrite(card_id="ff", programme="food", unit=Unit.PACKAGE, amount=1,
+                                                     fallback="qr", approved_by="clerk-ani"))
         got = shift_checkpoint(journal, TERMINAL, clock=lambda: 1_790_000_000.5)
         c = verify_checkpoint(got.message, KEYS).checkpoint
         assert (c.head_seq, c.head_hash) == journal.head
         assert c.head_hash == journal.entries(after_seq=c.head_seq - 1)[0].signed.entry_hash
         assert (c.boot_id, c.first_seq, c.wall_ms, c.declined) == (journal.boot_id, boot_seq, 1_790_000_000_500, 1)
-        assert c.totals == (ProgrammeTotal("cash", "rupiah", 1, 100_000), ProgrammeTotal("food", "package", 2, 3))
+        # the QR package is in the totals (as reconciliation counts it) and labelled apart (claim 10)
+        assert c.totals == (ProgrammeTotal("cash", "rupiah", 1, 100_000), ProgrammeTotal("food", "package", 3, 4))
+        assert c.fallback == (FallbackTotal("qr", "food", "package", 1, 1),) and c.version == 2
     finally:
         journal.close()
+
+
+def test_the_slip_shows_the_fallback_part_labelled_apart() -> None:
+    from terminal.screen.server import shift_slip
+
+    c = sample(totals=(ProgrammeTotal("food", "package", 3, 4),),
+               fallback=(FallbackTotal("qr", "food", "package", 1, 1),
+                         FallbackTotal("manual", "food", "package", 1, 2)))
+    message = signed(c)
+    slip = shift_slip(1, verify_checkpoint(message, KEYS), "en").decode()
+    assert slip.count("<tr class=fallback>") == 2
+    assert "of which by household QR" in slip and "of which by supervisor entry" in slip
+    assert "di antaranya lewat QR keluarga" in shift_slip(1, verify_checkpoint(message, KEYS), "id").decode()

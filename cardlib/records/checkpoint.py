@@ -12,7 +12,7 @@ Wire format::
     checkpoint = COSE_Sign1 (RFC 9052 §4.2), tagged 18, the terminal key's algorithm,
                  kid = terminal key id, external_aad = b"huma-betang/checkpoint/v1"
     payload    = deterministic CBOR (RFC 8949 §4.2.1) map with small integer keys:
-        1 version     uint, 1
+        1 version     uint, 2 (1: claims 1..9 only, as counters signed them before fallback totals)
         2 terminal_id tstr
         3 boot_id     uint, the daemon start the shift belongs to
         4 head_seq    uint, the last journal entry when the slip was made
@@ -20,8 +20,12 @@ Wire format::
         6 wall_ms     uint, terminal wall time, ms since 1970-01-01T00:00Z
         7 first_seq   uint, the first entry the totals cover (the boot's BOOT entry)
         8 totals      array of [programme tstr, unit tstr, count uint, amount uint],
-                      sorted by (programme, unit); redemptions (COMMIT + FINISHED) only
+                      sorted by (programme, unit); everything handed over, as reconciliation
+                      counts it: COMMIT + FINISHED + FALLBACK (version 1: COMMIT + FINISHED)
         9 declined    uint, DECLINED entries in the range
+       10 fallback    version 2 only: array of [step tstr ("qr" or "manual"), programme tstr,
+                      unit tstr, count uint, amount uint], sorted: the FALLBACK part of claim 8,
+                      served without a card (docs/fallback.md)
 
     QR text    = "HBCP1:" + base45(checkpoint)   (RFC 9285; QR alphanumeric mode)
 
@@ -46,6 +50,7 @@ __all__ = [
     "QR_PREFIX",
     "Checkpoint",
     "CheckpointError",
+    "FallbackTotal",
     "ProgrammeTotal",
     "SignedCheckpoint",
     "b45decode",
@@ -56,8 +61,10 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-#: Format version (claim 1).
-CHECKPOINT_VERSION = 1
+#: Format version (claim 1) that counters sign: 2 adds the fallback totals (claim 10).
+CHECKPOINT_VERSION = 2
+#: Versions a verifier accepts (a slip printed by a counter of an earlier release stays evidence).
+CHECKPOINT_VERSIONS = (1, 2)
 #: External AAD bound into every checkpoint signature (RFC 9052 §4.3): a checkpoint is never a journal entry.
 CHECKPOINT_AAD = b"huma-betang/checkpoint/v1"
 #: Prefix of the QR text; names the format and its version.
@@ -84,12 +91,24 @@ class Claim(IntEnum):
     FIRST_SEQ = 7
     TOTALS = 8
     DECLINED = 9
+    FALLBACK = 10
 
 
 @dataclass(frozen=True, order=True)
 class ProgrammeTotal:
     """Redemptions of one programme in one unit: how many taps and how much (packages, rupiah or visits)."""
 
+    programme: str
+    unit: str
+    count: int
+    amount: int
+
+
+@dataclass(frozen=True, order=True)
+class FallbackTotal:
+    """Fallback redemptions of one programme in one unit through one step (``qr`` or ``manual``)."""
+
+    step: str
     programme: str
     unit: str
     count: int
@@ -112,10 +131,12 @@ class Checkpoint:
     totals: tuple[ProgrammeTotal, ...]
     declined: int = 0
     version: int = CHECKPOINT_VERSION
+    #: The part of :attr:`totals` served by the fallback desk (version 2; always empty in version 1).
+    fallback: tuple[FallbackTotal, ...] = ()
 
     def to_claims(self) -> dict[int, object]:
-        """The payload map."""
-        return {
+        """The payload map (claim 10 only in version 2)."""
+        claims: dict[int, object] = {
             Claim.VERSION: self.version,
             Claim.TERMINAL_ID: self.terminal_id,
             Claim.BOOT_ID: self.boot_id,
@@ -126,21 +147,27 @@ class Checkpoint:
             Claim.TOTALS: [[t.programme, t.unit, t.count, t.amount] for t in sorted(self.totals)],
             Claim.DECLINED: self.declined,
         }
+        if self.version >= 2:
+            claims[Claim.FALLBACK] = [[f.step, f.programme, f.unit, f.count, f.amount] for f in sorted(self.fallback)]
+        return claims
 
     @classmethod
     def from_claims(cls, claims: object) -> Checkpoint:
         """Check and decode a payload map.
 
-        :raises CheckpointError: not a map with exactly the claims above, of the right types.
+        :raises CheckpointError: not a map with exactly the claims of its version (1: 1..9, 2: 1..10),
+            of the right types.
         """
-        if not isinstance(claims, dict) or set(claims) != {int(c) for c in Claim}:
-            raise CheckpointError("checkpoint payload is not a map with claims 1..9")
+        version = claims.get(Claim.VERSION) if isinstance(claims, dict) else None
+        if version not in CHECKPOINT_VERSIONS or isinstance(version, bool):
+            raise CheckpointError(f"checkpoint version {version!r} is not one of {CHECKPOINT_VERSIONS}")
+        last = Claim.DECLINED if version == 1 else Claim.FALLBACK
+        if not isinstance(claims, dict) or set(claims) != set(range(1, last + 1)):
+            raise CheckpointError(f"checkpoint payload of version {version} is not a map with claims 1..{int(last)}")
         uints = (Claim.VERSION, Claim.BOOT_ID, Claim.HEAD_SEQ, Claim.WALL_MS, Claim.FIRST_SEQ, Claim.DECLINED)
         for c in uints:
             if not _is_uint(claims[c]):
                 raise CheckpointError(f"checkpoint claim {c.name.lower()} is not an unsigned integer")
-        if claims[Claim.VERSION] != CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint version {claims[Claim.VERSION]} is not {CHECKPOINT_VERSION}")
         terminal_id, head_hash, totals = claims[Claim.TERMINAL_ID], claims[Claim.HEAD_HASH], claims[Claim.TOTALS]
         if not isinstance(terminal_id, str) or not 1 <= len(terminal_id) <= 64:
             raise CheckpointError("checkpoint terminal id is not a text of 1..64 characters")
@@ -156,9 +183,19 @@ class Checkpoint:
                     and _is_uint(row[2]) and _is_uint(row[3])):
                 raise CheckpointError("a checkpoint total is not [programme, unit, count, amount]")
             rows.append(ProgrammeTotal(*row))
+        raw = claims.get(Claim.FALLBACK, [])
+        if not isinstance(raw, list):
+            raise CheckpointError("checkpoint fallback totals are not an array")
+        fallback = []
+        for row in raw:
+            if not (isinstance(row, list) and len(row) == 5 and all(isinstance(x, str) for x in row[:3])
+                    and _is_uint(row[3]) and _is_uint(row[4])):
+                raise CheckpointError("a checkpoint fallback total is not [step, programme, unit, count, amount]")
+            fallback.append(FallbackTotal(*row))
         return cls(terminal_id=terminal_id, boot_id=claims[Claim.BOOT_ID], head_seq=claims[Claim.HEAD_SEQ],
                    head_hash=head_hash, wall_ms=claims[Claim.WALL_MS], first_seq=claims[Claim.FIRST_SEQ],
-                   totals=tuple(rows), declined=claims[Claim.DECLINED])
+                   totals=tuple(rows), declined=claims[Claim.DECLINED], version=version,
+                   fallback=tuple(fallback))
 
 
 @dataclass(frozen=True)

@@ -466,6 +466,14 @@ def shift_slip(n: int, signed: SignedCheckpoint, lang: str) -> bytes:
         f"<td class=num>{html.escape(_unit_amount(lang, row.unit, row.amount))}</td></tr>"
         for row in c.totals
     ) or f"<tr><td colspan=3>{labels['none']}</td></tr>"
+    # the part of the totals paid without a card (checkpoint claim 10), labelled by step
+    steps = {"qr": t.gettext("of which by household QR"), "manual": t.gettext("of which by supervisor entry")}
+    rows += "".join(
+        f"<tr class=fallback><td>{html.escape(programme_name(lang, f.programme))} · "
+        f"{html.escape(steps.get(f.step, f.step))}</td><td class=num>{f.count}</td>"
+        f"<td class=num>{html.escape(_unit_amount(lang, f.unit, f.amount))}</td></tr>"
+        for f in c.fallback
+    )
     head = c.head_hash.hex()
     grouped = " ".join(head[i:i + 8] for i in range(0, len(head), 8))
     src = resources.files("terminal.screen").joinpath("shift.html").read_text("utf-8")
