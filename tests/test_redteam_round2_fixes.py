@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from cardlib.records.journal import EntryKind
 from firmware_config.models import CounterMode
 from terminal.clock import Clock
@@ -52,24 +54,25 @@ def test_supervisor_password_guessing_is_backed_off_and_locked(tmp_path: Path) -
         journal.close()
 
 
-def test_the_lock_out_survives_a_daemon_restart_and_ages_out(tmp_path: Path) -> None:
+def test_the_lock_out_survives_a_daemon_restart_and_ages_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures age by real (monotonic) time, which the test moves: the journal and the desk both read it."""
     path = tmp_path / "j.sqlite"
     card = identity().card_id.hex()
-    start = time.time()
-    clock = [start]
-    journal, desk = _desk(path, lambda: clock[0])
+    real = time.monotonic
+    elapsed = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real() + elapsed[0])
+    journal, desk = _desk(path)
     try:
-        for n in range(5):  # the desk's clock jumps past each back-off (the journal dates them now): 5 checked
-            clock[0] += 1000 if n else 0
-            desk.manual(card, "food", 1, "sri", f"guess-{n}")
+        for n in range(5):  # real time passes each back-off (100 s between guesses): 5 checked
+            elapsed[0] += 100 if n else 0
+            assert desk.manual(card, "food", 1, "sri", f"guess-{n}").reason is DeclineReason.SUPERVISOR_REFUSED
     finally:
         journal.close()
-    journal, desk = _desk(path, lambda: clock[0])  # the daemon restarts
+    journal, desk = _desk(path)  # the daemon restarts
     try:
-        clock[0] = start + 10  # all five are within the window of this moment
-        held = desk.manual(card, "food", 1, "sri", PW)
+        held = desk.manual(card, "food", 1, "sri", PW)  # the last failures are within the window of this moment
         assert held.reason is DeclineReason.SUPERVISOR_LOCKED and "locked" in (held.detail or "")
-        clock[0] = time.time() + SUPERVISOR_WINDOW_S + 5000  # every failure aged out of the window
+        elapsed[0] += SUPERVISOR_WINDOW_S + 1  # every failure aged out of the window
         assert desk.manual(card, "food", 1, "sri", PW).status is TapStatus.ACCEPTED
     finally:
         journal.close()
