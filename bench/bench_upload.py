@@ -13,6 +13,13 @@ with bulk batches on a stored journal (``--journal 100000``), through the Flask 
 
     .venv/bin/python -m bench.bench_upload --small 3 --bulk 1000 --journal 100000 --db both
 
+``--concurrent`` instead posts them through ``huma server run --workers 2``, every terminal at
+once (a day of counters syncing; PostgreSQL's commits share their WAL flushes), and prints wall
+and server CPU (the worker processes + PostgreSQL backends) per entry, small vs bulk.
+
+    .venv/bin/python -m bench.bench_upload --small 3 --bulk 1000 --journal 1000000 --terminals 200 \
+        --rounds 2 --db both --concurrent
+
 Every core (issue 21): ``--workers N`` instead posts from 1 and 2 terminals at once to
 ``huma server run --workers 1`` and ``--workers N`` (``--db``: SQLite, PostgreSQL or both) and prints
 entries/s with the cores the machine kept busy meanwhile.
@@ -400,26 +407,29 @@ def run_concurrent(url: str, journal: int, terminals: int, small: int, bulk: int
                 if resp.status != 200:
                     failures.append(f"{resp.status} {data[:200]!r}")
 
-        def phase(plans: list[list[tuple[bytes, dict[str, str]]]]) -> tuple[float, float, float, float]:
+        def phase(plans: list[list[tuple[bytes, dict[str, str]]]]) -> tuple[float, float, float, float, float]:
             clients = [threading.Thread(target=post_all, args=(b,)) for b in plans]
-            server_cpu = _tree_cpu_s(proc.pid) + (_pg_backend_cpu_s(pg_engine) if pg_engine else 0.0)
+            worker_cpu = _tree_cpu_s(proc.pid)
+            db_cpu = _pg_backend_cpu_s(pg_engine) if pg_engine else 0.0
             start, cpu_start = time.perf_counter(), time.process_time()
             for c in clients:
                 c.start()
             for c in clients:
                 c.join()
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-            server_cpu = _tree_cpu_s(proc.pid) + (_pg_backend_cpu_s(pg_engine) if pg_engine else 0.0) - server_cpu
+            worker_cpu = _tree_cpu_s(proc.pid) - worker_cpu
+            db_cpu = (_pg_backend_cpu_s(pg_engine) if pg_engine else 0.0) - db_cpu
             assert not failures, failures[:3]
             n = sum(len(json.loads(body)["entries"]) for bodies in plans for body, _ in bodies)
-            return wall / n * 1e6, server_cpu / n * 1e6, cpu / n * 1e6, wall / sum(map(len, plans)) * 1e3
+            return (wall / n * 1e6, (worker_cpu + db_cpu) / n * 1e6, db_cpu / n * 1e6, cpu / n * 1e6,
+                    wall / sum(map(len, plans)) * 1e3)
 
         phase(warm)
         out: dict[str, float] = {}
         for name, plans in (("small", small_plans), ("bulk", bulk_plans)):
-            wall_us, server_us, client_us, request_ms = phase(plans)
-            out |= {f"{name}_us": wall_us, f"{name}_server_cpu_us": server_us, f"{name}_client_cpu_us": client_us,
-                    f"{name}_request_ms": request_ms}
+            wall_us, server_us, db_us, client_us, request_ms = phase(plans)
+            out |= {f"{name}_us": wall_us, f"{name}_server_cpu_us": server_us, f"{name}_db_cpu_us": db_us,
+                    f"{name}_client_cpu_us": client_us, f"{name}_request_ms": request_ms}
         return out
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -440,8 +450,8 @@ def concurrent_main(args: argparse.Namespace) -> None:
           f"{args.bulk_terminals} terminals at once {args.rounds} batches of {args.bulk}; a new connection "
           "per request")
     print("| db | wall µs/entry, small / bulk | small ÷ bulk | server CPU µs/entry, small / bulk | small ÷ bulk "
-          "| (client CPU µs/entry, small / bulk) | ms wall ÷ small requests |")
-    print("|---|---|---|---|---|---|---|")
+          "| (of which PostgreSQL, small / bulk) | (client CPU µs/entry, small / bulk) | ms wall ÷ small requests |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
         with tempfile.TemporaryDirectory() as tmp:
             url, drop = _small_db(kind, args.pg, tmp)
@@ -453,6 +463,7 @@ def concurrent_main(args: argparse.Namespace) -> None:
         print(f"| {kind} | {r['small_us']:.0f} / {r['bulk_us']:.0f} | {r['small_us'] / r['bulk_us']:.2f}× "
               f"| {r['small_server_cpu_us']:.0f} / {r['bulk_server_cpu_us']:.0f} "
               f"| {r['small_server_cpu_us'] / r['bulk_server_cpu_us']:.2f}× "
+              f"| ({r['small_db_cpu_us']:.0f} / {r['bulk_db_cpu_us']:.0f}) "
               f"| ({r['small_client_cpu_us']:.0f} / {r['bulk_client_cpu_us']:.0f}) "
               f"| {r['small_request_ms']:.1f} |", flush=True)
 
