@@ -208,10 +208,13 @@ def format_(pattern: str | None, kind: str, chip_name: str | None) -> None:
 @click.option("--pin", default=None, help="The card's PIN (the VERIFY checks are skipped without it).")
 @click.option("--card-key", "card_key_hex", default=None, metavar="HEX",
               help="The identity's card_public_key (33 bytes, hex); default: the key the card reports.")
+@click.option("--terminal-key", "terminal_key_hex", default=None, metavar="HEX",
+              help="The card's terminal key (32 bytes, hex, docs/secure-card.md §5.5): needed by the checks "
+                   "that verify the PIN or write.")
 @click.option("--destructive", is_flag=True, help="Also block the PIN and write a state: test cards only.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def conformance(pattern: str | None, pin: str | None, card_key_hex: str | None, destructive: bool,
-                as_json: bool) -> None:
+def conformance(pattern: str | None, pin: str | None, card_key_hex: str | None, terminal_key_hex: str | None,
+                destructive: bool, as_json: bool) -> None:
     """Check a `secure` card against its spec (docs/secure-card.md); exit status 1 when a check fails."""
     from cardlib.secure.conformance import run_conformance
     from cardlib.transport.pcsc import connect
@@ -220,8 +223,14 @@ def conformance(pattern: str | None, pin: str | None, card_key_hex: str | None, 
         card_key = bytes.fromhex(card_key_hex) if card_key_hex is not None else None
     except ValueError:
         raise click.BadParameter("not hex", param_hint="--card-key") from None
+    try:
+        terminal_key = bytes.fromhex(terminal_key_hex) if terminal_key_hex is not None else None
+    except ValueError:
+        raise click.BadParameter("not hex", param_hint="--terminal-key") from None
+    if terminal_key is not None and len(terminal_key) != 32:
+        raise click.BadParameter("the terminal key is 32 bytes", param_hint="--terminal-key")
     with connect(pattern) as conn:
-        report = run_conformance(conn, pin=pin, card_key=card_key, destructive=destructive)
+        report = run_conformance(conn, pin=pin, card_key=card_key, destructive=destructive, terminal_key=terminal_key)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -38,6 +38,7 @@ import contextlib
 import copy
 import enum
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -95,6 +96,8 @@ _NO_CLA = 0x6E00
 
 _AUTH_TAG = b"HB-SC/v1/auth"
 _RESET_TAG = b"HB-SC/v1/pin-reset"
+_TERMINAL_TAG = b"HB-SC/v1/terminal"
+_MAC_LEN = 32
 _MAX_STATE = 240
 _MAX_NDEF = 240
 _PIN_TRIES = 3
@@ -159,6 +162,9 @@ class _Persistent:
     state_hash: bytes | None = None
     ndef: bytes = b""
     identity: bytes | None = None
+    #: §5.5: card-access key version (reported in the FCI) and the card's 32-byte terminal key.
+    terminal_key_version: int | None = None
+    terminal_key: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -169,7 +175,7 @@ class _Persistent:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> _Persistent:
         fields_bytes = {"reported_public_key", "card_id", "issuer_key", "pin", "state", "state_hash", "ndef",
-                        "identity"}
+                        "identity", "terminal_key"}
         kwargs: dict[str, Any] = {}
         for key in cls.__dataclass_fields__:
             if key not in doc:
@@ -181,11 +187,15 @@ class _Persistent:
 
 @dataclass
 class _Transient:
-    """CLEAR_ON_RESET memory: selection and the PIN-validated flag."""
+    """CLEAR_ON_RESET memory: selection, the PIN-validated flag and the terminal authentication (§5.5)."""
 
     selected: bytes | None = None
     ndef_file: int | None = None
     pin_validated: bool = False
+    #: counter of this session's INTERNAL AUTHENTICATE, until one EXTERNAL AUTHENTICATE spends it
+    auth_counter: int | None = None
+    #: a terminal proved itself in this session; spent by UPDATE STATE
+    terminal_ok: bool = False
 
 
 @dataclass
@@ -431,6 +441,8 @@ class SecureCard:
                 if cmd.p2 == 0x0C:
                     return _sw(_OK)
                 prop = bytes((0xC0, 1, 1, 0xC1, 1, p.life_cycle))
+                if p.terminal_key_version is not None:
+                    prop += bytes((0xC2, 1, p.terminal_key_version))
                 body = bytes((0x84, len(_AID_SECURE))) + _AID_SECURE + bytes((0xA5, len(prop))) + prop
                 return _sw(_OK, bytes((0x6F, len(body))) + body)
             if cmd.data == _AID_NDEF:
@@ -474,6 +486,7 @@ class SecureCard:
         handler = {
             0xCA: self._get_data,
             0x88: self._authenticate,
+            0x82: self._external,
             0xDC: self._update,
             0x2C: self._reset_pin,
             0x46: self._generate,
@@ -495,7 +508,7 @@ class SecureCard:
             flags = ((p.options & 1) | (0x02 if p.private_key is not None else 0)
                      | (0x04 if p.state is not None else 0) | (0x08 if p.issuer_key is not None else 0)
                      | (0x10 if p.card_id is not None else 0) | (0x20 if p.pin is not None else 0)
-                     | (0x40 if p.identity is not None else 0))
+                     | (0x40 if p.identity is not None else 0) | (0x80 if p.terminal_key is not None else 0))
             info = (bytes((1, p.life_cycle, flags, p.pin_tries)) + p.issuer_counter.to_bytes(4, "big")
                     + (p.card_id or bytes(8)))
             return _sw(_OK, info)
@@ -522,6 +535,8 @@ class SecureCard:
                    + p.counter.to_bytes(4, "big") + seq.to_bytes(4, "big") + state_hash)
         key = ec.derive_private_key(p.private_key, ec.SECP256R1())
         signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
+        self._t.auth_counter = p.counter  # what EXTERNAL AUTHENTICATE must prove (§5.5)
+        self._t.terminal_ok = False
         return _sw(_OK, p.counter.to_bytes(4, "big") + seq.to_bytes(4, "big") + signature)
 
     def _update(self, cmd: _Apdu, p: _Persistent) -> bytes:
@@ -529,10 +544,18 @@ class SecureCard:
             return _sw(_WRONG_P1P2)
         if not 5 <= len(cmd.data) <= 4 + _MAX_STATE:
             return _sw(_WRONG_LENGTH)
-        if p.life_cycle == _LCS_OPERATIONAL and p.options & 1 and not self._t.pin_validated:
-            return _sw(_SECURITY)
         seq = int.from_bytes(cmd.data[:4], "big")
-        if p.seq is not None and seq <= p.seq:
+        if p.life_cycle == _LCS_OPERATIONAL:
+            # §5.2: the next seq only, and only for a terminal that proved itself in this session (§5.5)
+            if p.seq is None or seq != p.seq + 1:
+                return _sw(_REFUSED)
+            if not self._t.terminal_ok:
+                return _sw(_SECURITY)
+            if p.options & 1 and not self._t.pin_validated:
+                return _sw(_SECURITY)
+            self._t.terminal_ok = False  # one update per proof
+            self._t.pin_validated = False
+        elif p.seq is not None and seq <= p.seq:
             return _sw(_REFUSED)
         p.seq = seq
         p.state = cmd.data[4:]
@@ -548,17 +571,49 @@ class SecureCard:
             return _sw(_BLOCKED)
         if not cmd.has_lc:
             return _sw(_OK) if self._t.pin_validated else _sw(0x63C0 | p.pin_tries)
-        if not _pin_ok(cmd.data):
+        if p.life_cycle == _LCS_OPERATIONAL and not self._t.terminal_ok:
+            return _sw(_SECURITY)  # §5.3: no try is spent for a terminal that did not prove itself
+        return self._check_pin(cmd.data, p)
+
+    def _check_pin(self, pin: bytes, p: _Persistent) -> bytes:
+        if p.pin is None:
+            return _sw(_NO_PIN)
+        if p.pin_tries == 0:
+            return _sw(_BLOCKED)
+        if not _pin_ok(pin):
             return _sw(_WRONG_DATA)
         # OwnerPIN.check: the try counter drops first, outside the transaction, so a tear keeps it.
         p.pin_tries -= 1
         self._p.pin_tries = p.pin_tries
         self.dirty = True
         self._t.pin_validated = False
-        if cmd.data != p.pin:
+        if pin != p.pin:
             return _sw(0x63C0 | p.pin_tries)
         p.pin_tries = _PIN_TRIES
         self._t.pin_validated = True
+        return _sw(_OK)
+
+    def _external(self, cmd: _Apdu, p: _Persistent) -> bytes:
+        """§5.5 EXTERNAL AUTHENTICATE: HMAC-SHA-256 over this session's counter, optionally + PIN."""
+        if cmd.p1 != 0x00 or cmd.p2 not in (0x00, 0x80):
+            return _sw(_WRONG_P1P2)
+        n = len(cmd.data)
+        if (cmd.p2 == 0x00 and n != _MAC_LEN) or (cmd.p2 == 0x80 and not _MAC_LEN + 4 <= n <= _MAC_LEN + 8):
+            return _sw(_WRONG_LENGTH)
+        if p.terminal_key is None or p.card_id is None:
+            return _sw(_NO_DATA)
+        counter = self._t.auth_counter
+        if counter is None:
+            return _sw(_REFUSED)
+        self._t.auth_counter = None  # one proof per INTERNAL AUTHENTICATE
+        self._t.terminal_ok = False
+        expected = hmac.new(p.terminal_key, _TERMINAL_TAG + p.card_id + counter.to_bytes(4, "big"),
+                            hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, cmd.data[:_MAC_LEN]):
+            return _sw(_SECURITY)
+        self._t.terminal_ok = True
+        if cmd.p2 == 0x80:
+            return self._check_pin(cmd.data[_MAC_LEN:], p)
         return _sw(_OK)
 
     def _reset_pin(self, cmd: _Apdu, p: _Persistent) -> bytes:
@@ -602,7 +657,7 @@ class SecureCard:
     def _put_data(self, cmd: _Apdu, p: _Persistent) -> bytes:
         if p.life_cycle != _LCS_INIT:
             return _sw(_NOT_ALLOWED)
-        if cmd.p1 != 0x01 or not 1 <= cmd.p2 <= 6:
+        if cmd.p1 != 0x01 or not 1 <= cmd.p2 <= 7:
             return _sw(_WRONG_P1P2)
         data = cmd.data
         if cmd.p2 == 0x01:
@@ -634,17 +689,24 @@ class SecureCard:
             if not 1 <= len(data) <= _MAX_NDEF:
                 return _sw(_WRONG_LENGTH)
             p.ndef = data
-        else:
+        elif cmd.p2 == 0x06:
             if not data:
                 return _sw(_WRONG_LENGTH)
             p.identity = data
+        else:
+            if len(data) != 1 + _MAC_LEN:
+                return _sw(_WRONG_LENGTH)
+            if data[0] == 0:
+                return _sw(_WRONG_DATA)
+            p.terminal_key_version, p.terminal_key = data[0], data[1:]
         return _sw(_OK)
 
     def _lock(self, cmd: _Apdu, p: _Persistent) -> bytes:
         if cmd.p1 or cmd.p2:
             return _sw(_WRONG_P1P2)
         complete = (p.private_key is not None and p.card_id is not None and p.issuer_key is not None
-                    and p.pin is not None and p.state is not None and p.identity is not None)
+                    and p.pin is not None and p.state is not None and p.identity is not None
+                    and p.terminal_key is not None)
         if p.life_cycle != _LCS_INIT or not complete:
             return _sw(_NOT_ALLOWED)
         p.life_cycle = _LCS_OPERATIONAL

@@ -13,9 +13,11 @@ NTAG's two slots:
    the revocation is declined ``revoked_key`` (:mod:`terminal.revocation`, as on NTAG);
 3. an unfinished write for the card in the journal? → decide it from the state the card
    holds (UPDATE STATE is atomic on the card: old or new) and journal FINISHED / VOIDED;
-4. VERIFY when the programme needs the PIN (blocked → ``pin_blocked``), then the same
-   policy, caps and lock as NTAG; PENDING journalled and fsynced → UPDATE STATE (the card
-   refuses a seq not above its own) → GET DATA state read-back → COMMIT; a tear →
+4. EXTERNAL AUTHENTICATE when the tap may write: the terminal proves the card's terminal key
+   (derived from the card-access key ring, docs/secure-card.md §5.5), with the PIN in the same
+   APDU when the programme needs it (blocked → ``pin_blocked``); the card takes VERIFY and UPDATE
+   STATE from nobody else. Then the same policy, caps and lock as NTAG; PENDING journalled and
+   fsynced → UPDATE STATE (the card takes its stored seq + 1 only) → GET DATA state read-back → COMMIT; a tear →
    UNCERTAIN, resolved on the next presentation.
 
 The card's transaction counter goes into every entry of the tap (the journal's NFC counter
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from cardlib.errors import CardlibError
 from cardlib.keys.signer import Signer
 from cardlib.records import errors as rec
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import BundleKey, TrustBundle
 from cardlib.records.claims import Unit
 from cardlib.records.household_label import household_label
@@ -59,8 +62,11 @@ from cardlib.secure import (
     SecureCardSession,
     SecureProtocolError,
     StateMismatch,
+    TerminalAuthFailed,
     check_record_seq,
+    terminal_card_key,
 )
+from cardlib.secure.protocol import check_pin_format
 from cardlib.transport import Connection
 from cardlib.transport.errors import ReaderGone, ServiceUnavailable, SessionLost, TransportError
 from firmware_config.models import CounterMode
@@ -123,10 +129,14 @@ class SecureTap:
 
     :param terminal_number: the uint32 slot terminal id (the key's kid, big-endian).
     :param lock: the processor's lock (exposure read → decision → PENDING, journal order).
+    :param card_keys: the card-access key ring (the card-password keys, docs/secure-card.md §5.5); without
+        it (or without the card's version) the terminal cannot prove itself and declines every write.
     """
 
     def __init__(self, *, journal: JournalStore, signer: Signer, terminal_number: int, mode: CounterMode,
-                 limits: OfflineLimits, terminal_id: str, lock: threading.Lock) -> None:
+                 limits: OfflineLimits, terminal_id: str, lock: threading.Lock,
+                 card_keys: CardPasswordKeys | None = None) -> None:
+        self._card_keys = card_keys
         self.journal = journal
         self._signer = signer
         self._tnum = terminal_number
@@ -224,14 +234,31 @@ class SecureTap:
         unit = entry[1].unit if entry else None
         writes = entry is not None and mode is not CounterMode.BALANCE_CHECK
         pin_status = PinStatus.NOT_ENTERED
-        if writes and entry is not None and (pin is not None and entry[1].pin_required):
+        if writes and entry is not None:
+            # The card takes VERIFY and UPDATE STATE only after this proof (docs/secure-card.md §5.5).
+            ask = pin if pin is not None and entry[1].pin_required else None
+            if ask is not None and not _pin_format_ok(ask):
+                ask, pin_status = None, PinStatus.WRONG  # nothing sent: no try spent
+            version = session.info.terminal_key_version if session.info is not None else None
+            access = self._card_keys.keys.get(version) if self._card_keys is not None and version else None
+            if access is None:
+                log.warning("secure card %s…: card-access key version %s not held: cannot write", card_hex[:4], version)
+                return declined(DeclineReason.NOT_OUR_CARD, card_hex, counter, card)
             try:
-                session.verify_pin(pin)
-                pin_status = PinStatus.OK
+                session.external_authenticate(terminal_card_key(access, card_id), card_id, pin=ask)
+                if ask is not None:
+                    pin_status = PinStatus.OK
+            except _LINK_ERRORS:
+                raise
+            except TerminalAuthFailed:
+                log.warning("secure card %s… refused this terminal's proof", card_hex[:4])
+                return declined(DeclineReason.NOT_OUR_CARD, card_hex, counter, card)
             except PinBlocked:
                 return declined(DeclineReason.PIN_BLOCKED, card_hex, counter, card)
-            except (PinWrong, PinNotSet, ValueError):
+            except (PinWrong, PinNotSet):
                 pin_status = PinStatus.WRONG
+            except CardlibError as exc:
+                return declined(_reason(exc), card_hex, counter, card)
         facts = _facts(card, programmes, programme)
         with self._lock:
             exposed = (exposure(card_hex) if exposure is not None else
@@ -352,6 +379,14 @@ class SecureTap:
         return Receipt(self._terminal_id, entry.seq, _household(card) or "", programme, d.unit or Unit.PACKAGE,
                        d.entitled, received, remaining, receipt_code(entry.signed.entry_hash),
                        entry.entry.wall_ms / 1000)
+
+
+def _pin_format_ok(pin: str) -> bool:
+    try:
+        check_pin_format(pin)
+    except ValueError:
+        return False
+    return True
 
 
 def _household(records: SecureCardRecords | VerifiedIdentity | None) -> str | None:

@@ -283,7 +283,8 @@ class TapProcessor:
         self._lock = journal.decision_lock  # shared with the fallback desk (one cap, one lock)
         self.tap_seconds: list[float] = []  #: software+link time per tap (bench)
         self._secure = SecureTap(journal=journal, signer=signer, terminal_number=self._tnum, mode=config.mode,
-                                 limits=config.limits, terminal_id=config.terminal_id, lock=self._lock)
+                                 limits=config.limits, terminal_id=config.terminal_id, lock=self._lock,
+                                 card_keys=config.card_passwords)
 
     # ------------------------------------------------------------------ entry point
 

@@ -20,6 +20,7 @@ from cardlib.provision.card import StationContext
 from cardlib.provision.households import Household
 from cardlib.provision.profile import Profile
 from cardlib.provision.secure import SecureIssuedCard, personalise_secure, pin_reset_point
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import Programme as BundleProgramme
 from cardlib.records.claims import Entitlement, Unit
 from cardlib.secure import SecureCardSession
@@ -45,6 +46,8 @@ PROGRAMMES = (
 PROFILE = Profile(programmes={1: Entitlement(Unit.PACKAGE, 1), 2: Entitlement(Unit.RUPIAH, 250_000),
                               3: Entitlement(Unit.VISIT, 4)},
                   offline_cap={1: 1, 2: 250_000, 3: 4}, valid_days=5 * 365)
+#: The card-access key ring counters hold: version 1 is the station's password secret (docs/secure-card.md §5.5).
+CARD_KEYS = CardPasswordKeys({1: bytes(16)}, 1)
 HOUSEHOLD = Household(1, bytes.fromhex("b6b6b6b6b6b6b6b6"), "62.71", (1, 2, 3))
 
 
@@ -80,7 +83,8 @@ def processor(tmp: Path, mode: CounterMode, request: list[object]) -> TapProcess
     journal = JournalStore(tmp / "journal.sqlite", terminal_id="T-6271-0002", signer=TERMINAL,
                            clock=Clock(force_synced=True))
     b = trust_bundle()
-    return TapProcessor(CounterConfig("T-6271-0002", mode, OfflineLimits(), caps={"": ACR122U}), journal, TERMINAL,
+    config = CounterConfig("T-6271-0002", mode, OfflineLimits(), caps={"": ACR122U}, card_passwords=CARD_KEYS)
+    return TapProcessor(config, journal, TERMINAL,
                         trust=lambda: Trust(b, time.time()),  # type: ignore[arg-type]
                         request=lambda: tuple(request))  # type: ignore[arg-type, return-value]
 

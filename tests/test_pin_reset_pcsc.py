@@ -28,7 +28,8 @@ from cardlib.records.access import load_password_keys
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle, verify_bundle
 from cardlib.records.bundle import Programme as BundleProgramme
 from cardlib.records.cose import Algorithm
-from cardlib.secure import PinBlocked, PinWrong, SecureCardSession
+from cardlib.records.secure import verify_secure_identity
+from cardlib.secure import PinBlocked, PinWrong, SecureCardSession, terminal_card_key
 from cardlib.transport.pcsc import PcscConnection, PcscContext
 from cardlib.type2.channel import ACR122U
 from firmware_config.models import CounterMode
@@ -199,10 +200,26 @@ def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
                                           *args], input=f"{PIN}\n{PIN}\n")
     assert issued.exit_code == 0, issued.output
     card_id = issued.stdout.strip().splitlines()[-1]
-    # three wrong PINs block the card's PIN (the right one too, from then on)
+    # three wrong PINs at a counter block the card's PIN (the right one too, from then on); a counter proves
+    # itself with the card-password key ring first (docs/secure-card.md §5.5): nobody else can spend a try
+    ring = load_password_keys(tmp_path / "card-keys.json", (tmp_path / "pw.txt").read_text().splitlines()[0].encode())
+    terminal_key = terminal_card_key(ring.keys[ring.current], bytes.fromhex(card_id))
+
+    store = office["store"]
+    assert isinstance(store, KeyStore)
+    bundle = verify_bundle((tmp_path / "bundle.cbor").read_bytes(), store.entry(store.root_kid).public_key)
+
+    def counter_session(card: SecureCard) -> SecureCardSession:
+        session = SecureCardSession(SecureCardConnection(card))
+        session.select()
+        key = verify_secure_identity(session.read_identity(), bundle, int(time.time()))
+        assert key.claims.card_public_key is not None
+        session.verify_card(key.claims.card_public_key, bytes.fromhex(card_id), select=False)
+        session.external_authenticate(terminal_key, bytes.fromhex(card_id))
+        return session
+
     card = SecureCard.load(path)
-    session = SecureCardSession(SecureCardConnection(card))
-    session.select()
+    session = counter_session(card)
     for _ in range(3):
         with pytest.raises((PinWrong, PinBlocked)):
             session.verify_pin(WRONG_PIN)
@@ -221,8 +238,7 @@ def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
     assert reset.exit_code == 0, reset.output
     assert reset.stdout.strip().splitlines()[-1] == card_id
     card = SecureCard.load(path)
-    session = SecureCardSession(SecureCardConnection(card))
-    session.select()
+    session = counter_session(card)
     info = session.card_info()
     assert info.pin_tries == 3 and info.issuer_counter == 1
     with pytest.raises(PinWrong):

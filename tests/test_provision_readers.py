@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cardlib.keys.keystore import KeyStore
 from cardlib.keys.signer import cose_key
 from cardlib.provision.session import static_keys, verify_issuance_file
+from cardlib.records.access import load_password_keys
 from cardlib.records.bundle import verify_bundle
 from cardlib.records.secure import NO_UID, verify_secure_identity
-from cardlib.secure import LifeCycle, SecureCardSession
+from cardlib.secure import LifeCycle, SecureCardSession, terminal_card_key
 from huma.cli import cli, main
 from simulator.nfc_udp import NfcUdpPeer
 from simulator.secure_card import SecureCard, SecureCardConnection
@@ -86,12 +87,17 @@ def test_batch_command_issues_two_secure_cards(tmp_path: Path, office: dict[str,
     store = office["store"]
     assert isinstance(store, KeyStore)
     bundle = verify_bundle((tmp_path / "bundle.cbor").read_bytes(), store.entry(store.root_kid).public_key)
+    ring = load_password_keys(tmp_path / "card-keys.json", (tmp_path / "pw.txt").read_text().splitlines()[0].encode())
     for card, row in zip(cards, rows, strict=True):
         session = SecureCardSession(SecureCardConnection(SecureCard.load(card.path or "")))
         assert session.select().life_cycle is LifeCycle.OPERATIONAL
         identity = verify_secure_identity(session.read_identity(), bundle, int(time.time()))
         assert identity.claims.card_id.hex() == row["card_id"] and identity.claims.uid == NO_UID
-        session.verify_pin(PIN)
+        assert identity.claims.card_public_key is not None
+        session.verify_card(identity.claims.card_public_key, identity.claims.card_id, select=False)
+        # a counter holding the key ring's current version proves itself and verifies the PIN (docs/secure-card.md §5.5)
+        session.external_authenticate(terminal_card_key(ring.keys[ring.current], identity.claims.card_id),
+                                      identity.claims.card_id, pin=PIN)
     tech = store.entry(office["tech"].kid)  # type: ignore[attr-defined]
     f = verify_issuance_file((tmp_path / "households.provision" / "issuances.cose").read_bytes(),
                              static_keys(cose_key(tech.public_key)))

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from cardlib.keys.keystore import KeyStore
 from cardlib.keys.signer import cose_key
 from cardlib.provision.session import static_keys, verify_issuance_file
+from cardlib.records.access import load_password_keys
 from cardlib.records.bundle import verify_bundle
 from cardlib.records.secure import NO_UID, verify_secure_identity, verify_secure_state
-from cardlib.secure import LifeCycle, PinWrong, SecureCardSession
+from cardlib.secure import LifeCycle, PinWrong, SecureCardSession, TerminalAuthRequired, terminal_card_key
 from huma.cli import cli
 from simulator.harness import PcscdHarness
 from simulator.secure_card import SecureCard, SecureCardConnection
@@ -49,6 +50,13 @@ def test_card_command_issues_a_secure_card(tmp_path: Path, office: dict[str, obj
     assert identity.claims.card_public_key is not None
     verified = session.verify_card(identity.claims.card_public_key, card_id, select=False)
     assert verify_secure_state(verified.state.state, identity, bundle).claims.seq == 0
+    with pytest.raises(TerminalAuthRequired):  # a stranger's VERIFY spends no try
+        session.verify_pin("000000")
+    # A counter proves itself with the key ring's current version, the one the card names (docs/secure-card.md §5.5).
+    ring = load_password_keys(tmp_path / "card-keys.json", (tmp_path / "pw.txt").read_text().splitlines()[0].encode())
+    session.verify_card(identity.claims.card_public_key, card_id)
+    assert session.info is not None and session.info.terminal_key_version == ring.current
+    session.external_authenticate(terminal_card_key(ring.keys[ring.current], card_id), card_id)
     with pytest.raises(PinWrong):
         session.verify_pin("000000")
     session.verify_pin(PIN)

@@ -23,7 +23,7 @@ from simulator.vpcd import VpcdCard
 from terminal.daemon import card_uid
 from terminal.journal_audit import iter_messages
 from terminal.supervisor import ReaderNamePattern, ReaderStatus, Supervisor
-from tests.secure_tap_support import issue_secure
+from tests.secure_tap_support import CARD_KEYS, issue_secure
 from tests.test_terminal_daemon import InProcess, bundle_kw, screen_results, wait_health, wait_results
 from tests.test_terminal_nfcpy import Running, udp_toml
 from tests.test_terminal_support import TrustKit, make_counter, reader_toml
@@ -80,12 +80,26 @@ def _commits(files: Any) -> list[Any]:
     return [verify_entry(m, {key.kid: key}).entry for m in iter_messages(files.state / "journal.sqlite")]
 
 
+def with_card_keys(files: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counter's profile names the card-password key ring (``paths.card_keys``) to prove itself to secure cards."""
+    from cardlib.records.access import save_password_keys
+    from terminal.keys import CARD_KEYS_PASSPHRASE_ENV
+
+    save_password_keys(files.state / "card-keys.json", CARD_KEYS, b"card keys passphrase")
+    monkeypatch.setenv(CARD_KEYS_PASSPHRASE_ENV, "card keys passphrase")
+    text = files.profile.read_text()
+    line = 'bundle = "../state/bundle.cose"\n'
+    assert line in text
+    files.profile.write_text(text.replace(line, line + 'card_keys = "../state/card-keys.json"\n'))
+
+
 @pytest.mark.pcsc
 def test_daemon_serves_a_secure_card_through_pcscd_and_a_reattach_is_no_second_tap(
-        tmp_path: Path, pcscd_service: Any, reader_name: Any) -> None:
+        tmp_path: Path, pcscd_service: Any, reader_name: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     kit = TrustKit()
     files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
                          bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw())
+    with_card_keys(files, monkeypatch)
     from terminal.daemon import build_daemon
 
     d = InProcess(build_daemon(files.profile))
@@ -112,13 +126,14 @@ def test_daemon_serves_a_secure_card_through_pcscd_and_a_reattach_is_no_second_t
     assert len(commits) == 1 and commits[0].card_id == issued.card_id.hex() and commits[0].tag_uid is None
 
 
-def test_daemon_serves_a_secure_card_through_nfcpys_udp_link(tmp_path: Path) -> None:
+def test_daemon_serves_a_secure_card_through_nfcpys_udp_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """nfcpy's ISO-DEP connection reports a PC/SC-style ATR, so the tap takes the secure path."""
     kit = TrustKit()
     card, issued = issue_secure()
     with Type4UdpPeer(None, persist=False) as peer:
         files = make_counter(tmp_path, kit, readers={"udp-sim": udp_toml(peer.path)},
                              bindings=[("udp-sim", None)], bundle_extra=bundle_kw())
+        with_card_keys(files, monkeypatch)
         from terminal.daemon import build_daemon
 
         r = Running(build_daemon(files.profile))

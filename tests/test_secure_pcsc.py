@@ -29,7 +29,15 @@ from simulator.harness import PcscdHarness, reader_name
 from simulator.secure_card import SecureCard, SecureFaultPlan, SecureVpcdCard, TearPoint
 from tests.fixtures.pcsc import wait_for_card
 from tests.test_secure_session import REDEMPTION_APDUS, _seq, identity_claims
-from tests.test_secure_support import CARD_ID, ISSUER_KEY, PIN, personalised_card, slot_record
+from tests.test_secure_support import (
+    CARD_ID,
+    CARD_TERMINAL_KEY,
+    ISSUER_KEY,
+    PIN,
+    personalised_card,
+    prove,
+    slot_record,
+)
 
 pytestmark = pytest.mark.pcsc
 SLOT = 0
@@ -106,7 +114,7 @@ def test_redemption_through_pcscd_is_seven_apdus(reader: Reader, tmp_path: Path)
         assert claims[10] == key and claims[1] == CARD_ID
         verified = session.verify_card(key, CARD_ID, select=False)
         check_record_seq(verified, _seq(verified.state.state))
-        session.verify_pin(PIN)
+        session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, pin=PIN)
         session.commit(4, slot_record(4, remaining=90_000))
         assert counting.commands == 7
     assert SecureCard.load(tmp_path / "c.secure.json").seq == 4  # persisted like the other virtual cards
@@ -138,10 +146,10 @@ def test_restored_old_state_is_refused_through_pcscd(reader: Reader) -> None:
 
 
 def test_pin_blocks_after_three_wrong_tries_through_pcscd(reader: Reader) -> None:
-    card, _ = personalised_card()
+    card, key = personalised_card()
     with reader.tap(card) as conn:
         session = SecureCardSession(conn)
-        session.select()
+        prove(session, key)
         for left in (2, 1, 0):
             with pytest.raises(PinWrong) as info:
                 session.verify_pin("111111")
@@ -150,9 +158,9 @@ def test_pin_blocks_after_three_wrong_tries_through_pcscd(reader: Reader) -> Non
             session.verify_pin(PIN)
     with reader.tap(card) as conn:  # still blocked on the next tap
         session = SecureCardSession(conn)
-        session.select()
+        session.verify_card(key, CARD_ID)
         with pytest.raises(PinBlocked):
-            session.verify_pin(PIN)
+            session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, pin=PIN)
 
 
 @pytest.mark.parametrize("tear", list(TearPoint))
@@ -165,7 +173,7 @@ def test_tear_at_every_apdu_through_pcscd_leaves_old_or_new(reader: Reader, afte
         session = SecureCardSession(conn)
         with pytest.raises(TransportError):
             session.verify_card(key, CARD_ID)
-            session.verify_pin(PIN)
+            session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, pin=PIN)
             session.commit(2, new)
     card.arm(None)
     with reader.tap(card) as conn:
@@ -177,7 +185,7 @@ def test_conformance_through_pcscd(reader: Reader) -> None:
     card, key = personalised_card(pin_required=True)
     conn = reader.put(card)
     report = run_conformance(conn, pin=PIN, card_key=key, card_id=CARD_ID, destructive=True, issuer_key=ISSUER_KEY,
-                             tear=PcscTear(reader, card))
+                             tear=PcscTear(reader, card), terminal_key=CARD_TERMINAL_KEY)
     assert report.ok, report.to_dict()
     assert all(r.outcome is CheckOutcome.PASS for r in report.results), report.to_dict()
 
@@ -189,6 +197,7 @@ def test_card_conformance_cli_through_pcscd(reader: Reader) -> None:
     reader.put(card).close()  # the card stays on the reader; the CLI opens its own connection
     reader.conn = None
     result = CliRunner().invoke(cli, ["card", "conformance", "--reader", reader_name(SLOT), "--pin", PIN,
-                                      "--card-key", key.hex(), "--json"])
+                                      "--card-key", key.hex(), "--terminal-key", CARD_TERMINAL_KEY.hex(), "--json"])
     assert result.exit_code == 0, result.output
     assert '"ok": true' in result.output and '"rollback_refused"' in result.output
+    assert '"verify_needs_terminal"' in result.output

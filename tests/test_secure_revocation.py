@@ -24,7 +24,7 @@ from terminal.journal_store import JournalStore
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, OfflineLimits
 from terminal.tap import CounterConfig, TapProcessor, Trust
-from tests.secure_tap_support import issue_secure, trust_bundle
+from tests.secure_tap_support import CARD_KEYS, issue_secure, trust_bundle
 from tests.test_records_support import STATION, TERMINAL
 
 
@@ -43,7 +43,7 @@ def _counter(tmp: Path, b: object, request: list[object], limits: OfflineLimits 
     journal = JournalStore(tmp / "journal.sqlite", terminal_id="T-6271-0002", signer=TERMINAL,
                            clock=Clock(force_synced=True))
     return TapProcessor(CounterConfig("T-6271-0002", CounterMode.CLINIC_VISIT, limits or OfflineLimits(),
-                                      caps={"": ACR122U}), journal, TERMINAL,
+                                      caps={"": ACR122U}, card_passwords=CARD_KEYS), journal, TERMINAL,
                         trust=lambda: Trust(b, time.time()),  # type: ignore[arg-type]
                         request=lambda: tuple(request))  # type: ignore[arg-type, return-value]
 

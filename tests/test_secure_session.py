@@ -27,6 +27,8 @@ from cardlib.secure import (
     SecureProtocolError,
     StateMismatch,
     StateRollbackRefused,
+    TerminalAuthFailed,
+    TerminalAuthRequired,
     check_record_seq,
     sign_pin_reset,
 )
@@ -38,11 +40,13 @@ from simulator.errors import CardFileError
 from simulator.secure_card import SecureCard, SecureCardConnection, SecureFaultPlan, TearPoint
 from tests.test_secure_support import (
     CARD_ID,
+    CARD_TERMINAL_KEY,
     ISSUER_KEY,
     NDEF_MESSAGE,
     PIN,
     InProcessTear,
     personalised_card,
+    prove,
     slot_record,
 )
 
@@ -85,7 +89,7 @@ def test_verify_card_transcript_asserts_every_command_byte() -> None:
         "80880000" + "20" + NONCE.hex().upper() + "00",
     ]
     fci, state, auth = (entry[1] for entry in rec.log)
-    assert fci.hex().upper() == "6F128408F048554D41534301A506C00101C10107"
+    assert fci.hex().upper() == "6F158408F048554D41534301A509C00101C10107C20101"  # C2: card-access key version 1
     record = slot_record(0)
     assert state == bytes(4) + bytes(4) + record
     assert auth[:8] == (1).to_bytes(4, "big") + (0).to_bytes(4, "big")
@@ -114,7 +118,7 @@ def test_redemption_with_identity_pin_and_read_back_is_seven_apdus() -> None:
     assert isinstance(card_key, bytes) and isinstance(card_id, bytes) and card_key == key
     verified = session.verify_card(card_key, card_id, select=False)
     check_record_seq(verified, _seq(verified.state.state))
-    session.verify_pin(PIN)
+    session.external_authenticate(CARD_TERMINAL_KEY, card_id, pin=PIN)  # the terminal's proof and the PIN: one APDU
     after = session.commit(1, slot_record(1, remaining=100_000))
     assert conn.commands == 7 <= 8
     assert after is not None and after.seq == 1 and card.seq == 1
@@ -161,17 +165,17 @@ def test_restored_old_state_is_refused_by_the_card(seq: int) -> None:
 def test_old_record_with_forged_higher_seq_is_caught_by_the_record_seq() -> None:
     card, key = personalised_card(seq=4)
     session = SecureCardSession(SecureCardConnection(card))
-    session.select()
-    session.update_state(9, slot_record(2))  # the card cannot parse CBOR: it takes the explicit seq
+    prove(session, key)  # a terminal holding the card-access key, writing an old record as seq 5
+    session.update_state(5, slot_record(2))  # the card cannot parse CBOR: it takes the explicit seq
     verified = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
     with pytest.raises(StateMismatch):
         check_record_seq(verified, _seq(verified.state.state))
 
 
 def test_pin_blocks_after_three_wrong_tries_and_only_the_issuer_unblocks() -> None:
-    card, _ = personalised_card()
+    card, key = personalised_card()
     session = SecureCardSession(SecureCardConnection(card))
-    session.select()
+    prove(session, key)
     assert session.pin_status() == 3
     for left in (2, 1, 0):
         with pytest.raises(PinWrong) as info:
@@ -189,28 +193,30 @@ def test_pin_blocks_after_three_wrong_tries_and_only_the_issuer_unblocks() -> No
     with pytest.raises(SecureProtocolError) as replay:
         session.reset_pin(sign_pin_reset(ISSUER_KEY, CARD_ID, "9999", 1))
     assert replay.value.sw == 0x6985
+    prove(session, key)
     session.verify_pin("1357")
     assert session.pin_status() is None
 
 
 def test_card_requiring_a_pin_refuses_update_without_it() -> None:
-    card, _ = personalised_card(pin_required=True)
+    card, key = personalised_card(pin_required=True)
     session = SecureCardSession(SecureCardConnection(card))
-    session.select()
+    prove(session, key)
     with pytest.raises(PinRequired):
         session.update_state(1, slot_record(1))
-    session.verify_pin(PIN)
-    session.select()  # SELECT clears the validation (docs/secure-card.md §3)
-    with pytest.raises(PinRequired):
+    prove(session, key, PIN)
+    session.select()  # SELECT clears the validation and the terminal's proof (docs/secure-card.md §3)
+    with pytest.raises(TerminalAuthRequired):
         session.update_state(1, slot_record(1))
+    assert card.seq == 0
 
 
 def test_tear_during_verify_never_returns_a_try() -> None:
-    card, _ = personalised_card()
+    card, key = personalised_card()
     for tear in TearPoint:
         card.reinsert()
         session = SecureCardSession(SecureCardConnection(card))
-        session.select()
+        prove(session, key)
         before = card.pin_tries
         card.arm(SecureFaultPlan(0, tear))
         with pytest.raises(CardRemoved):
@@ -218,7 +224,62 @@ def test_tear_during_verify_never_returns_a_try() -> None:
         assert card.pin_tries == before - 1
 
 
-REDEMPTION_APDUS = 6  # select, state, authenticate, verify, update, read-back (identity read: a GET DATA too)
+def test_a_stranger_cannot_spend_pin_tries() -> None:
+    """Red team round 3 #5 at the APDU level: SELECT (and even INTERNAL AUTHENTICATE) then wrong VERIFYs."""
+    card, key = personalised_card()
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    for _ in range(5):
+        with pytest.raises(TerminalAuthRequired):
+            session.verify_pin("000000")
+    session.verify_card(key, CARD_ID, select=False)  # anybody can make the card sign
+    with pytest.raises(TerminalAuthRequired):
+        session.verify_pin("000000")
+    with pytest.raises(TerminalAuthFailed):  # a guessed proof
+        session.external_authenticate(bytes(32), CARD_ID, pin="000000")
+    assert card.pin_tries == 3 and session.pin_status() == 3
+    prove(session, key, PIN)  # the holder at a counter
+    assert session.pin_status() is None and card.pin_tries == 3
+
+
+def test_a_stranger_cannot_push_the_seq_out_of_reach() -> None:
+    """Red team round 3 #4 at the APDU level: UPDATE STATE 0xFFFFFFFF, with or without the terminal's proof."""
+    card, key = personalised_card(seq=4)
+    session = SecureCardSession(SecureCardConnection(card))
+    session.select()
+    for seq in (0xFFFFFFFF, 6):
+        with pytest.raises(StateRollbackRefused):
+            session.update_state(seq, b"\x00")
+    with pytest.raises(TerminalAuthRequired):  # the next seq, but no proof
+        session.update_state(5, b"\x00")
+    prove(session, key)
+    for seq in (0xFFFFFFFF, 6, 4):  # even a terminal moves the seq by one only
+        with pytest.raises(StateRollbackRefused):
+            session.update_state(seq, slot_record(seq & 0xFFFF))
+    assert (card.seq, card.state) == (4, slot_record(4))
+    session.commit(5, slot_record(5))
+    with pytest.raises(TerminalAuthRequired):  # one update per proof
+        session.update_state(6, slot_record(6))
+    assert card.seq == 5
+
+
+def test_one_proof_per_authenticate_and_never_an_old_counter() -> None:
+    card, key = personalised_card()
+    session = SecureCardSession(SecureCardConnection(card))
+    verified = session.verify_card(key, CARD_ID)
+    with pytest.raises(TerminalAuthFailed):
+        session.external_authenticate(bytes(32), CARD_ID)
+    # the right proof for that counter comes too late: the card took one try for this authenticate
+    with pytest.raises(SecureProtocolError) as spent:
+        session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, counter=verified.counter)
+    assert spent.value.sw == 0x6985
+    session.verify_card(key, CARD_ID)
+    with pytest.raises(TerminalAuthFailed):  # a proof recorded in an earlier session
+        session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, counter=verified.counter)
+    assert not session.terminal_authenticated
+
+
+REDEMPTION_APDUS = 6  # select, state, authenticate, external authenticate + PIN, update, read-back (+ identity)
 
 
 @pytest.mark.parametrize("tear", list(TearPoint))
@@ -230,7 +291,7 @@ def test_tear_at_every_apdu_of_a_redemption_leaves_old_or_new(after: int, tear: 
     session = SecureCardSession(SecureCardConnection(card))
     with pytest.raises(CardRemoved):
         session.verify_card(key, CARD_ID)
-        session.verify_pin(PIN)
+        session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, pin=PIN)
         session.commit(8, new)
     card.reinsert()
     verified = SecureCardSession(SecureCardConnection(card)).verify_card(key, CARD_ID)
@@ -289,7 +350,7 @@ def test_card_file_round_trip(tmp_path: Path) -> None:
 def test_conformance_passes_on_the_virtual_card_with_every_check() -> None:
     card, key = personalised_card(pin_required=True)
     report = run_conformance(SecureCardConnection(card), pin=PIN, card_key=key, card_id=CARD_ID, destructive=True,
-                             issuer_key=ISSUER_KEY, tear=InProcessTear(card))
+                             issuer_key=ISSUER_KEY, tear=InProcessTear(card), terminal_key=CARD_TERMINAL_KEY)
     assert report.ok, report.to_dict()
     assert all(r.outcome is CheckOutcome.PASS for r in report.results), report.to_dict()
 
@@ -297,28 +358,68 @@ def test_conformance_passes_on_the_virtual_card_with_every_check() -> None:
 def test_conformance_non_destructive_leaves_the_state_and_pin() -> None:
     card, key = personalised_card()
     before = (card.seq, card.state, card.pin_tries)
-    report = run_conformance(SecureCardConnection(card), pin=PIN)
+    report = run_conformance(SecureCardConnection(card), pin=PIN, terminal_key=CARD_TERMINAL_KEY)
     assert report.ok, report.to_dict()
     assert (card.seq, card.state, card.pin_tries) == before
-    assert report.outcome_of("pin_blocks") is CheckOutcome.SKIP and report.outcome_of("tear_atomicity") is CheckOutcome.SKIP
+    assert report.outcome_of("pin_blocks") is CheckOutcome.SKIP
+    assert report.outcome_of("tear_atomicity") is CheckOutcome.SKIP
+    assert report.outcome_of("verify_needs_terminal") is CheckOutcome.PASS
+    assert report.outcome_of("external_authenticate") is CheckOutcome.PASS
 
 
 class _RollbackCard(SecureCard):
     """A broken card that accepts any seq: the conformance suite must say so."""
 
     def _update(self, cmd, p):  # untyped on purpose: overrides a private hook
-        if p.seq is not None:
-            p.seq = -1
-        return super()._update(cmd, p)
+        saved = p.seq
+        if saved is not None and len(cmd.data) >= 4:
+            p.seq = int.from_bytes(cmd.data[:4], "big") - 1  # whatever seq comes is "the next one"
+        resp = super()._update(cmd, p)
+        if resp[-2:] != b"\x90\x00":
+            p.seq = saved
+        return resp
 
 
 def test_conformance_catches_a_card_that_accepts_rollback() -> None:
     good, _ = personalised_card()
     bad = _RollbackCard()
     bad._p = good._p  # same personalisation, broken update rule
-    report = run_conformance(SecureCardConnection(bad))
+    report = run_conformance(SecureCardConnection(bad), terminal_key=CARD_TERMINAL_KEY)
     assert not report.ok
     assert report.outcome_of("rollback_refused") is CheckOutcome.FAIL
+
+
+class _OpenVerifyCard(SecureCard):
+    """The card of red team round 3 #5: VERIFY from anybody after a SELECT."""
+
+    def _verify(self, cmd, p):  # untyped on purpose: overrides a private hook
+        self._t.terminal_ok = True
+        return super()._verify(cmd, p)
+
+
+class _UnboundSeqCard(SecureCard):
+    """The card of red team round 3 #4: any higher seq, from anybody."""
+
+    def _update(self, cmd, p):  # untyped on purpose: overrides a private hook
+        if p.seq is not None and len(cmd.data) >= 4 and int.from_bytes(cmd.data[:4], "big") > p.seq:
+            p.seq = int.from_bytes(cmd.data[:4], "big") - 1
+            self._t.terminal_ok = True
+        return super()._update(cmd, p)
+
+
+@pytest.mark.parametrize(("broken", "check", "destructive"), [
+    (_OpenVerifyCard, "verify_needs_terminal", False),
+    (_UnboundSeqCard, "update_seq_bound", True),
+    (_UnboundSeqCard, "update_needs_terminal", True),
+])
+def test_conformance_catches_the_round_3_cards(broken: type[SecureCard], check: str, destructive: bool) -> None:
+    good, key = personalised_card()
+    bad = broken()
+    bad._p = good._p
+    report = run_conformance(SecureCardConnection(bad), pin=PIN, card_key=key, destructive=destructive,
+                             terminal_key=CARD_TERMINAL_KEY)
+    assert report.outcome_of(check) is CheckOutcome.FAIL, report.to_dict()
+    assert not report.ok
 
 
 def test_cardlib_type4_reader_reads_the_ndef_view() -> None:

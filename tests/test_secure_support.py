@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cardlib.records.claims import SlotClaims
 from cardlib.records.cose import sign1
-from cardlib.secure import SecureCardSession, compress_point
+from cardlib.secure import SecureCardSession, compress_point, terminal_card_key
 from cardlib.transport import Connection
 from simulator.secure_card import SecureCard, SecureCardConnection, SecureFaultPlan, TearPoint
 
@@ -20,6 +20,9 @@ ISSUER_KEY = ec.derive_private_key(0x1551E5, ec.SECP256R1())
 ISSUER_POINT = ISSUER_KEY.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 TERMINAL_KEY = ed25519.Ed25519PrivateKey.from_private_bytes(bytes([3]) * 32)
 TERMINAL_KID = bytes.fromhex("00000003")
+#: The card-access key (version 1 of the ring counters hold) and this card's terminal key (docs/secure-card.md §5.5).
+ACCESS_KEY = bytes(range(32))
+CARD_TERMINAL_KEY = terminal_card_key(ACCESS_KEY, CARD_ID)
 #: The public NDEF view: what the card is and where to check a balance, nothing personal.
 NDEF_MESSAGE = b"".join(ndef.message_encoder([
     ndef.UriRecord("https://huma.example.id/saldo"),
@@ -52,11 +55,18 @@ def personalised_card(path: Path | None = None, *, pin_required: bool = False, s
     point = session.generate_key()
     session.personalise(card_id=CARD_ID, issuer_key=ISSUER_POINT, pin=PIN, pin_required=pin_required,
                         ndef_message=NDEF_MESSAGE, identity=identity_record(compress_point(point)),
-                        genesis_state=slot_record(seq), genesis_seq=seq, lock=lock)
+                        genesis_state=slot_record(seq), genesis_seq=seq, terminal_key=(1, CARD_TERMINAL_KEY),
+                        lock=lock)
     card.field_off()
     if path is not None:
         card.save()
     return card, compress_point(point)
+
+
+def prove(session: SecureCardSession, key: bytes, pin: str | None = None) -> None:
+    """What a counter does before VERIFY or UPDATE STATE: SELECT, state, INTERNAL and EXTERNAL AUTHENTICATE."""
+    session.verify_card(key, CARD_ID)
+    session.external_authenticate(CARD_TERMINAL_KEY, CARD_ID, pin=pin)
 
 
 class InProcessTear:

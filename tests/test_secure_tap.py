@@ -15,7 +15,7 @@ import pytest
 
 from cardlib.keys.signer import cose_key
 from cardlib.records.journal import EntryKind
-from cardlib.secure import SecureCardSession, StateRollbackRefused
+from cardlib.secure import SecureCardSession, StateRollbackRefused, TerminalAuthRequired, terminal_card_key
 from cardlib.transport import Connection, CountingConnection
 from cardlib.transport.errors import SessionLost
 from firmware_config.models import CounterMode
@@ -27,12 +27,13 @@ from terminal.policy import DeclineReason
 from terminal.secure_tap import is_secure_atr
 from terminal.supervisor import ReaderNamePattern, Supervisor
 from terminal.tap import TapProcessor
-from tests.secure_tap_support import PIN, SecureSlot, issue_secure, processor
+from tests.secure_tap_support import CARD_KEYS, PIN, SecureSlot, issue_secure, processor
 from tests.test_records_support import TERMINAL
 from tests.test_terminal_tap import issued_chip
 
 ANY_READER = ReaderNamePattern(re.compile("."))
-#: APDUs of a redemption with PIN: SELECT, identity, state, INTERNAL AUTHENTICATE, VERIFY, UPDATE, read-back.
+#: APDUs of a redemption with PIN: SELECT, identity, state, INTERNAL AUTHENTICATE, EXTERNAL AUTHENTICATE + PIN,
+#: UPDATE, read-back.
 REDEMPTION_APDUS = 7
 
 
@@ -63,6 +64,15 @@ def tap_in_process(p: TapProcessor, card: SecureCard) -> TapOutcome:
         return _call(p, SecureCardConnection(card))
     finally:
         card.field_off()
+
+
+def issue_secure_identity(session: SecureCardSession) -> tuple[bytes, bytes]:
+    """SELECT and the card id and card key of the identity on the card (claims 1 and 10)."""
+    import cbor2
+
+    session.select()
+    claims = cbor2.loads(cbor2.loads(session.read_identity()).value[2])
+    return claims[1], claims[10]
 
 
 def kinds(p: TapProcessor) -> list[EntryKind]:
@@ -109,14 +119,21 @@ def test_restored_old_state_refused_by_the_card_and_the_counter(slot: SecureSlot
     genesis = card.state
     assert genesis is not None
     assert tap_over_pcsc(p, slot, card)[0].status is TapStatus.ACCEPTED
-    with slot.present(card) as conn:  # an attacker writes the old record back
+    with slot.present(card) as conn:  # a stranger writes the old record back: no proof, refused
         session = SecureCardSession(conn)
         session.select()
-        with pytest.raises(StateRollbackRefused):
-            session.update_state(0, genesis)
-        with pytest.raises(StateRollbackRefused):
-            session.update_state(1, genesis)
-        session.update_state(7, genesis)  # accepted by the card: the explicit seq is not the record's
+        for seq in (0, 1, 7):
+            with pytest.raises(StateRollbackRefused):
+                session.update_state(seq, genesis)
+        with pytest.raises(TerminalAuthRequired):
+            session.update_state(2, genesis)
+    assert card.seq == 1
+    with slot.present(card) as conn:  # an insider with the card-access key: seq + 1 only, and the counter sees it
+        session = SecureCardSession(conn)
+        identity = issue_secure_identity(session)
+        session.verify_card(identity[1], identity[0], select=False)
+        session.external_authenticate(terminal_card_key(CARD_KEYS.keys[1], identity[0]), identity[0])
+        session.update_state(2, genesis)  # accepted by the card: the explicit seq is not the record's
     out, _ = tap_over_pcsc(p, slot, card)
     assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.CARD_STATE_INVALID
     p.journal.close()

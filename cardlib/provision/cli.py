@@ -196,6 +196,9 @@ class _Station:
 
     def __init__(self, stack: ExitStack, o: dict[str, Any], profile: Profile,
                  ring: CardPasswordKeys | None = None) -> None:
+        if ring is None and o["card_keys"] is not None:
+            ring = _load_card_keys(o)
+        self.ring = ring  # secure cards take their terminal key from its current version (docs/secure-card.md §5.5)
         secret, key_version, card_format = card_password_setting(o, ring)
         bundle_bytes = _read_input(o["bundle_path"], "--bundle")
         grant_bytes = _read_input(o["grant_path"], "--grant") if o["grant_path"] else None
@@ -289,6 +292,8 @@ def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, p
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
         reset_point = _pin_reset_point(st.ctx, pin_reset_key) if card_profile == "secure" else b""
+        if card_profile == "secure":
+            st.ctx = _secure_station_context(st.ctx, st.ring)
         source = st.open_source(o, wait_removal=True)
         stack.enter_context(station_lock(state_dir))  # before any chip; a refusal before the reader leaves no dir
         state = BatchState(state_dir, batch_key(rows))
@@ -393,6 +398,8 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
         reset_point = _pin_reset_point(st.ctx, pin_reset_key) if secure else b""
+        if secure:
+            st.ctx = _secure_station_context(st.ctx, st.ring)
         pin_value = (click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
                      if pin or secure else None)
         source = st.open_source(o, wait_removal=False)
@@ -478,6 +485,13 @@ def _pin_reset_point(ctx: StationContext, path: Path | None) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise StationInputError(f"--pin-reset-key {path}: not a P-256 key")
     return pin_reset_point(ctx, key)
+
+
+def _secure_station_context(ctx: StationContext, ring: CardPasswordKeys | None) -> StationContext:
+    """:func:`cardlib.provision.secure.secure_station_context` (imported when a secure card is made)."""
+    from cardlib.provision.secure import secure_station_context as make
+
+    return make(ctx, ring)
 
 
 def _provision_secure(source: PcscCardSource | NfcpyCardSource, st: _Station, row: Household, state: BatchState,

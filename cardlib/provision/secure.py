@@ -8,11 +8,14 @@ Steps (docs/secure-card.md §6, docs/card-format.md §5.1):
 2. **write**: GENERATE KEY on the card (the private key never leaves it); the issuer signs
    an identity naming the compressed public key (claim 10), with no chip UID and no PIN
    verifier, bound to card id || SHA-256(card key); the station signs the genesis state;
-   PUT DATA card id, PIN-reset key, PIN, options, NDEF view, identity; genesis UPDATE STATE;
+   PUT DATA card id, PIN-reset key, PIN, options, NDEF view, identity, the card's terminal key
+   (derived from the context's card-password key: the ring's current version, :func:`secure_station_context`);
+   genesis UPDATE STATE;
 3. **lock**: LOCK (life cycle ``07``; no way back);
 4. **verify**: the card as a counter sees it: identity read back and verified with the
    station's trust bundle, INTERNAL AUTHENTICATE under the certified key over the genesis
-   state, operational, PIN set.
+   state, EXTERNAL AUTHENTICATE with the terminal key (the card takes counters' proofs),
+   operational, PIN set.
 
 A card interrupted before LOCK is simply personalised again (GENERATE KEY replaces the key,
 so an identity signed for the earlier key names a private key that no longer exists).
@@ -20,6 +23,7 @@ so an identity signed for the earlier key names a private key that no longer exi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -46,10 +50,11 @@ from cardlib.provision.errors import (
 from cardlib.provision.households import Household
 from cardlib.provision.session import SessionGrant, check_quota
 from cardlib.provision.state import BatchState, CardRecord, Event
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.claims import IdentityClaims, state_hash
 from cardlib.records.errors import RecordError
 from cardlib.records.secure import NO_UID, issue_secure_records, verify_secure_identity, verify_secure_state
-from cardlib.secure import LifeCycle, SecureCardSession, SecureProtocolError, compress_point
+from cardlib.secure import LifeCycle, SecureCardSession, SecureProtocolError, compress_point, terminal_card_key
 from cardlib.secure.protocol import Flag
 from cardlib.transport.errors import SessionLost
 
@@ -66,6 +71,7 @@ __all__ = [
     "pin_reset_point",
     "provision_secure_card",
     "public_ndef_message",
+    "secure_station_context",
 ]
 
 _log = logging.getLogger(__name__)
@@ -130,6 +136,22 @@ def pin_reset_point(ctx: StationContext, pin_reset_key: ec.EllipticCurvePublicKe
     if not isinstance(key.curve, ec.SECP256R1):
         raise StationInputError("the PIN-reset key must be a P-256 key")
     return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+
+
+def secure_station_context(ctx: StationContext, ring: CardPasswordKeys | None) -> StationContext:
+    """The station context for secure cards: the card-access key is the key ring's current version.
+
+    Counters prove themselves to a secure card with a key derived from the card-password key ring they
+    hold (docs/secure-card.md §5.5), so the card gets its terminal key from the ring's current
+    version, whatever NTAG card format the station writes.
+
+    :param ring: the ``--card-keys`` key ring, or None.
+    :raises StationInputError: no key ring: a secure card made without it could never be written by a counter.
+    """
+    if ring is None:
+        raise StationInputError("secure cards need the card-password key ring counters hold: --card-keys FILE "
+                                "(docs/secure-card.md §5.5)")
+    return dataclasses.replace(ctx, password_secret=ring.keys[ring.current], password_key_version=ring.current)
 
 
 def check_secure_card(session: SecureCardSession) -> SecureCheck:
@@ -203,13 +225,14 @@ def personalise_secure(
         identity_cose, genesis_cose = issue_secure_records(
             claims, ctx.issuer, ctx.station, cycle=ctx.profile.cycle_at(now), now=now, station_id=ctx.terminal_id,
             remaining=remaining)
+        terminal_key = (ctx.password_key_version, terminal_card_key(ctx.password_secret, card_id))
         session.personalise(card_id=card_id, issuer_key=pin_reset_key, pin=pin, pin_required=pin_required,
                             ndef_message=ndef_message or public_ndef_message(), identity=identity_cose,
-                            genesis_state=genesis_cose, lock=False)
+                            genesis_state=genesis_cose, terminal_key=terminal_key, lock=False)
         enter(Step.LOCK)
         session.lock()
         enter(Step.VERIFY)
-        return _verify(session, ctx, card_id, identity_cose, genesis_cose, now)
+        return _verify(session, ctx, card_id, identity_cose, genesis_cose, now, terminal_key[1])
     except SessionLost as exc:
         raise IssuanceInterrupted(NO_UID, card_id, step.value) from exc
     except SecureProtocolError as exc:
@@ -217,12 +240,12 @@ def personalise_secure(
 
 
 def _verify(session: SecureCardSession, ctx: StationContext, card_id: bytes, identity_cose: bytes,
-            genesis_cose: bytes, now: int) -> SecureIssuedCard:
-    """Step 4: what a counter will do (SELECT, identity, state, INTERNAL AUTHENTICATE), plus card info.
+            genesis_cose: bytes, now: int, terminal_key: bytes) -> SecureIssuedCard:
+    """Step 4: what a counter will do (SELECT, identity, state, INTERNAL and EXTERNAL AUTHENTICATE), plus card info.
 
     :raises ReadBackMismatch: any difference.
     """
-    session.select()
+    info_fci = session.select()
     read = session.read_identity()
     if read != identity_cose:
         raise ReadBackMismatch(f"card {card_id.hex()}: identity read back differs")
@@ -232,6 +255,10 @@ def _verify(session: SecureCardSession, ctx: StationContext, card_id: bytes, ide
         assert key is not None
         verified = session.verify_card(key, card_id, select=False)
         state = verify_secure_state(verified.state.state, identity, ctx.trust)
+        if info_fci.terminal_key_version != ctx.password_key_version:
+            raise ReadBackMismatch(f"card {card_id.hex()} names card-access key version "
+                                   f"{info_fci.terminal_key_version}, not {ctx.password_key_version}")
+        session.external_authenticate(terminal_key, card_id)
     except (RecordError, CardlibError) as exc:
         if isinstance(exc, SessionLost):
             raise

@@ -5,7 +5,8 @@ The terminal side of the protocol, pure over a :class:`~cardlib.transport.Connec
 - :class:`SecureCardSession` — one method per APDU; :meth:`~SecureCardSession.read_identity`,
   :meth:`~SecureCardSession.verify_card` (GET DATA state, INTERNAL AUTHENTICATE
   with every check of §5.1) and :meth:`~SecureCardSession.commit` (UPDATE STATE
-  + read-back) make a redemption of at most 7 APDUs (§7); :meth:`~SecureCardSession.generate_key` and
+  + read-back) with :meth:`~SecureCardSession.external_authenticate` (the terminal's proof,
+  with the PIN when asked, §5.5) make a redemption of at most 7 APDUs (§7); :meth:`~SecureCardSession.generate_key` and
   :meth:`~SecureCardSession.personalise` are the provisioning side.
 - :func:`check_record_seq` — the card's stored seq must be the slot record's seq.
 - :mod:`cardlib.secure.conformance` — the spec's checks against any card.
@@ -25,6 +26,8 @@ from cardlib.secure.errors import (
     SecureProtocolError,
     StateMismatch,
     StateRollbackRefused,
+    TerminalAuthFailed,
+    TerminalAuthRequired,
 )
 from cardlib.secure.protocol import (
     AID,
@@ -36,6 +39,8 @@ from cardlib.secure.protocol import (
     compress_point,
     pin_reset_message,
     sign_pin_reset,
+    terminal_card_key,
+    terminal_mac,
 )
 from cardlib.secure.session import SecureCardSession, VerifiedCard, check_record_seq
 
@@ -59,9 +64,13 @@ __all__ = [
     "SecureProtocolError",
     "StateMismatch",
     "StateRollbackRefused",
+    "TerminalAuthFailed",
+    "TerminalAuthRequired",
     "VerifiedCard",
     "check_record_seq",
     "compress_point",
     "pin_reset_message",
     "sign_pin_reset",
+    "terminal_card_key",
+    "terminal_mac",
 ]

@@ -8,10 +8,13 @@ a card gets wrong.
 
 Non-destructive by default: the checks leave the card as they found it, apart
 from its transaction counter (each INTERNAL AUTHENTICATE moves it, §5.1) and,
-with a PIN given, one wrong VERIFY that the right PIN then resets. With
-``destructive=True`` (a test card only) it also blocks the PIN (and unblocks it
-when the issuer key is given), writes a new state (seq + 1, same bytes) and,
-with a :class:`TearInjector`, tears updates. Personalisation commands are never
+with a PIN and the card's terminal key given, one wrong VERIFY that the right PIN
+then resets. Without any key they check that a stranger's VERIFY spends no PIN try
+and that EXTERNAL AUTHENTICATE refuses a wrong proof (§5.5). With
+``destructive=True`` (a test card only) it also checks that UPDATE STATE is refused
+without the terminal's proof and beyond stored seq + 1 (§5.2), blocks the PIN (and
+unblocks it when the issuer key is given), writes a new state (seq + 1, same bytes)
+and, with a :class:`TearInjector`, tears updates. Personalisation commands are never
 sent to a card in initialisation (they would change it); on an operational card
 they must be refused.
 """
@@ -45,6 +48,7 @@ from cardlib.secure.protocol import (
     compress_point,
     decompress_point,
     sign_pin_reset,
+    terminal_mac,
     verify_auth_signature,
 )
 from cardlib.secure.session import SecureCardSession
@@ -126,7 +130,7 @@ class TearInjector(Protocol):
 
 #: Flags every operational card has (§6.3: LOCK needs them all).
 _PERSONALISED = (Flag.KEY_PRESENT | Flag.STATE_PRESENT | Flag.ISSUER_KEY_PRESENT | Flag.CARD_ID_PRESENT
-                 | Flag.PIN_SET | Flag.IDENTITY_PRESENT)
+                 | Flag.PIN_SET | Flag.IDENTITY_PRESENT | Flag.TERMINAL_KEY_PRESENT)
 
 
 class _Fail(Exception):
@@ -144,7 +148,7 @@ def _sw_text(sw: int) -> str:
 class _Runner:
     def __init__(self, connection: Connection, *, pin: str | None, card_key: bytes | None, card_id: bytes | None,
                  destructive: bool, issuer_key: ec.EllipticCurvePrivateKey | None,
-                 tear: TearInjector | None) -> None:
+                 tear: TearInjector | None, terminal_key: bytes | None) -> None:
         self.session = SecureCardSession(connection)
         self.report = ConformanceReport(connection.reader_name)
         self.pin = pin
@@ -153,6 +157,7 @@ class _Runner:
         self.destructive = destructive
         self.issuer_key = issuer_key
         self.tear = tear
+        self.terminal_key = terminal_key
         self.info: CardInfo | None = None
         self.key: ec.EllipticCurvePublicKey | None = None
 
@@ -202,6 +207,20 @@ class _Runner:
             raise _Fail(f"card signed seq {auth.seq}, GET DATA said {state.seq}")
         return auth.counter
 
+    def need_terminal_key(self) -> bytes:
+        if self.terminal_key is None:
+            raise _Skip("no terminal key given (--terminal-key)")
+        return self.terminal_key
+
+    def prove(self, pin: str | None = None) -> CardState:
+        """A fresh session a terminal opened: SELECT, GET DATA state, INTERNAL and EXTERNAL AUTHENTICATE."""
+        key = self.need_terminal_key()
+        self.session.select()
+        state = self.session.read_state()
+        self.auth(state)
+        self.session.external_authenticate(key, self.need_info().card_id, pin=pin)
+        return state
+
     def state_or_skip(self) -> CardState:
         if not self.need_info().flags & Flag.STATE_PRESENT:
             raise _Skip("the card holds no state")
@@ -213,7 +232,10 @@ class _Runner:
         info = self.session.select()
         if info.version != APP_VERSION:
             raise _Fail(f"application version {info.version}, expected {APP_VERSION}")
-        return f"AID {info.aid.hex().upper()}, life cycle {info.life_cycle.name}"
+        if info.life_cycle is LifeCycle.OPERATIONAL and info.terminal_key_version is None:
+            raise _Fail("operational card without the card-access key version (FCI tag C2, §3)")
+        return (f"AID {info.aid.hex().upper()}, life cycle {info.life_cycle.name}, "
+                f"card-access key version {info.terminal_key_version}")
 
     def c_select_unknown(self) -> str:
         self.expect(CommandApdu(CLA_ISO, Ins.SELECT, 0x04, 0x00, bytes.fromhex("F0000000000000"), le=256),
@@ -298,11 +320,12 @@ class _Runner:
         self.select()  # a fresh session: no PIN validated (the rule must not depend on it)
         cmd = CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0, state.seq.to_bytes(4, "big") + state.state)
         resp = self.send(cmd)
-        if resp.sw == SecureSW.SECURITY_NOT_SATISFIED and self.pin is not None:
-            self.session.verify_pin(self.pin)
+        if resp.sw == SecureSW.SECURITY_NOT_SATISFIED and self.terminal_key is not None:
+            # the seq rule must come first (§5.2); a card that asks for the proof is tried with it
+            self.prove(self.pin if self.need_info().flags & Flag.PIN_REQUIRED else None)
             resp = self.send(cmd)
         if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
-            raise _Skip("the card wants a PIN before UPDATE STATE (give --pin)")
+            raise _Fail("UPDATE with the stored seq answered 6982: the seq rule must be checked first (§5.2)")
         if resp.sw != SecureSW.REFUSED:
             raise _Fail(f"UPDATE with the stored seq: expected 6985, card answered {_sw_text(resp.sw)}")
         tried = "equal"
@@ -319,6 +342,91 @@ class _Runner:
         self.expect(CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0, bytes(4)), SecureSW.WRONG_LENGTH,
                     "UPDATE with no state bytes")
         return "6700"
+
+    def c_verify_needs_terminal(self) -> str:
+        info = self.need_info()
+        if info.life_cycle is not LifeCycle.OPERATIONAL:
+            raise _Skip("card in initialisation: the rule holds once operational")
+        if info.pin_tries == 0:
+            raise _Skip("PIN blocked")
+        self.select()  # a stranger: SELECT, then VERIFY (after an INTERNAL AUTHENTICATE too: anybody can send one)
+        for authenticated in (False, True):
+            if authenticated and info.flags & Flag.STATE_PRESENT:
+                self.auth(self.session.read_state())
+            wrong = "0000" if self.pin != "0000" else "1111"
+            self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, wrong.encode()), SecureSW.SECURITY_NOT_SATISFIED,
+                        "VERIFY without the terminal's proof")
+        after = self.session.card_info()
+        if after.pin_tries != info.pin_tries:
+            raise _Fail(f"a refused VERIFY spent a try: {info.pin_tries} -> {after.pin_tries}")
+        return "VERIFY without EXTERNAL AUTHENTICATE refused with 6982, no try spent"
+
+    def c_external_auth(self) -> str:
+        info = self.need_info()
+        if not info.flags & Flag.TERMINAL_KEY_PRESENT:
+            raise _Skip("no terminal key on the card yet")
+        state = self.state_or_skip()
+        self.select()
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, bytes(32)), SecureSW.REFUSED,
+                    "EXTERNAL AUTHENTICATE with no INTERNAL AUTHENTICATE in the session")
+        counter = self.auth(state)
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, bytes(31)), SecureSW.WRONG_LENGTH,
+                    "EXTERNAL AUTHENTICATE with a 31-byte proof")
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, bytes(32)),
+                    SecureSW.SECURITY_NOT_SATISFIED, "EXTERNAL AUTHENTICATE with a wrong proof")
+        if self.terminal_key is None:
+            return "no authenticate 6985, wrong proof 6982 (right proof not tried: no terminal key)"
+        right = terminal_mac(self.terminal_key, info.card_id, counter)
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, right), SecureSW.REFUSED,
+                    "the right proof after a wrong one (one proof per INTERNAL AUTHENTICATE)")
+        counter = self.auth(state)
+        old = terminal_mac(self.terminal_key, info.card_id, counter - 1)
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, old),
+                    SecureSW.SECURITY_NOT_SATISFIED, "a proof of the previous session's counter")
+        counter = self.auth(state)
+        right = terminal_mac(self.terminal_key, info.card_id, counter)
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0, right), SecureSW.OK,
+                    "the right proof")
+        return "no authenticate 6985, wrong proof 6982, one try per authenticate, old counter 6982, right proof 9000"
+
+    def c_update_needs_terminal(self) -> str:
+        if not self.destructive:
+            raise _Skip("destructive check: needs --destructive (a faulty card would take the update)")
+        if self.need_info().life_cycle is not LifeCycle.OPERATIONAL:
+            raise _Skip("card in initialisation: the rule holds once operational")
+        state = self.state_or_skip()
+        self.select()
+        self.auth(state)  # anybody can make the card authenticate itself
+        if self.pin is not None and self.need_info().flags & Flag.PIN_REQUIRED:
+            self.send(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, self.pin.encode()))
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0,
+                                (state.seq + 1).to_bytes(4, "big") + state.state),
+                    SecureSW.SECURITY_NOT_SATISFIED, "UPDATE STATE seq + 1 without EXTERNAL AUTHENTICATE")
+        after = self.session.read_state()
+        if (after.seq, after.state) != (state.seq, state.state):
+            raise _Fail("a refused UPDATE changed the stored state")
+        return "UPDATE STATE without the terminal's proof refused with 6982"
+
+    def c_update_seq_bound(self) -> str:
+        if not self.destructive:
+            raise _Skip("destructive check: needs --destructive (a faulty card would take the update)")
+        if self.need_info().life_cycle is not LifeCycle.OPERATIONAL:
+            raise _Skip("card in initialisation: the rule holds once operational")
+        self.need_terminal_key()
+        state = self.state_or_skip()
+        self.select()
+        for seq in (0xFFFFFFFF, state.seq + 2):  # a stranger's phone, with no proof: refused by the seq alone
+            self.expect(CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0, seq.to_bytes(4, "big") + b"\x00"),
+                        SecureSW.REFUSED, f"UPDATE STATE seq {seq:#x} without a proof")
+        pin = self.pin if self.need_info().flags & Flag.PIN_REQUIRED else None
+        self.prove(pin)
+        for seq in (0xFFFFFFFF, state.seq + 2):
+            self.expect(CommandApdu(CLA_PROPRIETARY, Ins.UPDATE_STATE, 0, 0, seq.to_bytes(4, "big") + state.state),
+                        SecureSW.REFUSED, f"UPDATE STATE seq {seq:#x} after the terminal's proof")
+        after = self.session.read_state()
+        if (after.seq, after.state) != (state.seq, state.state):
+            raise _Fail("a refused UPDATE changed the stored state")
+        return "seq 0xFFFFFFFF and stored + 2 refused with 6985, with and without the proof"
 
     def c_personalisation_closed(self) -> str:
         if self.need_info().life_cycle is not LifeCycle.OPERATIONAL:
@@ -344,19 +452,27 @@ class _Runner:
         if self.need_info().pin_tries < PIN_TRIES:
             raise _Skip(f"only {self.need_info().pin_tries} tries left: not spending one")
         wrong = "0000" if self.pin != "0000" else "1111"
-        self.select()
+        self.prove()
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, wrong.encode()), 0x63C0 | (PIN_TRIES - 1), "wrong PIN")
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, self.pin.encode()), SecureSW.OK, "right PIN")
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80), SecureSW.OK, "VERIFY status after the right PIN")
         self.select()
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80), 0x63C0 | PIN_TRIES, "VERIFY status after SELECT")
-        return "wrong -> 63C2, right -> 9000 (tries back to 3), SELECT clears validation"
+        self.prove()
+        self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0x80,
+                                bytes(32) + self.pin.encode()), SecureSW.REFUSED,
+                    "EXTERNAL AUTHENTICATE with PIN, no new INTERNAL AUTHENTICATE")
+        self.prove(self.pin)
+        self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80), SecureSW.OK, "VERIFY status after proof + PIN")
+        self.select()
+        return ("wrong -> 63C2, right -> 9000 (tries back to 3), SELECT clears validation; "
+                "proof + PIN in one EXTERNAL AUTHENTICATE validates")
 
     def c_pin_blocks(self) -> str:
         if not self.destructive or self.pin is None:
             raise _Skip("destructive check: needs --destructive and the PIN")
         wrong = "0000" if self.pin != "0000" else "1111"
-        self.select()
+        self.prove()
         for left in range(PIN_TRIES - 1, -1, -1):
             self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, wrong.encode()), 0x63C0 | left, "wrong PIN")
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80, self.pin.encode()), SecureSW.PIN_BLOCKED,
@@ -366,7 +482,7 @@ class _Runner:
             return "blocked after 3 (card left BLOCKED: no issuer key to reset it)"
         info = self.session.card_info()
         self.session.reset_pin(sign_pin_reset(self.issuer_key, info.card_id, self.pin, info.issuer_counter + 1))
-        self.session.verify_pin(self.pin)
+        self.prove(self.pin)
         return "63C2, 63C1, 63C0, then 6983; issuer reset unblocked it"
 
     def c_pin_reset_refusals(self) -> str:
@@ -388,9 +504,8 @@ class _Runner:
     def c_update(self) -> str:
         if not self.destructive:
             raise _Skip("destructive check: needs --destructive")
-        state = self.state_or_skip()
-        if self.pin is not None:
-            self.session.verify_pin(self.pin)
+        self.state_or_skip()
+        state = self.prove(self.pin)
         self.session.commit(state.seq + 1, state.state)
         counter = self.auth(self.session.read_state())
         return f"seq {state.seq} -> {state.seq + 1}, signed with counter {counter}"
@@ -400,10 +515,9 @@ class _Runner:
             raise _Skip("needs --destructive and a way to tear (virtual card or robot)")
         outcomes = []
         for commit in (False, True):
-            before = self.state_or_skip()
+            self.state_or_skip()
+            before = self.prove(self.pin)
             new = before.state[:-1] + bytes(((before.state[-1] + 1) & 0xFF,)) if before.state else b"\x01"
-            if self.pin is not None:
-                self.session.verify_pin(self.pin)
             self.tear.arm(0, commit)
             try:
                 self.session.update_state(before.seq + 1, new)
@@ -437,6 +551,10 @@ class _Runner:
         self.check("rollback_refused", "§5.2", self.c_rollback)
         self.check("update_length", "§5.2", self.c_update_length)
         self.check("personalisation_closed", "§2.1, §6", self.c_personalisation_closed)
+        self.check("verify_needs_terminal", "§5.3, §5.5", self.c_verify_needs_terminal)
+        self.check("external_authenticate", "§5.5", self.c_external_auth)
+        self.check("update_needs_terminal", "§5.2, §5.5", self.c_update_needs_terminal)
+        self.check("update_seq_bound", "§5.2", self.c_update_seq_bound)
         self.check("pin_status", "§5.3", self.c_pin_status)
         self.check("pin_verify", "§5.3", self.c_pin_verify)
         self.check("pin_reset_refusals", "§5.4", self.c_pin_reset_refusals)
@@ -449,7 +567,7 @@ class _Runner:
 def run_conformance(connection: Connection, *, pin: str | None = None, card_key: bytes | None = None,
                     card_id: bytes | None = None, destructive: bool = False,
                     issuer_key: ec.EllipticCurvePrivateKey | None = None,
-                    tear: TearInjector | None = None) -> ConformanceReport:
+                    tear: TearInjector | None = None, terminal_key: bytes | None = None) -> ConformanceReport:
     """Run the checks of docs/secure-card.md against the card on *connection*.
 
     :param connection: the card (it is selected first; nothing needs to be done before).
@@ -459,9 +577,11 @@ def run_conformance(connection: Connection, *, pin: str | None = None, card_key:
     :param destructive: also block the PIN, write a state and tear updates (test cards only).
     :param issuer_key: the issuer's P-256 private key (test issuer): unblocks the PIN and tries a replay.
     :param tear: a :class:`TearInjector` for the tear check.
+    :param terminal_key: the card's terminal key (32, :func:`~cardlib.secure.protocol.terminal_card_key`):
+        needed for every check that verifies a PIN or writes (§5.5); skipped without it.
     :returns: the report; :attr:`ConformanceReport.ok` is False when any check failed.
     :raises cardlib.transport.TransportError: the card left or the reader failed (the run cannot go on).
     """
     runner = _Runner(connection, pin=pin, card_key=card_key, card_id=card_id, destructive=destructive,
-                     issuer_key=issuer_key, tear=tear)
+                     issuer_key=issuer_key, tear=tear, terminal_key=terminal_key)
     return runner.run()

@@ -24,6 +24,8 @@ __all__ = [
     "SecureProtocolError",
     "StateMismatch",
     "StateRollbackRefused",
+    "TerminalAuthFailed",
+    "TerminalAuthRequired",
 ]
 
 
@@ -111,3 +113,15 @@ class PinNotSet(SecureCardError):
 
 class LifeCycleError(SecureCardError):
     """The command is not allowed in the card's life cycle state (``69 86``, docs/secure-card.md §2.1)."""
+
+
+class TerminalAuthRequired(SecureCardError):
+    """The card refused VERIFY or UPDATE STATE (``69 82``): no terminal proved itself in this session (§5.5)."""
+
+
+class TerminalAuthFailed(SecureCardError):
+    """EXTERNAL AUTHENTICATE refused (``69 82``): the card does not take this terminal's proof (§5.5).
+
+    The card's terminal key is not derived from a card-access key this terminal holds (another
+    province's card, a damaged personalisation), or the proof was for another session.
+    """

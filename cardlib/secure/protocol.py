@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +37,9 @@ __all__ = [
     "PIN_RESET_TAG",
     "PIN_TRIES",
     "POINT_LEN",
+    "TERMINAL_AUTH_TAG",
+    "TERMINAL_KEY_CONTEXT",
+    "TERMINAL_MAC_LEN",
     "AuthResponse",
     "CardInfo",
     "CardState",
@@ -53,6 +57,9 @@ __all__ = [
     "is_wrong_pin",
     "pin_reset_message",
     "sign_pin_reset",
+    "terminal_auth_message",
+    "terminal_card_key",
+    "terminal_mac",
     "verify_auth_signature",
 ]
 
@@ -65,6 +72,12 @@ CLA_PROPRIETARY = 0x80
 #: Domain tags of the two signed messages (§5.1, §5.4).
 AUTH_TAG = b"HB-SC/v1/auth"
 PIN_RESET_TAG = b"HB-SC/v1/pin-reset"
+#: Domain tag of the terminal's proof (EXTERNAL AUTHENTICATE, §5.5).
+TERMINAL_AUTH_TAG = b"HB-SC/v1/terminal"
+#: Context of the per-card terminal key derived from the province's card-access key ring (§5.5).
+TERMINAL_KEY_CONTEXT = b"HB-SC/v1/terminal-key"
+#: HMAC-SHA-256 output and the per-card terminal key, bytes.
+TERMINAL_MAC_LEN = 32
 MIN_NONCE = 16
 MAX_NONCE = 32
 #: Largest state record the card stores (§5.2): Lc 4 + 240 ≤ 255 keeps UPDATE a short APDU.
@@ -88,6 +101,7 @@ class Ins(enum.IntEnum):
     VERIFY = 0x20
     GET_DATA = 0xCA
     INTERNAL_AUTHENTICATE = 0x88
+    EXTERNAL_AUTHENTICATE = 0x82
     UPDATE_STATE = 0xDC
     RESET_RETRY_COUNTER = 0x2C
     GENERATE_KEY = 0x46
@@ -114,6 +128,7 @@ class PutObject(enum.IntEnum):
     OPTIONS = 0x04
     NDEF = 0x05
     IDENTITY = 0x06
+    TERMINAL_KEY = 0x07
 
 
 class LifeCycle(enum.IntEnum):
@@ -133,6 +148,7 @@ class Flag(enum.IntFlag):
     CARD_ID_PRESENT = 0x10
     PIN_SET = 0x20
     IDENTITY_PRESENT = 0x40
+    TERMINAL_KEY_PRESENT = 0x80
 
 
 class SecureSW(enum.IntEnum):
@@ -144,7 +160,7 @@ class SecureSW(enum.IntEnum):
     SECURITY_NOT_SATISFIED = 0x6982
     PIN_BLOCKED = 0x6983
     PIN_NOT_SET = 0x6984
-    REFUSED = 0x6985  #: rollback refused, replayed reset, counter exhausted
+    REFUSED = 0x6985  #: seq not stored + 1, replayed reset, counter exhausted, no authenticate to answer
     LIFE_CYCLE = 0x6986
     WRONG_DATA = 0x6A80
     NOT_FOUND = 0x6A82
@@ -167,15 +183,18 @@ class SelectInfo:
     :ivar aid: DF name (tag 84).
     :ivar version: application version (tag C0).
     :ivar life_cycle: life cycle status (tag C1).
+    :ivar terminal_key_version: version of the card-access key the card's terminal key derives from
+        (tag C2, §5.5); None before PUT DATA terminal key.
     """
 
     aid: bytes
     version: int
     life_cycle: LifeCycle
+    terminal_key_version: int | None = None
 
     @classmethod
     def parse(cls, fci: bytes) -> SelectInfo:
-        """Parse ``6F { 84 aid, A5 { C0 version, C1 lcs } }``.
+        """Parse ``6F { 84 aid, A5 { C0 version, C1 lcs [, C2 terminal key version] } }``.
 
         :raises SecureProtocolError: malformed FCI.
         """
@@ -186,9 +205,11 @@ class SelectInfo:
             inner = dict(parse_objects(body))
             prop = dict(parse_objects(inner[0xA5]))
             version, lcs = prop[0xC0], prop[0xC1]
-            if len(version) != 1 or len(lcs) != 1:
-                raise ValueError("C0/C1 are one byte")
-            return cls(inner[0x84], version[0], LifeCycle(lcs[0]))
+            key_version = prop.get(0xC2)
+            if len(version) != 1 or len(lcs) != 1 or (key_version is not None and len(key_version) != 1):
+                raise ValueError("C0/C1/C2 are one byte")
+            return cls(inner[0x84], version[0], LifeCycle(lcs[0]),
+                       None if key_version is None else key_version[0])
         except (BerError, KeyError, ValueError) as exc:
             raise SecureProtocolError(0x9000, fci, f"malformed FCI: {exc}") from exc
 
@@ -313,6 +334,42 @@ def verify_auth_signature(public_key: ec.EllipticCurvePublicKey, card_id: bytes,
         public_key.verify(response.signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise CloneSuspected("the card's signature does not verify under the identity's card key") from exc
+
+
+def terminal_card_key(access_key: bytes, card_id: bytes) -> bytes:
+    """The card's terminal key (§5.5, §6.2 P2 07): ``HMAC-SHA-256(access key, "HB-SC/v1/terminal-key" || card id)``.
+
+    :param access_key: the province's card-access key of the card's key version (the card-password key
+        ring counters and stations hold, ≥ 16 bytes).
+    :param card_id: 8 bytes.
+    :returns: 32 bytes, stored on the card at personalisation; never read back.
+    :raises ValueError: a short access key or a card id that is not 8 bytes.
+    """
+    if len(access_key) < 16 or len(card_id) != CARD_ID_LEN:
+        raise ValueError("access key ≥ 16 bytes and card id 8 bytes")
+    return hmac.new(access_key, TERMINAL_KEY_CONTEXT + card_id, hashlib.sha256).digest()
+
+
+def terminal_auth_message(card_id: bytes, counter: int) -> bytes:
+    """What the terminal MACs in EXTERNAL AUTHENTICATE (§5.5): tag || card id (8) || counter (4).
+
+    *counter* is the value the card signed in this session's INTERNAL AUTHENTICATE: the card
+    never signs one counter twice, so a proof for one session is worth nothing in another.
+
+    :raises ValueError: a card id that is not 8 bytes or a counter outside uint32.
+    """
+    if len(card_id) != CARD_ID_LEN or not 0 <= counter <= COUNTER_MAX:
+        raise ValueError("card id 8 bytes and counter a uint32")
+    return TERMINAL_AUTH_TAG + card_id + counter.to_bytes(4, "big")
+
+
+def terminal_mac(card_key: bytes, card_id: bytes, counter: int) -> bytes:
+    """EXTERNAL AUTHENTICATE's proof: HMAC-SHA-256 (RFC 2104) under the card's terminal key, 32 bytes.
+
+    :param card_key: :func:`terminal_card_key` for this card (32).
+    :raises ValueError: as :func:`terminal_auth_message`.
+    """
+    return hmac.new(card_key, terminal_auth_message(card_id, counter), hashlib.sha256).digest()
 
 
 def check_pin_format(pin: str) -> bytes:

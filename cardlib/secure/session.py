@@ -15,8 +15,9 @@ Usage::
     verified = session.verify_card(identity.card_public_key, identity.card_id,
                                    last_counter=journal.last_counter(identity.card_id), select=False)
     check_record_seq(verified, record_seq=slot_claims.seq)       # the slot record's own seq (§5.1)
-    session.verify_pin("123456")                                 # when asked
-    session.commit(new_seq, new_record_bytes)
+    key = terminal_card_key(card_access_keys[info.terminal_key_version], identity.card_id)
+    session.external_authenticate(key, identity.card_id, pin="123456")  # §5.5; pin only when asked
+    session.commit(verified.state.seq + 1, new_record_bytes)
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from cardlib.secure.errors import (
     SecureProtocolError,
     StateMismatch,
     StateRollbackRefused,
+    TerminalAuthFailed,
+    TerminalAuthRequired,
 )
 from cardlib.secure.protocol import (
     AID,
@@ -49,17 +52,20 @@ from cardlib.secure.protocol import (
     MAX_STATE,
     MIN_NONCE,
     POINT_LEN,
+    TERMINAL_MAC_LEN,
     AuthResponse,
     CardInfo,
     CardState,
     DataObject,
     Ins,
+    LifeCycle,
     PutObject,
     SecureSW,
     SelectInfo,
     check_pin_format,
     decompress_point,
     is_wrong_pin,
+    terminal_mac,
     verify_auth_signature,
 )
 from cardlib.transport import Connection
@@ -118,6 +124,12 @@ class SecureCardSession:
                 raise ValueError("give a connection or a channel")
             channel = ApduChannel(connection)
         self.channel = channel
+        #: The FCI of the last SELECT (None before one).
+        self.info: SelectInfo | None = None
+        #: Counter of this session's last INTERNAL AUTHENTICATE, until EXTERNAL AUTHENTICATE spends it.
+        self._auth_counter: int | None = None
+        #: Whether the card accepted this terminal's proof in this session (§5.5).
+        self.terminal_authenticated = False
 
     @property
     def commands_sent(self) -> int:
@@ -143,10 +155,12 @@ class SecureCardSession:
         :raises SecureProtocolError: not found (``6A 82``) or a malformed FCI.
         :raises cardlib.transport.TransportError: the card left.
         """
+        self._auth_counter, self.terminal_authenticated, self.info = None, False, None
         data = self._ok(CommandApdu(CLA_ISO, Ins.SELECT, 0x04, SELECT_FCI, AID, le=256), "SELECT")
         info = SelectInfo.parse(data)
         if info.aid != AID:
             raise SecureProtocolError(SecureSW.OK, data, f"FCI names AID {info.aid.hex()}")
+        self.info = info
         return info
 
     def _get(self, obj: DataObject) -> bytes:
@@ -196,9 +210,12 @@ class SecureCardSession:
         :param nonce: 16..32 bytes (other lengths are sent as given, to test the card).
         :raises SecureProtocolError: any status other than ``90 00``.
         """
+        self._auth_counter, self.terminal_authenticated = None, False  # the card drops both on a new authenticate
         data = self._ok(CommandApdu(CLA_PROPRIETARY, Ins.INTERNAL_AUTHENTICATE, 0, 0, nonce, le=256),
                         "INTERNAL AUTHENTICATE")
-        return AuthResponse.parse(nonce, data)
+        auth = AuthResponse.parse(nonce, data)
+        self._auth_counter = auth.counter
+        return auth
 
     def authenticate(self, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes, state: CardState,
                      *, last_counter: int | None = None, nonce: bytes | None = None) -> AuthResponse:
@@ -242,13 +259,50 @@ class SecureCardSession:
         auth = self.authenticate(card_key, card_id, state, last_counter=last_counter, nonce=nonce)
         return VerifiedCard(state, auth)
 
+    def external_authenticate(self, card_key: bytes, card_id: bytes, *, pin: str | None = None,
+                              counter: int | None = None) -> None:
+        """EXTERNAL AUTHENTICATE (§5.5): prove this terminal to the card, optionally with the PIN in the same APDU.
+
+        Must follow this session's INTERNAL AUTHENTICATE (its counter is what the proof covers);
+        the card takes one proof per authenticate. Without it an operational card refuses
+        VERIFY and UPDATE STATE.
+
+        :param card_key: the card's terminal key (:func:`~cardlib.secure.protocol.terminal_card_key`), 32 bytes.
+        :param card_id: the identity's card id (8).
+        :param pin: 4..8 digits to verify with the proof (P2 = 80), or None (P2 = 00).
+        :param counter: the counter to prove (default: this session's last INTERNAL AUTHENTICATE;
+            conformance passes others to test the card).
+        :raises TerminalAuthFailed: ``69 82``, the card does not take the proof.
+        :raises PinWrong, PinBlocked, PinNotSet: the proof was taken (the terminal is authenticated)
+            but the PIN was not.
+        :raises SecureProtocolError: ``69 85`` no authenticate to answer in this session, other words.
+        :raises ValueError: no counter to prove, a key that is not 32 bytes, a PIN that is not 4..8 digits.
+        """
+        counter = self._auth_counter if counter is None else counter
+        if counter is None:
+            raise ValueError("EXTERNAL AUTHENTICATE answers this session's INTERNAL AUTHENTICATE: none yet")
+        if len(card_key) != TERMINAL_MAC_LEN:
+            raise ValueError("the card's terminal key is 32 bytes")
+        raw_pin = b"" if pin is None else check_pin_format(pin)
+        self._auth_counter = None
+        data = terminal_mac(card_key, card_id, counter) + raw_pin
+        resp = self._exchange(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0,
+                                          _P2_PIN if pin is not None else 0, data))
+        if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
+            raise TerminalAuthFailed("the card refused this terminal's proof")
+        if resp.sw == SecureSW.OK or is_wrong_pin(resp.sw) or resp.sw in (SecureSW.PIN_BLOCKED, SecureSW.PIN_NOT_SET):
+            self.terminal_authenticated = True
+        if resp.sw != SecureSW.OK:
+            raise _error(resp, "EXTERNAL AUTHENTICATE")
+
     def update_state(self, seq: int, state: bytes) -> None:
-        """UPDATE STATE (§5.2): the card stores *state* with *seq* if *seq* is above its own.
+        """UPDATE STATE (§5.2): the card stores *state* with *seq* (operational: stored seq + 1 only).
 
         :param seq: the new record's ``seq`` claim, uint32.
         :param state: the exact record bytes, 1..240.
-        :raises StateRollbackRefused: ``69 85``, seq not higher (the card kept its state).
-        :raises PinRequired: ``69 82``, the card wants a verified PIN first.
+        :raises StateRollbackRefused: ``69 85``, seq not the next one (the card kept its state).
+        :raises TerminalAuthRequired: ``69 82`` and no EXTERNAL AUTHENTICATE taken in this session.
+        :raises PinRequired: ``69 82`` after EXTERNAL AUTHENTICATE: the card wants a verified PIN first.
         :raises SecureProtocolError: another status word.
         :raises cardlib.transport.TransportError: the card left: the state is old or new, read it.
         """
@@ -259,9 +313,13 @@ class SecureCardSession:
         if resp.sw == SecureSW.REFUSED:
             raise StateRollbackRefused(seq)
         if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
+            if self.info is not None and self.info.life_cycle is LifeCycle.OPERATIONAL \
+                    and not self.terminal_authenticated:
+                raise TerminalAuthRequired("the card takes UPDATE STATE only after EXTERNAL AUTHENTICATE")
             raise PinRequired("the card requires a verified PIN before UPDATE STATE")
         if resp.sw != SecureSW.OK:
             raise _error(resp, "UPDATE STATE")
+        self.terminal_authenticated = False  # the card takes one update per proof (§5.5)
 
     def commit(self, seq: int, state: bytes, *, read_back: bool = True) -> CardState | None:
         """UPDATE STATE, then (by default) GET DATA state to confirm it landed (§7 steps 5-6).
@@ -279,14 +337,17 @@ class SecureCardSession:
         return after
 
     def verify_pin(self, pin: str) -> None:
-        """VERIFY (§5.3).
+        """VERIFY (§5.3); an operational card takes it only after EXTERNAL AUTHENTICATE (§5.5).
 
+        :raises TerminalAuthRequired: ``69 82``, no terminal proved itself in this session (no try spent).
         :raises PinWrong: ``63 Cx`` with the tries left.
         :raises PinBlocked: ``69 83``.
         :raises PinNotSet: ``69 84``.
         :raises ValueError: *pin* is not 4..8 digits (nothing sent).
         """
         resp = self._exchange(CommandApdu(CLA_ISO, Ins.VERIFY, 0, _P2_PIN, check_pin_format(pin)))
+        if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
+            raise TerminalAuthRequired("the card takes VERIFY only after EXTERNAL AUTHENTICATE")
         if resp.sw != SecureSW.OK:
             raise _error(resp, "VERIFY")
 
@@ -335,9 +396,9 @@ class SecureCardSession:
         self._ok(CommandApdu(CLA_PROPRIETARY, Ins.PUT_DATA, _P1_OBJECT, obj, data), f"PUT DATA {obj.name}")
 
     def personalise(self, *, card_id: bytes, issuer_key: bytes, pin: str, pin_required: bool,
-                    ndef_message: bytes, identity: bytes, genesis_state: bytes, genesis_seq: int = 0,
-                    lock: bool = True) -> None:
-        """Personalise a card whose key was generated (§6): PUT DATA ×6, genesis UPDATE STATE, LOCK.
+                    ndef_message: bytes, identity: bytes, genesis_state: bytes, terminal_key: tuple[int, bytes],
+                    genesis_seq: int = 0, lock: bool = True) -> None:
+        """Personalise a card whose key was generated (§6): PUT DATA ×7, genesis UPDATE STATE, LOCK.
 
         :param card_id: 8 bytes (identity claim 1).
         :param issuer_key: the issuer's P-256 public point (65 uncompressed, or 33 compressed).
@@ -346,6 +407,7 @@ class SecureCardSession:
         :param ndef_message: the public NDEF message for phones, 1..240 bytes (no personal data).
         :param identity: the issuer-signed identity record naming the card's key (claim 10), 1..255 bytes.
         :param genesis_state: the seq-0 slot record bytes.
+        :param terminal_key: (card-access key version 1..255, the card's terminal key (32)), §5.5.
         :raises ValueError: an argument out of range (nothing sent).
         :raises: as :meth:`put_data`, :meth:`update_state`, :meth:`lock`.
         """
@@ -353,12 +415,16 @@ class SecureCardSession:
         if len(card_id) != 8 or not 1 <= len(ndef_message) <= MAX_NDEF or not 1 <= len(identity) <= 255:
             raise ValueError("card id is 8 bytes, the NDEF message 1..240, the identity 1..255")
         raw_pin = check_pin_format(pin)
+        version, key = terminal_key
+        if not 1 <= version <= 255 or len(key) != TERMINAL_MAC_LEN:
+            raise ValueError("terminal key version 1..255 and a 32-byte key")
         self.put_data(PutObject.CARD_ID, card_id)
         self.put_data(PutObject.ISSUER_KEY, point)
         self.put_data(PutObject.PIN, raw_pin)
         self.put_data(PutObject.OPTIONS, bytes((1 if pin_required else 0,)))
         self.put_data(PutObject.NDEF, ndef_message)
         self.put_data(PutObject.IDENTITY, identity)
+        self.put_data(PutObject.TERMINAL_KEY, bytes((version,)) + key)
         self.update_state(genesis_seq, genesis_state)
         if lock:
             self.lock()
