@@ -37,6 +37,7 @@ from cardlib.provision.card import StationContext
 from cardlib.provision.households import Household
 from cardlib.provision.profile import Profile
 from cardlib.provision.secure import personalise_secure, pin_reset_point
+from cardlib.records.access import CardPasswordKeys
 from cardlib.records.bundle import BundleKey, KeyRole, Programme, TrustBundle
 from cardlib.records.claims import Entitlement, IdentityClaims, PinVerifier, Unit
 from cardlib.records.issuance import issue_card_image
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             name = "verify-only tap" if mode is CounterMode.BALANCE_CHECK else "redemption tap (PIN)"
             journal = JournalStore(Path(tmp) / f"journal-{n}.sqlite", terminal_id="T-BENCH", signer=TERMINAL,
                                    clock=Clock(force_synced=True))
-            proc = TapProcessor(CounterConfig("T-BENCH", mode, OfflineLimits(), caps={"": ACR122U}), journal,
+            proc = TapProcessor(CounterConfig("T-BENCH", mode, OfflineLimits(), caps={"": ACR122U},
+                                              card_passwords=CardPasswordKeys({1: bytes(16)}, 1)), journal,
                                 TERMINAL, trust=lambda: Trust(bundle, time.time()),
                                 request=lambda p=programme, q=qty: (p, q, PIN))
             chip, card = _ntag(now), _secure(now, bundle)
@@ -244,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "Secure verify-only: SELECT, GET DATA identity, GET DATA state, INTERNAL AUTHENTICATE (a balance check",
-        "proves the key too). Secure redemption adds VERIFY (the programme asks for the PIN), UPDATE STATE and the",
-        "GET DATA read-back. NTAG: GET_VERSION, READ (UID), FAST_READs, READ_CNT, the changed pages' WRITEs and a",
+        "proves the key too). Secure redemption adds EXTERNAL AUTHENTICATE (the counter's proof, with the PIN the",
+        "programme asks for in the same APDU: docs/secure-card.md §5.5), UPDATE STATE and the GET DATA read-back.",
+        "NTAG: GET_VERSION, READ (UID), FAST_READs, READ_CNT, the changed pages' WRITEs and a",
         "FAST_READ read-back; the NTAG PIN is checked against the identity's verifier, not on the card.",
         "",
         "Field-time model (assumptions, not measurements): "
