@@ -260,3 +260,22 @@ def count_enrol_failure(write_session: Callable[[], Session], address: str | Non
     delay = policy.delay(row.failures)
     row.next_attempt_at = now + dt.timedelta(seconds=delay) if delay else None
     session.commit()
+
+
+def receipt_key_chain(app: Any) -> dict[str, str]:
+    """What lets a counter check the server receipt key it pins (docs/security.md "Enrolment: the counter's pins").
+
+    The terminal CA certificate (which the root certified: ``huma keys issue terminal-ca``) and a
+    certificate of the receipt key issued now by that CA
+    (:func:`cardlib.keys.receipt_cert.issue_receipt_certificate`). Needs an app context.
+
+    :param app: the Flask application (its receipt key and terminal CA configuration).
+    :returns: ``{"ca_certificate": PEM, "receipt_certificate": PEM}``.
+    :raises ConfigurationError: no usable terminal CA or receipt key.
+    """
+    from server.receipts import receipt_signer
+    from server.terminals import terminal_ca
+
+    ca = terminal_ca()
+    return {"ca_certificate": ca.certificate_pem.decode("ascii"),
+            "receipt_certificate": ca.certify_receipt_key(receipt_signer(app).public_key).decode("ascii")}

@@ -121,7 +121,10 @@ def _init_on_token(profile: TerminalProfile, profile_path: Path) -> None:
 @click.option("--code", envvar="HUMA_ENROL_CODE", default=None,
               help="The one-time enrolment code the admin issued for this terminal id "
                    "(else $HUMA_ENROL_CODE; omit it to only fetch the certificate of a submitted CSR).")
-def enrol(profile_path: Path, wait_s: float, code: str | None) -> None:
+@click.option("--replace-server-key", "replace_key", is_flag=True,
+              help="Technician reset after the server's receipt key was replaced: pin the new one, if the root "
+                   "certifies it (recorded in <key stem>.receipt-key.history). Without it a pinned key is kept.")
+def enrol(profile_path: Path, wait_s: float, code: str | None, replace_key: bool) -> None:
     """Send the CSR with its enrolment code, and fetch the certificate once an admin approved it.
 
     Idempotent: re-running with the same code re-submits the same CSR (the server
@@ -134,7 +137,7 @@ def enrol(profile_path: Path, wait_s: float, code: str | None) -> None:
     from terminal.enrol import key_fingerprint
 
     profile = load_terminal_profile(profile_path)
-    cert = enrol_terminal(profile, wait_s, code=code)
+    cert = enrol_terminal(profile, wait_s, code=code, replace_receipt_key=replace_key)
     if cert is None:
         click.echo(f"terminal {profile.terminal_id} is waiting for approval by an administrator")
         click.echo(f"key fingerprint (the admin approves only this key): {key_fingerprint(profile)}")

@@ -7,7 +7,7 @@ docs/security.md, "Trust bundle and its keys". Files next to ``<bundle_path>``:
   state kept apart from the bundle file — the installed bundle's version and SHA-256,
   per bundle key (kid hex) the highest version and ``issued_at`` installed from it, and
   the root's revocations learnt so far (serial and kids);
-- ``<bundle_path>.pin.json``: ``{"version", "sha256"}`` of the server's newest bundle at
+- ``<bundle_path>.pin.json``: ``{"version", "sha256", "signer"}`` of the server's newest bundle at
   enrolment (:func:`pin_enrolment_bundle`), the floor of a fresh counter;
 - ``<bundle_path>.floor.json``: ``{"signers": {kid hex: version}, "time_mark": seconds,
   "journal_mark_ignored_upto": seconds}``, a
@@ -50,7 +50,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,22 +80,31 @@ def pin_path(bundle_path: str | Path) -> Path:
     return path.with_name(path.name + ".pin.json")
 
 
-def pin_enrolment_bundle(bundle_path: str | Path, newest: Mapping[str, Any] | None) -> None:
-    """Keep the version and SHA-256 of the server's newest bundle, as told at enrolment.
+def pin_enrolment_bundle(bundle_path: str | Path, data: bytes, root_public_key: PublicKey, now: float) -> int | None:
+    """Pin the server's newest bundle at enrolment, from its signed bytes only: the first bundle must be it or newer.
 
-    :param newest: ``{"version": int, "sha256": hex}`` from the certificate answer
-        (docs/api.md), or None when the server had no bundle yet (nothing is pinned).
-    :raises TrustStoreError: the answer's ``bundle`` is malformed.
+    The bytes must verify under the pinned root at ``now`` (endorsement, signature,
+    programmes), so an answer nobody signed cannot set the floor (a version of 2^62 would
+    lock out every later bundle). A counter that holds a pin, or has installed a bundle
+    already, keeps its floor: nothing is written.
+
+    :param data: the bundle bytes as downloaded (``GET /api/v1/bundle``).
+    :param root_public_key: the root the counter was provisioned with.
+    :param now: POSIX seconds of the check.
+    :returns: the pinned version, or None when the counter already had a pin or a bundle.
+    :raises TrustStoreError: the bytes do not verify (nothing is pinned).
     """
-    if newest is None:
-        return
+    path = Path(bundle_path)
+    if pin_path(path).exists() or path.exists():
+        return None
     try:
-        version, digest = newest["version"], bytes.fromhex(newest["sha256"])
-        if type(version) is not int or version < 0 or len(digest) != 32:
-            raise ValueError("version must be a uint and sha256 32 bytes in hex")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TrustStoreError(f"enrolment answer names no usable bundle: {exc!r}") from exc
-    atomic_write(pin_path(bundle_path), json.dumps({"version": version, "sha256": digest.hex()}).encode())
+        bundle = verify_bundle(data, root_public_key, now=int(now))
+        validate_programmes(bundle.programmes)
+    except BundleError as exc:
+        raise TrustStoreError(f"the server's bundle at enrolment does not verify, nothing pinned: {exc}") from exc
+    atomic_write(pin_path(path), json.dumps({"version": bundle.version, "sha256": hashlib.sha256(data).hexdigest(),
+                                             "signer": bundle.signer_kid.hex()}).encode())
+    return bundle.version
 
 
 class TrustStore:
@@ -152,7 +161,8 @@ class TrustStore:
     def _read_pin(self) -> dict[str, Any] | None:
         try:
             pin = json.loads(pin_path(self.path).read_text())
-            return {"version": int(pin["version"]), "sha256": str(pin["sha256"])}
+            return {"version": int(pin["version"]), "sha256": str(pin["sha256"]),
+                    "signer": bytes.fromhex(pin["signer"]) if "signer" in pin else None}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -196,8 +206,9 @@ class TrustStore:
             raise TrustStoreError(f"stored trust bundle {self.path} does not verify: {exc}") from exc
         recorded = max((v for k, v in (self._recorded or {}).items() if bytes.fromhex(k) not in self._revoked),
                        default=None)
-        if self._pin is not None and self._installed is None and bundle.version < self._pin["version"]:
-            recorded = max(recorded or 0, self._pin["version"])
+        pin = self._live_pin()
+        if pin is not None and self._installed is None and bundle.version < pin["version"]:
+            recorded = max(recorded or 0, pin["version"])
         if recorded is not None and bundle.version < recorded:
             raise TrustStoreError(f"stored trust bundle {self.path} is v{bundle.version}, older than v{recorded} "
                                   f"recorded in {self._floor_path} or the enrolment pin: refused (rolled back?)")
@@ -341,10 +352,18 @@ class TrustStore:
             except OSError as exc:  # the journal's newest wall time is a second floor (terminal.tap)
                 log.warning("time mark not saved to %s: %s", self._floor_path, exc)
 
+    def _live_pin(self) -> dict[str, Any] | None:
+        """The enrolment pin, unless the bundle key that signed the pinned bundle was revoked since."""
+        pin = self._pin
+        if pin is not None and pin["signer"] is not None and pin["signer"] in self._revoked:
+            return None
+        return pin
+
     def _floor(self) -> int | None:
         versions = [v["version"] for v in self._live_signers()]
-        if self._pin is not None:
-            versions.append(self._pin["version"])
+        pin = self._live_pin()
+        if pin is not None:
+            versions.append(pin["version"])
         return max(versions, default=None)
 
     def _learn_revocations(self, data: bytes) -> None:
@@ -362,7 +381,7 @@ class TrustStore:
             log.warning("the root revoked bundle key %s: nothing it signs is installed again", kid.hex())
 
     def _check_version(self, bundle: TrustBundle, digest: str) -> None:
-        pin = self._pin
+        pin = self._live_pin()
         if pin is not None and bundle.version < pin["version"]:
             raise TrustStoreError(f"downloaded trust bundle v{bundle.version} is older than v{pin['version']} "
                                   f"pinned at enrolment; refused")

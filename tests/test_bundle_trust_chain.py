@@ -159,16 +159,20 @@ def test_restart_keeps_the_version_floor(ks, tmp_path) -> None:
         again.install(legit(ks, 4), None)
 
 
-def test_fresh_counter_refuses_a_bundle_older_than_its_enrolment_pin(tmp_path, world, live_server) -> None:
+def test_fresh_counter_refuses_a_bundle_older_than_its_enrolment_pin(tmp_path, world, live_server,
+                                                                     ca_key_path) -> None:
     from firmware_config.loader import load_terminal_profile
     from terminal.enrol import enrol
+    from tests.enrol_support import chain_server_ca_to, unpin_receipt_key
     from tests.test_terminal_support import TrustKit, make_counter, publish_bundle
 
     kit = TrustKit()
+    chain_server_ca_to(kit.root, world, ca_key_path, tmp_path)
     (tmp_path / "root.pem").write_bytes(kit.root_pem())
     world.client.application.config["TRUST_ROOT_CERT"] = str(tmp_path / "root.pem")
     files = make_counter(tmp_path / "c", kit, readers={}, bindings=[("acr122u", None)], install_bundle=False,
                          terminal_id="T-6271-0079", server_url=f"http://{live_server.host}:{live_server.port}")
+    unpin_receipt_key(files.state)
     old = kit.bundle(1)[1]
     for version in (1, 2, 3):
         current = old if version == 1 else kit.bundle(version)[1]
@@ -176,7 +180,7 @@ def test_fresh_counter_refuses_a_bundle_older_than_its_enrolment_pin(tmp_path, w
     profile = load_terminal_profile(files.profile)
     assert enrol(profile, 0.0, code=world.enrolment_code("T-6271-0079")) is None
     world.approve("T-6271-0079")
-    assert enrol(profile, 0.0) is not None  # certificate + the server's newest bundle version and hash
+    assert enrol(profile, 0.0) is not None  # certificate + the server's newest bundle, verified, pinned
     fresh = TrustStore(profile.bundle_path, kit.root.public_key)
     with pytest.raises(TrustStoreError, match="enrolment"):
         fresh.install(old, None)  # a replayed bundle from before enrolment

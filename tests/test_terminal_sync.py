@@ -232,16 +232,20 @@ def test_a_crash_is_logged_and_sync_goes_on(app, rig, caplog) -> None:
     assert rig.journal.unsent_count() == 0 and server_rows(app) == 3
 
 
-def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world, live_server) -> None:
+def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world, live_server, ca_key_path) -> None:
     from click.testing import CliRunner
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from huma.cli import cli
+    from tests.enrol_support import chain_server_ca_to, unpin_receipt_key
     from tests.test_terminal_support import make_counter
 
-    files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
+    kit = TrustKit()
+    chain_server_ca_to(kit.root, world, ca_key_path, tmp_path)
+    files = make_counter(tmp_path / "c", kit, readers={}, bindings=[("acr122u", None)],
                          terminal_id="T-6271-0077", server_url=f"http://{live_server.host}:{live_server.port}")
+    unpin_receipt_key(files.state)
     runner = CliRunner()
     pending = runner.invoke(cli, ["terminal", "enrol", "--profile", str(files.profile),
                                   "--code", world.enrolment_code("T-6271-0077")])
@@ -257,13 +261,17 @@ def test_init_then_enrol_fetches_the_certificate_after_approval(tmp_path, world,
         files.signer.public_key.public_bytes(serialization.Encoding.DER, spki)
 
 
-def test_enrol_use_case_without_the_cli(tmp_path, world, live_server) -> None:
+def test_enrol_use_case_without_the_cli(tmp_path, world, live_server, ca_key_path) -> None:
     from firmware_config.loader import load_terminal_profile
     from terminal.enrol import certificate_path, enrol
+    from tests.enrol_support import chain_server_ca_to, unpin_receipt_key
     from tests.test_terminal_support import make_counter
 
-    files = make_counter(tmp_path / "c", TrustKit(), readers={}, bindings=[("acr122u", None)],
+    kit = TrustKit()
+    chain_server_ca_to(kit.root, world, ca_key_path, tmp_path)
+    files = make_counter(tmp_path / "c", kit, readers={}, bindings=[("acr122u", None)],
                          terminal_id="T-6271-0078", server_url=f"http://{live_server.host}:{live_server.port}")
+    unpin_receipt_key(files.state)
     profile = load_terminal_profile(files.profile)
     assert enrol(profile, 0.0, code=world.enrolment_code("T-6271-0078")) is None  # submitted, waiting
     world.approve("T-6271-0078")

@@ -259,6 +259,22 @@ class TerminalCA:
         """The CA certificate, PEM (what terminals verify against)."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
+    def certify_receipt_key(self, receipt_key: PublicKey, now: int | None = None) -> bytes:
+        """Certify the server receipt key (:func:`cardlib.keys.receipt_cert.issue_receipt_certificate`).
+
+        :param now: UNIX seconds (default: the current time).
+        :returns: the receipt-key certificate, PEM bytes.
+        :raises CertificateError: the receipt key is not Ed25519.
+        """
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from cardlib.keys.receipt_cert import issue_receipt_certificate
+
+        if not isinstance(receipt_key, ed25519.Ed25519PublicKey):
+            raise CertificateError("the server receipt key is not Ed25519")
+        at = dt.datetime.now(dt.UTC).timestamp() if now is None else now
+        return issue_receipt_certificate(self._signer, self.certificate, receipt_key, at)
+
     def issue(
         self,
         csr_pem: bytes,

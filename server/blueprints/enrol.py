@@ -23,6 +23,7 @@ from server.enrolment import (
     count_enrol_failure,
     fingerprint,
     issue_code,
+    receipt_key_chain,
     redeem_code,
 )
 from server.errors import (
@@ -225,6 +226,7 @@ def certificate(terminal_id: str) -> ResponseReturnValue:
     from server.bundles import enrolment_pin  # the counter's first bundle is at least this one
     body["bundle"] = enrolment_pin(db.session)
     body["receipt_key"] = receipt_public_pem(current_app)  # counters pin it: server answers are signed by it
+    body.update(receipt_key_chain(current_app))  # the root's chain to that key and the certificate's CA
     return jsonify(body), 200
 
 
