@@ -290,8 +290,9 @@ class SecureCardSession:
                                           _P2_PIN if pin is not None else 0, data))
         if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
             raise TerminalAuthFailed("the card refused this terminal's proof")
-        if resp.sw == SecureSW.OK or is_wrong_pin(resp.sw) or resp.sw in (SecureSW.PIN_BLOCKED, SecureSW.PIN_NOT_SET):
-            self.terminal_authenticated = True
+        if resp.sw == SecureSW.OK or is_wrong_pin(resp.sw) or (
+                pin is not None and resp.sw in (SecureSW.PIN_BLOCKED, SecureSW.PIN_NOT_SET, SecureSW.WRONG_DATA)):
+            self.terminal_authenticated = True  # the proof was taken; only the PIN was not (§5.5 step 6)
         if resp.sw != SecureSW.OK:
             raise _error(resp, "EXTERNAL AUTHENTICATE")
 
