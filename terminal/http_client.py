@@ -150,6 +150,8 @@ class HttpApi:
         while True:
             piece = resp.read1(_CHUNK)
             if not piece:
+                if resp.length:  # read1 returns what came before a close; read() raised IncompleteRead
+                    raise http.client.IncompleteRead(b"".join(parts), resp.length)
                 return b"".join(parts)
             size += len(piece)
             if size > self.max_bytes:

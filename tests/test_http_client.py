@@ -70,6 +70,20 @@ def test_a_chunked_answer_past_the_cap_is_refused_without_a_length_announced(ser
         HttpApi(url, max_bytes=4000).request("GET", "/api/v1/bundle")
 
 
+def test_an_answer_cut_short_of_its_length_is_an_error_not_a_shorter_body(serve: Callable[[Serve], str]) -> None:
+    def cut(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.wfile.write(b"\x00" * 10)
+        h.close_connection = True
+
+    url = serve(cut)
+    with pytest.raises(SyncError, match="IncompleteRead"):
+        HttpApi(url).request("GET", "/api/v1/bundle")
+
+
 def test_a_slow_drip_ends_at_the_deadline_though_every_read_is_quick(serve: Callable[[Serve], str]) -> None:
     """One byte every 0.1 s: each read is far within the 2 s socket timeout, the request is not."""
     url = serve(lambda h: _chunked(h, 1000, 1, pause=0.1))
