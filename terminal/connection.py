@@ -134,7 +134,8 @@ class DeadlineConnection(Connection):
     Each command runs on a short-lived worker thread; the caller waits at most the
     per-call limit (and never past the tap budget). A command still running then is
     ended: the inner connection is aborted (:func:`abort_connection`: ``abort()`` when the
-    wrapper has one, else ``close()``, which disconnects the PC/SC card handle, since
+    wrapper has one, else ``close()``, which disconnects the PC/SC card handle with a card
+    reset, so a chip the tap authenticated is not left open, since
     pcsc-lite's ``SCardCancel`` does not reach an ``SCardTransmit`` in flight), so a card
     that stops answering frees its reader within the tap budget, not when it is lifted
     (docs/field-cases.md §PC). The call raises :class:`DeadlineExceeded` (a
@@ -267,6 +268,8 @@ class GuardedConnection(Connection):
 
     def abort(self) -> None:
         """Close now, without waiting for a call in flight (the deadline ended it): later calls raise.
+
+        Closing ends the card session as any close does (PC/SC: a card reset, nfcpy: field off).
 
         Disconnecting the card handle under a blocked call is what makes that call return;
         pcscd may then drop this client's socket, which the supervisor already handles as a

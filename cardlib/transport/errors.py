@@ -5,6 +5,7 @@ The terminal reacts differently to each cause (PC/SC Part 5 / pcsc-lite
 
 - :class:`SessionLost` - the card left the field, was reset or stopped
   answering: disconnect, wait for a presence change, re-read everything.
+- :class:`ReaderBusy` - another program holds the reader: this presentation is not served.
 - :class:`ReaderGone` - the reader was unplugged or its slot vanished.
 - :class:`ServiceUnavailable` - pcscd (or the nfcpy device) is gone: the
   supervisor re-establishes the context with backoff.
@@ -45,6 +46,14 @@ class TagMute(SessionLost):
 
     Field case AP-1: an ACR122U answers a command the NTAG does not know with a
     0-byte response. Treated like the card leaving the field.
+    """
+
+
+class ReaderBusy(SessionLost):
+    """Another PC/SC client holds the reader (``SCARD_E_SHARING_VIOLATION``): no card session was opened.
+
+    Card sessions are exclusive (:mod:`cardlib.transport.pcsc`); this presentation is not served,
+    as if the card had left: the caller waits for the next one.
     """
 
 

@@ -26,6 +26,15 @@ ISO/IEC 14443-4 blocks by :mod:`cardlib.transport.isodep`) for
 Type 2 tag, whose ``native_channel`` carries its frames); the counter's supervisor uses it with
 :meth:`NfcpyReader.poll_uid` for presence.
 
+Every session ends with the RF field off (``close`` of each connection, also after an error or a
+deadline: nfcpy ``device.mute()``, i.e. PN53x RFConfiguration field off, RC-S380
+``switch_rf("off")``, the ``udp`` driver's RFOFF): the chip loses power, and with it the
+AUTHENTICATED state a PWD_AUTH of the session gave it (NTAG213/215/216 datasheet §8.8), before
+anything else can talk to it; :meth:`NfcpyReader.poll_uid` mutes too. No other program shares the
+reader meanwhile: the process holds the device (libusb claims the USB interface; a serial port is
+guarded by its file permissions, docs/operations.md §Who may reach the card readers). Tested in
+tests/test_nfcpy_session_end.py.
+
 Frame traffic is logged at :data:`cardlib.apdu.TRAFFIC` (below DEBUG) and may
 contain secrets (PWD_AUTH passwords, UIDs, record contents).
 """
@@ -207,7 +216,10 @@ class NfcpyType2Channel(Type2Channel):
         self._target = found
 
     def close(self) -> None:
-        """Switch the field off (the tag's RF session ends). Idempotent."""
+        """Switch the field off: the tag's RF session ends, and any PWD_AUTH of it with it. Idempotent.
+
+        A device error here is logged, not raised: the device is gone, and its field with it.
+        """
         if self._closed:
             return
         self._closed = True

@@ -16,7 +16,23 @@ code                                                   error
 0x8010001D NO_SERVICE, 0x8010001E SERVICE_STOPPED,      :class:`ServiceUnavailable`
 0x80100013 COMM_ERROR
 0x8010000C NO_SMARTCARD (connect)                       :class:`NoCard`
+0x8010000B SHARING_VIOLATION (connect)                  :class:`ReaderBusy`
 =====================================================  ==============================
+
+Card sessions are exclusive and end with a card reset (docs/security.md §Card sessions on a
+shared PC/SC service). A :class:`PcscConnection` connects ``SCARD_SHARE_EXCLUSIVE``: while it is
+open no other PC/SC client gets a handle on the reader, so none can send a frame to a chip this
+session authenticated with PWD_AUTH, reset it mid-write or drive the reader. pcsc-lite takes the
+reader's lock for an exclusive handle (``winscard.c`` ``SCardConnect`` → ``RFLockSharing``),
+which also makes pcscd reset the card if this process dies holding it (``winscard_svc.c``
+``MSGRemoveContext``): a separate ``SCardBeginTransaction`` adds nothing. :meth:`PcscConnection.close`
+disconnects with ``SCARD_RESET_CARD`` (:data:`END_DISPOSITION`): the reader re-activates the tag
+(libccid: ``IFD_RESET`` = ICC power off + on; an ACR122U re-polls it), and an NTAG21x leaves the
+AUTHENTICATED state on a field reset or any new activation (NTAG213/215/216 datasheet §8.8,
+ISO/IEC 14443-3 state machine), so the next client finds it locked again. pcsc-lite resets the
+card before it gives up exclusivity (``SCardDisconnect``), so no client gets in between. The
+reset is not a card command of the tap (it is not counted by
+:class:`cardlib.transport.CountingConnection`).
 
 Readers are chosen by a configured name pattern, never by index
 (:func:`select_reader`). A :class:`PcscContext` is a small handle the
@@ -30,6 +46,7 @@ import fnmatch
 import logging
 import os
 import re
+import time
 from types import TracebackType
 
 from smartcard import scard
@@ -39,6 +56,7 @@ from cardlib.transport import Connection
 from cardlib.transport.errors import (
     CardRemoved,
     NoCard,
+    ReaderBusy,
     ReaderGone,
     ReaderNotFound,
     ServiceUnavailable,
@@ -70,6 +88,17 @@ SCARD_F_COMM_ERROR = 0x80100013
 SCARD_E_NO_SMARTCARD = 0x8010000C
 SCARD_E_NO_READERS_AVAILABLE = 0x8010002E
 SCARD_E_TIMEOUT = 0x8010000A
+SCARD_E_SHARING_VIOLATION = 0x8010000B
+
+#: How every card session ends (``SCardDisconnect`` disposition): reset the card, so a chip
+#: authenticated by PWD_AUTH in the session is not left authenticated for the next PC/SC client.
+END_DISPOSITION = scard.SCARD_RESET_CARD
+#: Share mode of every card session: no other client has a handle while it is open.
+SHARE_MODE = scard.SCARD_SHARE_EXCLUSIVE
+#: Seconds :class:`PcscConnection` keeps retrying while another client holds the reader (a
+#: middleware probe holds it for milliseconds), and the pause between tries.
+BUSY_WAIT_S = 0.5
+BUSY_RETRY_S = 0.02
 
 _SESSION_LOST = {SCARD_W_RESET_CARD, SCARD_W_UNRESPONSIVE_CARD}
 _READER_GONE = {SCARD_E_READER_UNAVAILABLE, SCARD_E_UNKNOWN_READER}
@@ -94,6 +123,8 @@ def map_pcsc_error(code: int, what: str) -> TransportError:
         return _service_unavailable(code, what)
     if code == SCARD_E_NO_SMARTCARD:
         return NoCard(text, code)
+    if code == SCARD_E_SHARING_VIOLATION:
+        return ReaderBusy(text, code)
     return TransportError(text, code)
 
 
@@ -239,29 +270,48 @@ class PcscContext:
 
 
 class PcscConnection(Connection):
-    """A card session on one PC/SC reader (``SCardConnect`` shared, T=0 or T=1).
+    """An exclusive card session on one PC/SC reader (``SCardConnect`` exclusive, T=0 or T=1).
+
+    No other PC/SC client can reach the reader until :meth:`close`, which resets the card
+    (module docstring; docs/security.md §Card sessions on a shared PC/SC service).
 
     :param context: the PC/SC context (not released by :meth:`close` unless *owns_context*).
     :param reader: the exact reader name (choose it with :func:`select_reader`).
     :param owns_context: release *context* on :meth:`close`.
+    :param busy_wait_s: seconds to keep retrying while another client has a handle on the reader.
     :raises NoCard: no card in the reader.
+    :raises ReaderBusy: another PC/SC client still had a handle on the reader after *busy_wait_s*.
     :raises ReaderGone, ServiceUnavailable, TransportError: see the module table.
     """
 
-    def __init__(self, context: PcscContext, reader: str, owns_context: bool = False) -> None:
+    def __init__(self, context: PcscContext, reader: str, owns_context: bool = False,
+                 busy_wait_s: float = BUSY_WAIT_S) -> None:
         self._context = context
         self._reader = reader
         self._owns_context = owns_context
-        hr, hcard, protocol = scard.SCardConnect(
-            context.handle, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
-        )
+        self._hcard: int | None = None
+        end = time.monotonic() + busy_wait_s
+        while True:
+            hr, hcard, protocol = scard.SCardConnect(
+                context.handle, reader, SHARE_MODE, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+            )
+            if _u32(hr) != SCARD_E_SHARING_VIOLATION or time.monotonic() >= end:
+                break
+            time.sleep(BUSY_RETRY_S)
         if hr != SCARD_S_SUCCESS:
             if _u32(hr) in (SCARD_W_REMOVED_CARD, SCARD_E_NO_SMARTCARD):
                 raise NoCard(f"no card in {reader!r}", _u32(hr))
+            if _u32(hr) == SCARD_E_SHARING_VIOLATION:
+                logger.warning("reader %r: another PC/SC client holds the reader; the card is not served "
+                               "(only the counter's own account should reach pcscd: docs/operations.md)", reader)
             raise map_pcsc_error(hr, f"SCardConnect({reader})")
-        self._hcard: int | None = hcard
+        self._hcard = hcard
         self._protocol = protocol
-        self._atr = self._read_atr()
+        try:
+            self._atr = self._read_atr()
+        except BaseException:
+            self.close()
+            raise
 
     def _read_atr(self) -> bytes:
         hr, _reader, _state, _protocol, atr = scard.SCardStatus(self._handle())
@@ -330,21 +380,32 @@ class PcscConnection(Connection):
     def reconnect(self, unpower: bool = False) -> None:
         """``SCardReconnect`` with a card reset (or power cycle): re-polls the tag on the same session.
 
+        The session stays exclusive (reconnecting shared would give up pcsc-lite's reader lock).
+
         :raises SessionLost, CardRemoved: the card is gone.
         """
         disposition = scard.SCARD_UNPOWER_CARD if unpower else scard.SCARD_RESET_CARD
         hr, protocol = scard.SCardReconnect(
-            self._handle(), scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1, disposition
+            self._handle(), SHARE_MODE, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1, disposition
         )
         if hr != SCARD_S_SUCCESS:
             raise self._error(hr, "SCardReconnect")
         self._protocol = protocol
 
     def close(self) -> None:
-        """Disconnect (leave the card powered for the next session). Idempotent."""
+        """Disconnect with a card reset (:data:`END_DISPOSITION`), after a tap and after an error alike.
+
+        The reset ends the chip's RF session, and with it any PWD_AUTH this session did, before
+        pcsc-lite lets another client connect. A failed disconnect is logged, not raised: the
+        handle is given up either way (when pcscd lost this client it cleaned the handle up
+        itself, resetting the card this exclusive handle held). Idempotent.
+        """
         if self._hcard is not None:
-            scard.SCardDisconnect(self._hcard, scard.SCARD_LEAVE_CARD)
-            self._hcard = None
+            hcard, self._hcard = self._hcard, None
+            hr = scard.SCardDisconnect(hcard, END_DISPOSITION)
+            if hr != SCARD_S_SUCCESS:
+                logger.info("reader %r: SCardDisconnect with a card reset failed: %s",
+                            self._reader, scard.SCardGetErrorMessage(_u32(hr)))
         if self._owns_context:
             self._context.close()
 
