@@ -2,10 +2,14 @@
 
 Whatever answers in the server's place (a captive portal, a DNS hijack, a rogue access point)
 must not be able to stop the counter: an answer is read in pieces up to
-:data:`MAX_ANSWER_BYTES` and within :data:`DEFAULT_DEADLINE_S` for the whole request
-(connect, send, headers, body), not only a per-read socket timeout, so neither a body of a
-few GB (the daemon's memory, then the kernel's OOM killer) nor a slow drip (the sync thread
-held for ever) gets through. Both end in :class:`AnswerTooLarge` / :class:`SyncError`.
+:data:`MAX_ANSWER_BYTES`, and the whole request (connect, send, headers, body) must end within
+:data:`DEFAULT_DEADLINE_S` plus one second per :data:`MIN_RATE` bytes of body received, not
+only within a per-read socket timeout. So neither a body of a few GB (the daemon's memory, then
+the kernel's OOM killer) nor a slow drip (the sync thread held for ever) gets through: a drip
+slower than :data:`MIN_RATE` ends after about 300 s, a faster one at the size cap, so no request
+lasts longer than 300 s + 16 MiB / 8 KiB/s = 2,348 s (39 min). Both end in
+:class:`AnswerTooLarge` / :class:`DeadlinePassed` (a :class:`SyncError`: the sync loop backs off).
+A genuine 6.3 MiB bundle needs 8 KiB/s (64 kbit/s) on average to arrive.
 
 The largest legitimate answer is the trust bundle: with a 300,000-card deny list and two
 chip UIDs per card it is 6.3 MiB (8-byte card ids, 7-byte UIDs, signed; measured with
@@ -30,9 +34,11 @@ from terminal.errors import SyncError
 
 #: Largest answer body read, bytes (16 MiB: the largest bundle is 6.3 MiB, module doc).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-#: Longest a whole request may take, seconds: a 6.3 MiB bundle at 64 kbit/s would take ~14 min,
-#: at 256 kbit/s ~3.5 min; a request cut here is retried with backoff by the sync loop.
+#: Time a whole request may take before its body's bytes earn more, seconds.
 DEFAULT_DEADLINE_S = 300.0
+#: Each this many bytes of body received add one second to the deadline (8 KiB/s = 64 kbit/s:
+#: a slow rural link still gets the largest bundle, a slower drip is cut).
+MIN_RATE = 8 * 1024
 #: Bytes asked of the socket per read.
 _CHUNK = 64 * 1024
 
@@ -84,7 +90,8 @@ class HttpApi:
         as ``/api/v1`` is ignored: endpoints are absolute).
     :param timeout_s: connect timeout and longest wait for any one read, seconds.
     :param max_bytes: largest answer body read, bytes (default :data:`MAX_ANSWER_BYTES`).
-    :param deadline_s: longest a whole request may take, seconds (default :data:`DEFAULT_DEADLINE_S`).
+    :param deadline_s: time a whole request may take, seconds, plus 1 s per :data:`MIN_RATE` bytes of
+        body received (default :data:`DEFAULT_DEADLINE_S`).
     :raises ValueError: not an http(s) URL, or plain http to another host (:func:`check_server_url`).
     """
 
@@ -101,44 +108,34 @@ class HttpApi:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:
-        """One request on a fresh connection, its answer read up to :attr:`max_bytes` within :attr:`deadline_s`.
+        """One request on a fresh connection, its answer read up to :attr:`max_bytes`, within its deadline.
 
         :raises AnswerTooLarge: the answer announces (``Content-Length``) or sends more than
             :attr:`max_bytes`; the connection is closed without reading the rest.
-        :raises DeadlinePassed: the request took longer than :attr:`deadline_s` in all.
+        :raises DeadlinePassed: the request took longer than :attr:`deadline_s` plus 1 s per
+            :data:`MIN_RATE` bytes of body received.
         :raises SyncError: the connection failed, timed out or was dropped before a full answer.
         """
         where = f"{method} {self.scheme}://{self.host}:{self.port}{path}"
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         conn = cls(self.host, self.port, timeout=min(self.timeout_s, self.deadline_s))
-        expired = threading.Event()
-
-        def cut() -> None:  # a blocking read cannot see the deadline: shut the socket under it
-            expired.set()
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-        timer = threading.Timer(self.deadline_s, cut)
-        timer.daemon = True
-        timer.start()
+        deadline = _Deadline(conn, self.deadline_s)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
-            data = self._read(resp, where)
-            if expired.is_set():
-                raise DeadlinePassed(f"{where}: no full answer within {self.deadline_s:.0f} s")
+            data = self._read(resp, where, deadline)
+            if deadline.expired.is_set():
+                raise DeadlinePassed(f"{where}: no full answer in time ({deadline})")
             return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            if expired.is_set():
-                raise DeadlinePassed(f"{where}: no full answer within {self.deadline_s:.0f} s") from exc
+            if deadline.expired.is_set():
+                raise DeadlinePassed(f"{where}: no full answer in time ({deadline})") from exc
             raise SyncError(f"{where}: {type(exc).__name__}: {exc}") from exc
         finally:
-            timer.cancel()
+            deadline.stop()
             conn.close()
 
-    def _read(self, resp: http.client.HTTPResponse, where: str) -> bytes:
+    def _read(self, resp: http.client.HTTPResponse, where: str, deadline: _Deadline) -> bytes:
         """The body, in pieces, refusing more than :attr:`max_bytes` (announced or received)."""
         announced = resp.getheader("Content-Length")
         if announced is not None and announced.strip().isdigit() and int(announced) > self.max_bytes:
@@ -154,7 +151,59 @@ class HttpApi:
                     raise http.client.IncompleteRead(b"".join(parts), resp.length)
                 return b"".join(parts)
             size += len(piece)
+            deadline.received = size
             if size > self.max_bytes:
                 raise AnswerTooLarge(f"{where}: answer longer than {self.max_bytes} bytes refused "
                                      f"(after {time.monotonic() - start:.1f} s)")
             parts.append(piece)
+
+
+class _Deadline:
+    """Shuts a connection's socket once its request is over time (a blocking read cannot see a deadline).
+
+    The time allowed is ``base_s`` plus one second per :data:`MIN_RATE` bytes of body
+    received (:attr:`received`, set by the reader); a timer checks it and re-arms while the
+    request is within it.
+
+    :ivar expired: set when the socket was shut for being late.
+    """
+
+    def __init__(self, conn: http.client.HTTPConnection, base_s: float) -> None:
+        self.conn, self.base_s = conn, base_s
+        self.received = 0
+        self.expired = threading.Event()
+        self._start = time.monotonic()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer: threading.Timer | None = None
+        self._arm(base_s)
+
+    def __str__(self) -> str:
+        return (f"{time.monotonic() - self._start:.0f} s, {self.received} bytes: allowed {self.base_s:.0f} s "
+                f"+ 1 s per {MIN_RATE} bytes")
+
+    def _arm(self, delay: float) -> None:
+        self._timer = threading.Timer(delay, self._check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _check(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            left = self.base_s + self.received / MIN_RATE - (time.monotonic() - self._start)
+            if left > 0:
+                self._arm(left)
+                return
+            self.expired.set()
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """The request is over: no more checks."""
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()

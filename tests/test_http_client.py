@@ -93,6 +93,13 @@ def test_a_slow_drip_ends_at_the_deadline_though_every_read_is_quick(serve: Call
     assert time.monotonic() - start < 5.0  # a bound far above the deadline: no timing claim, only "it ended"
 
 
+def test_a_slow_link_that_keeps_the_minimum_rate_gets_past_the_base_deadline(serve: Callable[[Serve], str]) -> None:
+    """16 KiB every 0.5 s (32 KiB/s, four times MIN_RATE) for 4 s: twice the 2 s base, still read whole."""
+    url = serve(lambda h: _chunked(h, 8, 16 * 1024, pause=0.5))
+    resp = HttpApi(url, timeout_s=4.0, deadline_s=2.0).request("GET", "/api/v1/bundle")
+    assert len(resp.body) == 8 * 16 * 1024
+
+
 def test_a_drip_inside_the_headers_ends_at_the_deadline(serve: Callable[[Serve], str]) -> None:
     def drip_headers(h: BaseHTTPRequestHandler) -> None:
         h.wfile.write(b"HTTP/1.1 200 OK\r\n")
