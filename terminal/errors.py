@@ -28,6 +28,11 @@ class JournalInUse(JournalStoreError):
     """Another process (a second ``huma terminal run`` on the same profile) holds the journal's writer lock."""
 
 
+class JournalReadOnly(JournalStoreError):
+    """A write (append, upload receipt, settlement) asked of a journal opened read-only
+    (:meth:`terminal.journal_store.JournalStore.open_read_only`); nothing was written."""
+
+
 class JournalVerifyError(TerminalError):
     """An offline journal check failed: broken chain, bad signature, sequence gap.
 
@@ -72,3 +77,8 @@ class SettlementRefused(SyncError):
 
 class TrustStoreError(TerminalError):
     """No usable trust bundle: none installed yet, the installed one fails verification, or a download is refused."""
+
+
+class TrustStoreReadOnly(TrustStoreError):
+    """An install, confirmation or time correction asked of a trust store opened read-only
+    (:meth:`terminal.trust.TrustStore.open_read_only`); nothing was written."""

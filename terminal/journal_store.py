@@ -39,6 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
 from cardlib.keys.signer import PublicKey, Signer, cose_key, sign1_with, spki_der
 from cardlib.records.claims import Unit
 from cardlib.records.errors import RecordError
@@ -55,7 +58,7 @@ from cardlib.records.journal import (
 )
 from cardlib.records.statements import Settlement, SettlementOutcome, UploadReceipt, verify_receipt
 from terminal.clock import Clock
-from terminal.errors import JournalDamaged, JournalInUse, JournalStoreError, SettlementRefused
+from terminal.errors import JournalDamaged, JournalInUse, JournalReadOnly, JournalStoreError, SettlementRefused
 
 log = logging.getLogger(__name__)
 
@@ -229,37 +232,123 @@ class JournalStore:
     (:func:`lock_path`) and on the journal file itself (:func:`lock_journal_file`, so
     unlinking the lock file does not let a second one in) before anything is read or
     written, held until :meth:`close`, so a second daemon on the same profile is refused
-    and writes nothing.
+    and writes nothing. To read a journal a daemon may hold (``huma terminal status``) use
+    :meth:`open_read_only` instead.
 
     :raises JournalInUse: another open store (another ``huma terminal run``) holds the file.
     :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
     """
 
+    _writer_fd: int | None
+    _file_fd: int | None
+    #: Boots counted: this store's own boot on a writer, the boots so far on a read-only store.
+    boot_id: int
+    _seq: int
+    _head: bytes
+    _wall_mark_ms: int
+
     def __init__(
         self, path: str | Path, *, terminal_id: str, signer: Signer, clock: Clock | None = None,
         receipt_key: PublicKey | None = None,
     ) -> None:
-        self.path = Path(path)
-        self._receipt_key = receipt_key
-        #: Upload watermark: every seq up to it is uploaded or refused by a verified receipt.
-        self._upto = 0
-        self.terminal_id = terminal_id
-        self._signer = signer
-        self._clock = clock or Clock()
-        self._lock = threading.Lock()
-        #: Held from reading the exposure to journalling the entry that spends it, by every
-        #: path that hands out units on this journal (card taps and the fallback desk), so two
-        #: of them cannot both pass one cap. Apart from the store's own lock (taken inside).
-        self.decision_lock = threading.Lock()
+        self._setup(Path(path), terminal_id, signer, clock or Clock(), receipt_key)
         self._key = cose_key(signer)
-        self._writer_fd: int | None = take_writer_lock(self.path)
-        self._file_fd: int | None = None
+        self._writer_fd = take_writer_lock(self.path)
         try:
             self._file_fd = lock_journal_file(self.path)
             self._open()
         except BaseException:
             self._release_writer_lock()
             raise
+
+    @classmethod
+    def open_read_only(cls, path: str | Path, receipt_key: PublicKey | None = None) -> JournalStore:
+        """Open a journal to read it only, beside a daemon that may hold it (``huma terminal status``).
+
+        SQLite opens the file with ``mode=ro`` (SQLite "URI filenames"), plus ``immutable=1`` when
+        no ``-wal`` file lies beside it (no daemon has it open: the file is all there is, and no
+        ``-wal``/``-shm`` is created). No writer lock is taken, no BOOT or UNCERTAIN entry is
+        journalled, the boot counter is not moved, no table or trigger of a newer schema is
+        created: the journal's bytes are not changed (a daemon's ``-shm``, SQLite's WAL index,
+        records the read mark of every reader). The integrity check the daemon runs at open is
+        not run (``huma journal verify`` does it). What the server confirmed is rebuilt as at a
+        daemon's open, from the stored receipts verified under ``receipt_key``, in this process
+        only. The terminal id and key are the file's own (``meta``).
+
+        Read methods answer as on a daemon's store; :meth:`append`, :meth:`record_receipt` and
+        :meth:`record_settlements` raise :class:`terminal.errors.JournalReadOnly`.
+        :meth:`close` closes the connection.
+
+        :param path: the SQLite journal file; it must exist.
+        :param receipt_key: the server receipt key pinned at enrolment; None: nothing after
+            :data:`LEGACY_MARKS_BEFORE_MS` counts as uploaded or settled.
+        :returns: the read-only store (:attr:`read_only` True, :attr:`boot_id` the boots counted so far).
+        :raises JournalStoreError: the file is missing, not a journal (no ``meta``/``entries``, no
+            terminal key) or unreadable.
+        """
+        store = cls.__new__(cls)
+        store._setup(Path(path), "", None, Clock(), receipt_key)
+        store._open_read_only()
+        return store
+
+    def _setup(self, path: Path, terminal_id: str, signer: Signer | None, clock: Clock,
+               receipt_key: PublicKey | None) -> None:
+        """The state every store holds before its file is opened (``signer`` None: read-only)."""
+        self.path = path
+        self._receipt_key = receipt_key
+        #: Upload watermark: every seq up to it is uploaded or refused by a verified receipt.
+        self._upto = 0
+        self.terminal_id = terminal_id
+        self._signer = signer
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: Held from reading the exposure to journalling the entry that spends it, by every
+        #: path that hands out units on this journal (card taps and the fallback desk), so two
+        #: of them cannot both pass one cap. Apart from the store's own lock (taken inside).
+        self.decision_lock = threading.Lock()
+        self._writer_fd = None
+        self._file_fd = None
+
+    def _open_read_only(self) -> None:
+        """Connect read-only and load the head, boot count and verified receipts (see :meth:`open_read_only`)."""
+        mode = "ro" if Path(f"{self.path}-wal").exists() else "ro&immutable=1"
+        try:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalStoreError(f"cannot read journal {self.path}: {exc}") from exc
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            last = self._db.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            (newest_ms,) = self._db.execute("SELECT max(wall_ms) FROM entries").fetchone()
+            public = load_der_public_key(bytes(meta["public_key_spki"]))
+            if not isinstance(public, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+                raise ValueError(f"its key is a {type(public).__name__}")
+            self.terminal_id = str(meta["terminal_id"])
+            with self._lock:
+                self._load_verified()
+        except (sqlite3.Error, KeyError, ValueError) as exc:
+            self._db.close()
+            raise JournalStoreError(f"cannot read journal {self.path}: {exc}") from exc
+        self._key = cose_key(public)
+        self.boot_id = int(meta.get("boot_count", 0))
+        self._seq = int(last[0]) if last else 0
+        self._head = bytes(last[1]) if last else GENESIS_HASH
+        self._wall_mark_ms = int(newest_ms or 0)
+
+    @property
+    def read_only(self) -> bool:
+        """Opened by :meth:`open_read_only`: no lock held, every writing method raises."""
+        return self._signer is None
+
+    def _writer(self) -> Signer:
+        """The terminal key, for a method about to write.
+
+        :raises JournalReadOnly: the store was opened read-only.
+        """
+        if self._signer is None:
+            raise JournalReadOnly(f"journal {self.path} is open read-only; nothing written")
+        return self._signer
 
     def _open(self) -> None:
         try:
@@ -296,11 +385,11 @@ class JournalStore:
         last = self._db.execute(
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        self._seq: int = int(last[0]) if last else 0
-        self._head: bytes = bytes(last[1]) if last else GENESIS_HASH
+        self._seq = int(last[0]) if last else 0
+        self._head = bytes(last[1]) if last else GENESIS_HASH
         # One scan at open (no index on wall_ms), then kept up by append(): see wall_mark().
         (newest_ms,) = self._db.execute("SELECT max(wall_ms) FROM entries").fetchone()
-        self._wall_mark_ms: int = int(newest_ms or 0)
+        self._wall_mark_ms = int(newest_ms or 0)
         self.append(EntryKind.BOOT)
         for open_write in self._open_writes_at_boot():
             w = open_write.entry
@@ -310,7 +399,7 @@ class JournalStore:
     # ------------------------------------------------------------------ set-up
 
     def _check_identity(self) -> None:
-        kid = self._signer.kid
+        kid = self._writer().kid
         row = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if not row:
             key = self._key
@@ -365,7 +454,9 @@ class JournalStore:
         :returns: the stored entry with its exact signed bytes.
         :raises JournalStoreError: the disk refused the write (the caller must not
             touch the card: docs/design.md §Tap sequence wants PENDING on disk first).
+        :raises JournalReadOnly: the store was opened by :meth:`open_read_only`.
         """
+        signer = self._writer()
         with self._lock:
             blob: bytes | None = None
             if callable(write):
@@ -385,8 +476,8 @@ class JournalStore:
                 prev_entry_hash=self._head,
                 **{**w.card_claims(), "card_id": w.card_id or None},
             )
-            message = sign1_with(self._signer, encode_payload(entry), JOURNAL_AAD)
-            signed = SignedEntry(entry=entry, message=message, kid=self._signer.kid)
+            message = sign1_with(signer, encode_payload(entry), JOURNAL_AAD)
+            signed = SignedEntry(entry=entry, message=message, kid=signer.kid)
             try:
                 with self._tx():
                     self._db.execute(
@@ -577,7 +668,9 @@ class JournalStore:
         :returns: how many entries were newly marked uploaded, and ``(seq, result, reason)`` newly refused.
         :raises JournalStoreError: no pinned key, the receipt does not verify or names another terminal,
             or the disk refused the write (then nothing changed).
+        :raises JournalReadOnly: the store was opened by :meth:`open_read_only` (nothing changed).
         """
+        self._writer()
         got = self._verify(receipt)
         at = time.time() if when is None else when
         with self._lock:
@@ -864,7 +957,9 @@ class JournalStore:
             outcome than one recorded before; nothing was recorded.
         :raises JournalStoreError: no pinned key, the receipt does not verify, names another terminal
             or does not carry these settlements; or the disk refused the write.
+        :raises JournalReadOnly: the store was opened by :meth:`open_read_only` (nothing recorded).
         """
+        self._writer()
         signed = self._verify(receipt).settlements
         if any(st not in signed for st in settlements):
             raise JournalStoreError("the upload receipt does not carry these settlements; nothing recorded")
@@ -950,7 +1045,8 @@ class JournalStore:
         return sorted(out, key=lambda w: w.seq)[:limit]
 
     def close(self) -> None:
-        """Close the database (a WAL checkpoint runs on close), then release the writer lock."""
+        """Close the database (a WAL checkpoint runs on close, not on a read-only store), then release the
+        writer lock (a read-only store holds none)."""
         with self._lock:
             self._db.close()
             self._release_writer_lock()
