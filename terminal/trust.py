@@ -35,7 +35,10 @@ Rules on every download (:meth:`TrustStore.install`):
 On load the stored file must be the installed one (same SHA-256) and verify again, so a
 file swapped for an older, validly signed bundle is refused; it must not be older than the
 floor record from a key not revoked, and a state file without the trust state (written
-before it existed) is adopted only on a counter that never wrote a floor record. A bundle whose time is over
+before it existed) is adopted only on a counter that never wrote a floor record. An install cut
+short between saving the state and its last rename (``<bundle_path>.new`` holds the bundle the
+state names) is finished on load. :meth:`TrustStore.open_read_only` loads the same way but writes
+no file and finishes no install: it reports one (:attr:`TrustStore.unfinished_install`). A bundle whose time is over
 (:attr:`cardlib.records.bundle.TrustBundle.in_force_until`) or whose key was revoked
 stays loaded but :attr:`terminal.tap.Trust.expired` is set: cash stops, balance checks go on.
 :meth:`TrustStore.current` hands the time mark on (:attr:`terminal.tap.Trust.mark`): a clock
@@ -65,7 +68,7 @@ from cardlib.records.bundle import (
     validate_programmes,
     verify_bundle,
 )
-from terminal.errors import TrustStoreError
+from terminal.errors import TrustStoreError, TrustStoreReadOnly
 from terminal.tap import CLOCK_BACK_TOLERANCE_S, Trust, plausible_until
 
 log = logging.getLogger(__name__)
@@ -115,10 +118,46 @@ class TrustStore:
     :param clock: POSIX seconds (the system clock; tests pass their own).
     :raises TrustStoreError: a stored bundle exists but does not verify, is not the one
         installed (swapped), or its trust state is missing.
+    :raises OSError: adopting a legacy install or finishing a cut-short one could not write its files.
     """
 
     def __init__(self, bundle_path: str | Path, root_public_key: PublicKey,
                  clock: Callable[[], float] = time.time) -> None:
+        self._start(bundle_path, root_public_key, clock, read_only=False)
+
+    @classmethod
+    def open_read_only(cls, bundle_path: str | Path, root_public_key: PublicKey,
+                       clock: Callable[[], float] = time.time) -> TrustStore:
+        """The installed bundle as the daemon loads it, writing no file (``huma terminal status``).
+
+        Every check of a load is made (installed SHA-256, signature under the root, floor record,
+        enrolment pin, revocations), but nothing is saved: not the state of a legacy install
+        adopted, not the time mark a clock reading raises (kept in memory). An install cut short
+        before its last rename is not finished: the bundle the state names is loaded from
+        ``<bundle_path>.new`` (verified the same way) and :attr:`unfinished_install` names that
+        file; the daemon's :class:`TrustStore` renames it at its next start.
+        :meth:`install`, :meth:`confirm` and :meth:`set_server_time` raise
+        :class:`terminal.errors.TrustStoreReadOnly`.
+
+        :param bundle_path: where the bundle is kept (the profile's ``bundle``).
+        :param root_public_key: the pinned root key.
+        :param clock: POSIX seconds.
+        :returns: the read-only store (:attr:`read_only` True).
+        :raises TrustStoreError: as the daemon's load: the stored bundle does not verify, is not the
+            installed one (and no ``.new`` is), is older than the floor record or the pin, or a state,
+            pin or floor file is unreadable.
+        """
+        store = cls.__new__(cls)
+        store._start(bundle_path, root_public_key, clock, read_only=True)
+        return store
+
+    def _start(self, bundle_path: str | Path, root_public_key: PublicKey, clock: Callable[[], float], *,
+               read_only: bool) -> None:
+        """Read the state, pin and floor files and load the stored bundle (both constructors)."""
+        self._read_only = read_only
+        #: ``<bundle_path>.new`` when a read-only open found an install cut short before its last rename
+        #: (the bundle was loaded from it), else None.
+        self.unfinished_install: Path | None = None
         self.path = Path(bundle_path)
         self._state_path = self.path.with_name(self.path.name + ".state.json")
         self._new_path = self.path.with_name(self.path.name + ".new")
@@ -178,6 +217,16 @@ class TrustStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TrustStoreError(f"trust floor record {self._floor_path} is unreadable: {exc!r}") from exc
 
+    @property
+    def read_only(self) -> bool:
+        """Opened by :meth:`open_read_only`: no file is written, the writing methods raise."""
+        return self._read_only
+
+    def _writable(self) -> None:
+        """:raises TrustStoreReadOnly: the store was opened by :meth:`open_read_only`."""
+        if self._read_only:
+            raise TrustStoreReadOnly(f"trust store {self.path} is open read-only; nothing written")
+
     def _load(self) -> None:
         data = self.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -192,14 +241,18 @@ class TrustStore:
             log.warning("trust bundle %s has no trust state (installed before versions were kept); "
                         "adopting it as installed", self.path)
         elif digest != self._installed["sha256"]:
-            if self._new_path.is_file() and hashlib.sha256(
-                    self._new_path.read_bytes()).hexdigest() == self._installed["sha256"]:
-                os.replace(self._new_path, self.path)  # an install cut short before its last rename
+            new = self._new_path.read_bytes() if self._new_path.is_file() else None
+            if new is None or hashlib.sha256(new).hexdigest() != self._installed["sha256"]:
+                raise TrustStoreError(f"stored trust bundle {self.path} is not the installed one "
+                                      f"(v{self._installed['version']}, sha256 {self._installed['sha256'][:16]}…): "
+                                      f"refused (swapped for another file?)")
+            # an install cut short before its last rename
+            if not self._read_only:
+                os.replace(self._new_path, self.path)
                 self._load()
                 return
-            raise TrustStoreError(f"stored trust bundle {self.path} is not the installed one "
-                                  f"(v{self._installed['version']}, sha256 {self._installed['sha256'][:16]}…): "
-                                  f"refused (swapped for another file?)")
+            log.warning("trust bundle install cut short: %s not yet renamed to %s", self._new_path, self.path)
+            self.unfinished_install, data = self._new_path, new
         try:
             bundle = verify_bundle(data, self._root, revoked=self._revoked)
         except BundleError as exc:
@@ -215,7 +268,8 @@ class TrustStore:
         self._bundle, self._data = bundle, data
         if self._installed is None:
             self._record(bundle, digest)
-            self._save_state()
+            if not self._read_only:
+                self._save_state()
 
     # ------------------------------------------------------------------ queries
 
@@ -260,7 +314,9 @@ class TrustStore:
         :raises TrustStoreError: bad signature/structure, a revoked key, an endorsement not
             valid at the trusted time, bad programmes, a version below the held one or the
             enrolment pin, or a jump past :data:`cardlib.records.bundle.MAX_VERSION_STEP`.
+        :raises TrustStoreReadOnly: the store was opened by :meth:`open_read_only` (nothing learnt or written).
         """
+        self._writable()
         at = self._clock() if now is None else now
         with self._lock:
             if self._bundle is None or at <= plausible_until(self._bundle):
@@ -287,7 +343,11 @@ class TrustStore:
             return True
 
     def confirm(self, now: float | None = None) -> None:
-        """The server said the held bundle is still the newest (304): its age restarts."""
+        """The server said the held bundle is still the newest (304): its age restarts.
+
+        :raises TrustStoreReadOnly: the store was opened by :meth:`open_read_only`.
+        """
+        self._writable()
         with self._lock:
             self._confirm(self.etag, self._clock() if now is None else now)
 
@@ -308,7 +368,9 @@ class TrustStore:
             (:meth:`terminal.journal_store.JournalStore.wall_mark`).
         :returns: True when the mark, the ignored journal time or ``checked_at`` changed.
         :raises OSError: the floor record or the trust state cannot be written.
+        :raises TrustStoreReadOnly: the store was opened by :meth:`open_read_only`.
         """
+        self._writable()
         limit = int(server_time) + CLOCK_BACK_TOLERANCE_S
         with self._lock:
             changed = False
@@ -342,11 +404,12 @@ class TrustStore:
 
         A reading after :func:`terminal.tap.plausible_until` of the held bundle is ignored (a clock
         that far ahead is already wrong; the mark would stop the counter until real time got there).
+        A read-only store keeps the raised mark in memory only.
         """
         if self._bundle is not None and at > plausible_until(self._bundle):
             return
         self._mark = max(self._mark, int(at))
-        if self._mark >= self._mark_saved + MARK_SAVE_STEP_S:
+        if self._mark >= self._mark_saved + MARK_SAVE_STEP_S and not self._read_only:
             try:
                 self._save_floor()
             except OSError as exc:  # the journal's newest wall time is a second floor (terminal.tap)
@@ -412,7 +475,11 @@ class TrustStore:
 
     def _save_floor(self, lower: bool = False) -> None:
         """Write the floor record if its versions or the time mark rose (versions never lowered; the
-        mark only with ``lower``, by :meth:`set_server_time`)."""
+        mark only with ``lower``, by :meth:`set_server_time`).
+
+        :raises TrustStoreReadOnly: the store was opened by :meth:`open_read_only` (a path missed its guard).
+        """
+        self._writable()
         recorded = dict(self._recorded or {})
         for kid, seen in self._signers.items():
             recorded[kid] = max(recorded.get(kid, seen["version"]), seen["version"])
@@ -425,6 +492,7 @@ class TrustStore:
             self._recorded, self._mark_saved = recorded, mark
 
     def _save_state(self) -> None:
+        self._writable()
         # The floor record first, never lowered: a crash between the two writes leaves it ahead.
         self._save_floor()
         state: dict[str, Any] = {"etag": self.etag, "checked_at": self.checked_at, "signers": self._signers,
