@@ -204,6 +204,9 @@ def _print_status(st: CounterStatus) -> None:
         expiry = "[red]EXPIRED[/] " if b.expired else ""
         t.add_row("trust bundle", f"v{b.version}, {expiry}in force until {_when(b.in_force_until, now)}")
         t.add_row("last sync", _when(b.checked_at, now) + f"; bundle {b.age_days:.1f} days old")
+        if b.unfinished_install is not None:
+            t.add_row("", f"[red]v{b.version} install cut short: {b.unfinished_install} not yet renamed; the "
+                          "daemon finishes it at its next start[/]")
     c = st.clock
     state = ("[red]WRONG: taps are declined counter_clock_wrong[/]" if c.wrong else "unknown (no bundle)"
              if c.wrong is None else "ok")

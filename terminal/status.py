@@ -1,10 +1,12 @@
 """One look at a counter, for the clerk or technician at the counter: ``huma terminal status``.
 
 :func:`counter_status` reads what the daemon keeps on disk and writes nothing: the profile,
-the installed trust bundle (:class:`terminal.trust.TrustStore`), the journal (opened
-read-only, no writer lock taken, no BOOT entry), and whether a daemon holds the journal's
-writer lock. It runs the same whether the daemon is running or stopped. The counts come
-from the daemon's own code: entries waiting for upload and the terminal's exposure are
+the installed trust bundle (:meth:`terminal.trust.TrustStore.open_read_only`: nothing saved, an
+install cut short reported, not finished), the journal
+(:meth:`terminal.journal_store.JournalStore.open_read_only`: no writer lock taken, no BOOT
+entry), and whether a daemon holds the journal's writer lock. It runs the same whether the
+daemon is running or stopped. The counts come from the daemon's own code: entries waiting for
+upload and the terminal's exposure are
 :meth:`terminal.journal_store.JournalStore.unsent_count` and
 :meth:`~terminal.journal_store.JournalStore.exposure` (what the signed upload receipts have
 confirmed), the caps in force those a card tap applies (:func:`terminal.tap.counter_limits`,
@@ -16,21 +18,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_der_public_key
-
 from cardlib.keys.errors import KeysError
 from cardlib.keys.root import load_root_key
-from cardlib.keys.signer import PublicKey, cose_key
+from cardlib.keys.signer import PublicKey
 from cardlib.records.claims import Unit
-from cardlib.records.journal import GENESIS_HASH
 from firmware_config.models import TerminalProfile
 from terminal.clock import kernel_clock_synced
 from terminal.daemon import offline_limits
@@ -54,6 +50,8 @@ class BundleState:
         sync round that got through (0.0: never).
     :ivar age_days: days since ``checked_at`` (the caps tighten from the profile's ``fresh_days``).
     :ivar expired: past its time in force or its key revoked: cash stops, other caps at their floor.
+    :ivar unfinished_install: the ``.new`` file of an install cut short before its last rename (this
+        bundle was read from it; the daemon finishes the install at its next start), else None.
     """
 
     version: int
@@ -61,6 +59,7 @@ class BundleState:
     checked_at: float
     age_days: float
     expired: bool
+    unfinished_install: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -132,58 +131,6 @@ class CounterStatus:
     caps: Mapping[Unit, int]
 
 
-class _ReadOnlyJournal(JournalStore):
-    """:class:`JournalStore`'s own read methods on a read-only connection: no writer lock, no BOOT entry.
-
-    :meth:`JournalStore.__init__` takes the writer lock and appends a BOOT entry, so it is not run:
-    this sets the state the read methods use and rebuilds, with the store's own code, what the
-    server's signed upload receipts confirmed (verified under the pinned receipt key, as the daemon
-    does at open). Only read methods are called on it.
-    """
-
-    def __init__(self, path: Path, receipt_key: PublicKey | None) -> None:
-        # Without a -wal beside it the file is all there is: immutable, so no -wal/-shm is created.
-        mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
-        self.path = path
-        self._receipt_key = receipt_key
-        self._upto = 0
-        self._lock = threading.Lock()
-        self.decision_lock = threading.Lock()
-        self._writer_fd = self._file_fd = None
-        try:
-            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None,
-                                       check_same_thread=False)
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            last = self._db.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            (newest_ms,) = self._db.execute("SELECT max(wall_ms) FROM entries").fetchone()
-            public = load_der_public_key(bytes(meta["public_key_spki"]))
-            self.terminal_id = str(meta["terminal_id"])
-            with self._lock:
-                self._load_verified()
-        except (sqlite3.Error, KeyError, ValueError) as exc:
-            if hasattr(self, "_db"):
-                self._db.close()
-            raise JournalStoreError(f"cannot read journal {path}: {exc}") from exc
-        if not isinstance(public, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
-            self._db.close()
-            raise JournalStoreError(f"cannot read journal {path}: its key is a {type(public).__name__}")
-        self._key = cose_key(public)
-        self.boot_id = int(meta.get("boot_count", 0))
-        self._seq = int(last[0]) if last else 0
-        self._head = bytes(last[1]) if last else GENESIS_HASH
-        self._wall_mark_ms = int(newest_ms or 0)
-
-
-class _ReadOnlyTrust(TrustStore):
-    """The installed bundle as the daemon loads it, never saving state: the daemon owns those files."""
-
-    def _save_floor(self, lower: bool = False) -> None:
-        return None
-
-    def _save_state(self) -> None:
-        return None
-
-
 def daemon_pid(journal: Path) -> tuple[bool, int | None]:
     """Whether a daemon holds ``journal``'s writer lock (:func:`terminal.journal_store.lock_path`), and its pid.
 
@@ -212,14 +159,16 @@ def daemon_pid(journal: Path) -> tuple[bool, int | None]:
         os.close(fd)
 
 
-def _trust(profile: TerminalProfile, at: float) -> tuple[Trust | None, str | None]:
-    """The bundle in force as the daemon would load it, or None and why not."""
+def _trust(profile: TerminalProfile, at: float) -> tuple[Trust | None, Path | None, str | None]:
+    """The bundle in force as the daemon would load it and the ``.new`` file of an install cut short
+    (or None), or None, None and why not."""
     if profile.bundle_path is None or profile.root_key_path is None:
-        return None, "the profile names no bundle path or root key"
+        return None, None, "the profile names no bundle path or root key"
     try:
-        return _ReadOnlyTrust(profile.bundle_path, load_root_key(profile.root_key_path)).current(at), None
+        store = TrustStore.open_read_only(profile.bundle_path, load_root_key(profile.root_key_path))
+        return store.current(at), store.unfinished_install, None
     except (TrustStoreError, KeysError) as exc:
-        return None, str(exc)
+        return None, None, str(exc)
 
 
 def _pinned_receipt_key(profile: TerminalProfile) -> PublicKey | None:
@@ -239,13 +188,13 @@ def counter_status(profile: TerminalProfile, now: float | None = None) -> Counte
     :raises JournalStoreError: the journal exists but cannot be read (not an SQLite journal, unreadable).
     """
     at = time.time() if now is None else now
-    trust, problem = _trust(profile, at)
+    trust, unfinished, problem = _trust(profile, at)
     running, pid = daemon_pid(profile.journal_path)
     journal: JournalState | None = None
-    reader: _ReadOnlyJournal | None = None
+    reader: JournalStore | None = None
     receipt_key = _pinned_receipt_key(profile)
     if profile.journal_path.is_file() and profile.journal_path.stat().st_size > 0:
-        reader = _ReadOnlyJournal(profile.journal_path, receipt_key)
+        reader = JournalStore.open_read_only(profile.journal_path, receipt_key)
     try:
         if trust is not None and reader is not None:
             trust = trust.raised(reader.wall_mark())  # as a tap does: never below what the journal saw
@@ -268,7 +217,8 @@ def counter_status(profile: TerminalProfile, now: float | None = None) -> Counte
     cert = certificate_path(profile)
     bundle = None if trust is None else BundleState(
         version=trust.bundle.version, in_force_until=float(trust.bundle.in_force_until),
-        checked_at=trust.checked_at, age_days=trust.age_days(at), expired=trust.expired)
+        checked_at=trust.checked_at, age_days=trust.age_days(at), expired=trust.expired,
+        unfinished_install=unfinished)
     clock = ClockState(
         now=at, kernel_synced=kernel_clock_synced(), time_mark=0.0 if trust is None else trust.mark,
         wrong=None if trust is None else clock_wrong(trust.bundle, at, limits.stale_days, trust.mark))

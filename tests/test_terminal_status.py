@@ -147,3 +147,34 @@ def test_a_counter_never_started_says_so_instead_of_failing(tmp_path: Path) -> N
     out = _status(files.profile)
     assert "none: no trust bundle installed" in out and "none yet" in out and "not running" in out
     assert not (files.state / "journal.sqlite").exists()
+
+
+def test_an_install_cut_short_is_reported_not_finished(tmp_path: Path) -> None:
+    """Files as a daemon leaves them when it dies between saving the trust state (v2 installed) and renaming
+    ``bundle.cose.new`` over ``bundle.cose``: status shows v2 and says so, and renames nothing; the daemon's
+    own :class:`TrustStore` finishes it at its next start."""
+    kit = TrustKit()
+    files = _counter(tmp_path, kit)
+    profile = load_terminal_profile(files.profile)
+    assert profile.bundle_path is not None and profile.root_key_path is not None
+    v1 = profile.bundle_path.read_bytes()
+    signer_bundle = {"issuers": (ISSUER,), "terminals": (STATION, files.signer), "programmes": PROGRAMMES,
+                     "policies": {"cap.terminal_exposure.package": CAP}}
+    _b, v2 = kit.bundle(2, **signer_bundle)  # type: ignore[arg-type]
+    assert TrustStore(profile.bundle_path, load_root_key(profile.root_key_path)).install(v2, None)
+    profile.bundle_path.write_bytes(v1)
+    new = profile.bundle_path.with_name(profile.bundle_path.name + ".new")
+    new.write_bytes(v2)
+    before = _files_digest(files.state)
+
+    st = counter_status(profile)
+    assert st.bundle is not None and st.bundle.version == 2 and st.bundle.unfinished_install == new
+    assert _files_digest(files.state) == before and new.read_bytes() == v2 and profile.bundle_path.read_bytes() == v1
+    assert "install cut short" in _status(files.profile)
+    assert json.loads(_status(files.profile, "--json"))["bundle"]["unfinished_install"] == str(new)
+    assert _files_digest(files.state) == before
+
+    assert TrustStore(profile.bundle_path, load_root_key(profile.root_key_path)).version == 2  # the daemon's open
+    assert not new.exists() and profile.bundle_path.read_bytes() == v2
+    st = counter_status(profile)
+    assert st.bundle is not None and st.bundle.version == 2 and st.bundle.unfinished_install is None
