@@ -123,24 +123,43 @@ def _database(kind: str, workdir: str) -> tuple[str, Any]:
     return url, cleanup
 
 
-def _increment(district: Any, share: float, queue: Any, flush: Any) -> int:
-    """+``share`` of the journal: that share of the cards redeem food next cycle at a local terminal; uploaded.
+#: ``--increment-kind`` values (docs/reconciliation.md §Incremental, bench/README.md).
+INCREMENT_KINDS = ("day", "double-claims")
 
+
+def _increment(district: Any, share: float, queue: Any, flush: Any, kind: str = "day") -> int:
+    """+``share`` of the journal, uploaded: redemptions a month after the honest day, at a local terminal.
+
+    ``day`` (a realistic day): cards that have not drawn their cash yet draw what is left of it in
+    the same cycle (the registry's one cycle): nothing over-entitled, no finding expected.
+    ``double-claims`` (the figures recorded before 2026-12-07 12:00 UTC): cards redeem their food
+    package a second time in the cycle, so every card of the increment makes an
+    ``entitlement_exceeded`` finding.
     No terminal boots (an incremental run then sees only the terminals those cards visited).
     :returns: entries added.
+    :raises ValueError: unknown ``kind``.
     """
     import random
 
     from simulator.journals import ENTITLEMENTS
 
+    if kind not in INCREMENT_KINDS:
+        raise ValueError(f"increment kind {kind!r} not in {INCREMENT_KINDS}")
     rng = random.Random(7)
-    cards = rng.sample(district.cards, max(1, int(len(district.cards) * share * ENTRIES_PER_CARD / 2)))
+    want = max(1, int(len(district.cards) * share * ENTRIES_PER_CARD / 2))  # two entries per redemption
+    if kind == "day":
+        pool = [c for c in district.cards if c.spent.get("cash", 0) < ENTITLEMENTS["cash"]]
+        programme = "cash"
+    else:
+        pool, programme = district.cards, "food"
+    cards = rng.sample(pool, min(want, len(pool)))
     start = int(dt.datetime(2026, 4, 2, 1, 0, tzinfo=dt.UTC).timestamp() * 1000)
     touched: dict[str, Any] = {}
     for i, card in enumerate(cards):
         local = district.local_terminals(card.region)
         t = local[rng.randrange(len(local))]
-        t.redeem(card, start + i * 120_000, "food", ENTITLEMENTS["food"])
+        amount = ENTITLEMENTS[programme] - card.spent.get(programme, 0) if kind == "day" else ENTITLEMENTS[programme]
+        t.redeem(card, start + i * 120_000, programme, amount)
         touched[t.terminal_id] = t
     n = 0
     for t in touched.values():
@@ -203,11 +222,12 @@ def _profile(engine: Any, run: Any, top: int = 25) -> None:
 
 
 def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: float = 0.0,
-            profile: bool = False, repeat: int = 0) -> dict[str, Any]:
+            profile: bool = False, repeat: int = 0, increment_kind: str = "day") -> dict[str, Any]:
     """The whole measurement on one database, in this process, pinned to one core.
 
     :param increment: after the full run, add this share of entries (0.01: +1 %) and time an
         incremental run, then a full one (docs/reconciliation.md §Incremental).
+    :param increment_kind: what the increment is (:data:`INCREMENT_KINDS`, :func:`_increment`).
     :param threads: upload workers (the server's request threads); with PostgreSQL a
         worker waiting on the database server lets another verify, as under concurrent
         terminal uploads. All of them share the one core the floor is timed on.
@@ -320,7 +340,7 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
             extra: dict[str, Any] = {}
             if increment:
                 cfg = ReconcileConfig(watermark_margin_s=0)
-                added = _increment(district, increment, queue, flush)
+                added = _increment(district, increment, queue, flush, increment_kind)
                 if os.environ.get("HUMA_BENCH_SAVE_DB"):  # keep the state before the incremental run (diagnosis)
                     _save(kind, url, engine, os.environ["HUMA_BENCH_SAVE_DB"])
                 if profile:  # diagnosis only: it warms the caches the timed run then finds
@@ -343,7 +363,8 @@ def run_one(kind: str, entries: int, seed: int, threads: int = 1, increment: flo
                     again = reconcile(s, cfg)
                 full_s = time.perf_counter() - start
                 assert inc.mode == "incremental" and (again.new, again.resolved) == (0, 0), (inc, again)
-                extra = {"added": added, "incremental_s": round(inc_s, 3), "full_after_s": round(full_s, 2),
+                extra = {"added": added, "increment_kind": increment_kind, "incremental_new": inc.new,
+                         "incremental_s": round(inc_s, 3), "full_after_s": round(full_s, 2),
                          "incremental_share": round(inc_s / full_s, 4), "scope": inc.scope,
                          "incremental_warm_s": round(min(warm), 3) if warm else None}
                 n = stats["accepted"] + stats["other"] - added
@@ -382,6 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--increment", type=float, default=0.0,
                         help="then add this share of entries (0.01 = +1%%), time an incremental run and a full one")
+    parser.add_argument("--increment-kind", choices=INCREMENT_KINDS, default="day",
+                        help="day: cards draw their remaining cash in the cycle (no finding expected); "
+                             "double-claims: cards redeem food a second time (one finding each; the figures "
+                             "recorded before 2026-12-07 12:00 UTC)")
     parser.add_argument("--profile", action="store_true",
                         help="with --increment: print the statements of one incremental run (rolled back) first")
     parser.add_argument("--repeat", type=int, default=0,
@@ -393,14 +418,14 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ("sqlite", "postgresql"):
             proc = subprocess.run([sys.executable, "-m", "bench.bench_reconcile", "--entries", str(args.entries),
                                    "--db", kind, "--seed", str(args.seed), "--json",
-                                   "--increment", str(args.increment),
+                                   "--increment", str(args.increment), "--increment-kind", args.increment_kind,
                                    *(["--threads", str(args.threads)] if args.threads else [])],
                                   check=True, capture_output=True, text=True)
             outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     else:
         threads = args.threads or (2 if args.db == "postgresql" else 1)
         outs = [run_one(args.db, args.entries, args.seed, threads, args.increment, args.profile,
-                        args.repeat)]
+                        args.repeat, args.increment_kind)]
     if args.json:
         for o in outs:
             print(json.dumps(o))
@@ -418,11 +443,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{o['reconcile_x']} | {o['ratio']}× | {o['findings']} | {o['peak_rss_mib']} | {o['generate_s']} |")
     if args.increment:
         print()
-        print("| db | entries | added | incremental s | full s (after) | incremental / full | scope (terminals, cards, "
-              "households) |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"# increment kind: {outs[0].get('increment_kind')}")
+        print("| db | entries | added | new findings | incremental s | full s (after) | incremental / full "
+              "| scope (terminals, cards, households) |")
+        print("|---|---|---|---|---|---|---|---|")
         for o in outs:
-            print(f"| {o['db']} | {o['entries']} | {o['added']} | {o['incremental_s']} | {o['full_after_s']} | "
+            print(f"| {o['db']} | {o['entries']} | {o['added']} | {o['incremental_new']} | {o['incremental_s']} | "
+                  f"{o['full_after_s']} | "
                   f"{o['incremental_share']:.1%} | {o['scope']} |")
             if o.get("incremental_warm_s"):
                 print(f"# best of {args.repeat} rolled-back incremental runs before it: {o['incremental_warm_s']} s "
