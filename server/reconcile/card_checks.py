@@ -21,7 +21,7 @@ from cardlib.records.journal import EntryKind
 from server.households import redemption_taken
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import KM_PER_DEG_LAT, REDEMPTION_KINDS, Observation, ReconcileConfig, distinct_ids
-from server.reconcile.scope import Scope, card_in
+from server.reconcile.scope import Scope
 from server.reconcile.sql import (
     REDEEMED,
     benefit_cycles,
@@ -48,8 +48,12 @@ _TAP_OPENING_KINDS = (int(EntryKind.PENDING), int(EntryKind.BALANCE), int(EntryK
 
 
 def _scan(scope: Scope | None) -> Any:
-    """:data:`~server.reconcile.sql.journal_scan` for a full run; a plain alias (its indexes) for a few cards."""
-    return journal_scan if scope is None else journal.alias("journal_scan")
+    """:data:`~server.reconcile.sql.journal_scan` for a full run; for an incremental one the touched cards' entries.
+
+    Those are ``scope.entries`` (:class:`~server.reconcile.scope.Scope`): copied from the journal once per
+    run and read by every card check, so no card check filters them by card again.
+    """
+    return journal_scan if scope is None else scope.entries
 
 
 def _redeemed(table: Any) -> Any:
@@ -62,14 +66,14 @@ def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
     js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
     by_prev = (
         select(js.c.card_id, js.c.state_hash_prev)
-        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .where(_redeemed(js))
         .group_by(js.c.card_id, js.c.state_hash_prev)
         .having(func.count(distinct(js.c.state_hash_new)) > 1)
         .subquery()
     )
     by_seq = (
         select(js.c.card_id, js.c.slot_seq_after)
-        .where(_redeemed(js), *card_in(scope, js.c.card_id))
+        .where(_redeemed(js))
         .group_by(js.c.card_id, js.c.slot_seq_after)
         .having(func.count(distinct(js.c.state_hash_new)) > 1)
         .subquery()
@@ -150,7 +154,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             func.lag(js.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
             func.lag(js.c.entry_id).over(**by_ctr).label("prev_entry_id"),
         )
-        .where(_redeemed(js), *card_in(scope, js.c.card_id), js.c.ntag_counter.is_not(None))
+        .where(_redeemed(js), js.c.ntag_counter.is_not(None))
         .subquery()
     )
     groups: dict[str, list[Any]] = defaultdict(list)
@@ -207,7 +211,6 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
         )
         .where(
             js.c.card_id.is_not(None),
-            *card_in(scope, js.c.card_id),
             js.c.tag_uid.is_not(None),
             js.c.ntag_counter.is_not(None),
         )
@@ -250,7 +253,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             func.lag(js.c.slot_seq_after).over(**by_seq).label("prev_after"),
             func.lag(js.c.entry_id).over(**by_seq).label("prev_entry_id"),
         )
-        .where(_redeemed(js), *card_in(scope, js.c.card_id), js.c.slot_seq_before.is_not(None))
+        .where(_redeemed(js), js.c.slot_seq_before.is_not(None))
         .subquery()
     )
     for row in conn.execute(
@@ -306,7 +309,7 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
                 ),
             )
         )
-        .where(redemption_taken(js), js.c.card_id.is_not(None), *card_in(scope, js.c.card_id))
+        .where(redemption_taken(js), js.c.card_id.is_not(None))
         .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
         .subquery()
     )
@@ -474,7 +477,6 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig, scope: Scope | Non
         .select_from(js.join(terminal_sites, terminal_sites.c.terminal_id == js.c.terminal_id))
         .where(
             js.c.card_id.is_not(None),
-            *card_in(scope, js.c.card_id),
             terminal_sites.c.lat.is_not(None),
             terminal_sites.c.lon.is_not(None),
         )
@@ -547,7 +549,6 @@ def secure_card_counters(conn: Connection, cfg: ReconcileConfig, scope: Scope | 
         select(js.c.card_id, js.c.ntag_counter)
         .where(
             js.c.card_id.is_not(None),
-            *card_in(scope, js.c.card_id),
             js.c.tag_uid.is_(None),
             js.c.ntag_counter.is_not(None),
             js.c.kind.in_(_TAP_OPENING_KINDS),

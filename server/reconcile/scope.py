@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from server.reconcile.sql import card_profiles, full_scan, journal
 
-__all__ = ["Scope", "card_in", "household_in", "terminal_in"]
+__all__ = ["ENTRY_COLUMNS", "Scope", "card_in", "household_in", "terminal_in"]
 
 _meta = MetaData()
 #: Temporary tables (one per connection, emptied at the start of each run).
@@ -37,7 +37,12 @@ _cards = Table("reconcile_scope_cards", _meta, Column("card_id", String(64), pri
                prefixes=["TEMPORARY"])
 _households = Table("reconcile_scope_households", _meta, Column("household_ref", String(16), primary_key=True),
                     prefixes=["TEMPORARY"])
-_TABLES = (_terminals, _boots, _cards, _households)
+#: The card checks' columns of the journal (server.reconcile.card_checks).
+ENTRY_COLUMNS = ("card_id", "entry_id", "terminal_id", "seq", "wall_time", "kind", "tag_uid", "ntag_counter",
+                 "slot_seq_before", "slot_seq_after", "state_hash_prev", "state_hash_new", "programme", "amount")
+_entries = Table("reconcile_scope_entries", _meta, *(Column(name, journal.c[name].type) for name in ENTRY_COLUMNS),
+                 prefixes=["TEMPORARY"])
+_TABLES = (_terminals, _boots, _cards, _households, _entries)
 
 
 _CREATE: dict[tuple[str, str], str] = {}
@@ -60,6 +65,9 @@ class Scope:
     :ivar boots: table ``(terminal_id, boot_id)`` of the new entries (clock skew is per boot).
     :ivar cards: table ``(card_id)``: the cards of new entries and every card of their households.
     :ivar households: table ``(household_ref)``.
+    :ivar entries: table of :data:`ENTRY_COLUMNS`: every journal entry of the cards in ``cards``, copied
+        once so that the card checks read these few rows from it instead of each walking
+        ``ix_journal_card_time`` and the journal's pages for the same cards again.
     :ivar counts: rows in each table (terminals, cards, households), for the run's log.
     :ivar journal_id: the watermark: the new entries are those with ``journal_entries.id`` above it.
     """
@@ -68,6 +76,7 @@ class Scope:
     boots: Table
     cards: Table
     households: Table
+    entries: Table
     counts: tuple[int, int, int]
     journal_id: int = 0
 
@@ -103,8 +112,12 @@ class Scope:
             ["card_id"],
             select(card_profiles.c.card_id).where(hh.in_(select(_households.c.household_ref)),
                                                   card_profiles.c.card_id.not_in(select(_cards.c.card_id)))))
-        for table in _TABLES:  # planner statistics: the scope tables are small, start from them
-            conn.execute(text(f"ANALYZE {table.name}"))
+        conn.execute(insert(_entries).from_select(
+            list(ENTRY_COLUMNS),
+            select(*(journal.c[name] for name in ENTRY_COLUMNS)).where(
+                journal.c.card_id.in_(select(_cards.c.card_id)))))
+        for table in _TABLES[:-1]:  # planner statistics: the scope tables are small, start from them
+            conn.execute(text(f"ANALYZE {table.name}"))  # (entries: only ever scanned whole, no statistics needed)
         if conn.dialect.name == "postgresql":
             # A table PostgreSQL never analyzed is planned as 10 pages of rows: benefit_cycles (a few rows,
             # below autovacuum's 50-row threshold for ever) as 640 cycles made every per-card join a hash
@@ -116,7 +129,7 @@ class Scope:
                 conn.execute(text(f"ANALYZE {name}"))
         n_terminals, n_cards, n_households = conn.execute(select(
             *(select(func.count()).select_from(t).scalar_subquery() for t in (_terminals, _cards, _households)))).one()
-        return cls(_terminals, _boots, _cards, _households, (n_terminals, n_cards, n_households), journal_id)
+        return cls(_terminals, _boots, _cards, _households, _entries, (n_terminals, n_cards, n_households), journal_id)
 
     def drop(self, conn: Connection) -> None:
         """Drop the temporary tables (before the run commits)."""
