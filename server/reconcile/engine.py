@@ -54,7 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, func, insert, or_, select, update
+from sqlalchemy import Table, and_, case, func, insert, or_, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -182,7 +182,7 @@ def reference_digest(conn: Connection) -> str:
     full reconciliation after such registry changes (docs/reconciliation.md §Incremental).
     """
     parts: list[Any] = []
-    for stmt in (
+    aggregates = [stmt.subquery() for stmt in (
         select(func.count(), func.sum(terminal_sites.c.lat), func.sum(terminal_sites.c.lon),
                func.min(terminal_sites.c.lat), func.max(terminal_sites.c.lat),
                func.min(terminal_sites.c.lon), func.max(terminal_sites.c.lon)),
@@ -195,9 +195,16 @@ def reference_digest(conn: Connection) -> str:
                func.max(card_profiles.c.revoked_at)),
         select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
                func.sum(case((_cards.c.status == "issued", 1), else_=0))),
-    ):
-        row = conn.execute(stmt).one()
-        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row])
+    )]
+    joined: Any = aggregates[0]
+    for a in aggregates[1:]:  # one-row aggregates side by side: one round trip
+        joined = joined.join(a, true())
+    row = conn.execute(select(*(c for a in aggregates for c in a.c)).select_from(joined)).one()
+    at = 0
+    for a in aggregates:
+        n = len(a.c)
+        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row[at:at + n]])
+        at += n
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

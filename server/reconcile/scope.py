@@ -56,6 +56,15 @@ def _create_sql(dialect: Dialect, name: str) -> str:
     return _CREATE[key]
 
 
+def _setup_sql(dialect: Dialect) -> str:
+    """PostgreSQL: every scope table's ``CREATE TEMPORARY TABLE IF NOT EXISTS`` and ``DELETE``, as one string."""
+    key = (dialect.name, "")
+    if key not in _CREATE:
+        _CREATE[key] = "; ".join([_create_sql(dialect, table.name) for table in _TABLES]
+                                 + [f"DELETE FROM {table.name}" for table in _TABLES])
+    return _CREATE[key]
+
+
 @dataclass(frozen=True)
 class Scope:
     """The touched keys of one incremental run, as temporary tables on the run's connection.
@@ -86,9 +95,12 @@ class Scope:
 
         :param journal_id: the watermark, a ``journal_entries.id``.
         """
-        for table in _TABLES:  # no catalog query first (checkfirst); DDL is not in SQLAlchemy's statement cache
-            conn.exec_driver_sql(_create_sql(conn.dialect, table.name))
-            conn.execute(delete(table))
+        if conn.dialect.name == "postgresql":  # one round trip (psycopg sends a parameterless string as one query)
+            conn.exec_driver_sql(_setup_sql(conn.dialect))
+        else:
+            for table in _TABLES:  # no catalog query first (checkfirst); DDL is not in SQLAlchemy's statement cache
+                conn.exec_driver_sql(_create_sql(conn.dialect, table.name))
+                conn.execute(delete(table))
         # the new entries by primary key range (SQLite: NOT INDEXED, or it walks a whole index in key order)
         fresh = full_scan._construct(journal, name="fresh")
         new = fresh.c.id > journal_id
@@ -116,8 +128,12 @@ class Scope:
             list(ENTRY_COLUMNS),
             select(*(journal.c[name] for name in ENTRY_COLUMNS)).where(
                 journal.c.card_id.in_(select(_cards.c.card_id)))))
-        for table in _TABLES[:-1]:  # planner statistics: the scope tables are small, start from them
-            conn.execute(text(f"ANALYZE {table.name}"))  # (entries: only ever scanned whole, no statistics needed)
+        # planner statistics: the scope tables are small, start from them (entries: only ever scanned whole)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE " + ", ".join(table.name for table in _TABLES[:-1]))
+        else:
+            for table in _TABLES[:-1]:
+                conn.exec_driver_sql(f"ANALYZE {table.name}")
         if conn.dialect.name == "postgresql":
             # A table PostgreSQL never analyzed is planned as 10 pages of rows: benefit_cycles (a few rows,
             # below autovacuum's 50-row threshold for ever) as 640 cycles made every per-card join a hash
@@ -133,6 +149,9 @@ class Scope:
 
     def drop(self, conn: Connection) -> None:
         """Drop the temporary tables (before the run commits)."""
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP TABLE IF EXISTS " + ", ".join(table.name for table in _TABLES))
+            return
         for table in _TABLES:
             conn.execute(DropTable(table, if_exists=True))
 
