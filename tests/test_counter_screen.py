@@ -15,13 +15,13 @@ import pytest
 from babel.messages.pofile import read_po
 
 from cardlib.records.claims import Unit
-from firmware_config.models import CounterMode
 from cardlib.records.receipt import receipt_code
+from firmware_config.models import CounterMode
 from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import DeclineReason
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.i18n import PROGRAMME_NAMES, translations
-from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS
+from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS, NOT_FINAL
 
 LOCALE = Path(__file__).parents[1] / "terminal" / "screen" / "locale"
 
@@ -68,10 +68,11 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
         + list(_STATUS_HINTS.values())
         + list(_MODE_NAMES.values())
         + list(PROGRAMME_NAMES.values())
+        + [NOT_FINAL]
     )
     for msgid in wanted:
         msg = catalog.get(msgid)
-        assert (msg is not None and msg.string and msg.string != msgid) or msgid == "final", msgid
+        assert msg is not None and msg.string and msg.string != msgid, msgid
     assert translations("id").gettext(DeclineReason.CARD_DENIED.message).startswith("Kartu ini diblokir")
     assert translations("en").gettext("DECLINED") == "DECLINED"
 
@@ -105,6 +106,7 @@ def test_result_and_receipt_in_plain_words(screen: CounterScreen) -> None:
     r = state["results"][0]
     assert (r["headline"], r["hand_over"], r["remaining"], r["household"]) == (
         "DITERIMA", "1 paket pangan", "1 paket pangan", "HB-7Q2K")
+    assert r["state"] == ""  # a final result carries no untranslated "final" under it
     status, text = get(f"{screen.url}receipt/{n}?lang=en")
     body = text.decode()
     assert status == 200
@@ -116,6 +118,11 @@ def test_result_and_receipt_in_plain_words(screen: CounterScreen) -> None:
     r2 = json.loads(get(f"{screen.url}api/state?after={n}")[1])["results"][0]
     assert (r2["headline"], r2["reason"]) == ("DITOLAK", "Jatah periode ini sudah habis.")
     assert get(f"{screen.url}receipt/{n2}")[0] == 404
+    unsure = TapOutcome(TapStatus.UNCERTAIN, "vpcd 0", CounterMode.MARKET_REDEMPTION, "food", final=False)
+    n3 = screen.state.publish(unsure)
+    for lang, note in (("id", "Belum final: hasil ini masih bisa berubah."), ("en", NOT_FINAL)):
+        r3 = json.loads(get(f"{screen.url}api/state?after={n2}&lang={lang}")[1])["results"][0]
+        assert (r3["n"], r3["state"]) == (n3, note)
 
 
 @pytest.mark.browser

@@ -74,6 +74,8 @@ _STATUS_HINTS = {
     TapStatus.VOIDED: "The earlier attempt was not written to the card. Nothing was charged.",
     TapStatus.RETRY: "Nothing was charged. Ask the person to tap again.",
 }
+#: Shown under a result that may still change (``TapOutcome.final`` False); a final one shows nothing.
+NOT_FINAL = "Not final yet: this result may still change."
 #: Banner texts by code (msgids); ``%(...)s`` fields are filled in after translation.
 BANNER_TEXTS = {
     "ok": "Ready: readers connected, server synced %(age)s ago.",
@@ -334,7 +336,8 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
              "remaining": amount_text(lang, b.unit, b.remaining)}
             for b in o.balances
         ],
-        "state": t.gettext("final") if o.final else t.gettext("pending"),
+        # A final result says nothing more; only one that may still change carries a note.
+        "state": "" if o.final else t.gettext(NOT_FINAL),
         "receipt": r.code if r else "",
         "reader": o.reader,
         "at": p.at,
