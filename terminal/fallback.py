@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import DeniedCard
+from cardlib.records.household_label import household_label
 from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
 from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.receipt import receipt_code
@@ -215,8 +216,9 @@ class FallbackDesk:
             if not qr_decodes(text):  # a misread or a foreign code, not a forgery: the clerk scans again
                 return self._decline(QR, clerk, None, programme, DeclineReason.NOT_A_HOUSEHOLD_QR, str(exc))
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_SIGNATURE_INVALID, str(exc))
-        return self._serve(_Ask(QR, clerk, qr.card_id, qr.household_ref.hex(), programme, quantity), trust, now,
-                           served)
+        # the printed label (``HB-`` + 8 hex digits), as a card tap shows it, never the full reference
+        return self._serve(_Ask(QR, clerk, qr.card_id, household_label(qr.household_ref), programme, quantity),
+                           trust, now, served)
 
     def manual(self, card_id_hex: str, programme: str, quantity: int, supervisor: str, password: str, *,
                served: Collection[str] | None = None) -> TapOutcome:

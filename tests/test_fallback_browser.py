@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cardlib.records.household_label import household_label
 from cardlib.records.journal import EntryKind
 from terminal.journal_store import JournalStore
 from tests.test_counter_screen_browser import browser  # noqa: F401 - fixture
@@ -39,7 +40,7 @@ def test_scanner_and_supervisor_panels_post_and_show_the_result(
     browser.find_element("id", "qr").send_keys(_qr_from_png() + Keys.ENTER)  # what a USB scanner does
     assert _ack(browser, "qrform") == "Served: see the result"
     WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "headline").text == "ACCEPTED")
-    assert browser.find_element("id", "household").text == identity().household_ref.hex()
+    assert browser.find_element("id", "household").text == household_label(identity().household_ref)
     assert browser.find_element("id", "qr").get_attribute("value") == ""  # ready for the next scan
 
     browser.find_element("id", "mcard").send_keys(identity().card_id.hex())
