@@ -873,6 +873,21 @@ class JournalStore:
                                  done_params=(int(start * 1000), int(end * 1000)), open_since=open_since,
                                  open_from=int(start * 1000))
 
+    def card_fallback_units(self, card_id: str, start: float, end: float) -> dict[str, int]:
+        """Units this terminal gave ``card_id`` by fallback (QR or supervisor entry) in ``[start, end)``.
+
+        FALLBACK entries (:mod:`terminal.fallback`), uploaded or not, by their signed wall time (POSIX
+        seconds): the card does not show them, so a card tap takes them off what the card says is left.
+
+        :returns: ``{programme code: units}``.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT programme, coalesce(sum(amount), 0) FROM entries WHERE card_id=? AND kind=?"
+                " AND wall_ms >= ? AND wall_ms < ? AND programme IS NOT NULL GROUP BY programme",
+                (card_id, int(EntryKind.FALLBACK), int(start * 1000), int(end * 1000))).fetchall()
+        return {str(programme): int(units) for programme, units in rows if units}
+
     def _sum_written(self, card_id: str | None, *, done_filter: str | None, done_params: tuple[object, ...] = (),
                      open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)},{int(EntryKind.FALLBACK)}"

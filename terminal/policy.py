@@ -48,6 +48,9 @@ class DeclineReason(enum.Enum):
     PROGRAMME_NOT_AT_COUNTER = "programme_not_at_counter"
     NOTHING_LEFT = "nothing_left"
     NOT_ENOUGH_LEFT = "not_enough_left"
+    #: The card still shows units this counter already gave the household this cycle by QR or supervisor
+    #: entry (a fallback writes no card, docs/fallback.md): what is left after them is less than asked.
+    ALREADY_SERVED_FALLBACK = "already_served_fallback"
     OVER_TAP_LIMIT = "over_tap_limit"
     OVER_CARD_OFFLINE_LIMIT = "over_card_offline_limit"
     OVER_TERMINAL_LIMIT = "over_terminal_limit"
@@ -109,6 +112,10 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.PROGRAMME_NOT_AT_COUNTER: "This programme is not served at this counter.",
     DeclineReason.NOTHING_LEFT: "Nothing is left for this period.",
     DeclineReason.NOT_ENOUGH_LEFT: "Not enough is left for this amount.",
+    DeclineReason.ALREADY_SERVED_FALLBACK: (
+        "This household was already served this period by QR or supervisor entry. "
+        "Only the remaining amount can be given."
+    ),
     DeclineReason.OVER_TAP_LIMIT: "The amount is above the limit for one tap at this counter.",
     DeclineReason.OVER_CARD_OFFLINE_LIMIT: (
         "This card has reached its offline limit. Try again after the counter syncs."
@@ -387,11 +394,15 @@ class Exposure:
     :ivar card: units for this card at this terminal since the last confirmed upload, by unit.
     :ivar terminal: units at this terminal in total since the last confirmed upload, by unit.
     :ivar card_cycle: units for this card at this terminal in the current cycle, uploaded or not.
+    :ivar fallback: units this terminal gave this card's household in the current cycle by QR or
+        supervisor entry (FALLBACK entries, uploaded or not), by programme code: the card does not
+        show them (a fallback writes no card), so they come off what the card says is left.
     """
 
     card: Mapping[Unit, int] = field(default_factory=dict)
     terminal: Mapping[Unit, int] = field(default_factory=dict)
     card_cycle: Mapping[Unit, int] = field(default_factory=dict)
+    fallback: Mapping[str, int] = field(default_factory=dict)
 
 
 class PinStatus(enum.Enum):
@@ -487,7 +498,8 @@ def decide(
 
     Checks, in order (the first failing one is the reason): deny list, validity
     window, programme known and served here, household entitled, PIN, quantity,
-    remaining entitlement, per-tap limit, per-card limits (since the last confirmed
+    remaining entitlement (the card's, less this counter's fallback payouts of the cycle,
+    ``already_served_fallback`` when only those make it short), per-tap limit, per-card limits (since the last confirmed
     upload, and per cycle: the terminal's and the card's issuer-signed ``offline_cap``),
     terminal exposure — every cap tightened for the bundle's age, in every unit.
     A card state in a later cycle than ``now`` is declined (``future_cycle``). A balance check stops after the
@@ -537,7 +549,9 @@ def decide(
     if card.cycle > cycle:
         # Written by a counter whose clock was ahead: what is left now is unknown.
         return no(DeclineReason.FUTURE_CYCLE)
-    remaining = card.remaining(programme, cycle)
+    on_card = card.remaining(programme, cycle)
+    # What the counter gave by QR or supervisor entry this cycle is not on the card: it is not left either.
+    remaining = max(0, on_card - exposure.fallback.get(code, 0))
     balance = Decision(accepted=True, mode=mode, programme=code, unit=programme.unit, entitled=entitled,
                        remaining_before=remaining, remaining_after=remaining, cycle=cycle)
     if mode is CounterMode.BALANCE_CHECK:
@@ -560,10 +574,10 @@ def decide(
     qty = request.quantity
     if qty < 1:
         return no_b(DeclineReason.INVALID_QUANTITY)
-    if remaining == 0:
-        return no_b(DeclineReason.NOTHING_LEFT)
     if qty > remaining:
-        return no_b(DeclineReason.NOT_ENOUGH_LEFT)
+        if qty <= on_card:  # the card alone would do: the fallback payouts took the rest
+            return no_b(DeclineReason.ALREADY_SERVED_FALLBACK)
+        return no_b(DeclineReason.NOTHING_LEFT if remaining == 0 else DeclineReason.NOT_ENOUGH_LEFT)
     unit = programme.unit
     if bundle_expired and unit is Unit.RUPIAH:
         return no_b(DeclineReason.BUNDLE_EXPIRED)

@@ -480,7 +480,8 @@ class TapProcessor:
         return PinStatus.OK, None
 
     def exposure(self, card_hex: str, now: float, limits: OfflineLimits) -> Exposure:
-        """What this terminal handed out, from its journal: since the last confirmed upload and this cycle.
+        """What this terminal handed out, from its journal: since the last confirmed upload and this cycle,
+        and this cycle's fallback payouts to the card (not on the card).
 
         Open (torn, unsettled) writes older than the caps' stale age stop counting: server
         reconciliation settles them (:meth:`terminal.journal_store.JournalStore.aged_open_writes`).
@@ -496,6 +497,7 @@ class TapProcessor:
             terminal=self.journal.exposure(open_since=open_since),
             card_cycle=self.journal.card_cycle_exposure(card_hex, start.timestamp(), end.timestamp(),
                                                         open_since=open_since),
+            fallback=self.journal.card_fallback_units(card_hex, start.timestamp(), end.timestamp()),
         )
 
     def _journal_pending(self, session: CardSession, state: CardState, d: Decision, pid: int,
