@@ -404,15 +404,21 @@ class Daemon:
             raise
 
     def _wait_for_bundle(self) -> bool:
-        """Block until a trust bundle is installed (first start); sync keeps trying meanwhile."""
+        """Block until a trust bundle is installed (first start); sync keeps trying meanwhile.
+
+        Expected on a counter's first start before enrolment completes: logged once at WARNING, and
+        at INFO when the bundle arrives.
+        """
         warned = False
         while not self.stop_event.is_set():
             try:
-                self.trust.current()
+                version = self.trust.current().bundle.version
+                if warned:
+                    log.info("trust bundle v%d installed, readers on", version)
                 return True
             except TrustStoreError as exc:
                 if not warned:
-                    log.error("%s; readers stay off until the first bundle arrives", exc)
+                    log.warning("%s; readers stay off until the first bundle arrives", exc)
                     warned = True
                 self.sync.kick()
                 self.stop_event.wait(NO_BUNDLE_RETRY_S)

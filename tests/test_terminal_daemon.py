@@ -154,6 +154,30 @@ busy = ["E0 00 00 29 01 03"]
 '''
 
 
+def test_first_start_without_a_bundle_warns_then_says_when_readers_go_on(tmp_path, kit, in_process,
+                                                                         caplog) -> None:
+    # A fresh counter before enrolment completes: no bundle is expected, not an ERROR.
+    files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
+                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw(), install_bundle=False)
+    with caplog.at_level(logging.INFO, logger="terminal.daemon"):
+        d = in_process(files.profile)
+        deadline = time.monotonic() + 10
+        while not any("readers stay off" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no word about the missing bundle"
+            time.sleep(0.05)
+        d.daemon.trust.install(kit.bundle(1, **bundle_kw())[1], None)  # what the first sync does
+        while not any(r.getMessage() == "trust bundle v1 installed, readers on" for r in caplog.records):
+            assert time.monotonic() < deadline + 10, "no word when the bundle arrived"
+            time.sleep(0.05)
+        d.stop()
+    mine = [r for r in caplog.records if r.name == "terminal.daemon"]
+    off = [r for r in mine if "readers stay off" in r.getMessage()]
+    assert [r.levelno for r in off] == [logging.WARNING]
+    assert [r.levelname for r in mine if r.levelno >= logging.ERROR] == []
+    on = [r for r in mine if r.getMessage() == "trust bundle v1 installed, readers on"]
+    assert [r.levelno for r in on] == [logging.INFO]
+
+
 def test_AP_3_failing_led_and_buzzer_never_fail_or_delay_a_redemption(
         tmp_path, kit, in_process, present_card, caplog) -> None:
     # Slot 0: LED pseudo-APDUs a Part 3 reader does not know (answers 6A 81).
