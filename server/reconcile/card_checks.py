@@ -25,6 +25,7 @@ from server.reconcile.scope import Scope
 from server.reconcile.sql import (
     REDEEMED,
     benefit_cycles,
+    built_once,
     card_entitlements,
     card_profiles,
     epoch_s,
@@ -63,52 +64,56 @@ def _redeemed(table: Any) -> Any:
 
 def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """One previous state with ≥ 2 successors, or one slot seq with ≥ 2 states (clone or replay)."""
-    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
-    by_prev = (
-        select(js.c.card_id, js.c.state_hash_prev)
-        .where(_redeemed(js))
-        .group_by(js.c.card_id, js.c.state_hash_prev)
-        .having(func.count(distinct(js.c.state_hash_new)) > 1)
-        .subquery()
-    )
-    by_seq = (
-        select(js.c.card_id, js.c.slot_seq_after)
-        .where(_redeemed(js))
-        .group_by(js.c.card_id, js.c.slot_seq_after)
-        .having(func.count(distinct(js.c.state_hash_new)) > 1)
-        .subquery()
-    )
-    columns = (
-        journal.c.card_id,
-        journal.c.entry_id,
-        journal.c.terminal_id,
-        journal.c.seq,
-        journal.c.wall_time,
-        journal.c.slot_seq_before,
-        journal.c.slot_seq_after,
-        journal.c.state_hash_prev,
-    )
-    forked = union(
-        select(*columns)
-        .select_from(
-            journal.join(
-                by_prev,
-                and_(by_prev.c.card_id == journal.c.card_id, by_prev.c.state_hash_prev == journal.c.state_hash_prev),
-            )
+    def build() -> Any:
+        js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
+        by_prev = (
+            select(js.c.card_id, js.c.state_hash_prev)
+            .where(_redeemed(js))
+            .group_by(js.c.card_id, js.c.state_hash_prev)
+            .having(func.count(distinct(js.c.state_hash_new)) > 1)
+            .subquery()
         )
-        .where(REDEEMED),
-        select(*columns)
-        .select_from(
-            journal.join(
-                by_seq, and_(by_seq.c.card_id == journal.c.card_id, by_seq.c.slot_seq_after == journal.c.slot_seq_after)
-            )
+        by_seq = (
+            select(js.c.card_id, js.c.slot_seq_after)
+            .where(_redeemed(js))
+            .group_by(js.c.card_id, js.c.slot_seq_after)
+            .having(func.count(distinct(js.c.state_hash_new)) > 1)
+            .subquery()
         )
-        .where(REDEEMED),
-    ).subquery()
+        columns = (
+            journal.c.card_id,
+            journal.c.entry_id,
+            journal.c.terminal_id,
+            journal.c.seq,
+            journal.c.wall_time,
+            journal.c.slot_seq_before,
+            journal.c.slot_seq_after,
+            journal.c.state_hash_prev,
+        )
+        forked = union(
+            select(*columns)
+            .select_from(
+                journal.join(
+                    by_prev,
+                    and_(by_prev.c.card_id == journal.c.card_id,
+                         by_prev.c.state_hash_prev == journal.c.state_hash_prev),
+                )
+            )
+            .where(REDEEMED),
+            select(*columns)
+            .select_from(
+                journal.join(
+                    by_seq,
+                    and_(by_seq.c.card_id == journal.c.card_id, by_seq.c.slot_seq_after == journal.c.slot_seq_after),
+                )
+            )
+            .where(REDEEMED),
+        ).subquery()
+        return select(forked).order_by(forked.c.card_id, forked.c.slot_seq_before, forked.c.wall_time,
+                                       forked.c.terminal_id)
+
     groups: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        select(forked).order_by(forked.c.card_id, forked.c.slot_seq_before, forked.c.wall_time, forked.c.terminal_id)
-    ):
+    for row in conn.execute(built_once(("card_forks", scope is None), build)):
         groups[row.card_id].append(row)
     out = []
     for card_id, group in groups.items():
@@ -130,43 +135,100 @@ def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
 
 def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Rollback (by NTAG counter), counter backwards (by time) and slot-seq gaps."""
-    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
+    def build() -> tuple[Any, Any, Any]:
+        js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
+        # Rollback: the chip's own counter orders its sessions; the slot seq must not go back.
+        by_ctr: dict[str, Any] = {
+            "partition_by": (js.c.card_id, js.c.tag_uid),
+            "order_by": (
+                js.c.ntag_counter,
+                js.c.wall_time,
+                js.c.terminal_id,
+                js.c.seq,
+            ),
+        }
+        window = (
+            select(
+                js.c.card_id,
+                js.c.entry_id,
+                js.c.wall_time,
+                js.c.ntag_counter,
+                js.c.slot_seq_before,
+                func.lag(js.c.slot_seq_after).over(**by_ctr).label("prev_after"),
+                func.lag(js.c.wall_time).over(**by_ctr).label("prev_wall"),
+                func.lag(js.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
+                func.lag(js.c.entry_id).over(**by_ctr).label("prev_entry_id"),
+            )
+            .where(_redeemed(js), js.c.ntag_counter.is_not(None))
+            .subquery()
+        )
+        rollback = (
+            select(window)
+            .where(
+                window.c.slot_seq_before < window.c.prev_after,
+                window.c.wall_time > window.c.prev_wall,
+                window.c.ntag_counter > window.c.prev_ctr,
+            )
+            .order_by(window.c.card_id, window.c.ntag_counter)
+        )
+        # Counter backwards: by wall time, a genuine UID's counter never decreases.
+        # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
+        # chips share the card id; keying by card id keeps the window shard-local on Citus.
+        by_time: dict[str, Any] = {
+            "partition_by": (js.c.card_id, js.c.tag_uid),
+            "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
+        }
+        window = (
+            select(
+                js.c.card_id,
+                js.c.tag_uid,
+                js.c.entry_id,
+                js.c.terminal_id,
+                js.c.ntag_counter,
+                js.c.wall_time,
+                js.c.seq,
+                func.lag(js.c.ntag_counter).over(**by_time).label("prev_ctr"),
+                func.lag(js.c.entry_id).over(**by_time).label("prev_entry_id"),
+                func.lag(js.c.terminal_id).over(**by_time).label("prev_terminal"),
+            )
+            .where(
+                js.c.card_id.is_not(None),
+                js.c.tag_uid.is_not(None),
+                js.c.ntag_counter.is_not(None),
+            )
+            .subquery()
+        )
+        backwards = (
+            select(window)
+            .where(window.c.ntag_counter < window.c.prev_ctr)
+            # drops of one chip in the window's (time) order: the first drop is the summary
+            .order_by(window.c.card_id, window.c.tag_uid, window.c.wall_time, window.c.terminal_id, window.c.seq)
+        )
+        # Slot-seq gap: consecutive known states of a card must join up.
+        by_seq: dict[str, Any] = {
+            "partition_by": js.c.card_id,
+            "order_by": (js.c.slot_seq_before, js.c.slot_seq_after, js.c.wall_time),
+        }
+        window = (
+            select(
+                js.c.card_id,
+                js.c.entry_id,
+                js.c.slot_seq_before,
+                func.lag(js.c.slot_seq_after).over(**by_seq).label("prev_after"),
+                func.lag(js.c.entry_id).over(**by_seq).label("prev_entry_id"),
+            )
+            .where(_redeemed(js), js.c.slot_seq_before.is_not(None))
+            .subquery()
+        )
+        gaps = (
+            select(window).where(window.c.slot_seq_before > window.c.prev_after).order_by(window.c.card_id)
+        )
+        return rollback, backwards, gaps
+
+    rollback, backwards, gaps = built_once(("card_order", scope is None), build)
     out: list[Observation] = []
-    # Rollback: the chip's own counter orders its sessions; the slot seq must not go back.
-    by_ctr: dict[str, Any] = {
-        "partition_by": (js.c.card_id, js.c.tag_uid),
-        "order_by": (
-            js.c.ntag_counter,
-            js.c.wall_time,
-            js.c.terminal_id,
-            js.c.seq,
-        ),
-    }
-    window = (
-        select(
-            js.c.card_id,
-            js.c.entry_id,
-            js.c.wall_time,
-            js.c.ntag_counter,
-            js.c.slot_seq_before,
-            func.lag(js.c.slot_seq_after).over(**by_ctr).label("prev_after"),
-            func.lag(js.c.wall_time).over(**by_ctr).label("prev_wall"),
-            func.lag(js.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
-            func.lag(js.c.entry_id).over(**by_ctr).label("prev_entry_id"),
-        )
-        .where(_redeemed(js), js.c.ntag_counter.is_not(None))
-        .subquery()
-    )
     groups: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        select(window)
-        .where(
-            window.c.slot_seq_before < window.c.prev_after,
-            window.c.wall_time > window.c.prev_wall,
-            window.c.ntag_counter > window.c.prev_ctr,
-        )
-        .order_by(window.c.card_id, window.c.ntag_counter)
-    ):
+    for row in conn.execute(rollback):
         groups[row.card_id].append(row)
     for card_id, group in groups.items():
         out.append(
@@ -189,40 +251,8 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             )
         )
 
-    # Counter backwards: by wall time, a genuine UID's counter never decreases.
-    # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
-    # chips share the card id; keying by card id keeps the window shard-local on Citus.
-    by_time: dict[str, Any] = {
-        "partition_by": (js.c.card_id, js.c.tag_uid),
-        "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
-    }
-    window = (
-        select(
-            js.c.card_id,
-            js.c.tag_uid,
-            js.c.entry_id,
-            js.c.terminal_id,
-            js.c.ntag_counter,
-            js.c.wall_time,
-            js.c.seq,
-            func.lag(js.c.ntag_counter).over(**by_time).label("prev_ctr"),
-            func.lag(js.c.entry_id).over(**by_time).label("prev_entry_id"),
-            func.lag(js.c.terminal_id).over(**by_time).label("prev_terminal"),
-        )
-        .where(
-            js.c.card_id.is_not(None),
-            js.c.tag_uid.is_not(None),
-            js.c.ntag_counter.is_not(None),
-        )
-        .subquery()
-    )
     groups = defaultdict(list)
-    for row in conn.execute(
-        select(window)
-        .where(window.c.ntag_counter < window.c.prev_ctr)
-        # drops of one chip in the window's (time) order: the first drop is the summary
-        .order_by(window.c.card_id, window.c.tag_uid, window.c.wall_time, window.c.terminal_id, window.c.seq)
-    ):
+    for row in conn.execute(backwards):
         groups[f"{row.card_id}|{row.tag_uid.hex()}"].append(row)
     for key, group in groups.items():
         out.append(
@@ -240,25 +270,7 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             )
         )
 
-    # Slot-seq gap: consecutive known states of a card must join up.
-    by_seq: dict[str, Any] = {
-        "partition_by": js.c.card_id,
-        "order_by": (js.c.slot_seq_before, js.c.slot_seq_after, js.c.wall_time),
-    }
-    window = (
-        select(
-            js.c.card_id,
-            js.c.entry_id,
-            js.c.slot_seq_before,
-            func.lag(js.c.slot_seq_after).over(**by_seq).label("prev_after"),
-            func.lag(js.c.entry_id).over(**by_seq).label("prev_entry_id"),
-        )
-        .where(_redeemed(js), js.c.slot_seq_before.is_not(None))
-        .subquery()
-    )
-    for row in conn.execute(
-        select(window).where(window.c.slot_seq_before > window.c.prev_after).order_by(window.c.card_id)
-    ):
+    for row in conn.execute(gaps):
         out.append(
             Observation(
                 FindingKind.CARD_CHAIN_GAP,
@@ -293,46 +305,50 @@ def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope |
         benefit_cycles,
         and_(journal.c.wall_time >= benefit_cycles.c.starts_at, journal.c.wall_time < benefit_cycles.c.ends_at),
     )
-    totals = (
-        select(
-            js.c.card_id,
-            js.c.programme,
-            benefit_cycles.c.cycle_id,
-            func.sum(js.c.amount).label("total"),
-        )
-        .select_from(
-            js.join(
-                benefit_cycles,
-                and_(
-                    js.c.wall_time >= benefit_cycles.c.starts_at,
-                    js.c.wall_time < benefit_cycles.c.ends_at,
-                ),
+    def build() -> Any:
+        totals = (
+            select(
+                js.c.card_id,
+                js.c.programme,
+                benefit_cycles.c.cycle_id,
+                func.sum(js.c.amount).label("total"),
             )
-        )
-        .where(redemption_taken(js), js.c.card_id.is_not(None))
-        .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
-        .subquery()
-    )
-    has_entitlements: Any
-    if scope is None:
-        has_entitlements = totals.c.card_id.in_(select(card_entitlements.c.card_id).distinct())
-    else:  # the few touched cards: each looked up by the primary key's prefix (PostgreSQL read the table whole)
-        held = card_entitlements.alias("held")
-        has_entitlements = exists().where(held.c.card_id == totals.c.card_id)
-    over = (
-        select(totals.c.card_id)
-        .select_from(
-            totals.outerjoin(
-                card_entitlements,
-                and_(
-                    card_entitlements.c.card_id == totals.c.card_id,
-                    card_entitlements.c.programme == totals.c.programme,
-                    card_entitlements.c.cycle_id == totals.c.cycle_id,
-                ),
+            .select_from(
+                js.join(
+                    benefit_cycles,
+                    and_(
+                        js.c.wall_time >= benefit_cycles.c.starts_at,
+                        js.c.wall_time < benefit_cycles.c.ends_at,
+                    ),
+                )
             )
+            .where(redemption_taken(js), js.c.card_id.is_not(None))
+            .group_by(js.c.card_id, js.c.programme, benefit_cycles.c.cycle_id)
+            .subquery()
         )
-        .where(totals.c.total > entitled, has_entitlements)
-    )
+        has_entitlements: Any
+        if scope is None:
+            has_entitlements = totals.c.card_id.in_(select(card_entitlements.c.card_id).distinct())
+        else:  # the few touched cards: each looked up by the primary key's prefix (PostgreSQL read the table whole)
+            held = card_entitlements.alias("held")
+            has_entitlements = exists().where(held.c.card_id == totals.c.card_id)
+        over = (
+            select(totals.c.card_id)
+            .select_from(
+                totals.outerjoin(
+                    card_entitlements,
+                    and_(
+                        card_entitlements.c.card_id == totals.c.card_id,
+                        card_entitlements.c.programme == totals.c.programme,
+                        card_entitlements.c.cycle_id == totals.c.cycle_id,
+                    ),
+                )
+            )
+            .where(totals.c.total > entitled, has_entitlements)
+        )
+        return over
+
+    over = built_once(("entitlements_over", scope is None), build)
     over_cards: Any = over
     if scope is not None:  # the few cards over, as values: PostgreSQL then reads them by index, not the journal whole
         over_cards = sorted(set(conn.execute(over).scalars()))
@@ -458,59 +474,63 @@ def impossible_travel(conn: Connection, cfg: ReconcileConfig, scope: Scope | Non
     on the rows it returns. Fewer window columns and no ``julianday()`` inside the window:
     each one was paid for every tap (issue 8).
     """
-    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
-    by: dict[str, Any] = {
-        "partition_by": js.c.card_id,
-        "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
-    }
-    window = (
-        select(
-            js.c.card_id,
-            js.c.entry_id,
-            js.c.terminal_id,
-            js.c.wall_time,
-            js.c.seq,
-            func.lag(js.c.terminal_id).over(**by).label("p_terminal"),
-            func.lag(js.c.wall_time).over(**by).label("p_wall"),
-            func.lag(js.c.entry_id).over(**by).label("p_entry_id"),
-        )
-        .select_from(js.join(terminal_sites, terminal_sites.c.terminal_id == js.c.terminal_id))
-        .where(
-            js.c.card_id.is_not(None),
-            terminal_sites.c.lat.is_not(None),
-            terminal_sites.c.lon.is_not(None),
-        )
-        .subquery()
-    )
-    site, previous_site = terminal_sites.alias("c_site"), terminal_sites.alias("p_site")
-    at_s = epoch_s(window.c.wall_time)
-    p_at_s = epoch_s(window.c.p_wall)
-    north_km = (site.c.lat - previous_site.c.lat) * KM_PER_DEG_LAT
-    east_km = (site.c.lon - previous_site.c.lon) * cfg.km_per_deg_lon
-    km_squared = east_km * east_km + north_km * north_km
-    reach = (at_s - p_at_s) * (cfg.max_speed_kmh / 3600.0)
-    rows = conn.execute(
-        select(
-            window.c.card_id,
-            window.c.entry_id,
-            window.c.terminal_id,
-            window.c.p_terminal,
-            window.c.p_entry_id,
-            at_s.label("at_s"),
-            p_at_s.label("p_at_s"),
-            km_squared.label("d2"),
-        )
-        .select_from(
-            window.join(site, site.c.terminal_id == window.c.terminal_id).join(
-                previous_site, previous_site.c.terminal_id == window.c.p_terminal
+    def build() -> Any:
+        js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
+        by: dict[str, Any] = {
+            "partition_by": js.c.card_id,
+            "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
+        }
+        window = (
+            select(
+                js.c.card_id,
+                js.c.entry_id,
+                js.c.terminal_id,
+                js.c.wall_time,
+                js.c.seq,
+                func.lag(js.c.terminal_id).over(**by).label("p_terminal"),
+                func.lag(js.c.wall_time).over(**by).label("p_wall"),
+                func.lag(js.c.entry_id).over(**by).label("p_entry_id"),
             )
+            .select_from(js.join(terminal_sites, terminal_sites.c.terminal_id == js.c.terminal_id))
+            .where(
+                js.c.card_id.is_not(None),
+                terminal_sites.c.lat.is_not(None),
+                terminal_sites.c.lon.is_not(None),
+            )
+            .subquery()
         )
-        .where(
-            window.c.terminal_id != window.c.p_terminal, km_squared > cfg.min_travel_km**2, km_squared > reach * reach
+        site, previous_site = terminal_sites.alias("c_site"), terminal_sites.alias("p_site")
+        at_s = epoch_s(window.c.wall_time)
+        p_at_s = epoch_s(window.c.p_wall)
+        north_km = (site.c.lat - previous_site.c.lat) * KM_PER_DEG_LAT
+        east_km = (site.c.lon - previous_site.c.lon) * cfg.km_per_deg_lon
+        km_squared = east_km * east_km + north_km * north_km
+        reach = (at_s - p_at_s) * (cfg.max_speed_kmh / 3600.0)
+        return (
+            select(
+                window.c.card_id,
+                window.c.entry_id,
+                window.c.terminal_id,
+                window.c.p_terminal,
+                window.c.p_entry_id,
+                at_s.label("at_s"),
+                p_at_s.label("p_at_s"),
+                km_squared.label("d2"),
+            )
+            .select_from(
+                window.join(site, site.c.terminal_id == window.c.terminal_id).join(
+                    previous_site, previous_site.c.terminal_id == window.c.p_terminal
+                )
+            )
+            .where(
+                window.c.terminal_id != window.c.p_terminal, km_squared > cfg.min_travel_km**2,
+                km_squared > reach * reach,
+            )
+            # ties on the seconds in the window's order
+            .order_by(window.c.card_id, at_s, window.c.wall_time, window.c.terminal_id, window.c.seq)
         )
-        # ties on the seconds in the window's order
-        .order_by(window.c.card_id, at_s, window.c.wall_time, window.c.terminal_id, window.c.seq)
-    ).all()
+
+    rows = conn.execute(built_once(("impossible_travel", scope is None, cfg), build)).all()
     out = []
     for row in rows:
         km = math.sqrt(row.d2)
@@ -544,31 +564,35 @@ def secure_card_counters(conn: Connection, cfg: ReconcileConfig, scope: Scope | 
     only the entry a tap opens with counts (PENDING, BALANCE, DECLINED). Gaps are normal (the
     station's read-back, declined cards, other readers) and are not findings.
     """
-    js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
-    repeated = (
-        select(js.c.card_id, js.c.ntag_counter)
-        .where(
-            js.c.card_id.is_not(None),
-            js.c.tag_uid.is_(None),
-            js.c.ntag_counter.is_not(None),
-            js.c.kind.in_(_TAP_OPENING_KINDS),
-        )
-        .group_by(js.c.card_id, js.c.ntag_counter)
-        .having(func.count() > 1)
-        .subquery()
-    )
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(
-        select(journal.c.card_id, journal.c.ntag_counter, journal.c.entry_id, journal.c.terminal_id)
-        .select_from(
-            journal.join(
-                repeated,
-                and_(repeated.c.card_id == journal.c.card_id, repeated.c.ntag_counter == journal.c.ntag_counter),
+    def build() -> Any:
+        js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
+        repeated = (
+            select(js.c.card_id, js.c.ntag_counter)
+            .where(
+                js.c.card_id.is_not(None),
+                js.c.tag_uid.is_(None),
+                js.c.ntag_counter.is_not(None),
+                js.c.kind.in_(_TAP_OPENING_KINDS),
             )
+            .group_by(js.c.card_id, js.c.ntag_counter)
+            .having(func.count() > 1)
+            .subquery()
         )
-        .where(journal.c.tag_uid.is_(None), journal.c.kind.in_(_TAP_OPENING_KINDS))
-        .order_by(journal.c.card_id, journal.c.ntag_counter, journal.c.wall_time, journal.c.terminal_id, journal.c.seq)
-    ):
+        return (
+            select(journal.c.card_id, journal.c.ntag_counter, journal.c.entry_id, journal.c.terminal_id)
+            .select_from(
+                journal.join(
+                    repeated,
+                    and_(repeated.c.card_id == journal.c.card_id, repeated.c.ntag_counter == journal.c.ntag_counter),
+                )
+            )
+            .where(journal.c.tag_uid.is_(None), journal.c.kind.in_(_TAP_OPENING_KINDS))
+            .order_by(journal.c.card_id, journal.c.ntag_counter, journal.c.wall_time, journal.c.terminal_id,
+                      journal.c.seq)
+        )
+
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(built_once(("secure_card_counters", scope is None), build)):
         groups[row.card_id].append(row)
     out = []
     for card_id, group in groups.items():

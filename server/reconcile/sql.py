@@ -6,7 +6,8 @@ SQL) and :class:`full_scan` (SQLite's ``NOT INDEXED`` for the per-card statement
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Float, Table, and_
 from sqlalchemy.ext.compiler import compiles
@@ -22,6 +23,7 @@ __all__ = [
     "REDEEMED",
     "REDEEMED_IN_SCAN",
     "benefit_cycles",
+    "built_once",
     "card_entitlements",
     "card_profiles",
     "epoch_s",
@@ -32,6 +34,8 @@ __all__ = [
     "terminal_sites",
     "terminals",
 ]
+
+_T = TypeVar("_T")
 
 
 class epoch_s(FunctionElement[float]):  # noqa: N801 - SQL function style
@@ -91,3 +95,21 @@ def _full_scan_sqlite(element: full_scan, compiler: SQLCompiler, **kw: Any) -> s
 journal_scan = full_scan._construct(journal, name="journal_scan")
 #: :data:`REDEEMED` over :data:`journal_scan`.
 REDEEMED_IN_SCAN = and_(journal_scan.c.kind.in_(REDEMPTION_KINDS), journal_scan.c.card_id.is_not(None))
+
+
+_BUILT: dict[tuple[Any, ...], Any] = {}
+
+
+def built_once(key: tuple[Any, ...], build: Callable[[], _T]) -> _T:
+    """The statement ``build()`` makes, built on the first call with ``key`` in this process and kept.
+
+    For the checks' statements that depend only on the run's kind (full or incremental: the scope
+    tables are module-level tables) and its :class:`~server.reconcile.observations.ReconcileConfig`
+    (hashable, frozen): ``key`` must name everything ``build`` reads. Rebuilding them each run cost
+    more Python than a small incremental run spends elsewhere; SQLAlchemy then finds the compiled
+    form in its cache.
+    """
+    stmt = _BUILT.get(key)
+    if stmt is None:
+        stmt = _BUILT[key] = build()
+    return cast(_T, stmt)
