@@ -37,7 +37,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cardlib.keys.signer import Signer
+from cardlib.keys.signer import Signer, spki_der
 from cardlib.provision.errors import (
     AlreadyIssued,
     ChipNotBlank,
@@ -45,13 +45,14 @@ from cardlib.provision.errors import (
     IssuanceInterrupted,
     ReadBackMismatch,
     StationInputError,
+    StationKeyNotTrusted,
     WrongChip,
 )
 from cardlib.provision.households import Household
 from cardlib.provision.password import MIN_SECRET_BYTES, CardPassword, derive_password
 from cardlib.provision.profile import Profile
 from cardlib.records.access import CardPasswordKeys
-from cardlib.records.bundle import TrustBundle
+from cardlib.records.bundle import KeyRole, TrustBundle
 from cardlib.records.claims import (
     PIN_V2_SALT_BYTES,
     IdentityClaims,
@@ -61,7 +62,7 @@ from cardlib.records.claims import (
     terminal_id_of,
 )
 from cardlib.records.counter_mirror import cfg0_mirror_bytes, mirror_fits
-from cardlib.records.errors import LayoutError, RecordError
+from cardlib.records.errors import CoseError, LayoutError, RecordError, RevokedKid
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.layout import (
     FIRST_DATA_PAGE,
@@ -175,6 +176,9 @@ class StationContext:
     :ivar originality_key: secp128r1 key for READ_SIG (NXP's by default).
     :ivar card_format: 1 (slots writable without a password) or 2 (private pages, docs/card-format.md §2.2).
     :ivar password_key_version: the key version written on page 10 of format-2 cards (1..255).
+    :raises StationInputError: a bad card format or a short password secret.
+    :raises StationKeyNotTrusted: ``trust`` does not accept the station or issuer key
+        (:func:`check_station_keys`): refused here, before any card is touched.
     """
 
     issuer: Signer
@@ -199,11 +203,51 @@ class StationContext:
             raise StationInputError(
                 f"card-password secret is {len(self.password_secret)} bytes; it needs at least "
                 f"{MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom > pwd.secret`)")
+        check_station_keys(self.trust, self.issuer, self.station)
 
     @property
     def terminal_id(self) -> int:
         """The uint32 ``terminal_id`` written into genesis slots (docs/card-format.md §conventions)."""
         return terminal_id_of(self.station.kid) if self.station_id is None else self.station_id
+
+
+#: What a station whose key the bundle does not accept must do (docs/keys-and-provisioning.md).
+_ENROL_HINT = ("enrol the station with the server (docs/keys-and-provisioning.md §Enrolling a provisioning "
+               "station) and give the bundle published after its approval with --bundle (offline: `huma keys bundle "
+               "--terminal-cert` with its certificate); no card was touched")
+
+
+def check_station_keys(trust: TrustBundle, issuer: Signer, station: Signer) -> None:
+    """Refuse, before any card, keys whose records the read-back (:func:`verify_card`) and counters would refuse.
+
+    The same resolvers :class:`cardlib.records.session.CardSession` verifies a card with:
+    ``trust.resolver(KeyRole.TERMINAL)`` for the station key that signs genesis states and
+    ``trust.resolver(KeyRole.ISSUER)`` for the issuer key that signs identities (active and
+    retired keys pass, revoked ones and keys of another role do not); the listed public key
+    must be the signer's own.
+
+    :param trust: the station's trust bundle. :param issuer: the issuer key's signer.
+    :param station: the station's terminal key's signer.
+    :raises StationKeyNotTrusted: a key the bundle does not accept (one line naming its kid and what to do).
+    """
+    for what, signer, role, hint in (
+        ("station key", station, KeyRole.TERMINAL, _ENROL_HINT),
+        ("issuer key", issuer, KeyRole.ISSUER, "publish a bundle that lists the keystore's active issuer key and "
+                                               "give it with --bundle; no card was touched"),
+    ):
+        kid = signer.kid.hex()
+        try:
+            listed = trust.resolver(role)(signer.kid)
+        except RevokedKid:
+            raise StationKeyNotTrusted(f"{what} {kid} is revoked in trust bundle v{trust.version}: its records "
+                                       f"would not verify on any counter; {hint}") from None
+        except CoseError:
+            raise StationKeyNotTrusted(f"{what} {kid} is not a{'n' if role is KeyRole.ISSUER else ''} "
+                                       f"{role.name.lower()} key of trust bundle v{trust.version}: cards signed with "
+                                       f"it would not verify; {hint}") from None
+        if spki_der(listed.public_key) != spki_der(signer.public_key):
+            raise StationKeyNotTrusted(f"{what} {kid}: trust bundle v{trust.version} lists another public key "
+                                       f"under this kid; {hint}")
 
 
 @dataclass(frozen=True)
@@ -578,5 +622,5 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
 
 __all__ = [
     "ChipCheck", "ChipState", "PersonalisedCard", "StationContext", "Step",
-    "build_identity", "check_chip", "dynamic_lock_bytes", "personalise", "verify_card",
+    "build_identity", "check_chip", "check_station_keys", "dynamic_lock_bytes", "personalise", "verify_card",
 ]

@@ -44,7 +44,7 @@ from cardlib.provision.batch import (
     write_issuance_file,
 )
 from cardlib.provision.card import PersonalisedCard, StationContext, Step
-from cardlib.provision.errors import CsvError, ProvisionError, StationInputError
+from cardlib.provision.errors import CsvError, ProvisionError, StationInputError, StationKeyNotTrusted
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
 from cardlib.provision.qr import household_qr, qr_png
@@ -226,6 +226,8 @@ class _Station:
                 originality_key=o["originality_key"] or NXP_NTAG21X_PUBLIC_KEY,
                 card_format=card_format, password_key_version=key_version,
             )
+        except StationKeyNotTrusted:
+            raise  # names the key itself; not a card-password problem
         except StationInputError as exc:
             source = f"--card-keys {o['card_keys']}" if o["card_keys"] else f"--pwd-secret-file {o['pwd_secret_file']}"
             raise StationInputError(f"{source}: {exc}") from None

@@ -75,6 +75,12 @@ class StationInputError(ProvisionError):
     malformed option value); found at start-up, before any card is touched or journalled."""
 
 
+class StationKeyNotTrusted(StationInputError):
+    """The trust bundle does not accept the station's terminal key (or the issuer key) as the
+    read-back after issuance and every counter would: not listed, another role, or revoked.
+    Found at start-up, so no card is written with genesis states nobody can verify."""
+
+
 # ---------------------------------------------------------------- chips
 
 
