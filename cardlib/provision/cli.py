@@ -2,9 +2,11 @@
 
 Keys come from the keystore (``--keys``, env ``HUMA_KEYSTORE``): the active issuer key, the
 technician's key (``--technician NAME``). The issuing station signs genesis states with its
-own terminal key (``--station-key``, an encrypted PKCS#8 file made by ``huma keys csr`` and
-listed in the trust bundle). Non-root key passphrases: ``--passphrase-file`` or
-``HUMA_KEY_PASSPHRASE`` (one passphrase per station), else a prompt. Cards are issued in format 2
+own terminal key (``--station-key``, an encrypted PKCS#8 file made by ``huma terminal init``,
+enrolled like a counter's and listed in the trust bundle: docs/keys-and-provisioning.md §Enrolling
+a provisioning station; a key the bundle does not accept is refused before any card). Non-root
+key passphrases: ``--passphrase-file`` or ``HUMA_KEY_PASSPHRASE`` (one passphrase per station),
+else a prompt. Cards are issued in format 2
 (private pages, docs/card-format.md §2.2) under the current version of the provincial card-password
 key file (``--card-keys``, env ``HUMA_CARD_KEYS``; passphrase ``--card-keys-passphrase-file``, else
 ``HUMA_CARD_KEYS_PASSPHRASE``, else a prompt; made by ``huma keys card-passwords create``). Format 1
@@ -80,7 +82,8 @@ def _station_options(f: Any) -> Any:
         click.option("--pin-root", type=KID, default=None, help="Refuse a keystore not signed by this root kid (hex)."),
         click.option("--technician", required=True, help="Technician name (their active key signs the issuance file)."),
         click.option("--station-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-                     help="The station's terminal key (encrypted PKCS#8); signs genesis states."),
+                     help="The station's terminal key (encrypted PKCS#8); signs genesis states. It must be a "
+                          "terminal key of --bundle (enrolled: huma terminal init + enrol)."),
         click.option("--station-id", type=click.IntRange(0, 2**32 - 1), default=None,
                      help="Slot terminal id of genesis states (default: the station key's kid, big-endian)."),
         click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
