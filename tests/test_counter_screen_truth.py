@@ -118,6 +118,23 @@ def test_banner_names_every_fault_and_clears_when_all_is_well() -> None:
     assert [i["code"] for i in banner_items(never, "en", now)] == ["never_synced"]
 
 
+def test_server_down_is_a_plain_sentence_and_the_exception_only_a_folded_detail() -> None:
+    now = 1_800_000_000.0
+    raw = ("SyncError: POST http://127.0.0.1:8181/api/v1/journal/heads: ConnectionRefusedError: "
+           "[Errno 111] Connection refused")
+    health = {"pcsc": "up", "readers": {"ACS ACR122U 00 00": "waiting"}, "sync_error": raw,
+              "last_sync_ok": now - 48, "unsent": 2, "bundle_age_days": 0.1}
+    (item,) = banner_items(health, "id", now)
+    assert item["text"] == ("Server tidak terjangkau selama 48 detik (2 catatan menunggu). "
+                            "Loket tetap bekerja secara luring.")
+    assert item["detail"] == "POST http://127.0.0.1:8181/api/v1/journal/heads: [Errno 111] Connection refused"
+    (en,) = banner_items(dict(health, last_sync_ok=None), "en", now)
+    assert en["text"] == "Server not reachable since start (2 entries waiting). The counter keeps working offline."
+    for text in (item["text"], en["text"], item["detail"]):
+        assert "Error" not in text and "SyncError" not in text, text
+    assert banner_items(dict(health, sync_error=""), "en", now)[0]["detail"] == ""
+
+
 def test_state_carries_the_banner_and_the_last_taps(screen: CounterScreen) -> None:
     health = {"pcsc": "down", "readers": {}, "sync_error": "", "last_sync_ok": time.time(), "bundle_age_days": 0.1}
     screen.state.health_source = lambda: health

@@ -6,6 +6,7 @@ import html
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -84,8 +85,10 @@ BANNER_TEXTS = {
     "pcsc_down": "PC/SC service is down: card readers cannot work. Restarting it…",
     "no_reader": "No card reader connected. Plug in the reader.",
     "reader_gone": "Card reader unplugged: %(names)s",
-    "server_unreachable": "Server not reachable for %(age)s (%(unsent)s entries waiting): %(error)s",
-    "server_unreachable_never": "Server not reachable since start (%(unsent)s entries waiting): %(error)s",
+    "server_unreachable": "Server not reachable for %(age)s (%(unsent)s entries waiting). The counter keeps working "
+                          "offline.",
+    "server_unreachable_never": "Server not reachable since start (%(unsent)s entries waiting). The counter keeps "
+                                "working offline.",
     "never_synced": "Not yet synced with the server (%(unsent)s entries waiting).",
     "offline_long": "Last sync %(age)s ago (%(unsent)s entries waiting).",
     "bundle_missing": "No trust bundle: cards cannot be checked until the first sync.",
@@ -97,6 +100,11 @@ _LEVEL_OF = {
     "server_unreachable": "warn", "server_unreachable_never": "warn", "never_synced": "warn",
     "offline_long": "warn", "bundle_missing": "error", "bundle_old": "warn",
 }
+#: Python exception class names (``SyncError: ``, ``ConnectionRefusedError: ``) a sync error's text carries:
+#: left out of the technicians' detail line (the full text is in the daemon's log, terminal.sync).
+_EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Busy)\b: ")
+#: Longest technicians' detail line on the banner, characters.
+DETAIL_MAX = 200
 _AGE_FORMS = (
     (90.0, 1.0, ("%(n)s second", "%(n)s seconds")),
     (90 * 60.0, 60.0, ("%(n)s minute", "%(n)s minutes")),
@@ -260,8 +268,22 @@ def age_text(lang: str, seconds: float) -> str:
     raise AssertionError("unreachable: the last limit is infinite")
 
 
+def error_detail(error: str) -> str:
+    """A sync error's text as a technician reads it under the banner: no exception class names, one line.
+
+    ``"SyncError: POST http://h/api/v1/journal/heads: ConnectionRefusedError: [Errno 111] Connection refused"``
+    becomes ``"POST http://h/api/v1/journal/heads: [Errno 111] Connection refused"``; at most
+    :data:`DETAIL_MAX` characters.
+    """
+    text = " ".join(_EXCEPTION_NAME.sub("", error).split())
+    return text if len(text) <= DETAIL_MAX else text[:DETAIL_MAX - 1] + "…"
+
+
 def banner_items(health: Mapping[str, Any], lang: str, now: float) -> list[dict[str, str]]:
-    """What the status banner says, most urgent first: ``[{"level", "code", "text"}]``.
+    """What the status banner says, most urgent first: ``[{"level", "code", "text", "detail"}]``.
+
+    ``text`` is a plain sentence for the clerk; ``detail`` is "" or, for a failing sync, the
+    technicians' line (:func:`error_detail`), which the page shows folded under "Details".
 
     Levels: ``error`` (no tap can work: no reader, PC/SC down, no bundle), ``warn``
     (taps work, but offline or on an old bundle), or a single ``ok`` item.
@@ -294,10 +316,9 @@ def banner_items(health: Mapping[str, Any], lang: str, now: float) -> list[dict[
     last_ok, error, unsent = health.get("last_sync_ok"), health.get("sync_error") or "", health.get("unsent", 0)
     if error:
         if last_ok is None:
-            items.append(("server_unreachable_never", {"unsent": unsent, "error": error}))
+            items.append(("server_unreachable_never", {"unsent": unsent}))
         else:
-            items.append(("server_unreachable", {"age": age_text(lang, now - last_ok), "unsent": unsent,
-                                                 "error": error}))
+            items.append(("server_unreachable", {"age": age_text(lang, now - last_ok), "unsent": unsent}))
     elif "last_sync_ok" in health and last_ok is None:
         items.append(("never_synced", {"unsent": unsent}))
     elif last_ok is not None and now - last_ok > OFFLINE_WARN_S:
@@ -309,7 +330,8 @@ def banner_items(health: Mapping[str, Any], lang: str, now: float) -> list[dict[
             items.append(("ok", {"age": age_text(lang, now - last_ok)}))
     items.sort(key=lambda item: _LEVEL_OF.get(item[0], "ok") != "error")
     return [{"level": _LEVEL_OF.get(code, "ok"), "code": code if not code.startswith("ok") else "ok",
-             "text": t.gettext(BANNER_TEXTS[code]) % fields if fields else t.gettext(BANNER_TEXTS[code])}
+             "text": t.gettext(BANNER_TEXTS[code]) % fields if fields else t.gettext(BANNER_TEXTS[code]),
+             "detail": error_detail(str(error)) if code.startswith("server_unreachable") else ""}
             for code, fields in items]
 
 
@@ -398,6 +420,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "manual_submit": "Serve on supervisor entry",
         "served": "Served: see the result",
         "refused": "Refused: see the result",
+        "details": "Details",
         "mode": _MODE_NAMES[state.mode],
     })
     other = [x for x in LANGUAGES if x != lang]
