@@ -15,6 +15,10 @@ Headers (RFC 6797 HSTS, RFC 9111 §5.2.2.5 ``no-store``, WHATWG Fetch ``nosniff`
   card ids, tokens must not stay in a shared browser's or proxy's cache);
 - ``Strict-Transport-Security: max-age=HSTS_MAX_AGE`` on answers to https requests only
   (RFC 6797 §7.2: never over plain HTTP).
+
+``GET /``: a browser (one that prefers ``text/html`` to JSON in ``Accept``, RFC 9110 §12.5.1)
+is sent to the auditor login, ``/audit/``; any other client keeps the JSON 404 of an unknown
+path. Both answers carry ``Vary: Accept``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, redirect, request
+from flask.typing import ResponseReturnValue
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 if TYPE_CHECKING:
@@ -72,9 +77,21 @@ def init_web(app: Flask) -> None:
 
     app.wsgi_app = wsgi  # type: ignore[method-assign]  # Flask's documented way to wrap in WSGI middleware
 
+    @app.get("/")
+    def root() -> ResponseReturnValue:
+        """The auditor pages for a browser; the JSON 404 for an API client.
+
+        :raises werkzeug.exceptions.NotFound: the client does not prefer HTML.
+        """
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+            abort(404)
+        return redirect("/audit/")
+
     @app.after_request
     def _security_headers(response: Response) -> Response:
         response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.path == "/":
+            response.vary.add("Accept")
         if request.path.startswith(NO_STORE_PREFIXES):
             response.headers["Cache-Control"] = "no-store"
         max_age = int(app.config.get("HSTS_MAX_AGE") or 0)

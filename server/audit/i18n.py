@@ -23,7 +23,7 @@ from babel.numbers import format_currency, format_decimal, format_percent
 from jinja2 import ChoiceLoader, Environment, PackageLoader, select_autoescape
 
 from cardlib.records.claims import WIB
-from server.audit.summaries import translate_summary
+from server.audit.summaries import N_, translate_summary
 
 DOMAIN = "audit"
 #: Languages with a catalogue; the default is Bahasa Indonesia.
@@ -90,6 +90,25 @@ def cycle_name(cycle_id: str | int | None, lang: str) -> str:
     return f"Semester {'I' * half} {year}" if lang == "id" else f"{year} semester {half}"
 
 
+#: Display names of the programme codes the province uses (msgids; the counter screen shows the same names).
+PROGRAMME_NAMES = {
+    "food": N_("Food package"),
+    "pangan": N_("Food package"),
+    "cash": N_("Cash aid"),
+    "tunai": N_("Cash aid"),
+    "health": N_("Health service"),
+    "sehat": N_("Health service"),
+    "education": N_("Education aid"),
+}
+
+
+def programme_name(code: str | None, lang: str) -> str:
+    """A programme code's display name in ``lang`` (``food`` → ``Paket pangan``); an unknown code as given."""
+    text = code or ""
+    msgid = PROGRAMME_NAMES.get(text)
+    return translations(lang).gettext(msgid) if msgid else text
+
+
 def duration(delta: dt.timedelta | None, lang: str) -> str:
     """A coarse age: ``3 h 5 min`` / ``3 jam 5 mnt``, ``2 d 4 h`` / ``2 hari 4 jam``."""
     if delta is None:
@@ -107,7 +126,7 @@ def environments() -> dict[str, Environment]:
     """One autoescaping Jinja2 environment per language, with the i18n extension and the filters.
 
     Templates come from :mod:`server.audit` and :mod:`server.dashboard` (one base page).
-    Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``,
+    Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``, ``programme``,
     ``summary`` (a finding's summary in the page's language).
     """
     out: dict[str, Environment] = {}
@@ -119,7 +138,7 @@ def environments() -> dict[str, Environment]:
         catalogue = translations(lang)
         env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
         for name, fn in (("rupiah", rupiah), ("number", number), ("percent", percent), ("wib", wib),
-                         ("cycle_name", cycle_name), ("duration", duration)):
+                         ("cycle_name", cycle_name), ("duration", duration), ("programme", programme_name)):
             env.filters[name] = functools.partial(_last, fn, lang)
         env.filters["summary"] = functools.partial(translate_summary, gettext=catalogue.gettext)
         out[lang] = env

@@ -47,7 +47,11 @@ _CYCLE = _query("cycle", {"type": "string", "pattern": "^[0-9]{4}[12]$"})
 _REGION = _query("region", {"type": "string", "maxLength": 13})
 
 PATHS: dict[str, Any] = {
-    "/audit/": _page("Auditor start page (redirects to the findings queue)"),
+    "/": {"get": {"summary": "A browser (Accept prefers text/html) is sent to /audit/; other clients get 404",
+                  "tags": ["audit"], "responses": {"302": {"description": "to /audit/"},
+                                                   "404": _err("not a browser: no page here")}}},
+    "/audit/": _page("Start page: redirects to the role's home (findings queue for an auditor, programme "
+                     "dashboard for a manager or admin)"),
     "/audit/login": {
         "get": {"summary": "Login form", "tags": ["audit"], "parameters": [_query("next")],
                 "responses": {"200": {"description": "the form", "content": _HTML},

@@ -4,9 +4,11 @@ Server-rendered HTML, no JavaScript. Login uses the people/roles of
 :mod:`server.auth` through :func:`server.logins.password_login` (throttled, lock-out,
 failures audited): the bearer token it issues is kept in an ``HttpOnly;
 SameSite=Strict`` cookie, ``Secure`` when the request is https (behind a trusted
-proxy, see :mod:`server.web`), or sent as ``Authorization: Bearer`` by scripts; only
-the ``auditor`` role gets in. The login form carries a double-submit CSRF token (a
-random value in an ``HttpOnly; SameSite=Strict`` cookie and in the form); every other
+proxy, see :mod:`server.web`), or sent as ``Authorization: Bearer`` by scripts. Auditors,
+managers and admins log in (:data:`UI_ROLES`); ``/audit/`` sends each to its role's home
+(:func:`home_url`), and a page of another role is a 403 inside the page frame. The login
+form carries a double-submit CSRF token (a random value in an ``HttpOnly; SameSite=Strict``
+cookie and in the form); every other
 state-changing form carries one derived from the session token (HMAC-SHA256). Every
 decision is written to the audit log in the same transaction.
 """
@@ -30,7 +32,8 @@ from sqlalchemy import BigInteger, and_, case, cast, func, or_, select
 from cardlib.records.journal import EntryKind
 from server.audit import exports
 from server.audit.entries import decline_reason, decode_entry, fallback_of
-from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments
+from server.audit.i18n import DEFAULT_LANGUAGE, LANGUAGES, environments, translations
+from server.audit.messages import translate_message
 from server.audit.models import ReceiptCode
 from server.audit.receipts import index_receipts, normalise_code
 from server.auth import audit, person_from_token
@@ -141,7 +144,7 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
 
 @bp.before_request
 def _require_auditor() -> ResponseReturnValue | None:
-    return require_login(auditor_only=request.endpoint != "audit.logout")
+    return require_login(auditor_only=request.endpoint not in ("audit.logout", "audit.index"))
 
 
 def require_login(auditor_only: bool) -> ResponseReturnValue | None:
@@ -170,9 +173,10 @@ def require_login(auditor_only: bool) -> ResponseReturnValue | None:
         back = request.full_path if request.query_string else request.path  # full_path ends in a bare "?"
         return redirect(url_for("audit.login_form", next=back))
     needed = (PersonRole.AUDITOR,) if auditor_only else UI_ROLES
+    if person.role in UI_ROLES:
+        g.person = person  # also on a 403: the error page keeps its menu
     if person.role not in needed:
         raise Forbidden(f"role {person.role.value} may not use this page", needed=[r.value for r in needed])
-    g.person = person
     if person.role is PersonRole.AUDITOR:
         g.auditor = person
     if request.method == "POST":
@@ -186,8 +190,10 @@ def require_login(auditor_only: bool) -> ResponseReturnValue | None:
 def _server_error(exc: ServerError) -> ResponseReturnValue:
     if request.headers.get("Authorization"):  # scripts get the API's JSON error body
         return error_response(int(exc.status), exc.code, str(exc), **exc.detail)
-    return render("error.html", http_status=exc.status, message=str(exc), code=int(exc.status),
-                  field=exc.detail.get("field"))
+    message = str(exc)
+    translated = translate_message(message, translations(_lang()).gettext)
+    return render("error.html", http_status=exc.status, message=translated or message,
+                  translated=translated is not None, code=int(exc.status), field=exc.detail.get("field"))
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -294,7 +300,7 @@ def login_submit() -> ResponseReturnValue:
         resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
     target = next_url
-    start = url_for("audit.findings") if _person.role is PersonRole.AUDITOR else url_for("dashboard.overview")
+    start = home_url(_person)
     if not target.startswith("/audit/") or target.startswith("//"):
         target = start
     elif _person.role is not PersonRole.AUDITOR and not target.startswith("/audit/programme"):
@@ -328,30 +334,90 @@ def logout() -> ResponseReturnValue:
 # ----------------------------------------------------------------------------- findings
 
 
+def home_url(person: Person) -> str:
+    """The start page of ``person``'s role: the findings queue for an auditor, else the programme dashboard."""
+    return url_for("audit.findings") if person.role is PersonRole.AUDITOR else url_for("dashboard.overview")
+
+
 @bp.get("/")
 def index() -> ResponseReturnValue:
-    """Start page: the findings queue."""
+    """Start page (docs/operations.md gives this URL): each role's own home, :func:`home_url`."""
     query_params()
-    return redirect(url_for("audit.findings"))
+    return redirect(home_url(g.person))
 
 
-def _search(stmt: Any, text: str) -> Any:
-    """``stmt`` (over findings) narrowed to a card id, a household reference or a receipt code.
+#: Most cards of one household, or of one receipt code, listed as links by a search.
+LOOKUP_MAX = 20
 
-    A card id or terminal id matches exactly; a household reference (16 hex digits) matches
+
+def _household(text: str) -> str | None:
+    """The household reference ``text`` names (16 hex digits, or an ``HB-`` label that fits one household)."""
+    from cardlib.records.household_label import HouseholdIdError
+    from server.household_ids import resolve_household
+
+    try:
+        return resolve_household(db.session, text)
+    except (HouseholdIdError, ServerError):  # neither form, or a label that fits none or several
+        return None
+
+
+def _receipt_entries(text: str) -> list[Any]:
+    """``(card_id, terminal_id, seq)`` of the journal entries whose receipt code is ``text``, if it is one."""
+    code = normalise_code(text)
+    if code is None:
+        return []
+    session = db.write_session()
+    index_receipts(session)
+    session.commit()
+    j = JournalEntryRow
+    return list(db.session.execute(
+        select(j.card_id, j.terminal_id, j.seq).join(ReceiptCode, ReceiptCode.journal_id == j.id)
+        .where(ReceiptCode.code == code).order_by(j.id).limit(LOOKUP_MAX)).all())
+
+
+def lookup(text: str) -> dict[str, Any]:
+    """What a search text names: the pages it leads to and the household it means.
+
+    :param text: a card id, terminal id, household reference (16 hex digits or ``HB-`` label) or
+        receipt code (``XXXX-XXXX``), already trimmed.
+    :returns: ``{"household": ref or None, "code": receipt code or None, "receipts": [(card_id,
+        terminal_id, seq)], "cards": [card ids with a page], "terminals": [terminal ids with a
+        page]}``, each list at most :data:`LOOKUP_MAX` long, in a stable order.
+    """
+    household = _household(text)
+    receipts = _receipt_entries(text)
+    cards: list[str] = []
+    if db.session.get(CardProfile, text) is not None or db.session.scalar(
+            select(func.count()).select_from(Card).where(Card.card_id == text)):
+        cards.append(text)
+    if household is not None:
+        cards += db.session.scalars(select(CardProfile.card_id).where(CardProfile.household_ref == household)
+                                    .order_by(CardProfile.card_id).limit(LOOKUP_MAX))
+    cards += [r.card_id for r in receipts if r.card_id]
+    terminals = [text] if db.session.get(TerminalSite, text) is not None or db.session.scalar(
+        select(func.count()).select_from(Terminal).where(Terminal.terminal_id == text)) else []
+    terminals += [r.terminal_id for r in receipts]
+    return {"household": household, "code": normalise_code(text), "receipts": receipts,
+            "cards": list(dict.fromkeys(cards))[:LOOKUP_MAX], "terminals": list(dict.fromkeys(terminals))[:LOOKUP_MAX]}
+
+
+def _search(stmt: Any, text: str, found: dict[str, Any]) -> Any:
+    """``stmt`` (over findings) narrowed to a card id, a household or a receipt code.
+
+    A card id or terminal id matches exactly; a household (reference or printed label) matches
     the findings of every card the household holds; a receipt code (``XXXX-XXXX``) the
     findings of the card and terminal of the entries with that code.
+
+    :param found: :func:`lookup` of ``text``.
     """
-    text = text.strip()
-    cards = select(CardProfile.card_id).where(CardProfile.household_ref == text.lower())
-    matches = [Finding.card_id == text, Finding.terminal_id == text, Finding.card_id.in_(cards)]
-    code = normalise_code(text)
-    if code is not None:
-        session = db.write_session()
-        index_receipts(session)
-        session.commit()
+    matches = [Finding.card_id == text, Finding.terminal_id == text]
+    if found["household"] is not None:
+        matches.append(Finding.card_id.in_(select(CardProfile.card_id)
+                                           .where(CardProfile.household_ref == found["household"])))
+    if normalise_code(text) is not None:
         j = JournalEntryRow
-        hits = select(j.card_id).join(ReceiptCode, ReceiptCode.journal_id == j.id).where(ReceiptCode.code == code)
+        hits = select(j.card_id).join(ReceiptCode, ReceiptCode.journal_id == j.id).where(
+            ReceiptCode.code == normalise_code(text))
         matches.append(Finding.card_id.in_(hits))
     return stmt.where(or_(*matches))
 
@@ -361,7 +427,8 @@ def findings() -> ResponseReturnValue:
     """The findings queue, most urgent first, :data:`FINDINGS_PAGE` per page.
 
     ``?status=open|confirmed|dismissed|all``, ``?kind=``, ``?q=`` (card id, terminal id,
-    household reference or receipt code), ``?page=`` (1-based).
+    household reference or ``HB-`` label, or receipt code: the page also links the card and
+    terminal pages it names, :func:`lookup`), ``?page=`` (1-based).
     """
     query_params("status", "kind", "q", "page")
     status = request.args.get("status", FindingStatus.OPEN.value)
@@ -373,8 +440,9 @@ def findings() -> ResponseReturnValue:
         stmt = stmt.where(Finding.status == _choice(FindingStatus, status, "status"))
     if kind:
         stmt = stmt.where(Finding.kind == _choice(FindingKind, kind, "kind"))
-    if q:
-        stmt = _search(stmt, q)
+    found = lookup(q) if q else None
+    if found is not None:
+        stmt = _search(stmt, q, found)
     total = db.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     rows = db.session.scalars(stmt.order_by(exports.SEVERITY_ORDER, Finding.id)
                               .offset((page - 1) * FINDINGS_PAGE).limit(FINDINGS_PAGE)).all()
@@ -382,7 +450,7 @@ def findings() -> ResponseReturnValue:
         db.session.execute(select(Finding.status, func.count()).group_by(Finding.status)).tuples().all())
     pages = max((total + FINDINGS_PAGE - 1) // FINDINGS_PAGE, 1)
     return render("findings.html", findings=rows, status=status, kind=kind, kinds=list(FindingKind), q=q,
-                  page=page, pages=pages, total=total, bulk_max=BULK_MAX,
+                  found=found, page=page, pages=pages, total=total, bulk_max=BULK_MAX,
                   counts={s.value: counts.get(s, 0) for s in FindingStatus})
 
 

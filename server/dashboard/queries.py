@@ -147,6 +147,24 @@ def cycles(session: Session) -> list[Cycle]:
             session.scalars(select(BenefitCycle).order_by(BenefitCycle.cycle_id.desc()))]
 
 
+def listed_cycles(session: Session, shown: Cycle, now: dt.datetime | None = None) -> list[Cycle]:
+    """The cycles a page offers, newest first: every cycle that has started by ``now``, the next one, and ``shown``.
+
+    Entitlements are issued ahead (an issuance file may carry years of cycles); a cycle that
+    starts after the next one has nothing to show yet, so it is left out unless it is ``shown``.
+
+    :param shown: the cycle the page displays (kept in the list, so the selection stays visible).
+    :param now: aware UTC (default: the current time).
+    """
+    now = now or dt.datetime.now(UTC)
+    every = cycles(session)  # newest first
+    upcoming = [c for c in every if c.starts_at > now]
+    keep = {c.cycle_id for c in every if c.starts_at <= now} | {shown.cycle_id}
+    if upcoming:
+        keep.add(upcoming[-1].cycle_id)  # the soonest one
+    return [c for c in every if c.cycle_id in keep]
+
+
 def current_cycle(session: Session, cycle_id: str | None = None, now: dt.datetime | None = None) -> Cycle:
     """The asked cycle, else the one containing ``now``, else the newest that started.
 

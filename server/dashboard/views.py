@@ -102,7 +102,7 @@ def overview() -> ResponseReturnValue:
         running += n
         cumulative.append((day, n, running))
     health = queries.terminal_health(db.session, within=region)
-    return render("dashboard.html", cycle=cycle, cycles=queries.cycles(db.session), region=region,
+    return render("dashboard.html", cycle=cycle, cycles=queries.listed_cycles(db.session, cycle), region=region,
                   region_name=region_name, parent=parent(region) if region else None, level=level,
                   rows=rows, total=total, days=cumulative, amounts=queries.amounts(db.session, cycle, region),
                   throughput=queries.throughput(db.session, cycle, region), health=health,
