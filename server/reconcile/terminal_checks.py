@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 from typing import cast as typing_cast
 
-from sqlalchemy import Float, Table, and_, case, cast, delete, func, insert, literal, or_, select, union
+from sqlalchemy import Float, Table, and_, bindparam, case, cast, delete, func, insert, literal, or_, select, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -25,7 +25,7 @@ from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStat
 from server.reconcile.models import FindingKind, ReconcileBoot, ReportedHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope
-from server.reconcile.sql import epoch_s, full_scan, journal, terminal_sites, terminals
+from server.reconcile.sql import built_once, epoch_s, full_scan, journal, terminal_sites, terminals
 
 __all__ = [
     "SIGNED_COLUMNS",
@@ -66,58 +66,61 @@ def chain_and_clock_steps(
     :returns: (``terminal_gap``/``terminal_chain_break`` observations, ``clock_backwards``
         observations), each in ``(terminal_id, seq)`` order.
     """
-    by: dict[str, Any] = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
-    wall = epoch_s(journal.c.wall_time)
-    columns = (
-        journal.c.terminal_id,
-        journal.c.seq,
-        journal.c.prev_entry_hash,
-        wall.label("wall"),
-        func.lag(journal.c.seq).over(**by).label("prev_seq"),
-        func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
-        func.lag(wall).over(**by).label("prev_wall"),
-    )
-    if scope is None:
-        window = select(*columns).subquery()
-        fresh: tuple[Any, ...] = ()
-    else:  # from the last entry before the first new one: each later entry's LAG is the full run's
-        touched = scope.terminals
-        window = (
-            select(*columns, touched.c.from_seq)
-            .select_from(journal.join(touched, and_(touched.c.terminal_id == journal.c.terminal_id,
-                                                    journal.c.seq >= touched.c.from_seq)))
-            .subquery()
+    def build() -> Any:
+        by: dict[str, Any] = {"partition_by": journal.c.terminal_id, "order_by": journal.c.seq}
+        wall = epoch_s(journal.c.wall_time)
+        columns = (
+            journal.c.terminal_id,
+            journal.c.seq,
+            journal.c.prev_entry_hash,
+            wall.label("wall"),
+            func.lag(journal.c.seq).over(**by).label("prev_seq"),
+            func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
+            func.lag(wall).over(**by).label("prev_wall"),
         )
-        fresh = (window.c.seq > window.c.from_seq,)
-    gap = window.c.seq - func.coalesce(window.c.prev_seq, 0) > 1
-    broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
-    back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
-    entry, previous = journal.alias("cur"), journal.alias("prev")
+        if scope is None:
+            window = select(*columns).subquery()
+            fresh: tuple[Any, ...] = ()
+        else:  # from the last entry before the first new one: each later entry's LAG is the full run's
+            touched = scope.terminals
+            window = (
+                select(*columns, touched.c.from_seq)
+                .select_from(journal.join(touched, and_(touched.c.terminal_id == journal.c.terminal_id,
+                                                        journal.c.seq >= touched.c.from_seq)))
+                .subquery()
+            )
+            fresh = (window.c.seq > window.c.from_seq,)
+        gap = window.c.seq - func.coalesce(window.c.prev_seq, 0) > 1
+        broken = and_(window.c.seq == window.c.prev_seq + 1, window.c.prev_entry_hash != window.c.prev_hash)
+        back = window.c.wall < window.c.prev_wall - cfg.clock_step_tolerance_s
+        entry, previous = journal.alias("cur"), journal.alias("prev")
+        return (
+            select(
+                window,
+                entry.c.entry_id,
+                entry.c.kind,
+                previous.c.entry_id.label("prev_entry_id"),
+                case((gap, literal(1)), else_=literal(0)).label("is_gap"),
+                case((or_(gap, broken), literal(1)), else_=literal(0)).label("is_chain"),
+                case((back, literal(1)), else_=literal(0)).label("is_back"),
+            )
+            .select_from(
+                window.join(
+                    entry, and_(entry.c.terminal_id == window.c.terminal_id, entry.c.seq == window.c.seq)
+                ).outerjoin(
+                    previous, and_(previous.c.terminal_id == window.c.terminal_id, previous.c.seq == window.c.prev_seq)
+                )
+            )
+            .where(or_(gap, broken, back), *fresh)
+            .order_by(window.c.terminal_id, window.c.seq)
+        )
+
     if scope is not None and conn.dialect.name == "postgresql":
         # PostgreSQL cannot know each from_seq is near its terminal's last entry (it guesses a third of the
         # chain) and hash-joins a sequential scan of the journal; without seq scans for this one statement it
         # walks uq_journal_terminal_seq from each touched terminal's from_seq (145 → 23 ms at 100k entries).
         conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    rows = conn.execute(
-        select(
-            window,
-            entry.c.entry_id,
-            entry.c.kind,
-            previous.c.entry_id.label("prev_entry_id"),
-            case((gap, literal(1)), else_=literal(0)).label("is_gap"),
-            case((or_(gap, broken), literal(1)), else_=literal(0)).label("is_chain"),
-            case((back, literal(1)), else_=literal(0)).label("is_back"),
-        )
-        .select_from(
-            window.join(
-                entry, and_(entry.c.terminal_id == window.c.terminal_id, entry.c.seq == window.c.seq)
-            ).outerjoin(
-                previous, and_(previous.c.terminal_id == window.c.terminal_id, previous.c.seq == window.c.prev_seq)
-            )
-        )
-        .where(or_(gap, broken, back), *fresh)
-        .order_by(window.c.terminal_id, window.c.seq)
-    ).all()
+    rows = conn.execute(built_once(("chain_and_clock_steps", scope is None, cfg), build)).all()
     if scope is not None and conn.dialect.name == "postgresql":
         conn.exec_driver_sql("RESET enable_seqscan")
     chain: list[Observation] = []
@@ -339,6 +342,17 @@ def fold_boots(conn: Connection, scope: Scope | None = None) -> None:
     them again) change nothing, and the folded row equals the aggregate over the whole boot.
     One ``GROUP BY terminal_id, boot_id`` either way (on Citus pushed down to the shards).
     """
+    rebuild, fold = built_once(("fold_boots", conn.dialect.name), lambda: _fold_statements(conn.dialect.name))
+    if scope is None:
+        conn.execute(delete(boots))
+        conn.execute(rebuild)
+        return
+    conn.execute(fold, {"watermark": scope.journal_id})
+
+
+def _fold_statements(dialect: str) -> tuple[Any, Any]:
+    """:func:`fold_boots`' rebuild (``INSERT … SELECT`` of every boot) and fold (upsert of the entries with
+    ``id >`` the bound ``journal_id``) for a dialect name (``postgresql``: LEAST/GREATEST, else SQLite's)."""
     source = full_scan._construct(journal, name="fold")
     wall = epoch_s(source.c.wall_time)
     offset = wall - cast(source.c.mono_ns, Float) / 1e9
@@ -347,26 +361,24 @@ def fold_boots(conn: Connection, scope: Scope | None = None) -> None:
         func.max(wall - epoch_s(source.c.received_at)), func.max(source.c.id),
     )
     names = ["terminal_id", "boot_id", "min_offset_s", "max_offset_s", "max_ahead_s", "journal_id"]
-    if scope is None:
-        conn.execute(delete(boots))
-        conn.execute(insert(boots).from_select(names, aggregate.group_by(source.c.terminal_id, source.c.boot_id)))
-        return
-    new = aggregate.where(source.c.id > scope.journal_id).group_by(source.c.terminal_id, source.c.boot_id)
+    rebuild = insert(boots).from_select(names, aggregate.group_by(source.c.terminal_id, source.c.boot_id))
+    new = aggregate.where(source.c.id > bindparam("watermark")).group_by(source.c.terminal_id, source.c.boot_id)
     low: Any
     high: Any
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt: Any = pg_insert(boots).from_select(names, new)
         low, high = func.least, func.greatest
     else:
         stmt = sqlite_insert(boots).from_select(names, new)
         low, high = func.min, func.max  # SQLite's two-argument scalar min()/max()
     ex = stmt.excluded
-    conn.execute(stmt.on_conflict_do_update(
+    fold = stmt.on_conflict_do_update(
         index_elements=[boots.c.terminal_id, boots.c.boot_id],
         set_={"min_offset_s": low(boots.c.min_offset_s, ex.min_offset_s),
               "max_offset_s": high(boots.c.max_offset_s, ex.max_offset_s),
               "max_ahead_s": high(boots.c.max_ahead_s, ex.max_ahead_s),
-              "journal_id": high(boots.c.journal_id, ex.journal_id)}))
+              "journal_id": high(boots.c.journal_id, ex.journal_id)})
+    return rebuild, fold
 
 
 def clock_skew(
@@ -396,53 +408,60 @@ def clock_skew(
     Writes ``reconcile_boots`` (through :func:`fold_boots`); reads the journal.
     """
     out = list(chain_and_clock_steps(conn, cfg, scope)[1] if backwards is None else backwards)
-    wall = epoch_s(journal.c.wall_time)
-    offset = wall - cast(journal.c.mono_ns, Float) / 1e9
-    ahead = wall - epoch_s(journal.c.received_at)
     fold_boots(conn, scope)
-    wide = boots.c.max_offset_s - boots.c.min_offset_s > cfg.skew_threshold_s
-    flagged: Any
-    if scope is None:
-        flagged = select(boots.c.terminal_id).where(or_(wide, boots.c.max_ahead_s > cfg.future_tolerance_s))
-    else:  # only the boots new entries belong to; wall − received is per entry: only a new entry can be newly over
-        b = scope.boots
-        flagged = union(
-            select(boots.c.terminal_id).select_from(
-                boots.join(b, and_(b.c.terminal_id == boots.c.terminal_id, b.c.boot_id == boots.c.boot_id))
-            ).where(wide),
-            select(journal.c.terminal_id).where(journal.c.id > scope.journal_id, ahead > cfg.future_tolerance_s),
+
+    def build() -> Any:
+        wall = epoch_s(journal.c.wall_time)
+        offset = wall - cast(journal.c.mono_ns, Float) / 1e9
+        ahead = wall - epoch_s(journal.c.received_at)
+        wide = boots.c.max_offset_s - boots.c.min_offset_s > cfg.skew_threshold_s
+        flagged: Any
+        if scope is None:
+            flagged = select(boots.c.terminal_id).where(or_(wide, boots.c.max_ahead_s > cfg.future_tolerance_s))
+        else:  # only the boots new entries belong to; wall − received is per entry: only a new entry can be newly over
+            b = scope.boots
+            flagged = union(
+                select(boots.c.terminal_id).select_from(
+                    boots.join(b, and_(b.c.terminal_id == boots.c.terminal_id, b.c.boot_id == boots.c.boot_id))
+                ).where(wide),
+                select(journal.c.terminal_id).where(journal.c.id > bindparam("watermark"),
+                                                    ahead > cfg.future_tolerance_s),
+            )
+        part = (journal.c.terminal_id, journal.c.boot_id)
+        offsets = (
+            select(
+                journal.c.terminal_id,
+                journal.c.boot_id,
+                journal.c.seq,
+                journal.c.entry_id,
+                offset.label("off"),
+                ahead.label("ahead"),
+                func.min(offset).over(partition_by=part).label("mn"),
+                func.max(offset).over(partition_by=part).label("mx"),
+                func.max(case((journal.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0))
+                .over(partition_by=part)
+                .label("set"),
+                func.max(ahead).over(partition_by=journal.c.terminal_id).label("ahead_mx"),
+            )
+            .where(journal.c.terminal_id.in_(flagged))
+            .subquery()
         )
-    part = (journal.c.terminal_id, journal.c.boot_id)
-    offsets = (
-        select(
-            journal.c.terminal_id,
-            journal.c.boot_id,
-            journal.c.seq,
-            journal.c.entry_id,
-            offset.label("off"),
-            ahead.label("ahead"),
-            func.min(offset).over(partition_by=part).label("mn"),
-            func.max(offset).over(partition_by=part).label("mx"),
-            func.max(case((journal.c.kind == int(EntryKind.CLOCK_SET), 1), else_=0))
-            .over(partition_by=part)
-            .label("set"),
-            func.max(ahead).over(partition_by=journal.c.terminal_id).label("ahead_mx"),
+        is_skew = and_(
+            offsets.c.mx - offsets.c.mn > cfg.skew_threshold_s,
+            or_(offsets.c.off == offsets.c.mn, offsets.c.off == offsets.c.mx),
         )
-        .where(journal.c.terminal_id.in_(flagged))
-        .subquery()
-    )
-    is_skew = and_(
-        offsets.c.mx - offsets.c.mn > cfg.skew_threshold_s,
-        or_(offsets.c.off == offsets.c.mn, offsets.c.off == offsets.c.mx),
-    )
-    is_future = and_(offsets.c.ahead == offsets.c.ahead_mx, offsets.c.ahead_mx > cfg.future_tolerance_s)
+        is_future = and_(offsets.c.ahead == offsets.c.ahead_mx, offsets.c.ahead_mx > cfg.future_tolerance_s)
+        return (
+            select(offsets, case((is_skew, 1), else_=0).label("is_skew"),
+                   case((is_future, 1), else_=0).label("is_future"))
+            .where(or_(is_skew, is_future))
+            .order_by(offsets.c.terminal_id, offsets.c.boot_id, offsets.c.seq)
+        )
+
     skewed: dict[tuple[str, int], list[Any]] = defaultdict(list)
     future: dict[str, Any] = {}  # terminal → its first entry (by seq) at the maximum, in terminal order
-    for row in conn.execute(
-        select(offsets, case((is_skew, 1), else_=0).label("is_skew"), case((is_future, 1), else_=0).label("is_future"))
-        .where(or_(is_skew, is_future))
-        .order_by(offsets.c.terminal_id, offsets.c.boot_id, offsets.c.seq)
-    ):
+    params = {} if scope is None else {"watermark": scope.journal_id}
+    for row in conn.execute(built_once(("clock_skew", scope is None, cfg), build), params):
         if row.is_skew:
             skewed[(row.terminal_id, row.boot_id)].append(row)
         # ties on the maximum: the first entry is evidence enough
