@@ -114,6 +114,43 @@ def _init_on_token(profile: TerminalProfile, profile_path: Path) -> None:
                "with the enrolment code the admin issued")
 
 
+@terminal.command("supervisor-hash")
+@click.argument("supervisor")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the password on its first line (else asked twice on the terminal, not echoed).")
+def supervisor_hash_cmd(supervisor: str, password_file: Path | None) -> None:
+    """Print the [supervisors] line of the terminal profile for SUPERVISOR's password (docs/fallback.md).
+
+    The password is asked twice on the terminal (not echoed) or read from --password-file;
+    only its scrypt hash is printed (terminal.fallback.supervisor_hash), as one TOML line to
+    paste under [supervisors] in the terminal profile. Each run makes a new salt.
+    """
+    import json
+
+    from cardlib.clitypes import read_secret_line
+    from terminal.fallback import APPROVER_ID, MAX_APPROVER_CHARS, supervisor_hash
+
+    name = supervisor.strip()
+    if APPROVER_ID.fullmatch(name) is None:  # the desk refuses any other id (docs/fallback.md, approver ids)
+        raise click.BadParameter(f"{supervisor!r}: a supervisor id is 1..{MAX_APPROVER_CHARS} of the ASCII "
+                                 "letters, digits, '.', '_' and '-', starting with a letter or digit",
+                                 param_hint="SUPERVISOR")
+    if password_file is not None:
+        try:
+            password = read_secret_line(password_file).decode()
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"{password_file}: the first line is not UTF-8 text",
+                                     param_hint="--password-file") from exc
+        if not password:
+            raise click.BadParameter(f"{password_file}: the first line is empty", param_hint="--password-file")
+    else:
+        password = str(click.prompt(f"Password for supervisor {name}", hide_input=True, confirmation_prompt=True))
+    # TOML bare keys are letters, digits, '_' and '-'; an id with '.' must be quoted.
+    key = name if "." not in name else json.dumps(name)
+    click.echo(f"{key} = {json.dumps(supervisor_hash(password))}")
+    click.echo("(paste this line under [supervisors] in the terminal profile, then restart the counter)", err=True)
+
+
 @terminal.command("enrol")
 @_PROFILE
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
