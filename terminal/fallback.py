@@ -10,7 +10,9 @@ serves under the stricter manual limits. Neither writes a card.
 Limits come only from the signed trust bundle's policies: ``fallback.qr.<programme>`` and
 ``fallback.manual.<programme>`` are the most units one card (so one household) may receive
 through that step per cycle at this counter; a programme without the key is never served
-that way (cash stays refused unless the bundle says otherwise). On top of that step limit,
+that way (cash stays refused unless the bundle says otherwise). The card's own taps at this
+counter this cycle (:meth:`~terminal.journal_store.JournalStore.card_redeemed_units`) count
+toward that limit, declined ``already_served_card``: the rest is given by card. On top of that step limit,
 a fallback passes the counter's own caps like a card tap (docs/design.md §Caps and offline
 limits): the card's per-cycle cap over every kind of redemption at this counter (card taps,
 QR and manual together) and the terminal exposure, decided under the journal's
@@ -376,11 +378,20 @@ class FallbackDesk:
         card = ask.card_id.hex()
         with self._lock:
             served = self._served(card, ask.programme, ask.step, start, end)
-            left = max(0, limit - served)
+            # The card's own taps here this cycle count toward the step's limit too (the reverse of a card
+            # tap after a fallback, decide()'s already_served_fallback): a household paid by card is not
+            # paid again by QR or supervisor entry; one entitled to more gets the rest by card.
+            by_card = self._journal.card_redeemed_units(card, start, end).get(ask.programme, 0)
+            step_left = max(0, limit - served)
+            left = max(0, step_left - by_card)
             if ask.quantity > left:
-                reason = DeclineReason.NOTHING_LEFT if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
+                if ask.quantity <= step_left:  # the step alone would do: the card taps took the rest
+                    reason = DeclineReason.ALREADY_SERVED_CARD
+                else:
+                    reason = DeclineReason.NOTHING_LEFT if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
-                                     f"{ask.step} limit {limit} per cycle, {served} already served",
+                                     f"{ask.step} limit {limit} per cycle, {served} already served by {ask.step}"
+                                     f" and {by_card} by card at this counter",
                                      household=ask.household_ref, entitled=limit, remaining=left)
             over = self._over_caps(card, unit, ask.quantity, trust, now, start, end)
             if over is not None:

@@ -888,6 +888,38 @@ class JournalStore:
                 (card_id, int(EntryKind.FALLBACK), int(start * 1000), int(end * 1000))).fetchall()
         return {str(programme): int(units) for programme, units in rows if units}
 
+    def card_redeemed_units(self, card_id: str, start: float, end: float) -> dict[str, int]:
+        """Units this terminal gave ``card_id`` by card taps in ``[start, end)`` (POSIX seconds), uploaded or not.
+
+        COMMIT and FINISHED entries, a torn write the server settled ``finished`` (counted once, as in
+        :meth:`exposure`), and the card's open write (:meth:`open_write`: PENDING or UNCERTAIN, maybe
+        spent), by signed wall time; FALLBACK entries are not card taps (:meth:`card_fallback_units`).
+        The fallback desk counts these toward its per-cycle step limit (docs/fallback.md). Reads the
+        card's rows through the ``entries_card`` index only.
+
+        :returns: ``{programme code: units}``.
+        """
+        lo, hi = int(start * 1000), int(end * 1000)
+        sql = (
+            "SELECT programme, coalesce(sum(amount), 0) FROM ("
+            " SELECT e.programme, e.amount FROM entries e WHERE e.card_id=? AND e.kind IN (?, ?)"
+            " AND e.wall_ms >= ? AND e.wall_ms < ?"
+            " UNION ALL"
+            " SELECT e.programme, e.amount FROM entries e JOIN temp.verified_settlements s ON s.entry_id = e.entry_id"
+            " WHERE e.card_id=? AND e.kind=? AND s.outcome = 'finished' AND e.wall_ms >= ? AND e.wall_ms < ?"
+            " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
+            f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)"
+            ") WHERE programme IS NOT NULL GROUP BY programme"
+        )
+        params = (card_id, int(EntryKind.COMMIT), int(EntryKind.FINISHED), lo, hi,
+                  card_id, int(EntryKind.PENDING), lo, hi)
+        with self._lock:
+            out = {str(p): int(n) for p, n in self._db.execute(sql, params) if n}
+        write = self.open_write(card_id)
+        if write is not None and write.entry.programme and write.entry.amount and lo <= write.entry.wall_ms < hi:
+            out[write.entry.programme] = out.get(write.entry.programme, 0) + write.entry.amount
+        return out
+
     def _sum_written(self, card_id: str | None, *, done_filter: str | None, done_params: tuple[object, ...] = (),
                      open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
         done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)},{int(EntryKind.FALLBACK)}"

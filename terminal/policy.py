@@ -51,6 +51,9 @@ class DeclineReason(enum.Enum):
     #: The card still shows units this counter already gave the household this cycle by QR or supervisor
     #: entry (a fallback writes no card, docs/fallback.md): what is left after them is less than asked.
     ALREADY_SERVED_FALLBACK = "already_served_fallback"
+    #: A fallback (QR or supervisor entry, docs/fallback.md): this counter already paid the household's card
+    #: this cycle by card tap, and those units count toward the step's limit; the rest is given by card.
+    ALREADY_SERVED_CARD = "already_served_card"
     OVER_TAP_LIMIT = "over_tap_limit"
     OVER_CARD_OFFLINE_LIMIT = "over_card_offline_limit"
     OVER_TERMINAL_LIMIT = "over_terminal_limit"
@@ -119,6 +122,10 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.OVER_TAP_LIMIT: "The amount is above the limit for one tap at this counter.",
     DeclineReason.OVER_CARD_OFFLINE_LIMIT: (
         "This card has reached its offline limit. Try again after the counter syncs."
+    ),
+    DeclineReason.ALREADY_SERVED_CARD: (
+        "This household was already served this period by card at this counter. "
+        "What is left can only be given by card."
     ),
     DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
