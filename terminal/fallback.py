@@ -435,7 +435,7 @@ class FallbackDesk:
         if cycle_cap is not None:
             had = self._journal.card_cycle_exposure(card, start, end, open_since=open_since).get(unit, 0)
             if had + quantity > cycle_cap:
-                return DeclineReason.OVER_CARD_OFFLINE_LIMIT, f"card cap {cycle_cap} per cycle, {had} already served"
+                return DeclineReason.OVER_CARD_CYCLE_LIMIT, f"card cap {cycle_cap} per cycle, {had} already served"
         term_cap = limits.terminal_exposure.get(unit)
         if term_cap is not None:
             out = self._journal.exposure(open_since=open_since).get(unit, 0)

@@ -55,7 +55,11 @@ class DeclineReason(enum.Enum):
     #: this cycle by card tap, and those units count toward the step's limit; the rest is given by card.
     ALREADY_SERVED_CARD = "already_served_card"
     OVER_TAP_LIMIT = "over_tap_limit"
+    #: The card's units at this counter since the last confirmed upload are at the cap: a sync resets it.
     OVER_CARD_OFFLINE_LIMIT = "over_card_offline_limit"
+    #: The card's units at this counter this cycle are at the per-cycle cap (the terminal's or the issuer's
+    #: ``offline_cap``): a sync does not reset it, the next cycle or another counter does.
+    OVER_CARD_CYCLE_LIMIT = "over_card_cycle_limit"
     OVER_TERMINAL_LIMIT = "over_terminal_limit"
     PIN_REQUIRED = "pin_required"
     PIN_WRONG = "pin_wrong"
@@ -119,13 +123,16 @@ _MESSAGES: Mapping[DeclineReason, str] = {
         "This household was already served this period by QR or supervisor entry. "
         "Only the remaining amount can be given."
     ),
+    DeclineReason.ALREADY_SERVED_CARD: (
+        "This household was already served this period by card at this counter. "
+        "What is left can only be given by card."
+    ),
     DeclineReason.OVER_TAP_LIMIT: "The amount is above the limit for one tap at this counter.",
     DeclineReason.OVER_CARD_OFFLINE_LIMIT: (
         "This card has reached its offline limit. Try again after the counter syncs."
     ),
-    DeclineReason.ALREADY_SERVED_CARD: (
-        "This household was already served this period by card at this counter. "
-        "What is left can only be given by card."
+    DeclineReason.OVER_CARD_CYCLE_LIMIT: (
+        "This card has reached this counter's limit for this period. A sync does not change it."
     ),
     DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
@@ -601,7 +608,7 @@ def decide(
         cap = limits.scale(card.offline_cap, age)
         cycle_limit = cap if cycle_limit is None else min(cycle_limit, cap)
     if cycle_limit is not None and exposure.card_cycle.get(unit, 0) + qty > cycle_limit:
-        return no_b(DeclineReason.OVER_CARD_OFFLINE_LIMIT)
+        return no_b(DeclineReason.OVER_CARD_CYCLE_LIMIT)  # not reset by a sync
     term_limit = eff.terminal_exposure.get(unit)
     if term_limit is not None and exposure.terminal.get(unit, 0) + qty > term_limit:
         return no_b(DeclineReason.OVER_TERMINAL_LIMIT)

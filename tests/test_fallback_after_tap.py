@@ -5,7 +5,8 @@ counted only its own FALLBACK entries, so a household paid by card could be paid
 supervisor entry at the same counter in the same cycle (reconciliation finds it later). The desk
 now counts this counter's card redemptions of the card this cycle (COMMIT/FINISHED and an open
 write, per programme, uploaded or not) toward the step's limit and declines ``already_served_card``
-(docs/fallback.md).
+(docs/fallback.md). Also: the per-cycle card cap's decline (desk and tap alike) no longer tells the
+clerk a sync helps (``over_card_cycle_limit``; ``over_card_offline_limit`` is the since-sync cap).
 
 In-process (no pcscd): the daemon's real :class:`terminal.tap.TapProcessor` and
 :class:`terminal.fallback.FallbackDesk` on one real journal, an issued NTAG215 on the reader emulator.
@@ -141,3 +142,10 @@ def test_the_reason_reads_plainly_in_both_languages(lang: str, start: str) -> No
     assert text.startswith(start) and text != DeclineReason.ALREADY_SERVED_FALLBACK.message, text
     assert "card" in text or "kartu" in text, text
 
+
+@pytest.mark.parametrize(("lang", "start"), [("id", "Kartu ini sudah mencapai batas loket ini untuk periode"),
+                                             ("en", "This card has reached this counter's limit for this period")])
+def test_the_per_cycle_cap_does_not_say_a_sync_helps(lang: str, start: str) -> None:
+    text = translations(lang).gettext(DeclineReason.OVER_CARD_CYCLE_LIMIT.message)
+    assert text.startswith(start), text
+    assert "Try again after" not in text and "Coba lagi setelah" not in text, text

@@ -50,14 +50,14 @@ def test_a_fresh_bundle_serves_the_full_cap(tmp_path: Path) -> None:
 def test_an_old_bundle_serves_a_fallback_at_the_stale_floor(tmp_path: Path) -> None:
     desk = _desk(tmp_path / "d", 40)  # past stale_days (30): every cap at a quarter
     out = desk.manual(CARD, "pangan", 4, "sri", PASSWORD)
-    assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT, out
+    assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.OVER_CARD_CYCLE_LIMIT, out
     assert "card cap 2 per cycle" in out.detail
     assert desk.manual(CARD, "pangan", 2, "sri", PASSWORD).status is TapStatus.ACCEPTED
 
 
 def test_halfway_to_stale_the_cap_is_between(tmp_path: Path) -> None:
     desk = _desk(tmp_path / "d", 18)  # about halfway from fresh_days 7 to stale_days 30: 0.64 of 8 = 5
-    assert desk.manual(CARD, "pangan", 6, "sri", PASSWORD).reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT
+    assert desk.manual(CARD, "pangan", 6, "sri", PASSWORD).reason is DeclineReason.OVER_CARD_CYCLE_LIMIT
     assert desk.manual(CARD, "pangan", 5, "sri", PASSWORD).status is TapStatus.ACCEPTED
 
 
@@ -65,4 +65,4 @@ def test_an_expired_bundle_pays_no_cash_and_serves_at_the_floor(tmp_path: Path) 
     cash = _desk(tmp_path / "c", 0, expired=True, mode=CounterMode.CASH_PAYOUT)
     assert cash.manual(CARD, "tunai", 1000, "sri", PASSWORD).reason is DeclineReason.BUNDLE_EXPIRED
     desk = _desk(tmp_path / "d", 0, expired=True)
-    assert desk.manual(CARD, "pangan", 4, "sri", PASSWORD).reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT
+    assert desk.manual(CARD, "pangan", 4, "sri", PASSWORD).reason is DeclineReason.OVER_CARD_CYCLE_LIMIT

@@ -131,7 +131,7 @@ def test_package_cap_per_card_per_cycle_holds_across_uploads(counter) -> None:  
     assert c.present(card).status is TapStatus.ACCEPTED
     c.upload_confirmed()  # an upload does not give the card a new allowance this cycle
     third = c.present(card)
-    assert third.reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT, third
+    assert third.reason is DeclineReason.OVER_CARD_CYCLE_LIMIT, third
 
 
 def test_visit_terminal_exposure_resets_only_on_a_confirmed_upload(counter) -> None:  # type: ignore[no-untyped-def]
@@ -164,12 +164,12 @@ def test_issuer_cap_is_per_cycle_and_tightens_with_the_bundles_age(counter) -> N
     card = chip(offline_cap={FOOD: 2, CASH: 250_000, CLINIC: 10})
     assert c.present(card, qty=2).status is TapStatus.ACCEPTED
     c.upload_confirmed()
-    assert c.present(card).reason is DeclineReason.OVER_CARD_OFFLINE_LIMIT
+    assert c.present(card).reason is DeclineReason.OVER_CARD_CYCLE_LIMIT
     old = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=fresh_bundle())
     old.tap._trust = lambda: Trust(old.bundle, time.time() - 40 * DAY)  # type: ignore[arg-type, assignment]
     # 40 days without a confirmed bundle: the issuer's 4 shrinks to its floor (1).
     assert old.present(chip(offline_cap={FOOD: 4, CASH: 250_000, CLINIC: 10}), qty=2).reason \
-        is DeclineReason.OVER_CARD_OFFLINE_LIMIT
+        is DeclineReason.OVER_CARD_CYCLE_LIMIT
 
 
 # ---------------------------------------------------------------- 2. revocation that does not exclude

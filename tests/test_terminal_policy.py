@@ -138,7 +138,7 @@ def test_spending_of_an_older_cycle_resets() -> None:
         (DeclineReason.NOT_ENOUGH_LEFT, card(spent={"pangan": 1}), market(2), {}),
         (DeclineReason.OVER_TAP_LIMIT, card(entitlements={"pangan": 5}), market(3), {}),
         (DeclineReason.OVER_CARD_OFFLINE_LIMIT, card(), market(1), {"exposure": Exposure(card={Unit.PACKAGE: 3})}),
-        (DeclineReason.OVER_CARD_OFFLINE_LIMIT, card(offline_cap=1), market(2), {}),
+        (DeclineReason.OVER_CARD_CYCLE_LIMIT, card(offline_cap=1), market(2), {}),
         (DeclineReason.OVER_TERMINAL_LIMIT, card(), market(1), {"exposure": Exposure(terminal={Unit.PACKAGE: 100})}),
     ],
     ids=lambda v: v.value if isinstance(v, DeclineReason) else "",
