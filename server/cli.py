@@ -422,6 +422,11 @@ def terminals() -> None:
     """Enrolled counter terminals: enrolment codes, list, approve, reject, revoke."""
 
 
+def _grouped(hex_digits: str) -> str:
+    """``"3f1a 09c2 …"``: hex in groups of 4, as ``huma terminal init/enrol`` print the key fingerprint."""
+    return " ".join(hex_digits[i:i + 4] for i in range(0, len(hex_digits), 4))
+
+
 @terminals.command("list")
 @click.option("--status", type=click.Choice(["pending", "approved", "rejected", "revoked"]),
               help="Only terminals in this status.")
@@ -444,7 +449,7 @@ def list_terminals(status: str | None) -> None:
         for t in rows:
             decided = t.decided_at.isoformat() if t.decided_at else "-"
             click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  {t.created_at.isoformat():<{stamp}}"
-                       f"  {decided:<{stamp}}  {terminal_fingerprint(t)}")
+                       f"  {decided:<{stamp}}  {_grouped(terminal_fingerprint(t))}")
     if not rows:
         click.echo("no terminals" + (f" {status}" if status else ""))
     else:
@@ -659,7 +664,8 @@ def publish_bundle(keydir: Path, passphrase_file: Path | None, programmes_file: 
                                             set_policies=set_policies, unset_policies=unset_args)
             session.commit()
         bundle, row = published.bundle, published.row
-        click.echo(f"published bundle v{bundle.version} ({reason}): {count_noun(len(bundle.keys), 'key', 'keys')}, "
+        why = "" if reason == "asked" else f" ({reason})"  # a due bundle says why; an asked-for one needs no reason
+        click.echo(f"published bundle v{bundle.version}{why}: {count_noun(len(bundle.keys), 'key', 'keys')}, "
                    f"{count_noun(len(bundle.deny_cards), 'denied card', 'denied cards')}, "
                    f"{count_noun(len(bundle.deny_uids), 'denied UID', 'denied UIDs')}, "
                    f"{count_noun(len(bundle.programmes), 'programme', 'programmes')}, "

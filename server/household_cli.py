@@ -158,8 +158,9 @@ def upload_issuance(file: Path, technician: str) -> None:
         session.commit()
     for r in results:
         click.echo(f"{r.card_id} {r.result.value}")
-    if additions:
-        click.echo("deny-list candidates for the next bundle: " + " ".join(additions))
+    pending = [c for c in additions if bytes.fromhex(c) not in bundle.deny_cards]  # the newest bundle denies the rest
+    if pending:
+        click.echo("deny-list candidates for the next bundle: " + " ".join(pending))
 
 
 @cards_group.command("upload-pin-resets")

@@ -53,6 +53,7 @@ def test_publish_puts_confirmed_clone_on_deny_list_and_bumps_version(app, client
     b1 = verify_bundle(first.data, root)
     assert b1.version == 1 and bytes.fromhex(CLONE_CARD) in b1.deny_cards
     assert f'"{first.headers["ETag"].strip(chr(34))}"' in out and "1 denied card," in out
+    assert out.startswith("published bundle v1: ")  # asked for: no "(asked)" reason to puzzle over
     assert {k.kid for k in b1.keys} == {keystore.active(Role.ISSUER).kid}
 
     out2 = _publish(capsys, keystore, pw, db_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -100,7 +101,9 @@ def test_terminals_list_approve_revoke_from_the_console_are_audited(app, world, 
     world.enrol("T-502", approve=False)
     code, out, _err = _huma(capsys, "server", "terminals", "list", "--status", "pending")
     assert code == 0 and "T-501" in out and "T-502" in out
-    fingerprints = {line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith("T-")}
+    # grouped by 4 like the fingerprint the counter prints, so the admin compares group by group
+    fingerprints = {line.split()[0]: " ".join(line.split()[-16:]) for line in out.splitlines() if line.startswith("T-")}
+    assert all(re.fullmatch(r"([0-9a-f]{4} ){15}[0-9a-f]{4}", f) for f in fingerprints.values()), fingerprints
     assert _huma(capsys, "server", "terminals", "approve", "T-501", "--fingerprint", "0" * 64)[0] == 2
     assert _huma(capsys, "server", "terminals", "approve", "T-501", "--fingerprint", fingerprints["T-501"])[0] == 0
     r = world.client.get("/api/v1/terminals/T-501/certificate")
