@@ -2,9 +2,10 @@
 
 Readers are chosen by ``--reader PATTERN`` (glob, or ``re:<regex>``); without
 it the command works only when exactly one reader exists. ``--kind`` names the
-reader's pass-through (``acr122u``, ``part3``, ``none``); ``auto`` guesses from
-the reader name (ACS ACR122U → ``acr122u``, otherwise ``none``) - a reader
-profile from firmware_config is the proper source on a terminal.
+reader's pass-through (``acr122u``, ``part3``, ``none``); ``auto`` takes it from
+the reader profile whose name pattern matches the reader (the composing CLI,
+``huma``, passes that look-up in :data:`READER_CAPS_META`: cardlib knows no
+profiles), else guesses from the name (ACS ACR122U → ``acr122u``, otherwise ``none``).
 
 Errors are cardlib's typed errors; ``huma``'s ``main()`` turns them into a
 message and exit status 2.
@@ -23,9 +24,17 @@ from cardlib.errors import CardlibError
 from cardlib.ndef import NdefError, decode_message
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
 from cardlib.type2.chip import ChipType
+from cardlib.type2.errors import UnsupportedCommand
 
 _KINDS: dict[str, ReaderCapabilities] = {"acr122u": ACR122U, "part3": PART3, "none": GENERIC}
 _ACR122U_NAME_MARK = "ACR122"
+#: Key in click's ``Context.meta`` of a ``reader name -> ReaderCapabilities | None`` function that
+#: ``--kind auto`` asks first; ``huma`` sets it from firmware_config's reader profiles.
+READER_CAPS_META = "cardlib.reader_caps"
+#: What ``card info`` says for a value only a raw tag command gives, when the channel has none.
+NO_PASS_THROUGH = "unknown with this reader (no pass-through for raw tag commands); try --kind acr122u or --kind part3"
+#: Default ``card info --wait``: seconds to wait for a card on the reader.
+WAIT_S = 5.0
 
 reader_option = click.option(
     "--reader", "pattern", metavar="PATTERN", default=None,
@@ -38,7 +47,13 @@ kind_option = click.option(
 
 
 def _caps(kind: str, reader_name: str) -> ReaderCapabilities:
+    """The pass-through of ``kind``; for ``auto`` the reader profile's, else a guess from the name."""
     if kind == "auto":
+        ctx = click.get_current_context(silent=True)
+        resolve = ctx.meta.get(READER_CAPS_META) if ctx is not None else None
+        found = resolve(reader_name) if resolve is not None else None
+        if isinstance(found, ReaderCapabilities):
+            return found
         kind = "acr122u" if _ACR122U_NAME_MARK in reader_name else "none"
     return _KINDS[kind]
 
@@ -61,10 +76,29 @@ def card() -> None:
     """Inspect, dump and format Type 2 cards (NTAG213/215/216)."""
 
 
-def _open(pattern: str | None, kind: str) -> tuple[Any, Type2Tag]:
-    from cardlib.transport.pcsc import connect
+def _open(pattern: str | None, kind: str, wait_s: float = 0.0) -> tuple[Any, Type2Tag]:
+    """Connect to the card on the reader matching ``pattern``, waiting up to ``wait_s`` seconds for one.
 
-    conn = connect(pattern)
+    :raises NoCard: no card came within ``wait_s`` (the message says to place one).
+    :raises ReaderNotFound, ServiceUnavailable: see :mod:`cardlib.transport.pcsc`.
+    """
+    from cardlib.transport.errors import NoCard
+    from cardlib.transport.pcsc import SCARD_E_NO_SMARTCARD, PcscConnection, PcscContext, select_reader
+
+    ctx = PcscContext()
+    try:
+        name = select_reader(ctx.readers(), pattern)
+        if not ctx.card_present(name):
+            if wait_s > 0:
+                click.echo(f"place a card on {name!r} (waiting up to {wait_s:g} s)", err=True)
+            if wait_s <= 0 or not ctx.wait_for_card(name, True, wait_s):
+                waited = f" after {wait_s:g} s" if wait_s > 0 else ""
+                raise NoCard(f"no card on {name!r}{waited}: place the card on the reader and run the command "
+                             "again (--wait SECONDS waits longer)", SCARD_E_NO_SMARTCARD)
+        conn = PcscConnection(ctx, name, owns_context=True)
+    except BaseException:
+        ctx.close()
+        raise
     try:
         caps = _caps(kind, conn.reader_name)
         tag = Type2Tag(channel_for(conn, caps, repoll=conn.reconnect), conn.atr)
@@ -81,10 +115,12 @@ def card_report(tag: Type2Tag) -> dict[str, Any]:
     carry the typed error's text instead of a value.
     """
     chip = tag.identify()
+    raw = tag.channel.supports_raw
     out: dict[str, Any] = {
         "chip": chip.chip.value,
         "identified_by": chip.source,
-        "version": chip.version.hex().upper(),
+        "version": chip.version.hex().upper() if chip.version else
+        NO_PASS_THROUGH if not raw else "none (the chip refused GET_VERSION)",
         "uid": tag.uid.hex().upper(),
         "total_pages": chip.total_pages,
     }
@@ -125,11 +161,15 @@ def card_report(tag: Type2Tag) -> dict[str, Any]:
         out["ndef"] = ndef_out
     try:
         out["counter"] = tag.read_counter()
+    except UnsupportedCommand:
+        out["counter"] = NO_PASS_THROUGH
     except CardlibError as exc:
         out["counter"] = f"unavailable: {type(exc).__name__}: {exc}"
     try:
         tag.verify_originality()
         out["originality"] = "verified (NXP NTAG21x key)"
+    except UnsupportedCommand:
+        out["originality"] = f"not checked: {NO_PASS_THROUGH}"
     except CardlibError as exc:
         out["originality"] = f"not verified: {type(exc).__name__}: {exc}"
     return out
@@ -138,10 +178,12 @@ def card_report(tag: Type2Tag) -> dict[str, Any]:
 @card.command()
 @reader_option
 @kind_option
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=WAIT_S, show_default=True,
+              metavar="SECONDS", help="Seconds to wait for a card on the reader (0: it must be there already).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(pattern: str | None, kind: str, as_json: bool) -> None:
+def info(pattern: str | None, kind: str, wait_s: float, as_json: bool) -> None:
     """Chip, UID, CC, counter, originality check and NDEF records of the card."""
-    conn, tag = _open(pattern, kind)
+    conn, tag = _open(pattern, kind, wait_s)
     with conn:
         report = {"reader": conn.reader_name, **card_report(tag)}
     if as_json:

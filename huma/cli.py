@@ -10,8 +10,12 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from cardlib.type2 import ReaderCapabilities
 
 # (subcommand name, module, attribute): imported lazily so that a counter
 # without the server extra (Flask, SQLAlchemy) still runs `huma terminal`.
@@ -78,12 +82,31 @@ class _LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+def reader_caps_from_profiles(reader_name: str) -> ReaderCapabilities | None:
+    """The capabilities (pass-through, frame size) of the shipped PC/SC reader profile naming ``reader_name``.
+
+    Only profiles with a pass-through (``acr122u``, ``part3``) count: the catch-all ``generic-ccid``
+    (no pass-through) matches every name. None when no such profile matches, or several do.
+
+    :raises ConfigInvalid: a shipped profile is invalid (a packaging bug).
+    """
+    from firmware_config.loader import shipped_reader_profiles
+    from firmware_config.models import PassThrough, Stack
+
+    found = [p for p in shipped_reader_profiles().values()
+             if p.stack is Stack.PCSC and p.pass_through is not PassThrough.NONE and p.matches(reader_name)]
+    return found[0].capabilities() if len(found) == 1 else None
+
+
 @click.group(cls=_LazyGroup)
 @click.option("-v", "--verbose", count=True, help="-v for INFO, -vv for DEBUG logging.")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Kartu Huma Betang: cards, counters, server and audit."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `huma card … --kind auto` takes the reader's pass-through from the reader profiles (cardlib knows none).
+    ctx.meta["cardlib.reader_caps"] = reader_caps_from_profiles
 
 
 def _error_roots() -> tuple[type[BaseException], ...]:

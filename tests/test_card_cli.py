@@ -117,3 +117,43 @@ def test_card_dump_refuses_to_overwrite_before_touching_the_reader(tmp_path: Pat
     assert main(["card", "dump", "--reader", "no-such-reader", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"Error: {out} exists; pass --force to overwrite it"
     assert out.read_text() == "keep"
+
+
+@pytest.mark.pcsc
+def test_card_info_waits_for_the_card_and_says_so_when_none_comes(present_card, reader_name, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    assert main(["card", "info", "--reader", reader_name(1), "--wait", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"place a card on {reader_name(1)!r} (waiting up to 0.5 s)" in err
+    assert f"error: no card on {reader_name(1)!r} after 0.5 s: place the card on the reader" in err
+    assert "0x8010000C" in err  # the PC/SC code stays for whoever searches it
+
+    chip = written_card(tmp_path)
+    late = present_card(chip, slot=1, kind="acr122u")
+    timer = threading.Timer(1.0, late.__enter__)  # the holder puts the card down after the command started
+    timer.start()
+    try:
+        assert main(["card", "info", "--reader", reader_name(1), "--wait", "30", "--json"]) == 0
+    finally:
+        timer.join()
+        late.__exit__(None, None, None)
+    assert json.loads(capsys.readouterr().out)["uid"] == SAMPLE_UID.hex().upper()
+
+
+@pytest.mark.pcsc
+def test_card_info_auto_kind_comes_from_the_reader_profile(present_card, reader_name, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """'Virtual PCD' is the virtual-acr122u profile's reader: counter and version, not 'generic' failures."""
+    chip = written_card(tmp_path)
+    with present_card(chip, kind="acr122u"):
+        assert main(["card", "info", "--reader", reader_name(0), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+    assert isinstance(report["counter"], int) and report["version"] == "0004040201001103"
+    assert report["originality"].startswith("verified")
+    with present_card(chip, kind="plain"):  # a reader without pass-through: said plainly, not as an exception
+        assert main(["card", "info", "--reader", reader_name(0), "--kind", "none"]) == 0
+        out = capsys.readouterr().out
+    assert "counter: unknown with this reader (no pass-through for raw tag commands); try --kind acr122u" in out
+    assert "version: unknown with this reader" in out and "UnsupportedCommand" not in out
