@@ -10,7 +10,10 @@ serves under the stricter manual limits. Neither writes a card.
 Limits come only from the signed trust bundle's policies: ``fallback.qr.<programme>`` and
 ``fallback.manual.<programme>`` are the most units one card (so one household) may receive
 through that step per cycle at this counter; a programme without the key is never served
-that way (cash stays refused unless the bundle says otherwise). The card's own taps at this
+that way (cash stays refused unless the bundle says otherwise). A step's limit caps everything
+this counter gave the card by fallback this cycle, QR and supervisor entry together
+(:meth:`~terminal.journal_store.JournalStore.card_fallback_units`), so the steps do not stack:
+the most permissive step's limit is the most the desk gives a card. The card's own taps at this
 counter this cycle (:meth:`~terminal.journal_store.JournalStore.card_redeemed_units`) count
 toward that limit, declined ``already_served_card``: the rest is given by card. On top of that step limit,
 a fallback passes the counter's own caps like a card tap (docs/design.md §Caps and offline
@@ -329,20 +332,6 @@ class FallbackDesk:
             hi = page[0].seq - 1
         return out
 
-    def _served(self, card: str, programme: str, step: str, start: float, end: float) -> int:
-        """Units this counter already gave ``card`` through ``step`` in ``[start, end)`` (POSIX seconds)."""
-        total, after = 0, 0
-        while True:
-            rows = self._journal.entries(after, 1000)
-            if not rows:
-                return total
-            for s in rows:
-                e = s.entry
-                if (e.kind is EntryKind.FALLBACK and e.card_id == card and e.programme == programme
-                        and e.fallback == step and start * 1000 <= e.wall_ms < end * 1000):
-                    total += e.amount or 0
-            after = rows[-1].seq
-
     def _serve(self, ask: _Ask, trust: Trust, now: float, here: Collection[str] | None) -> TapOutcome:
         bundle = trust.bundle
         programmes = bundle_programmes(bundle)
@@ -377,7 +366,9 @@ class FallbackDesk:
         start, end = (t.timestamp() for t in cycle_bounds(cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))))
         card = ask.card_id.hex()
         with self._lock:
-            served = self._served(card, ask.programme, ask.step, start, end)
+            # The step's limit caps all this counter gave the card by fallback this cycle, QR and supervisor
+            # entry together (steps do not stack: QR 1 then manual 1 is not 2), read through the card index.
+            served = self._journal.card_fallback_units(card, start, end).get(ask.programme, 0)
             # The card's own taps here this cycle count toward the step's limit too (the reverse of a card
             # tap after a fallback, decide()'s already_served_fallback): a household paid by card is not
             # paid again by QR or supervisor entry; one entitled to more gets the rest by card.
@@ -385,13 +376,13 @@ class FallbackDesk:
             step_left = max(0, limit - served)
             left = max(0, step_left - by_card)
             if ask.quantity > left:
-                if ask.quantity <= step_left:  # the step alone would do: the card taps took the rest
+                if ask.quantity <= step_left:  # the fallbacks alone would leave enough: the card taps took the rest
                     reason = DeclineReason.ALREADY_SERVED_CARD
                 else:
                     reason = DeclineReason.NOTHING_LEFT if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
-                                     f"{ask.step} limit {limit} per cycle, {served} already served by {ask.step}"
-                                     f" and {by_card} by card at this counter",
+                                     f"{ask.step} limit {limit} per cycle, {served} already served by fallback"
+                                     f" (QR and supervisor entry) and {by_card} by card at this counter",
                                      household=ask.household_ref, entitled=limit, remaining=left)
             over = self._over_caps(card, unit, ask.quantity, trust, now, start, end)
             if over is not None:

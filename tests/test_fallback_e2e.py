@@ -1,9 +1,11 @@
 """The fallback ladder end to end (docs/fallback.md): a card provisioned by ``huma provision card
 --qr-out`` through pcscd + vpcd, its PNG read back by zxing-cpp, the QR text typed into the counter
-screen's fallback API as a USB scanner does, a supervisor's manual entry, then a real tap of the same
-card at the same counter (declined ``already_served_fallback``), the journal uploaded to the live
-server with signed receipts, and reconciliation: the fallback redemptions weigh on the card's
-entitlement like a tap does.
+screen's fallback API as a USB scanner does, then a supervisor's manual entry at the same counter
+(declined ``nothing_left``: QR and supervisor entry share one allowance there), then a real tap of the
+same card at that counter (declined ``already_served_fallback``). A second counter, whose journal knows
+nothing of the first's, serves the same household by supervisor entry (and then refuses its QR). Both
+journals are uploaded to the live server with signed receipts, and reconciliation finds what no counter
+alone could see: the fallback redemptions of both counters weigh on the card's entitlement like taps do.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ pytestmark = pytest.mark.pcsc
 ROOT_PW = b"root passphrase 0123"
 KEY_PW = "station passphrase 4567"
 TERMINAL_ID = "T-6271-0077"
+#: A second counter of the same market, which the household visits after the first.
+OTHER_ID = "T-6271-0078"
 HOUSEHOLD = "9f3c2a1b000000aa"
 PROGRAMMES = (Programme(1, "food", "package", 1), Programme(2, "cash", "rupiah", 250_000))
 #: One food package per card per cycle on the QR and on a supervisor's entry; no cash either way.
@@ -69,7 +73,7 @@ offline_cap = 1
 class Office:
     """The district office's keys, the signed bundle and the station's files (as operators have them)."""
 
-    def __init__(self, tmp: Path, counter: SoftwareSigner) -> None:
+    def __init__(self, tmp: Path, *counters: SoftwareSigner) -> None:
         self.tmp = tmp
         self.store = KeyStore.init(tmp / "keys", ROOT_PW)
         root = self.store.root_signer(ROOT_PW)
@@ -85,7 +89,7 @@ class Office:
             version=1, issued_at=now - 60, expires_at=now + 30 * 86400,
             keys=(*keystore_bundle_keys(self.store.entries),
                   BundleKey(station.kid, KeyRole.TERMINAL, station.alg, station.public_key),
-                  BundleKey(counter.kid, KeyRole.TERMINAL, counter.alg, counter.public_key)),
+                  *(BundleKey(c.kid, KeyRole.TERMINAL, c.alg, c.public_key) for c in counters)),
             programmes=PROGRAMMES, policies=POLICIES)
         self.bundle_bytes = sign_bundle(self.bundle, self.store.signer(bundle_key.kid, KEY_PW.encode()),
                                         self.store.endorsement(bundle_key.kid))
@@ -121,11 +125,12 @@ def _post(url: str, path: str, body: dict[str, object]) -> dict[str, Any]:
 def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
         app: Any, audit_db: str, world: Any, live_server: Any, tmp_path: Path,  # noqa: F811 - fixture
         present_card: Any, reader_name: Any) -> None:
-    counter_key = new_signer()
-    office = Office(tmp_path, counter_key)
+    counter_key, other_key = new_signer(), new_signer()
+    office = Office(tmp_path, counter_key, other_key)
     app.config["TRUST_ROOT_CERT"] = str(office.root_cert)
     publish_bundle(world, 1, office.bundle_bytes)  # the server learns the programmes' names from it
     enrol_terminal(world, TERMINAL_ID, counter_key)
+    enrol_terminal(world, OTHER_ID, other_key)
 
     # 1. The office issues the card (format 2) and prints its household QR.
     png = tmp_path / "card.png"
@@ -150,7 +155,8 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     journal = JournalStore(tmp_path / "journal.sqlite", terminal_id=TERMINAL_ID, signer=counter_key,
                            clock=Clock(force_synced=True))
     state = ScreenState(CounterMode.MARKET_REDEMPTION, ["food", "cash"])
-    state.fallback = FallbackDesk(journal, lambda: office.bundle, state.mode, {"sri": supervisor_hash("kunci-sri-77")})
+    supervisors = {"sri": supervisor_hash("kunci-sri-77")}
+    state.fallback = FallbackDesk(journal, lambda: office.bundle, state.mode, supervisors)
     outcomes: list[TapOutcome] = []
     cond = threading.Condition()
 
@@ -180,7 +186,8 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
         assert (wrong["status"], wrong["reason"]) == ("declined", "supervisor_refused")
         manual = _post(screen.url, "/api/fallback/manual", {"card_id": card_id, "supervisor": "sri",
                                                             "password": "kunci-sri-77"})
-        assert manual["status"] == "accepted"  # the per-step limits do not count each other
+        # The QR's package counts toward the supervisor step's limit too: the steps do not stack at one counter.
+        assert (manual["status"], manual["reason"], manual["amount"]) == ("declined", "nothing_left", 0), manual
 
         # The card itself at the same counter: the fallbacks are not on the card, the counter's journal has them.
         with present_card(chip, slot=0), cond:
@@ -192,34 +199,63 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
         sup.stop()
         sup_thread.join(timeout=15)
 
-    # 3. Sync: every entry uploaded, each batch's receipt checked under the pinned server key.
-    client = SyncClient(HttpApi(f"http://{live_server.host}:{live_server.port}/", timeout_s=30), journal, counter_key,
-                        TERMINAL_ID, TrustStore(tmp_path / "trust.cose", office.root_public),
-                        receipt_key=pinned_receipt_key(world, TERMINAL_ID))
-    client.upload_pending()
-    assert journal.unsent_count() == 0
-    journal.close()
+    # The household then goes to a second counter, whose journal has none of the first's entries: its
+    # supervisor serves the package again (only reconciliation can see it), and its desk then refuses the QR.
+    other_journal = JournalStore(tmp_path / "other.sqlite", terminal_id=OTHER_ID, signer=other_key,
+                                 clock=Clock(force_synced=True))
+    other = ScreenState(CounterMode.MARKET_REDEMPTION, ["food", "cash"])
+    other.fallback = FallbackDesk(other_journal, lambda: office.bundle, other.mode, supervisors)
+    other_screen = CounterScreen(other, port=0).start()
+    try:
+        again = _post(other_screen.url, "/api/fallback/manual", {"card_id": card_id, "supervisor": "sri",
+                                                                 "password": "kunci-sri-77"})
+        assert (again["status"], again["amount"]) == ("accepted", 1), again
+        qr_there = _post(other_screen.url, "/api/fallback/qr", {"qr": texts[0], "clerk": "clerk-budi"})
+        assert (qr_there["status"], qr_there["reason"]) == ("declined", "nothing_left"), qr_there
+    finally:
+        other_screen.stop()
+
+    # 3. Sync: every entry of both counters uploaded, each batch's receipt checked under the pinned server key.
+    for tid, key, jour in ((TERMINAL_ID, counter_key, journal), (OTHER_ID, other_key, other_journal)):
+        sync = SyncClient(HttpApi(f"http://{live_server.host}:{live_server.port}/", timeout_s=30), jour, key,
+                          tid, TrustStore(tmp_path / f"trust-{tid}.cose", office.root_public),
+                          receipt_key=pinned_receipt_key(world, tid))
+        sync.upload_pending()
+        assert jour.unsent_count() == 0
+        jour.close()
 
     from server.extensions import db
     from server.models import JournalEntryRow
 
-    with app.app_context():
-        rows = db.session.scalars(select(JournalEntryRow).where(JournalEntryRow.terminal_id == TERMINAL_ID)
-                                  .order_by(JournalEntryRow.seq)).all()
-        stored = [(EntryKind(row.kind), decode_entry(row.raw)) for row in rows]
-    fallback = [(e.fallback, e.approved_by, e.card_id, e.amount) for k, e in stored
-                if e is not None and k in (EntryKind.FALLBACK, EntryKind.DECLINED) and e.fallback]
-    assert fallback == [("qr", "clerk-ani", card_id, 1), ("manual", "sri", card_id, None),
-                        ("manual", "sri", card_id, 1)]
-    refused = [e for k, e in stored if k is EntryKind.DECLINED and e is not None and e.fallback]
-    assert [e.decline_reason for e in refused] == ["supervisor_refused"]
+    def uploaded(tid: str) -> list[tuple[EntryKind, Any]]:
+        with app.app_context():
+            rows = db.session.scalars(select(JournalEntryRow).where(JournalEntryRow.terminal_id == tid)
+                                      .order_by(JournalEntryRow.seq)).all()
+            return [(EntryKind(row.kind), decode_entry(row.raw)) for row in rows]
 
-    # 4. Reconciliation: QR + manual = 2 food packages of an entitlement of 1 in one cycle.
+    def desk_entries(tid: str) -> list[tuple[EntryKind, str, str, str, int | None, str | None]]:
+        return [(k, e.fallback, e.approved_by, e.card_id, e.amount, e.decline_reason) for k, e in uploaded(tid)
+                if e is not None and k in (EntryKind.FALLBACK, EntryKind.DECLINED) and e.fallback]
+
+    fb, no = EntryKind.FALLBACK, EntryKind.DECLINED
+    assert desk_entries(TERMINAL_ID) == [(fb, "qr", "clerk-ani", card_id, 1, None),
+                                         (no, "manual", "sri", card_id, None, "supervisor_refused"),
+                                         (no, "manual", "sri", card_id, None, "nothing_left")]
+    assert desk_entries(OTHER_ID) == [(fb, "manual", "sri", card_id, 1, None),
+                                      (no, "qr", "clerk-budi", card_id, None, "nothing_left")]
+    first_tap = [e.decline_reason for k, e in uploaded(TERMINAL_ID) if k is no and e is not None and not e.fallback]
+    assert first_tap == ["already_served_fallback"]  # the card's own tap at the first counter
+
+    # 4. Reconciliation: the first counter's QR + the second's supervisor entry = 2 food packages of an
+    # entitlement of 1 in one cycle, across counters (each counter alone paid 1).
     run(app)
     over = [f for f in findings(app, FindingKind.ENTITLEMENT_EXCEEDED) if f.card_id == card_id]
     assert len(over) == 1, [f.summary for f in findings(app)]
     assert "2 redeemed of 1" in over[0].summary
-    assert len(json.loads(over[0].evidence)) == 2  # both fallback entries
+    evidence = [bytes.fromhex(x) for x in json.loads(over[0].evidence)]
+    with app.app_context():
+        where = db.session.scalars(select(JournalEntryRow).where(JournalEntryRow.entry_id.in_(evidence))).all()
+        assert sorted((r.terminal_id, EntryKind(r.kind)) for r in where) == [(TERMINAL_ID, fb), (OTHER_ID, fb)]
 
     # 5. The auditor sees who approved each fallback, on the card's page and in the journal export.
     from server.audit.exports import journal_records
@@ -232,14 +268,25 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     page = client.get(f"/audit/cards/{card_id}?lang=id").get_data(as_text=True)
     assert "cadangan qr · disetujui oleh clerk-ani" in page
     assert "cadangan manual · disetujui oleh sri" in page
-    assert "supervisor menolak" in page
+    assert "cadangan qr · disetujui oleh clerk-budi" in page
+    assert "supervisor menolak" in page and "hak sudah habis" in page  # supervisor_refused, nothing_left
     terminal_page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=en").get_data(as_text=True)
     assert "fallback manual · approved by sri" in terminal_page
+    assert "fallback qr · approved by clerk-ani" in terminal_page
+    other_page = client.get(f"/audit/terminals/{OTHER_ID}?lang=en").get_data(as_text=True)
+    assert "fallback manual · approved by sri" in other_page and "clerk-ani" not in other_page
     csv_text = client.get(f"/audit/export/journal.csv?card_id={card_id}").get_data(as_text=True)
     header, *lines = csv_text.splitlines()
     assert ",fallback,approved_by," in header
-    assert sum(",qr,clerk-ani," in line for line in lines) == 1 and sum(",manual,sri," in line for line in lines) == 2
+    # QR: served at the first counter, refused at the second; supervisor: refused twice at the first, served at
+    # the second
+    assert sum(",qr,clerk-ani," in line for line in lines) == 1
+    assert sum(",qr,clerk-budi," in line for line in lines) == 1
+    assert sum(",manual,sri," in line for line in lines) == 3
     with app.app_context():
         records = list(journal_records(db.session, terminal_id=TERMINAL_ID))
+        others = list(journal_records(db.session, terminal_id=OTHER_ID))
     assert [(r["kind"], r["fallback"], r["approved_by"]) for r in records if r["fallback"]] == [
-        ("FALLBACK", "qr", "clerk-ani"), ("DECLINED", "manual", "sri"), ("FALLBACK", "manual", "sri")]
+        ("FALLBACK", "qr", "clerk-ani"), ("DECLINED", "manual", "sri"), ("DECLINED", "manual", "sri")]
+    assert [(r["kind"], r["fallback"], r["approved_by"]) for r in others if r["fallback"]] == [
+        ("FALLBACK", "manual", "sri"), ("DECLINED", "qr", "clerk-budi")]
