@@ -253,13 +253,14 @@ class _Station:
         return source
 
 
-def _report(outcome: CardOutcome) -> None:
-    h = outcome.household
+def _report(outcome: CardOutcome, batch: bool = True) -> None:
+    """Print one card's outcome; ``batch`` prefixes the households file's line (a single card has none)."""
+    where = f"line {outcome.household.line}: " if batch else ""
     if outcome.status is Event.ISSUED and outcome.card is not None:
-        _console.print(f"[green]line {h.line}: issued card {outcome.card.card_id.hex()} "
+        _console.print(f"[green]{where}issued card {outcome.card.card_id.hex()} "
                        f"on chip {outcome.uid.hex().upper()}[/]")
     else:
-        _console.print(f"[red]line {h.line}: chip {outcome.uid.hex().upper()} rejected: {outcome.detail}[/]")
+        _console.print(f"[red]{where}chip {outcome.uid.hex().upper()} rejected: {outcome.detail}[/]")
 
 
 @click.group("provision")
@@ -424,7 +425,7 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
                                      reissue_of=reissue_of, remaining=rem, pin=pin_value,
                                      on_step=lambda s: _console.print(f"  {s.value}"))
         write_issuance_file(state, st.technician, st.technician_name, st.grant)
-        _report(out)
+        _report(out, batch=False)
         if out.status is not Event.ISSUED:
             raise ProvisionError(out.detail)
         if qr_out is not None and isinstance(out.card, PersonalisedCard):
