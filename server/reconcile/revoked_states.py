@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from server.models import TerminalStatus
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import REDEMPTION_KINDS, Observation, ReconcileConfig, distinct_ids
-from server.reconcile.sql import journal, terminal_sites, terminals
+from server.reconcile.sql import built_once, journal, terminal_sites, terminals
 
 __all__ = ["revoked_key_states", "revoked_states_built_on"]
 
@@ -69,18 +69,21 @@ def revoked_key_states(conn: Connection, cfg: ReconcileConfig) -> list[Observati
     One observation per (card, terminal): evidence the states' entries and, for a backdated
     one, the predecessor entry that proves it; ``detail.backdated`` counts the backdated states.
     """
-    w, p = journal.alias("w"), journal.alias("p")
-    s = _suspects()
-    pred = and_(p.c.card_id == w.c.card_id, p.c.state_hash_new == w.c.state_hash_prev,
-                p.c.kind.in_(REDEMPTION_KINDS), p.c.wall_time >= s.c.revoked_from)
-    rows = conn.execute(
-        select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, w.c.wall_time, s.c.revoked_from,
-               p.c.entry_id.label("pred_id"), p.c.wall_time.label("pred_time"))
-        .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).outerjoin(p, pred))
-        .where(_written(w), or_(w.c.wall_time >= s.c.revoked_from, p.c.id.is_not(None)),
-               w.c.terminal_id.in_(_suspect_ids()))
-        .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, p.c.id)
-    ).all()
+    def build() -> Any:
+        w, p = journal.alias("w"), journal.alias("p")
+        s = _suspects()
+        pred = and_(p.c.card_id == w.c.card_id, p.c.state_hash_new == w.c.state_hash_prev,
+                    p.c.kind.in_(REDEMPTION_KINDS), p.c.wall_time >= s.c.revoked_from)
+        return (
+            select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, w.c.wall_time, s.c.revoked_from,
+                   p.c.entry_id.label("pred_id"), p.c.wall_time.label("pred_time"))
+            .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).outerjoin(p, pred))
+            .where(_written(w), or_(w.c.wall_time >= s.c.revoked_from, p.c.id.is_not(None)),
+                   w.c.terminal_id.in_(_suspect_ids()))
+            .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, p.c.id)
+        )
+
+    rows = conn.execute(built_once(("revoked_key_states",), build)).all()
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for row in rows:
         groups[(row.card_id, row.terminal_id)].append(row)
@@ -110,23 +113,26 @@ def revoked_states_built_on(conn: Connection, cfg: ReconcileConfig) -> list[Obse
     reading ones; severity high when that state was itself written at or after the instant
     (by its signed time or backdated, as :func:`revoked_key_states` decides), else low.
     """
-    w, r, p = journal.alias("w"), journal.alias("r"), journal.alias("p")
-    s = _suspects()
-    after = or_(
-        w.c.wall_time >= s.c.revoked_from,
-        exists().where(p.c.card_id == w.c.card_id, p.c.state_hash_new == w.c.state_hash_prev,
-                       p.c.kind.in_(REDEMPTION_KINDS), p.c.wall_time >= s.c.revoked_from),
-    )
-    read = and_(r.c.card_id == w.c.card_id, r.c.state_hash_prev == w.c.state_hash_new,
-                r.c.kind.in_(REDEMPTION_KINDS), r.c.terminal_id != w.c.terminal_id,
-                r.c.wall_time >= s.c.revoked_from)
-    rows = conn.execute(
-        select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, s.c.revoked_from, after.label("after"),
-               r.c.entry_id.label("reader_id"), r.c.terminal_id.label("reader"))
-        .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).join(r, read))
-        .where(_written(w), w.c.terminal_id.in_(_suspect_ids()))
-        .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, r.c.wall_time, r.c.terminal_id, r.c.seq)
-    ).all()
+    def build() -> Any:
+        w, r, p = journal.alias("w"), journal.alias("r"), journal.alias("p")
+        s = _suspects()
+        after = or_(
+            w.c.wall_time >= s.c.revoked_from,
+            exists().where(p.c.card_id == w.c.card_id, p.c.state_hash_new == w.c.state_hash_prev,
+                           p.c.kind.in_(REDEMPTION_KINDS), p.c.wall_time >= s.c.revoked_from),
+        )
+        read = and_(r.c.card_id == w.c.card_id, r.c.state_hash_prev == w.c.state_hash_new,
+                    r.c.kind.in_(REDEMPTION_KINDS), r.c.terminal_id != w.c.terminal_id,
+                    r.c.wall_time >= s.c.revoked_from)
+        return (
+            select(w.c.card_id, w.c.terminal_id, w.c.seq, w.c.entry_id, s.c.revoked_from, after.label("after"),
+                   r.c.entry_id.label("reader_id"), r.c.terminal_id.label("reader"))
+            .select_from(w.join(s, s.c.terminal_id == w.c.terminal_id).join(r, read))
+            .where(_written(w), w.c.terminal_id.in_(_suspect_ids()))
+            .order_by(w.c.card_id, w.c.terminal_id, w.c.seq, r.c.wall_time, r.c.terminal_id, r.c.seq)
+        )
+
+    rows = conn.execute(built_once(("revoked_states_built_on",), build)).all()
     groups: dict[bytes, list[Any]] = defaultdict(list)
     for row in rows:
         groups[row.entry_id].append(row)
