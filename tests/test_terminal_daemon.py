@@ -363,34 +363,46 @@ def test_PC_1_pcscd_restart_mid_shift_then_sigterm(tmp_path, kit, present_card, 
     assert result.exit_code == 0, result.output
 
 
-class KillAtWrite:
-    """Instrumentation on the virtual card: SIGKILL the daemon when its ``k``-th WRITE reaches the chip.
+class ChipWrites:
+    """Instrumentation on the virtual card: counts WRITE commands per presentation, and can SIGKILL the daemon.
 
-    The chip model runs in this process (vpcd card thread), so the kill lands at an
-    exact point of the slot write: power lost mid-write, or after the last page
-    before COMMIT is journalled when ``k`` exceeds the pages written.
+    The chip model runs in this process (vpcd card thread), so a kill armed for the
+    ``k``-th WRITE lands at an exact point of the slot write: power lost mid-write,
+    or — when ``k`` is the tap's last WRITE (the frame still reaches the chip) —
+    after the card holds its new state but before the daemon journals COMMIT, so
+    recovery must book it FINISHED.
     """
 
-    def __init__(self, chip: Ntag21x, k: int, daemon: Any) -> None:
+    def __init__(self, chip: Ntag21x) -> None:
         from simulator.chip import Command
 
-        self.chip, self.k, self.pid = chip, k, daemon.p.pid
-        self.writes = 0
+        self.chip = chip
+        self.writes = 0          # WRITEs in the current presentation
+        self.last_tap_writes = 0  # WRITEs of the last presentation that ran to a result
+        self.k: int | None = None
+        self.pid = 0
         self.fired = threading.Event()
         self._write = int(Command.WRITE)
         self._orig = chip.transceive
         chip.transceive = self  # type: ignore[method-assign]
 
+    def present(self) -> None:
+        """A new presentation starts: count from zero, nothing armed."""
+        self.writes, self.k = 0, None
+        self.fired.clear()
+
+    def arm(self, k: int, daemon: Any) -> None:
+        """SIGKILL ``daemon`` when this presentation's ``k``-th WRITE reaches the chip."""
+        self.present()
+        self.k, self.pid = k, daemon.p.pid
+
     def __call__(self, frame: bytes) -> bytes:
-        if frame and frame[0] == self._write and not self.fired.is_set():
+        if frame and frame[0] == self._write:
             self.writes += 1
-            if self.writes == self.k:
+            if self.writes == self.k and not self.fired.is_set():
                 os.kill(self.pid, signal.SIGKILL)
                 self.fired.set()
         return self._orig(frame)
-
-    def detach(self) -> None:
-        del self.chip.transceive
 
 
 SOAK_TAPS = int(os.environ.get("HUMA_SOAK_TAPS", "100"))
@@ -408,28 +420,37 @@ def test_power_loss_sigkill_at_random_points_never_loses_or_doubles(tmp_path, ki
     d = daemon_process(files)
     d.start()
     port = files.screen_port
+    writes = {id(chip): ChipWrites(chip) for chip in cards}
     seen, kills, shown, torn_kills = 0, 0, 0, 0
     for _ in range(SOAK_TAPS):
         chip, slot = rng.choice(cards), rng.randrange(2)
+        w = writes[id(chip)]
         if rng.random() < 0.2:
-            kill_at = KillAtWrite(chip, rng.randint(1, 24), d) if rng.random() < 0.7 else None
+            torn = rng.random() < 0.7
+            if torn:  # a third of them on the last WRITE of a tap like this card's last one: card written, no COMMIT
+                last = w.last_tap_writes if rng.random() < 0.34 else 0
+                w.arm(last or rng.randint(1, 24), d)
+            else:
+                w.present()
             with present_card(chip, slot=slot):
-                if kill_at is None:
+                if not torn:
                     time.sleep(rng.uniform(0.0, 0.25))  # anywhere: reading, deciding, journalling, idle
                     d.kill()
                 else:  # power lost while the card is being written (or just after)
-                    kill_at.fired.wait(1.5)
+                    w.fired.wait(1.5)
                     d.kill()
-            if kill_at is not None:
-                kill_at.detach()
-                torn_kills += kill_at.fired.is_set()
+            torn_kills += w.fired.is_set()
+            w.present()
             kills += 1
             d.start()
             seen = 0
             continue
+        w.present()
         with present_card(chip, slot=slot):
             seen += 1
             r = wait_results(port, seen)[-1]
+        if w.writes:
+            w.last_tap_writes = w.writes
         shown += 1
         assert r["status"] in ("accepted", "recovered", "voided"), r
     for chip in cards:  # recovery on re-presentation: every open write is resolved
