@@ -12,9 +12,9 @@ Limits come only from the signed trust bundle's policies: ``fallback.qr.<program
 through that step per cycle at this counter; a programme without the key is never served
 that way (cash stays refused unless the bundle says otherwise). A step's limit caps everything
 this counter gave the card by fallback this cycle, QR and supervisor entry together
-(:meth:`~terminal.journal_store.JournalStore.card_fallback_units`), so the steps do not stack:
+(:meth:`~terminal.journal_store.JournalStore.card_programme_units`), so the steps do not stack:
 the most permissive step's limit is the most the desk gives a card. The card's own taps at this
-counter this cycle (:meth:`~terminal.journal_store.JournalStore.card_redeemed_units`) count
+counter this cycle (the same call, read in the same query) count
 toward that limit, declined ``already_served_card``: the rest is given by card. On top of that step limit,
 a fallback passes the counter's own caps like a card tap (docs/design.md §Caps and offline
 limits): the card's per-cycle cap over every kind of redemption at this counter (card taps,
@@ -368,11 +368,12 @@ class FallbackDesk:
         with self._lock:
             # The step's limit caps all this counter gave the card by fallback this cycle, QR and supervisor
             # entry together (steps do not stack: QR 1 then manual 1 is not 2), read through the card index.
-            served = self._journal.card_fallback_units(card, start, end).get(ask.programme, 0)
             # The card's own taps here this cycle count toward the step's limit too (the reverse of a card
             # tap after a fallback, decide()'s already_served_fallback): a household paid by card is not
             # paid again by QR or supervisor entry; one entitled to more gets the rest by card.
-            by_card = self._journal.card_redeemed_units(card, start, end).get(ask.programme, 0)
+            units = self._journal.card_programme_units(card, start, end)
+            served = units.fallback.get(ask.programme, 0)
+            by_card = units.card.get(ask.programme, 0)
             step_left = max(0, limit - served)
             left = max(0, step_left - by_card)
             if ask.quantity > left:

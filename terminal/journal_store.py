@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -84,6 +85,8 @@ _COUNTER_LOOKBACK = 16
 LEGACY_MARKS_BEFORE_MS = 1_796_601_600_000
 #: :data:`WRITE_KINDS` as an SQL list of their integer codes.
 _WRITE_KIND_LIST = ",".join(str(int(k)) for k in WRITE_KINDS)
+#: An entry's signed wall time in ``[start, end)`` (epoch ms, two parameters), over alias ``e``.
+_WALL_IN = "e.wall_ms >= ? AND e.wall_ms < ?"
 #: Kinds by which this counter closes a card write itself, as an SQL list.
 _CLOSING_KIND_LIST = ",".join(str(int(k)) for k in (EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.VOIDED))
 
@@ -197,6 +200,13 @@ class StoredEntry:
     def seq(self) -> int:
         """Terminal sequence number."""
         return self.signed.entry.seq
+
+
+class ProgrammeUnits(NamedTuple):
+    """Units one card was given at this counter, by programme code (:meth:`JournalStore.card_programme_units`)."""
+
+    card: dict[str, int]  # by card taps: redeemed, settled finished, or the open write
+    fallback: dict[str, int]  # by the fallback desk (QR or supervisor entry)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -869,7 +879,7 @@ class JournalStore:
 
         :returns: ``{unit: units}``.
         """
-        return self._sum_written(card_id, done_filter="e.wall_ms >= ? AND e.wall_ms < ?",
+        return self._sum_written(card_id, done_filter=_WALL_IN,
                                  done_params=(int(start * 1000), int(end * 1000)), open_since=open_since,
                                  open_from=int(start * 1000))
 
@@ -882,86 +892,99 @@ class JournalStore:
         :returns: ``{programme code: units}``.
         """
         with self._lock:
-            rows = self._db.execute(
-                "SELECT programme, coalesce(sum(amount), 0) FROM entries WHERE card_id=? AND kind=?"
-                " AND wall_ms >= ? AND wall_ms < ? AND programme IS NOT NULL GROUP BY programme",
-                (card_id, int(EntryKind.FALLBACK), int(start * 1000), int(end * 1000))).fetchall()
+            rows = self._unit_rows("programme", card_id, done_kinds=(EntryKind.FALLBACK,), settled=False,
+                                   done_filter=_WALL_IN, done_params=(int(start * 1000), int(end * 1000)))
         return {str(programme): int(units) for programme, units in rows if units}
 
-    def card_redeemed_units(self, card_id: str, start: float, end: float) -> dict[str, int]:
-        """Units this terminal gave ``card_id`` by card taps in ``[start, end)`` (POSIX seconds), uploaded or not.
+    def card_programme_units(self, card_id: str, start: float, end: float) -> ProgrammeUnits:
+        """Units this terminal gave ``card_id`` in ``[start, end)`` (POSIX seconds) by card taps and by fallback.
 
-        COMMIT and FINISHED entries, a torn write the server settled ``finished`` (counted once, as in
-        :meth:`exposure`), and the card's open write (:meth:`open_write`: PENDING or UNCERTAIN, maybe
-        spent), by signed wall time; FALLBACK entries are not card taps (:meth:`card_fallback_units`).
-        The fallback desk counts these toward its per-cycle step limit (docs/fallback.md). Reads the
-        card's rows through the ``entries_card`` index only.
+        By card: COMMIT and FINISHED entries, a torn write the server settled ``finished`` (counted once, as
+        in :meth:`exposure`), and the card's open write (:meth:`open_write`: PENDING or UNCERTAIN, maybe
+        spent). By fallback: FALLBACK entries, as :meth:`card_fallback_units`. Uploaded or not, by signed
+        wall time. The fallback desk counts both toward its per-cycle step limit (docs/fallback.md). One
+        query over the card's rows, through the ``entries_card`` index only.
 
-        :returns: ``{programme code: units}``.
+        :returns: ``ProgrammeUnits(card={programme code: units}, fallback={programme code: units})``.
         """
         lo, hi = int(start * 1000), int(end * 1000)
-        sql = (
-            "SELECT programme, coalesce(sum(amount), 0) FROM ("
-            " SELECT e.programme, e.amount FROM entries e WHERE e.card_id=? AND e.kind IN (?, ?)"
-            " AND e.wall_ms >= ? AND e.wall_ms < ?"
-            " UNION ALL"
-            " SELECT e.programme, e.amount FROM entries e JOIN temp.verified_settlements s ON s.entry_id = e.entry_id"
-            " WHERE e.card_id=? AND e.kind=? AND s.outcome = 'finished' AND e.wall_ms >= ? AND e.wall_ms < ?"
-            " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
-            f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)"
-            ") WHERE programme IS NOT NULL GROUP BY programme"
-        )
-        params = (card_id, int(EntryKind.COMMIT), int(EntryKind.FINISHED), lo, hi,
-                  card_id, int(EntryKind.PENDING), lo, hi)
         with self._lock:
-            out = {str(p): int(n) for p, n in self._db.execute(sql, params) if n}
+            rows = self._unit_rows("programme", card_id, by_fallback=True, done_filter=_WALL_IN, done_params=(lo, hi),
+                                   done_kinds=(EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.FALLBACK))
+        out = ProgrammeUnits({}, {})
+        for programme, fallback, units in rows:
+            if units:
+                (out.fallback if fallback else out.card)[str(programme)] = int(units)
         write = self.open_write(card_id)
         if write is not None and write.entry.programme and write.entry.amount and lo <= write.entry.wall_ms < hi:
-            out[write.entry.programme] = out.get(write.entry.programme, 0) + write.entry.amount
+            out.card[write.entry.programme] = out.card.get(write.entry.programme, 0) + write.entry.amount
         return out
 
     def _sum_written(self, card_id: str | None, *, done_filter: str | None, done_params: tuple[object, ...] = (),
                      open_since: float | None, open_from: int | None = None) -> dict[Unit, int]:
-        done = f"{int(EntryKind.COMMIT)},{int(EntryKind.FINISHED)},{int(EntryKind.FALLBACK)}"
-        open_kinds = f"{int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}"
-        writes = _WRITE_KIND_LIST
-        where_card = " AND e.card_id=?" if card_id is not None else ""
-        card_param: tuple[object, ...] = (card_id,) if card_id is not None else ()
         cutoff = max(int(open_since * 1000) if open_since is not None else 0, open_from or 0)
-        # An open write's age is that of its PENDING (the UNCERTAIN that follows it is newer).
-        # A settled write: 'finished' counts like a COMMIT of its PENDING (unless this counter
-        # closed the write itself), 'voided' nothing; neither counts as open any more.
-        write_pending = ("(SELECT p.entry_id FROM entries p WHERE p.card_id = e.card_id"
-                         f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq ORDER BY p.seq DESC LIMIT 1)")
         with self._lock:
             done_where = self._unconfirmed_sql("e") if done_filter is None else done_filter
-            return self._sum_rows(done_where, done, open_kinds, writes, where_card, card_param, done_params,
-                                  write_pending, cutoff)
+            rows = self._unit_rows("unit", card_id, done_filter=done_where, done_params=done_params,
+                                   done_kinds=(EntryKind.COMMIT, EntryKind.FINISHED, EntryKind.FALLBACK),
+                                   open_cutoff=cutoff)
+        return {unit_of_column(u): int(n) for u, n in rows}
 
-    def _sum_rows(self, done_filter: str, done: str, open_kinds: str, writes: str, where_card: str,
-                  card_param: tuple[object, ...], done_params: tuple[object, ...], write_pending: str,
-                  cutoff: int) -> dict[Unit, int]:
-        """The exposure query of :meth:`_sum_written` (caller holds ``_lock``)."""
-        sql = (
-            "SELECT unit, coalesce(sum(amount), 0) FROM ("
-            f" SELECT e.unit, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
-            f" AND e.unit IS NOT NULL{where_card}"
-            " UNION ALL"
-            " SELECT e.unit, e.amount FROM entries e JOIN temp.verified_settlements s ON s.entry_id = e.entry_id"
-            f" WHERE s.outcome = 'finished' AND {done_filter} AND e.unit IS NOT NULL{where_card}"
-            " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
-            f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)"
-            " UNION ALL"
-            f" SELECT e.unit, e.amount FROM entries e WHERE e.kind IN ({open_kinds}) AND e.unit IS NOT NULL"
-            f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
-            f" AND x.kind IN ({writes}))"
-            " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
-            f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
-            f" AND NOT EXISTS (SELECT 1 FROM temp.verified_settlements s WHERE s.entry_id = {write_pending})"
-            ") GROUP BY unit"
-        )
-        params = (*done_params, *card_param, *done_params, *card_param, *card_param, cutoff)
-        return {unit_of_column(u): int(n) for u, n in self._db.execute(sql, params)}
+    def _unit_rows(self, group: str, card_id: str | None, *, done_kinds: Sequence[EntryKind], done_filter: str,
+                   done_params: tuple[object, ...] = (), settled: bool = True, open_cutoff: int | None = None,
+                   by_fallback: bool = False) -> list[tuple[Any, ...]]:
+        """Units handed out, summed by the entries column ``group``: ``"unit"`` or ``"programme"``.
+
+        The caller holds ``_lock``. One query behind :meth:`exposure`, :meth:`card_cycle_exposure`,
+        :meth:`card_fallback_units` and :meth:`card_programme_units`; rows whose ``group`` is NULL count
+        nothing. It sums:
+
+        - entries of ``done_kinds`` passing ``done_filter`` (SQL over alias ``e``, with ``done_params``);
+        - with ``settled``, torn writes (their PENDING) the server settled ``finished`` passing the same
+          filter, unless this counter closed the write itself afterwards (COMMIT, FINISHED or VOIDED
+          of the same new state): counted once; a ``voided`` settlement counts nothing;
+        - with ``open_cutoff`` (epoch ms), each card's last write while still open (PENDING or UNCERTAIN,
+          not settled) whose PENDING was journalled at or after the cutoff. An open write's age is that
+          of its PENDING (the UNCERTAIN that follows it is newer).
+
+        :param card_id: only this card's rows (read through ``entries_card``); None for the whole journal.
+        :param by_fallback: group FALLBACK entries apart: rows ``(group, is_fallback, units)``.
+        :returns: rows ``(group value, units)``, or ``(group value, is_fallback, units)``.
+        """
+        if group not in ("unit", "programme"):
+            raise ValueError(f"cannot group units by {group!r}")
+        key = f"e.{group}"
+        where_card = " AND e.card_id=?" if card_id is not None else ""
+        card_param: tuple[object, ...] = (card_id,) if card_id is not None else ()
+        done = ",".join(str(int(k)) for k in done_kinds)
+        keys = f"{key} AS g, e.kind = {int(EntryKind.FALLBACK)} AS fb" if by_fallback else f"{key} AS g"
+        not_fallback = f"{key} AS g, 0 AS fb" if by_fallback else f"{key} AS g"
+        branches = [f"SELECT {keys}, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
+                    f" AND {key} IS NOT NULL{where_card}"]
+        params = [*done_params, *card_param]
+        if settled:
+            branches.append(
+                f"SELECT {not_fallback}, e.amount FROM entries e JOIN temp.verified_settlements s"
+                f" ON s.entry_id = e.entry_id WHERE s.outcome = 'finished' AND e.kind = {int(EntryKind.PENDING)}"
+                f" AND {done_filter} AND {key} IS NOT NULL{where_card}"
+                " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
+                f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)")
+            params += [*done_params, *card_param]
+        if open_cutoff is not None:
+            write_pending = ("(SELECT p.entry_id FROM entries p WHERE p.card_id = e.card_id"
+                             f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq ORDER BY p.seq DESC LIMIT 1)")
+            branches.append(
+                f"SELECT {not_fallback}, e.amount FROM entries e"
+                f" WHERE e.kind IN ({int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}) AND {key} IS NOT NULL"
+                f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
+                f" AND x.kind IN ({_WRITE_KIND_LIST}))"
+                " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
+                f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
+                f" AND NOT EXISTS (SELECT 1 FROM temp.verified_settlements s WHERE s.entry_id = {write_pending})")
+            params += [*card_param, open_cutoff]
+        cols = "g, fb" if by_fallback else "g"
+        sql = f"SELECT {cols}, coalesce(sum(amount), 0) FROM ({' UNION ALL '.join(branches)}) GROUP BY {cols}"
+        return [tuple(r) for r in self._db.execute(sql, params)]
 
     def aged_open_writes(self, before: float) -> list[StoredEntry]:
         """Open card writes whose PENDING was journalled before ``before`` (POSIX seconds).

@@ -122,7 +122,7 @@ def test_the_query_reads_the_card_index_not_the_whole_journal(tmp_path: Path) ->
     seen: list[str] = []
     try:
         c.journal._db.set_trace_callback(seen.append)
-        c.journal.card_redeemed_units(CARD, 0, 1)
+        c.journal.card_programme_units(CARD, 0, 1)
         c.journal._db.set_trace_callback(None)
         selects = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
         plans = [" ".join(str(x) for x in row) for s in selects

@@ -5,7 +5,7 @@ entries, so with ``fallback.qr.food=1`` and ``fallback.manual.food=1`` a clerk s
 entitled to 1 package by QR and then again by a supervisor's entry: 2 packages at one counter in one
 cycle. Now a step's limit caps everything this counter gave the card by fallback this cycle, both
 steps together (the most permissive step is the most the desk gives; steps do not stack), read through
-the journal's card index (:meth:`terminal.journal_store.JournalStore.card_fallback_units`).
+the journal's card index (:meth:`terminal.journal_store.JournalStore.card_programme_units`).
 
 In-process (no pcscd): the daemon's real :class:`terminal.fallback.FallbackDesk` on a real journal.
 """
