@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from cardlib.keys.errors import CertificateError
 from cardlib.keys.signer import PublicKey, SoftwareSigner
+from cardlib.keys.terminal_ca import _basic_constraints, _issued_by, _within
 
 #: Extended key usage of a server receipt key certificate (``2.25.<random UUID>``, ITU-T X.667).
 RECEIPT_KEY_USAGE = x509.ObjectIdentifier("2.25.339866557629686868413213435768188076828")
@@ -95,19 +96,6 @@ def _signed_by(cert: x509.Certificate, key: PublicKey) -> bool:
     return True
 
 
-def _within(cert: x509.Certificate, now: float, what: str) -> None:
-    nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
-    if not nb <= now <= na:
-        raise CertificateError(f"{what} not valid at {int(now)} (valid {int(nb)}..{int(na)})")
-
-
-def _basic(cert: x509.Certificate) -> x509.BasicConstraints:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound as exc:
-        raise CertificateError("certificate lacks basicConstraints") from exc
-
-
 def verify_terminal_ca(ca_pem: bytes, root: PublicKey, now: float) -> x509.Certificate:
     """The terminal CA certificate, checked to be a CA certificate the pinned root signed.
 
@@ -124,7 +112,7 @@ def verify_terminal_ca(ca_pem: bytes, root: PublicKey, now: float) -> x509.Certi
         raise CertificateError(f"terminal CA certificate is not PEM: {exc}") from exc
     if not _signed_by(ca, root):
         raise CertificateError("terminal CA certificate is not signed by the pinned root")
-    if not _basic(ca).ca:
+    if not _basic_constraints(ca, "terminal CA certificate").ca:
         raise CertificateError("terminal CA certificate is not a CA certificate")
     try:
         usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -146,16 +134,7 @@ def verify_receipt_certificate(cert_pem: bytes, ca: x509.Certificate, now: float
     :raises CertificateError: not PEM, not issued by ``ca``, a CA certificate, without the
         receipt-key extended key usage (a terminal certificate), not Ed25519, or outside its validity.
     """
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise CertificateError(f"receipt key certificate is not PEM: {exc}") from exc
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise CertificateError(f"receipt key certificate not issued by the terminal CA: {exc!r}") from exc
-    if _basic(cert).ca:
-        raise CertificateError("receipt key certificate is a CA certificate")
+    cert = _issued_by(cert_pem, ca, "receipt key certificate")
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound as exc:

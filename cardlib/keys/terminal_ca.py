@@ -213,6 +213,52 @@ def _cn(name: x509.Name) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
+def _basic_constraints(cert: x509.Certificate, what: str) -> x509.BasicConstraints:
+    """``cert``'s basicConstraints (RFC 5280 §4.2.1.9).
+
+    :param what: names the certificate in the error message, e.g. ``"terminal certificate"``.
+    :raises CertificateError: the certificate has none.
+    """
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound as exc:
+        raise CertificateError(f"{what} lacks basicConstraints") from exc
+
+
+def _within(cert: x509.Certificate, now: float, what: str) -> None:
+    """Check ``now`` (POSIX seconds) lies in ``cert``'s validity, bounds included.
+
+    :raises CertificateError: outside it (the message names ``what``).
+    """
+    nb, na = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    if not nb <= now <= na:
+        raise CertificateError(f"{what} not valid at {int(now)} (valid {int(nb)}..{int(na)})")
+
+
+def _issued_by(cert_pem: bytes, ca: x509.Certificate, what: str) -> x509.Certificate:
+    """``cert_pem`` parsed and checked to be an end-entity certificate that ``ca`` issued directly.
+
+    The steps the terminal certificate and the server receipt-key certificate share (RFC 5280
+    §4.1.2.4, §4.2.1.9): PEM, issuer name and signature of ``ca``, basicConstraints present and not a CA.
+    Validity and the certificate's own purpose are the caller's to check.
+
+    :param ca: the terminal CA certificate.
+    :param what: names the certificate in error messages, e.g. ``"receipt key certificate"``.
+    :raises CertificateError: not PEM, not issued by ``ca``, no basicConstraints, or a CA certificate.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CertificateError(f"{what} is not a PEM certificate: {exc}") from exc
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertificateError(f"{what} not issued by the terminal CA: {exc!r}") from exc
+    if _basic_constraints(cert, what).ca:
+        raise CertificateError(f"{what} is a CA certificate, not an end-entity one")
+    return cert
+
+
 class TerminalCA:
     """The terminal certification authority: a file key and its root-signed certificate.
 
@@ -346,24 +392,13 @@ def verify_terminal_certificate(
         end-entity certificate, outside its validity, or certifying another key.
     """
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
         ca = x509.load_pem_x509_certificate(ca_cert_pem)
     except ValueError as exc:
-        raise CertificateError(f"not a PEM certificate: {exc}") from exc
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise CertificateError(f"certificate not issued by this terminal CA: {exc!r}") from exc
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound as exc:
-        raise CertificateError("terminal certificate lacks basicConstraints") from exc
-    if bc.ca:
-        raise CertificateError("a CA certificate is not a terminal certificate")
+        raise CertificateError(f"terminal CA certificate is not a PEM certificate: {exc}") from exc
+    cert = _issued_by(cert_pem, ca, "terminal certificate")
     t = dt.datetime.now(dt.UTC).timestamp() if now is None else now
+    _within(cert, t, "terminal certificate")
     nb, na = int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp())
-    if not nb <= t <= na:
-        raise CertificateError(f"terminal certificate not valid at {int(t)} (valid {nb}..{na})")
     public_key = cert.public_key()
     if expected_key is not None and derive_kid(expected_key) != derive_kid(public_key):  # type: ignore[arg-type]
         raise CertificateError("certificate certifies another key than this terminal's")
