@@ -4,8 +4,6 @@ a supervisor's manual entry; the bundle's limits per step; every attempt journal
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 import urllib.error
 import urllib.request
@@ -20,12 +18,10 @@ from cardlib.records.household_label import household_label
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from firmware_config.models import CounterMode
-from terminal.clock import Clock
-from terminal.fallback import FallbackDesk, supervisor_hash
 from terminal.journal_store import JournalStore
-from terminal.screen import CounterScreen, ScreenState
+from tests.fallback_support import SUPERVISOR_PASSWORD, post, screen_desk
 from tests.test_checkpoint_server import decode_qr
-from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, bundle, identity
+from tests.test_records_support import CYCLE, ISSUER, STATION, identity
 
 POLICIES = {"fallback.qr.pangan": 1, "fallback.manual.pangan": 1, "fallback.manual.tunai": 0}
 PROGRAMMES = (Programme(1, "pangan", "package", 1), Programme(2, "tunai", "rupiah", 250_000))
@@ -33,27 +29,9 @@ PROGRAMMES = (Programme(1, "pangan", "package", 1), Programme(2, "tunai", "rupia
 
 @pytest.fixture
 def counter(tmp_path: Path) -> Iterator[tuple[str, JournalStore]]:
-    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-FB-1", signer=TERMINAL,
-                           clock=Clock(force_synced=True))
-    trust = dataclasses.replace(bundle(), issued_at=int(time.time()) - 60, expires_at=int(time.time()) + 86400,
-                                programmes=PROGRAMMES, policies=POLICIES)
-    state = ScreenState(CounterMode.MARKET_REDEMPTION, ["pangan", "tunai"])
-    state.fallback = FallbackDesk(journal, lambda: trust, state.mode, {"sri": supervisor_hash("kunci-sri-77")})
-    screen = CounterScreen(state, port=0).start()
-    try:
-        yield screen.url, journal
-    finally:
-        screen.stop()
-        journal.close()
-
-
-def _post(url: str, path: str, body: dict[str, object]) -> dict[str, object]:
-    req = urllib.request.Request(url + path.lstrip("/"), data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer = json.loads(resp.read())
-    assert isinstance(answer, dict)
-    return answer
+    with screen_desk(tmp_path, terminal_id="T-FB-1", mode=CounterMode.MARKET_REDEMPTION, served=["pangan", "tunai"],
+                     programmes=PROGRAMMES, policies=POLICIES) as c:
+        yield c
 
 
 def _qr_from_png() -> str:
@@ -67,14 +45,14 @@ def _qr_from_png() -> str:
 def test_qr_fallback_serves_once_per_cycle_and_journals_the_clerk(counter: tuple[str, JournalStore]) -> None:
     url, journal = counter
     text = _qr_from_png()
-    first = _post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan", "quantity": 1})
+    first = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan", "quantity": 1})
     assert first["status"] == "accepted" and first["household_ref"] == household_label(identity().household_ref)
-    second = _post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan"})
+    second = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan"})
     assert (second["status"], second["reason"]) == ("declined", "nothing_left")
-    cash = _post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "tunai"})
+    cash = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "tunai"})
     # cash at a market counter: not served here, as a card tap there is not (docs/fallback.md)
     assert (cash["status"], cash["reason"]) == ("declined", "programme_not_at_counter")
-    forged = _post(url, "/api/fallback/qr", {"qr": text[:-3] + "AAA", "clerk": "clerk-ani"})
+    forged = post(url, "/api/fallback/qr", {"qr": text[:-3] + "AAA", "clerk": "clerk-ani"})
     assert forged["status"] == "declined"
     entries = [s.entry for s in journal.entries()]
     served = [e for e in entries if e.kind is EntryKind.FALLBACK]
@@ -87,20 +65,20 @@ def test_qr_fallback_serves_once_per_cycle_and_journals_the_clerk(counter: tuple
 def test_manual_entry_needs_the_supervisor_password(counter: tuple[str, JournalStore]) -> None:
     url, journal = counter
     card = identity().card_id.hex()
-    wrong = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": "tebakan",
+    wrong = post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": "tebakan",
                                                 "programme": "pangan"})
     assert (wrong["status"], wrong["reason"]) == ("declined", "supervisor_refused")
-    stranger = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "budi", "password": "x",
+    stranger = post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "budi", "password": "x",
                                                    "programme": "pangan"})
     assert stranger["status"] == "declined"
-    right = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": "kunci-sri-77",
+    right = post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": SUPERVISOR_PASSWORD,
                                                 "programme": "pangan"})
     assert right["status"] == "accepted"
-    again = _post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": "kunci-sri-77",
+    again = post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": SUPERVISOR_PASSWORD,
                                                 "programme": "pangan"})
     assert (again["status"], again["reason"]) == ("declined", "nothing_left")
     with pytest.raises(urllib.error.HTTPError) as bad:
-        _post(url, "/api/fallback/manual", {"card_id": "zz", "supervisor": "sri", "password": "kunci-sri-77"})
+        post(url, "/api/fallback/manual", {"card_id": "zz", "supervisor": "sri", "password": SUPERVISOR_PASSWORD})
     assert bad.value.code == 400
     bad.value.close()
     kinds = [(s.entry.kind, s.entry.fallback, s.entry.approved_by) for s in journal.entries()

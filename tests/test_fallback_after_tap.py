@@ -21,13 +21,12 @@ import pytest
 
 from cardlib.records.claims import Unit
 from cardlib.records.journal import EntryKind, JournalEntry
-from firmware_config.models import CounterMode
-from terminal.fallback import MANUAL, QR, FallbackDesk, supervisor_hash
+from terminal.fallback import MANUAL, QR
 from terminal.journal_store import CardWrite
 from terminal.outcome import TapStatus
 from terminal.policy import DeclineReason
 from terminal.screen.i18n import translations
-from tests.test_fallback_then_tap import card_and_qr, counter_with_desk
+from tests.fallback_support import card_and_qr, counter_with_desk
 from tests.test_records_support import identity
 from tests.test_terminal_caps_and_declines import Counter
 
@@ -58,9 +57,7 @@ def test_a_qr_after_a_paid_card_tap_is_declined_already_served_card(tmp_path: Pa
 
 
 def test_the_supervisor_entry_after_a_paid_tap_is_declined_too(tmp_path: Path) -> None:
-    c, _ = counter_with_desk(tmp_path, {"fallback.manual.food": 1})
-    desk = FallbackDesk(c.journal, lambda: c.bundle, CounterMode.MARKET_REDEMPTION,  # type: ignore[arg-type, return-value]
-                        {"sri": supervisor_hash(PASSWORD)})
+    c, desk = counter_with_desk(tmp_path, {"fallback.manual.food": 1}, {"sri": PASSWORD})
     card, _ = card_and_qr(packages=1, issuer_cap=10)
     try:
         assert c.present(card).status is TapStatus.ACCEPTED

@@ -17,7 +17,8 @@ from terminal.clock import Clock
 from terminal.fallback import FallbackDesk, qr_decodes, supervisor_hash
 from terminal.journal_store import JournalStore
 from terminal.policy import DeclineReason
-from tests.test_fallback import POLICIES, PROGRAMMES, _post, _qr_from_png, counter  # noqa: F401  (the fixture)
+from tests.fallback_support import post
+from tests.test_fallback import POLICIES, PROGRAMMES, _qr_from_png, counter  # noqa: F401  (the fixture)
 from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, bundle, identity
 
 
@@ -45,7 +46,7 @@ def test_a_scan_that_is_no_household_qr_says_scan_again(counter) -> None:  # noq
     url, journal = counter
     for junk in ("NOTAQR", "https://example.org/x", "AAAA"):
         assert not qr_decodes(junk)
-        got = _post(url, "/api/fallback/qr", {"qr": junk, "clerk": "clerk-ani", "programme": "pangan"})
+        got = post(url, "/api/fallback/qr", {"qr": junk, "clerk": "clerk-ani", "programme": "pangan"})
         assert (got["status"], got["reason"]) == ("declined", "not_a_household_qr"), junk
     assert "Scan again" in DeclineReason.NOT_A_HOUSEHOLD_QR.message
     assert _reasons(journal) == ["not_a_household_qr"] * 3
@@ -57,5 +58,5 @@ def test_a_qr_that_decodes_but_is_not_signed_by_an_issuer_stays_a_signature_decl
     issued = issue_card_image(identity(), ISSUER, STATION, cycle=CYCLE, now=now)
     forged = household_qr(issued.identity_cose, TERMINAL, now)  # a well-formed QR, signed by a non-issuer key
     assert qr_decodes(forged)
-    got = _post(url, "/api/fallback/qr", {"qr": forged, "clerk": "clerk-ani", "programme": "pangan"})
+    got = post(url, "/api/fallback/qr", {"qr": forged, "clerk": "clerk-ani", "programme": "pangan"})
     assert (got["status"], got["reason"]) == ("declined", "card_signature_invalid")

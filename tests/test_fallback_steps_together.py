@@ -16,13 +16,12 @@ import re
 from pathlib import Path
 
 from cardlib.records.journal import EntryKind
-from firmware_config.models import CounterMode
-from terminal.fallback import MANUAL, QR, FallbackDesk, supervisor_hash
+from terminal.fallback import MANUAL, QR, FallbackDesk
 from terminal.outcome import TapStatus
 from terminal.policy import DeclineReason
-from tests.test_fallback_then_tap import card_and_qr
+from tests.fallback_support import card_and_qr, counter_with_desk
 from tests.test_records_support import identity
-from tests.test_terminal_caps_and_declines import Counter, fresh_bundle
+from tests.test_terminal_caps_and_declines import Counter
 
 CARD = identity().card_id.hex()
 PASSWORD = "correct horse"
@@ -30,10 +29,7 @@ BOTH = {"fallback.qr.food": 1, "fallback.manual.food": 1}
 
 
 def desk_at(tmp_path: Path, policies: dict[str, int]) -> tuple[Counter, FallbackDesk]:
-    c = Counter(tmp_path, CounterMode.MARKET_REDEMPTION, "food", trust_bundle=fresh_bundle(policies))
-    desk = FallbackDesk(c.journal, lambda: c.bundle, CounterMode.MARKET_REDEMPTION,  # type: ignore[arg-type, return-value]
-                        {"sri": supervisor_hash(PASSWORD)})
-    return c, desk
+    return counter_with_desk(tmp_path, policies, {"sri": PASSWORD})
 
 
 def paid(c: Counter) -> list[tuple[str | None, int | None]]:

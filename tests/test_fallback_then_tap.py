@@ -10,36 +10,14 @@ In-process (no pcscd): the daemon's real :class:`terminal.tap.TapProcessor` and
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from cardlib.provision.qr import household_qr
-from cardlib.records.claims import Entitlement, Unit
-from cardlib.records.issuance import issue_card_image
-from firmware_config.models import CounterMode
-from simulator.chip import Ntag21x
-from terminal.fallback import FallbackDesk
 from terminal.outcome import TapStatus
-from terminal.policy import DeclineReason, cycle_at
+from terminal.policy import DeclineReason
 from terminal.screen.i18n import translations
-from tests.test_records_support import FOOD, ISSUER, STATION, UID, chip_with, identity
-from tests.test_terminal_caps_and_declines import Counter, fresh_bundle
-
-
-def card_and_qr(packages: int, issuer_cap: int) -> tuple[Ntag21x, str]:
-    """A card entitled to ``packages`` food packages a cycle, and the household QR printed on its body."""
-    now = int(time.time())
-    issued = issue_card_image(identity(UID, programmes={FOOD: Entitlement(Unit.PACKAGE, packages)},
-                                       offline_cap={FOOD: issuer_cap}),
-                              ISSUER, STATION, cycle=cycle_at(time.time()), now=now)
-    return chip_with(issued.image, UID), household_qr(issued.identity_cose, ISSUER, now)
-
-
-def counter_with_desk(tmp_path: Path, policies: dict[str, int]) -> tuple[Counter, FallbackDesk]:
-    c = Counter(tmp_path, CounterMode.MARKET_REDEMPTION, "food", trust_bundle=fresh_bundle(policies))
-    return c, FallbackDesk(c.journal, lambda: c.bundle, CounterMode.MARKET_REDEMPTION, {})  # type: ignore[arg-type, return-value]
+from tests.fallback_support import card_and_qr, counter_with_desk
 
 
 def test_card_tap_after_a_qr_payout_is_declined_as_already_served(tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ Each test asserts the DEFENCE; it fails while the attack works.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 import urllib.error
 import urllib.request
@@ -30,58 +28,30 @@ from cardlib.records.bundle import Programme
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from firmware_config.models import CounterMode
-from terminal.clock import Clock
-from terminal.fallback import FallbackDesk, supervisor_hash
 from terminal.journal_store import JournalStore
-from terminal.screen import CounterScreen, ScreenState
-from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, bundle, identity
+from tests.fallback_support import post, screen_desk
+from tests.test_records_support import CYCLE, ISSUER, STATION, identity
 
 PROGRAMMES = (Programme(1, "pangan", "package", 1), Programme(2, "tunai", "rupiah", 250_000),
               Programme(3, "kesehatan", "visit", 4))
 
 
-def _counter(tmp_path: Path, mode: CounterMode, served: list[str],
-             policies: dict[str, int]) -> tuple[CounterScreen, JournalStore]:
-    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-R3-FB", signer=TERMINAL,
-                           clock=Clock(force_synced=True))
-    trust = dataclasses.replace(bundle(), issued_at=int(time.time()) - 60, expires_at=int(time.time()) + 86400,
-                                programmes=PROGRAMMES, policies=policies)
-    state = ScreenState(mode, served)
-    state.fallback = FallbackDesk(journal, lambda: trust, state.mode, {"sri": supervisor_hash("kunci-sri-77")})
-    return CounterScreen(state, port=0).start(), journal
-
-
 @pytest.fixture
 def cash_counter(tmp_path: Path) -> Iterator[tuple[str, JournalStore]]:
     """A bank agent paying cash; the province protects cash by the card PIN and lets the QR serve it."""
-    screen, journal = _counter(tmp_path, CounterMode.CASH_PAYOUT, ["tunai"],
-                               {"pin.tunai": 1, "fallback.qr.tunai": 250_000, "fallback.manual.tunai": 0})
-    try:
-        yield screen.url, journal
-    finally:
-        screen.stop()
-        journal.close()
+    with screen_desk(tmp_path, terminal_id="T-R3-FB", mode=CounterMode.CASH_PAYOUT, served=["tunai"],
+                     programmes=PROGRAMMES,
+                     policies={"pin.tunai": 1, "fallback.qr.tunai": 250_000, "fallback.manual.tunai": 0}) as c:
+        yield c
 
 
 @pytest.fixture
 def clinic_counter(tmp_path: Path) -> Iterator[tuple[str, JournalStore]]:
     """A clinic counter: it serves visits only; the bundle lets the QR serve food and cash elsewhere."""
-    screen, journal = _counter(tmp_path, CounterMode.CLINIC_VISIT, ["kesehatan"],
-                               {"fallback.qr.pangan": 1, "fallback.qr.tunai": 250_000, "fallback.qr.kesehatan": 1})
-    try:
-        yield screen.url, journal
-    finally:
-        screen.stop()
-        journal.close()
-
-
-def _post(url: str, path: str, body: dict[str, object]) -> dict[str, object]:
-    req = urllib.request.Request(url + path.lstrip("/"), data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer = json.loads(resp.read())
-    assert isinstance(answer, dict)
-    return answer
+    with screen_desk(tmp_path, terminal_id="T-R3-FB", mode=CounterMode.CLINIC_VISIT, served=["kesehatan"],
+                     programmes=PROGRAMMES,
+                     policies={"fallback.qr.pangan": 1, "fallback.qr.tunai": 250_000, "fallback.qr.kesehatan": 1}) as c:
+        yield c
 
 
 def _card_body_qr() -> str:
@@ -94,7 +64,7 @@ def _card_body_qr() -> str:
 def test_qr_fallback_does_not_pay_a_pin_programme_without_the_pin(cash_counter: tuple[str, JournalStore]) -> None:
     """Thief of a card (its PIN unknown, or locked by three guesses): 'the chip is broken', shows the QR."""
     url, journal = cash_counter
-    answer = _post(url, "/api/fallback/qr", {"qr": _card_body_qr(), "clerk": "clerk-ani", "programme": "tunai",
+    answer = post(url, "/api/fallback/qr", {"qr": _card_body_qr(), "clerk": "clerk-ani", "programme": "tunai",
                                              "quantity": 250_000})
     paid = [s.entry for s in journal.entries() if s.entry.kind is EntryKind.FALLBACK]
     assert answer["status"] == "declined" and not paid, (
@@ -105,9 +75,9 @@ def test_fallback_serves_only_programmes_of_this_counter(clinic_counter: tuple[s
     """Dishonest clerk at a clinic: journals cash and food as paid, which a card tap there declines."""
     url, journal = clinic_counter
     qr = _card_body_qr()
-    cash = _post(url, "/api/fallback/qr", {"qr": qr, "clerk": "clerk-ani", "programme": "tunai",
+    cash = post(url, "/api/fallback/qr", {"qr": qr, "clerk": "clerk-ani", "programme": "tunai",
                                            "quantity": 250_000})
-    food = _post(url, "/api/fallback/qr", {"qr": qr, "clerk": "clerk-ani", "programme": "pangan", "quantity": 1})
+    food = post(url, "/api/fallback/qr", {"qr": qr, "clerk": "clerk-ani", "programme": "pangan", "quantity": 1})
     paid = [(s.entry.programme, s.entry.amount) for s in journal.entries() if s.entry.kind is EntryKind.FALLBACK]
     assert (cash["status"], cash["reason"]) == ("declined", "programme_not_at_counter"), (cash, paid)
     assert (food["status"], food["reason"]) == ("declined", "programme_not_at_counter"), (food, paid)
@@ -119,7 +89,7 @@ def test_fallback_refuses_a_look_alike_approver_id(clinic_counter: tuple[str, Jo
     url, journal = clinic_counter
     spoof = "clerk\u2010ani"  # renders as clerk-ani
     try:
-        answer = _post(url, "/api/fallback/qr", {"qr": _card_body_qr(), "clerk": spoof,
+        answer = post(url, "/api/fallback/qr", {"qr": _card_body_qr(), "clerk": spoof,
                                                  "programme": "kesehatan", "quantity": 1})
     except urllib.error.HTTPError as exc:  # a 400: the defence
         assert exc.code == 400
