@@ -17,8 +17,9 @@ NTAG's two slots:
    (derived from the card-access key ring, docs/secure-card.md §5.5), with the PIN in the same
    APDU when the programme needs it (blocked → ``pin_blocked``); the card takes VERIFY and UPDATE
    STATE from nobody else. Then the same policy, caps and lock as NTAG; PENDING journalled and
-   fsynced → UPDATE STATE (the card takes its stored seq + 1 only) → GET DATA state read-back → COMMIT; a tear →
-   UNCERTAIN, resolved on the next presentation.
+   fsynced → UPDATE STATE (the card takes its stored seq + 1 only) → INTERNAL AUTHENTICATE, the card signing
+   that it holds the new state (an unsigned read-back can be faked by a relay) → COMMIT; a tear or no signed
+   confirmation → UNCERTAIN, resolved on the next presentation.
 
 The card's transaction counter goes into every entry of the tap (the journal's NFC counter
 claim; secure entries carry no tag UID, the UID of a Type 4 card may be random) and into
@@ -315,16 +316,14 @@ class SecureTap:
         uncertain = TapOutcome(TapStatus.UNCERTAIN, reader, d.mode, d.programme, final=False,
                                household_ref=_household(card), unit=d.unit, entitled=d.entitled,
                                remaining=d.remaining_before, card_id=card_hex)
+        key = card.identity.claims.card_public_key
+        assert key is not None  # verify_secure_identity refuses an identity without one
         try:
-            session.commit(pending.seq, pending.cose)
+            session.update_state(pending.seq, pending.cose)
         except TransportError as exc:
             with self._lock:
                 e = self.journal.append(EntryKind.UNCERTAIN, w)
             log.warning("redemption on secure card %s… uncertain (%s); resolve on next tap", card_hex[:4], exc)
-            return dataclasses.replace(uncertain, journal_seq=e.seq, detail=str(exc))
-        except StateMismatch as exc:  # read-back differs: the next tap reads what the card holds
-            with self._lock:
-                e = self.journal.append(EntryKind.UNCERTAIN, w)
             return dataclasses.replace(uncertain, journal_seq=e.seq, detail=str(exc))
         except CardlibError as exc:  # the card refused the update (rollback rule, PIN): nothing changed
             with self._lock:
@@ -334,6 +333,16 @@ class SecureTap:
                                            reason=DeclineReason.PIN_REQUIRED, detail=str(exc))
             return dataclasses.replace(uncertain, status=TapStatus.RETRY, final=True, journal_seq=e.seq,
                                        detail=str(exc))
+        try:
+            # The card signs that it holds the new state (an unsigned read-back can be faked by a relay
+            # that swallowed the update: red team round 4); only then COMMIT and the goods.
+            session.confirm_state(pending.seq, pending.cose, key, card.card_id, counter=w.ntag_counter or 0)
+        except (TransportError, CardlibError) as exc:  # old or new on the card: the next tap reads it, signed
+            with self._lock:
+                e = self.journal.append(EntryKind.UNCERTAIN, w)
+            log.warning("redemption on secure card %s… not confirmed by the card (%s); resolve on next tap",
+                        card_hex[:4], exc)
+            return dataclasses.replace(uncertain, journal_seq=e.seq, detail=str(exc))
         with self._lock:
             commit = self.journal.append(EntryKind.COMMIT, w)
         receipt = self._receipt(commit, card, d.programme, d, d.amount, d.remaining_after)

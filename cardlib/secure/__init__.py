@@ -28,6 +28,7 @@ from cardlib.secure.errors import (
     StateRollbackRefused,
     TerminalAuthFailed,
     TerminalAuthRequired,
+    WriteNotConfirmed,
 )
 from cardlib.secure.protocol import (
     AID,
@@ -67,6 +68,7 @@ __all__ = [
     "TerminalAuthFailed",
     "TerminalAuthRequired",
     "VerifiedCard",
+    "WriteNotConfirmed",
     "check_record_seq",
     "compress_point",
     "pin_reset_message",

@@ -77,6 +77,14 @@ class StateMismatch(CardAuthenticationFailed):
     """The state the card signed is not the state it let the terminal read (seq or SHA-256 differ)."""
 
 
+class WriteNotConfirmed(StateMismatch):
+    """UPDATE STATE was answered ``90 00`` but the card does not sign that it holds the new state.
+
+    Something between reader and card may have swallowed the update (red team round 4); the state
+    on the card is old or new: read it (signed) at the next presentation.
+    """
+
+
 class StateRollbackRefused(SecureCardError):
     """UPDATE STATE refused (``69 85``): the new seq is not higher than the card's (docs/secure-card.md §5.2).
 

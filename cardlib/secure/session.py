@@ -4,7 +4,8 @@
 into the typed errors of :mod:`cardlib.secure.errors`. :meth:`SecureCardSession.verify_card`
 is the start of every redemption (§7): SELECT, GET DATA state and INTERNAL
 AUTHENTICATE, with every check of §5.1 applied; :meth:`SecureCardSession.commit`
-is the end (UPDATE STATE and an optional read-back). With GET DATA identity a
+is the end for provisioning (UPDATE STATE and an optional read-back); a counter ends
+with :meth:`SecureCardSession.commit_signed` (UPDATE STATE and a signed confirmation). With GET DATA identity a
 redemption costs at most 7 APDUs (docs/secure-card.md §7).
 
 Usage::
@@ -17,11 +18,13 @@ Usage::
     check_record_seq(verified, record_seq=slot_claims.seq)       # the slot record's own seq (§5.1)
     key = terminal_card_key(card_access_keys[info.terminal_key_version], identity.card_id)
     session.external_authenticate(key, identity.card_id, pin="123456")  # §5.5; pin only when asked
-    session.commit(verified.state.seq + 1, new_record_bytes)
+    session.commit_signed(verified.state.seq + 1, new_record_bytes, identity.card_public_key, identity.card_id,
+                          counter=verified.counter)
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cardlib.apdu import ApduChannel, CommandApdu, ResponseApdu
 from cardlib.secure.errors import (
+    CloneSuspected,
     CounterNotIncreasing,
     LifeCycleError,
     PinBlocked,
@@ -42,6 +46,7 @@ from cardlib.secure.errors import (
     StateRollbackRefused,
     TerminalAuthFailed,
     TerminalAuthRequired,
+    WriteNotConfirmed,
 )
 from cardlib.secure.protocol import (
     AID,
@@ -336,6 +341,59 @@ class SecureCardSession:
         if after.seq != seq or after.state != state:
             raise StateMismatch(f"read-back seq {after.seq} / {len(after.state)} bytes differ from the update")
         return after
+
+    def commit_signed(self, seq: int, state: bytes, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes,
+                      *, counter: int, nonce: bytes | None = None) -> AuthResponse:
+        """UPDATE STATE, then :meth:`confirm_state`: the card *signs* that it now holds the state (§7 steps 5-6).
+
+        Same APDU count as :meth:`commit` with its read-back, which proves nothing to a counter
+        (:meth:`confirm_state`).
+
+        :returns: as :meth:`confirm_state`.
+        :raises StateRollbackRefused, TerminalAuthRequired, PinRequired: the card refused the update
+            (nothing changed), as :meth:`update_state`.
+        :raises WriteNotConfirmed: as :meth:`confirm_state`.
+        :raises cardlib.transport.TransportError: the card left: the state is old or new, read it.
+        """
+        self.update_state(seq, state)
+        return self.confirm_state(seq, state, card_key, card_id, counter=counter, nonce=nonce)
+
+    def confirm_state(self, seq: int, state: bytes, card_key: ec.EllipticCurvePublicKey | bytes, card_id: bytes,
+                      *, counter: int, nonce: bytes | None = None) -> AuthResponse:
+        """INTERNAL AUTHENTICATE after an UPDATE STATE: the card signs that it holds ``seq`` and ``state``.
+
+        A read-back with GET DATA state proves nothing: the card does not sign it, so whatever sits
+        between reader and card (the holder's relay) can swallow UPDATE STATE, answer ``90 00`` and
+        hand back the state just sent (red team round 4). The card's signature over the seq and
+        SHA-256 of the state it stores, under the identity's key and a fresh nonce, cannot be had
+        without the card holding that state.
+
+        :param seq: the new record's ``seq`` claim, uint32; ``state`` its exact bytes.
+        :param card_key: the identity's ``card_public_key`` (33-byte compressed point or a key).
+        :param card_id: the identity's card id (8).
+        :param counter: the counter this session's first INTERNAL AUTHENTICATE signed (the new one must exceed it).
+        :param nonce: 16..32 bytes; default 32 fresh random bytes.
+        :returns: the verified answer (its ``counter`` is the card's counter now).
+        :raises WriteNotConfirmed: the card does not sign that it holds the state (another seq, another
+            state, a signature that does not verify, a counter that did not move, a status word
+            other than ``90 00``): old or new, read it at the next presentation.
+        :raises cardlib.transport.TransportError: the card left.
+        """
+        key = decompress_point(card_key) if isinstance(card_key, bytes) else card_key
+        nonce = secrets.token_bytes(MAX_NONCE) if nonce is None else nonce
+        try:
+            auth = self.authenticate_raw(nonce)
+        except SecureProtocolError as exc:
+            raise WriteNotConfirmed(f"INTERNAL AUTHENTICATE after the update failed: {exc}") from exc
+        if auth.seq != seq:
+            raise WriteNotConfirmed(f"the card signs seq {auth.seq} after an update to seq {seq}")
+        try:
+            verify_auth_signature(key, card_id, auth, hashlib.sha256(state).digest())
+        except CloneSuspected as exc:
+            raise WriteNotConfirmed(f"the card does not sign the state written at seq {seq}") from exc
+        if auth.counter <= counter:
+            raise WriteNotConfirmed(f"the card's counter {auth.counter} did not move past {counter}")
+        return auth
 
     def verify_pin(self, pin: str) -> None:
         """VERIFY (§5.3); an operational card takes it only after EXTERNAL AUTHENTICATE (§5.5).
