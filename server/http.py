@@ -16,9 +16,11 @@ import enum
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask.sansio.app import App
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -199,6 +201,21 @@ def waitress_options(app: Flask) -> dict[str, Any]:
     return {"max_request_body_size": WAITRESS_BODY_FACTOR * int(app.config["MAX_CONTENT_LENGTH"])}
 
 
+#: ``app.extensions`` key: URL prefix → page renderer for HTTP errors no view raised (routing 404/405).
+HTML_ERROR_PAGES = "huma_html_error_pages"
+
+
+def register_html_error_page(app: App, prefix: str, page: Callable[[HTTPException], Response]) -> None:
+    """Answer HTTP errors under ``prefix`` (``"/audit/"``) with ``page`` instead of the API's JSON body.
+
+    Blueprint error handlers never see a routing error (no endpoint matched, so no
+    blueprint is known); a person who mistypes an address under a web UI should still
+    get that UI's page in their language. Requests carrying ``Authorization`` (scripts)
+    keep the JSON error body.
+    """
+    app.extensions.setdefault(HTML_ERROR_PAGES, {})[prefix] = page
+
+
 def register_error_handlers(app: Flask) -> None:
     """Translate typed errors once, here; guard the status line of every response."""
 
@@ -260,6 +277,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if not request.headers.get("Authorization"):
+            for prefix, page in app.extensions.get(HTML_ERROR_PAGES, {}).items():
+                if request.path.startswith(prefix):
+                    return page(exc)
         code = (exc.name or "http_error").lower().replace(" ", "_")
         response = error_response(exc.code or 500, code, exc.description or code)
         if exc.code == 405 and exc.response is None:

@@ -59,3 +59,20 @@ def test_journal_verify_counts_one_boot_and_one_entry_in_the_singular(tmp_path, 
     assert main(["journal", "verify", str(path)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "terminal T-6271-0001, 1 entry, 1 boot, head seq 1" in out, out
+
+
+@pytest.mark.parametrize("path", ["/audit/no-such-page", "/audit/programme/no-such-page", "/audit/card/x/y/z"])
+def test_an_unknown_page_under_audit_is_the_translated_html_error_page(auditor, path) -> None:
+    """A mistyped address under /audit is a page for a person (HTML, their language), not API JSON."""
+    r = auditor.get(path)
+    assert r.status_code == 404 and r.mimetype == "text/html", (path, r.status_code, r.mimetype)
+    assert "Tidak ditemukan." in r.get_data(as_text=True)
+    assert "Not found." in auditor.get(f"{path}?lang=en").get_data(as_text=True)
+
+
+def test_an_unknown_page_under_audit_stays_json_for_a_script_and_for_the_api(app, audit_db, world) -> None:  # noqa: F811
+    client = app.test_client()
+    r = client.get("/audit/no-such-page", headers={"Authorization": "Bearer x"})
+    assert r.status_code == 404 and r.is_json and r.get_json()["error"]["code"] == "not_found", r.get_data()
+    r = client.get("/api/v1/no-such-endpoint")
+    assert r.status_code == 404 and r.is_json

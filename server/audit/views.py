@@ -28,6 +28,7 @@ from flask import Blueprint, Response, current_app, g, redirect, request, stream
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy import BigInteger, and_, case, cast, func, or_, select
+from werkzeug.exceptions import HTTPException
 
 from cardlib.records.journal import EntryKind
 from server.audit import exports
@@ -48,7 +49,7 @@ from server.errors import (
 )
 from server.extensions import db
 from server.households import redemption_taken
-from server.http import error_response, int_param, query_params
+from server.http import error_response, int_param, query_params, register_html_error_page
 from server.logins import LoginPolicy, password_login
 from server.models import Card, JournalConflict, JournalEntryRow, Person, PersonRole, RejectedEntry, Terminal
 from server.pin_resets import card_pin_resets
@@ -94,6 +95,7 @@ SHARED_BLUEPRINTS = ("dashboard",)
 def _setup(state: BlueprintSetupState) -> None:
     app = state.app
     app.extensions[_EXT] = environments()
+    register_html_error_page(app, "/audit/", _http_error_page)
     from server.audit.openapi import merge_into
     from server.blueprints.openapi import SPEC
 
@@ -194,6 +196,13 @@ def _server_error(exc: ServerError) -> ResponseReturnValue:
     translated = translate_message(message, translations(_lang()).gettext)
     return render("error.html", http_status=exc.status, message=translated or message,
                   translated=translated is not None, code=int(exc.status), field=exc.detail.get("field"))
+
+
+def _http_error_page(exc: HTTPException) -> Response:
+    """The error page for an HTTP error no view raised under /audit/ (an unknown address: 404)."""
+    code = exc.code or 500
+    return render("error.html", http_status=HTTPStatus(code), message=exc.description or exc.name,
+                  translated=False, code=code, field=None)
 
 
 E = TypeVar("E", bound=enum.Enum)
