@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cardlib.provision.qr import household_qr
 from cardlib.records.bundle import Programme
@@ -79,11 +80,14 @@ def screen_desk(tmp_path: Path, *, terminal_id: str, mode: CounterMode, served: 
         journal.close()
 
 
-def post(url: str, path: str, body: dict[str, object]) -> dict[str, object]:
-    """POST ``body`` as JSON to the screen at ``url`` + ``path``; the JSON object it answers."""
+def post(url: str, path: str, body: dict[str, object], *, timeout: float = 10) -> dict[str, Any]:
+    """POST ``body`` as JSON to the screen at ``url`` + ``path``; the JSON object it answers.
+
+    :param timeout: seconds to wait for the answer.
+    """
     req = urllib.request.Request(url + path.lstrip("/"), data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         answer = json.loads(resp.read())
     assert isinstance(answer, dict)
     return answer

@@ -15,7 +15,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from terminal.screen import CounterScreen, ScreenState
 from terminal.supervisor import ReaderNamePattern, Supervisor
 from terminal.sync import HttpApi, SyncClient, TrustStore
 from terminal.tap import CounterConfig, TapProcessor, Trust
+from tests.fallback_support import post
 from tests.provision_support import OriginalityIssuer
 from tests.reconcile_support import audit_db, findings, run  # noqa: F401 - audit_db: fixture
 from tests.test_checkpoint_server import decode_qr
@@ -114,12 +114,7 @@ class Office:
 
 
 def _post(url: str, path: str, body: dict[str, object]) -> dict[str, Any]:
-    req = urllib.request.Request(url + path.lstrip("/"), data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        answer = json.loads(resp.read())
-    assert isinstance(answer, dict)
-    return answer
+    return post(url, path, body, timeout=30)  # longer than the default: beside pcscd and a live server
 
 
 def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
