@@ -98,6 +98,9 @@ _AUTH_TAG = b"HB-SC/v1/auth"
 _RESET_TAG = b"HB-SC/v1/pin-reset"
 _TERMINAL_TAG = b"HB-SC/v1/terminal"
 _MAC_LEN = 32
+#: EXTERNAL AUTHENTICATE's masked PIN block (§5.5) and its mask's domain tag.
+_PIN_BLOCK = 8
+_PIN_MASK_TAG = b"HB-SC/v1/pin-mask"
 _MAX_STATE = 240
 _MAX_NDEF = 240
 _PIN_TRIES = 3
@@ -598,7 +601,7 @@ class SecureCard:
         if cmd.p1 != 0x00 or cmd.p2 not in (0x00, 0x80):
             return _sw(_WRONG_P1P2)
         n = len(cmd.data)
-        if (cmd.p2 == 0x00 and n != _MAC_LEN) or (cmd.p2 == 0x80 and not _MAC_LEN + 4 <= n <= _MAC_LEN + 8):
+        if (cmd.p2 == 0x00 and n != _MAC_LEN) or (cmd.p2 == 0x80 and n != _MAC_LEN + _PIN_BLOCK):
             return _sw(_WRONG_LENGTH)
         if p.terminal_key is None or p.card_id is None:
             return _sw(_NO_DATA)
@@ -612,8 +615,11 @@ class SecureCard:
         if not hmac.compare_digest(expected, cmd.data[:_MAC_LEN]):
             return _sw(_SECURITY)
         self._t.terminal_ok = True
-        if cmd.p2 == 0x80:
-            return self._check_pin(cmd.data[_MAC_LEN:], p)
+        if cmd.p2 == 0x80:  # the PIN block, unmasked with this session's one-time mask
+            mask = hmac.new(p.terminal_key, _PIN_MASK_TAG + p.card_id + counter.to_bytes(4, "big"),
+                            hashlib.sha256).digest()
+            block = bytes(a ^ b for a, b in zip(cmd.data[_MAC_LEN:], mask, strict=False))
+            return self._check_pin(block.rstrip(b"\xff"), p)
         return _sw(_OK)
 
     def _reset_pin(self, cmd: _Apdu, p: _Persistent) -> bytes:

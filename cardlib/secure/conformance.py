@@ -460,7 +460,7 @@ class _Runner:
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80), 0x63C0 | PIN_TRIES, "VERIFY status after SELECT")
         self.prove()
         self.expect(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0, 0x80,
-                                bytes(32) + self.pin.encode()), SecureSW.REFUSED,
+                                bytes(40)), SecureSW.REFUSED,
                     "EXTERNAL AUTHENTICATE with PIN, no new INTERNAL AUTHENTICATE")
         self.prove(self.pin)
         self.expect(CommandApdu(CLA_ISO, Ins.VERIFY, 0, 0x80), SecureSW.OK, "VERIFY status after proof + PIN")

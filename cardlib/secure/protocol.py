@@ -34,6 +34,8 @@ __all__ = [
     "MIN_NONCE",
     "MIN_PIN",
     "NDEF_AID",
+    "PIN_BLOCK_LEN",
+    "PIN_MASK_TAG",
     "PIN_RESET_TAG",
     "PIN_TRIES",
     "POINT_LEN",
@@ -55,6 +57,7 @@ __all__ = [
     "compress_point",
     "decompress_point",
     "is_wrong_pin",
+    "mask_pin",
     "pin_reset_message",
     "sign_pin_reset",
     "terminal_auth_message",
@@ -74,6 +77,10 @@ AUTH_TAG = b"HB-SC/v1/auth"
 PIN_RESET_TAG = b"HB-SC/v1/pin-reset"
 #: Domain tag of the terminal's proof (EXTERNAL AUTHENTICATE, §5.5).
 TERMINAL_AUTH_TAG = b"HB-SC/v1/terminal"
+#: Domain tag of the one-time mask over the PIN in EXTERNAL AUTHENTICATE (§5.5).
+PIN_MASK_TAG = b"HB-SC/v1/pin-mask"
+#: The masked PIN block EXTERNAL AUTHENTICATE carries: the PIN's ASCII digits padded with ``FF`` (§5.5).
+PIN_BLOCK_LEN = 8
 #: Context of the per-card terminal key derived from the province's card-access key ring (§5.5).
 TERMINAL_KEY_CONTEXT = b"HB-SC/v1/terminal-key"
 #: HMAC-SHA-256 output and the per-card terminal key, bytes.
@@ -370,6 +377,27 @@ def terminal_mac(card_key: bytes, card_id: bytes, counter: int) -> bytes:
     :raises ValueError: as :func:`terminal_auth_message`.
     """
     return hmac.new(card_key, terminal_auth_message(card_id, counter), hashlib.sha256).digest()
+
+
+def mask_pin(card_key: bytes, card_id: bytes, counter: int, pin: str) -> bytes:
+    """EXTERNAL AUTHENTICATE's PIN block (§5.5): the PIN never crosses the air in clear.
+
+    ``(PIN digits || FF … FF to 8 bytes) XOR HMAC-SHA-256(K, "HB-SC/v1/pin-mask" || card id || counter)[:8]``.
+    The counter is this session's INTERNAL AUTHENTICATE counter, which the card never signs
+    twice, so every mask is used once; without K a recorded block says nothing of the PIN, and
+    its length no longer tells the PIN's length.
+
+    :param card_key: :func:`terminal_card_key` for this card (32).
+    :param pin: 4..8 ASCII digits.
+    :returns: 8 bytes.
+    :raises ValueError: a PIN that is not 4..8 digits, or as :func:`terminal_auth_message`.
+    """
+    digits = check_pin_format(pin)
+    if len(card_id) != CARD_ID_LEN or not 0 <= counter <= COUNTER_MAX:
+        raise ValueError("card id 8 bytes and counter a uint32")
+    mask = hmac.new(card_key, PIN_MASK_TAG + card_id + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+    block = digits + b"\xff" * (PIN_BLOCK_LEN - len(digits))
+    return bytes(a ^ b for a, b in zip(block, mask[:PIN_BLOCK_LEN], strict=True))
 
 
 def check_pin_format(pin: str) -> bytes:

@@ -70,6 +70,7 @@ from cardlib.secure.protocol import (
     check_pin_format,
     decompress_point,
     is_wrong_pin,
+    mask_pin,
     terminal_mac,
     verify_auth_signature,
 )
@@ -274,7 +275,7 @@ class SecureCardSession:
 
         :param card_key: the card's terminal key (:func:`~cardlib.secure.protocol.terminal_card_key`), 32 bytes.
         :param card_id: the identity's card id (8).
-        :param pin: 4..8 digits to verify with the proof (P2 = 80), or None (P2 = 00).
+        :param pin: 4..8 digits to verify with the proof (P2 = 80, sent masked: :func:`mask_pin`), or None (P2 = 00).
         :param counter: the counter to prove (default: this session's last INTERNAL AUTHENTICATE;
             conformance passes others to test the card).
         :raises TerminalAuthFailed: ``69 82``, the card does not take the proof.
@@ -288,9 +289,9 @@ class SecureCardSession:
             raise ValueError("EXTERNAL AUTHENTICATE answers this session's INTERNAL AUTHENTICATE: none yet")
         if len(card_key) != TERMINAL_MAC_LEN:
             raise ValueError("the card's terminal key is 32 bytes")
-        raw_pin = b"" if pin is None else check_pin_format(pin)
+        block = b"" if pin is None else mask_pin(card_key, card_id, counter, pin)  # never the PIN in clear
         self._auth_counter = None
-        data = terminal_mac(card_key, card_id, counter) + raw_pin
+        data = terminal_mac(card_key, card_id, counter) + block
         resp = self._exchange(CommandApdu(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, 0,
                                           _P2_PIN if pin is not None else 0, data))
         if resp.sw == SecureSW.SECURITY_NOT_SATISFIED:
