@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.errors import ConfigurationError, DatabaseBusy, SchemaNotCurrent
@@ -135,18 +136,76 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 10) -
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            immediate = conn.get_execution_options().get(WRITE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE, False) else "BEGIN"
+            # On the driver: SQLAlchemy's execution context for a statement without parameters or
+            # rows was a tenth of a small upload's database CPU (issue 21). Its errors are wrapped
+            # as SQLAlchemy wraps them (a busy BEGIN IMMEDIATE stays an OperationalError).
+            driver = conn.connection.driver_connection
+            try:
+                driver.execute(statement)  # type: ignore[union-attr]  # a checked-out connection has one
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
     else:
         engine = create_engine(
             url,
             pool_size=pool_size,
             max_overflow=2 * pool_size,
-            pool_pre_ping=True,
+            pool_use_lifo=True,
             connect_args={"options": f"-c lock_timeout={timeout_ms} -c timezone=UTC"},
         )
+        _ping_when_idle(engine)
     return engine
+
+
+#: A pooled PostgreSQL connection returned less than this long ago (seconds) is handed out without
+#: the pre-ping round trip (see :func:`_ping_when_idle`).
+PING_IDLE_S = 2.0
+_LAST_CHECKIN = "huma_last_checkin"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's pool pre-ping, skipped for a connection returned to the pool in the last
+    :data:`PING_IDLE_S` seconds, since no connection of the pool was invalidated.
+
+    The pre-ping (``SELECT 1``) finds a connection PostgreSQL dropped while it sat in the pool
+    (a failover, a restart, an idle timeout); it was a round trip and ≈ 5 % of a small upload's
+    server CPU (issue 21). A connection that just served a request is alive unless the server
+    went away in these seconds: then its next statement fails, the request answers 503 (nothing
+    was acknowledged, the counter retries; server/http.py), and SQLAlchemy invalidates it at the
+    latest when the request's rollback fails. Any invalidation makes every connection returned
+    before it pinged again, and a failed ping invalidates the whole pool, as ``pool_pre_ping`` does.
+    A newly made connection is not pinged. The pool hands out the most recently returned
+    connection first (``pool_use_lifo``), so a lightly loaded server keeps reusing warm ones.
+    """
+    invalidated = [float("-inf")]  # monotonic time of the newest invalidation in this pool
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_LAST_CHECKIN] = time.monotonic()
+
+    @event.listens_for(engine, "invalidate")
+    def _invalidated(_dbapi_conn: Any, _record: Any, _exc: BaseException | None) -> None:
+        invalidated[0] = time.monotonic()
+
+    @event.listens_for(engine, "soft_invalidate")
+    def _soft_invalidated(_dbapi_conn: Any, _record: Any, _exc: BaseException | None) -> None:
+        invalidated[0] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_CHECKIN)
+        if last is None:
+            return  # connected for this checkout (info is cleared when a connection is replaced)
+        if time.monotonic() - last < PING_IDLE_S and last > invalidated[0]:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                raise InvalidatePoolError() from exc  # the pool reconnects (every connection made before now)
+            raise
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

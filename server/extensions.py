@@ -92,6 +92,19 @@ class Database:
             session.bind = self.engine.connect()  # closed earlier in this context
         return session
 
+    def discard_connection(self) -> None:
+        """Invalidate the request's pooled connection (found dead) and end its session; the next use of
+        :attr:`session` checks out another one. Only before the request wrote anything: its transaction
+        is lost with the connection.
+        """
+        session: Session | None = g.get("huma_session")
+        if session is None:
+            return
+        bind = session.bind
+        if isinstance(bind, Connection):
+            bind.invalidate()  # the pool closes it and pings the connections returned before this
+        session.close()
+
     def write_session(self, *, continue_read: bool = False) -> Session:
         """The session, with its transaction opened for writing.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 
 from flask import Blueprint, current_app, jsonify, request
@@ -16,7 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from cardlib.records.claims import cycle_of
 from cardlib.records.statements import ReceiptLine, sign_receipt
-from server.db import busy_as_503
+from server.db import busy_as_503, is_unreachable
 from server.errors import BadRequest
 from server.extensions import db
 from server.heads import record_head
@@ -25,7 +26,17 @@ from server.receipts import receipt_signer
 from server.reconcile.settlements import receipt_settlements
 from server.reconcile_trigger import after_upload
 from server.registry import ensure_cycles
-from server.upload import SIGNATURE_HEADER, Outcome, authenticate, parse_body, store_entries, verify_batch
+from server.upload import (
+    SIGNATURE_HEADER,
+    Outcome,
+    UploadTerminal,
+    authenticate,
+    parse_body,
+    store_entries,
+    verify_batch,
+)
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("journal", __name__, url_prefix="/api/v1/journal")
 
@@ -42,12 +53,11 @@ def upload_batch() -> ResponseReturnValue:
     body = json_body()  # 413 above MAX_CONTENT_LENGTH; 400 with a reason for bad JSON
     raw = request.get_data(cache=True)  # the exact bytes the envelope signs
     retry_after = int(current_app.config["RETRY_AFTER"])
-    session = db.session
     with busy_as_503(retry_after):
         # Read outside any SQLAlchemy transaction (server.upload._terminal_by_kid): on SQLite a
         # one-statement read, so no lock is held during the CPU-bound part (the write transaction
         # takes the database's write lock); on PostgreSQL the write goes on in its transaction.
-        terminal = authenticate(session, request.headers.get(SIGNATURE_HEADER), raw)
+        terminal = _authenticate(request.headers.get(SIGNATURE_HEADER), raw)
     batch = parse_body(body, int(current_app.config["MAX_BATCH_ENTRIES"]))
     rejected, verified = verify_batch(batch, terminal)
     # The province cycles (docs/card-format.md §conventions) the entries' wall times fall in:
@@ -83,6 +93,28 @@ def upload_batch() -> ResponseReturnValue:
         payload["error"] = {"code": "entries_conflict",
                             "message": f"{counts['conflict']} entries conflict with stored ones"}
     return jsonify(payload), status
+
+
+def _authenticate(header: str | None, raw: bytes) -> UploadTerminal:
+    """:func:`server.upload.authenticate` on the request's connection, once more on a new one if that
+    connection was found dead.
+
+    PostgreSQL's pool pings a connection at checkout only after it sat idle (server.db.PING_IDLE_S):
+    one the server dropped since its last use fails at this first statement, a read, with nothing
+    written yet, so the look-up is simply repeated on another connection, as the pre-ping would have.
+
+    :raises: as :func:`server.upload.authenticate`; a second failure to reach the database propagates
+        (503 ``database_unavailable``, server/http.py).
+    """
+    try:
+        return authenticate(db.session, header, raw)
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        log.info("the request's pooled connection was dead (%s); looking the terminal up on another",
+                 type(exc).__name__)
+        db.discard_connection()
+    return authenticate(db.session, header, raw)
 
 
 @bp.post("/heads")
