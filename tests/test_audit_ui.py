@@ -186,7 +186,7 @@ def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, con
     assert 'id="conflict-1"' in html and conflict_world["forged"].entry_hash.hex() in html
     assert conflict_world["commit"].entry.entry_id.hex() in html  # the stored entry, decoded
     section = html[html.index('id="conflict-1"'):]
-    assert "cash · 1<" in section and "cash · 250000<" in section  # the newcomer's amount and the kept one's
+    assert "Bantuan tunai · 1<" in section and "Bantuan tunai · 250000<" in section  # the newcomer's amount and the kept one's
     assert "entri kedua yang berbeda ditandatangani untuk seq" in html  # translated summary
     t2 = conflict_world["district"].terminals[2].terminal_id
     page = client.get(f"/audit/terminals/{t2}").get_data(as_text=True)
@@ -232,3 +232,17 @@ def test_every_stored_summary_shape_is_translated(app, conflict_world):
     gettext = translations("id").gettext
     for f in findings(app):
         assert translate_summary(f.summary, gettext) != f.summary, f.summary
+
+
+def test_pages_name_programmes_in_the_readers_language_not_by_code(app, conflict_world, world):
+    """Card, terminal and finding pages show "Paket pangan" / "Food package", never the raw code."""
+    client, card = world.client, conflict_world["card"]
+    _login(client)
+    terminal = conflict_world["district"].terminals[0].terminal_id
+    fork = next(f.id for f in findings(app) if f.card_id == card.card_id)
+    for path in (f"/audit/cards/{card.card_id}", f"/audit/terminals/{terminal}", f"/audit/findings/{fork}"):
+        page = client.get(f"{path}?lang=id")  # ?lang= sets a cookie: ask for each language explicitly
+        assert page.status_code == 200, (path, page.status_code)
+        html = page.get_data(as_text=True)
+        assert "Paket pangan" in html and ">food<" not in html and "food ·" not in html, (path, html)
+        assert "Food package" in client.get(f"{path}?lang=en").get_data(as_text=True), path
