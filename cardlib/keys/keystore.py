@@ -341,27 +341,51 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _certificate_builder(
+    subject: x509.Name, issuer: x509.Name, subject_key: PublicKey,
+    not_before: dt.datetime, not_after: dt.datetime, *, ca: bool, path_length: int | None = None,
+) -> x509.CertificateBuilder:
+    """The start every certificate of the key hierarchy shares (root, terminal CA, terminal, receipt key).
+
+    Names, key, a random serial, the validity, then basicConstraints and keyUsage, both critical
+    (RFC 5280 §4.2.1.9, §4.2.1.3), in that order: a CA (``ca=True``, ``path_length`` as given)
+    may sign certificates and CRLs only (keyCertSign, cRLSign); an end entity (``path_length``
+    ignored) may sign data only (digitalSignature). The caller adds the key identifiers and any
+    extended key usage, then signs.
+
+    :param not_before: / :param not_after: aware datetimes (whole seconds are encoded).
+    :returns: the unsigned builder.
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(subject_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                crl_sign=ca, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
 def _ca_certificate(
     subject_key: PublicKey, subject_cn: str, issuer: SoftwareSigner, issuer_cn: str,
     created: int, not_after: int, path_length: int,
 ) -> x509.Certificate:
     """X.509 CA certificate (RFC 5280 §4.2.1.9 basicConstraints CA, keyCertSign)."""
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject_cn))
-        .issuer_name(_name(issuer_cn))
-        .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(dt.datetime.fromtimestamp(created, dt.UTC))
-        .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.UTC))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
+        _certificate_builder(
+            _name(subject_cn), _name(issuer_cn), subject_key,
+            dt.datetime.fromtimestamp(created, dt.UTC), dt.datetime.fromtimestamp(not_after, dt.UTC),
+            ca=True, path_length=path_length,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(

@@ -21,17 +21,15 @@ a random UUID, needing no registration).
 
 from __future__ import annotations
 
-import datetime as dt
-
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from cardlib.keys.errors import CertificateError
+from cardlib.keys.keystore import _certificate_builder
 from cardlib.keys.signer import PublicKey, SoftwareSigner
-from cardlib.keys.terminal_ca import _basic_constraints, _issued_by, _within
+from cardlib.keys.terminal_ca import _basic_constraints, _end_entity_validity, _hash_for, _issued_by, _within
 
 #: Extended key usage of a server receipt key certificate (``2.25.<random UUID>``, ITU-T X.667).
 RECEIPT_KEY_USAGE = x509.ObjectIdentifier("2.25.339866557629686868413213435768188076828")
@@ -39,12 +37,6 @@ RECEIPT_KEY_USAGE = x509.ObjectIdentifier("2.25.33986655762968686841321343576818
 RECEIPT_CN_PREFIX = "Huma Betang server receipt key "
 #: Validity of a receipt-key certificate, days (checked at enrolment only; never past the CA's).
 RECEIPT_CERT_DAYS = 2 * 365
-#: notBefore this many seconds before issuance (a counter clock a little behind the server's).
-_SKEW_S = 300
-
-
-def _utc(seconds: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
 
 
 def issue_receipt_certificate(ca_signer: SoftwareSigner, ca_certificate: x509.Certificate,
@@ -60,24 +52,13 @@ def issue_receipt_certificate(ca_signer: SoftwareSigner, ca_certificate: x509.Ce
 
     from cardlib.keys.signer import derive_kid
 
-    end = min(_utc(now + RECEIPT_CERT_DAYS * 86400), ca_certificate.not_valid_after_utc)
+    start, end = _end_entity_validity(now, RECEIPT_CERT_DAYS, ca_certificate)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, RECEIPT_CN_PREFIX + derive_kid(receipt_key).hex())])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                    RECEIPT_CN_PREFIX + derive_kid(receipt_key).hex())]))
-        .issuer_name(ca_certificate.subject)
-        .public_key(receipt_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(now - _SKEW_S))
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        _certificate_builder(subject, ca_certificate.subject, receipt_key, start, end, ca=False)
         .add_extension(x509.ExtendedKeyUsage([RECEIPT_KEY_USAGE]), critical=True)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_signer.public_key), critical=False)
-        .sign(ca_signer.private_key, None if isinstance(ca_signer.private_key, ed25519.Ed25519PrivateKey)
-              else hashes.SHA256())
+        .sign(ca_signer.private_key, _hash_for(ca_signer.private_key))
     )
     return cert.public_bytes(serialization.Encoding.PEM)
 

@@ -26,7 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from cardlib.keys.errors import CertificateError, CsrError, UnsupportedAlgorithmError
-from cardlib.keys.keystore import KeyStore, Role, _ca_certificate, _name, terminal_ca_common_name
+from cardlib.keys.keystore import (
+    KeyStore,
+    Role,
+    _ca_certificate,
+    _certificate_builder,
+    _name,
+    terminal_ca_common_name,
+)
 from cardlib.keys.signer import (
     PrivateKey,
     PublicKey,
@@ -225,6 +232,17 @@ def _basic_constraints(cert: x509.Certificate, what: str) -> x509.BasicConstrain
         raise CertificateError(f"{what} lacks basicConstraints") from exc
 
 
+def _end_entity_validity(now: float, days: int, ca: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
+    """notBefore and notAfter of an end-entity certificate ``ca`` issues at ``now`` (POSIX seconds).
+
+    Whole seconds; notBefore :data:`CLOCK_SKEW_ALLOWANCE_S` early, notAfter ``days`` later but
+    never past ``ca``'s own notAfter.
+    """
+    issued = dt.datetime.fromtimestamp(now, dt.UTC).replace(microsecond=0)
+    return (issued - dt.timedelta(seconds=CLOCK_SKEW_ALLOWANCE_S),
+            min(issued + dt.timedelta(days=days), ca.not_valid_after_utc))
+
+
 def _within(cert: x509.Certificate, now: float, what: str) -> None:
     """Check ``now`` (POSIX seconds) lies in ``cert``'s validity, bounds included.
 
@@ -344,28 +362,10 @@ class TerminalCA:
             unsupported key type (see :func:`check_terminal_csr`).
         """
         public_key = check_terminal_csr(csr_pem, terminal_id).public_key
-        issued = dt.datetime.fromtimestamp(
-            now if now is not None else dt.datetime.now(dt.UTC).timestamp(), dt.UTC
-        ).replace(microsecond=0)
-        start = issued - dt.timedelta(seconds=CLOCK_SKEW_ALLOWANCE_S)
-        end = min(issued + dt.timedelta(days=validity_days), self.certificate.not_valid_after_utc)
+        at = now if now is not None else dt.datetime.now(dt.UTC).timestamp()
+        start, end = _end_entity_validity(at, validity_days, self.certificate)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(terminal_id))
-            .issuer_name(self.certificate.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            _certificate_builder(_name(terminal_id), self.certificate.subject, public_key, start, end, ca=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._signer.public_key),
