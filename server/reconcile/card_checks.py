@@ -133,34 +133,34 @@ def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
     return out
 
 
+def _chip_window(js: Any, order_by: tuple[Any, ...], columns: tuple[Any, ...], lagged: dict[str, Any],
+                 where: tuple[Any, ...]) -> Any:
+    """Subquery of one chip's taps in ``order_by`` order: ``columns`` and, per ``lagged`` label, ``LAG(column)``.
+
+    The window is ``PARTITION BY card_id, tag_uid``: a clone carries the card's signed identity, so
+    both chips share the card id (keying by card id also keeps the window shard-local on Citus).
+    ``js`` is the entries read (:func:`_scan`), ``where`` the rows' conditions.
+    """
+    by: dict[str, Any] = {"partition_by": (js.c.card_id, js.c.tag_uid), "order_by": order_by}
+    return (
+        select(*columns, *(func.lag(column).over(**by).label(label) for label, column in lagged.items()))
+        .where(*where)
+        .subquery()
+    )
+
+
 def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:
     """Rollback (by NTAG counter), counter backwards (by time) and slot-seq gaps."""
     def build() -> tuple[Any, Any, Any]:
         js = _scan(scope)  # whole cards: the touched ones in an incremental run (server.reconcile.scope)
         # Rollback: the chip's own counter orders its sessions; the slot seq must not go back.
-        by_ctr: dict[str, Any] = {
-            "partition_by": (js.c.card_id, js.c.tag_uid),
-            "order_by": (
-                js.c.ntag_counter,
-                js.c.wall_time,
-                js.c.terminal_id,
-                js.c.seq,
-            ),
-        }
-        window = (
-            select(
-                js.c.card_id,
-                js.c.entry_id,
-                js.c.wall_time,
-                js.c.ntag_counter,
-                js.c.slot_seq_before,
-                func.lag(js.c.slot_seq_after).over(**by_ctr).label("prev_after"),
-                func.lag(js.c.wall_time).over(**by_ctr).label("prev_wall"),
-                func.lag(js.c.ntag_counter).over(**by_ctr).label("prev_ctr"),
-                func.lag(js.c.entry_id).over(**by_ctr).label("prev_entry_id"),
-            )
-            .where(_redeemed(js), js.c.ntag_counter.is_not(None))
-            .subquery()
+        window = _chip_window(
+            js,
+            (js.c.ntag_counter, js.c.wall_time, js.c.terminal_id, js.c.seq),
+            (js.c.card_id, js.c.entry_id, js.c.wall_time, js.c.ntag_counter, js.c.slot_seq_before),
+            {"prev_after": js.c.slot_seq_after, "prev_wall": js.c.wall_time, "prev_ctr": js.c.ntag_counter,
+             "prev_entry_id": js.c.entry_id},
+            (_redeemed(js), js.c.ntag_counter.is_not(None)),
         )
         rollback = (
             select(window)
@@ -172,31 +172,13 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             .order_by(window.c.card_id, window.c.ntag_counter)
         )
         # Counter backwards: by wall time, a genuine UID's counter never decreases.
-        # Partitioned by (card_id, tag_uid): a clone carries the card's signed identity, so both
-        # chips share the card id; keying by card id keeps the window shard-local on Citus.
-        by_time: dict[str, Any] = {
-            "partition_by": (js.c.card_id, js.c.tag_uid),
-            "order_by": (js.c.wall_time, js.c.terminal_id, js.c.seq),
-        }
-        window = (
-            select(
-                js.c.card_id,
-                js.c.tag_uid,
-                js.c.entry_id,
-                js.c.terminal_id,
-                js.c.ntag_counter,
-                js.c.wall_time,
-                js.c.seq,
-                func.lag(js.c.ntag_counter).over(**by_time).label("prev_ctr"),
-                func.lag(js.c.entry_id).over(**by_time).label("prev_entry_id"),
-                func.lag(js.c.terminal_id).over(**by_time).label("prev_terminal"),
-            )
-            .where(
-                js.c.card_id.is_not(None),
-                js.c.tag_uid.is_not(None),
-                js.c.ntag_counter.is_not(None),
-            )
-            .subquery()
+        window = _chip_window(
+            js,
+            (js.c.wall_time, js.c.terminal_id, js.c.seq),
+            (js.c.card_id, js.c.tag_uid, js.c.entry_id, js.c.terminal_id, js.c.ntag_counter, js.c.wall_time,
+             js.c.seq),
+            {"prev_ctr": js.c.ntag_counter, "prev_entry_id": js.c.entry_id, "prev_terminal": js.c.terminal_id},
+            (js.c.card_id.is_not(None), js.c.tag_uid.is_not(None), js.c.ntag_counter.is_not(None)),
         )
         backwards = (
             select(window)
