@@ -49,18 +49,19 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, func, insert, or_, select, true, update
+from sqlalchemy import Table, and_, bindparam, case, exists, func, insert, or_, select, true, union, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from server.models import Card
+from server.checkpoints.models import TerminalCheckpoint
+from server.models import Card, JournalConflict, RejectedEntry, TerminalStatus
 from server.reconcile.card_checks import (
     card_forks,
     card_order,
@@ -72,18 +73,21 @@ from server.reconcile.card_checks import (
 from server.reconcile.errors import ReconcileBusy
 from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
-from server.reconcile.models import FindingKind, FindingStatus, ReconcileRun, ReconcileState
+from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState, ReportedHead
 from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.revoked_states import revoked_key_states, revoked_states_built_on
 from server.reconcile.scope import Scope
 from server.reconcile.settlements import settle_torn_writes
 from server.reconcile.sql import (
     benefit_cycles,
+    built_once,
     card_entitlements,
     card_profiles,
     findings,
     journal,
+    json_int,
     terminal_sites,
+    terminals,
 )
 from server.reconcile.terminal_checks import (
     chain_and_clock_steps,
@@ -139,7 +143,8 @@ class RunResult:
     scope: tuple[int, int, int] | None = None
 
 
-def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope | None = None) -> list[Observation]:
+def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope | None = None,
+            present: Mapping[str, bool] | None = None) -> list[Observation]:
     """Run every check on ``conn`` and return the anomalies found.
 
     Writes only ``reconcile_boots``, the per-boot clock state ``clock_skew`` keeps (rebuilt, or the
@@ -149,27 +154,83 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
 
     :param scope: restrict the terminal and card checks to an incremental run's touched keys
         (whole chains, whole cards, whole households); the checks of :data:`GLOBAL_KINDS` run whole.
+    :param present: which global checks have rows to start from (``conflicts``, ``rejected``, ``heads``,
+        ``checkpoints``, ``suspect_terminals``, ``revoked_cards``: False skips the checks that start
+        from that table, which would find nothing); None runs every check.
     """
     cfg = cfg or ReconcileConfig()
+
+    def has(*names: str) -> bool:
+        return present is None or any(present.get(name, True) for name in names)
+
     out: list[Observation] = []
     chain, backwards = chain_and_clock_steps(conn, cfg, scope)
     out += chain
-    out += upload_evidence(conn, cfg)
-    out += journal_tails(conn, cfg)
-    out += checkpoint_heads_missing(conn, cfg)
-    out += revoked_terminals_used(conn, cfg)
+    if has("conflicts", "rejected"):
+        out += upload_evidence(conn, cfg)
+    if has("heads"):
+        out += journal_tails(conn, cfg)
+    if has("checkpoints"):
+        out += checkpoint_heads_missing(conn, cfg)
+    if has("suspect_terminals"):
+        out += revoked_terminals_used(conn, cfg)
     out += clock_skew(conn, cfg, backwards, scope)
     out += card_forks(conn, cfg, scope)
     out += card_order(conn, cfg, scope)
     out += secure_card_counters(conn, cfg, scope)
     out += entitlements_exceeded(conn, cfg, scope)
     out += household_entitlements(conn, cfg, scope)
-    out += revoked_cards_used(conn, cfg)
-    out += revoked_key_states(conn, cfg)
-    out += revoked_states_built_on(conn, cfg)
+    if has("revoked_cards"):
+        out += revoked_cards_used(conn, cfg)
+    if has("suspect_terminals"):
+        out += revoked_key_states(conn, cfg)
+        out += revoked_states_built_on(conn, cfg)
     out += claims_on_replaced_cards(conn, cfg, scope)
     out += impossible_travel(conn, cfg, scope)
     return out
+
+
+def _digest_aggregates() -> list[Any]:
+    """The one-row aggregates :func:`reference_digest` hashes, as subqueries (built once per process)."""
+    def build() -> list[Any]:
+        return [stmt.subquery() for stmt in (
+            select(func.count(), func.sum(terminal_sites.c.lat), func.sum(terminal_sites.c.lon),
+                   func.min(terminal_sites.c.lat), func.max(terminal_sites.c.lat),
+                   func.min(terminal_sites.c.lon), func.max(terminal_sites.c.lon)),
+            select(func.count(), func.min(benefit_cycles.c.starts_at), func.max(benefit_cycles.c.ends_at),
+                   func.min(benefit_cycles.c.cycle_id), func.max(benefit_cycles.c.cycle_id)),
+            select(func.count(), func.sum(card_entitlements.c.amount), func.max(card_entitlements.c.amount),
+                   func.min(card_entitlements.c.amount)),
+            select(func.count(), func.count(card_profiles.c.household_ref), func.min(card_profiles.c.household_ref),
+                   func.max(card_profiles.c.household_ref), func.count(card_profiles.c.revoked_at),
+                   func.max(card_profiles.c.revoked_at)),
+            select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
+                   func.sum(case((_cards.c.status == "issued", 1), else_=0))),
+        )]
+    return built_once(("digest_aggregates",), build)
+
+
+def _digest_from(aggregates: list[Any]) -> Any:
+    """The aggregates side by side (one-row subqueries joined ON TRUE): one round trip for all of them."""
+    joined: Any = aggregates[0]
+    for a in aggregates[1:]:
+        joined = joined.join(a, true())
+    return joined
+
+
+def _digest_of(row: Any, aggregates: list[Any]) -> str:
+    """SHA-256 hex of the aggregates' values in ``row`` (their columns first, in order)."""
+    parts: list[Any] = []
+    at = 0
+    for a in aggregates:
+        n = len(a.c)
+        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row[at:at + n]])
+        at += n
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+#: Index of ``count(card_profiles.revoked_at)`` among the digest's columns (revoked cards: any?).
+_REVOKED_CARDS_AT = 7 + 5 + 4 + 4
 
 
 def reference_digest(conn: Connection) -> str:
@@ -180,68 +241,96 @@ def reference_digest(conn: Connection) -> str:
     removed or a value moved past an extreme changes it, and the next run is then a full one. An
     edit that keeps every aggregate (a card moved between two households) is not seen: run a
     full reconciliation after such registry changes (docs/reconciliation.md §Incremental).
+    A run reads it in its opening statement (:func:`_opening`); this is the same digest alone.
     """
-    parts: list[Any] = []
-    aggregates = [stmt.subquery() for stmt in (
-        select(func.count(), func.sum(terminal_sites.c.lat), func.sum(terminal_sites.c.lon),
-               func.min(terminal_sites.c.lat), func.max(terminal_sites.c.lat),
-               func.min(terminal_sites.c.lon), func.max(terminal_sites.c.lon)),
-        select(func.count(), func.min(benefit_cycles.c.starts_at), func.max(benefit_cycles.c.ends_at),
-               func.min(benefit_cycles.c.cycle_id), func.max(benefit_cycles.c.cycle_id)),
-        select(func.count(), func.sum(card_entitlements.c.amount), func.max(card_entitlements.c.amount),
-               func.min(card_entitlements.c.amount)),
-        select(func.count(), func.count(card_profiles.c.household_ref), func.min(card_profiles.c.household_ref),
-               func.max(card_profiles.c.household_ref), func.count(card_profiles.c.revoked_at),
-               func.max(card_profiles.c.revoked_at)),
-        select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
-               func.sum(case((_cards.c.status == "issued", 1), else_=0))),
-    )]
-    joined: Any = aggregates[0]
-    for a in aggregates[1:]:  # one-row aggregates side by side: one round trip
-        joined = joined.join(a, true())
-    row = conn.execute(select(*(c for a in aggregates for c in a.c)).select_from(joined)).one()
-    at = 0
-    for a in aggregates:
-        n = len(a.c)
-        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row[at:at + n]])
-        at += n
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    aggregates = _digest_aggregates()
+    stmt = built_once(("digest",), lambda: select(*(c for a in aggregates for c in a.c))
+                      .select_from(_digest_from(aggregates)))
+    return _digest_of(conn.execute(stmt).one(), aggregates)
 
 
-def _within(conn: Connection, scope: Scope, observations: list[Observation]) -> ColumnElement[bool]:
+#: Global checks (:func:`observe`) that read nothing when a small table is empty, keyed by their name:
+#: the opening statement says which have something to read (``present``).
+_GLOBAL_SOURCES = ("conflicts", "rejected", "heads", "checkpoints", "suspect_terminals")
+
+
+def _opening(dialect: str, margin: bool) -> tuple[Any, list[Any]]:
+    """A run's first read, one statement: its state, the watermark, the reference digest and what the global checks
+    have to read.
+
+    Columns: the digest's aggregates (:func:`_digest_aggregates`, in order), then ``journal_id``,
+    ``reference_digest``, ``run_id`` of ``reconcile_state`` (NULL without a state row), ``run_exists``,
+    ``mark``, then one ``has_<source>`` flag per :data:`_GLOBAL_SOURCES`. Built once per (dialect, margin).
+
+    ``mark`` is the watermark: the highest ``journal_entries.id`` this run can vouch for (every lower
+    id is in the journal it reads). SQLite commits one writer at a time, in id order. PostgreSQL
+    hands out ids at insert and commits in any order, so with ``margin`` the watermark stays at
+    entries received before the bound ``cutoff`` (``cfg.watermark_margin_s`` before the run): an
+    upload still open then with a lower id is read again by the next run.
+    """
+    def build() -> Any:
+        aggregates = _digest_aggregates()
+        state = select(_state).where(_state.c.id == 1).subquery("state")
+        runs = cast(Table, ReconcileRun.__table__)
+        if dialect == "postgresql" and margin:
+            mark = (select(journal.c.id).where(journal.c.received_at <= bindparam("cutoff"))
+                    .order_by(journal.c.id.desc()).limit(1).scalar_subquery())
+        else:
+            mark = select(func.max(journal.c.id)).scalar_subquery()
+        revoked = union(
+            select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
+            select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)),
+        )
+        sources = {"conflicts": JournalConflict.__table__, "rejected": RejectedEntry.__table__,
+                   "heads": ReportedHead.__table__, "checkpoints": TerminalCheckpoint.__table__}
+        flags = [exists().select_from(sources[name]).label(f"has_{name}") for name in _GLOBAL_SOURCES[:-1]]
+        flags.append(exists(revoked.subquery()).label("has_suspect_terminals"))
+        stmt = select(
+            *(c for a in aggregates for c in a.c),
+            select(state.c.journal_id).scalar_subquery().label("journal_id"),
+            select(state.c.reference_digest).scalar_subquery().label("reference_digest"),
+            select(state.c.run_id).scalar_subquery().label("run_id"),
+            exists().where(runs.c.id == select(state.c.run_id).scalar_subquery()).label("run_exists"),
+            func.coalesce(mark, 0).label("mark"),
+            *flags,
+        ).select_from(_digest_from(aggregates))
+        return stmt, aggregates
+
+    return cast(tuple[Any, list[Any]], built_once(("opening", dialect, margin), build))
+
+
+def _within(scope: Scope, observations: list[Observation]) -> tuple[ColumnElement[bool], dict[str, Any]]:
     """The open findings an incremental run may resolve: the ones it would have observed again if they held.
 
     Global kinds; card kinds of touched cards; along a touched terminal's chain, the gaps, breaks
     and backward steps after its ``from_seq`` (the part re-read); its clock skew of the boots read,
     or all of its clock findings when the skew check read the terminal whole (it observed some).
+    A condition on ``findings`` (the members of ``detail`` read in SQL, :class:`~server.reconcile.sql.json_int`),
+    built once, and its parameters: no statement of its own.
     """
-    from_seq = {row.terminal_id: row.from_seq for row in conn.execute(select(scope.terminals))}
-    boots = {(row.terminal_id, row.boot_id) for row in conn.execute(select(scope.boots))}
-    whole = {o.terminal_id for o in observations if o.kind is FindingKind.CLOCK_SKEW}
-    eligible: list[int] = []
-    for row in conn.execute(
-        select(findings.c.id, findings.c.kind, findings.c.terminal_id, findings.c.detail).where(
-            findings.c.status == FindingStatus.OPEN.value,
-            findings.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
-            findings.c.terminal_id.in_(select(scope.terminals.c.terminal_id)),
+    def build() -> ColumnElement[bool]:
+        from_seq = (select(scope.terminals.c.from_seq).where(scope.terminals.c.terminal_id == findings.c.terminal_id)
+                    .scalar_subquery())
+        boot_read = exists().where(scope.boots.c.terminal_id == findings.c.terminal_id,
+                                   scope.boots.c.boot_id == json_int(findings.c.detail, "boot_id"))
+        again = case(
+            (findings.c.kind == FindingKind.TERMINAL_GAP.value,
+             json_int(findings.c.detail, "last_missing") + 1 > from_seq),
+            (findings.c.kind == FindingKind.CLOCK_SKEW.value,
+             or_(findings.c.terminal_id.in_(bindparam("whole", expanding=True)), boot_read)),
+            else_=json_int(findings.c.detail, "seq") > from_seq,  # chain break, clock backwards: the entry's seq
         )
-    ):
-        detail = json.loads(row.detail)
-        start = from_seq[row.terminal_id]
-        if row.kind == FindingKind.TERMINAL_GAP:
-            again = detail["last_missing"] + 1 > start
-        elif row.kind == FindingKind.CLOCK_SKEW:
-            again = row.terminal_id in whole or (row.terminal_id, detail.get("boot_id")) in boots
-        else:  # chain break, clock backwards: keyed by the entry's seq
-            again = detail["seq"] > start
-        if again:
-            eligible.append(row.id)
-    return or_(
-        findings.c.kind.in_(sorted(k.value for k in GLOBAL_KINDS)),
-        and_(findings.c.kind.in_(sorted(k.value for k in CARD_KINDS)),
-             findings.c.card_id.in_(select(scope.cards.c.card_id))),
-        findings.c.id.in_(eligible),
-    )
+        return or_(
+            findings.c.kind.in_(sorted(k.value for k in GLOBAL_KINDS)),
+            and_(findings.c.kind.in_(sorted(k.value for k in CARD_KINDS)),
+                 findings.c.card_id.in_(select(scope.cards.c.card_id))),
+            and_(findings.c.kind.in_(sorted(k.value for k in TERMINAL_KINDS)),
+                 findings.c.terminal_id.in_(select(scope.terminals.c.terminal_id)),
+                 again == true()),
+        )
+
+    whole = sorted({o.terminal_id for o in observations if o.kind is FindingKind.CLOCK_SKEW and o.terminal_id})
+    return built_once(("within",), build), {"whole": whole}
 
 
 @contextmanager
@@ -270,22 +359,6 @@ def _single_flight(session: Session) -> Iterator[None]:
             session.rollback()
             raise ReconcileBusy("another reconciliation run (or a long write) holds the database") from exc
     yield
-
-
-def _watermark(conn: Connection, cfg: ReconcileConfig, now: dt.datetime) -> int:
-    """The highest ``journal_entries.id`` this run can vouch for: every lower id is in the journal it reads.
-
-    SQLite commits one writer at a time, in id order. PostgreSQL hands out ids at insert and
-    commits in any order, so the watermark stays at entries received ``cfg.watermark_margin_s``
-    before the run: an upload still open then with a lower id is read again by the next run.
-    """
-    if conn.dialect.name != "postgresql" or cfg.watermark_margin_s <= 0:
-        return int(conn.execute(select(func.coalesce(func.max(journal.c.id), 0))).scalar_one())
-    cutoff = now - dt.timedelta(seconds=cfg.watermark_margin_s)
-    found = conn.execute(
-        select(journal.c.id).where(journal.c.received_at <= cutoff).order_by(journal.c.id.desc()).limit(1)
-    ).scalar_one_or_none()
-    return int(found or 0)
 
 
 def reconcile(
@@ -322,22 +395,26 @@ def reconcile(
     now = utcnow()
     with _single_flight(session):
         conn = session.connection()
-        state = conn.execute(select(_state).where(_state.c.id == 1)).first()
-        digest = reference_digest(conn)
-        mark = _watermark(conn, cfg, now)
+        dialect = conn.dialect.name
+        margin = dialect == "postgresql" and cfg.watermark_margin_s > 0
+        opening, aggregates = _opening(dialect, margin)
+        params = {"cutoff": now - dt.timedelta(seconds=cfg.watermark_margin_s)} if margin else {}
+        head = conn.execute(opening, params).one()
+        digest = _digest_of(head, aggregates)
+        mark = int(head.mark)
+        present = {name: bool(head._mapping[f"has_{name}"]) for name in _GLOBAL_SOURCES}
+        present["revoked_cards"] = bool(head[_REVOKED_CARDS_AT])
         scope: Scope | None = None
         if (
             incremental
             and not verify_signatures
-            and state is not None
-            and state.run_id is not None
-            and state.reference_digest == digest
-            and state.journal_id <= mark
-            and conn.execute(select(ReconcileRun.id).where(ReconcileRun.id == state.run_id)).first() is not None
+            and head.run_id is not None
+            and head.reference_digest == digest
+            and head.journal_id <= mark
+            and head.run_exists
         ):
-            scope = Scope.since(conn, state.journal_id)
-            entries = conn.execute(
-                select(func.count()).select_from(journal).where(journal.c.id > state.journal_id)).scalar_one()
+            scope = Scope.since(conn, head.journal_id)
+            entries = scope.new_entries
         else:
             entries = conn.execute(select(func.count()).select_from(journal)).scalar_one()
         run = ReconcileRun(started_at=now, entries=0, findings_new=0, findings_seen=0, findings_resolved=0)
@@ -345,11 +422,12 @@ def reconcile(
         session.flush()
         # Settled first: a write settled as taken counts in this run's entitlement totals (server.households).
         settle_torn_writes(conn, run.id, now, scope)  # docs/reconciliation.md §Settling torn writes
-        observations = observe(conn, cfg, scope)
+        observations = observe(conn, cfg, scope, present)
         if verify_signatures:
             observations += signature_mismatches(conn, cfg)
+        within, within_params = (None, None) if scope is None else _within(scope, observations)
         recorded = record_findings(conn, observations, run.id, now, resolve_bad_signatures=verify_signatures,
-                                   resolve_within=None if scope is None else _within(conn, scope, observations))
+                                   resolve_within=within, within_params=within_params)
         if scope is not None:
             scope.drop(conn)
         values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ def record_findings(
     *,
     resolve_bad_signatures: bool,
     resolve_within: ColumnElement[bool] | None = None,
+    within_params: Mapping[str, Any] | None = None,
 ) -> RecordedFindings:
     """Upsert one finding per distinct fingerprint and resolve the open ones not observed this run (not committed).
 
@@ -75,6 +76,7 @@ def record_findings(
     :param now: the run's start (aware), stored as first/last seen and decision time.
     :param resolve_within: an incremental run's condition on ``findings`` rows: only open findings
         it holds for (the keys the run re-examined) may be resolved; None: every open finding.
+    :param within_params: values of ``resolve_within``'s bound parameters.
     """
     by_fp: dict[str, Observation] = {}
     for observation in observations:
@@ -120,7 +122,8 @@ def record_findings(
             *(() if resolve_bad_signatures else (findings.c.kind != FindingKind.BAD_SIGNATURE.value,)),
             *(() if resolve_within is None else (resolve_within,)),
         )
-        .values(status=FindingStatus.DISMISSED.value, reason=RESOLVED_REASON.format(run=run_id), decided_at=now)
+        .values(status=FindingStatus.DISMISSED.value, reason=RESOLVED_REASON.format(run=run_id), decided_at=now),
+        dict(within_params or {}),
     ).rowcount
     by_kind: dict[str, int] = defaultdict(int)
     for observation in by_fp.values():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -53,7 +53,7 @@ from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.statements import Settlement, SettlementOutcome
 from server.models import Base
 from server.reconcile.scope import Scope, card_in
-from server.reconcile.sql import journal, journal_scan
+from server.reconcile.sql import built_once, journal, journal_scan
 from server.types import UTCDateTime
 
 __all__ = ["WriteSettlement", "receipt_settlements", "settle_torn_writes"]
@@ -95,19 +95,12 @@ _CLOSING = (int(EntryKind.COMMIT), int(EntryKind.FINISHED), int(EntryKind.VOIDED
 _WROTE = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
 
 
-def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, scope: Scope | None = None) -> int:
-    """Decide every open torn write the stored journal can decide and store the decisions.
+def _open_writes(scope: Scope | None) -> Any:
+    """The statement :func:`settle_torn_writes` runs (of the scope's cards when ``scope`` is given); built once."""
+    return built_once(("settle_torn_writes", scope is None), lambda: _build_open_writes(scope))
 
-    One statement finds the open torn writes (of the scope's cards in an incremental run: new
-    evidence arrives as an entry of the card, which puts the card in the scope) with, for each,
-    the first entry proving it took effect and the first proving it did not; the decided ones are
-    inserted. Idempotent: a settled write is not open any more.
 
-    :param run_id: the reconciliation run (``reconcile_runs.id``), kept on each row.
-    :param now: aware UTC time stored as ``settled_at``.
-    :param scope: an incremental run's touched keys; None reads every card.
-    :returns: the number of writes settled now.
-    """
+def _build_open_writes(scope: Scope | None) -> Any:
     p, c = journal.alias("p"), journal.alias("c")
     e1, e2 = journal.alias("e1"), journal.alias("e2")
     took = (
@@ -143,14 +136,30 @@ def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, s
         .where(c.c.card_id == p.c.card_id, c.c.state_hash_new == p.c.state_hash_new, c.c.kind.in_(_CLOSING))
         .limit(1).scalar_subquery()
     )
-    rows = conn.execute(
+    return (
         select(p.c.entry_id, p.c.terminal_id, p.c.seq, p.c.card_id, torn.c.terminal_id.label("torn_terminal"),
                torn.c.last_seq, closed.label("closed_by"), took.label("took"), not_taken.label("not_taken"))
         .select_from(torn.join(p, and_(p.c.card_id == torn.c.card_id, p.c.state_hash_new == torn.c.state_hash_new,
                                        p.c.kind == int(EntryKind.PENDING))))
         .where(p.c.slot_seq_after.is_not(None), ~exists().where(_settlements.c.entry_id == p.c.entry_id))
         .order_by(p.c.id)
-    ).all()
+    )
+
+
+def settle_torn_writes(conn: Connection, run_id: int | None, now: dt.datetime, scope: Scope | None = None) -> int:
+    """Decide every open torn write the stored journal can decide and store the decisions.
+
+    One statement finds the open torn writes (of the scope's cards in an incremental run: new
+    evidence arrives as an entry of the card, which puts the card in the scope) with, for each,
+    the first entry proving it took effect and the first proving it did not; the decided ones are
+    inserted. Idempotent: a settled write is not open any more.
+
+    :param run_id: the reconciliation run (``reconcile_runs.id``), kept on each row.
+    :param now: aware UTC time stored as ``settled_at``.
+    :param scope: an incremental run's touched keys; None reads every card.
+    :returns: the number of writes settled now.
+    """
+    rows = conn.execute(_open_writes(scope)).all()
     decided = []
     for row in rows:
         if row.terminal_id != row.torn_terminal or row.seq >= row.last_seq or row.closed_by == row.terminal_id:

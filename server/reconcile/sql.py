@@ -1,7 +1,8 @@
 """SQL building blocks of the reconciliation checks, the same on SQLite and PostgreSQL.
 
 Table handles named after their tables, :class:`epoch_s` (a timestamp as UNIX seconds in
-SQL) and :class:`full_scan` (SQLite's ``NOT INDEXED`` for the per-card statements).
+SQL), :class:`json_int` (an integer member of a JSON text column), :class:`full_scan` (SQLite's
+``NOT INDEXED`` for the per-card statements) and :func:`built_once` (a statement kept per process).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Float, Table, and_
+from sqlalchemy import BigInteger, Float, Table, and_, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -31,6 +32,7 @@ __all__ = [
     "full_scan",
     "journal",
     "journal_scan",
+    "json_int",
     "terminal_sites",
     "terminals",
 ]
@@ -57,6 +59,34 @@ def _epoch_pg(element: epoch_s, compiler: SQLCompiler, **kw: Any) -> str:
     # date_part is float8 arithmetic on the microseconds; EXTRACT is numeric since PostgreSQL 14 and costs
     # twice as much per row (the clock checks compute it for every entry they read). Same double values.
     return f"date_part('epoch', {compiler.process(element.clauses, **kw)})"
+
+
+class json_int(FunctionElement[int]):  # noqa: N801 - SQL function style
+    """An integer member of a JSON object stored as text (``findings.detail``): ``json_int(column, key)``.
+
+    ``key`` is a plain member name (letters, digits, ``_``); a missing member or a non-object is NULL.
+    """
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "json_int"
+
+    def __init__(self, column: Any, key: str) -> None:
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"not a plain JSON member name: {key!r}")
+        super().__init__(column, literal_column(f"'{key}'"))
+
+
+@compiles(json_int, "sqlite")
+def _json_int_sqlite(element: json_int, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(json_extract({column}, '$.' || {key}) AS INTEGER)"
+
+
+@compiles(json_int, "postgresql")
+def _json_int_pg(element: json_int, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST((CAST({column} AS json) ->> {key}) AS BIGINT)"
 
 
 #: The tables the checks read, as SQLAlchemy Core tables (column access ``journal.c.seq``).

@@ -13,7 +13,22 @@ from collections import defaultdict
 from typing import Any
 from typing import cast as typing_cast
 
-from sqlalchemy import Float, Table, and_, bindparam, case, cast, delete, func, insert, literal, or_, select, union
+from sqlalchemy import (
+    Float,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    union,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -78,9 +93,23 @@ def chain_and_clock_steps(
             func.lag(journal.c.entry_hash).over(**by).label("prev_hash"),
             func.lag(wall).over(**by).label("prev_wall"),
         )
+        start: Any = None  # the FROM the window joins onto (the touched terminals, PostgreSQL)
+        window: Any
         if scope is None:
             window = select(*columns).subquery()
             fresh: tuple[Any, ...] = ()
+        elif dialect == "postgresql":
+            # Per touched terminal (LATERAL): its chain from from_seq through uq_journal_terminal_seq. As a join,
+            # PostgreSQL cannot know each from_seq is near its terminal's last entry (it guesses a third of the
+            # chain) and hash-joins a sequential scan of the journal (63 ms at 100k entries; this: 3.5 ms).
+            touched = scope.terminals
+            window = (
+                select(*columns, touched.c.from_seq)
+                .where(journal.c.terminal_id == touched.c.terminal_id, journal.c.seq >= touched.c.from_seq)
+                .lateral()
+            )
+            start = touched
+            fresh = (window.c.seq > window.c.from_seq,)
         else:  # from the last entry before the first new one: each later entry's LAG is the full run's
             touched = scope.terminals
             window = (
@@ -105,7 +134,7 @@ def chain_and_clock_steps(
                 case((back, literal(1)), else_=literal(0)).label("is_back"),
             )
             .select_from(
-                window.join(
+                (window if start is None else start.join(window, true())).join(
                     entry, and_(entry.c.terminal_id == window.c.terminal_id, entry.c.seq == window.c.seq)
                 ).outerjoin(
                     previous, and_(previous.c.terminal_id == window.c.terminal_id, previous.c.seq == window.c.prev_seq)
@@ -115,14 +144,8 @@ def chain_and_clock_steps(
             .order_by(window.c.terminal_id, window.c.seq)
         )
 
-    if scope is not None and conn.dialect.name == "postgresql":
-        # PostgreSQL cannot know each from_seq is near its terminal's last entry (it guesses a third of the
-        # chain) and hash-joins a sequential scan of the journal; without seq scans for this one statement it
-        # walks uq_journal_terminal_seq from each touched terminal's from_seq (145 → 23 ms at 100k entries).
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    rows = conn.execute(built_once(("chain_and_clock_steps", scope is None, cfg), build)).all()
-    if scope is not None and conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("RESET enable_seqscan")
+    dialect = conn.dialect.name
+    rows = conn.execute(built_once(("chain_and_clock_steps", scope is None, cfg, dialect), build)).all()
     chain: list[Observation] = []
     backwards: list[Observation] = []
     for row in rows:
