@@ -1146,19 +1146,11 @@ def take_writer_lock(journal: Path) -> int:
     :raises JournalInUse: another process or open store holds it.
     :raises JournalStoreError: the lock file cannot be opened.
     """
-    lock = lock_path(journal)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise JournalStoreError(f"cannot open journal lock {lock}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise JournalInUse(f"a counter daemon is already running on journal {journal}{who}; "
-                           "not starting a second one") from None
+    def holder(fd: int) -> str:
+        pid = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+        return f" (pid {pid})" if pid.isdigit() else ""
+
+    fd = _flock_exclusive(lock_path(journal), "journal lock", journal, holder)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
@@ -1177,15 +1169,34 @@ def lock_journal_file(journal: Path) -> int:
     :raises JournalInUse: another process or open store holds it.
     :raises JournalStoreError: the file cannot be opened.
     """
+    return _flock_exclusive(journal, "journal", journal, lambda fd: " (its file is locked)")
+
+
+def _flock_exclusive(path: Path, what: str, journal: Path, holder: Callable[[int], str]) -> int:
+    """Open ``path`` (created 0600 when missing) and take an exclusive, non-blocking ``flock`` on it (flock(2)).
+
+    The one rule :func:`take_writer_lock` and :func:`lock_journal_file` share.
+
+    :param what: names ``path`` in the open error, e.g. ``"journal lock"``.
+    :param journal: the journal the refusal names.
+    :param holder: given the still-open descriptor when the lock is held elsewhere, what the refusal
+        adds after the journal's name (e.g. ``" (pid 42)"``).
+    :returns: the open descriptor holding the lock (close it to release).
+    :raises JournalInUse: another process or open store holds the lock.
+    :raises JournalStoreError: ``path`` cannot be opened.
+    """
     try:
-        fd = os.open(journal, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise JournalStoreError(f"cannot open journal {journal}: {exc.strerror}") from exc
+        raise JournalStoreError(f"cannot open {what} {path}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(fd)
-        raise JournalInUse(f"a counter daemon is already running on journal {journal} (its file is locked); "
+        try:
+            who = holder(fd)
+        finally:
+            os.close(fd)
+        raise JournalInUse(f"a counter daemon is already running on journal {journal}{who}; "
                            "not starting a second one") from None
     return fd
 
