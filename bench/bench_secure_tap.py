@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             ntag_row = _run(args.taps, ntag_tap, proc, 0.0)
             ntag_row.card_work_s = max(ntag_writes) * NTAG_WRITE_S
             rows[("ntag", name)] = ntag_row
-            rows[("secure", name)] = _run(args.taps, secure_tap, proc, CARD_SIGN_S + (CARD_UPDATE_S if writes else 0))
+            rows[("secure", name)] = _run(args.taps, secure_tap, proc,  # a write is confirmed by a 2nd signature
+                                            CARD_SIGN_S + (CARD_SIGN_S + CARD_UPDATE_S if writes else 0))
             journal.close()
 
     lines = [
@@ -247,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Secure verify-only: SELECT, GET DATA identity, GET DATA state, INTERNAL AUTHENTICATE (a balance check",
         "proves the key too). Secure redemption adds EXTERNAL AUTHENTICATE (the counter's proof, with the PIN the",
-        "programme asks for in the same APDU: docs/secure-card.md §5.5), UPDATE STATE and the GET DATA read-back.",
+        "programme asks for in the same APDU: docs/secure-card.md §5.5), UPDATE STATE and a second INTERNAL",
+        "AUTHENTICATE (the card signs the new state: a signed read-back, docs/secure-card.md §7.1).",
         "NTAG: GET_VERSION, READ (UID), FAST_READs, READ_CNT, the changed pages' WRITEs and a",
         "FAST_READ read-back; the NTAG PIN is checked against the identity's verifier, not on the card.",
         "",
         "Field-time model (assumptions, not measurements): "
         f"{READER_RTT_S * MS:.0f} ms reader round trip per command (ACR122U: 5-20 ms), "
         f"{AIR_S_PER_BYTE * 1e6:.0f} µs air time per byte (106 kbit/s); NTAG {NTAG_WRITE_S * MS:.1f} ms per page "
-        f"write; JavaCard ECDSA P-256 sign {CARD_SIGN_S * MS:.0f} ms (INTERNAL AUTHENTICATE, every secure tap) and "
+        f"write; JavaCard ECDSA P-256 sign {CARD_SIGN_S * MS:.0f} ms (INTERNAL AUTHENTICATE: once per tap, twice per "
+        "redemption) and "
         f"{CARD_UPDATE_S * MS:.0f} ms for the UPDATE STATE transaction. Fewer commands make the secure redemption",
         "cheaper on the link; the on-card signature is its largest cost and must be measured on the chosen card.",
     ]
