@@ -209,12 +209,9 @@ class FallbackDesk:
         :raises ValueError: ``clerk`` is not an id of :data:`APPROVER_ID`.
         :raises LookupError: no trust bundle installed yet.
         """
-        clerk = _approver(clerk, "clerk")
-        trust = self._need_trust()
-        bundle = trust.bundle
-        now = self._clock()
+        clerk, trust, now = self._start(clerk, "clerk")
         try:
-            qr = verify_household_qr(text, bundle, int(now))
+            qr = verify_household_qr(text, trust.bundle, int(now))
         except DeniedCard:
             return self._decline(QR, clerk, None, programme, DeclineReason.CARD_DENIED, "card on the deny list")
         except HouseholdQrError as exc:
@@ -233,10 +230,7 @@ class FallbackDesk:
         :raises ValueError: ``supervisor`` is not an id of :data:`APPROVER_ID`, or the card id not 16 hex digits.
         :raises LookupError: no trust bundle installed yet.
         """
-        supervisor = _approver(supervisor, "supervisor")
-        trust = self._need_trust()
-        bundle = trust.bundle
-        now = self._clock()
+        supervisor, trust, now = self._start(supervisor, "supervisor")
         try:
             card_id = bytes.fromhex(card_id_hex.strip())
             if len(card_id) != 8:
@@ -252,12 +246,23 @@ class FallbackDesk:
         except SupervisorRefused as exc:
             log.warning("manual entry refused for supervisor %r: %s", supervisor, exc)
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.SUPERVISOR_REFUSED, str(exc))
-        if card_id in bundle.deny_cards:
+        if card_id in trust.bundle.deny_cards:
             return self._decline(MANUAL, supervisor, card_id, programme, DeclineReason.CARD_DENIED,
                                  "card on the deny list")
         return self._serve(_Ask(MANUAL, supervisor, card_id, "", programme, quantity), trust, now, served)
 
     # ------------------------------------------------------------------ internals
+
+    def _start(self, approver: str, what: str) -> tuple[str, Trust, float]:
+        """What both steps establish first, in this order: the approver's id (:func:`_approver`), the
+        trust in force (:meth:`_need_trust`), then the time now (POSIX seconds).
+
+        :raises ValueError: ``approver`` is not an id of :data:`APPROVER_ID` (``what`` names the role).
+        :raises LookupError: no trust bundle installed yet.
+        """
+        approver = _approver(approver, what)
+        trust = self._need_trust()
+        return approver, trust, self._clock()
 
     def _need_trust(self) -> Trust:
         got = self._bundle()
