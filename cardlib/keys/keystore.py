@@ -37,7 +37,7 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from cardlib.fsutil import atomic_write
@@ -50,9 +50,11 @@ from cardlib.keys.errors import (
 )
 from cardlib.keys.pkcs8 import load_signer, save_private_key
 from cardlib.keys.signer import (
+    PrivateKey,
     PublicKey,
     Signer,
     SoftwareSigner,
+    algorithm_of,
     cose_key,
     derive_kid,
     generate_private_key,
@@ -392,13 +394,15 @@ def _ca_certificate(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key), critical=False
         )
     )
-    return builder.sign(issuer.private_key, _x509_hash(issuer))
+    return builder.sign(issuer.private_key, _hash_for(issuer.private_key))
 
 
-def _x509_hash(signer: SoftwareSigner) -> Any:
-    from cryptography.hazmat.primitives import hashes
+def _hash_for(key: PrivateKey | PublicKey) -> hashes.SHA256 | None:
+    """The digest X.509 signing needs: none for Ed25519 (RFC 8410 §6), SHA-256 for ECDSA P-256.
 
-    return None if signer.alg == Algorithm.EDDSA else hashes.SHA256()
+    :raises UnsupportedAlgorithmError: any other key.
+    """
+    return None if algorithm_of(key) == Algorithm.EDDSA else hashes.SHA256()
 
 
 def root_common_name(kid: bytes) -> str:

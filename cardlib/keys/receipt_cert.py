@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from cardlib.keys.errors import CertificateError
-from cardlib.keys.keystore import _certificate_builder
+from cardlib.keys.keystore import _certificate_builder, _hash_for
 from cardlib.keys.signer import PublicKey, SoftwareSigner
-from cardlib.keys.terminal_ca import _basic_constraints, _end_entity_validity, _hash_for, _issued_by, _within
+from cardlib.keys.terminal_ca import _basic_constraints, _end_entity_validity, _issued_by, _within
 
 #: Extended key usage of a server receipt key certificate (``2.25.<random UUID>``, ITU-T X.667).
 RECEIPT_KEY_USAGE = x509.ObjectIdentifier("2.25.339866557629686868413213435768188076828")

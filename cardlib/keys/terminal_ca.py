@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from cardlib.keys.errors import CertificateError, CsrError, UnsupportedAlgorithmError
@@ -31,6 +31,7 @@ from cardlib.keys.keystore import (
     Role,
     _ca_certificate,
     _certificate_builder,
+    _hash_for,
     _name,
     terminal_ca_common_name,
 )
@@ -58,11 +59,6 @@ DEFAULT_TERMINAL_VALIDITY_DAYS = 2 * 365
 CLOCK_SKEW_ALLOWANCE_S = 300
 #: Validity of a self-signed development CA (:meth:`TerminalCA.self_signed`), days.
 SELF_SIGNED_CA_DAYS = 10 * 365
-
-
-def _hash_for(key: PrivateKey | PublicKey) -> hashes.SHA256 | None:
-    """The digest X.509 signing needs: none for Ed25519 (RFC 8410 §6), SHA-256 for ECDSA P-256."""
-    return None if algorithm_of(key) == Algorithm.EDDSA else hashes.SHA256()
 
 
 def _check_terminal_id(terminal_id: str) -> None:
