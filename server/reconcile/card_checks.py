@@ -417,19 +417,22 @@ def revoked_cards_used(conn: Connection, cfg: ReconcileConfig) -> list[Observati
     ``ix_journal_card_time``, where it walked every entry in card order looking up each
     card's profile (1.6 s → 0.01 s at 1M entries; issue 8).
     """
-    groups: dict[str, list[Any]] = defaultdict(list)
-    revoked = select(card_profiles.c.card_id).where(card_profiles.c.revoked_at.is_not(None))
-    for row in conn.execute(
-        select(journal.c.card_id, journal.c.entry_id, card_profiles.c.revoked_at)
-        .select_from(journal.join(card_profiles, card_profiles.c.card_id == journal.c.card_id))
-        .where(
-            REDEEMED,
-            card_profiles.c.revoked_at.is_not(None),
-            journal.c.wall_time >= card_profiles.c.revoked_at,
-            journal.c.card_id.in_(revoked),
+    def build() -> Any:
+        revoked = select(card_profiles.c.card_id).where(card_profiles.c.revoked_at.is_not(None))
+        return (
+            select(journal.c.card_id, journal.c.entry_id, card_profiles.c.revoked_at)
+            .select_from(journal.join(card_profiles, card_profiles.c.card_id == journal.c.card_id))
+            .where(
+                REDEEMED,
+                card_profiles.c.revoked_at.is_not(None),
+                journal.c.wall_time >= card_profiles.c.revoked_at,
+                journal.c.card_id.in_(revoked),
+            )
+            .order_by(journal.c.card_id, journal.c.wall_time, journal.c.terminal_id, journal.c.seq)
         )
-        .order_by(journal.c.card_id, journal.c.wall_time, journal.c.terminal_id, journal.c.seq)
-    ):
+
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(built_once(("revoked_cards_used",), build)):
         groups[row.card_id].append(row)
     return [
         Observation(

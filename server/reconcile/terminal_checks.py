@@ -199,13 +199,13 @@ def chain_and_clock_steps(
 def upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
     """Conflicts and rejections the upload kept (server.upload)."""
     conflicts = JournalConflict.__table__
-    rows = conn.execute(
+    rows = conn.execute(built_once(("journal_conflicts",), lambda: (
         select(
             conflicts.c.terminal_id, conflicts.c.seq, conflicts.c.entry_hash, journal.c.entry_id.label("kept_entry_id")
         )
         .select_from(conflicts.outerjoin(journal, journal.c.entry_hash == conflicts.c.existing_entry_hash))
         .order_by(conflicts.c.terminal_id, conflicts.c.seq)
-    ).all()
+    ))).all()
     out = [
         Observation(
             FindingKind.JOURNAL_CONFLICT,
@@ -220,11 +220,11 @@ def upload_evidence(conn: Connection, cfg: ReconcileConfig) -> list[Observation]
     ]
     rejected = RejectedEntry.__table__
     grouped: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-    for row in conn.execute(
+    for row in conn.execute(built_once(("rejected_entries",), lambda: (
         select(rejected.c.terminal_id, rejected.c.reason, rejected.c.raw_sha256).order_by(
             rejected.c.terminal_id, rejected.c.reason, rejected.c.id
         )
-    ):
+    ))):
         grouped[(row.terminal_id, row.reason)].append(row.raw_sha256)
     for (terminal_id, reason), shas in grouped.items():
         severity = Severity.HIGH if reason in ("bad_signature", "chain_broken", "unknown_kid") else Severity.MEDIUM
@@ -259,18 +259,21 @@ def journal_tails(conn: Connection, cfg: ReconcileConfig, now: dt.datetime | Non
 
     :param now: the reconciliation instant (aware UTC); default now.
     """
-    heads = ReportedHead.__table__
-    reached = journal.alias("reached")
-    latest = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == heads.c.terminal_id)
-              .scalar_subquery())
-    rows = conn.execute(
-        select(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash, heads.c.boot_id, heads.c.received_at,
-               reached.c.entry_hash.label("stored_hash"), latest.label("stored_max_seq"))
-        .select_from(heads.outerjoin(reached, and_(reached.c.terminal_id == heads.c.terminal_id,
-                                                   reached.c.seq == heads.c.seq)))
-        .where(or_(reached.c.entry_hash.is_(None), reached.c.entry_hash != heads.c.entry_hash))
-        .order_by(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash)
-    ).all()
+    def build() -> Any:
+        heads = ReportedHead.__table__
+        reached = journal.alias("reached")
+        latest = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == heads.c.terminal_id)
+                  .scalar_subquery())
+        return (
+            select(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash, heads.c.boot_id, heads.c.received_at,
+                   reached.c.entry_hash.label("stored_hash"), latest.label("stored_max_seq"))
+            .select_from(heads.outerjoin(reached, and_(reached.c.terminal_id == heads.c.terminal_id,
+                                                       reached.c.seq == heads.c.seq)))
+            .where(or_(reached.c.entry_hash.is_(None), reached.c.entry_hash != heads.c.entry_hash))
+            .order_by(heads.c.terminal_id, heads.c.seq, heads.c.entry_hash)
+        )
+
+    rows = conn.execute(built_once(("journal_tails",), build)).all()
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=cfg.tail_grace_s)
     out = []
     for row in rows:
@@ -309,25 +312,28 @@ def revoked_terminals_used(conn: Connection, cfg: ReconcileConfig) -> list[Obser
     those few terminals and read only their entries through ``uq_journal_terminal_seq``,
     instead of walking the whole journal (0.9 s at 1M entries on SQLite; issue 8).
     """
-    revoked_at = case((terminals.c.status == TerminalStatus.REVOKED.value, terminals.c.decided_at), else_=None)
-    effective = func.coalesce(terminal_sites.c.compromised_from, revoked_at)
-    suspect = union(
-        select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
-        select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)),
-    )
-    rows = conn.execute(
-        select(journal.c.terminal_id, journal.c.seq, journal.c.entry_id, effective.label("effective"))
-        .select_from(
-            journal.join(terminals, terminals.c.terminal_id == journal.c.terminal_id).outerjoin(
-                terminal_sites, terminal_sites.c.terminal_id == journal.c.terminal_id
+    def build() -> Any:
+        revoked_at = case((terminals.c.status == TerminalStatus.REVOKED.value, terminals.c.decided_at), else_=None)
+        effective = func.coalesce(terminal_sites.c.compromised_from, revoked_at)
+        suspect = union(
+            select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
+            select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)),
+        )
+        return (
+            select(journal.c.terminal_id, journal.c.seq, journal.c.entry_id, effective.label("effective"))
+            .select_from(
+                journal.join(terminals, terminals.c.terminal_id == journal.c.terminal_id).outerjoin(
+                    terminal_sites, terminal_sites.c.terminal_id == journal.c.terminal_id
+                )
             )
+            .where(
+                or_(journal.c.wall_time >= effective, journal.c.received_at >= revoked_at),
+                journal.c.terminal_id.in_(suspect),
+            )
+            .order_by(journal.c.terminal_id, journal.c.seq)
         )
-        .where(
-            or_(journal.c.wall_time >= effective, journal.c.received_at >= revoked_at),
-            journal.c.terminal_id.in_(suspect),
-        )
-        .order_by(journal.c.terminal_id, journal.c.seq)
-    ).all()
+
+    rows = conn.execute(built_once(("revoked_terminals_used",), build)).all()
     groups: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
         groups[row.terminal_id].append(row)
@@ -605,24 +611,27 @@ def checkpoint_heads_missing(conn: Connection, cfg: ReconcileConfig) -> list[Obs
     (a rewrite), HIGH when none does. Evidence: the checkpoint's SHA-256, then the stored
     entry at that seq when there is one.
     """
-    checkpoint = TerminalCheckpoint.__table__
-    at_head = journal.alias("at_head")
-    reached = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
-               .scalar_subquery())
-    last_boot = (select(func.max(journal.c.boot_id)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
-                 .scalar_subquery())
-    rows = conn.execute(
-        select(
-            checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.head_hash, checkpoint.c.boot_id,
-            checkpoint.c.message_sha256, checkpoint.c.id.label("checkpoint_id"),
-            at_head.c.entry_id, at_head.c.entry_hash, reached.label("reached"), last_boot.label("last_boot"),
+    def build() -> Any:
+        checkpoint = TerminalCheckpoint.__table__
+        at_head = journal.alias("at_head")
+        reached = (select(func.max(journal.c.seq)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
+                   .scalar_subquery())
+        last_boot = (select(func.max(journal.c.boot_id)).where(journal.c.terminal_id == checkpoint.c.terminal_id)
+                     .scalar_subquery())
+        return (
+            select(
+                checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.head_hash, checkpoint.c.boot_id,
+                checkpoint.c.message_sha256, checkpoint.c.id.label("checkpoint_id"),
+                at_head.c.entry_id, at_head.c.entry_hash, reached.label("reached"), last_boot.label("last_boot"),
+            )
+            .select_from(checkpoint.outerjoin(at_head, and_(at_head.c.terminal_id == checkpoint.c.terminal_id,
+                                                            at_head.c.seq == checkpoint.c.head_seq)))
+            .where(or_(at_head.c.entry_hash.is_(None), at_head.c.entry_hash != checkpoint.c.head_hash))
+            .where(or_(reached >= checkpoint.c.head_seq, last_boot > checkpoint.c.boot_id))
+            .order_by(checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.id)
         )
-        .select_from(checkpoint.outerjoin(
-            at_head, and_(at_head.c.terminal_id == checkpoint.c.terminal_id, at_head.c.seq == checkpoint.c.head_seq)))
-        .where(or_(at_head.c.entry_hash.is_(None), at_head.c.entry_hash != checkpoint.c.head_hash))
-        .where(or_(reached >= checkpoint.c.head_seq, last_boot > checkpoint.c.boot_id))
-        .order_by(checkpoint.c.terminal_id, checkpoint.c.head_seq, checkpoint.c.id)
-    ).all()
+
+    rows = conn.execute(built_once(("checkpoint_heads_missing",), build)).all()
     out: list[Observation] = []
     for row in rows:
         rewritten = row.entry_hash is not None
