@@ -4,7 +4,9 @@ The same steps as :mod:`terminal.tap` with the card's own guarantees in place of
 NTAG's two slots:
 
 1. SELECT our application (a Type 4 card without it is not ours), GET DATA identity,
-   verify it (issuer key, the key-bound AAD of docs/card-format.md §5.1, deny list, validity);
+   verify it (issuer key, the key-bound AAD of docs/card-format.md §5.1, deny list, validity); a card
+   the station never locked (life cycle not operational: it still takes a new PIN or key from anybody)
+   is declined ``card_state_invalid``;
 2. GET DATA state and INTERNAL AUTHENTICATE with a fresh nonce: the card proves the key
    the identity names over its counter, seq and state hash. A copy without the private
    key is declined offline (``clone_check_failed``); a counter not above the last one this
@@ -56,6 +58,7 @@ from cardlib.records.session import CardTrust, VerifiedIdentity
 from cardlib.secure import (
     CloneSuspected,
     CounterNotIncreasing,
+    LifeCycle,
     PinBlocked,
     PinNotSet,
     PinRequired,
@@ -191,6 +194,12 @@ class SecureTap:
             return declined(_reason(exc))
         card_id = identity.claims.card_id
         card_hex = card_id.hex()
+        if session.info is None or session.info.life_cycle is not LifeCycle.OPERATIONAL:
+            # Never locked (docs/secure-card.md §6.3: pulled from the station before LOCK): such a card still
+            # takes PUT DATA PIN and GENERATE KEY from anybody, so its PIN and key prove nothing (red team r4).
+            log.warning("secure card %s… is not operational (life cycle %s): back to the office", card_hex[:4],
+                        session.info.life_cycle if session.info is not None else None)
+            return declined(DeclineReason.CARD_STATE_INVALID, card_hex, records=identity)
         key = identity.claims.card_public_key
         assert key is not None  # verify_secure_identity refuses an identity without one
         last_counter = self.journal.last_card_counter(card_hex)
