@@ -52,7 +52,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.statements import Settlement, SettlementOutcome
 from server.models import Base
-from server.reconcile.scope import Scope, card_in
+from server.reconcile.scope import Scope
 from server.reconcile.sql import built_once, journal, journal_scan
 from server.types import UTCDateTime
 
@@ -123,11 +123,13 @@ def _build_open_writes(scope: Scope | None) -> Any:
     # A write's new state hash names it (its slot record signs the terminal and its seq), so the PENDING
     # and a closing entry are found by card and hash; their terminal is compared in Python, because a
     # terminal_id condition lets SQLite walk a whole terminal's chain on uq_journal_terminal_seq.
-    scan = journal_scan if scope is None else journal
+    # An incremental run reads the touched cards' entries from their copy (server.reconcile.scope: every
+    # entry of those cards), not through ix_journal_card_time once per touched card.
+    scan = journal_scan if scope is None else scope.entries
     torn = (
         select(scan.c.terminal_id, scan.c.card_id, scan.c.state_hash_new, func.max(scan.c.seq).label("last_seq"))
         .where(scan.c.kind == int(EntryKind.UNCERTAIN), scan.c.card_id.is_not(None),
-               scan.c.state_hash_new.is_not(None), *card_in(scope, scan.c.card_id))
+               scan.c.state_hash_new.is_not(None))
         .group_by(scan.c.terminal_id, scan.c.card_id, scan.c.state_hash_new)
         .subquery("torn")
     )
