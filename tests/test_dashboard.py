@@ -177,3 +177,103 @@ def test_formats():
     assert cycle_name("20262", "en") == "2026 semester 2" and cycle_name("20262", "id") == "Semester II 2026"
     assert wib(dt.datetime(2026, 3, 2, 17, 30, tzinfo=UTC), "id") == "2026-03-03 00:30 WIB"
     assert duration(dt.timedelta(hours=26, minutes=5), "id") == "1 hari 2 jam"
+
+
+def _deny_in_stored_bundle(app: Any, keystore: Any, card_ids: list[str]) -> None:
+    """Publish (store) a trust bundle whose deny list holds ``card_ids``, as ``huma server bundle publish`` does."""
+    from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet, sign_keystore_bundle
+    from server.bundles import store_bundle
+    from server.extensions import db
+    from tests.fixtures.keys import KEY_PW
+
+    now = int(dt.datetime(2026, 3, 1, tzinfo=UTC).timestamp())
+    deny = SortedIdSet.from_ids([bytes.fromhex(c) for c in card_ids], CARD_ID_LENGTH)
+    bundle, blob = sign_keystore_bundle(keystore, KEY_PW, version=7, issued_at=now, expires_at=now + 86_400 * 30,
+                                        deny_cards=deny)
+    with app.app_context():
+        session = db.write_session()
+        store_bundle(session, bundle.version, blob, dt.datetime.fromtimestamp(bundle.expires_at, UTC))
+        session.commit()
+
+
+def test_pending_marks_blocked_and_revoked_cards_and_shows_the_current_one(app, programme, world, keystore):
+    """A field worker must not send a household back with its lost (deny-listed) or replaced (revoked) card."""
+    from sqlalchemy import update
+
+    from server.dashboard import queries
+    from server.extensions import db
+    from server.reconcile.models import CardProfile
+
+    lost, kept = sorted(c.card_id for c in programme["by_region"]["62.03"][1:])  # the shared household's two cards
+    replaced = programme["by_region"]["62.71"][2].card_id
+    _deny_in_stored_bundle(app, keystore, [lost])
+    with app.app_context():
+        session = db.write_session()
+        session.execute(update(CardProfile).where(CardProfile.card_id == replaced)
+                        .values(revoked_at=dt.datetime(2026, 3, 1, tzinfo=UTC), revoke_reason="lost"))
+        session.commit()
+        cycle = queries.current_cycle(db.session, "20261")
+        by_household = {p.region[:5]: p for p in queries.pending(db.session, cycle)}
+    shared = by_household["62.03"]
+    assert shared.card_ids == (kept,) and shared.blocked == {lost: "denied"}
+    assert by_household["62.71"].card_ids == () and by_household["62.71"].blocked == {replaced: "revoked"}
+
+    client = world.client
+    _login(client, "manny")
+    html = client.get("/audit/programme/pending?cycle=20261&lang=en").get_data(as_text=True)
+    row = next(r for r in html.split('<tr class="pending"')[1:] if lost in r)
+    assert f'<s class="card-blocked" data-state="denied">{lost}</s>' in row and kept in row
+    assert row.index(kept) < row.index(lost)  # the card to bring first
+    assert f'data-state="revoked">{replaced}</s>' in html
+    csv_rows = {r["card_ids"]: r for r in csv.DictReader(io.StringIO(client.get(
+        "/audit/programme/export/pending.csv?cycle=20261").get_data(as_text=True)))}
+    assert csv_rows[kept]["blocked_card_ids"] == f"{lost}:denied"
+    assert csv_rows[""]["blocked_card_ids"] == f"{replaced}:revoked"
+
+
+def test_pending_per_programme(app, programme, world):
+    """``?programme=``: who has not had *this* programme (a household that took cash still owes a food visit)."""
+    from server.dashboard import queries
+    from server.extensions import db
+
+    with app.app_context():
+        cycle = queries.current_cycle(db.session, "20261")
+        assert len(queries.pending(db.session, cycle)) == 2  # any programme counts as collected
+        assert len(queries.pending(db.session, cycle, programme="food")) == 3  # + the cash-only household
+        assert len(queries.pending(db.session, cycle, programme="cash")) == 4
+        assert queries.programmes(db.session, cycle) == ["cash", "food"]
+    client = world.client
+    _login(client, "manny")
+    page = client.get("/audit/programme/pending?cycle=20261&programme=food&lang=en")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and html.count('class="pending"') == 3
+    assert 'programme=food' in html.split('id="export-pending"')[1].split(">")[0]  # the CSV keeps the filter
+    rows = list(csv.DictReader(io.StringIO(client.get(
+        "/audit/programme/export/pending.csv?cycle=20261&programme=cash").get_data(as_text=True))))
+    assert len(rows) == 4 and {r["programme"] for r in rows} == {"cash"}
+    assert client.get("/audit/programme/pending?cycle=20261&programme=nope").status_code == 400
+
+
+def test_terminal_health_lists_counters_not_stations_and_offline_time_only_when_late(app, programme, world):
+    """A provisioning station never uploads a journal: it is no "never synced" counter; an up-to-date
+    counter has no "offline for" value."""
+    from server.dashboard import queries
+    from server.extensions import db
+    from server.models import Terminal, TerminalStatus
+
+    with app.app_context():
+        session = db.write_session()
+        session.add(Terminal(terminal_id="S-6271-0001", status=TerminalStatus.APPROVED, csr_der=b"csr",
+                             public_key=b"spki", kid=b"\x5a\x5a\x5a\x5a"))
+        session.commit()
+        health = queries.terminal_health(db.session)
+        assert "S-6271-0001" not in {h.terminal_id for h in health}
+        assert [s.terminal_id for s in queries.stations(db.session)] == ["S-6271-0001"]
+    client = world.client
+    _login(client, "manny")
+    html = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
+    assert "0 never synced" in html
+    assert 'id="stations"' in html and "S-6271-0001" in html.split('id="stations"')[1]
+    for row in html.split('<tr class="health"')[1:]:
+        offline = row.split('data-label="Offline for">')[1].split("</td>")[0]
+        assert (offline == "") == ('data-status="ok"' in row), row

@@ -85,6 +85,9 @@ def test_dashboard_for_a_manager_on_a_phone_and_a_desktop(
     assert regions == {"62.03", "62.71"}
     assert "Rp550.000" not in browser.page_source and "Rp250.000" in browser.page_source
     assert _images_loaded(browser) == []  # the three pygal charts
+    for cell in browser.find_elements(By.CSS_SELECTOR, "tr.region td[data-label='%']"):  # a phone stacks cells
+        value = cell.find_element(By.CSS_SELECTOR, ".share-value")
+        assert value.rect["y"] - cell.rect["y"] < value.rect["height"], "the % value sits on its label's row"
     assert not browser.find_elements(By.ID, "nav-findings")  # a manager sees no auditor page
     _no_overflow(browser, "dashboard")
     _shot(browser, "dashboard", db_url.split(":")[0])

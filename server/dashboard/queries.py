@@ -9,13 +9,19 @@ Definitions (docs/dashboard.md):
 - **expected** in a cycle: households with at least one ``card_entitlements`` row for it;
 - **collected**: expected households with at least one redemption (COMMIT, FINISHED or FALLBACK
   entry, or a torn write settled as taken: :func:`server.households.redemption_taken`) dated inside the cycle by
-  any of their cards; its **day** is the WIB (UTC+7) date of the household's first one;
+  any of their cards; its **day** is the WIB (UTC+7) date of the household's first one. The
+  not-yet-collected list may narrow both to one programme (expected: entitled to it; collected:
+  redeemed it);
+- a card is **blocked** when the newest stored trust bundle denies it (counters refuse it) and
+  **revoked** when ``card_profiles.revoked_at`` is set (replaced by a re-issue, abandoned, or an
+  auditor's decision); the not-yet-collected list names a household's other cards as the ones to bring;
 - a household's **region** is its card's region code; reports group by its prefix at a
   :class:`server.regions.Level`;
 - **throughput**: per terminal, households served divided by the hours (WIB clock
   hours) in which it served at least one;
-- **terminal health**: last upload received (``journal_entries.received_at``), its age,
-  the newest entry's own time.
+- **terminal health**: per counter, last upload received (``journal_entries.received_at``), its age,
+  the newest entry's own time. Provisioning stations (terminal id ``S-…``, docs/keys-and-provisioning.md)
+  upload no journal and are listed apart (:func:`stations`).
 
 Every query takes the cycle's bounds from ``benefit_cycles``, so a cycle is a half year
 in the province calendar (:func:`cardlib.records.claims.cycle_bounds`).
@@ -24,12 +30,16 @@ in the province calendar (:func:`cardlib.records.claims.cycle_bounds`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
+import cbor2
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
+from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet
+from cardlib.records.cose import parse_sign1_layout
+from server.errors import ConfigurationError
 from server.households import redemption_taken
 from server.models import JournalEntryRow, PublishedBundle, Terminal, TerminalStatus
 from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile, TerminalSite
@@ -39,12 +49,18 @@ from server.types import UTC
 #: Hours without an upload after which a terminal is shown as ``stale`` / ``offline``.
 STALE_AFTER = dt.timedelta(hours=6)
 OFFLINE_AFTER = dt.timedelta(hours=24)
+#: Terminal id prefix of provisioning stations (docs/keys-and-provisioning.md "Enrolling a provisioning station").
+STATION_PREFIX = "S-"
 #: Rows of a not-collected page.
 PAGE = 200
 
 
 class CycleNotFound(LookupError):
     """No ``benefit_cycles`` row for the asked cycle id (or none at all)."""
+
+
+#: Why a pending household's card will not serve: on the newest bundle's deny list, or revoked.
+DENIED, REVOKED = "denied", "revoked"
 
 
 @dataclass(frozen=True)
@@ -102,12 +118,25 @@ class TerminalHealth:
 
 
 @dataclass(frozen=True)
+class Station:
+    """An enrolled provisioning station. :ivar enrolment: ``approved`` or ``revoked``."""
+
+    terminal_id: str
+    enrolment: str
+
+
+@dataclass(frozen=True)
 class PendingHousehold:
-    """An expected household without a redemption in the cycle; ``card_ids`` sorted."""
+    """An expected household without a redemption in the cycle.
+
+    :ivar card_ids: the cards a counter still serves (sorted): the ones to bring.
+    :ivar blocked: the household's other cards, card id → :data:`DENIED` or :data:`REVOKED`.
+    """
 
     household: str
     region: str | None
     card_ids: tuple[str, ...]
+    blocked: Mapping[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- SQL pieces
@@ -192,13 +221,14 @@ def _expected(cycle: Cycle) -> Select[tuple[str, str | None]]:
             .join(ce, ce.card_id == cp.card_id).where(ce.cycle_id == cycle.cycle_id).distinct())
 
 
-def _first_redemption(cycle: Cycle) -> Select[tuple[str, dt.datetime]]:
-    """Per household: its first redemption inside ``cycle``."""
+def _first_redemption(cycle: Cycle, programme: str | None = None) -> Select[tuple[str, dt.datetime]]:
+    """Per household: its first redemption inside ``cycle`` (of ``programme``, else of any)."""
     j, cp = JournalEntryRow, CardProfile
-    return (select(_household().label("household"), func.min(j.wall_time).label("first"))
+    stmt = (select(_household().label("household"), func.min(j.wall_time).label("first"))
             .join(cp, cp.card_id == j.card_id)
             .where(redemption_taken(), j.wall_time >= cycle.starts_at, j.wall_time < cycle.ends_at)
             .group_by(_household()))
+    return stmt.where(j.programme == programme) if programme else stmt
 
 
 # ----------------------------------------------------------------------------- panels
@@ -255,39 +285,98 @@ def amounts(session: Session, cycle: Cycle, within: str | None = None) -> list[t
     return [(str(p or ""), u, int(a or 0)) for p, u, a in session.execute(stmt).tuples()]
 
 
+def programmes(session: Session, cycle: Cycle) -> list[str]:
+    """Programme codes with an entitlement in ``cycle`` (what ``?programme=`` may name), sorted."""
+    ce = CardEntitlement
+    return list(session.scalars(select(ce.programme).where(ce.cycle_id == cycle.cycle_id).distinct()
+                                .order_by(ce.programme)))
+
+
+def denied_cards(session: Session) -> SortedIdSet:
+    """The card deny list of the newest stored trust bundle (empty when none is published).
+
+    Read from the server's own stored copy without verifying it again (it was verified and
+    signed when published); it only marks cards on the dashboard.
+
+    :raises ConfigurationError: the stored bundle does not decode (a damaged database).
+    """
+    from server.bundles import newest_stored_bundle
+
+    row = newest_stored_bundle(session)
+    if row is None:
+        return SortedIdSet(b"", CARD_ID_LENGTH)
+    try:
+        outer = cbor2.loads(bytes(row.blob))
+        parts = parse_sign1_layout(outer[1])
+        if parts is None:
+            raise ValueError("not this project's COSE_Sign1 layout")
+        return SortedIdSet(cbor2.loads(parts[3])[6], CARD_ID_LENGTH)
+    except (cbor2.CBORDecodeError, ValueError, EOFError, KeyError, IndexError, TypeError) as exc:
+        raise ConfigurationError(f"stored trust bundle v{row.version} does not decode: {exc}") from exc
+
+
 def pending(session: Session, cycle: Cycle, within: str | None = None, *, offset: int = 0,
-            limit: int | None = PAGE) -> list[PendingHousehold]:
+            limit: int | None = PAGE, programme: str | None = None) -> list[PendingHousehold]:
     """Expected households without a redemption in ``cycle``, by region code then household.
 
     :param within: a region code prefix (``62.71`` or ``62.71.01``); ``None``: everywhere.
     :param limit: rows (``None``: all, for the CSV export).
+    :param programme: a programme code: households entitled to it that have not redeemed it
+        (``None``: households that have redeemed nothing).
+    :raises ConfigurationError: see :func:`denied_cards`.
     """
     cp, ce = CardProfile, CardEntitlement
-    done = _first_redemption(cycle).subquery()
+    done = _first_redemption(cycle, programme).subquery()
     household = _household()
-    stmt = (select(household, cp.region, _joined(session, cp.card_id))
+    # a revoked card's id carries a "!" through the aggregate
+    marked = case((cp.revoked_at.is_(None), cp.card_id), else_=cp.card_id + literal("!"))
+    stmt = (select(household, cp.region, _joined(session, marked))
             .join(ce, ce.card_id == cp.card_id)
             .outerjoin(done, done.c.household == household)
             .where(ce.cycle_id == cycle.cycle_id, done.c.household.is_(None))
             .group_by(household, cp.region).order_by(cp.region, household).offset(offset))
+    if programme:
+        stmt = stmt.where(ce.programme == programme)
     if limit is not None:
         stmt = stmt.limit(limit)
     if within:
         stmt = stmt.where(cp.region.like(f"{_like(within)}%", escape="\\"))
-    return [PendingHousehold(h, r, tuple(sorted(set(str(ids).split(" ")))))
-            for h, r, ids in session.execute(stmt).tuples()]
+    denied = denied_cards(session)
+    out = []
+    for h, r, ids in session.execute(stmt).tuples():
+        usable, blocked = [], {}
+        for marked_id in sorted(set(str(ids).split(" "))):
+            card_id = marked_id.rstrip("!")
+            if _in(denied, card_id):
+                blocked[card_id] = DENIED
+            elif marked_id.endswith("!"):
+                blocked[card_id] = REVOKED
+            else:
+                usable.append(card_id)
+        out.append(PendingHousehold(h, r, tuple(usable), blocked))
+    return out
 
 
-def _joined(session: Session, column: QueryableAttribute[str]) -> ColumnElement[str]:
+def _in(ids: SortedIdSet, card_id: str) -> bool:
+    """Whether hex ``card_id`` is in ``ids`` (an id that is not hex of the width never is)."""
+    try:
+        raw = bytes.fromhex(card_id)
+    except ValueError:
+        return False
+    return len(raw) == CARD_ID_LENGTH and raw in ids
+
+
+def _joined(session: Session, column: ColumnElement[str]) -> ColumnElement[str]:
     """SQL aggregate joining a group's values with spaces (group_concat / string_agg)."""
     if session.get_bind().dialect.name == "sqlite":
         return func.group_concat(column, " ")
     return func.string_agg(column, " ")
 
 
-def iter_pending(session: Session, cycle: Cycle, within: str | None = None) -> Iterator[PendingHousehold]:
-    """Every pending household (the CSV export)."""
-    yield from pending(session, cycle, within, limit=None)
+def iter_pending(session: Session, cycle: Cycle, within: str | None = None,
+                 programme: str | None = None) -> Iterator[PendingHousehold]:
+    """Every pending household (the CSV export); ``programme`` as in :func:`pending`."""
+    yield from pending(session, cycle, within, limit=None, programme=programme)
 
 
 def throughput(session: Session, cycle: Cycle, within: str | None = None) -> list[Throughput]:
@@ -313,7 +402,7 @@ def throughput(session: Session, cycle: Cycle, within: str | None = None) -> lis
 
 def terminal_health(session: Session, now: dt.datetime | None = None,
                     within: str | None = None) -> list[TerminalHealth]:
-    """Every enrolled (approved or revoked) terminal with its last upload, oldest sync first."""
+    """Every enrolled (approved or revoked) counter with its last upload, oldest sync first (stations left out)."""
     now = now or dt.datetime.now(UTC)
     j, t, ts = JournalEntryRow, Terminal, TerminalSite
     stats = (select(j.terminal_id, func.max(j.received_at).label("sync"), func.max(j.wall_time).label("entry"),
@@ -321,7 +410,8 @@ def terminal_health(session: Session, now: dt.datetime | None = None,
     stmt = (select(t.terminal_id, t.status, ts.region, stats.c.sync, stats.c.entry, stats.c.n)
             .outerjoin(ts, ts.terminal_id == t.terminal_id)
             .outerjoin(stats, stats.c.terminal_id == t.terminal_id)
-            .where(t.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED])))
+            .where(t.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED]),
+                   ~t.terminal_id.startswith(STATION_PREFIX, autoescape=True)))
     if within:
         stmt = stmt.where(ts.region.like(f"{_like(within)}%", escape="\\"))
     out = []
@@ -340,6 +430,16 @@ def terminal_health(session: Session, now: dt.datetime | None = None,
     order = {"never": 0, "offline": 1, "stale": 2, "ok": 3}
     return sorted(out, key=lambda h: (order[h.status], h.last_sync or dt.datetime.min.replace(tzinfo=UTC),
                                       h.terminal_id))
+
+
+def stations(session: Session) -> list[Station]:
+    """Every enrolled (approved or revoked) provisioning station (:data:`STATION_PREFIX`), by id."""
+    t = Terminal
+    stmt = (select(t.terminal_id, t.status)
+            .where(t.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED]),
+                   t.terminal_id.startswith(STATION_PREFIX, autoescape=True))
+            .order_by(t.terminal_id))
+    return [Station(i, status.value) for i, status in session.execute(stmt).tuples()]
 
 
 def newest_bundle_version(session: Session) -> int | None:

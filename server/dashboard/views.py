@@ -34,7 +34,9 @@ _REGION = re.compile(r"^62(\.\d{2}(\.\d{2}(\.\d{4})?)?)?$")
 #: A benefit cycle id: year and half, ``20261`` (docs/api.md, the OpenAPI ``cycle`` pattern).
 _CYCLE = re.compile(r"^[0-9]{4}[12]$")
 #: CSV columns of the pending-households export.
-PENDING_FIELDS = ("household_ref", "region", "regency", "card_ids", "cycle")
+#: ``card_ids``: the cards a counter still serves; ``blocked_card_ids``: ``id:denied`` / ``id:revoked``;
+#: ``programme``: the ``?programme=`` asked (empty: any programme counts as collected).
+PENDING_FIELDS = ("household_ref", "region", "regency", "card_ids", "blocked_card_ids", "cycle", "programme")
 #: Chart SVGs get their own policy: no script runs, pygal's inline styles apply.
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
@@ -102,10 +104,11 @@ def overview() -> ResponseReturnValue:
         running += n
         cumulative.append((day, n, running))
     health = queries.terminal_health(db.session, within=region)
+    stations = queries.stations(db.session) if not region else []  # a station has no region row
     return render("dashboard.html", cycle=cycle, cycles=queries.listed_cycles(db.session, cycle), region=region,
                   region_name=region_name, parent=parent(region) if region else None, level=level,
                   rows=rows, total=total, days=cumulative, amounts=queries.amounts(db.session, cycle, region),
-                  throughput=queries.throughput(db.session, cycle, region), health=health,
+                  throughput=queries.throughput(db.session, cycle, region), health=health, stations=stations,
                   health_counts={s: sum(1 for h in health if h.status == s) for s in ("ok", "stale", "offline",
                                                                                        "never")},
                   bundle_version=queries.newest_bundle_version(db.session), now=dt.datetime.now(UTC))
@@ -138,30 +141,54 @@ def chart(name: str) -> ResponseReturnValue:
     return resp
 
 
+def _programme(cycle: queries.Cycle, offered: list[str]) -> str | None:
+    """The ``?programme=`` asked (``None``: any programme counts as collected).
+
+    :param offered: the cycle's programme codes (:func:`queries.programmes`).
+    :raises BadRequest: a code no entitlement of the cycle names.
+    """
+    code = (request.args.get("programme") or "").strip()
+    if not code:
+        return None
+    if code not in offered:
+        raise BadRequest(f"programme must be one of {', '.join(offered) or 'none'} in cycle {cycle.cycle_id}, "
+                         f"not {code[:20]!r}", field="programme")
+    return code
+
+
 @bp.get("/pending")
 def pending() -> ResponseReturnValue:
-    """Households expected in the cycle that have not collected, in ``?region=``, :data:`queries.PAGE` a page."""
-    query_params("cycle", "region", "page")
+    """Households expected in the cycle that have not collected (``?programme=``: not that programme), in
+    ``?region=``, :data:`queries.PAGE` a page; each with the cards to bring and its blocked/revoked ones."""
+    query_params("cycle", "region", "page", "programme")
     region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
+    offered = queries.programmes(db.session, cycle)
+    programme = _programme(cycle, offered)
     page = max(int_param("page", 1), 1)
-    rows = queries.pending(db.session, cycle, region, offset=(page - 1) * queries.PAGE, limit=queries.PAGE + 1)
-    return render("pending.html", cycle=cycle, region=region, region_name=region_name,
-                  rows=rows[:queries.PAGE], page=page, more=len(rows) > queries.PAGE,
+    rows = queries.pending(db.session, cycle, region, offset=(page - 1) * queries.PAGE, limit=queries.PAGE + 1,
+                           programme=programme)
+    return render("pending.html", cycle=cycle, region=region, region_name=region_name, programme=programme,
+                  programmes=offered, rows=rows[:queries.PAGE], page=page, more=len(rows) > queries.PAGE,
                   first=(page - 1) * queries.PAGE)
 
 
 @bp.get("/export/pending.csv")
 def export_pending() -> ResponseReturnValue:
-    """Every pending household of ``?region=`` as CSV for field workers (audited)."""
-    query_params("cycle", "region")
+    """Every pending household of ``?region=`` (``?programme=``: not collected that programme) as CSV for field
+    workers (audited)."""
+    query_params("cycle", "region", "programme")
     region, cycle = _region(), _cycle()  # parameters checked (400) before the look-up (404)
-    audit(db.write_session(), g.person, "export.pending", f"pending:{cycle.cycle_id}", region=region)
+    programme = _programme(cycle, queries.programmes(db.session, cycle))
+    audit(db.write_session(), g.person, "export.pending", f"pending:{cycle.cycle_id}", region=region,
+          **({"programme": programme} if programme else {}))
     db.session.commit()
     records = ({"household_ref": p.household, "region": p.region, "regency": region_name(p.region[:5])
-                if p.region else "", "card_ids": " ".join(p.card_ids), "cycle": cycle.cycle_id}
-               for p in queries.iter_pending(db.session, cycle, region))
+                if p.region else "", "card_ids": " ".join(p.card_ids),
+                "blocked_card_ids": " ".join(f"{c}:{why}" for c, why in sorted(p.blocked.items())),
+                "cycle": cycle.cycle_id, "programme": programme or ""}
+               for p in queries.iter_pending(db.session, cycle, region, programme))
     resp = Response(stream_with_context(exports.to_csv(records, PENDING_FIELDS)), mimetype="text/csv")
-    name = f"belum-ambil-{cycle.cycle_id}-{region or '62'}"
+    name = f"belum-ambil-{cycle.cycle_id}-{region or '62'}{'-' + programme if programme else ''}"
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}.csv"'
     return resp
 
