@@ -529,6 +529,10 @@ class SecureCard:
             return _sw(_WRONG_LENGTH)
         if p.private_key is None:
             return _sw(_NO_DATA)
+        if p.life_cycle != _LCS_OPERATIONAL:
+            # §5.1: the card signs nothing before LOCK; an unlocked card (PIN and key still open to PUT DATA
+            # and GENERATE KEY) must not pass a counter, whatever a relay says its FCI holds (red team r4)
+            return _sw(_NOT_ALLOWED)
         if p.counter >= _U32_MAX:
             return _sw(_REFUSED)
         p.counter += 1  # committed with the command (the transaction of step 1)

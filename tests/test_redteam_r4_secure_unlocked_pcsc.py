@@ -8,7 +8,9 @@ anybody: PUT DATA PIN (a new PIN with fresh tries), PUT DATA options, GENERATE K
 such a card (a thief) sets a PIN of their choice with two APDUs and draws the household's cash at a
 PIN counter; a stranger's phone can also replace the key (the card is then dead).
 
-The test asserts the DEFENCE: a counter does not pay a card that is not operational (LCS 07).
+The test asserts the DEFENCE: a counter does not pay a card that is not operational (LCS 07), even
+when a relay rewrites the (unsigned) life cycle byte of the FCI: the card signs nothing before LOCK
+(docs/secure-card.md §5.1), so no counter gets its INTERNAL AUTHENTICATE.
 """
 
 from __future__ import annotations
@@ -40,13 +42,32 @@ class PulledBeforeLock(SecureCardConnection):
         return super().send_and_receive(apdu)
 
 
+class FciLiar(SecureCard):
+    """The thief's relay: forwards everything to ``genuine`` but reports life cycle 07 in the FCI."""
+
+    def __init__(self, genuine: SecureCard) -> None:
+        super().__init__()
+        self.genuine = genuine
+
+    def field_on(self) -> None:
+        self.genuine.field_on()
+
+    def field_off(self) -> None:
+        self.genuine.field_off()
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return self.genuine.transmit(apdu).replace(b"\xc1\x01\x03", b"\xc1\x01\x07", 1)
+
+
 @pytest.fixture
 def slot(pcscd_service: PcscdHarness) -> SecureSlot:
     return SecureSlot(pcscd_service, 0)
 
 
 @pytest.mark.pcsc
-def test_a_card_left_unlocked_is_not_paid_on_a_pin_its_holder_chose(slot: SecureSlot, tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay", [False, True], ids=["bare", "fci-rewritten"])
+def test_a_card_left_unlocked_is_not_paid_on_a_pin_its_holder_chose(slot: SecureSlot, tmp_path: Path,
+                                                                     relay: bool) -> None:
     card = SecureCard()
     ctx = station()
     with pytest.raises(Exception):  # noqa: B017 - whatever the station reports, the card left before LOCK
@@ -64,7 +85,7 @@ def test_a_card_left_unlocked_is_not_paid_on_a_pin_its_holder_chose(slot: Secure
         phone.put_data(PutObject.PIN, THIEFS_PIN.encode())  # fresh tries too
 
     counter = processor(tmp_path, CounterMode.CASH_PAYOUT, ["cash", 250_000, THIEFS_PIN])
-    out, _ = tap_over_pcsc(counter, slot, card)
+    out, _ = tap_over_pcsc(counter, slot, FciLiar(card) if relay else card)
     counter.journal.close()
     assert out.status is not TapStatus.ACCEPTED, (
         f"an unlocked card whose PIN a thief set to {THIEFS_PIN} was paid {out.amount} at a PIN counter")

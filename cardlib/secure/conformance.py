@@ -200,6 +200,8 @@ class _Runner:
         return self.info
 
     def auth(self, state: CardState) -> int:
+        if self.need_info().life_cycle is not LifeCycle.OPERATIONAL:
+            raise _Skip("card in initialisation: it signs nothing before LOCK (§5.1)")
         nonce = secrets.token_bytes(32)
         auth = self.session.authenticate_raw(nonce)
         verify_auth_signature(self.need_key(), self.need_info().card_id, auth, state.state_hash)
@@ -290,6 +292,10 @@ class _Runner:
 
     def c_authenticate(self) -> str:
         state = self.state_or_skip()
+        if self.need_info().life_cycle is not LifeCycle.OPERATIONAL:
+            self.expect(CommandApdu(CLA_PROPRIETARY, Ins.INTERNAL_AUTHENTICATE, 0, 0, bytes(32), le=256),
+                        SecureSW.LIFE_CYCLE, "INTERNAL AUTHENTICATE before LOCK")
+            return "refused with 6986 before LOCK"
         counter = self.auth(state)
         if counter <= state.counter:
             raise _Fail(f"counter {counter} not above {state.counter}")
