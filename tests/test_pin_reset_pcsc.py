@@ -19,10 +19,11 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
-from cardlib.keys.keystore import KeyStore
+from cardlib.keys.keystore import KeyEntry, KeyStore
 from cardlib.keys.pkcs8 import save_private_key
-from cardlib.keys.signer import SoftwareSigner, generate_private_key
+from cardlib.keys.signer import SoftwareSigner, cose_key, generate_private_key
 from cardlib.provision.errors import StationInputError
+from cardlib.provision.session import static_keys, verify_pin_reset_records
 from cardlib.records import pin as card_pin
 from cardlib.records.access import load_password_keys
 from cardlib.records.bundle import BundleKey, KeyRole, TrustBundle, verify_bundle
@@ -78,6 +79,16 @@ def _bundle(tmp_path: Path, keys: dict[str, object], counter: SoftwareSigner) ->
 def _journal(state_dir: Path) -> list[dict[str, object]]:
     lines = (state_dir / "state.jsonl").read_text().splitlines()
     return [ev for ev in map(json.loads, lines) if ev["event"] == "pin_reset"]
+
+
+def _signed(state_dir: Path, keys: dict[str, object]) -> list[dict[str, object]]:
+    """The resets of pin-resets.cose (what is uploaded), each verified under the technician's public key."""
+    tech = keys["tech"]
+    assert isinstance(tech, KeyEntry)
+    data = (state_dir / "pin-resets.cose").read_bytes()
+    records = verify_pin_reset_records(data, static_keys(cose_key(tech.public_key)))
+    assert all(kid == tech.kid for _, kid in records)
+    return [ev for ev, _ in records]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +192,7 @@ def test_pin_reset_unlocks_a_format2_card_locked_at_the_counter(
     assert ev["household_ref"] == "9f3c2a1b000000dd" and ev["uid"] == chip.uid.hex()
     # the auditor's copy: resets only
     assert [json.loads(line) for line in (state_dir / "pin-resets.jsonl").read_text().splitlines()] == [ev, ev2]
+    assert _signed(state_dir, office) == [ev, ev2]  # the uploaded copy: each signed by tech-07's key
 
 
 def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
@@ -247,6 +259,7 @@ def test_pin_reset_gives_a_blocked_secure_card_a_new_pin(
     (ev,) = _journal(state_dir)
     assert (ev["card_id"], ev["technician"], ev["card_profile"], ev["failures_before"], ev["pin_changed"]) == (
         card_id, "tech-07", "secure", 3, True)
+    assert _signed(state_dir, office) == [ev]
 
 
 CASH_ONLY = '''valid_days = 730

@@ -557,7 +557,7 @@ def grant_cmd(keydir: Path, technician: str, max_cards: int, days: int, out: Pat
 @_station_options
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
               show_default=True, help="The station journal the reset is written to (as `provision card`), with "
-                                      "pin-resets.jsonl next to it.")
+                                      "pin-resets.jsonl and the signed pin-resets.cose (to upload) next to it.")
 def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, approved_by: str | None,
                   pin_reset_signer: Path | None, **o: Any) -> None:
     """(Office) give a card whose holder proved who they are a new PIN, or unlock it; journalled.
@@ -639,7 +639,8 @@ def pin_reset_cmd(card_profile: str, new_pin_file: Path | None, keep_pin: bool, 
         try:
             state.pin_reset(result.card_id, result.uid, result.household_ref, st.technician_name, st.technician.kid,
                             result.card_profile, result.failures_before, result.pin_changed,
-                            pin_epoch=result.pin_epoch, epoch_before=result.epoch_before, approved_by=approved_by)
+                            pin_epoch=result.pin_epoch, epoch_before=result.epoch_before, approved_by=approved_by,
+                            signer=st.technician)
         except OSError as exc:
             raise ProvisionError(f"card {result.card_id.hex()}: the card was reset, but its completion could not be "
                                  f"journalled ({exc}); the pin_reset_started line in {state.path} records it") from exc

@@ -8,6 +8,10 @@
 - An **issuance file** is a COSE_Sign1 by the technician key over every card the session
   touched: issued cards, and card ids abandoned half-way (their ids must go to the deny list,
   because an unlocked card may still carry a valid identity record).
+- A **PIN-reset record** is a COSE_Sign1 by the same technician key over one office PIN reset
+  (the ``pin_reset`` journal event itself, CBOR-encoded); ``pin-resets.cose`` is a CBOR
+  sequence (RFC 8742) of them, one appended per reset (:func:`sign_pin_reset_record`,
+  :func:`verify_pin_reset_records`).
 
 Payloads are CBOR maps with text keys; context strings as external_aad keep each signed
 object type apart (RFC 9052 §4.3).
@@ -16,6 +20,7 @@ object type apart (RFC 9052 §4.3).
 from __future__ import annotations
 
 import enum
+import io
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +36,7 @@ from cardlib.records.cose import CoseError, CoseKey, KeyResolver, verify1
 GRANT_AAD = b"huma-betang/session-grant/v1"
 ISSUANCE_AAD = b"huma-betang/issuance-file/v1"
 ISSUANCE_FORMAT = 1
+PIN_RESET_AAD = b"huma-betang/pin-reset/v1"
 SESSION_ID_BYTES = 8
 
 
@@ -203,6 +209,66 @@ def verify_issuance_file(message: bytes, technician_keys: KeyResolver,
         grant = verify_grant(f.grant, issuer_keys, f.technician_kid, now=f.created)
         check_quota(grant, len(f.issuances) - 1)
     return f
+
+
+def sign_pin_reset_record(technician: Signer, event: Mapping[str, Any]) -> bytes:
+    """Sign one office PIN reset for ``pin-resets.cose`` (technician key, as the issuance file).
+
+    :param event: the ``pin_reset`` journal event (text keys; str, int, bool or None values), signed
+        as canonical CBOR; its ``technician_kid`` must be the signer's kid (hex).
+    :returns: one tagged COSE_Sign1 (external_aad :data:`PIN_RESET_AAD`).
+    :raises SessionError: the event names another technician key than the signer's.
+    """
+    if event.get("technician_kid") != technician.kid.hex():
+        raise SessionError(f"a PIN reset of technician key {event.get('technician_kid')} cannot be signed "
+                           f"with key {technician.kid.hex()}")
+    return sign1_with(technician, cbor2.dumps(dict(event), canonical=True), PIN_RESET_AAD)
+
+
+def split_cbor_sequence(data: bytes) -> list[bytes]:
+    """The items of a CBOR sequence (RFC 8742) as their exact bytes, in order.
+
+    :raises SessionError: an item is not valid CBOR or is cut off (a torn last append).
+    """
+    stream, start = io.BytesIO(data), 0
+    out: list[bytes] = []
+    while start < len(data):
+        try:
+            cbor2.CBORDecoder(stream).decode()
+        except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError) as exc:
+            raise SessionError(f"record {len(out) + 1} (byte {start}): not complete CBOR ({exc})") from exc
+        end = stream.tell()
+        out.append(data[start:end])
+        start = end
+    return out
+
+
+def verify_pin_reset_records(data: bytes, technician_keys: KeyResolver) -> list[tuple[dict[str, Any], bytes]]:
+    """Verify every record of a ``pin-resets.cose`` file (server side), all or nothing.
+
+    :param technician_keys: resolver of technician keys (the same as for issuance files:
+        ``bundle.resolver(KeyRole.TECHNICIAN)``, or a mapping).
+    :returns: each reset as ``(event, signer kid)``, in file order; the event as journalled (text
+        keys, hex strings), for the caller's own shape checks.
+    :raises SessionError: a record cut off, not a COSE_Sign1 of a known, unrevoked technician key,
+        altered after signing, not a map, or naming another technician key than its signer.
+    """
+    out: list[tuple[dict[str, Any], bytes]] = []
+    for n, message in enumerate(split_cbor_sequence(data), start=1):
+        try:
+            v = verify1(message, technician_keys, PIN_RESET_AAD)
+            event = cbor2.loads(v.payload)
+        except CoseError as exc:
+            raise SessionError(f"record {n}: does not verify: {exc}") from exc
+        except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+            raise SessionError(f"record {n}: malformed payload: {exc!r}") from exc
+        if not isinstance(event, dict) or not all(isinstance(k, str) for k in event):
+            raise SessionError(f"record {n}: the payload is not a map with text keys")
+        if event.get("technician_kid") != v.kid.hex():
+            raise SessionError(f"record {n}: names technician key {event.get('technician_kid')!r}, "
+                               f"signed by {v.kid.hex()}")
+        out.append((event, v.kid))
+    return out
 
 
 def static_keys(*keys: CoseKey) -> dict[bytes, CoseKey]:

@@ -13,15 +13,19 @@ Files in the batch directory::
     state.jsonl      the journal (one JSON object per line)
     results.csv      one line per outcome: line, household_ref, status, card_id, uid, detail
     pin-resets.jsonl office PIN resets only (the ``pin_reset`` events of state.jsonl, one JSON
-                     object per line): what an auditor is handed with issuances.cose; the
-                     ``pin_reset_started`` line each reset journals before its first chip
-                     write is in state.jsonl only
+                     object per line), for people to read; the ``pin_reset_started`` line each
+                     reset journals before its first chip write is in state.jsonl only
+    pin-resets.cose  the same resets, each signed by the technician key (as issuances.cose):
+                     a CBOR sequence of COSE_Sign1, one appended and fsync'd per reset
+                     (:func:`cardlib.provision.session.sign_pin_reset_record`); what is
+                     uploaded (``huma server cards upload-pin-resets``)
 """
 
 from __future__ import annotations
 
 import csv
 import enum
+import io
 import json
 import os
 import time
@@ -29,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cardlib.provision.errors import BatchStateError
-from cardlib.provision.session import Issuance, IssuanceStatus
+import cbor2
+
+from cardlib.keys.signer import Signer
+from cardlib.provision.errors import BatchStateError, SessionError
+from cardlib.provision.session import Issuance, IssuanceStatus, sign_pin_reset_record
 
 
 class Event(str, enum.Enum):
@@ -85,8 +92,10 @@ class BatchState:
         self.pin_resets: list[dict[str, Any]] = []
         self.pin_reset_starts: list[dict[str, Any]] = []
         self.session_id: str = ""
+        self.signed_resets_path = directory / "pin-resets.cose"
         if self.path.exists():
             self._replay(batch_key)
+            self._cut_torn_signed_reset()
         else:
             self.session_id = os.urandom(8).hex()
             self._append({"event": Event.BATCH.value, "batch_key": batch_key, "session_id": self.session_id})
@@ -142,6 +151,26 @@ class BatchState:
                 rec.identity_hash = ev.get("identity_hash", rec.identity_hash)
                 rec.identity = ev.get("identity", rec.identity)
                 rec.step = ev.get("step", "")
+
+    def _cut_torn_signed_reset(self) -> None:
+        """A crash mid-append leaves a cut-off last record in pin-resets.cose: drop it (that reset's
+        ``pin_reset`` line is in state.jsonl), so the next record starts clean and the file uploads."""
+        if not self.signed_resets_path.exists():
+            return
+        data = self.signed_resets_path.read_bytes()
+        stream, keep = io.BytesIO(data), 0
+        while keep < len(data):
+            try:
+                cbor2.CBORDecoder(stream).decode()
+            except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
+                break
+            keep = stream.tell()
+        if keep == len(data):
+            return
+        with open(self.signed_resets_path, "r+b") as fh:
+            fh.truncate(keep)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _append(self, event: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -229,9 +258,11 @@ class BatchState:
 
     def pin_reset(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str, technician_kid: bytes,
                   card_profile: str, failures_before: int, pin_changed: bool, *, pin_epoch: int | None = None,
-                  epoch_before: int | None = None, approved_by: str | None = None) -> dict[str, Any]:
+                  epoch_before: int | None = None, approved_by: str | None = None,
+                  signer: Signer | None = None) -> dict[str, Any]:
         """Journal an office PIN reset (docs/fallback.md §Step 3) with the technician who did it,
-        in ``state.jsonl`` and in ``pin-resets.jsonl`` (resets only, for the auditor).
+        in ``state.jsonl``, in ``pin-resets.jsonl`` (resets only, to read) and, signed by ``signer``,
+        in ``pin-resets.cose`` (what the server takes).
 
         :param card_id: 8 bytes. :param uid: 7 bytes (zeros for a secure card).
         :param household_ref: 8 bytes. :param technician: the technician's name (``--technician``).
@@ -242,7 +273,11 @@ class BatchState:
         :param pin_epoch: NTAG PIN record: the epoch now on the card (None: no PIN record).
         :param epoch_before: NTAG PIN record: the epoch found on the card (None: garbled or none).
         :param approved_by: who approved the reset after checking the holder's papers (default: the technician).
+        :param signer: the technician key (kid ``technician_kid``); None writes no signed record (tests
+            of the journal alone; the server refuses such resets unless uploaded as unsigned legacy).
         :returns: the journalled event.
+        :raises SessionError: ``signer`` is not the key ``technician_kid`` names (nothing journalled).
+        :raises OSError: a file could not be written and synced.
         """
         ev: dict[str, Any] = {
             "event": Event.PIN_RESET.value, "card_id": card_id.hex(), "uid": uid.hex(),
@@ -250,11 +285,19 @@ class BatchState:
             "card_profile": card_profile, "failures_before": failures_before, "pin_changed": pin_changed,
             "pin_epoch": pin_epoch, "epoch_before": epoch_before, "approved_by": approved_by or technician,
             "session_id": self.session_id, "t": int(time.time())}
+        if signer is not None and signer.kid != technician_kid:
+            raise SessionError(f"technician key {technician_kid.hex()} cannot be signed for by key {signer.kid.hex()}")
         self._append(ev)
         with open(self.directory / "pin-resets.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(ev, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if signer is not None:  # after the journal line: a key that fails to sign leaves the reset on record
+            signed = sign_pin_reset_record(signer, ev)
+            with open(self.signed_resets_path, "ab") as bfh:
+                bfh.write(signed)
+                bfh.flush()
+                os.fsync(bfh.fileno())
         self.pin_resets.append(ev)
         return ev
 
