@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -97,6 +97,35 @@ DATABASE_OPTION = click.option(
     callback=_remember_database, is_eager=True,
     help="Database: postgresql+psycopg://user@host:5432/name or sqlite:///path.db "
          "(default: $DATABASE_URL, else instance/huma.db beside the server package).")
+
+
+class AliasOption(click.Option):
+    """An option whose old names still parse but are left out of ``--help`` (one name per concept).
+
+    ``click.option("-o", "--out", "--output", "output", cls=AliasOption, hidden_names=("--output",))``
+    """
+
+    def __init__(self, *args: Any, hidden_names: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_names = hidden_names
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        """The help line without :attr:`hidden_names`."""
+        every = self.opts
+        self.opts = [o for o in every if o not in self.hidden_names]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = every
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        """How a usage error names the option (``'-o' / '--out'``), without :attr:`hidden_names`."""
+        every = self.opts
+        self.opts = [o for o in every if o not in self.hidden_names]
+        try:
+            return super().get_error_hint(ctx)
+        finally:
+            self.opts = every
 
 
 def make_app() -> Flask:

@@ -141,7 +141,9 @@ def upload_issuance(file: Path, technician: str) -> None:
     app = make_app()
     root_path = app.config.get("TRUST_ROOT_CERT")
     if not root_path:
-        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify issuance files")
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify issuance files; set it to "
+                                 "the path of the root certificate, KS/certs/<root kid>.crt.pem of the key store "
+                                 "(docs/operations.md)")
     with database(app):
         session = _write_session()
         person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()

@@ -88,9 +88,9 @@ def init(profile_path: Path, passphrase_file: Path | None) -> None:
         secret = terminal_secret(profile, prompt=lambda: str(click.prompt(
             "New terminal key passphrase", hide_input=True, confirmation_prompt=True)).encode())
     kid = create_terminal_key(profile, secret)
-    click.echo(f"key {profile.key_path} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
+    click.echo(f"key {profile.key_path.resolve()} (kid {kid.hex()}, slot terminal id {int.from_bytes(kid, 'big')})")
     click.echo(f"key fingerprint (read it to the admin who approves): {key_fingerprint(profile)}")
-    click.echo(f"CSR {csr_path(profile)}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
+    click.echo(f"CSR {csr_path(profile).resolve()}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
                "with the enrolment code the admin issued")
 
 
@@ -110,7 +110,7 @@ def _init_on_token(profile: TerminalProfile, profile_path: Path) -> None:
     click.echo(f"key {ks.label!r} on token {ks.token!r} (kid {kid.hex()}, "
                f"slot terminal id {int.from_bytes(kid, 'big')})")
     click.echo(f"key fingerprint (read it to the admin who approves): {key_fingerprint(profile)}")
-    click.echo(f"CSR {csr}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
+    click.echo(f"CSR {csr.resolve()}: run 'huma terminal enrol --profile {profile_path} --code CODE' "
                "with the enrolment code the admin issued")
 
 
@@ -255,7 +255,7 @@ def _print_status(st: CounterStatus) -> None:
     else:
         j = st.journal
         t.add_row("journal", f"{_count(j.entries, 'entry', 'entries')}, {j.size_bytes / 1e6:.1f} MB, "
-                             f"{_count(j.boots, 'boot', 'boots')}: {j.path}")
+                             f"{_count(j.boots, 'boot', 'boots')}: {j.path.resolve()}")
         t.add_row("not uploaded", _count(j.unsent, "entry", "entries")
                   + (f", [red]{_count(j.refused, 'entry', 'entries')} refused by the server[/]" if j.refused else "")
                   + ("" if j.receipt_key_pinned else " [red](no pinned server receipt key: no upload can be "

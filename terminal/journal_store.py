@@ -1188,7 +1188,7 @@ def _flock_exclusive(path: Path, what: str, journal: Path, holder: Callable[[int
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise JournalStoreError(f"cannot open {what} {path}: {exc.strerror}") from exc
+        raise JournalStoreError(f"cannot open {what} {Path(path).resolve()}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -1196,7 +1196,7 @@ def _flock_exclusive(path: Path, what: str, journal: Path, holder: Callable[[int
             who = holder(fd)
         finally:
             os.close(fd)
-        raise JournalInUse(f"a counter daemon is already running on journal {journal}{who}; "
+        raise JournalInUse(f"a counter daemon is already running on journal {Path(journal).resolve()}{who}; "
                            "not starting a second one") from None
     return fd
 

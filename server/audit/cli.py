@@ -16,7 +16,7 @@ import click
 
 from cardlib.clitypes import count_noun
 from cardlib.fsutil import atomic_write_chunks
-from server.cli import DATABASE_OPTION, database, make_app
+from server.cli import DATABASE_OPTION, AliasOption, database, make_app
 
 
 @click.group("audit")
@@ -126,7 +126,8 @@ def _write_export(output: Path, chunks: Iterable[str]) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True,
               help="json (a journal export is signed with the receipt key; huma audit verify-export checks it) "
                    "or csv (unsigned, for spreadsheets).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+@click.option("-o", "--out", "--output", "output", cls=AliasOption, hidden_names=("--output",),
+              type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
               help="File to write (use - for stdout).")
 @click.option("--status", type=click.Choice(["open", "confirmed", "dismissed"]), help="Findings: only this status.")
 @click.option("--terminal-id", help="Journal: only this terminal.")

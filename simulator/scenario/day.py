@@ -554,10 +554,10 @@ class Day:
         self.result.reconcile = json.loads(out[out.index("{"):])
         findings = self.dir / "findings.json"
         journal = self.dir / "journal-export.json"
-        self.cli("audit", "export", "findings", "--format", "json", "-o", str(findings))
+        self.cli("audit", "export", "findings", "--format", "json", "--out", str(findings))
         # The export's header is signed with the server's receipt key (the one counters pinned).
         self.cli.env["HUMA_RECEIPT_KEY"] = str(self.dir / "server" / "receipt-key.pem")
-        self.cli("audit", "export", "journal", "--format", "json", "-o", str(journal))
+        self.cli("audit", "export", "journal", "--format", "json", "--out", str(journal))
         self.result.findings = json.loads(findings.read_text())["items"]
         committed: Tally[str] = Tally()
         entries = json.loads(journal.read_text())["items"]
