@@ -7,7 +7,7 @@ change is audited as a console change (``via: cli``).
 - ``household statement REF --reissue-of CARD --out FILE [--key-out PEM]`` — the signed
   balance statement ``huma provision card --balance-statement`` takes, and the server key;
 - ``cards upload-issuance FILE --technician USERNAME`` — register a station's issuance file;
-- ``cards upload-pin-resets FILE --technician USERNAME`` — store a station's office PIN resets;
+- ``cards upload-pin-resets FILE --technician USERNAME`` — store a station's signed office PIN resets;
 - ``grievance add|list|status`` and ``receipt CODE``.
 """
 
@@ -168,35 +168,54 @@ def upload_issuance(file: Path, technician: str) -> None:
 @cards_group.command("upload-pin-resets")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--technician", required=True, help="Username of the person handing in the file (technician, admin).")
+@click.option("--unsigned-legacy", is_flag=True, default=False,
+              help="Take an unsigned pin-resets.jsonl (a station before signed resets): its resets are stored "
+                   "without a signer and marked unsigned on the card page.")
 @DATABASE_OPTION
-def upload_pin_resets(file: Path, technician: str) -> None:
-    """Store a station's office PIN resets (pin-resets.jsonl from huma provision pin-reset); audited.
+def upload_pin_resets(file: Path, technician: str, unsigned_legacy: bool) -> None:
+    """Store a station's office PIN resets (pin-resets.cose from huma provision pin-reset); audited.
 
-    Each reset is stored once (the same file may be handed in again after each office day) and
-    shown on the auditor's card page. The file is not signed at the station: its shape is checked
-    and who handed it in is recorded.
+    Each record must be signed by a technician key of the newest verified trust bundle (as
+    issuance files); one forged or altered record refuses the whole file. Each reset is stored
+    once (the same file may be handed in again after each office day) with its signer's key id
+    and shown on the auditor's card page. An old station's unsigned pin-resets.jsonl is taken
+    only with --unsigned-legacy.
     """
     from sqlalchemy import func, select
 
+    from cardlib.records.bundle import KeyRole
     from server.auth import audit
+    from server.bundles import load_trust_root, newest_verified_bundle
+    from server.errors import ConfigurationError
     from server.models import Person, PersonRole
-    from server.pin_resets import FLAGS, card_pin_resets, register_pin_resets
+    from server.pin_resets import FLAGS, card_pin_resets, is_signed_pin_reset_file, register_pin_resets
     from server.types import utcnow
 
     data = file.read_bytes()
     app = make_app()
+    root_path = app.config.get("TRUST_ROOT_CERT")
+    signed = is_signed_pin_reset_file(data)
+    if signed and not root_path:
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify PIN-reset files")
     with database(app):
         session = _write_session()
         person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
         if person is None or person.role not in (PersonRole.TECHNICIAN, PersonRole.ADMIN):
             raise click.BadParameter(f"no technician or admin named {technician!r}", param_hint="--technician")
-        result = register_pin_resets(session, data, person.id, utcnow())
+        keys = (newest_verified_bundle(session, load_trust_root(root_path)).resolver(KeyRole.TECHNICIAN)
+                if signed and root_path else None)
+        result = register_pin_resets(session, data, person.id, utcnow(), technician_keys=keys,
+                                     unsigned_legacy=unsigned_legacy)
         audit(session, person, "cards.pin_resets", f"file:{file.name}", stored=len(result.stored),
-              known=result.known, card_ids=sorted({r.card_id for r in result.stored}), **_console())
+              known=result.known, now_signed=result.now_signed, signed=signed,
+              signer_kids=sorted({r.signer_kid for r in result.stored if r.signer_kid}),
+              card_ids=sorted({r.card_id for r in result.stored}), **_console())
         flagged = [(r, flags) for card in sorted({r.card_id for r in result.stored})
                    for r, flags in card_pin_resets(session, card) if flags and r in result.stored]
         session.commit()
-        click.echo(f"{len(result.stored)} PIN reset(s) stored, {result.known} already known")
+        click.echo(f"{len(result.stored)} PIN reset(s) stored, {result.known} already known"
+                   + (f" ({result.now_signed} of them now signed)" if result.now_signed else "")
+                   + ("" if signed or not result.stored else "; unsigned (--unsigned-legacy)"))
         for r, flags in flagged:
             click.echo(f"card {r.card_id} reset {r.reset_at.isoformat()} by {r.technician}: "
                        + "; ".join(FLAGS[f] for f in flags))

@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from cardlib.keys.signer import SoftwareSigner, cose_key
+from cardlib.provision.session import static_keys
 from cardlib.provision.state import BatchState
 from tests.reconcile_support import add_auditor, audit_db  # noqa: F401 - audit_db: fixture
 from tests.test_audit_browser import browser  # noqa: F401 - a fixture
 from tests.test_dashboard_browser import DESKTOP, PHONE, _log_in, _no_overflow, _viewport
-from tests.test_pin_resets_upload import CARD, HOUSEHOLD, KID, UID
+from tests.test_pin_resets_upload import CARD, HOUSEHOLD, UID
 
 pytestmark = pytest.mark.browser
 
@@ -24,13 +27,15 @@ def test_pin_resets_on_the_card_page_at_phone_and_desktop_width(
     from server.pin_resets import register_pin_resets
     from server.types import utcnow
 
+    tech = SoftwareSigner(ec.generate_private_key(ec.SECP256R1()))
     station = BatchState(tmp_path / "single-cards", "single-cards")
-    station.pin_reset(CARD, UID, HOUSEHOLD, "tech-07", KID, "ntag", 3, True, pin_epoch=1, epoch_before=0,
-                      approved_by="kepala-kantor")
-    station.pin_reset(CARD, UID, HOUSEHOLD, "tech-07", KID, "ntag", 5, True, pin_epoch=2, epoch_before=0)
+    station.pin_reset(CARD, UID, HOUSEHOLD, "tech-07", tech.kid, "ntag", 3, True, pin_epoch=1, epoch_before=0,
+                      approved_by="kepala-kantor", signer=tech)
+    station.pin_reset(CARD, UID, HOUSEHOLD, "tech-07", tech.kid, "ntag", 5, True, pin_epoch=2, epoch_before=0,
+                      signer=tech)
     with app.app_context():
-        register_pin_resets(db.write_session(), (tmp_path / "single-cards" / "pin-resets.jsonl").read_bytes(),
-                            None, utcnow())
+        register_pin_resets(db.write_session(), (tmp_path / "single-cards" / "pin-resets.cose").read_bytes(),
+                            None, utcnow(), technician_keys=static_keys(cose_key(tech)))
         db.session.commit()
     add_auditor(app)
     base = f"http://{live_server.host}:{live_server.port}"
