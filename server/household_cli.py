@@ -196,7 +196,9 @@ def upload_pin_resets(file: Path, technician: str, unsigned_legacy: bool) -> Non
     root_path = app.config.get("TRUST_ROOT_CERT")
     signed = is_signed_pin_reset_file(data)
     if signed and not root_path:
-        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify PIN-reset files")
+        raise ConfigurationError("HUMA_TRUST_ROOT_CERT is not configured: cannot verify PIN-reset files; set it to "
+                                 "the path of the root certificate, KS/certs/<root kid>.crt.pem of the key store "
+                                 "(docs/operations.md)")
     with database(app):
         session = _write_session()
         person = session.scalars(select(Person).where(func.lower(Person.username) == technician.lower())).first()
