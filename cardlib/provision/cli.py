@@ -49,7 +49,7 @@ from cardlib.provision.card import PersonalisedCard, StationContext, Step
 from cardlib.provision.errors import CsvError, ProvisionError, StationInputError, StationKeyNotTrusted
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
-from cardlib.provision.qr import household_qr, qr_png
+from cardlib.provision.qr import household_qr, qr_file_name, qr_png
 from cardlib.provision.reissue import station_lock
 from cardlib.provision.session import SessionGrant, grant_session, static_keys, verify_grant
 from cardlib.provision.state import BatchState, Event
@@ -281,12 +281,19 @@ def provision() -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Batch journal/results directory (default: HOUSEHOLDS without its extension + "
                    "'.provision', next to the CSV, e.g. batch-07.provision/).")
+@click.option("--qr-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="ntag: write each card's household QR for its card body (as `provision card --qr-out`, "
+                   "docs/fallback.md) to DIR/<household label>-<card id>.png, and its text to the same name "
+                   "with .txt; DIR is created. Only cards made in this run get one.")
 def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, pin_required: bool,
-              **o: Any) -> None:
+              qr_dir: Path | None, **o: Any) -> None:
     """Provision every household of HOUSEHOLDS (CSV); resumable, one result line per card.
 
     ``--card-profile secure`` asks each beneficiary's PIN (4..8 digits) when their card is on the reader.
+    ``--qr-dir DIR`` writes each issued NTAG card's household QR (PNG + text) into DIR.
     """
+    if qr_dir is not None and card_profile == "secure":
+        raise click.UsageError("--qr-dir is for --card-profile ntag (a secure card has no household QR)")
     profile = Profile.load(o["profile_path"])
     try:
         rows = load_households(households, profile.programmes)
@@ -295,6 +302,8 @@ def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, p
             _console.print(f"[red]{households}:{err}[/]", highlight=False)
         raise
     state_dir = o["state_dir"] or households.with_name(households.stem + ".provision")
+    if qr_dir is not None:  # before any chip: a card made without its QR is not printable
+        _make_qr_dir(qr_dir)
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
         reset_point = _pin_reset_point(st.ctx, pin_reset_key) if card_profile == "secure" else b""
@@ -319,6 +328,9 @@ def batch_cmd(households: Path, card_profile: str, pin_reset_key: Path | None, p
                 _report(out)
                 if out.status is Event.ISSUED:
                     progress.advance(task)
+                    if qr_dir is not None and isinstance(out.card, PersonalisedCard):
+                        _write_qr(qr_dir / qr_file_name(out.household.household_ref, out.card.card_id),
+                                  out.card, st)
 
             try:
                 if card_profile == "secure":
@@ -434,11 +446,31 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
 
 
 def _write_qr(path: Path, card: PersonalisedCard, st: _Station) -> None:
-    """Write the card body's household QR as PNG (``path``) and text (``path`` with ``.txt``)."""
+    """Write the card body's household QR as PNG (``path``) and text (``path`` with ``.txt``).
+
+    The one writer of household QRs (``provision card --qr-out`` and ``provision batch --qr-dir``).
+
+    :raises ProvisionError: the files cannot be written (the card itself is issued and journalled).
+    """
     text = household_qr(card.identity_cose, st.issuer, int(time.time()))
-    path.write_bytes(qr_png(text))
-    path.with_suffix(".txt").write_text(text + "\n", encoding="ascii")
+    try:
+        path.write_bytes(qr_png(text))
+        path.with_suffix(".txt").write_text(text + "\n", encoding="ascii")
+    except OSError as exc:
+        raise ProvisionError(f"card {card.card_id.hex()} is issued, but its household QR {path} cannot be "
+                             f"written: {exc.strerror or exc}") from exc
     _console.print(f"household QR written to {path}")
+
+
+def _make_qr_dir(path: Path) -> None:
+    """Create ``--qr-dir`` (and parents) before any card is made.
+
+    :raises StationInputError: it cannot be created, or exists as a file.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StationInputError(f"--qr-dir {path}: cannot create: {exc.strerror or exc}") from exc
 
 
 def _reissue_balance(profile: Profile, row: Household, reissue_of: bytes | None, remaining: str | None,
