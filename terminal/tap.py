@@ -220,17 +220,36 @@ def clock_wrong(bundle: TrustBundle, now: float, stale_days: float, mark: float 
             or (now > bundle.in_force_until and cycle_at(now) > cycle_at(bundle.issued_at)))
 
 
-def unverified_card_id(image: RecordImage | None) -> str:
-    """The card id an identity record claims, unverified (hex, or "" when unreadable): evidence for a decline."""
+def _identity_claims(image: RecordImage | None) -> IdentityClaims | None:
+    """The claims of the card's identity record as read, without checking its signature (None: unreadable)."""
     if image is None:
-        return ""
+        return None
     try:
         body = cbor2.loads(image.identity)
         payload = body.value[2] if isinstance(body, cbor2.CBORTag) else body[2]
-        return IdentityClaims.from_cbor(payload).card_id.hex()
+        return IdentityClaims.from_cbor(payload)
     except (CardlibError, cbor2.CBORDecodeError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             EOFError):
-        return ""
+        return None
+
+
+def unverified_card_id(image: RecordImage | None) -> str:
+    """The card id an identity record claims, unverified (hex, or "" when unreadable): evidence for a decline."""
+    claims = _identity_claims(image)
+    return claims.card_id.hex() if claims is not None else ""
+
+
+def denied_household(exc: CardlibError, image: RecordImage | None) -> str | None:
+    """The household label of a card refused by the bundle's deny list, for the clerk's screen; else None.
+
+    :class:`~cardlib.records.errors.DeniedCard` is raised only once the identity record verified
+    under an issuer key for the chip's UID (``CardSession``), so its household is the card's own;
+    a card refused for any other reason before policy may be forged and names no household.
+    """
+    if not isinstance(exc, rec.DeniedCard):
+        return None
+    claims = _identity_claims(image)
+    return household_label(claims.household_ref) if claims is not None else None
 
 
 @dataclass
@@ -336,7 +355,7 @@ class TapProcessor:
         mode = self.cfg.mode
 
         def declined(reason: DeclineReason, state: CardState | None = None, uid: bytes | None = None,
-                     card: str | None = None, note: str | None = None) -> TapOutcome:
+                     card: str | None = None, note: str | None = None, household: str | None = None) -> TapOutcome:
             # The card id goes into the signed DECLINED entry whenever it could be read
             # (unverified when the card failed verification): the auditor sees a blocked card's tries.
             card = state.identity.claims.card_id.hex() if state else (card or None)
@@ -344,7 +363,7 @@ class TapProcessor:
                 e = self.journal.append(EntryKind.DECLINED, CardWrite(
                     card_id=card or "", tag_uid=uid, programme=programme, decline_reason=reason.value), note=note)
             return TapOutcome(TapStatus.DECLINED, reader, mode, programme, reason=reason,
-                              household_ref=_household(state), card_id=card, journal_seq=e.seq)
+                              household_ref=_household(state) or household, card_id=card, journal_seq=e.seq)
 
         uid = bytes(tag.uid)
         image: RecordImage | None = None
@@ -357,7 +376,7 @@ class TapProcessor:
         except CardlibError as exc:
             reason = decline_reason_of(exc)
             log.info("card declined before policy: %s (%s)", reason.value, type(exc).__name__)
-            return declined(reason, uid=uid, card=unverified_card_id(image))
+            return declined(reason, uid=uid, card=unverified_card_id(image), household=denied_household(exc, image))
         card_hex = state.identity.claims.card_id.hex()
         if revoked is not None:
             log.info("card %s…: state signed by key %s before its revocation; served at the floor",

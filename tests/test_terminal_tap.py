@@ -13,6 +13,7 @@ import pytest
 
 from cardlib.keys.signer import cose_key
 from cardlib.records.bundle import Programme as BundleProgramme
+from cardlib.records.household_label import household_label
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from cardlib.type2.channel import ACR122U
@@ -25,7 +26,7 @@ from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, OfflineLimits, cycle_at
 from terminal.supervisor import ReaderNamePattern, Supervisor
 from terminal.tap import CounterConfig, TapProcessor, Trust
-from tests.test_records_support import ISSUER, STATION, TERMINAL, UID, bundle, chip_with, identity
+from tests.test_records_support import ISSUER, ROGUE, STATION, TERMINAL, UID, bundle, chip_with, identity
 
 pytestmark = pytest.mark.pcsc
 
@@ -124,7 +125,15 @@ def test_denied_card_and_wrong_pin(counter_factory, present_card) -> None:
     denied = bundle(deny_cards=(identity().card_id,))
     c = counter_factory(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=denied)
     with present_card(issued_chip(), slot=0):
-        assert c.wait(1).reason is DeclineReason.CARD_DENIED
+        out = c.wait(1)
+    assert out.reason is DeclineReason.CARD_DENIED
+    # The deny list is checked once the identity verified: the clerk sees whose card is blocked.
+    assert out.household_ref == household_label(identity().household_ref)
+    # A card whose identity does not verify names no household (it may be anybody's forgery).
+    forged = issue_card_image(identity(), ROGUE, STATION, cycle=current_cycle(), now=int(time.time()) - 60)
+    with present_card(chip_with(forged.image, UID), slot=0):
+        out = c.wait(2)
+    assert out.reason is DeclineReason.UNKNOWN_ISSUER and out.household_ref is None, out
 
 
 def test_cash_needs_the_pin(counter_factory, present_card) -> None:
