@@ -128,7 +128,7 @@ def supervisor_hash_cmd(supervisor: str, password_file: Path | None) -> None:
     import json
 
     from cardlib.clitypes import read_secret_line
-    from terminal.fallback import APPROVER_ID, MAX_APPROVER_CHARS, supervisor_hash
+    from terminal.fallback import APPROVER_ID, MAX_APPROVER_CHARS, MIN_SUPERVISOR_PASSWORD, supervisor_hash
 
     name = supervisor.strip()
     if APPROVER_ID.fullmatch(name) is None:  # the desk refuses any other id (docs/fallback.md, approver ids)
@@ -145,6 +145,9 @@ def supervisor_hash_cmd(supervisor: str, password_file: Path | None) -> None:
             raise click.BadParameter(f"{password_file}: the first line is empty", param_hint="--password-file")
     else:
         password = str(click.prompt(f"Password for supervisor {name}", hide_input=True, confirmation_prompt=True))
+    if len(password) < MIN_SUPERVISOR_PASSWORD:  # the hash is guessed offline by whoever reads the profile
+        raise click.BadParameter(f"a supervisor password has at least {MIN_SUPERVISOR_PASSWORD} characters "
+                                 "(its hash in the terminal profile can be guessed offline)", param_hint="password")
     # TOML bare keys are letters, digits, '_' and '-'; an id with '.' must be quoted.
     key = name if "." not in name else json.dumps(name)
     click.echo(f"{key} = {json.dumps(supervisor_hash(password))}")

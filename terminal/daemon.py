@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -468,14 +469,34 @@ class Daemon:
         log.info("counter %s stopped cleanly", self.profile.terminal_id)
 
 
+def check_profile_mode(profile_path: Path, profile: TerminalProfile) -> None:
+    """Refuse a profile holding supervisor password hashes that other accounts may read or write.
+
+    The hashes are guessed offline by whoever reads them (no lock-out there), and a writable profile
+    takes a supervisor line of the writer's choosing (red team round 4). Owner and group (``root:huma``,
+    mode 0640) are the daemon's; a profile without ``[supervisors]`` may stay world-readable.
+
+    :raises TerminalProfileError: supervisors listed and the file readable or writable by others.
+    """
+    if not profile.supervisors:
+        return
+    mode = stat.S_IMODE(profile_path.stat().st_mode)
+    if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        raise TerminalProfileError(
+            f"{profile_path} lists supervisor password hashes and is readable by other accounts or writable by "
+            f"more than its owner (mode {mode:04o}): chown root:huma and chmod 640 it (docs/operations.md)")
+
+
 def build_daemon(profile_path: Path, reader_dirs: tuple[Path, ...] = ()) -> Daemon:
     """Load the profile, the key and the pinned root; build (not start) the daemon.
 
     :raises firmware_config.errors.ConfigError: invalid profile.
-    :raises TerminalProfileError: missing passphrase or root key path.
+    :raises TerminalProfileError: missing passphrase or root key path, or supervisor hashes in a profile others
+        may read (:func:`check_profile_mode`).
     :raises cardlib.keys.root.RootKeyError: the pinned root key file is unreadable or not a key.
     """
     profile = load_terminal_profile(profile_path, reader_dirs)
+    check_profile_mode(profile_path, profile)
     if profile.root_key_path is None:
         raise TerminalProfileError("the profile has no root key path")
     return Daemon(profile, load_terminal_signer(profile), load_root_key(profile.root_key_path))

@@ -59,6 +59,7 @@ from terminal.tap import Trust, bundle_programmes, clock_wrong, counter_limits
 
 __all__ = [
     "MANUAL",
+    "MIN_SUPERVISOR_PASSWORD",
     "QR",
     "FallbackDesk",
     "SupervisorRefused",
@@ -99,6 +100,12 @@ COUNTER_LOCK_AFTER = 15
 
 class SupervisorRefused(TerminalError):
     """The supervisor id is unknown or the password does not match its hash."""
+
+
+#: Fewest characters of a supervisor password ``huma terminal supervisor-hash`` makes a hash for (NIST SP 800-63B
+#: §5.1.1.2): the hash is in the terminal profile, so whoever reads the file guesses offline, without the desk's
+#: lock-out (red team round 4).
+MIN_SUPERVISOR_PASSWORD = 8
 
 
 def supervisor_hash(password: str, *, salt: bytes | None = None) -> str:
