@@ -9,14 +9,14 @@ the server has them. ``POST /api/grievance`` keeps one in the counter's durable 
 
 from __future__ import annotations
 
+import datetime as dt
 import html
-import time
 from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any
 
 from terminal.grievances import CATEGORIES, TEXT_MAX
-from terminal.screen.i18n import LANGUAGES, translations
+from terminal.screen.i18n import LANGUAGE_NAMES, LANGUAGES, local_time, translations
 
 if TYPE_CHECKING:
     from terminal.screen.server import ScreenState
@@ -42,6 +42,7 @@ LABELS = {
     "waiting": "waiting for sync", "sent": "at the server", "refused": "refused by the server",
     "hint": "Write what the person says, in their words. Do not write PINs.",
     "other_tap": "None of these: I type the receipt code",
+    "lang_title": "Screen language",
 }
 #: Recent taps offered as "about this tap".
 RECENT = 10
@@ -60,7 +61,7 @@ def complaint_page(lang: str, state: ScreenState) -> bytes:
         code = o.receipt.code if o.receipt else ""
         if not (code or o.card_id):
             continue
-        when = time.strftime("%H:%M:%S", time.localtime(p.at))
+        when = local_time(p.at)
         what = code or f"{t.gettext('Household')} {o.household_ref or '-'}"
         headline = t.gettext({"accepted": "ACCEPTED", "balance": "BALANCE", "declined": "DECLINED",
                               "uncertain": "NOT FINISHED", "recovered": "COMPLETED", "voided": "CANCELLED",
@@ -71,7 +72,8 @@ def complaint_page(lang: str, state: ScreenState) -> bytes:
     labels = {k: _esc(lang, v) for k, v in LABELS.items()}
     other = next(x for x in LANGUAGES if x != lang)
     src = resources.files("terminal.screen").joinpath("complaint.html").read_text("utf-8")
-    return Template(src).substitute(lang=lang, other_lang=other, other_lang_name=other.upper(), taps="".join(taps),
+    return Template(src).substitute(lang=lang, other_lang=other, other_lang_name=html.escape(LANGUAGE_NAMES[other]),
+                                    taps="".join(taps),
                                     categories=categories, text_max=TEXT_MAX, **labels).encode("utf-8")
 
 
@@ -83,10 +85,19 @@ def complaints_view(state: ScreenState, lang: str) -> list[dict[str, Any]]:
     out = []
     for g in reversed(state.grievances.all()):
         status = "refused" if g.refused else "sent" if g.sent_at else "waiting"
-        out.append({"id": g.client_ref, "recorded_at": g.recorded_at, "receipt_code": g.receipt_code or "",
+        out.append({"id": g.client_ref, "recorded_at": g.recorded_at, "recorded": _recorded(g.recorded_at),
+                    "receipt_code": g.receipt_code or "",
                     "household": g.household_ref or "", "category": t.gettext(CATEGORY_NAMES[g.category]),
                     "text": g.text, "status": status, "server_id": g.server_id})
     return out
+
+
+def _recorded(iso: str) -> str:
+    """A complaint's ISO 8601 time (UTC, as queued) as the screen shows times: ``2026-03-02 08:15 WIB``."""
+    try:
+        return local_time(dt.datetime.fromisoformat(iso).timestamp(), "%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso
 
 
 def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ start-up with Babel (``babel.messages.mofile.write_mo``), so a fresh
 
 from __future__ import annotations
 
+import datetime as dt
 import gettext
 import io
 from functools import cache
@@ -19,12 +20,14 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 
-from cardlib.records.claims import Unit
+from cardlib.records.claims import WIB, Unit
 
 DOMAIN = "terminal"
 #: Languages with a catalogue; the first is the default (Bahasa Indonesia).
 LANGUAGES = ("id", "en")
 DEFAULT_LANGUAGE = "id"
+#: Each language's name in itself: the header link that switches the screen to it shows this.
+LANGUAGE_NAMES = {"id": "Bahasa Indonesia", "en": "English"}
 
 
 @cache
@@ -45,6 +48,20 @@ def translations(lang: str) -> gettext.NullTranslations:
     write_mo(buf, catalog, use_fuzzy=False)
     buf.seek(0)
     return gettext.GNUTranslations(buf)
+
+
+#: The zone every time on the counter screen, receipt and slip is shown in: the programme's local time
+#: (Central Kalimantan, WIB = UTC+7, no daylight saving; cycles and audit pages use it too), not the machine's.
+SCREEN_ZONE = WIB
+
+
+def local_time(seconds: float, fmt: str = "%H:%M:%S") -> str:
+    """POSIX ``seconds`` as the programme's wall time with the zone named: ``"08:15:02 WIB"``.
+
+    :param fmt: a :meth:`datetime.strftime` format for the date and time part.
+    """
+    when = dt.datetime.fromtimestamp(seconds, SCREEN_ZONE)
+    return f"{when.strftime(fmt)} {when.tzname()}"
 
 
 _UNIT_FORMS = {

@@ -28,7 +28,15 @@ from terminal.errors import ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
-from terminal.screen.i18n import DEFAULT_LANGUAGE, LANGUAGES, amount_text, programme_name, translations
+from terminal.screen.i18n import (
+    DEFAULT_LANGUAGE,
+    LANGUAGE_NAMES,
+    LANGUAGES,
+    amount_text,
+    local_time,
+    programme_name,
+    translations,
+)
 
 if TYPE_CHECKING:
     from terminal.fallback import FallbackDesk
@@ -77,6 +85,12 @@ _STATUS_HINTS = {
 }
 #: Shown under a result that may still change (``TapOutcome.final`` False); a final one shows nothing.
 NOT_FINAL = "Not final yet: this result may still change."
+#: What "remaining" counts (msgids): a card's entitlement left, or after a QR or supervisor entry
+#: (``TapOutcome.reader`` ``fallback:<step>``) what the bundle's fallback limit still allows this card
+#: at this counter this cycle, which is not the card's balance (docs/fallback.md §One allowance).
+REMAINING = "Remaining"
+FALLBACK_REMAINING = "Fallback allowance left this period"
+FALLBACK_ENTITLED = "Fallback allowance this period"
 #: Banner texts by code (msgids); ``%(...)s`` fields are filled in after translation.
 BANNER_TEXTS = {
     "ok": "Ready: readers connected, server synced %(age)s ago.",
@@ -335,8 +349,18 @@ def banner_items(health: Mapping[str, Any], lang: str, now: float) -> list[dict[
             for code, fields in items]
 
 
+def is_fallback(o: TapOutcome) -> bool:
+    """Whether ``o`` came from the fallback desk (household QR or supervisor entry), not a card tap."""
+    return o.reader.startswith("fallback:")
+
+
 def outcome_view(p: Published, lang: str) -> dict[str, Any]:
-    """The JSON the page renders for one result, translated into ``lang``."""
+    """The JSON the page renders for one result, translated into ``lang``.
+
+    ``time`` is the programme's wall time with its zone (``"08:15:02 WIB"``, :func:`local_time`);
+    ``remaining_label`` names what ``remaining`` counts (the fallback allowance after a QR or
+    supervisor entry, else the card's entitlement).
+    """
     t = translations(lang)
     o = p.outcome
     hint = _STATUS_HINTS.get(o.status)
@@ -352,6 +376,7 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "programme": programme_name(lang, o.programme) if o.programme else "",
         "hand_over": amount_text(lang, o.unit, o.amount) if o.amount else "",
         "remaining": amount_text(lang, o.unit, o.remaining) if o.unit else "",
+        "remaining_label": t.gettext(FALLBACK_REMAINING if is_fallback(o) else REMAINING),
         "entitled": amount_text(lang, o.unit, o.entitled) if o.unit else "",
         "balances": [
             {"programme": programme_name(lang, b.programme), "entitled": amount_text(lang, b.unit, b.entitled),
@@ -363,7 +388,7 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "receipt": r.code if r else "",
         "reader": o.reader,
         "at": p.at,
-        "time": time.strftime("%H:%M:%S", time.localtime(p.at)),
+        "time": local_time(p.at),
     }
 
 
@@ -398,7 +423,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "no_answer": "The counter service is not answering. Check that it is running.",
         "household": "Household",
         "hand_over": "Hand over",
-        "remaining": "Remaining",
+        "remaining": REMAINING,
         "entitled": "Entitled",
         "receipt": "Receipt code",
         "print": "Print receipt",
@@ -421,11 +446,12 @@ def _page(lang: str, state: ScreenState) -> bytes:
         "served": "Served: see the result",
         "refused": "Refused: see the result",
         "details": "Details",
+        "lang_title": "Screen language",
         "mode": _MODE_NAMES[state.mode],
     })
     other = [x for x in LANGUAGES if x != lang]
     body = Template(src).substitute(
-        lang=lang, options=options, other_lang=other[0], other_lang_name=other[0].upper(),
+        lang=lang, options=options, other_lang=other[0], other_lang_name=html.escape(LANGUAGE_NAMES[other[0]]),
         fallback_hidden="" if state.fallback is not None else "hidden", **labels
     )
     return body.encode("utf-8")
@@ -445,15 +471,17 @@ def receipt_text(p: Published, lang: str) -> str:
     o, r = p.outcome, p.outcome.receipt
     if r is None:
         raise LookupError("this result has no receipt")
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.wall_time))
+    when = local_time(r.wall_time, "%Y-%m-%d %H:%M")
+    fallback = is_fallback(o)  # its figures are the fallback limit, not the card's entitlement
     lines = [
         t.gettext("Huma Betang receipt"),
-        f"{r.terminal_id} #{r.seq}  {when}",
+        f"{r.terminal_id} #{r.seq}",
+        when,
         f"{t.gettext('Household')}: {r.household_ref}",
         f"{t.gettext('Programme')}: {programme_name(lang, r.programme)}",
-        f"{t.gettext('Entitled')}: {amount_text(lang, o.unit, r.entitled)}",
+        f"{t.gettext(FALLBACK_ENTITLED if fallback else 'Entitled')}: {amount_text(lang, o.unit, r.entitled)}",
         f"{t.gettext('Received')}: {amount_text(lang, o.unit, r.received)}",
-        f"{t.gettext('Remaining')}: {amount_text(lang, o.unit, r.remaining)}",
+        f"{t.gettext(FALLBACK_REMAINING if fallback else REMAINING)}: {amount_text(lang, o.unit, r.remaining)}",
         f"{t.gettext('Receipt code')}: {r.code}",
     ]
     return "\n".join(lines) + "\n"
@@ -506,7 +534,7 @@ def shift_slip(n: int, signed: SignedCheckpoint, lang: str) -> bytes:
     body = Template(src).substitute(
         lang=lang, n=n, rows=rows,
         terminal_id=html.escape(c.terminal_id), boot_id=c.boot_id,
-        when=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.wall_ms / 1000)),
+        when=local_time(c.wall_ms / 1000, "%Y-%m-%d %H:%M:%S"),
         first_seq=c.first_seq, head_seq=c.head_seq, head_hash=grouped, declined_n=c.declined,
         qr_text=html.escape(to_qr_text(signed.message)), kid=signed.kid.hex(),
         new_title=html.escape(t.gettext("Sign a new checkpoint of this shift")),
