@@ -186,13 +186,15 @@ def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, con
     assert 'id="conflict-1"' in html and conflict_world["forged"].entry_hash.hex() in html
     assert conflict_world["commit"].entry.entry_id.hex() in html  # the stored entry, decoded
     section = html[html.index('id="conflict-1"'):]
-    assert "Bantuan tunai · 1<" in section and "Bantuan tunai · 250000<" in section  # the newcomer's amount and the kept one's
+    # the newcomer's amount and the kept one's
+    assert "Bantuan tunai · 1<" in section and "Bantuan tunai · 250000<" in section
     assert "entri kedua yang berbeda ditandatangani untuk seq" in html  # translated summary
     t2 = conflict_world["district"].terminals[2].terminal_id
     page = client.get(f"/audit/terminals/{t2}").get_data(as_text=True)
     assert 'class="decline">hak sudah habis<' in page
     card2 = conflict_world["district"].cards[2].card_id
-    assert 'class="decline">nothing_left<' in client.get(f"/audit/cards/{card2}?lang=en").get_data(as_text=True)
+    assert 'data-code="nothing_left" class="decline">nothing left this period<' in client.get(
+        f"/audit/cards/{card2}?lang=en").get_data(as_text=True)
     export = client.get(f"/audit/export/journal.csv?terminal_id={t2}").get_data(as_text=True)
     rows = list(csv.DictReader(io.StringIO(export)))
     assert [r["decline_reason"] for r in rows if r["kind"] == "DECLINED"] == ["nothing_left"]
