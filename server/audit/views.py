@@ -387,18 +387,24 @@ def _receipt_entries(text: str) -> list[Any]:
 def lookup(text: str) -> dict[str, Any]:
     """What a search text names: the pages it leads to and the household it means.
 
-    :param text: a card id, terminal id, household reference (16 hex digits or ``HB-`` label) or
-        receipt code (``XXXX-XXXX``), already trimmed.
-    :returns: ``{"household": ref or None, "code": receipt code or None, "receipts": [(card_id,
-        terminal_id, seq)], "cards": [card ids with a page], "terminals": [terminal ids with a
-        page]}``, each list at most :data:`LOOKUP_MAX` long, in a stable order.
+    :param text: a card id, terminal id, chip UID (4, 7 or 10 bytes in hex), household reference
+        (16 hex digits or ``HB-`` label) or receipt code (``XXXX-XXXX``), already trimmed.
+    :returns: ``{"household": ref or None, "code": receipt code or None, "uid": UID hex or None,
+        "receipts": [(card_id, terminal_id, seq)], "cards": [card ids with a page], "terminals":
+        [terminal ids with a page]}``, each list at most :data:`LOOKUP_MAX` long, in a stable order.
     """
+    from server.audit.decline_views import parse_uid
+
     household = _household(text)
     receipts = _receipt_entries(text)
+    uid = parse_uid(text)
     cards: list[str] = []
     if db.session.get(CardProfile, text) is not None or db.session.scalar(
             select(func.count()).select_from(Card).where(Card.card_id == text)):
         cards.append(text)
+    if uid is not None:  # the card issued on this chip (a copy carries the same UID)
+        cards += db.session.scalars(select(Card.card_id).where(Card.tag_uid == uid)
+                                    .order_by(Card.card_id).limit(LOOKUP_MAX))
     if household is not None:
         cards += db.session.scalars(select(CardProfile.card_id).where(CardProfile.household_ref == household)
                                     .order_by(CardProfile.card_id).limit(LOOKUP_MAX))
@@ -406,7 +412,8 @@ def lookup(text: str) -> dict[str, Any]:
     terminals = [text] if db.session.get(TerminalSite, text) is not None or db.session.scalar(
         select(func.count()).select_from(Terminal).where(Terminal.terminal_id == text)) else []
     terminals += [r.terminal_id for r in receipts]
-    return {"household": household, "code": normalise_code(text), "receipts": receipts,
+    return {"household": household, "code": normalise_code(text), "uid": uid.hex() if uid else None,
+            "receipts": receipts,
             "cards": list(dict.fromkeys(cards))[:LOOKUP_MAX], "terminals": list(dict.fromkeys(terminals))[:LOOKUP_MAX]}
 
 
@@ -414,8 +421,9 @@ def _search(stmt: Any, text: str, found: dict[str, Any]) -> Any:
     """``stmt`` (over findings) narrowed to a card id, a household or a receipt code.
 
     A card id or terminal id matches exactly; a household (reference or printed label) matches
-    the findings of every card the household holds; a receipt code (``XXXX-XXXX``) the
-    findings of the card and terminal of the entries with that code.
+    the findings of every card the household holds; a chip UID the findings of the card issued
+    on it; a receipt code (``XXXX-XXXX``) the findings of the card and terminal of the entries
+    with that code.
 
     :param found: :func:`lookup` of ``text``.
     """
@@ -423,6 +431,8 @@ def _search(stmt: Any, text: str, found: dict[str, Any]) -> Any:
     if found["household"] is not None:
         matches.append(Finding.card_id.in_(select(CardProfile.card_id)
                                            .where(CardProfile.household_ref == found["household"])))
+    if found.get("uid"):
+        matches.append(Finding.card_id.in_(select(Card.card_id).where(Card.tag_uid == bytes.fromhex(found["uid"]))))
     if normalise_code(text) is not None:
         j = JournalEntryRow
         hits = select(j.card_id).join(ReceiptCode, ReceiptCode.journal_id == j.id).where(
@@ -435,9 +445,10 @@ def _search(stmt: Any, text: str, found: dict[str, Any]) -> Any:
 def findings() -> ResponseReturnValue:
     """The findings queue, most urgent first, :data:`FINDINGS_PAGE` per page.
 
-    ``?status=open|confirmed|dismissed|all``, ``?kind=``, ``?q=`` (card id, terminal id,
-    household reference or ``HB-`` label, or receipt code: the page also links the card and
-    terminal pages it names, :func:`lookup`), ``?page=`` (1-based).
+    ``?status=open|confirmed|dismissed|all``, ``?kind=``, ``?q=`` (card id, terminal id, chip
+    UID, household reference or ``HB-`` label, or receipt code: the page also links the card,
+    terminal and household pages it names and a UID's declined taps, :func:`lookup`),
+    ``?page=`` (1-based).
     """
     query_params("status", "kind", "q", "page")
     status = request.args.get("status", FindingStatus.OPEN.value)
@@ -623,7 +634,7 @@ def terminal_page(terminal_id: str) -> ResponseReturnValue:
     after = int_param("after", 0)
     j = JournalEntryRow
     entries = db.session.execute(
-        select(j.entry_id, j.seq, j.boot_id, j.kind, j.wall_time, j.received_at, j.card_id, j.programme,
+        select(j.entry_id, j.seq, j.boot_id, j.kind, j.wall_time, j.received_at, j.card_id, j.tag_uid, j.programme,
                j.amount, j.clock_synced, j.raw)
         .where(j.terminal_id == terminal_id, j.seq > after).order_by(j.seq).limit(PAGE)).all()
     info = db.session.scalars(select(Terminal).where(Terminal.terminal_id == terminal_id)).one_or_none()
@@ -634,9 +645,14 @@ def terminal_page(terminal_id: str) -> ResponseReturnValue:
                                     .order_by(Finding.id)).all()
     if info is None and site is None and not stats[0] and not t_findings:
         raise NotFound(f"no terminal {terminal_id!r}")
+    # An entry without a card id (a copy failing the copy check) names the card issued on its chip UID.
+    unnamed = {bytes(e.tag_uid) for e in entries if not e.card_id and e.tag_uid}
+    by_uid = dict(db.session.execute(select(Card.tag_uid, Card.card_id).where(Card.tag_uid.in_(unnamed))
+                                     .order_by(Card.issued_at)).tuples().all()) if unnamed else {}
     return render("terminal.html", terminal_id=terminal_id, info=info, site=site, entries=entries, stats=stats,
                   findings=t_findings, next_after=entries[-1].seq if len(entries) == PAGE else None,
-                  EntryKind=EntryKind, decline=decline_reason, fallback=fallback_of)
+                  EntryKind=EntryKind, decline=decline_reason, fallback=fallback_of,
+                  by_uid={bytes(k): v for k, v in by_uid.items()})
 
 
 def region_totals() -> list[Any]:
@@ -710,5 +726,6 @@ def exports_page() -> ResponseReturnValue:
 
 
 
+from server.audit import decline_views as _decline_views  # noqa: E402, F401 - copy attempts, households, terminals
 from server.audit import grievance_views as _grievance_views  # noqa: E402, F401 - the grievance pages, on bp
 from server.audit import settlement_views as _settlement_views  # noqa: E402, F401 - settled torn writes, on bp
