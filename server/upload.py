@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import enum
 import functools
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -225,7 +226,9 @@ def _terminal_by_kid(session: Session, kid: bytes) -> UploadTerminal | None:
     if connection.dialect.name == "postgresql":
         import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
 
-        with psycopg.RawCursor(driver) as cur:
+        # Outside a transaction, the look-up is a statement of its own (autocommit): no BEGIN round trip
+        # before it, and the upload's write is a transaction of its own (store_entries).
+        with _autocommit(driver, not session.in_transaction()), psycopg.RawCursor(driver) as cur:
             row = cur.execute(_TERMINAL_SQL_PG, (kid,)).fetchone()
     else:
         cur = driver.cursor()
@@ -236,6 +239,24 @@ def _terminal_by_kid(session: Session, kid: bytes) -> UploadTerminal | None:
     if row is None:
         return None
     return UploadTerminal(row[0], bytes(row[1]), bytes(row[2]), TerminalStatus(row[3]))
+
+
+@contextlib.contextmanager
+def _autocommit(driver: Any, wanted: bool) -> Iterator[None]:
+    """Run the block's statements on the psycopg connection ``driver`` in autocommit when ``wanted`` and
+    the connection is idle (no transaction open, not even one SQLAlchemy does not know of); each
+    statement is then its own transaction. Autocommit is turned off again afterwards."""
+    import psycopg
+
+    if not wanted or driver.autocommit or driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        yield
+        return
+    driver.autocommit = True
+    try:
+        yield
+    finally:
+        if not driver.closed:
+            driver.autocommit = False
 
 
 def authenticate(session: Session, header: str | None, body: bytes) -> UploadTerminal:
@@ -422,14 +443,37 @@ def store_entries(
     batch_id: str | None,
     verified: Sequence[tuple[int, SignedEntry]],
     rejected: list[EntryResult],
+    *,
+    at_once: bool = False,
 ) -> list[EntryResult]:
     """Classify and store verified entries in the session's (write) transaction.
 
+    :param at_once: PostgreSQL, the session not yet in a transaction, no entry rejected, and the
+        entries a plain extension of the chain (:func:`_extends_chain`): their read-and-insert
+        statement (:func:`_read_and_insert_pg`) runs as a transaction of its own (autocommit),
+        without the BEGIN and COMMIT round trips; a small upload is then two round trips, the
+        terminal look-up and this one (issue 21). The caller must not need the insert to be
+        atomic with anything else it writes. When that statement stores every entry, they are
+        all accepted and nothing else runs; otherwise (nothing inserted: no plain extension; or
+        some rows lost to a concurrent upload) the entries are classified in a transaction as
+        below, those it stored counted accepted.
     :returns: one result per uploaded entry, in upload order (rejections included).
     """
     now = utcnow()
     results: dict[int, EntryResult] = {r.index: r for r in rejected}
     entries = [s for _, s in verified]
+    stored_now: set[bytes] = set()  # entry hashes the at-once statement already stored
+    if at_once and not rejected and not session.in_transaction() and _extends_chain(session, verified):
+        driver = session.connection().connection.driver_connection
+        assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+        with _autocommit(driver, True):
+            if not driver.autocommit:
+                raise RuntimeError("upload store: the at-once insert needs an idle connection")
+            _stored_rows, inserted = _read_and_insert_pg(session, terminal.terminal_id, entries, batch_id, now)
+        if inserted is not None and len(inserted) == len(entries):
+            return [EntryResult(index, Outcome.ACCEPTED, signed.entry.entry_id, signed.entry.seq)
+                    for index, signed in verified]
+        stored_now = inserted or set()
     # This terminal's stored neighbours only: an entry id stored under another seq or
     # terminal is rare (a replay or a forged copy) and is found by the insert itself
     # (ignored, then re-read below) or, for a chain-broken entry, by one lookup. Probing
@@ -438,7 +482,7 @@ def store_entries(
     # statement (one round trip); when the stored rows show it is no plain extension, nothing was
     # inserted and the rows it read are classified as below.
     pre_inserted: set[bytes] | None = None
-    if _extends_chain(session, verified):
+    if not stored_now and _extends_chain(session, verified):
         stored, pre_inserted = _read_and_insert_pg(session, terminal.terminal_id, entries, batch_id, now)
     else:
         stored = _stored(session, terminal.terminal_id, entries, by_entry_id=False)
@@ -461,7 +505,9 @@ def store_entries(
         h = signed.entry_hash
         existing = by_id.get(e.entry_id) or by_seq.get(e.seq)
         if existing is not None or h in seen_hash:
-            if existing is None or existing.entry_hash == h:
+            if existing is not None and existing.entry_hash == h and h in stored_now:
+                results[index] = EntryResult(index, Outcome.ACCEPTED, e.entry_id, e.seq)
+            elif existing is None or existing.entry_hash == h:
                 results[index] = EntryResult(index, Outcome.DUPLICATE, e.entry_id, e.seq)
             else:
                 results[index] = _conflict(index, signed, existing.entry_hash, conflicts, now)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from sqlalchemy import event, func, select, text
@@ -167,3 +168,63 @@ def test_the_one_statement_store_inserts_only_a_plain_chain_extension(app, world
         assert db.session.scalar(select(func.count()).select_from(JournalEntryRow)) == 5
     r = world.upload(t, [reuse.message])
     assert r.status_code == 409, r.get_json()
+
+
+def _pg_commands(monkeypatch: Any) -> list[bytes]:
+    """Transaction commands (BEGIN, COMMIT, ROLLBACK...) psycopg sends from now on."""
+    import psycopg._connection_base as base
+
+    sent: list[bytes] = []
+    real = base.BaseConnection._exec_command
+
+    def recording(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(bytes(command) if isinstance(command, bytes) else str(command).encode())
+        return (yield from real(self, command, *args, **kwargs))
+
+    monkeypatch.setattr(base.BaseConnection, "_exec_command", recording)
+    return sent
+
+
+def test_a_plain_small_extension_is_one_statement_without_begin_or_commit(app, world, monkeypatch):
+    """PostgreSQL, a known cycle: the terminal look-up and the read-and-insert each run as their own
+    statement (autocommit): no BEGIN or COMMIT round trip; the entries are stored and receipted."""
+    import pytest
+
+    from cardlib.records.statements import verify_receipt
+    from server.extensions import db
+    from server.models import JournalEntryRow
+    from server.receipts import receipt_signer
+
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("PostgreSQL path")
+    t = world.enrol("T-ONCE")
+    assert world.upload(t, [t.append().message]).status_code == 200  # the cycle is known from now on
+    sent = _pg_commands(monkeypatch)
+    batch = [t.append() for _ in range(3)]
+    r = world.upload(t, [s.message for s in batch])
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["counts"]["accepted"] == 3
+    assert not [c for c in sent if c.split()[0] in (b"BEGIN", b"COMMIT")], sent
+    with app.app_context():
+        receipt = verify_receipt(base64.b64decode(r.get_json()["receipt"]), receipt_signer(app).public_key)
+        assert [line.result for line in receipt.lines] == ["accepted"] * 3
+        assert db.session.scalar(select(func.count()).select_from(JournalEntryRow)) == 4
+        # the connection went back to the pool in its ordinary mode (autocommit off)
+        with db.engine.connect() as c:
+            assert c.connection.driver_connection.autocommit is False
+
+
+def test_an_at_once_store_that_loses_a_row_classifies_the_rest_as_before(app, world):
+    """An entry reusing an entry id stored at another seq is lost by the one-statement insert (its other
+    rows are stored): the upload still answers accepted for those it stored, conflict for the reused one."""
+    t = world.enrol("T-LOST")
+    first = [t.append() for _ in range(2)]
+    assert world.upload(t, [s.message for s in first]).status_code == 200
+    ok = t.append()
+    reused = t.append(entry_id=first[0].entry.entry_id)
+    r = world.upload(t, [ok.message, reused.message])
+    assert r.status_code == 409, r.get_json()
+    assert [x["result"] for x in r.get_json()["results"]] == ["accepted", "conflict"]
+    again = world.upload(t, [ok.message])
+    assert [x["result"] for x in again.get_json()["results"]] == ["duplicate"]

@@ -66,7 +66,9 @@ def upload_batch() -> ResponseReturnValue:
     cycles, generation = db.known_cycles.missing(cycle_of(signed.entry.wall_time) for _, signed in verified)
     with busy_as_503(retry_after):
         session = db.write_session(continue_read=True)
-        results = store_entries(session, terminal, batch.batch_id, verified, rejected)
+        # Without a cycle to insert, a plain extension of the chain is stored by one statement in a
+        # transaction of its own (PostgreSQL; server.upload.store_entries).
+        results = store_entries(session, terminal, batch.batch_id, verified, rejected, at_once=not cycles)
         # Torn writes of this terminal whose PENDING the request names, as reconciliation settled them.
         settlements = receipt_settlements(session, terminal.terminal_id, (s.entry for _, s in verified))
         if cycles:
