@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from cardlib.clitypes import count_noun
 from server.cli import _console, _remember_database, _write_session, database, make_app
 from server.errors import BadRequest, NotFound
 
@@ -31,6 +32,20 @@ DATABASE_OPTION = click.option(
     callback=_remember_database, is_eager=True,
     help="Database: postgresql+psycopg://user@host:5432/name or sqlite:///path.db "
          "(default: $DATABASE_URL, else instance/huma.db beside the server package).")
+
+
+#: Units whose English noun takes an ``s`` for any count but one (a rupiah amount does not).
+_COUNTED_UNITS = ("package", "visit")
+
+
+def entitlement_text(n: int, unit: str | None) -> str:
+    """``n`` units as ``household show`` prints an entitlement: ``"1 package"``, ``"4 visits"``, ``"250000 rupiah"``.
+
+    :param unit: the programme's unit as stored (``package``, ``visit``, ``rupiah``), or None (a bare count).
+    """
+    if unit in _COUNTED_UNITS:
+        return count_noun(n, unit, unit + "s")
+    return f"{n} {unit or ''}".rstrip()
 
 
 @click.group("household")
@@ -69,7 +84,8 @@ def show_household(ref: str, as_json: bool) -> None:
         revoked = f", revoked {c['revoked_at']} ({c['revoke_reason']})" if c["revoked_at"] else ""
         click.echo(f"  card {c['card_id']} issued {c['issued_at']}{revoked}")
     for b in h.balances:
-        click.echo(f"  {b.programme}: {b.remaining} of {b.entitled} {b.unit or ''} left ({b.redeemed} redeemed)")
+        click.echo(f"  {b.programme}: {b.remaining} of {entitlement_text(b.entitled, b.unit)} left "
+                   f"({b.redeemed} redeemed)")
     for t in h.last_taps:
         click.echo(f"  {t['wall_time']} {t['terminal_id']} #{t['seq']} card {t['card_id']} {t['kind']} "
                    f"{t['programme'] or ''} {t['amount'] if t['amount'] is not None else ''}")
