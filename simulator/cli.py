@@ -32,6 +32,29 @@ def sim() -> None:
     """Virtual NTAG213/215/216 cards on the vpcd virtual reader, and a simulated district."""
 
 
+@sim.command("pcscd")
+@click.option("--slots", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="Virtual reader slots (rounded up to even: each vpcd entry opens two).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for its reader.conf.d, socket and log (default: a temporary one, removed at exit).")
+def pcscd(slots: int, workdir: Path | None) -> None:
+    """Run a private pcscd with vpcd virtual readers until Ctrl-C or SIGTERM (no root, the machine's pcscd
+    untouched); prints the PCSCLITE_CSOCK_NAME setting, each reader's vpcd port and how to tap a card."""
+    from simulator.harness import PcscdReaders, serve_pcscd
+
+    def show(r: PcscdReaders) -> None:
+        click.echo(f"pcscd ({r.mode}, pid {r.pid or '-'}) with {len(r.slots)} virtual readers; log {r.log.resolve()}")
+        click.echo(f"clients (huma readers, huma terminal run, huma provision): "
+                   f"export PCSCLITE_CSOCK_NAME={r.socket.resolve()}")
+        for name, port in r.slots:
+            click.echo(f"  {name} = vpcd port {port}")
+        click.echo(f"tap a card: huma sim present CARD.json --port {r.slots[0][1]} --for 5")
+        click.echo("running; Ctrl-C (or SIGTERM) stops it")
+
+    serve_pcscd(slots, workdir.resolve() if workdir is not None else None, ready=show)
+    click.echo("pcscd stopped")
+
+
 @sim.command("new")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--chip", "chip_name", default="ntag215", show_default=True, help="ntag213, ntag215 or ntag216.")

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from simulator.scenario.day import DayResult
 
 
 @click.command()
@@ -54,11 +58,24 @@ def demo(households: int, workdir: Path | None, keep_running: bool, seed: int, r
         raise SystemExit(130) from exc
     if result_json is not None:
         result_json.write_text(json.dumps(dataclasses.asdict(result), default=str, indent=1))
+    story.console.print(closing_line(result, story.elapsed(), keep_running))
+
+
+def closing_line(result: DayResult, elapsed_s: float, keep_running: bool) -> str:
+    """The demo's last line (rich markup): the scripted run's counts, as reconciliation saw them at its end.
+
+    With ``--keep-running`` the counts are still the scripted run's: taps, uploads and reconciliations
+    made while it kept running are not in them, and the line says so.
+
+    :param elapsed_s: seconds since the start, the kept-running time included.
+    """
     clones = [f for f in result.findings if f.get("card_id") == result.clone_card_id]
-    story.console.print(f"\n[bold green]done[/] in {story.elapsed():.0f} s: "
-                        f"{sum(result.committed.values())} redemptions committed on "
-                        f"{len(result.committed)} cards, {len(result.findings)} finding(s) "
-                        f"({len(clones)} on the cloned card), journals verified.")
+    counts = (f"{sum(result.committed.values())} redemptions committed on {len(result.committed)} cards, "
+              f"{len(result.findings)} finding(s) ({len(clones)} on the cloned card), journals verified")
+    if keep_running:
+        return (f"\n[bold green]done[/] after {elapsed_s:.0f} s; the scripted run: {counts} "
+                "(what was done while it kept running is not counted here: see the auditor pages).")
+    return f"\n[bold green]done[/] in {elapsed_s:.0f} s: {counts}."
 
 
 def main(argv: list[str] | None = None) -> int:

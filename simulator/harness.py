@@ -42,6 +42,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ from types import TracebackType
 
 from simulator.errors import HarnessError
 
-__all__ = ["READER_PREFIX", "VPCD_DRIVER", "PcscdHarness", "die_with_parent", "free_port_pair", "reader_name"]
+__all__ = ["READER_PREFIX", "VPCD_DRIVER", "PcscdHarness", "PcscdReaders", "die_with_parent", "free_port_pair",
+           "reader_name", "serve_pcscd"]
 
 log = logging.getLogger(__name__)
 
@@ -410,3 +412,55 @@ def _socket_alive(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class PcscdReaders:
+    """What a client needs to use a running harness (``huma sim pcscd`` prints it).
+
+    :ivar socket: the pcscd socket: ``PCSCLITE_CSOCK_NAME`` for ``huma readers``, counters, stations.
+    :ivar slots: ``(reader name, vpcd TCP port)`` per slot, slot order (``huma sim present --port``).
+    :ivar mode: ``"private"`` or ``"system"`` (:class:`PcscdHarness` ``isolation``).
+    :ivar pid: the pcscd process, ``None`` when the system's was already running.
+    """
+
+    socket: Path
+    slots: tuple[tuple[str, int], ...]
+    mode: str
+    workdir: Path
+    log: Path
+    pid: int | None
+
+
+def serve_pcscd(slots: int = 2, workdir: Path | None = None, isolation: str = "private", *,
+                ready: Callable[[PcscdReaders], None], stop: threading.Event | None = None) -> None:
+    """Run a :class:`PcscdHarness` until SIGTERM, Ctrl-C (SIGINT) or ``stop``; then stop its pcscd.
+
+    The use case of ``huma sim pcscd``: a pcscd of one's own for ``huma sim present``, a counter
+    or a provisioning station on virtual readers, without root and without touching the machine's
+    pcscd. SIGTERM is handled only when called from the main thread (Python's rule for signals).
+
+    :param slots: vpcd reader slots (rounded up to even). :param workdir: its config, socket and
+        log (default: a temporary directory, removed afterwards).
+    :param ready: called once with the running harness's :class:`PcscdReaders` (the CLI prints them).
+    :param stop: set to end early (tests).
+    :raises HarnessError: pcscd or the vpcd driver missing, or pcscd did not come up.
+    """
+    done = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: done.set())
+    harness = PcscdHarness(slots, workdir, isolation)
+    try:
+        harness.start()
+        ready(PcscdReaders(harness.socket_path, tuple((harness.reader_name(i), p) for i, p in enumerate(harness.ports)),
+                           harness.mode or isolation, harness.workdir, harness.log_path, harness.pid))
+        while not done.wait(0.5):
+            if harness.mode == "private" and harness.pid is None:  # our pcscd died under us
+                raise HarnessError(f"pcscd exited; see {harness.log_path}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        harness.cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

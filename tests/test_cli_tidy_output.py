@@ -99,3 +99,24 @@ def test_upload_issuance_without_a_trust_root_says_which_file_to_name(tmp_path: 
     code = main(["server", "cards", "upload-issuance", str(issuance), "--technician", "tech-01", "--database", url])
     err = capsys.readouterr().err
     assert code == 2 and "HUMA_TRUST_ROOT_CERT" in err and "certs/<root kid>.crt.pem" in err, err
+
+
+def test_the_demo_closing_line_says_its_counts_are_the_scripted_runs_after_keep_running(tmp_path: Path) -> None:
+    from simulator.demo import closing_line
+    from simulator.scenario.day import DayResult
+
+    result = DayResult(tmp_path, committed={"a": 2, "b": 1}, clone_card_id="b")
+    assert closing_line(result, 31.2, False) == ("\n[bold green]done[/] in 31 s: 3 redemptions committed on 2 cards, "
+                                                 "0 finding(s) (0 on the cloned card), journals verified.")
+    kept = closing_line(result, 900, True)
+    assert "the scripted run: 3 redemptions committed on 2 cards" in kept and "not counted" in kept, kept
+
+
+def test_sim_present_ends_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report ends with a newline (a fresh user saw the prompt glued to it: with ``&`` from the docs,
+    the line arrives after the shell printed its next prompt)."""
+    import simulator.cli
+
+    monkeypatch.setattr(simulator.cli, "present_for", lambda *a, **k: 29)
+    result = CliRunner().invoke(cli, ["sim", "present", str(tmp_path / "card.json"), "--port", "40123", "--for", "1"])
+    assert result.exit_code == 0 and result.output.endswith("29 APDUs answered\n"), result.output
