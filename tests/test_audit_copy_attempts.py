@@ -93,6 +93,18 @@ def test_every_decline_reason_reads_in_english_and_indonesian():
             assert text != reason.value and "_" not in text, (lang, reason.value, text)
 
 
+def test_finding_kinds_and_upload_rejections_read_in_words_in_english_too():
+    """The findings queue, a finding's title and a rejected entry's reason show these codes, translated."""
+    from server.audit.i18n import translations
+    from server.reconcile.models import FindingKind
+    from server.upload import RejectReason
+
+    for code in [k.value for k in FindingKind] + [r.value for r in RejectReason]:
+        for lang in ("en", "id"):
+            text = translations(lang).gettext(code)
+            assert "_" not in text, (lang, code, text)
+
+
 def test_english_pages_show_decline_reasons_in_words(app, copy_world, world):
     client = world.client
     _login(client)
