@@ -257,3 +257,23 @@ def test_keep_running_says_how_to_reach_its_card_readers(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_every_demo_card_has_its_household_qr_for_fallback(demo) -> None:
+    """The demo's batch writes each card's household QR (fallback step 1): zxing-cpp reads it, the bundle verifies it."""
+    from cardlib.records.household_qr import verify_household_qr
+    from tests.test_checkpoint_server import decode_qr
+
+    proc, result, work = demo
+    assert proc.returncode == 0
+    root = serialization.load_pem_public_key((work / "counters" / "market" / "state" / "root.pem").read_bytes())
+    bundle = verify_bundle((work / "bundle-v1.cose").read_bytes(), root)  # type: ignore[arg-type]
+    issued = set(result["card_ids"].values())  # the batch's cards
+    pngs = sorted((work / "households.provision" / "qr").glob("*.png"))
+    found = set()
+    for png in pngs:
+        (text,) = decode_qr(png.read_bytes())
+        qr = verify_household_qr(text, bundle, int(time.time()))
+        assert png.name.endswith(f"-{qr.card_id.hex()}.png")
+        found.add(qr.card_id.hex())
+    assert found == issued and len(pngs) == len(issued) == 6, (issued, found)

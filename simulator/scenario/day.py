@@ -370,7 +370,8 @@ class Day:
                 "--bundle", str(self.bundle_path), "--profile", str(self.dir / "provision.toml"),
                 "--card-keys", str(self.card_keys), "--card-keys-passphrase-file", str(self.secrets / "keys.pass"),
                 "--passphrase-file", str(self.secrets / "keys.pass"), "--reader", "*PCD 00 00", "--timeout", "30",
-                "--originality-key", fab.get_verifying_key().to_string("uncompressed").hex()]
+                "--originality-key", fab.get_verifying_key().to_string("uncompressed").hex(),
+                "--qr-dir", str(self.dir / "households.provision" / "qr")]
         batch = Process("provision", argv, self.env(), self.logs / "provision.log").start()
         results = self.dir / "households.provision" / "results.csv"
         for i in range(n):
@@ -398,7 +399,8 @@ class Day:
         self.refs = {f"card-{i + 1}.json": ref for i, ref in enumerate(refs)}
         self.story.say(f"`huma provision batch`: {n} blank NTAG215 chips on reader slot 0 (real pcscd + vpcd) → "
                        f"{len(rows)} cards issued, locked and read back; signed issuance file "
-                       f"{results.parent / 'issuances.cose'}.")
+                       f"{results.parent / 'issuances.cose'}; household QR codes for the card bodies in "
+                       f"{results.parent / 'qr'}.")
         self.upload_issuance(results.parent / "issuances.cose")
 
     def upload_issuance(self, issuances: Path) -> None:
