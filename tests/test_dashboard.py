@@ -252,6 +252,9 @@ def test_pending_per_programme(app, programme, world):
         "/audit/programme/export/pending.csv?cycle=20261&programme=cash").get_data(as_text=True))))
     assert len(rows) == 4 and {r["programme"] for r in rows} == {"cash"}
     assert client.get("/audit/programme/pending?cycle=20261&programme=nope").status_code == 400
+    overview = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
+    assert 'class="pending-programme" href="/audit/programme/pending?cycle=20261&amp;region=&amp;programme=food"' \
+        in overview
 
 
 def test_terminal_health_lists_counters_not_stations_and_offline_time_only_when_late(app, programme, world):
