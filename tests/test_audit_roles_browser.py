@@ -64,7 +64,7 @@ def test_copy_attempts_terminal_card_and_household_pages_fit_a_phone_and_a_deskt
     for path, what in ((f"/audit/terminals/{d.terminals[0].terminal_id}", "terminal journal"),
                        (f"/audit/cards/{card.card_id}", "card taps"),
                        (f"/audit/households/{copy_world['household']}", "household"),
-                       ("/audit/terminals", "terminal list")):
+                       ("/audit/terminals", "terminal list"), ("/audit/regions", "region totals")):
         browser.get(base + path)
         _viewport(browser, *PHONE)
         heads = browser.find_elements(By.CSS_SELECTOR, "table th")
