@@ -121,6 +121,15 @@ PATHS: dict[str, Any] = {
         _query("terminal_id", {"type": "string", "maxLength": 64}),
         _query("card_id", {"type": "string", "maxLength": 64}),
         _query("after", {"type": "integer", "minimum": 0})]),
+    "/audit/declines": _page("Declined taps of copied, forged or deny-listed cards, every terminal, newest "
+                             "first, 100 a page", [
+        _query("uid", {"type": "string", "maxLength": 32}),
+        _query("reason", {"type": "string", "enum": ["clone_check_failed", "card_forked", "card_counter_repeated",
+                                                     "state_from_another_card", "card_signature_invalid",
+                                                     "card_denied"]}),
+        _query("before", {"type": "integer", "minimum": 0})]),
+    "/audit/households/{ref}": _page("A household's cards and their copy attempts", [_path("ref")]),
+    "/audit/terminals": _page("Every enrolled terminal with its last upload"),
     "/audit/regions": _page("Totals per region, cycle and programme"),
     "/audit/exports": _page("Export links"),
     "/audit/export/findings.{fmt}": {"get": {
