@@ -401,8 +401,12 @@ def throughput(session: Session, cycle: Cycle, within: str | None = None) -> lis
 
 
 def terminal_health(session: Session, now: dt.datetime | None = None,
-                    within: str | None = None) -> list[TerminalHealth]:
-    """Every enrolled (approved or revoked) counter with its last upload, oldest sync first (stations left out)."""
+                    within: str | None = None, *, include_stations: bool = False) -> list[TerminalHealth]:
+    """Every enrolled (approved or revoked) counter with its last upload, oldest sync first.
+
+    :param include_stations: also list provisioning stations (:data:`STATION_PREFIX`; they upload no
+        journal, so they show as ``never``); the dashboard leaves them out (:func:`stations`).
+    """
     now = now or dt.datetime.now(UTC)
     j, t, ts = JournalEntryRow, Terminal, TerminalSite
     stats = (select(j.terminal_id, func.max(j.received_at).label("sync"), func.max(j.wall_time).label("entry"),
@@ -410,8 +414,9 @@ def terminal_health(session: Session, now: dt.datetime | None = None,
     stmt = (select(t.terminal_id, t.status, ts.region, stats.c.sync, stats.c.entry, stats.c.n)
             .outerjoin(ts, ts.terminal_id == t.terminal_id)
             .outerjoin(stats, stats.c.terminal_id == t.terminal_id)
-            .where(t.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED]),
-                   ~t.terminal_id.startswith(STATION_PREFIX, autoescape=True)))
+            .where(t.status.in_([TerminalStatus.APPROVED, TerminalStatus.REVOKED])))
+    if not include_stations:
+        stmt = stmt.where(~t.terminal_id.startswith(STATION_PREFIX, autoescape=True))
     if within:
         stmt = stmt.where(ts.region.like(f"{_like(within)}%", escape="\\"))
     out = []
