@@ -45,6 +45,7 @@ _EXPORT = {"200": {"description": "the export (streamed)",
 
 _CYCLE = _query("cycle", {"type": "string", "pattern": "^[0-9]{4}[12]$"})
 _REGION = _query("region", {"type": "string", "maxLength": 13})
+_PROGRAMME = _query("programme", {"type": "string", "maxLength": 32})  # a programme code of the cycle
 
 PATHS: dict[str, Any] = {
     "/": {"get": {"summary": "A browser (Accept prefers text/html) is sent to /audit/; other clients get 404",
@@ -145,8 +146,8 @@ PATHS: dict[str, Any] = {
         "responses": _EXPORT}},
     "/audit/programme/": _page("Programme dashboard: progress, throughput, terminal health (admin, auditor, "
                                "manager)", [_CYCLE, _REGION]),
-    "/audit/programme/pending": _page("Households not yet collected in a region", [
-        _CYCLE, _REGION, _query("page", {"type": "integer", "minimum": 1})]),
+    "/audit/programme/pending": _page("Households not yet collected in a region (one programme with ?programme=)", [
+        _CYCLE, _REGION, _PROGRAMME, _query("page", {"type": "integer", "minimum": 1})]),
     "/audit/programme/charts/{name}.svg": {"get": {
         "summary": "A dashboard chart (pygal SVG)", "tags": ["audit"], "security": _BEARER,
         "parameters": [_path("name", {"type": "string", "enum": ["progress", "daily", "throughput"]}),
@@ -155,7 +156,7 @@ PATHS: dict[str, Any] = {
             "type": "string"}}}}, **_PAGE_ERRORS}}},
     "/audit/programme/export/pending.csv": {"get": {
         "summary": "Every household not yet collected in a region, as CSV for field workers (audited)",
-        "tags": ["audit"], "security": _BEARER, "parameters": [_CYCLE, _REGION],
+        "tags": ["audit"], "security": _BEARER, "parameters": [_CYCLE, _REGION, _PROGRAMME],
         "responses": {"200": {"description": "the export (streamed)", "content": {"text/csv": {"schema": {
             "type": "string"}}}}, **_PAGE_ERRORS}}},
 }
