@@ -179,3 +179,22 @@ def test_second_run_is_refused_while_one_holds_the_lock(app, audit_db, world, db
                 assert reconcile(third, CFG).mode == "full"
     finally:
         engine.dispose()
+
+
+def test_jit_is_off_in_an_incremental_run_only(app, audit_db, world, db_url):  # noqa: F811
+    """PostgreSQL: an incremental run turns JIT off for its transaction; a full run keeps the setting it found."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's jit setting")
+    from sqlalchemy import text
+
+    with app.app_context():
+        session = db.write_session()
+        before = session.execute(text("SHOW jit")).scalar_one()
+        assert reconcile(session, CFG, commit=False).mode == "full"
+        assert session.execute(text("SHOW jit")).scalar_one() == before
+        session.commit()
+        session = db.write_session()
+        assert reconcile(session, CFG, incremental=True, commit=False).mode == "incremental"
+        assert session.execute(text("SHOW jit")).scalar_one() == "off"
+        session.rollback()
+        assert session.execute(text("SHOW jit")).scalar_one() == before
