@@ -43,7 +43,8 @@ class Database:
     The session is bound to one pooled connection checked out at its first use and
     returned at teardown: a request's transactions (an upload's terminal look-up, then its
     write) share it, so PostgreSQL's pool pre-ping (which finds a connection a failover
-    killed) runs once per request instead of once per transaction (issue 21).
+    killed; server.db runs it only for a connection idle a while) runs at most once per
+    request instead of once per transaction (issue 21).
     A session that failed mid-request is rolled back and closed at teardown, so
     the next request on that worker never sees ``PendingRollbackError`` (SV-2).
     """
