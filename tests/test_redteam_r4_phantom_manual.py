@@ -12,8 +12,8 @@ reads findings, never sees the phantom households.
 Real stack: the counter's FallbackDesk on its JournalStore, a real upload with signed receipts to the
 live Flask server, a real reconciliation run.
 
-Owner of the fix: server/reconcile (a finding for redemptions, FALLBACK above all, on a card id that
-no issuance or registry row names). Not edited here (another helper's area): kept as a strict xfail.
+Fixed: reconciliation raises ``unknown_card`` (server/reconcile/issuance_checks.py) for redemptions on a
+card id that no issuance or registry row names, ``high`` when FALLBACK entries are among them.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cardlib.records.bundle import Programme
 from firmware_config.models import CounterMode
+from server.reconcile.models import FindingKind, Severity
 from terminal.clock import Clock
 from terminal.fallback import FallbackDesk, supervisor_hash
 from terminal.journal_store import JournalStore
 from terminal.outcome import TapStatus
 from terminal.sync import HttpApi, SyncClient, TrustStore
-from tests.reconcile_support import audit_db, findings, run  # noqa: F401 - audit_db: fixture
+from tests.reconcile_support import audit_db, evidence, findings, run  # noqa: F401 - audit_db: fixture
 from tests.test_records_support import bundle
 from tests.test_terminal_support import enrol_terminal, new_signer
 from tests.test_terminal_sync import pinned_receipt_key
@@ -42,8 +41,6 @@ TERMINAL_ID = "T-6271-0091"
 PHANTOMS = [f"6271ffff{n:08x}" for n in range(1, 4)]
 
 
-@pytest.mark.xfail(strict=True, reason="reconciliation raises no finding for redemptions on card ids no issuance "
-                                       "names (server/reconcile, not this helper's area): reported")
 def test_supervisor_entries_for_invented_card_ids_are_found(
         app: Any, audit_db: str, world: Any, live_server: Any, tmp_path: Path) -> None:  # noqa: F811 - fixture
     key = new_signer()
@@ -67,3 +64,7 @@ def test_supervisor_entries_for_invented_card_ids_are_found(
     named = {f.card_id for f in findings(app)}
     missing = [c for c in PHANTOMS if c not in named]
     assert not missing, f"{len(missing)} packages paid to card ids nobody issued, no finding: {missing}"
+    unknown = {f.card_id: f for f in findings(app, FindingKind.UNKNOWN_CARD)}
+    assert sorted(unknown) == PHANTOMS
+    assert {f.severity for f in unknown.values()} == {Severity.HIGH}
+    assert all(len(evidence(f)) == 1 and '"fallback": 1' in f.detail for f in unknown.values())

@@ -27,7 +27,8 @@ Checks (kind → what the SQL looks for):
   (running ``SUM(amount)`` per card, programme and cycle above the entitlement,
   i.e. the remaining entitlement went negative), ``revoked_card_used``,
   ``impossible_travel`` (consecutive taps at terminals farther apart than
-  ``max_speed_kmh`` allows).
+  ``max_speed_kmh`` allows), ``unknown_card`` (redemptions, FALLBACK above all, on a card id
+  no issuance names: :mod:`server.reconcile.issuance_checks`).
 - card states of revoked terminal keys (:mod:`server.reconcile.revoked_states`):
   ``revoked_key_state`` (written at or after the revocation, or backdated) and
   ``revoked_state_built_on`` (read by a redemption elsewhere after the revocation).
@@ -73,6 +74,7 @@ from server.reconcile.card_checks import (
 from server.reconcile.errors import ReconcileBusy
 from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
+from server.reconcile.issuance_checks import unknown_cards
 from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState, ReportedHead
 from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.revoked_states import revoked_key_states, revoked_states_built_on
@@ -115,7 +117,8 @@ TERMINAL_KINDS = frozenset({FindingKind.TERMINAL_GAP, FindingKind.TERMINAL_CHAIN
 CARD_KINDS = frozenset({FindingKind.CARD_FORK, FindingKind.CARD_ROLLBACK, FindingKind.COUNTER_BACKWARDS,
                         FindingKind.CARD_COUNTER_REPEATED, FindingKind.CARD_CHAIN_GAP,
                         FindingKind.ENTITLEMENT_EXCEEDED, FindingKind.IMPOSSIBLE_TRAVEL,
-                        FindingKind.HOUSEHOLD_OVER_ENTITLEMENT, FindingKind.CLAIM_ON_REPLACED_CARD})
+                        FindingKind.HOUSEHOLD_OVER_ENTITLEMENT, FindingKind.CLAIM_ON_REPLACED_CARD,
+                        FindingKind.UNKNOWN_CARD})
 #: Kinds every run re-examines whole: they read small tables (conflicts, rejections, heads, checkpoints)
 #: or start from the few revoked terminals and cards, and change without a new entry (a revocation, time).
 GLOBAL_KINDS = frozenset(FindingKind) - TERMINAL_KINDS - CARD_KINDS
@@ -187,6 +190,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
         out += revoked_states_built_on(conn, cfg)
     out += claims_on_replaced_cards(conn, cfg, scope)
     out += impossible_travel(conn, cfg, scope)
+    out += unknown_cards(conn, cfg, scope)
     return out
 
 

@@ -46,6 +46,7 @@ class FindingKind(str, enum.Enum):
     CLAIM_ON_REPLACED_CARD = "claim_on_replaced_card"  #: a redemption on a card after its household got a newer one
     REVOKED_KEY_STATE = "revoked_key_state"  #: a card state a revoked key wrote at/after its revocation
     REVOKED_STATE_BUILT_ON = "revoked_state_built_on"  #: a later redemption read a revoked key's state
+    UNKNOWN_CARD = "unknown_card"  #: redemptions on a card id no issuance or registry row names
 
 
 class Severity(str, enum.Enum):
