@@ -169,11 +169,12 @@ def _ping_when_idle(engine: Engine) -> None:
     :data:`PING_IDLE_S` seconds, since no connection of the pool was invalidated.
 
     The pre-ping (``SELECT 1``) finds a connection PostgreSQL dropped while it sat in the pool
-    (a failover, a restart, an idle timeout); it was a round trip and ≈ 5 % of a small upload's
-    server CPU (issue 21). A connection that just served a request is alive unless the server
-    went away in these seconds: then its next statement fails, the request answers 503 (nothing
-    was acknowledged, the counter retries; server/http.py), and SQLAlchemy invalidates it at the
-    latest when the request's rollback fails. Any invalidation makes every connection returned
+    (a failover, a restart, an idle timeout); it was one round trip per request, on a connection
+    that had just served another (issue 21). A connection that just served a request is alive unless
+    the server went away in these seconds: then its next statement fails; an upload repeats its
+    first statement, a read, on another connection (server/blueprints/journal.py), any other failure
+    answers 503 (nothing acknowledged, the client retries; server/http.py); SQLAlchemy invalidates
+    the connection at the latest when the request's rollback fails. Any invalidation makes every connection returned
     before it pinged again, and a failed ping invalidates the whole pool, as ``pool_pre_ping`` does.
     A newly made connection is not pinged. The pool hands out the most recently returned
     connection first (``pool_use_lifo``), so a lightly loaded server keeps reusing warm ones.
