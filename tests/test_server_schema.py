@@ -41,15 +41,38 @@ def test_sqlite_pragmas_on_every_connection(tmp_path):
 
 
 def test_write_transactions_begin_immediate_on_sqlite(app):
+    """A write session holds SQLite's write lock from its first statement (BEGIN IMMEDIATE); a read does not.
+
+    Observed as another writer sees it (a second driver connection's BEGIN IMMEDIATE), not by the
+    statement text: the BEGIN runs on the driver connection, below SQLAlchemy's cursor events.
+    """
+    import sqlite3
+
     if not app.config["DATABASE_URL"].startswith("sqlite"):
         pytest.skip("BEGIN IMMEDIATE is SQLite's; PostgreSQL uses row locks + lock_timeout")
-    seen: list[str] = []
+    path = app.config["DATABASE_URL"].removeprefix("sqlite:///")
+
+    def another_writer_can_start() -> bool:
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            return False
+        finally:
+            other.close()
+
     with app.app_context():
-        event.listen(db.engine, "before_cursor_execute",
-                     lambda conn, cur, stmt, *a: seen.append(stmt))
-        db.session.execute(Base.metadata.tables["people"].select())  # a read first
-        db.write_session()
-    assert "BEGIN" in seen and seen[-1] == "BEGIN IMMEDIATE"
+        db.session.execute(Base.metadata.tables["people"].select())  # a read first: no write lock
+        assert another_writer_can_start()
+        db.session.rollback()
+        session = db.write_session()
+        assert session.in_transaction()
+        assert not another_writer_can_start()  # the write session took the lock at BEGIN
+        session.rollback()
+        assert another_writer_can_start()
 
 
 def test_cli_db_upgrade_and_people_add(db_url, monkeypatch):
