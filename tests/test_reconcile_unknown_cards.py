@@ -111,7 +111,9 @@ def test_unknown_card_ids_are_found_in_both_modes_and_withdrawn_once_issued(
     mode, unknown2, sent = _round(app, world, t, sent)
     assert mode == "incremental" and unknown2 == unknown  # the untouched cards' findings stay open as they were
 
-    _issue(world, keys, late, dt.datetime(2026, 3, 2, 6, tzinfo=UTC))  # its issuance file arrives after
+    # issued before its redemption (2 March 04:00), its issuance file arrives after (an issuance dated after
+    # the redemption leaves the finding open: tests/test_redteam_r5_unknown_card.py)
+    _issue(world, keys, late, dt.datetime(2026, 3, 2, 3, tzinfo=UTC))
     mode, unknown3, sent = _round(app, world, t, sent)
     assert mode == "full"  # the registry changed: the reference digest
     assert unknown3[PHANTOM] == unknown[PHANTOM]
@@ -139,6 +141,6 @@ def test_an_auditors_decision_on_an_unknown_card_survives_its_late_issuance(
         f = session.scalars(select(Finding).where(Finding.kind == FindingKind.UNKNOWN_CARD)).one()
         f.status, f.reason = FindingStatus.CONFIRMED, "card sold at the market"
         session.commit()
-    _issue(world, keys, late, dt.datetime(2026, 3, 2, 6, tzinfo=UTC))
+    _issue(world, keys, late, dt.datetime(2026, 3, 2, 1, tzinfo=UTC))  # issued before its redemption
     _, unknown, _ = _round(app, world, t, len(t.messages()))
     assert unknown[late.card_id.hex()][2:4] == (FindingStatus.CONFIRMED.value, "card sold at the market")

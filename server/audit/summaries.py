@@ -43,6 +43,9 @@ SHAPES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p + r"\Z"), 
      N_("card %(card)s: %(n)s redemptions after its revocation")),
     (r"card (?P<card>\S+): (?P<p>\S+) → (?P<t>\S+), (?P<km>\d+) km in (?P<min>\d+) min",
      N_("card %(card)s: %(p)s → %(t)s, %(km)s km in %(min)s min")),
+    (r"card (?P<card>\S+): (?P<n>\d+) redemption\(s\) dated before its issuance "
+     r"\((?P<m>\d+) at the fallback desk\)",
+     N_("card %(card)s: %(n)s redemption(s) dated before its issuance (%(m)s at the fallback desk)")),
     (r"card (?P<card>\S+): (?P<n>\d+) redemption\(s\) on a card id no issuance names "
      r"\((?P<m>\d+) at the fallback desk\)",
      N_("card %(card)s: %(n)s redemption(s) on a card id no issuance names (%(m)s at the fallback desk)")),
