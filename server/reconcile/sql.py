@@ -64,7 +64,8 @@ def _epoch_pg(element: epoch_s, compiler: SQLCompiler, **kw: Any) -> str:
 class json_int(FunctionElement[int]):  # noqa: N801 - SQL function style
     """An integer member of a JSON object stored as text (``findings.detail``): ``json_int(column, key)``.
 
-    ``key`` is a plain member name (letters, digits, ``_``); a missing member or a non-object is NULL.
+    ``key`` is a plain member name (letters, digits, ``_``); a missing member, a member that is not a
+    number, or a non-object is NULL (PostgreSQL: a NUMERIC; SQLite: the JSON number).
     """
 
     type = BigInteger()
@@ -80,13 +81,17 @@ class json_int(FunctionElement[int]):  # noqa: N801 - SQL function style
 @compiles(json_int, "sqlite")
 def _json_int_sqlite(element: json_int, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(json_extract({column}, '$.' || {key}) AS INTEGER)"
+    path = f"'$.' || {key}"
+    return f"CASE WHEN json_type({column}, {path}) IN ('integer', 'real') THEN json_extract({column}, {path}) END"
 
 
 @compiles(json_int, "postgresql")
 def _json_int_pg(element: json_int, compiler: SQLCompiler, **kw: Any) -> str:
+    # numeric, and only for a JSON number: PostgreSQL may evaluate this for rows another condition of the
+    # statement excludes (any kind's detail), and a cast of a string or fraction to BIGINT would raise
     column, key = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST((CAST({column} AS json) ->> {key}) AS BIGINT)"
+    member = f"(CAST({column} AS json) -> {key})"
+    return f"CASE WHEN json_typeof({member}) = 'number' THEN CAST(CAST({column} AS json) ->> {key} AS NUMERIC) END"
 
 
 #: The tables the checks read, as SQLAlchemy Core tables (column access ``journal.c.seq``).
