@@ -127,7 +127,13 @@ def environments() -> dict[str, Environment]:
 
     Templates come from :mod:`server.audit` and :mod:`server.dashboard` (one base page).
     Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``, ``programme``,
-    ``summary`` (a finding's summary in the page's language).
+    ``summary`` (a finding's summary in the page's language), ``reason`` (a code a journal or an
+    upload carries, e.g. a decline reason, in the page's language: plain text the page escapes).
+
+    ``_()`` is for the templates' own texts only: Jinja's new-style gettext marks its result safe
+    and %-formats it, so a value from a journal passed to it went into the page as markup (a
+    counter's signed decline reason ``<base href=//evil.example/>``) or answered 500 (``%(x)s``);
+    values go through ``reason`` (red team r5, tests/test_redteam_r5_audit_markup.py).
     """
     out: dict[str, Environment] = {}
     for lang in LANGUAGES:
@@ -141,6 +147,7 @@ def environments() -> dict[str, Environment]:
                          ("cycle_name", cycle_name), ("duration", duration), ("programme", programme_name)):
             env.filters[name] = functools.partial(_last, fn, lang)
         env.filters["summary"] = functools.partial(translate_summary, gettext=catalogue.gettext)
+        env.filters["reason"] = catalogue.gettext  # a str, not Markup: autoescaped, never formatted
         out[lang] = env
     return out
 
