@@ -60,5 +60,7 @@ def test_a_decline_reason_is_text_not_markup_on_the_auditor_pages(app, hostile, 
         assert r.status_code == 200, path
         html = r.get_data(as_text=True)
         assert "<base " not in html, (path, lang)
+        csp = r.headers["Content-Security-Policy"]  # and markup that slipped through could not redirect links
+        assert "base-uri 'none'" in csp and "form-action 'self'" in csp
         shown = hostile["reason"].replace("<", "&lt;").replace(">", "&gt;")
         assert f'class="decline">{shown}<' in html, (path, lang)  # shown as text

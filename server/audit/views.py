@@ -137,7 +137,8 @@ def render(template: str, *, http_status: HTTPStatus = HTTPStatus.OK, **context:
         url_for=url_for, lang=lang, languages=LANGUAGES, person=g.get("person"), PersonRole=PersonRole,
         csrf=_csrf(token) if token else "", request=request, FindingStatus=FindingStatus, **context)
     resp = Response(html, status=int(http_status), mimetype="text/html")
-    resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'"
+    resp.headers["Content-Security-Policy"] = ("default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                               "script-src 'none'; base-uri 'none'; form-action 'self'")
     resp.headers["X-Frame-Options"] = "DENY"
     if request.args.get("lang") in LANGUAGES:
         resp.set_cookie(LANG_COOKIE, lang, samesite="Strict", max_age=365 * 86400, secure=request.is_secure)
