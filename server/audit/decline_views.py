@@ -8,9 +8,13 @@
 - ``GET /audit/households/<ref>``: a household's cards and their copy attempts.
 - ``GET /audit/terminals``: every enrolled terminal with its last upload (the dashboard's health query).
 
-The reason is not a column of ``journal_entries`` (it is a claim inside the signed bytes): DECLINED
-rows are read newest first in batches and decoded (:func:`server.audit.entries.decline_reason`),
-at most :data:`SCAN_MAX` per page; a page that stopped there links on from the last row it read.
+The reason is not a column of ``journal_entries`` (it is a claim inside the signed bytes): the
+database returns only DECLINED rows whose bytes hold one of the reasons as a CBOR text string
+(:class:`bytes_contain`), newest first in batches paged by key, and each is decoded
+(:func:`server.audit.entries.decline_reason`) to keep only a real reason claim, at most
+:data:`SCAN_MAX` per page; a page that stopped there links on from the last row it read. Ordinary
+declines never count against that bound: a counter journalling thousands of them dated ahead hid
+the attempts behind empty pages (red team r5, tests/test_redteam_r5_decline_flood.py).
 
 Imported by :mod:`server.audit.views` so the routes are on its blueprint.
 """
@@ -23,10 +27,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import cbor2
 from flask import request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import and_, or_, select
+from sqlalchemy import LargeBinary, and_, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from cardlib.records.journal import EntryKind
 from server.audit.entries import decline_reason
@@ -53,6 +61,30 @@ SCAN_BATCH = 500
 #: Most DECLINED rows read for one page (the rest of the journal is reached by the page's "older" link).
 SCAN_MAX = 20_000
 _UID = re.compile(r"(?:[0-9a-fA-F]{2}[:\s-]?){4,10}")
+
+
+class bytes_contain(FunctionElement[bool]):  # noqa: N801 - SQL function style
+    """``bytes_contain(column, needle)``: the binary column holds ``needle`` (bytes) somewhere (both dialects)."""
+
+    inherit_cache = True
+    name = "bytes_contain"
+
+    def __init__(self, column: Any, needle: bytes) -> None:
+        from sqlalchemy import literal
+
+        super().__init__(column, literal(needle, LargeBinary()))
+
+
+@compiles(bytes_contain, "sqlite")
+def _bytes_contain_sqlite(element: bytes_contain, compiler: SQLCompiler, **kw: Any) -> str:
+    column, needle = list(element.clauses)
+    return f"(instr({compiler.process(column, **kw)}, {compiler.process(needle, **kw)}) > 0)"
+
+
+@compiles(bytes_contain, "postgresql")
+def _bytes_contain_pg(element: bytes_contain, compiler: SQLCompiler, **kw: Any) -> str:
+    column, needle = list(element.clauses)
+    return f"(position({compiler.process(needle, **kw)} in {compiler.process(column, **kw)}) > 0)"
 
 
 def parse_uid(text: str) -> bytes | None:
@@ -104,8 +136,11 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
     """
     j = JournalEntryRow
     reasons = (reason,) if reason else COPY_REASONS
+    # Only rows whose signed bytes hold one of the reasons as a CBOR text string: ordinary declines
+    # (nothing_left...) never reach Python, so no number of them pushes an attempt off the page.
     stmt = select(j.id, j.terminal_id, j.seq, j.wall_time, j.clock_synced, j.card_id, j.tag_uid, j.programme,
-                  j.raw).where(j.kind == int(EntryKind.DECLINED))
+                  j.raw).where(j.kind == int(EntryKind.DECLINED),
+                               or_(*(bytes_contain(j.raw, cbor2.dumps(code)) for code in reasons)))
     if uid is not None:
         stmt = stmt.where(j.tag_uid == uid)
     if household is not None:
@@ -113,15 +148,18 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
         uids = select(Card.tag_uid).where(Card.card_id.in_(cards))
         stmt = stmt.where(or_(j.card_id.in_(cards),
                               and_(or_(j.card_id.is_(None), j.card_id == ""), j.tag_uid.in_(uids))))
+    cursor: tuple[dt.datetime, int] | None = None
     if before is not None:
         at = session.scalar(select(j.wall_time).where(j.id == before))
         if at is not None:
-            stmt = stmt.where(or_(j.wall_time < at, and_(j.wall_time == at, j.id < before)))
+            cursor = (at, before)
     stmt = stmt.order_by(j.wall_time.desc(), j.id.desc())
     found: list[Any] = []
     scanned, last = 0, None
     while len(found) < limit and scanned < SCAN_MAX:
-        rows = session.execute(stmt.offset(scanned).limit(SCAN_BATCH)).all()
+        page = stmt if cursor is None else stmt.where(
+            or_(j.wall_time < cursor[0], and_(j.wall_time == cursor[0], j.id < cursor[1])))
+        rows = session.execute(page.limit(SCAN_BATCH)).all()  # by key: no OFFSET re-reading earlier rows
         for r in rows:
             last = r.id
             code = decline_reason(r.raw)
@@ -134,6 +172,7 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
             if len(found) < limit:
                 last = None  # read to the end
             break
+        cursor = (rows[-1].wall_time, rows[-1].id)
     return _named(session, found), last
 
 
