@@ -43,3 +43,17 @@ def test_issuing_the_invented_card_id_afterwards_does_not_withdraw_the_finding(
     assert f[1] == Severity.HIGH.value
     assert "before its issuance" in f[6], f[6]
     assert json.loads(f[7])["before_issuance"] == 1
+
+
+def test_a_redemption_minutes_before_issuance_by_the_clocks_is_no_finding(
+        app: Any, registry: Any, keys: Keys) -> None:  # noqa: F811 - fixtures
+    """The station's and the counter's clocks differ: within ``skew_threshold_s`` (300 s) is no finding."""
+    from simulator.journals import SimCard
+
+    world = registry
+    t = _terminal(world)
+    card = _card(8, "62.71", {1: Entitlement(Unit.PACKAGE, 3)})
+    _issue(world, keys, card, dt.datetime(2026, 3, 2, 3, 2, tzinfo=UTC))  # the counter's clock is 2 min behind
+    t.redeem(SimCard(card.card_id.hex(), card.uid, card.region), _ms(2, 3), "food", 1)
+    _, unknown, _ = _round(app, world, t, 0)
+    assert unknown == {}

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, cast
 
-from sqlalchemy import Table, exists, or_, select
+from sqlalchemy import Float, Table, bindparam, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from cardlib.records.journal import EntryKind
@@ -36,7 +36,7 @@ from server.models import Card
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope
-from server.reconcile.sql import built_once, card_profiles, journal_scan
+from server.reconcile.sql import built_once, card_profiles, epoch_s, journal_scan
 
 __all__ = ["unknown_cards"]
 
@@ -49,8 +49,9 @@ def unknown_cards(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = 
 
     One statement: the redemptions of the journal (full run) or of the touched cards' copied entries
     (incremental, :attr:`~server.reconcile.scope.Scope.entries`) with no ``card_profiles`` and no
-    ``cards`` row issued no later than the redemption for their card id, each looked up by its
-    primary/unique key. An honest journal returns no row.
+    ``cards`` row issued no later than the redemption (give or take ``cfg.skew_threshold_s``: the
+    station's and the counter's clocks) for their card id, each looked up by its primary/unique key.
+    An honest journal returns no row.
 
     :returns: one ``unknown_card`` observation per card id, in card id order; evidence the entry ids
         in time order (at most ``cfg.evidence_limit``); detail ``count``, ``fallback`` (how many are
@@ -69,15 +70,18 @@ def unknown_cards(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = 
             .where(
                 redemption_taken(js),
                 js.c.card_id.is_not(None),
-                # known: issued no later than the redemption; or (no issuance file) in the audit registry
-                ~exists().where(_issued.c.card_id == js.c.card_id, _issued.c.issued_at <= js.c.wall_time),
+                # known: issued no later than the redemption (within the clock skew threshold: station and
+                # counter clocks differ); or (no issuance file) in the audit registry
+                ~exists().where(_issued.c.card_id == js.c.card_id, epoch_s(_issued.c.issued_at)
+                                <= epoch_s(js.c.wall_time) + bindparam("issued_skew_s", type_=Float())),
                 or_(issued, ~exists().where(card_profiles.c.card_id == js.c.card_id)),
             )
             .order_by(js.c.card_id, js.c.wall_time, js.c.terminal_id, js.c.seq)
         )
 
     groups: dict[str, list[Any]] = defaultdict(list)
-    for row in conn.execute(built_once(("unknown_cards", scope is None), build)):
+    for row in conn.execute(built_once(("unknown_cards", scope is None), build),
+                            {"issued_skew_s": cfg.skew_threshold_s}):
         groups[row.card_id].append(row)
     out = []
     for card_id, group in groups.items():
