@@ -14,10 +14,12 @@ issuance files (the newest verified trust bundle, role TECHNICIAN): one forged, 
 cut-off record, or one naming another technician key than its signer, refuses the whole file;
 the signer's kid is kept (``signer_kid``). An unsigned ``pin-resets.jsonl`` (stations before
 signed resets) is taken only as ``unsigned_legacy``: its resets are stored without a signer and
-flagged ``unsigned`` (their content is only the uploader's word). Each stored reset carries the
-checks that need no reconciliation (:data:`FLAGS`): a PIN epoch the card carried below one an
-earlier reset of the card set (an older PIN record put back with the card password), a reset its
-own technician approved, and an unsigned one.
+flagged ``unsigned`` (their content is only the uploader's word);
+an unsigned reset of a station session the server already holds signed resets of is refused
+(an edited copy; uploaded before the signed file, it stays beside it, flagged ``unsigned``).
+Each stored reset carries the checks that need no reconciliation (:data:`FLAGS`): a PIN
+epoch the card carried below one an earlier reset of the card set (an older PIN record put
+back with the card password), a reset its own technician approved, and an unsigned one.
 """
 
 from __future__ import annotations
@@ -228,7 +230,9 @@ def register_pin_resets(session: Session, data: bytes, person_id: int | None, no
     :param technician_keys: the technician keys trusted for issuance files (needed for a signed file).
     :param unsigned_legacy: the uploader takes an unsigned file (a station before signed resets) as such.
     :raises PinResetFileError: see :func:`parse_signed_pin_resets` and :func:`parse_pin_resets`; an
-        unsigned file without ``unsigned_legacy``; a signed one without ``technician_keys``.
+        unsigned file without ``unsigned_legacy``; a signed one without ``technician_keys``; an
+        unsigned reset, not stored yet, of a station session the server holds signed resets of (an
+        edited copy of the station's journal: red team r5, tests/test_redteam_r5_pin_reset_mix.py).
     """
     if not data.strip():
         parsed: list[dict[str, Any]] = []
@@ -248,6 +252,14 @@ def register_pin_resets(session: Session, data: bytes, person_id: int | None, no
         known |= {bytes(p.line_hash): p for p in session.scalars(
             select(PinReset).where(PinReset.line_hash.in_(hashes[start:start + 500])))}
     stored = [PinReset(**r, uploaded_at=now, uploaded_by=person_id) for r in rows if r["line_hash"] not in known]
+    unsigned_sessions = sorted({p.session_id for p in stored if p.signer_kid is None})
+    for start in range(0, len(unsigned_sessions), 500):  # a session that signs has no legacy resets
+        signed_session = session.scalar(select(PinReset.session_id).where(
+            PinReset.session_id.in_(unsigned_sessions[start:start + 500]), PinReset.signer_kid.is_not(None)).limit(1))
+        if signed_session is not None:
+            raise PinResetFileError(f"session {signed_session}: the server holds resets of this station session "
+                                    "signed at the station; an unsigned reset of it that is not one of them is an "
+                                    "edited copy (upload the station's pin-resets.cose)")
     now_signed = 0
     for r in rows:
         old = known.get(r["line_hash"])
