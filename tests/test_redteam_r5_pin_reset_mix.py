@@ -49,3 +49,31 @@ def test_the_unchanged_legacy_copy_of_a_signed_reset_is_still_known(
     assert _upload(tmp_path / "single-cards" / "pin-resets.cose") == 0
     assert _upload(tmp_path / "single-cards" / "pin-resets.jsonl", "--unsigned-legacy") == 0
     assert len(_rows(app)) == 1 and _rows(app)[0][2] == keys.technician.kid.hex()
+
+
+def test_resets_signed_by_a_revoked_technician_key_are_refused(
+        app: Any, office: Any, keys: _Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """The key of a stolen station, revoked in a newer bundle: its records are refused, the whole file."""
+    import base64
+    import time
+
+    from cardlib.keys.keystore import Role as KeystoreRole
+    from cardlib.records.bundle import TrustBundle, keystore_bundle_keys, sign_bundle
+    from tests.test_registry_reconcile import KEY_PW, PROGRAMMES, ROOT_PW
+
+    station = _station(tmp_path)
+    station.pin_reset(CARD, UID, HOUSEHOLD, "tech-07", keys.technician.kid, "ntag", 3, True, pin_epoch=1,
+                      epoch_before=0, approved_by="kepala-kantor", signer=keys.technician)
+    keys.store.revoke(keys.technician.kid, keys.store.root_signer(ROOT_PW))
+    now = int(time.time())
+    kid = keys.store.active(KeystoreRole.BUNDLE).kid
+    blob = sign_bundle(TrustBundle(version=2, issued_at=now - 30, expires_at=now + 86400,
+                                   keys=keystore_bundle_keys(keys.store.entries), programmes=PROGRAMMES),
+                       keys.store.signer(kid, KEY_PW), keys.store.endorsement(kid))
+    r = office.client.post("/api/v1/bundles", headers=office.auth(), json={
+        "version": 2, "expires_at": "2099-01-01T00:00:00+00:00", "blob": base64.b64encode(blob).decode()})
+    assert r.status_code == 201, r.get_json()
+    capsys.readouterr()
+    assert _upload(tmp_path / "single-cards" / "pin-resets.cose") != 0
+    assert "record 1: does not verify" in capsys.readouterr().err
+    assert _rows(app) == []
