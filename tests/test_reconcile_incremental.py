@@ -25,7 +25,7 @@ from server.reconcile.errors import ReconcileBusy
 from server.reconcile.models import CardProfile, Finding, TerminalSite
 from server.reconcile.observations import ReconcileConfig
 from server.registry import cycles_between, ensure_cycles
-from simulator.journals import ENTITLEMENTS, District, SimCard, SimTerminal
+from simulator.journals import CYCLE_ID, ENTITLEMENTS, District, SimCard, SimTerminal
 from tests.reconcile_support import audit_db, install, upload  # noqa: F401 - audit_db is a fixture
 
 UTC = dt.UTC
@@ -132,7 +132,7 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
     install(app, world, d)
     with app.app_context():
         _households(d)
-        session = db.write_session()  # the year-ahead clock's cycles: their upload would change the digest
+        session = db.write_session()  # the year-ahead clock's cycles: their upload would make a run full
         ensure_cycles(session, cycles_between(DAY, DAY + dt.timedelta(days=400)))
         session.commit()
         _revoke(d)
@@ -198,3 +198,56 @@ def test_jit_is_off_in_an_incremental_run_only(app, audit_db, world, db_url):  #
         assert session.execute(text("SHOW jit")).scalar_one() == "off"
         session.rollback()
         assert session.execute(text("SHOW jit")).scalar_one() == before
+
+
+def test_a_registry_edit_that_keeps_every_total_is_seen_by_the_next_incremental_run(app, audit_db, world):  # noqa: F811
+    """A card moved between two households of the same size, then two cards' entitlements swapped: counts, sums
+    and extremes of the registry stay as they were (what the reference digest compared), no entry arrives, and the
+    next incremental run must still leave the findings a full run leaves (registry_changes, migration 0020)."""
+    from server.reconcile.models import CardEntitlement
+
+    d = District.new(2, 4, seed=5, regions=["62.71"])
+    t = d.terminals[0]
+    t.boot(_ms(-30))
+    for i, card in enumerate(d.cards[:2]):  # household A's two cards take the whole food package each
+        t.redeem(card, _ms(10 + i), "food", ENTITLEMENTS["food"])
+    t.redeem(d.cards[2], _ms(20), "cash", ENTITLEMENTS["cash"])
+    t.redeem(d.cards[3], _ms(21), "cash", ENTITLEMENTS["cash"] // 2)
+    install(app, world, d)
+    with app.app_context():
+        _households(d)
+        session = db.write_session()  # card 1's cash entitlement is half the others'
+        session.get(CardEntitlement, (d.cards[1].card_id, "cash", CYCLE_ID)).amount = ENTITLEMENTS["cash"] // 2
+        session.commit()
+    for resp in upload(world, t, t.messages()):
+        assert resp.status_code == 200, resp.get_json()
+
+    def incremental_as_full() -> tuple[str, dict[str, tuple[Any, ...]]]:
+        with app.app_context():
+            mode = reconcile(db.write_session(), CFG, incremental=True).mode
+            session = db.write_session()
+            incremental = _snapshot(session)
+            full = reconcile(session, CFG, commit=False)
+            after_full = _snapshot(session)
+            session.rollback()
+        assert (full.new, full.resolved) == (0, 0), full
+        assert after_full == incremental
+        return mode, incremental
+
+    mode, before = incremental_as_full()
+    assert mode == "full" and "household_over_entitlement" in {v[0] for v in before.values()}
+    with app.app_context():  # cards 1 and 2 change households: HH-A {0, 2}, HH-B {1, 3}, two cards each as before
+        session = db.write_session()
+        for card, ref in ((d.cards[1], "HH-B"), (d.cards[2], "HH-A")):
+            session.execute(update(CardProfile).where(CardProfile.card_id == card.card_id).values(household_ref=ref))
+        session.commit()
+    mode, moved = incremental_as_full()
+    assert mode == "incremental" and moved != before
+    with app.app_context():  # cards 1 and 2 swap cash entitlements: card 2 took more than its half
+        session = db.write_session()
+        for card, amount in ((d.cards[1], ENTITLEMENTS["cash"]), (d.cards[2], ENTITLEMENTS["cash"] // 2)):
+            session.get(CardEntitlement, (card.card_id, "cash", CYCLE_ID)).amount = amount
+        session.commit()
+    mode, swapped = incremental_as_full()
+    assert mode == "incremental" and "entitlement_exceeded" in {v[0] for v in swapped.values()} - \
+        {v[0] for v in moved.values()}

@@ -115,7 +115,7 @@ def test_unknown_card_ids_are_found_in_both_modes_and_withdrawn_once_issued(
     # the redemption leaves the finding open: tests/test_redteam_r5_unknown_card.py)
     _issue(world, keys, late, dt.datetime(2026, 3, 2, 3, tzinfo=UTC))
     mode, unknown3, sent = _round(app, world, t, sent)
-    assert mode == "full"  # the registry changed: the reference digest
+    assert mode == "incremental"  # the issuance's cards row names the card (registry_changes): it is re-checked
     assert unknown3[PHANTOM] == unknown[PHANTOM]
     withdrawn = unknown3[late.card_id.hex()]
     assert withdrawn[2] == FindingStatus.DISMISSED.value and withdrawn[3].startswith(RESOLVED_REASON.split("{")[0])

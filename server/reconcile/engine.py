@@ -47,22 +47,20 @@ reconciliation: :func:`observe`, :func:`reconcile`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, exists, func, insert, or_, select, true, union, update
+from sqlalchemy import Table, and_, bindparam, case, delete, exists, func, insert, or_, select, true, union, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from server.checkpoints.models import TerminalCheckpoint
-from server.models import Card, JournalConflict, RejectedEntry, TerminalStatus
+from server.models import JournalConflict, RejectedEntry, TerminalStatus
 from server.reconcile.card_checks import (
     card_forks,
     card_order,
@@ -75,15 +73,13 @@ from server.reconcile.errors import ReconcileBusy
 from server.reconcile.findings import record_findings
 from server.reconcile.household_checks import claims_on_replaced_cards, household_entitlements
 from server.reconcile.issuance_checks import unknown_cards
-from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState, ReportedHead
+from server.reconcile.models import FindingKind, ReconcileRun, ReconcileState, RegistryChange, ReportedHead
 from server.reconcile.observations import Observation, ReconcileConfig
 from server.reconcile.revoked_states import revoked_key_states, revoked_states_built_on
 from server.reconcile.scope import Scope
 from server.reconcile.settlements import settle_torn_writes
 from server.reconcile.sql import (
-    benefit_cycles,
     built_once,
-    card_entitlements,
     card_profiles,
     findings,
     journal,
@@ -104,10 +100,10 @@ from server.types import utcnow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CARD_KINDS", "GLOBAL_KINDS", "TERMINAL_KINDS", "RunResult", "observe", "reconcile", "reference_digest"]
+__all__ = ["CARD_KINDS", "GLOBAL_KINDS", "TERMINAL_KINDS", "RunResult", "observe", "reconcile"]
 
 _state = cast(Table, ReconcileState.__table__)
-_cards = cast(Table, Card.__table__)
+_changes = cast(Table, RegistryChange.__table__)
 
 
 #: Kinds that depend on one terminal's whole chain: an incremental run re-examines those of the touched terminals.
@@ -194,93 +190,51 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
     return out
 
 
-def _digest_aggregates() -> list[Any]:
-    """The one-row aggregates :func:`reference_digest` hashes, as subqueries (built once per process)."""
-    def build() -> list[Any]:
-        return [stmt.subquery() for stmt in (
-            select(func.count(), func.sum(terminal_sites.c.lat), func.sum(terminal_sites.c.lon),
-                   func.min(terminal_sites.c.lat), func.max(terminal_sites.c.lat),
-                   func.min(terminal_sites.c.lon), func.max(terminal_sites.c.lon)),
-            select(func.count(), func.min(benefit_cycles.c.starts_at), func.max(benefit_cycles.c.ends_at),
-                   func.min(benefit_cycles.c.cycle_id), func.max(benefit_cycles.c.cycle_id)),
-            select(func.count(), func.sum(card_entitlements.c.amount), func.max(card_entitlements.c.amount),
-                   func.min(card_entitlements.c.amount)),
-            select(func.count(), func.count(card_profiles.c.household_ref), func.min(card_profiles.c.household_ref),
-                   func.max(card_profiles.c.household_ref), func.count(card_profiles.c.revoked_at),
-                   func.max(card_profiles.c.revoked_at)),
-            select(func.count(), func.max(_cards.c.issued_at), func.max(_cards.c.id),
-                   func.sum(case((_cards.c.status == "issued", 1), else_=0))),
-        )]
-    return built_once(("digest_aggregates",), build)
-
-
-def _digest_from(aggregates: list[Any]) -> Any:
-    """The aggregates side by side (one-row subqueries joined ON TRUE): one round trip for all of them."""
-    joined: Any = aggregates[0]
-    for a in aggregates[1:]:
-        joined = joined.join(a, true())
-    return joined
-
-
-def _digest_of(row: Any, aggregates: list[Any]) -> str:
-    """SHA-256 hex of the aggregates' values in ``row`` (their columns first, in order)."""
-    parts: list[Any] = []
-    at = 0
-    for a in aggregates:
-        n = len(a.c)
-        parts.append([round(v, 6) if isinstance(v, float) else str(v) for v in row[at:at + n]])
-        at += n
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-#: Index of ``count(card_profiles.revoked_at)`` among the digest's columns (revoked cards: any?).
-_REVOKED_CARDS_AT = 7 + 5 + 4 + 4
-
-
-def reference_digest(conn: Connection) -> str:
-    """SHA-256 hex of aggregates of the tables the scoped checks read besides the journal.
-
-    Sites (impossible travel), benefit cycles and entitlements (entitlement checks), card
-    profiles (households, revocations) and issued cards (claims on replaced cards): a row added,
-    removed or a value moved past an extreme changes it, and the next run is then a full one. An
-    edit that keeps every aggregate (a card moved between two households) is not seen: run a
-    full reconciliation after such registry changes (docs/reconciliation.md §Incremental).
-    A run reads it in its opening statement (:func:`_opening`); this is the same digest alone.
-    """
-    aggregates = _digest_aggregates()
-    stmt = built_once(("digest",), lambda: select(*(c for a in aggregates for c in a.c))
-                      .select_from(_digest_from(aggregates)))
-    return _digest_of(conn.execute(stmt).one(), aggregates)
-
-
 #: Global checks (:func:`observe`) that read nothing when a small table is empty, keyed by their name:
 #: the opening statement says which have something to read (``present``).
 _GLOBAL_SOURCES = ("conflicts", "rejected", "heads", "checkpoints", "suspect_terminals")
 
 
-def _opening(dialect: str, margin: bool) -> tuple[Any, list[Any]]:
-    """A run's first read, one statement: its state, the watermark, the reference digest and what the global checks
-    have to read.
+def _opening(dialect: str, margin: bool) -> Any:
+    """A run's first read, one statement: its state, the watermarks, whether the registry changed beyond what an
+    incremental run can scope, and what the global checks have to read.
 
-    Columns: the digest's aggregates (:func:`_digest_aggregates`, in order), then ``journal_id``,
-    ``reference_digest``, ``run_id`` of ``reconcile_state`` (NULL without a state row), ``run_exists``,
-    ``mark``, then one ``has_<source>`` flag per :data:`_GLOBAL_SOURCES`. Built once per (dialect, margin).
+    Columns: ``journal_id``, ``registry_change_id``, ``run_id`` of ``reconcile_state`` (NULL without a state row),
+    ``run_exists``, ``mark``, ``changes_mark``, ``registry_full``, then one ``has_<source>`` flag per
+    :data:`_GLOBAL_SOURCES` and ``has_revoked_cards``. Built once per (dialect, margin).
 
     ``mark`` is the watermark: the highest ``journal_entries.id`` this run can vouch for (every lower
     id is in the journal it reads). SQLite commits one writer at a time, in id order. PostgreSQL
     hands out ids at insert and commits in any order, so with ``margin`` the watermark stays at
     entries received before the bound ``cutoff`` (``cfg.watermark_margin_s`` before the run): an
-    upload still open then with a lower id is read again by the next run.
+    upload still open then with a lower id is read again by the next run. ``changes_mark`` is the
+    same for ``registry_changes`` (by ``changed_at``; NULL: none, keep the state's). ``registry_full``:
+    a change past the state's ``registry_change_id`` that names no card (a site, a benefit cycle):
+    the run must be full. Each is one range read of ``registry_changes``' primary key. On PostgreSQL
+    the statement also deletes those non-card changes (a data-modifying CTE, the snapshot it reads them in):
+    the full run they cause reads what they changed, and a change still in the margin is not read again.
     """
     def build() -> Any:
-        aggregates = _digest_aggregates()
         state = select(_state).where(_state.c.id == 1).subquery("state")
         runs = cast(Table, ReconcileRun.__table__)
+        changes = cast(Table, RegistryChange.__table__)
         if dialect == "postgresql" and margin:
             mark = (select(journal.c.id).where(journal.c.received_at <= bindparam("cutoff"))
                     .order_by(journal.c.id.desc()).limit(1).scalar_subquery())
+            changes_mark = (select(changes.c.id).where(changes.c.changed_at <= bindparam("cutoff"))
+                            .order_by(changes.c.id.desc()).limit(1).scalar_subquery())
         else:
             mark = select(func.max(journal.c.id)).scalar_subquery()
+            changes_mark = select(func.max(changes.c.id)).scalar_subquery()
+        seen = select(state.c.registry_change_id).scalar_subquery()
+        global_change = (changes.c.id > func.coalesce(seen, 0), changes.c.card_id.is_(None))
+        if dialect == "postgresql":
+            # Deleted as read, in this statement's snapshot: this run is full and reads what they changed. Kept
+            # past the margin, a site edit would make every run full until it aged past ``cutoff``.
+            gone = delete(changes).where(*global_change).returning(changes.c.id).cte("gone")
+            registry_full: Any = exists(select(gone.c.id))
+        else:
+            registry_full = exists().where(*global_change)
         revoked = union(
             select(terminals.c.terminal_id).where(terminals.c.status == TerminalStatus.REVOKED.value),
             select(terminal_sites.c.terminal_id).where(terminal_sites.c.compromised_from.is_not(None)),
@@ -289,18 +243,19 @@ def _opening(dialect: str, margin: bool) -> tuple[Any, list[Any]]:
                    "heads": ReportedHead.__table__, "checkpoints": TerminalCheckpoint.__table__}
         flags = [exists().select_from(sources[name]).label(f"has_{name}") for name in _GLOBAL_SOURCES[:-1]]
         flags.append(exists(revoked.subquery()).label("has_suspect_terminals"))
-        stmt = select(
-            *(c for a in aggregates for c in a.c),
+        flags.append(exists().where(card_profiles.c.revoked_at.is_not(None)).label("has_revoked_cards"))
+        return select(
             select(state.c.journal_id).scalar_subquery().label("journal_id"),
-            select(state.c.reference_digest).scalar_subquery().label("reference_digest"),
+            seen.label("registry_change_id"),
             select(state.c.run_id).scalar_subquery().label("run_id"),
             exists().where(runs.c.id == select(state.c.run_id).scalar_subquery()).label("run_exists"),
             func.coalesce(mark, 0).label("mark"),
+            func.coalesce(changes_mark, seen, 0).label("changes_mark"),
+            registry_full.label("registry_full"),
             *flags,
-        ).select_from(_digest_from(aggregates))
-        return stmt, aggregates
+        )
 
-    return cast(tuple[Any, list[Any]], built_once(("opening", dialect, margin), build))
+    return built_once(("opening", dialect, margin), build)
 
 
 def _within(scope: Scope, observations: list[Observation]) -> tuple[ColumnElement[bool], dict[str, Any]]:
@@ -394,8 +349,9 @@ def reconcile(
     of the entries stored since the last run's watermark are re-examined (each whole), the
     global checks run whole, and only findings of those keys (and of global kinds) may be
     resolved; the findings are the ones a full run would leave. It falls back to a full run when
-    there is no usable watermark, when the reference tables changed (:func:`reference_digest`)
-    or with ``verify_signatures``. Runs are single-flight.
+    there is no usable watermark, when a registry change names no card (a site, a benefit cycle:
+    ``registry_changes``, migration 0020) or with ``verify_signatures``; the cards a change names join
+    the touched cards. Runs are single-flight.
 
     :param verify_signatures: also run :func:`~server.reconcile.terminal_checks.signature_mismatches` (one Ed25519
         verification per stored entry).
@@ -411,28 +367,28 @@ def reconcile(
         conn = session.connection()
         dialect = conn.dialect.name
         margin = dialect == "postgresql" and cfg.watermark_margin_s > 0
-        opening, aggregates = _opening(dialect, margin)
         params = {"cutoff": now - dt.timedelta(seconds=cfg.watermark_margin_s)} if margin else {}
-        head = conn.execute(opening, params).one()
-        digest = _digest_of(head, aggregates)
+        head = conn.execute(_opening(dialect, margin), params).one()
         mark = int(head.mark)
-        present = {name: bool(head._mapping[f"has_{name}"]) for name in _GLOBAL_SOURCES}
-        present["revoked_cards"] = bool(head[_REVOKED_CARDS_AT])
+        changes_mark = max(int(head.changes_mark), head.registry_change_id or 0)
+        present = {name: bool(head._mapping[f"has_{name}"]) for name in (*_GLOBAL_SOURCES, "revoked_cards")}
         scope: Scope | None = None
         if (
             incremental
             and not verify_signatures
             and head.run_id is not None
-            and head.reference_digest == digest
+            and head.registry_change_id is not None
+            and not head.registry_full
             and head.journal_id <= mark
             and head.run_exists
         ):
-            scope = Scope.since(conn, head.journal_id)
+            scope = Scope.since(conn, head.journal_id, head.registry_change_id)  # prunes the changes it read before
             entries = scope.new_entries
         else:
             if jit is not None and jit != "off":  # a full run plans as before (JIT as configured)
                 conn.execute(select(func.set_config("jit", jit, True)))
             entries = conn.execute(select(func.count()).select_from(journal)).scalar_one()
+            conn.execute(delete(_changes).where(_changes.c.id <= changes_mark))  # read whole: what they name
         run = ReconcileRun(started_at=now, entries=0, findings_new=0, findings_seen=0, findings_resolved=0)
         session.add(run)
         session.flush()
@@ -446,7 +402,7 @@ def reconcile(
                                    resolve_within=within, within_params=within_params)
         if scope is not None:
             scope.drop(conn)
-        values = {"journal_id": mark, "reference_digest": digest, "run_id": run.id, "running_since": None}
+        values = {"journal_id": mark, "registry_change_id": changes_mark, "run_id": run.id, "running_since": None}
         if conn.execute(update(_state).where(_state.c.id == 1).values(**values)).rowcount == 0:
             conn.execute(insert(_state).values(id=1, **values))
         run.entries = entries

@@ -14,7 +14,20 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from server.models import Base, JournalEntryRow, _enum
@@ -78,6 +91,11 @@ class CardProfile(Base):
     """
 
     __tablename__ = "card_profiles"
+    __table_args__ = (
+        # the run's opening statement asks whether any card is revoked without reading every profile (0020)
+        Index("ix_card_profiles_revoked", "revoked_at", postgresql_where=text("revoked_at IS NOT NULL"),
+              sqlite_where=text("revoked_at IS NOT NULL")),
+    )
 
     card_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     region: Mapped[str | None] = mapped_column(String(16))
@@ -206,8 +224,8 @@ class ReconcileState(Base):
 
     :ivar journal_id: every ``journal_entries.id`` at or below this was in the journal the last
         run read (an incremental run reads the cards and terminals of the entries above it).
-    :ivar reference_digest: aggregates of the tables the checks read besides the journal (sites,
-        cycles, entitlements, card profiles, cards), as the last run saw them; a change forces a full run.
+    :ivar registry_change_id: every ``registry_changes.id`` at or below this was read by the last run (NULL:
+        none yet, the next run is full); an incremental run reads the registry changes above it.
     :ivar running_since: when the run in progress started (NULL: none); on SQLite its write takes
         the database's write lock for the run (single flight).
     """
@@ -216,9 +234,30 @@ class ReconcileState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     journal_id: Mapped[int] = mapped_column(BigInteger, default=0)
-    reference_digest: Mapped[str | None] = mapped_column(String(64))
+    registry_change_id: Mapped[int | None] = mapped_column(BigInteger)
     run_id: Mapped[int | None] = mapped_column(BigInteger)
     running_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RegistryChange(Base):
+    """One change to a table the checks read besides the journal, appended by a trigger (migration 0020).
+
+    Written on INSERT, UPDATE and DELETE of ``cards``, ``card_profiles`` and ``card_entitlements`` (the
+    card id; for a profile also its household, before and after an update) and of ``terminal_sites``
+    and ``benefit_cycles`` (``card_id`` NULL: not card-keyed). An incremental run adds the cards named
+    past its watermark to its touched cards, and runs full for a NULL (docs/reconciliation.md §Incremental).
+
+    :ivar changed_at: the writing transaction's start (PostgreSQL's watermark margin, as the journal's ``received_at``).
+    """
+
+    __tablename__ = "registry_changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # ids never reused after the log is pruned empty
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    card_id: Mapped[str | None] = mapped_column(String(64))
+    household_ref: Mapped[str | None] = mapped_column(String(16))
+    table_name: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.current_timestamp())
 
 
 class ReconcileBoot(Base):

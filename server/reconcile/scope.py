@@ -17,13 +17,27 @@ once into a fifth table that every card check reads (:attr:`Scope.entries`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, func, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    union,
+)
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.schema import CreateTable, DropTable
 from sqlalchemy.sql.elements import ColumnElement
 
+from server.reconcile.models import RegistryChange
 from server.reconcile.sql import built_once, card_profiles, full_scan, journal
 
 __all__ = ["ENTRY_COLUMNS", "Scope", "card_in", "household_in", "terminal_in"]
@@ -44,6 +58,7 @@ ENTRY_COLUMNS = ("card_id", "entry_id", "terminal_id", "seq", "wall_time", "kind
 _entries = Table("reconcile_scope_entries", _meta, *(Column(name, journal.c[name].type) for name in ENTRY_COLUMNS),
                  prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
 _TABLES = (_terminals, _boots, _cards, _households, _entries)
+registry_changes = cast(Table, RegistryChange.__table__)
 
 
 _CREATE: dict[tuple[str, str], str] = {}
@@ -59,10 +74,14 @@ def _create_sql(dialect: Dialect, name: str) -> str:
 
 #: Stands for the watermark in :func:`_fill_statements`' SQL (an integer put in its place per run).
 _WATERMARK = "__reconcile_watermark__"
+#: Stands for the ``registry_changes`` watermark (the last run's ``registry_change_id``), likewise.
+_CHANGES = "__reconcile_changes__"
 
 
 def _fill_statements() -> list[Any]:
-    """The statements that fill the scope tables from the entries with ``id >`` :data:`_WATERMARK`, in order."""
+    """The statements that fill the scope tables from the entries with ``id >`` :data:`_WATERMARK` and the registry
+    changes with ``id >`` :data:`_CHANGES` (their cards, and the households a profile left or joined), in order;
+    last, the changes read by an earlier run are pruned."""
     # the new entries by primary key range (SQLite: NOT INDEXED, or it walks a whole index in key order)
     fresh = full_scan._construct(journal, name="fresh")
     new = fresh.c.id > literal_column(_WATERMARK)
@@ -73,6 +92,7 @@ def _fill_statements() -> list[Any]:
                 .where(before.c.terminal_id == first.c.terminal_id, before.c.seq < first.c.first_seq)
                 .scalar_subquery())
     hh = card_profiles.c.household_ref
+    changed = registry_changes.c.id > literal_column(_CHANGES)
     return [
         insert(_terminals).from_select(
             ["terminal_id", "from_seq"], select(first.c.terminal_id, func.coalesce(from_seq, 0))),
@@ -80,9 +100,15 @@ def _fill_statements() -> list[Any]:
             ["terminal_id", "boot_id"], select(fresh.c.terminal_id, fresh.c.boot_id).where(new).distinct()),
         insert(_cards).from_select(
             ["card_id"], select(fresh.c.card_id).where(new, fresh.c.card_id.is_not(None)).distinct()),
+        insert(_cards).from_select(
+            ["card_id"], select(registry_changes.c.card_id).where(
+                changed, registry_changes.c.card_id.is_not(None),
+                registry_changes.c.card_id.not_in(select(_cards.c.card_id))).distinct()),
         insert(_households).from_select(
             ["household_ref"],
-            select(hh).where(card_profiles.c.card_id.in_(select(_cards.c.card_id)), hh.is_not(None)).distinct()),
+            union(select(hh).where(card_profiles.c.card_id.in_(select(_cards.c.card_id)), hh.is_not(None)),
+                  select(registry_changes.c.household_ref).where(changed,
+                                                                 registry_changes.c.household_ref.is_not(None)))),
         insert(_cards).from_select(
             ["card_id"],
             select(card_profiles.c.card_id).where(hh.in_(select(_households.c.household_ref)),
@@ -91,6 +117,7 @@ def _fill_statements() -> list[Any]:
             list(ENTRY_COLUMNS),
             select(*(journal.c[name] for name in ENTRY_COLUMNS))
             .where(journal.c.card_id.in_(select(_cards.c.card_id)))),
+        delete(registry_changes).where(registry_changes.c.id <= literal_column(_CHANGES)),
     ]
 
 
@@ -154,13 +181,17 @@ class Scope:
     new_entries: int = 0
 
     @classmethod
-    def since(cls, conn: Connection, journal_id: int) -> Scope:
-        """Create (or empty) the scope tables on ``conn`` and fill them from the entries with ``id > journal_id``.
+    def since(cls, conn: Connection, journal_id: int, registry_change_id: int) -> Scope:
+        """Create (or empty) the scope tables on ``conn`` and fill them from the entries with ``id > journal_id``
+        and the registry changes with ``id > registry_change_id``; delete the registry changes at or below it
+        (the last run, committed, read them).
 
         :param journal_id: the watermark, a ``journal_entries.id``.
+        :param registry_change_id: the last run's ``registry_changes`` watermark.
         """
         for sql in _script(conn.dialect):  # PostgreSQL: one round trip
-            conn.exec_driver_sql(sql.replace(_WATERMARK, str(int(journal_id))))
+            conn.exec_driver_sql(sql.replace(_WATERMARK, str(int(journal_id)))
+                                 .replace(_CHANGES, str(int(registry_change_id))))
         n_terminals, n_cards, n_households, n_new = conn.execute(_counts(), {"watermark": journal_id}).one()
         return cls(_terminals, _boots, _cards, _households, _entries, (n_terminals, n_cards, n_households), journal_id,
                    n_new)
