@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from cardlib.provision.qr import household_qr
+from cardlib.records.bundle import SortedIdSet
+from cardlib.records.household_label import household_label
 from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from firmware_config.models import CounterMode
@@ -60,3 +62,32 @@ def test_a_qr_that_decodes_but_is_not_signed_by_an_issuer_stays_a_signature_decl
     assert qr_decodes(forged)
     got = post(url, "/api/fallback/qr", {"qr": forged, "clerk": "clerk-ani", "programme": "pangan"})
     assert (got["status"], got["reason"]) == ("declined", "card_signature_invalid")
+
+
+def test_a_deny_listed_qr_that_verified_names_its_card_and_household(tmp_path: Path) -> None:
+    """The QR verified under the bundle's issuer key before the deny list refused it: its card id and
+    household are authentic, so the decline journals the card and shows the household label (as the
+    NTAG tap does for a deny-listed card); a QR that did not verify still names nothing."""
+    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-FB-1", signer=TERMINAL,
+                           clock=Clock(force_synced=True))
+    card = identity().card_id
+    trust = dataclasses.replace(bundle(), issued_at=int(time.time()) - 60, expires_at=int(time.time()) + 86400,
+                                programmes=PROGRAMMES, policies=POLICIES,
+                                deny_cards=SortedIdSet.from_ids([card], 8))
+    desk = FallbackDesk(journal, lambda: trust, CounterMode.MARKET_REDEMPTION, {})
+    try:
+        text = _qr_from_png()
+        denied = desk.qr(text, "pangan", 1, "clerk-ani")
+        assert denied.reason is DeclineReason.CARD_DENIED
+        assert (denied.card_id, denied.household_ref) == (card.hex(), household_label(identity().household_ref))
+        now = int(time.time())
+        forged = household_qr(issue_card_image(identity(), ISSUER, STATION, cycle=CYCLE, now=now).identity_cose,
+                              TERMINAL, now)
+        refused = desk.qr(forged, "pangan", 1, "clerk-ani")
+        assert refused.reason is DeclineReason.CARD_SIGNATURE_INVALID
+        assert (refused.card_id, refused.household_ref) == (None, None)
+        declined = [s.entry for s in journal.entries() if s.entry.kind is EntryKind.DECLINED]
+        assert [(e.card_id, e.decline_reason) for e in declined] == [
+            (card.hex(), "card_denied"), (None, "card_signature_invalid")]
+    finally:
+        journal.close()
