@@ -36,8 +36,8 @@ def test_issuing_the_invented_card_id_afterwards_does_not_withdraw_the_finding(
     # the technician makes a card with that id on 5 March; its signed issuance file is in order
     cover = dataclasses.replace(_card(9, "62.71", {1: Entitlement(Unit.PACKAGE, 3)}), card_id=bytes.fromhex(PHANTOM))
     _issue(world, keys, cover, dt.datetime(2026, 3, 5, tzinfo=UTC))
-    mode, after, sent = _round(app, world, t, sent)
-    assert mode == "full"
+    _, after, sent = _round(app, world, t, sent)
+    # whichever mode the run took (_round checks a full run leaves the same findings)
     f = after[PHANTOM]
     assert f[2] == FindingStatus.OPEN.value, f  # not dismissed as resolved
     assert f[1] == Severity.HIGH.value
