@@ -390,13 +390,17 @@ def lookup(text: str) -> dict[str, Any]:
 
     :param text: a card id, terminal id, chip UID (4, 7 or 10 bytes in hex), household reference
         (16 hex digits or ``HB-`` label) or receipt code (``XXXX-XXXX``), already trimmed.
-    :returns: ``{"household": ref or None, "code": receipt code or None, "uid": UID hex or None,
+    :returns: ``{"household": ref of a household with a registered card, or None, "code": receipt
+        code or None, "uid": UID hex or None,
         "receipts": [(card_id, terminal_id, seq)], "cards": [card ids with a page], "terminals":
         [terminal ids with a page]}``, each list at most :data:`LOOKUP_MAX` long, in a stable order.
     """
     from server.audit.decline_views import parse_uid
 
     household = _household(text)
+    if household is not None and db.session.scalar(
+            select(CardProfile.card_id).where(CardProfile.household_ref == household).limit(1)) is None:
+        household = None  # a well-formed reference no registered card serves: no page to link
     receipts = _receipt_entries(text)
     uid = parse_uid(text)
     cards: list[str] = []
