@@ -32,3 +32,17 @@ def test_a_search_for_an_unknown_id_links_no_household(app, programme, world):  
     assert f'href="/audit/households/{ref}" id="lookup-household"' in known and 'id="lookup-unknown"' not in known
     card = programme["by_region"]["62.71"][0].card_id
     assert 'id="lookup-unknown"' not in client.get(f"/audit/findings?q={card}").get_data(as_text=True)
+
+
+def test_terminal_health_names_the_last_upload(app, programme, world):  # noqa: F811
+    """The column is the newest journal upload received: a counter with no taps has none to send."""
+    client = world.client
+    _login(client, "manny")
+    html = client.get("/audit/programme/?cycle=20261").get_data(as_text=True)
+    assert "<th>Unggahan terakhir</th>" in html and 'data-label="Unggahan terakhir"' in html
+    assert "Sinkron terakhir" not in html and "sinkron" not in html.split('id="health-summary"')[1]
+    en = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
+    assert "<th>Last upload</th>" in en and "Last sync" not in en and "never uploaded" in en
+    _login(client)
+    terminals = client.get("/audit/terminals?lang=en").get_data(as_text=True)
+    assert "<th>Last upload</th>" in terminals and "Last sync" not in terminals

@@ -258,7 +258,7 @@ def test_pending_per_programme(app, programme, world):
 
 
 def test_terminal_health_lists_counters_not_stations_and_offline_time_only_when_late(app, programme, world):
-    """A provisioning station never uploads a journal: it is no "never synced" counter; an up-to-date
+    """A provisioning station never uploads a journal: it is no "never uploaded" counter; an up-to-date
     counter has no "offline for" value."""
     from server.dashboard import queries
     from server.extensions import db
@@ -275,7 +275,7 @@ def test_terminal_health_lists_counters_not_stations_and_offline_time_only_when_
     client = world.client
     _login(client, "manny")
     html = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
-    assert "0 never synced" in html
+    assert "0 never uploaded" in html
     assert 'id="stations"' in html and "S-6271-0001" in html.split('id="stations"')[1]
     for row in html.split('<tr class="health"')[1:]:
         offline = row.split('data-label="Offline for">')[1].split("</td>")[0]
