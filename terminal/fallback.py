@@ -398,7 +398,7 @@ class FallbackDesk:
                 if ask.quantity <= step_left:  # the fallbacks alone would leave enough: the card taps took the rest
                     reason = DeclineReason.ALREADY_SERVED_CARD
                 else:
-                    reason = DeclineReason.NOTHING_LEFT if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
+                    reason = DeclineReason.FALLBACK_USED_UP if left == 0 else DeclineReason.NOT_ENOUGH_LEFT
                 return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason,
                                      f"{ask.step} limit {limit} per cycle, {served} already served by fallback"
                                      f" (QR and supervisor entry) and {by_card} by card at this counter",

@@ -71,6 +71,10 @@ class DeclineReason(enum.Enum):
     #: A fallback step the bundle does not enable for the programme (policy ``fallback.<step>.<programme>``
     #: absent or 0, docs/fallback.md): not "nothing left", the step is off.
     FALLBACK_NOT_ENABLED = "fallback_not_enabled"
+    #: A fallback (QR or manual, docs/fallback.md): this counter's fallback allowance for the card this cycle
+    #: is used up (by earlier fallbacks, or with the card's own taps here). Not ``nothing_left``: the desk
+    #: does not know the card's entitlement, and the card still works at any counter.
+    FALLBACK_USED_UP = "fallback_used_up"
     #: A QR fallback scan that is not a household QR at all (Base45, zlib or COSE structure fails):
     #: scan again. A QR that decodes but fails its signature stays ``card_signature_invalid``.
     NOT_A_HOUSEHOLD_QR = "not_a_household_qr"
@@ -119,6 +123,9 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.PROGRAMME_NOT_AT_COUNTER: "This programme is not served at this counter.",
     DeclineReason.NOTHING_LEFT: "Nothing is left for this period.",
     DeclineReason.NOT_ENOUGH_LEFT: "Not enough is left for this amount.",
+    DeclineReason.FALLBACK_USED_UP: (
+        "Fallback allowance used up for this period; the card still works at any counter."
+    ),
     DeclineReason.ALREADY_SERVED_FALLBACK: (
         "This household was already served this period by QR or supervisor entry. "
         "Only the remaining amount can be given."

@@ -119,7 +119,7 @@ def test_clock_set_back_a_cycle_does_not_serve_the_fallback_allowance_again(tmp_
         again = desk.manual(card, "food", 1, "sri", PW)
         assert again.status is TapStatus.DECLINED and again.reason is DeclineReason.COUNTER_CLOCK_WRONG, again
         clock.offset = 0.0  # the clock put right: the desk serves again (and still counts the first)
-        assert desk.manual(card, "food", 1, "sri", PW).reason is DeclineReason.NOTHING_LEFT
+        assert desk.manual(card, "food", 1, "sri", PW).reason is DeclineReason.FALLBACK_USED_UP
     finally:
         journal.close()
 

@@ -48,7 +48,7 @@ def test_qr_fallback_serves_once_per_cycle_and_journals_the_clerk(counter: tuple
     first = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan", "quantity": 1})
     assert first["status"] == "accepted" and first["household_ref"] == household_label(identity().household_ref)
     second = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "pangan"})
-    assert (second["status"], second["reason"]) == ("declined", "nothing_left")
+    assert (second["status"], second["reason"]) == ("declined", "fallback_used_up")
     cash = post(url, "/api/fallback/qr", {"qr": text, "clerk": "clerk-ani", "programme": "tunai"})
     # cash at a market counter: not served here, as a card tap there is not (docs/fallback.md)
     assert (cash["status"], cash["reason"]) == ("declined", "programme_not_at_counter")
@@ -76,7 +76,7 @@ def test_manual_entry_needs_the_supervisor_password(counter: tuple[str, JournalS
     assert right["status"] == "accepted"
     again = post(url, "/api/fallback/manual", {"card_id": card, "supervisor": "sri", "password": SUPERVISOR_PASSWORD,
                                                 "programme": "pangan"})
-    assert (again["status"], again["reason"]) == ("declined", "nothing_left")
+    assert (again["status"], again["reason"]) == ("declined", "fallback_used_up")
     with pytest.raises(urllib.error.HTTPError) as bad:
         post(url, "/api/fallback/manual", {"card_id": "zz", "supervisor": "sri", "password": SUPERVISOR_PASSWORD})
     assert bad.value.code == 400

@@ -1,7 +1,7 @@
 """The fallback ladder end to end (docs/fallback.md): a card provisioned by ``huma provision card
 --qr-out`` through pcscd + vpcd, its PNG read back by zxing-cpp, the QR text typed into the counter
 screen's fallback API as a USB scanner does, then a supervisor's manual entry at the same counter
-(declined ``nothing_left``: QR and supervisor entry share one allowance there), then a real tap of the
+(declined ``fallback_used_up``: QR and supervisor entry share one allowance there), then a real tap of the
 same card at that counter (declined ``already_served_fallback``). A second counter, whose journal knows
 nothing of the first's, serves the same household by supervisor entry (and then refuses its QR). Both
 journals are uploaded to the live server with signed receipts, and reconciliation finds what no counter
@@ -182,7 +182,7 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
         manual = _post(screen.url, "/api/fallback/manual", {"card_id": card_id, "supervisor": "sri",
                                                             "password": "kunci-sri-77"})
         # The QR's package counts toward the supervisor step's limit too: the steps do not stack at one counter.
-        assert (manual["status"], manual["reason"], manual["amount"]) == ("declined", "nothing_left", 0), manual
+        assert (manual["status"], manual["reason"], manual["amount"]) == ("declined", "fallback_used_up", 0), manual
 
         # The card itself at the same counter: the fallbacks are not on the card, the counter's journal has them.
         with present_card(chip, slot=0), cond:
@@ -206,7 +206,7 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
                                                                  "password": "kunci-sri-77"})
         assert (again["status"], again["amount"]) == ("accepted", 1), again
         qr_there = _post(other_screen.url, "/api/fallback/qr", {"qr": texts[0], "clerk": "clerk-budi"})
-        assert (qr_there["status"], qr_there["reason"]) == ("declined", "nothing_left"), qr_there
+        assert (qr_there["status"], qr_there["reason"]) == ("declined", "fallback_used_up"), qr_there
     finally:
         other_screen.stop()
 
@@ -235,9 +235,9 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     fb, no = EntryKind.FALLBACK, EntryKind.DECLINED
     assert desk_entries(TERMINAL_ID) == [(fb, "qr", "clerk-ani", card_id, 1, None),
                                          (no, "manual", "sri", card_id, None, "supervisor_refused"),
-                                         (no, "manual", "sri", card_id, None, "nothing_left")]
+                                         (no, "manual", "sri", card_id, None, "fallback_used_up")]
     assert desk_entries(OTHER_ID) == [(fb, "manual", "sri", card_id, 1, None),
-                                      (no, "qr", "clerk-budi", card_id, None, "nothing_left")]
+                                      (no, "qr", "clerk-budi", card_id, None, "fallback_used_up")]
     first_tap = [e.decline_reason for k, e in uploaded(TERMINAL_ID) if k is no and e is not None and not e.fallback]
     assert first_tap == ["already_served_fallback"]  # the card's own tap at the first counter
 
@@ -264,7 +264,7 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     assert "cadangan qr · disetujui oleh clerk-ani" in page
     assert "cadangan manual · disetujui oleh sri" in page
     assert "cadangan qr · disetujui oleh clerk-budi" in page
-    assert "supervisor menolak" in page and "hak sudah habis" in page  # supervisor_refused, nothing_left
+    assert "supervisor menolak" in page and "jatah cadangan sudah habis" in page  # supervisor_refused, fallback_used_up
     terminal_page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=en").get_data(as_text=True)
     assert "fallback manual · approved by sri" in terminal_page
     assert "fallback qr · approved by clerk-ani" in terminal_page

@@ -42,12 +42,13 @@ def test_qr_then_supervisor_entry_pays_the_household_once(tmp_path: Path) -> Non
     try:
         assert desk.qr(qr, "food", 1, "clerk-ani").status is TapStatus.ACCEPTED
         out = desk.manual(CARD, "food", 1, "sri", PASSWORD)
-        assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.NOTHING_LEFT, out
+        assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.FALLBACK_USED_UP, out
         assert (out.entitled, out.remaining, out.amount) == (1, 0, 0), out
         assert "1 already served by fallback" in (out.detail or ""), out.detail
         assert paid(c) == [(QR, 1)]
         declined = [s.entry for s in c.journal.entries() if s.entry.kind is EntryKind.DECLINED][-1]
-        assert (declined.fallback, declined.approved_by, declined.decline_reason) == (MANUAL, "sri", "nothing_left")
+        assert (declined.fallback, declined.approved_by, declined.decline_reason) == (
+            MANUAL, "sri", "fallback_used_up")
     finally:
         c.journal.close()
 
@@ -58,7 +59,7 @@ def test_supervisor_entry_then_qr_pays_the_household_once(tmp_path: Path) -> Non
     try:
         assert desk.manual(CARD, "food", 1, "sri", PASSWORD).status is TapStatus.ACCEPTED
         out = desk.qr(qr, "food", 1, "clerk-ani")
-        assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.NOTHING_LEFT, out
+        assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.FALLBACK_USED_UP, out
         assert paid(c) == [(MANUAL, 1)]
     finally:
         c.journal.close()
@@ -75,8 +76,8 @@ def test_the_more_permissive_step_gives_only_its_own_limit_in_all(tmp_path: Path
         assert (three.reason, three.entitled, three.remaining) == (DeclineReason.NOT_ENOUGH_LEFT, 3, 2), three
         two = desk.qr(qr, "food", 2, "clerk-ani")
         assert (two.status, two.amount, two.remaining) == (TapStatus.ACCEPTED, 2, 0), two
-        assert desk.manual(CARD, "food", 1, "sri", PASSWORD).reason is DeclineReason.NOTHING_LEFT
-        assert desk.qr(qr, "food", 1, "clerk-ani").reason is DeclineReason.NOTHING_LEFT
+        assert desk.manual(CARD, "food", 1, "sri", PASSWORD).reason is DeclineReason.FALLBACK_USED_UP
+        assert desk.qr(qr, "food", 1, "clerk-ani").reason is DeclineReason.FALLBACK_USED_UP
         assert paid(c) == [(MANUAL, 1), (QR, 2)]
     finally:
         c.journal.close()
