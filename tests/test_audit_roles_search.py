@@ -105,9 +105,9 @@ def test_dashboard_names_programmes_and_offers_no_far_future_cycle(app, programm
     client = world.client
     _login(client, "manny")
     html = client.get("/audit/programme/?cycle=20261").get_data(as_text=True)
-    assert 'data-programme="food">Paket pangan<' in html and 'data-programme="cash">Bantuan tunai<' in html
+    assert 'data-programme="food">Paket pangan' in html and 'data-programme="cash">Bantuan tunai' in html
     en = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
-    assert 'data-programme="food">Food package<' in en
+    assert 'data-programme="food">Food package' in en
     with app.app_context():
         session = db.write_session()
         ensure_cycles(session, [20252, 20262, 20271, 20272, 20281, 20282])  # entitlements issued years ahead
