@@ -21,7 +21,7 @@ from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import DeclineReason
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.i18n import PROGRAMME_NAMES, translations
-from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS, NOT_FINAL
+from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS, _VIA, NOT_FINAL
 
 LOCALE = Path(__file__).parents[1] / "terminal" / "screen" / "locale"
 
@@ -68,6 +68,7 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
         + list(_STATUS_HINTS.values())
         + list(_MODE_NAMES.values())
         + list(PROGRAMME_NAMES.values())
+        + list(_VIA.values())
         + [NOT_FINAL]
     )
     for msgid in wanted:

@@ -3,6 +3,7 @@ were declined, plural forms in both languages, times in the programme's zone (WI
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -64,6 +65,15 @@ def test_a_fallbacks_remaining_is_named_as_its_allowance_not_the_cards_balance(
     qr = outcome_view(Published(1, qr_visit(), AT), lang)
     assert (qr["remaining_label"], qr["remaining"]) == (fallback, amount_text(lang, Unit.VISIT, 0))
     assert outcome_view(Published(2, card_visit(), AT), lang)["remaining_label"] == card
+
+
+@pytest.mark.parametrize(("lang", "via"), [("en", "via QR"), ("id", "lewat QR")])
+def test_a_qr_serve_in_last_taps_says_it_was_by_qr(lang: str, via: str) -> None:
+    """A QR serve does not look like a card tap on its Last taps row; a card tap names no way."""
+    assert outcome_view(Published(1, qr_visit(), AT), lang)["via"] == via
+    assert outcome_view(Published(2, card_visit(), AT), lang)["via"] == ""
+    manual = dataclasses.replace(qr_visit(), reader="fallback:manual")
+    assert outcome_view(Published(3, manual, AT), lang)["via"] == ("manual entry" if lang == "en" else "entri manual")
 
 
 def test_a_fallback_receipt_names_the_allowance(screen: CounterScreen) -> None:
@@ -135,6 +145,8 @@ def test_the_page_shows_reasons_households_and_the_fallback_allowance(screen: Co
         # a served row says what to hand over; the allowance left is in the result above
         assert "Fallback allowance left this period" not in newest.text
         assert "Hand over: 1 visit" in newest.text
+        assert newest.find_element("css selector", ".v").text == "via QR" and not blocked.find_elements(
+            "css selector", ".v")
         assert blocked.find_element("css selector", ".r").text == (
             "This card is blocked. Send the person to the district office.")
         assert "HB-E5121482" in blocked.text and "WIB" in blocked.find_element("css selector", ".t").text

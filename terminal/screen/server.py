@@ -354,12 +354,18 @@ def is_fallback(o: TapOutcome) -> bool:
     return o.reader.startswith("fallback:")
 
 
+#: How a result was reached when not by a card tap (``TapOutcome.reader`` ``fallback:<step>``): shown on
+#: its Last taps row, so a QR serve or a supervisor entry does not look like a card tap.
+_VIA = {"fallback:qr": "via QR", "fallback:manual": "manual entry"}
+
+
 def outcome_view(p: Published, lang: str) -> dict[str, Any]:
     """The JSON the page renders for one result, translated into ``lang``.
 
     ``time`` is the programme's wall time with its zone (``"08:15:02 WIB"``, :func:`local_time`);
     ``remaining_label`` names what ``remaining`` counts (the fallback allowance after a QR or
-    supervisor entry, else the card's entitlement).
+    supervisor entry, else the card's entitlement); ``via`` says how a fallback was served ("via QR",
+    "manual entry"; "" for a card tap).
     """
     t = translations(lang)
     o = p.outcome
@@ -387,6 +393,7 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "state": "" if o.final else t.gettext(NOT_FINAL),
         "receipt": r.code if r else "",
         "reader": o.reader,
+        "via": t.gettext(_VIA[o.reader]) if o.reader in _VIA else "",
         "at": p.at,
         "time": local_time(p.at),
     }
