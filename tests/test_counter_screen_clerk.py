@@ -76,6 +76,15 @@ def test_a_qr_serve_in_last_taps_says_it_was_by_qr(lang: str, via: str) -> None:
     assert outcome_view(Published(3, manual, AT), lang)["via"] == ("manual entry" if lang == "en" else "entri manual")
 
 
+def test_the_qr_panel_covers_a_card_left_at_home(screen: CounterScreen) -> None:
+    """The QR step is mostly for a card not brought (a print or photo of its QR), not only a broken one."""
+    page = get(screen.url + "?lang=en")[1].decode()
+    assert "QR fallback (card not here or not working)" in page
+    assert "Scan the household QR (card body, print or photo)" in page
+    page = get(screen.url + "?lang=id")[1].decode()
+    assert "kartu tidak dibawa atau tidak berfungsi" in page and "cetakan atau foto" in page
+
+
 def test_a_fallback_receipt_names_the_allowance(screen: CounterScreen) -> None:
     n = screen.state.publish(qr_visit())
     body = get(f"{screen.url}receipt/{n}?lang=en")[1].decode()
