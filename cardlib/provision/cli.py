@@ -378,6 +378,9 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
 @click.option("--region", required=True, help="Kemendagri code, e.g. 62.71.")
 @click.option("--programmes", default="", help="Programme ids separated by ';' (default: all of the profile).")
 @click.option("--pin/--no-pin", default=False, help="Let the beneficiary type a 6-digit PIN.")
+@click.option("--pin-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The beneficiary's PIN from this file's first line (scripts and tests; implies --pin; else "
+                   "--pin asks it twice). Checked before the card is touched: 6 digits, secure 4..8.")
 @click.option("--reissue-of", type=HexBytes(CARD_ID_BYTES), default=None, metavar="CARD_ID",
               help="Card id (16 hex) of a lost card this one replaces.")
 @click.option("--remaining", default=None,
@@ -402,24 +405,28 @@ def _single_row(household_ref: str, region: str, programmes: str, profile: Profi
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=SINGLE_CARDS_DIR,
               show_default=True, help="Journal/results directory shared by every single card made here "
                                       "(relative to the current directory).")
-def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissue_of: bytes | None,
+def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, pin_file: Path | None,
+             reissue_of: bytes | None,
              remaining: str | None, balance_statement: Path | None, server_key: Path | None, card_profile: str,
              pin_reset_key: Path | None, pin_required: bool, qr_out: Path | None, **o: Any) -> None:
     """Provision one card (or re-issue a lost one with its remaining entitlement).
 
     ``--card-profile secure`` always asks for the PIN: it is set on the card (4..8 digits).
+    ``--pin-file`` reads it from a file's first line instead of asking (and implies ``--pin``).
     """
     profile = Profile.load(o["profile_path"])
     row = _single_row(household_ref, region, programmes, profile)
     rem = _reissue_balance(profile, row, reissue_of, remaining, balance_statement, server_key)  # before any chip
     secure = card_profile == "secure"
+    file_pin = _pin_from_file(pin_file, secure) if pin_file is not None else None
     with ExitStack() as stack:
         st = _Station(stack, o, profile)
         reset_point = _pin_reset_point(st.ctx, pin_reset_key) if secure else b""
         if secure:
             st.ctx = _secure_station_context(st.ctx, st.ring)
-        pin_value = (click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
-                     if pin or secure else None)
+        pin_value = file_pin if file_pin is not None else (
+            click.prompt("Beneficiary PIN (6 digits)", hide_input=True, confirmation_prompt=True)
+            if pin or secure else None)
         source = st.open_source(o, wait_removal=False)
         stack.enter_context(station_lock(o["state_dir"]))  # before any chip; a refusal before the reader leaves no dir
         # One journal (and issuance file) for all single cards made in this state dir.
@@ -443,6 +450,30 @@ def card_cmd(household_ref: str, region: str, programmes: str, pin: bool, reissu
         if qr_out is not None and isinstance(out.card, PersonalisedCard):
             _write_qr(qr_out, out.card, st)
         click.echo(out.card.card_id.hex() if out.card else "")
+
+
+def _pin_from_file(path: Path, secure: bool) -> str:
+    """``--pin-file``: the PIN on the file's first line, checked as the card will take it.
+
+    :param secure: a secure card (4..8 digits); else an NTAG card (6 digits, what a counter takes).
+    :returns: the PIN (ASCII digits).
+    :raises cardlib.clitypes.OptionError: the file is unreadable or its first line too long.
+    :raises StationInputError: the line is not such a PIN (nothing is touched yet).
+    """
+    from cardlib.clitypes import read_secret_line
+    from cardlib.records.claims import check_pin_digits
+    from cardlib.records.errors import ClaimsError
+    from cardlib.secure.protocol import check_pin_format
+
+    text = read_secret_line(path).decode("ascii", errors="replace")
+    try:
+        if secure:
+            check_pin_format(text)
+        else:
+            check_pin_digits(text)
+    except (ValueError, ClaimsError) as exc:
+        raise StationInputError(f"--pin-file {path}: {exc}") from None
+    return text
 
 
 def _write_qr(path: Path, card: PersonalisedCard, st: _Station) -> None:
