@@ -85,6 +85,13 @@ def test_the_qr_panel_covers_a_card_left_at_home(screen: CounterScreen) -> None:
     assert "kartu tidak dibawa atau tidak berfungsi" in page and "cetakan atau foto" in page
 
 
+def test_the_first_render_is_neutral_until_the_counter_answers(screen: CounterScreen) -> None:
+    """Before the first /api/state the page claims nothing: a grey dot (not the red "not ready" one with no
+    text) and no "No taps yet" that could stand next to a result shown from that same first answer."""
+    page = get(screen.url + "?lang=en")[1].decode()
+    assert '<p id="ready" class="starting">' in page and '<p id="nohistory" hidden>' in page
+
+
 def test_a_fallback_receipt_names_the_allowance(screen: CounterScreen) -> None:
     n = screen.state.publish(qr_visit())
     body = get(f"{screen.url}receipt/{n}?lang=en")[1].decode()
@@ -160,6 +167,9 @@ def test_the_page_shows_reasons_households_and_the_fallback_allowance(screen: Co
             "This card is blocked. Send the person to the district office.")
         assert "HB-E5121482" in blocked.text and "WIB" in blocked.find_element("css selector", ".t").text
         assert driver.find_element("id", "lang").text == "Bahasa Indonesia"
+        # the first state renders Last taps and the readiness line with the result: no "No taps yet" beside it
+        assert not driver.find_element("id", "nohistory").is_displayed()
+        assert driver.find_element("id", "ready").get_attribute("class") == ""
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
