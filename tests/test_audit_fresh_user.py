@@ -46,3 +46,44 @@ def test_terminal_health_names_the_last_upload(app, programme, world):  # noqa: 
     _login(client)
     terminals = client.get("/audit/terminals?lang=en").get_data(as_text=True)
     assert "<th>Last upload</th>" in terminals and "Last sync" not in terminals
+
+
+def test_pending_shows_the_printed_label_and_a_household_without_a_usable_card(app, programme, world):  # noqa: F811
+    """Field workers know HB-XXXXXXXX (cards, letters), not 16 hex digits; '—' told them nothing."""
+    import csv
+    import datetime as dt
+    import io
+
+    from sqlalchemy import update
+
+    from server.extensions import db
+    from server.reconcile.models import CardProfile
+
+    replaced = programme["by_region"]["62.71"][2].card_id  # its household has no other card
+    with app.app_context():
+        session = db.write_session()
+        session.execute(update(CardProfile).where(CardProfile.card_id == replaced)
+                        .values(revoked_at=dt.datetime(2026, 3, 1, tzinfo=dt.UTC), revoke_reason="lost"))
+        session.commit()
+    client = world.client
+    _login(client, "manny")
+    html = client.get("/audit/programme/pending?cycle=20261").get_data(as_text=True)
+    ref = programme["refs"][replaced]
+    row = next(r for r in html.split('<tr class="pending"')[1:] if replaced in r)
+    assert f'title="{ref}">HB-{ref[:8].upper()}</td>' in row
+    assert 'class="needs-reissue">perlu kartu pengganti dari kantor kabupaten<' in row and "—" not in row
+    en = client.get("/audit/programme/pending?cycle=20261&lang=en").get_data(as_text=True)
+    assert "needs a re-issue at the district office" in en
+    rows = list(csv.DictReader(io.StringIO(client.get(
+        "/audit/programme/export/pending.csv?cycle=20261").get_data(as_text=True))))
+    assert {(r["household_ref"], r["household_label"]) for r in rows} >= {(ref, f"HB-{ref[:8].upper()}")}
+    assert all(r["household_label"] == "HB-" + r["household_ref"][:8].upper() for r in rows)
+
+
+def test_a_card_without_a_household_has_no_label(app, programme, world):  # noqa: F811
+    from server.dashboard.queries import PendingHousehold
+    from server.dashboard.views import pending_label
+
+    assert pending_label(PendingHousehold("9f3c2a1b00000001", "62.71", ("0011223344556677",))) == "HB-9F3C2A1B"
+    assert pending_label(PendingHousehold("0011223344556677", "62.71", ("0011223344556677",))) == ""
+    assert pending_label(PendingHousehold("0011223344556677", "62.71", (), {"0011223344556677": "revoked"})) == ""

@@ -35,8 +35,10 @@ _REGION = re.compile(r"^62(\.\d{2}(\.\d{2}(\.\d{4})?)?)?$")
 _CYCLE = re.compile(r"^[0-9]{4}[12]$")
 #: CSV columns of the pending-households export.
 #: ``card_ids``: the cards a counter still serves; ``blocked_card_ids``: ``id:denied`` / ``id:revoked``;
-#: ``programme``: the ``?programme=`` asked (empty: any programme counts as collected).
-PENDING_FIELDS = ("household_ref", "region", "regency", "card_ids", "blocked_card_ids", "cycle", "programme")
+#: ``programme``: the ``?programme=`` asked (empty: any programme counts as collected);
+#: ``household_label``: ``HB-XXXXXXXX`` as printed on cards and letters (:func:`pending_label`).
+PENDING_FIELDS = ("household_ref", "household_label", "region", "regency", "card_ids", "blocked_card_ids", "cycle",
+                  "programme")
 #: Chart SVGs get their own policy: no script runs, pygal's inline styles apply.
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
@@ -156,6 +158,21 @@ def _programme(cycle: queries.Cycle, offered: list[str]) -> str | None:
     return code
 
 
+def pending_label(p: queries.PendingHousehold) -> str:
+    """The household label field workers know (``HB-`` + first 8 hex digits, as printed on cards and letters).
+
+    :returns: ``HB-XXXXXXXX``, or ``""`` when the row's key is not a household reference (a card
+        registered without one counts as its own household: the key is that card's id).
+    """
+    from cardlib.records.household_label import household_label
+    from server.households import HOUSEHOLD_REF
+
+    key = p.household
+    if not HOUSEHOLD_REF.fullmatch(key) or key in p.card_ids or key in p.blocked:
+        return ""
+    return household_label(bytes.fromhex(key))
+
+
 @bp.get("/pending")
 def pending() -> ResponseReturnValue:
     """Households expected in the cycle that have not collected (``?programme=``: not that programme), in
@@ -169,7 +186,7 @@ def pending() -> ResponseReturnValue:
                            programme=programme)
     return render("pending.html", cycle=cycle, region=region, region_name=region_name, programme=programme,
                   programmes=offered, rows=rows[:queries.PAGE], page=page, more=len(rows) > queries.PAGE,
-                  first=(page - 1) * queries.PAGE)
+                  first=(page - 1) * queries.PAGE, label=pending_label)
 
 
 @bp.get("/export/pending.csv")
@@ -182,8 +199,8 @@ def export_pending() -> ResponseReturnValue:
     audit(db.write_session(), g.person, "export.pending", f"pending:{cycle.cycle_id}", region=region,
           **({"programme": programme} if programme else {}))
     db.session.commit()
-    records = ({"household_ref": p.household, "region": p.region, "regency": region_name(p.region[:5])
-                if p.region else "", "card_ids": " ".join(p.card_ids),
+    records = ({"household_ref": p.household, "household_label": pending_label(p), "region": p.region,
+                "regency": region_name(p.region[:5]) if p.region else "", "card_ids": " ".join(p.card_ids),
                 "blocked_card_ids": " ".join(f"{c}:{why}" for c, why in sorted(p.blocked.items())),
                 "cycle": cycle.cycle_id, "programme": programme or ""}
                for p in queries.iter_pending(db.session, cycle, region, programme))
