@@ -73,7 +73,7 @@ class DeclineReason(enum.Enum):
     FALLBACK_NOT_ENABLED = "fallback_not_enabled"
     #: A fallback (QR or manual, docs/fallback.md): this counter's fallback allowance for the card this cycle
     #: is used up (by earlier fallbacks, or with the card's own taps here). Not ``nothing_left``: the desk
-    #: does not know the card's entitlement, and the card still works at any counter.
+    #: does not know the card's entitlement; a tap of the card may still serve the household.
     FALLBACK_USED_UP = "fallback_used_up"
     #: A QR fallback scan that is not a household QR at all (Base45, zlib or COSE structure fails):
     #: scan again. A QR that decodes but fails its signature stays ``card_signature_invalid``.
@@ -124,7 +124,7 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.NOTHING_LEFT: "Nothing is left for this period.",
     DeclineReason.NOT_ENOUGH_LEFT: "Not enough is left for this amount.",
     DeclineReason.FALLBACK_USED_UP: (
-        "Fallback allowance used up for this period; the card still works at any counter."
+        "Fallback allowance used up for this period; with the card, a tap can still serve the household."
     ),
     DeclineReason.ALREADY_SERVED_FALLBACK: (
         "This household was already served this period by QR or supervisor entry. "
