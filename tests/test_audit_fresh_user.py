@@ -87,3 +87,21 @@ def test_a_card_without_a_household_has_no_label(app, programme, world):  # noqa
     assert pending_label(PendingHousehold("9f3c2a1b00000001", "62.71", ("0011223344556677",))) == "HB-9F3C2A1B"
     assert pending_label(PendingHousehold("0011223344556677", "62.71", ("0011223344556677",))) == ""
     assert pending_label(PendingHousehold("0011223344556677", "62.71", (), {"0011223344556677": "revoked"})) == ""
+
+
+def test_redeemed_per_programme_keeps_the_total_apart_from_the_pending_link(app, programme, world):  # noqa: F811
+    """'Paket pangan · belum mengambil … 6 paket' read as '6 packages not collected' (6 was the total)."""
+    import re
+
+    client = world.client
+    _login(client, "manny")
+    html = client.get("/audit/programme/?cycle=20261").get_data(as_text=True)
+    table = html.split('id="amounts"')[1].split("</table>")[0]
+    assert "<th>Program</th>" in table and "Total ditukar</th>" in table and "<th>Belum mengambil</th>" in table
+    food = next(r for r in table.split("<tr>")[1:] if 'data-programme="food"' in r)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", food, re.S)
+    assert cells[0] == "Paket pangan" and cells[1] == "300.000"  # 2 × 150.000 in the fixture's units
+    link_text = cells[2].split(">")[-2]
+    assert link_text == "rumah tangga yang belum mengambil Paket pangan</a" and not re.search(r"\d", link_text)
+    en = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
+    assert ">households that have not collected Food package</a>" in en and "Total redeemed</th>" in en
