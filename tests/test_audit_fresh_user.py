@@ -105,3 +105,59 @@ def test_redeemed_per_programme_keeps_the_total_apart_from_the_pending_link(app,
     assert link_text == "rumah tangga yang belum mengambil Paket pangan</a" and not re.search(r"\d", link_text)
     en = client.get("/audit/programme/?cycle=20261&lang=en").get_data(as_text=True)
     assert ">households that have not collected Food package</a>" in en and "Total redeemed</th>" in en
+
+
+def test_shown_cycle_is_the_running_one_else_the_latest_begun():
+    import datetime as dt
+
+    from server.audit.views import shown_cycle
+
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)  # 20262
+    assert shown_cycle(["20261", "20262", "20271"], now) == "20262"
+    assert shown_cycle(["20252", "20261", "20281"], now) == "20261"
+    assert shown_cycle(["20271", "20272"], now) == "20271" and shown_cycle([], now) is None
+
+
+def test_card_page_shows_one_cycle_and_names_the_card_a_reissue_replaced(app, programme, world):  # noqa: F811
+    import datetime as dt
+
+    from sqlalchemy import select, update
+
+    from server.extensions import db
+    from server.models import Card, Person
+    from server.reconcile.models import CardEntitlement
+    from server.registry import ensure_cycles
+
+    old, new = (c.card_id for c in programme["by_region"]["62.71"][:2])
+    with app.app_context():
+        session = db.write_session()
+        ensure_cycles(session, [20251, 20252, 20991])
+        base = session.scalars(select(CardEntitlement).where(CardEntitlement.card_id == old)).all()
+        assert {e.cycle_id for e in base} == {"20261"}
+        for cycle in ("20251", "20252", "20991"):  # issued years ahead, as a long-lived card is
+            session.add_all(CardEntitlement(card_id=old, programme=e.programme, cycle_id=cycle, amount=e.amount,
+                                            programme_id=e.programme_id, unit=e.unit) for e in base)
+        tech = session.scalar(select(Person.id).where(Person.username == "manny"))  # any person: the FK
+        issued = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+        session.add_all([Card(card_id=old, tag_uid=bytes(7), kid=bytes(4), technician_id=tech, issued_at=issued),
+                         Card(card_id=new, tag_uid=bytes(6) + b"\x01", kid=bytes(4), technician_id=tech,
+                              issued_at=issued + dt.timedelta(days=2), reissue_of=old)])
+        session.commit()
+    client = world.client
+    _login(client)
+    html = client.get(f"/audit/cards/{old}?lang=en").get_data(as_text=True)
+    line = html.split('id="entitlement">')[1].split("</p>")[0]
+    assert line.startswith("Entitlement 2026 semester 1: ") and "2025" not in line and "2099" not in line
+    details = html.split('<details id="other-entitlements">')[1].split("</details>")[0]
+    assert "Other cycles (3)" in details and details.count("<li>") == 3 and "2099 semester 1" in details
+    assert f'id="replaced-by">Replaced by card <a class="mono" href="/audit/cards/{new}">{new}</a>' in html
+    assert 'id="replaces"' not in html
+    page = client.get(f"/audit/cards/{new}?lang=id").get_data(as_text=True)
+    assert f'id="replaces">Kartu pengganti untuk kartu <a class="mono" href="/audit/cards/{old}">{old}</a>' in page
+    assert "<details" not in page.split('id="entitlement"')[1].split("<h2>")[0]  # one cycle: nothing folded
+    with app.app_context():
+        session = db.write_session()
+        session.execute(update(Card).where(Card.card_id == new).values(reissue_of="00000000000000ff"))
+        session.commit()
+    unknown = client.get(f"/audit/cards/{new}").get_data(as_text=True)
+    assert '<span class="mono">00000000000000ff</span>' in unknown and "/audit/cards/00000000000000ff" not in unknown

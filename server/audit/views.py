@@ -602,6 +602,37 @@ def _taps(card_id: str) -> list[Any]:
     return list(db.session.execute(stmt).all())
 
 
+def shown_cycle(cycle_ids: list[str], now: dt.datetime) -> str | None:
+    """The cycle a card page shows the entitlement of: the running one, else the latest begun, else the first.
+
+    :param cycle_ids: the card's entitlement cycles (``"20261"``: year and half).
+    :param now: an aware instant.
+    :returns: one of ``cycle_ids``, or None when it is empty.
+    """
+    from cardlib.records.claims import cycle_of
+
+    if not cycle_ids:
+        return None
+    running = str(cycle_of(now))
+    begun = [c for c in cycle_ids if c <= running]
+    return max(begun) if begun else min(cycle_ids)
+
+
+def _reissues(card_id: str) -> tuple[str | None, list[str], set[str]]:
+    """The card a re-issued card replaces and the cards that replaced this one (signed issuance files).
+
+    :returns: ``(replaced card id or None, replacing card ids, those of them the server has a record of)``.
+    """
+    replaces = db.session.scalar(select(Card.reissue_of).where(Card.card_id == card_id))
+    replaced_by = list(db.session.scalars(select(Card.card_id).where(Card.reissue_of == card_id)
+                                          .order_by(Card.issued_at, Card.card_id)))
+    named = [c for c in (replaces, *replaced_by) if c]
+    known = set(db.session.scalars(select(Card.card_id).where(Card.card_id.in_(named)))) if named else set()
+    if named:
+        known |= set(db.session.scalars(select(CardProfile.card_id).where(CardProfile.card_id.in_(named))))
+    return replaces, replaced_by, known
+
+
 @bp.get("/cards/<card_id>")
 def card_page(card_id: str) -> ResponseReturnValue:
     """Card history: every tap, every terminal, remaining entitlement over time, its findings.
@@ -621,8 +652,11 @@ def card_page(card_id: str) -> ResponseReturnValue:
     pin_resets = card_pin_resets(db.session, card_id)
     if not (profile or entitlements or card_findings or taps or registered or pin_resets):
         raise NotFound(f"no card {card_id!r}")
+    cycle = shown_cycle(sorted({e.cycle_id for e in entitlements}), dt.datetime.now(dt.UTC))
+    replaces, replaced_by, known = _reissues(card_id)
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
-                  pin_resets=pin_resets,
+                  pin_resets=pin_resets, shown_cycle=cycle, replaces=replaces, replaced_by=replaced_by,
+                  known_cards=known,
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,
                   decline=decline_reason, fallback=fallback_of)
 
