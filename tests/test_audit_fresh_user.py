@@ -70,7 +70,8 @@ def test_pending_shows_the_printed_label_and_a_household_without_a_usable_card(a
     html = client.get("/audit/programme/pending?cycle=20261").get_data(as_text=True)
     ref = programme["refs"][replaced]
     row = next(r for r in html.split('<tr class="pending"')[1:] if replaced in r)
-    assert f'title="{ref}">HB-{ref[:8].upper()}</td>' in row
+    label = f"HB-{ref[:8].upper()}"  # the fixture's households share their first 8 hex digits: the ref is added
+    assert f'title="{ref}"><span>{label} <small class="household-ref">{ref}</small></span></td>' in row
     assert 'class="needs-reissue">perlu kartu pengganti dari kantor kabupaten<' in row and "—" not in row
     en = client.get("/audit/programme/pending?cycle=20261&lang=en").get_data(as_text=True)
     assert "needs a re-issue at the district office" in en

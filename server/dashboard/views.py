@@ -184,9 +184,12 @@ def pending() -> ResponseReturnValue:
     page = max(int_param("page", 1), 1)
     rows = queries.pending(db.session, cycle, region, offset=(page - 1) * queries.PAGE, limit=queries.PAGE + 1,
                            programme=programme)
+    shown = rows[:queries.PAGE]
+    labels = [pending_label(p) for p in shown]
+    shared = {lb for lb in labels if lb and labels.count(lb) > 1}  # two households, one printed label: add the ref
     return render("pending.html", cycle=cycle, region=region, region_name=region_name, programme=programme,
-                  programmes=offered, rows=rows[:queries.PAGE], page=page, more=len(rows) > queries.PAGE,
-                  first=(page - 1) * queries.PAGE, label=pending_label)
+                  programmes=offered, rows=shown, page=page, more=len(rows) > queries.PAGE,
+                  first=(page - 1) * queries.PAGE, label=pending_label, shared_labels=shared)
 
 
 @bp.get("/export/pending.csv")
