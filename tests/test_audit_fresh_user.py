@@ -81,7 +81,7 @@ def test_pending_shows_the_printed_label_and_a_household_without_a_usable_card(a
     assert all(r["household_label"] == "HB-" + r["household_ref"][:8].upper() for r in rows)
 
 
-def test_a_card_without_a_household_has_no_label(app, programme, world):  # noqa: F811
+def test_a_card_without_a_household_has_no_label():
     from server.dashboard.queries import PendingHousehold
     from server.dashboard.views import pending_label
 
