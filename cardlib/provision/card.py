@@ -426,7 +426,7 @@ def personalise(
     :param card_id: 8 bytes; on a resumed chip, the card id already journalled for it.
     :param remaining: for a re-issued card: the remaining entitlement per programme that the
         genesis state carries (default: the full per-cycle entitlement).
-    :param pin: optional 6-digit PIN typed by the beneficiary (never from a file).
+    :param pin: optional 6-digit PIN typed by the beneficiary (or read from --pin-file by the CLI); never stored.
     :raises IssuanceInterrupted: the card left the field; journal it as interrupted.
     :raises ReadBackMismatch: read-back differs from what was written.
     :raises ChipNotBlank: the chip refused a write (a page we must write is locked).

@@ -189,7 +189,7 @@ def personalise_secure(
     """Steps 2-4 on a card that passed :func:`check_secure_card`. Journal the card id *before* calling.
 
     :param card_id: 8 bytes (a resumed card: the card id journalled for it).
-    :param pin: the beneficiary's PIN, 4..8 digits, typed at the station (never from a file).
+    :param pin: the beneficiary's PIN, 4..8 digits, typed at the station or read by the CLI from --pin-file.
     :param pin_reset_key: 65-byte P-256 point of the issuer's PIN-reset key (:func:`pin_reset_point`).
     :param pin_required: the card refuses UPDATE STATE without a verified PIN (every redemption asks).
     :param ndef_message: the public NDEF view (default :func:`public_ndef_message`).
