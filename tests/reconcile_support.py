@@ -130,3 +130,37 @@ def audit_db(db_url: str) -> str:
     """``db_url`` with the audit tables emptied too (use before ``world``)."""
     truncate_audit_tables(db_url)
     return db_url
+
+
+def findings_snapshot(session: Any) -> dict[str, tuple[Any, ...]]:
+    """Every stored finding by fingerprint, as the columns an auditor sees (kind … evidence)."""
+    from sqlalchemy import select
+
+    from server.reconcile.models import Finding
+
+    return {
+        f.fingerprint: (f.kind.value, f.severity.value, f.status.value, f.reason, f.card_id, f.terminal_id,
+                        f.summary, f.detail, f.evidence)
+        for f in session.scalars(select(Finding))
+    }
+
+
+def incremental_then_full(cfg: Any) -> tuple[Any, dict[str, tuple[Any, ...]]]:
+    """An incremental run (committed), then a full run on top that must change nothing (rolled back).
+
+    The issue-21 equivalence check; call inside an app context.
+    :returns: the incremental run's result and the findings it left (:func:`findings_snapshot`).
+    """
+    from server.extensions import db
+    from server.reconcile.engine import reconcile
+
+    result = reconcile(db.write_session(), cfg, incremental=True)
+    session = db.write_session()
+    incremental = findings_snapshot(session)
+    full = reconcile(session, cfg, commit=False)
+    after_full = findings_snapshot(session)
+    session.rollback()
+    assert full.mode == "full"
+    assert (full.new, full.resolved) == (0, 0), full
+    assert after_full == incremental
+    return result, incremental

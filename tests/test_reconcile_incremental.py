@@ -17,16 +17,21 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from server.extensions import db
 from server.reconcile.engine import reconcile
 from server.reconcile.errors import ReconcileBusy
-from server.reconcile.models import CardProfile, Finding, TerminalSite
+from server.reconcile.models import CardProfile, TerminalSite
 from server.reconcile.observations import ReconcileConfig
 from server.registry import cycles_between, ensure_cycles
 from simulator.journals import CYCLE_ID, ENTITLEMENTS, District, SimCard, SimTerminal
-from tests.reconcile_support import audit_db, install, upload  # noqa: F401 - audit_db is a fixture
+from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
+    audit_db,
+    incremental_then_full,
+    install,
+    upload,
+)
 
 UTC = dt.UTC
 DAY = dt.datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
@@ -100,14 +105,6 @@ def _rounds(t: SimTerminal, rng: random.Random) -> list[list[bytes]]:
     return out
 
 
-def _snapshot(session: Any) -> dict[str, tuple[Any, ...]]:
-    return {
-        f.fingerprint: (f.kind.value, f.severity.value, f.status.value, f.reason, f.card_id, f.terminal_id,
-                        f.summary, f.detail, f.evidence)
-        for f in session.scalars(select(Finding))
-    }
-
-
 def _households(d: District) -> None:
     """Cards 0 and 1 are one household, 2 and 3 another (re-issued cards both in use)."""
     session = db.write_session()
@@ -145,16 +142,8 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
             for resp in upload(world, t, batch) if batch else ():
                 assert resp.status_code == 200, resp.get_json()
         with app.app_context():
-            result = reconcile(db.write_session(), CFG, incremental=True)
+            result, incremental = incremental_then_full(CFG)
             modes.append(result.mode)
-            session = db.write_session()
-            incremental = _snapshot(session)
-            full = reconcile(session, CFG, commit=False)
-            after_full = _snapshot(session)
-            session.rollback()
-        assert full.mode == "full"
-        assert (full.new, full.resolved) == (0, 0), (r, full)
-        assert after_full == incremental, r
         kinds |= {v[0] for v in incremental.values()}
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
     assert {"card_fork", "terminal_gap", "clock_backwards", "clock_skew", "revoked_key_state",
@@ -224,15 +213,8 @@ def test_a_registry_edit_that_keeps_every_total_is_seen_by_the_next_incremental_
 
     def incremental_as_full() -> tuple[str, dict[str, tuple[Any, ...]]]:
         with app.app_context():
-            mode = reconcile(db.write_session(), CFG, incremental=True).mode
-            session = db.write_session()
-            incremental = _snapshot(session)
-            full = reconcile(session, CFG, commit=False)
-            after_full = _snapshot(session)
-            session.rollback()
-        assert (full.new, full.resolved) == (0, 0), full
-        assert after_full == incremental
-        return mode, incremental
+            result, incremental = incremental_then_full(CFG)
+        return result.mode, incremental
 
     mode, before = incremental_as_full()
     assert mode == "full" and "household_over_entitlement" in {v[0] for v in before.values()}

@@ -20,12 +20,11 @@ from sqlalchemy import select
 from cardlib.records.claims import Entitlement, Unit
 from cardlib.records.journal import EntryKind
 from server.extensions import db
-from server.reconcile.engine import reconcile
 from server.reconcile.findings import RESOLVED_REASON
 from server.reconcile.models import Finding, FindingKind, FindingStatus, Severity
 from server.reconcile.observations import ReconcileConfig
 from simulator.journals import SimCard, SimTerminal
-from tests.reconcile_support import audit_db, upload  # noqa: F401 - audit_db: fixture
+from tests.reconcile_support import audit_db, incremental_then_full, upload  # noqa: F401 - audit_db: fixture
 from tests.test_households import _issue
 from tests.test_registry_reconcile import (  # noqa: F401 - keys, registry: fixtures
     UTC,
@@ -57,14 +56,6 @@ def _manual(t: SimTerminal, card_id: str, when: int) -> None:
              approved_by="sri")
 
 
-def _snapshot(session: Any) -> dict[str, tuple[Any, ...]]:
-    return {
-        f.fingerprint: (f.kind.value, f.severity.value, f.status.value, f.reason, f.card_id, f.terminal_id,
-                        f.summary, f.detail, f.evidence)
-        for f in session.scalars(select(Finding))
-    }
-
-
 def _round(app: Any, world: Any, t: SimTerminal, sent: int) -> tuple[str, dict[str, tuple[Any, ...]], int]:
     """Upload the entries after ``sent``, run incrementally, check a full run would leave the same findings.
 
@@ -74,14 +65,8 @@ def _round(app: Any, world: Any, t: SimTerminal, sent: int) -> tuple[str, dict[s
     if messages[sent:]:
         assert all(r.status_code == 200 for r in upload(world, t, messages[sent:]))
     with app.app_context():
-        mode = reconcile(db.write_session(), CFG, incremental=True).mode
-        session = db.write_session()
-        incremental = _snapshot(session)
-        full = reconcile(session, CFG, commit=False)
-        after_full = _snapshot(session)
-        session.rollback()
-    assert (full.new, full.resolved) == (0, 0), full
-    assert after_full == incremental
+        result, incremental = incremental_then_full(CFG)
+    mode = result.mode
     unknown = {v[4]: v for v in incremental.values() if v[0] == FindingKind.UNKNOWN_CARD.value}
     return mode, unknown, len(messages)
 
