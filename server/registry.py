@@ -161,9 +161,9 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
     :returns: the verified file and a result per card id, in file order.
     :raises InvalidIssuanceFile: ``reason`` ``signature`` (bad or unknown/revoked
         technician key, grant for someone else, malformed), ``quota`` (more card ids
-        than the grant allows) or ``identity`` (a carried identity record does not
-        verify under the bundle's issuer keys or belongs to another card/chip); nothing
-        is stored then.
+        than the grant allows), ``identity`` (a carried identity record does not
+        verify under the bundle's issuer keys or belongs to another card/chip) or ``reissue``
+        (a re-issue names a card of another household); nothing is stored then.
     """
     try:
         f = verify_issuance_file(message, bundle.resolver(KeyRole.TECHNICIAN), bundle.resolver(KeyRole.ISSUER))
@@ -180,6 +180,7 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
         except (RecordError, ValueError) as exc:
             raise InvalidIssuanceFile(f"card {i.card_id.hex()}: identity record: {exc}", reason="identity",
                                       card_id=i.card_id.hex()) from exc
+    _check_reissue_households(session, f.issuances, identities)
     now = dt.datetime.now(UTC)
     rows = [{
         "card_id": i.card_id.hex(), "tag_uid": i.uid, "kid": i.issuer_kid, "technician_id": technician_person_id,
@@ -206,6 +207,39 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
     _audit_rows(session, bundle, {c: claims for c, claims in identities.items() if c in kept})
     _revocations(session, [i for i in f.issuances if i.card_id.hex() in kept])
     return f, results
+
+
+def _check_reissue_households(session: Session, issuances: Sequence[Issuance],
+                              identities: dict[str, IdentityClaims]) -> None:
+    """Refuse a re-issue that replaces a card of another household (red team r6).
+
+    A re-issue revokes the card it names and puts its id and chip UID on the deny lists
+    (:func:`_revocations`, :func:`registry_deny_candidates`), so naming a stranger's card would
+    shut that household out and turn its honest taps into ``revoked_card_used``. The new card's
+    household is its verified identity's (else the record's signed ``household_ref``); the
+    replaced card's is the one the server knows from that card's verified identity
+    (``card_profiles.household_ref``, or an identity in this same file). A replaced card the
+    server has no household for (issued by an older station) is not checked.
+
+    :raises InvalidIssuanceFile: ``reason`` ``reissue``, naming the record's card id.
+    """
+    wanted = {i.reissue_of.hex() for i in issuances if i.reissue_of and i.status is IssuanceStatus.ISSUED}
+    if not wanted:
+        return
+    known = {c: h for c, h in session.execute(
+        select(CardProfile.card_id, CardProfile.household_ref).where(CardProfile.card_id.in_(sorted(wanted))))
+        .tuples() if h is not None}
+    known.update({c: claims.household_ref.hex() for c, claims in identities.items() if c in wanted})
+    for i in issuances:
+        if not i.reissue_of or i.status is not IssuanceStatus.ISSUED:
+            continue
+        claims = identities.get(i.card_id.hex())
+        mine = (claims.household_ref if claims is not None else i.household_ref).hex()
+        theirs = known.get(i.reissue_of.hex())
+        if theirs is not None and theirs != mine:
+            raise InvalidIssuanceFile(
+                f"card {i.card_id.hex()} re-issues card {i.reissue_of.hex()}, which serves another household "
+                f"({theirs}, not {mine})", reason="reissue", card_id=i.card_id.hex())
 
 
 def _audit_rows(session: Session, bundle: TrustBundle, identities: dict[str, IdentityClaims]) -> None:

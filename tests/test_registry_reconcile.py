@@ -10,6 +10,7 @@ entries (:class:`simulator.journals.SimTerminal`). SQLite and PostgreSQL.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -116,7 +117,8 @@ def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_regi
     x = _card(1, "62.71", {1: Entitlement(Unit.PACKAGE, 1), 2: Entitlement(Unit.RUPIAH, 250_000)})
     y = _card(2, "62.01", {1: Entitlement(Unit.PACKAGE, 1)})
     z = _card(3, "62.71", {1: Entitlement(Unit.PACKAGE, 2)})  # two: its second tap is only a revocation finding
-    w = _card(4, "62.71", {1: Entitlement(Unit.PACKAGE, 1)})
+    w = dataclasses.replace(_card(4, "62.71", {1: Entitlement(Unit.PACKAGE, 1)}),  # re-issues z: z's household
+                            household_ref=z.household_ref)
     ids = {c.card_id: sign1_with(keys.issuer, c.to_cbor(), identity_aad(c.uid)) for c in (x, y, z, w)}
     issued = int(dt.datetime(2026, 2, 1, tzinfo=UTC).timestamp())
     r = _upload_file(world, keys, [_record(c, ids[c.card_id], kid=kid, when=issued) for c in (x, y, z)])
