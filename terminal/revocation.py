@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from cardlib.records import errors as rec
 from cardlib.records.bundle import BundleKey, KeyRole, KeyState, TrustBundle
+from cardlib.records.claims import IdentityClaims
 from cardlib.records.cose import CoseKey, KeyResolver
 from cardlib.records.session import CardState
 
@@ -43,9 +44,9 @@ class RevocationGrace:
             return strict(kid)
         return resolve
 
-    def check_card(self, card_id: bytes, uid: bytes) -> None:
-        """:raises DeniedCard: the card is on the bundle's deny list."""
-        self.bundle.check_card(card_id, uid)
+    def check_card(self, claims: IdentityClaims, kid: bytes, uid: bytes) -> None:
+        """:raises DeniedCard: the card is on the bundle's deny list (:meth:`TrustBundle.check_card`)."""
+        self.bundle.check_card(claims, kid, uid)
 
 
 def revoked_writer(bundle: TrustBundle, kid: bytes, signed_time: int,

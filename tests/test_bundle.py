@@ -26,6 +26,7 @@ from cardlib.records.bundle import (
 )
 from cardlib.records.cose import Algorithm, sign1, verify1
 from cardlib.records.errors import BadSignature, DeniedCard, RevokedKid, UnknownKid
+from tests.test_records_support import identity
 
 ROOT_PW = b"root passphrase 0123"
 KEY_PW = b"key passphrase 4567"
@@ -77,12 +78,17 @@ def test_round_trip_and_queries(ks: KeyStore) -> None:
     assert got.version == 5 and got.signer_kid == signer.kid
     assert got.programmes == bundle.programmes and dict(got.policies) == dict(bundle.policies)
     assert not got.is_stale(bundle.issued_at) and got.is_stale(bundle.expires_at + 1)
-    # deny list by card id and by UID
-    with pytest.raises(DeniedCard, match="card id"):
-        got.check_card(bytes(8), bytes(7))
-    with pytest.raises(DeniedCard, match="UID"):
-        got.check_card(b"\x01" * 8, bytes.fromhex("04a1b2c3d4e5f6"))
-    got.check_card(b"\x01" * 8, bytes.fromhex("04a1b2c3d4e5f7"))
+    # deny list by card id and by UID; the error carries the identity the caller verified
+    kid = b"\x0a" * 8
+    with pytest.raises(DeniedCard, match="card id") as by_card:
+        got.check_card(identity(bytes(7), card_id=bytes(8)), kid, bytes(7))
+    assert (by_card.value.card_id, by_card.value.listed, by_card.value.bundle_version) == (bytes(8), "card_id", 5)
+    uid = bytes.fromhex("04a1b2c3d4e5f6")
+    with pytest.raises(DeniedCard, match="UID") as by_uid:
+        got.check_card(identity(uid, card_id=b"\x01" * 8), kid, uid)
+    assert (by_uid.value.card_id, by_uid.value.household_ref, by_uid.value.kid, by_uid.value.uid,
+            by_uid.value.listed) == (b"\x01" * 8, identity().household_ref, kid, uid, "uid")
+    got.check_card(identity(uid, card_id=b"\x01" * 8), kid, bytes.fromhex("04a1b2c3d4e5f7"))
     # resolver: role separation, revoked keys refused, retired/active resolve
     claims = sign1(b"identity", issuer.private_key, issuer.kid, issuer.alg)
     assert verify1(claims, got.resolver(KeyRole.ISSUER)).payload == b"identity"

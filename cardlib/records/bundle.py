@@ -51,9 +51,9 @@ from cardlib.keys.errors import KeysError
 from cardlib.keys.keystore import MAX_ENDORSEMENT_DAYS, RevocationList, read_endorsement, verify_revocations
 from cardlib.keys.keystore import Role as KeystoreRole
 from cardlib.keys.signer import PublicKey, Signer, cose_key, public_key_from_raw, raw_public_bytes, sign1_with
-from cardlib.records.claims import UINT32_MAX, Unit
+from cardlib.records.claims import UINT32_MAX, IdentityClaims, Unit
 from cardlib.records.cose import Algorithm, CoseError, CoseKey, verify1
-from cardlib.records.errors import DeniedCard, RecordError, RevokedKid, UnknownKid
+from cardlib.records.errors import DeniedCard, DenyEntry, RecordError, RevokedKid, UnknownKid
 
 BUNDLE_FORMAT = 1
 BUNDLE_AAD = b"huma-betang/trust-bundle/v1"
@@ -279,15 +279,22 @@ class TrustBundle:
 
     # ------------------------------------------------------------------ terminal queries
 
-    def check_card(self, card_id: bytes, uid: bytes) -> None:
-        """Refuse a denied card (by 8-byte card id or 7-byte UID).
+    def check_card(self, claims: IdentityClaims, kid: bytes, uid: bytes) -> None:
+        """Refuse a denied card (by its 8-byte card id or its 7-byte chip UID).
 
-        :raises DeniedCard: when either is on the deny list.
+        Call it only once the identity record verified (docs/card-format.md §5: signature, claims,
+        UID, then the deny list): the :class:`DeniedCard` carries these claims as verified.
+
+        :param claims: the identity record's verified claims.
+        :param kid: the issuer key id the record verified under.
+        :param uid: the chip UID the record verified for (``cardlib.records.secure.NO_UID`` for a secure card).
+        :raises DeniedCard: when the card id or the UID is on the deny list, with the card's verified identity.
         """
-        if card_id in self.deny_cards:
-            raise DeniedCard(f"card id {card_id.hex()} is on the deny list (bundle v{self.version})")
-        if uid in self.deny_uids:
-            raise DeniedCard(f"chip UID {uid.hex()} is on the deny list (bundle v{self.version})")
+        listed: DenyEntry | None = ("card_id" if claims.card_id in self.deny_cards
+                                    else "uid" if uid in self.deny_uids else None)
+        if listed is not None:
+            raise DeniedCard(card_id=claims.card_id, household_ref=claims.household_ref, kid=kid, uid=uid,
+                             listed=listed, bundle_version=self.version)
 
     def is_stale(self, now: int | None = None) -> bool:
         """True once ``now`` (UNIX seconds) is past ``expires_at``: tighten offline limits."""

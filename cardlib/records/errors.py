@@ -19,7 +19,7 @@ Hierarchy::
         ├── UidMismatch                record genuine but signed for another chip UID
         ├── Expired                    identity past valid_to
         ├── NotYetValid                identity before valid_from
-        ├── DeniedCard                 card id or UID on the deny list
+        ├── DeniedCard                 card id or UID on the deny list (carries the verified identity)
         ├── CorruptSlot                a slot is torn, empty-but-garbled or fails verification
         ├── NoValidState               neither slot holds a valid state
         ├── ForkDetected               two valid slots with equal seq and different bytes
@@ -30,6 +30,8 @@ Hierarchy::
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from cardlib.errors import CardlibError
 
@@ -113,8 +115,40 @@ class NotYetValid(RecordError):
     """The identity record's valid_from lies in the future."""
 
 
+#: Which deny list of the trust bundle refused a card: its card ids or its chip UIDs.
+DenyEntry = Literal["card_id", "uid"]
+
+
 class DeniedCard(RecordError):
-    """The card id or the chip UID is on the deny list of the trust bundle."""
+    """The card id or the chip UID is on the deny list of the trust bundle.
+
+    Raised only once the identity record (or the household QR) verified under an issuer key of the
+    bundle: every attribute is the issuer's signed claim (or the UID the record was verified for), so a
+    counter may show the household and journal the card from it without reading or verifying anything
+    again (docs/security.md "Deny lists without waiting for a human"). The message names the entry
+    that matched, never the household.
+
+    :ivar card_id: the card id, 8 bytes, as signed.
+    :ivar household_ref: the household's pseudonymous reference, 8 bytes, as signed.
+    :ivar kid: key id of the issuer key the identity record or QR verified under.
+    :ivar uid: the chip UID the identity record was verified for, 7 bytes (seven zero bytes,
+        ``cardlib.records.secure.NO_UID``, for a secure card); None for a household QR (no chip read).
+    :ivar listed: the deny list that matched: ``"card_id"`` or ``"uid"``.
+    :ivar bundle_version: version of the trust bundle whose deny list refused the card.
+    """
+
+    def __init__(self, *, card_id: bytes, household_ref: bytes, kid: bytes, uid: bytes | None,
+                 listed: DenyEntry, bundle_version: int) -> None:
+        if listed == "uid" and uid is None:
+            raise ValueError("a card refused by its chip UID names that UID")
+        entry = f"chip UID {uid.hex()}" if listed == "uid" and uid is not None else f"card id {card_id.hex()}"
+        super().__init__(f"{entry} is on the deny list (bundle v{bundle_version})")
+        self.card_id = card_id
+        self.household_ref = household_ref
+        self.kid = kid
+        self.uid = uid
+        self.listed: DenyEntry = listed
+        self.bundle_version = bundle_version
 
 
 class CorruptSlot(RecordError):

@@ -175,7 +175,8 @@ def verify_household_qr(text: str, trust: TrustBundle, now: int) -> HouseholdQr:
     :param now: UNIX seconds.
     :returns: the verified QR.
     :raises HouseholdQrError: anything wrong with the QR.
-    :raises DeniedCard: the card is on the bundle's deny list.
+    :raises DeniedCard: the card is on the bundle's deny list; raised only once everything above
+        verified, it carries the QR's card id, household reference and issuer kid (``uid`` None).
     """
     text = text.strip()
     if not text or len(text) > MAX_QR_CHARS:
@@ -212,6 +213,7 @@ def verify_household_qr(text: str, trust: TrustBundle, now: int) -> HouseholdQr:
                      region=region, not_before=nbf, expires_at=exp, issued_at=iat, issuer_kid=verified.kid)
     if not nbf <= now < exp:
         raise HouseholdQrError("the QR is outside its validity (the card's validity)")
-    if qr.card_id in trust.deny_cards:
-        raise DeniedCard(f"card id {qr.card_id.hex()} is on the deny list (bundle v{trust.version})")
+    if qr.card_id in trust.deny_cards:  # last: the DeniedCard carries the QR's verified claims
+        raise DeniedCard(card_id=qr.card_id, household_ref=qr.household_ref, kid=qr.issuer_kid, uid=None,
+                         listed="card_id", bundle_version=trust.version)
     return qr

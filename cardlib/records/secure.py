@@ -137,7 +137,7 @@ def verify_secure_identity(cose: bytes, trust: CardTrust, now: int) -> VerifiedI
     :param now: POSIX seconds (UTC).
     :raises BadSignature | MalformedCose | UnknownKid | RevokedKid | AlgorithmNotAllowed: signature.
     :raises ClaimsError: malformed claims, or no ``card_public_key`` (not a secure identity).
-    :raises DeniedCard: the card id is on the deny list.
+    :raises DeniedCard: the card id is on the deny list (carrying the verified identity, ``uid`` :data:`NO_UID`).
     :raises Expired | NotYetValid: outside the validity window.
     """
     peek = _peek_binding(cose)
@@ -147,7 +147,7 @@ def verify_secure_identity(cose: bytes, trust: CardTrust, now: int) -> VerifiedI
     claims = IdentityClaims.from_cbor(verified.payload)
     if claims.card_public_key is None:  # the peek read the same bytes; kept for the type checker
         raise ClaimsError("identity names no card key")
-    trust.check_card(claims.card_id, NO_UID)
+    trust.check_card(claims, verified.kid, NO_UID)  # after the signature: the DeniedCard carries verified claims
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     if today < claims.valid_from:
         raise NotYetValid(f"card valid from {claims.valid_from.isoformat()}")

@@ -151,8 +151,11 @@ class CardTrust(Protocol):
     def resolver(self, role: KeyRole) -> KeyResolver:
         """Resolver for keys of one role; raises UnknownKid / RevokedKid."""
 
-    def check_card(self, card_id: bytes, uid: bytes) -> None:
-        """:raises DeniedCard: when the card id or UID is on the deny list."""
+    def check_card(self, claims: IdentityClaims, kid: bytes, uid: bytes) -> None:
+        """Called once the identity record verified (claims, issuer kid, chip UID).
+
+        :raises DeniedCard: when the card id or UID is on the deny list, carrying that verified identity.
+        """
 
 
 @dataclass(frozen=True)
@@ -609,7 +612,7 @@ class CardSession:
         claims = IdentityClaims.from_cbor(verified.payload)
         if claims.uid != uid:
             raise UidMismatch(uid, claims.uid)
-        self.trust.check_card(claims.card_id, uid)
+        self.trust.check_card(claims, verified.kid, uid)  # only now: the DeniedCard carries verified claims
         today = dt.datetime.fromtimestamp(now, dt.UTC).date()
         if today < claims.valid_from:
             raise NotYetValid(f"card valid from {claims.valid_from.isoformat()}")
