@@ -561,6 +561,200 @@ def run_small(url: str, journal: int, terminals: int, small: int, bulk: int, rou
             "small_cpu_us": small_cpu_us, "bulk_cpu_us": bulk_cpu_us, "cpu_ratio": small_cpu_us / bulk_cpu_us}
 
 
+def _backend_cpu_ns(engine: Any) -> int:
+    """CPU nanoseconds used so far by every PostgreSQL backend connected to this engine's database
+    (``/proc/<pid>/schedstat``, first field: time on a CPU; the server runs on this machine)."""
+    with engine.connect() as conn:
+        pids = [pid for (pid,) in conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:  # the backend ended meanwhile
+            continue
+    return total
+
+
+def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int, rounds: int, threads: int,
+                   repeat: int, profile: str | None = None) -> list[dict[str, float]]:
+    """The store path alone (no HTTP): verify + store + commit + receipt, small vs bulk, serial and concurrent.
+
+    The journal is loaded first (:func:`_load_journal`). Then, ``repeat`` times, alternating:
+    ``serial``: every terminal's batch of ``small`` entries, one after the other (``rounds`` rounds);
+    ``bulk``: ``rounds`` batches of ``bulk`` entries of one terminal; ``own``: every terminal's small
+    batch handed at once to ``threads`` threads (as waitress's request threads), each batch its own
+    transaction (:func:`server.upload.store_entries` + commit); ``group``: the same through
+    :class:`server.upload.GroupCommit`. Each batch: :func:`server.upload.verify_batch`, the store, the
+    commit, :func:`cardlib.records.statements.sign_receipt`.
+
+    :returns: per repetition, µs per entry of each phase: ``<phase>_wall``, ``<phase>_app`` (this
+        process's CPU, every thread), ``<phase>_db`` (PostgreSQL backends' CPU, 0 on SQLite), and
+        ``group_size`` (batches per group transaction, mean).
+    """
+    import queue
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519 as ed
+
+    from cardlib.records.statements import ReceiptLine, sign_receipt
+    from server.db import WRITE, make_sessionmaker
+    from server.receipts import _ReceiptSigner
+    from server.upload import Batch, GroupCommit, store_entries, verify_batch
+
+    sims, rows = _load_journal(url, journal, terminals)
+    engine = make_engine(url, pool_size=threads + 2)
+    sessions = make_sessionmaker(engine)
+    pg = engine.dialect.name == "postgresql"
+    signer = _ReceiptSigner(ed.Ed25519PrivateKey.generate())
+
+    def plan(t: SimTerminal, row: Terminal, n: int) -> tuple[Terminal, Batch, bytes]:
+        start = len(t.entries)
+        for _ in range(n):
+            t.append()
+        batch = Batch(t.terminal_id, None, [base64.b64encode(e.message).decode() for e in t.entries[start:]])
+        return row, batch, json.dumps({"entries": batch.entries}).encode()
+
+    def receipt(row: Terminal, body: bytes, results: list[Any]) -> None:
+        assert all(r.outcome.value == "accepted" for r in results), results
+        sign_receipt(signer, row.terminal_id, body,
+                     [ReceiptLine(r.entry_id or b"", r.seq, r.outcome.value, None) for r in results], time.time())
+
+    def begin_on(s: Any) -> Any:
+        """As the upload route's write session: SQLite ``BEGIN IMMEDIATE``; PostgreSQL nothing yet
+        (its first statement begins the transaction, or runs alone: ``at_once``)."""
+        if not pg:
+            s.connection(execution_options={WRITE: True})
+        return s
+
+    def one(item: tuple[Terminal, Batch, bytes]) -> None:  # a batch in a transaction of its own
+        row, batch, body = item
+        rejected, verified = verify_batch(batch, row)
+        with sessions() as s:
+            begin_on(s)
+            results = store_entries(s, row, batch.batch_id, verified, rejected, at_once=True)
+            s.commit()
+        receipt(row, body, results)
+
+    group = GroupCommit()
+    local = threading.local()
+
+    def begin() -> Any:
+        return begin_on(local.session)
+
+    def grouped(item: tuple[Terminal, Batch, bytes]) -> None:
+        row, batch, body = item
+        rejected, verified = verify_batch(batch, row)
+        with sessions() as s:
+            local.session = s
+            results, _ = group.store(begin, row, batch.batch_id, verified, rejected, after=lambda _s: None,
+                                     at_once=True)
+        receipt(row, body, results)
+
+    def timed(run: Callable[[], None]) -> tuple[float, float, float]:
+        db0 = _backend_cpu_ns(engine) if pg else 0
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall, cpu, ((_backend_cpu_ns(engine) - db0) / 1e9 if pg else 0.0)
+
+    def serial(items: list[tuple[Terminal, Batch, bytes]]) -> Callable[[], None]:
+        def run() -> None:
+            for i in items:
+                one(i)
+        return run
+
+    def concurrent(items: list[tuple[Terminal, Batch, bytes]], work: Callable[..., None]) -> Callable[[], None]:
+        def run() -> None:
+            q: queue.SimpleQueue[tuple[Terminal, Batch, bytes] | None] = queue.SimpleQueue()
+            for i in items:
+                q.put(i)
+            errors: list[BaseException] = []
+
+            def worker() -> None:
+                while (i := q.get()) is not None:
+                    try:
+                        work(i)
+                    except BaseException as exc:  # reported after the phase
+                        errors.append(exc)
+            pool = [threading.Thread(target=worker) for _ in range(threads)]
+            for _ in pool:
+                q.put(None)
+            for w in pool:
+                w.start()
+            for w in pool:
+                w.join()
+            assert not errors, errors[:3]
+        return run
+
+    out = []
+    serial([plan(t, r, small) for t, r in list(zip(sims, rows, strict=True))[:4]])()  # warm up
+    for _ in range(repeat):
+        res: dict[str, float] = {}
+        phases = {
+            "serial": (lambda: serial([plan(t, r, small) for _ in range(rounds)
+                                       for t, r in zip(sims, rows, strict=True)]), small),
+            "bulk": (lambda: serial([plan(sims[0], rows[0], bulk) for _ in range(rounds)]), bulk),
+            "own": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
+                                        for t, r in zip(sims, rows, strict=True)], one), small),
+            "group": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
+                                          for t, r in zip(sims, rows, strict=True)], grouped), small),
+        }
+        groups0, batches0 = group.groups, group.batches
+        for name, (make, _size) in phases.items():
+            run = make()  # signs the entries: not timed
+            if profile and name == "serial":
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+                wall, cpu, dbs = timed(run)
+                prof.disable()
+                prof.dump_stats(profile)
+            else:
+                wall, cpu, dbs = timed(run)
+            n = (bulk * rounds) if name == "bulk" else (small * rounds * terminals)
+            res |= {f"{name}_wall": wall / n * 1e6, f"{name}_app": cpu / n * 1e6, f"{name}_db": dbs / n * 1e6}
+        res["group_size"] = (group.batches - batches0) / max(1, group.groups - groups0)
+        out.append(res)
+    engine.dispose()
+    return out
+
+
+def store_path_main(args: argparse.Namespace) -> None:
+    """Print the store path's per-entry cost (no HTTP), small vs bulk, serial and concurrent (issue 21)."""
+    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; journal of {args.journal:,} rows over {args.terminals} "
+          f"terminals; store path (verify + store + commit + receipt, no HTTP); small = every terminal "
+          f"{args.rounds} batches of {args.small}, bulk = {args.rounds} batches of {args.bulk}; concurrent "
+          f"= every small batch at once to {args.threads} threads, each batch its own transaction (own) or "
+          "group commit (group); CPU = this process + the PostgreSQL backends (/proc/<pid>/schedstat)")
+    print("| db | run | µs/entry wall: serial small / own / group / bulk "
+          "| CPU (app + db): serial small / own / group / bulk | CPU ÷ bulk: serial / own / group "
+          "| wall ÷ bulk: serial / own / group | batches per group |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+        with tempfile.TemporaryDirectory() as tmp:
+            url, drop = _small_db(kind, args.pg, tmp)
+            try:
+                runs = run_store_path(url, args.journal, args.terminals, args.small, args.bulk, args.rounds,
+                                      args.threads, args.repeat,
+                                      f"{args.profile}.{kind}" if args.profile else None)
+            finally:
+                drop()
+        for i, r in enumerate(runs, 1):
+            def cpu(phase: str, r: dict[str, float] = r) -> str:
+                return f"{r[phase + '_app'] + r[phase + '_db']:.0f} ({r[phase + '_db']:.0f})"
+
+            tot = {p: r[p + "_app"] + r[p + "_db"] for p in ("serial", "own", "group", "bulk")}
+            print(f"| {kind} | {i} | {r['serial_wall']:.0f} / {r['own_wall']:.0f} / {r['group_wall']:.0f} "
+                  f"/ {r['bulk_wall']:.0f} | {cpu('serial')} / {cpu('own')} / {cpu('group')} / {cpu('bulk')} "
+                  f"| {tot['serial'] / tot['bulk']:.2f}× / {tot['own'] / tot['bulk']:.2f}× "
+                  f"/ {tot['group'] / tot['bulk']:.2f}× "
+                  f"| {r['serial_wall'] / r['bulk_wall']:.2f}× / {r['own_wall'] / r['bulk_wall']:.2f}× "
+                  f"/ {r['group_wall'] / r['bulk_wall']:.2f}× | {r['group_size']:.1f} |", flush=True)
+
+
 def small_main(args: argparse.Namespace) -> None:
     """Print the small-batch vs bulk per-entry cost on the requested databases (issue 21)."""
     print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
@@ -606,9 +800,15 @@ def main() -> None:
                    help="with --small: every terminal posts at once to `huma server run` (not the test client)")
     p.add_argument("--server-workers", type=int, default=2, help="with --concurrent: server processes")
     p.add_argument("--threads", type=int, default=8, help="with --concurrent: waitress threads per process")
+    p.add_argument("--store-path", action="store_true",
+                   help="with --small: the store path alone (no HTTP), serial, concurrent and group commit")
+    p.add_argument("--repeat", type=int, default=1, help="with --store-path: repetitions (alternating phases)")
     p.add_argument("--bulk-terminals", type=int, default=2,
                    help="with --concurrent: terminals posting bulk batches at once")
     args = p.parse_args()
+    if args.small and args.store_path:
+        store_path_main(args)
+        return
     if args.small and args.concurrent:
         concurrent_main(args)
         return

@@ -26,9 +26,10 @@ import enum
 import functools
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Insert, LargeBinary, Table, and_, any_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -882,3 +883,174 @@ def _conflict(index: int, signed: SignedEntry, existing_hash: bytes,
     )
     return EntryResult(index, Outcome.CONFLICT, e.entry_id, e.seq,
                        detail="same entry id or (terminal, seq) with different content; original kept")
+
+
+# ----------------------------------------------------------------------------- group commit (issue 21)
+
+
+#: Batches of at most this many verified entries join a group commit (:class:`GroupCommit`); a larger
+#: batch already spreads its transaction over many entries and is stored in a transaction of its own.
+GROUP_MAX_ENTRIES = 64
+#: The most batches one group transaction stores (the rest wait for the next group).
+GROUP_MAX_BATCHES = 64
+
+_T = TypeVar("_T")
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One request's verified batch waiting for a group transaction, and what became of it."""
+
+    terminal: TerminalKey
+    batch_id: str | None
+    verified: Sequence[tuple[int, SignedEntry]]
+    rejected: list[EntryResult]
+    after: Callable[[Session], Any]
+    at_once: bool
+    results: list[EntryResult] | None = None
+    value: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class GroupCommit:
+    """Stores the small batches of concurrent uploads in one transaction (group commit, issue 21).
+
+    Each request verifies its batch on its own thread, then calls :meth:`store`. The first caller
+    while no group is being stored becomes the *leader*: it takes every batch waiting at that moment
+    (up to :data:`GROUP_MAX_BATCHES`, in terminal order), opens its own write transaction
+    (``begin``), classifies and stores each batch with :func:`store_entries` and runs each batch's
+    ``after`` (its receipt settlements, its cycles) in that transaction, and commits once. Callers
+    arriving meanwhile wait and form the next group. A transaction, its BEGIN/COMMIT and its WAL
+    flush (or on SQLite its write lock and WAL commit) are paid once per group instead of once per
+    batch; nothing is delayed on purpose (an idle server's group is one batch, stored exactly as
+    without this class).
+
+    Each batch keeps its own outcome:
+
+    - results (accepted / duplicate / conflict / rejected) are per entry, as :func:`store_entries`
+      classifies them; batches of one group are stored one after the other, so a later batch sees
+      an earlier one's rows as stored (a retry in the same group is a duplicate);
+    - when storing any batch of a group raises (a database error), the group's transaction is rolled
+      back and every batch of it is stored again in a transaction of its own, so the error reaches
+      only the request whose batch caused it;
+    - when the group's COMMIT fails, no batch of it is acknowledged: every caller gets the error
+      (the request answers 503 or 500, the counter retries, the retry is idempotent).
+
+    :meth:`store` returns only after the commit that stored the batch (a receipt is never signed
+    for an uncommitted entry). One instance per process and database (:func:`group_commit`).
+    """
+
+    def __init__(self, *, max_batches: int = GROUP_MAX_BATCHES) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+        self._max = max_batches
+        #: groups stored and batches in them, since start (for benchmarks and logs)
+        self.groups = 0
+        self.batches = 0
+        self.largest = 0
+
+    def waiting(self) -> int:
+        """Batches queued for the next group (not yet taken by a leader)."""
+        with self._cond:
+            return len(self._queue)
+
+    def store(self, begin: Callable[[], Session], terminal: TerminalKey, batch_id: str | None,
+              verified: Sequence[tuple[int, SignedEntry]], rejected: list[EntryResult], *,
+              after: Callable[[Session], _T], at_once: bool = False) -> tuple[list[EntryResult], _T]:
+        """Store one verified batch (as :func:`store_entries`) in a group transaction; return once committed.
+
+        :param begin: this request's write session, its transaction begun (SQLite: ``BEGIN
+            IMMEDIATE``); called only if this caller leads a group, so a waiting request holds no lock.
+        :param after: run in the same transaction right after the batch is stored (its receipt
+            settlements, its cycles); its value is returned with the results.
+        :param at_once: as :func:`store_entries`, used when the group is this batch alone.
+        :returns: one result per uploaded entry in upload order, and ``after``'s value.
+        :raises: whatever storing this batch or committing its group raised (nothing was acknowledged).
+        """
+        mine = _Pending(terminal, batch_id, verified, rejected, after, at_once)
+        with self._cond:
+            self._queue.append(mine)
+            while self._busy and not mine.done:
+                self._cond.wait()
+            if not mine.done:
+                self._busy = True
+                rest = [p for p in self._queue if p is not mine]
+                group = [mine, *rest[:self._max - 1]]
+                self._queue = rest[self._max - 1:]
+        if not mine.done:
+            try:
+                self._run(begin, group)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.results is not None  # done without an error: stored
+        return mine.results, cast(_T, mine.value)
+
+    def _run(self, begin: Callable[[], Session], group: list[_Pending]) -> None:
+        """Store ``group`` in one transaction on the leader's session; set every member's outcome."""
+        if len(group) == 1:
+            self._alone(begin, group[0])
+            self._count(group)
+            return
+        group.sort(key=lambda p: p.terminal.terminal_id)  # one lock order for concurrent groups' inserts
+        session: Session | None = None
+        try:
+            session = begin()
+            for p in group:
+                p.results = store_entries(session, p.terminal, p.batch_id, p.verified, p.rejected)
+                p.value = p.after(session)
+        except Exception as exc:
+            log.info("group of %d batches: %s; storing each in a transaction of its own", len(group),
+                     type(exc).__name__)
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    session.rollback()
+            for p in group:
+                p.results = p.value = None
+                self._alone(begin, p)
+            self._count(group)
+            return
+        try:
+            session.commit()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                session.rollback()
+            self._finish(group, exc)
+            return
+        self._finish(group, None)
+        self._count(group)
+
+    @staticmethod
+    def _alone(begin: Callable[[], Session], p: _Pending) -> None:
+        """Store one batch in a write transaction of its own (rolled back on an error)."""
+        session: Session | None = None
+        try:
+            session = begin()
+            p.results = store_entries(session, p.terminal, p.batch_id, p.verified, p.rejected, at_once=p.at_once)
+            p.value = p.after(session)
+            session.commit()
+        except BaseException as exc:
+            p.results = p.value = None
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    session.rollback()
+            p.error = exc
+        p.done = True
+
+    @staticmethod
+    def _finish(group: list[_Pending], error: BaseException | None) -> None:
+        for p in group:
+            if error is not None:
+                p.results = p.value = None
+                p.error = error
+            p.done = True
+
+    def _count(self, group: list[_Pending]) -> None:
+        self.groups += 1
+        self.batches += len(group)
+        self.largest = max(self.largest, len(group))
