@@ -18,7 +18,7 @@ from cardlib.records.claims import Unit
 from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
 from terminal.outcome import Receipt, TapOutcome, TapStatus
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, decline_message
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.i18n import PROGRAMME_NAMES, translations
 from terminal.screen.server import _HEADLINES, _MODE_NAMES, _STATUS_HINTS, _VIA, NOT_FINAL
@@ -63,7 +63,7 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
     with open(LOCALE / "id" / "LC_MESSAGES" / "terminal.po", "rb") as fh:
         catalog = read_po(fh, locale="id")
     wanted = (
-        [r.message for r in DeclineReason]
+        [decline_message(r) for r in DeclineReason]
         + list(_HEADLINES.values())
         + list(_STATUS_HINTS.values())
         + list(_MODE_NAMES.values())
@@ -74,7 +74,7 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
     for msgid in wanted:
         msg = catalog.get(msgid)
         assert msg is not None and msg.string and msg.string != msgid, msgid
-    assert translations("id").gettext(DeclineReason.CARD_DENIED.message).startswith("Kartu ini diblokir")
+    assert translations("id").gettext(decline_message(DeclineReason.CARD_DENIED)).startswith("Kartu ini diblokir")
     assert translations("en").gettext("DECLINED") == "DECLINED"
 
 

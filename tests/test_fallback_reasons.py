@@ -18,7 +18,7 @@ from firmware_config.models import CounterMode
 from terminal.clock import Clock
 from terminal.fallback import FallbackDesk, qr_decodes, supervisor_hash
 from terminal.journal_store import JournalStore
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, decline_message
 from tests.fallback_support import post
 from tests.test_fallback import POLICIES, PROGRAMMES, _qr_from_png, counter  # noqa: F401  (the fixture)
 from tests.test_records_support import CYCLE, ISSUER, STATION, TERMINAL, bundle, identity
@@ -41,7 +41,7 @@ def test_a_programme_without_a_qr_limit_is_not_enabled_not_used_up(tmp_path: Pat
         assert _reasons(journal) == ["fallback_not_enabled"]
     finally:
         journal.close()
-    assert "not enabled" in DeclineReason.FALLBACK_NOT_ENABLED.message
+    assert "not enabled" in decline_message(DeclineReason.FALLBACK_NOT_ENABLED)
 
 
 def test_a_scan_that_is_no_household_qr_says_scan_again(counter) -> None:  # noqa: F811
@@ -50,7 +50,7 @@ def test_a_scan_that_is_no_household_qr_says_scan_again(counter) -> None:  # noq
         assert not qr_decodes(junk)
         got = post(url, "/api/fallback/qr", {"qr": junk, "clerk": "clerk-ani", "programme": "pangan"})
         assert (got["status"], got["reason"]) == ("declined", "not_a_household_qr"), junk
-    assert "Scan again" in DeclineReason.NOT_A_HOUSEHOLD_QR.message
+    assert "Scan again" in decline_message(DeclineReason.NOT_A_HOUSEHOLD_QR)
     assert _reasons(journal) == ["not_a_household_qr"] * 3
 
 

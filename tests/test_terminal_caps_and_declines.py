@@ -28,7 +28,7 @@ from simulator.reader import EmulatorConnection, ReaderEmulator, ReaderKind
 from terminal.clock import Clock
 from terminal.journal_store import CardWrite, JournalStore
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import DeclineReason, OfflineLimits, cycle_at
+from terminal.policy import DeclineReason, OfflineLimits, cycle_at, decline_message
 from terminal.screen.i18n import translations
 from terminal.tap import CounterConfig, TapProcessor, Trust
 from tests.fixtures.receipts import SERVER, upload_all
@@ -243,8 +243,8 @@ def test_each_cause_has_its_code_text_and_card_id(counter, case: str) -> None:  
     reason = DeclineReason(case)
     assert out.status is TapStatus.DECLINED and out.reason is reason, out
     assert c.last_declined() == (CARD_ID.hex(), case)  # the auditor sees which card tried
-    assert translations("id").gettext(reason.message) != reason.message
-    assert translations("en").gettext(reason.message) == reason.message
+    assert translations("id").gettext(decline_message(reason)) != decline_message(reason)
+    assert translations("en").gettext(decline_message(reason)) == decline_message(reason)
 
 
 def test_a_counter_with_a_wrong_clock_writes_nothing_but_shows_balances(counter) -> None:  # type: ignore[no-untyped-def]

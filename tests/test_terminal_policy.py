@@ -21,6 +21,7 @@ from terminal.policy import (
     Request,
     cycle_at,
     decide,
+    decline_message,
 )
 
 NOW = 1_772_000_000  # 2026-02-25
@@ -148,7 +149,7 @@ def test_each_decline_reason(reason: DeclineReason, c: CardFacts, req: Request, 
     assert not d.accepted and not d.writes_card
     assert d.reason is reason
     assert d.amount == 0
-    assert reason.message and reason.message[0].isupper()
+    assert decline_message(reason) and decline_message(reason)[0].isupper()
 
 
 def test_deny_list_matches_uid_as_well_as_card_id() -> None:

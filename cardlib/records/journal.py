@@ -235,7 +235,7 @@ class CardClaims:
     :ivar state_hash_new: hash of the slot state written (32 bytes).
     :ivar ntag_counter: the NTAG 24-bit NFC counter read in this RF session.
     :ivar decline_reason: for DECLINED entries, the stable reason code
-        (``terminal.policy.DeclineReason`` value, ≤ 32 chars); signed like every claim.
+        (:class:`cardlib.records.declines.DeclineReason` value, ≤ 32 chars); signed like every claim.
     :ivar fallback: the fallback step of a FALLBACK (or refused fallback DECLINED) entry,
         ``"qr"`` or ``"manual"`` (docs/fallback.md).
     :ivar approved_by: who approved the fallback step (clerk or supervisor id, ≤ 64 chars).

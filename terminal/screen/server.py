@@ -27,6 +27,7 @@ from firmware_config.models import CounterMode
 from terminal.errors import ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
+from terminal.policy import decline_message
 from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
 from terminal.screen.i18n import (
     DEFAULT_LANGUAGE,
@@ -370,7 +371,7 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
     t = translations(lang)
     o = p.outcome
     hint = _STATUS_HINTS.get(o.status)
-    reason = t.gettext(o.reason.message) if o.reason else (t.gettext(hint) if hint else "")
+    reason = t.gettext(decline_message(o.reason)) if o.reason else (t.gettext(hint) if hint else "")
     r = o.receipt
     return {
         "n": p.n,
