@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -140,6 +141,10 @@ class JournalEntryRow(Base):
     __table_args__ = (
         UniqueConstraint("terminal_id", "seq", name="uq_journal_terminal_seq"),
         # card_id lookups use ix_journal_card_time (card_id, wall_time), see server.reconcile.models.
+        # /audit/declines: one reason's entries newest first, by key (server.audit.decline_views); only
+        # DECLINED entries carry a reason, so the index holds only them.
+        Index("ix_journal_decline_reason", "decline_reason", "wall_time", "id",
+              postgresql_where=text("decline_reason IS NOT NULL"), sqlite_where=text("decline_reason IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -165,6 +170,9 @@ class JournalEntryRow(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     batch_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: A DECLINED entry's signed reason code (claim 20, a :class:`cardlib.records.declines.DeclineReason`
+    #: value or an unknown code of a newer counter), copied at upload from the verified entry; NULL otherwise.
+    decline_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class JournalConflict(Base):

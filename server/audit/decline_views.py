@@ -8,13 +8,11 @@
 - ``GET /audit/households/<ref>``: a household's cards and their copy attempts.
 - ``GET /audit/terminals``: every enrolled terminal with its last upload (the dashboard's health query).
 
-The reason is not a column of ``journal_entries`` (it is a claim inside the signed bytes): the
-database returns only DECLINED rows whose bytes hold one of the reasons as a CBOR text string
-(:class:`bytes_contain`), newest first in batches paged by key, and each is decoded
-(:func:`server.audit.entries.decline_reason`) to keep only a real reason claim, at most
-:data:`SCAN_MAX` per page; a page that stopped there links on from the last row it read. Ordinary
-declines never count against that bound: a counter journalling thousands of them dated ahead hid
-the attempts behind empty pages (red team r5, tests/test_redteam_r5_decline_flood.py).
+The reason is the signed claim 20 of the entry, stored at upload in ``journal_entries.decline_reason``
+(migration 0021): each reason's rows are read newest first through ``ix_journal_decline_reason``,
+paged by key ``(wall_time, id)``, and merged. No other claim is looked at, so neither ordinary
+declines (red team r5, tests/test_redteam_r5_decline_flood.py) nor entries whose programme or card id
+holds a copy reason's text (tests/test_audit_decline_reason_column.py) reach the page or delay it.
 
 Imported by :mod:`server.audit.views` so the routes are on its blueprint.
 """
@@ -23,21 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import heapq
 import re
 from collections.abc import Sequence
 from typing import Any
 
-import cbor2
 from flask import request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import LargeBinary, and_, or_, select
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
+from cardlib.records.declines import DeclineReason
 from cardlib.records.journal import EntryKind
-from server.audit.entries import decline_reason
 from server.audit.views import _household, _path_id, bp, render
 from server.errors import BadRequest, NotFound
 from server.extensions import db
@@ -45,46 +40,18 @@ from server.http import int_param, query_params
 from server.models import Card, JournalEntryRow
 from server.reconcile.models import CardProfile
 
-#: Decline reasons (terminal.policy.DeclineReason values) that mean a copied, cloned, forged or blocked card.
-COPY_REASONS = (
-    "clone_check_failed",       # a copy of the readable pages: no card password / PACK, no key proof
-    "card_forked",              # a card older than what this counter wrote: a restored copy or replay
-    "card_counter_repeated",    # a secure card's counter not above the last seen: replay or cloned key
-    "state_from_another_card",  # the record was issued for another chip (copied onto this one)
-    "card_signature_invalid",   # the identity does not verify: forged or damaged
-    "card_denied",              # on the deny list (reported lost or stolen, or blocked)
-)
+#: Decline reasons that mean a copied, cloned, forged or blocked card (the page's reasons, in its order).
+COPY_REASONS: tuple[str, ...] = tuple(r.value for r in (
+    DeclineReason.CLONE_CHECK_FAILED,       # a copy of the readable pages: no card password / PACK, no key proof
+    DeclineReason.CARD_FORKED,              # a card older than what this counter wrote: a restored copy or replay
+    DeclineReason.CARD_COUNTER_REPEATED,    # a secure card's counter not above the last seen: replay or cloned key
+    DeclineReason.STATE_FROM_ANOTHER_CARD,  # the record was issued for another chip (copied onto this one)
+    DeclineReason.CARD_SIGNATURE_INVALID,   # the identity does not verify: forged or damaged
+    DeclineReason.CARD_DENIED,              # on the deny list (reported lost or stolen, or blocked)
+))
 #: Attempts per page.
 DECLINES_PAGE = 100
-#: DECLINED rows read per query.
-SCAN_BATCH = 500
-#: Most DECLINED rows read for one page (the rest of the journal is reached by the page's "older" link).
-SCAN_MAX = 20_000
 _UID = re.compile(r"(?:[0-9a-fA-F]{2}[:\s-]?){4,10}")
-
-
-class bytes_contain(FunctionElement[bool]):  # noqa: N801 - SQL function style
-    """``bytes_contain(column, needle)``: the binary column holds ``needle`` (bytes) somewhere (both dialects)."""
-
-    inherit_cache = True
-    name = "bytes_contain"
-
-    def __init__(self, column: Any, needle: bytes) -> None:
-        from sqlalchemy import literal
-
-        super().__init__(column, literal(needle, LargeBinary()))
-
-
-@compiles(bytes_contain, "sqlite")
-def _bytes_contain_sqlite(element: bytes_contain, compiler: SQLCompiler, **kw: Any) -> str:
-    column, needle = list(element.clauses)
-    return f"(instr({compiler.process(column, **kw)}, {compiler.process(needle, **kw)}) > 0)"
-
-
-@compiles(bytes_contain, "postgresql")
-def _bytes_contain_pg(element: bytes_contain, compiler: SQLCompiler, **kw: Any) -> str:
-    column, needle = list(element.clauses)
-    return f"(position({compiler.process(needle, **kw)} in {compiler.process(column, **kw)}) > 0)"
 
 
 def parse_uid(text: str) -> bytes | None:
@@ -126,21 +93,21 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
                   limit: int = DECLINES_PAGE) -> tuple[list[Attempt], int | None]:
     """DECLINED entries with a reason of :data:`COPY_REASONS`, newest first (wall time, then row id).
 
+    One query per reason on ``journal_entries.decline_reason`` (index ``ix_journal_decline_reason``:
+    reason, wall time, id), each at most ``limit + 1`` rows after the cursor, merged in that order.
+
     :param uid: only entries whose journalled chip UID is this.
     :param reason: only this reason (one of :data:`COPY_REASONS`).
     :param household: only entries naming a card of this household, or naming no card but the UID of one.
-    :param before: a ``journal_entries.id`` from an earlier page: only entries after it in this order.
-    :param limit: most attempts returned.
-    :returns: ``(attempts, next_before)``; ``next_before`` is the last row read when more may follow
-        (the page was filled, or :data:`SCAN_MAX` rows were read), else ``None``.
+    :param before: a ``journal_entries.id`` from an earlier page: only entries after it in this order
+        (an id that is not stored starts from the newest).
+    :param limit: most attempts returned (≥ 1).
+    :returns: ``(attempts, next_before)``; ``next_before`` is the id of the last attempt returned when
+        more follow it, else ``None``.
     """
     j = JournalEntryRow
-    reasons = (reason,) if reason else COPY_REASONS
-    # Only rows whose signed bytes hold one of the reasons as a CBOR text string: ordinary declines
-    # (nothing_left...) never reach Python, so no number of them pushes an attempt off the page.
     stmt = select(j.id, j.terminal_id, j.seq, j.wall_time, j.clock_synced, j.card_id, j.tag_uid, j.programme,
-                  j.raw).where(j.kind == int(EntryKind.DECLINED),
-                               or_(*(bytes_contain(j.raw, cbor2.dumps(code)) for code in reasons)))
+                  j.decline_reason).where(j.kind == int(EntryKind.DECLINED))
     if uid is not None:
         stmt = stmt.where(j.tag_uid == uid)
     if household is not None:
@@ -148,32 +115,16 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
         uids = select(Card.tag_uid).where(Card.card_id.in_(cards))
         stmt = stmt.where(or_(j.card_id.in_(cards),
                               and_(or_(j.card_id.is_(None), j.card_id == ""), j.tag_uid.in_(uids))))
-    cursor: tuple[dt.datetime, int] | None = None
     if before is not None:
         at = session.scalar(select(j.wall_time).where(j.id == before))
         if at is not None:
-            cursor = (at, before)
-    stmt = stmt.order_by(j.wall_time.desc(), j.id.desc())
-    found: list[Any] = []
-    scanned, last = 0, None
-    while len(found) < limit and scanned < SCAN_MAX:
-        page = stmt if cursor is None else stmt.where(
-            or_(j.wall_time < cursor[0], and_(j.wall_time == cursor[0], j.id < cursor[1])))
-        rows = session.execute(page.limit(SCAN_BATCH)).all()  # by key: no OFFSET re-reading earlier rows
-        for r in rows:
-            last = r.id
-            code = decline_reason(r.raw)
-            if code in reasons:
-                found.append((r, code))
-                if len(found) == limit:
-                    break
-        scanned += len(rows)
-        if len(rows) < SCAN_BATCH:
-            if len(found) < limit:
-                last = None  # read to the end
-            break
-        cursor = (rows[-1].wall_time, rows[-1].id)
-    return _named(session, found), last
+            stmt = stmt.where(or_(j.wall_time < at, and_(j.wall_time == at, j.id < before)))
+    stmt = stmt.order_by(j.wall_time.desc(), j.id.desc()).limit(limit + 1)
+    per_reason = [session.execute(stmt.where(j.decline_reason == code)).all()
+                  for code in ((reason,) if reason else COPY_REASONS)]
+    merged = list(heapq.merge(*per_reason, key=lambda r: (r.wall_time, r.id), reverse=True))
+    found = [(r, r.decline_reason) for r in merged[:limit]]
+    return _named(session, found), (found[-1][0].id if len(merged) > limit else None)
 
 
 def _named(session: Session, found: Sequence[tuple[Any, str]]) -> list[Attempt]:

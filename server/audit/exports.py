@@ -34,7 +34,7 @@ from cardlib.keys.signer import Signer
 from cardlib.records.cose import CoseKey
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
-from server.audit.entries import decline_reason, fallback_of
+from server.audit.entries import fallback_of
 from server.errors import BadPinnedAnchor, ExportDoesNotVerify, NotAJournalExport
 from server.models import JournalEntryRow, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
@@ -111,7 +111,7 @@ def journal_records(session: Session, *, terminal_id: str | None = None, card_id
             "tag_uid": e.tag_uid.hex() if e.tag_uid is not None else None, "programme": e.programme,
             "amount": e.amount, "slot_seq_before": e.slot_seq_before, "slot_seq_after": e.slot_seq_after,
             "ntag_counter": e.ntag_counter,
-            "decline_reason": decline_reason(e.raw) if e.kind == EntryKind.DECLINED else None,
+            "decline_reason": e.decline_reason,  # claim 20, stored at upload (migration 0021)
             "fallback": step, "approved_by": approver or None,
             "entry_hash": e.entry_hash.hex(), "raw_b64": base64.b64encode(e.raw).decode("ascii"),
         }
