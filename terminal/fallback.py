@@ -33,7 +33,6 @@ entitlement like any redemption.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -44,11 +43,11 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from cardlib.records.bundle import CARD_ID_LENGTH, SortedIdSet, TrustBundle
+from cardlib.records.bundle import TrustBundle
 from cardlib.records.claims import Unit, cycle_bounds, cycle_of
 from cardlib.records.errors import DeniedCard
 from cardlib.records.household_label import household_label
-from cardlib.records.household_qr import HouseholdQr, HouseholdQrError, verify_household_qr
+from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
 from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
@@ -220,13 +219,11 @@ class FallbackDesk:
         clerk, trust, now = self._start(clerk, "clerk")
         try:
             qr = verify_household_qr(text, trust.bundle, int(now))
-        except DeniedCard:
-            # raised only after the QR verified under an issuer key (signature, claims, validity): its card
-            # id and household are authentic, so the decline names them, as a deny-listed card's tap does
-            denied = _denied_qr(text, trust.bundle, int(now))
-            return self._decline(QR, clerk, denied.card_id if denied else None, programme,
-                                 DeclineReason.CARD_DENIED, "card on the deny list",
-                                 household=household_label(denied.household_ref) if denied else "")
+        except DeniedCard as denied:
+            # raised only after the QR verified under an issuer key (signature, claims, validity) and carrying
+            # its claims: the decline names the card and household, as a deny-listed card's tap does
+            return self._decline(QR, clerk, denied.card_id, programme, DeclineReason.CARD_DENIED,
+                                 "card on the deny list", household=household_label(denied.household_ref))
         except HouseholdQrError as exc:
             if not qr_decodes(text):  # a misread or a foreign code, not a forgery: the clerk scans again
                 return self._decline(QR, clerk, None, programme, DeclineReason.NOT_A_HOUSEHOLD_QR, str(exc))
@@ -461,19 +458,6 @@ class FallbackDesk:
         return TapOutcome(TapStatus.DECLINED, reader=f"fallback:{step}", mode=self._mode, programme=programme,
                           reason=reason, household_ref=household or None, entitled=entitled, remaining=remaining,
                           card_id=card_id.hex() if card_id else None, journal_seq=stored.seq, detail=detail)
-
-
-def _denied_qr(text: str, bundle: TrustBundle, now: int) -> HouseholdQr | None:
-    """The verified QR of a card the bundle's deny list refused (None: it does not verify without the list).
-
-    :func:`~cardlib.records.household_qr.verify_household_qr` checks the deny list last, after the
-    signature, claims and validity, and its :class:`~cardlib.records.errors.DeniedCard` carries no
-    claims: this verifies the same text again against the same bundle with an empty deny list.
-    """
-    try:
-        return verify_household_qr(text, dataclasses.replace(bundle, deny_cards=SortedIdSet(b"", CARD_ID_LENGTH)), now)
-    except (HouseholdQrError, DeniedCard):
-        return None
 
 
 def _approver(name: str, what: str) -> str:

@@ -239,19 +239,6 @@ def unverified_card_id(image: RecordImage | None) -> str:
     return claims.card_id.hex() if claims is not None else ""
 
 
-def denied_household(exc: CardlibError, image: RecordImage | None) -> str | None:
-    """The household label of a card refused by the bundle's deny list, for the clerk's screen; else None.
-
-    :class:`~cardlib.records.errors.DeniedCard` is raised only once the identity record verified
-    under an issuer key for the chip's UID (``CardSession``), so its household is the card's own;
-    a card refused for any other reason before policy may be forged and names no household.
-    """
-    if not isinstance(exc, rec.DeniedCard):
-        return None
-    claims = _identity_claims(image)
-    return household_label(claims.household_ref) if claims is not None else None
-
-
 @dataclass
 class CounterConfig:
     """What the tap needs from the terminal profile.
@@ -376,7 +363,10 @@ class TapProcessor:
         except CardlibError as exc:
             reason = decline_reason_of(exc)
             log.info("card declined before policy: %s (%s)", reason.value, type(exc).__name__)
-            return declined(reason, uid=uid, card=unverified_card_id(image), household=denied_household(exc, image))
+            if isinstance(exc, rec.DeniedCard):  # raised once the identity verified for this UID, carrying it:
+                # the clerk sees whose card is blocked; any other refusal may be a forgery and names no household
+                return declined(reason, uid=uid, card=exc.card_id.hex(), household=household_label(exc.household_ref))
+            return declined(reason, uid=uid, card=unverified_card_id(image))
         card_hex = state.identity.claims.card_id.hex()
         if revoked is not None:
             log.info("card %s…: state signed by key %s before its revocation; served at the floor",
