@@ -247,14 +247,20 @@ def _audit_rows(session: Session, bundle: TrustBundle, identities: dict[str, Ide
 
     One entitlement row per programme and cycle of the card's validity
     (``valid_from`` 00:00 UTC .. ``valid_to`` 23:59:59 UTC, at most
-    :data:`MAX_ENTITLEMENT_CYCLES`), amount = the identity's ``per_cycle`` in its unit.
+    :data:`MAX_ENTITLEMENT_CYCLES`), amount = the identity's ``per_cycle`` in its unit (at most the bundle's).
     The journal names programmes by the bundle's code (``Programme.name``), so a programme
     id the bundle does not list gets no row (logged): its redemptions cannot be matched.
+    The amount is at most the bundle's ``per_cycle`` for the programme (logged when the identity
+    claims more): the province's programme list, not the station's profile, bounds an entitlement.
     Insert-or-ignore: a card's first verified identity is kept.
     """
     if not identities:
         return
     names = {p.id: p.name for p in bundle.programmes}
+    # The province's figure (the bundle's signed programme list) bounds what a card is entitled to: an
+    # identity above it (a station profile edited, red team r6) is measured against the province's figure,
+    # so its redemptions beyond that are entitlement_exceeded instead of no finding at all.
+    ceiling = {p.id: p.per_cycle for p in bundle.programmes}
     profiles, entitlements, cycles = [], [], set()
     for card_id, claims in identities.items():
         profiles.append({"card_id": card_id, "region": claims.region, "revoked_at": None, "revoke_reason": None,
@@ -272,8 +278,12 @@ def _audit_rows(session: Session, bundle: TrustBundle, identities: dict[str, Ide
                 log.warning("card %s: programme id %d is not in trust bundle v%d: no entitlement row",
                             card_id, pid, bundle.version)
                 continue
+            amount = min(programme.per_cycle, ceiling[pid])
+            if amount < programme.per_cycle:
+                log.warning("card %s: programme %s entitles %d a cycle, the trust bundle's programme %d: "
+                            "entitlement stored as %d", card_id, names[pid], programme.per_cycle, ceiling[pid], amount)
             entitlements += [{"card_id": card_id, "programme": names[pid], "cycle_id": str(c),
-                              "amount": programme.per_cycle, "programme_id": pid,
+                              "amount": amount, "programme_id": pid,
                               "unit": programme.unit.name.lower()} for c in card_cycles]
     ensure_cycles(session, cycles)
     session.execute(insert_or_ignore(session, CardProfile), profiles)

@@ -40,7 +40,7 @@ from tests.reconcile_support import add_auditor, audit_db, findings, run, upload
 ROOT_PW = b"root passphrase 0123"
 KEY_PW = b"key passphrase 4567"
 UTC = dt.timezone.utc
-PROGRAMMES = (BundleProgramme(1, "food", "package", 1), BundleProgramme(2, "cash", "rupiah", 250_000))
+PROGRAMMES = (BundleProgramme(1, "food", "package", 2), BundleProgramme(2, "cash", "rupiah", 250_000))  # z: 2
 
 
 def _ms(day: int, hour: int) -> int:
