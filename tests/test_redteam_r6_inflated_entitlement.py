@@ -41,9 +41,8 @@ from server.reconcile.models import CardEntitlement, FindingKind
 from simulator.journals import SimCard, SimTerminal
 from terminal.outcome import TapStatus
 from tests.reconcile_support import audit_db, findings, run, upload  # noqa: F401 - audit_db: fixture
-from tests.test_registry_reconcile import Keys, _card, _enrol, _ms, _record, _upload_file, keys, registry  # noqa: F401
-
 from tests.test_redteam_counter import counter  # noqa: F401 - fixture
+from tests.test_registry_reconcile import Keys, _card, _enrol, _ms, _record, _upload_file, keys, registry  # noqa: F401
 from tests.test_terminal_caps_and_declines import FOOD, chip, fresh_bundle
 
 
