@@ -171,12 +171,13 @@ class SecureTap:
         session = SecureCardSession(conn)
 
         def declined(reason: DeclineReason, card_hex: str | None = None, counter: int | None = None,
-                     records: SecureCardRecords | VerifiedIdentity | None = None) -> TapOutcome:
+                     records: SecureCardRecords | VerifiedIdentity | None = None,
+                     household: str | None = None) -> TapOutcome:
             with self._lock:
                 e = self.journal.append(EntryKind.DECLINED, CardWrite(
                     card_id=card_hex or "", programme=programme, decline_reason=reason.value, ntag_counter=counter))
             return TapOutcome(TapStatus.DECLINED, reader, mode, programme, reason=reason,
-                              household_ref=_household(records), card_id=card_hex, journal_seq=e.seq)
+                              household_ref=household or _household(records), card_id=card_hex, journal_seq=e.seq)
 
         try:
             session.select()
@@ -191,6 +192,8 @@ class SecureTap:
             raise
         except CardlibError as exc:
             log.info("secure card declined before policy: %s", type(exc).__name__)
+            if isinstance(exc, rec.DeniedCard):  # raised once the identity verified, carrying it (as on NTAG)
+                return declined(_reason(exc), exc.card_id.hex(), household=household_label(exc.household_ref))
             return declined(_reason(exc))
         card_id = identity.claims.card_id
         card_hex = card_id.hex()

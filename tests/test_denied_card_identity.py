@@ -14,6 +14,7 @@ Each raise site is tested: the household QR (:func:`verify_household_qr`), the N
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -34,13 +35,19 @@ from cardlib.records.issuance import issue_card_image
 from cardlib.records.journal import EntryKind
 from cardlib.records.secure import NO_UID, issue_secure_records, verify_secure_identity
 from cardlib.records.session import CardSession
+from cardlib.type2.channel import ACR122U
 from firmware_config.models import CounterMode
+from simulator.secure_card import SecureCardConnection
 from terminal import fallback
 from terminal.clock import Clock
 from terminal.fallback import FallbackDesk
 from terminal.journal_store import JournalStore
 from terminal.outcome import TapStatus
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, OfflineLimits
+from terminal.supervisor import ReaderNamePattern
+from terminal.tap import CounterConfig, TapProcessor, Trust
+from tests.secure_tap_support import CARD_KEYS, issue_secure, trust_bundle
+from tests.secure_tap_support import HOUSEHOLD as SECURE_HOUSEHOLD
 from tests.test_records_support import (
     CYCLE,
     ISSUER,
@@ -174,3 +181,30 @@ def test_the_tap_names_a_denied_card_without_reading_its_identity_again(counter,
     assert (out.card_id, out.household_ref) == (CARD.hex(), household_label(HOUSEHOLD))
     assert c.last_declined() == (CARD.hex(), "card_denied")
     assert len(decodes) == 1, f"the identity record was decoded {len(decodes)} times"
+
+
+def test_the_secure_tap_names_a_denied_card_and_its_household(tmp_path: Path) -> None:
+    """A deny-listed secure card is declined ``card_denied`` naming its card id and household.
+
+    Before, the secure tap journalled the decline with an empty card id and showed no household,
+    although the DeniedCard carried both, verified (so an auditor could not tell whose blocked card
+    was presented, and the clerk could not say which household to send to the office).
+    """
+    card, issued = issue_secure()
+    denied = dataclasses.replace(trust_bundle(), deny_cards=SortedIdSet.from_ids([issued.card_id], 8))
+    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-6271-0002", signer=TERMINAL,
+                           clock=Clock(force_synced=True))
+    config = CounterConfig("T-6271-0002", CounterMode.MARKET_REDEMPTION, OfflineLimits(), caps={"": ACR122U},
+                           card_passwords=CARD_KEYS)
+    p = TapProcessor(config, journal, TERMINAL, trust=lambda: Trust(denied, time.time()),  # type: ignore[arg-type]
+                     request=lambda: ("food", 1, None))  # type: ignore[arg-type, return-value]
+    try:
+        out = p(SecureCardConnection(card), ReaderNamePattern(re.compile(".")))
+    finally:
+        card.field_off()
+    assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.CARD_DENIED, out
+    assert (out.card_id, out.household_ref) == (issued.card_id.hex(),
+                                                household_label(SECURE_HOUSEHOLD.household_ref)), out
+    last = journal.entries()[-1].entry
+    assert (last.kind, last.card_id, last.decline_reason) == (EntryKind.DECLINED, issued.card_id.hex(), "card_denied")
+    journal.close()
