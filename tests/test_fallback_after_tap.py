@@ -24,7 +24,7 @@ from cardlib.records.journal import EntryKind, JournalEntry
 from terminal.fallback import MANUAL, QR
 from terminal.journal_store import CardWrite
 from terminal.outcome import TapStatus
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, decline_message
 from terminal.screen.i18n import translations
 from tests.fallback_support import card_and_qr, counter_with_desk
 from tests.test_records_support import identity
@@ -135,14 +135,14 @@ def test_the_query_reads_the_card_index_not_the_whole_journal(tmp_path: Path) ->
 @pytest.mark.parametrize(("lang", "start"), [("id", "Rumah tangga ini sudah dilayani"),
                                              ("en", "This household was already served")])
 def test_the_reason_reads_plainly_in_both_languages(lang: str, start: str) -> None:
-    text = translations(lang).gettext(DeclineReason.ALREADY_SERVED_CARD.message)
-    assert text.startswith(start) and text != DeclineReason.ALREADY_SERVED_FALLBACK.message, text
+    text = translations(lang).gettext(decline_message(DeclineReason.ALREADY_SERVED_CARD))
+    assert text.startswith(start) and text != decline_message(DeclineReason.ALREADY_SERVED_FALLBACK), text
     assert "card" in text or "kartu" in text, text
 
 
 @pytest.mark.parametrize(("lang", "start"), [("id", "Kartu ini sudah mencapai batas loket ini untuk periode"),
                                              ("en", "This card has reached this counter's limit for this period")])
 def test_the_per_cycle_cap_does_not_say_a_sync_helps(lang: str, start: str) -> None:
-    text = translations(lang).gettext(DeclineReason.OVER_CARD_CYCLE_LIMIT.message)
+    text = translations(lang).gettext(decline_message(DeclineReason.OVER_CARD_CYCLE_LIMIT))
     assert text.startswith(start), text
     assert "Try again after" not in text and "Coba lagi setelah" not in text, text

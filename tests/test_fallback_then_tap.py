@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from terminal.outcome import TapStatus
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, decline_message
 from terminal.screen.i18n import translations
 from tests.fallback_support import card_and_qr, counter_with_desk
 
@@ -68,5 +68,5 @@ def test_what_the_qr_left_is_still_served_by_the_card(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("lang", "start"), [("id", "Rumah tangga ini sudah dilayani"),
                                              ("en", "This household was already served")])
 def test_the_reason_reads_plainly_in_both_languages(lang: str, start: str) -> None:
-    text = translations(lang).gettext(DeclineReason.ALREADY_SERVED_FALLBACK.message)
+    text = translations(lang).gettext(decline_message(DeclineReason.ALREADY_SERVED_FALLBACK))
     assert text.startswith(start), text
