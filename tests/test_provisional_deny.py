@@ -128,6 +128,8 @@ def test_proof_found_after_a_dismissal_denies_again(app, world, keystore):
         row = session.get(type(ctr), ctr.id)
         assert row is not None
         row.first_seen_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        # as if the card's chain ordered the drop: one ordered by clocks alone waits for an auditor (red team r6)
+        row.detail = row.detail.replace('"chain_ordered": false', '"chain_ordered": true')
         session.commit()
         again = deny_list_candidates(db.session)
     assert [(c.card_id, c.provisional, c.finding_ids) for c in again] == [(card.card_id, True, (ctr.id,))]

@@ -176,8 +176,9 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             js,
             (js.c.wall_time, js.c.terminal_id, js.c.seq),
             (js.c.card_id, js.c.tag_uid, js.c.entry_id, js.c.terminal_id, js.c.ntag_counter, js.c.wall_time,
-             js.c.seq),
-            {"prev_ctr": js.c.ntag_counter, "prev_entry_id": js.c.entry_id, "prev_terminal": js.c.terminal_id},
+             js.c.seq, js.c.slot_seq_before),
+            {"prev_ctr": js.c.ntag_counter, "prev_entry_id": js.c.entry_id, "prev_terminal": js.c.terminal_id,
+             "prev_after": js.c.slot_seq_after},
             (js.c.card_id.is_not(None), js.c.tag_uid.is_not(None), js.c.ntag_counter.is_not(None)),
         )
         backwards = (
@@ -248,7 +249,8 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
                     : cfg.evidence_limit
                 ],
                 card_id=group[0].card_id,
-                detail={"tag_uid": group[0].tag_uid.hex(), "drops": len(group)},
+                detail={"tag_uid": group[0].tag_uid.hex(), "drops": len(group),
+                        "chain_ordered": any(_chain_ordered(row) for row in group)},
             )
         )
 
@@ -266,6 +268,18 @@ def card_order(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
             )
         )
     return out
+
+
+def _chain_ordered(row: Any) -> bool:
+    """Whether the card's own chain, not only the counters' clocks, puts this drop's two taps in that order.
+
+    The later tap (by wall time) read a state at least as new as the one the earlier tap wrote, so it
+    came after it whatever the clocks say: a lower NFC counter there is a second chip. A drop between
+    taps the chain does not order (the earlier one wrote nothing, or the later one read an older state)
+    may be a counter whose clock runs ahead (red team r6): still a finding, but no proof that denies
+    the card without an auditor (:data:`server.reconcile.denylist.PROOF_KINDS`).
+    """
+    return row.prev_after is not None and row.slot_seq_before is not None and row.slot_seq_before >= row.prev_after
 
 
 def entitlements_exceeded(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:

@@ -15,6 +15,7 @@ cleared, and :func:`server.bundles.publish_next_bundle` signs the result.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,18 +83,36 @@ def _decisions(session: Session) -> _Decisions:
     dismissed_at: dict[str, dt.datetime] = {}
     rows = session.execute(
         select(Finding.card_id, Finding.id, Finding.kind, Finding.status, Finding.first_seen_at,
-               Finding.decided_at, Finding.decided_by)
+               Finding.decided_at, Finding.decided_by, Finding.detail)
         .where(Finding.kind.in_(list(DENY_KINDS)), Finding.card_id.is_not(None))
         .order_by(Finding.card_id, Finding.id)
     ).all()
-    for card_id, finding_id, kind, status, first_seen, decided_at, decided_by in rows:
+    for card_id, finding_id, kind, status, first_seen, decided_at, decided_by, detail in rows:
         if status is FindingStatus.CONFIRMED:
             confirmed[card_id].append(finding_id)
-        elif kind in PROOF_KINDS and status is FindingStatus.OPEN:
+        elif kind in PROOF_KINDS and status is FindingStatus.OPEN and _is_proof(kind, detail):
             open_proof[card_id].append((finding_id, first_seen))
         elif status is FindingStatus.DISMISSED and decided_by is not None and decided_at is not None:
             dismissed_at[card_id] = max(decided_at, dismissed_at.get(card_id, decided_at))
     return _Decisions(dict(confirmed), dict(open_proof), dismissed_at)
+
+
+def _is_proof(kind: FindingKind, detail: str | None) -> bool:
+    """Whether an open finding of a :data:`PROOF_KINDS` kind denies without an auditor.
+
+    ``counter_backwards`` does only when the card's own chain orders the two taps
+    (``detail["chain_ordered"]``, :func:`server.reconcile.card_checks.card_order`): a drop ordered by
+    the counters' wall times alone is what a counter with its clock set ahead makes of honest
+    households (red team r6), so it waits for an auditor like ``impossible_travel``. A finding
+    recorded before that key existed counts as before.
+    """
+    if kind is not FindingKind.COUNTER_BACKWARDS:
+        return True
+    try:
+        parsed = json.loads(detail or "{}")
+    except ValueError:
+        return True
+    return not isinstance(parsed, dict) or bool(parsed.get("chain_ordered", True))
 
 
 def _provisional(d: _Decisions) -> dict[str, list[int]]:
