@@ -88,7 +88,8 @@ def test_copy_reason_bytes_in_other_claims_are_not_attempts(flooded: Any) -> Non
 
 def test_pages_by_time_then_id_across_reasons_without_loss_or_repeat(app: Any, audit_db: str,  # noqa: F811
                                                                       world: Any) -> None:
-    """Attempts of several reasons, some at one instant: pages of 2 give every attempt once, newest first."""
+    """Attempts of two reasons, several of one reason at one instant: pages of 1, 2 and 3 give every attempt
+    once, newest first (the cursor splits a tie within one reason and across reasons)."""
     from sqlalchemy import select
 
     from server.audit.decline_views import COPY_REASONS, copy_attempts
@@ -101,7 +102,7 @@ def test_pages_by_time_then_id_across_reasons_without_loss_or_repeat(app: Any, a
     times = [1, 2, 2, 2, 3, 3, 4]  # hours; ties across reasons and terminals
     for i, h in enumerate(times):
         d.terminals[i % 2].append(EntryKind.DECLINED, _ms(2026, h), tag_uid=UID, programme="food",
-                                  decline_reason=COPY_REASONS[i % len(COPY_REASONS)])
+                                  decline_reason=COPY_REASONS[i % 2])
         d.terminals[(i + 1) % 2].append(EntryKind.DECLINED, _ms(2026, h), tag_uid=UID, programme="food",
                                         decline_reason="nothing_left")
     install(app, world, d)
@@ -111,14 +112,15 @@ def test_pages_by_time_then_id_across_reasons_without_loss_or_repeat(app: Any, a
         want = [r.id for r in db.session.execute(
             select(j.id).where(j.decline_reason.in_(COPY_REASONS)).order_by(j.wall_time.desc(), j.id.desc()))]
         assert len(want) == len(times)
-        got: list[int] = []
-        before = None
-        for _ in range(len(times)):
-            page, before = copy_attempts(db.session, before=before, limit=2)
-            got += [a.row_id for a in page]
-            assert before is None or before == page[-1].row_id
-            if before is None:
-                break
-        assert got == want
-        only, nxt = copy_attempts(db.session, reason=COPY_REASONS[0], uid=UID)
-        assert [a.reason for a in only] == [COPY_REASONS[0]] * 2 and nxt is None  # i = 0 and 6
+        for limit in (1, 2, 3):
+            got: list[int] = []
+            before = None
+            for _ in range(len(times)):
+                page, before = copy_attempts(db.session, before=before, limit=limit)
+                got += [a.row_id for a in page]
+                assert before is None or before == page[-1].row_id
+                if before is None:
+                    break
+            assert got == want, limit
+        only, nxt = copy_attempts(db.session, reason=COPY_REASONS[1], uid=UID)
+        assert [a.reason for a in only] == [COPY_REASONS[1]] * 3 and nxt is None  # i = 1, 3, 5

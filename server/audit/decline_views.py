@@ -28,7 +28,7 @@ from typing import Any
 
 from flask import request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from cardlib.records.declines import DeclineReason
@@ -118,7 +118,9 @@ def copy_attempts(session: Session, *, uid: bytes | None = None, reason: str | N
     if before is not None:
         at = session.scalar(select(j.wall_time).where(j.id == before))
         if at is not None:
-            stmt = stmt.where(or_(j.wall_time < at, and_(j.wall_time == at, j.id < before)))
+            # a row-value comparison: an index range after (reason) on both databases, not a filter
+            cursor = tuple_(literal(at, j.wall_time.type), literal(before, j.id.type))
+            stmt = stmt.where(tuple_(j.wall_time, j.id) < cursor)
     stmt = stmt.order_by(j.wall_time.desc(), j.id.desc()).limit(limit + 1)
     per_reason = [session.execute(stmt.where(j.decline_reason == code)).all()
                   for code in ((reason,) if reason else COPY_REASONS)]

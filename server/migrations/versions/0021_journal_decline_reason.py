@@ -64,17 +64,24 @@ def backfill(conn: sa.Connection, batch: int = BATCH) -> int:
     """Fill ``decline_reason`` of every stored DECLINED row from its signed bytes; returns the rows read."""
     read = sa.text("SELECT terminal_id, seq, raw FROM journal_entries WHERE kind = :kind "
                    "AND (terminal_id, seq) > (:t, :s) ORDER BY terminal_id, seq LIMIT :n")
-    write = sa.text("UPDATE journal_entries SET decline_reason = :r WHERE terminal_id = :t AND seq = :s")
+    postgresql = conn.dialect.name == "postgresql"
+    if postgresql:  # one statement per batch (a row-per-statement executemany took ~4x as long)
+        write = sa.text("UPDATE journal_entries AS j SET decline_reason = v.r "
+                        "FROM unnest(CAST(:t AS text[]), CAST(:s AS bigint[]), CAST(:r AS text[])) AS v (t, s, r) "
+                        "WHERE j.terminal_id = v.t AND j.seq = v.s")
+    else:
+        write = sa.text("UPDATE journal_entries SET decline_reason = :r WHERE terminal_id = :t AND seq = :s")
     after, total = ("", -1), 0
     while True:
         rows = conn.execute(read, {"kind": _DECLINED, "t": after[0], "s": after[1], "n": batch}).all()
         if not rows:
             return total
         total += len(rows)
-        found = [{"r": reason, "t": t, "s": s} for t, s, raw in rows
-                 if (reason := decline_reason_of(bytes(raw))) is not None]
-        if found:
-            conn.execute(write, found)
+        found = [(t, s, reason) for t, s, raw in rows if (reason := decline_reason_of(bytes(raw))) is not None]
+        if found and postgresql:
+            conn.execute(write, {"t": [f[0] for f in found], "s": [f[1] for f in found], "r": [f[2] for f in found]})
+        elif found:
+            conn.execute(write, [{"t": t, "s": s, "r": r} for t, s, r in found])
         after = (rows[-1][0], rows[-1][1])
 
 
