@@ -1021,6 +1021,7 @@ class GroupCommit:
             with contextlib.suppress(Exception):
                 session.rollback()
             self._finish(group, exc)
+            self._count(group)
             return
         self._finish(group, None)
         self._count(group)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 import time
+from typing import cast
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
 from cardlib.records.claims import cycle_of
-from cardlib.records.statements import ReceiptLine, sign_receipt
+from cardlib.records.statements import ReceiptLine, Settlement, sign_receipt
 from server.db import busy_as_503, is_unreachable
 from server.errors import BadRequest
 from server.extensions import db
@@ -27,7 +30,9 @@ from server.reconcile.settlements import receipt_settlements
 from server.reconcile_trigger import after_upload
 from server.registry import ensure_cycles
 from server.upload import (
+    GROUP_MAX_ENTRIES,
     SIGNATURE_HEADER,
+    GroupCommit,
     Outcome,
     UploadTerminal,
     authenticate,
@@ -64,16 +69,29 @@ def upload_batch() -> ResponseReturnValue:
     # reconciliation and /audit/regions group redemptions by benefit_cycles rows.
     # Only cycles this process has not seen stored are inserted (server.cycles: a failover forgets them).
     cycles, generation = db.known_cycles.missing(cycle_of(signed.entry.wall_time) for _, signed in verified)
-    with busy_as_503(retry_after):
-        session = db.write_session(continue_read=True)
-        # Without a cycle to insert, a plain extension of the chain is stored by one statement in a
-        # transaction of its own (PostgreSQL; server.upload.store_entries).
-        results = store_entries(session, terminal, batch.batch_id, verified, rejected, at_once=not cycles)
+    entries = [signed.entry for _, signed in verified]
+
+    def after(session: Session) -> list[Settlement]:
         # Torn writes of this terminal whose PENDING the request names, as reconciliation settled them.
-        settlements = receipt_settlements(session, terminal.terminal_id, (s.entry for _, s in verified))
+        settlements = receipt_settlements(session, terminal.terminal_id, entries)
         if cycles:
             ensure_cycles(session, cycles)
-        session.commit()
+        return settlements
+
+    with busy_as_503(retry_after):
+        # Without a cycle to insert, a plain extension of the chain is stored by one statement in a
+        # transaction of its own (PostgreSQL; server.upload.store_entries).
+        if len(verified) <= GROUP_MAX_ENTRIES:
+            # Small batches of concurrent uploads share one transaction (server.upload.GroupCommit);
+            # this returns once the batch is committed, with its own results.
+            results, settlements = _group_commit().store(
+                lambda: db.write_session(continue_read=True), terminal, batch.batch_id, verified, rejected,
+                after=after, at_once=not cycles)
+        else:
+            session = db.write_session(continue_read=True)
+            results = store_entries(session, terminal, batch.batch_id, verified, rejected, at_once=not cycles)
+            settlements = after(session)
+            session.commit()
     db.known_cycles.add(cycles, generation)
     counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
     # RECONCILE_AFTER_UPLOAD: a background incremental run (server.reconcile_trigger); never waits or raises.
@@ -95,6 +113,21 @@ def upload_batch() -> ResponseReturnValue:
         payload["error"] = {"code": "entries_conflict",
                             "message": f"{counts['conflict']} entries conflict with stored ones"}
     return jsonify(payload), status
+
+
+_GROUP_COMMIT = "huma.group_commit"
+_group_lock = threading.Lock()
+
+
+def _group_commit() -> GroupCommit:
+    """This process's :class:`server.upload.GroupCommit` for the current app (made at first use, after
+    any fork of the server's worker processes)."""
+    extensions = current_app.extensions
+    group = extensions.get(_GROUP_COMMIT)
+    if group is None:
+        with _group_lock:
+            group = extensions.setdefault(_GROUP_COMMIT, GroupCommit())
+    return cast(GroupCommit, group)
 
 
 def _authenticate(header: str | None, raw: bytes) -> UploadTerminal:
