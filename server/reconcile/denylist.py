@@ -70,17 +70,20 @@ class DenyCandidate:
 
 @dataclass(frozen=True)
 class _Decisions:
-    """Per card: confirmed deny findings, open proof findings (first seen), last auditor dismissal."""
+    """Per card: confirmed deny findings, open proof findings (first seen), last auditor dismissal (of any deny
+    finding, and of a proof finding: only the latter lifts a provisional denial)."""
 
     confirmed: dict[str, list[int]]
     open_proof: dict[str, list[tuple[int, dt.datetime]]]
     dismissed_at: dict[str, dt.datetime]
+    proof_dismissed_at: dict[str, dt.datetime]
 
 
 def _decisions(session: Session) -> _Decisions:
     confirmed: dict[str, list[int]] = defaultdict(list)
     open_proof: dict[str, list[tuple[int, dt.datetime]]] = defaultdict(list)
     dismissed_at: dict[str, dt.datetime] = {}
+    proof_dismissed_at: dict[str, dt.datetime] = {}
     rows = session.execute(
         select(Finding.card_id, Finding.id, Finding.kind, Finding.status, Finding.first_seen_at,
                Finding.decided_at, Finding.decided_by, Finding.detail)
@@ -94,7 +97,9 @@ def _decisions(session: Session) -> _Decisions:
             open_proof[card_id].append((finding_id, first_seen))
         elif status is FindingStatus.DISMISSED and decided_by is not None and decided_at is not None:
             dismissed_at[card_id] = max(decided_at, dismissed_at.get(card_id, decided_at))
-    return _Decisions(dict(confirmed), dict(open_proof), dismissed_at)
+            if kind in PROOF_KINDS:
+                proof_dismissed_at[card_id] = max(decided_at, proof_dismissed_at.get(card_id, decided_at))
+    return _Decisions(dict(confirmed), dict(open_proof), dismissed_at, proof_dismissed_at)
 
 
 def _is_proof(kind: FindingKind, detail: str | None) -> bool:
@@ -116,15 +121,17 @@ def _is_proof(kind: FindingKind, detail: str | None) -> bool:
 
 
 def _provisional(d: _Decisions) -> dict[str, list[int]]:
-    """Open proof findings not covered by an auditor's later dismissal of the same card.
+    """Open proof findings not covered by an auditor's later dismissal of a proof finding of the same card.
 
-    A dismissal lifts the card's provisional denial; proof first seen after it denies again.
+    Dismissing a proof finding lifts the card's provisional denial; proof first seen after it denies
+    again. Dismissing another kind (``impossible_travel`` with a site entered wrong) does not: nobody
+    looked at the proof (red team r6).
     """
     out: dict[str, list[int]] = {}
     for card_id, found in d.open_proof.items():
         if card_id in d.confirmed:
             continue
-        lifted = d.dismissed_at.get(card_id)
+        lifted = d.proof_dismissed_at.get(card_id)
         ids = [i for i, first_seen in found if lifted is None or first_seen > lifted]
         if ids:
             out[card_id] = ids
