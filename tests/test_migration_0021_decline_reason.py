@@ -206,3 +206,20 @@ def test_every_upload_path_stores_the_signed_reason(app: Any, world: Any, monkey
         got = _column(db.engine)
     assert got == _expected(d)
     assert upload_module.PG_COPY_MIN_ROWS < 70 and upload_module.SMALL_BATCH_ROWS < 70
+
+
+def test_backfill_on_a_journal_partitioned_by_terminal(old_db: Engine) -> None:
+    """The layout of a Citus shard set (docs/scaling.md §5): reads and updates by (terminal_id, seq) work on it."""
+    from server.db import upgrade
+    from tests.test_partitioned import _partition_journal
+
+    if old_db.dialect.name != "postgresql":
+        pytest.skip("hash partitions are PostgreSQL's")
+    upgrade(old_db)
+    _partition_journal(old_db.url.render_as_string(hide_password=False))
+    d = _journals()
+    _insert_at_0020(old_db, [s for t in d.terminals for s in t.entries])
+    with old_db.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ONLY journal_entries")).scalar() == 0  # all in partitions
+        _migration().backfill(conn, batch=2)
+    assert _column(old_db) == _expected(d)
