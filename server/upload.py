@@ -446,6 +446,7 @@ def store_entries(
     rejected: list[EntryResult],
     *,
     at_once: bool = False,
+    read: tuple[list[_Stored], set[bytes] | None] | None = None,
 ) -> list[EntryResult]:
     """Classify and store verified entries in the session's (write) transaction.
 
@@ -458,6 +459,9 @@ def store_entries(
         all accepted and nothing else runs; otherwise (nothing inserted: no plain extension; or
         some rows lost to a concurrent upload) the entries are classified in a transaction as
         below, those it stored counted accepted.
+    :param read: what :func:`_read_and_insert_pg_many` already did for this batch in this transaction
+        (the stored rows it read, the entry hashes it inserted or ``None``): used instead of a read
+        (and insert) of its own.
     :returns: one result per uploaded entry, in upload order (rejections included).
     """
     now = utcnow()
@@ -483,7 +487,9 @@ def store_entries(
     # statement (one round trip); when the stored rows show it is no plain extension, nothing was
     # inserted and the rows it read are classified as below.
     pre_inserted: set[bytes] | None = None
-    if not stored_now and _extends_chain(session, verified):
+    if read is not None:
+        stored, pre_inserted = read
+    elif not stored_now and _extends_chain(session, verified):
         stored, pre_inserted = _read_and_insert_pg(session, terminal.terminal_id, entries, batch_id, now)
     else:
         stored = _stored(session, terminal.terminal_id, entries, by_entry_id=False)
@@ -1001,8 +1007,10 @@ class GroupCommit:
         session: Session | None = None
         try:
             session = begin()
+            reads = _group_reads(session, group)
             for p in group:
-                p.results = store_entries(session, p.terminal, p.batch_id, p.verified, p.rejected)
+                p.results = store_entries(session, p.terminal, p.batch_id, p.verified, p.rejected,
+                                          read=reads.get(id(p)))
                 p.value = p.after(session)
         except Exception as exc:
             log.info("group of %d batches: %s; storing each in a transaction of its own", len(group),
@@ -1055,3 +1063,94 @@ class GroupCommit:
         self.groups += 1
         self.batches += len(group)
         self.largest = max(self.largest, len(group))
+
+
+def _group_reads(session: Session, group: Sequence[_Pending]) -> dict[int, tuple[list[_Stored], set[bytes] | None]]:
+    """PostgreSQL: read and insert the plain chain extensions of a group in one statement
+    (:func:`_read_and_insert_pg_many`); the first such batch of each terminal only (a terminal's
+    later batch in the group is stored after it and sees its rows). ``{id(pending): (rows read,
+    hashes inserted or None)}``; empty on SQLite (in-process statements, nothing to save)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return {}
+    seen: set[str] = set()
+    chosen = []
+    for p in group:
+        if p.terminal.terminal_id not in seen and _extends_chain(session, p.verified):
+            seen.add(p.terminal.terminal_id)
+            chosen.append(p)
+    if len(chosen) < 2:
+        return {}
+    reads = _read_and_insert_pg_many(session, [(p.terminal.terminal_id, [s for _, s in p.verified], p.batch_id)
+                                               for p in chosen], utcnow())
+    return {id(p): r for p, r in zip(chosen, reads, strict=True)}
+
+
+def _read_and_insert_pg_many(session: Session, batches: Sequence[tuple[str, Sequence[SignedEntry], str | None]],
+                             now: dt.datetime) -> list[tuple[list[_Stored], set[bytes] | None]]:
+    """:func:`_read_and_insert_pg` for several batches of distinct terminals in one statement.
+
+    Each batch's stored neighbours are read and its rows inserted only when they show a plain
+    extension of its terminal's chain, exactly as one :func:`_read_and_insert_pg` per batch would (the
+    statement's snapshot is the one all of them read); one statement instead of one per batch saves
+    a group its per-statement work (round trip, executor start, the driver's execute).
+
+    :param batches: (terminal id, entries as :func:`_read_and_insert_pg` takes them, batch id), the
+        terminal ids distinct.
+    :returns: per batch, in order: the stored rows read, and the entry hashes inserted now or ``None``.
+    """
+    import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
+
+    connection = session.connection()
+    params: list[Any] = []
+    for k, (terminal_id, entries, _batch_id) in enumerate(batches):
+        first, last = entries[0].entry, entries[-1].entry
+        params += [k, terminal_id, first.seq - 1, last.seq + 1, first.seq, first.prev_entry_hash]
+    sizes = []
+    for k, (_terminal_id, entries, batch_id) in enumerate(batches):
+        sizes.append(len(entries))
+        for row in zip(*_driver_columns(_entry_columns(entries, batch_id, now), connection.dialect), strict=False):
+            params += [k, *row]
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+    with psycopg.RawCursor(driver) as cur:
+        cur.execute(_pg_read_insert_many_sql(len(batches), sum(sizes)), params)
+        found = cur.fetchall()
+    inserted_all = {bytes(r[5]) for r in found if r[0] == 1}
+    out: list[tuple[list[_Stored], set[bytes] | None]] = []
+    for k, (_terminal_id, entries, _batch_id) in enumerate(batches):
+        first = entries[0].entry
+        ids = {s.entry.entry_id for s in entries}
+        stored = [_Stored(bytes(r[2]), r[3], r[4], bytes(r[5]), bytes(r[6])) for r in found if r[0] == 0 and r[1] == k]
+        extends = all(r.seq < first.seq and r.entry_hash == first.prev_entry_hash and r.entry_id not in ids
+                      for r in stored)
+        inserted = {s.entry_hash for s in entries} & inserted_all
+        if not extends and inserted:  # the statement's guard is this test; they cannot disagree
+            raise RuntimeError("upload store: rows inserted although the chain guard failed")
+        out.append((stored, inserted if extends else None))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_read_insert_many_sql(batches: int, rows: int) -> str:
+    """The statement of :func:`_read_and_insert_pg_many`: ``batches`` rows of (k, terminal id, seq range
+    read, first seq, its prev_entry_hash), then ``rows`` rows of (k, the journal columns)."""
+    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    width = len(_ENTRY_COLUMNS) + 1
+    casts = ["int4", *_pg_copy_types()]
+    b = ", ".join(f"(${6 * i + 1}::int4, ${6 * i + 2}::text, ${6 * i + 3}::int8, ${6 * i + 4}::int8, "
+                  f"${6 * i + 5}::int8, ${6 * i + 6}::bytea)" for i in range(batches))
+    base = 6 * batches
+    v = ", ".join("(" + ", ".join(f"${base + r * width + c + 1}::{casts[c]}" for c in range(width)) + ")"
+                  for r in range(rows))
+    table = JournalEntryRow.__tablename__
+    return (f"WITH b (k, terminal_id, lo, hi, first_seq, prev_hash) AS (VALUES {b}), "
+            f"v (k, {names}) AS (VALUES {v}), "
+            f"near AS (SELECT b.k, j.entry_id, j.terminal_id, j.seq, j.entry_hash, j.prev_entry_hash "
+            f"FROM b JOIN {table} j ON j.terminal_id = b.terminal_id AND j.seq >= b.lo AND j.seq <= b.hi), "
+            f"bad AS (SELECT near.k FROM near JOIN b ON b.k = near.k WHERE near.seq >= b.first_seq "
+            f"OR near.entry_hash <> b.prev_hash "
+            f"OR EXISTS (SELECT 1 FROM v WHERE v.k = near.k AND v.entry_id = near.entry_id)), "
+            f"ins AS (INSERT INTO {table} ({names}) SELECT {names} FROM v WHERE v.k NOT IN (SELECT k FROM bad) "
+            f"ORDER BY v.terminal_id, v.seq ON CONFLICT DO NOTHING RETURNING entry_hash) "
+            f"SELECT 0, k, entry_id, terminal_id, seq, entry_hash, prev_entry_hash FROM near "
+            f"UNION ALL SELECT 1, NULL, NULL, NULL, NULL, entry_hash, NULL FROM ins")

@@ -236,3 +236,44 @@ def test_concurrent_uploads_over_http_each_get_their_receipt(app, world, live_se
                                        "GROUP BY terminal_id")).all()
     assert sorted(rows) == [(t.terminal_id, 6, 6) for t in terminals]
     assert app.extensions["huma.group_commit"].batches == 36  # every upload went through the group commit
+
+
+def _scenario(world: Any, prefix: str) -> list[tuple[UploadTerminal, list[EntryResult], list[Any]]]:
+    """Batches of several kinds, each of its own terminal (history uploaded first):
+    a new chain; a retry of a stored batch; an extension forked from another seq 1 (its link to the
+    stored predecessor broken); an extension whose second entry reuses a stored entry's seq."""
+    new, retry, fork, clash = (world.enrol(f"{prefix}-{n}") for n in ("NEW", "RETRY", "FORK", "CLASH"))
+    stored = [retry.append().message, retry.append().message]
+    assert world.upload(retry, stored).status_code == 200
+    assert world.upload(fork, [fork.append().message]).status_code == 200
+    other = type(fork)(fork.terminal_id, fork.private_key, fork.kid)
+    other.append(amount=9)
+    assert world.upload(clash, [clash.append().message, clash.append().message]).status_code == 200
+    clash.entries.pop()  # seq 2 again, other content, after the stored seq 1
+    return [
+        _verified(new, [new.append().message, new.append().message, new.append().message]),
+        _verified(retry, stored),
+        _verified(fork, [other.append().message, other.append().message]),
+        _verified(clash, [clash.append(amount=3).message, clash.append().message]),
+    ]
+
+
+def test_a_group_classifies_every_batch_as_alone(world, sessions):
+    """The group's one read-and-insert statement (PostgreSQL) gives each batch the results it gets alone."""
+    alone = GroupCommit()
+    expected = []
+    for key, rejected, verified in _scenario(world, "A"):
+        with sessions() as s:
+            results, _ = alone.store(_begin(s), key, None, verified, rejected, after=lambda _s: None)
+        expected.append([(r.outcome, r.seq, r.reason) for r in results])
+    lead = world.enrol("T-LEAD")
+    committer = GroupCommit()
+    outcomes = _one_group(sessions, committer, [_verified(lead, [lead.append().message]), *_scenario(world, "G")])
+    assert [[(r.outcome, r.seq, r.reason) for r in o] for o in outcomes[1:]] == expected
+    assert expected[0] == [(Outcome.ACCEPTED, 1, None), (Outcome.ACCEPTED, 2, None), (Outcome.ACCEPTED, 3, None)]
+    assert [o for o, _, _ in expected[1]] == [Outcome.DUPLICATE, Outcome.DUPLICATE]
+    for prefix in ("A", "G"):
+        assert _stored(sessions, f"{prefix}-NEW") == [1, 2, 3]
+        assert _stored(sessions, f"{prefix}-RETRY") == [1, 2]
+    assert _stored(sessions, "A-FORK") == _stored(sessions, "G-FORK")
+    assert _stored(sessions, "A-CLASH") == _stored(sessions, "G-CLASH")
