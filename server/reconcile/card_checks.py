@@ -127,7 +127,8 @@ def card_forks(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = Non
                 f"({len(group)} redemptions at {len({row.terminal_id for row in group})} terminals) — clone or replay",
                 distinct_ids(row.entry_id for row in group)[: cfg.evidence_limit],
                 card_id=card_id,
-                detail={"fork_seqs": points, "terminals": sorted({row.terminal_id for row in group})},
+                detail={"fork_seqs": points, "terminals": sorted({row.terminal_id for row in group}),
+                        "redemptions": len(group)},
             )
         )
     return out

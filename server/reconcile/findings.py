@@ -20,17 +20,52 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from server.models import Person
+from server.reconcile.denylist import PROOF_KINDS
 from server.reconcile.errors import FindingNotFound, InvalidDecision
 from server.reconcile.models import Finding, FindingKind, FindingStatus
 from server.reconcile.observations import Observation
 from server.reconcile.sql import findings, journal
 from server.types import utcnow
 
-__all__ = ["RESOLVED_REASON", "RecordedFindings", "decide_finding", "evidence_entries", "record_findings"]
+__all__ = ["REOPENED_REASON", "RESOLVED_REASON", "RecordedFindings", "decide_finding", "evidence_entries",
+           "record_findings"]
 
 
 #: The reason recorded when an open finding is no longer observed.
 RESOLVED_REASON = "resolved: no longer observed by reconciliation run {run}"
+#: The reason a dismissed proof finding is reopened with when its anomaly grew (red team r6).
+REOPENED_REASON = "reopened by reconciliation run {run}: new evidence after it was dismissed"
+
+
+def _extent(kind: str, detail: Mapping[str, Any]) -> dict[str, int]:
+    """How much of its anomaly a proof finding's detail shows: counts that only grow with new evidence.
+
+    ``card_fork``: forked redemptions, fork points, terminals; ``counter_backwards``: drops;
+    ``card_rollback``: steps; ``card_counter_repeated``: repeated counters and terminals.
+    """
+    def size(key: str) -> int | None:
+        value = detail.get(key)
+        if isinstance(value, list):
+            return len(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    keys = {FindingKind.CARD_FORK.value: ("redemptions", "fork_seqs", "terminals"),
+            FindingKind.COUNTER_BACKWARDS.value: ("drops",),
+            FindingKind.CARD_ROLLBACK.value: ("steps",),
+            FindingKind.CARD_COUNTER_REPEATED.value: ("counters", "terminals")}.get(kind, ())
+    return {k: n for k in keys if (n := size(k)) is not None}
+
+
+def _grew(kind: str, before: str | None, after: Mapping[str, Any]) -> bool:
+    """Whether ``after`` shows more of the anomaly than the stored ``before`` (a count present in both rose)."""
+    try:
+        old = json.loads(before or "{}")
+    except ValueError:
+        return False
+    if not isinstance(old, dict):
+        return False
+    was, now = _extent(kind, old), _extent(kind, after)
+    return any(now[k] > was[k] for k in now.keys() & was.keys())
 
 
 def _hex_ids(ids: Iterable[bytes | None]) -> list[str]:
@@ -69,7 +104,11 @@ def record_findings(
     """Upsert one finding per distinct fingerprint and resolve the open ones not observed this run (not committed).
 
     An anomaly seen again updates its finding's evidence and ``last_seen_at`` and keeps its
-    status, reason and decider. Open findings not observed in run ``run_id`` are dismissed
+    status, reason and decider, except a proof finding (:data:`~server.reconcile.denylist.PROOF_KINDS`)
+    a person dismissed whose anomaly grew since the last run (more forked redemptions, counter drops,
+    rollback steps, repeated card counters): it is reopened, first seen now (so it denies again),
+    with :data:`REOPENED_REASON` (red team r6: else a card stayed fork-blind after one dismissal).
+    Open findings not observed in run ``run_id`` are dismissed
     with :data:`RESOLVED_REASON` (decided_by NULL: the system) — except ``bad_signature``
     findings unless ``resolve_bad_signatures`` (the signatures were re-verified this run).
 
@@ -82,11 +121,17 @@ def record_findings(
     for observation in observations:
         by_fp.setdefault(observation.fingerprint, observation)
     existing: set[str] = set()
+    reopen: list[str] = []  # person-dismissed proof findings whose anomaly grew: seen anew (they deny again)
     fps = list(by_fp)
     for i in range(0, len(fps), 500):
-        existing |= set(
-            conn.execute(select(findings.c.fingerprint).where(findings.c.fingerprint.in_(fps[i : i + 500]))).scalars()
-        )
+        for fp, status, decided_by, detail in conn.execute(
+                select(findings.c.fingerprint, findings.c.status, findings.c.decided_by, findings.c.detail)
+                .where(findings.c.fingerprint.in_(fps[i : i + 500]))):
+            existing.add(fp)
+            o = by_fp[fp]
+            if (o.kind in PROOF_KINDS and status == FindingStatus.DISMISSED.value and decided_by is not None
+                    and _grew(o.kind.value, detail, o.detail)):
+                reopen.append(fp)
     rows = [
         {
             "fingerprint": fp,
@@ -114,6 +159,10 @@ def record_findings(
         )
         for i in range(0, len(rows), 500):
             conn.execute(stmt, rows[i : i + 500])
+    for i in range(0, len(reopen), 500):  # the earlier decision stays in the audit log (finding.dismissed)
+        conn.execute(update(findings).where(findings.c.fingerprint.in_(reopen[i : i + 500])).values(
+            status=FindingStatus.OPEN.value, first_seen_at=now, reason=REOPENED_REASON.format(run=run_id),
+            decided_by=None, decided_at=None))
     resolved = conn.execute(
         update(findings)
         .where(
