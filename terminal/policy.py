@@ -23,7 +23,7 @@ from typing import Protocol
 
 from cardlib.errors import CardlibError
 from cardlib.records import errors as rec
-from cardlib.records.claims import Unit, cycle_of
+from cardlib.records.claims import IdentityClaims, Unit, cycle_of
 from cardlib.records.declines import DeclineReason
 from firmware_config.models import CounterMode
 
@@ -151,6 +151,8 @@ class ProgrammeRules:
     :ivar code: short stable id, e.g. ``"pangan"`` (the key in the card's entitlements).
     :ivar unit: what its amounts count; it decides the counter mode that serves it (:attr:`mode`).
     :ivar pin_required: whether a redemption needs the card PIN.
+    :ivar per_cycle: the province's figure per cycle in ``unit`` (the bundle's, signed by the bundle key):
+        the ceiling of any card's own entitlement (:func:`card_facts`); None: no ceiling known.
 
     Cycles are not per programme: every programme follows the one province-wide
     half-year calendar, :func:`cycle_at` (docs/card-format.md §conventions).
@@ -159,6 +161,7 @@ class ProgrammeRules:
     code: str
     unit: Unit
     pin_required: bool = False
+    per_cycle: int | None = None
 
     @property
     def mode(self) -> CounterMode:
@@ -207,6 +210,43 @@ class CardFacts:
         if self.cycle != cycle:
             return entitled
         return max(0, entitled - self.spent.get(programme.code, 0))
+
+
+def card_facts(identity: IdentityClaims, cycle: int, remaining: Mapping[int, int], uid: bytes,
+               programmes: Mapping[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:
+    """The decision's view of a verified card: its identity claims and current slot (NTAG or secure).
+
+    A card's entitlement per programme is the smaller of its own issuer-signed ``per_cycle`` and the
+    province's figure in the bundle (:attr:`ProgrammeRules.per_cycle`): a station profile edited to
+    issue 50 packages where the programme gives 10 earns 10 at every counter (red team round 6; the
+    server measures redemptions against the same ceiling). What was spent this cycle is measured
+    against the card's own figure, as the card's remaining amounts were written.
+
+    :param identity: the verified identity claims. :param cycle: the current slot's cycle id.
+    :param remaining: units left on the card by programme id (the current slot).
+    :param uid: the chip UID (7 bytes; empty for a secure card).
+    :param programmes: programme name -> (card programme id, rules), from the bundle.
+    :param chosen: the programme asked for (its card ``offline_cap`` applies).
+    """
+    by_id = {pid: (name, rules) for name, (pid, rules) in programmes.items()}
+    entitlements: dict[str, int] = {}
+    spent: dict[str, int] = {}
+    for pid, own in identity.programmes.items():
+        if pid not in by_id:
+            continue
+        name, rules = by_id[pid]
+        ceiling = rules.per_cycle
+        entitlements[name] = own.per_cycle if ceiling is None else min(own.per_cycle, ceiling)
+        spent[name] = own.per_cycle - remaining.get(pid, 0)
+    chosen_id = programmes[chosen][0] if chosen in programmes else None
+    epoch = dt.date(1970, 1, 1)
+    return CardFacts(
+        card_id=identity.card_id, uid=uid, entitlements=entitlements,
+        valid_from=(identity.valid_from - epoch).days * SECONDS_PER_DAY,
+        valid_to=(identity.valid_to - epoch).days * SECONDS_PER_DAY + SECONDS_PER_DAY - 1,
+        cycle=cycle, spent=spent,
+        offline_cap=identity.offline_cap.get(chosen_id) if chosen_id is not None else None,
+    )
 
 
 #: Bundle policy names of the per-unit caps (``<name>.<unit>``, unit in lower case: ``package``,

@@ -31,7 +31,6 @@ the signed state (slot claim 7). At most 7 APDUs for a redemption with PIN (§7)
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import logging
 import threading
@@ -77,8 +76,6 @@ from firmware_config.models import CounterMode
 from terminal.journal_store import CardWrite, JournalStore, StoredEntry, write_of
 from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import (
-    SECONDS_PER_DAY,
-    CardFacts,
     Decision,
     DeclineReason,
     DenyList,
@@ -87,6 +84,7 @@ from terminal.policy import (
     PinStatus,
     ProgrammeRules,
     Request,
+    card_facts,
     decide,
     decline_reason_of,
 )
@@ -272,7 +270,7 @@ class SecureTap:
                 pin_status = PinStatus.WRONG
             except CardlibError as exc:
                 return declined(_reason(exc), card_hex, counter, card)
-        facts = _facts(card, programmes, programme)
+        facts = card_facts(card.identity.claims, card.claims.cycle, card.claims.remaining, b"", programmes, programme)
         with self._lock:
             exposed = (exposure(card_hex) if exposure is not None else
                        Exposure(card=self.journal.exposure(card_hex), terminal=self.journal.exposure()))
@@ -416,19 +414,3 @@ def _household(records: SecureCardRecords | VerifiedIdentity | None) -> str | No
         return None
     identity = records.identity if isinstance(records, SecureCardRecords) else records
     return household_label(identity.claims.household_ref)
-
-
-def _facts(card: SecureCardRecords, progs: dict[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:
-    ident = card.identity.claims
-    slot = card.claims
-    by_id = {pid: name for name, (pid, _p) in progs.items()}
-    ent = {by_id[pid]: p.per_cycle for pid, p in ident.programmes.items() if pid in by_id}
-    spent = {by_id[pid]: ident.programmes[pid].per_cycle - slot.remaining.get(pid, 0)
-             for pid in ident.programmes if pid in by_id}
-    chosen_id = progs[chosen][0] if chosen in progs else None
-    epoch = dt.date(1970, 1, 1)
-    day0 = (ident.valid_from - epoch).days * SECONDS_PER_DAY
-    day1 = (ident.valid_to - epoch).days * SECONDS_PER_DAY + SECONDS_PER_DAY - 1
-    return CardFacts(card_id=ident.card_id, uid=b"", entitlements=ent, valid_from=day0, valid_to=day1,
-                     cycle=slot.cycle, spent=spent,
-                     offline_cap=ident.offline_cap.get(chosen_id) if chosen_id is not None else None)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import logging
 import time
@@ -65,6 +64,7 @@ from terminal.policy import (
     PinStatus,
     ProgrammeRules,
     Request,
+    card_facts,
     cycle_at,
     decide,
     decline_reason_of,
@@ -140,7 +140,7 @@ def bundle_programmes(bundle: TrustBundle) -> dict[str, tuple[int, ProgrammeRule
     for p in bundle.programmes:
         out[p.name] = (p.id, ProgrammeRules(
             code=p.name, unit=Unit[p.unit.upper()],
-            pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)),
+            pin_required=bool(bundle.policies.get(f"pin.{p.name}", 0)), per_cycle=p.per_cycle,
         ))
     return out
 
@@ -391,7 +391,8 @@ class TapProcessor:
 
         progs = bundle_programmes(trust.bundle)
         entry = progs.get(programme)
-        facts = _facts(state, progs, programme)
+        slot = state.current.claims
+        facts = card_facts(state.identity.claims, slot.cycle, slot.remaining, state.uid, progs, programme)
         try:
             pin_status, pin_note = self._pin(tag, state, pin, entry[1] if entry else None, trust.bundle,
                                              session.public.key_version if session.public else None)
@@ -636,28 +637,8 @@ def _household(state: CardState | None) -> str | None:
     return None if state is None else household_label(state.identity.claims.household_ref)
 
 
-def _facts(state: CardState, progs: Mapping[str, tuple[int, ProgrammeRules]], chosen: str) -> CardFacts:
-    ident = state.identity.claims
-    slot = state.current.claims
-    by_id = {pid: name for name, (pid, _p) in progs.items()}
-    ent = {by_id[pid]: p.per_cycle for pid, p in ident.programmes.items() if pid in by_id}
-    spent = {by_id[pid]: ident.programmes[pid].per_cycle - slot.remaining.get(pid, 0)
-             for pid in ident.programmes if pid in by_id}
-    chosen_id = progs[chosen][0] if chosen in progs else None
-    return CardFacts(
-        card_id=ident.card_id, uid=state.uid, entitlements=ent,
-        valid_from=_epoch(ident.valid_from), valid_to=_epoch(ident.valid_to) + SECONDS_PER_DAY - 1,
-        cycle=slot.cycle, spent=spent,
-        offline_cap=ident.offline_cap.get(chosen_id) if chosen_id is not None else None,
-    )
-
-
 def _balances(facts: CardFacts, progs: Mapping[str, tuple[int, ProgrammeRules]], now: float) -> tuple[Balance, ...]:
     """Every bundle programme on the card, in the bundle's order, as the card holds it in the current cycle."""
     cycle = cycle_at(now)
     return tuple(Balance(name, rules.unit, facts.entitlements[name], facts.remaining(rules, cycle))
                  for name, (_pid, rules) in progs.items() if name in facts.entitlements)
-
-
-def _epoch(day: dt.date) -> int:
-    return (day - dt.date(1970, 1, 1)).days * SECONDS_PER_DAY

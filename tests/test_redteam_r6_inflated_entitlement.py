@@ -17,11 +17,11 @@ Fixed on the server: it takes a card's entitlement per programme as at most the 
 (``server.registry._audit_rows``, logged), so redemptions beyond what the province gives are
 ``entitlement_exceeded`` like any other over-redemption.
 
-Still open at the counter (second test, strict xfail, in-process as tests/test_redteam_counter.py: the daemon's
-real TapProcessor and journal, the card on a simulated NTAG215): the counter pays such a card its own figure, 50
-packages in one tap where the bundle's programme gives 10, when no bundle cap binds. The fix belongs in
-terminal/tap.py / terminal/policy.py (owned elsewhere): take ``min(identity per_cycle, bundle per_cycle)`` as
-the entitlement (or decline the card), as the server now does.
+Fixed at the counter too (second test, in-process as tests/test_redteam_counter.py: the daemon's real
+TapProcessor and journal, the card on a simulated NTAG215): the counter paid such a card its own figure, 50
+packages in one tap where the bundle's programme gives 10, when no bundle cap bound (a strict xfail until
+then). ``terminal.policy.card_facts`` now takes ``min(card per_cycle, bundle per_cycle)`` as the entitlement,
+for NTAG and secure cards alike.
 """
 
 from __future__ import annotations
@@ -79,8 +79,6 @@ def test_a_card_above_the_provinces_programme_is_measured_against_the_programme(
     assert amounts == {("food", 2), ("cash", 250_000)}
 
 
-@pytest.mark.xfail(strict=True, reason="the counter pays a card's own per_cycle however far above the bundle's "
-                   "programme (fix in terminal/tap.py or terminal/policy.py, owned elsewhere)")
 def test_a_counter_pays_no_more_than_the_provinces_programme(counter) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     c = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=fresh_bundle())  # food: 10 packages a cycle
     card = chip(programmes={FOOD: Entitlement(Unit.PACKAGE, 50)}, offline_cap={FOOD: 50})
