@@ -939,7 +939,8 @@ class GroupCommit:
       an earlier one's rows as stored (a retry in the same group is a duplicate);
     - when storing any batch of a group raises (a database error), the group's transaction is rolled
       back and every batch of it is stored again in a transaction of its own, so the error reaches
-      only the request whose batch caused it;
+      only the request whose batch caused it; when the group's transaction cannot even begin (SQLite's
+      write lock busy, the database unreachable), every caller gets that error (503, retried);
     - when the group's COMMIT fails, no batch of it is acknowledged: every caller gets the error
       (the request answers 503 or 500, the counter retries, the retry is idempotent).
 
@@ -1004,9 +1005,13 @@ class GroupCommit:
             self._count(group)
             return
         group.sort(key=lambda p: p.terminal.terminal_id)  # one lock order for concurrent groups' inserts
-        session: Session | None = None
         try:
             session = begin()
+        except BaseException as exc:  # no transaction (SQLite's write lock busy, no connection): none stored
+            self._finish(group, exc)
+            self._count(group)
+            return
+        try:
             reads = _group_reads(session, group)
             for p in group:
                 p.results = store_entries(session, p.terminal, p.batch_id, p.verified, p.rejected,
@@ -1015,9 +1020,8 @@ class GroupCommit:
         except Exception as exc:
             log.info("group of %d batches: %s; storing each in a transaction of its own", len(group),
                      type(exc).__name__)
-            if session is not None:
-                with contextlib.suppress(Exception):
-                    session.rollback()
+            with contextlib.suppress(Exception):
+                session.rollback()
             for p in group:
                 p.results = p.value = None
                 self._alone(begin, p)
