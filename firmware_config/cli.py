@@ -13,6 +13,7 @@ from firmware_config.loader import (
     SHIPPED_READERS_DIR,
     SHIPPED_TERMINALS_DIR,
     load_profile,
+    profile_mode_issue,
     shipped_reader_profiles,
 )
 from firmware_config.models import ReaderProfile
@@ -45,9 +46,14 @@ def check(files: tuple[Path, ...], readers_dirs: tuple[Path, ...]) -> None:
         except ConfigInvalid as exc:
             issues.extend(exc.issues)
             continue
-        what = f"reader profile {profile.name!r}" if isinstance(profile, ReaderProfile) else (
-            f"terminal profile {profile.terminal_id!r}"
-        )
+        if isinstance(profile, ReaderProfile):
+            what = f"reader profile {profile.name!r}"
+        else:
+            what = f"terminal profile {profile.terminal_id!r}"
+            mode_issue = profile_mode_issue(path, profile)  # what the daemon would refuse at start-up
+            if mode_issue is not None:
+                issues.append(mode_issue)
+                continue
         click.echo(f"OK {path} ({what})")
     if issues:
         raise ConfigInvalid(issues)

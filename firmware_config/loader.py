@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import math
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -460,6 +461,27 @@ def _plain_http_off_host(url: str) -> bool:
 def _resolve_path(doc: _Doc, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (doc.path.resolve().parent / path)
+
+
+def profile_mode_issue(path: Path, profile: TerminalProfile) -> ConfigIssue | None:
+    """The problem with a profile file's mode, if it holds supervisor password hashes others may read or write.
+
+    The hashes are guessed offline by whoever reads them (no lock-out there), and a writable profile
+    takes a supervisor line of the writer's choosing (red team round 4). Owner and group (``root:huma``,
+    mode 0640) are the daemon's; a profile without ``[supervisors]`` may stay world-readable. Both
+    ``huma config check`` and the daemon's start-up apply this rule (docs/operations.md).
+
+    :param path: the profile file (its mode is read now). :param profile: the profile loaded from it.
+    :returns: None when the mode is fine; else one issue naming the mode and the fix.
+    """
+    if not profile.supervisors:
+        return None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        return None
+    return ConfigIssue(path, None, "supervisors",
+                       f"lists supervisor password hashes and is readable by other accounts or writable by more "
+                       f"than its owner (mode {mode:04o}): chown root:huma and chmod 640 it (docs/operations.md)")
 
 
 def load_terminal_profile(path: str | Path, reader_dirs: Iterable[str | Path] = ()) -> TerminalProfile:

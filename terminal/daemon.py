@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from cardlib.secure import SecureCardError, SecureCardSession
 from cardlib.transport import Connection
 from cardlib.type2.channel import ReaderCapabilities
 from cardlib.type2.tag import Type2Tag
-from firmware_config.loader import load_terminal_profile
+from firmware_config.loader import load_terminal_profile, profile_mode_issue
 from firmware_config.models import (
     FeedbackChannel,
     FeedbackEvent,
@@ -472,19 +471,13 @@ class Daemon:
 def check_profile_mode(profile_path: Path, profile: TerminalProfile) -> None:
     """Refuse a profile holding supervisor password hashes that other accounts may read or write.
 
-    The hashes are guessed offline by whoever reads them (no lock-out there), and a writable profile
-    takes a supervisor line of the writer's choosing (red team round 4). Owner and group (``root:huma``,
-    mode 0640) are the daemon's; a profile without ``[supervisors]`` may stay world-readable.
+    The rule is :func:`firmware_config.loader.profile_mode_issue` (``huma config check`` applies it too).
 
     :raises TerminalProfileError: supervisors listed and the file readable or writable by others.
     """
-    if not profile.supervisors:
-        return
-    mode = stat.S_IMODE(profile_path.stat().st_mode)
-    if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-        raise TerminalProfileError(
-            f"{profile_path} lists supervisor password hashes and is readable by other accounts or writable by "
-            f"more than its owner (mode {mode:04o}): chown root:huma and chmod 640 it (docs/operations.md)")
+    issue = profile_mode_issue(profile_path, profile)
+    if issue is not None:
+        raise TerminalProfileError(f"{profile_path} {issue.message}")
 
 
 def build_daemon(profile_path: Path, reader_dirs: tuple[Path, ...] = ()) -> Daemon:

@@ -53,3 +53,20 @@ def test_the_daemon_refuses_a_profile_others_can_read_with_supervisor_hashes(tmp
     os.chmod(profile, 0o644)  # what `install` or an editor leaves by default
     with pytest.raises(TerminalProfileError, match="readable by other accounts"):
         build_daemon(profile)
+
+
+def test_config_check_refuses_what_the_daemon_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``huma config check`` passed a 0644 profile with supervisor hashes that ``huma terminal run`` then refused.
+
+    A technician checks a profile before installing it: the check must say what the daemon will say.
+    """
+    profile = tmp_path / "terminal.toml"
+    profile.write_text(_PROFILE + 'sri = "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAA"\n')
+    os.chmod(profile, 0o644)
+    code = huma_main(["config", "check", str(profile)])
+    out, err = capsys.readouterr()
+    assert code != 0 and "OK" not in out, out
+    assert "readable by other accounts" in err and "chmod 640" in err
+    os.chmod(profile, 0o640)
+    assert huma_main(["config", "check", str(profile)]) == 0
+    assert "OK" in capsys.readouterr().out
