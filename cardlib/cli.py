@@ -22,6 +22,7 @@ import click
 from cardlib.clitypes import force_option, refuse_overwrite, require_output_dir
 from cardlib.errors import CardlibError
 from cardlib.ndef import NdefError, decode_message
+from cardlib.records.layout import PRIVATE_FIRST_PAGE, PUBLIC_HEADER_PAGE, parse_public_header
 from cardlib.type2 import ACR122U, GENERIC, PART3, ReaderCapabilities, Type2Tag, channel_for
 from cardlib.type2.chip import ChipType
 from cardlib.type2.errors import UnsupportedCommand
@@ -108,6 +109,24 @@ def _open(pattern: str | None, kind: str, wait_s: float = 0.0) -> tuple[Any, Typ
     return conn, tag
 
 
+def _protected_pages(tag: Type2Tag) -> dict[str, Any] | None:
+    """What ``card info`` says of a format-2 card whose NDEF read stopped at AUTH0, or None if not one.
+
+    Page 10 is open on such a card (docs/card-format.md §2.2): it names the format and the card-password
+    key version; pages from 11 on answer READ with a NAK until PWD_AUTH, which only counters and stations
+    (holding the card-password keys) do.
+    """
+    try:
+        header = parse_public_header(tag.read_pages(PUBLIC_HEADER_PAGE, 1)[:4])
+    except CardlibError:
+        return None
+    if header is None:
+        return None
+    return {"error": f"format-{header.version} card: pages {PRIVATE_FIRST_PAGE} on are behind the card password "
+                     f"(key version {header.key_version}); a counter or station reads them after PWD_AUTH",
+            "card_format": header.version, "card_password_key_version": header.key_version}
+
+
 def card_report(tag: Type2Tag) -> dict[str, Any]:
     """Everything ``card info`` shows, as JSON-ready data (hex strings for bytes).
 
@@ -127,7 +146,7 @@ def card_report(tag: Type2Tag) -> dict[str, Any]:
     try:
         area = tag.read_ndef()
     except CardlibError as exc:
-        out["ndef"] = {"error": f"{type(exc).__name__}: {exc}"}
+        out["ndef"] = _protected_pages(tag) or {"error": f"{type(exc).__name__}: {exc}"}
     else:
         data = area.data_area
         out["cc"] = {

@@ -91,3 +91,20 @@ def test_another_pack_is_refused_on_a_format2_card(trust) -> None:  # type: igno
     session, _ = _session(chip, trust)
     with pytest.raises(CardPasswordRefused):
         session.read_state(NOW)
+
+
+def test_card_info_on_a_format2_card_says_its_pages_are_behind_the_password() -> None:
+    """``huma card info`` on a format-2 card printed ``Nak: tag NAK 0x0 on command 30`` (a new user hit it).
+
+    It now names the card format and key version from the open page 10 and says why the rest is not shown.
+    """
+    from cardlib.cli import card_report
+
+    chip = _issue_format2(_signer(1), _signer(2))
+    chip.field_off()
+    conn = EmulatorConnection(ReaderEmulator(chip, ReaderKind.ACR122U))
+    report = card_report(Type2Tag(Acr122uChannel(conn), atr=conn.atr))
+    ndef = report["ndef"]
+    assert "NAK" not in str(ndef) and "Nak" not in str(ndef), ndef
+    assert (ndef["card_format"], ndef["card_password_key_version"]) == (2, 1), ndef
+    assert "password" in ndef["error"]
