@@ -12,7 +12,7 @@ from server.models import Base
 
 
 class ReceiptCode(Base):
-    """The receipt code of one COMMIT/FINISHED journal entry, for the auditor's search.
+    """The receipt code of one COMMIT/FINISHED/FALLBACK journal entry, for the auditor's search.
 
     ``code`` is ``XXXX-XXXX`` as the counter showed it (:func:`server.audit.receipts.receipt_code`).
     Codes are 40 bits of a hash, so two entries may share one: a search lists every match.

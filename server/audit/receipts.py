@@ -1,6 +1,7 @@
 """Receipt codes: what a beneficiary holds after a tap, found again by an auditor.
 
-A counter shows (and may print) ``XXXX-XXXX`` for each COMMIT or FINISHED entry: the
+A counter shows (and may print) ``XXXX-XXXX`` for each payout it journals, a card tap's COMMIT,
+a recovered write's FINISHED and a QR or supervisor entry's FALLBACK (docs/fallback.md): the
 first 40 bits of SHA-256(``"huma-betang/receipt/v1"`` ‖ entry hash), RFC 4648 base32.
 Both the counter and the server compute it with :func:`cardlib.records.receipt.receipt_code`.
 
@@ -21,8 +22,9 @@ from server.audit.models import ReceiptCode
 from server.models import JournalEntryRow
 from server.upload import insert_or_ignore
 
-#: Entry kinds a counter gives a receipt for (a redemption that took effect).
-RECEIPT_KINDS = (int(EntryKind.COMMIT), int(EntryKind.FINISHED))
+#: Entry kinds a counter gives a receipt for (a redemption that took effect): terminal/tap.py and
+#: terminal/secure_tap.py for COMMIT and FINISHED, terminal/fallback.py for FALLBACK.
+RECEIPT_KINDS = (int(EntryKind.COMMIT), int(EntryKind.FINISHED), int(EntryKind.FALLBACK))
 _CODE = re.compile(r"^[A-Z2-7]{4}-?[A-Z2-7]{4}$")
 #: Rows read and written per round trip while indexing.
 BATCH = 5000
