@@ -33,7 +33,7 @@ CATEGORY_NAMES = {
 }
 #: The page's texts by template field (msgids).
 LABELS = {
-    "title": "Complaint", "back": "Back to the counter", "about": "About the tap",
+    "title": "Complaint", "counter": "Huma Betang counter", "back": "Back to the counter", "about": "About the tap",
     "code": "Receipt code (from a paper receipt)", "category": "What is it about", "text": "What happened",
     "submit": "Record complaint", "sending": "Sending…", "failed": "Not done",
     "no_answer": "The counter service is not answering. Check that it is running.",
