@@ -242,8 +242,9 @@ def test_keep_running_says_how_to_reach_its_card_readers(tmp_path: Path) -> None
                                  capture_output=True, text=True, timeout=60)
         assert readers.returncode == 0 and "Virtual PCD" in readers.stdout, readers.stdout + readers.stderr
         # ... and the vpcd port of each virtual reader, with the command a clerk taps a card with
-        assert re.search(r"virtual readers \(main pcscd\): Virtual PCD 00 00 = vpcd port \d+", text), text[-3000:]
-        tap = re.findall(r"tap a card: huma sim present (\S+) --port (\d+) --for 5", text)
+        assert re.search(r"virtual readers \(main pcscd\): Virtual PCD 00 00 = vpcd port \d+ \(clinic\), "
+                         r"Virtual PCD 00 01 = vpcd port \d+ \(market\)", text), text[-3000:]
+        tap = re.findall(r"tap a card at the \w+ counter: huma sim present (\S+) --port (\d+) --for 5", text)
         assert len(tap) == 2, text[-3000:]
         shown = subprocess.run([sys.executable, "-m", "huma", "sim", "present", tap[0][0], "--port", tap[0][1],
                                 "--for", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=60)

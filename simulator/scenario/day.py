@@ -604,9 +604,12 @@ class Day:
             # The virtual readers are vpcd slots: a clerk "taps" a card file by presenting it on a slot's port.
             card = escape(str(self.cards / "card-1.json"))
             for name, h in (("main", self.harness), ("kiosk", self.kiosk_harness)):
-                slots = ", ".join(f"{h.reader_name(i)} = vpcd port {port}" for i, port in enumerate(h.ports))
+                owner = {c.slot: c.name for c in self.counters.values() if c.pcscd == name}
+                slots = ", ".join(f"{h.reader_name(i)} = vpcd port {port} ({owner.get(i, 'no counter')})"
+                                  for i, port in enumerate(h.ports))
                 self.story.say(f"virtual readers ({name} pcscd): {slots}")
-                self.story.say(f"  tap a card: huma sim present {card} --port {h.port(0)} --for 5")
+                self.story.say(f"  tap a card at the {owner.get(0, 'slot 0')} counter: "
+                               f"huma sim present {card} --port {h.port(0)} --for 5")
         if live or not self.own_dir:
             self.story.say(f"auditor login: auditor / password in {self.secrets / 'auditor.pass'}")
             kept = ("" if not self.own_dir
