@@ -34,10 +34,18 @@ SECONDS_PER_DAY = 86_400
 _MESSAGES: Mapping[DeclineReason, str] = {
     DeclineReason.CARD_UNREADABLE: "The card could not be read. Ask the person to tap again.",
     DeclineReason.NOT_OUR_CARD: "This is not a Huma Betang card.",
-    DeclineReason.UNKNOWN_ISSUER: "The card was issued with a key this counter does not know.",
+    DeclineReason.UNKNOWN_ISSUER: (
+        "This card's issuer is not known to this counter. Hand nothing over. Sync the counter and ask for the "
+        "card again; if it is still refused, send the household to the district office."
+    ),
     DeclineReason.CARD_DENIED: "This card is blocked. Send the person to the district office.",
-    DeclineReason.CARD_NOT_YET_VALID: "This card is not valid yet.",
-    DeclineReason.CARD_EXPIRED: "This card has expired.",
+    DeclineReason.CARD_NOT_YET_VALID: (
+        "This card is not valid yet: its start date has not come. Hand nothing over; the household comes back "
+        "from that date, or asks the district office when the card starts."
+    ),
+    DeclineReason.CARD_EXPIRED: (
+        "This card has expired. Hand nothing over; send the household to the district office for a new card."
+    ),
     DeclineReason.CARD_STATE_INVALID: "The balance on the card is damaged. Send the person to the district office.",
     DeclineReason.CARD_FORKED: "The card shows signs of copying. Send the person to the district office.",
     DeclineReason.NOT_IN_PROGRAMME: "This household is not registered for this programme.",
@@ -64,7 +72,10 @@ _MESSAGES: Mapping[DeclineReason, str] = {
     ),
     DeclineReason.OVER_TERMINAL_LIMIT: "This counter has reached its offline limit. Sync the counter first.",
     DeclineReason.PIN_REQUIRED: "This programme needs the card PIN.",
-    DeclineReason.PIN_WRONG: "The PIN is wrong.",
+    DeclineReason.PIN_WRONG: (
+        "Wrong PIN: nothing was given. The person may type it again, but after 3 wrong PINs in a row (the "
+        "usual limit) the card locks and only the district office can unlock it."
+    ),
     DeclineReason.SUPERVISOR_REFUSED: "Supervisor id or password not accepted. Nothing was given.",
     DeclineReason.SUPERVISOR_LOCKED: (
         "Too many wrong supervisor passwords: manual entry is paused. Wait, or call the district office."
@@ -76,10 +87,14 @@ _MESSAGES: Mapping[DeclineReason, str] = {
         "or go to the district office."
     ),
     DeclineReason.INVALID_QUANTITY: "Choose a quantity of at least 1.",
-    DeclineReason.BUNDLE_EXPIRED: "This counter's trust list has expired: no cash until it syncs.",
+    DeclineReason.BUNDLE_EXPIRED: (
+        "This counter has not received the office's latest update for too long: no cash until it does. "
+        "Connect the counter to the network and press Sync now; if that does not help, call the technician."
+    ),
     DeclineReason.CLONE_CHECK_FAILED: "This card failed the copy check. Send the person to the district office.",
     DeclineReason.CARD_COUNTER_REPEATED: (
-        "This card repeated an earlier answer. Send the person to the district office."
+        "This card repeated an answer it had given before: it may be a copied card. Hand nothing over and "
+        "send the household to the district office with the card."
     ),
     DeclineReason.PIN_BLOCKED: "The card PIN is blocked. Send the person to the district office.",
     DeclineReason.PIN_LOCKED: "Too many wrong PINs on this card. Send the person to the district office.",
