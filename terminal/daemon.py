@@ -344,7 +344,9 @@ class Daemon:
         self.state.sync_trigger = self.sync.kick
         self.state.checkpoint_source = partial(shift_checkpoint, self.journal, signer)
         # Complaints taken on the screen, next to the journal; each sync round sends them (docs/grievances.md).
-        self.grievances = GrievanceQueue(profile.journal_path.with_name("grievances.sqlite"))
+        # Each one is also a signed journal entry (EntryKind.COMPLAINT): the file alone can be edited
+        # (docs/security.md "A complaint erased at the clerk's own counter").
+        self.grievances = GrievanceQueue(profile.journal_path.with_name("grievances.sqlite"), journal=self.journal)
         self.state.grievances = self.grievances
         client.grievances = GrievanceSender(api, self.grievances, signer, profile.terminal_id,
                                             receipt_key=client.receipt_key)

@@ -9,6 +9,16 @@ complaint is marked sent only when the server's receipt, signed by the pinned re
 names its id (``accepted`` or ``duplicate``: the server stores each id once, so a resend after
 a lost answer is harmless). A ``rejected`` line (a field the server refuses) is kept with its
 reason and not offered again.
+
+The file is plain SQLite that whoever can write the counter's files can edit (docs/security.md
+"A complaint erased at the clerk's own counter"), so with a journal (the daemon's) each complaint
+is also a signed journal entry (:attr:`cardlib.records.journal.EntryKind.COMPLAINT`, docs/card-format.md
+§Conventions) whose ``entry_id`` is the complaint's ``client_ref``, appended before the complaint is
+acknowledged; the signed head covers it and the server's reconciliation reports a journalled complaint
+it never received (``complaint_not_received``). Each sync round, before sending, the queue is checked
+against what is signed: a "sent" or "refused" mark counts only with the server's receipt kept beside it
+(verified under the pinned key, naming that complaint), and a journalled complaint missing from the
+file is put back as a stub (its text is lost; the server's finding names it either way).
 """
 
 from __future__ import annotations
@@ -28,11 +38,13 @@ from typing import TYPE_CHECKING
 
 from cardlib.keys.signer import PublicKey, Signer
 from cardlib.records.errors import RecordError
-from cardlib.records.statements import verify_receipt
+from cardlib.records.journal import EntryKind
+from cardlib.records.statements import UploadReceipt, verify_receipt
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
 from terminal.errors import SyncError, SyncRejected
 
 if TYPE_CHECKING:
+    from terminal.journal_store import JournalStore
     from terminal.sync import HttpApi
 
 __all__ = ["CATEGORIES", "GRIEVANCE_PATH", "TEXT_MAX", "GrievanceQueue", "GrievanceSender", "QueuedGrievance"]
@@ -46,6 +58,11 @@ TEXT_MAX = 1000
 BATCH = 50
 _CODE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}")  # RFC 4648 base32, as cardlib.records.receipt.receipt_code
 _HEX16 = re.compile(r"[0-9a-f]{16}")
+#: Text of a complaint put back from its journal entry after its row vanished from the file.
+ERASED_TEXT = ("[erased from this counter's complaint file before it was sent; only its signed journal entry "
+               "(seq {seq}) remains, the beneficiary's words are lost]")
+#: Receipt results that prove a complaint stored (``sent_at``) or refused (``refused``).
+_PROVES = {"sent": ("accepted", "duplicate"), "refused": ("rejected",)}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grievances (
@@ -58,7 +75,8 @@ CREATE TABLE IF NOT EXISTS grievances (
     text TEXT NOT NULL,
     sent_at TEXT,
     server_id INTEGER,
-    refused TEXT
+    refused TEXT,
+    receipt BLOB
 )
 """
 
@@ -89,15 +107,22 @@ class GrievanceQueue:
     """The counter's durable list of complaints (thread-safe; one SQLite file).
 
     :param path: the file, e.g. next to the journal (``grievances.sqlite``).
+    :param journal: the counter's journal: every complaint is also a signed ``COMPLAINT`` entry whose
+        ``entry_id`` is its ``client_ref`` (None: no signed trace, a random ``client_ref``; tools and tests).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal: JournalStore | None = None) -> None:
         self.path = path
+        self.journal = journal
         self._lock = threading.Lock()
+        self._proven: set[bytes] = set()  # SHA-256 of receipts verified in this process
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(grievances)")}
+        if "receipt" not in columns:  # a file from before the receipts were kept: its marks prove nothing
+            self._db.execute("ALTER TABLE grievances ADD COLUMN receipt BLOB")
 
     def close(self) -> None:
         """Close the file."""
@@ -111,6 +136,8 @@ class GrievanceQueue:
         :param receipt_code: ``XXXX-XXXX`` as the receipt shows it (case and dash tolerated).
         :param card_id, household_ref: 16 lower-case hex digits.
         :raises ValueError: blank or too long text, unknown category, a malformed link, or none.
+        :raises terminal.errors.JournalStoreError: the journal refused the ``COMPLAINT`` entry: nothing is
+            kept and the complaint must not be acknowledged (the clerk retries).
         """
         text = text.strip()
         if not text or len(text) > TEXT_MAX or "\x00" in text:
@@ -129,8 +156,11 @@ class GrievanceQueue:
         if not (code or card_id or household_ref):
             raise ValueError("a complaint names a receipt code, a card or a household")
         when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-        g = QueuedGrievance(uuid.uuid4().hex, when, code, card_id or None, household_ref or None, category, text)
         with self._lock:
+            # The signed trace first (fsynced when append returns): a complaint the file then loses is one the
+            # server still learns of; an append that fails leaves nothing kept and nothing acknowledged.
+            ref = self.journal.append(EntryKind.COMPLAINT).entry.entry_id.hex() if self.journal else uuid.uuid4().hex
+            g = QueuedGrievance(ref, when, code, card_id or None, household_ref or None, category, text)
             self._db.execute(
                 "INSERT INTO grievances (client_ref, recorded_at, receipt_code, card_id, household_ref, category,"
                 " text) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -160,17 +190,73 @@ class GrievanceQueue:
                 "SELECT count(*) FROM grievances WHERE sent_at IS NULL AND refused IS NULL").fetchone()
         return int(n)
 
-    def mark_sent(self, client_ref: str, server_id: int | None) -> None:
-        """The server's signed receipt named it stored (as grievance ``server_id``)."""
+    def mark_sent(self, client_ref: str, server_id: int | None, receipt: bytes | None = None) -> None:
+        """The server's signed receipt (``receipt``: its exact bytes, kept as proof) named it stored (``server_id``)."""
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         with self._lock:
-            self._db.execute("UPDATE grievances SET sent_at = ?, server_id = ? WHERE client_ref = ?",
-                             (now, server_id, client_ref))
+            self._db.execute("UPDATE grievances SET sent_at = ?, server_id = ?, receipt = ? WHERE client_ref = ?",
+                             (now, server_id, receipt, client_ref))
 
-    def mark_refused(self, client_ref: str, reason: str) -> None:
-        """The server's signed receipt refused it (``reason``: the field): kept, not offered again."""
+    def mark_refused(self, client_ref: str, reason: str, receipt: bytes | None = None) -> None:
+        """The server's signed receipt (``receipt``, kept as proof) refused it (``reason``: the field); not resent."""
         with self._lock:
-            self._db.execute("UPDATE grievances SET refused = ? WHERE client_ref = ?", (reason, client_ref))
+            self._db.execute("UPDATE grievances SET refused = ?, receipt = ? WHERE client_ref = ?",
+                             (reason, receipt, client_ref))
+
+    def recheck(self, receipt_key: PublicKey, terminal_id: str) -> tuple[int, int]:
+        """Hold the file to what is signed (each sync round, before sending).
+
+        - A ``sent`` or ``refused`` mark stands only with a kept receipt that ``receipt_key`` signed for
+          ``terminal_id`` and whose line for this ``client_ref`` says so (accepted/duplicate, rejected);
+          otherwise the mark is cleared and the complaint is offered again (the server stores each
+          ``client_ref`` once, so a resend is harmless).
+        - A ``COMPLAINT`` entry of the journal whose ``client_ref`` has no row is put back as a stub
+          (:data:`ERASED_TEXT`, category ``other``, dated by the entry's signed wall time): the text is
+          lost, but the complaint's id reaches the server, which reports it (docs/grievances.md).
+
+        :returns: ``(marks cleared, complaints put back)``.
+        """
+        with self._lock:
+            marked = self._db.execute(
+                "SELECT client_ref, sent_at IS NOT NULL, receipt FROM grievances"
+                " WHERE sent_at IS NOT NULL OR refused IS NOT NULL").fetchall()
+        cleared = [ref for ref, sent, receipt in marked
+                   if not self._proves(receipt, receipt_key, terminal_id, ref, "sent" if sent else "refused")]
+        restored: list[QueuedGrievance] = []
+        if self.journal is not None:
+            # Every COMPLAINT entry (complaints are few; the signed bytes, not the file's index columns).
+            journalled = self.journal.recent((EntryKind.COMPLAINT,), 0.0, 2.0**42, limit=1_000_000)
+            with self._lock:
+                kept = {row[0] for row in self._db.execute("SELECT client_ref FROM grievances")}
+            restored = [QueuedGrievance(e.entry.entry_id.hex(), e.entry.wall_time.isoformat(timespec="seconds"),
+                                        None, None, None, "other", ERASED_TEXT.format(seq=e.seq))
+                        for e in reversed(journalled) if e.entry.entry_id.hex() not in kept]
+        with self._lock:
+            for ref in cleared:
+                self._db.execute("UPDATE grievances SET sent_at = NULL, server_id = NULL, refused = NULL,"
+                                 " receipt = NULL WHERE client_ref = ?", (ref,))
+            for g in restored:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO grievances (client_ref, recorded_at, category, text) VALUES (?, ?, ?, ?)",
+                    (g.client_ref, g.recorded_at, g.category, g.text))
+        return len(cleared), len(restored)
+
+    def _proves(self, receipt: bytes | None, key: PublicKey, terminal_id: str, ref: str, mark: str) -> bool:
+        """Whether ``receipt`` (kept bytes) is the server's word that complaint ``ref`` was ``mark`` (sent/refused)."""
+        if not receipt:
+            return False
+        digest = hashlib.sha256(receipt + ref.encode() + mark.encode()).digest()
+        if digest in self._proven:
+            return True
+        try:
+            verified: UploadReceipt = verify_receipt(bytes(receipt), key)
+        except (RecordError, ValueError, TypeError):
+            return False
+        ok = verified.terminal_id == terminal_id and any(
+            line.entry_id.hex() == ref and line.result in _PROVES[mark] for line in verified.lines)
+        if ok:
+            self._proven.add(digest)
+        return ok
 
 
 class GrievanceSender:
@@ -202,6 +288,7 @@ class GrievanceSender:
         from terminal.sync import ServerBusy, UnverifiedAnswer, parse_retry_after
 
         confirmed = 0
+        self.queue.recheck(self.receipt_key, self.terminal_id)
         for _ in range(max_batches):
             batch = self.queue.unsent()
             if not batch:
@@ -223,16 +310,17 @@ class GrievanceSender:
             except (ValueError, KeyError, TypeError, binascii.Error, RecordError) as exc:
                 raise UnverifiedAnswer(f"complaints answer without a receipt by the pinned key ({exc}); "
                                        "nothing marked") from exc
+            proof = receipt.message
             if receipt.terminal_id != self.terminal_id or receipt.request_sha256 != hashlib.sha256(body).digest():
                 raise UnverifiedAnswer("complaints receipt answers another request; nothing marked")
             if [ln.entry_id for ln in receipt.lines] != [bytes.fromhex(g.client_ref) for g in batch]:
                 raise UnverifiedAnswer("complaints receipt names other complaints; nothing marked")
             for g, line in zip(batch, receipt.lines, strict=True):
                 if line.result in ("accepted", "duplicate"):
-                    self.queue.mark_sent(g.client_ref, line.seq)
+                    self.queue.mark_sent(g.client_ref, line.seq, proof)
                     confirmed += 1
                 elif line.result == "rejected":
-                    self.queue.mark_refused(g.client_ref, line.reason or "rejected")
+                    self.queue.mark_refused(g.client_ref, line.reason or "rejected", proof)
                 else:
                     raise UnverifiedAnswer(f"complaints receipt: unknown result {line.result!r}")
         return confirmed

@@ -15,11 +15,12 @@ in the signed head). For complaints the same person runs one statement before th
 The stand-in server is :class:`tests.test_sync_authenticity.FakeServer` answering as the real server does
 (receipt signed by the pinned key), as in tests/test_redteam_r3_fake_server_complaints.py.
 
-The test asserts the DEFENCE: after the edit, the next sync round still delivers the complaint. Strict
-xfail: the fix needs a signed trace of every complaint taken (a journal entry kind naming the complaint's
-``client_ref``, so the signed head covers it and reconciliation can report a journalled complaint the
-server never received), in cardlib/records/journal.py, server/upload.py and server/models.py, which are
-not this red team's to edit (docs/security.md, red team round 6, known gaps).
+The test asserts the DEFENCE: after the edit, the next sync round still delivers the complaint's id. It
+failed (strict xfail) until every complaint became a signed journal entry (``EntryKind.COMPLAINT``, its
+``entry_id`` the complaint's ``client_ref``, covered by the signed head) and the sender began each round by
+holding the file to what is signed: a "sent"/"refused" mark needs the server's kept receipt, and a
+journalled complaint missing from the file is put back (its text lost). The server's side, a journalled
+complaint it never receives: ``complaint_not_received`` (tests/test_reconcile_complaints.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 import pytest
 
 from cardlib.records.statements import ReceiptLine, sign_receipt
-from terminal.grievances import GrievanceQueue, GrievanceSender
+from terminal.grievances import ERASED_TEXT, GrievanceQueue, GrievanceSender
+from terminal.journal_store import JournalStore
 from terminal.sync import HttpApi
 from tests.test_sync_authenticity import PINNED, FakeServer, fake  # noqa: F401 - fake is a fixture
 from tests.test_terminal_support import new_signer
@@ -54,16 +56,15 @@ def _honest(_h: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, str
 
 @pytest.fixture
 def counter(tmp_path: Path, fake: FakeServer) -> Iterator[tuple[GrievanceQueue, GrievanceSender]]:  # noqa: F811
-    queue = GrievanceQueue(tmp_path / "grievances.sqlite")
+    signer = new_signer()
+    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id=TID, signer=signer)
+    queue = GrievanceQueue(tmp_path / "grievances.sqlite", journal=journal)  # as terminal.daemon wires it
     fake.answer = _honest
-    yield queue, GrievanceSender(HttpApi(fake.url, timeout_s=5), queue, new_signer(), TID,
-                                 receipt_key=PINNED.public_key)
+    yield queue, GrievanceSender(HttpApi(fake.url, timeout_s=5), queue, signer, TID, receipt_key=PINNED.public_key)
     queue.close()
+    journal.close()
 
 
-@pytest.mark.xfail(strict=True, reason="complaints are kept outside the signed journal: one SQL statement on "
-                   "grievances.sqlite erases or parks a complaint before it is sent, and no signed record names it "
-                   "(fix needs a journal entry kind: cardlib/records/journal.py, server/upload.py, server/models.py)")
 @pytest.mark.parametrize("edit", [
     "DELETE FROM grievances",
     "UPDATE grievances SET sent_at = '2026-12-07T10:00:00+00:00', server_id = 1",
@@ -79,3 +80,40 @@ def test_a_complaint_edited_out_of_the_counter_file_still_reaches_the_server(
     sender.send_pending()
     sent = [item["client_ref"] for _m, _p, _h, body in fake.requests for item in json.loads(body)["grievances"]]
     assert g.client_ref in sent, "the complaint never left the counter and no signed record names it"
+    kept = {q.client_ref: q for q in queue.all()}
+    assert kept[g.client_ref].sent_at is not None  # now with the server's receipt beside the mark
+    if edit.startswith("DELETE"):
+        assert kept[g.client_ref].text.startswith(ERASED_TEXT[:20])  # the words are lost, the id is not
+
+
+def test_an_honest_counter_sends_each_complaint_once(counter: tuple[GrievanceQueue, GrievanceSender],
+                                                      fake: FakeServer) -> None:  # noqa: F811
+    """The receipt kept beside a mark proves it: later rounds send nothing again."""
+    queue, sender = counter
+    g = queue.add("nothing handed out", "not_received", receipt_code="ABCD-EF23")
+    assert sender.send_pending() == 1
+    assert sender.send_pending() == 0
+    assert queue.recheck(PINNED.public_key, TID) == (0, 0)
+    assert [item["client_ref"] for _m, _p, _h, body in fake.requests
+            for item in json.loads(body)["grievances"]] == [g.client_ref]
+
+
+def test_a_forged_receipt_does_not_park_a_complaint(counter: tuple[GrievanceQueue, GrievanceSender],
+                                                     fake: FakeServer) -> None:  # noqa: F811
+    """A receipt signed by another key, or the server's receipt for another complaint, proves nothing."""
+    queue, sender = counter
+    other = queue.add("first", "other", receipt_code="ABCD-EF23")
+    sender.send_pending()
+    (real,) = [bytes(r) for (r,) in sqlite3.connect(queue.path).execute(
+        "SELECT receipt FROM grievances WHERE client_ref = ?", (other.client_ref,))]
+    g = queue.add("second", "staff", receipt_code="ABCD-EF23")
+    forged = sign_receipt(new_signer(), TID, b"{}", [ReceiptLine(bytes.fromhex(g.client_ref), 9, "accepted", None)],
+                          now=time.time())
+    for receipt in (real, forged):
+        with sqlite3.connect(queue.path) as clerk:
+            clerk.execute("UPDATE grievances SET sent_at = '2026-12-07T10:00:00+00:00', server_id = 9, receipt = ?"
+                          " WHERE client_ref = ?", (receipt, g.client_ref))
+        fake.requests.clear()
+        assert sender.send_pending() == 1
+        assert [item["client_ref"] for _m, _p, _h, body in fake.requests
+                for item in json.loads(body)["grievances"]] == [g.client_ref]

@@ -114,6 +114,9 @@ class EntryKind(IntEnum):
     #: a redemption served without a card write (QR or supervisor manual entry, docs/fallback.md);
     #: the counter sets ``fallback`` (the step) and ``approved_by`` (who let it through)
     FALLBACK = 11
+    #: a complaint taken at the counter (docs/grievances.md): the entry's ``entry_id`` is the complaint's
+    #: ``client_ref``, so the signed head covers it; no other claim (the text stays out of the journal)
+    COMPLAINT = 12
 
 
 class Claim(IntEnum):

@@ -24,7 +24,7 @@ import segno
 from cardlib.records.checkpoint import SignedCheckpoint, to_qr_text
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
-from terminal.errors import ScreenListenError
+from terminal.errors import JournalStoreError, ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import decline_message
@@ -721,6 +721,9 @@ class _Handler(BaseHTTPRequestHandler):
                     answer = take_complaint(state, body)
                 except LookupError as exc:
                     self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    return
+                except JournalStoreError as exc:  # no signed trace: the complaint is not kept, not acknowledged
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"complaint NOT saved ({exc}); try again"})
                     return
                 self._json(HTTPStatus.OK, answer)
                 return
