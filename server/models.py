@@ -145,6 +145,9 @@ class JournalEntryRow(Base):
         # DECLINED entries carry a reason, so the index holds only them.
         Index("ix_journal_decline_reason", "decline_reason", "wall_time", "id",
               postgresql_where=text("decline_reason IS NOT NULL"), sqlite_where=text("decline_reason IS NOT NULL")),
+        # complaint_not_received (server.reconcile.terminal_checks): the few COMPLAINT entries (kind 12), every run.
+        Index("ix_journal_complaints", "terminal_id", "seq", postgresql_where=text("kind = 12"),
+              sqlite_where=text("kind = 12")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

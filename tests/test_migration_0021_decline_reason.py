@@ -135,7 +135,7 @@ def test_upgrade_fills_the_reason_of_stored_declines_from_their_signed_bytes(old
 
     d = _journals()
     _insert_at_0020(old_db, [s for t in d.terminals for s in t.entries])
-    assert upgrade(old_db) == "0021"
+    assert upgrade(old_db, "0021") == "0021"
     got = _column(old_db)
     assert got == _expected(d)
     assert sorted(r for r in got.values() if r) == ["card_denied", "clone_check_failed", "not_enough_left",

@@ -17,7 +17,8 @@ Checks (kind → what the SQL looks for):
   boot, or wall time ahead of the server's receipt), ``revoked_terminal_used``;
   plus the upload's own evidence: ``journal_conflict``, ``rejected_entry``; and
   ``journal_tail_missing`` (a signed journal head the stored journal never reaches,
-  or reaches with another hash: a deleted unsent tail).
+  or reaches with another hash: a deleted unsent tail); ``complaint_not_received`` (a
+  ``COMPLAINT`` entry whose complaint never arrived as a grievance within ``complaint_grace_s``).
 - per card, over redemptions (COMMIT/FINISHED): ``card_fork`` (one previous state
   hash with two successors, or one slot seq with two states), ``card_rollback``
   (ordered by the chip's own NTAG counter, the slot seq goes back: a genuine chip
@@ -91,6 +92,7 @@ from server.reconcile.terminal_checks import (
     chain_and_clock_steps,
     checkpoint_heads_missing,
     clock_skew,
+    complaints_not_received,
     journal_tails,
     revoked_terminals_used,
     signature_mismatches,
@@ -171,6 +173,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
         out += journal_tails(conn, cfg)
     if has("checkpoints"):
         out += checkpoint_heads_missing(conn, cfg)
+    out += complaints_not_received(conn, cfg)  # a global kind: time alone makes a complaint overdue
     if has("suspect_terminals"):
         out += revoked_terminals_used(conn, cfg)
     out += clock_skew(conn, cfg, backwards, scope)

@@ -60,6 +60,7 @@ class FindingKind(str, enum.Enum):
     REVOKED_KEY_STATE = "revoked_key_state"  #: a card state a revoked key wrote at/after its revocation
     REVOKED_STATE_BUILT_ON = "revoked_state_built_on"  #: a later redemption read a revoked key's state
     UNKNOWN_CARD = "unknown_card"  #: redemptions on a card id no issuance or registry row names
+    COMPLAINT_NOT_RECEIVED = "complaint_not_received"  #: a journalled complaint the server never received
 
 
 class Severity(str, enum.Enum):

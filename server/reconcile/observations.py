@@ -50,6 +50,11 @@ class ReconcileConfig:
     :ivar tail_grace_s: how long after a signed journal head reached the server the uploads
         may still stay below it before that is ``journal_tail_missing``, seconds (the counter's
         chance to upload: a few sync intervals).
+    :ivar complaint_grace_s: how long after a counter's ``COMPLAINT`` journal entry reached the server the
+        complaint itself may still be missing before that is ``complaint_not_received``, seconds. A sync round
+        sends the complaints right after the journal, so an honest counter misses this only when the round was
+        cut between the two and it stays offline: 72 hours covers a village counter that reaches the network
+        every few days (docs/grievances.md); the finding is withdrawn when the complaint arrives.
     :ivar watermark_margin_s: on PostgreSQL, entries received this long before an incremental run
         are read again by the next one (an upload may commit after a run with a lower id), seconds.
     """
@@ -62,6 +67,7 @@ class ReconcileConfig:
     future_tolerance_s: float = 300.0
     evidence_limit: int = 1000
     tail_grace_s: float = 3600.0
+    complaint_grace_s: float = 72 * 3600.0
     watermark_margin_s: float = 120.0
 
     @property

@@ -1,5 +1,5 @@
 """Checks along each terminal's journal: chain gaps and breaks, clocks, revoked keys, upload evidence, signatures,
-and signed journal heads the uploads never reached (a deleted tail).
+signed journal heads the uploads never reached (a deleted tail), and journalled complaints never received.
 
 Each check takes a read-only connection and returns :class:`~server.reconcile.observations.Observation`
 objects in a deterministic order (the SQL's ORDER BY); :func:`server.reconcile.engine.observe` runs them.
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from cardlib.records.journal import EntryKind
 from server.checkpoints.models import TerminalCheckpoint
+from server.grievances import Grievance
 from server.models import JournalConflict, RejectedEntry, Terminal, TerminalStatus
 from server.reconcile.models import FindingKind, ReconcileBoot, ReportedHead, Severity
 from server.reconcile.observations import Observation, ReconcileConfig, distinct_ids
@@ -47,6 +48,7 @@ __all__ = [
     "chain_and_clock_steps",
     "checkpoint_heads_missing",
     "clock_skew",
+    "complaints_not_received",
     "fold_boots",
     "journal_tails",
     "revoked_terminals_used",
@@ -646,5 +648,55 @@ def checkpoint_heads_missing(conn: Connection, cfg: ReconcileConfig) -> list[Obs
             detail={"head_seq": row.head_seq, "head_hash": row.head_hash.hex(), "boot_id": row.boot_id,
                     "stored_hash": row.entry_hash.hex() if rewritten else None, "reached_seq": row.reached,
                     "last_boot": row.last_boot, "checkpoint_id": row.checkpoint_id},
+        ))
+    return out
+
+
+def complaints_not_received(conn: Connection, cfg: ReconcileConfig, now: dt.datetime | None = None
+                            ) -> list[Observation]:
+    """Complaints a counter journalled (``COMPLAINT`` entries) that never reached the server as a grievance.
+
+    A counter appends a ``COMPLAINT`` entry whose ``entry_id`` is the complaint's ``client_ref``
+    (docs/card-format.md §Conventions) before it acknowledges the complaint, and sends the complaint
+    in the same sync round after the journal. An entry received more than ``cfg.complaint_grace_s``
+    ago with no grievance of that counter under that ``client_ref`` (``grievances.source_terminal``,
+    ``grievances.client_ref``) is ``complaint_not_received`` (HIGH): the complaint was erased, parked
+    or refused at the counter (docs/security.md "A complaint erased at the clerk's own counter"). It is
+    withdrawn by the next run after the complaint arrives. A complaint the server refused is not stored,
+    so it stays reported. Reads the entries through ``ix_journal_complaints`` (partial on the kind) and
+    the grievances of those counters; evidence: the entry id.
+
+    :param now: the reconciliation instant (aware UTC); default now.
+    """
+    def build() -> Any:
+        return (select(journal.c.terminal_id, journal.c.seq, journal.c.entry_id, journal.c.wall_time,
+                       journal.c.received_at)
+                .where(journal.c.kind == int(EntryKind.COMPLAINT), journal.c.received_at <= bindparam("cutoff"))
+                .order_by(journal.c.terminal_id, journal.c.seq))
+
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=cfg.complaint_grace_s)
+    rows = conn.execute(built_once(("complaints_not_received",), build), {"cutoff": cutoff}).all()
+    if not rows:
+        return []
+    grievances = typing_cast(Table, Grievance.__table__)
+    counters = sorted({row.terminal_id for row in rows})
+    received = set(conn.execute(
+        select(grievances.c.source_terminal, grievances.c.client_ref)
+        .where(grievances.c.source_terminal.in_(counters), grievances.c.client_ref.is_not(None))).tuples())
+    out = []
+    for row in rows:
+        ref = bytes(row.entry_id).hex()
+        if (row.terminal_id, ref) in received:
+            continue
+        at_server = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.UTC)
+        out.append(Observation(
+            FindingKind.COMPLAINT_NOT_RECEIVED,
+            Severity.HIGH,
+            f"{row.terminal_id}|{ref}",
+            f"terminal {row.terminal_id}: complaint {ref} journalled at seq {row.seq} never reached the server",
+            [bytes(row.entry_id)],
+            terminal_id=row.terminal_id,
+            detail={"client_ref": ref, "seq": row.seq, "journalled_at": row.wall_time.isoformat(),
+                    "entry_received_at": at_server.isoformat(), "grace_s": cfg.complaint_grace_s},
         ))
     return out
