@@ -92,6 +92,9 @@ NOT_FINAL = "Not final yet: this result may still change."
 REMAINING = "Remaining"
 FALLBACK_REMAINING = "Fallback allowance left this period"
 FALLBACK_ENTITLED = "Fallback allowance this period"
+#: A receipt's household when the counter does not know it (a supervisor entry has only the card id typed):
+#: the line is printed with this rather than empty, and the card id under it (docs/fallback.md §Step 2).
+NO_HOUSEHOLD = "— (not known: supervisor entry)"
 #: Banner texts by code (msgids); ``%(...)s`` fields are filled in after translation.
 BANNER_TEXTS = {
     "ok": "Ready: readers connected, server synced %(age)s ago.",
@@ -474,7 +477,11 @@ _MODE_NAMES = {
 
 
 def receipt_text(p: Published, lang: str) -> str:
-    """A plain-text receipt (fits a 32-column thermal printer): entitled / received / remaining / code."""
+    """A plain-text receipt (fits a 32-column thermal printer): entitled / received / remaining / code.
+
+    A fallback's receipt (household QR, supervisor entry) also prints the card id it charged: the household
+    holds no card written by this counter, and a supervisor entry knows no household (:data:`NO_HOUSEHOLD`).
+    """
     t = translations(lang)
     o, r = p.outcome, p.outcome.receipt
     if r is None:
@@ -485,7 +492,8 @@ def receipt_text(p: Published, lang: str) -> str:
         t.gettext("Huma Betang receipt"),
         f"{r.terminal_id} #{r.seq}",
         when,
-        f"{t.gettext('Household')}: {r.household_ref}",
+        f"{t.gettext('Household')}: {r.household_ref or t.gettext(NO_HOUSEHOLD)}",
+        *([f"{t.gettext('Card')}: {o.card_id}"] if fallback and o.card_id else []),
         f"{t.gettext('Programme')}: {programme_name(lang, r.programme)}",
         f"{t.gettext(FALLBACK_ENTITLED if fallback else 'Entitled')}: {amount_text(lang, o.unit, r.entitled)}",
         f"{t.gettext('Received')}: {amount_text(lang, o.unit, r.received)}",
