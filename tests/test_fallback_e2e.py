@@ -263,7 +263,7 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     page = client.get(f"/audit/cards/{card_id}?lang=id").get_data(as_text=True)
     assert "cadangan qr · disetujui oleh clerk-ani" in page
     assert "cadangan manual · disetujui oleh sri" in page
-    assert "cadangan qr · disetujui oleh clerk-budi" in page
+    assert "cadangan qr · dimasukkan oleh clerk-budi" in page  # refused at the second counter: not approved
     assert "supervisor menolak" in page and "jatah cadangan sudah habis" in page  # supervisor_refused, fallback_used_up
     terminal_page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=en").get_data(as_text=True)
     assert "fallback manual · approved by sri" in terminal_page

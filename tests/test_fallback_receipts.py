@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cardlib.keys.signer import SoftwareSigner
 from cardlib.records.bundle import Programme
 from cardlib.records.journal import EntryKind
 from cardlib.records.receipt import receipt_code
@@ -35,29 +36,46 @@ TERMINAL_ID = "T-6271-0093"
 MANUAL_CARD = "62710000000000a7"
 
 
-def test_qr_and_supervisor_receipts_are_found_by_the_cli_and_a_complaint(
-        app: Any, audit_db: str, world: Any, live_server: Any, tmp_path: Path, capsys: Any) -> None:  # noqa: F811
+def desk_at(world: Any, tmp_path: Path, terminal_id: str) -> tuple[FallbackDesk, JournalStore, SoftwareSigner]:
+    """The real fallback desk of an enrolled counter ``terminal_id`` on a fresh journal.
+
+    Its bundle serves ``food`` (1 package a cycle), one package by QR or supervisor entry together;
+    supervisor ``sri`` has password ``kunci-sri``.
+
+    :returns: ``(desk, journal, the counter's signing key)``.
+    """
     key = new_signer()
-    enrol_terminal(world, TERMINAL_ID, key)
+    enrol_terminal(world, terminal_id, key)
     now = int(time.time())
     trust = dataclasses.replace(bundle(), programmes=(Programme(1, "food", "package", 1, 182),),
                                 policies={"fallback.qr.food": 1, "fallback.manual.food": 1},
                                 issued_at=now - 60, expires_at=now + 30 * 86400)
-    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id=TERMINAL_ID, signer=key,
+    journal = JournalStore(tmp_path / f"{terminal_id}.sqlite", terminal_id=terminal_id, signer=key,
                            clock=Clock(force_synced=True))
     desk = FallbackDesk(journal, lambda: trust, CounterMode.MARKET_REDEMPTION, {"sri": supervisor_hash("kunci-sri")})
+    return desk, journal, key
+
+
+def upload_journal(world: Any, live_server: Any, tmp_path: Path, journal: JournalStore, key: SoftwareSigner) -> None:
+    """Upload all of ``journal`` to the live server as the counter's sync does (receipts checked); close it."""
+    tid = journal.terminal_id
+    sync = SyncClient(HttpApi(f"http://{live_server.host}:{live_server.port}/", timeout_s=30), journal, key,
+                      tid, TrustStore(tmp_path / f"trust-{tid}.cose", new_signer().public_key),
+                      receipt_key=pinned_receipt_key(world, tid))
+    sync.upload_pending()
+    assert journal.unsent_count() == 0
+    journal.close()
+
+
+def test_qr_and_supervisor_receipts_are_found_by_the_cli_and_a_complaint(
+        app: Any, audit_db: str, world: Any, live_server: Any, tmp_path: Path, capsys: Any) -> None:  # noqa: F811
+    desk, journal, key = desk_at(world, tmp_path, TERMINAL_ID)
     _, qr_text = card_and_qr(1, 1)
     paid = [desk.qr(qr_text, "food", 1, "clerk-ani"), desk.manual(MANUAL_CARD, "food", 1, "sri", "kunci-sri")]
     assert [o.status for o in paid] == [TapStatus.ACCEPTED] * 2, paid
     receipts = [o.receipt for o in paid]
     assert all(r is not None for r in receipts)
-
-    sync = SyncClient(HttpApi(f"http://{live_server.host}:{live_server.port}/", timeout_s=30), journal, key,
-                      TERMINAL_ID, TrustStore(tmp_path / "trust.cose", new_signer().public_key),
-                      receipt_key=pinned_receipt_key(world, TERMINAL_ID))
-    sync.upload_pending()
-    assert journal.unsent_count() == 0
-    journal.close()
+    upload_journal(world, live_server, tmp_path, journal, key)
 
     from sqlalchemy import select
 
