@@ -40,6 +40,7 @@ from cardlib.records.bundle import (
 )
 from cardlib.records.errors import RecordError
 from server.auth import audit
+from server.card_blocks import lifted_blocks
 from server.errors import BadRequest, ConfigurationError, Conflict
 from server.models import Person, PublishedBundle, Terminal, TerminalStatus
 from server.reconcile.denylist import lifted_denials
@@ -139,8 +140,9 @@ def next_deny_lists(session: Session, previous: TrustBundle | None) -> tuple[Sor
     """The next bundle's deny lists: ``previous``'s, less what an auditor cleared, ∪ today's candidates.
 
     Today's candidates are :func:`server.registry.next_deny_sets` (confirmed and provisional
-    findings, the registry's abandoned and replaced cards); a card an auditor cleared by
-    dismissing its finding leaves the list (:func:`server.reconcile.denylist.lifted_denials`),
+    findings, the registry's abandoned and replaced cards, cards blocked at the office); a card an auditor cleared by
+    dismissing its finding leaves the list (:func:`server.reconcile.denylist.lifted_denials`), as does a card
+    whose office block was lifted (:func:`server.card_blocks.lifted_blocks`),
     every other earlier denial stays.
 
     :returns: ``(deny_cards, deny_uids)``, sorted and unique.
@@ -149,6 +151,8 @@ def next_deny_lists(session: Session, previous: TrustBundle | None) -> tuple[Sor
     if previous is None:
         return cards, uids
     lifted_cards, lifted_uids = lifted_denials(session, cards, uids)
+    unblocked_cards, unblocked_uids = lifted_blocks(session, cards, uids)  # blocks lifted at the office
+    lifted_cards, lifted_uids = lifted_cards | unblocked_cards, lifted_uids | unblocked_uids
     return (SortedIdSet.from_ids([*(c for c in previous.deny_cards if c not in lifted_cards), *cards], CARD_ID_LENGTH),
             SortedIdSet.from_ids([*(u for u in previous.deny_uids if u not in lifted_uids), *uids], UID_LENGTH))
 

@@ -778,3 +778,115 @@ from server.household_cli import cards_group, grievance_group, household_group, 
 
 for _command in (household_group, cards_group, grievance_group, receipt_cmd):
     server.add_command(_command)
+
+
+# ----------------------------------------------------------------------------- cards reported lost (server.card_blocks)
+
+
+def _office_person(session: Session, username: str) -> Any:
+    """The person ``--by`` names (any case), or a usage error naming the option."""
+    from sqlalchemy import select
+
+    from server.auth import username_is
+    from server.models import Person
+
+    person = session.scalars(select(Person).where(username_is(username))).first()
+    if person is None:
+        raise click.BadParameter(f"no person named {username!r}", param_hint="--by")
+    return person
+
+
+def _blocked_card(session: Session, card_id: str | None, household: str | None) -> str:
+    from server.card_blocks import card_of_household
+
+    if household is not None:
+        return card_of_household(session, household, card_id)
+    if card_id is None:
+        raise click.UsageError("name the card: CARD_ID, or --household REF (its one current card)")
+    return card_id.lower()
+
+
+_CARD_ARG = click.argument("card_id", required=False, metavar="[CARD_ID]")
+_HOUSEHOLD_OPT = click.option(
+    "--household", metavar="REF", help="The household (16 hex digits or the HB-XXXXXXXX label on its card and "
+                                       "letters): its one current card, or the CARD_ID given, which must serve it.")
+_BY_OPT = click.option("--by", "by", required=True, metavar="USERNAME",
+                       help="Who records it (a technician, auditor or admin; audited under that person).")
+
+
+@cards_group.command("block")
+@_CARD_ARG
+@_HOUSEHOLD_OPT
+@click.option("--reason", type=click.Choice(["lost", "stolen", "damaged"]), required=True,
+              help="What the household reported.")
+@_BY_OPT
+@click.option("--note", default=None, help="Kept with the block: who reported it, where (at most 500 characters).")
+@DATABASE_OPTION
+def block_cmd(card_id: str | None, household: str | None, reason: str, by: str, note: str | None) -> None:
+    """Block a card reported lost, stolen or damaged: the next bundle denies it (card id and chip UIDs; audited).
+
+    Counters decline it ("card_denied") from their next bundle fetch after `huma server bundle publish`
+    (or the scheduled --if-changed run). A later re-issue works as before; the replaced card stays denied.
+    """
+    from server.card_blocks import BlockReason, block_card
+    from server.reconcile.denylist import card_uids
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        person = _office_person(session, by)
+        card = _blocked_card(session, card_id, household)
+        block = block_card(session, card, BlockReason(reason), person=person, note=note, audit_detail=_console())
+        uids = sorted(u.hex() for u in card_uids(session, [card])[card] if len(u) == 7)
+        session.commit()
+        click.echo(f"card {card} blocked: {block.reason}, recorded by {person.username}, "
+                   f"{block.blocked_at.isoformat()}")
+    click.echo(f"the next bundle denies card {card} and chip UID(s) {', '.join(uids) or '-'}: "
+               "publish it (`huma server bundle publish`) or wait for the scheduled run")
+
+
+@cards_group.command("unblock")
+@_CARD_ARG
+@_HOUSEHOLD_OPT
+@click.option("--reason", required=True, help="Why the block is lifted (e.g. found by the household).")
+@_BY_OPT
+@DATABASE_OPTION
+def unblock_cmd(card_id: str | None, household: str | None, reason: str, by: str) -> None:
+    """Lift a card's block (found again): the next bundle drops it unless something else denies it (audited).
+
+    A technician may not lift an auditor's or admin's block, nor the block of a card an open or
+    confirmed fraud finding names.
+    """
+    from server.card_blocks import unblock_card
+
+    app = make_app()
+    with database(app):
+        session = _write_session()
+        person = _office_person(session, by)
+        card = _blocked_card(session, card_id, household)
+        still = unblock_card(session, card, person=person, reason=reason, audit_detail=_console())
+        session.commit()
+    click.echo(f"card {card} unblocked by {person.username}")
+    if still:
+        click.echo("still denied by the next bundle: " + "; ".join(still))
+    else:
+        click.echo("the next bundle honours it again: publish it (`huma server bundle publish`)")
+
+
+@cards_group.command("blocks")
+@click.option("--all", "every", is_flag=True, help="Lifted blocks too.")
+@DATABASE_OPTION
+def blocks_cmd(every: bool) -> None:
+    """Cards blocked at the office: card, reason, who and when (and who lifted it, with --all)."""
+    from server.card_blocks import standing_blocks
+    from server.extensions import db
+
+    app = make_app()
+    with database(app):
+        rows = standing_blocks(db.session, lifted=every)
+    if not rows:
+        click.echo("no blocked cards")
+    for b in rows:
+        lifted = f"  lifted {b.lifted_at.isoformat()} by {b.lifted_by}: {b.lift_reason}" if b.lifted_at else ""
+        click.echo(f"{b.card_id}  {b.reason:<7}  by {b.blocked_by}  {b.blocked_at.isoformat()}"
+                   f"{'  ' + b.note if b.note else ''}{lifted}")

@@ -134,6 +134,30 @@ class Card(Base):
     session_id: Mapped[bytes | None] = mapped_column(LargeBinary(16), default=None)
 
 
+class CardBlock(Base):
+    """A card reported lost, stolen or damaged at the office, denied from the next bundle (server.card_blocks).
+
+    At most one standing block per card (``lifted_at`` NULL); a lifted one is kept as history (migration 0023).
+    """
+
+    __tablename__ = "card_blocks"
+    __table_args__ = (
+        Index("uq_card_blocks_standing", "card_id", unique=True, postgresql_where=text("lifted_at IS NULL"),
+              sqlite_where=text("lifted_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    card_id: Mapped[str] = mapped_column(String(64), index=True)
+    #: ``lost``, ``stolen`` or ``damaged`` (server.card_blocks.BlockReason).
+    reason: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    blocked_by: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    blocked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    lifted_by: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    lifted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+
+
 class JournalEntryRow(Base):
     """One verified terminal journal entry (the exact signed bytes are kept in ``raw``)."""
 

@@ -335,9 +335,12 @@ def registry_deny_candidates(session: Session) -> list[DenyCandidate]:
 
 
 def next_deny_sets(session: Session, extra: Sequence[DenyCandidate] = ()) -> tuple[SortedIdSet, SortedIdSet]:
-    """The deny lists for the next bundle: confirmed clones/fraud (reconciliation) + the registry's.
+    """The deny lists for the next bundle: confirmed clones/fraud (reconciliation) + the registry's + office blocks.
 
     :returns: ``(deny_cards, deny_uids)`` as :func:`server.reconcile.denylist.deny_sets` builds them.
     :raises ValueError: a candidate card id that is not 16 hex digits.
     """
-    return deny_sets([*deny_list_candidates(session), *registry_deny_candidates(session), *extra])
+    from server.card_blocks import block_candidates  # cards reported lost at the office
+
+    return deny_sets([*deny_list_candidates(session), *registry_deny_candidates(session), *block_candidates(session),
+                      *extra])

@@ -189,8 +189,10 @@ def household_page(ref: str) -> ResponseReturnValue:
     uids = dict(db.session.execute(select(Card.card_id, Card.tag_uid).where(
         Card.card_id.in_([c.card_id for c in cards]))).tuples().all())
     rows, next_before = copy_attempts(db.session, household=household)
+    from server.card_blocks import blocks_of
+
     return render("household.html", household=household, cards=cards, uids=uids, rows=rows,
-                  next_before=next_before)
+                  next_before=next_before, blocks=blocks_of(db.session, [c.card_id for c in cards]))
 
 
 @bp.get("/terminals")

@@ -38,6 +38,7 @@ from server.audit.messages import translate_message
 from server.audit.models import ReceiptCode
 from server.audit.receipts import index_receipts, normalise_code
 from server.auth import audit, person_from_token
+from server.card_blocks import blocks_of
 from server.errors import (
     AuthenticationFailed,
     Forbidden,
@@ -656,7 +657,7 @@ def card_page(card_id: str) -> ResponseReturnValue:
     replaces, replaced_by, known = _reissues(card_id)
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
                   pin_resets=pin_resets, shown_cycle=cycle, replaces=replaces, replaced_by=replaced_by,
-                  known_cards=known,
+                  known_cards=known, block=blocks_of(db.session, [card_id]).get(card_id),
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,
                   decline=decline_reason, fallback=fallback_of)
 

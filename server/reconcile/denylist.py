@@ -28,7 +28,8 @@ from server.models import Card
 from server.reconcile.models import Finding, FindingKind, FindingStatus
 from server.reconcile.sql import journal
 
-__all__ = ["DENY_KINDS", "PROOF_KINDS", "DenyCandidate", "deny_list_candidates", "deny_sets", "lifted_denials"]
+__all__ = ["DENY_KINDS", "PROOF_KINDS", "DenyCandidate", "card_uids", "deny_list_candidates", "deny_sets",
+           "lifted_denials"]
 
 
 #: Finding kinds whose evidence is signed proof of a second chip or a restored dump: the card is
@@ -152,6 +153,11 @@ def _uids_of(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
         for card_id, uid in session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))):
             uids[card_id].add(uid)
     return uids
+
+
+def card_uids(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
+    """Chip UIDs the server knows for each card id: the registry's and every journal entry's (card id -> UIDs)."""
+    return _uids_of(session, ids)
 
 
 def deny_list_candidates(session: Session) -> list[DenyCandidate]:
