@@ -30,7 +30,7 @@ from cardlib.records.claims import state_hash
 from cardlib.records.issuance import issue_card_image
 from firmware_config.models import CounterMode
 from server.auth import create_person
-from server.bundles import newest_stored_bundle, publish_next_bundle
+from server.bundles import newest_stored_bundle, publish_due, publish_next_bundle
 from server.extensions import db
 from server.models import Person, PersonRole
 from server.reconcile.findings import decide_finding
@@ -133,6 +133,8 @@ def test_a_card_reported_lost_is_declined_card_denied_after_the_next_bundle_and_
     from server.card_blocks import BlockReason, block_card, unblock_card
 
     _as(office.app, "tech", block_card, card_id.hex(), BlockReason.LOST, note="reported by the household head")
+    with office.app.app_context():  # a scheduled `publish --if-changed` sees it
+        assert publish_due(db.session, office.store, now=office.now + 30) == "deny list changed"
     bundle = office.publish()
     assert card_id in bundle.deny_cards and UID in bundle.deny_uids
     c = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=bundle)
