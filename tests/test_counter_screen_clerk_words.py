@@ -12,6 +12,7 @@ import pytest
 from terminal.journal_store import JournalStore
 from terminal.policy import DeclineReason, decline_message
 from terminal.screen.i18n import translations
+from terminal.screen.server import banner_items
 from tests.fallback_support import SUPERVISOR_PASSWORD, post
 from tests.test_fallback import _qr_from_png, counter  # noqa: F401 - fixture
 from tests.test_records_support import identity
@@ -81,3 +82,11 @@ def test_the_complaint_page_names_itself_once(counter: tuple[str, JournalStore])
         found = re.search(r"<header><span>(.*?)</span>", page)
         assert found is not None
         assert found.group(1) == f"{counter_name} · {complaint}"  # "Keluhan · Keluhan" in Indonesian before
+
+
+@pytest.mark.parametrize("age_days", [None, 9.0], ids=["no_update", "old_update"])
+def test_the_banner_speaks_of_the_offices_update_not_a_trust_bundle(age_days: float | None) -> None:
+    for lang, jargon in (("en", "trust"), ("id", "kepercayaan")):
+        items = banner_items({"bundle_age_days": age_days}, lang, 0.0)
+        assert len(items) == 1 and items[0]["code"] in ("bundle_missing", "bundle_old")
+        assert jargon not in items[0]["text"].lower(), items[0]["text"]

@@ -109,8 +109,11 @@ BANNER_TEXTS = {
                                 "working offline.",
     "never_synced": "Not yet synced with the server (%(unsent)s entries waiting).",
     "offline_long": "Last sync %(age)s ago (%(unsent)s entries waiting).",
-    "bundle_missing": "No trust bundle: cards cannot be checked until the first sync.",
-    "bundle_old": "Trust bundle is %(age)s old: offline limits are lowered. Sync the counter.",
+    # the trust bundle, in the clerk's words: the office's update
+    "bundle_missing": "This counter has not received the office's update yet: cards cannot be checked until it "
+                      "syncs. Connect it to the network.",
+    "bundle_old": "This counter last received the office's update %(age)s ago: offline limits are lowered. "
+                  "Sync the counter.",
 }
 #: Banner levels: ``error`` stops taps, ``warn`` lets them go on, ``ok`` says all is well.
 _LEVEL_OF = {
