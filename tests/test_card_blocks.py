@@ -288,3 +288,38 @@ def test_cli_block_by_household_label_shows_on_the_pages_and_is_audited(
                                   .order_by(AuditLog.id)).all()
         assert [r.action for r in rows] == ["cards.block", "cards.unblock"]
         assert json.loads(rows[0].detail)["reason"] == "lost" and json.loads(rows[0].detail)["via"] == "cli"
+
+
+def test_an_auditor_blocks_and_unblocks_from_the_card_page_with_its_csrf_token(office: Office, world: Any) -> None:
+    import re
+
+    from server.bundles import next_deny_lists
+    from tests.audit_login import form_login
+
+    office.issue()
+    card_id = identity().card_id.hex()
+    client = world.client
+    form_login(client, "auditor", "a long enough password")
+    page = client.get(f"/audit/cards/{card_id}?lang=id").get_data(as_text=True)
+    assert "Blokir kartu (dilaporkan hilang, dicuri atau rusak)" in page
+    token = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+    assert token is not None
+    # Without the page's CSRF token a forged form from another site blocks nothing.
+    assert client.post(f"/audit/cards/{card_id}/block", data={"reason": "stolen"}).status_code == 403
+    assert client.post(f"/audit/cards/{card_id}/block",
+                       data={"reason": "misplaced", "csrf": token.group(1)}).status_code == 400
+    r = client.post(f"/audit/cards/{card_id}/block",
+                    data={"reason": "stolen", "note": "taken at the market", "csrf": token.group(1)})
+    assert r.status_code == 302 and r.headers["Location"].endswith(f"/audit/cards/{card_id}")
+    page = client.get(f"/audit/cards/{card_id}?lang=en").get_data(as_text=True)
+    assert "blocked: stolen, reported by auditor" in page and "taken at the market" in page
+    with office.app.app_context():
+        cards, _uids = next_deny_lists(db.session, None)
+        assert bytes.fromhex(card_id) in cards
+    assert client.post(f"/audit/cards/{card_id}/block",
+                       data={"reason": "lost", "csrf": token.group(1)}).status_code == 409
+    assert client.post("/audit/cards/00000000deadbeef/block",
+                       data={"reason": "lost", "csrf": token.group(1)}).status_code == 404
+    r = client.post(f"/audit/cards/{card_id}/unblock", data={"reason": "found at home", "csrf": token.group(1)})
+    assert r.status_code == 302
+    assert 'id="blocked"' not in client.get(f"/audit/cards/{card_id}?lang=en").get_data(as_text=True)

@@ -116,6 +116,23 @@ PATHS: dict[str, Any] = {
                       "422": _err("no reason")}}},
     "/audit/cards/{card_id}": _page("Card history: every tap, terminal and remaining entitlement",
                                     [_path("card_id")]),
+    "/audit/cards/{card_id}/block": {"post": {
+        "summary": "Block a card reported lost, stolen or damaged: the next bundle denies it (audited)",
+        "tags": ["audit"], "security": _BEARER, "parameters": [_path("card_id")],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "required": ["reason", "csrf"],
+                       "properties": {"reason": {"type": "string", "enum": ["lost", "stolen", "damaged"]},
+                                      "note": {"type": "string"}, "csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "blocked: to the card page"}, **_PAGE_ERRORS,
+                      "409": _err("the card is already blocked")}}},
+    "/audit/cards/{card_id}/unblock": {"post": {
+        "summary": "Lift a card's block with a reason: the next bundle drops it unless something else denies it "
+                   "(audited)", "tags": ["audit"], "security": _BEARER, "parameters": [_path("card_id")],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"type": "object", "required": ["reason", "csrf"],
+                       "properties": {"reason": {"type": "string"}, "csrf": {"type": "string"}}}}}},
+        "responses": {"302": {"description": "lifted: to the card page"}, **_PAGE_ERRORS,
+                      "409": _err("the card has no block")}}},
     "/audit/terminals/{terminal_id}": _page("Terminal history in seq order", [
         _path("terminal_id"), _query("after", {"type": "integer", "minimum": 0})]),
     "/audit/settlements": _page("Settled torn writes (taken or not taken), 100 a page", [

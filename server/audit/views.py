@@ -766,6 +766,7 @@ def exports_page() -> ResponseReturnValue:
 
 
 
+from server.audit import block_views as _block_views  # noqa: E402, F401 - block/unblock a card, on bp
 from server.audit import decline_views as _decline_views  # noqa: E402, F401 - copy attempts, households, terminals
 from server.audit import grievance_views as _grievance_views  # noqa: E402, F401 - the grievance pages, on bp
 from server.audit import settlement_views as _settlement_views  # noqa: E402, F401 - settled torn writes, on bp
