@@ -323,3 +323,19 @@ def test_an_auditor_blocks_and_unblocks_from_the_card_page_with_its_csrf_token(o
     r = client.post(f"/audit/cards/{card_id}/unblock", data={"reason": "found at home", "csrf": token.group(1)})
     assert r.status_code == 302
     assert 'id="blocked"' not in client.get(f"/audit/cards/{card_id}?lang=en").get_data(as_text=True)
+
+
+def test_a_household_label_with_two_current_cards_needs_the_card_id(office: Office) -> None:
+    from server.card_blocks import card_of_household
+    from server.errors import BadRequest
+
+    office.issue()
+    office.issue(NEW_UID, card_id=NEW_CARD)  # a second card for the household, no re-issue: both current
+    label = "HB-" + HOUSEHOLD.hex()[:8].upper()
+    with office.app.app_context():
+        with pytest.raises(BadRequest) as many:
+            card_of_household(db.session, label)
+        assert "2 current cards" in str(many.value) and NEW_CARD.hex() in str(many.value)
+        assert card_of_household(db.session, label, NEW_CARD.hex()) == NEW_CARD.hex()
+        with pytest.raises(BadRequest):
+            card_of_household(db.session, label, "00000000deadbeef")  # not a card of this household
