@@ -20,7 +20,14 @@ from server.reconcile.findings import RESOLVED_REASON
 from server.reconcile.models import FindingKind, FindingStatus, Severity
 from server.reconcile.observations import ReconcileConfig
 from simulator.journals import SimTerminal
-from tests.reconcile_support import audit_db, incremental_then_full, upload  # noqa: F401 - audit_db: fixture
+from tests.audit_login import form_login
+from tests.reconcile_support import (  # noqa: F401 - audit_db: fixture
+    AUDITOR_PASSWORD,
+    add_auditor,
+    audit_db,
+    incremental_then_full,
+    upload,
+)
 from tests.test_registry_reconcile import _enrol, _ms
 
 #: Exact watermark; every journalled complaint due at once.
@@ -91,6 +98,12 @@ def test_an_erased_complaint_is_reported_and_withdrawn_when_it_arrives_late(
 
     complaints, _found, sent = _round(app, world, t, 0)
     assert sorted(complaints) == [erased]
+    add_auditor(app)
+    assert form_login(world.client, "audrey", AUDITOR_PASSWORD).status_code == 302
+    page = world.client.get("/audit/findings").get_data(as_text=True)  # Bahasa Indonesia by default
+    assert "keluhan yang dicatat di jurnal loket tidak pernah sampai ke server" in page
+    page_en = world.client.get("/audit/findings?lang=en").get_data(as_text=True)
+    assert "a complaint the counter journalled never reached the server" in page_en
     f = complaints[erased]
     assert (f[1], f[2], f[5]) == (Severity.HIGH.value, FindingStatus.OPEN.value, t.terminal_id)
     assert f[6] == f"terminal {t.terminal_id}: complaint {erased} journalled at seq 2 never reached the server"
