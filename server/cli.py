@@ -350,6 +350,7 @@ def add_person(username: str, role: str, password_file: Path | None) -> None:
     """Create a person (the first admin is created this way); audited as a console action.
 
     USERNAME is stored in lower case; a name that differs from an existing one only in case is refused.
+    The password has at least 10 characters (server.auth.MIN_PASSWORD_LENGTH); a shorter one is refused.
     """
     from server.auth import check_username
     from server.models import PersonRole
@@ -423,7 +424,10 @@ def enable_person(username: str) -> None:
 @_PASSWORD_FILE
 @DATABASE_OPTION
 def set_password_cmd(username: str, password_file: Path | None) -> None:
-    """Replace a person's password and end their sessions (audited; the password is not logged)."""
+    """Replace a person's password and end their sessions (audited; the password is not logged).
+
+    The password has at least 10 characters (server.auth.MIN_PASSWORD_LENGTH); a shorter one is refused.
+    """
     from server.people import change_password
 
     password = _read_password(password_file)

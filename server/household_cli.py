@@ -13,6 +13,7 @@ change is audited as a console change (``via: cli``).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -36,6 +37,16 @@ DATABASE_OPTION = click.option(
 
 #: Units whose English noun takes an ``s`` for any count but one (a rupiah amount does not).
 _COUNTED_UNITS = ("package", "visit")
+
+
+def _wib(when: object) -> str:
+    """An aware instant (or its ISO 8601 text, as the household record holds it) as the audit pages write
+    it, WIB (UTC+7), here to the second: ``2026-03-02 08:00:15 WIB``; anything else (``None``) is ``–``."""
+    from server.audit.i18n import wib
+
+    if isinstance(when, str):
+        when = dt.datetime.fromisoformat(when)
+    return wib(when if isinstance(when, dt.datetime) else None, "en", seconds=True)
 
 
 def entitlement_text(n: int, unit: str | None) -> str:
@@ -79,15 +90,15 @@ def show_household(ref: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(household_json(h), indent=2))
         return
-    click.echo(f"household {ref}, cycle {h.cycle}")
+    click.echo(f"household {ref}, cycle {h.cycle} (times WIB, as on the audit pages)")
     for c in h.cards:
-        revoked = f", revoked {c['revoked_at']} ({c['revoke_reason']})" if c["revoked_at"] else ""
-        click.echo(f"  card {c['card_id']} issued {c['issued_at']}{revoked}")
+        revoked = f", revoked {_wib(c['revoked_at'])} ({c['revoke_reason']})" if c["revoked_at"] else ""
+        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{revoked}")
     for b in h.balances:
         click.echo(f"  {b.programme}: {b.remaining} of {entitlement_text(b.entitled, b.unit)} left "
                    f"({b.redeemed} redeemed)")
     for t in h.last_taps:
-        click.echo(f"  {t['wall_time']} {t['terminal_id']} #{t['seq']} card {t['card_id']} {t['kind']} "
+        click.echo(f"  {_wib(t['wall_time'])} {t['terminal_id']} #{t['seq']} card {t['card_id']} {t['kind']} "
                    f"{t['programme'] or ''} {t['amount'] if t['amount'] is not None else ''}")
 
 
@@ -101,6 +112,10 @@ def statement_cmd(ref: str, reissue_of: str, out: Path, key_out: Path | None) ->
     """Sign household REF's remaining entitlement for re-issuing card --reissue-of (audited).
 
     REF: the reference (16 hex digits) or the label printed on cards and letters (HB-XXXXXXXX).
+
+    Signed with the server receipt key the counters pinned: set HUMA_RECEIPT_KEY to the server's
+    key file (and HUMA_RECEIPT_KEY_PASSWORD if it is encrypted); without it, or if the file is
+    missing, the command refuses and makes no key.
     """
     from cardlib.records.household_label import parse_household_id
     from server.auth import audit
@@ -292,7 +307,7 @@ def grievance_list(status: str | None) -> None:
         for g in db.session.scalars(stmt):
             about = " ".join(f"{k}={v}" for k, v in (("receipt", g.receipt_code), ("card", g.card_id),
                                                      ("household", g.household_ref)) if v)
-            click.echo(f"{g.id} {g.status} {g.created_at.isoformat()} {about}: {g.text[:80]}")
+            click.echo(f"{g.id} {g.status} {_wib(g.created_at)} {about}: {g.text[:80]}")
 
 
 @grievance_group.command("status")
@@ -339,5 +354,5 @@ def receipt_cmd(code: str) -> None:
     if not entries:
         raise NotFound("no redemption with this receipt code")
     for e in entries:
-        click.echo(f"{e['wall_time']} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
+        click.echo(f"{_wib(e['wall_time'])} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
                    f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}")

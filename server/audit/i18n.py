@@ -70,11 +70,15 @@ def percent(share: float, lang: str) -> str:
     return format_percent(share, format="#,##0.#%", locale=LOCALES[lang])
 
 
-def wib(when: dt.datetime | None, lang: str, with_zone: bool = True) -> str:
-    """An aware instant as WIB (UTC+7) wall time, ``2026-03-02 08:00 WIB``; ``None`` is ``–``."""
+def wib(when: dt.datetime | None, lang: str, with_zone: bool = True, seconds: bool = False) -> str:
+    """An aware instant as WIB (UTC+7) wall time, ``2026-03-02 08:00 WIB``; ``None`` is ``–``.
+
+    :param seconds: to the second, ``2026-03-02 08:00:15 WIB`` (the console's lines, one per entry).
+    """
     if when is None:
         return "\u2013"
-    text = format_datetime(when.astimezone(WIB), "yyyy-MM-dd HH:mm", locale=LOCALES[lang])
+    text = format_datetime(when.astimezone(WIB), "yyyy-MM-dd HH:mm:ss" if seconds else "yyyy-MM-dd HH:mm",
+                           locale=LOCALES[lang])
     return f"{text} WIB" if with_zone else text
 
 
