@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     true,
@@ -671,7 +672,9 @@ def complaints_not_received(conn: Connection, cfg: ReconcileConfig, now: dt.date
     def build() -> Any:
         return (select(journal.c.terminal_id, journal.c.seq, journal.c.entry_id, journal.c.wall_time,
                        journal.c.received_at)
-                .where(journal.c.kind == int(EntryKind.COMPLAINT), journal.c.received_at <= bindparam("cutoff"))
+                # kind as a literal, as the index's predicate is written: a bound parameter does not imply it
+                .where(journal.c.kind == literal_column(str(int(EntryKind.COMPLAINT))),
+                       journal.c.received_at <= bindparam("cutoff"))
                 .order_by(journal.c.terminal_id, journal.c.seq))
 
     cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=cfg.complaint_grace_s)
