@@ -65,6 +65,12 @@ class TapOutcome:
 
     :ivar final: False while the result may still change (UNCERTAIN).
     :ivar amount: units handed over now (0 unless ACCEPTED or RECOVERED).
+    :ivar pin_tries_left: wrong PINs the card still takes before it locks, as this tap learnt it:
+        on a ``pin_wrong`` decline, a format-2 NTAG card's bundle limit ``pin.max_failures`` minus
+        the failed-PIN count now on the card (docs/card-format.md §2.2), a secure card's own
+        ``63 Cx`` (docs/secure-card.md §5.3); 0 after the last try and on ``pin_locked`` /
+        ``pin_blocked``. None when not known (a format-1 card keeps no count; a PIN of the wrong
+        length spends no try; no PIN decline); never on the receipt or in the journal.
     """
 
     status: TapStatus
@@ -87,3 +93,4 @@ class TapOutcome:
     tag_uid: bytes | None = field(default=None, compare=False)
     #: Every programme on the card the bundle knows, as the card holds it after this tap (balance checks).
     balances: tuple[Balance, ...] = ()
+    pin_tries_left: int | None = None

@@ -245,6 +245,7 @@ class SecureTap:
         unit = entry[1].unit if entry else None
         writes = entry is not None and mode is not CounterMode.BALANCE_CHECK
         pin_status = PinStatus.NOT_ENTERED
+        pin_tries_left: int | None = None  # the card's 63 Cx after a wrong PIN (docs/secure-card.md §5.3)
         if writes and entry is not None:
             # The card takes VERIFY and UPDATE STATE only after this proof (docs/secure-card.md §5.5).
             ask = pin if pin is not None and entry[1].pin_required else None
@@ -265,8 +266,11 @@ class SecureTap:
                 log.warning("secure card %s… refused this terminal's proof", card_hex[:4])
                 return declined(DeclineReason.NOT_OUR_CARD, card_hex, counter, card)
             except PinBlocked:
-                return declined(DeclineReason.PIN_BLOCKED, card_hex, counter, card)
-            except (PinWrong, PinNotSet):
+                return dataclasses.replace(declined(DeclineReason.PIN_BLOCKED, card_hex, counter, card),
+                                           pin_tries_left=0)
+            except PinWrong as exc:
+                pin_status, pin_tries_left = PinStatus.WRONG, exc.tries_left
+            except PinNotSet:
                 pin_status = PinStatus.WRONG
             except CardlibError as exc:
                 return declined(_reason(exc), card_hex, counter, card)
@@ -287,7 +291,9 @@ class SecureTap:
             assert decision.reason is not None
             out = declined(decision.reason, card_hex, counter, card)
             return dataclasses.replace(out, unit=unit, entitled=decision.entitled,
-                                       remaining=decision.remaining_before)
+                                       remaining=decision.remaining_before,
+                                       pin_tries_left=pin_tries_left if decision.reason is DeclineReason.PIN_WRONG
+                                       else None)
         if not decision.writes_card:
             with self._lock:
                 e = self.journal.append(EntryKind.BALANCE, CardWrite(

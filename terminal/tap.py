@@ -394,8 +394,9 @@ class TapProcessor:
         slot = state.current.claims
         facts = card_facts(state.identity.claims, slot.cycle, slot.remaining, state.uid, progs, programme)
         try:
-            pin_status, pin_note = self._pin(tag, state, pin, entry[1] if entry else None, trust.bundle,
-                                             session.public.key_version if session.public else None)
+            pin_status, pin_note, pin_tries_left = self._pin(
+                tag, state, pin, entry[1] if entry else None, trust.bundle,
+                session.public.key_version if session.public else None)
         except (SessionLost, ReaderGone, ServiceUnavailable):
             raise
         except CardlibError as exc:  # the PIN page NAKed or garbled: the PIN was not checked
@@ -423,7 +424,9 @@ class TapProcessor:
         if not decision.accepted:
             assert decision.reason is not None
             out = declined(decision.reason, state, uid, note=pin_note)
-            return dataclasses.replace(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before)
+            counted = decision.reason in (DeclineReason.PIN_WRONG, DeclineReason.PIN_LOCKED)  # the screen says it
+            return dataclasses.replace(out, unit=unit, entitled=decision.entitled, remaining=decision.remaining_before,
+                                       pin_tries_left=pin_tries_left if counted else None)
         if not decision.writes_card:
             # A balance check writes no balance, but protecting the card is a configuration
             # write the holder benefits from (docs/security.md §format-1 migration).
@@ -438,7 +441,7 @@ class TapProcessor:
         return self._redeem(session, state, decision, pending_entry, pending, reader)
 
     def _pin(self, tag: Type2Tag, state: CardState, pin: str | None, rules: ProgrammeRules | None,
-             bundle: TrustBundle, key_version: int | None = None) -> tuple[PinStatus, str | None]:
+             bundle: TrustBundle, key_version: int | None = None) -> tuple[PinStatus, str | None, int | None]:
         """The PIN check before deciding (docs/security.md §A PIN that resists a phone).
 
         A format-2 card counts wrong PINs on its private page (:mod:`cardlib.records.pin`): for a
@@ -449,45 +452,47 @@ class TapProcessor:
         card-password ring, ``key_version`` from the card's public header); a missing or garbled
         record is RECORD_INVALID (declined ``pin_record_invalid``, no try spent).
 
-        :returns: the status for :func:`terminal.policy.decide` and a journal note (failures/limit).
+        :returns: the status for :func:`terminal.policy.decide`, a journal note (failures/limit) and
+            the wrong PINs the card still takes before it locks (``limit`` minus the count on the card;
+            0 when LOCKED), None when no count was read (format 1, no try spent, not 6 digits).
         :raises CardlibError: the card link failed or the chip refused the PIN page.
         """
         claims = state.identity.claims
         needed = rules is not None and rules.pin_required
         if needed and claims.pin is None:
-            return PinStatus.OK, None  # a card issued without PIN cannot be asked for one
+            return PinStatus.OK, None, None  # a card issued without PIN cannot be asked for one
         if claims.pin is None or state.layout.version == 1:
             if pin is None:
-                return PinStatus.NOT_ENTERED, None
+                return PinStatus.NOT_ENTERED, None, None
             try:
                 if claims.pin is not None:
                     claims.pin.check(pin, claims.card_id, state.uid)
             except (PinMismatch, rec.ClaimsError):
-                return PinStatus.WRONG, None
-            return PinStatus.OK, None
+                return PinStatus.WRONG, None, None  # no count on a format-1 card
+            return PinStatus.OK, None, None
         if not needed or self.cfg.mode is CounterMode.BALANCE_CHECK:
-            return PinStatus.NOT_ENTERED, None  # the PIN decides nothing here: no try spent
+            return PinStatus.NOT_ENTERED, None, None  # the PIN decides nothing here: no try spent
         limit = max_failures(bundle.policies)
         pin_key = None
         if claims.pin.on_card:
             if key_version is None or self.cfg.card_passwords is None:
-                return PinStatus.RECORD_INVALID, "no pin key"
+                return PinStatus.RECORD_INVALID, "no pin key", None
             pin_key = self.cfg.card_passwords.pin_key(key_version, state.uid)
         try:
             if pin is None:
                 failures = read_failures(tag, state.layout)
-                return (PinStatus.LOCKED if failures >= limit else PinStatus.NOT_ENTERED), None
+                return (PinStatus.LOCKED, None, 0) if failures >= limit else (PinStatus.NOT_ENTERED, None, None)
             check_pin(tag, state.layout, claims.pin, pin, claims.card_id, state.uid, limit=limit, pin_key=pin_key)
         except PinRecordInvalid:
-            return PinStatus.RECORD_INVALID, "pin record missing or garbled"
+            return PinStatus.RECORD_INVALID, "pin record missing or garbled", None
         except PinLocked as exc:
-            return PinStatus.LOCKED, f"pin failures {exc.failures}/{limit}"
+            return PinStatus.LOCKED, f"pin failures {exc.failures}/{limit}", 0
         except PinRefused as exc:
             log.info("card %s…: wrong PIN, %d of %d tries spent", claims.card_id.hex()[:4], exc.failures, limit)
-            return PinStatus.WRONG, f"pin failures {exc.failures}/{limit}"
+            return PinStatus.WRONG, f"pin failures {exc.failures}/{limit}", max(limit - exc.failures, 0)
         except rec.ClaimsError:
-            return PinStatus.WRONG, "pin entry not 6 digits"
-        return PinStatus.OK, None
+            return PinStatus.WRONG, "pin entry not 6 digits", None  # no try spent, no count read
+        return PinStatus.OK, None, None
 
     def exposure(self, card_hex: str, now: float, limits: OfflineLimits) -> Exposure:
         """What this terminal handed out, from its journal: since the last confirmed upload and this cycle,

@@ -27,7 +27,7 @@ from firmware_config.models import CounterMode
 from terminal.errors import JournalStoreError, ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
-from terminal.policy import decline_message
+from terminal.policy import DeclineReason, decline_message
 from terminal.screen.complaint import complaint_page, complaints_view, take_complaint
 from terminal.screen.i18n import (
     DEFAULT_LANGUAGE,
@@ -86,6 +86,15 @@ _STATUS_HINTS = {
 }
 #: Shown under a result that may still change (``TapOutcome.final`` False); a final one shows nothing.
 NOT_FINAL = "Not final yet: this result may still change."
+#: A wrong PIN when the tap learnt the card's tries left (``TapOutcome.pin_tries_left``, 1 or more): singular and
+#: plural msgids (``ngettext``), shown instead of the general ``pin_wrong`` text and its "usual limit" of 3.
+PIN_TRIES_LEFT = (
+    "Wrong PIN: %(n)s try left before the card locks. Nothing was given; the person may type the PIN again.",
+    "Wrong PIN: %(n)s tries left before the card locks. Nothing was given; the person may type the PIN again.",
+)
+#: A wrong PIN that spent the card's last try (``pin_tries_left`` 0): the card is locked from this tap on.
+PIN_LAST_TRY = ("Wrong PIN, and that was the last try: the card is now locked. Nothing was given; send the person "
+                "to the district office to unlock it.")
 #: What "remaining" counts (msgids): a card's entitlement left, or after a QR or supervisor entry
 #: (``TapOutcome.reader`` ``fallback:<step>``) what the bundle's fallback limit still allows this card
 #: at this counter this cycle, which is not the card's balance (docs/fallback.md §One allowance).
@@ -369,6 +378,8 @@ _VIA = {"fallback:qr": "via QR", "fallback:manual": "manual entry"}
 def outcome_view(p: Published, lang: str) -> dict[str, Any]:
     """The JSON the page renders for one result, translated into ``lang``.
 
+    ``reason`` of a wrong PIN says the card's tries left when the tap learnt them (:data:`PIN_TRIES_LEFT`,
+    :data:`PIN_LAST_TRY`), ``pin_tries_left`` carries the number (None: not known);
     ``time`` is the programme's wall time with its zone (``"08:15:02 WIB"``, :func:`local_time`);
     ``remaining_label`` names what ``remaining`` counts (the fallback allowance after a QR or
     supervisor entry, else the card's entitlement); ``via`` says how a fallback was served ("via QR",
@@ -378,6 +389,9 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
     o = p.outcome
     hint = _STATUS_HINTS.get(o.status)
     reason = t.gettext(decline_message(o.reason)) if o.reason else (t.gettext(hint) if hint else "")
+    if o.reason is DeclineReason.PIN_WRONG and o.pin_tries_left is not None:
+        left = o.pin_tries_left
+        reason = t.ngettext(*PIN_TRIES_LEFT, left) % {"n": left} if left > 0 else t.gettext(PIN_LAST_TRY)
     r = o.receipt
     return {
         "n": p.n,
@@ -385,6 +399,7 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "final": o.final,
         "headline": t.gettext(_HEADLINES[o.status]),
         "reason": reason,
+        "pin_tries_left": o.pin_tries_left,
         "household": o.household_ref or "",
         "programme": programme_name(lang, o.programme) if o.programme else "",
         "hand_over": amount_text(lang, o.unit, o.amount) if o.amount else "",
