@@ -362,7 +362,9 @@ def open_database(url: str, workdir: Path) -> tuple[Any, str]:
     """A :func:`server.create_app` app on ``url`` migrated to head, and a fresh admin's bearer token.
 
     The app gets a throw-away terminal CA key in ``workdir`` (the simulated terminals are
-    enrolled and approved like real ones).
+    enrolled and approved like real ones) and its receipt key there too, unencrypted: left to the
+    default it would be ``<instance>/receipt-key.pem`` in the checkout, a key to "back up" that
+    no counter pins, and a real server's ``HUMA_RECEIPT_KEY`` must not sign simulated uploads.
     """
     import secrets
 
@@ -377,7 +379,8 @@ def open_database(url: str, workdir: Path) -> tuple[Any, str]:
     ca_key = workdir / "sim-terminal-ca.p8.pem"
     ca_key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    app = create_app({"DATABASE_URL": url, "TERMINAL_CA_KEY": str(ca_key)})
+    app = create_app({"DATABASE_URL": url, "TERMINAL_CA_KEY": str(ca_key),
+                      "RECEIPT_KEY": str(workdir / "sim-receipt-key.pem"), "RECEIPT_KEY_PASSWORD": None})
     with app.app_context():
         upgrade(db.engine, "head")
         session = db.write_session()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -111,3 +112,24 @@ def test_streaming_run_equals_the_in_memory_run_of_the_same_seed(tmp_path: Path)
     streamed = _comparable(run_district(plan, app, token))
     assert streamed == reference
     assert reference["requests"] > 6 * 2  # several batches per terminal: the batching was exercised
+
+
+def test_the_simulation_keeps_its_receipt_key_in_its_work_directory(tmp_path: Path, monkeypatch: Any,
+                                                                    caplog: Any) -> None:
+    """Not ``<checkout>/instance/receipt-key.pem`` with a "back it up" warning, nor a real server's key."""
+    import logging
+
+    from server.receipts import receipt_key_path
+
+    elsewhere = tmp_path / "real-server-key.pem"
+    monkeypatch.setenv("HUMA_RECEIPT_KEY", str(elsewhere))  # an operator's shell, set for the real server
+    work = tmp_path / "work"
+    work.mkdir()
+    caplog.set_level(logging.WARNING, logger="server.receipts")
+    app, token = open_database(f"sqlite:///{work / 'd.db'}", work)
+    run_district(DistrictPlan(households=20, terminals=2, days=1, skewed=0, torn=0, gaps=0, clones=0), app, token)
+    key = receipt_key_path(app.config, app.instance_path)
+    assert key.parent == work and key.is_file()  # made by the simulated uploads' receipts
+    assert not elsewhere.exists()
+    generated = [r.getMessage() for r in caplog.records if "generated the server receipt key" in r.getMessage()]
+    assert generated and all(str(work) in m for m in generated), generated
