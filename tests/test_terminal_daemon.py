@@ -52,8 +52,10 @@ def card(i: int, **overrides: Any) -> Ntag21x:
     return issued_chip(UIDS[i], card_id=bytes.fromhex(f"62710000000010{i:02x}"), **overrides)
 
 
-def bundle_kw() -> dict[str, Any]:
-    return dict(issuers=(ISSUER,), terminals=(STATION,), programmes=PROGRAMMES, policies={"pin.cash": 1})
+def bundle_kw(food_per_cycle: int = 1) -> dict[str, Any]:
+    """The counter's bundle; ``food_per_cycle`` is the province's food figure, every card's ceiling at the counter."""
+    programmes = (BundleProgramme(1, "food", "package", food_per_cycle), *PROGRAMMES[1:])
+    return dict(issuers=(ISSUER,), terminals=(STATION,), programmes=programmes, policies={"pin.cash": 1})
 
 
 def screen_results(port: int, after: int = 0) -> list[dict[str, Any]]:
@@ -413,7 +415,7 @@ def test_power_loss_sigkill_at_random_points_never_loses_or_doubles(tmp_path, ki
     """~100 taps on two slots; SIGKILL at random moments (seeded); every card re-presented at the end."""
     rng = random.Random(20260229)
     files = make_counter(tmp_path, kit, readers={"virtual-acr122u": reader_toml("virtual-acr122u")},
-                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw())
+                         bindings=[("virtual-acr122u", None)], bundle_extra=bundle_kw(food_per_cycle=500))
     entitled = 500
     cards = [card(i, programmes={FOOD: CardProgramme(CardUnit.PACKAGE, entitled)}, offline_cap={FOOD: entitled})
              for i in range(6)]
