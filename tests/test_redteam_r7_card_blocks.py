@@ -16,15 +16,21 @@ TapProcessor taps a simulated NTAG215 and whose signed journal goes through the 
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.records.issuance import issue_card_image
 from cardlib.type2.channel import ACR122U
 from firmware_config.models import CounterMode
 from server.card_blocks import BlockReason, block_card
+from server.extensions import db
+from server.reconcile.models import Finding, FindingKind, FindingStatus, Severity
 from simulator.journals import SimTerminal
 from simulator.reader import EmulatorConnection, ReaderEmulator, ReaderKind
 from terminal.clock import Clock
@@ -73,3 +79,33 @@ def test_a_self_reported_loss_does_not_deny_a_neighbours_uid_journalled_by_a_ref
     assert NEW_UID not in bundle.deny_uids, "the neighbour's UID was denied by the attacker's self-reported loss"
     out = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=bundle).present(neighbour)
     assert out.status is TapStatus.ACCEPTED and out.reason is not DeclineReason.CARD_DENIED, out
+
+
+@pytest.mark.xfail(strict=True, reason="red team r7 known gap: server.reconcile.denylist._uids_of (owned elsewhere) "
+                                       "takes refused taps' unverified UIDs for a finding's deny entry")
+def test_a_fork_of_ones_own_card_does_not_deny_a_neighbours_uid_journalled_by_a_refused_copy(
+        office: Office, world: Any, counter: Any, tmp_path: Path) -> None:  # noqa: F811 - fixtures
+    """The same poisoned journal entry, but the attacker sacrifices his card to a fork (a proof finding, no human).
+
+    A household forks its own card (a dump restored and redeemed again): reconciliation reports ``card_fork``
+    and the next bundle denies the card provisionally, with every UID journalled for it, the neighbour's too.
+    The finding row is made here as tests/test_card_blocks.py makes one (the fork itself is
+    tests/test_provisional_deny.py's); the journal entry is real.
+    """
+    office.issue()
+    neighbour = office.issue(NEW_UID, card_id=NEW_CARD)
+    own = issue_card_image(identity(UID, programmes=ROOMY, offline_cap=NO_ISSUER_CAP), office.issuer,
+                           office.station, cycle=cycle_at(time.time()), now=int(time.time()))
+    _journal_a_clone_tap(world, tmp_path, office.publish(), chip_with(own.image, NEW_UID))
+    with office.app.app_context():
+        session = db.write_session()
+        now = dt.datetime.now(dt.UTC)
+        session.add(Finding(kind=FindingKind.CARD_FORK, severity=Severity.CRITICAL, card_id=identity().card_id.hex(),
+                            fingerprint=os.urandom(16).hex(), status=FindingStatus.OPEN, first_seen_at=now,
+                            last_seen_at=now, summary="two successors of one state", evidence="[]", detail="{}"))
+        session.commit()
+    bundle = office.publish()
+    assert identity().card_id in bundle.deny_cards  # the forked card is denied without a human (proof)
+    assert NEW_UID not in bundle.deny_uids, "the neighbour's UID was denied with the attacker's forked card"
+    out = counter(CounterMode.MARKET_REDEMPTION, "food", trust_bundle=bundle).present(neighbour)
+    assert out.status is TapStatus.ACCEPTED, out
