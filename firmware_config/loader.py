@@ -24,6 +24,7 @@ import enum
 import ipaddress
 import logging
 import math
+import os
 import re
 import stat
 import tomllib
@@ -468,15 +469,21 @@ def profile_mode_issue(path: Path, profile: TerminalProfile) -> ConfigIssue | No
 
     The hashes are guessed offline by whoever reads them (no lock-out there), and a writable profile
     takes a supervisor line of the writer's choosing (red team round 4). Owner and group (``root:huma``,
-    mode 0640) are the daemon's; a profile without ``[supervisors]`` may stay world-readable. Both
-    ``huma config check`` and the daemon's start-up apply this rule (docs/operations.md).
+    mode 0640) are the daemon's: an owner other than root or the account reading it is refused too (it
+    reads and rewrites the file whatever the mode, red team round 7); a profile without ``[supervisors]``
+    may stay world-readable. Both ``huma config check`` and the daemon's start-up apply this rule (docs/operations.md).
 
     :param path: the profile file (its mode is read now). :param profile: the profile loaded from it.
     :returns: None when the mode is fine; else one issue naming the mode and the fix.
     """
     if not profile.supervisors:
         return None
-    mode = stat.S_IMODE(path.stat().st_mode)
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (0, os.geteuid()):  # its owner reads and rewrites it whatever the mode (red team round 7)
+        return ConfigIssue(path, None, "supervisors",
+                           f"lists supervisor password hashes and is owned by account {st.st_uid}, neither root nor "
+                           f"this one: chown root:huma and chmod 640 it (docs/operations.md)")
     if not mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
         return None
     return ConfigIssue(path, None, "supervisors",

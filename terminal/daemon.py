@@ -475,7 +475,8 @@ def check_profile_mode(profile_path: Path, profile: TerminalProfile) -> None:
 
     The rule is :func:`firmware_config.loader.profile_mode_issue` (``huma config check`` applies it too).
 
-    :raises TerminalProfileError: supervisors listed and the file readable or writable by others.
+    :raises TerminalProfileError: supervisors listed and the file readable or writable by others, or owned
+        by an account other than root or the daemon's.
     """
     issue = profile_mode_issue(profile_path, profile)
     if issue is not None:
