@@ -13,7 +13,9 @@ terminal id, chain links to its stored or uploaded neighbours) and gets its own
 result. Storage is insert-or-ignore on ``entry_id`` and ``(terminal_id, seq)``
 (``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL, with ``RETURNING``
 or an exact row count naming the rows that were new), so retries, replays and
-concurrent identical uploads store one row (SV-1, SV-2).
+concurrent identical uploads store one row (SV-1, SV-2). The small batches of concurrent uploads are
+stored in one transaction (:class:`GroupCommit`), each with its own results, none acknowledged before
+that transaction commits.
 """
 
 from __future__ import annotations
