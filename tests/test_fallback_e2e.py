@@ -266,7 +266,9 @@ def test_qr_and_manual_fallback_are_uploaded_and_count_against_the_card(
     assert "cadangan qr · dimasukkan oleh clerk-budi" in page  # refused at the second counter: not approved
     assert "supervisor menolak" in page and "jatah cadangan sudah habis" in page  # supervisor_refused, fallback_used_up
     terminal_page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=en").get_data(as_text=True)
-    assert "fallback manual · approved by sri" in terminal_page
+    # sri's two entries there were refused (wrong password, then the allowance used up): never "approved by sri"
+    assert "fallback manual · entered as sri" in terminal_page and "fallback manual · entered by sri" in terminal_page
+    assert "approved by sri" not in terminal_page
     assert "fallback qr · approved by clerk-ani" in terminal_page
     other_page = client.get(f"/audit/terminals/{OTHER_ID}?lang=en").get_data(as_text=True)
     assert "fallback manual · approved by sri" in other_page and "clerk-ani" not in other_page
