@@ -197,7 +197,10 @@ def test_every_template_text_has_an_indonesian_translation():
             for _, _, msg, _ in babel_extract(fh, ["_", "gettext"], [], {"extensions": "jinja2.ext.i18n"}):
                 if isinstance(msg, str):
                     ids.add(msg)
-    dynamic = {m.value for e in (FindingKind, FindingStatus, Severity) for m in e}
+    from server.models import TerminalStatus
+
+    # shown through _(value): a finding's kind, status and severity; a terminal's enrolment (terminals.html)
+    dynamic = {m.value for e in (FindingKind, FindingStatus, Severity, TerminalStatus) for m in e}
     cat = translations("id")
     missing = sorted(m for m in ids | dynamic if cat.gettext(m) == m and m not in ("Audit", "Status", "Terminal",
                                                                                    "Total"))
