@@ -34,6 +34,12 @@ def test_refused_fallbacks_are_not_shown_as_approved(
     wrong = desk.manual(card_id, "food", 1, "sri", "tebakan")
     used_up = desk.manual(card_id, "food", 1, "sri", "kunci-sri")
     assert (wrong.reason, used_up.reason) == (DeclineReason.SUPERVISOR_REFUSED, DeclineReason.FALLBACK_USED_UP)
+    # another household's entry after more wrong passwords: held back, the password not even checked
+    other = "62710000000000b8"
+    tries = [desk.manual(other, "food", 1, "sri", "tebakan") for _ in range(3)]
+    locked = desk.manual(other, "food", 1, "sri", "kunci-sri")
+    assert [t.reason for t in tries] == [DeclineReason.SUPERVISOR_REFUSED] * 3
+    assert locked.reason is DeclineReason.SUPERVISOR_LOCKED, locked
     upload_journal(world, live_server, tmp_path, journal, key)
 
     add_auditor(app)
@@ -52,6 +58,8 @@ def test_refused_fallbacks_are_not_shown_as_approved(
         assert "disetujui oleh sri" not in id_, path
 
     page = client.get(f"/audit/terminals/{TERMINAL_ID}?lang=id").get_data(as_text=True)
+    [locked_row] = [r for r in page.split('<tr class="entry">') if 'data-code="supervisor_locked"' in r]
+    assert "cadangan manual · dimasukkan atas nama sri" in locked_row
     assert "Status: <span id=\"terminal-status\">disetujui</span>" in page
     assert "<th>urutan</th><th>sesi nyala</th>" in page and ">seq<" not in page and ">boot<" not in page
     assert "* jam loket belum disinkronkan" in page  # what the * after a time means
