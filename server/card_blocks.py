@@ -6,7 +6,7 @@ entitlement until a technician re-issues the card, which may take days in a vill
 published bundle counters decline the card ``card_denied`` (docs/security.md §Cards reported lost):
 
 - :func:`block_candidates` puts each blocked card's id and the chip UIDs the server verified for it
-  (the registry's and its served journal entries', :func:`block_uids`; never a refused tap's) on the
+  (:func:`server.reconcile.denylist.card_uids`: the registry's and served entries', never a refused tap's) on the
   next bundle's deny lists, through :func:`server.registry.next_deny_sets`;
 - :func:`lifted_blocks` says which cards of the previous bundle a lifted block frees: the card is
   dropped unless something else denies it (a finding, a replacement by a re-issue, an abandoned id);
@@ -31,18 +31,17 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, aliased
 
 from cardlib.records.bundle import CARD_ID_LENGTH
-from cardlib.records.journal import EntryKind
 from server.auth import audit
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.household_ids import resolve_household
 from server.households import HOUSEHOLD_REF
 from server.models import Card, CardBlock, JournalEntryRow, Person, PersonRole
-from server.reconcile.denylist import DENY_KINDS, DenyCandidate
+from server.reconcile.denylist import DENY_KINDS, DenyCandidate, card_uids
 from server.reconcile.models import CardProfile, Finding, FindingStatus
 from server.types import utcnow
 
 __all__ = ["BLOCKERS", "BlockForbidden", "BlockReason", "BlockView", "CardAlreadyBlocked", "CardNotBlocked",
-           "UnknownCard", "block_candidates", "block_card", "block_uids", "blocks_of", "card_of_household",
+           "UnknownCard", "block_candidates", "block_card", "blocks_of", "card_of_household",
            "lifted_blocks", "other_denials", "standing_block", "standing_blocks", "unblock_card"]
 
 
@@ -260,36 +259,6 @@ def unblock_card(session: Session, card_id: str, *, person: Person, reason: str,
 
 
 
-def block_uids(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
-    """Chip UIDs a block denies with each card id: the registry's and those of its served (not refused) journal entries.
-
-    A refused tap (``DECLINED``) journals the card id the record *claims* beside the UID of whatever chip was
-    presented, unverified: a household copying its own record onto a UID-changeable chip set to a neighbour's
-    UID, then reporting its own card lost, would otherwise have the neighbour's genuine card denied (red team
-    round 7, docs/security.md). So declines add no UID, and a UID the registry gives another card is never
-    taken. The card id itself is signed and denied in any case.
-
-    :param ids: card ids, 16 lower-case hex digits each.
-    :returns: card id -> set of 7-byte UIDs (a card may have none).
-    """
-    out: dict[str, set[bytes]] = {c: set() for c in ids}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        rows = list(session.execute(select(JournalEntryRow.card_id, JournalEntryRow.tag_uid).where(
-            JournalEntryRow.card_id.in_(chunk), JournalEntryRow.tag_uid.is_not(None),
-            JournalEntryRow.kind != int(EntryKind.DECLINED)).distinct()).tuples())
-        rows += list(session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))).tuples())
-        seen = {bytes(u) for _, u in rows if u is not None}
-        owners: dict[bytes, set[str]] = {}
-        if seen:
-            for uid, owner in session.execute(select(Card.tag_uid, Card.card_id).where(Card.tag_uid.in_(seen))):
-                owners.setdefault(bytes(uid), set()).add(owner)
-        for card_id, uid in rows:
-            if card_id is not None and uid is not None and owners.get(bytes(uid), {card_id}) <= {card_id}:
-                out[card_id].add(bytes(uid))
-    return out
-
-
 def block_candidates(session: Session) -> list[DenyCandidate]:
     """Cards with a standing block, as deny-list candidates for the next bundle: card id and its chip UIDs.
 
@@ -299,7 +268,7 @@ def block_candidates(session: Session) -> list[DenyCandidate]:
     ids = [c for c in ids if len(c) == 2 * CARD_ID_LENGTH]
     if not ids:
         return []
-    uids = block_uids(session, ids)
+    uids = card_uids(session, ids)
     return [DenyCandidate(c, tuple(sorted(uids[c])), ()) for c in ids]
 
 
@@ -320,7 +289,7 @@ def lifted_blocks(session: Session, kept_cards: Iterable[bytes],
     cleared = sorted(c for c in lifted - kept if len(c) == 2 * CARD_ID_LENGTH)
     if not cleared:
         return set(), set()
-    uids = block_uids(session, cleared)
+    uids = card_uids(session, cleared)
     return {bytes.fromhex(c) for c in cleared}, {u for c in cleared for u in uids[c] if u not in kept_u}
 
 

@@ -832,7 +832,8 @@ def block_cmd(card_id: str | None, household: str | None, reason: str, by: str, 
     Counters decline it ("card_denied") from their next bundle fetch after `huma server bundle publish`
     (or the scheduled --if-changed run). A later re-issue works as before; the replaced card stays denied.
     """
-    from server.card_blocks import BlockReason, block_card, block_uids
+    from server.card_blocks import BlockReason, block_card
+    from server.reconcile.denylist import card_uids
 
     app = make_app()
     with database(app):
@@ -840,7 +841,7 @@ def block_cmd(card_id: str | None, household: str | None, reason: str, by: str, 
         person = _office_person(session, by)
         card = _blocked_card(session, card_id, household)
         block = block_card(session, card, BlockReason(reason), person=person, note=note, audit_detail=_console())
-        uids = sorted(u.hex() for u in block_uids(session, [card])[card] if len(u) == 7)  # what the bundle takes
+        uids = sorted(u.hex() for u in card_uids(session, [card])[card] if len(u) == 7)  # what the bundle takes
         session.commit()
         click.echo(f"card {card} blocked: {block.reason}, recorded by {person.username}, "
                    f"{block.blocked_at.isoformat()}")

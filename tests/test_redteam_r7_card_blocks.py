@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cardlib.keys.signer import SoftwareSigner
 from cardlib.records.issuance import issue_card_image
 from cardlib.type2.channel import ACR122U
@@ -81,8 +79,6 @@ def test_a_self_reported_loss_does_not_deny_a_neighbours_uid_journalled_by_a_ref
     assert out.status is TapStatus.ACCEPTED and out.reason is not DeclineReason.CARD_DENIED, out
 
 
-@pytest.mark.xfail(strict=True, reason="red team r7 known gap: server.reconcile.denylist._uids_of (owned elsewhere) "
-                                       "takes refused taps' unverified UIDs for a finding's deny entry")
 def test_a_fork_of_ones_own_card_does_not_deny_a_neighbours_uid_journalled_by_a_refused_copy(
         office: Office, world: Any, counter: Any, tmp_path: Path) -> None:  # noqa: F811 - fixtures
     """The same poisoned journal entry, but the attacker sacrifices his card to a fork (a proof finding, no human).

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cardlib.records.bundle import CARD_ID_LENGTH, UID_LENGTH, SortedIdSet
+from cardlib.records.journal import EntryKind
 from server.models import Card
 from server.reconcile.models import Finding, FindingKind, FindingStatus
 from server.reconcile.sql import journal
@@ -139,25 +140,35 @@ def _provisional(d: _Decisions) -> dict[str, list[int]]:
     return out
 
 
-def _uids_of(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
-    """Chip UIDs of the cards: the registry's and every journal entry's (a clone may carry the genuine UID)."""
-    uids: dict[str, set[bytes]] = defaultdict(set)
+def card_uids(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
+    """Chip UIDs denied with each card id: the registry's and those of its served (not refused) journal entries.
+
+    A refused tap (``DECLINED``) journals the card id the record *claims* beside the UID of whatever chip was
+    presented, unverified: a household copying its own record onto a UID-changeable chip set to a neighbour's
+    UID, then reporting its own card lost or forking it, would otherwise have the neighbour's genuine card
+    denied (red team round 7, docs/security.md). So declines add no UID, and a UID the registry gives another
+    card is never taken. A clone served with the genuine UID is denied by it (the registry's); the card id
+    itself is signed and denied in any case. One rule for finding denials and office blocks.
+
+    :param ids: card ids, 16 lower-case hex digits each.
+    :returns: card id -> set of 7-byte UIDs (a card may have none).
+    """
+    out: dict[str, set[bytes]] = {c: set() for c in ids}
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        for card_id, uid in session.execute(
-            select(journal.c.card_id, journal.c.tag_uid)
-            .where(journal.c.card_id.in_(chunk), journal.c.tag_uid.is_not(None))
-            .distinct()
-        ):
-            uids[card_id].add(uid)
-        for card_id, uid in session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))):
-            uids[card_id].add(uid)
-    return uids
-
-
-def card_uids(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
-    """Chip UIDs the server knows for each card id: the registry's and every journal entry's (card id -> UIDs)."""
-    return _uids_of(session, ids)
+        rows = list(session.execute(select(journal.c.card_id, journal.c.tag_uid).where(
+            journal.c.card_id.in_(chunk), journal.c.tag_uid.is_not(None),
+            journal.c.kind != int(EntryKind.DECLINED)).distinct()).tuples())
+        rows += list(session.execute(select(Card.card_id, Card.tag_uid).where(Card.card_id.in_(chunk))).tuples())
+        seen = {bytes(u) for _, u in rows if u is not None}
+        owners: dict[bytes, set[str]] = {}
+        if seen:
+            for uid, owner in session.execute(select(Card.tag_uid, Card.card_id).where(Card.tag_uid.in_(seen))):
+                owners.setdefault(bytes(uid), set()).add(owner)
+        for card_id, uid in rows:
+            if card_id is not None and uid is not None and owners.get(bytes(uid), {card_id}) <= {card_id}:
+                out[card_id].add(bytes(uid))
+    return out
 
 
 def deny_list_candidates(session: Session) -> list[DenyCandidate]:
@@ -175,7 +186,7 @@ def deny_list_candidates(session: Session) -> list[DenyCandidate]:
     if not chosen:
         return []
     ids = sorted(chosen)
-    uids = _uids_of(session, ids)
+    uids = card_uids(session, ids)
     return [DenyCandidate(c, tuple(sorted(uids[c])), tuple(chosen[c]), provisional=c not in d.confirmed)
             for c in ids]
 
@@ -197,7 +208,7 @@ def lifted_denials(session: Session, kept_cards: Iterable[bytes],
     cleared = sorted(set(_decisions(session).dismissed_at) - kept)
     if not cleared:
         return set(), set()
-    uids = _uids_of(session, cleared)
+    uids = card_uids(session, cleared)
     cards = {bytes.fromhex(c) for c in cleared if len(c) == 2 * CARD_ID_LENGTH}
     return cards, {u for c in cleared for u in uids[c] if u not in kept_u}
 
