@@ -10,9 +10,6 @@ other claims hold. After the upgrade the upload fills the column itself on every
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,55 +20,21 @@ from sqlalchemy import Engine, text
 
 from cardlib.records.journal import EntryKind, SignedEntry
 from simulator.journals import District
-from tests.fixtures.db import PG_ADMIN_URL
+from tests.migration_support import database_at, load_migration, ms_at
 
 UTC = dt.UTC
-MIGRATION = Path(__file__).parents[1] / "server" / "migrations" / "versions" / "0021_journal_decline_reason.py"
+MIGRATION = "0021_journal_decline_reason.py"
 
-
-def _ms(h: int, m: int = 0) -> int:
-    return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0021", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_migration(MIGRATION)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def old_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty database migrated to 0020 (a fresh PostgreSQL database, dropped afterwards)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import OperationalError
-
-    from server.db import make_engine, upgrade
-
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
-        upgrade(engine, "0020")
-        yield engine
-        engine.dispose()
-        return
-    name = f"huma_test_m21_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable: {str(exc.orig).splitlines()[0]}")
-    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
-    try:
-        upgrade(engine, "0020")
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield from database_at(request.param, "0020", tmp_path)
 
 
 def _journals() -> District:
@@ -80,17 +43,17 @@ def _journals() -> District:
     a, b = d.terminals
     card = d.cards[0]
     for t in d.terminals:
-        t.boot(_ms(0, 30))
-    a.redeem(card, _ms(1), "food", 1)
-    a.append(EntryKind.DECLINED, _ms(2), tag_uid=card.tag_uid, programme="food", decline_reason="clone_check_failed")
-    a.append(EntryKind.DECLINED, _ms(3), card_id=card.card_id, tag_uid=card.tag_uid,
+        t.boot(ms_at(0, 30))
+    a.redeem(card, ms_at(1), "food", 1)
+    a.append(EntryKind.DECLINED, ms_at(2), tag_uid=card.tag_uid, programme="food", decline_reason="clone_check_failed")
+    a.append(EntryKind.DECLINED, ms_at(3), card_id=card.card_id, tag_uid=card.tag_uid,
              programme="clone_check_failed", decline_reason="nothing_left")
-    b.append(EntryKind.DECLINED, _ms(2), card_id=f"{card.card_id}kcard_denied", tag_uid=card.tag_uid,
+    b.append(EntryKind.DECLINED, ms_at(2), card_id=f"{card.card_id}kcard_denied", tag_uid=card.tag_uid,
              programme="food", decline_reason="not_enough_left")
-    b.append(EntryKind.DECLINED, _ms(4), card_id=d.cards[1].card_id, tag_uid=d.cards[1].tag_uid, programme="cash",
+    b.append(EntryKind.DECLINED, ms_at(4), card_id=d.cards[1].card_id, tag_uid=d.cards[1].tag_uid, programme="cash",
              decline_reason="card_denied")
-    b.append(EntryKind.DECLINED, _ms(5), card_id=d.cards[2].card_id, programme="cash")  # no reason claim
-    b.redeem(d.cards[2], _ms(6), "cash", 2)
+    b.append(EntryKind.DECLINED, ms_at(5), card_id=d.cards[2].card_id, programme="cash")  # no reason claim
+    b.redeem(d.cards[2], ms_at(6), "cash", 2)
     return d
 
 
@@ -194,7 +157,7 @@ def test_every_upload_path_stores_the_signed_reason(app: Any, world: Any, monkey
     d = _journals()
     a, b = d.terminals
     for i in range(70):
-        a.append(EntryKind.DECLINED, _ms(7) + i, card_id=d.cards[i % 3].card_id, programme="food",
+        a.append(EntryKind.DECLINED, ms_at(7) + i, card_id=d.cards[i % 3].card_id, programme="food",
                  decline_reason=("card_forked", "nothing_left", "pin_wrong")[i % 3])
     install(app, world, d)
     assert all(r.status_code == 200 for r in upload(world, a, a.messages(), batch=500))

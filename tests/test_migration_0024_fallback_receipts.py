@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -28,59 +25,25 @@ from sqlalchemy.orm import Session
 from cardlib.records.journal import EntryKind, SignedEntry
 from cardlib.records.receipt import receipt_code
 from simulator.journals import District
-from tests.fixtures.db import PG_ADMIN_URL
+from tests.migration_support import database_at, load_migration, ms_at
 
 UTC = dt.UTC
-MIGRATION = Path(__file__).parents[1] / "server" / "migrations" / "versions" / "0024_fallback_receipt_codes.py"
+MIGRATION = "0024_fallback_receipt_codes.py"
 HOUSEHOLD = "a1b2c3d4e5f60718"
 #: The journal id of the newest row indexed before the upgrade: the FALLBACK rows (ids 1..) lie far below
 #: its LOOKBACK window.
 LATE_ID = 30_000
 
 
-def _ms(h: int, m: int = 0) -> int:
-    return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
-
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0024", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_migration(MIGRATION)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def old_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty database migrated to 0023 (a fresh PostgreSQL database, dropped afterwards)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import OperationalError
-
-    from server.db import make_engine, upgrade
-
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
-        upgrade(engine, "0023")
-        yield engine
-        engine.dispose()
-        return
-    name = f"huma_test_m24_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable: {str(exc.orig).splitlines()[0]}")
-    engine = make_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name)
-    try:
-        upgrade(engine, "0023")
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield from database_at(request.param, "0023", tmp_path)
 
 
 def _journals() -> District:
@@ -88,13 +51,13 @@ def _journals() -> District:
     d = District.new(2, 3, seed=24, regions=["62.71"])
     a, b = d.terminals
     for t in d.terminals:
-        t.boot(_ms(0, 30))
-    a.redeem(d.cards[0], _ms(1), "food", 1)
-    a.append(EntryKind.FALLBACK, _ms(2), card_id=d.cards[1].card_id, programme="food", amount=1)
-    a.append(EntryKind.FALLBACK, _ms(3), card_id=d.cards[2].card_id, programme="cash", amount=2)
-    b.append(EntryKind.FALLBACK, _ms(2), card_id=d.cards[0].card_id, programme="food", amount=1)
-    b.redeem(d.cards[2], _ms(4), "cash", 2)
-    b.redeem(d.cards[1], _ms(9), "food", 1)  # the late tap: stored with journal id LATE_ID (and LATE_ID - 1)
+        t.boot(ms_at(0, 30))
+    a.redeem(d.cards[0], ms_at(1), "food", 1)
+    a.append(EntryKind.FALLBACK, ms_at(2), card_id=d.cards[1].card_id, programme="food", amount=1)
+    a.append(EntryKind.FALLBACK, ms_at(3), card_id=d.cards[2].card_id, programme="cash", amount=2)
+    b.append(EntryKind.FALLBACK, ms_at(2), card_id=d.cards[0].card_id, programme="food", amount=1)
+    b.redeem(d.cards[2], ms_at(4), "cash", 2)
+    b.redeem(d.cards[1], ms_at(9), "food", 1)  # the late tap: stored with journal id LATE_ID (and LATE_ID - 1)
     return d
 
 
