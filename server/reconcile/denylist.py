@@ -8,8 +8,8 @@ both alike; an auditor lifts a provisional denial by dismissing the finding, or 
 (docs/security.md "Deny lists without waiting for a human").
 
 :func:`server.registry.next_deny_sets` adds the card registry's own candidates (abandoned and
-replaced cards), :func:`lifted_denials` says which cards of the previous bundle an auditor
-cleared, and :func:`server.bundles.publish_next_bundle` signs the result.
+replaced cards) and the office's blocks (:mod:`server.card_blocks`), :func:`lifted_denials` says
+which cards of the previous bundle an auditor cleared, and :func:`server.bundles.publish_next_bundle` signs the result.
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ def card_uids(session: Session, ids: list[str]) -> dict[str, set[bytes]]:
 def deny_list_candidates(session: Session) -> list[DenyCandidate]:
     """Cards with a *confirmed* clone/fraud finding or *provisional* signed proof, for the next deny list.
 
-    The chip UIDs come from the card registry and from every journal entry of the
-    card (a clone may carry the genuine UID; both lists are needed: docs/design.md §Deny lists).
+    The chip UIDs are :func:`card_uids`: the card registry's and those of the card's served journal
+    entries (a clone served with the genuine UID is denied by it; a refused tap's unverified UID is not).
 
     :returns: one candidate per card, in card id order; ``provisional`` when only open
         :data:`PROOF_KINDS` findings put it there.
