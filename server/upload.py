@@ -591,7 +591,7 @@ def store_entries(
 
 #: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
 PG_COPY_MIN_ROWS = 64
-#: SQLite batches of at most this many new rows are inserted row by row with ``RETURNING``, no savepoint.
+#: SQLite batches of at most this many new rows are inserted by one multi-row ``INSERT ... RETURNING``, no savepoint.
 SMALL_BATCH_ROWS = 64
 
 
@@ -707,8 +707,8 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
       :func:`_insert_entries_pg_rows`); more, binary ``COPY`` into a session's staging
       table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING entry_hash``
       (see :func:`_insert_entries_pg_copy`);
-    - SQLite, up to :data:`SMALL_BATCH_ROWS` rows: one ``INSERT ... ON CONFLICT DO NOTHING
-      RETURNING entry_hash`` per row on the driver's cursor (in-process, no round trips);
+    - SQLite, up to :data:`SMALL_BATCH_ROWS` rows: one multi-row ``INSERT ... VALUES ... ON CONFLICT
+      DO NOTHING RETURNING entry_hash`` on the driver's cursor (:func:`_sqlite_values_sql`);
     - SQLite, more: a plain ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` inside a
       savepoint. When its row count equals the number of rows, every row was inserted
       (ignored rows count 0). Otherwise (a row lost to a uniqueness conflict inside the
@@ -729,18 +729,15 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     names = ", ".join(c.name for c in _ENTRY_COLUMNS)
     count_rows = len(columns["entry_hash"])
     if dialect.name == "sqlite" and count_rows <= SMALL_BATCH_ROWS:
-        # Few rows: one INSERT ... RETURNING per row on the driver's cursor names the new ones
-        # directly; the savepoint and its bookkeeping cost more than the rows.
-        sql = (f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' for _ in _ENTRY_COLUMNS)}) "
-               "ON CONFLICT DO NOTHING RETURNING entry_hash")
+        # Few rows: one multi-row INSERT ... RETURNING on the driver's cursor names the new ones
+        # directly; the savepoint and its bookkeeping cost more than the rows, and one statement
+        # per row cost a small batch a sqlite3 execute per entry (issue 21).
         driver = connection.connection.driver_connection
         assert driver is not None  # a checked-out pooled connection always has its DB-API connection
         cursor = driver.cursor()
         try:
-            inserted: set[bytes] = set()
-            for row in zip(*_driver_columns(columns, dialect), strict=False):
-                inserted.update(h for (h,) in cursor.execute(sql, row).fetchall())
-            return inserted
+            params = [v for row in zip(*_driver_columns(columns, dialect), strict=False) for v in row]
+            return {h for (h,) in cursor.execute(_sqlite_values_sql(count_rows), params).fetchall()}
         finally:
             cursor.close()
     if dialect.name == "sqlite" and dialect.supports_sane_multi_rowcount:
@@ -756,6 +753,17 @@ def _insert_entries(session: Session, columns: Mapping[str, list[Any]]) -> set[b
     stmt = insert_or_ignore(session, JournalEntryRow).returning(table.c.entry_hash)
     rows = [dict(zip(columns, row, strict=False)) for row in zip(*columns.values(), strict=False)]
     return set(connection.execute(stmt, rows).scalars().all())
+
+
+@functools.lru_cache(maxsize=SMALL_BATCH_ROWS)
+def _sqlite_values_sql(count: int) -> str:
+    """``INSERT INTO journal_entries (...) VALUES (?, ...), ... (count rows) ON CONFLICT DO NOTHING RETURNING
+    entry_hash`` (SQLite: a row conflicting with a stored row or an earlier row of the statement is skipped
+    and returns nothing; at most :data:`SMALL_BATCH_ROWS` × 22 parameters, below SQLite's limit of 32,766)."""
+    names = ", ".join(c.name for c in _ENTRY_COLUMNS)
+    row = "(" + ", ".join("?" for _ in _ENTRY_COLUMNS) + ")"
+    return (f"INSERT INTO {JournalEntryRow.__tablename__} ({names}) VALUES {', '.join([row] * count)} "
+            "ON CONFLICT DO NOTHING RETURNING entry_hash")
 
 
 def _insert_entries_pg_rows(connection: Any, columns: Mapping[str, list[Any]]) -> set[bytes]:
