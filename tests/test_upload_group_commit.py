@@ -277,3 +277,28 @@ def test_a_group_classifies_every_batch_as_alone(world, sessions):
         assert _stored(sessions, f"{prefix}-RETRY") == [1, 2]
     assert _stored(sessions, "A-FORK") == _stored(sessions, "G-FORK")
     assert _stored(sessions, "A-CLASH") == _stored(sessions, "G-CLASH")
+
+
+def test_the_padded_group_statement_inserts_only_the_batches(world, sessions):
+    """PostgreSQL: the group's read-and-insert statement is padded to bucket sizes (so it is prepared
+    once per size); its padding rows match no stored row and are never inserted, run after run."""
+    from server.upload import _read_and_insert_pg_many, utcnow
+
+    with sessions() as s:
+        if s.get_bind().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL path")
+    terminals = [world.enrol(f"T-PAD{i}") for i in range(3)]
+    for round_ in range(7):  # past psycopg's prepare threshold: the prepared statement runs too
+        batches = [(t.terminal_id, [t.append() for _ in range(1 + (i + round_) % 3)], None)
+                   for i, t in enumerate(terminals)]
+        with sessions() as s:
+            before = s.execute(text("SELECT count(*) FROM journal_entries")).scalar_one()
+            out = _read_and_insert_pg_many(s, batches, utcnow())
+            s.commit()
+            after = s.execute(text("SELECT count(*) FROM journal_entries")).scalar_one()
+        assert after - before == sum(len(e) for _, e, _ in batches)  # 3 batches → 4, 3..9 rows → 4..16
+        for (terminal_id, entries, _), (read, inserted) in zip(batches, out, strict=True):
+            assert inserted == {e.entry_hash for e in entries}
+            assert [r.terminal_id for r in read] == ([terminal_id] if round_ else [])
+    for t in terminals:
+        assert _stored(sessions, t.terminal_id) == list(range(1, len(t.entries) + 1))
