@@ -689,7 +689,7 @@ class Supervisor:
         while not self.stop_event.is_set():
             try:
                 ctx = self._backend.open()
-            except ServiceUnavailable as exc:
+            except TransportError as exc:  # ServiceUnavailable, or another error of the service's (Access denied)
                 self._down(exc)
                 self.stop_event.wait(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._backoff[1])
@@ -701,8 +701,12 @@ class Supervisor:
             delay = self._backoff[0]
             try:
                 self._supervise(ctx)
-            except ServiceUnavailable as exc:
+            except TransportError as exc:
+                # pcscd gone (ServiceUnavailable) or answering the listing with another error (seen: Access
+                # denied from a busy pcscd): a new context after the back-off, never the thread's end
                 self._down(exc)
+                if not isinstance(exc, ServiceUnavailable):  # the context opens: no hot loop of failing lists
+                    self.stop_event.wait(delay * (0.5 + random.random()))
             finally:
                 self._stop_watchers()
                 self._backend.close(ctx)

@@ -199,3 +199,62 @@ def test_guarded_connection_close_waits_for_a_call_in_flight_and_refuses_later_c
         conn.send_and_receive(b"\xff\x00\x40\x00\x04")
     conn.close()
     assert events.count("close") == 1
+
+
+def test_a_transient_pcsc_error_at_listing_is_retried_not_fatal() -> None:
+    """``SCardListReaders`` answering an error other than "service gone" (seen: ``Access denied``, 0x8010006A,
+    from a busy pcscd) killed the supervisor thread; the counter then relied on the group's restart. It is now
+    reported as the service down and retried with the back-off, as a vanished pcscd is.
+
+    The backend is a test double (no reader stack answers such an error on demand): its first listing fails.
+    """
+    from cardlib.transport.errors import TransportError
+
+    class FlakyListing:
+        def __init__(self) -> None:
+            self.listings = 0
+
+        def open(self) -> object:
+            return object()
+
+        def readers(self, ctx: object) -> list[str]:
+            self.listings += 1
+            if self.listings == 1:
+                raise TransportError("SCardListReaders: Access denied. (0x8010006A)")
+            return []
+
+        def wait(self, ctx: object, reader: str, present: bool, timeout_s: float) -> bool:
+            raise AssertionError("no reader is listed")
+
+        def connect(self, ctx: object, reader: str) -> Connection:
+            raise AssertionError("no reader is listed")
+
+        def close(self, ctx: object) -> None:
+            pass
+
+        def shutdown(self) -> None:
+            pass
+
+    backend = FlakyListing()
+    sup = Supervisor([ReaderNamePattern(re.compile("."))], lambda conn, binding: None, backend=backend,
+                     scan_s=0.05, backoff_s=(0.05, 0.1))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sup.run()
+        except BaseException as exc:  # the old behaviour: the thread ends with the error
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while backend.listings < 3 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not errors, f"the supervisor died of {errors[0]!r}"
+        assert backend.listings >= 3 and sup.health.service is ServiceStatus.UP
+        assert sup.health.restarts == 1 and "Access denied" in sup.health.last_error
+    finally:
+        sup.stop()
+        thread.join(timeout=5)
