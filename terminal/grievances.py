@@ -17,7 +17,8 @@ is also a signed journal entry (:attr:`cardlib.records.journal.EntryKind.COMPLAI
 acknowledged; the signed head covers it and the server's reconciliation reports a journalled complaint
 it never received (``complaint_not_received``). Each sync round, before sending, the queue is checked
 against what is signed: a "sent" or "refused" mark counts only with the server's receipt kept beside it
-(verified under the pinned key, naming that complaint), and a journalled complaint missing from the
+(verified under the pinned key, naming that complaint, answering the complaint request kept with it: the journal
+upload's receipt names the entry id too), and a journalled complaint missing from the
 file is put back as a stub (its text is lost; the server's finding names it either way).
 """
 
@@ -76,7 +77,8 @@ CREATE TABLE IF NOT EXISTS grievances (
     sent_at TEXT,
     server_id INTEGER,
     refused TEXT,
-    receipt BLOB
+    receipt BLOB,
+    request BLOB
 )
 """
 
@@ -123,6 +125,8 @@ class GrievanceQueue:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(grievances)")}
         if "receipt" not in columns:  # a file from before the receipts were kept: its marks prove nothing
             self._db.execute("ALTER TABLE grievances ADD COLUMN receipt BLOB")
+        if "request" not in columns:  # nor before the request was kept beside it (red team round 8): resent once
+            self._db.execute("ALTER TABLE grievances ADD COLUMN request BLOB")
 
     def close(self) -> None:
         """Close the file."""
@@ -190,26 +194,36 @@ class GrievanceQueue:
                 "SELECT count(*) FROM grievances WHERE sent_at IS NULL AND refused IS NULL").fetchone()
         return int(n)
 
-    def mark_sent(self, client_ref: str, server_id: int | None, receipt: bytes | None = None) -> None:
-        """The server's signed receipt (``receipt``: its exact bytes, kept as proof) named it stored (``server_id``)."""
+    def mark_sent(self, client_ref: str, server_id: int | None, receipt: bytes | None = None,
+                  request: bytes | None = None) -> None:
+        """The server's signed receipt (``receipt``: its exact bytes, kept as proof) named it stored (``server_id``).
+
+        :param request: the exact complaint request body the receipt answers (kept with it: only a receipt
+            for a complaint request proves a complaint, :meth:`recheck`).
+        """
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         with self._lock:
-            self._db.execute("UPDATE grievances SET sent_at = ?, server_id = ?, receipt = ? WHERE client_ref = ?",
-                             (now, server_id, receipt, client_ref))
+            self._db.execute("UPDATE grievances SET sent_at = ?, server_id = ?, receipt = ?, request = ?"
+                             " WHERE client_ref = ?", (now, server_id, receipt, request, client_ref))
 
-    def mark_refused(self, client_ref: str, reason: str, receipt: bytes | None = None) -> None:
-        """The server's signed receipt (``receipt``, kept as proof) refused it (``reason``: the field); not resent."""
+    def mark_refused(self, client_ref: str, reason: str, receipt: bytes | None = None,
+                     request: bytes | None = None) -> None:
+        """The server's signed receipt (``receipt``, kept as proof, with its ``request``) refused it (``reason``:
+        the field); not resent."""
         with self._lock:
-            self._db.execute("UPDATE grievances SET refused = ?, receipt = ? WHERE client_ref = ?",
-                             (reason, receipt, client_ref))
+            self._db.execute("UPDATE grievances SET refused = ?, receipt = ?, request = ? WHERE client_ref = ?",
+                             (reason, receipt, request, client_ref))
 
     def recheck(self, receipt_key: PublicKey, terminal_id: str) -> tuple[int, int]:
         """Hold the file to what is signed (each sync round, before sending).
 
         - A ``sent`` or ``refused`` mark stands only with a kept receipt that ``receipt_key`` signed for
-          ``terminal_id`` and whose line for this ``client_ref`` says so (accepted/duplicate, rejected);
-          otherwise the mark is cleared and the complaint is offered again (the server stores each
-          ``client_ref`` once, so a resend is harmless).
+          ``terminal_id``, answering the kept request body (its SHA-256), which is a complaint request of
+          this terminal carrying this ``client_ref``, and whose line for it says so (accepted/duplicate,
+          rejected); otherwise the mark is cleared and the complaint is offered again (the server stores each
+          ``client_ref`` once, so a resend is harmless). The request matters because the ``client_ref`` is
+          also the ``COMPLAINT`` journal entry's id: the journal upload's receipt names it ``accepted`` too
+          (red team round 8).
         - A ``COMPLAINT`` entry of the journal whose ``client_ref`` has no row is put back as a stub
           (:data:`ERASED_TEXT`, category ``other``, dated by the entry's signed wall time): the text is
           lost, but the complaint's id reaches the server, which reports it (docs/grievances.md).
@@ -218,10 +232,11 @@ class GrievanceQueue:
         """
         with self._lock:
             marked = self._db.execute(
-                "SELECT client_ref, sent_at IS NOT NULL, receipt FROM grievances"
+                "SELECT client_ref, sent_at IS NOT NULL, receipt, request FROM grievances"
                 " WHERE sent_at IS NOT NULL OR refused IS NOT NULL").fetchall()
-        cleared = [ref for ref, sent, receipt in marked
-                   if not self._proves(receipt, receipt_key, terminal_id, ref, "sent" if sent else "refused")]
+        cleared = [ref for ref, sent, receipt, request in marked
+                   if not self._proves(receipt, request, receipt_key, terminal_id, ref,
+                                       "sent" if sent else "refused")]
         restored: list[QueuedGrievance] = []
         if self.journal is not None:
             # Every COMPLAINT entry (complaints are few; the signed bytes, not the file's index columns).
@@ -234,26 +249,37 @@ class GrievanceQueue:
         with self._lock:
             for ref in cleared:
                 self._db.execute("UPDATE grievances SET sent_at = NULL, server_id = NULL, refused = NULL,"
-                                 " receipt = NULL WHERE client_ref = ?", (ref,))
+                                 " receipt = NULL, request = NULL WHERE client_ref = ?", (ref,))
             for g in restored:
                 self._db.execute(
                     "INSERT OR IGNORE INTO grievances (client_ref, recorded_at, category, text) VALUES (?, ?, ?, ?)",
                     (g.client_ref, g.recorded_at, g.category, g.text))
         return len(cleared), len(restored)
 
-    def _proves(self, receipt: bytes | None, key: PublicKey, terminal_id: str, ref: str, mark: str) -> bool:
-        """Whether ``receipt`` (kept bytes) is the server's word that complaint ``ref`` was ``mark`` (sent/refused)."""
-        if not receipt:
+    def _proves(self, receipt: bytes | None, request: bytes | None, key: PublicKey, terminal_id: str, ref: str,
+                mark: str) -> bool:
+        """Whether ``receipt`` (kept bytes) answering ``request`` (kept body) is the server's word that complaint
+        ``ref`` was ``mark`` (sent/refused)."""
+        if not receipt or not request:
             return False
-        digest = hashlib.sha256(receipt + ref.encode() + mark.encode()).digest()
+        receipt, request = bytes(receipt), bytes(request)
+        digest = hashlib.sha256(hashlib.sha256(receipt).digest() + hashlib.sha256(request).digest()
+                                + ref.encode() + mark.encode()).digest()
         if digest in self._proven:
             return True
         try:
-            verified: UploadReceipt = verify_receipt(bytes(receipt), key)
+            verified: UploadReceipt = verify_receipt(receipt, key)
+            asked = json.loads(request)
         except (RecordError, ValueError, TypeError):
             return False
-        ok = verified.terminal_id == terminal_id and any(
-            line.entry_id.hex() == ref and line.result in _PROVES[mark] for line in verified.lines)
+        # A complaint request of this terminal naming ``ref``: not the journal upload that carried its entry.
+        complaint_request = (isinstance(asked, dict) and asked.get("terminal_id") == terminal_id
+                             and isinstance(asked.get("grievances"), list)
+                             and any(isinstance(item, dict) and item.get("client_ref") == ref
+                                     for item in asked["grievances"]))
+        ok = complaint_request and verified.terminal_id == terminal_id \
+            and verified.request_sha256 == hashlib.sha256(request).digest() and any(
+                line.entry_id.hex() == ref and line.result in _PROVES[mark] for line in verified.lines)
         if ok:
             self._proven.add(digest)
         return ok
@@ -317,10 +343,10 @@ class GrievanceSender:
                 raise UnverifiedAnswer("complaints receipt names other complaints; nothing marked")
             for g, line in zip(batch, receipt.lines, strict=True):
                 if line.result in ("accepted", "duplicate"):
-                    self.queue.mark_sent(g.client_ref, line.seq, proof)
+                    self.queue.mark_sent(g.client_ref, line.seq, proof, body)
                     confirmed += 1
                 elif line.result == "rejected":
-                    self.queue.mark_refused(g.client_ref, line.reason or "rejected", proof)
+                    self.queue.mark_refused(g.client_ref, line.reason or "rejected", proof, body)
                 else:
                     raise UnverifiedAnswer(f"complaints receipt: unknown result {line.result!r}")
         return confirmed
