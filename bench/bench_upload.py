@@ -586,8 +586,10 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
     ``bulk``: ``rounds`` batches of ``bulk`` entries of one terminal; ``own``: every terminal's small
     batch handed at once to ``threads`` threads (as waitress's request threads), each batch its own
     transaction (:func:`server.upload.store_entries` + commit); ``group``: the same through
-    :class:`server.upload.GroupCommit`. Each batch: :func:`server.upload.verify_batch`, the store, the
-    commit, :func:`cardlib.records.statements.sign_receipt`.
+    :class:`server.upload.GroupCommit`; ``floor``: the serial small batches again, each verified and
+    receipted as in ``serial`` but storing only one 200-byte row of a scratch table in its write
+    transaction: what one durable commit per acknowledged batch costs whatever the store does. Each batch:
+    :func:`server.upload.verify_batch`, the store, the commit, :func:`cardlib.records.statements.sign_receipt`.
 
     :returns: per repetition, µs per entry of each phase: ``<phase>_wall``, ``<phase>_app`` (this
         process's CPU, every thread), ``<phase>_db`` (PostgreSQL backends' CPU, 0 on SQLite), and
@@ -600,7 +602,7 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
     from cardlib.records.statements import ReceiptLine, sign_receipt
     from server.db import WRITE, make_sessionmaker
     from server.receipts import _ReceiptSigner
-    from server.upload import Batch, GroupCommit, store_entries, verify_batch
+    from server.upload import Batch, EntryResult, GroupCommit, Outcome, _autocommit, store_entries, verify_batch
 
     sims, rows = _load_journal(url, journal, terminals)
     engine = make_engine(url, pool_size=threads + 2)
@@ -651,6 +653,29 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
                                      at_once=True)
         receipt(row, body, results)
 
+    with engine.begin() as c:  # the floor phase's scratch table (this database is a scratch copy)
+        c.exec_driver_sql("CREATE TABLE bench_floor (n BIGINT NOT NULL, b BYTEA NOT NULL)" if pg
+                          else "CREATE TABLE bench_floor (n INTEGER NOT NULL, b BLOB NOT NULL)")
+
+    def floor(item: tuple[Terminal, Batch, bytes]) -> None:
+        """The least a serial small batch can cost with a durable commit per receipt: the same
+        verification and receipt, and one 200-byte row in a write transaction of its own (as
+        :func:`one`: SQLite ``BEGIN IMMEDIATE``; PostgreSQL one autocommit statement)."""
+        row, batch, body = item
+        rejected, verified = verify_batch(batch, row)
+        assert not rejected
+        with sessions() as s:
+            begin_on(s)
+            if pg:  # as the at-once store: one statement, a transaction of its own
+                driver = s.connection().connection.driver_connection
+                with _autocommit(driver, True), driver.cursor() as cur:
+                    cur.execute("INSERT INTO bench_floor (n, b) VALUES (%s, %s)", (len(verified), b"x" * 200))
+            else:
+                s.connection().exec_driver_sql("INSERT INTO bench_floor (n, b) VALUES (?, ?)",
+                                               (len(verified), b"x" * 200))
+            s.commit()
+        receipt(row, body, [EntryResult(i, Outcome.ACCEPTED, s.entry.entry_id, s.entry.seq) for i, s in verified])
+
     def timed(run: Callable[[], None]) -> tuple[float, float, float]:
         db0 = _backend_cpu_ns(engine) if pg else 0
         wall, cpu = time.perf_counter(), time.process_time()
@@ -658,10 +683,11 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         return wall, cpu, ((_backend_cpu_ns(engine) - db0) / 1e9 if pg else 0.0)
 
-    def serial(items: list[tuple[Terminal, Batch, bytes]]) -> Callable[[], None]:
+    def serial(items: list[tuple[Terminal, Batch, bytes]],
+               work: Callable[[tuple[Terminal, Batch, bytes]], None] = one) -> Callable[[], None]:
         def run() -> None:
             for i in items:
-                one(i)
+                work(i)
         return run
 
     def concurrent(items: list[tuple[Terminal, Batch, bytes]], work: Callable[..., None]) -> Callable[[], None]:
@@ -695,6 +721,8 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
             "serial": (lambda: serial([plan(t, r, small) for _ in range(rounds)
                                        for t, r in zip(sims, rows, strict=True)]), small),
             "bulk": (lambda: serial([plan(sims[0], rows[0], bulk) for _ in range(rounds)]), bulk),
+            "floor": (lambda: serial([plan(t, r, small) for _ in range(rounds)
+                                      for t, r in zip(sims, rows, strict=True)], floor), small),
             "own": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
                                         for t, r in zip(sims, rows, strict=True)], one), small),
             "group": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
@@ -730,8 +758,8 @@ def store_path_main(args: argparse.Namespace) -> None:
           f"= every small batch at once to {args.threads} threads, each batch its own transaction (own) or "
           "group commit (group); CPU = this process + the PostgreSQL backends (/proc/<pid>/schedstat)")
     print("| db | run | µs/entry wall: serial small / own / group / bulk "
-          "| CPU (app + db): serial small / own / group / bulk | CPU ÷ bulk: serial / own / group "
-          "| wall ÷ bulk: serial / own / group | batches per group |")
+          "| CPU (app + db): serial small / own / group / bulk / floor | CPU ÷ bulk: serial / own / group / floor "
+          "| wall ÷ bulk: serial / own / group / floor | batches per group |")
     print("|---|---|---|---|---|---|---|")
     for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
         with tempfile.TemporaryDirectory() as tmp:
@@ -746,13 +774,14 @@ def store_path_main(args: argparse.Namespace) -> None:
             def cpu(phase: str, r: dict[str, float] = r) -> str:
                 return f"{r[phase + '_app'] + r[phase + '_db']:.0f} ({r[phase + '_db']:.0f})"
 
-            tot = {p: r[p + "_app"] + r[p + "_db"] for p in ("serial", "own", "group", "bulk")}
+            tot = {p: r[p + "_app"] + r[p + "_db"] for p in ("serial", "own", "group", "bulk", "floor")}
             print(f"| {kind} | {i} | {r['serial_wall']:.0f} / {r['own_wall']:.0f} / {r['group_wall']:.0f} "
                   f"/ {r['bulk_wall']:.0f} | {cpu('serial')} / {cpu('own')} / {cpu('group')} / {cpu('bulk')} "
-                  f"| {tot['serial'] / tot['bulk']:.2f}× / {tot['own'] / tot['bulk']:.2f}× "
-                  f"/ {tot['group'] / tot['bulk']:.2f}× "
+                  f"/ {cpu('floor')} | {tot['serial'] / tot['bulk']:.2f}× / {tot['own'] / tot['bulk']:.2f}× "
+                  f"/ {tot['group'] / tot['bulk']:.2f}× / {tot['floor'] / tot['bulk']:.2f}× "
                   f"| {r['serial_wall'] / r['bulk_wall']:.2f}× / {r['own_wall'] / r['bulk_wall']:.2f}× "
-                  f"/ {r['group_wall'] / r['bulk_wall']:.2f}× | {r['group_size']:.1f} |", flush=True)
+                  f"/ {r['group_wall'] / r['bulk_wall']:.2f}× / {r['floor_wall'] / r['bulk_wall']:.2f}× "
+                  f"| {r['group_size']:.1f} |", flush=True)
 
 
 def small_main(args: argparse.Namespace) -> None:
