@@ -14,8 +14,9 @@ published bundle counters decline the card ``card_denied`` (docs/security.md §C
   every replaced card does (:func:`server.registry.registry_deny_candidates`), whatever the block.
 
 Who may: a technician, an auditor or an admin blocks (a manager reads the dashboard only). Lifting
-is refused to a technician when the block was placed by an auditor or admin, or when an open or
-confirmed fraud finding (:data:`server.reconcile.denylist.DENY_KINDS`) names the card: that needs
+is refused to a technician when the block was placed by an auditor or admin (the role the blocker had
+when placing it, ``blocked_by_role``, migration 0025: a later promotion or demotion changes nothing), or
+when an open or confirmed fraud finding (:data:`server.reconcile.denylist.DENY_KINDS`) names the card: that needs
 an auditor. Every block and lift is written to the audit log (``cards.block``, ``cards.unblock``).
 """
 
@@ -87,7 +88,11 @@ class BlockForbidden(Forbidden):
 
 @dataclass(frozen=True)
 class BlockView:
-    """A block as the pages and the CLI show it: ``blocked_by``/``lifted_by`` are usernames."""
+    """A block as the pages and the CLI show it: ``blocked_by``/``lifted_by`` are usernames.
+
+    ``blocked_by_role``: the blocker's role when blocking (``technician``, ``auditor``, ``admin``), which decides
+    who may lift it.
+    """
 
     card_id: str
     reason: str
@@ -97,6 +102,7 @@ class BlockView:
     lifted_by: str | None
     lifted_at: dt.datetime | None
     lift_reason: str | None
+    blocked_by_role: str = PersonRole.AUDITOR.value
 
 
 def _check_card_id(card_id: str) -> str:
@@ -185,7 +191,7 @@ def block_card(session: Session, card_id: str, reason: BlockReason, *, person: P
         raise CardAlreadyBlocked(f"card {card_id} is already blocked ({standing.reason}) since "
                                  f"{standing.blocked_at.isoformat()}", card_id=card_id)
     block = CardBlock(card_id=card_id, reason=BlockReason(reason).value, note=note, blocked_by=person.id,
-                      blocked_at=now or utcnow())
+                      blocked_by_role=person.role, blocked_at=now or utcnow())
     session.add(block)
     session.flush()
     audit(session, person, "cards.block", f"card:{card_id}", reason=block.reason, note=note, block_id=block.id,
@@ -229,8 +235,9 @@ def unblock_card(session: Session, card_id: str, *, person: Person, reason: str,
     :param reason: why (kept and audited), required, at most :data:`NOTE_MAX` characters.
     :returns: what still denies the card (:func:`other_denials`); empty when the next bundle honours it.
     :raises BadRequest: a malformed card id, or an empty or over-long reason.
-    :raises BlockForbidden: the role may not unblock; or a technician lifting an auditor's or admin's block,
-        or a card an open or confirmed fraud finding names (the finding ids are given).
+    :raises BlockForbidden: the role may not unblock; or a technician lifting a block an auditor or admin
+        placed (their role at block time, ``blocked_by_role``, whatever it is now), or a card an open or
+        confirmed fraud finding names (the finding ids are given).
     :raises CardNotBlocked: the card has no standing block.
     """
     _check_card_id(card_id)
@@ -242,10 +249,11 @@ def unblock_card(session: Session, card_id: str, *, person: Person, reason: str,
     if block is None:
         raise CardNotBlocked(f"card {card_id} has no standing block", card_id=card_id)
     if person.role not in SUPERVISORS:
-        placer = session.get(Person, block.blocked_by)
-        if placer is not None and placer.role in SUPERVISORS:
-            raise BlockForbidden(f"card {card_id} was blocked by {placer.role.value} {placer.username}: "
-                                 "an auditor or admin lifts it", card_id=card_id)
+        if block.blocked_by_role in SUPERVISORS:  # the role at block time, not the placer's current one
+            placer = session.get(Person, block.blocked_by)
+            raise BlockForbidden(f"card {card_id} was blocked by {block.blocked_by_role.value} "
+                                 f"{placer.username if placer is not None else '?'}: an auditor or admin lifts it",
+                                 card_id=card_id)
         fraud = _fraud_findings(session, card_id)
         if fraud:
             raise BlockForbidden(f"card {card_id} is named by fraud finding(s) "
@@ -299,7 +307,8 @@ def _views(session: Session, blocks: Iterable[CardBlock]) -> list[BlockView]:
     names = dict(session.execute(select(Person.id, Person.username).where(Person.id.in_(ids))).tuples().all()) \
         if ids else {}
     return [BlockView(b.card_id, b.reason, b.note, names.get(b.blocked_by, "?"), b.blocked_at,
-                      names.get(b.lifted_by) if b.lifted_by is not None else None, b.lifted_at, b.lift_reason)
+                      names.get(b.lifted_by) if b.lifted_by is not None else None, b.lifted_at, b.lift_reason,
+                      PersonRole(b.blocked_by_role).value)
             for b in rows]
 
 

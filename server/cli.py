@@ -892,5 +892,5 @@ def blocks_cmd(every: bool) -> None:
         click.echo("no blocked cards")
     for b in rows:
         lifted = f"  lifted {b.lifted_at.isoformat()} by {b.lifted_by}: {b.lift_reason}" if b.lifted_at else ""
-        click.echo(f"{b.card_id}  {b.reason:<7}  by {b.blocked_by}  {b.blocked_at.isoformat()}"
+        click.echo(f"{b.card_id}  {b.reason:<7}  by {b.blocked_by} ({b.blocked_by_role})  {b.blocked_at.isoformat()}"
                    f"{'  ' + b.note if b.note else ''}{lifted}")

@@ -138,6 +138,7 @@ class CardBlock(Base):
     """A card reported lost, stolen or damaged at the office, denied from the next bundle (server.card_blocks).
 
     At most one standing block per card (``lifted_at`` NULL); a lifted one is kept as history (migration 0023).
+    The blocker's role is kept as it was at block time (migration 0025).
     """
 
     __tablename__ = "card_blocks"
@@ -152,6 +153,8 @@ class CardBlock(Base):
     reason: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
     blocked_by: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    #: The blocker's role when the block was placed: decides who may lift it (migration 0025).
+    blocked_by_role: Mapped[PersonRole] = mapped_column(_enum(PersonRole), server_default="auditor")
     blocked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     lifted_by: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
     lifted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -266,7 +266,7 @@ def test_cli_block_by_household_label_shows_on_the_pages_and_is_audited(
     capsys.readouterr()
     assert main(["server", "cards", "blocks", "--database", db_url]) == 0
     listed = capsys.readouterr().out
-    assert card_id in listed and "lost" in listed and "tech" in listed
+    assert card_id in listed and "lost" in listed and "by tech (technician)" in listed
 
     from tests.audit_login import form_login
 

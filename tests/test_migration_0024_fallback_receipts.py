@@ -142,7 +142,7 @@ def test_fallback_receipts_older_than_the_lookback_are_found_after_the_upgrade(
     assert set(_codes(old_db)) == {ids[s.entry_hash] for t in d.terminals for s in t.entries
                                    if s.entry.kind is EntryKind.COMMIT}
 
-    assert upgrade(old_db) == "0024"
+    assert (upgrade(old_db) or "") >= "0024"
     codes = _codes(old_db)
     assert {codes[ids[s.entry_hash]] for s in fallbacks} == {receipt_code(s.entry_hash) for s in fallbacks}
     assert len(codes) == sum(1 for t in d.terminals for s in t.entries
@@ -172,7 +172,7 @@ def test_complaints_filed_with_an_unindexed_fallback_code_are_linked_and_audited
     about_commit = _add_complaint(old_db, receipt_code(commit.entry_hash))
     about_nothing = _add_complaint(old_db, "AAAA-AAAA")
 
-    assert upgrade(old_db) == "0024"
+    assert (upgrade(old_db) or "") >= "0024"
     with old_db.connect() as conn:
         got = {i: (c, h) for i, c, h in conn.execute(text("SELECT id, card_id, household_ref FROM grievances"))}
         log = conn.execute(text("SELECT person_id, action, target, detail FROM audit_log ORDER BY id")).all()
@@ -206,7 +206,7 @@ def test_backfill_in_small_batches_is_idempotent_and_downgrade_keeps_the_codes(o
     with old_db.begin() as conn:
         command.downgrade(alembic_config(conn), "0023")
     assert _codes(old_db) == after_backfill
-    assert upgrade(old_db) == "0024" and _codes(old_db) == after_backfill
+    assert (upgrade(old_db) or "") >= "0024" and _codes(old_db) == after_backfill
 
 
 def test_backfill_on_a_journal_partitioned_by_terminal(old_db: Engine) -> None:
@@ -223,7 +223,7 @@ def test_backfill_on_a_journal_partitioned_by_terminal(old_db: Engine) -> None:
         assert conn.execute(text("SELECT count(*) FROM ONLY journal_entries")).scalar() == 0  # all in partitions
     for s in _fallbacks(d):
         assert _found(old_db, receipt_code(s.entry_hash)) == []
-    assert upgrade(old_db) == "0024"
+    assert (upgrade(old_db) or "") >= "0024"
     codes = _codes(old_db)
     assert {codes[ids[s.entry_hash]] for s in _fallbacks(d)} == {receipt_code(s.entry_hash) for s in _fallbacks(d)}
     for s in _fallbacks(d):
