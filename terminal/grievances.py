@@ -32,12 +32,12 @@ import json
 import re
 import sqlite3
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cardlib.keys.signer import PublicKey, Signer
+from cardlib.records.complaint import complaint_id, new_seal
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import EntryKind
 from cardlib.records.statements import UploadReceipt, verify_receipt
@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS grievances (
     server_id INTEGER,
     refused TEXT,
     receipt BLOB,
-    request BLOB
+    request BLOB,
+    seal TEXT
 )
 """
 
@@ -97,12 +98,15 @@ class QueuedGrievance:
     sent_at: str | None = None
     server_id: int | None = None
     refused: str | None = None
+    #: the random seal (32 hex digits) the ``client_ref`` commits to with the fields above
+    #: (:mod:`cardlib.records.complaint`); None for a complaint taken before, or put back as a stub
+    seal: str | None = None
 
     def to_json(self) -> dict[str, str | None]:
         """The request item (docs/api.md "Complaints from counters")."""
         return {"client_ref": self.client_ref, "recorded_at": self.recorded_at, "receipt_code": self.receipt_code,
                 "card_id": self.card_id, "household_ref": self.household_ref, "category": self.category,
-                "text": self.text}
+                "text": self.text, "seal": self.seal}
 
 
 class GrievanceQueue:
@@ -110,7 +114,8 @@ class GrievanceQueue:
 
     :param path: the file, e.g. next to the journal (``grievances.sqlite``).
     :param journal: the counter's journal: every complaint is also a signed ``COMPLAINT`` entry whose
-        ``entry_id`` is its ``client_ref`` (None: no signed trace, a random ``client_ref``; tools and tests).
+        ``entry_id`` is its ``client_ref``, which seals its words (:mod:`cardlib.records.complaint`; None: no
+        signed trace, the same sealed id; tools and tests).
     """
 
     def __init__(self, path: Path, journal: JournalStore | None = None) -> None:
@@ -127,6 +132,8 @@ class GrievanceQueue:
             self._db.execute("ALTER TABLE grievances ADD COLUMN receipt BLOB")
         if "request" not in columns:  # nor before the request was kept beside it (red team round 8): resent once
             self._db.execute("ALTER TABLE grievances ADD COLUMN request BLOB")
+        if "seal" not in columns:  # complaints taken before their id sealed their words (red team round 8)
+            self._db.execute("ALTER TABLE grievances ADD COLUMN seal TEXT")
 
     def close(self) -> None:
         """Close the file."""
@@ -162,20 +169,26 @@ class GrievanceQueue:
         when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
         with self._lock:
             # The signed trace first (fsynced when append returns): a complaint the file then loses is one the
-            # server still learns of; an append that fails leaves nothing kept and nothing acknowledged.
-            ref = self.journal.append(EntryKind.COMPLAINT).entry.entry_id.hex() if self.journal else uuid.uuid4().hex
-            g = QueuedGrievance(ref, when, code, card_id or None, household_ref or None, category, text)
+            # server still learns of; an append that fails leaves nothing kept and nothing acknowledged. Its id
+            # seals the words and links (red team round 8): rewritten in the file, they no longer match it.
+            seal = new_seal()
+            sealed_id = complaint_id(seal, when, code, card_id or None, household_ref or None, category, text)
+            ref = (self.journal.append(EntryKind.COMPLAINT, entry_id=sealed_id).entry.entry_id
+                   if self.journal else sealed_id).hex()
+            g = QueuedGrievance(ref, when, code, card_id or None, household_ref or None, category, text,
+                                seal=seal.hex())
             self._db.execute(
                 "INSERT INTO grievances (client_ref, recorded_at, receipt_code, card_id, household_ref, category,"
-                " text) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (g.client_ref, g.recorded_at, g.receipt_code, g.card_id, g.household_ref, g.category, g.text))
+                " text, seal) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (g.client_ref, g.recorded_at, g.receipt_code, g.card_id, g.household_ref, g.category, g.text,
+                 g.seal))
         return g
 
     def _rows(self, where: str, limit: int) -> list[QueuedGrievance]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT client_ref, recorded_at, receipt_code, card_id, household_ref, category, text, sent_at,"
-                f" server_id, refused FROM grievances WHERE {where} ORDER BY recorded_at, rowid LIMIT ?",
+                f" server_id, refused, seal FROM grievances WHERE {where} ORDER BY recorded_at, rowid LIMIT ?",
                 (limit,)).fetchall()
         return [QueuedGrievance(*row) for row in rows]
 

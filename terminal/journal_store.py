@@ -453,6 +453,7 @@ class JournalStore:
         write: CardWrite | Callable[[int], tuple[CardWrite, bytes]] | None = None,
         *,
         note: str | None = None,
+        entry_id: bytes | None = None,
     ) -> StoredEntry:
         """Sign, chain and durably store one entry; return only after fsync.
 
@@ -461,6 +462,8 @@ class JournalStore:
             PENDING a builder called with the entry's seq under the journal lock that
             returns the claims and the new card state bytes (the slot signs the seq).
         :param note: an unsigned local note (e.g. the decline reason code).
+        :param entry_id: the entry's 16-byte id when the caller derives it (a ``COMPLAINT`` entry's id seals
+            the complaint, :mod:`cardlib.records.complaint`); default a fresh UUIDv7.
         :returns: the stored entry with its exact signed bytes.
         :raises JournalStoreError: the disk refused the write (the caller must not
             touch the card: docs/design.md §Tap sequence wants PENDING on disk first).
@@ -475,7 +478,7 @@ class JournalStore:
                 w = write or CardWrite()
             stamp = self._clock.now()
             entry = JournalEntry(
-                entry_id=new_entry_id(),
+                entry_id=entry_id or new_entry_id(),
                 terminal_id=self.terminal_id,
                 boot_id=self.boot_id,
                 seq=self._seq + 1,

@@ -134,6 +134,29 @@ def _counter_time(value: object) -> dt.datetime | None:
     return when if when.tzinfo is not None else None
 
 
+def _check_seal(ref: str, item: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Refuse a complaint whose fields are not the ones its id sealed when the counter took it.
+
+    A counter's ``client_ref`` is the ``entry_id`` of its signed ``COMPLAINT`` journal entry; since red team
+    round 8 it commits to the complaint's fields under the random ``seal`` sent with it
+    (:mod:`cardlib.records.complaint`): words or links rewritten in the counter's file after it was taken do
+    not match, and are not filed under that id (``rejected``, reason ``seal``; the journalled complaint then
+    stays ``complaint_not_received``). An id of a counter from before (a random UUIDv7) seals nothing.
+
+    :raises GrievanceError: a sealed id with no seal, a malformed one, or other fields.
+    """
+    from cardlib.records.complaint import SEAL_LEN, sealed, seals
+
+    if not sealed(bytes.fromhex(ref)):
+        return
+    seal, at = item.get("seal"), item.get("recorded_at")
+    if not isinstance(seal, str) or not re.fullmatch(f"[0-9a-f]{{{2 * SEAL_LEN}}}", seal) or not seals(
+            bytes.fromhex(ref), bytes.fromhex(seal), at if isinstance(at, str) else None, fields["receipt_code"],
+            fields["card_id"], fields["household_ref"], fields["category"], fields["text"]):
+        raise GrievanceError("the complaint is not the one its counter journalled under this id "
+                             "(changed after it was taken)", "seal")
+
+
 @bp.post("/terminal/grievances")
 def post_terminal_grievances() -> ResponseReturnValue:
     """Complaints taken at a counter: ``{"terminal_id", "grievances": [{"client_ref", "text", ...}]}``.
@@ -190,6 +213,7 @@ def post_terminal_grievances() -> ResponseReturnValue:
                         card_id=fields["card_id"], household_ref=fields["household_ref"],
                         category=fields["category"], source_terminal=terminal.terminal_id, client_ref=ref,
                         counter_time=_counter_time(item.get("recorded_at")))
+                    _check_seal(ref, item, fields)  # after the fields' own checks; raising undoes the insert
             except GrievanceError as exc:
                 lines.append(ReceiptLine(bytes.fromhex(ref), None, "rejected", exc.field or "invalid"))
                 results.append({"client_ref": ref, "result": "rejected", "reason": exc.field, "error": str(exc)})
