@@ -44,6 +44,7 @@ from cardlib.provision.errors import (
     CounterfeitChip,
     IssuanceInterrupted,
     ReadBackMismatch,
+    StationIdMismatch,
     StationInputError,
     StationKeyNotTrusted,
     WrongChip,
@@ -169,7 +170,8 @@ class StationContext:
     :ivar station: the station's terminal key, signs genesis states (listed in the bundle
         as a terminal key).
     :ivar station_id: slot ``terminal_id`` (uint32) of genesis states; None (default
-        in the CLI) = the station key's kid read big-endian (§conventions, :attr:`terminal_id`).
+        in the CLI) = the station key's kid read big-endian (§conventions, :attr:`terminal_id`),
+        the only value allowed: another is refused (:class:`StationIdMismatch`).
     :ivar trust: the current trust bundle (read-back verification uses it).
     :ivar password_secret: ≥ 16 bytes; the per-card password is derived from it (for format 2
         the provincial card-password key of version ``password_key_version``).
@@ -177,6 +179,7 @@ class StationContext:
     :ivar card_format: 1 (slots writable without a password) or 2 (private pages, docs/card-format.md §2.2).
     :ivar password_key_version: the key version written on page 10 of format-2 cards (1..255).
     :raises StationInputError: a bad card format or a short password secret.
+    :raises StationIdMismatch: ``station_id`` is not the station key's own slot terminal id.
     :raises StationKeyNotTrusted: ``trust`` does not accept the station or issuer key
         (:func:`check_station_keys`): refused here, before any card is touched.
     """
@@ -204,6 +207,12 @@ class StationContext:
                 f"card-password secret is {len(self.password_secret)} bytes; it needs at least "
                 f"{MIN_SECRET_BYTES} random bytes (e.g. `head -c 32 /dev/urandom > pwd.secret`)")
         check_station_keys(self.trust, self.issuer, self.station)
+        own = terminal_id_of(self.station.kid)
+        if self.station_id is not None and self.station_id != own:
+            raise StationIdMismatch(
+                f"--station-id {self.station_id} is not this station's: genesis states carry the station key's "
+                f"slot terminal id, its kid {self.station.kid.hex()} read big-endian ({own}); leave the option "
+                f"out (docs/card-format.md §4); no card was touched")
 
     @property
     def terminal_id(self) -> int:

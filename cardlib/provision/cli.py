@@ -46,7 +46,13 @@ from cardlib.provision.batch import (
     write_issuance_file,
 )
 from cardlib.provision.card import PersonalisedCard, StationContext, Step
-from cardlib.provision.errors import CsvError, ProvisionError, StationInputError, StationKeyNotTrusted
+from cardlib.provision.errors import (
+    CsvError,
+    ProvisionError,
+    StationIdMismatch,
+    StationInputError,
+    StationKeyNotTrusted,
+)
 from cardlib.provision.households import Household, load_households, parse_households
 from cardlib.provision.profile import Profile
 from cardlib.provision.qr import household_qr, qr_file_name, qr_png
@@ -85,7 +91,8 @@ def _station_options(f: Any) -> Any:
                      help="The station's terminal key (encrypted PKCS#8); signs genesis states. It must be a "
                           "terminal key of --bundle (enrolled: huma terminal init + enrol)."),
         click.option("--station-id", type=click.IntRange(0, 2**32 - 1), default=None,
-                     help="Slot terminal id of genesis states (default: the station key's kid, big-endian)."),
+                     help="Slot terminal id of genesis states: only the station key's own (its kid, "
+                          "big-endian, also the default) is accepted; leave it out."),
         click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      required=True, help="Current trust bundle (read-back verification uses it)."),
         click.option("--profile", "profile_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -229,8 +236,8 @@ class _Station:
                 originality_key=o["originality_key"] or NXP_NTAG21X_PUBLIC_KEY,
                 card_format=card_format, password_key_version=key_version,
             )
-        except StationKeyNotTrusted:
-            raise  # names the key itself; not a card-password problem
+        except (StationKeyNotTrusted, StationIdMismatch):
+            raise  # names the key or option itself; not a card-password problem
         except StationInputError as exc:
             source = f"--card-keys {o['card_keys']}" if o["card_keys"] else f"--pwd-secret-file {o['pwd_secret_file']}"
             raise StationInputError(f"{source}: {exc}") from None

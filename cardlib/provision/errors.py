@@ -81,6 +81,12 @@ class StationKeyNotTrusted(StationInputError):
     Found at start-up, so no card is written with genesis states nobody can verify."""
 
 
+class StationIdMismatch(StationInputError):
+    """``--station-id`` names another slot terminal id than the station key's own (its kid read
+    big-endian, docs/card-format.md §4): genesis states would claim another station or counter
+    wrote them. Found at start-up, before any card is touched."""
+
+
 # ---------------------------------------------------------------- chips
 
 
