@@ -4,13 +4,15 @@ The same steps as :mod:`terminal.tap` with the card's own guarantees in place of
 NTAG's two slots:
 
 1. SELECT our application (a Type 4 card without it is not ours), GET DATA identity,
-   verify it (issuer key, the key-bound AAD of docs/card-format.md §5.1, deny list, validity); a card
+   verify its signature (issuer key, the key-bound AAD of docs/card-format.md §5.1); a card
    the station never locked (life cycle not operational: it still takes a new PIN or key from anybody)
    is declined ``card_state_invalid``;
 2. GET DATA state and INTERNAL AUTHENTICATE with a fresh nonce: the card proves the key
    the identity names over its counter, seq and state hash. A copy without the private
    key is declined offline (``clone_check_failed``); a counter not above the last one this
-   terminal journalled for the card is declined (``card_counter_repeated``); a state signed by a
+   terminal journalled for the card is declined (``card_counter_repeated``). Only then the deny
+   list and validity: the identity is public, so a ``card_denied`` names only a card that proved its
+   key, never a replayed copy (red team round 7; an honest tap sends the same APDUs); a state signed by a
    terminal key revoked after it wrote it is served at the stale floor, one signed at or after
    the revocation is declined ``revoked_key`` (:mod:`terminal.revocation`, as on NTAG);
 3. an unfinished write for the card in the journal? → decide it from the state the card
@@ -49,8 +51,9 @@ from cardlib.records.secure import (
     SecureCardRecords,
     SecurePendingWrite,
     SecureRecovery,
+    check_secure_identity,
     decide_secure_recovery,
-    verify_secure_identity,
+    verify_secure_identity_signature,
     verify_secure_state,
 )
 from cardlib.records.session import CardTrust, VerifiedIdentity
@@ -185,13 +188,12 @@ class SecureTap:
             log.info("ISO-DEP card without our application (SW %04X)", exc.sw)
             return declined(DeclineReason.NOT_OUR_CARD)
         try:
-            identity = verify_secure_identity(session.read_identity(), bundle, int(now))
+            # The record is public (any phone reads it): the deny list and validity wait for the key's proof below.
+            identity = verify_secure_identity_signature(session.read_identity(), bundle)
         except _LINK_ERRORS:
             raise
         except CardlibError as exc:
             log.info("secure card declined before policy: %s", type(exc).__name__)
-            if isinstance(exc, rec.DeniedCard):  # raised once the identity verified, carrying it (as on NTAG)
-                return declined(_reason(exc), exc.card_id.hex(), household=household_label(exc.household_ref))
             return declined(_reason(exc))
         card_id = identity.claims.card_id
         card_hex = card_id.hex()
@@ -202,7 +204,7 @@ class SecureTap:
                         session.info.life_cycle if session.info is not None else None)
             return declined(DeclineReason.CARD_STATE_INVALID, card_hex, records=identity)
         key = identity.claims.card_public_key
-        assert key is not None  # verify_secure_identity refuses an identity without one
+        assert key is not None  # verify_secure_identity_signature refuses an identity without one
         last_counter = self.journal.last_card_counter(card_hex)
         try:
             verified = session.verify_card(key, card_id, last_counter=last_counter, select=False)
@@ -213,6 +215,15 @@ class SecureTap:
             log.warning("secure card %s… declined: %s", card_hex[:4], reason.value)
             return declined(reason, card_hex, records=identity)
         counter = verified.counter
+        try:
+            # Only now, the card having proved the key its identity names: a card_denied (and the household shown)
+            # names a card that was presented, never a copy of its public record (red team round 7).
+            check_secure_identity(identity, bundle, int(now))
+        except CardlibError as exc:
+            log.info("secure card %s… declined before policy: %s", card_hex[:4], type(exc).__name__)
+            if isinstance(exc, rec.DeniedCard):  # carries the verified identity (as on NTAG)
+                return declined(_reason(exc), exc.card_id.hex(), counter, household=household_label(exc.household_ref))
+            return declined(_reason(exc), card_hex, counter, identity)
         if counter > NTAG_COUNTER_MAX:
             # The journal claim holds 24 bits (16.7 million authentications); such a card is re-issued.
             return declined(DeclineReason.CARD_STATE_INVALID, card_hex, records=identity)
@@ -333,7 +344,7 @@ class SecureTap:
                                household_ref=_household(card), unit=d.unit, entitled=d.entitled,
                                remaining=d.remaining_before, card_id=card_hex)
         key = card.identity.claims.card_public_key
-        assert key is not None  # verify_secure_identity refuses an identity without one
+        assert key is not None  # verify_secure_identity_signature refuses an identity without one
         try:
             session.update_state(pending.seq, pending.cose)
         except TransportError as exc:

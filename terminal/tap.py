@@ -75,6 +75,10 @@ from terminal.supervisor import ReaderSelector
 
 log = logging.getLogger(__name__)
 
+#: The journal's local note on a ``card_denied`` decline of a format-1 card read without the office password.
+UNPROVEN_DENIAL_NOTE = "identity presented, possession not proven (format 1, no card password)"
+
+
 def terminal_number(kid: bytes) -> int:
     """The uint32 terminal id written into card slots: the terminal key's 4-byte kid, big-endian.
 
@@ -364,8 +368,12 @@ class TapProcessor:
             reason = decline_reason_of(exc)
             log.info("card declined before policy: %s (%s)", reason.value, type(exc).__name__)
             if isinstance(exc, rec.DeniedCard):  # raised once the identity verified for this UID, carrying it:
-                # the clerk sees whose card is blocked; any other refusal may be a forgery and names no household
-                return declined(reason, uid=uid, card=exc.card_id.hex(), household=household_label(exc.household_ref))
+                # the clerk sees whose card is blocked; any other refusal may be a forgery and names no household.
+                # A format-2 card answered PWD_AUTH with its PACK before its identity was read; a format-1 card
+                # read without the office password proved nothing (docs/security.md, red team round 7).
+                note = None if session.possession_proven else UNPROVEN_DENIAL_NOTE
+                return declined(reason, uid=uid, card=exc.card_id.hex(), household=household_label(exc.household_ref),
+                                note=note)
             return declined(reason, uid=uid, card=unverified_card_id(image))
         card_hex = state.identity.claims.card_id.hex()
         if revoked is not None:

@@ -57,6 +57,7 @@ __all__ = [
     "SecurePendingWrite",
     "SecureRecovery",
     "card_binding",
+    "check_secure_identity",
     "decide_secure_recovery",
     "identity_aad_of",
     "issue_secure_records",
@@ -64,6 +65,7 @@ __all__ = [
     "secure_slot_aad",
     "verify_identity_record",
     "verify_secure_identity",
+    "verify_secure_identity_signature",
     "verify_secure_state",
 ]
 
@@ -131,7 +133,10 @@ def verify_secure_identity(cose: bytes, trust: CardTrust, now: int) -> VerifiedI
     """Verify the identity record a secure card returned (GET DATA identity, docs/secure-card.md §4).
 
     Order as for NTAG (docs/card-format.md §5): signature under an issuer key with the
-    key-bound AAD, strict claims, a card key present, deny list (card id only), validity.
+    key-bound AAD, strict claims, a card key present, deny list (card id only), validity:
+    :func:`verify_secure_identity_signature` then :func:`check_secure_identity`. A counter calls the two
+    apart, with the card's proof of its key between them (``terminal.secure_tap``): the record is public,
+    so only a card that proved the key may be declined ``card_denied`` in its name (red team round 7).
 
     :param cose: the record's exact bytes.
     :param now: POSIX seconds (UTC).
@@ -140,6 +145,19 @@ def verify_secure_identity(cose: bytes, trust: CardTrust, now: int) -> VerifiedI
     :raises DeniedCard: the card id is on the deny list (carrying the verified identity, ``uid`` :data:`NO_UID`).
     :raises Expired | NotYetValid: outside the validity window.
     """
+    identity = verify_secure_identity_signature(cose, trust)
+    check_secure_identity(identity, trust, now)
+    return identity
+
+
+def verify_secure_identity_signature(cose: bytes, trust: CardTrust) -> VerifiedIdentity:
+    """The first half of :func:`verify_secure_identity`: signature under an issuer key with the key-bound
+    AAD, strict claims, a card key present. Says nothing about the deny list or validity.
+
+    :param cose: the record's exact bytes.
+    :raises BadSignature | MalformedCose | UnknownKid | RevokedKid | AlgorithmNotAllowed: signature.
+    :raises ClaimsError: malformed claims, or no ``card_public_key`` (not a secure identity).
+    """
     peek = _peek_binding(cose)
     if peek is None:
         raise ClaimsError("identity names no card key: not a secure card's record")
@@ -147,13 +165,24 @@ def verify_secure_identity(cose: bytes, trust: CardTrust, now: int) -> VerifiedI
     claims = IdentityClaims.from_cbor(verified.payload)
     if claims.card_public_key is None:  # the peek read the same bytes; kept for the type checker
         raise ClaimsError("identity names no card key")
-    trust.check_card(claims, verified.kid, NO_UID)  # after the signature: the DeniedCard carries verified claims
+    return VerifiedIdentity(verified, claims)
+
+
+def check_secure_identity(identity: VerifiedIdentity, trust: CardTrust, now: int) -> None:
+    """The second half of :func:`verify_secure_identity`: the deny list (card id only), then validity.
+
+    :param identity: from :func:`verify_secure_identity_signature`.
+    :param now: POSIX seconds (UTC).
+    :raises DeniedCard: the card id is on the deny list (carrying the verified identity, ``uid`` :data:`NO_UID`).
+    :raises Expired | NotYetValid: outside the validity window.
+    """
+    claims = identity.claims
+    trust.check_card(claims, identity.cose.kid, NO_UID)  # after the signature: the DeniedCard carries verified claims
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     if today < claims.valid_from:
         raise NotYetValid(f"card valid from {claims.valid_from.isoformat()}")
     if today > claims.valid_to:
         raise Expired(f"card expired on {claims.valid_to.isoformat()}")
-    return VerifiedIdentity(verified, claims)
 
 
 @dataclass(frozen=True)

@@ -488,6 +488,17 @@ class CardSession:
     #: CC byte 2 of a format-1 card opened with the office password (:meth:`open_format1`), else None.
     format1_cc_size: int | None = None
 
+    @property
+    def possession_proven(self) -> bool:
+        """Whether the chip last read answered this session's PWD_AUTH with the right PACK (datasheet §10.7).
+
+        A format-2 card always did (:meth:`read_image` refuses it otherwise); a format-1 card only when this
+        session holds the office's format-1 password. A format-1 card read without it proved nothing: its
+        records are public and bound to a UID that a UID-changeable chip presents (docs/security.md, red team
+        round 7). Meaningful after :meth:`read_image`.
+        """
+        return self.public is not None or self.format1_cc_size is not None
+
     def open_format1(self, head: bytes) -> None:
         """PWD_AUTH a format-1 card with the office password, when this session holds it.
 
