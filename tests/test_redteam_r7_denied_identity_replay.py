@@ -179,6 +179,19 @@ def test_a_format2_identity_replayed_in_the_format1_layout_is_a_clone_where_the_
     assert last.entry.decline_reason == "clone_check_failed"
 
 
+def test_a_genuine_blocked_format1_card_proves_the_office_password_where_it_is_held(tmp_path: Path) -> None:
+    """Format 1 at a counter holding the office's format-1 secret: PWD_AUTH with its PACK, no note."""
+    _, issued = _format2_card()
+    genuine = chip_with(issued.image, UID)  # a format-1 card as issued: the office password set, slots open
+    pw = F1_AND_F2_KEYS.password(9, UID)
+    genuine.poke(genuine.layout.pwd_page, pw.pwd)
+    genuine.poke(genuine.layout.pack_page, pw.pack + bytes(2))
+    out, last = _tap_ntag(genuine, F1_AND_F2_KEYS, tmp_path)
+    assert out.status is TapStatus.DECLINED and out.reason is DeclineReason.CARD_DENIED, out
+    assert out.household_ref == household_label(identity().household_ref), out
+    assert (last.entry.card_id, last.note) == (identity().card_id.hex(), None)
+
+
 def test_a_format1_card_read_without_the_office_password_proves_no_possession(tmp_path: Path) -> None:
     """Format 1 without the office secret: nothing to prove, the decline says so (docs/security.md, round 7).
 
