@@ -86,7 +86,9 @@ APPROVER_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_APPROVER_CHARS - 1
 #: daemon restart nor a clock moved either way forgets or revives anything); while an id or the counter is
 #: held back, the desk declines ``supervisor_locked`` without checking the password.
 SUPERVISOR_WINDOW_S = 30 * 60
-#: Most journal entries read back (newest first) to find the wrong passwords of the window.
+#: Most journal entries read back (newest first) to find the wrong passwords of the window. A window holding
+#: more (an honest counter writes far fewer in 30 minutes; a clerk flooding junk scans to push failures out
+#: of reach does, red team round 8) holds the manual desk until the flood ages out.
 SUPERVISOR_SCAN_ENTRIES = 5000
 #: After this many wrong passwords in a row for one id, each next try waits (back-off) ...
 SUPERVISOR_BACKOFF_AFTER = 3
@@ -292,7 +294,11 @@ class FallbackDesk:
         refused, locked = DeclineReason.SUPERVISOR_REFUSED.value, DeclineReason.SUPERVISOR_LOCKED.value
         mine: list[float] = []  # ages (s) of the id's wrong passwords in a row, newest first
         in_a_row, overall = True, 0
-        for e, age in self._recent_manual():
+        recent, whole = self._recent_manual()
+        window = f"in the last {SUPERVISOR_WINDOW_S // 60} min"
+        if not whole:  # failures may hide behind the entries not read: never check a password blind
+            return f"more than {SUPERVISOR_SCAN_ENTRIES} journal entries {window}: manual entry held"
+        for e, age in recent:
             wrong = e.kind is EntryKind.DECLINED and e.decline_reason == refused
             overall += wrong
             if in_a_row and e.approved_by == supervisor:
@@ -300,7 +306,6 @@ class FallbackDesk:
                     mine.append(age)
                 elif not (e.kind is EntryKind.DECLINED and e.decline_reason == locked):
                     in_a_row = False  # the password was accepted then
-        window = f"in the last {SUPERVISOR_WINDOW_S // 60} min"
         if overall >= COUNTER_LOCK_AFTER:
             return f"{overall} wrong supervisor passwords at this counter {window}: manual entry locked"
         if len(mine) >= SUPERVISOR_LOCK_AFTER:
@@ -312,8 +317,10 @@ class FallbackDesk:
                 return f"{len(mine)} wrong passwords for {supervisor!r} {window}: next try in {left:.0f} s"
         return None
 
-    def _recent_manual(self) -> list[tuple[JournalEntry, float]]:
-        """The manual step's DECLINED and FALLBACK entries younger than :data:`SUPERVISOR_WINDOW_S`, newest first.
+    def _recent_manual(self) -> tuple[list[tuple[JournalEntry, float]], bool]:
+        """The manual step's DECLINED and FALLBACK entries younger than :data:`SUPERVISOR_WINDOW_S`, newest first,
+        and whether they are all of them (False: the window holds more than :data:`SUPERVISOR_SCAN_ENTRIES`
+        entries, and older ones of it were not read).
 
         Each with a lower bound of its real age in seconds, from the journal's monotonic stamps
         (``mono_ns``, comparable within one boot only) read in journal order, newest first: within
@@ -322,7 +329,7 @@ class FallbackDesk:
         counter was off is not counted (unknown without trusting the wall clock), so failures just
         before a restart count up to one window of running time after it. Wall times and the time
         mark are not read: a clock moved forward cannot age a failure out. At most
-        :data:`SUPERVISOR_SCAN_ENTRIES` entries are read.
+        :data:`SUPERVISOR_SCAN_ENTRIES` entries are read; stopping there is not reaching the window's end.
         """
         out: list[tuple[JournalEntry, float]] = []
         boot, ref_ns, offset = self._journal.boot_id, int(self._mono() * 1e9), 0.0
@@ -341,11 +348,11 @@ class FallbackDesk:
                 age = offset + max(0, ref_ns - e.mono_ns) / 1e9
                 newest_age = max(newest_age, age)
                 if age >= SUPERVISOR_WINDOW_S:
-                    return out
+                    return out, True
                 if e.fallback == MANUAL and e.kind in (EntryKind.DECLINED, EntryKind.FALLBACK):
                     out.append((e, age))
             hi = page[0].seq - 1
-        return out
+        return out, not (hi > 0 and read >= SUPERVISOR_SCAN_ENTRIES)
 
     def _serve(self, ask: _Ask, trust: Trust, now: float, here: Collection[str] | None) -> TapOutcome:
         bundle = trust.bundle
