@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "LOGIN_HASH_CONCURRENCY": None,  # password hashes at once per process; None: CPU cores
     "LOGIN_HASH_WAIT": 2.0,  # seconds a login waits for a hashing slot before 503
     "ENROL_CODE_TTL": 7 * 86400,  # seconds an enrolment code stays valid
+    "ISSUANCE_LATE_AFTER": 7 * 86400,  # seconds; an issuance file arriving later than this after issued_at is flagged
     "ENROL_FREE_FAILURES": 10,  # failed enrolments from one address before back-off (1, 2, 4... s)
     "ENROL_WINDOW": 3600,  # seconds without a failed enrolment after which an address is forgiven
     "ENROL_BACKOFF_MAX": 300,  # seconds, longest enrolment back-off

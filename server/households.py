@@ -32,6 +32,7 @@ from server.models import Card, JournalEntryRow
 from server.reconcile.models import CardEntitlement, CardProfile
 from server.reconcile.observations import REDEMPTION_KINDS
 from server.reconcile.settlements import WriteSettlement
+from server.registry import ISSUANCE_LATE_AFTER_S, late_days
 from server.types import UTC
 
 __all__ = ["HOUSEHOLD_REF", "HouseholdView", "ProgrammeBalance", "balance_statement", "household",
@@ -105,10 +106,13 @@ class HouseholdView:
     last_taps: list[dict[str, object]]
 
 
-def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> HouseholdView | None:
+def household(session: Session, ref: str, now: dt.datetime, taps: int = 10,
+              late_after_s: float = ISSUANCE_LATE_AFTER_S) -> HouseholdView | None:
     """The household ``ref`` at ``now`` (aware), or None when no registered card serves it.
 
     :param ref: 16 hex digits. :param taps: most recent journal entries returned.
+    :param late_after_s: a card's ``received_late`` is true when its issuance file reached the server
+        more than this many seconds after its ``issued_at`` (setting ``ISSUANCE_LATE_AFTER``).
     """
     profiles = {p.card_id: p for p in session.scalars(select(CardProfile).where(CardProfile.household_ref == ref))}
     if not profiles:
@@ -118,6 +122,9 @@ def household(session: Session, ref: str, now: dt.datetime, taps: int = 10) -> H
     cards: list[dict[str, object]] = [{
         "card_id": card_id,
         "issued_at": registry[card_id].issued_at.isoformat() if card_id in registry else None,
+        "received_at": registry[card_id].created_at.isoformat() if card_id in registry else None,
+        "received_late": card_id in registry and late_days(registry[card_id].issued_at, registry[card_id].created_at,
+                                                           late_after_s) is not None,
         "status": registry[card_id].status if card_id in registry else None,
         "reissue_of": registry[card_id].reissue_of if card_id in registry else None,
         "revoked_at": p.revoked_at.isoformat() if p.revoked_at else None,

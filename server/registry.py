@@ -49,7 +49,7 @@ from server.reconcile.models import BenefitCycle, CardEntitlement, CardProfile
 from server.types import UTC
 from server.upload import insert_or_ignore
 
-__all__ = ["CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles",
+__all__ = ["ISSUANCE_LATE_AFTER_S", "CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "late_days",
            "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_identity"]
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ _UID_LENGTH = 7
 #: Most cycles one card gets entitlement rows for (20 years of half-year cycles); a longer
 #: validity is cut there (logged): profiles issue for ~2 years (cardlib/provision/profile.py).
 MAX_ENTITLEMENT_CYCLES = 40
+#: Default ``ISSUANCE_LATE_AFTER`` (server setting, seconds): an issuance that reached the server this long
+#: after its ``issued_at`` (the station's signed clock) is flagged "late" beside its arrival time (a backdated
+#: issuance looks so, docs/security.md); 7 days, the default life of a session grant (``huma provision grant``).
+ISSUANCE_LATE_AFTER_S = 7 * 86400
 REPLACED_REASON = "replaced by re-issued card {card_id}"
 ABANDONED_REASON = "abandoned during issuance"
 
@@ -77,6 +81,19 @@ class CardResult:
 
     card_id: str
     result: RegistryOutcome
+
+
+def late_days(issued_at: dt.datetime, received_at: dt.datetime, late_after_s: float) -> int | None:
+    """Whole days an issuance reached the server after its ``issued_at``, when that is beyond the bound.
+
+    :param issued_at: the issuance record's time (aware; the station's signed word, ``cards.issued_at``).
+    :param received_at: when the server stored the file (aware, ``cards.created_at``).
+    :param late_after_s: the bound, seconds (setting ``ISSUANCE_LATE_AFTER``, default
+        :data:`ISSUANCE_LATE_AFTER_S`).
+    :returns: ``(received_at - issued_at)`` in whole days when it exceeds ``late_after_s``, else None.
+    """
+    delay = received_at - issued_at
+    return delay.days if delay.total_seconds() > late_after_s else None
 
 
 def cycle_rows(cycles: Iterable[int]) -> list[dict[str, object]]:

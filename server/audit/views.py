@@ -66,6 +66,7 @@ from server.reconcile.models import (
     TerminalSite,
 )
 from server.reconcile.observations import REDEMPTION_KINDS
+from server.registry import late_days
 from server.types import require_aware
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
@@ -649,13 +650,18 @@ def card_page(card_id: str) -> ResponseReturnValue:
     card_findings = db.session.scalars(select(Finding).where(Finding.card_id == card_id)
                                        .order_by(Finding.id)).all()
     taps = _taps(card_id)
-    registered = db.session.scalar(select(func.count()).select_from(Card).where(Card.card_id == card_id))
+    issuance = db.session.scalars(select(Card).where(Card.card_id == card_id)).one_or_none()
+    registered = issuance is not None
     pin_resets = card_pin_resets(db.session, card_id)
     if not (profile or entitlements or card_findings or taps or registered or pin_resets):
         raise NotFound(f"no card {card_id!r}")
     cycle = shown_cycle(sorted({e.cycle_id for e in entitlements}), dt.datetime.now(dt.UTC))
     replaces, replaced_by, known = _reissues(card_id)
+    # the station's issued_at beside the file's arrival; a late one (backdated?) flagged (docs/security.md)
+    late = None if issuance is None else late_days(issuance.issued_at, issuance.created_at,
+                                                   float(current_app.config["ISSUANCE_LATE_AFTER"]))
     return render("card.html", card_id=card_id, profile=profile, taps=taps, entitlements=entitlements,
+                  issuance=issuance, late_days=late,
                   pin_resets=pin_resets, shown_cycle=cycle, replaces=replaces, replaced_by=replaced_by,
                   known_cards=known, block=blocks_of(db.session, [card_id]).get(card_id),
                   findings=card_findings, EntryKind=EntryKind, redemption_kinds=REDEMPTION_KINDS,

@@ -50,7 +50,7 @@ def household_json(h: HouseholdView) -> dict[str, Any]:
 def get_household(ref: str) -> ResponseReturnValue:
     """One household: its cards, remaining entitlement this cycle, last taps (404 when no card serves it)."""
     query_params()
-    h = household(db.session, _ref(ref), utcnow())
+    h = household(db.session, _ref(ref), utcnow(), late_after_s=float(current_app.config["ISSUANCE_LATE_AFTER"]))
     if h is None:
         raise NotFound(f"no registered card serves household {ref}")
     return jsonify(household_json(h))
