@@ -3,7 +3,8 @@
 Run where the database is (like ``huma server people``): no login, no base64, no curl. Every
 change is audited as a console change (``via: cli``).
 
-- ``household show REF`` — cards, remaining entitlement this cycle, last taps (``--json``);
+- ``household show REF`` — cards and their blocks, remaining entitlement this cycle, last taps (``--json``: the
+  API's household, without blocks);
 - ``household statement REF --reissue-of CARD --out FILE [--key-out PEM]`` — the signed
   balance statement ``huma provision card --balance-statement`` takes, and the server key;
 - ``cards upload-issuance FILE --technician USERNAME`` — register a station's issuance file;
@@ -69,12 +70,14 @@ def household_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of text.")
 @DATABASE_OPTION
 def show_household(ref: str, as_json: bool) -> None:
-    """Cards, remaining entitlement this cycle per programme, and last taps of household REF.
+    """Cards (and the office's blocks of cards reported lost), remaining entitlement this cycle per programme,
+    and last taps of household REF.
 
     REF: the reference (16 hex digits) or the label printed on cards and letters (HB-XXXXXXXX).
     """
     from cardlib.records.household_label import parse_household_id
     from server.blueprints.households import household_json
+    from server.card_blocks import blocks_of
     from server.extensions import db
     from server.household_ids import resolve_household
     from server.households import household
@@ -84,7 +87,8 @@ def show_household(ref: str, as_json: bool) -> None:
     app = make_app()
     with database(app):
         ref = resolve_household(db.session, ref)
-        h = household(db.session, ref, utcnow(), late_after_s=float(app.config["ISSUANCE_LATE_AFTER"]))
+        h = household(db.session, ref, utcnow())
+        blocks = blocks_of(db.session, [str(c["card_id"]) for c in h.cards]) if h is not None else {}
     if h is None:
         raise NotFound(f"no registered card serves household {ref}")
     if as_json:
@@ -93,12 +97,10 @@ def show_household(ref: str, as_json: bool) -> None:
     click.echo(f"household {ref}, cycle {h.cycle} (times WIB, as on the audit pages)")
     for c in h.cards:
         revoked = f", revoked {_wib(c['revoked_at'])} ({c['revoke_reason']})" if c["revoked_at"] else ""
-        received = f", received {_wib(c['received_at'])}" if c["received_at"] else ""
-        if c["received_late"]:  # backdated, or a file kept back: docs/security.md
-            issued, arrived = (dt.datetime.fromisoformat(str(c[k])) for k in ("issued_at", "received_at"))
-            days = (arrived - issued).days
-            received += f" (LATE: {days} days after its issuance date)"
-        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{received}{revoked}")
+        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{revoked}")
+    for card_id, blk in sorted(blocks.items()):  # counters decline it card_denied from the next bundle they fetch
+        click.echo(f"  card {card_id} blocked: {blk.reason}, by {blk.blocked_by} ({blk.blocked_by_role}), "
+                   f"{_wib(blk.blocked_at)}{' · ' + blk.note if blk.note else ''}")
     for b in h.balances:
         click.echo(f"  {b.programme}: {b.remaining} of {entitlement_text(b.entitled, b.unit)} left "
                    f"({b.redeemed} redeemed)")
