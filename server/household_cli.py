@@ -87,7 +87,7 @@ def show_household(ref: str, as_json: bool) -> None:
     app = make_app()
     with database(app):
         ref = resolve_household(db.session, ref)
-        h = household(db.session, ref, utcnow())
+        h = household(db.session, ref, utcnow(), late_after_s=float(app.config["ISSUANCE_LATE_AFTER"]))
         blocks = blocks_of(db.session, [str(c["card_id"]) for c in h.cards]) if h is not None else {}
     if h is None:
         raise NotFound(f"no registered card serves household {ref}")
@@ -97,7 +97,12 @@ def show_household(ref: str, as_json: bool) -> None:
     click.echo(f"household {ref}, cycle {h.cycle} (times WIB, as on the audit pages)")
     for c in h.cards:
         revoked = f", revoked {_wib(c['revoked_at'])} ({c['revoke_reason']})" if c["revoked_at"] else ""
-        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{revoked}")
+        received = f", received {_wib(c['received_at'])}" if c["received_at"] else ""
+        if c["received_late"]:  # backdated, or a file kept back: docs/security.md
+            issued, arrived = (dt.datetime.fromisoformat(str(c[k])) for k in ("issued_at", "received_at"))
+            days = (arrived - issued).days
+            received += f" (LATE: {days} days after its issuance date)"
+        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{received}{revoked}")
     for card_id, blk in sorted(blocks.items()):  # counters decline it card_denied from the next bundle they fetch
         click.echo(f"  card {card_id} blocked: {blk.reason}, by {blk.blocked_by} ({blk.blocked_by_role}), "
                    f"{_wib(blk.blocked_at)}{' · ' + blk.note if blk.note else ''}")
