@@ -19,6 +19,8 @@ issuer's session grant (quota). The server
    validity, programme code from the bundle's programme list); a re-issue revokes the
    card it replaces and an abandoned card id is revoked from its record's time
    (``card_profiles.revoked_at``), so ``revoked_card_used`` fires on their redemptions;
+   a carried genesis state must verify under a terminal key of the bundle, be that card's, and name
+   its signer's own terminal id (:func:`verify_issuance_genesis`, docs/card-format.md §4);
 4. offers abandoned card ids and the cards that re-issued ones replace as deny-list
    candidates for the next bundle (:func:`registry_deny_candidates`), next to the
    auditors' confirmed clones (:func:`server.reconcile.denylist.deny_list_candidates`);
@@ -39,9 +41,11 @@ from sqlalchemy.orm import Session
 from cardlib.provision.errors import QuotaExceeded, SessionError
 from cardlib.provision.session import Issuance, IssuanceFile, IssuanceStatus, verify_issuance_file
 from cardlib.records.bundle import KeyRole, SortedIdSet, TrustBundle
-from cardlib.records.claims import IdentityClaims, cycle_bounds, cycle_of, state_hash
+from cardlib.records.claims import IdentityClaims, SlotClaims, cycle_bounds, cycle_of, state_hash, terminal_id_of
+from cardlib.records.cose import verify1
 from cardlib.records.errors import RecordError
-from cardlib.records.secure import verify_identity_record
+from cardlib.records.secure import secure_slot_aad, verify_identity_record
+from cardlib.records.session import slot_aad
 from server.errors import InvalidIssuanceFile
 from server.models import Card
 from server.reconcile.denylist import DenyCandidate, deny_list_candidates, deny_sets
@@ -50,7 +54,8 @@ from server.types import UTC
 from server.upload import insert_or_ignore
 
 __all__ = ["ISSUANCE_LATE_AFTER_S", "CardResult", "RegistryOutcome", "cycle_rows", "ensure_cycles", "late_days",
-           "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_identity"]
+           "next_deny_sets", "register_issuance_file", "registry_deny_candidates", "verify_issuance_genesis",
+           "verify_issuance_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +169,37 @@ def verify_issuance_identity(issuance: Issuance, bundle: TrustBundle) -> Identit
     return claims
 
 
+def verify_issuance_genesis(issuance: Issuance, identity: IdentityClaims, bundle: TrustBundle) -> SlotClaims:
+    """Verify the genesis state an issued card's record carries, and that it names the key that signed it.
+
+    As a counter verifies a card's state (docs/card-format.md §4): COSE_Sign1 under a TERMINAL key of the
+    bundle (the station's; revoked keys refused) with the card's slot external_aad (identity context ‖ UID
+    ‖ identity hash, or for a `secure` card the key binding ‖ identity hash, §5.1), strict claims decoding;
+    then seq 0, ``prev_hash`` the identity's hash and ``terminal_id`` the signing key's kid read big-endian
+    (:func:`cardlib.records.claims.terminal_id_of`): a station cannot make its cards claim another station
+    or counter wrote them.
+
+    :param issuance: the record (``genesis`` and ``identity`` set). :param identity: its verified identity
+        (:func:`verify_issuance_identity`).
+    :returns: the genesis claims.
+    :raises RecordError: bad signature, unknown/revoked/other-role key, malformed claims.
+    :raises ValueError: no genesis carried; not seq 0, not linked to this identity, or another terminal id.
+    """
+    if issuance.genesis is None or issuance.identity is None:
+        raise ValueError(f"issuance record of card {issuance.card_id.hex()} carries no genesis state")
+    id_hash = state_hash(issuance.identity)
+    aad = (secure_slot_aad(identity.card_id, identity.card_public_key, id_hash)
+           if identity.card_public_key is not None else slot_aad(identity.uid, id_hash))
+    verified = verify1(issuance.genesis, bundle.resolver(KeyRole.TERMINAL), aad)
+    claims = SlotClaims.from_cbor(verified.payload)
+    if claims.seq != 0 or claims.prev_hash != id_hash:
+        raise ValueError(f"not the card's genesis state (seq {claims.seq}, prev_hash {claims.prev_hash.hex()})")
+    if claims.terminal_id != terminal_id_of(verified.kid):
+        raise ValueError(f"genesis state claims terminal id {claims.terminal_id}, signed by station key "
+                         f"{verified.kid.hex()} (terminal id {terminal_id_of(verified.kid)})")
+    return claims
+
+
 def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle,
                            technician_person_id: int) -> tuple[IssuanceFile, list[CardResult]]:
     """Verify an issuance file and store its card ids (insert-or-ignore; caller commits).
@@ -180,7 +216,9 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
         technician key, grant for someone else, malformed), ``quota`` (more card ids
         than the grant allows), ``identity`` (a carried identity record does not
         verify under the bundle's issuer keys or belongs to another card/chip) or ``reissue``
-        (a re-issue names a card of another household); nothing is stored then.
+        (a re-issue names a card of another household) or ``genesis`` (a carried genesis state does not
+        verify under the bundle's terminal keys, is not the card's, or claims another terminal id than its
+        signer's: :func:`verify_issuance_genesis`); nothing is stored then.
     """
     try:
         f = verify_issuance_file(message, bundle.resolver(KeyRole.TECHNICIAN), bundle.resolver(KeyRole.ISSUER))
@@ -196,6 +234,13 @@ def register_issuance_file(session: Session, message: bytes, bundle: TrustBundle
             identities[i.card_id.hex()] = verify_issuance_identity(i, bundle)
         except (RecordError, ValueError) as exc:
             raise InvalidIssuanceFile(f"card {i.card_id.hex()}: identity record: {exc}", reason="identity",
+                                      card_id=i.card_id.hex()) from exc
+        if i.genesis is None:
+            continue  # a station before the genesis was carried: not checked
+        try:
+            verify_issuance_genesis(i, identities[i.card_id.hex()], bundle)
+        except (RecordError, ValueError) as exc:
+            raise InvalidIssuanceFile(f"card {i.card_id.hex()}: genesis state: {exc}", reason="genesis",
                                       card_id=i.card_id.hex()) from exc
     _check_reissue_households(session, f.issuances, identities)
     now = dt.datetime.now(UTC)

@@ -69,6 +69,14 @@ def test_card_command_issues_a_secure_card(tmp_path: Path, office: dict[str, obj
     (issued,) = f.issuances
     assert issued.card_id == card_id and issued.uid == NO_UID
     assert verify_issuance_identity(issued, bundle).card_public_key == identity.claims.card_public_key
+    # ... and the genesis state, whose terminal id is the station key's own (server.registry.verify_issuance_genesis)
+    from cardlib.records.claims import terminal_id_of
+    from server.registry import verify_issuance_genesis
+
+    assert issued.genesis == verified.state.state
+    genesis = verify_issuance_genesis(issued, verify_issuance_identity(issued, bundle), bundle)
+    assert genesis.seq == 0 and genesis.terminal_id == terminal_id_of(next(
+        k.kid for k in bundle.keys if k.role.name == "TERMINAL"))
 
 
 def test_an_ed25519_issuer_needs_a_pin_reset_key() -> None:

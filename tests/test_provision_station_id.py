@@ -57,3 +57,31 @@ def test_cli_station_id_of_another_station_leaves_the_chip_untouched(
     assert len(lines) == 1 and "--station-id 17 is not this station's" in lines[0], err
     assert chip.memory == before
     assert not (tmp_path / "single" / "state.jsonl").exists()
+
+
+@pytest.mark.pcsc
+def test_the_issuance_file_carries_each_genesis_the_server_accepts(
+        tmp_path: Path, office: dict[str, object], present_card, reader_name,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The station puts the genesis it wrote (as read back) into the issuance file; the server's check passes."""
+    from cardlib.keys.keystore import KeyStore
+    from cardlib.keys.signer import cose_key
+    from cardlib.provision.session import static_keys, verify_issuance_file
+    from cardlib.records.bundle import verify_bundle
+    from server.registry import verify_issuance_genesis, verify_issuance_identity
+
+    fab, store = office["fab"], office["store"]
+    assert isinstance(fab, OriginalityIssuer) and isinstance(store, KeyStore)
+    with present_card(fab.genuine()):
+        assert main(["provision", "card", "--household-ref", "9f3c2a1b000000aa", "--region", "62.71",
+                     "--state-dir", str(tmp_path / "single"), *_args(tmp_path, office, reader_name(0))]) == 0
+    capsys.readouterr()
+    tech = store.entry(office["tech"].kid)  # type: ignore[attr-defined]
+    f = verify_issuance_file((tmp_path / "single" / "issuances.cose").read_bytes(),
+                             static_keys(cose_key(tech.public_key)))
+    bundle = verify_bundle((tmp_path / "bundle.cbor").read_bytes(), store.entry(store.root_kid).public_key)
+    (record,) = f.issuances
+    assert record.genesis is not None
+    genesis = verify_issuance_genesis(record, verify_issuance_identity(record, bundle), bundle)
+    station = next(k for k in bundle.keys if k.role.name == "TERMINAL")
+    assert genesis.seq == 0 and genesis.terminal_id == terminal_id_of(station.kid)

@@ -130,7 +130,8 @@ def provision_card(
     except ChipRejected as exc:
         state.finish(rec, Event.ABANDONED, detail=str(exc))
         return CardOutcome(household, uid, Event.REJECTED, detail=str(exc))
-    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash, identity=card.identity_cose)
+    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash, identity=card.identity_cose,
+                 genesis=card.genesis_cose)
     return CardOutcome(household, uid, Event.ISSUED, card)
 
 

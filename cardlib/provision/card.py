@@ -262,7 +262,8 @@ def check_station_keys(trust: TrustBundle, issuer: Signer, station: Signer) -> N
 @dataclass(frozen=True)
 class PersonalisedCard:
     """A finished card. :ivar identity_hash: 8-byte state_hash of the identity COSE.
-    :ivar identity_cose: the identity record's exact COSE_Sign1 bytes as read back."""
+    :ivar identity_cose: the identity record's exact COSE_Sign1 bytes as read back.
+    :ivar genesis_cose: the genesis state's exact COSE_Sign1 bytes as read back (for the issuance file)."""
 
     card_id: bytes
     uid: bytes
@@ -270,6 +271,7 @@ class PersonalisedCard:
     issuer_kid: bytes
     layout: CardLayout
     identity_cose: bytes = b""
+    genesis_cose: bytes = b""
 
 
 def _cfg(tag: Type2Tag) -> tuple[int, int, int, int]:
@@ -626,7 +628,7 @@ def verify_card(tag: Type2Tag, ctx: StationContext, card_id: bytes, identity_cos
     except PwdAuthFailed as exc:
         raise ReadBackMismatch(f"card {card_id.hex()}: derived password does not open the chip") from exc
     return PersonalisedCard(card_id, uid, state.identity.hash, state.identity.cose.kid, layout,
-                            state.identity.cose.message)
+                            state.identity.cose.message, state.current.cose.message)
 
 
 __all__ = [

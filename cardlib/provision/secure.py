@@ -101,6 +101,7 @@ class SecureIssuedCard:
     :ivar card_id: 8 bytes. :ivar uid: :data:`~cardlib.records.secure.NO_UID` (no chip UID).
     :ivar identity_hash: 8-byte state_hash of the identity. :ivar issuer_kid: its signer.
     :ivar identity_cose: the identity's exact bytes. :ivar card_public_key: compressed P-256 (33).
+    :ivar genesis_cose: the genesis state's exact bytes (for the issuance file).
     """
 
     card_id: bytes
@@ -109,6 +110,7 @@ class SecureIssuedCard:
     identity_cose: bytes
     card_public_key: bytes
     uid: bytes = NO_UID
+    genesis_cose: bytes = b""
 
 
 def public_ndef_message(url: str = DEFAULT_NDEF_URL) -> bytes:
@@ -269,7 +271,8 @@ def _verify(session: SecureCardSession, ctx: StationContext, card_id: bytes, ide
     if info.life_cycle is not LifeCycle.OPERATIONAL or not info.flags & Flag.PIN_SET or info.card_id != card_id:
         raise ReadBackMismatch(f"card {card_id.hex()}: life cycle {info.life_cycle.name}, flags {int(info.flags):02X}")
     _log.info("issued secure card %s", card_id.hex())
-    return SecureIssuedCard(card_id, state_hash(identity_cose), identity.cose.kid, identity_cose, key)
+    return SecureIssuedCard(card_id, state_hash(identity_cose), identity.cose.kid, identity_cose, key,
+                            genesis_cose=genesis_cose)
 
 
 def provision_secure_card(
@@ -328,5 +331,6 @@ def provision_secure_card(
     except ChipRejected as exc:
         state.finish(rec, Event.ABANDONED, detail=str(exc))
         return CardOutcome(household, NO_UID, Event.REJECTED, detail=str(exc))
-    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash, identity=card.identity_cose)
+    state.finish(rec, Event.ISSUED, identity_hash=card.identity_hash, identity=card.identity_cose,
+                 genesis=card.genesis_cose)
     return CardOutcome(household, NO_UID, Event.ISSUED, card)

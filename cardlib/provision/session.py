@@ -59,6 +59,9 @@ class Issuance:
         external_aad = identity context ‖ UID, docs/card-format.md §5), for issued cards of
         stations that carry it; None in older files and for abandoned card ids. The server
         verifies it and takes the card's region and entitlements from it.
+    :ivar genesis: the card's genesis state exactly as written (seq 0, signed by the station's terminal key,
+        docs/card-format.md §4), for issued cards of stations that carry it; None in older files. The server
+        checks that its ``terminal_id`` is its signing key's (a station cannot claim another's id).
     """
 
     card_id: bytes
@@ -71,9 +74,11 @@ class Issuance:
     identity_hash: bytes = b""
     reissue_of: bytes | None = None
     identity: bytes | None = None
+    genesis: bytes | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        """The record as a CBOR map (text keys); ``identity`` only when present (older readers ignore it)."""
+        """The record as a CBOR map (text keys); ``identity`` and ``genesis`` only when present (older readers
+        ignore them)."""
         out: dict[str, Any] = {
             "card_id": self.card_id, "uid": self.uid, "household_ref": self.household_ref,
             "region": self.region, "issuer_kid": self.issuer_kid, "time": self.time,
@@ -81,19 +86,23 @@ class Issuance:
         }
         if self.identity is not None:
             out["identity"] = self.identity
+        if self.genesis is not None:
+            out["genesis"] = self.genesis
         return out
 
     @classmethod
     def from_cbor(cls, m: Mapping[str, Any]) -> Issuance:
-        """Decode one record; ``identity`` is optional (files of older stations lack it).
+        """Decode one record; ``identity`` and ``genesis`` are optional (files of older stations lack them).
 
         :raises KeyError, TypeError, ValueError: malformed (the caller turns these into SessionError).
         """
-        identity = m.get("identity")
+        identity, genesis = m.get("identity"), m.get("genesis")
         if identity is not None and not isinstance(identity, bytes):
             raise TypeError("issuance identity must be a byte string")
+        if genesis is not None and not isinstance(genesis, bytes):
+            raise TypeError("issuance genesis must be a byte string")
         return cls(m["card_id"], m["uid"], m["household_ref"], m["region"], m["issuer_kid"], m["time"],
-                   IssuanceStatus(m["status"]), m["identity_hash"], m["reissue_of"], identity)
+                   IssuanceStatus(m["status"]), m["identity_hash"], m["reissue_of"], identity, genesis)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ class CardRecord:
     reissue_of: str | None = None
     step: str = ""
     identity: str = ""  #: hex of the identity record COSE as written (issued cards)
+    genesis: str = ""  #: hex of the genesis state COSE as written (issued cards)
 
 
 class BatchState:
@@ -150,6 +151,7 @@ class BatchState:
                 rec.time = ev["t"]
                 rec.identity_hash = ev.get("identity_hash", rec.identity_hash)
                 rec.identity = ev.get("identity", rec.identity)
+                rec.genesis = ev.get("genesis", rec.genesis)
                 rec.step = ev.get("step", "")
 
     def _cut_torn_signed_reset(self) -> None:
@@ -218,7 +220,8 @@ class BatchState:
                     bytes.fromhex(r.issuer_kid), r.time,
                     IssuanceStatus.ISSUED if r.status is Event.ISSUED else IssuanceStatus.ABANDONED,
                     bytes.fromhex(r.identity_hash), bytes.fromhex(r.reissue_of) if r.reissue_of else None,
-                    bytes.fromhex(r.identity) if r.identity and r.status is Event.ISSUED else None))
+                    bytes.fromhex(r.identity) if r.identity and r.status is Event.ISSUED else None,
+                    bytes.fromhex(r.genesis) if r.genesis and r.status is Event.ISSUED else None))
         return out
 
     # ------------------------------------------------------------------ events
@@ -237,23 +240,29 @@ class BatchState:
         return rec
 
     def finish(self, rec: CardRecord, event: Event, *, identity_hash: bytes = b"", identity: bytes = b"",
-               step: str = "", detail: str = "") -> None:
+               genesis: bytes = b"", step: str = "", detail: str = "") -> None:
         """Journal ``issued`` / ``interrupted`` / ``abandoned`` for a started card id.
 
         :param identity: the identity record COSE bytes written (``issued``), carried into
             the issuance file for the server's registry.
+        :param genesis: the genesis state COSE bytes written (``issued``), carried likewise (the
+            server checks its ``terminal_id``).
         """
         t = int(time.time())
         ev: dict[str, Any] = {"event": event.value, "card_id": rec.card_id, "identity_hash": identity_hash.hex(),
                               "step": step, "t": t}
         if identity:
             ev["identity"] = identity.hex()
+        if genesis:
+            ev["genesis"] = genesis.hex()
         self._append(ev)
         rec.status, rec.time, rec.step = event, t, step
         if identity_hash:
             rec.identity_hash = identity_hash.hex()
         if identity:
             rec.identity = identity.hex()
+        if genesis:
+            rec.genesis = genesis.hex()
         self._result(rec.line, rec.household_ref, event.value, rec.card_id, rec.uid.upper(), detail or step)
 
     def pin_reset(self, card_id: bytes, uid: bytes, household_ref: bytes, technician: str, technician_kid: bytes,
