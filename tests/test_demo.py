@@ -278,3 +278,39 @@ def test_every_demo_card_has_its_household_qr_for_fallback(demo) -> None:
         assert png.name.endswith(f"-{qr.card_id.hex()}.png")
         found.add(qr.card_id.hex())
     assert found == issued and len(pngs) == len(issued) == 6, (issued, found)
+
+
+def test_the_lost_card_is_blocked_at_the_office_and_denied_by_the_servers_bundle(demo) -> None:
+    """The demo's lost card takes the office's real path: ``huma server cards block``, then the server's bundle.
+
+    Before, the demo signed a hand-made bundle v2 listing the card id: no block, no audit row, no chip UID
+    denied, none of what an office does.
+    """
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    proc, result, work = demo
+    assert proc.returncode == 0
+    lost = result["denied_card_id"]
+    engine = create_engine(f"sqlite:///{work / 'server' / 'huma.db'}")
+    try:
+        with engine.connect() as conn:
+            blocks = conn.execute(text("SELECT b.reason, p.username, b.blocked_by_role, b.lifted_at FROM card_blocks b "
+                                       "JOIN people p ON p.id = b.blocked_by WHERE b.card_id = :c"), {"c": lost}).all()
+            audited = conn.execute(text("SELECT count(*) FROM audit_log WHERE action = 'cards.block' "
+                                        "AND target = :t"), {"t": f"card:{lost}"}).scalar_one()
+            uid = conn.execute(text("SELECT tag_uid FROM cards WHERE card_id = :c"), {"c": lost}).scalar_one()
+    finally:
+        engine.dispose()
+    assert [tuple(b) for b in blocks] == [("lost", "tech-01", "technician", None)] and audited == 1
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{work / 'server' / 'huma.db'}")
+    out = work / "newest-bundle.cose"
+    exported = subprocess.run([sys.executable, "-m", "huma.cli", "server", "bundle", "export", "--out", str(out)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    root = serialization.load_pem_public_key((work / "counters" / "market" / "state" / "root.pem").read_bytes())
+    bundle = verify_bundle(out.read_bytes(), root)  # type: ignore[arg-type]
+    assert bundle.version == 2 and bytes.fromhex(lost) in bundle.deny_cards and bytes(uid) in bundle.deny_uids
+    lost_taps = [t for t in result["taps"] if t["card"] == "card-6.json"]
+    assert lost_taps and all(t["status"] == "declined" for t in lost_taps), lost_taps

@@ -12,7 +12,8 @@ Order (each step prints one short paragraph through :class:`Story`):
    published through the API;
 5. provisioning: ``huma provision batch`` over a generated household CSV, one
    blank virtual NTAG215 after the other on reader slot 0;
-6. bundle v2 with one card deny-listed (reported lost);
+6. a household reports its card lost: ``huma server cards block`` at the office, then
+   ``huma server bundle publish`` signs bundle v2 with that card and its chip UID denied;
 7. the counters (``huma terminal run``) serve a queue of taps: redemptions,
    balance checks, declines, a card pulled mid-write and re-presented;
 8. the server goes down; taps continue offline, including a cloned card
@@ -303,7 +304,8 @@ class Day:
 
     # ------------------------------------------------------------------ 4/6. bundles
 
-    def publish_bundle(self, deny: tuple[str, ...] = ()) -> None:
+    def publish_bundle(self) -> None:
+        """Bundle v1, before the server knows any card: the keystore's keys, the certified terminals, programmes."""
         from cryptography import x509
 
         from cardlib.keys.keystore import KeyStore, Role
@@ -328,7 +330,7 @@ class Day:
         bundle = TrustBundle(
             version=self.bundle_version, issued_at=now, expires_at=now + 14 * 86400,
             keys=keystore_bundle_keys(store.entries) + tuple(terminals),
-            deny_cards=SortedIdSet.from_ids([bytes.fromhex(d) for d in deny], CARD_ID_LENGTH),
+            deny_cards=SortedIdSet.from_ids([], CARD_ID_LENGTH),
             programmes=tuple(Programme(i, n, u, q) for i, n, u, q in PROGRAMMES))
         key = store.active(Role.BUNDLE)
         signer = store.signer(key.kid, secret(self.secrets / "keys.pass").encode())
@@ -336,6 +338,26 @@ class Day:
         self.bundle_path = self.dir / f"bundle-v{self.bundle_version}.cose"
         self.bundle_path.write_bytes(blob)
         self.api.publish_bundle(self.bundle_version, bundle.expires_at, blob)
+
+    def block_lost_card(self, card_id: str) -> None:
+        """Block a card reported lost as the office does (docs/operations.md §Cards reported lost), then publish.
+
+        The server's own use case (:func:`server.card_blocks.block_card` behind ``huma server cards block``)
+        and its bundle publication (:func:`server.bundles.publish_next_bundle`): the deny lists come from the
+        block, keys, programmes and policies from the previous bundle and the approved terminals.
+        """
+        import re
+
+        out = self.cli("server", "cards", "block", card_id, "--reason", "lost", "--by", "tech-01",
+                       "--note", "reported at the office by the household").out
+        if f"card {card_id} blocked" not in out:
+            raise ScenarioError(f"`huma server cards block` did not block {card_id}:\n{out}")
+        out = self.cli("server", "bundle", "publish", "--keystore", str(self.keys),
+                       "--passphrase-file", str(self.secrets / "keys.pass")).out
+        published = re.search(r"published bundle v(\d+)", out)
+        if published is None or int(published.group(1)) != self.bundle_version + 1:
+            raise ScenarioError(f"`huma server bundle publish` did not publish v{self.bundle_version + 1}:\n{out}")
+        self.bundle_version = int(published.group(1))
 
     # ------------------------------------------------------------------ 5. provisioning
 
@@ -461,8 +483,10 @@ class Day:
         self.result.clone_card_id = self.result.card_ids[cloned]
 
         self.story.step("Morning: counters open")
-        self.publish_bundle(deny=(self.result.card_ids[lost],))
-        self.story.say(f"{self.who(lost)} reported its card lost → trust bundle v2 with that card on the deny list.")
+        self.block_lost_card(self.result.card_ids[lost])
+        self.story.say(f"{self.who(lost)} reported its card lost at the office → `huma server cards block` "
+                       "(technician tech-01) → `huma server bundle publish`: trust bundle "
+                       f"v{self.bundle_version} denies that card and its chip UID.")
         self.start_counters()
         self.story.say("`huma terminal run` × 3 (clinic and market on two readers of one pcscd, "
                        "balance kiosk on a second pcscd); the kiosk on its own machine's reader; "
