@@ -395,16 +395,26 @@ class SyncClient:
 
     def round(self) -> UploadReport:
         """One sync round: report the journal head, upload everything pending, ask for settlements of torn
-        writes, send complaints, refresh the bundle."""
+        writes, send complaints, refresh the bundle.
+
+        The bundle is fetched also when sending complaints fails; that error is raised after it (a complaint
+        request the server refuses must not keep the counter on an old deny list, red team round 8).
+        """
         self.report_head()
         report = self.upload_pending()
         try:
             self.settle_open_writes(report)
         except SettlementRefused as exc:  # a server answer to distrust, not a reason to skip the bundle
             log.error("sync: %s", exc)
+        complaints_failed: Exception | None = None
         if self.grievances is not None:  # after the journal: a complaint's receipt code names an uploaded tap
-            self.grievances.send_pending()
+            try:
+                self.grievances.send_pending()
+            except Exception as exc:  # raised below, after the bundle: deny lists never wait on complaints
+                complaints_failed = exc  # (one row the server refuses froze them, red team round 8)
         self.refresh_bundle()
+        if complaints_failed is not None:
+            raise complaints_failed
         return report
 
 
