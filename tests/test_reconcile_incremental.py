@@ -121,6 +121,28 @@ def _revoke(d: District) -> None:
     session.commit()
 
 
+def _office_blocks(d: District, r: int) -> None:
+    """Blocks placed and lifted between upload rounds, dated inside the day (``blocked_card_used``, run whole).
+
+    Round 1: card 5 blocked from 2 h and card 6 from 1 h into the day; round 2: card 6's block lifted at 4 h.
+    """
+    from sqlalchemy import select
+
+    from server.auth import create_person
+    from server.card_blocks import BlockReason, block_card, unblock_card
+    from server.models import Person, PersonRole
+
+    session = db.write_session()
+    if r == 1:
+        office = create_person(session, "office", "a long enough password", PersonRole.AUDITOR)
+        block_card(session, d.cards[5].card_id, BlockReason.LOST, person=office, now=DAY + dt.timedelta(hours=2))
+        block_card(session, d.cards[6].card_id, BlockReason.STOLEN, person=office, now=DAY + dt.timedelta(hours=1))
+    elif r == 2:
+        office = session.scalars(select(Person).where(Person.username == "office")).one()
+        unblock_card(session, d.cards[6].card_id, person=office, reason="found", now=DAY + dt.timedelta(hours=4))
+    session.commit()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world, seed):  # noqa: F811
     rng = random.Random(seed)
@@ -137,6 +159,8 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
     modes = []
     kinds: set[str] = set()
     for r in range(ROUNDS + 1):  # the last round uploads nothing
+        with app.app_context():
+            _office_blocks(d, r)
         for t in d.terminals:
             batch = plans[t.terminal_id][r] if r < ROUNDS else []
             for resp in upload(world, t, batch) if batch else ():
@@ -147,7 +171,7 @@ def test_incremental_run_leaves_the_findings_of_a_full_run(app, audit_db, world,
         kinds |= {v[0] for v in incremental.values()}
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
     assert {"card_fork", "terminal_gap", "clock_backwards", "clock_skew", "revoked_key_state",
-            "revoked_state_built_on"} <= kinds, kinds
+            "revoked_state_built_on", "blocked_card_used"} <= kinds, kinds
 
 
 def test_second_run_is_refused_while_one_holds_the_lock(app, audit_db, world, db_url):  # noqa: F811

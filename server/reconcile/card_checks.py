@@ -11,14 +11,16 @@ The card's slot states and NTAG counter are docs/design.md §Tap sequence.
 from __future__ import annotations
 
 import math
+import typing
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, cast, distinct, exists, func, select, union
+from sqlalchemy import BigInteger, Float, Table, and_, bindparam, cast, distinct, exists, func, or_, select, union
 from sqlalchemy.engine import Connection
 
 from cardlib.records.journal import EntryKind
 from server.households import redemption_taken
+from server.models import CardBlock, Person
 from server.reconcile.models import FindingKind, Severity
 from server.reconcile.observations import KM_PER_DEG_LAT, REDEMPTION_KINDS, Observation, ReconcileConfig, distinct_ids
 from server.reconcile.scope import Scope
@@ -35,6 +37,7 @@ from server.reconcile.sql import (
 )
 
 __all__ = [
+    "blocked_cards_used",
     "card_forks",
     "card_order",
     "entitlements_exceeded",
@@ -461,6 +464,61 @@ def revoked_cards_used(conn: Connection, cfg: ReconcileConfig) -> list[Observati
         )
         for card_id, group in groups.items()
     ]
+
+
+#: ``card_blocks``: the office's blocks of cards reported lost (server.card_blocks); ``people``: who placed them.
+_blocks = typing.cast(Table, CardBlock.__table__)
+_people = typing.cast(Table, Person.__table__)
+
+
+def blocked_cards_used(conn: Connection, cfg: ReconcileConfig) -> list[Observation]:
+    """Redemptions by a card while the office's block of it stood: served by a counter before it fetched the bundle.
+
+    A redemption (:func:`server.households.redemption_taken`: COMMIT, FINISHED, FALLBACK, a torn write
+    settled as taken) counts when it is dated more than ``cfg.skew_threshold_s`` after the block's
+    ``blocked_at`` and, for a lifted block, as much before its ``lifted_at``: the counter's clock and the
+    server's may differ by that much, so a tap near either edge is given the benefit of the doubt.
+    One statement starting from ``card_blocks`` (a few rows), reading each blocked card's entries through
+    ``ix_journal_card_time``. Runs whole every run: a block changes without a new entry.
+
+    :returns: one ``blocked_card_used`` observation (medium) per card id, in card id order; evidence the
+        entry ids in time order (at most ``cfg.evidence_limit``); detail ``count``, ``terminals``, and the
+        first block it fell in: ``reason``, ``blocked_by`` (username), ``blocked_at``, ``lifted_at``.
+    """
+    def build() -> Any:
+        slack = bindparam("blocked_skew_s", type_=Float())
+        return (
+            select(journal.c.card_id, journal.c.entry_id, journal.c.terminal_id, _blocks.c.reason,
+                   _blocks.c.blocked_at, _blocks.c.lifted_at, _people.c.username)
+            .select_from(_blocks.join(journal, journal.c.card_id == _blocks.c.card_id)
+                         .join(_people, _people.c.id == _blocks.c.blocked_by))
+            .where(
+                redemption_taken(journal),
+                epoch_s(journal.c.wall_time) > epoch_s(_blocks.c.blocked_at) + slack,
+                or_(_blocks.c.lifted_at.is_(None), epoch_s(journal.c.wall_time) < epoch_s(_blocks.c.lifted_at) - slack),
+            )
+            .order_by(journal.c.card_id, journal.c.wall_time, journal.c.terminal_id, journal.c.seq, _blocks.c.id)
+        )
+
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(built_once(("blocked_cards_used",), build), {"blocked_skew_s": cfg.skew_threshold_s}):
+        groups[row.card_id].append(row)
+    out = []
+    for card_id, group in groups.items():
+        ids = distinct_ids(row.entry_id for row in group)
+        first = group[0]
+        out.append(Observation(
+            FindingKind.BLOCKED_CARD_USED,
+            Severity.MEDIUM,
+            card_id,
+            f"card {card_id}: {len(ids)} redemption(s) while blocked at the office ({first.reason})",
+            ids[: cfg.evidence_limit],
+            card_id=card_id,
+            detail={"count": len(ids), "terminals": sorted({row.terminal_id for row in group}),
+                    "reason": first.reason, "blocked_by": first.username, "blocked_at": str(first.blocked_at),
+                    "lifted_at": None if first.lifted_at is None else str(first.lifted_at)},
+        ))
+    return out
 
 
 def impossible_travel(conn: Connection, cfg: ReconcileConfig, scope: Scope | None = None) -> list[Observation]:

@@ -26,7 +26,8 @@ Checks (kind → what the SQL looks for):
   earlier tap of the same UID: a second chip), ``card_chain_gap`` (slot seqs
   skipped: a redemption whose entry never arrived), ``entitlement_exceeded``
   (running ``SUM(amount)`` per card, programme and cycle above the entitlement,
-  i.e. the remaining entitlement went negative), ``revoked_card_used``,
+  i.e. the remaining entitlement went negative), ``revoked_card_used``, ``blocked_card_used``
+  (redemptions while the office's block of the card stood, past the clocks' skew threshold),
   ``impossible_travel`` (consecutive taps at terminals farther apart than
   ``max_speed_kmh`` allows), ``unknown_card`` (redemptions, FALLBACK above all, on a card id
   no issuance names: :mod:`server.reconcile.issuance_checks`).
@@ -63,6 +64,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from server.checkpoints.models import TerminalCheckpoint
 from server.models import JournalConflict, RejectedEntry, TerminalStatus
 from server.reconcile.card_checks import (
+    blocked_cards_used,
     card_forks,
     card_order,
     entitlements_exceeded,
@@ -184,6 +186,7 @@ def observe(conn: Connection, cfg: ReconcileConfig | None = None, scope: Scope |
     out += household_entitlements(conn, cfg, scope)
     if has("revoked_cards"):
         out += revoked_cards_used(conn, cfg)
+    out += blocked_cards_used(conn, cfg)  # a global kind: a block or its lift changes without a new entry
     if has("suspect_terminals"):
         out += revoked_key_states(conn, cfg)
         out += revoked_states_built_on(conn, cfg)

@@ -61,6 +61,7 @@ class FindingKind(str, enum.Enum):
     REVOKED_STATE_BUILT_ON = "revoked_state_built_on"  #: a later redemption read a revoked key's state
     UNKNOWN_CARD = "unknown_card"  #: redemptions on a card id no issuance or registry row names
     COMPLAINT_NOT_RECEIVED = "complaint_not_received"  #: a journalled complaint the server never received
+    BLOCKED_CARD_USED = "blocked_card_used"  #: redemption after the office blocked the card (reported lost)
 
 
 class Severity(str, enum.Enum):
