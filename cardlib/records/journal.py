@@ -12,7 +12,8 @@ Wire format of one entry::
     entry_hash(n) = SHA-256(exact COSE_Sign1 bytes of entry n)
     entry n.prev_entry_hash = entry_hash(n - 1);  entry 1.prev_entry_hash = 32 zero bytes
 
-Identifiers: ``entry_id`` is a 16-byte UUIDv7 (:func:`new_entry_id`) drawn once,
+Identifiers: ``entry_id`` is a 16-byte UUIDv7 (:func:`new_entry_id`) drawn once
+(a ``COMPLAINT`` entry's is a UUIDv8 sealing the complaint, :mod:`cardlib.records.complaint`),
 when the terminal first writes the entry, and stored with it; a retry re-sends
 the stored bytes, never a new id. ``seq`` counts entries per terminal from 1
 without gaps across reboots; ``boot_id`` counts daemon starts from 1 (it
