@@ -3,6 +3,7 @@
 - tests/fixtures/pcsc.py: a private pcscd with vpcd readers and virtual cards
 - tests/fixtures/db.py: server app + database fixtures on SQLite and PostgreSQL
 - tests/fixtures/keys.py: a key store with bundle and issuer keys (``keystore``)
+- tests/fixtures/browser.py: headless Debian Chromium (``browser``) and its viewport/screenshot helpers
 
 Hypothesis: in CI (env ``CI`` set) examples are derandomized, so a run is
 reproducible and a red CI can be replayed locally with ``CI=1``; locally every
@@ -21,4 +22,5 @@ pytest_plugins = [
     "tests.fixtures.pcsc",
     "tests.fixtures.db",
     "tests.fixtures.keys",
+    "tests.fixtures.browser",
 ]

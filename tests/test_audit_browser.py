@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,38 +25,9 @@ from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
 )
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 UTC = dt.timezone.utc
 #: Seconds to wait for a page or a download.
 WAIT_S = 20
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """Headless Chromium with a fresh profile and a download directory; no network beyond loopback."""
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("Debian chromium and chromium-driver are required for browser tests")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT_S)
-    driver.downloads = downloads  # type: ignore[attr-defined]
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _follow(browser, element) -> None:  # noqa: ANN001 - selenium objects
@@ -97,7 +64,7 @@ def _ms(h: int, m: int = 0) -> int:
     return int(dt.datetime(2026, 3, 2, h, m, tzinfo=UTC).timestamp() * 1000)
 
 
-def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, audit_db, world, live_server,
+def test_auditor_logs_in_confirms_a_clone_reads_card_history_and_exports(app, audit_db, world, live_server,  # noqa: F811
                                                                           browser):
     from selenium.webdriver.common.by import By
 

@@ -15,7 +15,6 @@ import pytest
 
 from tests.fallback_support import card_and_qr
 from tests.reconcile_support import add_auditor, run, upload_all
-from tests.test_audit_browser import browser  # noqa: F401 - fixture
 from tests.test_dashboard import _ms, audit_db, programme  # noqa: F401 - fixtures
 from tests.test_dashboard_browser import _log_in, _viewport
 from tests.test_fallback_receipts import desk_at, upload_journal
@@ -65,7 +64,7 @@ return out;
 """
 
 
-def _width(browser: Any, viewport: int) -> tuple[int, int]:  # noqa: F811
+def _width(browser: Any, viewport: int) -> tuple[int, int]:
     """``(page width, viewport)`` in CSS px: the page's scroll width against the width the phone has.
 
     Not ``window.innerWidth``: a mobile viewport zooms out to a page wider than the screen, so that

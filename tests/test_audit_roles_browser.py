@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_audit_browser import _follow, browser  # noqa: F401 - browser is a fixture
+from tests.fixtures.browser import PHONE
+from tests.test_audit_browser import _follow
 from tests.test_audit_copy_attempts import copy_world  # noqa: F401 - a fixture
 from tests.test_dashboard import audit_db, programme  # noqa: F401 - fixtures
-from tests.test_dashboard_browser import PHONE, _log_in, _no_overflow, _shot, _viewport
+from tests.test_dashboard_browser import _log_in, _no_overflow, _shot, _viewport
 
 pytestmark = pytest.mark.browser
 

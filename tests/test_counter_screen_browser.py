@@ -8,11 +8,9 @@ card, voided when the card returns. Screenshots go to docs/screenshots/ (counter
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,69 +24,27 @@ from terminal.checkpoint import shift_checkpoint
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.screen import CounterScreen, ScreenState
 from terminal.supervisor import ReaderNamePattern, Supervisor
+from tests.fixtures.browser import PHONE, full_page_png, no_horizontal_scroll, until, viewport
 from tests.test_terminal_tap import Counter, issued_chip
 
-pytestmark = [pytest.mark.browser, pytest.mark.pcsc]
+pytestmark = [pytest.mark.browser(hide_scrollbars=True), pytest.mark.pcsc]
 
-SHOTS = Path(__file__).parents[1] / "docs" / "screenshots"
-SIZES = {"phone": (390, 844), "desktop": (1280, 900)}
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="huma-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                 f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+SIZES = {"phone": PHONE, "desktop": (1280, 900)}
 
 
 def size(driver: Any, name: str) -> None:
     """Emulate the viewport exactly (a window size would include the browser's own frame)."""
-    width, height = SIZES[name]
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": name == "phone"})
+    viewport(driver, *SIZES[name], mobile=name == "phone")
 
 
 def shoot(driver: Any, name: str) -> bytes:
     """Save a full-page screenshot as docs/screenshots/counter-<name>.png and return its PNG bytes."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    png = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "format": "png"})
-    import base64
-
-    data = base64.b64decode(png["data"])
-    (SHOTS / f"counter-{name}.png").write_bytes(data)
-    return data
-
-
-def until(driver: Any, pred: Callable[[Any], object], timeout: float) -> float:
-    """Seconds until ``pred(driver)`` holds (fails after ``timeout``)."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    t0 = time.monotonic()
-    WebDriverWait(driver, timeout, poll_frequency=0.05).until(pred)
-    return time.monotonic() - t0
+    return full_page_png(driver, f"counter-{name}")
 
 
 def banner_codes(driver: Any) -> list[str]:
     return [str(c) for c in driver.execute_script(
         "return Array.from(document.querySelectorAll('#banner li')).map(function (li) { return li.dataset.code; });")]
-
-
-def no_horizontal_scroll(driver: Any) -> bool:
-    return bool(driver.execute_script(
-        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;"))
 
 
 @pytest.mark.parametrize("device", ["phone", "desktop"])

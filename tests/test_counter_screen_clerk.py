@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,39 +136,26 @@ def test_the_header_names_the_language_it_switches_to(screen: CounterScreen) -> 
 
 
 @pytest.mark.browser
-def test_the_page_shows_reasons_households_and_the_fallback_allowance(screen: CounterScreen) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_the_page_shows_reasons_households_and_the_fallback_allowance(screen: CounterScreen, browser: Any) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    profile = tempfile.mkdtemp(prefix="huma-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    try:
-        screen.state.publish(denied())
-        screen.state.publish(qr_visit())
-        driver.get(screen.url + "?lang=en")
-        WebDriverWait(driver, 10).until(lambda d: len(d.find_elements("css selector", "#history li")) == 2)
-        WebDriverWait(driver, 10).until(lambda d: d.find_element("id", "remaining").text == "0 visits")
-        assert driver.find_element("id", "remaining_label").text == "Fallback allowance left this period"
-        rows = driver.find_elements("css selector", "#history li")
-        newest, blocked = rows[0], rows[1]
-        # a served row says what to hand over; the allowance left is in the result above
-        assert "Fallback allowance left this period" not in newest.text
-        assert "Hand over: 1 visit" in newest.text
-        assert newest.find_element("css selector", ".v").text == "via QR" and not blocked.find_elements(
-            "css selector", ".v")
-        assert blocked.find_element("css selector", ".r").text == (
-            "This card is blocked. Send the person to the district office.")
-        assert "HB-E5121482" in blocked.text and "WIB" in blocked.find_element("css selector", ".t").text
-        assert driver.find_element("id", "lang").text == "Bahasa Indonesia"
-        # the first state renders Last taps and the readiness line with the result: no "No taps yet" beside it
-        assert not driver.find_element("id", "nohistory").is_displayed()
-        assert driver.find_element("id", "ready").get_attribute("class") == ""
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    screen.state.publish(denied())
+    screen.state.publish(qr_visit())
+    browser.get(screen.url + "?lang=en")
+    WebDriverWait(browser, 10).until(lambda d: len(d.find_elements("css selector", "#history li")) == 2)
+    WebDriverWait(browser, 10).until(lambda d: d.find_element("id", "remaining").text == "0 visits")
+    assert browser.find_element("id", "remaining_label").text == "Fallback allowance left this period"
+    rows = browser.find_elements("css selector", "#history li")
+    newest, blocked = rows[0], rows[1]
+    # a served row says what to hand over; the allowance left is in the result above
+    assert "Fallback allowance left this period" not in newest.text
+    assert "Hand over: 1 visit" in newest.text
+    assert newest.find_element("css selector", ".v").text == "via QR" and not blocked.find_elements(
+        "css selector", ".v")
+    assert blocked.find_element("css selector", ".r").text == (
+        "This card is blocked. Send the person to the district office.")
+    assert "HB-E5121482" in blocked.text and "WIB" in blocked.find_element("css selector", ".t").text
+    assert browser.find_element("id", "lang").text == "Bahasa Indonesia"
+    # the first state renders Last taps and the readiness line with the result: no "No taps yet" beside it
+    assert not browser.find_element("id", "nohistory").is_displayed()
+    assert browser.find_element("id", "ready").get_attribute("class") == ""

@@ -10,12 +10,12 @@ import pytest
 
 from cardlib.records.household_label import household_label
 from terminal.journal_store import JournalStore
-from tests.test_counter_screen_browser import browser  # noqa: F401 - fixture
+from tests.fixtures.browser import viewport
 from tests.test_fallback import _qr_from_png, counter  # noqa: F401 - fixture
 from tests.test_fallback_browser import _ack
 from tests.test_records_support import identity
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.browser(hide_scrollbars=True)
 
 #: Narrowest a value of the result panel may be: "Rp250.000" or "1 paket pangan" on one or two lines.
 MIN_VALUE_PX = 100
@@ -24,8 +24,7 @@ WIDTHS = (360, 390, 640, 1280)
 
 
 def _width(driver: Any, width: int) -> None:
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": 844 if width < 600 else 900, "deviceScaleFactor": 1, "mobile": width < 600})
+    viewport(driver, width, 844 if width < 600 else 900, mobile=width < 600)
 
 
 def _overflow(driver: Any) -> list[str]:

@@ -7,31 +7,29 @@ and desktop (1366x900) views are saved to docs/screenshots/ (from the SQLite run
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.reconcile.models import FindingKind, FindingStatus
+from tests.fixtures.browser import PHONE, SHOTS, viewport
 from tests.reconcile_support import findings, run, upload_all
-from tests.test_audit_browser import _follow, browser  # noqa: F401 - browser is a fixture
+from tests.test_audit_browser import _follow
 from tests.test_dashboard import AUDITOR_PASSWORD, _ms, audit_db, programme  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-PHONE, DESKTOP = (390, 844), (1366, 900)
+DESKTOP = (1366, 900)
 #: Widths checked for overflow: phones 360-414 px, small tablets/landscape 674-1024 px, a laptop.
 WIDTHS = (360, 390, 414, 674, 1024, 1366)
 #: Tallest screenshot kept (px); longer pages are cut there.
 SHOT_MAX_HEIGHT = 3200
 
 
-def _viewport(browser: Any, width: int, height: int) -> None:  # noqa: F811 - the fixture's name
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700})
+def _viewport(browser: Any, width: int, height: int) -> None:
+    viewport(browser, width, height, mobile=width < 700)
 
 
-def _no_overflow(browser: Any, what: str) -> None:  # noqa: F811
+def _no_overflow(browser: Any, what: str) -> None:
     """At every width of :data:`WIDTHS`: nothing wider than the viewport."""
     for width in WIDTHS:
         _viewport(browser, width, 900)
@@ -41,7 +39,7 @@ def _no_overflow(browser: Any, what: str) -> None:  # noqa: F811
         assert scroll <= width, f"{what}: {scroll} px wide at a {width} px viewport"
 
 
-def _shot(browser: Any, name: str, db: str) -> None:  # noqa: F811
+def _shot(browser: Any, name: str, db: str) -> None:
     """Save the page at phone and desktop size (full height, at most :data:`SHOT_MAX_HEIGHT`)."""
     if db != "sqlite":
         return
@@ -54,12 +52,12 @@ def _shot(browser: Any, name: str, db: str) -> None:  # noqa: F811
     _viewport(browser, *DESKTOP)
 
 
-def _images_loaded(browser: Any) -> list[str]:  # noqa: F811
+def _images_loaded(browser: Any) -> list[str]:
     return browser.execute_script(
         "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
 
 
-def _log_in(browser: Any, base: str, username: str) -> None:  # noqa: F811
+def _log_in(browser: Any, base: str, username: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{base}/audit/login")

@@ -11,11 +11,10 @@ import pytest
 from cardlib.records.household_label import household_label
 from cardlib.records.journal import EntryKind
 from terminal.journal_store import JournalStore
-from tests.test_counter_screen_browser import browser  # noqa: F401 - fixture
 from tests.test_fallback import _qr_from_png, counter  # noqa: F401 - fixture
 from tests.test_records_support import identity
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.browser(hide_scrollbars=True)
 
 
 def _ack(driver: Any, form: str) -> str:

@@ -10,11 +10,9 @@ then resolved with reasons, and the audit log holds each step. Pages are checked
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,29 +21,21 @@ from sqlalchemy import select
 from terminal.grievances import GrievanceQueue, GrievanceSender
 from terminal.outcome import TapStatus
 from terminal.sync import HttpApi, SyncClient, SyncLoop, TrustStore
+from tests.fixtures.browser import full_page_png, no_horizontal_scroll, until
 from tests.reconcile_support import AUDITOR_PASSWORD, add_auditor, audit_db  # noqa: F401 - audit_db: fixture
 from tests.test_audit_browser import _follow
-from tests.test_counter_screen_browser import (  # noqa: F401 - browser, screen_counter: fixtures
-    browser,
-    no_horizontal_scroll,
-    screen_counter,
-    size,
-    until,
-)
+from tests.test_counter_screen_browser import screen_counter, size  # noqa: F401 - screen_counter: a fixture
 from tests.test_records_support import TERMINAL
 from tests.test_terminal_support import TrustKit, enrol_terminal
 from tests.test_terminal_sync import pinned_receipt_key
 
-pytestmark = [pytest.mark.browser, pytest.mark.pcsc]
-SHOTS = Path(__file__).parents[1] / "docs" / "screenshots"
+pytestmark = [pytest.mark.browser(hide_scrollbars=True), pytest.mark.pcsc]
 TERMINAL_ID = "T-6271-0001"
 
 
 def shoot(driver: Any, name: str) -> None:
     """A full-page screenshot as docs/screenshots/grievance-<name>.png."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    png = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "format": "png"})
-    (SHOTS / f"grievance-{name}.png").write_bytes(base64.b64decode(png["data"]))
+    full_page_png(driver, f"grievance-{name}")
 
 
 def both_widths(driver: Any, name: str) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.test_audit_browser import browser  # noqa: F401 - fixture
 from tests.test_audit_layout_browser import OUTSIDE_VALUE_COLUMN, _width
 from tests.test_dashboard import audit_db, programme  # noqa: F401 - fixtures
 from tests.test_dashboard_browser import _log_in, _viewport

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cardlib.keys.signer import SoftwareSigner, cose_key
 from cardlib.provision.session import static_keys
 from cardlib.provision.state import BatchState
+from tests.fixtures.browser import PHONE
 from tests.reconcile_support import add_auditor, audit_db  # noqa: F401 - audit_db: fixture
-from tests.test_audit_browser import browser  # noqa: F401 - a fixture
-from tests.test_dashboard_browser import DESKTOP, PHONE, _log_in, _no_overflow, _viewport
+from tests.test_dashboard_browser import DESKTOP, _log_in, _no_overflow, _viewport
 from tests.test_pin_resets_upload import CARD, HOUSEHOLD, UID
 
 pytestmark = pytest.mark.browser

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -224,31 +222,21 @@ def test_the_tries_left_texts_are_translated_with_plural_forms() -> None:
 
 
 @pytest.mark.browser
-def test_the_counter_page_shows_the_tries_left(tmp_path: Path, station: Station, screen: CounterScreen) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_the_counter_page_shows_the_tries_left(tmp_path: Path, station: Station, screen: CounterScreen,
+                                               browser: Any) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     counter, chip = _ntag(tmp_path, station, 3)
-    profile = tempfile.mkdtemp(prefix="huma-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
         for lang, words in (("id", "PIN salah: sisa 2 kali percobaan sebelum kartu terkunci"),
                             ("en", "Wrong PIN: 1 try left before the card locks")):
-            driver.get(f"{screen.url}?lang={lang}")
-            WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+            browser.get(f"{screen.url}?lang={lang}")
+            WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
             time.sleep(0.5)  # let the event stream connect
             screen.state.publish(counter.present(chip, WRONG_PIN))
-            WebDriverWait(driver, 3).until(partial(_shows, words, "#reason"))
-            WebDriverWait(driver, 3).until(partial(_shows, words, "#history li .r"))  # "Last taps" says it too
+            WebDriverWait(browser, 3).until(partial(_shows, words, "#reason"))
+            WebDriverWait(browser, 3).until(partial(_shows, words, "#history li .r"))  # "Last taps" says it too
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
         counter.journal.close()
 
 

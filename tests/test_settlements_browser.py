@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.browser import PHONE
 from tests.reconcile_support import audit_db  # noqa: F401 - a fixture
-from tests.test_audit_browser import _follow, browser  # noqa: F401 - browser is a fixture
-from tests.test_dashboard_browser import DESKTOP, PHONE, _log_in, _no_overflow, _shot, _viewport
+from tests.test_audit_browser import _follow
+from tests.test_dashboard_browser import DESKTOP, _log_in, _no_overflow, _shot, _viewport
 from tests.test_registry_reconcile import keys, registry  # noqa: F401 - fixtures
 from tests.test_settlements_audit import settled  # noqa: F401 - a fixture
 
