@@ -275,7 +275,7 @@ SPEC: dict[str, Any] = {
                 "a result per card id"),
                 "400": _err("malformed body"),
                 "409": _err("no trust bundle published yet, or the newest does not verify under the root"),
-                "422": _err("invalid_issuance_file: reason signature or quota"),
+                "422": _err("invalid_issuance_file: reason signature, quota, identity, reissue or genesis"),
                 "500": _err("TRUST_ROOT_CERT not configured"),
                 **_AUTH_ERRORS, **_BUSY},
         }},
