@@ -50,6 +50,14 @@ def _wib(when: object) -> str:
     return wib(when if isinstance(when, dt.datetime) else None, "en", seconds=True)
 
 
+def decline_words(code: str) -> str:
+    """A decline reason code (:class:`cardlib.records.declines.DeclineReason` value) in the audit pages'
+    English words: ``supervisor_refused`` → ``supervisor refused (wrong id or password)``; an unknown code as given."""
+    from server.audit.i18n import translations
+
+    return translations("en").gettext(code)
+
+
 def entitlement_text(n: int, unit: str | None) -> str:
     """``n`` units as ``household show`` prints an entitlement: ``"1 package"``, ``"4 visits"``, ``"250000 rupiah"``.
 
@@ -110,8 +118,10 @@ def show_household(ref: str, as_json: bool) -> None:
         click.echo(f"  {b.programme}: {b.remaining} of {entitlement_text(b.entitled, b.unit)} left "
                    f"({b.redeemed} redeemed)")
     for t in h.last_taps:
-        click.echo(f"  {_wib(t['wall_time'])} {t['terminal_id']} #{t['seq']} card {t['card_id']} {t['kind']} "
-                   f"{t['programme'] or ''} {t['amount'] if t['amount'] is not None else ''}")
+        words = [_wib(t["wall_time"]), str(t["terminal_id"]), f"#{t['seq']}", f"card {t['card_id']}", str(t["kind"]),
+                 str(t["programme"] or ""), "" if t["amount"] is None else str(t["amount"])]
+        reason = f": {decline_words(str(t['decline_reason']))}" if t.get("decline_reason") else ""
+        click.echo("  " + " ".join(w for w in words if w) + reason)
 
 
 @household_group.command("statement")

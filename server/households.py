@@ -153,7 +153,7 @@ def household(session: Session, ref: str, now: dt.datetime, taps: int = 10,
     last: list[dict[str, object]] = [
         {"card_id": r.card_id, "terminal_id": r.terminal_id, "seq": r.seq, "wall_time": r.wall_time.isoformat(),
          "kind": EntryKind(r.kind).name.lower() if r.kind in set(EntryKind) else str(r.kind),
-         "programme": r.programme, "amount": r.amount} for r in rows]
+         "programme": r.programme, "amount": r.amount, "decline_reason": r.decline_reason} for r in rows]
     return HouseholdView(ref, cycle, cards, balances, last)
 
 
