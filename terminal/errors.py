@@ -20,6 +20,18 @@ class ScreenListenError(TerminalError):
     """The counter screen cannot listen on its ``screen_port`` (in use by another process, no permission)."""
 
 
+class InputRefused(TerminalError, ValueError):
+    """A value typed at the counter screen that the counter refuses (a clerk id with a space, a bad receipt code).
+
+    :ivar code: a stable code the screen shows in the clerk's words and language
+        (:data:`terminal.screen.i18n.ERROR_TEXTS`); the message is the English text for logs.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class JournalStoreError(TerminalError):
     """The journal file cannot be opened, written or repaired (disk full, locked, another terminal's or key's)."""
 

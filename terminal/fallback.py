@@ -51,7 +51,7 @@ from cardlib.records.household_qr import HouseholdQrError, verify_household_qr
 from cardlib.records.journal import EntryKind, JournalEntry
 from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
-from terminal.errors import TerminalError
+from terminal.errors import InputRefused, TerminalError
 from terminal.journal_store import CardWrite, JournalStore
 from terminal.outcome import Receipt, TapOutcome, TapStatus
 from terminal.policy import SECONDS_PER_DAY, DeclineReason, OfflineLimits
@@ -215,7 +215,7 @@ class FallbackDesk:
 
         :param served: the programmes this counter's profile serves (None: every programme of its mode);
             another is declined ``programme_not_at_counter`` (journalled), as a card tap is.
-        :raises ValueError: ``clerk`` is not an id of :data:`APPROVER_ID`.
+        :raises terminal.errors.InputRefused: ``clerk`` is not an id of :data:`APPROVER_ID` (code ``clerk_id``).
         :raises LookupError: no trust bundle installed yet.
         """
         clerk, trust, now = self._start(clerk, "clerk")
@@ -239,7 +239,8 @@ class FallbackDesk:
         """Step 2: serve a card id read from the household's papers, on a supervisor's password.
 
         :param served: as for :meth:`qr`.
-        :raises ValueError: ``supervisor`` is not an id of :data:`APPROVER_ID`, or the card id not 16 hex digits.
+        :raises terminal.errors.InputRefused: ``supervisor`` is not an id of :data:`APPROVER_ID` (``supervisor_id``),
+            or the card id not 16 hex digits (``card_id``).
         :raises LookupError: no trust bundle installed yet.
         """
         supervisor, trust, now = self._start(supervisor, "supervisor")
@@ -248,7 +249,7 @@ class FallbackDesk:
             if len(card_id) != 8:
                 raise ValueError("8 bytes")
         except ValueError:
-            raise ValueError("the card id is 16 hex digits") from None
+            raise InputRefused("card_id", "the card id is 16 hex digits") from None
         held = self._supervisor_held(supervisor)
         if held is not None:
             log.warning("manual entry for supervisor %r not checked: %s", supervisor, held)
@@ -470,10 +471,11 @@ class FallbackDesk:
 def _approver(name: str, what: str) -> str:
     """``name`` without surrounding white space, if it is an id of :data:`APPROVER_ID`.
 
-    :raises ValueError: any other text (the screen answers 400; nothing is journalled).
+    :raises terminal.errors.InputRefused: any other text, code ``clerk_id`` or ``supervisor_id`` (the screen answers
+        400; nothing is journalled).
     """
     name = name.strip()
     if APPROVER_ID.fullmatch(name) is None:
-        raise ValueError(f"the {what} id is 1..{MAX_APPROVER_CHARS} of the ASCII letters, digits, '.', '_' and '-', "
-                         "starting with a letter or digit")
+        raise InputRefused(f"{what}_id", f"the {what} id is 1..{MAX_APPROVER_CHARS} of the ASCII letters, digits, "
+                           "'.', '_' and '-', starting with a letter or digit")
     return name

@@ -42,7 +42,7 @@ from cardlib.records.errors import RecordError
 from cardlib.records.journal import EntryKind
 from cardlib.records.statements import UploadReceipt, verify_receipt
 from cardlib.records.upload import SIGNATURE_HEADER, sign_envelope
-from terminal.errors import SyncError, SyncRejected
+from terminal.errors import InputRefused, SyncError, SyncRejected
 
 if TYPE_CHECKING:
     from terminal.journal_store import JournalStore
@@ -146,26 +146,28 @@ class GrievanceQueue:
 
         :param receipt_code: ``XXXX-XXXX`` as the receipt shows it (case and dash tolerated).
         :param card_id, household_ref: 16 lower-case hex digits.
-        :raises ValueError: blank or too long text, unknown category, a malformed link, or none.
+        :raises terminal.errors.InputRefused: blank or too long text, unknown category, a malformed link, or none
+            (its ``code``: ``complaint_text``, ``category``, ``receipt_code``, ``card_id``, ``household_id``,
+            ``complaint_link``).
         :raises terminal.errors.JournalStoreError: the journal refused the ``COMPLAINT`` entry: nothing is
             kept and the complaint must not be acknowledged (the clerk retries).
         """
         text = text.strip()
         if not text or len(text) > TEXT_MAX or "\x00" in text:
-            raise ValueError(f"the complaint text is required, at most {TEXT_MAX} characters")
+            raise InputRefused("complaint_text", f"the complaint text is required, at most {TEXT_MAX} characters")
         if category not in CATEGORIES:
-            raise ValueError(f"category is one of {', '.join(CATEGORIES)}")
+            raise InputRefused("category", f"category is one of {', '.join(CATEGORIES)}")
         code = None
         if receipt_code:
             compact = receipt_code.strip().upper().replace("-", "").replace(" ", "")
             code = f"{compact[:4]}-{compact[4:]}"
             if not _CODE.fullmatch(code):
-                raise ValueError("the receipt code is 8 characters A-Z, 2-7: XXXX-XXXX")
+                raise InputRefused("receipt_code", "the receipt code is 8 characters A-Z, 2-7: XXXX-XXXX")
         for value, name in ((card_id, "card"), (household_ref, "household")):
             if value and not _HEX16.fullmatch(value):
-                raise ValueError(f"the {name} id is 16 hex digits")
+                raise InputRefused(f"{name}_id", f"the {name} id is 16 hex digits")
         if not (code or card_id or household_ref):
-            raise ValueError("a complaint names a receipt code, a card or a household")
+            raise InputRefused("complaint_link", "a complaint names a receipt code, a card or a household")
         when = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
         with self._lock:
             # The signed trace first (fsynced when append returns): a complaint the file then loses is one the

@@ -15,8 +15,9 @@ from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any
 
+from terminal.errors import InputRefused
 from terminal.grievances import CATEGORIES, TEXT_MAX
-from terminal.screen.i18n import LANGUAGE_NAMES, LANGUAGES, local_time, translations
+from terminal.screen.i18n import LANGUAGE_NAMES, LANGUAGES, error_texts_json, local_time, translations
 
 if TYPE_CHECKING:
     from terminal.screen.server import ScreenState
@@ -73,7 +74,7 @@ def complaint_page(lang: str, state: ScreenState) -> bytes:
     other = next(x for x in LANGUAGES if x != lang)
     src = resources.files("terminal.screen").joinpath("complaint.html").read_text("utf-8")
     return Template(src).substitute(lang=lang, other_lang=other, other_lang_name=html.escape(LANGUAGE_NAMES[other]),
-                                    taps="".join(taps),
+                                    taps="".join(taps), errors=error_texts_json(lang),
                                     categories=categories, text_max=TEXT_MAX, **labels).encode("utf-8")
 
 
@@ -108,8 +109,8 @@ def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:
 
     :returns: ``{"ok": True, "id": <the counter's id for it>}``.
     :raises LookupError: this screen keeps no complaints (no queue).
-    :raises ValueError: an unknown or expired result number, bad text, category or receipt code,
-        or nothing to link the complaint to.
+    :raises terminal.errors.InputRefused: an unknown or expired result number (code ``tap_gone``), bad text,
+        category or receipt code, or nothing to link the complaint to (:meth:`GrievanceQueue.add`'s codes).
     """
     queue = state.grievances
     if queue is None:
@@ -118,10 +119,10 @@ def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:
     n = body.get("n")
     if n not in (None, ""):
         if not isinstance(n, int | str) or not str(n).isdigit() or len(str(n)) > 16:
-            raise ValueError("n must be the number of a recent tap")
+            raise InputRefused("tap_gone", "n must be the number of a recent tap")
         p = state.get(int(n))
         if p is None:
-            raise ValueError("that tap is no longer on this screen; type its receipt code")
+            raise InputRefused("tap_gone", "that tap is no longer on this screen; type its receipt code")
         o = p.outcome
         receipt_code = receipt_code or (o.receipt.code if o.receipt else None)
         # The screen shows a household as "HB-" and 8 hex digits, not the 16-digit reference:
@@ -129,7 +130,8 @@ def take_complaint(state: ScreenState, body: dict[str, Any]) -> dict[str, Any]:
         card_id = o.card_id
     text, category = body.get("text"), body.get("category")
     if not isinstance(text, str) or not isinstance(category, str):
-        raise ValueError("text and category are required")
+        raise InputRefused("complaint_text" if not isinstance(text, str) else "category",
+                           "text and category are required")
     g = queue.add(text, category, receipt_code=receipt_code, card_id=card_id, household_ref=household_ref)
     if state.sync_trigger is not None:
         state.sync_trigger()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import gettext
 import io
+import json
 from functools import cache
 from importlib import resources
 
@@ -99,3 +100,34 @@ def programme_name(lang: str, code: str) -> str:
     """The display name of a programme code (the code itself when unknown)."""
     msgid = PROGRAMME_NAMES.get(code)
     return translations(lang).gettext(msgid) if msgid else code
+
+
+#: What the clerk reads when the counter refuses a request (msgids), by the stable ``code`` of the screen API's
+#: refusal ``{"error": <English text, for logs>, "code": <code>}`` (:class:`terminal.errors.InputRefused`);
+#: the page shows them in its language (:func:`error_texts_json`), ``request`` for a code it does not know.
+ERROR_TEXTS = {
+    "clerk_id": "Clerk id: letters, digits, dots, underscores or hyphens, no spaces.",
+    "supervisor_id": "Supervisor id: letters, digits, dots, underscores or hyphens, no spaces.",
+    "card_id": "Card id: 16 characters, the digits 0-9 and the letters a-f, as on the household's papers.",
+    "receipt_code": "Receipt code: the 8 letters and digits printed on the receipt, like ABCD-2345.",
+    "complaint_text": "Write what happened, in at most 1000 characters.",
+    "category": "Choose what the complaint is about.",
+    "complaint_link": "Choose the tap, or type the receipt code.",
+    "tap_gone": "That tap is no longer on this screen: choose the last line and type its receipt code.",
+    "complaint_not_saved": "The complaint was NOT saved. Try again; if it fails again, call the technician.",
+    "complaints_off": "This counter does not keep complaints.",
+    "pin": "The PIN is 4 to 12 digits.",
+    "programme": "This programme is not served at this counter.",
+    "quantity": "Quantity: a whole number from 1 to 10,000,000.",
+    "no_bundle": "This counter has not received the office's update yet: no QR or supervisor entry until it syncs.",
+    "fallback_off": "This counter has no QR or supervisor entry.",
+    "sync_off": "This counter cannot sync.",
+    "checkpoint_off": "This counter cannot sign a shift slip.",
+    "request": "The counter could not read this request. Reload the page and try again.",
+}
+
+
+def error_texts_json(lang: str) -> str:
+    """:data:`ERROR_TEXTS` translated into ``lang`` as a JSON object for a page's ``<script>`` (``<`` escaped)."""
+    t = translations(lang)
+    return json.dumps({code: t.gettext(msgid) for code, msgid in ERROR_TEXTS.items()}).replace("<", "\\u003c")

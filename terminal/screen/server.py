@@ -24,7 +24,7 @@ import segno
 from cardlib.records.checkpoint import SignedCheckpoint, to_qr_text
 from cardlib.records.claims import Unit
 from firmware_config.models import CounterMode
-from terminal.errors import JournalStoreError, ScreenListenError
+from terminal.errors import InputRefused, JournalStoreError, ScreenListenError
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import TapOutcome, TapStatus
 from terminal.policy import DeclineReason, decline_message
@@ -34,6 +34,7 @@ from terminal.screen.i18n import (
     LANGUAGE_NAMES,
     LANGUAGES,
     amount_text,
+    error_texts_json,
     local_time,
     programme_name,
     translations,
@@ -194,12 +195,13 @@ class ScreenState:
     def select(self, programme: str, quantity: int) -> None:
         """Set the programme and quantity for the next taps.
 
-        :raises ValueError: unknown programme or quantity outside 1..MAX_QUANTITY.
+        :raises terminal.errors.InputRefused: unknown programme (code ``programme``) or quantity outside
+            1..MAX_QUANTITY (``quantity``).
         """
         if programme not in self.programmes:
-            raise ValueError(f"programme {programme!r} is not served at this counter")
+            raise InputRefused("programme", f"programme {programme!r} is not served at this counter")
         if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
-            raise ValueError(f"quantity must be a whole number from 1 to {MAX_QUANTITY}")
+            raise InputRefused("quantity", f"quantity must be a whole number from 1 to {MAX_QUANTITY}")
         with self._cond:
             self._programme, self._quantity = programme, quantity
             self._cond.notify_all()
@@ -212,10 +214,10 @@ class ScreenState:
     def set_pin(self, pin: str) -> None:
         """Hold a PIN for the next tap (never logged, expires after PIN_TTL_S).
 
-        :raises ValueError: not 4..12 digits.
+        :raises terminal.errors.InputRefused: not 4..12 digits (code ``pin``).
         """
         if not (pin.isdigit() and 4 <= len(pin) <= PIN_MAX_DIGITS):
-            raise ValueError("the PIN is 4 to 12 digits")
+            raise InputRefused("pin", "the PIN is 4 to 12 digits")
         with self._cond:
             self._pin = (pin, time.monotonic() + PIN_TTL_S)
 
@@ -481,7 +483,7 @@ def _page(lang: str, state: ScreenState) -> bytes:
     other = [x for x in LANGUAGES if x != lang]
     body = Template(src).substitute(
         lang=lang, options=options, other_lang=other[0], other_lang_name=html.escape(LANGUAGE_NAMES[other[0]]),
-        fallback_hidden="" if state.fallback is not None else "hidden", **labels
+        fallback_hidden="" if state.fallback is not None else "hidden", errors=error_texts_json(lang), **labels
     )
     return body.encode("utf-8")
 
@@ -613,6 +615,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, obj: object) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
+    def _refuse(self, status: HTTPStatus, code: str, english: str) -> None:
+        """Answer a refusal ``{"error": english, "code": code}``: the page shows ``code`` in the clerk's words and
+        language (:data:`terminal.screen.i18n.ERROR_TEXTS`); the English text is for logs and technicians."""
+        log.info("screen: %s refused (%s): %s", self.path, code, english)
+        self._json(status, {"error": english, "code": code})
+
     def _host_ok(self) -> bool:
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
         if host in ("127.0.0.1", "localhost"):
@@ -715,17 +723,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._host_ok():
             return
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
-            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "JSON only"})
+            self._refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "request", "JSON only")
             return
         try:
             length = _number(self.headers.get("Content-Length") or "0", "Content-Length")
         except BadInput as exc:
             self.close_connection = True  # the body's end is unknown
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            self._refuse(HTTPStatus.BAD_REQUEST, "request", str(exc))
             return
         if length > MAX_BODY:
             self.close_connection = True
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"at most {MAX_BODY} bytes"})
+            self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request", f"at most {MAX_BODY} bytes")
             return
         state = self.server.state
         try:
@@ -739,24 +747,26 @@ class _Handler(BaseHTTPRequestHandler):
             elif self.path == "/api/sync":
                 trigger = state.sync_trigger
                 if trigger is None:
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no sync"})
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "sync_off", "this counter has no sync")
                     return
                 trigger()
             elif self.path == "/api/grievance":
                 try:
                     answer = take_complaint(state, body)
                 except LookupError as exc:
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "complaints_off", str(exc))
                     return
                 except JournalStoreError as exc:  # no signed trace: the complaint is not kept, not acknowledged
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"complaint NOT saved ({exc}); try again"})
+                    log.error("complaint NOT saved: %s", exc)
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "complaint_not_saved",
+                                 f"complaint NOT saved ({exc}); try again")
                     return
                 self._json(HTTPStatus.OK, answer)
                 return
             elif self.path in ("/api/fallback/qr", "/api/fallback/manual"):
                 desk = state.fallback
                 if desk is None:
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "this counter has no fallback"})
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "fallback_off", "this counter has no fallback")
                     return
                 selected = state.request()  # the counter's selection, as for a tap
                 programme = str(body.get("programme") or selected[0])
@@ -770,7 +780,7 @@ class _Handler(BaseHTTPRequestHandler):
                         outcome = desk.manual(str(body["card_id"]), programme, quantity, str(body["supervisor"]),
                                               str(body["password"]), served=state.programmes)
                 except LookupError as exc:
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "no_bundle", str(exc))
                     return
                 n = state.publish(outcome)
                 self._json(HTTPStatus.OK, {"ok": True, "n": n, "status": outcome.status.value,
@@ -782,15 +792,18 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     n = state.sign_checkpoint()
                 except LookupError as exc:
-                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                    self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "checkpoint_off", str(exc))
                     return
                 self._json(HTTPStatus.OK, {"ok": True, "n": n, "slip": f"/shift/{n}"})
                 return
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+                self._refuse(HTTPStatus.NOT_FOUND, "request", "not found")
                 return
         except (ValueError, KeyError, TypeError) as exc:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc) if self.path != "/api/pin" else "bad PIN"})
+            if self.path == "/api/pin":  # never echo what was typed for a PIN
+                self._refuse(HTTPStatus.BAD_REQUEST, "pin", "bad PIN")
+            else:
+                self._refuse(HTTPStatus.BAD_REQUEST, getattr(exc, "code", "request"), str(exc))
             return
         self._json(HTTPStatus.OK, {"ok": True})
 
@@ -799,15 +812,16 @@ def _selection(body: Mapping[str, Any]) -> tuple[str, int]:
     """``(programme, quantity)`` of a ``POST /api/select`` body, typed as JSON sends them.
 
     :param body: the decoded JSON object: ``programme`` a string, ``quantity`` a JSON integer.
-    :raises BadInput: a field missing or of another JSON type (the message names the field);
+    :raises terminal.errors.InputRefused: a field missing or of another JSON type (the message names the field,
+        the code is ``programme`` or ``quantity``);
         the range and the programme list are checked by :meth:`ScreenState.select`.
     """
     programme, quantity = body.get("programme"), body.get("quantity")
     if not isinstance(programme, str) or not programme:
-        raise BadInput("programme is required: the code of a programme served at this counter")
+        raise InputRefused("programme", "programme is required: the code of a programme served at this counter")
     if isinstance(quantity, bool) or not isinstance(quantity, int):
         shown = "missing" if quantity is None else json.dumps(quantity)[:40]
-        raise BadInput(f"quantity must be a whole number from 1 to {MAX_QUANTITY} (got {shown})")
+        raise InputRefused("quantity", f"quantity must be a whole number from 1 to {MAX_QUANTITY} (got {shown})")
     return programme, quantity
 
 
@@ -816,7 +830,7 @@ def _no_slip(lang: str) -> bytes:
                             "new": "Sign a checkpoint of this shift", "back": "Back to the counter",
                             "sending": "Sending…", "failed": "Not done"})
     src = resources.files("terminal.screen").joinpath("noslip.html").read_text("utf-8")
-    return Template(src).substitute(lang=lang, **labels).encode("utf-8")
+    return Template(src).substitute(lang=lang, errors=error_texts_json(lang), **labels).encode("utf-8")
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,0 +1,124 @@
+"""The counter screen's refusals reach the clerk in the page's language and plain words, never as the English
+log text (docs/terminal.md §At the counter): the API answers a stable ``code`` beside the English ``error``."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_config.models import CounterMode
+from terminal.errors import JournalStoreError
+from terminal.grievances import GrievanceQueue
+from terminal.journal_store import JournalStore
+from terminal.screen import CounterScreen, ScreenState
+from terminal.screen.i18n import ERROR_TEXTS, translations
+from tests.test_fallback import _qr_from_png, counter  # noqa: F401 - fixture
+
+
+def _post(url: str, path: str, body: object) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url + path.lstrip("/"), data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def _page_errors(url: str) -> dict[str, str]:
+    """The ``ERRORS`` table a page carries for its script."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        page = resp.read().decode()
+    found = re.search(r"var ERRORS = (\{.*?\});", page)
+    assert found, "the page carries no ERRORS table"
+    table = json.loads(found.group(1))
+    assert isinstance(table, dict)
+    return table
+
+
+class _FailingQueue:
+    """A complaint queue whose journal refuses the COMPLAINT entry (disk full)."""
+
+    def add(self, *args: object, **kwargs: object) -> None:
+        raise JournalStoreError("database or disk is full")
+
+    def all(self) -> list[object]:
+        return []
+
+
+@pytest.fixture
+def screen() -> Iterator[CounterScreen]:
+    state = ScreenState(CounterMode.MARKET_REDEMPTION, ["food"])
+    state.grievances = _FailingQueue()  # type: ignore[assignment]
+    s = CounterScreen(state, port=0).start()
+    yield s
+    s.stop()
+
+
+def test_every_refusal_code_has_clerk_words_in_indonesian() -> None:
+    for code, msgid in ERROR_TEXTS.items():
+        said = translations("id").gettext(msgid)
+        assert said != msgid and "ASCII" not in said, code
+    assert translations("id").gettext(ERROR_TEXTS["clerk_id"]) == (
+        "Id petugas: huruf, angka, titik, garis bawah atau tanda hubung, tanpa spasi.")
+
+
+def test_a_clerk_id_with_a_space_is_refused_by_code(counter: tuple[str, JournalStore]) -> None:  # noqa: F811
+    url, _ = counter
+    status, answer = _post(url, "/api/fallback/qr", {"qr": _qr_from_png(), "clerk": "petugas ani",
+                                                      "programme": "pangan"})
+    assert status == 400 and answer["code"] == "clerk_id" and "ASCII" in answer["error"]  # English kept for logs
+    assert _page_errors(url)["clerk_id"].startswith("Id petugas:")
+    assert _page_errors(url + "?lang=en")["clerk_id"].startswith("Clerk id:")
+    status, answer = _post(url, "/api/fallback/manual", {"card_id": "zz", "supervisor": "sri", "password": "x"})
+    assert (status, answer["code"]) == (400, "card_id")
+
+
+def test_pin_selection_and_complaint_refusals_carry_codes(screen: CounterScreen) -> None:
+    url = screen.url
+    assert _post(url, "/api/pin", {"pin": "12"})[1] == {"error": "bad PIN", "code": "pin"}
+    status, answer = _post(url, "/api/select", {"programme": "health", "quantity": 1})
+    assert (status, answer["code"]) == (400, "programme") and "not served" in answer["error"]
+    assert _post(url, "/api/select", {"programme": "food", "quantity": 0})[1]["code"] == "quantity"
+    status, answer = _post(url, "/api/grievance", {"receipt_code": "1234", "category": "other", "text": "x"})
+    assert status == 503 and answer["code"] == "complaint_not_saved"  # the stub's journal is full
+    assert "disk is full" in answer["error"]
+    errors = _page_errors(url + "complaint?lang=id")
+    assert errors["complaint_not_saved"].startswith("Keluhan TIDAK tersimpan")
+
+
+def test_a_bad_receipt_code_is_refused_by_code(tmp_path: Path) -> None:
+    state = ScreenState(CounterMode.MARKET_REDEMPTION, ["food"])
+    state.grievances = GrievanceQueue(tmp_path / "grievances.sqlite")
+    s = CounterScreen(state, port=0).start()
+    try:
+        status, answer = _post(s.url, "/api/grievance", {"receipt_code": "1234", "category": "other", "text": "x"})
+        assert (status, answer["code"]) == (400, "receipt_code") and "A-Z, 2-7" in answer["error"]
+        assert _page_errors(s.url + "complaint?lang=id")["receipt_code"].startswith("Kode bukti:")
+        status, answer = _post(s.url, "/api/grievance", {"n": 99, "category": "other", "text": "x"})
+        assert (status, answer["code"]) == (400, "tap_gone")
+    finally:
+        s.stop()
+        state.grievances.close()
+
+
+def test_the_indonesian_page_shows_the_clerk_words_not_the_english(
+        browser: Any, counter: tuple[str, JournalStore]) -> None:  # noqa: F811
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = counter
+    browser.get(url)
+    browser.find_element("css selector", "#fallback > summary").click()
+    browser.find_element("id", "clerk").send_keys("petugas ani")
+    browser.find_element("id", "qr").send_keys(_qr_from_png() + Keys.ENTER)
+    ack: str = WebDriverWait(browser, 20).until(lambda d: d.find_element("css selector", "#qrform .ack").text or False)
+    assert ack == "Tidak berhasil: Id petugas: huruf, angka, titik, garis bawah atau tanda hubung, tanpa spasi.", ack
