@@ -202,8 +202,13 @@ def test_unknown_cards_roles_and_double_blocks_are_typed_errors(office: Office) 
     assert _as(office.app, "auditor", unblock_card, card_id, reason="found") == []
 
 
-def test_a_technician_cannot_unblock_a_card_with_a_fraud_finding(office: Office) -> None:
-    """A clerk-level role lifts only a plain loss: a card an open or confirmed fraud finding names needs an auditor."""
+@pytest.mark.parametrize("kind", [FindingKind.IMPOSSIBLE_TRAVEL, FindingKind.BLOCKED_CARD_USED])
+def test_a_technician_cannot_unblock_a_card_with_a_fraud_finding(office: Office, kind: FindingKind) -> None:
+    """A clerk-level role lifts only a plain loss: a card an open or confirmed fraud finding names needs an auditor.
+
+    ``blocked_card_used`` too: a card "lost" and then redeemed with is the holder's false report or a thief's
+    use, for an auditor to judge, not the technician who placed the block (its lift would also end the finding's
+    window)."""
     from server.card_blocks import BlockForbidden, BlockReason, block_card, unblock_card
 
     office.issue()
@@ -212,7 +217,7 @@ def test_a_technician_cannot_unblock_a_card_with_a_fraud_finding(office: Office)
     with office.app.app_context():
         session = db.write_session()
         now = dt_now()
-        finding = Finding(kind=FindingKind.IMPOSSIBLE_TRAVEL, severity=Severity.HIGH, card_id=card_id,
+        finding = Finding(kind=kind, severity=Severity.HIGH, card_id=card_id,
                           fingerprint=os.urandom(16).hex(), status=FindingStatus.OPEN, first_seen_at=now,
                           last_seen_at=now, summary="seen 260 km apart within an hour", evidence="[]",
                           detail="{}")
@@ -231,7 +236,7 @@ def test_a_technician_cannot_unblock_a_card_with_a_fraud_finding(office: Office)
         _as(office.app, "tech", unblock_card, card_id, reason="found")
     # an auditor may lift the block; the confirmed finding still denies the card
     assert _as(office.app, "auditor", unblock_card, card_id, reason="found") == [
-        f"{FindingKind.IMPOSSIBLE_TRAVEL.value} finding {finding_id} (confirmed)"]
+        f"{kind.value} finding {finding_id} (confirmed)"]
     assert identity().card_id in office.publish().deny_cards
 
 

@@ -50,6 +50,7 @@ DENY_KINDS = PROOF_KINDS | frozenset(
         FindingKind.IMPOSSIBLE_TRAVEL,
         FindingKind.REVOKED_CARD_USED,
         FindingKind.ENTITLEMENT_EXCEEDED,
+        FindingKind.BLOCKED_CARD_USED,  # redeemed after it was reported lost: the holder's word or a thief
     }
 )
 
