@@ -280,3 +280,18 @@ def test_terminal_health_lists_counters_not_stations_and_offline_time_only_when_
     for row in html.split('<tr class="health"')[1:]:
         offline = row.split('data-label="Offline for">')[1].split("</td>")[0]
         assert (offline == "") == ('data-status="ok"' in row), row
+
+
+def test_busiest_hour_names_the_hour_and_the_households(app, programme, world):
+    """"Busiest hour" was the count alone (``2``), read as 2 o'clock: the WIB hour and the count are shown."""
+    from server.dashboard import queries
+    from server.extensions import db
+
+    t71 = programme["district"].local_terminals("62.71")[0].terminal_id
+    with app.app_context():
+        speed = {t.terminal_id: t for t in queries.throughput(db.session, queries.current_cycle(db.session, "20261"))}
+    assert (speed[t71].peak_hour, speed[t71].peak) == ("2026-03-02 08", 2)
+    _login(world.client, "manny")
+    for lang, words in (("id", "2 rumah tangga"), ("en", "2 households")):
+        html = world.client.get(f"/audit/programme/?cycle=20261&lang={lang}").get_data(as_text=True)
+        assert f"2026-03-02 08:00\u201309:00 WIB \u00b7 {words}" in html, html

@@ -88,18 +88,31 @@ class RegionProgress:
 
 @dataclass(frozen=True)
 class Throughput:
-    """One terminal's pace: households served, hours with at least one, peak in one hour."""
+    """One terminal's pace: households served, hours with at least one, peak in one hour.
+
+    :ivar peak: households served in the busiest hour. :ivar peak_hour: that WIB clock hour as
+        ``YYYY-MM-DD HH`` text (:func:`wib_hour`; the earliest of equally busy hours).
+    """
 
     terminal_id: str
     region: str | None
     households: int
     active_hours: int
     peak: int
+    peak_hour: str = ""
 
     @property
     def per_hour(self) -> float:
         """Households per active hour."""
         return self.households / self.active_hours if self.active_hours else 0.0
+
+    @property
+    def peak_span(self) -> str:
+        """The busiest hour as WIB wall time, ``2026-03-02 08:00–09:00 WIB`` (``–`` when not known)."""
+        if len(self.peak_hour) != 13:
+            return "\u2013"
+        day, hour = self.peak_hour[:10], int(self.peak_hour[11:])
+        return f"{day} {hour:02d}:00\u2013{hour + 1:02d}:00 WIB"
 
 
 @dataclass(frozen=True)
@@ -392,11 +405,16 @@ def throughput(session: Session, cycle: Cycle, within: str | None = None) -> lis
     served = (select(j.terminal_id, func.count(func.distinct(j.card_id)).label("n"))
               .outerjoin(ts, ts.terminal_id == j.terminal_id).where(and_(*where))
               .group_by(j.terminal_id).subquery())
-    stmt = (select(per_hour.c.terminal_id, ts.region, served.c.n, func.count(), func.max(per_hour.c.n))
-            .join(served, served.c.terminal_id == per_hour.c.terminal_id)
-            .outerjoin(ts, ts.terminal_id == per_hour.c.terminal_id)
-            .group_by(per_hour.c.terminal_id, ts.region, served.c.n))
-    rows = [Throughput(t, r, int(n), int(h), int(p)) for t, r, n, h, p in session.execute(stmt).tuples()]
+    ranked = select(per_hour.c.terminal_id, per_hour.c.hour, per_hour.c.n,
+                    func.count().over(partition_by=per_hour.c.terminal_id).label("hours"),
+                    func.row_number().over(partition_by=per_hour.c.terminal_id,
+                                           order_by=(per_hour.c.n.desc(), per_hour.c.hour)).label("rank")).subquery()
+    stmt = (select(ranked.c.terminal_id, ts.region, served.c.n, ranked.c.hours, ranked.c.n, ranked.c.hour)
+            .join(served, served.c.terminal_id == ranked.c.terminal_id)
+            .outerjoin(ts, ts.terminal_id == ranked.c.terminal_id)
+            .where(ranked.c.rank == 1))
+    rows = [Throughput(t, r, int(n), int(h), int(p), str(hr))
+            for t, r, n, h, p, hr in session.execute(stmt).tuples()]
     return sorted(rows, key=lambda t: (-t.per_hour, t.terminal_id))
 
 
