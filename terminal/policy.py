@@ -38,7 +38,12 @@ _MESSAGES: Mapping[DeclineReason, str] = {
         "This card's issuer is not known to this counter. Hand nothing over. Sync the counter and ask for the "
         "card again; if it is still refused, send the household to the district office."
     ),
-    DeclineReason.CARD_DENIED: "This card is blocked. Send the person to the district office.",
+    # the bundle's deny list holds replaced (re-issued) and blocked cards alike, without saying which
+    # (server.bundles.next_deny_lists): the words cover both, so a household with its new card is not sent away
+    DeclineReason.CARD_DENIED: (
+        "This card is no longer valid (replaced or blocked). If the household already has a new card, use the new "
+        "card; if not, send them to the district office."
+    ),
     DeclineReason.CARD_NOT_YET_VALID: (
         "This card is not valid yet: its start date has not come. Hand nothing over; the household comes back "
         "from that date, or asks the district office when the card starts."

@@ -73,7 +73,7 @@ def test_every_screen_text_has_an_indonesian_translation() -> None:
     for msgid in wanted:
         msg = catalog.get(msgid)
         assert msg is not None and msg.string and msg.string != msgid, msgid
-    assert translations("id").gettext(decline_message(DeclineReason.CARD_DENIED)).startswith("Kartu ini diblokir")
+    assert translations("id").gettext(decline_message(DeclineReason.CARD_DENIED)).startswith("Kartu ini tidak berlaku")
     assert translations("en").gettext("DECLINED") == "DECLINED"
 
 

@@ -17,7 +17,7 @@ from cardlib.records.receipt import receipt_code
 from firmware_config.models import CounterMode
 from terminal.grievances import GrievanceQueue
 from terminal.outcome import Receipt, TapOutcome, TapStatus
-from terminal.policy import DeclineReason
+from terminal.policy import DeclineReason, decline_message
 from terminal.screen import CounterScreen, ScreenState
 from terminal.screen.complaint import complaint_page, complaints_view
 from terminal.screen.i18n import amount_text, local_time
@@ -104,7 +104,7 @@ def test_last_taps_carry_the_decline_reason_and_household(screen: CounterScreen)
     screen.state.publish(denied())
     history = json.loads(get(screen.url + "api/state?lang=en")[1])["history"]
     assert history[0]["household"] == "HB-E5121482"
-    assert history[0]["reason"] == "This card is blocked. Send the person to the district office."
+    assert history[0]["reason"] == decline_message(DeclineReason.CARD_DENIED)
 
 
 @pytest.mark.parametrize(("lang", "one", "four"), [("en", "1 visit", "4 visits"), ("id", "1 kunjungan", "4 kunjungan")])
@@ -153,7 +153,7 @@ def test_the_page_shows_reasons_households_and_the_fallback_allowance(screen: Co
     assert newest.find_element("css selector", ".v").text == "via QR" and not blocked.find_elements(
         "css selector", ".v")
     assert blocked.find_element("css selector", ".r").text == (
-        "This card is blocked. Send the person to the district office.")
+        decline_message(DeclineReason.CARD_DENIED))
     assert "HB-E5121482" in blocked.text and "WIB" in blocked.find_element("css selector", ".t").text
     assert browser.find_element("id", "lang").text == "Bahasa Indonesia"
     # the first state renders Last taps and the readiness line with the result: no "No taps yet" beside it

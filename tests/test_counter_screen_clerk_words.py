@@ -40,6 +40,16 @@ def test_a_decline_tells_the_clerk_what_to_do(reason: DeclineReason) -> None:
     assert indonesian in translations("id").gettext(decline_message(reason))
 
 
+def test_a_denied_card_may_be_one_replaced_by_a_new_card() -> None:
+    """The deny list carries replaced (re-issued) and blocked cards alike: a household that holds its new card and
+    shows the old card's QR is not sent to the district office as if the card were blocked."""
+    assert translations("id").gettext(decline_message(DeclineReason.CARD_DENIED)) == (
+        "Kartu ini tidak berlaku lagi (diganti atau diblokir). Jika keluarga sudah punya kartu baru, pakai kartu "
+        "baru; jika belum, arahkan ke kantor kabupaten.")
+    english = translations("en").gettext(decline_message(DeclineReason.CARD_DENIED))
+    assert "replaced" in english and "new card" in english and "district office" in english
+
+
 def test_declines_speak_the_clerks_words() -> None:
     """No "trust list" (a clerk does not know what it is); a repeated card counter says it may be a copy."""
     assert "trust" not in decline_message(DeclineReason.BUNDLE_EXPIRED)
