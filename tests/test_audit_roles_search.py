@@ -163,5 +163,5 @@ def test_findings_search_links_the_card_household_and_receipt_it_names(app, prog
     assert 'id="lookup"' not in ambiguous  # a label that fits several households names none of them
     code = receipt_code(row.entry_hash)
     by_code = client.get(f"/audit/findings?q={code.replace('-', '').lower()}").get_data(as_text=True)
-    assert f"Kode tanda terima {code}" in by_code
+    assert f"Kode bukti {code}" in by_code
     assert f'href="/audit/cards/{row.card_id}"' in by_code and f'href="/audit/terminals/{row.terminal_id}"' in by_code

@@ -100,3 +100,23 @@ def test_the_banner_speaks_of_the_offices_update_not_a_trust_bundle(age_days: fl
         items = banner_items({"bundle_age_days": age_days}, lang, 0.0)
         assert len(items) == 1 and items[0]["code"] in ("bundle_missing", "bundle_old")
         assert jargon not in items[0]["text"].lower(), items[0]["text"]
+
+
+#: The Indonesian catalogues whose texts name the receipt code: the counter's and the auditor pages'.
+CATALOGUES = (Path(__file__).parents[1] / "terminal" / "screen" / "locale" / "id" / "LC_MESSAGES" / "terminal.po",
+              Path(__file__).parents[1] / "server" / "audit" / "locale" / "id" / "LC_MESSAGES" / "audit.po")
+
+
+@pytest.mark.parametrize("path", CATALOGUES, ids=lambda p: p.name)
+def test_the_receipt_code_has_one_indonesian_name(path: Path) -> None:
+    """"Kode bukti" on the counter's result and receipt, its complaint form and the auditor's search alike (it was
+    also "Kode struk" and "Kode tanda terima": a clerk and an auditor could not tell they meant one code)."""
+    from babel.messages.pofile import read_po
+
+    with path.open("rb") as fh:
+        catalog = read_po(fh, locale="id")
+    named = [m for m in catalog if isinstance(m.id, str) and "receipt code" in m.id.lower()]
+    assert named
+    for m in named:
+        said = str(m.string).lower()
+        assert "kode bukti" in said and "kode struk" not in said and "tanda terima" not in said, (m.id, m.string)
