@@ -216,10 +216,16 @@ def grievance_json(g: Grievance) -> dict[str, Any]:
 def receipt_entries(session: Session, code: str) -> list[dict[str, Any]]:
     """The journal entries a receipt code names (40 bits of a hash: one, rarely more), with their household.
 
+    Each is a dict: ``receipt_code``, ``entry_id`` (hex), ``terminal_id``, ``seq``, ``wall_time`` (ISO 8601
+    UTC), ``card_id``, ``household_ref``, ``programme``, ``amount``, ``fallback`` (``"qr"`` or ``"manual"``
+    for a redemption served without a card write, docs/fallback.md, else None) and ``approved_by`` (who let
+    that fallback through, else None).
+
     Indexes new journal rows first (:func:`server.audit.receipts.index_receipts`; caller commits).
 
     :raises GrievanceError: not a receipt code.
     """
+    from server.audit.entries import fallback_of
     from server.audit.models import ReceiptCode
     from server.audit.receipts import index_receipts, normalise_code
     from server.models import JournalEntryRow
@@ -235,6 +241,10 @@ def receipt_entries(session: Session, code: str) -> list[dict[str, Any]]:
         .join(ReceiptCode, ReceiptCode.journal_id == j.id)
         .outerjoin(CardProfile, CardProfile.card_id == j.card_id)
         .where(ReceiptCode.code == normal).order_by(j.wall_time, j.terminal_id, j.seq)).all()
-    return [{"receipt_code": normal, "entry_id": e.entry_id.hex(), "terminal_id": e.terminal_id, "seq": e.seq,
-             "wall_time": e.wall_time.isoformat(), "card_id": e.card_id, "household_ref": household_ref,
-             "programme": e.programme, "amount": e.amount} for e, household_ref in rows]
+    out = []
+    for e, household_ref in rows:
+        step, approver = fallback_of(e.raw) or (None, None)
+        out.append({"receipt_code": normal, "entry_id": e.entry_id.hex(), "terminal_id": e.terminal_id, "seq": e.seq,
+                    "wall_time": e.wall_time.isoformat(), "card_id": e.card_id, "household_ref": household_ref,
+                    "programme": e.programme, "amount": e.amount, "fallback": step, "approved_by": approver or None})
+    return out

@@ -13,6 +13,7 @@ Imported by :mod:`server.audit.views` so the routes are on its blueprint.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -108,7 +109,8 @@ def grievance(grievance_id: str) -> ResponseReturnValue:
     entries: list[dict[str, Any]] = []
     if found.receipt_code:
         session = db.write_session()  # indexes receipt codes of journal rows not indexed yet
-        entries = receipt_entries(session, found.receipt_code)
+        entries = [{**e, "wall_time": dt.datetime.fromisoformat(e["wall_time"])}  # shown in WIB
+                   for e in receipt_entries(session, found.receipt_code)]
         session.commit()
     recorder = db.session.get(Person, found.created_by) if found.created_by else None
     decider = db.session.get(Person, found.decided_by) if found.decided_by else None

@@ -126,13 +126,24 @@ def duration(delta: dt.timedelta | None, lang: str) -> str:
     return f"{h} {units[1]} {m} {units[2]}" if h else f"{m} {units[2]}"
 
 
+def household_label_of(ref: str | None) -> str:
+    """A household reference (16 hex digits) as the label clerks use, ``HB-9F3C2A1B``; anything else is ``""``."""
+    from cardlib.records.household_label import household_label
+
+    text = ref or ""
+    if len(text) != 16 or not all(c in "0123456789abcdefABCDEF" for c in text):
+        return ""
+    return household_label(bytes.fromhex(text))
+
+
 def environments() -> dict[str, Environment]:
     """One autoescaping Jinja2 environment per language, with the i18n extension and the filters.
 
     Templates come from :mod:`server.audit` and :mod:`server.dashboard` (one base page).
     Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``, ``programme``,
-    ``summary`` (a finding's summary in the page's language), ``reason`` (a code a journal or an
-    upload carries, e.g. a decline reason, in the page's language: plain text the page escapes).
+    ``household_label`` (:func:`household_label_of`), ``summary`` (a finding's summary in the page's
+    language), ``reason`` (a code a journal or an upload carries, e.g. a decline reason, in the page's
+    language: plain text the page escapes).
 
     ``_()`` is for the templates' own texts only: Jinja's new-style gettext marks its result safe
     and %-formats it, so a value from a journal passed to it went into the page as markup (a
@@ -152,6 +163,7 @@ def environments() -> dict[str, Environment]:
             env.filters[name] = functools.partial(_last, fn, lang)
         env.filters["summary"] = functools.partial(translate_summary, gettext=catalogue.gettext)
         env.filters["reason"] = catalogue.gettext  # a str, not Markup: autoescaped, never formatted
+        env.filters["household_label"] = household_label_of
         out[lang] = env
     return out
 
