@@ -122,3 +122,26 @@ def test_the_indonesian_page_shows_the_clerk_words_not_the_english(
     browser.find_element("id", "qr").send_keys(_qr_from_png() + Keys.ENTER)
     ack: str = WebDriverWait(browser, 20).until(lambda d: d.find_element("css selector", "#qrform .ack").text or False)
     assert ack == "Tidak berhasil: Id petugas: huruf, angka, titik, garis bawah atau tanda hubung, tanpa spasi.", ack
+
+
+def test_the_complaint_form_starts_on_choose_not_on_the_newest_tap(tmp_path: Path) -> None:
+    """A complaint is about the tap the clerk picks: the list starts on "— pilih —" (the form refuses it), not on
+    the newest tap, which a clerk who did not look would file it against."""
+    from tests.test_counter_screen import accepted
+
+    state = ScreenState(CounterMode.MARKET_REDEMPTION, ["food"])
+    state.grievances = GrievanceQueue(tmp_path / "grievances.sqlite")
+    state.publish(accepted())
+    s = CounterScreen(state, port=0).start()
+    try:
+        with urllib.request.urlopen(s.url + "complaint?lang=id", timeout=5) as resp:
+            page = resp.read().decode()
+        about = re.search(r'<select id="about"[^>]*>(.*?)</select>', page, re.S)
+        assert about and "required" in about.group(0).split(">")[0]
+        options = re.findall(r"<option([^>]*)>([^<]*)</option>", about.group(1))
+        assert options[0] == (' value="" selected disabled', "— pilih —"), options
+        assert not any("selected" in attrs for attrs, _ in options[1:])
+        assert options[-1] == (' value="code"', "Bukan salah satu ini: saya ketik kode bukti")
+    finally:
+        s.stop()
+        state.grievances.close()

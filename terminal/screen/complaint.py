@@ -43,6 +43,7 @@ LABELS = {
     "waiting": "waiting for sync", "sent": "at the server", "refused": "refused by the server",
     "hint": "Write what the person says, in their words. Do not write PINs.",
     "other_tap": "None of these: I type the receipt code",
+    "choose": "— choose —",
     "lang_title": "Screen language",
 }
 #: Recent taps offered as "about this tap".
@@ -54,9 +55,14 @@ def _esc(lang: str, msgid: str) -> str:
 
 
 def complaint_page(lang: str, state: ScreenState) -> bytes:
-    """The complaint form in ``lang``, the newest tap with a receipt code, card or household selected."""
+    """The complaint form in ``lang``: which tap it is about starts on "— choose —", never on a tap.
+
+    The recent taps with a receipt code, card or household follow, then "None of these: I type the receipt
+    code" (value ``code``); the clerk must pick one, so a complaint is not filed against the newest tap
+    because nobody changed the list (the form refuses the empty choice).
+    """
     t = translations(lang)
-    taps = []
+    taps = [f'<option value="" selected disabled>{_esc(lang, LABELS["choose"])}</option>']
     for p in state.last(RECENT):
         o = p.outcome
         code = o.receipt.code if o.receipt else ""
@@ -68,7 +74,7 @@ def complaint_page(lang: str, state: ScreenState) -> bytes:
                               "uncertain": "NOT FINISHED", "recovered": "COMPLETED", "voided": "CANCELLED",
                               "retry": "TAP AGAIN"}.get(o.status.value, o.status.value))
         taps.append(f'<option value="{p.n}">{html.escape(f"{when} · {what} · {headline}")}</option>')
-    taps.append(f'<option value="">{_esc(lang, LABELS["other_tap"])}</option>')
+    taps.append(f'<option value="code">{_esc(lang, LABELS["other_tap"])}</option>')
     categories = "".join(f'<option value="{c}">{_esc(lang, CATEGORY_NAMES[c])}</option>' for c in CATEGORIES)
     labels = {k: _esc(lang, v) for k, v in LABELS.items()}
     other = next(x for x in LANGUAGES if x != lang)
