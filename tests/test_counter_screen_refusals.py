@@ -145,3 +145,25 @@ def test_the_complaint_form_starts_on_choose_not_on_the_newest_tap(tmp_path: Pat
     finally:
         s.stop()
         state.grievances.close()
+
+
+@pytest.mark.parametrize("lang", ["id", "en"])
+def test_a_household_not_in_the_programme_shows_no_remaining(lang: str) -> None:
+    """"Sisa: 0 paket pangan" under "not registered for this programme" read as "used up": the line is left out;
+    a household that used its entitlement up still sees 0 left."""
+    import time
+
+    from cardlib.records.claims import Unit
+    from terminal.outcome import TapOutcome, TapStatus
+    from terminal.policy import DeclineReason
+    from terminal.screen.server import Published, outcome_view
+
+    def declined(reason: DeclineReason, entitled: int) -> dict[str, Any]:
+        o = TapOutcome(TapStatus.DECLINED, "vpcd 0", CounterMode.MARKET_REDEMPTION, "food", reason=reason,
+                       household_ref="HB-7Q2K", unit=Unit.PACKAGE, entitled=entitled, remaining=0)
+        return outcome_view(Published(1, o, time.time()), lang)
+
+    stranger = declined(DeclineReason.NOT_IN_PROGRAMME, 0)
+    assert (stranger["remaining"], stranger["entitled"]) == ("", "") and stranger["household"] == "HB-7Q2K"
+    used_up = declined(DeclineReason.NOTHING_LEFT, 2)
+    assert used_up["remaining"] == ("0 paket pangan" if lang == "id" else "0 food packages")

@@ -383,7 +383,9 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
     ``reason`` of a wrong PIN says the card's tries left when the tap learnt them (:data:`PIN_TRIES_LEFT`,
     :data:`PIN_LAST_TRY`), ``pin_tries_left`` carries the number (None: not known);
     ``time`` is the programme's wall time with its zone (``"08:15:02 WIB"``, :func:`local_time`);
-    ``remaining_label`` names what ``remaining`` counts (the fallback allowance after a QR or
+    ``remaining`` and ``entitled`` are "" when there is no count to show (no unit, or a decline of a household
+    entitled to nothing here: not registered for the programme); ``remaining_label`` names what ``remaining``
+    counts (the fallback allowance after a QR or
     supervisor entry, else the card's entitlement); ``via`` says how a fallback was served ("via QR",
     "manual entry"; "" for a card tap).
     """
@@ -395,6 +397,9 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         left = o.pin_tries_left
         reason = t.ngettext(*PIN_TRIES_LEFT, left) % {"n": left} if left > 0 else t.gettext(PIN_LAST_TRY)
     r = o.receipt
+    # A decline where the household has no entitlement at all (not registered for the programme, or a programme
+    # this counter does not serve): "Remaining: 0" would read as "used up"; the line is left out.
+    counted = o.unit is not None and not (o.status is TapStatus.DECLINED and o.entitled == 0)
     return {
         "n": p.n,
         "status": o.status.value,
@@ -405,9 +410,9 @@ def outcome_view(p: Published, lang: str) -> dict[str, Any]:
         "household": o.household_ref or "",
         "programme": programme_name(lang, o.programme) if o.programme else "",
         "hand_over": amount_text(lang, o.unit, o.amount) if o.amount else "",
-        "remaining": amount_text(lang, o.unit, o.remaining) if o.unit else "",
+        "remaining": amount_text(lang, o.unit, o.remaining) if counted else "",
         "remaining_label": t.gettext(FALLBACK_REMAINING if is_fallback(o) else REMAINING),
-        "entitled": amount_text(lang, o.unit, o.entitled) if o.unit else "",
+        "entitled": amount_text(lang, o.unit, o.entitled) if counted else "",
         "balances": [
             {"programme": programme_name(lang, b.programme), "entitled": amount_text(lang, b.unit, b.entitled),
              "remaining": amount_text(lang, b.unit, b.remaining)}
