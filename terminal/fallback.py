@@ -357,35 +357,34 @@ class FallbackDesk:
 
     def _serve(self, ask: _Ask, trust: Trust, now: float, here: Collection[str] | None) -> TapOutcome:
         bundle = trust.bundle
+
+        def refuse(reason: DeclineReason, detail: str) -> TapOutcome:
+            # a QR verified: its decline names the household as a served one does (a supervisor entry knows none)
+            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, reason, detail,
+                                 household=ask.household_ref)
+
         programmes = bundle_programmes(bundle)
         if ask.programme not in programmes:
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.PROGRAMME_NOT_AT_COUNTER, "programme not in the bundle")
+            return refuse(DeclineReason.PROGRAMME_NOT_AT_COUNTER, "programme not in the bundle")
         rules = programmes[ask.programme][1]
         if rules.mode is not self._mode or (here is not None and ask.programme not in here):
             # as decide(): a counter serves only its mode's programmes that its profile lists
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.PROGRAMME_NOT_AT_COUNTER,
-                                 f"programme {ask.programme!r} is not served at this {self._mode.value} counter")
+            return refuse(DeclineReason.PROGRAMME_NOT_AT_COUNTER,
+                          f"programme {ask.programme!r} is not served at this {self._mode.value} counter")
         if rules.pin_required:  # no card at the desk, so no PIN to check: never served this way
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.PIN_REQUIRED_NO_FALLBACK,
-                                 f"bundle policy pin.{ask.programme}=1: the card PIN is required, no fallback")
+            return refuse(DeclineReason.PIN_REQUIRED_NO_FALLBACK,
+                          f"bundle policy pin.{ask.programme}=1: the card PIN is required, no fallback")
         if ask.quantity < 1:
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.INVALID_QUANTITY, "quantity below 1")
+            return refuse(DeclineReason.INVALID_QUANTITY, "quantity below 1")
         unit = rules.unit
         if clock_wrong(bundle, now, counter_limits(self._limits, bundle).stale_days, trust.mark):  # as a card tap
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.COUNTER_CLOCK_WRONG, "the counter's clock is wrong for its bundle")
+            return refuse(DeclineReason.COUNTER_CLOCK_WRONG, "the counter's clock is wrong for its bundle")
         if trust.expired and unit is Unit.RUPIAH:  # as decide(): no cash on an expired bundle
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme, DeclineReason.BUNDLE_EXPIRED,
-                                 "trust bundle expired: no cash until the counter syncs")
+            return refuse(DeclineReason.BUNDLE_EXPIRED, "trust bundle expired: no cash until the counter syncs")
         limit = fallback_limit(bundle, ask.step, ask.programme)
         if limit == 0:  # the step is off for this programme, not used up
-            return self._decline(ask.step, ask.approver, ask.card_id, ask.programme,
-                                 DeclineReason.FALLBACK_NOT_ENABLED,
-                                 f"bundle policy fallback.{ask.step}.{ask.programme} is absent or 0")
+            return refuse(DeclineReason.FALLBACK_NOT_ENABLED,
+                          f"bundle policy fallback.{ask.step}.{ask.programme} is absent or 0")
         start, end = (t.timestamp() for t in cycle_bounds(cycle_of(dt.datetime.fromtimestamp(now, dt.UTC))))
         card = ask.card_id.hex()
         with self._lock:

@@ -167,3 +167,23 @@ def test_a_household_not_in_the_programme_shows_no_remaining(lang: str) -> None:
     assert (stranger["remaining"], stranger["entitled"]) == ("", "") and stranger["household"] == "HB-7Q2K"
     used_up = declined(DeclineReason.NOTHING_LEFT, 2)
     assert used_up["remaining"] == ("0 paket pangan" if lang == "id" else "0 food packages")
+
+
+def test_a_qr_decline_before_the_limits_names_the_household(tmp_path: Path) -> None:
+    """The QR verified, so its household is known: a step the bundle does not enable (fallback_not_enabled)
+    showed no household, as if the QR had not decoded."""
+    from cardlib.records.bundle import Programme
+    from cardlib.records.household_label import household_label
+    from tests.fallback_support import screen_desk
+    from tests.test_records_support import identity
+
+    with screen_desk(tmp_path, terminal_id="T-FB-OFF", mode=CounterMode.MARKET_REDEMPTION, served=["pangan"],
+                     programmes=(Programme(1, "pangan", "package", 1),), policies={}) as (url, _):
+        status, answer = _post(url, "/api/fallback/qr", {"qr": _qr_from_png(), "clerk": "clerk-ani",
+                                                          "programme": "pangan"})
+        assert (status, answer["reason"]) == (200, "fallback_not_enabled")
+        label = household_label(identity().household_ref)
+        assert answer["household_ref"] == label
+        with urllib.request.urlopen(url + "api/state?lang=id", timeout=5) as resp:
+            [shown] = json.loads(resp.read())["results"]
+        assert shown["household"] == label and shown["remaining"] == ""
