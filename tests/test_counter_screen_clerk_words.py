@@ -120,3 +120,15 @@ def test_the_receipt_code_has_one_indonesian_name(path: Path) -> None:
     for m in named:
         said = str(m.string).lower()
         assert "kode bukti" in said and "kode struk" not in said and "tanda terima" not in said, (m.id, m.string)
+
+
+@pytest.mark.parametrize(("lang", "row"), [("id", "<dt>Sesi loket</dt><dd>Sesi ke-3</dd>"),
+                                           ("en", "<dt>Counter session</dt><dd>Session 3</dd>")])
+def test_the_shift_slip_names_the_session_in_words(lang: str, row: str) -> None:
+    """The slip's start number read "Nyala ke- 3" (a label ending in a hyphen, the number in the next column)."""
+    from cardlib.records.checkpoint import verify_checkpoint
+    from terminal.screen.server import shift_slip
+    from tests.test_checkpoint import KEYS, sample, signed
+
+    slip = shift_slip(1, verify_checkpoint(signed(sample()), KEYS), lang).decode()
+    assert row in slip and "Nyala" not in slip

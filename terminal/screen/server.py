@@ -550,7 +550,7 @@ def shift_slip(n: int, signed: SignedCheckpoint, lang: str) -> bytes:
     t = translations(lang)
     c = signed.checkpoint
     labels = _labels(lang, {
-        "title": "Shift slip", "terminal": "Counter", "boot": "Start no.", "printed": "Signed at",
+        "title": "Shift slip", "terminal": "Counter", "boot": "Counter session", "printed": "Signed at",
         "entries": "Journal entries", "head": "Journal head", "programme": "Programme", "taps": "Taps",
         "total": "Total", "declined": "Declined taps", "none": "No redemptions in this shift.",
         "scan": "The auditor scans this code into the server.", "print": "Print", "back": "Back to the counter",
@@ -574,7 +574,8 @@ def shift_slip(n: int, signed: SignedCheckpoint, lang: str) -> bytes:
     src = resources.files("terminal.screen").joinpath("shift.html").read_text("utf-8")
     body = Template(src).substitute(
         lang=lang, n=n, rows=rows,
-        terminal_id=html.escape(c.terminal_id), boot_id=c.boot_id,
+        # the daemon's start number (checkpoint claim 3) as a clerk reads it: "Sesi ke-1", not "Nyala ke- 1"
+        terminal_id=html.escape(c.terminal_id), boot_id=html.escape(t.gettext("Session %(n)s") % {"n": c.boot_id}),
         when=local_time(c.wall_ms / 1000, "%Y-%m-%d %H:%M:%S"),
         first_seq=c.first_seq, head_seq=c.head_seq, head_hash=grouped, declined_n=c.declined,
         qr_text=html.escape(to_qr_text(signed.message)), kid=signed.kid.hex(),
