@@ -115,13 +115,27 @@ def test_the_indonesian_page_shows_the_clerk_words_not_the_english(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from tests.fixtures.browser import PHONE, no_horizontal_scroll, viewport
+
     url, _ = counter
+    viewport(browser, *PHONE, mobile=True)  # the clerk's words wrap inside a 390 px phone
     browser.get(url)
     browser.find_element("css selector", "#fallback > summary").click()
     browser.find_element("id", "clerk").send_keys("petugas ani")
     browser.find_element("id", "qr").send_keys(_qr_from_png() + Keys.ENTER)
     ack: str = WebDriverWait(browser, 20).until(lambda d: d.find_element("css selector", "#qrform .ack").text or False)
     assert ack == "Tidak berhasil: Id petugas: huruf, angka, titik, garis bawah atau tanda hubung, tanpa spasi.", ack
+    assert no_horizontal_scroll(browser)
+    browser.get(url + "complaint")  # the complaint form's refusal (this desk's screen keeps no complaints)
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "about")).select_by_value("code")
+    browser.find_element("id", "code").send_keys("1234")
+    browser.find_element("id", "text").send_keys("paket tidak diterima")
+    browser.find_element("id", "submit").click()
+    said: str = WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "ack").text or False)
+    assert said == "Tidak berhasil: Loket ini tidak mencatat keluhan.", said
+    assert no_horizontal_scroll(browser)
 
 
 def test_the_complaint_form_starts_on_choose_not_on_the_newest_tap(tmp_path: Path) -> None:
