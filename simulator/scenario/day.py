@@ -3,7 +3,8 @@
 Order (each step prints one short paragraph through :class:`Story`):
 
 1. keys: ``huma keys init`` + issuer, terminal CA, bundle and technician keys;
-2. server: ``huma server db upgrade``, ``huma server people add`` (admin, auditor),
+2. server: ``huma server db upgrade``, ``huma server people add`` (admin, auditor; the technician
+   tech-01 is added at the issuance upload, step 5),
    ``huma server run`` (waitress, SQLite) as a subprocess;
 3. enrolment: ``huma terminal init`` + ``huma terminal enrol`` for the clinic,
    market and balance-kiosk counters, ``huma keys csr`` for the provisioning
@@ -255,7 +256,7 @@ class Day:
         self.start_server()
         self.api.login("admin", secret(self.secrets / "admin.pass"))
         self.story.say(f"`huma server run` (waitress, SQLite {self.dir / 'server' / 'huma.db'}) on {self.server_url}; "
-                       "people: admin, auditor.")
+                       "people: admin, auditor (the technician tech-01 is added where the cards are registered).")
 
     # ------------------------------------------------------------------ 3. enrolment
 
@@ -439,7 +440,8 @@ class Day:
         if accepted != len(self.result.card_ids):
             raise ScenarioError(f"issuance upload registered {accepted} of {len(self.result.card_ids)} cards:\n{out}")
         self.result.household_refs = sorted(self.refs.values())
-        self.story.say(f"`huma server cards upload-issuance` (technician tech-01): {accepted} cards registered, "
+        self.story.say(f"`huma server people add tech-01 --role technician`, then `huma server cards upload-issuance` "
+                       f"(technician tech-01): {accepted} cards registered, "
                        "so the server knows each card's household (household view, receipts, dashboard).")
 
     # ------------------------------------------------------------------ 7/8. the counter day
