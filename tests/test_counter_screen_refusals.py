@@ -67,6 +67,9 @@ def test_every_refusal_code_has_clerk_words_in_indonesian() -> None:
     for code, msgid in ERROR_TEXTS.items():
         said = translations("id").gettext(msgid)
         assert said != msgid and "ASCII" not in said, code
+    from terminal.grievances import TEXT_MAX
+
+    assert str(TEXT_MAX) in ERROR_TEXTS["complaint_text"]  # the words name the queue's real limit
     assert translations("id").gettext(ERROR_TEXTS["clerk_id"]) == (
         "Id petugas: huruf, angka, titik, garis bawah atau tanda hubung, tanpa spasi.")
 
