@@ -588,7 +588,9 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
     transaction (:func:`server.upload.store_entries` + commit); ``group``: the same through
     :class:`server.upload.GroupCommit`; ``floor``: the serial small batches again, each verified and
     receipted as in ``serial`` but storing only one 200-byte row of a scratch table in its write
-    transaction: what one durable commit per acknowledged batch costs whatever the store does. Each batch:
+    transaction: what one durable commit per acknowledged batch costs whatever the store does; ``raw``: the
+    same on a pooled DB-API connection (no session); ``direct``: the serial small batches as the upload
+    route stores a lone one (:func:`server.upload.store_extension_direct`). Each batch:
     :func:`server.upload.verify_batch`, the store, the commit, :func:`cardlib.records.statements.sign_receipt`.
 
     :returns: per repetition, µs per entry of each phase: ``<phase>_wall``, ``<phase>_app`` (this
@@ -602,7 +604,16 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
     from cardlib.records.statements import ReceiptLine, sign_receipt
     from server.db import WRITE, make_sessionmaker
     from server.receipts import _ReceiptSigner
-    from server.upload import Batch, EntryResult, GroupCommit, Outcome, _autocommit, store_entries, verify_batch
+    from server.upload import (
+        Batch,
+        EntryResult,
+        GroupCommit,
+        Outcome,
+        _autocommit,
+        store_entries,
+        store_extension_direct,
+        verify_batch,
+    )
 
     sims, rows = _load_journal(url, journal, terminals)
     engine = make_engine(url, pool_size=threads + 2)
@@ -676,6 +687,38 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
             s.commit()
         receipt(row, body, [EntryResult(i, Outcome.ACCEPTED, s.entry.entry_id, s.entry.seq) for i, s in verified])
 
+    def direct(item: tuple[Terminal, Batch, bytes]) -> None:
+        """As the upload route stores a lone small batch: :func:`server.upload.store_extension_direct` on
+        a pooled connection (the request's), no session; the classifier only if it declines."""
+        row, batch, body = item
+        rejected, verified = verify_batch(batch, row)
+        with engine.connect() as c:
+            results, _stored = store_extension_direct(c, row.terminal_id, verified, batch.batch_id)
+        assert results is not None, "not a plain extension"
+        receipt(row, body, results)
+
+    def raw_floor(item: tuple[Terminal, Batch, bytes]) -> None:
+        """As :func:`floor` on a pooled DB-API connection, without session or SQLAlchemy statements: the
+        least this server can spend per batch with one durable commit per receipt."""
+        row, batch, body = item
+        rejected, verified = verify_batch(batch, row)
+        assert not rejected
+        rc = engine.raw_connection()
+        if pg:
+            rc.driver_connection.autocommit = True
+        cur = rc.driver_connection.cursor()
+        if pg:
+            cur.execute("INSERT INTO bench_floor (n, b) VALUES (%s, %s)", (len(verified), b"x" * 200))
+        else:
+            cur.execute("BEGIN IMMEDIATE")
+            cur.execute("INSERT INTO bench_floor (n, b) VALUES (?, ?)", (len(verified), b"x" * 200))
+            cur.execute("COMMIT")
+        cur.close()
+        if pg:
+            rc.driver_connection.autocommit = False
+        rc.close()
+        receipt(row, body, [EntryResult(i, Outcome.ACCEPTED, s.entry.entry_id, s.entry.seq) for i, s in verified])
+
     def timed(run: Callable[[], None]) -> tuple[float, float, float]:
         db0 = _backend_cpu_ns(engine) if pg else 0
         wall, cpu = time.perf_counter(), time.process_time()
@@ -723,6 +766,10 @@ def run_store_path(url: str, journal: int, terminals: int, small: int, bulk: int
             "bulk": (lambda: serial([plan(sims[0], rows[0], bulk) for _ in range(rounds)]), bulk),
             "floor": (lambda: serial([plan(t, r, small) for _ in range(rounds)
                                       for t, r in zip(sims, rows, strict=True)], floor), small),
+            "direct": (lambda: serial([plan(t, r, small) for _ in range(rounds)
+                                       for t, r in zip(sims, rows, strict=True)], direct), small),
+            "raw": (lambda: serial([plan(t, r, small) for _ in range(rounds)
+                                    for t, r in zip(sims, rows, strict=True)], raw_floor), small),
             "own": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
                                         for t, r in zip(sims, rows, strict=True)], one), small),
             "group": (lambda: concurrent([plan(t, r, small) for _ in range(rounds)
@@ -758,8 +805,9 @@ def store_path_main(args: argparse.Namespace) -> None:
           f"= every small batch at once to {args.threads} threads, each batch its own transaction (own) or "
           "group commit (group); CPU = this process + the PostgreSQL backends (/proc/<pid>/schedstat)")
     print("| db | run | µs/entry wall: serial small / own / group / bulk "
-          "| CPU (app + db): serial small / own / group / bulk / floor | CPU ÷ bulk: serial / own / group / floor "
-          "| wall ÷ bulk: serial / own / group / floor | batches per group |")
+          "| CPU (app + db): serial small / own / group / bulk / floor / raw floor / direct "
+          "| CPU ÷ bulk: serial / own / group / floor / raw floor / **direct** "
+          "| wall ÷ bulk: serial / own / group / floor / raw floor / direct | batches per group |")
     print("|---|---|---|---|---|---|---|")
     for kind in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
         with tempfile.TemporaryDirectory() as tmp:
@@ -774,13 +822,17 @@ def store_path_main(args: argparse.Namespace) -> None:
             def cpu(phase: str, r: dict[str, float] = r) -> str:
                 return f"{r[phase + '_app'] + r[phase + '_db']:.0f} ({r[phase + '_db']:.0f})"
 
-            tot = {p: r[p + "_app"] + r[p + "_db"] for p in ("serial", "own", "group", "bulk", "floor")}
+            tot = {p: r[p + "_app"] + r[p + "_db"]
+                   for p in ("serial", "own", "group", "bulk", "floor", "raw", "direct")}
             print(f"| {kind} | {i} | {r['serial_wall']:.0f} / {r['own_wall']:.0f} / {r['group_wall']:.0f} "
                   f"/ {r['bulk_wall']:.0f} | {cpu('serial')} / {cpu('own')} / {cpu('group')} / {cpu('bulk')} "
-                  f"/ {cpu('floor')} | {tot['serial'] / tot['bulk']:.2f}× / {tot['own'] / tot['bulk']:.2f}× "
-                  f"/ {tot['group'] / tot['bulk']:.2f}× / {tot['floor'] / tot['bulk']:.2f}× "
+                  f"/ {cpu('floor')} / {cpu('raw')} / {cpu('direct')} | {tot['serial'] / tot['bulk']:.2f}× "
+                  f"/ {tot['own'] / tot['bulk']:.2f}× / {tot['group'] / tot['bulk']:.2f}× "
+                  f"/ {tot['floor'] / tot['bulk']:.2f}× / {tot['raw'] / tot['bulk']:.2f}× "
+                  f"/ **{tot['direct'] / tot['bulk']:.2f}×** "
                   f"| {r['serial_wall'] / r['bulk_wall']:.2f}× / {r['own_wall'] / r['bulk_wall']:.2f}× "
                   f"/ {r['group_wall'] / r['bulk_wall']:.2f}× / {r['floor_wall'] / r['bulk_wall']:.2f}× "
+                  f"/ {r['raw_wall'] / r['bulk_wall']:.2f}× / {r['direct_wall'] / r['bulk_wall']:.2f}× "
                   f"| {r['group_size']:.1f} |", flush=True)
 
 

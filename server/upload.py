@@ -58,6 +58,7 @@ from cardlib.records.upload import (  # noqa: F401 - re-exported; the envelope f
     sign_envelope,
     verify_envelope,
 )
+from server.db import is_unreachable
 from server.errors import (
     BadBatchSignature,
     BadRequest,
@@ -449,6 +450,7 @@ def store_entries(
     *,
     at_once: bool = False,
     read: tuple[list[_Stored], set[bytes] | None] | None = None,
+    stored_already: frozenset[bytes] = frozenset(),
 ) -> list[EntryResult]:
     """Classify and store verified entries in the session's (write) transaction.
 
@@ -464,13 +466,16 @@ def store_entries(
     :param read: what :func:`_read_and_insert_pg_many` already did for this batch in this transaction
         (the stored rows it read, the entry hashes it inserted or ``None``): used instead of a read
         (and insert) of its own.
+    :param stored_already: entry hashes of this batch already stored and committed for this request (by
+        :func:`store_extension_direct`, rows of which a concurrent upload took the others): counted accepted.
     :returns: one result per uploaded entry, in upload order (rejections included).
     """
     now = utcnow()
     results: dict[int, EntryResult] = {r.index: r for r in rejected}
     entries = [s for _, s in verified]
-    stored_now: set[bytes] = set()  # entry hashes the at-once statement already stored
-    if at_once and not rejected and not session.in_transaction() and _extends_chain(session, verified):
+    stored_now: set[bytes] = set(stored_already)  # entry hashes already stored for this request
+    if (at_once and not stored_now and not rejected and not session.in_transaction()
+            and _extends_chain(session, verified)):
         driver = session.connection().connection.driver_connection
         assert driver is not None  # a checked-out pooled connection always has its DB-API connection
         with _autocommit(driver, True):
@@ -589,6 +594,95 @@ def store_entries(
     return [results[i] for i in sorted(results)]
 
 
+def store_extension_direct(connection: Connection, terminal_id: str, verified: Sequence[tuple[int, SignedEntry]],
+                           batch_id: str | None) -> tuple[list[EntryResult] | None, frozenset[bytes]]:
+    """Store a batch that plainly extends its terminal's stored chain on ``connection``'s DB-API
+    connection, without an ORM session (issue 21: a session's begin/commit machinery cost a small batch
+    more than its statements: bench/README.md "Small batches", the floor and raw-floor phases).
+
+    A plain extension, as :func:`_read_and_insert_pg` checks it: 1..:data:`PG_COPY_MIN_ROWS` entries
+    with consecutive seqs, each linked to the one before (:func:`_linked_run`); no stored row of the
+    terminal at their seqs or the next one; a stored predecessor, if any, whose hash is the first
+    entry's ``prev_entry_hash`` and whose entry id is none of theirs; no entry id stored under another
+    terminal or seq (the insert skips it). Then :func:`store_entries` would accept every entry.
+
+    - PostgreSQL: the read-and-insert statement (:func:`_pg_read_insert_sql`) in autocommit, a
+      transaction of its own: one round trip;
+    - SQLite: ``BEGIN IMMEDIATE``, the neighbour read, the multi-row insert (:func:`_sqlite_values_sql`),
+      then ``COMMIT`` only when every row was inserted, else ``ROLLBACK``.
+
+    For a caller that needs nothing else stored with the rows (no benefit cycle to insert, no rejected
+    entry to keep as evidence). The receipt loses no settlement: a settlement names a PENDING entry that
+    reconciliation read from the journal (:mod:`server.reconcile.settlements`), never one inserted now.
+
+    :param connection: a checked-out connection with no transaction open (the upload's, after its
+        terminal look-up: :func:`authenticate`).
+    :param verified: (upload index, verified entry) pairs, in upload order.
+    :returns: ``(results, inserted)``: ``results`` one ACCEPTED per entry in upload order when every
+        entry was stored and committed, else ``None``: then the caller stores the batch as usual, with
+        :func:`store_entries` (``stored_already=inserted``): the entry hashes this call stored and
+        committed (PostgreSQL, when a concurrent upload stored some of the rows first; always empty on
+        SQLite, which rolls back).
+    :raises: the driver's own errors (sqlite3 / psycopg, not wrapped: server.db.is_busy and
+        server.db.is_unreachable read them); a connection found unreachable is invalidated (the pool
+        drops it).
+    """
+    entries = [s for _, s in verified]
+    dialect = connection.dialect
+    if not _linked_run(verified) or dialect.name not in ("sqlite", "postgresql") or connection.in_transaction():
+        return None, frozenset()
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+    now = utcnow()
+    try:
+        if dialect.name == "postgresql":
+            with _autocommit(driver, True):
+                if not driver.autocommit:  # the driver is inside a transaction: never insert in it
+                    return None, frozenset()
+                _read, inserted = _read_and_insert_pg_on(driver, dialect, terminal_id, entries, batch_id, now)
+            if inserted is not None and len(inserted) == len(entries):
+                return [EntryResult(i, Outcome.ACCEPTED, e.entry.entry_id, e.entry.seq) for i, e in verified], \
+                    frozenset(inserted)
+            return None, frozenset(inserted or ())
+        return _store_extension_sqlite(driver, dialect, terminal_id, verified, batch_id, now), frozenset()
+    except Exception as exc:
+        if is_unreachable(exc):
+            connection.invalidate()
+        raise
+
+
+def _store_extension_sqlite(driver: Any, dialect: Any, terminal_id: str, verified: Sequence[tuple[int, SignedEntry]],
+                            batch_id: str | None, now: dt.datetime) -> list[EntryResult] | None:
+    """SQLite side of :func:`store_extension_direct` on the sqlite3 connection ``driver`` (autocommit
+    mode: the engine's connections leave transactions to explicit statements, server/db.py)."""
+    entries = [s for _, s in verified]
+    first, last = entries[0].entry, entries[-1].entry
+    ids = {s.entry.entry_id for s in entries}
+    if driver.in_transaction:  # a transaction SQLAlchemy does not know of: never insert in it
+        return None
+    cur = driver.cursor()
+    try:
+        cur.execute("BEGIN IMMEDIATE")
+        committed = False
+        try:
+            near = cur.execute(_NEAR_SQL_SQLITE, (terminal_id, first.seq - 1, last.seq + 1)).fetchall()
+            if all(r[2] < first.seq and bytes(r[3]) == first.prev_entry_hash and bytes(r[0]) not in ids
+                   for r in near):
+                columns = _entry_columns(entries, batch_id, now)
+                params = [v for row in zip(*_driver_columns(columns, dialect), strict=False) for v in row]
+                inserted = {bytes(h) for (h,) in cur.execute(_sqlite_values_sql(len(entries)), params).fetchall()}
+                if len(inserted) == len(entries):
+                    cur.execute("COMMIT")
+                    committed = True
+                    return [EntryResult(i, Outcome.ACCEPTED, e.entry.entry_id, e.entry.seq) for i, e in verified]
+            return None
+        finally:
+            if not committed and driver.in_transaction:
+                cur.execute("ROLLBACK")
+    finally:
+        cur.close()
+
+
 #: Batches of at most this many new rows skip the ``COPY`` staging (see :func:`_insert_entries_pg_rows`).
 PG_COPY_MIN_ROWS = 64
 #: SQLite batches of at most this many new rows are inserted by one multi-row ``INSERT ... RETURNING``, no savepoint.
@@ -598,7 +692,13 @@ SMALL_BATCH_ROWS = 64
 def _extends_chain(session: Session, verified: Sequence[tuple[int, SignedEntry]]) -> bool:
     """True for a PostgreSQL batch of 1..:data:`PG_COPY_MIN_ROWS` entries with consecutive seqs in
     upload order, each linked to the one before it (what a counter's incremental upload is)."""
-    if not 0 < len(verified) <= PG_COPY_MIN_ROWS or session.get_bind().dialect.name != "postgresql":
+    return session.get_bind().dialect.name == "postgresql" and _linked_run(verified)
+
+
+def _linked_run(verified: Sequence[tuple[int, SignedEntry]]) -> bool:
+    """True for 1..:data:`PG_COPY_MIN_ROWS` entries with consecutive seqs in upload order, each linked
+    to the one before it (its ``prev_entry_hash`` the previous entry's hash)."""
+    if not 0 < len(verified) <= PG_COPY_MIN_ROWS:
         return False
     prev: SignedEntry | None = None
     for _, signed in verified:
@@ -626,15 +726,21 @@ def _read_and_insert_pg(session: Session, terminal_id: str, entries: Sequence[Si
     :returns: the stored rows read (before the insert), and the entry hashes inserted now, or
         ``None`` when the rows show no plain extension (then nothing was inserted).
     """
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a checked-out pooled connection always has its DB-API connection
+    return _read_and_insert_pg_on(driver, connection.dialect, terminal_id, entries, batch_id, now)
+
+
+def _read_and_insert_pg_on(driver: Any, dialect: Any, terminal_id: str, entries: Sequence[SignedEntry],
+                           batch_id: str | None, now: dt.datetime) -> tuple[list[_Stored], set[bytes] | None]:
+    """:func:`_read_and_insert_pg` on the psycopg connection ``driver`` (``dialect``: the engine's)."""
     import psycopg  # the driver of every postgresql+psycopg URL (server/db.py)
 
     first, last = entries[0].entry, entries[-1].entry
     ids = [s.entry.entry_id for s in entries]
-    connection = session.connection()
-    rows = [v for row in zip(*_driver_columns(_entry_columns(entries, batch_id, now), connection.dialect),
+    rows = [v for row in zip(*_driver_columns(_entry_columns(entries, batch_id, now), dialect),
                              strict=False) for v in row]
-    driver = connection.connection.driver_connection
-    assert driver is not None  # a checked-out pooled connection always has its DB-API connection
     with psycopg.RawCursor(driver) as cur:
         cur.execute(_pg_read_insert_sql(len(entries)),
                     [terminal_id, first.seq - 1, last.seq + 1, first.seq, first.prev_entry_hash, ids, *rows])
@@ -963,6 +1069,8 @@ class GroupCommit:
         self._queue: list[_Pending] = []
         self._busy = False
         self._max = max_batches
+        #: batches the upload route stored without a group, nothing else waiting (store_extension_direct)
+        self.direct = 0
         #: groups stored and batches in them, since start (for benchmarks and logs)
         self.groups = 0
         self.batches = 0
@@ -972,6 +1080,16 @@ class GroupCommit:
         """Batches queued for the next group (not yet taken by a leader)."""
         with self._cond:
             return len(self._queue)
+
+    def stored_direct(self) -> None:
+        """Count one batch the upload route stored without a group (:attr:`direct`)."""
+        with self._cond:
+            self.direct += 1
+
+    def idle(self) -> bool:
+        """True when no group is being stored and none waits: a batch stored now shares no commit."""
+        with self._cond:
+            return not self._busy and not self._queue
 
     def store(self, begin: Callable[[], Session], terminal: TerminalKey, batch_id: str | None,
               verified: Sequence[tuple[int, SignedEntry]], rejected: list[EntryResult], *,

@@ -18,8 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 
+@pytest.mark.parametrize("path", ["at_once", "direct"])
 def test_a_connection_lost_after_the_at_once_insert_is_answered_by_the_retry(app: Any, world: Any,
-                                                                               monkeypatch: Any) -> None:
+                                                                               monkeypatch: Any, path: str) -> None:
+    """``at_once``: the group path's one-statement store (store_entries), the connection lost at the
+    settlements read after it; ``direct``: server.upload.store_extension_direct (a lone upload), the
+    answer of its autocommit statement lost after PostgreSQL committed it."""
     from cardlib.records.statements import verify_receipt
     from server.blueprints import journal
     from server.extensions import db
@@ -37,8 +41,20 @@ def test_a_connection_lost_after_the_at_once_insert_is_answered_by_the_retry(app
         raise OperationalError("SELECT settlements", {}, Exception("server closed the connection unexpectedly"),
                                connection_invalidated=True)
 
+    from server import upload
+
     with monkeypatch.context() as m:
-        m.setattr(journal, "receipt_settlements", dropped)
+        if path == "at_once":
+            m.setattr(journal, "store_extension_direct", lambda *_a, **_k: (None, frozenset()))
+            m.setattr(journal, "receipt_settlements", dropped)
+        else:
+            real = upload._read_and_insert_pg_on
+
+            def committed_then_dropped(*a: Any, **k: Any) -> Any:
+                real(*a, **k)
+                raise OperationalError("WITH near ...", {}, Exception("server closed the connection unexpectedly"),
+                                       connection_invalidated=True)
+            m.setattr(upload, "_read_and_insert_pg_on", committed_then_dropped)
         r = world.upload(t, [s.message for s in batch])
     assert r.status_code == 503, (r.status_code, r.get_json())
     assert "receipt" not in (r.get_json() or {})

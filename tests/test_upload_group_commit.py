@@ -235,7 +235,10 @@ def test_concurrent_uploads_over_http_each_get_their_receipt(app, world, live_se
         rows = db.session.execute(text("SELECT terminal_id, count(*), count(DISTINCT seq) FROM journal_entries "
                                        "GROUP BY terminal_id")).all()
     assert sorted(rows) == [(t.terminal_id, 6, 6) for t in terminals]
-    assert app.extensions["huma.group_commit"].batches == 36  # every upload went through the group commit
+    group = app.extensions["huma.group_commit"]
+    # every upload went through the group commit or, finding nothing to share a commit with, straight to the
+    # database (server.upload.store_extension_direct)
+    assert group.batches + group.direct == 36 and group.batches > 0
 
 
 def _scenario(world: Any, prefix: str) -> list[tuple[UploadTerminal, list[EntryResult], list[Any]]]:

@@ -16,6 +16,7 @@ from typing import cast
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from cardlib.records.claims import cycle_of
@@ -32,12 +33,14 @@ from server.registry import ensure_cycles
 from server.upload import (
     GROUP_MAX_ENTRIES,
     SIGNATURE_HEADER,
+    EntryResult,
     GroupCommit,
     Outcome,
     UploadTerminal,
     authenticate,
     parse_body,
     store_entries,
+    store_extension_direct,
     verify_batch,
 )
 
@@ -81,15 +84,30 @@ def upload_batch() -> ResponseReturnValue:
     with busy_as_503(retry_after):
         # Without a cycle to insert, a plain extension of the chain is stored by one statement in a
         # transaction of its own (PostgreSQL; server.upload.store_entries).
-        if len(verified) <= GROUP_MAX_ENTRIES:
+        group = _group_commit()
+        direct: list[EntryResult] | None = None
+        stored_already: frozenset[bytes] = frozenset()
+        settlements: list[Settlement]
+        bind = db.session.bind
+        if (len(verified) <= GROUP_MAX_ENTRIES and not cycles and not rejected and group.idle()
+                and isinstance(bind, Connection) and not db.session.in_transaction()):
+            # No other upload to share a commit with: a plain extension of the chain is stored on the
+            # request's connection without a session (server.upload.store_extension_direct); it names
+            # no settlement (all its entries are new).
+            direct, stored_already = store_extension_direct(bind, terminal.terminal_id, verified, batch.batch_id)
+        if direct is not None:
+            results, settlements = direct, []
+            group.stored_direct()
+        elif len(verified) <= GROUP_MAX_ENTRIES and not stored_already:
             # Small batches of concurrent uploads share one transaction (server.upload.GroupCommit);
             # this returns once the batch is committed, with its own results.
-            results, settlements = _group_commit().store(
+            results, settlements = group.store(
                 lambda: db.write_session(continue_read=True), terminal, batch.batch_id, verified, rejected,
                 after=after, at_once=not cycles)
         else:
             session = db.write_session(continue_read=True)
-            results = store_entries(session, terminal, batch.batch_id, verified, rejected, at_once=not cycles)
+            results = store_entries(session, terminal, batch.batch_id, verified, rejected,
+                                    at_once=not cycles and not stored_already, stored_already=stored_already)
             settlements = after(session)
             session.commit()
     db.known_cycles.add(cycles, generation)
