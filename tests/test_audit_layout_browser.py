@@ -144,3 +144,25 @@ def test_dashboard_and_pending_rows_keep_their_labels_on_a_phone(
         assert browser.execute_script(OUTSIDE_VALUE_COLUMN, "tr.pending td") == [], lang
         scroll, inner = _width(browser, 390)
         assert scroll <= inner, f"pending ({lang}): {scroll} px wide at a {inner} px viewport"
+
+
+def test_findings_status_breaks_between_words_at_1280_px_and_fits_a_phone(
+        app, programme, world, live_server, browser) -> None:  # noqa: F811
+    # A fresh user saw "terbuk / a" in the Status column at 1280 px: the summary column took the width.
+    d = programme["district"]
+    card = programme["by_region"]["62.71"][2]
+    d.local_terminals("62.71")[0].redeem(card, _ms(4, 2), "food", 150_000)
+    d.local_terminals("62.03")[0].redeem(card.clone(counter=1), _ms(4, 2, 20), "food", 150_000)
+    upload_all(world, d)
+    run(app)
+    base = f"http://{live_server.host}:{live_server.port}"
+    _log_in(browser, base, "audrey")
+    for width, height in ((1280, 900), (390, 844)):
+        _viewport(browser, width, height)
+        for lang in LANGS:
+            browser.get(f"{base}/audit/findings?lang={lang}")
+            _width(browser, width)
+            assert browser.find_elements("css selector", "tr.finding .finding-status")
+            assert browser.execute_script(BROKEN_WORDS, "tr.finding .finding-status") == [], (lang, width)
+            scroll, inner = _width(browser, width)
+            assert scroll <= inner, f"findings ({lang}): {scroll} px wide at a {inner} px viewport"
