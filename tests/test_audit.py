@@ -133,8 +133,8 @@ def test_card_terminal_and_region_pages(app, clone_world, world):
     regions = client.get("/audit/regions?lang=en").get_data(as_text=True)
     # Food: one redemption in each region; cash: one in 62.71 (programmes by display name).
     cells = [re.sub(r"<[^>]+>", "|", r) for r in re.findall(r'<tr class="region-total">.*?</tr>', regions)]
-    assert "||20261||62.01||Food package||1||1||150,000||" in cells
-    assert "||20261||62.71||Cash aid||1||1||250,000||" in cells
+    assert "||2026 semester 1||62.01||Food package||1||1||150,000||" in cells
+    assert "||2026 semester 1||62.71||Cash aid||1||1||250,000||" in cells
 
 
 def test_exports_csv_json_and_offline_verification(app, clone_world, world, pinned):

@@ -188,7 +188,7 @@ def test_conflict_shows_the_conflicting_entry_and_declines_their_reason(app, con
     section = html[html.index('id="conflict-1"'):]
     # the newcomer's amount and the kept one's
     assert "Bantuan tunai · 1<" in section and "Bantuan tunai · 250000<" in section
-    assert "entri kedua yang berbeda ditandatangani untuk seq" in html  # translated summary
+    assert "entri kedua yang berbeda ditandatangani untuk urutan" in html  # translated summary
     t2 = conflict_world["district"].terminals[2].terminal_id
     page = client.get(f"/audit/terminals/{t2}").get_data(as_text=True)
     assert 'class="decline">hak sudah habis<' in page

@@ -185,9 +185,9 @@ def test_issuance_and_journal_uploads_alone_make_entitlement_revocation_and_regi
     page = client.get("/audit/regions?lang=en").get_data(as_text=True)
     # Redemptions (COMMIT entries), distinct cards, total in the programme's unit.
     rows = [re.sub(r"<[^>]+>", "|", r) for r in re.findall(r'<tr class="region-total">.*?</tr>', page)]
-    assert "||20261||62.71||Food package||4||2||4||" in rows, rows
-    assert "||20261||62.71||Cash aid||1||1||250,000||" in rows
-    assert "||20261||62.01||Food package||1||1||1||" in rows
+    assert "||2026 semester 1||62.71||Food package||4||2||4||" in rows, rows
+    assert "||2026 semester 1||62.71||Cash aid||1||1||250,000||" in rows
+    assert "||2026 semester 1||62.01||Food package||1||1||1||" in rows
 
 
 def test_identity_records_that_do_not_verify_refuse_the_whole_file(app: Any, registry: Any, keys: Keys) -> None:

@@ -106,6 +106,36 @@ PROGRAMME_NAMES = {
 }
 
 
+#: Words for journal entry kinds (msgids), by :class:`cardlib.records.journal.EntryKind` name (docs/design.md).
+ENTRY_KIND_NAMES = {
+    "PENDING": N_("write started"),
+    "COMMIT": N_("redeemed"),
+    "UNCERTAIN": N_("write uncertain"),
+    "FINISHED": N_("uncertain write found done"),
+    "VOIDED": N_("uncertain write found not done (nothing charged)"),
+    "DECLINED": N_("declined"),
+    "BALANCE": N_("balance check"),
+    "ISSUANCE": N_("card issued"),
+    "BOOT": N_("counter started"),
+    "CLOCK_SET": N_("clock set"),
+    "FALLBACK": N_("redeemed by fallback"),
+    "COMPLAINT": N_("complaint recorded"),
+}
+
+
+def entry_kind_name(kind: int | None, lang: str) -> str:
+    """A journal entry kind (an :class:`~cardlib.records.journal.EntryKind` or its number) in words in
+    ``lang``: ``COMMIT`` → ``ditebus`` / ``redeemed``; a number that is no kind is returned as digits."""
+    from cardlib.records.journal import EntryKind
+
+    try:
+        name = EntryKind(int(kind if kind is not None else -1)).name
+    except ValueError:
+        return str(kind)
+    msgid = ENTRY_KIND_NAMES.get(name)
+    return translations(lang).gettext(msgid) if msgid else name
+
+
 def programme_name(code: str | None, lang: str) -> str:
     """A programme code's display name in ``lang`` (``food`` → ``Paket pangan``); an unknown code as given."""
     text = code or ""
@@ -141,9 +171,9 @@ def environments() -> dict[str, Environment]:
 
     Templates come from :mod:`server.audit` and :mod:`server.dashboard` (one base page).
     Filters: ``rupiah``, ``number``, ``percent``, ``wib``, ``cycle_name``, ``duration``, ``programme``,
-    ``household_label`` (:func:`household_label_of`), ``summary`` (a finding's summary in the page's
-    language), ``reason`` (a code a journal or an upload carries, e.g. a decline reason, in the page's
-    language: plain text the page escapes).
+    ``entry_kind`` (:func:`entry_kind_name`), ``household_label`` (:func:`household_label_of`),
+    ``summary`` (a finding's summary in the page's language), ``reason`` (a code a journal or an upload
+    carries, e.g. a decline reason, in the page's language: plain text the page escapes).
 
     ``_()`` is for the templates' own texts only: Jinja's new-style gettext marks its result safe
     and %-formats it, so a value from a journal passed to it went into the page as markup (a
@@ -159,7 +189,8 @@ def environments() -> dict[str, Environment]:
         catalogue = translations(lang)
         env.install_gettext_translations(catalogue, newstyle=True)  # type: ignore[attr-defined]
         for name, fn in (("rupiah", rupiah), ("number", number), ("percent", percent), ("wib", wib),
-                         ("cycle_name", cycle_name), ("duration", duration), ("programme", programme_name)):
+                         ("cycle_name", cycle_name), ("duration", duration), ("programme", programme_name),
+                         ("entry_kind", entry_kind_name)):
             env.filters[name] = functools.partial(_last, fn, lang)
         env.filters["summary"] = functools.partial(translate_summary, gettext=catalogue.gettext)
         env.filters["reason"] = catalogue.gettext  # a str, not Markup: autoescaped, never formatted
