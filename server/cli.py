@@ -10,6 +10,7 @@ through the API, with ``person_id`` empty and ``via: cli`` plus the operating-sy
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import logging
 import os
@@ -32,6 +33,24 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that may carry a new person's password (for scripts; never argv).
 PASSWORD_ENV = "HUMA_PERSON_PASSWORD"
+
+
+#: Characters of :func:`console_time`'s text (``2026-03-02 08:00:15 WIB``): a column's width.
+CONSOLE_TIME_WIDTH = 23
+
+
+def console_time(when: object) -> str:
+    """An instant as every ``huma server`` line writes it, the audit pages' WIB (UTC+7) to the second:
+    ``2026-03-02 08:00:15 WIB``. Takes an aware datetime or its ISO 8601 text (as an API record holds
+    it); anything else (``None``: not on record) is ``–``.
+
+    :raises ValueError: text that is not ISO 8601.
+    """
+    from server.audit.i18n import wib
+
+    if isinstance(when, str):
+        when = dt.datetime.fromisoformat(when)
+    return wib(when if isinstance(when, dt.datetime) else None, "en", seconds=True)
 
 
 def _safe_url(url: str) -> str:
@@ -381,7 +400,7 @@ def list_people() -> None:
             click.echo(f"{'ID':>5}  {'USERNAME':<24} {'ROLE':<10} {'STATE':<8} CREATED")
         for p in rows:
             state = "disabled" if p.disabled else "enabled"
-            click.echo(f"{p.id:>5}  {p.username:<24} {p.role.value:<10} {state:<8} {p.created_at.isoformat()}")
+            click.echo(f"{p.id:>5}  {p.username:<24} {p.role.value:<10} {state:<8} {console_time(p.created_at)}")
     if not rows:
         click.echo("no people yet: `huma server people add NAME --role admin`")
     else:
@@ -475,13 +494,13 @@ def list_terminals(status: str | None) -> None:
     app = make_app()
     with database(app):
         rows = terminals_of(db.session, TerminalStatus(status) if status else None)
-        stamp = 32  # an ISO 8601 time with microseconds and offset
+        stamp = CONSOLE_TIME_WIDTH
         if rows:
             click.echo(f"{'TERMINAL':<24} {'STATUS':<9} {'KEY ID':<{len(rows[0].kid.hex())}}  {'ENROLLED':<{stamp}}"
                        f"  {'DECIDED':<{stamp}}  FINGERPRINT")
         for t in rows:
-            decided = t.decided_at.isoformat() if t.decided_at else "-"
-            click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  {t.created_at.isoformat():<{stamp}}"
+            decided = console_time(t.decided_at) if t.decided_at else "-"
+            click.echo(f"{t.terminal_id:<24} {t.status.value:<9} {t.kid.hex()}  {console_time(t.created_at):<{stamp}}"
                        f"  {decided:<{stamp}}  {_grouped(terminal_fingerprint(t))}")
     if not rows:
         click.echo("no terminals" + (f" {status}" if status else ""))
@@ -527,7 +546,7 @@ def enrolment_code(terminal_id: str) -> None:
               **_console())
         session.commit()
     click.echo(f"enrolment code for {terminal_id}: {code}")
-    click.echo(f"valid until {expires.isoformat()}, once; only its hash is stored")
+    click.echo(f"valid until {console_time(expires)}, once; only its hash is stored")
 
 
 @terminals.command("codes")
@@ -543,9 +562,10 @@ def list_codes(terminal_id: str | None) -> None:
     with database(app):
         rows = open_codes(db.session, terminal_id)
         if rows:
-            click.echo(f"{'TERMINAL':<24} {'ISSUED':<32}  EXPIRES")
+            click.echo(f"{'TERMINAL':<24} {'ISSUED':<{CONSOLE_TIME_WIDTH}}  EXPIRES")
         for row in rows:
-            click.echo(f"{row.terminal_id:<24} {row.created_at.isoformat():<32}  {row.expires_at.isoformat()}")
+            click.echo(f"{row.terminal_id:<24} {console_time(row.created_at):<{CONSOLE_TIME_WIDTH}}  "
+                       f"{console_time(row.expires_at)}")
     if not rows:
         click.echo("no usable enrolment codes" + (f" for {terminal_id}" if terminal_id else ""))
     else:
@@ -748,7 +768,7 @@ def show_bundle() -> None:
         if row is None:
             click.echo("no trust bundle published yet: `huma server bundle publish`")
             return
-        click.echo(f"bundle v{row.version}: expires {row.expires_at.isoformat()}, {len(row.blob)} bytes, "
+        click.echo(f"bundle v{row.version}: expires {console_time(row.expires_at)}, {len(row.blob)} bytes, "
                    f"ETag \"{row.sha256.hex()}\"")
 
 
@@ -844,7 +864,7 @@ def block_cmd(card_id: str | None, household: str | None, reason: str, by: str, 
         uids = sorted(u.hex() for u in card_uids(session, [card])[card] if len(u) == 7)  # what the bundle takes
         session.commit()
         click.echo(f"card {card} blocked: {block.reason}, recorded by {person.username}, "
-                   f"{block.blocked_at.isoformat()}")
+                   f"{console_time(block.blocked_at)}")
     click.echo(f"the next bundle denies card {card} and chip UID(s) {', '.join(uids) or '-'}: "
                "publish it (`huma server bundle publish`) or wait for the scheduled run")
 
@@ -891,6 +911,6 @@ def blocks_cmd(every: bool) -> None:
     if not rows:
         click.echo("no blocked cards")
     for b in rows:
-        lifted = f"  lifted {b.lifted_at.isoformat()} by {b.lifted_by}: {b.lift_reason}" if b.lifted_at else ""
-        click.echo(f"{b.card_id}  {b.reason:<7}  by {b.blocked_by} ({b.blocked_by_role})  {b.blocked_at.isoformat()}"
+        lifted = f"  lifted {console_time(b.lifted_at)} by {b.lifted_by}: {b.lift_reason}" if b.lifted_at else ""
+        click.echo(f"{b.card_id}  {b.reason:<7}  by {b.blocked_by} ({b.blocked_by_role})  {console_time(b.blocked_at)}"
                    f"{'  ' + b.note if b.note else ''}{lifted}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from cardlib.clitypes import count_noun
-from server.cli import _console, _remember_database, _write_session, database, make_app
+from server.cli import _console, _remember_database, _write_session, console_time, database, make_app
 from server.errors import BadRequest, NotFound
 
 __all__ = ["cards_group", "grievance_group", "household_group", "receipt_cmd"]
@@ -38,16 +38,6 @@ DATABASE_OPTION = click.option(
 
 #: Units whose English noun takes an ``s`` for any count but one (a rupiah amount does not).
 _COUNTED_UNITS = ("package", "visit")
-
-
-def _wib(when: object) -> str:
-    """An aware instant (or its ISO 8601 text, as the household record holds it) as the audit pages write
-    it, WIB (UTC+7), here to the second: ``2026-03-02 08:00:15 WIB``; anything else (``None``) is ``–``."""
-    from server.audit.i18n import wib
-
-    if isinstance(when, str):
-        when = dt.datetime.fromisoformat(when)
-    return wib(when if isinstance(when, dt.datetime) else None, "en", seconds=True)
 
 
 def decline_words(code: str) -> str:
@@ -104,22 +94,22 @@ def show_household(ref: str, as_json: bool) -> None:
         return
     click.echo(f"household {ref}, cycle {h.cycle} (times WIB, as on the audit pages)")
     for c in h.cards:
-        revoked = f", revoked {_wib(c['revoked_at'])} ({c['revoke_reason']})" if c["revoked_at"] else ""
-        received = f", received {_wib(c['received_at'])}" if c["received_at"] else ""
+        revoked = f", revoked {console_time(c['revoked_at'])} ({c['revoke_reason']})" if c["revoked_at"] else ""
+        received = f", received {console_time(c['received_at'])}" if c["received_at"] else ""
         if c["received_late"]:  # backdated, or a file kept back: docs/security.md
             issued, arrived = (dt.datetime.fromisoformat(str(c[k])) for k in ("issued_at", "received_at"))
             days = (arrived - issued).days
             received += f" (LATE: {days} days after its issuance date)"
-        click.echo(f"  card {c['card_id']} issued {_wib(c['issued_at'])}{received}{revoked}")
+        click.echo(f"  card {c['card_id']} issued {console_time(c['issued_at'])}{received}{revoked}")
     for card_id, blk in sorted(blocks.items()):  # counters decline it card_denied from the next bundle they fetch
         click.echo(f"  card {card_id} blocked: {blk.reason}, by {blk.blocked_by} ({blk.blocked_by_role}), "
-                   f"{_wib(blk.blocked_at)}{' · ' + blk.note if blk.note else ''}")
+                   f"{console_time(blk.blocked_at)}{' · ' + blk.note if blk.note else ''}")
     for b in h.balances:
         click.echo(f"  {b.programme}: {b.remaining} of {entitlement_text(b.entitled, b.unit)} left "
                    f"({b.redeemed} redeemed)")
     for t in h.last_taps:
-        words = [_wib(t["wall_time"]), str(t["terminal_id"]), f"#{t['seq']}", f"card {t['card_id']}", str(t["kind"]),
-                 str(t["programme"] or ""), "" if t["amount"] is None else str(t["amount"])]
+        words = [console_time(str(t["wall_time"])), str(t["terminal_id"]), f"#{t['seq']}", f"card {t['card_id']}",
+                 str(t["kind"]), str(t["programme"] or ""), "" if t["amount"] is None else str(t["amount"])]
         reason = f": {decline_words(str(t['decline_reason']))}" if t.get("decline_reason") else ""
         click.echo("  " + " ".join(w for w in words if w) + reason)
 
@@ -272,7 +262,7 @@ def upload_pin_resets(file: Path, technician: str, unsigned_legacy: bool) -> Non
                    + (f" ({result.now_signed} of them now signed)" if result.now_signed else "")
                    + ("" if signed or not result.stored else "; unsigned (--unsigned-legacy)"))
         for r, flags in flagged:
-            click.echo(f"card {r.card_id} reset {r.reset_at.isoformat()} by {r.technician}: "
+            click.echo(f"card {r.card_id} reset {console_time(r.reset_at)} by {r.technician}: "
                        + "; ".join(FLAGS[f] for f in flags))
 
 
@@ -329,7 +319,7 @@ def grievance_list(status: str | None) -> None:
         for g in db.session.scalars(stmt):
             about = " ".join(f"{k}={v}" for k, v in (("receipt", g.receipt_code), ("card", g.card_id),
                                                      ("household", g.household_ref)) if v)
-            click.echo(f"{g.id} {g.status} {_wib(g.created_at)} {about}: {g.text[:80]}")
+            click.echo(f"{g.id} {g.status} {console_time(g.created_at)} {about}: {g.text[:80]}")
 
 
 @grievance_group.command("status")
@@ -376,5 +366,5 @@ def receipt_cmd(code: str) -> None:
     if not entries:
         raise NotFound("no redemption with this receipt code")
     for e in entries:
-        click.echo(f"{_wib(e['wall_time'])} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
+        click.echo(f"{console_time(e['wall_time'])} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
                    f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}")

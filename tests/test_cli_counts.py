@@ -19,7 +19,8 @@ def test_people_and_terminals_lists_have_headers_and_say_how_many(app, world, en
     code, out, _err = _huma(capsys, "server", "people", "list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["ID", "USERNAME", "ROLE", "STATE", "CREATED"], out
-    assert re.fullmatch(r" +\d+  admin +admin +enabled +\S+", lines[1]) and lines[-1] == "1 person", out
+    created = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WIB"  # WIB to the second, as every console line
+    assert re.fullmatch(r" +\d+  admin +admin +enabled +" + created, lines[1]) and lines[-1] == "1 person", out
     pw = tmp_path / "pw"
     pw.write_text("another long password\n")
     assert _huma(capsys, "server", "people", "add", "ana", "--role", "auditor", "--password-file", str(pw))[0] == 0
