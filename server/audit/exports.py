@@ -36,7 +36,7 @@ from cardlib.records.errors import RecordError
 from cardlib.records.journal import ChainBroken, EntryKind, Gap, SignedEntry, check_links, verify_chain, verify_entry
 from server.audit.entries import fallback_of
 from server.errors import BadPinnedAnchor, ExportDoesNotVerify, NotAJournalExport
-from server.models import JournalEntryRow, Terminal
+from server.models import JournalEntryRow, Person, Terminal
 from server.reconcile.models import Finding, FindingStatus, Severity
 from server.types import utcnow
 
@@ -72,16 +72,20 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def finding_records(session: Session, status: FindingStatus | None = None) -> Iterator[dict[str, Any]]:
-    """Findings as plain dicts (evidence a list of hex ids, detail an object), most urgent first."""
-    stmt = select(Finding).order_by(SEVERITY_ORDER, Finding.id)
+    """Findings as plain dicts (evidence a list of hex ids, detail an object), most urgent first.
+
+    ``decided_by`` is the username of who confirmed or dismissed it (the pages' name), ``None`` if nobody did.
+    """
+    stmt = (select(Finding, Person.username).outerjoin(Person, Person.id == Finding.decided_by)
+            .order_by(SEVERITY_ORDER, Finding.id))
     if status is not None:
         stmt = stmt.where(Finding.status == status)
-    for f in session.scalars(stmt.execution_options(yield_per=YIELD_PER)):
+    for f, decided_by in session.execute(stmt.execution_options(yield_per=YIELD_PER)).tuples():
         yield {
             "id": f.id, "kind": f.kind.value, "severity": f.severity.value, "status": f.status.value,
             "card_id": f.card_id, "terminal_id": f.terminal_id, "summary": f.summary,
             "evidence": json.loads(f.evidence), "detail": json.loads(f.detail), "reason": f.reason,
-            "decided_by": f.decided_by, "decided_at": _iso(f.decided_at),
+            "decided_by": decided_by, "decided_at": _iso(f.decided_at),
             "first_seen_at": _iso(f.first_seen_at), "last_seen_at": _iso(f.last_seen_at),
         }
 
