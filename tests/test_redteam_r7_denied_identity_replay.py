@@ -23,7 +23,7 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -50,22 +50,30 @@ from tests.test_records_support import ISSUER, STATION, TERMINAL, UID, chip_with
 from tests.test_terminal_caps_and_declines import fresh_bundle
 
 
+def _market_tap(connection: Any, bundle: TrustBundle, keys: CardPasswordKeys,
+                journal_path: Path) -> tuple[TapOutcome, StoredEntry]:
+    """One market tap on ``connection`` at a counter holding ``bundle`` and the card passwords ``keys``; the
+    outcome and its journal entry."""
+    journal = JournalStore(journal_path, terminal_id="T-6271-0002", signer=TERMINAL, clock=Clock(force_synced=True))
+    config = CounterConfig("T-6271-0002", CounterMode.MARKET_REDEMPTION, OfflineLimits(), caps={"": ACR122U},
+                           card_passwords=keys)
+    p = TapProcessor(config, journal, TERMINAL, trust=lambda: Trust(bundle, time.time()),
+                     request=lambda: ("food", 1, None))
+    try:
+        out = p(connection, ReaderNamePattern(re.compile(".")))
+        return out, journal.entries()[-1]
+    finally:
+        journal.close()
+
+
 def _tap_secure(card: SecureCard, card_id: bytes, tmp_path: Path) -> tuple[TapOutcome, StoredEntry]:
     """One market tap of ``card`` at a counter whose bundle denies ``card_id``; the outcome and its journal entry."""
     bundle = cast(TrustBundle, trust_bundle())
     denied = dataclasses.replace(bundle, deny_cards=SortedIdSet.from_ids([card_id], 8))
-    journal = JournalStore(tmp_path / "journal.sqlite", terminal_id="T-6271-0002", signer=TERMINAL,
-                           clock=Clock(force_synced=True))
-    config = CounterConfig("T-6271-0002", CounterMode.MARKET_REDEMPTION, OfflineLimits(), caps={"": ACR122U},
-                           card_passwords=CARD_KEYS)
-    p = TapProcessor(config, journal, TERMINAL, trust=lambda: Trust(denied, time.time()),
-                     request=lambda: ("food", 1, None))
     try:
-        out = p(SecureCardConnection(card), ReaderNamePattern(re.compile(".")))
-        return out, journal.entries()[-1]
+        return _market_tap(SecureCardConnection(card), denied, CARD_KEYS, tmp_path / "journal.sqlite")
     finally:
         card.field_off()
-        journal.close()
 
 
 def test_a_clone_of_a_blocked_secure_card_is_not_journalled_as_the_blocked_card_presented(tmp_path: Path) -> None:
@@ -127,17 +135,8 @@ def _copy(chip: Ntag21x, last_page: int) -> Ntag21x:
 def _tap_ntag(card: Ntag21x, keys: CardPasswordKeys, tmp_path: Path) -> tuple[TapOutcome, StoredEntry]:
     """One market tap of ``card`` at a counter whose bundle denies the card id; the outcome and its journal entry."""
     bundle = cast(TrustBundle, fresh_bundle(deny_cards=SortedIdSet.from_ids([identity().card_id], 8)))
-    journal = JournalStore(tmp_path / "ntag-journal.sqlite", terminal_id="T-6271-0002", signer=TERMINAL,
-                           clock=Clock(force_synced=True))
-    config = CounterConfig("T-6271-0002", CounterMode.MARKET_REDEMPTION, OfflineLimits(), caps={"": ACR122U},
-                           card_passwords=keys)
-    p = TapProcessor(config, journal, TERMINAL, trust=lambda: Trust(bundle, time.time()),
-                     request=lambda: ("food", 1, None))
-    try:
-        out = p(EmulatorConnection(ReaderEmulator(card, ReaderKind.ACR122U)), ReaderNamePattern(re.compile(".")))
-        return out, journal.entries()[-1]
-    finally:
-        journal.close()
+    return _market_tap(EmulatorConnection(ReaderEmulator(card, ReaderKind.ACR122U)), bundle, keys,
+                       tmp_path / "ntag-journal.sqlite")
 
 
 def test_a_genuine_blocked_format2_card_is_declined_card_denied_naming_its_household(tmp_path: Path) -> None:
