@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from tests.reconcile_support import add_auditor, audit_db  # noqa: F401 - fixture
-from tests.test_audit_browser import browser  # noqa: F401 - fixture
 from tests.test_dashboard_browser import _log_in, _viewport
 from tests.test_issuance_received_time import _issue
 from tests.test_registry_reconcile import UTC, Keys, keys, registry  # noqa: F401 - fixtures
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_the_issuance_line_fits_a_phone(app: Any, registry: Any, keys: Keys,  # noqa: F811 - fixtures
-                                        live_server: Any, browser: Any) -> None:  # noqa: F811 - fixture
+                                        live_server: Any, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
     claims = _issue(registry, keys, 1, dt.datetime.now(UTC) - dt.timedelta(days=30))
