@@ -74,6 +74,21 @@ class JournalDamaged(JournalStoreError):
         self.index_only = index_only
 
 
+class JournalEdited(JournalDamaged):
+    """The journal's rows disagree with its signed entries: the file was edited outside the counter.
+
+    Found when a counter opens the file (an index column, the ``pending`` state or the chain differs
+    from the signed entries) or when it reads back a row it verified (its bytes changed since). The
+    counter refuses to serve taps on it; nothing is repaired. ``huma journal verify`` names the row.
+
+    :ivar seq: the terminal seq of the first row found edited, or None.
+    """
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        super().__init__(message, (message,), False)
+        self.seq = seq
+
+
 class SyncError(TerminalError):
     """An upload or trust-bundle download failed; the sync loop retries with backoff."""
 

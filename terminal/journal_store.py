@@ -7,6 +7,14 @@ unsigned columns (the programme's ``unit``, the PENDING card state) so the daemo
 "is there an unfinished write for this card?" and "how much went out since
 the last upload?" without decoding every entry. docs/design.md §Journal.
 
+A daemon does not read those columns from the file: at open it checks every row against the
+chain of signed entries (one signature, the head's, covers them all through the hashes) and keeps
+its own copy in its connection's TEMP schema, appended to by each entry it journals; every cap,
+open-write and replay look-up reads that copy, so an edit of the file (trigger dropped) under a
+running daemon lifts no cap, and one made while it was stopped is refused at open
+(:class:`terminal.errors.JournalEdited`; docs/security.md "What an insider with write access to the
+journal file cannot fake").
+
 Durability: WAL mode with ``synchronous=FULL`` makes SQLite fsync the WAL
 before a commit returns, so :meth:`JournalStore.append` returns only once the
 entry is on disk (the PENDING-before-write rule of docs/design.md §Tap sequence depends on it).
@@ -29,6 +37,7 @@ Offline audit of a journal file lives in :mod:`terminal.journal_audit`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -40,16 +49,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from cardlib.keys.signer import PublicKey, Signer, cose_key, sign1_with, spki_der
 from cardlib.records.claims import Unit
+from cardlib.records.cose import parse_sign1_layout
 from cardlib.records.errors import RecordError
 from cardlib.records.journal import (
     GENESIS_HASH,
     JOURNAL_AAD,
     CardClaims,
+    Claim,
     EntryKind,
     JournalEntry,
     SignedEntry,
@@ -57,9 +69,19 @@ from cardlib.records.journal import (
     new_entry_id,
     verify_entry,
 )
+from cardlib.records.journal import (
+    entry_hash as entry_hash_of,
+)
 from cardlib.records.statements import Settlement, SettlementOutcome, UploadReceipt, verify_receipt
 from terminal.clock import Clock
-from terminal.errors import JournalDamaged, JournalInUse, JournalReadOnly, JournalStoreError, SettlementRefused
+from terminal.errors import (
+    JournalDamaged,
+    JournalEdited,
+    JournalInUse,
+    JournalReadOnly,
+    JournalStoreError,
+    SettlementRefused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +171,6 @@ BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END;
 #: seqs above the upload watermark that are done (uploaded or refused), refused seqs with the
 #: server's verdict, and settlements whose signed receipt verified.
 _VERIFIED_SCHEMA = """
-PRAGMA temp_store=MEMORY;
 DROP TABLE IF EXISTS temp.upload_ahead;
 DROP TABLE IF EXISTS temp.upload_refused;
 DROP TABLE IF EXISTS temp.verified_settlements;
@@ -157,6 +178,41 @@ CREATE TEMP TABLE upload_ahead (seq INTEGER PRIMARY KEY);
 CREATE TEMP TABLE upload_refused (seq INTEGER PRIMARY KEY, result TEXT NOT NULL, reason TEXT);
 CREATE TEMP TABLE verified_settlements (entry_id BLOB PRIMARY KEY, outcome TEXT NOT NULL);
 """
+
+#: The daemon's own copy of the index columns (docs/security.md "What an insider with write access to the
+#: journal file cannot fake"): every cap, open-write and replay look-up reads this, never ``entries``' columns.
+#: Filled at open from rows checked against the chain-verified signed entries (:meth:`JournalStore._load_mirror`)
+#: and by each append in its transaction; in the connection's TEMP schema, which no other process reaches.
+#: ``pending_hash``: SHA-256 of the ``pending`` blob as verified (NULL: none, or not checked on a read-only store).
+_MIRROR = "temp.verified_entries"
+_MIRROR_SCHEMA = """
+PRAGMA temp_store=MEMORY;
+DROP TABLE IF EXISTS temp.verified_entries;
+CREATE TEMP TABLE verified_entries (
+    seq INTEGER PRIMARY KEY, entry_id BLOB NOT NULL UNIQUE, boot_id INTEGER NOT NULL, kind INTEGER NOT NULL,
+    card_id TEXT, programme TEXT, unit TEXT, amount INTEGER, slot_seq_after INTEGER, state_hash_new BLOB,
+    wall_ms INTEGER NOT NULL, entry_hash BLOB NOT NULL, pending_hash BLOB
+);
+CREATE INDEX temp.verified_entries_card ON verified_entries (card_id, seq) WHERE card_id IS NOT NULL;
+"""
+#: SQL: a column of the file's row at the mirror row's seq (alias ``entries``), by a look-up of its own so
+#: that the caller's ``WHERE`` names only the mirror's columns.
+_FILE_COLUMN = "(SELECT f.{0} FROM main.entries f WHERE f.seq = entries.seq)"
+#: The mirrored columns, in :data:`_MIRROR_SCHEMA` order.
+_MIRROR_COLUMNS = ("seq", "entry_id", "boot_id", "kind", "card_id", "programme", "unit", "amount", "slot_seq_after",
+                   "state_hash_new", "wall_ms", "entry_hash", "pending_hash")
+#: Index columns of ``entries`` that copy a signed claim, with the claim's key in the payload map (checked at
+#: open; ``clock_synced`` and ``entry_hash`` are checked apart). A claim the payload omits is NULL.
+_CLAIM_COLUMNS: tuple[tuple[str, int], ...] = tuple((name, int(claim)) for name, claim in (
+    ("seq", Claim.SEQ), ("entry_id", Claim.ENTRY_ID), ("boot_id", Claim.BOOT_ID), ("kind", Claim.KIND),
+    ("card_id", Claim.CARD_ID), ("programme", Claim.PROGRAMME), ("amount", Claim.AMOUNT),
+    ("slot_seq_after", Claim.SLOT_SEQ_AFTER), ("state_hash_new", Claim.STATE_HASH_NEW), ("wall_ms", Claim.WALL_MS),
+    ("mono_ns", Claim.MONO_NS)))
+#: Unit column values (:func:`unit_column`).
+_UNIT_COLUMNS = frozenset(u.name.lower() for u in Unit)
+#: Kinds that copy the claims (and the unit) of the PENDING they follow (:func:`write_of`).
+_FOLLOWING_KINDS = frozenset(int(k) for k in (EntryKind.COMMIT, EntryKind.UNCERTAIN, EntryKind.FINISHED,
+                                              EntryKind.VOIDED))
 
 #: Every column of ``entries`` but ``uploaded_at``; the trigger below refuses changing any of them.
 _IMMUTABLE_COLUMNS = (
@@ -246,6 +302,8 @@ class JournalStore:
     :meth:`open_read_only` instead.
 
     :raises JournalInUse: another open store (another ``huma terminal run``) holds the file.
+    :raises JournalEdited: a row disagrees with the signed entries (:meth:`_load_mirror`); nothing journalled.
+    :raises JournalDamaged: SQLite reports the file damaged.
     :raises JournalStoreError: the file belongs to another terminal or key, or cannot be opened.
     """
 
@@ -336,6 +394,12 @@ class JournalStore:
                 raise ValueError(f"its key is a {type(public).__name__}")
             self.terminal_id = str(meta["terminal_id"])
             with self._lock:
+                # Read-only looks read the file's columns as they are, live beside a daemon that writes on
+                # (``huma journal verify`` checks them): the mirror's name is a view of them.
+                self._db.executescript(
+                    "PRAGMA temp_store=MEMORY; DROP VIEW IF EXISTS temp.verified_entries; CREATE TEMP VIEW"
+                    f" verified_entries AS SELECT {', '.join(_MIRROR_COLUMNS[:-1])}, NULL AS pending_hash"
+                    " FROM main.entries")
                 self._load_verified()
         except (sqlite3.Error, KeyError, ValueError) as exc:
             self._db.close()
@@ -390,15 +454,14 @@ class JournalStore:
             raise JournalStoreError(f"cannot open journal {self.path}: {exc}") from exc
         self._check_identity()
         with self._lock:
+            self._load_mirror()
             self._load_verified()
         self.boot_id = self._next_boot()
-        last = self._db.execute(
-            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
+        last = self._db.execute(f"SELECT seq, entry_hash FROM {_MIRROR} ORDER BY seq DESC LIMIT 1").fetchone()
         self._seq = int(last[0]) if last else 0
         self._head = bytes(last[1]) if last else GENESIS_HASH
         # One scan at open (no index on wall_ms), then kept up by append(): see wall_mark().
-        (newest_ms,) = self._db.execute("SELECT max(wall_ms) FROM entries").fetchone()
+        (newest_ms,) = self._db.execute(f"SELECT max(wall_ms) FROM {_MIRROR}").fetchone()
         self._wall_mark_ms = int(newest_ms or 0)
         self.append(EntryKind.BOOT)
         for open_write in self._open_writes_at_boot():
@@ -434,6 +497,113 @@ class JournalStore:
         if bytes(row.get("kid", b"")) != kid:
             # A re-keyed terminal starts a new journal file; one chain, one key.
             raise JournalStoreError(f"journal {self.path} was signed by another terminal key")
+
+    def _load_mirror(self) -> None:
+        """Check every row against the signed entries and fill :data:`_MIRROR` from them (caller holds ``_lock``).
+
+        What is checked, and why it is enough (docs/security.md "What an insider with write access to the
+        journal file cannot fake"):
+
+        - the chain: seqs contiguous from 1, each entry's ``prev_entry_hash`` the SHA-256 of the previous
+          message, each entry this terminal's; and the **newest entry's signature** under the terminal key.
+          The head's signed payload holds the hash of the entry before it, whose payload holds the hash of
+          the one before, and so on: one signature covers every message (SHA-256 is collision resistant),
+          so the others are decoded without checking theirs (one Ed25519 check per open, not per entry);
+        - each row's index columns equal the claims of its payload, value and type (``entry_hash`` the
+          SHA-256 of ``message``). The payload is read as a CBOR map, not re-validated as
+          :func:`cardlib.records.journal.verify_entry` does: bytes the chain ties to the signed head are
+          this daemon's own output;
+        - the unsigned ``unit`` as far as the signed entries allow (as ``huma journal verify``: a unit
+          value, present on a PENDING with an amount, the same on the entries that close a write as on
+          its PENDING); ``pending`` only on PENDING entries. The blob's slot record is checked against
+          the signed ``state_hash_new`` where it is used (recovery of a torn write, ``terminal.tap`` and
+          ``terminal.secure_tap``); its other fields are not signed and no check can tell them apart.
+          Its SHA-256 as read here is kept, so a blob changed under the running daemon is refused.
+
+        Not found here: a whole write's (or a FALLBACK entry's) unit changed consistently while the
+        daemon was stopped (the unit is not signed; the caps by programme are not moved by it), and
+        deleting the newest entries (the chain of what is left verifies; the server finds it from the
+        signed head it was sent, docs/security.md).
+
+        :raises JournalEdited: a row disagrees (the file was edited); nothing is repaired.
+        """
+        self._db.executescript(_MIRROR_SCHEMA)
+        cols = [name for name, _ in _CLAIM_COLUMNS]
+        n = len(cols)
+        cursor = self._db.execute(f"SELECT {', '.join(cols)}, clock_synced, entry_hash, unit, pending, message"
+                                  " FROM entries ORDER BY seq")
+        seq_key, prev_key, terminal_key = int(Claim.SEQ), int(Claim.PREV_ENTRY_HASH), int(Claim.TERMINAL_ID)
+        synced_key, kind_key, card_key, amount_key = (int(Claim.CLOCK_SYNCED), int(Claim.KIND), int(Claim.CARD_ID),
+                                                      int(Claim.AMOUNT))
+        pending_kind = int(EntryKind.PENDING)
+        link: bytes = GENESIS_HASH
+        expected = 1
+        last_message: bytes | None = None
+        pending_unit: dict[object, object] = {}
+        batch: list[tuple[object, ...]] = []
+        insert = f"INSERT INTO {_MIRROR} VALUES ({','.join('?' * len(_MIRROR_COLUMNS))})"
+        for row in cursor:
+            message = row[-1]
+            # Decoded without a signature check: the chain below ties these bytes to the head, which is checked.
+            layout = parse_sign1_layout(message) if isinstance(message, bytes) else None
+            try:
+                claims = cbor2.loads(layout[3]) if layout is not None else None
+            except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
+                claims = None
+            if type(claims) is not dict:
+                raise self._edited("its signed entry does not decode", expected)
+            seq = claims.get(seq_key)
+            if seq != expected or claims.get(prev_key) != link or claims.get(terminal_key) != self.terminal_id:
+                raise self._edited(f"the chain of signed entries breaks at seq {expected}", expected)
+            hashed = hashlib.sha256(message).digest()
+            for i, (name, key) in enumerate(_CLAIM_COLUMNS):
+                stored, value = row[i], claims.get(key)
+                if stored != value or type(stored) is not type(value):
+                    raise self._edited(f"index column {name} differs from the signed entry", seq)
+            synced = claims.get(synced_key)
+            if type(synced) is not bool or row[n] != int(synced) or type(row[n]) is not int:
+                raise self._edited("index column clock_synced differs from the signed entry", seq)
+            if row[n + 1] != hashed:
+                raise self._edited("index column entry_hash is not the SHA-256 of its signed entry", seq)
+            unit, pending = row[n + 2], row[n + 3]
+            kind, card = claims.get(kind_key), claims.get(card_key)
+            # The unit is not signed: checked as far as the signed entries allow (as huma journal verify).
+            if unit is not None and unit not in _UNIT_COLUMNS:
+                raise self._edited(f"index column unit holds {unit!r}, not a unit", seq)
+            if kind == pending_kind:
+                if claims.get(amount_key) is not None and unit is None:
+                    raise self._edited("index column unit is empty on a PENDING entry with an amount", seq)
+                if card is not None:
+                    pending_unit[card] = unit
+            elif kind in _FOLLOWING_KINDS and card in pending_unit and (
+                    unit != pending_unit[card] or type(unit) is not type(pending_unit[card])):
+                raise self._edited("index column unit differs from that of the PENDING write it follows", seq)
+            if pending is not None and (kind != pending_kind or not isinstance(pending, bytes)):
+                raise self._edited("column pending holds a card state on an entry that is not a PENDING", seq)
+            batch.append((seq, row[1], row[2], kind, card, row[5], unit, row[6], row[7], row[8], row[9], hashed,
+                          None if pending is None else hashlib.sha256(pending).digest()))
+            if len(batch) >= 1000:
+                self._db.executemany(insert, batch)
+                batch.clear()
+            link, last_message, expected = hashed, message, seq + 1
+        self._db.executemany(insert, batch)
+        if last_message is not None:
+            try:
+                head = verify_entry(last_message, {self._key.kid: self._key})
+            except RecordError as exc:
+                raise self._edited(f"the newest entry's signature does not verify under this terminal's key "
+                                   f"({exc})", expected - 1) from exc
+            if head.entry_hash != link or head.entry.seq != expected - 1:
+                raise self._edited("the newest entry is not the one the chain ends in", expected - 1)
+
+    def _edited(self, what: str, seq: int | None) -> JournalEdited:
+        """The :class:`JournalEdited` a counter raises for a row that disagrees with the signed entries."""
+        at = f"entry seq {seq}: " if seq is not None else ""
+        return JournalEdited(
+            f"{self.path}: the journal file was edited outside the counter ({at}{what}) — the counter will not "
+            "serve taps on it (its offline limits are summed from these rows); stop the counter, keep the file "
+            "with its -wal/-shm as evidence, run `huma journal verify` and follow docs/terminal.md "
+            "\"Damaged journal\"", seq)
 
     def _next_boot(self) -> int:
         with self._tx():
@@ -517,6 +687,12 @@ class JournalStore:
                             blob,
                         ),
                     )
+                    self._db.execute(
+                        f"INSERT INTO {_MIRROR} VALUES ({','.join('?' * len(_MIRROR_COLUMNS))})",
+                        (entry.seq, entry.entry_id, entry.boot_id, int(kind), entry.card_id, entry.programme,
+                         None if w.unit is None else unit_column(w.unit), entry.amount, entry.slot_seq_after,
+                         entry.state_hash_new, entry.wall_ms, signed.entry_hash,
+                         None if blob is None else hashlib.sha256(blob).digest()))
             except sqlite3.Error as exc:
                 raise JournalStoreError(f"journal append failed: {exc}") from exc
             self._seq, self._head = entry.seq, signed.entry_hash
@@ -570,19 +746,21 @@ class JournalStore:
         # A file no daemon of this version opened yet (a read-only look) may lack the later tables.
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         problems = "upload_problems" if "upload_problems" in tables else "(SELECT NULL AS entry_id WHERE 0)"
-        legacy = (f"wall_ms < {LEGACY_MARKS_BEFORE_MS} AND (uploaded_at IS NOT NULL"
-                  f" OR entry_id IN (SELECT entry_id FROM {problems}))")
-        first = self._db.execute(f"SELECT seq FROM entries WHERE NOT ({legacy}) ORDER BY seq LIMIT 1").fetchone()
+        # The signed wall time from the mirror, the legacy mark from the file.
+        rows = f"{_MIRROR} v LEFT JOIN main.entries f ON f.seq = v.seq"
+        legacy = (f"v.wall_ms < {LEGACY_MARKS_BEFORE_MS} AND (f.uploaded_at IS NOT NULL"
+                  f" OR v.entry_id IN (SELECT entry_id FROM {problems}))")
+        first = self._db.execute(f"SELECT v.seq FROM {rows} WHERE NOT ({legacy}) ORDER BY v.seq LIMIT 1").fetchone()
         if first is None:
-            (last,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM entries").fetchone()
+            (last,) = self._db.execute(f"SELECT coalesce(max(seq), 0) FROM {_MIRROR}").fetchone()
             self._upto = int(last)
         else:
             self._upto = int(first[0]) - 1
-        self._db.execute(f"INSERT INTO temp.upload_ahead SELECT seq FROM entries WHERE seq > ? AND {legacy}",
+        self._db.execute(f"INSERT INTO temp.upload_ahead SELECT v.seq FROM {rows} WHERE v.seq > ? AND {legacy}",
                          (self._upto,))
         if "upload_problems" in tables:
             self._db.execute("INSERT INTO temp.upload_refused SELECT e.seq, p.result, p.reason FROM upload_problems p"
-                             f" JOIN entries e USING (entry_id) WHERE e.wall_ms < {LEGACY_MARKS_BEFORE_MS}")
+                             f" JOIN {_MIRROR} e USING (entry_id) WHERE e.wall_ms < {LEGACY_MARKS_BEFORE_MS}")
         if self._receipt_key is not None:
             stored = (self._db.execute("SELECT id, message FROM upload_receipts ORDER BY id").fetchall()
                       if "upload_receipts" in tables else [])
@@ -601,7 +779,8 @@ class JournalStore:
         for entry_id, outcome, receipt in self._db.execute(
                 "SELECT entry_id, outcome, receipt FROM settlements ORDER BY rowid").fetchall():
             entry_id = bytes(entry_id)
-            row = self._db.execute("SELECT seq, kind, card_id FROM entries WHERE entry_id=?", (entry_id,)).fetchone()
+            row = self._db.execute(f"SELECT seq, kind, card_id FROM {_MIRROR} WHERE entry_id=?",
+                                   (entry_id,)).fetchone()
             try:
                 got = self._verify(bytes(receipt))
             except JournalStoreError as exc:
@@ -625,7 +804,7 @@ class JournalStore:
         if not seqs:
             return [], []
         held = {int(r[0]): bytes(r[1]) for r in self._db.execute(
-            "SELECT seq, entry_id FROM entries WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs)))}
+            f"SELECT seq, entry_id FROM {_MIRROR} WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs)))}
         done: list[int] = []
         refused: list[tuple[int, str, str | None]] = []
         for ln in receipt.lines:
@@ -697,7 +876,7 @@ class JournalStore:
                                              [(at, seq) for seq in done])
                         self._db.executemany(
                             "INSERT OR REPLACE INTO upload_problems (entry_id, result, reason, flagged_at)"
-                            " SELECT entry_id, ?, ?, ? FROM entries WHERE seq=?",
+                            f" SELECT entry_id, ?, ?, ? FROM {_MIRROR} WHERE seq=?",
                             [(result, reason, at, seq) for seq, result, reason in refused])
                     self._advance()
             except sqlite3.Error as exc:
@@ -708,21 +887,35 @@ class JournalStore:
     # ------------------------------------------------------------------ reading
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[StoredEntry]:
+        """Entries chosen by ``sql`` over the mirror (``WHERE …`` on its columns, alias ``entries``).
+
+        The row's message and ``pending`` are read from the file and must still hash to what was
+        verified (a row edited while the daemon runs is refused, not believed).
+
+        :raises JournalEdited: a chosen row's bytes changed (or it vanished) since they were verified.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT message, unit, note, CASE WHEN NOT " + self._unconfirmed_sql("entries")
-                + " THEN coalesce(uploaded_at, 0.0) END, pending FROM entries " + sql,
+                f"SELECT {_FILE_COLUMN.format('message')}, entries.unit, {_FILE_COLUMN.format('note')},"
+                " CASE WHEN NOT " + self._unconfirmed_sql("entries")
+                + f" THEN coalesce({_FILE_COLUMN.format('uploaded_at')}, 0.0) END, {_FILE_COLUMN.format('pending')},"
+                f" entries.seq, entries.entry_hash, entries.pending_hash FROM {_MIRROR} AS entries "
+                + sql,
                 params,
             ).fetchall()
         keys = {self._key.kid: self._key}
-        return [
-            StoredEntry(
-                signed=verify_entry(bytes(r[0]), keys), unit=None if r[1] is None else unit_of_column(r[1]),
-                note=r[2], uploaded_at=r[3],
-                pending=None if r[4] is None else bytes(r[4]),
-            )
-            for r in rows
-        ]
+        out = []
+        for message, unit, note, uploaded_at, pending, seq, hashed, pending_hash in rows:
+            if not isinstance(message, bytes) or entry_hash_of(message) != hashed:
+                raise self._edited("its signed entry changed in the file since the counter verified it", seq)
+            if pending_hash is not None and (not isinstance(pending, bytes)
+                                             or hashlib.sha256(pending).digest() != pending_hash):
+                raise self._edited("its pending card state changed in the file since the counter verified it", seq)
+            out.append(StoredEntry(
+                signed=verify_entry(message, keys), unit=None if unit is None else unit_of_column(unit),
+                note=note, uploaded_at=uploaded_at, pending=None if pending is None else bytes(pending),
+            ))
+        return out
 
     def unsent(self, limit: int = 500) -> list[StoredEntry]:
         """The oldest entries no verified receipt confirmed or refused, in seq order.
@@ -746,7 +939,7 @@ class JournalStore:
         """How many entries wait for upload (refused ones excluded)."""
         with self._lock:
             return int(self._db.execute(
-                f"SELECT count(*) FROM entries e WHERE {self._unsent_sql('e')}").fetchone()[0])
+                f"SELECT count(*) FROM {_MIRROR} e WHERE {self._unsent_sql('e')}").fetchone()[0])
 
     def entries(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEntry]:
         """Entries with seq > ``after_seq`` in order (for export and tests)."""
@@ -811,7 +1004,7 @@ class JournalStore:
             cards = [
                 r[0]
                 for r in self._db.execute(
-                    "SELECT DISTINCT card_id FROM entries WHERE kind=? AND card_id IS NOT NULL"
+                    f"SELECT DISTINCT card_id FROM {_MIRROR} WHERE kind=? AND card_id IS NOT NULL"
                     " AND boot_id<?",
                     (int(EntryKind.PENDING), self.boot_id),
                 ).fetchall()
@@ -832,7 +1025,7 @@ class JournalStore:
         """Highest slot seq committed here for the card (replay check, docs/design.md §Caps and offline limits)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT max(slot_seq_after) FROM entries WHERE card_id=? AND kind IN (?, ?)",
+                f"SELECT max(slot_seq_after) FROM {_MIRROR} WHERE card_id=? AND kind IN (?, ?)",
                 (card_id, int(EntryKind.COMMIT), int(EntryKind.FINISHED)),
             ).fetchone()
         return None if row[0] is None else int(row[0])
@@ -962,26 +1155,26 @@ class JournalStore:
         done = ",".join(str(int(k)) for k in done_kinds)
         keys = f"{key} AS g, e.kind = {int(EntryKind.FALLBACK)} AS fb" if by_fallback else f"{key} AS g"
         not_fallback = f"{key} AS g, 0 AS fb" if by_fallback else f"{key} AS g"
-        branches = [f"SELECT {keys}, e.amount FROM entries e WHERE {done_filter} AND e.kind IN ({done})"
+        branches = [f"SELECT {keys}, e.amount FROM {_MIRROR} e WHERE {done_filter} AND e.kind IN ({done})"
                     f" AND {key} IS NOT NULL{where_card}"]
         params = [*done_params, *card_param]
         if settled:
             branches.append(
-                f"SELECT {not_fallback}, e.amount FROM entries e JOIN temp.verified_settlements s"
+                f"SELECT {not_fallback}, e.amount FROM {_MIRROR} e JOIN temp.verified_settlements s"
                 f" ON s.entry_id = e.entry_id WHERE s.outcome = 'finished' AND e.kind = {int(EntryKind.PENDING)}"
                 f" AND {done_filter} AND {key} IS NOT NULL{where_card}"
-                " AND NOT EXISTS (SELECT 1 FROM entries c WHERE c.card_id = e.card_id"
+                f" AND NOT EXISTS (SELECT 1 FROM {_MIRROR} c WHERE c.card_id = e.card_id"
                 f" AND c.kind IN ({_CLOSING_KIND_LIST}) AND c.seq > e.seq AND c.state_hash_new IS e.state_hash_new)")
             params += [*done_params, *card_param]
         if open_cutoff is not None:
-            write_pending = ("(SELECT p.entry_id FROM entries p WHERE p.card_id = e.card_id"
+            write_pending = (f"(SELECT p.entry_id FROM {_MIRROR} p WHERE p.card_id = e.card_id"
                              f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq ORDER BY p.seq DESC LIMIT 1)")
             branches.append(
-                f"SELECT {not_fallback}, e.amount FROM entries e"
+                f"SELECT {not_fallback}, e.amount FROM {_MIRROR} e"
                 f" WHERE e.kind IN ({int(EntryKind.PENDING)},{int(EntryKind.UNCERTAIN)}) AND {key} IS NOT NULL"
-                f"{where_card} AND e.seq = (SELECT max(x.seq) FROM entries x WHERE x.card_id = e.card_id"
+                f"{where_card} AND e.seq = (SELECT max(x.seq) FROM {_MIRROR} x WHERE x.card_id = e.card_id"
                 f" AND x.kind IN ({_WRITE_KIND_LIST}))"
-                " AND coalesce((SELECT max(p.wall_ms) FROM entries p WHERE p.card_id = e.card_id"
+                f" AND coalesce((SELECT max(p.wall_ms) FROM {_MIRROR} p WHERE p.card_id = e.card_id"
                 f" AND p.kind = {int(EntryKind.PENDING)} AND p.seq <= e.seq), 0) >= ?"
                 f" AND NOT EXISTS (SELECT 1 FROM temp.verified_settlements s WHERE s.entry_id = {write_pending})")
             params += [*card_param, open_cutoff]
@@ -998,7 +1191,7 @@ class JournalStore:
         """
         with self._lock:
             cards = [r[0] for r in self._db.execute(
-                "SELECT DISTINCT card_id FROM entries WHERE kind=? AND card_id IS NOT NULL AND wall_ms < ?",
+                f"SELECT DISTINCT card_id FROM {_MIRROR} WHERE kind=? AND card_id IS NOT NULL AND wall_ms < ?",
                 (int(EntryKind.PENDING), int(before * 1000)))]
         out = []
         for card in cards:
@@ -1043,7 +1236,7 @@ class JournalStore:
                 rows: list[tuple[bytes, str, float, bytes]] = []
                 for st in settlements:
                     row = self._db.execute(
-                        "SELECT seq, kind, card_id, state_hash_new FROM entries WHERE entry_id=?", (st.entry_id,)
+                        f"SELECT seq, kind, card_id, state_hash_new FROM {_MIRROR} WHERE entry_id=?", (st.entry_id,)
                     ).fetchone()
                     if row is None:
                         raise SettlementRefused(f"settlement names entry {st.entry_id.hex()}, which this journal "
@@ -1063,7 +1256,7 @@ class JournalStore:
                                                     f"{held[0]} before; nothing recorded")
                         continue
                     closed = self._db.execute(
-                        f"SELECT kind FROM entries WHERE card_id=? AND kind IN ({_CLOSING_KIND_LIST}) AND seq>?"
+                        f"SELECT kind FROM {_MIRROR} WHERE card_id=? AND kind IN ({_CLOSING_KIND_LIST}) AND seq>?"
                         " AND state_hash_new IS ? ORDER BY seq LIMIT 1", (card, seq, new_hash)).fetchone()
                     if closed is not None:
                         log.info("settlement of write seq %d (%s) arrived after this counter closed it (%s); kept "
@@ -1105,8 +1298,8 @@ class JournalStore:
         """
         with self._lock:
             cards = [r[0] for r in self._db.execute(
-                "SELECT e.card_id FROM entries e WHERE e.kind=? AND e.card_id IS NOT NULL"
-                f" AND NOT {self._unconfirmed_sql('e')} AND e.seq = (SELECT max(x.seq) FROM entries x"
+                f"SELECT e.card_id FROM {_MIRROR} e WHERE e.kind=? AND e.card_id IS NOT NULL"
+                f" AND NOT {self._unconfirmed_sql('e')} AND e.seq = (SELECT max(x.seq) FROM {_MIRROR} x"
                 f" WHERE x.card_id = e.card_id AND x.kind IN ({_WRITE_KIND_LIST})) ORDER BY e.seq",
                 (int(EntryKind.UNCERTAIN),))]
         out = []

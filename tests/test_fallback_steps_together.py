@@ -102,12 +102,13 @@ def test_the_desk_reads_the_card_index_not_the_whole_journal(tmp_path: Path) -> 
         c.journal._db.set_trace_callback(seen.append)
         assert desk.qr(qr, "food", 1, "clerk-ani").status is TapStatus.ACCEPTED
         c.journal._db.set_trace_callback(None)
-        selects = [s for s in seen if s.lstrip().upper().startswith("SELECT") and "FROM entries" in s]
+        selects = [s for s in seen if s.lstrip().upper().startswith("SELECT") and "FROM temp.verified_entries" in s]
         plans = [" ".join(str(x) for x in row) for s in selects
                  for row in c.journal._db.execute("EXPLAIN QUERY PLAN " + s)]
         reads = [p for p in plans if re.search(r"\b(SCAN|SEARCH) (entries|e|c)\b", p)]
         assert reads, (plans, selects)
-        # each read of the journal's table goes through the card's index: no scan, no range of seqs
-        assert all("USING INDEX entries_card (card_id=?" in p for p in reads), reads
+        # each read of the journal's rows (the daemon's verified mirror of them, docs/security.md) goes through
+        # the card's index: no scan, no range of seqs
+        assert all("USING INDEX verified_entries_card (card_id=?" in p for p in reads), reads
     finally:
         c.journal.close()

@@ -12,23 +12,29 @@ access to the journal file cannot fake"). The signed entries stay intact, so eve
 reconciled later; ``huma journal verify`` (terminal/journal_audit.py) reports the edited column. Offline, the caps
 are the bound ("The exposure that remains"), and this lifts them.
 
-Strict xfail (documented in docs/security.md, red team round 8): the fix is to read the caps from values the
-daemon verified itself (a TEMP mirror of the index columns in its own connection, filled from verified messages
-at open and by each append, as the verified receipts are), a change to the journal store's every query.
+Fixed (docs/security.md, red team round 8): the daemon reads every cap from its own TEMP mirror of the index
+columns (``JournalStore._load_mirror``), filled at open from rows checked against the chain-verified entries and
+by each append; an edit found at open refuses the file (``JournalEdited``), a row whose bytes change under the
+running daemon is refused when read. The live attack passed on the code before the mirror (strict xfail, XPASS
+once the mirror was in).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from firmware_config.models import CounterMode
+from terminal.errors import JournalEdited
 from terminal.journal_audit import verify_journal_file
+from terminal.journal_store import JournalStore
 from terminal.outcome import TapStatus
 from terminal.policy import DeclineReason
-from tests.test_terminal_caps_and_declines import Counter, chip, fresh_bundle
+from tests.fixtures.receipts import SERVER
+from tests.test_terminal_caps_and_declines import TERMINAL, Counter, chip, fresh_bundle
 
 
 def _clerk_edits(journal: Path) -> None:
@@ -50,9 +56,6 @@ def test_the_offline_audit_reports_an_edited_index_column(tmp_path: Path) -> Non
         verify_journal_file(tmp_path / "journal.sqlite")
 
 
-@pytest.mark.xfail(strict=True, reason="red team r8: the counter's caps are summed from the journal's unsigned index "
-                                       "columns, which a writer of the file edits after dropping the trigger "
-                                       "(docs/security.md, red team round 8)")
 def test_editing_the_index_columns_does_not_lift_the_terminal_exposure_cap(tmp_path: Path) -> None:
     c = Counter(tmp_path, CounterMode.CLINIC_VISIT, "health",
                 trust_bundle=fresh_bundle({"cap.terminal_exposure.visit": 2}))
@@ -65,3 +68,73 @@ def test_editing_the_index_columns_does_not_lift_the_terminal_exposure_cap(tmp_p
         assert all(o.reason is DeclineReason.OVER_TERMINAL_LIMIT for o in again), [o.status for o in again]
     finally:
         c.journal.close()
+
+
+def _reopen(journal: Path) -> JournalStore:
+    """The daemon started again on the file (as ``Counter`` opens it)."""
+    return JournalStore(journal, terminal_id="T-6271-0001", signer=TERMINAL, receipt_key=SERVER.public_key)
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE entries SET amount = 0 WHERE amount IS NOT NULL",  # the exposure reset
+    "UPDATE entries SET card_id = '6271000000009999' WHERE card_id IS NOT NULL",  # the per-card caps
+    "UPDATE entries SET slot_seq_after = 0 WHERE slot_seq_after IS NOT NULL",  # card_forked's replay check
+    "UPDATE entries SET unit = 'rupiah' WHERE kind = 2",  # a COMMIT's unsigned unit moved off its PENDING's
+    "UPDATE entries SET pending = x'00' WHERE kind = 2",  # a card state where no write is open
+    "UPDATE entries SET message = (SELECT message FROM entries WHERE seq = 1) WHERE seq = 2",  # a swapped entry
+])
+def test_a_file_edited_while_the_daemon_is_stopped_is_refused_at_open(tmp_path: Path, edit: str) -> None:
+    c = Counter(tmp_path, CounterMode.CLINIC_VISIT, "health", trust_bundle=fresh_bundle({}))
+    try:
+        assert c.present(chip()).status is TapStatus.ACCEPTED
+    finally:
+        c.journal.close()
+    journal = tmp_path / "journal.sqlite"
+    _reopen(journal).close()  # the untouched file opens
+    with sqlite3.connect(journal) as clerk:
+        clerk.execute("DROP TRIGGER entries_only_mark_uploaded")
+        assert clerk.execute(edit).rowcount >= 1
+        before = clerk.execute("SELECT seq, amount, card_id, unit, pending, message FROM entries").fetchall()
+    with pytest.raises(JournalEdited, match="edited outside the counter") as refused:
+        _reopen(journal)
+    assert refused.value.seq is not None and "will not serve taps" in str(refused.value)
+    with sqlite3.connect(journal) as auditor:  # refused before journalling: no BOOT, nothing repaired
+        assert auditor.execute("SELECT seq, amount, card_id, unit, pending, message FROM entries").fetchall() == before
+
+
+def test_a_row_edited_under_the_running_daemon_is_refused_when_read(tmp_path: Path) -> None:
+    """The mirror keeps the caps; a decision that reads the row itself (its signed entry, its pending card
+    state) finds the bytes changed and refuses instead of believing them."""
+    c = Counter(tmp_path, CounterMode.CLINIC_VISIT, "health", trust_bundle=fresh_bundle({}))
+    try:
+        card = chip()
+        assert c.present(card).status is TapStatus.ACCEPTED
+        (seq, card_id) = next((s.seq, s.entry.card_id) for s in c.journal.entries()
+                              if s.entry.kind.name == "PENDING")
+        assert card_id is not None
+        with sqlite3.connect(c.journal.path) as clerk:
+            clerk.execute("DROP TRIGGER entries_only_mark_uploaded")
+            clerk.execute("UPDATE entries SET pending = x'00' WHERE seq = ?", (seq,))
+        with pytest.raises(JournalEdited, match="pending card state changed"):
+            c.journal.entries()
+    finally:
+        c.journal.close()
+
+
+def test_a_head_whose_signature_does_not_verify_is_refused_at_open(tmp_path: Path) -> None:
+    """One signature covers the chain: a newest entry re-written with its hash column kept consistent fails it."""
+    c = Counter(tmp_path, CounterMode.CLINIC_VISIT, "health", trust_bundle=fresh_bundle({}))
+    try:
+        assert c.present(chip()).status is TapStatus.ACCEPTED
+    finally:
+        c.journal.close()
+    journal = tmp_path / "journal.sqlite"
+    with sqlite3.connect(journal) as clerk:
+        clerk.execute("DROP TRIGGER entries_only_mark_uploaded")
+        seq, message = clerk.execute("SELECT seq, message FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        forged = bytes(message[:-1]) + bytes([message[-1] ^ 1])  # the signature's last byte
+        clerk.execute("UPDATE entries SET message = ?, entry_hash = ? WHERE seq = ?",
+                      (forged, hashlib.sha256(forged).digest(), seq))
+    with pytest.raises(JournalEdited, match="signature does not verify") as refused:
+        _reopen(journal)
+    assert refused.value.seq == seq
