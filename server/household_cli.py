@@ -348,7 +348,7 @@ def grievance_status(grievance_id: int, status: str, reason: str) -> None:
 @click.argument("code")
 @DATABASE_OPTION
 def receipt_cmd(code: str) -> None:
-    """The redemption(s) a receipt code XXXX-XXXX names (audited)."""
+    """The redemption(s) a receipt code XXXX-XXXX names, and for a fallback its step and who approved it (audited)."""
     from server.auth import audit
     from server.grievances import GrievanceError, receipt_entries
 
@@ -366,5 +366,6 @@ def receipt_cmd(code: str) -> None:
     if not entries:
         raise NotFound("no redemption with this receipt code")
     for e in entries:
+        how = f" · fallback {e['fallback']} approved by {e['approved_by'] or '?'}" if e["fallback"] else ""
         click.echo(f"{console_time(e['wall_time'])} {e['terminal_id']} #{e['seq']} card {e['card_id']} household "
-                   f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}")
+                   f"{e['household_ref'] or '?'} {e['programme']} {e['amount']}{how}")
