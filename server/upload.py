@@ -657,7 +657,6 @@ def _store_extension_sqlite(driver: Any, dialect: Any, terminal_id: str, verifie
     mode: the engine's connections leave transactions to explicit statements, server/db.py)."""
     entries = [s for _, s in verified]
     first, last = entries[0].entry, entries[-1].entry
-    ids = {s.entry.entry_id for s in entries}
     if driver.in_transaction:  # a transaction SQLAlchemy does not know of: never insert in it
         return None
     cur = driver.cursor()
@@ -666,8 +665,7 @@ def _store_extension_sqlite(driver: Any, dialect: Any, terminal_id: str, verifie
         committed = False
         try:
             near = cur.execute(_NEAR_SQL_SQLITE, (terminal_id, first.seq - 1, last.seq + 1)).fetchall()
-            if all(r[2] < first.seq and bytes(r[3]) == first.prev_entry_hash and bytes(r[0]) not in ids
-                   for r in near):
+            if _plain_extension([_Stored(bytes(r[0]), r[1], r[2], bytes(r[3]), bytes(r[4])) for r in near], entries):
                 columns = _entry_columns(entries, batch_id, now)
                 params = [v for row in zip(*_driver_columns(columns, dialect), strict=False) for v in row]
                 inserted = {bytes(h) for (h,) in cur.execute(_sqlite_values_sql(len(entries)), params).fetchall()}
@@ -709,6 +707,17 @@ def _linked_run(verified: Sequence[tuple[int, SignedEntry]]) -> bool:
     return True
 
 
+def _plain_extension(stored: Sequence[_Stored], entries: Sequence[SignedEntry]) -> bool:
+    """True when ``stored`` (the terminal's rows at seqs ``lo - 1 .. hi + 1`` of ``entries``, a linked run)
+    show a plain extension of the chain: no row at ``lo`` or later, and a predecessor, if any, whose hash
+    is the first entry's ``prev_entry_hash`` and whose entry id is none of theirs (the guard of the
+    one-statement stores, :func:`_pg_read_insert_sql`, and of :func:`store_extension_direct`)."""
+    first = entries[0].entry
+    ids = {s.entry.entry_id for s in entries}
+    return all(r.seq < first.seq and r.entry_hash == first.prev_entry_hash and r.entry_id not in ids
+               for r in stored)
+
+
 def _read_and_insert_pg(session: Session, terminal_id: str, entries: Sequence[SignedEntry],
                         batch_id: str | None, now: dt.datetime) -> tuple[list[_Stored], set[bytes] | None]:
     """PostgreSQL: read this terminal's stored rows at seqs ``lo - 1 .. hi + 1`` and, in the same
@@ -746,8 +755,7 @@ def _read_and_insert_pg_on(driver: Any, dialect: Any, terminal_id: str, entries:
                     [terminal_id, first.seq - 1, last.seq + 1, first.seq, first.prev_entry_hash, ids, *rows])
         found = cur.fetchall()
     stored = [_Stored(bytes(r[1]), r[2], r[3], bytes(r[4]), bytes(r[5])) for r in found if r[0] == 0]
-    extends = all(r.seq < first.seq and r.entry_hash == first.prev_entry_hash and r.entry_id not in ids
-                  for r in stored)
+    extends = _plain_extension(stored, entries)
     inserted = {bytes(r[4]) for r in found if r[0] == 1}
     if not extends and inserted:  # the statement's guard is this test; they cannot disagree
         raise RuntimeError("upload store: rows inserted although the chain guard failed")
@@ -1257,11 +1265,8 @@ def _read_and_insert_pg_many(session: Session, batches: Sequence[tuple[str, Sequ
     inserted_all = {bytes(r[5]) for r in found if r[0] == 1}
     out: list[tuple[list[_Stored], set[bytes] | None]] = []
     for k, (_terminal_id, entries, _batch_id) in enumerate(batches):
-        first = entries[0].entry
-        ids = {s.entry.entry_id for s in entries}
         stored = [_Stored(bytes(r[2]), r[3], r[4], bytes(r[5]), bytes(r[6])) for r in found if r[0] == 0 and r[1] == k]
-        extends = all(r.seq < first.seq and r.entry_hash == first.prev_entry_hash and r.entry_id not in ids
-                      for r in stored)
+        extends = _plain_extension(stored, entries)
         inserted = {s.entry_hash for s in entries} & inserted_all
         if not extends and inserted:  # the statement's guard is this test; they cannot disagree
             raise RuntimeError("upload store: rows inserted although the chain guard failed")
