@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import re
 
-from tests.reconcile_support import run, upload_all
-from tests.test_dashboard import _login, _ms, audit_db, programme  # noqa: F401 - fixtures
+from tests.test_dashboard import _login, audit_db, plant_two_region_tap, programme  # noqa: F401 - fixtures
 
 
 def test_card_and_terminal_are_two_words(app, programme, world) -> None:  # noqa: F811 - fixtures
-    d = programme["district"]
-    card = programme["by_region"]["62.71"][2]
-    d.local_terminals("62.71")[0].redeem(card, _ms(4, 2), "food", 150_000)
-    d.local_terminals("62.03")[0].redeem(card.clone(counter=1), _ms(4, 2, 20), "food", 150_000)
-    upload_all(world, d)
-    run(app)
+    plant_two_region_tap(app, world, programme)
     _login(world.client)
     html = world.client.get("/audit/findings?lang=en").get_data(as_text=True)
     cells = re.findall(r'<td data-label="Card / terminal">(.*?)</td>', html, re.S)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fallback_support import card_and_qr
 from tests.reconcile_support import add_auditor, run, upload_all
-from tests.test_dashboard import _ms, audit_db, programme  # noqa: F401 - fixtures
+from tests.test_dashboard import _ms, audit_db, plant_two_region_tap, programme  # noqa: F401 - fixtures
 from tests.test_dashboard_browser import _log_in, _viewport
 from tests.test_fallback_receipts import desk_at, upload_journal
 
@@ -149,12 +149,7 @@ def test_dashboard_and_pending_rows_keep_their_labels_on_a_phone(
 def test_findings_status_breaks_between_words_at_1280_px_and_fits_a_phone(
         app, programme, world, live_server, browser) -> None:  # noqa: F811
     # A fresh user saw "terbuk / a" in the Status column at 1280 px: the summary column took the width.
-    d = programme["district"]
-    card = programme["by_region"]["62.71"][2]
-    d.local_terminals("62.71")[0].redeem(card, _ms(4, 2), "food", 150_000)
-    d.local_terminals("62.03")[0].redeem(card.clone(counter=1), _ms(4, 2, 20), "food", 150_000)
-    upload_all(world, d)
-    run(app)
+    plant_two_region_tap(app, world, programme)
     base = f"http://{live_server.host}:{live_server.port}"
     _log_in(browser, base, "audrey")
     for width, height in ((1280, 900), (390, 844)):

@@ -18,6 +18,7 @@ from tests.reconcile_support import (  # noqa: F401 - audit_db is a fixture
     add_auditor,
     audit_db,
     install,
+    run,
     upload_all,
 )
 
@@ -80,6 +81,17 @@ def programme(app: Any, audit_db: str, world: Any) -> dict[str, Any]:  # noqa: F
     add_auditor(app)
     add_person(app, "manny", "manager")
     return {"district": d, "refs": refs, "by_region": by_region}
+
+
+def plant_two_region_tap(app: Any, world: Any, programme: dict[str, Any]) -> None:
+    """A Palangka Raya card and its copy redeemed in Kapuas 20 minutes apart (impossible travel, a fork),
+    uploaded and reconciled: the programme's findings pages then list findings naming a card and a terminal."""
+    d = programme["district"]
+    card = programme["by_region"]["62.71"][2]
+    d.local_terminals("62.71")[0].redeem(card, _ms(4, 2), "food", 150_000)
+    d.local_terminals("62.03")[0].redeem(card.clone(counter=1), _ms(4, 2, 20), "food", 150_000)
+    upload_all(world, d)
+    run(app)
 
 
 def _login(client: Any, username: str = "audrey") -> Any:

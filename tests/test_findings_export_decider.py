@@ -7,8 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
-from tests.reconcile_support import run, upload_all
-from tests.test_dashboard import _login, _ms, audit_db, programme  # noqa: F401 - fixtures
+from tests.test_dashboard import _login, audit_db, plant_two_region_tap, programme  # noqa: F401 - fixtures
 
 
 def test_findings_export_names_who_decided(app, programme, world) -> None:  # noqa: F811 - fixtures
@@ -18,12 +17,7 @@ def test_findings_export_names_who_decided(app, programme, world) -> None:  # no
     from server.models import Person
     from server.reconcile.models import Finding
 
-    d = programme["district"]
-    card = programme["by_region"]["62.71"][2]
-    d.local_terminals("62.71")[0].redeem(card, _ms(4, 2), "food", 150_000)
-    d.local_terminals("62.03")[0].redeem(card.clone(counter=1), _ms(4, 2, 20), "food", 150_000)
-    upload_all(world, d)
-    run(app)
+    plant_two_region_tap(app, world, programme)
     with app.app_context():
         session = db.write_session()
         manny = session.scalars(select(Person).where(Person.username == "manny")).one()
